@@ -1,0 +1,63 @@
+"""Adapter methods and their registry (installed as ``tpp.adapters``).
+
+A method is one folder with an options dataclass (help text per field, checks in ``__post_init__``)
+and an ``attach`` function, registered with :func:`register`. Methods peft already has are thin
+wrappers around peft configs.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from tpp.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered adapter method.
+
+    ``attach(encoder, options, target_names) -> peft model`` adds the target parameters to a frozen
+    encoder; ``identity_at_init`` says whether the adapted encoder starts equal to the backbone;
+    ``pretrainable`` whether target parameter pre-training applies.
+    """
+    name: str
+    options_cls: type
+    attach: Callable
+    identity_at_init: bool
+    pretrainable: bool
+    summary: str
+    # options that must be inherited from a parent adapter (a conflicting override is an error)
+    inherited: tuple = ()
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add a method to the registry; the name must be new."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"adapter method '{method.name}' is registered twice")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """Look up a method by name, with a config error listing the known ones."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown adapter.method '{name}'. Known methods: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[name]
+
+
+def all_methods() -> list[Method]:
+    _load_builtin()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def options_dict(options) -> dict:
+    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
+
+
+def _load_builtin() -> None:
+    from tpp.adapters import lora  # noqa: F401  (registers itself)

@@ -1,0 +1,48 @@
+"""LoRA (with DoRA and rsLoRA options) through peft."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch.nn as nn
+from peft import LoraConfig, get_peft_model
+
+from tpp.adapters import Method, register
+from tpp.errors import ConfigError
+
+
+@dataclass
+class LoraOptions:
+    r: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    target_modules: Optional[list] = field(
+        default=None, metadata={"help": "leaf names of encoder Linear layers; default per backbone family"})
+    use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA)"})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised scaling alpha / sqrt(r)"})
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ConfigError(f"adapter.r must be at least 1, got {self.r}.")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"adapter.dropout must be in [0, 1), got {self.dropout}.")
+
+
+def attach(encoder: nn.Module, options: LoraOptions, target_names: list[str]) -> nn.Module:
+    """Wrap ``encoder`` with LoRA on exactly ``target_names`` (full module paths inside the encoder).
+
+    Bias stays ``"none"``: training a bias would write into the shared backbone.
+    """
+    config = LoraConfig(
+        r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
+        target_modules=list(target_names), bias="none",
+        use_dora=options.use_dora, use_rslora=options.use_rslora,
+    )
+    return get_peft_model(encoder, config)
+
+
+METHOD = register(Method(
+    name="lora", options_cls=LoraOptions, attach=attach, identity_at_init=True, pretrainable=True,
+    summary="low-rank updates of attention projections (peft LoRA; DoRA / rsLoRA options)",
+    inherited=("r", "alpha", "target_modules", "use_dora", "use_rslora"),
+))

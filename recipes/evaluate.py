@@ -1,0 +1,57 @@
+"""Evaluate a saved adapter directory (with its head) on any split.
+
+    tpp run evaluate --config recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml \
+        adapter.path=runs/breast/adapter data.split=test output_dir=runs/breast_eval
+
+Writes ``metrics.json`` as ``{"<split>": {...}}``.
+"""
+from __future__ import annotations
+
+import torch
+
+from tpp.adapter_dir import HEAD, WEIGHTS, read_card, read_tensors, verify_backbone
+from tpp.backbones import load_backbone
+from tpp.builders import require_labels, tensors
+from tpp.data.build import load_data
+from tpp.errors import ConfigError, TppError
+from tpp.metrics import classification_metrics
+from tpp.model import ClassificationHead, TaskModel, attach_adapter, load_adapter_state
+from tpp.training import build_accelerator, predict_probs
+
+
+def load_task_model(path: str, backbone_path: str, mean=None, std=None):
+    """Backbone + adapter directory (verified against the card) -> (TaskModel in eval mode, card, info)."""
+    card = read_card(path)
+    encoder, info, _ = load_backbone(backbone_path, mean, std)
+    verify_backbone(card, info, path)
+    if card.get("task", {}).get("type") != "classification":
+        raise TppError(f"adapter '{path}' has no classification head (stage {card.get('stage')!r}); "
+                       "fine-tune it first (tpp run finetune ... adapter.init_from=...).")
+    attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+    load_adapter_state(encoder, read_tensors(path, WEIGHTS), path)
+    head = ClassificationHead(info.hidden_size, card["task"]["num_classes"])
+    try:
+        head.load_state_dict(read_tensors(path, HEAD))
+    except RuntimeError as exc:
+        raise TppError(f"'{path}/{HEAD}' does not fit the head in the card ({exc}).") from None
+    return TaskModel(encoder, head).eval(), card, info
+
+
+def run(cfg, run) -> dict:
+    if not cfg.adapter.path:
+        raise ConfigError("the evaluate recipe needs adapter.path=DIR (an adapter directory with a head).")
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
+    model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
+    dataset = load_data(cfg.data, cfg.seed, info.image_size)
+    require_labels(dataset)
+    if list(dataset.class_names) != list(card["task"]["label_names"]):
+        raise TppError(f"dataset '{dataset.name}' classes {dataset.class_names} differ from the adapter's "
+                       f"{card['task']['label_names']}.")
+    split = dataset.split(cfg.data.split)
+    model = accelerator.prepare(model)
+    probs = predict_probs(accelerator, model, tensors(split.images, info), cfg.train.eval_batch_size)
+    metrics = {cfg.data.split: classification_metrics(probs, torch.from_numpy(split.labels), seed=cfg.seed),
+               "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]}}
+    run.log(event="evaluate", split=cfg.data.split, auroc=metrics[cfg.data.split]["auroc"])
+    run.publish_json("metrics.json", metrics)
+    return metrics

@@ -1,0 +1,87 @@
+"""Fine-tune a site adapter and a classification head on a frozen backbone.
+
+    tpp run finetune --config recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml data.label_fraction=0.1
+
+Writes ``config.yaml``, ``log.jsonl``, and on success ``metrics.json`` and ``adapter/``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tpp.adapter_dir import HEAD, WEIGHTS, dir_size, make_card, parent_summary, read_tensors, write_adapter_dir
+from tpp.backbones import load_backbone
+from tpp.builders import classification_task, input_rule, parent_adapter, require_labels, tensors
+from tpp.data.build import load_data
+from tpp.data.subsets import label_fraction_index
+from tpp.metrics import classification_metrics
+from tpp.model import ClassificationHead, TaskModel, attach_adapter, load_adapter_state, trainable_parameters
+from tpp.training import (build_accelerator, make_loader, make_optimizer, make_scheduler, plan_steps,
+                          predict_probs, train_loop)
+
+
+def run(cfg, run) -> dict:
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
+    encoder, info, _ = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
+    dataset = load_data(cfg.data, cfg.seed, info.image_size)
+    require_labels(dataset)
+
+    # target parameters: fresh, or inherited from a (TPP) parent adapter
+    method_name, options, parent = cfg.adapter.method, cfg.adapter.options, None
+    if cfg.adapter.init_from:
+        parent_card, method_name, options = parent_adapter(cfg.adapter, info, dataset.modality)
+        parent = parent_summary(parent_card, cfg.adapter.init_from)
+    method, typed, targets = attach_adapter(encoder, method_name, options)
+    if parent:
+        load_adapter_state(encoder, read_tensors(cfg.adapter.init_from, WEIGHTS), cfg.adapter.init_from)
+        run.log(event="init_from", parent=parent, loaded_tensors=len(read_tensors(cfg.adapter.init_from, WEIGHTS)),
+                note="task head newly initialised")
+    torch.manual_seed(cfg.seed)
+    model = TaskModel(encoder, ClassificationHead(info.hidden_size, dataset.num_classes))
+
+    # data: a stratified, nested label fraction of the training split
+    train = dataset.split("train")
+    train = train.subset(label_fraction_index(train.labels, cfg.data.label_fraction, dataset.name, cfg.seed))
+    x_train, y_train = tensors(train.images, info), torch.from_numpy(train.labels)
+    x_val, y_val = tensors(dataset.split("val").images, info), torch.from_numpy(dataset.split("val").labels)
+    x_test, y_test = tensors(dataset.split("test").images, info), torch.from_numpy(dataset.split("test").labels)
+    run.log(event="data", dataset=dataset.name, train=len(train), val=len(y_val), test=len(y_test),
+            label_fraction=cfg.data.label_fraction, trainable_parameters=trainable_parameters(model))
+
+    plan = plan_steps(cfg.train, len(train))
+    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.head_lr_scale)
+    scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
+    loader = make_loader(x_train, y_train, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    def loss_fn(model, batch):
+        images, labels = batch
+        if cfg.data.hflip:
+            flip = torch.rand(len(images), device=images.device) < 0.5
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        return F.cross_entropy(model(images), labels)
+
+    def evaluate(model):
+        m = classification_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val)
+        return m["auroc"], {"val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
+
+    result = train_loop(accelerator, model, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
+                        evaluate, plan.eval_every, desc=f"finetune {dataset.name}")
+    model = accelerator.unwrap_model(model)
+    metrics = {
+        "val": classification_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val, seed=cfg.seed),
+        "test": classification_metrics(predict_probs(accelerator, model, x_test, cfg.train.eval_batch_size), y_test, seed=cfg.seed),
+        "best_step": result.best_step, "steps": plan.num_steps,
+        "trainable_parameters": trainable_parameters(model), "wall_time_s": round(run.elapsed(), 1),
+    }
+    card = make_card(
+        method=method.name, options=dict(vars(typed)), targets=targets, backbone=info,
+        input_rule=input_rule(dataset, info), site=cfg.site, modality=dataset.modality,
+        task=classification_task(dataset), stage="finetune",
+        data=dataset.describe({"split": "train", "label_fraction": cfg.data.label_fraction, "images": len(train)}),
+        metrics={k: metrics[k]["auroc"] for k in ("val", "test")}, parent=parent,
+        trainable_parameters=metrics["trainable_parameters"])
+    adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, model.encoder.model, model.head, card))
+    metrics["adapter_bytes"] = dir_size(adapter)
+    run.publish_json("metrics.json", metrics)
+    return metrics

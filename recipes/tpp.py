@@ -1,0 +1,78 @@
+"""Target parameter pre-training: train only the adapter's own weights on unlabeled images.
+
+    tpp run tpp --config recipes/configs/breast_us/mae_vit_tiny_lora_tpp.yaml
+
+The backbone and the MAE decoder stay frozen; labels are never read (the data path drops them).
+Writes ``adapter/`` (no head) whose card records the pretext, its settings, the data it saw and
+the loss curve. Fine-tune from it with ``adapter.init_from=OUTPUT/adapter``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
+from tpp.backbones import load_backbone
+from tpp.builders import input_rule, tensors
+from tpp.data.build import load_data
+from tpp.model import attach_adapter, trainable_parameters
+from tpp.pretext import build_pretext
+from tpp.training import build_accelerator, make_loader, make_optimizer, make_scheduler, plan_steps, train_loop
+
+
+def unlabeled_images(dataset, use_eval_splits: bool) -> tuple[np.ndarray, list]:
+    """Images only: the training split (plus val/test when explicitly allowed). Labels are not returned."""
+    names = ["train"] + ([s for s in ("val", "test") if s in dataset.splits] if use_eval_splits else [])
+    return np.concatenate([dataset.split(s).images for s in names]), names
+
+
+def run(cfg, run) -> dict:
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
+    encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std, with_decoder=True)
+    dataset = load_data(cfg.data, cfg.seed, info.image_size)
+    images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
+    torch.manual_seed(cfg.seed)
+    method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.options)
+    pretext = build_pretext(cfg.pretext.name, encoder, decoder, cfg.pretext)
+    x = tensors(images, info)
+    run.log(event="data", dataset=dataset.name, images=len(x), splits=splits_used,
+            trainable_parameters=trainable_parameters(pretext))
+
+    plan = plan_steps(cfg.train, len(x))
+    optimizer = make_optimizer(pretext, cfg.train.lr, cfg.train.weight_decay)
+    scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
+    loader = make_loader(x, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)
+    pretext, optimizer, loader, scheduler = accelerator.prepare(pretext, optimizer, loader, scheduler)
+
+    def loss_fn(model, batch):
+        (images,) = batch
+        if cfg.data.hflip:
+            flip = torch.rand(len(images), device=images.device) < 0.5
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        return model(images)
+
+    result = train_loop(accelerator, pretext, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
+                        desc=f"tpp {cfg.pretext.name} {dataset.name}")
+    pretext = accelerator.unwrap_model(pretext)
+    curve = _loss_curve(result.losses)
+    card = make_card(
+        method=method.name, options=dict(vars(typed)), targets=targets, backbone=info,
+        input_rule=input_rule(dataset, info), site=cfg.site, modality=dataset.modality,
+        task={"type": "none", "note": "pre-trained target parameters; no task head"}, stage="tpp",
+        data=dataset.describe({"splits": splits_used, "images": len(x), "labels_read": False}),
+        metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=trainable_parameters(pretext),
+        extra={"pretext": dict(pretext.card_entry(), steps=plan.num_steps, batch_size=cfg.train.batch_size,
+                               lr=cfg.train.lr, loss_curve=curve)})
+    adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, encoder.model, None, card))
+    summary = {"final_loss": curve[-1][1], "first_loss": curve[0][1], "steps": plan.num_steps,
+               "images": len(x), "trainable_parameters": card["trainable_parameters"],
+               "adapter_bytes": dir_size(adapter), "wall_time_s": round(run.elapsed(), 1)}
+    run.publish_json("metrics.json", summary)
+    return summary
+
+
+def _loss_curve(losses: list, points: int = 50) -> list:
+    """(step, loss) pairs averaged over windows: a short curve for the card."""
+    window = max(1, len(losses) // points)
+    return [[losses[min(i + window, len(losses)) - 1][0], float(np.mean([v for _, v in losses[i:i + window]]))]
+            for i in range(0, len(losses), window)]

@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny backbones built in code and saved (so the real from_pretrained path runs),
+tiny MedMNIST-layout files, and the location of ../shared for integration tests."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TPP_SHARED", REPO.parent / "shared"))
+TINY = dict(image_size=28, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _save_processor(path: Path, channels: int) -> None:
+    (path / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.5] * channels, "image_std": [0.25] * channels, "image_processor_type": "ViTImageProcessor"}))
+
+
+def make_backbone(path: Path, kind: str = "vit_mae", channels: int = 3, seed: int = 0) -> Path:
+    """Save a tiny ViT / ViT-MAE (with decoder) / DINOv2 checkpoint to ``path``."""
+    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel
+
+    torch.manual_seed(seed)
+    if kind == "vit_mae":
+        model = ViTMAEForPreTraining(ViTMAEConfig(**TINY, num_channels=channels, decoder_hidden_size=16,
+                                                  decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
+                                                  decoder_intermediate_size=32, mask_ratio=0.75))
+    elif kind == "vit":
+        model = ViTModel(ViTConfig(**TINY, num_channels=channels))
+    elif kind == "dinov2":
+        cfg = {k: v for k, v in TINY.items() if k != "intermediate_size"}
+        model = Dinov2Model(Dinov2Config(**cfg, num_channels=channels, mlp_ratio=2))
+    else:
+        raise ValueError(kind)
+    model.save_pretrained(path)
+    _save_processor(path, channels)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_mae(tmp_path_factory) -> Path:
+    return make_backbone(tmp_path_factory.mktemp("tiny_mae"), "vit_mae")
+
+
+def make_medmnist(root: Path, name: str = "breastmnist", n=(60, 20, 20), rgb: bool = False, classes: int = 2,
+                  seed: int = 0) -> Path:
+    """A small MedMNIST-layout file with a learnable signal (class-dependent brightness)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n):
+        labels = np.arange(count) % classes
+        rng.shuffle(labels)
+        shape = (count, 28, 28, 3) if rgb else (count, 28, 28)
+        base = rng.integers(0, 120, size=shape)
+        images = np.clip(base + (labels * 100).reshape((-1,) + (1,) * (len(shape) - 1)), 0, 255).astype(np.uint8)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.reshape(-1, 1).astype(np.uint8)
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / f"{name}.npz", **arrays)
+    return root
+
+
+@pytest.fixture()
+def data_root(tmp_path) -> Path:
+    return make_medmnist(tmp_path / "data")
+
+
+def shared_data() -> Path:
+    """../shared/data, or skip; under CI a missing folder fails the test instead."""
+    path = SHARED / "data"
+    if not (path / "medmnist" / "breastmnist.npz").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but the shared data is missing at {path}")
+        pytest.skip(f"shared data not found at {path}")
+    return path
+
+
+def shared_backbone() -> Path:
+    path = SHARED / "models" / "mae-vit-tiny-med"
+    if not (path / "config.json").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but the shared backbone is missing at {path}")
+        pytest.skip(f"shared backbone not found at {path}")
+    return path

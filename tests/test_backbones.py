@@ -1,0 +1,82 @@
+import pytest
+import torch
+from conftest import make_backbone
+
+from tpp.backbones import backbone_hash, load_backbone, resolve_targets
+from tpp.errors import TppError
+from tpp.model import attach_adapter
+
+
+@pytest.mark.parametrize("kind", ["vit", "vit_mae", "dinov2"])
+def test_families_load_from_directory_and_give_tokens(tmp_path, kind):
+    encoder, info, _ = load_backbone(str(make_backbone(tmp_path / kind, kind)))
+    assert info.model_type == kind and info.mean == [0.5] * 3 and info.std == [0.25] * 3
+    tokens = encoder(torch.randn(2, 3, 28, 28))
+    assert tokens.shape == (2, 1 + 49, 32)
+    assert encoder.patch_tokens(tokens).shape == (2, 49, 32)
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_vit_mae_eval_forwards_are_deterministic_and_in_raster_order(tiny_mae):
+    """ViT-MAE masks and shuffles on every call; the wrapper must not. Copying its weights into a
+    plain ViT (which never shuffles) gives the same tokens only if the order is raster order."""
+    from transformers import ViTConfig, ViTModel
+
+    encoder, _, _ = load_backbone(str(tiny_mae))
+    x = torch.randn(3, 3, 28, 28)
+    first, second = encoder(x), encoder(x)
+    assert torch.equal(first, second) and first.shape[1] == 50
+    cfg = encoder.model.config.to_dict()
+    vit = ViTModel(ViTConfig(**{k: cfg[k] for k in ("image_size", "patch_size", "hidden_size", "num_hidden_layers",
+                                                   "num_attention_heads", "intermediate_size", "num_channels",
+                                                   "layer_norm_eps", "qkv_bias")}), add_pooling_layer=False)
+    missing, unexpected = vit.load_state_dict(encoder.model.state_dict(), strict=False)
+    assert not missing and not unexpected
+    torch.testing.assert_close(vit.eval()(pixel_values=x).last_hidden_state, first, rtol=1e-5, atol=1e-5)
+
+
+def test_hash_is_independent_of_wrapper_class_and_sensitive_to_weights(tiny_mae, tmp_path):
+    _, plain, decoder_none = load_backbone(str(tiny_mae))
+    encoder, with_decoder, decoder = load_backbone(str(tiny_mae), with_decoder=True)
+    assert decoder_none is None and decoder is not None
+    assert plain.hash == with_decoder.hash
+    attach_adapter(encoder, "lora", {"r": 2})
+    assert backbone_hash(encoder.model) == plain.hash  # adapter tensors are not part of the backbone
+    other = make_backbone(tmp_path / "other", "vit_mae", seed=1)
+    assert load_backbone(str(other))[1].hash != plain.hash
+
+
+def test_targets_are_encoder_only_and_cover_every_layer(tiny_mae):
+    encoder, _, decoder = load_backbone(str(tiny_mae), with_decoder=True)
+    names = resolve_targets(encoder)
+    assert sorted(names) == sorted(f"layers.{i}.attention.{m}" for i in range(2) for m in ("q_proj", "v_proj"))
+    attach_adapter(encoder, "lora", {"r": 2})
+    assert not any("lora_" in n for n, _ in decoder.named_parameters())  # zero decoder matches
+    per_layer = {n.split(".")[3] for n, _ in encoder.model.named_parameters() if "lora_A" in n}
+    assert per_layer == {"0", "1"}
+
+
+def test_no_target_match_is_an_error(tiny_mae):
+    encoder, _, _ = load_backbone(str(tiny_mae))
+    with pytest.raises(TppError, match="match no Linear"):
+        resolve_targets(encoder, ["qkv"])
+
+
+def test_bad_backbone_paths_are_clear(tmp_path):
+    with pytest.raises(TppError, match="does not exist"):
+        load_backbone(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TppError, match="no config.json"):
+        load_backbone(str(tmp_path / "empty"))
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                         vocab_size=50)).save_pretrained(tmp_path / "bert")
+    with pytest.raises(TppError, match="not a supported vision encoder"):
+        load_backbone(str(tmp_path / "bert"))
+
+
+def test_one_channel_backbone(tmp_path):
+    encoder, info, _ = load_backbone(str(make_backbone(tmp_path / "gray", "vit_mae", channels=1)))
+    assert info.channels == 1 and len(info.mean) == 1
+    assert encoder(torch.randn(2, 1, 28, 28)).shape == (2, 50, 32)

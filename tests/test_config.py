@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tpp.config import RunConfig, apply_overrides, build_config, help_lines, load_config, parse_override
+from tpp.errors import ConfigError
+from tpp.recipes import CONFIG_DIR, get_recipe, shipped_configs
+from tpp.training import plan_steps
+
+
+def test_every_shipped_config_validates_recursively():
+    paths = shipped_configs()
+    on_disk = sorted(p for p in CONFIG_DIR.rglob("*") if p.suffix in (".yaml", ".yml"))
+    assert paths == on_disk and len(paths) >= 4
+    for path in paths:
+        cfg = load_config(path)
+        get_recipe(cfg.recipe)
+        assert path.read_text().startswith(f"# tpp run {cfg.recipe} --config"), path
+
+
+def test_unknown_key_names_its_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"'train\.lrr'"):
+        build_config({"train": {"lrr": 1}})
+    with pytest.raises(ConfigError, match=r"'adapter\.rank'"):
+        build_config({"adapter": {"rank": 4}})
+
+
+def test_wrong_type_names_key_and_type():
+    with pytest.raises(ConfigError, match=r"'train\.epochs' must be int"):
+        build_config({"train": {"epochs": "ten"}})
+    with pytest.raises(ConfigError, match=r"'data\.source' must be one of"):
+        build_config({"data": {"source": "ftp"}})
+    with pytest.raises(ConfigError, match="adapter.r must be at least 1"):
+        build_config({"adapter": {"r": 0}})
+
+
+def test_overrides_are_typed_and_floats_accept_exponents():
+    assert parse_override("train.lr=1e-4") == (["train", "lr"], "1e-4")
+    cfg = build_config(apply_overrides({}, ["train.lr=1e-4", "adapter.r=4", "data.classes=[a, b]", "train.max_steps=7"]))
+    assert cfg.train.lr == pytest.approx(1e-4) and cfg.adapter.options == {"r": 4}
+    assert cfg.adapter.resolved_options()["r"] == 4 and cfg.data.classes == ["a", "b"]
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.lr"])
+
+
+def test_fp16_on_cpu_is_a_config_error():
+    with pytest.raises(ConfigError, match="fp16"):
+        build_config({"train": {"mixed_precision": "fp16"}})
+
+
+def test_max_steps_takes_precedence_over_epochs():
+    cfg = build_config({"train": {"epochs": 3, "batch_size": 10}})
+    assert plan_steps(cfg.train, 95).num_steps == 30  # 3 epochs x 10 batches
+    cfg = build_config({"train": {"epochs": 3, "batch_size": 10, "max_steps": 7}})
+    plan = plan_steps(cfg.train, 95)
+    assert plan.num_steps == 7 and plan.eval_every == 7
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = build_config({"adapter": {"r": 2}, "data": {"name": "pneumoniamnist"}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    again = load_config(path)
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_help_lists_every_key():
+    text = "\n".join(help_lines())
+    for key in ("site", "backbone.path", "adapter.method", "data.label_fraction", "train.max_steps", "output_dir"):
+        assert f"\n{key} (" in "\n" + text
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1,\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(bad)
+
+
+def test_defaults_are_a_runconfig():
+    assert isinstance(build_config({}), RunConfig)

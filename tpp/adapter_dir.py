@@ -1,0 +1,117 @@
+"""The adapter directory: the unit users move between hospitals.
+
+Layout: peft's ``adapter_config.json`` + ``adapter_model.safetensors`` (target parameters, keys
+relative to the encoder), ``head.safetensors`` (task head, when there is one) and ``tpp_card.json``.
+No backbone weights. Data is described by name, content hash and counts, never by paths.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from tpp.backbones import BackboneInfo
+from tpp.errors import TppError
+
+CARD = "tpp_card.json"
+WEIGHTS = "adapter_model.safetensors"
+HEAD = "head.safetensors"
+FORMAT = "tpp-adapter/1"
+
+
+def versions() -> dict:
+    import accelerate
+    import peft
+    import transformers
+
+    import tpp
+
+    return {"tpp": tpp.__version__, "torch": torch.__version__, "peft": peft.__version__,
+            "transformers": transformers.__version__, "accelerate": accelerate.__version__,
+            "python": platform.python_version()}
+
+
+def make_card(*, method: str, options: dict, targets: list, backbone: BackboneInfo, input_rule: dict,
+              site: str, modality: str, task: dict, data: dict, metrics: dict, parent: dict | None,
+              trainable_parameters: int, stage: str, extra: dict | None = None) -> dict:
+    """Assemble a card; every field is plain JSON."""
+    card = {
+        "format": FORMAT, "kind": "adapter", "stage": stage, "site": site, "modality": modality,
+        "method": method, "options": options, "target_modules": list(targets),
+        "backbone": {"id": backbone.id, "hash": backbone.hash, "model_type": backbone.model_type,
+                     "image_size": backbone.image_size, "patch_size": backbone.patch_size,
+                     "channels": backbone.channels},
+        "input": input_rule, "task": task, "data": data, "metrics": metrics, "parent": parent,
+        "trainable_parameters": trainable_parameters, "versions": versions(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    card.update(extra or {})
+    return card
+
+
+def write_adapter_dir(path: Path, peft_model, head: torch.nn.Module | None, card: dict) -> None:
+    """Write into ``path`` (a fresh temp folder the caller renames into place)."""
+    path.mkdir(parents=True, exist_ok=True)
+    peft_model.save_pretrained(str(path))
+    (path / "README.md").unlink(missing_ok=True)  # peft's hub model-card template; tpp_card.json is the card
+    if head is not None:
+        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path / HEAD))
+    card = dict(card, size_bytes=dir_size(path))
+    (path / CARD).write_text(json.dumps(card, indent=2))
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def read_card(path: str | Path) -> dict:
+    """Read and sanity-check an adapter directory's card; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_dir():
+        raise TppError(f"adapter directory '{path}' does not exist.")
+    card_path = path / CARD
+    if not card_path.is_file():
+        raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).")
+    try:
+        card = json.loads(card_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
+    if card.get("format") != FORMAT:
+        raise TppError(f"'{card_path}' has format {card.get('format')!r}; this tpp reads {FORMAT}.")
+    if card.get("kind") != "adapter":
+        raise TppError(f"'{path}' holds a {card.get('kind')!r}, not an adapter.")
+    return card
+
+
+def read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """Load a safetensors file of the adapter directory (never pickle)."""
+    file = Path(path) / name
+    if not file.is_file():
+        raise TppError(f"adapter directory '{path}' lacks {name}.")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise TppError(f"'{file}' is not a readable safetensors file ({exc}).") from None
+
+
+def verify_backbone(card: dict, backbone: BackboneInfo, source: str) -> None:
+    """Refuse an adapter trained on another backbone (by weight hash)."""
+    expected = card.get("backbone", {}).get("hash")
+    if expected != backbone.hash:
+        raise TppError(
+            f"adapter '{source}' was trained on backbone '{card.get('backbone', {}).get('id')}' "
+            f"(hash {str(expected)[:12]}), but the loaded backbone '{backbone.id}' has hash {backbone.hash[:12]}. "
+            "Load the adapter with the backbone it was trained on (backbone.path).")
+
+
+def parent_summary(card: dict, path: str | Path) -> dict:
+    """What a child card records of its parent."""
+    return {"stage": card.get("stage"), "site": card.get("site"), "method": card.get("method"),
+            "modality": card.get("modality"), "pretext": card.get("pretext"),
+            "data": {k: card.get("data", {}).get(k) for k in ("name", "content_sha256", "used")},
+            "created": card.get("created"), "dir_name": Path(path).name}

@@ -1,0 +1,246 @@
+"""Frozen ViT-family backbones from transformers (ViT, ViT-MAE, DINOv2).
+
+:class:`Encoder` gives every family one deterministic call: pixels (B, C, H, W) in, tokens
+(B, P + N, D) out, P prefix tokens (CLS, registers) then N patch tokens in raster order.
+ViT-MAE's encoder masks and shuffles patches on every call, also in eval mode: the wrapper turns
+that off (mask ratio 0 and raster-order noise) outside the MAE pretext.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from tpp.errors import TppError
+
+
+@dataclass(frozen=True)
+class Family:
+    """How tpp finds its way around one transformers model type."""
+    model_type: str
+    layer_pattern: str          # regex over module names: group 1 is the layer index
+    default_targets: tuple      # leaf names of Linear layers LoRA-like methods adapt
+    num_prefix_tokens: int = 1  # CLS (+ registers)
+
+
+FAMILIES = {
+    "vit": Family("vit", r"^layers\.(\d+)\.", ("q_proj", "v_proj")),
+    "vit_mae": Family("vit_mae", r"^layers\.(\d+)\.", ("q_proj", "v_proj")),
+    "dinov2": Family("dinov2", r"^encoder\.layer\.(\d+)\.", ("q_proj", "v_proj")),
+}
+
+
+@dataclass
+class BackboneInfo:
+    """What the card records about a backbone and its input pipeline."""
+    id: str
+    model_type: str
+    image_size: int
+    patch_size: int
+    channels: int
+    hidden_size: int
+    num_layers: int
+    mean: list = field(default_factory=list)
+    std: list = field(default_factory=list)
+    hash: str = ""
+
+
+class Encoder(nn.Module):
+    """Deterministic token extractor around a transformers encoder.
+
+    ``forward(pixel_values (B, C, H, W)) -> tokens (B, P + N, D)``: all patches, raster order.
+    ``self.model`` is the transformers module (later wrapped by peft); adapter keys are relative to it.
+    """
+
+    def __init__(self, model: nn.Module, family: Family):
+        super().__init__()
+        self.model = model
+        self.family = family
+        if family.model_type == "vit_mae":
+            model.config.mask_ratio = 0.0
+
+    def forward(self, pixel_values: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {}
+        if self.family.model_type == "vit_mae":
+            kwargs["noise"] = noise if noise is not None else raster_noise(pixel_values, self.num_patches)
+        return self.model(pixel_values=pixel_values, **kwargs).last_hidden_state
+
+    @property
+    def num_patches(self) -> int:
+        cfg = self.base_config
+        return (cfg.image_size // cfg.patch_size) ** 2
+
+    @property
+    def base_config(self):
+        return self.model.config
+
+    def patch_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, P + N, D) -> (B, N, D): drop CLS / register tokens."""
+        return tokens[:, self.family.num_prefix_tokens:]
+
+
+def raster_noise(pixel_values: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Noise whose argsort is the identity: ViT-MAE then keeps patches in raster order. (B, N)."""
+    ramp = torch.arange(num_patches, dtype=torch.float32, device=pixel_values.device)
+    return ramp.expand(pixel_values.shape[0], num_patches)
+
+
+@contextlib.contextmanager
+def mae_mask_ratio(config, ratio: float):
+    """Temporarily set a ViT-MAE config's mask ratio (used only by the MAE pretext, single-threaded)."""
+    old = config.mask_ratio
+    config.mask_ratio = ratio
+    try:
+        yield
+    finally:
+        config.mask_ratio = old
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise TppError(f"'{path}' is not valid JSON ({exc}).") from None
+
+
+def _family_of(path: str, model_type: str | None) -> Family:
+    if model_type not in FAMILIES:
+        raise TppError(
+            f"backbone '{path}' is a '{model_type}' model, not a supported vision encoder. "
+            f"Supported families: {', '.join(sorted(FAMILIES))}. Pass backbone.path=<ViT / ViT-MAE / DINOv2 checkpoint>.")
+    return FAMILIES[model_type]
+
+
+def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False):
+    """Load a frozen encoder (and, with ``with_decoder``, a ViT-MAE decoder) from a hub id or directory.
+
+    Returns ``(encoder: Encoder, info: BackboneInfo, decoder: nn.Module | None)``. All weights have
+    ``requires_grad=False`` and the modules are in eval mode.
+    """
+    from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the decoder weights a ViT-MAE encoder skips are expected
+
+    local = Path(path)
+    if local.exists() and not local.is_dir():
+        raise TppError(f"backbone.path '{path}' is a file; pass the checkpoint directory (config.json + weights).")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise TppError(f"backbone.path '{path}' has no config.json: it is not a transformers checkpoint directory.")
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise TppError(f"backbone.path '{path}' does not exist. Pass a local checkpoint directory or a hub id.")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise TppError(f"cannot read backbone '{path}': {exc}".strip()) from None
+    family = _family_of(path, getattr(config, "model_type", None))
+    decoder = None
+    if with_decoder and family.model_type == "vit_mae":
+        from transformers import ViTMAEForPreTraining
+
+        full = ViTMAEForPreTraining.from_pretrained(path)
+        model, decoder = full.vit, full.decoder
+    else:
+        model = AutoModel.from_pretrained(path)
+    for module in (model, decoder):
+        if module is not None:
+            module.requires_grad_(False).eval()
+    encoder = Encoder(model, family)
+    mean, std = _normalisation(local, config.num_channels, mean, std)
+    info = BackboneInfo(
+        id=str(path), model_type=family.model_type, image_size=int(config.image_size),
+        patch_size=int(config.patch_size), channels=int(config.num_channels),
+        hidden_size=int(config.hidden_size), num_layers=int(config.num_hidden_layers),
+        mean=mean, std=std, hash=backbone_hash(model))
+    return encoder, info, decoder
+
+
+def _normalisation(local: Path, channels: int, mean, std) -> tuple[list, list]:
+    """Mean/std from the config, else the checkpoint's image-processor config, else ImageNet's."""
+    if mean is None or std is None:
+        proc = _read_json(local / "preprocessor_config.json") if local.is_dir() else None
+        if proc is None and not local.is_dir():
+            proc = _hub_preprocessor(str(local))
+        proc = proc or {}
+        mean = mean if mean is not None else proc.get("image_mean", [0.485, 0.456, 0.406])
+        std = std if std is not None else proc.get("image_std", [0.229, 0.224, 0.225])
+    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    if len(mean) == 1:
+        mean, std = mean * channels, std * channels
+    if len(mean) != channels or len(std) != channels:
+        raise TppError(f"backbone normalisation has {len(mean)} means / {len(std)} stds for {channels} channels.")
+    return mean, std
+
+
+def _hub_preprocessor(hub_id: str) -> dict | None:
+    try:
+        from transformers import AutoImageProcessor
+
+        proc = AutoImageProcessor.from_pretrained(hub_id)
+        return {"image_mean": list(proc.image_mean), "image_std": list(proc.image_std)}
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def backbone_hash(model: nn.Module) -> str:
+    """sha256 over the encoder's own tensors (sorted names, dtypes, shapes, bytes).
+
+    Adapter tensors (names containing ``lora_`` or other peft markers) and wrapper prefixes are
+    excluded, so the same checkpoint hashes the same whatever class loaded it. Computed once at
+    load time and kept in :class:`BackboneInfo`.
+    """
+    state = base_state_dict(model)
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+_PEFT_MARKERS = re.compile(r"(lora_|hada_|lokr_|ia3_)")
+
+
+def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's own tensors with peft wrapper names undone: ``layers.0.attention.q_proj.weight``."""
+    out = {}
+    for name, tensor in model.state_dict().items():
+        if _PEFT_MARKERS.search(name):
+            continue
+        clean = name.replace("base_model.model.", "").replace(".base_layer", "")
+        out[clean] = tensor
+    return out
+
+
+def resolve_targets(encoder: Encoder, leaf_names=None) -> list[str]:
+    """Full names of the encoder's ``nn.Linear`` modules whose last name part is in ``leaf_names``.
+
+    Raises TppError when nothing matches or a transformer layer gets no target: a silent no-op
+    adapter would train only the head.
+    """
+    leaf_names = tuple(leaf_names or encoder.family.default_targets)
+    layer_re = re.compile(encoder.family.layer_pattern)
+    names, layers = [], set()
+    for name, module in encoder.model.named_modules():
+        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in leaf_names:
+            names.append(name)
+            match = layer_re.match(name)
+            if match:
+                layers.add(int(match.group(1)))
+    if not names:
+        raise TppError(f"adapter.target_modules {list(leaf_names)} match no Linear layer of the "
+                       f"{encoder.family.model_type} encoder. Use leaf names such as q_proj, v_proj, fc1.")
+    missing = set(range(encoder.model.config.num_hidden_layers)) - layers
+    if missing:
+        raise TppError(f"adapter.target_modules {list(leaf_names)} leave encoder layers {sorted(missing)} without targets.")
+    return names

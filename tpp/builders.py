@@ -1,0 +1,70 @@
+"""Small builders the recipes share: input tensors, the card's input rule, parent hand-off checks."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from tpp.adapter_dir import read_card, verify_backbone
+from tpp.backbones import BackboneInfo
+from tpp.data import Dataset, same_modality
+from tpp.data.build import channel_rule, image_channels, to_model_tensor
+from tpp.errors import ConfigError, TppError
+
+
+def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
+    """The intensity pipeline applied to images, recorded in the card and reused at inference."""
+    channels = image_channels(dataset.split(next(iter(dataset.splits))).images)
+    return {"image_channels": channels, "channels": info.channels, "channel_rule": channel_rule(channels, info.channels),
+            "image_size": info.image_size, "resize": "bilinear, antialiased, to image_size",
+            "scale": "uint8 / 255", "mean": info.mean, "std": info.std}
+
+
+def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
+    """uint8 images -> normalised model input (N, C, S, S) for this backbone."""
+    return to_model_tensor(images, info.channels, info.image_size, info.mean, info.std)
+
+
+def classification_task(dataset: Dataset) -> dict:
+    return {"type": "classification", "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
+            "head": "linear on the mean of patch tokens"}
+
+
+def require_labels(dataset: Dataset) -> None:
+    if not dataset.class_names or any(s.labels is None for s in dataset.splits.values()):
+        raise TppError(f"dataset '{dataset.name}' has no labels; fine-tuning and evaluation need a labelled source.")
+    if dataset.num_classes < 2:
+        raise TppError(f"dataset '{dataset.name}' has {dataset.num_classes} class; classification needs at least 2.")
+
+
+def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, str, dict]:
+    """Read the ``init_from`` card and merge options: method and inherited options come from the
+    parent; an explicitly different value is a config error. Warns (or fails with
+    ``adapter.require_same_modality``) when the parent saw another modality.
+
+    Returns (parent card, method name, options).
+    """
+    source = adapter_cfg.init_from
+    card = read_card(source)
+    verify_backbone(card, info, source)
+    if adapter_cfg.method != card["method"]:
+        raise ConfigError(f"adapter.method={adapter_cfg.method} conflicts with the parent adapter '{source}' "
+                          f"({card['method']}); drop the override or set adapter.method={card['method']}.")
+    from tpp.adapters import get_method
+
+    method = get_method(card["method"])
+    options = dict(card["options"])
+    for key, value in adapter_cfg.options.items():
+        if key in method.inherited and value != options.get(key):
+            raise ConfigError(f"adapter.{key}={value!r} conflicts with the parent adapter '{source}' "
+                              f"({key}={options.get(key)!r}); it is inherited, drop the override.")
+        options[key] = value
+    parent_modality = card.get("modality", "unknown")
+    if not same_modality(parent_modality, modality):
+        message = (f"adapter.init_from '{source}' was pre-trained on modality {parent_modality}, but the "
+                   f"fine-tuning data is {modality}; pre-training on another modality can hurt.")
+        if adapter_cfg.require_same_modality:
+            raise TppError(message + " (adapter.require_same_modality=true)")
+        warnings.warn(message)
+    return card, card["method"], options

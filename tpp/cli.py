@@ -1,0 +1,196 @@
+"""The ``tpp`` command: run recipes, list / copy / validate configs.
+
+Errors caused by input print one paragraph and exit with code 2; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from tpp import __version__
+from tpp.errors import TppError
+
+EXAMPLES = {
+    "run": """examples:
+  tpp run finetune --config recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml
+  tpp run finetune --config CONFIG data.label_fraction=0.1 adapter.r=4 output_dir=runs/b10
+  tpp run tpp --config recipes/configs/breast_us/mae_vit_tiny_lora_tpp.yaml output_dir=runs/tpp
+  tpp run finetune --config CONFIG adapter.init_from=runs/tpp/adapter
+  tpp run evaluate --config CONFIG adapter.path=runs/b10/adapter data.split=test output_dir=runs/eval""",
+    "ls": "examples:\n  tpp ls",
+    "cp": """examples:
+  tpp cp breast_us/mae_vit_tiny_lora_finetune.yaml my_site.yaml
+  tpp cp breast_us/mae_vit_tiny_lora_finetune my_configs/""",
+    "validate": """examples:
+  tpp validate recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml
+  tpp validate my_site.yaml train.lr=3e-4 data.label_fraction=0.1
+  tpp validate --keys        # every config key with its type, default and help""",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tpp", description="Parameter-efficient fine-tuning of frozen medical-imaging backbones, "
+        "with target parameter pre-training (TPP).",
+        epilog="Run `tpp COMMAND --help` for examples. Data root: data.root=... or env TPP_DATA_ROOT.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tpp {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, help_text):
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--debug", action="store_true", help="show full tracebacks")
+        return p
+
+    run = add("run", "run a recipe with a YAML config and key=value overrides")
+    run.add_argument("recipe", help="recipe name (tpp ls)")
+    run.add_argument("--config", required=True, help="YAML config (path, or a name from tpp ls)")
+    run.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
+    add("ls", "list recipes, adapter methods and shipped configs")
+    cp = add("cp", "copy a shipped config out for editing")
+    cp.add_argument("config", help="shipped config (as listed by tpp ls)")
+    cp.add_argument("dest", help="destination file or folder")
+    val = add("validate", "check a config (and overrides) without running anything")
+    val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
+    val.add_argument("overrides", nargs="*", help="key=value overrides")
+    val.add_argument("--keys", action="store_true", help="list every config key with type, default and help")
+    return parser
+
+
+def _config_path(name: str) -> Path:
+    """A config path as given, else a shipped config by its name under recipes/configs/."""
+    from tpp.recipes import CONFIG_DIR
+
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    stripped = name.split("recipes/configs/", 1)[-1]
+    if (CONFIG_DIR / stripped).is_file():
+        return CONFIG_DIR / stripped
+    raise TppError(f"config '{name}' is neither a file nor a shipped config. `tpp ls` lists the shipped ones.")
+
+
+def cmd_ls(args) -> int:
+    from tpp.adapters import all_methods
+    from tpp.recipes import CONFIG_DIR, RECIPES, shipped_configs
+
+    print("recipes:")
+    for name, text in RECIPES.items():
+        print(f"  {name:<10} {text}")
+    print("adapter methods:")
+    for m in all_methods():
+        print(f"  {m.name:<10} {m.summary}")
+    print(f"configs ({CONFIG_DIR}):")
+    for path in shipped_configs():
+        print(f"  {path.relative_to(CONFIG_DIR)}")
+    return 0
+
+
+def cmd_cp(args) -> int:
+    source = _config_path(args.config)
+    dest = Path(args.dest)
+    if dest.is_dir() or args.dest.endswith(os.sep):
+        dest.mkdir(parents=True, exist_ok=True)
+        dest = dest / source.name
+    if dest.exists():
+        raise TppError(f"'{dest}' exists; choose another destination.")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, dest)
+    print(f"copied {source.name} -> {dest}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from tpp.config import help_lines, load_config
+
+    if args.keys:
+        print("\n".join(help_lines()))
+        return 0
+    if not args.config:
+        raise TppError("tpp validate needs a CONFIG (or --keys).")
+    cfg = load_config(_config_path(args.config), args.overrides)
+    from tpp.recipes import get_recipe
+
+    get_recipe(cfg.recipe)
+    print(f"ok: {args.config} (recipe {cfg.recipe}, adapter {cfg.adapter.method}, data {cfg.data.name}, "
+          f"output_dir {cfg.output_dir})")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from tpp.config import load_config
+    from tpp.recipes import get_recipe
+    from tpp.rundir import RunDir
+
+    cfg = load_config(_config_path(args.config), args.overrides)
+    recipe = get_recipe(args.recipe)
+    run = RunDir(cfg.output_dir, overwrite=args.overwrite)
+    run.write_config(dict(cfg.to_dict(), recipe=args.recipe))
+    try:
+        summary = recipe.run(cfg, run)
+    except BaseException as exc:
+        run.status("failed", error=f"{type(exc).__name__}: {exc}")
+        run.log(event="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    run.status("succeeded")
+    _print_summary(args.recipe, summary, run.path)
+    return 0
+
+
+def _print_summary(recipe: str, summary: dict, path: Path) -> None:
+    print(f"\n{recipe} finished in {summary.get('wall_time_s', 0):.0f}s -> {path}")
+    if "test" in summary:
+        t = summary["test"]
+        print(f"  test AUROC {t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]  "
+              f"accuracy {t['accuracy']:.3f}  trainable {summary['trainable_parameters']:,}  "
+              f"adapter {summary['adapter_bytes'] / 1024:.0f} KiB")
+    elif "final_loss" in summary:
+        print(f"  pretext loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} over "
+              f"{summary['steps']} steps on {summary['images']} images")
+    else:
+        for split, m in summary.items():
+            if isinstance(m, dict) and "auroc" in m:
+                print(f"  {split}: AUROC {m['auroc']:.3f} accuracy {m['accuracy']:.3f} (n={m['n']})")
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides may come before or after --config
+        if args.command not in ("run", "validate") or any(x.startswith("-") or "=" not in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = list(args.overrides) + extra
+    if not args.command:
+        parser.print_help()
+        return 0
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not args.debug:
+        warnings.filterwarnings("ignore", module="transformers")
+        warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    try:
+        return COMMANDS[args.command](args)
+    except TppError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""The typed config schema: the single source of keys, types, defaults and help.
+
+A YAML file plus dotted ``key=value`` overrides is turned into a :class:`RunConfig` and checked
+before any heavy work. Unknown keys and wrong types raise :class:`ConfigError` naming the key path.
+
+Precedence: ``train.max_steps`` (when set) fixes the number of optimiser steps and ``train.epochs``
+is then ignored; otherwise the run lasts ``train.epochs`` passes over the training split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from tpp.errors import ConfigError
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with help text stored in its metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class BackboneConfig:
+    path: str = _f("../shared/models/mae-vit-tiny-med",
+                   "hub id or local directory of a transformers ViT / ViT-MAE / DINOv2 checkpoint")
+    mean: Optional[list] = _f(None, "per-channel mean; default: the checkpoint's preprocessor_config.json")
+    std: Optional[list] = _f(None, "per-channel std; default: the checkpoint's preprocessor_config.json")
+
+
+@dataclass
+class AdapterConfig:
+    """Keys common to every method. Method options (``r``, ``alpha`` ...) are checked by the method's
+    own dataclass from the adapter registry and kept in ``options``."""
+    method: str = _f("lora", "adapter method from the registry (`tpp ls` lists them)")
+    path: Optional[str] = _f(None, "adapter directory to load (evaluate)")
+    init_from: Optional[str] = _f(None, "adapter directory whose target parameters start fine-tuning (TPP)")
+    require_same_modality: bool = _f(False, "fail instead of warn when init_from was pre-trained on another modality")
+    options: dict = _f({}, "method options given by the user, flat as adapter.<option>")
+
+    def resolved_options(self) -> dict:
+        """The method's options with its defaults filled in."""
+        from tpp.adapters import get_method
+
+        return dataclasses.asdict(get_method(self.method).options_cls(**self.options))
+
+
+@dataclass
+class DataConfig:
+    name: str = _f("breastmnist", "dataset name: a MedMNIST flag (breastmnist, pneumoniamnist ...) or your own")
+    source: Literal["medmnist", "npz", "folder", "unlabeled_folder"] = _f("medmnist", "where images come from")
+    root: Optional[str] = _f(None, "data root; default: env TPP_DATA_ROOT")
+    file: Optional[str] = _f(None, "npz source: file path (relative to root)")
+    image_key: str = _f("images", "npz source: key of the image array")
+    label_key: str = _f("labels", "npz source: key of the label array")
+    class_names_key: Optional[str] = _f("class_names", "npz source: key of the class names, if any")
+    classes: Optional[list] = _f(None, "keep only these class names (npz and folder sources)")
+    modality: Optional[str] = _f(None, "DICOM modality code (US, CR, DX, CT, MR, SM, XC, OP ...); required for folders")
+    label_fraction: float = _f(1.0, "stratified, seeded, nested fraction of training labels used")
+    split: str = _f("test", "split evaluated by the evaluate recipe")
+    val_fraction: float = _f(0.1, "seeded split when the data has none: fraction for val")
+    test_fraction: float = _f(0.2, "seeded split when the data has none: fraction for test")
+    group_key: Optional[str] = _f(None, "folder source: metadata.csv column that keeps groups within one split")
+    download: bool = _f(False, "MedMNIST: download through the medmnist package when the file is absent")
+    hflip: bool = _f(True, "random horizontal flips during training")
+    use_eval_splits: bool = _f(False, "TPP only: also pre-train on val/test images (recorded in the card)")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(10, "passes over the training split (ignored when max_steps is set)")
+    max_steps: Optional[int] = _f(None, "optimiser steps; takes precedence over epochs")
+    batch_size: int = _f(64, "images per optimiser step")
+    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_ratio: float = _f(0.05, "fraction of steps with linear warm-up before cosine decay")
+    mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Accelerate mixed precision (fp16 needs a GPU)")
+    eval_every: Optional[int] = _f(None, "validate every N steps; default: once per epoch")
+    eval_batch_size: int = _f(256, "images per evaluation batch")
+    head_lr_scale: float = _f(1.0, "learning-rate multiplier for the task head")
+
+
+@dataclass
+class PretextConfig:
+    name: str = _f("mae", "pretext task from the pretext registry")
+    mask_ratio: float = _f(0.75, "MAE: fraction of patches masked")
+    norm_pix_loss: bool = _f(False, "MAE: normalise each target patch by its own mean/std")
+
+
+@dataclass
+class RunConfig:
+    recipe: str = _f("finetune", "recipe the config is meant for")
+    site: str = _f("default", "hospital / site name recorded in the adapter card")
+    seed: int = _f(0, "seed for data subsets, initialisation and shuffling")
+    output_dir: str = _f("runs/default", "where the run writes its log, metrics and adapter")
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+
+    def to_dict(self) -> dict:
+        """Plain dict with adapter options flattened back into the adapter section."""
+        out = dataclasses.asdict(self)
+        out["adapter"].pop("options")
+        out["adapter"].update(self.adapter.resolved_options())
+        return out
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check ``value`` against a type annotation; returns (ok, possibly-coerced value)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is Literal:
+        return value in typing.get_args(tp), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str) and _looks_float(value):  # YAML reads 1e-4 as a string
+            return True, float(value)
+        return False, value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp in (list, dict, str, bool):
+        return isinstance(value, tp), value
+    if origin in (list, dict):
+        return isinstance(value, origin), value
+    return True, value
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def build_dataclass(cls, data: dict, path: str = ""):
+    """Build dataclass ``cls`` from a nested dict, checking every key and type.
+
+    Raises ConfigError naming the dotted key path of the first unknown key or wrong type.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{path or '<root>'}' must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else key
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"unknown config key '{key_path}'. Known keys here: {known}.")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build_dataclass(tp, value, key_path)
+            continue
+        ok, coerced = _type_ok(value, tp)
+        if not ok:
+            raise ConfigError(f"config key '{key_path}' must be {_describe(tp)}, got {value!r}.")
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=1e-4'`` -> (['train', 'lr'], 0.0001). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (for example train.lr=1e-4).")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key.")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _looks_float(raw: str) -> bool:
+    try:
+        float(raw)
+        return True
+    except ValueError:
+        return False
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply dotted overrides to a nested dict (in place) and return it."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{key}' is not a section.")
+        node[keys[-1]] = value
+    return data
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML config file into a dict, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}.")
+    return data
+
+
+def build_config(data: dict) -> RunConfig:
+    """Validate a nested dict (YAML + overrides) into a RunConfig, including method options."""
+    from tpp.adapters import get_method  # registry lives with the methods
+
+    data = dict(data)
+    adapter = dict(data.get("adapter") or {})
+    common = {f.name for f in dataclasses.fields(AdapterConfig)} - {"options"}
+    method_name = adapter.get("method", AdapterConfig.method)
+    method = get_method(method_name)
+    options = {k: adapter.pop(k) for k in list(adapter) if k not in common}
+    build_dataclass(method.options_cls, options, "adapter")  # type and value checks
+    adapter["options"] = options
+    data["adapter"] = adapter
+    cfg = build_dataclass(RunConfig, data)
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: RunConfig) -> None:
+    checks = [
+        (0 < cfg.data.label_fraction <= 1, "data.label_fraction must be in (0, 1]"),
+        (cfg.train.epochs >= 1, "train.epochs must be at least 1"),
+        (cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps must be at least 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
+        (cfg.train.lr > 0, "train.lr must be positive"),
+        (0 <= cfg.train.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
+        (0 < cfg.pretext.mask_ratio < 1, "pretext.mask_ratio must be in (0, 1)"),
+        (cfg.data.split in ("train", "val", "test"), "data.split must be train, val or test"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message + ".")
+    if cfg.train.mixed_precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU.")
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
+    """YAML file + ``key=value`` overrides -> validated RunConfig."""
+    return build_config(apply_overrides(load_yaml(path), list(overrides)))
+
+
+def help_lines(cls=RunConfig, prefix: str = "") -> list[str]:
+    """One ``key (type, default): help`` line per config key, for ``tpp validate --keys``."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += help_lines(tp, f"{prefix}{f.name}.")
+        elif f.name != "options":
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"{prefix}{f.name} ({_describe(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+    return lines

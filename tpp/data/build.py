@@ -1,0 +1,57 @@
+"""From the ``data`` config section to a Dataset and model-ready tensors."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tpp.data import Dataset
+from tpp.data.folders import load_folder, load_unlabeled_folder
+from tpp.data.sources import load_medmnist, load_npz
+
+
+def load_data(data, seed: int, image_size: int) -> Dataset:
+    """Dispatch on ``data.source``; ``image_size`` is used to decode folders of mixed sizes."""
+    if data.source == "medmnist":
+        return load_medmnist(data.name, data.root, data.download)
+    if data.source == "npz":
+        return load_npz(data.name, data.root, data.file, data.image_key, data.label_key, data.class_names_key,
+                        data.classes, data.modality, data.val_fraction, data.test_fraction, seed)
+    if data.source == "folder":
+        return load_folder(data.name, data.root, data.file, data.modality, image_size, data.classes,
+                           data.group_key, data.val_fraction, data.test_fraction, seed)
+    return load_unlabeled_folder(data.name, data.root, data.file, data.modality, image_size)
+
+
+def channel_rule(image_channels: int, model_channels: int) -> str:
+    """How image channels become model channels; recorded in the card."""
+    if image_channels == model_channels:
+        return "as-is"
+    if image_channels == 1:
+        return f"replicate gray to {model_channels} channels"
+    if model_channels == 1:
+        return "RGB to luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B)"
+    raise ValueError(f"cannot map {image_channels} image channels to {model_channels} model channels")
+
+
+def to_model_tensor(images: np.ndarray, channels: int, image_size: int, mean: list, std: list) -> torch.Tensor:
+    """uint8 (N, H, W[, C]) -> float32 (N, channels, image_size, image_size), normalised.
+
+    Pixels are scaled to [0, 1], gray is replicated / RGB turned to luma as the backbone needs,
+    images are resized (bilinear, antialiased) when their size differs, then ``(x - mean) / std``.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if x.shape[1] == 1 and channels > 1:
+        x = x.expand(-1, channels, -1, -1)
+    elif x.shape[1] == 3 and channels == 1:
+        x = (x * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    mean_t = torch.tensor(mean).view(1, -1, 1, 1)
+    std_t = torch.tensor(std).view(1, -1, 1, 1)
+    return ((x - mean_t) / std_t).contiguous()
+
+
+def image_channels(images: np.ndarray) -> int:
+    return 1 if images.ndim == 3 else images.shape[-1]

@@ -1,0 +1,181 @@
+"""Data sources: MedMNIST files, generic .npz files, labelled and unlabeled image folders.
+
+Each loader returns a :class:`tpp.data.Dataset` with uint8 images per split. Errors name the file
+and say what to do.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from tpp.data import KNOWN_MODALITIES, Dataset, Split
+from tpp.data.subsets import stratified_split
+from tpp.errors import TppError
+
+SPLITS = ("train", "val", "test")
+
+# flag -> (modality, class names); names as in the medmnist package's INFO table
+MEDMNIST = {
+    "breastmnist": ("US", ["malignant", "normal, benign"]),
+    "pneumoniamnist": ("DX", ["normal", "pneumonia"]),
+    "bloodmnist": ("SM", ["basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte",
+                          "monocyte", "neutrophil", "platelet"]),
+    "organamnist": ("CT", ["bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right",
+                           "liver", "lung-left", "lung-right", "pancreas", "spleen"]),
+    "dermamnist": ("XC", ["actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma",
+                          "benign keratosis-like lesions", "dermatofibroma", "melanoma", "melanocytic nevi",
+                          "vascular lesions"]),
+    "retinamnist": ("OP", ["0", "1", "2", "3", "4"]),
+    "pathmnist": ("SM", ["adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",
+                         "normal colon mucosa", "cancer-associated stroma", "colorectal adenocarcinoma epithelium"]),
+    "octmnist": ("OCT", ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"]),
+}
+MEDMNIST["organcmnist"] = MEDMNIST["organsmnist"] = MEDMNIST["organamnist"]
+MEDMNIST["dermamnist_jpeg"] = MEDMNIST["dermamnist"]  # the lossy re-export in ../shared/data
+
+
+def resolve_root(root: str | None) -> Path:
+    """``data.root``, else env ``TPP_DATA_ROOT``; an error when neither names an existing folder."""
+    root = root or os.environ.get("TPP_DATA_ROOT")
+    if not root:
+        raise TppError("no data root: set data.root=DIR or the environment variable TPP_DATA_ROOT "
+                       "(for this repository: TPP_DATA_ROOT=../shared/data).")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise TppError(f"data root '{path}' does not exist or is not a folder. Set data.root or TPP_DATA_ROOT.")
+    return path
+
+
+def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise TppError(f"'{path}' is not a readable .npz file ({exc}).") from None
+
+
+def _array(npz, key: str, path: Path) -> np.ndarray:
+    if key not in npz.files:
+        raise TppError(f"'{path}' has no key '{key}' (it has: {', '.join(npz.files)}).")
+    try:
+        return npz[key]
+    except ValueError as exc:  # object arrays need pickle: refused
+        raise TppError(f"'{path}' key '{key}' cannot be read without pickle ({exc}).") from None
+
+
+def _labels(raw: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    labels = np.asarray(raw).reshape(len(raw), -1)
+    if labels.shape[1] != 1:
+        raise TppError(f"{where}: labels have shape {raw.shape}; multi-label data is not supported yet.")
+    labels = labels[:, 0].astype(np.int64)
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        raise TppError(f"{where}: {bad.sum()} labels are outside 0..{num_classes - 1} "
+                       f"(first bad value {labels[bad][0]}). Check data.label_key and the class list.")
+    return labels
+
+
+def _images(raw: np.ndarray, where: str) -> np.ndarray:
+    if raw.ndim not in (3, 4) or (raw.ndim == 4 and raw.shape[-1] not in (1, 3)):
+        raise TppError(f"{where}: images must be (N, H, W) or (N, H, W, 1|3), got shape {raw.shape}.")
+    if raw.dtype != np.uint8:
+        raise TppError(f"{where}: images must be uint8 (0-255), got {raw.dtype}.")
+    return raw
+
+
+def load_medmnist(name: str, root: str | None, download: bool = False) -> Dataset:
+    """An official MedMNIST 2D file ``<root>/<name>.npz`` (or ``<root>/medmnist/<name>.npz``)."""
+    if name not in MEDMNIST:
+        raise TppError(f"unknown MedMNIST dataset '{name}'. Known: {', '.join(sorted(MEDMNIST))}. "
+                       "For other files use data.source=npz or folder.")
+    modality, class_names = MEDMNIST[name]
+    base = resolve_root(root)
+    candidates = [base / f"{name}.npz", base / "medmnist" / f"{name}.npz"]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        if not download:
+            raise TppError(f"MedMNIST file '{name}.npz' not found under '{base}' (looked in "
+                           f"{', '.join(str(p.parent) for p in candidates)}). Set data.root, or allow "
+                           "data.download=true to fetch it with the medmnist package.")
+        path = _download_medmnist(name, base)
+    npz = _open_npz(path)
+    splits = {}
+    for split in SPLITS:
+        images = _images(_array(npz, f"{split}_images", path), f"'{path}' {split}_images")
+        labels = _labels(_array(npz, f"{split}_labels", path), len(class_names), f"'{path}' {split}_labels")
+        splits[split] = Split(images, labels)
+    return Dataset(name, modality, list(class_names), splits)
+
+
+def _download_medmnist(name: str, base: Path) -> Path:
+    try:
+        import medmnist
+    except ImportError:
+        raise TppError("data.download=true needs the medmnist package: pip install medmnist") from None
+    info = medmnist.INFO[name]
+    getattr(medmnist, info["python_class"])(split="train", root=str(base), download=True)
+    return base / f"{name}.npz"
+
+
+def load_npz(name: str, root: str | None, file: str | None, image_key: str, label_key: str,
+             class_names_key: str | None, classes: list | None, modality: str | None,
+             val_fraction: float, test_fraction: float, seed: int) -> Dataset:
+    """A generic .npz: MedMNIST-style split keys, or one image/label array split with a seeded
+    stratified split. ``classes`` keeps (and re-numbers) a subset of the named classes."""
+    if not file:
+        raise TppError("data.source=npz needs data.file (path of the .npz, relative to data.root).")
+    path = Path(file) if Path(file).is_absolute() else resolve_root(root) / file
+    if not path.is_file():
+        raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
+    npz = _open_npz(path)
+    if class_names_key and class_names_key in npz.files:
+        names = [str(n) for n in _array(npz, class_names_key, path)]
+    else:
+        names = None
+    if f"train_{image_key}" in npz.files:
+        parts = {s: (_array(npz, f"{s}_{image_key}", path), _array(npz, f"{s}_{label_key}", path)) for s in SPLITS}
+        names = names or [str(i) for i in range(int(max(p[1].max() for p in parts.values())) + 1)]
+        splits = {s: Split(_images(im, f"'{path}' {s}_{image_key}"), _labels(lb, len(names), f"'{path}' {s}_{label_key}"))
+                  for s, (im, lb) in parts.items()}
+    else:
+        images = _images(_array(npz, image_key, path), f"'{path}' {image_key}")
+        raw = _array(npz, label_key, path)
+        names = names or [str(i) for i in range(int(raw.max()) + 1)]
+        labels = _labels(raw, len(names), f"'{path}' {label_key}")
+        if len(images) != len(labels):
+            raise TppError(f"'{path}': {len(images)} images but {len(labels)} labels.")
+        index = stratified_split(labels, val_fraction, test_fraction, name, seed)
+        splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
+    if classes:
+        splits, names = _filter_classes(splits, names, classes, path)
+    return Dataset(name, _modality(modality, name), names, splits)
+
+
+def _filter_classes(splits: dict, names: list, classes: list, path) -> tuple[dict, list]:
+    unknown = [c for c in classes if c not in names]
+    if unknown:
+        raise TppError(f"data.classes {unknown} are not in '{path}' (classes: {', '.join(names)}).")
+    old = [names.index(c) for c in classes]
+    remap = {o: n for n, o in enumerate(old)}
+    out = {}
+    for split_name, split in splits.items():
+        keep = np.isin(split.labels, old)
+        out[split_name] = Split(split.images[keep], np.array([remap[v] for v in split.labels[keep]], dtype=np.int64))
+    return out, list(classes)
+
+
+def _modality(modality: str | None, name: str, required: bool = False) -> str:
+    if not modality or modality == "unknown":
+        if required:
+            raise TppError(f"dataset '{name}': set data.modality to a DICOM modality code "
+                           f"({', '.join(sorted(KNOWN_MODALITIES - {'unknown'}))}).")
+        warnings.warn(f"dataset '{name}' has no modality (data.modality); recorded as 'unknown'. "
+                      "Modality checks between pre-training and fine-tuning will not work.")
+        return "unknown"
+    if modality not in KNOWN_MODALITIES:
+        raise TppError(f"data.modality '{modality}' is not a known DICOM modality code "
+                       f"({', '.join(sorted(KNOWN_MODALITIES))}).")
+    return modality

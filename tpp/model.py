@@ -1,0 +1,104 @@
+"""Encoder + target parameters + task head, and the pieces that move adapter weights around.
+
+Adapter tensors are named relative to the transformers encoder (``base_model.model.layers.0...``),
+never relative to a wrapper (task model, MAE pretext model), so TPP and fine-tuning hand off exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+from tpp.adapters import Method, get_method
+from tpp.backbones import Encoder, resolve_targets
+from tpp.errors import TppError
+
+
+class ClassificationHead(nn.Module):
+    """Linear layer on the mean of the patch tokens: (B, N, D) -> logits (B, K)."""
+
+    def __init__(self, hidden_size: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(patch_tokens.mean(dim=1))
+
+
+class TaskModel(nn.Module):
+    """``forward(pixel_values (B, C, H, W)) -> logits (B, K)`` through the adapted encoder and a head."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder.patch_tokens(self.encoder(pixel_values)))
+
+
+def attach_adapter(encoder: Encoder, method_name: str, options: dict,
+                   targets: list[str] | None = None) -> tuple[Method, object, list[str]]:
+    """Add a method's target parameters to ``encoder`` in place.
+
+    ``targets`` (full module names, e.g. from a card) default to the family's resolution of the
+    options' ``target_modules``. Returns (method, typed options, target names). Only the target
+    parameters are trainable afterwards; the backbone stays frozen.
+    """
+    method = get_method(method_name)
+    typed = method.options_cls(**options)
+    targets = targets or resolve_targets(encoder, getattr(typed, "target_modules", None))
+    encoder.model = method.attach(encoder.model, typed, targets)
+    for name, param in encoder.model.named_parameters():
+        if param.requires_grad and not _is_adapter_key(name):
+            raise RuntimeError(f"method '{method_name}' left backbone parameter '{name}' trainable")
+    return method, typed, targets
+
+
+def _is_adapter_key(name: str) -> bool:
+    return any(marker in name for marker in ("lora_", "hada_", "lokr_", "ia3_"))
+
+
+def adapter_state(encoder: Encoder) -> dict[str, torch.Tensor]:
+    """The target parameters, keyed relative to the encoder (what ``adapter_model.safetensors`` holds)."""
+    return {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(encoder.model).items()}
+
+
+def load_adapter_state(encoder: Encoder, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load every target tensor exactly; any key difference lists the keys and fails."""
+    expected = set(get_peft_model_state_dict(encoder.model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise TppError(f"adapter '{source}' does not fit this model: missing {_short(missing)}, "
+                       f"unexpected {_short(unexpected)}. Method, rank and target modules must match the parent.")
+    for key in expected:
+        if state[key].shape != get_peft_model_state_dict(encoder.model)[key].shape:
+            raise TppError(f"adapter '{source}': tensor '{key}' has shape {tuple(state[key].shape)}, "
+                           f"the model expects {tuple(get_peft_model_state_dict(encoder.model)[key].shape)}.")
+    set_peft_model_state_dict(encoder.model, state)
+    loaded = get_peft_model_state_dict(encoder.model)
+    differing = [k for k in expected if not torch.equal(loaded[k], state[k].to(loaded[k].dtype))]
+    if differing:
+        raise TppError(f"adapter '{source}': tensors {_short(differing)} did not load.")
+
+
+def _short(keys: list, n: int = 5) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every trainable tensor (for best-on-validation selection)."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def restore_trainable(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)

@@ -1,0 +1,28 @@
+"""Pretext tasks for target parameter pre-training: one file + one registration each.
+
+A pretext builds ``module`` (an ``nn.Module`` whose ``forward(pixel_values) -> loss`` runs the
+adapted encoder) and says what it records in the card.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from tpp.errors import ConfigError
+
+_PRETEXTS: dict[str, Callable] = {}
+
+
+def register(name: str):
+    def wrap(builder):
+        _PRETEXTS[name] = builder
+        return builder
+    return wrap
+
+
+def build_pretext(name: str, encoder, decoder, pretext_cfg):
+    """``builder(encoder, decoder, cfg) -> nn.Module`` with ``forward(pixel_values) -> scalar loss``."""
+    from tpp.pretext import mae  # noqa: F401  (registers itself)
+
+    if name not in _PRETEXTS:
+        raise ConfigError(f"unknown pretext.name '{name}'. Known: {', '.join(sorted(_PRETEXTS))}.")
+    return _PRETEXTS[name](encoder, decoder, pretext_cfg)

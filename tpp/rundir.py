@@ -1,0 +1,92 @@
+"""The run directory: a log that is always there, published artefacts that appear only on success.
+
+``config.yaml`` and ``log.jsonl`` are written as the run goes; the adapter directory and
+``metrics.json`` are written to a temporary path and renamed into place (``os.replace``) only when
+the run succeeds. ``status.json`` says ``running``, ``succeeded`` or ``failed`` (with the error).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from tpp.errors import TppError
+
+
+def _json_default(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that readers see the old content or the new, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """One run's output directory; ``main`` is False on non-main processes (they write nothing)."""
+
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, main: bool = True):
+        self.path = Path(path)
+        self.main = main
+        self.started = time.time()
+        if not main:
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise TppError(f"output_dir '{self.path}' is a file.")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not overwrite:
+                raise TppError(f"output_dir '{self.path}' is not empty. Pass --overwrite to replace it, "
+                               "or choose another output_dir=...")
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.status("running")
+
+    def write_config(self, config: dict) -> None:
+        if self.main:
+            write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def log(self, **record) -> None:
+        """Append one JSON line to ``log.jsonl`` (with wall time since start)."""
+        if self.main:
+            record = {"time": round(time.time() - self.started, 3), **record}
+            with open(self.path / "log.jsonl", "a") as fh:
+                fh.write(json.dumps(record, default=_json_default) + "\n")
+
+    def status(self, state: str, **extra) -> None:
+        if self.main:
+            write_atomic(self.path / "status.json", json.dumps({"status": state, **extra}, indent=2))
+
+    def publish_json(self, name: str, obj: dict) -> Path:
+        target = self.path / name
+        if self.main:
+            write_atomic(target, json.dumps(obj, indent=2, default=_json_default))
+        return target
+
+    def publish_dir(self, name: str, write: Callable[[Path], None]) -> Path:
+        """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``name``: the directory appears whole or not at all."""
+        target = self.path / name
+        if not self.main:
+            return target
+        tmp = self.path / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    def elapsed(self) -> float:
+        return time.time() - self.started

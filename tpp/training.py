@@ -1,0 +1,131 @@
+"""Training loop pieces shared by the recipes: Accelerate setup, batches, AdamW + warm-up/cosine,
+a step loop with periodic validation and best-on-validation selection."""
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from tpp.errors import TppError
+from tpp.model import restore_trainable, trainable_state
+
+
+def build_accelerator(mixed_precision: str, seed: int) -> Accelerator:
+    """Accelerate decides the device; mixed precision comes from the config."""
+    accelerator = Accelerator(mixed_precision=mixed_precision)
+    set_seed(seed)
+    return accelerator
+
+
+def make_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Batches of in-memory tensors; shuffling uses its own seeded generator."""
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(TensorDataset(*tensors), batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      drop_last=False)
+
+
+@dataclass
+class StepPlan:
+    num_steps: int
+    steps_per_epoch: int
+    eval_every: int
+
+
+def plan_steps(train, num_examples: int) -> StepPlan:
+    """``train.max_steps`` wins over ``train.epochs``; validation once per epoch unless ``train.eval_every``."""
+    per_epoch = max(1, math.ceil(num_examples / train.batch_size))
+    num_steps = train.max_steps if train.max_steps is not None else train.epochs * per_epoch
+    eval_every = train.eval_every or min(per_epoch, num_steps)
+    return StepPlan(num_steps, per_epoch, eval_every)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head_lr_scale: float = 1.0,
+                   head_prefix: str = "head.") -> torch.optim.AdamW:
+    """AdamW over trainable parameters only; the task head may get a scaled learning rate."""
+    head, body = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head if name.startswith(head_prefix) else body).append(param)
+    groups = [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}) if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(optimizer, warmup_ratio: float, num_steps: int):
+    return get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * num_steps), num_steps)
+
+
+def cycle(loader):
+    """Endless batches, epoch after epoch (the loader reshuffles each pass)."""
+    while True:
+        yield from loader
+
+
+@dataclass
+class LoopResult:
+    best_score: float | None = None
+    best_step: int | None = None
+    losses: list = field(default_factory=list)  # (step, loss)
+
+
+def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callable, loader, optimizer,
+               scheduler, num_steps: int, log: Callable, eval_fn: Callable | None = None,
+               eval_every: int = 0, desc: str = "train") -> LoopResult:
+    """Run ``num_steps`` optimiser steps of ``loss_fn(model, batch) -> loss``.
+
+    Every ``eval_every`` steps (and at the end) ``eval_fn(model) -> (score, metrics)`` is called; the
+    trainable tensors of the best score are restored at the end. A non-finite loss stops the run.
+    """
+    result = LoopResult()
+    best_state = None
+    batches = cycle(loader)
+    model.train()
+    bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not accelerator.is_main_process, leave=False,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    for step in bar:
+        batch = next(batches)
+        with accelerator.autocast():
+            loss = loss_fn(model, batch)
+        if not torch.isfinite(loss):
+            raise TppError(f"the loss became {loss.item()} at step {step}; lower train.lr or check the data.")
+        accelerator.backward(loss)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        value = loss.item()
+        result.losses.append((step, value))
+        bar.set_postfix(loss=f"{value:.4f}", refresh=False)
+        log(event="step", step=step, loss=value, lr=scheduler.get_last_lr()[0])
+        if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
+            model.eval()
+            score, metrics = eval_fn(model)
+            model.train()
+            log(event="eval", step=step, **metrics)
+            if result.best_score is None or score > result.best_score:
+                result.best_score, result.best_step = score, step
+                best_state = trainable_state(model)
+    model.eval()
+    if best_state is not None:
+        restore_trainable(model, best_state)
+    return result
+
+
+@torch.no_grad()
+def predict_probs(accelerator: Accelerator, model: torch.nn.Module, images: torch.Tensor,
+                  batch_size: int) -> torch.Tensor:
+    """Softmax probabilities (N, K) for normalised images (N, C, H, W), in order."""
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(accelerator.device)
+        with accelerator.autocast():
+            logits = model(batch)
+        out.append(torch.softmax(logits.float(), dim=-1).cpu())
+    return torch.cat(out)

@@ -14,7 +14,7 @@ from tpp.backbones import load_backbone
 from tpp.builders import classification_task, input_rule, parent_adapter, require_labels, tensors
 from tpp.data.build import load_data
 from tpp.data.subsets import label_fraction_index
-from tpp.metrics import classification_metrics
+from tpp.metrics import classification_metrics, quick_metrics
 from tpp.model import ClassificationHead, TaskModel, attach_adapter, load_adapter_state, trainable_parameters
 from tpp.training import (build_accelerator, make_loader, make_optimizer, make_scheduler, plan_steps,
                           predict_probs, train_loop)
@@ -62,7 +62,7 @@ def run(cfg, run) -> dict:
         return F.cross_entropy(model(images), labels)
 
     def evaluate(model):
-        m = classification_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val)
+        m = quick_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val)
         return m["auroc"], {"val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
 
     result = train_loop(accelerator, model, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,

@@ -59,7 +59,7 @@ def run(cfg, run) -> dict:
         method=method.name, options=dict(vars(typed)), targets=targets, backbone=info,
         input_rule=input_rule(dataset, info), site=cfg.site, modality=dataset.modality,
         task={"type": "none", "note": "pre-trained target parameters; no task head"}, stage="tpp",
-        data=dataset.describe({"splits": splits_used, "images": len(x), "labels_read": False}),
+        data=dataset.describe({"splits": splits_used, "images": len(x), "labels_read": False}, labels=False),
         metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=trainable_parameters(pretext),
         extra={"pretext": dict(pretext.card_entry(), steps=plan.num_steps, batch_size=cfg.train.batch_size,
                                lr=cfg.train.lr, loss_curve=curve)})

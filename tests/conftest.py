@@ -60,7 +60,7 @@ def make_medmnist(root: Path, name: str = "breastmnist", n=(60, 20, 20), rgb: bo
         rng.shuffle(labels)
         shape = (count, 28, 28, 3) if rgb else (count, 28, 28)
         base = rng.integers(0, 120, size=shape)
-        images = np.clip(base + (labels * 100).reshape((-1,) + (1,) * (len(shape) - 1)), 0, 255).astype(np.uint8)
+        images = np.clip(base + (labels * 20).reshape((-1,) + (1,) * (len(shape) - 1)), 0, 255).astype(np.uint8)
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.reshape(-1, 1).astype(np.uint8)
     root.mkdir(parents=True, exist_ok=True)
     np.savez(root / f"{name}.npz", **arrays)

@@ -25,6 +25,8 @@ EXAMPLES = {
     "cp": """examples:
   tpp cp breast_us/mae_vit_tiny_lora_finetune.yaml my_site.yaml
   tpp cp breast_us/mae_vit_tiny_lora_finetune my_configs/""",
+    "compare": """examples:
+  tpp compare runs/demo/lora_10_random runs/demo/lora_10_tpp""",
     "validate": """examples:
   tpp validate recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml
   tpp validate my_site.yaml train.lr=3e-4 data.label_fraction=0.1
@@ -57,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     cp = add("cp", "copy a shipped config out for editing")
     cp.add_argument("config", help="shipped config (as listed by tpp ls)")
     cp.add_argument("dest", help="destination file or folder")
+    cmp = add("compare", "print a results table of finished runs (test metrics, size, time)")
+    cmp.add_argument("runs", nargs="+", help="run directories (output_dir of finetune runs)")
     val = add("validate", "check a config (and overrides) without running anything")
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
     val.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -149,7 +153,7 @@ def cmd_run(args) -> int:
 
 def _print_summary(recipe: str, summary: dict, path: Path) -> None:
     print(f"\n{recipe} finished in {summary.get('wall_time_s', 0):.0f}s -> {path}")
-    if "test" in summary:
+    if "test" in summary and "trainable_parameters" in summary:
         t = summary["test"]
         print(f"  test AUROC {t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]  "
               f"accuracy {t['accuracy']:.3f}  trainable {summary['trainable_parameters']:,}  "
@@ -163,7 +167,39 @@ def _print_summary(recipe: str, summary: dict, path: Path) -> None:
                 print(f"  {split}: AUROC {m['auroc']:.3f} accuracy {m['accuracy']:.3f} (n={m['n']})")
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate}
+def cmd_compare(args) -> int:
+    import json
+
+    import yaml
+
+    rows = []
+    for run in args.runs:
+        path = Path(run)
+        metrics_path = path / "metrics.json"
+        if not metrics_path.is_file():
+            raise TppError(f"'{path}' has no metrics.json: the run did not finish (see {path / 'status.json'}).")
+        metrics = json.loads(metrics_path.read_text())
+        if "test" not in metrics:
+            raise TppError(f"'{metrics_path}' holds no test metrics (is it a finetune run?).")
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        init = "TPP" if cfg["adapter"].get("init_from") else "random"
+        t = metrics["test"]
+        rows.append([path.name, cfg["data"]["name"], f"{cfg['data']['label_fraction']:g}", init,
+                     f"{t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]",
+                     f"{t['accuracy']:.3f}", f"{metrics['trainable_parameters']:,}",
+                     f"{metrics['adapter_bytes'] / 1024:.0f} KiB", f"{metrics['wall_time_s']:.0f} s"])
+    header = ["run", "data", "labels", "adapter init", "test AUROC [95% CI]", "accuracy", "trainable",
+              "adapter size", "wall time"]
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        print(line(row))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,7 +82,7 @@ class TrainConfig:
     weight_decay: float = _f(0.01, "AdamW weight decay")
     warmup_ratio: float = _f(0.05, "fraction of steps with linear warm-up before cosine decay")
     mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Accelerate mixed precision (fp16 needs a GPU)")
-    eval_every: Optional[int] = _f(None, "validate every N steps; default: once per epoch")
+    eval_every: Optional[int] = _f(None, "validate every N steps; default: once per epoch, at most ~20 times a run")
     eval_batch_size: int = _f(256, "images per evaluation batch")
     head_lr_scale: float = _f(1.0, "learning-rate multiplier for the task head")
 

@@ -28,6 +28,13 @@ def bootstrap_auroc_ci(probs: torch.Tensor, labels: torch.Tensor, resamples: int
     return [float(torch.quantile(v, 0.025)), float(torch.quantile(v, 0.975))]
 
 
+def quick_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """AUROC and accuracy only: cheap enough to run at every validation step."""
+    probs, labels = probs.float().cpu(), labels.long().cpu()
+    accuracy = float((probs.argmax(1) == labels).float().mean())
+    return {"auroc": _auroc(probs, labels, probs.shape[1]), "accuracy": accuracy}
+
+
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5,
                            seed: int = 0) -> dict:
     """Metrics of predicted probabilities (N, K) against integer labels (N,).

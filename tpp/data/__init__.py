@@ -50,21 +50,22 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def content_hash(self) -> str:
-        """sha256 over all splits' image and label bytes: identifies the data without paths."""
+    def content_hash(self, labels: bool = True) -> str:
+        """sha256 over all splits' image (and label) bytes: identifies the data without paths."""
         digest = hashlib.sha256()
         for name in sorted(self.splits):
             split = self.splits[name]
             digest.update(name.encode())
             digest.update(np.ascontiguousarray(split.images).tobytes())
-            if split.labels is not None:
+            if labels and split.labels is not None:
                 digest.update(np.ascontiguousarray(split.labels).tobytes())
         return digest.hexdigest()
 
-    def describe(self, used: dict | None = None) -> dict:
-        """What an adapter card records: name, modality, content hash and counts (never paths)."""
+    def describe(self, used: dict | None = None, labels: bool = True) -> dict:
+        """What an adapter card records: name, modality, content hash and counts (never paths).
+        With ``labels=False`` (pre-training) the hash covers images only and labels are not touched."""
         return {
-            "name": self.name, "modality": self.modality, "content_sha256": self.content_hash(),
+            "name": self.name, "modality": self.modality, "content_sha256": self.content_hash(labels),
             "classes": list(self.class_names),
             "counts": {k: len(v) for k, v in self.splits.items()}, "used": used or {},
         }

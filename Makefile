@@ -1,0 +1,60 @@
+# Two commands for a fresh clone (with ../shared beside it, offline):
+#   make demo   - create .venv, install, run the quickstart on BreastMNIST
+#   make test   - create/reuse .venv, install with test extras, run the whole test suite
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+SHARED ?= ../shared
+export TPP_DATA_ROOT ?= $(abspath $(SHARED)/data)
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+# every pip call goes through constraints.txt: torch stays the local CPU wheel
+PIP := $(VENV)/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q
+STAMP := $(VENV)/.tpp-installed
+TPP := $(VENV)/bin/tpp
+DEMO := runs/demo
+BACKBONE ?= $(SHARED)/models/mae-vit-tiny-med
+
+.PHONY: install demo test check-torch wheel-check clean
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(VENV)/bin/python setup.cfg pyproject.toml constraints.txt
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+check-torch: install
+	$(VENV)/bin/python -c "import torch; v = torch.__version__; assert v.endswith('+cpu') and torch.version.cuda is None, 'torch ' + v + ' is not the CPU build'; print('torch', v, '(CPU build)')"
+
+# Quickstart: LoRA fine-tuning with all labels; then target parameter pre-training on the unlabeled
+# training images and fine-tuning with 10% of the labels from TPP and from random init.
+demo: install
+	$(TPP) run finetune --config breast_us/mae_vit_tiny_lora_finetune.yaml --overwrite \
+	    backbone.path=$(BACKBONE) output_dir=$(DEMO)/lora_100
+	$(TPP) run tpp --config breast_us/mae_vit_tiny_lora_tpp.yaml --overwrite \
+	    backbone.path=$(BACKBONE) output_dir=$(DEMO)/tpp
+	$(TPP) run finetune --config breast_us/mae_vit_tiny_lora_finetune.yaml --overwrite \
+	    backbone.path=$(BACKBONE) data.label_fraction=0.1 train.max_steps=200 output_dir=$(DEMO)/lora_10_random
+	$(TPP) run finetune --config breast_us/mae_vit_tiny_lora_finetune.yaml --overwrite \
+	    backbone.path=$(BACKBONE) data.label_fraction=0.1 train.max_steps=200 output_dir=$(DEMO)/lora_10_tpp \
+	    adapter.init_from=$(DEMO)/tpp/adapter
+	$(TPP) compare $(DEMO)/lora_100 $(DEMO)/lora_10_random $(DEMO)/lora_10_tpp
+
+test: install check-torch
+	$(VENV)/bin/pytest
+
+# Build the wheel, install it into a clean venv, and use the shipped configs from there.
+wheel-check: install
+	rm -rf build/wheel-venv dist && $(VENV)/bin/python -m pip wheel --no-deps -q -w dist .
+	$(PYTHON) -m venv build/wheel-venv
+	build/wheel-venv/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q torch==2.13.0
+	build/wheel-venv/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q dist/tpp-*.whl
+	cd build && wheel-venv/bin/tpp ls && for c in $$(wheel-venv/bin/python -c "from tpp.recipes import shipped_configs, CONFIG_DIR; print(' '.join(str(p.relative_to(CONFIG_DIR)) for p in shipped_configs()))"); do wheel-venv/bin/tpp validate $$c || exit 1; done
+	cd build && ! wheel-venv/bin/python -c "import adapters" 2>/dev/null
+
+clean:
+	rm -rf $(VENV) build dist runs *.egg-info

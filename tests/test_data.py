@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_medmnist
+
+from tpp.data.build import channel_rule, to_model_tensor
+from tpp.data.folders import load_folder, load_unlabeled_folder
+from tpp.data.sources import load_medmnist, load_npz
+from tpp.data.subsets import label_fraction_index, stratified_split
+from tpp.errors import TppError
+
+
+def test_label_fraction_is_stratified_seeded_and_nested():
+    labels = np.array([0] * 90 + [1] * 10)
+    small = label_fraction_index(labels, 0.01, "d", seed=3)
+    mid = label_fraction_index(labels, 0.1, "d", seed=3)
+    big = label_fraction_index(labels, 0.5, "d", seed=3)
+    assert set(np.unique(labels[small])) == {0, 1}  # at least one per class
+    assert set(small) <= set(mid) <= set(big)
+    assert np.array_equal(mid, label_fraction_index(labels, 0.1, "d", seed=3))
+    assert not np.array_equal(mid, label_fraction_index(labels, 0.1, "d", seed=4))
+    assert (labels[mid] == 1).sum() == 1 and (labels[mid] == 0).sum() == 9
+    assert len(label_fraction_index(labels, 1.0, "d", 0)) == 100
+
+
+def test_grouped_split_keeps_groups_together():
+    labels = np.repeat([0, 1], 50)
+    groups = np.arange(100) // 4
+    index = stratified_split(labels, 0.2, 0.2, "g", 0, groups)
+    owner = {}
+    for split, idx in index.items():
+        for g in np.unique(groups[idx]):
+            assert owner.setdefault(g, split) == split
+    assert sum(len(v) for v in index.values()) == 100
+
+
+def test_medmnist_errors_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("TPP_DATA_ROOT", raising=False)
+    with pytest.raises(TppError, match="no data root"):
+        load_medmnist("breastmnist", None)
+    with pytest.raises(TppError, match="does not exist"):
+        load_medmnist("breastmnist", str(tmp_path / "nowhere"))
+    with pytest.raises(TppError, match="breastmnist.npz' not found"):
+        load_medmnist("breastmnist", str(tmp_path))
+    np.savez(tmp_path / "breastmnist.npz", train_images=np.zeros((2, 28, 28), np.uint8))
+    with pytest.raises(TppError, match="no key 'train_labels'"):
+        load_medmnist("breastmnist", str(tmp_path))
+
+
+def test_labels_out_of_range_are_refused(tmp_path):
+    root = make_medmnist(tmp_path, classes=3)  # breastmnist has 2 classes
+    with pytest.raises(TppError, match="outside 0..1"):
+        load_medmnist("breastmnist", str(root))
+
+
+def test_medmnist_loads_from_root_or_medmnist_subfolder(tmp_path):
+    make_medmnist(tmp_path / "medmnist")
+    data = load_medmnist("breastmnist", str(tmp_path))
+    assert data.modality == "US" and data.num_classes == 2 and len(data.split("train")) == 60
+    described = data.describe()
+    assert "path" not in json.dumps(described) and str(tmp_path) not in json.dumps(described)
+
+
+def test_npz_source_splits_filters_and_needs_keys(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "pool.npz", images=rng.integers(0, 255, (60, 64, 64), dtype=np.uint8),
+             labels=np.repeat([0, 1, 2], 20).astype(np.uint8), class_names=np.array(["A", "CXR", "Hand"]))
+    args = dict(image_key="images", label_key="labels", class_names_key="class_names", modality="DX",
+                val_fraction=0.1, test_fraction=0.2, seed=0)
+    data = load_npz("pool", str(tmp_path), "pool.npz", classes=["CXR", "Hand"], **args)
+    assert data.class_names == ["CXR", "Hand"]
+    assert sum(len(s) for s in data.splits.values()) == 40
+    assert set(np.concatenate([s.labels for s in data.splits.values()])) == {0, 1}
+    with pytest.raises(TppError, match="no key 'pixels'"):
+        load_npz("pool", str(tmp_path), "pool.npz", classes=None, **dict(args, image_key="pixels"))
+    with pytest.raises(TppError, match=r"\['Knee'\] are not in"):
+        load_npz("pool", str(tmp_path), "pool.npz", classes=["Knee"], **args)
+
+
+def _png_tree(root, layout):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for rel in layout:
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(path)
+
+
+def test_folder_seeded_split_and_unreadable_image(tmp_path):
+    files = [f"{c}/{i}.png" for c in ("benign", "malignant") for i in range(10)]
+    _png_tree(tmp_path / "site", files)
+    data = load_folder("site", str(tmp_path), "site", "US", 28, None, None, 0.2, 0.2, 0)
+    assert data.class_names == ["benign", "malignant"]
+    assert data.split("train").images.shape[1:] == (28, 28)
+    saved = json.loads((tmp_path / "site" / "splits.json").read_text())
+    assert sorted(saved["train"] + saved["val"] + saved["test"]) == sorted(files)
+    (tmp_path / "site" / "benign" / "broken.png").write_text("not an image")
+    with pytest.raises(TppError, match="broken.png"):
+        load_folder("site2", str(tmp_path), "site", "US", 28, None, None, 0.2, 0.2, 0)
+
+
+def test_folder_needs_modality_and_unlabeled_has_no_labels(tmp_path):
+    _png_tree(tmp_path / "u", [f"a/{i}.png" for i in range(4)] + ["b.png"])
+    with pytest.raises(TppError, match="data.modality"):
+        load_unlabeled_folder("u", str(tmp_path), "u", None, 28)
+    data = load_unlabeled_folder("u", str(tmp_path), "u", "US", 28)
+    assert len(data.split("train")) == 5 and data.split("train").labels is None
+
+
+def test_channel_rules_and_resize():
+    gray = np.full((2, 20, 20), 255, np.uint8)
+    x = to_model_tensor(gray, 3, 28, [0.5] * 3, [0.25] * 3)
+    assert x.shape == (2, 3, 28, 28) and torch.allclose(x, torch.full_like(x, 2.0))
+    rgb = np.zeros((1, 28, 28, 3), np.uint8)
+    rgb[..., 1] = 255
+    y = to_model_tensor(rgb, 1, 28, [0.0], [1.0])
+    assert y.shape == (1, 1, 28, 28) and torch.allclose(y, torch.full_like(y, 0.587))
+    assert channel_rule(1, 3).startswith("replicate") and channel_rule(3, 1).startswith("RGB to luma")

@@ -1,0 +1,205 @@
+"""The real CLI, in-process, on a tiny backbone and tiny MedMNIST-layout data."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_backbone, make_medmnist
+from safetensors.torch import load_file
+
+from tpp.backbones import base_state_dict
+from tpp.cli import main
+
+FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]
+
+
+def finetune(tiny_mae, root, out, *extra):
+    return main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                 f"backbone.path={tiny_mae}", f"data.root={root}", f"output_dir={out}", "train.max_steps=6",
+                 *FAST, *extra])
+
+
+def tpp(tiny_mae, root, out, *extra):
+    return main(["run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", f"backbone.path={tiny_mae}",
+                 f"data.root={root}", f"output_dir={out}", "train.max_steps=4", *FAST, *extra])
+
+
+def test_finetune_writes_run_and_adapter(tiny_mae, data_root, tmp_path):
+    out = tmp_path / "run"
+    assert finetune(tiny_mae, data_root, out) == 0
+    assert json.loads((out / "status.json").read_text())["status"] == "succeeded"
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        assert 0 <= metrics[split]["auroc"] <= 1 and 0 <= metrics[split]["accuracy"] <= 1
+        assert len(metrics[split]["confusion_matrix"]) == 2 and "ece" in metrics[split]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["event"] == "step"]
+    assert len(steps) == 6 and all(np.isfinite(r["loss"]) for r in steps)
+    adapter = out / "adapter"
+    assert sorted(p.name for p in adapter.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "tpp_card.json"]
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)  # no backbone tensor inside
+    card = json.loads((adapter / "tpp_card.json").read_text())
+    assert card["modality"] == "US" and card["task"]["label_names"] == ["malignant", "normal, benign"]
+    assert card["input"]["channel_rule"].startswith("replicate gray") and card["parent"] is None
+    assert card["data"]["used"]["images"] == 60 and len(card["backbone"]["hash"]) == 64
+    assert str(data_root) not in json.dumps(card)  # cards travel: no paths
+    assert not list(out.glob(".*tmp*"))
+
+
+def test_backbone_is_bit_identical_after_training(tiny_mae, data_root, tmp_path, monkeypatch):
+    import tpp.recipes.finetune as recipe
+
+    seen = {}
+    real = recipe.load_backbone
+
+    def spy(*args, **kwargs):
+        encoder, info, decoder = real(*args, **kwargs)
+        seen["encoder"] = encoder
+        seen["before"] = {k: v.clone() for k, v in base_state_dict(encoder.model).items()}
+        return encoder, info, decoder
+
+    monkeypatch.setattr(recipe, "load_backbone", spy)
+    assert finetune(tiny_mae, data_root, tmp_path / "run", "train.lr=0.05") == 0
+    after = base_state_dict(seen["encoder"].model)
+    assert after.keys() == seen["before"].keys()
+    assert all(torch.equal(after[k], seen["before"][k]) for k in after)
+
+
+def test_same_seed_same_metrics_and_evaluate_reproduces_them(tiny_mae, data_root, tmp_path):
+    assert finetune(tiny_mae, data_root, tmp_path / "a") == 0
+    assert finetune(tiny_mae, data_root, tmp_path / "b") == 0
+    a = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+    assert main(["run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                 f"backbone.path={tiny_mae}", f"data.root={data_root}", f"adapter.path={tmp_path / 'a' / 'adapter'}",
+                 "data.split=test", f"output_dir={tmp_path / 'eval'}"]) == 0
+    ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert ev["test"]["auroc"] == pytest.approx(a["test"]["auroc"], abs=1e-6)
+    assert ev["test"]["accuracy"] == pytest.approx(a["test"]["accuracy"], abs=1e-6)
+
+
+def test_existing_output_and_config_errors(tiny_mae, data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert finetune(tiny_mae, data_root, out) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "keep.txt").exists()
+    bad = tmp_path / "bad"
+    assert finetune(tiny_mae, data_root, bad, "train.lrr=1") == 2
+    assert "'train.lrr'" in capsys.readouterr().err and not bad.exists()
+    assert finetune(tiny_mae, data_root, out, "--overwrite") == 0 and not (out / "keep.txt").exists()
+
+
+def test_failed_run_leaves_log_and_status_but_no_artifacts(tiny_mae, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert finetune(tiny_mae, tmp_path / "no-data", out) == 2
+    err = capsys.readouterr().err
+    assert "no-data" in err and "Traceback" not in err
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"
+    assert not (out / "adapter").exists() and not (out / "metrics.json").exists()
+
+
+def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data_root, tmp_path, monkeypatch):
+    import tpp.recipes.tpp as recipe
+    from tpp.data import Split
+
+    class NoLabels(Split):
+        @property
+        def labels(self):
+            raise AssertionError("the TPP data path read labels")
+
+        @labels.setter
+        def labels(self, value):
+            pass
+
+    real_load, real_backbone, seen = recipe.load_data, recipe.load_backbone, {}
+
+    def guarded(*args, **kwargs):
+        data = real_load(*args, **kwargs)
+        data.splits = {k: NoLabels(v.images, None) for k, v in data.splits.items()}
+        return data
+
+    def spy(*args, **kwargs):
+        encoder, info, decoder = real_backbone(*args, **kwargs)
+        seen.update(encoder=encoder, decoder=decoder,
+                    before={k: v.clone() for k, v in base_state_dict(encoder.model).items()},
+                    dec_before={k: v.clone() for k, v in decoder.state_dict().items()})
+        return encoder, info, decoder
+
+    monkeypatch.setattr(recipe, "load_data", guarded)
+    monkeypatch.setattr(recipe, "load_backbone", spy)
+    assert tpp(tiny_mae, data_root, tmp_path / "tpp") == 0
+    assert all(torch.equal(v, seen["before"][k]) for k, v in base_state_dict(seen["encoder"].model).items())
+    assert all(torch.equal(v, seen["dec_before"][k]) for k, v in seen["decoder"].state_dict().items())
+    card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
+    assert card["stage"] == "tpp" and card["pretext"]["name"] == "mae" and card["pretext"]["mask_ratio"] == 0.75
+    assert card["data"]["used"] == {"splits": ["train"], "images": 60, "labels_read": False}
+    assert len(card["pretext"]["loss_curve"]) == 4
+    assert not (tmp_path / "tpp" / "adapter" / "head.safetensors").exists()
+
+
+def test_tpp_hand_off_loads_every_tensor_and_refuses_conflicts(tiny_mae, data_root, tmp_path, capsys, monkeypatch):
+    assert tpp(tiny_mae, data_root, tmp_path / "tpp") == 0
+    parent = tmp_path / "tpp" / "adapter"
+    import tpp.recipes.finetune as recipe
+
+    from tpp.model import adapter_state
+
+    captured = {}
+    real = recipe.load_adapter_state
+
+    def spy(encoder, state, source):
+        real(encoder, state, source)
+        captured["loaded"] = {k: v.clone() for k, v in adapter_state(encoder).items()}  # before training
+
+    monkeypatch.setattr(recipe, "load_adapter_state", spy)
+    assert finetune(tiny_mae, data_root, tmp_path / "ft", f"adapter.init_from={parent}") == 0
+    file_state = load_file(parent / "adapter_model.safetensors")
+    assert captured["loaded"].keys() == file_state.keys()
+    assert all(torch.equal(captured["loaded"][k], file_state[k]) for k in file_state)
+    card = json.loads((tmp_path / "ft" / "adapter" / "tpp_card.json").read_text())
+    assert card["parent"]["stage"] == "tpp" and card["parent"]["pretext"]["name"] == "mae"
+    log = (tmp_path / "ft" / "log.jsonl").read_text()
+    assert "task head newly initialised" in log
+    # rank is inherited: a different explicit rank is an error naming the key
+    assert finetune(tiny_mae, data_root, tmp_path / "ft2", f"adapter.init_from={parent}", "adapter.r=4") == 2
+    assert "adapter.r=4 conflicts" in capsys.readouterr().err
+
+
+def test_modality_mismatch_warns_or_fails(tiny_mae, tmp_path, capsys):
+    us_root = make_medmnist(tmp_path / "us")
+    xray_root = make_medmnist(tmp_path / "xray", name="pneumoniamnist")
+    assert tpp(tiny_mae, us_root, tmp_path / "tpp") == 0
+    parent = tmp_path / "tpp" / "adapter"
+    args = ["data.name=pneumoniamnist", f"adapter.init_from={parent}"]
+    with pytest.warns(UserWarning, match="modality US"):
+        assert finetune(tiny_mae, xray_root, tmp_path / "ft", *args) == 0
+    assert finetune(tiny_mae, xray_root, tmp_path / "ft2", *args, "adapter.require_same_modality=true") == 2
+    assert "require_same_modality" in capsys.readouterr().err
+
+
+def test_adapter_refused_on_another_backbone(tiny_mae, data_root, tmp_path, capsys):
+    assert finetune(tiny_mae, data_root, tmp_path / "run") == 0
+    other = make_backbone(tmp_path / "other", "vit_mae", seed=7)
+    assert main(["run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                 f"backbone.path={other}", f"data.root={data_root}", f"adapter.path={tmp_path / 'run' / 'adapter'}",
+                 f"output_dir={tmp_path / 'eval'}"]) == 2
+    assert "hash" in capsys.readouterr().err
+
+
+def test_cli_help_version_ls_cp_validate(tmp_path, capsys):
+    for cmd in ("run", "ls", "cp", "validate", "compare"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([cmd, "--help"])
+        assert exit_info.value.code == 0 and "examples:" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("tpp ")
+    assert main(["ls"]) == 0 and "breast_us/mae_vit_tiny_lora_tpp.yaml" in capsys.readouterr().out
+    assert main(["cp", "breast_us/mae_vit_tiny_lora_finetune.yaml", str(tmp_path / "mine.yaml")]) == 0
+    assert main(["validate", str(tmp_path / "mine.yaml"), "train.lr=3e-4"]) == 0
+    assert main(["validate", str(tmp_path / "mine.yaml"), "adapter.method=nope"]) == 2
+    assert "unknown adapter.method 'nope'" in capsys.readouterr().err

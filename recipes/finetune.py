@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tpp.adapter_dir import HEAD, WEIGHTS, dir_size, make_card, parent_summary, read_tensors, write_adapter_dir
+from tpp.adapter_dir import WEIGHTS, dir_size, make_card, parent_summary, read_tensors, write_adapter_dir
 from tpp.backbones import load_backbone
 from tpp.builders import classification_task, input_rule, parent_adapter, require_labels, tensors
 from tpp.data.build import load_data
@@ -33,9 +33,9 @@ def run(cfg, run) -> dict:
         parent = parent_summary(parent_card, cfg.adapter.init_from)
     method, typed, targets = attach_adapter(encoder, method_name, options)
     if parent:
-        load_adapter_state(encoder, read_tensors(cfg.adapter.init_from, WEIGHTS), cfg.adapter.init_from)
-        run.log(event="init_from", parent=parent, loaded_tensors=len(read_tensors(cfg.adapter.init_from, WEIGHTS)),
-                note="task head newly initialised")
+        parent_weights = read_tensors(cfg.adapter.init_from, WEIGHTS)
+        load_adapter_state(encoder, parent_weights, cfg.adapter.init_from)
+        run.log(event="init_from", parent=parent, loaded_tensors=len(parent_weights), note="task head newly initialised")
     torch.manual_seed(cfg.seed)
     model = TaskModel(encoder, ClassificationHead(info.hidden_size, dataset.num_classes))
 

@@ -80,3 +80,18 @@ def test_one_channel_backbone(tmp_path):
     encoder, info, _ = load_backbone(str(make_backbone(tmp_path / "gray", "vit_mae", channels=1)))
     assert info.channels == 1 and len(info.mean) == 1
     assert encoder(torch.randn(2, 1, 28, 28)).shape == (2, 50, 32)
+
+
+def test_mismatched_adapter_state_lists_the_keys(tiny_mae):
+    from tpp.model import adapter_state, load_adapter_state
+
+    encoder, _, _ = load_backbone(str(tiny_mae))
+    attach_adapter(encoder, "lora", {"r": 2})
+    state = adapter_state(encoder)
+    dropped = sorted(state)[0]
+    partial = {k: v for k, v in state.items() if k != dropped}
+    with pytest.raises(TppError, match="missing " + dropped.replace(".", r"\.")):
+        load_adapter_state(encoder, partial, "parent")
+    wrong = dict(state, **{dropped: torch.zeros(3, 3)})
+    with pytest.raises(TppError, match="has shape"):
+        load_adapter_state(encoder, wrong, "parent")

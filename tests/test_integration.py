@@ -49,3 +49,34 @@ def test_mednist_npz_source_for_tpp(tmp_path):
     card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
     assert card["modality"] == "DX" and card["data"]["classes"] == ["CXR"]
     assert card["data"]["counts"]["train"] + card["data"]["counts"]["val"] + card["data"]["counts"]["test"] == 2000
+
+
+def test_short_tpp_lowers_held_out_pretext_loss(tmp_path):
+    """Held-out (val) MAE loss with fixed masks: TPP adapter vs the randomly initialised adapter, which
+    starts as the identity (LoRA's B = 0), i.e. the frozen backbone's own loss."""
+    import torch
+
+    from tpp.adapter_dir import WEIGHTS, read_tensors
+    from tpp.backbones import load_backbone
+    from tpp.builders import tensors
+    from tpp.config import PretextConfig
+    from tpp.data.sources import load_medmnist
+    from tpp.model import attach_adapter, load_adapter_state
+    from tpp.pretext import build_pretext
+
+    data, backbone = shared_data(), shared_backbone()
+    assert main(["run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", f"backbone.path={backbone}",
+                 f"data.root={data}", f"output_dir={tmp_path / 'tpp'}", "train.max_steps=60"]) == 0
+    encoder, info, decoder = load_backbone(str(backbone), with_decoder=True)
+    attach_adapter(encoder, "lora", {"r": 8, "alpha": 16})
+    pretext = build_pretext("mae", encoder, decoder, PretextConfig()).eval()
+    x = tensors(load_medmnist("breastmnist", str(data)).split("val").images, info)
+    noise = torch.rand(len(x), encoder.num_patches, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        random_init = float(pretext(x, noise))
+        load_adapter_state(encoder, read_tensors(tmp_path / "tpp" / "adapter", WEIGHTS), "tpp")
+        pre_trained = float(pretext(x, noise))
+    drop = (random_init - pre_trained) / random_init
+    print(f"held-out MAE loss: random-init adapter {random_init:.4f}, TPP adapter {pre_trained:.4f}, "
+          f"relative drop {drop:.1%}")
+    assert drop > 0.005

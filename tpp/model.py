@@ -66,15 +66,16 @@ def adapter_state(encoder: Encoder) -> dict[str, torch.Tensor]:
 
 def load_adapter_state(encoder: Encoder, state: dict[str, torch.Tensor], source: str) -> None:
     """Load every target tensor exactly; any key difference lists the keys and fails."""
-    expected = set(get_peft_model_state_dict(encoder.model))
+    current = get_peft_model_state_dict(encoder.model)
+    expected = set(current)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise TppError(f"adapter '{source}' does not fit this model: missing {_short(missing)}, "
                        f"unexpected {_short(unexpected)}. Method, rank and target modules must match the parent.")
     for key in expected:
-        if state[key].shape != get_peft_model_state_dict(encoder.model)[key].shape:
+        if state[key].shape != current[key].shape:
             raise TppError(f"adapter '{source}': tensor '{key}' has shape {tuple(state[key].shape)}, "
-                           f"the model expects {tuple(get_peft_model_state_dict(encoder.model)[key].shape)}.")
+                           f"the model expects {tuple(current[key].shape)}.")
     set_peft_model_state_dict(encoder.model, state)
     loaded = get_peft_model_state_dict(encoder.model)
     differing = [k for k in expected if not torch.equal(loaded[k], state[k].to(loaded[k].dtype))]

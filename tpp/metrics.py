@@ -47,7 +47,7 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold:
     out = {"n": int(len(labels)), "auroc": _auroc(probs, labels, k)}
     out["auroc_ci95"] = bootstrap_auroc_ci(probs, labels, seed=seed)
     if k == 2:
-        p1 = probs[:, 1]
+        p1 = probs[:, 1].contiguous()
         out.update(
             accuracy=float(C.binary_accuracy(p1, labels, threshold=threshold)),
             f1=float(C.binary_f1_score(p1, labels, threshold=threshold)),

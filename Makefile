@@ -47,7 +47,7 @@ demo: install
 test: install check-torch
 	$(VENV)/bin/pytest
 
-# Build the wheel, install it into a clean venv, and use the shipped configs from there.
+# Build the wheel, install it into a clean venv, validate every shipped config and run a recipe from there.
 wheel-check: install
 	rm -rf build/wheel-venv dist && $(VENV)/bin/python -m pip wheel --no-deps -q -w dist .
 	$(PYTHON) -m venv build/wheel-venv
@@ -55,6 +55,8 @@ wheel-check: install
 	build/wheel-venv/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q dist/tpp-*.whl
 	cd build && wheel-venv/bin/tpp ls && for c in $$(wheel-venv/bin/python -c "from tpp.recipes import shipped_configs, CONFIG_DIR; print(' '.join(str(p.relative_to(CONFIG_DIR)) for p in shipped_configs()))"); do wheel-venv/bin/tpp validate $$c || exit 1; done
 	cd build && ! wheel-venv/bin/python -c "import adapters" 2>/dev/null
+	cd build && wheel-venv/bin/tpp run tpp --config breast_us/mae_vit_tiny_lora_tpp.yaml --overwrite \
+	    backbone.path=$(abspath $(BACKBONE)) train.max_steps=2 output_dir=wheel-run && test -f wheel-run/adapter/tpp_card.json
 
 clean:
 	rm -rf $(VENV) build dist runs *.egg-info

@@ -6,7 +6,6 @@ wrappers around peft configs.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,10 +52,6 @@ def get_method(name: str) -> Method:
 def all_methods() -> list[Method]:
     _load_builtin()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
-
-
-def options_dict(options) -> dict:
-    return dataclasses.asdict(options) if dataclasses.is_dataclass(options) else dict(options)
 
 
 def _load_builtin() -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tpp.adapter_dir import WEIGHTS, dir_size, make_card, parent_summary, read_tensors, write_adapter_dir
 from tpp.backbones import load_backbone
 from tpp.builders import classification_task, input_rule, parent_adapter, require_labels, tensors
-from tpp.data.build import load_data
+from tpp.data.build import load_data, random_hflip
 from tpp.data.subsets import label_fraction_index
 from tpp.metrics import classification_metrics, quick_metrics
 from tpp.model import ClassificationHead, TaskModel, attach_adapter, load_adapter_state, trainable_parameters
@@ -57,8 +57,7 @@ def run(cfg, run) -> dict:
     def loss_fn(model, batch):
         images, labels = batch
         if cfg.data.hflip:
-            flip = torch.rand(len(images), device=images.device) < 0.5
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            images = random_hflip(images)
         return F.cross_entropy(model(images), labels)
 
     def evaluate(model):

@@ -14,7 +14,7 @@ import torch
 from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
 from tpp.backbones import load_backbone
 from tpp.builders import input_rule, tensors
-from tpp.data.build import load_data
+from tpp.data.build import load_data, random_hflip
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.pretext import build_pretext
 from tpp.training import build_accelerator, make_loader, make_optimizer, make_scheduler, plan_steps, train_loop
@@ -47,8 +47,7 @@ def run(cfg, run) -> dict:
     def loss_fn(model, batch):
         (images,) = batch
         if cfg.data.hflip:
-            flip = torch.rand(len(images), device=images.device) < 0.5
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+            images = random_hflip(images)
         return model(images)
 
     result = train_loop(accelerator, pretext, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,

@@ -55,3 +55,9 @@ def to_model_tensor(images: np.ndarray, channels: int, image_size: int, mean: li
 
 def image_channels(images: np.ndarray) -> int:
     return 1 if images.ndim == 3 else images.shape[-1]
+
+
+def random_hflip(images: torch.Tensor) -> torch.Tensor:
+    """Flip each image (B, C, H, W) left-right with probability 0.5 (training augmentation)."""
+    flip = torch.rand(len(images), device=images.device) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)

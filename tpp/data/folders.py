@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tpp.data import Dataset, Split
-from tpp.data.sources import _modality, resolve_root
+from tpp.data.sources import check_modality, filter_classes, resolve_root
 from tpp.data.subsets import stratified_split
 from tpp.errors import TppError
 
@@ -58,7 +58,7 @@ def load_folder(name: str, root: str | None, file: str | None, modality: str | N
                 seed: int) -> Dataset:
     """Labelled image folder -> Dataset with train/val/test splits (images resized to ``image_size``)."""
     path = _folder(root, file)
-    modality = _modality(modality, name, required=True)
+    modality = check_modality(modality, name, required=True)
     ds = _load_builder(path, drop_labels=False)
     if "label" not in ds[next(iter(ds))].features:
         raise TppError(f"image folder '{path}' has no class sub-folders; use data.source=unlabeled_folder.")
@@ -74,9 +74,7 @@ def load_folder(name: str, root: str | None, file: str | None, modality: str | N
         raise TppError(f"image folder '{path}' has split folders but lacks {sorted(missing)}.")
     dataset = Dataset(name, modality, names, splits)
     if classes:
-        from tpp.data.sources import _filter_classes
-
-        dataset.splits, dataset.class_names = _filter_classes(dataset.splits, names, classes, path)
+        dataset.splits, dataset.class_names = filter_classes(dataset.splits, names, classes, path)
     return dataset
 
 
@@ -116,7 +114,7 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, modalit
                           image_size: int) -> Dataset:
     """Every image below a folder as one unlabeled 'train' split (labels None)."""
     path = _folder(root, file)
-    modality = _modality(modality, name, required=True)
+    modality = check_modality(modality, name, required=True)
     ds = _load_builder(path, drop_labels=True)
     paths = [row["path"] for split in ds.values() for row in split["image"]]
     if not paths:

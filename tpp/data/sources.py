@@ -150,11 +150,11 @@ def load_npz(name: str, root: str | None, file: str | None, image_key: str, labe
         index = stratified_split(labels, val_fraction, test_fraction, name, seed)
         splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     if classes:
-        splits, names = _filter_classes(splits, names, classes, path)
-    return Dataset(name, _modality(modality, name), names, splits)
+        splits, names = filter_classes(splits, names, classes, path)
+    return Dataset(name, check_modality(modality, name), names, splits)
 
 
-def _filter_classes(splits: dict, names: list, classes: list, path) -> tuple[dict, list]:
+def filter_classes(splits: dict, names: list, classes: list, path) -> tuple[dict, list]:
     unknown = [c for c in classes if c not in names]
     if unknown:
         raise TppError(f"data.classes {unknown} are not in '{path}' (classes: {', '.join(names)}).")
@@ -167,7 +167,7 @@ def _filter_classes(splits: dict, names: list, classes: list, path) -> tuple[dic
     return out, list(classes)
 
 
-def _modality(modality: str | None, name: str, required: bool = False) -> str:
+def check_modality(modality: str | None, name: str, required: bool = False) -> str:
     if not modality or modality == "unknown":
         if required:
             raise TppError(f"dataset '{name}': set data.modality to a DICOM modality code "

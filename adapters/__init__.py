@@ -7,7 +7,7 @@ wrappers around peft configs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from tpp.errors import ConfigError
 
@@ -16,9 +16,12 @@ from tpp.errors import ConfigError
 class Method:
     """A registered adapter method.
 
-    ``attach(encoder, options, target_names) -> peft model`` adds the target parameters to a frozen
-    encoder; ``identity_at_init`` says whether the adapted encoder starts equal to the backbone;
-    ``pretrainable`` whether target parameter pre-training applies.
+    ``attach(encoder, options, target_names) -> module`` adds the target parameters to a frozen
+    encoder (or, for the baselines, changes what trains); ``identity_at_init`` says whether the
+    adapted encoder starts equal to the backbone; ``pretrainable`` whether target parameter
+    pre-training applies. ``state(module) -> {name: tensor}`` gives the tensors the method saves
+    (``None``: peft's adapter state). ``kind`` is ``"adapter"``, or ``"full_model"`` for full
+    fine-tuning, which is a baseline and never accepted where an adapter is expected.
     """
     name: str
     options_cls: type
@@ -28,6 +31,12 @@ class Method:
     summary: str
     # options that must be inherited from a parent adapter (a conflicting override is an error)
     inherited: tuple = ()
+    state: Optional[Callable] = None
+    kind: str = "adapter"
+
+    @property
+    def uses_peft(self) -> bool:
+        return self.state is None
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -55,4 +64,4 @@ def all_methods() -> list[Method]:
 
 
 def _load_builtin() -> None:
-    from tpp.adapters import lora  # noqa: F401  (registers itself)
+    from tpp.adapters import baselines, lora  # noqa: F401  (register themselves)

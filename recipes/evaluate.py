@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from tpp.adapter_dir import HEAD, WEIGHTS, read_card, read_tensors, verify_backbone
+from tpp.adapter_dir import HEAD, read_card, read_tensors, read_weights, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import require_labels, tensors
 from tpp.data.build import load_data
@@ -21,14 +21,14 @@ from tpp.training import build_accelerator, predict_probs
 
 def load_task_model(path: str, backbone_path: str, mean=None, std=None):
     """Backbone + adapter directory (verified against the card) -> (TaskModel in eval mode, card, info)."""
-    card = read_card(path)
+    card = read_card(path, kinds=("adapter", "full_model"))
     encoder, info, _ = load_backbone(backbone_path, mean, std)
     verify_backbone(card, info, path)
     if card.get("task", {}).get("type") != "classification":
         raise TppError(f"adapter '{path}' has no classification head (stage {card.get('stage')!r}); "
                        "fine-tune it first (tpp run finetune ... adapter.init_from=...).")
     attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
-    load_adapter_state(encoder, read_tensors(path, WEIGHTS), path)
+    load_adapter_state(encoder, read_weights(path, card), path)
     head = ClassificationHead(info.hidden_size, card["task"]["num_classes"])
     try:
         head.load_state_dict(read_tensors(path, HEAD))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tpp.adapter_dir import WEIGHTS, dir_size, make_card, parent_summary, read_tensors, write_adapter_dir
+from tpp.adapter_dir import dir_size, make_card, parent_summary, read_weights, write_adapter_dir
 from tpp.backbones import load_backbone
 from tpp.builders import classification_task, input_rule, parent_adapter, require_labels, tensors
 from tpp.data.build import load_data, random_hflip
@@ -33,7 +33,7 @@ def run(cfg, run) -> dict:
         parent = parent_summary(parent_card, cfg.adapter.init_from)
     method, typed, targets = attach_adapter(encoder, method_name, options)
     if parent:
-        parent_weights = read_tensors(cfg.adapter.init_from, WEIGHTS)
+        parent_weights = read_weights(cfg.adapter.init_from, parent_card)
         load_adapter_state(encoder, parent_weights, cfg.adapter.init_from)
         run.log(event="init_from", parent=parent, loaded_tensors=len(parent_weights), note="task head newly initialised")
     torch.manual_seed(cfg.seed)
@@ -79,8 +79,8 @@ def run(cfg, run) -> dict:
         task=classification_task(dataset), stage="finetune",
         data=dataset.describe({"split": "train", "label_fraction": cfg.data.label_fraction, "images": len(train)}),
         metrics={k: metrics[k]["auroc"] for k in ("val", "test")}, parent=parent,
-        trainable_parameters=metrics["trainable_parameters"])
-    adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, model.encoder.model, model.head, card))
+        trainable_parameters=metrics["trainable_parameters"], kind=method.kind)
+    adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, model.encoder, model.head, card))
     metrics["adapter_bytes"] = dir_size(adapter)
     run.publish_json("metrics.json", metrics)
     return metrics

@@ -11,10 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from tpp.adapters import all_methods, get_method
 from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
 from tpp.backbones import load_backbone
 from tpp.builders import input_rule, tensors
 from tpp.data.build import load_data, random_hflip
+from tpp.errors import ConfigError
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.pretext import build_pretext
 from tpp.training import build_accelerator, make_loader, make_optimizer, make_scheduler, plan_steps, train_loop
@@ -27,6 +29,9 @@ def unlabeled_images(dataset, use_eval_splits: bool) -> tuple[np.ndarray, list]:
 
 
 def run(cfg, run) -> dict:
+    if not get_method(cfg.adapter.method).pretrainable:
+        raise ConfigError(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; TPP applies "
+                          f"to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std, with_decoder=True)
     dataset = load_data(cfg.data, cfg.seed, info.image_size)
@@ -62,7 +67,7 @@ def run(cfg, run) -> dict:
         metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=trainable_parameters(pretext),
         extra={"pretext": dict(pretext.card_entry(), steps=plan.num_steps, batch_size=cfg.train.batch_size,
                                lr=cfg.train.lr, loss_curve=curve)})
-    adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, encoder.model, None, card))
+    adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, encoder, None, card))
     summary = {"final_loss": curve[-1][1], "first_loss": curve[0][1], "steps": plan.num_steps,
                "images": len(x), "trainable_parameters": card["trainable_parameters"],
                "adapter_bytes": dir_size(adapter), "wall_time_s": round(run.elapsed(), 1)}

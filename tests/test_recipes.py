@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from tpp.backbones import base_state_dict
 from tpp.cli import main
+from transformers import AutoModel
 
 FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]
 
@@ -203,3 +204,42 @@ def test_cli_help_version_ls_cp_validate(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "mine.yaml"), "train.lr=3e-4"]) == 0
     assert main(["validate", str(tmp_path / "mine.yaml"), "adapter.method=nope"]) == 2
     assert "unknown adapter.method 'nope'" in capsys.readouterr().err
+
+
+def evaluate(tiny_mae, root, adapter, out):
+    return main(["run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={tiny_mae}",
+                 f"data.root={root}", f"adapter.path={adapter}", "data.split=test", f"output_dir={out}"])
+
+
+def test_linear_probe_baseline_trains_only_the_head(tiny_mae, data_root, tmp_path, capsys):
+    out = tmp_path / "lp"
+    assert finetune(tiny_mae, data_root, out, "adapter={method: linear_probe}") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trainable_parameters"] == 32 * 2 + 2  # linear head on width 32, two classes
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["head.safetensors", "tpp_card.json"]
+    assert evaluate(tiny_mae, data_root, out / "adapter", tmp_path / "eval") == 0
+    ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert ev["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
+    # no target parameters: nothing to pre-train, and YAML options of another method are named
+    assert tpp(tiny_mae, data_root, tmp_path / "tpp", "adapter={method: linear_probe}") == 2
+    assert "no target parameters to pre-train" in capsys.readouterr().err
+    assert finetune(tiny_mae, data_root, tmp_path / "x", "adapter.method=linear_probe") == 2
+    assert "adapter.alpha, adapter.dropout, adapter.r: not options of adapter.method=linear_probe" in capsys.readouterr().err
+
+
+def test_full_fine_tuning_is_a_full_model_refused_as_adapter(tiny_mae, data_root, tmp_path, capsys):
+    out = tmp_path / "full"
+    assert finetune(tiny_mae, data_root, out, "adapter={method: full}", "train.lr=1e-3") == 0
+    card = json.loads((out / "adapter" / "tpp_card.json").read_text())
+    assert card["kind"] == "full_model" and card["weights_file"] == "model.safetensors"
+    weights = load_file(out / "adapter" / "model.safetensors")
+    original = base_state_dict(AutoModel.from_pretrained(tiny_mae))
+    assert weights.keys() == original.keys()
+    assert any(not torch.equal(weights[k], original[k]) for k in weights)  # the encoder itself trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["trainable_parameters"] > sum(v.numel() for v in original.values() if v.is_floating_point()) // 2
+    assert evaluate(tiny_mae, data_root, out / "adapter", tmp_path / "eval") == 0
+    ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert ev["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
+    assert finetune(tiny_mae, data_root, tmp_path / "child", f"adapter.init_from={out / 'adapter'}") == 2
+    assert "full_model" in capsys.readouterr().err

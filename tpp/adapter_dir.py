@@ -2,7 +2,8 @@
 
 Layout: peft's ``adapter_config.json`` + ``adapter_model.safetensors`` (target parameters, keys
 relative to the encoder), ``head.safetensors`` (task head, when there is one) and ``tpp_card.json``.
-No backbone weights. Data is described by name, content hash and counts, never by paths.
+No backbone weights. Baselines: a linear probe saves only its head; full fine-tuning saves the whole
+encoder as ``model.safetensors`` under ``kind: full_model`` (never accepted as an adapter). Data is described by name, content hash and counts, never by paths.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tpp.errors import TppError
 CARD = "tpp_card.json"
 WEIGHTS = "adapter_model.safetensors"
 HEAD = "head.safetensors"
+FULL_WEIGHTS = "model.safetensors"
 FORMAT = "tpp-adapter/1"
 
 
@@ -38,10 +40,10 @@ def versions() -> dict:
 
 def make_card(*, method: str, options: dict, targets: list, backbone: BackboneInfo, input_rule: dict,
               site: str, modality: str, task: dict, data: dict, metrics: dict, parent: dict | None,
-              trainable_parameters: int, stage: str, extra: dict | None = None) -> dict:
+              trainable_parameters: int, stage: str, extra: dict | None = None, kind: str = "adapter") -> dict:
     """Assemble a card; every field is plain JSON."""
     card = {
-        "format": FORMAT, "kind": "adapter", "stage": stage, "site": site, "modality": modality,
+        "format": FORMAT, "kind": kind, "stage": stage, "site": site, "modality": modality,
         "method": method, "options": options, "target_modules": list(targets),
         "backbone": {"id": backbone.id, "hash": backbone.hash, "model_type": backbone.model_type,
                      "image_size": backbone.image_size, "patch_size": backbone.patch_size,
@@ -54,23 +56,42 @@ def make_card(*, method: str, options: dict, targets: list, backbone: BackboneIn
     return card
 
 
-def write_adapter_dir(path: Path, peft_model, head: torch.nn.Module | None, card: dict) -> None:
-    """Write into ``path`` (a fresh temp folder the caller renames into place)."""
+def write_adapter_dir(path: Path, encoder, head: torch.nn.Module | None, card: dict) -> None:
+    """Write ``encoder``'s method tensors, the head and the card into ``path`` (a fresh temp folder
+    the caller renames into place). The card records which file holds the method's tensors."""
+    from tpp.model import adapter_state
+
     path.mkdir(parents=True, exist_ok=True)
-    peft_model.save_pretrained(str(path))
-    (path / "README.md").unlink(missing_ok=True)  # peft's hub model-card template; tpp_card.json is the card
+    weights = None
+    if encoder.method.uses_peft:
+        encoder.model.save_pretrained(str(path))
+        (path / "README.md").unlink(missing_ok=True)  # peft's hub model-card template; tpp_card.json is the card
+        weights = WEIGHTS
+    elif state := adapter_state(encoder):
+        weights = FULL_WEIGHTS if card["kind"] == "full_model" else WEIGHTS
+        save_file(state, str(path / weights))
     if head is not None:
         save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path / HEAD))
-    card = dict(card, size_bytes=dir_size(path))
+    card = dict(card, weights_file=weights)
+    card["size_bytes"] = dir_size(path)
     (path / CARD).write_text(json.dumps(card, indent=2))
+
+
+def read_weights(path: str | Path, card: dict) -> dict[str, torch.Tensor]:
+    """The method's saved tensors ({} for a linear probe, which saves only its head)."""
+    name = card.get("weights_file", WEIGHTS)
+    return read_tensors(path, name) if name else {}
 
 
 def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def read_card(path: str | Path) -> dict:
-    """Read and sanity-check an adapter directory's card; clear errors for anything else."""
+def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
+    """Read and sanity-check an adapter directory's card; clear errors for anything else.
+
+    ``kinds``: what the caller accepts; only evaluation accepts a ``full_model`` baseline.
+    """
     path = Path(path)
     if not path.is_dir():
         raise TppError(f"adapter directory '{path}' does not exist.")
@@ -83,7 +104,11 @@ def read_card(path: str | Path) -> dict:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
     if card.get("format") != FORMAT:
         raise TppError(f"'{card_path}' has format {card.get('format')!r}; this tpp reads {FORMAT}.")
-    if card.get("kind") != "adapter":
+    if card.get("kind") not in kinds:
+        if card.get("kind") == "full_model":
+            raise TppError(f"'{path}' holds a fully fine-tuned model (kind full_model), a baseline kept for "
+                           "comparison; it cannot be used where an adapter is expected. Evaluate it with "
+                           "`tpp run evaluate`, or train an adapter method.")
         raise TppError(f"'{path}' holds a {card.get('kind')!r}, not an adapter.")
     return card
 

@@ -238,6 +238,13 @@ def build_config(data: dict) -> RunConfig:
     method_name = adapter.get("method", AdapterConfig.method)
     method = get_method(method_name)
     options = {k: adapter.pop(k) for k in list(adapter) if k not in common}
+    known = {f.name for f in dataclasses.fields(method.options_cls)}
+    foreign = sorted(set(options) - known)
+    if foreign:
+        raise ConfigError(
+            f"{', '.join('adapter.' + k for k in foreign)}: not options of adapter.method={method_name} (its options: "
+            f"{', '.join(sorted(known)) or 'none'}). To switch methods on the command line, replace the whole "
+            f"section: adapter='{{method: {method_name}}}'.")
     build_dataclass(method.options_cls, options, "adapter")  # type and value checks
     adapter["options"] = options
     data["adapter"] = adapter

@@ -39,19 +39,23 @@ class TaskModel(nn.Module):
 
 def attach_adapter(encoder: Encoder, method_name: str, options: dict,
                    targets: list[str] | None = None) -> tuple[Method, object, list[str]]:
-    """Add a method's target parameters to ``encoder`` in place.
+    """Add a method's target parameters to ``encoder`` in place (``encoder.method`` records it).
 
     ``targets`` (full module names, e.g. from a card) default to the family's resolution of the
-    options' ``target_modules``. Returns (method, typed options, target names). Only the target
-    parameters are trainable afterwards; the backbone stays frozen.
+    options' ``target_modules``; methods without that option (the baselines) have no targets.
+    Returns (method, typed options, target names). Afterwards only the target parameters are
+    trainable (every encoder weight for the ``full`` baseline).
     """
     method = get_method(method_name)
     typed = method.options_cls(**options)
-    targets = targets or resolve_targets(encoder, getattr(typed, "target_modules", None))
+    if targets is None:
+        targets = resolve_targets(encoder, typed.target_modules) if hasattr(typed, "target_modules") else []
     encoder.model = method.attach(encoder.model, typed, targets)
-    for name, param in encoder.model.named_parameters():
-        if param.requires_grad and not _is_adapter_key(name):
-            raise RuntimeError(f"method '{method_name}' left backbone parameter '{name}' trainable")
+    encoder.method = method
+    if method.kind == "adapter":
+        for name, param in encoder.model.named_parameters():
+            if param.requires_grad and not _is_adapter_key(name):
+                raise RuntimeError(f"method '{method_name}' left backbone parameter '{name}' trainable")
     return method, typed, targets
 
 
@@ -60,13 +64,16 @@ def _is_adapter_key(name: str) -> bool:
 
 
 def adapter_state(encoder: Encoder) -> dict[str, torch.Tensor]:
-    """The target parameters, keyed relative to the encoder (what ``adapter_model.safetensors`` holds)."""
-    return {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(encoder.model).items()}
+    """The tensors the attached method saves, keyed relative to the encoder (peft's adapter state for
+    peft methods: what ``adapter_model.safetensors`` holds)."""
+    method = encoder.method
+    raw = get_peft_model_state_dict(encoder.model) if method.uses_peft else method.state(encoder.model)
+    return {k: v.detach().contiguous() for k, v in raw.items()}
 
 
 def load_adapter_state(encoder: Encoder, state: dict[str, torch.Tensor], source: str) -> None:
-    """Load every target tensor exactly; any key difference lists the keys and fails."""
-    current = get_peft_model_state_dict(encoder.model)
+    """Load every saved tensor exactly; any key or shape difference lists the keys and fails."""
+    current = adapter_state(encoder)
     expected = set(current)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
@@ -76,8 +83,11 @@ def load_adapter_state(encoder: Encoder, state: dict[str, torch.Tensor], source:
         if state[key].shape != current[key].shape:
             raise TppError(f"adapter '{source}': tensor '{key}' has shape {tuple(state[key].shape)}, "
                            f"the model expects {tuple(current[key].shape)}.")
-    set_peft_model_state_dict(encoder.model, state)
-    loaded = get_peft_model_state_dict(encoder.model)
+    if encoder.method.uses_peft:
+        set_peft_model_state_dict(encoder.model, state)
+    else:
+        encoder.model.load_state_dict(state, strict=False)
+    loaded = adapter_state(encoder)
     differing = [k for k in expected if not torch.equal(loaded[k], state[k].to(loaded[k].dtype))]
     if differing:
         raise TppError(f"adapter '{source}': tensors {_short(differing)} did not load.")

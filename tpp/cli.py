@@ -90,10 +90,10 @@ def cmd_ls(args) -> int:
 
     print("recipes:")
     for name, text in RECIPES.items():
-        print(f"  {name:<10} {text}")
+        print(f"  {name:<18} {text}")
     print("adapter methods:")
     for m in all_methods():
-        print(f"  {m.name:<10} {m.summary}")
+        print(f"  {m.name:<18} {m.summary}")
     print(f"configs ({CONFIG_DIR}):")
     for path in shipped_configs():
         print(f"  {path.relative_to(CONFIG_DIR)}")

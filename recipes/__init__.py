@@ -20,5 +20,27 @@ def get_recipe(name: str):
     return importlib.import_module(f"tpp.recipes.{name}")
 
 
+def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: bool = False) -> tuple[dict, Path]:
+    """Load and check the config, run recipe ``name`` in its run directory, record the status.
+
+    Returns (summary, run directory). What ``tpp run`` does, callable from Python (benchmarks).
+    """
+    from tpp.config import load_config
+    from tpp.rundir import RunDir
+
+    recipe = get_recipe(name)
+    cfg = load_config(config_path, list(overrides))
+    run = RunDir(cfg.output_dir, overwrite=overwrite)
+    run.write_config(dict(cfg.to_dict(), recipe=name))
+    try:
+        summary = recipe.run(cfg, run)
+    except BaseException as exc:
+        run.status("failed", error=f"{type(exc).__name__}: {exc}")
+        run.log(event="failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    run.status("succeeded")
+    return summary, run.path
+
+
 def shipped_configs() -> list[Path]:
     return sorted(CONFIG_DIR.rglob("*.yaml"))

@@ -65,12 +65,12 @@ def run(cfg, run) -> dict:
         return m["auroc"], {"val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
 
     result = train_loop(accelerator, model, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
-                        evaluate, plan.eval_every, desc=f"finetune {dataset.name}")
+                        evaluate if cfg.train.select_best else None, plan.eval_every, desc=f"finetune {dataset.name}")
     model = accelerator.unwrap_model(model)
     metrics = {
         "val": classification_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val, seed=cfg.seed),
         "test": classification_metrics(predict_probs(accelerator, model, x_test, cfg.train.eval_batch_size), y_test, seed=cfg.seed),
-        "best_step": result.best_step, "steps": plan.num_steps,
+        "best_step": result.best_step or plan.num_steps, "steps": plan.num_steps, "train_examples": len(train),
         "trainable_parameters": trainable_parameters(model), "wall_time_s": round(run.elapsed(), 1),
     }
     card = make_card(

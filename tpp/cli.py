@@ -132,22 +132,10 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from tpp.config import load_config
-    from tpp.recipes import get_recipe
-    from tpp.rundir import RunDir
+    from tpp.recipes import run_recipe
 
-    cfg = load_config(_config_path(args.config), args.overrides)
-    recipe = get_recipe(args.recipe)
-    run = RunDir(cfg.output_dir, overwrite=args.overwrite)
-    run.write_config(dict(cfg.to_dict(), recipe=args.recipe))
-    try:
-        summary = recipe.run(cfg, run)
-    except BaseException as exc:
-        run.status("failed", error=f"{type(exc).__name__}: {exc}")
-        run.log(event="failed", error=f"{type(exc).__name__}: {exc}")
-        raise
-    run.status("succeeded")
-    _print_summary(args.recipe, summary, run.path)
+    summary, path = run_recipe(args.recipe, _config_path(args.config), args.overrides, args.overwrite)
+    _print_summary(args.recipe, summary, path)
     return 0
 
 

@@ -85,6 +85,8 @@ class TrainConfig:
     eval_every: Optional[int] = _f(None, "validate every N steps; default: once per epoch, at most ~20 times a run")
     eval_batch_size: int = _f(256, "images per evaluation batch")
     head_lr_scale: float = _f(1.0, "learning-rate multiplier for the task head")
+    select_best: bool = _f(True, "finetune: keep the weights of the best validation AUROC; false: the last step's, "
+                                 "without validating during training (fixed step budget)")
 
 
 @dataclass

@@ -1,0 +1,120 @@
+"""Statistics, Markdown tables and plots for benchmark cells.
+
+A *cell* is one fine-tuning result: ``{"target", "method", "fraction", "seed", "test_auroc",
+"test_accuracy", "trainable_parameters", "finetune_s", "tpp_s"}``.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+
+# Yang et al., MedMNIST v2, Scientific Data 2023: ResNet-18 (28) from scratch, test AUC / ACC
+MEDMNIST_V2_RESNET18_28 = {"breastmnist": (0.901, 0.863), "pneumoniamnist": (0.944, 0.854)}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t confidence interval of the mean: (mean, low, high).
+
+    With one value the interval is unbounded (nan); it says nothing without replicates.
+    """
+    from scipy.stats import t
+
+    arr = np.asarray(values, dtype=float)
+    mean = float(arr.mean())
+    if len(arr) < 2:
+        return mean, math.nan, math.nan
+    half = float(t.ppf(0.5 + level / 2, len(arr) - 1)) * float(arr.std(ddof=1)) / math.sqrt(len(arr))
+    return mean, mean - half, mean + half
+
+
+def summarise(cells: list[dict]) -> list[dict]:
+    """One row per (target, method, fraction): n seeds, AUROC / accuracy mean ± std, cost."""
+    groups = defaultdict(list)
+    for c in cells:
+        groups[(c["target"], c["method"], c["fraction"])].append(c)
+    rows = []
+    for (target, method, fraction), group in sorted(groups.items()):
+        auroc, acc = mean_std([c["test_auroc"] for c in group]), mean_std([c["test_accuracy"] for c in group])
+        rows.append({"target": target, "method": method, "fraction": fraction, "n": len(group),
+                     "auroc_mean": auroc[0], "auroc_std": auroc[1], "accuracy_mean": acc[0], "accuracy_std": acc[1],
+                     "trainable_parameters": group[0]["trainable_parameters"],
+                     "finetune_s": float(np.mean([c["finetune_s"] for c in group])),
+                     "tpp_s": float(np.mean([c.get("tpp_s") or 0.0 for c in group]))})
+    return rows
+
+
+def paired(cells: list[dict], method: str, reference: str) -> list[dict]:
+    """Per (target, fraction): AUROC of ``method`` minus ``reference`` on the same seed (so the same
+    label subset), mean and 95% t-interval over seeds. Only seeds that both finished count."""
+    by_key = {(c["target"], c["method"], c["fraction"], c["seed"]): c["test_auroc"] for c in cells}
+    out = []
+    for target, fraction in sorted({(c["target"], c["fraction"]) for c in cells if c["method"] == method}):
+        diffs = [by_key[(target, method, fraction, s)] - by_key[(target, reference, fraction, s)]
+                 for (t, m, f, s) in sorted(by_key) if (t, m, f) == (target, method, fraction)
+                 and (target, reference, fraction, s) in by_key]
+        if diffs:
+            mean, low, high = t_interval(diffs)
+            out.append({"target": target, "fraction": fraction, "method": method, "reference": reference,
+                        "n": len(diffs), "diff_mean": mean, "ci95_low": low, "ci95_high": high})
+    return out
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+
+
+def markdown_results(rows: list[dict]) -> str:
+    """Mean ± std per cell, with the published MedMNIST v2 ResNet-18 (28) numbers beside the 100% rows."""
+    lines = ["| target | labels | method | seeds | test AUROC | test accuracy | trainable | fine-tune s | TPP s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['fraction']:.0%} | {r['method']} | {r['n']} | "
+                     f"{_pm(r['auroc_mean'], r['auroc_std'], r['n'])} | {_pm(r['accuracy_mean'], r['accuracy_std'], r['n'])} | "
+                     f"{r['trainable_parameters']:,} | {r['finetune_s']:.0f} | {r['tpp_s']:.0f} |")
+    for target in sorted({r["target"] for r in rows if r["fraction"] == 1.0} & set(MEDMNIST_V2_RESNET18_28)):
+        auc, acc = MEDMNIST_V2_RESNET18_28[target]
+        lines.append(f"| {target} | 100% | ResNet-18 (28) from scratch, MedMNIST v2 (published) | – | {auc:.3f} | "
+                     f"{acc:.3f} | 11.2 M | – | – |")
+    return "\n".join(lines)
+
+
+def markdown_paired(diffs: list[dict]) -> str:
+    lines = ["| target | labels | comparison | pairs | AUROC difference | 95% CI |", "|---|---|---|---|---|---|"]
+    for d in diffs:
+        ci = "n/a (1 pair)" if math.isnan(d["ci95_low"]) else f"[{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]"
+        lines.append(f"| {d['target']} | {d['fraction']:.0%} | {d['method']} − {d['reference']} | {d['n']} | "
+                     f"{d['diff_mean']:+.3f} | {ci} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path) -> None:
+    """AUROC (mean ± std) against label fraction, one panel per target, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = sorted({r["target"] for r in rows})
+    fig, axes = plt.subplots(1, len(targets), figsize=(5.5 * len(targets), 4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for method in sorted({r["method"] for r in rows if r["target"] == target}):
+            pts = sorted((r["fraction"], r["auroc_mean"], r["auroc_std"]) for r in rows
+                         if r["target"] == target and r["method"] == method)
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
+        if target in MEDMNIST_V2_RESNET18_28:
+            ax.axhline(MEDMNIST_V2_RESNET18_28[target][0], color="gray", ls=":", label="ResNet-18 (28), MedMNIST v2")
+        ax.set(xscale="log", xlabel="fraction of training labels", ylabel="test AUROC", title=target)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,266 @@
+"""Does target parameter pre-training (TPP) beat a random adapter initialisation with few labels?
+
+    python benchmarks/tpp_gain.py --quick              # < 5 min: one seed, 10% labels, BreastMNIST
+    python benchmarks/tpp_gain.py --budget-min 45      # fills the cell cache; repeat until the grid is complete
+    python benchmarks/tpp_gain.py --report-only        # tables, JSON and plot from what the cache holds
+
+Grid: targets x label fractions (1%, 10%, 100%; nested, stratified subsets shared by all methods)
+x seeds (5, 5, 3) x methods (linear probe, LoRA, LoRA + TPP with the MAE and the DINO pretext, full
+fine-tuning), plus the modality grid on PneumoniaMNIST (TPP on other sources with the same steps).
+Every cell uses the same fixed step budget and keeps the last step (no validation-based selection: a
+real few-label site has no big validation set). The seed fixes the label subset, the head and adapter
+initialisation, the shuffling and the TPP run, so TPP and random init are paired per seed.
+
+Cells are cached as JSON under ``--cache`` and TPP adapters per (source, pretext, seed), so a long grid
+is completed over several invocations; a cached cell is reused only under the same protocol.
+Needs the ``bench`` extra (matplotlib, scipy).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # noqa: E402
+
+PROTOCOL = {
+    "finetune_steps": 200, "finetune_batch_size": 32, "selection": "last step of a fixed budget",
+    "lr": {"linear_probe": 1e-3, "lora": 1e-3, "full": 1e-4}, "full_head_lr_scale": 10.0,
+    "lora": {"r": 8, "alpha": 16, "target_modules": "q_proj, v_proj of every encoder layer"},
+    "tpp_steps": 400, "tpp_batch_size": 64, "tpp_lr": 1e-3,
+}
+QUICK_PROTOCOL = dict(PROTOCOL, finetune_steps=60, tpp_steps=60)
+FRACTION_SEEDS = {0.1: 5, 0.01: 5, 1.0: 3}
+TARGETS = ["breastmnist", "pneumoniamnist"]
+METHOD_GROUPS = [["lora", "lora+tpp_mae"], ["linear_probe", "full"], ["lora+tpp_dino"]]
+MODALITY_TARGET, MODALITY_FRACTIONS = "pneumoniamnist", [0.1, 0.01]
+MODALITY_SOURCES = ["mednist_cxr", "mednist_hand", "breastmnist"]
+MEDNIST = ["data.source=npz", "data.file=mednist/mednist_64_every5th.npz", "data.modality=DX"]
+SOURCES = {  # TPP image sources other than a MedMNIST dataset of the same name
+    "mednist_cxr": MEDNIST + ["data.name=mednist_cxr", "data.classes=[CXR]"],
+    "mednist_hand": MEDNIST + ["data.name=mednist_hand", "data.classes=[Hand]"],
+}
+FINETUNE_CONFIG, TPP_CONFIG = "breast_us/mae_vit_tiny_lora_finetune.yaml", "breast_us/mae_vit_tiny_lora_tpp.yaml"
+
+
+def source_overrides(source: str) -> list[str]:
+    return SOURCES.get(source, ["data.source=medmnist", f"data.name={source}"])
+
+
+def parse_method(method: str, target: str) -> tuple[str, str | None, str | None]:
+    """'lora+tpp_mae@mednist_cxr' -> ('lora', 'mae', 'mednist_cxr'); the TPP source defaults to the target."""
+    base, _, tpp = method.partition("+tpp_")
+    if not tpp:
+        return base, None, None
+    pretext, _, source = tpp.partition("@")
+    return base, pretext, source or target
+
+
+def method_overrides(base: str, protocol: dict) -> list[str]:
+    if base == "lora":
+        lora = protocol["lora"]
+        return [f"adapter={{method: lora, r: {lora['r']}, alpha: {lora['alpha']}}}", f"train.lr={protocol['lr']['lora']}"]
+    extra = [f"train.head_lr_scale={protocol['full_head_lr_scale']}"] if base == "full" else []
+    return [f"adapter={{method: {base}}}", f"train.lr={protocol['lr'][base]}"] + extra
+
+
+def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
+    """Cells (target, method, fraction, seed) in the order that makes the main claim appear first."""
+    groups = [[m for m in g if m in methods] for g in METHOD_GROUPS]
+    cells = []
+    for group in filter(None, groups):
+        for fraction in [f for f in FRACTION_SEEDS if f in fractions]:
+            for seed in range(min(FRACTION_SEEDS[fraction], seeds_cap)):
+                cells += [(t, m, fraction, seed) for t in targets for m in group]
+    if modality and MODALITY_TARGET in targets:
+        for fraction in [f for f in MODALITY_FRACTIONS if f in fractions]:
+            for seed in range(min(FRACTION_SEEDS[fraction], seeds_cap)):
+                cells += [(MODALITY_TARGET, f"lora+tpp_mae@{s}", fraction, seed) for s in MODALITY_SOURCES]
+    return cells
+
+
+class Bench:
+    """Runs cells through the real recipes, with a JSON cache per cell and per TPP adapter."""
+
+    def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str):
+        self.cache, self.protocol, self.backbone, self.data_root = cache, protocol, backbone, data_root
+        key = json.dumps({"protocol": protocol, "backbone": backbone}, sort_keys=True)
+        self.protocol_id = hashlib.sha256(key.encode()).hexdigest()[:12]
+
+    def cell_path(self, target, method, fraction, seed) -> Path:
+        return self.cache / "cells" / target / method.replace("@", "_at_") / f"f{fraction:g}_s{seed}.json"
+
+    def cached(self, *cell) -> dict | None:
+        path = self.cell_path(*cell)
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("protocol_id") == self.protocol_id:
+                return data
+        return None
+
+    def common(self, out: Path, seed: int) -> list[str]:
+        return [f"backbone.path={self.backbone}", f"data.root={self.data_root}", f"output_dir={out}", f"seed={seed}"]
+
+    def tpp_adapter(self, source: str, pretext: str, seed: int) -> tuple[Path, float]:
+        """A TPP adapter for (source, pretext, seed), trained once and reused by every label fraction."""
+        from tpp.recipes import CONFIG_DIR, run_recipe
+
+        out = self.cache / "tpp" / f"{source}_{pretext}_s{seed}"
+        stamp = out / "bench_protocol.txt"
+        if not (stamp.is_file() and stamp.read_text() == self.protocol_id):
+            p = self.protocol
+            run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + source_overrides(source) + [
+                f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}", f"train.batch_size={p['tpp_batch_size']}",
+                f"train.lr={p['tpp_lr']}", f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}"],
+                overwrite=True)
+            stamp.write_text(self.protocol_id)
+        return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
+
+    def run_cell(self, target: str, method: str, fraction: float, seed: int) -> dict:
+        from tpp.recipes import CONFIG_DIR, run_recipe
+
+        base, pretext, source = parse_method(method, target)
+        overrides = method_overrides(base, self.protocol)
+        tpp_s = None
+        if pretext:
+            adapter, tpp_s = self.tpp_adapter(source, pretext, seed)
+            overrides.append(f"adapter.init_from={adapter}")
+        work = self.cache / "work" / "finetune"
+        metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, self.common(work, seed) + overrides + [
+            *source_overrides(target), f"data.label_fraction={fraction}", "train.select_best=false",
+            f"train.max_steps={self.protocol['finetune_steps']}", f"train.batch_size={self.protocol['finetune_batch_size']}"],
+            overwrite=True)
+        shutil.rmtree(work)  # full fine-tuning writes whole models: keep only the numbers
+        cell = {"target": target, "method": method, "fraction": fraction, "seed": seed,
+                "test_auroc": metrics["test"]["auroc"], "test_accuracy": metrics["test"]["accuracy"],
+                "train_labels": metrics["train_examples"],
+                "trainable_parameters": metrics["trainable_parameters"], "finetune_s": metrics["wall_time_s"],
+                "tpp_s": tpp_s, "protocol_id": self.protocol_id}
+        path = self.cell_path(target, method, fraction, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cell, indent=1))
+        os.replace(tmp, path)
+        return cell
+
+
+def quiet_libraries() -> None:
+    """One line per cell: no weight-loading bars or library deprecation notices."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pre-trained on modality.*")  # the modality grid does this on purpose
+
+
+def machine() -> dict:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "gpu": torch.cuda.is_available()}
+
+
+def fill(bench: Bench, cells: list[tuple], budget_s: float) -> tuple[list[dict], list[tuple], list[str]]:
+    """Run missing cells until the budget would be exceeded. Returns (done, missing, errors)."""
+    start, done, missing, errors, last = time.time(), [], [], [], {}
+    todo = [c for c in cells if not bench.cached(*c)]
+    print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
+    for i, cell in enumerate(todo):
+        estimate = last.get(cell[1], 90.0)
+        if time.time() - start + estimate > budget_s:
+            missing = todo[i:]
+            break
+        t0 = time.time()
+        try:
+            result = bench.run_cell(*cell)
+        except Exception as exc:  # one broken cell must not lose the others
+            errors.append(f"{cell}: {type(exc).__name__}: {exc}")
+            print(f"  FAILED {cell}: {exc}", flush=True)
+            continue
+        last[cell[1]] = time.time() - t0
+        print(f"  [{i + 1}/{len(todo)}] {cell[0]} {cell[1]} {cell[2]:.0%} seed {cell[3]}: "
+              f"AUROC {result['test_auroc']:.3f} ({last[cell[1]]:.0f} s)", flush=True)
+        done.append(result)
+    return done, missing, errors
+
+
+def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, quick: bool) -> dict:
+    results = [r for r in (bench.cached(*c) for c in cells) if r]
+    if not results:
+        print("no finished cells yet")
+        return {}
+    rows = report.summarise(results)
+    comparisons = [("lora+tpp_mae", "lora"), ("lora+tpp_dino", "lora"), ("lora", "linear_probe"), ("full", "lora")]
+    comparisons += [(f"lora+tpp_mae@{s}", r) for s in MODALITY_SOURCES for r in ("lora", "lora+tpp_mae")]
+    diffs = [d for a, b in comparisons for d in report.paired(results, a, b)]
+    command = "python benchmarks/tpp_gain.py " + " ".join(sys.argv[1:])
+    text = (f"Machine: {json.dumps(machine())}\nCommand: `{command}`\nProtocol: `{json.dumps(bench.protocol)}`\n"
+            f"Cells: {len(results)} of {len(cells)} finished{' (quick mode)' if quick else ''}.\n\n"
+            f"{report.markdown_results(rows)}\n\nPaired differences (same seed, same label subset):\n\n"
+            f"{report.markdown_paired(diffs)}\n")
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), "command": command, "protocol": bench.protocol, "protocol_id": bench.protocol_id,
+               "complete": not missing and len(results) == len(cells), "rows": rows, "paired": diffs, "cells": results}
+    for name, content in (("tpp_gain.json", json.dumps(payload, indent=1)), ("tpp_gain.md", text)):
+        tmp = out / f".{name}.tmp"
+        tmp.write_text(content)
+        os.replace(tmp, out / name)
+    report.plot(rows, out / "tpp_gain.png")
+    print("\n" + text + f"\nwrote {out}/tpp_gain.{{json,md,png}}")
+    return payload
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="one seed at 10%% labels on BreastMNIST, short budgets")
+    parser.add_argument("--targets", nargs="+", default=None, help="MedMNIST dataset names (default: %(default)s)")
+    parser.add_argument("--fractions", nargs="+", type=float, default=None, help="subset of 0.01 0.1 1.0")
+    parser.add_argument("--methods", nargs="+", default=None, help="subset of the grid's methods")
+    parser.add_argument("--max-seeds", type=int, default=5, help="cap on seeds per fraction")
+    parser.add_argument("--no-modality", action="store_true", help="skip the modality grid")
+    parser.add_argument("--budget-min", type=float, default=45.0, help="stop starting cells after this many minutes")
+    parser.add_argument("--report-only", action="store_true", help="no training: report the cached cells")
+    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--cache", type=Path, default=None, help="cell cache (default benchmarks/.cache/tpp_gain[_quick])")
+    parser.add_argument("--out", type=Path, default=None, help="report folder (default benchmarks/results, quick: runs/bench_quick)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries()
+    methods = args.methods or [m for g in METHOD_GROUPS for m in g]
+    if args.quick:
+        targets, fractions, seeds, modality = args.targets or ["breastmnist"], args.fractions or [0.1], 1, False
+        methods = args.methods or ["linear_probe", "lora", "lora+tpp_mae"]
+    else:
+        targets, fractions, seeds, modality = args.targets or TARGETS, args.fractions or list(FRACTION_SEEDS), \
+            args.max_seeds, not args.no_modality
+    suffix = "_quick" if args.quick else ""
+    cache = args.cache or ROOT / "benchmarks" / ".cache" / f"tpp_gain{suffix}"
+    out = args.out or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "benchmarks" / "results")
+    bench = Bench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root)
+    cells = grid(targets, fractions, seeds, methods, modality)
+    missing, errors = [], []
+    if not args.report_only:
+        _, missing, errors = fill(bench, cells, args.budget_min * 60)
+    write_report(bench, cells, out, missing, args.quick)
+    if missing:
+        print(f"budget reached: {len(missing)} cells left; run the same command again to continue.")
+    for e in errors:
+        print(f"failed: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

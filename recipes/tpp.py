@@ -1,8 +1,12 @@
 """Target parameter pre-training: train only the adapter's own weights on unlabeled images.
 
     tpp run tpp --config recipes/configs/breast_us/mae_vit_tiny_lora_tpp.yaml
+    tpp run tpp --config recipes/configs/breast_us/mae_vit_tiny_lora_tpp.yaml pretext.name=dino
 
-The backbone and the MAE decoder stay frozen; labels are never read (the data path drops them).
+Pretexts: ``mae`` (masked image modeling; the checkpoint's frozen ViT-MAE decoder, or a fresh one for
+ViT / DINOv2) and ``dino`` (self-distillation with an EMA teacher). The backbone stays frozen; a
+fresh decoder or projection head trains alongside and is discarded. Labels are never read (the data
+path drops them).
 Writes ``adapter/`` (no head) whose card records the pretext, its settings, the data it saw and
 the loss curve. Fine-tune from it with ``adapter.init_from=OUTPUT/adapter``.
 """
@@ -33,15 +37,18 @@ def run(cfg, run) -> dict:
         raise ConfigError(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; TPP applies "
                           f"to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
-    encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std, with_decoder=True)
+    encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
+                                           with_decoder=cfg.pretext.name == "mae" and cfg.pretext.decoder != "fresh")
     dataset = load_data(cfg.data, cfg.seed, info.image_size)
     images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
     torch.manual_seed(cfg.seed)
     method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.options)
     pretext = build_pretext(cfg.pretext.name, encoder, decoder, cfg.pretext)
     x = tensors(images, info)
+    adapter_parameters = trainable_parameters(encoder)
+    pretext_head_parameters = trainable_parameters(pretext) - adapter_parameters  # fresh decoder / projection head
     run.log(event="data", dataset=dataset.name, images=len(x), splits=splits_used,
-            trainable_parameters=trainable_parameters(pretext))
+            trainable_parameters=adapter_parameters, pretext_head_parameters=pretext_head_parameters)
 
     plan = plan_steps(cfg.train, len(x))
     optimizer = make_optimizer(pretext, cfg.train.lr, cfg.train.weight_decay)
@@ -64,12 +71,14 @@ def run(cfg, run) -> dict:
         input_rule=input_rule(dataset, info), site=cfg.site, modality=dataset.modality,
         task={"type": "none", "note": "pre-trained target parameters; no task head"}, stage="tpp",
         data=dataset.describe({"splits": splits_used, "images": len(x), "labels_read": False}, labels=False),
-        metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=trainable_parameters(pretext),
+        metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=adapter_parameters,
         extra={"pretext": dict(pretext.card_entry(), steps=plan.num_steps, batch_size=cfg.train.batch_size,
+                               head_parameters_discarded=pretext_head_parameters,
                                lr=cfg.train.lr, loss_curve=curve)})
     adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, encoder, None, card))
     summary = {"final_loss": curve[-1][1], "first_loss": curve[0][1], "steps": plan.num_steps,
-               "images": len(x), "trainable_parameters": card["trainable_parameters"],
+               "images": len(x), "trainable_parameters": adapter_parameters,
+               "pretext_head_parameters": pretext_head_parameters,
                "adapter_bytes": dir_size(adapter), "wall_time_s": round(run.elapsed(), 1)}
     run.publish_json("metrics.json", summary)
     return summary

@@ -80,3 +80,59 @@ def test_short_tpp_lowers_held_out_pretext_loss(tmp_path):
     print(f"held-out MAE loss: random-init adapter {random_init:.4f}, TPP adapter {pre_trained:.4f}, "
           f"relative drop {drop:.1%}")
     assert drop > 0.005
+
+
+def test_dino_tpp_does_not_collapse_on_real_images():
+    """30 DINO steps on BreastMNIST training images, measured on the held-out val images.
+
+    Collapse to a few prototypes drives the entropy of the batch-mean output towards 0: without
+    centering (center momentum 1) this setup measured 0.55 after 20 steps and 0.12 after 100, while
+    the centred run stayed at 0.97-0.99. Uniform collapse makes every image's output the same, so the
+    per-dimension std of the logits across images must stay at least half of its value at init.
+    """
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    from tpp.backbones import load_backbone
+    from tpp.builders import tensors
+    from tpp.config import PretextConfig
+    from tpp.data.sources import load_medmnist
+    from tpp.model import attach_adapter
+    from tpp.pretext import build_pretext
+    from tpp.pretext.dino import embed
+
+    data, backbone = shared_data(), shared_backbone()
+    torch.manual_seed(0)
+    encoder, info, _ = load_backbone(str(backbone))
+    attach_adapter(encoder, "lora", {"r": 8, "alpha": 16})
+    pretext = build_pretext("dino", encoder, None, PretextConfig(name="dino"))
+    dataset = load_medmnist("breastmnist", str(data))
+    train, held_out = tensors(dataset.split("train").images, info), tensors(dataset.split("val").images, info)
+
+    def measure():
+        pretext.eval()
+        with torch.no_grad():
+            logits = pretext.student(held_out)
+            mean_prob = torch.softmax(logits / pretext.student_temp, -1).mean(0)
+            entropy = float(-(mean_prob * mean_prob.clamp_min(1e-12).log()).sum() / math.log(len(mean_prob)))
+            feature_std = float(F.normalize(embed(encoder, held_out), dim=-1).std(0).mean())
+        pretext.train()
+        return entropy, float(logits.std(0).mean()), feature_std
+
+    _, logit_std_0, feature_std_0 = measure()
+    optimizer = torch.optim.AdamW([p for p in pretext.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.05)
+    gen = torch.Generator().manual_seed(0)
+    pretext.train()
+    for _ in range(30):
+        loss = pretext(train[torch.randint(0, len(train), (32,), generator=gen)])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    entropy, logit_std, feature_std = measure()
+    print(f"DINO after 30 steps: mean-output entropy {entropy:.3f} of max, logit std {logit_std_0:.4f} -> "
+          f"{logit_std:.4f}, feature std {feature_std_0:.4f} -> {feature_std:.4f}")
+    assert entropy > 0.8
+    assert logit_std > 0.5 * logit_std_0
+    assert feature_std > 0.9 * feature_std_0

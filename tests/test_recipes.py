@@ -243,3 +243,21 @@ def test_full_fine_tuning_is_a_full_model_refused_as_adapter(tiny_mae, data_root
     assert ev["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
     assert finetune(tiny_mae, data_root, tmp_path / "child", f"adapter.init_from={out / 'adapter'}") == 2
     assert "full_model" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("family,pretext,decoder_text", [("vit", "mae", "fresh per-token MLP"),
+                                                         ("vit_mae", "dino", None)])
+def test_tpp_with_fresh_pretext_heads_saves_only_target_parameters(tmp_path, data_root, family, pretext, decoder_text):
+    backbone = make_backbone(tmp_path / family, family)
+    assert tpp(backbone, data_root, tmp_path / "tpp", f"pretext.name={pretext}") == 0
+    adapter = tmp_path / "tpp" / "adapter"
+    card = json.loads((adapter / "tpp_card.json").read_text())
+    assert card["pretext"]["name"] == pretext and card["pretext"]["head_parameters_discarded"] > 0
+    if decoder_text:
+        assert card["pretext"]["decoder"].startswith(decoder_text)
+    else:
+        assert "discarded" in card["pretext"]["projection_head"]
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)
+    assert card["trainable_parameters"] == sum(v.numel() for v in weights.values())
+    assert finetune(backbone, data_root, tmp_path / "ft", f"adapter.init_from={adapter}") == 0

@@ -94,6 +94,13 @@ class PretextConfig:
     name: str = _f("mae", "pretext task from the pretext registry")
     mask_ratio: float = _f(0.75, "MAE: fraction of patches masked")
     norm_pix_loss: bool = _f(False, "MAE: normalise each target patch by its own mean/std")
+    decoder: Literal["auto", "checkpoint", "fresh"] = _f(
+        "auto", "MAE: the checkpoint's frozen ViT-MAE decoder (auto, when it has one) or a fresh one trained alongside")
+    dino_out_dim: int = _f(256, "DINO: prototypes in the projection head")
+    dino_student_temp: float = _f(0.1, "DINO: student softmax temperature")
+    dino_teacher_temp: float = _f(0.04, "DINO: teacher softmax temperature (sharpening)")
+    dino_ema: float = _f(0.99, "DINO: teacher EMA momentum per step")
+    dino_crop_min: float = _f(0.4, "DINO: smallest crop area fraction of a view")
 
 
 @dataclass
@@ -264,6 +271,9 @@ def _check_values(cfg: RunConfig) -> None:
         (cfg.train.lr > 0, "train.lr must be positive"),
         (0 <= cfg.train.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
         (0 < cfg.pretext.mask_ratio < 1, "pretext.mask_ratio must be in (0, 1)"),
+        (0 <= cfg.pretext.dino_ema < 1, "pretext.dino_ema must be in [0, 1)"),
+        (0 < cfg.pretext.dino_crop_min <= 1, "pretext.dino_crop_min must be in (0, 1]"),
+        (cfg.pretext.dino_student_temp > 0 and cfg.pretext.dino_teacher_temp > 0, "DINO temperatures must be positive"),
         (cfg.data.split in ("train", "val", "test"), "data.split must be train, val or test"),
     ]
     for ok, message in checks:

@@ -21,7 +21,7 @@ def register(name: str):
 
 def build_pretext(name: str, encoder, decoder, pretext_cfg):
     """``builder(encoder, decoder, cfg) -> nn.Module`` with ``forward(pixel_values) -> scalar loss``."""
-    from tpp.pretext import mae  # noqa: F401  (registers itself)
+    from tpp.pretext import dino, mae  # noqa: F401  (register themselves)
 
     if name not in _PRETEXTS:
         raise ConfigError(f"unknown pretext.name '{name}'. Known: {', '.join(sorted(_PRETEXTS))}.")

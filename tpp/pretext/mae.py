@@ -1,7 +1,16 @@
-"""Masked image modeling (MAE) pretext with the checkpoint's own decoder, frozen.
+"""Masked image modeling (MAE) pretext for the target parameters.
+
+Two decoders:
+- ``checkpoint``: a ViT-MAE checkpoint's own decoder, frozen (so truly only the target parameters
+  learn); the encoder sees only the visible patches, as in MAE.
+- ``fresh``: for backbones without a decoder (ViT, DINOv2). Masked patches are blanked in the input
+  (set to 0, the normalised mean), the encoder sees every position, and a small per-token decoder,
+  trained alongside and discarded afterwards, predicts the masked pixels (SimMIM-style).
 
 Pieces (shapes for B images, N patches of p x p pixels, C channels, D encoder width):
-  mask_noise -> encode_visible -> decode -> patchify / masked_mse.
+  mask_noise -> encode_visible -> decode        (checkpoint decoder)
+  mask_noise -> random_mask -> blank_patches -> FreshDecoder   (fresh decoder)
+  patchify / masked_mse                          (both)
 """
 from __future__ import annotations
 
@@ -29,6 +38,34 @@ def encode_visible(encoder: Encoder, pixel_values: torch.Tensor, noise: torch.Te
     return out.last_hidden_state, out.mask, out.ids_restore
 
 
+def random_mask(noise: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+    """ViT-MAE's rule: keep the ``int(N * (1 - ratio))`` patches with the smallest noise.
+    noise (B, N) -> mask (B, N), 1 = masked."""
+    keep = int(noise.shape[1] * (1 - mask_ratio))
+    ranks = noise.argsort(dim=1).argsort(dim=1)
+    return (ranks >= keep).to(noise.dtype)
+
+
+def blank_patches(pixel_values: torch.Tensor, mask: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Set masked patches to 0 (the normalised mean). (B, C, H, W), mask (B, N) -> (B, C, H, W)."""
+    b, _, h, w = pixel_values.shape
+    grid = mask.reshape(b, 1, h // patch_size, w // patch_size)
+    keep = 1 - grid.repeat_interleave(patch_size, dim=2).repeat_interleave(patch_size, dim=3)
+    return pixel_values * keep.to(pixel_values.dtype)
+
+
+class FreshDecoder(nn.Module):
+    """Per-token MLP from encoder patch tokens to pixels: (B, N, D) -> (B, N, p * p * C)."""
+
+    def __init__(self, hidden_size: int, patch_pixels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(hidden_size), nn.Linear(hidden_size, hidden_size), nn.GELU(),
+                                 nn.Linear(hidden_size, patch_pixels))
+
+    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
+        return self.net(patch_tokens)
+
+
 def decode(decoder: nn.Module, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
     """latent (B, 1 + N_keep, D), ids_restore (B, N) -> predicted patches (B, N, p * p * C)."""
     return decoder(latent, ids_restore).logits
@@ -53,35 +90,50 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, nor
 
 
 class MAEPretext(nn.Module):
-    """``forward(pixel_values (B, C, H, W)) -> loss``; only the encoder's target parameters train."""
+    """``forward(pixel_values (B, C, H, W)) -> loss``. The backbone is frozen; the checkpoint decoder
+    is frozen too, a fresh decoder trains with the target parameters."""
 
-    def __init__(self, encoder: Encoder, decoder: nn.Module, mask_ratio: float, norm_pix_loss: bool):
+    def __init__(self, encoder: Encoder, decoder: nn.Module, fresh: bool, mask_ratio: float, norm_pix_loss: bool):
         super().__init__()
-        self.encoder, self.decoder = encoder, decoder
+        self.encoder, self.decoder, self.fresh = encoder, decoder, fresh
         self.mask_ratio, self.norm_pix_loss = mask_ratio, norm_pix_loss
-        self.decoder.requires_grad_(False).eval()
+        if not fresh:
+            self.decoder.requires_grad_(False).eval()
 
     def forward(self, pixel_values: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         if noise is None:
             noise = mask_noise(len(pixel_values), self.encoder.num_patches, pixel_values.device)
-        latent, mask, ids_restore = encode_visible(self.encoder, pixel_values, noise, self.mask_ratio)
-        pred = decode(self.decoder, latent, ids_restore)
-        target = patchify(pixel_values, self.encoder.base_config.patch_size)
+        patch_size = self.encoder.base_config.patch_size
+        if self.fresh:
+            mask = random_mask(noise, self.mask_ratio)
+            tokens = self.encoder(blank_patches(pixel_values, mask, patch_size))
+            pred = self.decoder(self.encoder.patch_tokens(tokens))
+        else:
+            latent, mask, ids_restore = encode_visible(self.encoder, pixel_values, noise, self.mask_ratio)
+            pred = decode(self.decoder, latent, ids_restore)
+        target = patchify(pixel_values, patch_size)
         return masked_mse(pred.float(), target.float(), mask, self.norm_pix_loss)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        self.decoder.eval()  # frozen: no dropout, no statistics
+        if not self.fresh:
+            self.decoder.eval()  # frozen: no dropout, no statistics
         return self
 
     def card_entry(self) -> dict:
-        return {"name": "mae", "mask_ratio": self.mask_ratio, "norm_pix_loss": self.norm_pix_loss,
-                "decoder": "checkpoint's pre-trained ViT-MAE decoder, frozen"}
+        decoder = ("fresh per-token MLP on blanked-patch inputs, trained alongside and discarded" if self.fresh
+                   else "checkpoint's pre-trained ViT-MAE decoder, frozen")
+        return {"name": "mae", "mask_ratio": self.mask_ratio, "norm_pix_loss": self.norm_pix_loss, "decoder": decoder}
 
 
 @register("mae")
 def build(encoder: Encoder, decoder: nn.Module | None, cfg) -> MAEPretext:
-    if decoder is None or encoder.family.model_type != "vit_mae":
-        raise TppError(f"the MAE pretext needs a ViT-MAE checkpoint with its decoder; this backbone is "
-                       f"'{encoder.family.model_type}'. A fresh decoder for other families is not built yet.")
-    return MAEPretext(encoder, decoder, cfg.mask_ratio, cfg.norm_pix_loss)
+    choice = cfg.decoder if cfg.decoder != "auto" else ("checkpoint" if decoder is not None else "fresh")
+    if choice == "checkpoint":
+        if decoder is None:
+            raise TppError(f"pretext.decoder=checkpoint needs a ViT-MAE checkpoint with its decoder; this backbone "
+                           f"is '{encoder.family.model_type}'. Use pretext.decoder=fresh (or auto).")
+        return MAEPretext(encoder, decoder, False, cfg.mask_ratio, cfg.norm_pix_loss)
+    cfg_model = encoder.base_config
+    fresh = FreshDecoder(cfg_model.hidden_size, cfg_model.patch_size ** 2 * cfg_model.num_channels)
+    return MAEPretext(encoder, fresh, True, cfg.mask_ratio, cfg.norm_pix_loss)

@@ -7,6 +7,7 @@ from pathlib import Path
 RECIPES = {
     "finetune": "train a site adapter + classification head on labelled images",
     "evaluate": "evaluate a saved adapter directory on one split",
+    "pretrain_backbone": "pre-train a small ViT-MAE backbone from scratch on a pool (MAE + per-dataset heads)",
     "tpp": "target parameter pre-training: train only the adapter on unlabeled images (MAE or DINO pretext)",
 }
 CONFIG_DIR = Path(__file__).parent / "configs"

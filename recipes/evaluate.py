@@ -55,3 +55,9 @@ def run(cfg, run) -> dict:
     run.log(event="evaluate", split=cfg.data.split, auroc=metrics[cfg.data.split]["auroc"])
     run.publish_json("metrics.json", metrics)
     return metrics
+
+
+def report(summary: dict) -> list[str]:
+    """Lines ``tpp run`` prints at the end."""
+    return [f"{split}: AUROC {m['auroc']:.3f} accuracy {m['accuracy']:.3f} (n={m['n']})"
+            for split, m in summary.items() if isinstance(m, dict) and "auroc" in m]

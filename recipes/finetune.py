@@ -49,7 +49,8 @@ def run(cfg, run) -> dict:
             label_fraction=cfg.data.label_fraction, trainable_parameters=trainable_parameters(model))
 
     plan = plan_steps(cfg.train, len(train))
-    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.head_lr_scale)
+    optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.head_lr_scale,
+                               beta2=cfg.train.adam_beta2)
     scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
     loader = make_loader(x_train, y_train, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
@@ -84,3 +85,11 @@ def run(cfg, run) -> dict:
     metrics["adapter_bytes"] = dir_size(adapter)
     run.publish_json("metrics.json", metrics)
     return metrics
+
+
+def report(summary: dict) -> list[str]:
+    """Lines ``tpp run`` prints at the end."""
+    t = summary["test"]
+    return [f"test AUROC {t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]  accuracy "
+            f"{t['accuracy']:.3f}  trainable {summary['trainable_parameters']:,}  "
+            f"saved {summary['adapter_bytes'] / 1024:.0f} KiB"]

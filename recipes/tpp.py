@@ -23,7 +23,8 @@ from tpp.data.build import load_data, random_hflip
 from tpp.errors import ConfigError
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.pretext import build_pretext
-from tpp.training import build_accelerator, make_loader, make_optimizer, make_scheduler, plan_steps, train_loop
+from tpp.training import (build_accelerator, loss_curve, make_loader, make_optimizer, make_scheduler, plan_steps,
+                          train_loop)
 
 
 def unlabeled_images(dataset, use_eval_splits: bool) -> tuple[np.ndarray, list]:
@@ -51,7 +52,7 @@ def run(cfg, run) -> dict:
             trainable_parameters=adapter_parameters, pretext_head_parameters=pretext_head_parameters)
 
     plan = plan_steps(cfg.train, len(x))
-    optimizer = make_optimizer(pretext, cfg.train.lr, cfg.train.weight_decay)
+    optimizer = make_optimizer(pretext, cfg.train.lr, cfg.train.weight_decay, beta2=cfg.train.adam_beta2)
     scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
     loader = make_loader(x, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)
     pretext, optimizer, loader, scheduler = accelerator.prepare(pretext, optimizer, loader, scheduler)
@@ -65,7 +66,7 @@ def run(cfg, run) -> dict:
     result = train_loop(accelerator, pretext, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
                         desc=f"tpp {cfg.pretext.name} {dataset.name}")
     pretext = accelerator.unwrap_model(pretext)
-    curve = _loss_curve(result.losses)
+    curve = loss_curve(result.losses)
     card = make_card(
         method=method.name, options=dict(vars(typed)), targets=targets, backbone=info,
         input_rule=input_rule(dataset, info), site=cfg.site, modality=dataset.modality,
@@ -84,8 +85,7 @@ def run(cfg, run) -> dict:
     return summary
 
 
-def _loss_curve(losses: list, points: int = 50) -> list:
-    """(step, loss) pairs averaged over windows: a short curve for the card."""
-    window = max(1, len(losses) // points)
-    return [[losses[min(i + window, len(losses)) - 1][0], float(np.mean([v for _, v in losses[i:i + window]]))]
-            for i in range(0, len(losses), window)]
+def report(summary: dict) -> list[str]:
+    """Lines ``tpp run`` prints at the end."""
+    return [f"pretext loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} over {summary['steps']} "
+            f"steps on {summary['images']} images; adapter {summary['trainable_parameters']:,} parameters"]

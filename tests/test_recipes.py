@@ -224,7 +224,7 @@ def test_linear_probe_baseline_trains_only_the_head(tiny_mae, data_root, tmp_pat
     assert tpp(tiny_mae, data_root, tmp_path / "tpp", "adapter={method: linear_probe}") == 2
     assert "no target parameters to pre-train" in capsys.readouterr().err
     assert finetune(tiny_mae, data_root, tmp_path / "x", "adapter.method=linear_probe") == 2
-    assert "adapter.alpha, adapter.dropout, adapter.r: not options of adapter.method=linear_probe" in capsys.readouterr().err
+    assert "'adapter.alpha', 'adapter.dropout', 'adapter.r' for adapter.method=linear_probe" in capsys.readouterr().err
 
 
 def test_full_fine_tuning_is_a_full_model_refused_as_adapter(tiny_mae, data_root, tmp_path, capsys):

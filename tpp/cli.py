@@ -140,19 +140,11 @@ def cmd_run(args) -> int:
 
 
 def _print_summary(recipe: str, summary: dict, path: Path) -> None:
+    from tpp.recipes import get_recipe
+
     print(f"\n{recipe} finished in {summary.get('wall_time_s', 0):.0f}s -> {path}")
-    if "test" in summary and "trainable_parameters" in summary:
-        t = summary["test"]
-        print(f"  test AUROC {t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]  "
-              f"accuracy {t['accuracy']:.3f}  trainable {summary['trainable_parameters']:,}  "
-              f"adapter {summary['adapter_bytes'] / 1024:.0f} KiB")
-    elif "final_loss" in summary:
-        print(f"  pretext loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} over "
-              f"{summary['steps']} steps on {summary['images']} images")
-    else:
-        for split, m in summary.items():
-            if isinstance(m, dict) and "auroc" in m:
-                print(f"  {split}: AUROC {m['auroc']:.3f} accuracy {m['accuracy']:.3f} (n={m['n']})")
+    for line in get_recipe(recipe).report(summary):
+        print(f"  {line}")
 
 
 def cmd_compare(args) -> int:

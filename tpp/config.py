@@ -71,6 +71,7 @@ class DataConfig:
     download: bool = _f(False, "MedMNIST: download through the medmnist package when the file is absent")
     hflip: bool = _f(True, "random horizontal flips during training")
     use_eval_splits: bool = _f(False, "TPP only: also pre-train on val/test images (recorded in the card)")
+    license: Optional[str] = _f(None, "licence of the data, recorded in cards (known for MedMNIST; else declare it)")
 
 
 @dataclass
@@ -85,6 +86,7 @@ class TrainConfig:
     eval_every: Optional[int] = _f(None, "validate every N steps; default: once per epoch, at most ~20 times a run")
     eval_batch_size: int = _f(256, "images per evaluation batch")
     head_lr_scale: float = _f(1.0, "learning-rate multiplier for the task head")
+    adam_beta2: float = _f(0.999, "AdamW beta2 (MAE pre-training uses 0.95)")
     select_best: bool = _f(True, "finetune: keep the weights of the best validation AUROC; false: the last step's, "
                                  "without validating during training (fixed step budget)")
 
@@ -104,6 +106,31 @@ class PretextConfig:
 
 
 @dataclass
+class ModelConfig:
+    """Architecture of a backbone built from scratch (pretrain_backbone): a transformers ViT-MAE."""
+    image_size: int = _f(28, "input size in pixels")
+    patch_size: int = _f(4, "patch size in pixels")
+    num_channels: int = _f(3, "input channels (gray images are replicated)")
+    hidden_size: int = _f(192, "encoder width")
+    num_hidden_layers: int = _f(6, "encoder depth")
+    num_attention_heads: int = _f(3, "encoder heads")
+    intermediate_size: int = _f(768, "encoder MLP width")
+    decoder_hidden_size: int = _f(128, "MAE decoder width")
+    decoder_num_hidden_layers: int = _f(2, "MAE decoder depth")
+    decoder_num_attention_heads: int = _f(4, "MAE decoder heads")
+    decoder_intermediate_size: int = _f(512, "MAE decoder MLP width")
+    mean: list = _f([0.5, 0.5, 0.5], "per-channel mean written to preprocessor_config.json")
+    std: list = _f([0.25, 0.25, 0.25], "per-channel std written to preprocessor_config.json")
+
+
+@dataclass
+class PoolEntry:
+    """One dataset of a pre-training pool: a data section, and whether its labels train a head."""
+    data: DataConfig = field(default_factory=DataConfig)
+    supervised: bool = _f(True, "train a linear head on this dataset's labels (UMedPT-style multi-task)")
+
+
+@dataclass
 class RunConfig:
     recipe: str = _f("finetune", "recipe the config is meant for")
     site: str = _f("default", "hospital / site name recorded in the adapter card")
@@ -114,6 +141,9 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretext: PretextConfig = field(default_factory=PretextConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pool: list = _f([], "pretrain_backbone: list of {data: {...}, supervised: bool} entries")
+    supervised_weight: float = _f(1.0, "pretrain_backbone: weight of the mean supervised loss (0: MAE only)")
 
     def to_dict(self) -> dict:
         """Plain dict with adapter options flattened back into the adapter section."""
@@ -251,13 +281,14 @@ def build_config(data: dict) -> RunConfig:
     foreign = sorted(set(options) - known)
     if foreign:
         raise ConfigError(
-            f"{', '.join('adapter.' + k for k in foreign)}: not options of adapter.method={method_name} (its options: "
-            f"{', '.join(sorted(known)) or 'none'}). To switch methods on the command line, replace the whole "
-            f"section: adapter='{{method: {method_name}}}'.")
+            f"unknown config key {', '.join(repr('adapter.' + k) for k in foreign)} for adapter.method={method_name} "
+            f"(its options: {', '.join(sorted(known)) or 'none'}; common keys: {', '.join(sorted(common))}). "
+            f"To switch methods on the command line, replace the whole section: adapter='{{method: {method_name}}}'.")
     build_dataclass(method.options_cls, options, "adapter")  # type and value checks
     adapter["options"] = options
     data["adapter"] = adapter
     cfg = build_dataclass(RunConfig, data)
+    cfg.pool = [build_dataclass(PoolEntry, entry, f"pool[{i}]") for i, entry in enumerate(cfg.pool)]
     _check_values(cfg)
     return cfg
 

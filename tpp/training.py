@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
@@ -49,14 +50,14 @@ def plan_steps(train, num_examples: int) -> StepPlan:
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, head_lr_scale: float = 1.0,
-                   head_prefix: str = "head.") -> torch.optim.AdamW:
+                   head_prefix: str = "head.", beta2: float = 0.999) -> torch.optim.AdamW:
     """AdamW over trainable parameters only; the task head may get a scaled learning rate."""
     head, body = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
             (head if name.startswith(head_prefix) else body).append(param)
     groups = [g for g in ({"params": body, "lr": lr}, {"params": head, "lr": lr * head_lr_scale}) if g["params"]]
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, beta2))
 
 
 def make_scheduler(optimizer, warmup_ratio: float, num_steps: int):
@@ -130,3 +131,10 @@ def predict_probs(accelerator: Accelerator, model: torch.nn.Module, images: torc
             logits = model(batch)
         out.append(torch.softmax(logits.float(), dim=-1).cpu())
     return torch.cat(out)
+
+
+def loss_curve(losses: list, points: int = 50) -> list:
+    """(step, loss) pairs averaged over windows: a short curve for the card."""
+    window = max(1, len(losses) // points)
+    return [[losses[min(i + window, len(losses)) - 1][0], float(np.mean([v for _, v in losses[i:i + window]]))]
+            for i in range(0, len(losses), window)]

@@ -35,7 +35,17 @@ MEDMNIST = {
     "octmnist": ("OCT", ["choroidal neovascularization", "diabetic macular edema", "drusen", "normal"]),
 }
 MEDMNIST["organcmnist"] = MEDMNIST["organsmnist"] = MEDMNIST["organamnist"]
+# licences as the MedMNIST v2/v3 documentation lists them
+MEDMNIST_LICENSES = {name: "CC BY 4.0" for name in MEDMNIST} | {"dermamnist": "CC BY-NC 4.0"}
 MEDMNIST["dermamnist_jpeg"] = MEDMNIST["dermamnist"]  # the lossy re-export in ../shared/data
+MEDMNIST_LICENSES["dermamnist_jpeg"] = MEDMNIST_LICENSES["dermamnist"]
+
+
+def data_license(data) -> str:
+    """The licence to record for a data section: declared (data.license), known (MedMNIST), or unknown."""
+    if data.license:
+        return data.license
+    return MEDMNIST_LICENSES.get(data.name, "unknown") if data.source == "medmnist" else "unknown"
 
 
 def resolve_root(root: str | None) -> Path:

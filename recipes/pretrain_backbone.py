@@ -1,0 +1,172 @@
+"""Pre-train a whole small ViT-MAE backbone from scratch on a pool of datasets.
+
+    tpp run pretrain_backbone --config recipes/configs/backbones/mae_vit_tiny_med_pool.yaml
+
+Objective per batch: masked image modeling (ViT-MAE encoder on the visible patches, decoder predicts
+the masked pixels) plus, with ``supervised_weight > 0``, one linear head per labelled pool dataset on
+the mean patch tokens of the unmasked encoder (UMedPT-style; the mean over the datasets present in
+the batch, so memory does not grow with the number of tasks beyond one small head each). Only the
+training splits are used. Writes ``backbone/`` in transformers' format (``config.json``,
+``model.safetensors``, ``preprocessor_config.json`` with mean/std) plus ``tpp_backbone_card.json``
+listing the pool, its content hashes and its licences; the heads are discarded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tpp.adapter_dir import versions
+from tpp.backbones import FAMILIES, Encoder, backbone_hash
+from tpp.data.build import load_data, random_hflip, to_model_tensor
+from tpp.data.sources import data_license
+from tpp.errors import ConfigError
+from tpp.pretext.mae import decode, encode_visible, mask_noise, masked_mse, patchify
+from tpp.training import (build_accelerator, loss_curve, make_loader, make_optimizer, make_scheduler, plan_steps,
+                          train_loop)
+
+BACKBONE_CARD = "tpp_backbone_card.json"
+
+
+def build_model(model_cfg, mask_ratio: float, norm_pix_loss: bool, seed: int):
+    """A freshly initialised transformers ``ViTMAEForPreTraining`` from the ``model`` section."""
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    fields = {k: v for k, v in vars(model_cfg).items() if k not in ("mean", "std")}
+    torch.manual_seed(seed)
+    return ViTMAEForPreTraining(ViTMAEConfig(**fields, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss))
+
+
+class PoolObjective(nn.Module):
+    """``forward(pixel_values (B, C, H, W), source (B,), labels (B,)) -> loss``.
+
+    ``labels`` are -1 for images whose dataset is not supervised. Heads: one linear layer per
+    supervised dataset, indexed by ``source``, on the mean patch tokens (B, D) of the unmasked encoder.
+    """
+
+    def __init__(self, model, classes_per_source: list[int], mask_ratio: float, supervised_weight: float):
+        super().__init__()
+        self.encoder, self.decoder = Encoder(model.vit, FAMILIES["vit_mae"]), model.decoder
+        hidden = model.config.hidden_size
+        self.heads = nn.ModuleList(nn.Linear(hidden, k) if k else nn.Identity() for k in classes_per_source)
+        self.mask_ratio, self.supervised_weight = mask_ratio, supervised_weight
+        self.norm_pix_loss, self.last = model.config.norm_pix_loss, {}
+
+    def mae_loss(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        noise = mask_noise(len(pixel_values), self.encoder.num_patches, pixel_values.device)
+        latent, mask, ids_restore = encode_visible(self.encoder, pixel_values, noise, self.mask_ratio)
+        target = patchify(pixel_values, self.encoder.base_config.patch_size)
+        return masked_mse(decode(self.decoder, latent, ids_restore).float(), target.float(), mask, self.norm_pix_loss)
+
+    def supervised_loss(self, pixel_values: torch.Tensor, source: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean over the supervised datasets present in the batch of their cross-entropy."""
+        labelled = labels >= 0
+        if self.supervised_weight == 0 or not labelled.any():
+            return pixel_values.new_zeros(())
+        features = self.encoder.patch_tokens(self.encoder(pixel_values[labelled])).mean(dim=1)
+        losses = [F.cross_entropy(self.heads[s](features[source[labelled] == s]), labels[labelled][source[labelled] == s])
+                  for s in source[labelled].unique().tolist()]
+        return torch.stack(losses).mean()
+
+    def forward(self, pixel_values, source, labels):
+        mae, sup = self.mae_loss(pixel_values), self.supervised_loss(pixel_values, source, labels)
+        self.last = {"mae": mae.detach().item(), "supervised": sup.detach().item()}
+        return mae + self.supervised_weight * sup
+
+
+def load_pool(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict], list[int]]:
+    """Training images of every pool dataset as model tensors (N, C, S, S), with source index and label
+    (-1 when unsupervised). Returns (images, source, labels, card entries, classes per source).
+    An entry without its own ``data.root`` uses the top-level ``data.root`` (else TPP_DATA_ROOT)."""
+    if not cfg.pool:
+        raise ConfigError("pretrain_backbone needs a non-empty pool: a list of {data: {...}, supervised: bool}.")
+    m = cfg.model
+    images, sources, labels, entries, classes = [], [], [], [], []
+    for index, entry in enumerate(cfg.pool):
+        data = dataclasses.replace(entry.data, root=entry.data.root or cfg.data.root)  # data.root applies to all
+        dataset = load_data(data, cfg.seed, m.image_size)
+        train = dataset.split("train")
+        supervised = entry.supervised and train.labels is not None
+        images.append(to_model_tensor(train.images, m.num_channels, m.image_size, m.mean, m.std))
+        sources.append(torch.full((len(train),), index))
+        labels.append(torch.from_numpy(train.labels) if supervised else torch.full((len(train),), -1))
+        classes.append(dataset.num_classes if supervised else 0)
+        entries.append(dict(dataset.describe({"split": "train", "images": len(train)}, labels=supervised),
+                            supervised=supervised, license=data_license(entry.data)))
+    return torch.cat(images), torch.cat(sources), torch.cat(labels).long(), entries, classes
+
+
+def write_backbone(path, model, model_cfg, mask_ratio: float, card: dict) -> None:
+    """transformers format + image-processor config + card, into a fresh folder."""
+    model.config.mask_ratio = mask_ratio  # the Encoder wrapper switched masking off for the unmasked pass
+    model.save_pretrained(str(path))
+    processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
+                 "size": {"height": model_cfg.image_size, "width": model_cfg.image_size},
+                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                 "image_mean": list(model_cfg.mean), "image_std": list(model_cfg.std)}
+    (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    (path / BACKBONE_CARD).write_text(json.dumps(card, indent=2))
+
+
+def run(cfg, run) -> dict:
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
+    x, source, labels, entries, classes = load_pool(cfg)
+    model = build_model(cfg.model, cfg.pretext.mask_ratio, cfg.pretext.norm_pix_loss, cfg.seed)
+    objective = PoolObjective(model, classes, cfg.pretext.mask_ratio, cfg.supervised_weight)
+    run.log(event="data", images=len(x), pool=[{k: e[k] for k in ("name", "supervised", "license")} for e in entries],
+            parameters=sum(p.numel() for p in model.vit.parameters()))
+
+    plan = plan_steps(cfg.train, len(x))
+    optimizer = make_optimizer(objective, cfg.train.lr, cfg.train.weight_decay, beta2=cfg.train.adam_beta2)
+    scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
+    loader = make_loader(x, source, labels, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)
+    objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
+    parts = []
+
+    def loss_fn(objective, batch):
+        images, src, lab = batch
+        loss = objective(random_hflip(images) if cfg.data.hflip else images, src, lab)
+        parts.append(accelerator.unwrap_model(objective).last)
+        return loss
+
+    result = train_loop(accelerator, objective, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
+                        desc="pretrain_backbone")
+    model.eval()
+    licenses = sorted({e["license"] for e in entries})
+    summary = {"steps": plan.num_steps, "images": len(x), "final_loss": loss_curve(result.losses)[-1][1],
+               "final_mae_loss": float(np.mean([p["mae"] for p in parts[-50:]])),
+               "final_supervised_loss": float(np.mean([p["supervised"] for p in parts[-50:]])),
+               "encoder_parameters": sum(p.numel() for p in model.vit.parameters()),
+               "wall_time_s": round(run.elapsed(), 1)}
+    card = {"format": "tpp-backbone/1", "kind": "backbone", "hash": backbone_hash(model.vit),
+            "objective": {"mae": {"mask_ratio": cfg.pretext.mask_ratio, "norm_pix_loss": cfg.pretext.norm_pix_loss},
+                          "supervised_heads": cfg.supervised_weight > 0, "supervised_weight": cfg.supervised_weight,
+                          "heads": "one linear head per supervised dataset on mean patch tokens, discarded"},
+            "pool": entries, "licenses": licenses,
+            "license_note": _license_note(licenses), "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size,
+                                                               "lr": cfg.train.lr, "seed": cfg.seed},
+            "summary": summary, "loss_curve": loss_curve(result.losses), "versions": versions()}
+    run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, cfg.pretext.mask_ratio, card))
+    run.publish_json("metrics.json", summary)
+    return summary
+
+
+def report(summary: dict) -> list[str]:
+    """Lines ``tpp run`` prints at the end."""
+    return [f"MAE loss {summary['final_mae_loss']:.4f}, supervised loss {summary['final_supervised_loss']:.4f} after "
+            f"{summary['steps']} steps on {summary['images']} images; encoder {summary['encoder_parameters']:,} parameters"]
+
+
+def _license_note(licenses: list[str]) -> str:
+    notes = []
+    if any("NC" in lic for lic in licenses):
+        notes.append("includes non-commercial (NC) data: the weights may not be usable commercially")
+    if any("SA" in lic for lic in licenses):
+        notes.append("includes share-alike (SA) data: derived works may have to carry the same licence")
+    if "unknown" in licenses:
+        notes.append("some pool data has no declared licence (data.license)")
+    return "; ".join(notes) or "all pool data under the listed licences"

@@ -1,0 +1,69 @@
+"""pretrain_backbone on a tiny pool: a loadable transformers checkpoint with a card, usable by the other recipes."""
+import json
+
+import pytest
+import torch
+from conftest import make_medmnist
+from safetensors.torch import load_file
+
+from tpp.backbones import load_backbone
+from tpp.cli import main
+
+TINY_MODEL = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
+              "model.intermediate_size=64", "model.decoder_hidden_size=16", "model.decoder_num_hidden_layers=1",
+              "model.decoder_num_attention_heads=2", "model.decoder_intermediate_size=32"]
+
+
+@pytest.fixture()
+def pool_root(tmp_path):
+    root = make_medmnist(tmp_path / "pool", name="bloodmnist", rgb=True, classes=8, n=(80, 8, 8))
+    make_medmnist(root, name="organamnist", classes=11, n=(60, 8, 8), seed=1)
+    make_medmnist(root, name="dermamnist_jpeg", rgb=True, classes=7, n=(40, 8, 8), seed=2)
+    return root
+
+
+def pretrain(root, out, *extra):
+    pool = ("pool=[{data: {source: medmnist, name: bloodmnist}}, {data: {source: medmnist, name: organamnist}}, "
+            "{data: {source: medmnist, name: dermamnist_jpeg}, supervised: false}]")
+    return main(["run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml", f"data.root={root}",
+                 pool, f"output_dir={out}", "train.batch_size=32", *TINY_MODEL, *extra])
+
+
+def test_pretrained_backbone_loads_and_fine_tunes(pool_root, tmp_path):
+    for entry in ("bloodmnist", "organamnist", "dermamnist_jpeg"):  # the pool's data root holds no BreastMNIST
+        assert (pool_root / f"{entry}.npz").is_file()
+    assert pretrain(pool_root, tmp_path / "pre", "train.max_steps=4") == 0
+    backbone = tmp_path / "pre" / "backbone"
+    assert {p.name for p in backbone.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json",
+                                                    "tpp_backbone_card.json"}
+    card = json.loads((backbone / "tpp_backbone_card.json").read_text())
+    assert [e["name"] for e in card["pool"]] == ["bloodmnist", "organamnist", "dermamnist_jpeg"]
+    assert [e["supervised"] for e in card["pool"]] == [True, True, False]
+    assert card["licenses"] == ["CC BY 4.0", "CC BY-NC 4.0"] and "non-commercial" in card["license_note"]
+    assert all(e["used"]["split"] == "train" for e in card["pool"])
+    weights = load_file(backbone / "model.safetensors")
+    assert any(k.startswith("decoder.") for k in weights) and not any("heads" in k for k in weights)
+    config = json.loads((backbone / "config.json").read_text())
+    assert config["mask_ratio"] == 0.75 and config["hidden_size"] == 32
+    encoder, info, decoder = load_backbone(str(backbone), with_decoder=True)
+    assert info.hash == card["hash"] and info.mean == [0.5] * 3 and decoder is not None
+    assert encoder(torch.zeros(1, 3, 28, 28)).shape == (1, 50, 32)
+    data = make_medmnist(tmp_path / "site")
+    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={backbone}",
+                 f"data.root={data}", f"output_dir={tmp_path / 'ft'}", "train.max_steps=3", "adapter.r=2"]) == 0
+
+
+def test_pretraining_lowers_the_pool_loss(pool_root, tmp_path):
+    assert pretrain(pool_root, tmp_path / "pre", "train.max_steps=60", "train.lr=3e-3", "data.hflip=false") == 0
+    log = [json.loads(line) for line in (tmp_path / "pre" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if r["event"] == "step"]
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10]), losses
+
+
+def test_pool_errors_name_the_entry(pool_root, tmp_path, capsys):
+    assert main(["run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml",
+                 "pool=[{data: {source: medmnist, nam: x}}]", f"output_dir={tmp_path / 'a'}"]) == 2
+    assert "pool[0].data.nam" in capsys.readouterr().err
+    assert main(["run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml", "pool=[]",
+                 f"output_dir={tmp_path / 'b'}"]) == 2
+    assert "non-empty pool" in capsys.readouterr().err

@@ -73,17 +73,17 @@ def method_overrides(base: str, protocol: dict) -> list[str]:
 
 
 def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
-    """Cells (target, method, fraction, seed) in the order that makes the main claim appear first."""
-    groups = [[m for m in g if m in methods] for g in METHOD_GROUPS]
-    cells = []
-    for group in filter(None, groups):
-        for fraction in [f for f in FRACTION_SEEDS if f in fractions]:
-            for seed in range(min(FRACTION_SEEDS[fraction], seeds_cap)):
-                cells += [(t, m, fraction, seed) for t in targets for m in group]
-    if modality and MODALITY_TARGET in targets:
-        for fraction in [f for f in MODALITY_FRACTIONS if f in fractions]:
-            for seed in range(min(FRACTION_SEEDS[fraction], seeds_cap)):
-                cells += [(MODALITY_TARGET, f"lora+tpp_mae@{s}", fraction, seed) for s in MODALITY_SOURCES]
+    """Cells (target, method, fraction, seed), ordered so that the main claim appears first: LoRA vs
+    LoRA + TPP, then the modality grid, then the baselines, then the second pretext."""
+    def block(group, fracs, group_targets):
+        return [(t, m, f, seed) for f in fracs if f in fractions for seed in range(min(FRACTION_SEEDS[f], seeds_cap))
+                for t in group_targets for m in group if m in methods or "@" in m]
+
+    cells = block(METHOD_GROUPS[0], FRACTION_SEEDS, targets)
+    if modality and MODALITY_TARGET in targets and "lora+tpp_mae" in methods:
+        cells += block([f"lora+tpp_mae@{s}" for s in MODALITY_SOURCES], MODALITY_FRACTIONS, [MODALITY_TARGET])
+    for group in METHOD_GROUPS[1:]:
+        cells += block(group, FRACTION_SEEDS, targets)
     return cells
 
 

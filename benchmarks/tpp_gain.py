@@ -109,11 +109,11 @@ class Bench:
     def common(self, out: Path, seed: int) -> list[str]:
         return [f"backbone.path={self.backbone}", f"data.root={self.data_root}", f"output_dir={out}", f"seed={seed}"]
 
-    def tpp_adapter(self, source: str, pretext: str, seed: int) -> tuple[Path, float]:
-        """A TPP adapter for (source, pretext, seed), trained once and reused by every label fraction."""
+    def tpp_adapter(self, source: str, method: str, pretext: str, seed: int) -> tuple[Path, float]:
+        """A TPP adapter for (source, method, pretext, seed), trained once and reused by every label fraction."""
         from tpp.recipes import CONFIG_DIR, run_recipe
 
-        out = self.cache / "tpp" / f"{source}_{pretext}_s{seed}"
+        out = self.cache / "tpp" / f"{source}_{method}_{pretext}_s{seed}"
         stamp = out / "bench_protocol.txt"
         if not (stamp.is_file() and stamp.read_text() == self.protocol_id):
             p = self.protocol
@@ -131,7 +131,7 @@ class Bench:
         overrides = method_overrides(base, self.protocol)
         tpp_s = None
         if pretext:
-            adapter, tpp_s = self.tpp_adapter(source, pretext, seed)
+            adapter, tpp_s = self.tpp_adapter(source, base, pretext, seed)
             overrides.append(f"adapter.init_from={adapter}")
         work = self.cache / "work" / "finetune"
         metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, self.common(work, seed) + overrides + [

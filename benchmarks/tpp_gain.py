@@ -55,13 +55,28 @@ def source_overrides(source: str) -> list[str]:
     return SOURCES.get(source, ["data.source=medmnist", f"data.name={source}"])
 
 
-def parse_method(method: str, target: str) -> tuple[str, str | None, str | None]:
-    """'lora+tpp_mae@mednist_cxr' -> ('lora', 'mae', 'mednist_cxr'); the TPP source defaults to the target."""
+# TPP variants for the investigation, named in a method as 'lora+tpp_mae~<variant>': extra overrides
+# of the TPP run only (fine-tuning stays the same, so variants pair with the same random-init cells)
+VARIANTS = {
+    "lr1e-4": ["train.lr=1e-4"],
+    "steps1600": ["train.max_steps=1600"],
+    "normpix": ["pretext.norm_pix_loss=true"],
+    "mask50": ["pretext.mask_ratio=0.5"],
+    "steps100": ["train.max_steps=100"],
+}
+
+
+def parse_method(method: str, target: str) -> tuple[str, str | None, str | None, str | None]:
+    """'lora+tpp_mae~lr1e-4@mednist_cxr' -> ('lora', 'mae', 'lr1e-4', 'mednist_cxr'); the TPP source
+    defaults to the target, the variant to None."""
     base, _, tpp = method.partition("+tpp_")
     if not tpp:
-        return base, None, None
-    pretext, _, source = tpp.partition("@")
-    return base, pretext, source or target
+        return base, None, None, None
+    tpp, _, source = tpp.partition("@")
+    pretext, _, variant = tpp.partition("~")
+    if variant and variant not in VARIANTS:
+        raise ValueError(f"unknown TPP variant '{variant}' in '{method}'; known: {', '.join(VARIANTS)}")
+    return base, pretext, variant or None, source or target
 
 
 def method_overrides(base: str, protocol: dict) -> list[str]:
@@ -80,6 +95,8 @@ def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
                 for t in group_targets for m in group if m in methods or "@" in m]
 
     cells = block(METHOD_GROUPS[0], FRACTION_SEEDS, targets)
+    grouped = {m for g in METHOD_GROUPS for m in g}
+    cells += block([m for m in methods if m not in grouped], FRACTION_SEEDS, targets)  # e.g. TPP variants
     if modality and MODALITY_TARGET in targets and "lora+tpp_mae" in methods:
         cells += block([f"lora+tpp_mae@{s}" for s in MODALITY_SOURCES], MODALITY_FRACTIONS, [MODALITY_TARGET])
     for group in METHOD_GROUPS[1:]:
@@ -99,41 +116,44 @@ class Bench:
         return self.cache / "cells" / target / method.replace("@", "_at_") / f"f{fraction:g}_s{seed}.json"
 
     def cached(self, *cell) -> dict | None:
+        """The cell's result if it was run under this protocol (and, for a TPP variant, these overrides)."""
         path = self.cell_path(*cell)
         if path.is_file():
             data = json.loads(path.read_text())
-            if data.get("protocol_id") == self.protocol_id:
+            variant = parse_method(cell[1], cell[0])[2]
+            if data.get("protocol_id") == self.protocol_id and data.get("tpp_variant") == VARIANTS.get(variant):
                 return data
         return None
 
     def common(self, out: Path, seed: int) -> list[str]:
         return [f"backbone.path={self.backbone}", f"data.root={self.data_root}", f"output_dir={out}", f"seed={seed}"]
 
-    def tpp_adapter(self, source: str, method: str, pretext: str, seed: int) -> tuple[Path, float]:
-        """A TPP adapter for (source, method, pretext, seed), trained once and reused by every label fraction."""
+    def tpp_adapter(self, source: str, method: str, pretext: str, variant: str | None, seed: int) -> tuple[Path, float]:
+        """A TPP adapter for (source, method, pretext, variant, seed), trained once and reused by every label fraction."""
         from tpp.recipes import CONFIG_DIR, run_recipe
 
-        out = self.cache / "tpp" / f"{source}_{method}_{pretext}_s{seed}"
-        stamp = out / "bench_protocol.txt"
-        if not (stamp.is_file() and stamp.read_text() == self.protocol_id):
+        name = f"{source}_{method}_{pretext}" + (f"~{variant}" if variant else "") + f"_s{seed}"
+        out = self.cache / "tpp" / name
+        stamp, stamp_text = out / "bench_protocol.txt", self.protocol_id + (json.dumps(VARIANTS[variant]) if variant else "")
+        if not (stamp.is_file() and stamp.read_text() == stamp_text):
             p = self.protocol
             run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + source_overrides(source) + [
                 f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}", f"train.batch_size={p['tpp_batch_size']}",
-                f"train.lr={p['tpp_lr']}", f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}"],
-                overwrite=True)
-            stamp.write_text(self.protocol_id)
+                f"train.lr={p['tpp_lr']}", f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}",
+                *VARIANTS.get(variant, [])], overwrite=True)
+            stamp.write_text(stamp_text)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
 
     def run_cell(self, target: str, method: str, fraction: float, seed: int) -> dict:
         from tpp.recipes import CONFIG_DIR, run_recipe
 
-        base, pretext, source = parse_method(method, target)
+        base, pretext, variant, source = parse_method(method, target)
         overrides = method_overrides(base, self.protocol)
         tpp_s = None
         if pretext:
-            adapter, tpp_s = self.tpp_adapter(source, base, pretext, seed)
+            adapter, tpp_s = self.tpp_adapter(source, base, pretext, variant, seed)
             overrides.append(f"adapter.init_from={adapter}")
-        work = self.cache / "work" / "finetune"
+        work = self.cache / "work" / f"finetune_{os.getpid()}"  # several invocations may share a cache
         metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, self.common(work, seed) + overrides + [
             *source_overrides(target), f"data.label_fraction={fraction}", "train.select_best=false",
             f"train.max_steps={self.protocol['finetune_steps']}", f"train.batch_size={self.protocol['finetune_batch_size']}"],
@@ -143,7 +163,7 @@ class Bench:
                 "test_auroc": metrics["test"]["auroc"], "test_accuracy": metrics["test"]["accuracy"],
                 "train_labels": metrics["train_examples"],
                 "trainable_parameters": metrics["trainable_parameters"], "finetune_s": metrics["wall_time_s"],
-                "tpp_s": tpp_s, "protocol_id": self.protocol_id}
+                "tpp_s": tpp_s, "protocol_id": self.protocol_id, "tpp_variant": VARIANTS.get(variant)}
         path = self.cell_path(target, method, fraction, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -196,14 +216,26 @@ def fill(bench: Bench, cells: list[tuple], budget_s: float) -> tuple[list[dict],
     return done, missing, errors
 
 
+def comparisons_for(methods: list[str]) -> list[tuple[str, str]]:
+    """Paired comparisons: every TPP method against random init of its base method, TPP variants and
+    other TPP sources also against the default TPP; LoRA against the linear probe, full against LoRA."""
+    pairs = [("lora", "linear_probe"), ("full", "lora")]
+    for m in methods:
+        base, pretext, variant, _ = parse_method(m, "")
+        if pretext:
+            pairs.append((m, base))
+            if variant or "@" in m:
+                pairs.append((m, f"{base}+tpp_{pretext}"))
+    return [(a, b) for a, b in pairs if a in methods and b in methods]
+
+
 def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, quick: bool) -> dict:
     results = [r for r in (bench.cached(*c) for c in cells) if r]
     if not results:
         print("no finished cells yet")
         return {}
     rows = report.summarise(results)
-    comparisons = [("lora+tpp_mae", "lora"), ("lora+tpp_dino", "lora"), ("lora", "linear_probe"), ("full", "lora")]
-    comparisons += [(f"lora+tpp_mae@{s}", r) for s in MODALITY_SOURCES for r in ("lora", "lora+tpp_mae")]
+    comparisons = comparisons_for(sorted({r["method"] for r in results}))
     diffs = [d for a, b in comparisons for d in report.paired(results, a, b)]
     command = "python benchmarks/tpp_gain.py " + " ".join(sys.argv[1:])
     text = (f"Machine: {json.dumps(machine())}\nCommand: `{command}`\nProtocol: `{json.dumps(bench.protocol)}`\n"

@@ -42,21 +42,26 @@ def test_grid_puts_the_main_comparison_first_and_has_the_seed_counts():
     lora = [c for c in cells if c[1] == "lora" and c[0] == "breastmnist"]
     assert sorted(sum(1 for c in lora if c[2] == f) for f in (0.01, 0.1, 1.0)) == [3, 5, 5]
     assert any("@mednist_hand" in c[1] for c in cells)
-    assert tpp_gain.parse_method("lora+tpp_mae@mednist_cxr", "x") == ("lora", "mae", "mednist_cxr")
-    assert tpp_gain.parse_method("lora+tpp_dino", "x") == ("lora", "dino", "x")
+    assert tpp_gain.parse_method("lora+tpp_mae@mednist_cxr", "x") == ("lora", "mae", None, "mednist_cxr")
+    assert tpp_gain.parse_method("lora+tpp_dino~lr1e-4", "x") == ("lora", "dino", "lr1e-4", "x")
+    with pytest.raises(ValueError, match="unknown TPP variant"):
+        tpp_gain.parse_method("lora+tpp_mae~nope", "x")
 
 
 def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     root = make_medmnist(tmp_path / "data")
     protocol = dict(tpp_gain.QUICK_PROTOCOL, finetune_steps=3, tpp_steps=2, finetune_batch_size=16)
     bench = tpp_gain.Bench(tmp_path / "cache", protocol, str(tiny_mae), str(root))
-    cells = [("breastmnist", m, 0.5, 0) for m in ("lora", "lora+tpp_mae", "linear_probe")]
+    cells = [("breastmnist", m, 0.5, 0) for m in ("lora", "lora+tpp_mae", "linear_probe", "lora+tpp_mae~lr1e-4")]
     done, missing, errors = tpp_gain.fill(bench, cells, budget_s=600)
-    assert not errors and not missing and len(done) == 3
+    assert not errors and not missing and len(done) == 4
     by_method = {c["method"]: c for c in done}
     assert by_method["lora+tpp_mae"]["tpp_s"] > 0 and by_method["linear_probe"]["trainable_parameters"] == 66
     assert by_method["lora"]["train_labels"] == 30  # half of the 60 training labels
-    assert not (tmp_path / "cache" / "work" / "finetune").exists()  # fine-tuning outputs are not kept
+    variant_card = json.loads((tmp_path / "cache" / "tpp" / "breastmnist_lora_mae~lr1e-4_s0" / "adapter" /
+                               "tpp_card.json").read_text())
+    assert variant_card["pretext"]["lr"] == 1e-4 and by_method["lora+tpp_mae~lr1e-4"]["tpp_variant"] == ["train.lr=1e-4"]
+    assert not list((tmp_path / "cache" / "work").iterdir())  # fine-tuning outputs are not kept
     again, _, _ = tpp_gain.fill(bench, cells, budget_s=600)
     assert again == []  # everything came from the cache
     other = tpp_gain.Bench(tmp_path / "cache", dict(protocol, finetune_steps=4), str(tiny_mae), str(root))
@@ -64,4 +69,7 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     payload = tpp_gain.write_report(bench, cells, tmp_path / "out", [], quick=True)
     assert payload["complete"] and {p.name for p in (tmp_path / "out").iterdir()} == {
         "tpp_gain.json", "tpp_gain.md", "tpp_gain.png"}
-    assert json.loads((tmp_path / "out" / "tpp_gain.json").read_text())["paired"][0]["n"] == 1
+    paired = json.loads((tmp_path / "out" / "tpp_gain.json").read_text())["paired"]
+    assert {(d["method"], d["reference"]) for d in paired} == {
+        ("lora", "linear_probe"), ("lora+tpp_mae", "lora"), ("lora+tpp_mae~lr1e-4", "lora"),
+        ("lora+tpp_mae~lr1e-4", "lora+tpp_mae")}

@@ -161,6 +161,7 @@ class Bench:
         shutil.rmtree(work)  # full fine-tuning writes whole models: keep only the numbers
         cell = {"target": target, "method": method, "fraction": fraction, "seed": seed,
                 "test_auroc": metrics["test"]["auroc"], "test_accuracy": metrics["test"]["accuracy"],
+                "val_auroc": metrics["val"]["auroc"],  # for choosing settings without looking at test
                 "train_labels": metrics["train_examples"],
                 "trainable_parameters": metrics["trainable_parameters"], "finetune_s": metrics["wall_time_s"],
                 "tpp_s": tpp_s, "protocol_id": self.protocol_id, "tpp_variant": VARIANTS.get(variant)}

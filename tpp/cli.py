@@ -126,8 +126,12 @@ def cmd_validate(args) -> int:
     from tpp.recipes import get_recipe
 
     get_recipe(cfg.recipe)
-    print(f"ok: {args.config} (recipe {cfg.recipe}, adapter {cfg.adapter.method}, data {cfg.data.name}, "
-          f"output_dir {cfg.output_dir})")
+    if cfg.recipe == "pretrain_backbone":
+        what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
+                f"depth {cfg.model.num_hidden_layers}")
+    else:
+        what = f"adapter {cfg.adapter.method}, data {cfg.data.name}"
+    print(f"ok: {args.config} (recipe {cfg.recipe}, {what}, output_dir {cfg.output_dir})")
     return 0
 
 

@@ -261,3 +261,26 @@ def test_tpp_with_fresh_pretext_heads_saves_only_target_parameters(tmp_path, dat
     assert weights and all("lora_" in k for k in weights)
     assert card["trainable_parameters"] == sum(v.numel() for v in weights.values())
     assert finetune(backbone, data_root, tmp_path / "ft", f"adapter.init_from={adapter}") == 0
+
+
+def test_sigterm_marks_the_run_failed_and_publishes_nothing(tiny_mae, data_root, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tpp.cli", "run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+           f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}", "train.max_steps=100000", *FAST]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    deadline = time.time() + 60
+    while not (out / "log.jsonl").is_file() or '"step"' not in (out / "log.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None, "the run did not start"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130
+    assert "terminated by SIGTERM" in proc.stderr.read()
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed" and "SIGTERM" in status["error"]
+    assert not (out / "adapter").exists() and not (out / "metrics.json").exists()

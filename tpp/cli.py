@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     if not args.debug:
         warnings.filterwarnings("ignore", module="transformers")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
@@ -207,9 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return 130
+
+
+def _terminate(signum, frame):
+    """SIGTERM (kill, job schedulers) ends a run like Ctrl-C: the run directory records 'failed'."""
+    raise KeyboardInterrupt("terminated by SIGTERM")
 
 
 if __name__ == "__main__":

@@ -6,12 +6,23 @@ A *cell* is one fine-tuning result: ``{"target", "method", "fraction", "seed", "
 from __future__ import annotations
 
 import math
+import os
+import platform
 from collections import defaultdict
 
 import numpy as np
 
 # Yang et al., MedMNIST v2, Scientific Data 2023: ResNet-18 (28) from scratch, test AUC / ACC
 MEDMNIST_V2_RESNET18_28 = {"breastmnist": (0.901, 0.863), "pneumoniamnist": (0.944, 0.854)}
+
+
+def machine() -> dict:
+    """What every result states about the machine it ran on."""
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "gpu": torch.cuda.is_available()}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

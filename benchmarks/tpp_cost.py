@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # noqa: E402
 CONFIGS = {
     "tpp_lora_mae": "LoRA r=8 (q, v) target parameters only, MAE with the frozen checkpoint decoder",
     "tpp_lora_dino": "LoRA r=8 (q, v) target parameters only, DINO with a fresh projection head",
@@ -135,8 +136,7 @@ def main(argv=None) -> int:
             print(f"round {round_ + 1} {name}: {results[-1]['images_per_s']:.0f} images/s, "
                   f"+{results[-1]['peak_minus_baseline_mib']:.0f} MiB", flush=True)
     rows = summarise(results)
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "threads": results[0]["threads"],
-               "python": platform.python_version()}
+    machine = dict(report.machine(), torch_threads=results[0]["threads"])  # the workers' threads
     command = "python benchmarks/tpp_cost.py " + " ".join(a for a in (argv or sys.argv[1:]))
     text = (f"Machine: {json.dumps(machine)}\nCommand: `{command}`\nBatch {args.batch_size}, {args.steps} timed steps "
             f"after 3 warm-up steps, BreastMNIST training images, medians over {args.rounds} alternating rounds.\n\n"

@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -185,14 +184,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*pre-trained on modality.*")  # the modality grid does this on purpose
 
 
-def machine() -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "gpu": torch.cuda.is_available()}
-
-
 def fill(bench: Bench, cells: list[tuple], budget_s: float) -> tuple[list[dict], list[tuple], list[str]]:
     """Run missing cells until the budget would be exceeded. Returns (done, missing, errors)."""
     start, done, missing, errors, last = time.time(), [], [], [], {}
@@ -239,12 +230,12 @@ def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, qui
     comparisons = comparisons_for(sorted({r["method"] for r in results}))
     diffs = [d for a, b in comparisons for d in report.paired(results, a, b)]
     command = "python benchmarks/tpp_gain.py " + " ".join(sys.argv[1:])
-    text = (f"Machine: {json.dumps(machine())}\nCommand: `{command}`\nProtocol: `{json.dumps(bench.protocol)}`\n"
+    text = (f"Machine: {json.dumps(report.machine())}\nCommand: `{command}`\nProtocol: `{json.dumps(bench.protocol)}`\n"
             f"Cells: {len(results)} of {len(cells)} finished{' (quick mode)' if quick else ''}.\n\n"
             f"{report.markdown_results(rows)}\n\nPaired differences (same seed, same label subset):\n\n"
             f"{report.markdown_paired(diffs)}\n")
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": machine(), "command": command, "protocol": bench.protocol, "protocol_id": bench.protocol_id,
+    payload = {"machine": report.machine(), "command": command, "protocol": bench.protocol, "protocol_id": bench.protocol_id,
                "complete": not missing and len(results) == len(cells), "rows": rows, "paired": diffs, "cells": results}
     for name, content in (("tpp_gain.json", json.dumps(payload, indent=1)), ("tpp_gain.md", text)):
         tmp = out / f".{name}.tmp"

@@ -137,7 +137,8 @@ def run(cfg, run) -> dict:
                         desc="pretrain_backbone")
     model.eval()
     licenses = sorted({e["license"] for e in entries})
-    summary = {"steps": plan.num_steps, "images": len(x), "final_loss": loss_curve(result.losses)[-1][1],
+    curve = loss_curve(result.losses)
+    summary = {"steps": plan.num_steps, "images": len(x), "final_loss": curve[-1][1],
                "final_mae_loss": float(np.mean([p["mae"] for p in parts[-50:]])),
                "final_supervised_loss": float(np.mean([p["supervised"] for p in parts[-50:]])),
                "encoder_parameters": sum(p.numel() for p in model.vit.parameters()),
@@ -149,7 +150,7 @@ def run(cfg, run) -> dict:
             "pool": entries, "licenses": licenses,
             "license_note": _license_note(licenses), "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size,
                                                                "lr": cfg.train.lr, "seed": cfg.seed},
-            "summary": summary, "loss_curve": loss_curve(result.losses), "versions": versions()}
+            "summary": summary, "loss_curve": curve, "versions": versions()}
     run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, cfg.pretext.mask_ratio, card))
     run.publish_json("metrics.json", summary)
     return summary

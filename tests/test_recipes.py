@@ -74,9 +74,7 @@ def test_same_seed_same_metrics_and_evaluate_reproduces_them(tiny_mae, data_root
     a = json.loads((tmp_path / "a" / "metrics.json").read_text())
     b = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert a["test"] == b["test"] and a["val"] == b["val"]
-    assert main(["run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-                 f"backbone.path={tiny_mae}", f"data.root={data_root}", f"adapter.path={tmp_path / 'a' / 'adapter'}",
-                 "data.split=test", f"output_dir={tmp_path / 'eval'}"]) == 0
+    assert evaluate(tiny_mae, data_root, tmp_path / "a" / "adapter", tmp_path / "eval") == 0
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert ev["test"]["auroc"] == pytest.approx(a["test"]["auroc"], abs=1e-6)
     assert ev["test"]["accuracy"] == pytest.approx(a["test"]["accuracy"], abs=1e-6)

@@ -211,11 +211,16 @@ def backbone_hash(model: nn.Module) -> str:
 _PEFT_MARKERS = re.compile(r"(lora_|hada_|lokr_|ia3_)")
 
 
+def is_adapter_key(name: str) -> bool:
+    """True for tensors peft adds (LoRA, LoHa, LoKr, IA3), false for the backbone's own."""
+    return bool(_PEFT_MARKERS.search(name))
+
+
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The backbone's own tensors with peft wrapper names undone: ``layers.0.attention.q_proj.weight``."""
     out = {}
     for name, tensor in model.state_dict().items():
-        if _PEFT_MARKERS.search(name):
+        if is_adapter_key(name):
             continue
         clean = name.replace("base_model.model.", "").replace(".base_layer", "")
         out[clean] = tensor

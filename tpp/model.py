@@ -10,7 +10,7 @@ import torch.nn as nn
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
 from tpp.adapters import Method, get_method
-from tpp.backbones import Encoder, resolve_targets
+from tpp.backbones import Encoder, is_adapter_key, resolve_targets
 from tpp.errors import TppError
 
 
@@ -54,13 +54,9 @@ def attach_adapter(encoder: Encoder, method_name: str, options: dict,
     encoder.method = method
     if method.kind == "adapter":
         for name, param in encoder.model.named_parameters():
-            if param.requires_grad and not _is_adapter_key(name):
+            if param.requires_grad and not is_adapter_key(name):
                 raise RuntimeError(f"method '{method_name}' left backbone parameter '{name}' trainable")
     return method, typed, targets
-
-
-def _is_adapter_key(name: str) -> bool:
-    return any(marker in name for marker in ("lora_", "hada_", "lokr_", "ia3_"))
 
 
 def adapter_state(encoder: Encoder) -> dict[str, torch.Tensor]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from tpp.adapter_dir import HEAD, read_card, read_tensors, read_weights, verify_backbone
+from tpp.adapter_dir import read_card, read_weights, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import require_labels, tensors
 from tpp.data.build import load_data
 from tpp.errors import ConfigError, TppError
 from tpp.metrics import classification_metrics
-from tpp.model import ClassificationHead, TaskModel, attach_adapter, load_adapter_state
+from tpp.model import TaskModel, attach_adapter, load_adapter_state, load_head
 from tpp.training import build_accelerator, predict_probs
 
 
@@ -29,12 +29,7 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
                        "fine-tune it first (tpp run finetune ... adapter.init_from=...).")
     attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
     load_adapter_state(encoder, read_weights(path, card), path)
-    head = ClassificationHead(info.hidden_size, card["task"]["num_classes"])
-    try:
-        head.load_state_dict(read_tensors(path, HEAD))
-    except RuntimeError as exc:
-        raise TppError(f"'{path}/{HEAD}' does not fit the head in the card ({exc}).") from None
-    return TaskModel(encoder, head).eval(), card, info
+    return TaskModel(encoder, load_head(path, card, info.hidden_size)).eval(), card, info
 
 
 def run(cfg, run) -> dict:

@@ -65,8 +65,8 @@ class Encoder(nn.Module):
         if family.model_type == "vit_mae":
             model.config.mask_ratio = 0.0
 
-    def forward(self, pixel_values: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs = {}
+    def forward(self, pixel_values: torch.Tensor, noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """``kwargs`` go to the model (e.g. peft's per-row ``adapter_names``)."""
         if self.family.model_type == "vit_mae":
             kwargs["noise"] = noise if noise is not None else raster_noise(pixel_values, self.num_patches)
         return self.model(pixel_values=pixel_values, **kwargs).last_hidden_state

@@ -29,6 +29,18 @@ EXAMPLES = {
   tpp cp breast_us/mae_vit_tiny_lora_finetune my_configs/""",
     "compare": """examples:
   tpp compare runs/demo/lora_10_random runs/demo/lora_10_tpp""",
+    "adapters": """examples:
+  tpp adapters publish runs/site_a STORE --site hospital_a   # adds a version, makes it current
+  tpp adapters ls STORE --backbone ../shared/models/mae-vit-tiny-med
+  tpp adapters check STORE --backbone ../shared/models/mae-vit-tiny-med""",
+    "predict": """examples:
+  tpp predict --backbone B --store STORE --site hospital_a scans/ --out preds.csv
+  tpp predict --backbone B --store STORE --site-map batch.csv --out preds.csv   # columns image,site
+  tpp predict --backbone B --store STORE --site ct_site vol.nii.gz --slice 2:40 --window 40,400 --out p.csv""",
+    "serve": """examples:
+  tpp serve --backbone ../shared/models/mae-vit-tiny-med --store STORE        # 127.0.0.1:8000, Ctrl-C stops
+  curl -F images=@img.png http://127.0.0.1:8000/v1/sites/hospital_a/predict
+  TPP_SERVE_TOKEN=secret tpp serve --backbone B --store STORE --host 0.0.0.0   # other hosts need a token""",
     "validate": """examples:
   tpp validate recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml
   tpp validate my_site.yaml train.lr=3e-4 data.label_fraction=0.1
@@ -67,7 +79,42 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
     val.add_argument("overrides", nargs="*", help="key=value overrides")
     val.add_argument("--keys", action="store_true", help="list every config key with type, default and help")
+    _add_deploy_commands(add)
     return parser
+
+
+def _add_deploy_commands(add) -> None:
+    """``adapters``, ``predict`` and ``serve``: the deployment side."""
+    ad = add("adapters", "manage an adapter store: publish, ls, check")
+    ad.add_argument("action", choices=["publish", "ls", "check"])
+    ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check: STORE")
+    ad.add_argument("--site", help="site name (publish)")
+    ad.add_argument("--backbone", help="backbone to check cards against (required by check)")
+    pr = add("predict", "probabilities and label names per image, written as a CSV")
+    pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
+    _common_deploy(pr)
+    pr.add_argument("--site", help="site whose adapter to use")
+    pr.add_argument("--site-map", help="CSV with columns image,site (mixed-site batch; no IMAGES then)")
+    pr.add_argument("--out", required=True, help="output CSV (written atomically)")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--frame", type=int, help="frame index of multi-frame DICOM files")
+    pr.add_argument("--slice", help="AXIS:INDEX of 3D NIfTI volumes, e.g. 2:40")
+    pr.add_argument("--window", help="CENTER,WIDTH intensity window for DICOM / NIfTI (default: the file's, else min-max)")
+    sv = add("serve", "HTTP service: one backbone, the store's site adapters")
+    _common_deploy(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs a token or --insecure)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--token-file", help="file holding the bearer token (else env TPP_SERVE_TOKEN)")
+    sv.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a token")
+    sv.add_argument("--max-batch", type=int, default=64, help="images per micro-batch")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="request body limit (413 above)")
+
+
+def _common_deploy(p) -> None:
+    p.add_argument("--backbone", required=True, help="backbone checkpoint (directory or hub id)")
+    p.add_argument("--store", required=True, help="adapter store directory")
+    p.add_argument("--max-resident", type=int, default=16, help="site adapters kept in memory (LRU)")
 
 
 def _config_path(name: str) -> Path:
@@ -174,18 +221,95 @@ def cmd_compare(args) -> int:
                      f"{t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]",
                      f"{t['accuracy']:.3f}", f"{metrics['trainable_parameters']:,}",
                      f"{metrics['adapter_bytes'] / 1024:.0f} KiB", f"{metrics['wall_time_s']:.0f} s"])
-    header = ["run", "data", "labels", "adapter init", "test AUROC [95% CI]", "accuracy", "trainable",
-              "adapter size", "wall time"]
+    _print_table(["run", "data", "labels", "adapter init", "test AUROC [95% CI]", "accuracy", "trainable",
+                  "adapter size", "wall time"], rows)
+    return 0
+
+
+def _print_table(header: list, rows: list[list]) -> None:
+    """A Markdown table with padded columns."""
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print(line(row))
+
+
+def cmd_adapters(args) -> int:
+    from tpp import store
+
+    if args.action == "publish":
+        if len(args.paths) != 2 or not args.site:
+            raise TppError("usage: tpp adapters publish RUN_DIR STORE --site SITE")
+        sv = store.publish(args.paths[0], args.paths[1], args.site)
+        print(f"published {args.paths[0]} as {sv.site}@{sv.version} ({sv.path}); now current")
+        return 0
+    if len(args.paths) != 1:
+        raise TppError(f"usage: tpp adapters {args.action} STORE [--backbone B]")
+    backbone_hash = _backbone_hash(args.backbone) if args.backbone else None
+    if args.action == "ls":
+        rows = store.listing(args.paths[0], backbone_hash)
+        if not rows:
+            print(f"no sites published in {args.paths[0]}")
+            return 0
+        _print_table(list(rows[0]), [list(r.values()) for r in rows])
+        return 0
+    if backbone_hash is None:
+        raise TppError("tpp adapters check needs --backbone B.")
+    problems = store.check(args.paths[0], backbone_hash)
+    for line in problems:
+        print(f"REFUSED {line}")
+    print(f"{len(store.sites(args.paths[0])) - len(problems)} sites ok, {len(problems)} refused")
+    return 1 if problems else 0
+
+
+def _backbone_hash(path: str) -> str:
+    from tpp.backbones import load_backbone
+
+    return load_backbone(path)[1].hash
+
+
+def cmd_predict(args) -> int:
+    from tpp.bank import AdapterBank
+    from tpp.images import parse_slice, parse_window
+    from tpp.predict import assign_sites, predict_files, write_csv
+
+    pairs = assign_sites(args.site, args.site_map, args.images)
+    if args.slice:
+        parse_slice(args.slice)
+    options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window)}
+    bank = AdapterBank(args.backbone, args.store, args.max_resident)
+    rows = predict_files(bank, pairs, args.batch_size, options)
+    path = write_csv(rows, args.out)
+    print(f"{len(rows)} images, {len({r['site'] for r in rows})} sites -> {path}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
+def cmd_serve(args) -> int:
+    try:
+        from tpp.server import serve
+    except ImportError as exc:
+        raise TppError(f"tpp serve needs the serve extra ({exc.name} is missing): pip install 'tpp[serve]'.") from None
+
+    token = os.environ.get("TPP_SERVE_TOKEN") or None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise TppError(f"cannot read --token-file '{args.token_file}' ({exc.strerror}).") from None
+        if not token:
+            raise TppError(f"--token-file '{args.token_file}' is empty.")
+    try:
+        serve(args.backbone, args.store, args.host, args.port, token=token, insecure=args.insecure,
+              max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+              max_upload_bytes=int(args.max_upload_mb * 2**20))
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
+        print("tpp serve stopped", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {"adapters": cmd_adapters, "predict": cmd_predict, "serve": cmd_serve, "run": cmd_run, "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,18 @@ class ClassificationHead(nn.Module):
         return self.linear(patch_tokens.mean(dim=1))
 
 
+def load_head(path, card: dict, hidden_size: int) -> ClassificationHead:
+    """The classification head of an adapter directory, checked against its card."""
+    from tpp.adapter_dir import HEAD, read_tensors
+
+    head = ClassificationHead(hidden_size, card["task"]["num_classes"])
+    try:
+        head.load_state_dict(read_tensors(path, HEAD))
+    except RuntimeError as exc:
+        raise TppError(f"'{path}/{HEAD}' does not fit the head in the card ({exc}).") from None
+    return head.eval()
+
+
 class TaskModel(nn.Module):
     """``forward(pixel_values (B, C, H, W)) -> logits (B, K)`` through the adapted encoder and a head."""
 

@@ -28,17 +28,21 @@ class LoraOptions:
             raise ConfigError(f"adapter.dropout must be in [0, 1), got {self.dropout}.")
 
 
-def attach(encoder: nn.Module, options: LoraOptions, target_names: list[str]) -> nn.Module:
-    """Wrap ``encoder`` with LoRA on exactly ``target_names`` (full module paths inside the encoder).
+def lora_config(options: LoraOptions, target_names: list[str]) -> LoraConfig:
+    """peft's config for LoRA on exactly ``target_names`` (full module paths inside the encoder).
 
     Bias stays ``"none"``: training a bias would write into the shared backbone.
     """
-    config = LoraConfig(
+    return LoraConfig(
         r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
         target_modules=list(target_names), bias="none",
         use_dora=options.use_dora, use_rslora=options.use_rslora,
     )
-    return get_peft_model(encoder, config)
+
+
+def attach(encoder: nn.Module, options: LoraOptions, target_names: list[str]) -> nn.Module:
+    """Wrap ``encoder`` with LoRA on exactly ``target_names``."""
+    return get_peft_model(encoder, lora_config(options, target_names))
 
 
 METHOD = register(Method(

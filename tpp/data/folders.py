@@ -36,6 +36,11 @@ def _load_builder(path: Path, drop_labels: bool):
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
+def training_mode(img):
+    """Gray modes become 8-bit gray ``L``, everything else ``RGB`` (training and inference alike)."""
+    return img.convert("L") if img.mode in ("L", "I;16", "I", "1") else img.convert("RGB")
+
+
 def _decode(paths: list[str], size: int) -> np.ndarray:
     """Decode images to uint8 (N, size, size) gray or (N, size, size, 3) RGB (RGB when any image has colour)."""
     from PIL import Image, UnidentifiedImageError
@@ -45,7 +50,7 @@ def _decode(paths: list[str], size: int) -> np.ndarray:
         try:
             with Image.open(p) as img:
                 img.load()
-                loaded.append(img.convert("RGB") if img.mode not in ("L", "I;16", "I", "1") else img.convert("L"))
+                loaded.append(training_mode(img))
         except (UnidentifiedImageError, OSError, SyntaxError) as exc:
             raise TppError(f"image '{p}' cannot be read ({exc}). Remove or replace it.") from None
     mode = "RGB" if any(img.mode == "RGB" for img in loaded) else "L"

@@ -1,0 +1,135 @@
+"""Adapter store and AdapterBank: publishing, routing per row, LRU, reload, the backbone never written."""
+import json
+import os
+
+import pytest
+import torch
+from serving_fixtures import SITES, build_store, finetune_site, offline_probs
+
+from tpp import store
+from tpp.backbones import backbone_hash
+from tpp.bank import AdapterBank
+from tpp.errors import TppError
+from tpp.images import to_model_input
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return build_store(tmp_path_factory.mktemp("serving"))
+
+
+def pixels(images, card):
+    return torch.cat([to_model_input(im, card["input"]) for im in images])
+
+
+def test_publish_versions_by_content_and_moves_pointer_atomically(world, tmp_path):
+    s = tmp_path / "store"
+    first = store.publish(world["runs"]["site_a"], s, "a")
+    again = store.publish(world["runs"]["site_a"] / "adapter", s, "a")
+    assert first.version == again.version and len(first.version) == 16
+    assert {p.name for p in (s / "a").iterdir()} == {first.version, "current"}
+    second = store.publish(world["runs"]["site_b"], s, "a")
+    assert second.version != first.version and store.current(s, "a").version == second.version
+    assert sorted(os.listdir(second.path)) == ["adapter_config.json", "adapter_model.safetensors",
+                                               "head.safetensors", "tpp_card.json"]
+    assert not [p for p in (s / "a").iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+@pytest.mark.parametrize("site", ["../x", "/abs", "a/b", "..", ".hidden", "a b", "é", "", "x" * 65])
+def test_site_names_cannot_leave_the_store(world, tmp_path, site):
+    with pytest.raises(TppError, match="not allowed"):
+        store.publish(world["runs"]["site_a"], tmp_path / "store", site)
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
+def test_publish_refuses_full_models_and_tpp_adapters(world, tmp_path):
+    run = finetune_site(world["backbone"], world["root"], tmp_path / "full", ["adapter={method: full}"])
+    with pytest.raises(TppError, match="full_model"):
+        store.publish(run, tmp_path / "store", "x")
+    card = json.loads((world["runs"]["site_a"] / "adapter" / "tpp_card.json").read_text())
+    tpp_like = tmp_path / "tpp_adapter"
+    tpp_like.mkdir()
+    for f in (world["runs"]["site_a"] / "adapter").iterdir():
+        (tpp_like / f.name).write_bytes(f.read_bytes())
+    (tpp_like / "tpp_card.json").write_text(json.dumps(dict(card, task={"type": "none"})))
+    with pytest.raises(TppError, match="no task head"):
+        store.publish(tpp_like, tmp_path / "store", "x")
+
+
+def test_listing_and_check_against_the_backbone(world, tmp_path):
+    bank = AdapterBank(str(world["backbone"]), str(world["store"]))
+    rows = store.listing(world["store"], bank.info.hash)
+    assert [r["site"] for r in rows] == sorted(SITES) and all(r["backbone_match"] == "yes" for r in rows)
+    assert {r["method"] for r in rows} == {"lora", "linear_probe"} and all(r["labels"] == 60 for r in rows)
+    assert store.check(world["store"], bank.info.hash) == []
+    assert len(store.check(world["store"], "0" * 64)) == len(SITES)
+
+
+def test_bank_matches_offline_predictions_per_site_and_in_mixed_batches(world):
+    bank = AdapterBank(str(world["backbone"]), str(world["store"]))
+    images = world["images"]
+    names = list(SITES)
+    expected = {s: offline_probs(world["backbone"], world["store"] / s / store.current_version(world["store"], s),
+                                 images) for s in names}
+    for a in names:  # distinct adapters give distinct outputs, or the routing test below proves nothing
+        for b in names:
+            if a < b:
+                assert not torch.allclose(expected[a], expected[b], atol=1e-4)
+    rows = [names[i % len(names)] for i in range(len(images))]  # every row another site
+    sites = [bank.site(s) for s in rows]
+    x = torch.cat([to_model_input(im, sites[i].input_rule) for i, im in enumerate(images)])
+    got = bank.predict(sites, x)
+    for i, s in enumerate(rows):
+        torch.testing.assert_close(got[i], expected[s][i], atol=1e-5, rtol=0)
+    assert bank.site("site_a").encoder is None and bank.site("site_c").encoder is not None  # LoRA group vs own copy
+
+
+def test_switching_a_b_a_is_exact_and_backbone_never_changes(world):
+    bank = AdapterBank(str(world["backbone"]), str(world["store"]))
+    before = backbone_hash(bank.encoder.model)
+    x = pixels(world["images"][:4], bank.site("site_a").card)
+    outs = {}
+    for s in ["site_a", "site_b", "site_c", "site_d", "site_a", "site_c"]:
+        probs = torch.stack(bank.predict([bank.site(s)] * 4, x))
+        if s in outs:
+            assert torch.equal(outs[s], probs)
+        outs[s] = probs
+    assert backbone_hash(bank.encoder.model) == before == bank.info.hash
+
+
+def test_lru_bound_evicts_and_reloads(world):
+    bank = AdapterBank(str(world["backbone"]), str(world["store"]), max_resident=2)
+    x = pixels(world["images"][:2], bank.site("site_a").card)
+    first = torch.stack(bank.predict([bank.site("site_a")] * 2, x))
+    bank.site("site_b")
+    bank.site("site_c")
+    assert list(bank.resident) == ["site_b", "site_c"] and bank.loads == 3
+    assert set(bank.group.model.peft_config) == {f"site_b__{store.current_version(world['store'], 'site_b')}"}
+    again = torch.stack(bank.predict([bank.site("site_a")] * 2, x))
+    assert torch.equal(first, again) and bank.loads == 4 and list(bank.resident) == ["site_c", "site_a"]
+
+
+def test_reload_serves_a_newly_published_version(world, tmp_path):
+    s = tmp_path / "store"
+    store.publish(world["runs"]["site_a"], s, "x")
+    bank = AdapterBank(str(world["backbone"]), str(s))
+    x = pixels(world["images"][:3], bank.site("x").card)
+    old = torch.stack(bank.predict([bank.site("x")] * 3, x))
+    new_version = store.publish(world["runs"]["site_b"], s, "x").version
+    assert torch.equal(torch.stack(bank.predict([bank.site("x")] * 3, x)), old)  # until reloaded
+    assert bank.reload("x")[1] == new_version
+    new = torch.stack(bank.predict([bank.site("x")] * 3, x))
+    torch.testing.assert_close(new, offline_probs(world["backbone"], s / "x" / new_version, world["images"][:3]),
+                               atol=1e-5, rtol=0)
+
+
+def test_bank_refuses_adapters_of_another_backbone(world, tmp_path):
+    from conftest import make_backbone
+
+    other = make_backbone(tmp_path / "other", "vit_mae", seed=5)
+    bank = AdapterBank(str(other), str(world["store"]))
+    with pytest.raises(TppError, match="hash"):
+        bank.site("site_a")
+    with pytest.raises(store.UnknownSite):
+        bank.site("nobody")
+    assert not bank.resident

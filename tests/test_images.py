@@ -1,0 +1,135 @@
+"""Inference inputs: PNG/JPEG, .npy, DICOM and NIfTI to the training intensity pipeline, and clear errors."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tpp.data.build import to_model_tensor
+from tpp.images import ImageError, decode, parse_window, read, to_model_input
+
+RULE_GRAY = {"image_channels": 1, "channels": 3, "image_size": 28, "mean": [0.5] * 3, "std": [0.25] * 3}
+RULE_RGB = dict(RULE_GRAY, image_channels=3)
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def dicom_bytes(stored: np.ndarray, *, slope=1.0, intercept=0.0, window=None, photometric="MONOCHROME2",
+                frames=1) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientName, ds.PatientID = "SECRET^PATIENT", "ID-424242"
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def nifti_bytes(volume: np.ndarray, gz: bool = False) -> bytes:
+    import gzip
+
+    import nibabel
+
+    data = nibabel.Nifti1Image(volume.astype(np.float32), np.eye(4)).to_bytes()
+    return gzip.compress(data) if gz else data
+
+
+def test_png_and_jpeg_decode_like_training_and_map_to_the_same_tensor():
+    gray = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    assert np.array_equal(decode(png_bytes(gray), "a.png"), gray)
+    assert decode(png_bytes(np.stack([gray] * 3, -1)), "noext").shape == (28, 28, 3)  # sniffed by magic
+    assert decode(png_bytes(gray, "JPEG"), "a.jpg").shape == (28, 28)
+    expected = to_model_tensor(gray[None], 3, 28, [0.5] * 3, [0.25] * 3)
+    assert torch.equal(to_model_input(gray, RULE_GRAY), expected)
+    rgb_to_gray = to_model_input(np.stack([gray] * 3, -1), RULE_GRAY)  # RGB into a gray-trained adapter: luma
+    torch.testing.assert_close(rgb_to_gray, expected)
+    assert to_model_input(np.zeros((50, 40), np.uint8), RULE_RGB).shape == (1, 3, 28, 28)  # resized
+
+
+def test_npy_rules():
+    assert decode(npy_bytes(np.full((8, 8), 0.5)), "x.npy").max() == 128
+    assert decode(npy_bytes(np.full((8, 8, 1), 7, np.int32)), "x.npy").dtype == np.uint8
+    with pytest.raises(ImageError, match=r"x.npy.*\[0, 1\]"):
+        decode(npy_bytes(np.full((8, 8), 3.0)), "x.npy")
+    with pytest.raises(ImageError, match="0..255"):
+        decode(npy_bytes(np.full((8, 8), 300)), "x.npy")
+    with pytest.raises(ImageError, match="neither"):
+        decode(npy_bytes(np.zeros((8, 8, 5), np.uint8)), "x.npy")
+    with pytest.raises(ImageError, match="cannot be read"):
+        decode(npy_bytes(np.array([{"a": 1}], dtype=object)), "x.npy")  # never unpickled
+
+
+def test_dicom_rescale_window_and_monochrome1():
+    stored = np.tile(np.arange(0, 400, 25, dtype=np.uint16), (16, 1))  # 0..375
+    # modality LUT: HU = 2 * stored - 100 -> -100..650; window 275 +- 375 covers it linearly
+    plain = decode(dicom_bytes(stored, slope=2, intercept=-100, window=(275, 750)), "a.dcm")
+    expected = np.round(np.clip((2.0 * stored - 100 - (275 - 375)) / 750, 0, 1) * 255).astype(np.uint8)
+    assert np.array_equal(plain, expected)
+    narrow = decode(dicom_bytes(stored, slope=2, intercept=-100), "a.dcm", window=(0, 200))  # -100..100
+    assert narrow[0, 0] == 0 and narrow[0, -1] == 255 and 0 < narrow[0, 2] < 255
+    inverted = decode(dicom_bytes(stored, photometric="MONOCHROME1"), "a.dcm")
+    assert np.array_equal(inverted, 255 - decode(dicom_bytes(stored), "a.dcm"))
+
+
+def test_dicom_multiframe_needs_a_frame():
+    stored = np.stack([np.full((8, 8), v, np.uint16) for v in (0, 100, 200)])
+    stored[:, 0, 0] = 300  # a bright corner so min-max is not degenerate
+    data = dicom_bytes(stored, frames=3)
+    with pytest.raises(ImageError, match="multi-frame.*3 frames"):
+        decode(data, "cine.dcm")
+    assert decode(data, "cine.dcm", frame=2, window=(150, 300))[1, 1] == 170  # (200 - 0) / 300
+    assert decode(data, "cine.dcm", frame=1, window=(150, 300))[1, 1] == 85
+    with pytest.raises(ImageError, match="out of range"):
+        decode(data, "cine.dcm", frame=3)
+
+
+def test_nifti_2d_and_3d_slices():
+    volume = np.arange(6 * 7 * 5, dtype=np.float32).reshape(6, 7, 5)
+    with pytest.raises(ImageError, match="3D NIfTI.*AXIS:INDEX"):
+        decode(nifti_bytes(volume), "v.nii")
+    sl = decode(nifti_bytes(volume, gz=True), "v.nii.gz", slice_spec="2:3")
+    assert sl.shape == (6, 7) and sl.min() == 0 and sl.max() == 255
+    assert decode(nifti_bytes(volume[:, :, 0]), "flat.nii").shape == (6, 7)
+    with pytest.raises(ImageError, match="outside the volume"):
+        decode(nifti_bytes(volume), "v.nii", slice_spec="2:5")
+    with pytest.raises(ImageError, match="AXIS:INDEX"):
+        decode(nifti_bytes(volume), "v.nii", slice_spec="z")
+
+
+def test_bad_inputs_name_the_file(tmp_path):
+    with pytest.raises(ImageError, match="unsupported image format"):
+        decode(b"hello world", "notes.txt")
+    with pytest.raises(ImageError, match="broken.png.*cannot be read"):
+        decode(b"\x89PNG\r\n\x1a\nbroken", "broken.png")
+    with pytest.raises(ImageError, match="outside 2.."):
+        decode(png_bytes(np.zeros((1, 30), np.uint8)), "line.png")
+    with pytest.raises(ImageError, match="does not exist"):
+        read(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="CENTER,WIDTH"):
+        parse_window("40")

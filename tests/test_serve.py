@@ -1,0 +1,264 @@
+"""Deployment end to end: the inference worker, the HTTP service on loopback, and the CLI commands."""
+import csv
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+from serving_fixtures import SITES, build_store, offline_probs
+from test_images import dicom_bytes, png_bytes
+
+from tpp import store
+from tpp.bank import AdapterBank
+from tpp.cli import main
+from tpp.server import create_app
+from tpp.worker import InferenceWorker
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    w = build_store(tmp_path_factory.mktemp("serve"))
+    w["expected"] = {s: offline_probs(w["backbone"], w["store"] / s / store.current_version(w["store"], s), w["images"])
+                     for s in SITES}
+    return w
+
+
+def close(got, expected) -> bool:
+    return bool(torch.allclose(torch.tensor(got), expected, atol=1e-5, rtol=0))
+
+
+@contextmanager
+def paused(worker):
+    """Hold the inference thread so that jobs queue up, then let it run them."""
+    gate = threading.Event()
+    worker.call(lambda bank: gate.wait(10))
+    try:
+        yield
+    finally:
+        gate.set()
+
+
+def test_queued_requests_for_different_sites_run_as_one_batch_each_with_its_adapter(world):
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"])), max_batch=64, max_wait_ms=1)
+    jobs = [(s, i) for i in range(3) for s in SITES]  # 12 requests, 4 sites, 3 methods
+    with paused(worker):
+        futures = [(s, i, worker.predict(s, world["images"][i:i + 2])) for s, i in jobs]
+    for s, i, f in futures:
+        result = f.result(30)
+        assert result.site == s and close(result.probs, world["expected"][s][i:i + 2])
+    assert worker.batches == 1
+    worker.stop()
+
+
+def test_a_batch_never_spans_more_sites_than_stay_resident(world):
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"]), max_resident=2), max_wait_ms=1)
+    with paused(worker):
+        futures = {s: worker.predict(s, world["images"][:3]) for s in SITES}
+    for s, f in futures.items():
+        assert close(f.result(30).probs, world["expected"][s][:3])
+    assert worker.batches == 2 and len(worker.bank.resident) == 2
+    worker.stop()
+
+
+def test_concurrent_threads_and_a_reload_never_mix_versions(world, tmp_path):
+    s = tmp_path / "store"
+    old = store.publish(world["runs"]["site_a"], s, "x").version
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(s)), max_wait_ms=2)
+    images = world["images"][:4]
+    expected = {old: world["expected"]["site_a"][:4], None: world["expected"]["site_b"][:4]}
+    results, stop = [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            results.append(worker.predict("x", images).result(30))
+
+    threads = [threading.Thread(target=client) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    new = store.publish(world["runs"]["site_b"], s, "x").version
+    assert worker.reload("x").result(30) == (old, new)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    expected[new] = expected.pop(None)
+    assert {r.version for r in results} == {old, new}
+    assert all(close(r.probs, expected[r.version]) for r in results)
+    worker.stop()
+
+
+# -- the HTTP service --------------------------------------------------------------------------------
+
+@contextmanager
+def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None):
+    import uvicorn
+
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(store_path or world["store"])))
+    app = create_app(worker, str(store_path or world["store"]), token, max_upload_bytes)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        worker.stop()
+
+
+def request(url, files=None, token=None, method=None, body=None):
+    """(status, JSON) of a request; ``files`` is a list of (file name, bytes) sent as multipart ``images``."""
+    headers = {}
+    if files is not None:
+        boundary = uuid.uuid4().hex
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, headers=headers, method=method or ("POST" if body is not None else "GET"))
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_service_routes_predictions_and_reports_versions(world):
+    files = [(f"img{i}.png", png_bytes(world["images"][i])) for i in range(3)]
+    with serving(world) as url:
+        assert request(f"{url}/healthz") == (200, {"status": "ok"})
+        status, listing = request(f"{url}/v1/sites")
+        assert status == 200 and [r["site"] for r in listing["sites"]] == sorted(SITES)
+        for site in SITES:
+            status, out = request(f"{url}/v1/sites/{site}/predict", files)
+            assert status == 200 and out["version"] == store.current_version(world["store"], site)
+            assert out["backbone_hash"] == listing["backbone"]["hash"] and out["adapter_id"] == f"{site}@{out['version']}"
+            probs = [list(p["probabilities"].values()) for p in out["predictions"]]
+            assert close(probs, world["expected"][site][:3])
+            assert [p["file"] for p in out["predictions"]] == ["img0.png", "img1.png", "img2.png"]
+        assert all(r["resident"] for r in request(f"{url}/v1/sites")[1]["sites"])
+
+
+def test_service_bad_input_gets_clear_status_codes(world):
+    png = png_bytes(world["images"][0])
+    with serving(world, max_upload_bytes=20_000) as url:
+        status, out = request(f"{url}/v1/sites/nobody/predict", [("a.png", png)])
+        assert status == 404 and "GET /v1/sites" in out["detail"]
+        for bad in ("a..b", "x%20y", "%2E%2E"):
+            assert request(f"{url}/v1/sites/{bad}/predict", [("a.png", png)])[0] in (400, 404)
+        assert request(f"{url}/v1/sites/..%2Fstore/predict", [("a.png", png)])[0] in (400, 404)
+        status, out = request(f"{url}/v1/sites/site_a/predict", [("scan.png", b"\x89PNG\r\n\x1a\nnot really")])
+        assert status == 400 and "scan.png" in out["detail"]
+        status, out = request(f"{url}/v1/sites/site_a/predict", [("x.npy", b"\x93NUMPYgarbage")])
+        assert status == 400
+        status, out = request(f"{url}/v1/sites/site_a/predict", [("big.png", b"\0" * 30_000)])
+        assert status == 413 and "upload limit" in out["detail"]
+        status, out = request(f"{url}/v1/sites/site_a/predict?window=abc", [("a.png", png)])
+        assert status == 400 and "CENTER,WIDTH" in out["detail"]
+        assert request(f"{url}/v1/sites/site_a/predict", body=b"")[0] == 422  # no images field
+
+
+def test_service_token_reload_and_logs_without_patient_data(world, tmp_path, caplog):
+    s = tmp_path / "store"
+    store.publish(world["runs"]["site_a"], s, "x")
+    dicom = dicom_bytes((world["images"][0].astype(np.uint16) * 4))
+    caplog.set_level(logging.DEBUG)
+    with serving(world, token="s3cret", store_path=s) as url:
+        assert request(f"{url}/v1/sites/x/predict", [("a.dcm", dicom)])[0] == 401
+        assert request(f"{url}/v1/sites/x/predict", [("a.dcm", dicom)], token="wrong")[0] == 401
+        status, first = request(f"{url}/v1/sites/x/predict", [("a.dcm", dicom)], token="s3cret")
+        assert status == 200 and request(f"{url}/healthz")[0] == 200
+        new = store.publish(world["runs"]["site_b"], s, "x").version
+        status, out = request(f"{url}/v1/sites/x/reload", token="s3cret", method="POST", body=b"")
+        assert status == 200 and out["new_version"] == new and out["old_version"] == first["version"]
+        status, second = request(f"{url}/v1/sites/x/predict", [("a.dcm", dicom)], token="s3cret")
+        assert second["version"] == new != first["version"]
+    text = caplog.text
+    assert "batch of 1 images" in text  # the worker logs, but never patient data
+    assert "SECRET" not in text and "424242" not in text and "a.dcm" not in text
+
+
+# -- CLI -----------------------------------------------------------------------------------------------
+
+def test_cli_publish_ls_check(world, tmp_path, capsys):
+    s = tmp_path / "store"
+    assert main(["adapters", "publish", str(world["runs"]["site_a"]), str(s), "--site", "north"]) == 0
+    assert main(["adapters", "publish", str(world["runs"]["site_c"]), str(s), "--site", "south"]) == 0
+    assert main(["adapters", "ls", str(s), "--backbone", str(world["backbone"])]) == 0
+    out = capsys.readouterr().out
+    assert "north" in out and "south" in out and "| yes" in out
+    assert main(["adapters", "check", str(s), "--backbone", str(world["backbone"])]) == 0
+    assert main(["adapters", "publish", str(world["runs"]["site_a"]), str(s), "--site", "../evil"]) == 2
+    assert "not allowed" in capsys.readouterr().err
+
+
+def test_cli_predict_single_site_and_site_map(world, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(png_bytes(world["images"][i]))
+    out = tmp_path / "preds.csv"
+    args = ["predict", "--backbone", str(world["backbone"]), "--store", str(world["store"])]
+    assert main([*args, "--site", "site_c", str(folder), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert [r["image"] for r in rows] == [str(folder / f"{i}.png") for i in range(5)]
+    probs = [[float(r["prob_malignant"]), float(r["prob_normal, benign"])] for r in rows]
+    assert close(probs, world["expected"]["site_c"][:5])
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("image,site\n" + "".join(f"imgs/{i}.png,{list(SITES)[i % 4]}\n" for i in range(5)))
+    assert main([*args, "--site-map", str(mapping), "--out", str(out), "--batch-size", "3"]) == 0
+    for i, r in enumerate(csv.DictReader(open(out))):
+        site = list(SITES)[i % 4]
+        assert r["site"] == site and close([float(r["prob_malignant"]), float(r["prob_normal, benign"])],
+                                           world["expected"][site][i])
+    (folder / "5.png").write_bytes(b"not an image")
+    before = out.read_bytes()
+    assert main([*args, "--site", "site_a", str(folder), "--out", str(out)]) == 2
+    assert "5.png" in capsys.readouterr().err and out.read_bytes() == before  # nothing half-written
+
+
+def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
+    env = dict(os.environ, TPP_SERVE_TOKEN="")
+    refused = subprocess.run([sys.executable, "-m", "tpp.cli", "serve", "--backbone", str(world["backbone"]),
+                              "--store", str(world["store"]), "--host", "0.0.0.0"], env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "token" in refused.stderr
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "tpp.cli", "serve", "--backbone", str(world["backbone"]),
+                             "--store", str(world["store"]), "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
+        while True:
+            try:
+                assert request(f"{url}/healthz")[0] == 200
+                break
+            except (urllib.error.URLError, ConnectionError):
+                assert proc.poll() is None and time.time() < deadline, "server did not come up"
+                time.sleep(0.5)
+        status, out = request(f"{url}/v1/sites/site_d/predict", [("a.png", png_bytes(world["images"][0]))])
+        assert status == 200 and close([list(out["predictions"][0]["probabilities"].values())],
+                                       world["expected"]["site_d"][:1])
+    finally:
+        proc.terminate()
+        logs = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 0, logs

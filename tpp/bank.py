@@ -1,0 +1,189 @@
+"""AdapterBank: one frozen backbone in memory, many site adapters loaded lazily, routed per request.
+
+- The backbone is loaded once and never wrapped or written. Every site model is a *shared-weight
+  copy* of it (new module objects, the very same weight tensors), so a site costs only its adapter.
+- Plain LoRA sites (not DoRA) live together in one peft model as named adapters and run as one
+  batch with peft's per-row ``adapter_names``; other methods (DoRA, linear probe, ...) get a
+  shared-weight copy each and run as per-site sub-batches. ``set_adapter`` is never called.
+- At most ``max_resident`` sites stay loaded (least recently used first out).
+- Cards are verified (kind, task, backbone hash) before a site is served.
+
+Not thread-safe by itself: the service calls it from one inference worker; ``tpp predict`` from one thread.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from tpp import store as adapter_store
+from tpp.adapter_dir import read_weights, verify_backbone
+from tpp.backbones import Encoder, load_backbone
+from tpp.errors import TppError
+from tpp.model import attach_adapter, load_adapter_state, load_head
+
+BASE = "__base__"  # peft's name for "no adapter" in ``adapter_names``
+
+
+@dataclass
+class Site:
+    """A resident site: its published version, card, head and how its rows are computed."""
+    name: str
+    version: str
+    card: dict
+    head: nn.Module
+    encoder: Encoder | None  # own shared-weight copy; None when the site is an adapter of the LoRA group
+    adapter_name: str = BASE
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.card["task"]["label_names"])
+
+    @property
+    def input_rule(self) -> dict:
+        return self.card["input"]
+
+
+def share_weights_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose parameters and buffers are the original tensors (not copies)."""
+    memo = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    return copy.deepcopy(module, memo)
+
+
+def in_lora_group(card: dict) -> bool:
+    """Sites whose adapter supports peft's mixed-batch ``adapter_names`` (plain LoRA, not DoRA)."""
+    return card.get("method") == "lora" and not card.get("options", {}).get("use_dora", False)
+
+
+class AdapterBank:
+    """``predict(sites, images) -> probabilities`` for a batch whose rows may belong to different sites."""
+
+    def __init__(self, backbone_path: str, store_path: str, max_resident: int = 16, mean=None, std=None):
+        if max_resident < 1:
+            raise TppError(f"max_resident must be at least 1, got {max_resident}.")
+        self.encoder, self.info, _ = load_backbone(backbone_path, mean, std)
+        self.store = store_path
+        self.max_resident = max_resident
+        self.resident: OrderedDict[str, Site] = OrderedDict()
+        self.group: Encoder | None = None  # peft LoRA model on a shared-weight copy, one adapter per site
+        self.loads = 0  # cold loads so far (benchmarks read it)
+
+    # -- residency ---------------------------------------------------------------------------------
+    def site(self, name: str) -> Site:
+        """The resident site (loading it, and evicting the least recently used, if needed)."""
+        if name in self.resident:
+            self.resident.move_to_end(name)
+            return self.resident[name]
+        site = self._load(adapter_store.current(self.store, name))
+        self._make_room(1)
+        self.resident[name] = site
+        return site
+
+    def reload(self, name: str) -> tuple[str | None, str]:
+        """Serve the store's current version of ``name``; the old one is dropped only after the new one
+        loaded. Returns (old version or None, new version)."""
+        sv = adapter_store.current(self.store, name)
+        old = self.resident.get(name)
+        if old is not None and old.version == sv.version:
+            return old.version, sv.version
+        new = self._load(sv)
+        if old is not None:
+            self._drop(self.resident.pop(name))
+        else:
+            self._make_room(1)
+        self.resident[name] = new
+        return (old.version if old else None), new.version
+
+    def _make_room(self, n: int) -> None:
+        while len(self.resident) + n > self.max_resident:
+            _, site = self.resident.popitem(last=False)
+            self._drop(site)
+
+    def _drop(self, site: Site) -> None:
+        if site.encoder is None:
+            self._remove_from_group(site.adapter_name)
+
+    def _remove_from_group(self, name: str) -> None:
+        if self.group is None:
+            return
+        if len(self.group.model.peft_config) == 1:
+            self.group = None  # peft keeps at least one adapter: drop the whole group copy instead
+        else:
+            with warnings.catch_warnings():  # "was active, now deleted": the active adapter is never used here
+                warnings.simplefilter("ignore")
+                self.group.model.delete_adapter(name)
+
+    def _load(self, sv: adapter_store.SiteVersion) -> Site:
+        card = sv.card
+        verify_backbone(card, self.info, str(sv.path))
+        if card.get("task", {}).get("type") != "classification" or "input" not in card:
+            raise TppError(f"'{sv.path}' has no classification head; only fine-tuned adapters are served.")
+        head = load_head(sv.path, card, self.info.hidden_size)
+        state = read_weights(sv.path, card)
+        self.loads += 1
+        if in_lora_group(card):
+            name = f"{sv.site}__{sv.version}"
+            self._add_to_group(name, card, state, str(sv.path))
+            return Site(sv.site, sv.version, card, head, None, name)
+        encoder = Encoder(share_weights_copy(self.encoder.model), self.encoder.family)
+        attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+        load_adapter_state(encoder, state, str(sv.path))
+        encoder.eval()
+        return Site(sv.site, sv.version, card, head, encoder)
+
+    def _add_to_group(self, name: str, card: dict, state: dict, source: str) -> None:
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        from tpp.adapters import get_method
+        from tpp.adapters.lora import lora_config
+
+        config = lora_config(get_method("lora").options_cls(**card["options"]), card["target_modules"])
+        if self.group is None:
+            model = get_peft_model(share_weights_copy(self.encoder.model), config, adapter_name=name)
+            self.group = Encoder(model, self.encoder.family)
+        else:
+            self.group.model.add_adapter(name, config)
+        self.group.eval()
+        set_peft_model_state_dict(self.group.model, state, adapter_name=name)
+        loaded = get_peft_model_state_dict(self.group.model, adapter_name=name)
+        if set(loaded) != set(state) or any(not torch.equal(loaded[k], state[k]) for k in state):
+            self._remove_from_group(name)
+            raise TppError(f"adapter '{source}' did not load exactly into the LoRA group (keys or values differ).")
+
+    # -- inference ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def predict(self, sites: list[Site], pixels: torch.Tensor) -> torch.Tensor | list:
+        """Rows of ``pixels`` (B, C, S, S) through their sites' adapters and heads.
+
+        ``sites[i]`` is the resident Site of row i (from :meth:`site`). Returns a list of B probability
+        vectors (K_i,) (sites may have different label sets).
+        """
+        for s in sites:  # an evicted site's adapter would silently fall back to the bare backbone
+            if self.resident.get(s.name) is not s:
+                raise RuntimeError(f"site '{s.name}' version {s.version} is no longer resident")
+        tokens = torch.empty(pixels.shape[0], self.encoder.num_patches, self.info.hidden_size)
+        group_rows = [i for i, s in enumerate(sites) if s.encoder is None]
+        if group_rows:
+            names = [sites[i].adapter_name for i in group_rows]
+            out = self.group(pixels[group_rows], adapter_names=names)
+            tokens[group_rows] = self.group.patch_tokens(out)
+        by_site: dict[int, list[int]] = {}
+        for i, s in enumerate(sites):
+            if s.encoder is not None:
+                by_site.setdefault(id(s), []).append(i)
+        for rows in by_site.values():
+            enc = sites[rows[0]].encoder
+            tokens[rows] = enc.patch_tokens(enc(pixels[rows]))
+        probs: list = [None] * len(sites)
+        by_head: dict[int, list[int]] = {}
+        for i, s in enumerate(sites):
+            by_head.setdefault(id(s), []).append(i)
+        for rows in by_head.values():
+            p = sites[rows[0]].head(tokens[rows]).softmax(dim=-1)
+            for j, row in enumerate(rows):
+                probs[row] = p[j]
+        return probs

@@ -1,0 +1,107 @@
+"""``tpp predict``: per-image probabilities and label names for files or folders, written as one CSV.
+
+Images of one site, or of many sites through a mapping CSV (columns ``image,site``): a mixed-site
+batch goes through the AdapterBank in one pass per batch. The CSV appears whole or not at all.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from tpp import images as readers
+from tpp.bank import AdapterBank
+from tpp.errors import TppError
+from tpp.rundir import write_atomic
+
+SUFFIXES = readers.PIL_SUFFIXES | {".npy", ".dcm", ".dicom", ".nii", ".gz"}
+
+
+def collect(inputs: list[str]) -> list[Path]:
+    """Files as given, folders expanded (recursively, sorted) to the image files they hold."""
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+                           and not p.name.startswith("."))
+            if not found:
+                raise TppError(f"folder '{path}' holds no image files ({', '.join(sorted(SUFFIXES))}).")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise TppError(f"input '{path}' does not exist.")
+    return files
+
+
+def read_site_map(path: str) -> dict[str, str]:
+    """Mapping CSV with columns ``image`` and ``site`` -> {image path: site}."""
+    file = Path(path)
+    if not file.is_file():
+        raise TppError(f"site map '{file}' does not exist.")
+    with open(file, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"image", "site"} <= set(reader.fieldnames):
+            raise TppError(f"site map '{file}' needs the columns image,site (found {reader.fieldnames}).")
+        mapping = {row["image"]: row["site"] for row in reader}
+    if not mapping:
+        raise TppError(f"site map '{file}' has no rows.")
+    return mapping
+
+
+def assign_sites(site: str | None, site_map: str | None, inputs: list[str]) -> list[tuple[Path, str]]:
+    """(image file, site) pairs from ``--site`` or ``--site-map`` (exactly one of them)."""
+    if (site is None) == (site_map is None):
+        raise TppError("give exactly one of --site SITE or --site-map CSV.")
+    if site is not None:
+        return [(f, site) for f in collect(inputs)]
+    mapping = read_site_map(site_map)
+    if inputs:
+        raise TppError("with --site-map the images come from its image column; pass no IMAGES.")
+    base = Path(site_map).parent
+    pairs = [((base / img) if not Path(img).is_absolute() else Path(img), s) for img, s in mapping.items()]
+    for file, _ in pairs:
+        if not file.is_file():
+            raise TppError(f"site map '{site_map}': image '{file}' does not exist.")
+    return pairs
+
+
+def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: int = 64,
+                  read_options: dict | None = None) -> list[dict]:
+    """One row per image: image, site, version, label, prob_<label>... (probabilities per label name)."""
+    rows = []
+    for start in tqdm(range(0, len(pairs), batch_size), desc="predict", unit="batch", disable=len(pairs) <= batch_size):
+        chunk = pairs[start:start + batch_size]
+        if len({s for _, s in chunk}) > bank.max_resident:  # loading one would evict another of the batch
+            raise TppError(f"a batch of {batch_size} images spans more than max_resident={bank.max_resident} sites; "
+                           "raise --max-resident or lower --batch-size.")
+        sites = [bank.site(s) for _, s in chunk]
+        x = torch.cat([readers.to_model_input(readers.read(f, **(read_options or {})), s.input_rule)
+                       for (f, _), s in zip(chunk, sites)])
+        for (file, _), site, probs in zip(chunk, sites, bank.predict(sites, x)):
+            probs = probs.tolist()
+            row = {"image": str(file), "site": site.name, "version": site.version,
+                   "label": site.label_names[int(np.argmax(probs))]}
+            row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(site.label_names, probs)})
+            rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], out: str) -> Path:
+    """Write rows (union of columns, blanks where a site lacks a label) atomically."""
+    columns = ["image", "site", "version", "label"]
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buffer.getvalue())
+    return path

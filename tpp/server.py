@@ -1,0 +1,173 @@
+"""``tpp serve``: an HTTP service over one backbone and an adapter store (FastAPI + uvicorn).
+
+Endpoints: ``GET /healthz``, ``GET /v1/sites``, ``POST /v1/sites/{site}/predict`` (multipart field
+``images``, one or several files), ``POST /v1/sites/{site}/reload``. Requests are answered by one
+inference worker (:mod:`tpp.worker`) that micro-batches across requests and sites.
+
+Safety: binds to 127.0.0.1 by default; any other address needs a bearer token (env
+``TPP_SERVE_TOKEN`` or ``--token-file``) or an explicit ``--insecure``. Bodies above the upload limit
+get 413 before any parsing. Logs hold site names, counts, versions and timings: never image bytes,
+file names or DICOM header fields.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+
+from tpp import store as adapter_store
+from tpp.errors import TppError
+from tpp.images import ImageError, decode, parse_window
+from tpp.worker import InferenceWorker
+
+log = logging.getLogger("tpp.serve")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class BodyLimit:
+    """ASGI middleware: read the request body up to ``limit`` bytes, else answer 413 (nothing parsed)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._too_large(send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._too_large(send)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, send):
+        text = f'{{"detail": "request body larger than the upload limit of {self.limit} bytes"}}'.encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(text)).encode())]})
+        await send({"type": "http.response.body", "body": text})
+
+
+def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
+               max_upload_bytes: int = 10 * 2**20):
+    """The ASGI application (FastAPI wrapped in the body-size limit)."""
+    bank = worker.bank
+    app = FastAPI(title="tpp", summary="one backbone, many site adapters", docs_url=None, redoc_url=None)
+
+    def authorised(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    def site_name(site: str) -> str:
+        try:
+            return adapter_store.check_site(site)
+        except TppError as exc:
+            raise HTTPException(400, str(exc)) from None
+
+    def require_published(site: str) -> None:
+        if adapter_store.current_version(store_path, site) is None:
+            raise HTTPException(404, f"site '{site}' has no published adapter; GET /v1/sites lists the served sites.")
+
+    async def outcome(future):
+        try:
+            return await asyncio.wrap_future(future)
+        except adapter_store.UnknownSite as exc:
+            raise HTTPException(404, f"{exc} GET /v1/sites lists the served sites.") from None
+        except ImageError as exc:
+            raise HTTPException(400, str(exc)) from None
+        except TppError as exc:  # e.g. a card for another backbone: refused, never served
+            log.warning("refused: %s", exc)
+            raise HTTPException(409, str(exc)) from None
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/v1/sites", dependencies=[Depends(authorised)])
+    def list_sites():
+        rows = adapter_store.listing(store_path, bank.info.hash)
+        resident = {name: s.version for name, s in list(bank.resident.items())}
+        for row in rows:
+            row["resident"] = resident.get(row["site"]) == row["version"]
+        return {"backbone": {"id": bank.info.id, "hash": bank.info.hash}, "sites": rows}
+
+    @app.post("/v1/sites/{site}/predict", dependencies=[Depends(authorised)])
+    async def predict(site: str, images: list[UploadFile] = File(...), frame: int | None = None,
+                      slice_spec: str | None = Query(None, alias="slice"), window: str | None = None):
+        site = site_name(site)
+        require_published(site)
+        arrays = []
+        try:
+            window_pair = parse_window(window)
+            for upload in images:
+                arrays.append(decode(await upload.read(), upload.filename or "upload", frame=frame,
+                                     slice_spec=slice_spec, window=window_pair))
+        except ImageError as exc:
+            raise HTTPException(400, str(exc)) from None
+        result = await outcome(worker.predict(site, arrays))
+        return {"site": site, "version": result.version, "adapter_id": f"{site}@{result.version}",
+                "backbone_hash": bank.info.hash,
+                "predictions": [{"file": up.filename, "label": label,
+                                 "probabilities": dict(zip(result.label_names, probs))}
+                                for up, label, probs in zip(images, result.labels(), result.probs)]}
+
+    @app.post("/v1/sites/{site}/reload", dependencies=[Depends(authorised)])
+    async def reload(site: str):
+        site = site_name(site)
+        require_published(site)
+        old, new = await outcome(worker.reload(site))
+        log.info("site %s: version %s -> %s", site, old, new)
+        return {"site": site, "old_version": old, "new_version": new}
+
+    return BodyLimit(app, max_upload_bytes)
+
+
+def check_binding(host: str, token: str | None, insecure: bool) -> None:
+    """Refuse to listen beyond loopback without a token unless ``insecure`` says so."""
+    if host not in LOOPBACK and token is None and not insecure:
+        raise TppError(f"binding to {host} exposes the service beyond this machine: set a bearer token "
+                       "(env TPP_SERVE_TOKEN or --token-file FILE), or pass --insecure to accept the risk.")
+
+
+def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
+          insecure: bool = False, max_resident: int = 16, max_batch: int = 64, max_wait_ms: float = 5.0,
+          max_upload_bytes: int = 10 * 2**20) -> None:
+    """Load the backbone, check the store, serve until Ctrl-C / SIGTERM (uvicorn's handlers)."""
+    import uvicorn
+
+    from tpp.bank import AdapterBank
+
+    check_binding(host, token, insecure)
+    bank = AdapterBank(backbone, store_path, max_resident)
+    for problem in adapter_store.check(store_path, bank.info.hash):
+        log.warning("will refuse %s", problem)
+    worker = InferenceWorker(bank, max_batch, max_wait_ms)
+    app = create_app(worker, store_path, token, max_upload_bytes)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log.info("backbone %s (hash %s), store %s, up to %d resident sites", bank.info.id, bank.info.hash[:12],
+             store_path, max_resident)
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+    finally:
+        worker.stop()

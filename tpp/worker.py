@@ -1,0 +1,160 @@
+"""One inference thread fed by a queue: micro-batches concurrent requests, grouped by site.
+
+Request threads decode images and call :meth:`InferenceWorker.predict`; the worker gathers queued
+requests (up to ``max_batch`` images, waiting at most ``max_wait_ms`` for more), resolves each
+request's site in the :class:`~tpp.bank.AdapterBank`, applies that adapter's input pipeline and runs
+one mixed-site batch. Reloads run on the same thread between batches, so a request is computed
+entirely with the old adapter version or entirely with the new one.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tpp.bank import AdapterBank
+from tpp.images import to_model_input
+
+log = logging.getLogger("tpp.serve")
+
+
+@dataclass
+class Prediction:
+    """Per-image probabilities of one request, with the adapter version that computed them."""
+    site: str
+    version: str
+    label_names: list
+    probs: list  # one (K,) list per image
+
+    def labels(self) -> list[str]:
+        return [self.label_names[int(np.argmax(p))] for p in self.probs]
+
+
+@dataclass
+class _Job:
+    kind: str  # "predict" | "reload" | "stop"
+    site: str = ""
+    images: list = field(default_factory=list)  # uint8 arrays
+    future: Future = field(default_factory=Future)
+
+
+class InferenceWorker:
+    """``predict(site, images) -> Future[Prediction]``; ``reload(site) -> Future[(old, new)]``."""
+
+    def __init__(self, bank: AdapterBank, max_batch: int = 64, max_wait_ms: float = 5.0):
+        self.bank = bank
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self.queue: queue.Queue[_Job] = queue.Queue()
+        self.batches = 0
+        self._thread = threading.Thread(target=self._loop, name="tpp-inference", daemon=True)
+        self._thread.start()
+
+    def predict(self, site: str, images: list[np.ndarray]) -> Future:
+        return self._submit(_Job("predict", site, list(images)))
+
+    def reload(self, site: str) -> Future:
+        return self._submit(_Job("reload", site))
+
+    def call(self, fn) -> Future:
+        """Run ``fn(bank)`` on the inference thread (between batches)."""
+        job = _Job("call")
+        job.images = [fn]
+        return self._submit(job)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.queue.put(_Job("stop"))
+        self._thread.join(timeout)
+
+    def _submit(self, job: _Job) -> Future:
+        if not self._thread.is_alive():
+            raise RuntimeError("the inference worker has stopped")
+        self.queue.put(job)
+        return job.future
+
+    def _loop(self) -> None:
+        backlog: collections.deque[_Job] = collections.deque()  # jobs taken from the queue but not yet run
+        while True:
+            job = backlog.popleft() if backlog else self.queue.get()
+            if job.kind == "stop":
+                return
+            if job.kind != "predict":
+                self._control(job)
+                continue
+            batch = self._gather(job, backlog)
+            backlog.extendleft(reversed(self._run(batch)))
+
+    def _next(self, backlog, deadline: float) -> _Job | None:
+        if backlog:
+            return backlog.popleft()
+        try:
+            return self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+
+    def _gather(self, first: _Job, backlog) -> list[_Job]:
+        """Collect predict jobs until ``max_batch`` images or ``max_wait``; a control job ends the batch
+        (it goes back to the front of the backlog and runs right after)."""
+        batch, size = [first], len(first.images)
+        deadline = time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            job = self._next(backlog, deadline)
+            if job is None:
+                break
+            if job.kind != "predict":
+                backlog.appendleft(job)
+                break
+            batch.append(job)
+            size += len(job.images)
+        return batch
+
+    def _control(self, job: _Job) -> None:
+        try:
+            result = self.bank.reload(job.site) if job.kind == "reload" else job.images[0](self.bank)
+            job.future.set_result(result)
+        except BaseException as exc:  # the caller sees it; the worker lives on
+            job.future.set_exception(exc)
+
+    def _run(self, batch: list[_Job]) -> list[_Job]:
+        """Run one mixed-site batch; returns the jobs deferred to the next batch (a batch never holds more
+        distinct sites than the bank keeps resident, so loading one site cannot evict another of the batch)."""
+        started = time.perf_counter()
+        rows, sites, tensors, deferred, names = [], [], [], [], set()
+        for job in batch:
+            if job.site not in names and len(names) == self.bank.max_resident:
+                deferred.append(job)
+                continue
+            try:
+                site = self.bank.site(job.site)
+                inputs = [to_model_input(im, site.input_rule) for im in job.images]
+            except BaseException as exc:
+                job.future.set_exception(exc)
+                continue
+            names.add(job.site)
+            rows.append((job, site, len(inputs)))
+            sites += [site] * len(inputs)
+            tensors += inputs
+        if not rows:
+            return deferred
+        try:
+            probs = self.bank.predict(sites, torch.cat(tensors))
+        except BaseException as exc:
+            for job, _, _ in rows:
+                job.future.set_exception(exc)
+            return deferred
+        start = 0
+        for job, site, n in rows:
+            job.future.set_result(Prediction(site.name, site.version, site.label_names,
+                                             [p.tolist() for p in probs[start:start + n]]))
+            start += n
+        self.batches += 1
+        log.info("batch of %d images, %d requests, %d sites in %.1f ms", len(sites), len(rows),
+                 len(names), 1000 * (time.perf_counter() - started))
+        return deferred

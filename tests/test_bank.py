@@ -133,3 +133,15 @@ def test_bank_refuses_adapters_of_another_backbone(world, tmp_path):
     with pytest.raises(store.UnknownSite):
         bank.site("nobody")
     assert not bank.resident
+
+
+def test_a_tampered_weights_file_is_refused_not_unpickled(world, tmp_path):
+    import pickle
+
+    s = tmp_path / "store"
+    version = store.publish(world["runs"]["site_a"], s, "x").version
+    (s / "x" / version / "adapter_model.safetensors").write_bytes(pickle.dumps({"evil": 1}))
+    bank = AdapterBank(str(world["backbone"]), str(s))
+    with pytest.raises(TppError, match="not a readable safetensors file"):
+        bank.site("x")
+    assert not bank.resident and bank.group is None

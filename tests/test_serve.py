@@ -1,5 +1,6 @@
 """Deployment end to end: the inference worker, the HTTP service on loopback, and the CLI commands."""
 import csv
+import io
 import json
 import logging
 import os
@@ -168,6 +169,12 @@ def test_service_bad_input_gets_clear_status_codes(world):
         assert status == 400 and "scan.png" in out["detail"]
         status, out = request(f"{url}/v1/sites/site_a/predict", [("x.npy", b"\x93NUMPYgarbage")])
         assert status == 400
+        status, out = request(f"{url}/v1/sites/site_a/predict", [("notes.txt", b"hello")])
+        assert status == 400 and "unsupported image format" in out["detail"]
+        five = io.BytesIO()
+        np.save(five, np.zeros((28, 28, 5), np.uint8))
+        status, out = request(f"{url}/v1/sites/site_a/predict", [("five.npy", five.getvalue())])
+        assert status == 400 and "neither (H, W) gray nor (H, W, 3) RGB" in out["detail"]
         status, out = request(f"{url}/v1/sites/site_a/predict", [("big.png", b"\0" * 30_000)])
         assert status == 413 and "upload limit" in out["detail"]
         status, out = request(f"{url}/v1/sites/site_a/predict?window=abc", [("a.png", png)])

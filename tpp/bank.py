@@ -98,6 +98,11 @@ class AdapterBank:
         self.resident[name] = new
         return (old.version if old else None), new.version
 
+    def evict(self, name: str) -> None:
+        """Unload a resident site (the next request loads it again from the store)."""
+        if name in self.resident:
+            self._drop(self.resident.pop(name))
+
     def _make_room(self, n: int) -> None:
         while len(self.resident) + n > self.max_resident:
             _, site = self.resident.popitem(last=False)

@@ -1,0 +1,333 @@
+"""Deployment benchmark: site switching, cold loads, mixed-site batches, and the HTTP service under load.
+
+    python benchmarks/serving.py                  # writes benchmarks/results/serving.{json,md}
+    python benchmarks/serving.py --quick --out runs/serving_quick
+
+Sites: one real LoRA fine-tuning run on BreastMNIST with the shared backbone; the other sites are
+copies of it with re-drawn LoRA B matrices and heads (distinct adapters, same card), published to a
+fresh store. Everything is measured side by side in one run and reported as ratios:
+
+- switching sites (resolving a resident site; a batch after another site's batch vs after the same site's)
+  against one forward pass at batch 64 and batch 1; peft's own ``set_adapter`` for reference;
+- loading a site cold from disk; adapter size against backbone size;
+- a mixed-site batch (8 sites x 8 images) against a single-site batch of 64, for the LoRA group
+  (peft ``adapter_names``) and for per-site sub-batches;
+- ``tpp serve`` in a subprocess under concurrent load from client threads on loopback: requests/s and
+  p50/p99 latency with 1 site, 10 sites round-robin (all resident), and 10 sites with ``--max-resident 4``
+  (thrashing). Every response is checked against offline predictions for its site (label equal, every
+  probability within 1e-4): the mismatch count must be 0.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # noqa: E402
+
+
+def make_sites(work: Path, backbone: str, data_root: str, n_sites: int) -> Path:
+    """Fine-tune one real site, derive ``n_sites - 1`` distinct copies, publish all; returns the store."""
+    from safetensors.torch import load_file, save_file
+
+    from tpp import store
+    from tpp.adapter_dir import HEAD, WEIGHTS
+    from tpp.recipes import run_recipe
+
+    run = work / "site_real"
+    if not (run / "adapter").is_dir():
+        run_recipe("finetune", ROOT / "recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml",
+                   [f"backbone.path={backbone}", f"data.root={data_root}", f"output_dir={run}", "train.max_steps=30"],
+                   overwrite=True)
+    shutil.rmtree(work / "store", ignore_errors=True)
+    store.publish(run, work / "store", "site00")
+    gen = torch.Generator().manual_seed(0)
+    for i in range(1, n_sites):
+        copy = work / "copies" / f"site{i:02d}"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(run / "adapter", copy)
+        weights = {k: (torch.randn(v.shape, generator=gen) * 0.05 if "lora_B" in k else v)
+                   for k, v in load_file(copy / WEIGHTS).items()}
+        save_file(weights, copy / WEIGHTS)
+        save_file({k: torch.randn(v.shape, generator=gen) * 0.1 for k, v in load_file(copy / HEAD).items()},
+                  copy / HEAD)
+        store.publish(copy, work / "store", f"site{i:02d}")
+    return work / "store"
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds per call over ``repeats`` calls (after one warm-up call)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def switch_pairs(bank, a, b, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """Batches in the order a, a, b, b, a, a, ...: median time of a batch that follows one of the same
+    site, and of one that follows another site (interleaved, so noise hits both alike)."""
+    order = [a, a, b, b] * repeats
+    bank.predict([b] * len(x), x)
+    times = {"same": [], "other": []}
+    for prev, site in zip([b] + order[:-1], order):
+        start = time.perf_counter()
+        bank.predict([site] * len(x), x)
+        times["same" if prev is site else "other"].append(time.perf_counter() - start)
+    return float(np.median(times["same"])), float(np.median(times["other"]))
+
+
+def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int) -> dict:
+    """Switching, cold load, sizes and mixed-site batches, in one process."""
+    import tpp.bank as bank_mod
+    from tpp.bank import AdapterBank
+
+    bank = AdapterBank(backbone, str(store_path))
+    names = sorted(p.name for p in store_path.iterdir())
+    sites = {n: bank.site(n) for n in names}
+    a, b = sites[names[0]], sites[names[1]]
+    fwd64 = timed(lambda: bank.predict([a] * 64, x[:64]), repeats)
+    fwd1 = timed(lambda: bank.predict([a], x[:1]), repeats * 4)
+    lookup = timed(lambda: [bank.site(n) for n in names], repeats * 4) / len(names)
+    same, switched = switch_pairs(bank, a, b, x[:64], repeats)
+    toggle = iter(range(10**9))
+    set_adapter = timed(lambda: bank.group.model.set_adapter(a.adapter_name if next(toggle) % 2 else b.adapter_name),
+                        repeats * 4)
+    cold = []
+    for n in names[:5]:
+        bank.evict(n)
+        start = time.perf_counter()
+        sites[n] = bank.site(n)
+        cold.append(time.perf_counter() - start)
+    mixed_sites = [sites[names[i % 8]] for i in range(64)]
+    mixed = timed(lambda: bank.predict(mixed_sites, x[:64]), repeats)
+    bank_mod.in_lora_group = lambda card: False  # the per-site sub-batch path for the same adapters
+    sub = AdapterBank(backbone, str(store_path))
+    sub_sites = {n: sub.site(n) for n in names[:8]}
+    sub_single = timed(lambda: sub.predict([sub_sites[names[0]]] * 64, x[:64]), repeats)
+    sub_mixed = timed(lambda: sub.predict([sub_sites[names[i % 8]] for i in range(64)], x[:64]), repeats)
+    adapter_bytes = sum(f.stat().st_size for f in (store_path / names[0]).rglob("*.safetensors"))
+    backbone_bytes = sum(f.stat().st_size for f in Path(backbone).glob("*.safetensors"))
+    return {
+        "forward_batch64_ms": 1000 * fwd64, "forward_batch1_ms": 1000 * fwd1,
+        "switch_lookup_us": 1e6 * lookup, "switch_vs_forward64": lookup / fwd64, "switch_vs_forward1": lookup / fwd1,
+        "after_same_site_batch64_ms": 1000 * same, "after_other_site_batch64_ms": 1000 * switched,
+        "after_other_vs_same_site": switched / same,
+        "peft_set_adapter_us": 1e6 * set_adapter, "cold_load_ms": 1000 * float(np.median(cold)),
+        "adapter_bytes": adapter_bytes, "backbone_bytes": backbone_bytes, "adapter_vs_backbone": adapter_bytes / backbone_bytes,
+        "mixed8x8_vs_single64_lora_group": fwd64 / mixed, "mixed8x8_vs_single64_sub_batches": sub_single / sub_mixed,
+    }
+
+
+def offline(store_path: Path, backbone: str, images: np.ndarray) -> dict:
+    """Per-site probabilities from the evaluate recipe's model (no bank), the correctness reference."""
+    from tpp import store
+    from tpp.images import to_model_input
+    from tpp.recipes.evaluate import load_task_model
+
+    out = {}
+    for site in store.sites(store_path):
+        model, card, _ = load_task_model(str(store.current(store_path, site).path), backbone)
+        with torch.no_grad():
+            out[site] = model(torch.cat([to_model_input(im, card["input"]) for im in images])).softmax(-1).numpy()
+    return out
+
+
+def png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def load_test(port: int, sites: list[str], pngs: list[bytes], expected: dict, clients: int, seconds: float,
+              max_requests: int) -> dict:
+    """Client threads with keep-alive connections send one-image requests round-robin over ``sites``.
+
+    Returns request count, wall time, latencies (s), HTTP errors and mismatches against ``expected``.
+    """
+    latencies, mismatches, errors, counter, lock = [], [], [], iter(range(10**9)), threading.Lock()
+    deadline = time.time() + seconds
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.time() < deadline:
+            with lock:
+                k = next(counter)
+            if k >= max_requests:
+                break
+            site, i = sites[k % len(sites)], k % len(pngs)
+            boundary = uuid.uuid4().hex
+            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{i}.png"\r\n\r\n'.encode()
+                    + pngs[i] + f"\r\n--{boundary}--\r\n".encode())
+            start = time.perf_counter()
+            conn.request("POST", f"/v1/sites/{site}/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            resp = conn.getresponse()
+            payload = resp.read()
+            elapsed = time.perf_counter() - start
+            if resp.status != 200:
+                errors.append(resp.status)
+                continue
+            pred = json.loads(payload)["predictions"][0]
+            probs = np.array(list(pred["probabilities"].values()))
+            want = expected[site][i]
+            wrong = np.abs(probs - want).max() > 1e-4 or pred["label"] != list(pred["probabilities"])[int(want.argmax())]
+            latencies.append(elapsed)
+            if wrong:
+                mismatches.append((site, i))
+        conn.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"wall_s": time.perf_counter() - started, "latencies": latencies, "errors": len(errors),
+            "mismatches": len(mismatches)}
+
+
+def pooled(windows: list[dict]) -> dict:
+    """Rounds of one scenario -> requests/s (median over rounds), pooled latency percentiles, totals."""
+    lat = np.array([x for w in windows for x in w["latencies"]]) * 1000
+    return {"requests": len(lat), "errors": sum(w["errors"] for w in windows),
+            "mismatches": sum(w["mismatches"] for w in windows),
+            "requests_per_s": float(np.median([len(w["latencies"]) / w["wall_s"] for w in windows])),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
+
+
+def start_server(backbone: str, store_path: Path, max_resident: int) -> tuple[subprocess.Popen, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "tpp.cli", "serve", "--backbone", backbone, "--store", str(store_path),
+                             "--port", str(port), "--max-resident", str(max_resident)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return proc, port
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("tpp serve did not come up within 120 s")
+
+
+def service_numbers(backbone: str, store_path: Path, images: np.ndarray, args) -> dict:
+    """Alternate the scenarios over ``args.rounds`` windows (machine noise hits them alike)."""
+    expected = offline(store_path, backbone, images)
+    pngs = [png(im) for im in images]
+    names = sorted(expected)[:10]
+    scenarios = {16: {"1 site": names[:1], "10 sites, all resident": names},  # one server per LRU bound
+                 4: {"10 sites, max_resident 4": names}}
+    window = args.seconds / args.rounds
+    windows: dict[str, list] = {}
+    for resident, runs in scenarios.items():
+        proc, port = start_server(backbone, store_path, resident)
+        try:
+            load_test(port, names, pngs, expected, args.clients, 3, 10**9)  # warm-up: every site loaded once
+            for round_ in range(args.rounds):
+                for label, sites in runs.items():
+                    w = load_test(port, sites, pngs, expected, args.clients, window, args.max_requests)
+                    windows.setdefault(label, []).append(w)
+                    print(f"round {round_ + 1} {label}: {len(w['latencies']) / w['wall_s']:.1f} req/s, "
+                          f"{w['mismatches']} mismatches", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    out = {label: pooled(ws) for label, ws in windows.items()}
+    for row in out.values():
+        row["vs_1_site"] = row["requests_per_s"] / out["1 site"]["requests_per_s"]
+    return out
+
+
+def markdown(bank: dict, service: dict) -> str:
+    lines = ["| measure | value | goal |", "|---|---|---|",
+             f"| forward pass, batch 64 / batch 1 | {bank['forward_batch64_ms']:.1f} ms / {bank['forward_batch1_ms']:.2f} ms | |",
+             f"| switching sites (resolve a resident site) | {bank['switch_lookup_us']:.1f} µs = "
+             f"{100 * bank['switch_vs_forward64']:.4f}% of a batch-64 forward, {100 * bank['switch_vs_forward1']:.3f}% of batch 1 | ≤ 1% |",
+             f"| a batch-64 forward right after another site's vs after the same site's (interleaved) | "
+             f"{bank['after_other_site_batch64_ms']:.1f} ms vs {bank['after_same_site_batch64_ms']:.1f} ms = "
+             f"{bank['after_other_vs_same_site']:.3f}x | |",
+             f"| peft `set_adapter` (reference; never on the request path) | {bank['peft_set_adapter_us']:.0f} µs | |",
+             f"| loading a site cold from disk | {bank['cold_load_ms']:.1f} ms | |",
+             f"| adapter size / backbone size | {bank['adapter_bytes'] / 1024:.0f} KiB / {bank['backbone_bytes'] / 2**20:.1f} MiB "
+             f"= {100 * bank['adapter_vs_backbone']:.2f}% | |",
+             f"| mixed-site batch (8 sites x 8) vs single-site 64, LoRA group (peft adapter_names) | "
+             f"{bank['mixed8x8_vs_single64_lora_group']:.2f}x throughput | ≥ 0.8x |",
+             f"| same, per-site sub-batches (the path of non-LoRA methods) | {bank['mixed8x8_vs_single64_sub_batches']:.2f}x | |",
+             "", "| service scenario | requests | req/s | vs 1 site | p50 ms | p99 ms | errors | mismatches |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, row in service.items():
+        lines.append(f"| {label} | {row['requests']} | {row['requests_per_s']:.1f} | {row['vs_1_site']:.2f}x | "
+                     f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {row['mismatches']} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short load tests (about 2 minutes in all)")
+    parser.add_argument("--sites", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
+    parser.add_argument("--seconds", type=float, default=30.0, help="load-test duration per scenario")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating windows per scenario")
+    parser.add_argument("--max-requests", type=int, default=5000, help="cap per scenario")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "serving")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.repeats, args.rounds = 6.0, 5, 2
+    from tpp.data.sources import load_medmnist
+    from tpp.images import to_model_input
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    store_path = make_sites(args.work, args.backbone, args.data_root, args.sites)
+    from tpp import store
+
+    card = store.current(store_path, "site00").card
+    images = load_medmnist("breastmnist", args.data_root, False).split("test").images[:64]
+    x = torch.cat([to_model_input(im, card["input"]) for im in images])
+    bank = bank_numbers(args.backbone, store_path, x, args.repeats)
+    print(json.dumps(bank, indent=1), flush=True)
+    service = service_numbers(args.backbone, store_path, images, args)
+    machine = report.machine()
+    command = "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = (f"Machine: {json.dumps(machine)}\nCommand: `{command}`\nBackbone {args.backbone}; {args.sites} LoRA "
+            f"(r=8, q/v) sites; load: {args.clients} client threads on loopback, one 28x28 PNG per request, "
+            f"{args.seconds:g} s per scenario in {args.rounds} alternating windows (req/s: median window; latency: pooled); medians of {args.repeats} repeats for in-process timings.\n\n"
+            f"{markdown(bank, service)}\n")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "serving.json").write_text(json.dumps({"machine": machine, "command": command, "bank": bank,
+                                                       "service": service}, indent=1))
+    (args.out / "serving.md").write_text(text)
+    print("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

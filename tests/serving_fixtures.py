@@ -9,12 +9,13 @@ from conftest import make_backbone, make_medmnist
 
 from tpp.cli import main
 
-# site -> extra overrides: plain LoRA (two ranks, shared-batch path), DoRA and a linear probe (sub-batch path)
+# site -> extra overrides: plain LoRA (two ranks, shared-batch path); DoRA, a linear probe and LoHa (sub-batches)
 SITES = {
     "site_a": ["adapter.r=2", "seed=0"],
     "site_b": ["adapter.r=4", "seed=1"],
     "site_c": ["adapter.r=2", "adapter.use_dora=true", "seed=2"],
     "site_d": ["adapter={method: linear_probe}", "seed=3"],
+    "site_e": ["adapter={method: loha, r: 2}", "seed=4"],  # LoHa: peft has no mixed batches for it
 }
 
 

@@ -60,7 +60,7 @@ def test_listing_and_check_against_the_backbone(world, tmp_path):
     bank = AdapterBank(str(world["backbone"]), str(world["store"]))
     rows = store.listing(world["store"], bank.info.hash)
     assert [r["site"] for r in rows] == sorted(SITES) and all(r["backbone_match"] == "yes" for r in rows)
-    assert {r["method"] for r in rows} == {"lora", "linear_probe"} and all(r["labels"] == 60 for r in rows)
+    assert {r["method"] for r in rows} == {"lora", "linear_probe", "loha"} and all(r["labels"] == 60 for r in rows)
     assert store.check(world["store"], bank.info.hash) == []
     assert len(store.check(world["store"], "0" * 64)) == len(SITES)
 
@@ -89,7 +89,7 @@ def test_switching_a_b_a_is_exact_and_backbone_never_changes(world):
     before = backbone_hash(bank.encoder.model)
     x = pixels(world["images"][:4], bank.site("site_a").card)
     outs = {}
-    for s in ["site_a", "site_b", "site_c", "site_d", "site_a", "site_c"]:
+    for s in ["site_a", "site_b", "site_c", "site_d", "site_e", "site_a", "site_c", "site_e"]:
         probs = torch.stack(bank.predict([bank.site(s)] * 4, x))
         if s in outs:
             assert torch.equal(outs[s], probs)

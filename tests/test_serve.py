@@ -102,11 +102,11 @@ def test_concurrent_threads_and_a_reload_never_mix_versions(world, tmp_path):
 # -- the HTTP service --------------------------------------------------------------------------------
 
 @contextmanager
-def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None):
+def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None, timeout=120.0, worker=None):
     import uvicorn
 
-    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(store_path or world["store"])))
-    app = create_app(worker, str(store_path or world["store"]), token, max_upload_bytes)
+    worker = worker or InferenceWorker(AdapterBank(str(world["backbone"]), str(store_path or world["store"])))
+    app = create_app(worker, str(store_path or world["store"]), token, max_upload_bytes, timeout)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
@@ -180,6 +180,16 @@ def test_service_bad_input_gets_clear_status_codes(world):
         status, out = request(f"{url}/v1/sites/site_a/predict?window=abc", [("a.png", png)])
         assert status == 400 and "CENTER,WIDTH" in out["detail"]
         assert request(f"{url}/v1/sites/site_a/predict", body=b"")[0] == 422  # no images field
+
+
+def test_a_stalled_worker_gives_503_not_a_hung_request(world):
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"])))
+    worker.predict("site_a", world["images"][:1]).result(60)  # resident: the second request below is quick
+    with serving(world, timeout=3, worker=worker) as url:
+        with paused(worker):
+            status, out = request(f"{url}/v1/sites/site_a/predict", [("a.png", png_bytes(world["images"][0]))])
+        assert status == 503 and "overloaded" in out["detail"]
+        assert request(f"{url}/v1/sites/site_a/predict", [("a.png", png_bytes(world["images"][0]))])[0] == 200
 
 
 def test_service_token_reload_and_logs_without_patient_data(world, tmp_path, caplog):

@@ -67,7 +67,7 @@ class BodyLimit:
 
 
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
-               max_upload_bytes: int = 10 * 2**20):
+               max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0):
     """The ASGI application (FastAPI wrapped in the body-size limit)."""
     bank = worker.bank
     app = FastAPI(title="tpp", summary="one backbone, many site adapters", docs_url=None, redoc_url=None)
@@ -91,7 +91,9 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
 
     async def outcome(future):
         try:
-            return await asyncio.wrap_future(future)
+            return await asyncio.wait_for(asyncio.wrap_future(future), request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"no answer within {request_timeout_s:g} s; the service is overloaded") from None
         except adapter_store.UnknownSite as exc:
             raise HTTPException(404, f"{exc} GET /v1/sites lists the served sites.") from None
         except ImageError as exc:
@@ -105,9 +107,9 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         return {"status": "ok"}
 
     @app.get("/v1/sites", dependencies=[Depends(authorised)])
-    def list_sites():
+    async def list_sites():
         rows = adapter_store.listing(store_path, bank.info.hash)
-        resident = {name: s.version for name, s in list(bank.resident.items())}
+        resident = await outcome(worker.call(lambda b: {name: s.version for name, s in b.resident.items()}))
         for row in rows:
             row["resident"] = resident.get(row["site"]) == row["version"]
         return {"backbone": {"id": bank.info.id, "hash": bank.info.hash}, "sites": rows}

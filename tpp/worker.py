@@ -116,6 +116,8 @@ class InferenceWorker:
         return batch
 
     def _control(self, job: _Job) -> None:
+        if not job.future.set_running_or_notify_cancel():
+            return
         try:
             result = self.bank.reload(job.site) if job.kind == "reload" else job.images[0](self.bank)
             job.future.set_result(result)
@@ -130,6 +132,8 @@ class InferenceWorker:
         for job in batch:
             if job.site not in names and len(names) == self.bank.max_resident:
                 deferred.append(job)
+                continue
+            if not job.future.set_running_or_notify_cancel():  # the caller gave up (timeout): skip it
                 continue
             try:
                 site = self.bank.site(job.site)

@@ -161,34 +161,29 @@ class AdapterBank:
 
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, sites: list[Site], pixels: torch.Tensor) -> torch.Tensor | list:
+    def predict(self, sites: list[Site], pixels: torch.Tensor) -> list[torch.Tensor]:
         """Rows of ``pixels`` (B, C, S, S) through their sites' adapters and heads.
 
-        ``sites[i]`` is the resident Site of row i (from :meth:`site`). Returns a list of B probability
-        vectors (K_i,) (sites may have different label sets).
+        ``sites[i]`` is the resident Site of row i (from :meth:`site`). Returns B probability vectors
+        (K_i,) (sites may have different label sets). LoRA-group rows run as one batch with per-row
+        ``adapter_names``; every other site's rows run as one sub-batch through its own copy.
         """
         for s in sites:  # an evicted site's adapter would silently fall back to the bare backbone
             if self.resident.get(s.name) is not s:
                 raise RuntimeError(f"site '{s.name}' version {s.version} is no longer resident")
+        rows_of: dict[int, list[int]] = {}
+        for i, s in enumerate(sites):
+            rows_of.setdefault(id(s), []).append(i)
         tokens = torch.empty(pixels.shape[0], self.encoder.num_patches, self.info.hidden_size)
         group_rows = [i for i, s in enumerate(sites) if s.encoder is None]
         if group_rows:
-            names = [sites[i].adapter_name for i in group_rows]
-            out = self.group(pixels[group_rows], adapter_names=names)
+            out = self.group(pixels[group_rows], adapter_names=[sites[i].adapter_name for i in group_rows])
             tokens[group_rows] = self.group.patch_tokens(out)
-        by_site: dict[int, list[int]] = {}
-        for i, s in enumerate(sites):
-            if s.encoder is not None:
-                by_site.setdefault(id(s), []).append(i)
-        for rows in by_site.values():
-            enc = sites[rows[0]].encoder
-            tokens[rows] = enc.patch_tokens(enc(pixels[rows]))
         probs: list = [None] * len(sites)
-        by_head: dict[int, list[int]] = {}
-        for i, s in enumerate(sites):
-            by_head.setdefault(id(s), []).append(i)
-        for rows in by_head.values():
-            p = sites[rows[0]].head(tokens[rows]).softmax(dim=-1)
-            for j, row in enumerate(rows):
-                probs[row] = p[j]
+        for rows in rows_of.values():
+            site = sites[rows[0]]
+            if site.encoder is not None:
+                tokens[rows] = site.encoder.patch_tokens(site.encoder(pixels[rows]))
+            for row, p in zip(rows, site.head(tokens[rows]).softmax(dim=-1)):
+                probs[row] = p
         return probs

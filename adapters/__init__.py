@@ -64,4 +64,4 @@ def all_methods() -> list[Method]:
 
 
 def _load_builtin() -> None:
-    from tpp.adapters import baselines, loha, lora  # noqa: F401  (register themselves)
+    from tpp.adapters import baselines, ia3, lora, lycoris  # noqa: F401  (register themselves)

@@ -1,0 +1,95 @@
+"""One test table over every adapter method (the ``full`` baseline is a full model and exempt).
+
+In-code part, for each family (ViT, ViT-MAE, DINOv2) x channels (1, 3) x method: only the method's
+tensors train, the adapter starts as the backbone where the method says so, it is live (changing its
+tensors changes the output), the backbone hash never moves, and save -> load gives identical outputs.
+CLI part, per method: TPP -> fine-tune hand-off, publish two sites, switch A -> B -> A exactly.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_backbone, make_medmnist
+from test_bank import pixels
+
+from tpp import store
+from tpp.adapters import all_methods, get_method
+from tpp.backbones import backbone_hash, is_adapter_key, load_backbone
+from tpp.model import adapter_state, attach_adapter, load_adapter_state, trainable_parameters
+
+METHODS = [m.name for m in all_methods() if m.kind == "adapter"]
+PRETRAINABLE = [m for m in METHODS if get_method(m).pretrainable]
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    root = tmp_path_factory.mktemp("method_backbones")
+    return {(fam, ch): make_backbone(root / f"{fam}_{ch}", fam, channels=ch)
+            for fam in ("vit", "vit_mae", "dinov2") for ch in (1, 3)}
+
+
+def test_registry_holds_the_expected_methods():
+    assert set(METHODS) >= {"lora", "loha", "lokr", "ia3", "linear_probe"}
+    assert get_method("full").kind == "full_model" and not get_method("linear_probe").pretrainable
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("family", ["vit", "vit_mae", "dinov2"])
+@pytest.mark.parametrize("method", METHODS)
+def test_method_contract(backbones, family, channels, method):
+    path = str(backbones[(family, channels)])
+    encoder, info, _ = load_backbone(path)
+    x = torch.randn(2, channels, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = encoder(x)
+    spec, _, targets = attach_adapter(encoder, method, {})
+    trainable = [n for n, p in encoder.model.named_parameters() if p.requires_grad]
+    assert all(is_adapter_key(n) for n in trainable)
+    state = adapter_state(encoder)
+    if method == "linear_probe":
+        assert not trainable and not state
+        return
+    assert trainable and trainable_parameters(encoder) == sum(v.numel() for v in state.values())
+    assert targets and all(not t.startswith("decoder") for t in targets)
+    with torch.no_grad():
+        if spec.identity_at_init:
+            torch.testing.assert_close(encoder(x), base, atol=1e-6, rtol=0)
+        for p in encoder.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+        adapted = encoder(x)
+    assert not torch.allclose(adapted, base, atol=1e-4)  # the adapter is live, not a silent no-op
+    assert backbone_hash(encoder.model) == info.hash
+    saved = adapter_state(encoder)
+    fresh, _, _ = load_backbone(path)
+    attach_adapter(fresh, method, {}, targets)
+    load_adapter_state(fresh, saved, "test")
+    with torch.no_grad():
+        assert torch.equal(fresh(x), adapted)
+
+
+@pytest.mark.parametrize("method", PRETRAINABLE)
+def test_tpp_hand_off_and_site_switching(tmp_path, method):
+    from tpp.bank import AdapterBank
+    from tpp.cli import main
+
+    backbone = make_backbone(tmp_path / "bb", "vit_mae")
+    root = make_medmnist(tmp_path / "data")
+    common = [f"backbone.path={backbone}", f"data.root={root}", "train.batch_size=16", "train.max_steps=4",
+              f"adapter={{method: {method}}}"]
+    assert main(["run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", *common,
+                 f"output_dir={tmp_path / 'tpp'}"]) == 0
+    for site, extra in {"a": [f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}"], "b": ["seed=1"]}.items():
+        assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", *common,
+                     "train.lr=1e-2", f"output_dir={tmp_path / site}", *extra]) == 0
+        store.publish(tmp_path / site, tmp_path / "store", site)
+    card = json.loads((tmp_path / "a" / "adapter" / "tpp_card.json").read_text())
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert card["parent"]["stage"] == "tpp" and card["method"] == method
+    assert metrics["trainable_parameters"] > 0 and metrics["adapter_bytes"] > 0
+    bank = AdapterBank(str(backbone), str(tmp_path / "store"))
+    x = pixels(np.load(root / "breastmnist.npz")["test_images"][:4], card)
+    outs = [torch.stack(bank.predict([bank.site(s)] * 4, x)) for s in ("a", "b", "a")]
+    assert torch.equal(outs[0], outs[2]) and not torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert backbone_hash(bank.encoder.model) == bank.info.hash

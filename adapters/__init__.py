@@ -33,6 +33,9 @@ class Method:
     inherited: tuple = ()
     state: Optional[Callable] = None
     kind: str = "adapter"
+    # resolve(encoder, options) -> full module names the method adapts (default: Linear layers by
+    # the options' target_modules leaf names)
+    resolve: Optional[Callable] = None
 
     @property
     def uses_peft(self) -> bool:
@@ -64,4 +67,4 @@ def all_methods() -> list[Method]:
 
 
 def _load_builtin() -> None:
-    from tpp.adapters import baselines, ia3, lora, lycoris  # noqa: F401  (register themselves)
+    from tpp.adapters import baselines, bitfit, bottleneck, ia3, ln_tuning, lora, lycoris, ssf  # noqa: F401

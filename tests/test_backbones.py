@@ -58,7 +58,7 @@ def test_targets_are_encoder_only_and_cover_every_layer(tiny_mae):
 
 def test_no_target_match_is_an_error(tiny_mae):
     encoder, _, _ = load_backbone(str(tiny_mae))
-    with pytest.raises(TppError, match="match no Linear"):
+    with pytest.raises(TppError, match="match no module"):
         resolve_targets(encoder, ["qkv"])
 
 

@@ -208,12 +208,13 @@ def backbone_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-_PEFT_MARKERS = re.compile(r"(lora_|hada_|lokr_|ia3_)")
+_ADAPTER_MARKERS = re.compile(r"(lora_|hada_|lokr_|ia3_|ln_tuning_layers\.|tpp_)")
 
 
 def is_adapter_key(name: str) -> bool:
-    """True for tensors peft adds (LoRA, LoHa, LoKr, IA3), false for the backbone's own."""
-    return bool(_PEFT_MARKERS.search(name))
+    """True for tensors an adapter method adds (peft's LoRA, LoHa, LoKr, IA3, LN tuning copies; tpp's own
+    methods name theirs ``tpp_*``), false for the backbone's own."""
+    return bool(_ADAPTER_MARKERS.search(name))
 
 
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -234,18 +235,24 @@ def resolve_targets(encoder: Encoder, leaf_names=None) -> list[str]:
     adapter would train only the head.
     """
     leaf_names = tuple(leaf_names or encoder.family.default_targets)
+    return resolve_modules(encoder, lambda name, m: isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in leaf_names,
+                           f"adapter.target_modules {list(leaf_names)}",
+                           "Use leaf names of Linear layers such as q_proj, v_proj, fc1.")
+
+
+def resolve_modules(encoder: Encoder, predicate, what: str, hint: str = "") -> list[str]:
+    """Full names of modules inside the encoder's transformer layers with ``predicate(name, module)``;
+    every layer must get at least one (else TppError naming ``what``)."""
     layer_re = re.compile(encoder.family.layer_pattern)
     names, layers = [], set()
     for name, module in encoder.model.named_modules():
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in leaf_names:
+        match = layer_re.match(name)
+        if match and predicate(name, module):
             names.append(name)
-            match = layer_re.match(name)
-            if match:
-                layers.add(int(match.group(1)))
+            layers.add(int(match.group(1)))
     if not names:
-        raise TppError(f"adapter.target_modules {list(leaf_names)} match no Linear layer of the "
-                       f"{encoder.family.model_type} encoder. Use leaf names such as q_proj, v_proj, fc1.")
+        raise TppError(f"{what} match no module of the {encoder.family.model_type} encoder's layers. {hint}".strip())
     missing = set(range(encoder.model.config.num_hidden_layers)) - layers
     if missing:
-        raise TppError(f"adapter.target_modules {list(leaf_names)} leave encoder layers {sorted(missing)} without targets.")
+        raise TppError(f"{what} leave encoder layers {sorted(missing)} without targets.")
     return names

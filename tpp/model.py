@@ -60,7 +60,9 @@ def attach_adapter(encoder: Encoder, method_name: str, options: dict,
     """
     method = get_method(method_name)
     typed = method.options_cls(**options)
-    if targets is None:
+    if targets is None and method.resolve is not None:
+        targets = method.resolve(encoder, typed)
+    elif targets is None:
         targets = resolve_targets(encoder, typed.target_modules) if hasattr(typed, "target_modules") else []
     encoder.model = method.attach(encoder.model, typed, targets)
     encoder.method = method

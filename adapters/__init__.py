@@ -67,4 +67,4 @@ def all_methods() -> list[Method]:
 
 
 def _load_builtin() -> None:
-    from tpp.adapters import baselines, bitfit, bottleneck, ia3, ln_tuning, lora, lycoris, ssf  # noqa: F401
+    from tpp.adapters import baselines, bitfit, bottleneck, ia3, ln_tuning, lora, lycoris, ssf, vpt  # noqa: F401

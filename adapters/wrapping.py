@@ -15,13 +15,13 @@ import torch.nn as nn
 from tpp.backbones import is_adapter_key
 
 
-def wrap_modules(model: nn.Module, names: list[str], make: Callable[[nn.Module], nn.Module]) -> nn.Module:
-    """Replace each named submodule ``m`` of ``model`` by ``make(m)``; freeze everything else."""
+def wrap_modules(model: nn.Module, names: list[str], make: Callable[[nn.Module, str], nn.Module]) -> nn.Module:
+    """Replace each named submodule ``m`` of ``model`` by ``make(m, name)``; freeze everything else."""
     model.requires_grad_(False)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make(getattr(parent, child)))
+        setattr(parent, child, make(getattr(parent, child), name))
     return model
 
 

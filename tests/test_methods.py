@@ -93,3 +93,19 @@ def test_tpp_hand_off_and_site_switching(tmp_path, method):
     outs = [torch.stack(bank.predict([bank.site(s)] * 4, x)) for s in ("a", "b", "a")]
     assert torch.equal(outs[0], outs[2]) and not torch.allclose(outs[0], outs[1], atol=1e-5)
     assert backbone_hash(bank.encoder.model) == bank.info.hash
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_vpt_prompts_never_reach_heads_or_decoders(backbones, deep):
+    encoder, info, _ = load_backbone(str(backbones[("vit_mae", 3)]))
+    x = torch.randn(2, 3, 28, 28)
+    attach_adapter(encoder, "vpt", {"length": 5, "deep": deep})
+    state = adapter_state(encoder)
+    assert sum(v.numel() for v in state.values()) == (info.num_layers if deep else 1) * 5 * info.hidden_size
+    seen = []
+    layer = encoder.model.get_submodule("layers.1.base_layer")  # inside the encoder the prompts are there ...
+    layer.register_forward_hook(lambda m, args, out: seen.append((out[0] if isinstance(out, tuple) else out).shape))
+    tokens = encoder(x)
+    assert seen[0][1] == 1 + 5 + 49
+    assert tokens.shape == (2, 1 + 49, info.hidden_size)  # ... and gone from its output: CLS + 49 patches
+    assert encoder.patch_tokens(tokens).shape == (2, 49, info.hidden_size)

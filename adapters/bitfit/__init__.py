@@ -47,7 +47,7 @@ def resolve(encoder, options: BitfitOptions) -> list[str]:
 
 
 def attach(model: nn.Module, options: BitfitOptions, target_names: list[str]) -> nn.Module:
-    return wrap_modules(model, target_names, BiasOverlay)
+    return wrap_modules(model, target_names, lambda linear, _: BiasOverlay(linear))
 
 
 METHOD = register(Method(

@@ -58,7 +58,7 @@ def resolve(encoder, options: BottleneckOptions) -> list[str]:
 
 def attach(model: nn.Module, options: BottleneckOptions, target_names: list[str]) -> nn.Module:
     hidden = model.config.hidden_size
-    return wrap_modules(model, target_names, lambda mlp: BottleneckAdapter(mlp, hidden, options))
+    return wrap_modules(model, target_names, lambda mlp, _: BottleneckAdapter(mlp, hidden, options))
 
 
 METHOD = register(Method(

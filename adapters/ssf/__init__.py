@@ -39,7 +39,7 @@ def resolve(encoder, options: SsfOptions) -> list[str]:
 
 
 def attach(model: nn.Module, options: SsfOptions, target_names: list[str]) -> nn.Module:
-    return wrap_modules(model, target_names, ScaleShift)
+    return wrap_modules(model, target_names, lambda linear, _: ScaleShift(linear))
 
 
 METHOD = register(Method(

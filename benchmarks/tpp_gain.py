@@ -83,7 +83,8 @@ def method_overrides(base: str, protocol: dict) -> list[str]:
         lora = protocol["lora"]
         return [f"adapter={{method: lora, r: {lora['r']}, alpha: {lora['alpha']}}}", f"train.lr={protocol['lr']['lora']}"]
     extra = [f"train.head_lr_scale={protocol['full_head_lr_scale']}"] if base == "full" else []
-    return [f"adapter={{method: {base}}}", f"train.lr={protocol['lr'][base]}"] + extra
+    lr = protocol["lr"].get(base, protocol["lr"]["lora"])  # other adapter methods: LoRA's rate (no per-method grid yet)
+    return [f"adapter={{method: {base}}}", f"train.lr={lr}"] + extra
 
 
 def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
@@ -138,10 +139,15 @@ class Bench:
             p = self.protocol
             run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + source_overrides(source) + [
                 f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}", f"train.batch_size={p['tpp_batch_size']}",
-                f"train.lr={p['tpp_lr']}", f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}",
-                *VARIANTS.get(variant, [])], overwrite=True)
+                f"train.lr={p['tpp_lr']}", *self.tpp_method(method), *VARIANTS.get(variant, [])], overwrite=True)
             stamp.write_text(stamp_text)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
+
+    def tpp_method(self, method: str) -> list[str]:
+        """The adapter section of a TPP run: LoRA with the protocol's rank, any other method with its defaults."""
+        if method == "lora":
+            return [f"adapter.r={self.protocol['lora']['r']}", f"adapter.alpha={self.protocol['lora']['alpha']}"]
+        return [method_overrides(method, self.protocol)[0]]
 
     def run_cell(self, target: str, method: str, fraction: float, seed: int) -> dict:
         from tpp.recipes import CONFIG_DIR, run_recipe

@@ -25,6 +25,37 @@ def machine() -> dict:
             "python": platform.python_version(), "gpu": torch.cuda.is_available()}
 
 
+def current_rss_mib() -> float:
+    """This process's resident set size now (VmRSS), MiB."""
+    from pathlib import Path
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far (ru_maxrss), MiB; it never resets, hence one
+    configuration per fresh subprocess."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_worker(script: str, args: list[str]) -> dict:
+    """Run ``python script ARGS`` in a fresh subprocess; its last stdout line is a JSON result."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     arr = np.asarray(values, dtype=float)

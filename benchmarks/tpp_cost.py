@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,13 +27,6 @@ CONFIGS = {
     "tpp_lora_dino": "LoRA r=8 (q, v) target parameters only, DINO with a fresh projection head",
     "full_mae": "full-parameter MAE adaptation: every encoder and decoder weight trains",
 }
-
-
-def current_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def worker(name: str, steps: int, batch_size: int, backbone: str, data_root: str) -> dict:
@@ -61,7 +52,7 @@ def worker(name: str, steps: int, batch_size: int, backbone: str, data_root: str
         pretext.decoder.requires_grad_(True)
     images = tensors(load_medmnist("breastmnist", data_root).split("train").images, info)
     optimizer = torch.optim.AdamW([p for p in pretext.parameters() if p.requires_grad], lr=1e-4)
-    baseline = current_rss_mib()
+    baseline = report.current_rss_mib()
     pretext.train()
 
     def step(i):
@@ -77,19 +68,15 @@ def worker(name: str, steps: int, batch_size: int, backbone: str, data_root: str
     for i in range(steps):
         step(i + 3)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = report.peak_rss_mib()
     return {"config": name, "images_per_s": steps * batch_size / seconds, "peak_rss_mib": peak,
             "baseline_rss_mib": baseline, "peak_minus_baseline_mib": peak - baseline,
             "trainable_parameters": trainable_parameters(pretext), "threads": torch.get_num_threads()}
 
 
 def run_subprocess(name: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--backbone", args.backbone, "--data-root", args.data_root]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    if out.returncode != 0:
-        raise RuntimeError(f"{name} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return report.run_worker(__file__, ["--worker", name, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+                                        "--backbone", args.backbone, "--data-root", args.data_root])
 
 
 def summarise(results: list[dict]) -> list[dict]:

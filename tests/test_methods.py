@@ -51,6 +51,7 @@ def test_method_contract(backbones, family, channels, method):
         assert not trainable and not state
         return
     assert trainable and trainable_parameters(encoder) == sum(v.numel() for v in state.values())
+    assert all(is_adapter_key(k) for k in state)  # what the adapter directory saves: no backbone tensor
     assert targets and all(not t.startswith("decoder") for t in targets)
     with torch.no_grad():
         if spec.identity_at_init:

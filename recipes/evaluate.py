@@ -11,7 +11,7 @@ import torch
 
 from tpp.adapter_dir import read_card, read_weights, verify_backbone
 from tpp.backbones import load_backbone
-from tpp.builders import require_labels, tensors
+from tpp.builders import record_skipped, require_labels, tensors
 from tpp.data.build import load_data
 from tpp.errors import ConfigError, TppError
 from tpp.metrics import classification_metrics
@@ -38,6 +38,7 @@ def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
     model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
     dataset = load_data(cfg.data, cfg.seed, info.image_size)
+    record_skipped([dataset], run)
     require_labels(dataset)
     if list(dataset.class_names) != list(card["task"]["label_names"]):
         raise TppError(f"dataset '{dataset.name}' classes {dataset.class_names} differ from the adapter's "

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from tpp.adapter_dir import dir_size, make_card, parent_summary, read_weights, write_adapter_dir
 from tpp.backbones import load_backbone
-from tpp.builders import classification_task, input_rule, parent_adapter, require_labels, tensors
+from tpp.builders import classification_task, input_rule, parent_adapter, record_skipped, require_labels, tensors
 from tpp.data.build import load_data, random_hflip
 from tpp.data.subsets import label_fraction_index
 from tpp.metrics import classification_metrics, quick_metrics
@@ -24,6 +24,7 @@ def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
     encoder, info, _ = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
     dataset = load_data(cfg.data, cfg.seed, info.image_size)
+    record_skipped([dataset], run)
     require_labels(dataset)
 
     # target parameters: fresh, or inherited from a (TPP) parent adapter

@@ -96,7 +96,8 @@ def load_pool(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict]
         labels.append(torch.from_numpy(train.labels) if supervised else torch.full((len(train),), -1))
         classes.append(dataset.num_classes if supervised else 0)
         entries.append(dict(dataset.describe({"split": "train", "images": len(train)}, labels=supervised),
-                            supervised=supervised, license=data_license(entry.data)))
+                            supervised=supervised, license=data_license(entry.data),
+                            skipped_files=len(dataset.skipped)))
     return torch.cat(images), torch.cat(sources), torch.cat(labels).long(), entries, classes
 
 

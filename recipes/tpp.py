@@ -18,7 +18,7 @@ import torch
 from tpp.adapters import all_methods, get_method
 from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
 from tpp.backbones import load_backbone
-from tpp.builders import input_rule, tensors
+from tpp.builders import input_rule, record_skipped, tensors
 from tpp.data.build import load_data, random_hflip
 from tpp.errors import ConfigError
 from tpp.model import attach_adapter, trainable_parameters
@@ -41,6 +41,7 @@ def run(cfg, run) -> dict:
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                            with_decoder=cfg.pretext.name == "mae" and cfg.pretext.decoder != "fresh")
     dataset = load_data(cfg.data, cfg.seed, info.image_size)
+    record_skipped([dataset], run)
     images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
     torch.manual_seed(cfg.seed)
     method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.options)

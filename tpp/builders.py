@@ -68,3 +68,24 @@ def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict
             raise TppError(message + " (adapter.require_same_modality=true)")
         warnings.warn(message)
     return card, card["method"], options
+
+
+def record_skipped(datasets: list[Dataset], run) -> None:
+    """Files left out with ``data.on_bad_file=skip``: ``skipped.csv`` in the run dir, a log line, a warning."""
+    rows = [(d.name, f, reason) for d in datasets for f, reason in d.skipped]
+    if not rows:
+        return
+    import csv
+    import io
+
+    from tpp.rundir import write_atomic
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["dataset", "file", "reason"])
+    writer.writerows(rows)
+    if run.main:
+        write_atomic(run.path / "skipped.csv", buffer.getvalue())
+    run.log(event="skipped_files", count=len(rows))
+    warnings.warn(f"{len(rows)} unreadable image file(s) were left out (data.on_bad_file=skip); "
+                  f"see {run.path / 'skipped.csv'}.")

@@ -72,6 +72,8 @@ class DataConfig:
     hflip: bool = _f(True, "random horizontal flips during training")
     use_eval_splits: bool = _f(False, "TPP only: also pre-train on val/test images (recorded in the card)")
     license: Optional[str] = _f(None, "licence of the data, recorded in cards (known for MedMNIST; else declare it)")
+    on_bad_file: Literal["error", "skip"] = _f(
+        "error", "folder sources: an unreadable image fails the run naming it (error) or is left out and listed in skipped.csv (skip)")
 
 
 @dataclass

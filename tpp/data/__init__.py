@@ -38,6 +38,7 @@ class Dataset:
     modality: str
     class_names: list
     splits: dict = field(default_factory=dict)  # "train" / "val" / "test" -> Split
+    skipped: list = field(default_factory=list)  # [(file, reason)] left out with data.on_bad_file=skip
 
     def split(self, name: str) -> Split:
         if name not in self.splits:

@@ -19,8 +19,8 @@ def load_data(data, seed: int, image_size: int) -> Dataset:
                         data.classes, data.modality, data.val_fraction, data.test_fraction, seed)
     if data.source == "folder":
         return load_folder(data.name, data.root, data.file, data.modality, image_size, data.classes,
-                           data.group_key, data.val_fraction, data.test_fraction, seed)
-    return load_unlabeled_folder(data.name, data.root, data.file, data.modality, image_size)
+                           data.group_key, data.val_fraction, data.test_fraction, seed, data.on_bad_file)
+    return load_unlabeled_folder(data.name, data.root, data.file, data.modality, image_size, data.on_bad_file)
 
 
 def channel_rule(image_channels: int, model_channels: int) -> str:

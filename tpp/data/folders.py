@@ -37,70 +37,119 @@ def _load_builder(path: Path, drop_labels: bool):
 
 
 def training_mode(img):
-    """Gray modes become 8-bit gray ``L``, everything else ``RGB`` (training and inference alike)."""
-    return img.convert("L") if img.mode in ("L", "I;16", "I", "1") else img.convert("RGB")
+    """The 8-bit image training and inference see: gray modes -> ``L``, 16-bit / 32-bit / float gray ->
+    ``L`` by per-image min-max (a 12-bit scan in a 16-bit PNG keeps its contrast), everything else ->
+    ``RGB`` (RGBA and LA lose their alpha, palettes are expanded)."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        low, high = float(arr.min()), float(arr.max())
+        return Image.fromarray(np.round((arr - low) / max(high - low, 1e-12) * 255).astype(np.uint8), "L")
+    if img.mode in ("L", "LA", "1"):
+        return img.convert("L")
+    return img.convert("RGB")
 
 
-def _decode(paths: list[str], size: int) -> np.ndarray:
-    """Decode images to uint8 (N, size, size) gray or (N, size, size, 3) RGB (RGB when any image has colour)."""
+def _decode(paths: list[str], size: int, on_bad_file: str = "error") -> tuple[np.ndarray, list[int], list]:
+    """Decode images to uint8 (M, size, size) gray or (M, size, size, 3) RGB (RGB when any image has colour).
+
+    Unreadable files (zero bytes, truncated, not an image) fail at once naming the file, or with
+    ``on_bad_file="skip"`` are left out. Returns (images, indices of the decoded paths, [(path, reason)]).
+    """
     from PIL import Image, UnidentifiedImageError
 
-    loaded = []
-    for p in paths:
+    loaded, kept, skipped = [], [], []
+    for i, p in enumerate(paths):
         try:
+            if os.path.getsize(p) == 0:
+                raise ValueError("empty file (0 bytes)")
             with Image.open(p) as img:
                 img.load()
                 loaded.append(training_mode(img))
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-            raise TppError(f"image '{p}' cannot be read ({exc}). Remove or replace it.") from None
+            kept.append(i)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if on_bad_file != "skip":
+                raise TppError(f"image '{p}' cannot be read ({reason}). Remove or replace it, or pass "
+                               "data.on_bad_file=skip to leave such files out (listed in skipped.csv).") from None
+            skipped.append((p, reason))
+    if not loaded:
+        raise TppError(f"none of the {len(paths)} images could be read (first: {paths[0] if paths else '-'}).")
     mode = "RGB" if any(img.mode == "RGB" for img in loaded) else "L"
     arrays = [np.asarray(img.convert(mode).resize((size, size), Image.BILINEAR)) for img in loaded]
-    return np.stack(arrays).astype(np.uint8)
+    return np.stack(arrays).astype(np.uint8), kept, skipped
 
 
 def load_folder(name: str, root: str | None, file: str | None, modality: str | None, image_size: int,
                 classes: list | None, group_key: str | None, val_fraction: float, test_fraction: float,
-                seed: int) -> Dataset:
-    """Labelled image folder -> Dataset with train/val/test splits (images resized to ``image_size``)."""
+                seed: int, on_bad_file: str = "error") -> Dataset:
+    """Labelled image folder -> Dataset with train/val/test splits (images resized to ``image_size``).
+
+    Unreadable images fail or are skipped (``on_bad_file``; ``Dataset.skipped`` lists them); an empty
+    class folder, or a class with no training image, is always an error: never train on a silently
+    wrong label set.
+    """
     path = _folder(root, file)
     modality = check_modality(modality, name, required=True)
     ds = _load_builder(path, drop_labels=False)
     if "label" not in ds[next(iter(ds))].features:
         raise TppError(f"image folder '{path}' has no class sub-folders; use data.source=unlabeled_folder.")
     names = list(ds[next(iter(ds))].features["label"].names)
-    rename = {"validation": "val"}
+    _check_class_folders(path, names, split_layout=len(ds) > 1)
+    rename, skipped = {"validation": "val"}, []
     if len(ds) > 1:
-        splits = {rename.get(k, k): _split(v, image_size) for k, v in ds.items()}
+        splits = {rename.get(k, k): _split(v, image_size, on_bad_file, skipped) for k, v in ds.items()}
     else:
         splits = _seeded_split(path, next(iter(ds.values())), image_size, group_key, name,
-                               val_fraction, test_fraction, seed)
+                               val_fraction, test_fraction, seed, on_bad_file, skipped)
     missing = {"train", "val", "test"} - set(splits)
     if missing:
         raise TppError(f"image folder '{path}' has split folders but lacks {sorted(missing)}.")
-    dataset = Dataset(name, modality, names, splits)
+    untrained = [n for k, n in enumerate(names) if not (splits["train"].labels == k).any()]
+    if untrained:
+        raise TppError(f"image folder '{path}': class(es) {untrained} have images in val/test but none in train "
+                       "(or all of theirs were skipped); the model could never learn them. Add training images "
+                       "or remove the class.")
+    dataset = Dataset(name, modality, names, splits, skipped=skipped)
     if classes:
         dataset.splits, dataset.class_names = filter_classes(dataset.splits, names, classes, path)
     return dataset
 
 
-def _split(hf_split, image_size: int) -> Split:
+def _check_class_folders(path: Path, names: list, split_layout: bool) -> None:
+    """Every class folder must hold images (``datasets`` silently drops empty ones)."""
+    parents = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")] if split_layout else [path]
+    for parent in parents:
+        for folder in sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if folder.name not in names:
+                raise TppError(f"class folder '{folder}' holds no images (the other classes: {', '.join(names)}). "
+                               "Remove it or add its images.")
+
+
+def _split(hf_split, image_size: int, on_bad_file: str, skipped: list) -> Split:
     paths = [row["path"] for row in hf_split["image"]]
-    return Split(_decode(paths, image_size), np.asarray(hf_split["label"], dtype=np.int64))
+    images, kept, bad = _decode(paths, image_size, on_bad_file)
+    skipped += bad
+    return Split(images, np.asarray(hf_split["label"], dtype=np.int64)[kept])
 
 
 def _seeded_split(path: Path, hf_split, image_size: int, group_key: str | None, name: str,
-                  val: float, test: float, seed: int) -> dict:
-    labels = np.asarray(hf_split["label"], dtype=np.int64)
+                  val: float, test: float, seed: int, on_bad_file: str, skipped: list) -> dict:
+    paths = [row["path"] for row in hf_split["image"]]
+    images, kept, bad = _decode(paths, image_size, on_bad_file)  # decode first: skipped files join no split
+    skipped += bad
+    labels = np.asarray(hf_split["label"], dtype=np.int64)[kept]
     groups = None
     if group_key:
         if group_key not in hf_split.column_names:
             raise TppError(f"data.group_key '{group_key}' is not a column of '{path / 'metadata.csv'}' "
                            f"(columns: {', '.join(c for c in hf_split.column_names if c not in ('image', 'label'))}).")
-        groups = np.unique(np.asarray([str(g) for g in hf_split[group_key]]), return_inverse=True)[1]
+        column = hf_split[group_key]
+        groups = np.unique(np.asarray([str(column[i]) for i in kept]), return_inverse=True)[1]
     index = stratified_split(labels, val, test, name, seed, groups)
-    paths = [row["path"] for row in hf_split["image"]]
-    _write_splits(path, {k: sorted(os.path.relpath(paths[i], path) for i in v) for k, v in index.items()}, seed)
-    images = _decode(paths, image_size)
+    kept_paths = [paths[i] for i in kept]
+    _write_splits(path, {k: sorted(os.path.relpath(kept_paths[i], path) for i in v) for k, v in index.items()}, seed)
     return {k: Split(images[v], labels[v]) for k, v in index.items()}
 
 
@@ -116,7 +165,7 @@ def _write_splits(path: Path, splits: dict, seed: int) -> None:
 
 
 def load_unlabeled_folder(name: str, root: str | None, file: str | None, modality: str | None,
-                          image_size: int) -> Dataset:
+                          image_size: int, on_bad_file: str = "error") -> Dataset:
     """Every image below a folder as one unlabeled 'train' split (labels None)."""
     path = _folder(root, file)
     modality = check_modality(modality, name, required=True)
@@ -124,4 +173,5 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, modalit
     paths = [row["path"] for split in ds.values() for row in split["image"]]
     if not paths:
         raise TppError(f"image folder '{path}' holds no images.")
-    return Dataset(name, modality, [], {"train": Split(_decode(paths, image_size), None)})
+    images, _, skipped = _decode(paths, image_size, on_bad_file)
+    return Dataset(name, modality, [], {"train": Split(images, None)}, skipped=skipped)

@@ -147,6 +147,10 @@ def load_npz(name: str, root: str | None, file: str | None, image_key: str, labe
         names = None
     if f"train_{image_key}" in npz.files:
         parts = {s: (_array(npz, f"{s}_{image_key}", path), _array(npz, f"{s}_{label_key}", path)) for s in SPLITS}
+        for split, (im, lb) in parts.items():
+            if len(im) != len(lb):
+                raise TppError(f"'{path}': {split}_{image_key} has {len(im)} images but {split}_{label_key} "
+                               f"has {len(lb)} labels.")
         names = names or [str(i) for i in range(int(max(p[1].max() for p in parts.values())) + 1)]
         splits = {s: Split(_images(im, f"'{path}' {s}_{image_key}"), _labels(lb, len(names), f"'{path}' {s}_{label_key}"))
                   for s, (im, lb) in parts.items()}

@@ -67,7 +67,8 @@ def run(cfg, run) -> dict:
         return m["auroc"], {"val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
 
     result = train_loop(accelerator, model, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
-                        evaluate if cfg.train.select_best else None, plan.eval_every, desc=f"finetune {dataset.name}")
+                        evaluate if cfg.train.select_best else None, plan.eval_every, desc=f"finetune {dataset.name}",
+                        accum_steps=cfg.train.grad_accum_steps)
     model = accelerator.unwrap_model(model)
     metrics = {
         "val": classification_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val, seed=cfg.seed),

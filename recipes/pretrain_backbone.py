@@ -135,7 +135,7 @@ def run(cfg, run) -> dict:
         return loss
 
     result = train_loop(accelerator, objective, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
-                        desc="pretrain_backbone")
+                        desc="pretrain_backbone", accum_steps=cfg.train.grad_accum_steps)
     model.eval()
     licenses = sorted({e["license"] for e in entries})
     curve = loss_curve(result.losses)

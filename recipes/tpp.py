@@ -65,7 +65,7 @@ def run(cfg, run) -> dict:
         return model(images)
 
     result = train_loop(accelerator, pretext, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
-                        desc=f"tpp {cfg.pretext.name} {dataset.name}")
+                        desc=f"tpp {cfg.pretext.name} {dataset.name}", accum_steps=cfg.train.grad_accum_steps)
     pretext = accelerator.unwrap_model(pretext)
     curve = loss_curve(result.losses)
     card = make_card(

@@ -81,6 +81,8 @@ class TrainConfig:
     epochs: int = _f(10, "passes over the training split (ignored when max_steps is set)")
     max_steps: Optional[int] = _f(None, "optimiser steps; takes precedence over epochs")
     batch_size: int = _f(64, "images per optimiser step")
+    grad_accum_steps: int = _f(1, "split each step's batch into this many micro-batches: same gradients, less "
+                                  "activation memory (random augmentation and masking draw differently)")
     lr: float = _f(1e-3, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     warmup_ratio: float = _f(0.05, "fraction of steps with linear warm-up before cosine decay")
@@ -312,6 +314,9 @@ def _check_values(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
+    if not 1 <= cfg.train.grad_accum_steps <= cfg.train.batch_size:
+        raise ConfigError(f"train.grad_accum_steps must be between 1 and train.batch_size ({cfg.train.batch_size}), "
+                          f"got {cfg.train.grad_accum_steps}.")
     if cfg.train.mixed_precision == "fp16":
         import torch
 

@@ -2,6 +2,7 @@
 a step loop with periodic validation and best-on-validation selection."""
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -77,31 +78,54 @@ class LoopResult:
     losses: list = field(default_factory=list)  # (step, loss)
 
 
+def micro_batches(batch: list, parts: int) -> list[list]:
+    """Split a loader batch (a list of tensors with a common first dimension) into ``parts`` chunks."""
+    if parts == 1:
+        return [batch]
+    return [list(chunk) for chunk in zip(*(t.tensor_split(parts) for t in batch)) if len(chunk[0])]
+
+
+def accumulated_loss(accelerator: Accelerator, model, loss_fn: Callable, batch: list, parts: int, step: int) -> float:
+    """Backward ``loss_fn`` over ``parts`` micro-batches of ``batch``, each weighted by its share of the
+    batch, so the summed gradient equals the full batch's (mean-reduced losses, no random augmentation).
+    Gradients are synchronised across processes only on the last micro-batch. Returns the batch loss."""
+    chunks = micro_batches(batch, parts)
+    total, value = len(batch[0]), 0.0
+    for i, chunk in enumerate(chunks):
+        sync = contextlib.nullcontext() if i == len(chunks) - 1 else accelerator.no_sync(model)
+        with sync:
+            with accelerator.autocast():
+                loss = loss_fn(model, chunk) * (len(chunk[0]) / total)
+            if not torch.isfinite(loss):
+                raise TppError(f"the loss became {loss.item()} at step {step}; lower train.lr or check the data.")
+            accelerator.backward(loss)
+        value += loss.item()
+    return value
+
+
 def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callable, loader, optimizer,
                scheduler, num_steps: int, log: Callable, eval_fn: Callable | None = None,
-               eval_every: int = 0, desc: str = "train") -> LoopResult:
-    """Run ``num_steps`` optimiser steps of ``loss_fn(model, batch) -> loss``.
+               eval_every: int = 0, desc: str = "train", accum_steps: int = 1) -> LoopResult:
+    """Run ``num_steps`` optimiser steps of ``loss_fn(model, batch) -> loss``, each over ``accum_steps``
+    micro-batches of the loader's batch (same result as one pass, less activation memory).
 
     Every ``eval_every`` steps (and at the end) ``eval_fn(model) -> (score, metrics)`` is called; the
     trainable tensors of the best score are restored at the end. A non-finite loss stops the run.
     """
     result = LoopResult()
     best_state = None
+    after_step = getattr(accelerator.unwrap_model(model), "after_optimizer_step", None)
     batches = cycle(loader)
     model.train()
     bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not accelerator.is_main_process, leave=False,
                mininterval=0.5 if sys.stderr.isatty() else 10.0)
     for step in bar:
-        batch = next(batches)
-        with accelerator.autocast():
-            loss = loss_fn(model, batch)
-        if not torch.isfinite(loss):
-            raise TppError(f"the loss became {loss.item()} at step {step}; lower train.lr or check the data.")
-        accelerator.backward(loss)
+        value = accumulated_loss(accelerator, model, loss_fn, next(batches), accum_steps, step)
         optimizer.step()
+        if after_step is not None:  # e.g. DINO's EMA teacher: once per optimiser step
+            after_step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
         result.losses.append((step, value))
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         log(event="step", step=step, loss=value, lr=scheduler.get_last_lr()[0])

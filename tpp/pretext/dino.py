@@ -122,9 +122,11 @@ class DINOPretext(nn.Module):
         with torch.no_grad():
             return functional_call(self.student, self.teacher, (views,), strict=False)
 
+    def after_optimizer_step(self) -> None:
+        """Called by the training loop once per optimiser step (not per micro-batch)."""
+        self.update_teacher()
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            self.update_teacher()  # the student changed at the last optimiser step
         views = [random_views(pixel_values, self.crop_min) for _ in range(2)]
         teacher = [self.teacher_logits(v) for v in views]
         student = [self.student(v) for v in views]

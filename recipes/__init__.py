@@ -31,7 +31,10 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
 
     recipe = get_recipe(name)
     cfg = load_config(config_path, list(overrides))
-    run = RunDir(cfg.output_dir, overwrite=overwrite)
+    resuming = bool(cfg.train.resume)
+    if resuming:
+        check_same_config(Path(cfg.output_dir), dict(cfg.to_dict(), recipe=name))
+    run = RunDir(cfg.output_dir, overwrite=overwrite and not resuming, resume=resuming)
     run.write_config(dict(cfg.to_dict(), recipe=name))
     try:
         summary = recipe.run(cfg, run)
@@ -41,6 +44,30 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
         raise
     run.status("succeeded")
     return summary, run.path
+
+
+def check_same_config(path: Path, config: dict) -> None:
+    """A resumed run must use the interrupted run's config (``train.resume`` itself may differ)."""
+    import yaml
+
+    from tpp.errors import TppError
+
+    saved_file = path / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = yaml.safe_load(saved_file.read_text())
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    old, new = flat(saved), flat(config)
+    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "train.resume")
+    if differing:
+        raise TppError(f"train.resume: the config differs from the interrupted run in '{path}' "
+                       f"({', '.join(differing[:6])}); resume with the same config, or start a new output_dir.")
 
 
 def shipped_configs() -> list[Path]:

@@ -16,7 +16,7 @@ from tpp.data.build import load_data, random_hflip
 from tpp.data.subsets import label_fraction_index
 from tpp.metrics import classification_metrics, quick_metrics
 from tpp.model import ClassificationHead, TaskModel, attach_adapter, load_adapter_state, trainable_parameters
-from tpp.training import (build_accelerator, make_loader, make_optimizer, make_scheduler, plan_steps,
+from tpp.training import (build_accelerator, checkpointer, make_loader, make_optimizer, make_scheduler, plan_steps,
                           predict_probs, train_loop)
 
 
@@ -68,7 +68,8 @@ def run(cfg, run) -> dict:
 
     result = train_loop(accelerator, model, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
                         evaluate if cfg.train.select_best else None, plan.eval_every, desc=f"finetune {dataset.name}",
-                        accum_steps=cfg.train.grad_accum_steps)
+                        accum_steps=cfg.train.grad_accum_steps,
+                        checkpoints=checkpointer(cfg.train, run))
     model = accelerator.unwrap_model(model)
     metrics = {
         "val": classification_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val, seed=cfg.seed),

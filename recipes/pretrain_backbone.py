@@ -26,8 +26,8 @@ from tpp.data.build import load_data, random_hflip, to_model_tensor
 from tpp.data.sources import data_license
 from tpp.errors import ConfigError
 from tpp.pretext.mae import decode, encode_visible, mask_noise, masked_mse, patchify
-from tpp.training import (build_accelerator, loss_curve, make_loader, make_optimizer, make_scheduler, plan_steps,
-                          train_loop)
+from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
+                          plan_steps, train_loop)
 
 BACKBONE_CARD = "tpp_backbone_card.json"
 
@@ -135,7 +135,8 @@ def run(cfg, run) -> dict:
         return loss
 
     result = train_loop(accelerator, objective, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
-                        desc="pretrain_backbone", accum_steps=cfg.train.grad_accum_steps)
+                        desc="pretrain_backbone", accum_steps=cfg.train.grad_accum_steps,
+                        checkpoints=checkpointer(cfg.train, run))
     model.eval()
     licenses = sorted({e["license"] for e in entries})
     curve = loss_curve(result.losses)

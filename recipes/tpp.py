@@ -23,8 +23,8 @@ from tpp.data.build import load_data, random_hflip
 from tpp.errors import ConfigError
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.pretext import build_pretext
-from tpp.training import (build_accelerator, loss_curve, make_loader, make_optimizer, make_scheduler, plan_steps,
-                          train_loop)
+from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
+                          plan_steps, train_loop)
 
 
 def unlabeled_images(dataset, use_eval_splits: bool) -> tuple[np.ndarray, list]:
@@ -65,7 +65,8 @@ def run(cfg, run) -> dict:
         return model(images)
 
     result = train_loop(accelerator, pretext, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
-                        desc=f"tpp {cfg.pretext.name} {dataset.name}", accum_steps=cfg.train.grad_accum_steps)
+                        desc=f"tpp {cfg.pretext.name} {dataset.name}", accum_steps=cfg.train.grad_accum_steps,
+                        checkpoints=checkpointer(cfg.train, run))
     pretext = accelerator.unwrap_model(pretext)
     curve = loss_curve(result.losses)
     card = make_card(

@@ -81,6 +81,9 @@ class TrainConfig:
     epochs: int = _f(10, "passes over the training split (ignored when max_steps is set)")
     max_steps: Optional[int] = _f(None, "optimiser steps; takes precedence over epochs")
     batch_size: int = _f(64, "images per optimiser step")
+    checkpoint_every: Optional[int] = _f(None, "save trainable tensors + optimiser/scheduler/RNG/data position every N steps")
+    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
+    resume: Optional[str] = _f(None, "auto: continue from the newest checkpoint in output_dir; or a checkpoint folder")
     grad_accum_steps: int = _f(1, "split each step's batch into this many micro-batches: same gradients, less "
                                   "activation memory (random augmentation and masking draw differently)")
     lr: float = _f(1e-3, "peak learning rate (AdamW)")
@@ -314,6 +317,10 @@ def _check_values(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
+    if cfg.train.checkpoint_every is not None and cfg.train.checkpoint_every < 1:
+        raise ConfigError(f"train.checkpoint_every must be at least 1, got {cfg.train.checkpoint_every}.")
+    if cfg.train.keep_checkpoints < 1:
+        raise ConfigError(f"train.keep_checkpoints must be at least 1, got {cfg.train.keep_checkpoints}.")
     if not 1 <= cfg.train.grad_accum_steps <= cfg.train.batch_size:
         raise ConfigError(f"train.grad_accum_steps must be between 1 and train.batch_size ({cfg.train.batch_size}), "
                           f"got {cfg.train.grad_accum_steps}.")

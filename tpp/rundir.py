@@ -37,7 +37,8 @@ def write_atomic(path: Path, text: str) -> None:
 class RunDir:
     """One run's output directory; ``main`` is False on non-main processes (they write nothing)."""
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False, main: bool = True):
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, main: bool = True, resume: bool = False):
+        """``resume``: continue in an existing run directory (its log is appended to, nothing deleted)."""
         self.path = Path(path)
         self.main = main
         self.started = time.time()
@@ -45,6 +46,9 @@ class RunDir:
             return
         if self.path.exists() and not self.path.is_dir():
             raise TppError(f"output_dir '{self.path}' is a file.")
+        if resume and self.path.is_dir():
+            self.status("running")
+            return
         if self.path.is_dir() and any(self.path.iterdir()):
             if not overwrite:
                 raise TppError(f"output_dir '{self.path}' is not empty. Pass --overwrite to replace it, "

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from tpp.checkpoint import Checkpointer, _kill_hook, rng_state, set_rng_state
 from tpp.errors import TppError
 from tpp.model import restore_trainable, trainable_state
 
@@ -65,10 +66,33 @@ def make_scheduler(optimizer, warmup_ratio: float, num_steps: int):
     return get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * num_steps), num_steps)
 
 
-def cycle(loader):
-    """Endless batches, epoch after epoch (the loader reshuffles each pass)."""
-    while True:
-        yield from loader
+class Batches:
+    """Endless batches, epoch after epoch (the loader reshuffles each pass). Counts what it handed out,
+    so a resumed run replays the same seeded loader and skips exactly that many."""
+
+    def __init__(self, loader):
+        self.loader, self.consumed, self._it = loader, 0, None
+
+    def __next__(self):
+        while True:
+            if self._it is None:
+                self._it = iter(self.loader)
+            try:
+                batch = next(self._it)
+            except StopIteration:
+                self._it = None
+                continue
+            self.consumed += 1
+            return batch
+
+    def skip(self, n: int) -> None:
+        for _ in range(n):
+            next(self)
+
+
+def checkpointer(train, run) -> Checkpointer:
+    """The run's Checkpointer from ``train.checkpoint_every`` / ``keep_checkpoints`` / ``resume``."""
+    return Checkpointer(run.path, train.checkpoint_every, train.keep_checkpoints, train.resume, run.main)
 
 
 @dataclass
@@ -105,20 +129,27 @@ def accumulated_loss(accelerator: Accelerator, model, loss_fn: Callable, batch: 
 
 def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callable, loader, optimizer,
                scheduler, num_steps: int, log: Callable, eval_fn: Callable | None = None,
-               eval_every: int = 0, desc: str = "train", accum_steps: int = 1) -> LoopResult:
+               eval_every: int = 0, desc: str = "train", accum_steps: int = 1,
+               checkpoints: Checkpointer | None = None) -> LoopResult:
     """Run ``num_steps`` optimiser steps of ``loss_fn(model, batch) -> loss``, each over ``accum_steps``
     micro-batches of the loader's batch (same result as one pass, less activation memory).
 
     Every ``eval_every`` steps (and at the end) ``eval_fn(model) -> (score, metrics)`` is called; the
-    trainable tensors of the best score are restored at the end. A non-finite loss stops the run.
+    trainable tensors of the best score are restored at the end. A non-finite loss stops the run (the
+    last checkpoint stays). With ``checkpoints``, state is saved every ``checkpoint_every`` steps and a
+    resumed run continues from its checkpoint exactly as if it had never stopped.
     """
     result = LoopResult()
     best_state = None
     after_step = getattr(accelerator.unwrap_model(model), "after_optimizer_step", None)
-    batches = cycle(loader)
+    batches = Batches(loader)
+    first = 1
+    if checkpoints is not None and checkpoints.resume_from is not None:
+        first, best_state = resume(checkpoints, accelerator, model, optimizer, scheduler, batches, result)
+        log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name)
     model.train()
-    bar = tqdm(range(1, num_steps + 1), desc=desc, disable=not accelerator.is_main_process, leave=False,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    bar = tqdm(range(first, num_steps + 1), desc=desc, disable=not accelerator.is_main_process, leave=False,
+               initial=first - 1, total=num_steps, mininterval=0.5 if sys.stderr.isatty() else 10.0)
     for step in bar:
         value = accumulated_loss(accelerator, model, loss_fn, next(batches), accum_steps, step)
         optimizer.step()
@@ -137,6 +168,9 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
             if result.best_score is None or score > result.best_score:
                 result.best_score, result.best_step = score, step
                 best_state = trainable_state(model)
+        _kill_hook("AT_STEP", step)
+        if checkpoints is not None and checkpoints.due(step, num_steps):
+            save_checkpoint(checkpoints, step, accelerator, model, optimizer, scheduler, batches, result, best_state)
     model.eval()
     if best_state is not None:
         restore_trainable(model, best_state)
@@ -162,3 +196,40 @@ def loss_curve(losses: list, points: int = 50) -> list:
     window = max(1, len(losses) // points)
     return [[losses[min(i + window, len(losses)) - 1][0], float(np.mean([v for _, v in losses[i:i + window]]))]
             for i in range(0, len(losses), window)]
+
+
+def save_checkpoint(checkpoints: Checkpointer, step: int, accelerator, model, optimizer, scheduler, batches: Batches,
+                    result: LoopResult, best_state: dict | None) -> None:
+    unwrapped = accelerator.unwrap_model(model)
+    trainable = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
+    extra = unwrapped.extra_state() if hasattr(unwrapped, "extra_state") else {}
+    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+             "batches": batches.consumed, "losses": result.losses, "best_score": result.best_score,
+             "best_step": result.best_step}
+    checkpoints.save(step, trainable, best_state, extra, state)
+
+
+def resume(checkpoints: Checkpointer, accelerator, model, optimizer, scheduler, batches: Batches,
+           result: LoopResult) -> tuple[int, dict | None]:
+    """Load the checkpoint into model, optimiser, scheduler, data position, RNG and history.
+
+    Returns (first step to run, best-on-validation tensors or None)."""
+    trainable, best, extra, state = checkpoints.load()
+    unwrapped = accelerator.unwrap_model(model)
+    params = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
+    if set(params) != set(trainable):
+        diff = sorted(set(params) ^ set(trainable))
+        raise TppError(f"checkpoint '{checkpoints.resume_from}' does not fit this run's trainable tensors "
+                       f"(differing: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); was the config changed?")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+    if extra:
+        unwrapped.load_extra_state(extra)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    batches.skip(state["batches"])
+    set_rng_state(state["rng"])
+    result.losses = [tuple(x) for x in state["losses"]]
+    result.best_score, result.best_step = state["best_score"], state["best_step"]
+    return state["step"] + 1, best

@@ -122,6 +122,17 @@ class DINOPretext(nn.Module):
         with torch.no_grad():
             return functional_call(self.student, self.teacher, (views,), strict=False)
 
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """State outside the parameters (checkpointed): the EMA teacher and the centre."""
+        return {**{f"teacher.{k}": v for k, v in self.teacher.items()}, "center": self.center}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        for key, value in state.items():
+            if key == "center":
+                self.center.copy_(value)
+            else:
+                self.teacher[key.removeprefix("teacher.")] = value.to(self.center.device).clone()
+
     def after_optimizer_step(self) -> None:
         """Called by the training loop once per optimiser step (not per micro-batch)."""
         self.update_teacher()

@@ -1,0 +1,106 @@
+"""Checkpoints of a training run: only what trains, plus everything needed to continue exactly.
+
+``OUTPUT_DIR/checkpoints/step-<N>/`` holds ``trainable.safetensors`` (the trainable tensors, never the
+frozen backbone), ``best.safetensors`` (best-on-validation copy, if any), ``extra.safetensors`` (state a
+model keeps outside its parameters, e.g. DINO's EMA teacher) and ``state.pt`` (optimiser, scheduler, RNG
+states, batches consumed, loss history; read back with ``weights_only=True``). A checkpoint is written to
+a temporary folder and renamed into place, so a folder named ``step-<N>`` is always complete; the last
+``keep`` are kept. ``train.resume=auto`` continues from the newest one in the run directory.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from tpp.errors import TppError
+
+_STEP_RE = re.compile(r"^step-(\d+)$")
+
+
+def _kill_hook(name: str, step: int) -> None:
+    """Test-only: SIGKILL this process when env ``TPP_TEST_KILL_<name>`` equals ``step``."""
+    if os.environ.get(f"TPP_TEST_KILL_{name}") == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                      "has_gauss": int(np_state[3]), "gauss": float(np_state[4])}}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+
+
+class Checkpointer:
+    """Saves every ``every`` steps into ``run_path/checkpoints`` (main process only); loads one to resume."""
+
+    def __init__(self, run_path: Path, every: int | None, keep: int = 2, resume: str | None = None, main: bool = True):
+        self.dir = Path(run_path) / "checkpoints"
+        self.every, self.keep, self.main = every, keep, main
+        self.resume_from = self._resume_path(resume)
+
+    def _resume_path(self, resume: str | None) -> Path | None:
+        if not resume:
+            return None
+        if resume == "auto":
+            return self.latest()
+        path = Path(resume)
+        if not (path / "state.pt").is_file():
+            raise TppError(f"train.resume '{path}' is not a complete checkpoint folder (no state.pt).")
+        return path
+
+    def latest(self) -> Path | None:
+        if not self.dir.is_dir():
+            return None
+        steps = sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_RE.match(p.name)))
+        return steps[-1][1] if steps else None
+
+    def due(self, step: int, num_steps: int) -> bool:
+        return bool(self.every) and step % self.every == 0 and step < num_steps
+
+    def save(self, step: int, trainable: dict, best: dict | None, extra: dict, state: dict) -> Path:
+        """Write one checkpoint atomically, then drop the oldest beyond ``keep``."""
+        if not self.main:
+            return self.dir / f"step-{step}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp, final = self.dir / f".step-{step}.tmp", self.dir / f"step-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
+        _kill_hook("IN_CHECKPOINT", step)
+        if best is not None:
+            save_file({k: v.contiguous().cpu() for k, v in best.items()}, str(tmp / "best.safetensors"))
+        if extra:
+            save_file({k: v.contiguous().cpu() for k, v in extra.items()}, str(tmp / "extra.safetensors"))
+        torch.save(dict(state, step=step), tmp / "state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_RE.match(p.name)))[:-self.keep]:
+            shutil.rmtree(old[1], ignore_errors=True)
+        return final
+
+    def load(self) -> tuple[dict, dict | None, dict, dict]:
+        """(trainable tensors, best tensors or None, extra tensors, state) of the resume checkpoint."""
+        path = self.resume_from
+        try:
+            state = torch.load(path / "state.pt", weights_only=True)
+            trainable = load_file(str(path / "trainable.safetensors"))
+            best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
+            extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}
+        except Exception as exc:  # unpickling refused, truncated file ...
+            raise TppError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).") from None
+        return trainable, best, extra, state

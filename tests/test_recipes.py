@@ -282,3 +282,16 @@ def test_sigterm_marks_the_run_failed_and_publishes_nothing(tiny_mae, data_root,
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "failed" and "SIGTERM" in status["error"]
     assert not (out / "adapter").exists() and not (out / "metrics.json").exists()
+
+
+def test_tpp_plot_draws_loss_and_validation_curves(tiny_mae, data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert finetune(tiny_mae, data_root, out, "train.eval_every=2") == 0
+    assert main(["plot", str(out)]) == 0
+    png = out / "curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    from tpp.plot import read_log
+
+    losses, curves = read_log(out)
+    assert len(losses) == 6 and [s for s, _ in curves["val_auroc"]] == [2, 4, 6]
+    assert main(["plot", str(tmp_path)]) == 2 and "no log.jsonl" in capsys.readouterr().err

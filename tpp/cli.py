@@ -41,6 +41,9 @@ EXAMPLES = {
   tpp serve --backbone ../shared/models/mae-vit-tiny-med --store STORE        # 127.0.0.1:8000, Ctrl-C stops
   curl -F images=@img.png http://127.0.0.1:8000/v1/sites/hospital_a/predict
   TPP_SERVE_TOKEN=secret tpp serve --backbone B --store STORE --host 0.0.0.0   # other hosts need a token""",
+    "plot": """examples:
+  tpp plot runs/site_a                 # writes runs/site_a/curves.png (loss and validation curves)
+  tpp plot runs/site_a --out site_a.png""",
     "validate": """examples:
   tpp validate recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml
   tpp validate my_site.yaml train.lr=3e-4 data.label_fraction=0.1
@@ -79,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
     val.add_argument("overrides", nargs="*", help="key=value overrides")
     val.add_argument("--keys", action="store_true", help="list every config key with type, default and help")
+    pl = add("plot", "plot a run's training loss and validation curves (PNG)")
+    pl.add_argument("run_dir", help="a run directory (output_dir)")
+    pl.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
     _add_deploy_commands(add)
     return parser
 
@@ -309,7 +315,14 @@ def cmd_serve(args) -> int:
     return 0
 
 
-COMMANDS = {"adapters": cmd_adapters, "predict": cmd_predict, "serve": cmd_serve, "run": cmd_run, "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
+def cmd_plot(args) -> int:
+    from tpp.plot import plot_run
+
+    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    return 0
+
+
+COMMANDS = {"plot": cmd_plot, "adapters": cmd_adapters, "predict": cmd_predict, "serve": cmd_serve, "run": cmd_run, "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,3 +81,11 @@ def test_missing_config_file_is_named(tmp_path):
 
 def test_defaults_are_a_runconfig():
     assert isinstance(build_config({}), RunConfig)
+
+
+def test_yaml_no_is_the_string_no_for_choices(tmp_path):
+    from tpp.config import load_config
+    from tpp.recipes import CONFIG_DIR
+
+    cfg = load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", ["train.mixed_precision=no"])
+    assert cfg.train.mixed_precision == "no"

@@ -175,6 +175,8 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
                 return True, v
         return False, value
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off as False, yes/on as True
+            value = {False: "no", True: "yes"}[value]
         return value in typing.get_args(tp), value
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):

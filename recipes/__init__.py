@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
 RECIPES = {
@@ -34,7 +35,8 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     resuming = bool(cfg.train.resume)
     if resuming:
         check_same_config(Path(cfg.output_dir), dict(cfg.to_dict(), recipe=name))
-    run = RunDir(cfg.output_dir, overwrite=overwrite and not resuming, resume=resuming)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run directory
+    run = RunDir(cfg.output_dir, overwrite=overwrite and not resuming, resume=resuming, main=main)
     run.write_config(dict(cfg.to_dict(), recipe=name))
     try:
         summary = recipe.run(cfg, run)

@@ -35,7 +35,7 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
 def run(cfg, run) -> dict:
     if not cfg.adapter.path:
         raise ConfigError("the evaluate recipe needs adapter.path=DIR (an adapter directory with a head).")
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run)
     model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
     dataset = load_data(cfg.data, cfg.seed, info.image_size)
     record_skipped([dataset], run)

@@ -71,6 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="recipe name (tpp ls)")
     run.add_argument("--config", required=True, help="YAML config (path, or a name from tpp ls)")
     run.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    run.add_argument("--num-processes", type=int, default=1,
+                     help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs); batch_size is per process")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
     add("ls", "list recipes, adapter methods and shipped configs")
     cp = add("cp", "copy a shipped config out for editing")
@@ -193,9 +195,33 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     from tpp.recipes import run_recipe
 
+    if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch(args)
+
     summary, path = run_recipe(args.recipe, _config_path(args.config), args.overrides, args.overwrite)
-    _print_summary(args.recipe, summary, path)
+    if os.environ.get("RANK", "0") == "0":  # one summary, from the process that wrote the run directory
+        _print_summary(args.recipe, summary, path)
     return 0
+
+
+def _launch(args) -> int:
+    """Re-run this command under torchrun with ``--num-processes`` workers on this machine."""
+    import socket
+    import subprocess
+
+    if args.num_processes > (os.cpu_count() or 1) * 4:
+        raise TppError(f"--num-processes {args.num_processes} is far beyond this machine's {os.cpu_count()} CPUs.")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_processes)))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.num_processes),
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "tpp.cli", "run", args.recipe,
+           "--config", str(_config_path(args.config)), *(["--overwrite"] if args.overwrite else []),
+           *(["--debug"] if args.debug else []), *args.overrides]
+    print(f"launching {args.num_processes} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    return subprocess.run(cmd, env=env).returncode
 
 
 def _print_summary(recipe: str, summary: dict, path: Path) -> None:

@@ -21,10 +21,23 @@ from tpp.errors import TppError
 from tpp.model import restore_trainable, trainable_state
 
 
-def build_accelerator(mixed_precision: str, seed: int) -> Accelerator:
-    """Accelerate decides the device; mixed precision comes from the config."""
-    accelerator = Accelerator(mixed_precision=mixed_precision)
+def build_accelerator(mixed_precision: str, seed: int, run=None, find_unused_parameters: bool = False) -> Accelerator:
+    """Accelerate decides the device and the process group; mixed precision comes from the config.
+
+    Without a GPU, ``cpu=True`` lets several processes (``tpp run --num-processes N``, torchrun) form a
+    gloo group: Accelerate would otherwise run each of them as an independent single process.
+    ``find_unused_parameters`` is for models whose heads do not all see every batch (pretrain_backbone).
+    """
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=kwargs)
     set_seed(seed)
+    if accelerator.num_processes > 1:
+        print(f"[tpp] process rank {accelerator.process_index} of world size {accelerator.num_processes} "
+              f"({accelerator.distributed_type.value})", file=sys.stderr, flush=True)
+    if run is not None:
+        run.log(event="processes", world_size=accelerator.num_processes, backend=str(accelerator.distributed_type.value))
     return accelerator
 
 
@@ -180,15 +193,28 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
 @torch.no_grad()
 def predict_probs(accelerator: Accelerator, model: torch.nn.Module, images: torch.Tensor,
                   batch_size: int) -> torch.Tensor:
-    """Softmax probabilities (N, K) for normalised images (N, C, H, W), in order."""
-    model.eval()
+    """Softmax probabilities (N, K) for normalised images (N, C, H, W), in order.
+
+    With several processes each computes a contiguous shard and the shards are gathered, so every
+    image is evaluated exactly once and every process returns all N rows.
+    """
+    model = accelerator.unwrap_model(model).eval()  # no collective calls inside the forward
+    world, rank = accelerator.num_processes, accelerator.process_index
+    shards = torch.arange(len(images)).tensor_split(world) if len(images) >= world > 1 else [torch.arange(len(images))]
+    mine = images[shards[rank]] if len(shards) > 1 else images
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(accelerator.device)
+    for start in range(0, len(mine), batch_size):
+        batch = mine[start:start + batch_size].to(accelerator.device)
         with accelerator.autocast():
             logits = model(batch)
         out.append(torch.softmax(logits.float(), dim=-1).cpu())
-    return torch.cat(out)
+    probs = torch.cat(out)
+    if len(shards) == 1:
+        return probs
+    size = max(len(s) for s in shards)  # gather needs equal sizes: pad, then drop the padding
+    padded = torch.cat([probs, probs.new_zeros(size - len(probs), probs.shape[1])]).to(accelerator.device)
+    gathered = accelerator.gather(padded).cpu()
+    return torch.cat([gathered[r * size:r * size + len(s)] for r, s in enumerate(shards)])
 
 
 def loss_curve(losses: list, points: int = 50) -> list:

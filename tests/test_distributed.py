@@ -1,0 +1,25 @@
+"""Data-parallel runs: `tpp run --num-processes 2` really starts two CPU processes in a gloo group."""
+import json
+import subprocess
+import sys
+
+from test_recipes import FAST
+
+
+def test_two_processes_train_together_and_evaluate_every_image_once(tiny_mae, data_root, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tpp.cli", "run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+         "--num-processes", "2", f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}",
+         "train.max_steps=4", "train.eval_every=2", *FAST], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"process rank {rank} of world size 2 (MULTI_CPU)" in proc.stderr
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"event": "processes", "world_size": 2, "backend": "MULTI_CPU"}.items() <= next(
+        r for r in log if r["event"] == "processes").items()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 20 and metrics["val"]["n"] == 20  # every image once, none twice
+    assert proc.stdout.count("finetune finished") == 1  # only rank 0 reports and writes
+    assert json.loads((out / "status.json").read_text())["status"] == "succeeded"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()

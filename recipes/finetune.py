@@ -21,7 +21,7 @@ from tpp.training import (build_accelerator, checkpointer, make_loader, make_opt
 
 
 def run(cfg, run) -> dict:
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
     encoder, info, _ = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
     dataset = load_data(cfg.data, cfg.seed, info.image_size)
     record_skipped([dataset], run)

@@ -114,7 +114,8 @@ def write_backbone(path, model, model_cfg, mask_ratio: float, card: dict) -> Non
 
 
 def run(cfg, run) -> dict:
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, find_unused_parameters=True)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
+                                    find_unused_parameters=True)
     x, source, labels, entries, classes = load_pool(cfg)
     model = build_model(cfg.model, cfg.pretext.mask_ratio, cfg.pretext.norm_pix_loss, cfg.seed)
     objective = PoolObjective(model, classes, cfg.pretext.mask_ratio, cfg.supervised_weight)

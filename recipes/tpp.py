@@ -37,7 +37,7 @@ def run(cfg, run) -> dict:
     if not get_method(cfg.adapter.method).pretrainable:
         raise ConfigError(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; TPP applies "
                           f"to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                            with_decoder=cfg.pretext.name == "mae" and cfg.pretext.decoder != "fresh")
     dataset = load_data(cfg.data, cfg.seed, info.image_size)

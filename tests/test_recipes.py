@@ -295,3 +295,16 @@ def test_tpp_plot_draws_loss_and_validation_curves(tiny_mae, data_root, tmp_path
     losses, curves = read_log(out)
     assert len(losses) == 6 and [s for s, _ in curves["val_auroc"]] == [2, 4, 6]
     assert main(["plot", str(tmp_path)]) == 2 and "no log.jsonl" in capsys.readouterr().err
+
+
+def test_tensorboard_tracker_and_a_diverging_run_keeps_its_last_checkpoint(tiny_mae, data_root, tmp_path, capsys):
+    out = tmp_path / "tb"
+    assert finetune(tiny_mae, data_root, out, "train.log_with=tensorboard", "train.eval_every=3") == 0
+    assert list(out.rglob("events.out.tfevents.*"))  # Accelerate's TensorBoard tracker wrote inside the run dir
+    bad = tmp_path / "diverge"
+    code = finetune(tiny_mae, data_root, bad, "train.lr=1e30", "train.checkpoint_every=1", "train.max_steps=20")
+    err = capsys.readouterr().err
+    assert code == 2 and "the loss became" in err and "at step" in err
+    assert json.loads((bad / "status.json").read_text())["status"] == "failed" and not (bad / "adapter").exists()
+    kept = sorted((bad / "checkpoints").iterdir())
+    assert kept and all(torch.isfinite(t).all() for t in load_file(kept[-1] / "trainable.safetensors").values())

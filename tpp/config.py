@@ -81,6 +81,7 @@ class TrainConfig:
     epochs: int = _f(10, "passes over the training split (ignored when max_steps is set)")
     max_steps: Optional[int] = _f(None, "optimiser steps; takes precedence over epochs")
     batch_size: int = _f(64, "images per optimiser step")
+    log_with: Optional[Literal["tensorboard"]] = _f(None, "also log through an Accelerate tracker (into output_dir; pip install tensorboard)")
     checkpoint_every: Optional[int] = _f(None, "save trainable tensors + optimiser/scheduler/RNG/data position every N steps")
     keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
     resume: Optional[str] = _f(None, "auto: continue from the newest checkpoint in output_dir; or a checkpoint folder")

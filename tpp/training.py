@@ -21,7 +21,8 @@ from tpp.errors import TppError
 from tpp.model import restore_trainable, trainable_state
 
 
-def build_accelerator(mixed_precision: str, seed: int, run=None, find_unused_parameters: bool = False) -> Accelerator:
+def build_accelerator(mixed_precision: str, seed: int, run=None, find_unused_parameters: bool = False,
+                      log_with: str | None = None) -> Accelerator:
     """Accelerate decides the device and the process group; mixed precision comes from the config.
 
     Without a GPU, ``cpu=True`` lets several processes (``tpp run --num-processes N``, torchrun) form a
@@ -31,7 +32,14 @@ def build_accelerator(mixed_precision: str, seed: int, run=None, find_unused_par
     from accelerate.utils import DistributedDataParallelKwargs
 
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(), kwargs_handlers=kwargs)
+    tracker = {"log_with": log_with, "project_dir": str(run.path)} if log_with and run is not None else {}
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=kwargs, **tracker)
+    if tracker:
+        try:
+            accelerator.init_trackers("tracker")
+        except (ImportError, ModuleNotFoundError) as exc:
+            raise TppError(f"train.log_with={log_with} needs its package ({exc}): pip install {log_with}.") from None
     set_seed(seed)
     if accelerator.num_processes > 1:
         print(f"[tpp] process rank {accelerator.process_index} of world size {accelerator.num_processes} "
@@ -173,11 +181,13 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
         result.losses.append((step, value))
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         log(event="step", step=step, loss=value, lr=scheduler.get_last_lr()[0])
+        accelerator.log({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, step=step)  # no-op without trackers
         if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
             model.eval()
             score, metrics = eval_fn(model)
             model.train()
             log(event="eval", step=step, **metrics)
+            accelerator.log({f"val/{k.removeprefix('val_')}": v for k, v in metrics.items()}, step=step)
             if result.best_score is None or score > result.best_score:
                 result.best_score, result.best_step = score, step
                 best_state = trainable_state(model)
@@ -185,6 +195,7 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
         if checkpoints is not None and checkpoints.due(step, num_steps):
             save_checkpoint(checkpoints, step, accelerator, model, optimizer, scheduler, batches, result, best_state)
     model.eval()
+    accelerator.end_training()  # flushes trackers, if any
     if best_state is not None:
         restore_trainable(model, best_state)
     return result

@@ -195,7 +195,8 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
         if checkpoints is not None and checkpoints.due(step, num_steps):
             save_checkpoint(checkpoints, step, accelerator, model, optimizer, scheduler, batches, result, best_state)
     model.eval()
-    accelerator.end_training()  # flushes trackers, if any
+    for tracker in accelerator.trackers:  # flush; not end_training(), which also ends the process group
+        tracker.finish()
     if best_state is not None:
         restore_trainable(model, best_state)
     return result

@@ -49,7 +49,7 @@ def run(cfg, run) -> dict:
     run.log(event="data", dataset=dataset.name, train=len(train), val=len(y_val), test=len(y_test),
             label_fraction=cfg.data.label_fraction, trainable_parameters=trainable_parameters(model))
 
-    plan = plan_steps(cfg.train, len(train))
+    plan = plan_steps(cfg.train, len(train), accelerator.num_processes)
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.head_lr_scale,
                                beta2=cfg.train.adam_beta2)
     scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)

@@ -122,7 +122,7 @@ def run(cfg, run) -> dict:
     run.log(event="data", images=len(x), pool=[{k: e[k] for k in ("name", "supervised", "license")} for e in entries],
             parameters=sum(p.numel() for p in model.vit.parameters()))
 
-    plan = plan_steps(cfg.train, len(x))
+    plan = plan_steps(cfg.train, len(x), accelerator.num_processes)
     optimizer = make_optimizer(objective, cfg.train.lr, cfg.train.weight_decay, beta2=cfg.train.adam_beta2)
     scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
     loader = make_loader(x, source, labels, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)

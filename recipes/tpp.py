@@ -52,7 +52,7 @@ def run(cfg, run) -> dict:
     run.log(event="data", dataset=dataset.name, images=len(x), splits=splits_used,
             trainable_parameters=adapter_parameters, pretext_head_parameters=pretext_head_parameters)
 
-    plan = plan_steps(cfg.train, len(x))
+    plan = plan_steps(cfg.train, len(x), accelerator.num_processes)
     optimizer = make_optimizer(pretext, cfg.train.lr, cfg.train.weight_decay, beta2=cfg.train.adam_beta2)
     scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
     loader = make_loader(x, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)

@@ -63,10 +63,11 @@ class StepPlan:
     eval_every: int
 
 
-def plan_steps(train, num_examples: int) -> StepPlan:
+def plan_steps(train, num_examples: int, processes: int = 1) -> StepPlan:
     """``train.max_steps`` wins over ``train.epochs``. Validation runs every ``train.eval_every`` steps,
-    by default once per epoch but at most about 20 times per run (tiny label sets have 1-step epochs)."""
-    per_epoch = max(1, math.ceil(num_examples / train.batch_size))
+    by default once per epoch but at most about 20 times per run (tiny label sets have 1-step epochs).
+    With several processes an epoch takes fewer steps: each process sees its shard of the data."""
+    per_epoch = max(1, math.ceil(num_examples / (train.batch_size * processes)))
     num_steps = train.max_steps if train.max_steps is not None else train.epochs * per_epoch
     eval_every = train.eval_every or min(max(per_epoch, num_steps // 20), num_steps)
     return StepPlan(num_steps, per_epoch, eval_every)

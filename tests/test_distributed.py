@@ -23,3 +23,15 @@ def test_two_processes_train_together_and_evaluate_every_image_once(tiny_mae, da
     assert proc.stdout.count("finetune finished") == 1  # only rank 0 reports and writes
     assert json.loads((out / "status.json").read_text())["status"] == "succeeded"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_two_process_tpp_writes_one_adapter(tiny_mae, data_root, tmp_path):
+    out = tmp_path / "tpp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tpp.cli", "run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml",
+         "--num-processes", "2", f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}",
+         "train.max_steps=3", *FAST], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "adapter" / "tpp_card.json").read_text())
+    assert card["stage"] == "tpp" and len(card["loss_curve"]) >= 1
+    assert '"world_size": 2' in (out / "log.jsonl").read_text()

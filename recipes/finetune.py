@@ -44,7 +44,10 @@ def run(cfg, run) -> dict:
     train = dataset.split("train")
     train = train.subset(label_fraction_index(train.labels, cfg.data.label_fraction, dataset.name, cfg.seed))
     x_train, y_train = tensors(train.images, info), torch.from_numpy(train.labels)
-    x_val, y_val = tensors(dataset.split("val").images, info), torch.from_numpy(dataset.split("val").labels)
+    val = dataset.split("val")  # a few-label site has a small labelled val set too: data.val_label_fraction
+    if cfg.data.val_label_fraction is not None:
+        val = val.subset(label_fraction_index(val.labels, cfg.data.val_label_fraction, f"{dataset.name}/val", cfg.seed))
+    x_val, y_val = tensors(val.images, info), torch.from_numpy(val.labels)
     x_test, y_test = tensors(dataset.split("test").images, info), torch.from_numpy(dataset.split("test").labels)
     run.log(event="data", dataset=dataset.name, train=len(train), val=len(y_val), test=len(y_test),
             label_fraction=cfg.data.label_fraction, trainable_parameters=trainable_parameters(model))

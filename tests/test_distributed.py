@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from test_recipes import FAST
 
 
@@ -25,12 +26,13 @@ def test_two_processes_train_together_and_evaluate_every_image_once(tiny_mae, da
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_two_process_tpp_writes_one_adapter(tiny_mae, data_root, tmp_path):
+@pytest.mark.parametrize("pretext", ["mae", "dino"])  # DINO all-reduces its centre across processes
+def test_two_process_tpp_writes_one_adapter(tiny_mae, data_root, tmp_path, pretext):
     out = tmp_path / "tpp"
     proc = subprocess.run(
         [sys.executable, "-m", "tpp.cli", "run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml",
          "--num-processes", "2", f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}",
-         "train.max_steps=3", *FAST], capture_output=True, text=True, timeout=600)
+         "train.max_steps=3", f"pretext.name={pretext}", *FAST], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads((out / "adapter" / "tpp_card.json").read_text())
     assert card["stage"] == "tpp" and card["pretext"]["steps"] == 3 and card["pretext"]["loss_curve"]

@@ -308,3 +308,14 @@ def test_tensorboard_tracker_and_a_diverging_run_keeps_its_last_checkpoint(tiny_
     assert json.loads((bad / "status.json").read_text())["status"] == "failed" and not (bad / "adapter").exists()
     kept = sorted((bad / "checkpoints").iterdir())
     assert kept and all(torch.isfinite(t).all() for t in load_file(kept[-1] / "trainable.safetensors").values())
+
+
+def test_val_label_fraction_subsamples_only_the_validation_split(tiny_mae, data_root, tmp_path):
+    from tpp.data.subsets import label_fraction_index
+
+    out = tmp_path / "run"
+    assert finetune(tiny_mae, data_root, out, "data.val_label_fraction=0.3") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    labels = np.load(data_root / "breastmnist.npz")["val_labels"].ravel()
+    assert metrics["val"]["n"] == len(label_fraction_index(labels, 0.3, "breastmnist/val", 0)) < 20
+    assert metrics["test"]["n"] == 20

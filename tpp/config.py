@@ -64,6 +64,9 @@ class DataConfig:
     classes: Optional[list] = _f(None, "keep only these class names (npz and folder sources)")
     modality: Optional[str] = _f(None, "DICOM modality code (US, CR, DX, CT, MR, SM, XC, OP ...); required for folders")
     label_fraction: float = _f(1.0, "stratified, seeded, nested fraction of training labels used")
+    val_label_fraction: Optional[float] = _f(
+        None, "finetune: stratified, seeded fraction of the val split used for model selection and val metrics "
+              "(a few-label site has few validation labels too); default: the whole val split")
     split: str = _f("test", "split evaluated by the evaluate recipe")
     val_fraction: float = _f(0.1, "seeded split when the data has none: fraction for val")
     test_fraction: float = _f(0.2, "seeded split when the data has none: fraction for test")
@@ -320,6 +323,8 @@ def _check_values(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
+    if cfg.data.val_label_fraction is not None and not 0 < cfg.data.val_label_fraction <= 1:
+        raise ConfigError(f"data.val_label_fraction must be in (0, 1], got {cfg.data.val_label_fraction}.")
     if cfg.train.checkpoint_every is not None and cfg.train.checkpoint_every < 1:
         raise ConfigError(f"train.checkpoint_every must be at least 1, got {cfg.train.checkpoint_every}.")
     if cfg.train.keep_checkpoints < 1:

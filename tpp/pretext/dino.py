@@ -116,7 +116,12 @@ class DINOPretext(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
-        self.center.mul_(self.center_momentum).add_(teacher_logits.mean(0, keepdim=True), alpha=1 - self.center_momentum)
+        """EMA of the teacher's mean output; averaged over processes when data-parallel (as in DINO)."""
+        batch_center = teacher_logits.mean(0, keepdim=True)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(batch_center)
+            batch_center /= torch.distributed.get_world_size()
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
     def teacher_logits(self, views: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

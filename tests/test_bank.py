@@ -145,3 +145,14 @@ def test_a_tampered_weights_file_is_refused_not_unpickled(world, tmp_path):
     with pytest.raises(TppError, match="not a readable safetensors file"):
         bank.site("x")
     assert not bank.resident and bank.group is None
+
+
+def test_listing_survives_a_broken_site(world, tmp_path):
+    s = tmp_path / "store"
+    store.publish(world["runs"]["site_a"], s, "good")
+    version = store.publish(world["runs"]["site_b"], s, "bad").version
+    (s / "bad" / version / "tpp_card.json").write_text("{ not json")
+    rows = {r["site"]: r for r in store.listing(s, "0" * 64)}
+    assert rows["good"]["backbone_match"] == "NO" and rows["bad"]["backbone_match"] == "UNREADABLE"
+    assert "not valid JSON" in rows["bad"]["method"]
+    assert len(store.check(s, "0" * 64)) == 2

@@ -148,10 +148,17 @@ def listing(store: str | Path, backbone_hash: str | None = None) -> list[dict]:
     """One row per site for ``tpp adapters ls``: version, method, modality, task, labels, metrics, size."""
     rows = []
     for site in sites(store):
-        sv = current(store, site)
+        try:
+            sv = current(store, site)
+        except TppError as exc:  # one broken site must not hide the others
+            reason = str(exc).replace(f"{Path(store)}/", "")  # paths relative to the store keep the table narrow
+            rows.append({"site": site, "version": "?", "backbone_match": "UNREADABLE", "method": reason,
+                         "modality": "", "task": "", "labels": "", "test_auroc": "-", "size_kib": "", "created": ""})
+            continue
         card = sv.card
         test = card.get("metrics", {}).get("test")  # test AUROC of the fine-tuning run
-        match = "-" if backbone_hash is None else ("yes" if card["backbone"]["hash"] == backbone_hash else "NO")
+        card_hash = card.get("backbone", {}).get("hash")
+        match = "-" if backbone_hash is None else ("yes" if card_hash == backbone_hash else "NO")
         rows.append({
             "site": site, "version": sv.version, "backbone_match": match, "method": card.get("method"),
             "modality": card.get("modality"), "task": "/".join(card.get("task", {}).get("label_names", [])),
@@ -171,7 +178,8 @@ def check(store: str | Path, backbone_hash: str) -> list[str]:
         except TppError as exc:
             problems.append(f"{site}: {exc}")
             continue
-        if sv.card["backbone"]["hash"] != backbone_hash:
-            problems.append(f"{site}: version {sv.version} was trained on backbone {sv.card['backbone']['id']} "
-                            f"(hash {sv.card['backbone']['hash'][:12]}), not this one ({backbone_hash[:12]}).")
+        card_backbone = sv.card.get("backbone", {})
+        if card_backbone.get("hash") != backbone_hash:
+            problems.append(f"{site}: version {sv.version} was trained on backbone {card_backbone.get('id')} "
+                            f"(hash {str(card_backbone.get('hash'))[:12]}), not this one ({backbone_hash[:12]}).")
     return problems

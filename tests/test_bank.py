@@ -156,3 +156,30 @@ def test_listing_survives_a_broken_site(world, tmp_path):
     assert rows["good"]["backbone_match"] == "NO" and rows["bad"]["backbone_match"] == "UNREADABLE"
     assert "not valid JSON" in rows["bad"]["method"]
     assert len(store.check(s, "0" * 64)) == 2
+
+
+def test_predict_batches_group_sites_and_respect_the_resident_bound():
+    from pathlib import Path
+
+    from tpp.predict import plan_batches
+
+    pairs = [(Path(f"{i}.png"), f"s{i % 5}") for i in range(23)]
+    batches = plan_batches(pairs, batch_size=6, max_sites=2)
+    assert sorted(i for b in batches for i in b) == list(range(23))
+    assert all(len(b) <= 6 and len({pairs[i][1] for i in b}) <= 2 for b in batches)
+    assert sum(len({pairs[i][1] for i in b}) for b in batches) <= 5 + len(batches)  # grouped: few reloads
+
+
+def test_a_card_cannot_point_outside_its_directory(world, tmp_path):
+    import shutil
+
+    evil = tmp_path / "evil"
+    shutil.copytree(world["runs"]["site_a"] / "adapter", evil)
+    card = json.loads((evil / "tpp_card.json").read_text())
+    (evil / "tpp_card.json").write_text(json.dumps(dict(card, weights_file="../../x.bin")))
+    with pytest.raises(TppError, match="weights_file"):
+        store.publish(evil, tmp_path / "store", "x")
+    (evil / "tpp_card.json").write_text(json.dumps([1, 2]))
+    with pytest.raises(TppError, match="JSON object"):
+        store.publish(evil, tmp_path / "store", "x")
+    assert not (tmp_path / "x.bin").exists() and not (tmp_path / "store" / "x.bin").exists()

@@ -37,3 +37,11 @@ def test_two_process_tpp_writes_one_adapter(tiny_mae, data_root, tmp_path, prete
     card = json.loads((out / "adapter" / "tpp_card.json").read_text())
     assert card["stage"] == "tpp" and card["pretext"]["steps"] == 3 and card["pretext"]["loss_curve"]
     assert '"world_size": 2' in (out / "log.jsonl").read_text()
+
+
+def test_config_errors_surface_before_launching_processes(tiny_mae, capsys):
+    from tpp.cli import main
+
+    code = main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", "--num-processes", "2",
+                 f"backbone.path={tiny_mae}", "train.keep_checkpoints=0"])
+    assert code == 2 and "keep_checkpoints" in capsys.readouterr().err

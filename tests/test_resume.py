@@ -107,3 +107,12 @@ def test_dino_tpp_resumes_exactly_with_its_teacher_and_centre(tiny_mae, referenc
     assert tpp(tiny_mae, root, tmp_path / "resumed", *extra, f"train.resume={checkpoint}") == 0
     a, b = (load_file(tmp_path / r / "adapter" / "adapter_model.safetensors") for r in ("full", "resumed"))
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+
+
+def test_resuming_a_finished_run_replaces_its_outputs(tiny_mae, reference, tmp_path):
+    root, ref = reference
+    out = tmp_path / "again"
+    assert main(args(tiny_mae, root, out)) == 0
+    assert main(args(tiny_mae, root, out, "train.resume=auto")) == 0  # continues from step-6, republishes
+    assert_same_end(ref, out)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -100,8 +100,9 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
         raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).")
     try:
         card = json.loads(card_path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
+    _check_shape(card, card_path)
     if card.get("format") != FORMAT:
         raise TppError(f"'{card_path}' has format {card.get('format')!r}; this tpp reads {FORMAT}.")
     if card.get("kind") not in kinds:
@@ -111,6 +112,22 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
                            "`tpp run evaluate`, or train an adapter method.")
         raise TppError(f"'{path}' holds a {card.get('kind')!r}, not an adapter.")
     return card
+
+
+def _check_shape(card, card_path: Path) -> None:
+    """The fields tpp reads have the types it expects; the weights file is one of the known names."""
+    if not isinstance(card, dict):
+        raise TppError(f"'{card_path}' must hold a JSON object, not {type(card).__name__}.")
+    for key in ("backbone", "task", "metrics", "data", "input", "options"):
+        if key in card and not isinstance(card[key], dict):
+            raise TppError(f"'{card_path}': field '{key}' must be an object, not {type(card[key]).__name__}.")
+    if not isinstance(card.get("backbone", {}).get("hash", ""), str):
+        raise TppError(f"'{card_path}': backbone.hash must be a string.")
+    if card.get("weights_file") not in (None, WEIGHTS, FULL_WEIGHTS):
+        raise TppError(f"'{card_path}': weights_file {card.get('weights_file')!r} is not one of {WEIGHTS}, {FULL_WEIGHTS}.")
+    labels = card.get("task", {}).get("label_names", [])
+    if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
+        raise TppError(f"'{card_path}': task.label_names must be a list of strings.")
 
 
 def read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:

@@ -209,6 +209,9 @@ def _launch(args) -> int:
     import socket
     import subprocess
 
+    from tpp.config import load_config
+
+    load_config(_config_path(args.config), args.overrides)  # config errors now, not once per rank under torchrun
     if args.num_processes > (os.cpu_count() or 1) * 4:
         raise TppError(f"--num-processes {args.num_processes} is far beyond this machine's {os.cpu_count()} CPUs.")
     with socket.socket() as sock:
@@ -307,6 +310,8 @@ def cmd_predict(args) -> int:
     from tpp.images import parse_slice, parse_window
     from tpp.predict import assign_sites, predict_files, write_csv
 
+    if args.batch_size < 1:
+        raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
     pairs = assign_sites(args.site, args.site_map, args.images)
     if args.slice:
         parse_slice(args.slice)

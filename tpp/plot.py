@@ -13,18 +13,23 @@ def read_log(run_dir: Path) -> tuple[list, dict]:
     log = run_dir / "log.jsonl"
     if not log.is_file():
         raise TppError(f"'{run_dir}' has no log.jsonl: it is not a tpp run directory.")
-    losses, curves = [], {}
-    for number, line in enumerate(log.read_text().splitlines(), 1):
+    losses, curves = {}, {}
+    lines = log.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise TppError(f"'{log}' line {number} is not JSON (a run killed mid-write?).") from None
-        if record.get("event") == "step":
-            losses.append((record["step"], record["loss"]))
+            if number == len(lines):  # the last line of a run killed mid-write
+                continue
+            raise TppError(f"'{log}' line {number} is not JSON.") from None
+        if record.get("event") == "step":  # a resumed run repeats steps after its checkpoint: the last wins
+            losses[record["step"]] = record["loss"]
         elif record.get("event") == "eval":
             for key, value in record.items():
                 if key.startswith("val_") and isinstance(value, (int, float)):
-                    curves.setdefault(key, []).append((record["step"], value))
+                    curves.setdefault(key, {})[record["step"]] = value
+    losses = sorted(losses.items())
+    curves = {k: sorted(v.items()) for k, v in curves.items()}
     if not losses:
         raise TppError(f"'{log}' holds no training steps yet.")
     return losses, curves

@@ -71,24 +71,35 @@ def assign_sites(site: str | None, site_map: str | None, inputs: list[str]) -> l
     return pairs
 
 
+def plan_batches(pairs: list[tuple[Path, str]], batch_size: int, max_sites: int) -> list[list[int]]:
+    """Indices of ``pairs`` grouped by site (fewer adapter loads), cut into batches of at most
+    ``batch_size`` images and ``max_sites`` distinct sites (loading one never evicts another of the batch)."""
+    batches, current, sites = [], [], set()
+    for i in sorted(range(len(pairs)), key=lambda k: pairs[k][1]):
+        site = pairs[i][1]
+        if len(current) == batch_size or (site not in sites and len(sites) == max_sites):
+            batches.append(current)
+            current, sites = [], set()
+        current.append(i)
+        sites.add(site)
+    return batches + ([current] if current else [])
+
+
 def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: int = 64,
                   read_options: dict | None = None) -> list[dict]:
-    """One row per image: image, site, version, label, prob_<label>... (probabilities per label name)."""
-    rows = []
-    for start in tqdm(range(0, len(pairs), batch_size), desc="predict", unit="batch", disable=len(pairs) <= batch_size):
-        chunk = pairs[start:start + batch_size]
-        if len({s for _, s in chunk}) > bank.max_resident:  # loading one would evict another of the batch
-            raise TppError(f"a batch of {batch_size} images spans more than max_resident={bank.max_resident} sites; "
-                           "raise --max-resident or lower --batch-size.")
-        sites = [bank.site(s) for _, s in chunk]
-        x = torch.cat([readers.to_model_input(readers.read(f, **(read_options or {})), s.input_rule)
-                       for (f, _), s in zip(chunk, sites)])
-        for (file, _), site, probs in zip(chunk, sites, bank.predict(sites, x)):
+    """One row per image, in input order: image, site, version, label, prob_<label>... per label name."""
+    rows: list = [None] * len(pairs)
+    batches = plan_batches(pairs, batch_size, bank.max_resident)
+    for batch in tqdm(batches, desc="predict", unit="batch", disable=len(batches) <= 1):
+        sites = [bank.site(pairs[i][1]) for i in batch]
+        x = torch.cat([readers.to_model_input(readers.read(pairs[i][0], **(read_options or {})), s.input_rule)
+                       for i, s in zip(batch, sites)])
+        for i, site, probs in zip(batch, sites, bank.predict(sites, x)):
             probs = probs.tolist()
-            row = {"image": str(file), "site": site.name, "version": site.version,
+            row = {"image": str(pairs[i][0]), "site": site.name, "version": site.version,
                    "label": site.label_names[int(np.argmax(probs))]}
             row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(site.label_names, probs)})
-            rows.append(row)
+            rows[i] = row
     return rows
 
 

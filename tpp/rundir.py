@@ -85,11 +85,16 @@ class RunDir:
             return target
         tmp = self.path / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
+        old = self.path / f".{name}.old"
         try:
             write(tmp)
+            if target.exists():  # a resumed or repeated run replaces its earlier output
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(target, old)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
         return target
 
     def elapsed(self) -> float:

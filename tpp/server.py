@@ -123,8 +123,9 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         try:
             window_pair = parse_window(window)
             for upload in images:
-                arrays.append(decode(await upload.read(), upload.filename or "upload", frame=frame,
-                                     slice_spec=slice_spec, window=window_pair))
+                data = await upload.read()  # decoding runs in a thread: a large DICOM must not stall the loop
+                arrays.append(await asyncio.to_thread(decode, data, upload.filename or "upload", frame=frame,
+                                                      slice_spec=slice_spec, window=window_pair))
         except ImageError as exc:
             raise HTTPException(400, str(exc)) from None
         result = await outcome(worker.predict(site, arrays))

@@ -115,7 +115,10 @@ def current(store: str | Path, site: str) -> SiteVersion:
     pointer = site_dir / POINTER
     if not pointer.is_file():
         raise UnknownSite(site)
-    version = pointer.read_text().strip()
+    try:
+        version = pointer.read_text().strip()
+    except UnicodeDecodeError:
+        version = "<unreadable>"
     if not _VERSION_RE.match(version) or not (site_dir / version).is_dir():
         raise TppError(f"store pointer '{pointer}' names {version!r}, which is not a published version.")
     return SiteVersion(site, version, site_dir / version, read_card(site_dir / version))
@@ -164,7 +167,8 @@ def listing(store: str | Path, backbone_hash: str | None = None) -> list[dict]:
             "modality": card.get("modality"), "task": "/".join(card.get("task", {}).get("label_names", [])),
             "labels": card.get("data", {}).get("used", {}).get("images", ""),
             "test_auroc": f"{test:.3f}" if isinstance(test, float) else "-",
-            "size_kib": f"{card.get('size_bytes', 0) / 1024:.0f}", "created": card.get("created", ""),
+            "size_kib": f"{card['size_bytes'] / 1024:.0f}" if isinstance(card.get("size_bytes"), int) else "?",
+            "created": card.get("created", ""),
         })
     return rows
 

@@ -241,10 +241,14 @@ def save_checkpoint(checkpoints: Checkpointer, step: int, accelerator, model, op
                     result: LoopResult, best_state: dict | None) -> None:
     unwrapped = accelerator.unwrap_model(model)
     trainable = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
+    bad = [n for n, p in trainable.items() if not torch.isfinite(p).all()]
+    if bad:  # never let a broken state push a good checkpoint out
+        raise TppError(f"trainable tensors became non-finite at step {step} ({', '.join(bad[:3])}); lower train.lr. "
+                       f"The last good checkpoint is kept in {checkpoints.dir}.")
     extra = unwrapped.extra_state() if hasattr(unwrapped, "extra_state") else {}
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
              "batches": batches.consumed, "losses": result.losses, "best_score": result.best_score,
-             "best_step": result.best_step}
+             "best_step": result.best_step, "world_size": accelerator.num_processes}
     checkpoints.save(step, trainable, best_state, extra, state)
 
 
@@ -254,6 +258,9 @@ def resume(checkpoints: Checkpointer, accelerator, model, optimizer, scheduler, 
 
     Returns (first step to run, best-on-validation tensors or None)."""
     trainable, best, extra, state = checkpoints.load()
+    if state.get("world_size", 1) != accelerator.num_processes:
+        raise TppError(f"checkpoint '{checkpoints.resume_from}' was written by {state.get('world_size', 1)} "
+                       f"process(es); resume it with --num-processes {state.get('world_size', 1)}.")
     unwrapped = accelerator.unwrap_model(model)
     params = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
     if set(params) != set(trainable):

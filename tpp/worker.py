@@ -137,11 +137,11 @@ class InferenceWorker:
                 continue
             try:
                 site = self.bank.site(job.site)
+                names.add(job.site)  # resident now: counts against the bound even if its images fail below
                 inputs = [to_model_input(im, site.input_rule) for im in job.images]
             except BaseException as exc:
                 job.future.set_exception(exc)
                 continue
-            names.add(job.site)
             rows.append((job, site, len(inputs)))
             sites += [site] * len(inputs)
             tensors += inputs

@@ -131,14 +131,10 @@ def main(argv=None) -> int:
     rows = summarise(results)
     machine = dict(report.machine(), torch_threads=results[0]["threads"])
     command = "python benchmarks/method_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = (f"Machine: {json.dumps(machine)}\nCommand: `{command}`\nFine-tuning (encoder + linear head), batch "
-            f"{args.batch_size}, {args.steps} timed steps after 3 warm-up steps, BreastMNIST training images, "
-            f"default options of each method, medians over {args.rounds} alternating rounds.\n\n{markdown(rows)}\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "method_cost.json").write_text(json.dumps({"machine": machine, "command": command, "rows": rows,
-                                                           "runs": results}, indent=1))
-    (args.out / "method_cost.md").write_text(text)
-    print("\n" + text)
+    report.publish(args.out, "method_cost", machine, command,
+                   f"Fine-tuning (encoder + linear head), batch {args.batch_size}, {args.steps} timed steps after 3 "
+                   f"warm-up steps, BreastMNIST training images, default options of each method, medians over "
+                   f"{args.rounds} alternating rounds.", markdown(rows), {"rows": rows, "runs": results})
     return 0
 
 

@@ -56,6 +56,21 @@ def run_worker(script: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def publish(out, stem: str, machine: dict, command: str, description: str, table: str, data: dict) -> str:
+    """Write ``out/<stem>.json`` (machine, command, data) and ``out/<stem>.md`` (machine, command, what was
+    measured, the table), print the Markdown and return it."""
+    import json
+    from pathlib import Path
+
+    text = f"Machine: {json.dumps(machine)}\nCommand: `{command}`\n{description}\n\n{table}\n"
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "command": command, **data}, indent=1))
+    (out / f"{stem}.md").write_text(text)
+    print("\n" + text)
+    return text
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     arr = np.asarray(values, dtype=float)

@@ -66,13 +66,10 @@ def main(argv=None) -> int:
     lines += [f"| {n} | {median[n]:.1f} | {median[n] / base:.2f} | {step[n]:.3f} |" for n in CONFIGS]
     machine = report.machine()
     command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = (f"Machine: {json.dumps(machine)}\nCommand: `{command}`\nLoRA fine-tuning, BreastMNIST (546 images), global "
-            f"batch 64, one epoch, medians over {args.rounds} alternating rounds.\n\n" + "\n".join(lines) + "\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scaling.json").write_text(json.dumps({"machine": machine, "command": command, "runs": results,
-                                                       "median_epoch_s": median, "median_step_s": step}, indent=1))
-    (args.out / "scaling.md").write_text(text)
-    print("\n" + text)
+    report.publish(args.out, "scaling", machine, command,
+                   f"LoRA fine-tuning, BreastMNIST (546 images), global batch 64, one epoch, medians over {args.rounds} "
+                   "alternating rounds.", "\n".join(lines),
+                   {"runs": results, "median_epoch_s": median, "median_step_s": step})
     return 0
 
 

@@ -96,7 +96,6 @@ def switch_pairs(bank, a, b, x: torch.Tensor, repeats: int) -> tuple[float, floa
 
 def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int) -> dict:
     """Switching, cold load, sizes and mixed-site batches, in one process."""
-    import tpp.bank as bank_mod
     from tpp.bank import AdapterBank
 
     bank = AdapterBank(backbone, str(store_path))
@@ -118,8 +117,7 @@ def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int)
         cold.append(time.perf_counter() - start)
     mixed_sites = [sites[names[i % 8]] for i in range(64)]
     mixed = timed(lambda: bank.predict(mixed_sites, x[:64]), repeats)
-    bank_mod.in_lora_group = lambda card: False  # the per-site sub-batch path for the same adapters
-    sub = AdapterBank(backbone, str(store_path))
+    sub = AdapterBank(backbone, str(store_path), lora_group=False)  # per-site sub-batches for the same adapters
     sub_sites = {n: sub.site(n) for n in names[:8]}
     sub_single = timed(lambda: sub.predict([sub_sites[names[0]]] * 64, x[:64]), repeats)
     sub_mixed = timed(lambda: sub.predict([sub_sites[names[i % 8]] for i in range(64)], x[:64]), repeats)
@@ -317,15 +315,11 @@ def main(argv=None) -> int:
     service = service_numbers(args.backbone, store_path, images, args)
     machine = report.machine()
     command = "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = (f"Machine: {json.dumps(machine)}\nCommand: `{command}`\nBackbone {args.backbone}; {args.sites} LoRA "
-            f"(r=8, q/v) sites; load: {args.clients} client threads on loopback, one 28x28 PNG per request, "
-            f"{args.seconds:g} s per scenario in {args.rounds} alternating windows (req/s: median window; latency: pooled); medians of {args.repeats} repeats for in-process timings.\n\n"
-            f"{markdown(bank, service)}\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serving.json").write_text(json.dumps({"machine": machine, "command": command, "bank": bank,
-                                                       "service": service}, indent=1))
-    (args.out / "serving.md").write_text(text)
-    print("\n" + text)
+    report.publish(args.out, "serving", machine, command,
+                   f"Backbone {args.backbone}; {args.sites} LoRA (r=8, q/v) sites; load: {args.clients} client threads "
+                   f"on loopback, one 28x28 PNG per request, {args.seconds:g} s per scenario in {args.rounds} "
+                   f"alternating windows (req/s: median window; latency: pooled); medians of {args.repeats} repeats "
+                   "for in-process timings.", markdown(bank, service), {"bank": bank, "service": service})
     return 0
 
 

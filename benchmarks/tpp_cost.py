@@ -125,14 +125,9 @@ def main(argv=None) -> int:
     rows = summarise(results)
     machine = dict(report.machine(), torch_threads=results[0]["threads"])  # the workers' threads
     command = "python benchmarks/tpp_cost.py " + " ".join(a for a in (argv or sys.argv[1:]))
-    text = (f"Machine: {json.dumps(machine)}\nCommand: `{command}`\nBatch {args.batch_size}, {args.steps} timed steps "
-            f"after 3 warm-up steps, BreastMNIST training images, medians over {args.rounds} alternating rounds.\n\n"
-            f"{markdown(rows)}\n")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tpp_cost.json").write_text(json.dumps({"machine": machine, "command": command, "rows": rows,
-                                                        "runs": results}, indent=1))
-    (args.out / "tpp_cost.md").write_text(text)
-    print("\n" + text)
+    report.publish(args.out, "tpp_cost", machine, command,
+                   f"Batch {args.batch_size}, {args.steps} timed steps after 3 warm-up steps, BreastMNIST training "
+                   f"images, medians over {args.rounds} alternating rounds.", markdown(rows), {"rows": rows, "runs": results})
     return 0
 
 

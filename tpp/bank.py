@@ -62,12 +62,15 @@ def in_lora_group(card: dict) -> bool:
 class AdapterBank:
     """``predict(sites, images) -> probabilities`` for a batch whose rows may belong to different sites."""
 
-    def __init__(self, backbone_path: str, store_path: str, max_resident: int = 16, mean=None, std=None):
+    def __init__(self, backbone_path: str, store_path: str, max_resident: int = 16, mean=None, std=None,
+                 lora_group: bool = True):
+        """``lora_group=False`` runs plain-LoRA sites as per-site sub-batches too (for comparison)."""
         if max_resident < 1:
             raise TppError(f"max_resident must be at least 1, got {max_resident}.")
         self.encoder, self.info, _ = load_backbone(backbone_path, mean, std)
         self.store = store_path
         self.max_resident = max_resident
+        self.use_lora_group = lora_group
         self.resident: OrderedDict[str, Site] = OrderedDict()
         self.group: Encoder | None = None  # peft LoRA model on a shared-weight copy, one adapter per site
         self.loads = 0  # cold loads so far (benchmarks read it)
@@ -130,7 +133,7 @@ class AdapterBank:
         head = load_head(sv.path, card, self.info.hidden_size)
         state = read_weights(sv.path, card)
         self.loads += 1
-        if in_lora_group(card):
+        if self.use_lora_group and in_lora_group(card):
             name = f"{sv.site}__{sv.version}"
             self._add_to_group(name, card, state, str(sv.path))
             return Site(sv.site, sv.version, card, head, None, name)

@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ class _Job:
     kind: str  # "predict" | "reload" | "stop"
     site: str = ""
     images: list = field(default_factory=list)  # uint8 arrays
+    fn: Callable | None = None  # "call" jobs: fn(bank)
     future: Future = field(default_factory=Future)
 
 
@@ -65,9 +67,7 @@ class InferenceWorker:
 
     def call(self, fn) -> Future:
         """Run ``fn(bank)`` on the inference thread (between batches)."""
-        job = _Job("call")
-        job.images = [fn]
-        return self._submit(job)
+        return self._submit(_Job("call", fn=fn))
 
     def stop(self, timeout: float = 10.0) -> None:
         self.queue.put(_Job("stop"))
@@ -119,7 +119,7 @@ class InferenceWorker:
         if not job.future.set_running_or_notify_cancel():
             return
         try:
-            result = self.bank.reload(job.site) if job.kind == "reload" else job.images[0](self.bank)
+            result = self.bank.reload(job.site) if job.kind == "reload" else job.fn(self.bank)
             job.future.set_result(result)
         except BaseException as exc:  # the caller sees it; the worker lives on
             job.future.set_exception(exc)

@@ -108,10 +108,10 @@ def summarise(cells: list[dict]) -> list[dict]:
     return rows
 
 
-def paired(cells: list[dict], method: str, reference: str) -> list[dict]:
-    """Per (target, fraction): AUROC of ``method`` minus ``reference`` on the same seed (so the same
+def paired(cells: list[dict], method: str, reference: str, metric: str = "test_auroc") -> list[dict]:
+    """Per (target, fraction): ``metric`` of ``method`` minus ``reference`` on the same seed (so the same
     label subset), mean and 95% t-interval over seeds. Only seeds that both finished count."""
-    by_key = {(c["target"], c["method"], c["fraction"], c["seed"]): c["test_auroc"] for c in cells}
+    by_key = {(c["target"], c["method"], c["fraction"], c["seed"]): c[metric] for c in cells}
     out = []
     for target, fraction in sorted({(c["target"], c["fraction"]) for c in cells if c["method"] == method}):
         diffs = [by_key[(target, method, fraction, s)] - by_key[(target, reference, fraction, s)]

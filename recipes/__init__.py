@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 RECIPES = {
-    "finetune": "train a site adapter + classification head on labelled images",
+    "finetune": "train a site adapter + classification head (or segmentation decoder: task=segmentation)",
     "evaluate": "evaluate a saved adapter directory on one split",
     "pretrain_backbone": "pre-train a small ViT-MAE backbone from scratch on a pool (MAE + per-dataset heads)",
     "tpp": "target parameter pre-training: train only the adapter on unlabeled images (MAE or DINO pretext)",

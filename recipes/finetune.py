@@ -11,9 +11,11 @@ import torch.nn.functional as F
 
 from tpp.adapter_dir import dir_size, make_card, parent_summary, read_weights, write_adapter_dir
 from tpp.backbones import load_backbone
-from tpp.builders import classification_task, input_rule, parent_adapter, record_skipped, require_labels, tensors
+from tpp.builders import (check_leakage, classification_task, input_rule, parent_adapter, record_skipped,
+                          require_labels, tensors)
 from tpp.data.build import load_data, random_hflip
 from tpp.data.subsets import label_fraction_index
+from tpp.errors import TppError
 from tpp.metrics import classification_metrics, quick_metrics
 from tpp.model import ClassificationHead, TaskModel, attach_adapter, load_adapter_state, trainable_parameters
 from tpp.training import (build_accelerator, checkpointer, make_loader, make_optimizer, make_scheduler, plan_steps,
@@ -21,16 +23,24 @@ from tpp.training import (build_accelerator, checkpointer, make_loader, make_opt
 
 
 def run(cfg, run) -> dict:
+    if cfg.task == "segmentation":
+        from tpp.recipes import segment
+
+        return segment.run(cfg, run)
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
-    encoder, info, _ = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
-    dataset = load_data(cfg.data, cfg.seed, info.image_size)
+    encoder, info, _ = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
+                                      input_size=cfg.backbone.input_size)
+    dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
+    if dataset.is_segmentation:
+        raise TppError(f"data.source={cfg.data.source} holds segmentation masks; set task=segmentation.")
     require_labels(dataset)
 
     # target parameters: fresh, or inherited from a (TPP) parent adapter
     method_name, options, parent = cfg.adapter.method, cfg.adapter.options, None
     if cfg.adapter.init_from:
         parent_card, method_name, options = parent_adapter(cfg.adapter, info, dataset.modality)
+        check_leakage(parent_card, dataset, cfg.adapter.init_from)
         parent = parent_summary(parent_card, cfg.adapter.init_from)
     method, typed, targets = attach_adapter(encoder, method_name, options)
     if parent:
@@ -95,6 +105,10 @@ def run(cfg, run) -> dict:
 
 def report(summary: dict) -> list[str]:
     """Lines ``tpp run`` prints at the end."""
+    if "dice" in summary["test"]:
+        from tpp.recipes import segment
+
+        return segment.report(summary)
     t = summary["test"]
     return [f"test AUROC {t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]  accuracy "
             f"{t['accuracy']:.3f}  trainable {summary['trainable_parameters']:,}  "

@@ -57,7 +57,7 @@ class PoolObjective(nn.Module):
         self.norm_pix_loss, self.last = model.config.norm_pix_loss, {}
 
     def mae_loss(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        noise = mask_noise(len(pixel_values), self.encoder.num_patches, pixel_values.device)
+        noise = mask_noise(len(pixel_values), self.encoder.num_patches(pixel_values), pixel_values.device)
         latent, mask, ids_restore = encode_visible(self.encoder, pixel_values, noise, self.mask_ratio)
         target = patchify(pixel_values, self.encoder.base_config.patch_size)
         return masked_mse(decode(self.decoder, latent, ids_restore).float(), target.float(), mask, self.norm_pix_loss)

@@ -39,8 +39,9 @@ def run(cfg, run) -> dict:
                           f"to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
-                                           with_decoder=cfg.pretext.name == "mae" and cfg.pretext.decoder != "fresh")
-    dataset = load_data(cfg.data, cfg.seed, info.image_size)
+                                           with_decoder=cfg.pretext.name == "mae" and cfg.pretext.decoder != "fresh",
+                                           input_size=cfg.backbone.input_size)
+    dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
     images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
     torch.manual_seed(cfg.seed)

@@ -92,7 +92,7 @@ def test_short_tpp_lowers_held_out_pretext_loss(tmp_path):
     attach_adapter(encoder, "lora", {"r": 8, "alpha": 16})
     pretext = build_pretext("mae", encoder, decoder, PretextConfig()).eval()
     x = tensors(load_medmnist("breastmnist", str(data)).split("val").images, info)
-    noise = torch.rand(len(x), encoder.num_patches, generator=torch.Generator().manual_seed(0))
+    noise = torch.rand(len(x), encoder.num_patches(), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         random_init = float(pretext(x, noise))
         load_adapter_state(encoder, read_tensors(tmp_path / "tpp" / "adapter", WEIGHTS), "tpp")

@@ -4,6 +4,9 @@
 (B, P + N, D) out, P prefix tokens (CLS, registers) then N patch tokens in raster order.
 ViT-MAE's encoder masks and shuffles patches on every call, also in eval mode: the wrapper turns
 that off (mask ratio 0 and raster-order noise) outside the MAE pretext.
+Inputs of another size than the checkpoint's (``backbone.input_size``, e.g. 64 px segmentation on a
+28-px backbone) get bicubic-interpolated position embeddings (transformers' ``interpolate_pos_encoding``;
+DINOv2 always interpolates).
 """
 from __future__ import annotations
 
@@ -49,6 +52,14 @@ class BackboneInfo:
     mean: list = field(default_factory=list)
     std: list = field(default_factory=list)
     hash: str = ""
+    input_size: int = 0  # pixels fed to the encoder; 0 = image_size (set by load_backbone)
+
+    def resolution_note(self) -> str:
+        """How the input size relates to the checkpoint's, for cards."""
+        if self.input_size == self.image_size:
+            return f"native {self.image_size} px"
+        return (f"{self.input_size} px input on a {self.image_size}-px checkpoint: "
+                f"{(self.input_size // self.patch_size) ** 2} patches, position embeddings interpolated (bicubic)")
 
 
 class Encoder(nn.Module):
@@ -68,13 +79,26 @@ class Encoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor, noise: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         """``kwargs`` go to the model (e.g. peft's per-row ``adapter_names``)."""
         if self.family.model_type == "vit_mae":
-            kwargs["noise"] = noise if noise is not None else raster_noise(pixel_values, self.num_patches)
-        return self.model(pixel_values=pixel_values, **kwargs).last_hidden_state
+            kwargs["noise"] = noise if noise is not None else raster_noise(pixel_values, self.num_patches(pixel_values))
+        return self.model(pixel_values=pixel_values, **self.size_kwargs(pixel_values), **kwargs).last_hidden_state
 
-    @property
-    def num_patches(self) -> int:
+    def num_patches(self, pixel_values: torch.Tensor | None = None) -> int:
+        """Patches of an input (B, C, H, W); without one, of the checkpoint's image size."""
         cfg = self.base_config
-        return (cfg.image_size // cfg.patch_size) ** 2
+        h, w = pixel_values.shape[-2:] if pixel_values is not None else (cfg.image_size, cfg.image_size)
+        return (h // cfg.patch_size) * (w // cfg.patch_size)
+
+    def grid(self, pixel_values: torch.Tensor) -> tuple[int, int]:
+        """(rows, columns) of patch tokens for an input (B, C, H, W)."""
+        p = self.base_config.patch_size
+        return pixel_values.shape[-2] // p, pixel_values.shape[-1] // p
+
+    def size_kwargs(self, pixel_values: torch.Tensor) -> dict:
+        """``interpolate_pos_encoding=True`` when the input is not the checkpoint's size (ViT, ViT-MAE)."""
+        size = self.base_config.image_size
+        if self.family.model_type != "dinov2" and tuple(pixel_values.shape[-2:]) != (size, size):
+            return {"interpolate_pos_encoding": True}
+        return {}
 
     @property
     def base_config(self):
@@ -119,8 +143,11 @@ def _family_of(path: str, model_type: str | None) -> Family:
     return FAMILIES[model_type]
 
 
-def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False):
+def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, input_size: int | None = None):
     """Load a frozen encoder (and, with ``with_decoder``, a ViT-MAE decoder) from a hub id or directory.
+
+    ``input_size``: pixels fed to the encoder (default: the checkpoint's image size); a multiple of
+    the patch size.
 
     Returns ``(encoder: Encoder, info: BackboneInfo, decoder: nn.Module | None)``. All weights have
     ``requires_grad=False`` and the modules are in eval mode.
@@ -160,7 +187,15 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False):
         patch_size=int(config.patch_size), channels=int(config.num_channels),
         hidden_size=int(config.hidden_size), num_layers=int(config.num_hidden_layers),
         mean=mean, std=std, hash=backbone_hash(model))
+    info.input_size = check_input_size(input_size or info.image_size, info)
     return encoder, info, decoder
+
+
+def check_input_size(size: int, info: BackboneInfo) -> int:
+    if size < info.patch_size or size % info.patch_size:
+        raise TppError(f"backbone.input_size={size} must be a positive multiple of the patch size "
+                       f"({info.patch_size}) of backbone '{info.id}'.")
+    return size
 
 
 def _normalisation(local: Path, channels: int, mean, std) -> tuple[list, list]:

@@ -27,6 +27,7 @@ from tpp.errors import TppError
 from tpp.model import attach_adapter, load_adapter_state, load_head
 
 BASE = "__base__"  # peft's name for "no adapter" in ``adapter_names``
+SERVED_TASKS = ("classification", "segmentation")
 
 
 @dataclass
@@ -46,6 +47,11 @@ class Site:
     @property
     def input_rule(self) -> dict:
         return self.card["input"]
+
+    @property
+    def task(self) -> str:
+        """``classification`` (rows give probabilities) or ``segmentation`` (rows give masks)."""
+        return self.card["task"]["type"]
 
 
 def share_weights_copy(module: nn.Module) -> nn.Module:
@@ -128,8 +134,8 @@ class AdapterBank:
     def _load(self, sv: adapter_store.SiteVersion) -> Site:
         card = sv.card
         verify_backbone(card, self.info, str(sv.path))
-        if card.get("task", {}).get("type") != "classification" or "input" not in card:
-            raise TppError(f"'{sv.path}' has no classification head; only fine-tuned adapters are served.")
+        if card.get("task", {}).get("type") not in SERVED_TASKS or "input" not in card:
+            raise TppError(f"'{sv.path}' has no task head; only fine-tuned adapters are served.")
         head = load_head(sv.path, card, self.info.hidden_size)
         state = read_weights(sv.path, card)
         self.loads += 1
@@ -164,29 +170,54 @@ class AdapterBank:
 
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def predict(self, sites: list[Site], pixels: torch.Tensor) -> list[torch.Tensor]:
-        """Rows of ``pixels`` (B, C, S, S) through their sites' adapters and heads.
+    def predict(self, sites: list[Site], pixels: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        """Rows of ``pixels`` through their sites' adapters and heads.
 
-        ``sites[i]`` is the resident Site of row i (from :meth:`site`). Returns B probability vectors
-        (K_i,) (sites may have different label sets). LoRA-group rows run as one batch with per-row
-        ``adapter_names``; every other site's rows run as one sub-batch through its own copy.
+        ``pixels``: (B, C, S, S), or B tensors (1, C, S_i, S_i) when sites use different input sizes.
+        ``sites[i]`` is the resident Site of row i (from :meth:`site`). Returns per row a probability
+        vector (K_i,) for classification sites (label sets may differ) or a class-index mask (h_i, w_i)
+        uint8 at the card's mask size for segmentation sites.
         """
         for s in sites:  # an evicted site's adapter would silently fall back to the bare backbone
             if self.resident.get(s.name) is not s:
                 raise RuntimeError(f"site '{s.name}' version {s.version} is no longer resident")
+        rows = list(pixels.split(1)) if isinstance(pixels, torch.Tensor) else list(pixels)
+        by_size: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_size.setdefault(tuple(row.shape[-2:]), []).append(i)
+        out: list = [None] * len(sites)
+        for index in by_size.values():
+            batch = self._predict_batch([sites[i] for i in index], torch.cat([rows[i] for i in index]))
+            for i, result in zip(index, batch):
+                out[i] = result
+        return out
+
+    def _predict_batch(self, sites: list[Site], pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Rows of one input size (B, C, S, S). LoRA-group rows run as one batch with per-row
+        ``adapter_names``; every other site's rows run as one sub-batch through its own copy."""
         rows_of: dict[int, list[int]] = {}
         for i, s in enumerate(sites):
             rows_of.setdefault(id(s), []).append(i)
-        tokens = torch.empty(pixels.shape[0], self.encoder.num_patches, self.info.hidden_size)
+        tokens = torch.empty(pixels.shape[0], self.encoder.num_patches(pixels), self.info.hidden_size)
         group_rows = [i for i, s in enumerate(sites) if s.encoder is None]
         if group_rows:
             out = self.group(pixels[group_rows], adapter_names=[sites[i].adapter_name for i in group_rows])
             tokens[group_rows] = self.group.patch_tokens(out)
-        probs: list = [None] * len(sites)
+        results: list = [None] * len(sites)
         for rows in rows_of.values():
             site = sites[rows[0]]
             if site.encoder is not None:
                 tokens[rows] = site.encoder.patch_tokens(site.encoder(pixels[rows]))
-            for row, p in zip(rows, site.head(tokens[rows]).softmax(dim=-1)):
-                probs[row] = p
-        return probs
+            for row, r in zip(rows, head_outputs(site, tokens[rows], pixels[rows], self.encoder)):
+                results[row] = r
+        return results
+
+
+def head_outputs(site: Site, tokens: torch.Tensor, pixels: torch.Tensor, encoder: Encoder) -> torch.Tensor:
+    """Probabilities (B, K) for a classification site; masks (B, h, w) uint8 for a segmentation site."""
+    if site.task == "segmentation":
+        from tpp.segmentation import to_mask_size
+
+        logits = site.head(tokens, encoder.grid(pixels), pixels)
+        return to_mask_size(logits, site.card["task"]["mask_size"]).argmax(dim=1).to(torch.uint8)
+    return site.head(tokens).softmax(dim=-1)

@@ -17,13 +17,14 @@ def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
     """The intensity pipeline applied to images, recorded in the card and reused at inference."""
     channels = image_channels(dataset.split(next(iter(dataset.splits))).images)
     return {"image_channels": channels, "channels": info.channels, "channel_rule": channel_rule(channels, info.channels),
-            "image_size": info.image_size, "resize": "bilinear, antialiased, to image_size",
+            "image_size": info.input_size, "resize": "bilinear, antialiased, to image_size",
+            "resolution": info.resolution_note(),
             "scale": "uint8 / 255", "mean": info.mean, "std": info.std}
 
 
 def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
     """uint8 images -> normalised model input (N, C, S, S) for this backbone."""
-    return to_model_tensor(images, info.channels, info.image_size, info.mean, info.std)
+    return to_model_tensor(images, info.channels, info.input_size, info.mean, info.std)
 
 
 def classification_task(dataset: Dataset) -> dict:
@@ -89,3 +90,22 @@ def record_skipped(datasets: list[Dataset], run) -> None:
     run.log(event="skipped_files", count=len(rows))
     warnings.warn(f"{len(rows)} unreadable image file(s) were left out (data.on_bad_file=skip); "
                   f"see {run.path / 'skipped.csv'}.")
+
+
+def check_leakage(parent_card: dict, dataset: Dataset, source: str) -> None:
+    """Refuse a parent adapter pre-trained on the same image collection (``origin``) under another
+    dataset or split, or on its evaluation splits: it may have seen this run's test images.
+    (BreastMNIST is made from BUSI: TPP on BreastMNIST must not start a BUSI segmentation run.)"""
+    seen = parent_card.get("data", {})
+    origin = seen.get("origin")
+    if not origin or origin != dataset.origin:
+        return
+    used_splits = seen.get("used", {}).get("splits", ["train"])
+    same_split = seen.get("name") == dataset.name and seen.get("split_id") == dataset.split_id
+    if same_split and list(used_splits) == ["train"]:
+        return
+    raise TppError(
+        f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
+        f"'{seen.get('split_id')}'), made from the same {origin} images as '{dataset.name}' (split "
+        f"'{dataset.split_id}'): it may have seen this run's validation or test images. Pre-train on this "
+        f"dataset's own training split (same data.name, seed and split settings).")

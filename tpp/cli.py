@@ -98,12 +98,13 @@ def _add_deploy_commands(add) -> None:
     ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check: STORE")
     ad.add_argument("--site", help="site name (publish)")
     ad.add_argument("--backbone", help="backbone to check cards against (required by check)")
-    pr = add("predict", "probabilities and label names per image, written as a CSV")
+    pr = add("predict", "probabilities and label names (or segmentation masks) per image, written as a CSV")
     pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
     _common_deploy(pr)
     pr.add_argument("--site", help="site whose adapter to use")
     pr.add_argument("--site-map", help="CSV with columns image,site (mixed-site batch; no IMAGES then)")
-    pr.add_argument("--out", required=True, help="output CSV (written atomically)")
+    pr.add_argument("--out", required=True, help="output CSV (written atomically); segmentation masks go to "
+                                                 "the folder OUT_masks/ beside it")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--frame", type=int, help="frame index of multi-frame DICOM files")
     pr.add_argument("--slice", help="AXIS:INDEX of 3D NIfTI volumes, e.g. 2:40")
@@ -308,7 +309,7 @@ def _backbone_hash(path: str) -> str:
 def cmd_predict(args) -> int:
     from tpp.bank import AdapterBank
     from tpp.images import parse_slice, parse_window
-    from tpp.predict import assign_sites, predict_files, write_csv
+    from tpp.predict import assign_sites, predict_files, write_csv, write_masks
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -317,7 +318,14 @@ def cmd_predict(args) -> int:
         parse_slice(args.slice)
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window)}
     bank = AdapterBank(args.backbone, args.store, args.max_resident)
-    rows = predict_files(bank, pairs, args.batch_size, options)
+    rows, masks = predict_files(bank, pairs, args.batch_size, options)
+    if masks:  # segmentation sites: the masks folder first, so the CSV never points at missing files
+        folder = Path(args.out).with_name(Path(args.out).stem + "_masks")
+        write_masks(masks, folder)
+        for row in rows:
+            if "mask" in row:
+                row["mask"] = f"{folder.name}/{row['mask']}"
+        print(f"{len(masks)} masks (PNG, class indices) -> {folder}")
     path = write_csv(rows, args.out)
     print(f"{len(rows)} images, {len({r['site'] for r in rows})} sites -> {path}")
     return 0

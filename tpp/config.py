@@ -33,6 +33,8 @@ class BackboneConfig:
                    "hub id or local directory of a transformers ViT / ViT-MAE / DINOv2 checkpoint")
     mean: Optional[list] = _f(None, "per-channel mean; default: the checkpoint's preprocessor_config.json")
     std: Optional[list] = _f(None, "per-channel std; default: the checkpoint's preprocessor_config.json")
+    input_size: Optional[int] = _f(None, "pixels fed to the encoder (multiple of the patch size); default: the "
+                                         "checkpoint's image size; other sizes interpolate position embeddings")
 
 
 @dataclass
@@ -55,12 +57,20 @@ class AdapterConfig:
 @dataclass
 class DataConfig:
     name: str = _f("breastmnist", "dataset name: a MedMNIST flag (breastmnist, pneumoniamnist ...) or your own")
-    source: Literal["medmnist", "npz", "folder", "unlabeled_folder"] = _f("medmnist", "where images come from")
+    source: Literal["medmnist", "npz", "folder", "unlabeled_folder", "seg_npz", "seg_folder"] = _f(
+        "medmnist", "where images come from; seg_npz (images + masks keys) and seg_folder (images/ + masks/) "
+                    "carry segmentation masks")
     root: Optional[str] = _f(None, "data root; default: env TPP_DATA_ROOT")
     file: Optional[str] = _f(None, "npz source: file path (relative to root)")
     image_key: str = _f("images", "npz source: key of the image array")
     label_key: str = _f("labels", "npz source: key of the label array")
     class_names_key: Optional[str] = _f("class_names", "npz source: key of the class names, if any")
+    mask_key: str = _f("masks", "seg_npz source: key of the uint8 class-index masks (N, H, W)")
+    mask_classes: Literal["binary", "from_label"] = _f(
+        "binary", "segmentation: masks as stored (0/255 read as 0/1), or foreground = 1 + the image's label "
+                  "(data.label_key) for background / per-label lesion classes")
+    origin: Optional[str] = _f(None, "image collection the data comes from (e.g. BUSI); an adapter pre-trained "
+                                     "on the same collection under another split is refused (leakage)")
     classes: Optional[list] = _f(None, "keep only these class names (npz and folder sources)")
     modality: Optional[str] = _f(None, "DICOM modality code (US, CR, DX, CT, MR, SM, XC, OP ...); required for folders")
     label_fraction: float = _f(1.0, "stratified, seeded, nested fraction of training labels used")
@@ -70,7 +80,8 @@ class DataConfig:
     split: str = _f("test", "split evaluated by the evaluate recipe")
     val_fraction: float = _f(0.1, "seeded split when the data has none: fraction for val")
     test_fraction: float = _f(0.2, "seeded split when the data has none: fraction for test")
-    group_key: Optional[str] = _f(None, "folder source: metadata.csv column that keeps groups within one split")
+    group_key: Optional[str] = _f(None, "seeded splits keep each group in one split: a metadata.csv column "
+                                        "(folders) or an array key (seg_npz), e.g. a patient id or dup_group")
     download: bool = _f(False, "MedMNIST: download through the medmnist package when the file is absent")
     hflip: bool = _f(True, "random horizontal flips during training")
     use_eval_splits: bool = _f(False, "TPP only: also pre-train on val/test images (recorded in the card)")
@@ -117,6 +128,16 @@ class PretextConfig:
 
 
 @dataclass
+class SegmentationConfig:
+    """The light decoder on the frozen encoder's patch tokens (``task: segmentation``)."""
+    decoder_channels: list = _f([64, 32], "channels of the progressive upsampling stages (each stage x2)")
+    pixel_skip: bool = _f(True, "concatenate features of the input image before the last stage (sharper edges)")
+    dice_weight: float = _f(1.0, "loss = cross-entropy + dice_weight * soft Dice loss on foreground classes")
+    augment_scale: list = _f([0.8, 1.0], "joint flip + zoom-in crop of image and mask: crop side range")
+    overlays: int = _f(16, "test images saved as PNG overlays (ground truth green, prediction red)")
+
+
+@dataclass
 class ModelConfig:
     """Architecture of a backbone built from scratch (pretrain_backbone): a transformers ViT-MAE."""
     image_size: int = _f(28, "input size in pixels")
@@ -144,6 +165,7 @@ class PoolEntry:
 @dataclass
 class RunConfig:
     recipe: str = _f("finetune", "recipe the config is meant for")
+    task: Literal["classification", "segmentation"] = _f("classification", "finetune: what the head predicts")
     site: str = _f("default", "hospital / site name recorded in the adapter card")
     seed: int = _f(0, "seed for data subsets, initialisation and shuffling")
     output_dir: str = _f("runs/default", "where the run writes its log, metrics and adapter")
@@ -152,6 +174,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pretext: PretextConfig = field(default_factory=PretextConfig)
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pool: list = _f([], "pretrain_backbone: list of {data: {...}, supervised: bool} entries")
     supervised_weight: float = _f(1.0, "pretrain_backbone: weight of the mean supervised loss (0: MAE only)")
@@ -319,6 +342,14 @@ def _check_values(cfg: RunConfig) -> None:
         (0 < cfg.pretext.dino_crop_min <= 1, "pretext.dino_crop_min must be in (0, 1]"),
         (cfg.pretext.dino_student_temp > 0 and cfg.pretext.dino_teacher_temp > 0, "DINO temperatures must be positive"),
         (cfg.data.split in ("train", "val", "test"), "data.split must be train, val or test"),
+        (cfg.backbone.input_size is None or cfg.backbone.input_size >= 1, "backbone.input_size must be positive"),
+        (len(cfg.segmentation.decoder_channels) >= 1 and all(isinstance(c, int) and c >= 1
+                                                            for c in cfg.segmentation.decoder_channels),
+         "segmentation.decoder_channels must be a non-empty list of positive integers"),
+        (len(cfg.segmentation.augment_scale) == 2 and 0 < min(cfg.segmentation.augment_scale)
+         <= max(cfg.segmentation.augment_scale) <= 1, "segmentation.augment_scale must be [low, high] in (0, 1]"),
+        (cfg.segmentation.dice_weight >= 0 and cfg.segmentation.overlays >= 0,
+         "segmentation.dice_weight and segmentation.overlays must not be negative"),
     ]
     for ok, message in checks:
         if not ok:

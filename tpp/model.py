@@ -25,14 +25,21 @@ class ClassificationHead(nn.Module):
         return self.linear(patch_tokens.mean(dim=1))
 
 
-def load_head(path, card: dict, hidden_size: int) -> ClassificationHead:
-    """The classification head of an adapter directory, checked against its card."""
+def load_head(path, card: dict, hidden_size: int) -> nn.Module:
+    """The task head of an adapter directory (classification head or segmentation decoder), checked
+    against its card."""
     from tpp.adapter_dir import HEAD, read_tensors
 
-    head = ClassificationHead(hidden_size, card["task"]["num_classes"])
+    task = card["task"]
+    if task.get("type") == "segmentation":
+        from tpp.segmentation import decoder_from_spec
+
+        head = decoder_from_spec(task["decoder"], hidden_size, card["input"]["channels"])
+    else:
+        head = ClassificationHead(hidden_size, task["num_classes"])
     try:
         head.load_state_dict(read_tensors(path, HEAD))
-    except RuntimeError as exc:
+    except (RuntimeError, KeyError, TypeError) as exc:
         raise TppError(f"'{path}/{HEAD}' does not fit the head in the card ({exc}).") from None
     return head.eval()
 

@@ -1,7 +1,9 @@
 """``tpp predict``: per-image probabilities and label names for files or folders, written as one CSV.
 
 Images of one site, or of many sites through a mapping CSV (columns ``image,site``): a mixed-site
-batch goes through the AdapterBank in one pass per batch. The CSV appears whole or not at all.
+batch goes through the AdapterBank in one pass per batch. Segmentation sites give masks: PNG files of
+class indices (``<index>_<stem>.png`` in a masks folder beside the CSV) listed in the CSV's ``mask``
+column with the fraction of pixels per class. The CSV and the masks folder appear whole or not at all.
 """
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from tpp import images as readers
@@ -86,26 +87,56 @@ def plan_batches(pairs: list[tuple[Path, str]], batch_size: int, max_sites: int)
 
 
 def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: int = 64,
-                  read_options: dict | None = None) -> list[dict]:
-    """One row per image, in input order: image, site, version, label, prob_<label>... per label name."""
+                  read_options: dict | None = None) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """One row per image, in input order: image, site, version, then label + prob_<label> per label
+    name (classification) or mask file + frac_<class> per class (segmentation).
+    Returns (rows, {mask file name: uint8 class-index mask (h, w)})."""
     rows: list = [None] * len(pairs)
+    masks: dict[str, np.ndarray] = {}
     batches = plan_batches(pairs, batch_size, bank.max_resident)
     for batch in tqdm(batches, desc="predict", unit="batch", disable=len(batches) <= 1):
         sites = [bank.site(pairs[i][1]) for i in batch]
-        x = torch.cat([readers.to_model_input(readers.read(pairs[i][0], **(read_options or {})), s.input_rule)
-                       for i, s in zip(batch, sites)])
-        for i, site, probs in zip(batch, sites, bank.predict(sites, x)):
-            probs = probs.tolist()
-            row = {"image": str(pairs[i][0]), "site": site.name, "version": site.version,
-                   "label": site.label_names[int(np.argmax(probs))]}
-            row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(site.label_names, probs)})
+        x = [readers.to_model_input(readers.read(pairs[i][0], **(read_options or {})), s.input_rule)
+             for i, s in zip(batch, sites)]
+        for i, site, out in zip(batch, sites, bank.predict(sites, x)):
+            row = {"image": str(pairs[i][0]), "site": site.name, "version": site.version}
+            if site.task == "segmentation":
+                name = f"{i:05d}_{Path(pairs[i][0]).name.split('.')[0]}.png"
+                masks[name] = out.numpy()
+                row["mask"] = name
+                row.update({f"frac_{c}": f"{float((out == k).float().mean()):.6f}" for k, c in enumerate(site.label_names)})
+            else:
+                probs = out.tolist()
+                row["label"] = site.label_names[int(np.argmax(probs))]
+                row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(site.label_names, probs)})
             rows[i] = row
-    return rows
+    return rows, masks
+
+
+def write_masks(masks: dict[str, np.ndarray], folder: Path) -> None:
+    """Class-index masks as 8-bit PNGs in ``folder``, which appears whole (replacing an older one) or not at all."""
+    import os
+    import shutil
+
+    from PIL import Image
+
+    tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        for name, mask in masks.items():
+            Image.fromarray(mask.astype(np.uint8), "L").save(tmp / name)
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_csv(rows: list[dict], out: str) -> Path:
     """Write rows (union of columns, blanks where a site lacks a label) atomically."""
-    columns = ["image", "site", "version", "label"]
+    columns = ["image", "site", "version"] + [c for c in ("label", "mask") if any(c in r for r in rows)]
     for row in rows:
         columns += [k for k in row if k not in columns]
     buffer = io.StringIO()

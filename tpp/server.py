@@ -20,6 +20,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from tpp import store as adapter_store
 from tpp.errors import TppError
 from tpp.images import ImageError, decode, parse_window
+from tpp.segmentation import rle_encode
 from tpp.worker import InferenceWorker
 
 log = logging.getLogger("tpp.serve")
@@ -129,11 +130,15 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         except ImageError as exc:
             raise HTTPException(400, str(exc)) from None
         result = await outcome(worker.predict(site, arrays))
+        if result.masks is not None:  # segmentation: run-length masks and pixel counts per class
+            predictions = [{"file": up.filename, "mask": dict(rle_encode(mask), classes=result.label_names),
+                            "pixels": {n: int((mask == k).sum()) for k, n in enumerate(result.label_names)}}
+                           for up, mask in zip(images, result.masks)]
+        else:
+            predictions = [{"file": up.filename, "label": label, "probabilities": dict(zip(result.label_names, probs))}
+                           for up, label, probs in zip(images, result.labels(), result.probs)]
         return {"site": site, "version": result.version, "adapter_id": f"{site}@{result.version}",
-                "backbone_hash": bank.info.hash,
-                "predictions": [{"file": up.filename, "label": label,
-                                 "probabilities": dict(zip(result.label_names, probs))}
-                                for up, label, probs in zip(images, result.labels(), result.probs)]}
+                "backbone_hash": bank.info.hash, "predictions": predictions}
 
     @app.post("/v1/sites/{site}/reload", dependencies=[Depends(authorised)])
     async def reload(site: str):

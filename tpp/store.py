@@ -80,7 +80,7 @@ def publish(source: str | Path, store: str | Path, site: str) -> SiteVersion:
     check_site(site)
     path = _adapter_dir(source)
     card = read_card(path)  # refuses full_model baselines and non-adapters with a clear message
-    if card.get("task", {}).get("type") != "classification":
+    if card.get("task", {}).get("type") not in ("classification", "segmentation"):
         raise TppError(f"'{path}' has no task head (stage {card.get('stage')!r}): only fine-tuned adapters are "
                        "served. Fine-tune it first (tpp run finetune ... adapter.init_from=...).")
     names = adapter_files(path, card)
@@ -156,17 +156,19 @@ def listing(store: str | Path, backbone_hash: str | None = None) -> list[dict]:
         except TppError as exc:  # one broken site must not hide the others
             reason = str(exc).replace(f"{Path(store)}/", "")  # paths relative to the store keep the table narrow
             rows.append({"site": site, "version": "?", "backbone_match": "UNREADABLE", "method": reason,
-                         "modality": "", "task": "", "labels": "", "test_auroc": "-", "size_kib": "", "created": ""})
+                         "modality": "", "task": "", "labels": "", "test": "-", "size_kib": "", "created": ""})
             continue
         card = sv.card
-        test = card.get("metrics", {}).get("test")  # test AUROC of the fine-tuning run
+        metrics = card.get("metrics", {})  # test AUROC / Dice of the fine-tuning run
+        test = next(((name, metrics[key]) for key, name in (("test", "AUROC"), ("test_dice", "Dice"))
+                     if isinstance(metrics.get(key), float)), None)
         card_hash = card.get("backbone", {}).get("hash")
         match = "-" if backbone_hash is None else ("yes" if card_hash == backbone_hash else "NO")
         rows.append({
             "site": site, "version": sv.version, "backbone_match": match, "method": card.get("method"),
             "modality": card.get("modality"), "task": "/".join(card.get("task", {}).get("label_names", [])),
             "labels": card.get("data", {}).get("used", {}).get("images", ""),
-            "test_auroc": f"{test:.3f}" if isinstance(test, float) else "-",
+            "test": f"{test[0]} {test[1]:.3f}" if test else "-",
             "size_kib": f"{card['size_bytes'] / 1024:.0f}" if isinstance(card.get("size_bytes"), int) else "?",
             "created": card.get("created", ""),
         })

@@ -206,7 +206,13 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
 @torch.no_grad()
 def predict_probs(accelerator: Accelerator, model: torch.nn.Module, images: torch.Tensor,
                   batch_size: int) -> torch.Tensor:
-    """Softmax probabilities (N, K) for normalised images (N, C, H, W), in order.
+    """Softmax probabilities (N, K) for normalised images (N, C, H, W), in order."""
+    return predict(accelerator, model, images, batch_size, lambda logits: torch.softmax(logits.float(), dim=-1))
+
+
+def predict(accelerator: Accelerator, model: torch.nn.Module, images: torch.Tensor, batch_size: int,
+            postprocess) -> torch.Tensor:
+    """``postprocess(model(batch))`` for normalised images (N, C, H, W), concatenated in order.
 
     With several processes each computes a contiguous shard and the shards are gathered, so every
     image is evaluated exactly once and every process returns all N rows.
@@ -218,14 +224,13 @@ def predict_probs(accelerator: Accelerator, model: torch.nn.Module, images: torc
     out = []
     for start in range(0, len(mine), batch_size):
         batch = mine[start:start + batch_size].to(accelerator.device)
-        with accelerator.autocast():
-            logits = model(batch)
-        out.append(torch.softmax(logits.float(), dim=-1).cpu())
-    probs = torch.cat(out)
+        with accelerator.autocast(), torch.no_grad():
+            out.append(postprocess(model(batch)).cpu())
+    rows = torch.cat(out)
     if len(shards) == 1:
-        return probs
+        return rows
     size = max(len(s) for s in shards)  # gather needs equal sizes: pad, then drop the padding
-    padded = torch.cat([probs, probs.new_zeros(size - len(probs), probs.shape[1])]).to(accelerator.device)
+    padded = torch.cat([rows, rows.new_zeros(size - len(rows), *rows.shape[1:])]).to(accelerator.device)
     gathered = accelerator.gather(padded).cpu()
     return torch.cat([gathered[r * size:r * size + len(s)] for r, s in enumerate(shards)])
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
 from tpp.bank import AdapterBank
 from tpp.images import to_model_input
@@ -28,11 +27,13 @@ log = logging.getLogger("tpp.serve")
 
 @dataclass
 class Prediction:
-    """Per-image probabilities of one request, with the adapter version that computed them."""
+    """Per-image results of one request, with the adapter version that computed them: probabilities
+    for a classification site, class-index masks for a segmentation site."""
     site: str
     version: str
     label_names: list
-    probs: list  # one (K,) list per image
+    probs: list  # one (K,) list per image (classification)
+    masks: list | None = None  # one uint8 (h, w) array per image (segmentation)
 
     def labels(self) -> list[str]:
         return [self.label_names[int(np.argmax(p))] for p in self.probs]
@@ -148,15 +149,19 @@ class InferenceWorker:
         if not rows:
             return deferred
         try:
-            probs = self.bank.predict(sites, torch.cat(tensors))
+            outputs = self.bank.predict(sites, tensors)
         except BaseException as exc:
             for job, _, _ in rows:
                 job.future.set_exception(exc)
             return deferred
         start = 0
         for job, site, n in rows:
-            job.future.set_result(Prediction(site.name, site.version, site.label_names,
-                                             [p.tolist() for p in probs[start:start + n]]))
+            mine = outputs[start:start + n]
+            if site.task == "segmentation":
+                result = Prediction(site.name, site.version, site.label_names, [], [m.numpy() for m in mine])
+            else:
+                result = Prediction(site.name, site.version, site.label_names, [p.tolist() for p in mine])
+            job.future.set_result(result)
             start += n
         self.batches += 1
         log.info("batch of %d images, %d requests, %d sites in %.1f ms", len(sites), len(rows),

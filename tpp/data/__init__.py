@@ -1,7 +1,8 @@
 """Datasets as in-memory arrays: sources, seeded splits, label fractions and tensor transforms.
 
 Every source returns a :class:`Dataset`: uint8 images per split (N, H, W) or (N, H, W, C), integer
-labels (N,) (or None for unlabeled images), class names and a DICOM modality code.
+labels (N,) (or None for unlabeled images), for segmentation uint8 class-index masks (N, H, W), class
+names and a DICOM modality code.
 """
 from __future__ import annotations
 
@@ -21,15 +22,20 @@ def same_modality(a: str, b: str) -> bool:
 
 @dataclass
 class Split:
-    """One split: images uint8 (N, H, W) or (N, H, W, C); labels int64 (N,) or None (unlabeled)."""
+    """One split: images uint8 (N, H, W) or (N, H, W, C); labels int64 (N,) or None (unlabeled);
+    masks uint8 (N, h, w) class indices for segmentation data, else None."""
     images: np.ndarray
     labels: np.ndarray | None
+    masks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, index: np.ndarray) -> "Split":
-        return Split(self.images[index], None if self.labels is None else self.labels[index])
+        def pick(a):
+            return None if a is None else a[index]
+
+        return Split(self.images[index], pick(self.labels), pick(self.masks))
 
 
 @dataclass
@@ -39,6 +45,12 @@ class Dataset:
     class_names: list
     splits: dict = field(default_factory=dict)  # "train" / "val" / "test" -> Split
     skipped: list = field(default_factory=list)  # [(file, reason)] left out with data.on_bad_file=skip
+    split_id: str = "official"  # how the splits were made; seeded splits differ per seed
+    origin: str | None = None  # the image collection behind the data (BreastMNIST and BUSI share "BUSI")
+
+    @property
+    def is_segmentation(self) -> bool:
+        return any(s.masks is not None for s in self.splits.values())
 
     def split(self, name: str) -> Split:
         if name not in self.splits:
@@ -60,6 +72,8 @@ class Dataset:
             digest.update(np.ascontiguousarray(split.images).tobytes())
             if labels and split.labels is not None:
                 digest.update(np.ascontiguousarray(split.labels).tobytes())
+            if labels and split.masks is not None:
+                digest.update(np.ascontiguousarray(split.masks).tobytes())
         return digest.hexdigest()
 
     def describe(self, used: dict | None = None, labels: bool = True) -> dict:
@@ -67,6 +81,7 @@ class Dataset:
         With ``labels=False`` (pre-training) the hash covers images only and labels are not touched."""
         return {
             "name": self.name, "modality": self.modality, "content_sha256": self.content_hash(labels),
+            "origin": self.origin, "split_id": self.split_id,
             "classes": list(self.class_names),
             "counts": {k: len(v) for k, v in self.splits.items()}, "used": used or {},
         }

@@ -7,20 +7,30 @@ import torch.nn.functional as F
 
 from tpp.data import Dataset
 from tpp.data.folders import load_folder, load_unlabeled_folder
-from tpp.data.sources import load_medmnist, load_npz
+from tpp.data.segmentation import load_seg_folder, load_seg_npz
+from tpp.data.sources import MEDMNIST_ORIGINS, load_medmnist, load_npz
 
 
 def load_data(data, seed: int, image_size: int) -> Dataset:
     """Dispatch on ``data.source``; ``image_size`` is used to decode folders of mixed sizes."""
     if data.source == "medmnist":
-        return load_medmnist(data.name, data.root, data.download)
-    if data.source == "npz":
-        return load_npz(data.name, data.root, data.file, data.image_key, data.label_key, data.class_names_key,
-                        data.classes, data.modality, data.val_fraction, data.test_fraction, seed)
-    if data.source == "folder":
-        return load_folder(data.name, data.root, data.file, data.modality, image_size, data.classes,
-                           data.group_key, data.val_fraction, data.test_fraction, seed, data.on_bad_file)
-    return load_unlabeled_folder(data.name, data.root, data.file, data.modality, image_size, data.on_bad_file)
+        dataset = load_medmnist(data.name, data.root, data.download)
+        dataset.origin = MEDMNIST_ORIGINS.get(data.name)
+    elif data.source == "npz":
+        dataset = load_npz(data.name, data.root, data.file, data.image_key, data.label_key, data.class_names_key,
+                           data.classes, data.modality, data.val_fraction, data.test_fraction, seed)
+    elif data.source == "folder":
+        dataset = load_folder(data.name, data.root, data.file, data.modality, image_size, data.classes,
+                              data.group_key, data.val_fraction, data.test_fraction, seed, data.on_bad_file)
+    elif data.source == "seg_npz":
+        dataset = load_seg_npz(data, seed)
+    elif data.source == "seg_folder":
+        dataset = load_seg_folder(data, seed, image_size)
+    else:
+        dataset = load_unlabeled_folder(data.name, data.root, data.file, data.modality, image_size, data.on_bad_file)
+        dataset.split_id = "all images"
+    dataset.origin = data.origin or dataset.origin
+    return dataset
 
 
 def channel_rule(image_channels: int, model_channels: int) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from tpp.data import Dataset, Split
 from tpp.data.sources import check_modality, filter_classes, resolve_root
-from tpp.data.subsets import stratified_split
+from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
 
@@ -111,7 +111,8 @@ def load_folder(name: str, root: str | None, file: str | None, modality: str | N
         raise TppError(f"image folder '{path}': class(es) {untrained} have images in val/test but none in train "
                        "(or all of theirs were skipped); the model could never learn them. Add training images "
                        "or remove the class.")
-    dataset = Dataset(name, modality, names, splits, skipped=skipped)
+    split_id = "the folder's own" if len(ds) > 1 else seeded_split_id(seed, val_fraction, test_fraction, group_key)
+    dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id)
     if classes:
         dataset.splits, dataset.class_names = filter_classes(dataset.splits, names, classes, path)
     return dataset

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from tpp.data import KNOWN_MODALITIES, Dataset, Split
-from tpp.data.subsets import stratified_split
+from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
 SPLITS = ("train", "val", "test")
@@ -37,6 +37,9 @@ MEDMNIST = {
 MEDMNIST["organcmnist"] = MEDMNIST["organsmnist"] = MEDMNIST["organamnist"]
 # licences as the MedMNIST v2/v3 documentation lists them
 MEDMNIST_LICENSES = {name: "CC BY 4.0" for name in MEDMNIST} | {"dermamnist": "CC BY-NC 4.0"}
+# the image collections MedMNIST sets were made from, where other public sets share them
+MEDMNIST_ORIGINS = {"breastmnist": "BUSI", "pneumoniamnist": "Kermany2018", "dermamnist": "HAM10000",
+                    "dermamnist_jpeg": "HAM10000"}
 MEDMNIST["dermamnist_jpeg"] = MEDMNIST["dermamnist"]  # the lossy re-export in ../shared/data
 MEDMNIST_LICENSES["dermamnist_jpeg"] = MEDMNIST_LICENSES["dermamnist"]
 
@@ -165,7 +168,8 @@ def load_npz(name: str, root: str | None, file: str | None, image_key: str, labe
         splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     if classes:
         splits, names = filter_classes(splits, names, classes, path)
-    return Dataset(name, check_modality(modality, name), names, splits)
+    split_id = "the file's own" if f"train_{image_key}" in npz.files else seeded_split_id(seed, val_fraction, test_fraction, None)
+    return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id)
 
 
 def filter_classes(splits: dict, names: list, classes: list, path) -> tuple[dict, list]:

@@ -56,3 +56,8 @@ def stratified_split(labels: np.ndarray, val: float, test: float, dataset: str, 
                             ("train", cls_units[n_test + n_val:])):
             out[name] += [members[u] for u in chunk]
     return {k: np.sort(np.concatenate(v)) if v else np.array([], dtype=int) for k, v in out.items()}
+
+
+def seeded_split_id(seed: int, val: float, test: float, group_key: str | None) -> str:
+    """Names a seeded split (recorded in cards; two runs with equal ids split identically)."""
+    return f"seeded: seed {seed}, val {val}, test {test}, groups {group_key}"

@@ -34,7 +34,7 @@ def encode_visible(encoder: Encoder, pixel_values: torch.Tensor, noise: torch.Te
     ids_restore (B, N).
     """
     with mae_mask_ratio(encoder.base_config, mask_ratio):
-        out = encoder.model(pixel_values=pixel_values, noise=noise)
+        out = encoder.model(pixel_values=pixel_values, noise=noise, **encoder.size_kwargs(pixel_values))
     return out.last_hidden_state, out.mask, out.ids_restore
 
 
@@ -67,8 +67,10 @@ class FreshDecoder(nn.Module):
 
 
 def decode(decoder: nn.Module, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
-    """latent (B, 1 + N_keep, D), ids_restore (B, N) -> predicted patches (B, N, p * p * C)."""
-    return decoder(latent, ids_restore).logits
+    """latent (B, 1 + N_keep, D), ids_restore (B, N) -> predicted patches (B, N, p * p * C).
+    The decoder's position embeddings are interpolated when N is not the checkpoint's patch count."""
+    native = decoder.decoder_pos_embed.shape[1] - 1
+    return decoder(latent, ids_restore, interpolate_pos_encoding=ids_restore.shape[1] != native).logits
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
@@ -102,7 +104,7 @@ class MAEPretext(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         if noise is None:
-            noise = mask_noise(len(pixel_values), self.encoder.num_patches, pixel_values.device)
+            noise = mask_noise(len(pixel_values), self.encoder.num_patches(pixel_values), pixel_values.device)
         patch_size = self.encoder.base_config.patch_size
         if self.fresh:
             mask = random_mask(noise, self.mask_ratio)

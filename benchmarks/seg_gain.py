@@ -1,0 +1,259 @@
+"""Segmentation: does TPP help LoRA with few masks, and how close do adapters get to full fine-tuning?
+
+    python benchmarks/seg_gain.py --quick               # ~10 min: LoRA vs LoRA + TPP, 10% masks, one seed
+    python benchmarks/seg_gain.py --budget-min 60       # fills the cell cache; repeat until the grid is complete
+    python benchmarks/seg_gain.py --report-only         # tables and JSON from what the cache holds
+
+BUSI lesion segmentation (``seg/busi_64.npz``; ``--file seg/busi_128.npz`` for 128 px masks) on the
+seeded split grouped by ``dup_group`` (no near-duplicate group spans train and test), 64 px input on
+the 28-px shared backbone (interpolated position embeddings). Grid: fractions of the training masks
+(10%, 25%, 100%; nested, stratified by benign / malignant) x 3 seeds x methods: LoRA, LoRA + TPP (MAE
+on BUSI's own training images of the same split, never BreastMNIST, which is made from BUSI), the
+bottleneck adapter, full fine-tuning, and a small U-Net from scratch. Every ViT method uses the same
+decoder; its parameters are reported apart from the adapter's. The step budget depends only on the
+fraction and every cell keeps its last step (no validation-based selection).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # noqa: E402
+from tpp_gain import quiet_libraries  # noqa: E402
+
+PROTOCOL = {
+    "steps": {"0.1": 150, "0.25": 200, "1": 300}, "batch_size": 16, "selection": "last step of a fixed budget",
+    "lr": {"lora": 1e-3, "bottleneck": 1e-3, "full": 1e-4, "unet": 1e-3}, "full_head_lr_scale": 10.0,
+    "decoder": {"channels": [64, 32], "pixel_skip": True}, "dice_weight": 1.0, "input_size": 64,
+    "lora": {"r": 8, "alpha": 16}, "tpp_steps": 300, "tpp_batch_size": 32, "tpp_lr": 1e-3,
+}
+QUICK_PROTOCOL = dict(PROTOCOL, steps={"0.1": 100, "0.25": 100, "1": 100}, tpp_steps=100)
+FRACTIONS, SEEDS = [0.1, 0.25, 1.0], 3
+METHODS = ["lora", "lora+tpp_mae", "bottleneck", "full", "unet"]
+FINETUNE_CONFIG, TPP_CONFIG = "breast_us/busi_seg_lora_finetune.yaml", "breast_us/busi_seg_lora_tpp.yaml"
+
+
+class SegBench:
+    """Cells through the real recipes (the U-Net through benchmarks/unet.py), cached as JSON per cell."""
+
+    def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, file: str):
+        self.cache, self.protocol, self.backbone, self.data_root, self.file = cache, protocol, backbone, data_root, file
+        key = json.dumps({"protocol": protocol, "backbone": backbone, "file": file}, sort_keys=True)
+        self.protocol_id = hashlib.sha256(key.encode()).hexdigest()[:12]
+        self.target = Path(file).stem
+
+    def cell_path(self, method: str, fraction: float, seed: int) -> Path:
+        return self.cache / "cells" / self.target / method / f"f{fraction:g}_s{seed}.json"
+
+    def cached(self, method: str, fraction: float, seed: int) -> dict | None:
+        path = self.cell_path(method, fraction, seed)
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return data if data.get("protocol_id") == self.protocol_id else None
+        return None
+
+    def common(self, out: Path, seed: int) -> list[str]:
+        return [f"backbone.path={self.backbone}", f"data.root={self.data_root}", f"output_dir={out}", f"seed={seed}",
+                f"data.file={self.file}", f"data.name={self.target}", f"backbone.input_size={self.protocol['input_size']}"]
+
+    def tpp_adapter(self, seed: int) -> tuple[Path, float]:
+        """LoRA TPP (MAE) on the training images of this seed's split; trained once per seed."""
+        from tpp.recipes import CONFIG_DIR, run_recipe
+
+        out = self.cache / "tpp" / f"{self.target}_lora_mae_s{seed}"
+        stamp = out / "bench_protocol.txt"
+        if not (stamp.is_file() and stamp.read_text() == self.protocol_id):
+            p = self.protocol
+            run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + [
+                f"train.max_steps={p['tpp_steps']}", f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}",
+                f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}"], overwrite=True)
+            stamp.write_text(self.protocol_id)
+        return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
+
+    def method_overrides(self, method: str) -> list[str]:
+        p = self.protocol
+        base = method.split("+")[0]
+        if base == "lora":
+            out = [f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}"]
+        elif base == "full":
+            out = ["adapter={method: full}", f"train.head_lr_scale={p['full_head_lr_scale']}"]
+        else:
+            out = [f"adapter={{method: {base}}}"]
+        return out + [f"train.lr={p['lr'][base]}"]
+
+    def run_cell(self, method: str, fraction: float, seed: int) -> dict:
+        p = self.protocol
+        steps = p["steps"][f"{fraction:g}"]
+        tpp_s = None
+        if method == "unet":
+            metrics = self.run_unet(fraction, seed, steps)
+        else:
+            from tpp.recipes import CONFIG_DIR, run_recipe
+
+            overrides = self.method_overrides(method)
+            if method.endswith("+tpp_mae"):
+                adapter, tpp_s = self.tpp_adapter(seed)
+                overrides.append(f"adapter.init_from={adapter}")
+            work = self.cache / "work" / f"seg_{os.getpid()}"
+            metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, self.common(work, seed) + overrides + [
+                f"data.label_fraction={fraction}", "train.select_best=false", f"train.max_steps={steps}",
+                f"train.batch_size={p['batch_size']}", f"segmentation.dice_weight={p['dice_weight']}",
+                f"segmentation.decoder_channels={p['decoder']['channels']}", "segmentation.overlays=0",
+                f"segmentation.pixel_skip={str(p['decoder']['pixel_skip']).lower()}"], overwrite=True)
+            shutil.rmtree(work)
+        t = metrics["test"]
+        cell = {"target": self.target, "method": method, "fraction": fraction, "seed": seed,
+                "test_dice": t["dice"] or 0.0, "test_iou": t["iou"] or 0.0, "test_hd95": t["hd95"],
+                "empty_predictions": t["empty_predictions"], "n_test": t["n"], "train_masks": metrics["train_examples"],
+                "trainable_parameters": metrics["trainable_parameters"],
+                "adapter_parameters": metrics["adapter_parameters"], "decoder_parameters": metrics["decoder_parameters"],
+                "decoder_bytes": metrics.get("decoder_bytes", 0), "steps": steps, "finetune_s": metrics["wall_time_s"],
+                "tpp_s": tpp_s, "protocol_id": self.protocol_id}
+        path = self.cell_path(method, fraction, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cell, indent=1))
+        os.replace(tmp, path)
+        return cell
+
+    def run_unet(self, fraction: float, seed: int, steps: int) -> dict:
+        from unet import train_unet
+
+        from tpp.config import load_config
+        from tpp.data.build import load_data
+        from tpp.recipes import CONFIG_DIR
+
+        cfg = load_config(CONFIG_DIR / FINETUNE_CONFIG, [f"data.root={self.data_root}", f"data.file={self.file}",
+                                                         f"data.name={self.target}"])
+        dataset = load_data(cfg.data, seed, 0)
+        p = self.protocol
+        return train_unet(dataset, fraction, seed, steps, p["batch_size"], p["lr"]["unet"], p["dice_weight"],
+                          tuple(cfg.segmentation.augment_scale))
+
+
+def fill(bench: SegBench, cells: list[tuple], budget_s: float) -> tuple[list, list]:
+    start, missing, errors = time.time(), [], []
+    todo = [c for c in cells if not bench.cached(*c)]
+    print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
+    last = {}
+    for i, cell in enumerate(todo):
+        if time.time() - start + last.get(cell[0], 300.0) > budget_s:
+            return todo[i:], errors
+        t0 = time.time()
+        try:
+            result = bench.run_cell(*cell)
+        except Exception as exc:  # one broken cell must not lose the others
+            errors.append(f"{cell}: {type(exc).__name__}: {exc}")
+            print(f"  FAILED {cell}: {exc}", flush=True)
+            continue
+        last[cell[0]] = time.time() - t0
+        print(f"  [{i + 1}/{len(todo)}] {cell[0]} {cell[1]:.0%} seed {cell[2]}: Dice {result['test_dice']:.3f} "
+              f"({last[cell[0]]:.0f} s)", flush=True)
+    return missing, errors
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    groups = {}
+    for c in results:
+        groups.setdefault((c["method"], c["fraction"]), []).append(c)
+    rows = []
+    for (method, fraction), group in sorted(groups.items(), key=lambda kv: (kv[0][1], METHODS.index(kv[0][0])
+                                                                          if kv[0][0] in METHODS else 99)):
+        dice, iou = report.mean_std([c["test_dice"] for c in group]), report.mean_std([c["test_iou"] for c in group])
+        hd = [c["test_hd95"] for c in group if c["test_hd95"] is not None]
+        rows.append({"method": method, "fraction": fraction, "n": len(group), "dice_mean": dice[0], "dice_std": dice[1],
+                     "iou_mean": iou[0], "iou_std": iou[1], "hd95_mean": sum(hd) / len(hd) if hd else None,
+                     "empty_predictions": sum(c["empty_predictions"] for c in group) / len(group),
+                     "adapter_parameters": group[0]["adapter_parameters"],
+                     "decoder_parameters": group[0]["decoder_parameters"], "decoder_bytes": group[0]["decoder_bytes"],
+                     "finetune_s": sum(c["finetune_s"] for c in group) / len(group)})
+    return rows
+
+
+def markdown(rows: list[dict], diffs: list[dict]) -> str:
+    def pm(m, s, n):
+        return f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
+
+    lines = ["| masks | method | seeds | test Dice | test IoU | HD95 px | empty pred. | trained (adapter / all) | "
+             "decoder params | decoder KiB | s/cell |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        hd = "–" if r["hd95_mean"] is None else f"{r['hd95_mean']:.1f}"
+        lines.append(f"| {r['fraction']:.0%} | {r['method']} | {r['n']} | {pm(r['dice_mean'], r['dice_std'], r['n'])} | "
+                     f"{pm(r['iou_mean'], r['iou_std'], r['n'])} | {hd} | {r['empty_predictions']:.1f} | "
+                     f"{r['adapter_parameters']:,} | {r['decoder_parameters']:,} | {r['decoder_bytes'] / 1024:.0f} | "
+                     f"{r['finetune_s']:.0f} |")
+    lines += ["", "Paired Dice differences (same seed, same masks):", "",
+              "| masks | comparison | pairs | Dice difference | 95% CI |", "|---|---|---|---|---|"]
+    for d in diffs:
+        ci = "n/a (1 pair)" if d["n"] < 2 else f"[{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]"
+        lines.append(f"| {d['fraction']:.0%} | {d['method']} − {d['reference']} | {d['n']} | {d['diff_mean']:+.3f} | {ci} |")
+    return "\n".join(lines)
+
+
+def write_report(bench: SegBench, cells: list[tuple], out: Path, quick: bool) -> dict:
+    results = [r for r in (bench.cached(*c) for c in cells) if r]
+    if not results:
+        print("no finished cells yet")
+        return {}
+    rows = summarise(results)
+    comparisons = [("lora+tpp_mae", "lora"), ("full", "lora"), ("bottleneck", "lora"), ("full", "bottleneck"),
+                   ("unet", "full")]
+    diffs = [d for a, b in comparisons for d in report.paired(results, a, b, metric="test_dice")]
+    command = "python benchmarks/seg_gain.py " + " ".join(sys.argv[1:])
+    table = (f"Cells: {len(results)} of {len(cells)} finished{' (quick mode)' if quick else ''}. "
+             f"Protocol: `{json.dumps(bench.protocol)}`\n\n{markdown(rows, diffs)}")
+    payload = {"protocol": bench.protocol, "protocol_id": bench.protocol_id, "complete": len(results) == len(cells),
+               "rows": rows, "paired": diffs, "cells": results}
+    report.publish(out, "seg_gain", report.machine(), command, "BUSI lesion segmentation", table, payload)
+    return payload
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="LoRA vs LoRA + TPP, 10%% masks, one seed, short budgets")
+    parser.add_argument("--fractions", nargs="+", type=float, default=None, help="subset of 0.1 0.25 1.0")
+    parser.add_argument("--methods", nargs="+", default=None, help=f"subset of {' '.join(METHODS)}")
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--file", default="seg/busi_64.npz", help="BUSI file relative to the data root")
+    parser.add_argument("--budget-min", type=float, default=60.0, help="stop starting cells after this many minutes")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--cache", type=Path, default=None, help="default benchmarks/.cache/seg_gain[_quick]")
+    parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results (quick: runs/bench_quick)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    quiet_libraries()
+    if args.quick:
+        methods, fractions, seeds = args.methods or ["lora", "lora+tpp_mae"], args.fractions or [0.1], 1
+    else:
+        methods, fractions, seeds = args.methods or METHODS, args.fractions or FRACTIONS, args.seeds
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+    suffix = "_quick" if args.quick else ""
+    cache = args.cache or ROOT / "benchmarks" / ".cache" / f"seg_gain{suffix}"
+    out = args.out or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "benchmarks" / "results")
+    bench = SegBench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root, args.file)
+    cells = [(m, f, s) for f in fractions for s in range(seeds) for m in methods]
+    errors = []
+    if not args.report_only:
+        missing, errors = fill(bench, cells, args.budget_min * 60)
+        if missing:
+            print(f"budget reached: {len(missing)} cells left; run the same command again to continue.")
+    write_report(bench, cells, out, args.quick)
+    for e in errors:
+        print(f"failed: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""A small U-Net trained from scratch: the task-specific reference for the segmentation benchmark.
+
+Same data, split, mask fraction, augmentation, loss, step budget and metrics as the adapter cells;
+only the model differs (no backbone, every weight trained). Input: the gray image, scaled to [0, 1].
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.GELU(),
+                         nn.Conv2d(cout, cout, 3, padding=1), nn.GroupNorm(8, cout), nn.GELU())
+
+
+class UNet(nn.Module):
+    """``forward(x (B, C, H, W)) -> logits (B, K, H, W)``; H and W divisible by 2 ** len(widths)."""
+
+    def __init__(self, channels: int, num_classes: int, widths=(16, 32, 64, 128)):
+        super().__init__()
+        self.down = nn.ModuleList(block(a, b) for a, b in zip((channels, *widths[:-1]), widths))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2) for a, b in zip(widths[:-1], widths[1:]))
+        self.merge = nn.ModuleList(block(2 * a, a) for a in widths[:-1])
+        self.out = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, down in enumerate(self.down):
+            x = down(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for up, merge, skip in zip(reversed(self.up), reversed(self.merge), reversed(skips[:-1])):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.out(x)
+
+
+def train_unet(dataset, fraction: float, seed: int, steps: int, batch_size: int, lr: float, dice_weight: float,
+               augment_scale: tuple) -> dict:
+    """Train on a fraction of the training masks and return test metrics (keys as the finetune recipe's)."""
+    from tpp.data.segmentation import joint_augment
+    from tpp.data.subsets import label_fraction_index
+    from tpp.seg_metrics import segmentation_metrics
+    from tpp.segmentation import segmentation_loss
+
+    def pixels(images):
+        x = torch.from_numpy(images).float().div(255)
+        return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+    start = time.time()
+    train = dataset.split("train")
+    train = train.subset(label_fraction_index(train.labels, fraction, dataset.name, seed))
+    x, m = pixels(train.images), torch.from_numpy(train.masks).long()
+    torch.manual_seed(seed)
+    model = UNet(x.shape[1], dataset.num_classes)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.05)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
+        images, masks = joint_augment(x[idx], m[idx], augment_scale)
+        loss = segmentation_loss(model(images), masks, dice_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    test = dataset.split("test")
+    with torch.no_grad():
+        pred = torch.cat([model(b).argmax(1) for b in pixels(test.images).split(64)])
+    metrics = segmentation_metrics(pred, torch.from_numpy(test.masks), dataset.class_names)
+    params = sum(p.numel() for p in model.parameters())
+    return {"test": metrics, "trainable_parameters": params, "decoder_parameters": 0, "adapter_parameters": params,
+            "train_examples": len(train), "wall_time_s": round(time.time() - start, 1)}

@@ -1,0 +1,216 @@
+"""Segmentation pieces on tiny in-code models and hand-made masks: grid, decoder, other input sizes,
+VPT token hygiene, metrics against hand-computed values and torchmetrics, data loading, joint
+augmentation, leakage refusal, run-length masks."""
+import types
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_backbone
+from PIL import Image
+from torchmetrics.functional.segmentation import hausdorff_distance
+
+from tpp.backbones import load_backbone
+from tpp.builders import check_leakage
+from tpp.data import Dataset
+from tpp.data.segmentation import class_indices, joint_augment, load_seg_folder, load_seg_npz
+from tpp.errors import TppError
+from tpp.model import attach_adapter
+from tpp.seg_metrics import hausdorff_percentile, segmentation_metrics
+from tpp.segmentation import (SegmentationDecoder, SegmentationModel, rle_decode, rle_encode, segmentation_loss,
+                              tokens_to_grid)
+
+
+def test_tokens_to_grid_keeps_raster_order_and_refuses_extra_tokens():
+    h, w, d = 3, 4, 2
+    tokens = torch.arange(h * w * d, dtype=torch.float32).reshape(1, h * w, d)
+    grid = tokens_to_grid(tokens, (h, w))
+    assert grid.shape == (1, d, h, w)
+    assert torch.equal(grid[0, :, 1, 2], tokens[0, 1 * w + 2])  # token of row 1, column 2
+    with pytest.raises(TppError, match="only patch tokens"):
+        tokens_to_grid(torch.zeros(1, h * w + 1, d), (h, w))
+
+
+@pytest.mark.parametrize("patch,skip", [(4, True), (7, False)])
+def test_decoder_reaches_the_input_size(patch, skip):
+    grid = (4, 4)
+    decoder = SegmentationDecoder(32, 3, 1, (16, 8), skip)
+    pixels = torch.randn(2, 1, grid[0] * patch, grid[1] * patch)
+    logits = decoder(torch.randn(2, 16, 32), grid, pixels)
+    assert logits.shape == (2, 3, grid[0] * patch, grid[1] * patch)
+
+
+@pytest.mark.parametrize("kind", ["vit", "vit_mae", "dinov2"])
+def test_other_input_sizes_interpolate_position_embeddings(tmp_path, kind):
+    """28-px checkpoint, 56-px input: four times the patches; the native size still gives the old tokens."""
+    encoder, info, _ = load_backbone(str(make_backbone(tmp_path / kind, kind)), input_size=56)
+    assert info.input_size == 56 and "interpolated" in info.resolution_note()
+    small, large = torch.randn(2, 3, 28, 28), torch.randn(2, 3, 56, 56)
+    assert encoder.patch_tokens(encoder(large)).shape == (2, 14 * 14, 32)
+    assert encoder.grid(large) == (14, 14)
+    native = encoder.patch_tokens(encoder(small))
+    assert native.shape == (2, 49, 32)
+    if kind != "dinov2":
+        with torch.no_grad():
+            reference = encoder.model(pixel_values=small, **({"noise": torch.arange(49.).expand(2, 49)}
+                                                            if kind == "vit_mae" else {})).last_hidden_state[:, 1:]
+        assert torch.allclose(native, reference, atol=1e-6)
+    with pytest.raises(TppError, match="multiple of the patch size"):
+        load_backbone(str(tmp_path / kind), input_size=30)
+
+
+def test_vpt_prompts_never_reach_the_decoder(tiny_mae):
+    encoder, info, _ = load_backbone(str(tiny_mae), input_size=32)
+    attach_adapter(encoder, "vpt", {"length": 3, "deep": True})
+    seen = []
+    decoder = SegmentationDecoder(info.hidden_size, 2, 3, (8,), True)
+    decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
+    logits = SegmentationModel(encoder, decoder)(torch.randn(2, 3, 32, 32))
+    assert seen == [(2, 64, info.hidden_size)] and logits.shape == (2, 2, 32, 32)
+
+
+def test_segmentation_loss_at_mask_size_and_lower_for_the_right_answer():
+    masks = torch.zeros(2, 8, 8, dtype=torch.long)
+    masks[:, 2:6, 2:6] = 1
+    right = torch.stack([(masks == 0).float(), (masks == 1).float()], 1) * 10
+    upsampled = torch.nn.functional.interpolate(right, size=(16, 16))  # logits at input size 16, masks at 8
+    assert segmentation_loss(upsampled, masks, 1.0) < 0.05
+    assert segmentation_loss(-upsampled, masks, 1.0) > 1.0
+
+
+def test_metrics_match_hand_computed_values_and_torchmetrics():
+    target = torch.zeros(3, 10, 10, dtype=torch.long)
+    pred = torch.zeros_like(target)
+    target[0, 2:6, 2:6] = 1  # 16 px
+    pred[0, 3:7, 3:7] = 1    # 16 px, 9 shared
+    target[1, 1:4, 1:4] = 1  # image 1: nothing predicted
+    target[2, 5:9, 5:9] = 1
+    pred[2, 5:9, 5:9] = 1    # exact
+    m = segmentation_metrics(pred, target, ["background", "lesion"])
+    dice0, iou0 = 2 * 9 / 32, 9 / 23
+    assert m["dice"] == pytest.approx((dice0 + 0 + 1) / 3, abs=1e-6)
+    assert m["iou"] == pytest.approx((iou0 + 0 + 1) / 3, abs=1e-6)
+    assert m["empty_predictions"] == 1 and m["hd95_undefined"] == 1 and m["n"] == 3
+    assert m["per_class"]["lesion"]["images"] == 3
+    gen = torch.Generator().manual_seed(0)
+    blobs = (torch.nn.functional.avg_pool2d(torch.rand(4, 1, 24, 24, generator=gen), 5, 1, 2)[:, 0] > 0.5).long()
+    def pad(x):
+        return torch.nn.functional.pad(x, (0, 14, 0, 14))
+
+    a, b = torch.cat([pad(pred[:1]), blobs[:2]]), torch.cat([pad(target[:1]), blobs[2:]])
+    full = hausdorff_distance(a, b, num_classes=2, input_format="index")  # torchmetrics: the maximum
+    for i in range(3):
+        assert hausdorff_percentile(a[i] == 1, b[i] == 1, q=100) == pytest.approx(float(full[i, 0]))
+    assert m["hd95"] == pytest.approx(np.mean([hausdorff_percentile(pred[0] == 1, target[0] == 1), 0.0]))
+
+
+def test_multiclass_metrics_leave_out_classes_absent_from_both():
+    target = torch.zeros(2, 6, 6, dtype=torch.long)
+    target[0, 1:3, 1:3] = 1  # image 0 benign only, image 1 malignant only
+    target[1, 2:5, 2:5] = 2
+    m = segmentation_metrics(target.clone(), target, ["background", "benign", "malignant"])
+    assert m["per_class"]["benign"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "images": 1}
+    assert m["dice"] == 1.0 and m["empty_predictions"] == 0
+    none = segmentation_metrics(torch.zeros_like(target), target, ["background", "benign", "malignant"])
+    assert none["dice"] == 0.0 and none["hd95"] is None and none["empty_predictions"] == 2
+
+
+def test_class_indices_maps_255_and_refuses_other_values():
+    assert class_indices(np.array([[0, 255]], np.uint8), 2, "m").tolist() == [[0, 1]]
+    assert class_indices(np.array([[0, 2]], np.uint8), 3, "m").tolist() == [[0, 2]]
+    with pytest.raises(TppError, match="mask value 7"):
+        class_indices(np.array([[0, 7]], np.uint8), 3, "m")
+
+
+def seg_cfg(**kw):
+    base = dict(name="toy", file=None, root=None, image_key="images", mask_key="masks", label_key="label",
+                class_names_key="label_names", group_key="group", mask_classes="binary", classes=None,
+                modality="US", val_fraction=0.2, test_fraction=0.2, on_bad_file="error")
+    return types.SimpleNamespace(**(base | kw))
+
+
+def toy_npz(path, n=40):
+    rng = np.random.default_rng(0)
+    masks = np.zeros((n, 16, 16), np.uint8)
+    for i in range(n):
+        masks[i, 4:4 + i % 8 + 2, 3:9] = 255
+    np.savez(path, images=rng.integers(0, 255, (n, 16, 16), dtype=np.uint8), masks=masks,
+             label=(np.arange(n) % 2).astype(np.uint8), label_names=np.array(["benign", "malignant"]),
+             group=np.arange(n) // 4)
+    return path
+
+
+def test_seg_npz_keeps_groups_in_one_split_and_maps_labels_to_classes(tmp_path):
+    path = toy_npz(tmp_path / "toy.npz")
+    ds = load_seg_npz(seg_cfg(file=str(path)), seed=1)
+    assert ds.is_segmentation and ds.class_names == ["background", "foreground"]
+    groups = np.load(path)["group"]
+    images = np.load(path)["images"]
+    split_groups = {}
+    for name, split in ds.splits.items():
+        rows = [int(np.flatnonzero((images == im).all(axis=(1, 2)))[0]) for im in split.images]
+        split_groups[name] = set(groups[rows])
+        assert set(np.unique(split.masks)) <= {0, 1}
+    assert not (split_groups["train"] & split_groups["test"]) and not (split_groups["train"] & split_groups["val"])
+    multi = load_seg_npz(seg_cfg(file=str(path), mask_classes="from_label"), seed=1)
+    assert multi.class_names == ["background", "benign lesion", "malignant lesion"]
+    train = multi.split("train")
+    for label, mask in zip(train.labels, train.masks):
+        assert set(np.unique(mask)) == {0, 1 + label}
+    np.savez(tmp_path / "bad.npz", images=np.zeros((4, 16, 16), np.uint8), masks=np.zeros((4, 8, 8), np.uint8))
+    with pytest.raises(TppError, match="one mask of its own height and width"):
+        load_seg_npz(seg_cfg(file=str(tmp_path / "bad.npz"), group_key=None), seed=0)
+
+
+def test_seg_folder_matches_names_and_reads_0_255_masks(tmp_path):
+    root = tmp_path / "seg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((20, 20), 10 * i, np.uint8)).save(root / "images" / f"case{i}.png")
+        mask = np.zeros((20, 20), np.uint8)
+        mask[5:15, 5:15] = 255
+        Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
+    ds = load_seg_folder(seg_cfg(file=str(root), group_key=None, modality="US"), seed=0, size=16)
+    assert sum(len(s) for s in ds.splits.values()) == 10
+    assert ds.split("train").masks.shape[1:] == (16, 16) and set(np.unique(ds.split("train").masks)) == {0, 1}
+    (root / "masks" / "case3.png").unlink()
+    with pytest.raises(TppError, match="without a mask"):
+        load_seg_folder(seg_cfg(file=str(root), group_key=None), seed=0, size=16)
+
+
+def test_joint_augment_moves_image_and_mask_together():
+    masks = torch.zeros(64, 32, 32, dtype=torch.long)
+    masks[:, 4:20, 6:14] = 1
+    images = masks[:, None].float().expand(-1, 3, -1, -1).clone()
+    out_images, out_masks = joint_augment(images, masks, (0.6, 0.9), torch.Generator().manual_seed(0))
+    agree = ((out_images[:, 0] > 0.5).long() == out_masks).float().mean()
+    assert agree > 0.98
+    assert not torch.equal(out_masks, masks) and set(out_masks.unique().tolist()) == {0, 1}
+    flipped = out_masks[:, :, 16:].sum() > out_masks[:, :, :16].sum()
+    assert 0 < int(flipped.sum()) < 64  # some images flipped, some not
+
+
+def card(name, split_id="seeded: seed 0", splits=("train",), origin="BUSI"):
+    return {"data": {"name": name, "origin": origin, "split_id": split_id, "used": {"splits": list(splits)}}}
+
+
+def test_leakage_from_the_same_image_collection_is_refused():
+    busi = Dataset("busi_64", "US", ["background", "lesion"], origin="BUSI", split_id="seeded: seed 0")
+    check_leakage(card("busi_64"), busi, "a")  # same data, same split: fine
+    check_leakage(card("pneumoniamnist", origin="Kermany2018"), busi, "a")  # other images: fine
+    with pytest.raises(TppError, match="same BUSI images"):
+        check_leakage(card("breastmnist", "official"), busi, "a")
+    with pytest.raises(TppError, match="may have seen"):
+        check_leakage(card("busi_64", "seeded: seed 1"), busi, "a")
+    with pytest.raises(TppError, match="may have seen"):
+        check_leakage(card("busi_64", splits=("train", "val", "test")), busi, "a")
+
+
+def test_run_length_masks_round_trip():
+    mask = np.zeros((5, 7), np.uint8)
+    mask[1:3, 2:6] = 2
+    mask[4, 0] = 1
+    rle = rle_encode(mask)
+    assert rle["size"] == [5, 7] and sum(n for _, n in rle["counts"]) == 35
+    assert np.array_equal(rle_decode(rle), mask)

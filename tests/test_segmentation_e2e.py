@@ -1,0 +1,121 @@
+"""Segmentation end to end on real BUSI lesion masks (../shared/data/seg/busi_64.npz) with the shared
+backbone at 64 px: TPP -> segmentation fine-tuning from it -> evaluate -> publish -> ``tpp predict``
+masks -> the HTTP service's run-length masks. Small budgets: this checks the plumbing and the
+hand-off, not the Dice (benchmarks/seg_gain.py measures that)."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHARED, shared_backbone, shared_data
+from PIL import Image
+from test_images import png_bytes
+from test_serve import request, serving
+
+from tpp import store
+from tpp.cli import main
+from tpp.segmentation import rle_decode
+
+pytestmark = pytest.mark.integration
+CONFIG = "breast_us/busi_seg_lora_finetune.yaml"
+
+
+def busi() -> np.lib.npyio.NpzFile:
+    shared_data()  # fails under CI when ../shared is missing
+    path = SHARED / "data" / "seg" / "busi_64.npz"
+    if not path.is_file():
+        pytest.fail(f"BUSI segmentation file missing at {path}")
+    return np.load(path)
+
+
+def common(out):
+    return [f"backbone.path={shared_backbone()}", f"data.root={shared_data()}", f"output_dir={out}"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    busi()
+    base = tmp_path_factory.mktemp("seg")
+    assert main(["run", "tpp", "--config", "breast_us/busi_seg_lora_tpp.yaml", *common(base / "tpp"),
+                 "train.max_steps=3", "train.batch_size=8"]) == 0
+    # 12 steps with a strong Dice term already predict some lesion pixels (measured: 5% of pixels)
+    assert main(["run", "finetune", "--config", CONFIG, *common(base / "seg"), "train.max_steps=12",
+                 "train.batch_size=8", "train.lr=1e-2", "segmentation.dice_weight=3", "train.select_best=false",
+                 f"adapter.init_from={base / 'tpp' / 'adapter'}"]) == 0
+    return base
+
+
+def test_tpp_then_segmentation_records_the_hand_off_and_what_it_measured(runs):
+    tpp_card = json.loads((runs / "tpp" / "adapter" / "tpp_card.json").read_text())
+    assert tpp_card["data"]["origin"] == "BUSI" and tpp_card["data"]["used"]["splits"] == ["train"]
+    assert tpp_card["input"]["image_size"] == 64 and "interpolated" in tpp_card["input"]["resolution"]
+    card = json.loads((runs / "seg" / "adapter" / "tpp_card.json").read_text())
+    assert card["task"]["type"] == "segmentation" and card["task"]["mask_size"] == [64, 64]
+    assert card["task"]["label_names"] == ["background", "lesion"]
+    assert card["parent"]["stage"] == "tpp" and card["data"]["split_id"] == tpp_card["data"]["split_id"]
+    metrics = json.loads((runs / "seg" / "metrics.json").read_text())
+    n_test = metrics["test"]["n"]
+    assert n_test > 100 and metrics["test"]["per_class"]["lesion"]["images"] >= 1
+    assert 0 < metrics["test"]["dice"] <= 1 and 0 <= metrics["test"]["empty_predictions"] < n_test
+    assert metrics["decoder_parameters"] > 0 and metrics["adapter_parameters"] > 0
+    assert metrics["decoder_bytes"] < metrics["adapter_bytes"]
+    overlays = sorted((runs / "seg" / "overlays").glob("test_*.png"))
+    assert len(overlays) == 16 and Image.open(overlays[0]).size == (64, 64)
+    log = [json.loads(line) for line in (runs / "seg" / "log.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "init_from" for e in log)
+
+
+def test_evaluate_reproduces_the_test_metrics(runs):
+    out = runs / "eval"
+    assert main(["run", "evaluate", "--config", CONFIG, *common(out), f"adapter.path={runs / 'seg' / 'adapter'}",
+                 "data.split=test"]) == 0
+    again = json.loads((out / "metrics.json").read_text())["test"]
+    first = json.loads((runs / "seg" / "metrics.json").read_text())["test"]
+    assert again["dice"] == pytest.approx(first["dice"], abs=1e-6) and again["n"] == first["n"]
+
+
+def test_breastmnist_pretraining_is_refused_for_busi(runs, capsys):
+    """BreastMNIST is made from the BUSI images: its TPP adapter may have seen BUSI test images."""
+    out = runs / "breast_tpp"
+    assert main(["run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", *common(out),
+                 "train.max_steps=1", "train.batch_size=8"]) == 0
+    capsys.readouterr()
+    code = main(["run", "finetune", "--config", CONFIG, *common(runs / "leak"), "train.max_steps=1",
+                 f"adapter.init_from={out / 'adapter'}"])
+    assert code != 0 and "same BUSI images" in capsys.readouterr().err
+    assert not (runs / "leak" / "adapter").exists()
+
+
+def test_predict_and_service_return_the_same_masks_as_offline(runs, tmp_path, capsys):
+    store_path = tmp_path / "store"
+    store.publish(runs / "seg", store_path, "busi_site")
+    images = busi()["images"][:8]
+    files = []
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"scan{i}.png")
+        files.append(str(tmp_path / f"scan{i}.png"))
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--backbone", str(shared_backbone()), "--store", str(store_path), "--site", "busi_site",
+                 *files, "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    masks = [np.asarray(Image.open(tmp_path / row["mask"])) for row in rows]
+    assert [m.shape for m in masks] == [(64, 64)] * 8 and {"frac_background", "frac_lesion"} <= set(rows[0])
+    assert any(0 < (m == 1).mean() < 1 for m in masks)  # not a trivial all-background answer
+
+    from tpp.images import to_model_input
+    from tpp.recipes.evaluate import load_task_model
+
+    model, card, _ = load_task_model(str(runs / "seg" / "adapter"), str(shared_backbone()))
+    with torch.no_grad():
+        offline = [model(to_model_input(im, card["input"])).argmax(1)[0].numpy() for im in images]
+    assert all(np.array_equal(a, b) for a, b in zip(masks, offline))
+
+    world = {"backbone": shared_backbone(), "store": store_path}
+    with serving(world) as url:
+        status, body = request(f"{url}/v1/sites/busi_site/predict",
+                               [(f"s{i}.png", png_bytes(im)) for i, im in enumerate(images)])
+    assert status == 200
+    served = [rle_decode(p["mask"]) for p in body["predictions"]]
+    assert all(np.array_equal(a, b) for a, b in zip(served, masks))
+    assert body["predictions"][0]["pixels"]["lesion"] == int((masks[0] == 1).sum())

@@ -1,0 +1,174 @@
+"""Image + mask pairs for segmentation: ``.npz`` files and ``images/`` + ``masks/`` folders.
+
+Masks are uint8 class indices (N, H, W), 0 = background. Binary masks stored as 0/255 are mapped to
+0/1. With ``data.mask_classes=from_label`` the foreground of each mask becomes ``1 + label`` of its
+image (BUSI: background / benign lesion / malignant lesion). Splits are seeded, stratified by the
+image label when there is one, and keep every ``data.group_key`` group inside one split.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tpp.data import Dataset, Split
+from tpp.data.sources import _array, _images, _open_npz, check_modality, resolve_root
+from tpp.data.subsets import seeded_split_id, stratified_split
+from tpp.errors import TppError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+
+
+def class_indices(mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+    """A mask's values as class indices: {0, 255} -> {0, 1}; anything else must lie in 0..K-1."""
+    values = np.unique(mask)
+    if set(values.tolist()) <= {0, 255} and 255 in values:
+        return (mask > 0).astype(np.uint8)
+    if values.max() >= num_classes:
+        raise TppError(f"{where}: mask value {int(values.max())} is not a class index 0..{num_classes - 1} "
+                       f"(values found: {values.tolist()[:10]}). Masks hold class indices, or 0/255 for binary.")
+    return mask.astype(np.uint8)
+
+
+def mask_class_names(data, label_names: list | None) -> list[str]:
+    """Names of the mask values: ``data.classes``, else background + foreground (or + label names)."""
+    if data.mask_classes == "from_label":
+        if not label_names:
+            raise TppError("data.mask_classes=from_label needs image labels with names (data.label_key, "
+                           "data.class_names_key).")
+        names = ["background"] + [f"{n} lesion" if "lesion" not in n else n for n in label_names]
+    else:
+        names = ["background", "foreground"]
+    if data.classes:
+        if len(data.classes) != len(names):
+            raise TppError(f"data.classes names {len(data.classes)} mask classes, the masks have {len(names)} "
+                           f"({', '.join(names)}).")
+        names = list(data.classes)
+    return names
+
+
+def load_seg_npz(data, seed: int) -> Dataset:
+    """``data.file`` with keys images (N, H, W[, C]) and masks (N, H, W); optional per-image labels
+    (``data.label_key``, for stratification and ``mask_classes=from_label``) and groups (``data.group_key``)."""
+    if not data.file:
+        raise TppError("data.source=seg_npz needs data.file (path of the .npz, relative to data.root).")
+    path = Path(data.file) if Path(data.file).is_absolute() else resolve_root(data.root) / data.file
+    if not path.is_file():
+        raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
+    npz = _open_npz(path)
+    images = _images(_array(npz, data.image_key, path), f"'{path}' {data.image_key}")
+    masks = _array(npz, data.mask_key, path)
+    if masks.shape != images.shape[:3]:
+        raise TppError(f"'{path}': masks have shape {masks.shape}, images {images.shape}; every image needs "
+                       "one mask of its own height and width.")
+    labels = label_names = None
+    if data.label_key in npz.files:
+        labels = np.asarray(_array(npz, data.label_key, path)).reshape(-1).astype(np.int64)
+        if len(labels) != len(images):
+            raise TppError(f"'{path}': {len(labels)} labels for {len(images)} images.")
+        if data.class_names_key and data.class_names_key in npz.files:
+            label_names = [str(n) for n in _array(npz, data.class_names_key, path)]
+    names = mask_class_names(data, label_names)
+    masks = class_indices(masks, 2 if data.mask_classes == "from_label" else len(names), f"'{path}' {data.mask_key}")
+    if data.mask_classes == "from_label":
+        masks = (masks > 0) * (1 + labels[:, None, None]).astype(np.uint8)
+    groups = None
+    if data.group_key:
+        groups = np.asarray(_array(npz, data.group_key, path)).reshape(-1)
+        if len(groups) != len(images):
+            raise TppError(f"'{path}': {len(groups)} group ids ({data.group_key}) for {len(images)} images.")
+    return _split(data, images, masks.astype(np.uint8), labels, groups, names, seed)
+
+
+def load_seg_folder(data, seed: int, size: int) -> Dataset:
+    """``DIR/images/<name>`` + ``DIR/masks/<name>`` (same file stem), resized to ``size`` (images
+    bilinear, masks nearest). Groups: a ``metadata.csv`` column (``file_name`` + ``data.group_key``)."""
+    from tpp.data.folders import _decode, _folder
+
+    root = _folder(data.root, data.file)
+    image_dir, mask_dir = root / "images", root / "masks"
+    for d in (image_dir, mask_dir):
+        if not d.is_dir():
+            raise TppError(f"segmentation folder '{root}' needs images/ and masks/ sub-folders ('{d}' is missing).")
+    image_files = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    mask_files = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    unmatched = sorted(set(image_files) ^ set(mask_files))
+    if unmatched:
+        raise TppError(f"'{root}': {len(unmatched)} image(s) without a mask or mask(s) without an image, "
+                       f"e.g. '{unmatched[0]}'. Every images/NAME needs masks/NAME (same stem).")
+    if not image_files:
+        raise TppError(f"'{image_dir}' holds no images.")
+    stems = sorted(image_files)
+    images, kept, skipped = _decode([str(image_files[s]) for s in stems], size, data.on_bad_file)
+    stems = [stems[i] for i in kept]
+    names = mask_class_names(data, None)
+    masks = np.stack([_read_mask(mask_files[s], size, len(names)) for s in stems])
+    groups = _folder_groups(root, stems, image_files, data.group_key) if data.group_key else None
+    dataset = _split(data, images, masks, None, groups, names, seed)
+    dataset.skipped = skipped
+    return dataset
+
+
+def _read_mask(path: Path, size: int, num_classes: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P", "1", "I", "I;16"):
+                raise TppError(f"mask '{path}' has mode {img.mode}; masks are single-channel class-index "
+                               "(or 0/255) images.")
+            arr = np.asarray(img.resize((size, size), Image.NEAREST)).astype(np.int64)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise TppError(f"mask '{path}' cannot be read ({exc}).") from None
+    if arr.min() < 0 or arr.max() > 255:
+        raise TppError(f"mask '{path}' has values outside 0..255.")
+    return class_indices(arr.astype(np.uint8), num_classes, f"mask '{path}'")
+
+
+def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray:
+    import csv
+
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        raise TppError(f"data.group_key='{key}' needs '{meta}' with columns file_name and {key}.")
+    with open(meta, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and key not in rows[0]:
+        raise TppError(f"data.group_key '{key}' is not a column of '{meta}' (columns: {', '.join(rows[0])}).")
+    by_name = {Path(r.get("file_name", "")).stem: r[key] for r in rows}
+    missing = [s for s in stems if s not in by_name]
+    if missing:
+        raise TppError(f"'{meta}' has no row for image '{files[missing[0]].name}' ({len(missing)} missing).")
+    return np.unique(np.asarray([by_name[s] for s in stems]), return_inverse=True)[1]
+
+
+def _split(data, images, masks, labels, groups, names, seed) -> Dataset:
+    strata = labels if labels is not None else np.zeros(len(images), dtype=np.int64)
+    index = stratified_split(strata, data.val_fraction, data.test_fraction, data.name, seed, groups)
+    splits = {k: Split(images[i], strata[i], masks[i]) for k, i in index.items()}
+    split_id = seeded_split_id(seed, data.val_fraction, data.test_fraction, data.group_key)
+    return Dataset(data.name, check_modality(data.modality, data.name), names, splits, split_id=split_id)
+
+
+def joint_augment(images: torch.Tensor, masks: torch.Tensor, scale: tuple = (0.8, 1.0),
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random flip + zoom-in crop for each image and its mask.
+
+    images (B, C, H, W) float, masks (B, H, W) long -> same shapes. Images are resampled bilinearly,
+    masks by nearest neighbour (classes stay classes).
+    """
+    b = images.shape[0]
+    device = images.device
+    s = torch.empty(b, device=device).uniform_(*scale, generator=generator)
+    shift = (1 - s)[:, None] * (torch.rand(b, 2, device=device, generator=generator) * 2 - 1)
+    flip = torch.where(torch.rand(b, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 1, 1] = s * flip, s
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out_images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    mask_grid = F.affine_grid(theta, [b, 1, *masks.shape[-2:]], align_corners=False)
+    out_masks = F.grid_sample(masks[:, None].float(), mask_grid, mode="nearest", align_corners=False)
+    return out_images, out_masks[:, 0].long()

@@ -182,20 +182,45 @@ def markdown(rows: list[dict], diffs: list[dict]) -> str:
     def pm(m, s, n):
         return f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
 
-    lines = ["| masks | method | seeds | test Dice | test IoU | HD95 px | empty pred. | trained (adapter / all) | "
-             "decoder params | decoder KiB | s/cell |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| masks | method | seeds | test Dice | test IoU | HD95 px | empty pred. | trained params (w/o decoder) "
+             "| their KiB (fp32) | decoder params | decoder KiB | s/cell |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hd = "–" if r["hd95_mean"] is None else f"{r['hd95_mean']:.1f}"
         lines.append(f"| {r['fraction']:.0%} | {r['method']} | {r['n']} | {pm(r['dice_mean'], r['dice_std'], r['n'])} | "
                      f"{pm(r['iou_mean'], r['iou_std'], r['n'])} | {hd} | {r['empty_predictions']:.1f} | "
-                     f"{r['adapter_parameters']:,} | {r['decoder_parameters']:,} | {r['decoder_bytes'] / 1024:.0f} | "
-                     f"{r['finetune_s']:.0f} |")
+                     f"{r['adapter_parameters']:,} | {r['adapter_parameters'] * 4 / 1024:,.0f} | "
+                     f"{r['decoder_parameters']:,} | {r['decoder_bytes'] / 1024:.0f} | {r['finetune_s']:.0f} |")
     lines += ["", "Paired Dice differences (same seed, same masks):", "",
               "| masks | comparison | pairs | Dice difference | 95% CI |", "|---|---|---|---|---|"]
     for d in diffs:
         ci = "n/a (1 pair)" if d["n"] < 2 else f"[{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]"
         lines.append(f"| {d['fraction']:.0%} | {d['method']} − {d['reference']} | {d['n']} | {d['diff_mean']:+.3f} | {ci} |")
     return "\n".join(lines)
+
+
+PEFT = ("lora", "lora+tpp_mae", "bottleneck")
+
+
+def goals(rows: list[dict], diffs: list[dict]) -> list[str]:
+    """The issue's two goals, stated from what was measured."""
+    lines = []
+    for d in diffs:
+        if (d["method"], d["reference"]) == ("lora+tpp_mae", "lora") and d["fraction"] in (0.1, 0.25):
+            verdict = "ahead" if d["diff_mean"] > 0 else "not ahead"
+            sure = "" if d["n"] < 2 else (" (95% CI excludes 0)" if d["ci95_low"] > 0 or d["ci95_high"] < 0
+                                         else " (95% CI includes 0)")
+            lines.append(f"- TPP vs random-init LoRA at {d['fraction']:.0%} masks: {verdict}, {d['diff_mean']:+.3f} Dice "
+                         f"over {d['n']} paired seeds{sure}.")
+    by = {(r["method"], r["fraction"]): r for r in rows}
+    for fraction in sorted({r["fraction"] for r in rows}):
+        peft = [by[(m, fraction)] for m in PEFT if (m, fraction) in by]
+        if peft and ("full", fraction) in by:
+            best, full = max(peft, key=lambda r: r["dice_mean"]), by[("full", fraction)]
+            gap = full["dice_mean"] - best["dice_mean"]
+            lines.append(f"- {fraction:.0%} masks: best PEFT ({best['method']}, {best['dice_mean']:.3f}) vs full "
+                         f"fine-tuning ({full['dice_mean']:.3f}): {gap:+.3f} Dice; within 2 points: "
+                         f"{'yes' if gap <= 0.02 else 'no'}.")
+    return lines
 
 
 def write_report(bench: SegBench, cells: list[tuple], out: Path, quick: bool) -> dict:
@@ -208,10 +233,11 @@ def write_report(bench: SegBench, cells: list[tuple], out: Path, quick: bool) ->
                    ("unet", "full")]
     diffs = [d for a, b in comparisons for d in report.paired(results, a, b, metric="test_dice")]
     command = "python benchmarks/seg_gain.py " + " ".join(sys.argv[1:])
+    verdicts = goals(rows, diffs)
     table = (f"Cells: {len(results)} of {len(cells)} finished{' (quick mode)' if quick else ''}. "
-             f"Protocol: `{json.dumps(bench.protocol)}`\n\n{markdown(rows, diffs)}")
+             f"Protocol: `{json.dumps(bench.protocol)}`\n\n{markdown(rows, diffs)}\n\nGoals:\n\n" + "\n".join(verdicts))
     payload = {"protocol": bench.protocol, "protocol_id": bench.protocol_id, "complete": len(results) == len(cells),
-               "rows": rows, "paired": diffs, "cells": results}
+               "rows": rows, "paired": diffs, "goals": verdicts, "cells": results}
     report.publish(out, "seg_gain", report.machine(), command, "BUSI lesion segmentation", table, payload)
     return payload
 

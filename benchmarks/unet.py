@@ -1,7 +1,9 @@
 """A small U-Net trained from scratch: the task-specific reference for the segmentation benchmark.
 
-Same data, split, mask fraction, augmentation, loss, step budget and metrics as the adapter cells;
-only the model differs (no backbone, every weight trained). Input: the gray image, scaled to [0, 1].
+Same data, split, mask fraction, augmentation, loss, batch size, step budget and metrics as the adapter
+cells; the model differs (no backbone, every weight trained) and so does the loop: batches are drawn
+with replacement and the learning rate follows a one-cycle schedule (the recipes use epochs and
+warm-up + cosine). Input: the gray image, scaled to [0, 1].
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import torch
 
 from tpp.adapter_dir import read_card, read_weights, verify_backbone
 from tpp.backbones import load_backbone
-from tpp.builders import record_skipped, require_labels, tensors
+from tpp.builders import check_same_split, record_skipped, require_labels, tensors
 from tpp.data.build import load_data
 from tpp.errors import ConfigError, TppError
 from tpp.metrics import classification_metrics
@@ -54,6 +54,7 @@ def run(cfg, run) -> dict:
     if list(dataset.class_names) != list(card["task"]["label_names"]):
         raise TppError(f"dataset '{dataset.name}' classes {dataset.class_names} differ from the adapter's "
                        f"{card['task']['label_names']}.")
+    check_same_split(card, dataset, cfg.adapter.path)
     split = dataset.split(cfg.data.split)
     model = accelerator.prepare(model)
     x = tensors(split.images, info)

@@ -81,8 +81,7 @@ def run(cfg, run) -> dict:
 
     def loss_fn(model, batch):
         images, masks = batch
-        if cfg.data.hflip:
-            images, masks = joint_augment(images, masks, tuple(cfg.segmentation.augment_scale))
+        images, masks = joint_augment(images, masks, tuple(cfg.segmentation.augment_scale), flip=cfg.data.hflip)
         return segmentation_loss(model(images), masks, cfg.segmentation.dice_weight)
 
     def predict_masks(model, x):
@@ -117,7 +116,7 @@ def run(cfg, run) -> dict:
         metrics={f"{k}_dice": metrics[k]["dice"] for k in ("val", "test")}, parent=parent,
         trainable_parameters=metrics["trainable_parameters"], kind=method.kind)
     adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, model.encoder, model.head, card))
-    metrics["adapter_bytes"] = dir_size(adapter)
+    metrics["adapter_bytes"] = dir_size(adapter)  # the whole directory: adapter tensors, decoder, card
     metrics["decoder_bytes"] = (adapter / "head.safetensors").stat().st_size if run.main else 0
     run.publish_json("metrics.json", metrics)
     return metrics

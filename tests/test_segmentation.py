@@ -12,11 +12,11 @@ from torchmetrics.functional.segmentation import hausdorff_distance
 
 from tpp.backbones import load_backbone
 from tpp.builders import check_leakage
-from tpp.data import Dataset
+from tpp.data import Dataset, Split
 from tpp.data.segmentation import class_indices, joint_augment, load_seg_folder, load_seg_npz
 from tpp.errors import TppError
 from tpp.model import attach_adapter
-from tpp.seg_metrics import hausdorff_percentile, segmentation_metrics
+from tpp.seg_metrics import hausdorff_percentile, quick_dice, segmentation_metrics
 from tpp.segmentation import (SegmentationDecoder, SegmentationModel, rle_decode, rle_encode, segmentation_loss,
                               tokens_to_grid)
 
@@ -110,6 +110,10 @@ def test_multiclass_metrics_leave_out_classes_absent_from_both():
     target[1, 2:5, 2:5] = 2
     m = segmentation_metrics(target.clone(), target, ["background", "benign", "malignant"])
     assert m["per_class"]["benign"] == {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "images": 1}
+    half = target.clone()
+    half[1] = 0  # malignant missed in image 1: benign Dice 1, malignant 0 -> mean 0.5 (selection sees the same)
+    assert segmentation_metrics(half, target, ["background", "benign", "malignant"])["dice"] == 0.5
+    assert quick_dice(half, target, 3) == 0.5
     assert m["dice"] == 1.0 and m["empty_predictions"] == 0
     none = segmentation_metrics(torch.zeros_like(target), target, ["background", "benign", "malignant"])
     assert none["dice"] == 0.0 and none["hd95"] is None and none["empty_predictions"] == 2
@@ -120,6 +124,12 @@ def test_class_indices_maps_255_and_refuses_other_values():
     assert class_indices(np.array([[0, 2]], np.uint8), 3, "m").tolist() == [[0, 2]]
     with pytest.raises(TppError, match="mask value 7"):
         class_indices(np.array([[0, 7]], np.uint8), 3, "m")
+    with pytest.raises(TppError, match="mask value -1"):
+        class_indices(np.array([[0, -1]], np.int16), 3, "m")
+    with pytest.raises(TppError, match="integer class indices"):
+        class_indices(np.array([[0, 0.5]]), 2, "m")
+    with pytest.raises(TppError, match="mask value 255"):  # 0/255 is binary only
+        class_indices(np.array([[0, 255]], np.uint8), 3, "m")
 
 
 def seg_cfg(**kw):
@@ -157,6 +167,17 @@ def test_seg_npz_keeps_groups_in_one_split_and_maps_labels_to_classes(tmp_path):
     train = multi.split("train")
     for label, mask in zip(train.labels, train.masks):
         assert set(np.unique(mask)) == {0, 1 + label}
+    with pytest.raises(TppError, match="differ from the classes derived"):
+        load_seg_npz(seg_cfg(file=str(path), mask_classes="from_label", classes=["background", "b", "a"]), seed=1)
+    stored = np.load(path)
+    three = {k: stored[k] for k in stored.files} | {"masks": (stored["masks"] > 0) * (1 + stored["label"][:, None, None])}
+    np.savez(tmp_path / "three.npz", **three)
+    indexed = load_seg_npz(seg_cfg(file=str(tmp_path / "three.npz"), mask_classes="indices",
+                                   classes=["background", "benign", "malignant"]), seed=1)
+    assert indexed.class_names == ["background", "benign", "malignant"]
+    assert np.array_equal(indexed.split("test").masks, multi.split("test").masks)
+    with pytest.raises(TppError, match="mask value 2"):
+        load_seg_npz(seg_cfg(file=str(tmp_path / "three.npz")), seed=1)  # binary by default
     np.savez(tmp_path / "bad.npz", images=np.zeros((4, 16, 16), np.uint8), masks=np.zeros((4, 8, 8), np.uint8))
     with pytest.raises(TppError, match="one mask of its own height and width"):
         load_seg_npz(seg_cfg(file=str(tmp_path / "bad.npz"), group_key=None), seed=0)
@@ -171,9 +192,13 @@ def test_seg_folder_matches_names_and_reads_0_255_masks(tmp_path):
         mask = np.zeros((20, 20), np.uint8)
         mask[5:15, 5:15] = 255
         Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
-    ds = load_seg_folder(seg_cfg(file=str(root), group_key=None, modality="US"), seed=0, size=16)
+    Image.fromarray(np.stack([mask] * 3, -1)).save(root / "masks" / "case1.png")  # an RGB export of a gray mask
+    (root / "metadata.csv").write_text("file_name,patient\n" + "".join(f"case{i}.png,p{i // 2}\n" for i in range(10)))
+    ds = load_seg_folder(seg_cfg(file=str(root), group_key="patient", modality="US"), seed=0, size=16)
     assert sum(len(s) for s in ds.splits.values()) == 10
     assert ds.split("train").masks.shape[1:] == (16, 16) and set(np.unique(ds.split("train").masks)) == {0, 1}
+    patients = {name: {int(v) // 20 for v in split.images[:, 0, 0]} for name, split in ds.splits.items()}
+    assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["val"])
     (root / "masks" / "case3.png").unlink()
     with pytest.raises(TppError, match="without a mask"):
         load_seg_folder(seg_cfg(file=str(root), group_key=None), seed=0, size=16)
@@ -183,28 +208,36 @@ def test_joint_augment_moves_image_and_mask_together():
     masks = torch.zeros(64, 32, 32, dtype=torch.long)
     masks[:, 4:20, 6:14] = 1
     images = masks[:, None].float().expand(-1, 3, -1, -1).clone()
-    out_images, out_masks = joint_augment(images, masks, (0.6, 0.9), torch.Generator().manual_seed(0))
+    out_images, out_masks = joint_augment(images, masks, (0.6, 0.9), generator=torch.Generator().manual_seed(0))
     agree = ((out_images[:, 0] > 0.5).long() == out_masks).float().mean()
     assert agree > 0.98
     assert not torch.equal(out_masks, masks) and set(out_masks.unique().tolist()) == {0, 1}
     flipped = out_masks[:, :, 16:].sum() > out_masks[:, :, :16].sum()
     assert 0 < int(flipped.sum()) < 64  # some images flipped, some not
+    _, unflipped = joint_augment(images, masks, (0.6, 0.9), flip=False, generator=torch.Generator().manual_seed(0))
+    assert not (unflipped[:, :, 16:].sum() > unflipped[:, :, :16].sum()).any()  # data.hflip=false: zoom only
 
 
-def card(name, split_id="seeded: seed 0", splits=("train",), origin="BUSI"):
-    return {"data": {"name": name, "origin": origin, "split_id": split_id, "used": {"splits": list(splits)}}}
+def card(name, train_hash=None, splits=("train",), origin="BUSI"):
+    data = {"name": name, "origin": origin, "split_id": "seeded", "used": {"splits": list(splits)}}
+    return {"data": data | ({"split_sha256": {"train": train_hash}} if train_hash else {})}
 
 
 def test_leakage_from_the_same_image_collection_is_refused():
-    busi = Dataset("busi_64", "US", ["background", "lesion"], origin="BUSI", split_id="seeded: seed 0")
-    check_leakage(card("busi_64"), busi, "a")  # same data, same split: fine
-    check_leakage(card("pneumoniamnist", origin="Kermany2018"), busi, "a")  # other images: fine
-    with pytest.raises(TppError, match="same BUSI images"):
-        check_leakage(card("breastmnist", "official"), busi, "a")
-    with pytest.raises(TppError, match="may have seen"):
-        check_leakage(card("busi_64", "seeded: seed 1"), busi, "a")
-    with pytest.raises(TppError, match="may have seen"):
-        check_leakage(card("busi_64", splits=("train", "val", "test")), busi, "a")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (10, 8, 8), dtype=np.uint8)
+    busi = Dataset("busi_64", "US", ["background", "lesion"], origin="BUSI",
+                   splits={"train": Split(images[:7], None), "test": Split(images[7:], None)})
+    own = busi.split_sha256()["train"]
+    check_leakage(card("busi_64", own), busi, "a")  # exactly this training split: fine
+    check_leakage(card("pneumoniamnist", "x", origin="Kermany2018"), busi, "a")  # other images: fine
+    check_leakage(card("busi_64"), busi, "a")  # a card from before split hashes, same dataset: fine
+    for bad in (card("busi_64", "0123456789abcdef"),  # another split of the same file (seed, label_key ...)
+                card("busi_64", own, splits=("train", "val", "test")),  # also saw the evaluation images
+                card("breastmnist", "whatever"),  # BreastMNIST is made from BUSI
+                card("breastmnist", origin=None)):  # an old BreastMNIST card without origin: inferred
+        with pytest.raises(TppError, match="same BUSI images"):
+            check_leakage(bad, busi, "a")
 
 
 def test_run_length_masks_round_trip():

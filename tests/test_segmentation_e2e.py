@@ -87,7 +87,7 @@ def test_breastmnist_pretraining_is_refused_for_busi(runs, capsys):
     assert not (runs / "leak" / "adapter").exists()
 
 
-def test_predict_and_service_return_the_same_masks_as_offline(runs, tmp_path, capsys):
+def test_predict_and_service_return_the_same_masks_as_offline(runs, tmp_path):
     store_path = tmp_path / "store"
     store.publish(runs / "seg", store_path, "busi_site")
     images = busi()["images"][:8]
@@ -119,3 +119,41 @@ def test_predict_and_service_return_the_same_masks_as_offline(runs, tmp_path, ca
     served = [rle_decode(p["mask"]) for p in body["predictions"]]
     assert all(np.array_equal(a, b) for a, b in zip(served, masks))
     assert body["predictions"][0]["pixels"]["lesion"] == int((masks[0] == 1).sum())
+
+
+def test_mixed_batch_of_a_28px_classifier_and_a_64px_segmenter_with_masks_at_image_size(runs, tmp_path):
+    """One --site-map batch: a BreastMNIST classification site (28 px input) and the BUSI segmentation
+    site (64 px): rows of different input sizes run through the bank together; a 100x80 upload gets a
+    100x80 mask; a second run without segmentation sites removes the stale masks folder."""
+    store_path = tmp_path / "store"
+    store.publish(runs / "seg", store_path, "busi_site")
+    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", *common(tmp_path / "cls"),
+                 "train.max_steps=2", "train.batch_size=8"]) == 0
+    store.publish(tmp_path / "cls", store_path, "breast_site")
+    image = np.asarray(Image.fromarray(busi()["images"][3]).resize((80, 100), Image.BILINEAR))
+    Image.fromarray(image).save(tmp_path / "big.png")
+    Image.fromarray(image).save(tmp_path / "big_copy.png")
+    (tmp_path / "map.csv").write_text("image,site\nbig.png,busi_site\nbig_copy.png,breast_site\n")
+    out = tmp_path / "mixed.csv"
+    assert main(["predict", "--backbone", str(shared_backbone()), "--store", str(store_path),
+                 "--site-map", str(tmp_path / "map.csv"), "--out", str(out)]) == 0
+    rows = {r["site"]: r for r in csv.DictReader(open(out))}
+    assert rows["breast_site"]["label"] and not rows["breast_site"]["mask"]
+    assert np.asarray(Image.open(tmp_path / rows["busi_site"]["mask"])).shape == (100, 80)
+    (tmp_path / "map.csv").write_text("image,site\nbig_copy.png,breast_site\n")
+    assert main(["predict", "--backbone", str(shared_backbone()), "--store", str(store_path),
+                 "--site-map", str(tmp_path / "map.csv"), "--out", str(out)]) == 0
+    assert not (tmp_path / "mixed_masks").exists()
+
+
+def test_three_class_busi_scores_benign_and_malignant_lesions_apart(tmp_path):
+    """data.mask_classes=from_label: each lesion takes its image's class; metrics per class, background excluded."""
+    out = tmp_path / "seg3"
+    assert main(["run", "finetune", "--config", "breast_us/busi_seg3_lora_finetune.yaml", *common(out),
+                 "train.max_steps=2", "train.batch_size=8", "segmentation.overlays=2"]) == 0
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert set(test["per_class"]) == {"benign lesion", "malignant lesion"}
+    counts = [test["per_class"][c]["images"] for c in ("benign lesion", "malignant lesion")]
+    assert min(counts) >= 10 and sum(counts) >= test["n"]  # every image has its own lesion class
+    card = json.loads((out / "adapter" / "tpp_card.json").read_text())
+    assert card["task"]["num_classes"] == 3 and card["task"]["decoder"]["num_classes"] == 3

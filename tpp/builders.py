@@ -93,19 +93,37 @@ def record_skipped(datasets: list[Dataset], run) -> None:
 
 
 def check_leakage(parent_card: dict, dataset: Dataset, source: str) -> None:
-    """Refuse a parent adapter pre-trained on the same image collection (``origin``) under another
-    dataset or split, or on its evaluation splits: it may have seen this run's test images.
-    (BreastMNIST is made from BUSI: TPP on BreastMNIST must not start a BUSI segmentation run.)"""
+    """Refuse a parent adapter pre-trained on the same image collection (``origin``; known for MedMNIST
+    sets, e.g. BreastMNIST's is BUSI) unless it saw exactly this dataset's training split (same image
+    hash) and nothing else: otherwise it may have seen this run's validation or test images."""
+    from tpp.data.sources import MEDMNIST_ORIGINS
+
     seen = parent_card.get("data", {})
-    origin = seen.get("origin")
+    origin = seen.get("origin") or MEDMNIST_ORIGINS.get(seen.get("name"))
     if not origin or origin != dataset.origin:
         return
-    used_splits = seen.get("used", {}).get("splits", ["train"])
-    same_split = seen.get("name") == dataset.name and seen.get("split_id") == dataset.split_id
-    if same_split and list(used_splits) == ["train"]:
+    used_splits = list(seen.get("used", {}).get("splits", ["train"]))
+    parent_train = seen.get("split_sha256", {}).get("train")
+    if parent_train is None:  # cards written before split hashes: the same dataset name is the best evidence
+        same_train = seen.get("name") == dataset.name
+    else:
+        same_train = parent_train == dataset.split_sha256().get("train")
+    if same_train and used_splits == ["train"]:
         return
     raise TppError(
         f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
         f"'{seen.get('split_id')}'), made from the same {origin} images as '{dataset.name}' (split "
-        f"'{dataset.split_id}'): it may have seen this run's validation or test images. Pre-train on this "
-        f"dataset's own training split (same data.name, seed and split settings).")
+        f"'{dataset.split_id}'), but not on exactly this run's training images: it may have seen this run's "
+        "validation or test images. Pre-train on this dataset's own training split (same data.name, file, seed, "
+        "label_key, group_key and split fractions).")
+
+
+def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
+    """Evaluation: refuse an adapter trained on another split of this dataset (its training images may
+    be in the split evaluated now)."""
+    trained = card.get("data", {})
+    train_hash = trained.get("split_sha256", {}).get("train")
+    if trained.get("name") == dataset.name and train_hash and train_hash != dataset.split_sha256().get("train"):
+        raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}' ({trained.get('split_id')}; "
+                       f"this config gives {dataset.split_id}): its training images may be in the split evaluated "
+                       "now. Use the seed and split settings of its run.")

@@ -309,7 +309,7 @@ def _backbone_hash(path: str) -> str:
 def cmd_predict(args) -> int:
     from tpp.bank import AdapterBank
     from tpp.images import parse_slice, parse_window
-    from tpp.predict import assign_sites, predict_files, write_csv, write_masks
+    from tpp.predict import assign_sites, predict_files, write_outputs
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -319,14 +319,9 @@ def cmd_predict(args) -> int:
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window)}
     bank = AdapterBank(args.backbone, args.store, args.max_resident)
     rows, masks = predict_files(bank, pairs, args.batch_size, options)
-    if masks:  # segmentation sites: the masks folder first, so the CSV never points at missing files
-        folder = Path(args.out).with_name(Path(args.out).stem + "_masks")
-        write_masks(masks, folder)
-        for row in rows:
-            if "mask" in row:
-                row["mask"] = f"{folder.name}/{row['mask']}"
-        print(f"{len(masks)} masks (PNG, class indices) -> {folder}")
-    path = write_csv(rows, args.out)
+    path, folder = write_outputs(rows, masks, args.out)
+    if folder:
+        print(f"{len(masks)} masks (PNG, class indices, at each image's size) -> {folder}")
     print(f"{len(rows)} images, {len({r['site'] for r in rows})} sites -> {path}")
     return 0
 

@@ -66,9 +66,9 @@ class DataConfig:
     label_key: str = _f("labels", "npz source: key of the label array")
     class_names_key: Optional[str] = _f("class_names", "npz source: key of the class names, if any")
     mask_key: str = _f("masks", "seg_npz source: key of the uint8 class-index masks (N, H, W)")
-    mask_classes: Literal["binary", "from_label"] = _f(
-        "binary", "segmentation: masks as stored (0/255 read as 0/1), or foreground = 1 + the image's label "
-                  "(data.label_key) for background / per-label lesion classes")
+    mask_classes: Literal["binary", "indices", "from_label"] = _f(
+        "binary", "segmentation: binary masks (0/1 or 0/255); indices (values 0..K-1 named by data.classes); "
+                  "from_label (foreground = 1 + the image's label, data.label_key: background / per-label lesion)")
     origin: Optional[str] = _f(None, "image collection the data comes from (e.g. BUSI); an adapter pre-trained "
                                      "on the same collection under another split is refused (leakage)")
     classes: Optional[list] = _f(None, "keep only these class names (npz and folder sources)")

@@ -31,13 +31,13 @@ def load_head(path, card: dict, hidden_size: int) -> nn.Module:
     from tpp.adapter_dir import HEAD, read_tensors
 
     task = card["task"]
-    if task.get("type") == "segmentation":
-        from tpp.segmentation import decoder_from_spec
-
-        head = decoder_from_spec(task["decoder"], hidden_size, card["input"]["channels"])
-    else:
-        head = ClassificationHead(hidden_size, task["num_classes"])
     try:
+        if task.get("type") == "segmentation":
+            from tpp.segmentation import decoder_from_spec
+
+            head = decoder_from_spec(task["decoder"], hidden_size, card["input"]["channels"])
+        else:
+            head = ClassificationHead(hidden_size, task["num_classes"])
         head.load_state_dict(read_tensors(path, HEAD))
     except (RuntimeError, KeyError, TypeError) as exc:
         raise TppError(f"'{path}/{HEAD}' does not fit the head in the card ({exc}).") from None

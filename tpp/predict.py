@@ -18,6 +18,7 @@ from tpp import images as readers
 from tpp.bank import AdapterBank
 from tpp.errors import TppError
 from tpp.rundir import write_atomic
+from tpp.segmentation import mask_to_image_size
 
 SUFFIXES = readers.PIL_SUFFIXES | {".npy", ".dcm", ".dicom", ".nii", ".gz"}
 
@@ -96,15 +97,15 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
     batches = plan_batches(pairs, batch_size, bank.max_resident)
     for batch in tqdm(batches, desc="predict", unit="batch", disable=len(batches) <= 1):
         sites = [bank.site(pairs[i][1]) for i in batch]
-        x = [readers.to_model_input(readers.read(pairs[i][0], **(read_options or {})), s.input_rule)
-             for i, s in zip(batch, sites)]
-        for i, site, out in zip(batch, sites, bank.predict(sites, x)):
+        arrays = [readers.read(pairs[i][0], **(read_options or {})) for i in batch]
+        x = [readers.to_model_input(a, s.input_rule) for a, s in zip(arrays, sites)]
+        for i, site, array, out in zip(batch, sites, arrays, bank.predict(sites, x)):
             row = {"image": str(pairs[i][0]), "site": site.name, "version": site.version}
-            if site.task == "segmentation":
+            if site.task == "segmentation":  # the mask at the image's own size
                 name = f"{i:05d}_{Path(pairs[i][0]).name.split('.')[0]}.png"
-                masks[name] = out.numpy()
+                masks[name] = mask_to_image_size(out.numpy(), array)
                 row["mask"] = name
-                row.update({f"frac_{c}": f"{float((out == k).float().mean()):.6f}" for k, c in enumerate(site.label_names)})
+                row.update({f"frac_{c}": f"{float((masks[name] == k).mean()):.6f}" for k, c in enumerate(site.label_names)})
             else:
                 probs = out.tolist()
                 row["label"] = site.label_names[int(np.argmax(probs))]
@@ -113,25 +114,38 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
     return rows, masks
 
 
-def write_masks(masks: dict[str, np.ndarray], folder: Path) -> None:
-    """Class-index masks as 8-bit PNGs in ``folder``, which appears whole (replacing an older one) or not at all."""
+def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str) -> tuple[Path, Path | None]:
+    """The CSV and, for segmentation sites, ``<OUT stem>_masks/`` (class-index PNGs; the CSV's ``mask``
+    column points into it). Both are staged first and then moved into place, replacing older outputs;
+    a stale masks folder from an earlier run is removed. Returns (CSV path, masks folder or None)."""
     import os
     import shutil
 
     from PIL import Image
 
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = path.with_name(path.stem + "_masks")
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if masks:
+        tmp.mkdir()
         for name, mask in masks.items():
             Image.fromarray(mask.astype(np.uint8), "L").save(tmp / name)
+        for row in rows:
+            if "mask" in row:
+                row["mask"] = f"{folder.name}/{row['mask']}"
+    try:
         if folder.exists():
             os.replace(folder, old)
-        os.replace(tmp, folder)
+        if masks:
+            os.replace(tmp, folder)
+        write_csv(rows, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
+    return path, (folder if masks else None)
 
 
 def write_csv(rows: list[dict], out: str) -> Path:

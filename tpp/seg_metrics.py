@@ -85,10 +85,12 @@ def _nan_to_none(obj):
 
 
 def quick_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    """Mean foreground Dice over images (model selection during training). (N, h, w) each."""
+    """The reported ``dice`` without the other metrics (model selection during training): per class the
+    mean over images, then the mean over foreground classes. (N, h, w) each."""
     dice = dice_score(pred.long(), target.long(), num_classes=num_classes, include_background=False,
                       average="none", input_format="index", aggregation_level="samplewise")
-    return _nanmean(dice.reshape(len(pred), -1).nanmean(dim=1))
+    dice = dice.reshape(len(pred), -1)
+    return _nanmean(torch.tensor([_nanmean(dice[:, c]) for c in range(dice.shape[1])]))
 
 
 # distinct colours for predicted classes 1..K-1 (ground truth is outlined in green)

@@ -117,6 +117,19 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor, dice_weight: fl
     return F.cross_entropy(logits.float(), masks) + dice_weight * soft_dice_loss(logits, masks)
 
 
+def mask_to_image_size(mask, image: "np.ndarray"):
+    """A predicted class-index mask (h, w) resized (nearest neighbour) to an input image's (H, W[, C])
+    height and width, so it overlays the image as the user sent it. Returns uint8 (H, W)."""
+    import numpy as np
+    from PIL import Image
+
+    mask = np.asarray(mask, dtype=np.uint8)
+    height, width = image.shape[:2]
+    if mask.shape == (height, width):
+        return mask
+    return np.asarray(Image.fromarray(mask, "L").resize((width, height), Image.NEAREST))
+
+
 def rle_encode(mask) -> dict:
     """Class-index mask (h, w) -> run-length JSON: row-major ``[value, run length]`` pairs.
     ``rle_decode`` inverts it."""

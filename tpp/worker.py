@@ -21,6 +21,7 @@ import numpy as np
 
 from tpp.bank import AdapterBank
 from tpp.images import to_model_input
+from tpp.segmentation import mask_to_image_size
 
 log = logging.getLogger("tpp.serve")
 
@@ -157,8 +158,9 @@ class InferenceWorker:
         start = 0
         for job, site, n in rows:
             mine = outputs[start:start + n]
-            if site.task == "segmentation":
-                result = Prediction(site.name, site.version, site.label_names, [], [m.numpy() for m in mine])
+            if site.task == "segmentation":  # masks at each uploaded image's own size
+                result = Prediction(site.name, site.version, site.label_names, [],
+                                    [mask_to_image_size(m.numpy(), im) for m, im in zip(mine, job.images)])
             else:
                 result = Prediction(site.name, site.version, site.label_names, [p.tolist() for p in mine])
             job.future.set_result(result)

@@ -76,12 +76,17 @@ class Dataset:
                 digest.update(np.ascontiguousarray(split.masks).tobytes())
         return digest.hexdigest()
 
+    def split_sha256(self) -> dict[str, str]:
+        """Per split, sha256 (16 hex) over its image bytes: equal hashes mean the same images in that split."""
+        return {name: hashlib.sha256(np.ascontiguousarray(split.images).tobytes()).hexdigest()[:16]
+                for name, split in sorted(self.splits.items())}
+
     def describe(self, used: dict | None = None, labels: bool = True) -> dict:
         """What an adapter card records: name, modality, content hash and counts (never paths).
         With ``labels=False`` (pre-training) the hash covers images only and labels are not touched."""
         return {
             "name": self.name, "modality": self.modality, "content_sha256": self.content_hash(labels),
-            "origin": self.origin, "split_id": self.split_id,
+            "origin": self.origin, "split_id": self.split_id, "split_sha256": self.split_sha256(),
             "classes": list(self.class_names),
             "counts": {k: len(v) for k, v in self.splits.items()}, "used": used or {},
         }

@@ -22,31 +22,43 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 
 
 def class_indices(mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    """A mask's values as class indices: {0, 255} -> {0, 1}; anything else must lie in 0..K-1."""
+    """A mask's values as uint8 class indices: binary {0, 255} -> {0, 1}; otherwise every value must
+    be an integer in 0..K-1 (negative values, floats and values >= K are errors naming ``where``)."""
+    if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
+        raise TppError(f"{where}: masks must hold integer class indices, not {mask.dtype}.")
     values = np.unique(mask)
-    if set(values.tolist()) <= {0, 255} and 255 in values:
+    if num_classes == 2 and set(values.tolist()) <= {0, 255} and 255 in values:
         return (mask > 0).astype(np.uint8)
-    if values.max() >= num_classes:
-        raise TppError(f"{where}: mask value {int(values.max())} is not a class index 0..{num_classes - 1} "
-                       f"(values found: {values.tolist()[:10]}). Masks hold class indices, or 0/255 for binary.")
+    if values.min() < 0 or values.max() >= num_classes:
+        bad = values[(values < 0) | (values >= num_classes)]
+        raise TppError(f"{where}: mask value {int(bad[0])} is not a class index 0..{num_classes - 1} "
+                       f"(values found: {values.tolist()[:10]}). Masks hold class indices (0/255 for binary); "
+                       "multi-class masks need data.mask_classes=indices and data.classes naming every value.")
     return mask.astype(np.uint8)
 
 
 def mask_class_names(data, label_names: list | None) -> list[str]:
-    """Names of the mask values: ``data.classes``, else background + foreground (or + label names)."""
+    """Names of the mask values. ``binary``: background + foreground (``data.classes`` may rename the two);
+    ``indices``: ``data.classes`` names values 0..K-1; ``from_label``: background + one lesion class per
+    image label (``data.classes``, if given, must equal those names)."""
+    if data.mask_classes == "indices":
+        if not data.classes or len(data.classes) < 2:
+            raise TppError("data.mask_classes=indices needs data.classes: the names of mask values 0..K-1, "
+                           "background first.")
+        return list(data.classes)
     if data.mask_classes == "from_label":
         if not label_names:
-            raise TppError("data.mask_classes=from_label needs image labels with names (data.label_key, "
-                           "data.class_names_key).")
-        names = ["background"] + [f"{n} lesion" if "lesion" not in n else n for n in label_names]
-    else:
-        names = ["background", "foreground"]
-    if data.classes:
-        if len(data.classes) != len(names):
-            raise TppError(f"data.classes names {len(data.classes)} mask classes, the masks have {len(names)} "
-                           f"({', '.join(names)}).")
-        names = list(data.classes)
-    return names
+            raise TppError("data.mask_classes=from_label needs per-image labels with names (seg_npz: data.label_key "
+                           "and data.class_names_key).")
+        names = ["background"] + [n if "lesion" in n else f"{n} lesion" for n in label_names]
+        if data.classes and list(data.classes) != names:
+            raise TppError(f"data.classes {list(data.classes)} differ from the classes derived from the labels "
+                           f"({names}); omit data.classes or list exactly those, in that order.")
+        return names
+    if data.classes and len(data.classes) != 2:
+        raise TppError(f"data.classes names {len(data.classes)} classes, binary masks have 2 (background, "
+                       "foreground); for more classes use data.mask_classes=indices.")
+    return list(data.classes) if data.classes else ["background", "foreground"]
 
 
 def load_seg_npz(data, seed: int) -> Dataset:
@@ -73,6 +85,9 @@ def load_seg_npz(data, seed: int) -> Dataset:
     names = mask_class_names(data, label_names)
     masks = class_indices(masks, 2 if data.mask_classes == "from_label" else len(names), f"'{path}' {data.mask_key}")
     if data.mask_classes == "from_label":
+        if labels.min() < 0 or labels.max() >= len(names) - 1:
+            raise TppError(f"'{path}' {data.label_key}: labels must lie in 0..{len(names) - 2} "
+                           f"({data.class_names_key} names {len(names) - 1}).")
         masks = (masks > 0) * (1 + labels[:, None, None]).astype(np.uint8)
     groups = None
     if data.group_key:
@@ -116,10 +131,13 @@ def _read_mask(path: Path, size: int, num_classes: int) -> np.ndarray:
 
     try:
         with Image.open(path) as img:
-            if img.mode not in ("L", "P", "1", "I", "I;16"):
-                raise TppError(f"mask '{path}' has mode {img.mode}; masks are single-channel class-index "
-                               "(or 0/255) images.")
             arr = np.asarray(img.resize((size, size), Image.NEAREST)).astype(np.int64)
+            if arr.ndim == 3:  # RGB / LA exports of a gray mask: fine when every channel is the same
+                colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
+                if not (colour == colour[..., :1]).all():
+                    raise TppError(f"mask '{path}' is a colour image; masks are single-channel class-index "
+                                   "(or 0/255) images.")
+                arr = colour[..., 0]
     except (UnidentifiedImageError, OSError) as exc:
         raise TppError(f"mask '{path}' cannot be read ({exc}).") from None
     if arr.min() < 0 or arr.max() > 255:
@@ -152,9 +170,10 @@ def _split(data, images, masks, labels, groups, names, seed) -> Dataset:
     return Dataset(data.name, check_modality(data.modality, data.name), names, splits, split_id=split_id)
 
 
-def joint_augment(images: torch.Tensor, masks: torch.Tensor, scale: tuple = (0.8, 1.0),
+def joint_augment(images: torch.Tensor, masks: torch.Tensor, scale: tuple = (0.8, 1.0), flip: bool = True,
                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random flip + zoom-in crop for each image and its mask.
+    """The same random horizontal flip (if ``flip``) + zoom-in crop (side in ``scale``; (1, 1): none)
+    for each image and its mask.
 
     images (B, C, H, W) float, masks (B, H, W) long -> same shapes. Images are resampled bilinearly,
     masks by nearest neighbour (classes stay classes).
@@ -163,7 +182,8 @@ def joint_augment(images: torch.Tensor, masks: torch.Tensor, scale: tuple = (0.8
     device = images.device
     s = torch.empty(b, device=device).uniform_(*scale, generator=generator)
     shift = (1 - s)[:, None] * (torch.rand(b, 2, device=device, generator=generator) * 2 - 1)
-    flip = torch.where(torch.rand(b, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    mirror = torch.rand(b, device=device, generator=generator) < 0.5
+    flip = torch.where(mirror & flip, -1.0, 1.0)
     theta = torch.zeros(b, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 1, 1] = s * flip, s
     theta[:, :, 2] = shift

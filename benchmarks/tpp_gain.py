@@ -3,6 +3,8 @@
     python benchmarks/tpp_gain.py --quick              # < 5 min: one seed, 10% labels, BreastMNIST
     python benchmarks/tpp_gain.py --budget-min 45      # fills the cell cache; repeat until the grid is complete
     python benchmarks/tpp_gain.py --report-only        # tables, JSON and plot from what the cache holds
+    python benchmarks/tpp_gain.py --lr-grid --methods bottleneck bottleneck+tpp_mae --fractions 0.1 0.01 --no-modality
+        # adapter methods with the learning rate chosen per seed on a few-label validation subsample
 
 Grid: targets x label fractions (1%, 10%, 100%; nested, stratified subsets shared by all methods)
 x seeds (5, 5, 3) x methods (linear probe, LoRA, LoRA + TPP with the MAE and the DINO pretext, full
@@ -78,13 +80,52 @@ def parse_method(method: str, target: str) -> tuple[str, str | None, str | None,
     return base, pretext, variant or None, source or target
 
 
-def method_overrides(base: str, protocol: dict) -> list[str]:
+def method_overrides(base: str, protocol: dict, lr: float | None = None) -> list[str]:
+    """Adapter section and learning rate of a fine-tuning cell; ``lr`` (from a 'METHOD%LR' name) replaces
+    the protocol's rate (other adapter methods default to LoRA's)."""
+    lr = lr if lr is not None else protocol["lr"].get(base, protocol["lr"]["lora"])
     if base == "lora":
         lora = protocol["lora"]
-        return [f"adapter={{method: lora, r: {lora['r']}, alpha: {lora['alpha']}}}", f"train.lr={protocol['lr']['lora']}"]
+        return [f"adapter={{method: lora, r: {lora['r']}, alpha: {lora['alpha']}}}", f"train.lr={lr}"]
     extra = [f"train.head_lr_scale={protocol['full_head_lr_scale']}"] if base == "full" else []
-    lr = protocol["lr"].get(base, protocol["lr"]["lora"])  # other adapter methods: LoRA's rate (no per-method grid yet)
     return [f"adapter={{method: {base}}}", f"train.lr={lr}"] + extra
+
+
+# Learning-rate selection (--lr-grid): every method runs at ~1/3, 1 and 3 times its base rate (1 significant
+# digit: 3e-4, 1e-3, 3e-3 for the adapters) as cells named
+# 'METHOD%LR'; those cells validate on a label-fraction subsample of the val split (what a few-label site has),
+# and per (target, fraction, seed) the rate with the best val AUROC is kept, reported as 'METHOD*'.
+LR_FACTORS = (1 / 3, 1.0, 3.0)
+
+
+def split_lr(method: str) -> tuple[str, float | None]:
+    """'bottleneck+tpp_mae%3e-3' -> ('bottleneck+tpp_mae', 0.003)."""
+    name, _, lr = method.partition("%")
+    return name, (float(lr) if lr else None)
+
+
+def lr_grid(method: str, protocol: dict) -> list[str]:
+    base = parse_method(method, "")[0]
+    rate = protocol["lr"].get(base, protocol["lr"]["lora"])
+    return [f"{method}%{rate * f:.1g}" for f in LR_FACTORS]
+
+
+def select_by_val(results: list[dict]) -> tuple[list[dict], list[dict]]:
+    """From 'METHOD%LR' cells: per (target, METHOD, fraction, seed) the cell with the best val AUROC,
+    renamed 'METHOD*'. Returns (selected cells, one choice row per group)."""
+    groups: dict[tuple, list[dict]] = {}
+    for cell in results:
+        name, lr = split_lr(cell["method"])
+        if lr is not None:
+            groups.setdefault((cell["target"], name, cell["fraction"], cell["seed"]), []).append(cell)
+    selected, choices = [], []
+    for (target, name, fraction, seed), cells in sorted(groups.items()):
+        best = max(cells, key=lambda c: (c["val_auroc"], -split_lr(c["method"])[1]))  # ties: the smaller rate
+        selected.append(dict(best, method=f"{name}*", lr=split_lr(best["method"])[1]))
+        choices.append({"target": target, "method": name, "fraction": fraction, "seed": seed,
+                        "lr": split_lr(best["method"])[1], "complete": len(cells) == len(LR_FACTORS),
+                        "val_auroc": {f"{split_lr(c['method'])[1]:g}": round(c["val_auroc"], 4) for c in cells}})
+    return selected, choices
 
 
 def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
@@ -113,14 +154,15 @@ class Bench:
         self.protocol_id = hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def cell_path(self, target, method, fraction, seed) -> Path:
-        return self.cache / "cells" / target / method.replace("@", "_at_") / f"f{fraction:g}_s{seed}.json"
+        folder = method.replace("@", "_at_").replace("%", "_lr")
+        return self.cache / "cells" / target / folder / f"f{fraction:g}_s{seed}.json"
 
     def cached(self, *cell) -> dict | None:
         """The cell's result if it was run under this protocol (and, for a TPP variant, these overrides)."""
         path = self.cell_path(*cell)
         if path.is_file():
             data = json.loads(path.read_text())
-            variant = parse_method(cell[1], cell[0])[2]
+            variant = parse_method(split_lr(cell[1])[0], cell[0])[2]
             if data.get("protocol_id") == self.protocol_id and data.get("tpp_variant") == VARIANTS.get(variant):
                 return data
         return None
@@ -152,8 +194,11 @@ class Bench:
     def run_cell(self, target: str, method: str, fraction: float, seed: int) -> dict:
         from tpp.recipes import CONFIG_DIR, run_recipe
 
-        base, pretext, variant, source = parse_method(method, target)
-        overrides = method_overrides(base, self.protocol)
+        name, lr = split_lr(method)
+        base, pretext, variant, source = parse_method(name, target)
+        overrides = method_overrides(base, self.protocol, lr)
+        if lr is not None:  # learning-rate selection: a few-label site validates on few labels
+            overrides.append(f"data.val_label_fraction={fraction}")
         tpp_s = None
         if pretext:
             adapter, tpp_s = self.tpp_adapter(source, base, pretext, variant, seed)
@@ -167,6 +212,7 @@ class Bench:
         cell = {"target": target, "method": method, "fraction": fraction, "seed": seed,
                 "test_auroc": metrics["test"]["auroc"], "test_accuracy": metrics["test"]["accuracy"],
                 "val_auroc": metrics["val"]["auroc"],  # for choosing settings without looking at test
+                "val_images": metrics["val"]["n"],
                 "train_labels": metrics["train_examples"],
                 "trainable_parameters": metrics["trainable_parameters"], "finetune_s": metrics["wall_time_s"],
                 "tpp_s": tpp_s, "protocol_id": self.protocol_id, "tpp_variant": VARIANTS.get(variant)}
@@ -219,30 +265,47 @@ def comparisons_for(methods: list[str]) -> list[tuple[str, str]]:
     other TPP sources also against the default TPP; LoRA against the linear probe, full against LoRA."""
     pairs = [("lora", "linear_probe"), ("full", "lora")]
     for m in methods:
-        base, pretext, variant, _ = parse_method(m, "")
+        selected = m.endswith("*")  # learning rate chosen on validation: compare like with like
+        base, pretext, variant, _ = parse_method(m.rstrip("*"), "")
         if pretext:
-            pairs.append((m, base))
+            pairs.append((m, base + ("*" if selected else "")))
             if variant or "@" in m:
                 pairs.append((m, f"{base}+tpp_{pretext}"))
+        elif selected and base != "lora":
+            pairs.append((m, "lora*"))
     return [(a, b) for a, b in pairs if a in methods and b in methods]
 
 
+def markdown_lr_choices(choices: list[dict]) -> str:
+    lines = ["| target | method | labels | seed | chosen lr | val AUROC per lr (val subsample) |", "|---|---|---|---|---|---|"]
+    for c in choices:
+        vals = ", ".join(f"{lr}: {v:.3f}" for lr, v in sorted(c["val_auroc"].items(), key=lambda kv: float(kv[0])))
+        lines.append(f"| {c['target']} | {c['method']} | {c['fraction']:.0%} | {c['seed']} | {c['lr']:g}"
+                     f"{'' if c['complete'] else ' (grid incomplete)'} | {vals} |")
+    return "\n".join(lines)
+
+
 def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, quick: bool) -> dict:
-    results = [r for r in (bench.cached(*c) for c in cells) if r]
-    if not results:
+    raw = [r for r in (bench.cached(*c) for c in cells) if r]
+    if not raw:
         print("no finished cells yet")
         return {}
+    selected, choices = select_by_val(raw)  # 'METHOD%LR' cells -> 'METHOD*' with the rate chosen on val
+    results = [r for r in raw if split_lr(r["method"])[1] is None] + selected
     rows = report.summarise(results)
     comparisons = comparisons_for(sorted({r["method"] for r in results}))
     diffs = [d for a, b in comparisons for d in report.paired(results, a, b)]
     command = "python benchmarks/tpp_gain.py " + " ".join(sys.argv[1:])
     text = (f"Machine: {json.dumps(report.machine())}\nCommand: `{command}`\nProtocol: `{json.dumps(bench.protocol)}`\n"
-            f"Cells: {len(results)} of {len(cells)} finished{' (quick mode)' if quick else ''}.\n\n"
+            f"Cells: {len(raw)} of {len(cells)} finished{' (quick mode)' if quick else ''}.\n\n"
             f"{report.markdown_results(rows)}\n\nPaired differences (same seed, same label subset):\n\n"
-            f"{report.markdown_paired(diffs)}\n")
+            f"{report.markdown_paired(diffs)}\n"
+            + (f"\nLearning rates chosen on the validation subsample ('METHOD*' rows):\n\n{markdown_lr_choices(choices)}\n"
+               if choices else ""))
     out.mkdir(parents=True, exist_ok=True)
     payload = {"machine": report.machine(), "command": command, "protocol": bench.protocol, "protocol_id": bench.protocol_id,
-               "complete": not missing and len(results) == len(cells), "rows": rows, "paired": diffs, "cells": results}
+               "complete": not missing and len(raw) == len(cells), "rows": rows, "paired": diffs,
+               "lr_choices": choices, "cells": raw}
     for name, content in (("tpp_gain.json", json.dumps(payload, indent=1)), ("tpp_gain.md", text)):
         tmp = out / f".{name}.tmp"
         tmp.write_text(content)
@@ -259,6 +322,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fractions", nargs="+", type=float, default=None, help="subset of 0.01 0.1 1.0")
     parser.add_argument("--methods", nargs="+", default=None, help="subset of the grid's methods")
     parser.add_argument("--max-seeds", type=int, default=5, help="cap on seeds per fraction")
+    parser.add_argument("--lr-grid", action="store_true",
+                        help="run every method at 1/3, 1 and 3x its rate ('METHOD%%LR' cells, validated on a "
+                             "label-fraction val subsample) and report the val-chosen rate as 'METHOD*'")
     parser.add_argument("--no-modality", action="store_true", help="skip the modality grid")
     parser.add_argument("--budget-min", type=float, default=45.0, help="stop starting cells after this many minutes")
     parser.add_argument("--report-only", action="store_true", help="no training: report the cached cells")
@@ -280,6 +346,8 @@ def main(argv=None) -> int:
     cache = args.cache or ROOT / "benchmarks" / ".cache" / f"tpp_gain{suffix}"
     out = args.out or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "benchmarks" / "results")
     bench = Bench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root)
+    if args.lr_grid:
+        methods = [variant for m in methods for variant in lr_grid(m, bench.protocol)]
     cells = grid(targets, fractions, seeds, methods, modality)
     missing, errors = [], []
     if not args.report_only:

@@ -52,12 +52,15 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     root = make_medmnist(tmp_path / "data")
     protocol = dict(tpp_gain.QUICK_PROTOCOL, finetune_steps=3, tpp_steps=2, finetune_batch_size=16)
     bench = tpp_gain.Bench(tmp_path / "cache", protocol, str(tiny_mae), str(root))
-    cells = [("breastmnist", m, 0.5, 0) for m in ("lora", "lora+tpp_mae", "linear_probe", "lora+tpp_mae~lr1e-4")]
+    cells = [("breastmnist", m, 0.5, 0) for m in ("lora", "lora+tpp_mae", "linear_probe", "lora+tpp_mae~lr1e-4",
+                                                  "bottleneck%0.003")]
     done, missing, errors = tpp_gain.fill(bench, cells, budget_s=600)
-    assert not errors and not missing and len(done) == 4
+    assert not errors and not missing and len(done) == 5
     by_method = {c["method"]: c for c in done}
     assert by_method["lora+tpp_mae"]["tpp_s"] > 0 and by_method["linear_probe"]["trainable_parameters"] == 66
     assert by_method["lora"]["train_labels"] == 30  # half of the 60 training labels
+    assert by_method["lora"]["val_images"] == 20 and by_method["bottleneck%0.003"]["val_images"] == 10  # val subsample
+    assert (tmp_path / "cache" / "cells" / "breastmnist" / "bottleneck_lr0.003" / "f0.5_s0.json").is_file()
     variant_card = json.loads((tmp_path / "cache" / "tpp" / "breastmnist_lora_mae~lr1e-4_s0" / "adapter" /
                                "tpp_card.json").read_text())
     assert variant_card["pretext"]["lr"] == 1e-4 and by_method["lora+tpp_mae~lr1e-4"]["tpp_variant"] == ["train.lr=1e-4"]
@@ -67,9 +70,31 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     other = tpp_gain.Bench(tmp_path / "cache", dict(protocol, finetune_steps=4), str(tiny_mae), str(root))
     assert other.cached(*cells[0]) is None  # another protocol does not reuse cells
     payload = tpp_gain.write_report(bench, cells, tmp_path / "out", [], quick=True)
+    assert [c["lr"] for c in payload["lr_choices"]] == [0.003] and "bottleneck*" in {r["method"] for r in payload["rows"]}
     assert payload["complete"] and {p.name for p in (tmp_path / "out").iterdir()} == {
         "tpp_gain.json", "tpp_gain.md", "tpp_gain.png"}
     paired = json.loads((tmp_path / "out" / "tpp_gain.json").read_text())["paired"]
     assert {(d["method"], d["reference"]) for d in paired} == {
         ("lora", "linear_probe"), ("lora+tpp_mae", "lora"), ("lora+tpp_mae~lr1e-4", "lora"),
         ("lora+tpp_mae~lr1e-4", "lora+tpp_mae")}
+
+
+def test_learning_rate_grid_keeps_per_seed_the_rate_with_the_best_validation_auroc():
+    names = tpp_gain.lr_grid("bottleneck+tpp_mae", tpp_gain.PROTOCOL)
+    assert [tpp_gain.split_lr(n)[1] for n in names] == [3e-4, 1e-3, 3e-3]  # half-decade steps around the base rate
+    assert tpp_gain.lr_grid("full", tpp_gain.PROTOCOL)[1] == "full%0.0001"
+
+    def lr_cell(method, seed, val, test):
+        return dict(cell(method, seed, test), val_auroc=val)
+
+    raw = [lr_cell("bottleneck%0.0003", 0, 0.70, 0.90), lr_cell("bottleneck%0.001", 0, 0.80, 0.60),
+           lr_cell("bottleneck%0.003", 0, 0.75, 0.95), lr_cell("bottleneck%0.001", 1, 0.60, 0.70),
+           lr_cell("bottleneck%0.003", 1, 0.60, 0.72)]
+    selected, choices = tpp_gain.select_by_val(raw)
+    by_seed = {c["seed"]: c for c in selected}
+    assert by_seed[0]["method"] == "bottleneck*" and by_seed[0]["lr"] == 0.001
+    assert by_seed[0]["test_auroc"] == 0.60  # chosen on validation, never on test
+    assert by_seed[1]["lr"] == 0.001  # a tie goes to the smaller rate
+    assert [c["complete"] for c in choices] == [True, False]
+    pairs = tpp_gain.comparisons_for(["bottleneck*", "bottleneck+tpp_mae*", "lora*"])
+    assert ("bottleneck+tpp_mae*", "bottleneck*") in pairs and ("bottleneck*", "lora*") in pairs

@@ -32,7 +32,7 @@ from tpp_gain import quiet_libraries  # noqa: E402
 PROTOCOL = {
     "steps": {"0.1": 150, "0.25": 200, "1": 300}, "batch_size": 16, "selection": "last step of a fixed budget",
     "lr": {"lora": 1e-3, "bottleneck": 1e-3, "full": 1e-4, "unet": 1e-3}, "full_head_lr_scale": 10.0,
-    "decoder": {"channels": [64, 32], "pixel_skip": True}, "dice_weight": 1.0, "input_size": 64,
+    "decoder": {"channels": [64, 32], "pixel_skip": True}, "dice_weight": 1.0, "input_size": 32,
     "lora": {"r": 8, "alpha": 16}, "tpp_steps": 300, "tpp_batch_size": 32, "tpp_lr": 1e-3,
 }
 QUICK_PROTOCOL = dict(PROTOCOL, steps={"0.1": 100, "0.25": 100, "1": 100}, tpp_steps=100)

@@ -1,5 +1,5 @@
 """Segmentation end to end on real BUSI lesion masks (../shared/data/seg/busi_64.npz) with the shared
-backbone at 64 px: TPP -> segmentation fine-tuning from it -> evaluate -> publish -> ``tpp predict``
+backbone (32-px input, 64-px masks): TPP -> segmentation fine-tuning from it -> evaluate -> publish -> ``tpp predict``
 masks -> the HTTP service's run-length masks. Small budgets: this checks the plumbing and the
 hand-off, not the Dice (benchmarks/seg_gain.py measures that)."""
 import csv
@@ -49,7 +49,7 @@ def runs(tmp_path_factory):
 def test_tpp_then_segmentation_records_the_hand_off_and_what_it_measured(runs):
     tpp_card = json.loads((runs / "tpp" / "adapter" / "tpp_card.json").read_text())
     assert tpp_card["data"]["origin"] == "BUSI" and tpp_card["data"]["used"]["splits"] == ["train"]
-    assert tpp_card["input"]["image_size"] == 64 and "interpolated" in tpp_card["input"]["resolution"]
+    assert tpp_card["input"]["image_size"] == 32 and "interpolated" in tpp_card["input"]["resolution"]
     card = json.loads((runs / "seg" / "adapter" / "tpp_card.json").read_text())
     assert card["task"]["type"] == "segmentation" and card["task"]["mask_size"] == [64, 64]
     assert card["task"]["label_names"] == ["background", "lesion"]
@@ -121,9 +121,9 @@ def test_predict_and_service_return_the_same_masks_as_offline(runs, tmp_path):
     assert body["predictions"][0]["pixels"]["lesion"] == int((masks[0] == 1).sum())
 
 
-def test_mixed_batch_of_a_28px_classifier_and_a_64px_segmenter_with_masks_at_image_size(runs, tmp_path):
+def test_mixed_batch_of_a_28px_classifier_and_a_32px_segmenter_with_masks_at_image_size(runs, tmp_path):
     """One --site-map batch: a BreastMNIST classification site (28 px input) and the BUSI segmentation
-    site (64 px): rows of different input sizes run through the bank together; a 100x80 upload gets a
+    site (32 px): rows of different input sizes run through the bank together; a 100x80 upload gets a
     100x80 mask; a second run without segmentation sites removes the stale masks folder."""
     store_path = tmp_path / "store"
     store.publish(runs / "seg", store_path, "busi_site")

@@ -15,7 +15,7 @@ from test_serve import request, serving
 
 from tpp import store
 from tpp.cli import main
-from tpp.segmentation import rle_decode
+from tpp.segmentation import rle_decode, to_mask_size
 
 pytestmark = pytest.mark.integration
 CONFIG = "breast_us/busi_seg_lora_finetune.yaml"
@@ -108,7 +108,8 @@ def test_predict_and_service_return_the_same_masks_as_offline(runs, tmp_path):
 
     model, card, _ = load_task_model(str(runs / "seg" / "adapter"), str(shared_backbone()))
     with torch.no_grad():
-        offline = [model(to_model_input(im, card["input"])).argmax(1)[0].numpy() for im in images]
+        offline = [to_mask_size(model(to_model_input(im, card["input"])), card["task"]["mask_size"]).argmax(1)[0].numpy()
+                   for im in images]  # logits at the 32-px input, resized to the 64-px masks as in training
     assert all(np.array_equal(a, b) for a, b in zip(masks, offline))
 
     world = {"backbone": shared_backbone(), "store": store_path}

@@ -158,3 +158,15 @@ def test_three_class_busi_scores_benign_and_malignant_lesions_apart(tmp_path):
     assert min(counts) >= 10 and sum(counts) >= test["n"]  # every image has its own lesion class
     card = json.loads((out / "adapter" / "tpp_card.json").read_text())
     assert card["task"]["num_classes"] == 3 and card["task"]["decoder"]["num_classes"] == 3
+
+
+def test_lora_segmentation_learns_lesions_beyond_a_constant_mask(tmp_path):
+    """Dice floor on real BUSI test masks. The best constant mask (the training masks' mean, thresholded
+    with the threshold picked on test) scores 0.353; 100 LoRA steps on all training masks measured 0.512
+    (seed 0) and 0.459 (seed 1) here. A floor of 0.40 fails if images and masks were misaligned, the
+    interpolated position embeddings or the decoder's token grid were wrong, or the adapter did not train."""
+    out = tmp_path / "floor"
+    assert main(["run", "finetune", "--config", CONFIG, *common(out), "train.max_steps=100", "seed=0",
+                 "train.select_best=false", "segmentation.overlays=0"]) == 0
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    assert test["dice"] >= 0.40, test

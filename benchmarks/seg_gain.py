@@ -206,7 +206,7 @@ def goals(rows: list[dict], diffs: list[dict]) -> list[str]:
     lines = []
     for d in diffs:
         if (d["method"], d["reference"]) == ("lora+tpp_mae", "lora") and d["fraction"] in (0.1, 0.25):
-            verdict = "ahead" if d["diff_mean"] > 0 else "not ahead"
+            verdict = "ahead" if d["diff_mean"] >= 0.0005 else ("level" if d["diff_mean"] > -0.0005 else "behind")
             sure = "" if d["n"] < 2 else (" (95% CI excludes 0)" if d["ci95_low"] > 0 or d["ci95_high"] < 0
                                          else " (95% CI includes 0)")
             lines.append(f"- TPP vs random-init LoRA at {d['fraction']:.0%} masks: {verdict}, {d['diff_mean']:+.3f} Dice "
@@ -238,7 +238,8 @@ def write_report(bench: SegBench, cells: list[tuple], out: Path, quick: bool) ->
              f"Protocol: `{json.dumps(bench.protocol)}`\n\n{markdown(rows, diffs)}\n\nGoals:\n\n" + "\n".join(verdicts))
     payload = {"protocol": bench.protocol, "protocol_id": bench.protocol_id, "complete": len(results) == len(cells),
                "rows": rows, "paired": diffs, "goals": verdicts, "cells": results}
-    report.publish(out, "seg_gain", report.machine(), command, "BUSI lesion segmentation", table, payload)
+    stem = "seg_gain" if bench.target == "busi_64" else f"seg_gain_{bench.target}"
+    report.publish(out, stem, report.machine(), command, f"BUSI lesion segmentation ({bench.file})", table, payload)
     return payload
 
 

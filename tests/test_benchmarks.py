@@ -98,3 +98,23 @@ def test_learning_rate_grid_keeps_per_seed_the_rate_with_the_best_validation_aur
     assert [c["complete"] for c in choices] == [True, False]
     pairs = tpp_gain.comparisons_for(["bottleneck*", "bottleneck+tpp_mae*", "lora*"])
     assert ("bottleneck+tpp_mae*", "bottleneck*") in pairs and ("bottleneck*", "lora*") in pairs
+
+
+def test_segmentation_report_states_the_goals_from_the_cells():
+    import seg_gain
+
+    def seg_cell(method, seed, dice, fraction):
+        return {"method": method, "fraction": fraction, "seed": seed, "target": "busi_64", "test_dice": dice,
+                "test_iou": dice / 2, "test_hd95": 10.0, "empty_predictions": 1, "adapter_parameters": 5,
+                "decoder_parameters": 7, "decoder_bytes": 28, "finetune_s": 1.0}
+
+    cells = [seg_cell("lora", s, d, 0.1) for s, d in enumerate([0.40, 0.42, 0.38])] + \
+            [seg_cell("lora+tpp_mae", s, d, 0.1) for s, d in enumerate([0.45, 0.44, 0.41])] + \
+            [seg_cell("full", s, d, 0.1) for s, d in enumerate([0.48, 0.47, 0.46])]
+    rows = seg_gain.summarise(cells)
+    diffs = report.paired(cells, "lora+tpp_mae", "lora", metric="test_dice")
+    assert diffs[0]["diff_mean"] == pytest.approx(0.10 / 3)
+    lines = seg_gain.goals(rows, diffs)
+    assert "10% masks: ahead, +0.033" in lines[0]
+    assert "best PEFT (lora+tpp_mae, 0.433) vs full fine-tuning (0.470): +0.037 Dice; within 2 points: no" in lines[1]
+    assert "| 10% | full | 3 | 0.470 ± 0.010 |" in seg_gain.markdown(rows, diffs)

@@ -9,15 +9,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tpp.adapter_dir import dir_size, make_card, parent_summary, read_weights, write_adapter_dir
+from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
 from tpp.backbones import load_backbone
-from tpp.builders import (check_leakage, classification_task, input_rule, parent_adapter, record_skipped,
+from tpp.builders import (attach_target_parameters, classification_task, input_rule, record_skipped,
                           require_labels, tensors)
 from tpp.data.build import load_data, random_hflip
 from tpp.data.subsets import label_fraction_index
 from tpp.errors import TppError
 from tpp.metrics import classification_metrics, quick_metrics
-from tpp.model import ClassificationHead, TaskModel, attach_adapter, load_adapter_state, trainable_parameters
+from tpp.model import ClassificationHead, TaskModel, trainable_parameters
 from tpp.training import (build_accelerator, checkpointer, make_loader, make_optimizer, make_scheduler, plan_steps,
                           predict_probs, train_loop)
 
@@ -37,16 +37,7 @@ def run(cfg, run) -> dict:
     require_labels(dataset)
 
     # target parameters: fresh, or inherited from a (TPP) parent adapter
-    method_name, options, parent = cfg.adapter.method, cfg.adapter.options, None
-    if cfg.adapter.init_from:
-        parent_card, method_name, options = parent_adapter(cfg.adapter, info, dataset.modality)
-        check_leakage(parent_card, dataset, cfg.adapter.init_from)
-        parent = parent_summary(parent_card, cfg.adapter.init_from)
-    method, typed, targets = attach_adapter(encoder, method_name, options)
-    if parent:
-        parent_weights = read_weights(cfg.adapter.init_from, parent_card)
-        load_adapter_state(encoder, parent_weights, cfg.adapter.init_from)
-        run.log(event="init_from", parent=parent, loaded_tensors=len(parent_weights), note="task head newly initialised")
+    method, typed, targets, parent = attach_target_parameters(cfg, encoder, info, dataset, run, "task head")
     torch.manual_seed(cfg.seed)
     model = TaskModel(encoder, ClassificationHead(info.hidden_size, dataset.num_classes))
 

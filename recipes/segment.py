@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import torch
 
-from tpp.adapter_dir import dir_size, make_card, parent_summary, read_weights, write_adapter_dir
+from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
 from tpp.backbones import load_backbone
-from tpp.builders import check_leakage, input_rule, parent_adapter, record_skipped, tensors
+from tpp.builders import attach_target_parameters, input_rule, record_skipped, tensors
 from tpp.data.build import load_data
 from tpp.data.segmentation import joint_augment
 from tpp.data.subsets import label_fraction_index
 from tpp.errors import TppError
-from tpp.model import attach_adapter, load_adapter_state, trainable_parameters
+from tpp.model import trainable_parameters
 from tpp.seg_metrics import quick_dice, segmentation_metrics, write_overlays
 from tpp.segmentation import SegmentationModel, build_decoder, decoder_spec, segmentation_loss, to_mask_size
 from tpp.training import (build_accelerator, checkpointer, make_loader, make_optimizer, make_scheduler, plan_steps,
@@ -43,16 +43,7 @@ def run(cfg, run) -> dict:
         raise TppError(f"task=segmentation needs masks: data.source={cfg.data.source} has none "
                        "(use seg_npz or seg_folder).")
 
-    method_name, options, parent = cfg.adapter.method, cfg.adapter.options, None
-    if cfg.adapter.init_from:
-        parent_card, method_name, options = parent_adapter(cfg.adapter, info, dataset.modality)
-        check_leakage(parent_card, dataset, cfg.adapter.init_from)
-        parent = parent_summary(parent_card, cfg.adapter.init_from)
-    method, typed, targets = attach_adapter(encoder, method_name, options)
-    if parent:
-        parent_weights = read_weights(cfg.adapter.init_from, parent_card)
-        load_adapter_state(encoder, parent_weights, cfg.adapter.init_from)
-        run.log(event="init_from", parent=parent, loaded_tensors=len(parent_weights), note="decoder newly initialised")
+    method, typed, targets, parent = attach_target_parameters(cfg, encoder, info, dataset, run, "decoder")
     torch.manual_seed(cfg.seed)
     decoder = build_decoder(cfg.segmentation, info.hidden_size, dataset.num_classes, info.channels, info.patch_size)
     model = SegmentationModel(encoder, decoder)

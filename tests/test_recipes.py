@@ -143,18 +143,17 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
 def test_tpp_hand_off_loads_every_tensor_and_refuses_conflicts(tiny_mae, data_root, tmp_path, capsys, monkeypatch):
     assert tpp(tiny_mae, data_root, tmp_path / "tpp") == 0
     parent = tmp_path / "tpp" / "adapter"
-    import tpp.recipes.finetune as recipe
-
+    import tpp.builders as builders
     from tpp.model import adapter_state
 
     captured = {}
-    real = recipe.load_adapter_state
+    real = builders.load_adapter_state
 
     def spy(encoder, state, source):
         real(encoder, state, source)
         captured["loaded"] = {k: v.clone() for k, v in adapter_state(encoder).items()}  # before training
 
-    monkeypatch.setattr(recipe, "load_adapter_state", spy)
+    monkeypatch.setattr(builders, "load_adapter_state", spy)
     assert finetune(tiny_mae, data_root, tmp_path / "ft", f"adapter.init_from={parent}") == 0
     file_state = load_file(parent / "adapter_model.safetensors")
     assert captured["loaded"].keys() == file_state.keys()

@@ -6,11 +6,12 @@ import warnings
 import numpy as np
 import torch
 
-from tpp.adapter_dir import read_card, verify_backbone
+from tpp.adapter_dir import parent_summary, read_card, read_weights, verify_backbone
 from tpp.backbones import BackboneInfo
 from tpp.data import Dataset, same_modality
 from tpp.data.build import channel_rule, image_channels, to_model_tensor
 from tpp.errors import ConfigError, TppError
+from tpp.model import attach_adapter, load_adapter_state
 
 
 def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
@@ -127,3 +128,20 @@ def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
         raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}' ({trained.get('split_id')}; "
                        f"this config gives {dataset.split_id}): its training images may be in the split evaluated "
                        "now. Use the seed and split settings of its run.")
+
+
+def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: str) -> tuple:
+    """Add the configured method to ``encoder``: fresh, or inherited from ``adapter.init_from`` (options
+    merged and checked, leakage refused, every parent tensor loaded and logged; ``head`` names what starts
+    fresh). Returns (method, typed options, targets, parent summary or None)."""
+    method_name, options, parent = cfg.adapter.method, cfg.adapter.options, None
+    if cfg.adapter.init_from:
+        parent_card, method_name, options = parent_adapter(cfg.adapter, info, dataset.modality)
+        check_leakage(parent_card, dataset, cfg.adapter.init_from)
+        parent = parent_summary(parent_card, cfg.adapter.init_from)
+    method, typed, targets = attach_adapter(encoder, method_name, options)
+    if parent:
+        parent_weights = read_weights(cfg.adapter.init_from, parent_card)
+        load_adapter_state(encoder, parent_weights, cfg.adapter.init_from)
+        run.log(event="init_from", parent=parent, loaded_tensors=len(parent_weights), note=f"{head} newly initialised")
+    return method, typed, targets, parent

@@ -71,6 +71,59 @@ def publish(out, stem: str, machine: dict, command: str, description: str, table
     return text
 
 
+def backbone_fingerprint(backbone: str) -> str:
+    """What a cached cell depends on in its backbone: for a local folder, the SHA-256 of its config and
+    weight files (so caches survive moving or symlinking the folder); for a hub id, the id itself."""
+    import hashlib
+    from pathlib import Path
+
+    folder = Path(backbone)
+    if not folder.is_dir():
+        return backbone
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.json")) + sorted(folder.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def protocol_id(protocol: dict, backbone: str, **extra) -> str:
+    """12 hex digits naming (protocol, backbone content, extra settings): a cached cell is reused only
+    under the same id."""
+    import hashlib
+    import json
+
+    key = json.dumps({"protocol": protocol, "backbone": backbone_fingerprint(backbone), **extra}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, first_estimate_s: float):
+    """Run the cells that ``cached(*cell)`` does not have, in order, until the next one would exceed the
+    budget (estimated from the last cell of the same ``kind(cell)``). A failing cell is reported and
+    skipped, never loses the others. Returns (results, cells left for the next run, error lines)."""
+    import time
+
+    start, done, errors, last = time.time(), [], [], {}
+    todo = [c for c in cells if not cached(*c)]
+    print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
+    for i, cell in enumerate(todo):
+        if time.time() - start + last.get(kind(cell), first_estimate_s) > budget_s:
+            return done, todo[i:], errors
+        t0 = time.time()
+        try:
+            result = run_cell(*cell)
+        except Exception as exc:  # one broken cell must not lose the others
+            errors.append(f"{cell}: {type(exc).__name__}: {exc}")
+            print(f"  FAILED {cell}: {exc}", flush=True)
+            continue
+        last[kind(cell)] = time.time() - t0
+        print(f"  [{i + 1}/{len(todo)}] {describe(cell, result)} ({last[kind(cell)]:.0f} s)", flush=True)
+        done.append(result)
+    return done, [], errors
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     arr = np.asarray(values, dtype=float)

@@ -16,12 +16,10 @@ fraction and every cell keeps its last step (no validation-based selection).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +44,7 @@ class SegBench:
 
     def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, file: str):
         self.cache, self.protocol, self.backbone, self.data_root, self.file = cache, protocol, backbone, data_root, file
-        key = json.dumps({"protocol": protocol, "backbone": backbone, "file": file}, sort_keys=True)
-        self.protocol_id = hashlib.sha256(key.encode()).hexdigest()[:12]
+        self.protocol_id = report.protocol_id(protocol, backbone, file=file)
         self.target = Path(file).stem
 
     def cell_path(self, method: str, fraction: float, seed: int) -> Path:
@@ -140,23 +137,11 @@ class SegBench:
 
 
 def fill(bench: SegBench, cells: list[tuple], budget_s: float) -> tuple[list, list]:
-    start, missing, errors = time.time(), [], []
-    todo = [c for c in cells if not bench.cached(*c)]
-    print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
-    last = {}
-    for i, cell in enumerate(todo):
-        if time.time() - start + last.get(cell[0], 300.0) > budget_s:
-            return todo[i:], errors
-        t0 = time.time()
-        try:
-            result = bench.run_cell(*cell)
-        except Exception as exc:  # one broken cell must not lose the others
-            errors.append(f"{cell}: {type(exc).__name__}: {exc}")
-            print(f"  FAILED {cell}: {exc}", flush=True)
-            continue
-        last[cell[0]] = time.time() - t0
-        print(f"  [{i + 1}/{len(todo)}] {cell[0]} {cell[1]:.0%} seed {cell[2]}: Dice {result['test_dice']:.3f} "
-              f"({last[cell[0]]:.0f} s)", flush=True)
+    """Run missing cells until the budget would be exceeded. Returns (missing, errors)."""
+    _, missing, errors = report.fill(
+        bench.run_cell, bench.cached, cells, budget_s, kind=lambda cell: cell[0],
+        describe=lambda cell, r: f"{cell[0]} {cell[1]:.0%} seed {cell[2]}: Dice {r['test_dice']:.3f}",
+        first_estimate_s=300.0)
     return missing, errors
 
 

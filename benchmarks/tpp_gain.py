@@ -14,18 +14,17 @@ real few-label site has no big validation set). The seed fixes the label subset,
 initialisation, the shuffling and the TPP run, so TPP and random init are paired per seed.
 
 Cells are cached as JSON under ``--cache`` and TPP adapters per (source, pretext, seed), so a long grid
-is completed over several invocations; a cached cell is reused only under the same protocol.
+is completed over several invocations; a cached cell is reused only under the same protocol
+and the same backbone weights (hashed by content: moving or linking the backbone folder keeps the cache).
 Needs the ``bench`` extra (matplotlib, scipy).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,8 +149,7 @@ class Bench:
 
     def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str):
         self.cache, self.protocol, self.backbone, self.data_root = cache, protocol, backbone, data_root
-        key = json.dumps({"protocol": protocol, "backbone": backbone}, sort_keys=True)
-        self.protocol_id = hashlib.sha256(key.encode()).hexdigest()[:12]
+        self.protocol_id = report.protocol_id(protocol, backbone)
 
     def cell_path(self, target, method, fraction, seed) -> Path:
         folder = method.replace("@", "_at_").replace("%", "_lr")
@@ -238,26 +236,9 @@ def quiet_libraries() -> None:
 
 def fill(bench: Bench, cells: list[tuple], budget_s: float) -> tuple[list[dict], list[tuple], list[str]]:
     """Run missing cells until the budget would be exceeded. Returns (done, missing, errors)."""
-    start, done, missing, errors, last = time.time(), [], [], [], {}
-    todo = [c for c in cells if not bench.cached(*c)]
-    print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
-    for i, cell in enumerate(todo):
-        estimate = last.get(cell[1], 90.0)
-        if time.time() - start + estimate > budget_s:
-            missing = todo[i:]
-            break
-        t0 = time.time()
-        try:
-            result = bench.run_cell(*cell)
-        except Exception as exc:  # one broken cell must not lose the others
-            errors.append(f"{cell}: {type(exc).__name__}: {exc}")
-            print(f"  FAILED {cell}: {exc}", flush=True)
-            continue
-        last[cell[1]] = time.time() - t0
-        print(f"  [{i + 1}/{len(todo)}] {cell[0]} {cell[1]} {cell[2]:.0%} seed {cell[3]}: "
-              f"AUROC {result['test_auroc']:.3f} ({last[cell[1]]:.0f} s)", flush=True)
-        done.append(result)
-    return done, missing, errors
+    return report.fill(bench.run_cell, bench.cached, cells, budget_s, kind=lambda cell: cell[1],
+                       describe=lambda cell, r: f"{cell[0]} {cell[1]} {cell[2]:.0%} seed {cell[3]}: "
+                                                f"AUROC {r['test_auroc']:.3f}", first_estimate_s=90.0)
 
 
 def comparisons_for(methods: list[str]) -> list[tuple[str, str]]:

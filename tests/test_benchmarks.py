@@ -1,10 +1,12 @@
 """Benchmark plumbing: paired statistics, grid order, the per-cell cache, the report files."""
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file, save_file
 from conftest import make_medmnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -69,6 +71,8 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     assert again == []  # everything came from the cache
     other = tpp_gain.Bench(tmp_path / "cache", dict(protocol, finetune_steps=4), str(tiny_mae), str(root))
     assert other.cached(*cells[0]) is None  # another protocol does not reuse cells
+    (tmp_path / "linked_backbone").symlink_to(tiny_mae)  # same weights reached by another path: cache reused
+    assert tpp_gain.Bench(tmp_path / "cache", protocol, str(tmp_path / "linked_backbone"), str(root)).cached(*cells[0])
     payload = tpp_gain.write_report(bench, cells, tmp_path / "out", [], quick=True)
     assert [c["lr"] for c in payload["lr_choices"]] == [0.003] and "bottleneck*" in {r["method"] for r in payload["rows"]}
     assert payload["complete"] and {p.name for p in (tmp_path / "out").iterdir()} == {
@@ -118,3 +122,16 @@ def test_segmentation_report_states_the_goals_from_the_cells():
     assert "10% masks: ahead, +0.033" in lines[0]
     assert "best PEFT (lora+tpp_mae, 0.433) vs full fine-tuning (0.470): +0.037 Dice; within 2 points: no" in lines[1]
     assert "| 10% | full | 3 | 0.470 ± 0.010 |" in seg_gain.markdown(rows, diffs)
+
+
+def test_backbone_fingerprint_follows_the_weights_not_the_path(tiny_mae, tmp_path):
+    copy = Path(shutil.copytree(tiny_mae, tmp_path / "copy"))
+    assert report.backbone_fingerprint(str(copy)) == report.backbone_fingerprint(str(tiny_mae))
+    weights = next(copy.glob("*.safetensors"))
+    state = load_file(weights)
+    name = next(iter(state))
+    state[name] = state[name] + 1
+    save_file(state, weights)
+    assert report.backbone_fingerprint(str(copy)) != report.backbone_fingerprint(str(tiny_mae))
+    assert report.backbone_fingerprint("org/some-hub-model") == "org/some-hub-model"
+    assert report.protocol_id({"a": 1}, str(tiny_mae)) != report.protocol_id({"a": 1}, str(copy))

@@ -167,6 +167,26 @@ def test_tpp_hand_off_loads_every_tensor_and_refuses_conflicts(tiny_mae, data_ro
     assert "adapter.r=4 conflicts" in capsys.readouterr().err
 
 
+def test_config_file_adapter_options_give_way_to_the_parent(tiny_mae, data_root, tmp_path, capsys):
+    """The shipped fine-tuning config says LoRA r=8: a parent with r=4, or another method, still hands off;
+    only command-line values must agree with the parent."""
+    def finetune(out, *extra):  # no adapter.r on the command line (FAST has one)
+        return main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={tiny_mae}",
+                     f"data.root={data_root}", f"output_dir={out}", "train.max_steps=2", "train.batch_size=16", *extra])
+
+    assert tpp(tiny_mae, data_root, tmp_path / "tpp", "adapter.r=4") == 0
+    assert finetune(tmp_path / "ft", f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}") == 0
+    card = json.loads((tmp_path / "ft" / "adapter" / "tpp_card.json").read_text())
+    assert card["options"]["r"] == 4
+    assert "adapter.r=8 from the config file replaced by the parent's 4" in capsys.readouterr().out
+    assert tpp(tiny_mae, data_root, tmp_path / "tpp_b", "adapter={method: bottleneck}") == 0
+    parent_b = tmp_path / "tpp_b" / "adapter"
+    assert finetune(tmp_path / "ft_b", f"adapter.init_from={parent_b}") == 0
+    assert json.loads((tmp_path / "ft_b" / "adapter" / "tpp_card.json").read_text())["method"] == "bottleneck"
+    assert finetune(tmp_path / "ft_c", f"adapter.init_from={parent_b}", "adapter.method=lora") == 2
+    assert "adapter.method=lora conflicts" in capsys.readouterr().err
+
+
 def test_modality_mismatch_warns_or_fails(tiny_mae, tmp_path, capsys):
     us_root = make_medmnist(tmp_path / "us")
     xray_root = make_medmnist(tmp_path / "xray", name="pneumoniamnist")

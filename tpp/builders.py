@@ -40,36 +40,52 @@ def require_labels(dataset: Dataset) -> None:
         raise TppError(f"dataset '{dataset.name}' has {dataset.num_classes} class; classification needs at least 2.")
 
 
-def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, str, dict]:
+def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, str, dict, list[str]]:
     """Read the ``init_from`` card and merge options: method and inherited options come from the
-    parent; an explicitly different value is a config error. Warns (or fails with
+    parent. A different value given on the command line is a config error; one from the config file
+    gives way to the parent's (reported in the returned notes). Warns (or fails with
     ``adapter.require_same_modality``) when the parent saw another modality.
 
-    Returns (parent card, method name, options).
+    Returns (parent card, method name, options, notes on config-file values replaced).
     """
     source = adapter_cfg.init_from
     card = read_card(source)
     verify_backbone(card, info, source)
+    explicit = adapter_cfg.explicit  # None: every key counts as given explicitly
+    is_explicit = (lambda key: True) if explicit is None else (lambda key: key in explicit)
+    notes, given = [], dict(adapter_cfg.options)
     if adapter_cfg.method != card["method"]:
-        raise ConfigError(f"adapter.method={adapter_cfg.method} conflicts with the parent adapter '{source}' "
-                          f"({card['method']}); drop the override or set adapter.method={card['method']}.")
+        if is_explicit("method"):
+            raise ConfigError(f"adapter.method={adapter_cfg.method} conflicts with the parent adapter '{source}' "
+                              f"({card['method']}); drop the override or set adapter.method={card['method']}.")
+        notes.append(f"adapter.method={adapter_cfg.method} from the config file replaced by the parent's "
+                     f"{card['method']} (its options too)")
+        given = {k: v for k, v in given.items() if is_explicit(k)}
     from tpp.adapters import get_method
 
     method = get_method(card["method"])
     options = dict(card["options"])
-    for key, value in adapter_cfg.options.items():
+    for key, value in given.items():
         if key in method.inherited and value != options.get(key):
-            raise ConfigError(f"adapter.{key}={value!r} conflicts with the parent adapter '{source}' "
-                              f"({key}={options.get(key)!r}); it is inherited, drop the override.")
+            if is_explicit(key):
+                raise ConfigError(f"adapter.{key}={value!r} conflicts with the parent adapter '{source}' "
+                                  f"({key}={options.get(key)!r}); it is inherited, drop the override.")
+            notes.append(f"adapter.{key}={value!r} from the config file replaced by the parent's {options.get(key)!r}")
+            continue
         options[key] = value
+    check_parent_modality(card, source, modality, adapter_cfg.require_same_modality)
+    return card, card["method"], options, notes
+
+
+def check_parent_modality(card: dict, source: str, modality: str, required: bool) -> None:
+    """Warn (or fail when ``required``) if the parent adapter was pre-trained on another modality."""
     parent_modality = card.get("modality", "unknown")
     if not same_modality(parent_modality, modality):
         message = (f"adapter.init_from '{source}' was pre-trained on modality {parent_modality}, but the "
                    f"fine-tuning data is {modality}; pre-training on another modality can hurt.")
-        if adapter_cfg.require_same_modality:
+        if required:
             raise TppError(message + " (adapter.require_same_modality=true)")
         warnings.warn(message)
-    return card, card["method"], options
 
 
 def record_skipped(datasets: list[Dataset], run) -> None:
@@ -136,9 +152,12 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
     fresh). Returns (method, typed options, targets, parent summary or None)."""
     method_name, options, parent = cfg.adapter.method, cfg.adapter.options, None
     if cfg.adapter.init_from:
-        parent_card, method_name, options = parent_adapter(cfg.adapter, info, dataset.modality)
+        parent_card, method_name, options, notes = parent_adapter(cfg.adapter, info, dataset.modality)
         check_leakage(parent_card, dataset, cfg.adapter.init_from)
         parent = parent_summary(parent_card, cfg.adapter.init_from)
+        for note in notes:
+            print(f"init_from: {note}")
+            run.log(event="init_from_option", note=note)
     method, typed, targets = attach_adapter(encoder, method_name, options)
     if parent:
         parent_weights = read_weights(cfg.adapter.init_from, parent_card)

@@ -40,7 +40,12 @@ class BackboneConfig:
 @dataclass
 class AdapterConfig:
     """Keys common to every method. Method options (``r``, ``alpha`` ...) are checked by the method's
-    own dataclass from the adapter registry and kept in ``options``."""
+    own dataclass from the adapter registry and kept in ``options``.
+
+    With ``init_from``, the method and its inherited options come from the parent adapter: values from the
+    config file give way to the parent's, values given on the command line (``explicit``, set by
+    :func:`load_config`; ``None`` = every key counts as explicit) must agree with it."""
+    explicit: typing.ClassVar[Optional[frozenset]] = None
     method: str = _f("lora", "adapter method from the registry (`tpp ls` lists them)")
     path: Optional[str] = _f(None, "adapter directory to load (evaluate)")
     init_from: Optional[str] = _f(None, "adapter directory whose target parameters start fine-tuning (TPP)")
@@ -371,8 +376,12 @@ def _check_values(cfg: RunConfig) -> None:
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
-    """YAML file + ``key=value`` overrides -> validated RunConfig."""
-    return build_config(apply_overrides(load_yaml(path), list(overrides)))
+    """YAML file + ``key=value`` overrides -> validated RunConfig; records which adapter keys the
+    overrides set (``cfg.adapter.explicit``)."""
+    cfg = build_config(apply_overrides(load_yaml(path), list(overrides)))
+    given = apply_overrides({}, list(overrides)).get("adapter")
+    cfg.adapter.explicit = frozenset(given) if isinstance(given, dict) else frozenset()
+    return cfg
 
 
 def help_lines(cls=RunConfig, prefix: str = "") -> list[str]:

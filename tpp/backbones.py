@@ -272,12 +272,13 @@ def resolve_targets(encoder: Encoder, leaf_names=None) -> list[str]:
     leaf_names = tuple(leaf_names or encoder.family.default_targets)
     return resolve_modules(encoder, lambda name, m: isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in leaf_names,
                            f"adapter.target_modules {list(leaf_names)}",
-                           "Use leaf names of Linear layers such as q_proj, v_proj, fc1.")
+                           "Use leaf names of Linear layers such as q_proj, v_proj, fc1.", leaves=leaf_names)
 
 
-def resolve_modules(encoder: Encoder, predicate, what: str, hint: str = "") -> list[str]:
+def resolve_modules(encoder: Encoder, predicate, what: str, hint: str = "", leaves=None) -> list[str]:
     """Full names of modules inside the encoder's transformer layers with ``predicate(name, module)``;
-    every layer must get at least one (else TppError naming ``what``)."""
+    every layer must get at least one, and every requested leaf name in ``leaves`` must match (a typo
+    in one name is not silently dropped); else TppError naming ``what``."""
     layer_re = re.compile(encoder.family.layer_pattern)
     names, layers = [], set()
     for name, module in encoder.model.named_modules():
@@ -290,4 +291,8 @@ def resolve_modules(encoder: Encoder, predicate, what: str, hint: str = "") -> l
     missing = set(range(encoder.model.config.num_hidden_layers)) - layers
     if missing:
         raise TppError(f"{what} leave encoder layers {sorted(missing)} without targets.")
+    unmatched = sorted(set(leaves or ()) - {name.rsplit(".", 1)[-1] for name in names})
+    if unmatched:
+        raise TppError(f"{what}: {unmatched} match no module of the {encoder.family.model_type} encoder's layers. "
+                       f"{hint}".strip())
     return names

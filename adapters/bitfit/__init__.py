@@ -43,7 +43,7 @@ def resolve(encoder, options: BitfitOptions) -> list[str]:
     def wanted(name, module):
         return (isinstance(module, nn.Linear) and module.bias is not None
                 and (leaves is None or name.rsplit(".", 1)[-1] in leaves))
-    return resolve_modules(encoder, wanted, f"BitFit targets {leaves or 'Linear layers with a bias'}")
+    return resolve_modules(encoder, wanted, f"BitFit targets {leaves or 'Linear layers with a bias'}", leaves=leaves)
 
 
 def attach(model: nn.Module, options: BitfitOptions, target_names: list[str]) -> nn.Module:

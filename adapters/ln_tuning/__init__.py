@@ -25,7 +25,7 @@ def resolve(encoder, options: LnTuningOptions) -> list[str]:
 
     def wanted(name, module):
         return isinstance(module, nn.LayerNorm) and (leaves is None or name.rsplit(".", 1)[-1] in leaves)
-    return resolve_modules(encoder, wanted, f"LayerNorm targets {leaves or 'every LayerNorm'}")
+    return resolve_modules(encoder, wanted, f"LayerNorm targets {leaves or 'every LayerNorm'}", leaves=leaves)
 
 
 def attach(model: nn.Module, options: LnTuningOptions, target_names: list[str]) -> nn.Module:

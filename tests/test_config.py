@@ -32,6 +32,9 @@ def test_wrong_type_names_key_and_type():
         build_config({"data": {"source": "ftp"}})
     with pytest.raises(ConfigError, match="adapter.r must be at least 1"):
         build_config({"adapter": {"r": 0}})
+    with pytest.raises(ConfigError, match="adapter.bias='lora_only' is not supported.*bitfit"):
+        build_config({"adapter": {"bias": "lora_only"}})
+    assert build_config({"adapter": {"bias": "none"}}).adapter.resolved_options()["bias"] == "none"
 
 
 def test_overrides_are_typed_and_floats_accept_exponents():

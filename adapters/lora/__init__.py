@@ -20,12 +20,17 @@ class LoraOptions:
         default=None, metadata={"help": "leaf names of encoder Linear layers; default per backbone family"})
     use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA)"})
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised scaling alpha / sqrt(r)"})
+    bias: str = field(default="none", metadata={"help": "only 'none': biases belong to the shared backbone"})
 
     def __post_init__(self):
         if self.r < 1:
             raise ConfigError(f"adapter.r must be at least 1, got {self.r}.")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"adapter.dropout must be in [0, 1), got {self.dropout}.")
+        if self.bias != "none":
+            raise ConfigError(f"adapter.bias={self.bias!r} is not supported: peft would train the backbone's own "
+                              "biases, which every site and concurrent request shares. Use adapter.bias=none, and "
+                              "method bitfit for per-site bias terms.")
 
 
 def lora_config(options: LoraOptions, target_names: list[str]) -> LoraConfig:

@@ -5,8 +5,10 @@
 
 Pretexts: ``mae`` (masked image modeling; the checkpoint's frozen ViT-MAE decoder, or a fresh one for
 ViT / DINOv2) and ``dino`` (self-distillation with an EMA teacher). The backbone stays frozen; a
-fresh decoder or projection head trains alongside and is discarded. Labels are never read (the data
-path drops them).
+fresh decoder or projection head trains alongside and is discarded. Labels never reach the pretext
+(the loader may use them only to form stratified splits of a source without official ones).
+Only the training split's images are used unless ``data.use_eval_splits=true`` (recorded in the card;
+such a parent is then refused for fine-tuning on the same data, whose val/test it has seen).
 Writes ``adapter/`` (no head) whose card records the pretext, its settings, the data it saw and
 the loss curve. Fine-tune from it with ``adapter.init_from=OUTPUT/adapter``.
 """
@@ -74,7 +76,8 @@ def run(cfg, run) -> dict:
         method=method.name, options=dict(vars(typed)), targets=targets, backbone=info,
         input_rule=input_rule(dataset, info), site=cfg.site, modality=dataset.modality,
         task={"type": "none", "note": "pre-trained target parameters; no task head"}, stage="tpp",
-        data=dataset.describe({"splits": splits_used, "images": len(x), "labels_read": False}, labels=False),
+        data=dataset.describe({"splits": splits_used, "images": len(x), "labels_read": False,
+                               "use_eval_splits": cfg.data.use_eval_splits}, labels=False),
         metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=adapter_parameters,
         extra={"pretext": dict(pretext.card_entry(), steps=plan.num_steps, batch_size=cfg.train.batch_size,
                                head_parameters_discarded=pretext_head_parameters,

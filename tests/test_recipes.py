@@ -135,9 +135,19 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
     assert all(torch.equal(v, seen["dec_before"][k]) for k, v in seen["decoder"].state_dict().items())
     card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
     assert card["stage"] == "tpp" and card["pretext"]["name"] == "mae" and card["pretext"]["mask_ratio"] == 0.75
-    assert card["data"]["used"] == {"splits": ["train"], "images": 60, "labels_read": False}
+    assert card["data"]["used"] == {"splits": ["train"], "images": 60, "labels_read": False, "use_eval_splits": False}
     assert len(card["pretext"]["loss_curve"]) == 4
     assert not (tmp_path / "tpp" / "adapter" / "head.safetensors").exists()
+
+
+def test_tpp_on_eval_splits_is_recorded_and_refused_for_the_same_data(tiny_mae, data_root, tmp_path, capsys):
+    assert tpp(tiny_mae, data_root, tmp_path / "tpp", "data.use_eval_splits=true") == 0
+    card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
+    used = card["data"]["used"]
+    assert used["use_eval_splits"] is True and used["splits"] == ["train", "val", "test"]
+    assert used["images"] == sum(card["data"]["counts"].values())
+    assert finetune(tiny_mae, data_root, tmp_path / "ft", f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}") != 0
+    assert "val" in capsys.readouterr().err
 
 
 def test_tpp_hand_off_loads_every_tensor_and_refuses_conflicts(tiny_mae, data_root, tmp_path, capsys, monkeypatch):

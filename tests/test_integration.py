@@ -72,9 +72,10 @@ def test_mednist_npz_source_for_tpp(tmp_path):
     assert card["data"]["counts"]["train"] + card["data"]["counts"]["val"] + card["data"]["counts"]["test"] == 2000
 
 
-def test_short_tpp_lowers_held_out_pretext_loss(tmp_path):
+def test_short_tpp_lowers_held_out_pretext_loss(tmp_path, record_property):
     """Held-out (val) MAE loss with fixed masks: TPP adapter vs the randomly initialised adapter, which
-    starts as the identity (LoRA's B = 0), i.e. the frozen backbone's own loss."""
+    starts as the identity (LoRA's B = 0), i.e. the frozen backbone's own loss. Measured: 4.0% relative
+    drop (benchmarks/README.md); required: half of that."""
     import torch
 
     from tpp.adapter_dir import WEIGHTS, read_tensors
@@ -100,7 +101,8 @@ def test_short_tpp_lowers_held_out_pretext_loss(tmp_path):
     drop = (random_init - pre_trained) / random_init
     print(f"held-out MAE loss: random-init adapter {random_init:.4f}, TPP adapter {pre_trained:.4f}, "
           f"relative drop {drop:.1%}")
-    assert drop > 0.005
+    record_property("held_out_mae_loss_relative_drop", round(drop, 4))  # in the JUnit XML report
+    assert drop > 0.02
 
 
 def test_dino_tpp_does_not_collapse_on_real_images():

@@ -14,12 +14,20 @@ from conftest import make_backbone, make_medmnist
 from test_bank import pixels
 
 from tpp import store
+from tpp.adapter_dir import WEIGHTS, read_tensors
 from tpp.adapters import all_methods, get_method
 from tpp.backbones import backbone_hash, is_adapter_key, load_backbone
 from tpp.model import adapter_state, attach_adapter, load_adapter_state, trainable_parameters
 
 METHODS = [m.name for m in all_methods() if m.kind == "adapter"]
 PRETRAINABLE = [m for m in METHODS if get_method(m).pretrainable]
+# option variants that change the adapter's structure, run through the same table
+VARIANTS = [("lora", {"use_dora": True}), ("lora", {"use_rslora": True}), ("bottleneck", {"style": "sequential"}),
+            ("lokr", {"decompose_both": True}), ("vpt", {"deep": True})]
+CASES = [pytest.param(m, {}, id=m) for m in METHODS] + [
+    pytest.param(m, o, id=f"{m}-{'-'.join(o)}") for m, o in VARIANTS]
+HAND_OFF_CASES = [pytest.param(m, {}, id=m) for m in PRETRAINABLE] + [
+    pytest.param(m, o, id=f"{m}-{'-'.join(o)}") for m, o in VARIANTS[:2]]
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +44,14 @@ def test_registry_holds_the_expected_methods():
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("family", ["vit", "vit_mae", "dinov2"])
-@pytest.mark.parametrize("method", METHODS)
-def test_method_contract(backbones, family, channels, method):
+@pytest.mark.parametrize("method, options", CASES)
+def test_method_contract(backbones, family, channels, method, options):
     path = str(backbones[(family, channels)])
     encoder, info, _ = load_backbone(path)
     x = torch.randn(2, channels, 28, 28, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         base = encoder(x)
-    spec, _, targets = attach_adapter(encoder, method, {})
+    spec, _, targets = attach_adapter(encoder, method, options)
     trainable = [n for n, p in encoder.model.named_parameters() if p.requires_grad]
     assert all(is_adapter_key(n) for n in trainable)
     state = adapter_state(encoder)
@@ -64,21 +72,21 @@ def test_method_contract(backbones, family, channels, method):
     assert backbone_hash(encoder.model) == info.hash
     saved = adapter_state(encoder)
     fresh, _, _ = load_backbone(path)
-    attach_adapter(fresh, method, {}, targets)
+    attach_adapter(fresh, method, options, targets)
     load_adapter_state(fresh, saved, "test")
     with torch.no_grad():
         assert torch.equal(fresh(x), adapted)
 
 
-@pytest.mark.parametrize("method", PRETRAINABLE)
-def test_tpp_hand_off_and_site_switching(tmp_path, method):
+@pytest.mark.parametrize("method, options", HAND_OFF_CASES)
+def test_tpp_hand_off_and_site_switching(tmp_path, method, options):
     from tpp.bank import AdapterBank
     from tpp.cli import main
 
     backbone = make_backbone(tmp_path / "bb", "vit_mae")
     root = make_medmnist(tmp_path / "data")
     common = [f"backbone.path={backbone}", f"data.root={root}", "train.batch_size=16", "train.max_steps=4",
-              f"adapter={{method: {method}}}"]
+              "adapter=" + json.dumps({"method": method, **options})]
     assert main(["run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", *common,
                  f"output_dir={tmp_path / 'tpp'}"]) == 0
     for site, extra in {"a": [f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}"], "b": ["seed=1"]}.items():
@@ -88,6 +96,10 @@ def test_tpp_hand_off_and_site_switching(tmp_path, method):
     card = json.loads((tmp_path / "a" / "adapter" / "tpp_card.json").read_text())
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert card["parent"]["stage"] == "tpp" and card["method"] == method
+    assert all(card["options"][k] == v for k, v in options.items())
+    for site in ("a", "b"):  # on disk, not only in memory: the adapter files hold no backbone tensor
+        saved = read_tensors(tmp_path / site / "adapter", WEIGHTS)
+        assert saved and all(is_adapter_key(k) for k in saved), [k for k in saved if not is_adapter_key(k)]
     assert metrics["trainable_parameters"] > 0 and metrics["adapter_bytes"] > 0
     bank = AdapterBank(str(backbone), str(tmp_path / "store"))
     x = pixels(np.load(root / "breastmnist.npz")["test_images"][:4], card)

@@ -67,4 +67,9 @@ def all_methods() -> list[Method]:
 
 
 def _load_builtin() -> None:
-    from tpp.adapters import baselines, bitfit, bottleneck, ia3, ln_tuning, lora, lycoris, ssf, vpt  # noqa: F401
+    """Import every method package of this folder: each registers itself."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")

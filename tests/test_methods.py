@@ -42,6 +42,21 @@ def test_registry_holds_the_expected_methods():
     assert get_method("full").kind == "full_model" and not get_method("linear_probe").pretrainable
 
 
+def test_every_method_folder_is_registered_and_installed():
+    """Method folders are found automatically; setup.cfg must still list each as a package of the wheel."""
+    import configparser
+    from pathlib import Path
+
+    import tpp.adapters
+
+    folders = {p.parent.name for p in Path(tpp.adapters.__file__).parent.glob("*/__init__.py")}
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).parents[1] / "setup.cfg")
+    packages = set(cfg["options"]["packages"].split())
+    assert {f"tpp.adapters.{f}" for f in folders} <= packages, "add the new method folder to setup.cfg packages"
+    assert {get_method(m).attach.__module__.split(".")[2] for m in METHODS} <= folders
+
+
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("family", ["vit", "vit_mae", "dinov2"])
 @pytest.mark.parametrize("method, options", CASES)

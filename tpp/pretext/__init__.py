@@ -21,8 +21,16 @@ def register(name: str):
 
 def build_pretext(name: str, encoder, decoder, pretext_cfg):
     """``builder(encoder, decoder, cfg) -> nn.Module`` with ``forward(pixel_values) -> scalar loss``."""
-    from tpp.pretext import dino, mae  # noqa: F401  (register themselves)
-
+    _load_builtin()
     if name not in _PRETEXTS:
         raise ConfigError(f"unknown pretext.name '{name}'. Known: {', '.join(sorted(_PRETEXTS))}.")
     return _PRETEXTS[name](encoder, decoder, pretext_cfg)
+
+
+def _load_builtin() -> None:
+    """Import every module of this package: each pretext registers itself, so adding one is one file."""
+    import importlib
+    import pkgutil
+
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")

@@ -195,6 +195,8 @@ def test_config_file_adapter_options_give_way_to_the_parent(tiny_mae, data_root,
     assert json.loads((tmp_path / "ft_b" / "adapter" / "tpp_card.json").read_text())["method"] == "bottleneck"
     assert finetune(tmp_path / "ft_c", f"adapter.init_from={parent_b}", "adapter.method=lora") == 2
     assert "adapter.method=lora conflicts" in capsys.readouterr().err
+    assert finetune(tmp_path / "ft_d", f"adapter.init_from={parent_b}", "adapter.dropout=0.1") == 2  # a LoRA option
+    assert "adapter.dropout: not an option of the parent adapter's method bottleneck" in capsys.readouterr().err
 
 
 def test_modality_mismatch_warns_or_fails(tiny_mae, tmp_path, capsys):

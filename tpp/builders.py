@@ -1,6 +1,7 @@
 """Small builders the recipes share: input tensors, the card's input rule, parent hand-off checks."""
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -65,6 +66,10 @@ def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict
 
     method = get_method(card["method"])
     options = dict(card["options"])
+    foreign = sorted(set(given) - {f.name for f in dataclasses.fields(method.options_cls)})
+    if foreign:
+        raise ConfigError(f"{', '.join('adapter.' + k for k in foreign)}: not an option of the parent adapter's "
+                          f"method {card['method']} ('{source}').")
     for key, value in given.items():
         if key in method.inherited and value != options.get(key):
             if is_explicit(key):

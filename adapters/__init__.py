@@ -6,6 +6,7 @@ wrappers around peft configs.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -66,6 +67,7 @@ def all_methods() -> list[Method]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
+@functools.cache  # once per process, not a directory listing per lookup
 def _load_builtin() -> None:
     """Import every method package of this folder: each registers itself."""
     import importlib

@@ -5,6 +5,7 @@ adapted encoder) and says what it records in the card.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from tpp.errors import ConfigError
@@ -27,6 +28,7 @@ def build_pretext(name: str, encoder, decoder, pretext_cfg):
     return _PRETEXTS[name](encoder, decoder, pretext_cfg)
 
 
+@functools.cache  # once per process, not a directory listing per lookup
 def _load_builtin() -> None:
     """Import every module of this package: each pretext registers itself, so adding one is one file."""
     import importlib

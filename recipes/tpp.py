@@ -5,8 +5,10 @@
 
 Pretexts: ``mae`` (masked image modeling; the checkpoint's frozen ViT-MAE decoder, or a fresh one for
 ViT / DINOv2) and ``dino`` (self-distillation with an EMA teacher). The backbone stays frozen; a
-fresh decoder or projection head trains alongside and is discarded. Labels never reach the pretext
-(the loader may use them only to form stratified splits of a source without official ones).
+fresh decoder or projection head trains alongside and is discarded. Labels never reach the pretext:
+MedMNIST files and .npz files with their own splits are read without their label arrays; only a source
+split here by seed (or filtered by class) reads labels, to form the same stratified training split as
+fine-tuning.
 Only the training split's images are used unless ``data.use_eval_splits=true`` (recorded in the card;
 such a parent is then refused for fine-tuning on the same data, whose val/test it has seen).
 Writes ``adapter/`` (no head) whose card records the pretext, its settings, the data it saw and
@@ -43,7 +45,7 @@ def run(cfg, run) -> dict:
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                            with_decoder=cfg.pretext.name == "mae" and cfg.pretext.decoder != "fresh",
                                            input_size=cfg.backbone.input_size)
-    dataset = load_data(cfg.data, cfg.seed, info.input_size)
+    dataset = load_data(cfg.data, cfg.seed, info.input_size, labels=False)
     record_skipped([dataset], run)
     images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
     torch.manual_seed(cfg.seed)

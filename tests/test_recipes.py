@@ -114,7 +114,14 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
         def labels(self, value):
             pass
 
+    import tpp.data.sources as sources
+
     real_load, real_backbone, seen = recipe.load_data, recipe.load_backbone, {}
+    real_array, keys_read = sources._array, []
+
+    def reading(npz, key, path):
+        keys_read.append(key)
+        return real_array(npz, key, path)
 
     def guarded(*args, **kwargs):
         data = real_load(*args, **kwargs)
@@ -130,7 +137,9 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
 
     monkeypatch.setattr(recipe, "load_data", guarded)
     monkeypatch.setattr(recipe, "load_backbone", spy)
+    monkeypatch.setattr(sources, "_array", reading)
     assert tpp(tiny_mae, data_root, tmp_path / "tpp") == 0
+    assert "train_images" in keys_read and not [k for k in keys_read if "label" in k]  # label arrays stay on disk
     assert all(torch.equal(v, seen["before"][k]) for k, v in base_state_dict(seen["encoder"].model).items())
     assert all(torch.equal(v, seen["dec_before"][k]) for k, v in seen["decoder"].state_dict().items())
     card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())

@@ -11,14 +11,17 @@ from tpp.data.segmentation import load_seg_folder, load_seg_npz
 from tpp.data.sources import MEDMNIST_ORIGINS, load_medmnist, load_npz
 
 
-def load_data(data, seed: int, image_size: int) -> Dataset:
-    """Dispatch on ``data.source``; ``image_size`` is used to decode folders of mixed sizes."""
+def load_data(data, seed: int, image_size: int, labels: bool = True) -> Dataset:
+    """Dispatch on ``data.source``; ``image_size`` is used to decode folders of mixed sizes.
+
+    ``labels=False`` (pre-training): MedMNIST files and .npz files with their own splits are read
+    without their label arrays; sources split here by seed still read labels to stratify."""
     if data.source == "medmnist":
-        dataset = load_medmnist(data.name, data.root, data.download)
+        dataset = load_medmnist(data.name, data.root, data.download, labels)
         dataset.origin = MEDMNIST_ORIGINS.get(data.name)
     elif data.source == "npz":
         dataset = load_npz(data.name, data.root, data.file, data.image_key, data.label_key, data.class_names_key,
-                           data.classes, data.modality, data.val_fraction, data.test_fraction, seed)
+                           data.classes, data.modality, data.val_fraction, data.test_fraction, seed, labels)
     elif data.source == "folder":
         dataset = load_folder(data.name, data.root, data.file, data.modality, image_size, data.classes,
                               data.group_key, data.val_fraction, data.test_fraction, seed, data.on_bad_file)

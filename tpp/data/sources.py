@@ -99,8 +99,10 @@ def _images(raw: np.ndarray, where: str) -> np.ndarray:
     return raw
 
 
-def load_medmnist(name: str, root: str | None, download: bool = False) -> Dataset:
-    """An official MedMNIST 2D file ``<root>/<name>.npz`` (or ``<root>/medmnist/<name>.npz``)."""
+def load_medmnist(name: str, root: str | None, download: bool = False, labels: bool = True) -> Dataset:
+    """An official MedMNIST 2D file ``<root>/<name>.npz`` (or ``<root>/medmnist/<name>.npz``).
+
+    With ``labels=False`` the label arrays are never read (splits hold images only): the TPP path."""
     if name not in MEDMNIST:
         raise TppError(f"unknown MedMNIST dataset '{name}'. Known: {', '.join(sorted(MEDMNIST))}. "
                        "For other files use data.source=npz or folder.")
@@ -118,8 +120,9 @@ def load_medmnist(name: str, root: str | None, download: bool = False) -> Datase
     splits = {}
     for split in SPLITS:
         images = _images(_array(npz, f"{split}_images", path), f"'{path}' {split}_images")
-        labels = _labels(_array(npz, f"{split}_labels", path), len(class_names), f"'{path}' {split}_labels")
-        splits[split] = Split(images, labels)
+        split_labels = (_labels(_array(npz, f"{split}_labels", path), len(class_names), f"'{path}' {split}_labels")
+                        if labels else None)
+        splits[split] = Split(images, split_labels)
     return Dataset(name, modality, list(class_names), splits)
 
 
@@ -135,9 +138,12 @@ def _download_medmnist(name: str, base: Path) -> Path:
 
 def load_npz(name: str, root: str | None, file: str | None, image_key: str, label_key: str,
              class_names_key: str | None, classes: list | None, modality: str | None,
-             val_fraction: float, test_fraction: float, seed: int) -> Dataset:
+             val_fraction: float, test_fraction: float, seed: int, labels: bool = True) -> Dataset:
     """A generic .npz: MedMNIST-style split keys, or one image/label array split with a seeded
-    stratified split. ``classes`` keeps (and re-numbers) a subset of the named classes."""
+    stratified split. ``classes`` keeps (and re-numbers) a subset of the named classes.
+
+    With ``labels=False`` a file with its own split keys is read without its label arrays; a seeded
+    split or a class filter still needs them (to stratify / to pick images) and reads them."""
     if not file:
         raise TppError("data.source=npz needs data.file (path of the .npz, relative to data.root).")
     path = Path(file) if Path(file).is_absolute() else resolve_root(root) / file
@@ -148,6 +154,10 @@ def load_npz(name: str, root: str | None, file: str | None, image_key: str, labe
         names = [str(n) for n in _array(npz, class_names_key, path)]
     else:
         names = None
+    if f"train_{image_key}" in npz.files and not labels and not classes:
+        splits = {s: Split(_images(_array(npz, f"{s}_{image_key}", path), f"'{path}' {s}_{image_key}"), None)
+                  for s in SPLITS}
+        return Dataset(name, check_modality(modality, name), names or [], splits, split_id="the file's own")
     if f"train_{image_key}" in npz.files:
         parts = {s: (_array(npz, f"{s}_{image_key}", path), _array(npz, f"{s}_{label_key}", path)) for s in SPLITS}
         for split, (im, lb) in parts.items():

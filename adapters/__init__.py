@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from tpp.errors import ConfigError
+from tpp.registry import import_submodules
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,4 @@ def all_methods() -> list[Method]:
 @functools.cache  # once per process, not a directory listing per lookup
 def _load_builtin() -> None:
     """Import every method package of this folder: each registers itself."""
-    import importlib
-    import pkgutil
-
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    import_submodules(__name__, __path__)

@@ -9,6 +9,7 @@ import functools
 from typing import Callable
 
 from tpp.errors import ConfigError
+from tpp.registry import import_submodules
 
 _PRETEXTS: dict[str, Callable] = {}
 
@@ -31,8 +32,4 @@ def build_pretext(name: str, encoder, decoder, pretext_cfg):
 @functools.cache  # once per process, not a directory listing per lookup
 def _load_builtin() -> None:
     """Import every module of this package: each pretext registers itself, so adding one is one file."""
-    import importlib
-    import pkgutil
-
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    import_submodules(__name__, __path__)

@@ -35,7 +35,6 @@ def worker(name: str, steps: int, batch_size: int, backbone: str, data_root: str
 
     from tpp.backbones import load_backbone
     from tpp.builders import tensors
-    from tpp.config import PretextConfig
     from tpp.data.sources import load_medmnist
     from tpp.model import attach_adapter, trainable_parameters
     from tpp.pretext import build_pretext
@@ -46,8 +45,7 @@ def worker(name: str, steps: int, batch_size: int, backbone: str, data_root: str
         attach_adapter(encoder, "full", {})
     else:
         attach_adapter(encoder, "lora", {"r": 8, "alpha": 16})
-    pretext = build_pretext("dino" if name.endswith("dino") else "mae", encoder, decoder,
-                            PretextConfig(name="dino" if name.endswith("dino") else "mae"))
+    pretext = build_pretext("dino" if name.endswith("dino") else "mae", encoder, decoder)
     if name == "full_mae":
         pretext.decoder.requires_grad_(True)
     images = tensors(load_medmnist("breastmnist", data_root).split("train").images, info)

@@ -116,9 +116,12 @@ def write_backbone(path, model, model_cfg, mask_ratio: float, card: dict) -> Non
 def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
                                     find_unused_parameters=True)
+    if cfg.pretext.name != "mae":
+        raise ConfigError(f"pretrain_backbone trains a ViT-MAE: pretext.name must be mae, got {cfg.pretext.name!r}.")
+    mae = cfg.pretext.resolved()
     x, source, labels, entries, classes = load_pool(cfg)
-    model = build_model(cfg.model, cfg.pretext.mask_ratio, cfg.pretext.norm_pix_loss, cfg.seed)
-    objective = PoolObjective(model, classes, cfg.pretext.mask_ratio, cfg.supervised_weight)
+    model = build_model(cfg.model, mae.mask_ratio, mae.norm_pix_loss, cfg.seed)
+    objective = PoolObjective(model, classes, mae.mask_ratio, cfg.supervised_weight)
     run.log(event="data", images=len(x), pool=[{k: e[k] for k in ("name", "supervised", "license")} for e in entries],
             parameters=sum(p.numel() for p in model.vit.parameters()))
 
@@ -147,14 +150,14 @@ def run(cfg, run) -> dict:
                "encoder_parameters": sum(p.numel() for p in model.vit.parameters()),
                "wall_time_s": round(run.elapsed(), 1)}
     card = {"format": "tpp-backbone/1", "kind": "backbone", "hash": backbone_hash(model.vit),
-            "objective": {"mae": {"mask_ratio": cfg.pretext.mask_ratio, "norm_pix_loss": cfg.pretext.norm_pix_loss},
+            "objective": {"mae": {"mask_ratio": mae.mask_ratio, "norm_pix_loss": mae.norm_pix_loss},
                           "supervised_heads": cfg.supervised_weight > 0, "supervised_weight": cfg.supervised_weight,
                           "heads": "one linear head per supervised dataset on mean patch tokens, discarded"},
             "pool": entries, "licenses": licenses,
             "license_note": _license_note(licenses), "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size,
                                                                "lr": cfg.train.lr, "seed": cfg.seed},
             "summary": summary, "loss_curve": curve, "versions": versions()}
-    run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, cfg.pretext.mask_ratio, card))
+    run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, mae.mask_ratio, card))
     run.publish_json("metrics.json", summary)
     return summary
 

@@ -26,7 +26,7 @@ from tpp.builders import input_rule, record_skipped, tensors
 from tpp.data.build import load_data, random_hflip
 from tpp.errors import ConfigError
 from tpp.model import attach_adapter, trainable_parameters
-from tpp.pretext import build_pretext
+from tpp.pretext import get_pretext
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
                           plan_steps, train_loop)
 
@@ -42,15 +42,16 @@ def run(cfg, run) -> dict:
         raise ConfigError(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; TPP applies "
                           f"to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
+    pretext_kind, pretext_options = get_pretext(cfg.pretext.name), cfg.pretext.resolved()
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
-                                           with_decoder=cfg.pretext.name == "mae" and cfg.pretext.decoder != "fresh",
+                                           with_decoder=pretext_kind.uses_checkpoint_decoder(pretext_options),
                                            input_size=cfg.backbone.input_size)
     dataset = load_data(cfg.data, cfg.seed, info.input_size, labels=False)
     record_skipped([dataset], run)
     images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
     torch.manual_seed(cfg.seed)
     method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.options)
-    pretext = build_pretext(cfg.pretext.name, encoder, decoder, cfg.pretext)
+    pretext = pretext_kind.build(encoder, decoder, pretext_options)
     x = tensors(images, info)
     adapter_parameters = trainable_parameters(encoder)
     pretext_head_parameters = trainable_parameters(pretext) - adapter_parameters  # fresh decoder / projection head

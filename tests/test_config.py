@@ -71,6 +71,35 @@ def test_help_lists_every_key():
     text = "\n".join(help_lines())
     for key in ("site", "backbone.path", "adapter.method", "data.label_fraction", "train.max_steps", "output_dir"):
         assert f"\n{key} (" in "\n" + text
+    assert "\nadapter.r (int, default 8) [adapter.method=lora]: " in text
+    assert "\npretext.mask_ratio (float, default 0.75) [pretext.name=mae]: " in text
+    assert "\npretext.dino_ema (float, default 0.99) [pretext.name=dino]: " in text
+
+
+def test_pretext_options_belong_to_the_chosen_pretext():
+    cfg = build_config({"pretext": {"name": "dino", "dino_ema": 0.9}})
+    assert cfg.pretext.resolved().dino_ema == 0.9 and cfg.to_dict()["pretext"]["dino_crop_min"] == 0.4
+    assert cfg.to_dict()["pretext"].keys() == {"name", "dino_out_dim", "dino_student_temp", "dino_teacher_temp",
+                                               "dino_ema", "dino_crop_min"}
+    with pytest.raises(ConfigError, match=r"'pretext\.dino_ema' for pretext.name=mae \(its options: decoder, mask_ratio"):
+        build_config({"pretext": {"dino_ema": 0.9}})
+    with pytest.raises(ConfigError, match=r"pretext.mask_ratio must be in \(0, 1\), got 1.5"):
+        build_config({"pretext": {"mask_ratio": 1.5}})
+    with pytest.raises(ConfigError, match=r"'pretext\.norm_pix_loss' must be bool"):
+        build_config({"pretext": {"norm_pix_loss": "maybe"}})
+    with pytest.raises(ConfigError, match="unknown pretext.name 'simclr'. Known: dino, mae"):
+        build_config({"pretext": {"name": "simclr"}})
+
+
+def test_switching_the_pretext_on_the_command_line_drops_the_files_options():
+    shipped = CONFIG_DIR / "breast_us/mae_vit_tiny_lora_tpp.yaml"
+    assert "mask_ratio" in yaml.safe_load(shipped.read_text())["pretext"]
+    cfg = load_config(shipped, ["pretext.name=dino", "pretext.dino_ema=0.9"])
+    assert cfg.pretext.name == "dino" and cfg.pretext.options == {"dino_ema": 0.9}
+    assert load_config(shipped, ["pretext.name=mae", "pretext.norm_pix_loss=true"]).pretext.options == {
+        "mask_ratio": 0.75, "norm_pix_loss": True}  # same pretext: the file's options stay
+    with pytest.raises(ConfigError, match=r"'pretext\.mask_ratio' for pretext.name=dino"):
+        load_config(shipped, ["pretext.name=dino", "pretext.mask_ratio=0.5"])
 
 
 def test_missing_config_file_is_named(tmp_path):

@@ -81,7 +81,6 @@ def test_short_tpp_lowers_held_out_pretext_loss(tmp_path, record_property):
     from tpp.adapter_dir import WEIGHTS, read_tensors
     from tpp.backbones import load_backbone
     from tpp.builders import tensors
-    from tpp.config import PretextConfig
     from tpp.data.sources import load_medmnist
     from tpp.model import attach_adapter, load_adapter_state
     from tpp.pretext import build_pretext
@@ -91,7 +90,7 @@ def test_short_tpp_lowers_held_out_pretext_loss(tmp_path, record_property):
                  f"data.root={data}", f"output_dir={tmp_path / 'tpp'}", "train.max_steps=60"]) == 0
     encoder, info, decoder = load_backbone(str(backbone), with_decoder=True)
     attach_adapter(encoder, "lora", {"r": 8, "alpha": 16})
-    pretext = build_pretext("mae", encoder, decoder, PretextConfig()).eval()
+    pretext = build_pretext("mae", encoder, decoder).eval()
     x = tensors(load_medmnist("breastmnist", str(data)).split("val").images, info)
     noise = torch.rand(len(x), encoder.num_patches(), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -120,7 +119,6 @@ def test_dino_tpp_does_not_collapse_on_real_images():
 
     from tpp.backbones import load_backbone
     from tpp.builders import tensors
-    from tpp.config import PretextConfig
     from tpp.data.sources import load_medmnist
     from tpp.model import attach_adapter
     from tpp.pretext import build_pretext
@@ -130,7 +128,7 @@ def test_dino_tpp_does_not_collapse_on_real_images():
     torch.manual_seed(0)
     encoder, info, _ = load_backbone(str(backbone))
     attach_adapter(encoder, "lora", {"r": 8, "alpha": 16})
-    pretext = build_pretext("dino", encoder, None, PretextConfig(name="dino"))
+    pretext = build_pretext("dino", encoder, None)
     dataset = load_medmnist("breastmnist", str(data))
     train, held_out = tensors(dataset.split("train").images, info), tensors(dataset.split("val").images, info)
 

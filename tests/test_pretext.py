@@ -4,7 +4,6 @@ import torch
 from conftest import make_backbone
 
 from tpp.backbones import base_state_dict, load_backbone
-from tpp.config import PretextConfig
 from tpp.errors import TppError
 from tpp.model import attach_adapter
 from tpp.pretext import build_pretext
@@ -54,7 +53,7 @@ def test_pretext_trains_only_target_parameters_and_its_own_head(tmp_path, family
     encoder, _, checkpoint_decoder = load_backbone(str(path), with_decoder=True)
     attach_adapter(encoder, "lora", {"r": 2})
     before = {k: v.clone() for k, v in base_state_dict(encoder.model).items()}
-    pretext = build_pretext(name, encoder, checkpoint_decoder, PretextConfig(name=name, decoder=decoder))
+    pretext = build_pretext(name, encoder, checkpoint_decoder, **({"decoder": decoder} if name == "mae" else {}))
     frozen_decoder = {k: v.clone() for k, v in checkpoint_decoder.state_dict().items()} if checkpoint_decoder else {}
     optimizer = torch.optim.SGD([p for p in pretext.parameters() if p.requires_grad], lr=0.5)
     pretext.train()
@@ -79,13 +78,13 @@ def test_checkpoint_decoder_refused_without_one(tmp_path):
     encoder, _, decoder = load_backbone(str(make_backbone(tmp_path / "vit", "vit")), with_decoder=True)
     assert decoder is None
     with pytest.raises(TppError, match="pretext.decoder=fresh"):
-        build_pretext("mae", encoder, decoder, PretextConfig(decoder="checkpoint"))
+        build_pretext("mae", encoder, decoder, decoder="checkpoint")
 
 
 def test_dino_teacher_is_an_ema_of_the_trainable_tensors(tiny_mae):
     encoder, _, _ = load_backbone(tiny_mae)
     attach_adapter(encoder, "lora", {"r": 2})
-    pretext = build_pretext("dino", encoder, None, PretextConfig(name="dino", dino_ema=0.5))
+    pretext = build_pretext("dino", encoder, None, dino_ema=0.5)
     student = dict(pretext.student.named_parameters())
     assert set(pretext.teacher) == {n for n, p in student.items() if p.requires_grad}
     x = torch.randn(3, 3, 28, 28)

@@ -149,6 +149,61 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
     assert not (tmp_path / "tpp" / "adapter" / "head.safetensors").exists()
 
 
+TOY_PRETEXT = '''
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+
+from tpp.pretext import register
+
+
+@dataclass
+class ToyOptions:
+    target: float = field(default=1.0, metadata={"help": "value the mean feature is pulled to"})
+
+
+class Toy(nn.Module):
+    def __init__(self, encoder, target):
+        super().__init__()
+        self.encoder, self.target = encoder, target
+
+    def forward(self, pixel_values):
+        return (self.encoder(pixel_values)[..., 0].mean() - self.target) ** 2  # tokens (B, T, D)
+
+    def card_entry(self):
+        return {"name": "toy", "target": self.target}
+
+
+@register("toy", ToyOptions)
+def build(encoder, decoder, options):
+    return Toy(encoder, options.target)
+'''
+
+
+def test_a_pretext_is_one_file_and_one_registration(tiny_mae, data_root, tmp_path, monkeypatch):
+    import sys
+
+    import tpp.pretext as pretexts
+
+    (tmp_path / "plugins").mkdir()
+    (tmp_path / "plugins" / "toy.py").write_text(TOY_PRETEXT)
+    monkeypatch.setattr(pretexts, "__path__", [*pretexts.__path__, str(tmp_path / "plugins")])
+    pretexts._load_builtin()
+    monkeypatch.setattr(pretexts, "_PRETEXTS", dict(pretexts._PRETEXTS))  # the toy is gone after the test
+    pretexts._load_builtin.cache_clear()
+    try:
+        assert tpp(tiny_mae, data_root, tmp_path / "tpp", "pretext={name: toy, target: 2.0}",
+                   "train.max_steps=12", "train.lr=0.01", "train.warmup_ratio=0") == 0
+        assert finetune(tiny_mae, data_root, tmp_path / "ft", f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}") == 0
+    finally:
+        sys.modules.pop("tpp.pretext.toy", None)
+    pretexts._load_builtin.cache_clear()  # after monkeypatch restores the registry and the path
+    card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
+    assert card["pretext"]["name"] == "toy" and card["pretext"]["target"] == 2.0
+    curve = [loss for _, loss in card["pretext"]["loss_curve"]]
+    assert curve[-1] < curve[0]  # the toy loss trained the target parameters
+
+
 def test_tpp_on_eval_splits_is_recorded_and_refused_for_the_same_data(tiny_mae, data_root, tmp_path, capsys):
     assert tpp(tiny_mae, data_root, tmp_path / "tpp", "data.use_eval_splits=true") == 0
     card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())

@@ -120,16 +120,17 @@ class TrainConfig:
 
 @dataclass
 class PretextConfig:
-    name: str = _f("mae", "pretext task from the pretext registry")
-    mask_ratio: float = _f(0.75, "MAE: fraction of patches masked")
-    norm_pix_loss: bool = _f(False, "MAE: normalise each target patch by its own mean/std")
-    decoder: Literal["auto", "checkpoint", "fresh"] = _f(
-        "auto", "MAE: the checkpoint's frozen ViT-MAE decoder (auto, when it has one) or a fresh one trained alongside")
-    dino_out_dim: int = _f(256, "DINO: prototypes in the projection head")
-    dino_student_temp: float = _f(0.1, "DINO: student softmax temperature")
-    dino_teacher_temp: float = _f(0.04, "DINO: teacher softmax temperature (sharpening)")
-    dino_ema: float = _f(0.99, "DINO: teacher EMA momentum per step")
-    dino_crop_min: float = _f(0.4, "DINO: smallest crop area fraction of a view")
+    """The pretext task of ``tpp run tpp`` (and the MAE settings of ``pretrain_backbone``). Its options
+    (``mask_ratio``, ``dino_ema`` ...) are checked by the pretext's own dataclass from the pretext
+    registry and kept in ``options``."""
+    name: str = _f("mae", "pretext task from the pretext registry (each one's options are listed below, tagged)")
+    options: dict = _f({}, "pretext options given by the user, flat as pretext.<option>")
+
+    def resolved(self):
+        """The pretext's options dataclass, defaults filled in."""
+        from tpp.pretext import get_pretext
+
+        return get_pretext(self.name).options_cls(**self.options)
 
 
 @dataclass
@@ -189,6 +190,8 @@ class RunConfig:
         out = dataclasses.asdict(self)
         out["adapter"].pop("options")
         out["adapter"].update(self.adapter.resolved_options())
+        out["pretext"].pop("options")
+        out["pretext"].update(dataclasses.asdict(self.pretext.resolved()))
         return out
 
 
@@ -309,29 +312,42 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 
 def build_config(data: dict) -> RunConfig:
-    """Validate a nested dict (YAML + overrides) into a RunConfig, including method options."""
-    from tpp.adapters import get_method  # registry lives with the methods
+    """Validate a nested dict (YAML + overrides) into a RunConfig, including method and pretext options."""
+    from tpp.adapters import get_method  # registries live with the methods and the pretexts
+    from tpp.pretext import get_pretext
 
     data = dict(data)
     adapter = dict(data.get("adapter") or {})
-    common = {f.name for f in dataclasses.fields(AdapterConfig)} - {"options"}
     method_name = adapter.get("method", AdapterConfig.method)
-    method = get_method(method_name)
-    options = {k: adapter.pop(k) for k in list(adapter) if k not in common}
-    known = {f.name for f in dataclasses.fields(method.options_cls)}
-    foreign = sorted(set(options) - known)
-    if foreign:
-        raise ConfigError(
-            f"unknown config key {', '.join(repr('adapter.' + k) for k in foreign)} for adapter.method={method_name} "
-            f"(its options: {', '.join(sorted(known)) or 'none'}; common keys: {', '.join(sorted(common))}). "
-            f"To switch methods on the command line, replace the whole section: adapter='{{method: {method_name}}}'.")
-    build_dataclass(method.options_cls, options, "adapter")  # type and value checks
-    adapter["options"] = options
+    adapter["options"] = _plugin_options(adapter, "adapter", AdapterConfig, get_method(method_name).options_cls,
+                                         f"adapter.method={method_name}",
+                                         f" To switch methods on the command line, replace the whole section: "
+                                         f"adapter='{{method: {method_name}}}'.")
     data["adapter"] = adapter
+    pretext = dict(data.get("pretext") or {})
+    pretext_name = pretext.get("name", PretextConfig.name)
+    pretext["options"] = _plugin_options(pretext, "pretext", PretextConfig, get_pretext(pretext_name).options_cls,
+                                         f"pretext.name={pretext_name}")
+    data["pretext"] = pretext
     cfg = build_dataclass(RunConfig, data)
     cfg.pool = [build_dataclass(PoolEntry, entry, f"pool[{i}]") for i, entry in enumerate(cfg.pool)]
     _check_values(cfg)
     return cfg
+
+
+def _plugin_options(section: dict, section_name: str, common_cls, options_cls, chosen: str, hint: str = "") -> dict:
+    """Pop the keys of ``section`` that are not ``common_cls`` fields: the chosen method's / pretext's
+    options, checked (names, types, values) by its ``options_cls``. Returns them as given."""
+    common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
+    options = {k: section.pop(k) for k in list(section) if k not in common}
+    known = {f.name for f in dataclasses.fields(options_cls)}
+    foreign = sorted(set(options) - known)
+    if foreign:
+        raise ConfigError(
+            f"unknown config key {', '.join(repr(section_name + '.' + k) for k in foreign)} for {chosen} "
+            f"(its options: {', '.join(sorted(known)) or 'none'}; common keys: {', '.join(sorted(common))})." + hint)
+    build_dataclass(options_cls, options, section_name)  # type and value checks
+    return options
 
 
 def _check_values(cfg: RunConfig) -> None:
@@ -342,10 +358,6 @@ def _check_values(cfg: RunConfig) -> None:
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (cfg.train.lr > 0, "train.lr must be positive"),
         (0 <= cfg.train.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)"),
-        (0 < cfg.pretext.mask_ratio < 1, "pretext.mask_ratio must be in (0, 1)"),
-        (0 <= cfg.pretext.dino_ema < 1, "pretext.dino_ema must be in [0, 1)"),
-        (0 < cfg.pretext.dino_crop_min <= 1, "pretext.dino_crop_min must be in (0, 1]"),
-        (cfg.pretext.dino_student_temp > 0 and cfg.pretext.dino_teacher_temp > 0, "DINO temperatures must be positive"),
         (cfg.data.split in ("train", "val", "test"), "data.split must be train, val or test"),
         (cfg.backbone.input_size is None or cfg.backbone.input_size >= 1, "backbone.input_size must be positive"),
         (len(cfg.segmentation.decoder_channels) >= 1 and all(isinstance(c, int) and c >= 1
@@ -377,15 +389,28 @@ def _check_values(cfg: RunConfig) -> None:
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
     """YAML file + ``key=value`` overrides -> validated RunConfig; records which adapter keys the
-    overrides set (``cfg.adapter.explicit``)."""
-    cfg = build_config(apply_overrides(load_yaml(path), list(overrides)))
-    given = apply_overrides({}, list(overrides)).get("adapter")
-    cfg.adapter.explicit = frozenset(given) if isinstance(given, dict) else frozenset()
+    overrides set (``cfg.adapter.explicit``). A ``pretext.name`` override that changes the pretext drops
+    the file's pretext options."""
+    data, given = load_yaml(path), apply_overrides({}, list(overrides))
+    _switch_pretext(data, given.get("pretext"))
+    cfg = build_config(apply_overrides(data, list(overrides)))
+    cfg.adapter.explicit = frozenset(given["adapter"]) if isinstance(given.get("adapter"), dict) else frozenset()
     return cfg
 
 
-def help_lines(cls=RunConfig, prefix: str = "") -> list[str]:
-    """One ``key (type, default): help`` line per config key, for ``tpp validate --keys``."""
+def _switch_pretext(data: dict, given) -> None:
+    """``pretext.name=X`` on the command line replaces the file's pretext: the file's options were written
+    for its own pretext and are dropped (in place); options given on the command line are checked by X."""
+    section = data.get("pretext")
+    if not isinstance(given, dict) or "name" not in given or not isinstance(section, dict):
+        return
+    if given["name"] != section.get("name", PretextConfig.name):
+        data["pretext"] = {}
+
+
+def help_lines(cls=RunConfig, prefix: str = "", tag: str = "") -> list[str]:
+    """One ``key (type, default): help`` line per config key, for ``tpp validate --keys``; for the whole
+    RunConfig also every adapter method's and pretext's options, tagged with the method / pretext."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -394,5 +419,13 @@ def help_lines(cls=RunConfig, prefix: str = "") -> list[str]:
             lines += help_lines(tp, f"{prefix}{f.name}.")
         elif f.name != "options":
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"{prefix}{f.name} ({_describe(tp)}, default {default!r}): {f.metadata.get('help', '')}")
+            lines.append(f"{prefix}{f.name} ({_describe(tp)}, default {default!r}){tag}: {f.metadata.get('help', '')}")
+    if cls is RunConfig:
+        from tpp.adapters import all_methods
+        from tpp.pretext import all_pretexts
+
+        for method in all_methods():
+            lines += help_lines(method.options_cls, "adapter.", f" [adapter.method={method.name}]")
+        for pretext in all_pretexts():
+            lines += help_lines(pretext.options_cls, "pretext.", f" [pretext.name={pretext.name}]")
     return lines

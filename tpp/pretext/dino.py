@@ -12,6 +12,7 @@ Pieces (B images, C channels, H x W pixels, D encoder width, K prototypes):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,26 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from tpp.backbones import Encoder
+from tpp.errors import ConfigError
 from tpp.pretext import register
+
+
+@dataclass
+class DINOOptions:
+    dino_out_dim: int = field(default=256, metadata={"help": "prototypes in the projection head"})
+    dino_student_temp: float = field(default=0.1, metadata={"help": "student softmax temperature"})
+    dino_teacher_temp: float = field(default=0.04, metadata={"help": "teacher softmax temperature (sharpening)"})
+    dino_ema: float = field(default=0.99, metadata={"help": "teacher EMA momentum per step"})
+    dino_crop_min: float = field(default=0.4, metadata={"help": "smallest crop area fraction of a view"})
+
+    def __post_init__(self):
+        checks = [(self.dino_out_dim >= 1, "pretext.dino_out_dim must be at least 1"),
+                  (0 <= self.dino_ema < 1, "pretext.dino_ema must be in [0, 1)"),
+                  (0 < self.dino_crop_min <= 1, "pretext.dino_crop_min must be in (0, 1]"),
+                  (self.dino_student_temp > 0 and self.dino_teacher_temp > 0, "DINO temperatures must be positive")]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message + ".")
 
 
 def random_views(pixel_values: torch.Tensor, crop_min: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -158,7 +178,7 @@ class DINOPretext(nn.Module):
                 "projection_head": "fresh, trained alongside the target parameters, discarded"}
 
 
-@register("dino")
-def build(encoder: Encoder, decoder, cfg) -> DINOPretext:
+@register("dino", DINOOptions)
+def build(encoder: Encoder, decoder, cfg: DINOOptions) -> DINOPretext:
     return DINOPretext(encoder, cfg.dino_out_dim, cfg.dino_student_temp, cfg.dino_teacher_temp, cfg.dino_ema,
                        cfg.dino_crop_min)

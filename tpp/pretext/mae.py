@@ -14,12 +14,27 @@ Pieces (shapes for B images, N patches of p x p pixels, C channels, D encoder wi
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Literal
+
 import torch
 import torch.nn as nn
 
 from tpp.backbones import Encoder, mae_mask_ratio
-from tpp.errors import TppError
+from tpp.errors import ConfigError, TppError
 from tpp.pretext import register
+
+
+@dataclass
+class MAEOptions:
+    mask_ratio: float = field(default=0.75, metadata={"help": "fraction of patches masked"})
+    norm_pix_loss: bool = field(default=False, metadata={"help": "normalise each target patch by its own mean/std"})
+    decoder: Literal["auto", "checkpoint", "fresh"] = field(default="auto", metadata={
+        "help": "the checkpoint's frozen ViT-MAE decoder (auto, when it has one) or a fresh one trained alongside"})
+
+    def __post_init__(self):
+        if not 0 < self.mask_ratio < 1:
+            raise ConfigError(f"pretext.mask_ratio must be in (0, 1), got {self.mask_ratio}.")
 
 
 def mask_noise(batch: int, num_patches: int, device=None) -> torch.Tensor:
@@ -128,8 +143,8 @@ class MAEPretext(nn.Module):
         return {"name": "mae", "mask_ratio": self.mask_ratio, "norm_pix_loss": self.norm_pix_loss, "decoder": decoder}
 
 
-@register("mae")
-def build(encoder: Encoder, decoder: nn.Module | None, cfg) -> MAEPretext:
+@register("mae", MAEOptions, uses_checkpoint_decoder=lambda options: options.decoder != "fresh")
+def build(encoder: Encoder, decoder: nn.Module | None, cfg: MAEOptions) -> MAEPretext:
     choice = cfg.decoder if cfg.decoder != "auto" else ("checkpoint" if decoder is not None else "fresh")
     if choice == "checkpoint":
         if decoder is None:

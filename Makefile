@@ -1,6 +1,6 @@
 # Two commands for a fresh clone (with ../shared beside it, offline):
 #   make demo   - create .venv, install, run the quickstart on BreastMNIST
-#   make test   - create/reuse .venv, install with test extras, run the whole test suite
+#   make test   - create/reuse .venv, install with test extras, lint, run the whole test suite
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
@@ -15,7 +15,7 @@ TPP := $(VENV)/bin/tpp
 DEMO := runs/demo
 BACKBONE ?= $(SHARED)/models/mae-vit-tiny-med
 
-.PHONY: install demo test check-torch wheel-check clean
+.PHONY: install demo test lint check-torch wheel-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,7 +44,10 @@ demo: install
 	    adapter.init_from=$(DEMO)/tpp/adapter
 	$(TPP) compare $(DEMO)/lora_100 $(DEMO)/lora_10_random $(DEMO)/lora_10_tpp
 
-test: install check-torch
+lint: install
+	$(VENV)/bin/ruff check tpp adapters recipes benchmarks tests
+
+test: install check-torch lint
 	$(VENV)/bin/pytest
 
 # Build the wheel, install it into a clean venv, validate every shipped config and run a recipe from there.

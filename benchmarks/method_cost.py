@@ -126,8 +126,8 @@ def main(argv=None) -> int:
                                                         str(args.batch_size), "--backbone", args.backbone,
                                                         "--data-root", args.data_root]))
             r = results[-1]
-            print(f"round {round_ + 1} {name}: {r['images_per_s']:.0f} images/s, +{r['peak_minus_baseline_mib']:.0f} MiB, "
-                  f"{r['adapter_bytes'] / 1024:.0f} KiB", flush=True)
+            print(f"round {round_ + 1} {name}: {r['images_per_s']:.0f} images/s, "
+                  f"+{r['peak_minus_baseline_mib']:.0f} MiB, {r['adapter_bytes'] / 1024:.0f} KiB", flush=True)
     rows = summarise(results)
     machine = dict(report.machine(), torch_threads=results[0]["threads"])
     command = "python benchmarks/method_cost.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -187,7 +187,8 @@ def markdown_results(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['target']} | {r['fraction']:.0%} | {r['method']} | {r['n']} | "
-                     f"{_pm(r['auroc_mean'], r['auroc_std'], r['n'])} | {_pm(r['accuracy_mean'], r['accuracy_std'], r['n'])} | "
+                     f"{_pm(r['auroc_mean'], r['auroc_std'], r['n'])} | "
+                     f"{_pm(r['accuracy_mean'], r['accuracy_std'], r['n'])} | "
                      f"{r['trainable_parameters']:,} | {r['finetune_s']:.0f} | {r['tpp_s']:.0f} |")
     for target in sorted({r["target"] for r in rows if r["fraction"] == 1.0} & set(MEDMNIST_V2_RESNET18_28)):
         auc, acc = MEDMNIST_V2_RESNET18_28[target]

@@ -34,9 +34,9 @@ def run_config(name: str, args, work: Path) -> dict:
     processes, batch, precision = CONFIGS[name]
     out = work / name.replace(" ", "_").replace(",", "")
     cmd = [sys.executable, "-m", "tpp.cli", "run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-           "--overwrite", "--num-processes", str(processes), f"backbone.path={args.backbone}", f"data.root={args.data_root}",
-           f"output_dir={out}", "train.epochs=1", f"train.batch_size={batch}", f"train.mixed_precision={precision}",
-           "train.select_best=false"]
+           "--overwrite", "--num-processes", str(processes), f"backbone.path={args.backbone}",
+           f"data.root={args.data_root}", f"output_dir={out}", "train.epochs=1", f"train.batch_size={batch}",
+           f"train.mixed_precision={precision}", "train.select_best=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{proc.stderr[-2000:]}")
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
     machine = report.machine()
     command = "python benchmarks/scaling.py " + " ".join(argv if argv is not None else sys.argv[1:])
     report.publish(args.out, "scaling", machine, command,
-                   f"LoRA fine-tuning, BreastMNIST (546 images), global batch 64, one epoch, medians over {args.rounds} "
-                   "alternating rounds.", "\n".join(lines),
+                   "LoRA fine-tuning, BreastMNIST (546 images), global batch 64, one epoch, "
+                   f"medians over {args.rounds} alternating rounds.", "\n".join(lines),
                    {"runs": results, "median_epoch_s": median, "median_step_s": step})
     return 0
 

@@ -59,7 +59,8 @@ class SegBench:
 
     def common(self, out: Path, seed: int) -> list[str]:
         return [f"backbone.path={self.backbone}", f"data.root={self.data_root}", f"output_dir={out}", f"seed={seed}",
-                f"data.file={self.file}", f"data.name={self.target}", f"backbone.input_size={self.protocol['input_size']}"]
+                f"data.file={self.file}", f"data.name={self.target}",
+                f"backbone.input_size={self.protocol['input_size']}"]
 
     def tpp_adapter(self, seed: int) -> tuple[Path, float]:
         """LoRA TPP (MAE) on the training images of this seed's split; trained once per seed."""
@@ -70,8 +71,9 @@ class SegBench:
         if not (stamp.is_file() and stamp.read_text() == self.protocol_id):
             p = self.protocol
             run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + [
-                f"train.max_steps={p['tpp_steps']}", f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}",
-                f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}"], overwrite=True)
+                f"train.max_steps={p['tpp_steps']}", f"train.batch_size={p['tpp_batch_size']}",
+                f"train.lr={p['tpp_lr']}", f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}"],
+                overwrite=True)
             stamp.write_text(self.protocol_id)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
 
@@ -111,7 +113,8 @@ class SegBench:
                 "test_dice": t["dice"] or 0.0, "test_iou": t["iou"] or 0.0, "test_hd95": t["hd95"],
                 "empty_predictions": t["empty_predictions"], "n_test": t["n"], "train_masks": metrics["train_examples"],
                 "trainable_parameters": metrics["trainable_parameters"],
-                "adapter_parameters": metrics["adapter_parameters"], "decoder_parameters": metrics["decoder_parameters"],
+                "adapter_parameters": metrics["adapter_parameters"],
+                "decoder_parameters": metrics["decoder_parameters"],
                 "decoder_bytes": metrics.get("decoder_bytes", 0), "steps": steps, "finetune_s": metrics["wall_time_s"],
                 "tpp_s": tpp_s, "protocol_id": self.protocol_id}
         path = self.cell_path(method, fraction, seed)
@@ -168,18 +171,21 @@ def markdown(rows: list[dict], diffs: list[dict]) -> str:
         return f"{m:.3f} ± {s:.3f}" if n > 1 else f"{m:.3f}"
 
     lines = ["| masks | method | seeds | test Dice | test IoU | HD95 px | empty pred. | trained params (w/o decoder) "
-             "| their KiB (fp32) | decoder params | decoder KiB | s/cell |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| their KiB (fp32) | decoder params | decoder KiB | s/cell |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hd = "–" if r["hd95_mean"] is None else f"{r['hd95_mean']:.1f}"
-        lines.append(f"| {r['fraction']:.0%} | {r['method']} | {r['n']} | {pm(r['dice_mean'], r['dice_std'], r['n'])} | "
-                     f"{pm(r['iou_mean'], r['iou_std'], r['n'])} | {hd} | {r['empty_predictions']:.1f} | "
+        lines.append(f"| {r['fraction']:.0%} | {r['method']} | {r['n']} | "
+                     f"{pm(r['dice_mean'], r['dice_std'], r['n'])} | {pm(r['iou_mean'], r['iou_std'], r['n'])} | "
+                     f"{hd} | {r['empty_predictions']:.1f} | "
                      f"{r['adapter_parameters']:,} | {r['adapter_parameters'] * 4 / 1024:,.0f} | "
                      f"{r['decoder_parameters']:,} | {r['decoder_bytes'] / 1024:.0f} | {r['finetune_s']:.0f} |")
     lines += ["", "Paired Dice differences (same seed, same masks):", "",
               "| masks | comparison | pairs | Dice difference | 95% CI |", "|---|---|---|---|---|"]
     for d in diffs:
         ci = "n/a (1 pair)" if d["n"] < 2 else f"[{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]"
-        lines.append(f"| {d['fraction']:.0%} | {d['method']} − {d['reference']} | {d['n']} | {d['diff_mean']:+.3f} | {ci} |")
+        lines.append(f"| {d['fraction']:.0%} | {d['method']} − {d['reference']} | {d['n']} | "
+                     f"{d['diff_mean']:+.3f} | {ci} |")
     return "\n".join(lines)
 
 
@@ -194,8 +200,8 @@ def goals(rows: list[dict], diffs: list[dict]) -> list[str]:
             verdict = "ahead" if d["diff_mean"] >= 0.0005 else ("level" if d["diff_mean"] > -0.0005 else "behind")
             sure = "" if d["n"] < 2 else (" (95% CI excludes 0)" if d["ci95_low"] > 0 or d["ci95_high"] < 0
                                          else " (95% CI includes 0)")
-            lines.append(f"- TPP vs random-init LoRA at {d['fraction']:.0%} masks: {verdict}, {d['diff_mean']:+.3f} Dice "
-                         f"over {d['n']} paired seeds{sure}.")
+            lines.append(f"- TPP vs random-init LoRA at {d['fraction']:.0%} masks: {verdict}, "
+                         f"{d['diff_mean']:+.3f} Dice over {d['n']} paired seeds{sure}.")
     by = {(r["method"], r["fraction"]): r for r in rows}
     for fraction in sorted({r["fraction"] for r in rows}):
         peft = [by[(m, fraction)] for m in PEFT if (m, fraction) in by]

@@ -129,7 +129,8 @@ def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int)
         "after_same_site_batch64_ms": 1000 * same, "after_other_site_batch64_ms": 1000 * switched,
         "after_other_vs_same_site": switched / same,
         "peft_set_adapter_us": 1e6 * set_adapter, "cold_load_ms": 1000 * float(np.median(cold)),
-        "adapter_bytes": adapter_bytes, "backbone_bytes": backbone_bytes, "adapter_vs_backbone": adapter_bytes / backbone_bytes,
+        "adapter_bytes": adapter_bytes, "backbone_bytes": backbone_bytes,
+        "adapter_vs_backbone": adapter_bytes / backbone_bytes,
         "mixed8x8_vs_single64_lora_group": fwd64 / mixed, "mixed8x8_vs_single64_sub_batches": sub_single / sub_mixed,
     }
 
@@ -174,10 +175,12 @@ def load_test(port: int, sites: list[str], pngs: list[bytes], expected: dict, cl
                 break
             site, i = sites[k % len(sites)], k % len(pngs)
             boundary = uuid.uuid4().hex
-            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{i}.png"\r\n\r\n'.encode()
+            body = (f'--{boundary}\r\nContent-Disposition: form-data; name="images"; '
+                    f'filename="{i}.png"\r\n\r\n'.encode()
                     + pngs[i] + f"\r\n--{boundary}--\r\n".encode())
             start = time.perf_counter()
-            conn.request("POST", f"/v1/sites/{site}/predict", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+            conn.request("POST", f"/v1/sites/{site}/predict", body,
+                         {"Content-Type": f"multipart/form-data; boundary={boundary}"})
             resp = conn.getresponse()
             payload = resp.read()
             elapsed = time.perf_counter() - start
@@ -187,7 +190,8 @@ def load_test(port: int, sites: list[str], pngs: list[bytes], expected: dict, cl
             pred = json.loads(payload)["predictions"][0]
             probs = np.array(list(pred["probabilities"].values()))
             want = expected[site][i]
-            wrong = np.abs(probs - want).max() > 1e-4 or pred["label"] != list(pred["probabilities"])[int(want.argmax())]
+            wrong = (np.abs(probs - want).max() > 1e-4
+                     or pred["label"] != list(pred["probabilities"])[int(want.argmax())])
             latencies.append(elapsed)
             if wrong:
                 mismatches.append((site, i))
@@ -217,8 +221,8 @@ def start_server(backbone: str, store_path: Path, max_resident: int) -> tuple[su
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "tpp.cli", "serve", "--backbone", backbone, "--store", str(store_path),
-                             "--port", str(port), "--max-resident", str(max_resident)],
+    proc = subprocess.Popen([sys.executable, "-m", "tpp.cli", "serve", "--backbone", backbone,
+                             "--store", str(store_path), "--port", str(port), "--max-resident", str(max_resident)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -263,19 +267,22 @@ def service_numbers(backbone: str, store_path: Path, images: np.ndarray, args) -
 
 def markdown(bank: dict, service: dict) -> str:
     lines = ["| measure | value | goal |", "|---|---|---|",
-             f"| forward pass, batch 64 / batch 1 | {bank['forward_batch64_ms']:.1f} ms / {bank['forward_batch1_ms']:.2f} ms | |",
+             f"| forward pass, batch 64 / batch 1 | {bank['forward_batch64_ms']:.1f} ms / "
+             f"{bank['forward_batch1_ms']:.2f} ms | |",
              f"| switching sites (resolve a resident site) | {bank['switch_lookup_us']:.1f} µs = "
-             f"{100 * bank['switch_vs_forward64']:.4f}% of a batch-64 forward, {100 * bank['switch_vs_forward1']:.3f}% of batch 1 | ≤ 1% |",
+             f"{100 * bank['switch_vs_forward64']:.4f}% of a batch-64 forward, "
+             f"{100 * bank['switch_vs_forward1']:.3f}% of batch 1 | ≤ 1% |",
              f"| a batch-64 forward right after another site's vs after the same site's (interleaved) | "
              f"{bank['after_other_site_batch64_ms']:.1f} ms vs {bank['after_same_site_batch64_ms']:.1f} ms = "
              f"{bank['after_other_vs_same_site']:.3f}x | |",
              f"| peft `set_adapter` (reference; never on the request path) | {bank['peft_set_adapter_us']:.0f} µs | |",
              f"| loading a site cold from disk | {bank['cold_load_ms']:.1f} ms | |",
-             f"| adapter size / backbone size | {bank['adapter_bytes'] / 1024:.0f} KiB / {bank['backbone_bytes'] / 2**20:.1f} MiB "
-             f"= {100 * bank['adapter_vs_backbone']:.2f}% | |",
+             f"| adapter size / backbone size | {bank['adapter_bytes'] / 1024:.0f} KiB / "
+             f"{bank['backbone_bytes'] / 2**20:.1f} MiB = {100 * bank['adapter_vs_backbone']:.2f}% | |",
              f"| mixed-site batch (8 sites x 8) vs single-site 64, LoRA group (peft adapter_names) | "
              f"{bank['mixed8x8_vs_single64_lora_group']:.2f}x throughput | ≥ 0.8x |",
-             f"| same, per-site sub-batches (the path of non-LoRA methods) | {bank['mixed8x8_vs_single64_sub_batches']:.2f}x | |",
+             f"| same, per-site sub-batches (the path of non-LoRA methods) | "
+             f"{bank['mixed8x8_vs_single64_sub_batches']:.2f}x | |",
              "", "| service scenario | requests | req/s | vs 1 site | p50 ms | p99 ms | errors | mismatches |",
              "|---|---|---|---|---|---|---|---|"]
     for label, row in service.items():

@@ -73,7 +73,8 @@ def worker(name: str, steps: int, batch_size: int, backbone: str, data_root: str
 
 
 def run_subprocess(name: str, args) -> dict:
-    return report.run_worker(__file__, ["--worker", name, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+    return report.run_worker(__file__, ["--worker", name, "--steps", str(args.steps),
+                                        "--batch-size", str(args.batch_size),
                                         "--backbone", args.backbone, "--data-root", args.data_root])
 
 
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
     command = "python benchmarks/tpp_cost.py " + " ".join(a for a in (argv or sys.argv[1:]))
     report.publish(args.out, "tpp_cost", machine, command,
                    f"Batch {args.batch_size}, {args.steps} timed steps after 3 warm-up steps, BreastMNIST training "
-                   f"images, medians over {args.rounds} alternating rounds.", markdown(rows), {"rows": rows, "runs": results})
+                   f"images, medians over {args.rounds} alternating rounds.", markdown(rows),
+                   {"rows": rows, "runs": results})
     return 0
 
 

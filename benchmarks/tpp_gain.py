@@ -169,17 +169,20 @@ class Bench:
         return [f"backbone.path={self.backbone}", f"data.root={self.data_root}", f"output_dir={out}", f"seed={seed}"]
 
     def tpp_adapter(self, source: str, method: str, pretext: str, variant: str | None, seed: int) -> tuple[Path, float]:
-        """A TPP adapter for (source, method, pretext, variant, seed), trained once and reused by every label fraction."""
+        """A TPP adapter for (source, method, pretext, variant, seed), trained once and reused by every
+        label fraction."""
         from tpp.recipes import CONFIG_DIR, run_recipe
 
         name = f"{source}_{method}_{pretext}" + (f"~{variant}" if variant else "") + f"_s{seed}"
         out = self.cache / "tpp" / name
-        stamp, stamp_text = out / "bench_protocol.txt", self.protocol_id + (json.dumps(VARIANTS[variant]) if variant else "")
+        stamp, stamp_text = (out / "bench_protocol.txt",
+                             self.protocol_id + (json.dumps(VARIANTS[variant]) if variant else ""))
         if not (stamp.is_file() and stamp.read_text() == stamp_text):
             p = self.protocol
             run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + source_overrides(source) + [
-                f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}", f"train.batch_size={p['tpp_batch_size']}",
-                f"train.lr={p['tpp_lr']}", *self.tpp_method(method), *VARIANTS.get(variant, [])], overwrite=True)
+                f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}",
+                f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}", *self.tpp_method(method),
+                *VARIANTS.get(variant, [])], overwrite=True)
             stamp.write_text(stamp_text)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
 
@@ -204,7 +207,8 @@ class Bench:
         work = self.cache / "work" / f"finetune_{os.getpid()}"  # several invocations may share a cache
         metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, self.common(work, seed) + overrides + [
             *source_overrides(target), f"data.label_fraction={fraction}", "train.select_best=false",
-            f"train.max_steps={self.protocol['finetune_steps']}", f"train.batch_size={self.protocol['finetune_batch_size']}"],
+            f"train.max_steps={self.protocol['finetune_steps']}",
+            f"train.batch_size={self.protocol['finetune_batch_size']}"],
             overwrite=True)
         shutil.rmtree(work)  # full fine-tuning writes whole models: keep only the numbers
         cell = {"target": target, "method": method, "fraction": fraction, "seed": seed,
@@ -258,7 +262,8 @@ def comparisons_for(methods: list[str]) -> list[tuple[str, str]]:
 
 
 def markdown_lr_choices(choices: list[dict]) -> str:
-    lines = ["| target | method | labels | seed | chosen lr | val AUROC per lr (val subsample) |", "|---|---|---|---|---|---|"]
+    lines = ["| target | method | labels | seed | chosen lr | val AUROC per lr (val subsample) |",
+             "|---|---|---|---|---|---|"]
     for c in choices:
         vals = ", ".join(f"{lr}: {v:.3f}" for lr, v in sorted(c["val_auroc"].items(), key=lambda kv: float(kv[0])))
         lines.append(f"| {c['target']} | {c['method']} | {c['fraction']:.0%} | {c['seed']} | {c['lr']:g}"
@@ -281,12 +286,13 @@ def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, qui
             f"Cells: {len(raw)} of {len(cells)} finished{' (quick mode)' if quick else ''}.\n\n"
             f"{report.markdown_results(rows)}\n\nPaired differences (same seed, same label subset):\n\n"
             f"{report.markdown_paired(diffs)}\n"
-            + (f"\nLearning rates chosen on the validation subsample ('METHOD*' rows):\n\n{markdown_lr_choices(choices)}\n"
+            + ("\nLearning rates chosen on the validation subsample ('METHOD*' rows):\n\n"
+               f"{markdown_lr_choices(choices)}\n"
                if choices else ""))
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": report.machine(), "command": command, "protocol": bench.protocol, "protocol_id": bench.protocol_id,
-               "complete": not missing and len(raw) == len(cells), "rows": rows, "paired": diffs,
-               "lr_choices": choices, "cells": raw}
+    payload = {"machine": report.machine(), "command": command, "protocol": bench.protocol,
+               "protocol_id": bench.protocol_id, "complete": not missing and len(raw) == len(cells),
+               "rows": rows, "paired": diffs, "lr_choices": choices, "cells": raw}
     for name, content in (("tpp_gain.json", json.dumps(payload, indent=1)), ("tpp_gain.md", text)):
         tmp = out / f".{name}.tmp"
         tmp.write_text(content)
@@ -311,8 +317,10 @@ def main(argv=None) -> int:
     parser.add_argument("--report-only", action="store_true", help="no training: report the cached cells")
     parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--cache", type=Path, default=None, help="cell cache (default benchmarks/.cache/tpp_gain[_quick])")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default benchmarks/results, quick: runs/bench_quick)")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="cell cache (default benchmarks/.cache/tpp_gain[_quick])")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="report folder (default benchmarks/results, quick: runs/bench_quick)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_libraries()

@@ -105,7 +105,8 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     keys = [k for k in rows[0] if k not in ("seed", "labels")]
-    summary = {k: (float(np.mean([r[k] for r in rows if k in r])), float(np.std([r[k] for r in rows if k in r], ddof=1)))
+    summary = {k: (float(np.mean([r[k] for r in rows if k in r])),
+                   float(np.std([r[k] for r in rows if k in r], ddof=1)))
                for k in keys}
     print(f"\n{args.target}, {args.fraction:.0%} labels, logistic regression on mean patch tokens, {len(rows)} seeds:")
     for k, (m, s) in summary.items():

@@ -76,8 +76,10 @@ def run(cfg, run) -> dict:
                         checkpoints=checkpointer(cfg.train, run))
     model = accelerator.unwrap_model(model)
     metrics = {
-        "val": classification_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val, seed=cfg.seed),
-        "test": classification_metrics(predict_probs(accelerator, model, x_test, cfg.train.eval_batch_size), y_test, seed=cfg.seed),
+        "val": classification_metrics(predict_probs(accelerator, model, x_val, cfg.train.eval_batch_size), y_val,
+                                      seed=cfg.seed),
+        "test": classification_metrics(predict_probs(accelerator, model, x_test, cfg.train.eval_batch_size), y_test,
+                                       seed=cfg.seed),
         "best_step": result.best_step or plan.num_steps, "steps": plan.num_steps, "train_examples": len(train),
         "trainable_parameters": trainable_parameters(model), "wall_time_s": round(run.elapsed(), 1),
     }

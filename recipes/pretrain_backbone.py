@@ -68,7 +68,8 @@ class PoolObjective(nn.Module):
         if self.supervised_weight == 0 or not labelled.any():
             return pixel_values.new_zeros(())
         features = self.encoder.patch_tokens(self.encoder(pixel_values[labelled])).mean(dim=1)
-        losses = [F.cross_entropy(self.heads[s](features[source[labelled] == s]), labels[labelled][source[labelled] == s])
+        losses = [F.cross_entropy(self.heads[s](features[source[labelled] == s]),
+                                  labels[labelled][source[labelled] == s])
                   for s in source[labelled].unique().tolist()]
         return torch.stack(losses).mean()
 
@@ -154,8 +155,9 @@ def run(cfg, run) -> dict:
                           "supervised_heads": cfg.supervised_weight > 0, "supervised_weight": cfg.supervised_weight,
                           "heads": "one linear head per supervised dataset on mean patch tokens, discarded"},
             "pool": entries, "licenses": licenses,
-            "license_note": _license_note(licenses), "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size,
-                                                               "lr": cfg.train.lr, "seed": cfg.seed},
+            "license_note": _license_note(licenses),
+            "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
+                      "seed": cfg.seed},
             "summary": summary, "loss_curve": curve, "versions": versions()}
     run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, mae.mask_ratio, card))
     run.publish_json("metrics.json", summary)
@@ -165,7 +167,8 @@ def run(cfg, run) -> dict:
 def report(summary: dict) -> list[str]:
     """Lines ``tpp run`` prints at the end."""
     return [f"MAE loss {summary['final_mae_loss']:.4f}, supervised loss {summary['final_supervised_loss']:.4f} after "
-            f"{summary['steps']} steps on {summary['images']} images; encoder {summary['encoder_parameters']:,} parameters"]
+            f"{summary['steps']} steps on {summary['images']} images; "
+            f"encoder {summary['encoder_parameters']:,} parameters"]
 
 
 def _license_note(licenses: list[str]) -> str:

@@ -20,9 +20,9 @@ SITES = {
 
 
 def finetune_site(backbone: Path, root: Path, out: Path, extra: list[str]) -> Path:
-    code = main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={backbone}",
-                 f"data.root={root}", f"output_dir={out}", "train.max_steps=6", "train.batch_size=16",
-                 "train.lr=1e-2", *extra])
+    code = main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                 f"backbone.path={backbone}", f"data.root={root}", f"output_dir={out}", "train.max_steps=6",
+                 "train.batch_size=16", "train.lr=1e-2", *extra])
     assert code == 0
     return out
 

@@ -62,7 +62,8 @@ def test_no_target_match_is_an_error(tiny_mae):
         resolve_targets(encoder, ["qkv"])
     with pytest.raises(TppError, match=r"\['v_prj'\] match no module"):  # one typo among good names
         resolve_targets(encoder, ["q_proj", "v_prj"])
-    for method, options in (("bitfit", {"target_modules": ["q_proj", "fc9"]}), ("ln_tuning", {"target_modules": ["lnx"]})):
+    for method, options in (("bitfit", {"target_modules": ["q_proj", "fc9"]}),
+                            ("ln_tuning", {"target_modules": ["lnx"]})):
         with pytest.raises(TppError, match="match no module"):
             attach_adapter(encoder, method, options)
 

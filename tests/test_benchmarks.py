@@ -65,7 +65,8 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     assert (tmp_path / "cache" / "cells" / "breastmnist" / "bottleneck_lr0.003" / "f0.5_s0.json").is_file()
     variant_card = json.loads((tmp_path / "cache" / "tpp" / "breastmnist_lora_mae~lr1e-4_s0" / "adapter" /
                                "tpp_card.json").read_text())
-    assert variant_card["pretext"]["lr"] == 1e-4 and by_method["lora+tpp_mae~lr1e-4"]["tpp_variant"] == ["train.lr=1e-4"]
+    assert (variant_card["pretext"]["lr"] == 1e-4
+            and by_method["lora+tpp_mae~lr1e-4"]["tpp_variant"] == ["train.lr=1e-4"])
     assert not list((tmp_path / "cache" / "work").iterdir())  # fine-tuning outputs are not kept
     again, _, _ = tpp_gain.fill(bench, cells, budget_s=600)
     assert again == []  # everything came from the cache
@@ -74,7 +75,8 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     (tmp_path / "linked_backbone").symlink_to(tiny_mae)  # same weights reached by another path: cache reused
     assert tpp_gain.Bench(tmp_path / "cache", protocol, str(tmp_path / "linked_backbone"), str(root)).cached(*cells[0])
     payload = tpp_gain.write_report(bench, cells, tmp_path / "out", [], quick=True)
-    assert [c["lr"] for c in payload["lr_choices"]] == [0.003] and "bottleneck*" in {r["method"] for r in payload["rows"]}
+    assert ([c["lr"] for c in payload["lr_choices"]] == [0.003]
+            and "bottleneck*" in {r["method"] for r in payload["rows"]})
     assert payload["complete"] and {p.name for p in (tmp_path / "out").iterdir()} == {
         "tpp_gain.json", "tpp_gain.md", "tpp_gain.png"}
     paired = json.loads((tmp_path / "out" / "tpp_gain.json").read_text())["paired"]

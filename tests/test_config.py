@@ -39,7 +39,8 @@ def test_wrong_type_names_key_and_type():
 
 def test_overrides_are_typed_and_floats_accept_exponents():
     assert parse_override("train.lr=1e-4") == (["train", "lr"], "1e-4")
-    cfg = build_config(apply_overrides({}, ["train.lr=1e-4", "adapter.r=4", "data.classes=[a, b]", "train.max_steps=7"]))
+    cfg = build_config(apply_overrides({}, ["train.lr=1e-4", "adapter.r=4", "data.classes=[a, b]",
+                                            "train.max_steps=7"]))
     assert cfg.train.lr == pytest.approx(1e-4) and cfg.adapter.options == {"r": 4}
     assert cfg.adapter.resolved_options()["r"] == 4 and cfg.data.classes == ["a", "b"]
     with pytest.raises(ConfigError, match="key=value"):
@@ -81,7 +82,8 @@ def test_pretext_options_belong_to_the_chosen_pretext():
     assert cfg.pretext.resolved().dino_ema == 0.9 and cfg.to_dict()["pretext"]["dino_crop_min"] == 0.4
     assert cfg.to_dict()["pretext"].keys() == {"name", "dino_out_dim", "dino_student_temp", "dino_teacher_temp",
                                                "dino_ema", "dino_crop_min"}
-    with pytest.raises(ConfigError, match=r"'pretext\.dino_ema' for pretext.name=mae \(its options: decoder, mask_ratio"):
+    with pytest.raises(ConfigError,
+                       match=r"'pretext\.dino_ema' for pretext.name=mae \(its options: decoder, mask_ratio"):
         build_config({"pretext": {"dino_ema": 0.9}})
     with pytest.raises(ConfigError, match=r"pretext.mask_ratio must be in \(0, 1\), got 1.5"):
         build_config({"pretext": {"mask_ratio": 1.5}})

@@ -81,14 +81,16 @@ def test_npz_source_splits_filters_and_needs_keys(tmp_path):
 
 def test_images_only_loading_gives_the_same_training_split(tmp_path):
     make_medmnist(tmp_path)
-    full, images_only = load_medmnist("breastmnist", str(tmp_path)), load_medmnist("breastmnist", str(tmp_path), labels=False)
+    full, images_only = (load_medmnist("breastmnist", str(tmp_path)),
+                         load_medmnist("breastmnist", str(tmp_path), labels=False))
     assert all(s.labels is None for s in images_only.splits.values())
     assert images_only.split_sha256() == full.split_sha256()
     rng = np.random.default_rng(1)  # no official split: labels are read to stratify, and the split is unchanged
     np.savez(tmp_path / "pool.npz", images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8),
              labels=np.repeat([0, 1], 20).astype(np.uint8))
     args = dict(class_names_key=None, classes=None, modality="DX", val_fraction=0.1, test_fraction=0.2, seed=3)
-    seeded = [load_npz("pool", str(tmp_path), "pool.npz", "images", "labels", labels=flag, **args) for flag in (True, False)]
+    seeded = [load_npz("pool", str(tmp_path), "pool.npz", "images", "labels", labels=flag, **args)
+              for flag in (True, False)]
     assert seeded[0].split_sha256() == seeded[1].split_sha256()
 
 

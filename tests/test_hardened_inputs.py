@@ -63,8 +63,8 @@ def test_skip_leaves_bad_files_out_of_every_split_and_reports_them(tmp_path):
     assert sum(len(s) for s in data.splits.values()) == 25  # 24 good + the converted RGBA image
     assert all(s.images.shape[1:] == (28, 28, 3) for s in data.splits.values())  # RGB because of the RGBA image
     listed = json.loads((tmp_path / "site" / "splits.json").read_text())
-    assert not any(name.endswith(("empty.png", "notes.png", "truncated.png")) for v in listed.values() if isinstance(v, list)
-                   for name in v)
+    assert not any(name.endswith(("empty.png", "notes.png", "truncated.png"))
+                   for v in listed.values() if isinstance(v, list) for name in v)
     unlabeled = load_unlabeled_folder("u", str(tmp_path), "site", "US", 28, on_bad_file="skip")
     assert len(unlabeled.split("train")) == 25 and len(unlabeled.skipped) == 3
 
@@ -91,7 +91,8 @@ def test_npz_count_mismatch_and_labels_outside_the_classes(tmp_path):
     np.savez(tmp_path / "a.npz", **dict(arrays, val_labels=np.zeros((4, 1), np.uint8)))
     with pytest.raises(TppError, match="val_images has 5 images but val_labels has 4"):
         load_npz("a", str(tmp_path), "a.npz", "images", "labels", "class_names", None, "US", 0.1, 0.2, 0)
-    np.savez(tmp_path / "b.npz", **dict(arrays, class_names=np.array(["x", "y"]), test_labels=np.full((5, 1), 2, np.uint8)))
+    np.savez(tmp_path / "b.npz", **dict(arrays, class_names=np.array(["x", "y"]),
+                                        test_labels=np.full((5, 1), 2, np.uint8)))
     with pytest.raises(TppError, match="outside 0..1"):
         load_npz("b", str(tmp_path), "b.npz", "images", "labels", "class_names", None, "US", 0.1, 0.2, 0)
 
@@ -108,7 +109,7 @@ def test_finetune_with_skip_writes_skipped_csv(tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "skipped.csv")))
     assert len(rows) == 3 and {r["dataset"] for r in rows} == {"site"} and all(r["reason"] for r in rows)
     assert '"event": "skipped_files", "count": 3' in (out / "log.jsonl").read_text()
-    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={backbone}",
-                 f"data.root={tmp_path}", "data.source=folder", "data.file=site", "data.name=site", "data.modality=US",
-                 f"output_dir={tmp_path / 'run2'}", "train.max_steps=2"]) == 2
+    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                 f"backbone.path={backbone}", f"data.root={tmp_path}", "data.source=folder", "data.file=site",
+                 "data.name=site", "data.modality=US", f"output_dir={tmp_path / 'run2'}", "train.max_steps=2"]) == 2
     assert "on_bad_file=skip" in capsys.readouterr().err

@@ -49,8 +49,9 @@ def test_pretrained_backbone_loads_and_fine_tunes(pool_root, tmp_path):
     assert info.hash == card["hash"] and info.mean == [0.5] * 3 and decoder is not None
     assert encoder(torch.zeros(1, 3, 28, 28)).shape == (1, 50, 32)
     data = make_medmnist(tmp_path / "site")
-    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={backbone}",
-                 f"data.root={data}", f"output_dir={tmp_path / 'ft'}", "train.max_steps=3", "adapter.r=2"]) == 0
+    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                 f"backbone.path={backbone}", f"data.root={data}", f"output_dir={tmp_path / 'ft'}", "train.max_steps=3",
+                 "adapter.r=2"]) == 0
 
 
 def test_pretraining_lowers_the_pool_loss(pool_root, tmp_path):

@@ -245,8 +245,9 @@ def test_config_file_adapter_options_give_way_to_the_parent(tiny_mae, data_root,
     """The shipped fine-tuning config says LoRA r=8: a parent with r=4, or another method, still hands off;
     only command-line values must agree with the parent."""
     def finetune(out, *extra):  # no adapter.r on the command line (FAST has one)
-        return main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={tiny_mae}",
-                     f"data.root={data_root}", f"output_dir={out}", "train.max_steps=2", "train.batch_size=16", *extra])
+        return main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                     f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}", "train.max_steps=2",
+                     "train.batch_size=16", *extra])
 
     assert tpp(tiny_mae, data_root, tmp_path / "tpp", "adapter.r=4") == 0
     assert finetune(tmp_path / "ft", f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}") == 0
@@ -300,8 +301,9 @@ def test_cli_help_version_ls_cp_validate(tmp_path, capsys):
 
 
 def evaluate(tiny_mae, root, adapter, out):
-    return main(["run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={tiny_mae}",
-                 f"data.root={root}", f"adapter.path={adapter}", "data.split=test", f"output_dir={out}"])
+    return main(["run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                 f"backbone.path={tiny_mae}", f"data.root={root}", f"adapter.path={adapter}", "data.split=test",
+                 f"output_dir={out}"])
 
 
 def test_linear_probe_baseline_trains_only_the_head(tiny_mae, data_root, tmp_path, capsys):

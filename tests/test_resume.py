@@ -27,7 +27,8 @@ def killed(tiny_mae, root, out, hook: str, step: int) -> subprocess.CompletedPro
 
 
 def tensors(run):
-    return {**load_file(run / "adapter" / "adapter_model.safetensors"), **load_file(run / "adapter" / "head.safetensors")}
+    return {**load_file(run / "adapter" / "adapter_model.safetensors"),
+            **load_file(run / "adapter" / "head.safetensors")}
 
 
 @pytest.fixture(scope="module")

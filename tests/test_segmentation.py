@@ -170,7 +170,8 @@ def test_seg_npz_keeps_groups_in_one_split_and_maps_labels_to_classes(tmp_path):
     with pytest.raises(TppError, match="differ from the classes derived"):
         load_seg_npz(seg_cfg(file=str(path), mask_classes="from_label", classes=["background", "b", "a"]), seed=1)
     stored = np.load(path)
-    three = {k: stored[k] for k in stored.files} | {"masks": (stored["masks"] > 0) * (1 + stored["label"][:, None, None])}
+    three = ({k: stored[k] for k in stored.files}
+             | {"masks": (stored["masks"] > 0) * (1 + stored["label"][:, None, None])})
     np.savez(tmp_path / "three.npz", **three)
     indexed = load_seg_npz(seg_cfg(file=str(tmp_path / "three.npz"), mask_classes="indices",
                                    classes=["background", "benign", "malignant"]), seed=1)

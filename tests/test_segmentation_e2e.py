@@ -108,7 +108,8 @@ def test_predict_and_service_return_the_same_masks_as_offline(runs, tmp_path):
 
     model, card, _ = load_task_model(str(runs / "seg" / "adapter"), str(shared_backbone()))
     with torch.no_grad():
-        offline = [to_mask_size(model(to_model_input(im, card["input"])), card["task"]["mask_size"]).argmax(1)[0].numpy()
+        offline = [to_mask_size(model(to_model_input(im, card["input"])),
+                                card["task"]["mask_size"]).argmax(1)[0].numpy()
                    for im in images]  # logits at the 32-px input, resized to the 64-px masks as in training
     assert all(np.array_equal(a, b) for a, b in zip(masks, offline))
 

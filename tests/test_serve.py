@@ -133,7 +133,8 @@ def request(url, files=None, token=None, method=None, body=None):
         headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=body, headers=headers, method=method or ("POST" if body is not None else "GET"))
+    req = urllib.request.Request(url, data=body, headers=headers,
+                                 method=method or ("POST" if body is not None else "GET"))
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read())
@@ -150,7 +151,8 @@ def test_service_routes_predictions_and_reports_versions(world):
         for site in SITES:
             status, out = request(f"{url}/v1/sites/{site}/predict", files)
             assert status == 200 and out["version"] == store.current_version(world["store"], site)
-            assert out["backbone_hash"] == listing["backbone"]["hash"] and out["adapter_id"] == f"{site}@{out['version']}"
+            assert (out["backbone_hash"] == listing["backbone"]["hash"]
+                    and out["adapter_id"] == f"{site}@{out['version']}")
             probs = [list(p["probabilities"].values()) for p in out["predictions"]]
             assert close(probs, world["expected"][site][:3])
             assert [p["file"] for p in out["predictions"]] == ["img0.png", "img1.png", "img2.png"]
@@ -254,7 +256,8 @@ def test_cli_predict_single_site_and_site_map(world, tmp_path, capsys):
 def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
     env = dict(os.environ, TPP_SERVE_TOKEN="")
     refused = subprocess.run([sys.executable, "-m", "tpp.cli", "serve", "--backbone", str(world["backbone"]),
-                              "--store", str(world["store"]), "--host", "0.0.0.0"], env=env, capture_output=True, text=True)
+                              "--store", str(world["store"]), "--host", "0.0.0.0"],
+                             env=env, capture_output=True, text=True)
     assert refused.returncode == 2 and "token" in refused.stderr
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -3,7 +3,8 @@
 Layout: peft's ``adapter_config.json`` + ``adapter_model.safetensors`` (target parameters, keys
 relative to the encoder), ``head.safetensors`` (task head, when there is one) and ``tpp_card.json``.
 No backbone weights. Baselines: a linear probe saves only its head; full fine-tuning saves the whole
-encoder as ``model.safetensors`` under ``kind: full_model`` (never accepted as an adapter). Data is described by name, content hash and counts, never by paths.
+encoder as ``model.safetensors`` under ``kind: full_model`` (never accepted as an adapter). Data is
+described by name, content hash and counts, never by paths.
 """
 from __future__ import annotations
 
@@ -124,7 +125,8 @@ def _check_shape(card, card_path: Path) -> None:
     if not isinstance(card.get("backbone", {}).get("hash", ""), str):
         raise TppError(f"'{card_path}': backbone.hash must be a string.")
     if card.get("weights_file") not in (None, WEIGHTS, FULL_WEIGHTS):
-        raise TppError(f"'{card_path}': weights_file {card.get('weights_file')!r} is not one of {WEIGHTS}, {FULL_WEIGHTS}.")
+        raise TppError(f"'{card_path}': weights_file {card.get('weights_file')!r} is not one of "
+                       f"{WEIGHTS}, {FULL_WEIGHTS}.")
     labels = card.get("task", {}).get("label_names", [])
     if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
         raise TppError(f"'{card_path}': task.label_names must be a list of strings.")

@@ -139,7 +139,8 @@ def _family_of(path: str, model_type: str | None) -> Family:
     if model_type not in FAMILIES:
         raise TppError(
             f"backbone '{path}' is a '{model_type}' model, not a supported vision encoder. "
-            f"Supported families: {', '.join(sorted(FAMILIES))}. Pass backbone.path=<ViT / ViT-MAE / DINOv2 checkpoint>.")
+            f"Supported families: {', '.join(sorted(FAMILIES))}. "
+            "Pass backbone.path=<ViT / ViT-MAE / DINOv2 checkpoint>.")
     return FAMILIES[model_type]
 
 

@@ -18,7 +18,8 @@ from tpp.model import attach_adapter, load_adapter_state
 def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
     """The intensity pipeline applied to images, recorded in the card and reused at inference."""
     channels = image_channels(dataset.split(next(iter(dataset.splits))).images)
-    return {"image_channels": channels, "channels": info.channels, "channel_rule": channel_rule(channels, info.channels),
+    return {"image_channels": channels, "channels": info.channels,
+            "channel_rule": channel_rule(channels, info.channels),
             "image_size": info.input_size, "resize": "bilinear, antialiased, to image_size",
             "resolution": info.resolution_note(),
             "scale": "uint8 / 255", "mean": info.mean, "std": info.std}
@@ -146,9 +147,9 @@ def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
     trained = card.get("data", {})
     train_hash = trained.get("split_sha256", {}).get("train")
     if trained.get("name") == dataset.name and train_hash and train_hash != dataset.split_sha256().get("train"):
-        raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}' ({trained.get('split_id')}; "
-                       f"this config gives {dataset.split_id}): its training images may be in the split evaluated "
-                       "now. Use the seed and split settings of its run.")
+        raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}' "
+                       f"({trained.get('split_id')}; this config gives {dataset.split_id}): its training images may "
+                       "be in the split evaluated now. Use the seed and split settings of its run.")
 
 
 def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: str) -> tuple:

@@ -89,7 +89,8 @@ class Checkpointer:
         torch.save(dict(state, step=step), tmp / "state.pt")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_RE.match(p.name)))[:-self.keep]:
+        for old in sorted((int(m.group(1)), p) for p in self.dir.iterdir()
+                          if (m := _STEP_RE.match(p.name)))[:-self.keep]:
             shutil.rmtree(old[1], ignore_errors=True)
         return final
 

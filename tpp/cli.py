@@ -108,7 +108,8 @@ def _add_deploy_commands(add) -> None:
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--frame", type=int, help="frame index of multi-frame DICOM files")
     pr.add_argument("--slice", help="AXIS:INDEX of 3D NIfTI volumes, e.g. 2:40")
-    pr.add_argument("--window", help="CENTER,WIDTH intensity window for DICOM / NIfTI (default: the file's, else min-max)")
+    pr.add_argument("--window", help="CENTER,WIDTH intensity window for DICOM / NIfTI "
+                                     "(default: the file's, else min-max)")
     sv = add("serve", "HTTP service: one backbone, the store's site adapters")
     _common_deploy(sv)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs a token or --insecure)")
@@ -356,7 +357,8 @@ def cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"plot": cmd_plot, "adapters": cmd_adapters, "predict": cmd_predict, "serve": cmd_serve, "run": cmd_run, "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
+COMMANDS = {"plot": cmd_plot, "adapters": cmd_adapters, "predict": cmd_predict, "serve": cmd_serve, "run": cmd_run,
+            "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
 
 
 def main(argv: list[str] | None = None) -> int:

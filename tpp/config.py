@@ -92,7 +92,8 @@ class DataConfig:
     use_eval_splits: bool = _f(False, "TPP only: also pre-train on val/test images (recorded in the card)")
     license: Optional[str] = _f(None, "licence of the data, recorded in cards (known for MedMNIST; else declare it)")
     on_bad_file: Literal["error", "skip"] = _f(
-        "error", "folder sources: an unreadable image fails the run naming it (error) or is left out and listed in skipped.csv (skip)")
+        "error", "folder sources: an unreadable image fails the run naming it (error) or is left out and listed in "
+                 "skipped.csv (skip)")
 
 
 @dataclass
@@ -100,8 +101,10 @@ class TrainConfig:
     epochs: int = _f(10, "passes over the training split (ignored when max_steps is set)")
     max_steps: Optional[int] = _f(None, "optimiser steps; takes precedence over epochs")
     batch_size: int = _f(64, "images per optimiser step")
-    log_with: Optional[Literal["tensorboard"]] = _f(None, "also log through an Accelerate tracker (into output_dir; pip install tensorboard)")
-    checkpoint_every: Optional[int] = _f(None, "save trainable tensors + optimiser/scheduler/RNG/data position every N steps")
+    log_with: Optional[Literal["tensorboard"]] = _f(None, "also log through an Accelerate tracker (into output_dir; "
+                                                          "pip install tensorboard)")
+    checkpoint_every: Optional[int] = _f(None, "save trainable tensors + optimiser/scheduler/RNG/data position "
+                                               "every N steps")
     keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
     resume: Optional[str] = _f(None, "auto: continue from the newest checkpoint in output_dir; or a checkpoint folder")
     grad_accum_steps: int = _f(1, "split each step's batch into this many micro-batches: same gradients, less "

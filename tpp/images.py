@@ -165,7 +165,8 @@ def _read_nifti(data: bytes, name: str, slice_spec: str | None, window) -> np.nd
         volume = volume[..., 0]
     if volume.ndim == 3:
         if slice_spec is None:
-            raise ImageError(f"'{name}': a 3D NIfTI volume {volume.shape}; choose a 2D slice with AXIS:INDEX (e.g. 2:40).")
+            raise ImageError(f"'{name}': a 3D NIfTI volume {volume.shape}; "
+                             "choose a 2D slice with AXIS:INDEX (e.g. 2:40).")
         axis, index = parse_slice(slice_spec)
         if axis > 2 or not 0 <= index < volume.shape[axis]:
             raise ImageError(f"'{name}': slice {slice_spec} is outside the volume {volume.shape}.")

@@ -105,7 +105,8 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
                 name = f"{i:05d}_{Path(pairs[i][0]).name.split('.')[0]}.png"
                 masks[name] = mask_to_image_size(out.numpy(), array)
                 row["mask"] = name
-                row.update({f"frac_{c}": f"{float((masks[name] == k).mean()):.6f}" for k, c in enumerate(site.label_names)})
+                row.update({f"frac_{c}": f"{float((masks[name] == k).mean()):.6f}"
+                            for k, c in enumerate(site.label_names)})
             else:
                 probs = out.tolist()
                 row["label"] = site.label_names[int(np.argmax(probs))]

@@ -73,7 +73,8 @@ def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, class_names: 
         "hd95": _nanmean(torch.tensor([v["hd95"] for v in per_class.values()])),
         "per_class": per_class, "n": len(pred), "empty_predictions": empty,
         "hd95_undefined": int((hd.isnan() & present).sum()),
-        "foreground_fraction": {"predicted": float((pred > 0).float().mean()), "truth": float((target > 0).float().mean())},
+        "foreground_fraction": {"predicted": float((pred > 0).float().mean()),
+                                "truth": float((target > 0).float().mean())},
     })
 
 

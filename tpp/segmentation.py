@@ -9,6 +9,7 @@ The decoder is saved with the site adapter (``head.safetensors``) like a classif
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -16,6 +17,9 @@ import torch.nn.functional as F
 
 from tpp.backbones import Encoder
 from tpp.errors import TppError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def tokens_to_grid(patch_tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -63,7 +67,8 @@ class SegmentationDecoder(nn.Module):
         return self.classifier(x)
 
 
-def build_decoder(seg_cfg, hidden_size: int, num_classes: int, image_channels: int, patch_size: int) -> SegmentationDecoder:
+def build_decoder(seg_cfg, hidden_size: int, num_classes: int, image_channels: int,
+                  patch_size: int) -> SegmentationDecoder:
     if 2 ** len(seg_cfg.decoder_channels) > 4 * patch_size:
         raise TppError(f"segmentation.decoder_channels has {len(seg_cfg.decoder_channels)} x2 stages for patch size "
                        f"{patch_size}: at most {int(math.log2(4 * patch_size))}.")

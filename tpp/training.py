@@ -45,7 +45,8 @@ def build_accelerator(mixed_precision: str, seed: int, run=None, find_unused_par
         print(f"[tpp] process rank {accelerator.process_index} of world size {accelerator.num_processes} "
               f"({accelerator.distributed_type.value})", file=sys.stderr, flush=True)
     if run is not None:
-        run.log(event="processes", world_size=accelerator.num_processes, backend=str(accelerator.distributed_type.value))
+        run.log(event="processes", world_size=accelerator.num_processes,
+                backend=str(accelerator.distributed_type.value))
     return accelerator
 
 
@@ -182,7 +183,8 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
         result.losses.append((step, value))
         bar.set_postfix(loss=f"{value:.4f}", refresh=False)
         log(event="step", step=step, loss=value, lr=scheduler.get_last_lr()[0])
-        accelerator.log({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, step=step)  # no-op without trackers
+        # no-op without trackers
+        accelerator.log({"train/loss": value, "train/lr": scheduler.get_last_lr()[0]}, step=step)
         if eval_fn is not None and (step % eval_every == 0 or step == num_steps):
             model.eval()
             score, metrics = eval_fn(model)

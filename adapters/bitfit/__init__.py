@@ -22,7 +22,8 @@ from tpp.backbones import resolve_modules
 @dataclass
 class BitfitOptions:
     target_modules: Optional[list] = field(
-        default=None, metadata={"help": "leaf names of Linear layers whose bias trains; default: every one with a bias"})
+        default=None,
+        metadata={"help": "leaf names of Linear layers whose bias trains; default: every one with a bias"})
 
 
 class BiasOverlay(nn.Module):

@@ -18,7 +18,8 @@ from tpp.backbones import resolve_targets
 @dataclass
 class SsfOptions:
     target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"],
-                                 metadata={"help": "leaf names of encoder Linear layers whose outputs are scaled and shifted"})
+                                 metadata={"help": "leaf names of encoder Linear layers whose outputs are "
+                                                   "scaled and shifted"})
 
 
 class ScaleShift(nn.Module):

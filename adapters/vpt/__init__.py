@@ -22,7 +22,8 @@ from tpp.errors import ConfigError, TppError
 @dataclass
 class VptOptions:
     length: int = field(default=8, metadata={"help": "prompt tokens per layer"})
-    deep: bool = field(default=False, metadata={"help": "fresh prompts before every layer (deep VPT), not only the first"})
+    deep: bool = field(default=False,
+                       metadata={"help": "fresh prompts before every layer (deep VPT), not only the first"})
 
     def __post_init__(self):
         if self.length < 1:

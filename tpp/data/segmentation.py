@@ -188,7 +188,8 @@ def joint_augment(images: torch.Tensor, masks: torch.Tensor, scale: tuple = (0.8
     theta[:, 0, 0], theta[:, 1, 1] = s * flip, s
     theta[:, :, 2] = shift
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-    out_images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    out_images = F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border",
+                               align_corners=False)
     mask_grid = F.affine_grid(theta, [b, 1, *masks.shape[-2:]], align_corners=False)
     out_masks = F.grid_sample(masks[:, None].float(), mask_grid, mode="nearest", align_corners=False)
     return out_images, out_masks[:, 0].long()

@@ -165,7 +165,8 @@ def load_npz(name: str, root: str | None, file: str | None, image_key: str, labe
                 raise TppError(f"'{path}': {split}_{image_key} has {len(im)} images but {split}_{label_key} "
                                f"has {len(lb)} labels.")
         names = names or [str(i) for i in range(int(max(p[1].max() for p in parts.values())) + 1)]
-        splits = {s: Split(_images(im, f"'{path}' {s}_{image_key}"), _labels(lb, len(names), f"'{path}' {s}_{label_key}"))
+        splits = {s: Split(_images(im, f"'{path}' {s}_{image_key}"),
+                           _labels(lb, len(names), f"'{path}' {s}_{label_key}"))
                   for s, (im, lb) in parts.items()}
     else:
         images = _images(_array(npz, image_key, path), f"'{path}' {image_key}")
@@ -178,7 +179,8 @@ def load_npz(name: str, root: str | None, file: str | None, image_key: str, labe
         splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     if classes:
         splits, names = filter_classes(splits, names, classes, path)
-    split_id = "the file's own" if f"train_{image_key}" in npz.files else seeded_split_id(seed, val_fraction, test_fraction, None)
+    split_id = ("the file's own" if f"train_{image_key}" in npz.files
+                else seeded_split_id(seed, val_fraction, test_fraction, None))
     return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id)
 
 

@@ -242,7 +242,14 @@ def test_cli_predict_single_site_and_site_map(world, tmp_path, capsys):
     assert close(probs, world["expected"]["site_c"][:5])
     mapping = tmp_path / "map.csv"
     mapping.write_text("image,site\n" + "".join(f"imgs/{i}.png,{list(SITES)[i % 5]}\n" for i in range(5)))
-    assert main([*args, "--site-map", str(mapping), "--out", str(out), "--batch-size", "3"]) == 0
+    threads = torch.get_num_threads()
+    try:  # same probabilities on one thread
+        assert main([*args, "--site-map", str(mapping), "--out", str(out), "--batch-size", "3", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert main([*args, "--site", "site_c", str(folder), "--out", str(out), "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
     for i, r in enumerate(csv.DictReader(open(out))):
         site = list(SITES)[i % 5]
         assert r["site"] == site and close([float(r["prob_malignant"]), float(r["prob_normal, benign"])],
@@ -264,7 +271,7 @@ def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen([sys.executable, "-m", "tpp.cli", "serve", "--backbone", str(world["backbone"]),
-                             "--store", str(world["store"]), "--port", str(port)], env=env,
+                             "--store", str(world["store"]), "--port", str(port), "--threads", "1"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
@@ -282,3 +289,4 @@ def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
         proc.terminate()
         logs = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, logs
+    assert "1 torch threads" in logs

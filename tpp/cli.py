@@ -119,6 +119,9 @@ def _add_deploy_commands(add) -> None:
     sv.add_argument("--max-batch", type=int, default=64, help="images per micro-batch")
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="request body limit (413 above)")
+    for p in (pr, sv):
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, about one per core); "
+                                                    "cap it on a machine shared with other jobs")
 
 
 def _common_deploy(p) -> None:
@@ -314,6 +317,7 @@ def cmd_predict(args) -> int:
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    _set_threads(args.threads)
     pairs = assign_sites(args.site, args.site_map, args.images)
     if args.slice:
         parse_slice(args.slice)
@@ -325,6 +329,17 @@ def cmd_predict(args) -> int:
         print(f"{len(masks)} masks (PNG, class indices, at each image's size) -> {folder}")
     print(f"{len(rows)} images, {len({r['site'] for r in rows})} sites -> {path}")
     return 0
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op CPU threads for this process (None: leave torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise TppError(f"--threads must be at least 1, got {threads}.")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def cmd_serve(args) -> int:
@@ -341,6 +356,7 @@ def cmd_serve(args) -> int:
             raise TppError(f"cannot read --token-file '{args.token_file}' ({exc.strerror}).") from None
         if not token:
             raise TppError(f"--token-file '{args.token_file}' is empty.")
+    _set_threads(args.threads)
     try:
         serve(args.backbone, args.store, args.host, args.port, token=token, insecure=args.insecure,
               max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import logging
 
+import torch
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 
 from tpp import store as adapter_store
@@ -173,8 +174,8 @@ def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8
     worker = InferenceWorker(bank, max_batch, max_wait_ms)
     app = create_app(worker, store_path, token, max_upload_bytes)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("backbone %s (hash %s), store %s, up to %d resident sites", bank.info.id, bank.info.hash[:12],
-             store_path, max_resident)
+    log.info("backbone %s (hash %s), store %s, up to %d resident sites, %d torch threads", bank.info.id,
+             bank.info.hash[:12], store_path, max_resident, torch.get_num_threads())
     try:
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
     finally:

@@ -33,7 +33,8 @@ def register(name: str, options_cls: type, uses_checkpoint_decoder: Callable | N
     def wrap(builder):
         if name in _PRETEXTS:
             raise ValueError(f"pretext '{name}' is registered twice")
-        _PRETEXTS[name] = Pretext(name, options_cls, builder, uses_checkpoint_decoder or (lambda options: False))
+        extra = {"uses_checkpoint_decoder": uses_checkpoint_decoder} if uses_checkpoint_decoder else {}
+        _PRETEXTS[name] = Pretext(name, options_cls, builder, **extra)
         return builder
     return wrap
 

@@ -52,12 +52,15 @@ def check_same_config(path: Path, config: dict) -> None:
     """A resumed run must use the interrupted run's config (``train.resume`` itself may differ)."""
     import yaml
 
+    from tpp.config import drop_other_pretexts_defaults
     from tpp.errors import TppError
 
     saved_file = path / "config.yaml"
     if not saved_file.is_file():
         return
     saved = yaml.safe_load(saved_file.read_text())
+    if isinstance(saved.get("pretext"), dict):  # saved before pretext options were per pretext
+        drop_other_pretexts_defaults(saved["pretext"], saved["pretext"].get("name", "mae"))
 
     def flat(d, prefix=""):
         out = {}

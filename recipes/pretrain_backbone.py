@@ -115,10 +115,10 @@ def write_backbone(path, model, model_cfg, mask_ratio: float, card: dict) -> Non
 
 
 def run(cfg, run) -> dict:
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
-                                    find_unused_parameters=True)
     if cfg.pretext.name != "mae":
         raise ConfigError(f"pretrain_backbone trains a ViT-MAE: pretext.name must be mae, got {cfg.pretext.name!r}.")
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
+                                    find_unused_parameters=True)
     mae = cfg.pretext.resolved()
     x, source, labels, entries, classes = load_pool(cfg)
     model = build_model(cfg.model, mae.mask_ratio, mae.norm_pix_loss, cfg.seed)

@@ -93,6 +93,30 @@ def test_pretext_options_belong_to_the_chosen_pretext():
         build_config({"pretext": {"name": "simclr"}})
 
 
+def test_plugin_options_are_typed_and_sections_must_be_mappings():
+    cfg = build_config(apply_overrides({}, ["pretext.mask_ratio=5e-1", "adapter.dropout=1e-1"]))
+    assert cfg.pretext.options == {"mask_ratio": 0.5} and cfg.adapter.options == {"dropout": 0.1}
+    assert cfg.to_dict()["pretext"]["mask_ratio"] == 0.5
+    for section in ("pretext", "adapter"):
+        with pytest.raises(ConfigError, match=f"config key '{section}' must be a mapping, got str"):
+            build_config(apply_overrides({}, [f"{section}=dino"]))
+
+
+def test_configs_saved_with_every_pretexts_options_still_load(tmp_path):
+    from tpp.recipes import check_same_config
+
+    old = build_config({}).to_dict()
+    old["pretext"].update(dino_out_dim=256, dino_student_temp=0.1, dino_teacher_temp=0.04, dino_ema=0.99,
+                          dino_crop_min=0.4)  # how config.yaml looked before options were per pretext
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = load_config(tmp_path / "config.yaml")
+    assert cfg.pretext.name == "mae" and cfg.to_dict() == build_config({}).to_dict()
+    check_same_config(tmp_path, cfg.to_dict())  # a run interrupted before the change can resume
+    old["pretext"]["dino_ema"] = 0.5  # a changed value of another pretext is still an error, with its owner
+    with pytest.raises(ConfigError, match="dino_ema is an option of pretext dino: set pretext.name=dino"):
+        build_config(old)
+
+
 def test_switching_the_pretext_on_the_command_line_drops_the_files_options():
     shipped = CONFIG_DIR / "breast_us/mae_vit_tiny_lora_tpp.yaml"
     assert "mask_ratio" in yaml.safe_load(shipped.read_text())["pretext"]

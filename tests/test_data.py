@@ -94,6 +94,25 @@ def test_images_only_loading_gives_the_same_training_split(tmp_path):
     assert seeded[0].split_sha256() == seeded[1].split_sha256()
 
 
+
+def test_npz_with_its_own_splits_is_read_without_labels(tmp_path, monkeypatch):
+    import tpp.data.sources as sources
+
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "own.npz", **{f"{s}_images": rng.integers(0, 255, (6, 8, 8), dtype=np.uint8)
+                                      for s in ("train", "val", "test")},
+             **{f"{s}_labels": np.array([0, 1] * 3) for s in ("train", "val", "test")})
+    keys, real = [], sources._array
+    monkeypatch.setattr(sources, "_array", lambda npz, key, path: keys.append(key) or real(npz, key, path))
+    args = dict(class_names_key=None, classes=None, modality="DX", val_fraction=0.1, test_fraction=0.2, seed=0)
+    data = load_npz("own", str(tmp_path), "own.npz", "images", "labels", labels=False, **args)
+    assert sorted(keys) == ["test_images", "train_images", "val_images"]
+    assert all(s.labels is None for s in data.splits.values()) and len(data.split("train")) == 6
+    keys.clear()
+    with_labels = load_npz("own", str(tmp_path), "own.npz", "images", "labels", **args)
+    assert "train_labels" in keys and with_labels.split_sha256() == data.split_sha256()
+
+
 def _png_tree(root, layout):
     from PIL import Image
 

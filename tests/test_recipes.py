@@ -187,9 +187,9 @@ def test_a_pretext_is_one_file_and_one_registration(tiny_mae, data_root, tmp_pat
 
     (tmp_path / "plugins").mkdir()
     (tmp_path / "plugins" / "toy.py").write_text(TOY_PRETEXT)
-    monkeypatch.setattr(pretexts, "__path__", [*pretexts.__path__, str(tmp_path / "plugins")])
-    pretexts._load_builtin()
+    pretexts._load_builtin()  # the built-in pretexts, before the path holds the toy
     monkeypatch.setattr(pretexts, "_PRETEXTS", dict(pretexts._PRETEXTS))  # the toy is gone after the test
+    monkeypatch.setattr(pretexts, "__path__", [*pretexts.__path__, str(tmp_path / "plugins")])
     pretexts._load_builtin.cache_clear()
     try:
         assert tpp(tiny_mae, data_root, tmp_path / "tpp", "pretext={name: toy, target: 2.0}",
@@ -197,11 +197,17 @@ def test_a_pretext_is_one_file_and_one_registration(tiny_mae, data_root, tmp_pat
         assert finetune(tiny_mae, data_root, tmp_path / "ft", f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}") == 0
     finally:
         sys.modules.pop("tpp.pretext.toy", None)
-    pretexts._load_builtin.cache_clear()  # after monkeypatch restores the registry and the path
+        pretexts._load_builtin.cache_clear()  # next lookup re-imports from the restored path (no toy)
     card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
     assert card["pretext"]["name"] == "toy" and card["pretext"]["target"] == 2.0
     curve = [loss for _, loss in card["pretext"]["loss_curve"]]
     assert curve[-1] < curve[0]  # the toy loss trained the target parameters
+
+
+def test_registering_a_pretext_leaves_the_registry_as_it_was():
+    import tpp.pretext as pretexts
+
+    assert sorted(p.name for p in pretexts.all_pretexts()) == ["dino", "mae"]  # also after the toy test
 
 
 def test_tpp_on_eval_splits_is_recorded_and_refused_for_the_same_data(tiny_mae, data_root, tmp_path, capsys):

@@ -320,17 +320,17 @@ def build_config(data: dict) -> RunConfig:
     from tpp.pretext import get_pretext
 
     data = dict(data)
-    adapter = dict(data.get("adapter") or {})
+    adapter, pretext = _section(data, "adapter"), _section(data, "pretext")
     method_name = adapter.get("method", AdapterConfig.method)
     adapter["options"] = _plugin_options(adapter, "adapter", AdapterConfig, get_method(method_name).options_cls,
                                          f"adapter.method={method_name}",
                                          f" To switch methods on the command line, replace the whole section: "
                                          f"adapter='{{method: {method_name}}}'.")
     data["adapter"] = adapter
-    pretext = dict(data.get("pretext") or {})
     pretext_name = pretext.get("name", PretextConfig.name)
+    drop_other_pretexts_defaults(pretext, pretext_name)
     pretext["options"] = _plugin_options(pretext, "pretext", PretextConfig, get_pretext(pretext_name).options_cls,
-                                         f"pretext.name={pretext_name}")
+                                         f"pretext.name={pretext_name}", _owner_hint(pretext, pretext_name))
     data["pretext"] = pretext
     cfg = build_dataclass(RunConfig, data)
     cfg.pool = [build_dataclass(PoolEntry, entry, f"pool[{i}]") for i, entry in enumerate(cfg.pool)]
@@ -338,9 +338,49 @@ def build_config(data: dict) -> RunConfig:
     return cfg
 
 
+def _section(data: dict, name: str) -> dict:
+    """A copy of the mapping ``data[name]`` ({} when absent); anything else is a ConfigError."""
+    section = data.get(name)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config key '{name}' must be a mapping, got {type(section).__name__} ({section!r}); "
+                          f"set its keys, e.g. {name}.<key>=value.")
+    return dict(section)
+
+
+def drop_other_pretexts_defaults(section: dict, chosen: str) -> None:
+    """Remove (in place) options of pretexts other than ``chosen`` that hold their defaults: configs saved
+    before pretext options were per pretext list every pretext's options. A changed value stays (an error)."""
+    from tpp.pretext import all_pretexts, get_pretext
+
+    own = {f.name for f in dataclasses.fields(get_pretext(chosen).options_cls)}
+    for other in all_pretexts():
+        for f in dataclasses.fields(other.options_cls):
+            if f.name in section and f.name not in own and section[f.name] == _default(f):
+                del section[f.name]
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _owner_hint(section: dict, chosen: str) -> str:
+    """' (pretext.dino_ema is an option of pretext dino: set pretext.name=dino.)' for a misplaced option."""
+    from tpp.pretext import all_pretexts
+
+    for key in section:
+        owners = [p.name for p in all_pretexts() if p.name != chosen
+                  and key in {f.name for f in dataclasses.fields(p.options_cls)}]
+        if owners:
+            return f" pretext.{key} is an option of pretext {owners[0]}: set pretext.name={owners[0]}."
+    return ""
+
+
 def _plugin_options(section: dict, section_name: str, common_cls, options_cls, chosen: str, hint: str = "") -> dict:
     """Pop the keys of ``section`` that are not ``common_cls`` fields: the chosen method's / pretext's
-    options, checked (names, types, values) by its ``options_cls``. Returns them as given."""
+    options, checked (names, types, values) by its ``options_cls``. Returns them typed (YAML's ``5e-1``
+    string becomes 0.5)."""
     common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
     options = {k: section.pop(k) for k in list(section) if k not in common}
     known = {f.name for f in dataclasses.fields(options_cls)}
@@ -349,8 +389,8 @@ def _plugin_options(section: dict, section_name: str, common_cls, options_cls, c
         raise ConfigError(
             f"unknown config key {', '.join(repr(section_name + '.' + k) for k in foreign)} for {chosen} "
             f"(its options: {', '.join(sorted(known)) or 'none'}; common keys: {', '.join(sorted(common))})." + hint)
-    build_dataclass(options_cls, options, section_name)  # type and value checks
-    return options
+    typed = build_dataclass(options_cls, options, section_name)  # type and value checks
+    return {k: getattr(typed, k) for k in options}
 
 
 def _check_values(cfg: RunConfig) -> None:
@@ -421,7 +461,7 @@ def help_lines(cls=RunConfig, prefix: str = "", tag: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             lines += help_lines(tp, f"{prefix}{f.name}.")
         elif f.name != "options":
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = _default(f)
             lines.append(f"{prefix}{f.name} ({_describe(tp)}, default {default!r}){tag}: {f.metadata.get('help', '')}")
     if cls is RunConfig:
         from tpp.adapters import all_methods

@@ -299,7 +299,10 @@ def test_cli_help_version_ls_cp_validate(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.startswith("tpp ")
-    assert main(["ls"]) == 0 and "breast_us/mae_vit_tiny_lora_tpp.yaml" in capsys.readouterr().out
+    assert main(["ls"]) == 0
+    listing = capsys.readouterr().out
+    assert "breast_us/mae_vit_tiny_lora_tpp.yaml" in listing
+    assert "  dino " in listing and "Self-distillation in the spirit of DINO" in listing
     assert main(["cp", "breast_us/mae_vit_tiny_lora_finetune.yaml", str(tmp_path / "mine.yaml")]) == 0
     assert main(["validate", str(tmp_path / "mine.yaml"), "train.lr=3e-4"]) == 0
     assert main(["validate", str(tmp_path / "mine.yaml"), "adapter.method=nope"]) == 2

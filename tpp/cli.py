@@ -148,6 +148,7 @@ def _config_path(name: str) -> Path:
 
 def cmd_ls(args) -> int:
     from tpp.adapters import all_methods
+    from tpp.pretext import all_pretexts
     from tpp.recipes import CONFIG_DIR, RECIPES, shipped_configs
 
     print("recipes:")
@@ -156,6 +157,9 @@ def cmd_ls(args) -> int:
     print("adapter methods:")
     for m in all_methods():
         print(f"  {m.name:<18} {m.summary}")
+    print("pretexts (pretext.name):")
+    for p in all_pretexts():
+        print(f"  {p.name:<18} {p.summary}")
     print(f"configs ({CONFIG_DIR}):")
     for path in shipped_configs():
         print(f"  {path.relative_to(CONFIG_DIR)}")

@@ -24,6 +24,14 @@ class Pretext:
     build: Callable
     uses_checkpoint_decoder: Callable = lambda options: False
 
+    @property
+    def summary(self) -> str:
+        """First line of the pretext file's docstring (``tpp ls``)."""
+        import sys
+
+        doc = sys.modules[self.build.__module__].__doc__ or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
 
 _PRETEXTS: dict[str, Pretext] = {}
 

@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
+from lr_select import (lr_grid, markdown_choices, markdown_quality, select_by_val,  # noqa: E402
+                       selection_quality, split_lr)
 
 PROTOCOL = {
     "finetune_steps": 200, "finetune_batch_size": 32, "selection": "last step of a fixed budget",
@@ -88,43 +90,6 @@ def method_overrides(base: str, protocol: dict, lr: float | None = None) -> list
         return [f"adapter={{method: lora, r: {lora['r']}, alpha: {lora['alpha']}}}", f"train.lr={lr}"]
     extra = [f"train.head_lr_scale={protocol['full_head_lr_scale']}"] if base == "full" else []
     return [f"adapter={{method: {base}}}", f"train.lr={lr}"] + extra
-
-
-# Learning-rate selection (--lr-grid): every method runs at ~1/3, 1 and 3 times its base rate (1 significant
-# digit: 3e-4, 1e-3, 3e-3 for the adapters) as cells named
-# 'METHOD%LR'; those cells validate on a label-fraction subsample of the val split (what a few-label site has),
-# and per (target, fraction, seed) the rate with the best val AUROC is kept, reported as 'METHOD*'.
-LR_FACTORS = (1 / 3, 1.0, 3.0)
-
-
-def split_lr(method: str) -> tuple[str, float | None]:
-    """'bottleneck+tpp_mae%3e-3' -> ('bottleneck+tpp_mae', 0.003)."""
-    name, _, lr = method.partition("%")
-    return name, (float(lr) if lr else None)
-
-
-def lr_grid(method: str, protocol: dict) -> list[str]:
-    base = parse_method(method, "")[0]
-    rate = protocol["lr"].get(base, protocol["lr"]["lora"])
-    return [f"{method}%{rate * f:.1g}" for f in LR_FACTORS]
-
-
-def select_by_val(results: list[dict]) -> tuple[list[dict], list[dict]]:
-    """From 'METHOD%LR' cells: per (target, METHOD, fraction, seed) the cell with the best val AUROC,
-    renamed 'METHOD*'. Returns (selected cells, one choice row per group)."""
-    groups: dict[tuple, list[dict]] = {}
-    for cell in results:
-        name, lr = split_lr(cell["method"])
-        if lr is not None:
-            groups.setdefault((cell["target"], name, cell["fraction"], cell["seed"]), []).append(cell)
-    selected, choices = [], []
-    for (target, name, fraction, seed), cells in sorted(groups.items()):
-        best = max(cells, key=lambda c: (c["val_auroc"], -split_lr(c["method"])[1]))  # ties: the smaller rate
-        selected.append(dict(best, method=f"{name}*", lr=split_lr(best["method"])[1]))
-        choices.append({"target": target, "method": name, "fraction": fraction, "seed": seed,
-                        "lr": split_lr(best["method"])[1], "complete": len(cells) == len(LR_FACTORS),
-                        "val_auroc": {f"{split_lr(c['method'])[1]:g}": round(c["val_auroc"], 4) for c in cells}})
-    return selected, choices
 
 
 def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
@@ -261,22 +226,13 @@ def comparisons_for(methods: list[str]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in pairs if a in methods and b in methods]
 
 
-def markdown_lr_choices(choices: list[dict]) -> str:
-    lines = ["| target | method | labels | seed | chosen lr | val AUROC per lr (val subsample) |",
-             "|---|---|---|---|---|---|"]
-    for c in choices:
-        vals = ", ".join(f"{lr}: {v:.3f}" for lr, v in sorted(c["val_auroc"].items(), key=lambda kv: float(kv[0])))
-        lines.append(f"| {c['target']} | {c['method']} | {c['fraction']:.0%} | {c['seed']} | {c['lr']:g}"
-                     f"{'' if c['complete'] else ' (grid incomplete)'} | {vals} |")
-    return "\n".join(lines)
-
-
 def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, quick: bool) -> dict:
     raw = [r for r in (bench.cached(*c) for c in cells) if r]
     if not raw:
         print("no finished cells yet")
         return {}
-    selected, choices = select_by_val(raw)  # 'METHOD%LR' cells -> 'METHOD*' with the rate chosen on val
+    selected, choices = select_by_val(raw, bench.protocol["lr"])  # 'METHOD%LR' cells -> 'METHOD*' chosen on val
+    quality = selection_quality(choices)
     results = [r for r in raw if split_lr(r["method"])[1] is None] + selected
     rows = report.summarise(results)
     comparisons = comparisons_for(sorted({r["method"] for r in results}))
@@ -286,13 +242,13 @@ def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, qui
             f"Cells: {len(raw)} of {len(cells)} finished{' (quick mode)' if quick else ''}.\n\n"
             f"{report.markdown_results(rows)}\n\nPaired differences (same seed, same label subset):\n\n"
             f"{report.markdown_paired(diffs)}\n"
-            + ("\nLearning rates chosen on the validation subsample ('METHOD*' rows):\n\n"
-               f"{markdown_lr_choices(choices)}\n"
+            + ("\nHow good the learning rate chosen on the validation subsample is ('METHOD*' rows):\n\n"
+               f"{markdown_quality(quality)}\n\nThe choices:\n\n{markdown_choices(choices)}\n"
                if choices else ""))
     out.mkdir(parents=True, exist_ok=True)
     payload = {"machine": report.machine(), "command": command, "protocol": bench.protocol,
                "protocol_id": bench.protocol_id, "complete": not missing and len(raw) == len(cells),
-               "rows": rows, "paired": diffs, "lr_choices": choices, "cells": raw}
+               "rows": rows, "paired": diffs, "lr_choices": choices, "lr_selection_quality": quality, "cells": raw}
     for name, content in (("tpp_gain.json", json.dumps(payload, indent=1)), ("tpp_gain.md", text)):
         tmp = out / f".{name}.tmp"
         tmp.write_text(content)
@@ -336,7 +292,7 @@ def main(argv=None) -> int:
     out = args.out or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "benchmarks" / "results")
     bench = Bench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root)
     if args.lr_grid:
-        methods = [variant for m in methods for variant in lr_grid(m, bench.protocol)]
+        methods = [variant for m in methods for variant in lr_grid(m, bench.protocol["lr"])]
     cells = grid(targets, fractions, seeds, methods, modality)
     missing, errors = [], []
     if not args.report_only:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from conftest import make_medmnist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import lr_select  # noqa: E402
 import report  # noqa: E402
 import tpp_gain  # noqa: E402
 
@@ -86,22 +87,30 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
 
 
 def test_learning_rate_grid_keeps_per_seed_the_rate_with_the_best_validation_auroc():
-    names = tpp_gain.lr_grid("bottleneck+tpp_mae", tpp_gain.PROTOCOL)
-    assert [tpp_gain.split_lr(n)[1] for n in names] == [3e-4, 1e-3, 3e-3]  # half-decade steps around the base rate
-    assert tpp_gain.lr_grid("full", tpp_gain.PROTOCOL)[1] == "full%0.0001"
+    rates = tpp_gain.PROTOCOL["lr"]
+    names = lr_select.lr_grid("bottleneck+tpp_mae", rates)
+    assert [lr_select.split_lr(n)[1] for n in names] == [3e-4, 1e-3, 3e-3]  # half-decade steps around the base rate
+    assert lr_select.lr_grid("full", rates)[1] == "full%0.0001"
 
     def lr_cell(method, seed, val, test):
-        return dict(cell(method, seed, test), val_auroc=val)
+        return dict(cell(method, seed, test), val_auroc=val, val_images=9)
 
     raw = [lr_cell("bottleneck%0.0003", 0, 0.70, 0.90), lr_cell("bottleneck%0.001", 0, 0.80, 0.60),
            lr_cell("bottleneck%0.003", 0, 0.75, 0.95), lr_cell("bottleneck%0.001", 1, 0.60, 0.70),
-           lr_cell("bottleneck%0.003", 1, 0.60, 0.72)]
-    selected, choices = tpp_gain.select_by_val(raw)
+           lr_cell("bottleneck%0.003", 1, 0.60, 0.72), lr_cell("bottleneck%0.0003", 1, 0.50, 0.65),
+           lr_cell("bottleneck%0.001", 2, 0.90, 0.80)]
+    selected, choices = lr_select.select_by_val(raw, rates)
     by_seed = {c["seed"]: c for c in selected}
     assert by_seed[0]["method"] == "bottleneck*" and by_seed[0]["lr"] == 0.001
     assert by_seed[0]["test_auroc"] == 0.60  # chosen on validation, never on test
     assert by_seed[1]["lr"] == 0.001  # a tie goes to the smaller rate
-    assert [c["complete"] for c in choices] == [True, False]
+    assert [c["complete"] for c in choices] == [True, True, False]
+    [quality] = lr_select.selection_quality(choices)  # the incomplete seed 2 is left out
+    assert quality["groups"] == 2 and quality["val_images"] == [9]
+    assert quality["chosen_is_test_best"] == 0  # seed 0: 0.60 chosen, 0.95 best; seed 1: 0.70 chosen, 0.72 best
+    assert quality["lost_to_test_best"] == pytest.approx((0.35 + 0.02) / 2)
+    assert quality["gain_over_base_rate"] == pytest.approx(0.0)  # both seeds chose the base rate 1e-3
+    assert "0 of 2" in lr_select.markdown_quality([quality])
     pairs = tpp_gain.comparisons_for(["bottleneck*", "bottleneck+tpp_mae*", "lora*"])
     assert ("bottleneck+tpp_mae*", "bottleneck*") in pairs and ("bottleneck*", "lora*") in pairs
 

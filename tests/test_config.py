@@ -128,6 +128,19 @@ def test_switching_the_pretext_on_the_command_line_drops_the_files_options():
         load_config(shipped, ["pretext.name=dino", "pretext.mask_ratio=0.5"])
 
 
+def test_switching_the_method_on_the_command_line_drops_the_files_options():
+    shipped = CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml"
+    assert "r" in yaml.safe_load(shipped.read_text())["adapter"]
+    cfg = load_config(shipped, ["adapter.method=bottleneck", "adapter.dim=32", "adapter.init_from=runs/tpp/adapter"])
+    assert cfg.adapter.method == "bottleneck" and cfg.adapter.options == {"dim": 32}
+    assert cfg.adapter.init_from == "runs/tpp/adapter" and cfg.adapter.explicit == {"method", "dim", "init_from"}
+    assert load_config(shipped, ["adapter.method=lora", "adapter.dropout=0.2"]).adapter.options["r"] == 8  # same method
+    with pytest.raises(ConfigError, match=r"adapter\.r is an option of method loha, lokr, lora\."):
+        load_config(shipped, ["adapter.method=bottleneck", "adapter.r=4"])
+    with pytest.raises(ConfigError, match=r"adapter\.dim is an option of method bottleneck: set adapter\.method=bott"):
+        load_config(shipped, ["adapter.dim=4"])
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")

@@ -324,11 +324,12 @@ def test_linear_probe_baseline_trains_only_the_head(tiny_mae, data_root, tmp_pat
     assert evaluate(tiny_mae, data_root, out / "adapter", tmp_path / "eval") == 0
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert ev["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)
-    # no target parameters: nothing to pre-train, and YAML options of another method are named
+    # no target parameters: nothing to pre-train, and another method's options are named with their owners
     assert tpp(tiny_mae, data_root, tmp_path / "tpp", "adapter={method: linear_probe}") == 2
     assert "no target parameters to pre-train" in capsys.readouterr().err
-    assert finetune(tiny_mae, data_root, tmp_path / "x", "adapter.method=linear_probe") == 2
-    assert "'adapter.alpha', 'adapter.dropout', 'adapter.r' for adapter.method=linear_probe" in capsys.readouterr().err
+    assert finetune(tiny_mae, data_root, tmp_path / "x", "adapter.method=linear_probe", "adapter.r=4") == 2
+    err = capsys.readouterr().err
+    assert "'adapter.r' for adapter.method=linear_probe" in err and "adapter.r is an option of method" in err
 
 
 def test_full_fine_tuning_is_a_full_model_refused_as_adapter(tiny_mae, data_root, tmp_path, capsys):

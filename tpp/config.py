@@ -323,14 +323,12 @@ def build_config(data: dict) -> RunConfig:
     adapter, pretext = _section(data, "adapter"), _section(data, "pretext")
     method_name = adapter.get("method", AdapterConfig.method)
     adapter["options"] = _plugin_options(adapter, "adapter", AdapterConfig, get_method(method_name).options_cls,
-                                         f"adapter.method={method_name}",
-                                         f" To switch methods on the command line, replace the whole section: "
-                                         f"adapter='{{method: {method_name}}}'.")
+                                         f"adapter.method={method_name}", _owner_hint(adapter, "adapter", method_name))
     data["adapter"] = adapter
     pretext_name = pretext.get("name", PretextConfig.name)
     drop_other_pretexts_defaults(pretext, pretext_name)
     pretext["options"] = _plugin_options(pretext, "pretext", PretextConfig, get_pretext(pretext_name).options_cls,
-                                         f"pretext.name={pretext_name}", _owner_hint(pretext, pretext_name))
+                                         f"pretext.name={pretext_name}", _owner_hint(pretext, "pretext", pretext_name))
     data["pretext"] = pretext
     cfg = build_dataclass(RunConfig, data)
     cfg.pool = [build_dataclass(PoolEntry, entry, f"pool[{i}]") for i, entry in enumerate(cfg.pool)]
@@ -349,31 +347,50 @@ def _section(data: dict, name: str) -> dict:
     return dict(section)
 
 
+def _plugins(section_name: str) -> list:
+    """The registered methods (``adapter``) or pretexts (``pretext``), each with ``.name`` and ``.options_cls``."""
+    from tpp.adapters import all_methods
+    from tpp.pretext import all_pretexts
+
+    return all_methods() if section_name == "adapter" else all_pretexts()
+
+
+def _option_fields(section_name: str, chosen: str) -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """Option name -> [(plugin, field)] over the plugins of a section other than ``chosen``."""
+    owners: dict[str, list] = {}
+    for plugin in _plugins(section_name):
+        if plugin.name != chosen:
+            for f in dataclasses.fields(plugin.options_cls):
+                owners.setdefault(f.name, []).append((plugin.name, f))
+    return owners
+
+
 def drop_other_pretexts_defaults(section: dict, chosen: str) -> None:
     """Remove (in place) options of pretexts other than ``chosen`` that hold their defaults: configs saved
     before pretext options were per pretext list every pretext's options. A changed value stays (an error)."""
-    from tpp.pretext import all_pretexts, get_pretext
+    from tpp.pretext import get_pretext
 
     own = {f.name for f in dataclasses.fields(get_pretext(chosen).options_cls)}
-    for other in all_pretexts():
-        for f in dataclasses.fields(other.options_cls):
-            if f.name in section and f.name not in own and section[f.name] == _default(f):
-                del section[f.name]
+    for key, owners in _option_fields("pretext", chosen).items():
+        if key in section and key not in own and any(section[key] == _default(f) for _, f in owners):
+            del section[key]
 
 
 def _default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def _owner_hint(section: dict, chosen: str) -> str:
-    """' (pretext.dino_ema is an option of pretext dino: set pretext.name=dino.)' for a misplaced option."""
-    from tpp.pretext import all_pretexts
-
+def _owner_hint(section: dict, section_name: str, chosen: str) -> str:
+    """' pretext.dino_ema is an option of pretext dino: set pretext.name=dino.' for the first option in
+    ``section`` that ``chosen`` lacks and other methods / pretexts have ('' if none)."""
+    own = {f.name for p in _plugins(section_name) if p.name == chosen for f in dataclasses.fields(p.options_cls)}
+    owners = _option_fields(section_name, chosen)
+    kind, key_name = ("method", "method") if section_name == "adapter" else ("pretext", "name")
     for key in section:
-        owners = [p.name for p in all_pretexts() if p.name != chosen
-                  and key in {f.name for f in dataclasses.fields(p.options_cls)}]
-        if owners:
-            return f" pretext.{key} is an option of pretext {owners[0]}: set pretext.name={owners[0]}."
+        if key in owners and key not in own:
+            names = sorted({name for name, _ in owners[key]})
+            fix = f": set {section_name}.{key_name}={names[0]}" if len(names) == 1 else ""
+            return f" {section_name}.{key} is an option of {kind} {', '.join(names)}{fix}."
     return ""
 
 
@@ -432,23 +449,27 @@ def _check_values(cfg: RunConfig) -> None:
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
     """YAML file + ``key=value`` overrides -> validated RunConfig; records which adapter keys the
-    overrides set (``cfg.adapter.explicit``). A ``pretext.name`` override that changes the pretext drops
-    the file's pretext options."""
+    overrides set (``cfg.adapter.explicit``). An ``adapter.method`` / ``pretext.name`` override that
+    changes the method / pretext drops the file's options for the one it replaces."""
     data, given = load_yaml(path), apply_overrides({}, list(overrides))
-    _switch_pretext(data, given.get("pretext"))
+    _switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
+    _switch_plugin(data, given, "pretext", "name", PretextConfig.name)
     cfg = build_config(apply_overrides(data, list(overrides)))
     cfg.adapter.explicit = frozenset(given["adapter"]) if isinstance(given.get("adapter"), dict) else frozenset()
     return cfg
 
 
-def _switch_pretext(data: dict, given) -> None:
-    """``pretext.name=X`` on the command line replaces the file's pretext: the file's options were written
-    for its own pretext and are dropped (in place); options given on the command line are checked by X."""
-    section = data.get("pretext")
-    if not isinstance(given, dict) or "name" not in given or not isinstance(section, dict):
+def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default: str) -> None:
+    """``adapter.method=X`` / ``pretext.name=X`` on the command line replaces the file's method / pretext:
+    the file's options were written for its own choice and are dropped (in place), its common keys
+    (``adapter.init_from`` ...) stay; options given on the command line are checked by X."""
+    section, given = data.get(section_name), given.get(section_name)
+    if not isinstance(given, dict) or key not in given or not isinstance(section, dict):
         return
-    if given["name"] != section.get("name", PretextConfig.name):
-        data["pretext"] = {}
+    if given[key] != section.get(key, default):
+        common_cls = AdapterConfig if section_name == "adapter" else PretextConfig
+        common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
+        data[section_name] = {k: v for k, v in section.items() if k in common}
 
 
 def help_lines(cls=RunConfig, prefix: str = "", tag: str = "") -> list[str]:

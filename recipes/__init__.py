@@ -1,4 +1,5 @@
-"""Recipes: one readable file each, ``run(cfg, run_dir) -> summary``. Installed as ``tpp.recipes``."""
+"""Recipes: one readable file each, ``check(cfg)`` (what the recipe needs of the config alone) and
+``run(cfg, run_dir) -> summary``. Installed as ``tpp.recipes``."""
 from __future__ import annotations
 
 import importlib
@@ -32,6 +33,7 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
 
     recipe = get_recipe(name)
     cfg = load_config(config_path, list(overrides))
+    recipe.check(cfg)  # before the run directory exists
     resuming = bool(cfg.train.resume)
     if resuming:
         check_same_config(Path(cfg.output_dir), dict(cfg.to_dict(), recipe=name))

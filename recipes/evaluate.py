@@ -38,9 +38,13 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
     return model.eval(), card, info
 
 
-def run(cfg, run) -> dict:
+def check(cfg) -> None:
+    """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
     if not cfg.adapter.path:
         raise ConfigError("the evaluate recipe needs adapter.path=DIR (an adapter directory with a head).")
+
+
+def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run)
     model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
     dataset = load_data(cfg.data, cfg.seed, info.input_size)

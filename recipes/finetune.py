@@ -15,11 +15,21 @@ from tpp.builders import (attach_target_parameters, classification_task, input_r
                           require_labels, tensors)
 from tpp.data.build import load_data, random_hflip
 from tpp.data.subsets import label_fraction_index
-from tpp.errors import TppError
+from tpp.errors import ConfigError
 from tpp.metrics import classification_metrics, quick_metrics
 from tpp.model import ClassificationHead, TaskModel, trainable_parameters
 from tpp.training import (build_accelerator, checkpointer, make_loader, make_optimizer, make_scheduler, plan_steps,
                           predict_probs, train_loop)
+
+
+def check(cfg) -> None:
+    """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
+    if cfg.task == "segmentation":
+        from tpp.recipes import segment
+
+        return segment.check(cfg)
+    if cfg.data.source.startswith("seg_"):
+        raise ConfigError(f"data.source={cfg.data.source} holds segmentation masks; set task=segmentation.")
 
 
 def run(cfg, run) -> dict:
@@ -32,8 +42,6 @@ def run(cfg, run) -> dict:
                                       input_size=cfg.backbone.input_size)
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
-    if dataset.is_segmentation:
-        raise TppError(f"data.source={cfg.data.source} holds segmentation masks; set task=segmentation.")
     require_labels(dataset)
 
     # target parameters: fresh, or inherited from a (TPP) parent adapter

@@ -83,8 +83,6 @@ def load_pool(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict]
     """Training images of every pool dataset as model tensors (N, C, S, S), with source index and label
     (-1 when unsupervised). Returns (images, source, labels, card entries, classes per source).
     An entry without its own ``data.root`` uses the top-level ``data.root`` (else TPP_DATA_ROOT)."""
-    if not cfg.pool:
-        raise ConfigError("pretrain_backbone needs a non-empty pool: a list of {data: {...}, supervised: bool}.")
     m = cfg.model
     images, sources, labels, entries, classes = [], [], [], [], []
     for index, entry in enumerate(cfg.pool):
@@ -114,9 +112,15 @@ def write_backbone(path, model, model_cfg, mask_ratio: float, card: dict) -> Non
     (path / BACKBONE_CARD).write_text(json.dumps(card, indent=2))
 
 
-def run(cfg, run) -> dict:
+def check(cfg) -> None:
+    """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
     if cfg.pretext.name != "mae":
         raise ConfigError(f"pretrain_backbone trains a ViT-MAE: pretext.name must be mae, got {cfg.pretext.name!r}.")
+    if not cfg.pool:
+        raise ConfigError("pretrain_backbone needs a non-empty pool: a list of {data: {...}, supervised: bool}.")
+
+
+def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
                                     find_unused_parameters=True)
     mae = cfg.pretext.resolved()

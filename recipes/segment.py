@@ -18,7 +18,7 @@ from tpp.builders import attach_target_parameters, input_rule, record_skipped, t
 from tpp.data.build import load_data
 from tpp.data.segmentation import joint_augment
 from tpp.data.subsets import label_fraction_index
-from tpp.errors import TppError
+from tpp.errors import ConfigError
 from tpp.model import trainable_parameters
 from tpp.seg_metrics import quick_dice, segmentation_metrics, write_overlays
 from tpp.segmentation import SegmentationModel, build_decoder, decoder_spec, segmentation_loss, to_mask_size
@@ -33,15 +33,19 @@ def segmentation_task(dataset, seg_cfg, mask_size, info) -> dict:
                                                    f"{mask_size[1]} stored masks for loss and metrics"}
 
 
+def check(cfg) -> None:
+    """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
+    if not cfg.data.source.startswith("seg_"):
+        raise ConfigError(f"task=segmentation needs masks: data.source={cfg.data.source} has none "
+                          "(use seg_npz or seg_folder).")
+
+
 def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
     encoder, info, _ = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                      input_size=cfg.backbone.input_size)
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
-    if not dataset.is_segmentation:
-        raise TppError(f"task=segmentation needs masks: data.source={cfg.data.source} has none "
-                       "(use seg_npz or seg_folder).")
 
     method, typed, targets, parent = attach_target_parameters(cfg, encoder, info, dataset, run, "decoder")
     torch.manual_seed(cfg.seed)

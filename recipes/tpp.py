@@ -37,10 +37,14 @@ def unlabeled_images(dataset, use_eval_splits: bool) -> tuple[np.ndarray, list]:
     return np.concatenate([dataset.split(s).images for s in names]), names
 
 
-def run(cfg, run) -> dict:
+def check(cfg) -> None:
+    """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
     if not get_method(cfg.adapter.method).pretrainable:
         raise ConfigError(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; TPP applies "
                           f"to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
+
+
+def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
     pretext_kind, pretext_options = get_pretext(cfg.pretext.name), cfg.pretext.resolved()
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,

@@ -307,6 +307,17 @@ def test_cli_help_version_ls_cp_validate(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "mine.yaml"), "train.lr=3e-4"]) == 0
     assert main(["validate", str(tmp_path / "mine.yaml"), "adapter.method=nope"]) == 2
     assert "unknown adapter.method 'nope'" in capsys.readouterr().err
+    # what a recipe needs of the config is checked by validate too, and by run before any output exists
+    tpp_config = "breast_us/mae_vit_tiny_lora_tpp.yaml"
+    for argv, message in ((["validate", tpp_config, "adapter.method=linear_probe"], "no target parameters"),
+                          (["validate", "breast_us/mae_vit_tiny_lora_finetune.yaml", "task=segmentation"],
+                           "task=segmentation needs masks"),
+                          (["validate", "breast_us/mae_vit_tiny_lora_finetune.yaml", "data.source=seg_npz"],
+                           "holds segmentation masks; set task=segmentation"),
+                          (["run", "tpp", "--config", tpp_config, "adapter.method=linear_probe",
+                            f"output_dir={tmp_path / 'never'}"], "no target parameters")):
+        assert main(argv) == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
 
 
 def evaluate(tiny_mae, root, adapter, out):

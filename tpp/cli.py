@@ -191,7 +191,7 @@ def cmd_validate(args) -> int:
     cfg = load_config(_config_path(args.config), args.overrides)
     from tpp.recipes import get_recipe
 
-    get_recipe(cfg.recipe)
+    get_recipe(cfg.recipe).check(cfg)
     if cfg.recipe == "pretrain_backbone":
         what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
                 f"depth {cfg.model.num_hidden_layers}")

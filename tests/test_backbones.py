@@ -63,7 +63,8 @@ def test_no_target_match_is_an_error(tiny_mae):
     with pytest.raises(TppError, match=r"\['v_prj'\] match no module"):  # one typo among good names
         resolve_targets(encoder, ["q_proj", "v_prj"])
     for method, options in (("bitfit", {"target_modules": ["q_proj", "fc9"]}),
-                            ("ln_tuning", {"target_modules": ["lnx"]})):
+                            ("ln_tuning", {"target_modules": ["lnx"]}),
+                            ("bottleneck", {"target_modules": ["mlp", "atention"]})):
         with pytest.raises(TppError, match="match no module"):
             attach_adapter(encoder, method, options)
 

@@ -24,6 +24,7 @@ METHODS = [m.name for m in all_methods() if m.kind == "adapter"]
 PRETRAINABLE = [m for m in METHODS if get_method(m).pretrainable]
 # option variants that change the adapter's structure, run through the same table
 VARIANTS = [("lora", {"use_dora": True}), ("lora", {"use_rslora": True}), ("bottleneck", {"style": "sequential"}),
+            ("bottleneck", {"style": "sequential", "target_modules": ["attention", "mlp"]}),  # Houlsby
             ("lokr", {"decompose_both": True}), ("vpt", {"deep": True})]
 CASES = [pytest.param(m, {}, id=m) for m in METHODS] + [
     pytest.param(m, o, id=f"{m}-{'-'.join(o)}") for m, o in VARIANTS]
@@ -156,3 +157,17 @@ def test_vpt_prompts_never_reach_heads_or_decoders(backbones, deep):
     assert seen[0][1] == 1 + 5 + 49
     assert tokens.shape == (2, 1 + 49, info.hidden_size)  # ... and gone from its output: CLS + 49 patches
     assert encoder.patch_tokens(tokens).shape == (2, 49, info.hidden_size)
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2"])
+def test_bottleneck_targets_attention_and_mlp_sub_layers(backbones, family):
+    encoder, info, _ = load_backbone(str(backbones[(family, 3)]))
+    _, _, targets = attach_adapter(encoder, "bottleneck", {"target_modules": ["attention", "mlp"]})
+    assert len(targets) == 2 * info.num_layers and {t.rsplit(".", 1)[-1] for t in targets} == {"attention", "mlp"}
+    x = torch.randn(1, 3, 28, 28)
+    with torch.no_grad():
+        before = encoder(x)
+        for name, p in encoder.model.named_parameters():
+            if ".attention.tpp_up" in name:  # only the adapters on the attention sub-layers (not a uniform
+                p.add_(torch.randn(p.shape) * 0.1)  # shift: the next LayerNorm would remove that)
+        assert not torch.allclose(encoder(x), before, atol=1e-4)  # adapted on the attention's (tuple) output

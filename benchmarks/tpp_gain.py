@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
+from tpp.errors import TppError  # noqa: E402
 from lr_select import (lr_grid, markdown_choices, markdown_quality, select_by_val,  # noqa: E402
                        selection_quality, split_lr)
 
@@ -79,6 +80,21 @@ def parse_method(method: str, target: str) -> tuple[str, str | None, str | None,
     if variant and variant not in VARIANTS:
         raise ValueError(f"unknown TPP variant '{variant}' in '{method}'; known: {', '.join(VARIANTS)}")
     return base, pretext, variant or None, source or target
+
+
+def check_methods(methods: list[str]) -> None:
+    """Every method name is a registered method, with '+tpp_<pretext>' only for pre-trainable methods
+    and registered pretexts: a typo fails at once, not after hours of other cells."""
+    from tpp.adapters import get_method
+    from tpp.pretext import get_pretext
+
+    for method in methods:
+        base, pretext, _, _ = parse_method(split_lr(method)[0], "")
+        spec = get_method(base)  # TppError naming the known methods
+        if pretext:
+            get_pretext(pretext)
+            if not spec.pretrainable:
+                raise TppError(f"'{method}': {base} has no target parameters to pre-train (TPP).")
 
 
 def method_overrides(base: str, protocol: dict, lr: float | None = None) -> list[str]:
@@ -293,6 +309,10 @@ def main(argv=None) -> int:
     bench = Bench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root)
     if args.lr_grid:
         methods = [variant for m in methods for variant in lr_grid(m, bench.protocol["lr"])]
+    try:
+        check_methods(methods)
+    except (TppError, ValueError) as exc:
+        parser.error(f"--methods: {exc}")
     cells = grid(targets, fractions, seeds, methods, modality)
     missing, errors = [], []
     if not args.report_only:

@@ -115,6 +115,34 @@ def test_learning_rate_grid_keeps_per_seed_the_rate_with_the_best_validation_aur
     assert ("bottleneck+tpp_mae*", "bottleneck*") in pairs and ("bottleneck*", "lora*") in pairs
 
 
+def test_method_names_are_checked_before_any_cell_runs(capsys):
+    tpp_gain.check_methods(["ssf+tpp_mae%0.003", "vpt+tpp_dino", "ln_tuning%0.001", "full", "lora+tpp_mae~lr1e-4"])
+    for bad, message in (("lora+tpp_mea", "unknown pretext.name"), ("lorra", "unknown adapter.method"),
+                         ("linear_probe+tpp_mae", "no target parameters"), ("lora+tpp_mae~x", "unknown TPP variant")):
+        with pytest.raises(SystemExit):
+            tpp_gain.main(["--report-only", "--methods", bad, "--cache", "/nonexistent"])
+        assert message in capsys.readouterr().err
+
+
+def test_method_cost_measures_every_method_against_full_fine_tuning(tiny_mae, tmp_path):
+    import method_cost
+
+    root = make_medmnist(tmp_path / "data")
+    names = method_cost.methods()
+    assert "full" in names and len(names) >= 11
+    results = [method_cost.worker(m, steps=1, batch_size=8, backbone=str(tiny_mae), data_root=str(root))
+               for m in names]
+    rows = {r["method"]: r for r in method_cost.summarise(results)}
+    head = 32 * 2 + 2  # linear head of the width-32 backbone, two classes
+    assert rows["full"]["params_vs_full"] == 1.0 and rows["linear_probe"]["trainable_parameters"] == head
+    for name, row in rows.items():
+        assert row["images_per_s"] > 0 and row["adapter_bytes"] > 0
+        if name != "full":
+            assert head < row["trainable_parameters"] < rows["full"]["trainable_parameters"] or name == "linear_probe"
+            assert row["adapter_bytes"] < rows["full"]["adapter_bytes"]
+    assert "| vpt |" in method_cost.markdown(list(rows.values()))
+
+
 def test_segmentation_report_states_the_goals_from_the_cells():
     import seg_gain
 

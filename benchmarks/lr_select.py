@@ -31,7 +31,8 @@ def lr_grid(method: str, rates: dict) -> list[str]:
 
 def select_by_val(results: list[dict], rates: dict | None = None) -> tuple[list[dict], list[dict]]:
     """From 'METHOD%LR' cells: per (target, METHOD, fraction, seed) the cell with the best val AUROC,
-    renamed 'METHOD*'. Returns (selected cells, one choice row per group); a choice row also holds the
+    renamed 'METHOD*', for groups with every rate run. Returns (selected cells, one choice row per group,
+    incomplete ones too); a choice row also holds the
     test AUROC per rate, the val image count, and the base rate's test AUROC when ``rates`` is given."""
     groups: dict[tuple, list[dict]] = {}
     for cell in results:
@@ -42,7 +43,8 @@ def select_by_val(results: list[dict], rates: dict | None = None) -> tuple[list[
     for (target, name, fraction, seed), cells in sorted(groups.items()):
         best = max(cells, key=lambda c: (c["val_auroc"], -split_lr(c["method"])[1]))  # ties: the smaller rate
         chosen_lr = split_lr(best["method"])[1]
-        selected.append(dict(best, method=f"{name}*", lr=chosen_lr))
+        if len(cells) == len(LR_FACTORS):  # a choice among fewer rates is listed, not compared
+            selected.append(dict(best, method=f"{name}*", lr=chosen_lr))
         by_lr = {split_lr(c["method"])[1]: c for c in cells}
         choice = {"target": target, "method": name, "fraction": fraction, "seed": seed, "lr": chosen_lr,
                   "complete": len(cells) == len(LR_FACTORS), "val_images": best.get("val_images"),

@@ -42,12 +42,12 @@ def select_by_val(results: list[dict], rates: dict | None = None) -> tuple[list[
     selected, choices = [], []
     for (target, name, fraction, seed), cells in sorted(groups.items()):
         best = max(cells, key=lambda c: (c["val_auroc"], -split_lr(c["method"])[1]))  # ties: the smaller rate
-        chosen_lr = split_lr(best["method"])[1]
-        if len(cells) == len(LR_FACTORS):  # a choice among fewer rates is listed, not compared
+        chosen_lr, complete = split_lr(best["method"])[1], len(cells) == len(LR_FACTORS)
+        if complete:  # a choice among fewer rates is listed, not compared
             selected.append(dict(best, method=f"{name}*", lr=chosen_lr))
         by_lr = {split_lr(c["method"])[1]: c for c in cells}
         choice = {"target": target, "method": name, "fraction": fraction, "seed": seed, "lr": chosen_lr,
-                  "complete": len(cells) == len(LR_FACTORS), "val_images": best.get("val_images"),
+                  "complete": complete, "val_images": best.get("val_images"),
                   "val_auroc": {f"{lr:g}": round(c["val_auroc"], 4) for lr, c in sorted(by_lr.items())},
                   "test_auroc": {f"{lr:g}": round(c["test_auroc"], 4) for lr, c in sorted(by_lr.items())}}
         base = next((c for lr, c in by_lr.items() if rates and abs(lr / base_rate(name, rates) - 1) < 0.01), None)

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
 from tpp.errors import TppError  # noqa: E402
-from lr_select import (lr_grid, markdown_choices, markdown_quality, select_by_val,  # noqa: E402
+from lr_select import (base_rate, lr_grid, markdown_choices, markdown_quality, select_by_val,  # noqa: E402
                        selection_quality, split_lr)
 
 PROTOCOL = {
@@ -100,7 +100,7 @@ def check_methods(methods: list[str]) -> None:
 def method_overrides(base: str, protocol: dict, lr: float | None = None) -> list[str]:
     """Adapter section and learning rate of a fine-tuning cell; ``lr`` (from a 'METHOD%LR' name) replaces
     the protocol's rate (other adapter methods default to LoRA's)."""
-    lr = lr if lr is not None else protocol["lr"].get(base, protocol["lr"]["lora"])
+    lr = lr if lr is not None else base_rate(base, protocol["lr"])
     if base == "lora":
         lora = protocol["lora"]
         return [f"adapter={{method: lora, r: {lora['r']}, alpha: {lora['alpha']}}}", f"train.lr={lr}"]

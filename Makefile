@@ -15,7 +15,7 @@ TPP := $(VENV)/bin/tpp
 DEMO := runs/demo
 BACKBONE ?= $(SHARED)/models/mae-vit-tiny-med
 
-.PHONY: install demo test lint check-torch wheel-check clean
+.PHONY: install demo test lint check-torch wheel-check floor-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,19 @@ wheel-check: install
 	cd build && ! wheel-venv/bin/python -c "import adapters" 2>/dev/null
 	cd build && wheel-venv/bin/tpp run tpp --config breast_us/mae_vit_tiny_lora_tpp.yaml --overwrite \
 	    backbone.path=$(abspath $(BACKBONE)) train.max_steps=2 output_dir=wheel-run && test -f wheel-run/adapter/tpp_card.json
+
+# The lowest supported versions: every runtime lower bound in setup.cfg pinned at once (.ci/floors.py; torch
+# stays the CPU wheel), then the unit tests. Integration tests run on pip's resolution in `make test`.
+FLOOR := build/floor-venv
+floor-check:
+	rm -rf $(FLOOR) && $(PYTHON) -m venv $(FLOOR)
+	$(FLOOR)/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q torch==2.13.0 uv
+	$(FLOOR)/bin/python .ci/floors.py > $(FLOOR)/floors.txt
+	$(FLOOR)/bin/uv pip install -q --python $(FLOOR)/bin/python \
+	    --constraint constraints.txt --constraint $(FLOOR)/floors.txt -e ".[test]"
+	$(FLOOR)/bin/uv pip list --python $(FLOOR)/bin/python 2>/dev/null \
+	    | grep -E "^(torch|transformers|peft|accelerate|datasets|torchmetrics|numpy) "
+	$(FLOOR)/bin/pytest -q -m "not integration" -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build dist runs *.egg-info

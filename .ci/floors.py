@@ -1,0 +1,29 @@
+"""Print the lower bound of every runtime dependency in setup.cfg as an exact pin (``name==version``).
+
+Used by ``make floor-check``: installing with these pins tests the oldest versions the package claims to
+support, all at once. torch is left out (the Makefile pins the local CPU wheel); test and benchmark tools
+are left to the resolver.
+"""
+import configparser
+import re
+from pathlib import Path
+
+RUNTIME_EXTRAS = ("serve", "dicom", "nifti")
+
+
+def floors(setup_cfg: Path) -> list[str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(setup_cfg)
+    lines = cfg["options"]["install_requires"].splitlines()
+    for extra in RUNTIME_EXTRAS:
+        lines += cfg["options.extras_require"][extra].splitlines()
+    pins = []
+    for line in lines:
+        match = re.match(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)", line)
+        if match and match.group(1) != "torch":
+            pins.append(f"{match.group(1)}=={match.group(2)}")
+    return pins
+
+
+if __name__ == "__main__":
+    print("\n".join(floors(Path(__file__).resolve().parent.parent / "setup.cfg")))

@@ -19,8 +19,12 @@ def floors(setup_cfg: Path) -> list[str]:
         lines += cfg["options.extras_require"][extra].splitlines()
     pins = []
     for line in lines:
+        if not line.strip():
+            continue
         match = re.match(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)", line)
-        if match and match.group(1) != "torch":
+        if not match:  # a requirement without a lower bound would go untested
+            raise SystemExit(f"{setup_cfg}: no '>=' lower bound in requirement {line.strip()!r}")
+        if match.group(1) != "torch":
             pins.append(f"{match.group(1)}=={match.group(2)}")
     return pins
 

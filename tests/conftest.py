@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,38 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TPP_SHARED", REPO.parent / "shared"))
 TINY = dict(image_size=28, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
             intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", ""}
+NETWORK_ATTEMPTS: list[str] = []  # remote hosts a test tried to reach, even if a library caught the error
+
+
+def _refuse_remote(host) -> None:
+    if isinstance(host, (str, bytes)) and (host.decode() if isinstance(host, bytes) else host) not in LOCAL_HOSTS:
+        NETWORK_ATTEMPTS.append(str(host))
+        raise OSError(f"tests must not use the network: tried to reach {host!r}")
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Nothing downloads in tests: a name lookup of, or a connection to, any host but this machine fails the
+    test, also when the library that tried catches the error and only warns."""
+    lookup, connect = socket.getaddrinfo, socket.socket.connect
+
+    def guarded_lookup(host, *args, **kwargs):
+        _refuse_remote(host)
+        return lookup(host, *args, **kwargs)
+
+    def guarded_connect(sock, address):
+        if isinstance(address, tuple):  # AF_INET / AF_INET6; AF_UNIX addresses are paths
+            _refuse_remote(address[0])
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_lookup)
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    yield
+    attempts = NETWORK_ATTEMPTS.copy()
+    NETWORK_ATTEMPTS.clear()
+    assert not attempts, f"the test tried to reach {attempts}: tests run offline"
 
 
 def _save_processor(path: Path, channels: int) -> None:

@@ -24,9 +24,11 @@ NETWORK_ATTEMPTS: list[str] = []  # remote hosts a test tried to reach, even if 
 
 
 def _refuse_remote(host) -> None:
-    if isinstance(host, (str, bytes)) and (host.decode() if isinstance(host, bytes) else host) not in LOCAL_HOSTS:
-        NETWORK_ATTEMPTS.append(str(host))
-        raise OSError(f"tests must not use the network: tried to reach {host!r}")
+    """Record and refuse ``host`` unless it is this machine (``None``: a passive lookup, allowed)."""
+    name = host.decode() if isinstance(host, bytes) else host
+    if isinstance(name, str) and name not in LOCAL_HOSTS:
+        NETWORK_ATTEMPTS.append(name)
+        raise OSError(f"tests must not use the network: tried to reach {name!r}")
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,8 @@ export TPP_DATA_ROOT ?= $(abspath $(SHARED)/data)
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 # every pip call goes through constraints.txt: torch stays the local CPU wheel
-PIP := $(VENV)/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q
+PIP_INSTALL := -m pip install --constraint constraints.txt --disable-pip-version-check -q
+PIP := $(VENV)/bin/python $(PIP_INSTALL)
 STAMP := $(VENV)/.tpp-installed
 TPP := $(VENV)/bin/tpp
 DEMO := runs/demo
@@ -54,8 +55,8 @@ test: install check-torch lint
 wheel-check: install
 	rm -rf build/wheel-venv dist && $(VENV)/bin/python -m pip wheel --no-deps -q -w dist .
 	$(PYTHON) -m venv build/wheel-venv
-	build/wheel-venv/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q torch==2.13.0
-	build/wheel-venv/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q dist/tpp-*.whl
+	build/wheel-venv/bin/python $(PIP_INSTALL) torch==2.13.0
+	build/wheel-venv/bin/python $(PIP_INSTALL) dist/tpp-*.whl
 	cd build && wheel-venv/bin/tpp ls && for c in $$(wheel-venv/bin/python -c "from tpp.recipes import shipped_configs, CONFIG_DIR; print(' '.join(str(p.relative_to(CONFIG_DIR)) for p in shipped_configs()))"); do wheel-venv/bin/tpp validate $$c || exit 1; done
 	cd build && ! wheel-venv/bin/python -c "import adapters" 2>/dev/null
 	cd build && wheel-venv/bin/tpp run tpp --config breast_us/mae_vit_tiny_lora_tpp.yaml --overwrite \
@@ -66,7 +67,7 @@ wheel-check: install
 FLOOR := build/floor-venv
 floor-check:
 	rm -rf $(FLOOR) && $(PYTHON) -m venv $(FLOOR)
-	$(FLOOR)/bin/python -m pip install --constraint constraints.txt --disable-pip-version-check -q torch==2.13.0 uv
+	$(FLOOR)/bin/python $(PIP_INSTALL) torch==2.13.0 uv
 	$(FLOOR)/bin/python .ci/floors.py > $(FLOOR)/floors.txt
 	$(FLOOR)/bin/uv pip install -q --python $(FLOOR)/bin/python \
 	    --constraint constraints.txt --constraint $(FLOOR)/floors.txt -e ".[test]"

@@ -32,8 +32,8 @@ def lr_grid(method: str, rates: dict) -> list[str]:
 def select_by_val(results: list[dict], rates: dict | None = None) -> tuple[list[dict], list[dict]]:
     """From 'METHOD%LR' cells: per (target, METHOD, fraction, seed) the cell with the best val AUROC,
     renamed 'METHOD*', for groups with every rate run. Returns (selected cells, one choice row per group,
-    incomplete ones too); a choice row also holds the
-    test AUROC per rate, the val image count, and the base rate's test AUROC when ``rates`` is given."""
+    incomplete ones too); a choice row also holds the test AUROC per rate, the val image count, and the base
+    rate's test AUROC when ``rates`` is given."""
     groups: dict[tuple, list[dict]] = {}
     for cell in results:
         name, lr = split_lr(cell["method"])

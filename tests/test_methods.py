@@ -25,7 +25,7 @@ PRETRAINABLE = [m for m in METHODS if get_method(m).pretrainable]
 # option variants that change the adapter's structure, run through the same table
 VARIANTS = [("lora", {"use_dora": True}), ("lora", {"use_rslora": True}), ("bottleneck", {"style": "sequential"}),
             ("bottleneck", {"style": "sequential", "target_modules": ["attention", "mlp"]}),  # Houlsby
-            ("lokr", {"decompose_both": True}), ("vpt", {"deep": True})]
+            ("lokr", {"decompose_both": True}), ("vpt", {"deep": True}), ("ssf", {"target_modules": ["norms", "fc2"]})]
 CASES = [pytest.param(m, {}, id=m) for m in METHODS] + [
     pytest.param(m, o, id=f"{m}-{'-'.join(o)}") for m, o in VARIANTS]
 HAND_OFF_CASES = [pytest.param(m, {}, id=m) for m in PRETRAINABLE] + [
@@ -171,3 +171,24 @@ def test_bottleneck_targets_attention_and_mlp_sub_layers(backbones, family):
             if ".attention.tpp_up" in name:  # only the adapters on the attention sub-layers (not a uniform
                 p.add_(torch.randn(p.shape) * 0.1)  # shift: the next LayerNorm would remove that)
         assert not torch.allclose(encoder(x), before, atol=1e-4)  # adapted on the attention's (tuple) output
+
+
+@pytest.mark.parametrize("family", ["vit", "dinov2"])
+def test_ssf_targets_layernorms_by_leaf_name_or_all_norms(backbones, family):
+    """'norms' finds each layer's two LayerNorms whatever the family calls them; leaf names work too."""
+    import torch.nn as nn
+
+    from tpp.errors import TppError
+
+    encoder, info, _ = load_backbone(str(backbones[(family, 3)]))
+    norm_leaves = {"vit": {"layernorm_before", "layernorm_after"}, "dinov2": {"norm1", "norm2"}}[family]
+    _, _, targets = attach_adapter(encoder, "ssf", {"target_modules": ["norms"]})
+    assert len(targets) == 2 * info.num_layers and {t.rsplit(".", 1)[-1] for t in targets} == norm_leaves
+    assert all(isinstance(encoder.model.get_submodule(f"{t}.base_layer"), nn.LayerNorm) for t in targets)
+    encoder, _, _ = load_backbone(str(backbones[(family, 3)]))
+    leaf = sorted(norm_leaves)[0]
+    _, _, targets = attach_adapter(encoder, "ssf", {"target_modules": [leaf, "fc1"]})
+    assert {t.rsplit(".", 1)[-1] for t in targets} == {leaf, "fc1"}
+    encoder, _, _ = load_backbone(str(backbones[(family, 3)]))
+    with pytest.raises(TppError, match="norm3"):
+        attach_adapter(encoder, "ssf", {"target_modules": ["norms", "norm3"]})

@@ -1,7 +1,9 @@
-"""SSF: scale and shift the features after chosen Linear layers (tpp's own).
+"""SSF: scale and shift the features after chosen Linear and LayerNorm layers (tpp's own).
 
 ``y = base(x) * tpp_scale + tpp_shift`` with scale ones and shift zeros at init (the identity);
-shapes: (..., D_out) per-channel vectors.
+shapes: (..., D_out) per-channel vectors. The SSF paper places them after attention, MLP and LayerNorm;
+the default here is the Linear layers of attention and MLP, ``norms`` in ``target_modules`` adds every
+LayerNorm of the encoder layers (``layernorm_before/after`` in ViT, ``norm1/2`` in DINOv2).
 """
 from __future__ import annotations
 
@@ -12,31 +14,45 @@ import torch.nn as nn
 
 from tpp.adapters import Method, register
 from tpp.adapters.wrapping import method_tensors, wrap_modules
-from tpp.backbones import resolve_targets
+from tpp.backbones import resolve_modules
+
+NORMS = "norms"  # every LayerNorm inside the encoder layers, whatever the family calls them
 
 
 @dataclass
 class SsfOptions:
     target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"],
-                                 metadata={"help": "leaf names of encoder Linear layers whose outputs are "
-                                                   "scaled and shifted"})
+                                 metadata={"help": "leaf names of encoder Linear or LayerNorm layers whose "
+                                                   "outputs are scaled and shifted; 'norms' = every LayerNorm"})
 
 
 class ScaleShift(nn.Module):
-    """Wraps a Linear layer: (..., D_in) -> (..., D_out) scaled and shifted per output channel."""
+    """Wraps a Linear or LayerNorm layer: (..., D_in) -> (..., D_out) scaled and shifted per output channel."""
 
-    def __init__(self, base_layer: nn.Linear):
+    def __init__(self, base_layer: nn.Linear | nn.LayerNorm):
         super().__init__()
         self.base_layer = base_layer
-        self.tpp_scale = nn.Parameter(torch.ones(base_layer.out_features))
-        self.tpp_shift = nn.Parameter(torch.zeros(base_layer.out_features))
+        features = base_layer.out_features if isinstance(base_layer, nn.Linear) else base_layer.normalized_shape[-1]
+        self.tpp_scale = nn.Parameter(torch.ones(features))
+        self.tpp_shift = nn.Parameter(torch.zeros(features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base_layer(x) * self.tpp_scale + self.tpp_shift
 
 
 def resolve(encoder, options: SsfOptions) -> list[str]:
-    return resolve_targets(encoder, options.target_modules)
+    """Full names of the Linear / LayerNorm modules to wrap; an error when a name matches nothing."""
+    leaves = tuple(options.target_modules)
+
+    def wanted(name: str, module: nn.Module) -> bool:
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(module, nn.LayerNorm):
+            return NORMS in leaves or leaf in leaves
+        return isinstance(module, nn.Linear) and leaf in leaves
+
+    return resolve_modules(encoder, wanted, f"adapter.target_modules {list(leaves)}",
+                           f"Use leaf names of Linear or LayerNorm layers such as q_proj, fc1, or '{NORMS}'.",
+                           leaves=[leaf for leaf in leaves if leaf != NORMS])
 
 
 def attach(model: nn.Module, options: SsfOptions, target_names: list[str]) -> nn.Module:
@@ -45,5 +61,5 @@ def attach(model: nn.Module, options: SsfOptions, target_names: list[str]) -> nn
 
 METHOD = register(Method(
     name="ssf", options_cls=SsfOptions, attach=attach, identity_at_init=True, pretrainable=True,
-    summary="scale and shift of the outputs of attention and MLP Linear layers (SSF)",
+    summary="scale and shift of the outputs of attention and MLP Linear layers and/or LayerNorms (SSF)",
     inherited=("target_modules",), state=method_tensors, resolve=resolve))

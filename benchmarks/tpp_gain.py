@@ -5,6 +5,8 @@
     python benchmarks/tpp_gain.py --report-only        # tables, JSON and plot from what the cache holds
     python benchmarks/tpp_gain.py --lr-grid --methods bottleneck bottleneck+tpp_mae --fractions 0.1 0.01 --no-modality
         # adapter methods with the learning rate chosen per seed on a few-label validation subsample
+    python benchmarks/tpp_gain.py --lr-grid --methods dora houlsby+tpp_mae vpt_deep --fractions 0.1 --no-modality
+        # option variants of a method (METHOD_VARIANTS) on the same axis
 
 Grid: targets x label fractions (1%, 10%, 100%; nested, stratified subsets shared by all methods)
 x seeds (5, 5, 3) x methods (linear probe, LoRA, LoRA + TPP with the MAE and the DINO pretext, full
@@ -69,6 +71,32 @@ VARIANTS = {
 }
 
 
+# option variants of a method, named on the method axis like methods ('dora', 'houlsby+tpp_mae', 'vpt_deep%3e-3');
+# a cached cell or TPP adapter is reused only with the same options
+METHOD_VARIANTS = {
+    "dora": ("lora", {"use_dora": True}),
+    "rslora": ("lora", {"use_rslora": True}),
+    "houlsby": ("bottleneck", {"style": "sequential", "target_modules": ["attention", "mlp"]}),
+    "vpt_deep": ("vpt", {"deep": True}),
+    "ssf_norms": ("ssf", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "norms"]}),
+}
+
+
+def adapter_section(base: str, protocol: dict) -> dict:
+    """The adapter config of a method name: 'dora' -> {method: lora, use_dora: true, r: 8, alpha: 16}
+    (LoRA-family cells take the protocol's rank and alpha), 'bottleneck' -> {method: bottleneck}."""
+    method, options = METHOD_VARIANTS.get(base, (base, {}))
+    section = {"method": method, **options}
+    if method == "lora":
+        section |= {"r": protocol["lora"]["r"], "alpha": protocol["lora"]["alpha"]}
+    return section
+
+
+def method_options(base: str) -> dict | None:
+    """The options an option variant sets ('dora' -> {'use_dora': True}); None for a plain method."""
+    return METHOD_VARIANTS[base][1] if base in METHOD_VARIANTS else None
+
+
 def parse_method(method: str, target: str) -> tuple[str, str | None, str | None, str | None]:
     """'lora+tpp_mae~lr1e-4@mednist_cxr' -> ('lora', 'mae', 'lr1e-4', 'mednist_cxr'); the TPP source
     defaults to the target, the variant to None."""
@@ -90,7 +118,7 @@ def check_methods(methods: list[str]) -> None:
 
     for method in methods:
         base, pretext, _, _ = parse_method(split_lr(method)[0], "")
-        spec = get_method(base)  # TppError naming the known methods
+        spec = get_method(METHOD_VARIANTS.get(base, (base,))[0])  # TppError naming the known methods
         if pretext:
             get_pretext(pretext)
             if not spec.pretrainable:
@@ -101,11 +129,8 @@ def method_overrides(base: str, protocol: dict, lr: float | None = None) -> list
     """Adapter section and learning rate of a fine-tuning cell; ``lr`` (from a 'METHOD%LR' name) replaces
     the protocol's rate (other adapter methods default to LoRA's)."""
     lr = lr if lr is not None else base_rate(base, protocol["lr"])
-    if base == "lora":
-        lora = protocol["lora"]
-        return [f"adapter={{method: lora, r: {lora['r']}, alpha: {lora['alpha']}}}", f"train.lr={lr}"]
     extra = [f"train.head_lr_scale={protocol['full_head_lr_scale']}"] if base == "full" else []
-    return [f"adapter={{method: {base}}}", f"train.lr={lr}"] + extra
+    return ["adapter=" + json.dumps(adapter_section(base, protocol)), f"train.lr={lr}"] + extra
 
 
 def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
@@ -141,8 +166,9 @@ class Bench:
         path = self.cell_path(*cell)
         if path.is_file():
             data = json.loads(path.read_text())
-            variant = parse_method(split_lr(cell[1])[0], cell[0])[2]
-            if data.get("protocol_id") == self.protocol_id and data.get("tpp_variant") == VARIANTS.get(variant):
+            base, _, variant, _ = parse_method(split_lr(cell[1])[0], cell[0])
+            if (data.get("protocol_id") == self.protocol_id and data.get("tpp_variant") == VARIANTS.get(variant)
+                    and data.get("method_options") == method_options(base)):
                 return data
         return None
 
@@ -156,8 +182,10 @@ class Bench:
 
         name = f"{source}_{method}_{pretext}" + (f"~{variant}" if variant else "") + f"_s{seed}"
         out = self.cache / "tpp" / name
-        stamp, stamp_text = (out / "bench_protocol.txt",
-                             self.protocol_id + (json.dumps(VARIANTS[variant]) if variant else ""))
+        options = method_options(method)
+        stamp = out / "bench_protocol.txt"
+        stamp_text = (self.protocol_id + (json.dumps(VARIANTS[variant]) if variant else "")
+                      + (json.dumps(options) if options else ""))
         if not (stamp.is_file() and stamp.read_text() == stamp_text):
             p = self.protocol
             run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + source_overrides(source) + [
@@ -168,7 +196,8 @@ class Bench:
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
 
     def tpp_method(self, method: str) -> list[str]:
-        """The adapter section of a TPP run: LoRA with the protocol's rank, any other method with its defaults."""
+        """The adapter section of a TPP run: LoRA with the protocol's rank, any other method (or option
+        variant) with its defaults (or the variant's options)."""
         if method == "lora":
             return [f"adapter.r={self.protocol['lora']['r']}", f"adapter.alpha={self.protocol['lora']['alpha']}"]
         return [method_overrides(method, self.protocol)[0]]
@@ -198,7 +227,8 @@ class Bench:
                 "val_images": metrics["val"]["n"],
                 "train_labels": metrics["train_examples"],
                 "trainable_parameters": metrics["trainable_parameters"], "finetune_s": metrics["wall_time_s"],
-                "tpp_s": tpp_s, "protocol_id": self.protocol_id, "tpp_variant": VARIANTS.get(variant)}
+                "tpp_s": tpp_s, "protocol_id": self.protocol_id, "tpp_variant": VARIANTS.get(variant),
+                "method_options": method_options(base)}
         path = self.cell_path(target, method, fraction, seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -279,7 +309,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="one seed at 10%% labels on BreastMNIST, short budgets")
     parser.add_argument("--targets", nargs="+", default=None, help="MedMNIST dataset names (default: %(default)s)")
     parser.add_argument("--fractions", nargs="+", type=float, default=None, help="subset of 0.01 0.1 1.0")
-    parser.add_argument("--methods", nargs="+", default=None, help="subset of the grid's methods")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="registered adapter methods or option variants (" + ", ".join(METHOD_VARIANTS)
+                             + "), each optionally with +tpp_<pretext>")
     parser.add_argument("--max-seeds", type=int, default=5, help="cap on seeds per fraction")
     parser.add_argument("--lr-grid", action="store_true",
                         help="run every method at 1/3, 1 and 3x its rate ('METHOD%%LR' cells, validated on a "

@@ -56,9 +56,9 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     protocol = dict(tpp_gain.QUICK_PROTOCOL, finetune_steps=3, tpp_steps=2, finetune_batch_size=16)
     bench = tpp_gain.Bench(tmp_path / "cache", protocol, str(tiny_mae), str(root))
     cells = [("breastmnist", m, 0.5, 0) for m in ("lora", "lora+tpp_mae", "linear_probe", "lora+tpp_mae~lr1e-4",
-                                                  "bottleneck%0.003")]
+                                                  "bottleneck%0.003", "dora+tpp_mae")]
     done, missing, errors = tpp_gain.fill(bench, cells, budget_s=600)
-    assert not errors and not missing and len(done) == 5
+    assert not errors and not missing and len(done) == 6
     by_method = {c["method"]: c for c in done}
     assert by_method["lora+tpp_mae"]["tpp_s"] > 0 and by_method["linear_probe"]["trainable_parameters"] == 66
     assert by_method["lora"]["train_labels"] == 30  # half of the 60 training labels
@@ -68,6 +68,11 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
                                "tpp_card.json").read_text())
     assert (variant_card["pretext"]["lr"] == 1e-4
             and by_method["lora+tpp_mae~lr1e-4"]["tpp_variant"] == ["train.lr=1e-4"])
+    dora_card = json.loads((tmp_path / "cache" / "tpp" / "breastmnist_dora_mae_s0" / "adapter" / "tpp_card.json")
+                           .read_text())  # an option variant: TPP and fine-tuning run LoRA with use_dora
+    assert dora_card["method"] == "lora" and dora_card["options"]["use_dora"] is True
+    assert by_method["dora+tpp_mae"]["method_options"] == {"use_dora": True}
+    assert by_method["dora+tpp_mae"]["trainable_parameters"] > by_method["lora"]["trainable_parameters"]  # + magnitudes
     assert not list((tmp_path / "cache" / "work").iterdir())  # fine-tuning outputs are not kept
     again, _, _ = tpp_gain.fill(bench, cells, budget_s=600)
     assert again == []  # everything came from the cache
@@ -117,7 +122,8 @@ def test_learning_rate_grid_keeps_per_seed_the_rate_with_the_best_validation_aur
 
 
 def test_method_names_are_checked_before_any_cell_runs(capsys):
-    tpp_gain.check_methods(["ssf+tpp_mae%0.003", "vpt+tpp_dino", "ln_tuning%0.001", "full", "lora+tpp_mae~lr1e-4"])
+    tpp_gain.check_methods(["ssf+tpp_mae%0.003", "vpt+tpp_dino", "ln_tuning%0.001", "full", "lora+tpp_mae~lr1e-4",
+                            "houlsby+tpp_mae%0.003", "vpt_deep"])
     for bad, message in (("lora+tpp_mea", "unknown pretext.name"), ("lorra", "unknown adapter.method"),
                          ("linear_probe+tpp_mae", "no target parameters"), ("lora+tpp_mae~x", "unknown TPP variant")):
         with pytest.raises(SystemExit):
@@ -175,3 +181,15 @@ def test_backbone_fingerprint_follows_the_weights_not_the_path(tiny_mae, tmp_pat
     assert report.backbone_fingerprint(str(copy)) != report.backbone_fingerprint(str(tiny_mae))
     assert report.backbone_fingerprint("org/some-hub-model") == "org/some-hub-model"
     assert report.protocol_id({"a": 1}, str(tiny_mae)) != report.protocol_id({"a": 1}, str(copy))
+
+
+def test_method_variants_are_valid_options_of_their_method_and_not_method_names():
+    from tpp.adapters import all_methods, get_method
+
+    registered = {m.name for m in all_methods()}
+    for name, (method, options) in tpp_gain.METHOD_VARIANTS.items():
+        assert name not in registered and "+" not in name and "%" not in name
+        get_method(method).options_cls(**options)  # an unknown or invalid option raises here
+        section = tpp_gain.adapter_section(name, tpp_gain.PROTOCOL)
+        assert section["method"] == method and options.items() <= section.items()
+    assert tpp_gain.adapter_section("lora", tpp_gain.PROTOCOL) == {"method": "lora", "r": 8, "alpha": 16}

@@ -110,19 +110,22 @@ def parse_method(method: str, target: str) -> tuple[str, str | None, str | None,
     return base, pretext, variant or None, source or target
 
 
-def check_methods(methods: list[str]) -> None:
-    """Every method name is a registered method, with '+tpp_<pretext>' only for pre-trainable methods
-    and registered pretexts: a typo fails at once, not after hours of other cells."""
-    from tpp.adapters import get_method
-    from tpp.pretext import get_pretext
+def check_methods(methods: list[str], protocol: dict) -> None:
+    """Every method name gives a valid fine-tuning config, and with '+tpp_<pretext>' a valid TPP config
+    (the recipes' own checks: a registered method with valid options, a registered pretext, a method with
+    target parameters): a typo fails at once, not after hours of other cells."""
+    from tpp.config import load_config
+    from tpp.recipes import CONFIG_DIR, get_recipe
 
     for method in methods:
         base, pretext, _, _ = parse_method(split_lr(method)[0], "")
-        spec = get_method(METHOD_VARIANTS.get(base, (base,))[0])  # TppError naming the known methods
-        if pretext:
-            get_pretext(pretext)
-            if not spec.pretrainable:
-                raise TppError(f"'{method}': {base} has no target parameters to pre-train (TPP).")
+        try:
+            get_recipe("finetune").check(load_config(CONFIG_DIR / FINETUNE_CONFIG, method_overrides(base, protocol)))
+            if pretext:
+                cfg = load_config(CONFIG_DIR / TPP_CONFIG, [f"pretext.name={pretext}", *tpp_method(base, protocol)])
+                get_recipe("tpp").check(cfg)
+        except TppError as exc:
+            raise TppError(f"'{method}': {exc}") from None
 
 
 def method_overrides(base: str, protocol: dict, lr: float | None = None) -> list[str]:
@@ -131,6 +134,14 @@ def method_overrides(base: str, protocol: dict, lr: float | None = None) -> list
     lr = lr if lr is not None else base_rate(base, protocol["lr"])
     extra = [f"train.head_lr_scale={protocol['full_head_lr_scale']}"] if base == "full" else []
     return ["adapter=" + json.dumps(adapter_section(base, protocol)), f"train.lr={lr}"] + extra
+
+
+def tpp_method(method: str, protocol: dict) -> list[str]:
+    """The adapter section of a TPP run: LoRA with the protocol's rank, any other method (or option
+    variant) with its defaults (or the variant's options)."""
+    if method == "lora":
+        return [f"adapter.r={protocol['lora']['r']}", f"adapter.alpha={protocol['lora']['alpha']}"]
+    return [method_overrides(method, protocol)[0]]
 
 
 def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
@@ -190,17 +201,10 @@ class Bench:
             p = self.protocol
             run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + source_overrides(source) + [
                 f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}",
-                f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}", *self.tpp_method(method),
+                f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}", *tpp_method(method, p),
                 *VARIANTS.get(variant, [])], overwrite=True)
             stamp.write_text(stamp_text)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
-
-    def tpp_method(self, method: str) -> list[str]:
-        """The adapter section of a TPP run: LoRA with the protocol's rank, any other method (or option
-        variant) with its defaults (or the variant's options)."""
-        if method == "lora":
-            return [f"adapter.r={self.protocol['lora']['r']}", f"adapter.alpha={self.protocol['lora']['alpha']}"]
-        return [method_overrides(method, self.protocol)[0]]
 
     def run_cell(self, target: str, method: str, fraction: float, seed: int) -> dict:
         from tpp.recipes import CONFIG_DIR, run_recipe
@@ -342,7 +346,7 @@ def main(argv=None) -> int:
     if args.lr_grid:
         methods = [variant for m in methods for variant in lr_grid(m, bench.protocol["lr"])]
     try:
-        check_methods(methods)
+        check_methods(methods, bench.protocol)
     except (TppError, ValueError) as exc:
         parser.error(f"--methods: {exc}")
     cells = grid(targets, fractions, seeds, methods, modality)

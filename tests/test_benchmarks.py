@@ -123,7 +123,7 @@ def test_learning_rate_grid_keeps_per_seed_the_rate_with_the_best_validation_aur
 
 def test_method_names_are_checked_before_any_cell_runs(capsys):
     tpp_gain.check_methods(["ssf+tpp_mae%0.003", "vpt+tpp_dino", "ln_tuning%0.001", "full", "lora+tpp_mae~lr1e-4",
-                            "houlsby+tpp_mae%0.003", "vpt_deep"])
+                            "houlsby+tpp_mae%0.003", "vpt_deep"], tpp_gain.PROTOCOL)
     for bad, message in (("lora+tpp_mea", "unknown pretext.name"), ("lorra", "unknown adapter.method"),
                          ("linear_probe+tpp_mae", "no target parameters"), ("lora+tpp_mae~x", "unknown TPP variant")):
         with pytest.raises(SystemExit):

@@ -25,7 +25,8 @@ PRETRAINABLE = [m for m in METHODS if get_method(m).pretrainable]
 # option variants that change the adapter's structure, run through the same table
 VARIANTS = [("lora", {"use_dora": True}), ("lora", {"use_rslora": True}), ("bottleneck", {"style": "sequential"}),
             ("bottleneck", {"style": "sequential", "target_modules": ["attention", "mlp"]}),  # Houlsby
-            ("lokr", {"decompose_both": True}), ("vpt", {"deep": True}), ("ssf", {"target_modules": ["norms", "fc2"]})]
+            ("lokr", {"decompose_both": True}), ("vpt", {"deep": True}), ("vpt", {"layers": [1]}),
+            ("ssf", {"target_modules": ["norms", "fc2"]})]
 CASES = [pytest.param(m, {}, id=m) for m in METHODS] + [
     pytest.param(m, o, id=f"{m}-{'-'.join(o)}") for m, o in VARIANTS]
 HAND_OFF_CASES = [pytest.param(m, {}, id=m) for m in PRETRAINABLE] + [
@@ -143,20 +144,31 @@ def test_tpp_hand_off_and_site_switching(tmp_path, monkeypatch, method, options)
     assert backbone_hash(bank.encoder.model) == bank.info.hash
 
 
-@pytest.mark.parametrize("deep", [False, True])
-def test_vpt_prompts_never_reach_heads_or_decoders(backbones, deep):
+@pytest.mark.parametrize("options, prompted", [({}, [0]), ({"deep": True}, [0, 1]), ({"layers": [1]}, [1]),
+                                               ({"deep": True, "layers": [1]}, [1])])
+def test_vpt_prompts_never_reach_heads_or_decoders(backbones, options, prompted):
     encoder, info, _ = load_backbone(str(backbones[("vit_mae", 3)]))
     x = torch.randn(2, 3, 28, 28)
-    attach_adapter(encoder, "vpt", {"length": 5, "deep": deep})
+    attach_adapter(encoder, "vpt", {"length": 5, **options})
     state = adapter_state(encoder)
-    assert sum(v.numel() for v in state.values()) == (info.num_layers if deep else 1) * 5 * info.hidden_size
+    assert sorted(int(k.split(".")[1]) for k in state) == prompted  # 'layers.<i>.tpp_prompt'
+    assert sum(v.numel() for v in state.values()) == len(prompted) * 5 * info.hidden_size
     seen = []
-    layer = encoder.model.get_submodule("layers.1.base_layer")  # inside the encoder the prompts are there ...
-    layer.register_forward_hook(lambda m, args, out: seen.append((out[0] if isinstance(out, tuple) else out).shape))
+    for i in range(info.num_layers):  # inside the encoder the prompts are there from the first prompted layer ...
+        encoder.model.get_submodule(f"layers.{i}.base_layer").register_forward_hook(
+            lambda m, args, out: seen.append((out[0] if isinstance(out, tuple) else out).shape[1]))
     tokens = encoder(x)
-    assert seen[0][1] == 1 + 5 + 49
+    assert seen == [1 + 49 + (5 if i >= prompted[0] else 0) for i in range(info.num_layers)]
     assert tokens.shape == (2, 1 + 49, info.hidden_size)  # ... and gone from its output: CLS + 49 patches
     assert encoder.patch_tokens(tokens).shape == (2, 49, info.hidden_size)
+
+
+def test_vpt_layers_outside_the_encoder_are_an_error(backbones):
+    from tpp.errors import TppError
+
+    encoder, info, _ = load_backbone(str(backbones[("vit", 3)]))
+    with pytest.raises(TppError, match=r"adapter.layers \[2\].*layers 0..1"):
+        attach_adapter(encoder, "vpt", {"layers": [0, 2]})
 
 
 @pytest.mark.parametrize("family", ["vit", "dinov2"])

@@ -2,7 +2,9 @@
 
 ``length`` learned prompt tokens enter the sequence after the prefix tokens (CLS, registers):
 *shallow* inserts one set before the first layer; *deep* also replaces them with a fresh set before
-every later layer. The last layer drops them again, so the encoder's output keeps its shape
+every later layer; ``layers`` names the layers that get a set (the first of them inserts, later ones
+replace, layers in between carry the previous set). The last layer drops them again, so the encoder's
+output keeps its shape
 (B, P + N, D): heads, pretexts and decoders see exactly the patch tokens. Prompts take part in
 attention, so VPT does not start as the identity.
 """
@@ -24,21 +26,36 @@ class VptOptions:
     length: int = field(default=8, metadata={"help": "prompt tokens per layer"})
     deep: bool = field(default=False,
                        metadata={"help": "fresh prompts before every layer (deep VPT), not only the first"})
+    layers: list = field(default_factory=list,
+                         metadata={"help": "indices of the encoder layers that get fresh prompts, e.g. [0, 1, 2] "
+                                           "(overrides deep); empty: the first layer, or every layer with deep"})
 
     def __post_init__(self):
         if self.length < 1:
             raise ConfigError(f"adapter.length must be at least 1, got {self.length}.")
+        if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers) \
+                or len(set(self.layers)) != len(self.layers):
+            raise ConfigError(f"adapter.layers must list distinct layer indices 0, 1, ..., got {self.layers}.")
+
+    def prompted(self, num_layers: int) -> list[int]:
+        """The layer indices that get fresh prompts, in order."""
+        if self.layers:
+            return sorted(self.layers)
+        return list(range(num_layers)) if self.deep else [0]
 
 
 class PromptedLayer(nn.Module):
-    """Wraps transformer layer ``index``: (B, T, D) -> (B, T', D) with prompts inserted / replaced / dropped."""
+    """Wraps transformer layer ``index``: (B, T, D) -> (B, T', D) with prompts inserted / replaced / dropped.
+    Layers before the first prompted one see no prompts; layers after the last (but the last) carry them."""
 
     def __init__(self, base_layer: nn.Module, index: int, last: int, prefix: int, hidden: int, options: VptOptions):
         super().__init__()
         self.base_layer = base_layer
-        self.insert, self.drop, self.prefix, self.length = index == 0, index == last, prefix, options.length
+        prompted = options.prompted(last + 1)
+        self.insert, self.prefix, self.length = index == prompted[0], prefix, options.length
+        self.drop = index == last
         self.tpp_prompt = None
-        if index == 0 or options.deep:
+        if index in prompted:
             self.tpp_prompt = nn.Parameter(torch.empty(options.length, hidden).uniform_(-0.02, 0.02))
 
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
@@ -63,6 +80,10 @@ def resolve(encoder, options: VptOptions) -> list[str]:
     if len(names) != encoder.model.config.num_hidden_layers:
         raise TppError(f"VPT found {len(names)} transformer layers in the {encoder.family.model_type} encoder, "
                        f"expected {encoder.model.config.num_hidden_layers}.")
+    outside = [i for i in options.layers if i >= len(names)]
+    if outside:
+        raise TppError(f"adapter.layers {outside}: the {encoder.family.model_type} encoder has layers "
+                       f"0..{len(names) - 1}.")
     return names
 
 
@@ -77,5 +98,5 @@ def attach(model: nn.Module, options: VptOptions, target_names: list[str]) -> nn
 
 METHOD = register(Method(
     name="vpt", options_cls=VptOptions, attach=attach, identity_at_init=False, pretrainable=True,
-    summary="visual prompt tuning: learned prompt tokens, shallow (input) or deep (every layer)",
-    inherited=("length", "deep"), state=method_tensors, resolve=resolve))
+    summary="visual prompt tuning: learned prompt tokens, shallow (input), deep (every layer) or chosen layers",
+    inherited=("length", "deep", "layers"), state=method_tensors, resolve=resolve))

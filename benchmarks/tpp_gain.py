@@ -32,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
+from tpp.adapters.ssf import NORMS, SsfOptions  # noqa: E402
 from tpp.errors import TppError  # noqa: E402
 from lr_select import (base_rate, lr_grid, markdown_choices, markdown_quality, select_by_val,  # noqa: E402
                        selection_quality, split_lr)
@@ -78,7 +79,7 @@ METHOD_VARIANTS = {
     "rslora": ("lora", {"use_rslora": True}),
     "houlsby": ("bottleneck", {"style": "sequential", "target_modules": ["attention", "mlp"]}),
     "vpt_deep": ("vpt", {"deep": True}),
-    "ssf_norms": ("ssf", {"target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "norms"]}),
+    "ssf_norms": ("ssf", {"target_modules": [*SsfOptions().target_modules, NORMS]}),  # the default Linears + norms
 }
 
 
@@ -137,11 +138,8 @@ def method_overrides(base: str, protocol: dict, lr: float | None = None) -> list
 
 
 def tpp_method(method: str, protocol: dict) -> list[str]:
-    """The adapter section of a TPP run: LoRA with the protocol's rank, any other method (or option
-    variant) with its defaults (or the variant's options)."""
-    if method == "lora":
-        return [f"adapter.r={protocol['lora']['r']}", f"adapter.alpha={protocol['lora']['alpha']}"]
-    return [method_overrides(method, protocol)[0]]
+    """The adapter section of a TPP run: the same as the fine-tuning cells' (LoRA with the protocol's rank)."""
+    return ["adapter=" + json.dumps(adapter_section(method, protocol))]
 
 
 def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:

@@ -102,15 +102,18 @@ def protocol_id(protocol: dict, backbone: str, **extra) -> str:
 def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, first_estimate_s: float):
     """Run the cells that ``cached(*cell)`` does not have, in order, until the next one would exceed the
     budget (estimated from the last cell of the same ``kind(cell)``). A failing cell is reported and
-    skipped, never loses the others. Returns (results, cells left for the next run, error lines)."""
+    skipped, never loses the others; a cell that another invocation on the same cache has finished by the
+    time it comes up is skipped. Returns (results, cells left for the next run, error lines)."""
     import time
 
     start, done, errors, last = time.time(), [], [], {}
     todo = [c for c in cells if not cached(*c)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
     for i, cell in enumerate(todo):
+        if cached(*cell):  # another invocation sharing the cache finished it meanwhile
+            continue
         if time.time() - start + last.get(kind(cell), first_estimate_s) > budget_s:
-            return done, todo[i:], errors
+            return done, [c for c in todo[i:] if not cached(*c)], errors
         t0 = time.time()
         try:
             result = run_cell(*cell)

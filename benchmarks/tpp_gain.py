@@ -18,6 +18,8 @@ initialisation, the shuffling and the TPP run, so TPP and random init are paired
 Cells are cached as JSON under ``--cache`` and TPP adapters per (source, pretext, seed), so a long grid
 is completed over several invocations; a cached cell is reused only under the same protocol
 and the same backbone weights (hashed by content: moving or linking the backbone folder keeps the cache).
+Invocations with any method lists may share one cache. ``--from-results`` copies a published report's cells
+into an empty cache (the cache is not in git; the reports are), so a fresh clone continues a grid.
 Needs the ``bench`` extra (matplotlib, scipy).
 """
 from __future__ import annotations
@@ -186,22 +188,24 @@ class Bench:
 
     def tpp_adapter(self, source: str, method: str, pretext: str, variant: str | None, seed: int) -> tuple[Path, float]:
         """A TPP adapter for (source, method, pretext, variant, seed), trained once and reused by every
-        label fraction."""
+        label fraction. It is trained in a folder of this process and moved into place with its stamp, so
+        invocations sharing the cache never see, or write into, each other's half-trained adapter."""
         from tpp.recipes import CONFIG_DIR, run_recipe
 
         name = f"{source}_{method}_{pretext}" + (f"~{variant}" if variant else "") + f"_s{seed}"
         out = self.cache / "tpp" / name
         options = method_options(method)
-        stamp = out / "bench_protocol.txt"
         stamp_text = (self.protocol_id + (json.dumps(VARIANTS[variant]) if variant else "")
                       + (json.dumps(options) if options else ""))
-        if not (stamp.is_file() and stamp.read_text() == stamp_text):
+        if not stamped(out, stamp_text):
             p = self.protocol
-            run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + source_overrides(source) + [
+            partial = out.with_name(f"{name}.partial_{os.getpid()}")
+            run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(partial, seed) + source_overrides(source) + [
                 f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}",
                 f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}", *tpp_method(method, p),
                 *VARIANTS.get(variant, [])], overwrite=True)
-            stamp.write_text(stamp_text)
+            (partial / STAMP).write_text(stamp_text)
+            move_into_place(partial, out, stamp_text)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
 
     def run_cell(self, target: str, method: str, fraction: float, seed: int) -> dict:
@@ -217,12 +221,14 @@ class Bench:
             adapter, tpp_s = self.tpp_adapter(source, base, pretext, variant, seed)
             overrides.append(f"adapter.init_from={adapter}")
         work = self.cache / "work" / f"finetune_{os.getpid()}"  # several invocations may share a cache
-        metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, self.common(work, seed) + overrides + [
-            *source_overrides(target), f"data.label_fraction={fraction}", "train.select_best=false",
-            f"train.max_steps={self.protocol['finetune_steps']}",
-            f"train.batch_size={self.protocol['finetune_batch_size']}"],
-            overwrite=True)
-        shutil.rmtree(work)  # full fine-tuning writes whole models: keep only the numbers
+        try:
+            metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, self.common(work, seed) + overrides + [
+                *source_overrides(target), f"data.label_fraction={fraction}", "train.select_best=false",
+                f"train.max_steps={self.protocol['finetune_steps']}",
+                f"train.batch_size={self.protocol['finetune_batch_size']}"],
+                overwrite=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)  # full fine-tuning writes whole models: keep only the numbers
         cell = {"target": target, "method": method, "fraction": fraction, "seed": seed,
                 "test_auroc": metrics["test"]["auroc"], "test_accuracy": metrics["test"]["accuracy"],
                 "val_auroc": metrics["val"]["auroc"],  # for choosing settings without looking at test
@@ -231,12 +237,50 @@ class Bench:
                 "trainable_parameters": metrics["trainable_parameters"], "finetune_s": metrics["wall_time_s"],
                 "tpp_s": tpp_s, "protocol_id": self.protocol_id, "tpp_variant": VARIANTS.get(variant),
                 "method_options": method_options(base)}
-        path = self.cell_path(target, method, fraction, seed)
+        self.store(cell)
+        return cell
+
+    def store(self, cell: dict) -> None:
+        """Write one cell's result atomically where ``cached`` looks for it."""
+        path = self.cell_path(cell["target"], cell["method"], cell["fraction"], cell["seed"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".tmp_{os.getpid()}")
         tmp.write_text(json.dumps(cell, indent=1))
         os.replace(tmp, path)
-        return cell
+
+    def adopt(self, published: Path) -> int:
+        """Copy into the cache the cells of a published report (``tpp_gain.json``) that ran under this
+        protocol and backbone and are not cached yet, so a fresh clone continues a grid instead of redoing it.
+        Returns how many were copied; raises ValueError naming the file if it is not such a report."""
+        try:
+            cells = json.loads(published.read_text())["cells"]
+            fresh = [c for c in cells if c["protocol_id"] == self.protocol_id
+                     and not self.cached(c["target"], c["method"], c["fraction"], c["seed"])]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{published}: not a tpp_gain.json report with cells ({type(exc).__name__}: {exc})")
+        for cell in fresh:
+            self.store(cell)
+        return len(fresh)
+
+
+STAMP = "bench_protocol.txt"  # in a TPP adapter folder: the protocol and options it was trained under
+
+
+def stamped(folder: Path, stamp_text: str) -> bool:
+    return (folder / STAMP).is_file() and (folder / STAMP).read_text() == stamp_text
+
+
+def move_into_place(partial: Path, out: Path, stamp_text: str) -> None:
+    """Rename a finished folder to ``out``, replacing a stale one; if another process put a current one
+    there first, keep that and drop ours."""
+    if out.exists() and not stamped(out, stamp_text):
+        shutil.rmtree(out, ignore_errors=True)
+    try:
+        os.rename(partial, out)
+    except OSError:
+        if not stamped(out, stamp_text):
+            raise
+        shutil.rmtree(partial)
 
 
 def quiet_libraries() -> None:
@@ -325,6 +369,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=None,
                         help="cell cache (default benchmarks/.cache/tpp_gain[_quick])")
+    parser.add_argument("--from-results", type=Path, nargs="+", default=[], metavar="JSON",
+                        help="first copy into the cache the cells of published reports (e.g. "
+                             "benchmarks/results/lr_grid/tpp_gain.json) run under this protocol and backbone")
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default benchmarks/results, quick: runs/bench_quick)")
     args = parser.parse_args(argv)
@@ -347,6 +394,11 @@ def main(argv=None) -> int:
         check_methods(methods, bench.protocol)
     except (TppError, ValueError) as exc:
         parser.error(f"--methods: {exc}")
+    for published in args.from_results:
+        try:
+            print(f"{published}: {bench.adopt(published)} cells copied into {cache}")
+        except ValueError as exc:
+            parser.error(f"--from-results: {exc}")
     cells = grid(targets, fractions, seeds, methods, modality)
     missing, errors = [], []
     if not args.report_only:

@@ -74,6 +74,7 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     assert by_method["dora+tpp_mae"]["method_options"] == {"use_dora": True}
     assert by_method["dora+tpp_mae"]["trainable_parameters"] > by_method["lora"]["trainable_parameters"]  # + magnitudes
     assert not list((tmp_path / "cache" / "work").iterdir())  # fine-tuning outputs are not kept
+    assert not [p for p in (tmp_path / "cache" / "tpp").iterdir() if ".partial_" in p.name]  # moved into place
     again, _, _ = tpp_gain.fill(bench, cells, budget_s=600)
     assert again == []  # everything came from the cache
     other = tpp_gain.Bench(tmp_path / "cache", dict(protocol, finetune_steps=4), str(tiny_mae), str(root))
@@ -86,6 +87,11 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     # images): listed, not compared
     assert payload["complete"] and {p.name for p in (tmp_path / "out").iterdir()} == {
         "tpp_gain.json", "tpp_gain.md", "tpp_gain.png"}
+    fresh_clone = tpp_gain.Bench(tmp_path / "fresh_cache", protocol, str(tiny_mae), str(root))
+    assert fresh_clone.adopt(tmp_path / "out" / "tpp_gain.json") == 6  # a published report seeds an empty cache
+    assert all(fresh_clone.cached(*c) == bench.cached(*c) for c in cells)
+    assert fresh_clone.adopt(tmp_path / "out" / "tpp_gain.json") == 0  # nothing twice
+    assert other.adopt(tmp_path / "out" / "tpp_gain.json") == 0  # nor cells of another protocol
     paired = json.loads((tmp_path / "out" / "tpp_gain.json").read_text())["paired"]
     assert {(d["method"], d["reference"]) for d in paired} == {
         ("lora", "linear_probe"), ("lora+tpp_mae", "lora"), ("lora+tpp_mae~lr1e-4", "lora"),
@@ -129,6 +135,44 @@ def test_method_names_are_checked_before_any_cell_runs(capsys):
         with pytest.raises(SystemExit):
             tpp_gain.main(["--report-only", "--methods", bad, "--cache", "/nonexistent"])
         assert message in capsys.readouterr().err
+
+
+def test_a_published_report_that_is_not_one_is_a_usage_error_naming_the_file(tiny_mae, tmp_path, capsys):
+    bad = tmp_path / "results.json"
+    bad.write_text('{"rows": []}')
+    with pytest.raises(SystemExit):
+        tpp_gain.main(["--report-only", "--from-results", str(bad), "--backbone", str(tiny_mae),
+                       "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
+    assert f"{bad}: not a tpp_gain.json report" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()
+
+
+def test_fill_skips_a_cell_that_another_invocation_finished_meanwhile():
+    finished, ran = set(), []
+
+    def run_cell(name):
+        ran.append(name)
+        finished.update({name, "b"})  # as if a second process sharing the cache finished "b" meanwhile
+        return {"name": name}
+
+    done, missing, errors = report.fill(run_cell, lambda name: name in finished, ["a", "b", "c"], 600,
+                                        kind=lambda cell: "x", describe=lambda cell, r: cell, first_estimate_s=1)
+    assert ran == ["a", "c"] and [r["name"] for r in done] == ["a", "c"] and not missing and not errors
+
+
+def test_a_tpp_adapter_folder_is_moved_into_place_whole(tmp_path):
+    def folder(name, stamp):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / tpp_gain.STAMP).write_text(stamp)
+        return tmp_path / name
+
+    out = folder("out", "old protocol")
+    tpp_gain.move_into_place(folder("ours", "now"), out, "now")  # a stale adapter is replaced
+    assert tpp_gain.stamped(out, "now") and not (tmp_path / "ours").exists()
+    late = folder("late", "now")
+    (late / "marker").write_text("")
+    tpp_gain.move_into_place(late, out, "now")  # another process was first: its adapter stays, ours goes
+    assert not (out / "marker").exists() and not late.exists()
 
 
 def test_method_cost_measures_every_method_against_full_fine_tuning(tiny_mae, tmp_path):

@@ -127,6 +127,51 @@ def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, 
     return done, [], errors
 
 
+def store_cell(path, cell: dict) -> None:
+    """Write one cell's JSON atomically (a file of this process, renamed into place)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp_{os.getpid()}")
+    tmp.write_text(json.dumps(cell, indent=1))
+    os.replace(tmp, path)
+
+
+def add_from_results_option(parser) -> None:
+    parser.add_argument("--from-results", nargs="+", default=[], metavar="JSON",
+                        help="first copy into the cache the cells of published reports (this script's JSON under "
+                             "benchmarks/results) measured under this protocol and backbone")
+
+
+def adopt(published, protocol_id: str, cell_args, cached, store) -> int:
+    """Copy into a cell cache the cells of a published report (its JSON's ``cells``) measured under
+    ``protocol_id`` and not cached yet. The cache is not in git and the reports are, so a fresh clone
+    continues a grid, or renders a report again, instead of redoing it. ``cell_args(cell)`` gives the
+    arguments of ``cached``. Returns how many were copied; ValueError names the file if it is no report."""
+    import json
+    from pathlib import Path
+
+    try:
+        cells = json.loads(Path(published).read_text())["cells"]
+        fresh = [c for c in cells if c["protocol_id"] == protocol_id and not cached(*cell_args(c))]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{published}: not a benchmark report with cells ({type(exc).__name__}: {exc})") from None
+    for cell in fresh:
+        store(cell)
+    return len(fresh)
+
+
+def adopt_all(parser, paths: list, adopt_one, cache) -> None:
+    """``--from-results``: adopt every report, or stop with a usage error naming the bad file."""
+    for published in paths:
+        try:
+            print(f"{published}: {adopt_one(published)} cells copied into {cache}")
+        except ValueError as exc:
+            parser.error(f"--from-results: {exc}")
+
+
 def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value)."""
     arr = np.asarray(values, dtype=float)

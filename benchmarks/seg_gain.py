@@ -117,12 +117,16 @@ class SegBench:
                 "decoder_parameters": metrics["decoder_parameters"],
                 "decoder_bytes": metrics.get("decoder_bytes", 0), "steps": steps, "finetune_s": metrics["wall_time_s"],
                 "tpp_s": tpp_s, "protocol_id": self.protocol_id}
-        path = self.cell_path(method, fraction, seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(cell, indent=1))
-        os.replace(tmp, path)
+        self.store(cell)
         return cell
+
+    def store(self, cell: dict) -> None:
+        report.store_cell(self.cell_path(cell["method"], cell["fraction"], cell["seed"]), cell)
+
+    def adopt(self, published: Path) -> int:
+        """Copy into the cache the cells of a published ``seg_gain*.json`` (see ``report.adopt``)."""
+        return report.adopt(published, self.protocol_id, lambda c: (c["method"], c["fraction"], c["seed"]),
+                            self.cached, self.store)
 
     def run_unet(self, fraction: float, seed: int, steps: int) -> dict:
         from unet import train_unet
@@ -247,6 +251,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=None, help="default benchmarks/.cache/seg_gain[_quick]")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results (quick: runs/bench_quick)")
+    report.add_from_results_option(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_libraries()
@@ -261,6 +266,7 @@ def main(argv=None) -> int:
     cache = args.cache or ROOT / "benchmarks" / ".cache" / f"seg_gain{suffix}"
     out = args.out or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "benchmarks" / "results")
     bench = SegBench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root, args.file)
+    report.adopt_all(parser, args.from_results, bench.adopt, cache)
     cells = [(m, f, s) for f in fractions for s in range(seeds) for m in methods]
     errors = []
     if not args.report_only:

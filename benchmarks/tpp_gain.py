@@ -241,26 +241,12 @@ class Bench:
         return cell
 
     def store(self, cell: dict) -> None:
-        """Write one cell's result atomically where ``cached`` looks for it."""
-        path = self.cell_path(cell["target"], cell["method"], cell["fraction"], cell["seed"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp_{os.getpid()}")
-        tmp.write_text(json.dumps(cell, indent=1))
-        os.replace(tmp, path)
+        report.store_cell(self.cell_path(cell["target"], cell["method"], cell["fraction"], cell["seed"]), cell)
 
     def adopt(self, published: Path) -> int:
-        """Copy into the cache the cells of a published report (``tpp_gain.json``) that ran under this
-        protocol and backbone and are not cached yet, so a fresh clone continues a grid instead of redoing it.
-        Returns how many were copied; raises ValueError naming the file if it is not such a report."""
-        try:
-            cells = json.loads(published.read_text())["cells"]
-            fresh = [c for c in cells if c["protocol_id"] == self.protocol_id
-                     and not self.cached(c["target"], c["method"], c["fraction"], c["seed"])]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{published}: not a tpp_gain.json report with cells ({type(exc).__name__}: {exc})")
-        for cell in fresh:
-            self.store(cell)
-        return len(fresh)
+        """Copy into the cache the cells of a published ``tpp_gain.json`` (see ``report.adopt``)."""
+        return report.adopt(published, self.protocol_id, lambda c: (c["target"], c["method"], c["fraction"], c["seed"]),
+                            self.cached, self.store)
 
 
 STAMP = "bench_protocol.txt"  # in a TPP adapter folder: the protocol and options it was trained under
@@ -369,9 +355,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=None,
                         help="cell cache (default benchmarks/.cache/tpp_gain[_quick])")
-    parser.add_argument("--from-results", type=Path, nargs="+", default=[], metavar="JSON",
-                        help="first copy into the cache the cells of published reports (e.g. "
-                             "benchmarks/results/lr_grid/tpp_gain.json) run under this protocol and backbone")
+    report.add_from_results_option(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default benchmarks/results, quick: runs/bench_quick)")
     args = parser.parse_args(argv)
@@ -394,11 +378,7 @@ def main(argv=None) -> int:
         check_methods(methods, bench.protocol)
     except (TppError, ValueError) as exc:
         parser.error(f"--methods: {exc}")
-    for published in args.from_results:
-        try:
-            print(f"{published}: {bench.adopt(published)} cells copied into {cache}")
-        except ValueError as exc:
-            parser.error(f"--from-results: {exc}")
+    report.adopt_all(parser, args.from_results, bench.adopt, cache)
     cells = grid(targets, fractions, seeds, methods, modality)
     missing, errors = [], []
     if not args.report_only:

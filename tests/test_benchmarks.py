@@ -143,7 +143,7 @@ def test_a_published_report_that_is_not_one_is_a_usage_error_naming_the_file(tin
     with pytest.raises(SystemExit):
         tpp_gain.main(["--report-only", "--from-results", str(bad), "--backbone", str(tiny_mae),
                        "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out")])
-    assert f"{bad}: not a tpp_gain.json report" in capsys.readouterr().err
+    assert f"{bad}: not a benchmark report" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
 
 
@@ -158,6 +158,18 @@ def test_fill_skips_a_cell_that_another_invocation_finished_meanwhile():
     done, missing, errors = report.fill(run_cell, lambda name: name in finished, ["a", "b", "c"], 600,
                                         kind=lambda cell: "x", describe=lambda cell, r: cell, first_estimate_s=1)
     assert ran == ["a", "c"] and [r["name"] for r in done] == ["a", "c"] and not missing and not errors
+
+
+def test_segmentation_cells_of_a_published_report_seed_an_empty_cache(tiny_mae, tmp_path):
+    import seg_gain
+
+    bench = seg_gain.SegBench(tmp_path / "cache", seg_gain.PROTOCOL, str(tiny_mae), "unused", "seg/busi_64.npz")
+    ours = {"target": "busi_64", "method": "lora", "fraction": 0.1, "seed": 0, "test_dice": 0.5,
+            "protocol_id": bench.protocol_id}
+    theirs = dict(ours, seed=1, protocol_id="another")  # another protocol or backbone: not adopted
+    (tmp_path / "seg_gain.json").write_text(json.dumps({"rows": [], "cells": [ours, theirs]}))
+    assert bench.adopt(tmp_path / "seg_gain.json") == 1
+    assert bench.cached("lora", 0.1, 0) == ours and bench.cached("lora", 0.1, 1) is None
 
 
 def test_a_tpp_adapter_folder_is_moved_into_place_whole(tmp_path):

@@ -5,10 +5,16 @@ A *cell* is one fine-tuning result: ``{"target", "method", "fraction", "seed", "
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import platform
+import subprocess
+import sys
+import time
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -27,8 +33,6 @@ def machine() -> dict:
 
 def current_rss_mib() -> float:
     """This process's resident set size now (VmRSS), MiB."""
-    from pathlib import Path
-
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -45,10 +49,6 @@ def peak_rss_mib() -> float:
 
 def run_worker(script: str, args: list[str]) -> dict:
     """Run ``python script ARGS`` in a fresh subprocess; its last stdout line is a JSON result."""
-    import json
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
     if out.returncode != 0:
@@ -59,14 +59,10 @@ def run_worker(script: str, args: list[str]) -> dict:
 def publish(out, stem: str, machine: dict, command: str, description: str, table: str, data: dict) -> str:
     """Write ``out/<stem>.json`` (machine, command, data) and ``out/<stem>.md`` (machine, command, what was
     measured, the table), print the Markdown and return it."""
-    import json
-    from pathlib import Path
-
     text = f"Machine: {json.dumps(machine)}\nCommand: `{command}`\n{description}\n\n{table}\n"
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps({"machine": machine, "command": command, **data}, indent=1))
-    (out / f"{stem}.md").write_text(text)
+    write_atomic(out / f"{stem}.json", json.dumps({"machine": machine, "command": command, **data}, indent=1))
+    write_atomic(out / f"{stem}.md", text)
     print("\n" + text)
     return text
 
@@ -74,9 +70,6 @@ def publish(out, stem: str, machine: dict, command: str, description: str, table
 def backbone_fingerprint(backbone: str) -> str:
     """What a cached cell depends on in its backbone: for a local folder, the SHA-256 of its config and
     weight files (so caches survive moving or symlinking the folder); for a hub id, the id itself."""
-    import hashlib
-    from pathlib import Path
-
     folder = Path(backbone)
     if not folder.is_dir():
         return backbone
@@ -92,9 +85,6 @@ def backbone_fingerprint(backbone: str) -> str:
 def protocol_id(protocol: dict, backbone: str, **extra) -> str:
     """12 hex digits naming (protocol, backbone content, extra settings): a cached cell is reused only
     under the same id."""
-    import hashlib
-    import json
-
     key = json.dumps({"protocol": protocol, "backbone": backbone_fingerprint(backbone), **extra}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -104,8 +94,6 @@ def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, 
     budget (estimated from the last cell of the same ``kind(cell)``). A failing cell is reported and
     skipped, never loses the others; a cell that another invocation on the same cache has finished by the
     time it comes up is skipped. Returns (results, cells left for the next run, error lines)."""
-    import time
-
     start, done, errors, last = time.time(), [], [], {}
     todo = [c for c in cells if not cached(*c)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
@@ -127,16 +115,18 @@ def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, 
     return done, [], errors
 
 
-def store_cell(path, cell: dict) -> None:
-    """Write one cell's JSON atomically (a file of this process, renamed into place)."""
-    import json
-    from pathlib import Path
-
+def write_atomic(path, text: str) -> None:
+    """Write ``text`` to ``path`` through a file of this process renamed into place: readers (and other
+    processes writing the same file) see the old or the new content, never a part."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp_{os.getpid()}")
-    tmp.write_text(json.dumps(cell, indent=1))
+    tmp = path.with_name(f".{path.name}.tmp_{os.getpid()}")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def store_cell(path, cell: dict) -> None:
+    write_atomic(path, json.dumps(cell, indent=1))
 
 
 def add_from_results_option(parser) -> None:
@@ -150,9 +140,6 @@ def adopt(published, protocol_id: str, cell_args, cached, store) -> int:
     ``protocol_id`` and not cached yet. The cache is not in git and the reports are, so a fresh clone
     continues a grid, or renders a report again, instead of redoing it. ``cell_args(cell)`` gives the
     arguments of ``cached``. Returns how many were copied; ValueError names the file if it is no report."""
-    import json
-    from pathlib import Path
-
     try:
         cells = json.loads(Path(published).read_text())["cells"]
         fresh = [c for c in cells if c["protocol_id"] == protocol_id and not cached(*cell_args(c))]
@@ -275,5 +262,7 @@ def plot(rows: list[dict], path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp_{os.getpid()}")
+    fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    os.replace(tmp, path)

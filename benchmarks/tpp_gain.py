@@ -200,12 +200,15 @@ class Bench:
         if not stamped(out, stamp_text):
             p = self.protocol
             partial = out.with_name(f"{name}.partial_{os.getpid()}")
-            run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(partial, seed) + source_overrides(source) + [
-                f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}",
-                f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}", *tpp_method(method, p),
-                *VARIANTS.get(variant, [])], overwrite=True)
-            (partial / STAMP).write_text(stamp_text)
-            move_into_place(partial, out, stamp_text)
+            try:
+                run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(partial, seed) + source_overrides(source) + [
+                    f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}",
+                    f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}", *tpp_method(method, p),
+                    *VARIANTS.get(variant, [])], overwrite=True)
+                (partial / STAMP).write_text(stamp_text)
+                move_into_place(partial, out, stamp_text)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)  # still there only if the run failed
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
 
     def run_cell(self, target: str, method: str, fraction: float, seed: int) -> dict:
@@ -323,14 +326,11 @@ def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, qui
             + ("\nHow good the learning rate chosen on the validation subsample is ('METHOD*' rows):\n\n"
                f"{markdown_quality(quality)}\n\nThe choices:\n\n{markdown_choices(choices)}\n"
                if choices else ""))
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"machine": report.machine(), "command": command, "protocol": bench.protocol,
                "protocol_id": bench.protocol_id, "complete": not missing and len(raw) == len(cells),
                "rows": rows, "paired": diffs, "lr_choices": choices, "lr_selection_quality": quality, "cells": raw}
-    for name, content in (("tpp_gain.json", json.dumps(payload, indent=1)), ("tpp_gain.md", text)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(content)
-        os.replace(tmp, out / name)
+    report.write_atomic(out / "tpp_gain.json", json.dumps(payload, indent=1))
+    report.write_atomic(out / "tpp_gain.md", text)
     report.plot(rows, out / "tpp_gain.png")
     print("\n" + text + f"\nwrote {out}/tpp_gain.{{json,md,png}}")
     return payload

@@ -71,7 +71,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_no_complete_looking_checkpoint
     assert_same_end(ref, out)
 
 
-def test_checkpoint_holds_only_what_trains_and_loads_without_pickle(tiny_mae, reference, tmp_path, capsys):
+def test_checkpoint_holds_only_what_trains_and_loads_without_pickle(tiny_mae, reference, tmp_path, capsys, recwarn):
     root, ref = reference
     step = ref / "checkpoints" / "step-6"
     trainable = load_file(step / "trainable.safetensors")
@@ -87,6 +87,7 @@ def test_checkpoint_holds_only_what_trains_and_loads_without_pickle(tiny_mae, re
     (run / "checkpoints" / "step-6" / "state.pt").write_bytes(pickle.dumps(print))
     assert main(args(tiny_mae, root, run, "train.resume=auto")) == 2
     assert "cannot be read" in capsys.readouterr().err
+    assert not [w for w in recwarn if "pickle" in str(w.message)]  # the error, not torch's notes on the file
 
 
 def test_resume_refuses_a_changed_config(tiny_mae, reference, tmp_path, capsys):

@@ -14,6 +14,7 @@ import random
 import re
 import shutil
 import signal
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -98,7 +99,9 @@ class Checkpointer:
         """(trainable tensors, best tensors or None, extra tensors, state) of the resume checkpoint."""
         path = self.resume_from
         try:
-            state = torch.load(path / "state.pt", weights_only=True)
+            with warnings.catch_warnings():  # torch's notes on a foreign pickle: the error below is the message
+                warnings.simplefilter("ignore")
+                state = torch.load(path / "state.pt", weights_only=True)
             trainable = load_file(str(path / "trainable.safetensors"))
             best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
             extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}

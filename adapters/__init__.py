@@ -7,6 +7,7 @@ wrappers around peft configs.
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -24,6 +25,11 @@ class Method:
     pre-training applies. ``state(module) -> {name: tensor}`` gives the tensors the method saves
     (``None``: peft's adapter state). ``kind`` is ``"adapter"``, or ``"full_model"`` for full
     fine-tuning, which is a baseline and never accepted where an adapter is expected.
+
+    ``tensor_keys`` is the method's key rule: a regular expression that the end of every tensor name
+    it saves matches (``\\.lora_[AB]\\.weight`` ...). A stored file with any other name is refused before
+    a tensor is copied, so a forged file cannot name a backbone weight. The default matches nothing
+    (a method that saves no tensors); ``None`` for ``full_model``, which is never loaded as an adapter.
     """
     name: str
     options_cls: type
@@ -38,6 +44,11 @@ class Method:
     # resolve(encoder, options) -> full module names the method adapts (default: Linear layers by
     # the options' target_modules leaf names)
     resolve: Optional[Callable] = None
+    tensor_keys: Optional[str] = r"(?!)"
+
+    def owns_key(self, name: str) -> bool:
+        """True if ``name`` is a tensor this method saves (by its key rule; never a backbone weight)."""
+        return self.tensor_keys is not None and re.search(f"(?:{self.tensor_keys})$", name) is not None
 
     @property
     def uses_peft(self) -> bool:

@@ -1,13 +1,24 @@
 """Site adapters for the deployment tests: real fine-tuning runs on a tiny backbone, published to a store."""
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from conftest import make_backbone, make_medmnist
 
+from tpp.bank import AdapterBank
 from tpp.cli import main
+from tpp.server import create_app
+from tpp.worker import InferenceWorker
 
 # site -> extra overrides: plain LoRA (two ranks, shared-batch path); DoRA, a linear probe and LoHa (sub-batches)
 SITES = {
@@ -49,3 +60,68 @@ def offline_probs(backbone: Path, adapter: Path, images: np.ndarray) -> torch.Te
     x = torch.cat([to_model_input(im, card["input"]) for im in images])
     with torch.no_grad():
         return model(x).softmax(-1)
+
+
+@contextmanager
+def paused(worker):
+    """Hold the inference thread so that jobs queue up, then let it run them."""
+    gate = threading.Event()
+    worker.call(lambda bank: gate.wait(10))
+    try:
+        yield
+    finally:
+        gate.set()
+
+
+@contextmanager
+def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None, timeout=120.0, worker=None):
+    import uvicorn
+
+    worker = worker or InferenceWorker(AdapterBank(str(world["backbone"]), str(store_path or world["store"])))
+    app = create_app(worker, str(store_path or world["store"]), token, max_upload_bytes, timeout)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        worker.stop()
+
+
+def request(url, files=None, token=None, method=None, body=None):
+    """(status, JSON) of a request; ``files`` is a list of (file name, bytes) sent as multipart ``images``."""
+    headers = {}
+    if files is not None:
+        boundary = uuid.uuid4().hex
+        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=body, headers=headers,
+                                 method=method or ("POST" if body is not None else "GET"))
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def forge(store_path, site: str, files: dict[str, bytes]) -> str:
+    """Write ``files`` as the current version of ``site`` the way an attacker with store access could."""
+    from tpp import store
+
+    version = store.content_hash(files)
+    folder = store_path / site / version
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    (store_path / site / "current").write_text(version + "\n")
+    return version

@@ -1,7 +1,6 @@
 """Deployment end to end: the inference worker, the HTTP service on loopback, and the CLI commands."""
 import csv
 import io
-import json
 import logging
 import os
 import socket
@@ -10,19 +9,16 @@ import sys
 import threading
 import time
 import urllib.request
-import uuid
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
-from serving_fixtures import SITES, build_store, offline_probs
+from serving_fixtures import SITES, build_store, offline_probs, paused, request, serving
 from test_images import dicom_bytes, png_bytes
 
 from tpp import store
 from tpp.bank import AdapterBank
 from tpp.cli import main
-from tpp.server import create_app
 from tpp.worker import InferenceWorker
 
 
@@ -36,17 +32,6 @@ def world(tmp_path_factory):
 
 def close(got, expected) -> bool:
     return bool(torch.allclose(torch.tensor(got), expected, atol=1e-5, rtol=0))
-
-
-@contextmanager
-def paused(worker):
-    """Hold the inference thread so that jobs queue up, then let it run them."""
-    gate = threading.Event()
-    worker.call(lambda bank: gate.wait(10))
-    try:
-        yield
-    finally:
-        gate.set()
 
 
 def test_queued_requests_for_different_sites_run_as_one_batch_each_with_its_adapter(world):
@@ -100,47 +85,6 @@ def test_concurrent_threads_and_a_reload_never_mix_versions(world, tmp_path):
 
 
 # -- the HTTP service --------------------------------------------------------------------------------
-
-@contextmanager
-def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None, timeout=120.0, worker=None):
-    import uvicorn
-
-    worker = worker or InferenceWorker(AdapterBank(str(world["backbone"]), str(store_path or world["store"])))
-    app = create_app(worker, str(store_path or world["store"]), token, max_upload_bytes, timeout)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        worker.stop()
-
-
-def request(url, files=None, token=None, method=None, body=None):
-    """(status, JSON) of a request; ``files`` is a list of (file name, bytes) sent as multipart ``images``."""
-    headers = {}
-    if files is not None:
-        boundary = uuid.uuid4().hex
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(url, data=body, headers=headers,
-                                 method=method or ("POST" if body is not None else "GET"))
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
 
 def test_service_routes_predictions_and_reports_versions(world):
     files = [(f"img{i}.png", png_bytes(world["images"][i])) for i in range(3)]

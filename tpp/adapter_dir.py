@@ -103,16 +103,28 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
         card = json.loads(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
+    check_card(card, card_path, kinds)
+    return card
+
+
+def check_card(card, card_path: str | Path, kinds: tuple = ("adapter",)) -> None:
+    """The card's shape, format and kind (see :func:`read_card`); errors name ``card_path``."""
+    path = Path(card_path).parent
     _check_shape(card, card_path)
     if card.get("format") != FORMAT:
-        raise TppError(f"'{card_path}' has format {card.get('format')!r}; this tpp reads {FORMAT}.")
+        raise TppError(f"'{card_path}' has format {_short_value(card.get('format'))}; this tpp reads {FORMAT}.")
     if card.get("kind") not in kinds:
         if card.get("kind") == "full_model":
             raise TppError(f"'{path}' holds a fully fine-tuned model (kind full_model), a baseline kept for "
                            "comparison; it cannot be used where an adapter is expected. Evaluate it with "
                            "`tpp run evaluate`, or train an adapter method.")
-        raise TppError(f"'{path}' holds a {card.get('kind')!r}, not an adapter.")
-    return card
+        raise TppError(f"'{path}' holds a {_short_value(card.get('kind'))}, not an adapter.")
+
+
+def _short_value(value) -> str:
+    """A card value for an error message, cut short (a message never echoes a whole file)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_shape(card, card_path: Path) -> None:

@@ -6,7 +6,14 @@
   batch with peft's per-row ``adapter_names``; other methods (DoRA, linear probe, ...) get a
   shared-weight copy each and run as per-site sub-batches. ``set_adapter`` is never called.
 - At most ``max_resident`` sites stay loaded (least recently used first out).
-- Cards are verified (kind, task, backbone hash) before a site is served.
+- Before a site is served: its files' content hash matches its version, the card passes
+  :func:`tpp.integrity.check_adapter` (registered adapter method, tensor names by the method's key rule,
+  head fits the labels) and names this backbone; only then is anything copied, and only into the
+  site's own adapter modules. Afterwards :class:`~tpp.integrity.BackboneGuard` checks that no backbone
+  tensor was written (else restores it from disk and refuses the site), and one zero image runs through
+  the site (a card that does not fit its tensors fails here, not in a shared batch).
+- A site that fails to load or to predict is *refused* with its reason until its store pointer moves
+  to another version (:attr:`AdapterBank.refused`; ``GET /v1/sites`` shows it).
 
 Not thread-safe by itself: the service calls it from one inference worker; ``tpp predict`` from one thread.
 """
@@ -17,17 +24,23 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from tpp import store as adapter_store
-from tpp.adapter_dir import read_weights, verify_backbone
+from tpp.adapter_dir import verify_backbone
 from tpp.backbones import Encoder, load_backbone
 from tpp.errors import TppError
-from tpp.model import attach_adapter, load_adapter_state, load_head
+from tpp.images import to_model_input
+from tpp.integrity import BackboneGuard, check_adapter
+from tpp.model import attach_adapter, build_head, load_adapter_state
 
 BASE = "__base__"  # peft's name for "no adapter" in ``adapter_names``
-SERVED_TASKS = ("classification", "segmentation")
+
+
+class SiteRefused(TppError):
+    """A site that failed to load or to predict (HTTP 409); its requests fail, no one else's."""
 
 
 @dataclass
@@ -74,12 +87,15 @@ class AdapterBank:
         if max_resident < 1:
             raise TppError(f"max_resident must be at least 1, got {max_resident}.")
         self.encoder, self.info, _ = load_backbone(backbone_path, mean, std)
+        self.guard = BackboneGuard(self.encoder.model, lambda: load_backbone(backbone_path, mean, std)[0].model,
+                                   self.info.hash)
         self.store = store_path
         self.max_resident = max_resident
         self.use_lora_group = lora_group
         self.resident: OrderedDict[str, Site] = OrderedDict()
         self.group: Encoder | None = None  # peft LoRA model on a shared-weight copy, one adapter per site
         self.loads = 0  # cold loads so far (benchmarks read it)
+        self.refused: dict[str, tuple[str, str]] = {}  # site -> (version, reason) until the pointer moves
 
     # -- residency ---------------------------------------------------------------------------------
     def site(self, name: str) -> Site:
@@ -87,7 +103,8 @@ class AdapterBank:
         if name in self.resident:
             self.resident.move_to_end(name)
             return self.resident[name]
-        site = self._load(adapter_store.current(self.store, name))
+        self._raise_if_refused(name)
+        site = self._load_or_refuse(name)
         self._make_room(1)
         self.resident[name] = site
         return site
@@ -95,11 +112,12 @@ class AdapterBank:
     def reload(self, name: str) -> tuple[str | None, str]:
         """Serve the store's current version of ``name``; the old one is dropped only after the new one
         loaded. Returns (old version or None, new version)."""
-        sv = adapter_store.current(self.store, name)
+        version = adapter_store.current_version(self.store, name)
         old = self.resident.get(name)
-        if old is not None and old.version == sv.version:
-            return old.version, sv.version
-        new = self._load(sv)
+        if old is not None and old.version == version:
+            return old.version, version
+        self._raise_if_refused(name)
+        new = self._load_or_refuse(name)
         if old is not None:
             self._drop(self.resident.pop(name))
         else:
@@ -131,25 +149,78 @@ class AdapterBank:
                 warnings.simplefilter("ignore")
                 self.group.model.delete_adapter(name)
 
+    def refuse(self, name: str, version: str, reason: str) -> None:
+        """Mark ``name`` failed at ``version`` (and unload it); requests get :class:`SiteRefused` until the
+        store's pointer names another version."""
+        self.refused[name] = (version, reason)
+        self.evict(name)
+
+    def _raise_if_refused(self, name: str) -> None:
+        if name in self.refused:
+            version, reason = self.refused[name]
+            if adapter_store.current_version(self.store, name) == version:
+                raise SiteRefused(reason)
+            del self.refused[name]
+
+    def _load_or_refuse(self, name: str) -> Site:
+        """Load the store's current version of ``name``; a failure (any exception) refuses that version."""
+        version = adapter_store.current_version(self.store, name)
+        try:
+            site = self._load(adapter_store.open_version(self.store, name))
+        except adapter_store.UnknownSite:
+            raise
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, TppError) else \
+                f"site '{name}' version {version} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]})."
+            if version is not None:
+                self.refuse(name, version, reason)
+            raise SiteRefused(reason) from None
+        self.refused.pop(name, None)
+        return site
+
     def _load(self, sv: adapter_store.SiteVersion) -> Site:
-        card = sv.card
-        verify_backbone(card, self.info, str(sv.path))
-        if card.get("task", {}).get("type") not in SERVED_TASKS or "input" not in card:
-            raise TppError(f"'{sv.path}' has no task head; only fine-tuned adapters are served.")
-        head = load_head(sv.path, card, self.info.hidden_size)
-        state = read_weights(sv.path, card)
+        """A verified site (see the module docstring), not yet resident."""
+        source = f"{sv.site}@{sv.version}"
+        checked = check_adapter(sv.files, str(sv.path))
+        card = checked.card
+        verify_backbone(card, self.info, source)
+        head = build_head(card, self.info.hidden_size, checked.head_state, source)
         self.loads += 1
-        if self.use_lora_group and in_lora_group(card):
-            name = f"{sv.site}__{sv.version}"
-            self._add_to_group(name, card, state, str(sv.path))
-            return Site(sv.site, sv.version, card, head, None, name)
-        encoder = Encoder(share_weights_copy(self.encoder.model), self.encoder.family)
-        attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
-        load_adapter_state(encoder, state, str(sv.path))
-        encoder.eval()
-        return Site(sv.site, sv.version, card, head, encoder)
+        try:
+            if self.use_lora_group and in_lora_group(card):
+                name = f"{sv.site}__{sv.version}"
+                self._add_to_group(name, card, checked.state, source)
+                site = Site(sv.site, sv.version, card, head, None, name)
+            else:
+                encoder = Encoder(share_weights_copy(self.encoder.model), self.encoder.family)
+                attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+                load_adapter_state(encoder, checked.state, source)
+                site = Site(sv.site, sv.version, card, head, encoder.eval())
+        finally:
+            self.guard.check(source)  # restores the backbone and raises if anything wrote into it
+        self._try_one_image(site)
+        return site
+
+    @torch.no_grad()
+    def _try_one_image(self, site: Site) -> None:
+        """One zero image through the site: outputs must have the card's shape (else it is dropped)."""
+        rule = site.input_rule
+        shape = (rule["image_size"],) * 2 + ((3,) if rule["image_channels"] == 3 else ())
+        try:
+            pixels = to_model_input(np.zeros(shape, np.uint8), rule)
+            out = self._predict_batch([site], pixels)[0]
+        except Exception:
+            self._drop(site)
+            raise
+        expected = (len(site.label_names),) if site.task == "classification" else tuple(site.card["task"]["mask_size"])
+        if tuple(out.shape) != expected:
+            self._drop(site)
+            raise TppError(f"site '{site.name}' version {site.version}: outputs of shape {tuple(out.shape)}, "
+                           f"its card promises {expected}.")
 
     def _add_to_group(self, name: str, card: dict, state: dict, source: str) -> None:
+        """Add a plain-LoRA site to the shared group. The state's keys and shapes must equal the new
+        adapter's own tensors before anything is copied (nothing else of the group can be named)."""
         from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
         from tpp.adapters import get_method
@@ -162,11 +233,28 @@ class AdapterBank:
         else:
             self.group.model.add_adapter(name, config)
         self.group.eval()
+        own = get_peft_model_state_dict(self.group.model, adapter_name=name)
+        if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
+            self._remove_from_group(name)
+            raise TppError(f"adapter '{source}' does not fit its card's LoRA options (tensor names or shapes differ).")
         set_peft_model_state_dict(self.group.model, state, adapter_name=name)
         loaded = get_peft_model_state_dict(self.group.model, adapter_name=name)
-        if set(loaded) != set(state) or any(not torch.equal(loaded[k], state[k]) for k in state):
+        if any(not torch.equal(loaded[k], state[k].to(loaded[k].dtype)) for k in state):
             self._remove_from_group(name)
-            raise TppError(f"adapter '{source}' did not load exactly into the LoRA group (keys or values differ).")
+            raise TppError(f"adapter '{source}' did not load exactly into the LoRA group (values differ).")
+
+    def check_store(self) -> dict[str, str | None]:
+        """Load every site of the store as serving would (then unload it): {site: None if it loads, else
+        why it is refused}."""
+        results = {}
+        for name in adapter_store.sites(self.store):
+            try:
+                self.site(name)
+                results[name] = None
+            except TppError as exc:
+                results[name] = str(exc)
+            self.evict(name)
+        return results
 
     # -- inference ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -187,7 +275,12 @@ class AdapterBank:
             by_size.setdefault(tuple(row.shape[-2:]), []).append(i)
         out: list = [None] * len(sites)
         for index in by_size.values():
-            batch = self._predict_batch([sites[i] for i in index], torch.cat([rows[i] for i in index]))
+            try:
+                batch = self._predict_batch([sites[i] for i in index], torch.cat([rows[i] for i in index]))
+            except Exception as exc:  # a site whose card does not fit its tensors: one paragraph, no traceback
+                names = ", ".join(sorted({f"'{sites[i].name}'" for i in index}))
+                raise TppError(f"prediction failed for site(s) {names} ({type(exc).__name__}: "
+                               f"{str(exc)[:200]}).") from exc
             for i, result in zip(index, batch):
                 out[i] = result
         return out

@@ -30,6 +30,11 @@ def load_head(path, card: dict, hidden_size: int) -> nn.Module:
     against its card."""
     from tpp.adapter_dir import HEAD, read_tensors
 
+    return build_head(card, hidden_size, read_tensors(path, HEAD), f"{path}/{HEAD}")
+
+
+def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    """The card's head (classification head or segmentation decoder) holding exactly ``state``."""
     task = card["task"]
     try:
         if task.get("type") == "segmentation":
@@ -38,9 +43,10 @@ def load_head(path, card: dict, hidden_size: int) -> nn.Module:
             head = decoder_from_spec(task["decoder"], hidden_size, card["input"]["channels"])
         else:
             head = ClassificationHead(hidden_size, task["num_classes"])
-        head.load_state_dict(read_tensors(path, HEAD))
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise TppError(f"'{path}/{HEAD}' does not fit the head in the card ({exc}).") from None
+        head.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        raise TppError(f"'{source}' does not fit the head in the card "
+                       f"({type(exc).__name__}: {str(exc)[:300]}).") from None
     return head.eval()
 
 
@@ -90,6 +96,10 @@ def adapter_state(encoder: Encoder) -> dict[str, torch.Tensor]:
 
 def load_adapter_state(encoder: Encoder, state: dict[str, torch.Tensor], source: str) -> None:
     """Load every saved tensor exactly; any key or shape difference lists the keys and fails."""
+    if encoder.method.kind == "adapter":
+        from tpp.integrity import check_keys
+
+        check_keys(encoder.method, state, source)  # before anything is compared or copied
     current = adapter_state(encoder)
     expected = set(current)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

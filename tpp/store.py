@@ -5,8 +5,11 @@ Layout::
     STORE/<site>/<version>/   an adapter directory (card, safetensors weights, head); version = content hash
     STORE/<site>/current      the served version's name, replaced with ``os.replace`` (never half-written)
 
-Publishing copies only the files an adapter directory is made of, into a temporary folder that is
-renamed into place, then moves the pointer. Site names are checked so that none can leave the store.
+Publishing reads the adapter's files once, checks them (:func:`tpp.integrity.check_adapter`), and writes
+those very bytes into a temporary folder that is renamed into place, then moves the pointer. Loading
+(:func:`open_version`) reads a version's files once and re-checks their content hash before anything is
+used, so flipped bytes are refused, not served under the old version id. Site names are checked, and
+no path of the store may be a symbolic link or lead outside the store root.
 """
 from __future__ import annotations
 
@@ -14,15 +17,18 @@ import hashlib
 import os
 import re
 import shutil
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpp.adapter_dir import CARD, HEAD, read_card
+from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS, read_card
 from tpp.errors import TppError
+from tpp.integrity import check_adapter, parse_card
 from tpp.rundir import write_atomic
 
 POINTER = "current"
 PEFT_CONFIG = "adapter_config.json"
+ADAPTER_FILES = (CARD, HEAD, WEIGHTS, FULL_WEIGHTS, PEFT_CONFIG)  # nothing else is ever copied into a store
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -37,11 +43,13 @@ def check_site(site: str) -> str:
 
 @dataclass(frozen=True)
 class SiteVersion:
-    """One published adapter: where it is and what its card says."""
+    """One published adapter: where it is, what its card says and (from :func:`open_version`) the bytes
+    of its files, whose content hash matched the version."""
     site: str
     version: str
     path: Path
     card: dict
+    files: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 def adapter_files(path: Path, card: dict) -> list[str]:
@@ -57,13 +65,18 @@ def adapter_files(path: Path, card: dict) -> list[str]:
     return sorted(names)
 
 
-def content_version(path: Path, names: list[str]) -> str:
-    """First 16 hex digits of sha256 over (file name, bytes) of the adapter's files."""
+def content_hash(files: dict[str, bytes]) -> str:
+    """First 16 hex digits of sha256 over (file name, bytes) of the adapter's files, by name."""
     digest = hashlib.sha256()
-    for name in names:
+    for name in sorted(files):
         digest.update(name.encode() + b"\0")
-        digest.update((path / name).read_bytes())
+        digest.update(files[name])
     return digest.hexdigest()[:16]
+
+
+def content_version(path: Path, names: list[str]) -> str:
+    """:func:`content_hash` of the named files of ``path``."""
+    return content_hash({name: (path / name).read_bytes() for name in names})
 
 
 def _adapter_dir(source: str | Path) -> Path:
@@ -74,18 +87,26 @@ def _adapter_dir(source: str | Path) -> Path:
     return source
 
 
-def publish(source: str | Path, store: str | Path, site: str) -> SiteVersion:
-    """Add the adapter of ``source`` (run dir or adapter dir) to ``store`` as a new version of ``site``
-    and make it current. Publishing identical content again only moves the pointer."""
-    check_site(site)
+def read_source(source: str | Path) -> tuple[Path, dict[str, bytes]]:
+    """The adapter directory of a run (or the directory itself) and its files' bytes, read once."""
     path = _adapter_dir(source)
     card = read_card(path)  # refuses full_model baselines and non-adapters with a clear message
-    if card.get("task", {}).get("type") not in ("classification", "segmentation"):
-        raise TppError(f"'{path}' has no task head (stage {card.get('stage')!r}): only fine-tuned adapters are "
-                       "served. Fine-tune it first (tpp run finetune ... adapter.init_from=...).")
-    names = adapter_files(path, card)
-    version = content_version(path, names)
+    return path, {name: _read_regular(path / name) for name in adapter_files(path, card)}
+
+
+def publish(source: str | Path, store: str | Path, site: str) -> SiteVersion:
+    """Add the adapter of ``source`` (run dir or adapter dir) to ``store`` as a new version of ``site``
+    and make it current, after :func:`tpp.integrity.check_adapter` passed on the very bytes that are
+    written. Publishing identical content again only moves the pointer."""
+    check_site(site)
+    if Path(store).exists() and not Path(store).is_dir():
+        raise TppError(f"adapter store '{store}' is a file, not a folder.")
+    path, files = read_source(source)
+    card = check_adapter(files, str(path)).card
+    version = content_hash(files)
     site_dir = Path(store) / site
+    if site_dir.is_symlink() or (site_dir.exists() and not site_dir.is_dir()):
+        raise TppError(f"'{site_dir}' is not a plain folder of the store.")
     target = site_dir / version
     if not target.is_dir():
         site_dir.mkdir(parents=True, exist_ok=True)
@@ -93,8 +114,8 @@ def publish(source: str | Path, store: str | Path, site: str) -> SiteVersion:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir()
-            for name in names:
-                shutil.copyfile(path / name, tmp / name)
+            for name, data in files.items():
+                (tmp / name).write_bytes(data)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -109,26 +130,76 @@ def sites(store: str | Path) -> list[str]:
 
 
 def current(store: str | Path, site: str) -> SiteVersion:
-    """The version ``site`` serves now (its card read and checked)."""
+    """The version ``site`` serves now (its card read and checked; contents not re-hashed)."""
+    site_dir, version = _pointed_version(store, site)
+    folder = site_dir / version
+    return SiteVersion(site, version, folder, parse_card(_read_regular(folder / CARD), str(folder)))
+
+
+def open_version(store: str | Path, site: str) -> SiteVersion:
+    """The current version with its files' bytes, read once; refused unless their content hash is the
+    version's name (a flipped byte after publishing is caught here, before anything is used)."""
+    site_dir, version = _pointed_version(store, site)
+    folder = site_dir / version
+    files = {}
+    for entry in sorted(os.listdir(folder)):
+        if entry not in ADAPTER_FILES:
+            raise TppError(f"'{folder}' holds '{entry[:64]}', which is not part of an adapter; refused.")
+        files[entry] = _read_regular(folder / entry)
+    if content_hash(files) != version:
+        raise TppError(f"'{folder}': the files' content hash does not match version {version}; they changed after "
+                       "publishing (tampering or disk corruption). Refused; publish the adapter again.")
+    return SiteVersion(site, version, folder, parse_card(files.get(CARD), str(folder)), files)
+
+
+def _pointed_version(store: str | Path, site: str) -> tuple[Path, str]:
+    """(site folder, version name) from the site's pointer; every path inside the store, no links."""
     check_site(site)
-    site_dir = _store_root(store) / site
+    root = _store_root(store)
+    site_dir = root / site
     pointer = site_dir / POINTER
-    if not pointer.is_file():
+    if not site_dir.exists() and not site_dir.is_symlink():
         raise UnknownSite(site)
+    _inside(root, site_dir, folder=True)
+    if not pointer.exists() and not pointer.is_symlink():
+        raise UnknownSite(site)
+    version = _read_regular(pointer, limit=64).decode("ascii", errors="replace").strip()
+    if not _VERSION_RE.match(version):
+        raise TppError(f"store pointer '{pointer}' does not name a version (16 hex digits).")
+    _inside(root, site_dir / version, folder=True)
+    return site_dir, version
+
+
+def _inside(root: Path, path: Path, folder: bool) -> None:
+    """``path`` is a real folder (or file) of the store: not a symbolic link, and resolving inside root."""
+    if path.is_symlink() or not path.resolve().is_relative_to(root.resolve()):
+        raise TppError(f"'{path}' is a symbolic link or leads outside the store; refused.")
+    if not (path.is_dir() if folder else path.is_file()):
+        raise TppError(f"'{path}' is not a published {'version folder' if folder else 'file'}.")
+
+
+def _read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, never through a symbolic link (O_NOFOLLOW); at most ``limit`` bytes."""
     try:
-        version = pointer.read_text().strip()
-    except UnicodeDecodeError:
-        version = "<unreadable>"
-    if not _VERSION_RE.match(version) or not (site_dir / version).is_dir():
-        raise TppError(f"store pointer '{pointer}' names {version!r}, which is not a published version.")
-    return SiteVersion(site, version, site_dir / version, read_card(site_dir / version))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise TppError(f"'{path}' cannot be read ({exc.strerror}; symbolic links are refused).") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise TppError(f"'{path}' is not a regular file; refused.")
+        data = fh.read(limit + 1 if limit else -1)
+    if limit and len(data) > limit:
+        raise TppError(f"'{path}' is larger than a store pointer can be; refused.")
+    return data
 
 
 def current_version(store: str | Path, site: str) -> str | None:
-    """Just the pointer's content (cheap; used to notice a newly published version)."""
+    """Just the pointer's name (cheap; used to notice a newly published version); None if unpublished
+    or not a plain pointer file."""
+    pointer = Path(store) / check_site(site) / POINTER
     try:
-        return (Path(store) / check_site(site) / POINTER).read_text().strip()
-    except FileNotFoundError:
+        return _read_regular(pointer, limit=64).decode("ascii", errors="replace").strip()
+    except TppError:
         return None
 
 
@@ -177,7 +248,8 @@ def listing(store: str | Path, backbone_hash: str | None = None) -> list[dict]:
 
 
 def check(store: str | Path, backbone_hash: str) -> list[str]:
-    """Problems with the store against a backbone: one line per site that would be refused."""
+    """Card-level problems against a backbone (cheap: reads cards only; ``tpp serve`` warns with them at
+    start). ``tpp adapters check`` loads every site instead (:meth:`tpp.bank.AdapterBank.check_store`)."""
     problems = []
     for site in sites(store):
         try:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from tpp.bank import AdapterBank
+from tpp.bank import AdapterBank, SiteRefused
 from tpp.images import to_model_input
 from tpp.segmentation import mask_to_image_size
 
@@ -126,6 +126,40 @@ class InferenceWorker:
         except BaseException as exc:  # the caller sees it; the worker lives on
             job.future.set_exception(exc)
 
+    def _outputs(self, sites: list, tensors: list) -> list:
+        """One output per row; when the mixed batch fails, each site's rows run alone and a failing site's
+        rows get its error (the site is refused in the bank: ``GET /v1/sites`` shows why), the others
+        their outputs."""
+        try:
+            return self.bank.predict(sites, tensors)
+        except Exception:
+            log.warning("a mixed batch of %d sites failed; running its sites one by one", len(set(map(id, sites))))
+        outputs: list = [None] * len(sites)
+        rows_of: dict[int, list[int]] = {}
+        for i, site in enumerate(sites):
+            rows_of.setdefault(id(site), []).append(i)
+        for index in rows_of.values():
+            site = sites[index[0]]
+            try:
+                results = self.bank.predict([site] * len(index), [tensors[i] for i in index])
+            except Exception as exc:
+                cause = exc.__cause__ or exc  # the library's error behind the bank's one-paragraph one
+                reason = f"site '{site.name}' version {site.version} fails to predict ({type(cause).__name__}: " \
+                         f"{str(cause)[:200]}); refused until a new version is published."
+                log.warning("refused: %s", reason)
+                self.bank.refuse(site.name, site.version, reason)
+                results = [SiteRefused(reason)] * len(index)
+            for i, result in zip(index, results):
+                outputs[i] = result
+        return outputs
+
+    @staticmethod
+    def _prediction(job: _Job, site, outputs: list) -> Prediction:
+        if site.task == "segmentation":  # masks at each uploaded image's own size
+            return Prediction(site.name, site.version, site.label_names, [],
+                              [mask_to_image_size(m.numpy(), im) for m, im in zip(outputs, job.images)])
+        return Prediction(site.name, site.version, site.label_names, [p.tolist() for p in outputs])
+
     def _run(self, batch: list[_Job]) -> list[_Job]:
         """Run one mixed-site batch; returns the jobs deferred to the next batch (a batch never holds more
         distinct sites than the bank keeps resident, so loading one site cannot evict another of the batch)."""
@@ -149,22 +183,17 @@ class InferenceWorker:
             tensors += inputs
         if not rows:
             return deferred
-        try:
-            outputs = self.bank.predict(sites, tensors)
-        except BaseException as exc:
-            for job, _, _ in rows:
-                job.future.set_exception(exc)
-            return deferred
+        outputs = self._outputs(sites, tensors)
         start = 0
         for job, site, n in rows:
-            mine = outputs[start:start + n]
-            if site.task == "segmentation":  # masks at each uploaded image's own size
-                result = Prediction(site.name, site.version, site.label_names, [],
-                                    [mask_to_image_size(m.numpy(), im) for m, im in zip(mine, job.images)])
-            else:
-                result = Prediction(site.name, site.version, site.label_names, [p.tolist() for p in mine])
-            job.future.set_result(result)
-            start += n
+            mine, start = outputs[start:start + n], start + n
+            failed = next((o for o in mine if isinstance(o, BaseException)), None)
+            try:
+                if failed is not None:
+                    raise failed
+                job.future.set_result(self._prediction(job, site, mine))
+            except BaseException as exc:
+                job.future.set_exception(exc)
         self.batches += 1
         log.info("batch of %d images, %d requests, %d sites in %.1f ms", len(sites), len(rows),
                  len(names), 1000 * (time.perf_counter() - started))

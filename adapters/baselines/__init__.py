@@ -44,4 +44,4 @@ LINEAR_PROBE = register(Method(
 FULL = register(Method(
     name="full", options_cls=NoOptions, attach=_unfreeze_all, identity_at_init=True, pretrainable=False,
     summary="baseline: full fine-tuning of every encoder weight (saved as kind full_model, not an adapter)",
-    state=_all_tensors, kind="full_model"))
+    state=_all_tensors, kind="full_model", tensor_keys=None))

@@ -84,4 +84,5 @@ def attach(model: nn.Module, options: BottleneckOptions, target_names: list[str]
 METHOD = register(Method(
     name="bottleneck", options_cls=BottleneckOptions, attach=attach, identity_at_init=True, pretrainable=True,
     summary="bottleneck adapter on each MLP (and/or attention), parallel (AdaptFormer) or sequential (Houlsby)",
-    inherited=("dim", "style", "scale", "target_modules"), state=method_tensors, resolve=resolve))
+    inherited=("dim", "style", "scale", "target_modules"), state=method_tensors, resolve=resolve,
+    tensor_keys=r"\.tpp_(down|up)\.(weight|bias)"))

@@ -54,4 +54,5 @@ METHOD = register(Method(
     name="lora", options_cls=LoraOptions, attach=attach, identity_at_init=True, pretrainable=True,
     summary="low-rank updates of attention projections (peft LoRA; DoRA / rsLoRA options)",
     inherited=("r", "alpha", "target_modules", "use_dora", "use_rslora"),
+    tensor_keys=r"\.lora_[AB]\.weight|\.lora_magnitude_vector",
 ))

@@ -62,4 +62,5 @@ def attach(model: nn.Module, options: SsfOptions, target_names: list[str]) -> nn
 METHOD = register(Method(
     name="ssf", options_cls=SsfOptions, attach=attach, identity_at_init=True, pretrainable=True,
     summary="scale and shift of the outputs of attention and MLP Linear layers and/or LayerNorms (SSF)",
-    inherited=("target_modules",), state=method_tensors, resolve=resolve))
+    inherited=("target_modules",), state=method_tensors, resolve=resolve,
+    tensor_keys=r"\.tpp_(scale|shift)"))

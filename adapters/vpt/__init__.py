@@ -99,4 +99,5 @@ def attach(model: nn.Module, options: VptOptions, target_names: list[str]) -> nn
 METHOD = register(Method(
     name="vpt", options_cls=VptOptions, attach=attach, identity_at_init=False, pretrainable=True,
     summary="visual prompt tuning: learned prompt tokens, shallow (input), deep (every layer) or chosen layers",
-    inherited=("length", "deep", "layers"), state=method_tensors, resolve=resolve))
+    inherited=("length", "deep", "layers"), state=method_tensors, resolve=resolve,
+    tensor_keys=r"\.tpp_prompt"))

@@ -1,0 +1,157 @@
+"""A store whose bytes changed after publishing, files that are not what they claim, and paths that try
+to leave the store: refused with a message that never echoes file content; `tpp adapters check` counts true."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
+from serving_fixtures import finetune_site, forge
+
+from tpp import store
+from tpp.bank import AdapterBank, SiteRefused
+from tpp.cli import main
+from tpp.errors import TppError
+
+SECRET = "TOP-SECRET-patient-list-4711"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from conftest import make_backbone, make_medmnist
+
+    base = tmp_path_factory.mktemp("tampered")
+    backbone = make_backbone(base / "backbone", "vit_mae")
+    other = make_backbone(base / "other", "vit_mae", seed=3)
+    root = make_medmnist(base / "data")
+    run = finetune_site(backbone, root, base / "runs" / "a", ["adapter.r=2"])
+    other_run = finetune_site(other, root, base / "runs" / "other", ["adapter.r=2"])
+    (base / "secret.txt").write_text(SECRET)
+    return {"backbone": backbone, "run": run, "other_run": other_run, "secret": base / "secret.txt"}
+
+
+def files_of(run) -> dict[str, bytes]:
+    return store.read_source(run)[1]
+
+
+def write_dir(path, files):
+    path.mkdir(parents=True)
+    for name, data in files.items():
+        (path / name).write_bytes(data)
+    return path
+
+
+def test_flipped_bytes_after_publishing_are_refused_not_served(world, tmp_path):
+    s = tmp_path / "store"
+    version = store.publish(world["run"], s, "x").version
+    weights = s / "x" / version / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x40  # a value byte: still parses, different prediction
+    weights.write_bytes(bytes(data))
+    bank = AdapterBank(str(world["backbone"]), str(s))
+    with pytest.raises(SiteRefused, match="content hash does not match"):
+        bank.site("x")
+    loads = bank.loads
+    with pytest.raises(SiteRefused, match="content hash does not match"):  # remembered: not read again
+        bank.site("x")
+    assert bank.loads == loads and "x" in bank.refused
+    data[-3] ^= 0x40
+    weights.write_bytes(bytes(data))  # the original bytes again, plus a file that is no part of an adapter
+    (s / "x" / version / "extra.bin").write_bytes(b"")
+    with pytest.raises(SiteRefused, match="not part of an adapter"):
+        AdapterBank(str(world["backbone"]), str(s)).site("x")
+    (s / "x" / version / "extra.bin").unlink()
+    assert AdapterBank(str(world["backbone"]), str(s)).site("x").version == version
+
+
+def corruptions(files: dict[str, bytes]) -> dict[str, tuple[dict, str]]:
+    import pickle
+
+    card = json.loads(files["tpp_card.json"])
+    state = load_bytes(files["adapter_model.safetensors"])
+    nan = {k: torch.full_like(v, float("nan")) for k, v in state.items()}
+    return {
+        "pickle": ({"adapter_model.safetensors": pickle.dumps({"w": 1})}, "not a readable safetensors file"),
+        "truncated": ({"adapter_model.safetensors": files["adapter_model.safetensors"][:-40]},
+                      "not a readable safetensors file"),
+        "unknown_method": ({"tpp_card.json": json.dumps(dict(card, method="lorax")).encode()},
+                           "unknown adapter.method 'lorax'"),
+        "mismatched_method": ({"tpp_card.json": json.dumps(dict(card, method="loha")).encode()},
+                              "not loha target parameters"),
+        "labels": ({"tpp_card.json": json.dumps(dict(card, task=dict(card["task"], label_names=["a", "b", "c"])))
+                    .encode()}, "does not fit the card"),
+        "nan": ({"adapter_model.safetensors": save_bytes(nan)}, "NaN"),
+        "huge_input": ({"tpp_card.json": json.dumps(dict(card, input=dict(card["input"], image_size=10**6))).encode()},
+                       "image_size"),
+    }
+
+
+def test_publish_verifies_what_it_publishes(world, tmp_path, capsys):
+    files = files_of(world["run"])
+    for name, (change, reason) in corruptions(files).items():
+        folder = write_dir(tmp_path / name, dict(files, **change))
+        assert main(["adapters", "publish", str(folder), str(tmp_path / "store"), "--site", name]) == 2, name
+        err = capsys.readouterr().err
+        assert reason in err and "Traceback" not in err, (name, err)
+    assert not (tmp_path / "store").exists()
+
+
+def test_publish_with_a_backbone_dry_loads_and_refuses_another_backbones_adapter(world, tmp_path, capsys):
+    s = tmp_path / "store"
+    assert main(["adapters", "publish", str(world["other_run"]), str(s), "--site", "o",
+                 "--backbone", str(world["backbone"])]) == 2
+    assert "hash" in capsys.readouterr().err and not s.exists()
+    assert main(["adapters", "publish", str(world["run"]), str(s), "--site", "a", "--backbone",
+                 str(world["backbone"])]) == 0
+    assert "loaded and checked against the backbone" in capsys.readouterr().out
+
+
+def test_adapters_check_loads_every_site_and_counts_true(world, tmp_path, capsys):
+    s = tmp_path / "store"
+    store.publish(world["run"], s, "good1")
+    store.publish(world["run"], s, "good2")
+    store.publish(world["other_run"], s, "other_backbone")
+    files = files_of(world["run"])
+    for name, (change, _) in corruptions(files).items():
+        forge(s, name, dict(files, **change))
+    flipped = s / "good2" / store.current_version(s, "good2") / "head.safetensors"
+    flipped.write_bytes(flipped.read_bytes()[:-1] + b"\x00")
+    assert main(["adapters", "check", str(s), "--backbone", str(world["backbone"])]) == 1
+    out = capsys.readouterr().out
+    refused = len(corruptions(files)) + 2
+    assert f"1 sites ok, {refused} refused" in out
+    assert out.count("REFUSED ") == refused and "REFUSED good1" not in out
+
+
+def test_links_out_of_the_store_are_refused_and_never_echoed(world, tmp_path):
+    s = tmp_path / "store"
+    version = store.publish(world["run"], s, "a").version
+    outside = tmp_path / "outside"
+    store.publish(world["run"], outside, "b")
+    # the pointer links to a secret file
+    (s / "p").mkdir()
+    os.symlink(world["secret"], s / "p" / "current")
+    # a site folder and a version folder that lead outside the store
+    os.symlink(outside / "b", s / "b")
+    (s / "v").mkdir()
+    os.symlink(outside / "b" / version, s / "v" / version)
+    (s / "v" / "current").write_text(version + "\n")
+    # a file inside a version folder that links out
+    (s / "f").mkdir()
+    (s / "f" / version).mkdir()
+    for name in os.listdir(s / "a" / version):
+        os.symlink(s / "a" / version / name, s / "f" / version / name)
+    (s / "f" / "current").write_text(version + "\n")
+    # a pointer holding the secret itself
+    (s / "q").mkdir()
+    (s / "q" / "current").write_text(SECRET)
+    bank = AdapterBank(str(world["backbone"]), str(s))
+    for site in ("p", "b", "v", "f", "q"):
+        with pytest.raises(TppError) as err:
+            bank.site(site)
+        assert SECRET not in str(err.value), site
+    rows = store.listing(s, bank.info.hash)
+    assert SECRET not in json.dumps(rows)
+    assert {r["site"] for r in rows if r["version"] != "?"} == {"a"}
+    assert bank.site("a").version == version

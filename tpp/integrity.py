@@ -1,0 +1,197 @@
+"""What a stored adapter must prove before it comes near the shared backbone, and the guard that notices
+if something wrote into it anyway.
+
+- :func:`check_adapter`: from the bytes of an adapter directory alone (nothing loaded into a model): the
+  card parses, its method is registered and is an adapter (the kind comes from the registry, never from
+  the card), every weight tensor is named by the method's key rule (so no file can name a backbone
+  weight), tensors are finite floats, and the head fits the card's labels.
+- :class:`BackboneGuard`: the version counter of every backbone tensor, compared after each load; a
+  change restores the weights from the checkpoint on disk and refuses the adapter that caused it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+
+from tpp.adapter_dir import CARD, HEAD, check_card
+from tpp.errors import ConfigError, TppError
+
+SERVED_TASKS = ("classification", "segmentation")
+
+
+@dataclass
+class CheckedAdapter:
+    """An adapter directory that passed :func:`check_adapter`: its card, method, weights and head tensors."""
+    card: dict
+    method: object  # tpp.adapters.Method
+    state: dict[str, torch.Tensor]
+    head_state: dict[str, torch.Tensor]
+
+
+def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
+    """Structural checks of an adapter directory's files (name -> bytes), served tasks only."""
+    card = parse_card(files.get(CARD), source)
+    if card.get("task", {}).get("type") not in SERVED_TASKS or "input" not in card:
+        raise TppError(f"'{source}' has no task head (stage {card.get('stage')!r}): only fine-tuned adapters are "
+                       "served. Fine-tune it first (tpp run finetune ... adapter.init_from=...).")
+    check_input_rule(card, source)
+    method = adapter_method(card, source)
+    weights = card.get("weights_file")
+    state = parse_tensors(files, weights, source) if weights else {}
+    check_keys(method, state, source)
+    head_state = parse_tensors(files, HEAD, source)
+    check_head(card, head_state, source)
+    return CheckedAdapter(card, method, state, head_state)
+
+
+def parse_card(data: bytes | None, source: str) -> dict:
+    """The card from its bytes (adapters only; a full model or a backbone card is refused)."""
+    if data is None:
+        raise TppError(f"'{source}' is not a tpp adapter directory (no {CARD}).")
+    try:
+        card = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TppError(f"'{source}/{CARD}' is not valid JSON ({type(exc).__name__}).") from None
+    check_card(card, f"{source}/{CARD}", kinds=("adapter",))
+    return card
+
+
+MAX_INPUT_SIDE = 4096  # pixels a card may ask images to be resized to (or masks to be drawn at)
+
+
+def check_input_rule(card: dict, source: str) -> None:
+    """The card's input pipeline and mask size are sane (a forged card cannot ask for 10^5-px inputs)."""
+    rule, task = card["input"], card["task"]
+    problems = []
+    if rule.get("image_channels") not in (1, 3) or rule.get("channels") not in (1, 3):
+        problems.append("image_channels and channels must be 1 or 3")
+    size = rule.get("image_size")
+    if not isinstance(size, int) or not 2 <= size <= MAX_INPUT_SIDE:
+        problems.append(f"image_size must be an integer in 2..{MAX_INPUT_SIDE}")
+    for key in ("mean", "std"):
+        values = rule.get(key)
+        if not isinstance(values, list) or len(values) != rule.get("channels") or \
+                not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+            problems.append(f"{key} must list one finite number per channel")
+    if isinstance(rule.get("std"), list) and any(isinstance(v, (int, float)) and v <= 0 for v in rule["std"]):
+        problems.append("std must be positive")
+    if task.get("type") == "segmentation":
+        mask = task.get("mask_size")
+        if not (isinstance(mask, list) and len(mask) == 2 and all(isinstance(m, int) and 1 <= m <= MAX_INPUT_SIDE
+                                                                 for m in mask)):
+            problems.append(f"task.mask_size must be two integers in 1..{MAX_INPUT_SIDE}")
+    if problems:
+        raise TppError(f"'{source}/{CARD}': the input rule is malformed: {'; '.join(problems)}.")
+
+
+def adapter_method(card: dict, source: str):
+    """The card's registered method, which must be an adapter method (its kind is the registry's)."""
+    from tpp.adapters import get_method
+
+    try:
+        method = get_method(str(card.get("method")))
+    except ConfigError as exc:
+        raise TppError(f"'{source}': {exc}") from None
+    if method.kind != "adapter":
+        raise TppError(f"'{source}': method {method.name!r} produces a {method.kind}, not an adapter; its card "
+                       "says otherwise, so it was edited. Refused.")
+    if not isinstance(card.get("options", {}), dict) or not isinstance(card.get("target_modules", []), list):
+        raise TppError(f"'{source}': the card's options / target_modules are malformed.")
+    return method
+
+
+def parse_tensors(files: dict[str, bytes], name: str, source: str) -> dict[str, torch.Tensor]:
+    """A safetensors file of the directory from its bytes (never pickle); finite floating tensors only."""
+    if name not in files:
+        raise TppError(f"adapter directory '{source}' lacks {name}.")
+    try:
+        state = load_safetensors(files[name])
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise TppError(f"'{source}/{name}' is not a readable safetensors file ({type(exc).__name__}).") from None
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise TppError(f"'{source}/{name}': tensor '{key}' has dtype {tensor.dtype}; adapters hold floats.")
+        if not torch.isfinite(tensor).all():
+            raise TppError(f"'{source}/{name}': tensor '{key}' holds NaN or infinite values.")
+    return state
+
+
+def check_keys(method, state: dict[str, torch.Tensor], source: str) -> None:
+    """Every tensor name must be one of the method's target parameters (its key rule), never a backbone
+    weight; checked before any tensor is copied anywhere."""
+    foreign = sorted(k for k in state if not method.owns_key(k) or ".base_layer." in f".{k}.")
+    if foreign:
+        more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
+        raise TppError(f"'{source}': the weights hold tensors that are not {method.name} target parameters: "
+                       f"{', '.join(foreign[:3])}{more}. Refused before loading: an adapter never carries "
+                       "backbone weights.")
+
+
+def check_head(card: dict, head_state: dict[str, torch.Tensor], source: str) -> None:
+    """A classification head's rows match the card's classes and label names."""
+    task = card["task"]
+    if task["type"] != "classification":
+        return
+    weight = head_state.get("linear.weight")
+    labels = task.get("label_names", [])
+    rows = weight.shape[0] if weight is not None and weight.dim() == 2 else None
+    if rows is None or rows != task.get("num_classes") or rows != len(labels):
+        shape = tuple(weight.shape) if weight is not None else None
+        raise TppError(f"'{source}/{HEAD}' does not fit the card: {task.get('num_classes')!r} classes and "
+                       f"{len(labels)} label names, head of shape {shape}.")
+
+
+class BackboneGuard:
+    """Notices any in-place write into the backbone's tensors (their autograd version counters) and
+    restores them from the checkpoint.
+
+    ``restore_from()`` loads a pristine copy of the same model (same tensor names); ``expected_hash``
+    is the checkpoint's content hash, re-checked after a restore.
+    """
+
+    def __init__(self, model: nn.Module, restore_from: Callable[[], nn.Module], expected_hash: str):
+        self.model, self.restore_from, self.expected_hash = model, restore_from, expected_hash
+        self.restores = 0
+        self._snapshot()
+
+    def _snapshot(self) -> None:
+        self.tensors = dict(self.model.state_dict(keep_vars=True))
+        self.versions = {name: self._stamp(t) for name, t in self.tensors.items()}
+
+    @staticmethod
+    def _stamp(tensor: torch.Tensor) -> tuple[int, int]:
+        """In-place writes bump ``_version``; replacing ``.data`` changes the storage pointer."""
+        return tensor._version, tensor.data_ptr()
+
+    def changed(self) -> list[str]:
+        """Names of backbone tensors written since the last snapshot."""
+        return [name for name, t in self.tensors.items() if self._stamp(t) != self.versions[name]]
+
+    def check(self, source: str) -> None:
+        """Raise (after restoring the backbone) if anything wrote into it since the last check."""
+        changed = self.changed()
+        if not changed:
+            return
+        self.restore()
+        raise TppError(f"adapter '{source}' wrote into the shared backbone ({', '.join(changed[:3])}); the backbone "
+                       "was restored from its checkpoint and the adapter refused.")
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Copy every backbone tensor back from the checkpoint (in place: every site shares them)."""
+        from tpp.backbones import backbone_hash
+
+        pristine = self.restore_from().state_dict()
+        for name, tensor in self.tensors.items():
+            tensor.copy_(pristine[name])
+        self.restores += 1
+        self._snapshot()
+        if backbone_hash(self.model) != self.expected_hash:
+            raise RuntimeError("the backbone could not be restored to its checkpoint's content; restart the service")

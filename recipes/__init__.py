@@ -15,6 +15,15 @@ RECIPES = {
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+class RunFinished(Exception):
+    """``train.resume=auto`` on a run that already succeeded: nothing to do. ``str()`` is the one line to
+    print; ``path`` is the run directory, ``summary`` its ``metrics.json`` (None if unreadable)."""
+
+    def __init__(self, message: str, path: Path, summary: dict | None):
+        super().__init__(message)
+        self.path, self.summary = path, summary
+
+
 def get_recipe(name: str):
     from tpp.errors import TppError
 
@@ -27,6 +36,8 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     """Load and check the config, run recipe ``name`` in its run directory, record the status.
 
     Returns (summary, run directory). What ``tpp run`` does, callable from Python (benchmarks).
+    ``train.resume=auto`` on a run that already succeeded (same config) raises :class:`RunFinished`
+    and touches nothing.
     """
     from tpp.config import load_config
     from tpp.rundir import RunDir
@@ -37,17 +48,42 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     resuming = bool(cfg.train.resume)
     if resuming:
         check_same_config(Path(cfg.output_dir), dict(cfg.to_dict(), recipe=name))
+        if cfg.train.resume == "auto":
+            refuse_finished(Path(cfg.output_dir))
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run directory
     run = RunDir(cfg.output_dir, overwrite=overwrite and not resuming, resume=resuming, main=main)
-    run.write_config(dict(cfg.to_dict(), recipe=name))
     try:
+        run.write_config(dict(cfg.to_dict(), recipe=name))
         summary = recipe.run(cfg, run)
     except BaseException as exc:
-        run.status("failed", error=f"{type(exc).__name__}: {exc}")
-        run.log(event="failed", error=f"{type(exc).__name__}: {exc}")
+        error = f"{type(exc).__name__}: {exc}"
+        try:  # a full disk may refuse these too: the original error is the one to report
+            run.status("failed", error=error)
+            run.log(event="failed", error=error)
+        except Exception:
+            pass
         raise
     run.status("succeeded")
     return summary, run.path
+
+
+def refuse_finished(path: Path) -> None:
+    """Raise :class:`RunFinished` when the run in ``path`` succeeded (``status.json`` and ``metrics.json``):
+    resuming it would re-run its last steps and rewrite its adapter."""
+    import json
+
+    try:
+        status = json.loads((path / "status.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return  # no run there yet, or one that never recorded a status: resume as usual
+    if status != "succeeded" or not (path / "metrics.json").is_file():
+        return
+    try:
+        summary = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    raise RunFinished(f"run '{path}' already finished (status.json: succeeded); train.resume=auto has nothing to do "
+                      "(to train it again, drop train.resume and pass --overwrite).", path, summary)
 
 
 def check_same_config(path: Path, config: dict) -> None:

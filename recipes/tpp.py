@@ -32,8 +32,9 @@ from tpp.training import (build_accelerator, checkpointer, loss_curve, make_load
 
 
 def unlabeled_images(dataset, use_eval_splits: bool) -> tuple[np.ndarray, list]:
-    """Images only: the training split (plus val/test when explicitly allowed). Labels are not returned."""
-    names = ["train"] + ([s for s in ("val", "test") if s in dataset.splits] if use_eval_splits else [])
+    """Images only: the training split (plus val/test when explicitly allowed and not empty). Labels are not
+    returned."""
+    names = ["train"] + ([s for s in ("val", "test") if len(dataset.splits.get(s, ()))] if use_eval_splits else [])
     return np.concatenate([dataset.split(s).images for s in names]), names
 
 

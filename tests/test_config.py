@@ -160,3 +160,45 @@ def test_yaml_no_is_the_string_no_for_choices(tmp_path):
 
     cfg = load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", ["train.mixed_precision=no"])
     assert cfg.train.mixed_precision == "no"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.head_lr_scale", -1, r"train\.head_lr_scale must be positive"),
+    ("train.head_lr_scale", 0, r"train\.head_lr_scale must be positive"),
+    ("train.weight_decay", -0.01, r"train\.weight_decay must not be negative, got -0\.01"),
+    ("train.adam_beta2", 2, r"train\.adam_beta2 must lie in \[0, 1\).*got 2\.0"),
+    ("train.adam_beta2", 1, r"train\.adam_beta2 must lie in \[0, 1\)"),
+    ("train.eval_batch_size", 0, r"train\.eval_batch_size must be at least 1, got 0"),
+    ("train.eval_every", -2, r"train\.eval_every must be at least 1"),
+    ("train.lr", ".inf", r"train\.lr must be a finite number"),
+    ("train.weight_decay", ".nan", r"train\.weight_decay must be a finite number"),
+    ("seed", -1, r"seed must be an integer in 0 \.\. 2\*\*32 - 1.*got -1"),
+    ("seed", 2**32, r"seed must be an integer in 0 \.\. 2\*\*32 - 1.*got 4294967296"),
+    ("data.val_fraction", -0.5, r"data\.val_fraction must lie in \[0, 1\).*got -0\.5"),
+    ("data.val_fraction", 1.5, r"data\.val_fraction must lie in \[0, 1\).*got 1\.5"),
+    ("data.test_fraction", 1, r"data\.test_fraction must lie in \[0, 1\)"),
+])
+def test_out_of_range_training_and_split_values_are_config_errors(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(apply_overrides({}, [f"{key}={value}"]))
+
+
+def test_split_fractions_must_leave_images_for_training_also_in_a_pool():
+    with pytest.raises(ConfigError, match=r"data\.val_fraction \+ data\.test_fraction must be below 1"):
+        build_config({"data": {"val_fraction": 0.5, "test_fraction": 0.5}})
+    with pytest.raises(ConfigError, match=r"pool\[1\]\.data\.val_fraction must lie in \[0, 1\)"):
+        build_config({"pool": [{"data": {}}, {"data": {"val_fraction": -0.1}}]})
+    cfg = build_config(apply_overrides({}, ["seed=4294967295", "train.head_lr_scale=10", "train.weight_decay=0",
+                                            "train.adam_beta2=0", "data.val_fraction=0", "data.test_fraction=0.9"]))
+    assert cfg.seed == 2**32 - 1 and cfg.train.adam_beta2 == 0 and cfg.data.val_fraction == 0  # the edges are fine
+
+
+def test_out_of_range_values_are_one_paragraph_cli_errors(tmp_path, capsys):
+    from tpp.cli import main
+
+    shipped = "breast_us/mae_vit_tiny_lora_finetune.yaml"
+    for override in ("train.eval_batch_size=0", "train.weight_decay=-1", "train.adam_beta2=2", "seed=-1",
+                     "data.val_fraction=1.5", "train.head_lr_scale=-1"):
+        assert main(["validate", shipped, override]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and override.split("=")[0] in err

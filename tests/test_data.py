@@ -153,3 +153,85 @@ def test_channel_rules_and_resize():
     y = to_model_tensor(rgb, 1, 28, [0.0], [1.0])
     assert y.shape == (1, 1, 28, 28) and torch.allclose(y, torch.full_like(y, 0.587))
     assert channel_rule(1, 3).startswith("replicate") and channel_rule(3, 1).startswith("RGB to luma")
+
+
+def _medmnist_with(tmp_path, **replace):
+    """A MedMNIST-layout breastmnist.npz under ``tmp_path`` with some arrays replaced."""
+    make_medmnist(tmp_path)
+    arrays = dict(np.load(tmp_path / "breastmnist.npz"))
+    arrays.update(replace)
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.full((60, 1), 0.7), r"train_labels \(train split\): 60 labels are not whole numbers \(first: 0\.7\)"),
+    (np.where(np.arange(60) == 5, 1.7, 1.0).reshape(-1, 1), r"train_labels \(train split\): 1 labels are not whole"),
+    (np.where(np.arange(60) == 3, np.nan, 0.0), r"train_labels \(train split\): 1 labels are not finite.*nan"),
+    (np.full(60, np.inf), r"train_labels \(train split\): 60 labels are not finite.*inf"),
+    (np.array(["benign"] * 60), r"train_labels \(train split\): labels must be integer class indices.*'benign'"),
+])
+def test_fractional_non_finite_and_string_labels_are_errors_naming_file_and_split(tmp_path, labels, message):
+    root = _medmnist_with(tmp_path, train_labels=labels)
+    with pytest.raises(TppError, match=message) as info:
+        load_medmnist("breastmnist", root)
+    assert str(tmp_path / "breastmnist.npz") in str(info.value)
+    args = dict(class_names_key=None, classes=None, modality="US", val_fraction=0.1, test_fraction=0.2, seed=0)
+    with pytest.raises(TppError, match=message):  # the generic npz source, with the file's own splits
+        load_npz("b", root, "breastmnist.npz", "images", "labels", **args)
+    np.savez(tmp_path / "one.npz", images=np.zeros((60, 8, 8), np.uint8), labels=labels)
+    with pytest.raises(TppError, match=message.replace(r"train_labels \(train split\)", "labels")):
+        load_npz("one", root, "one.npz", "images", "labels", **args)  # one array, split here by seed
+
+
+def test_float_labels_holding_whole_numbers_are_accepted(tmp_path):
+    root = _medmnist_with(tmp_path, train_labels=(np.arange(60) % 2).astype(np.float32))
+    assert load_medmnist("breastmnist", root).split("train").labels.dtype == np.int64
+
+
+def test_zero_byte_empty_and_npy_files_are_errors_naming_the_file(tmp_path):
+    path = tmp_path / "breastmnist.npz"
+    path.write_bytes(b"")
+    with pytest.raises(TppError, match=r"breastmnist\.npz' is not a readable \.npz file"):
+        load_medmnist("breastmnist", str(tmp_path))
+    np.savez(path)
+    with pytest.raises(TppError, match=r"breastmnist\.npz' is an empty \.npz archive"):
+        load_medmnist("breastmnist", str(tmp_path))
+    with open(path, "wb") as fh:
+        np.save(fh, np.zeros(3))
+    with pytest.raises(TppError, match=r"breastmnist\.npz' is a single \.npy array"):
+        load_medmnist("breastmnist", str(tmp_path))
+
+
+def test_empty_splits_are_errors_naming_the_file(tmp_path):
+    empty_images, empty_labels = np.zeros((0, 28, 28), np.uint8), np.zeros((0, 1), np.uint8)
+    root = _medmnist_with(tmp_path, train_images=empty_images, train_labels=empty_labels)
+    with pytest.raises(TppError, match=r"breastmnist\.npz' train_images holds no images"):
+        load_medmnist("breastmnist", root)
+    with pytest.raises(TppError, match=r"train_images holds no images"):
+        load_medmnist("breastmnist", root, labels=False)
+    root = _medmnist_with(tmp_path, val_images=empty_images, val_labels=empty_labels)
+    data = load_medmnist("breastmnist", root)  # loads; using the empty split is the error
+    with pytest.raises(TppError, match=r"breastmnist\.npz'\): the 'val' split is empty \(0 images\)"):
+        data.split("val")
+    np.savez(tmp_path / "none.npz", images=empty_images, labels=empty_labels)
+    with pytest.raises(TppError, match=r"none\.npz' images holds no images"):
+        load_npz("none", root, "none.npz", "images", "labels", None, None, "US", 0.1, 0.2, 0)
+    np.savez(tmp_path / "few.npz", images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 1]))
+    few = load_npz("few", root, "few.npz", "images", "labels", None, None, "US", 0.1, 0.1, 0)
+    with pytest.raises(TppError, match=r"few\.npz'\): the 'val' split is empty.*data\.val_fraction"):
+        few.split("val")
+
+
+def test_segmentation_npz_labels_are_checked_like_class_labels(tmp_path):
+    from types import SimpleNamespace
+
+    from tpp.data.segmentation import load_seg_npz
+
+    np.savez(tmp_path / "seg.npz", images=np.zeros((10, 16, 16), np.uint8), masks=np.zeros((10, 16, 16), np.uint8),
+             labels=np.full(10, 0.5))
+    data = SimpleNamespace(file="seg.npz", root=str(tmp_path), image_key="images", mask_key="masks",
+                           label_key="labels", class_names_key=None, mask_classes="binary", classes=None,
+                           group_key=None, val_fraction=0.2, test_fraction=0.2, name="seg", modality="US")
+    with pytest.raises(TppError, match=r"seg\.npz' labels: 10 labels are not whole numbers"):
+        load_seg_npz(data, 0)

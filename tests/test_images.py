@@ -127,7 +127,7 @@ def test_bad_inputs_name_the_file(tmp_path):
         decode(b"hello world", "notes.txt")
     with pytest.raises(ImageError, match="broken.png.*cannot be read"):
         decode(b"\x89PNG\r\n\x1a\nbroken", "broken.png")
-    with pytest.raises(ImageError, match="outside 2.."):
+    with pytest.raises(ImageError, match="too small"):
         decode(png_bytes(np.zeros((1, 30), np.uint8)), "line.png")
     with pytest.raises(ImageError, match="does not exist"):
         read(tmp_path / "missing.png")

@@ -85,6 +85,7 @@ def test_checkpoint_holds_only_what_trains_and_loads_without_pickle(tiny_mae, re
     import pickle
 
     (run / "checkpoints" / "step-6" / "state.pt").write_bytes(pickle.dumps(print))
+    (run / "status.json").write_text('{"status": "running"}')  # as a run killed after step 6 leaves it
     assert main(args(tiny_mae, root, run, "train.resume=auto")) == 2
     assert "cannot be read" in capsys.readouterr().err
     assert not [w for w in recwarn if "pickle" in str(w.message)]  # the error, not torch's notes on the file
@@ -111,10 +112,43 @@ def test_dino_tpp_resumes_exactly_with_its_teacher_and_centre(tiny_mae, referenc
     assert all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
 
 
-def test_resuming_a_finished_run_replaces_its_outputs(tiny_mae, reference, tmp_path):
+def _snapshot(run):
+    """(bytes, mtime_ns) of every file of a run directory."""
+    return {str(p.relative_to(run)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run.rglob("*"))
+            if p.is_file()}
+
+
+def test_resuming_a_finished_run_says_so_and_touches_nothing(tiny_mae, reference, tmp_path, capsys):
     root, ref = reference
     out = tmp_path / "again"
     assert main(args(tiny_mae, root, out)) == 0
-    assert main(args(tiny_mae, root, out, "train.resume=auto")) == 0  # continues from step-6, republishes
+    capsys.readouterr()
+    before = _snapshot(out)
+    assert main(args(tiny_mae, root, out, "train.resume=auto")) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and f"'{out}' already finished" in printed[0]
+    assert _snapshot(out) == before  # adapter, metrics, log, status and checkpoints: same bytes, same mtimes
     assert_same_end(ref, out)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert main(args(tiny_mae, root, out, "train.resume=auto", "train.lr=0.5")) == 2  # a changed config: still an error
+    assert "train.lr" in capsys.readouterr().err and _snapshot(out) == before
+
+
+def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, monkeypatch):
+    import errno
+
+    import tpp.checkpoint as checkpoint
+    from tpp.errors import TppError
+
+    saver = checkpoint.Checkpointer(tmp_path, every=1, keep=2)
+    weights = {"w": torch.ones(2)}
+    saver.save(1, weights, None, {}, {"losses": []})
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(TppError, match=r"cannot write checkpoint '.*step-2': No space left on device"):
+        saver.save(2, weights, None, {}, {"losses": []})
+    assert sorted(p.name for p in saver.dir.iterdir()) == ["step-1"]  # no .step-2.tmp, the good one stays
+    assert saver.latest().name == "step-1"

@@ -9,6 +9,7 @@ a temporary folder and renamed into place, so a folder named ``step-<N>`` is alw
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tpp.errors import TppError
@@ -77,19 +79,33 @@ class Checkpointer:
         """Write one checkpoint atomically, then drop the oldest beyond ``keep``."""
         if not self.main:
             return self.dir / f"step-{step}"
-        self.dir.mkdir(parents=True, exist_ok=True)
         tmp, final = self.dir / f".step-{step}.tmp", self.dir / f"step-{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        _kill_hook("IN_CHECKPOINT", step)
+        files = {"trainable.safetensors": {k: v.detach().contiguous().cpu() for k, v in trainable.items()}}
         if best is not None:
-            save_file({k: v.contiguous().cpu() for k, v in best.items()}, str(tmp / "best.safetensors"))
+            files["best.safetensors"] = {k: v.contiguous().cpu() for k, v in best.items()}
         if extra:
-            save_file({k: v.contiguous().cpu() for k, v in extra.items()}, str(tmp / "extra.safetensors"))
-        torch.save(dict(state, step=step), tmp / "state.pt")
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+            files["extra.safetensors"] = {k: v.contiguous().cpu() for k, v in extra.items()}
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            for name, tensors in files.items():
+                save_file(tensors, str(tmp / name))
+                if name == "trainable.safetensors":
+                    _kill_hook("IN_CHECKPOINT", step)
+            torch.save(dict(state, step=step), tmp / "state.pt")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+        except BaseException as exc:  # disk full, Ctrl-C ...: no half-written folder stays behind
+            shutil.rmtree(tmp, ignore_errors=True)
+            # only writes happen above: torch.save reports a failed one as RuntimeError, safetensors as its own
+            if isinstance(exc, (OSError, RuntimeError, SafetensorError)):
+                full = not isinstance(exc, OSError) or exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise TppError(f"cannot write checkpoint '{final}': {reason}."
+                               + (" Free some space (or lower train.keep_checkpoints), then continue with "
+                                  "train.resume=auto." if full else "")) from exc
+            raise
         for old in sorted((int(m.group(1)), p) for p in self.dir.iterdir()
                           if (m := _STEP_RE.match(p.name)))[:-self.keep]:
             shutil.rmtree(old[1], ignore_errors=True)

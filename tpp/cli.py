@@ -5,6 +5,7 @@ Errors caused by input print one paragraph and exit with code 2; ``--debug`` sho
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
@@ -97,7 +98,8 @@ def _add_deploy_commands(add) -> None:
     ad.add_argument("action", choices=["publish", "ls", "check"])
     ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check: STORE")
     ad.add_argument("--site", help="site name (publish)")
-    ad.add_argument("--backbone", help="backbone to check cards against (required by check)")
+    ad.add_argument("--backbone", help="backbone to load adapters on: required by check (every site is loaded as "
+                                       "tpp serve would); with publish, a dry load before publishing")
     pr = add("predict", "probabilities and label names (or segmentation masks) per image, written as a CSV")
     pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
     _common_deploy(pr)
@@ -110,6 +112,9 @@ def _add_deploy_commands(add) -> None:
     pr.add_argument("--slice", help="AXIS:INDEX of 3D NIfTI volumes, e.g. 2:40")
     pr.add_argument("--window", help="CENTER,WIDTH intensity window for DICOM / NIfTI "
                                      "(default: the file's, else min-max)")
+    pr.add_argument("--max-image-pixels", type=int, default=2**26,
+                    help="largest image read, in pixels (NIfTI: voxels of the whole volume), checked from the "
+                         "header before decoding; default 67108864 (8192x8192)")
     sv = add("serve", "HTTP service: one backbone, the store's site adapters")
     _common_deploy(sv)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs a token or --insecure)")
@@ -119,6 +124,14 @@ def _add_deploy_commands(add) -> None:
     sv.add_argument("--max-batch", type=int, default=64, help="images per micro-batch")
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="request body limit (413 above)")
+    sv.add_argument("--max-image-pixels", type=int, default=2**26,
+                    help="largest image decoded, in pixels (NIfTI: voxels of the whole volume); larger: 413 from "
+                         "the header, before decoding; default 67108864 (8192x8192)")
+    sv.add_argument("--max-request-pixels", type=int, default=2**27,
+                    help="pixels of all images of one request together (413 above, nothing decoded); "
+                         "default 134217728")
+    sv.add_argument("--body-timeout", type=float, default=30.0,
+                    help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
     for p in (pr, sv):
         p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, about one per core); "
                                                     "cap it on a machine shared with other jobs")
@@ -285,27 +298,48 @@ def cmd_adapters(args) -> int:
 
     if args.action == "publish":
         if len(args.paths) != 2 or not args.site:
-            raise TppError("usage: tpp adapters publish RUN_DIR STORE --site SITE")
+            raise TppError("usage: tpp adapters publish RUN_DIR STORE --site SITE [--backbone B]")
+        if args.backbone:  # a dry load as serving would do it, before anything is written
+            _dry_load(args.paths[0], args.backbone)
         sv = store.publish(args.paths[0], args.paths[1], args.site)
-        print(f"published {args.paths[0]} as {sv.site}@{sv.version} ({sv.path}); now current")
+        checked = "loaded and checked against the backbone" if args.backbone else "checked structurally"
+        print(f"published {args.paths[0]} as {sv.site}@{sv.version} ({sv.path}; {checked}); now current")
         return 0
     if len(args.paths) != 1:
         raise TppError(f"usage: tpp adapters {args.action} STORE [--backbone B]")
-    backbone_hash = _backbone_hash(args.backbone) if args.backbone else None
     if args.action == "ls":
-        rows = store.listing(args.paths[0], backbone_hash)
+        rows = store.listing(args.paths[0], _backbone_hash(args.backbone) if args.backbone else None)
         if not rows:
             print(f"no sites published in {args.paths[0]}")
             return 0
         _print_table(list(rows[0]), [list(r.values()) for r in rows])
         return 0
-    if backbone_hash is None:
+    if not args.backbone:
         raise TppError("tpp adapters check needs --backbone B.")
-    problems = store.check(args.paths[0], backbone_hash)
-    for line in problems:
-        print(f"REFUSED {line}")
-    print(f"{len(store.sites(args.paths[0])) - len(problems)} sites ok, {len(problems)} refused")
-    return 1 if problems else 0
+    from tpp.bank import AdapterBank
+
+    results = AdapterBank(args.backbone, args.paths[0], max_resident=1).check_store()
+    for site, reason in results.items():
+        if reason:
+            print(f"REFUSED {site}: {reason}")
+    refused = sum(1 for r in results.values() if r)
+    print(f"{len(results) - refused} sites ok, {refused} refused (each loaded as tpp serve would)")
+    return 1 if refused else 0
+
+
+def _dry_load(source: str, backbone: str) -> None:
+    """Load the adapter of ``source`` into a bank over ``backbone`` exactly as serving would, then drop it."""
+    import tempfile
+
+    from tpp import store
+    from tpp.bank import AdapterBank
+
+    with tempfile.TemporaryDirectory(prefix="tpp-publish-check-") as tmp:
+        store.publish(source, tmp, "check")
+        reason = AdapterBank(backbone, tmp, max_resident=1).check_store()["check"]
+    if reason:
+        reason = reason.replace(f"{tmp}/check/", "")
+        raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason}")
 
 
 def _backbone_hash(path: str) -> str:
@@ -316,16 +350,22 @@ def _backbone_hash(path: str) -> str:
 
 def cmd_predict(args) -> int:
     from tpp.bank import AdapterBank
-    from tpp.images import parse_slice, parse_window
+    from tpp.images import PixelLimits, parse_slice, parse_window
     from tpp.predict import assign_sites, predict_files, write_outputs
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
     _set_threads(args.threads)
+    if Path(args.out).is_dir():  # before any prediction work
+        raise TppError(f"--out '{args.out}' is a folder; give the CSV file to write, "
+                       f"e.g. --out {Path(args.out) / 'preds.csv'}.")
     pairs = assign_sites(args.site, args.site_map, args.images)
     if args.slice:
         parse_slice(args.slice)
-    options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window)}
+    if args.max_image_pixels < 1:
+        raise TppError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
+    options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window),
+               "limits": PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))}
     bank = AdapterBank(args.backbone, args.store, args.max_resident)
     rows, masks = predict_files(bank, pairs, args.batch_size, options)
     path, folder = write_outputs(rows, masks, args.out)
@@ -347,6 +387,8 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_serve(args) -> int:
+    from tpp.images import PixelLimits
+
     try:
         from tpp.server import serve
     except ImportError as exc:
@@ -360,11 +402,17 @@ def cmd_serve(args) -> int:
             raise TppError(f"cannot read --token-file '{args.token_file}' ({exc.strerror}).") from None
         if not token:
             raise TppError(f"--token-file '{args.token_file}' is empty.")
+    if min(args.max_image_pixels, args.max_request_pixels) < 1 or not args.body_timeout > 0:
+        raise TppError("--max-image-pixels and --max-request-pixels must be at least 1, --body-timeout positive.")
+    if args.max_request_pixels < args.max_image_pixels:
+        raise TppError(f"--max-request-pixels ({args.max_request_pixels}) must be at least --max-image-pixels "
+                       f"({args.max_image_pixels}): otherwise such an image could never be sent.")
     _set_threads(args.threads)
     try:
         serve(args.backbone, args.store, args.host, args.port, token=token, insecure=args.insecure,
               max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-              max_upload_bytes=int(args.max_upload_mb * 2**20))
+              max_upload_bytes=int(args.max_upload_mb * 2**20), body_timeout_s=args.body_timeout,
+              limits=PixelLimits(args.max_image_pixels, args.max_request_pixels))
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
         print("tpp serve stopped", file=sys.stderr)
     return 0
@@ -397,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.filterwarnings("ignore", module="transformers")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+    from tpp.recipes import RunFinished
+
     try:
         return COMMANDS[args.command](args)
     except TppError as exc:
@@ -404,6 +454,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment refused (disk full, no permission, a file in a path): one paragraph
+        if args.debug:
+            raise
+        where = f": '{exc.filename}'" if exc.filename else ""
+        hint = "; free some space or choose another location" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        print(f"error: {exc.strerror or exc}{where}{hint}.", file=sys.stderr)
+        return 2
+    except RunFinished as exc:  # train.resume=auto on a finished run: one line, nothing done
+        if os.environ.get("RANK", "0") == "0":
+            print(exc)
+        return 0
     except KeyboardInterrupt as exc:
         print(f"interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         return 130

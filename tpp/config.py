@@ -9,6 +9,7 @@ is then ignored; otherwise the run lasts ``train.epochs`` passes over the traini
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -106,7 +107,8 @@ class TrainConfig:
     checkpoint_every: Optional[int] = _f(None, "save trainable tensors + optimiser/scheduler/RNG/data position "
                                                "every N steps")
     keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
-    resume: Optional[str] = _f(None, "auto: continue from the newest checkpoint in output_dir; or a checkpoint folder")
+    resume: Optional[str] = _f(None, "auto: continue from the newest checkpoint in output_dir (a run that "
+                                                "already succeeded is left as it is); or a checkpoint folder")
     grad_accum_steps: int = _f(1, "split each step's batch into this many micro-batches: same gradients, less "
                                   "activation memory (random augmentation and masking draw differently)")
     lr: float = _f(1e-3, "peak learning rate (AdamW)")
@@ -431,6 +433,12 @@ def _check_values(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
+    _check_train(cfg.train)
+    if not 0 <= cfg.seed < 2**32:  # numpy's and torch's seeding take 0 .. 2**32 - 1
+        raise ConfigError(f"seed must be an integer in 0 .. 2**32 - 1 (4294967295), got {cfg.seed}.")
+    _check_data(cfg.data, "data")
+    for i, entry in enumerate(cfg.pool):
+        _check_data(entry.data, f"pool[{i}].data")
     if cfg.data.val_label_fraction is not None and not 0 < cfg.data.val_label_fraction <= 1:
         raise ConfigError(f"data.val_label_fraction must be in (0, 1], got {cfg.data.val_label_fraction}.")
     if cfg.train.checkpoint_every is not None and cfg.train.checkpoint_every < 1:
@@ -445,6 +453,39 @@ def _check_values(cfg: RunConfig) -> None:
 
         if not torch.cuda.is_available():
             raise ConfigError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU.")
+
+
+def _check_train(train: TrainConfig) -> None:
+    """Optimiser and batch settings: values torch would take but that make no sense (or crash later)."""
+    finite = {"train.lr": train.lr, "train.weight_decay": train.weight_decay,
+              "train.head_lr_scale": train.head_lr_scale, "train.adam_beta2": train.adam_beta2,
+              "train.warmup_ratio": train.warmup_ratio}
+    for key, value in finite.items():
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}.")
+    if train.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay must not be negative, got {train.weight_decay}.")
+    if train.head_lr_scale <= 0:
+        raise ConfigError(f"train.head_lr_scale must be positive (it multiplies train.lr for the task head), "
+                          f"got {train.head_lr_scale}.")
+    if not 0 <= train.adam_beta2 < 1:
+        raise ConfigError(f"train.adam_beta2 must lie in [0, 1) (AdamW's betas), got {train.adam_beta2}.")
+    if train.eval_batch_size < 1:
+        raise ConfigError(f"train.eval_batch_size must be at least 1, got {train.eval_batch_size}.")
+    if train.eval_every is not None and train.eval_every < 1:
+        raise ConfigError(f"train.eval_every must be at least 1, got {train.eval_every}.")
+
+
+def _check_data(data: DataConfig, key: str) -> None:
+    """Split fractions of a data section (``data`` or a ``pool[i].data``)."""
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(data, name)
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise ConfigError(f"{key}.{name} must lie in [0, 1) (the share of images the seeded split puts "
+                              f"there), got {value}.")
+    if data.val_fraction + data.test_fraction >= 1:
+        raise ConfigError(f"{key}.val_fraction + {key}.test_fraction must be below 1 (the rest trains), got "
+                          f"{data.val_fraction} + {data.test_fraction}.")
 
 
 def load_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:

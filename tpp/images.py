@@ -8,30 +8,66 @@ adapter card's input rule (channels, size, mean/std) is then applied by :func:`t
   [0, 1] (scaled by 255). Loaded with ``allow_pickle=False``.
 - DICOM (``tpp[dicom]``, pydicom): rescale slope/intercept (modality LUT), then a VOI LUT, the file's
   window or ``window=(center, width)``, else min-max to 0..255; MONOCHROME1 is inverted; multi-frame
-  files need an explicit ``frame``.
-- NIfTI (``tpp[nifti]``, nibabel): a 2D image, or one slice of a 3D volume with ``slice_spec="AXIS:INDEX"``;
+  files need an explicit ``frame`` (only that frame is decoded).
+- NIfTI-1 (``tpp[nifti]``, nibabel): a 2D image, or one slice of a 3D volume with ``slice_spec="AXIS:INDEX"``;
   min-max (or ``window``) to 0..255. The slice is used as stored (first remaining axis = rows).
 
-Errors are :class:`ImageError` naming the input and the problem; nothing here logs pixel data or
-DICOM header fields.
+Size budget (:class:`PixelLimits`): before anything is decoded, :func:`probe` reads the header (PIL's lazy
+open, the ``.npy`` header, DICOM without pixel data, the NIfTI header) and an image above the limit is
+refused with :class:`ImageTooLarge`. An image counts the elements its decoder materialises: width x height
+for PNG/JPEG/``.npy`` and one DICOM frame (colour samples not counted), every voxel of a NIfTI file (the
+whole volume is inflated). Gzipped NIfTI is inflated in bounded steps, never past the size its header implies.
+
+Errors are :class:`ImageError` naming the input and the problem (non-finite values or windows included);
+nothing here logs pixel data or DICOM header fields.
 """
 from __future__ import annotations
 
-import gzip
 import io
+import math
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tpp.errors import TppError
 
+if TYPE_CHECKING:
+    import torch
+
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
-MAX_SIDE = 8192
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI1_HEADER = 348  # bytes; the voxel data follow at the header's vox_offset
+MAX_NIFTI_OFFSET = 2**24  # header extensions beyond 16 MiB before the voxels are refused
 
 
 class ImageError(TppError):
     """An input image that cannot be read or converted (HTTP 400 in the service)."""
+
+
+class ImageTooLarge(ImageError):
+    """An image (or a request's images together) above the pixel budget (HTTP 413 in the service)."""
+
+
+@dataclass(frozen=True)
+class PixelLimits:
+    """Pixel (voxel) budget: ``max_pixels`` per image, ``max_request_pixels`` for all images of one
+    service request together. Defaults: 2**26 = 67,108,864 (one 8192 x 8192 image) and 2**27."""
+
+    max_pixels: int = 2**26
+    max_request_pixels: int = 2**27
+
+    def __post_init__(self):
+        for key in ("max_pixels", "max_request_pixels"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TppError(f"pixel limit {key} must be a positive integer, got {value!r}.")
+
+
+DEFAULT_LIMITS = PixelLimits()
 
 
 def sniff(data: bytes, name: str) -> str:
@@ -50,26 +86,18 @@ def sniff(data: bytes, name: str) -> str:
         return "dicom"
     if data[:6] == b"\x93NUMPY":
         return "npy"
-    if data[:2] == b"\x1f\x8b" or int.from_bytes(data[:4], "little") == 348:
+    if data[:2] == GZIP_MAGIC or int.from_bytes(data[:4], "little") == NIFTI1_HEADER:
         return "nifti"
     if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"\xff\xd8":
         return "pil"
     raise ImageError(f"'{name}': unsupported image format (PNG, JPEG, .npy, DICOM or NIfTI are read).")
 
 
-def decode(data: bytes, name: str, *, frame: int | None = None, slice_spec: str | None = None,
-           window: tuple[float, float] | None = None) -> np.ndarray:
-    """Bytes of one image file -> uint8 (H, W) or (H, W, 3)."""
-    kind = sniff(data, name)
+@contextmanager
+def _reading(kind: str, name: str):
+    """Turn a library's error while reading ``name`` as ``kind`` into one :class:`ImageError`."""
     try:
-        if kind == "pil":
-            array = _read_pil(data)
-        elif kind == "npy":
-            array = _read_npy(data, name)
-        elif kind == "dicom":
-            array = _read_dicom(data, name, frame, window)
-        else:
-            array = _read_nifti(data, name, slice_spec, window)
+        yield
     except ImageError:
         raise
     except ImportError as exc:
@@ -78,6 +106,49 @@ def decode(data: bytes, name: str, *, frame: int | None = None, slice_spec: str 
                          f"pip install 'tpp[{extra}]'.") from None
     except Exception as exc:  # a corrupt file surfaces as many different library errors
         raise ImageError(f"'{name}': cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}).") from None
+
+
+def probe(data: bytes, name: str) -> int:
+    """Pixels (voxels) decoding ``data`` would materialise, from its header alone (no pixel is decoded)."""
+    kind = sniff(data, name)
+    with _reading(kind, name):
+        return {"pil": _probe_pil, "npy": _probe_npy, "dicom": _probe_dicom, "nifti": _probe_nifti}[kind](data, name)
+
+
+def check_image(data: bytes, name: str, limits: PixelLimits = DEFAULT_LIMITS) -> int:
+    """:func:`probe`, refusing an image above ``limits.max_pixels`` (:class:`ImageTooLarge`). Returns the count."""
+    count = probe(data, name)
+    if count > limits.max_pixels:
+        raise ImageTooLarge(f"'{name}': {count:,} pixels, more than the per-image limit of {limits.max_pixels:,} "
+                            "(--max-image-pixels); send a smaller image.")
+    return count
+
+
+def check_request(files: list[tuple[bytes, str]], limits: PixelLimits = DEFAULT_LIMITS) -> int:
+    """Probe every (bytes, name) of one request, headers only: refuse the whole request before anything is
+    decoded when one image, or all of them together, exceed ``limits``. Returns the total count."""
+    total = sum(check_image(data, name, limits) for data, name in files)
+    if total > limits.max_request_pixels:
+        raise ImageTooLarge(f"the request's {len(files)} images hold {total:,} pixels together, more than the "
+                            f"per-request limit of {limits.max_request_pixels:,} (--max-request-pixels); "
+                            "send fewer or smaller images per request.")
+    return total
+
+
+def decode(data: bytes, name: str, *, frame: int | None = None, slice_spec: str | None = None,
+           window: tuple[float, float] | None = None, limits: PixelLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Bytes of one image file -> uint8 (H, W) or (H, W, 3); the header is checked against ``limits`` first."""
+    kind = sniff(data, name)
+    check_image(data, name, limits)
+    with _reading(kind, name):
+        if kind == "pil":
+            array = _read_pil(data)
+        elif kind == "npy":
+            array = _read_npy(data, name)
+        elif kind == "dicom":
+            array = _read_dicom(data, name, frame, window)
+        else:
+            array = _read_nifti(data, name, slice_spec, window)
     return _check_shape(array, name)
 
 
@@ -89,6 +160,23 @@ def read(path: str | Path, **kwargs) -> np.ndarray:
     return decode(path.read_bytes(), str(path), **kwargs)
 
 
+def pil_size(source, name: str | None = None) -> tuple[int, int]:
+    """(width, height) of a PIL-readable file or file object from its header (lazy open, nothing decoded);
+    PIL's own decompression-bomb refusal becomes :class:`ImageTooLarge` (naming ``name`` when given)."""
+    from PIL import Image
+
+    try:
+        with Image.open(source) as img:
+            return img.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge(f"{f'{name!r}: ' if name else ''}too large to decode ({exc})") from None
+
+
+def _probe_pil(data: bytes, name: str) -> int:
+    width, height = pil_size(io.BytesIO(data), name)
+    return width * height
+
+
 def _read_pil(data: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -97,6 +185,18 @@ def _read_pil(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         return np.array(training_mode(img))  # a writable copy (torch refuses read-only views)
+
+
+def _probe_npy(data: bytes, name: str) -> int:
+    """Elements of a ``.npy`` array from its header (colour channels of an (H, W, C<=4) array not counted)."""
+    fmt = np.lib.format
+    fh = io.BytesIO(data)
+    version = fmt.read_magic(fh)
+    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape = reader(fh)[0]
+    if len(shape) == 3 and shape[-1] <= 4:
+        shape = shape[:2]
+    return math.prod(shape)
 
 
 def _read_npy(data: bytes, name: str) -> np.ndarray:
@@ -119,21 +219,30 @@ def _read_npy(data: bytes, name: str) -> np.ndarray:
     raise ImageError(f"'{name}': unsupported array dtype {array.dtype}.")
 
 
+def _probe_dicom(data: bytes, name: str) -> int:
+    """Rows x Columns of one DICOM frame (only the chosen frame is decoded), read without the pixel data."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+
+
 def _read_dicom(data: bytes, name: str, frame: int | None, window) -> np.ndarray:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
     ds = pydicom.dcmread(io.BytesIO(data))
     if "PixelData" not in ds:
         raise ImageError(f"'{name}': the DICOM file holds no pixel data.")
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    pixels = ds.pixel_array
+    index = None
     if frames > 1:
         if frame is None:
             raise ImageError(f"'{name}': multi-frame DICOM ({frames} frames); choose one with an explicit frame index.")
         if not 0 <= frame < frames:
             raise ImageError(f"'{name}': frame {frame} is out of range (0..{frames - 1}).")
-        pixels = pixels[frame]
+        index = frame
+    pixels = pixel_array(ds, index=index)  # just the chosen frame, not all of them
     if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
         return np.clip(pixels, 0, 255).astype(np.uint8)
     values = apply_modality_lut(pixels, ds).astype(np.float64)
@@ -141,7 +250,8 @@ def _read_dicom(data: bytes, name: str, frame: int | None, window) -> np.ndarray
         values = apply_voi_lut(values, ds).astype(np.float64)
     elif window is None and "WindowCenter" in ds and "WindowWidth" in ds:
         window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
-    gray = _to_uint8(values, window)
+        _check_window(window, f"'{name}': the file's window")
+    gray = _to_uint8(values, window, name)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         gray = 255 - gray
     return gray
@@ -155,25 +265,74 @@ def _first(value) -> float:
         return float(value[0])
 
 
+def _nifti_header(data: bytes, name: str):
+    """(nibabel header, size in bytes of the uncompressed file it implies), reading only the header."""
+    import nibabel
+
+    if data[:2] == GZIP_MAGIC:
+        head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, NIFTI1_HEADER)
+    else:
+        head = data[:NIFTI1_HEADER]
+    size_field = head[:4]
+    if len(head) < NIFTI1_HEADER or NIFTI1_HEADER not in (int.from_bytes(size_field, "little"),
+                                                           int.from_bytes(size_field, "big")):
+        raise ImageError(f"'{name}': not a NIfTI-1 file (no 348-byte header).")
+    if head[344:348] != b"n+1\0":
+        raise ImageError(f"'{name}': not a single-file NIfTI-1 image (magic 'n+1' missing).")
+    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(head))
+    offset = int(header.get_data_offset())
+    if not NIFTI1_HEADER <= offset <= MAX_NIFTI_OFFSET:
+        raise ImageError(f"'{name}': the NIfTI header puts the voxels at byte {offset:,} "
+                         f"(expected {NIFTI1_HEADER}..{MAX_NIFTI_OFFSET:,}).")
+    voxels = math.prod(header.get_data_shape())
+    return header, offset + voxels * header.get_data_dtype().itemsize
+
+
+def _probe_nifti(data: bytes, name: str) -> int:
+    """Voxels of the whole NIfTI volume (all of them are inflated), from the header."""
+    header, _ = _nifti_header(data, name)
+    return math.prod(header.get_data_shape())
+
+
+def _gunzip(data: bytes, limit: int, name: str) -> bytes:
+    """Inflate gzip ``data`` (one or more members) in bounded steps; refuse it once it passes ``limit`` bytes."""
+    parts, size, rest = [], 0, data
+    while rest[:2] == GZIP_MAGIC:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        parts.append(inflater.decompress(rest, limit - size + 1))  # at most one byte past the limit
+        size += len(parts[-1])
+        if size > limit:
+            raise ImageError(f"'{name}': the gzip stream inflates past the {limit:,} bytes its NIfTI header "
+                             "implies (a corrupt file or a decompression bomb); refused.")
+        if not inflater.eof:
+            break  # truncated: the reader reports the missing voxels
+        rest = inflater.unused_data
+    return b"".join(parts)
+
+
 def _read_nifti(data: bytes, name: str, slice_spec: str | None, window) -> np.ndarray:
     import nibabel
 
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
-    volume = np.asarray(nibabel.Nifti1Image.from_bytes(data).get_fdata(), dtype=np.float64)
-    while volume.ndim > 2 and volume.shape[-1] == 1:
-        volume = volume[..., 0]
-    if volume.ndim == 3:
+    _, size = _nifti_header(data, name)
+    raw = _gunzip(data, size, name) if data[:2] == GZIP_MAGIC else data
+    image = nibabel.Nifti1Image.from_bytes(raw)
+    shape = list(image.shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    index: list = [slice(None)] * len(shape)
+    if len(shape) == 3:
         if slice_spec is None:
-            raise ImageError(f"'{name}': a 3D NIfTI volume {volume.shape}; "
+            raise ImageError(f"'{name}': a 3D NIfTI volume {tuple(shape)}; "
                              "choose a 2D slice with AXIS:INDEX (e.g. 2:40).")
-        axis, index = parse_slice(slice_spec)
-        if axis > 2 or not 0 <= index < volume.shape[axis]:
-            raise ImageError(f"'{name}': slice {slice_spec} is outside the volume {volume.shape}.")
-        volume = np.take(volume, index, axis=axis)
-    elif volume.ndim != 2:
-        raise ImageError(f"'{name}': NIfTI data of shape {volume.shape} is neither 2D nor 3D.")
-    return _to_uint8(volume, window)
+        axis, position = parse_slice(slice_spec)
+        if axis > 2 or not 0 <= position < shape[axis]:
+            raise ImageError(f"'{name}': slice {slice_spec} is outside the volume {tuple(shape)}.")
+        index[axis] = position
+    elif len(shape) != 2:
+        raise ImageError(f"'{name}': NIfTI data of shape {tuple(shape)} is neither 2D nor 3D.")
+    index += [0] * (len(image.shape) - len(shape))  # the dropped trailing singleton axes
+    values = np.asarray(image.dataobj[tuple(index)], dtype=np.float64)  # the slice only, scaled as stored
+    return _to_uint8(values, window, name)
 
 
 def parse_slice(spec: str) -> tuple[int, int]:
@@ -193,14 +352,25 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
         center, width = (float(x) for x in text.split(","))
     except ValueError:
         raise ImageError(f"window {text!r} must be CENTER,WIDTH, e.g. 40,400.") from None
-    if width <= 0:
-        raise ImageError(f"window {text!r}: the width must be positive.")
+    _check_window((center, width), f"window {text!r}")
     return center, width
 
 
-def _to_uint8(values: np.ndarray, window) -> np.ndarray:
-    """Window (center, width) or min-max of the image -> uint8."""
+def _check_window(window: tuple[float, float], what: str) -> None:
+    """A window needs a finite center and a positive finite width (NaN / inf would give a black image)."""
+    center, width = window
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise ImageError(f"{what} (center {center:g}, width {width:g}) must be finite numbers.")
+    if width <= 0:
+        raise ImageError(f"{what} (center {center:g}, width {width:g}): the width must be positive.")
+
+
+def _to_uint8(values: np.ndarray, window, name: str) -> np.ndarray:
+    """Window (center, width) or min-max of the image -> uint8; NaN or infinite values are refused."""
+    if not np.isfinite(values).all():
+        raise ImageError(f"'{name}': the image holds NaN or infinite values; it cannot be windowed to 8 bits.")
     if window is not None:
+        _check_window(window, f"'{name}': window")
         center, width = window
         low, high = center - width / 2, center + width / 2
     else:
@@ -214,8 +384,9 @@ def _check_shape(array: np.ndarray, name: str) -> np.ndarray:
         array = array[..., :3]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
         raise ImageError(f"'{name}': image of shape {tuple(array.shape)} is neither (H, W) gray nor (H, W, 3) RGB.")
-    if min(array.shape[:2]) < 2 or max(array.shape[:2]) > MAX_SIDE:
-        raise ImageError(f"'{name}': image size {array.shape[1]}x{array.shape[0]} is outside 2..{MAX_SIDE} pixels.")
+    if min(array.shape[:2]) < 2:
+        raise ImageError(f"'{name}': image size {array.shape[1]}x{array.shape[0]} is too small "
+                         "(each side must be at least 2 pixels).")
     return np.ascontiguousarray(array)
 
 

@@ -7,6 +7,7 @@ column with the fraction of pixels per class. The CSV and the masks folder appea
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from pathlib import Path
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from tpp import images as readers
 from tpp.bank import AdapterBank
 from tpp.errors import TppError
-from tpp.rundir import write_atomic
+from tpp.rundir import write_atomic, write_error
 from tpp.segmentation import mask_to_image_size
 
 SUFFIXES = readers.PIL_SUFFIXES | {".npy", ".dcm", ".dicom", ".nii", ".gz"}
@@ -41,19 +42,29 @@ def collect(inputs: list[str]) -> list[Path]:
     return files
 
 
-def read_site_map(path: str) -> dict[str, str]:
-    """Mapping CSV with columns ``image`` and ``site`` -> {image path: site}."""
+def read_site_map(path: str) -> list[tuple[str, str]]:
+    """Mapping CSV with columns ``image`` and ``site`` -> [(image path, site)], one per row in file order.
+    An image may appear on several rows (e.g. under two sites): every row is answered."""
     file = Path(path)
     if not file.is_file():
         raise TppError(f"site map '{file}' does not exist.")
-    with open(file, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"image", "site"} <= set(reader.fieldnames):
-            raise TppError(f"site map '{file}' needs the columns image,site (found {reader.fieldnames}).")
-        mapping = {row["image"]: row["site"] for row in reader}
-    if not mapping:
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not reader.fieldnames or not {"image", "site"} <= set(reader.fieldnames):
+                raise TppError(f"site map '{file}' needs the columns image,site (found {reader.fieldnames}).")
+            rows = []
+            for row in reader:
+                image, site = (row["image"] or "").strip(), (row["site"] or "").strip()
+                if not image or not site:
+                    raise TppError(f"site map '{file}' line {reader.line_num}: every row needs an image and a site "
+                                   f"(got image {image!r}, site {site!r}).")
+                rows.append((image, site))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise TppError(f"site map '{file}' is not a readable UTF-8 CSV ({exc}).") from None
+    if not rows:
         raise TppError(f"site map '{file}' has no rows.")
-    return mapping
+    return rows
 
 
 def assign_sites(site: str | None, site_map: str | None, inputs: list[str]) -> list[tuple[Path, str]]:
@@ -66,7 +77,7 @@ def assign_sites(site: str | None, site_map: str | None, inputs: list[str]) -> l
     if inputs:
         raise TppError("with --site-map the images come from its image column; pass no IMAGES.")
     base = Path(site_map).parent
-    pairs = [((base / img) if not Path(img).is_absolute() else Path(img), s) for img, s in mapping.items()]
+    pairs = [((base / img) if not Path(img).is_absolute() else Path(img), s) for img, s in mapping]
     for file, _ in pairs:
         if not file.is_file():
             raise TppError(f"site map '{site_map}': image '{file}' does not exist.")
@@ -124,29 +135,52 @@ def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str) -> t
 
     from PIL import Image
 
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = _out_path(out)
     folder = path.with_name(path.stem + "_masks")
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
-    if masks:
-        tmp.mkdir()
-        for name, mask in masks.items():
-            Image.fromarray(mask.astype(np.uint8), "L").save(tmp / name)
-        for row in rows:
-            if "mask" in row:
-                row["mask"] = f"{folder.name}/{row['mask']}"
+    moved = placed = False
     try:
+        if masks:
+            tmp.mkdir()
+            for name, mask in masks.items():
+                Image.fromarray(mask.astype(np.uint8), "L").save(tmp / name)
+            for row in rows:
+                if "mask" in row:
+                    row["mask"] = f"{folder.name}/{row['mask']}"
         if folder.exists():
             os.replace(folder, old)
+            moved = True
         if masks:
             os.replace(tmp, folder)
+            placed = True
         write_csv(rows, out)
+    except BaseException as exc:  # disk full ...: no new masks without their CSV, the earlier outputs stay
+        if placed:
+            shutil.rmtree(folder, ignore_errors=True)
+        if moved:
+            with contextlib.suppress(OSError):
+                os.replace(old, folder)
+        if isinstance(exc, OSError):
+            raise write_error(Path(exc.filename) if exc.filename else path, exc) from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return path, (folder if masks else None)
+
+
+def _out_path(out: str) -> Path:
+    """``--out`` as a Path whose folder exists; a folder named like the CSV, or a file in its way, is an error."""
+    path = Path(out)
+    if path.is_dir():
+        raise TppError(f"--out '{path}' is a folder; give the CSV file to write, e.g. --out {path / 'preds.csv'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(path.parent, exc, "cannot create the folder of --out") from None
+    return path
 
 
 def write_csv(rows: list[dict], out: str) -> Path:
@@ -158,7 +192,6 @@ def write_csv(rows: list[dict], out: str) -> Path:
     writer = csv.DictWriter(buffer, fieldnames=columns, restval="")
     writer.writeheader()
     writer.writerows(rows)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, buffer.getvalue())
+    path = _out_path(out)
+    write_atomic(path, buffer.getvalue())  # the temp file goes on failure; disk full is a TppError naming the CSV
     return path

@@ -6,6 +6,8 @@ the run succeeds. ``status.json`` says ``running``, ``succeeded`` or ``failed`` 
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
+from safetensors import SafetensorError
 
 from tpp.errors import TppError
 
@@ -27,11 +30,27 @@ def _json_default(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def write_error(path: Path, exc: OSError, what: str = "cannot write") -> TppError:
+    """The one-paragraph error for a failed write (disk full, no permission, a folder in the way)."""
+    reason = exc.strerror or str(exc)
+    hint = " Free some space or choose another location." if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return TppError(f"{what} '{path}': {reason}.{hint}")
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never a part."""
+    """Write a file so that readers see the old content or the new, never a part. On any failure the
+    temporary file is removed; an OSError (disk full, a folder named ``path`` ...) becomes a TppError."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from exc
+        raise
 
 
 class RunDir:
@@ -49,12 +68,17 @@ class RunDir:
         if resume and self.path.is_dir():
             self.status("running")
             return
-        if self.path.is_dir() and any(self.path.iterdir()):
-            if not overwrite:
-                raise TppError(f"output_dir '{self.path}' is not empty. Pass --overwrite to replace it, "
-                               "or choose another output_dir=...")
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.path.is_dir() and any(self.path.iterdir()):
+                if not overwrite:
+                    raise TppError(f"output_dir '{self.path}' is not empty. Pass --overwrite to replace it, "
+                                   "or choose another output_dir=...")
+                shutil.rmtree(self.path)
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a file in the path, no permission (/proc ...), read-only disk
+            at = f" (at '{exc.filename}')" if exc.filename and str(exc.filename) != str(self.path) else ""
+            raise TppError(f"output_dir '{self.path}' cannot be created: {exc.strerror or exc}{at}. "
+                           "Choose another output_dir=...") from None
         self.status("running")
 
     def write_config(self, config: dict) -> None:
@@ -65,8 +89,11 @@ class RunDir:
         """Append one JSON line to ``log.jsonl`` (with wall time since start)."""
         if self.main:
             record = {"time": round(time.time() - self.started, 3), **record}
-            with open(self.path / "log.jsonl", "a") as fh:
-                fh.write(json.dumps(record, default=_json_default) + "\n")
+            try:
+                with open(self.path / "log.jsonl", "a") as fh:
+                    fh.write(json.dumps(record, default=_json_default) + "\n")
+            except OSError as exc:
+                raise write_error(self.path / "log.jsonl", exc) from exc
 
     def status(self, state: str, **extra) -> None:
         if self.main:
@@ -92,6 +119,15 @@ class RunDir:
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(target, old)
             os.replace(tmp, target)
+        except BaseException as exc:  # nothing half-written stays; an earlier output is put back
+            if old.exists() and not target.exists():
+                with contextlib.suppress(OSError):
+                    os.replace(old, target)
+            if isinstance(exc, OSError):  # disk full while writing the adapter ...
+                raise write_error(target, exc) from exc
+            if isinstance(exc, SafetensorError):  # safetensors reports its I/O errors as its own
+                raise TppError(f"cannot write '{target}': {exc}") from exc
+            raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.rmtree(old, ignore_errors=True)

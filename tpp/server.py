@@ -5,14 +5,17 @@ Endpoints: ``GET /healthz``, ``GET /v1/sites``, ``POST /v1/sites/{site}/predict`
 inference worker (:mod:`tpp.worker`) that micro-batches across requests and sites.
 
 Safety: binds to 127.0.0.1 by default; any other address needs a bearer token (env
-``TPP_SERVE_TOKEN`` or ``--token-file``) or an explicit ``--insecure``. Bodies above the upload limit
-get 413 before any parsing. Logs hold site names, counts, versions and timings: never image bytes,
-file names or DICOM header fields.
+``TPP_SERVE_TOKEN`` or ``--token-file``; also guards ``/openapi.json``) or an explicit ``--insecure``.
+Bodies above the upload limit get 413 before any parsing, bodies not complete within the body timeout
+408; images over the pixel budget (per image, per request) 413 from their headers, before any is
+decoded. A site that fails to load or predict gets 409 for its own requests only. Logs hold site
+names, counts, versions and timings: never image bytes, file names or DICOM header fields.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 
 import torch
@@ -20,7 +23,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 
 from tpp import store as adapter_store
 from tpp.errors import TppError
-from tpp.images import ImageError, decode, parse_window
+from tpp.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
 from tpp.segmentation import rle_encode
 from tpp.worker import InferenceWorker
 
@@ -29,10 +32,11 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 class BodyLimit:
-    """ASGI middleware: read the request body up to ``limit`` bytes, else answer 413 (nothing parsed)."""
+    """ASGI middleware: read the whole request body before the app sees it, at most ``limit`` bytes within
+    ``timeout_s`` seconds; else 413 / 408 and the connection is closed (nothing parsed)."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, timeout_s: float = 30.0):
+        self.app, self.limit, self.timeout_s = app, limit, timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -40,9 +44,15 @@ class BodyLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await self._too_large(send)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         chunks, size, more = [], 0, True
         while more:
-            message = await receive()
+            try:  # a slow (or stalled) body cannot hold a connection open past the deadline
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                return await refuse(send, 408, f"request body not complete within {self.timeout_s:g} s "
+                                               "(the service's --body-timeout)")
             if message["type"] != "http.request":
                 return  # client went away
             chunks.append(message.get("body", b""))
@@ -62,23 +72,34 @@ class BodyLimit:
         return await self.app(scope, replay, send)
 
     async def _too_large(self, send):
-        text = f'{{"detail": "request body larger than the upload limit of {self.limit} bytes"}}'.encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(text)).encode())]})
-        await send({"type": "http.response.body", "body": text})
+        await refuse(send, 413, f"request body larger than the upload limit of {self.limit} bytes")
+
+
+async def refuse(send, status: int, detail: str) -> None:
+    """Answer ``status`` with a JSON ``detail`` and close the connection (the rest of the body is not read)."""
+    text = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(text)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": text})
 
 
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
-               max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0):
-    """The ASGI application (FastAPI wrapped in the body-size limit)."""
+               max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0, *,
+               limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0):
+    """The ASGI application (FastAPI wrapped in the body size and time limits); ``limits``: the pixel
+    budget per image and per request (413 from the headers, before anything is decoded)."""
     bank = worker.bank
-    app = FastAPI(title="tpp", summary="one backbone, many site adapters", docs_url=None, redoc_url=None)
+    app = FastAPI(title="tpp", summary="one backbone, many site adapters", docs_url=None, redoc_url=None,
+                  openapi_url=None)  # served below, behind the token
 
     def authorised(request: Request) -> None:
+        """The bearer token, when one is set: scheme case-insensitive (RFC 7235), token compared in constant time."""
         if token is None:
             return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        matches = hmac.compare_digest(given.strip().encode("latin-1"), token.encode())
+        if scheme.lower() != "bearer" or not matches:
             raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
     def site_name(site: str) -> str:
@@ -108,12 +129,20 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     def healthz():
         return {"status": "ok"}
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorised)])
+    def openapi():
+        return app.openapi()
+
     @app.get("/v1/sites", dependencies=[Depends(authorised)])
     async def list_sites():
         rows = adapter_store.listing(store_path, bank.info.hash)
-        resident = await outcome(worker.call(lambda b: {name: s.version for name, s in b.resident.items()}))
+        resident, refused = await outcome(worker.call(
+            lambda b: ({name: s.version for name, s in b.resident.items()}, dict(b.refused))))
         for row in rows:
             row["resident"] = resident.get(row["site"]) == row["version"]
+            failed = refused.get(row["site"])  # (version, reason): refused until another version is published
+            row["healthy"] = not (failed and failed[0] == row["version"]) and row["backbone_match"] == "yes"
+            row["refused_because"] = failed[1] if failed and failed[0] == row["version"] else None
         return {"backbone": {"id": bank.info.id, "hash": bank.info.hash}, "sites": rows}
 
     @app.post("/v1/sites/{site}/predict", dependencies=[Depends(authorised)])
@@ -124,10 +153,13 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         arrays = []
         try:
             window_pair = parse_window(window)
-            for upload in images:
-                data = await upload.read()  # decoding runs in a thread: a large DICOM must not stall the loop
-                arrays.append(await asyncio.to_thread(decode, data, upload.filename or "upload", frame=frame,
-                                                      slice_spec=slice_spec, window=window_pair))
+            files = [(await upload.read(), upload.filename or "upload") for upload in images]
+            await asyncio.to_thread(check_request, files, limits)  # all headers first: over budget, nothing decoded
+            for data, name in files:  # decoding runs in a thread: a large DICOM must not stall the loop
+                arrays.append(await asyncio.to_thread(decode, data, name, frame=frame, slice_spec=slice_spec,
+                                                      window=window_pair, limits=limits))
+        except ImageTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
         except ImageError as exc:
             raise HTTPException(400, str(exc)) from None
         result = await outcome(worker.predict(site, arrays))
@@ -149,7 +181,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         log.info("site %s: version %s -> %s", site, old, new)
         return {"site": site, "old_version": old, "new_version": new}
 
-    return BodyLimit(app, max_upload_bytes)
+    return BodyLimit(app, max_upload_bytes, body_timeout_s)
 
 
 def check_binding(host: str, token: str | None, insecure: bool) -> None:
@@ -161,7 +193,8 @@ def check_binding(host: str, token: str | None, insecure: bool) -> None:
 
 def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
           insecure: bool = False, max_resident: int = 16, max_batch: int = 64, max_wait_ms: float = 5.0,
-          max_upload_bytes: int = 10 * 2**20) -> None:
+          max_upload_bytes: int = 10 * 2**20, limits: PixelLimits = DEFAULT_LIMITS,
+          body_timeout_s: float = 30.0) -> None:
     """Load the backbone, check the store, serve until Ctrl-C / SIGTERM (uvicorn's handlers)."""
     import uvicorn
 
@@ -172,7 +205,7 @@ def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8
     for problem in adapter_store.check(store_path, bank.info.hash):
         log.warning("will refuse %s", problem)
     worker = InferenceWorker(bank, max_batch, max_wait_ms)
-    app = create_app(worker, store_path, token, max_upload_bytes)
+    app = create_app(worker, store_path, token, max_upload_bytes, limits=limits, body_timeout_s=body_timeout_s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("backbone %s (hash %s), store %s, up to %d resident sites, %d torch threads", bank.info.id,
              bank.info.hash[:12], store_path, max_resident, torch.get_num_threads())

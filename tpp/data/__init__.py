@@ -47,16 +47,23 @@ class Dataset:
     skipped: list = field(default_factory=list)  # [(file, reason)] left out with data.on_bad_file=skip
     split_id: str = "official"  # how the splits were made; seeded splits differ per seed
     origin: str | None = None  # the image collection behind the data (BreastMNIST and BUSI share "BUSI")
+    source: str | None = None  # where it was read ('FILE', folder ...), for error messages; never in cards
 
     @property
     def is_segmentation(self) -> bool:
         return any(s.masks is not None for s in self.splits.values())
 
     def split(self, name: str) -> Split:
-        if name not in self.splits:
-            from tpp.errors import TppError
+        """The split ``name``; a missing or empty one is an error naming the data's source."""
+        from tpp.errors import TppError
 
+        if name not in self.splits:
             raise TppError(f"dataset '{self.name}' has no '{name}' split (it has {', '.join(self.splits)}).")
+        if len(self.splits[name]) == 0:
+            where = f"dataset '{self.name}'" + (f" ({self.source})" if self.source else "")
+            hint = ("raise data.val_fraction / data.test_fraction or add images"
+                    if self.split_id.startswith("seeded") else "add images to it")
+            raise TppError(f"{where}: the '{name}' split is empty (0 images); {hint}.")
         return self.splits[name]
 
     @property

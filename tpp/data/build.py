@@ -1,6 +1,9 @@
 """From the ``data`` config section to a Dataset and model-ready tensors."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,8 @@ def load_data(data, seed: int, image_size: int, labels: bool = True) -> Dataset:
         dataset = load_unlabeled_folder(data.name, data.root, data.file, data.modality, image_size, data.on_bad_file)
         dataset.split_id = "all images"
     dataset.origin = data.origin or dataset.origin
+    if dataset.source is None:  # image folders: where they were read, for error messages (never in cards)
+        dataset.source = f"folder '{Path(data.root or os.environ.get('TPP_DATA_ROOT', '')) / (data.file or '')}'"
     return dataset
 
 

@@ -51,34 +51,61 @@ def training_mode(img):
     return img.convert("RGB")
 
 
-def _decode(paths: list[str], size: int, on_bad_file: str = "error") -> tuple[np.ndarray, list[int], list]:
+def _decode(paths: list[str], size: int, on_bad_file: str = "error",
+            max_pixels: int | None = None) -> tuple[np.ndarray, list[int], list]:
     """Decode images to uint8 (M, size, size) gray or (M, size, size, 3) RGB (RGB when any image has colour).
 
-    Unreadable files (zero bytes, truncated, not an image) fail at once naming the file, or with
+    Unreadable files (zero bytes, truncated, not an image, more than ``max_pixels`` pixels by their header:
+    default :class:`tpp.images.PixelLimits`' per-image limit) fail at once naming the file, or with
     ``on_bad_file="skip"`` are left out. Returns (images, indices of the decoded paths, [(path, reason)]).
     """
     from PIL import Image, UnidentifiedImageError
 
+    from tpp.images import DEFAULT_LIMITS, ImageTooLarge, pil_size
+
+    limit = max_pixels or DEFAULT_LIMITS.max_pixels
     loaded, kept, skipped = [], [], []
     for i, p in enumerate(paths):
         try:
             if os.path.getsize(p) == 0:
                 raise ValueError("empty file (0 bytes)")
+            width, height = pil_size(p)  # header only: a decompression bomb is refused before decoding
+            if width * height > limit:
+                raise ImageTooLarge(f"{width}x{height} = {width * height:,} pixels, more than the per-image "
+                                    f"limit of {limit:,}")
             with Image.open(p) as img:
                 img.load()
                 loaded.append(training_mode(img))
             kept.append(i)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            if on_bad_file != "skip":
-                raise TppError(f"image '{p}' cannot be read ({reason}). Remove or replace it, or pass "
-                               "data.on_bad_file=skip to leave such files out (listed in skipped.csv).") from None
-            skipped.append((p, reason))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImageTooLarge) as exc:
+            _bad_file(p, f"{type(exc).__name__}: {exc}", on_bad_file, skipped)
     if not loaded:
         raise TppError(f"none of the {len(paths)} images could be read (first: {paths[0] if paths else '-'}).")
     mode = "RGB" if any(img.mode == "RGB" for img in loaded) else "L"
     arrays = [np.asarray(img.convert(mode).resize((size, size), Image.BILINEAR)) for img in loaded]
     return np.stack(arrays).astype(np.uint8), kept, skipped
+
+
+def _bad_file(path, reason: str, on_bad_file: str, skipped: list) -> None:
+    """An unreadable image: an error naming it, or with ``on_bad_file="skip"`` a (path, reason) row in ``skipped``."""
+    if on_bad_file != "skip":
+        raise TppError(f"image '{path}' cannot be read ({reason}). Remove or replace it, or pass "
+                       "data.on_bad_file=skip to leave such files out (listed in skipped.csv).")
+    skipped.append((str(path), reason))
+
+
+def _dangling_links(path: Path, on_bad_file: str) -> list:
+    """Symbolic links below ``path`` whose target is missing (``datasets`` drops them silently): reported
+    like any unreadable image (an error, or [(path, reason)] rows with ``on_bad_file="skip"``)."""
+    skipped: list = []
+    for folder, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            link = Path(folder) / name
+            if not name.startswith(".") and link.is_symlink() and not link.exists():
+                _bad_file(link, f"dangling symbolic link: its target '{os.readlink(link)}' does not exist",
+                          on_bad_file, skipped)
+    return skipped
 
 
 def load_folder(name: str, root: str | None, file: str | None, modality: str | None, image_size: int,
@@ -92,12 +119,13 @@ def load_folder(name: str, root: str | None, file: str | None, modality: str | N
     """
     path = _folder(root, file)
     modality = check_modality(modality, name, required=True)
+    dangling = _dangling_links(path, on_bad_file)  # before the builder, which drops them silently
     ds = _load_builder(path, drop_labels=False)
     if "label" not in ds[next(iter(ds))].features:
         raise TppError(f"image folder '{path}' has no class sub-folders; use data.source=unlabeled_folder.")
     names = list(ds[next(iter(ds))].features["label"].names)
     _check_class_folders(path, names, split_layout=len(ds) > 1)
-    rename, skipped = {"validation": "val"}, []
+    rename, skipped = {"validation": "val"}, dangling
     if len(ds) > 1:
         splits = {rename.get(k, k): _split(v, image_size, on_bad_file, skipped) for k, v in ds.items()}
     else:
@@ -170,9 +198,10 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, modalit
     """Every image below a folder as one unlabeled 'train' split (labels None)."""
     path = _folder(root, file)
     modality = check_modality(modality, name, required=True)
+    dangling = _dangling_links(path, on_bad_file)  # before the builder, which drops them silently
     ds = _load_builder(path, drop_labels=True)
     paths = [row["path"] for split in ds.values() for row in split["image"]]
     if not paths:
         raise TppError(f"image folder '{path}' holds no images.")
     images, _, skipped = _decode(paths, image_size, on_bad_file)
-    return Dataset(name, modality, [], {"train": Split(images, None)}, skipped=skipped)
+    return Dataset(name, modality, [], {"train": Split(images, None)}, skipped=dangling + skipped)

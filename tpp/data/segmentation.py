@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tpp.data import Dataset, Split
-from tpp.data.sources import _array, _images, _open_npz, check_modality, resolve_root
+from tpp.data.sources import _array, _images, _label_values, _not_empty, _open_npz, check_modality, resolve_root
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
@@ -71,17 +71,18 @@ def load_seg_npz(data, seed: int) -> Dataset:
         raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
     npz = _open_npz(path)
     images = _images(_array(npz, data.image_key, path), f"'{path}' {data.image_key}")
+    _not_empty(images, f"'{path}' {data.image_key}")
     masks = _array(npz, data.mask_key, path)
     if masks.shape != images.shape[:3]:
         raise TppError(f"'{path}': masks have shape {masks.shape}, images {images.shape}; every image needs "
                        "one mask of its own height and width.")
     labels = label_names = None
     if data.label_key in npz.files:
-        labels = np.asarray(_array(npz, data.label_key, path)).reshape(-1).astype(np.int64)
+        labels = _label_values(_array(npz, data.label_key, path), f"'{path}' {data.label_key}")
         if len(labels) != len(images):
             raise TppError(f"'{path}': {len(labels)} labels for {len(images)} images.")
         if data.class_names_key and data.class_names_key in npz.files:
-            label_names = [str(n) for n in _array(npz, data.class_names_key, path)]
+            label_names = [str(n) for n in np.atleast_1d(_array(npz, data.class_names_key, path))]
     names = mask_class_names(data, label_names)
     masks = class_indices(masks, 2 if data.mask_classes == "from_label" else len(names), f"'{path}' {data.mask_key}")
     if data.mask_classes == "from_label":
@@ -94,7 +95,9 @@ def load_seg_npz(data, seed: int) -> Dataset:
         groups = np.asarray(_array(npz, data.group_key, path)).reshape(-1)
         if len(groups) != len(images):
             raise TppError(f"'{path}': {len(groups)} group ids ({data.group_key}) for {len(images)} images.")
-    return _split(data, images, masks.astype(np.uint8), labels, groups, names, seed)
+    dataset = _split(data, images, masks.astype(np.uint8), labels, groups, names, seed)
+    dataset.source = f"'{path}'"
+    return dataset
 
 
 def load_seg_folder(data, seed: int, size: int) -> Dataset:
@@ -122,7 +125,7 @@ def load_seg_folder(data, seed: int, size: int) -> Dataset:
     masks = np.stack([_read_mask(mask_files[s], size, len(names)) for s in stems])
     groups = _folder_groups(root, stems, image_files, data.group_key) if data.group_key else None
     dataset = _split(data, images, masks, None, groups, names, seed)
-    dataset.skipped = skipped
+    dataset.skipped, dataset.source = skipped, f"folder '{root}'"
     return dataset
 
 

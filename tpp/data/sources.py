@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +66,15 @@ def resolve_root(root: str | None) -> Path:
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise TppError(f"'{path}' is not a readable .npz file ({exc}).") from None
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: a zero-byte file
+        raise TppError(f"'{path}' is not a readable .npz file ({type(exc).__name__}: {exc or 'empty file'}).") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise TppError(f"'{path}' is a single .npy array, not an .npz archive of named arrays "
+                       "(save it with numpy.savez(path, images=..., labels=...)).")
+    if not npz.files:
+        raise TppError(f"'{path}' is an empty .npz archive: it holds no arrays.")
+    return npz
 
 
 def _array(npz, key: str, path: Path) -> np.ndarray:
@@ -77,18 +84,54 @@ def _array(npz, key: str, path: Path) -> np.ndarray:
         return npz[key]
     except ValueError as exc:  # object arrays need pickle: refused
         raise TppError(f"'{path}' key '{key}' cannot be read without pickle ({exc}).") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # a truncated or corrupt member
+        raise TppError(f"'{path}' key '{key}' cannot be read: the file is damaged "
+                       f"({type(exc).__name__}: {exc}).") from None
+
+
+def _label_values(raw: np.ndarray, where: str) -> np.ndarray:
+    """Labels as int64 (N,): one whole number per image. Strings, NaN / inf and fractional values
+    (0.7 would silently become class 0) are errors naming ``where`` (the file and key)."""
+    raw = np.asarray(raw)
+    if raw.ndim == 0:
+        raise TppError(f"{where}: labels must be an array with one label per image, got a single value.")
+    if raw.size == 0:
+        return np.zeros(len(raw), dtype=np.int64)
+    values = raw.reshape(len(raw), -1)
+    if values.shape[1] != 1:
+        raise TppError(f"{where}: labels have shape {raw.shape}; multi-label data is not supported yet.")
+    values = values[:, 0]
+    if values.dtype.kind in "biu":
+        return values.astype(np.int64)
+    if values.dtype.kind != "f":
+        example = f" (e.g. {values[0].item()!r})" if len(values) else ""
+        raise TppError(f"{where}: labels must be integer class indices 0..K-1, got {values.dtype} values{example}. "
+                       "Map class names to indices and list the names under data.class_names_key.")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise TppError(f"{where}: {int(bad.sum())} labels are not finite numbers (first: {values[bad][0]}); "
+                       "every image needs a class index 0..K-1.")
+    bad = values != np.round(values)
+    if bad.any():
+        raise TppError(f"{where}: {int(bad.sum())} labels are not whole numbers (first: {values[bad][0]}); labels are "
+                       "class indices 0..K-1, not scores or probabilities.")
+    return values.astype(np.int64)
 
 
 def _labels(raw: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    labels = np.asarray(raw).reshape(len(raw), -1)
-    if labels.shape[1] != 1:
-        raise TppError(f"{where}: labels have shape {raw.shape}; multi-label data is not supported yet.")
-    labels = labels[:, 0].astype(np.int64)
+    labels = _label_values(raw, where)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         raise TppError(f"{where}: {bad.sum()} labels are outside 0..{num_classes - 1} "
                        f"(first bad value {labels[bad][0]}). Check data.label_key and the class list.")
     return labels
+
+
+def _not_empty(images: np.ndarray, where: str) -> np.ndarray:
+    """The training images (or the only array of a file): none at all is an error naming ``where``."""
+    if len(images) == 0:
+        raise TppError(f"{where} holds no images (an empty array): add images, or check data.image_key.")
+    return images
 
 
 def _images(raw: np.ndarray, where: str) -> np.ndarray:
@@ -120,10 +163,14 @@ def load_medmnist(name: str, root: str | None, download: bool = False, labels: b
     splits = {}
     for split in SPLITS:
         images = _images(_array(npz, f"{split}_images", path), f"'{path}' {split}_images")
-        split_labels = (_labels(_array(npz, f"{split}_labels", path), len(class_names), f"'{path}' {split}_labels")
-                        if labels else None)
+        split_labels = (_labels(_array(npz, f"{split}_labels", path), len(class_names),
+                                f"'{path}' {split}_labels ({split} split)") if labels else None)
+        if split_labels is not None and len(split_labels) != len(images):
+            raise TppError(f"'{path}': {split}_images has {len(images)} images but {split}_labels has "
+                           f"{len(split_labels)} labels.")
         splits[split] = Split(images, split_labels)
-    return Dataset(name, modality, list(class_names), splits)
+    _not_empty(splits["train"].images, f"'{path}' train_images")
+    return Dataset(name, modality, list(class_names), splits, source=f"'{path}'")
 
 
 def _download_medmnist(name: str, base: Path) -> Path:
@@ -151,37 +198,41 @@ def load_npz(name: str, root: str | None, file: str | None, image_key: str, labe
         raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
     npz = _open_npz(path)
     if class_names_key and class_names_key in npz.files:
-        names = [str(n) for n in _array(npz, class_names_key, path)]
+        names = [str(n) for n in np.atleast_1d(_array(npz, class_names_key, path))]
     else:
         names = None
     if f"train_{image_key}" in npz.files and not labels and not classes:
         splits = {s: Split(_images(_array(npz, f"{s}_{image_key}", path), f"'{path}' {s}_{image_key}"), None)
                   for s in SPLITS}
-        return Dataset(name, check_modality(modality, name), names or [], splits, split_id="the file's own")
+        _not_empty(splits["train"].images, f"'{path}' train_{image_key}")
+        return Dataset(name, check_modality(modality, name), names or [], splits, split_id="the file's own",
+                       source=f"'{path}'")
     if f"train_{image_key}" in npz.files:
-        parts = {s: (_array(npz, f"{s}_{image_key}", path), _array(npz, f"{s}_{label_key}", path)) for s in SPLITS}
+        parts = {s: (_images(_array(npz, f"{s}_{image_key}", path), f"'{path}' {s}_{image_key}"),
+                     _label_values(_array(npz, f"{s}_{label_key}", path),
+                                   f"'{path}' {s}_{label_key} ({s} split)")) for s in SPLITS}
         for split, (im, lb) in parts.items():
             if len(im) != len(lb):
                 raise TppError(f"'{path}': {split}_{image_key} has {len(im)} images but {split}_{label_key} "
                                f"has {len(lb)} labels.")
-        names = names or [str(i) for i in range(int(max(p[1].max() for p in parts.values())) + 1)]
-        splits = {s: Split(_images(im, f"'{path}' {s}_{image_key}"),
-                           _labels(lb, len(names), f"'{path}' {s}_{label_key}"))
+        _not_empty(parts["train"][0], f"'{path}' train_{image_key}")
+        names = names or [str(i) for i in range(int(max(lb.max() for _, lb in parts.values() if len(lb))) + 1)]
+        splits = {s: Split(im, _labels(lb, len(names), f"'{path}' {s}_{label_key} ({s} split)"))
                   for s, (im, lb) in parts.items()}
     else:
-        images = _images(_array(npz, image_key, path), f"'{path}' {image_key}")
-        raw = _array(npz, label_key, path)
-        names = names or [str(i) for i in range(int(raw.max()) + 1)]
-        labels = _labels(raw, len(names), f"'{path}' {label_key}")
-        if len(images) != len(labels):
-            raise TppError(f"'{path}': {len(images)} images but {len(labels)} labels.")
-        index = stratified_split(labels, val_fraction, test_fraction, name, seed)
-        splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
+        images = _not_empty(_images(_array(npz, image_key, path), f"'{path}' {image_key}"), f"'{path}' {image_key}")
+        values = _label_values(_array(npz, label_key, path), f"'{path}' {label_key}")
+        if len(images) != len(values):
+            raise TppError(f"'{path}': {len(images)} images but {len(values)} labels.")
+        names = names or [str(i) for i in range(int(values.max()) + 1)]
+        values = _labels(values, len(names), f"'{path}' {label_key}")
+        index = stratified_split(values, val_fraction, test_fraction, name, seed)
+        splits = {s: Split(images[i], values[i]) for s, i in index.items()}
     if classes:
         splits, names = filter_classes(splits, names, classes, path)
     split_id = ("the file's own" if f"train_{image_key}" in npz.files
                 else seeded_split_id(seed, val_fraction, test_fraction, None))
-    return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id)
+    return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id, source=f"'{path}'")
 
 
 def filter_classes(splits: dict, names: list, classes: list, path) -> tuple[dict, list]:

@@ -1,0 +1,186 @@
+"""HTTP hardening of ``tpp serve``: body timeout (408, connection closed), the token on /openapi.json,
+and the bearer scheme read case-insensitively with the token still compared in constant time.
+
+The app is the real one (:func:`tpp.server.create_app`) over a stub worker and a one-pointer store, driven
+in-process through ASGI (no model is built); one test runs it under uvicorn on loopback."""
+import asyncio
+import hmac
+import io
+import json
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from tpp.server import BodyLimit, create_app
+
+VERSION = "0123456789abcdef"
+
+
+class StubWorker:
+    """Stands in for the inference worker: records what reached it, answers every image with label 'a'."""
+
+    bank = SimpleNamespace(info=SimpleNamespace(id="stub", hash="0" * 64))
+
+    def __init__(self):
+        self.batches = []
+
+    def predict(self, site, arrays):
+        self.batches.append([a.shape for a in arrays])
+        future = Future()
+        future.set_result(SimpleNamespace(masks=None, version=VERSION, label_names=["a", "b"],
+                                          probs=[[1.0, 0.0]] * len(arrays), labels=lambda: ["a"] * len(arrays)))
+        return future
+
+
+def stub_app(tmp_path, **kwargs):
+    """(ASGI app, stub worker) over a store where site ``s`` is published (only its pointer exists)."""
+    (tmp_path / "store" / "s").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "store" / "s" / "current").write_text(VERSION)
+    worker = StubWorker()
+    return create_app(worker, str(tmp_path / "store"), **kwargs), worker
+
+
+def multipart(files):
+    """(content-type, body) of a multipart form with each (file name, bytes) as field ``images``."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+def call(app, method, path, *, headers=None, body=b"", files=None, query=""):
+    """(status, JSON body, response headers) of one request sent to the ASGI ``app`` in this process."""
+    headers = dict(headers or {})
+    if files is not None:
+        headers["content-type"], body = multipart(files)
+    headers["content-length"] = str(len(body))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    text = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], json.loads(text or b"{}"), dict(sent[0]["headers"])
+
+
+# -- body timeout -----------------------------------------------------------------------------------
+
+def test_a_body_that_stalls_gets_408_and_a_closed_connection():
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope)
+
+    async def stalled():
+        sent = []
+        pieces = [{"type": "http.request", "body": b"--b\r\n", "more_body": True}]
+
+        async def receive():
+            if pieces:
+                return pieces.pop(0)
+            await asyncio.Event().wait()  # the client never sends the rest
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "headers": [(b"content-length", b"1000")]}
+        await BodyLimit(app, 2000, timeout_s=0.2)(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(stalled())
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert "not complete within 0.2 s" in json.loads(sent[1]["body"])["detail"]
+    assert not reached  # the app never saw a partial body
+
+
+def test_under_uvicorn_slow_body_connections_are_answered_408_and_closed(tmp_path):
+    import uvicorn
+
+    app, _ = stub_app(tmp_path, body_timeout_s=0.5)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    clients = []
+    try:
+        for _ in range(3):
+            client = socket.create_connection(listener.getsockname(), timeout=120)
+            client.sendall(b"POST /v1/sites/s/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                           b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+            clients.append(client)
+        for client in clients:
+            received = b""
+            while chunk := client.recv(65536):  # until the server closes the connection
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 408") and b"body-timeout" in received
+    finally:
+        for client in clients:
+            client.close()
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_a_complete_body_passes_the_timeout(tmp_path):
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8), 3).save(buffer, format="PNG")
+    app, worker = stub_app(tmp_path, body_timeout_s=5)
+    status, out, _ = call(app, "POST", "/v1/sites/s/predict", files=[("a.png", buffer.getvalue())])
+    assert status == 200 and out["predictions"][0]["label"] == "a" and worker.batches == [[(8, 8)]]
+
+
+# -- token ------------------------------------------------------------------------------------------
+
+def test_openapi_needs_the_token_when_one_is_set(tmp_path):
+    app, _ = stub_app(tmp_path, token="s3cret")
+    assert call(app, "GET", "/openapi.json")[0] == 401
+    assert call(app, "GET", "/openapi.json", headers={"authorization": "Bearer wrong"})[0] == 401
+    status, schema, _ = call(app, "GET", "/openapi.json", headers={"authorization": "Bearer s3cret"})
+    assert status == 200 and "/v1/sites/{site}/predict" in schema["paths"]
+    assert call(app, "GET", "/healthz")[0] == 200  # health checks stay open
+    open_app, _ = stub_app(tmp_path / "open")
+    assert call(open_app, "GET", "/openapi.json")[0] == 200  # no token configured: nothing to protect
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("Bearer s3cret", True), ("bearer s3cret", True), ("BEARER s3cret", True), ("bEaReR  s3cret", True),
+    ("Bearer s3cre", False), ("Bearer s3cretX", False), ("Basic s3cret", False), ("Bearers3cret", False),
+    ("Bearer", False), ("", False), ("s3cret", False)])
+def test_bearer_scheme_is_case_insensitive_and_the_token_compared_in_constant_time(tmp_path, monkeypatch,
+                                                                                  value, ok):
+    compared = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    app, _ = stub_app(tmp_path, token="s3cret")
+    headers = {"authorization": value} if value else {}
+    status, out, response_headers = call(app, "GET", "/openapi.json", headers=headers)
+    assert status == (200 if ok else 401)
+    if not ok:
+        assert out["detail"] == "missing or wrong bearer token" and response_headers[b"www-authenticate"] == b"Bearer"
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, format="PNG")
+    assert call(app, "POST", "/v1/sites/s/predict", headers=headers, files=[("a.png", buffer.getvalue())])[0] == (
+        200 if ok else 401)
+    assert compared and all(b == b"s3cret" for _, b in compared)  # always through hmac.compare_digest

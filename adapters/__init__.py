@@ -45,6 +45,12 @@ class Method:
     # the options' target_modules leaf names)
     resolve: Optional[Callable] = None
     tensor_keys: Optional[str] = r"(?!)"
+    # the marker in the names of the modules and tensors the method adds (peft's tensor prefix, ``tpp_``
+    # for tpp's own methods): how a backbone tensor is told from an adapter's (``is_adapter_key``)
+    prefix: Optional[str] = None
+    # mixed_batch(options, target_names) -> a peft config whose adapters share one forward with per-row
+    # ``adapter_names`` (peft's mixed-batch inference), or None: the method's sites run as sub-batches
+    mixed_batch: Optional[Callable] = None
 
     def owns_key(self, name: str) -> bool:
         """True if ``name`` is a tensor this method saves (by its key rule; never a backbone weight)."""
@@ -63,7 +69,17 @@ def register(method: Method) -> Method:
     if method.name in _REGISTRY:
         raise ValueError(f"adapter method '{method.name}' is registered twice")
     _REGISTRY[method.name] = method
+    adapter_marker.cache_clear()
     return method
+
+
+@functools.cache
+def adapter_marker() -> re.Pattern:
+    """A pattern found in every tensor name a registered method adds (their ``prefix``), in none of a
+    backbone's."""
+    _load_builtin()
+    prefixes = sorted({m.prefix for m in _REGISTRY.values() if m.prefix})
+    return re.compile("|".join(re.escape(p) for p in prefixes))
 
 
 def get_method(name: str) -> Method:

@@ -104,7 +104,7 @@ def test_lru_bound_evicts_and_reloads(world):
     bank.site("site_b")
     bank.site("site_c")
     assert list(bank.resident) == ["site_b", "site_c"] and bank.loads == 3
-    assert set(bank.group.model.peft_config) == {f"site_b__{store.current_version(world['store'], 'site_b')}"}
+    assert set(bank.groups["lora"].model.peft_config) == {f"site_b__{store.current_version(world['store'], 'site_b')}"}
     again = torch.stack(bank.predict([bank.site("site_a")] * 2, x))
     assert torch.equal(first, again) and bank.loads == 4 and list(bank.resident) == ["site_c", "site_a"]
 
@@ -144,7 +144,7 @@ def test_a_tampered_weights_file_is_refused_not_unpickled(world, tmp_path):
     bank = AdapterBank(str(world["backbone"]), str(s))
     with pytest.raises(TppError, match="content hash does not match"):  # refused before it is parsed at all
         bank.site("x")
-    assert not bank.resident and bank.group is None
+    assert not bank.resident and not bank.groups
 
 
 def test_listing_survives_a_broken_site(world, tmp_path):

@@ -244,13 +244,12 @@ def backbone_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-_ADAPTER_MARKERS = re.compile(r"(lora_|hada_|lokr_|ia3_|ln_tuning_layers\.|tpp_)")
-
-
 def is_adapter_key(name: str) -> bool:
-    """True for tensors an adapter method adds (peft's LoRA, LoHa, LoKr, IA3, LN tuning copies; tpp's own
-    methods name theirs ``tpp_*``), false for the backbone's own."""
-    return bool(_ADAPTER_MARKERS.search(name))
+    """True for tensors an adapter method adds (each registered method's ``prefix``: peft's ``lora_``,
+    ``hada_`` ...; tpp's own methods name theirs ``tpp_*``), false for the backbone's own."""
+    from tpp.adapters import adapter_marker
+
+    return bool(adapter_marker().search(name))
 
 
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,9 +2,10 @@
 
 - The backbone is loaded once and never wrapped or written. Every site model is a *shared-weight
   copy* of it (new module objects, the very same weight tensors), so a site costs only its adapter.
-- Plain LoRA sites (not DoRA) live together in one peft model as named adapters and run as one
-  batch with peft's per-row ``adapter_names``; other methods (DoRA, linear probe, ...) get a
-  shared-weight copy each and run as per-site sub-batches. ``set_adapter`` is never called.
+- Sites of a method that declares ``mixed_batch`` in the registry (plain LoRA, not DoRA) live together in
+  one peft model per method as named adapters and run as one batch with peft's per-row ``adapter_names``;
+  other sites (DoRA, linear probe, ...) get a shared-weight copy each and run as per-site sub-batches.
+  ``set_adapter`` is never called. No method is named here: the registry says what each can do.
 - At most ``max_resident`` sites stay loaded (least recently used first out).
 - Before a site is served: its files' content hash matches its version, the card passes
   :func:`tpp.integrity.check_adapter` (registered adapter method, tensor names by the method's key rule,
@@ -50,8 +51,9 @@ class Site:
     version: str
     card: dict
     head: nn.Module
-    encoder: Encoder | None  # own shared-weight copy; None when the site is an adapter of the LoRA group
+    encoder: Encoder | None  # own shared-weight copy; None when the site is an adapter of a group
     adapter_name: str = BASE
+    group: str | None = None  # the method whose shared group holds the site's adapter
 
     @property
     def label_names(self) -> list[str]:
@@ -73,17 +75,23 @@ def share_weights_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
-def in_lora_group(card: dict) -> bool:
-    """Sites whose adapter supports peft's mixed-batch ``adapter_names`` (plain LoRA, not DoRA)."""
-    return card.get("method") == "lora" and not card.get("options", {}).get("use_dora", False)
+def mixed_batch_config(card: dict):
+    """The peft config under which the card's adapter can share a forward with other sites (per-row
+    ``adapter_names``), from its method's ``mixed_batch`` in the registry; None: per-site sub-batches."""
+    from tpp.adapters import get_method
+
+    method = get_method(card["method"])
+    if method.mixed_batch is None:
+        return None
+    return method.mixed_batch(method.options_cls(**card["options"]), card["target_modules"])
 
 
 class AdapterBank:
     """``predict(sites, images) -> probabilities`` for a batch whose rows may belong to different sites."""
 
     def __init__(self, backbone_path: str, store_path: str, max_resident: int = 16, mean=None, std=None,
-                 lora_group: bool = True):
-        """``lora_group=False`` runs plain-LoRA sites as per-site sub-batches too (for comparison)."""
+                 mixed_batches: bool = True):
+        """``mixed_batches=False`` runs every site as a per-site sub-batch (for comparison)."""
         if max_resident < 1:
             raise TppError(f"max_resident must be at least 1, got {max_resident}.")
         self.encoder, self.info, _ = load_backbone(backbone_path, mean, std)
@@ -91,9 +99,9 @@ class AdapterBank:
                                    self.info.hash)
         self.store = store_path
         self.max_resident = max_resident
-        self.use_lora_group = lora_group
+        self.mixed_batches = mixed_batches
         self.resident: OrderedDict[str, Site] = OrderedDict()
-        self.group: Encoder | None = None  # peft LoRA model on a shared-weight copy, one adapter per site
+        self.groups: dict[str, Encoder] = {}  # method -> peft model on a shared-weight copy, one adapter a site
         self.loads = 0  # cold loads so far (benchmarks read it)
         self.refused: dict[str, tuple[str, str]] = {}  # site -> (version, reason) until the pointer moves
 
@@ -136,18 +144,19 @@ class AdapterBank:
             self._drop(site)
 
     def _drop(self, site: Site) -> None:
-        if site.encoder is None:
-            self._remove_from_group(site.adapter_name)
+        if site.group is not None:
+            self._remove_from_group(site.group, site.adapter_name)
 
-    def _remove_from_group(self, name: str) -> None:
-        if self.group is None:
+    def _remove_from_group(self, method: str, name: str) -> None:
+        group = self.groups.get(method)
+        if group is None:
             return
-        if len(self.group.model.peft_config) == 1:
-            self.group = None  # peft keeps at least one adapter: drop the whole group copy instead
+        if len(group.model.peft_config) == 1:
+            del self.groups[method]  # peft keeps at least one adapter: drop the whole group copy instead
         else:
             with warnings.catch_warnings():  # "was active, now deleted": the active adapter is never used here
                 warnings.simplefilter("ignore")
-                self.group.model.delete_adapter(name)
+                group.model.delete_adapter(name)
 
     def refuse(self, name: str, version: str, reason: str) -> None:
         """Mark ``name`` failed at ``version`` (and unload it); requests get :class:`SiteRefused` until the
@@ -187,10 +196,11 @@ class AdapterBank:
         head = build_head(card, self.info.hidden_size, checked.head_state, source)
         self.loads += 1
         try:
-            if self.use_lora_group and in_lora_group(card):
+            config = mixed_batch_config(card) if self.mixed_batches else None
+            if config is not None:
                 name = f"{sv.site}__{sv.version}"
-                self._add_to_group(name, card, checked.state, source)
-                site = Site(sv.site, sv.version, card, head, None, name)
+                self._add_to_group(card["method"], name, config, checked.state, source)
+                site = Site(sv.site, sv.version, card, head, None, name, card["method"])
             else:
                 encoder = Encoder(share_weights_copy(self.encoder.model), self.encoder.family)
                 attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
@@ -218,30 +228,28 @@ class AdapterBank:
             raise TppError(f"site '{site.name}' version {site.version}: outputs of shape {tuple(out.shape)}, "
                            f"its card promises {expected}.")
 
-    def _add_to_group(self, name: str, card: dict, state: dict, source: str) -> None:
-        """Add a plain-LoRA site to the shared group. The state's keys and shapes must equal the new
-        adapter's own tensors before anything is copied (nothing else of the group can be named)."""
+    def _add_to_group(self, method: str, name: str, config, state: dict, source: str) -> None:
+        """Add a site's adapter to its method's shared group. The state's keys and shapes must equal the
+        new adapter's own tensors before anything is copied (nothing else of the group can be named)."""
         from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
-        from tpp.adapters import get_method
-        from tpp.adapters.lora import lora_config
-
-        config = lora_config(get_method("lora").options_cls(**card["options"]), card["target_modules"])
-        if self.group is None:
+        group = self.groups.get(method)
+        if group is None:
             model = get_peft_model(share_weights_copy(self.encoder.model), config, adapter_name=name)
-            self.group = Encoder(model, self.encoder.family)
+            group = self.groups[method] = Encoder(model, self.encoder.family)
         else:
-            self.group.model.add_adapter(name, config)
-        self.group.eval()
-        own = get_peft_model_state_dict(self.group.model, adapter_name=name)
+            group.model.add_adapter(name, config)
+        group.eval()
+        own = get_peft_model_state_dict(group.model, adapter_name=name)
         if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
-            self._remove_from_group(name)
-            raise TppError(f"adapter '{source}' does not fit its card's LoRA options (tensor names or shapes differ).")
-        set_peft_model_state_dict(self.group.model, state, adapter_name=name)
-        loaded = get_peft_model_state_dict(self.group.model, adapter_name=name)
+            self._remove_from_group(method, name)
+            raise TppError(f"adapter '{source}' does not fit its card's {method} options (tensor names or shapes "
+                           "differ).")
+        set_peft_model_state_dict(group.model, state, adapter_name=name)
+        loaded = get_peft_model_state_dict(group.model, adapter_name=name)
         if any(not torch.equal(loaded[k], state[k].to(loaded[k].dtype)) for k in state):
-            self._remove_from_group(name)
-            raise TppError(f"adapter '{source}' did not load exactly into the LoRA group (values differ).")
+            self._remove_from_group(method, name)
+            raise TppError(f"adapter '{source}' did not load exactly into the {method} group (values differ).")
 
     def check_store(self) -> dict[str, str | None]:
         """Load every site of the store as serving would (then unload it): {site: None if it loads, else
@@ -286,16 +294,19 @@ class AdapterBank:
         return out
 
     def _predict_batch(self, sites: list[Site], pixels: torch.Tensor) -> list[torch.Tensor]:
-        """Rows of one input size (B, C, S, S). LoRA-group rows run as one batch with per-row
+        """Rows of one input size (B, C, S, S). A group's rows run as one batch with per-row
         ``adapter_names``; every other site's rows run as one sub-batch through its own copy."""
         rows_of: dict[int, list[int]] = {}
+        group_rows: dict[str, list[int]] = {}
         for i, s in enumerate(sites):
             rows_of.setdefault(id(s), []).append(i)
+            if s.group is not None:
+                group_rows.setdefault(s.group, []).append(i)
         tokens = torch.empty(pixels.shape[0], self.encoder.num_patches(pixels), self.info.hidden_size)
-        group_rows = [i for i, s in enumerate(sites) if s.encoder is None]
-        if group_rows:
-            out = self.group(pixels[group_rows], adapter_names=[sites[i].adapter_name for i in group_rows])
-            tokens[group_rows] = self.group.patch_tokens(out)
+        for method, rows in group_rows.items():
+            group = self.groups[method]
+            out = group(pixels[rows], adapter_names=[sites[i].adapter_name for i in rows])
+            tokens[rows] = group.patch_tokens(out)
         results: list = [None] * len(sites)
         for rows in rows_of.values():
             site = sites[rows[0]]

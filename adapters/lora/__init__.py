@@ -45,6 +45,11 @@ def lora_config(options: LoraOptions, target_names: list[str]) -> LoraConfig:
     )
 
 
+def mixed_batch_config(options: LoraOptions, target_names: list[str]) -> LoraConfig | None:
+    """Plain LoRA sites share one forward with per-row ``adapter_names``; peft has no mixed batches for DoRA."""
+    return None if options.use_dora else lora_config(options, target_names)
+
+
 def attach(encoder: nn.Module, options: LoraOptions, target_names: list[str]) -> nn.Module:
     """Wrap ``encoder`` with LoRA on exactly ``target_names``."""
     return get_peft_model(encoder, lora_config(options, target_names))
@@ -54,5 +59,5 @@ METHOD = register(Method(
     name="lora", options_cls=LoraOptions, attach=attach, identity_at_init=True, pretrainable=True,
     summary="low-rank updates of attention projections (peft LoRA; DoRA / rsLoRA options)",
     inherited=("r", "alpha", "target_modules", "use_dora", "use_rslora"),
-    tensor_keys=r"\.lora_[AB]\.weight|\.lora_magnitude_vector",
+    tensor_keys=r"\.lora_[AB]\.weight|\.lora_magnitude_vector", prefix="lora_", mixed_batch=mixed_batch_config,
 ))

@@ -2,6 +2,7 @@
 
     python benchmarks/serving.py                  # writes benchmarks/results/serving.{json,md}
     python benchmarks/serving.py --quick --out runs/serving_quick
+    python benchmarks/serving.py --hostile --quick   # good traffic mixed with hostile cases (benchmarks/hostile.py)
 
 Sites: one real LoRA fine-tuning run on BreastMNIST with the shared backbone; the other sites are
 copies of it with re-drawn LoRA B matrices and heads (distinct adapters, same card), published to a
@@ -107,8 +108,8 @@ def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int)
     lookup = timed(lambda: [bank.site(n) for n in names], repeats * 4) / len(names)
     same, switched = switch_pairs(bank, a, b, x[:64], repeats)
     toggle = iter(range(10**9))
-    set_adapter = timed(lambda: bank.group.model.set_adapter(a.adapter_name if next(toggle) % 2 else b.adapter_name),
-                        repeats * 4)
+    group = bank.groups["lora"].model
+    set_adapter = timed(lambda: group.set_adapter(a.adapter_name if next(toggle) % 2 else b.adapter_name), repeats * 4)
     cold = []
     for n in names[:5]:
         bank.evict(n)
@@ -117,7 +118,7 @@ def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int)
         cold.append(time.perf_counter() - start)
     mixed_sites = [sites[names[i % 8]] for i in range(64)]
     mixed = timed(lambda: bank.predict(mixed_sites, x[:64]), repeats)
-    sub = AdapterBank(backbone, str(store_path), lora_group=False)  # per-site sub-batches for the same adapters
+    sub = AdapterBank(backbone, str(store_path), mixed_batches=False)  # per-site sub-batches for the same adapters
     sub_sites = {n: sub.site(n) for n in names[:8]}
     sub_single = timed(lambda: sub.predict([sub_sites[names[0]]] * 64, x[:64]), repeats)
     sub_mixed = timed(lambda: sub.predict([sub_sites[names[i % 8]] for i in range(64)], x[:64]), repeats)
@@ -292,7 +293,15 @@ def markdown(bank: dict, service: dict) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--hostile" in argv:  # the hostile-traffic scenario: benchmarks/hostile.py takes the other options
+        import hostile
+
+        return hostile.main([a for a in argv if a != "--hostile"], "python benchmarks/serving.py " + " ".join(argv))
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hostile", action="store_true",
+                        help="instead: good traffic mixed with a tampered store and hostile inputs; writes "
+                             "results/hostile.{json,md}; its options: python benchmarks/hostile.py --help")
     parser.add_argument("--quick", action="store_true", help="short load tests (about 2 minutes in all)")
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")
@@ -321,7 +330,7 @@ def main(argv=None) -> int:
     print(json.dumps(bank, indent=1), flush=True)
     service = service_numbers(args.backbone, store_path, images, args)
     machine = report.machine()
-    command = "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/serving.py " + " ".join(argv)
     report.publish(args.out, "serving", machine, command,
                    f"Backbone {args.backbone}; {args.sites} LoRA (r=8, q/v) sites; load: {args.clients} client threads "
                    f"on loopback, one 28x28 PNG per request, {args.seconds:g} s per scenario in {args.rounds} "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 import time
 import urllib.error
@@ -19,6 +20,9 @@ from tpp.bank import AdapterBank
 from tpp.cli import main
 from tpp.server import create_app
 from tpp.worker import InferenceWorker
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from hostile import forge  # noqa: E402,F401  (one definition: the hostile benchmark's attacker)
 
 # site -> extra overrides: plain LoRA (two ranks, shared-batch path); DoRA, a linear probe and LoHa (sub-batches)
 SITES = {
@@ -112,16 +116,3 @@ def request(url, files=None, token=None, method=None, body=None):
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
-
-
-def forge(store_path, site: str, files: dict[str, bytes]) -> str:
-    """Write ``files`` as the current version of ``site`` the way an attacker with store access could."""
-    from tpp import store
-
-    version = store.content_hash(files)
-    folder = store_path / site / version
-    folder.mkdir(parents=True)
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    (store_path / site / "current").write_text(version + "\n")
-    return version

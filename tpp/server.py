@@ -14,6 +14,7 @@ names, counts, versions and timings: never image bytes, file names or DICOM head
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -84,12 +85,40 @@ async def refuse(send, status: int, detail: str) -> None:
     await send({"type": "http.response.body", "body": text})
 
 
+class PixelsInFlight:
+    """Decoded pixels that all requests together may hold at once (``capacity``, one largest request's
+    worth): a request waits for its share, so memory stays bounded however many arrive together."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.used = capacity, 0
+        self._changed: asyncio.Condition | None = None  # made on the server's event loop
+
+    @contextlib.asynccontextmanager
+    async def hold(self, pixels: int, timeout_s: float):
+        """Hold ``pixels`` (at most ``capacity``) for the block; 503 if no share frees up within ``timeout_s``."""
+        self._changed = self._changed or asyncio.Condition()
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.used + pixels <= self.capacity), timeout_s)
+            except asyncio.TimeoutError:
+                raise HTTPException(503, f"no capacity to decode the images within {timeout_s:g} s; the service is "
+                                         "overloaded") from None
+            self.used += pixels
+        try:
+            yield
+        finally:
+            async with self._changed:
+                self.used -= pixels
+                self._changed.notify_all()
+
+
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
                max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0, *,
                limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0):
     """The ASGI application (FastAPI wrapped in the body size and time limits); ``limits``: the pixel
     budget per image and per request (413 from the headers, before anything is decoded)."""
     bank = worker.bank
+    in_flight = PixelsInFlight(limits.max_request_pixels)
     app = FastAPI(title="tpp", summary="one backbone, many site adapters", docs_url=None, redoc_url=None,
                   openapi_url=None)  # served below, behind the token
 
@@ -154,15 +183,23 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         try:
             window_pair = parse_window(window)
             files = [(await upload.read(), upload.filename or "upload") for upload in images]
-            await asyncio.to_thread(check_request, files, limits)  # all headers first: over budget, nothing decoded
-            for data, name in files:  # decoding runs in a thread: a large DICOM must not stall the loop
-                arrays.append(await asyncio.to_thread(decode, data, name, frame=frame, slice_spec=slice_spec,
-                                                      window=window_pair, limits=limits))
+            # all headers first: over budget, nothing decoded
+            pixels = await asyncio.to_thread(check_request, files, limits)
         except ImageTooLarge as exc:
             raise HTTPException(413, str(exc)) from None
         except ImageError as exc:
             raise HTTPException(400, str(exc)) from None
-        result = await outcome(worker.predict(site, arrays))
+        async with in_flight.hold(pixels, request_timeout_s):  # decoded images of all requests stay bounded
+            try:
+                for data, name in files:  # decoding runs in a thread: a large DICOM must not stall the loop
+                    arrays.append(await asyncio.to_thread(decode, data, name, frame=frame, slice_spec=slice_spec,
+                                                          window=window_pair, limits=limits))
+            except ImageTooLarge as exc:
+                raise HTTPException(413, str(exc)) from None
+            except ImageError as exc:
+                raise HTTPException(400, str(exc)) from None
+            result = await outcome(worker.predict(site, arrays))
+            del arrays
         if result.masks is not None:  # segmentation: run-length masks and pixel counts per class
             predictions = [{"file": up.filename, "mask": dict(rle_encode(mask), classes=result.label_names),
                             "pixels": {n: int((mask == k).sum()) for k, n in enumerate(result.label_names)}}

@@ -184,3 +184,34 @@ def test_bearer_scheme_is_case_insensitive_and_the_token_compared_in_constant_ti
     assert call(app, "POST", "/v1/sites/s/predict", headers=headers, files=[("a.png", buffer.getvalue())])[0] == (
         200 if ok else 401)
     assert compared and all(b == b"s3cret" for _, b in compared)  # always through hmac.compare_digest
+
+
+def test_decoded_pixels_in_flight_are_bounded_across_requests():
+    """Requests wait for their share of the in-flight pixel budget: never more than one request's worth
+    decoded at once, and a wait that outlasts the request timeout is a 503."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from tpp.server import PixelsInFlight
+
+    async def scenario():
+        budget, peak, order = PixelsInFlight(100), [], []
+
+        async def request(name, pixels, hold_s):
+            async with budget.hold(pixels, timeout_s=30):
+                peak.append(budget.used)
+                order.append(name)
+                await asyncio.sleep(hold_s)
+
+        await asyncio.gather(request("a", 80, 0.05), request("b", 80, 0), request("c", 20, 0))
+        assert max(peak) <= 100 and order.index("b") > order.index("a") and budget.used == 0
+        async with budget.hold(100, timeout_s=30):
+            try:
+                async with budget.hold(1, timeout_s=0.01):
+                    raise AssertionError("a share beyond the budget was granted")
+            except HTTPException as exc:
+                assert exc.status_code == 503
+        assert budget.used == 0
+
+    asyncio.run(scenario())

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from tpp.errors import ConfigError
+from tpp.errors import ConfigError, TppError
 from tpp.registry import import_submodules
 
 
@@ -80,6 +80,17 @@ def adapter_marker() -> re.Pattern:
     _load_builtin()
     prefixes = sorted({m.prefix for m in _REGISTRY.values() if m.prefix})
     return re.compile("|".join(re.escape(p) for p in prefixes))
+
+
+def check_tensor_names(method: Method, names, source: str) -> None:
+    """Every saved tensor name must be one of ``method``'s target parameters (its key rule), never a backbone
+    weight: checked before any tensor is copied anywhere. TppError naming ``source`` and the first strays."""
+    foreign = sorted(k for k in names if not method.owns_key(k) or ".base_layer." in f".{k}.")
+    if foreign:
+        more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
+        raise TppError(f"'{source}': the weights hold tensors that are not {method.name} target parameters: "
+                       f"{', '.join(foreign[:3])}{more}. Refused before loading: an adapter never carries "
+                       "backbone weights.")
 
 
 def get_method(name: str) -> Method:

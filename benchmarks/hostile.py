@@ -70,7 +70,7 @@ REQUEST_TIMEOUT_S = 300  # a client waits this long for one answer (the service 
 def forge(store_path: Path, site: str, files: dict[str, bytes]) -> str:
     """Write ``files`` as the current version of ``site`` straight into the store folder (no checks), with
     the content hash the store expects, as an attacker with write access to the store could."""
-    from tpp import store
+    from tpp.serve import store
 
     version = store.content_hash(files)
     folder = store_path / site / version
@@ -88,7 +88,7 @@ def add_hostile_sites(store_path: Path, work: Path, backbone: str, template: str
     from safetensors.torch import load as load_bytes
     from safetensors.torch import save as save_bytes
 
-    from tpp import store
+    from tpp.serve import store
     from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS
 
     good = store.current(store_path, template)
@@ -318,7 +318,7 @@ def traffic(port: int, good_sites: list[str], pngs: list[bytes], expected: dict,
     """The mixed traffic. Request k is entry k of a fixed cycle (``good_per_hostile`` good requests, then
     the next hostile case); it stops after ``max_requests``, or at ``seconds`` once every case was sent.
     Halfway (by count or time) one client publishes a new version of ``reload_site`` and reloads it."""
-    from tpp import store
+    from tpp.serve import store
 
     cycle = []
     for case in cases:
@@ -395,7 +395,7 @@ def scenario(work: Path, backbone: str, data_root: str, *, sites: int = 4, clien
              images: int = 16, max_resident: int = 16) -> dict:
     """Build the store (reusing ``work/site_real`` when it holds a fine-tuned adapter), run ``tpp serve``
     on it and the mixed traffic; returns the measurements and the checks (see :func:`checks`)."""
-    from tpp import store
+    from tpp.serve import store
     from tpp.data.sources import load_medmnist
 
     work = Path(work).resolve()

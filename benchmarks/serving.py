@@ -46,7 +46,7 @@ def make_sites(work: Path, backbone: str, data_root: str, n_sites: int) -> Path:
     """Fine-tune one real site, derive ``n_sites - 1`` distinct copies, publish all; returns the store."""
     from safetensors.torch import load_file, save_file
 
-    from tpp import store
+    from tpp.serve import store
     from tpp.adapter_dir import HEAD, WEIGHTS
     from tpp.recipes import run_recipe
 
@@ -97,7 +97,7 @@ def switch_pairs(bank, a, b, x: torch.Tensor, repeats: int) -> tuple[float, floa
 
 def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int) -> dict:
     """Switching, cold load, sizes and mixed-site batches, in one process."""
-    from tpp.bank import AdapterBank
+    from tpp.serve.bank import AdapterBank
 
     bank = AdapterBank(backbone, str(store_path))
     names = sorted(p.name for p in store_path.iterdir())
@@ -138,8 +138,8 @@ def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int)
 
 def offline(store_path: Path, backbone: str, images: np.ndarray) -> dict:
     """Per-site probabilities from the evaluate recipe's model (no bank), the correctness reference."""
-    from tpp import store
-    from tpp.images import to_model_input
+    from tpp.serve import store
+    from tpp.serve.images import to_model_input
     from tpp.recipes.evaluate import load_task_model
 
     out = {}
@@ -317,11 +317,11 @@ def main(argv=None) -> int:
     if args.quick:
         args.seconds, args.repeats, args.rounds = 6.0, 5, 2
     from tpp.data.sources import load_medmnist
-    from tpp.images import to_model_input
+    from tpp.serve.images import to_model_input
 
     args.work.mkdir(parents=True, exist_ok=True)
     store_path = make_sites(args.work, args.backbone, args.data_root, args.sites)
-    from tpp import store
+    from tpp.serve import store
 
     card = store.current(store_path, "site00").card
     images = load_medmnist("breastmnist", args.data_root, False).split("test").images[:64]

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from tpp.adapter_dir import read_card, read_weights, verify_backbone
+from tpp.adapter_dir import load_head, read_card, read_weights, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import check_same_split, record_skipped, require_labels, tensors
 from tpp.data.build import load_data
 from tpp.errors import ConfigError, TppError
 from tpp.metrics import classification_metrics
-from tpp.model import TaskModel, attach_adapter, load_adapter_state, load_head
+from tpp.model import TaskModel, attach_adapter, load_adapter_state
 from tpp.seg_metrics import segmentation_metrics
 from tpp.segmentation import SegmentationModel, to_mask_size
 from tpp.training import build_accelerator, predict, predict_probs

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from conftest import make_backbone, make_medmnist
 
-from tpp.bank import AdapterBank
+from tpp.serve.bank import AdapterBank
 from tpp.cli import main
-from tpp.server import create_app
-from tpp.worker import InferenceWorker
+from tpp.serve.server import create_app
+from tpp.serve.worker import InferenceWorker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from hostile import forge  # noqa: E402,F401  (one definition: the hostile benchmark's attacker)
@@ -44,7 +44,7 @@ def finetune_site(backbone: Path, root: Path, out: Path, extra: list[str]) -> Pa
 
 def build_store(base: Path) -> dict:
     """A tiny backbone, four fine-tuned sites published to ``base/store``, and test images."""
-    from tpp import store
+    from tpp.serve import store
 
     backbone = make_backbone(base / "backbone", "vit_mae")
     root = make_medmnist(base / "data")
@@ -57,7 +57,7 @@ def build_store(base: Path) -> dict:
 
 def offline_probs(backbone: Path, adapter: Path, images: np.ndarray) -> torch.Tensor:
     """Reference: the evaluate recipe's model (one adapter, no bank) on uint8 images (N, H, W)."""
-    from tpp.images import to_model_input
+    from tpp.serve.images import to_model_input
     from tpp.recipes.evaluate import load_task_model
 
     model, card, _ = load_task_model(str(adapter), str(backbone))

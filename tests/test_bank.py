@@ -6,11 +6,11 @@ import pytest
 import torch
 from serving_fixtures import SITES, build_store, finetune_site, offline_probs
 
-from tpp import store
+from tpp.serve import store
 from tpp.backbones import backbone_hash
-from tpp.bank import AdapterBank
+from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
-from tpp.images import to_model_input
+from tpp.serve.images import to_model_input
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_listing_survives_a_broken_site(world, tmp_path):
 def test_predict_batches_group_sites_and_respect_the_resident_bound():
     from pathlib import Path
 
-    from tpp.predict import plan_batches
+    from tpp.serve.predict import plan_batches
 
     pairs = [(Path(f"{i}.png"), f"s{i % 5}") for i in range(23)]
     batches = plan_batches(pairs, batch_size=6, max_sites=2)

@@ -38,7 +38,7 @@ def messy_site(root):
 
 
 def test_sixteen_bit_and_rgba_are_converted_by_the_documented_rule(tmp_path):
-    from tpp.data.folders import training_mode
+    from tpp.data.pixels import training_mode
 
     ramp = (np.arange(28 * 28).reshape(28, 28) * 4).astype(np.uint16)  # 0..3132: a 12-bit scan
     with Image.open(png(tmp_path / "a.png", ramp)) as img:

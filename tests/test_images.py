@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from tpp.data.build import to_model_tensor
-from tpp.images import ImageError, decode, parse_window, read, to_model_input
+from tpp.serve.images import ImageError, decode, parse_window, read, to_model_input
 
 RULE_GRAY = {"image_channels": 1, "channels": 3, "image_size": 28, "mean": [0.5] * 3, "std": [0.25] * 3}
 RULE_RGB = dict(RULE_GRAY, image_channels=3)

@@ -14,7 +14,7 @@ import torch
 from conftest import make_backbone, make_medmnist
 from test_bank import pixels
 
-from tpp import store
+from tpp.serve import store
 from tpp.adapter_dir import CARD, WEIGHTS, read_tensors, read_weights, write_adapter_dir
 from tpp.adapters import all_methods, get_method
 from tpp.backbones import backbone_hash, is_adapter_key, load_backbone
@@ -100,7 +100,7 @@ def test_method_contract(backbones, tmp_path, family, channels, method, options)
 
 @pytest.mark.parametrize("method, options", HAND_OFF_CASES)
 def test_tpp_hand_off_and_site_switching(tmp_path, monkeypatch, method, options):
-    from tpp.bank import AdapterBank
+    from tpp.serve.bank import AdapterBank
     from tpp.cli import main
     from tpp.recipes import finetune
 

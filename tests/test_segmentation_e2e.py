@@ -13,7 +13,7 @@ from PIL import Image
 from test_images import png_bytes
 from test_serve import request, serving
 
-from tpp import store
+from tpp.serve import store
 from tpp.cli import main
 from tpp.segmentation import rle_decode, to_mask_size
 
@@ -103,7 +103,7 @@ def test_predict_and_service_return_the_same_masks_as_offline(runs, tmp_path):
     assert [m.shape for m in masks] == [(64, 64)] * 8 and {"frac_background", "frac_lesion"} <= set(rows[0])
     assert any(0 < (m == 1).mean() < 1 for m in masks)  # not a trivial all-background answer
 
-    from tpp.images import to_model_input
+    from tpp.serve.images import to_model_input
     from tpp.recipes.evaluate import load_task_model
 
     model, card, _ = load_task_model(str(runs / "seg" / "adapter"), str(shared_backbone()))

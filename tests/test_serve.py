@@ -16,10 +16,10 @@ import torch
 from serving_fixtures import SITES, build_store, offline_probs, paused, request, serving
 from test_images import dicom_bytes, png_bytes
 
-from tpp import store
-from tpp.bank import AdapterBank
+from tpp.serve import store
+from tpp.serve.bank import AdapterBank
 from tpp.cli import main
-from tpp.worker import InferenceWorker
+from tpp.serve.worker import InferenceWorker
 
 
 @pytest.fixture(scope="module")

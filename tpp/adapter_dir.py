@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from tpp.backbones import BackboneInfo
 from tpp.errors import TppError
+from tpp.model import adapter_state, build_head
 
 CARD = "tpp_card.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -60,8 +61,6 @@ def make_card(*, method: str, options: dict, targets: list, backbone: BackboneIn
 def write_adapter_dir(path: Path, encoder, head: torch.nn.Module | None, card: dict) -> None:
     """Write ``encoder``'s method tensors, the head and the card into ``path`` (a fresh temp folder
     the caller renames into place). The card records which file holds the method's tensors."""
-    from tpp.model import adapter_state
-
     path.mkdir(parents=True, exist_ok=True)
     weights = None
     if encoder.method.uses_peft:
@@ -171,3 +170,9 @@ def parent_summary(card: dict, path: str | Path) -> dict:
             "modality": card.get("modality"), "pretext": card.get("pretext"),
             "data": {k: card.get("data", {}).get(k) for k in ("name", "content_sha256", "used")},
             "created": card.get("created"), "dir_name": Path(path).name}
+
+
+def load_head(path, card: dict, hidden_size: int) -> torch.nn.Module:
+    """The task head of an adapter directory (classification head or segmentation decoder), checked
+    against its card."""
+    return build_head(card, hidden_size, read_tensors(path, HEAD), f"{path}/{HEAD}")

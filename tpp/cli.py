@@ -29,7 +29,8 @@ EXAMPLES = {
   tpp cp breast_us/mae_vit_tiny_lora_finetune.yaml my_site.yaml
   tpp cp breast_us/mae_vit_tiny_lora_finetune my_configs/""",
     "compare": """examples:
-  tpp compare runs/demo/lora_10_random runs/demo/lora_10_tpp""",
+  tpp compare runs/demo/lora_10_random runs/demo/lora_10_tpp
+  tpp compare runs/tpp runs/site_a runs/busi_seg runs/eval --csv results.csv   # any recipe's runs, mixed""",
     "adapters": """examples:
   tpp adapters publish runs/site_a STORE --site hospital_a   # adds a version, makes it current
   tpp adapters ls STORE --backbone ../shared/models/mae-vit-tiny-med
@@ -79,8 +80,10 @@ def _parser() -> argparse.ArgumentParser:
     cp = add("cp", "copy a shipped config out for editing")
     cp.add_argument("config", help="shipped config (as listed by tpp ls)")
     cp.add_argument("dest", help="destination file or folder")
-    cmp = add("compare", "print a results table of finished runs (test metrics, size, time)")
-    cmp.add_argument("runs", nargs="+", help="run directories (output_dir of finetune runs)")
+    cmp = add("compare", "print a results table of finished runs (main metric of each task, size, time)")
+    cmp.add_argument("runs", nargs="+", help="run directories (output_dir of finetune, evaluate, tpp or "
+                                             "pretrain_backbone runs)")
+    cmp.add_argument("--csv", metavar="FILE", help="also write every column, raw numbers, to FILE (atomically)")
     val = add("validate", "check a config (and overrides) without running anything")
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
     val.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -258,28 +261,14 @@ def _print_summary(recipe: str, summary: dict, path: Path) -> None:
 
 
 def cmd_compare(args) -> int:
-    import json
+    from tpp.compare import compare_runs, csv_text, table
+    from tpp.rundir import write_atomic
 
-    import yaml
-
-    rows = []
-    for run in args.runs:
-        path = Path(run)
-        metrics_path = path / "metrics.json"
-        if not metrics_path.is_file():
-            raise TppError(f"'{path}' has no metrics.json: the run did not finish (see {path / 'status.json'}).")
-        metrics = json.loads(metrics_path.read_text())
-        if "test" not in metrics:
-            raise TppError(f"'{metrics_path}' holds no test metrics (is it a finetune run?).")
-        cfg = yaml.safe_load((path / "config.yaml").read_text())
-        init = "TPP" if cfg["adapter"].get("init_from") else "random"
-        t = metrics["test"]
-        rows.append([path.name, cfg["data"]["name"], f"{cfg['data']['label_fraction']:g}", init,
-                     f"{t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]",
-                     f"{t['accuracy']:.3f}", f"{metrics['trainable_parameters']:,}",
-                     f"{metrics['adapter_bytes'] / 1024:.0f} KiB", f"{metrics['wall_time_s']:.0f} s"])
-    _print_table(["run", "data", "labels", "adapter init", "test AUROC [95% CI]", "accuracy", "trainable",
-                  "adapter size", "wall time"], rows)
+    rows = compare_runs(args.runs)
+    _print_table(*table(rows))
+    if args.csv:
+        write_atomic(Path(args.csv), csv_text(rows))
+        print(f"wrote {args.csv}")
     return 0
 
 
@@ -294,7 +283,7 @@ def _print_table(header: list, rows: list[list]) -> None:
 
 
 def cmd_adapters(args) -> int:
-    from tpp import store
+    from tpp.serve import store
 
     if args.action == "publish":
         if len(args.paths) != 2 or not args.site:
@@ -316,7 +305,7 @@ def cmd_adapters(args) -> int:
         return 0
     if not args.backbone:
         raise TppError("tpp adapters check needs --backbone B.")
-    from tpp.bank import AdapterBank
+    from tpp.serve.bank import AdapterBank
 
     results = AdapterBank(args.backbone, args.paths[0], max_resident=1).check_store()
     for site, reason in results.items():
@@ -331,8 +320,8 @@ def _dry_load(source: str, backbone: str) -> None:
     """Load the adapter of ``source`` into a bank over ``backbone`` exactly as serving would, then drop it."""
     import tempfile
 
-    from tpp import store
-    from tpp.bank import AdapterBank
+    from tpp.serve import store
+    from tpp.serve.bank import AdapterBank
 
     with tempfile.TemporaryDirectory(prefix="tpp-publish-check-") as tmp:
         store.publish(source, tmp, "check")
@@ -349,9 +338,9 @@ def _backbone_hash(path: str) -> str:
 
 
 def cmd_predict(args) -> int:
-    from tpp.bank import AdapterBank
-    from tpp.images import PixelLimits, parse_slice, parse_window
-    from tpp.predict import assign_sites, predict_files, write_outputs
+    from tpp.serve.bank import AdapterBank
+    from tpp.serve.images import PixelLimits, parse_slice, parse_window
+    from tpp.serve.predict import assign_sites, predict_files, write_outputs
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -387,10 +376,10 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_serve(args) -> int:
-    from tpp.images import PixelLimits
+    from tpp.serve.images import PixelLimits
 
     try:
-        from tpp.server import serve
+        from tpp.serve.server import serve
     except ImportError as exc:
         raise TppError(f"tpp serve needs the serve extra ({exc.name} is missing): pip install 'tpp[serve]'.") from None
 

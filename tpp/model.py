@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-from tpp.adapters import Method, get_method
+from tpp.adapters import Method, check_tensor_names, get_method
 from tpp.backbones import Encoder, is_adapter_key, resolve_targets
 from tpp.errors import TppError
 
@@ -23,14 +23,6 @@ class ClassificationHead(nn.Module):
 
     def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
         return self.linear(patch_tokens.mean(dim=1))
-
-
-def load_head(path, card: dict, hidden_size: int) -> nn.Module:
-    """The task head of an adapter directory (classification head or segmentation decoder), checked
-    against its card."""
-    from tpp.adapter_dir import HEAD, read_tensors
-
-    return build_head(card, hidden_size, read_tensors(path, HEAD), f"{path}/{HEAD}")
 
 
 def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], source: str) -> nn.Module:
@@ -97,9 +89,7 @@ def adapter_state(encoder: Encoder) -> dict[str, torch.Tensor]:
 def load_adapter_state(encoder: Encoder, state: dict[str, torch.Tensor], source: str) -> None:
     """Load every saved tensor exactly; any key or shape difference lists the keys and fails."""
     if encoder.method.kind == "adapter":
-        from tpp.integrity import check_keys
-
-        check_keys(encoder.method, state, source)  # before anything is compared or copied
+        check_tensor_names(encoder.method, state, source)  # before anything is compared or copied
     current = adapter_state(encoder)
     expected = set(current)
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)

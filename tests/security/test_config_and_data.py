@@ -66,7 +66,7 @@ def test_fractional_labels_fail_the_run_naming_file_and_split(tiny_mae, tmp_path
 def test_every_site_map_row_is_answered_in_order(tiny_mae, tmp_path, capsys):
     from PIL import Image
 
-    from tpp.predict import assign_sites, read_site_map
+    from tpp.serve.predict import assign_sites, read_site_map
 
     root = make_medmnist(tmp_path / "data")
     assert finetune(tiny_mae, root, tmp_path / "run") == 0
@@ -203,7 +203,7 @@ def test_write_atomic_removes_its_temp_and_names_the_file(tmp_path, disk_full):
 
 
 def test_predict_csv_on_a_full_disk_keeps_the_old_outputs_and_no_temp(tmp_path, disk_full):
-    from tpp.predict import write_csv, write_outputs
+    from tpp.serve.predict import write_csv, write_outputs
 
     out = tmp_path / "preds.csv"
     out.write_text("old csv")
@@ -220,7 +220,7 @@ def test_predict_csv_on_a_full_disk_keeps_the_old_outputs_and_no_temp(tmp_path, 
 
 
 def test_predict_out_pointing_at_a_folder_is_one_paragraph(tiny_mae, tmp_path, capsys):
-    from tpp.predict import write_outputs
+    from tpp.serve.predict import write_outputs
 
     folder = tmp_path / "outdir"
     folder.mkdir()

@@ -10,13 +10,13 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from serving_fixtures import finetune_site, forge
 
-from tpp import store
+from tpp.serve import store
 from tpp.adapters import all_methods
 from tpp.backbones import backbone_hash
-from tpp.bank import AdapterBank
+from tpp.serve.bank import AdapterBank
 from tpp.cli import main
 from tpp.errors import TppError
-from tpp.images import to_model_input
+from tpp.serve.images import to_model_input
 
 GOOD = {"lora_a": ["adapter.r=2", "seed=0"], "lora_b": ["adapter.r=4", "seed=1"],
         "loha": ["adapter={method: loha, r: 2}", "seed=2"]}
@@ -125,7 +125,7 @@ def test_a_write_into_the_backbone_during_a_load_is_undone_and_the_site_refused(
     version counters notice, the weights come back from disk and the site is refused."""
     import peft
 
-    import tpp.bank
+    import tpp.serve.bank
 
     bank = good_store(world, tmp_path / "store")
     before = predictions(bank, world)
@@ -142,7 +142,7 @@ def test_a_write_into_the_backbone_during_a_load_is_undone_and_the_site_refused(
             return out
         return load
 
-    monkeypatch.setattr(tpp.bank, "load_adapter_state", poisoned(tpp.bank.load_adapter_state))
+    monkeypatch.setattr(tpp.serve.bank, "load_adapter_state", poisoned(tpp.serve.bank.load_adapter_state))
     monkeypatch.setattr(peft, "set_peft_model_state_dict", poisoned(peft.set_peft_model_state_dict))
     with pytest.raises(TppError, match="wrote into the shared backbone"):
         bank.site("sneaky")

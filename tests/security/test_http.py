@@ -1,7 +1,7 @@
 """HTTP hardening of ``tpp serve``: body timeout (408, connection closed), the token on /openapi.json,
 and the bearer scheme read case-insensitively with the token still compared in constant time.
 
-The app is the real one (:func:`tpp.server.create_app`) over a stub worker and a one-pointer store, driven
+The app is the real one (:func:`tpp.serve.server.create_app`) over a stub worker and a one-pointer store, driven
 in-process through ASGI (no model is built); one test runs it under uvicorn on loopback."""
 import asyncio
 import hmac
@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from tpp.server import BodyLimit, create_app
+from tpp.serve.server import BodyLimit, create_app
 
 VERSION = "0123456789abcdef"
 
@@ -193,7 +193,7 @@ def test_decoded_pixels_in_flight_are_bounded_across_requests():
 
     from fastapi import HTTPException
 
-    from tpp.server import PixelsInFlight
+    from tpp.serve.server import PixelsInFlight
 
     async def scenario():
         budget, peak, order = PixelsInFlight(100), [], []

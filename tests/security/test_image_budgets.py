@@ -21,8 +21,8 @@ from test_images import dicom_bytes, nifti_bytes, png_bytes
 from tpp.cli import _parser, main
 from tpp.data.folders import load_folder, load_unlabeled_folder
 from tpp.errors import TppError
-from tpp.images import (DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window,
-                        probe)
+from tpp.serve.images import (DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode,
+                              parse_window, probe)
 
 MIB = 2**20
 
@@ -107,10 +107,10 @@ def test_twenty_8192_square_zero_pngs_get_413_without_the_memory(tmp_path, png_8
 
 
 def test_a_request_is_refused_as_a_whole_before_any_image_is_decoded(tmp_path, monkeypatch):
-    import tpp.server
+    import tpp.serve.server
 
     decoded = []
-    monkeypatch.setattr(tpp.server, "decode", lambda *a, **k: decoded.append(a[1]) or np.zeros((2, 2), np.uint8))
+    monkeypatch.setattr(tpp.serve.server, "decode", lambda *a, **k: decoded.append(a[1]) or np.zeros((2, 2), np.uint8))
     small = png_bytes(np.zeros((10, 10), np.uint8))
     app, _ = stub_app(tmp_path, limits=PixelLimits(max_pixels=100, max_request_pixels=150))
     status, out, _ = call(app, "POST", "/v1/sites/s/predict", files=[("a.png", small), ("b.png", small)])
@@ -271,7 +271,7 @@ def test_nan_voxels_and_non_finite_or_negative_windows_are_errors(tmp_path):
 # -- tpp predict and training folders ---------------------------------------------------------------
 
 def test_tpp_predict_names_a_too_large_image_in_one_paragraph(tmp_path, monkeypatch, capsys):
-    import tpp.bank
+    import tpp.serve.bank
 
     class StubBank:
         max_resident = 4
@@ -285,7 +285,7 @@ def test_tpp_predict_names_a_too_large_image_in_one_paragraph(tmp_path, monkeypa
         def predict(self, sites, x):
             raise AssertionError("the too-large image must stop the run before any prediction")
 
-    monkeypatch.setattr(tpp.bank, "AdapterBank", StubBank)
+    monkeypatch.setattr(tpp.serve.bank, "AdapterBank", StubBank)
     (tmp_path / "scans").mkdir()
     (tmp_path / "scans" / "big.png").write_bytes(zero_png(300, 200))
     args = ["predict", "--backbone", "b", "--store", "s", "--site", "x", str(tmp_path / "scans"),

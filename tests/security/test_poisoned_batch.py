@@ -8,10 +8,10 @@ import torch
 from serving_fixtures import finetune_site, forge, offline_probs, paused, request, serving
 from test_images import png_bytes
 
-from tpp import store
-from tpp.bank import AdapterBank, SiteRefused
+from tpp.serve import store
+from tpp.serve.bank import AdapterBank, SiteRefused
 from tpp.cli import main
-from tpp.worker import InferenceWorker
+from tpp.serve.worker import InferenceWorker
 
 GOOD = {"lora_a": ["adapter.r=2", "seed=0"], "lora_b": ["adapter.r=4", "seed=1"],
         "probe": ["adapter={method: linear_probe}", "seed=3"]}

@@ -9,8 +9,8 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from serving_fixtures import finetune_site, forge
 
-from tpp import store
-from tpp.bank import AdapterBank, SiteRefused
+from tpp.serve import store
+from tpp.serve.bank import AdapterBank, SiteRefused
 from tpp.cli import main
 from tpp.errors import TppError
 

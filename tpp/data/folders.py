@@ -15,6 +15,7 @@ import numpy as np
 
 from tpp.data import Dataset, Split
 from tpp.data.sources import check_modality, filter_classes, resolve_root
+from tpp.data.pixels import DEFAULT_LIMITS, ImageTooLarge, pil_size, training_mode
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
@@ -36,32 +37,16 @@ def _load_builder(path: Path, drop_labels: bool):
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
-def training_mode(img):
-    """The 8-bit image training and inference see: gray modes -> ``L``, 16-bit / 32-bit / float gray ->
-    ``L`` by per-image min-max (a 12-bit scan in a 16-bit PNG keeps its contrast), everything else ->
-    ``RGB`` (RGBA and LA lose their alpha, palettes are expanded)."""
-    from PIL import Image
-
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        low, high = float(arr.min()), float(arr.max())
-        return Image.fromarray(np.round((arr - low) / max(high - low, 1e-12) * 255).astype(np.uint8), "L")
-    if img.mode in ("L", "LA", "1"):
-        return img.convert("L")
-    return img.convert("RGB")
-
-
 def _decode(paths: list[str], size: int, on_bad_file: str = "error",
             max_pixels: int | None = None) -> tuple[np.ndarray, list[int], list]:
     """Decode images to uint8 (M, size, size) gray or (M, size, size, 3) RGB (RGB when any image has colour).
 
     Unreadable files (zero bytes, truncated, not an image, more than ``max_pixels`` pixels by their header:
-    default :class:`tpp.images.PixelLimits`' per-image limit) fail at once naming the file, or with
+    default :class:`tpp.data.pixels.PixelLimits`' per-image limit) fail at once naming the file, or with
     ``on_bad_file="skip"`` are left out. Returns (images, indices of the decoded paths, [(path, reason)]).
     """
     from PIL import Image, UnidentifiedImageError
 
-    from tpp.images import DEFAULT_LIMITS, ImageTooLarge, pil_size
 
     limit = max_pixels or DEFAULT_LIMITS.max_pixels
     loaded, kept, skipped = [], [], []

@@ -5,7 +5,7 @@ Layout::
     STORE/<site>/<version>/   an adapter directory (card, safetensors weights, head); version = content hash
     STORE/<site>/current      the served version's name, replaced with ``os.replace`` (never half-written)
 
-Publishing reads the adapter's files once, checks them (:func:`tpp.integrity.check_adapter`), and writes
+Publishing reads the adapter's files once, checks them (:func:`tpp.serve.integrity.check_adapter`), and writes
 those very bytes into a temporary folder that is renamed into place, then moves the pointer. Loading
 (:func:`open_version`) reads a version's files once and re-checks their content hash before anything is
 used, so flipped bytes are refused, not served under the old version id. Site names are checked, and
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS, read_card
 from tpp.errors import TppError
-from tpp.integrity import check_adapter, parse_card
+from tpp.serve.integrity import check_adapter, parse_card
 from tpp.rundir import write_atomic
 
 POINTER = "current"
@@ -96,7 +96,7 @@ def read_source(source: str | Path) -> tuple[Path, dict[str, bytes]]:
 
 def publish(source: str | Path, store: str | Path, site: str) -> SiteVersion:
     """Add the adapter of ``source`` (run dir or adapter dir) to ``store`` as a new version of ``site``
-    and make it current, after :func:`tpp.integrity.check_adapter` passed on the very bytes that are
+    and make it current, after :func:`tpp.serve.integrity.check_adapter` passed on the very bytes that are
     written. Publishing identical content again only moves the pointer."""
     check_site(site)
     if Path(store).exists() and not Path(store).is_dir():
@@ -249,7 +249,7 @@ def listing(store: str | Path, backbone_hash: str | None = None) -> list[dict]:
 
 def check(store: str | Path, backbone_hash: str) -> list[str]:
     """Card-level problems against a backbone (cheap: reads cards only; ``tpp serve`` warns with them at
-    start). ``tpp adapters check`` loads every site instead (:meth:`tpp.bank.AdapterBank.check_store`)."""
+    start). ``tpp adapters check`` loads every site instead (:meth:`tpp.serve.bank.AdapterBank.check_store`)."""
     problems = []
     for site in sites(store):
         try:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tpp import images as readers
-from tpp.bank import AdapterBank
+from tpp.serve import images as readers
+from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
 from tpp.rundir import write_atomic, write_error
 from tpp.segmentation import mask_to_image_size

@@ -27,13 +27,12 @@ import io
 import math
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tpp.errors import TppError
+from tpp.data.pixels import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, pil_size, training_mode
 
 if TYPE_CHECKING:
     import torch
@@ -44,30 +43,6 @@ NIFTI1_HEADER = 348  # bytes; the voxel data follow at the header's vox_offset
 MAX_NIFTI_OFFSET = 2**24  # header extensions beyond 16 MiB before the voxels are refused
 
 
-class ImageError(TppError):
-    """An input image that cannot be read or converted (HTTP 400 in the service)."""
-
-
-class ImageTooLarge(ImageError):
-    """An image (or a request's images together) above the pixel budget (HTTP 413 in the service)."""
-
-
-@dataclass(frozen=True)
-class PixelLimits:
-    """Pixel (voxel) budget: ``max_pixels`` per image, ``max_request_pixels`` for all images of one
-    service request together. Defaults: 2**26 = 67,108,864 (one 8192 x 8192 image) and 2**27."""
-
-    max_pixels: int = 2**26
-    max_request_pixels: int = 2**27
-
-    def __post_init__(self):
-        for key in ("max_pixels", "max_request_pixels"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TppError(f"pixel limit {key} must be a positive integer, got {value!r}.")
-
-
-DEFAULT_LIMITS = PixelLimits()
 
 
 def sniff(data: bytes, name: str) -> str:
@@ -160,18 +135,6 @@ def read(path: str | Path, **kwargs) -> np.ndarray:
     return decode(path.read_bytes(), str(path), **kwargs)
 
 
-def pil_size(source, name: str | None = None) -> tuple[int, int]:
-    """(width, height) of a PIL-readable file or file object from its header (lazy open, nothing decoded);
-    PIL's own decompression-bomb refusal becomes :class:`ImageTooLarge` (naming ``name`` when given)."""
-    from PIL import Image
-
-    try:
-        with Image.open(source) as img:
-            return img.size
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{f'{name!r}: ' if name else ''}too large to decode ({exc})") from None
-
-
 def _probe_pil(data: bytes, name: str) -> int:
     width, height = pil_size(io.BytesIO(data), name)
     return width * height
@@ -180,7 +143,6 @@ def _probe_pil(data: bytes, name: str) -> int:
 def _read_pil(data: bytes) -> np.ndarray:
     from PIL import Image
 
-    from tpp.data.folders import training_mode
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()

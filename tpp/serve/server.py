@@ -2,7 +2,7 @@
 
 Endpoints: ``GET /healthz``, ``GET /v1/sites``, ``POST /v1/sites/{site}/predict`` (multipart field
 ``images``, one or several files), ``POST /v1/sites/{site}/reload``. Requests are answered by one
-inference worker (:mod:`tpp.worker`) that micro-batches across requests and sites.
+inference worker (:mod:`tpp.serve.worker`) that micro-batches across requests and sites.
 
 Safety: binds to 127.0.0.1 by default; any other address needs a bearer token (env
 ``TPP_SERVE_TOKEN`` or ``--token-file``; also guards ``/openapi.json``) or an explicit ``--insecure``.
@@ -22,11 +22,11 @@ import logging
 import torch
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 
-from tpp import store as adapter_store
+from tpp.serve import store as adapter_store
 from tpp.errors import TppError
-from tpp.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
+from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
 from tpp.segmentation import rle_encode
-from tpp.worker import InferenceWorker
+from tpp.serve.worker import InferenceWorker
 
 log = logging.getLogger("tpp.serve")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -235,7 +235,7 @@ def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8
     """Load the backbone, check the store, serve until Ctrl-C / SIGTERM (uvicorn's handlers)."""
     import uvicorn
 
-    from tpp.bank import AdapterBank
+    from tpp.serve.bank import AdapterBank
 
     check_binding(host, token, insecure)
     bank = AdapterBank(backbone, store_path, max_resident)

@@ -8,9 +8,9 @@
   ``set_adapter`` is never called. No method is named here: the registry says what each can do.
 - At most ``max_resident`` sites stay loaded (least recently used first out).
 - Before a site is served: its files' content hash matches its version, the card passes
-  :func:`tpp.integrity.check_adapter` (registered adapter method, tensor names by the method's key rule,
+  :func:`tpp.serve.integrity.check_adapter` (registered adapter method, tensor names by the method's key rule,
   head fits the labels) and names this backbone; only then is anything copied, and only into the
-  site's own adapter modules. Afterwards :class:`~tpp.integrity.BackboneGuard` checks that no backbone
+  site's own adapter modules. Afterwards :class:`~tpp.serve.integrity.BackboneGuard` checks that no backbone
   tensor was written (else restores it from disk and refuses the site), and one zero image runs through
   the site (a card that does not fit its tensors fails here, not in a shared batch).
 - A site that fails to load or to predict is *refused* with its reason until its store pointer moves
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tpp import store as adapter_store
+from tpp.serve import store as adapter_store
 from tpp.adapter_dir import verify_backbone
 from tpp.backbones import Encoder, load_backbone
 from tpp.errors import TppError
-from tpp.images import to_model_input
-from tpp.integrity import BackboneGuard, check_adapter
+from tpp.serve.images import to_model_input
+from tpp.serve.integrity import BackboneGuard, check_adapter
 from tpp.model import attach_adapter, build_head, load_adapter_state
 
 BASE = "__base__"  # peft's name for "no adapter" in ``adapter_names``

@@ -2,7 +2,7 @@
 
 Request threads decode images and call :meth:`InferenceWorker.predict`; the worker gathers queued
 requests (up to ``max_batch`` images, waiting at most ``max_wait_ms`` for more), resolves each
-request's site in the :class:`~tpp.bank.AdapterBank`, applies that adapter's input pipeline and runs
+request's site in the :class:`~tpp.serve.bank.AdapterBank`, applies that adapter's input pipeline and runs
 one mixed-site batch. Reloads run on the same thread between batches, so a request is computed
 entirely with the old adapter version or entirely with the new one.
 """
@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from tpp.bank import AdapterBank, SiteRefused
-from tpp.images import to_model_input
+from tpp.serve.bank import AdapterBank, SiteRefused
+from tpp.serve.images import to_model_input
 from tpp.segmentation import mask_to_image_size
 
 log = logging.getLogger("tpp.serve")

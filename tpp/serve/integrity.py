@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from tpp.adapter_dir import CARD, HEAD, check_card
+from tpp.adapters import check_tensor_names, get_method
 from tpp.errors import ConfigError, TppError
 
 SERVED_TASKS = ("classification", "segmentation")
@@ -45,7 +46,7 @@ def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
     method = adapter_method(card, source)
     weights = card.get("weights_file")
     state = parse_tensors(files, weights, source) if weights else {}
-    check_keys(method, state, source)
+    check_tensor_names(method, state, source)
     head_state = parse_tensors(files, HEAD, source)
     check_head(card, head_state, source)
     return CheckedAdapter(card, method, state, head_state)
@@ -93,8 +94,6 @@ def check_input_rule(card: dict, source: str) -> None:
 
 def adapter_method(card: dict, source: str):
     """The card's registered method, which must be an adapter method (its kind is the registry's)."""
-    from tpp.adapters import get_method
-
     try:
         method = get_method(str(card.get("method")))
     except ConfigError as exc:
@@ -121,17 +120,6 @@ def parse_tensors(files: dict[str, bytes], name: str, source: str) -> dict[str, 
         if not torch.isfinite(tensor).all():
             raise TppError(f"'{source}/{name}': tensor '{key}' holds NaN or infinite values.")
     return state
-
-
-def check_keys(method, state: dict[str, torch.Tensor], source: str) -> None:
-    """Every tensor name must be one of the method's target parameters (its key rule), never a backbone
-    weight; checked before any tensor is copied anywhere."""
-    foreign = sorted(k for k in state if not method.owns_key(k) or ".base_layer." in f".{k}.")
-    if foreign:
-        more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
-        raise TppError(f"'{source}': the weights hold tensors that are not {method.name} target parameters: "
-                       f"{', '.join(foreign[:3])}{more}. Refused before loading: an adapter never carries "
-                       "backbone weights.")
 
 
 def check_head(card: dict, head_state: dict[str, torch.Tensor], source: str) -> None:

@@ -1,0 +1,289 @@
+"""``tpp compare``: one results table over finished runs of any recipe.
+
+Each run folder is read as it is: ``config.yaml`` (which recipe wrote it), ``status.json``, ``metrics.json``
+and, where there is one, the adapter card. A small mapping from the recipe to a function gives the run's
+row; what a split's metrics hold (``auroc`` or ``dice``) decides the task columns, so a classification and
+a segmentation fine-tune (or their evaluations) sit in the same table. A value a run does not have is
+``None`` (``-`` in the table, an empty cell in the CSV); a column no run has is left out of the table, while
+the CSV always has every column, with raw numbers.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from tpp.errors import TppError
+
+MISSING = "-"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # CSV header and row key
+    header: str | None  # printed header; None: CSV only
+    fmt: Callable[[object, dict], str] = lambda v, row: str(v)
+    always: bool = False  # printed even when no run has a value
+
+
+def _number(spec: str, suffix: str = "") -> Callable[[object, dict], str]:
+    def fmt(value, row):
+        return f"{value:{spec}}{suffix}" if isinstance(value, (int, float)) else str(value)
+    return fmt
+
+
+def _auroc(value, row) -> str:
+    text = _number(".3f")(value, row)
+    low, high = row.get("auroc_ci95_low"), row.get("auroc_ci95_high")
+    if low is None or high is None:
+        return text
+    return f"{text} [{_number('.3f')(low, row)}, {_number('.3f')(high, row)}]"
+
+
+def _size(value, row) -> str:
+    if not isinstance(value, (int, float)):
+        return str(value)
+    return f"{value / 1024:.0f} KiB" if value < 1024 ** 2 else f"{value / 1024 ** 2:.1f} MiB"
+
+
+COLUMNS = [
+    Column("run", "run", always=True),
+    Column("path", None),
+    Column("recipe", "recipe", always=True),
+    Column("task", "task", always=True),
+    Column("method", "method", always=True),
+    Column("data", "data"),
+    Column("label_fraction", "labels", _number("g")),
+    Column("adapter_init", "adapter init"),
+    Column("split", "split"),
+    Column("auroc", "AUROC [95% CI]", _auroc),
+    Column("auroc_ci95_low", None),
+    Column("auroc_ci95_high", None),
+    Column("accuracy", "accuracy", _number(".3f")),
+    Column("dice", "Dice", _number(".3f")),
+    Column("iou", "IoU", _number(".3f")),
+    Column("pretext_loss", "pretext loss", _number(".4f")),
+    Column("trainable_parameters", "trainable", _number(","), always=True),
+    Column("saved_bytes", "saved", _size, always=True),
+    Column("wall_time_s", "wall time", _number(".0f", " s"), always=True),
+]
+
+
+@dataclass
+class Run:
+    path: Path
+    recipe: str
+    config: dict
+    metrics: dict
+
+    def cfg(self, *keys):
+        """``config.yaml`` value at ``keys`` (None when absent)."""
+        return _dig(self.config, *keys)
+
+
+def _dig(obj, *keys):
+    for key in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def _read_json(path: Path):
+    """A JSON file, or None when absent or unreadable (optional files: cards)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _card(adapter_dir) -> dict:
+    card = _read_json(Path(adapter_dir) / "tpp_card.json") if adapter_dir else None
+    return card if isinstance(card, dict) else {}
+
+
+def _dir_size(path: Path):
+    from tpp.adapter_dir import dir_size
+
+    return dir_size(path) if path.is_dir() else None
+
+
+def _log_time(path: Path):
+    """Seconds since the start at the run's last log record (runs whose metrics record no wall time)."""
+    try:
+        lines = (path / "log.jsonl").read_text().splitlines()
+        return json.loads(lines[-1]).get("time") if lines else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _task_metrics(result) -> dict:
+    """The task's main metrics of one split's results: what the results hold decides the task."""
+    if not isinstance(result, dict):
+        return {}
+    if "auroc" in result:
+        ci = result.get("auroc_ci95")
+        low, high = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+        return {"task": "classification", "auroc": result["auroc"], "auroc_ci95_low": low, "auroc_ci95_high": high,
+                "accuracy": result.get("accuracy")}
+    if "dice" in result:
+        return {"task": "segmentation", "dice": result["dice"], "iou": result.get("iou")}
+    return {}
+
+
+def _init(card: dict, init_from) -> str:
+    """How the adapter started: random, or from a parent (its stage: TPP with its pretext, or a fine-tune)."""
+    parent = card.get("parent") if card else None
+    if isinstance(parent, dict):
+        if parent.get("stage") == "tpp":
+            pretext = _dig(parent, "pretext", "name")
+            return f"TPP ({pretext})" if pretext else "TPP"
+        return str(parent.get("stage") or "parent")
+    if card:
+        return "random"
+    return "parent" if init_from else "random"
+
+
+def _finetune_row(run: Run) -> dict:
+    m, card = run.metrics, _card(run.path / "adapter")
+    return {"method": card.get("method") or run.cfg("adapter", "method"), "data": run.cfg("data", "name"),
+            "label_fraction": run.cfg("data", "label_fraction"),
+            "adapter_init": _init(card, run.cfg("adapter", "init_from")),
+            "split": "test", **_task_metrics(m.get("test")),
+            "trainable_parameters": m.get("trainable_parameters", card.get("trainable_parameters")),
+            "saved_bytes": m.get("adapter_bytes")}
+
+
+def _evaluate_row(run: Run) -> dict:
+    """An evaluation: its split's metrics; method, trainable size and init from the evaluated adapter's card
+    when that adapter is still where it was (and is the one evaluated: same creation time)."""
+    m = run.metrics
+    split = run.cfg("data", "split")
+    if not _task_metrics(m.get(split)):
+        split = next((k for k, v in m.items() if _task_metrics(v)), None)
+    evaluated = m.get("adapter") if isinstance(m.get("adapter"), dict) else {}
+    path = run.cfg("adapter", "path")
+    card = _card(path)
+    if card.get("created") != evaluated.get("created"):
+        card = {}
+    return {"method": evaluated.get("method") or card.get("method"), "data": run.cfg("data", "name"),
+            "adapter_init": _init(card, None) if card else None, "split": split, **_task_metrics(m.get(split)),
+            "trainable_parameters": card.get("trainable_parameters"),
+            "saved_bytes": _dir_size(Path(path)) if card else None}
+
+
+def _tpp_row(run: Run) -> dict:
+    m, card = run.metrics, _card(run.path / "adapter")
+    pretext = _dig(card, "pretext", "name") or run.cfg("pretext", "name")
+    return {"task": f"{pretext} pretext" if pretext else None,
+            "method": card.get("method") or run.cfg("adapter", "method"), "data": run.cfg("data", "name"),
+            "pretext_loss": m.get("final_loss"),
+            "trainable_parameters": m.get("trainable_parameters"), "saved_bytes": m.get("adapter_bytes")}
+
+
+def _pretrain_backbone_row(run: Run) -> dict:
+    """A backbone from scratch: every encoder weight trains; its loss here is the MAE (reconstruction) part."""
+    m = run.metrics
+    pool = run.cfg("pool")
+    names = [_dig(entry, "data", "name") for entry in pool] if isinstance(pool, list) else []
+    pretext = run.cfg("pretext", "name") or "mae"
+    return {"task": f"{pretext} pretext", "method": None, "data": "+".join(str(n) for n in names) or None,
+            "pretext_loss": m.get("final_mae_loss", m.get("final_loss")),
+            "trainable_parameters": m.get("encoder_parameters"), "saved_bytes": _dir_size(run.path / "backbone")}
+
+
+ROWS = {"finetune": _finetune_row, "evaluate": _evaluate_row, "tpp": _tpp_row,
+        "pretrain_backbone": _pretrain_backbone_row}
+
+
+def _infer_recipe(path: Path, metrics: dict) -> str | None:
+    """The recipe of a run whose config.yaml does not name it: from what it left behind."""
+    stage = _card(path / "adapter").get("stage")
+    if stage in ROWS:
+        return stage
+    if (path / "backbone").is_dir():
+        return "pretrain_backbone"
+    if isinstance(metrics.get("adapter"), dict):
+        return "evaluate"
+    return None
+
+
+def load_run(path: Path) -> Run:
+    """Read a finished run folder; a TppError sentence naming it otherwise."""
+    if not path.exists():
+        raise TppError(f"'{path}' does not exist")
+    if not path.is_dir():
+        raise TppError(f"'{path}' is not a folder (a run folder is the output_dir of `tpp run`)")
+    status = _read_json(path / "status.json")
+    state = status.get("status") if isinstance(status, dict) else None
+    if state is not None and state != "succeeded":
+        error = f" ({str(status['error']).rstrip('.')})" if status.get("error") else ""
+        hint = "" if error else "; it is still running, or it was killed"
+        raise TppError(f"'{path}' is not a finished run: its status.json says '{state}'{error}{hint}")
+    if not (path / "metrics.json").is_file():
+        if not (path / "config.yaml").is_file():
+            raise TppError(f"'{path}' has neither metrics.json nor config.yaml: it is not a run folder")
+        raise TppError(f"'{path}' has no metrics.json: the run did not finish")
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise TppError(f"'{path / 'metrics.json'}' cannot be read: {exc}") from None
+    if not isinstance(metrics, dict):
+        raise TppError(f"'{path / 'metrics.json'}' does not hold a run's metrics")
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise TppError(f"'{path / 'config.yaml'}' cannot be read: {exc}") from None
+    config = config if isinstance(config, dict) else {}
+    recipe = config.get("recipe") or _infer_recipe(path, metrics)
+    if recipe not in ROWS:
+        raise TppError(f"'{path}' was written by recipe {recipe!r}, which tpp compare does not know "
+                       f"(it knows {', '.join(ROWS)})")
+    return Run(path, recipe, config, metrics)
+
+
+def compare_runs(paths: list) -> list[dict]:
+    """One row (column key -> raw value or None) per run folder. Every folder that is not a finished run is
+    named in one TppError."""
+    runs, problems = [], []
+    for p in paths:
+        try:
+            runs.append(load_run(Path(p)))
+        except TppError as exc:
+            problems.append(str(exc))
+    if problems:
+        lead = "" if len(paths) == 1 else f"{len(problems)} of the {len(paths)} folders given cannot be compared: "
+        raise TppError(f"{lead}{'; '.join(problems)}. tpp compare takes the run folders (output_dir) of runs "
+                       "that succeeded (status.json 'succeeded', with metrics.json).")
+    names = [run.path.name or str(run.path) for run in runs]
+    rows = []
+    for run, name, given in zip(runs, names, paths):
+        row = dict.fromkeys(c.key for c in COLUMNS)
+        row.update(ROWS[run.recipe](run))
+        row.update(run=name if names.count(name) == 1 else str(given), path=str(given), recipe=run.recipe)
+        if row["wall_time_s"] is None:
+            row["wall_time_s"] = run.metrics.get("wall_time_s", _log_time(run.path))
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted cells: the printed columns some run has a value in (and the ``always`` ones)."""
+    cols = [c for c in COLUMNS if c.header and (c.always or any(r.get(c.key) is not None for r in rows))]
+    cells = [[MISSING if r.get(c.key) is None else c.fmt(r[c.key], r) for c in cols] for r in rows]
+    return [c.header for c in cols], cells
+
+
+def csv_text(rows: list[dict]) -> str:
+    """Every column, raw values (floats at full precision), empty where a run has no value."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([c.key for c in COLUMNS])
+    for r in rows:
+        writer.writerow(["" if r.get(c.key) is None else r[c.key] for c in COLUMNS])
+    return out.getvalue()

@@ -24,6 +24,32 @@ class RunFinished(Exception):
         self.path, self.summary = path, summary
 
 
+def preflight(cfg) -> list[str]:
+    """What ``tpp validate`` checks beyond the config itself, before a run would start: the backbone resolves
+    (local directory or hub id; offline: in the local cache), each data section's root and file exist and its
+    modality is set where the source needs it, and the adapter directories it names exist. Returns every
+    problem found (empty: ready to run)."""
+    from tpp.adapter_dir import read_card
+    from tpp.backbones import backbone_config
+    from tpp.data.build import preflight as data_preflight
+    from tpp.errors import TppError
+
+    pool = cfg.recipe == "pretrain_backbone"
+    problems = [p for data in ([e.data for e in cfg.pool] if pool else [cfg.data])
+                for p in data_preflight(data, cfg.data.root)]
+    checks = [] if pool else [lambda: backbone_config(cfg.backbone.path)]
+    if cfg.recipe == "evaluate" and cfg.adapter.path:
+        checks.append(lambda: read_card(cfg.adapter.path, kinds=("adapter", "full_model")))
+    if cfg.recipe in ("finetune", "tpp") and cfg.adapter.init_from:
+        checks.append(lambda: read_card(cfg.adapter.init_from))
+    for check in checks:
+        try:
+            check()
+        except TppError as exc:
+            problems.append(str(exc))
+    return problems
+
+
 def get_recipe(name: str):
     from tpp.errors import TppError
 

@@ -153,22 +153,13 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
     Returns ``(encoder: Encoder, info: BackboneInfo, decoder: nn.Module | None)``. All weights have
     ``requires_grad=False`` and the modules are in eval mode.
     """
-    from transformers import AutoConfig, AutoModel
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the decoder weights a ViT-MAE encoder skips are expected
 
     local = Path(path)
-    if local.exists() and not local.is_dir():
-        raise TppError(f"backbone.path '{path}' is a file; pass the checkpoint directory (config.json + weights).")
-    if local.is_dir() and not (local / "config.json").is_file():
-        raise TppError(f"backbone.path '{path}' has no config.json: it is not a transformers checkpoint directory.")
-    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-        raise TppError(f"backbone.path '{path}' does not exist. Pass a local checkpoint directory or a hub id.")
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise TppError(f"cannot read backbone '{path}': {exc}".strip()) from None
+    config = backbone_config(path)
     family = _family_of(path, getattr(config, "model_type", None))
     decoder = None
     if with_decoder and family.model_type == "vit_mae":
@@ -190,6 +181,24 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
         mean=mean, std=std, hash=backbone_hash(model))
     info.input_size = check_input_size(input_size or info.image_size, info)
     return encoder, info, decoder
+
+
+def backbone_config(path: str):
+    """The transformers config of a checkpoint directory or hub id (offline: from the local cache), with
+    a clear error when it does not resolve; nothing but the config is read (``tpp validate`` uses it)."""
+    from transformers import AutoConfig
+
+    local = Path(path)
+    if local.exists() and not local.is_dir():
+        raise TppError(f"backbone.path '{path}' is a file; pass the checkpoint directory (config.json + weights).")
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise TppError(f"backbone.path '{path}' has no config.json: it is not a transformers checkpoint directory.")
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise TppError(f"backbone.path '{path}' does not exist. Pass a local checkpoint directory or a hub id.")
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise TppError(f"cannot read backbone '{path}': {exc}".strip()) from None
 
 
 def check_input_size(size: int, info: BackboneInfo) -> int:

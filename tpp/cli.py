@@ -205,9 +205,12 @@ def cmd_validate(args) -> int:
     if not args.config:
         raise TppError("tpp validate needs a CONFIG (or --keys).")
     cfg = load_config(_config_path(args.config), args.overrides)
-    from tpp.recipes import get_recipe
+    from tpp.recipes import get_recipe, preflight
 
     get_recipe(cfg.recipe).check(cfg)
+    problems = preflight(cfg)
+    if problems:
+        raise TppError(f"{args.config} would not run:\n" + "\n".join(f"  - {p}" for p in problems))
     if cfg.recipe == "pretrain_backbone":
         what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
                 f"depth {cfg.model.num_hidden_layers}")

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from tpp.data import Dataset
 from tpp.data.folders import load_folder, load_unlabeled_folder
 from tpp.data.segmentation import load_seg_folder, load_seg_npz
-from tpp.data.sources import MEDMNIST_ORIGINS, load_medmnist, load_npz
+from tpp.data.sources import MEDMNIST_ORIGINS, load_medmnist, load_npz, resolve_root
+from tpp.errors import TppError
 
 
 def load_data(data, seed: int, image_size: int, labels: bool = True) -> Dataset:
@@ -39,6 +40,30 @@ def load_data(data, seed: int, image_size: int, labels: bool = True) -> Dataset:
     if dataset.source is None:  # image folders: where they were read, for error messages (never in cards)
         dataset.source = f"folder '{Path(data.root or os.environ.get('TPP_DATA_ROOT', '')) / (data.file or '')}'"
     return dataset
+
+
+FOLDER_SOURCES = ("folder", "unlabeled_folder", "seg_folder")  # no modality inside: data.modality is required
+
+
+def preflight(data, root: str | None = None) -> list[str]:
+    """What can be checked of a data section before any image is read: the data root exists, ``data.file``
+    exists under it, and the modality is set where the source cannot know it (``root``: a default root,
+    e.g. the run's ``data.root`` for a pool entry). Returns the problems found."""
+    problems = []
+    if data.source in FOLDER_SOURCES and (not data.modality or data.modality == "unknown"):
+        problems.append(f"dataset '{data.name}': data.source={data.source} needs data.modality (a DICOM modality "
+                        "code such as US, CR, CT, MR).")
+    try:
+        base = resolve_root(data.root or root)
+    except TppError as exc:
+        return problems + [str(exc)]
+    if data.file and not (base / data.file).exists():
+        problems.append(f"data.file '{data.file}' does not exist under the data root '{base}'.")
+    if data.source == "medmnist" and not data.download and not any(
+            (base / sub / f"{data.name}.npz").is_file() for sub in ("", "medmnist")):
+        problems.append(f"MedMNIST file '{data.name}.npz' is not in '{base}' or '{base / 'medmnist'}' "
+                        "(data.download=true fetches it through the medmnist package).")
+    return problems
 
 
 def channel_rule(image_channels: int, model_channels: int) -> str:

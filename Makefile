@@ -1,6 +1,7 @@
 # Two commands for a fresh clone (with ../shared beside it, offline):
 #   make demo   - create .venv, install, run the quickstart on BreastMNIST
 #   make test   - create/reuse .venv, install with test extras, lint, run the whole test suite
+# and, while developing: make test-fast - the same without the integration tests (no ../shared needed)
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
@@ -16,7 +17,7 @@ TPP := $(VENV)/bin/tpp
 DEMO := runs/demo
 BACKBONE ?= $(SHARED)/models/mae-vit-tiny-med
 
-.PHONY: install demo test lint check-torch wheel-check floor-check clean
+.PHONY: install demo test test-fast lint check-torch wheel-check floor-check clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,13 +52,17 @@ lint: install
 test: install check-torch lint
 	$(VENV)/bin/pytest
 
+# The unit tests alone: everything but the tests marked integration (real data and the shared backbone)
+test-fast: install check-torch lint
+	$(VENV)/bin/pytest -m "not integration"
+
 # Build the wheel, install it into a clean venv, validate every shipped config and run a recipe from there.
 wheel-check: install
 	rm -rf build/wheel-venv dist && $(VENV)/bin/python -m pip wheel --no-deps -q -w dist .
 	$(PYTHON) -m venv build/wheel-venv
 	build/wheel-venv/bin/python $(PIP_INSTALL) torch==2.13.0
 	build/wheel-venv/bin/python $(PIP_INSTALL) dist/tpp-*.whl
-	cd build && wheel-venv/bin/tpp ls && for c in $$(wheel-venv/bin/python -c "from tpp.recipes import shipped_configs, CONFIG_DIR; print(' '.join(str(p.relative_to(CONFIG_DIR)) for p in shipped_configs()))"); do wheel-venv/bin/tpp validate $$c || exit 1; done
+	cd build && wheel-venv/bin/tpp ls && for c in $$(wheel-venv/bin/python -c "from tpp.recipes import shipped_configs, CONFIG_DIR; print(' '.join(str(p.relative_to(CONFIG_DIR)) for p in shipped_configs()))"); do wheel-venv/bin/tpp validate $$c backbone.path=$(abspath $(BACKBONE)) || exit 1; done
 	cd build && ! wheel-venv/bin/python -c "import adapters" 2>/dev/null
 	cd build && wheel-venv/bin/tpp run tpp --config breast_us/mae_vit_tiny_lora_tpp.yaml --overwrite \
 	    backbone.path=$(abspath $(BACKBONE)) train.max_steps=2 output_dir=wheel-run && test -f wheel-run/adapter/tpp_card.json

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+SERVER_START_S = 3600  # longest wait for `tpp serve` to answer /healthz
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
 
@@ -225,8 +226,10 @@ def start_server(backbone: str, store_path: Path, max_resident: int) -> tuple[su
     proc = subprocess.Popen([sys.executable, "-m", "tpp.cli", "serve", "--backbone", backbone,
                              "--store", str(store_path), "--port", str(port), "--max-resident", str(max_resident)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
+    # a hang guard, not a speed limit: on a loaded machine the start may take minutes; a server that dies is
+    # reported at once
+    deadline = time.time() + SERVER_START_S
+    while time.time() < deadline and proc.poll() is None:
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             conn.request("GET", "/healthz")
@@ -234,8 +237,10 @@ def start_server(backbone: str, store_path: Path, max_resident: int) -> tuple[su
                 return proc, port
         except OSError:
             time.sleep(0.3)
+    if proc.poll() is not None:
+        raise RuntimeError(f"tpp serve exited with code {proc.returncode} before it answered /healthz")
     proc.kill()
-    raise RuntimeError("tpp serve did not come up within 120 s")
+    raise RuntimeError(f"tpp serve did not come up within {SERVER_START_S} s")
 
 
 def service_numbers(backbone: str, store_path: Path, images: np.ndarray, args) -> dict:

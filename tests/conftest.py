@@ -1,5 +1,6 @@
 """Shared fixtures: tiny backbones built in code and saved (so the real from_pretrained path runs),
-tiny MedMNIST-layout files, and the location of ../shared for integration tests."""
+tiny MedMNIST-layout files, and the location of ../shared for the tests marked integration (the only ones
+that may use it). Helpers that are not fixtures are in helpers.py and serving_fixtures.py."""
 from __future__ import annotations
 
 import json
@@ -107,8 +108,24 @@ def data_root(tmp_path) -> Path:
     return make_medmnist(tmp_path / "data")
 
 
+_RUNNING: list = []  # the test being set up or run (its module-scoped fixtures included)
+
+
+def pytest_runtest_setup(item):
+    _RUNNING[:] = [item]
+
+
+def _integration_only(what: str) -> None:
+    """A test reaching ../shared must be marked integration: `make test-fast` (-m "not integration") runs
+    without it."""
+    if _RUNNING and _RUNNING[0].get_closest_marker("integration") is None:
+        pytest.fail(f"{_RUNNING[0].nodeid} uses {what} but is not marked integration: add "
+                    "pytestmark = pytest.mark.integration (or @pytest.mark.integration)", pytrace=False)
+
+
 def shared_data() -> Path:
-    """../shared/data, or skip; under CI a missing folder fails the test instead."""
+    """../shared/data, or skip; under CI a missing folder fails the test instead. Integration tests only."""
+    _integration_only("../shared/data")
     path = SHARED / "data"
     if not (path / "medmnist" / "breastmnist.npz").is_file():
         if os.environ.get("CI"):
@@ -118,6 +135,8 @@ def shared_data() -> Path:
 
 
 def shared_backbone() -> Path:
+    """The shared ViT-MAE backbone, or skip (a failure under CI). Integration tests only."""
+    _integration_only("the shared backbone")
     path = SHARED / "models" / "mae-vit-tiny-med"
     if not (path / "config.json").is_file():
         if os.environ.get("CI"):

@@ -1,23 +1,26 @@
-"""Site adapters for the deployment tests: real fine-tuning runs on a tiny backbone, published to a store."""
+"""Shared by the deployment tests: site adapters (real fine-tuning runs on a tiny backbone, published to a
+store), the service on loopback or in-process over a stub worker, and requests to it."""
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from conftest import make_backbone, make_medmnist
+from helpers import FINETUNE_CONFIG, HANG_S, recipe_args, run_cli, wait_for
 
 from tpp.serve.bank import AdapterBank
-from tpp.cli import main
 from tpp.serve.server import create_app
 from tpp.serve.worker import InferenceWorker
 
@@ -35,10 +38,8 @@ SITES = {
 
 
 def finetune_site(backbone: Path, root: Path, out: Path, extra: list[str]) -> Path:
-    code = main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-                 f"backbone.path={backbone}", f"data.root={root}", f"output_dir={out}", "train.max_steps=6",
-                 "train.batch_size=16", "train.lr=1e-2", *extra])
-    assert code == 0
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, backbone, root, out, "train.max_steps=6",
+                                "train.batch_size=16", "train.lr=1e-2", *extra)) == 0
     return out
 
 
@@ -55,13 +56,19 @@ def build_store(base: Path) -> dict:
     return {"backbone": backbone, "root": root, "runs": runs, "store": base / "store", "images": images}
 
 
+def pixels(images, card) -> torch.Tensor:
+    """Model inputs (N, C, H, W) of uint8 images as the service makes them for an adapter with ``card``."""
+    from tpp.serve.images import to_model_input
+
+    return torch.cat([to_model_input(im, card["input"]) for im in images])
+
+
 def offline_probs(backbone: Path, adapter: Path, images: np.ndarray) -> torch.Tensor:
     """Reference: the evaluate recipe's model (one adapter, no bank) on uint8 images (N, H, W)."""
-    from tpp.serve.images import to_model_input
     from tpp.recipes.evaluate import load_task_model
 
     model, card, _ = load_task_model(str(adapter), str(backbone))
-    x = torch.cat([to_model_input(im, card["input"]) for im in images])
+    x = pixels(images, card)
     with torch.no_grad():
         return model(x).softmax(-1)
 
@@ -70,7 +77,7 @@ def offline_probs(backbone: Path, adapter: Path, images: np.ndarray) -> torch.Te
 def paused(worker):
     """Hold the inference thread so that jobs queue up, then let it run them."""
     gate = threading.Event()
-    worker.call(lambda bank: gate.wait(10))
+    worker.call(lambda bank: gate.wait(HANG_S))
     try:
         yield
     finally:
@@ -78,7 +85,9 @@ def paused(worker):
 
 
 @contextmanager
-def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None, timeout=120.0, worker=None):
+def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None, timeout=HANG_S, worker=None):
+    """The service on loopback (uvicorn in a thread) over ``world``'s store; yields its URL. ``timeout``: the
+    service's request timeout (a 503 after it), a hang guard unless the test is about it."""
     import uvicorn
 
     worker = worker or InferenceWorker(AdapterBank(str(world["backbone"]), str(store_path or world["store"])))
@@ -88,8 +97,7 @@ def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None, tim
     server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.02)
+    wait_for(lambda: server.started, "the service to start", poll_s=0.02)
     try:
         yield f"http://127.0.0.1:{sock.getsockname()[1]}"
     finally:
@@ -102,17 +110,74 @@ def request(url, files=None, token=None, method=None, body=None):
     """(status, JSON) of a request; ``files`` is a list of (file name, bytes) sent as multipart ``images``."""
     headers = {}
     if files is not None:
-        boundary = uuid.uuid4().hex
-        parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-        headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        headers["Content-Type"], body = multipart(files)
     if token:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=body, headers=headers,
                                  method=method or ("POST" if body is not None else "GET"))
     try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
+        with urllib.request.urlopen(req, timeout=HANG_S) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
+
+
+def multipart(files):
+    """(content-type, body) of a multipart form with each (file name, bytes) as field ``images``."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
+             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+# -- the real app over a stub worker, in this process (no model is built) ----------------------------------
+
+STUB_VERSION = "0123456789abcdef"
+
+
+class StubWorker:
+    """Stands in for the inference worker: records what reached it, answers every image with label 'a'."""
+
+    bank = SimpleNamespace(info=SimpleNamespace(id="stub", hash="0" * 64))
+
+    def __init__(self):
+        self.batches = []
+
+    def predict(self, site, arrays):
+        self.batches.append([a.shape for a in arrays])
+        future = Future()
+        future.set_result(SimpleNamespace(masks=None, version=STUB_VERSION, label_names=["a", "b"],
+                                          probs=[[1.0, 0.0]] * len(arrays), labels=lambda: ["a"] * len(arrays)))
+        return future
+
+
+def stub_app(tmp_path, **kwargs):
+    """(ASGI app, stub worker) over a store where site ``s`` is published (only its pointer exists)."""
+    (tmp_path / "store" / "s").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "store" / "s" / "current").write_text(STUB_VERSION)
+    worker = StubWorker()
+    return create_app(worker, str(tmp_path / "store"), **kwargs), worker
+
+
+def call(app, method, path, *, headers=None, body=b"", files=None, query=""):
+    """(status, JSON body, response headers) of one request sent to the ASGI ``app`` in this process."""
+    headers = dict(headers or {})
+    if files is not None:
+        headers["content-type"], body = multipart(files)
+    headers["content-length"] = str(len(body))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent = []
+
+    async def receive():
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    text = b"".join(m.get("body", b"") for m in sent[1:])
+    return sent[0]["status"], json.loads(text or b"{}"), dict(sent[0]["headers"])

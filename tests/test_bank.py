@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from serving_fixtures import SITES, build_store, finetune_site, offline_probs
+from serving_fixtures import SITES, build_store, finetune_site, offline_probs, pixels
 
 from tpp.serve import store
 from tpp.backbones import backbone_hash
@@ -16,10 +16,6 @@ from tpp.serve.images import to_model_input
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return build_store(tmp_path_factory.mktemp("serving"))
-
-
-def pixels(images, card):
-    return torch.cat([to_model_input(im, card["input"]) for im in images])
 
 
 def test_publish_versions_by_content_and_moves_pointer_atomically(world, tmp_path):

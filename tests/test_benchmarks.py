@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 from conftest import make_medmnist
+from helpers import HANG_S
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import lr_select  # noqa: E402
@@ -57,7 +58,7 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     bench = tpp_gain.Bench(tmp_path / "cache", protocol, str(tiny_mae), str(root))
     cells = [("breastmnist", m, 0.5, 0) for m in ("lora", "lora+tpp_mae", "linear_probe", "lora+tpp_mae~lr1e-4",
                                                   "bottleneck%0.003", "dora+tpp_mae")]
-    done, missing, errors = tpp_gain.fill(bench, cells, budget_s=600)
+    done, missing, errors = tpp_gain.fill(bench, cells, budget_s=HANG_S)
     assert not errors and not missing and len(done) == 6
     by_method = {c["method"]: c for c in done}
     assert by_method["lora+tpp_mae"]["tpp_s"] > 0 and by_method["linear_probe"]["trainable_parameters"] == 66
@@ -75,7 +76,7 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     assert by_method["dora+tpp_mae"]["trainable_parameters"] > by_method["lora"]["trainable_parameters"]  # + magnitudes
     assert not list((tmp_path / "cache" / "work").iterdir())  # fine-tuning outputs are not kept
     assert not [p for p in (tmp_path / "cache" / "tpp").iterdir() if ".partial_" in p.name]  # moved into place
-    again, _, _ = tpp_gain.fill(bench, cells, budget_s=600)
+    again, _, _ = tpp_gain.fill(bench, cells, budget_s=HANG_S)
     assert again == []  # everything came from the cache
     other = tpp_gain.Bench(tmp_path / "cache", dict(protocol, finetune_steps=4), str(tiny_mae), str(root))
     assert other.cached(*cells[0]) is None  # another protocol does not reuse cells

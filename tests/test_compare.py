@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 from conftest import make_backbone, make_medmnist
+from helpers import FAST as TINY_RUN
+from helpers import FINETUNE_CONFIG, TPP_CONFIG, recipe_args, run_cli
 
-from tpp.cli import main
-
-FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2", "train.max_steps=2"]
-CLS = "breast_us/mae_vit_tiny_lora_finetune.yaml"
+FAST = [*TINY_RUN, "train.max_steps=2"]
+CLS = FINETUNE_CONFIG
 TINY_MODEL = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
               "model.intermediate_size=64", "model.decoder_hidden_size=16", "model.decoder_num_hidden_layers=1",
               "model.decoder_num_attention_heads=2", "model.decoder_intermediate_size=32"]
@@ -32,13 +32,12 @@ def toy_segmentation(path, n=40):
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("compare")
     backbone, root = make_backbone(base / "backbone"), make_medmnist(base / "data")
-    common = [f"backbone.path={backbone}", f"data.root={root}"]
 
     def run(recipe, config, name, *extra):
-        assert main(["run", recipe, "--config", config, *common, f"output_dir={base / name}", *extra]) == 0
+        assert run_cli(*recipe_args(recipe, config, backbone, root, base / name, *extra)) == 0
 
     run("finetune", CLS, "cls", *FAST)
-    run("tpp", "breast_us/mae_vit_tiny_lora_tpp.yaml", "tpp", *FAST)
+    run("tpp", TPP_CONFIG, "tpp", *FAST)
     run("finetune", CLS, "cls_tpp", *FAST, "data.label_fraction=0.5", f"adapter.init_from={base / 'tpp' / 'adapter'}")
     run("evaluate", CLS, "eval", f"adapter.path={base / 'cls' / 'adapter'}", "data.split=test")
     run("finetune", "breast_us/busi_seg_lora_finetune.yaml", "seg", *FAST, "train.batch_size=8", "data.name=toy",
@@ -49,8 +48,8 @@ def runs(tmp_path_factory):
     run("pretrain_backbone", "backbones/mae_vit_tiny_med_pool.yaml", "pre", "train.max_steps=2",
         "train.batch_size=16", "pool=[{data: {source: medmnist, name: breastmnist}}]", *TINY_MODEL)
     # a failed run: a TPP adapter has no head to evaluate with (fails inside the recipe; status.json 'failed')
-    assert main(["run", "evaluate", "--config", CLS, *common, f"adapter.path={base / 'tpp' / 'adapter'}",
-                 f"output_dir={base / 'failed'}"]) == 2
+    assert run_cli(*recipe_args("evaluate", CLS, backbone, root, base / "failed",
+                                f"adapter.path={base / 'tpp' / 'adapter'}")) == 2
     return base
 
 
@@ -60,7 +59,7 @@ def metrics(path):
 
 def compare(capsys, *args):
     """Exit code, printed table as {run: {header: cell}} with the header list, and stderr."""
-    code = main(["compare", *map(str, args)])
+    code = run_cli("compare", *args)
     out, err = capsys.readouterr()
     lines = [line for line in out.splitlines() if line.startswith("|")]
     if not lines:

@@ -8,14 +8,19 @@ from tpp.recipes import CONFIG_DIR, get_recipe, shipped_configs
 from tpp.training import plan_steps
 
 
-def test_every_shipped_config_validates_recursively():
-    paths = shipped_configs()
-    on_disk = sorted(p for p in CONFIG_DIR.rglob("*") if p.suffix in (".yaml", ".yml"))
-    assert paths == on_disk and len(paths) >= 4
-    for path in paths:
-        cfg = load_config(path)
-        get_recipe(cfg.recipe)
-        assert path.read_text().startswith(f"# tpp run {cfg.recipe} --config"), path
+CONFIGS_ON_DISK = sorted(p for p in CONFIG_DIR.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def test_shipped_configs_are_every_yaml_file_in_the_config_folder_recursively():
+    assert shipped_configs() == CONFIGS_ON_DISK and len(CONFIGS_ON_DISK) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS_ON_DISK, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
+def test_shipped_config_loads_and_passes_its_recipe_check(path):
+    """What `tpp validate` does for the file: the config loads and its recipe's ``check(cfg)`` accepts it."""
+    cfg = load_config(path)
+    get_recipe(cfg.recipe).check(cfg)
+    assert path.read_text().startswith(f"# tpp run {cfg.recipe} --config"), path
 
 
 def test_unknown_key_names_its_path(tmp_path):

@@ -1,18 +1,14 @@
 """Data-parallel runs: `tpp run --num-processes 2` really starts two CPU processes in a gloo group."""
 import json
-import subprocess
-import sys
 
 import pytest
-from test_recipes import FAST
+from helpers import FAST, FINETUNE_CONFIG, TPP_CONFIG, recipe_args, run_cli, run_cli_subprocess
 
 
 def test_two_processes_train_together_and_evaluate_every_image_once(tiny_mae, data_root, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tpp.cli", "run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-         "--num-processes", "2", f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}",
-         "train.max_steps=4", "train.eval_every=2", *FAST], capture_output=True, text=True, timeout=600)
+    proc = run_cli_subprocess(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data_root, out, "train.max_steps=4",
+                                           "train.eval_every=2", *FAST), "--num-processes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         assert f"process rank {rank} of world size 2 (MULTI_CPU)" in proc.stderr
@@ -29,10 +25,8 @@ def test_two_processes_train_together_and_evaluate_every_image_once(tiny_mae, da
 @pytest.mark.parametrize("pretext", ["mae", "dino"])  # DINO all-reduces its centre across processes
 def test_two_process_tpp_writes_one_adapter(tiny_mae, data_root, tmp_path, pretext):
     out = tmp_path / "tpp"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tpp.cli", "run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml",
-         "--num-processes", "2", f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}",
-         "train.max_steps=3", f"pretext.name={pretext}", *FAST], capture_output=True, text=True, timeout=600)
+    proc = run_cli_subprocess(*recipe_args("tpp", TPP_CONFIG, tiny_mae, data_root, out, "train.max_steps=3",
+                                           f"pretext.name={pretext}", *FAST), "--num-processes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     card = json.loads((out / "adapter" / "tpp_card.json").read_text())
     assert card["stage"] == "tpp" and card["pretext"]["steps"] == 3 and card["pretext"]["loss_curve"]
@@ -40,8 +34,6 @@ def test_two_process_tpp_writes_one_adapter(tiny_mae, data_root, tmp_path, prete
 
 
 def test_config_errors_surface_before_launching_processes(tiny_mae, capsys):
-    from tpp.cli import main
-
-    code = main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", "--num-processes", "2",
-                 f"backbone.path={tiny_mae}", "train.keep_checkpoints=0"])
+    code = run_cli("run", "finetune", "--config", FINETUNE_CONFIG, "--num-processes", "2", f"backbone.path={tiny_mae}",
+                   "train.keep_checkpoints=0")
     assert code == 2 and "keep_checkpoints" in capsys.readouterr().err

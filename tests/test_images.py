@@ -1,63 +1,14 @@
 """Inference inputs: PNG/JPEG, .npy, DICOM and NIfTI to the training intensity pipeline, and clear errors."""
-import io
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import dicom_bytes, nifti_bytes, npy_bytes, png_bytes
 
 from tpp.data.build import to_model_tensor
 from tpp.serve.images import ImageError, decode, parse_window, read, to_model_input
 
 RULE_GRAY = {"image_channels": 1, "channels": 3, "image_size": 28, "mean": [0.5] * 3, "std": [0.25] * 3}
 RULE_RGB = dict(RULE_GRAY, image_channels=3)
-
-
-def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def npy_bytes(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
-def dicom_bytes(stored: np.ndarray, *, slope=1.0, intercept=0.0, window=None, photometric="MONOCHROME2",
-                frames=1) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.PatientName, ds.PatientID = "SECRET^PATIENT", "ID-424242"
-    ds.Rows, ds.Columns = stored.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def nifti_bytes(volume: np.ndarray, gz: bool = False) -> bytes:
-    import gzip
-
-    import nibabel
-
-    data = nibabel.Nifti1Image(volume.astype(np.float32), np.eye(4)).to_bytes()
-    return gzip.compress(data) if gz else data
 
 
 def test_png_and_jpeg_decode_like_training_and_map_to_the_same_tensor():

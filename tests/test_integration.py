@@ -10,23 +10,21 @@ import json
 
 import pytest
 from conftest import shared_backbone, shared_data
-
-from tpp.cli import main
+from helpers import FINETUNE_CONFIG, TPP_CONFIG, recipe_args, run_cli, run_cli_subprocess
 
 pytestmark = pytest.mark.integration
 AUROC_FLOOR = 0.70
 
 
 def lora_args(out, *extra):
-    return ["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-            f"backbone.path={shared_backbone()}", f"data.root={shared_data()}", f"output_dir={out}",
-            "train.max_steps=150", "seed=0", *extra]
+    return recipe_args("finetune", FINETUNE_CONFIG, shared_backbone(), shared_data(), out, "train.max_steps=150",
+                       "seed=0", *extra)
 
 
 @pytest.fixture(scope="module")
 def lora_fp32(tmp_path_factory):
     out = tmp_path_factory.mktemp("lora_fp32") / "run"
-    assert main(lora_args(out)) == 0
+    assert run_cli(*lora_args(out)) == 0
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -35,38 +33,50 @@ def test_breastmnist_lora_finetune_reaches_floor(lora_fp32):
     assert lora_fp32["test"]["auroc"] >= AUROC_FLOOR, lora_fp32["test"]
 
 
-def test_bf16_on_cpu_trains_to_the_fp32_auroc(lora_fp32, tmp_path):
-    """bf16 autocast through Accelerate (own process: Accelerate's precision is process-wide). Measured
-    here: 0.766 vs 0.765 at 100 steps; the bound is 0.02."""
-    import subprocess
-    import sys
+# The bf16 check runs a short pair: this CPU has no native bf16 (AVX2 only), so a bf16 step costs ~20x an fp32
+# one (6.1 s vs 0.33 s at batch 32); 150 steps at batch 64, as above, took over 30 minutes in bf16.
+BF16_PAIR = ["seed=0", "train.max_steps=30", "train.batch_size=32", "train.select_best=false", "train.eval_every=1000"]
 
-    out = tmp_path / "bf16"
-    proc = subprocess.run([sys.executable, "-m", "tpp.cli", *lora_args(out, "train.mixed_precision=bf16")],
-                          capture_output=True, text=True, timeout=1200)
+
+def first_loss(run) -> float:
+    return next(json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()
+                if '"event": "step"' in line)
+
+
+def test_bf16_on_cpu_trains_to_the_fp32_auroc(tmp_path):
+    """bf16 autocast through Accelerate (own process: Accelerate's precision is process-wide) against the same
+    run in fp32: same seed, data, batches and steps. Measured (2026-11-29, 2-core AMD EPYC): test AUROC 0.7279
+    (fp32) vs 0.7278 (bf16), first-step loss 0.71278 vs 0.71317; bf16 took 204 s, fp32 25 s. The AUROC bound is
+    0.02; the fp32 run must be clear of chance (0.5), and the first losses must differ a little (bf16 rounding:
+    the precision was really applied) but not much."""
+    fp32_run, bf16_run = tmp_path / "fp32", tmp_path / "bf16"
+    args = ("finetune", FINETUNE_CONFIG, shared_backbone(), shared_data())
+    assert run_cli(*recipe_args(*args, fp32_run, *BF16_PAIR)) == 0
+    proc = run_cli_subprocess(*recipe_args(*args, bf16_run, *BF16_PAIR, "train.mixed_precision=bf16"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    bf16 = json.loads((out / "metrics.json").read_text())
-    assert abs(bf16["test"]["auroc"] - lora_fp32["test"]["auroc"]) <= 0.02, (bf16["test"], lora_fp32["test"])
+    fp32, bf16 = (json.loads((run / "metrics.json").read_text())["test"] for run in (fp32_run, bf16_run))
+    assert fp32["auroc"] > 0.65, fp32
+    assert abs(bf16["auroc"] - fp32["auroc"]) <= 0.02, (bf16, fp32)
+    loss_fp32, loss_bf16 = first_loss(fp32_run), first_loss(bf16_run)
+    assert loss_fp32 != loss_bf16 and abs(loss_bf16 - loss_fp32) < 0.01, (loss_fp32, loss_bf16)
 
 
 def test_breastmnist_tpp_then_finetune_from_it(tmp_path):
     data, backbone = shared_data(), shared_backbone()
-    assert main(["run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", f"backbone.path={backbone}",
-                 f"data.root={data}", f"output_dir={tmp_path / 'tpp'}", "train.max_steps=30"]) == 0
+    assert run_cli(*recipe_args("tpp", TPP_CONFIG, backbone, data, tmp_path / "tpp", "train.max_steps=30")) == 0
     card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
     assert card["data"]["used"]["images"] == 546 and card["modality"] == "US"
-    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-                 f"backbone.path={backbone}", f"data.root={data}", f"output_dir={tmp_path / 'ft'}",
-                 f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}", "data.label_fraction=0.1",
-                 "train.max_steps=40"]) == 0
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, backbone, data, tmp_path / "ft",
+                                f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}", "data.label_fraction=0.1",
+                                "train.max_steps=40")) == 0
     metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert metrics["test"]["auroc"] > 0.55  # a working pipeline beats chance even with 55 labels
 
 
 def test_mednist_npz_source_for_tpp(tmp_path):
     data, backbone = shared_data(), shared_backbone()
-    assert main(["run", "tpp", "--config", "chest_xray/mednist_cxr_lora_tpp.yaml", f"backbone.path={backbone}",
-                 f"data.root={data}", f"output_dir={tmp_path / 'tpp'}", "train.max_steps=3"]) == 0
+    assert run_cli(*recipe_args("tpp", "chest_xray/mednist_cxr_lora_tpp.yaml", backbone, data, tmp_path / "tpp",
+                                "train.max_steps=3")) == 0
     card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
     assert card["modality"] == "DX" and card["data"]["classes"] == ["CXR"]
     assert card["data"]["counts"]["train"] + card["data"]["counts"]["val"] + card["data"]["counts"]["test"] == 2000
@@ -86,8 +96,7 @@ def test_short_tpp_lowers_held_out_pretext_loss(tmp_path, record_property):
     from tpp.pretext import build_pretext
 
     data, backbone = shared_data(), shared_backbone()
-    assert main(["run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", f"backbone.path={backbone}",
-                 f"data.root={data}", f"output_dir={tmp_path / 'tpp'}", "train.max_steps=60"]) == 0
+    assert run_cli(*recipe_args("tpp", TPP_CONFIG, backbone, data, tmp_path / "tpp", "train.max_steps=60")) == 0
     encoder, info, decoder = load_backbone(str(backbone), with_decoder=True)
     attach_adapter(encoder, "lora", {"r": 8, "alpha": 16})
     pretext = build_pretext("mae", encoder, decoder).eval()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_backbone, make_medmnist
-from test_bank import pixels
+from serving_fixtures import pixels
 
 from tpp.serve import store
 from tpp.adapter_dir import CARD, WEIGHTS, read_tensors, read_weights, write_adapter_dir

@@ -7,9 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import HANG_S, run_cli
 from serving_fixtures import offline_probs, paused
-
-from tpp.cli import main
 
 TOY_METHOD = '''
 """rank_one: LoRA of rank 1 on the attention projections (peft), registered from outside tpp."""
@@ -58,7 +57,7 @@ def toy_method(tmp_path, monkeypatch):
 
 
 def run(recipe: str, config: str, *overrides) -> int:
-    return main(["run", recipe, "--config", config, "train.batch_size=16", "train.eval_every=1000", *overrides])
+    return run_cli("run", recipe, "--config", config, "train.batch_size=16", "train.eval_every=1000", *overrides)
 
 
 def test_a_method_from_one_file_runs_tpp_finetuning_publishing_and_a_mixed_batch(toy_method, tiny_mae, tmp_path):
@@ -85,7 +84,7 @@ def test_a_method_from_one_file_runs_tpp_finetuning_publishing_and_a_mixed_batch
     for site, future in futures.items():
         expected = offline_probs(tiny_mae, tmp_path / "store" / site / store.current_version(tmp_path / "store", site),
                                  images)
-        assert torch.allclose(torch.tensor(future.result(60).probs), expected, atol=1e-5)
+        assert torch.allclose(torch.tensor(future.result(HANG_S).probs), expected, atol=1e-5)
     assert worker.batches == 1 and set(worker.bank.groups) == {"rank_one"}  # one shared forward for both sites
     assert len(worker.bank.groups["rank_one"].model.peft_config) == 2
     worker.stop()

@@ -4,11 +4,12 @@ import json
 import pytest
 import torch
 from conftest import make_medmnist
+from helpers import FINETUNE_CONFIG, recipe_args, run_cli
 from safetensors.torch import load_file
 
 from tpp.backbones import load_backbone
-from tpp.cli import main
 
+POOL_CONFIG = "backbones/mae_vit_tiny_med_pool.yaml"
 TINY_MODEL = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
               "model.intermediate_size=64", "model.decoder_hidden_size=16", "model.decoder_num_hidden_layers=1",
               "model.decoder_num_attention_heads=2", "model.decoder_intermediate_size=32"]
@@ -25,8 +26,8 @@ def pool_root(tmp_path):
 def pretrain(root, out, *extra):
     pool = ("pool=[{data: {source: medmnist, name: bloodmnist}}, {data: {source: medmnist, name: organamnist}}, "
             "{data: {source: medmnist, name: dermamnist_jpeg}, supervised: false}]")
-    return main(["run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml", f"data.root={root}",
-                 pool, f"output_dir={out}", "train.batch_size=32", *TINY_MODEL, *extra])
+    return run_cli("run", "pretrain_backbone", "--config", POOL_CONFIG, f"data.root={root}", pool, f"output_dir={out}",
+                   "train.batch_size=32", *TINY_MODEL, *extra)
 
 
 def test_pretrained_backbone_loads_and_fine_tunes(pool_root, tmp_path):
@@ -49,9 +50,8 @@ def test_pretrained_backbone_loads_and_fine_tunes(pool_root, tmp_path):
     assert info.hash == card["hash"] and info.mean == [0.5] * 3 and decoder is not None
     assert encoder(torch.zeros(1, 3, 28, 28)).shape == (1, 50, 32)
     data = make_medmnist(tmp_path / "site")
-    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-                 f"backbone.path={backbone}", f"data.root={data}", f"output_dir={tmp_path / 'ft'}", "train.max_steps=3",
-                 "adapter.r=2"]) == 0
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, backbone, data, tmp_path / "ft", "train.max_steps=3",
+                                "adapter.r=2")) == 0
 
 
 def test_pretraining_lowers_the_pool_loss(pool_root, tmp_path):
@@ -62,9 +62,8 @@ def test_pretraining_lowers_the_pool_loss(pool_root, tmp_path):
 
 
 def test_pool_errors_name_the_entry(pool_root, tmp_path, capsys):
-    assert main(["run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml",
-                 "pool=[{data: {source: medmnist, nam: x}}]", f"output_dir={tmp_path / 'a'}"]) == 2
+    assert run_cli("run", "pretrain_backbone", "--config", POOL_CONFIG, "pool=[{data: {source: medmnist, nam: x}}]",
+                   f"output_dir={tmp_path / 'a'}") == 2
     assert "pool[0].data.nam" in capsys.readouterr().err
-    assert main(["run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml", "pool=[]",
-                 f"output_dir={tmp_path / 'b'}"]) == 2
+    assert run_cli("run", "pretrain_backbone", "--config", POOL_CONFIG, "pool=[]", f"output_dir={tmp_path / 'b'}") == 2
     assert "non-empty pool" in capsys.readouterr().err

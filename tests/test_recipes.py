@@ -5,24 +5,13 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_backbone, make_medmnist
+from helpers import (FAST, FINETUNE_CONFIG, HANG_S, evaluate, finetune, recipe_args, run_cli, start_cli_subprocess, tpp,
+                     wait_for)
 from safetensors.torch import load_file
 
 from tpp.backbones import base_state_dict
 from tpp.cli import main
 from transformers import AutoModel
-
-FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]
-
-
-def finetune(tiny_mae, root, out, *extra):
-    return main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-                 f"backbone.path={tiny_mae}", f"data.root={root}", f"output_dir={out}", "train.max_steps=6",
-                 *FAST, *extra])
-
-
-def tpp(tiny_mae, root, out, *extra):
-    return main(["run", "tpp", "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", f"backbone.path={tiny_mae}",
-                 f"data.root={root}", f"output_dir={out}", "train.max_steps=4", *FAST, *extra])
 
 
 def test_finetune_writes_run_and_adapter(tiny_mae, data_root, tmp_path):
@@ -251,9 +240,8 @@ def test_config_file_adapter_options_give_way_to_the_parent(tiny_mae, data_root,
     """The shipped fine-tuning config says LoRA r=8: a parent with r=4, or another method, still hands off;
     only command-line values must agree with the parent."""
     def finetune(out, *extra):  # no adapter.r on the command line (FAST has one)
-        return main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-                     f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}", "train.max_steps=2",
-                     "train.batch_size=16", *extra])
+        return run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data_root, out, "train.max_steps=2",
+                                    "train.batch_size=16", *extra))
 
     assert tpp(tiny_mae, data_root, tmp_path / "tpp", "adapter.r=4") == 0
     assert finetune(tmp_path / "ft", f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}") == 0
@@ -291,7 +279,7 @@ def test_adapter_refused_on_another_backbone(tiny_mae, data_root, tmp_path, caps
     assert "hash" in capsys.readouterr().err
 
 
-def test_cli_help_version_ls_cp_validate(tmp_path, capsys):
+def test_cli_help_version_ls_cp_validate(tiny_mae, data_root, tmp_path, capsys):
     for cmd in ("run", "ls", "cp", "validate", "compare"):
         with pytest.raises(SystemExit) as exit_info:
             main([cmd, "--help"])
@@ -304,7 +292,9 @@ def test_cli_help_version_ls_cp_validate(tmp_path, capsys):
     assert "breast_us/mae_vit_tiny_lora_tpp.yaml" in listing
     assert "  dino " in listing and "Self-distillation in the spirit of DINO" in listing
     assert main(["cp", "breast_us/mae_vit_tiny_lora_finetune.yaml", str(tmp_path / "mine.yaml")]) == 0
-    assert main(["validate", str(tmp_path / "mine.yaml"), "train.lr=3e-4"]) == 0
+    # validate also checks that the backbone and the data exist: here, not ../shared
+    assert main(["validate", str(tmp_path / "mine.yaml"), "train.lr=3e-4", f"backbone.path={tiny_mae}",
+                 f"data.root={data_root}"]) == 0
     assert main(["validate", str(tmp_path / "mine.yaml"), "adapter.method=nope"]) == 2
     assert "unknown adapter.method 'nope'" in capsys.readouterr().err
     # what a recipe needs of the config is checked by validate too, and by run before any output exists
@@ -318,12 +308,6 @@ def test_cli_help_version_ls_cp_validate(tmp_path, capsys):
                             f"output_dir={tmp_path / 'never'}"], "no target parameters")):
         assert main(argv) == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
-
-
-def evaluate(tiny_mae, root, adapter, out):
-    return main(["run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-                 f"backbone.path={tiny_mae}", f"data.root={root}", f"adapter.path={adapter}", "data.split=test",
-                 f"output_dir={out}"])
 
 
 def test_linear_probe_baseline_trains_only_the_head(tiny_mae, data_root, tmp_path, capsys):
@@ -380,22 +364,20 @@ def test_tpp_with_fresh_pretext_heads_saves_only_target_parameters(tmp_path, dat
 
 
 def test_sigterm_marks_the_run_failed_and_publishes_nothing(tiny_mae, data_root, tmp_path):
-    import os
     import signal
     import subprocess
-    import sys
-    import time
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tpp.cli", "run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
-           f"backbone.path={tiny_mae}", f"data.root={data_root}", f"output_dir={out}", "train.max_steps=100000", *FAST]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    deadline = time.time() + 60
-    while not (out / "log.jsonl").is_file() or '"step"' not in (out / "log.jsonl").read_text():
-        assert time.time() < deadline and proc.poll() is None, "the run did not start"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 130
+    proc = start_cli_subprocess(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data_root, out,
+                                             "train.max_steps=100000", *FAST),
+                                env={"HF_HUB_OFFLINE": "1"}, stderr=subprocess.PIPE)
+    log = out / "log.jsonl"
+    try:
+        wait_for(lambda: log.is_file() and '"step"' in log.read_text(), "the run's first step", proc=proc,
+                 poll_s=0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=HANG_S) == 130
     assert "terminated by SIGTERM" in proc.stderr.read()
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "failed" and "SIGTERM" in status["error"]

@@ -1,29 +1,64 @@
 """Checkpoints and resume: SIGKILL at a step or in the middle of a checkpoint write, resume, and end exactly
-where an uninterrupted run ends."""
+where an uninterrupted run ends. The crash is injected by the test, in the run's own process (a patch applied
+before the CLI starts): tpp itself has no test hook."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import FAST, FINETUNE_CONFIG, recipe_args, run_cli, run_cli_subprocess, tpp
 from safetensors.torch import load_file
-from test_recipes import FAST
-
-from tpp.cli import main
 
 STEPS = ["train.max_steps=8", "train.checkpoint_every=2", "train.select_best=false"]  # last step: the whole path counts
 
+# Run in the CLI's process before it starts: SIGKILL that process at step STEP.
+# at_step: once step STEP is done (its log line and any evaluation written), before its checkpoint is considered;
+# the training loop asks Checkpointer.due(step, ...) exactly there, once per step.
+# in_checkpoint: while step STEP's checkpoint is written, its trainable tensors in the temporary folder and
+# its state.pt not yet.
+CRASH = """
+import os
+import signal
+from pathlib import Path
+
+import tpp.checkpoint as checkpoint
+
+WHERE, STEP = {where!r}, {step!r}
+
+
+def crash():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+if WHERE == "at_step":
+    due = checkpoint.Checkpointer.due
+
+    def due_or_crash(self, step, num_steps):
+        if step == STEP:
+            crash()
+        return due(self, step, num_steps)
+
+    checkpoint.Checkpointer.due = due_or_crash
+elif WHERE == "in_checkpoint":
+    save_file = checkpoint.save_file
+
+    def save_file_then_crash(tensors, filename, *args, **kwargs):
+        save_file(tensors, filename, *args, **kwargs)
+        if Path(filename).name == "trainable.safetensors" and Path(filename).parent.name == f".step-{{STEP}}.tmp":
+            crash()
+
+    checkpoint.save_file = save_file_then_crash
+else:
+    raise ValueError(WHERE)
+"""
+
 
 def args(tiny_mae, root, out, *extra):
-    return ["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", f"backbone.path={tiny_mae}",
-            f"data.root={root}", f"output_dir={out}", *FAST, *STEPS, *extra]
+    return recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, root, out, *FAST, *STEPS, *extra)
 
 
-def killed(tiny_mae, root, out, hook: str, step: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, **{f"TPP_TEST_KILL_{hook}": str(step)})
-    return subprocess.run([sys.executable, "-m", "tpp.cli", *args(tiny_mae, root, out)], env=env,
-                          capture_output=True, text=True, timeout=300)
+def killed(tiny_mae, root, out, where: str, step: int):
+    """The run in its own process, SIGKILLed at ``where`` (at_step, in_checkpoint) of step ``step``."""
+    return run_cli_subprocess(*args(tiny_mae, root, out), prelude=CRASH.format(where=where, step=step))
 
 
 def tensors(run):
@@ -37,7 +72,7 @@ def reference(tiny_mae, tmp_path_factory):
 
     root = make_medmnist(tmp_path_factory.mktemp("resume_data"))
     out = tmp_path_factory.mktemp("resume") / "ref"
-    assert main(args(tiny_mae, root, out)) == 0
+    assert run_cli(*args(tiny_mae, root, out)) == 0
     return root, out
 
 
@@ -51,10 +86,10 @@ def assert_same_end(ref, run):
 def test_sigkill_at_a_step_then_resume_ends_like_an_uninterrupted_run(tiny_mae, reference, tmp_path):
     root, ref = reference
     out = tmp_path / "run"
-    assert killed(tiny_mae, root, out, "AT_STEP", 5).returncode == -9
+    assert killed(tiny_mae, root, out, "at_step", 5).returncode == -9
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]
     assert json.loads((out / "status.json").read_text())["status"] == "running" and not (out / "adapter").exists()
-    assert main(args(tiny_mae, root, out, "train.resume=auto")) == 0
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto")) == 0
     assert '"event": "resumed", "step": 4' in (out / "log.jsonl").read_text()
     assert_same_end(ref, out)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]  # keep the last 2
@@ -63,10 +98,10 @@ def test_sigkill_at_a_step_then_resume_ends_like_an_uninterrupted_run(tiny_mae, 
 def test_sigkill_during_a_checkpoint_write_leaves_no_complete_looking_checkpoint(tiny_mae, reference, tmp_path):
     root, ref = reference
     out = tmp_path / "run"
-    assert killed(tiny_mae, root, out, "IN_CHECKPOINT", 4).returncode == -9
+    assert killed(tiny_mae, root, out, "in_checkpoint", 4).returncode == -9
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == [".step-4.tmp", "step-2"]  # the half-written one is not named like a checkpoint
-    assert main(args(tiny_mae, root, out, "train.resume=auto")) == 0
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto")) == 0
     assert '"event": "resumed", "step": 2' in (out / "log.jsonl").read_text()
     assert_same_end(ref, out)
 
@@ -81,12 +116,12 @@ def test_checkpoint_holds_only_what_trains_and_loads_without_pickle(tiny_mae, re
     assert size < 4 * weights + 64 * 1024  # tensors + two Adam moments + small state, not a model
     torch.load(step / "state.pt", weights_only=True)
     run = tmp_path / "evil"
-    assert main(args(tiny_mae, root, run)) == 0
+    assert run_cli(*args(tiny_mae, root, run)) == 0
     import pickle
 
     (run / "checkpoints" / "step-6" / "state.pt").write_bytes(pickle.dumps(print))
     (run / "status.json").write_text('{"status": "running"}')  # as a run killed after step 6 leaves it
-    assert main(args(tiny_mae, root, run, "train.resume=auto")) == 2
+    assert run_cli(*args(tiny_mae, root, run, "train.resume=auto")) == 2
     assert "cannot be read" in capsys.readouterr().err
     assert not [w for w in recwarn if "pickle" in str(w.message)]  # the error, not torch's notes on the file
 
@@ -94,14 +129,12 @@ def test_checkpoint_holds_only_what_trains_and_loads_without_pickle(tiny_mae, re
 def test_resume_refuses_a_changed_config(tiny_mae, reference, tmp_path, capsys):
     root, ref = reference
     out = tmp_path / "run"
-    assert killed(tiny_mae, root, out, "AT_STEP", 3).returncode == -9
-    assert main(args(tiny_mae, root, out, "train.resume=auto", "train.lr=0.5")) == 2
+    assert killed(tiny_mae, root, out, "at_step", 3).returncode == -9
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto", "train.lr=0.5")) == 2
     assert "train.lr" in capsys.readouterr().err
 
 
 def test_dino_tpp_resumes_exactly_with_its_teacher_and_centre(tiny_mae, reference, tmp_path):
-    from test_recipes import tpp
-
     root, _ = reference
     extra = ["pretext.name=dino", "train.max_steps=4", "train.checkpoint_every=2"]
     assert tpp(tiny_mae, root, tmp_path / "full", *extra) == 0
@@ -121,16 +154,16 @@ def _snapshot(run):
 def test_resuming_a_finished_run_says_so_and_touches_nothing(tiny_mae, reference, tmp_path, capsys):
     root, ref = reference
     out = tmp_path / "again"
-    assert main(args(tiny_mae, root, out)) == 0
+    assert run_cli(*args(tiny_mae, root, out)) == 0
     capsys.readouterr()
     before = _snapshot(out)
-    assert main(args(tiny_mae, root, out, "train.resume=auto")) == 0
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto")) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1 and f"'{out}' already finished" in printed[0]
     assert _snapshot(out) == before  # adapter, metrics, log, status and checkpoints: same bytes, same mtimes
     assert_same_end(ref, out)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
-    assert main(args(tiny_mae, root, out, "train.resume=auto", "train.lr=0.5")) == 2  # a changed config: still an error
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto", "train.lr=0.5")) == 2  # changed config: an error
     assert "train.lr" in capsys.readouterr().err and _snapshot(out) == before
 
 

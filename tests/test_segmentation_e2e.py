@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import SHARED, shared_backbone, shared_data
+from helpers import png_bytes
 from PIL import Image
-from test_images import png_bytes
-from test_serve import request, serving
+from serving_fixtures import request, serving
 
 from tpp.serve import store
 from tpp.cli import main

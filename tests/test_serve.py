@@ -2,19 +2,16 @@
 import csv
 import io
 import logging
-import os
 import socket
 import subprocess
-import sys
 import threading
-import time
-import urllib.request
+import urllib.error
 
 import numpy as np
 import pytest
 import torch
+from helpers import HANG_S, dicom_bytes, png_bytes, run_cli_subprocess, start_cli_subprocess, wait_for
 from serving_fixtures import SITES, build_store, offline_probs, paused, request, serving
-from test_images import dicom_bytes, png_bytes
 
 from tpp.serve import store
 from tpp.serve.bank import AdapterBank
@@ -40,7 +37,7 @@ def test_queued_requests_for_different_sites_run_as_one_batch_each_with_its_adap
     with paused(worker):
         futures = [(s, i, worker.predict(s, world["images"][i:i + 2])) for s, i in jobs]
     for s, i, f in futures:
-        result = f.result(30)
+        result = f.result(HANG_S)
         assert result.site == s and close(result.probs, world["expected"][s][i:i + 2])
     assert worker.batches == 1
     worker.stop()
@@ -51,7 +48,7 @@ def test_a_batch_never_spans_more_sites_than_stay_resident(world):
     with paused(worker):
         futures = {s: worker.predict(s, world["images"][:3]) for s in SITES}
     for s, f in futures.items():
-        assert close(f.result(30).probs, world["expected"][s][:3])
+        assert close(f.result(HANG_S).probs, world["expected"][s][:3])
     assert worker.batches == -(-len(SITES) // 2) and len(worker.bank.resident) == 2  # ceil: 2 sites per batch
     worker.stop()
 
@@ -66,15 +63,15 @@ def test_concurrent_threads_and_a_reload_never_mix_versions(world, tmp_path):
 
     def client():
         while not stop.is_set():
-            results.append(worker.predict("x", images).result(30))
+            results.append(worker.predict("x", images).result(HANG_S))
 
     threads = [threading.Thread(target=client) for _ in range(3)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    wait_for(lambda: len(results) >= 3, "answers before the reload")  # counted, not timed: a slow machine too
     new = store.publish(world["runs"]["site_b"], s, "x").version
-    assert worker.reload("x").result(30) == (old, new)
-    time.sleep(0.5)
+    assert worker.reload("x").result(HANG_S) == (old, new)
+    wait_for(lambda: sum(r.version == new for r in results) >= 3, "answers after the reload")
     stop.set()
     for t in threads:
         t.join()
@@ -130,7 +127,7 @@ def test_service_bad_input_gets_clear_status_codes(world):
 
 def test_a_stalled_worker_gives_503_not_a_hung_request(world):
     worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"])))
-    worker.predict("site_a", world["images"][:1]).result(60)  # resident: the second request below is quick
+    worker.predict("site_a", world["images"][:1]).result(HANG_S)  # resident: the second request below is quick
     with serving(world, timeout=3, worker=worker) as url:
         with paused(worker):
             status, out = request(f"{url}/v1/sites/site_a/predict", [("a.png", png_bytes(world["images"][0]))])
@@ -205,32 +202,33 @@ def test_cli_predict_single_site_and_site_map(world, tmp_path, capsys):
 
 
 def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
-    env = dict(os.environ, TPP_SERVE_TOKEN="")
-    refused = subprocess.run([sys.executable, "-m", "tpp.cli", "serve", "--backbone", str(world["backbone"]),
-                              "--store", str(world["store"]), "--host", "0.0.0.0"],
-                             env=env, capture_output=True, text=True)
+    env = {"TPP_SERVE_TOKEN": ""}
+    args = ["serve", "--backbone", world["backbone"], "--store", world["store"]]
+    refused = run_cli_subprocess(*args, "--host", "0.0.0.0", env=env)
     assert refused.returncode == 2 and "token" in refused.stderr
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "tpp.cli", "serve", "--backbone", str(world["backbone"]),
-                             "--store", str(world["store"]), "--port", str(port), "--threads", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_cli_subprocess(*args, "--port", port, "--threads", "1", env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
     try:
-        url, deadline = f"http://127.0.0.1:{port}", time.time() + 120
-        while True:
+        url, health = f"http://127.0.0.1:{port}", []
+
+        def answered() -> bool:
             try:
-                assert request(f"{url}/healthz")[0] == 200
-                break
+                health.append(request(f"{url}/healthz")[0])
+                return True
             except (urllib.error.URLError, ConnectionError):
-                assert proc.poll() is None and time.time() < deadline, "server did not come up"
-                time.sleep(0.5)
+                return False
+
+        wait_for(answered, "the server to come up", proc=proc, poll_s=0.5)
+        assert health == [200]
         status, out = request(f"{url}/v1/sites/site_d/predict", [("a.png", png_bytes(world["images"][0]))])
         assert status == 200 and close([list(out["predictions"][0]["probabilities"].values())],
                                        world["expected"]["site_d"][:1])
     finally:
         proc.terminate()
-        logs = proc.communicate(timeout=30)[0]
+        logs = proc.communicate(timeout=HANG_S)[0]
     assert proc.returncode == 0, logs
     assert "1 torch threads" in logs

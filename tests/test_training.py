@@ -1,8 +1,8 @@
 """Gradient accumulation: the same trainable tensors as one pass over the whole batch; hooks once per step."""
 import pytest
 import torch
+from helpers import finetune, tpp
 from safetensors.torch import load_file
-from test_recipes import finetune, tpp
 
 from tpp.cli import main
 

@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import warnings
 from pathlib import Path
 
@@ -26,12 +25,6 @@ from safetensors.torch import load_file, save_file
 from tpp.errors import TppError
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
-
-
-def _kill_hook(name: str, step: int) -> None:
-    """Test-only: SIGKILL this process when env ``TPP_TEST_KILL_<name>`` equals ``step``."""
-    if os.environ.get(f"TPP_TEST_KILL_{name}") == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def rng_state() -> dict:
@@ -91,8 +84,6 @@ class Checkpointer:
             tmp.mkdir()
             for name, tensors in files.items():
                 save_file(tensors, str(tmp / name))
-                if name == "trainable.safetensors":
-                    _kill_hook("IN_CHECKPOINT", step)
             torch.save(dict(state, step=step), tmp / "state.pt")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from tpp.checkpoint import Checkpointer, _kill_hook, rng_state, set_rng_state
+from tpp.checkpoint import Checkpointer, rng_state, set_rng_state
 from tpp.errors import TppError
 from tpp.model import restore_trainable, trainable_state
 
@@ -194,7 +194,6 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
             if result.best_score is None or score > result.best_score:
                 result.best_score, result.best_step = score, step
                 best_state = trainable_state(model)
-        _kill_hook("AT_STEP", step)
         if checkpoints is not None and checkpoints.due(step, num_steps):
             save_checkpoint(checkpoints, step, accelerator, model, optimizer, scheduler, batches, result, best_state)
     model.eval()

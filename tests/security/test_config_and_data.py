@@ -7,17 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_medmnist
+from helpers import FAST as TINY_RUN
+from helpers import FINETUNE_CONFIG, recipe_args, run_cli
 
 from tpp.cli import main
 from tpp.errors import TppError
 
-CONFIG = "breast_us/mae_vit_tiny_lora_finetune.yaml"
-FAST = ["train.max_steps=2", "train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]
+CONFIG = FINETUNE_CONFIG
+FAST = ["train.max_steps=2", *TINY_RUN]
 
 
 def finetune(backbone, root, out, *extra):
-    return main(["run", "finetune", "--config", CONFIG, f"backbone.path={backbone}", f"data.root={root}",
-                 f"output_dir={out}", *FAST, *extra])
+    return run_cli(*recipe_args("finetune", CONFIG, backbone, root, out, *FAST, *extra))
 
 
 def one_paragraph(err: str, *needles: str) -> None:

@@ -9,74 +9,13 @@ import io
 import json
 import socket
 import threading
-import time
-import uuid
-from concurrent.futures import Future
-from types import SimpleNamespace
 
 import pytest
+from helpers import HANG_S, wait_for
 from PIL import Image
+from serving_fixtures import call, stub_app
 
-from tpp.serve.server import BodyLimit, create_app
-
-VERSION = "0123456789abcdef"
-
-
-class StubWorker:
-    """Stands in for the inference worker: records what reached it, answers every image with label 'a'."""
-
-    bank = SimpleNamespace(info=SimpleNamespace(id="stub", hash="0" * 64))
-
-    def __init__(self):
-        self.batches = []
-
-    def predict(self, site, arrays):
-        self.batches.append([a.shape for a in arrays])
-        future = Future()
-        future.set_result(SimpleNamespace(masks=None, version=VERSION, label_names=["a", "b"],
-                                          probs=[[1.0, 0.0]] * len(arrays), labels=lambda: ["a"] * len(arrays)))
-        return future
-
-
-def stub_app(tmp_path, **kwargs):
-    """(ASGI app, stub worker) over a store where site ``s`` is published (only its pointer exists)."""
-    (tmp_path / "store" / "s").mkdir(parents=True, exist_ok=True)
-    (tmp_path / "store" / "s" / "current").write_text(VERSION)
-    worker = StubWorker()
-    return create_app(worker, str(tmp_path / "store"), **kwargs), worker
-
-
-def multipart(files):
-    """(content-type, body) of a multipart form with each (file name, bytes) as field ``images``."""
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{name}"\r\n'
-             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n" for name, data in files]
-    return f"multipart/form-data; boundary={boundary}", b"".join(parts) + f"--{boundary}--\r\n".encode()
-
-
-def call(app, method, path, *, headers=None, body=b"", files=None, query=""):
-    """(status, JSON body, response headers) of one request sent to the ASGI ``app`` in this process."""
-    headers = dict(headers or {})
-    if files is not None:
-        headers["content-type"], body = multipart(files)
-    headers["content-length"] = str(len(body))
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": path, "raw_path": path.encode(), "query_string": query.encode(), "root_path": "",
-             "headers": [(k.lower().encode(), v.encode("latin-1")) for k, v in headers.items()],
-             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000)}
-    incoming = [{"type": "http.request", "body": body, "more_body": False}]
-    sent = []
-
-    async def receive():
-        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
-
-    async def send(message):
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    text = b"".join(m.get("body", b"") for m in sent[1:])
-    return sent[0]["status"], json.loads(text or b"{}"), dict(sent[0]["headers"])
-
+from tpp.serve.server import BodyLimit
 
 # -- body timeout -----------------------------------------------------------------------------------
 
@@ -117,12 +56,11 @@ def test_under_uvicorn_slow_body_connections_are_answered_408_and_closed(tmp_pat
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
-    while not server.started:
-        time.sleep(0.02)
+    wait_for(lambda: server.started, "uvicorn to start", poll_s=0.02)
     clients = []
     try:
         for _ in range(3):
-            client = socket.create_connection(listener.getsockname(), timeout=120)
+            client = socket.create_connection(listener.getsockname(), timeout=HANG_S)
             client.sendall(b"POST /v1/sites/s/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
                            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
             clients.append(client)
@@ -199,14 +137,14 @@ def test_decoded_pixels_in_flight_are_bounded_across_requests():
         budget, peak, order = PixelsInFlight(100), [], []
 
         async def request(name, pixels, hold_s):
-            async with budget.hold(pixels, timeout_s=30):
+            async with budget.hold(pixels, timeout_s=HANG_S):
                 peak.append(budget.used)
                 order.append(name)
                 await asyncio.sleep(hold_s)
 
         await asyncio.gather(request("a", 80, 0.05), request("b", 80, 0), request("c", 20, 0))
         assert max(peak) <= 100 and order.index("b") > order.index("a") and budget.used == 0
-        async with budget.hold(100, timeout_s=30):
+        async with budget.hold(100, timeout_s=HANG_S):
             try:
                 async with budget.hold(1, timeout_s=0.01):
                     raise AssertionError("a share beyond the budget was granted")

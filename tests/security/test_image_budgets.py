@@ -15,8 +15,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from test_http import call, stub_app
-from test_images import dicom_bytes, nifti_bytes, png_bytes
+from helpers import dicom_bytes, nifti_bytes, png_bytes
+from serving_fixtures import call, stub_app
 
 from tpp.cli import _parser, main
 from tpp.data.folders import load_folder, load_unlabeled_folder

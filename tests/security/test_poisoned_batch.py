@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import HANG_S, png_bytes
 from serving_fixtures import finetune_site, forge, offline_probs, paused, request, serving
-from test_images import png_bytes
 
 from tpp.serve import store
 from tpp.serve.bank import AdapterBank, SiteRefused
@@ -43,21 +43,21 @@ class Broken(torch.nn.Module):
 
 def test_a_site_failing_in_a_mixed_batch_fails_its_requests_alone(world):
     worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"])), max_wait_ms=1)
-    worker.call(lambda bank: setattr(bank.site("bad"), "head", Broken())).result(30)
+    worker.call(lambda bank: setattr(bank.site("bad"), "head", Broken())).result(HANG_S)
     with paused(worker):  # 12 good requests and 4 poisoned ones in one batch
         futures = [(s, worker.predict(s, world["images"][:2])) for _ in range(4) for s in [*GOOD, "bad"]]
     for site, future in futures:
         if site == "bad":
             with pytest.raises(SiteRefused, match="site 'bad' .*IndexError"):
-                future.result(30)
+                future.result(HANG_S)
         else:
-            assert torch.allclose(torch.tensor(future.result(30).probs), world["expected"][site][:2], atol=1e-5)
+            assert torch.allclose(torch.tensor(future.result(HANG_S).probs), world["expected"][site][:2], atol=1e-5)
     assert worker.batches == 1
-    refused = worker.call(lambda bank: dict(bank.refused)).result(30)
+    refused = worker.call(lambda bank: dict(bank.refused)).result(HANG_S)
     assert list(refused) == ["bad"] and "IndexError" in refused["bad"][1]
     loads = worker.bank.loads
     with pytest.raises(SiteRefused):  # answered from the refusal, not loaded again
-        worker.predict("bad", world["images"][:1]).result(30)
+        worker.predict("bad", world["images"][:1]).result(HANG_S)
     assert worker.bank.loads == loads
     worker.stop()
 

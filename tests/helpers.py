@@ -1,0 +1,141 @@
+"""Helpers shared by the test modules (fixtures are in conftest.py, the deployment ones in serving_fixtures.py):
+the CLI in this process or in a fresh one, the tiny-run settings, image encoders, and waiting that only a
+hang can time out. Test modules import from here, never from each other."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+from tpp.cli import main
+
+# The only time limit a test puts on a subprocess, a reply or a wait it polls for: one that a hang reaches
+# and a slow or loaded machine does not (a test whose subject is a timeout sets its own small one).
+HANG_S = 3 * 3600
+
+FINETUNE_CONFIG = "breast_us/mae_vit_tiny_lora_finetune.yaml"
+TPP_CONFIG = "breast_us/mae_vit_tiny_lora_tpp.yaml"
+FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]  # tiny runs on the tiny backbone
+
+
+# -- the CLI -------------------------------------------------------------------------------------------
+
+def run_cli(*args) -> int:
+    """``tpp ARGS`` in this process (each argument through ``str``): its exit code. Output goes to pytest's
+    capture (``capsys``); ``--help`` and ``--version`` raise SystemExit, as argparse does."""
+    return main([str(a) for a in args])
+
+
+def cli_command(*args, prelude: str = "") -> list[str]:
+    """The command line of ``tpp ARGS`` in a fresh Python: ``python -m tpp.cli ARGS``, or, with ``prelude``,
+    ``python -c`` running ``prelude`` (e.g. a patch) and then ``tpp.cli.main(ARGS)``."""
+    if not prelude:
+        return [sys.executable, "-m", "tpp.cli", *map(str, args)]
+    bootstrap = f"{prelude}\n\nimport sys\nfrom tpp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+    return [sys.executable, "-c", bootstrap, *map(str, args)]
+
+
+def _environment(env: dict | None) -> dict:
+    return dict(os.environ, **(env or {}))
+
+
+def run_cli_subprocess(*args, env: dict | None = None, prelude: str = "") -> subprocess.CompletedProcess:
+    """``tpp ARGS`` to the end in a fresh process (what is process-wide: Accelerate's precision, torchrun,
+    signals, a crash), stdout and stderr captured as text. ``env``: variables set on top of this process's;
+    ``prelude``: see :func:`cli_command`."""
+    return subprocess.run(cli_command(*args, prelude=prelude), env=_environment(env), capture_output=True,
+                          text=True, timeout=HANG_S)
+
+
+def start_cli_subprocess(*args, env: dict | None = None, **popen) -> subprocess.Popen:
+    """``tpp ARGS`` started in a fresh process (text mode; ``popen``: stdout, stderr ... for Popen)."""
+    return subprocess.Popen(cli_command(*args), env=_environment(env), text=True, **popen)
+
+
+def recipe_args(recipe: str, config: str, backbone, root, out, *extra) -> list:
+    """``run RECIPE --config CONFIG`` on ``backbone`` and the data in ``root``, writing ``out``."""
+    return ["run", recipe, "--config", config, f"backbone.path={backbone}", f"data.root={root}",
+            f"output_dir={out}", *extra]
+
+
+def finetune(backbone, root, out, *extra) -> int:
+    """6 steps of the shipped LoRA fine-tuning config with the tiny-run settings; the exit code."""
+    return run_cli(*recipe_args("finetune", FINETUNE_CONFIG, backbone, root, out, "train.max_steps=6", *FAST, *extra))
+
+
+def tpp(backbone, root, out, *extra) -> int:
+    """4 steps of the shipped LoRA TPP config with the tiny-run settings; the exit code."""
+    return run_cli(*recipe_args("tpp", TPP_CONFIG, backbone, root, out, "train.max_steps=4", *FAST, *extra))
+
+
+def evaluate(backbone, root, adapter, out, *extra) -> int:
+    """The evaluate recipe: ``adapter`` on the test split of ``root``; the exit code."""
+    return run_cli(*recipe_args("evaluate", FINETUNE_CONFIG, backbone, root, out, f"adapter.path={adapter}",
+                                "data.split=test", *extra))
+
+
+# -- waiting -------------------------------------------------------------------------------------------
+
+def wait_for(condition, what: str, proc: subprocess.Popen | None = None, poll_s: float = 0.1) -> None:
+    """Poll ``condition()`` until it holds. Fails when ``proc`` exits first, or after :data:`HANG_S`."""
+    deadline = time.monotonic() + HANG_S
+    while not condition():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: the process exited with code {proc.returncode} first")
+        assert time.monotonic() < deadline, f"{what}: still waiting after {HANG_S} s (a hang)"
+        time.sleep(poll_s)
+
+
+# -- image files ---------------------------------------------------------------------------------------
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def npy_bytes(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def dicom_bytes(stored: np.ndarray, *, slope=1.0, intercept=0.0, window=None, photometric="MONOCHROME2",
+                frames=1) -> bytes:
+    """A DICOM file of 16-bit ``stored`` values, with a patient name and ID that must never be logged."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.PatientName, ds.PatientID = "SECRET^PATIENT", "ID-424242"
+    ds.Rows, ds.Columns = stored.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def nifti_bytes(volume: np.ndarray, gz: bool = False) -> bytes:
+    import gzip
+
+    import nibabel
+
+    data = nibabel.Nifti1Image(volume.astype(np.float32), np.eye(4)).to_bytes()
+    return gzip.compress(data) if gz else data

@@ -139,3 +139,15 @@ def nifti_bytes(volume: np.ndarray, gz: bool = False) -> bytes:
 
     data = nibabel.Nifti1Image(volume.astype(np.float32), np.eye(4)).to_bytes()
     return gzip.compress(data) if gz else data
+
+
+def toy_segmentation_npz(path, n=40):
+    """A tiny segmentation npz (16-px images, a box mask growing with the index, labels, names, groups)."""
+    rng = np.random.default_rng(0)
+    masks = np.zeros((n, 16, 16), np.uint8)
+    for i in range(n):
+        masks[i, 4:4 + i % 8 + 2, 3:9] = 255
+    np.savez(path, images=rng.integers(0, 255, (n, 16, 16), dtype=np.uint8), masks=masks,
+             label=(np.arange(n) % 2).astype(np.uint8), label_names=np.array(["benign", "malignant"]),
+             group=np.arange(n) // 4)
+    return path

@@ -43,17 +43,24 @@ def finetune_site(backbone: Path, root: Path, out: Path, extra: list[str]) -> Pa
     return out
 
 
-def build_store(base: Path) -> dict:
-    """A tiny backbone, four fine-tuned sites published to ``base/store``, and test images."""
-    from tpp.serve import store
-
+def fine_tuned_sites(base: Path, sites: dict, images: int = 12) -> dict:
+    """A tiny backbone, tiny data and one fine-tuning run per site ({site: overrides}), not published:
+    {"backbone", "root", "runs", "images" (the first ``images`` test images)}."""
     backbone = make_backbone(base / "backbone", "vit_mae")
     root = make_medmnist(base / "data")
-    runs = {site: finetune_site(backbone, root, base / "runs" / site, extra) for site, extra in SITES.items()}
-    for site, run in runs.items():
+    runs = {site: finetune_site(backbone, root, base / "runs" / site, extra) for site, extra in sites.items()}
+    test_images = np.load(root / "breastmnist.npz")["test_images"][:images]
+    return {"backbone": backbone, "root": root, "runs": runs, "images": test_images}
+
+
+def build_store(base: Path) -> dict:
+    """:func:`fine_tuned_sites` for ``SITES``, each published to ``base/store``."""
+    from tpp.serve import store
+
+    world = fine_tuned_sites(base, SITES)
+    for site, run in world["runs"].items():
         store.publish(run, base / "store", site)
-    images = np.load(root / "breastmnist.npz")["test_images"][:12]
-    return {"backbone": backbone, "root": root, "runs": runs, "store": base / "store", "images": images}
+    return dict(world, store=base / "store")
 
 
 def pixels(images, card) -> torch.Tensor:

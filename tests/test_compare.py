@@ -4,28 +4,16 @@ import csv
 import json
 import shutil
 
-import numpy as np
 import pytest
 from conftest import make_backbone, make_medmnist
 from helpers import FAST as TINY_RUN
-from helpers import FINETUNE_CONFIG, TPP_CONFIG, recipe_args, run_cli
+from helpers import FINETUNE_CONFIG, TPP_CONFIG, recipe_args, run_cli, toy_segmentation_npz
 
 FAST = [*TINY_RUN, "train.max_steps=2"]
 CLS = FINETUNE_CONFIG
 TINY_MODEL = ["model.hidden_size=32", "model.num_hidden_layers=2", "model.num_attention_heads=2",
               "model.intermediate_size=64", "model.decoder_hidden_size=16", "model.decoder_num_hidden_layers=1",
               "model.decoder_num_attention_heads=2", "model.decoder_intermediate_size=32"]
-
-
-def toy_segmentation(path, n=40):
-    rng = np.random.default_rng(0)
-    masks = np.zeros((n, 16, 16), np.uint8)
-    for i in range(n):
-        masks[i, 4:4 + i % 8 + 2, 3:9] = 255
-    np.savez(path, images=rng.integers(0, 255, (n, 16, 16), dtype=np.uint8), masks=masks,
-             label=(np.arange(n) % 2).astype(np.uint8), label_names=np.array(["benign", "malignant"]),
-             group=np.arange(n) // 4)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +29,7 @@ def runs(tmp_path_factory):
     run("finetune", CLS, "cls_tpp", *FAST, "data.label_fraction=0.5", f"adapter.init_from={base / 'tpp' / 'adapter'}")
     run("evaluate", CLS, "eval", f"adapter.path={base / 'cls' / 'adapter'}", "data.split=test")
     run("finetune", "breast_us/busi_seg_lora_finetune.yaml", "seg", *FAST, "train.batch_size=8", "data.name=toy",
-        f"data.file={toy_segmentation(base / 'toy.npz')}", "data.group_key=group", "backbone.input_size=16",
+        f"data.file={toy_segmentation_npz(base / 'toy.npz')}", "data.group_key=group", "backbone.input_size=16",
         "segmentation.overlays=0")
     run("evaluate", "breast_us/busi_seg_lora_finetune.yaml", "seg_eval", f"adapter.path={base / 'seg' / 'adapter'}",
         "data.name=toy", f"data.file={base / 'toy.npz'}", "data.group_key=group", "data.split=val")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_backbone
+from helpers import toy_segmentation_npz
 from PIL import Image
 from torchmetrics.functional.segmentation import hausdorff_distance
 
@@ -139,19 +140,8 @@ def seg_cfg(**kw):
     return types.SimpleNamespace(**(base | kw))
 
 
-def toy_npz(path, n=40):
-    rng = np.random.default_rng(0)
-    masks = np.zeros((n, 16, 16), np.uint8)
-    for i in range(n):
-        masks[i, 4:4 + i % 8 + 2, 3:9] = 255
-    np.savez(path, images=rng.integers(0, 255, (n, 16, 16), dtype=np.uint8), masks=masks,
-             label=(np.arange(n) % 2).astype(np.uint8), label_names=np.array(["benign", "malignant"]),
-             group=np.arange(n) // 4)
-    return path
-
-
 def test_seg_npz_keeps_groups_in_one_split_and_maps_labels_to_classes(tmp_path):
-    path = toy_npz(tmp_path / "toy.npz")
+    path = toy_segmentation_npz(tmp_path / "toy.npz")
     ds = load_seg_npz(seg_cfg(file=str(path)), seed=1)
     assert ds.is_segmentation and ds.class_names == ["background", "foreground"]
     groups = np.load(path)["group"]

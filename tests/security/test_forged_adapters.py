@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
-from serving_fixtures import finetune_site, forge
+from serving_fixtures import fine_tuned_sites, forge
 
 from tpp.serve import store
 from tpp.adapters import all_methods
@@ -24,17 +24,7 @@ GOOD = {"lora_a": ["adapter.r=2", "seed=0"], "lora_b": ["adapter.r=4", "seed=1"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from conftest import make_backbone, make_medmnist
-
-    base = tmp_path_factory.mktemp("forged")
-    backbone = make_backbone(base / "backbone", "vit_mae")
-    root = make_medmnist(base / "data")
-    runs = {s: finetune_site(backbone, root, base / "runs" / s, extra) for s, extra in GOOD.items()}
-    runs["full"] = finetune_site(backbone, root, base / "runs" / "full", ["adapter={method: full}"])
-    import numpy as np
-
-    images = np.load(root / "breastmnist.npz")["test_images"][:6]
-    return {"backbone": backbone, "runs": runs, "images": images}
+    return fine_tuned_sites(tmp_path_factory.mktemp("forged"), {**GOOD, "full": ["adapter={method: full}"]}, images=6)
 
 
 def with_tensor(files: dict[str, bytes], name: str, extra: dict) -> dict[str, bytes]:

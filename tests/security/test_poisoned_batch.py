@@ -2,11 +2,10 @@
 refused with its reason, and forged cards give 409 naming the site (service) or one paragraph (`tpp predict`)."""
 import json
 
-import numpy as np
 import pytest
 import torch
 from helpers import HANG_S, png_bytes
-from serving_fixtures import finetune_site, forge, offline_probs, paused, request, serving
+from serving_fixtures import fine_tuned_sites, forge, offline_probs, paused, request, serving
 
 from tpp.serve import store
 from tpp.serve.bank import AdapterBank, SiteRefused
@@ -19,19 +18,14 @@ GOOD = {"lora_a": ["adapter.r=2", "seed=0"], "lora_b": ["adapter.r=4", "seed=1"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from conftest import make_backbone, make_medmnist
-
-    base = tmp_path_factory.mktemp("poisoned")
-    backbone = make_backbone(base / "backbone", "vit_mae")
-    root = make_medmnist(base / "data")
-    runs = {s: finetune_site(backbone, root, base / "runs" / s, extra) for s, extra in GOOD.items()}
-    s = base / "store"
-    for site, run in runs.items():
+    world = fine_tuned_sites(tmp_path_factory.mktemp("poisoned"), GOOD, images=4)
+    s = world["runs"]["lora_a"].parent.parent / "store"
+    for site, run in world["runs"].items():
         store.publish(run, s, site)
-    store.publish(runs["lora_a"], s, "bad")
-    images = np.load(root / "breastmnist.npz")["test_images"][:4]
-    expected = {site: offline_probs(backbone, s / site / store.current_version(s, site), images) for site in GOOD}
-    return {"backbone": backbone, "root": root, "runs": runs, "store": s, "images": images, "expected": expected}
+    store.publish(world["runs"]["lora_a"], s, "bad")
+    expected = {site: offline_probs(world["backbone"], s / site / store.current_version(s, site), world["images"])
+                for site in GOOD}
+    return dict(world, store=s, expected=expected)
 
 
 class Broken(torch.nn.Module):

@@ -554,10 +554,7 @@ def main(argv=None, command: str | None = None) -> int:
     parser.add_argument("--good-per-hostile", type=int, default=3, help="good requests between two hostile ones")
     parser.add_argument("--images", type=int, default=16, help="BreastMNIST test images the good requests cycle over")
     parser.add_argument("--max-resident", type=int, default=16)
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
-    parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "hostile")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    serving.add_paths(parser, "hostile")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.max_requests, args.clients = 10.0, 600, 4

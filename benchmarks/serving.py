@@ -297,6 +297,15 @@ def markdown(bank: dict, service: dict) -> str:
     return "\n".join(lines)
 
 
+def add_paths(parser: argparse.ArgumentParser, name: str) -> None:
+    """--backbone, --data-root, --work (benchmarks/.cache/NAME) and --out: the paths every deployment
+    benchmark takes."""
+    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / name)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--hostile" in argv:  # the hostile-traffic scenario: benchmarks/hostile.py takes the other options
@@ -314,10 +323,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating windows per scenario")
     parser.add_argument("--max-requests", type=int, default=5000, help="cap per scenario")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
-    parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / "serving")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    add_paths(parser, "serving")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats, args.rounds = 6.0, 5, 2

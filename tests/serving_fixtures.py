@@ -95,22 +95,31 @@ def paused(worker):
 def serving(world, token=None, max_upload_bytes=10 * 2**20, store_path=None, timeout=HANG_S, worker=None):
     """The service on loopback (uvicorn in a thread) over ``world``'s store; yields its URL. ``timeout``: the
     service's request timeout (a 503 after it), a hang guard unless the test is about it."""
-    import uvicorn
-
     worker = worker or InferenceWorker(AdapterBank(str(world["backbone"]), str(store_path or world["store"])))
     app = create_app(worker, str(store_path or world["store"]), token, max_upload_bytes, timeout)
+    try:
+        with uvicorn_on_loopback(app) as (host, port):
+            yield f"http://{host}:{port}"
+    finally:
+        worker.stop()
+
+
+@contextmanager
+def uvicorn_on_loopback(app, log_level: str = "info"):
+    """``app`` served by uvicorn in a thread on a free loopback port; yields (host, port); stops it after."""
+    import uvicorn
+
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info"))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, "the service to start", poll_s=0.02)
+    wait_for(lambda: server.started, "uvicorn to start", poll_s=0.02)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield sock.getsockname()[:2]
     finally:
         server.should_exit = True
-        thread.join(10)
-        worker.stop()
+        thread.join(30)
 
 
 def request(url, files=None, token=None, method=None, body=None):

@@ -8,12 +8,11 @@ import hmac
 import io
 import json
 import socket
-import threading
 
 import pytest
-from helpers import HANG_S, wait_for
+from helpers import HANG_S
 from PIL import Image
-from serving_fixtures import call, stub_app
+from serving_fixtures import call, stub_app, uvicorn_on_loopback
 
 from tpp.serve.server import BodyLimit
 
@@ -48,32 +47,23 @@ def test_a_body_that_stalls_gets_408_and_a_closed_connection():
 
 
 def test_under_uvicorn_slow_body_connections_are_answered_408_and_closed(tmp_path):
-    import uvicorn
-
     app, _ = stub_app(tmp_path, body_timeout_s=0.5)
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, "uvicorn to start", poll_s=0.02)
     clients = []
-    try:
-        for _ in range(3):
-            client = socket.create_connection(listener.getsockname(), timeout=HANG_S)
-            client.sendall(b"POST /v1/sites/s/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
-                           b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
-            clients.append(client)
-        for client in clients:
-            received = b""
-            while chunk := client.recv(65536):  # until the server closes the connection
-                received += chunk
-            assert received.startswith(b"HTTP/1.1 408") and b"body-timeout" in received
-    finally:
-        for client in clients:
-            client.close()
-        server.should_exit = True
-        thread.join(30)
+    with uvicorn_on_loopback(app, log_level="warning") as address:
+        try:
+            for _ in range(3):
+                client = socket.create_connection(address, timeout=HANG_S)
+                client.sendall(b"POST /v1/sites/s/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                               b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n")
+                clients.append(client)
+            for client in clients:
+                received = b""
+                while chunk := client.recv(65536):  # until the server closes the connection
+                    received += chunk
+                assert received.startswith(b"HTTP/1.1 408") and b"body-timeout" in received
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_a_complete_body_passes_the_timeout(tmp_path):

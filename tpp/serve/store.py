@@ -74,11 +74,6 @@ def content_hash(files: dict[str, bytes]) -> str:
     return digest.hexdigest()[:16]
 
 
-def content_version(path: Path, names: list[str]) -> str:
-    """:func:`content_hash` of the named files of ``path``."""
-    return content_hash({name: (path / name).read_bytes() for name in names})
-
-
 def _adapter_dir(source: str | Path) -> Path:
     """A run directory (with ``adapter/``) or an adapter directory itself."""
     source = Path(source)

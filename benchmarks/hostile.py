@@ -396,7 +396,7 @@ def scenario(work: Path, backbone: str, data_root: str, *, sites: int = 4, clien
     """Build the store (reusing ``work/site_real`` when it holds a fine-tuned adapter), run ``tpp serve``
     on it and the mixed traffic; returns the measurements and the checks (see :func:`checks`)."""
     from tpp.serve import store
-    from tpp.data.sources import load_medmnist
+    from tpp.data.arrays import load_medmnist
 
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -40,8 +40,9 @@ def worker(method: str, steps: int, batch_size: int, backbone: str, data_root: s
     from tpp.adapter_dir import dir_size, write_adapter_dir
     from tpp.backbones import load_backbone
     from tpp.builders import tensors
-    from tpp.data.sources import load_medmnist
-    from tpp.model import ClassificationHead, TaskModel, attach_adapter, trainable_parameters
+    from tpp.data.arrays import load_medmnist
+    from tpp.model import TaskModel, attach_adapter, trainable_parameters
+    from tpp.tasks.classification import ClassificationHead
 
     torch.manual_seed(0)
     encoder, info, _ = load_backbone(backbone)

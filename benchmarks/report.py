@@ -47,10 +47,11 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_worker(script: str, args: list[str]) -> dict:
-    """Run ``python script ARGS`` in a fresh subprocess; its last stdout line is a JSON result."""
+def run_worker(script: str, args: list[str], env: dict | None = None) -> dict:
+    """Run ``python script ARGS`` in a fresh subprocess (``env``: variables on top of this process's); its last
+    stdout line is a JSON result."""
     out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+                         env=dict(os.environ, HF_HUB_OFFLINE="1", **(env or {})))
     if out.returncode != 0:
         raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

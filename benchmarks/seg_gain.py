@@ -115,7 +115,7 @@ class SegBench:
                 "trainable_parameters": metrics["trainable_parameters"],
                 "adapter_parameters": metrics["adapter_parameters"],
                 "decoder_parameters": metrics["decoder_parameters"],
-                "decoder_bytes": metrics.get("decoder_bytes", 0), "steps": steps, "finetune_s": metrics["wall_time_s"],
+                "decoder_bytes": metrics["head_bytes"], "steps": steps, "finetune_s": metrics["wall_time_s"],
                 "tpp_s": tpp_s, "protocol_id": self.protocol_id}
         self.store(cell)
         return cell
@@ -136,11 +136,11 @@ class SegBench:
         from tpp.recipes import CONFIG_DIR
 
         cfg = load_config(CONFIG_DIR / FINETUNE_CONFIG, [f"data.root={self.data_root}", f"data.file={self.file}",
-                                                         f"data.name={self.target}"])
+                                                         f"data.name={self.target}"], recipe="finetune")
         dataset = load_data(cfg.data, seed, 0)
         p = self.protocol
         return train_unet(dataset, fraction, seed, steps, p["batch_size"], p["lr"]["unet"], p["dice_weight"],
-                          tuple(cfg.segmentation.augment_scale))
+                          tuple(cfg.task_options.augment_scale))
 
 
 def fill(bench: SegBench, cells: list[tuple], budget_s: float) -> tuple[list, list]:

@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats, args.rounds = 6.0, 5, 2
-    from tpp.data.sources import load_medmnist
+    from tpp.data.arrays import load_medmnist
     from tpp.serve.images import to_model_input
 
     args.work.mkdir(parents=True, exist_ok=True)

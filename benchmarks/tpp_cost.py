@@ -35,7 +35,7 @@ def worker(name: str, steps: int, batch_size: int, backbone: str, data_root: str
 
     from tpp.backbones import load_backbone
     from tpp.builders import tensors
-    from tpp.data.sources import load_medmnist
+    from tpp.data.arrays import load_medmnist
     from tpp.model import attach_adapter, trainable_parameters
     from tpp.pretext import build_pretext
 

@@ -123,9 +123,11 @@ def check_methods(methods: list[str], protocol: dict) -> None:
     for method in methods:
         base, pretext, _, _ = parse_method(split_lr(method)[0], "")
         try:
-            get_recipe("finetune").check(load_config(CONFIG_DIR / FINETUNE_CONFIG, method_overrides(base, protocol)))
+            get_recipe("finetune").check(load_config(CONFIG_DIR / FINETUNE_CONFIG, method_overrides(base, protocol),
+                                                     recipe="finetune"))
             if pretext:
-                cfg = load_config(CONFIG_DIR / TPP_CONFIG, [f"pretext.name={pretext}", *tpp_method(base, protocol)])
+                cfg = load_config(CONFIG_DIR / TPP_CONFIG, [f"pretext.name={pretext}", *tpp_method(base, protocol)],
+                                  recipe="tpp")
                 get_recipe("tpp").check(cfg)
         except TppError as exc:
             raise TppError(f"'{method}': {exc}") from None

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     from tpp.adapter_dir import WEIGHTS, read_tensors
     from tpp.backbones import base_state_dict, load_backbone
     from tpp.builders import tensors
-    from tpp.data.sources import load_medmnist
+    from tpp.data.arrays import load_medmnist
     from tpp.data.subsets import label_fraction_index
     from tpp.model import attach_adapter, load_adapter_state
 

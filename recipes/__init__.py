@@ -6,12 +6,8 @@ import importlib
 import os
 from pathlib import Path
 
-RECIPES = {
-    "finetune": "train a site adapter + classification head (or segmentation decoder: task=segmentation)",
-    "evaluate": "evaluate a saved adapter directory on one split",
-    "pretrain_backbone": "pre-train a small ViT-MAE backbone from scratch on a pool (MAE + per-dataset heads)",
-    "tpp": "target parameter pre-training: train only the adapter on unlabeled images (MAE or DINO pretext)",
-}
+from tpp.recipes.registry import RECIPES
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -69,17 +65,17 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     from tpp.rundir import RunDir
 
     recipe = get_recipe(name)
-    cfg = load_config(config_path, list(overrides))
+    cfg = load_config(config_path, list(overrides), recipe=name)
     recipe.check(cfg)  # before the run directory exists
     resuming = bool(cfg.train.resume)
     if resuming:
-        check_same_config(Path(cfg.output_dir), dict(cfg.to_dict(), recipe=name))
+        check_same_config(Path(cfg.output_dir), cfg.to_dict())
         if cfg.train.resume == "auto":
             refuse_finished(Path(cfg.output_dir))
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run directory
     run = RunDir(cfg.output_dir, overwrite=overwrite and not resuming, resume=resuming, main=main)
     try:
-        run.write_config(dict(cfg.to_dict(), recipe=name))
+        run.write_config(cfg.to_dict())  # the sections the recipe reads, defaults filled in
         summary = recipe.run(cfg, run)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
@@ -113,7 +109,9 @@ def refuse_finished(path: Path) -> None:
 
 
 def check_same_config(path: Path, config: dict) -> None:
-    """A resumed run must use the interrupted run's config (``train.resume`` itself may differ)."""
+    """A resumed run must use the interrupted run's config (``train.resume`` itself may differ). Only the
+    sections of ``config`` (those its recipe reads) are compared: a ``config.yaml`` written before configs
+    were scoped to their recipe holds every section."""
     import yaml
 
     from tpp.config import drop_other_pretexts_defaults
@@ -123,6 +121,7 @@ def check_same_config(path: Path, config: dict) -> None:
     if not saved_file.is_file():
         return
     saved = yaml.safe_load(saved_file.read_text())
+    saved = {k: v for k, v in saved.items() if k in config} if isinstance(saved, dict) else {}
     if isinstance(saved.get("pretext"), dict):  # saved before pretext options were per pretext
         drop_other_pretexts_defaults(saved["pretext"], saved["pretext"].get("name", "mae"))
 

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 
 from tpp.adapter_dir import versions
 from tpp.backbones import FAMILIES, Encoder, backbone_hash
-from tpp.data.build import load_data, random_hflip, to_model_tensor
-from tpp.data.sources import data_license
+from tpp.data.build import data_license, load_data, random_hflip, to_model_tensor
 from tpp.errors import ConfigError
 from tpp.pretext.mae import decode, encode_visible, mask_noise, masked_mse, patchify
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,

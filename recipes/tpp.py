@@ -16,26 +16,26 @@ the loss curve. Fine-tune from it with ``adapter.init_from=OUTPUT/adapter``.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from tpp.adapters import all_methods, get_method
 from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
 from tpp.backbones import load_backbone
-from tpp.builders import input_rule, record_skipped, tensors
+from tpp.builders import input_rule, record_skipped
 from tpp.data.build import load_data, random_hflip
+from tpp.data.stream import ModelInputs, concat_images, stream_loader
 from tpp.errors import ConfigError
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.pretext import get_pretext
-from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
-                          plan_steps, train_loop)
+from tpp.training import (build_accelerator, checkpointer, loss_curve, make_optimizer, make_scheduler, plan_steps,
+                          train_loop)
 
 
-def unlabeled_images(dataset, use_eval_splits: bool) -> tuple[np.ndarray, list]:
-    """Images only: the training split (plus val/test when explicitly allowed and not empty). Labels are not
-    returned."""
+def unlabeled_images(dataset, use_eval_splits: bool) -> tuple:
+    """Images only, as stored: the training split (plus val/test when explicitly allowed and not empty).
+    Labels are not returned."""
     names = ["train"] + ([s for s in ("val", "test") if len(dataset.splits.get(s, ()))] if use_eval_splits else [])
-    return np.concatenate([dataset.split(s).images for s in names]), names
+    return concat_images([dataset.split(s).images for s in names]), names
 
 
 def check(cfg) -> None:
@@ -57,7 +57,7 @@ def run(cfg, run) -> dict:
     torch.manual_seed(cfg.seed)
     method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.options)
     pretext = pretext_kind.build(encoder, decoder, pretext_options)
-    x = tensors(images, info)
+    x = ModelInputs.for_backbone(images, info)  # converted one batch at a time
     adapter_parameters = trainable_parameters(encoder)
     pretext_head_parameters = trainable_parameters(pretext) - adapter_parameters  # fresh decoder / projection head
     run.log(event="data", dataset=dataset.name, images=len(x), splits=splits_used,
@@ -66,7 +66,8 @@ def run(cfg, run) -> dict:
     plan = plan_steps(cfg.train, len(x), accelerator.num_processes)
     optimizer = make_optimizer(pretext, cfg.train.lr, cfg.train.weight_decay, beta2=cfg.train.adam_beta2)
     scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
-    loader = make_loader(x, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)
+    loader = stream_loader(x, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed,
+                           num_workers=cfg.data.num_workers)
     pretext, optimizer, loader, scheduler = accelerator.prepare(pretext, optimizer, loader, scheduler)
 
     def loss_fn(model, batch):

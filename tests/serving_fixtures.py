@@ -162,8 +162,9 @@ class StubWorker:
     def predict(self, site, arrays):
         self.batches.append([a.shape for a in arrays])
         future = Future()
-        future.set_result(SimpleNamespace(masks=None, version=STUB_VERSION, label_names=["a", "b"],
-                                          probs=[[1.0, 0.0]] * len(arrays), labels=lambda: ["a"] * len(arrays)))
+        entry = {"label": "a", "probabilities": {"a": 1.0, "b": 0.0}}
+        future.set_result(SimpleNamespace(version=STUB_VERSION, label_names=["a", "b"],
+                                          entries=lambda: [entry] * len(arrays)))
         return future
 
 

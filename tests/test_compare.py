@@ -33,8 +33,10 @@ def runs(tmp_path_factory):
         "segmentation.overlays=0")
     run("evaluate", "breast_us/busi_seg_lora_finetune.yaml", "seg_eval", f"adapter.path={base / 'seg' / 'adapter'}",
         "data.name=toy", f"data.file={base / 'toy.npz'}", "data.group_key=group", "data.split=val")
-    run("pretrain_backbone", "backbones/mae_vit_tiny_med_pool.yaml", "pre", "train.max_steps=2",
-        "train.batch_size=16", "pool=[{data: {source: medmnist, name: breastmnist}}]", *TINY_MODEL)
+    # pretrain_backbone makes a backbone: its config has no backbone section (recipe_args would set one)
+    assert run_cli("run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml", f"data.root={root}",
+                   f"output_dir={base / 'pre'}", "train.max_steps=2", "train.batch_size=16",
+                   "pool=[{data: {source: medmnist, name: breastmnist}}]", *TINY_MODEL) == 0
     # a failed run: a TPP adapter has no head to evaluate with (fails inside the recipe; status.json 'failed')
     assert run_cli(*recipe_args("evaluate", CLS, backbone, root, base / "failed",
                                 f"adapter.path={base / 'tpp' / 'adapter'}")) == 2

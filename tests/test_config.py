@@ -17,10 +17,13 @@ def test_shipped_configs_are_every_yaml_file_in_the_config_folder_recursively():
 
 @pytest.mark.parametrize("path", CONFIGS_ON_DISK, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_shipped_config_loads_and_passes_its_recipe_check(path):
-    """What `tpp validate` does for the file: the config loads and its recipe's ``check(cfg)`` accepts it."""
-    cfg = load_config(path)
-    get_recipe(cfg.recipe).check(cfg)
-    assert path.read_text().startswith(f"# tpp run {cfg.recipe} --config"), path
+    """What `tpp run RECIPE --config FILE` does first, RECIPE from the file's first line: the config loads
+    under that recipe (its own ``recipe:``) and the recipe's ``check(cfg)`` accepts it."""
+    recipe = path.read_text().split("\n", 1)[0].removeprefix("# tpp run ").split(" ", 1)[0]
+    assert path.read_text().startswith(f"# tpp run {recipe} --config"), path
+    cfg = load_config(path, recipe=recipe)
+    assert cfg.recipe == recipe == yaml.safe_load(path.read_text())["recipe"]
+    get_recipe(recipe).check(cfg)
 
 
 def test_unknown_key_names_its_path(tmp_path):
@@ -33,7 +36,7 @@ def test_unknown_key_names_its_path(tmp_path):
 def test_wrong_type_names_key_and_type():
     with pytest.raises(ConfigError, match=r"'train\.epochs' must be int"):
         build_config({"train": {"epochs": "ten"}})
-    with pytest.raises(ConfigError, match=r"'data\.source' must be one of"):
+    with pytest.raises(ConfigError, match=r"unknown data\.source 'ftp'"):
         build_config({"data": {"source": "ftp"}})
     with pytest.raises(ConfigError, match="adapter.r must be at least 1"):
         build_config({"adapter": {"r": 0}})
@@ -44,10 +47,10 @@ def test_wrong_type_names_key_and_type():
 
 def test_overrides_are_typed_and_floats_accept_exponents():
     assert parse_override("train.lr=1e-4") == (["train", "lr"], "1e-4")
-    cfg = build_config(apply_overrides({}, ["train.lr=1e-4", "adapter.r=4", "data.classes=[a, b]",
+    cfg = build_config(apply_overrides({}, ["train.lr=1e-4", "adapter.r=4", "data.source=npz", "data.classes=[a, b]",
                                             "train.max_steps=7"]))
     assert cfg.train.lr == pytest.approx(1e-4) and cfg.adapter.options == {"r": 4}
-    assert cfg.adapter.resolved_options()["r"] == 4 and cfg.data.classes == ["a", "b"]
+    assert cfg.adapter.resolved_options()["r"] == 4 and cfg.data.options["classes"] == ["a", "b"]
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["train.lr"])
 
@@ -83,39 +86,39 @@ def test_help_lists_every_key():
 
 
 def test_pretext_options_belong_to_the_chosen_pretext():
-    cfg = build_config({"pretext": {"name": "dino", "dino_ema": 0.9}})
+    cfg = build_config({"recipe": "tpp", "pretext": {"name": "dino", "dino_ema": 0.9}})
     assert cfg.pretext.resolved().dino_ema == 0.9 and cfg.to_dict()["pretext"]["dino_crop_min"] == 0.4
     assert cfg.to_dict()["pretext"].keys() == {"name", "dino_out_dim", "dino_student_temp", "dino_teacher_temp",
                                                "dino_ema", "dino_crop_min"}
     with pytest.raises(ConfigError,
                        match=r"'pretext\.dino_ema' for pretext.name=mae \(its options: decoder, mask_ratio"):
-        build_config({"pretext": {"dino_ema": 0.9}})
+        build_config({"recipe": "tpp", "pretext": {"dino_ema": 0.9}})
     with pytest.raises(ConfigError, match=r"pretext.mask_ratio must be in \(0, 1\), got 1.5"):
-        build_config({"pretext": {"mask_ratio": 1.5}})
+        build_config({"recipe": "tpp", "pretext": {"mask_ratio": 1.5}})
     with pytest.raises(ConfigError, match=r"'pretext\.norm_pix_loss' must be bool"):
-        build_config({"pretext": {"norm_pix_loss": "maybe"}})
+        build_config({"recipe": "tpp", "pretext": {"norm_pix_loss": "maybe"}})
     with pytest.raises(ConfigError, match="unknown pretext.name 'simclr'. Known: dino, mae"):
-        build_config({"pretext": {"name": "simclr"}})
+        build_config({"recipe": "tpp", "pretext": {"name": "simclr"}})
 
 
 def test_plugin_options_are_typed_and_sections_must_be_mappings():
-    cfg = build_config(apply_overrides({}, ["pretext.mask_ratio=5e-1", "adapter.dropout=1e-1"]))
+    cfg = build_config(apply_overrides({}, ["recipe=tpp", "pretext.mask_ratio=5e-1", "adapter.dropout=1e-1"]))
     assert cfg.pretext.options == {"mask_ratio": 0.5} and cfg.adapter.options == {"dropout": 0.1}
     assert cfg.to_dict()["pretext"]["mask_ratio"] == 0.5
     for section in ("pretext", "adapter"):
         with pytest.raises(ConfigError, match=f"config key '{section}' must be a mapping, got str"):
-            build_config(apply_overrides({}, [f"{section}=dino"]))
+            build_config(apply_overrides({}, ["recipe=tpp", f"{section}=dino"]))
 
 
 def test_configs_saved_with_every_pretexts_options_still_load(tmp_path):
     from tpp.recipes import check_same_config
 
-    old = build_config({}).to_dict()
+    old = build_config({"recipe": "tpp"}).to_dict()
     old["pretext"].update(dino_out_dim=256, dino_student_temp=0.1, dino_teacher_temp=0.04, dino_ema=0.99,
                           dino_crop_min=0.4)  # how config.yaml looked before options were per pretext
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     cfg = load_config(tmp_path / "config.yaml")
-    assert cfg.pretext.name == "mae" and cfg.to_dict() == build_config({}).to_dict()
+    assert cfg.pretext.name == "mae" and cfg.to_dict() == build_config({"recipe": "tpp"}).to_dict()
     check_same_config(tmp_path, cfg.to_dict())  # a run interrupted before the change can resume
     old["pretext"]["dino_ema"] = 0.5  # a changed value of another pretext is still an error, with its owner
     with pytest.raises(ConfigError, match="dino_ema is an option of pretext dino: set pretext.name=dino"):
@@ -140,7 +143,7 @@ def test_switching_the_method_on_the_command_line_drops_the_files_options():
     assert cfg.adapter.method == "bottleneck" and cfg.adapter.options == {"dim": 32}
     assert cfg.adapter.init_from == "runs/tpp/adapter" and cfg.adapter.explicit == {"method", "dim", "init_from"}
     assert load_config(shipped, ["adapter.method=lora", "adapter.dropout=0.2"]).adapter.options["r"] == 8  # same method
-    with pytest.raises(ConfigError, match=r"adapter\.r is an option of method loha, lokr, lora\."):
+    with pytest.raises(ConfigError, match=r"adapter\.r is an option of method loha, lokr, lora \(set adapter\.method"):
         load_config(shipped, ["adapter.method=bottleneck", "adapter.r=4"])
     with pytest.raises(ConfigError, match=r"adapter\.dim is an option of method bottleneck: set adapter\.method=bott"):
         load_config(shipped, ["adapter.dim=4"])
@@ -192,7 +195,7 @@ def test_split_fractions_must_leave_images_for_training_also_in_a_pool():
     with pytest.raises(ConfigError, match=r"data\.val_fraction \+ data\.test_fraction must be below 1"):
         build_config({"data": {"val_fraction": 0.5, "test_fraction": 0.5}})
     with pytest.raises(ConfigError, match=r"pool\[1\]\.data\.val_fraction must lie in \[0, 1\)"):
-        build_config({"pool": [{"data": {}}, {"data": {"val_fraction": -0.1}}]})
+        build_config({"recipe": "pretrain_backbone", "pool": [{"data": {}}, {"data": {"val_fraction": -0.1}}]})
     cfg = build_config(apply_overrides({}, ["seed=4294967295", "train.head_lr_scale=10", "train.weight_decay=0",
                                             "train.adam_beta2=0", "data.val_fraction=0", "data.test_fraction=0.9"]))
     assert cfg.seed == 2**32 - 1 and cfg.train.adam_beta2 == 0 and cfg.data.val_fraction == 0  # the edges are fine
@@ -207,3 +210,155 @@ def test_out_of_range_values_are_one_paragraph_cli_errors(tmp_path, capsys):
         assert main(["validate", shipped, override]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1 and override.split("=")[0] in err
+
+
+# ---- configs scoped to their recipe -------------------------------------------------------------------------
+
+FINETUNE = CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml"
+SEG_FINETUNE = CONFIG_DIR / "breast_us/busi_seg_lora_finetune.yaml"
+TPP = CONFIG_DIR / "breast_us/mae_vit_tiny_lora_tpp.yaml"
+POOL = CONFIG_DIR / "backbones/mae_vit_tiny_med_pool.yaml"
+
+
+def problems(path, overrides, recipe=None) -> list[str]:
+    """The lines of the one ConfigError that loading ``path`` with ``overrides`` raises."""
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides, recipe=recipe)
+    return str(info.value).splitlines()
+
+
+@pytest.mark.parametrize("path, override, line", [
+    (FINETUNE, "pretext.mask_ratio=0.9", "pretext.mask_ratio: the finetune recipe does not use the pretext section "
+                                         "(pretrain_backbone and tpp do)."),
+    (FINETUNE, "pool=[{data: {name: bloodmnist}}]", "pool: the finetune recipe does not use pool (pretrain_backbone "
+                                                    "does)."),
+    (FINETUNE, "model.hidden_size=7", "model.hidden_size: the finetune recipe does not use the model section"),
+    (FINETUNE, "supervised_weight=0", "supervised_weight: the finetune recipe does not use supervised_weight"),
+    (TPP, "task=segmentation", "task: the tpp recipe does not use task (finetune does)."),
+    (TPP, "segmentation.dice_weight=2", "segmentation.dice_weight: the tpp recipe does not use the segmentation "
+                                        "section (finetune does)."),
+    (POOL, "adapter.r=4", "adapter.r: the pretrain_backbone recipe does not use the adapter section"),
+    (POOL, "backbone.path=x", "backbone.path: the pretrain_backbone recipe does not use the backbone section"),
+    (POOL, "site=a", "site: the pretrain_backbone recipe does not use site (finetune and tpp do)."),
+])
+def test_a_key_the_recipe_does_not_use_is_an_error_naming_the_recipe(path, override, line):
+    found = problems(path, [override])
+    assert len(found) == 1 and found[0].startswith(line), found
+
+
+def test_unknown_keys_suggest_the_close_known_key():
+    assert problems(FINETUNE, ["train.lrr=0.1"]) == ["unknown config key 'train.lrr'; did you mean train.lr?"]
+    assert problems(FINETUNE, ["trian.lr=0.1"]) == ["unknown config key 'trian'; did you mean train?"]
+    assert problems(FINETUNE, ["adapter.alpah=4"]) == [
+        "unknown config key 'adapter.alpah' for adapter.method=lora; did you mean adapter.alpha?"]
+    assert problems(SEG_FINETUNE, ["segmentation.dice_weigth=2"]) == [
+        "unknown config key 'segmentation.dice_weigth'; did you mean segmentation.dice_weight?"]
+    assert problems(TPP, ["pretext.mask_ration=0.5"]) == [
+        "unknown config key 'pretext.mask_ration' for pretext.name=mae; did you mean pretext.mask_ratio?"]
+    assert problems(FINETUNE, ["recipe=finetun"], recipe=None)[0].endswith(
+        "recipe: unknown recipe 'finetun'; did you mean finetune? recipes: finetune, evaluate, pretrain_backbone, "
+        "tpp (`tpp ls`).")
+    far = problems(FINETUNE, ["train.zzz=1"])[0]  # nothing close: the keys there are listed
+    assert far.startswith("unknown config key 'train.zzz'. Known keys here: adam_beta2, batch_size")
+
+
+def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
+    config = yaml.safe_load(FINETUNE.read_text())
+    config["train"].update(lrr=1e-3, epochs="ten", weight_decay=-1)
+    config["adapter"].update(r=0, alpah=2)
+    config.update(pretext={"mask_ratio": 0.9}, seed=-1, trian={})
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(config))
+    lines = problems(path, ["data.val_fraction=1.5"])
+    assert lines[0] == "9 config problems:" and all(line.startswith("  - ") for line in lines[1:])
+    for needle in ("pretext.mask_ratio: the finetune recipe does not use the pretext section",
+                   "unknown config key 'trian'; did you mean train?",
+                   "unknown config key 'adapter.alpah' for adapter.method=lora; did you mean adapter.alpha?",
+                   "adapter.r must be at least 1, got 0.", "unknown config key 'train.lrr'; did you mean train.lr?",
+                   "config key 'train.epochs' must be int, got 'ten'.", "seed must be an integer in 0 .. 2**32 - 1",
+                   "train.weight_decay must not be negative, got -1.0.", "data.val_fraction must lie in [0, 1)"):
+        assert sum(needle in line for line in lines) == 1, (needle, lines)
+
+
+def test_the_config_must_be_written_for_the_recipe_run():
+    with pytest.raises(ConfigError, match=r"mae_vit_tiny_lora_tpp\.yaml' is written for the tpp recipe \(recipe: "
+                                          r"tpp\), not finetune: run it with `tpp run tpp`"):
+        load_config(TPP, recipe="finetune")
+    with pytest.raises(ConfigError, match="written for the finetune recipe .*not pretrain_backbone"):
+        load_config(FINETUNE, recipe="pretrain_backbone")
+    with pytest.raises(ConfigError, match="recipe=tpp on the command line, but the recipe run is finetune"):
+        load_config(FINETUNE, ["recipe=tpp"], recipe="finetune")
+    with pytest.raises(ConfigError, match="give the evaluate recipe a evaluate or finetune config"):
+        load_config(TPP, ["adapter.path=runs/a/adapter"], recipe="evaluate")
+    assert load_config(TPP, recipe="tpp").recipe == "tpp" and load_config(TPP).recipe == "tpp"
+
+
+def test_a_run_dir_refuses_a_config_of_another_recipe_before_it_exists(tmp_path, capsys):
+    from tpp.cli import main
+
+    assert main(["run", "finetune", "--config", str(TPP), f"output_dir={tmp_path / 'run'}"]) == 2
+    assert "written for the tpp recipe" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_evaluate_runs_from_the_finetune_config_of_the_run_it_evaluates(tmp_path):
+    """The rule: evaluate reads an evaluate config, or a finetune config (checked as a finetune config), of
+    which it uses its own sections only; what it saves is an evaluate config."""
+    cfg = load_config(SEG_FINETUNE, ["adapter.path=runs/seg/adapter", "data.split=val"], recipe="evaluate")
+    assert cfg.recipe == "evaluate" and cfg.adapter.path == "runs/seg/adapter" and cfg.data.split == "val"
+    saved = cfg.to_dict()
+    assert saved.keys() == {"recipe", "seed", "output_dir", "train", "backbone", "adapter", "data"}
+    assert saved["recipe"] == "evaluate"  # task, segmentation and site of the fine-tuning are not evaluate's
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert load_config(tmp_path / "config.yaml", recipe="evaluate").to_dict() == saved
+    assert load_config(FINETUNE, ["recipe=evaluate", "adapter.path=a"]).recipe == "evaluate"  # tpp validate
+    # the finetune file is still checked as one: a key finetune does not use is an error under evaluate too
+    assert problems(FINETUNE, ["adapter.path=a", "pretext.mask_ratio=0.9"], recipe="evaluate") == [
+        "pretext.mask_ratio: the finetune recipe does not use the pretext section (pretrain_backbone and tpp do)."]
+    (tmp_path / "eval.yaml").write_text(yaml.safe_dump(dict(saved, site="a")))  # an evaluate config has no site
+    assert problems(tmp_path / "eval.yaml", [], recipe="evaluate") == [
+        "site: the evaluate recipe does not use site (finetune and tpp do)."]
+
+
+@pytest.mark.parametrize("path, recipe, sections", [
+    (FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
+    (SEG_FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data",
+                                "train", "segmentation"}),
+    (TPP, "tpp", {"recipe", "site", "seed", "output_dir", "backbone", "adapter", "data", "train", "pretext"}),
+    (POOL, "pretrain_backbone", {"recipe", "seed", "output_dir", "data", "train", "pretext", "model", "pool",
+                                 "supervised_weight"}),
+])
+def test_the_saved_config_holds_the_sections_the_recipe_reads(path, recipe, sections):
+    assert load_config(path, recipe=recipe).to_dict().keys() == sections
+
+
+@pytest.mark.parametrize("recipe, config, sections", [
+    ("finetune", FINETUNE, {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
+    ("tpp", TPP, {"recipe", "site", "seed", "output_dir", "backbone", "adapter", "data", "train", "pretext"}),
+    ("evaluate", FINETUNE, {"recipe", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
+])
+def test_run_dir_config_yaml_holds_only_the_recipes_sections(tiny_mae, tmp_path, recipe, config, sections, capsys):
+    """What ``tpp run`` writes before the recipe starts (here each run stops at once: no data, no adapter)."""
+    from tpp.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", recipe, "--config", str(config), f"backbone.path={tiny_mae}", f"output_dir={out}",
+                 f"data.root={tmp_path / 'no_data'}", f"adapter.path={tmp_path / 'no_adapter'}"]) == 2
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved.keys() == sections and saved["recipe"] == recipe
+    assert len((out / "config.yaml").read_text().splitlines()) < 70
+
+
+def test_resume_accepts_a_config_yaml_saved_with_every_section(tmp_path):
+    """Runs written before configs were scoped saved every section; a resume compares the recipe's only."""
+    from tpp.errors import TppError
+    from tpp.recipes import check_same_config
+
+    cfg = load_config(FINETUNE, recipe="finetune")
+    old = dict(build_config({"recipe": "tpp"}).to_dict(), **cfg.to_dict())  # + pretext, the other sections
+    old.update(model={"hidden_size": 192}, pool=[], supervised_weight=1.0,
+               segmentation={"decoder_channels": [64, 32], "dice_weight": 1.0})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    check_same_config(tmp_path, cfg.to_dict())
+    check_same_config(tmp_path, load_config(FINETUNE, ["train.resume=auto"], recipe="finetune").to_dict())
+    with pytest.raises(TppError, match=r"differs from the interrupted run.*\(train\.lr\)"):
+        check_same_config(tmp_path, load_config(FINETUNE, ["train.lr=0.5"], recipe="finetune").to_dict())

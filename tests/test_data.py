@@ -7,7 +7,7 @@ from conftest import make_medmnist
 
 from tpp.data.build import channel_rule, to_model_tensor
 from tpp.data.folders import load_folder, load_unlabeled_folder
-from tpp.data.sources import load_medmnist, load_npz
+from tpp.data.arrays import load_medmnist, load_npz
 from tpp.data.subsets import label_fraction_index, stratified_split
 from tpp.errors import TppError
 
@@ -89,14 +89,14 @@ def test_images_only_loading_gives_the_same_training_split(tmp_path):
     np.savez(tmp_path / "pool.npz", images=rng.integers(0, 255, (40, 8, 8), dtype=np.uint8),
              labels=np.repeat([0, 1], 20).astype(np.uint8))
     args = dict(class_names_key=None, classes=None, modality="DX", val_fraction=0.1, test_fraction=0.2, seed=3)
-    seeded = [load_npz("pool", str(tmp_path), "pool.npz", "images", "labels", labels=flag, **args)
+    seeded = [load_npz("pool", str(tmp_path), "pool.npz", labels=flag, **args)
               for flag in (True, False)]
     assert seeded[0].split_sha256() == seeded[1].split_sha256()
 
 
 
 def test_npz_with_its_own_splits_is_read_without_labels(tmp_path, monkeypatch):
-    import tpp.data.sources as sources
+    import tpp.data.arrays as sources
 
     rng = np.random.default_rng(2)
     np.savez(tmp_path / "own.npz", **{f"{s}_images": rng.integers(0, 255, (6, 8, 8), dtype=np.uint8)
@@ -105,11 +105,11 @@ def test_npz_with_its_own_splits_is_read_without_labels(tmp_path, monkeypatch):
     keys, real = [], sources._array
     monkeypatch.setattr(sources, "_array", lambda npz, key, path: keys.append(key) or real(npz, key, path))
     args = dict(class_names_key=None, classes=None, modality="DX", val_fraction=0.1, test_fraction=0.2, seed=0)
-    data = load_npz("own", str(tmp_path), "own.npz", "images", "labels", labels=False, **args)
+    data = load_npz("own", str(tmp_path), "own.npz", labels=False, **args)
     assert sorted(keys) == ["test_images", "train_images", "val_images"]
     assert all(s.labels is None for s in data.splits.values()) and len(data.split("train")) == 6
     keys.clear()
-    with_labels = load_npz("own", str(tmp_path), "own.npz", "images", "labels", **args)
+    with_labels = load_npz("own", str(tmp_path), "own.npz", **args)
     assert "train_labels" in keys and with_labels.split_sha256() == data.split_sha256()
 
 
@@ -123,24 +123,27 @@ def _png_tree(root, layout):
         Image.fromarray(rng.integers(0, 255, (40, 30), dtype=np.uint8)).save(path)
 
 
+FOLDER = dict(modality="US", image_size=28, val_fraction=0.2, test_fraction=0.2, seed=0)
+
+
 def test_folder_seeded_split_and_unreadable_image(tmp_path):
     files = [f"{c}/{i}.png" for c in ("benign", "malignant") for i in range(10)]
     _png_tree(tmp_path / "site", files)
-    data = load_folder("site", str(tmp_path), "site", "US", 28, None, None, 0.2, 0.2, 0)
+    data = load_folder("site", str(tmp_path), "site", **FOLDER)
     assert data.class_names == ["benign", "malignant"]
     assert data.split("train").images.shape[1:] == (28, 28)
     saved = json.loads((tmp_path / "site" / "splits.json").read_text())
     assert sorted(saved["train"] + saved["val"] + saved["test"]) == sorted(files)
     (tmp_path / "site" / "benign" / "broken.png").write_text("not an image")
     with pytest.raises(TppError, match="broken.png"):
-        load_folder("site2", str(tmp_path), "site", "US", 28, None, None, 0.2, 0.2, 0)
+        load_folder("site2", str(tmp_path), "site", **FOLDER)
 
 
 def test_folder_needs_modality_and_unlabeled_has_no_labels(tmp_path):
     _png_tree(tmp_path / "u", [f"a/{i}.png" for i in range(4)] + ["b.png"])
     with pytest.raises(TppError, match="data.modality"):
-        load_unlabeled_folder("u", str(tmp_path), "u", None, 28)
-    data = load_unlabeled_folder("u", str(tmp_path), "u", "US", 28)
+        load_unlabeled_folder("u", str(tmp_path), "u", modality=None, image_size=28)
+    data = load_unlabeled_folder("u", str(tmp_path), "u", modality="US", image_size=28)
     assert len(data.split("train")) == 5 and data.split("train").labels is None
 
 
@@ -178,10 +181,10 @@ def test_fractional_non_finite_and_string_labels_are_errors_naming_file_and_spli
     assert str(tmp_path / "breastmnist.npz") in str(info.value)
     args = dict(class_names_key=None, classes=None, modality="US", val_fraction=0.1, test_fraction=0.2, seed=0)
     with pytest.raises(TppError, match=message):  # the generic npz source, with the file's own splits
-        load_npz("b", root, "breastmnist.npz", "images", "labels", **args)
+        load_npz("b", root, "breastmnist.npz", **args)
     np.savez(tmp_path / "one.npz", images=np.zeros((60, 8, 8), np.uint8), labels=labels)
     with pytest.raises(TppError, match=message.replace(r"train_labels \(train split\)", "labels")):
-        load_npz("one", root, "one.npz", "images", "labels", **args)  # one array, split here by seed
+        load_npz("one", root, "one.npz", **args)  # one array, split here by seed
 
 
 def test_float_labels_holding_whole_numbers_are_accepted(tmp_path):
@@ -216,22 +219,18 @@ def test_empty_splits_are_errors_naming_the_file(tmp_path):
         data.split("val")
     np.savez(tmp_path / "none.npz", images=empty_images, labels=empty_labels)
     with pytest.raises(TppError, match=r"none\.npz' images holds no images"):
-        load_npz("none", root, "none.npz", "images", "labels", None, None, "US", 0.1, 0.2, 0)
+        load_npz("none", root, "none.npz", class_names_key=None, modality="US", val_fraction=0.1, test_fraction=0.2)
     np.savez(tmp_path / "few.npz", images=np.zeros((3, 8, 8), np.uint8), labels=np.array([0, 1, 1]))
-    few = load_npz("few", root, "few.npz", "images", "labels", None, None, "US", 0.1, 0.1, 0)
+    few = load_npz("few", root, "few.npz", class_names_key=None, modality="US", val_fraction=0.1, test_fraction=0.1)
     with pytest.raises(TppError, match=r"few\.npz'\): the 'val' split is empty.*data\.val_fraction"):
         few.split("val")
 
 
 def test_segmentation_npz_labels_are_checked_like_class_labels(tmp_path):
-    from types import SimpleNamespace
-
     from tpp.data.segmentation import load_seg_npz
 
     np.savez(tmp_path / "seg.npz", images=np.zeros((10, 16, 16), np.uint8), masks=np.zeros((10, 16, 16), np.uint8),
              labels=np.full(10, 0.5))
-    data = SimpleNamespace(file="seg.npz", root=str(tmp_path), image_key="images", mask_key="masks",
-                           label_key="labels", class_names_key=None, mask_classes="binary", classes=None,
-                           group_key=None, val_fraction=0.2, test_fraction=0.2, name="seg", modality="US")
     with pytest.raises(TppError, match=r"seg\.npz' labels: 10 labels are not whole numbers"):
-        load_seg_npz(data, 0)
+        load_seg_npz("seg", str(tmp_path), "seg.npz", class_names_key=None, modality="US", val_fraction=0.2,
+                     test_fraction=0.2, seed=0)

@@ -9,9 +9,11 @@ from conftest import make_backbone
 from PIL import Image
 
 from tpp.cli import main
+from tpp.data.arrays import load_npz
 from tpp.data.folders import load_folder, load_unlabeled_folder
-from tpp.data.sources import load_npz
 from tpp.errors import TppError
+
+FOLDER = dict(modality="US", image_size=28, val_fraction=0.2, test_fraction=0.2, seed=0)
 
 
 def png(path, array, mode=None):
@@ -52,12 +54,12 @@ def test_sixteen_bit_and_rgba_are_converted_by_the_documented_rule(tmp_path):
 def test_bad_files_fail_by_default_naming_the_file(tmp_path):
     messy_site(tmp_path / "site")
     with pytest.raises(TppError, match=r"(truncated|empty|notes)\.png.*on_bad_file=skip"):
-        load_folder("site", str(tmp_path), "site", "US", 28, None, None, 0.2, 0.2, 0)
+        load_folder("site", str(tmp_path), "site", **FOLDER)
 
 
 def test_skip_leaves_bad_files_out_of_every_split_and_reports_them(tmp_path):
     messy_site(tmp_path / "site")
-    data = load_folder("site", str(tmp_path), "site", "US", 28, None, None, 0.2, 0.2, 0, on_bad_file="skip")
+    data = load_folder("site", str(tmp_path), "site", **FOLDER, on_bad_file="skip")
     assert sorted(p.rsplit("/", 1)[-1] for p, _ in data.skipped) == ["empty.png", "notes.png", "truncated.png"]
     assert "0 bytes" in dict(data.skipped)[str(tmp_path / "site" / "malignant" / "empty.png")]
     assert sum(len(s) for s in data.splits.values()) == 25  # 24 good + the converted RGBA image
@@ -65,7 +67,7 @@ def test_skip_leaves_bad_files_out_of_every_split_and_reports_them(tmp_path):
     listed = json.loads((tmp_path / "site" / "splits.json").read_text())
     assert not any(name.endswith(("empty.png", "notes.png", "truncated.png"))
                    for v in listed.values() if isinstance(v, list) for name in v)
-    unlabeled = load_unlabeled_folder("u", str(tmp_path), "site", "US", 28, on_bad_file="skip")
+    unlabeled = load_unlabeled_folder("u", str(tmp_path), "site", modality="US", image_size=28, on_bad_file="skip")
     assert len(unlabeled.split("train")) == 25 and len(unlabeled.skipped) == 3
 
 
@@ -76,13 +78,13 @@ def test_empty_class_folder_and_class_missing_from_train_are_errors(tmp_path):
             png(tmp_path / "s1" / c / f"{i}.png", rng.integers(0, 255, (28, 28)).astype(np.uint8))
     (tmp_path / "s1" / "c_empty").mkdir()
     with pytest.raises(TppError, match="c_empty.*holds no images"):
-        load_folder("s1", str(tmp_path), "s1", "US", 28, None, None, 0.2, 0.2, 0)
+        load_folder("s1", str(tmp_path), "s1", **FOLDER)
     for split, classes in (("train", "ab"), ("val", "abc"), ("test", "ab")):
         for c in classes:
             for i in range(3):
                 png(tmp_path / "s2" / split / c / f"{i}.png", rng.integers(0, 255, (28, 28)).astype(np.uint8))
     with pytest.raises(TppError, match=r"\['c'\] have images in val/test but none in train"):
-        load_folder("s2", str(tmp_path), "s2", "US", 28, None, None, 0.2, 0.2, 0)
+        load_folder("s2", str(tmp_path), "s2", **FOLDER)
 
 
 def test_npz_count_mismatch_and_labels_outside_the_classes(tmp_path):
@@ -90,11 +92,11 @@ def test_npz_count_mismatch_and_labels_outside_the_classes(tmp_path):
     arrays.update({f"{s}_labels": np.zeros((5, 1), np.uint8) for s in ("train", "val", "test")})
     np.savez(tmp_path / "a.npz", **dict(arrays, val_labels=np.zeros((4, 1), np.uint8)))
     with pytest.raises(TppError, match="val_images has 5 images but val_labels has 4"):
-        load_npz("a", str(tmp_path), "a.npz", "images", "labels", "class_names", None, "US", 0.1, 0.2, 0)
+        load_npz("a", str(tmp_path), "a.npz", modality="US")
     np.savez(tmp_path / "b.npz", **dict(arrays, class_names=np.array(["x", "y"]),
                                         test_labels=np.full((5, 1), 2, np.uint8)))
     with pytest.raises(TppError, match="outside 0..1"):
-        load_npz("b", str(tmp_path), "b.npz", "images", "labels", "class_names", None, "US", 0.1, 0.2, 0)
+        load_npz("b", str(tmp_path), "b.npz", modality="US")
 
 
 def test_finetune_with_skip_writes_skipped_csv(tmp_path, capsys):

@@ -91,7 +91,7 @@ def test_short_tpp_lowers_held_out_pretext_loss(tmp_path, record_property):
     from tpp.adapter_dir import WEIGHTS, read_tensors
     from tpp.backbones import load_backbone
     from tpp.builders import tensors
-    from tpp.data.sources import load_medmnist
+    from tpp.data.arrays import load_medmnist
     from tpp.model import attach_adapter, load_adapter_state
     from tpp.pretext import build_pretext
 
@@ -128,7 +128,7 @@ def test_dino_tpp_does_not_collapse_on_real_images():
 
     from tpp.backbones import load_backbone
     from tpp.builders import tensors
-    from tpp.data.sources import load_medmnist
+    from tpp.data.arrays import load_medmnist
     from tpp.model import attach_adapter
     from tpp.pretext import build_pretext
     from tpp.pretext.dino import embed

@@ -84,7 +84,7 @@ def test_a_method_from_one_file_runs_tpp_finetuning_publishing_and_a_mixed_batch
     for site, future in futures.items():
         expected = offline_probs(tiny_mae, tmp_path / "store" / site / store.current_version(tmp_path / "store", site),
                                  images)
-        assert torch.allclose(torch.tensor(future.result(HANG_S).probs), expected, atol=1e-5)
+        assert torch.allclose(torch.tensor(future.result(HANG_S).outputs), expected, atol=1e-5)
     assert worker.batches == 1 and set(worker.bank.groups) == {"rank_one"}  # one shared forward for both sites
     assert len(worker.bank.groups["rank_one"].model.peft_config) == 2
     worker.stop()

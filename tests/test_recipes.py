@@ -103,7 +103,7 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
         def labels(self, value):
             pass
 
-    import tpp.data.sources as sources
+    import tpp.data.arrays as sources
 
     real_load, real_backbone, seen = recipe.load_data, recipe.load_backbone, {}
     real_array, keys_read = sources._array, []

@@ -1,7 +1,6 @@
 """Segmentation pieces on tiny in-code models and hand-made masks: grid, decoder, other input sizes,
 VPT token hygiene, metrics against hand-computed values and torchmetrics, data loading, joint
 augmentation, leakage refusal, run-length masks."""
-import types
 
 import numpy as np
 import pytest
@@ -16,9 +15,9 @@ from tpp.builders import check_leakage
 from tpp.data import Dataset, Split
 from tpp.data.segmentation import class_indices, joint_augment, load_seg_folder, load_seg_npz
 from tpp.errors import TppError
-from tpp.model import attach_adapter
+from tpp.model import TaskModel, attach_adapter
 from tpp.seg_metrics import hausdorff_percentile, quick_dice, segmentation_metrics
-from tpp.segmentation import (SegmentationDecoder, SegmentationModel, rle_decode, rle_encode, segmentation_loss,
+from tpp.segmentation import (SegmentationDecoder, rle_decode, rle_encode, segmentation_loss,
                               tokens_to_grid)
 
 
@@ -66,7 +65,7 @@ def test_vpt_prompts_never_reach_the_decoder(tiny_mae):
     seen = []
     decoder = SegmentationDecoder(info.hidden_size, 2, 3, (8,), True)
     decoder.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape))
-    logits = SegmentationModel(encoder, decoder)(torch.randn(2, 3, 32, 32))
+    logits = TaskModel(encoder, decoder)(torch.randn(2, 3, 32, 32))
     assert seen == [(2, 64, info.hidden_size)] and logits.shape == (2, 2, 32, 32)
 
 
@@ -133,16 +132,16 @@ def test_class_indices_maps_255_and_refuses_other_values():
         class_indices(np.array([[0, 255]], np.uint8), 3, "m")
 
 
-def seg_cfg(**kw):
-    base = dict(name="toy", file=None, root=None, image_key="images", mask_key="masks", label_key="label",
-                class_names_key="label_names", group_key="group", mask_classes="binary", classes=None,
-                modality="US", val_fraction=0.2, test_fraction=0.2, on_bad_file="error")
-    return types.SimpleNamespace(**(base | kw))
+def seg_cfg(**kw) -> dict:
+    """Keyword arguments of the segmentation loaders (the seg_npz source's options + the common keys)."""
+    base = dict(name="toy", file=None, root=None, label_key="label", class_names_key="label_names", group_key="group",
+                modality="US", val_fraction=0.2, test_fraction=0.2)
+    return base | kw
 
 
 def test_seg_npz_keeps_groups_in_one_split_and_maps_labels_to_classes(tmp_path):
     path = toy_segmentation_npz(tmp_path / "toy.npz")
-    ds = load_seg_npz(seg_cfg(file=str(path)), seed=1)
+    ds = load_seg_npz(**seg_cfg(file=str(path)), seed=1)
     assert ds.is_segmentation and ds.class_names == ["background", "foreground"]
     groups = np.load(path)["group"]
     images = np.load(path)["images"]
@@ -152,26 +151,26 @@ def test_seg_npz_keeps_groups_in_one_split_and_maps_labels_to_classes(tmp_path):
         split_groups[name] = set(groups[rows])
         assert set(np.unique(split.masks)) <= {0, 1}
     assert not (split_groups["train"] & split_groups["test"]) and not (split_groups["train"] & split_groups["val"])
-    multi = load_seg_npz(seg_cfg(file=str(path), mask_classes="from_label"), seed=1)
+    multi = load_seg_npz(**seg_cfg(file=str(path), mask_classes="from_label"), seed=1)
     assert multi.class_names == ["background", "benign lesion", "malignant lesion"]
     train = multi.split("train")
     for label, mask in zip(train.labels, train.masks):
         assert set(np.unique(mask)) == {0, 1 + label}
     with pytest.raises(TppError, match="differ from the classes derived"):
-        load_seg_npz(seg_cfg(file=str(path), mask_classes="from_label", classes=["background", "b", "a"]), seed=1)
+        load_seg_npz(**seg_cfg(file=str(path), mask_classes="from_label", classes=["background", "b", "a"]), seed=1)
     stored = np.load(path)
     three = ({k: stored[k] for k in stored.files}
              | {"masks": (stored["masks"] > 0) * (1 + stored["label"][:, None, None])})
     np.savez(tmp_path / "three.npz", **three)
-    indexed = load_seg_npz(seg_cfg(file=str(tmp_path / "three.npz"), mask_classes="indices",
+    indexed = load_seg_npz(**seg_cfg(file=str(tmp_path / "three.npz"), mask_classes="indices",
                                    classes=["background", "benign", "malignant"]), seed=1)
     assert indexed.class_names == ["background", "benign", "malignant"]
     assert np.array_equal(indexed.split("test").masks, multi.split("test").masks)
     with pytest.raises(TppError, match="mask value 2"):
-        load_seg_npz(seg_cfg(file=str(tmp_path / "three.npz")), seed=1)  # binary by default
+        load_seg_npz(**seg_cfg(file=str(tmp_path / "three.npz")), seed=1)  # binary by default
     np.savez(tmp_path / "bad.npz", images=np.zeros((4, 16, 16), np.uint8), masks=np.zeros((4, 8, 8), np.uint8))
     with pytest.raises(TppError, match="one mask of its own height and width"):
-        load_seg_npz(seg_cfg(file=str(tmp_path / "bad.npz"), group_key=None), seed=0)
+        load_seg_npz(**seg_cfg(file=str(tmp_path / "bad.npz"), group_key=None), seed=0)
 
 
 def test_seg_folder_matches_names_and_reads_0_255_masks(tmp_path):
@@ -185,14 +184,16 @@ def test_seg_folder_matches_names_and_reads_0_255_masks(tmp_path):
         Image.fromarray(mask).save(root / "masks" / f"case{i}.png")
     Image.fromarray(np.stack([mask] * 3, -1)).save(root / "masks" / "case1.png")  # an RGB export of a gray mask
     (root / "metadata.csv").write_text("file_name,patient\n" + "".join(f"case{i}.png,p{i // 2}\n" for i in range(10)))
-    ds = load_seg_folder(seg_cfg(file=str(root), group_key="patient", modality="US"), seed=0, size=16)
+    folder = dict(name="toy", root=None, file=str(root), modality="US", val_fraction=0.2, test_fraction=0.2, seed=0,
+                  image_size=16)
+    ds = load_seg_folder(**folder, group_key="patient")
     assert sum(len(s) for s in ds.splits.values()) == 10
     assert ds.split("train").masks.shape[1:] == (16, 16) and set(np.unique(ds.split("train").masks)) == {0, 1}
     patients = {name: {int(v) // 20 for v in split.images[:, 0, 0]} for name, split in ds.splits.items()}
     assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["val"])
     (root / "masks" / "case3.png").unlink()
     with pytest.raises(TppError, match="without a mask"):
-        load_seg_folder(seg_cfg(file=str(root), group_key=None), seed=0, size=16)
+        load_seg_folder(**folder)
 
 
 def test_joint_augment_moves_image_and_mask_together():

@@ -59,7 +59,7 @@ def test_tpp_then_segmentation_records_the_hand_off_and_what_it_measured(runs):
     assert n_test > 100 and metrics["test"]["per_class"]["lesion"]["images"] >= 1
     assert 0 < metrics["test"]["dice"] <= 1 and 0 <= metrics["test"]["empty_predictions"] < n_test
     assert metrics["decoder_parameters"] > 0 and metrics["adapter_parameters"] > 0
-    assert metrics["decoder_bytes"] < metrics["adapter_bytes"]
+    assert metrics["head_bytes"] < metrics["adapter_bytes"]
     overlays = sorted((runs / "seg" / "overlays").glob("test_*.png"))
     assert len(overlays) == 16 and Image.open(overlays[0]).size == (64, 64)
     log = [json.loads(line) for line in (runs / "seg" / "log.jsonl").read_text().splitlines()]

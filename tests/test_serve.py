@@ -38,7 +38,7 @@ def test_queued_requests_for_different_sites_run_as_one_batch_each_with_its_adap
         futures = [(s, i, worker.predict(s, world["images"][i:i + 2])) for s, i in jobs]
     for s, i, f in futures:
         result = f.result(HANG_S)
-        assert result.site == s and close(result.probs, world["expected"][s][i:i + 2])
+        assert result.site == s and close(result.outputs, world["expected"][s][i:i + 2])
     assert worker.batches == 1
     worker.stop()
 
@@ -48,7 +48,7 @@ def test_a_batch_never_spans_more_sites_than_stay_resident(world):
     with paused(worker):
         futures = {s: worker.predict(s, world["images"][:3]) for s in SITES}
     for s, f in futures.items():
-        assert close(f.result(HANG_S).probs, world["expected"][s][:3])
+        assert close(f.result(HANG_S).outputs, world["expected"][s][:3])
     assert worker.batches == -(-len(SITES) // 2) and len(worker.bank.resident) == 2  # ceil: 2 sites per batch
     worker.stop()
 
@@ -77,7 +77,7 @@ def test_concurrent_threads_and_a_reload_never_mix_versions(world, tmp_path):
         t.join()
     expected[new] = expected.pop(None)
     assert {r.version for r in results} == {old, new}
-    assert all(close(r.probs, expected[r.version]) for r in results)
+    assert all(close(r.outputs, expected[r.version]) for r in results)
     worker.stop()
 
 

@@ -48,3 +48,26 @@ def test_evaluate_needs_an_existing_adapter_directory(tiny_mae, data_root, tmp_p
     code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           f"adapter.path={tmp_path / 'gone'}")
     assert code == 2 and "gone' does not exist" in text
+
+
+def test_a_config_is_validated_against_its_own_recipe(tiny_mae, data_root, capsys):
+    code, text = validate(capsys, TPP, f"backbone.path={tiny_mae}", f"data.root={data_root}")
+    assert code == 0 and "(recipe tpp," in text
+    code, text = validate(capsys, TPP, "pretext.mask_ratio=0.5", "task=segmentation")  # tpp reads pretext, not task
+    assert code == 2 and text == "error: task: the tpp recipe does not use task (finetune does).\n"
+    code, text = validate(capsys, FINETUNE, "pretext.mask_ratio=0.9")
+    assert code == 2 and text == ("error: pretext.mask_ratio: the finetune recipe does not use the pretext section "
+                                  "(pretrain_backbone and tpp do).\n")
+    code, text = validate(capsys, TPP, "recipe=finetune")
+    assert code == 2 and "is written for the tpp recipe (recipe: tpp), not finetune" in text
+
+
+def test_every_config_problem_is_one_error_with_a_line_each(capsys):
+    code, text = validate(capsys, FINETUNE, "train.lrr=1", "model.hidden_size=7", "adapter.r=0", "seed=-1")
+    assert code == 2 and "Traceback" not in text
+    assert text.splitlines() == [
+        "error: 4 config problems:",
+        "  - model.hidden_size: the finetune recipe does not use the model section (pretrain_backbone does).",
+        "  - adapter.r must be at least 1, got 0.",
+        "  - unknown config key 'train.lrr'; did you mean train.lr?",
+        "  - seed must be an integer in 0 .. 2**32 - 1 (4294967295), got -1."]

@@ -30,18 +30,6 @@ def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
     return to_model_tensor(images, info.channels, info.input_size, info.mean, info.std)
 
 
-def classification_task(dataset: Dataset) -> dict:
-    return {"type": "classification", "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
-            "head": "linear on the mean of patch tokens"}
-
-
-def require_labels(dataset: Dataset) -> None:
-    if not dataset.class_names or any(s.labels is None for s in dataset.splits.values()):
-        raise TppError(f"dataset '{dataset.name}' has no labels; fine-tuning and evaluation need a labelled source.")
-    if dataset.num_classes < 2:
-        raise TppError(f"dataset '{dataset.name}' has {dataset.num_classes} class; classification needs at least 2.")
-
-
 def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, str, dict, list[str]]:
     """Read the ``init_from`` card and merge options: method and inherited options come from the
     parent. A different value given on the command line is a config error; one from the config file
@@ -119,7 +107,7 @@ def check_leakage(parent_card: dict, dataset: Dataset, source: str) -> None:
     """Refuse a parent adapter pre-trained on the same image collection (``origin``; known for MedMNIST
     sets, e.g. BreastMNIST's is BUSI) unless it saw exactly this dataset's training split (same image
     hash) and nothing else: otherwise it may have seen this run's validation or test images."""
-    from tpp.data.sources import MEDMNIST_ORIGINS
+    from tpp.data.arrays import MEDMNIST_ORIGINS
 
     seen = parent_card.get("data", {})
     origin = seen.get("origin") or MEDMNIST_ORIGINS.get(seen.get("name"))

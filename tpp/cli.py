@@ -49,6 +49,7 @@ EXAMPLES = {
     "validate": """examples:
   tpp validate recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml
   tpp validate my_site.yaml train.lr=3e-4 data.label_fraction=0.1
+  tpp validate my_site.yaml recipe=evaluate adapter.path=runs/site_a/adapter   # as evaluate would read it
   tpp validate --keys        # every config key with its type, default and help""",
 }
 
@@ -164,18 +165,26 @@ def _config_path(name: str) -> Path:
 
 def cmd_ls(args) -> int:
     from tpp.adapters import all_methods
+    from tpp.data.sources import all_sources
     from tpp.pretext import all_pretexts
     from tpp.recipes import CONFIG_DIR, RECIPES, shipped_configs
+    from tpp.tasks import all_tasks
 
     print("recipes:")
-    for name, text in RECIPES.items():
-        print(f"  {name:<18} {text}")
+    for name, recipe in RECIPES.items():
+        print(f"  {name:<18} {recipe.summary}")
     print("adapter methods:")
     for m in all_methods():
         print(f"  {m.name:<18} {m.summary}")
     print("pretexts (pretext.name):")
     for p in all_pretexts():
         print(f"  {p.name:<18} {p.summary}")
+    print("data sources (data.source):")
+    for s in all_sources():
+        print(f"  {s.name:<18} {s.summary}")
+    print("tasks (task; options in the section named after the task):")
+    for t in all_tasks():
+        print(f"  {t.name:<18} {t.summary}")
     print(f"configs ({CONFIG_DIR}):")
     for path in shipped_configs():
         print(f"  {path.relative_to(CONFIG_DIR)}")
@@ -239,7 +248,7 @@ def _launch(args) -> int:
 
     from tpp.config import load_config
 
-    load_config(_config_path(args.config), args.overrides)  # config errors now, not once per rank under torchrun
+    load_config(_config_path(args.config), args.overrides, recipe=args.recipe)  # config errors now, not once per rank
     if args.num_processes > (os.cpu_count() or 1) * 4:
         raise TppError(f"--num-processes {args.num_processes} is far beyond this machine's {os.cpu_count()} CPUs.")
     with socket.socket() as sock:

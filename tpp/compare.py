@@ -2,10 +2,10 @@
 
 Each run folder is read as it is: ``config.yaml`` (which recipe wrote it), ``status.json``, ``metrics.json``
 and, where there is one, the adapter card. A small mapping from the recipe to a function gives the run's
-row; what a split's metrics hold (``auroc`` or ``dice``) decides the task columns, so a classification and
-a segmentation fine-tune (or their evaluations) sit in the same table. A value a run does not have is
-``None`` (``-`` in the table, an empty cell in the CSV); a column no run has is left out of the table, while
-the CSV always has every column, with raw numbers.
+row; the registered task whose main metric a split's metrics hold (``auroc``, ``dice`` ...) fills its own
+columns, so a classification and a segmentation fine-tune (or their evaluations) sit in the same table. A
+value a run does not have is ``None`` (``-`` in the table, an empty cell in the CSV); a column no run has is
+left out of the table, while the CSV always has every column, with raw numbers.
 """
 from __future__ import annotations
 
@@ -37,12 +37,15 @@ def _number(spec: str, suffix: str = "") -> Callable[[object, dict], str]:
     return fmt
 
 
-def _auroc(value, row) -> str:
-    text = _number(".3f")(value, row)
-    low, high = row.get("auroc_ci95_low"), row.get("auroc_ci95_high")
-    if low is None or high is None:
-        return text
-    return f"{text} [{_number('.3f')(low, row)}, {_number('.3f')(high, row)}]"
+def _with_interval(key: str, spec: str) -> Callable[[object, dict], str]:
+    """A task metric, followed by its 95% interval when the row has ``<key>_ci95_low`` / ``_high``."""
+    def fmt(value, row):
+        text = _number(spec)(value, row)
+        low, high = row.get(f"{key}_ci95_low"), row.get(f"{key}_ci95_high")
+        if low is None or high is None:
+            return text
+        return f"{text} [{_number(spec)(low, row)}, {_number(spec)(high, row)}]"
+    return fmt
 
 
 def _size(value, row) -> str:
@@ -51,7 +54,16 @@ def _size(value, row) -> str:
     return f"{value / 1024:.0f} KiB" if value < 1024 ** 2 else f"{value / 1024 ** 2:.1f} MiB"
 
 
-COLUMNS = [
+def _task_columns() -> list[Column]:
+    """Each registered task's columns (a header of None: CSV only), a metric followed by its interval where
+    the row has one."""
+    from tpp.tasks import all_tasks
+
+    return [Column(key, header, _with_interval(key, spec))
+            for task in all_tasks() for key, header, spec in task.columns]
+
+
+HEAD_COLUMNS = [
     Column("run", "run", always=True),
     Column("path", None),
     Column("recipe", "recipe", always=True),
@@ -61,17 +73,18 @@ COLUMNS = [
     Column("label_fraction", "labels", _number("g")),
     Column("adapter_init", "adapter init"),
     Column("split", "split"),
-    Column("auroc", "AUROC [95% CI]", _auroc),
-    Column("auroc_ci95_low", None),
-    Column("auroc_ci95_high", None),
-    Column("accuracy", "accuracy", _number(".3f")),
-    Column("dice", "Dice", _number(".3f")),
-    Column("iou", "IoU", _number(".3f")),
+]
+TAIL_COLUMNS = [
     Column("pretext_loss", "pretext loss", _number(".4f")),
     Column("trainable_parameters", "trainable", _number(","), always=True),
     Column("saved_bytes", "saved", _size, always=True),
     Column("wall_time_s", "wall time", _number(".0f", " s"), always=True),
 ]
+
+
+def columns() -> list[Column]:
+    """Every column in order: the run's description, each task's metrics, sizes and time."""
+    return HEAD_COLUMNS + _task_columns() + TAIL_COLUMNS
 
 
 @dataclass
@@ -123,17 +136,11 @@ def _log_time(path: Path):
 
 
 def _task_metrics(result) -> dict:
-    """The task's main metrics of one split's results: what the results hold decides the task."""
-    if not isinstance(result, dict):
-        return {}
-    if "auroc" in result:
-        ci = result.get("auroc_ci95")
-        low, high = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
-        return {"task": "classification", "auroc": result["auroc"], "auroc_ci95_low": low, "auroc_ci95_high": high,
-                "accuracy": result.get("accuracy")}
-    if "dice" in result:
-        return {"task": "segmentation", "dice": result["dice"], "iou": result.get("iou")}
-    return {}
+    """The task's columns of one split's results: the task whose main metric they hold fills them."""
+    from tpp.tasks import task_of_result
+
+    task = task_of_result(result)
+    return {"task": task.name, **task.compare_values(result)} if task else {}
 
 
 def _init(card: dict, init_from) -> str:
@@ -263,7 +270,7 @@ def compare_runs(paths: list) -> list[dict]:
     names = [run.path.name or str(run.path) for run in runs]
     rows = []
     for run, name, given in zip(runs, names, paths):
-        row = dict.fromkeys(c.key for c in COLUMNS)
+        row = dict.fromkeys(c.key for c in columns())
         row.update(ROWS[run.recipe](run))
         row.update(run=name if names.count(name) == 1 else str(given), path=str(given), recipe=run.recipe)
         if row["wall_time_s"] is None:
@@ -274,16 +281,16 @@ def compare_runs(paths: list) -> list[dict]:
 
 def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     """Header and formatted cells: the printed columns some run has a value in (and the ``always`` ones)."""
-    cols = [c for c in COLUMNS if c.header and (c.always or any(r.get(c.key) is not None for r in rows))]
+    cols = [c for c in columns() if c.header and (c.always or any(r.get(c.key) is not None for r in rows))]
     cells = [[MISSING if r.get(c.key) is None else c.fmt(r[c.key], r) for c in cols] for r in rows]
     return [c.header for c in cols], cells
 
 
 def csv_text(rows: list[dict]) -> str:
     """Every column, raw values (floats at full precision), empty where a run has no value."""
-    out = io.StringIO()
+    out, cols = io.StringIO(), columns()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([c.key for c in COLUMNS])
+    writer.writerow([c.key for c in cols])
     for r in rows:
-        writer.writerow(["" if r.get(c.key) is None else r[c.key] for c in COLUMNS])
+        writer.writerow(["" if r.get(c.key) is None else r[c.key] for c in cols])
     return out.getvalue()

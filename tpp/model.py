@@ -14,27 +14,15 @@ from tpp.backbones import Encoder, is_adapter_key, resolve_targets
 from tpp.errors import TppError
 
 
-class ClassificationHead(nn.Module):
-    """Linear layer on the mean of the patch tokens: (B, N, D) -> logits (B, K)."""
-
-    def __init__(self, hidden_size: int, num_classes: int):
-        super().__init__()
-        self.linear = nn.Linear(hidden_size, num_classes)
-
-    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
-        return self.linear(patch_tokens.mean(dim=1))
-
-
 def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """The card's head (classification head or segmentation decoder) holding exactly ``state``."""
-    task = card["task"]
-    try:
-        if task.get("type") == "segmentation":
-            from tpp.segmentation import decoder_from_spec
+    """The head of the card's task (classifier, decoder ...) holding exactly ``state``."""
+    from tpp.tasks import task_of_card
 
-            head = decoder_from_spec(task["decoder"], hidden_size, card["input"]["channels"])
-        else:
-            head = ClassificationHead(hidden_size, task["num_classes"])
+    task = task_of_card(card)
+    if task is None:
+        raise TppError(f"'{source}': the card names no registered task ({card.get('task')!r:.100}).")
+    try:
+        head = task.head_from_card(card["task"], hidden_size, card["input"]["channels"])
         head.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise TppError(f"'{source}' does not fit the head in the card "
@@ -43,7 +31,9 @@ def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], sou
 
 
 class TaskModel(nn.Module):
-    """``forward(pixel_values (B, C, H, W)) -> logits (B, K)`` through the adapted encoder and a head."""
+    """``forward(pixel_values (B, C, H, W)) -> logits`` through the adapted encoder and a task head
+    (classification (B, K), segmentation (B, K, H, W) ...). Every head takes
+    ``(patch_tokens (B, N, D), grid (h, w), pixel_values)``."""
 
     def __init__(self, encoder: Encoder, head: nn.Module):
         super().__init__()
@@ -51,7 +41,8 @@ class TaskModel(nn.Module):
         self.head = head
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder.patch_tokens(self.encoder(pixel_values)))
+        tokens = self.encoder.patch_tokens(self.encoder(pixel_values))
+        return self.head(tokens, self.encoder.grid(pixel_values), pixel_values)
 
 
 def attach_adapter(encoder: Encoder, method_name: str, options: dict,

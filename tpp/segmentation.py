@@ -4,7 +4,8 @@ Pieces (B images, C channels, H x W input pixels, patch p, grid h = H / p, w = W
 patch tokens of width D, K mask classes):
   Encoder.patch_tokens -> tokens_to_grid -> SegmentationDecoder -> logits (B, K, H, W)
   segmentation_loss(logits, masks)  cross-entropy + soft Dice on the foreground classes
-The decoder is saved with the site adapter (``head.safetensors``) like a classification head.
+The decoder is the segmentation task's head (``tpp.tasks.segmentation``), saved with the site adapter
+(``head.safetensors``) like a classification head.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tpp.backbones import Encoder
 from tpp.errors import TppError
 
 if TYPE_CHECKING:
@@ -67,37 +67,24 @@ class SegmentationDecoder(nn.Module):
         return self.classifier(x)
 
 
-def build_decoder(seg_cfg, hidden_size: int, num_classes: int, image_channels: int,
+def build_decoder(options, hidden_size: int, num_classes: int, image_channels: int,
                   patch_size: int) -> SegmentationDecoder:
-    if 2 ** len(seg_cfg.decoder_channels) > 4 * patch_size:
-        raise TppError(f"segmentation.decoder_channels has {len(seg_cfg.decoder_channels)} x2 stages for patch size "
+    if 2 ** len(options.decoder_channels) > 4 * patch_size:
+        raise TppError(f"segmentation.decoder_channels has {len(options.decoder_channels)} x2 stages for patch size "
                        f"{patch_size}: at most {int(math.log2(4 * patch_size))}.")
-    return SegmentationDecoder(hidden_size, num_classes, image_channels, tuple(seg_cfg.decoder_channels),
-                               seg_cfg.pixel_skip)
+    return SegmentationDecoder(hidden_size, num_classes, image_channels, tuple(options.decoder_channels),
+                               options.pixel_skip)
 
 
-def decoder_spec(seg_cfg, num_classes: int) -> dict:
+def decoder_spec(options, num_classes: int) -> dict:
     """What the card records to rebuild the decoder."""
-    return {"name": "progressive_upsampling", "channels": list(seg_cfg.decoder_channels),
-            "pixel_skip": seg_cfg.pixel_skip, "num_classes": num_classes}
+    return {"name": "progressive_upsampling", "channels": list(options.decoder_channels),
+            "pixel_skip": options.pixel_skip, "num_classes": num_classes}
 
 
 def decoder_from_spec(spec: dict, hidden_size: int, image_channels: int) -> SegmentationDecoder:
     return SegmentationDecoder(hidden_size, spec["num_classes"], image_channels, tuple(spec["channels"]),
                                spec["pixel_skip"])
-
-
-class SegmentationModel(nn.Module):
-    """``forward(pixel_values (B, C, H, W)) -> logits (B, K, H, W)`` through the adapted encoder and decoder."""
-
-    def __init__(self, encoder: Encoder, head: SegmentationDecoder):
-        super().__init__()
-        self.encoder = encoder
-        self.head = head  # named like the classification head: saved and swapped the same way
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder.patch_tokens(self.encoder(pixel_values))
-        return self.head(tokens, self.encoder.grid(pixel_values), pixel_values)
 
 
 def to_mask_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -205,28 +205,36 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
 
 
 @torch.no_grad()
-def predict_probs(accelerator: Accelerator, model: torch.nn.Module, images: torch.Tensor,
-                  batch_size: int) -> torch.Tensor:
-    """Softmax probabilities (N, K) for normalised images (N, C, H, W), in order."""
-    return predict(accelerator, model, images, batch_size, lambda logits: torch.softmax(logits.float(), dim=-1))
+def predict_probs(accelerator: Accelerator, model: torch.nn.Module, images, batch_size: int,
+                  num_workers: int = 0) -> torch.Tensor:
+    """Softmax probabilities (N, K) for images (see :func:`predict`), in order."""
+    return predict(accelerator, model, images, batch_size, lambda logits: torch.softmax(logits.float(), dim=-1),
+                   num_workers)
 
 
-def predict(accelerator: Accelerator, model: torch.nn.Module, images: torch.Tensor, batch_size: int,
-            postprocess) -> torch.Tensor:
-    """``postprocess(model(batch))`` for normalised images (N, C, H, W), concatenated in order.
+def predict(accelerator: Accelerator, model: torch.nn.Module, images, batch_size: int, postprocess,
+            num_workers: int = 0) -> torch.Tensor:
+    """``postprocess(model(batch))`` for every image, concatenated in order. ``images``: normalised
+    (N, C, H, W), or :class:`tpp.data.stream.ModelInputs` (stored images converted one batch at a time, in
+    ``num_workers`` processes).
 
     With several processes each computes a contiguous shard and the shards are gathered, so every
     image is evaluated exactly once and every process returns all N rows.
     """
+    from tpp.data.stream import index_batches
+
     model = accelerator.unwrap_model(model).eval()  # no collective calls inside the forward
     world, rank = accelerator.num_processes, accelerator.process_index
     shards = torch.arange(len(images)).tensor_split(world) if len(images) >= world > 1 else [torch.arange(len(images))]
-    mine = images[shards[rank]] if len(shards) > 1 else images
+    mine = shards[rank] if len(shards) > 1 else shards[0]
+    if isinstance(images, torch.Tensor):
+        batches = (images[chunk] for chunk in mine.split(batch_size))
+    else:
+        batches = index_batches(images, mine, batch_size, num_workers)
     out = []
-    for start in range(0, len(mine), batch_size):
-        batch = mine[start:start + batch_size].to(accelerator.device)
+    for batch in batches:
         with accelerator.autocast(), torch.no_grad():
-            out.append(postprocess(model(batch)).cpu())
+            out.append(postprocess(model(batch.to(accelerator.device))).cpu())
     rows = torch.cat(out)
     if len(shards) == 1:
         return rows

@@ -316,8 +316,8 @@ def test_a_huge_png_in_a_training_folder_is_a_clear_error_or_skipped(tmp_path, w
     write_pngs(tmp_path / "site", 6)
     (tmp_path / "site" / "huge.png").write_bytes(zero_png(width, height, level=1))
     with pytest.raises(TppError, match=r"image '.*huge\.png' cannot be read \(ImageTooLarge: .*on_bad_file=skip"):
-        load_unlabeled_folder("u", str(tmp_path), "site", "US", 28)
-    data = load_unlabeled_folder("u", str(tmp_path), "site", "US", 28, on_bad_file="skip")
+        load_unlabeled_folder("u", str(tmp_path), "site", modality="US", image_size=28)
+    data = load_unlabeled_folder("u", str(tmp_path), "site", modality="US", image_size=28, on_bad_file="skip")
     assert len(data.split("train")) == 6 and [p.rsplit("/", 1)[-1] for p, _ in data.skipped] == ["huge.png"]
     assert "too large" in data.skipped[0][1] or "per-image limit of 67,108,864" in data.skipped[0][1]
 
@@ -327,9 +327,10 @@ def test_dangling_symlinks_in_an_image_folder_are_reported_like_bad_files(tmp_pa
         write_pngs(tmp_path / "site" / c, 10, value)
     (tmp_path / "site" / "benign" / "ghost.png").symlink_to(tmp_path / "gone.png")
     with pytest.raises(TppError, match=r"ghost\.png' cannot be read \(dangling symbolic link.*on_bad_file=skip"):
-        load_folder("site", str(tmp_path), "site", "US", 28, None, None, 0.2, 0.2, 0)
-    data = load_folder("site", str(tmp_path), "site", "US", 28, None, None, 0.2, 0.2, 0, on_bad_file="skip")
+        load_folder("site", str(tmp_path), "site", modality="US", image_size=28, val_fraction=0.2, test_fraction=0.2)
+    data = load_folder("site", str(tmp_path), "site", modality="US", image_size=28, val_fraction=0.2,
+                       test_fraction=0.2, on_bad_file="skip")
     assert [(p.rsplit("/", 1)[-1], "gone.png" in r) for p, r in data.skipped] == [("ghost.png", True)]
     assert sum(len(s) for s in data.splits.values()) == 20
-    unlabeled = load_unlabeled_folder("u", str(tmp_path), "site", "US", 28, on_bad_file="skip")
+    unlabeled = load_unlabeled_folder("u", str(tmp_path), "site", modality="US", image_size=28, on_bad_file="skip")
     assert len(unlabeled.skipped) == 1 and len(unlabeled.split("train")) == 20

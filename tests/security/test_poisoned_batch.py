@@ -31,7 +31,7 @@ def world(tmp_path_factory):
 class Broken(torch.nn.Module):
     """A head that fails the way a card that does not fit its tensors does, once in a batch."""
 
-    def forward(self, tokens):
+    def forward(self, tokens, grid=None, pixel_values=None):
         raise IndexError("index 7 is out of bounds for dimension 1 with size 2")
 
 
@@ -45,7 +45,7 @@ def test_a_site_failing_in_a_mixed_batch_fails_its_requests_alone(world):
             with pytest.raises(SiteRefused, match="site 'bad' .*IndexError"):
                 future.result(HANG_S)
         else:
-            assert torch.allclose(torch.tensor(future.result(HANG_S).probs), world["expected"][site][:2], atol=1e-5)
+            assert torch.allclose(torch.tensor(future.result(HANG_S).outputs), world["expected"][site][:2], atol=1e-5)
     assert worker.batches == 1
     refused = worker.call(lambda bank: dict(bank.refused)).result(HANG_S)
     assert list(refused) == ["bad"] and "IndexError" in refused["bad"][1]

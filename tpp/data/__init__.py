@@ -1,6 +1,7 @@
-"""Datasets as in-memory arrays: sources, seeded splits, label fractions and tensor transforms.
+"""Datasets: sources, seeded splits, label fractions and tensor transforms.
 
-Every source returns a :class:`Dataset`: uint8 images per split (N, H, W) or (N, H, W, C), integer
+Every source returns a :class:`Dataset`: uint8 images per split (N, H, W) or (N, H, W, C) (an in-memory
+array, or ``tpp.data.files.ImageFiles``: files decoded when read), integer
 labels (N,) (or None for unlabeled images), for segmentation uint8 class-index masks (N, H, W), class
 names and a DICOM modality code.
 """
@@ -14,6 +15,16 @@ import numpy as np
 # DICOM Modality codes; X-ray codes count as one modality when adapters are compared.
 MODALITY_GROUPS = {"CR": "XRAY", "DX": "XRAY", "RG": "XRAY"}
 KNOWN_MODALITIES = {"US", "CR", "DX", "RG", "CT", "MR", "XC", "SM", "OP", "OCT", "PT", "NM", "MG", "ES", "unknown"}
+
+
+def image_bytes(images):
+    """The bytes of uint8 images (N, H, W[, C]) in order, in chunks: an array at once, files (``ImageFiles``)
+    one decoded image at a time. Their concatenation is the array's C-order bytes either way."""
+    if isinstance(images, np.ndarray):
+        yield np.ascontiguousarray(images).tobytes()
+        return
+    for i in range(len(images)):
+        yield np.ascontiguousarray(images[i]).tobytes()
 
 
 def same_modality(a: str, b: str) -> bool:
@@ -48,6 +59,7 @@ class Dataset:
     split_id: str = "official"  # how the splits were made; seeded splits differ per seed
     origin: str | None = None  # the image collection behind the data (BreastMNIST and BUSI share "BUSI")
     source: str | None = None  # where it was read ('FILE', folder ...), for error messages; never in cards
+    _hash_cache: dict = field(default_factory=dict, repr=False, compare=False)  # labels? -> (splits key, hashes)
 
     @property
     def is_segmentation(self) -> bool:
@@ -71,22 +83,39 @@ class Dataset:
         return len(self.class_names)
 
     def content_hash(self, labels: bool = True) -> str:
-        """sha256 over all splits' image (and label) bytes: identifies the data without paths."""
-        digest = hashlib.sha256()
-        for name in sorted(self.splits):
-            split = self.splits[name]
-            digest.update(name.encode())
-            digest.update(np.ascontiguousarray(split.images).tobytes())
-            if labels and split.labels is not None:
-                digest.update(np.ascontiguousarray(split.labels).tobytes())
-            if labels and split.masks is not None:
-                digest.update(np.ascontiguousarray(split.masks).tobytes())
-        return digest.hexdigest()
+        """sha256 over all splits' image (and label) bytes: identifies the data without paths. With
+        ``labels=False`` labels and masks are not touched."""
+        return self._hashes(labels)["content"]
 
     def split_sha256(self) -> dict[str, str]:
         """Per split, sha256 (16 hex) over its image bytes: equal hashes mean the same images in that split."""
-        return {name: hashlib.sha256(np.ascontiguousarray(split.images).tobytes()).hexdigest()[:16]
-                for name, split in sorted(self.splits.items())}
+        key = self._splits_key()
+        cached = [h for k, h in self._hash_cache.values() if k == key]
+        return dict((cached[0] if cached else self._hashes(False))["splits"])
+
+    def _splits_key(self) -> tuple:
+        return tuple((name, id(split), len(split)) for name, split in sorted(self.splits.items()))
+
+    def _hashes(self, labels: bool) -> dict:
+        """The content hash and the per-split hashes in one pass over the images (files on disk are decoded
+        once, one at a time), cached for these splits."""
+        key = self._splits_key()
+        if labels in self._hash_cache and self._hash_cache[labels][0] == key:
+            return self._hash_cache[labels][1]
+        content, splits = hashlib.sha256(), {}
+        for name in sorted(self.splits):
+            split, own = self.splits[name], hashlib.sha256()
+            content.update(name.encode())
+            for chunk in image_bytes(split.images):
+                content.update(chunk)
+                own.update(chunk)
+            for extra in ((split.labels, split.masks) if labels else ()):
+                if extra is not None:
+                    content.update(np.ascontiguousarray(extra).tobytes())
+            splits[name] = own.hexdigest()[:16]
+        hashes = {"content": content.hexdigest(), "splits": splits}
+        self._hash_cache[labels] = (key, hashes)
+        return hashes
 
     def describe(self, used: dict | None = None, labels: bool = True) -> dict:
         """What an adapter card records: name, modality, content hash and counts (never paths).

@@ -1,69 +1,47 @@
 """From the ``data`` config section to a Dataset and model-ready tensors."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tpp.data import Dataset
-from tpp.data.folders import load_folder, load_unlabeled_folder
-from tpp.data.segmentation import load_seg_folder, load_seg_npz
-from tpp.data.sources import MEDMNIST_ORIGINS, load_medmnist, load_npz, resolve_root
+from tpp.data.arrays import resolve_root
+from tpp.data.sources import get_source
 from tpp.errors import TppError
 
 
 def load_data(data, seed: int, image_size: int, labels: bool = True) -> Dataset:
-    """Dispatch on ``data.source``; ``image_size`` is used to decode folders of mixed sizes.
+    """The data section ``data`` (:class:`tpp.config.DataConfig`) -> Dataset, read by its registered source;
+    ``image_size`` is used to decode folders of mixed sizes.
 
     ``labels=False`` (pre-training): MedMNIST files and .npz files with their own splits are read
     without their label arrays; sources split here by seed still read labels to stratify."""
-    if data.source == "medmnist":
-        dataset = load_medmnist(data.name, data.root, data.download, labels)
-        dataset.origin = MEDMNIST_ORIGINS.get(data.name)
-    elif data.source == "npz":
-        dataset = load_npz(data.name, data.root, data.file, data.image_key, data.label_key, data.class_names_key,
-                           data.classes, data.modality, data.val_fraction, data.test_fraction, seed, labels)
-    elif data.source == "folder":
-        dataset = load_folder(data.name, data.root, data.file, data.modality, image_size, data.classes,
-                              data.group_key, data.val_fraction, data.test_fraction, seed, data.on_bad_file)
-    elif data.source == "seg_npz":
-        dataset = load_seg_npz(data, seed)
-    elif data.source == "seg_folder":
-        dataset = load_seg_folder(data, seed, image_size)
-    else:
-        dataset = load_unlabeled_folder(data.name, data.root, data.file, data.modality, image_size, data.on_bad_file)
-        dataset.split_id = "all images"
+    dataset = get_source(data.source).load(data, data.resolved(), seed, image_size, labels)
     dataset.origin = data.origin or dataset.origin
-    if dataset.source is None:  # image folders: where they were read, for error messages (never in cards)
-        dataset.source = f"folder '{Path(data.root or os.environ.get('TPP_DATA_ROOT', '')) / (data.file or '')}'"
+    dataset.source = dataset.source or f"data.source={data.source}"  # for error messages (never in cards)
     return dataset
 
 
-FOLDER_SOURCES = ("folder", "unlabeled_folder", "seg_folder")  # no modality inside: data.modality is required
-
-
 def preflight(data, root: str | None = None) -> list[str]:
-    """What can be checked of a data section before any image is read: the data root exists, ``data.file``
-    exists under it, and the modality is set where the source cannot know it (``root``: a default root,
-    e.g. the run's ``data.root`` for a pool entry). Returns the problems found."""
+    """What can be checked of a data section before any image is read: the data root exists, the modality is
+    set where the source cannot know it, and what the source checks itself (its files exist ...). ``root``:
+    a default root, e.g. the run's ``data.root`` for a pool entry. Returns the problems found."""
+    source = get_source(data.source)
     problems = []
-    if data.source in FOLDER_SOURCES and (not data.modality or data.modality == "unknown"):
+    if source.needs_modality and (not data.modality or data.modality == "unknown"):
         problems.append(f"dataset '{data.name}': data.source={data.source} needs data.modality (a DICOM modality "
                         "code such as US, CR, CT, MR).")
     try:
         base = resolve_root(data.root or root)
     except TppError as exc:
         return problems + [str(exc)]
-    if data.file and not (base / data.file).exists():
-        problems.append(f"data.file '{data.file}' does not exist under the data root '{base}'.")
-    if data.source == "medmnist" and not data.download and not any(
-            (base / sub / f"{data.name}.npz").is_file() for sub in ("", "medmnist")):
-        problems.append(f"MedMNIST file '{data.name}.npz' is not in '{base}' or '{base / 'medmnist'}' "
-                        "(data.download=true fetches it through the medmnist package).")
-    return problems
+    return problems + source.preflight(data, data.resolved(), base)
+
+
+def data_license(data) -> str:
+    """The licence to record for a data section: declared (data.license), known (MedMNIST), or unknown."""
+    return data.license or get_source(data.source).license(data.name) or "unknown"
 
 
 def channel_rule(image_channels: int, model_channels: int) -> str:

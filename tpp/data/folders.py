@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from tpp.data import Dataset, Split
-from tpp.data.sources import check_modality, filter_classes, resolve_root
+from tpp.data.arrays import check_modality, filter_classes, resolve_root
 from tpp.data.pixels import DEFAULT_LIMITS, ImageTooLarge, pil_size, training_mode
+from tpp.data.files import ImageFiles
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
@@ -37,9 +39,27 @@ def _load_builder(path: Path, drop_labels: bool):
     return ds.cast_column("image", datasets.Image(decode=False))
 
 
+class FolderDecoder:
+    """A file -> uint8 (size, size) gray or (size, size, 3) RGB: the 8-bit training mode, then ``mode`` and a
+    bilinear resize (what every image of the folder gets, read when a batch needs it)."""
+
+    def __init__(self, size: int, mode: str):
+        self.size, self.mode = size, mode
+
+    def __call__(self, path: str) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img.load()
+            img = training_mode(img)
+        return np.asarray(img.convert(self.mode).resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
+
+
 def _decode(paths: list[str], size: int, on_bad_file: str = "error",
-            max_pixels: int | None = None) -> tuple[np.ndarray, list[int], list]:
-    """Decode images to uint8 (M, size, size) gray or (M, size, size, 3) RGB (RGB when any image has colour).
+            max_pixels: int | None = None) -> tuple[ImageFiles, list[int], list]:
+    """Check every image by decoding it once (one at a time: memory stays flat in the number of files) and
+    return them as :class:`ImageFiles` at ``size`` x ``size``, gray, or RGB when any image has colour,
+    decoded again when read.
 
     Unreadable files (zero bytes, truncated, not an image, more than ``max_pixels`` pixels by their header:
     default :class:`tpp.data.pixels.PixelLimits`' per-image limit) fail at once naming the file, or with
@@ -47,10 +67,10 @@ def _decode(paths: list[str], size: int, on_bad_file: str = "error",
     """
     from PIL import Image, UnidentifiedImageError
 
-
     limit = max_pixels or DEFAULT_LIMITS.max_pixels
-    loaded, kept, skipped = [], [], []
-    for i, p in enumerate(paths):
+    kept, skipped, colour = [], [], False
+    for i, p in enumerate(tqdm(paths, desc="checking images", unit="image", disable=len(paths) < 2000,
+                               mininterval=10.0)):
         try:
             if os.path.getsize(p) == 0:
                 raise ValueError("empty file (0 bytes)")
@@ -60,15 +80,15 @@ def _decode(paths: list[str], size: int, on_bad_file: str = "error",
                                     f"limit of {limit:,}")
             with Image.open(p) as img:
                 img.load()
-                loaded.append(training_mode(img))
+                colour = colour or training_mode(img).mode == "RGB"
             kept.append(i)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImageTooLarge) as exc:
             _bad_file(p, f"{type(exc).__name__}: {exc}", on_bad_file, skipped)
-    if not loaded:
+    if not kept:
         raise TppError(f"none of the {len(paths)} images could be read (first: {paths[0] if paths else '-'}).")
-    mode = "RGB" if any(img.mode == "RGB" for img in loaded) else "L"
-    arrays = [np.asarray(img.convert(mode).resize((size, size), Image.BILINEAR)) for img in loaded]
-    return np.stack(arrays).astype(np.uint8), kept, skipped
+    mode = "RGB" if colour else "L"
+    shape = (size, size, 3) if colour else (size, size)
+    return ImageFiles([paths[i] for i in kept], FolderDecoder(size, mode), shape), kept, skipped
 
 
 def _bad_file(path, reason: str, on_bad_file: str, skipped: list) -> None:
@@ -93,9 +113,9 @@ def _dangling_links(path: Path, on_bad_file: str) -> list:
     return skipped
 
 
-def load_folder(name: str, root: str | None, file: str | None, modality: str | None, image_size: int,
-                classes: list | None, group_key: str | None, val_fraction: float, test_fraction: float,
-                seed: int, on_bad_file: str = "error") -> Dataset:
+def load_folder(name: str, root: str | None, file: str | None, *, modality: str | None, image_size: int,
+                classes: list | None = None, group_key: str | None = None, val_fraction: float = 0.1,
+                test_fraction: float = 0.2, seed: int = 0, on_bad_file: str = "error") -> Dataset:
     """Labelled image folder -> Dataset with train/val/test splits (images resized to ``image_size``).
 
     Unreadable images fail or are skipped (``on_bad_file``; ``Dataset.skipped`` lists them); an empty
@@ -125,7 +145,7 @@ def load_folder(name: str, root: str | None, file: str | None, modality: str | N
                        "(or all of theirs were skipped); the model could never learn them. Add training images "
                        "or remove the class.")
     split_id = "the folder's own" if len(ds) > 1 else seeded_split_id(seed, val_fraction, test_fraction, group_key)
-    dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id)
+    dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id, source=f"folder '{path}'")
     if classes:
         dataset.splits, dataset.class_names = filter_classes(dataset.splits, names, classes, path)
     return dataset
@@ -178,9 +198,9 @@ def _write_splits(path: Path, splits: dict, seed: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_unlabeled_folder(name: str, root: str | None, file: str | None, modality: str | None,
+def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, modality: str | None,
                           image_size: int, on_bad_file: str = "error") -> Dataset:
-    """Every image below a folder as one unlabeled 'train' split (labels None)."""
+    """Every image below a folder as one unlabeled 'train' split (labels None, split id "all images")."""
     path = _folder(root, file)
     modality = check_modality(modality, name, required=True)
     dangling = _dangling_links(path, on_bad_file)  # before the builder, which drops them silently
@@ -189,4 +209,5 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, modalit
     if not paths:
         raise TppError(f"image folder '{path}' holds no images.")
     images, _, skipped = _decode(paths, image_size, on_bad_file)
-    return Dataset(name, modality, [], {"train": Split(images, None)}, skipped=dangling + skipped)
+    return Dataset(name, modality, [], {"train": Split(images, None)}, skipped=dangling + skipped,
+                   split_id="all images", source=f"folder '{path}'")

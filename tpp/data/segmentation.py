@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tpp.data import Dataset, Split
-from tpp.data.sources import _array, _images, _label_values, _not_empty, _open_npz, check_modality, resolve_root
+from tpp.data.arrays import _array, _images, _label_values, _not_empty, _open_npz, check_modality, resolve_root
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
@@ -37,75 +37,86 @@ def class_indices(mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     return mask.astype(np.uint8)
 
 
-def mask_class_names(data, label_names: list | None) -> list[str]:
-    """Names of the mask values. ``binary``: background + foreground (``data.classes`` may rename the two);
-    ``indices``: ``data.classes`` names values 0..K-1; ``from_label``: background + one lesion class per
-    image label (``data.classes``, if given, must equal those names)."""
-    if data.mask_classes == "indices":
-        if not data.classes or len(data.classes) < 2:
+def mask_class_names(mask_classes: str, classes: list | None, label_names: list | None) -> list[str]:
+    """Names of the mask values. ``binary``: background + foreground (``classes`` may rename the two);
+    ``indices``: ``classes`` names values 0..K-1; ``from_label``: background + one lesion class per
+    image label (``classes``, if given, must equal those names)."""
+    if mask_classes == "indices":
+        if not classes or len(classes) < 2:
             raise TppError("data.mask_classes=indices needs data.classes: the names of mask values 0..K-1, "
                            "background first.")
-        return list(data.classes)
-    if data.mask_classes == "from_label":
+        return list(classes)
+    if mask_classes == "from_label":
         if not label_names:
             raise TppError("data.mask_classes=from_label needs per-image labels with names (seg_npz: data.label_key "
                            "and data.class_names_key).")
         names = ["background"] + [n if "lesion" in n else f"{n} lesion" for n in label_names]
-        if data.classes and list(data.classes) != names:
-            raise TppError(f"data.classes {list(data.classes)} differ from the classes derived from the labels "
+        if classes and list(classes) != names:
+            raise TppError(f"data.classes {list(classes)} differ from the classes derived from the labels "
                            f"({names}); omit data.classes or list exactly those, in that order.")
         return names
-    if data.classes and len(data.classes) != 2:
-        raise TppError(f"data.classes names {len(data.classes)} classes, binary masks have 2 (background, "
+    if classes and len(classes) != 2:
+        raise TppError(f"data.classes names {len(classes)} classes, binary masks have 2 (background, "
                        "foreground); for more classes use data.mask_classes=indices.")
-    return list(data.classes) if data.classes else ["background", "foreground"]
+    return list(classes) if classes else ["background", "foreground"]
 
 
-def load_seg_npz(data, seed: int) -> Dataset:
-    """``data.file`` with keys images (N, H, W[, C]) and masks (N, H, W); optional per-image labels
-    (``data.label_key``, for stratification and ``mask_classes=from_label``) and groups (``data.group_key``)."""
-    if not data.file:
+def load_seg_npz(name: str, root: str | None, file: str | None, *, image_key: str = "images",
+                 mask_key: str = "masks", label_key: str = "labels", class_names_key: str | None = "class_names",
+                 mask_classes: str = "binary", classes: list | None = None, group_key: str | None = None,
+                 modality: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 seed: int = 0) -> Dataset:
+    """``file`` with keys ``image_key`` (N, H, W[, C]) and ``mask_key`` (N, H, W); optional per-image labels
+    (``label_key``, for stratification and ``mask_classes=from_label``) and groups (``group_key``), split
+    here by ``seed``."""
+    if not file:
         raise TppError("data.source=seg_npz needs data.file (path of the .npz, relative to data.root).")
-    path = Path(data.file) if Path(data.file).is_absolute() else resolve_root(data.root) / data.file
+    path = Path(file) if Path(file).is_absolute() else resolve_root(root) / file
     if not path.is_file():
         raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
     npz = _open_npz(path)
-    images = _images(_array(npz, data.image_key, path), f"'{path}' {data.image_key}")
-    _not_empty(images, f"'{path}' {data.image_key}")
-    masks = _array(npz, data.mask_key, path)
+    images = _images(_array(npz, image_key, path), f"'{path}' {image_key}")
+    _not_empty(images, f"'{path}' {image_key}")
+    masks = _array(npz, mask_key, path)
     if masks.shape != images.shape[:3]:
         raise TppError(f"'{path}': masks have shape {masks.shape}, images {images.shape}; every image needs "
                        "one mask of its own height and width.")
     labels = label_names = None
-    if data.label_key in npz.files:
-        labels = _label_values(_array(npz, data.label_key, path), f"'{path}' {data.label_key}")
+    if label_key in npz.files:
+        labels = _label_values(_array(npz, label_key, path), f"'{path}' {label_key}")
         if len(labels) != len(images):
             raise TppError(f"'{path}': {len(labels)} labels for {len(images)} images.")
-        if data.class_names_key and data.class_names_key in npz.files:
-            label_names = [str(n) for n in np.atleast_1d(_array(npz, data.class_names_key, path))]
-    names = mask_class_names(data, label_names)
-    masks = class_indices(masks, 2 if data.mask_classes == "from_label" else len(names), f"'{path}' {data.mask_key}")
-    if data.mask_classes == "from_label":
+        if class_names_key and class_names_key in npz.files:
+            label_names = [str(n) for n in np.atleast_1d(_array(npz, class_names_key, path))]
+    names = mask_class_names(mask_classes, classes, label_names)
+    masks = class_indices(masks, 2 if mask_classes == "from_label" else len(names), f"'{path}' {mask_key}")
+    if mask_classes == "from_label":
         if labels.min() < 0 or labels.max() >= len(names) - 1:
-            raise TppError(f"'{path}' {data.label_key}: labels must lie in 0..{len(names) - 2} "
-                           f"({data.class_names_key} names {len(names) - 1}).")
+            raise TppError(f"'{path}' {label_key}: labels must lie in 0..{len(names) - 2} "
+                           f"({class_names_key} names {len(names) - 1}).")
         masks = (masks > 0) * (1 + labels[:, None, None]).astype(np.uint8)
     groups = None
-    if data.group_key:
-        groups = np.asarray(_array(npz, data.group_key, path)).reshape(-1)
+    if group_key:
+        groups = np.asarray(_array(npz, group_key, path)).reshape(-1)
         if len(groups) != len(images):
-            raise TppError(f"'{path}': {len(groups)} group ids ({data.group_key}) for {len(images)} images.")
-    dataset = _split(data, images, masks.astype(np.uint8), labels, groups, names, seed)
+            raise TppError(f"'{path}': {len(groups)} group ids ({group_key}) for {len(images)} images.")
+    split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
+                 group_key=group_key, seed=seed)
+    dataset = _split(images, masks.astype(np.uint8), labels, groups, names, **split)
     dataset.source = f"'{path}'"
     return dataset
 
 
-def load_seg_folder(data, seed: int, size: int) -> Dataset:
-    """``DIR/images/<name>`` + ``DIR/masks/<name>`` (same file stem), resized to ``size`` (images
-    bilinear, masks nearest). Groups: a ``metadata.csv`` column (``file_name`` + ``data.group_key``)."""
+def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size: int, mask_classes: str = "binary",
+                    classes: list | None = None, group_key: str | None = None, modality: str | None = None,
+                    val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                    on_bad_file: str = "error") -> Dataset:
+    """``DIR/images/<name>`` + ``DIR/masks/<name>`` (same file stem), resized to ``image_size`` (images
+    bilinear, masks nearest), split here by ``seed``. Groups: a ``metadata.csv`` column (``file_name`` +
+    ``group_key``)."""
     from tpp.data.folders import _decode, _folder
 
-    root = _folder(data.root, data.file)
+    root = _folder(root, file)
     image_dir, mask_dir = root / "images", root / "masks"
     for d in (image_dir, mask_dir):
         if not d.is_dir():
@@ -119,12 +130,15 @@ def load_seg_folder(data, seed: int, size: int) -> Dataset:
     if not image_files:
         raise TppError(f"'{image_dir}' holds no images.")
     stems = sorted(image_files)
-    images, kept, skipped = _decode([str(image_files[s]) for s in stems], size, data.on_bad_file)
+    images, kept, skipped = _decode([str(image_files[s]) for s in stems], image_size, on_bad_file)
+    images = np.asarray(images)  # masks are in memory too: segmentation sets are small
     stems = [stems[i] for i in kept]
-    names = mask_class_names(data, None)
-    masks = np.stack([_read_mask(mask_files[s], size, len(names)) for s in stems])
-    groups = _folder_groups(root, stems, image_files, data.group_key) if data.group_key else None
-    dataset = _split(data, images, masks, None, groups, names, seed)
+    names = mask_class_names(mask_classes, classes, None)
+    masks = np.stack([_read_mask(mask_files[s], image_size, len(names)) for s in stems])
+    groups = _folder_groups(root, stems, image_files, group_key) if group_key else None
+    split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
+                 group_key=group_key, seed=seed)
+    dataset = _split(images, masks, None, groups, names, **split)
     dataset.skipped, dataset.source = skipped, f"folder '{root}'"
     return dataset
 
@@ -165,12 +179,15 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
     return np.unique(np.asarray([by_name[s] for s in stems]), return_inverse=True)[1]
 
 
-def _split(data, images, masks, labels, groups, names, seed) -> Dataset:
+def _split(images, masks, labels, groups, names, *, name: str, modality: str | None, val_fraction: float,
+           test_fraction: float, group_key: str | None, seed: int) -> Dataset:
+    """Seeded split of images (N, H, W[, C]) + masks (N, H, W), stratified by ``labels`` (N,) when given and
+    keeping each of ``groups`` (N,) in one split."""
     strata = labels if labels is not None else np.zeros(len(images), dtype=np.int64)
-    index = stratified_split(strata, data.val_fraction, data.test_fraction, data.name, seed, groups)
+    index = stratified_split(strata, val_fraction, test_fraction, name, seed, groups)
     splits = {k: Split(images[i], strata[i], masks[i]) for k, i in index.items()}
-    split_id = seeded_split_id(seed, data.val_fraction, data.test_fraction, data.group_key)
-    return Dataset(data.name, check_modality(data.modality, data.name), names, splits, split_id=split_id)
+    split_id = seeded_split_id(seed, val_fraction, test_fraction, group_key)
+    return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id)
 
 
 def joint_augment(images: torch.Tensor, masks: torch.Tensor, scale: tuple = (0.8, 1.0), flip: bool = True,

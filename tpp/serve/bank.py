@@ -36,6 +36,7 @@ from tpp.errors import TppError
 from tpp.serve.images import to_model_input
 from tpp.serve.integrity import BackboneGuard, check_adapter
 from tpp.model import attach_adapter, build_head, load_adapter_state
+from tpp.tasks import Task, task_of_card
 
 BASE = "__base__"  # peft's name for "no adapter" in ``adapter_names``
 
@@ -64,9 +65,9 @@ class Site:
         return self.card["input"]
 
     @property
-    def task(self) -> str:
-        """``classification`` (rows give probabilities) or ``segmentation`` (rows give masks)."""
-        return self.card["task"]["type"]
+    def task(self) -> Task:
+        """The card's registered task: what its rows hold (probabilities, masks ...) and how they are served."""
+        return task_of_card(self.card)
 
 
 def share_weights_copy(module: nn.Module) -> nn.Module:
@@ -222,7 +223,7 @@ class AdapterBank:
         except Exception:
             self._drop(site)
             raise
-        expected = (len(site.label_names),) if site.task == "classification" else tuple(site.card["task"]["mask_size"])
+        expected = site.task.output_shape(site.card["task"])
         if tuple(out.shape) != expected:
             self._drop(site)
             raise TppError(f"site '{site.name}' version {site.version}: outputs of shape {tuple(out.shape)}, "
@@ -318,10 +319,7 @@ class AdapterBank:
 
 
 def head_outputs(site: Site, tokens: torch.Tensor, pixels: torch.Tensor, encoder: Encoder) -> torch.Tensor:
-    """Probabilities (B, K) for a classification site; masks (B, h, w) uint8 for a segmentation site."""
-    if site.task == "segmentation":
-        from tpp.segmentation import to_mask_size
-
-        logits = site.head(tokens, encoder.grid(pixels), pixels)
-        return to_mask_size(logits, site.card["task"]["mask_size"]).argmax(dim=1).to(torch.uint8)
-    return site.head(tokens).softmax(dim=-1)
+    """The site's task predictions of a batch: probabilities (B, K) for classification, masks (B, h, w)
+    uint8 at the card's mask size for segmentation ..."""
+    logits = site.head(tokens, encoder.grid(pixels), pixels)
+    return site.task.predictions(logits, site.card["task"])

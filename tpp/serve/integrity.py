@@ -23,8 +23,8 @@ from safetensors.torch import load as load_safetensors
 from tpp.adapter_dir import CARD, HEAD, check_card
 from tpp.adapters import check_tensor_names, get_method
 from tpp.errors import ConfigError, TppError
+from tpp.tasks import task_of_card
 
-SERVED_TASKS = ("classification", "segmentation")
 
 
 @dataclass
@@ -37,9 +37,9 @@ class CheckedAdapter:
 
 
 def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
-    """Structural checks of an adapter directory's files (name -> bytes), served tasks only."""
+    """Structural checks of an adapter directory's files (name -> bytes); its task must be a registered one."""
     card = parse_card(files.get(CARD), source)
-    if card.get("task", {}).get("type") not in SERVED_TASKS or "input" not in card:
+    if task_of_card(card) is None or "input" not in card:
         raise TppError(f"'{source}' has no task head (stage {card.get('stage')!r}): only fine-tuned adapters are "
                        "served. Fine-tune it first (tpp run finetune ... adapter.init_from=...).")
     check_input_rule(card, source)
@@ -83,11 +83,7 @@ def check_input_rule(card: dict, source: str) -> None:
             problems.append(f"{key} must list one finite number per channel")
     if isinstance(rule.get("std"), list) and any(isinstance(v, (int, float)) and v <= 0 for v in rule["std"]):
         problems.append("std must be positive")
-    if task.get("type") == "segmentation":
-        mask = task.get("mask_size")
-        if not (isinstance(mask, list) and len(mask) == 2 and all(isinstance(m, int) and 1 <= m <= MAX_INPUT_SIDE
-                                                                 for m in mask)):
-            problems.append(f"task.mask_size must be two integers in 1..{MAX_INPUT_SIDE}")
+    problems += task_of_card(card).check_entry(task)  # e.g. a sane mask size
     if problems:
         raise TppError(f"'{source}/{CARD}': the input rule is malformed: {'; '.join(problems)}.")
 
@@ -123,17 +119,10 @@ def parse_tensors(files: dict[str, bytes], name: str, source: str) -> dict[str, 
 
 
 def check_head(card: dict, head_state: dict[str, torch.Tensor], source: str) -> None:
-    """A classification head's rows match the card's classes and label names."""
-    task = card["task"]
-    if task["type"] != "classification":
-        return
-    weight = head_state.get("linear.weight")
-    labels = task.get("label_names", [])
-    rows = weight.shape[0] if weight is not None and weight.dim() == 2 else None
-    if rows is None or rows != task.get("num_classes") or rows != len(labels):
-        shape = tuple(weight.shape) if weight is not None else None
-        raise TppError(f"'{source}/{HEAD}' does not fit the card: {task.get('num_classes')!r} classes and "
-                       f"{len(labels)} label names, head of shape {shape}.")
+    """The head's tensors fit the card's task entry (a classifier's rows match its classes and label names)."""
+    problem = task_of_card(card).check_head(card["task"], head_state)
+    if problem:
+        raise TppError(f"'{source}/{HEAD}' does not fit the card: {problem}.")
 
 
 class BackboneGuard:

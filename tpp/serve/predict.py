@@ -19,7 +19,6 @@ from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
 from tpp.rundir import write_atomic, write_error
-from tpp.segmentation import mask_to_image_size
 
 SUFFIXES = readers.PIL_SUFFIXES | {".npy", ".dcm", ".dicom", ".nii", ".gz"}
 
@@ -112,16 +111,10 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
         x = [readers.to_model_input(a, s.input_rule) for a, s in zip(arrays, sites)]
         for i, site, array, out in zip(batch, sites, arrays, bank.predict(sites, x)):
             row = {"image": str(pairs[i][0]), "site": site.name, "version": site.version}
-            if site.task == "segmentation":  # the mask at the image's own size
-                name = f"{i:05d}_{Path(pairs[i][0]).name.split('.')[0]}.png"
-                masks[name] = mask_to_image_size(out.numpy(), array)
-                row["mask"] = name
-                row.update({f"frac_{c}": f"{float((masks[name] == k).mean()):.6f}"
-                            for k, c in enumerate(site.label_names)})
-            else:
-                probs = out.tolist()
-                row["label"] = site.label_names[int(np.argmax(probs))]
-                row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(site.label_names, probs)})
+            stem = f"{i:05d}_{Path(pairs[i][0]).name.split('.')[0]}"
+            columns, files = site.task.csv_entry(site.task.per_image(out, array), site.label_names, stem)
+            row.update(columns)
+            masks.update(files)
             rows[i] = row
     return rows, masks
 

@@ -25,7 +25,6 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from tpp.serve import store as adapter_store
 from tpp.errors import TppError
 from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
-from tpp.segmentation import rle_encode
 from tpp.serve.worker import InferenceWorker
 
 log = logging.getLogger("tpp.serve")
@@ -200,13 +199,8 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
                 raise HTTPException(400, str(exc)) from None
             result = await outcome(worker.predict(site, arrays))
             del arrays
-        if result.masks is not None:  # segmentation: run-length masks and pixel counts per class
-            predictions = [{"file": up.filename, "mask": dict(rle_encode(mask), classes=result.label_names),
-                            "pixels": {n: int((mask == k).sum()) for k, n in enumerate(result.label_names)}}
-                           for up, mask in zip(images, result.masks)]
-        else:
-            predictions = [{"file": up.filename, "label": label, "probabilities": dict(zip(result.label_names, probs))}
-                           for up, label, probs in zip(images, result.labels(), result.probs)]
+        # the task's entry per image: label + probabilities, a run-length mask + pixel counts ...
+        predictions = [{"file": up.filename, **entry} for up, entry in zip(images, result.entries())]
         return {"site": site, "version": result.version, "adapter_id": f"{site}@{result.version}",
                 "backbone_hash": bank.info.hash, "predictions": predictions}
 

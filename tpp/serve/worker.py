@@ -21,23 +21,25 @@ import numpy as np
 
 from tpp.serve.bank import AdapterBank, SiteRefused
 from tpp.serve.images import to_model_input
-from tpp.segmentation import mask_to_image_size
+from tpp.tasks import Task
 
 log = logging.getLogger("tpp.serve")
 
 
 @dataclass
 class Prediction:
-    """Per-image results of one request, with the adapter version that computed them: probabilities
-    for a classification site, class-index masks for a segmentation site."""
+    """Per-image results of one request, with the adapter version that computed them, as the site's task
+    serves them (``task.per_image``): a (K,) probability list for classification, a uint8 (h, w) class-index
+    mask at the uploaded image's size for segmentation ..."""
     site: str
     version: str
     label_names: list
-    probs: list  # one (K,) list per image (classification)
-    masks: list | None = None  # one uint8 (h, w) array per image (segmentation)
+    outputs: list  # one entry per image
+    task: Task
 
-    def labels(self) -> list[str]:
-        return [self.label_names[int(np.argmax(p))] for p in self.probs]
+    def entries(self) -> list[dict]:
+        """The HTTP response entry of each image (without its file name)."""
+        return [self.task.json_entry(out, self.label_names) for out in self.outputs]
 
 
 @dataclass
@@ -155,10 +157,9 @@ class InferenceWorker:
 
     @staticmethod
     def _prediction(job: _Job, site, outputs: list) -> Prediction:
-        if site.task == "segmentation":  # masks at each uploaded image's own size
-            return Prediction(site.name, site.version, site.label_names, [],
-                              [mask_to_image_size(m.numpy(), im) for m, im in zip(outputs, job.images)])
-        return Prediction(site.name, site.version, site.label_names, [p.tolist() for p in outputs])
+        task = site.task
+        return Prediction(site.name, site.version, site.label_names,
+                          [task.per_image(out, image) for out, image in zip(outputs, job.images)], task)
 
     def _run(self, batch: list[_Job]) -> list[_Job]:
         """Run one mixed-site batch; returns the jobs deferred to the next batch (a batch never holds more

@@ -1,7 +1,8 @@
-"""Data sources: MedMNIST files, generic .npz files, labelled and unlabeled image folders.
+"""Array files: official MedMNIST files and generic .npz files, and the helpers every source shares
+(the data root, the modality code, a class filter).
 
 Each loader returns a :class:`tpp.data.Dataset` with uint8 images per split. Errors name the file
-and say what to do.
+and say what to do. The registered sources (``tpp.data.sources``) call these loaders.
 """
 from __future__ import annotations
 
@@ -43,13 +44,6 @@ MEDMNIST_ORIGINS = {"breastmnist": "BUSI", "pneumoniamnist": "Kermany2018", "der
                     "dermamnist_jpeg": "HAM10000"}
 MEDMNIST["dermamnist_jpeg"] = MEDMNIST["dermamnist"]  # the lossy re-export in ../shared/data
 MEDMNIST_LICENSES["dermamnist_jpeg"] = MEDMNIST_LICENSES["dermamnist"]
-
-
-def data_license(data) -> str:
-    """The licence to record for a data section: declared (data.license), known (MedMNIST), or unknown."""
-    if data.license:
-        return data.license
-    return MEDMNIST_LICENSES.get(data.name, "unknown") if data.source == "medmnist" else "unknown"
 
 
 def resolve_root(root: str | None) -> Path:
@@ -183,9 +177,9 @@ def _download_medmnist(name: str, base: Path) -> Path:
     return base / f"{name}.npz"
 
 
-def load_npz(name: str, root: str | None, file: str | None, image_key: str, label_key: str,
-             class_names_key: str | None, classes: list | None, modality: str | None,
-             val_fraction: float, test_fraction: float, seed: int, labels: bool = True) -> Dataset:
+def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = "images", label_key: str = "labels",
+             class_names_key: str | None = "class_names", classes: list | None = None, modality: str | None = None,
+             val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0, labels: bool = True) -> Dataset:
     """A generic .npz: MedMNIST-style split keys, or one image/label array split with a seeded
     stratified split. ``classes`` keeps (and re-numbers) a subset of the named classes.
 

@@ -1,0 +1,42 @@
+"""An images/ + masks/ folder pair (same file stems) for segmentation, split here by seed; data.modality is required."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+from tpp.data import Dataset
+from tpp.data.segmentation import load_seg_folder
+from tpp.data.sources import Source, check_mask_classes, missing_file, register
+from tpp.data.sources.folder import ON_BAD_FILE_HELP
+from tpp.data.sources.seg_npz import MASK_CLASSES_HELP
+
+
+@dataclass
+class SegFolderOptions:
+    file: Optional[str] = field(default=None, metadata={
+        "help": "the folder holding images/ and masks/, relative to data.root (default: data.root itself)"})
+    mask_classes: Literal["binary", "indices"] = field(default="binary", metadata={"help": MASK_CLASSES_HELP})
+    classes: Optional[list] = field(default=None, metadata={"help": "names of the mask classes, background first"})
+    group_key: Optional[str] = field(default=None, metadata={
+        "help": "a metadata.csv column (beside file_name) whose groups stay in one split, e.g. a patient id"})
+    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
+
+    def __post_init__(self):
+        check_mask_classes(self.mask_classes, self.classes)
+
+
+def load(common, options: SegFolderOptions, seed: int, image_size: int, labels: bool = True) -> Dataset:
+    """Images (bilinear) and masks (nearest) resized to ``image_size``."""
+    return load_seg_folder(common.name, common.root, options.file, image_size=image_size,
+                           mask_classes=options.mask_classes, classes=options.classes, group_key=options.group_key,
+                           modality=common.modality, val_fraction=common.val_fraction,
+                           test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file)
+
+
+def preflight(common, options: SegFolderOptions, base: Path) -> list[str]:
+    return missing_file(options.file, base)
+
+
+register(Source(name="seg_folder", options_cls=SegFolderOptions, load=load, preflight=preflight, masks=True,
+                needs_modality=True))

@@ -1,0 +1,97 @@
+"""The streaming data path: images stay as stored and become model input one batch at a time.
+
+A split's images are uint8 (N, H, W[, C]): an in-memory array (MedMNIST, .npz) or ``ImageFiles``,
+files on disk decoded when a batch needs them. :class:`ModelInputs` turns a batch of them into the
+normalised float tensor (B, C, S, S) the backbone takes (``to_model_tensor``: scale, channel rule,
+antialiased resize, mean / std), so memory holds the stored images plus a few batches, never the
+whole split as float32 (a 100,000-image site at 224 px would need 60 GB). The conversion runs in the
+``torch.utils.data`` worker processes (``data.num_workers``) for training, TPP, evaluation and
+prediction alike; converting per batch gives the same numbers as converting the whole split.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tpp.data.build import to_model_tensor
+from tpp.data.files import ImageFiles
+
+
+def concat_images(parts: list):
+    """Several splits' images as one: arrays concatenated, or one ImageFiles over all their files."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts)
+    if all(isinstance(p, ImageFiles) for p in parts):
+        return ImageFiles([path for p in parts for path in p.paths], parts[0].decode, parts[0].image_shape)
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
+def stack(images, index) -> np.ndarray:
+    """uint8 (B, H, W[, C]) of ``images[index]`` (``index``: integer array) for an array or ImageFiles."""
+    if isinstance(images, np.ndarray):
+        return images[np.asarray(index)]
+    return np.stack([images[int(i)] for i in index])
+
+
+class ModelInputs:
+    """Stored images seen as normalised model input: ``inputs[index] -> float32 (B, C, S, S)`` for an
+    integer index array, converted on the spot. ``len(inputs)`` is the number of images."""
+
+    def __init__(self, images, channels: int, size: int, mean: list, std: list):
+        self.images, self.channels, self.size, self.mean, self.std = images, channels, size, mean, std
+
+    @classmethod
+    def for_backbone(cls, images, info) -> "ModelInputs":
+        return cls(images, info.channels, info.input_size, info.mean, info.std)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        return to_model_tensor(stack(self.images, index), self.channels, self.size, self.mean, self.std)
+
+
+class _Indexed(Dataset):
+    """Item i: (i, target_0[i], ...); the images are fetched per batch by :class:`_Collate`."""
+
+    def __init__(self, n: int, targets: tuple):
+        self.n, self.targets = n, targets
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return (i, *(t[i] for t in self.targets))
+
+
+class _Collate:
+    """A batch of indices (+ targets) -> [model input (B, C, S, S), *stacked targets]."""
+
+    def __init__(self, inputs: ModelInputs):
+        self.inputs = inputs
+
+    def __call__(self, items: list) -> list:
+        index = np.array([item[0] for item in items])
+        targets = [torch.stack([item[k] for item in items]) for k in range(1, len(items[0]))]
+        return [self.inputs[index], *targets]
+
+
+def stream_loader(inputs: ModelInputs, *targets: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                  num_workers: int = 0) -> DataLoader:
+    """Batches ``[images (B, C, S, S), *targets]``, converted per batch (in ``num_workers`` processes).
+    Shuffling draws from its own seeded generator: the order equals that of a TensorDataset loader over the
+    converted split with the same seed and batch size."""
+    gen = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(_Indexed(len(inputs), targets), batch_size=batch_size, shuffle=shuffle, generator=gen,
+                      drop_last=False, collate_fn=_Collate(inputs), num_workers=num_workers,
+                      persistent_workers=num_workers > 0)
+
+
+def index_batches(inputs: ModelInputs, index: torch.Tensor, batch_size: int, num_workers: int = 0):
+    """Model input batches of ``inputs`` at ``index`` (in order), converted in ``num_workers`` processes."""
+    chunks = [c.numpy() for c in index.split(batch_size)]
+    if num_workers == 0:
+        return (inputs[c] for c in chunks)
+    return DataLoader(chunks, batch_size=None, collate_fn=inputs.__getitem__, num_workers=num_workers)

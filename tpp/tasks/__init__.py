@@ -1,0 +1,177 @@
+"""Task kinds (what a head predicts) and their registry: one file + one registration each.
+
+A task file subclasses :class:`Task` and calls :func:`register`. The task answers every question the
+recipes, the adapter card, the serving bank, the HTTP service, ``tpp predict`` and ``tpp compare`` would
+otherwise answer with an ``if task == ...``: its head, loss, predictions, metrics, the validation score
+used for selection, its card entry, its report lines and its serving output. Its options (a dataclass,
+help text per field, checks in ``__post_init__``) are the config section named after the task
+(``segmentation: {dice_weight: 2}``).
+
+Shapes: B images, C channels, S input pixels, N patch tokens of width D, K classes. A head's
+``forward(patch_tokens (B, N, D), grid (h, w), pixel_values (B, C, S, S)) -> logits``.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tpp.errors import ConfigError
+from tpp.registry import import_submodules
+
+
+@dataclass
+class NoOptions:
+    """A task without options of its own."""
+
+
+class Task:
+    """Base of every task kind. Subclasses set the class attributes and override the methods."""
+    name: str = ""
+    summary: str = ""
+    options_cls: type = NoOptions
+    head_noun: str = "task head"  # how logs name the head ("decoder" ...)
+    main_metric: str = ""  # key of a split's metrics that says "this split was scored by this task"
+    # ``tpp compare`` columns this task fills: (key, header or None for CSV only, format spec); a metric
+    # ``k`` is printed with its interval when ``k_ci95_low`` / ``k_ci95_high`` are filled too
+    columns: tuple = ()
+
+    # -- config and data -------------------------------------------------------------------------
+    def check_config(self, cfg) -> None:
+        """What the task needs of the config alone (ConfigError naming the key)."""
+
+    def check_data(self, dataset) -> None:
+        """What the task needs of the loaded data (TppError naming the dataset)."""
+
+    def targets(self, split) -> torch.Tensor:
+        """Training / evaluation targets of a split (labels (N,), masks (N, h, w) ...)."""
+        raise NotImplementedError
+
+    # -- model -----------------------------------------------------------------------------------
+    def build_head(self, options, info, dataset) -> nn.Module:
+        """A fresh head for ``dataset`` on a backbone described by ``info``."""
+        raise NotImplementedError
+
+    def card_entry(self, options, dataset, info, targets: torch.Tensor) -> dict:
+        """The card's ``task`` entry: ``type`` (this task's name), ``label_names``, and what rebuilds the head."""
+        raise NotImplementedError
+
+    def head_from_card(self, entry: dict, hidden_size: int, channels: int) -> nn.Module:
+        """An empty head shaped as the card's ``task`` entry says (its tensors are loaded afterwards)."""
+        raise NotImplementedError
+
+    # -- training and evaluation -----------------------------------------------------------------
+    def augment(self, images: torch.Tensor, targets: torch.Tensor, options, hflip: bool):
+        """Training augmentation of a batch -> (images, targets)."""
+        return images, targets
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, options) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predictions(self, logits: torch.Tensor, entry: dict, size: tuple | None = None) -> torch.Tensor:
+        """Logits -> what the task outputs per image (probabilities (B, K), masks (B, h, w) uint8 ...);
+        ``size``: the targets' spatial size where it may differ from the card's."""
+        raise NotImplementedError
+
+    def output_shape(self, entry: dict) -> tuple:
+        """Shape of one image's predictions under the card's ``task`` entry."""
+        raise NotImplementedError
+
+    def score(self, predictions: torch.Tensor, targets: torch.Tensor, dataset) -> tuple[float, dict]:
+        """Validation score for best-step selection (higher is better) and the values to log."""
+        raise NotImplementedError
+
+    def metrics(self, predictions: torch.Tensor, targets: torch.Tensor, dataset, seed: int) -> dict:
+        """A split's full metrics (JSON-ready); holds ``main_metric`` and ``n``."""
+        raise NotImplementedError
+
+    def card_metrics(self, summary: dict) -> dict:
+        """What the card records of a fine-tune's metrics."""
+        return {f"{k}_{self.main_metric}": summary[k][self.main_metric] for k in ("val", "test")}
+
+    def summary_extras(self, model, head_parameters: int) -> dict:
+        """Task-specific entries of a fine-tune's ``metrics.json``."""
+        return {}
+
+    def publish_extras(self, run, options, split, predictions: torch.Tensor) -> None:
+        """Files next to the adapter people would rather look at (overlays ...)."""
+
+    def report(self, summary: dict) -> str:
+        """The line ``tpp run finetune`` prints."""
+        raise NotImplementedError
+
+    def split_line(self, split: str, result: dict) -> str:
+        """One evaluated split as a line of ``tpp run evaluate``."""
+        raise NotImplementedError
+
+    def compare_values(self, result: dict) -> dict:
+        """``tpp compare`` column values of one split's results."""
+        return {self.main_metric: result.get(self.main_metric)}
+
+    # -- serving ---------------------------------------------------------------------------------
+    def check_entry(self, entry: dict) -> list[str]:
+        """Problems of a (possibly forged) card's ``task`` entry, before anything is built from it."""
+        return []
+
+    def check_head(self, entry: dict, head_state: dict) -> str | None:
+        """Why the head tensors do not fit the card's ``task`` entry (None: they fit)."""
+        return None
+
+    def per_image(self, output: torch.Tensor, image: np.ndarray):
+        """One image's prediction as a service returns it (``image``: the array as uploaded)."""
+        raise NotImplementedError
+
+    def json_entry(self, result, label_names: list) -> dict:
+        """The HTTP response entry of one image (next to ``file``)."""
+        raise NotImplementedError
+
+    def csv_entry(self, result, label_names: list, stem: str) -> tuple[dict, dict]:
+        """``tpp predict``: (CSV columns of one image, {file name: uint8 array} to write beside the CSV)."""
+        raise NotImplementedError
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    """Add a task to the registry; the name must be new."""
+    if not task.name or task.name in _TASKS:
+        raise ValueError(f"task '{task.name}' is registered twice (or has no name)")
+    _TASKS[task.name] = task
+    return task
+
+
+def get_task(name) -> Task:
+    """A task by name, with a config error listing the known ones."""
+    _load_builtin()
+    if name not in _TASKS:
+        raise ConfigError(f"unknown task '{name}'. Known tasks: {', '.join(sorted(_TASKS))}.")
+    return _TASKS[name]
+
+
+def all_tasks() -> list[Task]:
+    _load_builtin()
+    return [_TASKS[k] for k in sorted(_TASKS)]
+
+
+def task_of_card(card: dict) -> Task | None:
+    """The registered task of an adapter card's ``task`` entry (None: no head, e.g. a TPP adapter)."""
+    _load_builtin()
+    entry = card.get("task")
+    return _TASKS.get(entry.get("type")) if isinstance(entry, dict) else None
+
+
+def task_of_result(result) -> Task | None:
+    """The task whose main metric a split's results hold (``tpp compare``, reports)."""
+    if not isinstance(result, dict):
+        return None
+    return next((t for t in all_tasks() if t.main_metric and t.main_metric in result), None)
+
+
+@functools.cache  # once per process, not a directory listing per lookup
+def _load_builtin() -> None:
+    """Import every module of this package: each task registers itself, so adding one is one file."""
+    import_submodules(__name__, __path__)

@@ -1,0 +1,148 @@
+"""segmentation: a class-index mask per image, a light progressive-upsampling decoder; Dice selects the best step."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tpp.data.segmentation import joint_augment
+from tpp.errors import ConfigError, TppError
+from tpp.seg_metrics import quick_dice, segmentation_metrics, write_overlays
+from tpp.segmentation import (build_decoder, decoder_from_spec, decoder_spec, mask_to_image_size, rle_encode,
+                              segmentation_loss, to_mask_size)
+from tpp.tasks import Task, register
+
+MAX_MASK_SIDE = 4096  # pixels a card may ask masks to be drawn at
+
+
+@dataclass
+class SegmentationOptions:
+    """The light decoder on the frozen encoder's patch tokens (config section ``segmentation``)."""
+    decoder_channels: list = field(default_factory=lambda: [64, 32], metadata={
+        "help": "channels of the progressive upsampling stages (each stage x2)"})
+    pixel_skip: bool = field(default=True, metadata={
+        "help": "concatenate features of the input image before the last stage (sharper edges)"})
+    dice_weight: float = field(default=1.0, metadata={
+        "help": "loss = cross-entropy + dice_weight * soft Dice loss on foreground classes"})
+    augment_scale: list = field(default_factory=lambda: [0.8, 1.0], metadata={
+        "help": "joint flip + zoom-in crop of image and mask: crop side range"})
+    overlays: int = field(default=16, metadata={
+        "help": "test images saved as PNG overlays (ground truth green, prediction red)"})
+
+    def __post_init__(self):
+        channels = self.decoder_channels
+        if not (isinstance(channels, list) and channels and all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels)):
+            raise ConfigError("segmentation.decoder_channels must be a non-empty list of positive integers.")
+        scale = self.augment_scale
+        if not (isinstance(scale, list) and len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale)
+                and 0 < min(scale) <= max(scale) <= 1):
+            raise ConfigError("segmentation.augment_scale must be [low, high] in (0, 1].")
+        if self.dice_weight < 0 or self.overlays < 0:
+            raise ConfigError("segmentation.dice_weight and segmentation.overlays must not be negative.")
+
+
+class Segmentation(Task):
+    name = "segmentation"
+    summary = "a class-index mask per image: progressive-upsampling decoder, Dice / IoU / HD95"
+    options_cls = SegmentationOptions
+    head_noun = "decoder"
+    main_metric = "dice"
+    columns = (("dice", "Dice", ".3f"), ("iou", "IoU", ".3f"))
+
+    def check_config(self, cfg) -> None:
+        from tpp.data.sources import all_sources, get_source
+
+        if not get_source(cfg.data.source).masks:
+            with_masks = " or ".join(s.name for s in all_sources() if s.masks)
+            raise ConfigError(f"task=segmentation needs masks: data.source={cfg.data.source} has none "
+                              f"(use {with_masks}).")
+
+    def check_data(self, dataset) -> None:
+        if not dataset.is_segmentation:
+            raise TppError(f"dataset '{dataset.name}' has no masks; segmentation needs a source with masks.")
+
+    def targets(self, split) -> torch.Tensor:
+        return torch.from_numpy(split.masks).long()
+
+    def build_head(self, options, info, dataset):
+        return build_decoder(options, info.hidden_size, dataset.num_classes, info.channels, info.patch_size)
+
+    def card_entry(self, options, dataset, info, targets) -> dict:
+        mask_size = list(targets.shape[-2:])
+        return {"type": self.name, "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
+                "decoder": decoder_spec(options, dataset.num_classes), "mask_size": mask_size,
+                "resolution": info.resolution_note() + f"; logits resized (bilinear) to the {mask_size[0]}x"
+                                                       f"{mask_size[1]} stored masks for loss and metrics"}
+
+    def head_from_card(self, entry, hidden_size, channels):
+        return decoder_from_spec(entry["decoder"], hidden_size, channels)
+
+    def augment(self, images, targets, options, hflip):
+        return joint_augment(images, targets, tuple(options.augment_scale), flip=hflip)
+
+    def loss(self, logits, targets, options):
+        return segmentation_loss(logits, targets, options.dice_weight)
+
+    def predictions(self, logits, entry, size=None):
+        size = tuple(size) if size is not None else tuple(entry["mask_size"])
+        return to_mask_size(logits.float(), size).argmax(dim=1).to(torch.uint8)
+
+    def output_shape(self, entry) -> tuple:
+        return tuple(entry["mask_size"])
+
+    def score(self, predictions, targets, dataset):
+        dice = quick_dice(predictions, targets, dataset.num_classes)
+        return dice, {"val_dice": dice}
+
+    def metrics(self, predictions, targets, dataset, seed):
+        return segmentation_metrics(predictions, targets, dataset.class_names)
+
+    def summary_extras(self, model, head_parameters):
+        from tpp.model import trainable_parameters
+
+        return {"decoder_parameters": head_parameters,
+                "adapter_parameters": trainable_parameters(model) - head_parameters}
+
+    def publish_extras(self, run, options, split, predictions):
+        if options.overlays:
+            run.publish_dir("overlays", lambda tmp: write_overlays(tmp, split.images, predictions.numpy(),
+                                                                   split.masks, options.overlays))
+
+    def report(self, summary):
+        t = summary["test"]
+        hd95 = "n/a" if t["hd95"] is None else f"{t['hd95']:.1f} px"
+        return (f"test Dice {t['dice']:.3f}  IoU {t['iou']:.3f}  HD95 {hd95}  empty predictions "
+                f"{t['empty_predictions']}/{t['n']}  trainable {summary['adapter_parameters']:,} (+ decoder "
+                f"{summary['decoder_parameters']:,})  saved {summary['adapter_bytes'] / 1024:.0f} KiB")
+
+    def split_line(self, split, result):
+        return (f"{split}: Dice {result['dice']:.3f} IoU {result['iou']:.3f} empty predictions "
+                f"{result['empty_predictions']} (n={result['n']})")
+
+    def compare_values(self, result):
+        return {"dice": result.get("dice"), "iou": result.get("iou")}
+
+    def check_entry(self, entry):
+        mask = entry.get("mask_size")
+        if not (isinstance(mask, list) and len(mask) == 2 and all(isinstance(m, int) and 1 <= m <= MAX_MASK_SIDE
+                                                                 for m in mask)):
+            return [f"task.mask_size must be two integers in 1..{MAX_MASK_SIDE}"]
+        return []
+
+    def per_image(self, output, image):
+        return mask_to_image_size(output.numpy(), image)  # the mask at the uploaded image's own size
+
+    def json_entry(self, result, label_names):
+        return {"mask": dict(rle_encode(result), classes=label_names),
+                "pixels": {n: int((result == k).sum()) for k, n in enumerate(label_names)}}
+
+    def csv_entry(self, result, label_names, stem):
+        name = f"{stem}.png"
+        row = {"mask": name}
+        row.update({f"frac_{c}": f"{float((result == k).mean()):.6f}" for k, c in enumerate(label_names)})
+        return row, {name: np.asarray(result, dtype=np.uint8)}
+
+
+register(Segmentation())

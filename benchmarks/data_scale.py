@@ -163,6 +163,23 @@ def speed(args) -> dict:
             "runs": results}
 
 
+def scale_table(data: dict) -> str:
+    lines = ["| N images | recipe | peak RSS - baseline (MiB) | wall time (s) |", "|---|---|---|---|"]
+    lines += [f"| {r['n']:,} | {r['recipe']} | {r['peak_minus_baseline_mib']:.0f} | {r['seconds']:.0f} |"
+              for r in data["rows"]]
+    ratios = ", ".join(f"{k} {v:.2f}x" for k, v in data["largest_over_smallest"].items())
+    return "\n".join(lines) + f"\n\nLargest over smallest N: {ratios} (flat within 20%: {data['flat_within_20pct']})."
+
+
+def speed_table(data: dict) -> str:
+    m = data["medians"]
+    lines = ["| data path | train images/s | run wall time (s) |", "|---|---|---|"]
+    lines += [f"| {name} | {m[name]['train_images_per_s']:.0f} | {m[name]['run_seconds']:.1f} |"
+              for name in ("baseline", "current")]
+    verdict = f"Current / baseline images/s: {data['ratio']:.3f} (at least 0.9: {data['at_least_0_9']})."
+    return "\n".join(lines) + "\n\n" + verdict
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", nargs="?", choices=["scale", "speed"], default="scale")
@@ -184,9 +201,16 @@ def main(argv=None) -> int:
     data = scale(args) if args.mode == "scale" else speed(args)
     command = "python benchmarks/data_scale.py " + " ".join(argv or sys.argv[1:])
     print(json.dumps({k: v for k, v in data.items() if k not in ("runs", "rows")}, indent=1))
-    report.publish(args.out, f"data_scale_{args.mode}", report.machine(), command, __doc__.split("\n\n")[2 if
-                   args.mode == "scale" else 3], json.dumps({k: v for k, v in data.items() if k != "runs"}, indent=1),
-                   data)
+    if args.mode == "scale":
+        description = (f"Folders of N PNGs at 224 px (BreastMNIST upsampled), ViT-MAE 224 px built from config, "
+                       f"{args.steps} steps of batch {args.batch_size}, data.num_workers={args.num_workers}; each run "
+                       "a fresh subprocess, memory = peak RSS - RSS after loading the backbone.")
+        table = scale_table(data)
+    else:
+        description = (f"Fine-tuning on BreastMNIST (28 px, shared backbone), {args.steps} steps of batch 64, this "
+                       f"checkout vs {args.baseline}, {args.rounds} alternating rounds, medians.")
+        table = speed_table(data)
+    report.publish(args.out, f"data_scale_{args.mode}", report.machine(), command, description, table, data)
     return 0
 
 

@@ -11,20 +11,31 @@ class Recipe:
     top-level keys of its YAML; ``task`` brings the section named after the chosen task). A config for
     the recipe that sets any other section is an error naming the recipe; its ``config.yaml`` holds these
     sections only. ``reads``: other recipes whose configs it also runs from, using only its own sections
-    of them (evaluate runs from the finetune config of the run it evaluates)."""
+    of them (evaluate runs from the finetune config of the run it evaluates). ``ignores``: dotted keys of
+    those sections it never reads; setting one to anything but its default is an error naming the recipe."""
     summary: str
     sections: tuple[str, ...]
     reads: tuple[str, ...] = ()
+    ignores: tuple[str, ...] = ()
 
 
 COMMON = ("recipe", "seed", "output_dir", "train")
 RECIPES = {
     "finetune": Recipe("train a site adapter + a task head (task: classification, segmentation ...)",
-                       COMMON + ("task", "site", "backbone", "adapter", "data")),
+                       COMMON + ("task", "site", "backbone", "adapter", "data"),
+                       ignores=("adapter.path", "data.split", "data.use_eval_splits")),
     "evaluate": Recipe("evaluate a saved adapter directory on one split",
-                       COMMON + ("backbone", "adapter", "data"), reads=("finetune",)),
+                       COMMON + ("backbone", "adapter", "data"), reads=("finetune",),
+                       ignores=("adapter.init_from", "data.use_eval_splits", "data.label_fraction",
+                                "data.val_label_fraction", "train.select_best", "train.max_steps", "train.lr",
+                                "train.eval_every", "train.head_lr_scale")),
     "pretrain_backbone": Recipe("pre-train a small ViT-MAE backbone from scratch on a pool (MAE + per-dataset heads)",
-                                COMMON + ("data", "pretext", "model", "pool", "supervised_weight")),
+                                COMMON + ("data", "pretext", "model", "pool", "supervised_weight"),
+                                ignores=("data.split", "data.label_fraction", "data.val_label_fraction",
+                                         "data.use_eval_splits", "train.select_best", "train.head_lr_scale",
+                                         "train.eval_every")),
     "tpp": Recipe("target parameter pre-training: train only the adapter on unlabeled images (MAE or DINO pretext)",
-                  COMMON + ("site", "backbone", "adapter", "data", "pretext")),
+                  COMMON + ("site", "backbone", "adapter", "data", "pretext"),
+                  ignores=("adapter.path", "adapter.init_from", "data.split", "data.label_fraction",
+                           "data.val_label_fraction", "train.select_best", "train.head_lr_scale", "train.eval_every")),
 }

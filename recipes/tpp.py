@@ -55,7 +55,7 @@ def run(cfg, run) -> dict:
     record_skipped([dataset], run)
     images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
     torch.manual_seed(cfg.seed)
-    method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.options)
+    method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.typed())
     pretext = pretext_kind.build(encoder, decoder, pretext_options)
     x = ModelInputs.for_backbone(images, info)  # converted one batch at a time
     adapter_parameters = trainable_parameters(encoder)

@@ -246,6 +246,22 @@ def test_a_key_the_recipe_does_not_use_is_an_error_naming_the_recipe(path, overr
     assert len(found) == 1 and found[0].startswith(line), found
 
 
+@pytest.mark.parametrize("path, override, recipe, line", [
+    (FINETUNE, "adapter.path=x", None, "adapter.path='x': the finetune recipe does not use adapter.path (evaluate "
+                                       "does); drop it."),
+    (TPP, "data.label_fraction=0.5", None, "data.label_fraction=0.5: the tpp recipe does not use data.label_fraction "
+                                           "(finetune does); drop it."),
+    (TPP, "adapter.init_from=runs/a", None, "adapter.init_from='runs/a': the tpp recipe does not use"),
+    (POOL, "train.select_best=false", None, "train.select_best=False: the pretrain_backbone recipe does not use"),
+    (FINETUNE, "data.use_eval_splits=true", "evaluate", "data.use_eval_splits=True: the evaluate recipe does not use"),
+])
+def test_a_key_the_recipe_never_reads_set_off_its_default_is_an_error(path, override, recipe, line):
+    found = problems(path, [override, "adapter.path=a"] if recipe == "evaluate" else [override], recipe=recipe)
+    assert len(found) == 1 and found[0].startswith(line), found
+    assert load_config(path, [override.split("=")[0] + "=null"] if "init_from" in override or "path" in override
+                       else []).recipe  # the default value is no error
+
+
 def test_unknown_keys_suggest_the_close_known_key():
     assert problems(FINETUNE, ["train.lrr=0.1"]) == ["unknown config key 'train.lrr'; did you mean train.lr?"]
     assert problems(FINETUNE, ["trian.lr=0.1"]) == ["unknown config key 'trian'; did you mean train?"]
@@ -341,8 +357,9 @@ def test_run_dir_config_yaml_holds_only_the_recipes_sections(tiny_mae, tmp_path,
     from tpp.cli import main
 
     out = tmp_path / "run"
+    adapter = [f"adapter.path={tmp_path / 'no_adapter'}"] if recipe == "evaluate" else []
     assert main(["run", recipe, "--config", str(config), f"backbone.path={tiny_mae}", f"output_dir={out}",
-                 f"data.root={tmp_path / 'no_data'}", f"adapter.path={tmp_path / 'no_adapter'}"]) == 2
+                 f"data.root={tmp_path / 'no_data'}", *adapter]) == 2
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved.keys() == sections and saved["recipe"] == recipe
     assert len((out / "config.yaml").read_text().splitlines()) < 70

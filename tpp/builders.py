@@ -144,7 +144,7 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
     """Add the configured method to ``encoder``: fresh, or inherited from ``adapter.init_from`` (options
     merged and checked, leakage refused, every parent tensor loaded and logged; ``head`` names what starts
     fresh). Returns (method, typed options, targets, parent summary or None)."""
-    method_name, options, parent = cfg.adapter.method, cfg.adapter.options, None
+    method_name, options, parent = cfg.adapter.method, cfg.adapter.typed(), None  # typed once, in the config
     if cfg.adapter.init_from:
         parent_card, method_name, options, notes = parent_adapter(cfg.adapter, info, dataset.modality)
         check_leakage(parent_card, dataset, cfg.adapter.init_from)

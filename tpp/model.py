@@ -45,9 +45,12 @@ class TaskModel(nn.Module):
         return self.head(tokens, self.encoder.grid(pixel_values), pixel_values)
 
 
-def attach_adapter(encoder: Encoder, method_name: str, options: dict,
+def attach_adapter(encoder: Encoder, method_name: str, options,
                    targets: list[str] | None = None) -> tuple[Method, object, list[str]]:
     """Add a method's target parameters to ``encoder`` in place (``encoder.method`` records it).
+
+    ``options``: the method's options dataclass (as the config built it), or a dict (a card's, a parent's
+    merged with the config's) turned into one here.
 
     ``targets`` (full module names, e.g. from a card) default to the family's resolution of the
     options' ``target_modules``; methods without that option (the baselines) have no targets.
@@ -55,7 +58,7 @@ def attach_adapter(encoder: Encoder, method_name: str, options: dict,
     trainable (every encoder weight for the ``full`` baseline).
     """
     method = get_method(method_name)
-    typed = method.options_cls(**options)
+    typed = options if isinstance(options, method.options_cls) else method.options_cls(**options)
     if targets is None and method.resolve is not None:
         targets = method.resolve(encoder, typed)
     elif targets is None:

@@ -1,0 +1,137 @@
+"""Configs: a YAML file plus dotted ``key=value`` overrides turned into a checked :class:`RunConfig`.
+
+Everything is checked before any heavy work: unknown keys, wrong types and values that make no sense are
+reported at once, as one :class:`ConfigError` that names the key path of each problem.
+
+The package's modules, each importing only modules listed above it (never this ``__init__``):
+
+- :mod:`tpp.config.schema`: the typed schema, one dataclass per section and :class:`RunConfig`; the single
+  source of keys, types, defaults and help.
+- :mod:`tpp.config.parse`: generic building of a dataclass from a nested dict (type checks, unknown keys,
+  problem lines), ``key=value`` overrides and reading YAML.
+- :mod:`tpp.config.plugins`: plug-in options (adapter methods, pretexts, data sources, tasks), checked by
+  each plug-in's own options dataclass.
+- :mod:`tpp.config.scope`: recipe scoping, the recipe a config runs under and the sections it may set.
+- :mod:`tpp.config.checks`: value checks on a built config.
+- this module: :func:`build_config`, :func:`load_config` and :func:`help_lines`, and the names other
+  modules import from ``tpp.config``.
+
+Precedence: ``train.max_steps`` (when set) fixes the number of optimiser steps and ``train.epochs``
+is then ignored; otherwise the run lasts ``train.epochs`` passes over the training split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+
+from tpp.config.checks import _check_values
+from tpp.config.parse import (_default, _describe, _section, apply_overrides, build_dataclass, config_error,
+                              load_yaml, parse_override, unknown_key)
+from tpp.config.plugins import (_data_options, _pool_entry, _switch_plugin, _task_options, _with_options,
+                                drop_other_pretexts_defaults)
+from tpp.config.schema import (AdapterConfig, BackboneConfig, DataConfig, ModelConfig, PoolEntry, PretextConfig,
+                               RunConfig, TrainConfig)
+from tpp.config.scope import _recipe_scope, _recipe_to_run, ignored_keys, unknown_recipe
+from tpp.errors import ConfigError
+
+__all__ = ["AdapterConfig", "BackboneConfig", "ConfigError", "DataConfig", "ModelConfig", "PoolEntry",
+           "PretextConfig", "RunConfig", "TrainConfig", "apply_overrides", "build_config", "build_dataclass",
+           "config_error", "drop_other_pretexts_defaults", "help_lines", "load_config", "load_yaml",
+           "parse_override", "unknown_key", "unknown_recipe"]
+
+
+def build_config(data: dict, run: str | None = None) -> RunConfig:
+    """Validate a nested dict (YAML + overrides) into a RunConfig for its ``recipe`` (default finetune):
+    only the sections that recipe reads (``tpp.recipes.registry``), every key and type, the method's,
+    pretext's, task's and data source's options (checked by their plug-ins) and the values. Every problem
+    is reported at once: one ConfigError, a line each."""
+    from tpp.tasks import all_tasks
+
+    problems: list[str] = []
+    data = dict(data)
+    written = data.get("recipe", RunConfig.recipe)
+    sections = _recipe_scope(data, problems)
+    ignored_keys(data, written, run or written, problems)
+    for name in ("adapter", "pretext"):
+        if name in data:
+            data[name] = _collect(problems, _with_options, data, name, problems)
+    if "task" in sections:
+        data["task_options"] = _collect(problems, _task_options, data)
+        for task in all_tasks():  # what _task_options left after a problem
+            data.pop(task.name, None)
+    if "data" in sections:
+        data["data"] = _collect(problems, lambda: _data_options(_section(data, "data"), "data"))
+    built = ("adapter", "pretext", "task_options", "data")  # None: their problems are listed already
+    cfg = build_dataclass(RunConfig, {k: v for k, v in data.items() if k not in built or v is not None}, "", problems)
+    entries = [_collect(problems, _pool_entry, entry, i) for i, entry in enumerate(cfg.pool)]
+    cfg.pool = [build_dataclass(PoolEntry, {} if entry is None else entry, f"pool[{i}]", problems)
+                for i, entry in enumerate(entries)]
+    _check_values(cfg, problems)
+    if problems:
+        raise config_error(problems)
+    return cfg
+
+
+def _collect(problems: list[str], build, *args):
+    """``build(*args)``; a ConfigError it raises joins ``problems`` (and None is returned)."""
+    try:
+        return build(*args)
+    except ConfigError as exc:
+        problems.extend(getattr(exc, "problems", None) or [str(exc)])
+        return None
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] = (), recipe: str | None = None) -> RunConfig:
+    """YAML file + ``key=value`` overrides -> validated RunConfig for ``recipe`` (None: the config's own
+    ``recipe``, which a ``recipe=...`` override may set); every problem of the file at once. Records which
+    adapter keys the overrides set (``cfg.adapter.explicit``). An ``adapter.method`` / ``pretext.name`` /
+    ``data.source`` override that changes the method / pretext / source drops the file's options for the
+    one it replaces.
+
+    The file's ``recipe:`` must be ``recipe`` or one ``recipe`` reads (``RECIPES[recipe].reads``: evaluate
+    runs from the finetune config of the run it evaluates). Such a file is checked as a config of its own
+    recipe, and ``recipe`` then uses only its own sections of it (``cfg.to_dict()``)."""
+    data, given = load_yaml(path), apply_overrides({}, list(overrides))
+    recipe = _recipe_to_run(path, data.get("recipe"), given.get("recipe"), recipe)
+    _switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
+    _switch_plugin(data, given, "pretext", "name", PretextConfig.name)
+    _switch_plugin(data, given, "data", "source", DataConfig.source)
+    written = data.get("recipe", recipe)
+    data = apply_overrides(data, list(overrides))
+    data["recipe"] = written  # the file's keys are checked against the recipe it was written for
+    cfg = build_config(data, recipe)
+    cfg.recipe = recipe
+    cfg.adapter.explicit = frozenset(given["adapter"]) if isinstance(given.get("adapter"), dict) else frozenset()
+    return cfg
+
+
+def help_lines(cls=RunConfig, prefix: str = "", tag: str = "") -> list[str]:
+    """One ``key (type, default): help`` line per config key, for ``tpp validate --keys``; for the whole
+    RunConfig also every adapter method's, pretext's, data source's and task's options, tagged with their choice."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += help_lines(tp, f"{prefix}{f.name}.")
+        elif f.name not in ("options", "task_options"):
+            default = _default(f)
+            lines.append(f"{prefix}{f.name} ({_describe(tp)}, default {default!r}){tag}: {f.metadata.get('help', '')}")
+    if cls is RunConfig:
+        from tpp.adapters import all_methods
+        from tpp.pretext import all_pretexts
+
+        for method in all_methods():
+            lines += help_lines(method.options_cls, "adapter.", f" [adapter.method={method.name}]")
+        for pretext in all_pretexts():
+            lines += help_lines(pretext.options_cls, "pretext.", f" [pretext.name={pretext.name}]")
+        from tpp.data.sources import all_sources
+
+        for source in all_sources():
+            lines += help_lines(source.options_cls, "data.", f" [data.source={source.name}]")
+        from tpp.tasks import all_tasks
+
+        for task in all_tasks():
+            lines += help_lines(task.options_cls, f"{task.name}.", f" [task={task.name}]")
+    return lines

@@ -1,0 +1,75 @@
+"""Value checks: values a config's types allow but that make no sense or crash later (a fraction outside its
+range, a learning rate that is not positive, fp16 without a GPU ...), each one a problem line."""
+from __future__ import annotations
+
+import math
+
+from tpp.config.schema import DataConfig, RunConfig, TrainConfig
+
+
+def _check_values(cfg: RunConfig, problems: list[str]) -> None:
+    """Values the types allow but that make no sense (or crash later): each one a problem appended."""
+    train = cfg.train
+    checks = [
+        (0 < cfg.data.label_fraction <= 1, "data.label_fraction must be in (0, 1]."),
+        (train.epochs >= 1, "train.epochs must be at least 1."),
+        (train.max_steps is None or train.max_steps >= 1, "train.max_steps must be at least 1."),
+        (train.batch_size >= 1, "train.batch_size must be at least 1."),
+        (not train.lr <= 0, "train.lr must be positive."),
+        (not math.isfinite(train.warmup_ratio) or 0 <= train.warmup_ratio < 1, "train.warmup_ratio must be in [0, 1)."),
+        (cfg.data.split in ("train", "val", "test"), "data.split must be train, val or test."),
+        (cfg.backbone.input_size is None or cfg.backbone.input_size >= 1, "backbone.input_size must be positive."),
+        (0 <= cfg.seed < 2**32,  # numpy's and torch's seeding take 0 .. 2**32 - 1
+         f"seed must be an integer in 0 .. 2**32 - 1 (4294967295), got {cfg.seed}."),
+        (cfg.data.val_label_fraction is None or 0 < cfg.data.val_label_fraction <= 1,
+         f"data.val_label_fraction must be in (0, 1], got {cfg.data.val_label_fraction}."),
+        (train.checkpoint_every is None or train.checkpoint_every >= 1,
+         f"train.checkpoint_every must be at least 1, got {train.checkpoint_every}."),
+        (train.keep_checkpoints >= 1, f"train.keep_checkpoints must be at least 1, got {train.keep_checkpoints}."),
+        (1 <= train.grad_accum_steps <= max(train.batch_size, 1), f"train.grad_accum_steps must be between 1 and "
+         f"train.batch_size ({train.batch_size}), got {train.grad_accum_steps}."),
+    ]
+    problems += [message for ok, message in checks if not ok]
+    _check_train(train, problems)
+    _check_data(cfg.data, "data", problems)
+    for i, entry in enumerate(cfg.pool):
+        _check_data(entry.data, f"pool[{i}].data", problems)
+    if train.mixed_precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU.")
+
+
+def _check_train(train: TrainConfig, problems: list[str]) -> None:
+    """Optimiser and batch settings: values torch would take but that make no sense (or crash later)."""
+    finite = {"train.lr": train.lr, "train.weight_decay": train.weight_decay,
+              "train.head_lr_scale": train.head_lr_scale, "train.adam_beta2": train.adam_beta2,
+              "train.warmup_ratio": train.warmup_ratio}
+    problems += [f"{key} must be a finite number, got {value}." for key, value in finite.items()
+                 if not math.isfinite(value)]
+    checks = [
+        (not train.weight_decay < 0, f"train.weight_decay must not be negative, got {train.weight_decay}."),
+        (not train.head_lr_scale <= 0, f"train.head_lr_scale must be positive (it multiplies train.lr for the task "
+                                       f"head), got {train.head_lr_scale}."),
+        (not math.isfinite(train.adam_beta2) or 0 <= train.adam_beta2 < 1,
+         f"train.adam_beta2 must lie in [0, 1) (AdamW's betas), got {train.adam_beta2}."),
+        (train.eval_batch_size >= 1, f"train.eval_batch_size must be at least 1, got {train.eval_batch_size}."),
+        (train.eval_every is None or train.eval_every >= 1,
+         f"train.eval_every must be at least 1, got {train.eval_every}."),
+    ]
+    problems += [message for ok, message in checks if not ok]
+
+
+def _check_data(data: DataConfig, key: str, problems: list[str]) -> None:
+    """Split fractions of a data section (``data`` or a ``pool[i].data``)."""
+    for name in ("val_fraction", "test_fraction"):
+        value = getattr(data, name)
+        if not (math.isfinite(value) and 0 <= value < 1):
+            problems.append(f"{key}.{name} must lie in [0, 1) (the share of images the seeded split puts "
+                            f"there), got {value}.")
+    if data.val_fraction + data.test_fraction >= 1 and 0 <= data.val_fraction < 1 and 0 <= data.test_fraction < 1:
+        problems.append(f"{key}.val_fraction + {key}.test_fraction must be below 1 (the rest trains), got "
+                        f"{data.val_fraction} + {data.test_fraction}.")
+    if not 0 <= data.num_workers <= 64:
+        problems.append(f"{key}.num_workers must be between 0 and 64 (worker processes), got {data.num_workers}.")

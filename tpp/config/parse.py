@@ -1,0 +1,179 @@
+"""Generic typed-dict building: a nested dict (YAML + overrides) checked key by key against a dataclass, the
+problem lines it reports (an unknown key, a wrong type), dotted ``key=value`` overrides and reading a YAML file.
+Nothing here knows the config's sections (:mod:`tpp.config.schema`) or its plug-ins."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tpp.errors import ConfigError
+
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check ``value`` against a type annotation; returns (ok, possibly-coerced value)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return True, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off as False, yes/on as True
+            value = {False: "no", True: "yes"}[value]
+        return value in typing.get_args(tp), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str) and _looks_float(value):  # YAML reads 1e-4 as a string
+            return True, float(value)
+        return False, value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp in (list, dict, str, bool):
+        return isinstance(value, tp), value
+    if origin in (list, dict):
+        return isinstance(value, origin), value
+    return True, value
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is typing.Union:
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _looks_float(raw: str) -> bool:
+    try:
+        float(raw)
+        return True
+    except ValueError:
+        return False
+
+
+def build_dataclass(cls, data: dict, path: str = "", problems: list[str] | None = None):
+    """Build dataclass ``cls`` from a nested dict, checking every key and type (and the class's own
+    ``__post_init__`` checks).
+
+    Every unknown key and wrong type is a problem naming its dotted key path (an unknown key with a close
+    known one suggests it). With a ``problems`` list they are appended to it and the keys at fault keep
+    their defaults; without, they are raised together as one ConfigError.
+    """
+    found: list[str] = []
+    if not isinstance(data, dict):
+        found.append(f"config key '{path or '<root>'}' must be a mapping, got {type(data).__name__}.")
+        data = {}
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        key_path = f"{path}.{key}" if path else key
+        if key not in fields:
+            found.append(unknown_key(key_path, fields))
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = build_dataclass(tp, value, key_path, found)
+            continue
+        ok, coerced = _type_ok(value, tp)
+        if ok:
+            kwargs[key] = coerced
+        else:
+            found.append(f"config key '{key_path}' must be {_describe(tp)}, got {value!r}.")
+    try:
+        built = cls(**kwargs)
+    except ConfigError as exc:  # the class's own value checks
+        found.append(str(exc))
+        built = cls()
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise config_error(found)
+    return built
+
+
+def unknown_key(key_path: str, known) -> str:
+    """The problem line of an unknown key: the close known key if there is one, else the known keys."""
+    prefix, _, key = key_path.rpartition(".")
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    if close:
+        return f"unknown config key '{key_path}'; did you mean {prefix + '.' if prefix else ''}{close[0]}?"
+    return f"unknown config key '{key_path}'. Known keys here: {', '.join(sorted(known))}."
+
+
+def config_error(problems: list[str]) -> ConfigError:
+    """One ConfigError for every problem found: the problem itself, or one line each under a count
+    (``.problems`` lists them)."""
+    error = ConfigError(problems[0] if len(problems) == 1 else
+                        f"{len(problems)} config problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    error.problems = list(problems)
+    return error
+
+
+def _section(data: dict, name: str) -> dict:
+    """A copy of the mapping ``data[name]`` ({} when absent); anything else is a ConfigError."""
+    section = data.get(name)
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"config key '{name}' must be a mapping, got {type(section).__name__} ({section!r}); "
+                          f"set its keys, e.g. {name}.<key>=value.")
+    return dict(section)
+
+
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=1e-4'`` -> (['train', 'lr'], 0.0001). Values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (for example train.lr=1e-4).")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{text}' has an empty key.")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply dotted overrides to a nested dict (in place) and return it."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{key}' is not a section.")
+        node[keys[-1]] = value
+    return data
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    """Read a YAML config file into a dict, with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}.")
+    return data

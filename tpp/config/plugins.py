@@ -1,0 +1,166 @@
+"""Plug-in options: a method's (``adapter``), pretext's (``pretext``), data source's (``data`` and each ``pool``
+entry's data) and task's (the section named after the task) options, popped out of their section and checked by
+the plug-in's own options dataclass from its registry. An option of another plug-in names the plug-in it
+belongs to; a method / pretext / source switched on the command line drops the file's options for the old one."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+from tpp.config.parse import _default, _section, build_dataclass, config_error
+from tpp.config.schema import AdapterConfig, DataConfig, PretextConfig, RunConfig
+from tpp.errors import ConfigError
+
+
+def _with_options(data: dict, section_name: str, problems: list[str]) -> dict:
+    """The ``adapter`` / ``pretext`` section of ``data`` with the chosen method's / pretext's options checked
+    (problems appended) and kept in ``options``."""
+    from tpp.adapters import get_method  # registries live with the methods and the pretexts
+    from tpp.pretext import get_pretext
+
+    common_cls, key, get = ((AdapterConfig, "method", get_method) if section_name == "adapter"
+                            else (PretextConfig, "name", get_pretext))
+    section = _section(data, section_name)
+    chosen = section.get(key, getattr(common_cls, key))
+    options_cls = get(chosen).options_cls
+    if section_name == "pretext":
+        drop_other_pretexts_defaults(section, chosen)
+    section["options"] = _plugin_options(section, section_name, common_cls, options_cls,
+                                         f"{section_name}.{key}={chosen}", _owner_hint(section, section_name, chosen),
+                                         problems, others=set(_option_fields(section_name, chosen)))
+    return section
+
+
+def _data_options(section: dict, path: str) -> dict:
+    """The data section ``section`` (a copy, changed in place) with its source's options popped into ``options``,
+    checked and typed by the source's options dataclass; ``path``: its key (``data``, ``pool[0].data``)."""
+    from tpp.data.sources import get_source
+
+    name = section.get("source", DataConfig.source)
+    if not isinstance(name, str):
+        raise ConfigError(f"config key '{path}.source' must be str, got {name!r}.")
+    options_cls = get_source(name, f"{path}.source").options_cls
+    section["options"] = _plugin_options(section, path, DataConfig, options_cls, f"{path}.source={name}",
+                                         _owner_hint(section, "data", name, path),
+                                         others=set(_option_fields("data", name)))
+    return section
+
+
+def _pool_entry(entry: Any, index: int) -> Any:
+    """A ``pool`` entry with its data section's source options popped into ``options`` (see _data_options)."""
+    if isinstance(entry, dict) and "data" in entry:
+        return dict(entry, data=_data_options(_section(entry, "data"), f"pool[{index}].data"))
+    return entry
+
+
+def _task_options(data: dict):
+    """Pop (in place) the sections named after registered tasks; the chosen task's (``task``, default
+    classification) becomes its typed options. Another task's section is an error naming the task."""
+    from tpp.tasks import all_tasks, get_task
+
+    name = data.get("task", RunConfig.task)
+    task = get_task(name)
+    for other in all_tasks():
+        section = _section(data, other.name)
+        data.pop(other.name, None)
+        if other is task:
+            options = build_dataclass(task.options_cls, section, task.name)
+        elif section:
+            raise ConfigError(f"config section '{other.name}' holds options of task {other.name}, but task={name}: "
+                              f"set task={other.name} or drop the section.")
+    return options
+
+
+def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default: str) -> None:
+    """``adapter.method=X`` / ``pretext.name=X`` / ``data.source=X`` on the command line replaces the file's
+    method / pretext / source:
+    the file's options were written for its own choice and are dropped (in place), its common keys
+    (``adapter.init_from`` ...) stay; options given on the command line are checked by X."""
+    section, given = data.get(section_name), given.get(section_name)
+    if not isinstance(given, dict) or key not in given or not isinstance(section, dict):
+        return
+    if given[key] != section.get(key, default):
+        common_cls = {"adapter": AdapterConfig, "pretext": PretextConfig, "data": DataConfig}[section_name]
+        common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
+        data[section_name] = {k: v for k, v in section.items() if k in common}
+
+
+def _plugin_options(section: dict, section_name: str, common_cls, options_cls, chosen: str, hint: str = "",
+                    problems: list[str] | None = None, others=frozenset()) -> dict:
+    """Pop the keys of ``section`` that are not ``common_cls`` fields: the chosen method's / pretext's
+    options, checked (names, types, values) by its ``options_cls``. Returns them typed (YAML's ``5e-1``
+    string becomes 0.5). Problems go to ``problems`` (without it, they are raised together); an unknown
+    key close to a known one suggests it, unless it is an option of another plug-in (``others``: ``hint``
+    says whose)."""
+    found: list[str] = []
+    common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
+    options = {k: section.pop(k) for k in list(section) if k not in common}
+    known = {f.name for f in dataclasses.fields(options_cls)}
+    foreign = []
+    for key in sorted(set(options) - known):
+        close = [] if key in others else difflib.get_close_matches(key, sorted(known | common), n=1)
+        if close:
+            found.append(f"unknown config key '{section_name}.{key}' for {chosen}; did you mean "
+                         f"{section_name}.{close[0]}?")
+        else:
+            foreign.append(key)
+    if foreign:
+        found.append(
+            f"unknown config key {', '.join(repr(section_name + '.' + k) for k in foreign)} for {chosen} "
+            f"(its options: {', '.join(sorted(known)) or 'none'}; common keys: {', '.join(sorted(common))})." + hint)
+    options = {k: v for k, v in options.items() if k in known}
+    typed = build_dataclass(options_cls, options, section_name, found)  # type and value checks
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise config_error(found)
+    return {k: getattr(typed, k) for k in options}
+
+
+def _owner_hint(section: dict, section_name: str, chosen: str, path: str | None = None) -> str:
+    """' pretext.dino_ema is an option of pretext dino: set pretext.name=dino.' for the first option in
+    ``section`` that ``chosen`` lacks and other methods / pretexts / sources have ('' if none); ``path``: the
+    section's key when it differs from ``section_name`` (``pool[0].data``)."""
+    own = {f.name for p in _plugins(section_name) if p.name == chosen for f in dataclasses.fields(p.options_cls)}
+    owners = _option_fields(section_name, chosen)
+    kind, key_name = {"adapter": ("method", "method"), "pretext": ("pretext", "name"),
+                      "data": ("source", "source")}[section_name]
+    path = path or section_name
+    for key in section:
+        if key in owners and key not in own:
+            names = sorted({name for name, _ in owners[key]})
+            fix = f": set {path}.{key_name}={names[0]}" if len(names) == 1 else f" (set {path}.{key_name})"
+            return f" {path}.{key} is an option of {kind} {', '.join(names)}{fix}."
+    return ""
+
+
+def _plugins(section_name: str) -> list:
+    """The registered methods (``adapter``), pretexts (``pretext``) or data sources (``data``), each with
+    ``.name`` and ``.options_cls``."""
+    from tpp.adapters import all_methods
+    from tpp.data.sources import all_sources
+    from tpp.pretext import all_pretexts
+
+    return {"adapter": all_methods, "pretext": all_pretexts, "data": all_sources}[section_name]()
+
+
+def _option_fields(section_name: str, chosen: str) -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """Option name -> [(plugin, field)] over the plugins of a section other than ``chosen``."""
+    owners: dict[str, list] = {}
+    for plugin in _plugins(section_name):
+        if plugin.name != chosen:
+            for f in dataclasses.fields(plugin.options_cls):
+                owners.setdefault(f.name, []).append((plugin.name, f))
+    return owners
+
+
+def drop_other_pretexts_defaults(section: dict, chosen: str) -> None:
+    """Remove (in place) options of pretexts other than ``chosen`` that hold their defaults: configs saved
+    before pretext options were per pretext list every pretext's options. A changed value stays (an error)."""
+    from tpp.pretext import get_pretext
+
+    own = {f.name for f in dataclasses.fields(get_pretext(chosen).options_cls)}
+    for key, owners in _option_fields("pretext", chosen).items():
+        if key in section and key not in own and any(section[key] == _default(f) for _, f in owners):
+            del section[key]

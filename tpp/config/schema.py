@@ -1,0 +1,215 @@
+"""The typed config schema: the single source of keys, types, defaults and help.
+
+One dataclass per section (``backbone``, ``adapter``, ``data``, ``train``, ``pretext``, ``model``, a ``pool``
+entry) and :class:`RunConfig`, the whole config; each key's help text is its field's metadata (``tpp validate
+--keys``). Plug-in options (a method's ``r``, a pretext's ``mask_ratio``, a data source's ``file``, a task's
+section) are no fields here: the plug-in's own options dataclass checks them (:mod:`tpp.config.plugins`).
+
+Precedence: ``train.max_steps`` (when set) fixes the number of optimiser steps and ``train.epochs``
+is then ignored; otherwise the run lasts ``train.epochs`` passes over the training split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+def _f(default, help: str, **kw):
+    """A dataclass field with help text stored in its metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class BackboneConfig:
+    path: str = _f("../shared/models/mae-vit-tiny-med",
+                   "hub id or local directory of a transformers ViT / ViT-MAE / DINOv2 checkpoint")
+    mean: Optional[list] = _f(None, "per-channel mean; default: the checkpoint's preprocessor_config.json")
+    std: Optional[list] = _f(None, "per-channel std; default: the checkpoint's preprocessor_config.json")
+    input_size: Optional[int] = _f(None, "pixels fed to the encoder (multiple of the patch size); default: the "
+                                         "checkpoint's image size; other sizes interpolate position embeddings")
+
+
+@dataclass
+class AdapterConfig:
+    """Keys common to every method. Method options (``r``, ``alpha`` ...) are checked by the method's
+    own dataclass from the adapter registry and kept in ``options``.
+
+    With ``init_from``, the method and its inherited options come from the parent adapter: values from the
+    config file give way to the parent's, values given on the command line (``explicit``, set by
+    :func:`tpp.config.load_config`; ``None`` = every key counts as explicit) must agree with it."""
+    explicit: typing.ClassVar[Optional[frozenset]] = None
+    method: str = _f("lora", "adapter method from the registry (`tpp ls` lists them)")
+    path: Optional[str] = _f(None, "adapter directory to load (evaluate)")
+    init_from: Optional[str] = _f(None, "adapter directory whose target parameters start fine-tuning (TPP)")
+    require_same_modality: bool = _f(False, "fail instead of warn when init_from was pre-trained on another modality")
+    options: dict = _f({}, "method options given by the user, flat as adapter.<option>")
+
+    def typed(self):
+        """The method's options dataclass (defaults filled in), built once and handed on as it is (to
+        ``tpp.model.attach_adapter`` and into the card)."""
+        from tpp.adapters import get_method
+
+        if self.__dict__.get("_typed") is None:
+            self.__dict__["_typed"] = get_method(self.method).options_cls(**self.options)
+        return self.__dict__["_typed"]
+
+    def resolved_options(self) -> dict:
+        """The method's options with its defaults filled in."""
+        return dataclasses.asdict(self.typed())
+
+
+@dataclass
+class DataConfig:
+    """Keys common to every data source. The source's own options (``file``, ``image_key``, ``mask_key`` ...)
+    are checked by its options dataclass from the source registry (``tpp.data.sources``), set flat as
+    ``data.<option>`` and kept in ``options``; :meth:`resolved` gives them typed, defaults filled in."""
+    name: str = _f("breastmnist", "dataset name: a MedMNIST flag (breastmnist, pneumoniamnist ...) or your own")
+    source: str = _f("medmnist", "where images come from: a source from the registry (`tpp ls`); each one's "
+                                 "options are listed below, tagged")
+    root: Optional[str] = _f(None, "data root; default: env TPP_DATA_ROOT")
+    origin: Optional[str] = _f(None, "image collection the data comes from (e.g. BUSI); an adapter pre-trained "
+                                     "on the same collection under another split is refused (leakage)")
+    modality: Optional[str] = _f(None, "DICOM modality code (US, CR, DX, CT, MR, SM, XC, OP ...); required for folders")
+    label_fraction: float = _f(1.0, "stratified, seeded, nested fraction of training labels used")
+    val_label_fraction: Optional[float] = _f(
+        None, "finetune: stratified, seeded fraction of the val split used for model selection and val metrics "
+              "(a few-label site has few validation labels too); default: the whole val split")
+    split: str = _f("test", "split evaluated by the evaluate recipe")
+    val_fraction: float = _f(0.1, "seeded split when the data has none: fraction for val")
+    test_fraction: float = _f(0.2, "seeded split when the data has none: fraction for test")
+    hflip: bool = _f(True, "random horizontal flips during training")
+    use_eval_splits: bool = _f(False, "TPP only: also pre-train on val/test images (recorded in the card)")
+    license: Optional[str] = _f(None, "licence of the data, recorded in cards (known for MedMNIST; else declare it)")
+    num_workers: int = _f(0, "worker processes that read (files), convert, resize and normalise batches while the "
+                             "model computes; 0: in the main process")
+    options: dict = _f({}, "source options given by the user, flat as data.<option>")
+
+    def resolved(self):
+        """The source's options dataclass, defaults filled in."""
+        from tpp.data.sources import get_source
+
+        return get_source(self.source).options_cls(**self.options)
+
+    def flat(self) -> dict:
+        """The section as a plain dict, the source's resolved options flat beside the common keys."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        return out | dataclasses.asdict(self.resolved())
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(10, "passes over the training split (ignored when max_steps is set)")
+    max_steps: Optional[int] = _f(None, "optimiser steps; takes precedence over epochs")
+    batch_size: int = _f(64, "images per optimiser step")
+    log_with: Optional[Literal["tensorboard"]] = _f(None, "also log through an Accelerate tracker (into output_dir; "
+                                                          "pip install tensorboard)")
+    checkpoint_every: Optional[int] = _f(None, "save trainable tensors + optimiser/scheduler/RNG/data position "
+                                               "every N steps")
+    keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
+    resume: Optional[str] = _f(None, "auto: continue from the newest checkpoint in output_dir (a run that "
+                                                "already succeeded is left as it is); or a checkpoint folder")
+    grad_accum_steps: int = _f(1, "split each step's batch into this many micro-batches: same gradients, less "
+                                  "activation memory (random augmentation and masking draw differently)")
+    lr: float = _f(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_ratio: float = _f(0.05, "fraction of steps with linear warm-up before cosine decay")
+    mixed_precision: Literal["no", "bf16", "fp16"] = _f("no", "Accelerate mixed precision (fp16 needs a GPU)")
+    eval_every: Optional[int] = _f(None, "validate every N steps; default: once per epoch, at most ~20 times a run")
+    eval_batch_size: int = _f(256, "images per evaluation batch")
+    head_lr_scale: float = _f(1.0, "learning-rate multiplier for the task head")
+    adam_beta2: float = _f(0.999, "AdamW beta2 (MAE pre-training uses 0.95)")
+    select_best: bool = _f(True, "finetune: keep the weights of the best validation AUROC; false: the last step's, "
+                                 "without validating during training (fixed step budget)")
+
+
+@dataclass
+class PretextConfig:
+    """The pretext task of ``tpp run tpp`` (and the MAE settings of ``pretrain_backbone``). Its options
+    (``mask_ratio``, ``dino_ema`` ...) are checked by the pretext's own dataclass from the pretext
+    registry and kept in ``options``."""
+    name: str = _f("mae", "pretext task from the pretext registry (each one's options are listed below, tagged)")
+    options: dict = _f({}, "pretext options given by the user, flat as pretext.<option>")
+
+    def resolved(self):
+        """The pretext's options dataclass, defaults filled in."""
+        from tpp.pretext import get_pretext
+
+        return get_pretext(self.name).options_cls(**self.options)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a backbone built from scratch (pretrain_backbone): a transformers ViT-MAE."""
+    image_size: int = _f(28, "input size in pixels")
+    patch_size: int = _f(4, "patch size in pixels")
+    num_channels: int = _f(3, "input channels (gray images are replicated)")
+    hidden_size: int = _f(192, "encoder width")
+    num_hidden_layers: int = _f(6, "encoder depth")
+    num_attention_heads: int = _f(3, "encoder heads")
+    intermediate_size: int = _f(768, "encoder MLP width")
+    decoder_hidden_size: int = _f(128, "MAE decoder width")
+    decoder_num_hidden_layers: int = _f(2, "MAE decoder depth")
+    decoder_num_attention_heads: int = _f(4, "MAE decoder heads")
+    decoder_intermediate_size: int = _f(512, "MAE decoder MLP width")
+    mean: list = _f([0.5, 0.5, 0.5], "per-channel mean written to preprocessor_config.json")
+    std: list = _f([0.25, 0.25, 0.25], "per-channel std written to preprocessor_config.json")
+
+
+@dataclass
+class PoolEntry:
+    """One dataset of a pre-training pool: a data section, and whether its labels train a head."""
+    data: DataConfig = field(default_factory=DataConfig)
+    supervised: bool = _f(True, "train a linear head on this dataset's labels (UMedPT-style multi-task)")
+
+
+@dataclass
+class RunConfig:
+    recipe: str = _f("finetune", "recipe the config is written for; it may set only the sections that recipe reads "
+                                 "(recipes/registry.py)")
+    task: str = _f("classification", "finetune: what the head predicts, a task from the registry (`tpp ls`); its "
+                                     "options are the config section named after it (segmentation.dice_weight ...)")
+    site: str = _f("default", "hospital / site name recorded in the adapter card")
+    seed: int = _f(0, "seed for data subsets, initialisation and shuffling")
+    output_dir: str = _f("runs/default", "where the run writes its log, metrics and adapter")
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    task_options: Any = _f(None, "the task's options (its own dataclass), set as the section named after the task")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pool: list = _f([], "pretrain_backbone: list of {data: {...}, supervised: bool} entries")
+    supervised_weight: float = _f(1.0, "pretrain_backbone: weight of the mean supervised loss (0: MAE only)")
+
+    def to_dict(self) -> dict:
+        """Plain dict of the sections the recipe reads (a run's ``config.yaml``), with adapter, pretext and data
+        source options flattened back into their sections."""
+        out = dataclasses.asdict(self)
+        out["data"] = self.data.flat()
+        for entry, flat in zip(self.pool, out["pool"]):
+            flat["data"] = entry.data.flat()
+        out["adapter"].pop("options")
+        out["adapter"].update(self.adapter.resolved_options())
+        out["pretext"].pop("options")
+        out["pretext"].update(dataclasses.asdict(self.pretext.resolved()))
+        options = out.pop("task_options")
+        if options:  # the task's own section, defaults filled in
+            out[self.task] = options
+        from tpp.recipes.registry import RECIPES
+
+        for dotted in RECIPES[self.recipe].ignores:  # keys of its sections the recipe never reads
+            section, key = dotted.split(".")
+            out.get(section, {}).pop(key, None)
+        return {k: v for k, v in out.items() if k in self.sections()}
+
+    def sections(self) -> set[str]:
+        """The top-level keys the recipe reads: its sections (``tpp.recipes.registry``), with ``task`` the
+        section named after the task."""
+        from tpp.recipes.registry import RECIPES
+
+        sections = set(RECIPES[self.recipe].sections)
+        return sections | {self.task} if "task" in sections else sections

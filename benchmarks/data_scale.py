@@ -1,7 +1,9 @@
 """Does the data path stream? Peak memory against the number of images, and throughput against the old path.
 
     python benchmarks/data_scale.py scale                  # 1k / 10k / 50k PNGs at 224 px: peak RSS flat in N?
-    python benchmarks/data_scale.py scale --sizes 500 2000 --steps 3      # a quick look
+    python benchmarks/data_scale.py scale --sizes 50000    # one size at a time: measured sizes are kept in
+                                                           # benchmarks/results/data_scale_rows.json
+    python benchmarks/data_scale.py scale --sizes 500 2000 --steps 3 --out /tmp/ds      # a quick look
     python benchmarks/data_scale.py speed --baseline HEAD~1 # 28-px MedMNIST images/s vs a previous commit
 
 ``scale``: a folder of N PNG images at 224 px, made by upsampling real BreastMNIST images from the data root
@@ -10,7 +12,10 @@ never committed), and a ViT-MAE backbone built from config at 224 px (patch 16, 
 is a fresh subprocess: TPP (``--steps`` steps on all N images), fine-tuning (``--steps`` steps, then its val and
 test predictions) and evaluation of that adapter on the train split, so the N images are all predicted once.
 Memory is peak RSS minus the RSS after the backbone is loaded (before any image is read). The claim: peak memory
-flat in N, within 20% from the smallest to the largest N.
+flat in N, within 20% from the smallest to the largest N. The runs fix glibc's mmap threshold
+(``MALLOC_MMAP_THRESHOLD_``, ``--malloc-threshold 0`` for glibc's default): with the default, freed activation
+buffers fragment the heap and the same prediction loop peaked at 158, 218 and 158 MiB over 160, 800 and 1,600
+images (95 MiB for both ends with the threshold fixed), noise that would hide what the data path does.
 
 ``speed``: fine-tuning on BreastMNIST (28 px, the shared backbone) with this checkout and with ``--baseline``
 (run from a temporary git worktree), alternating, ``--rounds`` times; images/s of the training steps (from the
@@ -92,17 +97,23 @@ def worker(recipe: str, overrides: list[str], backbone: str) -> dict:
 
 
 def run(recipe: str, overrides: list[str], backbone: str, env: dict | None = None) -> dict:
-    """One recipe run in a fresh subprocess (``env``: e.g. PYTHONPATH of a baseline checkout)."""
+    """One recipe run in a fresh subprocess (``env``: variables such as PYTHONPATH of a baseline checkout)."""
     sets = [a for o in overrides for a in ("--set", o)]
     return report.run_worker(__file__, ["--worker", recipe, "--backbone", backbone, *sets], env=env)
 
 
 def scale(args) -> dict:
-    rows = []
+    """Every size of ``--sizes`` not measured yet (rows kept in ``OUT/data_scale_rows.json``, so the sizes can
+    be run in separate sessions), then the verdict over every stored size."""
+    store = args.out / "data_scale_rows.json"
+    rows = json.loads(store.read_text()) if store.is_file() else []
+    env = {"MALLOC_MMAP_THRESHOLD_": str(args.malloc_threshold)} if args.malloc_threshold else None
     with tempfile.TemporaryDirectory(prefix="tpp_data_scale_") as tmp:
         tmp = Path(tmp)
         backbone = str(make_backbone(tmp / "vit224"))
         for n in args.sizes:
+            if {r["recipe"] for r in rows if r["n"] == n} == {"tpp", "finetune", "evaluate"}:
+                continue
             folder = make_folder(tmp / f"png{n}", n, args.data_root)
             common = [f"backbone.path={backbone}", "data.source=folder", f"data.root={tmp}", f"data.file=png{n}",
                       "data.modality=US", f"data.name=png{n}", f"train.max_steps={args.steps}",
@@ -110,23 +121,27 @@ def scale(args) -> dict:
                       f"data.num_workers={args.num_workers}"]
             out = tmp / f"runs{n}"
             results = {
-                "tpp": run("tpp", [*common, "data.use_eval_splits=true", f"output_dir={out / 'tpp'}"], backbone),
+                "tpp": run("tpp", [*common, "data.use_eval_splits=true", f"output_dir={out / 'tpp'}"], backbone, env),
                 "finetune": run("finetune", [*common, "train.select_best=false", f"output_dir={out / 'ft'}"],
-                                backbone),
+                                backbone, env),
             }
             results["evaluate"] = run("evaluate", [*common, f"adapter.path={out / 'ft' / 'adapter'}",
-                                                   "data.split=train", f"output_dir={out / 'eval'}"], backbone)
+                                                   "data.split=train", f"output_dir={out / 'eval'}"], backbone, env)
             for recipe, r in results.items():
+                rows = [x for x in rows if (x["n"], x["recipe"]) != (n, recipe)]
                 rows.append({"n": n, "recipe": recipe, "peak_minus_baseline_mib": r["peak_minus_baseline_mib"],
-                             "seconds": r["seconds"], "images_per_s": n / r["seconds"] if recipe == "evaluate"
-                             else None})
+                             "seconds": r["seconds"], "malloc_mmap_threshold": args.malloc_threshold or None,
+                             "steps": args.steps, "batch_size": args.batch_size, "num_workers": args.num_workers})
                 print(f"N={n:>6} {recipe:<9} +{r['peak_minus_baseline_mib']:.0f} MiB  {r['seconds']:.0f} s", flush=True)
+            report.write_atomic(store, json.dumps(rows, indent=1))
             shutil.rmtree(folder)
+    rows.sort(key=lambda r: (r["n"], r["recipe"]))
     flat = {}
     for recipe in ("tpp", "finetune", "evaluate"):
         mem = [r["peak_minus_baseline_mib"] for r in rows if r["recipe"] == recipe]
         flat[recipe] = max(mem) / min(mem)
-    return {"rows": rows, "largest_over_smallest": flat, "flat_within_20pct": all(v <= 1.2 for v in flat.values())}
+    return {"rows": rows, "sizes": sorted({r["n"] for r in rows}), "largest_over_smallest": flat,
+            "flat_within_20pct": all(v <= 1.2 for v in flat.values())}
 
 
 def checkout(rev: str, where: Path) -> dict:
@@ -167,6 +182,8 @@ def scale_table(data: dict) -> str:
     lines = ["| N images | recipe | peak RSS - baseline (MiB) | wall time (s) |", "|---|---|---|---|"]
     lines += [f"| {r['n']:,} | {r['recipe']} | {r['peak_minus_baseline_mib']:.0f} | {r['seconds']:.0f} |"
               for r in data["rows"]]
+    if len(data["sizes"]) < 2:
+        return "\n".join(lines)
     ratios = ", ".join(f"{k} {v:.2f}x" for k, v in data["largest_over_smallest"].items())
     return "\n".join(lines) + f"\n\nLargest over smallest N: {ratios} (flat within 20%: {data['flat_within_20pct']})."
 
@@ -187,6 +204,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--malloc-threshold", type=int, default=131072,
+                        help="MALLOC_MMAP_THRESHOLD_ for the runs (0: glibc's dynamic default, under which freed "
+                             "activation buffers fragment the heap and peak RSS drifts by 100+ MiB run to run)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", default="HEAD", help="speed: the git revision of the previous data path")
     parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
@@ -203,8 +223,10 @@ def main(argv=None) -> int:
     print(json.dumps({k: v for k, v in data.items() if k not in ("runs", "rows")}, indent=1))
     if args.mode == "scale":
         description = (f"Folders of N PNGs at 224 px (BreastMNIST upsampled), ViT-MAE 224 px built from config, "
-                       f"{args.steps} steps of batch {args.batch_size}, data.num_workers={args.num_workers}; each run "
-                       "a fresh subprocess, memory = peak RSS - RSS after loading the backbone.")
+                       f"{args.steps} steps of batch {args.batch_size}, data.num_workers={args.num_workers}, "
+                       f"MALLOC_MMAP_THRESHOLD_={args.malloc_threshold or 'glibc default'}; each run a fresh "
+                       "subprocess, memory = peak RSS - RSS after loading the backbone. Sizes measured: "
+                       f"{', '.join(str(n) for n in data['sizes'])}.")
         table = scale_table(data)
     else:
         description = (f"Fine-tuning on BreastMNIST (28 px, shared backbone), {args.steps} steps of batch 64, this "

@@ -16,6 +16,8 @@ TOY_TASK = '''
 """toy_score: a scalar per image (the label index times a scale), least squares; registered from outside tpp."""
 from dataclasses import dataclass, field
 
+import numpy as np
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -88,8 +90,9 @@ class ToyScore(Task):
     def json_entry(self, result, label_names):
         return {"score": result}
 
-    def csv_entry(self, result, label_names, stem):
-        return {"score": f"{result:.6f}"}, {}
+    def csv_entry(self, result, label_names, stem):  # a file beside the CSV too: a tiny gray tile
+        tile = f"{stem}_tile.png"
+        return {"score": f"{result:.6f}", "tile": tile}, {tile: np.full((4, 4), 7, np.uint8)}
 
 
 register(ToyScore())
@@ -151,8 +154,9 @@ def test_a_task_from_one_file_trains_evaluates_compares_publishes_predicts_and_s
         files.append(tmp_path / f"scan{i}.png")
     assert run_cli("predict", "--backbone", tiny_mae, "--store", tmp_path / "store", "--site", "site", *files,
                    "--out", tmp_path / "pred.csv") == 0
-    predicted = [float(r["score"]) for r in csv.DictReader(open(tmp_path / "pred.csv"))]
-    assert predicted == pytest.approx(offline, abs=1e-5)
+    rows = list(csv.DictReader(open(tmp_path / "pred.csv")))
+    assert [float(r["score"]) for r in rows] == pytest.approx(offline, abs=1e-5)
+    assert [np.asarray(Image.open(tmp_path / r["tile"])).tolist() for r in rows] == [[[7] * 4] * 4] * 3
 
     worker = InferenceWorker(AdapterBank(str(tiny_mae), str(tmp_path / "store")), max_wait_ms=1)
     try:

@@ -1,5 +1,7 @@
 """The streaming data path: stored uint8 images (arrays or files) become model input one batch at a time, with
 the same order and the same numbers as the whole split converted at once, in worker processes too."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -39,8 +41,8 @@ def test_batches_equal_the_whole_split_converted_at_once_in_the_same_order(worke
     before = make_loader(whole, labels, batch_size=8, shuffle=True, seed=3)
     after = stream_loader(ModelInputs(images, 3, SIZE, MEAN, STD), labels, batch_size=8, shuffle=True, seed=3,
                           num_workers=workers)
-    pairs = list(zip(before, after))
-    assert len(pairs) == 5
+    pairs = [pair for _ in range(3) for pair in zip(before, after)]  # three epochs: each reshuffles alike
+    assert len(pairs) == 15
     for (x0, y0), (x1, y1) in pairs:
         assert torch.equal(y0, y1) and torch.equal(x0, x1)
 
@@ -85,3 +87,16 @@ def test_predict_streams_the_same_rows_as_a_tensor():
     for workers in (0, 2):
         got = predict(accelerator, model, ModelInputs(images, 3, SIZE, MEAN, STD), 5, lambda x: x, workers)
         assert torch.equal(got, expected)
+
+
+def test_a_file_removed_after_loading_is_named_and_mixed_shapes_are_refused(tmp_path):
+    from tpp.errors import TppError
+
+    dataset = load_folder("toy", str(image_folder(tmp_path / "img")), None, modality="US", image_size=SIZE)
+    files = dataset.split("train").images
+    Path(files.paths[0]).unlink()
+    with pytest.raises(TppError, match="changed or disappeared since the data was loaded"):
+        files[0]
+    gray, colour = files[np.array([1])], ImageFiles(files.paths[1:2], files.decode, (SIZE, SIZE, 3))
+    with pytest.raises(TppError, match="decode to different shapes"):
+        concat_images([gray, colour])

@@ -371,7 +371,7 @@ def cmd_predict(args) -> int:
     rows, masks = predict_files(bank, pairs, args.batch_size, options)
     path, folder = write_outputs(rows, masks, args.out)
     if folder:
-        print(f"{len(masks)} masks (PNG, class indices, at each image's size) -> {folder}")
+        print(f"{len(masks)} files (PNG; segmentation: class-index masks at each image's size) -> {folder}")
     print(f"{len(rows)} images, {len({r['site'] for r in rows})} sites -> {path}")
     return 0
 

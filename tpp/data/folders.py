@@ -47,11 +47,18 @@ class FolderDecoder:
         self.size, self.mode = size, mode
 
     def __call__(self, path: str) -> np.ndarray:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as img:
-            img.load()
-            img = training_mode(img)
+        try:  # checked at load; a file replaced or removed since then is named, never a raw PIL error
+            width, height = pil_size(path)
+            if width * height > DEFAULT_LIMITS.max_pixels:
+                raise ImageTooLarge(f"{width}x{height} pixels, more than the per-image limit")
+            with Image.open(path) as img:
+                img.load()
+                img = training_mode(img)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImageTooLarge) as exc:
+            raise TppError(f"image '{path}' changed or disappeared since the data was loaded "
+                           f"({type(exc).__name__}: {exc}); restart the run.") from None
         return np.asarray(img.convert(self.mode).resize((self.size, self.size), Image.BILINEAR), dtype=np.uint8)
 
 

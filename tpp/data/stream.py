@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tpp.data.build import to_model_tensor
 from tpp.data.files import ImageFiles
+from tpp.errors import TppError
 
 
 def concat_images(parts: list):
@@ -24,6 +25,10 @@ def concat_images(parts: list):
     if all(isinstance(p, np.ndarray) for p in parts):
         return np.concatenate(parts)
     if all(isinstance(p, ImageFiles) for p in parts):
+        shapes = {p.image_shape for p in parts}
+        if len(shapes) > 1:  # e.g. a folder's own val/ split has colour images and its train/ split none
+            raise TppError(f"the splits' images decode to different shapes {sorted(shapes)} (gray in one split, "
+                           "colour in another); convert the folder's images to one mode.")
         return ImageFiles([path for p in parts for path in p.paths], parts[0].decode, parts[0].image_shape)
     return np.concatenate([np.asarray(p) for p in parts])
 
@@ -85,8 +90,9 @@ def stream_loader(inputs: ModelInputs, *targets: torch.Tensor, batch_size: int, 
     converted split with the same seed and batch size."""
     gen = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(_Indexed(len(inputs), targets), batch_size=batch_size, shuffle=shuffle, generator=gen,
-                      drop_last=False, collate_fn=_Collate(inputs), num_workers=num_workers,
-                      persistent_workers=num_workers > 0)
+                      drop_last=False, collate_fn=_Collate(inputs), num_workers=num_workers)
+    # workers are not persistent: a persistent iterator skips the generator draw each new epoch makes, and
+    # the order would then depend on data.num_workers
 
 
 def index_batches(inputs: ModelInputs, index: torch.Tensor, batch_size: int, num_workers: int = 0):

@@ -120,9 +120,10 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
 
 
 def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str) -> tuple[Path, Path | None]:
-    """The CSV and, for segmentation sites, ``<OUT stem>_masks/`` (class-index PNGs; the CSV's ``mask``
-    column points into it). Both are staged first and then moved into place, replacing older outputs;
-    a stale masks folder from an earlier run is removed. Returns (CSV path, masks folder or None)."""
+    """The CSV and, where the sites' tasks write files (segmentation: class-index mask PNGs),
+    ``<OUT stem>_masks/`` (the CSV column naming each file points into it). Both are staged first and then
+    moved into place, replacing older outputs; a stale masks folder from an earlier run is removed. Returns
+    (CSV path, masks folder or None)."""
     import os
     import shutil
 
@@ -137,11 +138,10 @@ def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str) -> t
     try:
         if masks:
             tmp.mkdir()
-            for name, mask in masks.items():
-                Image.fromarray(mask.astype(np.uint8), "L").save(tmp / name)
-            for row in rows:
-                if "mask" in row:
-                    row["mask"] = f"{folder.name}/{row['mask']}"
+            for name, array in masks.items():  # uint8 (h, w) or (h, w, 3), as the task gave it
+                Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp / name)
+            for row in rows:  # a column naming a file the task wrote points into the folder
+                row.update({k: f"{folder.name}/{v}" for k, v in row.items() if isinstance(v, str) and v in masks})
         if folder.exists():
             os.replace(folder, old)
             moved = True

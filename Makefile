@@ -62,7 +62,7 @@ wheel-check: install
 	$(PYTHON) -m venv build/wheel-venv
 	build/wheel-venv/bin/python $(PIP_INSTALL) torch==2.13.0
 	build/wheel-venv/bin/python $(PIP_INSTALL) dist/tpp-*.whl
-	cd build && wheel-venv/bin/tpp ls && for c in $$(wheel-venv/bin/python -c "from tpp.recipes import shipped_configs, CONFIG_DIR; print(' '.join(str(p.relative_to(CONFIG_DIR)) for p in shipped_configs()))"); do wheel-venv/bin/tpp validate $$c backbone.path=$(abspath $(BACKBONE)) || exit 1; done
+	cd build && wheel-venv/bin/tpp ls && wheel-venv/bin/python ../.ci/validate_configs.py $(abspath $(BACKBONE))
 	cd build && ! wheel-venv/bin/python -c "import adapters" 2>/dev/null
 	cd build && wheel-venv/bin/tpp run tpp --config breast_us/mae_vit_tiny_lora_tpp.yaml --overwrite \
 	    backbone.path=$(abspath $(BACKBONE)) train.max_steps=2 output_dir=wheel-run && test -f wheel-run/adapter/tpp_card.json

@@ -4,6 +4,7 @@ hang can time out. Test modules import from here, never from each other."""
 from __future__ import annotations
 
 import io
+import contextlib
 import os
 import subprocess
 import sys
@@ -151,3 +152,23 @@ def toy_segmentation_npz(path, n=40):
              label=(np.arange(n) % 2).astype(np.uint8), label_names=np.array(["benign", "malignant"]),
              group=np.arange(n) // 4)
     return path
+
+
+# -- plug-ins --------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def plugin_from_file(package, registry: str, name: str, source: str, folder, monkeypatch):
+    """Register the plug-in in ``source`` (a module named ``name``) from ``folder`` as if it were a file of
+    ``package`` (``tpp.tasks``, ``tpp.adapters`` ...), whose dict ``registry`` holds the registrations. The
+    built-ins load first; afterwards the registry is as it was and the module is forgotten."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    package._load_builtin()  # the built-ins, before the path holds the toy
+    monkeypatch.setattr(package, registry, dict(getattr(package, registry)))  # the toy is gone afterwards
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(folder)])
+    package._load_builtin.cache_clear()
+    try:
+        yield
+    finally:
+        sys.modules.pop(f"{package.__name__}.{name}", None)
+        package._load_builtin.cache_clear()

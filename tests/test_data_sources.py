@@ -2,13 +2,12 @@
 option of another source is an error naming it, and a toy source from a temporary folder runs fine-tuning
 with nothing in tpp naming it."""
 import json
-import sys
 
 import numpy as np
 import pytest
 import yaml
 from conftest import make_medmnist
-from helpers import FINETUNE_CONFIG, finetune, run_cli
+from helpers import FINETUNE_CONFIG, finetune, plugin_from_file, run_cli
 
 from tpp.config import build_config, help_lines, load_config
 from tpp.data.arrays import load_medmnist, load_npz
@@ -175,15 +174,8 @@ register(Source(name="toy_stripes", options_cls=StripesOptions, load=load))
 def toy_source(tmp_path, monkeypatch):
     import tpp.data.sources as sources
 
-    (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "toy_stripes.py").write_text(TOY_SOURCE)
-    sources._load_builtin()  # the built-in sources, before the path holds the toy
-    monkeypatch.setattr(sources, "_SOURCES", dict(sources._SOURCES))  # the toy is gone after the test
-    monkeypatch.setattr(sources, "__path__", [*sources.__path__, str(tmp_path / "plugins")])
-    sources._load_builtin.cache_clear()
-    yield sources.get_source("toy_stripes")
-    sys.modules.pop("tpp.data.sources.toy_stripes", None)
-    sources._load_builtin.cache_clear()
+    with plugin_from_file(sources, "_SOURCES", "toy_stripes", TOY_SOURCE, tmp_path / "plugins", monkeypatch):
+        yield sources.get_source("toy_stripes")
 
 
 def test_a_source_is_one_file_and_one_registration(toy_source, tiny_mae, tmp_path, capsys):

@@ -2,12 +2,11 @@
 pre-training, the hand-off into fine-tuning, publishing, and a mixed-site service batch, with nothing in
 tpp naming it (its capabilities come from its registration)."""
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import HANG_S, run_cli
+from helpers import HANG_S, plugin_from_file, run_cli
 from serving_fixtures import offline_probs, paused
 
 TOY_METHOD = '''
@@ -44,15 +43,8 @@ register(Method(name="rank_one", options_cls=RankOneOptions, attach=attach, iden
 def toy_method(tmp_path, monkeypatch):
     import tpp.adapters as adapters
 
-    (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "rank_one.py").write_text(TOY_METHOD)
-    adapters._load_builtin()  # the built-in methods, before the path holds the toy
-    monkeypatch.setattr(adapters, "_REGISTRY", dict(adapters._REGISTRY))  # the toy is gone after the test
-    monkeypatch.setattr(adapters, "__path__", [*adapters.__path__, str(tmp_path / "plugins")])
-    adapters._load_builtin.cache_clear()
-    yield adapters.get_method("rank_one")
-    sys.modules.pop("tpp.adapters.rank_one", None)
-    adapters._load_builtin.cache_clear()
+    with plugin_from_file(adapters, "_REGISTRY", "rank_one", TOY_METHOD, tmp_path / "plugins", monkeypatch):
+        yield adapters.get_method("rank_one")
     adapters.adapter_marker.cache_clear()
 
 

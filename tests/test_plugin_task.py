@@ -3,12 +3,11 @@ config section), evaluation, ``tpp compare``, publishing, ``tpp predict`` and a 
 in tpp naming it."""
 import csv
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import evaluate, finetune, png_bytes, run_cli
+from helpers import evaluate, finetune, plugin_from_file, png_bytes, run_cli
 from PIL import Image
 from serving_fixtures import call
 
@@ -103,15 +102,8 @@ register(ToyScore())
 def toy_task(tmp_path, monkeypatch):
     import tpp.tasks as tasks
 
-    (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "toy_score.py").write_text(TOY_TASK)
-    tasks._load_builtin()  # the built-in tasks, before the path holds the toy
-    monkeypatch.setattr(tasks, "_TASKS", dict(tasks._TASKS))  # the toy is gone after the test
-    monkeypatch.setattr(tasks, "__path__", [*tasks.__path__, str(tmp_path / "plugins")])
-    tasks._load_builtin.cache_clear()
-    yield tasks.get_task("toy_score")
-    sys.modules.pop("tpp.tasks.toy_score", None)
-    tasks._load_builtin.cache_clear()
+    with plugin_from_file(tasks, "_TASKS", "toy_score", TOY_TASK, tmp_path / "plugins", monkeypatch):
+        yield tasks.get_task("toy_score")
 
 
 def test_a_task_from_one_file_trains_evaluates_compares_publishes_predicts_and_serves(toy_task, tiny_mae, data_root,

@@ -30,13 +30,20 @@ def preflight(cfg) -> list[str]:
     from tpp.data.build import preflight as data_preflight
     from tpp.errors import TppError
 
-    pool = cfg.recipe == "pretrain_backbone"
+    from tpp.recipes.registry import RECIPES
+
+    recipe = RECIPES[cfg.recipe]  # what it reads decides what is checked
+
+    def reads(dotted: str) -> bool:
+        return dotted.split(".")[0] in recipe.sections and dotted not in recipe.ignores
+
+    pool = "pool" in recipe.sections
     problems = [p for data in ([e.data for e in cfg.pool] if pool else [cfg.data])
                 for p in data_preflight(data, cfg.data.root)]
-    checks = [] if pool else [lambda: backbone_config(cfg.backbone.path)]
-    if cfg.recipe == "evaluate" and cfg.adapter.path:
+    checks = [lambda: backbone_config(cfg.backbone.path)] if "backbone" in recipe.sections else []
+    if reads("adapter.path") and cfg.adapter.path:
         checks.append(lambda: read_card(cfg.adapter.path, kinds=("adapter", "full_model")))
-    if cfg.recipe in ("finetune", "tpp") and cfg.adapter.init_from:
+    if reads("adapter.init_from") and cfg.adapter.init_from:
         checks.append(lambda: read_card(cfg.adapter.init_from))
     for check in checks:
         try:

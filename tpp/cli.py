@@ -220,7 +220,7 @@ def cmd_validate(args) -> int:
     problems = preflight(cfg)
     if problems:
         raise TppError(f"{args.config} would not run:\n" + "\n".join(f"  - {p}" for p in problems))
-    if cfg.recipe == "pretrain_backbone":
+    if cfg.pool:  # a backbone from scratch on a pool of datasets
         what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
                 f"depth {cfg.model.num_hidden_layers}")
     else:

@@ -170,21 +170,15 @@ def cmd_ls(args) -> int:
     from tpp.recipes import CONFIG_DIR, RECIPES, shipped_configs
     from tpp.tasks import all_tasks
 
-    print("recipes:")
-    for name, recipe in RECIPES.items():
-        print(f"  {name:<18} {recipe.summary}")
-    print("adapter methods:")
-    for m in all_methods():
-        print(f"  {m.name:<18} {m.summary}")
-    print("pretexts (pretext.name):")
-    for p in all_pretexts():
-        print(f"  {p.name:<18} {p.summary}")
-    print("data sources (data.source):")
-    for s in all_sources():
-        print(f"  {s.name:<18} {s.summary}")
-    print("tasks (task; options in the section named after the task):")
-    for t in all_tasks():
-        print(f"  {t.name:<18} {t.summary}")
+    groups = [("recipes", [(name, r.summary) for name, r in RECIPES.items()]),
+              ("adapter methods", [(m.name, m.summary) for m in all_methods()]),
+              ("pretexts (pretext.name)", [(p.name, p.summary) for p in all_pretexts()]),
+              ("data sources (data.source)", [(s.name, s.summary) for s in all_sources()]),
+              ("tasks (task; options in the section named after the task)", [(t.name, t.summary) for t in all_tasks()])]
+    for title, rows in groups:
+        print(f"{title}:")
+        for name, summary in rows:
+            print(f"  {name:<18} {summary}")
     print(f"configs ({CONFIG_DIR}):")
     for path in shipped_configs():
         print(f"  {path.relative_to(CONFIG_DIR)}")

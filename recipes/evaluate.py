@@ -75,3 +75,23 @@ def run(cfg, run) -> dict:
 def report(summary: dict) -> list[str]:
     """Lines ``tpp run`` prints at the end."""
     return [task.split_line(split, m) for split, m in summary.items() if (task := task_of_result(m))]
+
+
+def compare_row(run) -> dict:
+    """An evaluation: its split's metrics; method, trainable size and init from the evaluated adapter's card
+    when that adapter is still where it was (and is the one evaluated: same creation time)."""
+    from tpp.compare import card_of, init_label, task_metrics, dir_size_or_none
+
+    m = run.metrics
+    split = run.cfg("data", "split")
+    if not task_metrics(m.get(split)):
+        split = next((k for k, v in m.items() if task_metrics(v)), None)
+    evaluated = m.get("adapter") if isinstance(m.get("adapter"), dict) else {}
+    path = run.cfg("adapter", "path")
+    card = card_of(path)
+    if card.get("created") != evaluated.get("created"):
+        card = {}
+    return {"method": evaluated.get("method") or card.get("method"), "data": run.cfg("data", "name"),
+            "adapter_init": init_label(card, None) if card else None, "split": split, **task_metrics(m.get(split)),
+            "trainable_parameters": card.get("trainable_parameters"),
+            "saved_bytes": dir_size_or_none(path) if card else None}

@@ -119,3 +119,16 @@ def report(summary: dict) -> list[str]:
 
     task = task_of_result(summary.get("test"))
     return [task.report(summary)] if task else []
+
+
+def compare_row(run) -> dict:
+    """Its row of `tpp compare` (column key -> raw value)."""
+    from tpp.compare import card_of, init_label, task_metrics
+
+    m, card = run.metrics, card_of(run.path / "adapter")
+    return {"method": card.get("method") or run.cfg("adapter", "method"), "data": run.cfg("data", "name"),
+            "label_fraction": run.cfg("data", "label_fraction"),
+            "adapter_init": init_label(card, run.cfg("adapter", "init_from")),
+            "split": "test", **task_metrics(m.get("test")),
+            "trainable_parameters": m.get("trainable_parameters", card.get("trainable_parameters")),
+            "saved_bytes": m.get("adapter_bytes")}

@@ -183,3 +183,17 @@ def _license_note(licenses: list[str]) -> str:
     if "unknown" in licenses:
         notes.append("some pool data has no declared licence (data.license)")
     return "; ".join(notes) or "all pool data under the listed licences"
+
+
+def compare_row(run) -> dict:
+    """A backbone from scratch: every encoder weight trains; its loss here is the MAE (reconstruction) part."""
+    from tpp.compare import dig, dir_size_or_none
+
+    m = run.metrics
+    pool = run.cfg("pool")
+    names = [dig(entry, "data", "name") for entry in pool] if isinstance(pool, list) else []
+    pretext = run.cfg("pretext", "name") or "mae"
+    return {"task": f"{pretext} pretext", "method": None, "data": "+".join(str(n) for n in names) or None,
+            "pretext_loss": m.get("final_mae_loss", m.get("final_loss")),
+            "trainable_parameters": m.get("encoder_parameters"),
+            "saved_bytes": dir_size_or_none(run.path / "backbone")}

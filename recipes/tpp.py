@@ -104,3 +104,15 @@ def report(summary: dict) -> list[str]:
     """Lines ``tpp run`` prints at the end."""
     return [f"pretext loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} over {summary['steps']} "
             f"steps on {summary['images']} images; adapter {summary['trainable_parameters']:,} parameters"]
+
+
+def compare_row(run) -> dict:
+    """Its row of `tpp compare` (column key -> raw value)."""
+    from tpp.compare import card_of, dig
+
+    m, card = run.metrics, card_of(run.path / "adapter")
+    pretext = dig(card, "pretext", "name") or run.cfg("pretext", "name")
+    return {"task": f"{pretext} pretext" if pretext else None,
+            "method": card.get("method") or run.cfg("adapter", "method"), "data": run.cfg("data", "name"),
+            "pretext_loss": m.get("final_loss"),
+            "trainable_parameters": m.get("trainable_parameters"), "saved_bytes": m.get("adapter_bytes")}

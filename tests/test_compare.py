@@ -219,3 +219,31 @@ def test_unfinished_folders_are_named_in_one_paragraph(runs, capsys, tmp_path):
     # a CSV that cannot be written is one paragraph too
     code, _, _, err = compare(capsys, runs / "cls", "--csv", tmp_path / "no" / "dir" / "x.csv")
     assert code == 2 and err.startswith("error: cannot write") and "Traceback" not in err
+
+
+def test_a_registered_recipe_brings_its_own_row(capsys, tmp_path, monkeypatch):
+    """A new recipe: one registration in recipes/registry.py and a module with compare_row; no table in
+    tpp/compare.py to edit. A recipe module without compare_row is named in a sentence."""
+    import sys
+    import types
+
+    from tpp.recipes.registry import RECIPES, Recipe
+
+    module = types.ModuleType("tpp.recipes.toy_recipe")
+    module.compare_row = lambda run: {"method": "toy-method", "data": run.cfg("data", "name"),
+                                      "trainable_parameters": run.metrics["n"]}
+    monkeypatch.setitem(sys.modules, "tpp.recipes.toy_recipe", module)
+    monkeypatch.setitem(RECIPES, "toy_recipe", Recipe("a toy", ("recipe", "data")))
+    run = tmp_path / "toy_run"
+    run.mkdir()
+    (run / "config.yaml").write_text("recipe: toy_recipe\ndata: {name: toyset}\n")
+    (run / "status.json").write_text(json.dumps({"status": "succeeded"}))
+    (run / "metrics.json").write_text(json.dumps({"n": 4242, "wall_time_s": 3}))
+    code, table, _, err = compare(capsys, run)
+    assert code == 0 and not err
+    row = table["toy_run"]
+    cells = [row[k] for k in ("recipe", "method", "data", "trainable")]
+    assert cells == ["toy_recipe", "toy-method", "toyset", "4,242"]
+    del module.compare_row
+    code, _, _, err = compare(capsys, run)
+    assert code == 2 and "recipe 'toy_recipe' defines no compare_row(run)" in err and "Traceback" not in err

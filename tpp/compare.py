@@ -1,9 +1,10 @@
 """``tpp compare``: one results table over finished runs of any recipe.
 
 Each run folder is read as it is: ``config.yaml`` (which recipe wrote it), ``status.json``, ``metrics.json``
-and, where there is one, the adapter card. A small mapping from the recipe to a function gives the run's
-row; the registered task whose main metric a split's metrics hold (``auroc``, ``dice`` ...) fills its own
-columns, so a classification and a segmentation fine-tune (or their evaluations) sit in the same table. A
+and, where there is one, the adapter card. The recipe module's ``compare_row(run)`` gives the run's row (a
+new recipe brings its own); the registered task whose main metric a split's metrics hold (``auroc``, ``dice``
+...) fills its own columns, so a classification and a segmentation fine-tune (or their evaluations) sit in the
+same table. A
 value a run does not have is ``None`` (``-`` in the table, an empty cell in the CSV); a column no run has is
 left out of the table, while the CSV always has every column, with raw numbers.
 """
@@ -96,10 +97,10 @@ class Run:
 
     def cfg(self, *keys):
         """``config.yaml`` value at ``keys`` (None when absent)."""
-        return _dig(self.config, *keys)
+        return dig(self.config, *keys)
 
 
-def _dig(obj, *keys):
+def dig(obj, *keys):
     for key in keys:
         if not isinstance(obj, dict):
             return None
@@ -115,15 +116,16 @@ def _read_json(path: Path):
         return None
 
 
-def _card(adapter_dir) -> dict:
+def card_of(adapter_dir) -> dict:
     card = _read_json(Path(adapter_dir) / "tpp_card.json") if adapter_dir else None
     return card if isinstance(card, dict) else {}
 
 
-def _dir_size(path: Path):
+def dir_size_or_none(path):
+    """Bytes under a folder, or None when ``path`` is not one."""
     from tpp.adapter_dir import dir_size
 
-    return dir_size(path) if path.is_dir() else None
+    return dir_size(Path(path)) if path and Path(path).is_dir() else None
 
 
 def _log_time(path: Path):
@@ -135,7 +137,7 @@ def _log_time(path: Path):
         return None
 
 
-def _task_metrics(result) -> dict:
+def task_metrics(result) -> dict:
     """The task's columns of one split's results: the task whose main metric they hold fills them."""
     from tpp.tasks import task_of_result
 
@@ -143,12 +145,12 @@ def _task_metrics(result) -> dict:
     return {"task": task.name, **task.compare_values(result)} if task else {}
 
 
-def _init(card: dict, init_from) -> str:
+def init_label(card: dict, init_from) -> str:
     """How the adapter started: random, or from a parent (its stage: TPP with its pretext, or a fine-tune)."""
     parent = card.get("parent") if card else None
     if isinstance(parent, dict):
         if parent.get("stage") == "tpp":
-            pretext = _dig(parent, "pretext", "name")
+            pretext = dig(parent, "pretext", "name")
             return f"TPP ({pretext})" if pretext else "TPP"
         return str(parent.get("stage") or "parent")
     if card:
@@ -156,68 +158,28 @@ def _init(card: dict, init_from) -> str:
     return "parent" if init_from else "random"
 
 
-def _finetune_row(run: Run) -> dict:
-    m, card = run.metrics, _card(run.path / "adapter")
-    return {"method": card.get("method") or run.cfg("adapter", "method"), "data": run.cfg("data", "name"),
-            "label_fraction": run.cfg("data", "label_fraction"),
-            "adapter_init": _init(card, run.cfg("adapter", "init_from")),
-            "split": "test", **_task_metrics(m.get("test")),
-            "trainable_parameters": m.get("trainable_parameters", card.get("trainable_parameters")),
-            "saved_bytes": m.get("adapter_bytes")}
-
-
-def _evaluate_row(run: Run) -> dict:
-    """An evaluation: its split's metrics; method, trainable size and init from the evaluated adapter's card
-    when that adapter is still where it was (and is the one evaluated: same creation time)."""
-    m = run.metrics
-    split = run.cfg("data", "split")
-    if not _task_metrics(m.get(split)):
-        split = next((k for k, v in m.items() if _task_metrics(v)), None)
-    evaluated = m.get("adapter") if isinstance(m.get("adapter"), dict) else {}
-    path = run.cfg("adapter", "path")
-    card = _card(path)
-    if card.get("created") != evaluated.get("created"):
-        card = {}
-    return {"method": evaluated.get("method") or card.get("method"), "data": run.cfg("data", "name"),
-            "adapter_init": _init(card, None) if card else None, "split": split, **_task_metrics(m.get(split)),
-            "trainable_parameters": card.get("trainable_parameters"),
-            "saved_bytes": _dir_size(Path(path)) if card else None}
-
-
-def _tpp_row(run: Run) -> dict:
-    m, card = run.metrics, _card(run.path / "adapter")
-    pretext = _dig(card, "pretext", "name") or run.cfg("pretext", "name")
-    return {"task": f"{pretext} pretext" if pretext else None,
-            "method": card.get("method") or run.cfg("adapter", "method"), "data": run.cfg("data", "name"),
-            "pretext_loss": m.get("final_loss"),
-            "trainable_parameters": m.get("trainable_parameters"), "saved_bytes": m.get("adapter_bytes")}
-
-
-def _pretrain_backbone_row(run: Run) -> dict:
-    """A backbone from scratch: every encoder weight trains; its loss here is the MAE (reconstruction) part."""
-    m = run.metrics
-    pool = run.cfg("pool")
-    names = [_dig(entry, "data", "name") for entry in pool] if isinstance(pool, list) else []
-    pretext = run.cfg("pretext", "name") or "mae"
-    return {"task": f"{pretext} pretext", "method": None, "data": "+".join(str(n) for n in names) or None,
-            "pretext_loss": m.get("final_mae_loss", m.get("final_loss")),
-            "trainable_parameters": m.get("encoder_parameters"), "saved_bytes": _dir_size(run.path / "backbone")}
-
-
-ROWS = {"finetune": _finetune_row, "evaluate": _evaluate_row, "tpp": _tpp_row,
-        "pretrain_backbone": _pretrain_backbone_row}
-
-
 def _infer_recipe(path: Path, metrics: dict) -> str | None:
     """The recipe of a run whose config.yaml does not name it: from what it left behind."""
-    stage = _card(path / "adapter").get("stage")
-    if stage in ROWS:
+    from tpp.recipes.registry import RECIPES
+
+    stage = card_of(path / "adapter").get("stage")
+    if stage in RECIPES:
         return stage
     if (path / "backbone").is_dir():
         return "pretrain_backbone"
     if isinstance(metrics.get("adapter"), dict):
         return "evaluate"
     return None
+
+
+def row_of(recipe: str) -> Callable[[Run], dict]:
+    """The recipe module's ``compare_row(run) -> dict``: its columns of the table (column key -> raw value)."""
+    from tpp.recipes import get_recipe
+
+    row = getattr(get_recipe(recipe), "compare_row", None)
+    if row is None:
+        raise TppError(f"recipe {recipe!r} defines no compare_row(run), so tpp compare cannot show its runs")
+    return row
 
 
 def load_run(path: Path) -> Run:
@@ -248,9 +210,11 @@ def load_run(path: Path) -> Run:
         raise TppError(f"'{path / 'config.yaml'}' cannot be read: {exc}") from None
     config = config if isinstance(config, dict) else {}
     recipe = config.get("recipe") or _infer_recipe(path, metrics)
-    if recipe not in ROWS:
+    from tpp.recipes.registry import RECIPES
+
+    if recipe not in RECIPES:
         raise TppError(f"'{path}' was written by recipe {recipe!r}, which tpp compare does not know "
-                       f"(it knows {', '.join(ROWS)})")
+                       f"(it knows {', '.join(RECIPES)})")
     return Run(path, recipe, config, metrics)
 
 
@@ -271,7 +235,7 @@ def compare_runs(paths: list) -> list[dict]:
     rows = []
     for run, name, given in zip(runs, names, paths):
         row = dict.fromkeys(c.key for c in columns())
-        row.update(ROWS[run.recipe](run))
+        row.update(row_of(run.recipe)(run))
         row.update(run=name if names.count(name) == 1 else str(given), path=str(given), recipe=run.recipe)
         if row["wall_time_s"] is None:
             row["wall_time_s"] = run.metrics.get("wall_time_s", _log_time(run.path))

@@ -13,6 +13,8 @@ The package's modules, each importing only modules listed above it (never this `
   each plug-in's own options dataclass.
 - :mod:`tpp.config.scope`: recipe scoping, the recipe a config runs under and the sections it may set.
 - :mod:`tpp.config.checks`: value checks on a built config.
+- :mod:`tpp.config.paths`: relative paths of a config file resolve against its folder, those of overrides
+  against the current folder.
 - this module: :func:`build_config`, :func:`load_config` and :func:`help_lines`, and the names other
   modules import from ``tpp.config``.
 
@@ -21,11 +23,13 @@ is then ignored; otherwise the run lasts ``train.epochs`` passes over the traini
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import typing
 
 from tpp.config.checks import _check_values
+from tpp.config.paths import resolve_config_paths
 from tpp.config.parse import (_default, _describe, _section, apply_overrides, build_dataclass, config_error,
                               load_yaml, parse_override, unknown_key)
 from tpp.config.plugins import (_data_options, _pool_entry, _switch_plugin, _task_options, _with_options,
@@ -91,8 +95,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), recipe: str 
 
     The file's ``recipe:`` must be ``recipe`` or one ``recipe`` reads (``RECIPES[recipe].reads``: evaluate
     runs from the finetune config of the run it evaluates). Such a file is checked as a config of its own
-    recipe, and ``recipe`` then uses only its own sections of it (``cfg.to_dict()``)."""
+    recipe, and ``recipe`` then uses only its own sections of it (``cfg.to_dict()``).
+
+    Paths (``backbone.path``, ``adapter.path``, ``adapter.init_from``, ``data.root``) become absolute: the
+    file's against the file's folder, the overrides' against the current folder (:mod:`tpp.config.paths`)."""
     data, given = load_yaml(path), apply_overrides({}, list(overrides))
+    file_data = copy.deepcopy(data)
     recipe = _recipe_to_run(path, data.get("recipe"), given.get("recipe"), recipe)
     _switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
     _switch_plugin(data, given, "pretext", "name", PretextConfig.name)
@@ -102,6 +110,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), recipe: str 
     data["recipe"] = written  # the file's keys are checked against the recipe it was written for
     cfg = build_config(data, recipe)
     cfg.recipe = recipe
+    resolve_config_paths(cfg, file_data, given, os.path.dirname(os.path.realpath(path)))
     cfg.adapter.explicit = frozenset(given["adapter"]) if isinstance(given.get("adapter"), dict) else frozenset()
     return cfg
 

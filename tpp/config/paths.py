@@ -1,0 +1,124 @@
+"""Paths in a config: where a relative one points.
+
+A relative path written in a config **file** resolves against that file's folder, so a config runs the same
+from any current folder; a path given on the **command line** (``key=value``) resolves against the current
+folder, as a shell user expects. Both become absolute, so a run's ``config.yaml`` records where they
+pointed. The keys that are paths (:data:`PATH_KEYS`): ``backbone.path`` (a local directory, or a hub id:
+``org/name`` or ``name`` that is no existing folder stays as written), ``adapter.path``,
+``adapter.init_from`` and ``data.root`` (also each ``pool[i].data.root``). A data source's own file options
+(``data.file`` ...) stay relative to ``data.root``. Values of the wrong type are left alone: the config
+checks report them.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PATH_KEYS = (("backbone", "path"), ("adapter", "path"), ("adapter", "init_from"), ("data", "root"))
+
+
+def resolve_path(value: str, base: Path, hub_ok: bool = False) -> str:
+    """``value`` as an absolute path against folder ``base`` (``~`` expanded). With ``hub_ok`` a value
+    shaped like a hub id (``name`` or ``org/name``, not starting with ``.``, ``/`` or ``~``) that is no
+    folder under ``base`` is returned unchanged."""
+    expanded, base = os.path.expanduser(value), os.path.abspath(base)
+    if os.path.isabs(expanded):
+        return os.path.normpath(expanded)
+    candidate = os.path.normpath(os.path.join(base, expanded))
+    hub_shaped = not value.startswith((".", "~")) and value.count("/") <= 1 and "\\" not in value
+    if hub_ok and hub_shaped and not os.path.exists(candidate):
+        return value
+    return candidate
+
+
+def resolve_paths(tree: dict, base: str | os.PathLike) -> list[str]:
+    """Resolve the path keys of a raw config mapping (a YAML file's or the overrides') in place against
+    ``base``; returns the dotted keys changed (``pool[0].data.root`` for pool entries)."""
+    base = Path(base)
+    changed = _resolve_sections(tree, base, "")
+    pool = tree.get("pool")
+    if isinstance(pool, list):
+        for i, entry in enumerate(pool):
+            if isinstance(entry, dict):
+                changed += _resolve_sections(entry, base, f"pool[{i}].")
+    return changed
+
+
+def _resolve_sections(tree: dict, base: Path, prefix: str) -> list[str]:
+    changed = []
+    for section, key in PATH_KEYS:
+        node = tree.get(section)
+        if not isinstance(node, dict) or not isinstance(node.get(key), str) or not node[key]:
+            continue
+        resolved = resolve_path(node[key], base, hub_ok=(section, key) == ("backbone", "path"))
+        if resolved != node[key]:
+            node[key] = resolved
+            changed.append(f"{prefix}{section}.{key}")
+    return changed
+
+
+def resolve_config_paths(cfg, file_data: dict, given: dict, file_base: str | os.PathLike) -> None:
+    """Make the path keys of a built config absolute, in place: a key set on the command line (in ``given``,
+    the overrides) against the current folder, one set in the file (``file_data``) against ``file_base``
+    (the file's folder), a default against the current folder. Hub ids stay (``backbone.path``)."""
+    cwd = os.getcwd()
+
+    def set_in(tree, section, key) -> bool:
+        return isinstance(tree, dict) and isinstance(tree.get(section), dict) and key in tree[section]
+
+    for section, key in PATH_KEYS:
+        node = getattr(cfg, section)
+        value = getattr(node, key)
+        if isinstance(value, str) and value:
+            base = cwd if set_in(given, section, key) else file_base if set_in(file_data, section, key) else cwd
+            setattr(node, key, resolve_path(value, base, hub_ok=(section, key) == ("backbone", "path")))
+    pool_base = cwd if "pool" in given else file_base
+    for entry in cfg.pool:
+        if isinstance(entry.data.root, str) and entry.data.root:
+            entry.data.root = resolve_path(entry.data.root, pool_base)
+
+
+def with_absolute_paths(text: str, base: str | os.PathLike) -> tuple[str, list[str]]:
+    """A config file's ``text`` (from folder ``base``) with its relative path values made absolute, for a
+    copy that lives elsewhere (``tpp cp``). Each value is replaced on its own line, so comments and layout
+    stay; should a value not be found that way (flow style ...), the whole mapping is written out again.
+    Returns (new text, the dotted keys rewritten)."""
+    import re
+
+    import yaml
+
+    base = os.path.abspath(base)
+    data, wanted = yaml.safe_load(text), yaml.safe_load(text)
+    if not isinstance(data, dict):
+        return text, []
+    changed = resolve_paths(wanted, base)
+    for dotted in changed:
+        key = dotted.rsplit(".", 1)[1]
+        old, value = _value(data, dotted), _value(wanted, dotted)
+        line = re.compile(rf"^(\s*{re.escape(key)}:[ \t]*)(['\"]?){re.escape(old)}\2[ \t]*(#.*)?$", re.M)
+        written = json.dumps(value) if _needs_quotes(value) else value
+        note = f"  # tpp cp: {old!r} made absolute (it was relative to {base})"
+        text = line.sub(lambda m: m.group(1) + written + note, text, count=1)
+    if changed and yaml.safe_load(text) != wanted:  # a value the line edit missed: write the mapping out
+        text = yaml.safe_dump(wanted, sort_keys=False)
+    return text, changed
+
+
+def _value(tree: dict, dotted: str) -> str:
+    """The value of a dotted path key (``backbone.path``, ``pool[1].data.root``) in a raw config mapping."""
+    if dotted.startswith("pool["):
+        index, _, dotted = dotted[5:].partition("].")
+        tree = tree["pool"][int(index)]
+    section, key = dotted.split(".")
+    return tree[section][key]
+
+
+def _needs_quotes(value: str) -> bool:
+    """Whether a path written bare in YAML would read back as something else."""
+    import yaml
+
+    try:
+        return yaml.safe_load(value) != value
+    except yaml.YAMLError:
+        return True

@@ -61,29 +61,44 @@ def get_recipe(name: str):
     return importlib.import_module(f"tpp.recipes.{name}")
 
 
-def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: bool = False) -> tuple[dict, Path]:
+def refuse_problems(cfg, label: str) -> None:
+    """Raise one TppError listing every problem ``tpp validate`` finds (the recipe's own check of the config,
+    then :func:`preflight`), ``label`` naming the config; nothing is written."""
+    from tpp.errors import TppError
+
+    get_recipe(cfg.recipe).check(cfg)
+    problems = preflight(cfg)
+    if problems:
+        raise TppError(f"{label} would not run:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: bool = False,
+               started: float | None = None) -> tuple[dict, Path]:
     """Load and check the config, run recipe ``name`` in its run directory, record the status.
 
     Returns (summary, run directory). What ``tpp run`` does, callable from Python (benchmarks).
-    ``train.resume=auto`` on a run that already succeeded (same config) raises :class:`RunFinished`
-    and touches nothing.
+    Everything ``tpp validate`` checks is checked before the run directory is created. ``train.resume=auto``
+    on a run that already succeeded (same config) raises :class:`RunFinished` and touches nothing; with a
+    larger ``train.max_steps`` it extends that run. ``started`` (``time.time()``, default now): when the
+    command began; ``wall_time_s`` in the summary and ``metrics.json`` counts from there.
     """
+    import time
+
     from tpp.config import load_config
     from tpp.rundir import RunDir
 
-    recipe = get_recipe(name)
+    started = time.time() if started is None else started
+    get_recipe(name)
     cfg = load_config(config_path, list(overrides), recipe=name)
-    recipe.check(cfg)  # before the run directory exists
+    refuse_problems(cfg, str(config_path))  # before the run directory exists
     resuming = bool(cfg.train.resume)
     if resuming:
-        check_same_config(Path(cfg.output_dir), cfg.to_dict())
-        if cfg.train.resume == "auto":
-            refuse_finished(Path(cfg.output_dir))
+        check_resume(Path(cfg.output_dir), cfg)
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run directory
-    run = RunDir(cfg.output_dir, overwrite=overwrite and not resuming, resume=resuming, main=main)
+    run = RunDir(cfg.output_dir, overwrite=overwrite and not resuming, resume=resuming, main=main, started=started)
     try:
         run.write_config(cfg.to_dict())  # the sections the recipe reads, defaults filled in
-        summary = recipe.run(cfg, run)
+        summary = stamp_wall_time(run, get_recipe(name).run(cfg, run))
     except BaseException as exc:
         error = f"{type(exc).__name__}: {exc}"
         try:  # a full disk may refuse these too: the original error is the one to report
@@ -96,10 +111,69 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     return summary, run.path
 
 
-def refuse_finished(path: Path) -> None:
-    """Raise :class:`RunFinished` when the run in ``path`` succeeded (``status.json`` and ``metrics.json``):
-    resuming it would re-run its last steps and rewrite its adapter."""
+def stamp_wall_time(run, summary: dict) -> dict:
+    """``summary`` with ``wall_time_s``: seconds since the command began (config, backbone and data loading
+    included), also written into the run's ``metrics.json``: what a recipe measured itself is replaced."""
     import json
+
+    summary = dict(summary, wall_time_s=round(run.elapsed(), 1))
+    metrics = run.path / "metrics.json"
+    if run.main and metrics.is_file():
+        run.publish_json("metrics.json", dict(json.loads(metrics.read_text()), wall_time_s=summary["wall_time_s"]))
+    return summary
+
+
+def check_resume(path: Path, cfg) -> None:
+    """What ``train.resume`` may continue, checked before anything is touched: the same config as the run in
+    ``path`` except ``train.resume`` and a ``train.max_steps`` that extends it (not below the checkpoint's
+    step, nor below the run's own total). A run that succeeded raises :class:`RunFinished` unless extended."""
+    from tpp.errors import TppError
+
+    check_same_config(path, cfg.to_dict(), may_change=("train.max_steps",))
+    old = _saved_train(path).get("max_steps")
+    new = cfg.train.max_steps
+    step = _checkpoint_step(path, cfg.train.resume)
+    if old is not None and (new is None or new < old):
+        raise TppError(f"train.max_steps: the run in '{path}' was planned for {old} steps; resuming may extend it "
+                       f"(train.max_steps={old} or more), not shorten it. Start a new output_dir=... for a shorter "
+                       "run.")
+    if new is not None and step is not None and new < step:
+        raise TppError(f"train.max_steps={new} is below step {step} of the checkpoint train.resume continues from; "
+                       f"set train.max_steps={step} or more.")
+    if cfg.train.resume == "auto":
+        refuse_finished(path, new, step)
+
+
+def _saved_train(path: Path) -> dict:
+    """The ``train`` section of the run's ``config.yaml`` ({} when there is none)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    train = saved.get("train") if isinstance(saved, dict) else None
+    return train if isinstance(train, dict) else {}
+
+
+def _checkpoint_step(path: Path, resume: str) -> int | None:
+    """The step of the checkpoint ``train.resume`` continues from (auto: the newest in ``path``), from its
+    folder name ``step-N``; None when there is none."""
+    import re
+
+    folders = [Path(resume)] if resume != "auto" else (
+        list((path / "checkpoints").iterdir()) if (path / "checkpoints").is_dir() else [])
+    steps = [int(m.group(1)) for p in folders if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    return max(steps) if steps else None
+
+
+def refuse_finished(path: Path, max_steps: int | None = None, step: int | None = None) -> None:
+    """Raise :class:`RunFinished` when the run in ``path`` succeeded (``status.json`` and ``metrics.json``):
+    resuming it would re-run its last steps and rewrite its adapter. With ``max_steps`` beyond the steps it
+    ran, it is extended instead, from its final checkpoint ``step`` (a TppError when that is not its last step)."""
+    import json
+
+    from tpp.errors import TppError
 
     try:
         status = json.loads((path / "status.json").read_text()).get("status")
@@ -111,17 +185,27 @@ def refuse_finished(path: Path) -> None:
         summary = json.loads((path / "metrics.json").read_text())
     except (OSError, ValueError):
         summary = None
+    ran = summary.get("steps") if isinstance(summary, dict) else None
+    if max_steps is not None and isinstance(ran, int) and max_steps > ran:
+        if step != ran:
+            raise TppError(f"run '{path}' finished at step {ran} but has no checkpoint of that step "
+                           f"({f'newest: step-{step}' if step else 'none'}), so it cannot be extended to "
+                           f"train.max_steps={max_steps}. Start over with --overwrite (or another output_dir=...) "
+                           "and train.checkpoint_every=N: a run with checkpoints also saves its last step.")
+        return  # extended from its last step
     raise RunFinished(f"run '{path}' already finished (status.json: succeeded); train.resume=auto has nothing to do "
-                      "(to train it again, drop train.resume and pass --overwrite).", path, summary)
+                      f"(to extend it, add a larger train.max_steps{f' than {ran}' if isinstance(ran, int) else ''}; "
+                      "to train it again, drop train.resume and pass --overwrite).", path, summary)
 
 
-def check_same_config(path: Path, config: dict) -> None:
-    """A resumed run must use the interrupted run's config (``train.resume`` itself may differ). Only the
-    sections of ``config`` (those its recipe reads) are compared: a ``config.yaml`` written before configs
-    were scoped to their recipe holds every section."""
+def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()) -> None:
+    """A resumed run must use the interrupted run's config (``train.resume`` itself may differ, and the dotted
+    keys in ``may_change``). Only the sections of ``config`` (those its recipe reads) are compared: a
+    ``config.yaml`` written before configs were scoped to their recipe holds every section."""
     import yaml
 
     from tpp.config import drop_other_pretexts_defaults
+    from tpp.config.paths import resolve_paths
     from tpp.errors import TppError
 
     saved_file = path / "config.yaml"
@@ -131,6 +215,7 @@ def check_same_config(path: Path, config: dict) -> None:
     saved = {k: v for k, v in saved.items() if k in config} if isinstance(saved, dict) else {}
     if isinstance(saved.get("pretext"), dict):  # saved before pretext options were per pretext
         drop_other_pretexts_defaults(saved["pretext"], saved["pretext"].get("name", "mae"))
+    resolve_paths(saved, os.getcwd())  # saved before paths were recorded absolute: they were the current folder's
 
     def flat(d, prefix=""):
         out = {}
@@ -139,10 +224,14 @@ def check_same_config(path: Path, config: dict) -> None:
         return out
 
     old, new = flat(saved), flat(config)
-    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k != "train.resume")
+    skip = {"train.resume", *may_change}
+    differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in skip)
     if differing:
-        raise TppError(f"train.resume: the config differs from the interrupted run in '{path}' "
-                       f"({', '.join(differing[:6])}); resume with the same config, or start a new output_dir.")
+        changes = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:6])
+        extend = " (only a larger train.max_steps may change)" if may_change else ""
+        raise TppError(f"train.resume: the config differs from the interrupted run in '{path}' ({changes}); resume "
+                       f"with the same config{extend}, or start a new output_dir=... (or --overwrite without "
+                       "train.resume).")
 
 
 def shipped_configs() -> list[Path]:

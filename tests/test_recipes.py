@@ -83,9 +83,14 @@ def test_existing_output_and_config_errors(tiny_mae, data_root, tmp_path, capsys
 
 def test_failed_run_leaves_log_and_status_but_no_artifacts(tiny_mae, tmp_path, capsys):
     out = tmp_path / "run"
-    assert finetune(tiny_mae, tmp_path / "no-data", out) == 2
+    assert finetune(tiny_mae, tmp_path / "no-data", out) == 2  # what tpp validate finds: refused before the run
     err = capsys.readouterr().err
-    assert "no-data" in err and "Traceback" not in err
+    assert "no-data" in err and "Traceback" not in err and not out.exists()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "breastmnist.npz").write_bytes(b"PK\x03\x04 not a zip")  # found only when read
+    assert finetune(tiny_mae, tmp_path / "broken", out) == 2
+    err = capsys.readouterr().err
+    assert "breastmnist.npz" in err and "Traceback" not in err
     assert json.loads((out / "status.json").read_text())["status"] == "failed"
     assert not (out / "adapter").exists() and not (out / "metrics.json").exists()
 

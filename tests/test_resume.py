@@ -92,7 +92,8 @@ def test_sigkill_at_a_step_then_resume_ends_like_an_uninterrupted_run(tiny_mae, 
     assert run_cli(*args(tiny_mae, root, out, "train.resume=auto")) == 0
     assert '"event": "resumed", "step": 4' in (out / "log.jsonl").read_text()
     assert_same_end(ref, out)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-4", "step-6"]  # keep the last 2
+    # the newest 2; the last step is saved too
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-6", "step-8"]
 
 
 def test_sigkill_during_a_checkpoint_write_leaves_no_complete_looking_checkpoint(tiny_mae, reference, tmp_path):
@@ -119,8 +120,8 @@ def test_checkpoint_holds_only_what_trains_and_loads_without_pickle(tiny_mae, re
     assert run_cli(*args(tiny_mae, root, run)) == 0
     import pickle
 
-    (run / "checkpoints" / "step-6" / "state.pt").write_bytes(pickle.dumps(print))
-    (run / "status.json").write_text('{"status": "running"}')  # as a run killed after step 6 leaves it
+    (run / "checkpoints" / "step-8" / "state.pt").write_bytes(pickle.dumps(print))
+    (run / "status.json").write_text('{"status": "running"}')  # as a run killed after step 8 leaves it
     assert run_cli(*args(tiny_mae, root, run, "train.resume=auto")) == 2
     assert "cannot be read" in capsys.readouterr().err
     assert not [w for w in recwarn if "pickle" in str(w.message)]  # the error, not torch's notes on the file

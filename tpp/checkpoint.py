@@ -5,7 +5,8 @@ frozen backbone), ``best.safetensors`` (best-on-validation copy, if any), ``extr
 model keeps outside its parameters, e.g. DINO's EMA teacher) and ``state.pt`` (optimiser, scheduler, RNG
 states, batches consumed, loss history; read back with ``weights_only=True``). A checkpoint is written to
 a temporary folder and renamed into place, so a folder named ``step-<N>`` is always complete; the last
-``keep`` are kept. ``train.resume=auto`` continues from the newest one in the run directory.
+``keep`` are kept; the last step of a run is saved too. ``train.resume=auto`` continues from the newest one
+in the run directory, also to a larger ``train.max_steps`` than the run was planned for.
 """
 from __future__ import annotations
 
@@ -66,7 +67,8 @@ class Checkpointer:
         return steps[-1][1] if steps else None
 
     def due(self, step: int, num_steps: int) -> bool:
-        return bool(self.every) and step % self.every == 0 and step < num_steps
+        """Every ``every`` steps, and the last step: a finished run can be extended (``train.max_steps``)."""
+        return bool(self.every) and (step % self.every == 0 or step == num_steps)
 
     def save(self, step: int, trainable: dict, best: dict | None, extra: dict, state: dict) -> Path:
         """Write one checkpoint atomically, then drop the oldest beyond ``keep``."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -23,11 +22,18 @@ EXAMPLES = {
   tpp run finetune --config CONFIG data.label_fraction=0.1 adapter.r=4 output_dir=runs/b10
   tpp run tpp --config recipes/configs/breast_us/mae_vit_tiny_lora_tpp.yaml output_dir=runs/tpp
   tpp run finetune --config CONFIG adapter.init_from=runs/tpp/adapter
-  tpp run evaluate --config CONFIG adapter.path=runs/b10/adapter data.split=test output_dir=runs/eval""",
+  tpp run evaluate --config CONFIG adapter.path=runs/b10/adapter data.split=test output_dir=runs/eval
+  tpp run finetune --config CONFIG output_dir=runs/b10 train.resume=auto                     # continue after a crash
+  tpp run finetune --config CONFIG output_dir=runs/b10 train.resume=auto train.max_steps=2000   # extend a run
+
+Relative paths in a config file (backbone.path, adapter.path, adapter.init_from, data.root) are relative to
+the file's folder; on the command line, to the current folder. Everything `tpp validate` checks is checked
+before output_dir is created; a failed run without a checkpoint is replaced by the next run.""",
     "ls": "examples:\n  tpp ls",
     "cp": """examples:
   tpp cp breast_us/mae_vit_tiny_lora_finetune.yaml my_site.yaml
-  tpp cp breast_us/mae_vit_tiny_lora_finetune my_configs/""",
+  tpp cp breast_us/mae_vit_tiny_lora_finetune my_configs/
+Relative paths in the config (relative to its folder) are written into the copy as absolute paths.""",
     "compare": """examples:
   tpp compare runs/demo/lora_10_random runs/demo/lora_10_tpp
   tpp compare runs/tpp runs/site_a runs/busi_seg runs/eval --csv results.csv   # any recipe's runs, mixed""",
@@ -73,12 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     run = add("run", "run a recipe with a YAML config and key=value overrides")
     run.add_argument("recipe", help="recipe name (tpp ls)")
     run.add_argument("--config", required=True, help="YAML config (path, or a name from tpp ls)")
-    run.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
+    run.add_argument("--overwrite", action="store_true",
+                     help="delete a non-empty output_dir and start over (a failed run without a checkpoint is "
+                          "replaced without it; train.resume=auto continues a run instead)")
     run.add_argument("--num-processes", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs); batch_size is per process")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
     add("ls", "list recipes, adapter methods and shipped configs")
-    cp = add("cp", "copy a shipped config out for editing")
+    cp = add("cp", "copy a config out for editing (relative paths in it are made absolute: they were relative "
+                   "to the file's folder)")
     cp.add_argument("config", help="shipped config (as listed by tpp ls)")
     cp.add_argument("dest", help="destination file or folder")
     cmp = add("compare", "print a results table of finished runs (main metric of each task, size, time)")
@@ -193,9 +202,15 @@ def cmd_cp(args) -> int:
         dest = dest / source.name
     if dest.exists():
         raise TppError(f"'{dest}' exists; choose another destination.")
+    from tpp.config.paths import with_absolute_paths
+    from tpp.rundir import write_atomic
+
+    text, changed = with_absolute_paths(source.read_text(), os.path.dirname(os.path.realpath(source)))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, dest)
+    write_atomic(dest, text)
     print(f"copied {source.name} -> {dest}")
+    if changed:  # a relative path means "beside the config file": the copy lives elsewhere
+        print(f"  made absolute in the copy (they were relative to {source.parent}): {', '.join(changed)}")
     return 0
 
 
@@ -208,12 +223,9 @@ def cmd_validate(args) -> int:
     if not args.config:
         raise TppError("tpp validate needs a CONFIG (or --keys).")
     cfg = load_config(_config_path(args.config), args.overrides)
-    from tpp.recipes import get_recipe, preflight
+    from tpp.recipes import refuse_problems
 
-    get_recipe(cfg.recipe).check(cfg)
-    problems = preflight(cfg)
-    if problems:
-        raise TppError(f"{args.config} would not run:\n" + "\n".join(f"  - {p}" for p in problems))
+    refuse_problems(cfg, args.config)  # what `tpp run` refuses too, before it creates output_dir
     if cfg.pool:  # a backbone from scratch on a pool of datasets
         what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
                 f"depth {cfg.model.num_hidden_layers}")
@@ -224,12 +236,15 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import time
+
+    started = time.time()  # the reported wall time counts from here: config, backbone and data loading included
     from tpp.recipes import run_recipe
 
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args)
 
-    summary, path = run_recipe(args.recipe, _config_path(args.config), args.overrides, args.overwrite)
+    summary, path = run_recipe(args.recipe, _config_path(args.config), args.overrides, args.overwrite, started)
     if os.environ.get("RANK", "0") == "0":  # one summary, from the process that wrote the run directory
         _print_summary(args.recipe, summary, path)
     return 0

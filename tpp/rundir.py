@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -56,23 +57,29 @@ def write_atomic(path: Path, text: str) -> None:
 class RunDir:
     """One run's output directory; ``main`` is False on non-main processes (they write nothing)."""
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False, main: bool = True, resume: bool = False):
-        """``resume``: continue in an existing run directory (its log is appended to, nothing deleted)."""
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False, main: bool = True, resume: bool = False,
+                 started: float | None = None):
+        """``resume``: continue in an existing run directory (its log is appended to, nothing deleted).
+        A non-empty directory is refused (:func:`not_empty_message` says why and what to do) unless
+        ``overwrite``, or it holds a failed run without a checkpoint: that one is replaced, so the corrected
+        command simply runs again. ``started`` (``time.time()``): when the command began (default now)."""
         self.path = Path(path)
         self.main = main
-        self.started = time.time()
+        self.started = time.time() if started is None else started
         if not main:
             return
         if self.path.exists() and not self.path.is_dir():
-            raise TppError(f"output_dir '{self.path}' is a file.")
+            raise TppError(f"output_dir '{self.path}' is a file; choose another output_dir=...")
         if resume and self.path.is_dir():
             self.status("running")
             return
+        replaced = None
         try:
             if self.path.is_dir() and any(self.path.iterdir()):
-                if not overwrite:
-                    raise TppError(f"output_dir '{self.path}' is not empty. Pass --overwrite to replace it, "
-                                   "or choose another output_dir=...")
+                state = run_state(self.path)
+                if not overwrite and not (state["status"] == "failed" and not state["checkpoints"]):
+                    raise TppError(not_empty_message(self.path, state))
+                replaced = None if overwrite else state
                 shutil.rmtree(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the path, no permission (/proc ...), read-only disk
@@ -80,6 +87,10 @@ class RunDir:
             raise TppError(f"output_dir '{self.path}' cannot be created: {exc.strerror or exc}{at}. "
                            "Choose another output_dir=...") from None
         self.status("running")
+        if replaced is not None:
+            print(f"[tpp] replacing the failed run in '{self.path}' (it had no checkpoint; it failed with: "
+                  f"{replaced['error'] or 'no error recorded'})", file=sys.stderr, flush=True)
+            self.log(event="replaced_failed_run", error=replaced["error"])
 
     def write_config(self, config: dict) -> None:
         if self.main:
@@ -135,3 +146,32 @@ class RunDir:
 
     def elapsed(self) -> float:
         return time.time() - self.started
+
+
+def run_state(path: Path) -> dict:
+    """What a run directory holds: ``status`` (``status.json``'s: running, succeeded, failed; None when it
+    is no run's), its recorded ``error`` and its ``checkpoints`` (``step-N`` folder names, oldest first)."""
+    try:
+        recorded = json.loads((Path(path) / "status.json").read_text())
+    except (OSError, ValueError):
+        recorded = None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    folder = Path(path) / "checkpoints"
+    steps = sorted((int(p.name[5:]), p.name) for p in folder.glob("step-*") if p.name[5:].isdigit()) \
+        if folder.is_dir() else []
+    return {"status": recorded.get("status"), "error": recorded.get("error"), "checkpoints": [n for _, n in steps]}
+
+
+def not_empty_message(path: Path, state: dict) -> str:
+    """Why ``output_dir`` is refused, and the three ways on: continue, start over, go elsewhere."""
+    newest = f" (newest: {state['checkpoints'][-1]})" if state["checkpoints"] else ""
+    what = {
+        "failed": f"holds a failed run with checkpoints{newest}"
+                  + (f"; it failed with: {state['error']}" if state["error"] else ""),
+        "succeeded": f"holds a finished run{newest}",
+        "running": f"holds a run that is still running or was killed{newest}",
+    }.get(state["status"], "is not empty")
+    resume = ("Continue it with train.resume=auto (a larger train.max_steps extends it)" if state["checkpoints"]
+              else "train.resume=auto continues a run from its newest checkpoint (this one has none)")
+    return (f"output_dir '{path}' {what}. {resume}; pass --overwrite to delete it and start over; or choose "
+            "another output_dir=...")

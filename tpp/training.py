@@ -168,8 +168,8 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
     batches = Batches(loader)
     first = 1
     if checkpoints is not None and checkpoints.resume_from is not None:
-        first, best_state = resume(checkpoints, accelerator, model, optimizer, scheduler, batches, result)
-        log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name)
+        first, best_state = resume(checkpoints, accelerator, model, optimizer, scheduler, batches, result, num_steps)
+        log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name, steps=num_steps)
     model.train()
     bar = tqdm(range(first, num_steps + 1), desc=desc, disable=not accelerator.is_main_process, leave=False,
                initial=first - 1, total=num_steps, mininterval=0.5 if sys.stderr.isatty() else 10.0)
@@ -267,11 +267,19 @@ def save_checkpoint(checkpoints: Checkpointer, step: int, accelerator, model, op
 
 
 def resume(checkpoints: Checkpointer, accelerator, model, optimizer, scheduler, batches: Batches,
-           result: LoopResult) -> tuple[int, dict | None]:
+           result: LoopResult, num_steps: int | None = None) -> tuple[int, dict | None]:
     """Load the checkpoint into model, optimiser, scheduler, data position, RNG and history.
+
+    ``num_steps``: the run's total now, which may exceed the one the checkpoint was written under (a run
+    extended with a larger ``train.max_steps``). The scheduler's position is restored but its curve is this
+    run's (``make_scheduler`` for ``num_steps``): an extended run continues on the warm-up + cosine schedule
+    planned for the new total, from the checkpoint's step (the learning rate steps up to that curve).
 
     Returns (first step to run, best-on-validation tensors or None)."""
     trainable, best, extra, state = checkpoints.load()
+    if num_steps is not None and state["step"] > num_steps:
+        raise TppError(f"checkpoint '{checkpoints.resume_from}' is at step {state['step']}, beyond this run's "
+                       f"{num_steps} steps; set train.max_steps={state['step']} or more.")
     if state.get("world_size", 1) != accelerator.num_processes:
         raise TppError(f"checkpoint '{checkpoints.resume_from}' was written by {state.get('world_size', 1)} "
                        f"process(es); resume it with --num-processes {state.get('world_size', 1)}.")

@@ -1,0 +1,288 @@
+"""Fix and rerun: a config error leaves no run folder, a failed run without a checkpoint is replaced by the
+corrected rerun, paths in a config file are relative to that file, a run can be extended with a larger
+train.max_steps, and the reported wall time counts from the start of the command."""
+import json
+import os
+import time
+
+import pytest
+import yaml
+from conftest import make_medmnist
+from helpers import FAST, FINETUNE_CONFIG, finetune, recipe_args, run_cli
+
+from tpp.config import load_config
+from tpp.errors import TppError
+from tpp.recipes import CONFIG_DIR
+from tpp.rundir import RunDir
+
+# -- paths in a config ------------------------------------------------------------------------------------
+
+
+def write_config(path, **sections) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"recipe": "finetune", **sections}))
+    return str(path)
+
+
+def test_paths_in_a_file_are_relative_to_it_on_the_command_line_to_the_current_folder(tmp_path, monkeypatch):
+    (tmp_path / "models" / "bb").mkdir(parents=True)
+    config = write_config(tmp_path / "configs" / "my.yaml", backbone={"path": "../models/bb"},
+                          adapter={"init_from": "runs/tpp/adapter"}, data={"root": "data"})
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = load_config(config)
+    assert cfg.backbone.path == str(tmp_path / "models" / "bb")
+    assert cfg.adapter.init_from == str(tmp_path / "configs" / "runs" / "tpp" / "adapter")
+    assert cfg.data.root == str(tmp_path / "configs" / "data")
+    cfg = load_config(config, ["data.root=mine", "adapter.init_from=../a", "backbone.path=./bb"])
+    assert cfg.data.root == str(tmp_path / "elsewhere" / "mine") and cfg.adapter.init_from == str(tmp_path / "a")
+    assert cfg.backbone.path == str(tmp_path / "elsewhere" / "bb")
+    assert load_config(config, [f"data.root={tmp_path}/x/../y"]).data.root == str(tmp_path / "y")  # absolute: as is
+    assert load_config(config, ["data.root=~/d"]).data.root == os.path.expanduser("~/d")
+
+
+def test_a_hub_id_stays_a_hub_id_unless_such_a_folder_is_there(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = write_config(tmp_path / "c" / "my.yaml", backbone={"path": "org/name"})
+    assert load_config(config).backbone.path == "org/name"
+    assert load_config(config, ["backbone.path=facebook/vit-mae-base"]).backbone.path == "facebook/vit-mae-base"
+    (tmp_path / "c" / "org" / "name").mkdir(parents=True)  # a local checkpoint folder of that name, beside the file
+    assert load_config(config).backbone.path == str(tmp_path / "c" / "org" / "name")
+    deep = write_config(tmp_path / "d" / "my.yaml", backbone={"path": "models/org/name"})  # no hub id: a path
+    assert load_config(deep).backbone.path == str(tmp_path / "d" / "models" / "org" / "name")
+
+
+def test_pool_data_roots_are_relative_to_the_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shipped = CONFIG_DIR / "backbones" / "mae_vit_tiny_med_pool.yaml"
+    data = yaml.safe_load(shipped.read_text())
+    data["pool"][0]["data"]["root"] = "pool_data"
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "pool.yaml").write_text(yaml.safe_dump(data))
+    cfg = load_config(tmp_path / "p" / "pool.yaml")
+    assert cfg.pool[0].data.root == str(tmp_path / "p" / "pool_data") and cfg.pool[1].data.root is None
+
+
+def test_cp_then_run_from_another_folder_finds_the_shipped_backbone(tmp_path, monkeypatch, capsys):
+    """The shipped configs name the shared backbone relative to themselves; `tpp cp` writes it absolute."""
+    shared_backbone = CONFIG_DIR.resolve().parents[2] / "shared" / "models" / "mae-vit-tiny-med"
+    assert load_config(CONFIG_DIR / FINETUNE_CONFIG).backbone.path == str(shared_backbone)
+    copy = tmp_path / "x" / "my.yaml"
+    assert run_cli("cp", FINETUNE_CONFIG, copy) == 0
+    assert "made absolute in the copy" in capsys.readouterr().out
+    text = copy.read_text()
+    assert text.startswith("# tpp run finetune") and f"path: {shared_backbone}  # tpp cp:" in text  # comments stay
+    (tmp_path / "somewhere_else").mkdir()
+    monkeypatch.chdir(tmp_path / "somewhere_else")
+    assert load_config(copy).backbone.path == str(shared_backbone)
+    shipped = yaml.safe_load((CONFIG_DIR / FINETUNE_CONFIG).read_text())
+    shipped["backbone"]["path"] = str(shared_backbone)
+    assert yaml.safe_load(text) == shipped  # nothing else changed
+    user = tmp_path / "mine" / "site.yaml"
+    write_config(user, adapter={"init_from": "runs/tpp/adapter"}, backbone={"path": "org/name"})
+    assert run_cli("cp", user, tmp_path / "moved.yaml") == 0
+    moved = yaml.safe_load((tmp_path / "moved.yaml").read_text())
+    assert moved["adapter"]["init_from"] == str(tmp_path / "mine" / "runs" / "tpp" / "adapter")
+    assert moved["backbone"]["path"] == "org/name"
+
+
+@pytest.mark.integration
+def test_a_copied_shipped_config_runs_from_another_folder(tmp_path, monkeypatch, capsys):
+    from conftest import shared_backbone
+
+    backbone = shared_backbone()
+    root = make_medmnist(tmp_path / "data")
+    assert run_cli("cp", FINETUNE_CONFIG, tmp_path / "x" / "my.yaml") == 0
+    (tmp_path / "else").mkdir()
+    monkeypatch.chdir(tmp_path / "else")
+    assert run_cli("run", "finetune", "--config", tmp_path / "x" / "my.yaml", f"data.root={root}", *FAST,
+                   "train.max_steps=2", "output_dir=out") == 0
+    saved = yaml.safe_load((tmp_path / "else" / "out" / "config.yaml").read_text())
+    assert os.path.samefile(saved["backbone"]["path"], backbone) and saved["data"]["root"] == str(root)
+
+
+# -- fix and rerun --------------------------------------------------------------------------------------
+
+def test_a_mistake_then_the_same_command_after_the_fix_runs(tiny_mae, tmp_path, monkeypatch, capsys):
+    """A config a user wrote, run from another folder: a wrong backbone path is refused before output_dir
+    exists; a data file that only fails when read leaves a failed run, which the fixed rerun replaces."""
+    root = make_medmnist(tmp_path / "data")
+    config = tmp_path / "configs" / "site.yaml"
+    shipped = yaml.safe_load((CONFIG_DIR / FINETUNE_CONFIG).read_text())
+    shipped["backbone"]["path"] = "../tiny_mae_typo"
+    config.parent.mkdir()
+    config.write_text(yaml.safe_dump(shipped))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    command = ["run", "finetune", "--config", config, "data.root=../data", "output_dir=out", *FAST,
+               "train.max_steps=2"]
+    assert run_cli(*command) == 2
+    err = capsys.readouterr().err
+    assert f"'{tmp_path / 'tiny_mae_typo'}' does not exist" in err and "would not run" in err
+    assert not (tmp_path / "work" / "out").exists()  # refused before the run folder exists
+
+    os.symlink(tiny_mae, tmp_path / "tiny_mae")
+    shipped["backbone"]["path"] = "../tiny_mae"  # fixed: relative to the config file
+    config.write_text(yaml.safe_dump(shipped))
+    good = (root / "breastmnist.npz").read_bytes()
+    (root / "breastmnist.npz").write_bytes(good[:100])  # a broken data file: found only when read
+    assert run_cli(*command) == 2
+    out = tmp_path / "work" / "out"
+    assert json.loads((out / "status.json").read_text())["status"] == "failed" and not (out / "checkpoints").exists()
+    capsys.readouterr()
+
+    (root / "breastmnist.npz").write_bytes(good)  # fixed; the same command again
+    assert run_cli(*command) == 0
+    captured = capsys.readouterr()
+    assert "replacing the failed run in 'out' (it had no checkpoint; it failed with: TppError" in captured.err
+    assert json.loads((out / "status.json").read_text())["status"] == "succeeded"
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["backbone"]["path"] == str(tmp_path / "tiny_mae") and saved["data"]["root"] == str(root)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "replaced_failed_run" and not any(r.get("event") == "failed" for r in log)
+
+
+def run_folder(path, status=None, checkpoints=(), error="TppError: boom"):
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text("recipe: finetune\n")
+    if status:
+        (path / "status.json").write_text(json.dumps({"status": status, "error": error}))
+    for name in checkpoints:
+        (path / "checkpoints" / name).mkdir(parents=True)
+    return path
+
+
+@pytest.mark.parametrize("status, checkpoints, said", [
+    ("failed", ["step-2", "step-4"], "holds a failed run with checkpoints (newest: step-4); it failed with: TppError"),
+    ("succeeded", ["step-4"], "holds a finished run (newest: step-4)"),
+    ("running", [], "holds a run that is still running or was killed"),
+    (None, [], "is not empty"),
+])
+def test_a_run_folder_that_is_not_replaced_says_how_to_continue_or_start_over(tmp_path, status, checkpoints, said):
+    out = run_folder(tmp_path / "out", status, checkpoints)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(TppError) as info:
+        RunDir(out)
+    message = str(info.value)
+    assert message.startswith(f"output_dir '{out}' {said}")
+    assert "train.resume=auto" in message and "--overwrite" in message and "output_dir=..." in message
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert RunDir(out, overwrite=True).path == out and not (out / "config.yaml").exists()  # --overwrite: starts over
+
+
+def test_a_failed_run_without_a_checkpoint_is_replaced(tmp_path, capsys):
+    out = run_folder(tmp_path / "out", "failed", [], error="TppError: data file broken")
+    (out / "checkpoints").mkdir()  # the folder, but no step-N in it
+    (out / "checkpoints" / ".step-2.tmp").mkdir()  # a half-written one is no checkpoint
+    run = RunDir(out)
+    assert "replacing the failed run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "status.json"]
+    assert json.loads((out / "status.json").read_text())["status"] == "running"
+    assert run.path == out
+
+
+# -- extending a run ------------------------------------------------------------------------------------
+
+EXTEND = [*FAST, "train.checkpoint_every=2", "train.select_best=false", "train.warmup_ratio=0.25"]
+
+
+def logged(out, event):
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r.get("event") == event]
+
+
+def expected_lrs(base_lr: float, total: int, warmup_ratio: float, steps: range) -> list[float]:
+    """The learning rate after each step of a warm-up + cosine schedule planned for ``total`` steps."""
+    import torch
+
+    from tpp.training import make_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    scheduler = make_scheduler(optimizer, warmup_ratio, total)
+    lrs = {}
+    for step in range(1, total + 1):
+        optimizer.step()
+        scheduler.step()
+        lrs[step] = scheduler.get_last_lr()[0]
+    return [lrs[s] for s in steps]
+
+
+def test_a_finished_run_extends_to_a_larger_max_steps(tiny_mae, data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert finetune(tiny_mae, data_root, out, *EXTEND, "train.max_steps=4") == 0
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2", "step-4"]  # the last step too
+    first = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert finetune(tiny_mae, data_root, out, *EXTEND, "train.max_steps=7", "train.resume=auto") == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 7 and first["steps"] == 4
+    assert logged(out, "resumed")[-1] | {"time": 0} == {"time": 0, "event": "resumed", "step": 4,
+                                                        "checkpoint": "step-4", "steps": 7}
+    steps = logged(out, "step")
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6, 7]  # one log: the first 4 steps, then the rest
+    lr = load_config(CONFIG_DIR / FINETUNE_CONFIG).train.lr
+    # documented: the schedule is the one planned for the new total, from the resumed step on
+    assert [r["lr"] for r in steps[4:]] == pytest.approx(expected_lrs(lr, 7, 0.25, range(5, 8)), rel=1e-6)
+    assert [r["lr"] for r in steps[:4]] == pytest.approx(expected_lrs(lr, 4, 0.25, range(1, 5)), rel=1e-6)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-6", "step-7"]
+    assert json.loads((out / "status.json").read_text())["status"] == "succeeded"
+
+    assert finetune(tiny_mae, data_root, out, *EXTEND, "train.max_steps=7", "train.resume=auto") == 0
+    assert "already finished" in capsys.readouterr().out  # nothing more to do
+    assert finetune(tiny_mae, data_root, out, *EXTEND, "train.max_steps=5", "train.resume=auto") == 2
+    assert "train.max_steps: the run in" in capsys.readouterr().err  # a resume may not shorten the run
+    assert finetune(tiny_mae, data_root, out, *EXTEND, "train.max_steps=9", "train.resume=auto", "train.lr=0.5") == 2
+    err = capsys.readouterr().err
+    assert "train.lr: 0.001 -> 0.5" in err and "only a larger train.max_steps may change" in err
+
+
+def test_a_run_without_its_last_checkpoint_cannot_be_extended(tiny_mae, data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert finetune(tiny_mae, data_root, out, *FAST, "train.max_steps=2") == 0  # no train.checkpoint_every
+    capsys.readouterr()
+    assert finetune(tiny_mae, data_root, out, *FAST, "train.max_steps=4", "train.resume=auto") == 2
+    err = capsys.readouterr().err
+    assert "finished at step 2 but has no checkpoint of that step (none)" in err and "train.checkpoint_every" in err
+
+
+def test_an_interrupted_run_extends_past_its_checkpoint_but_not_below_it(tmp_path, capsys):
+    """The checks before anything is touched (what the training loop then does is tested above)."""
+    from tpp.recipes import check_resume
+
+    out = run_folder(tmp_path / "out", "running", ["step-4", "step-6"])
+    args = [f"output_dir={out}", "train.resume=auto"]
+    (out / "config.yaml").write_text(yaml.safe_dump(load_config(CONFIG_DIR / FINETUNE_CONFIG, args).to_dict()))
+    check_resume(out, load_config(CONFIG_DIR / FINETUNE_CONFIG, args))  # the planned total (epochs): fine
+    check_resume(out, load_config(CONFIG_DIR / FINETUNE_CONFIG, [*args, "train.max_steps=6"]))
+    with pytest.raises(TppError, match=r"train\.max_steps=5 is below step 6 of the checkpoint.*train\.max_steps=6"):
+        check_resume(out, load_config(CONFIG_DIR / FINETUNE_CONFIG, [*args, "train.max_steps=5"]))
+    with pytest.raises(TppError, match=r"train\.epochs: 30 -> 3"):
+        check_resume(out, load_config(CONFIG_DIR / FINETUNE_CONFIG, [*args, "train.epochs=3"]))
+
+
+# -- wall time ------------------------------------------------------------------------------------------
+
+def test_wall_time_counts_from_the_start_of_the_command(tiny_mae, data_root, tmp_path, monkeypatch, capsys):
+    """Evaluate reported 0 s after 31 s: time spent loading the config and the backbone counts (each made
+    to take at least 0.6 s here), in what `tpp run` prints and in metrics.json."""
+    import tpp.config
+    import tpp.recipes.evaluate as evaluate_recipe
+
+    assert finetune(tiny_mae, data_root, tmp_path / "ft") == 0
+    load_config, load_backbone = tpp.config.load_config, evaluate_recipe.load_backbone
+
+    def slow(real):
+        def wrapped(*args, **kwargs):
+            time.sleep(0.6)
+            return real(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(tpp.config, "load_config", slow(load_config))
+    monkeypatch.setattr(evaluate_recipe, "load_backbone", slow(load_backbone))
+    capsys.readouterr()
+    assert run_cli(*recipe_args("evaluate", FINETUNE_CONFIG, tiny_mae, data_root, tmp_path / "ev",
+                                f"adapter.path={tmp_path / 'ft' / 'adapter'}")) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["wall_time_s"] >= 1.2 and "auroc" in metrics["test"]
+    printed = capsys.readouterr().out
+    seconds = float(printed.split("evaluate finished in ", 1)[1].split("s", 1)[0])
+    assert seconds >= 1 and abs(seconds - metrics["wall_time_s"]) <= 1

@@ -186,3 +186,13 @@ def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, monkeypatch):
         saver.save(2, weights, None, {}, {"losses": []})
     assert sorted(p.name for p in saver.dir.iterdir()) == ["step-1"]  # no .step-2.tmp, the good one stays
     assert saver.latest().name == "step-1"
+
+
+def test_an_interrupted_run_extends_to_a_larger_max_steps(tiny_mae, reference, tmp_path):
+    root, _ = reference
+    out = tmp_path / "run"
+    assert killed(tiny_mae, root, out, "at_step", 5).returncode == -9  # planned for 8 steps, checkpoint at 4
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto", "train.max_steps=10")) == 0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 10
+    assert '"event": "resumed", "step": 4, "checkpoint": "step-4", "steps": 10' in (out / "log.jsonl").read_text()
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-8", "step-10"}

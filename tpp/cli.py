@@ -256,8 +256,10 @@ def _launch(args) -> int:
     import subprocess
 
     from tpp.config import load_config
+    from tpp.recipes import refuse_problems
 
-    load_config(_config_path(args.config), args.overrides, recipe=args.recipe)  # config errors now, not once per rank
+    # what `tpp validate` finds: now, once, not once per rank
+    refuse_problems(load_config(_config_path(args.config), args.overrides, recipe=args.recipe), args.config)
     if args.num_processes > (os.cpu_count() or 1) * 4:
         raise TppError(f"--num-processes {args.num_processes} is far beyond this machine's {os.cpu_count()} CPUs.")
     with socket.socket() as sock:

@@ -33,7 +33,7 @@ def resolve_path(value: str, base: Path, hub_ok: bool = False) -> str:
 
 
 def resolve_paths(tree: dict, base: str | os.PathLike) -> list[str]:
-    """Resolve the path keys of a raw config mapping (a YAML file's or the overrides') in place against
+    """Resolve the path keys of a raw config mapping (a file's for ``tpp cp``, a saved config.yaml's) in place against
     ``base``; returns the dotted keys changed (``pool[0].data.root`` for pool entries)."""
     base = Path(base)
     changed = _resolve_sections(tree, base, "")

@@ -388,7 +388,7 @@ def fit(array: np.ndarray, size: int, mode: str) -> np.ndarray:
     from PIL import Image
 
     img = Image.fromarray(np.ascontiguousarray(array), "RGB" if array.ndim == 3 else "L")
-    return np.asarray(img.convert(mode).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    return np.array(img.convert(mode).resize((size, size), Image.BILINEAR), dtype=np.uint8)  # writable
 
 
 def to_model_input(array: np.ndarray, input_rule: dict) -> torch.Tensor:

@@ -63,6 +63,9 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
     if not files:
         raise TppError(f"label table '{table}': none of its {len(rows)} images exist; paths are relative to "
                        f"'{base}'.")
+    order = sorted(range(len(files)), key=files.__getitem__)  # the split never depends on the row order
+    files, values, groups, given, origins = ([column[i] for i in order]
+                                             for column in (files, values, groups, given, origins))
     return labelled_files(name, modality, base, files, values, where=f"label table '{table}'",
                           image_size=image_size, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                           on_bad_file=on_bad_file, skipped=skipped, groups=groups if group_key else None,

@@ -150,3 +150,7 @@ def test_finetune_from_a_csv_from_the_cli(tmp_path, tiny_mae, capsys):
     assert run_cli("validate", FINETUNE_CONFIG, "data.source=csv", f"data.root={tmp_path}",
                    "data.modality=US", f"backbone.path={tiny_mae}") == 2
     assert "data.source=csv needs data.file" in capsys.readouterr().err
+    table(tmp_path / "site" / "bad.csv", "path,diagnosis", rows[:3])
+    assert run_cli("validate", FINETUNE_CONFIG, "data.source=csv", "data.file=site/bad.csv", f"data.root={tmp_path}",
+                   "data.modality=US", f"backbone.path={tiny_mae}") == 2
+    assert "bad.csv' lacks the column(s) ['label']" in capsys.readouterr().err

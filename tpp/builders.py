@@ -12,7 +12,6 @@ from tpp.adapter_dir import parent_summary, read_card, read_weights, verify_back
 from tpp.backbones import BackboneInfo
 from tpp.data import Dataset, same_modality
 from tpp.data.build import channel_rule, image_channels, to_model_tensor
-from tpp.data.files import ImageFiles
 from tpp.data.images import FILE_RESIZE
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, load_adapter_state
@@ -29,7 +28,7 @@ def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
             "image_size": info.input_size, "resize": "bilinear, antialiased, to image_size",
             "resolution": info.resolution_note(),
             "scale": "uint8 / 255", "mean": info.mean, "std": info.std}
-    if isinstance(images, ImageFiles):  # already at image_size: the tensor resize does nothing
+    if dataset.file_resize:  # already at image_size: the tensor resize does nothing
         rule["resize"] = rule["file_resize"] = FILE_RESIZE
     return rule
 

@@ -151,4 +151,5 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, moda
     dataset = Dataset(name, modality, [], {"train": Split(images, None)}, skipped=skipped + bad,
                       split_id="all images", source=f"folder '{path}'", origin=files_origin(path))
     dataset.split_files = {"train": [files[i] for i in kept]}
+    dataset.file_resize = True
     return dataset

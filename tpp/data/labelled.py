@@ -70,11 +70,13 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
     untrained = [n for k, n in enumerate(names) if not (labels[index["train"]] == k).any()]
     if untrained:
         raise TppError(f"{where}: class(es) {untrained} have images in val/test but none in train (or all of "
-                       "theirs were skipped); the model could never learn them. Add training images or remove the class.")
+                       "theirs were skipped); the model could never learn them. Add training images or remove the "
+                       "class.")
     splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id, source=where,
                       origin=files_origin(base))
     dataset.split_files = {s: [files[j] for j in i] for s, i in index.items()}
+    dataset.file_resize = True
     return dataset
 
 

@@ -9,6 +9,8 @@ from tpp.data import Dataset
 from tpp.data.csvfiles import load_csv
 from tpp.data.sources import Source, check_classes, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
+from tpp.data.tables import read_table
+from tpp.errors import TppError
 
 
 @dataclass
@@ -37,7 +39,14 @@ def preflight(common, options: CsvOptions, base: Path) -> list[str]:
     if not options.file:
         return ["data.source=csv needs data.file: the CSV (columns path,label[,patient_id][,split]), relative to "
                 "data.root."]
-    return missing_file(options.file, base)
+    problems = missing_file(options.file, base)
+    path = Path(options.file) if Path(options.file).is_absolute() else base / options.file
+    if not problems and path.is_file():
+        try:  # the columns and rows, before any image is read
+            read_table(path, ("path", "label"))
+        except TppError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 register(Source(name="csv", options_cls=CsvOptions, load=load, preflight=preflight, needs_modality=True))

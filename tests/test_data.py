@@ -132,8 +132,8 @@ def test_folder_seeded_split_and_unreadable_image(tmp_path):
     data = load_folder("site", str(tmp_path), "site", **FOLDER)
     assert data.class_names == ["benign", "malignant"]
     assert data.split("train").images.shape[1:] == (28, 28)
-    saved = json.loads((tmp_path / "site" / "splits.json").read_text())
-    assert sorted(saved["train"] + saved["val"] + saved["test"]) == sorted(files)
+    assert sorted(f for s in data.split_files.values() for f in s) == sorted(files)
+    assert not (tmp_path / "site" / "splits.json").exists()  # nothing is written into the user's folder
     (tmp_path / "site" / "benign" / "broken.png").write_text("not an image")
     with pytest.raises(TppError, match="broken.png"):
         load_folder("site2", str(tmp_path), "site", **FOLDER)

@@ -16,18 +16,18 @@ from tpp.data.sources import Source, all_sources, get_source, register
 from tpp.errors import ConfigError
 from tpp.recipes import CONFIG_DIR
 
-BUILTIN = ["folder", "medmnist", "npz", "seg_folder", "seg_npz", "unlabeled_folder"]
+BUILTIN = ["csv", "folder", "medmnist", "npz", "seg_folder", "seg_npz", "unlabeled_folder"]
 
 
 def test_registry_lists_the_builtin_sources_with_their_capabilities():
     sources = {s.name: s for s in all_sources()}
     assert sorted(sources) == BUILTIN
     assert {n for n in BUILTIN if sources[n].masks} == {"seg_npz", "seg_folder"}
-    assert {n for n in BUILTIN if sources[n].needs_modality} == {"folder", "unlabeled_folder", "seg_folder"}
+    assert {n for n in BUILTIN if sources[n].needs_modality} == {"csv", "folder", "unlabeled_folder", "seg_folder"}
     for source in sources.values():
         assert source.summary and source.options_cls.__dataclass_fields__ is not None
         assert all(f.metadata.get("help") for f in source.options_cls.__dataclass_fields__.values())
-    with pytest.raises(ConfigError, match=r"unknown data.source 'ftp'. Known sources: folder, medmnist"):
+    with pytest.raises(ConfigError, match=r"unknown data.source 'ftp'. Known sources: csv, folder, medmnist"):
         get_source("ftp")
     with pytest.raises(ValueError, match="registered twice"):
         register(Source(name="npz", options_cls=sources["npz"].options_cls, load=sources["npz"].load))
@@ -58,7 +58,7 @@ def test_an_option_of_another_source_names_that_source():
         build_config({"data": {"mask_key": "masks"}})  # medmnist (the default) has no masks
     with pytest.raises(ConfigError, match=r"data.download is an option of source medmnist: set data.source=medmnist"):
         build_config({"data": {"source": "npz", "file": "x.npz", "download": True}})
-    with pytest.raises(ConfigError, match=r"data.group_key is an option of source folder, seg_folder, seg_npz"):
+    with pytest.raises(ConfigError, match=r"data.group_key is an option of source csv, folder, seg_folder, seg_npz"):
         build_config({"data": {"group_key": "patient"}})
     pool = {"recipe": "pretrain_backbone", "pool": [{"data": {"name": "bloodmnist"}},
                                                     {"data": {"source": "npz", "mask_key": "m", "file": "x.npz"}}]}

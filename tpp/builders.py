@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 
 import numpy as np
@@ -11,18 +12,25 @@ from tpp.adapter_dir import parent_summary, read_card, read_weights, verify_back
 from tpp.backbones import BackboneInfo
 from tpp.data import Dataset, same_modality
 from tpp.data.build import channel_rule, image_channels, to_model_tensor
+from tpp.data.images import FILE_RESIZE
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, load_adapter_state
 
 
 def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
-    """The intensity pipeline applied to images, recorded in the card and reused at inference."""
-    channels = image_channels(dataset.split(next(iter(dataset.splits))).images)
-    return {"image_channels": channels, "channels": info.channels,
+    """The intensity pipeline applied to images, recorded in the card and reused at inference. Data read from
+    files (folders, CSV) were brought to ``image_size`` when read (``file_resize``): inference does the same
+    to each image, so a file gives bit-identical model input in training and serving."""
+    images = dataset.split(next(iter(dataset.splits))).images
+    channels = image_channels(images)
+    rule = {"image_channels": channels, "channels": info.channels,
             "channel_rule": channel_rule(channels, info.channels),
             "image_size": info.input_size, "resize": "bilinear, antialiased, to image_size",
             "resolution": info.resolution_note(),
             "scale": "uint8 / 255", "mean": info.mean, "std": info.std}
+    if dataset.file_resize:  # already at image_size: the tensor resize does nothing
+        rule["resize"] = rule["file_resize"] = FILE_RESIZE
+    return rule
 
 
 def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
@@ -83,7 +91,10 @@ def check_parent_modality(card: dict, source: str, modality: str, required: bool
 
 
 def record_skipped(datasets: list[Dataset], run) -> None:
-    """Files left out with ``data.on_bad_file=skip``: ``skipped.csv`` in the run dir, a log line, a warning."""
+    """What loading decided about files, recorded in the run dir: the seeded split of file sources
+    (:func:`record_splits`), and files left out with ``data.on_bad_file=skip`` (``skipped.csv``, a log line,
+    a warning)."""
+    record_splits(datasets, run)
     rows = [(d.name, f, reason) for d in datasets for f, reason in d.skipped]
     if not rows:
         return
@@ -103,10 +114,27 @@ def record_skipped(datasets: list[Dataset], run) -> None:
                   f"see {run.path / 'skipped.csv'}.")
 
 
+def record_splits(datasets: list[Dataset], run) -> None:
+    """``splits.json`` in the run dir for data read from files: per dataset its split id, and per split the
+    files (relative to the folder or CSV) with the hash the card records (``split_files_sha256``). Nothing is
+    written into the data folder; the split is recomputed from the files and seed on every load."""
+    files = [d for d in datasets if d.split_files is not None]
+    if not files or not run.main:
+        return
+    from tpp.rundir import write_atomic
+
+    listed = {d.name: {"split_id": d.split_id, "split_files_sha256": d.split_files_sha256(), **d.split_files}
+              for d in files}
+    write_atomic(run.path / "splits.json", json.dumps(listed, indent=1))
+    run.log(event="splits", file="splits.json",
+            counts={d.name: {s: len(f) for s, f in d.split_files.items()} for d in files})
+
+
 def check_leakage(parent_card: dict, dataset: Dataset, source: str) -> None:
     """Refuse a parent adapter pre-trained on the same image collection (``origin``; known for MedMNIST
-    sets, e.g. BreastMNIST's is BUSI) unless it saw exactly this dataset's training split (same image
-    hash) and nothing else: otherwise it may have seen this run's validation or test images."""
+    sets, e.g. BreastMNIST's is BUSI; for folders and CSVs the folder, by hash) unless it saw exactly this
+    dataset's training split (same image hash) and nothing else: otherwise it may have seen this run's
+    validation or test images."""
     from tpp.data.arrays import MEDMNIST_ORIGINS
 
     seen = parent_card.get("data", {})
@@ -121,9 +149,10 @@ def check_leakage(parent_card: dict, dataset: Dataset, source: str) -> None:
         same_train = parent_train == dataset.split_sha256().get("train")
     if same_train and used_splits == ["train"]:
         return
+    same = "read from the same image folder" if origin.startswith("files:") else f"made from the same {origin} images"
     raise TppError(
         f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
-        f"'{seen.get('split_id')}'), made from the same {origin} images as '{dataset.name}' (split "
+        f"'{seen.get('split_id')}'), {same} as '{dataset.name}' (split "
         f"'{dataset.split_id}'), but not on exactly this run's training images: it may have seen this run's "
         "validation or test images. Pre-train on this dataset's own training split (same data.name, file, seed, "
         "label_key, group_key and split fractions).")

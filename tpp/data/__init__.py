@@ -59,6 +59,8 @@ class Dataset:
     split_id: str = "official"  # how the splits were made; seeded splits differ per seed
     origin: str | None = None  # the image collection behind the data (BreastMNIST and BUSI share "BUSI")
     source: str | None = None  # where it was read ('FILE', folder ...), for error messages; never in cards
+    split_files: dict | None = None  # file sources: split -> its files (relative paths); the run's splits.json
+    file_resize: bool = False  # images were read from files and brought to the size by tpp.data.images.fit
     _hash_cache: dict = field(default_factory=dict, repr=False, compare=False)  # labels? -> (splits key, hashes)
 
     @property
@@ -118,11 +120,21 @@ class Dataset:
         return hashes
 
     def describe(self, used: dict | None = None, labels: bool = True) -> dict:
-        """What an adapter card records: name, modality, content hash and counts (never paths).
+        """What an adapter card records: name, modality, content hash and counts (never paths); for file sources
+        also ``split_files_sha256`` (see :meth:`split_files_sha256`).
         With ``labels=False`` (pre-training) the hash covers images only and labels are not touched."""
-        return {
+        described = {
             "name": self.name, "modality": self.modality, "content_sha256": self.content_hash(labels),
             "origin": self.origin, "split_id": self.split_id, "split_sha256": self.split_sha256(),
             "classes": list(self.class_names),
             "counts": {k: len(v) for k, v in self.splits.items()}, "used": used or {},
         }
+        if self.split_files is not None:
+            described["split_files_sha256"] = self.split_files_sha256()
+        return described
+
+    def split_files_sha256(self) -> dict[str, str]:
+        """File sources: per split, sha256 (16 hex) over its files' relative paths, one per line, sorted: checks
+        a run folder's ``splits.json`` against a card without the card holding any path."""
+        return {name: hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()[:16]
+                for name, files in sorted((self.split_files or {}).items())}

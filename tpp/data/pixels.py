@@ -1,7 +1,7 @@
 """What training and inference agree on about pixels: the 8-bit image both see (:func:`training_mode`),
 the pixel budget (:class:`PixelLimits`) and reading an image's size from its header before decoding it.
 
-Shared by training folders (:mod:`tpp.data.folders`) and the inference readers (:mod:`tpp.serve.images`);
+Shared by the one image reader (:mod:`tpp.data.images`) of training folders and inference;
 imports nothing else of tpp but its errors.
 """
 from __future__ import annotations

@@ -114,7 +114,8 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     """``DIR/images/<name>`` + ``DIR/masks/<name>`` (same file stem), resized to ``image_size`` (images
     bilinear, masks nearest), split here by ``seed``. Groups: a ``metadata.csv`` column (``file_name`` +
     ``group_key``)."""
-    from tpp.data.folders import _decode, _folder
+    from tpp.data.filesets import check_files
+    from tpp.data.folders import _folder
 
     root = _folder(root, file)
     image_dir, mask_dir = root / "images", root / "masks"
@@ -130,7 +131,7 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     if not image_files:
         raise TppError(f"'{image_dir}' holds no images.")
     stems = sorted(image_files)
-    images, kept, skipped = _decode([str(image_files[s]) for s in stems], image_size, on_bad_file)
+    images, kept, skipped = check_files([str(image_files[s]) for s in stems], image_size, on_bad_file)
     images = np.asarray(images)  # masks are in memory too: segmentation sets are small
     stems = [stems[i] for i in kept]
     names = mask_class_names(mask_classes, classes, None)
@@ -139,7 +140,7 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
                  group_key=group_key, seed=seed)
     dataset = _split(images, masks, None, groups, names, **split)
-    dataset.skipped, dataset.source = skipped, f"folder '{root}'"
+    dataset.skipped, dataset.source, dataset.file_resize = skipped, f"folder '{root}'", True
     return dataset
 
 

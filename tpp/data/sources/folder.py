@@ -1,4 +1,4 @@
-"""A labelled image folder: DIR/<class>/<image> or DIR/{train,val,test}/<class>/<image>; data.modality is required."""
+"""A labelled image folder: DIR/<class>/*, DIR/{train,val,test}/<class>/* or metadata.csv; data.modality is required."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -20,8 +20,8 @@ class FolderOptions:
     classes: Optional[list] = field(default=None, metadata={
         "help": "keep only these class folders (re-numbered in this order)"})
     group_key: Optional[str] = field(default=None, metadata={
-        "help": "seeded splits keep each group in one split: a metadata.csv column (beside file_name), e.g. a "
-                "patient id"})
+        "help": "seeded splits keep each group in one split: a metadata.csv column (beside file_name), e.g. "
+                "patient_id"})
     on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
 
     def __post_init__(self):
@@ -29,8 +29,8 @@ class FolderOptions:
 
 
 def load(common, options: FolderOptions, seed: int, image_size: int, labels: bool = True) -> Dataset:
-    """Images decoded and resized to ``image_size``; without split folders a seeded, stratified split
-    (saved to DIR/splits.json)."""
+    """Images read and resized to ``image_size``; without split folders a seeded, stratified split (recomputed
+    on every load, recorded in the run folder's splits.json; nothing is written into the folder)."""
     return load_folder(common.name, common.root, options.file, modality=common.modality, image_size=image_size,
                        classes=options.classes, group_key=options.group_key, val_fraction=common.val_fraction,
                        test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file)

@@ -1,0 +1,92 @@
+"""Image files on disk as training data: finding them in a folder, checking each once, decoding them on demand.
+
+Every file is read by the one reader of :mod:`tpp.data.images` (PNG/JPEG, ``.npy``, DICOM with or without
+a suffix, NIfTI) and brought to the backbone's size by :func:`tpp.data.images.fit`, exactly what inference
+does with a card whose input rule has ``file_resize``. Nothing here writes anywhere.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from tpp.data.files import ImageFiles
+from tpp.data.images import fit, is_image_file, read
+from tpp.data.pixels import DEFAULT_LIMITS, ImageError, PixelLimits
+from tpp.errors import TppError
+
+PROGRESS_FROM = 500  # files: a progress bar for checking them from this many on
+
+
+class FolderDecoder:
+    """A file -> uint8 (size, size) gray or (size, size, 3) RGB (``mode`` "L" or "RGB"): :func:`read`, then
+    :func:`fit` (what every image of the data gets, read again when a batch needs it)."""
+
+    def __init__(self, size: int, mode: str):
+        self.size, self.mode = size, mode
+
+    def __call__(self, path: str):
+        try:  # checked at load; a file replaced or removed since then is named, never a raw library error
+            array = read(path)
+        except ImageError as exc:
+            raise TppError(f"image '{path}' changed or disappeared since the data was loaded "
+                           f"({type(exc).__name__}: {exc}); restart the run.") from None
+        return fit(array, self.size, self.mode)
+
+
+def bad_file(path, reason: str, on_bad_file: str, skipped: list, origin: str | None = None) -> None:
+    """An unreadable image: an error naming it (and ``origin``, e.g. the table line naming it), or with
+    ``on_bad_file="skip"`` a (path, reason) row in ``skipped``."""
+    if on_bad_file != "skip":
+        raise TppError(f"image '{path}'{f' ({origin})' if origin else ''} cannot be read ({reason}). Remove or "
+                       "replace it, or pass "
+                       "data.on_bad_file=skip to leave such files out (listed in skipped.csv).")
+    skipped.append((str(path), reason))
+
+
+def walk_images(path: Path, on_bad_file: str) -> tuple[list[str], list]:
+    """Every image file below ``path`` (see :func:`tpp.data.images.is_image_file`; hidden files and folders
+    left out) as POSIX paths relative to ``path``, sorted: the order never depends on the file system's
+    listing. Dangling symbolic links are reported like unreadable images. Returns (relative paths, skipped)."""
+    found, skipped = [], []
+    for folder, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            file = Path(folder) / name
+            if name.startswith("."):
+                continue
+            if file.is_symlink() and not file.exists():
+                bad_file(file, f"dangling symbolic link: its target '{os.readlink(file)}' does not exist",
+                         on_bad_file, skipped)
+            elif is_image_file(file):
+                found.append(file.relative_to(path).as_posix())
+    return sorted(found), skipped
+
+
+def check_files(paths: list[str], size: int, on_bad_file: str = "error", limits: PixelLimits = DEFAULT_LIMITS,
+                origins: list[str] | None = None) -> tuple[ImageFiles, list[int], list]:
+    """Check every image by reading it once (one at a time: memory stays flat in the number of files) and
+    return them as :class:`ImageFiles` of uint8 (size, size) gray, or (size, size, 3) RGB when any image has
+    colour, read again when a batch needs them.
+
+    Unreadable files (zero bytes, truncated, not an image, a 3D volume, more pixels than ``limits`` allow by
+    their header) fail at once naming the file (and its ``origins`` entry), or with ``on_bad_file="skip"`` are
+    left out. A progress bar shows from :data:`PROGRESS_FROM` files on.
+    Returns (images, indices of the kept paths, [(path, reason)]).
+    """
+    kept, skipped, colour = [], [], False
+    for i, p in enumerate(tqdm(paths, desc="reading images", unit="image", disable=len(paths) < PROGRESS_FROM,
+                               mininterval=5.0)):
+        try:
+            if os.path.getsize(p) == 0:
+                raise ImageError("empty file (0 bytes)")
+            colour = read(p, limits=limits).ndim == 3 or colour
+            kept.append(i)
+        except (ImageError, OSError) as exc:
+            bad_file(p, f"{type(exc).__name__}: {exc}", on_bad_file, skipped, origins and origins[i])
+    if not kept:
+        raise TppError(f"none of the {len(paths)} images could be read (first: {paths[0] if paths else '-'}).")
+    mode = "RGB" if colour else "L"
+    shape = (size, size, 3) if colour else (size, size)
+    return ImageFiles([paths[i] for i in kept], FolderDecoder(size, mode), shape), kept, skipped

@@ -1,0 +1,411 @@
+"""The one image reader of training, TPP, evaluation, prediction and serving: PNG/JPEG (and other PIL
+formats), ``.npy``, DICOM (also extensionless, PACS style, found by its preamble) and NIfTI.
+
+Every reader returns uint8 ``(H, W)`` gray or ``(H, W, 3)`` RGB. Image folders and CSV sources read their
+files with :func:`read` and bring them to the backbone's size with :func:`fit` when the data are loaded; at
+inference the adapter card's input rule is applied by :func:`to_model_input`, which calls the same
+:func:`fit` when the card says the training images were files, so one scan gives bit-identical model input
+in training and in serving. (:mod:`tpp.serve.images` re-exports these names.)
+
+- PNG/JPEG/...: decoded as in training (gray modes stay gray, everything else becomes RGB).
+- ``.npy``: (H, W), (H, W, 1) or (H, W, 3); uint8 as is, other integers must lie in 0..255, floats in
+  [0, 1] (scaled by 255). Loaded with ``allow_pickle=False``.
+- DICOM (``tpp[dicom]``, pydicom): rescale slope/intercept (modality LUT), then a VOI LUT, the file's
+  window or ``window=(center, width)``, else min-max to 0..255; MONOCHROME1 is inverted; multi-frame
+  files need an explicit ``frame`` (only that frame is decoded).
+- NIfTI-1 (``tpp[nifti]``, nibabel): a 2D image, or one slice of a 3D volume with ``slice_spec="AXIS:INDEX"``;
+  min-max (or ``window``) to 0..255. The slice is used as stored (first remaining axis = rows).
+
+Size budget (:class:`PixelLimits`): before anything is decoded, :func:`probe` reads the header (PIL's lazy
+open, the ``.npy`` header, DICOM without pixel data, the NIfTI header) and an image above the limit is
+refused with :class:`ImageTooLarge`. An image counts the elements its decoder materialises: width x height
+for PNG/JPEG/``.npy`` and one DICOM frame (colour samples not counted), every voxel of a NIfTI file (the
+whole volume is inflated). Gzipped NIfTI is inflated in bounded steps, never past the size its header implies.
+
+Errors are :class:`ImageError` naming the input and the problem (non-finite values or windows included);
+nothing here logs pixel data or DICOM header fields.
+"""
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tpp.data.pixels import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, pil_size, training_mode
+
+if TYPE_CHECKING:
+    import torch
+
+PIL_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+FILE_RESIZE = "PIL bilinear to image_size when the file is read"  # the input rule's ``file_resize``
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI1_HEADER = 348  # bytes; the voxel data follow at the header's vox_offset
+MAX_NIFTI_OFFSET = 2**24  # header extensions beyond 16 MiB before the voxels are refused
+
+
+
+def sniff(data: bytes, name: str) -> str:
+    """Format of an input from its name, else its first bytes: pil | npy | dicom | nifti."""
+    lower = name.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        return "nifti"
+    suffix = Path(lower).suffix
+    if suffix in DICOM_SUFFIXES:
+        return "dicom"
+    if suffix == ".npy":
+        return "npy"
+    if suffix in PIL_SUFFIXES:
+        return "pil"
+    if data[128:132] == b"DICM":
+        return "dicom"
+    if data[:6] == b"\x93NUMPY":
+        return "npy"
+    if data[:2] == GZIP_MAGIC or int.from_bytes(data[:4], "little") == NIFTI1_HEADER:
+        return "nifti"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"\xff\xd8":
+        return "pil"
+    raise ImageError(f"'{name}': unsupported image format (PNG, JPEG, .npy, DICOM or NIfTI are read).")
+
+
+@contextmanager
+def _reading(kind: str, name: str):
+    """Turn a library's error while reading ``name`` as ``kind`` into one :class:`ImageError`."""
+    try:
+        yield
+    except ImageError:
+        raise
+    except ImportError as exc:
+        extra = "dicom" if kind == "dicom" else "nifti"
+        raise ImageError(f"'{name}': reading {kind.upper()} needs an optional package ({exc.name}): "
+                         f"pip install 'tpp[{extra}]'.") from None
+    except Exception as exc:  # a corrupt file surfaces as many different library errors
+        raise ImageError(f"'{name}': cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}).") from None
+
+
+def probe(data: bytes, name: str) -> int:
+    """Pixels (voxels) decoding ``data`` would materialise, from its header alone (no pixel is decoded)."""
+    kind = sniff(data, name)
+    with _reading(kind, name):
+        return {"pil": _probe_pil, "npy": _probe_npy, "dicom": _probe_dicom, "nifti": _probe_nifti}[kind](data, name)
+
+
+def check_image(data: bytes, name: str, limits: PixelLimits = DEFAULT_LIMITS) -> int:
+    """:func:`probe`, refusing an image above ``limits.max_pixels`` (:class:`ImageTooLarge`). Returns the count."""
+    count = probe(data, name)
+    if count > limits.max_pixels:
+        raise ImageTooLarge(f"'{name}': {count:,} pixels, more than the per-image limit of {limits.max_pixels:,} "
+                            "(--max-image-pixels); send a smaller image.")
+    return count
+
+
+def check_request(files: list[tuple[bytes, str]], limits: PixelLimits = DEFAULT_LIMITS) -> int:
+    """Probe every (bytes, name) of one request, headers only: refuse the whole request before anything is
+    decoded when one image, or all of them together, exceed ``limits``. Returns the total count."""
+    total = sum(check_image(data, name, limits) for data, name in files)
+    if total > limits.max_request_pixels:
+        raise ImageTooLarge(f"the request's {len(files)} images hold {total:,} pixels together, more than the "
+                            f"per-request limit of {limits.max_request_pixels:,} (--max-request-pixels); "
+                            "send fewer or smaller images per request.")
+    return total
+
+
+def decode(data: bytes, name: str, *, frame: int | None = None, slice_spec: str | None = None,
+           window: tuple[float, float] | None = None, limits: PixelLimits = DEFAULT_LIMITS) -> np.ndarray:
+    """Bytes of one image file -> uint8 (H, W) or (H, W, 3); the header is checked against ``limits`` first."""
+    kind = sniff(data, name)
+    check_image(data, name, limits)
+    with _reading(kind, name):
+        if kind == "pil":
+            array = _read_pil(data)
+        elif kind == "npy":
+            array = _read_npy(data, name)
+        elif kind == "dicom":
+            array = _read_dicom(data, name, frame, window)
+        else:
+            array = _read_nifti(data, name, slice_spec, window)
+    return _check_shape(array, name)
+
+
+def read(path: str | Path, **kwargs) -> np.ndarray:
+    """Read an image file from disk (see :func:`decode`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"'{path}' does not exist or is not a file.")
+    return decode(path.read_bytes(), str(path), **kwargs)
+
+
+def _probe_pil(data: bytes, name: str) -> int:
+    width, height = pil_size(io.BytesIO(data), name)
+    return width * height
+
+
+def _read_pil(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+
+    with Image.open(io.BytesIO(data)) as img:
+        img.load()
+        return np.array(training_mode(img))  # a writable copy (torch refuses read-only views)
+
+
+def _probe_npy(data: bytes, name: str) -> int:
+    """Elements of a ``.npy`` array from its header (colour channels of an (H, W, C<=4) array not counted)."""
+    fmt = np.lib.format
+    fh = io.BytesIO(data)
+    version = fmt.read_magic(fh)
+    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape = reader(fh)[0]
+    if len(shape) == 3 and shape[-1] <= 4:
+        shape = shape[:2]
+    return math.prod(shape)
+
+
+def _read_npy(data: bytes, name: str) -> np.ndarray:
+    array = np.load(io.BytesIO(data), allow_pickle=False)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.integer):
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise ImageError(f"'{name}': integer array values must lie in 0..255 (got {array.min()}..{array.max()}); "
+                             "save uint8, or floats in [0, 1].")
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or (array.size and (array.min() < 0 or array.max() > 1)):
+            raise ImageError(f"'{name}': float arrays must be finite and lie in [0, 1].")
+        return np.round(array * 255).astype(np.uint8)
+    raise ImageError(f"'{name}': unsupported array dtype {array.dtype}.")
+
+
+def _probe_dicom(data: bytes, name: str) -> int:
+    """Rows x Columns of one DICOM frame (only the chosen frame is decoded), read without the pixel data."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+    return int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0)
+
+
+def _read_dicom(data: bytes, name: str, frame: int | None, window) -> np.ndarray:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if "PixelData" not in ds:
+        raise ImageError(f"'{name}': the DICOM file holds no pixel data.")
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    index = None
+    if frames > 1:
+        if frame is None:
+            raise ImageError(f"'{name}': multi-frame DICOM ({frames} frames); choose one with an explicit frame index.")
+        if not 0 <= frame < frames:
+            raise ImageError(f"'{name}': frame {frame} is out of range (0..{frames - 1}).")
+        index = frame
+    pixels = pixel_array(ds, index=index)  # just the chosen frame, not all of them
+    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
+        return np.clip(pixels, 0, 255).astype(np.uint8)
+    values = apply_modality_lut(pixels, ds).astype(np.float64)
+    if window is None and "VOILUTSequence" in ds:
+        values = apply_voi_lut(values, ds).astype(np.float64)
+    elif window is None and "WindowCenter" in ds and "WindowWidth" in ds:
+        window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
+        _check_window(window, f"'{name}': the file's window")
+    gray = _to_uint8(values, window, name)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        gray = 255 - gray
+    return gray
+
+
+def _first(value) -> float:
+    """A DICOM value that may be multi-valued (several windows): the first one."""
+    try:
+        return float(value)
+    except TypeError:
+        return float(value[0])
+
+
+def _nifti_header(data: bytes, name: str):
+    """(nibabel header, size in bytes of the uncompressed file it implies), reading only the header."""
+    import nibabel
+
+    if data[:2] == GZIP_MAGIC:
+        head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data, NIFTI1_HEADER)
+    else:
+        head = data[:NIFTI1_HEADER]
+    size_field = head[:4]
+    if len(head) < NIFTI1_HEADER or NIFTI1_HEADER not in (int.from_bytes(size_field, "little"),
+                                                           int.from_bytes(size_field, "big")):
+        raise ImageError(f"'{name}': not a NIfTI-1 file (no 348-byte header).")
+    if head[344:348] != b"n+1\0":
+        raise ImageError(f"'{name}': not a single-file NIfTI-1 image (magic 'n+1' missing).")
+    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(head))
+    offset = int(header.get_data_offset())
+    if not NIFTI1_HEADER <= offset <= MAX_NIFTI_OFFSET:
+        raise ImageError(f"'{name}': the NIfTI header puts the voxels at byte {offset:,} "
+                         f"(expected {NIFTI1_HEADER}..{MAX_NIFTI_OFFSET:,}).")
+    voxels = math.prod(header.get_data_shape())
+    return header, offset + voxels * header.get_data_dtype().itemsize
+
+
+def _probe_nifti(data: bytes, name: str) -> int:
+    """Voxels of the whole NIfTI volume (all of them are inflated), from the header."""
+    header, _ = _nifti_header(data, name)
+    return math.prod(header.get_data_shape())
+
+
+def _gunzip(data: bytes, limit: int, name: str) -> bytes:
+    """Inflate gzip ``data`` (one or more members) in bounded steps; refuse it once it passes ``limit`` bytes."""
+    parts, size, rest = [], 0, data
+    while rest[:2] == GZIP_MAGIC:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        parts.append(inflater.decompress(rest, limit - size + 1))  # at most one byte past the limit
+        size += len(parts[-1])
+        if size > limit:
+            raise ImageError(f"'{name}': the gzip stream inflates past the {limit:,} bytes its NIfTI header "
+                             "implies (a corrupt file or a decompression bomb); refused.")
+        if not inflater.eof:
+            break  # truncated: the reader reports the missing voxels
+        rest = inflater.unused_data
+    return b"".join(parts)
+
+
+def _read_nifti(data: bytes, name: str, slice_spec: str | None, window) -> np.ndarray:
+    import nibabel
+
+    _, size = _nifti_header(data, name)
+    raw = _gunzip(data, size, name) if data[:2] == GZIP_MAGIC else data
+    image = nibabel.Nifti1Image.from_bytes(raw)
+    shape = list(image.shape)
+    while len(shape) > 2 and shape[-1] == 1:
+        shape.pop()
+    index: list = [slice(None)] * len(shape)
+    if len(shape) == 3:
+        if slice_spec is None:
+            raise ImageError(f"'{name}': a 3D NIfTI volume {tuple(shape)}; "
+                             "choose a 2D slice with AXIS:INDEX (e.g. 2:40).")
+        axis, position = parse_slice(slice_spec)
+        if axis > 2 or not 0 <= position < shape[axis]:
+            raise ImageError(f"'{name}': slice {slice_spec} is outside the volume {tuple(shape)}.")
+        index[axis] = position
+    elif len(shape) != 2:
+        raise ImageError(f"'{name}': NIfTI data of shape {tuple(shape)} is neither 2D nor 3D.")
+    index += [0] * (len(image.shape) - len(shape))  # the dropped trailing singleton axes
+    values = np.asarray(image.dataobj[tuple(index)], dtype=np.float64)  # the slice only, scaled as stored
+    return _to_uint8(values, window, name)
+
+
+def parse_slice(spec: str) -> tuple[int, int]:
+    """``"AXIS:INDEX"`` -> (axis, index)."""
+    try:
+        axis, index = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ImageError(f"slice {spec!r} must be AXIS:INDEX with integers, e.g. 2:40.") from None
+    return axis, index
+
+
+def parse_window(text: str | None) -> tuple[float, float] | None:
+    """``"CENTER,WIDTH"`` -> (center, width); None passes through."""
+    if not text:
+        return None
+    try:
+        center, width = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ImageError(f"window {text!r} must be CENTER,WIDTH, e.g. 40,400.") from None
+    _check_window((center, width), f"window {text!r}")
+    return center, width
+
+
+def _check_window(window: tuple[float, float], what: str) -> None:
+    """A window needs a finite center and a positive finite width (NaN / inf would give a black image)."""
+    center, width = window
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise ImageError(f"{what} (center {center:g}, width {width:g}) must be finite numbers.")
+    if width <= 0:
+        raise ImageError(f"{what} (center {center:g}, width {width:g}): the width must be positive.")
+
+
+def _to_uint8(values: np.ndarray, window, name: str) -> np.ndarray:
+    """Window (center, width) or min-max of the image -> uint8; NaN or infinite values are refused."""
+    if not np.isfinite(values).all():
+        raise ImageError(f"'{name}': the image holds NaN or infinite values; it cannot be windowed to 8 bits.")
+    if window is not None:
+        _check_window(window, f"'{name}': window")
+        center, width = window
+        low, high = center - width / 2, center + width / 2
+    else:
+        low, high = float(values.min()), float(values.max())
+    scaled = (values - low) / max(high - low, 1e-12)
+    return np.round(np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
+def _check_shape(array: np.ndarray, name: str) -> np.ndarray:
+    if array.ndim == 3 and array.shape[-1] == 4:
+        array = array[..., :3]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
+        raise ImageError(f"'{name}': image of shape {tuple(array.shape)} is neither (H, W) gray nor (H, W, 3) RGB.")
+    if min(array.shape[:2]) < 2:
+        raise ImageError(f"'{name}': image size {array.shape[1]}x{array.shape[0]} is too small "
+                         "(each side must be at least 2 pixels).")
+    return np.ascontiguousarray(array)
+
+
+def is_dicom_file(path: str | Path) -> bool:
+    """A file without a known image suffix that holds DICOM: the 128-byte preamble, then ``DICM``."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def is_image_file(path: str | Path) -> bool:
+    """Whether a file found in a folder is an image tpp reads: a PIL suffix, ``.npy``, ``.dcm``/``.dicom``,
+    ``.nii``/``.nii.gz``, or a file without a suffix (``IM00001``) whose bytes are DICOM. Hidden files and
+    other suffixes (``.csv``, ``.txt`` ...) are not images."""
+    name = Path(path).name
+    lower = name.lower()
+    if name.startswith("."):
+        return False
+    suffix = Path(lower).suffix
+    if lower.endswith(NIFTI_SUFFIXES) or suffix in PIL_SUFFIXES | DICOM_SUFFIXES | {".npy"}:
+        return True
+    return (not suffix or not suffix[1:].isalpha()) and is_dicom_file(path)  # IM00001, 1.2.840.113619.2.55
+
+
+def fit(array: np.ndarray, size: int, mode: str) -> np.ndarray:
+    """uint8 (H, W) or (H, W, 3) -> uint8 (size, size) for ``mode="L"`` or (size, size, 3) for ``"RGB"``:
+    PIL's mode conversion (ITU-R 601 luma for RGB -> L) and bilinear resize. What a training file gets when
+    it is read, and what inference applies when the card's input rule has ``file_resize``."""
+    from PIL import Image
+
+    img = Image.fromarray(np.ascontiguousarray(array), "RGB" if array.ndim == 3 else "L")
+    return np.array(img.convert(mode).resize((size, size), Image.BILINEAR), dtype=np.uint8)  # writable
+
+
+def to_model_input(array: np.ndarray, input_rule: dict) -> torch.Tensor:
+    """uint8 image (H, W) or (H, W, 3) -> (1, C, S, S) float32 with the card's intensity pipeline (as in training).
+
+    Cards of models trained on files (``input_rule["file_resize"]``): the image is brought to the trained
+    channels and size by :func:`fit`, exactly as the training files were, then scaled, channel-mapped and
+    normalised. Otherwise (arrays: MedMNIST, .npz) it is brought to the trained channels (gray <-> RGB,
+    ITU-R 601 luma), then scaled, channel-mapped to the backbone, resized and normalised as those arrays were.
+    """
+    from tpp.data.build import to_model_tensor
+
+    if input_rule.get("file_resize"):
+        array = fit(array, input_rule["image_size"], "RGB" if input_rule["image_channels"] == 3 else "L")
+    elif input_rule["image_channels"] == 1 and array.ndim == 3:
+        array = np.round(array @ np.array([0.299, 0.587, 0.114])).clip(0, 255).astype(np.uint8)
+    elif input_rule["image_channels"] == 3 and array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    return to_model_tensor(array[None], input_rule["channels"], input_rule["image_size"],
+                           input_rule["mean"], input_rule["std"])

@@ -1,0 +1,89 @@
+"""Labelled image files -> a Dataset: the part the folder and CSV sources share.
+
+The seeded split is recomputed on every load from the files' relative paths (sorted, so the listing order of
+the file system never matters), the labels, the groups, ``data.name`` and the seed: TPP, fine-tuning and
+evaluation of one folder get the same split without writing anything into it. The split is recorded in the
+run folder (``splits.json``, by :func:`tpp.builders.record_skipped`) and by hash in the adapter card.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from tpp.data import Dataset, Split
+from tpp.data.filesets import check_files
+from tpp.data.subsets import seeded_split_id, stratified_split
+from tpp.data.tables import class_names, label_index
+from tpp.errors import TppError
+
+MIN_CLASS_IMAGES = 3  # a seeded split needs this many images of a class (one for each of train, val, test)
+
+
+def files_origin(base: Path) -> str:
+    """The image collection behind file data: its folder, by hash (cards never hold paths). A TPP adapter and
+    a fine-tuning run reading the same folder share it, so the leakage check compares their splits."""
+    return "files:" + hashlib.sha256(str(Path(base).resolve()).encode()).hexdigest()[:16]
+
+
+def labelled_files(name: str, modality: str, base: Path, files: list[str], values: list[str], *, where: str,
+                   image_size: int, val_fraction: float, test_fraction: float, seed: int, on_bad_file: str,
+                   skipped: list, groups: list[str] | None = None, given: list[str] | None = None,
+                   group_key: str | None = None, classes: list | None = None,
+                   origins: list[str] | None = None) -> Dataset:
+    """Images ``files`` (POSIX paths relative to ``base``) with label values (strings) -> Dataset.
+
+    ``given``: each file's split (train / val / test) when the data fix it, else a seeded stratified split
+    (grouped by ``groups``: no group in two splits). ``classes`` keeps (and orders) a subset of the classes;
+    otherwise classes are the sorted label values. ``where`` names the data in errors, ``origins`` each file's
+    source (e.g. its table line). Unreadable files fail or are skipped (``on_bad_file``, listed in ``skipped``).
+    """
+    names = class_names(values)
+    if classes:
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise TppError(f"data.classes {unknown} are not labels of {where} (labels: {', '.join(names)}).")
+        keep = [i for i, v in enumerate(values) if v in classes]
+        files, values = [files[i] for i in keep], [values[i] for i in keep]
+        groups = groups and [groups[i] for i in keep]
+        given = given and [given[i] for i in keep]
+        origins = origins and [origins[i] for i in keep]
+        names = list(classes)
+    images, kept, bad = check_files([str(base / f) for f in files], image_size, on_bad_file, origins=origins)
+    skipped += bad
+    labels = label_index(values, names)[kept]
+    files = [files[i] for i in kept]
+    if given is not None:
+        given_kept = np.array([given[i] for i in kept])
+        index = {s: np.flatnonzero(given_kept == s) for s in ("train", "val", "test")}
+        split_id = "the data's own"
+    else:
+        _check_class_sizes(labels, names, where)
+        codes = None if groups is None else np.unique([groups[i] for i in kept], return_inverse=True)[1]
+        index = stratified_split(labels, val_fraction, test_fraction, name, seed, codes)
+        split_id = seeded_split_id(seed, val_fraction, test_fraction, group_key)
+    missing = [s for s, i in index.items() if not len(i)]
+    if given is not None and missing:
+        raise TppError(f"{where} gives no image to the split(s) {missing}; every one of train, val and test needs "
+                       "images (or leave the split out and let tpp make a seeded split).")
+    untrained = [n for k, n in enumerate(names) if not (labels[index["train"]] == k).any()]
+    if untrained:
+        raise TppError(f"{where}: class(es) {untrained} have images in val/test but none in train (or all of "
+                       "theirs were skipped); the model could never learn them. Add training images or remove the "
+                       "class.")
+    splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
+    dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id, source=where,
+                      origin=files_origin(base))
+    dataset.split_files = {s: [files[j] for j in i] for s, i in index.items()}
+    dataset.file_resize = True
+    return dataset
+
+
+def _check_class_sizes(labels: np.ndarray, names: list, where: str) -> None:
+    """A seeded split needs :data:`MIN_CLASS_IMAGES` readable images per class."""
+    counts = np.bincount(labels, minlength=len(names))
+    small = {n: int(c) for n, c in zip(names, counts) if c < MIN_CLASS_IMAGES}
+    if small:
+        raise TppError(f"{where}: class(es) {small} have fewer than {MIN_CLASS_IMAGES} readable images, too few "
+                       "for a train/val/test split. Add images, or leave the class out with data.classes.")

@@ -1,0 +1,90 @@
+"""Label tables a hospital keeps beside its images: a CSV (``path,label[,patient_id][,split]``) or a folder's
+``metadata.csv`` (``file_name,label``). Read with the standard library; every error names the file and line."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from tpp.errors import TppError
+
+SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+MAX_TABLE_BYTES = 256 * 2**20  # a label table larger than this is refused before it is parsed
+
+
+def read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, dict]]]:
+    """A CSV with a header row -> (columns, [(line number, {column: stripped value})]), blank lines left out.
+    A missing file, a missing ``required`` column, a duplicate column, a row with too many or too few cells
+    and a table without rows are errors naming the file (and line)."""
+    if not path.is_file():
+        raise TppError(f"label table '{path}' does not exist. Check data.root and data.file.")
+    if path.stat().st_size > MAX_TABLE_BYTES:
+        raise TppError(f"label table '{path}' is larger than {MAX_TABLE_BYTES // 2**20} MiB; is it a label table?")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # Excel writes a byte-order mark
+    except UnicodeDecodeError as exc:
+        raise TppError(f"label table '{path}' is not UTF-8 text ({exc}); save it as CSV UTF-8.") from None
+    lines = csv.reader(text.splitlines())
+    header = [c.strip() for c in next(lines, [])]
+    if not any(header):
+        raise TppError(f"label table '{path}' is empty; it needs a header row ({','.join(required)}) and one row "
+                       "per image.")
+    duplicate = sorted({c for c in header if header.count(c) > 1})
+    if duplicate:
+        raise TppError(f"label table '{path}': column(s) {duplicate} appear twice in the header.")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise TppError(f"label table '{path}' lacks the column(s) {missing} (line 1 has: {', '.join(header)}); "
+                       f"the header must name {', '.join(required)}.")
+    rows = []
+    for number, cells in enumerate(lines, start=2):
+        if not any(c.strip() for c in cells):
+            continue
+        if len(cells) != len(header):
+            raise TppError(f"label table '{path}', line {number}: {len(cells)} cells, but the header has "
+                           f"{len(header)} columns (a comma inside a value needs quotes).")
+        row = {k: v.strip() for k, v in zip(header, cells)}
+        empty = [c for c in required if not row[c]]
+        if empty:
+            raise TppError(f"label table '{path}', line {number}: empty {', '.join(empty)}.")
+        rows.append((number, row))
+    if not rows:
+        raise TppError(f"label table '{path}' has a header but no rows; add one row per image.")
+    return header, rows
+
+
+def relative_image(value: str, table: Path, number: int) -> str:
+    """A table's image path -> a POSIX path relative to the table's folder. Paths are relative to that folder
+    and must stay inside it: an absolute path or one climbing out with ``..`` is refused (a table cannot
+    point training at arbitrary files of the machine; move the table up instead)."""
+    posix = PurePosixPath(value.replace("\\", "/"))
+    if posix.is_absolute() or Path(value).is_absolute() or ".." in posix.parts:
+        raise TppError(f"label table '{table}', line {number}: image path '{value}' leaves the table's folder "
+                       f"'{table.parent}'; paths must be relative to it without '..'. Put the table in a folder "
+                       "above all images.")
+    return posix.as_posix()
+
+
+def class_names(values: list[str]) -> list[str]:
+    """Sorted class names of label values: numerically when every value is an integer ('2' before '10'),
+    else as text."""
+    unique = sorted(set(values))
+    try:
+        return sorted(unique, key=int)
+    except ValueError:
+        return unique
+
+
+def label_index(values: list[str], names: list[str]) -> np.ndarray:
+    """Label values -> int64 (N,) positions in ``names``."""
+    position = {n: i for i, n in enumerate(names)}
+    return np.array([position[v] for v in values], dtype=np.int64)
+
+
+def split_value(value: str, table: Path, number: int) -> str:
+    """A table's split cell -> train / val / test (validation and valid mean val)."""
+    split = SPLIT_NAMES.get(value.lower())
+    if split is None:
+        raise TppError(f"label table '{table}', line {number}: split '{value}' is not train, val or test.")
+    return split

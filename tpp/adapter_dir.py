@@ -141,6 +141,12 @@ def _check_shape(card, card_path: Path) -> None:
     labels = card.get("task", {}).get("label_names", [])
     if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
         raise TppError(f"'{card_path}': task.label_names must be a list of strings.")
+    if "decision" in card.get("task", {}):  # the binary decision threshold chosen on validation (tpp.threshold)
+        from tpp.threshold import check_entry
+
+        if problem := check_entry(card["task"]["decision"]):
+            raise TppError(f"'{card_path}': {problem}. Re-run the fine-tune that made this adapter, or delete the "
+                           "decision entry to decide at 0.5.")
 
 
 def read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:

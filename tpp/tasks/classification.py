@@ -199,7 +199,7 @@ class Classification(Task):
         row = {"label": self._label(result, label_names)}
         row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(label_names, result)})
         if len(result) == 2:
-            row.update(threshold=f"{self.threshold:.6f}", threshold_source=self._threshold_source())
+            row.update(threshold=repr(self.threshold), threshold_source=self._threshold_source())
         return row, {}
 
 

@@ -58,7 +58,8 @@ class Classification(Task):
     resamples: int = BOOTSTRAP_RESAMPLES
     positive: str = "class 1"  # the positive class's name (binary)
     columns = (("auroc", "AUROC [95% CI]", ".3f"), ("auroc_ci95_low", None, ".3f"), ("auroc_ci95_high", None, ".3f"),
-               ("accuracy", "accuracy", ".3f"))
+               ("accuracy", "accuracy", ".3f"), ("sensitivity", None, ".3f"), ("specificity", None, ".3f"),
+               ("threshold", None, ".3f"))
 
     def check_config(self, cfg) -> None:
         from tpp.data.sources import get_source
@@ -163,7 +164,8 @@ class Classification(Task):
         ci = result.get("auroc_ci95")
         low, high = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
         return {"auroc": result.get("auroc"), "auroc_ci95_low": low, "auroc_ci95_high": high,
-                "accuracy": result.get("accuracy")}
+                "accuracy": result.get("accuracy"), "sensitivity": result.get("sensitivity"),
+                "specificity": result.get("specificity"), "threshold": result.get("threshold")}
 
     def check_head(self, entry, head_state):
         weight = head_state.get("linear.weight")

@@ -111,9 +111,6 @@ def run(cfg, run) -> dict:
         "trainable_parameters": trainable_parameters(model), "head_parameters": head_parameters,
         **task.summary_extras(model, head_parameters), "wall_time_s": round(run.elapsed(), 1),
     }
-    names = list(dataset.class_names)
-    publish_predictions(run, split_rows(decided, "val", val, val_index, val_pred, y_val, names)
-                        + split_rows(decided, "test", test, None, test_pred, y_test, names))
     task.publish_extras(run, options, test, test_pred)
     card = make_card(
         method=method.name, options=dict(vars(typed)), targets=targets, backbone=info,
@@ -125,6 +122,9 @@ def run(cfg, run) -> dict:
     adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, model.encoder, model.head, card))
     metrics["adapter_bytes"] = dir_size(adapter)  # the whole directory: adapter tensors, head, card
     metrics["head_bytes"] = (adapter / "head.safetensors").stat().st_size if run.main else 0
+    names = list(dataset.class_names)
+    publish_predictions(run, split_rows(decided, "val", val, val_index, val_pred, y_val, names)
+                        + split_rows(decided, "test", test, None, test_pred, y_test, names))
     run.publish_json("metrics.json", metrics)
     return metrics
 

@@ -138,9 +138,19 @@ def test_an_older_card_without_a_threshold_decides_at_one_half_and_says_so():
     assert "records no threshold" in entry["threshold_source"]
     assert "default" in task.decision_line() and task.json_entry([0.5, 0.5], NAMES)["label"] == "benign"
     multi = task_of_card(card(names=["a", "b", "c"]))
+    assert multi.decision_line() is None  # argmax: nothing to say about a threshold
     assert multi.json_entry([0.2, 0.5, 0.3], ["a", "b", "c"]) == {"label": "b",
                                                                   "probabilities": {"a": 0.2, "b": 0.5, "c": 0.3}}
     assert get_task("classification").threshold == 0.5  # binding a card leaves the registered task alone
+
+
+def test_a_hand_written_decision_needs_only_its_threshold():
+    task = task_of_card(card({"threshold": 0.4, "chosen_by": "x" * 5000}))
+    assert task.json_entry([0.55, 0.45], NAMES)["label"] == "benign"
+    assert len(task.json_entry([0.55, 0.45], NAMES)["threshold_source"]) == 200  # a card is not trusted to be brief
+    bare = task_of_card(card({"threshold": 0.4}))
+    assert bare.csv_entry([0.55, 0.45], NAMES, "s")[0]["threshold_source"] == "recorded in the adapter card"
+    assert "threshold 0.4000 (recorded in the adapter card)" in bare.decision_line()
 
 
 @pytest.mark.parametrize("value", ["0.3", float("nan"), 1.5, None, True])

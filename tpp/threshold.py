@@ -120,4 +120,10 @@ def describe(decision: dict | None, positive: str) -> str:
     if not decision:
         return (f"threshold 0.5 (default: the adapter card records no decision threshold); positive class "
                 f"'{positive}' when p >= 0.5")
-    return f"threshold {decision['threshold']:.4f} ({decision['chosen_by']}); positive class '{positive}'"
+    return f"threshold {decision['threshold']:.4f} ({source(decision)}); positive class '{positive}'"
+
+
+def source(decision: dict) -> str:
+    """How the card says its threshold was chosen (cut short: a card is not trusted to be brief)."""
+    text = str(decision.get("chosen_by") or "recorded in the adapter card")
+    return text if len(text) <= 200 else text[:197] + "..."

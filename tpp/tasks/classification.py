@@ -16,7 +16,7 @@ from tpp.data.build import random_hflip
 from tpp.errors import ConfigError, TppError
 from tpp.metrics import BOOTSTRAP_RESAMPLES, binary_decisions, classification_metrics, quick_metrics
 from tpp.tasks import Task, register
-from tpp.threshold import DEFAULT, check_entry as check_decision, choose_threshold, describe, parse_rule
+from tpp.threshold import DEFAULT, check_entry as check_decision, choose_threshold, describe, parse_rule, source
 
 MAX_RESAMPLES = 100_000
 
@@ -57,6 +57,7 @@ class Classification(Task):
     decision: dict | None = None  # the card's task.decision (binary); None: 0.5, the card records none
     resamples: int = BOOTSTRAP_RESAMPLES
     positive: str = "class 1"  # the positive class's name (binary)
+    binary: bool = False  # set by for_card: the card's task has two classes
     columns = (("auroc", "AUROC [95% CI]", ".3f"), ("auroc_ci95_low", None, ".3f"), ("auroc_ci95_high", None, ".3f"),
                ("accuracy", "accuracy", ".3f"), ("sensitivity", None, ".3f"), ("specificity", None, ".3f"),
                ("threshold", None, ".3f"))
@@ -107,7 +108,7 @@ class Classification(Task):
         entry = dict(entry, bootstrap_resamples=options.bootstrap_resamples)
         if entry["num_classes"] != 2:
             return entry
-        decision = choose_threshold(predictions[:, 1].numpy(), targets.numpy(), options.threshold)
+        decision = choose_threshold(predictions[:, 1].cpu().numpy(), targets.cpu().numpy(), options.threshold)
         return dict(entry, decision=dict(decision, positive_label=entry["label_names"][1]))
 
     def for_card(self, entry):
@@ -118,7 +119,8 @@ class Classification(Task):
         ok = isinstance(resamples, int) and not isinstance(resamples, bool) and 0 <= resamples <= MAX_RESAMPLES
         bound.resamples = resamples if ok else BOOTSTRAP_RESAMPLES
         labels = entry.get("label_names")
-        bound.positive = labels[1] if isinstance(labels, list) and len(labels) == 2 else "class 1"
+        bound.binary = isinstance(labels, list) and len(labels) == 2
+        bound.positive = labels[1] if bound.binary else "class 1"
         return bound
 
     @property
@@ -126,7 +128,7 @@ class Classification(Task):
         return float(self.decision["threshold"]) if self.decision else DEFAULT
 
     def decision_line(self):
-        return describe(self.decision, self.positive)
+        return describe(self.decision, self.positive) if self.binary else None  # multiclass: argmax
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """Class indices (N,) of probabilities (N, K): ``p1 >= threshold`` for two classes, else argmax."""
@@ -189,7 +191,7 @@ class Classification(Task):
         return label_names[int(np.argmax(result))]
 
     def _threshold_source(self) -> str:
-        return self.decision["chosen_by"] if self.decision else "default 0.5: the adapter card records no threshold"
+        return source(self.decision) if self.decision else "default 0.5: the adapter card records no threshold"
 
     def json_entry(self, result, label_names):
         out = {"label": self._label(result, label_names), "probabilities": dict(zip(label_names, result))}

@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import make_medmnist
-from helpers import FAST, evaluate, finetune, png_bytes, recipe_args, run_cli
+from helpers import FAST, evaluate, finetune, png_bytes, recipe_args, run_cli, toy_segmentation_npz
 
 NAMES = ["malignant", "normal, benign"]
 
@@ -139,3 +139,21 @@ def test_few_validation_images_of_a_class_keep_one_half(tiny_mae, tmp_path, caps
     decision = json.loads((out / "adapter" / "tpp_card.json").read_text())["task"]["decision"]
     assert decision["threshold"] == 0.5 and decision["rule"] == "sensitivity:0.9"
     assert json.loads((out / "metrics.json").read_text())["test"]["threshold"] == 0.5
+
+
+def test_segmentation_writes_a_dice_row_per_image_and_no_roc(tiny_mae, tmp_path, capsys):
+    out = tmp_path / "seg"
+    assert run_cli(*recipe_args("finetune", "breast_us/busi_seg_lora_finetune.yaml", tiny_mae, tmp_path, out,
+                                "train.max_steps=2", *FAST, "train.batch_size=8", "data.name=toy",
+                                f"data.file={toy_segmentation_npz(tmp_path / 'toy.npz')}", "data.group_key=group",
+                                "backbone.input_size=16", "segmentation.overlays=0")) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    rows = rows_of(out / "predictions.csv")
+    test = [r for r in rows if r["split"] == "test"]
+    assert len(test) == metrics["test"]["n"] and len(rows) == metrics["val"]["n"] + metrics["test"]["n"]
+    dice = [float(r["dice_lesion"]) for r in test if r["dice_lesion"] != ""]
+    assert np.mean(dice) == pytest.approx(metrics["test"]["per_class"]["lesion"]["dice"], abs=1e-5)
+    assert all(int(r["foreground_truth"]) > 0 for r in test)  # every toy mask has a box
+    capsys.readouterr()
+    assert run_cli("plot", out) == 0
+    assert "no ROC or calibration plot" in capsys.readouterr().out and not (out / "roc.png").exists()

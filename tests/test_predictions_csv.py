@@ -157,3 +157,22 @@ def test_segmentation_writes_a_dice_row_per_image_and_no_roc(tiny_mae, tmp_path,
     capsys.readouterr()
     assert run_cli("plot", out) == 0
     assert "no ROC or calibration plot" in capsys.readouterr().out and not (out / "roc.png").exists()
+
+
+def test_malignant_as_the_positive_class(tiny_mae, tmp_path, capsys):
+    root = make_medmnist(tmp_path / "data")
+    out = tmp_path / "ft"
+    assert finetune(tiny_mae, root, out, "classification.positive_class=malignant",
+                    "classification.threshold=sensitivity:0.8") == 0
+    assert "positive class 'malignant'" in capsys.readouterr().out
+    task = json.loads((out / "adapter" / "tpp_card.json").read_text())["task"]
+    assert task["positive_class"] == task["decision"]["positive_label"] == "malignant"
+    threshold = task["decision"]["threshold"]
+    rows = rows_of(out / "predictions.csv")
+    assert [r["prediction"] for r in rows] == [NAMES[0] if float(r["prob_malignant"]) >= threshold else NAMES[1]
+                                               for r in rows]
+    val = [r for r in rows if r["split"] == "val" and r["label"] == "malignant"]
+    assert np.mean([r["prediction"] == "malignant" for r in val]) >= 0.8  # the rule's target, on validation
+    m = json.loads((out / "metrics.json").read_text())["val"]
+    assert m["positive_class_index"] == 0 and m["sensitivity"] == pytest.approx(task["decision"]["val_sensitivity"])
+    assert run_cli("plot", out) == 0

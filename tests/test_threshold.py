@@ -161,3 +161,38 @@ def test_a_forged_threshold_is_refused_naming_the_card(value, tmp_path):
     with pytest.raises(TppError, match=r"tpp_card.json'.*task.decision.threshold must be a number in \[0, 1\]"):
         check_card(json.loads(path.read_text()), path)
     assert get_task("classification").check_entry(forged["task"])  # the service's integrity check says so too
+
+
+def test_the_positive_class_can_be_the_first_label():
+    labels = torch.tensor([0, 0, 1, 1, 0, 1])
+    probs = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.7, 0.3], [0.4, 0.6], [0.3, 0.7], [0.1, 0.9]])
+    m = classification_metrics(probs, labels, threshold=0.55, positive=0)  # class 0 when p0 >= 0.55
+    assert (m["sensitivity"], m["specificity"]) == pytest.approx((2 / 3, 2 / 3))  # recall of class 0, of class 1
+    assert m["confusion_matrix"] == [[2, 1], [1, 2]] and m["positive_class_index"] == 0
+    assert m["auroc"] == classification_metrics(probs, labels)["auroc"]
+    task = task_of_card(dict(card({"threshold": 0.65}), task=dict(card({"threshold": 0.65})["task"],
+                                                                  positive_class="malignant")))
+    assert task.json_entry([0.66, 0.34], NAMES)["label"] == "malignant"
+    assert task.json_entry([0.64, 0.36], NAMES)["label"] == "benign"
+    assert task.csv_entry([0.64, 0.36], NAMES, "s")[0]["positive_class"] == "malignant"
+    assert "positive class 'malignant'" in task.decision_line()
+
+
+def test_a_positive_class_the_data_lacks_is_an_error_naming_the_option():
+    from types import SimpleNamespace
+
+    task, options = get_task("classification"), get_task("classification").options_cls(positive_class="tumour")
+    data = SimpleNamespace(name="breastmnist", class_names=NAMES, num_classes=2)
+    with pytest.raises(TppError, match=r"classification.positive_class='tumour' must be one of \['malignant'"):
+        task.card_entry(options, data, None, None)
+    assert task.card_entry(get_task("classification").options_cls(), data, None, None)["positive_class"] == "benign"
+    three = SimpleNamespace(name="derma", class_names=["a", "b", "c"], num_classes=3)
+    with pytest.raises(TppError, match="unset: dataset 'derma' has 3 classes"):
+        task.card_entry(get_task("classification").options_cls(positive_class="a"), three, None, None)
+
+
+def test_a_forged_positive_class_is_refused(tmp_path):
+    forged = dict(card(), format="tpp-adapter/1", kind="adapter")
+    forged["task"]["positive_class"] = "everything"
+    with pytest.raises(TppError, match="task.positive_class 'everything' is not one of two label names"):
+        check_card(forged, tmp_path / "tpp_card.json")

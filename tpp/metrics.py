@@ -41,20 +41,22 @@ def quick_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     return {"auroc": _auroc(probs, labels, probs.shape[1]), "accuracy": accuracy}
 
 
-def binary_decisions(probs: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Class decisions (N,) of binary probabilities (N, 2): 1 where ``p1 >= threshold`` (predict and serve
-    decide the same way)."""
-    return (probs[:, 1] >= threshold).long()
+def binary_decisions(probs: torch.Tensor, threshold: float, positive: int = 1) -> torch.Tensor:
+    """Class indices (N,) of binary probabilities (N, 2): ``positive`` where ``p[positive] >= threshold``, else
+    the other class (predict and serve decide the same way)."""
+    called = probs[:, positive] >= threshold
+    return torch.where(called, positive, 1 - positive).long()
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5,
-                           seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
+                           seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES, positive: int = 1) -> dict:
     """Metrics of predicted probabilities (N, K) against integer labels (N,).
 
-    Binary: positive class is index 1, decision ``p1 >= threshold``; accuracy, F1, sensitivity, specificity
-    and the confusion matrix at that threshold (AUROC and ECE do not depend on it). Multiclass: argmax
-    decisions, macro-averaged F1/sensitivity/specificity. ``resamples``: bootstrap draws of the AUROC
-    interval (recorded as ``bootstrap_resamples``; 0: no interval).
+    Binary: the class index ``positive`` (default 1) is called when its probability ``>= threshold``;
+    accuracy, and F1, sensitivity and specificity of the positive class at that threshold; the confusion
+    matrix (rows truth, columns prediction, in label order). AUROC and ECE do not depend on the threshold.
+    Multiclass: argmax decisions, macro-averaged F1/sensitivity/specificity. ``resamples``: bootstrap draws
+    of the AUROC interval (recorded as ``bootstrap_resamples``; 0: no interval).
     """
     probs, labels = probs.float().cpu(), labels.long().cpu()
     k = probs.shape[1]
@@ -62,15 +64,16 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold:
     out["auroc_ci95"] = bootstrap_auroc_ci(probs, labels, resamples, seed=seed)
     out["bootstrap_resamples"] = int(resamples)
     if k == 2:
-        decided = binary_decisions(probs, threshold)  # integer decisions: torchmetrics does not threshold them
+        decided = binary_decisions(probs, threshold, positive)  # class indices: torchmetrics leaves them as they are
+        called, truth = (decided == positive).long(), (labels == positive).long()
         out.update(
-            accuracy=float(C.binary_accuracy(decided, labels)),
-            f1=float(C.binary_f1_score(decided, labels)),
-            sensitivity=float(C.binary_recall(decided, labels)),
-            specificity=float(C.binary_specificity(decided, labels)),
-            threshold=float(threshold),
+            accuracy=float((decided == labels).float().mean()),
+            f1=float(C.binary_f1_score(called, truth)),
+            sensitivity=float(C.binary_recall(called, truth)),
+            specificity=float(C.binary_specificity(called, truth)),
+            threshold=float(threshold), positive_class_index=int(positive),
             confusion_matrix=C.binary_confusion_matrix(decided, labels).tolist(),
-            ece=float(C.binary_calibration_error(probs[:, 1].contiguous(), labels, n_bins=10)),
+            ece=float(C.binary_calibration_error(probs[:, positive].contiguous(), truth, n_bins=10)),
         )
     else:
         kw = dict(num_classes=k, average="macro")

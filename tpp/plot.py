@@ -87,7 +87,7 @@ def plot_all(run_dir: str | Path, out: str | Path | None = None) -> tuple[list[P
     if table is None:
         notes.append(f"{PREDICTIONS} holds no class probabilities (a segmentation run): no ROC or calibration plot")
         return written, notes
-    thresholds = _thresholds(run_dir)
+    thresholds, table["positive"] = _decisions(run_dir)
     written.append(_save(roc_figure(table, thresholds, run_dir.name), run_dir / "roc.png"))
     written.append(_save(calibration_figure(table, run_dir.name), run_dir / "calibration.png"))
     return written, notes
@@ -135,24 +135,25 @@ def read_scores(path: Path) -> dict | None:
     return {"classes": classes, "splits": scores}
 
 
-def _thresholds(run_dir: Path) -> dict:
-    """{split: decision threshold} from the run's ``metrics.json`` (binary runs; {} when unknown)."""
+def _decisions(run_dir: Path) -> tuple[dict, int]:
+    """({split: decision threshold}, the positive class's index) from the run's ``metrics.json`` (binary
+    runs; ({}, 1) when it records none)."""
     try:
         metrics = json.loads((run_dir / "metrics.json").read_text())
     except (OSError, ValueError):
-        return {}
-    if not isinstance(metrics, dict):
-        return {}
+        return {}, 1
+    splits = [m for m in metrics.values() if isinstance(m, dict)] if isinstance(metrics, dict) else []
+    positive = next((m["positive_class_index"] for m in splits if m.get("positive_class_index") in (0, 1)), 1)
     return {split: m["threshold"] for split, m in metrics.items()
-            if isinstance(m, dict) and isinstance(m.get("threshold"), (int, float))}
+            if isinstance(m, dict) and isinstance(m.get("threshold"), (int, float))}, positive
 
 
 def _curves(table: dict):
-    """(split, name, scores (N,), positives (N,) bool) of each curve: binary runs the second class per
+    """(split, name, scores (N,), positives (N,) bool) of each curve: binary runs the positive class per
     split; multiclass runs each class one-vs-rest, per split."""
     classes = table["classes"]
     for split, (probs, labels) in table["splits"].items():
-        picked = [1] if len(classes) == 2 else range(len(classes))
+        picked = [table.get("positive", 1)] if len(classes) == 2 else range(len(classes))
         for k in picked:
             name = f"{split}" if len(classes) == 2 else f"{split}: {classes[k]}"
             yield split, name, probs[:, k], labels == k
@@ -177,7 +178,8 @@ def roc_figure(table: dict, thresholds: dict, title: str):
             ax.plot([called[~positive].mean()], [called[positive].mean()], "o", color=line.get_color(),
                     label=f"{split} at threshold {thresholds[split]:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray")
-    positive_name = table["classes"][1] if len(table["classes"]) == 2 else "each class (one-vs-rest)"
+    binary = len(table["classes"]) == 2
+    positive_name = table["classes"][table.get("positive", 1)] if binary else "each class (one-vs-rest)"
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01),
            title=f"{title}: ROC, positive = {positive_name}")
     ax.legend(loc="lower right", fontsize=7)
@@ -190,10 +192,10 @@ def calibration_figure(table: dict, title: str, bins: int = 10):
     bins (binary: of the second class; multiclass: top-label confidence against accuracy)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
-    binary = len(table["classes"]) == 2
+    binary, k = len(table["classes"]) == 2, table.get("positive", 1)
     for split, (probs, labels) in table["splits"].items():
         if binary:
-            scores, hits = probs[:, 1], labels == 1
+            scores, hits = probs[:, k], labels == k
         else:
             scores, hits = probs.max(axis=1), probs.argmax(axis=1) == labels
         which = np.minimum((scores * bins).astype(int), bins - 1)
@@ -203,7 +205,7 @@ def calibration_figure(table: dict, title: str, bins: int = 10):
         ece = sum((which == b).mean() * abs(p - o) for b, p, o in zip(used, mean_p, observed))
         ax.plot(mean_p, observed, marker="o", ms=4, label=f"{split} (ECE {ece:.3f}, n={len(scores)})")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="gray", label="perfect calibration")
-    what = f"p({table['classes'][1]})" if binary else "top-label confidence"
+    what = f"p({table['classes'][k]})" if binary else "top-label confidence"
     ax.set(xlabel=f"mean predicted {what}", ylabel="observed frequency" if binary else "accuracy",
            xlim=(0, 1), ylim=(0, 1), title=f"{title}: calibration")
     ax.legend(loc="upper left", fontsize=7)

@@ -1,7 +1,8 @@
 """The decision threshold of a binary classifier, chosen on the validation split by a named rule.
 
-A binary head outputs probabilities (N, 2); the positive class is index 1 and an image is called positive
-when ``p1 >= threshold`` (the same rule in metrics, ``tpp predict`` and ``tpp serve``). Rules:
+A binary head outputs probabilities (N, 2); the positive class is the second label name unless
+``classification.positive_class`` names the other, and an image is called positive when ``p(positive) >=
+threshold`` (the same rule in metrics, ``tpp predict`` and ``tpp serve``). Rules:
 
 - ``youden``: the threshold maximising Youden's J = sensitivity + specificity - 1 on validation;
 - ``sensitivity:T`` / ``specificity:T``: the threshold with the highest specificity (sensitivity) whose
@@ -56,7 +57,8 @@ def _float_or_nan(value) -> float:
 
 def roc_points(p1: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Operating points of ``p1 >= t`` for every distinct score t (descending): (thresholds (M,),
-    sensitivity (M,), 1 - specificity (M,)). ``p1`` (N,) probabilities of class 1, ``labels`` (N,) in {0, 1}."""
+    sensitivity (M,), 1 - specificity (M,)). ``p1`` (N,) probabilities of the positive class, ``labels`` (N,)
+    1 for positive, 0 for negative."""
     p1, labels = np.asarray(p1, np.float64), np.asarray(labels).astype(bool)
     order = np.argsort(-p1, kind="stable")
     scores, positive = p1[order], labels[order]
@@ -66,7 +68,8 @@ def roc_points(p1: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def choose_threshold(p1, labels, rule="youden") -> dict:
-    """The decision entry of a binary classifier from validation scores ``p1`` (N,) and labels (N,):
+    """The decision entry of a binary classifier from validation scores ``p1`` (N,) of the positive class and
+    labels (N,) (1: positive):
     ``threshold``, ``rule`` (as asked), ``chosen_by`` (what set the value), the validation class counts and,
     where the threshold came from validation, the validation sensitivity and specificity it gives."""
     kind, target = parse_rule(rule)
@@ -102,6 +105,18 @@ def _rule_text(kind: str, target: float | None) -> str:
     if kind == "youden":
         return "youden"
     return f"fixed {target:g}" if kind == "fixed" else f"{kind}:{target:g}"
+
+
+def check_task_entry(entry: dict) -> str | None:
+    """Why a card's ``task`` entry cannot decide (None: it can): its ``decision`` (see :func:`check_entry`) and
+    its ``positive_class``, which must be one of two label names."""
+    if "decision" in entry and (problem := check_entry(entry["decision"])):
+        return problem
+    if "positive_class" in entry:
+        labels = entry.get("label_names")
+        if not (isinstance(labels, list) and len(labels) == 2 and entry["positive_class"] in labels):
+            return f"task.positive_class {str(entry['positive_class'])[:40]!r} is not one of two label names"
+    return None
 
 
 def check_entry(decision) -> str | None:

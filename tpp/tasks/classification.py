@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from tpp.data.build import random_hflip
 from tpp.errors import ConfigError, TppError
 from tpp.metrics import BOOTSTRAP_RESAMPLES, binary_decisions, classification_metrics, quick_metrics
 from tpp.tasks import Task, register
-from tpp.threshold import DEFAULT, check_entry as check_decision, choose_threshold, describe, parse_rule, source
+from tpp.threshold import DEFAULT, check_task_entry, choose_threshold, describe, parse_rule, source
 
 MAX_RESAMPLES = 100_000
 
@@ -28,6 +28,9 @@ class ClassificationOptions:
         "help": "binary tasks: the decision threshold on p(second class), chosen on the validation split: youden "
                 "(max sensitivity + specificity), sensitivity:T or specificity:T (e.g. sensitivity:0.9), or a "
                 "fixed number in [0, 1]; 0.5 when validation has fewer than 5 images of a class"})
+    positive_class: Optional[str] = field(default=None, metadata={
+        "help": "binary tasks: the class called positive (sensitivity is its recall, the threshold applies to its "
+                "probability); default: the second label name (BreastMNIST: 'normal, benign'; set malignant)"})
     bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata={
         "help": "bootstrap draws of the 95% AUROC intervals (val, test, and evaluate runs of the adapter); 0: none"})
 
@@ -57,6 +60,7 @@ class Classification(Task):
     decision: dict | None = None  # the card's task.decision (binary); None: 0.5, the card records none
     resamples: int = BOOTSTRAP_RESAMPLES
     positive: str = "class 1"  # the positive class's name (binary)
+    positive_index: int = 1  # its index among the label names
     binary: bool = False  # set by for_card: the card's task has two classes
     columns = (("auroc", "AUROC [95% CI]", ".3f"), ("auroc_ci95_low", None, ".3f"), ("auroc_ci95_high", None, ".3f"),
                ("accuracy", "accuracy", ".3f"), ("sensitivity", None, ".3f"), ("specificity", None, ".3f"),
@@ -86,8 +90,15 @@ class Classification(Task):
         return ClassificationHead(info.hidden_size, dataset.num_classes)
 
     def card_entry(self, options, dataset, info, targets) -> dict:
-        return {"type": self.name, "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
-                "head": "linear on the mean of patch tokens"}
+        entry = {"type": self.name, "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
+                 "head": "linear on the mean of patch tokens"}
+        names, positive = list(dataset.class_names), options.positive_class
+        if positive is not None and (len(names) != 2 or positive not in names):
+            what = f"one of {names}" if len(names) == 2 else f"unset: dataset '{dataset.name}' has {len(names)} classes"
+            raise TppError(f"classification.positive_class={positive!r} must be {what}.")
+        if len(names) == 2:
+            entry["positive_class"] = positive if positive is not None else names[1]
+        return entry
 
     def head_from_card(self, entry, hidden_size, channels) -> nn.Module:
         return ClassificationHead(hidden_size, entry["num_classes"])
@@ -108,19 +119,24 @@ class Classification(Task):
         entry = dict(entry, bootstrap_resamples=options.bootstrap_resamples)
         if entry["num_classes"] != 2:
             return entry
-        decision = choose_threshold(predictions[:, 1].cpu().numpy(), targets.cpu().numpy(), options.threshold)
-        return dict(entry, decision=dict(decision, positive_label=entry["label_names"][1]))
+        k = entry["label_names"].index(entry["positive_class"])
+        decision = choose_threshold(predictions[:, k].cpu().numpy(), (targets == k).long().cpu().numpy(),
+                                    options.threshold)
+        return dict(entry, decision=dict(decision, positive_label=entry["positive_class"]))
 
     def for_card(self, entry):
         bound = copy.copy(self)
+        usable = check_task_entry(entry) is None  # a card that fails it is refused where it is read
         decision = entry.get("decision")
-        bound.decision = decision if decision is not None and check_decision(decision) is None else None
+        bound.decision = decision if usable and isinstance(decision, dict) else None
         resamples = entry.get("bootstrap_resamples")
         ok = isinstance(resamples, int) and not isinstance(resamples, bool) and 0 <= resamples <= MAX_RESAMPLES
         bound.resamples = resamples if ok else BOOTSTRAP_RESAMPLES
         labels = entry.get("label_names")
         bound.binary = isinstance(labels, list) and len(labels) == 2
-        bound.positive = labels[1] if bound.binary else "class 1"
+        named = entry.get("positive_class") if usable else None
+        bound.positive_index = labels.index(named) if bound.binary and named in labels else 1
+        bound.positive = labels[bound.positive_index] if bound.binary else "class 1"
         return bound
 
     @property
@@ -131,8 +147,11 @@ class Classification(Task):
         return describe(self.decision, self.positive) if self.binary else None  # multiclass: argmax
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
-        """Class indices (N,) of probabilities (N, K): ``p1 >= threshold`` for two classes, else argmax."""
-        return binary_decisions(probs, self.threshold) if probs.shape[1] == 2 else probs.argmax(dim=1)
+        """Class indices (N,) of probabilities (N, K): two classes, the positive one where its probability is
+        ``>= threshold``; more, argmax."""
+        if probs.shape[1] == 2:
+            return binary_decisions(probs, self.threshold, self.positive_index)
+        return probs.argmax(dim=1)
 
     def prediction_rows(self, predictions, targets, label_names):
         decided = self.decide(predictions)
@@ -148,7 +167,8 @@ class Classification(Task):
         return m["auroc"], {"val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
 
     def metrics(self, predictions, targets, dataset, seed):
-        return classification_metrics(predictions, targets, self.threshold, seed=seed, resamples=self.resamples)
+        return classification_metrics(predictions, targets, self.threshold, seed=seed, resamples=self.resamples,
+                                      positive=self.positive_index)
 
     def card_metrics(self, summary):
         return {k: summary[k]["auroc"] for k in ("val", "test")}
@@ -179,7 +199,7 @@ class Classification(Task):
         return None
 
     def check_entry(self, entry):
-        problem = check_decision(entry["decision"]) if "decision" in entry else None
+        problem = check_task_entry(entry)
         return [problem] if problem else []
 
     def per_image(self, output, image):
@@ -187,7 +207,8 @@ class Classification(Task):
 
     def _label(self, result, label_names) -> str:
         if len(result) == 2:
-            return label_names[int(result[1] >= self.threshold)]
+            k = self.positive_index
+            return label_names[k if result[k] >= self.threshold else 1 - k]
         return label_names[int(np.argmax(result))]
 
     def _threshold_source(self) -> str:
@@ -196,14 +217,16 @@ class Classification(Task):
     def json_entry(self, result, label_names):
         out = {"label": self._label(result, label_names), "probabilities": dict(zip(label_names, result))}
         if len(result) == 2:
-            out.update(threshold=self.threshold, threshold_source=self._threshold_source())
+            out.update(positive_class=self.positive, threshold=self.threshold,
+                       threshold_source=self._threshold_source())
         return out
 
     def csv_entry(self, result, label_names, stem):
         row = {"label": self._label(result, label_names)}
         row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(label_names, result)})
         if len(result) == 2:
-            row.update(threshold=repr(self.threshold), threshold_source=self._threshold_source())
+            row.update(positive_class=self.positive, threshold=repr(self.threshold),
+                       threshold_source=self._threshold_source())
         return row, {}
 
 

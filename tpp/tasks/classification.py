@@ -1,6 +1,7 @@
 """classification: one label per image, a linear head on the mean patch token; AUROC selects the best step.
-Binary tasks decide ``p1 >= threshold`` with a threshold chosen on the validation split (``tpp.threshold``)
-and recorded in the card's ``task.decision``; multiclass tasks decide by argmax."""
+Binary tasks call the positive class (``classification.positive_class``, default the second label name) where
+its probability is ``>= threshold``, a threshold chosen on the validation split (``tpp.threshold``) and recorded
+in the card's ``task.decision``; multiclass tasks decide by argmax."""
 from __future__ import annotations
 
 import copy
@@ -25,7 +26,7 @@ MAX_RESAMPLES = 100_000
 class ClassificationOptions:
     """How a binary classifier decides and how intervals are drawn (config section ``classification``)."""
     threshold: Union[str, float] = field(default="youden", metadata={
-        "help": "binary tasks: the decision threshold on p(second class), chosen on the validation split: youden "
+        "help": "binary tasks: the decision threshold on p(positive class), chosen on the validation split: youden "
                 "(max sensitivity + specificity), sensitivity:T or specificity:T (e.g. sensitivity:0.9), or a "
                 "fixed number in [0, 1]; 0.5 when validation has fewer than 5 images of a class"})
     positive_class: Optional[str] = field(default=None, metadata={

@@ -194,5 +194,8 @@ def test_a_positive_class_the_data_lacks_is_an_error_naming_the_option():
 def test_a_forged_positive_class_is_refused(tmp_path):
     forged = dict(card(), format="tpp-adapter/1", kind="adapter")
     forged["task"]["positive_class"] = "everything"
-    with pytest.raises(TppError, match="task.positive_class 'everything' is not one of two label names"):
+    with pytest.raises(TppError, match=r"task.positive_class 'everything' is not one of the label names \['mal"):
         check_card(forged, tmp_path / "tpp_card.json")
+    forged["task"].update(label_names=["a", "b", "c"], num_classes=3)  # argmax decides; the head check judges it
+    check_card(forged, tmp_path / "tpp_card.json")
+    assert task_of_card(forged).decision_line() is None

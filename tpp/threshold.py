@@ -108,14 +108,15 @@ def _rule_text(kind: str, target: float | None) -> str:
 
 
 def check_task_entry(entry: dict) -> str | None:
-    """Why a card's ``task`` entry cannot decide (None: it can): its ``decision`` (see :func:`check_entry`) and
-    its ``positive_class``, which must be one of two label names."""
+    """Why a card's ``task`` entry cannot decide (None: it can): its ``decision`` (see :func:`check_entry`) and,
+    with two label names, its ``positive_class``, which must be one of them (with more, argmax decides and the
+    head's check says whether the names fit)."""
     if "decision" in entry and (problem := check_entry(entry["decision"])):
         return problem
-    if "positive_class" in entry:
-        labels = entry.get("label_names")
-        if not (isinstance(labels, list) and len(labels) == 2 and entry["positive_class"] in labels):
-            return f"task.positive_class {str(entry['positive_class'])[:40]!r} is not one of two label names"
+    labels = entry.get("label_names")
+    if "positive_class" in entry and isinstance(labels, list) and len(labels) == 2 \
+            and entry["positive_class"] not in labels:
+        return f"task.positive_class {str(entry['positive_class'])[:40]!r} is not one of the label names {labels}"
     return None
 
 

@@ -261,10 +261,13 @@ def wrong_answer(payload: bytes, want: np.ndarray) -> bool:
         pred = json.loads(payload)["predictions"][0]
         names = list(pred["probabilities"])
         probs = np.array(list(pred["probabilities"].values()), dtype=float)
+        label = names[int(want.argmax())]
+        if "threshold" in pred:  # binary: the card's threshold on the positive class's offline probability
+            k = names.index(pred["positive_class"])
+            label = names[k] if want[k] >= pred["threshold"] else names[1 - k]
     except (ValueError, KeyError, IndexError, TypeError):
         return True
-    return bool(probs.shape != want.shape or np.abs(probs - want).max() > 1e-4
-                or pred["label"] != names[int(want.argmax())])
+    return bool(probs.shape != want.shape or np.abs(probs - want).max() > 1e-4 or pred["label"] != label)
 
 
 def listening(pid: int, port: int) -> list[str]:

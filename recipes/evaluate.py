@@ -7,7 +7,9 @@ The adapter card's task (``task.type``) decides the predictions and metrics. The
 config, or the finetune config of the run it evaluates: that file is checked as a finetune config, and
 evaluate uses only its own sections (recipe, seed, output_dir, train, backbone, adapter, data), ignoring
 ``task``, the task's section and ``site``; the ``config.yaml`` it writes is an evaluate config. Writes
-``metrics.json`` as ``{"<split>": {...}}``.
+``metrics.json`` as ``{"<split>": {...}}`` and ``predictions.csv`` (one row per image of the split).
+Binary classification decides with the card's threshold (``task.decision``; 0.5 for an older card without
+one, said in the log and the report) and draws the card's number of bootstrap resamples.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs
 from tpp.errors import ConfigError, TppError
 from tpp.model import TaskModel, attach_adapter, load_adapter_state
+from tpp.predictions_csv import publish_predictions, split_rows
 from tpp.tasks import task_of_card, task_of_result
 from tpp.training import build_accelerator, predict
 
@@ -47,7 +50,7 @@ def check(cfg) -> None:
 def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run)
     model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
-    task = task_of_card(card)
+    task = task_of_card(card)  # set up by the card: classification decides with its threshold
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
     try:
@@ -65,16 +68,21 @@ def run(cfg, run) -> dict:
     pred = predict(accelerator, model, ModelInputs.for_backbone(split.images, info), cfg.train.eval_batch_size,
                    lambda logits: task.predictions(logits, card["task"], size), cfg.data.num_workers)
     result = task.metrics(pred, targets, dataset, cfg.seed)
+    note = task.decision_line()
     metrics = {cfg.data.split: result,
-               "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]}}
-    run.log(event="evaluate", split=cfg.data.split, task=task.name, **{task.main_metric: result[task.main_metric]})
+               "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]},
+               **({"decision": note} if note else {}), "wall_time_s": round(run.elapsed(), 1)}
+    run.log(event="evaluate", split=cfg.data.split, task=task.name, **{task.main_metric: result[task.main_metric]},
+            **({"decision": note} if note else {}))
+    publish_predictions(run, split_rows(task, cfg.data.split, split, None, pred, targets, list(dataset.class_names)))
     run.publish_json("metrics.json", metrics)
     return metrics
 
 
 def report(summary: dict) -> list[str]:
     """Lines ``tpp run`` prints at the end."""
-    return [task.split_line(split, m) for split, m in summary.items() if (task := task_of_result(m))]
+    lines = [task.split_line(split, m) for split, m in summary.items() if (task := task_of_result(m))]
+    return lines + ([f"decision: {summary['decision']}"] if isinstance(summary.get("decision"), str) else [])
 
 
 def compare_row(run) -> dict:

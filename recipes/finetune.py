@@ -5,8 +5,10 @@ classification by default; ``task: segmentation`` trains a light decoder; ``tpp 
     tpp run finetune --config recipes/configs/breast_us/busi_seg_lora_finetune.yaml adapter.init_from=runs/x/adapter
 
 The task supplies the head, targets, augmentation, loss, predictions, the validation score that selects
-the best step, metrics, the card entry and extra outputs (segmentation: ``overlays/``). Writes
-``config.yaml``, ``log.jsonl``, and on success ``metrics.json`` and ``adapter/``.
+the best step, metrics, the card entry, what is chosen on the validation split (classification: the
+decision threshold, ``classification.threshold``) and extra outputs (segmentation: ``overlays/``). Writes
+``config.yaml``, ``log.jsonl``, and on success ``metrics.json``, ``predictions.csv`` (val and test, one row
+per image) and ``adapter/``.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs, stream_loader
 from tpp.data.subsets import label_fraction_index
 from tpp.model import TaskModel, trainable_parameters
+from tpp.predictions_csv import publish_predictions, split_rows
 from tpp.tasks import get_task
 from tpp.training import (build_accelerator, checkpointer, make_optimizer, make_scheduler, plan_steps, predict,
                           train_loop)
@@ -30,14 +33,17 @@ def check(cfg) -> None:
 
 
 def labelled_splits(cfg, dataset):
-    """(train, val, test) splits: a stratified, nested label fraction of train, and of val when
-    ``data.val_label_fraction`` is set (a few-label site has a small labelled val set too)."""
+    """(train, val, test, val_index) splits: a stratified, nested label fraction of train, and of val when
+    ``data.val_label_fraction`` is set (a few-label site has a small labelled val set too); ``val_index``:
+    the kept val images' positions in the dataset's val split."""
     train = dataset.split("train")
     train = train.subset(label_fraction_index(train.labels, cfg.data.label_fraction, dataset.name, cfg.seed))
     val = dataset.split("val")
+    val_index = None
     if cfg.data.val_label_fraction is not None:
-        val = val.subset(label_fraction_index(val.labels, cfg.data.val_label_fraction, f"{dataset.name}/val", cfg.seed))
-    return train, val, dataset.split("test")
+        val_index = label_fraction_index(val.labels, cfg.data.val_label_fraction, f"{dataset.name}/val", cfg.seed)
+        val = val.subset(val_index)
+    return train, val, dataset.split("test"), val_index
 
 
 def run(cfg, run) -> dict:
@@ -55,7 +61,7 @@ def run(cfg, run) -> dict:
     head = task.build_head(options, info, dataset)
     model = TaskModel(encoder, head)
 
-    train, val, test = labelled_splits(cfg, dataset)
+    train, val, test, val_index = labelled_splits(cfg, dataset)
     # images stay as stored (arrays or files) and become model input one batch at a time
     x_train, y_train = ModelInputs.for_backbone(train.images, info), task.targets(train)
     x_val, y_val = ModelInputs.for_backbone(val.images, info), task.targets(val)
@@ -90,10 +96,17 @@ def run(cfg, run) -> dict:
                         desc=f"finetune {dataset.name}", accum_steps=cfg.train.grad_accum_steps,
                         checkpoints=checkpointer(cfg.train, run))
     model = accelerator.unwrap_model(model)
-    test_pred = predictions(model, x_test)
+    val_pred, test_pred = predictions(model, x_val), predictions(model, x_test)
+    entry = task.choose_on_validation(options, entry, val_pred, y_val)  # classification: the threshold
+    decided = task.for_card(entry)  # decides as evaluate, predict and serve will from the card
+    note = decided.decision_line()
+    if note:
+        run.log(event="decision", note=note, **entry.get("decision", {}))
+        if run.main:
+            print(f"decision: {note}")
     metrics = {
-        "val": task.metrics(predictions(model, x_val), y_val, dataset, cfg.seed),
-        "test": task.metrics(test_pred, y_test, dataset, cfg.seed),
+        "val": decided.metrics(val_pred, y_val, dataset, cfg.seed),
+        "test": decided.metrics(test_pred, y_test, dataset, cfg.seed),
         "best_step": result.best_step or plan.num_steps, "steps": plan.num_steps, "train_examples": len(train),
         "trainable_parameters": trainable_parameters(model), "head_parameters": head_parameters,
         **task.summary_extras(model, head_parameters), "wall_time_s": round(run.elapsed(), 1),
@@ -109,6 +122,9 @@ def run(cfg, run) -> dict:
     adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, model.encoder, model.head, card))
     metrics["adapter_bytes"] = dir_size(adapter)  # the whole directory: adapter tensors, head, card
     metrics["head_bytes"] = (adapter / "head.safetensors").stat().st_size if run.main else 0
+    names = list(dataset.class_names)
+    publish_predictions(run, split_rows(decided, "val", val, val_index, val_pred, y_val, names)
+                        + split_rows(decided, "test", test, None, test_pred, y_test, names))
     run.publish_json("metrics.json", metrics)
     return metrics
 

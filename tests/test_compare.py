@@ -76,7 +76,8 @@ def test_every_recipe_in_one_table_and_csv(runs, capsys, tmp_path):
     assert list(table) == kinds
     rows, columns = read_csv(out)
     assert columns == ["run", "path", "recipe", "task", "method", "data", "label_fraction", "adapter_init", "split",
-                       "auroc", "auroc_ci95_low", "auroc_ci95_high", "accuracy", "dice", "iou", "pretext_loss",
+                       "auroc", "auroc_ci95_low", "auroc_ci95_high", "accuracy", "sensitivity", "specificity",
+                       "threshold", "dice", "iou", "pretext_loss",
                        "trainable_parameters", "saved_bytes", "wall_time_s"]
     assert list(rows) == kinds and rows["cls"]["path"] == str(runs / "cls")
 
@@ -89,6 +90,8 @@ def test_every_recipe_in_one_table_and_csv(runs, capsys, tmp_path):
         assert row["method"] == printed["method"] == "lora"
         if task == "classification":
             assert float(row["auroc"]) == result["auroc"] and float(row["accuracy"]) == result["accuracy"]
+            assert [float(row[k]) for k in ("sensitivity", "specificity", "threshold")] == \
+                [result["sensitivity"], result["specificity"], result["threshold"]]  # CSV only
             assert [float(row["auroc_ci95_low"]), float(row["auroc_ci95_high"])] == result["auroc_ci95"]
             low, high = result["auroc_ci95"]
             assert printed["AUROC [95% CI]"] == f"{result['auroc']:.3f} [{low:.3f}, {high:.3f}]"

@@ -349,7 +349,8 @@ def test_evaluate_runs_from_the_finetune_config_of_the_run_it_evaluates(tmp_path
 
 
 @pytest.mark.parametrize("path, recipe, sections", [
-    (FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
+    (FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data", "train",
+                            "classification"}),  # the task's own section, defaults filled in
     (SEG_FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data",
                                 "train", "segmentation"}),
     (TPP, "tpp", {"recipe", "site", "seed", "output_dir", "backbone", "adapter", "data", "train", "pretext"}),
@@ -361,7 +362,8 @@ def test_the_saved_config_holds_the_sections_the_recipe_reads(path, recipe, sect
 
 
 @pytest.mark.parametrize("recipe, config, sections", [
-    ("finetune", FINETUNE, {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
+    ("finetune", FINETUNE, {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data", "train",
+                            "classification"}),
     ("tpp", TPP, {"recipe", "site", "seed", "output_dir", "backbone", "adapter", "data", "train", "pretext"}),
     ("evaluate", FINETUNE, {"recipe", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
 ])

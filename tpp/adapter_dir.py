@@ -141,6 +141,11 @@ def _check_shape(card, card_path: Path) -> None:
     labels = card.get("task", {}).get("label_names", [])
     if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
         raise TppError(f"'{card_path}': task.label_names must be a list of strings.")
+    from tpp.threshold import check_task_entry  # the binary decision chosen on validation: threshold, positive class
+
+    if problem := check_task_entry(card.get("task", {})):
+        raise TppError(f"'{card_path}': {problem}. Re-run the fine-tune that made this adapter, or delete the "
+                       "entry to decide at 0.5 with the second label name positive.")
 
 
 def read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:

@@ -50,8 +50,9 @@ Relative paths in the config (relative to its folder) are written into the copy 
   curl -F images=@img.png http://127.0.0.1:8000/v1/sites/hospital_a/predict
   TPP_SERVE_TOKEN=secret tpp serve --backbone B --store STORE --host 0.0.0.0   # other hosts need a token""",
     "plot": """examples:
-  tpp plot runs/site_a                 # writes runs/site_a/curves.png (loss and validation curves)
-  tpp plot runs/site_a --out site_a.png""",
+  tpp plot runs/site_a                 # runs/site_a/curves.png (loss, validation), roc.png, calibration.png
+  tpp plot runs/site_a_eval            # an evaluate run: roc.png and calibration.png from predictions.csv
+  tpp plot runs/site_a --out site_a.png   # the curves PNG elsewhere (roc.png, calibration.png stay in RUN_DIR)""",
     "validate": """examples:
   tpp validate recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml
   tpp validate my_site.yaml train.lr=3e-4 data.label_fraction=0.1
@@ -98,9 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
     val.add_argument("overrides", nargs="*", help="key=value overrides")
     val.add_argument("--keys", action="store_true", help="list every config key with type, default and help")
-    pl = add("plot", "plot a run's training loss and validation curves (PNG)")
-    pl.add_argument("run_dir", help="a run directory (output_dir)")
-    pl.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    pl = add("plot", "plot a run's training curves, and ROC and calibration from its predictions.csv (PNG)")
+    pl.add_argument("run_dir", help="a run directory (output_dir) of a fine-tune or an evaluation")
+    pl.add_argument("--out", help="path of the training-curves PNG (default RUN_DIR/curves.png)")
     _add_deploy_commands(add)
     return parser
 
@@ -431,9 +432,13 @@ def cmd_serve(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from tpp.plot import plot_run
+    from tpp.plot import plot_all
 
-    print(f"wrote {plot_run(args.run_dir, args.out)}")
+    written, notes = plot_all(args.run_dir, args.out)
+    for note in notes:
+        print(f"note: {note}")
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 

@@ -11,9 +11,15 @@ def _auroc(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     return float(C.multiclass_auroc(probs, labels, num_classes=k, average="macro"))
 
 
-def bootstrap_auroc_ci(probs: torch.Tensor, labels: torch.Tensor, resamples: int = 200,
-                       seed: int = 0) -> list[float]:
-    """95% percentile interval of AUROC over ``resamples`` bootstrap draws (draws missing a class are skipped)."""
+BOOTSTRAP_RESAMPLES = 200  # default draws of the AUROC interval
+
+
+def bootstrap_auroc_ci(probs: torch.Tensor, labels: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int = 0) -> list[float] | None:
+    """95% percentile interval of AUROC over ``resamples`` bootstrap draws (draws missing a class are skipped);
+    ``probs`` (N, K), ``labels`` (N,). None when ``resamples`` is 0 (no interval asked for)."""
+    if resamples == 0:
+        return None
     k = probs.shape[1]
     gen = torch.Generator().manual_seed(seed)
     values = []
@@ -35,27 +41,39 @@ def quick_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
     return {"auroc": _auroc(probs, labels, probs.shape[1]), "accuracy": accuracy}
 
 
+def binary_decisions(probs: torch.Tensor, threshold: float, positive: int = 1) -> torch.Tensor:
+    """Class indices (N,) of binary probabilities (N, 2): ``positive`` where ``p[positive] >= threshold``, else
+    the other class (predict and serve decide the same way)."""
+    called = probs[:, positive] >= threshold
+    return torch.where(called, positive, 1 - positive).long()
+
+
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5,
-                           seed: int = 0) -> dict:
+                           seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES, positive: int = 1) -> dict:
     """Metrics of predicted probabilities (N, K) against integer labels (N,).
 
-    Binary: positive class is index 1, decision ``p1 >= threshold``; sensitivity/specificity at that
-    threshold. Multiclass: argmax decisions, macro-averaged F1/sensitivity/specificity.
+    Binary: the class index ``positive`` (default 1) is called when its probability ``>= threshold``;
+    accuracy, and F1, sensitivity and specificity of the positive class at that threshold; the confusion
+    matrix (rows truth, columns prediction, in label order). AUROC and ECE do not depend on the threshold.
+    Multiclass: argmax decisions, macro-averaged F1/sensitivity/specificity. ``resamples``: bootstrap draws
+    of the AUROC interval (recorded as ``bootstrap_resamples``; 0: no interval).
     """
     probs, labels = probs.float().cpu(), labels.long().cpu()
     k = probs.shape[1]
     out = {"n": int(len(labels)), "auroc": _auroc(probs, labels, k)}
-    out["auroc_ci95"] = bootstrap_auroc_ci(probs, labels, seed=seed)
+    out["auroc_ci95"] = bootstrap_auroc_ci(probs, labels, resamples, seed=seed)
+    out["bootstrap_resamples"] = int(resamples)
     if k == 2:
-        p1 = probs[:, 1].contiguous()
+        decided = binary_decisions(probs, threshold, positive)  # class indices: torchmetrics leaves them as they are
+        called, truth = (decided == positive).long(), (labels == positive).long()
         out.update(
-            accuracy=float(C.binary_accuracy(p1, labels, threshold=threshold)),
-            f1=float(C.binary_f1_score(p1, labels, threshold=threshold)),
-            sensitivity=float(C.binary_recall(p1, labels, threshold=threshold)),
-            specificity=float(C.binary_specificity(p1, labels, threshold=threshold)),
-            threshold=threshold,
-            confusion_matrix=C.binary_confusion_matrix(p1, labels, threshold=threshold).tolist(),
-            ece=float(C.binary_calibration_error(p1, labels, n_bins=10)),
+            accuracy=float((decided == labels).float().mean()),
+            f1=float(C.binary_f1_score(called, truth)),
+            sensitivity=float(C.binary_recall(called, truth)),
+            specificity=float(C.binary_specificity(called, truth)),
+            threshold=float(threshold), positive_class_index=int(positive),
+            confusion_matrix=C.binary_confusion_matrix(decided, labels).tolist(),
+            ece=float(C.binary_calibration_error(probs[:, positive].contiguous(), truth, n_bins=10)),
         )
     else:
         kw = dict(num_classes=k, average="macro")

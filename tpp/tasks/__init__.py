@@ -3,7 +3,10 @@
 A task file subclasses :class:`Task` and calls :func:`register`. The task answers every question the
 recipes, the adapter card, the serving bank, the HTTP service, ``tpp predict`` and ``tpp compare`` would
 otherwise answer with an ``if task == ...``: its head, loss, predictions, metrics, the validation score
-used for selection, its card entry, its report lines and its serving output. Its options (a dataclass,
+used for selection, its card entry, what it chooses on the validation split (classification: the decision
+threshold), its ``predictions.csv`` rows, its report lines and its serving output. :func:`task_of_card`
+returns the task as a card sets it up (:meth:`Task.for_card`), so evaluate, ``tpp predict`` and
+``tpp serve`` decide as the fine-tune chose. Its options (a dataclass,
 help text per field, checks in ``__post_init__``) are the config section named after the task
 (``segmentation: {dice_weight: 2}``).
 
@@ -99,6 +102,26 @@ class Task:
     def publish_extras(self, run, options, split, predictions: torch.Tensor) -> None:
         """Files next to the adapter people would rather look at (overlays ...)."""
 
+    # -- decisions and per-image outputs ---------------------------------------------------------
+    def choose_on_validation(self, options, entry: dict, predictions: torch.Tensor, targets: torch.Tensor) -> dict:
+        """The card's ``task`` entry completed with what is chosen on the validation split's predictions
+        (classification: the decision threshold). Default: the entry unchanged."""
+        return entry
+
+    def for_card(self, entry: dict) -> "Task":
+        """The task as one card's ``task`` entry sets it up (classification: its decision threshold and
+        bootstrap draws); its ``metrics`` and serving output then follow the card. Default: the task itself."""
+        return self
+
+    def decision_line(self) -> str | None:
+        """How this (card-bound) task turns outputs into decisions, for logs and reports (None: nothing to say)."""
+        return None
+
+    def prediction_rows(self, predictions: torch.Tensor, targets: torch.Tensor, label_names: list) -> list[dict]:
+        """``predictions.csv`` columns of each image after its split, index and file (classification: label,
+        probability per class, prediction). Default: [] (the task writes no per-image rows)."""
+        return []
+
     def report(self, summary: dict) -> str:
         """The line ``tpp run finetune`` prints."""
         raise NotImplementedError
@@ -158,10 +181,12 @@ def all_tasks() -> list[Task]:
 
 
 def task_of_card(card: dict) -> Task | None:
-    """The registered task of an adapter card's ``task`` entry (None: no head, e.g. a TPP adapter)."""
+    """The registered task of an adapter card's ``task`` entry, set up by that entry (:meth:`Task.for_card`:
+    classification decides with the card's threshold). None: no head, e.g. a TPP adapter."""
     _load_builtin()
     entry = card.get("task")
-    return _TASKS.get(entry.get("type")) if isinstance(entry, dict) else None
+    task = _TASKS.get(entry.get("type")) if isinstance(entry, dict) else None
+    return task.for_card(entry) if task is not None else None
 
 
 def task_of_result(result) -> Task | None:

@@ -1,5 +1,12 @@
-"""classification: one label per image, a linear head on the mean patch token; AUROC selects the best step."""
+"""classification: one label per image, a linear head on the mean patch token; AUROC selects the best step.
+Binary tasks call the positive class (``classification.positive_class``, default the second label name) where
+its probability is ``>= threshold``, a threshold chosen on the validation split (``tpp.threshold``) and recorded
+in the card's ``task.decision``; multiclass tasks decide by argmax."""
 from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -8,8 +15,31 @@ import torch.nn.functional as F
 
 from tpp.data.build import random_hflip
 from tpp.errors import ConfigError, TppError
-from tpp.metrics import classification_metrics, quick_metrics
+from tpp.metrics import BOOTSTRAP_RESAMPLES, binary_decisions, classification_metrics, quick_metrics
 from tpp.tasks import Task, register
+from tpp.threshold import DEFAULT, check_task_entry, choose_threshold, describe, parse_rule, source
+
+MAX_RESAMPLES = 100_000
+
+
+@dataclass
+class ClassificationOptions:
+    """How a binary classifier decides and how intervals are drawn (config section ``classification``)."""
+    threshold: Union[str, float] = field(default="youden", metadata={
+        "help": "binary tasks: the decision threshold on p(positive class), chosen on the validation split: youden "
+                "(max sensitivity + specificity), sensitivity:T or specificity:T (e.g. sensitivity:0.9), or a "
+                "fixed number in [0, 1]; 0.5 when validation has fewer than 5 images of a class"})
+    positive_class: Optional[str] = field(default=None, metadata={
+        "help": "binary tasks: the class called positive (sensitivity is its recall, the threshold applies to its "
+                "probability); default: the second label name (BreastMNIST: 'normal, benign'; set malignant)"})
+    bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata={
+        "help": "bootstrap draws of the 95% AUROC intervals (val, test, and evaluate runs of the adapter); 0: none"})
+
+    def __post_init__(self):
+        parse_rule(self.threshold)
+        if not 0 <= self.bootstrap_resamples <= MAX_RESAMPLES:
+            raise ConfigError(f"classification.bootstrap_resamples must be in 0..{MAX_RESAMPLES}, got "
+                              f"{self.bootstrap_resamples}.")
 
 
 class ClassificationHead(nn.Module):
@@ -25,10 +55,17 @@ class ClassificationHead(nn.Module):
 
 class Classification(Task):
     name = "classification"
-    summary = "one label per image: linear head on the mean patch token, AUROC"
+    summary = "one label per image: linear head on the mean patch token, AUROC, a validated decision threshold"
+    options_cls = ClassificationOptions
     main_metric = "auroc"
+    decision: dict | None = None  # the card's task.decision (binary); None: 0.5, the card records none
+    resamples: int = BOOTSTRAP_RESAMPLES
+    positive: str = "class 1"  # the positive class's name (binary)
+    positive_index: int = 1  # its index among the label names
+    binary: bool = False  # set by for_card: the card's task has two classes
     columns = (("auroc", "AUROC [95% CI]", ".3f"), ("auroc_ci95_low", None, ".3f"), ("auroc_ci95_high", None, ".3f"),
-               ("accuracy", "accuracy", ".3f"))
+               ("accuracy", "accuracy", ".3f"), ("sensitivity", None, ".3f"), ("specificity", None, ".3f"),
+               ("threshold", None, ".3f"))
 
     def check_config(self, cfg) -> None:
         from tpp.data.sources import get_source
@@ -54,8 +91,15 @@ class Classification(Task):
         return ClassificationHead(info.hidden_size, dataset.num_classes)
 
     def card_entry(self, options, dataset, info, targets) -> dict:
-        return {"type": self.name, "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
-                "head": "linear on the mean of patch tokens"}
+        entry = {"type": self.name, "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
+                 "head": "linear on the mean of patch tokens"}
+        names, positive = list(dataset.class_names), options.positive_class
+        if positive is not None and (len(names) != 2 or positive not in names):
+            what = f"one of {names}" if len(names) == 2 else f"unset: dataset '{dataset.name}' has {len(names)} classes"
+            raise TppError(f"classification.positive_class={positive!r} must be {what}.")
+        if len(names) == 2:
+            entry["positive_class"] = positive if positive is not None else names[1]
+        return entry
 
     def head_from_card(self, entry, hidden_size, channels) -> nn.Module:
         return ClassificationHead(hidden_size, entry["num_classes"])
@@ -69,6 +113,53 @@ class Classification(Task):
     def predictions(self, logits, entry, size=None):
         return torch.softmax(logits.float(), dim=-1)
 
+    # -- the decision threshold ------------------------------------------------------------------
+    def choose_on_validation(self, options, entry, predictions, targets):
+        """Binary: ``entry`` with ``decision`` (threshold, rule, validation class counts ...) chosen on the
+        validation probabilities (N, 2) and labels (N,), and ``bootstrap_resamples``."""
+        entry = dict(entry, bootstrap_resamples=options.bootstrap_resamples)
+        if entry["num_classes"] != 2:
+            return entry
+        k = entry["label_names"].index(entry["positive_class"])
+        decision = choose_threshold(predictions[:, k].cpu().numpy(), (targets == k).long().cpu().numpy(),
+                                    options.threshold)
+        return dict(entry, decision=dict(decision, positive_label=entry["positive_class"]))
+
+    def for_card(self, entry):
+        bound = copy.copy(self)
+        usable = check_task_entry(entry) is None  # a card that fails it is refused where it is read
+        decision = entry.get("decision")
+        bound.decision = decision if usable and isinstance(decision, dict) else None
+        resamples = entry.get("bootstrap_resamples")
+        ok = isinstance(resamples, int) and not isinstance(resamples, bool) and 0 <= resamples <= MAX_RESAMPLES
+        bound.resamples = resamples if ok else BOOTSTRAP_RESAMPLES
+        labels = entry.get("label_names")
+        bound.binary = isinstance(labels, list) and len(labels) == 2
+        named = entry.get("positive_class") if usable else None
+        bound.positive_index = labels.index(named) if bound.binary and named in labels else 1
+        bound.positive = labels[bound.positive_index] if bound.binary else "class 1"
+        return bound
+
+    @property
+    def threshold(self) -> float:
+        return float(self.decision["threshold"]) if self.decision else DEFAULT
+
+    def decision_line(self):
+        return describe(self.decision, self.positive) if self.binary else None  # multiclass: argmax
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """Class indices (N,) of probabilities (N, K): two classes, the positive one where its probability is
+        ``>= threshold``; more, argmax."""
+        if probs.shape[1] == 2:
+            return binary_decisions(probs, self.threshold, self.positive_index)
+        return probs.argmax(dim=1)
+
+    def prediction_rows(self, predictions, targets, label_names):
+        decided = self.decide(predictions)
+        return [{"label": label_names[int(y)],
+                 **{f"prob_{name}": f"{float(p):.6f}" for name, p in zip(label_names, row)},
+                 "prediction": label_names[int(d)]} for row, y, d in zip(predictions, targets, decided)]
+
     def output_shape(self, entry) -> tuple:
         return (len(entry["label_names"]),)
 
@@ -77,25 +168,27 @@ class Classification(Task):
         return m["auroc"], {"val_auroc": m["auroc"], "val_accuracy": m["accuracy"]}
 
     def metrics(self, predictions, targets, dataset, seed):
-        return classification_metrics(predictions, targets, seed=seed)
+        return classification_metrics(predictions, targets, self.threshold, seed=seed, resamples=self.resamples,
+                                      positive=self.positive_index)
 
     def card_metrics(self, summary):
         return {k: summary[k]["auroc"] for k in ("val", "test")}
 
     def report(self, summary):
         t = summary["test"]
-        return (f"test AUROC {t['auroc']:.3f} [{t['auroc_ci95'][0]:.3f}, {t['auroc_ci95'][1]:.3f}]  accuracy "
-                f"{t['accuracy']:.3f}  trainable {summary['trainable_parameters']:,}  "
-                f"saved {summary['adapter_bytes'] / 1024:.0f} KiB")
+        return (f"test AUROC {t['auroc']:.3f}{_interval(t)}  accuracy {t['accuracy']:.3f}{_at_threshold(t)}  "
+                f"trainable {summary['trainable_parameters']:,}  saved {summary['adapter_bytes'] / 1024:.0f} KiB")
 
     def split_line(self, split, result):
-        return f"{split}: AUROC {result['auroc']:.3f} accuracy {result['accuracy']:.3f} (n={result['n']})"
+        return (f"{split}: AUROC {result['auroc']:.3f}{_interval(result)} accuracy {result['accuracy']:.3f}"
+                f"{_at_threshold(result)} (n={result['n']})")
 
     def compare_values(self, result):
         ci = result.get("auroc_ci95")
         low, high = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
         return {"auroc": result.get("auroc"), "auroc_ci95_low": low, "auroc_ci95_high": high,
-                "accuracy": result.get("accuracy")}
+                "accuracy": result.get("accuracy"), "sensitivity": result.get("sensitivity"),
+                "specificity": result.get("specificity"), "threshold": result.get("threshold")}
 
     def check_head(self, entry, head_state):
         weight = head_state.get("linear.weight")
@@ -106,16 +199,49 @@ class Classification(Task):
             return f"{entry.get('num_classes')!r} classes and {len(labels)} label names, head of shape {shape}"
         return None
 
+    def check_entry(self, entry):
+        problem = check_task_entry(entry)
+        return [problem] if problem else []
+
     def per_image(self, output, image):
         return output.tolist()
 
+    def _label(self, result, label_names) -> str:
+        if len(result) == 2:
+            k = self.positive_index
+            return label_names[k if result[k] >= self.threshold else 1 - k]
+        return label_names[int(np.argmax(result))]
+
+    def _threshold_source(self) -> str:
+        return source(self.decision) if self.decision else "default 0.5: the adapter card records no threshold"
+
     def json_entry(self, result, label_names):
-        return {"label": label_names[int(np.argmax(result))], "probabilities": dict(zip(label_names, result))}
+        out = {"label": self._label(result, label_names), "probabilities": dict(zip(label_names, result))}
+        if len(result) == 2:
+            out.update(positive_class=self.positive, threshold=self.threshold,
+                       threshold_source=self._threshold_source())
+        return out
 
     def csv_entry(self, result, label_names, stem):
-        row = {"label": label_names[int(np.argmax(result))]}
+        row = {"label": self._label(result, label_names)}
         row.update({f"prob_{name}": f"{p:.6f}" for name, p in zip(label_names, result)})
+        if len(result) == 2:
+            row.update(positive_class=self.positive, threshold=repr(self.threshold),
+                       threshold_source=self._threshold_source())
         return row, {}
+
+
+def _interval(result: dict) -> str:
+    ci = result.get("auroc_ci95")
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else ""
+
+
+def _at_threshold(result: dict) -> str:
+    """Binary results: the threshold-dependent numbers with their threshold."""
+    if result.get("threshold") is None:
+        return ""
+    return (f"  sensitivity {result['sensitivity']:.3f}  specificity {result['specificity']:.3f} at threshold "
+            f"{result['threshold']:.3f}")
 
 
 register(Classification())

@@ -110,6 +110,19 @@ class Segmentation(Task):
             run.publish_dir("overlays", lambda tmp: write_overlays(tmp, split.images, predictions.numpy(),
                                                                    split.masks, options.overlays))
 
+    def prediction_rows(self, predictions, targets, label_names):
+        """Per image: Dice of each foreground class (empty where the class is in neither mask) and the
+        foreground pixels of truth and prediction; the masks themselves are the overlays' business."""
+        dice = per_image_dice(predictions, targets, len(label_names))
+        rows = []
+        for i in range(len(predictions)):
+            row = {f"dice_{name}": "" if dice[i, c].isnan() else f"{float(dice[i, c]):.6f}"
+                   for c, name in enumerate(label_names[1:])}
+            row.update(foreground_truth=int((targets[i] > 0).sum()),
+                       foreground_predicted=int((predictions[i] > 0).sum()))
+            rows.append(row)
+        return rows
+
     def report(self, summary):
         t = summary["test"]
         hd95 = "n/a" if t["hd95"] is None else f"{t['hd95']:.1f} px"
@@ -143,6 +156,19 @@ class Segmentation(Task):
         row = {"mask": name}
         row.update({f"frac_{c}": f"{float((result == k).mean()):.6f}" for k, c in enumerate(label_names)})
         return row, {name: np.asarray(result, dtype=np.uint8)}
+
+
+def per_image_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Dice (N, K-1) of each image and foreground class from class-index masks (N, h, w); NaN where the class
+    is in neither mask."""
+    from torchmetrics.functional.segmentation import dice_score
+
+    dice = dice_score(pred.long(), target.long(), num_classes=num_classes, include_background=False,
+                      average="none", input_format="index", aggregation_level="samplewise")
+    dice = dice.reshape(len(pred), num_classes - 1).float()
+    classes = torch.arange(1, num_classes)[None, :, None, None]
+    present = ((pred.long()[:, None] == classes) | (target.long()[:, None] == classes)).flatten(2).any(2)
+    return torch.where(present, dice, torch.full_like(dice, float("nan")))
 
 
 register(Segmentation())

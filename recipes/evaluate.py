@@ -45,7 +45,7 @@ def check(cfg) -> None:
 
 
 def run(cfg, run) -> dict:
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, device=cfg.device)
     model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
     task = task_of_card(card)
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
@@ -68,6 +68,7 @@ def run(cfg, run) -> dict:
     metrics = {cfg.data.split: result,
                "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]}}
     run.log(event="evaluate", split=cfg.data.split, task=task.name, **{task.main_metric: result[task.main_metric]})
+    metrics["device"] = str(accelerator.device)
     run.publish_json("metrics.json", metrics)
     return metrics
 

@@ -42,7 +42,8 @@ def labelled_splits(cfg, dataset):
 
 def run(cfg, run) -> dict:
     task, options = get_task(cfg.task), cfg.task_options
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
+                                    device=cfg.device)
     encoder, info, _ = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                      input_size=cfg.backbone.input_size)
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
@@ -109,6 +110,7 @@ def run(cfg, run) -> dict:
     adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, model.encoder, model.head, card))
     metrics["adapter_bytes"] = dir_size(adapter)  # the whole directory: adapter tensors, head, card
     metrics["head_bytes"] = (adapter / "head.safetensors").stat().st_size if run.main else 0
+    metrics["device"] = str(accelerator.device)
     run.publish_json("metrics.json", metrics)
     return metrics
 

@@ -60,8 +60,8 @@ def resolve(text: str = "auto", key: str = "device") -> torch.device:
     name = text.strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{torch.cuda.current_device()}"
+    if name in ("cuda", "mps"):  # with its index, as tensors report their device
+        name = f"{name}:{torch.cuda.current_device() if name == 'cuda' else 0}"
     return torch.device(name)
 
 

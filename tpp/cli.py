@@ -363,6 +363,7 @@ def cmd_predict(args) -> int:
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    _check_device(args)
     _set_threads(args.threads)
     if Path(args.out).is_dir():  # before any prediction work
         raise TppError(f"--out '{args.out}' is a folder; give the CSV file to write, "
@@ -389,6 +390,13 @@ def cmd_predict(args) -> int:
         print(f"warning: {len(skipped)} input(s) skipped (not readable as images) -> {skipped_path(path)}",
               file=sys.stderr)
     return 0
+
+
+def _check_device(args) -> None:
+    """``--device`` and ``--precision`` of predict / serve, before any file is read or model loaded."""
+    from tpp.devices import check_precision, resolve
+
+    check_precision(args.precision, resolve(args.device, "--device"))
 
 
 def _set_threads(threads: int | None) -> None:
@@ -423,6 +431,7 @@ def cmd_serve(args) -> int:
     if args.max_request_pixels < args.max_image_pixels:
         raise TppError(f"--max-request-pixels ({args.max_request_pixels}) must be at least --max-image-pixels "
                        f"({args.max_image_pixels}): otherwise such an image could never be sent.")
+    _check_device(args)
     _set_threads(args.threads)
     try:
         serve(args.backbone, args.store, args.host, args.port, token=token, insecure=args.insecure,

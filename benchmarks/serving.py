@@ -50,9 +50,9 @@ import report  # noqa: E402
 
 
 def make_sites(work: Path, backbone: str, data_root: str, n_sites: int, input_size: int | None = None,
-               device: str = "auto") -> Path:
+               steps: int = 30) -> Path:
     """Fine-tune one real site (at ``input_size`` px; default: the backbone's), derive ``n_sites - 1`` distinct
-    copies, publish all; returns the store."""
+    copies, publish all; returns the store. The real site trains ``steps`` steps (30) on the default device."""
     from safetensors.torch import load_file, save_file
 
     from tpp.serve import store
@@ -60,11 +60,12 @@ def make_sites(work: Path, backbone: str, data_root: str, n_sites: int, input_si
     from tpp.recipes import run_recipe
 
     run = work / (f"site_real_{input_size}px" if input_size else "site_real")
+    run = run.with_name(run.name + (f"_{steps}steps" if steps != 30 else ""))
     if not (run / "adapter").is_dir():
         size = [f"backbone.input_size={input_size}"] if input_size else []
         run_recipe("finetune", ROOT / "recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml",
-                   [f"backbone.path={backbone}", f"data.root={data_root}", f"output_dir={run}", "train.max_steps=30",
-                    f"device={device}", *size], overwrite=True)
+                   [f"backbone.path={backbone}", f"data.root={data_root}", f"output_dir={run}",
+                    f"train.max_steps={steps}", *size], overwrite=True)
     shutil.rmtree(work / "store", ignore_errors=True)
     store.publish(run, work / "store", "site00")
     gen = torch.Generator().manual_seed(0)
@@ -355,6 +356,7 @@ def main(argv=None) -> int:
                                                         "cpu,cuda (default cpu); the first is the reference")
     parser.add_argument("--input-size", type=int, help="input size in pixels of the sites (the real site is "
                                                        "fine-tuned at it); default: the backbone's")
+    parser.add_argument("--site-steps", type=int, default=30, help="fine-tuning steps of the real site")
     parser.add_argument("--no-service", action="store_true", help="in-process numbers only (no tpp serve load test)")
     add_paths(parser, "serving")
     args = parser.parse_args(argv)
@@ -369,7 +371,8 @@ def main(argv=None) -> int:
     from tpp.serve.images import to_model_input
 
     args.work.mkdir(parents=True, exist_ok=True)
-    store_path = make_sites(args.work, args.backbone, args.data_root, args.sites, args.input_size, device_list[0])
+    store_path = make_sites(args.work, args.backbone, args.data_root, args.sites, args.input_size,
+                            args.site_steps)
     from tpp.serve import store
 
     card = store.current(store_path, "site00").card

@@ -322,7 +322,7 @@ def test_evaluate_runs_from_the_finetune_config_of_the_run_it_evaluates(tmp_path
     cfg = load_config(SEG_FINETUNE, ["adapter.path=runs/seg/adapter", "data.split=val"], recipe="evaluate")
     assert cfg.recipe == "evaluate" and cfg.adapter.path == "runs/seg/adapter" and cfg.data.split == "val"
     saved = cfg.to_dict()
-    assert saved.keys() == {"recipe", "seed", "output_dir", "train", "backbone", "adapter", "data"}
+    assert saved.keys() == {"recipe", "seed", "output_dir", "device", "train", "backbone", "adapter", "data"}
     assert saved["recipe"] == "evaluate"  # task, segmentation and site of the fine-tuning are not evaluate's
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert load_config(tmp_path / "config.yaml", recipe="evaluate").to_dict() == saved
@@ -336,11 +336,12 @@ def test_evaluate_runs_from_the_finetune_config_of_the_run_it_evaluates(tmp_path
 
 
 @pytest.mark.parametrize("path, recipe, sections", [
-    (FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
-    (SEG_FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data",
+    (FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "device", "backbone", "adapter", "data",
+                            "train"}),
+    (SEG_FINETUNE, "finetune", {"recipe", "task", "site", "seed", "output_dir", "device", "backbone", "adapter", "data",
                                 "train", "segmentation"}),
-    (TPP, "tpp", {"recipe", "site", "seed", "output_dir", "backbone", "adapter", "data", "train", "pretext"}),
-    (POOL, "pretrain_backbone", {"recipe", "seed", "output_dir", "data", "train", "pretext", "model", "pool",
+    (TPP, "tpp", {"recipe", "site", "seed", "output_dir", "device", "backbone", "adapter", "data", "train", "pretext"}),
+    (POOL, "pretrain_backbone", {"recipe", "seed", "output_dir", "device", "data", "train", "pretext", "model", "pool",
                                  "supervised_weight"}),
 ])
 def test_the_saved_config_holds_the_sections_the_recipe_reads(path, recipe, sections):
@@ -348,9 +349,10 @@ def test_the_saved_config_holds_the_sections_the_recipe_reads(path, recipe, sect
 
 
 @pytest.mark.parametrize("recipe, config, sections", [
-    ("finetune", FINETUNE, {"recipe", "task", "site", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
-    ("tpp", TPP, {"recipe", "site", "seed", "output_dir", "backbone", "adapter", "data", "train", "pretext"}),
-    ("evaluate", FINETUNE, {"recipe", "seed", "output_dir", "backbone", "adapter", "data", "train"}),
+    ("finetune", FINETUNE, {"recipe", "task", "site", "seed", "output_dir", "device", "backbone", "adapter", "data",
+                            "train"}),
+    ("tpp", TPP, {"recipe", "site", "seed", "output_dir", "device", "backbone", "adapter", "data", "train", "pretext"}),
+    ("evaluate", FINETUNE, {"recipe", "seed", "output_dir", "device", "backbone", "adapter", "data", "train"}),
 ])
 def test_run_dir_config_yaml_holds_only_the_recipes_sections(tiny_mae, tmp_path, recipe, config, sections, capsys):
     """What ``tpp run`` writes before the recipe starts (here each run stops at once: no data, no adapter)."""

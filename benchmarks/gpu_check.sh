@@ -9,19 +9,26 @@
 #
 #   bash benchmarks/gpu_check.sh                                    # on the GPU machine
 #   DEVICE=cpu TINY=1 OUT=/tmp/gpu_check_dry bash benchmarks/gpu_check.sh   # the same commands on a CPU, tiny budgets
+#   PARTS="tests train predict serve" bash benchmarks/gpu_check.sh; PARTS=throughput bash benchmarks/gpu_check.sh
+#                                       # in two commands (e.g. a device tool that allows 10 minutes a command)
 #
 # Settings (environment): DEVICE (cuda), PYTHON (python), BACKBONE, DATA (default ../shared or ./shared),
-# OUT (benchmarks/results/gpu_check), WORK (a temporary folder), TINY=1 (2 steps, few images, 32-px "large" size).
+# OUT (benchmarks/results/gpu_check), WORK (benchmarks/.cache/gpu_check, kept between parts), PARTS (all five:
+# tests train predict serve throughput), MIXED (bf16: train.mixed_precision of the training runs; a CPU without
+# native bf16 takes ~20x longer per step: MIXED=no there), TINY=1 (2 steps, few images, 32-px "large" size).
 set -u -o pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
 SHARED="$REPO/../shared"; [ -d "$REPO/shared" ] && SHARED="$REPO/shared"
 DEVICE="${DEVICE:-cuda}"
+MIXED="${MIXED:-bf16}"
 PYTHON="${PYTHON:-python}"
 BACKBONE="${BACKBONE:-$SHARED/models/mae-vit-tiny-med}"
 DATA="${DATA:-$SHARED/data}"
 OUT="${OUT:-$REPO/benchmarks/results/gpu_check}"
-WORK="${WORK:-$(mktemp -d /tmp/tpp_gpu_check.XXXXXX)}"
+WORK="${WORK:-$REPO/benchmarks/.cache/gpu_check}"
+PARTS=" ${PARTS:-tests train predict serve throughput} "
+part() { [[ "$PARTS" == *" $1 "* ]]; }
 if [ "${TINY:-0}" = 1 ]; then
   STEPS=2; IMAGES=16; LARGE=32; BENCH=(--quick --repeats 2 --seconds 2 --rounds 1 --sites 2 --clients 2 --site-steps 2)
 else
@@ -29,7 +36,7 @@ else
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" TPP_DATA_ROOT="$DATA" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$OUT" "$WORK"
-STEPS_LOG="$WORK/steps.jsonl"; : > "$STEPS_LOG"
+STEPS_LOG="$WORK/steps.jsonl"; touch "$STEPS_LOG"
 FT="recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml"
 TP="recipes/configs/breast_us/mae_vit_tiny_lora_tpp.yaml"
 COMMON=("backbone.path=$BACKBONE" "data.root=$DATA" "device=$DEVICE" "train.max_steps=$STEPS")
@@ -40,20 +47,21 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run it, log output to $WORK/NAME.log
   echo "== $name: $*" >&2
   timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
   local rc=$?
+  grep -v "\"step\": \"$name\"" "$STEPS_LOG" > "$STEPS_LOG.tmp"; mv "$STEPS_LOG.tmp" "$STEPS_LOG"  # a rerun replaces
   echo "{\"step\": \"$name\", \"rc\": $rc, \"wall_s\": $((SECONDS - start))}" >> "$STEPS_LOG"
   [ $rc -eq 0 ] || { echo "   $name failed (rc $rc); last lines of $WORK/$name.log:" >&2; tail -5 "$WORK/$name.log" >&2; }
   return 0
 }
 
 # 1. the gpu-marked tests (on a CPU they are skipped: the command still runs)
-step tests 420 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+part tests && step tests 420 "$PYTHON" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
 # 2. training on the device: bf16 fine-tune, TPP
-step finetune 300 "$PYTHON" -m tpp.cli run finetune --config "$FT" "${COMMON[@]}" train.mixed_precision=bf16 \
+part train && step finetune 300 "$PYTHON" -m tpp.cli run finetune --config "$FT" "${COMMON[@]}" "train.mixed_precision=$MIXED" \
   "output_dir=$WORK/finetune" --overwrite
-step tpp 300 "$PYTHON" -m tpp.cli run tpp --config "$TP" "${COMMON[@]}" train.mixed_precision=bf16 \
+part train && step tpp 300 "$PYTHON" -m tpp.cli run tpp --config "$TP" "${COMMON[@]}" "train.mixed_precision=$MIXED" \
   "output_dir=$WORK/tpp" --overwrite
-# 3. offline prediction on the device over PNGs of the test split
-step images 120 "$PYTHON" -c "
+# 3. offline prediction on the device over PNGs of the test split (needs the fine-tuned site of part train)
+part predict && step images 120 "$PYTHON" -c "
 import sys, numpy as np
 from pathlib import Path
 from PIL import Image
@@ -61,12 +69,13 @@ out = Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)
 for i, im in enumerate(np.load(sys.argv[2])['test_images'][:int(sys.argv[3])]):
     Image.fromarray(im).save(out / f'{i:04d}.png')
 " "$WORK/pngs" "$DATA/medmnist/breastmnist.npz" "$IMAGES"
-step publish 120 "$PYTHON" -m tpp.cli adapters publish "$WORK/finetune" "$WORK/store" --site gpu_site
-step predict 300 "$PYTHON" -m tpp.cli predict --backbone "$BACKBONE" --store "$WORK/store" --site gpu_site \
+part predict && step publish 120 "$PYTHON" -m tpp.cli adapters publish "$WORK/finetune" "$WORK/store" --site gpu_site
+part predict && step predict 300 "$PYTHON" -m tpp.cli predict --backbone "$BACKBONE" --store "$WORK/store" --site gpu_site \
   "$WORK/pngs" --out "$WORK/predict.csv" --device "$DEVICE"
-step predict_bf16 300 "$PYTHON" -m tpp.cli predict --backbone "$BACKBONE" --store "$WORK/store" --site gpu_site \
+part predict && step predict_bf16 300 "$PYTHON" -m tpp.cli predict --backbone "$BACKBONE" --store "$WORK/store" --site gpu_site \
   "$WORK/pngs" --out "$WORK/predict_bf16.csv" --device "$DEVICE" --precision bf16
-# 4. the service on the device: one request of 8 images, compared with the offline CSV
+# 4. the service on the device: one request of 8 images, compared with the offline CSV of part predict
+if part serve; then
 PORT=$("$PYTHON" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 "$PYTHON" -m tpp.cli serve --backbone "$BACKBONE" --store "$WORK/store" --port "$PORT" --device "$DEVICE" \
   > "$WORK/serve_server.log" 2>&1 &
@@ -95,10 +104,11 @@ print('served vs offline: max |diff|', diff)
 sys.exit(0 if diff <= 1e-5 else 1)
 " "http://127.0.0.1:$PORT" "$WORK/pngs" "$WORK/predict.csv" "$WORK/serve.json"
 kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null
+fi
 # 5. throughput: CPU and the device side by side at 28 px (bank + service), the device alone at $LARGE px
-step serving_28px 420 "$PYTHON" benchmarks/serving.py --device "cpu,$DEVICE" "${BENCH[@]}" \
+part throughput && step serving_28px 420 "$PYTHON" benchmarks/serving.py --device "cpu,$DEVICE" "${BENCH[@]}" \
   --backbone "$BACKBONE" --data-root "$DATA" --work "$WORK/serving" --out "$OUT/serving_28px"
-step "serving_${LARGE}px" 420 "$PYTHON" benchmarks/serving.py --device "$DEVICE" --input-size "$LARGE" --no-service \
+part throughput && step "serving_${LARGE}px" 420 "$PYTHON" benchmarks/serving.py --device "$DEVICE" --input-size "$LARGE" --no-service \
   "${BENCH[@]}" --backbone "$BACKBONE" --data-root "$DATA" --work "$WORK/serving" --out "$OUT/serving_${LARGE}px"
 
 "$PYTHON" - "$WORK" "$OUT" "$DEVICE" "$LARGE" <<'EOF'

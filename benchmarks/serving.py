@@ -362,7 +362,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from tpp.devices import resolve
 
-    device_list = [d.strip() for d in args.device.split(",") if d.strip()]
+    device_list = list(dict.fromkeys(d.strip() for d in args.device.split(",") if d.strip()))  # each once
     for d in device_list:
         resolve(d, "--device")  # a missing GPU is one sentence, before any work
     if args.quick:

@@ -85,6 +85,8 @@ def test_a_folder_without_images_is_an_error_naming_it(world, tmp_path, capsys, 
     assert predict(world, "--site", "site_a", folder, "--out", tmp_path / "p.csv") == 2
     err = capsys.readouterr().err
     assert f"folder '{folder}' holds no image files" in err and (content or "empty") in err
+    assert predict(world, "--site", "site_a", "--out", tmp_path / "p.csv") == 2
+    assert "no images given" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
 
 
 def test_nothing_readable_is_an_error_with_the_list_and_a_site_map_gap_is_skipped(world, tmp_path, capsys):

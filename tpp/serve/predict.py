@@ -111,6 +111,8 @@ def assign_sites(site: str | None, site_map: str | None, inputs: list[str],
     if (site is None) == (site_map is None):
         raise TppError("give exactly one of --site SITE or --site-map CSV.")
     if site is not None:
+        if not inputs:
+            raise TppError("no images given: pass image files or folders after --site SITE (or use --site-map CSV).")
         found = collect(inputs, skipped)
         for entry in skipped or []:
             entry.site = entry.site or site

@@ -30,9 +30,9 @@ WORK="${WORK:-$REPO/benchmarks/.cache/gpu_check}"
 PARTS=" ${PARTS:-tests train predict serve throughput} "
 part() { [[ "$PARTS" == *" $1 "* ]]; }
 if [ "${TINY:-0}" = 1 ]; then
-  STEPS=2; IMAGES=16; LARGE=32; BENCH=(--quick --repeats 2 --seconds 2 --rounds 1 --sites 2 --clients 2 --site-steps 2)
+  STEPS=2; IMAGES=16; LARGE=32; BENCH=(--quick --repeats 2 --seconds 2 --rounds 1 --sites 8 --clients 2 --site-steps 2)
 else
-  STEPS=200; IMAGES=156; LARGE=224; BENCH=(--quick --sites 4)
+  STEPS=200; IMAGES=156; LARGE=224; BENCH=(--quick --sites 8)
 fi
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" TPP_DATA_ROOT="$DATA" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 mkdir -p "$OUT" "$WORK"

@@ -362,6 +362,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from tpp.devices import resolve
 
+    if args.sites < 8:
+        parser.error(f"--sites must be at least 8 (the mixed-site batch is 8 sites x 8 images), got {args.sites}")
     device_list = list(dict.fromkeys(d.strip() for d in args.device.split(",") if d.strip()))  # each once
     for d in device_list:
         resolve(d, "--device")  # a missing GPU is one sentence, before any work

@@ -15,7 +15,8 @@
 # Settings (environment): DEVICE (cuda), PYTHON (python), BACKBONE, DATA (default ../shared or ./shared),
 # OUT (benchmarks/results/gpu_check), WORK (benchmarks/.cache/gpu_check, kept between parts), PARTS (all five:
 # tests train predict serve throughput), MIXED (bf16: train.mixed_precision of the training runs; a CPU without
-# native bf16 takes ~20x longer per step: MIXED=no there), TINY=1 (2 steps, few images, 32-px "large" size).
+# native bf16 takes ~20x longer per step: MIXED=no there), TINY=1 (2 steps, few images, 32-px "large" size),
+# TIME_SCALE (1: multiplies every step's time limit, a hang guard sized for the GPU machine; e.g. 4 on a slow CPU).
 set -u -o pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$REPO"
@@ -42,7 +43,7 @@ TP="recipes/configs/breast_us/mae_vit_tiny_lora_tpp.yaml"
 COMMON=("backbone.path=$BACKBONE" "data.root=$DATA" "device=$DEVICE" "train.max_steps=$STEPS")
 
 step() {  # step NAME TIMEOUT_S COMMAND...: run it, log output to $WORK/NAME.log, record rc and wall seconds
-  local name="$1" limit="$2"; shift 2
+  local name="$1" limit=$(( $2 * ${TIME_SCALE:-1} )); shift 2
   local start=$SECONDS
   echo "== $name: $*" >&2
   timeout "$limit" "$@" > "$WORK/$name.log" 2>&1

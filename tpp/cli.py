@@ -144,10 +144,11 @@ def _add_deploy_commands(add) -> None:
     sv.add_argument("--body-timeout", type=float, default=30.0,
                     help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
     for p in (pr, sv):
-        p.add_argument("--device", default="auto", help="where the backbone and adapters compute: auto (a CUDA GPU "
-                                                        "if there is one, else mps, else cpu), cpu, cuda, cuda:N, mps")
+        p.add_argument("--device", default="auto", help="where the backbone and adapters compute: auto (default: a "
+                                                        "CUDA GPU if there is one, else mps, else cpu), cpu, cuda, "
+                                                        "cuda:N, mps")
         p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                       help="fp32 (default: offline and served predictions agree); bf16 or fp16 (GPU only) run the "
+                       help="fp32 (default: offline and served predictions agree); bf16, or fp16 (GPU only), run the "
                             "forward under autocast: faster on GPUs, probabilities differ slightly")
         p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, about one per core); "
                                                     "cap it on a machine shared with other jobs")

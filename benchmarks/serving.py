@@ -3,6 +3,7 @@
     python benchmarks/serving.py                  # writes benchmarks/results/serving.{json,md}
     python benchmarks/serving.py --quick --out runs/serving_quick
     python benchmarks/serving.py --hostile --quick   # good traffic mixed with hostile cases (benchmarks/hostile.py)
+    python benchmarks/serving.py --device cpu,cuda --input-size 224 --out runs/serving_gpu   # devices side by side
 
 Sites: one real LoRA fine-tuning run on BreastMNIST with the shared backbone; the other sites are
 copies of it with re-drawn LoRA B matrices and heads (distinct adapters, same card), published to a
@@ -17,6 +18,11 @@ fresh store. Everything is measured side by side in one run and reported as rati
   p50/p99 latency with 1 site, 10 sites round-robin (all resident), and 10 sites with ``--max-resident 4``
   (thrashing). Every response is checked against offline predictions for its site (label equal, every
   probability within 1e-4): the mismatch count must be 0.
+
+``--device cpu,cuda`` repeats the in-process numbers and the service scenarios on each device (the bank and
+``tpp serve --device``), side by side in one run, with the CPU's numbers as the reference for the ratios; the
+offline reference of each device is computed on that device. ``--input-size`` fine-tunes the real site at that
+input size (position embeddings interpolated), e.g. 224 px as clinical backbones take.
 """
 from __future__ import annotations
 
@@ -43,19 +49,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
 
 
-def make_sites(work: Path, backbone: str, data_root: str, n_sites: int) -> Path:
-    """Fine-tune one real site, derive ``n_sites - 1`` distinct copies, publish all; returns the store."""
+def make_sites(work: Path, backbone: str, data_root: str, n_sites: int, input_size: int | None = None,
+               steps: int = 30) -> Path:
+    """Fine-tune one real site (at ``input_size`` px; default: the backbone's), derive ``n_sites - 1`` distinct
+    copies, publish all; returns the store. The real site trains ``steps`` steps (30) on the default device."""
     from safetensors.torch import load_file, save_file
 
     from tpp.serve import store
     from tpp.adapter_dir import HEAD, WEIGHTS
     from tpp.recipes import run_recipe
 
-    run = work / "site_real"
+    run = work / (f"site_real_{input_size}px" if input_size else "site_real")
+    run = run.with_name(run.name + (f"_{steps}steps" if steps != 30 else ""))
     if not (run / "adapter").is_dir():
+        size = [f"backbone.input_size={input_size}"] if input_size else []
         run_recipe("finetune", ROOT / "recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml",
-                   [f"backbone.path={backbone}", f"data.root={data_root}", f"output_dir={run}", "train.max_steps=30"],
-                   overwrite=True)
+                   [f"backbone.path={backbone}", f"data.root={data_root}", f"output_dir={run}",
+                    f"train.max_steps={steps}", *size], overwrite=True)
     shutil.rmtree(work / "store", ignore_errors=True)
     store.publish(run, work / "store", "site00")
     gen = torch.Generator().manual_seed(0)
@@ -72,13 +82,16 @@ def make_sites(work: Path, backbone: str, data_root: str, n_sites: int) -> Path:
     return work / "store"
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds per call over ``repeats`` calls (after one warm-up call)."""
+def timed(fn, repeats: int, sync=None) -> float:
+    """Median seconds per call over ``repeats`` calls (after one warm-up call); ``sync()`` (a GPU's) is waited
+    for after each call."""
     fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
+        if sync is not None:
+            sync()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
@@ -96,21 +109,26 @@ def switch_pairs(bank, a, b, x: torch.Tensor, repeats: int) -> tuple[float, floa
     return float(np.median(times["same"])), float(np.median(times["other"]))
 
 
-def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int) -> dict:
-    """Switching, cold load, sizes and mixed-site batches, in one process."""
+def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int, device: str = "cpu") -> dict:
+    """Switching, cold load, sizes and mixed-site batches, in one process, on ``device``."""
     from tpp.serve.bank import AdapterBank
 
-    bank = AdapterBank(backbone, str(store_path))
+    bank = AdapterBank(backbone, str(store_path), device=device)
+    sync = torch.cuda.synchronize if bank.device.type == "cuda" else None  # GPU kernels run asynchronously
+
+    def timed_(fn, repeats: int) -> float:
+        return timed(fn, repeats, sync)
+
     names = sorted(p.name for p in store_path.iterdir())
     sites = {n: bank.site(n) for n in names}
     a, b = sites[names[0]], sites[names[1]]
-    fwd64 = timed(lambda: bank.predict([a] * 64, x[:64]), repeats)
-    fwd1 = timed(lambda: bank.predict([a], x[:1]), repeats * 4)
-    lookup = timed(lambda: [bank.site(n) for n in names], repeats * 4) / len(names)
+    fwd64 = timed_(lambda: bank.predict([a] * 64, x[:64]), repeats)
+    fwd1 = timed_(lambda: bank.predict([a], x[:1]), repeats * 4)
+    lookup = timed_(lambda: [bank.site(n) for n in names], repeats * 4) / len(names)
     same, switched = switch_pairs(bank, a, b, x[:64], repeats)
     toggle = iter(range(10**9))
     group = bank.groups["lora"].model
-    set_adapter = timed(lambda: group.set_adapter(a.adapter_name if next(toggle) % 2 else b.adapter_name), repeats * 4)
+    set_adapter = timed_(lambda: group.set_adapter(a.adapter_name if next(toggle) % 2 else b.adapter_name), repeats * 4)
     cold = []
     for n in names[:5]:
         bank.evict(n)
@@ -118,11 +136,12 @@ def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int)
         sites[n] = bank.site(n)
         cold.append(time.perf_counter() - start)
     mixed_sites = [sites[names[i % 8]] for i in range(64)]
-    mixed = timed(lambda: bank.predict(mixed_sites, x[:64]), repeats)
-    sub = AdapterBank(backbone, str(store_path), mixed_batches=False)  # per-site sub-batches for the same adapters
+    mixed = timed_(lambda: bank.predict(mixed_sites, x[:64]), repeats)
+    # per-site sub-batches for the same adapters
+    sub = AdapterBank(backbone, str(store_path), mixed_batches=False, device=device)
     sub_sites = {n: sub.site(n) for n in names[:8]}
-    sub_single = timed(lambda: sub.predict([sub_sites[names[0]]] * 64, x[:64]), repeats)
-    sub_mixed = timed(lambda: sub.predict([sub_sites[names[i % 8]] for i in range(64)], x[:64]), repeats)
+    sub_single = timed_(lambda: sub.predict([sub_sites[names[0]]] * 64, x[:64]), repeats)
+    sub_mixed = timed_(lambda: sub.predict([sub_sites[names[i % 8]] for i in range(64)], x[:64]), repeats)
     adapter_bytes = sum(f.stat().st_size for f in (store_path / names[0]).rglob("*.safetensors"))
     backbone_bytes = sum(f.stat().st_size for f in Path(backbone).glob("*.safetensors"))
     return {
@@ -134,11 +153,14 @@ def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int)
         "adapter_bytes": adapter_bytes, "backbone_bytes": backbone_bytes,
         "adapter_vs_backbone": adapter_bytes / backbone_bytes,
         "mixed8x8_vs_single64_lora_group": fwd64 / mixed, "mixed8x8_vs_single64_sub_batches": sub_single / sub_mixed,
+        "images_per_s_batch64": 64 / fwd64, "device": str(bank.device), "input_px": int(x.shape[-1]),
     }
 
 
-def offline(store_path: Path, backbone: str, images: np.ndarray) -> dict:
-    """Per-site probabilities from the evaluate recipe's model (no bank), the correctness reference."""
+def offline(store_path: Path, backbone: str, images: np.ndarray, device: str = "cpu") -> dict:
+    """Per-site probabilities from the evaluate recipe's model (no bank) on ``device``, the correctness
+    reference (on a GPU, fp32 convolutions may run in TF32: each device is its own reference)."""
+    from tpp.devices import resolve
     from tpp.serve import store
     from tpp.serve.images import to_model_input
     from tpp.recipes.evaluate import load_task_model
@@ -146,8 +168,10 @@ def offline(store_path: Path, backbone: str, images: np.ndarray) -> dict:
     out = {}
     for site in store.sites(store_path):
         model, card, _ = load_task_model(str(store.current(store_path, site).path), backbone)
+        model.to(resolve(device))
         with torch.no_grad():
-            out[site] = model(torch.cat([to_model_input(im, card["input"]) for im in images])).softmax(-1).numpy()
+            x = torch.cat([to_model_input(im, card["input"]) for im in images]).to(resolve(device))
+            out[site] = model(x).softmax(-1).cpu().numpy()
     return out
 
 
@@ -221,13 +245,15 @@ def pooled(windows: list[dict]) -> dict:
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
-def start_server(backbone: str, store_path: Path, max_resident: int) -> tuple[subprocess.Popen, int]:
+def start_server(backbone: str, store_path: Path, max_resident: int,
+                 device: str = "cpu") -> tuple[subprocess.Popen, int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
     proc = subprocess.Popen([sys.executable, "-m", "tpp.cli", "serve", "--backbone", backbone,
-                             "--store", str(store_path), "--port", str(port), "--max-resident", str(max_resident)],
+                             "--store", str(store_path), "--port", str(port), "--max-resident", str(max_resident),
+                             "--device", device],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # a hang guard, not a speed limit: on a loaded machine the start may take minutes; a server that dies is
     # reported at once
@@ -246,9 +272,10 @@ def start_server(backbone: str, store_path: Path, max_resident: int) -> tuple[su
     raise RuntimeError(f"tpp serve did not come up within {SERVER_START_S} s")
 
 
-def service_numbers(backbone: str, store_path: Path, images: np.ndarray, args) -> dict:
-    """Alternate the scenarios over ``args.rounds`` windows (machine noise hits them alike)."""
-    expected = offline(store_path, backbone, images)
+def service_numbers(backbone: str, store_path: Path, images: np.ndarray, args, device: str = "cpu") -> dict:
+    """Alternate the scenarios over ``args.rounds`` windows (machine noise hits them alike); ``tpp serve
+    --device device``."""
+    expected = offline(store_path, backbone, images, device)
     pngs = [png(im) for im in images]
     names = sorted(expected)[:10]
     scenarios = {16: {"1 site": names[:1], "10 sites, all resident": names},  # one server per LRU bound
@@ -256,14 +283,14 @@ def service_numbers(backbone: str, store_path: Path, images: np.ndarray, args) -
     window = args.seconds / args.rounds
     windows: dict[str, list] = {}
     for resident, runs in scenarios.items():
-        proc, port = start_server(backbone, store_path, resident)
+        proc, port = start_server(backbone, store_path, resident, device)
         try:
             load_test(port, names, pngs, expected, args.clients, 3, 10**9)  # warm-up: every site loaded once
             for round_ in range(args.rounds):
                 for label, sites in runs.items():
                     w = load_test(port, sites, pngs, expected, args.clients, window, args.max_requests)
                     windows.setdefault(label, []).append(w)
-                    print(f"round {round_ + 1} {label}: {len(w['latencies']) / w['wall_s']:.1f} req/s, "
+                    print(f"{device} round {round_ + 1} {label}: {len(w['latencies']) / w['wall_s']:.1f} req/s, "
                           f"{w['mismatches']} mismatches", flush=True)
         finally:
             proc.terminate()
@@ -275,9 +302,10 @@ def service_numbers(backbone: str, store_path: Path, images: np.ndarray, args) -
 
 
 def markdown(bank: dict, service: dict) -> str:
-    lines = ["| measure | value | goal |", "|---|---|---|",
+    lines = [f"Device **{bank['device']}**, {bank['input_px']} px input.", "",
+             "| measure | value | goal |", "|---|---|---|",
              f"| forward pass, batch 64 / batch 1 | {bank['forward_batch64_ms']:.1f} ms / "
-             f"{bank['forward_batch1_ms']:.2f} ms | |",
+             f"{bank['forward_batch1_ms']:.2f} ms ({bank['images_per_s_batch64']:.0f} images/s at batch 64) | |",
              f"| switching sites (resolve a resident site) | {bank['switch_lookup_us']:.1f} µs = "
              f"{100 * bank['switch_vs_forward64']:.4f}% of a batch-64 forward, "
              f"{100 * bank['switch_vs_forward1']:.3f}% of batch 1 | ≤ 1% |",
@@ -291,9 +319,10 @@ def markdown(bank: dict, service: dict) -> str:
              f"| mixed-site batch (8 sites x 8) vs single-site 64, LoRA group (peft adapter_names) | "
              f"{bank['mixed8x8_vs_single64_lora_group']:.2f}x throughput | ≥ 0.8x |",
              f"| same, per-site sub-batches (the path of non-LoRA methods) | "
-             f"{bank['mixed8x8_vs_single64_sub_batches']:.2f}x | |",
-             "", "| service scenario | requests | req/s | vs 1 site | p50 ms | p99 ms | errors | mismatches |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"{bank['mixed8x8_vs_single64_sub_batches']:.2f}x | |"]
+    if service:
+        lines += ["", "| service scenario | requests | req/s | vs 1 site | p50 ms | p99 ms | errors | mismatches |",
+                  "|---|---|---|---|---|---|---|---|"]
     for label, row in service.items():
         lines.append(f"| {label} | {row['requests']} | {row['requests_per_s']:.1f} | {row['vs_1_site']:.2f}x | "
                      f"{row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['errors']} | {row['mismatches']} |")
@@ -326,31 +355,65 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating windows per scenario")
     parser.add_argument("--max-requests", type=int, default=5000, help="cap per scenario")
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="cpu", help="comma-separated devices measured side by side, e.g. "
+                                                        "cpu,cuda (default cpu); the first is the reference")
+    parser.add_argument("--input-size", type=int, help="input size in pixels of the sites (the real site is "
+                                                       "fine-tuned at it); default: the backbone's")
+    parser.add_argument("--site-steps", type=int, default=30, help="fine-tuning steps of the real site")
+    parser.add_argument("--no-service", action="store_true", help="in-process numbers only (no tpp serve load test)")
     add_paths(parser, "serving")
     args = parser.parse_args(argv)
+    from tpp.devices import resolve
+
+    if args.sites < 8:
+        parser.error(f"--sites must be at least 8 (the mixed-site batch is 8 sites x 8 images), got {args.sites}")
+    device_list = list(dict.fromkeys(d.strip() for d in args.device.split(",") if d.strip()))  # each once
+    for d in device_list:
+        resolve(d, "--device")  # a missing GPU is one sentence, before any work
     if args.quick:
         args.seconds, args.repeats, args.rounds = 6.0, 5, 2
     from tpp.data.arrays import load_medmnist
     from tpp.serve.images import to_model_input
 
     args.work.mkdir(parents=True, exist_ok=True)
-    store_path = make_sites(args.work, args.backbone, args.data_root, args.sites)
+    store_path = make_sites(args.work, args.backbone, args.data_root, args.sites, args.input_size,
+                            args.site_steps)
     from tpp.serve import store
 
     card = store.current(store_path, "site00").card
     images = load_medmnist("breastmnist", args.data_root, False).split("test").images[:64]
     x = torch.cat([to_model_input(im, card["input"]) for im in images])
-    bank = bank_numbers(args.backbone, store_path, x, args.repeats)
-    print(json.dumps(bank, indent=1), flush=True)
-    service = service_numbers(args.backbone, store_path, images, args)
+    results = {}
+    for device in device_list:
+        bank = bank_numbers(args.backbone, store_path, x, args.repeats, device)
+        print(json.dumps(bank, indent=1), flush=True)
+        service = {} if args.no_service else service_numbers(args.backbone, store_path, images, args, device)
+        results[bank["device"]] = {"bank": bank, "service": service}
     machine = report.machine()
     command = "python benchmarks/serving.py " + " ".join(argv)
+    first = next(iter(results.values()))
     report.publish(args.out, "serving", machine, command,
-                   f"Backbone {args.backbone}; {args.sites} LoRA (r=8, q/v) sites; load: {args.clients} client threads "
-                   f"on loopback, one 28x28 PNG per request, {args.seconds:g} s per scenario in {args.rounds} "
-                   f"alternating windows (req/s: median window; latency: pooled); medians of {args.repeats} repeats "
-                   "for in-process timings.", markdown(bank, service), {"bank": bank, "service": service})
+                   f"Backbone {args.backbone}; {args.sites} LoRA (r=8, q/v) sites at {x.shape[-1]} px; load: "
+                   f"{args.clients} client threads on loopback, one 28x28 PNG per request, {args.seconds:g} s per "
+                   f"scenario in {args.rounds} alternating windows (req/s: median window; latency: pooled); medians "
+                   f"of {args.repeats} repeats for in-process timings. Devices: {', '.join(results)}.",
+                   "\n\n".join([device_ratios(results)] + [markdown(**r) for r in results.values()]),
+                   {"bank": first["bank"], "service": first["service"], "devices": results})
     return 0
+
+
+def device_ratios(results: dict) -> str:
+    """One table of the devices side by side: batch-64 images/s and service req/s (1 site), each against the
+    first device's."""
+    ref = next(iter(results.values()))
+    lines = ["| device | images/s, batch 64 | vs first | req/s, service, 1 site | vs first |", "|---|---|---|---|---|"]
+    for name, r in results.items():
+        rps = r["service"].get("1 site", {}).get("requests_per_s")
+        ref_rps = ref["service"].get("1 site", {}).get("requests_per_s")
+        lines.append(f"| {name} | {r['bank']['images_per_s_batch64']:.0f} | "
+                     f"{r['bank']['images_per_s_batch64'] / ref['bank']['images_per_s_batch64']:.2f}x | "
+                     f"{f'{rps:.1f}' if rps else '-'} | {f'{rps / ref_rps:.2f}x' if rps and ref_rps else '-'} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def check(cfg) -> None:
 
 
 def run(cfg, run) -> dict:
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, device=cfg.device)
     model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
     task = task_of_card(card)  # set up by the card: classification decides with its threshold
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
@@ -71,7 +71,8 @@ def run(cfg, run) -> dict:
     note = task.decision_line()
     metrics = {cfg.data.split: result,
                "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]},
-               **({"decision": note} if note else {}), "wall_time_s": round(run.elapsed(), 1)}
+               **({"decision": note} if note else {}), "wall_time_s": round(run.elapsed(), 1),
+               "device": str(accelerator.device)}
     run.log(event="evaluate", split=cfg.data.split, task=task.name, **{task.main_metric: result[task.main_metric]},
             **({"decision": note} if note else {}))
     publish_predictions(run, split_rows(task, cfg.data.split, split, None, pred, targets, list(dataset.class_names)))

@@ -48,7 +48,8 @@ def labelled_splits(cfg, dataset):
 
 def run(cfg, run) -> dict:
     task, options = get_task(cfg.task), cfg.task_options
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
+                                    device=cfg.device)
     encoder, info, _ = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                      input_size=cfg.backbone.input_size)
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
@@ -125,6 +126,7 @@ def run(cfg, run) -> dict:
     names = list(dataset.class_names)
     publish_predictions(run, split_rows(decided, "val", val, val_index, val_pred, y_val, names)
                         + split_rows(decided, "test", test, None, test_pred, y_test, names))
+    metrics["device"] = str(accelerator.device)
     run.publish_json("metrics.json", metrics)
     return metrics
 

@@ -121,7 +121,7 @@ def check(cfg) -> None:
 
 def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
-                                    find_unused_parameters=True)
+                                    find_unused_parameters=True, device=cfg.device)
     mae = cfg.pretext.resolved()
     x, source, labels, entries, classes = load_pool(cfg)
     model = build_model(cfg.model, mae.mask_ratio, mae.norm_pix_loss, cfg.seed)
@@ -163,6 +163,7 @@ def run(cfg, run) -> dict:
                       "seed": cfg.seed},
             "summary": summary, "loss_curve": curve, "versions": versions()}
     run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, mae.mask_ratio, card))
+    summary["device"] = str(accelerator.device)
     run.publish_json("metrics.json", summary)
     return summary
 

@@ -19,7 +19,7 @@ class Recipe:
     ignores: tuple[str, ...] = ()
 
 
-COMMON = ("recipe", "seed", "output_dir", "train")
+COMMON = ("recipe", "seed", "output_dir", "device", "train")
 RECIPES = {
     "finetune": Recipe("train a site adapter + a task head (task: classification, segmentation ...)",
                        COMMON + ("task", "site", "backbone", "adapter", "data"),

@@ -46,7 +46,8 @@ def check(cfg) -> None:
 
 
 def run(cfg, run) -> dict:
-    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with)
+    accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, log_with=cfg.train.log_with,
+                                    device=cfg.device)
     pretext_kind, pretext_options = get_pretext(cfg.pretext.name), cfg.pretext.resolved()
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                            with_decoder=pretext_kind.uses_checkpoint_decoder(pretext_options),
@@ -96,6 +97,7 @@ def run(cfg, run) -> dict:
                "images": len(x), "trainable_parameters": adapter_parameters,
                "pretext_head_parameters": pretext_head_parameters,
                "adapter_bytes": dir_size(adapter), "wall_time_s": round(run.elapsed(), 1)}
+    summary["device"] = str(accelerator.device)
     run.publish_json("metrics.json", summary)
     return summary
 

@@ -197,8 +197,11 @@ def test_cli_predict_single_site_and_site_map(world, tmp_path, capsys):
                                            world["expected"][site][i])
     (folder / "5.png").write_bytes(b"not an image")
     before = out.read_bytes()
-    assert main([*args, "--site", "site_a", str(folder), "--out", str(out)]) == 2
+    assert main([*args, "--site", "site_a", str(folder), "--out", str(out), "--on-bad-file", "fail"]) == 2
     assert "5.png" in capsys.readouterr().err and out.read_bytes() == before  # nothing half-written
+    assert main([*args, "--site", "site_a", str(folder), "--out", str(out)]) == 0  # default: skip and list it
+    assert len(list(csv.DictReader(open(out)))) == 5
+    assert [r["image"] for r in csv.DictReader(open(tmp_path / "preds_skipped.csv"))] == [str(folder / "5.png")]
 
 
 def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):

@@ -44,11 +44,14 @@ Relative paths in the config (relative to its folder) are written into the copy 
     "predict": """examples:
   tpp predict --backbone B --store STORE --site hospital_a scans/ --out preds.csv
   tpp predict --backbone B --store STORE --site-map batch.csv --out preds.csv   # columns image,site
-  tpp predict --backbone B --store STORE --site ct_site vol.nii.gz --slice 2:40 --window 40,400 --out p.csv""",
+  tpp predict --backbone B --store STORE --site ct_site vol.nii.gz --slice 2:40 --window 40,400 --out p.csv
+  tpp predict --backbone B --store STORE --site hospital_a pacs/ --out p.csv --device cuda   # skipped: p_skipped.csv
+  tpp predict --backbone B --store STORE --site hospital_a scans/ --out p.csv --on-bad-file fail""",
     "serve": """examples:
   tpp serve --backbone ../shared/models/mae-vit-tiny-med --store STORE        # 127.0.0.1:8000, Ctrl-C stops
   curl -F images=@img.png http://127.0.0.1:8000/v1/sites/hospital_a/predict
-  TPP_SERVE_TOKEN=secret tpp serve --backbone B --store STORE --host 0.0.0.0   # other hosts need a token""",
+  TPP_SERVE_TOKEN=secret tpp serve --backbone B --store STORE --host 0.0.0.0   # other hosts need a token
+  tpp serve --backbone B --store STORE --device cuda:1 --precision bf16""",
     "plot": """examples:
   tpp plot runs/site_a                 # runs/site_a/curves.png (loss, validation), roc.png, calibration.png
   tpp plot runs/site_a_eval            # an evaluate run: roc.png and calibration.png from predictions.csv
@@ -129,6 +132,10 @@ def _add_deploy_commands(add) -> None:
     pr.add_argument("--max-image-pixels", type=int, default=2**26,
                     help="largest image read, in pixels (NIfTI: voxels of the whole volume), checked from the "
                          "header before decoding; default 67108864 (8192x8192)")
+    pr.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
+                    help="an input that cannot be read (truncated, not an image, too large, missing from a site map): "
+                         "skip (default) predicts the others and lists it with the reason in OUT_skipped.csv; "
+                         "fail stops at it and writes nothing")
     sv = add("serve", "HTTP service: one backbone, the store's site adapters")
     _common_deploy(sv)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs a token or --insecure)")
@@ -147,6 +154,12 @@ def _add_deploy_commands(add) -> None:
     sv.add_argument("--body-timeout", type=float, default=30.0,
                     help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
     for p in (pr, sv):
+        p.add_argument("--device", default="auto", help="where the backbone and adapters compute: auto (default: a "
+                                                        "CUDA GPU if there is one, else mps, else cpu), cpu, cuda, "
+                                                        "cuda:N, mps")
+        p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="fp32 (default: offline and served predictions agree); bf16, or fp16 (GPU only), run the "
+                            "forward under autocast: faster on GPUs, probabilities differ slightly")
         p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, about one per core); "
                                                     "cap it on a machine shared with other jobs")
 
@@ -362,30 +375,47 @@ def _backbone_hash(path: str) -> str:
 
 
 def cmd_predict(args) -> int:
+    from tpp.devices import describe
     from tpp.serve.bank import AdapterBank
     from tpp.serve.images import PixelLimits, parse_slice, parse_window
-    from tpp.serve.predict import assign_sites, predict_files, write_outputs
+    from tpp.serve.predict import assign_sites, predict_files, skipped_path, write_outputs, write_skipped
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    _check_device(args)
     _set_threads(args.threads)
     if Path(args.out).is_dir():  # before any prediction work
         raise TppError(f"--out '{args.out}' is a folder; give the CSV file to write, "
                        f"e.g. --out {Path(args.out) / 'preds.csv'}.")
-    pairs = assign_sites(args.site, args.site_map, args.images)
+    skipped = [] if args.on_bad_file == "skip" else None
+    pairs = assign_sites(args.site, args.site_map, args.images, skipped)
     if args.slice:
         parse_slice(args.slice)
     if args.max_image_pixels < 1:
         raise TppError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window),
                "limits": PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))}
-    bank = AdapterBank(args.backbone, args.store, args.max_resident)
-    rows, masks = predict_files(bank, pairs, args.batch_size, options)
-    path, folder = write_outputs(rows, masks, args.out)
+    bank = AdapterBank(args.backbone, args.store, args.max_resident, device=args.device, precision=args.precision)
+    print(f"device {describe(bank.device)}, precision {bank.precision}", file=sys.stderr)
+    rows, masks = predict_files(bank, pairs, args.batch_size, options, skipped)
+    if not rows:  # every input was unreadable: say so, with the list of why
+        listed = write_skipped(skipped, args.out)
+        raise TppError(f"none of the {len(skipped)} inputs could be predicted; {listed} lists each with its reason.")
+    path, folder = write_outputs(rows, masks, args.out, skipped or [])
     if folder:
         print(f"{len(masks)} files (PNG; segmentation: class-index masks at each image's size) -> {folder}")
     print(f"{len(rows)} images, {len({r['site'] for r in rows})} sites -> {path}")
+    if skipped:
+        print(f"warning: {len(skipped)} input(s) skipped (not readable as images) -> {skipped_path(path)}",
+              file=sys.stderr)
     return 0
+
+
+def _check_device(args) -> None:
+    """``--device`` and ``--precision`` of predict / serve, before any file is read or model loaded."""
+    from tpp.devices import check_precision, resolve
+
+    check_precision(args.precision, resolve(args.device, "--device"))
 
 
 def _set_threads(threads: int | None) -> None:
@@ -420,12 +450,14 @@ def cmd_serve(args) -> int:
     if args.max_request_pixels < args.max_image_pixels:
         raise TppError(f"--max-request-pixels ({args.max_request_pixels}) must be at least --max-image-pixels "
                        f"({args.max_image_pixels}): otherwise such an image could never be sent.")
+    _check_device(args)
     _set_threads(args.threads)
     try:
         serve(args.backbone, args.store, args.host, args.port, token=token, insecure=args.insecure,
               max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
               max_upload_bytes=int(args.max_upload_mb * 2**20), body_timeout_s=args.body_timeout,
-              limits=PixelLimits(args.max_image_pixels, args.max_request_pixels))
+              limits=PixelLimits(args.max_image_pixels, args.max_request_pixels), device=args.device,
+              precision=args.precision)
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
         print("tpp serve stopped", file=sys.stderr)
     return 0

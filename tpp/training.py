@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,37 +18,87 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from tpp.checkpoint import Checkpointer, rng_state, set_rng_state
+from tpp.devices import describe as describe_device
+from tpp.devices import resolve as resolve_device
 from tpp.errors import TppError
+from tpp.trackers import TRACKER_PACKAGES, tracker_problem
 from tpp.model import restore_trainable, trainable_state
 
 
 def build_accelerator(mixed_precision: str, seed: int, run=None, find_unused_parameters: bool = False,
-                      log_with: str | None = None) -> Accelerator:
-    """Accelerate decides the device and the process group; mixed precision comes from the config.
+                      log_with: str | None = None, device: str = "auto") -> Accelerator:
+    """An Accelerator on the config's ``device`` (see :mod:`tpp.devices`); mixed precision from the config.
 
-    Without a GPU, ``cpu=True`` lets several processes (``tpp run --num-processes N``, torchrun) form a
-    gloo group: Accelerate would otherwise run each of them as an independent single process.
-    ``find_unused_parameters`` is for models whose heads do not all see every batch (pretrain_backbone).
+    ``auto`` takes a GPU when there is one. Without a GPU, ``cpu=True`` lets several processes
+    (``tpp run --num-processes N``, torchrun) form a gloo group: Accelerate would otherwise run each of them
+    as an independent single process. With several processes each takes the GPU of its local rank, so only
+    ``auto``, ``cpu`` and ``cuda`` fit there. ``find_unused_parameters`` is for models whose heads do not all
+    see every batch (pretrain_backbone). The device is printed, logged (``log.jsonl``: event ``device``) and
+    is ``accelerator.device`` for the recipe's ``metrics.json``.
     """
     from accelerate.utils import DistributedDataParallelKwargs
 
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    problem = tracker_problem(log_with)
+    if problem:
+        raise TppError(problem)
     tracker = {"log_with": log_with, "project_dir": str(run.path)} if log_with and run is not None else {}
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=kwargs, **tracker)
+    with _placed_on(device):
+        accelerator = Accelerator(mixed_precision=mixed_precision, cpu=resolve_device(device).type == "cpu",
+                                  kwargs_handlers=kwargs, **tracker)
     if tracker:
         try:
             accelerator.init_trackers("tracker")
         except (ImportError, ModuleNotFoundError) as exc:
-            raise TppError(f"train.log_with={log_with} needs its package ({exc}): pip install {log_with}.") from None
+            raise TppError(f"train.log_with={log_with} needs its package ({exc}): pip install "
+                           f"{TRACKER_PACKAGES.get(log_with, log_with)}.") from None
     set_seed(seed)
     if accelerator.num_processes > 1:
         print(f"[tpp] process rank {accelerator.process_index} of world size {accelerator.num_processes} "
               f"({accelerator.distributed_type.value})", file=sys.stderr, flush=True)
+    if accelerator.is_main_process:
+        print(f"[tpp] device {describe_device(accelerator.device)}, mixed precision {mixed_precision}"
+              f"{f', {accelerator.num_processes} processes' if accelerator.num_processes > 1 else ''}",
+              file=sys.stderr, flush=True)
     if run is not None:
         run.log(event="processes", world_size=accelerator.num_processes,
                 backend=str(accelerator.distributed_type.value))
+        run.log(event="device", device=str(accelerator.device), requested=device,
+                name=describe_device(accelerator.device), mixed_precision=mixed_precision)
     return accelerator
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ
+
+
+@contextlib.contextmanager
+def _placed_on(device: str):
+    """Make the Accelerator built inside the block use ``device``.
+
+    One process: Accelerate takes an explicit device from ``ACCELERATE_TORCH_DEVICE`` (set for the block
+    only), and its process-wide state from an earlier run in this process is reset when it sits elsewhere.
+    Several processes: Accelerate places each on its local rank's GPU; a fixed ``cuda:N`` is refused."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    target = resolve_device(device)
+    if _distributed():
+        if device.strip().lower().startswith("cuda:"):
+            raise TppError(f"device={device} fixes one GPU, but this run has several processes (each takes the "
+                           "GPU of its local rank): use device=cuda or auto, and CUDA_VISIBLE_DEVICES to choose GPUs.")
+        yield
+        return
+    if PartialState._shared_state and PartialState._shared_state.get("device") != target:
+        AcceleratorState._reset_state(reset_partial_state=True)  # an earlier run in this process, elsewhere
+    saved = os.environ.get("ACCELERATE_TORCH_DEVICE")
+    os.environ["ACCELERATE_TORCH_DEVICE"] = str(target)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("ACCELERATE_TORCH_DEVICE", None)
+        else:
+            os.environ["ACCELERATE_TORCH_DEVICE"] = saved
 
 
 def make_loader(*tensors: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:

@@ -34,11 +34,22 @@ def _check_values(cfg: RunConfig, problems: list[str]) -> None:
     _check_data(cfg.data, "data", problems)
     for i, entry in enumerate(cfg.pool):
         _check_data(entry.data, f"pool[{i}].data", problems)
+    _check_device(cfg, problems)
     if train.mixed_precision == "fp16":
         import torch
 
         if not torch.cuda.is_available():
             problems.append("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU.")
+
+
+def _check_device(cfg: RunConfig, problems: list[str]) -> None:
+    """``device`` names a device this machine has; ``train.log_with`` a tracker whose package is installed."""
+    from tpp.devices import device_problem
+    from tpp.trackers import tracker_problem
+
+    problems += [p for p in (device_problem(cfg.device), tracker_problem(cfg.train.log_with)) if p]
+    if cfg.train.mixed_precision == "fp16" and cfg.device.strip().lower() == "cpu":
+        problems.append("train.mixed_precision=fp16 needs a GPU, but device=cpu; use train.mixed_precision=bf16 or no.")
 
 
 def _check_train(train: TrainConfig, problems: list[str]) -> None:

@@ -105,8 +105,9 @@ class TrainConfig:
     epochs: int = _f(10, "passes over the training split (ignored when max_steps is set)")
     max_steps: Optional[int] = _f(None, "optimiser steps; takes precedence over epochs")
     batch_size: int = _f(64, "images per optimiser step")
-    log_with: Optional[Literal["tensorboard"]] = _f(None, "also log through an Accelerate tracker (into output_dir; "
-                                                          "pip install tensorboard)")
+    log_with: Optional[str] = _f(None, "also log through an Accelerate tracker: tensorboard, wandb, mlflow, aim, "
+                                       "comet_ml, clearml, dvclive, swanlab or trackio (its package must be installed; "
+                                       "local files go into output_dir)")
     checkpoint_every: Optional[int] = _f(None, "save trainable tensors + optimiser/scheduler/RNG/data position "
                                                "every N steps")
     keep_checkpoints: int = _f(2, "how many of the newest checkpoints to keep")
@@ -175,6 +176,8 @@ class RunConfig:
     site: str = _f("default", "hospital / site name recorded in the adapter card")
     seed: int = _f(0, "seed for data subsets, initialisation and shuffling")
     output_dir: str = _f("runs/default", "where the run writes its log, metrics and adapter")
+    device: str = _f("auto", "where the run computes: auto (a CUDA GPU if there is one, else mps, else cpu), cpu, "
+                             "cuda, cuda:N or mps; recorded in log.jsonl and metrics.json")
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     data: DataConfig = field(default_factory=DataConfig)

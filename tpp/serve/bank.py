@@ -13,6 +13,9 @@
   site's own adapter modules. Afterwards :class:`~tpp.serve.integrity.BackboneGuard` checks that no backbone
   tensor was written (else restores it from disk and refuses the site), and one zero image runs through
   the site (a card that does not fit its tensors fails here, not in a shared batch).
+- Everything computes on one ``device`` (:mod:`tpp.devices`; ``auto``: a GPU if there is one): the backbone is
+  moved there once, before the guard's snapshot; a site's own tensors (adapter, head) follow it. ``precision``
+  ``bf16`` / ``fp16`` runs forwards under autocast (opt-in); the weights, and the backbone, stay fp32.
 - A site that fails to load or to predict is *refused* with its reason until its store pointer moves
   to another version (:attr:`AdapterBank.refused`; ``GET /v1/sites`` shows it).
 
@@ -29,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from tpp import devices
 from tpp.serve import store as adapter_store
 from tpp.adapter_dir import verify_backbone
 from tpp.backbones import Encoder, load_backbone
@@ -91,11 +95,15 @@ class AdapterBank:
     """``predict(sites, images) -> probabilities`` for a batch whose rows may belong to different sites."""
 
     def __init__(self, backbone_path: str, store_path: str, max_resident: int = 16, mean=None, std=None,
-                 mixed_batches: bool = True):
-        """``mixed_batches=False`` runs every site as a per-site sub-batch (for comparison)."""
+                 mixed_batches: bool = True, device: str = "cpu", precision: str = "fp32"):
+        """``mixed_batches=False`` runs every site as a per-site sub-batch (for comparison). ``device``: auto, cpu,
+        cuda, cuda:N or mps; ``precision``: fp32 (default), bf16 or fp16 (autocast)."""
         if max_resident < 1:
             raise TppError(f"max_resident must be at least 1, got {max_resident}.")
+        self.device = devices.resolve(device, "--device")
+        self.precision = devices.check_precision(precision, self.device)
         self.encoder, self.info, _ = load_backbone(backbone_path, mean, std)
+        self.encoder.model.to(self.device)  # before the guard's snapshot: the moved tensors are the shared ones
         self.guard = BackboneGuard(self.encoder.model, lambda: load_backbone(backbone_path, mean, std)[0].model,
                                    self.info.hash)
         self.store = store_path
@@ -194,18 +202,20 @@ class AdapterBank:
         checked = check_adapter(sv.files, str(sv.path))
         card = checked.card
         verify_backbone(card, self.info, source)
-        head = build_head(card, self.info.hidden_size, checked.head_state, source)
+        head = build_head(card, self.info.hidden_size, checked.head_state, source).to(self.device)
+        state = {k: v.to(self.device) for k, v in checked.state.items()}  # compared with the loaded tensors there
         self.loads += 1
         try:
             config = mixed_batch_config(card) if self.mixed_batches else None
             if config is not None:
                 name = f"{sv.site}__{sv.version}"
-                self._add_to_group(card["method"], name, config, checked.state, source)
+                self._add_to_group(card["method"], name, config, state, source)
                 site = Site(sv.site, sv.version, card, head, None, name, card["method"])
             else:
                 encoder = Encoder(share_weights_copy(self.encoder.model), self.encoder.family)
                 attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
-                load_adapter_state(encoder, checked.state, source)
+                move_own_tensors(encoder.model, self.device)
+                load_adapter_state(encoder, state, source)
                 site = Site(sv.site, sv.version, card, head, encoder.eval())
         finally:
             self.guard.check(source)  # restores the backbone and raises if anything wrote into it
@@ -240,6 +250,7 @@ class AdapterBank:
             group = self.groups[method] = Encoder(model, self.encoder.family)
         else:
             group.model.add_adapter(name, config)
+        move_own_tensors(group.model, self.device)
         group.eval()
         own = get_peft_model_state_dict(group.model, adapter_name=name)
         if set(own) != set(state) or any(own[k].shape != state[k].shape for k in own):
@@ -303,19 +314,35 @@ class AdapterBank:
             rows_of.setdefault(id(s), []).append(i)
             if s.group is not None:
                 group_rows.setdefault(s.group, []).append(i)
-        tokens = torch.empty(pixels.shape[0], self.encoder.num_patches(pixels), self.info.hidden_size)
-        for method, rows in group_rows.items():
-            group = self.groups[method]
-            out = group(pixels[rows], adapter_names=[sites[i].adapter_name for i in rows])
-            tokens[rows] = group.patch_tokens(out)
-        results: list = [None] * len(sites)
-        for rows in rows_of.values():
-            site = sites[rows[0]]
-            if site.encoder is not None:
-                tokens[rows] = site.encoder.patch_tokens(site.encoder(pixels[rows]))
-            for row, r in zip(rows, head_outputs(site, tokens[rows], pixels[rows], self.encoder)):
-                results[row] = r
+        pixels = pixels.to(self.device)
+        tokens = torch.empty(pixels.shape[0], self.encoder.num_patches(pixels), self.info.hidden_size,
+                             device=self.device)
+        with devices.autocast(self.device, self.precision):
+            for method, rows in group_rows.items():
+                group = self.groups[method]
+                out = group(pixels[rows], adapter_names=[sites[i].adapter_name for i in rows])
+                tokens[rows] = group.patch_tokens(out).float()
+            results: list = [None] * len(sites)
+            for rows in rows_of.values():
+                site = sites[rows[0]]
+                if site.encoder is not None:
+                    tokens[rows] = site.encoder.patch_tokens(site.encoder(pixels[rows])).float()
+                for row, r in zip(rows, head_outputs(site, tokens[rows], pixels[rows], self.encoder)):
+                    results[row] = (r.float() if r.is_floating_point() else r).cpu()
         return results
+
+
+def move_own_tensors(module: nn.Module, device: torch.device) -> None:
+    """Move the parameters and buffers of ``module`` that are not on ``device`` yet (an adapter's or a head's,
+    created on the CPU) there. Tensors already on the device (the shared backbone's) are not touched at all:
+    ``Module.to`` would re-assign them too."""
+    for sub in module.modules():
+        for table in (sub._parameters, sub._buffers):
+            for name, tensor in table.items():
+                if tensor is None or tensor.device == device:
+                    continue
+                moved = tensor.detach().to(device)
+                table[name] = nn.Parameter(moved, tensor.requires_grad) if isinstance(tensor, nn.Parameter) else moved
 
 
 def head_outputs(site: Site, tokens: torch.Tensor, pixels: torch.Tensor, encoder: Encoder) -> torch.Tensor:

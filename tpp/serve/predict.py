@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +22,54 @@ from tpp.errors import TppError
 from tpp.rundir import write_atomic, write_error
 
 SUFFIXES = readers.PIL_SUFFIXES | {".npy", ".dcm", ".dicom", ".nii", ".gz"}
+ON_BAD_FILE = ("skip", "fail")
+SNIFF_BYTES = 132  # a DICOM preamble (128 bytes) and its "DICM"; every other format's magic is shorter
 
 
-def collect(inputs: list[str]) -> list[Path]:
-    """Files as given, folders expanded (recursively, sorted) to the image files they hold."""
+@dataclass
+class Skipped:
+    """An input that was not predicted and why (one row of ``<OUT stem>_skipped.csv``)."""
+    image: str
+    site: str
+    reason: str
+
+
+def _is_image(path: Path) -> bool:
+    """By suffix, else by content: extensionless DICOM (PACS style ``IM00001``), ``.npy``, NIfTI, PNG, JPEG."""
+    if path.suffix.lower() in SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+        readers.sniff(head, path.name)
+        return True
+    except (OSError, readers.ImageError):
+        return False
+
+
+def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Path]:
+    """Files as given, folders expanded (recursively, sorted) to the image files they hold, by suffix or by
+    content. Hidden files are left out; any other file of a folder is appended to ``skipped`` (``None``: an
+    error naming it). A folder without any image file is an error naming it."""
     files = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                           and not p.name.startswith("."))
+            entries = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            kinds = [_is_image(p) for p in entries]
+            found = [p for p, image in zip(entries, kinds) if image]
+            others = [p for p, image in zip(entries, kinds) if not image]
             if not found:
-                raise TppError(f"folder '{path}' holds no image files ({', '.join(sorted(SUFFIXES))}).")
+                seen = f" (it holds {len(others)} other file(s), e.g. '{others[0].name}')" if others else \
+                    " (it is empty)"
+                raise TppError(f"folder '{path}' holds no image files{seen}; tpp predict reads "
+                               f"{', '.join(sorted(SUFFIXES))} and DICOM files without a suffix.")
+            for other in others:
+                reason = "not an image file tpp reads (PNG, JPEG, .npy, DICOM, NIfTI)"
+                if skipped is None:
+                    raise TppError(f"'{other}': {reason}. Pass --on-bad-file skip to predict the other images "
+                                   "and list this one in OUT_skipped.csv.")
+                skipped.append(Skipped(str(other), "", reason))
             files += found
         elif path.is_file():
             files.append(path)
@@ -66,21 +103,34 @@ def read_site_map(path: str) -> list[tuple[str, str]]:
     return rows
 
 
-def assign_sites(site: str | None, site_map: str | None, inputs: list[str]) -> list[tuple[Path, str]]:
-    """(image file, site) pairs from ``--site`` or ``--site-map`` (exactly one of them)."""
+def assign_sites(site: str | None, site_map: str | None, inputs: list[str],
+                 skipped: list[Skipped] | None = None) -> list[tuple[Path, str]]:
+    """(image file, site) pairs from ``--site`` or ``--site-map`` (exactly one of them). With a ``skipped``
+    list (``--on-bad-file skip``), files of folders that are no images, and site-map images that do not
+    exist, go there instead of failing."""
     if (site is None) == (site_map is None):
         raise TppError("give exactly one of --site SITE or --site-map CSV.")
     if site is not None:
-        return [(f, site) for f in collect(inputs)]
+        if not inputs:
+            raise TppError("no images given: pass image files or folders after --site SITE (or use --site-map CSV).")
+        found = collect(inputs, skipped)
+        for entry in skipped or []:
+            entry.site = entry.site or site
+        return [(f, site) for f in found]
     mapping = read_site_map(site_map)
     if inputs:
         raise TppError("with --site-map the images come from its image column; pass no IMAGES.")
     base = Path(site_map).parent
     pairs = [((base / img) if not Path(img).is_absolute() else Path(img), s) for img, s in mapping]
-    for file, _ in pairs:
-        if not file.is_file():
+    present = []
+    for file, name in pairs:
+        if file.is_file():
+            present.append((file, name))
+        elif skipped is None:
             raise TppError(f"site map '{site_map}': image '{file}' does not exist.")
-    return pairs
+        else:
+            skipped.append(Skipped(str(file), name, f"listed in site map '{site_map}' but does not exist"))
+    return present
 
 
 def plan_batches(pairs: list[tuple[Path, str]], batch_size: int, max_sites: int) -> list[list[int]]:
@@ -98,31 +148,79 @@ def plan_batches(pairs: list[tuple[Path, str]], batch_size: int, max_sites: int)
 
 
 def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: int = 64,
-                  read_options: dict | None = None) -> tuple[list[dict], dict[str, np.ndarray]]:
-    """One row per image, in input order: image, site, version, then label + prob_<label> per label
+                  read_options: dict | None = None,
+                  skipped: list[Skipped] | None = None) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """One row per predicted image, in input order: image, site, version, then label + prob_<label> per label
     name (classification) or mask file + frac_<class> per class (segmentation).
+
+    A file that cannot be read (truncated, not an image, too large ...) goes to ``skipped`` with the reason,
+    and the others are predicted; without a ``skipped`` list it is an error naming the file.
     Returns (rows, {mask file name: uint8 class-index mask (h, w)})."""
     rows: list = [None] * len(pairs)
     masks: dict[str, np.ndarray] = {}
     batches = plan_batches(pairs, batch_size, bank.max_resident)
     for batch in tqdm(batches, desc="predict", unit="batch", disable=len(batches) <= 1):
-        sites = [bank.site(pairs[i][1]) for i in batch]
-        arrays = [readers.read(pairs[i][0], **(read_options or {})) for i in batch]
-        x = [readers.to_model_input(a, s.input_rule) for a, s in zip(arrays, sites)]
-        for i, site, array, out in zip(batch, sites, arrays, bank.predict(sites, x)):
+        good, sites, arrays, x = [], [], [], []
+        for i in batch:
+            site = bank.site(pairs[i][1])
+            try:
+                array = readers.read(pairs[i][0], **(read_options or {}))
+                tensor = readers.to_model_input(array, site.input_rule)
+            except (readers.ImageError, OSError, ValueError) as exc:
+                _bad_file(pairs[i], exc, skipped)
+                continue
+            good.append(i)
+            sites.append(site)
+            arrays.append(array)
+            x.append(tensor)
+        outputs = bank.predict(sites, x) if good else []
+        for i, site, array, out in zip(good, sites, arrays, outputs):
             row = {"image": str(pairs[i][0]), "site": site.name, "version": site.version}
             stem = f"{i:05d}_{Path(pairs[i][0]).name.split('.')[0]}"
             columns, files = site.task.csv_entry(site.task.per_image(out, array), site.label_names, stem)
             row.update(columns)
             masks.update(files)
             rows[i] = row
-    return rows, masks
+    return [r for r in rows if r is not None], masks
 
 
-def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str) -> tuple[Path, Path | None]:
+def _bad_file(pair: tuple[Path, str], exc: Exception, skipped: list[Skipped] | None) -> None:
+    """Record an unreadable input in ``skipped``, or (``None``) fail naming it and the way around."""
+    reason = str(exc) if isinstance(exc, TppError) else f"'{pair[0]}' cannot be read ({type(exc).__name__}: {exc})"
+    if skipped is None:
+        raise TppError(f"{reason.rstrip('.')}. Nothing was written; pass --on-bad-file skip to predict the other "
+                       "images and list this one in OUT_skipped.csv.") from None
+    skipped.append(Skipped(str(pair[0]), pair[1], reason))
+
+
+def skipped_path(out: str | Path) -> Path:
+    """``<OUT stem>_skipped.csv`` beside the predictions CSV."""
+    path = Path(out)
+    return path.with_name(path.stem + "_skipped.csv")
+
+
+def write_skipped(skipped: list[Skipped], out: str | Path) -> Path | None:
+    """The list of inputs not predicted (columns image, site, reason), atomically, beside ``out``; with none,
+    a list left by an earlier run is removed (it would describe other inputs). Returns its path or None."""
+    path = skipped_path(out)
+    if not skipped:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["image", "site", "reason"])
+    writer.writerows([s.image, s.site, s.reason] for s in skipped)
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str,
+                  skipped: list[Skipped] = ()) -> tuple[Path, Path | None]:
     """The CSV and, where the sites' tasks write files (segmentation: class-index mask PNGs),
-    ``<OUT stem>_masks/`` (the CSV column naming each file points into it). Both are staged first and then
-    moved into place, replacing older outputs; a stale masks folder from an earlier run is removed. Returns
+    ``<OUT stem>_masks/`` (the CSV column naming each file points into it), and ``<OUT stem>_skipped.csv``
+    listing the inputs not predicted. They are staged first and then moved into place, replacing older
+    outputs; a stale masks folder or skipped list from an earlier run is removed. Returns
     (CSV path, masks folder or None)."""
     import os
     import shutil
@@ -148,6 +246,7 @@ def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str) -> t
         if masks:
             os.replace(tmp, folder)
             placed = True
+        write_skipped(list(skipped), path)
         write_csv(rows, out)
     except BaseException as exc:  # disk full ...: no new masks without their CSV, the earlier outputs stay
         if placed:

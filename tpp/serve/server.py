@@ -22,6 +22,7 @@ import logging
 import torch
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 
+from tpp.devices import describe
 from tpp.serve import store as adapter_store
 from tpp.errors import TppError
 from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
@@ -225,21 +226,23 @@ def check_binding(host: str, token: str | None, insecure: bool) -> None:
 def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
           insecure: bool = False, max_resident: int = 16, max_batch: int = 64, max_wait_ms: float = 5.0,
           max_upload_bytes: int = 10 * 2**20, limits: PixelLimits = DEFAULT_LIMITS,
-          body_timeout_s: float = 30.0) -> None:
-    """Load the backbone, check the store, serve until Ctrl-C / SIGTERM (uvicorn's handlers)."""
+          body_timeout_s: float = 30.0, device: str = "auto", precision: str = "fp32") -> None:
+    """Load the backbone on ``device`` (``precision``: fp32, or bf16 / fp16 under autocast), check the store,
+    serve until Ctrl-C / SIGTERM (uvicorn's handlers)."""
     import uvicorn
 
     from tpp.serve.bank import AdapterBank
 
     check_binding(host, token, insecure)
-    bank = AdapterBank(backbone, store_path, max_resident)
+    bank = AdapterBank(backbone, store_path, max_resident, device=device, precision=precision)
     for problem in adapter_store.check(store_path, bank.info.hash):
         log.warning("will refuse %s", problem)
     worker = InferenceWorker(bank, max_batch, max_wait_ms)
     app = create_app(worker, store_path, token, max_upload_bytes, limits=limits, body_timeout_s=body_timeout_s)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("backbone %s (hash %s), store %s, up to %d resident sites, %d torch threads", bank.info.id,
-             bank.info.hash[:12], store_path, max_resident, torch.get_num_threads())
+    log.info("backbone %s (hash %s), store %s, up to %d resident sites, %d torch threads, device %s, precision %s",
+             bank.info.id, bank.info.hash[:12], store_path, max_resident, torch.get_num_threads(),
+             describe(bank.device), bank.precision)
     try:
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
     finally:

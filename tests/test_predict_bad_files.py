@@ -1,0 +1,107 @@
+"""``tpp predict`` over folders as hospitals have them: a truncated PNG, PACS-style DICOM files without a suffix,
+stray non-image files, empty folders; ``--on-bad-file skip`` (default) and ``fail``."""
+import csv
+
+import numpy as np
+import pytest
+from helpers import dicom_bytes, png_bytes, run_cli
+from serving_fixtures import SITES, fine_tuned_sites
+
+from tpp.serve import store
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("badfiles")
+    w = fine_tuned_sites(base, {"site_a": SITES["site_a"]}, images=4)
+    store.publish(w["runs"]["site_a"], base / "store", "site_a")
+    return dict(w, store=base / "store")
+
+
+def predict(world, *args) -> int:
+    return run_cli("predict", "--backbone", world["backbone"], "--store", world["store"], "--device", "cpu", *args)
+
+
+def rows(path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def pacs_folder(world, folder):
+    """Two PNGs, a truncated PNG, an extensionless DICOM (and the same file as .dcm), a text file, a hidden file."""
+    (folder / "sub").mkdir(parents=True)
+    good = png_bytes(world["images"][0])
+    (folder / "a.png").write_bytes(good)
+    (folder / "b.png").write_bytes(png_bytes(world["images"][1]))
+    (folder / "broken.png").write_bytes(good[: len(good) // 2])  # cut off mid-stream, as a failed copy leaves it
+    scan = dicom_bytes((np.arange(28 * 28).reshape(28, 28) * 50) % 4000)
+    (folder / "sub" / "IM00001").write_bytes(scan)
+    (folder / "sub" / "IM00001.dcm").write_bytes(scan)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".DS_Store").write_bytes(b"\0\1")
+
+
+def test_skip_predicts_every_good_file_finds_pacs_dicom_and_lists_the_rest(world, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    pacs_folder(world, folder)
+    out = tmp_path / "preds.csv"
+    assert predict(world, "--site", "site_a", folder, "--out", out) == 0
+    got = {r["image"]: r for r in rows(out)}
+    assert sorted(got) == sorted(str(folder / n) for n in ("a.png", "b.png", "sub/IM00001", "sub/IM00001.dcm"))
+    no_suffix, dcm = got[str(folder / "sub/IM00001")], got[str(folder / "sub/IM00001.dcm")]
+    assert no_suffix["prob_malignant"] == dcm["prob_malignant"]  # read as DICOM, by its preamble
+    skipped = {r["image"]: r for r in rows(tmp_path / "preds_skipped.csv")}
+    assert sorted(skipped) == [str(folder / "broken.png"), str(folder / "notes.txt")]
+    assert "broken.png" in skipped[str(folder / "broken.png")]["reason"]
+    assert all(r["site"] == "site_a" and r["reason"] for r in skipped.values())
+    assert "2 input(s) skipped" in capsys.readouterr().err
+
+    (folder / "broken.png").unlink()
+    (folder / "notes.txt").unlink()
+    assert predict(world, "--site", "site_a", folder, "--out", out) == 0
+    assert len(rows(out)) == 4 and not (tmp_path / "preds_skipped.csv").exists()  # no stale list of other inputs
+
+
+def test_fail_stops_at_the_first_bad_file_and_writes_nothing(world, tmp_path, capsys):
+    folder = tmp_path / "scans"
+    pacs_folder(world, folder)
+    (folder / "notes.txt").unlink()
+    out = tmp_path / "preds.csv"
+    assert predict(world, "--site", "site_a", folder, "--out", out, "--on-bad-file", "fail") == 2
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "--on-bad-file skip" in err and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "preds_skipped.csv").exists()
+    (folder / "notes.txt").write_text("x")  # with fail, a stray file of a folder is an error too
+    assert predict(world, "--site", "site_a", folder, "--out", out, "--on-bad-file", "fail") == 2
+    assert "notes.txt" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [None, "readme.txt"])
+def test_a_folder_without_images_is_an_error_naming_it(world, tmp_path, capsys, content):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    if content:
+        (folder / content).write_text("x")
+    assert predict(world, "--site", "site_a", folder, "--out", tmp_path / "p.csv") == 2
+    err = capsys.readouterr().err
+    assert f"folder '{folder}' holds no image files" in err and (content or "empty") in err
+    assert predict(world, "--site", "site_a", "--out", tmp_path / "p.csv") == 2
+    assert "no images given" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+
+
+def test_nothing_readable_is_an_error_with_the_list_and_a_site_map_gap_is_skipped(world, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "p.csv"
+    assert predict(world, "--site", "site_a", tmp_path / "bad.png", "--out", out) == 2
+    assert "none of the 1 inputs could be predicted" in capsys.readouterr().err
+    assert not out.exists() and rows(tmp_path / "p_skipped.csv")[0]["image"] == str(tmp_path / "bad.png")
+
+    (tmp_path / "ok.png").write_bytes(png_bytes(world["images"][2]))
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("image,site\nok.png,site_a\ngone.png,site_a\n")
+    assert predict(world, "--site-map", mapping, "--out", out) == 0
+    assert [r["image"] for r in rows(out)] == [str(tmp_path / "ok.png")]
+    assert [(r["image"], r["site"]) for r in rows(tmp_path / "p_skipped.csv")] == [(str(tmp_path / "gone.png"),
+                                                                                     "site_a")]
+    assert predict(world, "--site-map", mapping, "--out", out, "--on-bad-file", "fail") == 2
+    assert "gone.png' does not exist" in capsys.readouterr().err

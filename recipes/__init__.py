@@ -129,7 +129,7 @@ def check_resume(path: Path, cfg) -> None:
     step, nor below the run's own total). A run that succeeded raises :class:`RunFinished` unless extended."""
     from tpp.errors import TppError
 
-    check_same_config(path, cfg.to_dict(), may_change=("train.max_steps",))
+    check_same_config(path, cfg.to_dict(), may_change=("train.max_steps",), defaults=_defaults(cfg))
     old = _saved_train(path).get("max_steps")
     new = cfg.train.max_steps
     step = _checkpoint_step(path, cfg.train.resume)
@@ -198,10 +198,19 @@ def refuse_finished(path: Path, max_steps: int | None = None, step: int | None =
                       "to train it again, drop train.resume and pass --overwrite).", path, summary)
 
 
-def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()) -> None:
+def _defaults(cfg) -> dict:
+    """The default config of ``cfg``'s recipe and task (what a key added to tpp later meant before)."""
+    from tpp.config import build_config
+
+    return build_config({"recipe": cfg.recipe, "task": cfg.task}).to_dict()
+
+
+def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = (), defaults: dict | None = None) -> None:
     """A resumed run must use the interrupted run's config (``train.resume`` itself may differ, and the dotted
     keys in ``may_change``). Only the sections of ``config`` (those its recipe reads) are compared: a
-    ``config.yaml`` written before configs were scoped to their recipe holds every section."""
+    ``config.yaml`` written before configs were scoped to their recipe holds every section. A key the saved
+    config lacks (added to tpp since: ``device``, ``classification.threshold`` ...) counts as its value in
+    ``defaults`` (the run ran as that default does)."""
     import yaml
 
     from tpp.config import drop_other_pretexts_defaults
@@ -224,6 +233,8 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
         return out
 
     old, new = flat(saved), flat(config)
+    for key, value in flat(defaults or {}).items():
+        old.setdefault(key, value)
     skip = {"train.resume", *may_change}
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in skip)
     if differing:

@@ -398,3 +398,21 @@ def test_resume_accepts_a_config_yaml_saved_with_every_section(tmp_path):
     check_same_config(tmp_path, load_config(FINETUNE, ["train.resume=auto"], recipe="finetune").to_dict())
     with pytest.raises(TppError, match=r"differs from the interrupted run.*\(train\.lr: 0\.001 -> 0\.5\)"):
         check_same_config(tmp_path, load_config(FINETUNE, ["train.lr=0.5"], recipe="finetune").to_dict())
+
+
+def test_resume_reads_keys_added_since_the_run_as_their_defaults(tmp_path):
+    """A run saved before ``device`` and the ``classification`` section existed ran as their defaults do: it
+    resumes under them, and is refused when the resumed config sets one of them to something else."""
+    from tpp.errors import TppError
+    from tpp.recipes import _defaults, check_same_config
+
+    cfg = load_config(FINETUNE, recipe="finetune")
+    old = cfg.to_dict()
+    del old["device"], old["classification"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(TppError, match="device: None -> 'auto'"):  # without defaults, the old behaviour
+        check_same_config(tmp_path, cfg.to_dict())
+    check_same_config(tmp_path, cfg.to_dict(), defaults=_defaults(cfg))
+    changed = load_config(FINETUNE, ["device=cpu", "classification.threshold=0.3"], recipe="finetune")
+    with pytest.raises(TppError, match=r"classification\.threshold: 'youden' -> 0\.3; device: 'auto' -> 'cpu'"):
+        check_same_config(tmp_path, changed.to_dict(), defaults=_defaults(changed))

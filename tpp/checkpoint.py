@@ -110,7 +110,9 @@ class Checkpointer:
         try:
             with warnings.catch_warnings():  # torch's notes on a foreign pickle: the error below is the message
                 warnings.simplefilter("ignore")
-                state = torch.load(path / "state.pt", weights_only=True)
+                # map to the CPU: a run checkpointed on a GPU resumes on a machine without one (Accelerate
+                # moves the optimiser state to the model's device when it is loaded)
+                state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
             trainable = load_file(str(path / "trainable.safetensors"))
             best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
             extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}

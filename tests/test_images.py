@@ -84,3 +84,30 @@ def test_bad_inputs_name_the_file(tmp_path):
         read(tmp_path / "missing.png")
     with pytest.raises(ImageError, match="CENTER,WIDTH"):
         parse_window("40")
+
+
+def test_a_huge_file_is_refused_from_its_size_before_it_is_read(tmp_path, monkeypatch):
+    """A 3 GB sparse 'PNG' (or a link to any huge file) is refused by its size: nothing of it is read."""
+    from pathlib import Path
+
+    from tpp.data.pixels import PixelLimits
+
+    huge = tmp_path / "big.png"
+    with open(huge, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        fh.truncate(3 * 2**30)  # sparse: no disk used
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail(f"{self} was read"))
+    with pytest.raises(ImageError, match=r"big\.png': 3,221,225,472 bytes, more than any image"):
+        read(huge)
+    mid = tmp_path / "mid.png"  # 17 MiB: within the default budget, above a 16-pixel one
+    with open(mid, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n")
+        fh.truncate(17 * 2**20)
+    with pytest.raises(ImageError, match="mid.png.*more than any image"):
+        read(mid, limits=PixelLimits(max_pixels=16))
+    monkeypatch.undo()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(ImageError) as err:
+        read(broken)
+    assert "BytesIO" not in str(err.value) and "broken.png" in str(err.value)

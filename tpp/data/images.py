@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,7 +87,8 @@ def _reading(kind: str, name: str):
         raise ImageError(f"'{name}': reading {kind.upper()} needs an optional package ({exc.name}): "
                          f"pip install 'tpp[{extra}]'.") from None
     except Exception as exc:  # a corrupt file surfaces as many different library errors
-        raise ImageError(f"'{name}': cannot be read as {kind} ({type(exc).__name__}: {str(exc)[:200]}).") from None
+        text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", str(exc))[:200]
+        raise ImageError(f"'{name}': cannot be read as {kind} ({type(exc).__name__}: {text}).") from None
 
 
 def probe(data: bytes, name: str) -> int:
@@ -133,11 +135,22 @@ def decode(data: bytes, name: str, *, frame: int | None = None, slice_spec: str 
     return _check_shape(array, name)
 
 
+def max_file_bytes(limits: PixelLimits = DEFAULT_LIMITS) -> int:
+    """The largest image file read: ``max_pixels`` float64 RGB values plus 16 MiB of headers (an image file
+    beyond it cannot hold an image within the pixel budget)."""
+    return limits.max_pixels * 3 * 8 + 2**24
+
+
 def read(path: str | Path, **kwargs) -> np.ndarray:
-    """Read an image file from disk (see :func:`decode`)."""
+    """Read an image file from disk (see :func:`decode`); a file larger than :func:`max_file_bytes` is refused
+    from its size, before a byte of it is read."""
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"'{path}' does not exist or is not a file.")
+    size, limit = path.stat().st_size, max_file_bytes(kwargs.get("limits", DEFAULT_LIMITS))
+    if size > limit:
+        raise ImageTooLarge(f"'{path}': {size:,} bytes, more than any image within the pixel limit can take "
+                            f"({limit:,} bytes); is it an image?")
     return decode(path.read_bytes(), str(path), **kwargs)
 
 

@@ -154,3 +154,23 @@ def test_finetune_from_a_csv_from_the_cli(tmp_path, tiny_mae, capsys):
     assert run_cli("validate", FINETUNE_CONFIG, "data.source=csv", "data.file=site/bad.csv", f"data.root={tmp_path}",
                    "data.modality=US", f"backbone.path={tiny_mae}") == 2
     assert "bad.csv' lacks the column(s) ['label']" in capsys.readouterr().err
+
+
+def test_patients_stay_in_one_split_in_metadata_csv_folders_and_given_splits(tmp_path):
+    """metadata.csv with a patient_id column groups by it without data.group_key (as the CSV source does); a
+    split given by the data that puts one patient in two splits is refused, naming the patient."""
+    names = images(tmp_path / "site", 24)
+    table(tmp_path / "site" / "metadata.csv", "file_name,label,patient_id",
+          [(n, "benign" if (k // 2) % 2 else "malignant", f"P{k // 2}") for k, n in enumerate(names)])
+    data = load_folder("s", str(tmp_path), "site", **OPTS)
+    assert data.split_id.endswith("groups patient_id")
+    owners = {s: {f"P{int(f[4:7]) // 2}" for f in files} for s, files in data.split_files.items()}
+    assert not (owners["train"] & owners["val"] or owners["train"] & owners["test"] or owners["val"] & owners["test"])
+    splits = ["train"] * 12 + ["val"] * 6 + ["test"] * 6
+    rows = [(n, "benign" if (k // 2) % 2 else "malignant", f"P{k // 2}", splits[k]) for k, n in enumerate(names)]
+    table(tmp_path / "site" / "labels.csv", "path,label,patient_id,split", rows)
+    load_csv("s", str(tmp_path), "site/labels.csv", **OPTS)  # pairs of images never straddle 12 / 18
+    rows[12] = rows[12][:2] + ("P0", rows[12][3])  # P0 in train and val
+    table(tmp_path / "site" / "labels.csv", "path,label,patient_id,split", rows)
+    with pytest.raises(TppError, match=r"gives patient_id 'P0' images in train and val \(1 patient_id\(s\) span"):
+        load_csv("s", str(tmp_path), "site/labels.csv", **OPTS)

@@ -85,7 +85,9 @@ def load_folder(name: str, root: str | None, file: str | None, *, modality: str 
     if len(set(values)) < 2:
         raise TppError(f"image folder '{path}' has only one class ({values[0]}); classification needs two or more."
                        + _hint_flat(path))
-    groups = _groups(path, files, table, group_key) if group_key and given is None else None
+    if group_key is None and any("patient_id" in row for _, _, row in table.values()):
+        group_key = "patient_id"  # as the CSV source: a patient's images stay in one split
+    groups = _groups(path, files, table, group_key) if group_key else None
     return labelled_files(name, modality, path, files, values, where=f"image folder '{path}'", image_size=image_size,
                           val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, on_bad_file=on_bad_file,
                           skipped=skipped, groups=groups, given=given, group_key=group_key, classes=classes)

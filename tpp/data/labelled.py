@@ -27,6 +27,20 @@ def files_origin(base: Path) -> str:
     return "files:" + hashlib.sha256(str(Path(base).resolve()).encode()).hexdigest()[:16]
 
 
+def _check_groups_in_one_split(groups: list[str], given: np.ndarray, where: str, group_key: str | None) -> None:
+    """A split given by the data must keep each group (patient) in one split: else test images share a
+    patient with training images, and the test score says less than it seems."""
+    splits: dict[str, set] = {}
+    for group, split in zip(groups, given):
+        splits.setdefault(group, set()).add(str(split))
+    mixed = sorted(g for g, s in splits.items() if len(s) > 1)
+    if mixed:
+        key, first = group_key or "group", mixed[0]
+        raise TppError(f"{where} gives {key} '{first}' images in {' and '.join(sorted(splits[first]))} ({len(mixed)} "
+                       f"{key}(s) span splits); put each patient's images in one split (or drop the given split "
+                       "and let tpp make a grouped seeded split).")
+
+
 def labelled_files(name: str, modality: str, base: Path, files: list[str], values: list[str], *, where: str,
                    image_size: int, val_fraction: float, test_fraction: float, seed: int, on_bad_file: str,
                    skipped: list, groups: list[str] | None = None, given: list[str] | None = None,
@@ -56,6 +70,8 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
     files = [files[i] for i in kept]
     if given is not None:
         given_kept = np.array([given[i] for i in kept])
+        if groups is not None:
+            _check_groups_in_one_split([groups[i] for i in kept], given_kept, where, group_key)
         index = {s: np.flatnonzero(given_kept == s) for s in ("train", "val", "test")}
         split_id = "the data's own"
     else:

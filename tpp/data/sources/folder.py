@@ -21,7 +21,7 @@ class FolderOptions:
         "help": "keep only these class folders (re-numbered in this order)"})
     group_key: Optional[str] = field(default=None, metadata={
         "help": "seeded splits keep each group in one split: a metadata.csv column (beside file_name), e.g. "
-                "patient_id"})
+                "patient_id (default: patient_id when metadata.csv has that column)"})
     on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
 
     def __post_init__(self):

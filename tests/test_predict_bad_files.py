@@ -95,6 +95,9 @@ def test_nothing_readable_is_an_error_with_the_list_and_a_site_map_gap_is_skippe
     assert predict(world, "--site", "site_a", tmp_path / "bad.png", "--out", out) == 2
     assert "none of the 1 inputs could be predicted" in capsys.readouterr().err
     assert not out.exists() and rows(tmp_path / "p_skipped.csv")[0]["image"] == str(tmp_path / "bad.png")
+    out.write_text("image,site\nan_earlier_batch.png,site_a\n")  # another batch's predictions at --out
+    assert predict(world, "--site", "site_a", tmp_path / "bad.png", "--out", out) == 2
+    assert "earlier predictions at" in capsys.readouterr().err and not out.exists()
 
     (tmp_path / "ok.png").write_bytes(png_bytes(world["images"][2]))
     mapping = tmp_path / "map.csv"

@@ -378,7 +378,8 @@ def cmd_predict(args) -> int:
     from tpp.devices import describe
     from tpp.serve.bank import AdapterBank
     from tpp.serve.images import PixelLimits, parse_slice, parse_window
-    from tpp.serve.predict import assign_sites, predict_files, skipped_path, write_outputs, write_skipped
+    from tpp.serve.predict import (assign_sites, predict_files, remove_outputs, skipped_path, write_outputs,
+                                   write_skipped)
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -398,9 +399,12 @@ def cmd_predict(args) -> int:
     bank = AdapterBank(args.backbone, args.store, args.max_resident, device=args.device, precision=args.precision)
     print(f"device {describe(bank.device)}, precision {bank.precision}", file=sys.stderr)
     rows, masks = predict_files(bank, pairs, args.batch_size, options, skipped)
-    if not rows:  # every input was unreadable: say so, with the list of why
+    if not rows:  # every input was unreadable: say so, with the list of why (and no older batch's CSV beside it)
         listed = write_skipped(skipped, args.out)
-        raise TppError(f"none of the {len(skipped)} inputs could be predicted; {listed} lists each with its reason.")
+        stale = remove_outputs(args.out)
+        raise TppError(f"none of the {len(skipped)} inputs could be predicted; {listed} lists each with its reason"
+                       + (f" (the earlier predictions at {', '.join(map(str, stale))} were removed: they were not "
+                          "of these inputs)." if stale else "."))
     path, folder = write_outputs(rows, masks, args.out, skipped or [])
     if folder:
         print(f"{len(masks)} files (PNG; segmentation: class-index masks at each image's size) -> {folder}")

@@ -215,6 +215,19 @@ def write_skipped(skipped: list[Skipped], out: str | Path) -> Path | None:
     return path
 
 
+def remove_outputs(out: str | Path) -> list[Path]:
+    """Remove the predictions CSV at ``out`` and its masks folder left by an earlier run; the removed paths."""
+    import shutil
+
+    path = _out_path(out)
+    folder = path.with_name(path.stem + "_masks")
+    removed = [p for p in (path, folder) if p.exists()]
+    if path.is_file():
+        path.unlink()
+    shutil.rmtree(folder, ignore_errors=True)
+    return removed
+
+
 def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str,
                   skipped: list[Skipped] = ()) -> tuple[Path, Path | None]:
     """The CSV and, where the sites' tasks write files (segmentation: class-index mask PNGs),

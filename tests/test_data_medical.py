@@ -127,4 +127,25 @@ def test_a_dicom_folder_trains_pretrains_and_evaluates_without_a_write_into_it(t
     assert run("finetune", FINETUNE_CONFIG, tiny_mae, tmp_path / "data", tmp_path / "ft2", *labelled,
                f"adapter.init_from={tmp_path / 'tpp_all' / 'adapter'}") != 0
     assert "read from the same image folder" in capsys.readouterr().err
+    # ... however the images are reached: here TPP read them through a link to the folder, from another root
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "linked").symlink_to(tmp_path / "data" / "site")
+    assert run("tpp", TPP_CONFIG, tiny_mae, tmp_path / "elsewhere", tmp_path / "tpp_link",
+               "data.source=unlabeled_folder", "data.file=linked") == 0
+    capsys.readouterr()
+    assert run("finetune", FINETUNE_CONFIG, tiny_mae, tmp_path / "data", tmp_path / "ft3", *labelled,
+               f"adapter.init_from={tmp_path / 'tpp_link' / 'adapter'}") != 0
+    assert "read from the same image folder" in capsys.readouterr().err
     assert tree_digest(tmp_path / "data") == before  # nothing written into the data folder, not even a split
+
+
+def test_the_origin_of_file_data_is_the_folder_holding_the_images_however_they_are_listed(tmp_path):
+    """A CSV in the folder above the images and a folder source on the images' folder name one collection."""
+    from tpp.data.labelled import files_origin
+
+    (tmp_path / "site" / "img" / "b").mkdir(parents=True)
+    for name in ("a.png", "b/c.png"):
+        (tmp_path / "site" / "img" / name).write_bytes(b"x")
+    origin = files_origin(tmp_path / "site" / "img", ["a.png", "b/c.png"])
+    assert files_origin(tmp_path / "site", ["img/a.png", "img/b/c.png"]) == origin
+    assert files_origin(tmp_path / "site", ["img/b/c.png"]) != origin  # a sub-folder's images: another set

@@ -151,7 +151,7 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, moda
         raise TppError(f"image folder '{path}' holds no images (PNG, JPEG, .npy, DICOM or NIfTI).")
     images, kept, bad = check_files([str(path / f) for f in files], image_size, on_bad_file)
     dataset = Dataset(name, modality, [], {"train": Split(images, None)}, skipped=skipped + bad,
-                      split_id="all images", source=f"folder '{path}'", origin=files_origin(path))
+                      split_id="all images", source=f"folder '{path}'", origin=files_origin(path, files))
     dataset.split_files = {"train": [files[i] for i in kept]}
     dataset.file_resize = True
     return dataset

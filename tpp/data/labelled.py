@@ -8,6 +8,7 @@ run folder (``splits.json``, by :func:`tpp.builders.record_skipped`) and by hash
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,15 @@ from tpp.errors import TppError
 MIN_CLASS_IMAGES = 3  # a seeded split needs this many images of a class (one for each of train, val, test)
 
 
-def files_origin(base: Path) -> str:
-    """The image collection behind file data: its folder, by hash (cards never hold paths). A TPP adapter and
-    a fine-tuning run reading the same folder share it, so the leakage check compares their splits."""
-    return "files:" + hashlib.sha256(str(Path(base).resolve()).encode()).hexdigest()[:16]
+def files_origin(base: Path, files: list[str]) -> str:
+    """The image collection behind file data, by hash (cards never hold paths): the deepest folder holding
+    all ``files`` (paths relative to ``base``), links resolved. A TPP adapter and a fine-tuning run over the
+    same images share it however they reach them (an image folder, a CSV in the folder above, a linked
+    path), so the leakage check compares their splits. A copy of the images elsewhere is another
+    collection: name both with the same ``data.origin`` to have them checked."""
+    folders = {os.path.dirname(os.path.realpath(base / f)) for f in files}
+    common = os.path.commonpath(sorted(folders)) if folders else str(Path(base).resolve())
+    return "files:" + hashlib.sha256(common.encode()).hexdigest()[:16]
 
 
 def _check_groups_in_one_split(groups: list[str], given: np.ndarray, where: str, group_key: str | None) -> None:
@@ -90,7 +96,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
                        "class.")
     splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id, source=where,
-                      origin=files_origin(base))
+                      origin=files_origin(base, files))
     dataset.split_files = {s: [files[j] for j in i] for s, i in index.items()}
     dataset.file_resize = True
     return dataset

@@ -202,7 +202,10 @@ def _defaults(cfg) -> dict:
     """The default config of ``cfg``'s recipe and task (what a key added to tpp later meant before)."""
     from tpp.config import build_config
 
-    return build_config({"recipe": cfg.recipe, "task": cfg.task}).to_dict()
+    from tpp.recipes.registry import RECIPES
+
+    reads_task = "task" in RECIPES[cfg.recipe].sections
+    return build_config({"recipe": cfg.recipe, **({"task": cfg.task} if reads_task else {})}).to_dict()
 
 
 def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = (), defaults: dict | None = None) -> None:

@@ -412,7 +412,7 @@ def to_model_input(array: np.ndarray, input_rule: dict) -> torch.Tensor:
     normalised. Otherwise (arrays: MedMNIST, .npz) it is brought to the trained channels (gray <-> RGB,
     ITU-R 601 luma), then scaled, channel-mapped to the backbone, resized and normalised as those arrays were.
     """
-    from tpp.data.build import to_model_tensor
+    from tpp.data.tensors import to_model_tensor
 
     if input_rule.get("file_resize"):
         array = fit(array, input_rule["image_size"], "RGB" if input_rule["image_channels"] == 3 else "L")

@@ -1,8 +1,15 @@
 """Validate every shipped config with the installed tpp (wheel-check): ``python validate_configs.py BACKBONE``.
 
 ``backbone.path=BACKBONE`` is given to the configs whose recipe reads the backbone section (a pool config of
-``pretrain_backbone`` makes a backbone and has none). Exits non-zero at the first config that fails."""
+``pretrain_backbone`` makes a backbone and has none). Configs for a hospital's own data (``own_data/``) are
+validated against a small labels table with PNGs made here in a temporary folder (``data.root``). Exits
+non-zero at the first config that fails."""
 import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 import yaml
 
@@ -10,9 +17,24 @@ from tpp.cli import main
 from tpp.recipes import CONFIG_DIR, shipped_configs
 from tpp.recipes.registry import RECIPES
 
+
+def own_site(root: Path) -> Path:
+    """``root/labels.csv`` over 12 small PNGs (two labels, six patients): stands in for a hospital's data."""
+    (root / "img").mkdir()
+    rows = []
+    for k in range(12):
+        Image.fromarray(np.full((32, 32), 20 * k, np.uint8)).save(root / "img" / f"{k}.png")
+        rows.append(f"img/{k}.png,{'a' if k % 2 else 'b'},P{k // 2}")
+    (root / "labels.csv").write_text("path,label,patient_id\n" + "\n".join(rows) + "\n")
+    return root
+
+
 backbone = sys.argv[1]
+site = own_site(Path(tempfile.mkdtemp(prefix="tpp_own_site_")))
 for path in shipped_configs():
     recipe = yaml.safe_load(path.read_text()).get("recipe", "finetune")
     extra = [f"backbone.path={backbone}"] if "backbone" in RECIPES[recipe].sections else []
+    if path.relative_to(CONFIG_DIR).parts[0] == "own_data":
+        extra.append(f"data.root={site}")
     if main(["validate", str(path.relative_to(CONFIG_DIR)), *extra]) != 0:
         sys.exit(f"shipped config {path.relative_to(CONFIG_DIR)} does not validate")

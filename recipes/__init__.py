@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from tpp.recipes.registry import RECIPES
@@ -72,11 +73,29 @@ def refuse_problems(cfg, label: str) -> None:
         raise TppError(f"{label} would not run:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def find_config(name: str | os.PathLike) -> Path:
+    """A config file as given, else a shipped config by its name under ``recipes/configs/``
+    (``breast_us/mae_vit_tiny_lora_tpp.yaml``, with or without ``.yaml`` or a leading ``recipes/configs/``)."""
+    from tpp.errors import TppError
+
+    path = Path(name)
+    if path.is_file():
+        return path
+    name = str(name)
+    stripped = name.split("recipes/configs/", 1)[-1]
+    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml", CONFIG_DIR / stripped):
+        if candidate.is_file():
+            return candidate
+    raise TppError(f"config '{name}' is neither a file nor a shipped config. `tpp ls` lists the shipped ones.")
+
+
 def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: bool = False,
                started: float | None = None) -> tuple[dict, Path]:
     """Load and check the config, run recipe ``name`` in its run directory, record the status.
 
-    Returns (summary, run directory). What ``tpp run`` does, callable from Python (benchmarks).
+    ``config_path``: a YAML file, or a mapping of the same contents (``{"train": {"max_steps": 20}, ...}``),
+    checked and scoped to the recipe exactly as a file is; its relative paths are the current folder's.
+    Returns (summary, run directory). What ``tpp run`` does, callable from Python (benchmarks, ``tpp.finetune``).
     Everything ``tpp validate`` checks is checked before the run directory is created. ``train.resume=auto``
     on a run that already succeeded (same config) raises :class:`RunFinished` and touches nothing; with a
     larger ``train.max_steps`` it extends that run. ``started`` (``time.time()``, default now): when the
@@ -90,7 +109,8 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     started = time.time() if started is None else started
     get_recipe(name)
     cfg = load_config(config_path, list(overrides), recipe=name)
-    refuse_problems(cfg, str(config_path))  # before the run directory exists
+    label = "the config dict" if isinstance(config_path, Mapping) else str(config_path)
+    refuse_problems(cfg, label)  # before the run directory exists
     resuming = bool(cfg.train.resume)
     if resuming:
         check_resume(Path(cfg.output_dir), cfg)

@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import os
 import typing
+from collections.abc import Mapping
 
 from tpp.config.checks import _check_values
 from tpp.config.paths import resolve_config_paths
@@ -86,7 +87,7 @@ def _collect(problems: list[str], build, *args):
         return None
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] = (), recipe: str | None = None) -> RunConfig:
+def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), recipe: str | None = None) -> RunConfig:
     """YAML file + ``key=value`` overrides -> validated RunConfig for ``recipe`` (None: the config's own
     ``recipe``, which a ``recipe=...`` override may set); every problem of the file at once. Records which
     adapter keys the overrides set (``cfg.adapter.explicit``). An ``adapter.method`` / ``pretext.name`` /
@@ -98,8 +99,14 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), recipe: str 
     recipe, and ``recipe`` then uses only its own sections of it (``cfg.to_dict()``).
 
     Paths (``backbone.path``, ``adapter.path``, ``adapter.init_from``, ``data.root``) become absolute: the
-    file's against the file's folder, the overrides' against the current folder (:mod:`tpp.config.paths`)."""
-    data, given = load_yaml(path), apply_overrides({}, list(overrides))
+    file's against the file's folder, the overrides' against the current folder (:mod:`tpp.config.paths`).
+    ``path`` may be a mapping instead (``tpp.finetune({...})``): checked like a file's contents, its relative
+    paths against the current folder."""
+    if isinstance(path, Mapping):  # a config built in Python: its relative paths are the current folder's
+        data, path, base = _plain(path), "(dict)", os.getcwd()
+    else:
+        data, base = load_yaml(path), os.path.dirname(os.path.realpath(path))
+    given = apply_overrides({}, list(overrides))
     file_data = copy.deepcopy(data)
     recipe = _recipe_to_run(path, data.get("recipe"), given.get("recipe"), recipe)
     _switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
@@ -110,9 +117,18 @@ def load_config(path: str | os.PathLike, overrides: list[str] = (), recipe: str 
     data["recipe"] = written  # the file's keys are checked against the recipe it was written for
     cfg = build_config(data, recipe)
     cfg.recipe = recipe
-    resolve_config_paths(cfg, file_data, given, os.path.dirname(os.path.realpath(path)))
+    resolve_config_paths(cfg, file_data, given, base)
     cfg.adapter.explicit = frozenset(given["adapter"]) if isinstance(given.get("adapter"), dict) else frozenset()
     return cfg
+
+
+def _plain(data: Mapping) -> dict:
+    """A deep copy of a config mapping as YAML would give it: nested mappings as dicts, tuples as lists."""
+    if isinstance(data, Mapping):
+        return {key: _plain(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(value) for value in data]
+    return copy.deepcopy(data)
 
 
 def help_lines(cls=RunConfig, prefix: str = "", tag: str = "") -> list[str]:

@@ -1,0 +1,416 @@
+"""tpp from Python: run recipes, load a fine-tuned adapter and predict, manage an adapter store.
+
+``tpp.finetune`` / ``tpp.pretrain_target_parameters`` / ``tpp.evaluate`` run exactly what ``tpp run`` runs
+(:func:`run` is that command's entry); :func:`load` serves an adapter through the same
+:class:`~tpp.serve.bank.AdapterBank` and image reader as ``tpp predict``, so Python and the command line give
+the same numbers. Library warnings that tpp's own calls trigger stay out of notebooks (:func:`quiet`).
+Everything heavy (torch, transformers, peft) is imported inside the functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tpp.errors import TppError
+
+RECIPE_OF = {"finetune": "finetune", "pretrain_target_parameters": "tpp", "evaluate": "evaluate"}
+YAML_END = r"\n?\.\.\.$"  # what safe_dump puts after a lone scalar
+LIBRARIES = r"(transformers|peft|accelerate|huggingface_hub)(\.|$)"  # the modules whose warnings quiet() hides
+
+
+# -- warnings ----------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def quiet():
+    """Within: FutureWarnings, DeprecationWarnings and UserWarnings raised inside transformers, peft, accelerate
+    or huggingface_hub (where tpp calls them: e.g. peft reading transformers' deprecated
+    ``is_gradient_checkpointing``) are not shown, nor transformers' "Loading weights" progress bars. Warnings
+    of tpp itself, torch's and those of user code still are. Filters and bars are restored on exit."""
+    with warnings.catch_warnings():
+        for category in (FutureWarning, DeprecationWarning, UserWarning):
+            warnings.filterwarnings("ignore", category=category, module=LIBRARIES)
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+
+
+# -- recipes -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a recipe run left: ``run_dir`` (its folder: config.yaml, metrics.json, log ...), ``metrics`` (the
+    summary ``tpp run`` prints, as in ``metrics.json``), ``adapter`` (the adapter folder the run wrote, or None:
+    evaluate writes none) and ``recipe``. ``finished_before``: True when ``train.resume=auto`` found the run
+    already finished (nothing was run)."""
+    run_dir: Path
+    metrics: dict
+    adapter: Path | None
+    recipe: str
+    finished_before: bool = False
+
+    def __repr__(self) -> str:
+        shown = {k: v for k, v in self.metrics.items() if isinstance(v, (int, float, str))}
+        adapter = f"'{self.adapter}'" if self.adapter else "None"
+        return f"RunResult(recipe={self.recipe!r}, run_dir='{self.run_dir}', adapter={adapter}, metrics={shown})"
+
+
+def override_args(overrides: Mapping | Sequence[str] | None) -> list[str]:
+    """Overrides as ``tpp run`` takes them: ``{"train.max_steps": 20}`` -> ``["train.max_steps=20"]``. Values are
+    written as YAML scalars, so each parses back to the very value given (``"10"`` stays a string, ``0.1`` a
+    float, a list a list). A sequence of ``key=value`` strings passes unchanged."""
+    import yaml
+
+    if overrides is None:
+        return []
+    if isinstance(overrides, str):
+        raise TppError(f"overrides must be a dict of dotted keys (got the string {overrides!r}); e.g. "
+                       "{'train.max_steps': 20}.")
+    if not isinstance(overrides, Mapping):
+        return [str(o) for o in overrides]
+    args = []
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key or "=" in key or any(not p for p in key.split(".")):
+            raise TppError(f"override key {key!r} is not a dotted config key such as 'train.max_steps'.")
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
+        except yaml.representer.RepresenterError:
+            raise TppError(f"override {key}: a {type(value).__name__} is not a config value (use numbers, "
+                           "strings, booleans, None, lists or dicts).") from None
+        args.append(f"{key}={re.sub(YAML_END, '', text)}")
+    return args
+
+
+def _config_source(config) -> Path | dict:
+    """A mapping as it is, else the config file (a path, or the name of a shipped config)."""
+    from tpp.recipes import find_config
+
+    if isinstance(config, Mapping):
+        return dict(config)
+    if isinstance(config, (str, os.PathLike)):
+        return find_config(config)
+    raise TppError(f"config must be a dict, a YAML file or a shipped config's name, not {type(config).__name__}.")
+
+
+def run(recipe: str, config, overrides: Mapping | Sequence[str] | None = None, *, output_dir=None,
+        overwrite: bool = False, started: float | None = None) -> RunResult:
+    """Run ``recipe`` (finetune, tpp, evaluate, pretrain_backbone) as ``tpp run`` does: this is its entry.
+
+    ``config``: a dict, a YAML file or a shipped config's name; ``overrides``: dotted keys (a dict, or
+    ``key=value`` strings); ``output_dir``: the run folder (else the config's). Everything ``tpp validate``
+    checks is checked before the folder is created; errors are :class:`~tpp.errors.TppError` with one paragraph.
+    ``train.resume=auto`` on a finished run raises :class:`~tpp.recipes.RunFinished` (the Python functions
+    return that run instead)."""
+    from tpp.recipes import run_recipe
+
+    started = time.time() if started is None else started
+    args = override_args(overrides)
+    if output_dir is not None:
+        if any(a.startswith("output_dir=") for a in args):
+            raise TppError("output_dir is given twice (as output_dir= and in overrides); give it once.")
+        args.append(f"output_dir={os.fspath(output_dir)}")
+    with quiet():
+        summary, path = run_recipe(recipe, _config_source(config), args, overwrite, started)
+    return _result(recipe, path, summary)
+
+
+def _result(recipe: str, path: Path, summary: dict | None, finished_before: bool = False) -> RunResult:
+    adapter = Path(path) / "adapter"
+    return RunResult(Path(path), dict(summary or {}), adapter if adapter.is_dir() else None, recipe, finished_before)
+
+
+def _run_or_finished(recipe: str, config, overrides, output_dir, overwrite) -> RunResult:
+    from tpp.recipes import RunFinished
+
+    try:
+        return run(recipe, config, overrides, output_dir=output_dir, overwrite=overwrite)
+    except RunFinished as done:  # train.resume=auto on a finished run: that run, nothing done
+        return _result(recipe, done.path, done.summary, finished_before=True)
+
+
+def finetune(config, overrides: Mapping | None = None, *, output_dir=None, overwrite: bool = False) -> RunResult:
+    """Fine-tune an adapter and a task head (``tpp run finetune``).
+
+    ``config``: a dict, a YAML file, or a shipped config's name (``"breast_us/mae_vit_tiny_lora_finetune.yaml"``;
+    ``tpp ls`` lists them). Relative paths of a file are its folder's, of a dict and of overrides the current
+    folder's. ``overrides``: dotted keys, e.g. ``{"train.max_steps": 20, "data.label_fraction": 0.1}``.
+    ``overwrite``: replace an earlier run in ``output_dir``. Returns a :class:`RunResult` (``.adapter`` is what
+    :func:`load` and :meth:`AdapterStore.publish` take)."""
+    return _run_or_finished("finetune", config, overrides, output_dir, overwrite)
+
+
+def pretrain_target_parameters(config, overrides: Mapping | None = None, *, output_dir=None,
+                               overwrite: bool = False) -> RunResult:
+    """Target parameter pre-training: train only the adapter on unlabeled images (``tpp run tpp``); arguments
+    as :func:`finetune`. Fine-tune from it with ``{"adapter.init_from": str(result.adapter)}``."""
+    return _run_or_finished("tpp", config, overrides, output_dir, overwrite)
+
+
+def evaluate(config, overrides: Mapping | None = None, *, adapter=None, output_dir=None,
+             overwrite: bool = False) -> RunResult:
+    """Evaluate a saved adapter on one split (``tpp run evaluate``); arguments as :func:`finetune`, plus
+    ``adapter``: the adapter folder, run folder or :class:`RunResult` to evaluate (else ``adapter.path`` of the
+    config). ``result.metrics`` holds the split's numbers."""
+    if adapter is not None:
+        overrides = dict(overrides or {})
+        if "adapter.path" in overrides:
+            raise TppError("the adapter is given twice (adapter= and adapter.path in overrides); give it once.")
+        overrides["adapter.path"] = os.fspath(_adapter_path(adapter))
+    return _run_or_finished("evaluate", config, overrides, output_dir, overwrite)
+
+
+def _adapter_path(source) -> Path:
+    """A :class:`RunResult`'s adapter, or a path as given."""
+    if isinstance(source, RunResult):
+        if source.adapter is None:
+            raise TppError(f"the {source.recipe} run in '{source.run_dir}' wrote no adapter.")
+        return source.adapter
+    if not isinstance(source, (str, os.PathLike)):
+        raise TppError(f"expected an adapter folder, a run folder or a RunResult, not {type(source).__name__}.")
+    return Path(source)
+
+
+# -- loading and predicting ----------------------------------------------------------------------------------
+
+def load(adapter_dir, backbone=None, device: str = "cpu", precision: str = "fp32") -> "Model":
+    """A fine-tuned adapter (its folder, its run's folder or a :class:`RunResult`) ready to predict.
+
+    ``backbone``: the checkpoint folder or hub id it was trained on; ``None`` takes the one its card names
+    when that resolves here (else a TppError saying to pass ``backbone=``). The adapter is checked and loaded
+    exactly as ``tpp predict`` and ``tpp serve`` load a published one (content hash, card, backbone hash, no
+    write into the backbone). ``device``: cpu (default), auto, cuda, cuda:N or mps; ``precision``: fp32, bf16
+    or fp16."""
+    from tpp.serve import store as adapter_store
+
+    source = _adapter_path(adapter_dir)
+    path, _ = adapter_store.read_source(source)  # a full-model baseline or a TPP-stage folder: a clear error
+    backbone = os.fspath(backbone) if backbone is not None else card_backbone(path)
+    folder = tempfile.mkdtemp(prefix="tpp-load-")
+    try:
+        site = adapter_store.publish(source, folder, "model").site
+        model = Model(open_bank(backbone, folder, 1, device, precision), site, str(source))
+    except BaseException as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, TppError):  # name the adapter as given, not its private copy
+            message = re.sub(rf"{re.escape(folder)}/model(/[0-9a-f]+)?", str(source), str(exc))
+            raise TppError(message.replace("site 'model'", f"adapter '{source}'")) from None
+        raise
+    weakref.finalize(model, shutil.rmtree, folder, True)  # the private copy goes with the model
+    return model
+
+
+def card_backbone(adapter: Path) -> str:
+    """The backbone the card of ``adapter`` names, when it resolves here: a folder (absolute, or relative to
+    the adapter folder) or a hub id available (offline: in the cache). Else a TppError saying to pass it."""
+    from tpp.adapter_dir import read_card
+    from tpp.backbones import backbone_config
+
+    named = read_card(adapter).get("backbone", {}).get("id")
+    if not isinstance(named, str) or not named:
+        raise TppError(f"the card of '{adapter}' names no backbone; pass backbone=<checkpoint folder or hub id>.")
+    beside = Path(adapter) / named  # a path relative to the adapter folder
+    for candidate in ([str(beside)] if not Path(named).is_absolute() and beside.is_dir() else []) + [named]:
+        try:
+            with quiet():
+                backbone_config(candidate)  # a folder with config.json, or a hub id (offline: in the cache)
+            return candidate
+        except TppError:
+            continue
+    raise TppError(f"the backbone named by the card of '{adapter}' ('{named}') is not available here; pass "
+                   "backbone=<the checkpoint folder or hub id it was trained on> to tpp.load.")
+
+
+def open_bank(backbone: str, store: str, max_resident: int = 16, device: str = "cpu", precision: str = "fp32"):
+    """The :class:`~tpp.serve.bank.AdapterBank` of ``backbone`` over ``store``, loaded quietly (``tpp predict``
+    and :class:`Model` use this)."""
+    from tpp.serve.bank import AdapterBank
+
+    with quiet():
+        return AdapterBank(backbone, store, max_resident, device=device, precision=precision)
+
+
+class Model:
+    """One site adapter on its backbone: ``predict(images)``. Made by :func:`load` or
+    :meth:`AdapterStore.load`; holds the backbone in memory."""
+
+    def __init__(self, bank, site: str, source: str):
+        self.bank, self.site_name, self.source = bank, site, source
+        with quiet():
+            self.site = bank.site(site)  # checked, loaded and tried on one image here, not at the first predict
+
+    @property
+    def card(self) -> dict:
+        """The adapter's card (method, task, labels, metrics, decision threshold, input pipeline ...)."""
+        return self.site.card
+
+    @property
+    def labels(self) -> list[str]:
+        return self.site.label_names
+
+    @property
+    def device(self):
+        return self.bank.device
+
+    def __repr__(self) -> str:
+        task = self.card.get("task", {}).get("type", "?")
+        return (f"Model('{self.source}', method={self.card.get('method')}, task={task}, labels={self.labels}, "
+                f"device={self.device})")
+
+    def predict(self, images, *, batch_size: int = 64, frame: int | None = None, slice: str | None = None,
+                window: tuple[float, float] | None = None):
+        """Predictions of one image or a list of them: file paths (PNG, JPEG, .npy, DICOM, NIfTI), PIL images
+        or numpy arrays (H, W) or (H, W, 3), uint8 or floats in [0, 1], read by the same reader as
+        ``tpp predict``. ``frame``, ``slice`` ("2:40") and ``window`` ((center, width)) as its options.
+
+        Returns a dict per image (a list for a list): classification ``label`` (at the card's threshold for two
+        classes), ``probabilities`` {label: p}, and for two classes ``positive_class``, ``threshold`` and
+        ``threshold_source``; segmentation ``mask`` (uint8 class indices (H, W) at the image's size),
+        ``classes`` and ``pixels`` per class. The numbers are those ``tpp predict`` writes."""
+        from tpp.serve import images as readers
+
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        if batch_size < 1:
+            raise TppError(f"batch_size must be at least 1, got {batch_size}.")
+        options = {"frame": frame, "slice_spec": slice, "window": window}
+        arrays = [read_image(item, i, **options) for i, item in enumerate(items)]
+        site = self.bank.site(self.site_name)
+        results = []
+        with quiet():
+            for start in range(0, len(arrays), batch_size):
+                chunk = arrays[start:start + batch_size]
+                tensors = [readers.to_model_input(a, site.input_rule) for a in chunk]
+                for array, out in zip(chunk, self.bank.predict([site] * len(chunk), tensors)):
+                    results.append(_entry(site, site.task.per_image(out, array)))
+        return results[0] if single else results
+
+
+def _entry(site, result) -> dict:
+    """The service's JSON entry of one image, with a mask as the array itself (not run-length encoded)."""
+    import numpy as np
+
+    entry = site.task.json_entry(result, site.label_names)
+    if isinstance(result, np.ndarray):
+        entry = dict(entry, mask=result, classes=site.label_names)
+    return entry
+
+
+def read_image(item, index: int = 0, **options):
+    """One image as ``tpp predict`` reads it -> uint8 (H, W) or (H, W, 3). A path is read from disk; an array
+    or PIL image goes through the same decoder as a ``.npy`` file (values, shape and size checked alike)."""
+    import numpy as np
+
+    from tpp.serve import images as readers
+
+    options = {k: v for k, v in options.items() if v is not None}
+    try:
+        if isinstance(item, (str, os.PathLike)):
+            return readers.read(item, **options)
+        name = f"image {index} ({type(item).__name__})"
+        if _is_pil(item):
+            from tpp.data.pixels import training_mode
+
+            item = np.array(training_mode(item))
+        if not isinstance(item, np.ndarray):
+            raise TppError(f"{name}: expected a file path, a PIL image or a numpy array.")
+        buffer = io.BytesIO()
+        np.save(buffer, item, allow_pickle=False)
+        return readers.decode(buffer.getvalue(), f"{name}.npy", **options)
+    except readers.ImageError as exc:
+        raise TppError(str(exc)) from None
+
+
+def _is_pil(item) -> bool:
+    import sys
+
+    return "PIL.Image" in sys.modules and isinstance(item, sys.modules["PIL.Image"].Image)
+
+
+# -- the adapter store -----------------------------------------------------------------------------------------
+
+class AdapterStore:
+    """A folder of versioned site adapters (``tpp adapters``; layout in :mod:`tpp.serve.store`): each site's
+    versions are content-hashed folders and one atomic ``current`` pointer says which one is served.
+
+    ``store = tpp.AdapterStore("store")``; ``store.publish(result.adapter, "hospital_a")``; ``store.list()``;
+    ``store.check(backbone)``; ``store.load("hospital_a", backbone)``. The folder is created by the first
+    publish."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"AdapterStore('{self.path}')"
+
+    def publish(self, source, site: str, *, backbone=None):
+        """Add the adapter of ``source`` (adapter folder, run folder or :class:`RunResult`) as a new version of
+        ``site`` and make it current; publishing identical content again only moves the pointer. With
+        ``backbone``, it is first loaded on it as serving would (a TppError if it does not load; nothing is
+        written). Returns the :class:`~tpp.serve.store.SiteVersion` (site, version, path, card)."""
+        from tpp.serve import store as adapter_store
+
+        source = _adapter_path(source)
+        if backbone is not None:
+            check_loads(source, os.fspath(backbone))
+        return adapter_store.publish(source, self.path, site)
+
+    def sites(self) -> list[str]:
+        """The sites with a current version, sorted."""
+        from tpp.serve import store as adapter_store
+
+        return adapter_store.sites(self.path)
+
+    def list(self, backbone=None) -> list[dict]:
+        """One row per site (the table of ``tpp adapters ls``): site, version, method, modality, task labels,
+        test metric, size, created; with ``backbone``, ``backbone_match`` says whether each was trained on it."""
+        from tpp.serve import store as adapter_store
+
+        digest = None
+        if backbone is not None:
+            from tpp.backbones import load_backbone
+
+            with quiet():
+                digest = load_backbone(os.fspath(backbone))[1].hash
+        return adapter_store.listing(self.path, digest)
+
+    def check(self, backbone) -> dict[str, str | None]:
+        """Load every site's current version on ``backbone`` as ``tpp serve`` would, then unload it (``tpp
+        adapters check``): {site: None when it loads, else why it is refused}."""
+        return open_bank(os.fspath(backbone), str(self.path), 1).check_store()
+
+    def load(self, site: str, backbone=None, device: str = "cpu", precision: str = "fp32") -> Model:
+        """The current version of ``site`` as a :class:`Model` (``backbone`` as in :func:`load`)."""
+        from tpp.serve import store as adapter_store
+
+        if backbone is None:
+            backbone = card_backbone(adapter_store.current(self.path, site).path)
+        return Model(open_bank(os.fspath(backbone), str(self.path), 1, device, precision), site,
+                     f"{self.path}/{site}")
+
+
+def check_loads(source, backbone: str) -> None:
+    """Load the adapter of ``source`` on ``backbone`` exactly as serving would (in a private temporary store),
+    then drop it; a TppError naming ``source`` when it does not load."""
+    from tpp.serve import store as adapter_store
+
+    with tempfile.TemporaryDirectory(prefix="tpp-publish-check-") as tmp:
+        adapter_store.publish(source, tmp, "check")
+        reason = open_bank(backbone, tmp, 1).check_store()["check"]
+    if reason:
+        reason = reason.replace(f"{tmp}/check/", "")
+        raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason}")

@@ -172,18 +172,9 @@ def _common_deploy(p) -> None:
 
 def _config_path(name: str) -> Path:
     """A config path as given, else a shipped config by its name under recipes/configs/."""
-    from tpp.recipes import CONFIG_DIR
+    from tpp.recipes import find_config
 
-    path = Path(name)
-    if path.is_file():
-        return path
-    for candidate in (CONFIG_DIR / name, CONFIG_DIR / f"{name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    stripped = name.split("recipes/configs/", 1)[-1]
-    if (CONFIG_DIR / stripped).is_file():
-        return CONFIG_DIR / stripped
-    raise TppError(f"config '{name}' is neither a file nor a shipped config. `tpp ls` lists the shipped ones.")
+    return find_config(name)
 
 
 def cmd_ls(args) -> int:
@@ -253,14 +244,15 @@ def cmd_run(args) -> int:
     import time
 
     started = time.time()  # the reported wall time counts from here: config, backbone and data loading included
-    from tpp.recipes import run_recipe
+    from tpp import api
 
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args)
 
-    summary, path = run_recipe(args.recipe, _config_path(args.config), args.overrides, args.overwrite, started)
+    # the entry of tpp.finetune / tpp.pretrain_target_parameters / tpp.evaluate
+    result = api.run(args.recipe, _config_path(args.config), args.overrides, overwrite=args.overwrite, started=started)
     if os.environ.get("RANK", "0") == "0":  # one summary, from the process that wrote the run directory
-        _print_summary(args.recipe, summary, path)
+        _print_summary(args.recipe, result.metrics, result.run_dir)
     return 0
 
 
@@ -375,8 +367,8 @@ def _backbone_hash(path: str) -> str:
 
 
 def cmd_predict(args) -> int:
+    from tpp.api import open_bank
     from tpp.devices import describe
-    from tpp.serve.bank import AdapterBank
     from tpp.serve.images import PixelLimits, parse_slice, parse_window
     from tpp.serve.predict import (assign_sites, predict_files, remove_outputs, skipped_path, write_outputs,
                                    write_skipped)
@@ -396,7 +388,7 @@ def cmd_predict(args) -> int:
         raise TppError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window),
                "limits": PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))}
-    bank = AdapterBank(args.backbone, args.store, args.max_resident, device=args.device, precision=args.precision)
+    bank = open_bank(args.backbone, args.store, args.max_resident, args.device, args.precision)  # as tpp.load
     print(f"device {describe(bank.device)}, precision {bank.precision}", file=sys.stderr)
     rows, masks = predict_files(bank, pairs, args.batch_size, options, skipped)
     if not rows:  # every input was unreadable: say so, with the list of why (and no older batch's CSV beside it)

@@ -130,8 +130,9 @@ def run(recipe: str, config, overrides: Mapping | Sequence[str] | None = None, *
 
 
 def _result(recipe: str, path: Path, summary: dict | None, finished_before: bool = False) -> RunResult:
-    adapter = Path(path) / "adapter"
-    return RunResult(Path(path), dict(summary or {}), adapter if adapter.is_dir() else None, recipe, finished_before)
+    path = Path(os.path.abspath(path))  # output_dir as given may be relative to the current folder
+    adapter = path / "adapter"
+    return RunResult(path, dict(summary or {}), adapter if adapter.is_dir() else None, recipe, finished_before)
 
 
 def _run_or_finished(recipe: str, config, overrides, output_dir, overwrite) -> RunResult:
@@ -198,7 +199,7 @@ def load(adapter_dir, backbone=None, device: str = "cpu", precision: str = "fp32
     from tpp.serve import store as adapter_store
 
     source = _adapter_path(adapter_dir)
-    path, _ = adapter_store.read_source(source)  # a full-model baseline or a TPP-stage folder: a clear error
+    path = fine_tuned_adapter(source)
     backbone = os.fspath(backbone) if backbone is not None else card_backbone(path)
     folder = tempfile.mkdtemp(prefix="tpp-load-")
     try:
@@ -207,11 +208,26 @@ def load(adapter_dir, backbone=None, device: str = "cpu", precision: str = "fp32
     except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
         if isinstance(exc, TppError):  # name the adapter as given, not its private copy
-            message = re.sub(rf"{re.escape(folder)}/model(/[0-9a-f]+)?", str(source), str(exc))
+            message = re.sub(rf"{re.escape(folder)}/model(/[0-9a-f]+)?|model@[0-9a-f]+", str(source), str(exc))
             raise TppError(message.replace("site 'model'", f"adapter '{source}'")) from None
         raise
     weakref.finalize(model, shutil.rmtree, folder, True)  # the private copy goes with the model
     return model
+
+
+def fine_tuned_adapter(source: Path) -> Path:
+    """The adapter folder of ``source`` (a run folder or the adapter folder itself) if it holds a fine-tuned
+    adapter with a task head; else a TppError saying what it is (a TPP-stage adapter, a full-model baseline ...)."""
+    from tpp.adapter_dir import CARD, read_card
+    from tpp.tasks import task_of_card
+
+    path = source / "adapter" if (source / "adapter" / CARD).is_file() else source
+    card = read_card(path)  # not an adapter folder, or a full-model baseline: a clear error naming it
+    if task_of_card(card) is None or "input" not in card:
+        raise TppError(f"'{path}' is a {card.get('stage', '?')}-stage adapter without a task head: nothing to predict "
+                       "with. Fine-tune from it first: tpp.finetune(CONFIG, {'adapter.init_from': "
+                       f"'{path}'}}).")
+    return path
 
 
 def card_backbone(adapter: Path) -> str:
@@ -391,7 +407,8 @@ class AdapterStore:
     def check(self, backbone) -> dict[str, str | None]:
         """Load every site's current version on ``backbone`` as ``tpp serve`` would, then unload it (``tpp
         adapters check``): {site: None when it loads, else why it is refused}."""
-        return open_bank(os.fspath(backbone), str(self.path), 1).check_store()
+        with quiet():
+            return open_bank(os.fspath(backbone), str(self.path), 1).check_store()
 
     def load(self, site: str, backbone=None, device: str = "cpu", precision: str = "fp32") -> Model:
         """The current version of ``site`` as a :class:`Model` (``backbone`` as in :func:`load`)."""
@@ -410,7 +427,8 @@ def check_loads(source, backbone: str) -> None:
 
     with tempfile.TemporaryDirectory(prefix="tpp-publish-check-") as tmp:
         adapter_store.publish(source, tmp, "check")
-        reason = open_bank(backbone, tmp, 1).check_store()["check"]
+        with quiet():
+            reason = open_bank(backbone, tmp, 1).check_store()["check"]
     if reason:
         reason = reason.replace(f"{tmp}/check/", "")
         raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason}")

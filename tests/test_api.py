@@ -175,6 +175,7 @@ def test_predict_refuses_bad_input_naming_it(world, tmp_path):
     for bad, problem in ((np.zeros(5), r"shape \(5,\) is neither"), (np.full((8, 8), 2.0), r"\[0, 1\]"),
                          ({"a": 1}, "expected a file path, a PIL image or a numpy array"),
                          (str(tmp_path / "none.png"), "does not exist"),
+                         (np.zeros((4, 8, 8), np.uint8), r"not one image .* as a list"),
                          ([np.zeros((8, 8), np.uint8), np.zeros((1, 8), np.uint8)], "image 1 .*too small")):
         with pytest.raises(TppError, match=problem):
             model.predict(bad)

@@ -1,5 +1,6 @@
 """The package's shape: no import cycles (module-level or inside functions), and the deployment package
-``tpp.serve`` is imported only by itself and the CLI (training never depends on serving)."""
+``tpp.serve`` is imported only by itself, the CLI and the Python API (``tpp.api``, the CLI's counterpart in
+a notebook; ``tpp/__init__`` reaches it lazily): training never depends on serving."""
 import ast
 from pathlib import Path
 
@@ -74,6 +75,6 @@ def test_tpp_has_no_import_cycles():
     assert cycles(import_graph()) == []
 
 
-def test_only_the_cli_imports_the_deployment_package():
+def test_only_the_cli_and_the_api_import_the_deployment_package():
     users = {m for m, deps in import_graph().items() if any(d.startswith("tpp.serve") for d in deps)}
-    assert {u for u in users if not u.startswith("tpp.serve")} == {"tpp.cli"}
+    assert {u for u in users if not u.startswith("tpp.serve")} == {"tpp.cli", "tpp.api"}

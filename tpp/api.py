@@ -344,6 +344,9 @@ def read_image(item, index: int = 0, **options):
             item = np.array(training_mode(item))
         if not isinstance(item, np.ndarray):
             raise TppError(f"{name}: expected a file path, a PIL image or a numpy array.")
+        if item.ndim == 4 or (item.ndim == 3 and item.shape[-1] not in (1, 3, 4)):
+            raise TppError(f"{name}: shape {item.shape} is not one image ((H, W) or (H, W, 3)); pass a stack of "
+                           "images as a list: model.predict(list(images)).")
         buffer = io.BytesIO()
         np.save(buffer, item, allow_pickle=False)
         return readers.decode(buffer.getvalue(), f"{name}.npy", **options)

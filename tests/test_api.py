@@ -76,6 +76,12 @@ def test_dict_overrides_keep_their_type(value):
     assert parse_override(arg) == (["train", "x"], value)
 
 
+def test_paths_and_numpy_numbers_are_override_values():
+    given = {"output_dir": Path("2024"), "train.lr": np.float64(0.25), "train.max_steps": np.int64(3),
+             "data.mean": (0.5, np.float32(0.25))}
+    assert [parse_override(a)[1] for a in override_args(given)] == ["2024", 0.25, 3, [0.5, 0.25]]
+
+
 def test_bad_overrides_say_what_is_expected():
     with pytest.raises(TppError, match="dict of dotted keys"):
         override_args("train.max_steps=3")

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from tpp.errors import TppError
 
-RECIPE_OF = {"finetune": "finetune", "pretrain_target_parameters": "tpp", "evaluate": "evaluate"}
 YAML_END = r"\n?\.\.\.$"  # what safe_dump puts after a lone scalar
 LIBRARIES = r"(transformers|peft|accelerate|huggingface_hub)(\.|$)"  # the modules whose warnings quiet() hides
 
@@ -88,12 +87,25 @@ def override_args(overrides: Mapping | Sequence[str] | None) -> list[str]:
         if not isinstance(key, str) or not key or "=" in key or any(not p for p in key.split(".")):
             raise TppError(f"override key {key!r} is not a dotted config key such as 'train.max_steps'.")
         try:
-            text = yaml.safe_dump(value, default_flow_style=True, width=float("inf")).strip()
+            text = yaml.safe_dump(_plain_value(value), default_flow_style=True, width=float("inf")).strip()
         except yaml.representer.RepresenterError:
             raise TppError(f"override {key}: a {type(value).__name__} is not a config value (use numbers, "
                            "strings, booleans, None, lists or dicts).") from None
         args.append(f"{key}={re.sub(YAML_END, '', text)}")
     return args
+
+
+def _plain_value(value):
+    """A path as its string, a numpy scalar as its Python number, a tuple as a list (what YAML writes)."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain_value(v) for k, v in value.items()}
+    return value
 
 
 def _config_source(config) -> Path | dict:
@@ -123,7 +135,7 @@ def run(recipe: str, config, overrides: Mapping | Sequence[str] | None = None, *
     if output_dir is not None:
         if any(a.startswith("output_dir=") for a in args):
             raise TppError("output_dir is given twice (as output_dir= and in overrides); give it once.")
-        args.append(f"output_dir={os.fspath(output_dir)}")
+        args += override_args({"output_dir": output_dir})  # quoted where YAML would misread it ("2024")
     with quiet():
         summary, path = run_recipe(recipe, _config_source(config), args, overwrite, started)
     return _result(recipe, path, summary)

@@ -93,7 +93,8 @@ def _save_peft(model, path: Path, base_id: str) -> None:
     try:
         for config in configs:
             config.base_model_name_or_path = base_id
-        model.save_pretrained(str(path))
+        # no embedding layer is ever adapted: without this, peft looks the backbone's config up on the Hub
+        model.save_pretrained(str(path), save_embedding_layers=False)
     finally:
         for config, value in zip(configs, before):
             config.base_model_name_or_path = value

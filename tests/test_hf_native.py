@@ -34,10 +34,10 @@ def input_rule(info, image_channels: int = 1, file_resize: bool = False) -> dict
 
 
 def save_adapter(out: Path, backbone: Path, method: str, options: dict, *, rule: dict | None = None,
-                 backbone_id: str | None = None, task: dict | None = None) -> Path:
+                 backbone_id: str | None = None, task: dict | None = None, input_size: int | None = None) -> Path:
     """An adapter folder of ``method`` on ``backbone`` with random (non-identity) tensors and a random head,
     written by tpp's own writer; ``backbone_id`` overrides the id the card records (a hub id)."""
-    encoder, info, _ = load_backbone(str(backbone))
+    encoder, info, _ = load_backbone(str(backbone), input_size=input_size)
     if backbone_id:
         info.id = backbone_id
     method_, typed, targets = attach_adapter(encoder, method, options)
@@ -85,22 +85,26 @@ def images(shape: tuple, n: int = 4, seed: int = 0) -> list[np.ndarray]:
     return list(np.random.default_rng(seed).integers(0, 256, (n, *shape), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("method, options, image_shape, image_channels, file_resize", [
-    ("lora", {"r": 2}, (40, 36), 1, False),      # gray arrays resized by torch
-    ("lora", {"r": 2}, (33, 30, 3), 3, True),    # RGB files: PIL resize when read
-    ("ia3", {}, (28, 28, 3), 1, False),          # RGB given to a gray-trained adapter: luma
-    ("full", {}, (28, 28), 1, False),            # the full baseline: AutoModel of the folder itself
-    ("linear_probe", {}, (28, 28), 1, False),    # a probe: the plain backbone + head
+@pytest.mark.parametrize("family, method, options, image_shape, image_channels, file_resize, input_size", [
+    ("vit_mae", "lora", {"r": 2}, (40, 36), 1, False, None),      # gray arrays resized by torch
+    ("vit_mae", "lora", {"r": 2}, (33, 30, 3), 3, True, None),    # RGB files: PIL resize when read
+    ("vit_mae", "lora", {"r": 2}, (28, 28), 1, False, 32),        # 32-px input: interpolated positions
+    ("vit_mae", "ia3", {}, (28, 28, 3), 1, False, None),          # RGB given to a gray-trained adapter: luma
+    ("vit_mae", "full", {}, (28, 28), 1, False, None),            # the full baseline: AutoModel of the folder
+    ("vit_mae", "linear_probe", {}, (28, 28), 1, False, None),    # a probe: the plain backbone + head
+    ("vit", "lora", {"r": 2}, (28, 28), 1, False, None),
+    ("dinov2", "loha", {"r": 2}, (30, 30), 1, False, None),
 ])
-def test_card_snippet_reproduces_tpp_probabilities(tiny_mae, tmp_path, method, options, image_shape,
-                                                   image_channels, file_resize):
-    info = load_backbone(str(tiny_mae))[1]
-    adapter = save_adapter(tmp_path / "adapter", tiny_mae, method, options,
+def test_card_snippet_reproduces_tpp_probabilities(tiny_mae, tmp_path, family, method, options, image_shape,
+                                                   image_channels, file_resize, input_size):
+    backbone = tiny_mae if family == "vit_mae" else make_backbone(tmp_path / family, family)
+    info = load_backbone(str(backbone), input_size=input_size)[1]
+    adapter = save_adapter(tmp_path / "adapter", backbone, method, options, input_size=input_size,
                            rule=input_rule(info, image_channels, file_resize))
     batch = images(image_shape)
-    namespace = run_snippet(adapter, tiny_mae)
+    namespace = run_snippet(adapter, backbone)
     ours = torch.stack([namespace["predict"](im) for im in batch])
-    reference = tpp_probabilities(adapter, tiny_mae, batch)
+    reference = tpp_probabilities(adapter, backbone, batch)
     assert torch.allclose(ours, reference, atol=1e-5, rtol=0), (ours, reference)
     assert reference[:, 0].std() > 1e-4  # the images give different outputs: the comparison means something
     decided = [namespace["decide"](p) for p in reference]
@@ -262,6 +266,8 @@ def test_pretrained_backbone_has_no_masking_trap(tmp_path):
 def test_full_finetune_folder_has_no_masking_trap(tiny_mae, tmp_path):
     adapter = save_adapter(tmp_path / "full", tiny_mae, "full", {})
     assert json.loads((adapter / "config.json").read_text())["mask_ratio"] == 0.0
+    for needle in (str(tiny_mae), str(tmp_path), str(tiny_mae.parent)):  # no machine path here either
+        assert not [p.name for p in adapter.iterdir() if needle.encode() in p.read_bytes()]
     assert_deterministic(adapter)
 
 

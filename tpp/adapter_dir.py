@@ -67,10 +67,12 @@ def write_adapter_dir(path: Path, encoder, head: torch.nn.Module | None, card: d
     backbone is named by its folder name (its hash identifies it). The ``full`` baseline's encoder is saved in
     transformers' format (``config.json`` with ViT-MAE's ``mask_ratio`` 0.0 + ``model.safetensors``)."""
     path.mkdir(parents=True, exist_ok=True)
-    card = dict(card, backbone=dict(card["backbone"], id=portable_backbone_id(card["backbone"]["id"])))
+    backbone = card.get("backbone")
+    if isinstance(backbone, dict) and backbone.get("id"):
+        card = dict(card, backbone=dict(backbone, id=portable_backbone_id(backbone["id"])))
     weights = None
     if encoder.method.uses_peft:
-        _save_peft(encoder.model, path, card["backbone"]["id"])
+        _save_peft(encoder.model, path, card.get("backbone", {}).get("id"))
         weights = WEIGHTS
     elif state := adapter_state(encoder):
         weights = FULL_WEIGHTS if card["kind"] == "full_model" else WEIGHTS
@@ -85,14 +87,15 @@ def write_adapter_dir(path: Path, encoder, head: torch.nn.Module | None, card: d
     (path / CARD).write_text(json.dumps(card, indent=2))
 
 
-def _save_peft(model, path: Path, base_id: str) -> None:
+def _save_peft(model, path: Path, base_id: str | None) -> None:
     """peft's ``save_pretrained`` with ``base_model_name_or_path`` = ``base_id`` (a hub id or folder name, never
-    this machine's path) in ``adapter_config.json``; the live model's configs are left as they were."""
+    this machine's path; without one, the portable form of what peft recorded) in ``adapter_config.json``; the
+    live model's configs are left as they were."""
     configs = list(model.peft_config.values())
     before = [c.base_model_name_or_path for c in configs]
     try:
-        for config in configs:
-            config.base_model_name_or_path = base_id
+        for config, value in zip(configs, before):
+            config.base_model_name_or_path = base_id or (portable_backbone_id(value) if value else value)
         # no embedding layer is ever adapted: without this, peft looks the backbone's config up on the Hub
         model.save_pretrained(str(path), save_embedding_layers=False)
     finally:

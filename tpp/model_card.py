@@ -36,7 +36,11 @@ def portable_backbone_id(backbone_id: str) -> str:
 def hf_loadable(card: dict, uses_peft: bool) -> bool:
     """True when plain transformers (+ peft) reproduce this adapter's outputs: a classification head on a peft
     method, the ``full`` baseline (its encoder is saved in transformers' format) or a linear probe."""
-    if card.get("task", {}).get("type") != "classification":
+    rule, backbone = card.get("input"), card.get("backbone")
+    complete = (isinstance(rule, dict) and all(k in rule for k in ("image_size", "image_channels", "channels", "mean",
+                                                                    "std"))
+                and isinstance(backbone, dict) and "patch_size" in backbone)
+    if card.get("task", {}).get("type") != "classification" or not complete:
         return False
     return uses_peft or card.get("kind") == "full_model" or card.get("method") == "linear_probe"
 

@@ -87,6 +87,11 @@ def _decision_summary(task: dict) -> dict:
             "rule": decision.get("rule")}
 
 
+def _number(value):
+    """Floats to 4 decimals for reading (the front matter and tpp_card.json keep every digit)."""
+    return f"{value:.4f}" if isinstance(value, float) else value
+
+
 def _cell(value) -> str:
     """A value for a Markdown table cell (no pipes or line breaks from a card field)."""
     return str(value).replace("|", "\\|").replace("\n", " ")
@@ -111,12 +116,12 @@ def _summary(card: dict, uses_peft: bool) -> str:
                       f"{rule.get('scale')}; mean {rule.get('mean')}, std {rule.get('std')}")]
     task = card.get("task", {})
     if task.get("label_names"):
-        rows.append(("labels", ", ".join(map(str, task["label_names"]))))
+        rows.append(("labels", ", ".join(f"`{name}`" for name in task["label_names"])))
     if task.get("head"):
         rows.append(("head", task["head"]))
     if isinstance(task.get("decision"), dict):
         d = _decision_summary(task)
-        rows.append(("decision", f"`{d['positive_class']}` where p({d['positive_class']}) >= {d['threshold']} "
+        rows.append(("decision", f"`{d['positive_class']}` where p({d['positive_class']}) >= {_number(d['threshold'])} "
                                  f"(rule {d['rule']}, chosen on the validation split)"))
     rows.append(("created", f"{card.get('created')} with tpp {card.get('versions', {}).get('tpp')}"))
     table = "\n".join(f"| {k} | {_cell(v)} |" for k, v in rows)
@@ -131,7 +136,7 @@ def _data(card: dict) -> str:
              f"- content sha256: `{_cell(data.get('content_sha256'))}` (images and labels; no paths are recorded)",
              f"- images per split: {_cell(data.get('counts'))}; used: {_cell(data.get('used'))}"]
     if data.get("classes"):
-        lines.append(f"- classes: {_cell(', '.join(map(str, data['classes'])))}")
+        lines.append(f"- classes: {_cell(', '.join(f'`{name}`' for name in data['classes']))}")
     return "## Training data\n\n" + "\n".join(lines)
 
 
@@ -139,7 +144,7 @@ def _metrics(card: dict) -> str:
     metrics = card.get("metrics") or {}
     task = card.get("task", {}).get("type")
     unit = {"classification": "AUROC", "segmentation": "Dice"}.get(task, "value")
-    rows = "\n".join(f"| {_cell(k)} | {_cell(v)} |" for k, v in metrics.items())
+    rows = "\n".join(f"| {_cell(k)} | {_cell(_number(v))} |" for k, v in metrics.items())
     return f"## Metrics\n\n| split / metric | {unit} |\n|---|---|\n{rows}" if rows else ""
 
 

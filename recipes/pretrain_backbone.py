@@ -6,7 +6,7 @@ Objective per batch: masked image modeling (ViT-MAE encoder on the visible patch
 the masked pixels) plus, with ``supervised_weight > 0``, one linear head per labelled pool dataset on
 the mean patch tokens of the unmasked encoder (UMedPT-style; the mean over the datasets present in
 the batch, so memory does not grow with the number of tasks beyond one small head each). Only the
-training splits are used. Writes ``backbone/`` in transformers' format (``config.json``,
+training splits are used. Writes ``backbone/`` in transformers' format (``config.json`` with ``mask_ratio`` 0.0,
 ``model.safetensors``, ``preprocessor_config.json`` with mean/std) plus ``tpp_backbone_card.json``
 listing the pool, its content hashes and its licences; the heads are discarded.
 """
@@ -99,9 +99,13 @@ def load_pool(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict]
     return torch.cat(images), torch.cat(sources), torch.cat(labels).long(), entries, classes
 
 
-def write_backbone(path, model, model_cfg, mask_ratio: float, card: dict) -> None:
-    """transformers format + image-processor config + card, into a fresh folder."""
-    model.config.mask_ratio = mask_ratio  # the Encoder wrapper switched masking off for the unmasked pass
+def write_backbone(path, model, model_cfg, card: dict) -> None:
+    """transformers format + image-processor config + card, into a fresh folder.
+
+    ``config.json`` says ``mask_ratio: 0.0``: transformers' ViT-MAE masks and shuffles patches on every call
+    otherwise, so a plain ``AutoModel`` of the saved backbone would give random outputs. The pretext's own mask
+    ratio is in the card (``objective.mae.mask_ratio``); tpp's MAE pretext always passes its ratio explicitly."""
+    model.config.mask_ratio = 0.0
     model.save_pretrained(str(path))
     processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True,
                  "size": {"height": model_cfg.image_size, "width": model_cfg.image_size},
@@ -154,7 +158,9 @@ def run(cfg, run) -> dict:
                "encoder_parameters": sum(p.numel() for p in model.vit.parameters()),
                "wall_time_s": round(run.elapsed(), 1)}
     card = {"format": "tpp-backbone/1", "kind": "backbone", "hash": backbone_hash(model.vit),
-            "objective": {"mae": {"mask_ratio": mae.mask_ratio, "norm_pix_loss": mae.norm_pix_loss},
+            "objective": {"mae": {"mask_ratio": mae.mask_ratio, "norm_pix_loss": mae.norm_pix_loss,
+                                  "config_mask_ratio": 0.0, "note": "config.json says mask_ratio 0.0 (no random "
+                                  "masking when loaded by plain transformers); the pretext masked mask_ratio"},
                           "supervised_heads": cfg.supervised_weight > 0, "supervised_weight": cfg.supervised_weight,
                           "heads": "one linear head per supervised dataset on mean patch tokens, discarded"},
             "pool": entries, "licenses": licenses,
@@ -162,7 +168,7 @@ def run(cfg, run) -> dict:
             "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                       "seed": cfg.seed},
             "summary": summary, "loss_curve": curve, "versions": versions()}
-    run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, mae.mask_ratio, card))
+    run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, card))
     summary["device"] = str(accelerator.device)
     run.publish_json("metrics.json", summary)
     return summary

@@ -26,7 +26,7 @@ def test_publish_versions_by_content_and_moves_pointer_atomically(world, tmp_pat
     assert {p.name for p in (s / "a").iterdir()} == {first.version, "current"}
     second = store.publish(world["runs"]["site_b"], s, "a")
     assert second.version != first.version and store.current(s, "a").version == second.version
-    assert sorted(os.listdir(second.path)) == ["adapter_config.json", "adapter_model.safetensors",
+    assert sorted(os.listdir(second.path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
                                                "head.safetensors", "tpp_card.json"]
     assert not [p for p in (s / "a").iterdir() if p.name.startswith(".")]  # no temp folders left
 

@@ -27,7 +27,7 @@ def test_finetune_writes_run_and_adapter(tiny_mae, data_root, tmp_path):
     assert len(steps) == 6 and all(np.isfinite(r["loss"]) for r in steps)
     adapter = out / "adapter"
     assert sorted(p.name for p in adapter.iterdir()) == [
-        "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "tpp_card.json"]
+        "README.md", "adapter_config.json", "adapter_model.safetensors", "head.safetensors", "tpp_card.json"]
     weights = load_file(adapter / "adapter_model.safetensors")
     assert weights and all("lora_" in k for k in weights)  # no backbone tensor inside
     card = json.loads((adapter / "tpp_card.json").read_text())
@@ -320,7 +320,7 @@ def test_linear_probe_baseline_trains_only_the_head(tiny_mae, data_root, tmp_pat
     assert finetune(tiny_mae, data_root, out, "adapter={method: linear_probe}") == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["trainable_parameters"] == 32 * 2 + 2  # linear head on width 32, two classes
-    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["head.safetensors", "tpp_card.json"]
+    assert sorted(p.name for p in (out / "adapter").iterdir()) == ["README.md", "head.safetensors", "tpp_card.json"]
     assert evaluate(tiny_mae, data_root, out / "adapter", tmp_path / "eval") == 0
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert ev["test"]["auroc"] == pytest.approx(metrics["test"]["auroc"], abs=1e-6)

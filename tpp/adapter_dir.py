@@ -8,6 +8,7 @@ described by name, content hash and counts, never by paths.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import platform
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tpp.backbones import BackboneInfo
 from tpp.errors import TppError
 from tpp.model import adapter_state, build_head
+from tpp.model_card import README, portable_backbone_id, render
 
 CARD = "tpp_card.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -59,22 +61,55 @@ def make_card(*, method: str, options: dict, targets: list, backbone: BackboneIn
 
 
 def write_adapter_dir(path: Path, encoder, head: torch.nn.Module | None, card: dict) -> None:
-    """Write ``encoder``'s method tensors, the head and the card into ``path`` (a fresh temp folder
-    the caller renames into place). The card records which file holds the method's tensors."""
+    """Write ``encoder``'s method tensors, the head, the card and the Hugging Face model card (``README.md``,
+    :mod:`tpp.model_card`) into ``path`` (a fresh temp folder the caller renames into place). The card records
+    which file holds the method's tensors. No file names the backbone by a path of this machine: a local
+    backbone is named by its folder name (its hash identifies it). The ``full`` baseline's encoder is saved in
+    transformers' format (``config.json`` with ViT-MAE's ``mask_ratio`` 0.0 + ``model.safetensors``)."""
     path.mkdir(parents=True, exist_ok=True)
+    backbone = card.get("backbone")
+    if isinstance(backbone, dict) and backbone.get("id"):
+        card = dict(card, backbone=dict(backbone, id=portable_backbone_id(backbone["id"])))
     weights = None
     if encoder.method.uses_peft:
-        encoder.model.save_pretrained(str(path))
-        (path / "README.md").unlink(missing_ok=True)  # peft's hub model-card template; tpp_card.json is the card
+        _save_peft(encoder.model, path, card.get("backbone", {}).get("id"))
         weights = WEIGHTS
     elif state := adapter_state(encoder):
         weights = FULL_WEIGHTS if card["kind"] == "full_model" else WEIGHTS
-        save_file(state, str(path / weights))
+        save_file(state, str(path / weights), metadata={"format": "pt"})
+        if card["kind"] == "full_model":
+            _save_encoder_config(encoder.model.config, path)
     if head is not None:
         save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path / HEAD))
     card = dict(card, weights_file=weights)
+    (path / README).write_text(render(card, encoder.method.uses_peft))  # replaces peft's template
     card["size_bytes"] = dir_size(path)
     (path / CARD).write_text(json.dumps(card, indent=2))
+
+
+def _save_peft(model, path: Path, base_id: str | None) -> None:
+    """peft's ``save_pretrained`` with ``base_model_name_or_path`` = ``base_id`` (a hub id or folder name, never
+    this machine's path; without one, the portable form of what peft recorded) in ``adapter_config.json``; the
+    live model's configs are left as they were."""
+    configs = list(model.peft_config.values())
+    before = [c.base_model_name_or_path for c in configs]
+    try:
+        for config, value in zip(configs, before):
+            config.base_model_name_or_path = base_id or (portable_backbone_id(value) if value else value)
+        # no embedding layer is ever adapted: without this, peft looks the backbone's config up on the Hub
+        model.save_pretrained(str(path), save_embedding_layers=False)
+    finally:
+        for config, value in zip(configs, before):
+            config.base_model_name_or_path = value
+
+
+def _save_encoder_config(config, path: Path) -> None:
+    """The encoder's transformers ``config.json``; ViT-MAE's with ``mask_ratio`` 0.0, so plain ``AutoModel`` gives
+    deterministic outputs (it masks and shuffles patches on every call otherwise)."""
+    config = copy.deepcopy(config)
+    if getattr(config, "model_type", None) == "vit_mae":
+        config.mask_ratio = 0.0
+    config.save_pretrained(str(path))
 
 
 def read_weights(path: str | Path, card: dict) -> dict[str, torch.Tensor]:
@@ -84,7 +119,9 @@ def read_weights(path: str | Path, card: dict) -> dict[str, torch.Tensor]:
 
 
 def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+    """Bytes of an adapter directory's files, without ``README.md`` (documentation rendered from the card), so
+    sizes stay comparable with adapters saved before tpp wrote model cards."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.name != README)
 
 
 def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:

@@ -2,7 +2,8 @@
 
 Layout::
 
-    STORE/<site>/<version>/   an adapter directory (card, safetensors weights, head); version = content hash
+    STORE/<site>/<version>/   an adapter directory (card, safetensors weights, head, README.md model card);
+                              version = content hash of those files
     STORE/<site>/current      the served version's name, replaced with ``os.replace`` (never half-written)
 
 Publishing reads the adapter's files once, checks them (:func:`tpp.serve.integrity.check_adapter`), and writes
@@ -23,12 +24,16 @@ from pathlib import Path
 
 from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS, read_card
 from tpp.errors import TppError
+from tpp.model_card import README
 from tpp.serve.integrity import check_adapter, parse_card
 from tpp.rundir import write_atomic
 
 POINTER = "current"
 PEFT_CONFIG = "adapter_config.json"
-ADAPTER_FILES = (CARD, HEAD, WEIGHTS, FULL_WEIGHTS, PEFT_CONFIG)  # nothing else is ever copied into a store
+# nothing else is ever copied into a store. README.md (the Hugging Face model card, when the adapter has one) is
+# copied and covered by the version's content hash like every other file, so an edited README is refused as
+# tampering; tpp never parses it (tpp_card.json is the card tpp reads).
+ADAPTER_FILES = (CARD, HEAD, WEIGHTS, FULL_WEIGHTS, PEFT_CONFIG, README)
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
 
@@ -57,8 +62,7 @@ def adapter_files(path: Path, card: dict) -> list[str]:
     names = [CARD, HEAD]
     if card.get("weights_file"):
         names.append(card["weights_file"])
-    if (path / PEFT_CONFIG).is_file():
-        names.append(PEFT_CONFIG)
+    names += [name for name in (PEFT_CONFIG, README) if (path / name).is_file()]
     missing = [n for n in names if not (path / n).is_file()]
     if missing:
         raise TppError(f"adapter directory '{path}' lacks {', '.join(missing)}.")

@@ -392,8 +392,7 @@ def _cmd_hub(args) -> int:
         return 0
     if len(args.paths) != 2 or not args.site:
         raise TppError("usage: tpp adapters pull OWNER/NAME[@REVISION] STORE --site SITE [--backbone B] [--version V]")
-    done = hub.pull(args.paths[0], args.paths[1], args.site, version=args.adapter_version,
-                    backbone_hash=_backbone_hash(args.backbone) if args.backbone else None)
+    done = hub.pull(args.paths[0], args.paths[1], args.site, version=args.adapter_version, backbone=args.backbone)
     sv = done.version
     print(f"pulled {done.repo_id}@{done.revision} (commit {done.commit[:12]}) as {sv.site}@{sv.version} ({sv.path}); "
           "now current")

@@ -142,7 +142,7 @@ def verified_version(store: str | Path, site: str, version: str | None, backbone
     them: content hash = version name, :func:`check_adapter`, and with ``backbone`` a load as serving does.
     README.md is carried when present (covered by the content hash only if the store covers it)."""
     if version is None:
-        version = adapter_store.open_version(store, site).version
+        version = adapter_store.current(store, site).version  # the pointer (README.md may lie beside the files)
     folder = published_folder(store, site, version)
     files, extra = {}, {}
     for entry in sorted(os.listdir(folder)):
@@ -188,11 +188,11 @@ def dry_load(source: str | Path, backbone: str) -> None:
 
 # -- pull ----------------------------------------------------------------------------------------------
 
-def pull(spec: str, store: str | Path, site: str, *, backbone_hash: str | None = None,
+def pull(spec: str, store: str | Path, site: str, *, backbone: str | None = None,
          version: str | None = None) -> Pulled:
     """Fetch ``OWNER/NAME[@REVISION]`` (the local cache when ``HF_HUB_OFFLINE=1``), check it as hostile
-    input, and publish it as the current version of ``site``. ``backbone_hash``: refuse a card trained on
-    another backbone; ``version``: refuse unless the content hash is this version (as push named it)."""
+    input, and publish it as the current version of ``site``. ``backbone``: refuse a card trained on
+    another backbone (by weight hash); ``version``: refuse unless the content hash is this version."""
     adapter_store.check_site(site)
     if Path(store).exists() and not Path(store).is_dir():
         raise TppError(f"adapter store '{store}' is a file, not a folder.")
@@ -205,6 +205,7 @@ def pull(spec: str, store: str | Path, site: str, *, backbone_hash: str | None =
         for name, data in copied.items():
             (Path(tmp) / name).write_bytes(data)
         files = adapter_store.read_source(tmp)[1]  # the files publish stores, so the hash is the version's
+        backbone_hash = _backbone_hash(backbone) if backbone else None  # loaded only for a repo that passed
         if backbone_hash is not None and card.get("backbone", {}).get("hash") != backbone_hash:
             card_backbone = card.get("backbone", {})
             raise TppError(f"'{source}' was trained on backbone '{card_backbone.get('id')}' (hash "
@@ -216,6 +217,12 @@ def pull(spec: str, store: str | Path, site: str, *, backbone_hash: str | None =
                            "the ones pushed as that version. Refused: nothing was published.")
         published = adapter_store.publish(tmp, store, site)
     return Pulled(published, repo_id, revision or "main", snapshot.name)
+
+
+def _backbone_hash(path: str) -> str:
+    from tpp.backbones import load_backbone
+
+    return load_backbone(path)[1].hash
 
 
 def download(repo_id: str, revision: str | None, source: str) -> Path:

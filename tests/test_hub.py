@@ -85,6 +85,8 @@ class StubHub(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802
         self.server.calls.append(("GET", self.path, None, None))
+        if "/tree/" in self.path and not self.server.refuse:  # the repo's file list: [{type, path, size, oid}]
+            return self._reply(200, [dict(type="file", oid="0" * 40, **f) for f in self.server.tree])
         self._reply(self.server.refuse or 404, {"error": "not in the stub"})
 
 
@@ -92,7 +94,7 @@ class StubHub(BaseHTTPRequestHandler):
 def stub_hub(refuse: int | None = None):
     """The stub on a free loopback port; ``refuse``: answer every request with this status instead."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubHub)
-    server.calls, server.refuse = [], refuse
+    server.calls, server.refuse, server.tree = [], refuse, []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -150,6 +152,7 @@ def hub_env(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_TOKEN", "hf_stub_token")
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no_token"))
+    monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "harnesses.json"))  # not in ~/.cache
     return constants
 
 
@@ -278,6 +281,27 @@ def test_a_hostile_repo_is_refused_and_the_store_is_unchanged(world, tmp_path, o
     lines = [line for line in err.splitlines() if line.startswith("error")]  # not the backbone's progress bar
     assert len(lines) == 1 and reason in lines[0] and "owner/evil" in lines[0] and "Traceback" not in err, err
     assert tree(s) == before
+
+
+@pytest.mark.parametrize("listing, reason", [
+    ([{"path": "tpp_card.json", "size": 900}, {"path": "pytorch_model.bin", "size": 4000}], "pickle-based file"),
+    ([{"path": "tpp_card.json", "size": 900}, {"path": "adapter_model.safetensors", "size": 5 * 2**30}],
+     "more than the 4096 MiB"),
+    ([{"path": "tpp_card.json", "size": 50 * 2**20}], "more than the 4 MiB"),
+    ([{"path": "sub/adapter_model.safetensors", "size": 10}], "no part of a tpp adapter folder"),
+])
+def test_online_pull_screens_the_file_list_before_downloading(tmp_path, hub_env, monkeypatch, capsys, listing,
+                                                               reason):
+    with stub_hub() as hub:
+        hub.tree = listing
+        monkeypatch.setattr(hub_env, "ENDPOINT", f"http://127.0.0.1:{hub.server_port}")
+        monkeypatch.setattr(hub_env, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+        assert run_cli("adapters", "pull", "owner/evil", tmp_path / "store", "--site", "b") == 2
+        paths = [path for _, path, _, _ in hub.calls if path != "/api/agent-harnesses"]  # the library's own
+    assert len(paths) == 1 and paths[0].startswith("/api/models/owner/evil/tree/main")  # nothing downloaded
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and reason in err[0] and "owner/evil" in err[0], err
+    assert not (tmp_path / "store").exists() and not (tmp_path / "hf_cache").exists()
 
 
 def test_pull_offline_with_nothing_cached_or_a_bad_name_is_one_line(tmp_path, offline_cache, capsys):

@@ -104,15 +104,16 @@ def stub_hub(refuse: int | None = None):
         server.server_close()
 
 
-def committed_files(calls) -> tuple[dict, dict[str, bytes]]:
-    """(commit header, {path: bytes}) of the one NDJSON commit the stub received."""
+def committed_files(calls) -> tuple[dict, dict[str, bytes], list[str]]:
+    """(commit header, {path: bytes}, deleted paths) of the one NDJSON commit the stub received."""
     commits = [body for method, path, body, _ in calls if "/commit/" in path]
     assert len(commits) == 1, calls
     header = next(item["value"] for item in commits[0] if item["key"] == "header")
     files = {item["value"]["path"]: base64.b64decode(item["value"]["content"])
              for item in commits[0] if item["key"] == "file"}
-    assert all(item["key"] in ("header", "file") for item in commits[0])  # no LFS pointers, no deletions
-    return header, files
+    deleted = [item["value"]["path"] for item in commits[0] if item["key"] == "deletedFile"]
+    assert all(item["key"] in ("header", "file", "deletedFile") for item in commits[0])  # no LFS pointers
+    return header, files, deleted
 
 
 # -- push ------------------------------------------------------------------------------------------------
@@ -125,6 +126,8 @@ def test_push_commits_the_verified_version_with_its_model_card(world, tmp_path):
     (folder / "README.md").write_bytes(MODEL_CARD)  # the Hugging Face model card, when the folder has one
     try:
         with stub_hub() as hub:
+            hub.tree = [{"path": ".gitattributes", "size": 10}, {"path": "model.safetensors", "size": 10},
+                        {"path": "README.md", "size": 10}]  # an earlier push of another method's adapter
             env = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}", "HF_HUB_OFFLINE": "0",
                    "HF_TOKEN": "hf_stub_token", "HF_HOME": str(tmp_path / "hf_home")}
             result = run_cli_subprocess("adapters", "push", world["store"], "--site", "a", "--repo", "owner/site-a",
@@ -139,8 +142,9 @@ def test_push_commits_the_verified_version_with_its_model_card(world, tmp_path):
     assert any(path == "/api/models/owner/site-a/branch/dev" for _, path, _, _ in calls)
     assert any(path == "/api/models/owner/site-a/preupload/dev" for _, path, _, _ in calls)
     assert all(auth == "Bearer hf_stub_token" for method, _, _, auth in calls if method == "POST")
-    header, files = committed_files(calls)
+    header, files, deleted = committed_files(calls)
     assert files == dict(world["files"], **{"README.md": MODEL_CARD})
+    assert deleted == ["model.safetensors"] and "removed model.safetensors" in result.stdout
     assert "site a" in header["summary"] and header["summary"].count(world["version"]) == 2
 
 
@@ -172,6 +176,16 @@ def test_push_refuses_a_version_that_does_not_verify_and_sends_nothing(world, tm
     err = capsys.readouterr().err.splitlines()
     assert "content hash does not match" in err[0] and "nothing was pushed" in err[0]
     assert f"site 'a' has no version {'0' * 16}" in err[1] and len(err) == 2  # one line each, no traceback
+
+
+def test_push_never_deletes_foreign_files_of_the_repo(world, hub_env, monkeypatch, capsys):
+    with stub_hub() as hub:
+        hub.tree = [{"path": ".gitattributes", "size": 10}, {"path": "notes/protocol.pdf", "size": 10}]
+        monkeypatch.setattr(hub_env, "ENDPOINT", f"http://127.0.0.1:{hub.server_port}")
+        assert run_cli("adapters", "push", world["store"], "--site", "a", "--repo", "owner/x") == 2
+        assert not any("/commit/" in path or "/preupload/" in path for _, path, _, _ in hub.calls)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "notes/protocol.pdf" in err[0] and "Nothing was pushed" in err[0], err
 
 
 def test_push_without_a_token_or_offline_is_one_clear_line(world, hub_env, monkeypatch, capsys):
@@ -259,12 +273,14 @@ def hostile_repos(files: dict[str, bytes], outside: Path) -> dict[str, tuple[dic
         "other_content": (dict(files, **{"adapter_model.safetensors": bytes(flipped)}), {}, "not the expected version"),
         "link_out_of_cache": ({k: v for k, v in files.items() if k != "head.safetensors"},
                               {"head.safetensors": str(outside)}, "leads outside the repo's cache folder"),
+        "oversized_readme": (dict(files, **{"README.md": b"#" * (4 * 2**20 + 1)}), {}, "more than the 4 MiB"),
         "no_card": ({k: v for k, v in files.items() if k != "tpp_card.json"}, {}, "not a tpp adapter directory"),
     }
 
 
 @pytest.mark.parametrize("case", ["pickle_weights", "pickle_only", "foreign_file", "tampered_backbone_hash",
-                                  "other_content", "link_out_of_cache", "no_card"])
+                                  "other_content", "link_out_of_cache", "oversized_readme",
+                                  "no_card"])
 def test_a_hostile_repo_is_refused_and_the_store_is_unchanged(world, tmp_path, offline_cache, capsys, case):
     outside = tmp_path / "secret.safetensors"
     outside.write_bytes(world["files"]["head.safetensors"])

@@ -387,8 +387,9 @@ def _cmd_hub(args) -> int:
                            "[--revision BRANCH] [--private] [--backbone B]")
         done = hub.push(args.paths[0], args.site, args.repo, version=args.adapter_version, revision=args.revision,
                         private=args.private, backbone=args.backbone)
-        print(f"pushed {done.site}@{done.version} ({', '.join(done.files)}) to {done.repo_id}@{done.revision}: "
-              f"{done.commit_url}")
+        removed = f"; removed {', '.join(done.deleted)} of an earlier push" if done.deleted else ""
+        print(f"pushed {done.site}@{done.version} ({', '.join(done.files)}{removed}) to "
+              f"{done.repo_id}@{done.revision}: {done.commit_url}")
         return 0
     if len(args.paths) != 2 or not args.site:
         raise TppError("usage: tpp adapters pull OWNER/NAME[@REVISION] STORE --site SITE [--backbone B] [--version V]")

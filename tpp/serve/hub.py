@@ -47,6 +47,7 @@ class Pushed:
     revision: str
     files: tuple[str, ...]
     commit_url: str
+    deleted: tuple[str, ...] = ()  # adapter files of an earlier push that this version lacks
 
 
 @dataclass(frozen=True)
@@ -111,7 +112,7 @@ def push(store: str | Path, site: str, repo: str, *, version: str | None = None,
     repo_id = check_repo_id(repo)
     if revision is not None:
         parse_repo(f"{repo_id}@{revision}")
-    from huggingface_hub import CommitOperationAdd, HfApi, constants, get_token
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, get_token
 
     if constants.HF_HUB_OFFLINE:
         raise TppError("HF_HUB_OFFLINE is set, so nothing can be pushed: unset it (or set HF_HUB_OFFLINE=0).")
@@ -126,6 +127,8 @@ def push(store: str | Path, site: str, repo: str, *, version: str | None = None,
         api.create_repo(repo_id, repo_type="model", private=private or None, exist_ok=True)
         if branch != constants.DEFAULT_REVISION:
             api.create_branch(repo_id, repo_type="model", branch=branch, exist_ok=True)
+        stale = stale_files(api, repo_id, branch, files)
+        operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
         info = api.create_commit(
             repo_id, operations, repo_type="model", revision=branch,
             commit_message=f"tpp adapter: site {site}, version {version}, content hash {version}",
@@ -133,7 +136,24 @@ def push(store: str | Path, site: str, repo: str, *, version: str | None = None,
                                f"hash (sha256 over the adapter files, first 16 hex digits) is {version}; "
                                f"`tpp adapters pull {repo_id}@{branch} STORE --site S --version {version}` "
                                "checks it.")
-    return Pushed(site, version, repo_id, branch, tuple(sorted(files)), str(info.commit_url))
+    return Pushed(site, version, repo_id, branch, tuple(sorted(files)), str(info.commit_url), tuple(stale))
+
+
+def stale_files(api, repo_id: str, branch: str, files: dict[str, bytes]) -> list[str]:
+    """Adapter files of an earlier push that this version lacks (deleted in the same commit, so the branch
+    holds exactly one adapter). A file that is no part of an adapter folder is never deleted: the push is
+    refused, since ``pull`` would refuse the repo."""
+    from huggingface_hub import RepoFile
+
+    present = [f.path for f in api.list_repo_tree(repo_id, revision=branch, recursive=True, repo_type="model")
+               if isinstance(f, RepoFile)]
+    foreign = sorted(name for name in present if name not in allowed_names())
+    if foreign:
+        names = ", ".join(n[:64] for n in foreign[:3])
+        raise TppError(f"'{repo_id}' (branch {branch}) holds {names}, no part of a tpp adapter folder, so a pull "
+                       "would refuse it: push to a new repo or branch (--revision), or remove those files. Nothing "
+                       "was pushed.")
+    return sorted(name for name in present if name not in files and name != GITATTRIBUTES)
 
 
 def verified_version(store: str | Path, site: str, version: str | None, backbone: str | None

@@ -87,14 +87,40 @@ class StubHub(BaseHTTPRequestHandler):
         self.server.calls.append(("GET", self.path, None, None))
         if "/tree/" in self.path and not self.server.refuse:  # the repo's file list: [{type, path, size, oid}]
             return self._reply(200, [dict(type="file", oid="0" * 40, **f) for f in self.server.tree])
+        path = self.path.split("?")[0]
+        repo = path.removeprefix("/api/models/").split("/revision/")[0]
+        if path.startswith("/api/models/") and repo.count("/") == 1 and not self.server.refuse:  # model_info
+            siblings = [{"rfilename": f["path"], "size": f["size"]} for f in self.server.tree]
+            return self._reply(200, {"id": repo, "sha": COMMIT, "siblings": siblings})
+        if "/resolve/" in path and not self.server.refuse:
+            return self._file(path, body=True)
         self._reply(self.server.refuse or 404, {"error": "not in the stub"})
+
+    def do_HEAD(self):  # noqa: N802
+        self.server.calls.append(("HEAD", self.path, None, None))
+        self._file(self.path.split("?")[0], body=False)
+
+    def _file(self, path: str, body: bool) -> None:
+        """``/OWNER/NAME/resolve/REV/FILE``: the bytes in ``server.content`` with the headers hf_hub_download reads."""
+        import hashlib
+
+        data = self.server.content.get(path.split("/resolve/")[1].split("/", 1)[1])
+        if data is None:
+            return self._reply(404, {"error": "no such file"})
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("ETag", f'"{hashlib.sha256(data).hexdigest()}"')
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
 
 
 @contextlib.contextmanager
 def stub_hub(refuse: int | None = None):
     """The stub on a free loopback port; ``refuse``: answer every request with this status instead."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubHub)
-    server.calls, server.refuse, server.tree = [], refuse, []
+    server.calls, server.refuse, server.tree, server.content = [], refuse, [], {}
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -314,10 +340,45 @@ def test_online_pull_screens_the_file_list_before_downloading(tmp_path, hub_env,
         monkeypatch.setattr(hub_env, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
         assert run_cli("adapters", "pull", "owner/evil", tmp_path / "store", "--site", "b") == 2
         paths = [path for _, path, _, _ in hub.calls if path != "/api/agent-harnesses"]  # the library's own
-    assert len(paths) == 1 and paths[0].startswith("/api/models/owner/evil/tree/main")  # nothing downloaded
+    assert paths == ["/api/models/owner/evil?blobs=true"]  # the file list, nothing downloaded
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and reason in err[0] and "owner/evil" in err[0], err
     assert not (tmp_path / "store").exists() and not (tmp_path / "hf_cache").exists()
+
+
+def test_online_pull_downloads_screens_and_publishes(world, tmp_path, hub_env, monkeypatch):
+    """Online through the stub: file list, snapshot_download into the cache (refs/main written), publish; then
+    the same pull works offline from that cache."""
+    with stub_hub() as hub:
+        hub.content = dict(world["files"], **{".gitattributes": b"*.safetensors filter=lfs\n"})
+        hub.tree = [{"path": name, "size": len(data)} for name, data in hub.content.items()]
+        endpoint = f"http://127.0.0.1:{hub.server_port}"
+        monkeypatch.setattr(hub_env, "ENDPOINT", endpoint)
+        template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"  # read from HF_ENDPOINT at import
+        monkeypatch.setattr(hub_env, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+        monkeypatch.setattr(hub_env, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+        assert run_cli("adapters", "pull", "owner/site-a", tmp_path / "store", "--site", "b") == 0
+        downloads = sorted(path.split("/")[-1] for method, path, _, _ in hub.calls if method == "GET" and
+                           "/resolve/" in path)
+    assert downloads == sorted(hub.content)
+    assert store.open_version(tmp_path / "store", "b").files == world["files"]
+    monkeypatch.setattr(hub_env, "HF_HUB_OFFLINE", True)
+    assert run_cli("adapters", "pull", "owner/site-a", tmp_path / "store2", "--site", "c") == 0
+    assert store.open_version(tmp_path / "store2", "c").version == world["version"]
+
+
+def test_pull_with_the_hub_unreachable_uses_the_cache(world, tmp_path, hub_env, monkeypatch):
+    """Online mode, but nothing listens at the endpoint: the cached snapshot is used, as snapshot_download does."""
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setattr(hub_env, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(hub_env, "HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    fill_cache(tmp_path / "hf_cache", "owner/site-a", world["files"])
+    assert run_cli("adapters", "pull", "owner/site-a", tmp_path / "store", "--site", "b") == 0
+    assert store.open_version(tmp_path / "store", "b").version == world["version"]
 
 
 def test_pull_offline_with_nothing_cached_or_a_bad_name_is_one_line(tmp_path, offline_cache, capsys):

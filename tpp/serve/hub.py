@@ -247,16 +247,28 @@ def _backbone_hash(path: str) -> str:
 
 def download(repo_id: str, revision: str | None, source: str) -> Path:
     """The repo's snapshot folder in the Hugging Face cache. Online, its file list and sizes are screened
-    before anything is downloaded (a pickle file is refused unread); offline, the cached snapshot is used."""
-    from huggingface_hub import HfApi, RepoFile, constants, snapshot_download
+    before anything is downloaded (a pickle file is refused unread), and the snapshot must be the commit
+    screened; offline or unreachable, ``snapshot_download`` uses the cached snapshot."""
+    import httpx2
+    from huggingface_hub import HfApi, constants, snapshot_download
 
     with hub_errors(repo_id, revision or "main"):
+        screened = None
         if not constants.HF_HUB_OFFLINE:
-            for entry in HfApi().list_repo_tree(repo_id, revision=revision, recursive=True, repo_type="model"):
-                if isinstance(entry, RepoFile):
-                    screen_name(entry.path, source)
-                    screen_size(entry.path, entry.size, source)
-        return Path(snapshot_download(repo_id, revision=revision, repo_type="model"))
+            try:
+                info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+            except httpx2.TransportError:  # no network: the cache may still hold it (snapshot_download decides)
+                info = None
+            if info is not None:
+                for sibling in info.siblings or []:
+                    screen_name(sibling.rfilename, source)
+                    screen_size(sibling.rfilename, sibling.size, source)
+                screened = info.sha
+        snapshot = Path(snapshot_download(repo_id, revision=revision, repo_type="model"))
+    if screened and snapshot.name != screened:
+        raise TppError(f"'{source}' changed while it was pulled (commit {screened[:12]}, then {snapshot.name[:12]}); "
+                       "nothing was published: run the pull again.")
+    return snapshot
 
 
 def read_snapshot(snapshot: Path, source: str) -> dict[str, bytes]:

@@ -70,7 +70,8 @@ class StubHub(BaseHTTPRequestHandler):
         if path == "/api/repos/create":
             self._reply(200, {"url": f"{endpoint}/{body.get('organization')}/{body['name']}"})
         elif path == "/api/validate-yaml":
-            self._reply(200, {"errors": [], "warnings": []})
+            bad = self.server.bad_yaml
+            self._reply(400 if bad else 200, {"errors": [{"message": bad}] if bad else [], "warnings": []})
         elif "/preupload/" in path:
             self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False, "oid": None}
                                         for f in body["files"]]})
@@ -120,7 +121,7 @@ class StubHub(BaseHTTPRequestHandler):
 def stub_hub(refuse: int | None = None):
     """The stub on a free loopback port; ``refuse``: answer every request with this status instead."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), StubHub)
-    server.calls, server.refuse, server.tree, server.content = [], refuse, [], {}
+    server.calls, server.refuse, server.tree, server.content, server.bad_yaml = [], refuse, [], {}, None
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -157,7 +158,7 @@ def test_push_commits_the_verified_version_with_its_model_card(world, tmp_path):
             env = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}", "HF_HUB_OFFLINE": "0",
                    "HF_TOKEN": "hf_stub_token", "HF_HOME": str(tmp_path / "hf_home")}
             result = run_cli_subprocess("adapters", "push", world["store"], "--site", "a", "--repo", "owner/site-a",
-                                        "--revision", "dev", "--private", env=env)
+                                        "--revision", "dev", "--private", "--backbone", world["backbone"], env=env)
             calls = list(hub.calls)
     finally:
         (folder / "README.md").unlink()
@@ -204,6 +205,19 @@ def test_push_refuses_a_version_that_does_not_verify_and_sends_nothing(world, tm
     assert f"site 'a' has no version {'0' * 16}" in err[1] and len(err) == 2  # one line each, no traceback
 
 
+def test_push_with_another_backbone_is_refused_before_anything_is_sent(world, tmp_path, hub_env, monkeypatch,
+                                                                       capsys):
+    from conftest import make_backbone
+
+    other = make_backbone(tmp_path / "other", "vit_mae", seed=3)
+    with stub_hub() as hub:
+        monkeypatch.setattr(hub_env, "ENDPOINT", f"http://127.0.0.1:{hub.server_port}")
+        assert run_cli("adapters", "push", world["store"], "--site", "a", "--repo", "owner/x", "--backbone", other) == 2
+        assert hub.calls == []
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "does not load on backbone" in err[0] and "nothing was pushed" in err[0], err
+
+
 def test_push_never_deletes_foreign_files_of_the_repo(world, hub_env, monkeypatch, capsys):
     with stub_hub() as hub:
         hub.tree = [{"path": ".gitattributes", "size": 10}, {"path": "notes/protocol.pdf", "size": 10}]
@@ -212,6 +226,21 @@ def test_push_never_deletes_foreign_files_of_the_repo(world, hub_env, monkeypatc
         assert not any("/commit/" in path or "/preupload/" in path for _, path, _, _ in hub.calls)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "notes/protocol.pdf" in err[0] and "Nothing was pushed" in err[0], err
+
+
+def test_push_of_a_model_card_the_hub_refuses_is_one_line(world, hub_env, monkeypatch, capsys):
+    folder = world["store"] / "a" / world["version"]
+    (folder / "README.md").write_bytes(b"---\nlicense: [\n---\n")
+    try:
+        with stub_hub() as hub:
+            hub.bad_yaml = "license must be a string"
+            monkeypatch.setattr(hub_env, "ENDPOINT", f"http://127.0.0.1:{hub.server_port}")
+            assert run_cli("adapters", "push", world["store"], "--site", "a", "--repo", "owner/x") == 2
+            assert not any("/commit/" in path for _, path, _, _ in hub.calls)
+    finally:
+        (folder / "README.md").unlink()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refused the commit" in err[0] and "license must be a string" in err[0], err
 
 
 def test_push_without_a_token_or_offline_is_one_clear_line(world, hub_env, monkeypatch, capsys):

@@ -177,7 +177,7 @@ def verified_version(store: str | Path, site: str, version: str | None, backbone
                        "publishing (tampering or disk corruption). Refused: nothing was pushed. Publish it again.")
     check_adapter(files, str(folder))
     if backbone:
-        dry_load(folder, backbone)
+        dry_load(files, backbone, str(folder))
     return dict(files, **extra), version
 
 
@@ -195,15 +195,20 @@ def published_folder(store: str | Path, site: str, version: str) -> Path:
     return folder
 
 
-def dry_load(source: str | Path, backbone: str) -> None:
-    """Load the adapter of ``source`` over ``backbone`` exactly as serving would, in a temporary store."""
+def dry_load(files: dict[str, bytes], backbone: str, source: str) -> None:
+    """Load these very bytes over ``backbone`` exactly as serving would, from a temporary store."""
     from tpp.serve.bank import AdapterBank
 
     with tempfile.TemporaryDirectory(prefix="tpp-hub-check-") as tmp:
-        adapter_store.publish(source, tmp, "check")
-        reason = AdapterBank(backbone, tmp, max_resident=1).check_store()["check"]
+        folder = Path(tmp) / "adapter"
+        folder.mkdir()
+        for name, data in files.items():
+            (folder / name).write_bytes(data)
+        adapter_store.publish(folder, Path(tmp) / "store", "check")
+        reason = AdapterBank(backbone, str(Path(tmp) / "store"), max_resident=1).check_store()["check"]
     if reason:
-        raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason.replace(f'{tmp}/check/', '')}")
+        reason = reason.replace(f"{tmp}/store/check/", "")
+        raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason} Refused: nothing was pushed.")
 
 
 # -- pull ----------------------------------------------------------------------------------------------
@@ -335,10 +340,13 @@ def hub_errors(repo_id: str, revision: str):
         if status == 401:
             raise TppError(f"{where} refused the token (401: missing or invalid): {login}.") from None
         if status == 403:
-            raise TppError(f"{where}: the token may not write there (403): use a token with write access to "
-                           f"'{repo_id.split('/')[0]}' ({login}).") from None
+            raise TppError(f"{where}: the token has no access there (403); push needs a token with write access "
+                           f"to '{repo_id.split('/')[0]}' ({login}).") from None
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise TppError(f"{where} answered with an error ({status}): {first}") from None
+    except ValueError as exc:  # e.g. the Hub's check of README.md front matter (BadRequestError is one, above)
+        message = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise TppError(f"{where} refused the commit: {message}") from None
     except (httpx2.TransportError, ConnectionError) as exc:
         raise TppError(f"the Hub at {constants.ENDPOINT} cannot be reached ({type(exc).__name__}): check the network, "
                        "or pull from the local cache with HF_HUB_OFFLINE=1.") from None

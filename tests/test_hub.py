@@ -354,6 +354,16 @@ def test_a_hostile_repo_is_refused_and_the_store_is_unchanged(world, tmp_path, o
     assert tree(s) == before
 
 
+def test_a_fifo_in_the_cache_is_refused_without_blocking(world, tmp_path, offline_cache, capsys):
+    snapshot = fill_cache(offline_cache, "owner/fifo", {k: v for k, v in world["files"].items()
+                                                         if k != "head.safetensors"})
+    os.mkfifo(snapshot / "head.safetensors")  # opening it for reading would wait for a writer forever
+    assert run_cli("adapters", "pull", "owner/fifo", tmp_path / "store", "--site", "b") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "head.safetensors' is not a regular file" in err[0], err
+    assert not (tmp_path / "store").exists()
+
+
 @pytest.mark.parametrize("listing, reason", [
     ([{"path": "tpp_card.json", "size": 900}, {"path": "pytorch_model.bin", "size": 4000}], "pickle-based file"),
     ([{"path": "tpp_card.json", "size": 900}, {"path": "adapter_model.safetensors", "size": 5 * 2**30}],

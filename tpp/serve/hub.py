@@ -296,7 +296,7 @@ def read_snapshot(snapshot: Path, source: str) -> dict[str, bytes]:
 
 def read_bounded(path: Path, name: str, source: str) -> bytes:
     """A regular file's bytes, at most :func:`size_limit` of them (checked before and while reading)."""
-    with open(path, "rb") as fh:
+    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:  # a FIFO cannot block
         info = os.fstat(fh.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise TppError(f"'{source}/{name}' is not a regular file; refused.")

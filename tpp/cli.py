@@ -109,14 +109,36 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+HUB_EXAMPLES = """
+  tpp adapters push STORE --site hospital_a --repo my-hospital/busi-lora              # the current version
+  tpp adapters push STORE --site hospital_a --version 1f0c9a2b3d4e5f60 --repo my-hospital/busi-lora --private
+  tpp adapters pull my-hospital/busi-lora STORE --site hospital_b --backbone B   # B: the serving backbone
+  HF_HUB_OFFLINE=1 tpp adapters pull my-hospital/busi-lora@v2 STORE --site hospital_b   # from the local cache
+push needs a token with write access (HF_TOKEN, or `hf auth login`); HF_ENDPOINT selects another Hub. pull
+accepts only safetensors weights, a card that passes every store check and README.md / adapter_config.json;
+anything else (a .bin or .pt file, a tampered card) is refused and the store stays as it was."""
+
+
 def _add_deploy_commands(add) -> None:
     """``adapters``, ``predict`` and ``serve``: the deployment side."""
-    ad = add("adapters", "manage an adapter store: publish, ls, check")
-    ad.add_argument("action", choices=["publish", "ls", "check"])
-    ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check: STORE")
-    ad.add_argument("--site", help="site name (publish)")
+    ad = add("adapters", "manage an adapter store: publish, ls, check; push / pull a version to / from a "
+                         "Hugging Face Hub model repo")
+    ad.epilog += HUB_EXAMPLES
+    ad.add_argument("action", choices=["publish", "ls", "check", "push", "pull"])
+    ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check / push: STORE; "
+                                             "pull: OWNER/NAME[@REVISION] STORE")
+    ad.add_argument("--site", help="site name (publish, push, pull)")
     ad.add_argument("--backbone", help="backbone to load adapters on: required by check (every site is loaded as "
-                                       "tpp serve would); with publish, a dry load before publishing")
+                                       "tpp serve would); with publish or push, a dry load first; with pull, the "
+                                       "card's backbone hash must be this backbone's")
+    ad.add_argument("--repo", metavar="OWNER/NAME", help="push: the Hub model repo (created if missing)")
+    ad.add_argument("--version", dest="adapter_version", metavar="V",
+                    help="push: the version to push (default: the site's current one); pull: refuse unless the "
+                         "pulled files have this content hash (the version push named)")
+    ad.add_argument("--revision", metavar="BRANCH", help="push: the branch to commit to (default main; created "
+                                                         "if missing)")
+    ad.add_argument("--private", action="store_true", help="push: create the repo private (an existing repo keeps "
+                                                           "its visibility)")
     pr = add("predict", "probabilities and label names (or segmentation masks) per image, written as a CSV")
     pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
     _common_deploy(pr)
@@ -314,6 +336,8 @@ def _print_table(header: list, rows: list[list]) -> None:
 def cmd_adapters(args) -> int:
     from tpp.serve import store
 
+    if args.action in ("push", "pull"):
+        return _cmd_hub(args)
     if args.action == "publish":
         if len(args.paths) != 2 or not args.site:
             raise TppError("usage: tpp adapters publish RUN_DIR STORE --site SITE [--backbone B]")
@@ -343,6 +367,29 @@ def cmd_adapters(args) -> int:
     refused = sum(1 for r in results.values() if r)
     print(f"{len(results) - refused} sites ok, {refused} refused (each loaded as tpp serve would)")
     return 1 if refused else 0
+
+
+def _cmd_hub(args) -> int:
+    """``tpp adapters push`` / ``pull`` (tpp/serve/hub.py)."""
+    from tpp.serve import hub
+
+    if args.action == "push":
+        if len(args.paths) != 1 or not args.site or not args.repo:
+            raise TppError("usage: tpp adapters push STORE --site SITE --repo OWNER/NAME [--version V] "
+                           "[--revision BRANCH] [--private] [--backbone B]")
+        done = hub.push(args.paths[0], args.site, args.repo, version=args.adapter_version, revision=args.revision,
+                        private=args.private, backbone=args.backbone)
+        removed = f"; removed {', '.join(done.deleted)} of an earlier push" if done.deleted else ""
+        print(f"pushed {done.site}@{done.version} ({', '.join(done.files)}{removed}) to "
+              f"{done.repo_id}@{done.revision}: {done.commit_url}")
+        return 0
+    if len(args.paths) != 2 or not args.site:
+        raise TppError("usage: tpp adapters pull OWNER/NAME[@REVISION] STORE --site SITE [--backbone B] [--version V]")
+    done = hub.pull(args.paths[0], args.paths[1], args.site, version=args.adapter_version, backbone=args.backbone)
+    sv = done.version
+    print(f"pulled {done.repo_id}@{done.revision} (commit {done.commit[:12]}) as {sv.site}@{sv.version} ({sv.path}); "
+          "now current")
+    return 0
 
 
 def _dry_load(source: str, backbone: str) -> None:

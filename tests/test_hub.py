@@ -19,7 +19,6 @@ from serving_fixtures import finetune_site
 from tpp.serve import store
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a commit hash of the cached snapshot
-MODEL_CARD = b"---\nlibrary_name: peft\ntags:\n- tpp\n---\n# A site adapter\n"
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +148,15 @@ def test_push_commits_the_verified_version_with_its_model_card(world, tmp_path):
     """Through a fresh process, so HF_ENDPOINT is read as a user sets it: the repo is created private, the
     branch made, and one commit carries exactly the version's files (README.md included) and names site,
     version and content hash."""
-    folder = world["store"] / "a" / world["version"]
-    (folder / "README.md").write_bytes(MODEL_CARD)  # the Hugging Face model card, when the folder has one
-    try:
-        with stub_hub() as hub:
-            hub.tree = [{"path": ".gitattributes", "size": 10}, {"path": "model.safetensors", "size": 10},
-                        {"path": "README.md", "size": 10}]  # an earlier push of another method's adapter
-            env = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}", "HF_HUB_OFFLINE": "0",
-                   "HF_TOKEN": "hf_stub_token", "HF_HOME": str(tmp_path / "hf_home")}
-            result = run_cli_subprocess("adapters", "push", world["store"], "--site", "a", "--repo", "owner/site-a",
-                                        "--revision", "dev", "--private", "--backbone", world["backbone"], env=env)
-            calls = list(hub.calls)
-    finally:
-        (folder / "README.md").unlink()
+    assert world["files"]["README.md"].startswith(b"---\n")  # the model card publishing keeps (content-hashed)
+    with stub_hub() as hub:
+        hub.tree = [{"path": ".gitattributes", "size": 10}, {"path": "model.safetensors", "size": 10},
+                    {"path": "README.md", "size": 10}]  # an earlier push of another method's adapter
+        env = {"HF_ENDPOINT": f"http://127.0.0.1:{hub.server_port}", "HF_HUB_OFFLINE": "0",
+               "HF_TOKEN": "hf_stub_token", "HF_HOME": str(tmp_path / "hf_home")}
+        result = run_cli_subprocess("adapters", "push", world["store"], "--site", "a", "--repo", "owner/site-a",
+                                    "--revision", "dev", "--private", "--backbone", world["backbone"], env=env)
+        calls = list(hub.calls)
     assert result.returncode == 0, result.stderr
     assert f"a@{world['version']}" in result.stdout and "owner/site-a@dev" in result.stdout
     create = next(body for _, path, body, _ in calls if path == "/api/repos/create")
@@ -170,7 +165,7 @@ def test_push_commits_the_verified_version_with_its_model_card(world, tmp_path):
     assert any(path == "/api/models/owner/site-a/preupload/dev" for _, path, _, _ in calls)
     assert all(auth == "Bearer hf_stub_token" for method, _, _, auth in calls if method == "POST")
     header, files, deleted = committed_files(calls)
-    assert files == dict(world["files"], **{"README.md": MODEL_CARD})
+    assert files == world["files"]
     assert deleted == ["model.safetensors"] and "removed model.safetensors" in result.stdout
     assert "site a" in header["summary"] and header["summary"].count(world["version"]) == 2
 
@@ -229,16 +224,11 @@ def test_push_never_deletes_foreign_files_of_the_repo(world, hub_env, monkeypatc
 
 
 def test_push_of_a_model_card_the_hub_refuses_is_one_line(world, hub_env, monkeypatch, capsys):
-    folder = world["store"] / "a" / world["version"]
-    (folder / "README.md").write_bytes(b"---\nlicense: [\n---\n")
-    try:
-        with stub_hub() as hub:
-            hub.bad_yaml = "license must be a string"
-            monkeypatch.setattr(hub_env, "ENDPOINT", f"http://127.0.0.1:{hub.server_port}")
-            assert run_cli("adapters", "push", world["store"], "--site", "a", "--repo", "owner/x") == 2
-            assert not any("/commit/" in path for _, path, _, _ in hub.calls)
-    finally:
-        (folder / "README.md").unlink()
+    with stub_hub() as hub:  # the published model card, refused by the Hub's YAML check
+        hub.bad_yaml = "license must be a string"
+        monkeypatch.setattr(hub_env, "ENDPOINT", f"http://127.0.0.1:{hub.server_port}")
+        assert run_cli("adapters", "push", world["store"], "--site", "a", "--repo", "owner/x") == 2
+        assert not any("/commit/" in path for _, path, _, _ in hub.calls)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "refused the commit" in err[0] and "license must be a string" in err[0], err
 
@@ -288,9 +278,9 @@ def fill_cache(cache: Path, repo_id: str, files: dict[str, bytes], ref: str = "m
 
 def test_pull_from_the_offline_cache_publishes_the_same_version(world, tmp_path):
     """A fresh process with HF_HUB_OFFLINE=1 and HF_HUB_CACHE set as a user would: the pushed files (plus the
-    repo's README.md and .gitattributes) become the same version in another store, current for the new site."""
+    .gitattributes, which is not kept) become the same version in another store, current for the new site."""
     cache = tmp_path / "hf_cache"
-    fill_cache(cache, "owner/site-a", dict(world["files"], **{"README.md": MODEL_CARD, ".gitattributes": b"*.x\n"}),
+    fill_cache(cache, "owner/site-a", dict(world["files"], **{".gitattributes": b"*.x\n"}),
                ref="v1")
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     s = tmp_path / "store"

@@ -4,6 +4,7 @@ works wherever a backbone is given, a damaged copy is refused, the wheel carries
 the medmnist source reads (or downloads into) the medmnist package's own folder."""
 import configparser
 import fnmatch
+import json
 import re
 from pathlib import Path
 
@@ -37,6 +38,26 @@ def test_the_shipped_copy_hashes_as_recorded_and_as_the_shared_copy():
         assert load_backbone(str(shared))[1].hash == info.hash
         shipped = Path(resolve_backbone(DEFAULT_BACKBONE))
         assert (shipped / "model.safetensors").read_bytes() == (shared / "model.safetensors").read_bytes()
+
+
+def test_the_shipped_config_carries_no_masking_trap_and_differs_from_the_shared_one_only_there():
+    """Plain transformers (no tpp) gives the same CLS token and mean token for the same images on every call."""
+    import torch
+    from transformers import AutoModel
+
+    folder = Path(resolve_backbone(DEFAULT_BACKBONE))
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "vit_mae" and config["mask_ratio"] == 0.0
+    shared = SHARED / "models" / NAME / "config.json"
+    if shared.is_file():
+        assert {**json.loads(shared.read_text()), "mask_ratio": 0.0} == config
+    model = AutoModel.from_pretrained(folder).eval()
+    pixels = torch.randn(2, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        first, second = (model(pixel_values=pixels).last_hidden_state for _ in range(2))
+    assert first.shape == (2, 50, 192)  # CLS + all 49 patches: nothing masked
+    torch.testing.assert_close(first[:, 0], second[:, 0])
+    torch.testing.assert_close(first.mean(1), second.mean(1))
 
 
 def test_the_name_resolves_in_one_place_and_nothing_else_changes(tmp_path):

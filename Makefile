@@ -97,7 +97,7 @@ floor-check:
 	@set -e; tmp=$$(mktemp -d "$${TMPDIR:-/tmp}/tpp-floor.XXXXXX"); trap 'rm -rf "$$tmp"' EXIT; \
 	mkdir "$$tmp/repo"; git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$$tmp/repo"; \
 	echo "floor-check in $$tmp/repo (no ../shared there, TPP_DATA_ROOT unset)"; test ! -e "$$tmp/shared"; \
-	cd "$$tmp/repo" && env -u TPP_DATA_ROOT -u TPP_SHARED $(MAKE) --no-print-directory floor-tests PYTHON=$(PYTHON)
+	cd "$$tmp/repo" && env -u TPP_DATA_ROOT -u TPP_SHARED $(MAKE) --no-print-directory floor-tests PYTHON=$(PYTHON) SHARED=../shared
 
 floor-tests:
 	rm -rf $(FLOOR) && $(PYTHON) -m venv $(FLOOR)

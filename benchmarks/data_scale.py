@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                              "activation buffers fragment the heap and peak RSS drifts by 100+ MiB run to run)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", default="HEAD", help="speed: the git revision of the previous data path")
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--worker", choices=["tpp", "finetune", "evaluate"], help=argparse.SUPPRESS)

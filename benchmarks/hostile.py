@@ -101,7 +101,9 @@ def add_hostile_sites(store_path: Path, work: Path, backbone: str, template: str
     forge(store_path, "forged_base_key", dict(files, **{WEIGHTS: save_bytes(weights)}))
     sites["forged_base_key"] = f"LoRA weights plus a backbone tensor {BASE_KEY}"
 
-    with safe_open(str(Path(backbone) / "model.safetensors"), "pt") as fh:  # names and shapes only
+    from tpp.backbones import resolve_backbone
+
+    with safe_open(str(Path(resolve_backbone(backbone)) / "model.safetensors"), "pt") as fh:  # names and shapes only
         full = {k: torch.zeros(fh.get_slice(k).get_shape()) for k in sorted(fh.keys())[:6]}
     full_card = dict(card, method="full", kind="adapter", options={}, target_modules=[], weights_file=FULL_WEIGHTS)
     forge(store_path, "full_as_adapter", {CARD: json.dumps(full_card).encode(), HEAD: files[HEAD],

@@ -70,8 +70,11 @@ def publish(out, stem: str, machine: dict, command: str, description: str, table
 
 def backbone_fingerprint(backbone: str) -> str:
     """What a cached cell depends on in its backbone: for a local folder, the SHA-256 of its config and
-    weight files (so caches survive moving or symlinking the folder); for a hub id, the id itself."""
-    folder = Path(backbone)
+    weight files (so caches survive moving or symlinking the folder; builtin:NAME is the shipped folder); for a
+    hub id, the id itself."""
+    from tpp.backbones import resolve_backbone
+
+    folder = Path(resolve_backbone(backbone))
     if not folder.is_dir():
         return backbone
     digest = hashlib.sha256()

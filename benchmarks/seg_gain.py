@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     parser.add_argument("--file", default="seg/busi_64.npz", help="BUSI file relative to the data root")
     parser.add_argument("--budget-min", type=float, default=60.0, help="stop starting cells after this many minutes")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=None, help="default benchmarks/.cache/seg_gain[_quick]")
     parser.add_argument("--out", type=Path, default=None, help="default benchmarks/results (quick: runs/bench_quick)")

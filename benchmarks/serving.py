@@ -111,6 +111,7 @@ def switch_pairs(bank, a, b, x: torch.Tensor, repeats: int) -> tuple[float, floa
 
 def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int, device: str = "cpu") -> dict:
     """Switching, cold load, sizes and mixed-site batches, in one process, on ``device``."""
+    from tpp.backbones import resolve_backbone
     from tpp.serve.bank import AdapterBank
 
     bank = AdapterBank(backbone, str(store_path), device=device)
@@ -143,7 +144,7 @@ def bank_numbers(backbone: str, store_path: Path, x: torch.Tensor, repeats: int,
     sub_single = timed_(lambda: sub.predict([sub_sites[names[0]]] * 64, x[:64]), repeats)
     sub_mixed = timed_(lambda: sub.predict([sub_sites[names[i % 8]] for i in range(64)], x[:64]), repeats)
     adapter_bytes = sum(f.stat().st_size for f in (store_path / names[0]).rglob("*.safetensors"))
-    backbone_bytes = sum(f.stat().st_size for f in Path(backbone).glob("*.safetensors"))
+    backbone_bytes = sum(f.stat().st_size for f in Path(resolve_backbone(backbone)).glob("*.safetensors"))
     return {
         "forward_batch64_ms": 1000 * fwd64, "forward_batch1_ms": 1000 * fwd1,
         "switch_lookup_us": 1e6 * lookup, "switch_vs_forward64": lookup / fwd64, "switch_vs_forward1": lookup / fwd1,
@@ -332,7 +333,7 @@ def markdown(bank: dict, service: dict) -> str:
 def add_paths(parser: argparse.ArgumentParser, name: str) -> None:
     """--backbone, --data-root, --work (benchmarks/.cache/NAME) and --out: the paths every deployment
     benchmark takes."""
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".cache" / name)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

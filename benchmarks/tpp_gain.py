@@ -353,7 +353,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-modality", action="store_true", help="skip the modality grid")
     parser.add_argument("--budget-min", type=float, default=45.0, help="stop starting cells after this many minutes")
     parser.add_argument("--report-only", action="store_true", help="no training: report the cached cells")
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=None,
                         help="cell cache (default benchmarks/.cache/tpp_gain[_quick])")

@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tpp-dirs", nargs="+", default=["{target}_mae_s{seed}"],
                         help="cached TPP run folders (patterns with {target} and {seed})")
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache" / "tpp_gain")
-    parser.add_argument("--backbone", default=str(ROOT.parent / "shared" / "models" / "mae-vit-tiny-med"))
+    parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args(argv)

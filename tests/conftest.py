@@ -1,6 +1,7 @@
 """Shared fixtures: tiny backbones built in code and saved (so the real from_pretrained path runs),
-tiny MedMNIST-layout files, and the location of ../shared for the tests marked integration (the only ones
-that may use it). Helpers that are not fixtures are in helpers.py and serving_fixtures.py."""
+tiny MedMNIST-layout files, the default backbone (shipped in the package) and the location of ../shared data
+for the tests marked integration (the only ones that may use it). Helpers that are not fixtures are in
+helpers.py and serving_fixtures.py."""
 from __future__ import annotations
 
 import json
@@ -134,12 +135,9 @@ def shared_data() -> Path:
     return path
 
 
-def shared_backbone() -> Path:
-    """The shared ViT-MAE backbone, or skip (a failure under CI). Integration tests only."""
-    _integration_only("the shared backbone")
-    path = SHARED / "models" / "mae-vit-tiny-med"
-    if not (path / "config.json").is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but the shared backbone is missing at {path}")
-        pytest.skip(f"shared backbone not found at {path}")
-    return path
+def shared_backbone() -> str:
+    """The default ViT-MAE backbone, shipped in the package (``builtin:mae-vit-tiny-med``, the same weights as
+    ../shared/models/mae-vit-tiny-med): no skip, any test may use it."""
+    from tpp.backbones import DEFAULT_BACKBONE
+
+    return DEFAULT_BACKBONE

@@ -120,7 +120,7 @@ def test_plugin_options_are_typed_and_sections_must_be_mappings():
 def test_configs_saved_with_every_pretexts_options_still_load(tmp_path):
     from tpp.recipes import check_same_config
 
-    old = build_config({"recipe": "tpp"}).to_dict()
+    old = build_config({"recipe": "tpp", "backbone": {"path": "../models/mae"}}).to_dict()  # a relative path
     old["pretext"].update(dino_out_dim=256, dino_student_temp=0.1, dino_teacher_temp=0.04, dino_ema=0.99,
                           dino_crop_min=0.4)  # how config.yaml looked before options were per pretext
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))

@@ -64,33 +64,33 @@ def test_pool_data_roots_are_relative_to_the_file(tmp_path, monkeypatch):
 
 
 def test_cp_then_run_from_another_folder_finds_the_shipped_backbone(tmp_path, monkeypatch, capsys):
-    """The shipped configs name the shared backbone relative to themselves; `tpp cp` writes it absolute."""
-    shared_backbone = CONFIG_DIR.resolve().parents[2] / "shared" / "models" / "mae-vit-tiny-med"
-    assert load_config(CONFIG_DIR / FINETUNE_CONFIG).backbone.path == str(shared_backbone)
+    """The shipped configs name the backbone shipped in the package (builtin:NAME, no path): `tpp cp` copies
+    it as written, and it means the same from any folder; a relative path in a user's config becomes absolute."""
+    from tpp.backbones import DEFAULT_BACKBONE
+
+    assert load_config(CONFIG_DIR / FINETUNE_CONFIG).backbone.path == DEFAULT_BACKBONE
     copy = tmp_path / "x" / "my.yaml"
     assert run_cli("cp", FINETUNE_CONFIG, copy) == 0
-    assert "made absolute in the copy" in capsys.readouterr().out
+    assert "made absolute" not in capsys.readouterr().out
     text = copy.read_text()
-    assert text.startswith("# tpp run finetune") and f"path: {shared_backbone}  # tpp cp:" in text  # comments stay
+    assert text == (CONFIG_DIR / FINETUNE_CONFIG).read_text()  # comments and the builtin name stay
     (tmp_path / "somewhere_else").mkdir()
     monkeypatch.chdir(tmp_path / "somewhere_else")
-    assert load_config(copy).backbone.path == str(shared_backbone)
-    shipped = yaml.safe_load((CONFIG_DIR / FINETUNE_CONFIG).read_text())
-    shipped["backbone"]["path"] = str(shared_backbone)
-    assert yaml.safe_load(text) == shipped  # nothing else changed
+    assert load_config(copy).backbone.path == DEFAULT_BACKBONE
     user = tmp_path / "mine" / "site.yaml"
     write_config(user, adapter={"init_from": "runs/tpp/adapter"}, backbone={"path": "org/name"})
     assert run_cli("cp", user, tmp_path / "moved.yaml") == 0
+    assert "made absolute in the copy" in capsys.readouterr().out
     moved = yaml.safe_load((tmp_path / "moved.yaml").read_text())
     assert moved["adapter"]["init_from"] == str(tmp_path / "mine" / "runs" / "tpp" / "adapter")
     assert moved["backbone"]["path"] == "org/name"
 
 
-@pytest.mark.integration
 def test_a_copied_shipped_config_runs_from_another_folder(tmp_path, monkeypatch, capsys):
-    from conftest import shared_backbone
+    """A copy of a shipped config runs from any folder with the backbone shipped in the package (no ../shared):
+    the run's config.yaml records the builtin name, its card the name and the encoder hash."""
+    from tpp.backbones import DEFAULT_BACKBONE, builtin_hash
 
-    backbone = shared_backbone()
     root = make_medmnist(tmp_path / "data")
     assert run_cli("cp", FINETUNE_CONFIG, tmp_path / "x" / "my.yaml") == 0
     (tmp_path / "else").mkdir()
@@ -98,7 +98,10 @@ def test_a_copied_shipped_config_runs_from_another_folder(tmp_path, monkeypatch,
     assert run_cli("run", "finetune", "--config", tmp_path / "x" / "my.yaml", f"data.root={root}", *FAST,
                    "train.max_steps=2", "output_dir=out") == 0
     saved = yaml.safe_load((tmp_path / "else" / "out" / "config.yaml").read_text())
-    assert os.path.samefile(saved["backbone"]["path"], backbone) and saved["data"]["root"] == str(root)
+    assert saved["backbone"]["path"] == DEFAULT_BACKBONE and saved["data"]["root"] == str(root)
+    card = json.loads((tmp_path / "else" / "out" / "adapter" / "tpp_card.json").read_text())
+    assert card["backbone"]["id"] == DEFAULT_BACKBONE
+    assert card["backbone"]["hash"] == builtin_hash(DEFAULT_BACKBONE.split(":", 1)[1])
 
 
 # -- fix and rerun --------------------------------------------------------------------------------------

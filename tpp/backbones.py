@@ -7,6 +7,8 @@ that off (mask ratio 0 and raster-order noise) outside the MAE pretext.
 Inputs of another size than the checkpoint's (``backbone.input_size``, e.g. 64 px segmentation on a
 28-px backbone) get bicubic-interpolated position embeddings (transformers' ``interpolate_pos_encoding``;
 DINOv2 always interpolates).
+A backbone is named by a hub id, a local checkpoint directory or ``builtin:NAME``, a checkpoint shipped inside
+the package (``tpp/models/NAME``; :func:`resolve_backbone` is the one place that maps the name to its folder).
 """
 from __future__ import annotations
 
@@ -21,6 +23,41 @@ import torch
 import torch.nn as nn
 
 from tpp.errors import TppError
+
+
+BUILTIN_PREFIX = "builtin:"  # a hub id has no ':' and a local path given as ./builtin:x stays a path
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+DEFAULT_BACKBONE = "builtin:mae-vit-tiny-med"
+
+
+def builtin_backbones() -> dict[str, Path]:
+    """The checkpoints shipped in the package: name -> folder (``tpp/models/<name>`` with a config.json)."""
+    if not MODELS_DIR.is_dir():
+        return {}
+    return {d.name: d for d in sorted(MODELS_DIR.iterdir()) if (d / "config.json").is_file()}
+
+
+def resolve_backbone(path: str) -> str:
+    """The directory or hub id a backbone name stands for: ``builtin:NAME`` -> the shipped folder; any other
+    value (hub id, local directory) is returned unchanged."""
+    if not (isinstance(path, str) and path.startswith(BUILTIN_PREFIX)):
+        return path
+    name = path[len(BUILTIN_PREFIX):]
+    shipped = builtin_backbones()
+    if name not in shipped:
+        known = ", ".join(BUILTIN_PREFIX + n for n in shipped) or "none (the package's tpp/models folder is missing)"
+        raise TppError(f"backbone '{path}' is not shipped with tpp. Shipped backbones: {known} (`tpp ls`). "
+                       "For a folder of that name write ./" + path + ".")
+    return str(shipped[name])
+
+
+def builtin_hash(name: str) -> str | None:
+    """The encoder hash recorded in a shipped backbone's card (``encoder_hash:`` in README.md's front matter)."""
+    card = MODELS_DIR / name / "README.md"
+    if not card.is_file():
+        return None
+    match = re.search(r"^encoder_hash:\s*([0-9a-f]{64})\s*$", card.read_text(), re.M)
+    return match.group(1) if match else None
 
 
 @dataclass(frozen=True)
@@ -158,17 +195,18 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
 
     hf_logging.set_verbosity_error()  # the decoder weights a ViT-MAE encoder skips are expected
 
-    local = Path(path)
+    source = resolve_backbone(path)  # what is loaded; ``path`` (e.g. builtin:NAME) is what the card records
+    local = Path(source)
     config = backbone_config(path)
     family = _family_of(path, getattr(config, "model_type", None))
     decoder = None
     if with_decoder and family.model_type == "vit_mae":
         from transformers import ViTMAEForPreTraining
 
-        full = ViTMAEForPreTraining.from_pretrained(path)
+        full = ViTMAEForPreTraining.from_pretrained(source)
         model, decoder = full.vit, full.decoder
     else:
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(source)
     for module in (model, decoder):
         if module is not None:
             module.requires_grad_(False).eval()
@@ -179,22 +217,36 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
         patch_size=int(config.patch_size), channels=int(config.num_channels),
         hidden_size=int(config.hidden_size), num_layers=int(config.num_hidden_layers),
         mean=mean, std=std, hash=backbone_hash(model))
+    _check_builtin(path, info.hash)
     info.input_size = check_input_size(input_size or info.image_size, info)
     return encoder, info, decoder
 
 
+def _check_builtin(path: str, digest: str) -> None:
+    """A shipped backbone must hash to the value its card records (a damaged install fails, never trains)."""
+    if isinstance(path, str) and path.startswith(BUILTIN_PREFIX):
+        recorded = builtin_hash(path[len(BUILTIN_PREFIX):])
+        if recorded is not None and recorded != digest:
+            raise TppError(f"the shipped backbone '{path}' ({resolve_backbone(path)}) hashes to {digest[:12]}..., "
+                           f"not {recorded[:12]}... as its README.md records: the installed files are damaged. "
+                           "Reinstall tpp.")
+
+
 def backbone_config(path: str):
-    """The transformers config of a checkpoint directory or hub id (offline: from the local cache), with
-    a clear error when it does not resolve; nothing but the config is read (``tpp validate`` uses it)."""
+    """The transformers config of a checkpoint directory, hub id (offline: from the local cache) or
+    ``builtin:NAME``, with a clear error when it does not resolve; nothing but the config is read
+    (``tpp validate`` uses it)."""
     from transformers import AutoConfig
 
+    path = resolve_backbone(path)
     local = Path(path)
     if local.exists() and not local.is_dir():
         raise TppError(f"backbone.path '{path}' is a file; pass the checkpoint directory (config.json + weights).")
     if local.is_dir() and not (local / "config.json").is_file():
         raise TppError(f"backbone.path '{path}' has no config.json: it is not a transformers checkpoint directory.")
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-        raise TppError(f"backbone.path '{path}' does not exist. Pass a local checkpoint directory or a hub id.")
+        raise TppError(f"backbone.path '{path}' does not exist. Pass a local checkpoint directory, a hub id or "
+                       f"{DEFAULT_BACKBONE} (shipped with tpp).")
     try:
         return AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as exc:

@@ -39,8 +39,8 @@ Relative paths in the config (relative to its folder) are written into the copy 
   tpp compare runs/tpp runs/site_a runs/busi_seg runs/eval --csv results.csv   # any recipe's runs, mixed""",
     "adapters": """examples:
   tpp adapters publish runs/site_a STORE --site hospital_a   # adds a version, makes it current
-  tpp adapters ls STORE --backbone ../shared/models/mae-vit-tiny-med
-  tpp adapters check STORE --backbone ../shared/models/mae-vit-tiny-med""",
+  tpp adapters ls STORE --backbone builtin:mae-vit-tiny-med
+  tpp adapters check STORE --backbone builtin:mae-vit-tiny-med""",
     "predict": """examples:
   tpp predict --backbone B --store STORE --site hospital_a scans/ --out preds.csv
   tpp predict --backbone B --store STORE --site-map batch.csv --out preds.csv   # columns image,site
@@ -48,7 +48,7 @@ Relative paths in the config (relative to its folder) are written into the copy 
   tpp predict --backbone B --store STORE --site hospital_a pacs/ --out p.csv --device cuda   # skipped: p_skipped.csv
   tpp predict --backbone B --store STORE --site hospital_a scans/ --out p.csv --on-bad-file fail""",
     "serve": """examples:
-  tpp serve --backbone ../shared/models/mae-vit-tiny-med --store STORE        # 127.0.0.1:8000, Ctrl-C stops
+  tpp serve --backbone builtin:mae-vit-tiny-med --store STORE        # 127.0.0.1:8000, Ctrl-C stops
   curl -F images=@img.png http://127.0.0.1:8000/v1/sites/hospital_a/predict
   TPP_SERVE_TOKEN=secret tpp serve --backbone B --store STORE --host 0.0.0.0   # other hosts need a token
   tpp serve --backbone B --store STORE --device cuda:1 --precision bf16""",
@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-processes", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs); batch_size is per process")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
-    add("ls", "list recipes, adapter methods and shipped configs")
+    add("ls", "list recipes, adapter methods, shipped configs and shipped backbones")
     cp = add("cp", "copy a config out for editing (relative paths in it are made absolute: they were relative "
                    "to the file's folder)")
     cp.add_argument("config", help="shipped config (as listed by tpp ls)")
@@ -218,7 +218,19 @@ def cmd_ls(args) -> int:
     print(f"configs ({CONFIG_DIR}):")
     for path in shipped_configs():
         print(f"  {path.relative_to(CONFIG_DIR)}")
+    _list_backbones()
     return 0
+
+
+def _list_backbones() -> None:
+    """The backbones shipped in the package, by the name a config or --backbone takes, with their card's hash."""
+    from tpp.backbones import BUILTIN_PREFIX, DEFAULT_BACKBONE, MODELS_DIR, builtin_backbones, builtin_hash
+
+    print(f"backbones (backbone.path, --backbone; {MODELS_DIR}):")
+    for name in builtin_backbones():
+        default = " (default)" if BUILTIN_PREFIX + name == DEFAULT_BACKBONE else ""
+        digest = builtin_hash(name)
+        print(f"  {BUILTIN_PREFIX + name:<28} encoder hash {digest[:12] if digest else 'not recorded'}...{default}")
 
 
 def cmd_cp(args) -> int:

@@ -25,8 +25,8 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class BackboneConfig:
-    path: str = _f("../shared/models/mae-vit-tiny-med",
-                   "hub id or local directory of a transformers ViT / ViT-MAE / DINOv2 checkpoint")
+    path: str = _f("builtin:mae-vit-tiny-med",
+                   "hub id, local directory or builtin:NAME (shipped with tpp) of a ViT / ViT-MAE / DINOv2 checkpoint")
     mean: Optional[list] = _f(None, "per-channel mean; default: the checkpoint's preprocessor_config.json")
     std: Optional[list] = _f(None, "per-channel std; default: the checkpoint's preprocessor_config.json")
     input_size: Optional[int] = _f(None, "pixels fed to the encoder (multiple of the patch size); default: the "

@@ -44,10 +44,19 @@ MEDMNIST_ORIGINS = {"breastmnist": "BUSI", "pneumoniamnist": "Kermany2018", "der
                     "dermamnist_jpeg": "HAM10000"}
 MEDMNIST["dermamnist_jpeg"] = MEDMNIST["dermamnist"]  # the lossy re-export in ../shared/data
 MEDMNIST_LICENSES["dermamnist_jpeg"] = MEDMNIST_LICENSES["dermamnist"]
+MEDMNIST_HOME = "~/.medmnist"  # the medmnist package's own download folder: the MedMNIST root when no data root is set
 
 
-def resolve_root(root: str | None) -> Path:
-    """``data.root``, else env ``TPP_DATA_ROOT``; an error when neither names an existing folder."""
+def no_data_root(root: str | None) -> bool:
+    """Neither ``data.root`` (``root``) nor env ``TPP_DATA_ROOT`` is set."""
+    return not (root or os.environ.get("TPP_DATA_ROOT"))
+
+
+def resolve_root(root: str | None, medmnist: bool = False) -> Path:
+    """``data.root``, else env ``TPP_DATA_ROOT``; an error when neither names an existing folder. With
+    ``medmnist`` (the medmnist source) and neither set: the medmnist package's folder, :data:`MEDMNIST_HOME`."""
+    if medmnist and no_data_root(root):
+        return Path(MEDMNIST_HOME).expanduser()
     root = root or os.environ.get("TPP_DATA_ROOT")
     if not root:
         raise TppError("no data root: set data.root=DIR or the environment variable TPP_DATA_ROOT "
@@ -144,11 +153,14 @@ def load_medmnist(name: str, root: str | None, download: bool = False, labels: b
         raise TppError(f"unknown MedMNIST dataset '{name}'. Known: {', '.join(sorted(MEDMNIST))}. "
                        "For other files use data.source=npz or folder.")
     modality, class_names = MEDMNIST[name]
-    base = resolve_root(root)
+    fallback = no_data_root(root)
+    base = resolve_root(root, medmnist=True)
     candidates = [base / f"{name}.npz", base / "medmnist" / f"{name}.npz"]
     path = next((p for p in candidates if p.is_file()), None)
+    if fallback:
+        _announce_fallback(name, base, path)
     if path is None:
-        if not download:
+        if not (download or fallback):
             raise TppError(f"MedMNIST file '{name}.npz' not found under '{base}' (looked in "
                            f"{', '.join(str(p.parent) for p in candidates)}). Set data.root, or allow "
                            "data.download=true to fetch it with the medmnist package.")
@@ -167,13 +179,47 @@ def load_medmnist(name: str, root: str | None, download: bool = False, labels: b
     return Dataset(name, modality, list(class_names), splits, source=f"'{path}'")
 
 
+def medmnist_fallback_problems(name: str) -> list[str]:
+    """With no data root set, what stops the medmnist source from using the medmnist package's folder
+    (``tpp validate``): the file is neither there nor downloadable (the package is missing)."""
+    import importlib.util
+
+    home = Path(MEDMNIST_HOME).expanduser()
+    if (home / f"{name}.npz").is_file() or importlib.util.find_spec("medmnist") is not None:
+        return []
+    return [_no_root_message(name)]
+
+
+def _no_root_message(name: str) -> str:
+    return (f"no data root for MedMNIST '{name}': set data.root=DIR or the environment variable TPP_DATA_ROOT "
+            f"(for this repository: TPP_DATA_ROOT=../shared/data), or install the medmnist package "
+            f"(pip install 'tpp[download]') to download {name}.npz into {MEDMNIST_HOME} (needs the internet).")
+
+
+def _announce_fallback(name: str, base: Path, path: Path | None) -> None:
+    """Say where MedMNIST comes from when no data root is set (stderr: the run's own output stays clean)."""
+    import sys
+
+    what = f"reading {path}" if path else f"downloading {name}.npz into {base} with the medmnist package"
+    print(f"[tpp] no data root set (data.root / TPP_DATA_ROOT): {what}. Set TPP_DATA_ROOT to use local files.",
+          file=sys.stderr)
+
+
 def _download_medmnist(name: str, base: Path) -> Path:
     try:
         import medmnist
     except ImportError:
-        raise TppError("data.download=true needs the medmnist package: pip install medmnist") from None
+        raise TppError(_no_root_message(name) if base == Path(MEDMNIST_HOME).expanduser()
+                       else "data.download=true needs the medmnist package: pip install medmnist") from None
+    if name not in medmnist.INFO:
+        raise TppError(f"'{name}' is no dataset the medmnist package downloads; put {name}.npz under data.root.")
+    base.mkdir(parents=True, exist_ok=True)
     info = medmnist.INFO[name]
-    getattr(medmnist, info["python_class"])(split="train", root=str(base), download=True)
+    try:
+        getattr(medmnist, info["python_class"])(split="train", root=str(base), download=True)
+    except (OSError, RuntimeError) as exc:  # offline, a proxy, a failed checksum
+        raise TppError(f"downloading {name}.npz into {base} with the medmnist package failed ({exc}). "
+                       "Set data.root or TPP_DATA_ROOT to a folder that holds it.") from None
     return base / f"{name}.npz"
 
 

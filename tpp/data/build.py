@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from tpp.data import Dataset
-from tpp.data.arrays import resolve_root
+from tpp.data.arrays import medmnist_fallback_problems, no_data_root, resolve_root
 from tpp.data.sources import get_source
 from tpp.data.tensors import to_model_tensor  # noqa: F401  (its home before; imported from here)
 from tpp.errors import TppError
@@ -32,6 +32,8 @@ def preflight(data, root: str | None = None) -> list[str]:
     if source.needs_modality and (not data.modality or data.modality == "unknown"):
         problems.append(f"dataset '{data.name}': data.source={data.source} needs data.modality (a DICOM modality "
                         "code such as US, CR, CT, MR).")
+    if data.source == "medmnist" and no_data_root(data.root or root):  # the medmnist package's folder
+        return problems + medmnist_fallback_problems(data.name)
     try:
         base = resolve_root(data.root or root)
     except TppError as exc:

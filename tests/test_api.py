@@ -46,7 +46,7 @@ def world(tmp_path_factory, tiny_mae):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=base / "run")
-        model = tpp.load(result.adapter)
+        model = tpp.load(result.adapter, backbone=tiny_mae)  # the card names it by folder name only
         model.predict([np.zeros((28, 28), np.uint8), str(write_png(base / "one.png", 28, 28))])
     return SimpleNamespace(base=base, root=root, backbone=tiny_mae, result=result, model=model, caught=list(caught))
 
@@ -154,7 +154,7 @@ def test_python_and_tpp_predict_give_the_same_numbers(world, tmp_path, capsys):
     assert {r["threshold"] for r in rows} == {repr(from_paths[0]["threshold"])}
     arrays = [np.asarray(Image.open(f)) for f in files]
     as_given = [arrays[0], Image.open(files[1]), arrays[2] / 255.0]  # uint8, PIL, floats in [0, 1]
-    assert world.model.predict(as_given) == from_paths == store.load("site_a").predict(arrays)
+    assert world.model.predict(as_given) == from_paths == store.load("site_a", backbone=world.backbone).predict(arrays)
     assert world.model.predict(files[0]) == world.model.predict(arrays[0])  # one image in, one result out
 
 
@@ -221,10 +221,11 @@ def test_segmentation_masks_equal_those_of_tpp_predict(world, tmp_path):
     tpp.AdapterStore(tmp_path / "store").publish(seg, "seg")
     assert run_cli("predict", "--backbone", world.backbone, "--store", tmp_path / "store", "--site", "seg", *files,
                    "--out", tmp_path / "p.csv") == 0
-    (entry,) = tpp.load(seg).predict([str(files[0])])
+    model = tpp.load(seg, backbone=world.backbone)
+    (entry,) = model.predict([str(files[0])])
     saved = np.asarray(Image.open(next((tmp_path / "p_masks").iterdir())))
     assert entry["mask"].shape == (20, 24) and np.array_equal(entry["mask"], saved)
-    assert sum(entry["pixels"].values()) == 20 * 24 and entry["classes"] == tpp.load(seg).labels
+    assert sum(entry["pixels"].values()) == 20 * 24 and entry["classes"] == model.labels
 
 
 def test_tpp_run_goes_through_the_api_entry(monkeypatch, capsys):
@@ -244,13 +245,14 @@ def readme_example() -> str:
 
 
 def test_the_readme_example_runs(world, tmp_path, monkeypatch, capsys):
-    """The README's code block as written, on the tiny backbone and data: ``tpp.finetune`` gets their paths
-    and the tiny-run sizes on top of the example's own overrides."""
+    """The README's code block as written, on the shipped default backbone (which its card names, so
+    ``tpp.load`` finds it) and the tiny data: ``tpp.finetune`` gets their root and the tiny-run sizes on top of
+    the example's own overrides."""
     finetune = tpp.finetune
 
     def on_tiny(config, overrides=None, **kwargs):
         assert overrides["train.max_steps"] == 20  # the example's own
-        return finetune(config, {**overrides, "backbone.path": str(world.backbone), "data.root": str(world.root),
+        return finetune(config, {**overrides, "data.root": str(world.root),
                                  **{k: v for k, v in TINY_RUN.items() if k != "train.max_steps"}}, **kwargs)
 
     monkeypatch.setattr(tpp, "finetune", on_tiny)

@@ -92,8 +92,12 @@ class Task:
         raise NotImplementedError
 
     def card_metrics(self, summary: dict) -> dict:
-        """What the card records of a fine-tune's metrics."""
-        return {f"{k}_{self.main_metric}": summary[k][self.main_metric] for k in ("val", "test")}
+        """What the card records of a fine-tune's metrics (a split without images: None)."""
+        return {f"{k}_{self.main_metric}": summary[k].get(self.main_metric) for k in ("val", "test")}
+
+    def definitions(self) -> dict:
+        """Short definitions of the reported numbers (``metrics.json``'s ``definitions``; README, Metrics)."""
+        return {}
 
     def summary_extras(self, model, head_parameters: int) -> dict:
         """Task-specific entries of a fine-tune's ``metrics.json``."""

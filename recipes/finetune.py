@@ -102,9 +102,8 @@ def run(cfg, run) -> dict:
                         desc=f"finetune {dataset.name}", accum_steps=cfg.train.grad_accum_steps,
                         checkpoints=checkpointer(cfg.train, run))
     model = accelerator.unwrap_model(model)
-    val_pred, test_pred = predictions(model, x_val) if len(val) else None, predictions(model, x_test)
-    if val_pred is not None:  # without val images the task decides by its default (classification: 0.5)
-        entry = task.choose_on_validation(options, entry, val_pred, y_val)  # classification: the threshold
+    val_pred, test_pred = predictions(model, x_val), predictions(model, x_test)
+    entry = task.choose_on_validation(options, entry, val_pred, y_val)  # classification: the threshold
     decided = task.for_card(entry)  # decides as evaluate, predict and serve will from the card
     note = decided.decision_line()
     if note:
@@ -112,7 +111,7 @@ def run(cfg, run) -> dict:
         if run.main:
             print(f"decision: {note}")
     metrics = {
-        "val": decided.metrics(val_pred, y_val, dataset, cfg.seed) if len(val) else {"n": 0},
+        "val": decided.metrics(val_pred, y_val, dataset, cfg.seed),
         "test": decided.metrics(test_pred, y_test, dataset, cfg.seed),
         "best_step": result.best_step or plan.num_steps, "steps": plan.num_steps, "train_examples": len(train),
         "val_examples": len(val), "val_label_fraction": val_fraction, "selection": selection,
@@ -134,8 +133,8 @@ def run(cfg, run) -> dict:
     metrics["adapter_bytes"] = dir_size(adapter)  # the whole directory: adapter tensors, head, card
     metrics["head_bytes"] = (adapter / "head.safetensors").stat().st_size if run.main else 0
     names = list(dataset.class_names)
-    val_rows = split_rows(decided, "val", val, val_index, val_pred, y_val, names) if len(val) else []
-    publish_predictions(run, val_rows + split_rows(decided, "test", test, None, test_pred, y_test, names))
+    publish_predictions(run, split_rows(decided, "val", val, val_index, val_pred, y_val, names)
+                        + split_rows(decided, "test", test, None, test_pred, y_test, names))
     metrics["device"] = str(accelerator.device)
     run.publish_json("metrics.json", metrics)
     return metrics

@@ -194,10 +194,12 @@ def task_of_card(card: dict) -> Task | None:
 
 
 def task_of_result(result) -> Task | None:
-    """The task whose main metric a split's results hold (``tpp compare``, reports)."""
+    """The task whose main metric a split's results hold (``tpp compare``, reports); ``metrics.json``'s
+    ``definitions`` (the same keys, text values) is no split."""
     if not isinstance(result, dict):
         return None
-    return next((t for t in all_tasks() if t.main_metric and t.main_metric in result), None)
+    return next((t for t in all_tasks() if t.main_metric and t.main_metric in result
+                 and not isinstance(result[t.main_metric], str)), None)
 
 
 @functools.cache  # once per process, not a directory listing per lookup

@@ -168,9 +168,18 @@ def test_segmentation_configs_budget_by_epochs(config):
     cfg = load_config(CONFIG_DIR / config, ["data.root=/nonexistent"], recipe="finetune")
     assert cfg.train.max_steps is None and cfg.data.split_seed == 0
     few, all_masks = plan_steps(cfg.train, 45), plan_steps(cfg.train, 450)
-    assert all_masks.num_steps >= 9 * few.num_steps  # 10% of the masks: about a tenth of the steps
+    assert few.num_steps == cfg.train.min_steps < all_masks.num_steps == cfg.train.epochs * 29  # 450 / 16 per epoch
     text = (CONFIG_DIR / config).read_text()
     assert "input_size >= 2 x patch_size x mask side / smallest structure" in text and "epochs" in text
+
+
+def test_min_steps_floors_an_epoch_budget_and_max_steps_wins():
+    from tpp.training import plan_steps
+
+    cfg = build_config({"train": {"epochs": 2, "batch_size": 10, "min_steps": 7}})
+    assert plan_steps(cfg.train, 20).num_steps == 7 and plan_steps(cfg.train, 100).num_steps == 20
+    cfg = build_config({"train": {"epochs": 2, "batch_size": 10, "min_steps": 7, "max_steps": 3}})
+    assert plan_steps(cfg.train, 100).num_steps == 3
 
 
 def test_seg_gain_has_a_cell_at_the_masks_own_resolution_and_a_fixed_split(tmp_path, tiny_mae):

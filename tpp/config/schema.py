@@ -6,7 +6,8 @@ entry) and :class:`RunConfig`, the whole config; each key's help text is its fie
 section) are no fields here: the plug-in's own options dataclass checks them (:mod:`tpp.config.plugins`).
 
 Precedence: ``train.max_steps`` (when set) fixes the number of optimiser steps and ``train.epochs``
-is then ignored; otherwise the run lasts ``train.epochs`` passes over the training split.
+is then ignored; otherwise the run lasts ``train.epochs`` passes over the training split, and at least
+``train.min_steps`` steps when that is set.
 """
 from __future__ import annotations
 
@@ -110,6 +111,8 @@ class TrainConfig:
                          "so the budget scales with the labels; ignored when max_steps is set")
     max_steps: Optional[int] = _f(None, "a fixed number of optimiser steps, whatever the number of labelled images; "
                                         "takes precedence over epochs")
+    min_steps: Optional[int] = _f(None, "with epochs: at least this many optimiser steps (a few labels make epochs "
+                                        "of a step or two); steps = max(min_steps, epochs x steps per epoch)")
     batch_size: int = _f(64, "images per optimiser step")
     log_with: Optional[str] = _f(None, "also log through an Accelerate tracker: tensorboard, wandb, mlflow, aim, "
                                        "comet_ml, clearml, dvclive, swanlab or trackio (its package must be installed; "

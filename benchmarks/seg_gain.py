@@ -4,14 +4,17 @@
     python benchmarks/seg_gain.py --budget-min 60       # fills the cell cache; repeat until the grid is complete
     python benchmarks/seg_gain.py --report-only         # tables and JSON from what the cache holds
 
-BUSI lesion segmentation (``seg/busi_64.npz``; ``--file seg/busi_128.npz`` for 128 px masks) on the
-seeded split grouped by ``dup_group`` (no near-duplicate group spans train and test), 64 px input on
-the 28-px shared backbone (interpolated position embeddings). Grid: fractions of the training masks
-(10%, 25%, 100%; nested, stratified by benign / malignant) x 3 seeds x methods: LoRA, LoRA + TPP (MAE
-on BUSI's own training images of the same split, never BreastMNIST, which is made from BUSI), the
-bottleneck adapter, full fine-tuning, and a small U-Net from scratch. Every ViT method uses the same
-decoder; its parameters are reported apart from the adapter's. The step budget depends only on the
-fraction and every cell keeps its last step (no validation-based selection).
+BUSI lesion segmentation (``seg/busi_64.npz``; ``--file seg/busi_128.npz`` for 128 px masks) on one fixed
+split (``data.split_seed`` 0) grouped by ``dup_group`` (no near-duplicate group spans train and test), so the
+spread over seeds is training noise on one test set; ``--resample-split`` draws the split from each seed
+instead (split-resampling spread, cached apart). 32 px input on the 28-px shared backbone (interpolated
+position embeddings). Grid: fractions of the training masks (10%, 25%, 100%; nested, stratified by benign /
+malignant) x 3 seeds x methods: LoRA, LoRA at the masks' own resolution (``lora@mask_res``: input size =
+mask side, 64 px for busi_64), LoRA + TPP (MAE on BUSI's own training images of the same split, never
+BreastMNIST, which is made from BUSI), the bottleneck adapter, full fine-tuning, and a small U-Net from
+scratch. Every ViT method uses the same decoder; its parameters are reported apart from the adapter's. The
+step budget grows with the fraction (150 / 200 / 300 steps) and every cell keeps its last step (no
+validation-based selection).
 """
 from __future__ import annotations
 
@@ -32,10 +35,12 @@ PROTOCOL = {
     "lr": {"lora": 1e-3, "bottleneck": 1e-3, "full": 1e-4, "unet": 1e-3}, "full_head_lr_scale": 10.0,
     "decoder": {"channels": [64, 32], "pixel_skip": True}, "dice_weight": 1.0, "input_size": 32,
     "lora": {"r": 8, "alpha": 16}, "tpp_steps": 300, "tpp_batch_size": 32, "tpp_lr": 1e-3,
+    "split": "fixed: data.split_seed 0",  # cells from before data.split_seed (split drawn by seed) never match
 }
 QUICK_PROTOCOL = dict(PROTOCOL, steps={"0.1": 100, "0.25": 100, "1": 100}, tpp_steps=100)
 FRACTIONS, SEEDS = [0.1, 0.25, 1.0], 3
-METHODS = ["lora", "lora+tpp_mae", "bottleneck", "full", "unet"]
+METHODS = ["lora", "lora@mask_res", "lora+tpp_mae", "bottleneck", "full", "unet"]
+MASK_RES = "@mask_res"  # method suffix: the encoder input at the masks' own resolution
 FINETUNE_CONFIG, TPP_CONFIG = "breast_us/busi_seg_lora_finetune.yaml", "breast_us/busi_seg_lora_tpp.yaml"
 
 
@@ -46,6 +51,21 @@ class SegBench:
         self.cache, self.protocol, self.backbone, self.data_root, self.file = cache, protocol, backbone, data_root, file
         self.protocol_id = report.protocol_id(protocol, backbone, file=file)
         self.target = Path(file).stem
+        self._mask_side = None
+
+    def split_seed(self, seed: int) -> int:
+        """The split of a cell: fixed, or the seed's own with ``--resample-split``."""
+        return seed if self.protocol["split"] == "per seed" else 0
+
+    def mask_side(self) -> int:
+        """Side of the stored masks (the input size of ``lora@mask_res``)."""
+        if self._mask_side is None:
+            import numpy as np
+
+            path = Path(self.file) if Path(self.file).is_absolute() else Path(self.data_root) / self.file
+            with np.load(path) as npz:
+                self._mask_side = int(npz["masks"].shape[-1])
+        return self._mask_side
 
     def cell_path(self, method: str, fraction: float, seed: int) -> Path:
         return self.cache / "cells" / self.target / method / f"f{fraction:g}_s{seed}.json"
@@ -57,10 +77,10 @@ class SegBench:
             return data if data.get("protocol_id") == self.protocol_id else None
         return None
 
-    def common(self, out: Path, seed: int) -> list[str]:
+    def common(self, out: Path, seed: int, input_size: int | None = None) -> list[str]:
         return [f"backbone.path={self.backbone}", f"data.root={self.data_root}", f"output_dir={out}", f"seed={seed}",
-                f"data.file={self.file}", f"data.name={self.target}",
-                f"backbone.input_size={self.protocol['input_size']}"]
+                f"data.file={self.file}", f"data.name={self.target}", f"data.split_seed={self.split_seed(seed)}",
+                f"backbone.input_size={input_size or self.protocol['input_size']}"]
 
     def tpp_adapter(self, seed: int) -> tuple[Path, float]:
         """LoRA TPP (MAE) on the training images of this seed's split; trained once per seed."""
@@ -79,7 +99,7 @@ class SegBench:
 
     def method_overrides(self, method: str) -> list[str]:
         p = self.protocol
-        base = method.split("+")[0]
+        base = method.split("+")[0].removesuffix(MASK_RES)
         if base == "lora":
             out = [f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}"]
         elif base == "full":
@@ -91,7 +111,7 @@ class SegBench:
     def run_cell(self, method: str, fraction: float, seed: int) -> dict:
         p = self.protocol
         steps = p["steps"][f"{fraction:g}"]
-        tpp_s = None
+        tpp_s, size = None, None
         if method == "unet":
             metrics = self.run_unet(fraction, seed, steps)
         else:
@@ -102,7 +122,9 @@ class SegBench:
                 adapter, tpp_s = self.tpp_adapter(seed)
                 overrides.append(f"adapter.init_from={adapter}")
             work = self.cache / "work" / f"seg_{os.getpid()}"
-            metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, self.common(work, seed) + overrides + [
+            size = self.mask_side() if method.endswith(MASK_RES) else None
+            common = self.common(work, seed, size)
+            metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, common + overrides + [
                 f"data.label_fraction={fraction}", "train.select_best=false", f"train.max_steps={steps}",
                 f"train.batch_size={p['batch_size']}", f"segmentation.dice_weight={p['dice_weight']}",
                 f"segmentation.decoder_channels={p['decoder']['channels']}", "segmentation.overlays=0",
@@ -116,6 +138,7 @@ class SegBench:
                 "adapter_parameters": metrics["adapter_parameters"],
                 "decoder_parameters": metrics["decoder_parameters"],
                 "decoder_bytes": metrics["head_bytes"], "steps": steps, "finetune_s": metrics["wall_time_s"],
+                "input_size": None if method == "unet" else (size or p["input_size"]),
                 "tpp_s": tpp_s, "protocol_id": self.protocol_id}
         self.store(cell)
         return cell
@@ -136,7 +159,8 @@ class SegBench:
         from tpp.recipes import CONFIG_DIR
 
         cfg = load_config(CONFIG_DIR / FINETUNE_CONFIG, [f"data.root={self.data_root}", f"data.file={self.file}",
-                                                         f"data.name={self.target}"], recipe="finetune")
+                                                         f"data.name={self.target}",
+                                                         f"data.split_seed={self.split_seed(seed)}"], recipe="finetune")
         dataset = load_data(cfg.data, seed, 0)
         p = self.protocol
         return train_unet(dataset, fraction, seed, steps, p["batch_size"], p["lr"]["unet"], p["dice_weight"],
@@ -234,6 +258,7 @@ def write_report(bench: SegBench, cells: list[tuple], out: Path, quick: bool) ->
     payload = {"protocol": bench.protocol, "protocol_id": bench.protocol_id, "complete": len(results) == len(cells),
                "rows": rows, "paired": diffs, "goals": verdicts, "cells": results}
     stem = "seg_gain" if bench.target == "busi_64" else f"seg_gain_{bench.target}"
+    stem += "_resampled_split" if bench.protocol["split"] == "per seed" else ""
     report.publish(out, stem, report.machine(), command, f"BUSI lesion segmentation ({bench.file})", table, payload)
     return payload
 
@@ -244,6 +269,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fractions", nargs="+", type=float, default=None, help="subset of 0.1 0.25 1.0")
     parser.add_argument("--methods", nargs="+", default=None, help=f"subset of {' '.join(METHODS)}")
     parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--resample-split", action="store_true",
+                        help="draw the split from each seed (data.split_seed=seed): the spread then mixes test-set "
+                             "changes with training noise; default: one fixed split (data.split_seed 0)")
     parser.add_argument("--file", default="seg/busi_64.npz", help="BUSI file relative to the data root")
     parser.add_argument("--budget-min", type=float, default=60.0, help="stop starting cells after this many minutes")
     parser.add_argument("--report-only", action="store_true")
@@ -265,7 +293,11 @@ def main(argv=None) -> int:
     suffix = "_quick" if args.quick else ""
     cache = args.cache or ROOT / "benchmarks" / ".cache" / f"seg_gain{suffix}"
     out = args.out or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "benchmarks" / "results")
-    bench = SegBench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root, args.file)
+    protocol = QUICK_PROTOCOL if args.quick else PROTOCOL
+    if args.resample_split:
+        protocol = dict(protocol, split="per seed")
+        cache = cache.with_name(cache.name + "_resampled")
+    bench = SegBench(cache, protocol, args.backbone, args.data_root, args.file)
     report.adopt_all(parser, args.from_results, bench.adopt, cache)
     cells = [(m, f, s) for f in fractions for s in range(seeds) for m in methods]
     errors = []

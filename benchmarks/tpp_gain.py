@@ -219,8 +219,10 @@ class Bench:
         name, lr = split_lr(method)
         base, pretext, variant, source = parse_method(name, target)
         overrides = method_overrides(base, self.protocol, lr)
-        if lr is not None:  # learning-rate selection: a few-label site validates on few labels
-            overrides.append(f"data.val_label_fraction={fraction}")
+        # learning-rate selection: a few-label site validates on few labels; other cells keep the whole val split
+        # (their threshold and val_auroc as cached before data.val_label_fraction defaulted to the label fraction;
+        # test AUROC does not depend on it: every cell keeps its last step)
+        overrides.append(f"data.val_label_fraction={fraction if lr is not None else 1}")
         tpp_s = None
         if pretext:
             adapter, tpp_s = self.tpp_adapter(source, base, pretext, variant, seed)

@@ -71,7 +71,8 @@ def run(cfg, run) -> dict:
     note = task.decision_line()
     metrics = {cfg.data.split: result,
                "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]},
-               **({"decision": note} if note else {}), "wall_time_s": round(run.elapsed(), 1),
+               **({"decision": note} if note else {}), "definitions": task.definitions(),
+               "wall_time_s": round(run.elapsed(), 1),
                "device": str(accelerator.device)}
     run.log(event="evaluate", split=cfg.data.split, task=task.name, **{task.main_metric: result[task.main_metric]},
             **({"decision": note} if note else {}))

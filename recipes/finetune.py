@@ -19,7 +19,7 @@ from tpp.backbones import load_backbone
 from tpp.builders import attach_target_parameters, input_rule, record_skipped
 from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs, stream_loader
-from tpp.data.subsets import label_fraction_index
+from tpp.data.subsets import label_fraction_index, selection_rule, val_fraction_used, val_subset_index
 from tpp.model import TaskModel, trainable_parameters
 from tpp.predictions_csv import publish_predictions, split_rows
 from tpp.tasks import get_task
@@ -33,15 +33,17 @@ def check(cfg) -> None:
 
 
 def labelled_splits(cfg, dataset):
-    """(train, val, test, val_index) splits: a stratified, nested label fraction of train, and of val when
-    ``data.val_label_fraction`` is set (a few-label site has a small labelled val set too); ``val_index``:
-    the kept val images' positions in the dataset's val split."""
+    """(train, val, test, val_index) splits: a stratified, nested label fraction of train, and of val: by
+    default the same fraction (a site with 10% of its labels has 10% of its validation labels too; at least
+    one image per class), or ``data.val_label_fraction`` when given; ``val_index``: the kept val images'
+    positions in the dataset's val split (None: all of them)."""
     train = dataset.split("train")
     train = train.subset(label_fraction_index(train.labels, cfg.data.label_fraction, dataset.name, cfg.seed))
     val = dataset.split("val")
     val_index = None
-    if cfg.data.val_label_fraction is not None:
-        val_index = label_fraction_index(val.labels, cfg.data.val_label_fraction, f"{dataset.name}/val", cfg.seed)
+    fraction = val_fraction_used(cfg.data.label_fraction, cfg.data.val_label_fraction)
+    if fraction < 1:
+        val_index = val_subset_index(val.labels, len(val), fraction, dataset.name, cfg.seed)
         val = val.subset(val_index)
     return train, val, dataset.split("test"), val_index
 
@@ -69,9 +71,12 @@ def run(cfg, run) -> dict:
     x_test, y_test = ModelInputs.for_backbone(test.images, info), task.targets(test)
     entry = task.card_entry(options, dataset, info, y_train)
     head_parameters = trainable_parameters(head)
+    val_fraction = val_fraction_used(cfg.data.label_fraction, cfg.data.val_label_fraction)
+    select, selection = selection_rule(cfg.train.select_best, len(val))
     run.log(event="data", dataset=dataset.name, train=len(train), val=len(val), test=len(test),
-            label_fraction=cfg.data.label_fraction, trainable_parameters=trainable_parameters(model),
-            head_parameters=head_parameters)
+            label_fraction=cfg.data.label_fraction, val_label_fraction=val_fraction, split_id=dataset.split_id,
+            trainable_parameters=trainable_parameters(model), head_parameters=head_parameters)
+    run.log(event="selection", select_best=select, val_images=len(val), note=selection)
 
     plan = plan_steps(cfg.train, len(train), accelerator.num_processes)
     optimizer = make_optimizer(model, cfg.train.lr, cfg.train.weight_decay, cfg.train.head_lr_scale,
@@ -93,7 +98,7 @@ def run(cfg, run) -> dict:
         return task.score(predictions(model, x_val), y_val, dataset)
 
     result = train_loop(accelerator, model, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
-                        evaluate if cfg.train.select_best else None, plan.eval_every,
+                        evaluate if select else None, plan.eval_every,
                         desc=f"finetune {dataset.name}", accum_steps=cfg.train.grad_accum_steps,
                         checkpoints=checkpointer(cfg.train, run))
     model = accelerator.unwrap_model(model)
@@ -109,6 +114,8 @@ def run(cfg, run) -> dict:
         "val": decided.metrics(val_pred, y_val, dataset, cfg.seed),
         "test": decided.metrics(test_pred, y_test, dataset, cfg.seed),
         "best_step": result.best_step or plan.num_steps, "steps": plan.num_steps, "train_examples": len(train),
+        "val_examples": len(val), "val_label_fraction": val_fraction, "selection": selection,
+        "split_id": dataset.split_id, "definitions": decided.definitions(),
         "trainable_parameters": trainable_parameters(model), "head_parameters": head_parameters,
         **task.summary_extras(model, head_parameters), "wall_time_s": round(run.elapsed(), 1),
     }
@@ -117,7 +124,9 @@ def run(cfg, run) -> dict:
         method=method.name, options=dict(vars(typed)), targets=targets, backbone=info,
         input_rule=input_rule(dataset, info), site=cfg.site, modality=dataset.modality, task=entry,
         stage="finetune",
-        data=dataset.describe({"split": "train", "label_fraction": cfg.data.label_fraction, "images": len(train)}),
+        data=dataset.describe({"split": "train", "label_fraction": cfg.data.label_fraction, "images": len(train),
+                               "val_images": len(val), "val_label_fraction": val_fraction,
+                               "split_seed": cfg.data.split_seed, "selection": selection}),
         metrics=task.card_metrics(metrics), parent=parent,
         trainable_parameters=metrics["trainable_parameters"], kind=method.kind)
     adapter = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, model.encoder, model.head, card))
@@ -136,7 +145,10 @@ def report(summary: dict) -> list[str]:
     from tpp.tasks import task_of_result
 
     task = task_of_result(summary.get("test"))
-    return [task.report(summary)] if task else []
+    if not task:
+        return []
+    selection = summary.get("selection")  # runs written before it have none
+    return [task.report(summary) + (f"  ({selection})" if selection else "")]
 
 
 def compare_row(run) -> dict:

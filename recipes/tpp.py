@@ -7,8 +7,9 @@ Pretexts: ``mae`` (masked image modeling; the checkpoint's frozen ViT-MAE decode
 ViT / DINOv2) and ``dino`` (self-distillation with an EMA teacher). The backbone stays frozen; a
 fresh decoder or projection head trains alongside and is discarded. Labels never reach the pretext:
 MedMNIST files and .npz files with their own splits are read without their label arrays; only a source
-split here by seed (or filtered by class) reads labels, to form the same stratified training split as
-fine-tuning.
+split here (or filtered by class) reads labels, to form the same stratified training split as fine-tuning:
+the split is drawn by ``data.split_seed`` (default 0), not by ``seed``, so a TPP adapter of any seed hands
+off to fine-tunes of every seed with the same split settings (the leakage check compares split hashes).
 Only the training split's images are used unless ``data.use_eval_splits=true`` (recorded in the card;
 such a parent is then refused for fine-tuning on the same data, whose val/test it has seen).
 Writes ``adapter/`` (no head) whose card records the pretext, its settings, the data it saw and
@@ -87,7 +88,8 @@ def run(cfg, run) -> dict:
         input_rule=input_rule(dataset, info), site=cfg.site, modality=dataset.modality,
         task={"type": "none", "note": "pre-trained target parameters; no task head"}, stage="tpp",
         data=dataset.describe({"splits": splits_used, "images": len(x), "labels_read": False,
-                               "use_eval_splits": cfg.data.use_eval_splits}, labels=False),
+                               "use_eval_splits": cfg.data.use_eval_splits, "split_seed": cfg.data.split_seed},
+                              labels=False),
         metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=adapter_parameters,
         extra={"pretext": dict(pretext.card_entry(), steps=plan.num_steps, batch_size=cfg.train.batch_size,
                                head_parameters_discarded=pretext_head_parameters,

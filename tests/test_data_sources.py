@@ -126,8 +126,8 @@ def test_load_data_through_the_registry_gives_what_the_loaders_give(tmp_path):
     np.savez(tmp_path / "pool.npz", images=rng.integers(0, 255, (30, 8, 8), dtype=np.uint8),
              labels=np.repeat([0, 1, 2], 10), class_names=np.array(["a", "b", "c"]))
     cfg = build_config({"data": {"source": "npz", "name": "p", "root": str(tmp_path), "file": "pool.npz",
-                                 "classes": ["c", "a"], "modality": "DX", "license": "CC0"}})
-    dataset = load_data(cfg.data, 3, 28)
+                                 "classes": ["c", "a"], "modality": "DX", "license": "CC0", "split_seed": 3}})
+    dataset = load_data(cfg.data, 0, 28)  # split by data.split_seed, not by the run's seed
     direct = load_npz("p", str(tmp_path), "pool.npz", classes=["c", "a"], modality="DX", seed=3)
     assert dataset.class_names == ["c", "a"] and dataset.content_hash() == direct.content_hash()
     assert data_license(cfg.data) == "CC0"

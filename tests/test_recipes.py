@@ -138,7 +138,8 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
     assert all(torch.equal(v, seen["dec_before"][k]) for k, v in seen["decoder"].state_dict().items())
     card = json.loads((tmp_path / "tpp" / "adapter" / "tpp_card.json").read_text())
     assert card["stage"] == "tpp" and card["pretext"]["name"] == "mae" and card["pretext"]["mask_ratio"] == 0.75
-    assert card["data"]["used"] == {"splits": ["train"], "images": 60, "labels_read": False, "use_eval_splits": False}
+    assert card["data"]["used"] == {"splits": ["train"], "images": 60, "labels_read": False, "use_eval_splits": False,
+                                    "split_seed": 0}
     assert len(card["pretext"]["loss_curve"]) == 4
     assert not (tmp_path / "tpp" / "adapter" / "head.safetensors").exists()
 

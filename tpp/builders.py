@@ -154,8 +154,8 @@ def check_leakage(parent_card: dict, dataset: Dataset, source: str) -> None:
         f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
         f"'{seen.get('split_id')}'), {same} as '{dataset.name}' (split "
         f"'{dataset.split_id}'), but not on exactly this run's training images: it may have seen this run's "
-        "validation or test images. Pre-train on this dataset's own training split (same data.name, file, seed, "
-        "label_key, group_key and split fractions).")
+        "validation or test images. Pre-train on this dataset's own training split (same data.name, file, "
+        "data.split_seed, label_key, group_key and split fractions).")
 
 
 def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
@@ -166,7 +166,8 @@ def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
     if trained.get("name") == dataset.name and train_hash and train_hash != dataset.split_sha256().get("train"):
         raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}' "
                        f"({trained.get('split_id')}; this config gives {dataset.split_id}): its training images may "
-                       "be in the split evaluated now. Use the seed and split settings of its run.")
+                       "be in the split evaluated now. Use the split settings of its run (data.split_seed; a run "
+                       "made before data.split_seed existed was split by its seed: set data.split_seed to it).")
 
 
 def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: str) -> tuple:

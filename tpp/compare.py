@@ -146,12 +146,15 @@ def task_metrics(result) -> dict:
 
 
 def init_label(card: dict, init_from) -> str:
-    """How the adapter started: random, or from a parent (its stage: TPP with its pretext, or a fine-tune)."""
+    """How the adapter started: random, or from a parent (its stage: TPP named by its pretext, "TPP (mae)",
+    "TPP (dino)", any registered pretext's name; "TPP (pretext not recorded)" for a card without one; or a
+    fine-tune)."""
     parent = card.get("parent") if card else None
     if isinstance(parent, dict):
         if parent.get("stage") == "tpp":
             pretext = dig(parent, "pretext", "name")
-            return f"TPP ({pretext})" if pretext else "TPP"
+            named = isinstance(pretext, str) and pretext.strip()
+            return f"TPP ({pretext.strip()[:40]})" if named else "TPP (pretext not recorded)"
         return str(parent.get("stage") or "parent")
     if card:
         return "random"

@@ -14,6 +14,38 @@ def _auroc(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
 BOOTSTRAP_RESAMPLES = 200  # default draws of the AUROC interval
 
 
+def definitions(num_classes: int | None, resamples: int, threshold_rule: str) -> dict:
+    """Short definitions of what :func:`classification_metrics` reports (``metrics.json``'s ``definitions``;
+    README, Metrics). ``num_classes`` None: binary and multi-class both described."""
+    binary = num_classes is None or num_classes == 2
+    multi = num_classes is None or num_classes > 2
+    auroc = []
+    if binary:
+        auroc.append("binary: ROC AUC of p(positive class)")
+    if multi:
+        auroc.append("multi-class: macro mean of one-vs-rest ROC AUCs")
+    out = {
+        "auroc": "; ".join(auroc) + " (torchmetrics); independent of the threshold",
+        "auroc_ci95": (f"95% percentile bootstrap interval (2.5th, 97.5th percentiles) over {resamples} resamples of "
+                       "the split's images with replacement (seeded by seed; draws missing a class skipped)"),
+        "ece": "expected calibration error, 10 equal-width confidence bins",
+        "n": "images in the split",
+    }
+    if binary:
+        out.update(
+            accuracy=f"binary: fraction correct when the positive class is called at p >= threshold ({threshold_rule})",
+            sensitivity="recall of the positive class at the threshold", specificity="recall of the other class "
+            "at the threshold", f1="F1 of the positive class at the threshold")
+    if multi:
+        out.update(
+            accuracy=(out.get("accuracy", "") + "; " if binary else "") + "multi-class: fraction correct by argmax",
+            balanced_accuracy="multi-class: macro mean of per-class recall (argmax)",
+            sensitivity=(out.get("sensitivity", "") + "; " if binary else "") + "multi-class: macro mean recall",
+            specificity=(out.get("specificity", "") + "; " if binary else "") + "multi-class: macro mean specificity",
+            f1=(out.get("f1", "") + "; " if binary else "") + "multi-class: macro mean F1 (argmax)")
+    return out
+
+
 def bootstrap_auroc_ci(probs: torch.Tensor, labels: torch.Tensor, resamples: int = BOOTSTRAP_RESAMPLES,
                        seed: int = 0) -> list[float] | None:
     """95% percentile interval of AUROC over ``resamples`` bootstrap draws (draws missing a class are skipped);

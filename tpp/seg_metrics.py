@@ -78,6 +78,20 @@ def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, class_names: 
     })
 
 
+DEFINITIONS = {
+    "dice": "per image and foreground class 2|P∩T|/(|P|+|T|) at the stored mask size; per class the mean over images, "
+            "an image where the class is in neither prediction nor truth (empty vs empty) left out; then the "
+            "mean over foreground classes",
+    "iou": "|P∩T|/|P∪T|, averaged as dice (per image, empty vs empty left out, then over classes)",
+    "hd95": "per image and class the larger of the two directed 95th-percentile boundary distances in pixels; "
+            "undefined (left out, counted in hd95_undefined) when either mask lacks the class",
+    "empty_predictions": "images whose truth has foreground and whose prediction has none (their Dice is 0)",
+    "foreground_fraction": "pooled fraction of foreground pixels over the split (predicted, truth)",
+    "interval": "none: segmentation metrics are reported without a confidence interval",
+    "n": "images in the split",
+}
+
+
 def _nan_to_none(obj):
     """JSON has no NaN: undefined means (no image with that class, no distance) become null."""
     if isinstance(obj, dict):

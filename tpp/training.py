@@ -116,11 +116,15 @@ class StepPlan:
 
 
 def plan_steps(train, num_examples: int, processes: int = 1) -> StepPlan:
-    """``train.max_steps`` wins over ``train.epochs``. Validation runs every ``train.eval_every`` steps,
-    by default once per epoch but at most about 20 times per run (tiny label sets have 1-step epochs).
-    With several processes an epoch takes fewer steps: each process sees its shard of the data."""
+    """``train.max_steps`` wins over ``train.epochs``; with epochs the run takes at least ``train.min_steps``
+    steps (when set), so the budget scales with the labelled images down to a floor. Validation runs every
+    ``train.eval_every`` steps, by default once per epoch but at most about 20 times per run (tiny label sets
+    have 1-step epochs). With several processes an epoch takes fewer steps: each process sees its shard."""
     per_epoch = max(1, math.ceil(num_examples / (train.batch_size * processes)))
-    num_steps = train.max_steps if train.max_steps is not None else train.epochs * per_epoch
+    if train.max_steps is not None:
+        num_steps = train.max_steps
+    else:
+        num_steps = max(train.epochs * per_epoch, train.min_steps or 0)
     eval_every = train.eval_every or min(max(per_epoch, num_steps // 20), num_steps)
     return StepPlan(num_steps, per_epoch, eval_every)
 

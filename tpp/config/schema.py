@@ -6,7 +6,8 @@ entry) and :class:`RunConfig`, the whole config; each key's help text is its fie
 section) are no fields here: the plug-in's own options dataclass checks them (:mod:`tpp.config.plugins`).
 
 Precedence: ``train.max_steps`` (when set) fixes the number of optimiser steps and ``train.epochs``
-is then ignored; otherwise the run lasts ``train.epochs`` passes over the training split.
+is then ignored; otherwise the run lasts ``train.epochs`` passes over the training split, and at least
+``train.min_steps`` steps when that is set.
 """
 from __future__ import annotations
 
@@ -74,10 +75,14 @@ class DataConfig:
     origin: Optional[str] = _f(None, "image collection the data comes from (e.g. BUSI); an adapter pre-trained "
                                      "on the same collection under another split is refused (leakage)")
     modality: Optional[str] = _f(None, "DICOM modality code (US, CR, DX, CT, MR, SM, XC, OP ...); required for folders")
-    label_fraction: float = _f(1.0, "stratified, seeded, nested fraction of training labels used")
+    label_fraction: float = _f(1.0, "stratified, nested fraction of training labels used (drawn by seed)")
     val_label_fraction: Optional[float] = _f(
-        None, "finetune: stratified, seeded fraction of the val split used for model selection and val metrics "
-              "(a few-label site has few validation labels too); default: the whole val split")
+        None, "finetune: stratified fraction of the val split used for model selection, the decision threshold and "
+              "val metrics (at least one image per class; drawn by seed); default: data.label_fraction (a "
+              "few-label site has few validation labels too); 1: the whole val split")
+    split_seed: int = _f(0, "seed of the train/val/test split of sources without their own (segmentation .npz, "
+                            "folders, CSV, .npz without split keys); fixed by default, apart from seed, so seeds "
+                            "vary training and not the test set")
     split: str = _f("test", "split evaluated by the evaluate recipe")
     val_fraction: float = _f(0.1, "seeded split when the data has none: fraction for val")
     test_fraction: float = _f(0.2, "seeded split when the data has none: fraction for test")
@@ -102,8 +107,12 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(10, "passes over the training split (ignored when max_steps is set)")
-    max_steps: Optional[int] = _f(None, "optimiser steps; takes precedence over epochs")
+    epochs: int = _f(10, "passes over the (labelled) training split: steps = epochs x ceil(images / batch_size), "
+                         "so the budget scales with the labels; ignored when max_steps is set")
+    max_steps: Optional[int] = _f(None, "a fixed number of optimiser steps, whatever the number of labelled images; "
+                                        "takes precedence over epochs")
+    min_steps: Optional[int] = _f(None, "with epochs: at least this many optimiser steps (a few labels make epochs "
+                                        "of a step or two); steps = max(min_steps, epochs x steps per epoch)")
     batch_size: int = _f(64, "images per optimiser step")
     log_with: Optional[str] = _f(None, "also log through an Accelerate tracker: tensorboard, wandb, mlflow, aim, "
                                        "comet_ml, clearml, dvclive, swanlab or trackio (its package must be installed; "
@@ -123,8 +132,9 @@ class TrainConfig:
     eval_batch_size: int = _f(256, "images per evaluation batch")
     head_lr_scale: float = _f(1.0, "learning-rate multiplier for the task head")
     adam_beta2: float = _f(0.999, "AdamW beta2 (MAE pre-training uses 0.95)")
-    select_best: bool = _f(True, "finetune: keep the weights of the best validation AUROC; false: the last step's, "
-                                 "without validating during training (fixed step budget)")
+    select_best: bool = _f(True, "finetune: keep the weights of the best validation score (AUROC, Dice); false: "
+                                 "the last step's, without validating during training. Off by itself when fewer "
+                                 "than 10 validation images are used (the run's summary line says so)")
 
 
 @dataclass
@@ -174,7 +184,8 @@ class RunConfig:
     task: str = _f("classification", "finetune: what the head predicts, a task from the registry (`tpp ls`); its "
                                      "options are the config section named after it (segmentation.dice_weight ...)")
     site: str = _f("default", "hospital / site name recorded in the adapter card")
-    seed: int = _f(0, "seed for data subsets, initialisation and shuffling")
+    seed: int = _f(0, "seed for label subsets (data.label_fraction, data.val_label_fraction), initialisation, "
+                      "shuffling and augmentation; the split itself is data.split_seed's")
     output_dir: str = _f("runs/default", "where the run writes its log, metrics and adapter")
     device: str = _f("auto", "where the run computes: auto (a CUDA GPU if there is one, else mps, else cpu), cpu, "
                              "cuda, cuda:N or mps; recorded in log.jsonl and metrics.json")

@@ -11,13 +11,15 @@ from tpp.data.tensors import to_model_tensor  # noqa: F401  (its home before; im
 from tpp.errors import TppError
 
 
-def load_data(data, seed: int, image_size: int, labels: bool = True) -> Dataset:
+def load_data(data, seed: int | None, image_size: int, labels: bool = True) -> Dataset:
     """The data section ``data`` (:class:`tpp.config.DataConfig`) -> Dataset, read by its registered source;
     ``image_size`` is used to decode folders of mixed sizes.
 
-    ``labels=False`` (pre-training): MedMNIST files and .npz files with their own splits are read
-    without their label arrays; sources split here by seed still read labels to stratify."""
-    dataset = get_source(data.source).load(data, data.resolved(), seed, image_size, labels)
+    Sources without their own split are split by ``data.split_seed``, never by the run's ``seed`` (kept in
+    the signature for callers, unused), so runs of different seeds, TPP and fine-tuning alike, share one
+    split. ``labels=False`` (pre-training): MedMNIST files and .npz files with their own splits are read
+    without their label arrays; sources split here still read labels to stratify."""
+    dataset = get_source(data.source).load(data, data.resolved(), data.split_seed, image_size, labels)
     dataset.origin = data.origin or dataset.origin
     dataset.source = dataset.source or f"data.source={data.source}"  # for error messages (never in cards)
     return dataset

@@ -59,5 +59,37 @@ def stratified_split(labels: np.ndarray, val: float, test: float, dataset: str, 
 
 
 def seeded_split_id(seed: int, val: float, test: float, group_key: str | None) -> str:
-    """Names a seeded split (recorded in cards; two runs with equal ids split identically)."""
-    return f"seeded: seed {seed}, val {val}, test {test}, groups {group_key}"
+    """Names a seeded split (recorded in cards and splits.json; two runs with equal ids split identically).
+    ``seed`` is ``data.split_seed``; ids of runs made before it existed say ``seed N`` (the run's seed, which
+    then drew the split) and so never equal a new id."""
+    return f"seeded: split_seed {seed}, val {val}, test {test}, groups {group_key}"
+
+
+MIN_SELECTION_IMAGES = 10  # fewer validation images than this: no best-step selection, the last step is kept
+
+
+def val_fraction_used(label_fraction: float, val_label_fraction: float | None) -> float:
+    """The fraction of the val split a fine-tune uses: ``data.val_label_fraction`` when given, else
+    ``data.label_fraction`` (a site with 10% of its labels has 10% of its validation labels too)."""
+    return label_fraction if val_label_fraction is None else val_label_fraction
+
+
+def val_subset_index(labels: np.ndarray | None, count: int, fraction: float, dataset: str, seed: int) -> np.ndarray:
+    """Indices (sorted) of a stratified ``fraction`` of a val split of ``count`` images, at least one per class
+    (``labels`` (count,)); without labels (segmentation without per-image labels) a plain seeded fraction, at
+    least one image. Nested across fractions like :func:`label_fraction_index`; an empty split stays empty."""
+    if count == 0:
+        return np.arange(0)
+    strata = labels if labels is not None else np.zeros(count, dtype=np.int64)
+    return label_fraction_index(strata, fraction, f"{dataset}/val", seed)
+
+
+def selection_rule(select_best: bool, val_images: int) -> tuple[bool, str]:
+    """Whether a fine-tune selects its best step on validation, and the phrase its summary line says.
+    ``val_images``: validation images used; fewer than :data:`MIN_SELECTION_IMAGES` turn selection off."""
+    if not select_best:
+        return False, f"last step kept (train.select_best=false; {val_images} val images)"
+    if val_images < MIN_SELECTION_IMAGES:
+        return False, (f"last step kept: {val_images} val images are too few to select a step on "
+                       f"(fewer than {MIN_SELECTION_IMAGES})")
+    return True, f"best step selected on {val_images} val images"

@@ -92,8 +92,12 @@ class Task:
         raise NotImplementedError
 
     def card_metrics(self, summary: dict) -> dict:
-        """What the card records of a fine-tune's metrics."""
-        return {f"{k}_{self.main_metric}": summary[k][self.main_metric] for k in ("val", "test")}
+        """What the card records of a fine-tune's metrics (a split without images: None)."""
+        return {f"{k}_{self.main_metric}": summary[k].get(self.main_metric) for k in ("val", "test")}
+
+    def definitions(self) -> dict:
+        """Short definitions of the reported numbers (``metrics.json``'s ``definitions``; README, Metrics)."""
+        return {}
 
     def summary_extras(self, model, head_parameters: int) -> dict:
         """Task-specific entries of a fine-tune's ``metrics.json``."""
@@ -190,10 +194,12 @@ def task_of_card(card: dict) -> Task | None:
 
 
 def task_of_result(result) -> Task | None:
-    """The task whose main metric a split's results hold (``tpp compare``, reports)."""
+    """The task whose main metric a split's results hold (``tpp compare``, reports); ``metrics.json``'s
+    ``definitions`` (the same keys, text values) is no split."""
     if not isinstance(result, dict):
         return None
-    return next((t for t in all_tasks() if t.main_metric and t.main_metric in result), None)
+    return next((t for t in all_tasks() if t.main_metric and t.main_metric in result
+                 and not isinstance(result[t.main_metric], str)), None)
 
 
 @functools.cache  # once per process, not a directory listing per lookup

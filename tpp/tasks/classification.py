@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tpp.data.build import random_hflip
 from tpp.errors import ConfigError, TppError
 from tpp.metrics import BOOTSTRAP_RESAMPLES, binary_decisions, classification_metrics, quick_metrics
+from tpp.metrics import definitions as metric_definitions
 from tpp.tasks import Task, register
 from tpp.threshold import DEFAULT, check_task_entry, choose_threshold, describe, parse_rule, source
 
@@ -63,6 +64,7 @@ class Classification(Task):
     positive: str = "class 1"  # the positive class's name (binary)
     positive_index: int = 1  # its index among the label names
     binary: bool = False  # set by for_card: the card's task has two classes
+    num_classes: int | None = None  # set by for_card
     columns = (("auroc", "AUROC [95% CI]", ".3f"), ("auroc_ci95_low", None, ".3f"), ("auroc_ci95_high", None, ".3f"),
                ("accuracy", "accuracy", ".3f"), ("sensitivity", None, ".3f"), ("specificity", None, ".3f"),
                ("threshold", None, ".3f"))
@@ -135,6 +137,7 @@ class Classification(Task):
         bound.resamples = resamples if ok else BOOTSTRAP_RESAMPLES
         labels = entry.get("label_names")
         bound.binary = isinstance(labels, list) and len(labels) == 2
+        bound.num_classes = len(labels) if isinstance(labels, list) else None
         named = entry.get("positive_class") if usable else None
         bound.positive_index = labels.index(named) if bound.binary and named in labels else 1
         bound.positive = labels[bound.positive_index] if bound.binary else "class 1"
@@ -172,7 +175,11 @@ class Classification(Task):
                                       positive=self.positive_index)
 
     def card_metrics(self, summary):
-        return {k: summary[k]["auroc"] for k in ("val", "test")}
+        return {k: summary[k].get("auroc") for k in ("val", "test")}
+
+    def definitions(self):
+        rule = source(self.decision) if self.decision else "default 0.5"
+        return metric_definitions(self.num_classes, self.resamples, rule)
 
     def report(self, summary):
         t = summary["test"]

@@ -8,7 +8,7 @@ import torch
 
 from tpp.data.segmentation import joint_augment
 from tpp.errors import ConfigError, TppError
-from tpp.seg_metrics import quick_dice, segmentation_metrics, write_overlays
+from tpp.seg_metrics import DEFINITIONS, quick_dice, segmentation_metrics, write_overlays
 from tpp.segmentation import (build_decoder, decoder_from_spec, decoder_spec, mask_to_image_size, rle_encode,
                               segmentation_loss, to_mask_size)
 from tpp.tasks import Task, register
@@ -98,6 +98,9 @@ class Segmentation(Task):
 
     def metrics(self, predictions, targets, dataset, seed):
         return segmentation_metrics(predictions, targets, dataset.class_names)
+
+    def definitions(self):
+        return dict(DEFINITIONS)
 
     def summary_extras(self, model, head_parameters):
         from tpp.model import trainable_parameters

@@ -7,7 +7,8 @@ line of the file's docstring is what ``tpp ls`` prints for it.
 
 ``load(common, options, seed, image_size, labels) -> Dataset``: ``common`` is the data section
 (:class:`tpp.config.DataConfig`: name, root, modality, split fractions ...), ``options`` the source's own
-dataclass, ``seed`` the run's seed (seeded splits), ``image_size`` the side files of mixed sizes are decoded
+dataclass, ``seed`` the split seed (``data.split_seed``, never the run's seed) for sources that split
+the data themselves, ``image_size`` the side files of mixed sizes are decoded
 to, ``labels=False`` (pre-training) lets a source leave label arrays unread. Images come back uint8
 (N, H, W) or (N, H, W, C) per split, labels int64 (N,) or None, masks uint8 (N, H, W) or None.
 """

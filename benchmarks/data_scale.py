@@ -4,6 +4,9 @@
     python benchmarks/data_scale.py scale --sizes 50000    # one size at a time: measured sizes are kept in
                                                            # benchmarks/results/data_scale_rows.json
     python benchmarks/data_scale.py scale --sizes 500 2000 --steps 3 --out /tmp/ds      # a quick look
+    python benchmarks/data_scale.py scale --depth 1 --out benchmarks/results/data_scale_depth1  # 1-layer ViT:
+                                                           # same data path, a ~6x cheaper 50k evaluation pass
+    python benchmarks/data_scale.py scale --sizes 50000 --recipes tpp   # one recipe of one size
     python benchmarks/data_scale.py speed --baseline HEAD~1 # 28-px MedMNIST images/s vs a previous commit
 
 ``scale``: a folder of N PNG images at 224 px, made by upsampling real BreastMNIST images from the data root

@@ -123,7 +123,8 @@ def record_splits(datasets: list[Dataset], run) -> None:
         return
     from tpp.rundir import write_atomic
 
-    listed = {d.name: {"split_id": d.split_id, "split_files_sha256": d.split_files_sha256(), **d.split_files}
+    listed = {d.name: {"split_id": d.split_id, "split_files_sha256": d.split_files_sha256(),
+                       **{s: list(f) for s, f in d.split_files.items()}}
               for d in files}
     write_atomic(run.path / "splits.json", json.dumps(listed, indent=1))
     run.log(event="splits", file="splits.json",

@@ -10,10 +10,12 @@ Images: PNG/JPEG/..., ``.npy``, DICOM (also extensionless, found by its preamble
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path, PurePosixPath
 
 from tpp.data import Dataset, Split
 from tpp.data.arrays import check_modality, resolve_root
+from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
 from tpp.data.labelled import files_origin, labelled_files
 from tpp.data.tables import SPLIT_NAMES, read_table, relative_image
@@ -149,9 +151,9 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, moda
     files, skipped = walk_images(path, on_bad_file)
     if not files:
         raise TppError(f"image folder '{path}' holds no images (PNG, JPEG, .npy, DICOM or NIfTI).")
-    images, kept, bad = check_files([str(path / f) for f in files], image_size, on_bad_file)
+    images, kept, bad = check_files([os.path.join(str(path), f) for f in files], image_size, on_bad_file)
     dataset = Dataset(name, modality, [], {"train": Split(images, None)}, skipped=skipped + bad,
                       split_id="all images", source=f"folder '{path}'", origin=files_origin(path, files))
-    dataset.split_files = {"train": [files[i] for i in kept]}
+    dataset.split_files = {"train": PackedStrings(files).take(kept)}
     dataset.file_resize = True
     return dataset

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tpp.data import Dataset, Split
+from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.data.tables import class_names, label_index
@@ -70,7 +71,8 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
         given = given and [given[i] for i in keep]
         origins = origins and [origins[i] for i in keep]
         names = list(classes)
-    images, kept, bad = check_files([str(base / f) for f in files], image_size, on_bad_file, origins=origins)
+    top = str(base)  # files are normalised POSIX paths: joining strings equals str(base / f), without a Path each
+    images, kept, bad = check_files([os.path.join(top, f) for f in files], image_size, on_bad_file, origins=origins)
     skipped += bad
     labels = label_index(values, names)[kept]
     files = [files[i] for i in kept]
@@ -97,7 +99,8 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
     splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id, source=where,
                       origin=files_origin(base, files))
-    dataset.split_files = {s: [files[j] for j in i] for s, i in index.items()}
+    packed = PackedStrings(files)  # relative paths, packed: no str per image kept alive
+    dataset.split_files = {s: packed.take(i) for s, i in index.items()}
     dataset.file_resize = True
     return dataset
 

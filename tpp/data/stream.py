@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from tpp.data.build import to_model_tensor
-from tpp.data.files import ImageFiles
+from tpp.data.files import ImageFiles, PackedStrings
 from tpp.errors import TppError
 
 
@@ -29,7 +29,7 @@ def concat_images(parts: list):
         if len(shapes) > 1:  # e.g. a folder's own val/ split has colour images and its train/ split none
             raise TppError(f"the splits' images decode to different shapes {sorted(shapes)} (gray in one split, "
                            "colour in another); convert the folder's images to one mode.")
-        return ImageFiles([path for p in parts for path in p.paths], parts[0].decode, parts[0].image_shape)
+        return ImageFiles(PackedStrings.concat([p.paths for p in parts]), parts[0].decode, parts[0].image_shape)
     return np.concatenate([np.asarray(p) for p in parts])
 
 

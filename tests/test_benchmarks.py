@@ -250,3 +250,20 @@ def test_method_variants_are_valid_options_of_their_method_and_not_method_names(
         section = tpp_gain.adapter_section(name, tpp_gain.PROTOCOL)
         assert section["method"] == method and options.items() <= section.items()
     assert tpp_gain.adapter_section("lora", tpp_gain.PROTOCOL) == {"method": "lora", "r": 8, "alpha": 16}
+
+
+def test_cache_key_ignores_the_saved_mask_ratio_only(tmp_path):
+    """The shipped default saves mask_ratio 0.0 where ../shared's copy says 0.75 (tpp applies the pretext's
+    ratio itself): both key the same cached cells; any other config change keys new ones."""
+    def folder(name: str, **config) -> str:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text(json.dumps(dict({"model_type": "vit_mae", "hidden_size": 8}, **config),
+                                                     indent=2, sort_keys=True) + "\n")
+        (path / "model.safetensors").write_bytes(b"same weights")
+        return str(path)
+
+    original = report.backbone_fingerprint(folder("original", mask_ratio=0.75))
+    assert report.backbone_fingerprint(folder("shipped", mask_ratio=0.0)) == original
+    assert report.backbone_fingerprint(folder("wider", mask_ratio=0.75, hidden_size=16)) != original
+    assert report.backbone_fingerprint(folder("other_ratio", mask_ratio=0.5)) != original

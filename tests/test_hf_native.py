@@ -117,7 +117,7 @@ def test_card_front_matter_reads_with_huggingface_hub(tiny_mae, tmp_path):
     adapter = save_adapter(tmp_path / "adapter", tiny_mae, "lora", {"r": 2})
     card = ModelCard.load(adapter / README)
     data = card.data.to_dict()
-    assert data["base_model"] == tiny_mae.name and data["library_name"] == "peft"
+    assert "base_model" not in data and data["library_name"] == "peft"  # a folder name is no Hub repo id
     assert data["tags"] == ["tpp", "medical-imaging", "lora", "ultrasound", "classification"]
     assert data["pipeline_tag"] == "image-classification"
     tpp_block = data["tpp"]
@@ -169,6 +169,31 @@ def test_hub_id_backbone_is_kept(tiny_mae, tmp_path):
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/mae-vit-tiny"
     assert read_card(adapter)["backbone"]["id"] == "org/mae-vit-tiny"
     assert "base_model: org/mae-vit-tiny\n" in (adapter / README).read_text()
+
+
+def test_builtin_backbone_is_no_base_model_and_the_snippet_says_where_it_is(tiny_mae, tmp_path):
+    """``builtin:NAME`` is no Hub repo id (the Hub refuses it as base_model): the front matter leaves it out and
+    the snippet names the folder to pass, with the line that prints it."""
+    from huggingface_hub import ModelCard
+
+    adapter = save_adapter(tmp_path / "adapter", tiny_mae, "lora", {"r": 2}, backbone_id="builtin:mae-vit-tiny-med")
+    readme = (adapter / README).read_text()
+    assert "base_model" not in ModelCard.load(adapter / README).data.to_dict()
+    assert 'backbone = "path/to/mae-vit-tiny-med"' in readme
+    assert "resolve_backbone('builtin:mae-vit-tiny-med')" in readme
+
+
+def test_hostile_label_names_stay_data_in_the_snippet(tiny_mae, tmp_path):
+    """Class names come from folders and CSV files: one crafted to close the docstring of ``decide`` must not
+    become code when the card's snippet runs."""
+    evil = 'b""" + str(__import__("builtins").setattr(__import__("builtins"), "PWNED", 1)) + """'
+    labels = ["a", evil]
+    task = {"type": "classification", "num_classes": 2, "label_names": labels, "positive_class": evil,
+            "head": "linear on the mean of patch tokens", "decision": {"threshold": 0.5, "positive_label": evil}}
+    adapter = save_adapter(tmp_path / "adapter", tiny_mae, "lora", {"r": 2}, task=task)
+    namespace = run_snippet(adapter, tiny_mae)
+    assert namespace["decide"]([0.2, 0.8]) == evil and namespace["LABELS"] == labels
+    assert not hasattr(__import__("builtins"), "PWNED")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from tpp.backbones import BUILTIN_PREFIX as BUILTIN
+
 README = "README.md"
 SNIPPET_START = "```python\n"
 SNIPPET_END = "```\n"
@@ -31,6 +33,30 @@ def portable_backbone_id(backbone_id: str) -> str:
     text = str(backbone_id)
     local = text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text or Path(text).exists()
     return Path(text.rstrip("/\\")).expanduser().resolve().name if local else text
+
+
+def hub_base_model(backbone_id) -> str | None:
+    """``backbone_id`` when it is a Hub repo id (``owner/name`` that is not a local folder), else None."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = str(backbone_id or "")
+    if portable_backbone_id(text) != text or text.startswith(BUILTIN) or text.count("/") != 1:
+        return None
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return None
+    return text
+
+
+def _snippet_backbone(backbone_id: str) -> tuple[str, str]:
+    """(the snippet's ``backbone = ...`` literal, its comment): a hub id as it is; a backbone shipped with tpp
+    (``builtin:NAME``) as the folder to pass, with the one line that prints it; else the folder name."""
+    if str(backbone_id).startswith(BUILTIN):
+        name = str(backbone_id)[len(BUILTIN):]
+        return (json.dumps(f"path/to/{name}"), f"shipped with tpp: python -c \"from tpp.backbones import "
+                f"resolve_backbone; print(resolve_backbone('{BUILTIN}{name}'))\"")
+    return json.dumps(portable_backbone_id(backbone_id)), "hub id or your copy of it (sha256 in tpp_card.json)"
 
 
 def hf_loadable(card: dict, uses_peft: bool) -> bool:
@@ -57,7 +83,10 @@ def front_matter(card: dict, uses_peft: bool) -> dict:
     """The card's metadata for the Hub (keys it knows, plus a ``tpp`` block of what tpp measured)."""
     task = card.get("task", {})
     task_type = task.get("type", "none")
-    meta = {"base_model": portable_backbone_id(card.get("backbone", {}).get("id", "unknown"))}
+    meta = {}
+    base = hub_base_model(card.get("backbone", {}).get("id"))
+    if base:  # the Hub checks base_model against its repo ids: a folder name or builtin:NAME is left out
+        meta["base_model"] = base
     if uses_peft:
         meta["library_name"] = "peft"
     tags = ["tpp", "medical-imaging", str(card.get("method")), str(card.get("modality") or "unknown-modality")]
@@ -240,14 +269,14 @@ def hf_snippet(card: dict, uses_peft: bool) -> str:
                                                                                        dict) else 0.5
         k = labels.index(positive) if positive in labels else 1
         decision = (f"\n\n\ndef decide(probabilities):\n"
-                    f"    \"\"\"tpp's binary decision: {positive!r} where its probability >= the validated "
-                    f"threshold.\"\"\"\n"
+                    f"    \"\"\"tpp's binary decision: LABELS[{k}] (the positive class) where its probability >= "
+                    f"the validated threshold.\"\"\"\n"
                     f"    return LABELS[{k}] if probabilities[{k}] >= {threshold!r} else LABELS[{1 - k}]")
     noise = ("\n    n = (x.shape[-2] // PATCH) * (x.shape[-1] // PATCH)\n"
              "    noise = torch.arange(n, dtype=torch.float32).expand(1, n)  # ViT-MAE keeps patches in raster order"
              if mae else "")
     peft_import = "from peft import PeftModel\n" if uses_peft else ""
-    backbone = json.dumps(portable_backbone_id(b.get("id", "unknown")))
+    backbone, where = _snippet_backbone(b.get("id", "unknown"))
     return f'''{SNIPPET_START}import numpy as np
 import torch
 import torch.nn.functional as F
@@ -256,7 +285,7 @@ from PIL import Image
 from transformers import AutoModel
 
 adapter_dir = "path/to/this/folder"
-backbone = {backbone}  # hub id or your copy of it (sha256 in tpp_card.json)
+backbone = {backbone}  # {where}
 
 # the card's input rule (tpp_card.json "input")
 IMAGE_SIZE, IMAGE_CHANNELS, CHANNELS, PATCH = {size}, {int(rule["image_channels"])}, {int(rule["channels"])}, \

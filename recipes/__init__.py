@@ -256,6 +256,7 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
         return out
 
     old, new = flat(saved), flat(config)
+    old.update(_before_split_seed(saved))
     for key, value in flat(defaults or {}).items():
         old.setdefault(key, value)
     skip = {"train.resume", *may_change}
@@ -266,6 +267,21 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
         raise TppError(f"train.resume: the config differs from the interrupted run in '{path}' ({changes}); resume "
                        f"with the same config{extend}, or start a new output_dir=... (or --overwrite without "
                        "train.resume).")
+
+
+def _before_split_seed(saved: dict) -> dict:
+    """What a run saved before ``data.split_seed`` ran with: its split drawn by ``seed`` and, with fewer labels,
+    validation on the whole val split (``val_label_fraction`` null meant 1 then; it means the label fraction now).
+    Resuming it under today's defaults would change its split or its validation set, so these count as its
+    values and the resume asks for them explicitly."""
+    data = saved.get("data")
+    if not isinstance(data, dict) or "split_seed" in data:
+        return {}
+    old = {"data.split_seed": saved.get("seed", 0)}
+    fraction = data.get("label_fraction")
+    if data.get("val_label_fraction") is None and isinstance(fraction, (int, float)) and fraction < 1:
+        old["data.val_label_fraction"] = 1.0
+    return old
 
 
 def shipped_configs() -> list[Path]:

@@ -196,3 +196,22 @@ def test_an_interrupted_run_extends_to_a_larger_max_steps(tiny_mae, reference, t
     assert json.loads((out / "metrics.json").read_text())["steps"] == 10
     assert '"event": "resumed", "step": 4, "checkpoint": "step-4", "steps": 10' in (out / "log.jsonl").read_text()
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-8", "step-10"}
+
+
+def test_a_run_saved_before_split_seed_resumes_only_on_its_own_split(tmp_path):
+    """Before ``data.split_seed``, ``seed`` drew the split and a null ``val_label_fraction`` meant the whole val
+    split: resuming such a run under today's defaults is refused, naming the values that keep its split."""
+    import yaml
+
+    from tpp.errors import TppError
+    from tpp.recipes import check_same_config
+
+    saved = {"seed": 2, "data": {"name": "busi", "label_fraction": 0.1, "val_label_fraction": None}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    today = {"seed": 2, "data": {"name": "busi", "label_fraction": 0.1, "val_label_fraction": None, "split_seed": 0}}
+    with pytest.raises(TppError, match=r"data.split_seed: 2 -> 0.*data.val_label_fraction: 1.0 -> None"):
+        check_same_config(tmp_path, today)
+    check_same_config(tmp_path, {"seed": 2, "data": dict(today["data"], split_seed=2, val_label_fraction=1.0)})
+    all_labels = {"seed": 0, "data": {"name": "busi", "label_fraction": 1.0, "val_label_fraction": None}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(all_labels))  # seed 0, all labels: nothing changed
+    check_same_config(tmp_path, {"seed": 0, "data": dict(all_labels["data"], split_seed=0)})

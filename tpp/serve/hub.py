@@ -269,7 +269,10 @@ def download(repo_id: str, revision: str | None, source: str) -> Path:
                     screen_name(sibling.rfilename, source)
                     screen_size(sibling.rfilename, sibling.size, source)
                 screened = info.sha
-        snapshot = Path(snapshot_download(repo_id, revision=revision, repo_type="model"))
+        # only the names a tpp adapter folder may hold: a branch moved since the screening cannot bring other
+        # files into the cache (and the commit check below refuses the moved branch)
+        snapshot = Path(snapshot_download(repo_id, revision=revision, repo_type="model",
+                                          allow_patterns=sorted(allowed_names())))
     if screened and snapshot.name != screened:
         raise TppError(f"'{source}' changed while it was pulled (commit {screened[:12]}, then {snapshot.name[:12]}); "
                        "nothing was published: run the pull again.")

@@ -165,6 +165,14 @@ def test_load_takes_the_backbone_its_card_names_or_says_to_pass_it(world, tmp_pa
     (moved / "tpp_card.json").write_text(json.dumps(card))
     with pytest.raises(TppError, match=r"not available here; pass backbone="):
         tpp.load(moved)
+    card["backbone"]["id"] = "facebook/vit-mae-base"  # a hub id is never fetched on a card's word
+    (moved / "tpp_card.json").write_text(json.dumps(card))
+    with pytest.raises(TppError, match=r"'facebook/vit-mae-base'\) is not available here; pass backbone="):
+        tpp.load(moved)
+    card["backbone"]["id"] = str(world.backbone)  # a local folder this machine holds is
+    (moved / "tpp_card.json").write_text(json.dumps(card))
+    assert tpp.load(moved).predict(np.full((28, 28), 90, np.uint8)) == world.model.predict(np.full((28, 28), 90,
+                                                                                                   np.uint8))
     image = np.full((28, 28), 90, np.uint8)
     assert tpp.load(moved, backbone=world.backbone).predict(image) == world.model.predict(image)
     other = make_backbone(tmp_path / "other", seed=1)

@@ -243,19 +243,23 @@ def fine_tuned_adapter(source: Path) -> Path:
 
 
 def card_backbone(adapter: Path) -> str:
-    """The backbone the card of ``adapter`` names, when it resolves here: a folder (absolute, or relative to
-    the adapter folder) or a hub id available (offline: in the cache). Else a TppError saying to pass it."""
+    """The backbone the card of ``adapter`` names, when it is one this machine holds: a backbone shipped with tpp
+    (``builtin:NAME``) or a local checkpoint folder (absolute, or relative to the adapter folder or the current
+    one). A hub id in a card is never fetched on the card's word (a card is data from whoever made the adapter):
+    pass it as ``backbone=``. Else a TppError saying to pass it."""
     from tpp.adapter_dir import read_card
-    from tpp.backbones import backbone_config
+    from tpp.backbones import BUILTIN_PREFIX, backbone_config
 
     named = read_card(adapter).get("backbone", {}).get("id")
     if not isinstance(named, str) or not named:
         raise TppError(f"the card of '{adapter}' names no backbone; pass backbone=<checkpoint folder or hub id>.")
     beside = Path(adapter) / named  # a path relative to the adapter folder
-    for candidate in ([str(beside)] if not Path(named).is_absolute() and beside.is_dir() else []) + [named]:
+    candidates = [str(beside)] if not Path(named).is_absolute() and beside.is_dir() else []
+    candidates += [named] if named.startswith(BUILTIN_PREFIX) or Path(named).is_dir() else []
+    for candidate in candidates:
         try:
             with quiet():
-                backbone_config(candidate)  # a folder with config.json, or a hub id (offline: in the cache)
+                backbone_config(candidate)  # a folder with config.json, or a shipped backbone
             return candidate
         except TppError:
             continue

@@ -113,6 +113,9 @@ def test_a_shipped_backbone_that_no_longer_hashes_as_its_card_says_is_refused(tm
     good = load_backbone(str(tmp_path / "models" / "tiny"))[1].hash
     (tmp_path / "models" / "tiny" / "README.md").write_text(f"---\nencoder_hash: {good}\n---\n")
     assert load_backbone(name)[1].hash == good
+    (tmp_path / "models" / "tiny" / "README.md").unlink()  # no card: the weights cannot be checked
+    with pytest.raises(TppError, match=r"builtin:tiny.*no README.md card.*damaged.*Reinstall"):
+        load_backbone(name)
 
 
 def test_the_wheel_ships_every_file_of_the_shipped_backbones():

@@ -226,7 +226,11 @@ def _check_builtin(path: str, digest: str) -> None:
     """A shipped backbone must hash to the value its card records (a damaged install fails, never trains)."""
     if isinstance(path, str) and path.startswith(BUILTIN_PREFIX):
         recorded = builtin_hash(path[len(BUILTIN_PREFIX):])
-        if recorded is not None and recorded != digest:
+        if recorded is None:
+            raise TppError(f"the shipped backbone '{path}' ({resolve_backbone(path)}) has no README.md card with "
+                           "its encoder_hash, so its weights cannot be checked: the installed files are damaged. "
+                           "Reinstall tpp.")
+        if recorded != digest:
             raise TppError(f"the shipped backbone '{path}' ({resolve_backbone(path)}) hashes to {digest[:12]}..., "
                            f"not {recorded[:12]}... as its README.md records: the installed files are damaged. "
                            "Reinstall tpp.")

@@ -125,3 +125,14 @@ def test_predictions_are_made_and_written_in_chunks_with_the_same_rows(tmp_path,
                  for i, r in enumerate(whole(probs, labels, ["a", "b"]))]
     assert written == expected
     assert [p.name for p in tmp_path.iterdir()] == ["predictions.csv"]  # no temporary file left
+
+
+def test_packed_strings_take_paths_and_refuse_a_mask_as_positions():
+    from pathlib import Path
+
+    from tpp.data.files import PackedStrings
+
+    packed = PackedStrings([Path("a/b.png"), "c.png"])
+    assert list(packed) == ["a/b.png", "c.png"] and packed[[True, False]] == ["a/b.png"]
+    with pytest.raises(TypeError, match="integer positions"):
+        packed.take([True, False])

@@ -6,6 +6,7 @@ objects are left to fragment the heap.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Callable, Iterable
 
@@ -23,7 +24,7 @@ class PackedStrings(Sequence):
         if isinstance(strings, PackedStrings):
             self.data, self.ends = strings.data, strings.ends
             return
-        encoded = [s.encode("utf-8", "surrogateescape") for s in strings]
+        encoded = [os.fspath(s).encode("utf-8", "surrogateescape") for s in strings]  # str or os.PathLike
         self.ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
         self.data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
 
@@ -53,7 +54,10 @@ class PackedStrings(Sequence):
 
     def take(self, index) -> "PackedStrings":
         """The strings at the integer positions ``index`` (N,), in that order (vectorised: no str per item)."""
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        index = np.asarray(index)
+        if index.size and index.dtype.kind not in "iu":
+            raise TypeError(f"PackedStrings.take needs integer positions, not {index.dtype} (a mask: np.flatnonzero)")
+        index = index.astype(np.int64).reshape(-1)
         starts, lengths = self.starts[index], (self.ends - self.starts)[index]
         ends = np.cumsum(lengths, dtype=np.int64)
         # byte k of the result comes from data[starts[item] + (k - new start of item)]

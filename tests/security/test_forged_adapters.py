@@ -87,12 +87,15 @@ def test_a_full_model_relabelled_as_an_adapter_is_refused(world, tmp_path, capsy
     bank = good_store(world, tmp_path / "store")
     before = predictions(bank, world)
     run = world["runs"]["full"] / "adapter"
-    files = {p.name: p.read_bytes() for p in run.iterdir()}
+    # the full baseline's transformers config.json is no adapter file: a forger drops it to get past that check
+    files = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "config.json"}
+    assert (run / "config.json").is_file()
     card = json.loads(files["tpp_card.json"])
     assert card["kind"] == "full_model"
     relabelled = dict(files, **{"tpp_card.json": json.dumps(dict(card, kind="adapter")).encode()})
     as_lora = dict(files, **{"tpp_card.json": json.dumps(dict(card, kind="adapter", method="lora", options={},
                                                                 weights_file="model.safetensors")).encode()})
+    with_config = dict(relabelled, **{"config.json": (run / "config.json").read_bytes()})
     for site, forged, reason in (("relabelled", relabelled, "produces a full_model"),
                                  ("as_lora", as_lora, "not lora target parameters")):
         forge(tmp_path / "store", site, forged)
@@ -104,6 +107,9 @@ def test_a_full_model_relabelled_as_an_adapter_is_refused(world, tmp_path, capsy
             (folder / name).write_bytes(data)
         assert main(["adapters", "publish", str(folder), str(tmp_path / "other"), "--site", site]) == 2
         assert reason in capsys.readouterr().err
+    forge(tmp_path / "store", "with_config", with_config)  # as saved: the store refuses the foreign file first
+    with pytest.raises(TppError, match="'config.json', which is not part of an adapter"):
+        bank.site("with_config")
     assert backbone_hash(bank.encoder.model) == bank.info.hash
     after = predictions(bank, world)
     assert all(torch.equal(before[s], after[s]) for s in GOOD)

@@ -10,10 +10,8 @@ never a dict per image of a 100,000-image split.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
-import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -58,7 +56,7 @@ def split_rows(task, split_name: str, split, index, predictions: torch.Tensor, t
 def publish_predictions(run, rows: Iterable[dict]) -> Path | None:
     """Write the rows as ``RUN_DIR/predictions.csv``, streamed into a temporary file renamed into place
     (nothing when the task gives no rows). The columns are those of the first row; every row has them."""
-    from tpp.rundir import write_error
+    from tpp.rundir import atomic_file
 
     rows = iter(rows)
     first = next(rows, None)
@@ -67,20 +65,11 @@ def publish_predictions(run, rows: Iterable[dict]) -> Path | None:
     path = run.path / NAME
     if not run.main:
         return path
-    tmp = path.with_name(f".{NAME}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(first), restval="", lineterminator="\n")
-            writer.writeheader()
-            writer.writerow(first)
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from exc
-        raise
+    with atomic_file(path, newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(first), restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerow(first)
+        writer.writerows(rows)
     return path
 
 

@@ -39,12 +39,21 @@ def write_error(path: Path, exc: OSError, what: str = "cannot write") -> TppErro
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never a part. On any failure the
-    temporary file is removed; an OSError (disk full, a folder named ``path`` ...) becomes a TppError."""
+    """Write a file so that readers see the old content or the new, never a part (see :func:`atomic_file`)."""
+    with atomic_file(path) as fh:
+        fh.write(text)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, newline: str | None = None):
+    """A text file handle writing into a temporary file renamed onto ``path`` when the block ends: readers see
+    the old content or the new, never a part. On any failure the temporary file is removed; an OSError (disk
+    full, a folder named ``path`` ...) becomes a TppError."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text)
+        with open(tmp, "w", newline=newline) as fh:
+            yield fh
         os.replace(tmp, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):

@@ -160,16 +160,14 @@ def verified_version(store: str | Path, site: str, version: str | None, backbone
                      ) -> tuple[dict[str, bytes], str]:
     """The files of one published version, refused unless they verify as ``tpp adapters check`` verifies
     them: content hash = version name, :func:`check_adapter`, and with ``backbone`` a load as serving does.
-    README.md is carried when present (covered by the content hash only if the store covers it)."""
+    README.md (the model card) is one of the store's adapter files, covered by the content hash."""
     if version is None:
-        version = adapter_store.current(store, site).version  # the pointer (README.md may lie beside the files)
+        version = adapter_store.current(store, site).version
     folder = published_folder(store, site, version)
-    files, extra = {}, {}
+    files = {}
     for entry in sorted(os.listdir(folder)):
         if entry in adapter_store.ADAPTER_FILES:
             files[entry] = adapter_store._read_regular(folder / entry)
-        elif entry == README:
-            extra[entry] = adapter_store._read_regular(folder / entry)
         else:
             raise TppError(f"'{folder}' holds '{entry[:64]}', which is not part of an adapter; refused.")
     if adapter_store.content_hash(files) != version:
@@ -178,7 +176,7 @@ def verified_version(store: str | Path, site: str, version: str | None, backbone
     check_adapter(files, str(folder))
     if backbone:
         dry_load(files, backbone, str(folder))
-    return dict(files, **extra), version
+    return files, version
 
 
 def published_folder(store: str | Path, site: str, version: str) -> Path:

@@ -354,7 +354,9 @@ def cmd_adapters(args) -> int:
         if len(args.paths) != 2 or not args.site:
             raise TppError("usage: tpp adapters publish RUN_DIR STORE --site SITE [--backbone B]")
         if args.backbone:  # a dry load as serving would do it, before anything is written
-            _dry_load(args.paths[0], args.backbone)
+            from tpp.api import check_loads
+
+            check_loads(args.paths[0], args.backbone)
         sv = store.publish(args.paths[0], args.paths[1], args.site)
         checked = "loaded and checked against the backbone" if args.backbone else "checked structurally"
         print(f"published {args.paths[0]} as {sv.site}@{sv.version} ({sv.path}; {checked}); now current")
@@ -402,21 +404,6 @@ def _cmd_hub(args) -> int:
     print(f"pulled {done.repo_id}@{done.revision} (commit {done.commit[:12]}) as {sv.site}@{sv.version} ({sv.path}); "
           "now current")
     return 0
-
-
-def _dry_load(source: str, backbone: str) -> None:
-    """Load the adapter of ``source`` into a bank over ``backbone`` exactly as serving would, then drop it."""
-    import tempfile
-
-    from tpp.serve import store
-    from tpp.serve.bank import AdapterBank
-
-    with tempfile.TemporaryDirectory(prefix="tpp-publish-check-") as tmp:
-        store.publish(source, tmp, "check")
-        reason = AdapterBank(backbone, tmp, max_resident=1).check_store()["check"]
-    if reason:
-        reason = reason.replace(f"{tmp}/check/", "")
-        raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason}")
 
 
 def _backbone_hash(path: str) -> str:

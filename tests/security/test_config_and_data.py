@@ -33,22 +33,43 @@ def temps(folder: Path) -> list:
     return sorted(str(p) for p in Path(folder).rglob("*") if p.name.endswith((".tmp", ".old")))
 
 
+class FullDisk:
+    """A file handle that takes a few bytes, then fails with ENOSPC as a full disk does."""
+
+    def __init__(self, fh):
+        self.fh = fh
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+    def write(self, text):
+        self.fh.write(text[:8])
+        self.fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device", self.fh.name)
+
+
+def fill_disk_on(monkeypatch, is_full):
+    """Files that ``tpp.rundir`` opens for atomic writing (every temp-then-rename output: status.json,
+    metrics.json, predictions CSVs) get a full disk while ``is_full(temp_name)`` says so."""
+    import builtins
+
+    import tpp.rundir
+
+    def fake_open(path, *args, **kwargs):
+        fh = builtins.open(path, *args, **kwargs)
+        return FullDisk(fh) if is_full(Path(path).name) else fh
+
+    monkeypatch.setattr(tpp.rundir, "open", fake_open, raising=False)
+
+
 @pytest.fixture()
 def disk_full(monkeypatch):
     """``disk_full(*names)``: writing a temp file whose name starts with ``.NAME`` writes a few bytes, then
-    fails with ENOSPC (as a full disk does); other writes go through."""
-    real = Path.write_text
-
-    def arm(*names):
-        def write_text(self, text, *args, **kwargs):
-            if any(self.name.startswith(f".{n}") for n in names):
-                real(self, text[:8], *args, **kwargs)
-                raise OSError(errno.ENOSPC, "No space left on device", str(self))
-            return real(self, text, *args, **kwargs)
-
-        monkeypatch.setattr(Path, "write_text", write_text)
-
-    return arm
+    fails with ENOSPC; other writes go through."""
+    return lambda *names: fill_disk_on(monkeypatch, lambda name: any(name.startswith(f".{n}") for n in names))
 
 
 # ---- A: silently wrong results --------------------------------------------------------------------------------
@@ -159,16 +180,15 @@ def test_disk_full_while_publishing_the_adapter_is_clean(tiny_mae, tmp_path, cap
 
 
 def test_disk_full_for_metrics_then_status_reports_the_first_failure(tiny_mae, tmp_path, capsys, monkeypatch):
-    real, full = Path.write_text, []
+    full = []
 
-    def write_text(self, text, *args, **kwargs):  # the disk fills up while metrics.json is written
-        if self.name.startswith(".metrics.json") or (full and self.name.startswith(".status.json")):
-            full.append(self.name)
-            real(self, text[:8], *args, **kwargs)
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
-        return real(self, text, *args, **kwargs)
+    def is_full(name):  # the disk fills up while metrics.json is written; recording 'failed' then fails too
+        if name.startswith(".metrics.json") or (full and name.startswith(".status.json")):
+            full.append(name)
+            return True
+        return False
 
-    monkeypatch.setattr(Path, "write_text", write_text)
+    fill_disk_on(monkeypatch, is_full)
     root, out = make_medmnist(tmp_path / "data"), tmp_path / "run"
     assert finetune(tiny_mae, root, out) == 2
     one_paragraph(capsys.readouterr().err, f"'{out / 'metrics.json'}'", "No space left on device")

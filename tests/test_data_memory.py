@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import csv
 import gc
+import json
 import os
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -62,24 +66,46 @@ def _retained(build):
     return kept, sum(s.size_diff for s in grown), sum(max(s.count_diff, 0) for s in grown)
 
 
+def _in_fresh_process(check: str, *folders) -> dict:
+    """Run ``check(*folders)`` (a function of this module) in a fresh interpreter and return its dict: what an
+    earlier test left in this process (caches, pools) must not count as the data's memory."""
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_data_memory as m; "
+            f"print(json.dumps(m.{check}(*{[str(f) for f in folders]!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def folder_dataset_retained(folder: str, few: str) -> dict:
+    load_folder("warm", few, "f", **OPTS)  # imports and caches done before measuring
+    data, size, blocks = _retained(lambda: load_folder("many", folder, "f", **OPTS))
+    train = data.split("train").images
+    return {"images": sum(len(s) for s in data.splits.values()), "size": size, "blocks": blocks,
+            "packed": isinstance(train, ImageFiles) and isinstance(train.paths, PackedStrings),
+            "first": train.paths[0], "expected_first": str(Path(folder) / "f" / data.split_files["train"][0])}
+
+
 def test_a_folder_dataset_holds_no_python_object_per_image(folder, few):
-    load_folder("warm", str(few), "f", **OPTS)  # imports and caches done before measuring
-    data, size, blocks = _retained(lambda: load_folder("many", str(folder), "f", **OPTS))
-    assert sum(len(s) for s in data.splits.values()) == N
+    got = _in_fresh_process("folder_dataset_retained", folder, few)
+    assert got["images"] == N and got["packed"] and got["first"] == got["expected_first"]
     # packed paths (absolute in ImageFiles, relative in split_files), labels and split indices: ~150 B an
     # image; a str per path alone would be two allocations an image and ~200 B more
-    assert blocks < N / 20, f"{blocks} allocations kept for {N} images: per-image objects are back"
-    assert size < 200 * N, f"{size / N:.0f} bytes kept per image"
-    train = data.split("train").images
-    assert isinstance(train, ImageFiles) and isinstance(train.paths, PackedStrings)
-    assert train.paths[0] == str(folder / "f" / data.split_files["train"][0])
+    assert got["blocks"] < N / 20, f"{got['blocks']} allocations kept for {N} images: per-image objects are back"
+    assert got["size"] < 200 * N, f"{got['size'] / N:.0f} bytes kept per image"
+
+
+def pretraining_images_retained(folder: str) -> dict:
+    data = load_unlabeled_folder("all", folder, "f", modality="US", image_size=8)
+    images, size, blocks = _retained(lambda: concat_images([data.split("train").images] * 3))
+    return {"images": len(images), "blocks": blocks, "packed": isinstance(images.paths, PackedStrings),
+            "picked": [images.paths[2 * N + 5], images.paths[5]],
+            "expected": str(Path(folder) / "f" / data.split_files["train"][5])}
 
 
 def test_pretraining_images_stay_packed(folder):
-    data = load_unlabeled_folder("all", str(folder), "f", modality="US", image_size=8)
-    images, size, blocks = _retained(lambda: concat_images([data.split("train").images] * 3))
-    assert len(images) == 3 * N and blocks < 100 and isinstance(images.paths, PackedStrings)
-    assert images.paths[2 * N + 5] == images.paths[5] == str(folder / "f" / data.split_files["train"][5])
+    got = _in_fresh_process("pretraining_images_retained", folder)
+    assert got["images"] == 3 * N and got["blocks"] < 100 and got["packed"]
+    assert got["picked"] == [got["expected"]] * 2
 
 
 def test_packed_strings_behave_like_a_list_of_the_strings():

@@ -252,7 +252,7 @@ def download(repo_id: str, revision: str | None, source: str) -> Path:
     """The repo's snapshot folder in the Hugging Face cache. Online, its file list and sizes are screened
     before anything is downloaded (a pickle file is refused unread), and the snapshot must be the commit
     screened; offline or unreachable, ``snapshot_download`` uses the cached snapshot."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, httpx under 1.30+
     from huggingface_hub import HfApi, constants, snapshot_download
 
     with hub_errors(repo_id, revision or "main"):
@@ -260,7 +260,7 @@ def download(repo_id: str, revision: str | None, source: str) -> Path:
         if not constants.HF_HUB_OFFLINE:
             try:
                 info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-            except httpx2.TransportError:  # no network: the cache may still hold it (snapshot_download decides)
+            except httpx.TransportError:  # no network: the cache may still hold it (snapshot_download decides)
                 info = None
             if info is not None:
                 for sibling in info.siblings or []:
@@ -312,7 +312,7 @@ def read_bounded(path: Path, name: str, source: str) -> bytes:
 @contextlib.contextmanager
 def hub_errors(repo_id: str, revision: str):
     """Errors of huggingface_hub (and of the network under it) as one TppError line naming the repo."""
-    import httpx2
+    from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, httpx under 1.30+
     from huggingface_hub import constants
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)
@@ -348,6 +348,6 @@ def hub_errors(repo_id: str, revision: str):
     except ValueError as exc:  # e.g. the Hub's check of README.md front matter (BadRequestError is one, above)
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise TppError(f"{where} refused the commit: {message}") from None
-    except (httpx2.TransportError, ConnectionError) as exc:
+    except (httpx.TransportError, ConnectionError) as exc:
         raise TppError(f"the Hub at {constants.ENDPOINT} cannot be reached ({type(exc).__name__}): check the network, "
                        "or pull from the local cache with HF_HUB_OFFLINE=1.") from None

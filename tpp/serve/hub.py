@@ -252,7 +252,7 @@ def download(repo_id: str, revision: str | None, source: str) -> Path:
     """The repo's snapshot folder in the Hugging Face cache. Online, its file list and sizes are screened
     before anything is downloaded (a pickle file is refused unread), and the snapshot must be the commit
     screened; offline or unreachable, ``snapshot_download`` uses the cached snapshot."""
-    from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, httpx under 1.30+
+    from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, httpx under 1.31+
     from huggingface_hub import HfApi, constants, snapshot_download
 
     with hub_errors(repo_id, revision or "main"):
@@ -312,7 +312,7 @@ def read_bounded(path: Path, name: str, source: str) -> bytes:
 @contextlib.contextmanager
 def hub_errors(repo_id: str, revision: str):
     """Errors of huggingface_hub (and of the network under it) as one TppError line naming the repo."""
-    from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, httpx under 1.30+
+    from huggingface_hub.utils import httpx  # httpx2 under huggingface_hub 2.x, httpx under 1.31+
     from huggingface_hub import constants
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled,
                                         RepositoryNotFoundError, RevisionNotFoundError)

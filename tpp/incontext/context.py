@@ -198,3 +198,27 @@ def _csv_entries(path: Path) -> list[tuple[Path, str | None, Path | None]]:
         else:
             entries.append((image, None, path.parent / relative_image(row["mask"], path, number)))
     return entries
+
+
+def from_pairs(pairs, max_k: int = MAX_K, read=None) -> ContextSet:
+    """A context set from (image, label) pairs (classification) or (image, mask) pairs (segmentation; a mask is
+    a 2-D array or an image file). ``read(item, index)``: how an image item (path, PIL image, array) is read
+    (default :func:`tpp.api.read_image`)."""
+    if read is None:
+        from tpp.api import read_image as read
+    pairs = list(pairs)
+    if len(pairs) > max_k:
+        raise TppError(f"the context holds {len(pairs)} examples, more than the maximum of {max_k}; use fewer "
+                       "examples or raise max_k.")
+    if not pairs or any(not isinstance(p, (tuple, list)) or len(p) != 2 for p in pairs):
+        raise TppError("give the context as a folder, a CSV, or a list of (image, label) or (image, mask) pairs.")
+    seg = not isinstance(pairs[0][1], (str, int, np.integer))
+    images = [read(image, i) for i, (image, _) in enumerate(pairs)]
+    if seg:
+        masks = [binary_mask(np.asarray(m) if not isinstance(m, (str, Path)) else read(m, i), f"mask {i}")
+                 for i, (_, m) in enumerate(pairs)]
+        return check(ContextSet(SEGMENTATION, images, masks=masks, names=[f"example {i}" for i in range(len(pairs))],
+                                source="in-memory context"), max_k)
+    labels = [str(label) for _, label in pairs]
+    return check(ContextSet(CLASSIFICATION, images, labels, names=[f"example {i}" for i in range(len(pairs))],
+                            source="in-memory context"), max_k)

@@ -141,3 +141,148 @@ def test_no_parameter_changes_and_k1_on_a_backbone(tiny_mae):
     assert out[0].shape == (40, 40) and out[0].dtype == np.uint8
     assert _state_hash(extractor.encoder) == before
     assert not any(p.requires_grad for p in extractor.encoder.parameters())
+
+
+# -- context sets on disk, tpp predict --context, the store and the service ---------------------------------
+
+def _write_context(base, n=3, size=28, seg=False):
+    """A context folder (two classes of different brightness, or images/ + masks/) and a query folder."""
+    from PIL import Image
+
+    if seg:
+        for sub in ("images", "masks"):
+            (base / "ctx" / sub).mkdir(parents=True)
+        for i, image in enumerate(_images(n, size=size, seed=10)):
+            mask = np.zeros((size, size), np.uint8)
+            mask[4 + i:16 + i, 6:18] = 255 if i else 0  # the first mask is empty: allowed
+            image[mask > 0] = 220
+            Image.fromarray(image).save(base / "ctx" / "images" / f"e{i}.png")
+            Image.fromarray(mask).save(base / "ctx" / "masks" / f"e{i}.png")
+    else:
+        for label, bright in (("dark", 0), ("light", 120)):
+            (base / "ctx" / label).mkdir(parents=True)
+            for i, image in enumerate(_images(n, size=size, seed=len(label), bright=bright)):
+                Image.fromarray(image).save(base / "ctx" / label / f"{i}.png")
+    (base / "q").mkdir()
+    for i, image in enumerate(_images(2, size=size, seed=99) + _images(2, size=size + 4, seed=98, bright=150)):
+        if seg:
+            image[8:20, 6:18] = 220
+        Image.fromarray(image).save(base / "q" / f"q{i}.png")
+    return base / "ctx", base / "q"
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_mae, tmp_path_factory):
+    """Context sets (classification and segmentation) predicted by the CLI and published to a store."""
+    from helpers import run_cli
+
+    base = tmp_path_factory.mktemp("incontext")
+    out = {"backbone": tiny_mae, "store": base / "store"}
+    for kind in ("cls", "seg"):
+        (base / kind).mkdir()
+        ctx, queries = _write_context(base / kind, seg=kind == "seg", size=32 if kind == "seg" else 28)
+        csv = base / kind / "preds.csv"
+        assert run_cli("predict", "--backbone", str(tiny_mae), "--context", str(ctx), str(queries), "--out", str(csv),
+                       "--device", "cpu") == 0
+        assert run_cli("context", "publish", str(out["store"]), str(ctx), "--site", kind,
+                       "--backbone", str(tiny_mae)) == 0
+        out[kind] = {"ctx": ctx, "queries": queries, "rows": _read_csv(csv), "csv": csv}
+    out["store"].mkdir(exist_ok=True)
+    return out
+
+
+def test_predict_context_writes_the_predict_format(served):
+    rows = served["cls"]["rows"]
+    assert list(rows[0])[:6] == ["image", "site", "version", "label", "prob_dark", "prob_light"]
+    assert [r["label"] for r in rows] == ["dark", "dark", "light", "light"]
+    seg = served["seg"]["rows"]
+    assert list(seg[0])[3:] == ["mask", "frac_background", "frac_foreground"]
+    from PIL import Image
+
+    mask = np.array(Image.open(served["seg"]["csv"].parent / seg[2]["mask"]))
+    assert mask.shape == (36, 36) and set(np.unique(mask)) <= {0, 1}  # at the query's own size
+
+
+def _service(served, max_context=256, limits=None):
+    from serving_fixtures import uvicorn_on_loopback
+
+    from tpp.serve.bank import AdapterBank
+    from tpp.serve.images import DEFAULT_LIMITS
+    from tpp.serve.server import create_app
+    from tpp.serve.worker import InferenceWorker
+
+    worker = InferenceWorker(AdapterBank(str(served["backbone"]), str(served["store"])))
+    app = create_app(worker, str(served["store"]), max_context=max_context, limits=limits or DEFAULT_LIMITS)
+    return worker, uvicorn_on_loopback(app)
+
+
+def _json(url, body):
+    import json
+
+    from serving_fixtures import request
+
+    return request(url, body=json.dumps(body).encode(), method="POST")
+
+
+def _b64(path):
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_service_answers_as_tpp_predict_stored_and_inline(served):
+    from serving_fixtures import request
+
+    from tpp.segmentation import rle_decode
+
+    worker, server = _service(served)
+    try:
+        with server as (host, port):
+            url = f"http://{host}:{port}"
+            status, listed = request(f"{url}/v1/contexts")
+            assert status == 200 and [c["site"] for c in listed["contexts"]] == ["cls", "seg"]
+            queries = sorted(served["cls"]["queries"].iterdir())
+            uploads = [(q.name, q.read_bytes()) for q in queries]
+            status, stored = request(f"{url}/v1/contexts/cls/predict", files=uploads)
+            assert status == 200, stored
+            context = [{"image": _b64(p), "label": p.parent.name} for p in sorted(served["cls"]["ctx"].rglob("*.png"))]
+            images = [{"name": q.name, "data": _b64(q)} for q in queries]
+            status, inline = _json(f"{url}/v1/incontext/predict", {"context": context[::-1], "images": images})
+            assert status == 200, inline
+            for answer in (stored, inline):
+                for row, pred in zip(served["cls"]["rows"], answer["predictions"]):
+                    assert pred["label"] == row["label"]
+                    for label, p in pred["probabilities"].items():
+                        assert abs(p - float(row[f"prob_{label}"])) < 2e-6
+            status, seg = request(f"{url}/v1/contexts/seg/predict",
+                                  files=[(q.name, q.read_bytes()) for q in sorted(served["seg"]["queries"].iterdir())])
+            assert status == 200, seg
+            from PIL import Image
+
+            for row, pred in zip(served["seg"]["rows"], seg["predictions"]):
+                expected = np.array(Image.open(served["seg"]["csv"].parent / row["mask"]))
+                assert np.array_equal(rle_decode(pred["mask"]), expected)
+            status, missing = request(f"{url}/v1/contexts/nope/predict", files=[("q.png", queries[0].read_bytes())])
+            assert status == 404
+    finally:
+        worker.stop()
+
+
+def test_in_context_api_matches_the_cli_and_ignores_the_order(served):
+    import tpp
+
+    files = sorted(served["cls"]["ctx"].rglob("*.png"))
+    pairs = [(str(p), p.parent.name) for p in files]
+    queries = [str(q) for q in sorted(served["cls"]["queries"].iterdir())]
+    forward = tpp.in_context(pairs, queries, backbone=served["backbone"])
+    backward = tpp.in_context(pairs[::-1], queries, backbone=served["backbone"])
+    folder = tpp.in_context(served["cls"]["ctx"], queries[0], backbone=served["backbone"])
+    assert forward == backward and folder == forward[0]
+    assert [r["label"] for r in forward] == [r["label"] for r in served["cls"]["rows"]]

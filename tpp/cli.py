@@ -184,6 +184,8 @@ def _add_deploy_commands(add) -> None:
     sv.add_argument("--max-request-pixels", type=int, default=2**27,
                     help="pixels of all images of one request together (413 above, nothing decoded); "
                          "default 134217728")
+    sv.add_argument("--max-context", type=int, default=256, help="most examples of a context set, stored or inline "
+                                                                  "(in-context prediction; default 256)")
     sv.add_argument("--body-timeout", type=float, default=30.0,
                     help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
     for p in (pr, sv):
@@ -515,7 +517,7 @@ def cmd_serve(args) -> int:
               max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
               max_upload_bytes=int(args.max_upload_mb * 2**20), body_timeout_s=args.body_timeout,
               limits=PixelLimits(args.max_image_pixels, args.max_request_pixels), device=args.device,
-              precision=args.precision)
+              precision=args.precision, max_context=args.max_context)
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
         print("tpp serve stopped", file=sys.stderr)
     return 0

@@ -471,18 +471,20 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
     from tpp.incontext.context import ContextSet, check, from_pairs, read_context
     from tpp.incontext.features import load_extractor
     from tpp.incontext.predict import prepare
+    from tpp.serve.adapter_features import with_adapter
 
     if isinstance(context, (str, os.PathLike)):
         ctx = read_context(context, max_k)
     elif isinstance(context, ContextSet):
         ctx = check(context, max_k)
     else:
-        ctx = from_pairs(context, max_k)
+        ctx = from_pairs(context, read_image, max_k)
     single = not isinstance(images, (list, tuple))
     arrays = [read_image(item, i) for i, item in enumerate([images] if single else list(images))]
     with quiet():
-        extractor = load_extractor(os.fspath(backbone) if backbone is not None else DEFAULT_BACKBONE,
-                                   os.fspath(adapter) if adapter is not None else None, device)
+        extractor = load_extractor(os.fspath(backbone) if backbone is not None else DEFAULT_BACKBONE, device)
+        if adapter is not None:
+            extractor = with_adapter(extractor, os.fspath(adapter))
         prepared = prepare(ctx, extractor, method, k, image_size)
         results = []
         for result in prepared.predict(arrays):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tpp import __version__
 from tpp.errors import TppError
-from tpp.incontext.commands import add_context_command, add_context_options, cmd_context, cmd_predict_context
+from tpp.serve.context_commands import add_context_command, add_context_options, cmd_context, cmd_predict_context
 
 EXAMPLES = {
     "run": """examples:

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tpp.errors import TppError
-from tpp.incontext import store as contexts
+from tpp.serve import contexts
 from tpp.incontext.context import read_context
 from tpp.serve import store as adapter_store
 from tpp.serve.images import PixelLimits

@@ -4,6 +4,8 @@ Training-free baselines on frozen (or TPP / LoRA-adapted) backbone features: pro
 centroid) and kNN, with a softmax temperature calibrated on the context set by leave-one-out; for
 segmentation, per-patch-token prototypes of foreground and background. Modules: :mod:`~.methods` (pure
 functions on tensors), :mod:`~.context` (reading and checking context sets), :mod:`~.features` (the encoder),
-:mod:`~.predict` (answering queries), :mod:`~.store` (context sets published like adapters).
+:mod:`~.predict` (answering queries). Deployment: :mod:`tpp.serve.contexts` (context sets published like
+adapters), :mod:`tpp.serve.context` (the service's routes), :mod:`tpp.serve.context_commands` (``tpp predict
+--context``, ``tpp context``), :mod:`tpp.serve.adapter_features` (TPP / LoRA-adapted features).
 A learned in-context model (Neuralizer / UniverSeg style) is not built yet.
 """

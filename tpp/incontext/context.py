@@ -1,6 +1,6 @@
 """Context sets: K labelled examples that define a task for in-context prediction.
 
-A context set is read from a folder or a CSV, from a published store version (:mod:`tpp.incontext.store`), or
+A context set is read from a folder or a CSV, from a published store version (:mod:`tpp.serve.contexts`), or
 given inline (the service's JSON requests, the Python API):
 
 - a folder of class sub-folders (``DIR/<class>/<image>``): classification;
@@ -8,7 +8,7 @@ given inline (the service's JSON requests, the Python API):
 - a CSV with columns ``image,label`` (classification) or ``image,mask`` (segmentation), paths relative to the
   CSV's folder.
 
-Images go through the one image reader of tpp (:mod:`tpp.serve.images`) under its pixel budget; masks hold
+Images go through the one image reader of tpp (:mod:`tpp.data.images`) under its pixel budget; masks hold
 0/1 or 0/255. A set has at most ``max_k`` examples (default 256), a classification set at least two classes,
 a segmentation set at least one non-empty mask. Examples are kept in a canonical order (by label, then by
 content), so nothing downstream depends on the order in which they were listed.
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tpp.errors import TppError
-from tpp.serve import images as readers
+from tpp.data import images as readers
 
 MAX_K = 256
 CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
@@ -200,12 +200,10 @@ def _csv_entries(path: Path) -> list[tuple[Path, str | None, Path | None]]:
     return entries
 
 
-def from_pairs(pairs, max_k: int = MAX_K, read=None) -> ContextSet:
+def from_pairs(pairs, read, max_k: int = MAX_K) -> ContextSet:
     """A context set from (image, label) pairs (classification) or (image, mask) pairs (segmentation; a mask is
     a 2-D array or an image file). ``read(item, index)``: how an image item (path, PIL image, array) is read
-    (default :func:`tpp.api.read_image`)."""
-    if read is None:
-        from tpp.api import read_image as read
+    (:func:`tpp.api.read_image`)."""
     pairs = list(pairs)
     if len(pairs) > max_k:
         raise TppError(f"the context holds {len(pairs)} examples, more than the maximum of {max_k}; use fewer "

@@ -2,7 +2,7 @@
 
 - ``GET /v1/contexts``: the published context sets (``tpp context publish``).
 - ``POST /v1/contexts/{site}/predict`` (multipart ``images``; query ``method`` = prototype | knn, ``k``): the
-  store's current set of ``site``, verified as :func:`tpp.incontext.store.open_context` does (content hash,
+  store's current set of ``site``, verified as :func:`tpp.serve.contexts.open_context` does (content hash,
   at most ``max_context`` examples, pixel budget per image, this backbone) before use; its features are kept for
   the next request (a few sets, least recently used first out) until a new version is published.
 - ``POST /v1/incontext/predict``: JSON ``{"context": [{"image": B64, "label": L} | {"image": B64, "mask": B64}],
@@ -23,7 +23,7 @@ from collections import OrderedDict
 from fastapi import Depends, File, HTTPException, Request, UploadFile
 
 from tpp.errors import TppError
-from tpp.incontext import store as contexts
+from tpp.serve import contexts
 from tpp.incontext.context import CLASSIFICATION, SEGMENTATION, ContextSet, binary_mask, check
 from tpp.serve.images import ImageError, ImageTooLarge, check_request, decode
 

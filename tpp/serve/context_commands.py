@@ -36,7 +36,7 @@ def add_context_command(add) -> None:
 
 
 def cmd_context(args) -> int:
-    from tpp.incontext import store as contexts
+    from tpp.serve import contexts
 
     if args.action == "publish":
         if len(args.paths) != 2 or not args.site:
@@ -59,15 +59,13 @@ def cmd_context(args) -> int:
         if not rows:
             print(f"no context sets published in {args.paths[0]}")
             return 0
-        from tpp.cli import _print_table
-
-        _print_table(list(rows[0]), [list(r.values()) for r in rows])
+        _print_rows(rows)
         return 0
     from tpp.api import quiet
-    from tpp.cli import _backbone_hash
+    from tpp.backbones import load_backbone
 
     with quiet():
-        backbone_hash = _backbone_hash(args.backbone) if args.backbone else None
+        backbone_hash = load_backbone(args.backbone)[1].hash if args.backbone else None
     results = contexts.check_store(args.paths[0], args.max_context, backbone_hash)
     for site, reason in results.items():
         if reason:
@@ -80,11 +78,10 @@ def cmd_context(args) -> int:
 def cmd_predict_context(args) -> int:
     """``tpp predict --context``: in-context prediction, written as ``tpp predict`` writes adapter predictions."""
     from tpp.incontext.context import read_context
-    from tpp.incontext.features import load_extractor
     from tpp.incontext.predict import prepare
+    from tpp.serve import images as readers
     from tpp.serve.images import PixelLimits, parse_window
     from tpp.serve.predict import Skipped, _bad_file, collect, skipped_path, write_outputs
-    from tpp.serve import images as readers
 
     if args.store or args.site or args.site_map:
         raise TppError("--context predicts from labelled examples, not from a store: drop --store / --site / "
@@ -97,7 +94,7 @@ def cmd_predict_context(args) -> int:
     skipped: list[Skipped] | None = [] if args.on_bad_file == "skip" else None
     files = collect(args.images, skipped)
     ctx = read_context(args.context, args.max_context, limits)  # every context problem before the backbone loads
-    extractor = load_extractor(args.backbone, args.adapter, args.device)
+    extractor = _extractor(args.backbone, args.adapter, args.device)
     prepared = prepare(ctx, extractor, args.method, args.neighbours, args.image_size)
     name = Path(args.context).name.split(".")[0] or "context"
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window), "limits": limits}
@@ -124,3 +121,26 @@ def cmd_predict_context(args) -> int:
         print(f"warning: {len(skipped)} input(s) skipped (not readable as images) -> {skipped_path(path)}",
               file=sys.stderr)
     return 0
+
+
+def _extractor(backbone: str, adapter: str | None, device: str):
+    """The backbone (with ``adapter`` on top, checked), loaded quietly."""
+    from tpp.api import quiet
+    from tpp.incontext.features import load_extractor
+    from tpp.serve.adapter_features import with_adapter
+
+    with quiet():
+        extractor = load_extractor(backbone, device)
+        return with_adapter(extractor, adapter) if adapter else extractor
+
+
+def _print_rows(rows: list[dict]) -> None:
+    """A Markdown table of ``rows`` (same columns each)."""
+    header = list(rows[0])
+    cells = [[str(r[c]) for c in header] for r in rows]
+    widths = [max(len(x) for x in [h] + [row[i] for row in cells]) for i, h in enumerate(header)]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print(line(row))

@@ -286,3 +286,44 @@ def test_in_context_api_matches_the_cli_and_ignores_the_order(served):
     folder = tpp.in_context(served["cls"]["ctx"], queries[0], backbone=served["backbone"])
     assert forward == backward and folder == forward[0]
     assert [r["label"] for r in forward] == [r["label"] for r in served["cls"]["rows"]]
+
+
+def _tpp_stage_adapter(backbone, path):
+    """A TPP-stage LoRA adapter folder (no head) with non-zero weights, written by the real writer."""
+    from dataclasses import asdict
+
+    from tpp.adapter_dir import FORMAT, make_card, write_adapter_dir
+    from tpp.backbones import load_backbone
+    from tpp.model import attach_adapter
+
+    encoder, info, _ = load_backbone(str(backbone))
+    method, options, targets = attach_adapter(encoder, "lora", {"r": 2})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in encoder.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    card = make_card(method="lora", options=asdict(options), targets=targets, backbone=info, input_rule={},
+                     site="s", modality="us", task={}, data={}, metrics={}, parent=None, trainable_parameters=0,
+                     stage="tpp")
+    card["format"] = FORMAT
+    write_adapter_dir(path, encoder, None, card)
+    return path
+
+
+def test_adapter_features_differ_and_leave_the_backbone_alone(tiny_mae, tmp_path):
+    from tpp.backbones import backbone_hash
+    from tpp.incontext.features import load_extractor
+    from tpp.serve.adapter_features import with_adapter
+
+    adapter = _tpp_stage_adapter(tiny_mae, tmp_path / "adapter")
+    base = load_extractor(str(tiny_mae))
+    before = _state_hash(base.encoder)
+    adapted = with_adapter(base, str(adapter))
+    images, rule = _images(3), base.rule(1)
+    assert not torch.allclose(base.features(images, rule), adapted.features(images, rule), atol=1e-4)
+    assert _state_hash(base.encoder) == before and backbone_hash(base.encoder.model) == base.info.hash
+    other = load_extractor(str(tiny_mae))
+    other.info.hash = "0" * 64  # another backbone: refused before anything is attached
+    with pytest.raises(TppError, match="trained on backbone"):
+        with_adapter(other, str(adapter))

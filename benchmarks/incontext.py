@@ -6,9 +6,9 @@
 Training-free baselines of :mod:`tpp.incontext` on the frozen default backbone (``builtin:mae-vit-tiny-med``,
 pre-trained on BloodMNIST, OrganAMNIST, DermaMNIST and MedNIST: it never saw these three sets):
 
-- classification (BreastMNIST, PneumoniaMNIST; official splits): K examples *per class* drawn from the training
-  split, queries = the whole test split; prototype and kNN with the leave-one-out temperature; accuracy and
-  AUROC.
+- classification (BreastMNIST, PneumoniaMNIST; official splits): K examples *per class* drawn from a fixed
+  random pool of (at most) 500 training images per class, queries = the whole test split; prototype and kNN
+  with the leave-one-out temperature; accuracy and AUROC.
 - segmentation (BUSI, ``seg/busi_64.npz``): one split by ``dup_group`` (30% of the groups held out as queries,
   seed 0), K image-mask pairs drawn from the rest; per-patch prototypes (and token kNN) at 64 px input
   (a 16 x 16 patch grid); mean per-image Dice at 64 px.
@@ -39,7 +39,7 @@ import report  # noqa: E402
 KS, SEEDS, METHODS = [1, 2, 4, 8, 16, 32], 5, ["prototype", "knn"]
 CLASSIFICATION = {"breastmnist": "medmnist/breastmnist.npz", "pneumoniamnist": "medmnist/pneumoniamnist.npz"}
 BUSI = "seg/busi_64.npz"
-SEG_SIZE, QUERY_CHUNK = 64, 16
+SEG_SIZE, QUERY_CHUNK, POOL = 64, 16, 500
 
 
 def classification_cells(extractor, path: Path, ks, seeds) -> list[dict]:
@@ -49,7 +49,10 @@ def classification_cells(extractor, path: Path, ks, seeds) -> list[dict]:
 
     data = np.load(path)
     rule = extractor.rule(1)
-    pool, pool_y = extractor.features(list(data["train_images"]), rule), data["train_labels"][:, 0]
+    labels = data["train_labels"][:, 0]
+    rng = np.random.default_rng(1234)  # a fixed pool of at most POOL training images per class to draw from
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:POOL] for c in (0, 1)]))
+    pool, pool_y = extractor.features(list(data["train_images"][keep]), rule), labels[keep]
     test, test_y = extractor.features(list(data["test_images"]), rule), torch.as_tensor(data["test_labels"][:, 0])
     cells = []
     for k in ks:
@@ -94,14 +97,13 @@ def segmentation_cells(extractor, path: Path, ks, seeds) -> list[dict]:
             ctx = np.random.default_rng(seed).choice(pool, k, replace=False)
             ctx_masks = torch.as_tensor(masks[ctx]).float()
             for method in METHODS:
-                scores, temps = [], []
+                scores, t = [], None
                 for start in range(0, len(query), QUERY_CHUNK):
                     rows = query[start:start + QUERY_CHUNK]
-                    fg, t = segment(tokens[ctx], ctx_masks, tokens[rows], grid, method)
-                    temps.append(t)
+                    fg, t = segment(tokens[ctx], ctx_masks, tokens[rows], grid, method, t=t)  # calibrated once
                     for p, truth in zip(fg, target[start:start + QUERY_CHUNK]):
                         scores.append(dice(upsample(p, truth.shape) >= 0.5, truth))
-                cells.append({"k": k, "seed": seed, "method": method, "temperature": temps[0],
+                cells.append({"k": k, "seed": seed, "method": method, "temperature": t,
                               "dice": float(np.mean(scores)), "queries": len(scores)})
     return cells
 

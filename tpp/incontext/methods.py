@@ -106,11 +106,12 @@ def loo_temperature(features: torch.Tensor, labels: torch.Tensor, num_classes: i
 
 
 def classify(context: torch.Tensor, labels: torch.Tensor, num_classes: int, queries: torch.Tensor,
-             method: str = "prototype", k: int | None = None) -> tuple[torch.Tensor, float]:
+             method: str = "prototype", k: int | None = None, t: float | None = None) -> tuple[torch.Tensor, float]:
     """Class probabilities of the queries.
 
     ``context`` (K, D) features, ``labels`` (K,) class indices 0..C-1 (every class present), ``queries``
-    (Q, D). Returns (probabilities (Q, C), the calibrated temperature)."""
+    (Q, D); ``t``: a temperature this context already calibrated (else calibrated here). Returns
+    (probabilities (Q, C), the temperature)."""
     check_method(method)
     present = torch.bincount(labels, minlength=num_classes)
     if num_classes < 2 or bool((present == 0).any()):
@@ -118,7 +119,7 @@ def classify(context: torch.Tensor, labels: torch.Tensor, num_classes: int, quer
                        f"it names (examples per class: {present.tolist()}).")
     ctx, qry = centre(context, queries)
     k = k or default_k(len(labels))
-    t = loo_temperature(ctx, labels, num_classes, method, k)
+    t = loo_temperature(ctx, labels, num_classes, method, k) if t is None else t
     onehot = F.one_hot(labels, num_classes).float()
     if method == "prototype":
         logp = _prototype_logp(qry @ _centroids(ctx, onehot).T, torch.tensor([t]))[0]
@@ -161,12 +162,14 @@ def _seg_fg_logp(tokens: torch.Tensor, context: torch.Tensor, fractions: torch.T
 
 
 def segment(context_tokens: torch.Tensor, context_masks: torch.Tensor, query_tokens: torch.Tensor,
-            grid: tuple[int, int], method: str = "prototype", k: int | None = None) -> tuple[torch.Tensor, float]:
+            grid: tuple[int, int], method: str = "prototype", k: int | None = None,
+            t: float | None = None) -> tuple[torch.Tensor, float]:
     """Foreground probability per patch of each query.
 
     ``context_tokens`` (K, N, D) patch tokens (N = h * w of ``grid``), ``context_masks`` (K, H, W) binary
     masks at the context images' model-input size, ``query_tokens`` (Q, N, D). The temperature is chosen by
-    leaving one context image out (in-sample when K = 1). Returns (foreground probabilities (Q, h, w), T)."""
+    leaving one context image out (in-sample when K = 1) unless ``t`` gives the one this context
+    calibrated. Returns (foreground probabilities (Q, h, w), T)."""
     check_method(method)
     fractions = masks_to_grid(context_masks, grid)  # (K, N)
     check_masks(fractions)
@@ -174,7 +177,7 @@ def segment(context_tokens: torch.Tensor, context_masks: torch.Tensor, query_tok
     ctx, qry = centre(context_tokens.reshape(-1, d), query_tokens.reshape(-1, d))
     ctx_k = ctx.view(num, n, d)
     k = k or default_k(num)
-    t = _seg_temperature(ctx_k, fractions, method, k)
+    t = _seg_temperature(ctx_k, fractions, method, k) if t is None else t
     logp = _seg_fg_logp(qry, ctx, fractions.flatten(), method, k, torch.tensor([t]))[0]
     return logp[:, 1].exp().view(-1, *grid), t
 

@@ -26,6 +26,7 @@ class Prepared:
     features: torch.Tensor  # classification: (K, D); segmentation: patch tokens (K, N, D)
     masks: torch.Tensor | None  # segmentation: (K, S, S) foreground fractions at the model-input size (area)
     version: str  # content hash of the set (a store's version when it came from one)
+    temperature: float | None = None  # calibrated on the context by the first call, then reused
 
     @property
     def classes(self) -> list[str]:
@@ -40,13 +41,15 @@ class Prepared:
             chunk = arrays[start:start + batch_size]
             if self.ctx.task == CLASSIFICATION:
                 queries = self.extractor.features(chunk, self.rule)
-                probs, _ = methods.classify(self.features, torch.as_tensor(self.ctx.label_indices()),
-                                            len(self.classes), queries, self.method, self.k)
+                probs, self.temperature = methods.classify(
+                    self.features, torch.as_tensor(self.ctx.label_indices()), len(self.classes), queries, self.method,
+                    self.k, self.temperature)
                 out += [p.numpy().astype(np.float64) for p in probs]
             else:
                 grid = self.extractor.grid(self.rule)
-                fg, _ = methods.segment(self.features, self.masks, self.extractor.tokens(chunk, self.rule), grid,
-                                        self.method, self.k)
+                tokens = self.extractor.tokens(chunk, self.rule)
+                fg, self.temperature = methods.segment(self.features, self.masks, tokens, grid, self.method, self.k,
+                                                       self.temperature)
                 out += [(methods.upsample(p, a.shape[:2]) >= 0.5).numpy().astype(np.uint8) for p, a in zip(fg, chunk)]
         return out
 

@@ -186,7 +186,8 @@ def main() -> None:
                     + [f"| {r['set']} | {r['k']} | {r['method']} | {r['prepare_s']:.2f} | {r['query_ms_median']:.1f} |"
                        for r in timing])
     description = (f"In-context prediction on the frozen backbone {args.backbone}: mean ± std over {seeds} seeds of "
-                   "context draws. Classification: K examples per class (train split), all test images. BUSI: K "
+                   "context draws. Classification: K examples per class (from a fixed pool of 500 training images "
+                   "per class), all test images. BUSI: K "
                    "image-mask pairs, 30% of dup_groups held out as queries. Total "
                    f"{time.time() - started:.0f} s.")
     command = "nice python benchmarks/incontext.py" + (" --quick" if args.quick else "")

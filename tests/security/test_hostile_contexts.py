@@ -150,3 +150,17 @@ def test_hostile_inline_and_stored_sets_get_one_clear_answer(tiny_mae, tmp_path)
             assert got == 409 and "content hash does not match" in answer["detail"]
     finally:
         worker.stop()
+
+
+def test_the_context_routes_need_the_token(tmp_path):
+    from serving_fixtures import call, stub_app
+
+    app, worker = stub_app(tmp_path, token="s3cret")
+    body = json.dumps({"context": [], "images": ["x"]}).encode()
+    for method, path, kwargs in (("GET", "/v1/contexts", {}), ("POST", "/v1/incontext/predict", {"body": body}),
+                                 ("POST", "/v1/contexts/c/predict", {"files": [("a.png", png(np.zeros((8, 8))))]})):
+        assert call(app, method, path, **kwargs)[0] == 401
+        assert call(app, method, path, headers={"authorization": "Bearer wrong"}, **kwargs)[0] == 401
+    status, listed, _ = call(app, "GET", "/v1/contexts", headers={"authorization": "Bearer s3cret"})
+    assert status == 200 and listed["contexts"] == []
+    assert worker.batches == []  # nothing reached the model

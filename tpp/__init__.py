@@ -7,12 +7,14 @@ From Python (details in :mod:`tpp.api` and the README's "From Python")::
     model = tpp.load(result.adapter)
     model.predict("scan.png")          # {'label': ..., 'probabilities': {...}, 'threshold': ...}
     tpp.AdapterStore("store").publish(result.adapter, "hospital_a")
+    tpp.in_context("context_folder/", "scan.png")   # no training: K labelled examples define the task
 
 ``import tpp`` is cheap: the names below are imported on first use (torch and transformers only then).
 """
 __version__ = "0.1.0"
 
-_API = ("finetune", "pretrain_target_parameters", "evaluate", "load", "AdapterStore", "Model", "RunResult")
+_API = ("finetune", "pretrain_target_parameters", "evaluate", "load", "AdapterStore", "Model", "RunResult",
+        "in_context")
 __all__ = ["__version__", *_API]
 
 

@@ -451,3 +451,45 @@ def check_loads(source, backbone: str) -> None:
     if reason:
         reason = reason.replace(f"{tmp}/check/", "")
         raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason}")
+
+
+# -- in-context prediction -------------------------------------------------------------------------------------
+
+def in_context(context, images, backbone=None, method: str = "prototype", *, k: int | None = None,
+               adapter=None, image_size: int | None = None, max_k: int = 256, device: str = "cpu"):
+    """Predict ``images`` from a context set of labelled examples, with no training (``tpp predict --context``).
+
+    ``context``: a folder (class sub-folders, or ``images/`` + ``masks/``), a CSV (``image,label`` or
+    ``image,mask``), or a list of ``(image, label)`` / ``(image, mask)`` pairs (images as for
+    :meth:`Model.predict`; masks 0/1 or 0/255 arrays or files). ``images``: one image or a list. ``backbone``:
+    default ``builtin:mae-vit-tiny-med``; ``adapter``: a TPP / LoRA adapter folder whose features to use;
+    ``method``: ``prototype`` (nearest class centroid / per-patch prototypes) or ``knn`` (``k`` neighbours,
+    default about sqrt(K)); at most ``max_k`` examples. Returns a dict per image (a list for a list), as
+    :meth:`Model.predict` does: ``label`` and ``probabilities``, or ``mask`` (uint8 (H, W)), ``classes`` and
+    ``pixels``. No weight changes (the backbone is frozen and never written)."""
+    from tpp.backbones import DEFAULT_BACKBONE
+    from tpp.incontext.context import ContextSet, check, from_pairs, read_context
+    from tpp.incontext.features import load_extractor
+    from tpp.incontext.predict import prepare
+    from tpp.serve.adapter_features import with_adapter
+
+    if isinstance(context, (str, os.PathLike)):
+        ctx = read_context(context, max_k)
+    elif isinstance(context, ContextSet):
+        ctx = check(context, max_k)
+    else:
+        ctx = from_pairs(context, read_image, max_k)
+    single = not isinstance(images, (list, tuple))
+    arrays = [read_image(item, i) for i, item in enumerate([images] if single else list(images))]
+    with quiet():
+        extractor = load_extractor(os.fspath(backbone) if backbone is not None else DEFAULT_BACKBONE, device)
+        if adapter is not None:
+            extractor = with_adapter(extractor, os.fspath(adapter))
+        prepared = prepare(ctx, extractor, method, k, image_size)
+        results = []
+        for result in prepared.predict(arrays):
+            entry = prepared.json_entry(result)
+            if ctx.task != "classification":
+                entry = dict(entry, mask=result, classes=prepared.classes)
+            results.append(entry)
+    return results[0] if single else results

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tpp import __version__
 from tpp.errors import TppError
+from tpp.serve.context_commands import add_context_command, add_context_options, cmd_context, cmd_predict_context
 
 EXAMPLES = {
     "run": """examples:
@@ -46,7 +47,15 @@ Relative paths in the config (relative to its folder) are written into the copy 
   tpp predict --backbone B --store STORE --site-map batch.csv --out preds.csv   # columns image,site
   tpp predict --backbone B --store STORE --site ct_site vol.nii.gz --slice 2:40 --window 40,400 --out p.csv
   tpp predict --backbone B --store STORE --site hospital_a pacs/ --out p.csv --device cuda   # skipped: p_skipped.csv
-  tpp predict --backbone B --store STORE --site hospital_a scans/ --out p.csv --on-bad-file fail""",
+  tpp predict --backbone B --store STORE --site hospital_a scans/ --out p.csv --on-bad-file fail
+  tpp predict --backbone B --context context/ scans/ --out p.csv          # in-context: no adapter, no training
+  tpp predict --backbone B --context ctx.csv --method knn scans/ --out p.csv   # CSV: image,label or image,mask""",
+    "context": """examples:
+  tpp context publish STORE --site new_task context/ --backbone builtin:mae-vit-tiny-med   # content-hashed, a card
+  tpp context list STORE
+  tpp context check STORE --backbone builtin:mae-vit-tiny-med   # every set verified as tpp serve would
+A context folder holds class sub-folders (DIR/<class>/<image>) or images/ + masks/ (same file stems); a CSV
+has columns image,label or image,mask (paths relative to the CSV's folder).""",
     "serve": """examples:
   tpp serve --backbone builtin:mae-vit-tiny-med --store STORE        # 127.0.0.1:8000, Ctrl-C stops
   curl -F images=@img.png http://127.0.0.1:8000/v1/sites/hospital_a/predict
@@ -106,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("run_dir", help="a run directory (output_dir) of a fine-tune or an evaluation")
     pl.add_argument("--out", help="path of the training-curves PNG (default RUN_DIR/curves.png)")
     _add_deploy_commands(add)
+    add_context_command(add)
     return parser
 
 
@@ -141,7 +151,8 @@ def _add_deploy_commands(add) -> None:
                                                            "its visibility)")
     pr = add("predict", "probabilities and label names (or segmentation masks) per image, written as a CSV")
     pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
-    _common_deploy(pr)
+    _common_deploy(pr, store_required=False)
+    add_context_options(pr)
     pr.add_argument("--site", help="site whose adapter to use")
     pr.add_argument("--site-map", help="CSV with columns image,site (mixed-site batch; no IMAGES then)")
     pr.add_argument("--out", required=True, help="output CSV (written atomically); segmentation masks go to "
@@ -173,6 +184,8 @@ def _add_deploy_commands(add) -> None:
     sv.add_argument("--max-request-pixels", type=int, default=2**27,
                     help="pixels of all images of one request together (413 above, nothing decoded); "
                          "default 134217728")
+    sv.add_argument("--max-context", type=int, default=256, help="most examples of a context set, stored or inline "
+                                                                  "(in-context prediction; default 256)")
     sv.add_argument("--body-timeout", type=float, default=30.0,
                     help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
     for p in (pr, sv):
@@ -186,9 +199,10 @@ def _add_deploy_commands(add) -> None:
                                                     "cap it on a machine shared with other jobs")
 
 
-def _common_deploy(p) -> None:
+def _common_deploy(p, store_required: bool = True) -> None:
     p.add_argument("--backbone", required=True, help="backbone checkpoint (directory or hub id)")
-    p.add_argument("--store", required=True, help="adapter store directory")
+    p.add_argument("--store", required=store_required, help="adapter store directory"
+                   + ("" if store_required else " (not with --context)"))
     p.add_argument("--max-resident", type=int, default=16, help="site adapters kept in memory (LRU)")
 
 
@@ -423,6 +437,10 @@ def cmd_predict(args) -> int:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
     _check_device(args)
     _set_threads(args.threads)
+    if args.context:
+        return cmd_predict_context(args)
+    if not args.store:
+        raise TppError("tpp predict needs --store STORE (with --site or --site-map), or --context DIR_OR_CSV.")
     if Path(args.out).is_dir():  # before any prediction work
         raise TppError(f"--out '{args.out}' is a folder; give the CSV file to write, "
                        f"e.g. --out {Path(args.out) / 'preds.csv'}.")
@@ -499,7 +517,7 @@ def cmd_serve(args) -> int:
               max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
               max_upload_bytes=int(args.max_upload_mb * 2**20), body_timeout_s=args.body_timeout,
               limits=PixelLimits(args.max_image_pixels, args.max_request_pixels), device=args.device,
-              precision=args.precision)
+              precision=args.precision, max_context=args.max_context)
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
         print("tpp serve stopped", file=sys.stderr)
     return 0
@@ -516,7 +534,8 @@ def cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"plot": cmd_plot, "adapters": cmd_adapters, "predict": cmd_predict, "serve": cmd_serve, "run": cmd_run,
+COMMANDS = {"context": cmd_context, "plot": cmd_plot,
+            "adapters": cmd_adapters, "predict": cmd_predict, "serve": cmd_serve, "run": cmd_run,
             "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
 
 

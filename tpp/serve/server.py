@@ -1,7 +1,8 @@
 """``tpp serve``: an HTTP service over one backbone and an adapter store (FastAPI + uvicorn).
 
 Endpoints: ``GET /healthz``, ``GET /v1/sites``, ``POST /v1/sites/{site}/predict`` (multipart field
-``images``, one or several files), ``POST /v1/sites/{site}/reload``. Requests are answered by one
+``images``, one or several files), ``POST /v1/sites/{site}/reload``; in-context prediction (:mod:`tpp.serve.context`):
+``GET /v1/contexts``, ``POST /v1/contexts/{site}/predict``, ``POST /v1/incontext/predict``. Requests are answered by one
 inference worker (:mod:`tpp.serve.worker`) that micro-batches across requests and sites.
 
 Safety: binds to 127.0.0.1 by default; any other address needs a bearer token (env
@@ -114,9 +115,10 @@ class PixelsInFlight:
 
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
                max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0, *,
-               limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0):
+               limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0, max_context: int = 256):
     """The ASGI application (FastAPI wrapped in the body size and time limits); ``limits``: the pixel
-    budget per image and per request (413 from the headers, before anything is decoded)."""
+    budget per image and per request (413 from the headers, before anything is decoded); ``max_context``:
+    the most examples of a context set (stored or inline) for in-context prediction."""
     bank = worker.bank
     in_flight = PixelsInFlight(limits.max_request_pixels)
     app = FastAPI(title="tpp", summary="one backbone, many site adapters", docs_url=None, redoc_url=None,
@@ -213,6 +215,10 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         log.info("site %s: version %s -> %s", site, old, new)
         return {"site": site, "old_version": old, "new_version": new}
 
+    from tpp.serve.context import add_context_routes
+
+    add_context_routes(app, worker, store_path, authorised, site_name, outcome, in_flight, limits, max_context,
+                       request_timeout_s)
     return BodyLimit(app, max_upload_bytes, body_timeout_s)
 
 
@@ -226,7 +232,7 @@ def check_binding(host: str, token: str | None, insecure: bool) -> None:
 def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
           insecure: bool = False, max_resident: int = 16, max_batch: int = 64, max_wait_ms: float = 5.0,
           max_upload_bytes: int = 10 * 2**20, limits: PixelLimits = DEFAULT_LIMITS,
-          body_timeout_s: float = 30.0, device: str = "auto", precision: str = "fp32") -> None:
+          body_timeout_s: float = 30.0, device: str = "auto", precision: str = "fp32", max_context: int = 256) -> None:
     """Load the backbone on ``device`` (``precision``: fp32, or bf16 / fp16 under autocast), check the store,
     serve until Ctrl-C / SIGTERM (uvicorn's handlers)."""
     import uvicorn
@@ -238,7 +244,8 @@ def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8
     for problem in adapter_store.check(store_path, bank.info.hash):
         log.warning("will refuse %s", problem)
     worker = InferenceWorker(bank, max_batch, max_wait_ms)
-    app = create_app(worker, store_path, token, max_upload_bytes, limits=limits, body_timeout_s=body_timeout_s)
+    app = create_app(worker, store_path, token, max_upload_bytes, limits=limits, body_timeout_s=body_timeout_s,
+                     max_context=max_context)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("backbone %s (hash %s), store %s, up to %d resident sites, %d torch threads, device %s, precision %s",
              bank.info.id, bank.info.hash[:12], store_path, max_resident, torch.get_num_threads(),

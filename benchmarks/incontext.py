@@ -1,0 +1,201 @@
+"""In-context prediction without training: accuracy / AUROC and Dice against the context size K.
+
+    nice python benchmarks/incontext.py                 # the full grid (~10 min on 2 loaded CPU cores)
+    nice python benchmarks/incontext.py --quick         # K in {1, 4, 16}, 2 seeds
+
+Training-free baselines of :mod:`tpp.incontext` on the frozen default backbone (``builtin:mae-vit-tiny-med``,
+pre-trained on BloodMNIST, OrganAMNIST, DermaMNIST and MedNIST: it never saw these three sets):
+
+- classification (BreastMNIST, PneumoniaMNIST; official splits): K examples *per class* drawn from a fixed
+  random pool of (at most) 500 training images per class, queries = the whole test split; prototype and kNN
+  with the leave-one-out temperature; accuracy and AUROC.
+- segmentation (BUSI, ``seg/busi_64.npz``): one split by ``dup_group`` (30% of the groups held out as queries,
+  seed 0), K image-mask pairs drawn from the rest; per-patch prototypes (and token kNN) at 64 px input
+  (a 16 x 16 patch grid); mean per-image Dice at 64 px.
+
+5 seeds of context draws per K (the spread is over which K examples were drawn). Every number goes through
+the same functions as ``tpp predict --context`` (features once per image, then :func:`tpp.incontext.methods.
+classify` / ``segment``). Latency: ``tpp.incontext.predict.prepare`` of a K = 16 set and one query at a time,
+end to end from uint8 images (median of repeats). Not measured here: the learned in-context model
+(``tpp run incontext``: not built yet) and LoRA / linear probe fine-tuned on the same K examples.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(ROOT))
+import report  # noqa: E402
+
+KS, SEEDS, METHODS = [1, 2, 4, 8, 16, 32], 5, ["prototype", "knn"]
+CLASSIFICATION = {"breastmnist": "medmnist/breastmnist.npz", "pneumoniamnist": "medmnist/pneumoniamnist.npz"}
+BUSI = "seg/busi_64.npz"
+SEG_SIZE, QUERY_CHUNK, POOL = 64, 16, 500
+
+
+def classification_cells(extractor, path: Path, ks, seeds) -> list[dict]:
+    """Accuracy / AUROC of each method, K and seed on one MedMNIST file."""
+    from tpp.incontext.methods import classify
+    from tpp.metrics import quick_metrics
+
+    data = np.load(path)
+    rule = extractor.rule(1)
+    labels = data["train_labels"][:, 0]
+    rng = np.random.default_rng(1234)  # a fixed pool of at most POOL training images per class to draw from
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:POOL] for c in (0, 1)]))
+    pool, pool_y = extractor.features(list(data["train_images"][keep]), rule), labels[keep]
+    test, test_y = extractor.features(list(data["test_images"]), rule), torch.as_tensor(data["test_labels"][:, 0])
+    cells = []
+    for k in ks:
+        for seed in range(seeds):
+            rng = np.random.default_rng(seed)
+            index = np.concatenate([rng.choice(np.flatnonzero(pool_y == c), k, replace=False) for c in (0, 1)])
+            for method in METHODS:
+                probs, t = classify(pool[index], torch.as_tensor(pool_y[index]).long(), 2, test, method)
+                cells.append({"k": k, "seed": seed, "method": method, "temperature": t,
+                              **quick_metrics(probs, test_y.long())})
+    return cells
+
+
+def busi_split(data) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, query) indices: 30% of the dup_groups held out (seed 0), so no near-duplicate spans both."""
+    groups = np.unique(data["dup_group"])
+    held = set(np.random.default_rng(0).choice(groups, int(round(0.3 * len(groups))), replace=False).tolist())
+    query = np.array([g in held for g in data["dup_group"]])
+    return np.flatnonzero(~query), np.flatnonzero(query)
+
+
+def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Dice of two binary masks (H, W); 1 when both are empty."""
+    inter, total = float((pred & target).sum()), float(pred.sum() + target.sum())
+    return 1.0 if total == 0 else 2 * inter / total
+
+
+def segmentation_cells(extractor, path: Path, ks, seeds) -> list[dict]:
+    """Mean Dice of each method, K and seed on BUSI."""
+    from tpp.incontext.methods import segment, upsample
+
+    data = np.load(path)
+    images, masks = data["images"], data["masks"]
+    rule = extractor.rule(1, SEG_SIZE)
+    grid = extractor.grid(rule)
+    tokens = extractor.tokens(list(images), rule)  # (N, 256, D)
+    pool, query = busi_split(data)
+    target = torch.as_tensor(masks[query]).bool()
+    cells = []
+    for k in ks:
+        for seed in range(seeds):
+            ctx = np.random.default_rng(seed).choice(pool, k, replace=False)
+            ctx_masks = torch.as_tensor(masks[ctx]).float()
+            for method in METHODS:
+                scores, t = [], None
+                for start in range(0, len(query), QUERY_CHUNK):
+                    rows = query[start:start + QUERY_CHUNK]
+                    fg, t = segment(tokens[ctx], ctx_masks, tokens[rows], grid, method, t=t)  # calibrated once
+                    for p, truth in zip(fg, target[start:start + QUERY_CHUNK]):
+                        scores.append(dice(upsample(p, truth.shape) >= 0.5, truth))
+                cells.append({"k": k, "seed": seed, "method": method, "temperature": t,
+                              "dice": float(np.mean(scores)), "queries": len(scores)})
+    return cells
+
+
+def latency(extractor, root: Path, repeats: int = 20) -> list[dict]:
+    """Seconds to prepare a K = 16 (per class / pairs) set and ms per single query, end to end from uint8."""
+    from tpp.incontext.context import CLASSIFICATION as CLS
+    from tpp.incontext.context import SEGMENTATION, ContextSet, check
+    from tpp.incontext.predict import prepare
+
+    rows = []
+    breast = np.load(root / CLASSIFICATION["breastmnist"])
+    y = breast["train_labels"][:, 0]
+    index = np.concatenate([np.flatnonzero(y == c)[:16] for c in (0, 1)])
+    busi = np.load(root / BUSI)
+    sets = {
+        "breastmnist (28 px)": (ContextSet(CLS, list(breast["train_images"][index]), [str(v) for v in y[index]],
+                                           names=[""] * 32), list(breast["test_images"][:repeats])),
+        "busi (64 px)": (ContextSet(SEGMENTATION, list(busi["images"][:16]), masks=list(busi["masks"][:16]),
+                                    names=[""] * 16), list(busi["images"][-repeats:])),
+    }
+    for name, (ctx, queries) in sets.items():
+        ctx = check(ctx)
+        for method in METHODS:
+            start = time.perf_counter()
+            prepared = prepare(ctx, extractor, method)
+            prep_s = time.perf_counter() - start
+            times = []
+            for q in queries:
+                start = time.perf_counter()
+                prepared.predict([q])
+                times.append(time.perf_counter() - start)
+            rows.append({"set": name, "k": ctx.k, "method": method, "prepare_s": prep_s,
+                         "query_ms_median": 1000 * statistics.median(times)})
+    return rows
+
+
+def summary(cells: list[dict], metric: str) -> dict:
+    """{method: {k: (mean, std, n)}}."""
+    out: dict = {}
+    for cell in cells:
+        out.setdefault(cell["method"], {}).setdefault(cell["k"], []).append(cell[metric])
+    return {m: {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v))
+                for k, v in ks.items()} for m, ks in out.items()}
+
+
+def table(results: dict, ks) -> str:
+    lines = ["| dataset | metric | method | " + " | ".join(f"K={k}" for k in ks) + " |",
+             "|---|---|---|" + "---|" * len(ks)]
+    for dataset, (cells, metrics) in results.items():
+        for metric in metrics:
+            for method, by_k in summary(cells, metric).items():
+                values = [f"{by_k[k][0]:.3f} ± {by_k[k][1]:.3f}" if k in by_k else "-" for k in ks]
+                lines.append(f"| {dataset} | {metric} | {method} | " + " | ".join(values) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
+    parser.add_argument("--quick", action="store_true", help="K in {1, 4, 16}, 2 seeds")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from tpp.incontext.features import load_extractor
+
+    ks, seeds = ([1, 4, 16], 2) if args.quick else (KS, SEEDS)
+    root = Path(args.data_root)
+    extractor = load_extractor(args.backbone)
+    results, started = {}, time.time()
+    for name, file in CLASSIFICATION.items():
+        results[name] = (classification_cells(extractor, root / file, ks, seeds), ["accuracy", "auroc"])
+        print(f"{name}: {time.time() - started:.0f} s", file=sys.stderr)
+    results["busi"] = (segmentation_cells(extractor, root / BUSI, ks, seeds), ["dice"])
+    print(f"busi: {time.time() - started:.0f} s", file=sys.stderr)
+    timing = latency(extractor, root)
+    lat = "\n".join(["| set | K | method | prepare the set (s) | per query (ms, median) |", "|---|---|---|---|---|"]
+                    + [f"| {r['set']} | {r['k']} | {r['method']} | {r['prepare_s']:.2f} | {r['query_ms_median']:.1f} |"
+                       for r in timing])
+    description = (f"In-context prediction on the frozen backbone {args.backbone}: mean ± std over {seeds} seeds of "
+                   "context draws. Classification: K examples per class (from a fixed pool of 500 training images "
+                   "per class), all test images. BUSI: K "
+                   "image-mask pairs, 30% of dup_groups held out as queries. Total "
+                   f"{time.time() - started:.0f} s.")
+    command = "nice python benchmarks/incontext.py" + (" --quick" if args.quick else "")
+    report.publish(args.out, "incontext" + ("_quick" if args.quick else ""), report.machine(), command, description,
+                   table(results, ks) + "\n\nLatency (end to end from uint8 images, one query at a time):\n\n" + lat,
+                   {"ks": ks, "seeds": seeds, "backbone": args.backbone,
+                    "cells": {n: c for n, (c, _) in results.items()}, "latency": timing})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""In-context prediction (issue 25): prototype and kNN on frozen features, per-patch prototypes for
+segmentation; context sets from folders / CSVs, ``tpp predict --context``, the store and the service."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tpp.errors import TppError
+from tpp.incontext import methods
+from tpp.incontext.context import CLASSIFICATION, SEGMENTATION, ContextSet, check
+
+
+def _blobs(n_per_class=(5, 5), d=16, seed=0):
+    """Separable features (K, D) and labels (K,): class c around a random centre."""
+    rng = torch.Generator().manual_seed(seed)
+    centres = torch.randn(len(n_per_class), d, generator=rng) * 3
+    feats, labels = [], []
+    for c, n in enumerate(n_per_class):
+        feats.append(centres[c] + torch.randn(n, d, generator=rng))
+        labels += [c] * n
+    return torch.cat(feats), torch.tensor(labels), centres
+
+
+@pytest.mark.parametrize("method", methods.METHODS)
+def test_classify_is_order_invariant_and_right(method):
+    feats, labels, centres = _blobs((6, 4, 5))
+    queries = centres + 0.1
+    probs, t = methods.classify(feats, labels, 3, queries, method)
+    assert probs.shape == (3, 3) and torch.allclose(probs.sum(1), torch.ones(3), atol=1e-5)
+    assert probs.argmax(1).tolist() == [0, 1, 2]
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(3))
+    probs_perm, t_perm = methods.classify(feats[perm], labels[perm], 3, queries, method)
+    assert t_perm == t
+    assert torch.allclose(probs, probs_perm, atol=1e-5)
+
+
+def test_loo_temperature_is_calibrated_not_a_constant():
+    """Well separated classes get a sharper temperature than overlapping ones."""
+    sharp, labels, _ = _blobs((8, 8), seed=1)
+    noisy = sharp + torch.randn(sharp.shape, generator=torch.Generator().manual_seed(2)) * 6
+    t_sharp = methods.loo_temperature(*methods.centre(sharp, sharp[:1])[:1], labels, 2, "prototype")
+    t_noisy = methods.loo_temperature(*methods.centre(noisy, noisy[:1])[:1], labels, 2, "prototype")
+    assert t_sharp < t_noisy
+
+
+@pytest.mark.parametrize("method", methods.METHODS)
+def test_one_example_per_class_works(method):
+    feats, labels, centres = _blobs((1, 1))
+    probs, t = methods.classify(feats, labels, 2, centres, method)
+    assert t == methods.DEFAULT_T
+    assert probs.argmax(1).tolist() == [0, 1]
+
+
+def test_one_class_is_an_error():
+    feats, labels, _ = _blobs((4,))
+    with pytest.raises(TppError, match="two classes"):
+        methods.classify(feats, labels, 1, feats[:1])
+    ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 3, ["a"] * 3, names=["x"] * 3, source="ctx")
+    with pytest.raises(TppError, match="one class only"):
+        check(ctx)
+
+
+def _seg_world(k=4, size=16, seed=0):
+    """Tokens whose foreground patches lie along a direction: (K, N, D) tokens, (K, S, S) masks, grid."""
+    rng = torch.Generator().manual_seed(seed)
+    grid = (4, 4)
+    masks = torch.zeros(k, size, size)
+    for i in range(k):
+        r, c = (i % 3) * 4, (i % 2) * 4
+        masks[i, r:r + 8, c:c + 8] = 1
+    fg = methods.masks_to_grid(masks, grid)  # (K, 16)
+    direction = torch.randn(8, generator=rng)
+    tokens = torch.randn(k, 16, 8, generator=rng) * 0.3 + fg[..., None] * direction * 2
+    return tokens, masks, grid, direction
+
+
+@pytest.mark.parametrize("method", methods.METHODS)
+def test_segment_finds_foreground_order_invariant(method):
+    tokens, masks, grid, direction = _seg_world()
+    query = torch.zeros(1, 16, 8)
+    query[0, :4] += direction * 2  # first grid row is foreground
+    fg, t = methods.segment(tokens, masks, query, grid, method)
+    assert fg.shape == (1, 4, 4)
+    assert bool((fg[0, 0] > 0.5).all()) and bool((fg[0, 1:] < 0.5).all())
+    perm = torch.tensor([2, 0, 3, 1])
+    fg2, t2 = methods.segment(tokens[perm], masks[perm], query, grid, method)
+    assert t2 == t and torch.allclose(fg, fg2, atol=1e-5)
+    assert methods.upsample(fg[0], (16, 16)).shape == (16, 16)
+
+
+def test_segment_empty_masks_allowed_unless_all_empty():
+    tokens, masks, grid, _ = _seg_world()
+    masks[1:] = 0  # one non-empty mask: fine
+    fg, _ = methods.segment(tokens, masks, tokens[:1], grid)
+    assert fg.shape == (1, 4, 4)
+    with pytest.raises(TppError, match="every context mask is empty"):
+        methods.segment(tokens, torch.zeros_like(masks), tokens[:1], grid)
+    images = [np.zeros((16, 16), np.uint8)] * 2
+    ctx = ContextSet(SEGMENTATION, images, masks=[np.zeros((16, 16), np.uint8)] * 2, names=["a", "b"], source="s")
+    with pytest.raises(TppError, match="every mask is empty"):
+        check(ctx)
+
+
+def test_segment_with_one_context_image():
+    tokens, masks, grid, _ = _seg_world(k=1)
+    fg, t = methods.segment(tokens, masks, tokens, grid)
+    assert fg.shape == (1, 4, 4) and 0 < t <= 1
+    assert bool(((fg[0] > 0.5).float().flatten() == methods.masks_to_grid(masks, grid)[0].round()).all())
+
+
+def _images(n, size=28, seed=0, bright=0):
+    rng = np.random.default_rng(seed)
+    return [np.clip(rng.integers(0, 100, (size, size)) + bright, 0, 255).astype(np.uint8) for _ in range(n)]
+
+
+def _state_hash(module: torch.nn.Module) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def test_no_parameter_changes_and_k1_on_a_backbone(tiny_mae):
+    from tpp.incontext.features import load_extractor
+    from tpp.incontext.predict import prepare
+
+    extractor = load_extractor(str(tiny_mae))
+    before = _state_hash(extractor.encoder)
+    ctx = check(ContextSet(CLASSIFICATION, _images(1) + _images(1, seed=1, bright=120), ["dark", "light"],
+                           names=["a", "b"], source="k1"))
+    prepared = prepare(ctx, extractor, "knn")
+    probs = prepared.predict(_images(3, seed=5) + _images(3, seed=6, bright=120))
+    assert [prepared.classes[int(np.argmax(p))] for p in probs] == ["dark"] * 3 + ["light"] * 3
+    masks = [np.zeros((32, 32), np.uint8) for _ in range(2)]
+    masks[0][8:24, 8:24] = 1
+    seg = check(ContextSet(SEGMENTATION, _images(2, size=32), masks=masks, names=["a", "b"], source="seg"))
+    out = prepare(seg, extractor, image_size=32).predict(_images(1, size=40))
+    assert out[0].shape == (40, 40) and out[0].dtype == np.uint8
+    assert _state_hash(extractor.encoder) == before
+    assert not any(p.requires_grad for p in extractor.encoder.parameters())
+
+
+# -- context sets on disk, tpp predict --context, the store and the service ---------------------------------
+
+def _write_context(base, n=3, size=28, seg=False):
+    """A context folder (two classes of different brightness, or images/ + masks/) and a query folder."""
+    from PIL import Image
+
+    if seg:
+        for sub in ("images", "masks"):
+            (base / "ctx" / sub).mkdir(parents=True)
+        for i, image in enumerate(_images(n, size=size, seed=10)):
+            mask = np.zeros((size, size), np.uint8)
+            mask[4 + i:16 + i, 6:18] = 255 if i else 0  # the first mask is empty: allowed
+            image[mask > 0] = 220
+            Image.fromarray(image).save(base / "ctx" / "images" / f"e{i}.png")
+            Image.fromarray(mask).save(base / "ctx" / "masks" / f"e{i}.png")
+    else:
+        for label, bright in (("dark", 0), ("light", 120)):
+            (base / "ctx" / label).mkdir(parents=True)
+            for i, image in enumerate(_images(n, size=size, seed=len(label), bright=bright)):
+                Image.fromarray(image).save(base / "ctx" / label / f"{i}.png")
+    (base / "q").mkdir()
+    for i, image in enumerate(_images(2, size=size, seed=99) + _images(2, size=size + 4, seed=98, bright=150)):
+        if seg:
+            image[8:20, 6:18] = 220
+        Image.fromarray(image).save(base / "q" / f"q{i}.png")
+    return base / "ctx", base / "q"
+
+
+def _read_csv(path):
+    import csv
+
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_mae, tmp_path_factory):
+    """Context sets (classification and segmentation) predicted by the CLI and published to a store."""
+    from helpers import run_cli
+
+    base = tmp_path_factory.mktemp("incontext")
+    out = {"backbone": tiny_mae, "store": base / "store"}
+    for kind in ("cls", "seg"):
+        (base / kind).mkdir()
+        ctx, queries = _write_context(base / kind, seg=kind == "seg", size=32 if kind == "seg" else 28)
+        csv = base / kind / "preds.csv"
+        assert run_cli("predict", "--backbone", str(tiny_mae), "--context", str(ctx), str(queries), "--out", str(csv),
+                       "--device", "cpu") == 0
+        assert run_cli("context", "publish", str(out["store"]), str(ctx), "--site", kind,
+                       "--backbone", str(tiny_mae)) == 0
+        out[kind] = {"ctx": ctx, "queries": queries, "rows": _read_csv(csv), "csv": csv}
+    out["store"].mkdir(exist_ok=True)
+    return out
+
+
+def test_predict_context_writes_the_predict_format(served):
+    rows = served["cls"]["rows"]
+    assert list(rows[0])[:6] == ["image", "site", "version", "label", "prob_dark", "prob_light"]
+    assert [r["label"] for r in rows] == ["dark", "dark", "light", "light"]
+    seg = served["seg"]["rows"]
+    assert list(seg[0])[3:] == ["mask", "frac_background", "frac_foreground"]
+    from PIL import Image
+
+    mask = np.array(Image.open(served["seg"]["csv"].parent / seg[2]["mask"]))
+    assert mask.shape == (36, 36) and set(np.unique(mask)) <= {0, 1}  # at the query's own size
+
+
+def _service(served, max_context=256, limits=None):
+    from serving_fixtures import uvicorn_on_loopback
+
+    from tpp.serve.bank import AdapterBank
+    from tpp.serve.images import DEFAULT_LIMITS
+    from tpp.serve.server import create_app
+    from tpp.serve.worker import InferenceWorker
+
+    worker = InferenceWorker(AdapterBank(str(served["backbone"]), str(served["store"])))
+    app = create_app(worker, str(served["store"]), max_context=max_context, limits=limits or DEFAULT_LIMITS)
+    return worker, uvicorn_on_loopback(app)
+
+
+def _json(url, body):
+    import json
+
+    from serving_fixtures import request
+
+    return request(url, body=json.dumps(body).encode(), method="POST")
+
+
+def _b64(path):
+    import base64
+
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def test_service_answers_as_tpp_predict_stored_and_inline(served):
+    from serving_fixtures import request
+
+    from tpp.segmentation import rle_decode
+
+    worker, server = _service(served)
+    try:
+        with server as (host, port):
+            url = f"http://{host}:{port}"
+            status, listed = request(f"{url}/v1/contexts")
+            assert status == 200 and [c["site"] for c in listed["contexts"]] == ["cls", "seg"]
+            queries = sorted(served["cls"]["queries"].iterdir())
+            uploads = [(q.name, q.read_bytes()) for q in queries]
+            status, stored = request(f"{url}/v1/contexts/cls/predict", files=uploads)
+            assert status == 200, stored
+            context = [{"image": _b64(p), "label": p.parent.name} for p in sorted(served["cls"]["ctx"].rglob("*.png"))]
+            images = [{"name": q.name, "data": _b64(q)} for q in queries]
+            status, inline = _json(f"{url}/v1/incontext/predict", {"context": context[::-1], "images": images})
+            assert status == 200, inline
+            for answer in (stored, inline):
+                for row, pred in zip(served["cls"]["rows"], answer["predictions"]):
+                    assert pred["label"] == row["label"]
+                    for label, p in pred["probabilities"].items():
+                        assert abs(p - float(row[f"prob_{label}"])) < 2e-6
+            status, seg = request(f"{url}/v1/contexts/seg/predict",
+                                  files=[(q.name, q.read_bytes()) for q in sorted(served["seg"]["queries"].iterdir())])
+            assert status == 200, seg
+            from PIL import Image
+
+            for row, pred in zip(served["seg"]["rows"], seg["predictions"]):
+                expected = np.array(Image.open(served["seg"]["csv"].parent / row["mask"]))
+                assert np.array_equal(rle_decode(pred["mask"]), expected)
+            status, missing = request(f"{url}/v1/contexts/nope/predict", files=[("q.png", queries[0].read_bytes())])
+            assert status == 404
+    finally:
+        worker.stop()
+
+
+def test_in_context_api_matches_the_cli_and_ignores_the_order(served):
+    import tpp
+
+    files = sorted(served["cls"]["ctx"].rglob("*.png"))
+    pairs = [(str(p), p.parent.name) for p in files]
+    queries = [str(q) for q in sorted(served["cls"]["queries"].iterdir())]
+    forward = tpp.in_context(pairs, queries, backbone=served["backbone"])
+    backward = tpp.in_context(pairs[::-1], queries, backbone=served["backbone"])
+    folder = tpp.in_context(served["cls"]["ctx"], queries[0], backbone=served["backbone"])
+    assert forward == backward and folder == forward[0]
+    assert [r["label"] for r in forward] == [r["label"] for r in served["cls"]["rows"]]
+
+
+def _tpp_stage_adapter(backbone, path):
+    """A TPP-stage LoRA adapter folder (no head) with non-zero weights, written by the real writer."""
+    from dataclasses import asdict
+
+    from tpp.adapter_dir import FORMAT, make_card, write_adapter_dir
+    from tpp.backbones import load_backbone
+    from tpp.model import attach_adapter
+
+    encoder, info, _ = load_backbone(str(backbone))
+    method, options, targets = attach_adapter(encoder, "lora", {"r": 2})
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, param in encoder.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    card = make_card(method="lora", options=asdict(options), targets=targets, backbone=info, input_rule={},
+                     site="s", modality="us", task={}, data={}, metrics={}, parent=None, trainable_parameters=0,
+                     stage="tpp")
+    card["format"] = FORMAT
+    write_adapter_dir(path, encoder, None, card)
+    return path
+
+
+def test_adapter_features_differ_and_leave_the_backbone_alone(tiny_mae, tmp_path):
+    from tpp.backbones import backbone_hash
+    from tpp.incontext.features import load_extractor
+    from tpp.serve.adapter_features import with_adapter
+
+    adapter = _tpp_stage_adapter(tiny_mae, tmp_path / "adapter")
+    base = load_extractor(str(tiny_mae))
+    before = _state_hash(base.encoder)
+    adapted = with_adapter(base, str(adapter))
+    images, rule = _images(3), base.rule(1)
+    assert not torch.allclose(base.features(images, rule), adapted.features(images, rule), atol=1e-4)
+    assert _state_hash(base.encoder) == before and backbone_hash(base.encoder.model) == base.info.hash
+    other = load_extractor(str(tiny_mae))
+    other.info.hash = "0" * 64  # another backbone: refused before anything is attached
+    with pytest.raises(TppError, match="trained on backbone"):
+        with_adapter(other, str(adapter))
+
+
+@pytest.mark.integration
+def test_predict_context_on_real_pneumonia_images_beats_chance(tmp_path):
+    """The real CLI on PneumoniaMNIST (never seen by the default backbone): 16 training images per class as the
+    context folder, 120 test images; the AUROC of prob_1 must beat chance clearly (the benchmark measures
+    0.80 at K = 16, benchmarks/README.md)."""
+    from conftest import shared_backbone, shared_data
+    from helpers import run_cli
+    from PIL import Image
+
+    from tpp.metrics import quick_metrics
+
+    data = np.load(shared_data() / "medmnist" / "pneumoniamnist.npz")
+    labels = data["train_labels"][:, 0]
+    for c in (0, 1):
+        (tmp_path / "ctx" / str(c)).mkdir(parents=True)
+        for i in np.flatnonzero(labels == c)[:16]:
+            Image.fromarray(data["train_images"][i]).save(tmp_path / "ctx" / str(c) / f"{i}.png")
+    (tmp_path / "q").mkdir()
+    test_y = data["test_labels"][:120, 0]
+    for i, image in enumerate(data["test_images"][:120]):
+        Image.fromarray(image).save(tmp_path / "q" / f"{i:03d}.png")
+    out = tmp_path / "preds.csv"
+    assert run_cli("predict", "--backbone", shared_backbone(), "--context", str(tmp_path / "ctx"),
+                   str(tmp_path / "q"), "--out", str(out), "--device", "cpu") == 0
+    rows = _read_csv(out)
+    probs = torch.tensor([[float(r["prob_0"]), float(r["prob_1"])] for r in rows])
+    assert quick_metrics(probs, torch.as_tensor(test_y).long())["auroc"] > 0.65

@@ -1,0 +1,66 @@
+"""Frozen features for in-context prediction: the backbone alone, or the backbone with a TPP / LoRA adapter.
+
+The backbone is never written: an adapter goes onto a shared-weight copy (as the serving bank does it) and the
+backbone's content hash is compared after attaching. Images are brought to the model input as the serving
+input rule does it (:func:`tpp.data.images.to_model_input`, with ``file_resize``: PIL bilinear to the input
+size), at the backbone's native size for classification and at ``image_size`` (default 64 px) for
+segmentation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tpp.errors import TppError
+
+SEG_SIZE = 64  # pixels fed to the encoder for segmentation (BUSI at 64 px: a 16 x 16 grid on 4-px patches)
+
+
+@dataclass
+class Extractor:
+    """An encoder (backbone, or a shared-weight copy carrying an adapter) and how images enter it."""
+    encoder: object  # tpp.backbones.Encoder
+    info: object  # tpp.backbones.BackboneInfo
+    device: torch.device
+    adapter: str | None = None  # "<path>" of the adapter whose features these are
+
+    def rule(self, channels: int, size: int | None = None) -> dict:
+        """The input rule (as an adapter card's ``input``) for images of ``channels`` (1 or 3) at ``size`` px."""
+        size = size or self.info.input_size or self.info.image_size
+        if size % self.info.patch_size:
+            raise TppError(f"image size {size} is not a multiple of the backbone's patch size {self.info.patch_size}.")
+        return {"image_channels": channels, "channels": self.info.channels, "image_size": int(size),
+                "mean": list(self.info.mean), "std": list(self.info.std), "file_resize": True}
+
+    @torch.no_grad()
+    def tokens(self, arrays: list[np.ndarray], rule: dict, batch_size: int = 64) -> torch.Tensor:
+        """uint8 images -> patch tokens (B, N, D) float32 on the CPU (N = grid rows x columns, raster order)."""
+        from tpp.data.images import to_model_input
+
+        out = []
+        for start in range(0, len(arrays), batch_size):
+            pixels = torch.cat([to_model_input(a, rule) for a in arrays[start:start + batch_size]]).to(self.device)
+            out.append(self.encoder.patch_tokens(self.encoder(pixels)).float().cpu())
+        return torch.cat(out)
+
+    def features(self, arrays: list[np.ndarray], rule: dict, batch_size: int = 64) -> torch.Tensor:
+        """uint8 images -> one feature per image (B, D): the mean of its patch tokens."""
+        return self.tokens(arrays, rule, batch_size).mean(1)
+
+    def grid(self, rule: dict) -> tuple[int, int]:
+        side = rule["image_size"] // self.info.patch_size
+        return side, side
+
+
+def load_extractor(backbone: str, device: str = "cpu") -> Extractor:
+    """The frozen backbone (``builtin:NAME``, a folder or a cached hub id) on ``device``. An adapter goes on top
+    with :func:`tpp.serve.adapter_features.with_adapter` (it is checked as the store checks adapters)."""
+    from tpp import devices
+    from tpp.backbones import load_backbone
+
+    where = devices.resolve(device, "--device")
+    encoder, info, _ = load_backbone(backbone)
+    encoder.model.to(where)
+    return Extractor(encoder, info, where)

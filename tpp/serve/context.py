@@ -1,0 +1,187 @@
+"""In-context prediction in ``tpp serve``: context sets served by name from the store, or sent inline.
+
+- ``GET /v1/contexts``: the published context sets (``tpp context publish``).
+- ``POST /v1/contexts/{site}/predict`` (multipart ``images``; query ``method`` = prototype | knn, ``k``): the
+  store's current set of ``site``, verified as :func:`tpp.serve.contexts.open_context` does (content hash,
+  at most ``max_context`` examples, pixel budget per image, this backbone) before use; its features are kept for
+  the next request (a few sets, least recently used first out) until a new version is published.
+- ``POST /v1/incontext/predict``: JSON ``{"context": [{"image": B64, "label": L} | {"image": B64, "mask": B64}],
+  "images": [B64 | {"name": N, "data": B64}], "method": ..., "k": ...}``. The context images, masks and query
+  images together obey the request's pixel budget (413 from their headers, before anything is decoded), the
+  context at most ``max_context`` examples (413), and must define a task (two classes, some foreground: 400).
+
+The answers have the format of ``POST /v1/sites/{site}/predict`` and the numbers of ``tpp predict --context``.
+Everything runs on the inference thread, on the bank's frozen backbone (nothing is written into it).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections import OrderedDict
+
+from fastapi import Depends, File, HTTPException, Request, UploadFile
+
+from tpp.errors import TppError
+from tpp.serve import contexts
+from tpp.incontext.context import CLASSIFICATION, SEGMENTATION, ContextSet, binary_mask, check
+from tpp.serve.images import ImageError, ImageTooLarge, check_request, decode
+
+CACHED_SETS = 8
+
+
+def add_context_routes(app, worker, store_path: str, authorised, site_name, outcome, in_flight, limits,
+                       max_context: int, request_timeout_s: float) -> None:
+    """Add the three routes (module docstring) to the FastAPI ``app`` of :func:`tpp.serve.server.create_app`."""
+    from tpp.incontext.features import Extractor
+    from tpp.incontext.predict import prepare
+
+    cache: OrderedDict = OrderedDict()  # (site, version, method, k) -> Prepared
+
+    def extractor(bank) -> Extractor:
+        return Extractor(bank.encoder, bank.info, bank.device)
+
+    def stored(bank, site: str, method: str, k: int | None):
+        """The prepared current set of ``site`` (verified when it is not cached yet); on the inference thread."""
+        key = (site, contexts.current_version(store_path, site), method, k)
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        cv = contexts.open_context(store_path, site, max_context, limits, bank.info.hash)
+        prepared = prepare(cv.ctx, extractor(bank), method, k, version=cv.version)
+        cache[(site, cv.version, method, k)] = prepared
+        while len(cache) > CACHED_SETS:
+            cache.popitem(last=False)
+        return prepared
+
+    def answer(prepared, names: list[str], results: list, site: str) -> dict:
+        return {"context": site, "version": prepared.version, "task": prepared.ctx.task, "k": prepared.ctx.k,
+                "method": prepared.method, "backbone_hash": worker.bank.info.hash,
+                "predictions": [{"file": n, **prepared.json_entry(r)} for n, r in zip(names, results)]}
+
+    @app.get("/v1/contexts", dependencies=[Depends(authorised)])
+    async def list_contexts():
+        return {"backbone": {"id": worker.bank.info.id, "hash": worker.bank.info.hash},
+                "contexts": contexts.listing(store_path)}
+
+    @app.post("/v1/contexts/{site}/predict", dependencies=[Depends(authorised)])
+    async def predict_stored(site: str, images: list[UploadFile] = File(...), method: str = "prototype",
+                             k: int | None = None):
+        site = site_name(site)
+        _check_options(method, k)
+        if contexts.current_version(store_path, site) is None:
+            raise HTTPException(404, f"no context set is published as '{site}'; GET /v1/contexts lists them.")
+        files = [(await upload.read(), upload.filename or "upload") for upload in images]
+        pixels = await _checked(files, limits)
+        async with in_flight.hold(pixels, request_timeout_s):
+            arrays = await _decoded(files, limits)
+            prepared, results = await outcome(worker.call(
+                lambda bank: _run(stored(bank, site, method, k), arrays)))
+        return answer(prepared, [name for _, name in files], results, site)
+
+    @app.post("/v1/incontext/predict", dependencies=[Depends(authorised)])
+    async def predict_inline(request: Request):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise HTTPException(400, "the body is not JSON; see the tpp serve docs for the inline context format.")
+        context, queries, method, k = _parse(body, max_context)
+        _check_options(method, k)
+        masks = [(m, f"{n}.mask") for _, n, m, _ in context if m is not None]
+        pixels = await _checked([(d, n) for d, n, _, _ in context] + masks + queries, limits)
+        async with in_flight.hold(pixels, request_timeout_s):
+            ctx = await _inline_set(context, limits, max_context)
+            arrays = await _decoded(queries, limits)
+            prepared, results = await outcome(worker.call(
+                lambda bank: _run(prepare(ctx, extractor(bank), method, k), arrays)))
+        return answer(prepared, [name for _, name in queries], results, "inline")
+
+
+def _run(prepared, arrays):
+    return prepared, prepared.predict(arrays)
+
+
+def _check_options(method: str, k: int | None) -> None:
+    if method not in ("prototype", "knn"):
+        raise HTTPException(400, f"method {method!r} is not one of prototype, knn.")
+    if k is not None and k < 1:
+        raise HTTPException(400, f"k must be at least 1, got {k}.")
+
+
+async def _checked(files: list[tuple[bytes, str]], limits) -> int:
+    """Every header within the budget (413), nothing decoded; the request's pixel count."""
+    try:
+        return await asyncio.to_thread(check_request, files, limits)
+    except ImageTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except ImageError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+async def _decoded(files: list[tuple[bytes, str]], limits) -> list:
+    arrays = []
+    try:
+        for data, name in files:
+            arrays.append(await asyncio.to_thread(decode, data, name, limits=limits))
+    except ImageTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
+    except ImageError as exc:
+        raise HTTPException(400, str(exc)) from None
+    return arrays
+
+
+def _b64(value, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise HTTPException(400, f"{what} must be a base64 string.")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(400, f"{what} is not valid base64.") from None
+
+
+def _parse(body, max_context: int):
+    """(context [(image bytes, name, mask bytes | None, label)], queries [(bytes, name)], method, k) of an
+    inline request; 400 for a malformed body, 413 for more than ``max_context`` examples (nothing decoded)."""
+    k = body.get("k") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or not isinstance(body.get("context"), list) or \
+            not isinstance(body.get("images"), list) or not body["images"] or \
+            not isinstance(body.get("method", "prototype"), str) or not (k is None or type(k) is int):
+        raise HTTPException(400, 'the body needs "context": [{"image": B64, "label": L} or {"image": B64, "mask": '
+                                 'B64}, ...] and "images": [B64 or {"name": N, "data": B64}, ...]; optional "method" '
+                                 '(prototype or knn) and "k" (an integer).')
+    if len(body["context"]) > max_context:
+        raise HTTPException(413, f"the inline context holds {len(body['context'])} examples, more than the maximum "
+                                 f"of {max_context} (--max-context).")
+    context = []
+    for i, entry in enumerate(body["context"]):
+        if not isinstance(entry, dict) or ("label" in entry) == ("mask" in entry):
+            raise HTTPException(400, f"context[{i}] needs an image and either a label or a mask.")
+        mask = _b64(entry["mask"], f"context[{i}].mask") if "mask" in entry else None
+        if mask is None and not isinstance(entry["label"], (str, int)):
+            raise HTTPException(400, f"context[{i}].label must be a string.")
+        context.append((_b64(entry.get("image"), f"context[{i}].image"), f"context[{i}]", mask, entry.get("label")))
+    queries = []
+    for i, item in enumerate(body["images"]):
+        data, name = (item.get("data"), str(item.get("name") or f"images[{i}]")) if isinstance(item, dict) \
+            else (item, f"images[{i}]")
+        queries.append((_b64(data, f"images[{i}]"), name))
+    return context, queries, body.get("method", "prototype"), body.get("k")
+
+
+async def _inline_set(context, limits, max_context: int) -> ContextSet:
+    """Decode and check an inline context set (400 when it cannot define a task)."""
+    kinds = {m is None for _, _, m, _ in context}
+    if len(kinds) > 1:
+        raise HTTPException(400, "an inline context mixes labels and masks; give all examples one kind.")
+    images = await _decoded([(d, n) for d, n, _, _ in context], limits)
+    try:
+        if context and context[0][2] is not None:
+            masks = [binary_mask(a, f"context[{i}].mask")
+                     for i, a in enumerate(await _decoded([(m, n) for _, n, m, _ in context], limits))]
+            ctx = ContextSet(SEGMENTATION, images, masks=masks, names=[n for _, n, _, _ in context], source="inline")
+        else:
+            ctx = ContextSet(CLASSIFICATION, images, [str(lbl) for *_, lbl in context],
+                             names=[n for _, n, _, _ in context], source="inline")
+        return check(ctx, max_context)
+    except TppError as exc:
+        raise HTTPException(400, str(exc)) from None

@@ -1,0 +1,146 @@
+"""The command line of in-context prediction: ``tpp predict --context`` and ``tpp context publish|list|check``
+(:mod:`tpp.cli` adds these options and commands; everything heavy is imported inside the functions)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tpp.errors import TppError
+
+
+def add_context_options(pr) -> None:
+    """``tpp predict --context``: in-context prediction from labelled examples (:mod:`tpp.incontext`)."""
+    pr.add_argument("--context", metavar="DIR_OR_CSV",
+                    help="predict from this context set of labelled examples instead of an adapter: a folder of "
+                         "class sub-folders or of images/ + masks/, or a CSV image,label / image,mask (no --store)")
+    pr.add_argument("--method", choices=("prototype", "knn"), default="prototype",
+                    help="--context: nearest class centroid / per-patch prototypes (default), or k nearest neighbours")
+    pr.add_argument("--neighbours", type=int, help="--context --method knn: neighbours (default about sqrt(K))")
+    pr.add_argument("--max-context", type=int, default=256, help="--context: most examples a set may hold "
+                                                                  "(default 256)")
+    pr.add_argument("--adapter", help="--context: features of the backbone with this TPP / LoRA adapter "
+                                      "(its folder or run folder) instead of the frozen backbone alone")
+    pr.add_argument("--image-size", type=int, help="--context: pixels fed to the encoder (default: the "
+                                                   "backbone's size for classification, 64 for segmentation)")
+
+
+def add_context_command(add) -> None:
+    cx = add("context", "context sets for in-context prediction: publish to a store (content-hashed, with a card), "
+                        "list, check")
+    cx.add_argument("action", choices=["publish", "list", "check"])
+    cx.add_argument("paths", nargs="+", help="publish: STORE DIR_OR_CSV; list / check: STORE")
+    cx.add_argument("--site", help="publish: the name the set is served under")
+    cx.add_argument("--backbone", help="publish: the backbone recorded in the card (default builtin:mae-vit-tiny-med); "
+                                       "check: refuse sets published for another backbone")
+    cx.add_argument("--max-context", type=int, default=256, help="most examples a set may hold (default 256)")
+
+
+def cmd_context(args) -> int:
+    from tpp.serve import contexts
+
+    if args.action == "publish":
+        if len(args.paths) != 2 or not args.site:
+            raise TppError("usage: tpp context publish STORE DIR_OR_CSV --site SITE [--backbone B]")
+        from tpp.api import quiet
+        from tpp.backbones import DEFAULT_BACKBONE, load_backbone
+
+        backbone = args.backbone or DEFAULT_BACKBONE
+        with quiet():
+            info = load_backbone(backbone)[1]
+        cv = contexts.publish(args.paths[1], args.paths[0], args.site, {"id": backbone, "hash": info.hash},
+                              args.max_context)
+        print(f"published {args.paths[1]} ({cv.ctx.task}, K={cv.ctx.k}, classes {'/'.join(cv.ctx.classes)}) as "
+              f"context {cv.site}@{cv.version} ({cv.path}); now current")
+        return 0
+    if len(args.paths) != 1:
+        raise TppError(f"usage: tpp context {args.action} STORE")
+    if args.action == "list":
+        rows = contexts.listing(args.paths[0])
+        if not rows:
+            print(f"no context sets published in {args.paths[0]}")
+            return 0
+        _print_rows(rows)
+        return 0
+    from tpp.api import quiet
+    from tpp.backbones import load_backbone
+
+    with quiet():
+        backbone_hash = load_backbone(args.backbone)[1].hash if args.backbone else None
+    results = contexts.check_store(args.paths[0], args.max_context, backbone_hash)
+    for site, reason in results.items():
+        if reason:
+            print(f"REFUSED {site}: {reason}")
+    refused = sum(1 for r in results.values() if r)
+    print(f"{len(results) - refused} context sets ok, {refused} refused (each verified as tpp serve would)")
+    return 1 if refused else 0
+
+
+def cmd_predict_context(args) -> int:
+    """``tpp predict --context``: in-context prediction, written as ``tpp predict`` writes adapter predictions."""
+    from tpp.incontext.context import read_context
+    from tpp.incontext.predict import prepare
+    from tpp.serve import images as readers
+    from tpp.serve.images import PixelLimits, parse_window
+    from tpp.serve.predict import Skipped, _bad_file, collect, skipped_path, write_outputs
+
+    if args.store or args.site or args.site_map:
+        raise TppError("--context predicts from labelled examples, not from a store: drop --store / --site / "
+                       "--site-map (or drop --context).")
+    if not args.images:
+        raise TppError("no images given: pass image files or folders after --context DIR_OR_CSV.")
+    if args.max_image_pixels < 1:
+        raise TppError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
+    limits = PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))
+    skipped: list[Skipped] | None = [] if args.on_bad_file == "skip" else None
+    files = collect(args.images, skipped)
+    ctx = read_context(args.context, args.max_context, limits)  # every context problem before the backbone loads
+    extractor = _extractor(args.backbone, args.adapter, args.device)
+    prepared = prepare(ctx, extractor, args.method, args.neighbours, args.image_size)
+    name = Path(args.context).name.split(".")[0] or "context"
+    options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window), "limits": limits}
+    rows, masks, good, arrays = [], {}, [], []
+    for i, file in enumerate(files):
+        try:
+            arrays.append(readers.read(file, **options))
+            good.append(i)
+        except (readers.ImageError, OSError, ValueError) as exc:
+            _bad_file((file, name), exc, skipped)
+    if not good:
+        raise TppError(f"none of the {len(files)} inputs could be read as images; nothing was written.")
+    for i, array, result in zip(good, arrays, prepared.predict(arrays, args.batch_size)):
+        row = {"image": str(files[i]), "site": f"context:{name}", "version": prepared.version}
+        columns, written = prepared.csv_entry(result, f"{i:05d}_{files[i].name.split('.')[0]}")
+        row.update(columns)
+        masks.update(written)
+        rows.append(row)
+    path, folder = write_outputs(rows, masks, args.out, skipped or [])
+    if folder:
+        print(f"{len(masks)} masks (PNG, class indices at each image's size) -> {folder}")
+    print(f"{len(rows)} images predicted in context ({ctx.task}, K={ctx.k}, {args.method}) -> {path}")
+    if skipped:
+        print(f"warning: {len(skipped)} input(s) skipped (not readable as images) -> {skipped_path(path)}",
+              file=sys.stderr)
+    return 0
+
+
+def _extractor(backbone: str, adapter: str | None, device: str):
+    """The backbone (with ``adapter`` on top, checked), loaded quietly."""
+    from tpp.api import quiet
+    from tpp.incontext.features import load_extractor
+    from tpp.serve.adapter_features import with_adapter
+
+    with quiet():
+        extractor = load_extractor(backbone, device)
+        return with_adapter(extractor, adapter) if adapter else extractor
+
+
+def _print_rows(rows: list[dict]) -> None:
+    """A Markdown table of ``rows`` (same columns each)."""
+    header = list(rows[0])
+    cells = [[str(r[c]) for c in header] for r in rows]
+    widths = [max(len(x) for x in [h] + [row[i] for row in cells]) for i, h in enumerate(header)]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    print(line(header))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print(line(row))

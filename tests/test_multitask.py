@@ -165,6 +165,20 @@ def test_cli_refuses_a_pool_with_the_eval_target(tiny_mae, tmp_path, capsys):
     assert "pneumoniamnist" in err and "Kermany2018" in err
 
 
+def test_finetune_refuses_a_multitask_parent_that_saw_its_collection():
+    from types import SimpleNamespace
+
+    from tpp.builders import check_leakage
+
+    site = SimpleNamespace(name="breastmnist", origin="BUSI", split_id="medmnist", split_sha256=lambda: {"train": "a"})
+    seen = {"name": "busi_64", "origin": "BUSI", "split_sha256": {"train": "b"}, "used": {"split": "train"}}
+    parent = {"data": {"name": "multitask:blood+busi", "origin": None},
+              "multitask": {"tasks": [{"data": {"name": "bloodmnist", "origin": None}}, {"data": seen}]}}
+    with pytest.raises(TppError, match="pre-trained on 'busi_64'.*same BUSI images as 'breastmnist'"):
+        check_leakage(parent, site, "parent/adapter")
+    check_leakage(dict(parent, multitask={"tasks": [{"data": dict(seen, split_sha256={"train": "a"})}]}), site, "p")
+
+
 @pytest.mark.integration
 def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path):
     root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
@@ -191,3 +205,24 @@ def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path)
                                 *FAST, f"adapter.init_from={out / 'adapter'}")) == 0
     log = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "init_from" and e["loaded_tensors"] > 0 for e in log)
+
+
+@pytest.mark.integration
+def test_backbone_scope_writes_a_backbone_every_recipe_loads(tiny_mae, tmp_path):
+    root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
+    out = tmp_path / "bb"
+    pool = ("pool=[{kind: classification, data: {source: medmnist, name: bloodmnist}}, "
+            "{kind: mae, data: {source: medmnist, name: bloodmnist}}, "
+            "{kind: dino, head: {dino_out_dim: 16}, data: {source: medmnist, name: bloodmnist}}]")
+    assert run_cli("run", "multitask", "--config", "multitask/backbone_pool.yaml", f"backbone.path={tiny_mae}",
+                   f"data.root={root}", f"output_dir={out}", pool, "train.batch_size=8", "train.max_steps=2",
+                   "train.checkpoint_every=null") == 0
+    backbone = out / "backbone"
+    card = json.loads((backbone / "tpp_backbone_card.json").read_text())
+    assert [t["kind"] for t in card["pool"]] == ["classification", "mae", "dino"]
+    encoder, info, decoder = load_backbone(str(backbone), with_decoder=True)
+    _, parent, _ = load_backbone(str(tiny_mae))
+    assert decoder is not None and info.hash == card["hash"] != parent.hash  # every backbone weight trained
+    site = make_medmnist(tmp_path / "site")
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, backbone, site, tmp_path / "ft", "train.max_steps=2",
+                                *FAST)) == 0

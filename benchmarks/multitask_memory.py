@@ -102,17 +102,24 @@ def worker(tasks: list[int], schedule: str, steps: int, batch_size: int, backbon
             "s_per_task_batch": seconds / (steps * len(units)), "threads": torch.get_num_threads()}
 
 
-def configurations() -> list[tuple[list[int], str]]:
-    """Every task alone, then the first 2, 4 and 6 tasks under each schedule."""
-    return [([t], "cycle") for t in range(len(TASKS))] + [(list(range(n)), s) for n in COUNTS
-                                                          for s in ("cycle", "summed")]
+def configurations(counts=COUNTS) -> list[tuple[list[int], str]]:
+    """Every task of the largest count alone, then the first N tasks under each schedule for N in ``counts``."""
+    return [([t], "cycle") for t in range(max(counts))] + [(list(range(n)), s) for n in counts
+                                                           for s in ("cycle", "summed")]
+
+
+def cached(path: Path | None) -> list[dict]:
+    """Results of earlier workers (``--cache``, one JSON object a line); [] without."""
+    if path is None or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def rows_of(results: list[dict]) -> list[dict]:
     """One row per task count and schedule, with the largest single-task peak of its tasks and the ratio."""
     single = {r["tasks"][0]: r for r in results if len(r["tasks"]) == 1}
     rows = []
-    for n in (1,) + COUNTS:
+    for n in (1,) + tuple(sorted({len(r["tasks"]) for r in results} - {1})):
         for schedule in ("cycle", "summed"):
             r = next((r for r in results if len(r["tasks"]) == n and r["schedule"] == schedule), None)
             if r is None and n == 1:  # one task: both schedules are the same step
@@ -142,6 +149,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--counts", default=",".join(map(str, COUNTS)), help="task counts to measure (2,4,6)")
+    parser.add_argument("--cache", type=Path, help="JSON-lines file: each worker's result is appended to it and a "
+                        "configuration already in it is not run again (a long run continues where it stopped)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # "0,1,2:cycle"
     args = parser.parse_args(argv)
     common = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--backbone", args.backbone,
@@ -151,10 +161,16 @@ def main(argv=None) -> int:
         print(json.dumps(worker([int(t) for t in tasks.split(",")], schedule, args.steps, args.batch_size,
                                 args.backbone, args.data_root)))
         return 0
-    results = []
-    for tasks, schedule in configurations():
+    results = cached(args.cache)
+    for tasks, schedule in configurations(tuple(int(n) for n in args.counts.split(","))):
+        names = [TASKS[t]["name"] for t in tasks]
+        if any(r["tasks"] == names and r["schedule"] == schedule for r in results):
+            continue
         results.append(report.run_worker(__file__, ["--worker", f"{','.join(map(str, tasks))}:{schedule}", *common]))
         r = results[-1]
+        if args.cache is not None:
+            with args.cache.open("a") as f:
+                f.write(json.dumps(r) + "\n")
         print(f"{'+'.join(r['tasks'])} {schedule}: +{r['peak_minus_baseline_mib']:.0f} MiB, "
               f"{r['s_per_task_batch']:.2f} s per task batch", flush=True)
     rows = rows_of(results)

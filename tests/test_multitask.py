@@ -118,6 +118,31 @@ def test_gradient_accumulation_keeps_the_gradients(tiny_mae):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 
 
+def test_a_cycle_under_bf16_autocast_steps_with_float32_gradients():
+    torch.manual_seed(0)
+    shared = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x, y):
+            return nn.functional.cross_entropy(self.fc(shared(x)).float(), y)
+
+    modules = {"a": Head(), "b": Head()}
+    params, heads = split_parameters(shared, modules)
+    grads = []
+    opt = torch.optim.SGD(params, lr=0.1)
+    _spy(opt, grads)
+    units = [Unit(n, m, heads[n], torch.optim.SGD(heads[n], lr=0.1)) for n, m in modules.items()]
+    schedule = Schedule(params, units, opt, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    batch = [torch.randn(4, 8), torch.tensor([0, 1, 2, 0])]
+    losses = schedule.step([0, 1], [batch, batch], [1.0, 1.0])
+    assert all(np.isfinite(v) for v in losses.values()) and len(grads) == 1
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads[0])
+
+
 def test_batchnorm_in_shared_blocks_is_refused():
     refuse_batchnorm(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.GroupNorm(1, 2)))
     with pytest.raises(ConfigError, match=r"BatchNorm layers \(1\).*LayerNorm or GroupNorm"):

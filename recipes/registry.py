@@ -40,4 +40,10 @@ RECIPES = {
                   COMMON + ("site", "backbone", "adapter", "data", "pretext"),
                   ignores=("adapter.path", "adapter.init_from", "data.split", "data.label_fraction",
                            "data.val_label_fraction", "train.select_best", "train.head_lr_scale", "train.eval_every")),
+    "multitask": Recipe("multi-task pre-training (UMedPT-style): classification, segmentation and MAE/DINO tasks "
+                        "over a pool, memory flat in the tasks; target parameters or the whole backbone",
+                        COMMON + ("site", "backbone", "adapter", "data", "pool", "multitask"),
+                        ignores=("adapter.path", "adapter.init_from", "data.split", "data.label_fraction",
+                                 "data.val_label_fraction", "data.use_eval_splits", "train.select_best",
+                                 "train.head_lr_scale", "train.eval_every")),
 }

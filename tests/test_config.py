@@ -243,7 +243,7 @@ def problems(path, overrides, recipe=None) -> list[str]:
     (FINETUNE, "pretext.mask_ratio=0.9", "pretext.mask_ratio: the finetune recipe does not use the pretext section "
                                          "(pretrain_backbone and tpp do)."),
     (FINETUNE, "pool=[{data: {name: bloodmnist}}]", "pool: the finetune recipe does not use pool (pretrain_backbone "
-                                                    "does)."),
+                                                    "and multitask do)."),
     (FINETUNE, "model.hidden_size=7", "model.hidden_size: the finetune recipe does not use the model section"),
     (FINETUNE, "supervised_weight=0", "supervised_weight: the finetune recipe does not use supervised_weight"),
     (TPP, "task=segmentation", "task: the tpp recipe does not use task (finetune does)."),
@@ -251,7 +251,8 @@ def problems(path, overrides, recipe=None) -> list[str]:
                                         "section (finetune does)."),
     (POOL, "adapter.r=4", "adapter.r: the pretrain_backbone recipe does not use the adapter section"),
     (POOL, "backbone.path=x", "backbone.path: the pretrain_backbone recipe does not use the backbone section"),
-    (POOL, "site=a", "site: the pretrain_backbone recipe does not use site (finetune and tpp do)."),
+    (POOL, "site=a", "site: the pretrain_backbone recipe does not use site (finetune, tpp and "
+                              "multitask do)."),
 ])
 def test_a_key_the_recipe_does_not_use_is_an_error_naming_the_recipe(path, override, line):
     found = problems(path, [override])
@@ -285,7 +286,7 @@ def test_unknown_keys_suggest_the_close_known_key():
         "unknown config key 'pretext.mask_ration' for pretext.name=mae; did you mean pretext.mask_ratio?"]
     assert problems(FINETUNE, ["recipe=finetun"], recipe=None)[0].endswith(
         "recipe: unknown recipe 'finetun'; did you mean finetune? recipes: finetune, evaluate, pretrain_backbone, "
-        "tpp (`tpp ls`).")
+        "tpp, multitask (`tpp ls`).")
     far = problems(FINETUNE, ["train.zzz=1"])[0]  # nothing close: the keys there are listed
     assert far.startswith("unknown config key 'train.zzz'. Known keys here: adam_beta2, batch_size")
 
@@ -345,7 +346,7 @@ def test_evaluate_runs_from_the_finetune_config_of_the_run_it_evaluates(tmp_path
         "pretext.mask_ratio: the finetune recipe does not use the pretext section (pretrain_backbone and tpp do)."]
     (tmp_path / "eval.yaml").write_text(yaml.safe_dump(dict(saved, site="a")))  # an evaluate config has no site
     assert problems(tmp_path / "eval.yaml", [], recipe="evaluate") == [
-        "site: the evaluate recipe does not use site (finetune and tpp do)."]
+        "site: the evaluate recipe does not use site (finetune, tpp and multitask do)."]
 
 
 @pytest.mark.parametrize("path, recipe, sections", [

@@ -136,9 +136,15 @@ def check_leakage(parent_card: dict, dataset: Dataset, source: str) -> None:
     sets, e.g. BreastMNIST's is BUSI; for folders and CSVs the folder, by hash) unless it saw exactly this
     dataset's training split (same image hash) and nothing else: otherwise it may have seen this run's
     validation or test images."""
+    tasks = (parent_card.get("multitask") or {}).get("tasks") or []  # a multi-task parent: every task's data
+    for seen in [parent_card.get("data", {})] + [t.get("data") or {} for t in tasks if isinstance(t, dict)]:
+        _check_seen(seen, dataset, source)
+
+
+def _check_seen(seen: dict, dataset: Dataset, source: str) -> None:
+    """:func:`check_leakage` for one dataset the parent saw (its card's ``data`` entry)."""
     from tpp.data.arrays import MEDMNIST_ORIGINS
 
-    seen = parent_card.get("data", {})
     origin = seen.get("origin") or MEDMNIST_ORIGINS.get(seen.get("name"))
     if not origin or origin != dataset.origin:
         return

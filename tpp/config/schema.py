@@ -1,9 +1,10 @@
 """The typed config schema: the single source of keys, types, defaults and help.
 
 One dataclass per section (``backbone``, ``adapter``, ``data``, ``train``, ``pretext``, ``model``, a ``pool``
-entry) and :class:`RunConfig`, the whole config; each key's help text is its field's metadata (``tpp validate
---keys``). Plug-in options (a method's ``r``, a pretext's ``mask_ratio``, a data source's ``file``, a task's
-section) are no fields here: the plug-in's own options dataclass checks them (:mod:`tpp.config.plugins`).
+entry, ``multitask``) and :class:`RunConfig`, the whole config; each key's help text is its field's metadata
+(``tpp validate --keys``). Plug-in options (a method's ``r``, a pretext's ``mask_ratio``, a data source's
+``file``, a task's section) are no fields here: the plug-in's own options dataclass checks them
+(:mod:`tpp.config.plugins`).
 
 Precedence: ``train.max_steps`` (when set) fixes the number of optimiser steps and ``train.epochs``
 is then ignored; otherwise the run lasts ``train.epochs`` passes over the training split, and at least
@@ -172,9 +173,46 @@ class ModelConfig:
 
 @dataclass
 class PoolEntry:
-    """One dataset of a pre-training pool: a data section, and whether its labels train a head."""
+    """One dataset of a pre-training pool: a data section, and whether its labels train a head. For the
+    multitask recipe each entry is one task: ``kind``, ``weight``, ``head`` options and an optional ``name``."""
     data: DataConfig = field(default_factory=DataConfig)
-    supervised: bool = _f(True, "train a linear head on this dataset's labels (UMedPT-style multi-task)")
+    supervised: bool = _f(True, "pretrain_backbone: train a linear head on this dataset's labels (UMedPT-style)")
+    kind: Optional[str] = _f(None, "multitask: classification, segmentation (a task), mae or dino (a pretext)")
+    weight: float = _f(1.0, "multitask: the task's loss weight (cyclic sampler) or its draw weight (weighted)")
+    head: dict = _f({}, "multitask: the task's or pretext's own options (dice_weight, mask_ratio, dino_ema ...)")
+    name: Optional[str] = _f(None, "multitask: the task's name (its head file heads/NAME.safetensors); default "
+                                   "DATA.NAME-KIND")
+
+
+MULTITASK_ENTRY_KEYS = ("kind", "weight", "head", "name")  # pool-entry keys only the multitask recipe reads
+
+
+@dataclass
+class MultitaskConfig:
+    """The multitask recipe: the schedule over the tasks listed in ``pool`` (UMedPT-style)."""
+    scope: Literal["target", "backbone"] = _f(
+        "target", "target: train the adapter's target parameters on the frozen backbone (multi-task TPP); backbone: "
+                  "train every weight of a ViT-MAE backbone and save it in transformers format")
+    schedule: Literal["cycle", "summed"] = _f(
+        "cycle", "cycle: each task's batch runs forward + backward at once (its activations freed), shared gradients "
+                 "accumulate over the cycle, one shared optimiser step; summed: one loss over all task batches "
+                 "(memory grows with the tasks; for comparison)")
+    sampler: Literal["cyclic", "weighted"] = _f("cyclic", "cyclic: every task once per cycle, its loss times its "
+                                                          "weight; weighted: tasks_per_cycle draws by weight "
+                                                          "(with replacement), losses unweighted")
+    tasks_per_cycle: Optional[int] = _f(None, "weighted sampler: task batches per cycle; default: the number of tasks")
+    eval_targets: list = _f([], "datasets (MedMNIST names or origins, e.g. breastmnist, BUSI) the result will be "
+                                "evaluated on: a task from the same image collection is refused")
+    head_lr: Optional[float] = _f(None, "learning rate of each task head's own optimiser; default: train.lr")
+
+    def __post_init__(self):
+        from tpp.errors import ConfigError
+
+        if self.tasks_per_cycle is not None and self.tasks_per_cycle < 1:
+            raise ConfigError(f"multitask.tasks_per_cycle must be at least 1, got {self.tasks_per_cycle}.")
+        if not all(isinstance(t, str) and t for t in self.eval_targets):
+            raise ConfigError(f"multitask.eval_targets must be a list of dataset names or origins, got "
+                              f"{self.eval_targets!r}.")
 
 
 @dataclass
@@ -196,8 +234,10 @@ class RunConfig:
     pretext: PretextConfig = field(default_factory=PretextConfig)
     task_options: Any = _f(None, "the task's options (its own dataclass), set as the section named after the task")
     model: ModelConfig = field(default_factory=ModelConfig)
-    pool: list = _f([], "pretrain_backbone: list of {data: {...}, supervised: bool} entries")
+    pool: list = _f([], "pretrain_backbone: list of {data: {...}, supervised: bool} entries; multitask: the tasks, "
+                        "{data: {...}, kind: ..., weight: 1, head: {...}, name: ...} each")
     supervised_weight: float = _f(1.0, "pretrain_backbone: weight of the mean supervised loss (0: MAE only)")
+    multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
 
     def to_dict(self) -> dict:
         """Plain dict of the sections the recipe reads (a run's ``config.yaml``), with adapter, pretext and data
@@ -206,6 +246,9 @@ class RunConfig:
         out["data"] = self.data.flat()
         for entry, flat in zip(self.pool, out["pool"]):
             flat["data"] = entry.data.flat()
+            if self.recipe != "multitask":  # pretrain_backbone's config.yaml stays as it was
+                for key in MULTITASK_ENTRY_KEYS:
+                    flat.pop(key)
         out["adapter"].pop("options")
         out["adapter"].update(self.adapter.resolved_options())
         out["pretext"].pop("options")

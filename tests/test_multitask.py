@@ -1,0 +1,253 @@
+"""The multi-task recipe (issue 23): the UMedPT-style cycle schedule, its samplers, the evaluation-target check,
+and a mixed classification + segmentation + MAE run through the CLI whose adapter fine-tunes."""
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from conftest import make_medmnist
+from helpers import FAST, FINETUNE_CONFIG, recipe_args, run_cli, toy_segmentation_npz
+
+from tpp.backbones import base_state_dict, load_backbone
+from tpp.errors import ConfigError, TppError
+from tpp.model import attach_adapter
+from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, split_parameters
+from tpp.multitask_build import PretextTask, SupervisedTask, check_eval_targets
+from tpp.pretext import build_pretext
+from tpp.tasks import get_task
+
+
+def _units(tiny_mae):
+    """A LoRA encoder shared by a classification, a segmentation and an MAE task (fresh decoder), with
+    SGD heads, and one fixed batch each."""
+    encoder, info, _ = load_backbone(str(tiny_mae))
+    attach_adapter(encoder, "lora", {"r": 2})
+    torch.manual_seed(0)
+    cls, seg = get_task("classification"), get_task("segmentation")
+    cls_opt, seg_opt = cls.options_cls(), seg.options_cls()
+    ds_cls = type("D", (), {"num_classes": 3, "class_names": ["a", "b", "c"]})()
+    ds_seg = type("D", (), {"num_classes": 2, "class_names": ["bg", "fg"]})()
+    modules = {"cls": SupervisedTask(encoder, cls.build_head(cls_opt, info, ds_cls), cls, cls_opt, False),
+               "seg": SupervisedTask(encoder, seg.build_head(seg_opt, info, ds_seg), seg, seg_opt, False),
+               "mae": PretextTask(build_pretext("mae", encoder, None, decoder="fresh"), False)}
+    size = info.input_size
+    batches = [[torch.randn(4, 3, size, size), torch.tensor([0, 1, 2, 1])],
+               [torch.randn(4, 3, size, size), (torch.rand(4, size, size) > 0.5).long()],
+               [torch.randn(4, 3, size, size)]]
+    return encoder, modules, batches
+
+
+def _schedule(encoder, modules, kind, lr=0.1):
+    shared, heads = split_parameters(encoder, modules)
+    units = [Unit(n, m, heads[n], torch.optim.SGD(heads[n], lr=lr)) for n, m in modules.items()]
+    return Schedule(shared, units, torch.optim.SGD(shared, lr=lr), schedule=kind), units
+
+
+def _spy(optimizer, record: list):
+    """Record (a copy of every gradient) each time ``optimizer`` steps."""
+    step = optimizer.step
+
+    def spied(*args, **kwargs):
+        record.append([p.grad.clone() for g in optimizer.param_groups for p in g["params"]])
+        return step(*args, **kwargs)
+    optimizer.step = spied
+
+
+def test_a_cycle_is_one_shared_step_and_one_step_per_head(tiny_mae):
+    encoder, modules, batches = _units(tiny_mae)
+    schedule, units = _schedule(encoder, modules, "cycle")
+    shared_steps, head_steps = [], {u.name: [] for u in units}
+    _spy(schedule.optimizer, shared_steps)
+    for unit in units:
+        _spy(unit.optimizer, head_steps[unit.name])
+    before = {n: p.detach().clone() for n, p in encoder.named_parameters() if p.requires_grad}
+    losses = schedule.step([0, 1, 2], batches, [1.0, 1.0, 1.0])
+    assert len(shared_steps) == 1 and {n: len(s) for n, s in head_steps.items()} == {"cls": 1, "seg": 1, "mae": 1}
+    assert set(losses) == {"cls", "seg", "mae"} and all(np.isfinite(v) for v in losses.values())
+    after = {n: p.detach() for n, p in encoder.named_parameters() if p.requires_grad}
+    assert any(not torch.equal(before[n], after[n]) for n in before)  # the one shared step moved the adapter
+    assert all(p.grad is None for p in encoder.parameters())  # and cleared the accumulated gradients
+
+
+def test_cycle_gradients_equal_the_summed_loss_gradients(tiny_mae):
+    encoder, modules, batches = _units(tiny_mae)
+    twin = copy.deepcopy(nn.ModuleDict({"encoder": encoder, **modules}))
+    records = {}
+    for kind, (enc, mods) in {"cycle": (encoder, modules),
+                              "summed": (twin["encoder"], {k: twin[k] for k in modules})}.items():
+        schedule, units = _schedule(enc, mods, kind)
+        records[kind] = {"shared": [], **{u.name: [] for u in units}}
+        _spy(schedule.optimizer, records[kind]["shared"])
+        for unit in units:
+            _spy(unit.optimizer, records[kind][unit.name])
+        torch.manual_seed(1)  # the same MAE masks in both
+        schedule.step([0, 1, 2], batches, [1.0, 0.5, 2.0])
+    for key in ("shared", "cls", "seg", "mae"):
+        cycle, summed = records["cycle"][key][0], records["summed"][key][0]
+        assert len(cycle) == len(summed) > 0
+        assert any(g.abs().sum() > 0 for g in cycle)
+        for a, b in zip(cycle, summed):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_frozen_backbone_bit_identical_after_multitask_tpp(tiny_mae):
+    encoder, modules, batches = _units(tiny_mae)
+    frozen = {k: v.clone() for k, v in base_state_dict(encoder.model).items()}
+    schedule, _ = _schedule(encoder, modules, "cycle")
+    for _ in range(3):
+        schedule.step([0, 1, 2], batches, [1.0, 1.0, 1.0])
+    after = base_state_dict(encoder.model)
+    assert frozen.keys() == after.keys() and all(torch.equal(frozen[k], after[k]) for k in frozen)
+
+
+def test_gradient_accumulation_keeps_the_gradients(tiny_mae):
+    encoder, modules, batches = _units(tiny_mae)
+    """A mean-reduced loss (classification; not Dice, not random masks) split in micro-batches: same gradients."""
+    twin = copy.deepcopy(nn.ModuleDict({"encoder": encoder, "cls": modules["cls"]}))
+    grads = []
+    for enc, cls, accum in ((encoder, modules["cls"], 1), (twin["encoder"], twin["cls"], 2)):
+        schedule, _ = _schedule(enc, {"cls": cls}, "cycle")
+        schedule.accum, record = accum, []
+        _spy(schedule.optimizer, record)
+        schedule.step([0], batches[:1], [1.0])
+        grads.append(record[0])
+    assert any(g.abs().sum() > 0 for g in grads[0])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_a_cycle_under_bf16_autocast_steps_with_float32_gradients():
+    torch.manual_seed(0)
+    shared = nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8))
+
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, x, y):
+            return nn.functional.cross_entropy(self.fc(shared(x)).float(), y)
+
+    modules = {"a": Head(), "b": Head()}
+    params, heads = split_parameters(shared, modules)
+    grads = []
+    opt = torch.optim.SGD(params, lr=0.1)
+    _spy(opt, grads)
+    units = [Unit(n, m, heads[n], torch.optim.SGD(heads[n], lr=0.1)) for n, m in modules.items()]
+    schedule = Schedule(params, units, opt, autocast=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    batch = [torch.randn(4, 8), torch.tensor([0, 1, 2, 0])]
+    losses = schedule.step([0, 1], [batch, batch], [1.0, 1.0])
+    assert all(np.isfinite(v) for v in losses.values()) and len(grads) == 1
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads[0])
+
+
+def test_batchnorm_in_shared_blocks_is_refused():
+    refuse_batchnorm(nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2), nn.GroupNorm(1, 2)))
+    with pytest.raises(ConfigError, match=r"BatchNorm layers \(1\).*LayerNorm or GroupNorm"):
+        refuse_batchnorm(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2)))
+
+
+def test_samplers():
+    assert TaskSampler([1, 2, 0.5]).cycle(7) == [0, 1, 2]
+    assert TaskSampler([1, 0, 1]).cycle(0) == [0, 2]  # weight 0: never visited
+    sampler = TaskSampler([1.0, 3.0, 0.0], "weighted", per_cycle=4, seed=3)
+    assert sampler.cycle(5) == TaskSampler([1.0, 3.0, 0.0], "weighted", per_cycle=4, seed=3).cycle(5)  # resumable
+    draws = np.concatenate([sampler.cycle(i) for i in range(300)])
+    counts = np.bincount(draws, minlength=3)
+    assert counts[2] == 0 and 2.5 < counts[1] / counts[0] < 3.5
+    assert sampler.loss_weight(1) == 1.0 and TaskSampler([1.0, 3.0]).loss_weight(1) == 3.0
+    with pytest.raises(ConfigError, match="positive sum"):
+        TaskSampler([0, 0])
+
+
+def test_pool_overlapping_an_eval_target_is_refused_naming_both():
+    with pytest.raises(TppError, match=r"task 'busi-seg'.*'busi_64'.*evaluation target 'breastmnist' \(origin BUSI\)"):
+        check_eval_targets([("busi-seg", "segmentation", "busi_64", "BUSI")], ["breastmnist"])
+    with pytest.raises(TppError, match=r"task 'breastmnist-classification'.*evaluation target 'BUSI'"):
+        check_eval_targets([("breastmnist-classification", "classification", "breastmnist", None)], ["BUSI"])
+    # the target's own unlabeled training images may train a pretext (as TPP); other collections pass
+    check_eval_targets([("own", "mae", "breastmnist", None), ("blood", "classification", "bloodmnist", None)],
+                       ["breastmnist", "pneumoniamnist"])
+
+
+def _pool(seg_file) -> str:
+    return ("pool=[{kind: classification, data: {source: medmnist, name: bloodmnist}}, "
+            f"{{kind: segmentation, weight: 0.5, data: {{source: seg_npz, name: toyseg, file: {seg_file}, "
+            "classes: [background, lesion], modality: US, label_key: label, class_names_key: label_names}}, "
+            "{kind: mae, head: {mask_ratio: 0.5}, data: {source: medmnist, name: pneumoniamnist}}]")
+
+
+def test_cli_refuses_a_pool_with_the_eval_target(tiny_mae, tmp_path, capsys):
+    root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
+    toy_segmentation_npz(root / "toyseg.npz", n=24)
+    code = run_cli("run", "multitask", "--config", "multitask/tpp_pool.yaml", f"backbone.path={tiny_mae}",
+                   f"data.root={root}", f"output_dir={tmp_path / 'out'}", _pool("toyseg.npz"),
+                   "multitask.eval_targets=[Kermany2018]")
+    assert code != 0 and not (tmp_path / "out").exists()
+    err = capsys.readouterr().err
+    assert "pneumoniamnist" in err and "Kermany2018" in err
+
+
+def test_finetune_refuses_a_multitask_parent_that_saw_its_collection():
+    from types import SimpleNamespace
+
+    from tpp.builders import check_leakage
+
+    site = SimpleNamespace(name="breastmnist", origin="BUSI", split_id="medmnist", split_sha256=lambda: {"train": "a"})
+    seen = {"name": "busi_64", "origin": "BUSI", "split_sha256": {"train": "b"}, "used": {"split": "train"}}
+    parent = {"data": {"name": "multitask:blood+busi", "origin": None},
+              "multitask": {"tasks": [{"data": {"name": "bloodmnist", "origin": None}}, {"data": seen}]}}
+    with pytest.raises(TppError, match="pre-trained on 'busi_64'.*same BUSI images as 'breastmnist'"):
+        check_leakage(parent, site, "parent/adapter")
+    check_leakage(dict(parent, multitask={"tasks": [{"data": dict(seen, split_sha256={"train": "a"})}]}), site, "p")
+
+
+@pytest.mark.integration
+def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path):
+    root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
+    make_medmnist(root, name="pneumoniamnist", n=(24, 4, 4), seed=1)
+    toy_segmentation_npz(root / "toyseg.npz", n=24)
+    out = tmp_path / "mt"
+    args = ["run", "multitask", "--config", "multitask/tpp_pool.yaml", f"backbone.path={tiny_mae}",
+            f"data.root={root}", f"output_dir={out}", _pool("toyseg.npz"), "multitask.eval_targets=[breastmnist]",
+            "train.batch_size=8", "adapter.r=2", "train.checkpoint_every=2"]
+    assert run_cli(*args, "train.max_steps=2") == 0
+    assert run_cli(*args, "train.max_steps=4", "train.resume=auto") == 0  # extended from its checkpoint
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == metrics["shared_steps"] == 4
+    assert set(metrics["head_steps"].values()) == {4} and len(metrics["head_steps"]) == 3
+    card = json.loads((out / "adapter" / "tpp_card.json").read_text())
+    tasks = card["multitask"]["tasks"]
+    assert [t["kind"] for t in tasks] == ["classification", "segmentation", "mae"]
+    assert all(t["data"]["content_sha256"] and t["license"] for t in tasks)
+    assert tasks[0]["license"] == "CC BY 4.0" and tasks[1]["license"] == "unknown"
+    heads = json.loads((out / "heads" / "heads.json").read_text())
+    assert {h["file"] for h in heads["tasks"]} <= {p.name for p in (out / "heads").iterdir()}
+    site = make_medmnist(tmp_path / "site")
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, site, tmp_path / "ft", "train.max_steps=3",
+                                *FAST, f"adapter.init_from={out / 'adapter'}")) == 0
+    log = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    assert any(e.get("event") == "init_from" and e["loaded_tensors"] > 0 for e in log)
+
+
+@pytest.mark.integration
+def test_backbone_scope_writes_a_backbone_every_recipe_loads(tiny_mae, tmp_path):
+    root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
+    out = tmp_path / "bb"
+    pool = ("pool=[{kind: classification, data: {source: medmnist, name: bloodmnist}}, "
+            "{kind: mae, data: {source: medmnist, name: bloodmnist}}, "
+            "{kind: dino, head: {dino_out_dim: 16}, data: {source: medmnist, name: bloodmnist}}]")
+    assert run_cli("run", "multitask", "--config", "multitask/backbone_pool.yaml", f"backbone.path={tiny_mae}",
+                   f"data.root={root}", f"output_dir={out}", pool, "train.batch_size=8", "train.max_steps=2",
+                   "train.checkpoint_every=null") == 0
+    backbone = out / "backbone"
+    card = json.loads((backbone / "tpp_backbone_card.json").read_text())
+    assert [t["kind"] for t in card["pool"]] == ["classification", "mae", "dino"]
+    encoder, info, decoder = load_backbone(str(backbone), with_decoder=True)
+    _, parent, _ = load_backbone(str(tiny_mae))
+    assert decoder is not None and info.hash == card["hash"] != parent.hash  # every backbone weight trained
+    site = make_medmnist(tmp_path / "site")
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, backbone, site, tmp_path / "ft", "train.max_steps=2",
+                                *FAST)) == 0

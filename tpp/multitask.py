@@ -1,0 +1,187 @@
+"""The multi-task schedule (UMedPT-style): memory flat in the number of tasks.
+
+One *cycle* visits the tasks its sampler draws. Each task's batch runs forward and backward at once, so
+its activations are freed before the next task runs; the shared parameters' gradients accumulate over the
+cycle and ONE optimiser step for them follows it. Each task head has its own optimiser and steps right
+after its task's backward. ``schedule="summed"`` is the naive step for comparison: one loss, the weighted
+sum over every task batch of the cycle, one backward (every task's activations alive at once), then the
+same optimiser steps. Both give the same gradients for the same batches.
+
+Shapes: a task batch is ``[images (B, C, S, S), *targets]`` (targets: labels (B,), masks (B, h, w), none
+for a pretext); each task module's ``forward(*batch) -> scalar loss``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from tpp.errors import ConfigError, TppError
+
+
+def refuse_batchnorm(shared: nn.Module, what: str = "the shared backbone") -> None:
+    """BatchNorm in shared blocks would mix normalisation statistics across tasks (and their batches):
+    refuse it, naming the modules. LayerNorm / GroupNorm normalise per sample and are fine."""
+    bad = [name for name, module in shared.named_modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    if bad:
+        raise ConfigError(f"multitask: {what} has BatchNorm layers ({', '.join(bad[:3])}"
+                          f"{' ...' if len(bad) > 3 else ''}), which would mix statistics across tasks; shared blocks "
+                          "must use LayerNorm or GroupNorm (a ViT backbone; an adapter method without BatchNorm).")
+
+
+class TaskSampler:
+    """Which tasks one cycle visits, in order. ``cyclic``: every task once, its loss times its weight.
+    ``weighted``: ``per_cycle`` draws with replacement, probability proportional to the weights, losses
+    unweighted (the weight is spent on the draw, not twice). A cycle's draw depends on (seed, cycle) only,
+    so a resumed run draws what the uninterrupted one would."""
+
+    def __init__(self, weights: list[float], kind: str = "cyclic", per_cycle: int | None = None, seed: int = 0):
+        if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"multitask: task weights must be >= 0 with a positive sum, got {weights}.")
+        if kind not in ("cyclic", "weighted"):
+            raise ConfigError(f"multitask.sampler must be cyclic or weighted, got {kind!r}.")
+        self.weights, self.kind, self.seed = list(weights), kind, seed
+        self.per_cycle = per_cycle or len(weights)
+
+    def cycle(self, index: int) -> list[int]:
+        """Task indices of cycle ``index`` (0-based)."""
+        if self.kind == "cyclic":
+            return [t for t, w in enumerate(self.weights) if w > 0]
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        return torch.multinomial(torch.tensor(self.weights, dtype=torch.float64), self.per_cycle, replacement=True,
+                                 generator=gen).tolist()
+
+    def loss_weight(self, task: int) -> float:
+        return self.weights[task] if self.kind == "cyclic" else 1.0
+
+
+@dataclass
+class Unit:
+    """One task: its module (``forward(*batch) -> loss``, holding the shared encoder), its head's parameters
+    (trainable, not shared), the head's own optimiser and scheduler, and what runs after the shared step
+    (DINO's EMA teacher)."""
+    name: str
+    module: nn.Module
+    head_params: list
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: object = None
+    after_shared_step: Callable | None = None
+    steps: int = field(default=0)
+
+
+def split_parameters(shared: nn.Module, modules: dict[str, nn.Module]) -> tuple[list, dict[str, list]]:
+    """(trainable shared parameters, {task: its own trainable parameters}). The shared ones: the shared
+    module's, and any that several task modules hold (e.g. one checkpoint decoder used by two MAE tasks):
+    they accumulate over the cycle and step once with the shared optimiser."""
+    count: dict[int, int] = {}
+    for module in modules.values():
+        for p in {id(p): p for p in module.parameters() if p.requires_grad}.values():
+            count[id(p)] = count.get(id(p), 0) + 1
+    shared_params = [p for p in shared.parameters() if p.requires_grad]
+    seen = {id(p) for p in shared_params}
+    for module in modules.values():
+        for p in module.parameters():
+            if p.requires_grad and count.get(id(p), 0) > 1 and id(p) not in seen:
+                shared_params.append(p)
+                seen.add(id(p))
+    heads = {name: [p for p in module.parameters() if p.requires_grad and id(p) not in seen]
+             for name, module in modules.items()}
+    return shared_params, heads
+
+
+def _sync(params: list, processes: int) -> None:
+    """Average gradients over processes (each computed its shard of the task batch)."""
+    if processes <= 1:
+        return
+    for p in params:
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= processes
+
+
+def _micro(batch: list, parts: int) -> list[tuple[list, float]]:
+    """(micro-batch, its share of the batch) pairs: gradient accumulation inside one task batch."""
+    from tpp.training import micro_batches
+
+    total = len(batch[0])
+    return [(chunk, len(chunk[0]) / total) for chunk in micro_batches(list(batch), parts)]
+
+
+class Schedule:
+    """Runs cycles over ``units`` with the shared ``optimizer`` (and ``scheduler``).
+
+    ``autocast``: a context-manager factory for the forward passes (mixed precision; default none).
+    ``accum_steps``: each task batch in that many micro-batches (same gradients, less activation memory).
+    ``processes``: data-parallel processes; gradients are averaged before each optimiser step."""
+
+    def __init__(self, shared_params: list, units: list[Unit], optimizer, scheduler=None, schedule: str = "cycle",
+                 autocast: Callable = contextlib.nullcontext, accum_steps: int = 1, processes: int = 1):
+        if schedule not in ("cycle", "summed"):
+            raise ConfigError(f"multitask.schedule must be cycle or summed, got {schedule!r}.")
+        self.shared_params, self.units, self.optimizer, self.scheduler = shared_params, units, optimizer, scheduler
+        self.schedule, self.autocast, self.accum, self.processes = schedule, autocast, accum_steps, processes
+        self.shared_steps = 0
+
+    def _loss(self, unit: Unit, chunk: list, scale: float, step: int) -> torch.Tensor:
+        with self.autocast():
+            loss = unit.module(*chunk) * scale
+        if not torch.isfinite(loss):
+            raise TppError(f"task '{unit.name}': the loss became {loss.item()} at step {step}; lower train.lr or "
+                           "check its data.")
+        return loss
+
+    def _head_step(self, unit: Unit) -> None:
+        _sync(unit.head_params, self.processes)
+        if unit.optimizer is not None and unit.head_params:
+            unit.optimizer.step()
+            unit.optimizer.zero_grad(set_to_none=True)
+        unit.steps += 1
+
+    def step(self, order: list[int], batches: list[list], weights: list[float], step: int = 0) -> dict[str, float]:
+        """One cycle: task ``order[i]`` on ``batches[i]`` with loss weight ``weights[i]``; then one shared
+        optimiser step. Returns {task name: weighted loss} (a task drawn twice: summed)."""
+        losses: dict[str, float] = {}
+        if self.schedule == "cycle":
+            for t, batch, w in zip(order, batches, weights):
+                unit, value = self.units[t], 0.0
+                for chunk, share in _micro(batch, self.accum):
+                    loss = self._loss(unit, chunk, w * share, step)
+                    loss.backward()  # this task's activations are freed here
+                    value += loss.item()
+                losses[unit.name] = losses.get(unit.name, 0.0) + value
+                self._head_step(unit)
+        else:
+            for part in range(self.accum):
+                total, values = 0.0, []
+                for t, batch, w in zip(order, batches, weights):
+                    chunks = _micro(batch, self.accum)
+                    if part < len(chunks):
+                        loss = self._loss(self.units[t], chunks[part][0], w * chunks[part][1], step)
+                        total, values = total + loss, values + [(t, loss.item())]
+                total.backward()  # every task's activations alive until here
+                for t, value in values:
+                    losses[self.units[t].name] = losses.get(self.units[t].name, 0.0) + value
+            for unit in _unique(self.units, order):
+                self._head_step(unit)
+        _sync(self.shared_params, self.processes)
+        if self.shared_params:
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scheduler is not None:
+                self.scheduler.step()
+        self.shared_steps += 1
+        for unit in self.units:  # every head's learning rate follows the shared schedule: once per cycle
+            if unit.scheduler is not None and unit.head_params:
+                unit.scheduler.step()
+        for unit in _unique(self.units, order):
+            if unit.after_shared_step is not None:
+                unit.after_shared_step()
+        return losses
+
+
+def _unique(units: list[Unit], order: list[int]) -> list[Unit]:
+    """The units of ``order``, each once, in order of first appearance."""
+    return list({t: units[t] for t in order}.values())

@@ -1,0 +1,183 @@
+"""Pieces of the multitask recipe around the schedule (:mod:`tpp.multitask`): what each task kind needs of
+its config entry, the task modules (``forward(*batch) -> loss``), the evaluation-target leakage check, the
+heads' saved state and the run's checkpoints."""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn as nn
+
+from tpp.data.build import random_hflip
+from tpp.errors import ConfigError, TppError
+
+SUPERVISED = ("classification", "segmentation")  # tasks of tpp.tasks
+PRETEXTS = ("mae", "dino")  # pretexts of tpp.pretext
+KINDS = SUPERVISED + PRETEXTS
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def task_name(entry) -> str:
+    """The task's name: ``name`` or ``DATA.NAME-KIND``."""
+    return entry.name or f"{entry.data.name}-{entry.kind}"
+
+
+def options_of(entry):
+    """The options dataclass of the entry's task or pretext, built from its ``head`` mapping."""
+    if entry.kind in SUPERVISED:
+        from tpp.tasks import get_task
+
+        return get_task(entry.kind).options_cls(**entry.head)
+    from tpp.pretext import get_pretext
+
+    return get_pretext(entry.kind).options_cls(**entry.head)
+
+
+def check_entries(pool) -> list[str]:
+    """Problems of the task list (``pool``), each naming its key: kind, weight, name, head options."""
+    problems, names = [], {}
+    if not pool:
+        return ["multitask needs tasks: pool=[{data: {...}, kind: classification | segmentation | mae | dino, "
+                "weight: 1, head: {...}}, ...]."]
+    for i, entry in enumerate(pool):
+        where = f"pool[{i}]"
+        if entry.kind not in KINDS:
+            problems.append(f"{where}.kind must be one of {', '.join(KINDS)}, got {entry.kind!r}.")
+            continue
+        if entry.weight < 0:
+            problems.append(f"{where}.weight must be >= 0, got {entry.weight}.")
+        name = task_name(entry)
+        if not _NAME.fullmatch(name):
+            problems.append(f"{where}: task name {name!r} must be letters, digits, '-' or '_' (set {where}.name).")
+        elif name in names:
+            problems.append(f"{where}: task name {name!r} is also pool[{names[name]}]'s; set {where}.name.")
+        names.setdefault(name, i)
+        try:
+            options_of(entry)
+        except TypeError as exc:
+            problems.append(f"{where}.head: {exc} (options of {entry.kind}; `tpp validate --keys` lists them).")
+        except ConfigError as exc:
+            problems.append(f"{where}.head: {exc}")
+    if pool and sum(max(e.weight, 0) for e in pool) <= 0:
+        problems.append("multitask: every pool[i].weight is 0; at least one task must have a positive weight.")
+    return problems
+
+
+def origin_of(name: str) -> str:
+    """The image collection of a dataset name or origin (``breastmnist`` -> ``BUSI``)."""
+    from tpp.data.arrays import MEDMNIST_ORIGINS
+
+    return MEDMNIST_ORIGINS.get(name.lower(), name)
+
+
+def check_eval_targets(tasks: list[tuple[str, str, str, str | None]], targets: list[str]) -> None:
+    """Refuse a task whose data comes from an evaluation target's image collection. ``tasks``: (task name, kind,
+    data.name, origin or None) each. One exception, as for TPP: a pretext (no labels) on the target dataset
+    itself (same data.name; the recipe reads training splits only). The message names both."""
+    wanted = {origin_of(t).lower(): t for t in targets} | {t.lower(): t for t in targets}
+    for name, kind, data_name, origin in tasks:
+        for key in (origin, data_name, origin_of(data_name)):
+            if not key or key.lower() not in wanted:
+                continue
+            target = wanted[key.lower()]
+            if kind in PRETEXTS and data_name.lower() == target.lower():
+                continue  # the target's own unlabeled training images, as TPP uses them
+            raise TppError(
+                f"multitask: task '{name}' (data '{data_name}', origin {origin or origin_of(data_name)}) comes "
+                f"from the same images as the evaluation target '{target}' (origin {origin_of(target)}): the "
+                f"pool must never contain an evaluation target's source. Remove task '{name}' from pool, or "
+                f"'{target}' from multitask.eval_targets if you will not evaluate on it.")
+
+
+class SupervisedTask(nn.Module):
+    """``forward(images (B, C, S, S), targets) -> loss`` of a registered task (classification: labels (B,);
+    segmentation: masks (B, h, w)) through the shared encoder and this task's head."""
+
+    def __init__(self, encoder, head: nn.Module, task, options, hflip: bool):
+        super().__init__()
+        self.encoder, self.head, self.task, self.options, self.hflip = encoder, head, task, options, hflip
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        images, targets = self.task.augment(images, targets, self.options, self.hflip)
+        tokens = self.encoder.patch_tokens(self.encoder(images))
+        return self.task.loss(self.head(tokens, self.encoder.grid(images), images), targets, self.options)
+
+
+class PretextTask(nn.Module):
+    """``forward(images (B, C, S, S)) -> loss`` of a pretext (MAE, DINO), with its own flips."""
+
+    def __init__(self, pretext: nn.Module, hflip: bool):
+        super().__init__()
+        self.pretext, self.hflip = pretext, hflip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.pretext(random_hflip(images) if self.hflip else images)
+
+
+def head_state(module: nn.Module, encoder: nn.Module) -> dict[str, torch.Tensor]:
+    """A task module's tensors minus the shared encoder's (its head: classifier, decoder, DINO projection
+    head and centre ...), contiguous copies for safetensors."""
+    shared = {id(t) for t in encoder.state_dict(keep_vars=True).values()}
+    return {k: v.detach().contiguous().clone() for k, v in module.state_dict(keep_vars=True).items()
+            if id(v) not in shared}
+
+
+def save_state(checkpoints, step: int, root: nn.Module, schedule, units, batches, losses: list,
+               processes: int) -> None:
+    """One checkpoint: trainable tensors of every task, extra state (DINO teachers), every optimiser and
+    scheduler, the RNG, each task's data position and the loss history."""
+    from tpp.checkpoint import rng_state
+
+    trainable = {n: p for n, p in root.named_parameters() if p.requires_grad}
+    bad = [n for n, p in trainable.items() if not torch.isfinite(p).all()]
+    if bad:
+        raise TppError(f"trainable tensors became non-finite at step {step} ({', '.join(bad[:3])}); lower train.lr. "
+                       f"The last good checkpoint is kept in {checkpoints.dir}.")
+    extra = {}
+    for unit in units:
+        inner = getattr(unit.module, "pretext", None)
+        if hasattr(inner, "extra_state"):
+            extra.update({f"{unit.name}.{k}": v for k, v in inner.extra_state().items()})
+    state = {"optimizer": schedule.optimizer.state_dict(), "scheduler": schedule.scheduler.state_dict(),
+             "heads": {u.name: {"optimizer": u.optimizer.state_dict(), "scheduler": u.scheduler.state_dict(),
+                                "steps": u.steps} for u in units},
+             "rng": rng_state(), "batches": [b.consumed for b in batches], "losses": losses,
+             "world_size": processes}
+    checkpoints.save(step, trainable, None, extra, state)
+
+
+def load_state(checkpoints, root: nn.Module, schedule, units, batches, num_steps: int, processes: int) -> tuple:
+    """Restore what :func:`save_state` wrote; returns (first step to run, loss history)."""
+    from tpp.checkpoint import set_rng_state
+
+    trainable, _, extra, state = checkpoints.load()
+    source = checkpoints.resume_from
+    if state["step"] > num_steps:
+        raise TppError(f"checkpoint '{source}' is at step {state['step']}, beyond this run's {num_steps} steps; set "
+                       f"train.max_steps={state['step']} or more.")
+    if state.get("world_size", 1) != processes:
+        raise TppError(f"checkpoint '{source}' was written by {state.get('world_size', 1)} process(es); resume it "
+                       f"with --num-processes {state.get('world_size', 1)}.")
+    params = {n: p for n, p in root.named_parameters() if p.requires_grad}
+    if set(params) != set(trainable) or set(state["heads"]) != {u.name for u in units}:
+        diff = sorted(set(params) ^ set(trainable)) or sorted(set(state["heads"]) ^ {u.name for u in units})
+        raise TppError(f"checkpoint '{source}' does not fit this run's tasks and trainable tensors (differing: "
+                       f"{', '.join(diff[:5])}); was the config changed?")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            params[name].copy_(value)
+    for unit in units:
+        own = {k.removeprefix(f"{unit.name}."): v for k, v in extra.items() if k.startswith(f"{unit.name}.")}
+        if own:
+            unit.module.pretext.load_extra_state(own)
+        saved = state["heads"][unit.name]
+        unit.optimizer.load_state_dict(saved["optimizer"])
+        unit.scheduler.load_state_dict(saved["scheduler"])
+        unit.steps = saved["steps"]
+    schedule.optimizer.load_state_dict(state["optimizer"])
+    schedule.scheduler.load_state_dict(state["scheduler"])
+    schedule.shared_steps = state["step"]
+    for b, consumed in zip(batches, state["batches"]):
+        b.skip(consumed)
+    set_rng_state(state["rng"])
+    return state["step"] + 1, [tuple(x) for x in state["losses"]]

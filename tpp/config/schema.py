@@ -177,6 +177,20 @@ class PoolEntry:
     supervised: bool = _f(True, "train a linear head on this dataset's labels (UMedPT-style multi-task)")
 
 
+# -- out-of-distribution evaluation (issue 24: corruption shift) --------------------------------------------
+
+@dataclass
+class EvaluateConfig:
+    """The evaluate recipe's out-of-distribution options: the split evaluated again under MedMNIST-C
+    corruptions (``tpp.data.corruptions``), metrics per corruption and severity in ``metrics.json``."""
+    corruption: Optional[str] = _f(None, "also evaluate under this MedMNIST-C corruption (e.g. speckle_noise), "
+                                         "or 'all' of the preset's; default: none")
+    severity: Optional[int] = _f(None, "corruption severity 1..5; default: every severity")
+    corruption_preset: Optional[str] = _f(None, "dataset whose MedMNIST-C corruptions and severity parameters "
+                                                "apply (breastmnist, pneumoniamnist, chestmnist, octmnist, "
+                                                "organamnist ...); default: data.name")
+
+
 @dataclass
 class RunConfig:
     recipe: str = _f("finetune", "recipe the config is written for; it may set only the sections that recipe reads "
@@ -198,6 +212,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pool: list = _f([], "pretrain_backbone: list of {data: {...}, supervised: bool} entries")
     supervised_weight: float = _f(1.0, "pretrain_backbone: weight of the mean supervised loss (0: MAE only)")
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)  # issue 24: corruption shift
 
     def to_dict(self) -> dict:
         """Plain dict of the sections the recipe reads (a run's ``config.yaml``), with adapter, pretext and data

@@ -92,12 +92,11 @@ def attach_order(parts: list) -> list:
     return sorted(parts, key=lambda p: not p.uses_peft)
 
 
-def attach_parts(encoder, method, options, targets: list | None) -> list[list[str]]:
-    """Attach every part of the composed ``method`` to ``encoder`` in place; returns each part's targets (in
-    the order of ``method.parts``, what the card records). Own parts after a peft part wrap modules of peft's
-    base model (their names stay relative to it, as when attached alone)."""
-    from tpp.backbones import Encoder
-    from tpp.model import attach_adapter
+def attach_parts(encoder, method, options, targets: list | None, attach_adapter) -> list[list[str]]:
+    """Attach every part of the composed ``method`` to ``encoder`` in place with ``attach_adapter``
+    (``tpp.model``'s, passed in: no import cycle); returns each part's targets (in the order of
+    ``method.parts``, what the card records). Own parts after a peft part wrap modules of peft's base model
+    (their names stay relative to it, as when attached alone)."""
 
     given = dict(zip((p.name for p in method.parts), targets)) if targets else {}
     done: dict[str, list[str]] = {}
@@ -105,7 +104,7 @@ def attach_parts(encoder, method, options, targets: list | None) -> list[list[st
     for part in attach_order(method.parts):
         view = encoder
         if not part.uses_peft and hasattr(encoder.model, "get_base_model"):
-            view = Encoder(encoder.model.get_base_model(), encoder.family)
+            view = type(encoder)(encoder.model.get_base_model(), encoder.family)  # an Encoder on peft's base
         _, _, done[part.name] = attach_adapter(view, part.name, options.typed(part.name), given.get(part.name))
         trainable |= {id(p) for p in encoder.model.parameters() if p.requires_grad}
     encoder.method = method

@@ -62,7 +62,7 @@ def attach_adapter(encoder: Encoder, method_name: str, options,
     if method.parts:  # a composed method: every part, in place (adapters/compose.py)
         from tpp.adapters.compose import attach_parts
 
-        return method, typed, attach_parts(encoder, method, typed, targets)
+        return method, typed, attach_parts(encoder, method, typed, targets, attach_adapter)
     if targets is None and method.resolve is not None:
         targets = method.resolve(encoder, typed)
     elif targets is None:

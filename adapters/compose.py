@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
+from tpp.config.parse import build_dataclass
 from tpp.errors import ConfigError
 
 SEPARATOR = "+"
@@ -75,7 +76,9 @@ def options_class(parts: list) -> type:
             if not isinstance(given, dict):
                 raise ConfigError(f"adapter.{part.name} must be a section of {part.name}'s options "
                                   f"(e.g. adapter.{part.name}.<option>), got {given!r:.60}.")
-            setattr(self, part.name, dataclasses.asdict(part.options_cls(**given)))
+            # every key and type checked as the config checks a section (unknown keys, close names suggested)
+            setattr(self, part.name, dataclasses.asdict(build_dataclass(part.options_cls, given,
+                                                                        f"adapter.{part.name}")))
 
     def typed(self, name: str):
         part = next(p for p in parts if p.name == name)

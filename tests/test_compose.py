@@ -81,6 +81,12 @@ def test_the_config_takes_a_list_and_sections_per_part(tmp_path):
     assert options["visual_prompt"]["pad"] == 2 and options["lora"]["r"] == 4 and options["lora"]["alpha"] == 16
     with pytest.raises(ConfigError, match="adapter.lora"):
         load_config({"recipe": "finetune", "adapter": {"method": "visual_prompt+lora", "lora": 4}})
+    with pytest.raises(ConfigError, match=r"adapter\.lora\.rr"):
+        load_config({"recipe": "finetune", "adapter": {"method": "visual_prompt+lora", "lora": {"rr": 4}}})
+    with pytest.raises(ConfigError, match=r"adapter\.lora\.r"):  # types too
+        load_config({"recipe": "finetune", "adapter": {"method": "visual_prompt+lora", "lora": {"r": "four"}}})
+    with pytest.raises(ConfigError, match="adapter.pad must be a positive"):  # the part's own checks
+        load_config({"recipe": "finetune", "adapter": {"method": "visual_prompt+lora", "visual_prompt": {"pad": 0}}})
     with pytest.raises(ConfigError, match="'lora'.*'ia3'"):
         load_config({"recipe": "finetune", "adapter": {"method": ["lora", "ia3"]}})
 

@@ -61,9 +61,9 @@ def run_cell(target: str, fraction: float, seed: int, method: str, data_root: st
     import tpp
 
     base = {"backbone.path": backbone, "data.root": data_root, "data.name": target, "seed": seed,
-            "train.batch_size": PROTOCOL["batch_size"], "train.select_best": False, "train.eval_every": 10 ** 6}
+            "train.batch_size": PROTOCOL["batch_size"]}
     overrides = {**base, **adapter_overrides(method), "data.label_fraction": fraction,
-                 "train.max_steps": PROTOCOL["finetune_steps"]}
+                 "train.max_steps": PROTOCOL["finetune_steps"], "train.select_best": False}
     overrides.setdefault("train.lr", PROTOCOL["lr"]["default"])
     began = time.time()
     if method == "movl+tpp":

@@ -51,6 +51,12 @@ class Method:
     # mixed_batch(options, target_names) -> a peft config whose adapters share one forward with per-row
     # ``adapter_names`` (peft's mixed-batch inference), or None: the method's sites run as sub-batches
     mixed_batch: Optional[Callable] = None
+    # what the method adapts (``input`` pixels, prompt ``tokens``, ``linear`` layers, ``norm`` layers ...):
+    # methods that declare it and adapt different things compose (``adapters/compose.py``); None: never composed
+    touches: Optional[tuple] = None
+    # a composed method: its parts, and load(model, tensors) putting the saved tensors back into every part
+    parts: tuple = ()
+    load: Optional[Callable] = None
 
     def owns_key(self, name: str) -> bool:
         """True if ``name`` is a tensor this method saves (by its key rule; never a backbone weight)."""
@@ -85,7 +91,9 @@ def adapter_marker() -> re.Pattern:
 def check_tensor_names(method: Method, names, source: str) -> None:
     """Every saved tensor name must be one of ``method``'s target parameters (its key rule), never a backbone
     weight: checked before any tensor is copied anywhere. TppError naming ``source`` and the first strays."""
-    foreign = sorted(k for k in names if not method.owns_key(k) or ".base_layer." in f".{k}.")
+    # a composed method's part may sit inside another's wrapper (``layers.0.base_layer...lora_A.weight``); its keys
+    # are still held to the parts' key rules and, when loaded, to exactly the model's own set
+    foreign = sorted(k for k in names if not method.owns_key(k) or (".base_layer." in f".{k}." and not method.parts))
     if foreign:
         more = f" (+{len(foreign) - 3} more)" if len(foreign) > 3 else ""
         raise TppError(f"'{source}': the weights hold tensors that are not {method.name} target parameters: "
@@ -93,9 +101,14 @@ def check_tensor_names(method: Method, names, source: str) -> None:
                        "backbone weights.")
 
 
-def get_method(name: str) -> Method:
-    """Look up a method by name, with a config error listing the known ones."""
+def get_method(name) -> Method:
+    """Look up a method by name, with a config error listing the known ones. ``"a+b"`` or ``[a, b]``: the
+    composition of registered methods ``a`` and ``b`` (``adapters/compose.py``; incompatible: a config error)."""
     _load_builtin()
+    if isinstance(name, (list, tuple)) or (isinstance(name, str) and "+" in name):
+        from tpp.adapters.compose import canonical, composed
+
+        return composed(canonical(name))
     if name not in _REGISTRY:
         raise ConfigError(f"unknown adapter.method '{name}'. Known methods: {', '.join(sorted(_REGISTRY))}.")
     return _REGISTRY[name]

@@ -13,6 +13,8 @@ one, said in the log and the report) and draws the card's number of bootstrap re
 """
 from __future__ import annotations
 
+import copy
+
 from tpp.adapter_dir import load_head, read_card, read_weights, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import check_same_split, record_skipped
@@ -45,6 +47,7 @@ def check(cfg) -> None:
     """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
     if not cfg.adapter.path:
         raise ConfigError("the evaluate recipe needs adapter.path=DIR (an adapter directory with a head).")
+    corruption_plan(cfg)
 
 
 def run(cfg, run) -> dict:
@@ -69,7 +72,8 @@ def run(cfg, run) -> dict:
                    lambda logits: task.predictions(logits, card["task"], size), cfg.data.num_workers)
     result = task.metrics(pred, targets, dataset, cfg.seed)
     note = task.decision_line()
-    metrics = {cfg.data.split: result,
+    shift = corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targets, size, info, run)
+    metrics = {cfg.data.split: result, **({"corruption": shift} if shift else {}),
                "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]},
                **({"decision": note} if note else {}), "definitions": task.definitions(),
                "wall_time_s": round(run.elapsed(), 1),
@@ -79,6 +83,61 @@ def run(cfg, run) -> dict:
     publish_predictions(run, split_rows(task, cfg.data.split, split, None, pred, targets, list(dataset.class_names)))
     run.publish_json("metrics.json", metrics)
     return metrics
+
+
+def corruption_plan(cfg) -> tuple[str, list[str], list[int]] | None:
+    """(preset, corruptions, severities) that ``evaluate.corruption`` / ``severity`` / ``corruption_preset`` ask
+    for, checked; None without ``evaluate.corruption``."""
+    from tpp.data.corruptions import SEVERITIES, preset
+
+    options = cfg.evaluate
+    if options.corruption is None:
+        if options.severity is not None:
+            raise ConfigError("evaluate.severity needs evaluate.corruption=NAME or all.")
+        return None
+    name = options.corruption_preset or cfg.data.name
+    families = list(preset(name))
+    if options.corruption != "all" and options.corruption not in families:
+        raise ConfigError(f"evaluate.corruption={options.corruption} is not one of {name}'s MedMNIST-C corruptions: "
+                          f"{', '.join(families)} (or all).")
+    if options.severity is not None and options.severity not in SEVERITIES:
+        raise ConfigError(f"evaluate.severity must be 1..5, got {options.severity}.")
+    return (name, families if options.corruption == "all" else [options.corruption],
+            [options.severity] if options.severity else list(SEVERITIES))
+
+
+def corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targets, size, info, run) -> dict | None:
+    """The split's scalar metrics (point estimates, no bootstrap interval) under each requested corruption and
+    severity, and their mean over corruptions per severity:
+    ``{"preset", "per_corruption": {name: {"3": {...}}}, "mean": {"3": {...}}}``. Images are corrupted as
+    stored (before resizing), one batch at a time, image ``i`` drawing from ``seed + i``."""
+    from tpp.data.corruptions import CorruptedImages
+
+    plan = corruption_plan(cfg)
+    if plan is None:
+        return None
+    name, families, severities = plan
+    if hasattr(task, "resamples"):  # point estimates: no bootstrap interval per corruption and severity
+        task = copy.copy(task)
+        task.resamples = 0
+    per: dict[str, dict[str, dict]] = {}
+    for corruption in families:
+        for severity in severities:
+            images = CorruptedImages(split.images, corruption, severity, name, cfg.seed)
+            pred = predict(accelerator, model, ModelInputs.for_backbone(images, info), cfg.train.eval_batch_size,
+                           lambda logits: task.predictions(logits, card["task"], size), cfg.data.num_workers)
+            result = task.metrics(pred, targets, dataset, cfg.seed)
+            per.setdefault(corruption, {})[str(severity)] = {k: v for k, v in result.items()
+                                                             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            run.log(event="corruption", corruption=corruption, severity=severity,
+                    **{task.main_metric: result.get(task.main_metric)})
+    mean = {}
+    for severity in map(str, severities):
+        rows = [per[c][severity] for c in families]
+        keys = set.intersection(*(set(r) for r in rows))
+        mean[severity] = {k: sum(r[k] for r in rows) / len(rows) for k in sorted(keys)}
+    return {"preset": name, "severities": severities, "per_corruption": per, "mean": mean,
+            "source": "MedMNIST-C (Di Salvo et al. 2024) families and parameters, tpp.data.corruptions"}
 
 
 def report(summary: dict) -> list[str]:

@@ -25,7 +25,7 @@ RECIPES = {
                        COMMON + ("task", "site", "backbone", "adapter", "data"),
                        ignores=("adapter.path", "data.split", "data.use_eval_splits")),
     "evaluate": Recipe("evaluate a saved adapter directory on one split",
-                       COMMON + ("backbone", "adapter", "data"), reads=("finetune",),
+                       COMMON + ("backbone", "adapter", "data", "evaluate"), reads=("finetune",),
                        ignores=("adapter.init_from", "data.use_eval_splits", "data.label_fraction",
                                 "data.val_label_fraction", "train.select_best", "train.max_steps", "train.lr",
                                 "train.eval_every", "train.head_lr_scale", "train.epochs", "train.batch_size",

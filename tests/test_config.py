@@ -336,7 +336,8 @@ def test_evaluate_runs_from_the_finetune_config_of_the_run_it_evaluates(tmp_path
     assert cfg.recipe == "evaluate" and cfg.data.split == "val"
     assert cfg.adapter.path == os.path.abspath("runs/seg/adapter")
     saved = cfg.to_dict()
-    assert saved.keys() == {"recipe", "seed", "output_dir", "device", "train", "backbone", "adapter", "data"}
+    assert saved.keys() == {"recipe", "seed", "output_dir", "device", "train", "backbone", "adapter", "data",
+                            "evaluate"}
     assert saved["recipe"] == "evaluate"  # task, segmentation and site of the fine-tuning are not evaluate's
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
     assert load_config(tmp_path / "config.yaml", recipe="evaluate").to_dict() == saved
@@ -366,7 +367,8 @@ def test_the_saved_config_holds_the_sections_the_recipe_reads(path, recipe, sect
     ("finetune", FINETUNE, {"recipe", "task", "site", "seed", "output_dir", "device", "backbone", "adapter", "data",
                             "train", "classification"}),
     ("tpp", TPP, {"recipe", "site", "seed", "output_dir", "device", "backbone", "adapter", "data", "train", "pretext"}),
-    ("evaluate", FINETUNE, {"recipe", "seed", "output_dir", "device", "backbone", "adapter", "data", "train"}),
+    ("evaluate", FINETUNE, {"recipe", "seed", "output_dir", "device", "backbone", "adapter", "data", "train",
+                            "evaluate"}),
 ])
 def test_run_dir_config_yaml_holds_only_the_recipes_sections(tiny_mae, tmp_path, recipe, config, sections, capsys,
                                                              monkeypatch):

@@ -59,6 +59,10 @@ def attach_adapter(encoder: Encoder, method_name: str, options,
     """
     method = get_method(method_name)
     typed = options if isinstance(options, method.options_cls) else method.options_cls(**options)
+    if method.parts:  # a composed method: every part, in place (adapters/compose.py)
+        from tpp.adapters.compose import attach_parts
+
+        return method, typed, attach_parts(encoder, method, typed, targets, attach_adapter)
     if targets is None and method.resolve is not None:
         targets = method.resolve(encoder, typed)
     elif targets is None:
@@ -94,7 +98,9 @@ def load_adapter_state(encoder: Encoder, state: dict[str, torch.Tensor], source:
         if state[key].shape != current[key].shape:
             raise TppError(f"adapter '{source}': tensor '{key}' has shape {tuple(state[key].shape)}, "
                            f"the model expects {tuple(current[key].shape)}.")
-    if encoder.method.uses_peft:
+    if encoder.method.load is not None:
+        encoder.method.load(encoder.model, state)
+    elif encoder.method.uses_peft:
         set_peft_model_state_dict(encoder.model, state)
     else:
         encoder.model.load_state_dict(state, strict=False)

@@ -37,4 +37,4 @@ METHOD = register(Method(
     name="ia3", options_cls=Ia3Options, attach=attach, identity_at_init=True, pretrainable=True,
     summary="learned rescaling of key / value outputs and MLP inputs (peft IA3)",
     inherited=("target_modules", "feedforward_modules"), tensor_keys=r"\.ia3_l",
-    prefix="ia3_"))
+    prefix="ia3_", touches=("linear",)))

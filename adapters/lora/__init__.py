@@ -60,4 +60,5 @@ METHOD = register(Method(
     summary="low-rank updates of attention projections (peft LoRA; DoRA / rsLoRA options)",
     inherited=("r", "alpha", "target_modules", "use_dora", "use_rslora"),
     tensor_keys=r"\.lora_[AB]\.weight|\.lora_magnitude_vector", prefix="lora_", mixed_batch=mixed_batch_config,
+    touches=("linear",),
 ))

@@ -63,4 +63,4 @@ METHOD = register(Method(
     name="ssf", options_cls=SsfOptions, attach=attach, identity_at_init=True, pretrainable=True,
     summary="scale and shift of the outputs of attention and MLP Linear layers and/or LayerNorms (SSF)",
     inherited=("target_modules",), state=method_tensors, resolve=resolve,
-    tensor_keys=r"\.tpp_(scale|shift)", prefix="tpp_"))
+    tensor_keys=r"\.tpp_(scale|shift)", prefix="tpp_", touches=("linear", "norm")))

@@ -100,4 +100,4 @@ METHOD = register(Method(
     name="vpt", options_cls=VptOptions, attach=attach, identity_at_init=False, pretrainable=True,
     summary="visual prompt tuning: learned prompt tokens, shallow (input), deep (every layer) or chosen layers",
     inherited=("length", "deep", "layers"), state=method_tensors, resolve=resolve,
-    tensor_keys=r"\.tpp_prompt", prefix="tpp_"))
+    tensor_keys=r"\.tpp_prompt", prefix="tpp_", touches=("tokens",)))

@@ -56,7 +56,7 @@ def build_config(data: dict, run: str | None = None) -> RunConfig:
     problems: list[str] = []
     data = dict(data)
     written = data.get("recipe", RunConfig.recipe)
-    sections = _recipe_scope(data, problems)
+    sections = _recipe_scope(data, problems, run)
     ignored_keys(data, written, run or written, problems)
     for name in ("adapter", "pretext"):
         if name in data:

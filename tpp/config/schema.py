@@ -215,6 +215,20 @@ class MultitaskConfig:
                               f"{self.eval_targets!r}.")
 
 
+# -- out-of-distribution evaluation (issue 24: corruption shift) --------------------------------------------
+
+@dataclass
+class EvaluateConfig:
+    """The evaluate recipe's out-of-distribution options: the split evaluated again under MedMNIST-C
+    corruptions (``tpp.data.corruptions``), metrics per corruption and severity in ``metrics.json``."""
+    corruption: Optional[str] = _f(None, "also evaluate under this MedMNIST-C corruption (e.g. speckle_noise), "
+                                         "or 'all' of the preset's; default: none")
+    severity: Optional[int] = _f(None, "corruption severity 1..5; default: every severity")
+    corruption_preset: Optional[str] = _f(None, "dataset whose MedMNIST-C corruptions and severity parameters "
+                                                "apply (breastmnist, pneumoniamnist, chestmnist, octmnist, "
+                                                "organamnist ...); default: data.name")
+
+
 @dataclass
 class RunConfig:
     recipe: str = _f("finetune", "recipe the config is written for; it may set only the sections that recipe reads "
@@ -238,6 +252,7 @@ class RunConfig:
                         "{data: {...}, kind: ..., weight: 1, head: {...}, name: ...} each")
     supervised_weight: float = _f(1.0, "pretrain_backbone: weight of the mean supervised loss (0: MAE only)")
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)  # issue 24: corruption shift
 
     def to_dict(self) -> dict:
         """Plain dict of the sections the recipe reads (a run's ``config.yaml``), with adapter, pretext and data

@@ -31,9 +31,11 @@ def _recipe_to_run(path, written, asked, recipe: str | None) -> str:
                       f"it with `tpp run {written}`, or give the {recipe} recipe a {runs_from} config.")
 
 
-def _recipe_scope(data: dict, problems: list[str]) -> tuple[str, ...]:
+def _recipe_scope(data: dict, problems: list[str], run: str | None = None) -> tuple[str, ...]:
     """The sections the config's recipe reads. Every other top-level key is dropped (in place) as a problem:
-    one that names the recipe (and those that read it), or, for a key no recipe reads, an unknown key."""
+    one that names the recipe (and those that read it), or, for a key no recipe reads, an unknown key.
+    ``run``: the recipe run from a config written for another it reads (evaluate from a finetune config); its
+    own sections (``evaluate``) are accepted too."""
     from tpp.recipes.registry import RECIPES
     from tpp.tasks import all_tasks
 
@@ -43,6 +45,8 @@ def _recipe_scope(data: dict, problems: list[str]) -> tuple[str, ...]:
         data.pop("recipe")
         return tuple(f.name for f in dataclasses.fields(RunConfig))
     sections, tasks = RECIPES[recipe].sections, {t.name for t in all_tasks()}
+    if run in RECIPES and recipe in RECIPES[run].reads:
+        sections = tuple(dict.fromkeys(sections + RECIPES[run].sections))
     known = set(sections) | (tasks if "task" in sections else set())
     hints = typing.get_type_hints(RunConfig)
     for key in [k for k in data if k not in known]:

@@ -1,0 +1,197 @@
+"""Visual prompts (input-side adaptation; tpp's own) and MoVL.
+
+A learnable additive pattern on the encoder's input pixels (after normalisation), the backbone untouched:
+
+- ``mode: pad`` (visual reprogramming, ILM-VP, Chen et al. CVPR 2023): the image fills the inner
+  ``S - 2 * pad`` pixels of the ``S``-pixel input (bilinear, antialiased) and the pattern lives only on
+  the ``pad``-pixel frame around it. With ``backbone.input_size`` = 28 + 2 x pad (and ``adapter.input_size``
+  the same) a 28-px image keeps 28 px inside the frame: the input pipeline brings it to ``S`` first, so it
+  comes back to 28 px through one up- and one down-sampling (close to, not bit-equal to, the stored image).
+- ``mode: full`` (Bahng et al. 2022): the pattern is added to the whole image.
+
+The prompt is zeros at initialisation. ``movl`` (Tian et al., arXiv 2405.07411) is the same prompt trained with
+the linear probe (the classification head) and a discrepancy term between the features of the prompted and
+the plain image (:func:`auxiliary_loss`; ``discrepancy_weight`` 0 disables it).
+
+The wrapper sits on the encoder's ``embeddings`` module, so every later stage (position embeddings, ViT-MAE's
+masking, the token grid) sees an input of the size it expects. Shapes: pixels (B, C, S, S) in and out.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tpp.adapters import Method, register
+from tpp.adapters.wrapping import method_tensors, wrap_modules
+from tpp.errors import ConfigError, TppError
+
+MODES = ("pad", "full")
+DISCREPANCIES = ("mse", "cosine")
+
+
+@dataclass
+class VisualPromptOptions:
+    mode: str = field(default="pad", metadata={"help": "pad: a learnable frame around the image (visual "
+                                                       "reprogramming); full: a learnable pattern added to the "
+                                                       "whole image"})
+    pad: int = field(default=4, metadata={"help": "mode pad: frame width in pixels; the image fills the inner "
+                                                  "input_size - 2 x pad pixels (28-px images unshrunk: "
+                                                  "backbone.input_size = 28 + 2 x pad)"})
+    input_size: Optional[int] = field(default=None, metadata={
+        "help": "pixels of the encoder input the prompt covers; default: the checkpoint's image size. Set it to "
+                "backbone.input_size when that differs"})
+    discrepancy_weight: float = field(default=0.0, metadata={
+        "help": "weight of the discrepancy between prompted and plain features added to the task loss (MoVL); "
+                "0 disables it"})
+    discrepancy: str = field(default="mse", metadata={
+        "help": "form of the discrepancy between mean patch features of prompted and plain images: mse or "
+                "cosine (1 - cosine similarity)"})
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"adapter.mode must be one of {', '.join(MODES)}, got {self.mode!r}.")
+        if not isinstance(self.pad, int) or isinstance(self.pad, bool) or self.pad < 1:
+            raise ConfigError(f"adapter.pad must be a positive number of pixels, got {self.pad!r}.")
+        if self.input_size is not None and (not isinstance(self.input_size, int) or self.input_size < 1):
+            raise ConfigError(f"adapter.input_size must be a positive number of pixels, got {self.input_size!r}.")
+        if self.mode == "pad" and self.input_size is not None and self.input_size <= 2 * self.pad:
+            raise ConfigError(f"adapter.pad={self.pad} leaves no image inside a {self.input_size}-px input; "
+                              "use a smaller pad or a larger adapter.input_size.")
+        if not isinstance(self.discrepancy_weight, (int, float)) or self.discrepancy_weight < 0:
+            raise ConfigError(f"adapter.discrepancy_weight must be 0 or more, got {self.discrepancy_weight!r}.")
+        if self.discrepancy not in DISCREPANCIES:
+            raise ConfigError(f"adapter.discrepancy must be one of {', '.join(DISCREPANCIES)}, "
+                              f"got {self.discrepancy!r}.")
+
+
+@dataclass
+class MovlOptions(VisualPromptOptions):
+    """MoVL: the visual prompt with the discrepancy term on by default."""
+    discrepancy_weight: float = field(default=0.1, metadata={
+        "help": "weight of the discrepancy between prompted and plain features added to the task loss (MoVL); "
+                "0 disables it"})
+
+
+class PromptedEmbeddings(nn.Module):
+    """Wraps the encoder's ``embeddings``: pixels (B, C, S, S) get the prompt, then go on unchanged in size."""
+
+    def __init__(self, base_layer: nn.Module, channels: int, size: int, options: VisualPromptOptions):
+        super().__init__()
+        self.base_layer = base_layer
+        self.mode, self.pad, self.size = options.mode, options.pad, size
+        self.discrepancy_weight, self.discrepancy = float(options.discrepancy_weight), options.discrepancy
+        self.tpp_visual_prompt = nn.Parameter(torch.zeros(channels, size, size))
+        mask = torch.ones(1, 1, size, size)
+        if self.mode == "pad":
+            mask[..., self.pad:size - self.pad, self.pad:size - self.pad] = 0
+        self.register_buffer("mask", mask, persistent=False)
+        self.enabled = True
+
+    def prompt(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, S, S) -> (B, C, S, S): the image placed (pad mode) and the pattern added."""
+        if tuple(pixel_values.shape[-2:]) != (self.size, self.size):
+            raise TppError(f"the visual prompt was made for a {self.size}-px input, got "
+                           f"{tuple(pixel_values.shape[-2:])}: set adapter.input_size to backbone.input_size.")
+        if self.mode == "pad":
+            image = F.interpolate(pixel_values, size=(self.inner, self.inner), mode="bilinear", antialias=True,
+                                  align_corners=False)
+            pixel_values = F.pad(image, (self.pad,) * 4)
+        pattern = (self.tpp_visual_prompt * self.mask).to(pixel_values.dtype)
+        return pixel_values + pattern
+
+    def __getattr__(self, name: str):
+        """Attributes of the wrapped embeddings (transformers reads ``embeddings.patch_embeddings``)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    @property
+    def inner(self) -> int:
+        return self.size - 2 * self.pad
+
+    def forward(self, pixel_values: torch.Tensor, *args, **kwargs):
+        if self.enabled:
+            pixel_values = self.prompt(pixel_values)
+        return self.base_layer(pixel_values, *args, **kwargs)
+
+
+def resolve(encoder, options) -> list[str]:
+    """The embeddings module: the first to see the pixels in every supported family."""
+    names = [n for n, _ in encoder.model.named_modules() if n.rsplit(".", 1)[-1] == "embeddings"]
+    if len(names) != 1:
+        raise TppError(f"the visual prompt needs one 'embeddings' module in the {encoder.family.model_type} "
+                       f"encoder, found {names or 'none'}.")
+    return names
+
+
+def attach(model: nn.Module, options: VisualPromptOptions, target_names: list[str]) -> nn.Module:
+    size = options.input_size or int(model.config.image_size)
+    if options.mode == "pad" and size <= 2 * options.pad:
+        raise TppError(f"adapter.pad={options.pad} leaves no image inside a {size}-px input.")
+    channels = int(model.config.num_channels)
+    return wrap_modules(model, target_names, lambda emb, _: PromptedEmbeddings(emb, channels, size, options))
+
+
+def prompt_modules(model: nn.Module) -> list[PromptedEmbeddings]:
+    return [m for m in model.modules() if isinstance(m, PromptedEmbeddings)]
+
+
+@contextlib.contextmanager
+def prompts_off(model: nn.Module):
+    """Run ``model`` on the plain images, as the backbone alone sees them."""
+    modules = prompt_modules(model)
+    for m in modules:
+        m.enabled = False
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.enabled = True
+
+
+def discrepancy(prompted: torch.Tensor, plain: torch.Tensor, form: str) -> torch.Tensor:
+    """A scalar between two (B, D) feature batches: mean squared difference, or mean 1 - cosine similarity."""
+    if form == "cosine":
+        return (1 - F.cosine_similarity(prompted, plain, dim=-1)).mean()
+    return F.mse_loss(prompted, plain)
+
+
+def auxiliary_loss(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor | float:
+    """MoVL's discrepancy term for a task model (``.encoder``) whose prompt has a ``discrepancy_weight``:
+    ``weight * d(mean patch features of the prompted images, of the plain images)``; the plain pass runs
+    without gradients. 0 for any other model (nothing extra is computed)."""
+    inner = getattr(model, "module", model)  # accelerate / DDP wrapper
+    encoder = getattr(inner, "encoder", None)
+    if encoder is None or not inner.training:
+        return 0.0
+    modules = [m for m in prompt_modules(encoder.model) if m.discrepancy_weight > 0]
+    if not modules:
+        return 0.0
+    prompted = encoder.patch_tokens(encoder(pixel_values)).mean(1)
+    with torch.no_grad(), prompts_off(encoder.model):
+        plain = encoder.patch_tokens(encoder(pixel_values)).mean(1)
+    m = modules[0]
+    return m.discrepancy_weight * discrepancy(prompted, plain, m.discrepancy)
+
+
+COMMON = dict(attach=attach, identity_at_init=False, pretrainable=True, state=method_tensors, resolve=resolve,
+              inherited=("mode", "pad", "input_size"), tensor_keys=r"\.tpp_visual_prompt", prefix="tpp_",
+              touches=("input",))
+
+METHOD = register(Method(
+    name="visual_prompt", options_cls=VisualPromptOptions,
+    summary="visual prompt: a learnable frame around the image (pad) or pattern on it (full); backbone untouched",
+    **COMMON))
+
+MOVL = register(Method(
+    name="movl", options_cls=MovlOptions,
+    summary="MoVL: visual prompt + linear probe (the task head) + discrepancy between prompted and plain features",
+    **COMMON))

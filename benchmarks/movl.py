@@ -1,0 +1,172 @@
+"""Input-side adaptation (MoVL) against the usual methods, in distribution and under MedMNIST-C corruptions.
+
+    python benchmarks/movl.py --targets breastmnist --fractions 0.1 --seeds 2      # the cheapest slice
+    python benchmarks/movl.py                                                    # the whole grid (hours)
+    python benchmarks/movl.py --report-only                                      # tables from the cache
+
+Grid: targets (BreastMNIST, PneumoniaMNIST) x label fractions (10%, 100%) x seeds (5) x methods: linear probe,
+visual prompt alone (+ head), MoVL (prompt + linear probe + discrepancy), MoVL with its prompt pre-trained by TPP
+(MAE pretext on the target's training images), LoRA, visual prompt + LoRA (one composed adapter), full
+fine-tuning. Each cell fine-tunes with a fixed step budget and keeps the last step, then evaluates the test split
+clean and under every MedMNIST-C corruption of the target at severities 1..5 (``evaluate.corruption=all``).
+Prompt methods see a 36-px input (``backbone.input_size=36``, ``pad=4``: the 28-px image inside a 4-px frame).
+Cells are cached as JSON under ``--cache`` (one file per cell), so a long grid is completed over several runs.
+Writes ``benchmarks/results/movl.{json,md}``: per method and cell mean +- std over seeds of test AUROC / accuracy,
+the corrupted AUROC (mean over corruptions per severity; per corruption at severity 3), paired differences to
+full fine-tuning by seed, trainable parameters and saved size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import report  # noqa: E402
+
+PROTOCOL = {"finetune_steps": 200, "batch_size": 32, "selection": "last step of a fixed budget",
+            "lr": {"full": 1e-4, "default": 1e-3}, "prompt_lr": 1e-2, "tpp_steps": 200, "tpp_lr": 1e-2,
+            "prompt": {"mode": "pad", "pad": 4, "input_size": 36}, "lora": {"r": 8}, "movl_discrepancy": 0.1}
+METHODS = ["linear_probe", "visual_prompt", "movl", "movl+tpp", "lora", "visual_prompt+lora", "full"]
+TARGETS, FRACTIONS, SEEDS = ["breastmnist", "pneumoniamnist"], [0.1, 1.0], 5
+FINETUNE_CONFIG, TPP_CONFIG = "breast_us/mae_vit_tiny_lora_finetune.yaml", "breast_us/mae_vit_tiny_lora_tpp.yaml"
+
+
+def adapter_overrides(method: str) -> dict:
+    """The adapter / backbone keys of a method (prompt methods: 36-px input, pad 4)."""
+    prompt = {"adapter.input_size": 36, "adapter.mode": "pad", "adapter.pad": 4}
+    if method == "visual_prompt":
+        return {"adapter.method": "visual_prompt", **prompt, "backbone.input_size": 36,
+                "train.lr": PROTOCOL["prompt_lr"]}
+    if method.startswith("movl"):
+        return {"adapter.method": "movl", **prompt, "adapter.discrepancy_weight": PROTOCOL["movl_discrepancy"],
+                "backbone.input_size": 36, "train.lr": PROTOCOL["prompt_lr"]}
+    if method == "visual_prompt+lora":
+        return {"adapter": {"method": ["visual_prompt", "lora"], "visual_prompt": PROTOCOL["prompt"],
+                            "lora": PROTOCOL["lora"]}, "backbone.input_size": 36}
+    if method == "lora":
+        return {"adapter.method": "lora", "adapter.r": PROTOCOL["lora"]["r"]}
+    return {"adapter.method": method, "train.lr": PROTOCOL["lr"].get(method, PROTOCOL["lr"]["default"]),
+            **({"train.head_lr_scale": 10.0} if method == "full" else {})}
+
+
+def run_cell(target: str, fraction: float, seed: int, method: str, data_root: str, backbone: str, work: Path) -> dict:
+    """Fine-tune (after TPP for ``movl+tpp``), evaluate clean and corrupted; the cell's numbers."""
+    import tpp
+
+    base = {"backbone.path": backbone, "data.root": data_root, "data.name": target, "seed": seed,
+            "train.batch_size": PROTOCOL["batch_size"]}
+    overrides = {**base, **adapter_overrides(method), "data.label_fraction": fraction,
+                 "train.max_steps": PROTOCOL["finetune_steps"], "train.select_best": False}
+    overrides.setdefault("train.lr", PROTOCOL["lr"]["default"])
+    began = time.time()
+    if method == "movl+tpp":
+        parent = tpp.pretrain_target_parameters(
+            TPP_CONFIG, {**base, **adapter_overrides(method), "train.max_steps": PROTOCOL["tpp_steps"],
+                         "train.lr": PROTOCOL["tpp_lr"]}, output_dir=work / "tpp", overwrite=True)
+        overrides["adapter.init_from"] = str(parent.adapter)
+    ft = tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=work / "ft", overwrite=True)
+    ev = tpp.evaluate(FINETUNE_CONFIG, {k: v for k, v in base.items() if not k.startswith("train.")}
+                      | {"evaluate.corruption": "all", "data.split": "test",
+                         **({"backbone.input_size": 36} if "prompt" in method or "movl" in method else {})},
+                      adapter=ft.adapter, output_dir=work / "ev", overwrite=True)
+    shift = ev.metrics["corruption"]
+    return {"target": target, "fraction": fraction, "seed": seed, "method": method,
+            "test_auroc": ev.metrics["test"]["auroc"], "test_accuracy": ev.metrics["test"]["accuracy"],
+            "corrupted_auroc": {s: m["auroc"] for s, m in shift["mean"].items()},
+            "corrupted_accuracy": {s: m["accuracy"] for s, m in shift["mean"].items()},
+            "per_corruption_auroc_s3": {c: v["3"]["auroc"] for c, v in shift["per_corruption"].items()},
+            "trainable_parameters": ft.metrics["trainable_parameters"], "saved_bytes": ft.metrics["adapter_bytes"],
+            "wall_s": round(time.time() - began, 1)}
+
+
+def cell_path(cache: Path, target, fraction, seed, method) -> Path:
+    return cache / f"{target}_{fraction}_{seed}_{method.replace('+', '-')}.json"
+
+
+def _ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.3f} +- {sd:.3f}"
+
+
+def tables(cells: list[dict]) -> str:
+    """Markdown: one table per (target, fraction)."""
+    out = []
+    groups = sorted({(c["target"], c["fraction"]) for c in cells})
+    for target, fraction in groups:
+        rows = [c for c in cells if c["target"] == target and c["fraction"] == fraction]
+        full = {c["seed"]: c for c in rows if c["method"] == "full"}
+        out += [f"### {target}, {fraction:.0%} labels", "",
+                "| method | seeds | test AUROC | test acc | corrupted AUROC s1 / s3 / s5 | AUROC - full (paired) | "
+                "corrupted s3 - full (paired) | trainable | saved KiB |", "|---|---|---|---|---|---|---|---|---|"]
+        for method in METHODS:
+            mine = [c for c in rows if c["method"] == method]
+            if not mine:
+                continue
+            corrupt = " / ".join(_ms([c["corrupted_auroc"][s] for c in mine]).split(" +-")[0] for s in ("1", "3", "5"))
+            paired = [c["test_auroc"] - full[c["seed"]]["test_auroc"] for c in mine if c["seed"] in full]
+            paired_s3 = [c["corrupted_auroc"]["3"] - full[c["seed"]]["corrupted_auroc"]["3"]
+                         for c in mine if c["seed"] in full]
+            out.append(f"| {method} | {len(mine)} | {_ms([c['test_auroc'] for c in mine])} | "
+                       f"{_ms([c['test_accuracy'] for c in mine])} | {corrupt} | "
+                       f"{_ms(paired) if method != 'full' else '-'} | {_ms(paired_s3) if method != 'full' else '-'} | "
+                       f"{mine[0]['trainable_parameters']:,} | {mine[0]['saved_bytes'] / 1024:.0f} |")
+        names = sorted({k for c in rows for k in c["per_corruption_auroc_s3"]})
+        out += ["", "Per corruption at severity 3 (test AUROC, mean over seeds):", "",
+                "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for method in METHODS:
+            mine = [c for c in rows if c["method"] == method]
+            if mine:
+                out.append(f"| {method} | " + " | ".join(
+                    f"{statistics.mean(c['per_corruption_auroc_s3'][n] for c in mine):.3f}" for n in names) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--targets", nargs="+", default=TARGETS)
+    parser.add_argument("--fractions", nargs="+", type=float, default=FRACTIONS)
+    parser.add_argument("--seeds", type=int, default=SEEDS)
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--cache", default=str(ROOT / "runs" / "movl_cache"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", "/work/shared/data") + "/medmnist")
+    parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--steps", type=int, help="fine-tuning and TPP steps (a smoke run; use its own --cache)")
+    args = parser.parse_args(argv)
+    if args.steps:
+        PROTOCOL.update(finetune_steps=args.steps, tpp_steps=args.steps)
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if not args.report_only:
+        for target in args.targets:
+            for fraction in args.fractions:
+                for seed in range(args.seeds):
+                    for method in args.methods:
+                        path = cell_path(cache, target, fraction, seed, method)
+                        if path.is_file():
+                            continue
+                        with tempfile.TemporaryDirectory() as work:
+                            cell = run_cell(target, fraction, seed, method, args.data_root, args.backbone, Path(work))
+                        report.write_atomic(path, json.dumps(cell, indent=1))
+                        print(f"{target} {fraction} seed {seed} {method}: AUROC {cell['test_auroc']:.3f}, "
+                              f"corrupted s3 {cell['corrupted_auroc']['3']:.3f} ({cell['wall_s']} s)", flush=True)
+    cells = [json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))]
+    table = tables(cells)
+    report.publish(args.out, "movl", report.machine(), " ".join(["python benchmarks/movl.py", *(argv or sys.argv[1:])]),
+                   __doc__.split("\n")[0], table, {"protocol": PROTOCOL, "cells": cells})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

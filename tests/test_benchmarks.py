@@ -284,3 +284,18 @@ def test_cache_key_ignores_the_saved_mask_ratio_only(tmp_path):
     assert report.backbone_fingerprint(folder("shipped", mask_ratio=0.0)) == original
     assert report.backbone_fingerprint(folder("wider", mask_ratio=0.75, hidden_size=16)) != original
     assert report.backbone_fingerprint(folder("other_ratio", mask_ratio=0.5)) != original
+
+
+def test_seg_gain_budget_is_the_shipped_configs_epoch_rule(tiny_mae, tmp_path):
+    import seg_gain
+
+    from tpp.config import load_config
+    from tpp.recipes import CONFIG_DIR
+    from tpp.training import plan_steps
+
+    cfg = load_config(CONFIG_DIR / seg_gain.FINETUNE_CONFIG, ["data.root=/nonexistent"], recipe="finetune")
+    bench = seg_gain.SegBench(tmp_path, seg_gain.PROTOCOL, str(tiny_mae), "unused", "seg/busi_64.npz")
+    assert (cfg.train.epochs, cfg.train.min_steps) == tuple(seg_gain.PROTOCOL["budget"].values())
+    for masks in (5, 47, 117, 300, 451):  # the floor at few masks, epochs beyond it
+        assert bench.budget_steps(masks) == plan_steps(cfg.train, masks).num_steps
+    assert bench.budget_steps(47) == 150 < bench.budget_steps(451) == 290

@@ -7,9 +7,9 @@ two protocols (e.g. before and after issue 28's validation and budget defaults).
         benchmarks/results/seg_gain_fewlabel/seg_gain.json --metric test_dice --accuracy test_iou
 
 Only groups the new report has are listed, and only over the seeds both reports have (paired), so a grid still
-running compares like with like. Columns: seeds compared, the metric's mean ± std old and new, how many seeds
-give the identical value, the second metric old and new, and the validation images and selection of the new
-cells (old cells that did not record them used the whole val split).
+running compares like with like. Columns: seeds compared, the metric's mean ± std old and new, the largest
+per-seed difference |new − old| (0: bit-identical), the second metric old and new, and the validation images
+and selection of the new cells (old cells that did not record them used the whole val split).
 """
 from __future__ import annotations
 
@@ -46,14 +46,14 @@ def _distinct(values) -> str:
 
 
 def markdown(groups: dict, metric: str, second: str) -> str:
-    lines = [f"| target | labels | method | seeds | {metric} old | {metric} new | identical | {second} old "
+    lines = [f"| target | labels | method | seeds | {metric} old | {metric} new | max abs diff | {second} old "
              f"| {second} new | val images new | selection new |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (target, method, fraction), pairs in groups.items():
         old, new = [p[0] for p in pairs], [p[1] for p in pairs]
-        same = sum(o[metric] == n[metric] for o, n in pairs)
+        diff = max(abs(n[metric] - o[metric]) for o, n in pairs)
         selection = _distinct(n.get("selection", "").split(" (")[0] or None for n in new)
         lines.append(f"| {target} | {fraction:.0%} | {method} | {len(pairs)} | {_pm([c[metric] for c in old])} | "
-                     f"{_pm([c[metric] for c in new])} | {same} of {len(pairs)} | {_pm([c[second] for c in old])} | "
+                     f"{_pm([c[metric] for c in new])} | {diff:.1g} | {_pm([c[second] for c in old])} | "
                      f"{_pm([c[second] for c in new])} | {_distinct(n.get('val_images') for n in new)} | "
                      f"{selection} |")
     return "\n".join(lines)

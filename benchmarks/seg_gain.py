@@ -14,7 +14,7 @@ mask side, 64 px for busi_64), LoRA + TPP (MAE on BUSI's own training images of 
 BreastMNIST, which is made from BUSI), the bottleneck adapter, full fine-tuning, and a small U-Net from
 scratch. Every ViT method uses the same decoder; its parameters are reported apart from the adapter's. The
 step budget scales with the labelled masks as in the shipped configs: max(150, 10 epochs) steps (150 / 150 /
-~290 steps at 10% / 25% / 100% of busi_64), and every cell keeps its last step (no validation-based selection;
+300 steps at 10% / 25% / 100% of busi_64), and every cell keeps its last step (no validation-based selection;
 the val split is subsampled by the mask fraction, tpp's default, which changes no test number).
 """
 from __future__ import annotations

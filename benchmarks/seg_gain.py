@@ -13,8 +13,9 @@ malignant) x 3 seeds x methods: LoRA, LoRA at the masks' own resolution (``lora@
 mask side, 64 px for busi_64), LoRA + TPP (MAE on BUSI's own training images of the same split, never
 BreastMNIST, which is made from BUSI), the bottleneck adapter, full fine-tuning, and a small U-Net from
 scratch. Every ViT method uses the same decoder; its parameters are reported apart from the adapter's. The
-step budget grows with the fraction (150 / 200 / 300 steps) and every cell keeps its last step (no
-validation-based selection).
+step budget scales with the labelled masks as in the shipped configs: max(150, 10 epochs) steps (150 / 150 /
+300 steps at 10% / 25% / 100% of busi_64), and every cell keeps its last step (no validation-based selection;
+the val split is subsampled by the mask fraction, tpp's default, which changes no test number).
 """
 from __future__ import annotations
 
@@ -31,13 +32,13 @@ import report  # noqa: E402
 from tpp_gain import quiet_libraries  # noqa: E402
 
 PROTOCOL = {
-    "steps": {"0.1": 150, "0.25": 200, "1": 300}, "batch_size": 16, "selection": "last step of a fixed budget",
+    "budget": {"epochs": 10, "min_steps": 150}, "batch_size": 16, "selection": "last step of a fixed budget",
     "lr": {"lora": 1e-3, "bottleneck": 1e-3, "full": 1e-4, "unet": 1e-3}, "full_head_lr_scale": 10.0,
     "decoder": {"channels": [64, 32], "pixel_skip": True}, "dice_weight": 1.0, "input_size": 32,
     "lora": {"r": 8, "alpha": 16}, "tpp_steps": 300, "tpp_batch_size": 32, "tpp_lr": 1e-3,
     "split": "fixed: data.split_seed 0",  # cells from before data.split_seed (split drawn by seed) never match
-}
-QUICK_PROTOCOL = dict(PROTOCOL, steps={"0.1": 100, "0.25": 100, "1": 100}, tpp_steps=100)
+}  # cells from before the budget scaled with the masks (fixed 150 / 200 / 300 steps per fraction) never match either
+QUICK_PROTOCOL = dict(PROTOCOL, budget={"epochs": 2, "min_steps": 100}, tpp_steps=100)
 FRACTIONS, SEEDS = [0.1, 0.25, 1.0], 3
 METHODS = ["lora", "lora@mask_res", "lora+tpp_mae", "bottleneck", "full", "unet"]
 MASK_RES = "@mask_res"  # method suffix: the encoder input at the masks' own resolution
@@ -97,6 +98,12 @@ class SegBench:
             stamp.write_text(self.protocol_id)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
 
+    def budget_steps(self, masks: int) -> int:
+        """Optimiser steps for ``masks`` training masks: max(min_steps, epochs x ceil(masks / batch_size)), the
+        rule tpp applies to ``train.epochs`` / ``train.min_steps`` (used for the U-Net, outside the recipes)."""
+        b = self.protocol["budget"]
+        return max(b["min_steps"], b["epochs"] * -(-masks // self.protocol["batch_size"]))
+
     def method_overrides(self, method: str) -> list[str]:
         p = self.protocol
         base = method.split("+")[0].removesuffix(MASK_RES)
@@ -110,10 +117,9 @@ class SegBench:
 
     def run_cell(self, method: str, fraction: float, seed: int) -> dict:
         p = self.protocol
-        steps = p["steps"][f"{fraction:g}"]
         tpp_s, size = None, None
         if method == "unet":
-            metrics = self.run_unet(fraction, seed, steps)
+            metrics = self.run_unet(fraction, seed)
         else:
             from tpp.recipes import CONFIG_DIR, run_recipe
 
@@ -125,7 +131,8 @@ class SegBench:
             size = self.mask_side() if method.endswith(MASK_RES) else None
             common = self.common(work, seed, size)
             metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, common + overrides + [
-                f"data.label_fraction={fraction}", "train.select_best=false", f"train.max_steps={steps}",
+                f"data.label_fraction={fraction}", "train.select_best=false",
+                f"train.epochs={p['budget']['epochs']}", f"train.min_steps={p['budget']['min_steps']}",
                 f"train.batch_size={p['batch_size']}", f"segmentation.dice_weight={p['dice_weight']}",
                 f"segmentation.decoder_channels={p['decoder']['channels']}", "segmentation.overlays=0",
                 f"segmentation.pixel_skip={str(p['decoder']['pixel_skip']).lower()}"], overwrite=True)
@@ -137,7 +144,7 @@ class SegBench:
                 "trainable_parameters": metrics["trainable_parameters"],
                 "adapter_parameters": metrics["adapter_parameters"],
                 "decoder_parameters": metrics["decoder_parameters"],
-                "decoder_bytes": metrics["head_bytes"], "steps": steps, "finetune_s": metrics["wall_time_s"],
+                "decoder_bytes": metrics["head_bytes"], "steps": metrics["steps"], "finetune_s": metrics["wall_time_s"],
                 "input_size": None if method == "unet" else (size or p["input_size"]),
                 "tpp_s": tpp_s, "protocol_id": self.protocol_id}
         self.store(cell)
@@ -151,11 +158,12 @@ class SegBench:
         return report.adopt(published, self.protocol_id, lambda c: (c["method"], c["fraction"], c["seed"]),
                             self.cached, self.store)
 
-    def run_unet(self, fraction: float, seed: int, steps: int) -> dict:
+    def run_unet(self, fraction: float, seed: int) -> dict:
         from unet import train_unet
 
         from tpp.config import load_config
         from tpp.data.build import load_data
+        from tpp.data.subsets import label_fraction_index
         from tpp.recipes import CONFIG_DIR
 
         cfg = load_config(CONFIG_DIR / FINETUNE_CONFIG, [f"data.root={self.data_root}", f"data.file={self.file}",
@@ -163,8 +171,11 @@ class SegBench:
                                                          f"data.split_seed={self.split_seed(seed)}"], recipe="finetune")
         dataset = load_data(cfg.data, seed, 0)
         p = self.protocol
-        return train_unet(dataset, fraction, seed, steps, p["batch_size"], p["lr"]["unet"], p["dice_weight"],
-                          tuple(cfg.task_options.augment_scale))
+        steps = self.budget_steps(len(label_fraction_index(dataset.split("train").labels, fraction, dataset.name,
+                                                           seed)))
+        metrics = train_unet(dataset, fraction, seed, steps, p["batch_size"], p["lr"]["unet"], p["dice_weight"],
+                             tuple(cfg.task_options.augment_scale))
+        return dict(metrics, steps=steps)
 
 
 def fill(bench: SegBench, cells: list[tuple], budget_s: float) -> tuple[list, list]:

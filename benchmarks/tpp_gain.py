@@ -56,6 +56,13 @@ SOURCES = {  # TPP image sources other than a MedMNIST dataset of the same name
     "mednist_cxr": MEDNIST + ["data.name=mednist_cxr", "data.classes=[CXR]"],
     "mednist_hand": MEDNIST + ["data.name=mednist_hand", "data.classes=[Hand]"],
 }
+# How cells without learning-rate selection validate: since issue 28 the val split is subsampled by the label
+# fraction (tpp's default; under 10 val images no step selection, which the protocol never does anyway). Cells cached
+# before kept the whole val split: same test AUROC (last step), other threshold, accuracy and val numbers. This key
+# names fine-tuning cells and their cache folder only: TPP adapters (no validation) and learning-rate grid cells
+# (always validated on the subsample) keep the protocol's own id, so their caches and reports stay valid.
+VALIDATION = "val split subsampled by the label fraction"
+CELLS, OLD_CELLS = "cells_valsub", "cells"  # cache folders of cells with and without the key
 FINETUNE_CONFIG, TPP_CONFIG = "breast_us/mae_vit_tiny_lora_finetune.yaml", "breast_us/mae_vit_tiny_lora_tpp.yaml"
 
 
@@ -168,11 +175,17 @@ class Bench:
 
     def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str):
         self.cache, self.protocol, self.backbone, self.data_root = cache, protocol, backbone, data_root
-        self.protocol_id = report.protocol_id(protocol, backbone)
+        self.tpp_id = report.protocol_id(protocol, backbone)  # TPP adapters and learning-rate grid cells
+        self.protocol_id = report.protocol_id(protocol, backbone, validation=VALIDATION)  # other fine-tuning cells
+
+    def cell_id(self, method: str) -> str:
+        """The protocol id a cell of ``method`` is cached under ('METHOD%LR' cells keep the TPP adapters' id)."""
+        return self.tpp_id if split_lr(method)[1] is not None else self.protocol_id
 
     def cell_path(self, target, method, fraction, seed) -> Path:
         folder = method.replace("@", "_at_").replace("%", "_lr")
-        return self.cache / "cells" / target / folder / f"f{fraction:g}_s{seed}.json"
+        cells = OLD_CELLS if self.cell_id(method) == self.tpp_id else CELLS  # cells of the old key stay put
+        return self.cache / cells / target / folder / f"f{fraction:g}_s{seed}.json"
 
     def cached(self, *cell) -> dict | None:
         """The cell's result if it was run under this protocol (and, for a TPP variant, these overrides)."""
@@ -180,7 +193,7 @@ class Bench:
         if path.is_file():
             data = json.loads(path.read_text())
             base, _, variant, _ = parse_method(split_lr(cell[1])[0], cell[0])
-            if (data.get("protocol_id") == self.protocol_id and data.get("tpp_variant") == VARIANTS.get(variant)
+            if (data.get("protocol_id") == self.cell_id(cell[1]) and data.get("tpp_variant") == VARIANTS.get(variant)
                     and data.get("method_options") == method_options(base)):
                 return data
         return None
@@ -197,7 +210,7 @@ class Bench:
         name = f"{source}_{method}_{pretext}" + (f"~{variant}" if variant else "") + f"_s{seed}"
         out = self.cache / "tpp" / name
         options = method_options(method)
-        stamp_text = (self.protocol_id + (json.dumps(VARIANTS[variant]) if variant else "")
+        stamp_text = (self.tpp_id + (json.dumps(VARIANTS[variant]) if variant else "")
                       + (json.dumps(options) if options else ""))
         if not stamped(out, stamp_text):
             p = self.protocol
@@ -219,10 +232,6 @@ class Bench:
         name, lr = split_lr(method)
         base, pretext, variant, source = parse_method(name, target)
         overrides = method_overrides(base, self.protocol, lr)
-        # learning-rate selection: a few-label site validates on few labels; other cells keep the whole val split
-        # (their threshold and val_auroc as cached before data.val_label_fraction defaulted to the label fraction;
-        # test AUROC does not depend on it: every cell keeps its last step)
-        overrides.append(f"data.val_label_fraction={fraction if lr is not None else 1}")
         tpp_s = None
         if pretext:
             adapter, tpp_s = self.tpp_adapter(source, base, pretext, variant, seed)
@@ -239,10 +248,11 @@ class Bench:
         cell = {"target": target, "method": method, "fraction": fraction, "seed": seed,
                 "test_auroc": metrics["test"]["auroc"], "test_accuracy": metrics["test"]["accuracy"],
                 "val_auroc": metrics["val"]["auroc"],  # for choosing settings without looking at test
-                "val_images": metrics["val"]["n"],
+                "val_images": metrics["val"]["n"], "selection": metrics.get("selection"),
+                "threshold": metrics["test"].get("threshold"),  # the decision threshold, chosen on val
                 "train_labels": metrics["train_examples"],
                 "trainable_parameters": metrics["trainable_parameters"], "finetune_s": metrics["wall_time_s"],
-                "tpp_s": tpp_s, "protocol_id": self.protocol_id, "tpp_variant": VARIANTS.get(variant),
+                "tpp_s": tpp_s, "protocol_id": self.cell_id(method), "tpp_variant": VARIANTS.get(variant),
                 "method_options": method_options(base)}
         self.store(cell)
         return cell
@@ -251,9 +261,15 @@ class Bench:
         report.store_cell(self.cell_path(cell["target"], cell["method"], cell["fraction"], cell["seed"]), cell)
 
     def adopt(self, published: Path) -> int:
-        """Copy into the cache the cells of a published ``tpp_gain.json`` (see ``report.adopt``)."""
-        return report.adopt(published, self.protocol_id, lambda c: (c["target"], c["method"], c["fraction"], c["seed"]),
-                            self.cached, self.store)
+        """Copy into the cache the cells of a published ``tpp_gain.json`` (see ``report.adopt``) measured under
+        the id their method has now (cells from before :data:`VALIDATION` was keyed are not adopted)."""
+        def args(c):
+            return c["target"], c["method"], c["fraction"], c["seed"]
+
+        def cached_or_other_key(pid):  # a cell of another key counts as present: never stored
+            return lambda *cell: self.cached(*cell) or (self.cell_id(cell[1]) != pid)
+        return sum(report.adopt(published, pid, args, cached_or_other_key(pid), self.store)
+                   for pid in (self.tpp_id, self.protocol_id))
 
 
 STAMP = "bench_protocol.txt"  # in a TPP adapter folder: the protocol and options it was trained under
@@ -324,6 +340,7 @@ def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, qui
     diffs = [d for a, b in comparisons for d in report.paired(results, a, b)]
     command = "python benchmarks/tpp_gain.py " + " ".join(sys.argv[1:])
     text = (f"Machine: {json.dumps(report.machine())}\nCommand: `{command}`\nProtocol: `{json.dumps(bench.protocol)}`\n"
+            f"Validation: {VALIDATION}.\n"
             f"Cells: {len(raw)} of {len(cells)} finished{' (quick mode)' if quick else ''}.\n\n"
             f"{report.markdown_results(rows)}\n\nPaired differences (same seed, same label subset):\n\n"
             f"{report.markdown_paired(diffs)}\n"
@@ -331,7 +348,8 @@ def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, qui
                f"{markdown_quality(quality)}\n\nThe choices:\n\n{markdown_choices(choices)}\n"
                if choices else ""))
     payload = {"machine": report.machine(), "command": command, "protocol": bench.protocol,
-               "protocol_id": bench.protocol_id, "complete": not missing and len(raw) == len(cells),
+               "protocol_id": bench.protocol_id, "tpp_protocol_id": bench.tpp_id, "validation": VALIDATION,
+               "complete": not missing and len(raw) == len(cells),
                "rows": rows, "paired": diffs, "lr_choices": choices, "lr_selection_quality": quality, "cells": raw}
     report.write_atomic(out / "tpp_gain.json", json.dumps(payload, indent=1))
     report.write_atomic(out / "tpp_gain.md", text)

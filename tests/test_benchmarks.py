@@ -63,8 +63,17 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     by_method = {c["method"]: c for c in done}
     assert by_method["lora+tpp_mae"]["tpp_s"] > 0 and by_method["linear_probe"]["trainable_parameters"] == 66
     assert by_method["lora"]["train_labels"] == 30  # half of the 60 training labels
-    assert by_method["lora"]["val_images"] == 20 and by_method["bottleneck%0.003"]["val_images"] == 10  # val subsample
+    # every cell validates on the label-fraction subsample (half of the 20 val images), the tpp default
+    assert by_method["lora"]["val_images"] == 10 and by_method["bottleneck%0.003"]["val_images"] == 10
+    assert "last step kept" in by_method["lora"]["selection"]
+    # cells keyed with the validation rule go to their own folder; learning-rate grid cells and TPP adapters
+    # (unchanged by it) keep the protocol's own id, folder and stamp, so caches from before stay valid
+    assert bench.tpp_id == report.protocol_id(protocol, str(tiny_mae)) != bench.protocol_id
+    assert by_method["lora"]["protocol_id"] == bench.protocol_id
+    assert by_method["bottleneck%0.003"]["protocol_id"] == bench.tpp_id
+    assert (tmp_path / "cache" / "cells_valsub" / "breastmnist" / "lora" / "f0.5_s0.json").is_file()
     assert (tmp_path / "cache" / "cells" / "breastmnist" / "bottleneck_lr0.003" / "f0.5_s0.json").is_file()
+    assert (tmp_path / "cache" / "tpp" / "breastmnist_lora_mae_s0" / tpp_gain.STAMP).read_text() == bench.tpp_id
     variant_card = json.loads((tmp_path / "cache" / "tpp" / "breastmnist_lora_mae~lr1e-4_s0" / "adapter" /
                                "tpp_card.json").read_text())
     assert (variant_card["pretext"]["lr"] == 1e-4
@@ -93,6 +102,14 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     assert all(fresh_clone.cached(*c) == bench.cached(*c) for c in cells)
     assert fresh_clone.adopt(tmp_path / "out" / "tpp_gain.json") == 0  # nothing twice
     assert other.adopt(tmp_path / "out" / "tpp_gain.json") == 0  # nor cells of another protocol
+    before_key = json.loads((tmp_path / "out" / "tpp_gain.json").read_text())  # as published before the key
+    for c in before_key["cells"]:
+        c["protocol_id"] = bench.tpp_id
+    (tmp_path / "before_key.json").write_text(json.dumps(before_key))
+    old_cache = tpp_gain.Bench(tmp_path / "old_cache", protocol, str(tiny_mae), str(root))
+    assert old_cache.adopt(tmp_path / "before_key.json") == 1  # only the learning-rate grid cell keeps its meaning
+    assert old_cache.cached(*cells[4]) and not old_cache.cached(*cells[0])
+    assert not (tmp_path / "old_cache" / "cells_valsub").exists()
     paired = json.loads((tmp_path / "out" / "tpp_gain.json").read_text())["paired"]
     assert {(d["method"], d["reference"]) for d in paired} == {
         ("lora", "linear_probe"), ("lora+tpp_mae", "lora"), ("lora+tpp_mae~lr1e-4", "lora"),
@@ -267,3 +284,18 @@ def test_cache_key_ignores_the_saved_mask_ratio_only(tmp_path):
     assert report.backbone_fingerprint(folder("shipped", mask_ratio=0.0)) == original
     assert report.backbone_fingerprint(folder("wider", mask_ratio=0.75, hidden_size=16)) != original
     assert report.backbone_fingerprint(folder("other_ratio", mask_ratio=0.5)) != original
+
+
+def test_seg_gain_budget_is_the_shipped_configs_epoch_rule(tiny_mae, tmp_path):
+    import seg_gain
+
+    from tpp.config import load_config
+    from tpp.recipes import CONFIG_DIR
+    from tpp.training import plan_steps
+
+    cfg = load_config(CONFIG_DIR / seg_gain.FINETUNE_CONFIG, ["data.root=/nonexistent"], recipe="finetune")
+    bench = seg_gain.SegBench(tmp_path, seg_gain.PROTOCOL, str(tiny_mae), "unused", "seg/busi_64.npz")
+    assert (cfg.train.epochs, cfg.train.min_steps) == tuple(seg_gain.PROTOCOL["budget"].values())
+    for masks in (5, 47, 117, 300, 451):  # the floor at few masks, epochs beyond it
+        assert bench.budget_steps(masks) == plan_steps(cfg.train, masks).num_steps
+    assert bench.budget_steps(47) == 150 < bench.budget_steps(451) == 290

@@ -51,8 +51,8 @@ def flops_per_image(model: torch.nn.Module, example: torch.Tensor) -> int:
     return int(round(counter.get_total_flops() / example.shape[0]))
 
 
-def latency_per_image_ms(model: torch.nn.Module, example: torch.Tensor, batch: int, repeats: int = 5,
-                         warmup: int = 2) -> float:
+def latency_per_image_ms(model: torch.nn.Module, example: torch.Tensor, batch: int, repeats: int = 3,
+                         warmup: int = 1) -> float:
     """Median wall time of a forward pass of ``batch`` copies of ``example[:1]`` divided by ``batch``, in ms."""
     x = example[:1].expand(batch, *example.shape[1:]).contiguous()
     model.eval()
@@ -66,8 +66,8 @@ def latency_per_image_ms(model: torch.nn.Module, example: torch.Tensor, batch: i
     return 1000 * statistics.median(times) / batch
 
 
-def train_s_per_image(model: torch.nn.Module, example: torch.Tensor, classes: int, batch: int = 32,
-                      repeats: int = 3) -> float:
+def train_s_per_image(model: torch.nn.Module, example: torch.Tensor, classes: int, batch: int = 16,
+                      repeats: int = 2) -> float:
     """Median seconds per image of one training step (forward, cross-entropy, backward, Adam) at ``batch``: the
     basis of a from-scratch cell's time estimate (steps x images). The model's weights change; measure on a copy."""
     import copy
@@ -88,7 +88,7 @@ def train_s_per_image(model: torch.nn.Module, example: torch.Tensor, classes: in
     return statistics.median(times) / batch
 
 
-def measure(model: torch.nn.Module, example: torch.Tensor, repeats: int = 5) -> dict:
+def measure(model: torch.nn.Module, example: torch.Tensor, repeats: int = 3) -> dict:
     """Parameters, FLOPs per image and latency per image at batch 1 and 32 of one model in this process."""
     return {**{f"{k}_parameters": v for k, v in parameters(model).items()},
             "flops_per_image": flops_per_image(model, example[:1]),

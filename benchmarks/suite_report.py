@@ -58,7 +58,7 @@ def _medmnist_path(root: str, name: str) -> Path:
 
 def measure_costs(suite, memory: bool) -> dict:
     """``{(task name, approach): cost}``; approaches with one architecture (LoRA with or without TPP) share one
-    measurement. Parameters and FLOPs are exact; latency is the median of 5 runs on this machine as loaded."""
+    measurement. Parameters and FLOPs are exact; latency is the median of 3 runs on this machine as loaded."""
     from suite_models import build
 
     out, done = {}, {}
@@ -69,8 +69,6 @@ def measure_costs(suite, memory: bool) -> dict:
         if key not in done:
             model, example = build(spec)
             measured = cost.measure(model, example)
-            if approach == "resnet18":
-                measured["train_s_per_image"] = cost.train_s_per_image(model, example, spec["classes"])
             if memory:
                 measured |= cost.peak_memory_mib(spec)
             done[key] = dict(measured, input_size=spec["size"], input_channels=example.shape[1])
@@ -240,12 +238,7 @@ def estimate_missing(suite, todo: list[tuple], rows: list[dict], costs: dict) ->
     out = []
     for (task, approach, fraction), seeds in groups.items():
         if approach == "resnet18":
-            from tpp.data.subsets import label_fraction_index
-
-            with np.load(_medmnist_path(suite.data_root, task.name)) as npz:
-                labels = npz["train_labels"].reshape(-1)
-            images = len(label_fraction_index(labels, fraction, task.name, 0))
-            estimate = costs[(task.name, approach)]["train_s_per_image"] * images * suite.resnet.protocol["epochs"]
+            estimate = suite.resnet_estimate_s(task, fraction)
         else:
             seen = [r["train_s"] for r in rows if r["approach"] == approach and r["kind"] == task.kind]
             estimate = float(np.mean(seen)) if seen else (90.0 if task.kind == "classification" else 300.0)
@@ -278,7 +271,7 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
              f"{len(current)} of {len(suite.grid.cells)} cells finished; {len(todo)} missing "
              f"(about {hours:.1f} CPU hours on this machine; continue with `{continue_cmd}`).\n"
              "FLOPs are 2 x multiply-accumulates as torch.utils.flop_counter counts them, forward pass per image at "
-             "the approach's input size; KiB / site: the trainable tensors in fp32; latency: median of 5 forward "
+             "the approach's input size; KiB / site: the trainable tensors in fp32; latency: median of 3 forward "
              "passes divided by the batch; inference MiB: peak RSS of a batch-32 forward pass in a fresh process "
              "minus the RSS after building the model; train s: wall time per cell (TPP included).")
     sections = [("Who wins where (paired over seeds: same label subset)", wins_table(wins)),

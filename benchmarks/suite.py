@@ -81,6 +81,27 @@ class ResNetBench:
                                                                                      c["seed"]), c))
 
 
+class CostCache:
+    """Measured costs as JSON per measurement key (a model spec) under ``folder``: reports render again without
+    measuring again. A measurement without peak memory does not answer a request with it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def get(self, key: str, memory: bool = False) -> dict | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        return data if data.get("key") == key and (not memory or "inference_mib" in data) else None
+
+    def put(self, key: str, value: dict) -> None:
+        report.write_atomic(self.path(key), json.dumps(dict(value, key=key), indent=1))
+
+
 class Suite:
     """Dispatches suite cells (Task, approach, fraction, seed) to the bench that owns them."""
 
@@ -94,7 +115,8 @@ class Suite:
         self.resnet = ResNetBench(cache_root / "suite_resnet", merged(
             dict(resnet.PROTOCOL, widths=[64, 128, 256, 512]), prot.get("resnet18", {}), grid.path, "resnet18"),
             data_root)
-        self._seg, self._step_s = {}, {}
+        self._seg = {}
+        self.cost_cache = CostCache(cache_root / "suite_cost")
 
     def seg(self, task: Task) -> seg_gain.SegBench:
         if task.name not in self._seg:
@@ -127,13 +149,13 @@ class Suite:
         from tpp.data.subsets import label_fraction_index
 
         spec = spec_of(self, task, "resnet18")
-        key = (spec["channels"], spec["classes"])
-        if key not in self._step_s:
+        key = json.dumps({"train_s_per_image": spec}, sort_keys=True)
+        if self.cost_cache.get(key) is None:
             model, example = build(spec)
-            self._step_s[key] = train_s_per_image(model, example, spec["classes"])
+            self.cost_cache.put(key, {"train_s_per_image": train_s_per_image(model, example, spec["classes"])})
         labels = np.load(suite_report_path(self.data_root, task.name))["train_labels"].reshape(-1)
         images = len(label_fraction_index(labels, fraction, task.name, 0))
-        return self._step_s[key] * images * self.resnet.protocol["epochs"]
+        return self.cost_cache.get(key)["train_s_per_image"] * images * self.resnet.protocol["epochs"]
 
     def adopt(self, published: Path) -> int:
         """Cells of a published tpp_gain / seg_gain / suite report measured under the current protocols."""

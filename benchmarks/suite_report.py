@@ -56,22 +56,27 @@ def _medmnist_path(root: str, name: str) -> Path:
                 base / f"{name}.npz")
 
 
-def measure_costs(suite, memory: bool) -> dict:
-    """``{(task name, approach): cost}``; approaches with one architecture (LoRA with or without TPP) share one
-    measurement. Parameters and FLOPs are exact; latency is the median of 3 runs on this machine as loaded."""
+def measure_costs(suite, memory: bool, pairs) -> dict:
+    """``{(task name, approach): cost}`` for the (Task, approach) ``pairs`` (those with finished cells);
+    approaches with one architecture (LoRA with or without TPP) share one measurement, cached under the cache
+    root's ``suite_cost/`` (delete it to measure again). Parameters and FLOPs are exact;
+    latency is the median of 3 runs on this machine as loaded."""
     from suite_models import build
 
     out, done = {}, {}
-    for task, approach in dict.fromkeys((c[0], c[1]) for c in suite.grid.cells):
+    for task, approach in pairs:
         spec = spec_of(suite, task, approach)
         key = json.dumps(dict(spec, approach=adapter_of(approach)[0] if approach not in ("resnet18", "unet")
                               else approach), sort_keys=True)
         if key not in done:
+            done[key] = suite.cost_cache.get(key, memory)
+        if done[key] is None:
             model, example = build(spec)
             measured = cost.measure(model, example)
             if memory:
                 measured |= cost.peak_memory_mib(spec)
             done[key] = dict(measured, input_size=spec["size"], input_channels=example.shape[1])
+            suite.cost_cache.put(key, done[key])
             print(f"cost {task.name} {approach}: {done[key]['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
                   f"{done[key]['total_parameters']:,} parameters", flush=True)
         out[(task.name, approach)] = done[key]
@@ -124,7 +129,9 @@ def who_wins(rows: list[dict], cells: list[tuple]) -> list[dict]:
         entry = {"task": task, "fraction": fraction, "metric": here[0]["metric"],
                  "generalist": gen and gen["approach"], "generalist_mean": gen and gen["primary"]["mean"],
                  "task_specific": spec and spec["approach"], "task_specific_mean": spec and spec["primary"]["mean"],
-                 "diff_mean": None, "ci95_low": None, "ci95_high": None, "pairs": 0, "winner": None}
+                 "diff_mean": None, "ci95_low": None, "ci95_high": None, "pairs": 0, "winner": None,
+                 "published_task_specific": report.MEDMNIST_V2_RESNET18_28.get(task, (None,))[0]
+                 if fraction == 1.0 and here[0]["kind"] == "classification" else None}
         if gen and spec:
             metric = PRIMARY[here[0]["kind"]][0]
             flat = [dict(cell, target=t.name, method=a) for t, a, f, _s, cell in cells
@@ -170,7 +177,7 @@ def results_table(rows: list[dict]) -> tuple[list, list]:
 
 def wins_table(wins: list[dict]) -> tuple[list, list]:
     header = ["task", "labels", "metric", "best generalist", "best task-specific", "difference (95% CI, paired)",
-              "winner"]
+              "winner", "published ResNet-18 (28), MedMNIST v2: best generalist minus it"]
     body = []
     for w in wins:
         gen = "–" if w["generalist"] is None else f"{w['generalist']} {w['generalist_mean']:.3f}"
@@ -181,7 +188,10 @@ def wins_table(wins: list[dict]) -> tuple[list, list]:
             diff = f"{w['diff_mean']:+.3f} ({w['pairs']} pair{'s' * (w['pairs'] != 1)}, no interval)"
         else:
             diff = f"{w['diff_mean']:+.3f} [{w['ci95_low']:+.3f}, {w['ci95_high']:+.3f}] ({w['pairs']} pairs)"
-        body.append([w["task"], f"{w['fraction']:.0%}", w["metric"], gen, spec, diff, w["winner"] or "–"])
+        pub = w.get("published_task_specific")
+        published = "–" if pub is None else (f"{pub:.3f}" + ("" if w["generalist_mean"] is None
+                                                              else f": {w['generalist_mean'] - pub:+.3f}"))
+        body.append([w["task"], f"{w['fraction']:.0%}", w["metric"], gen, spec, diff, w["winner"] or "–", published])
     return header, body
 
 
@@ -252,7 +262,7 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
     import suite_plots
 
     done, todo = collect(suite)
-    costs = measure_costs(suite, memory)
+    costs = measure_costs(suite, memory, dict.fromkeys((c[0], c[1]) for c in done))
     current = [c for c in done if not c[4].get("earlier_protocol")]
     rows = rows_of(current, costs)
     earlier = rows_of([c for c in done if c[4].get("earlier_protocol")], costs)

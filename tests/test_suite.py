@@ -128,6 +128,7 @@ published: [{tmp_path / "out" / "suite.json"}]
     assert (win["generalist"], win["task_specific"], win["pairs"]) == ("linear_probe", "resnet18", 1)
     assert win["diff_mean"] == pytest.approx(rows["linear_probe"]["primary"]["mean"] - rows["resnet18"]["primary"]
                                              ["mean"])
+    assert len(list((tmp_path / "cache" / "suite_cost").glob("*.json"))) == 3  # two models + the ResNet's step time
     page = (out / "suite.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "Who wins where" in page
     assert (out / "metric_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -52,6 +52,8 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 
 def scatter(rows: list[dict], key: str, label: str, path: Path, front: bool) -> None:
+    from matplotlib.ticker import NullFormatter
+
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = _panels(tasks)
     markers = {}
@@ -71,6 +73,7 @@ def scatter(rows: list[dict], key: str, label: str, path: Path, front: bool) -> 
         for fraction, marker in markers.items():
             ax.scatter([], [], color="gray", marker=marker, label=f"{fraction:.0%} labels")
         ax.set(xscale="log", xlabel=label, ylabel=(here[0]["metric"] if here else ""), title=task)
+        ax.xaxis.set_minor_formatter(NullFormatter())  # a narrow log range would print overlapping minor labels
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6)
     _save(fig, path)

@@ -227,13 +227,16 @@ def collect(suite) -> tuple[list[tuple], list[tuple]]:
         (done if cell else todo).append((task, approach, fraction, seed) + ((cell,) if cell else ()))
     have = {(t.name, a, f) for t, a, f, _s, _c in done}
     wanted = {(t.name, a, f): t for t, a, f, _s in suite.grid.cells}
+    seen = set()
     for published in suite.grid.published:
         path = Path(published) if Path(published).is_absolute() else Path(__file__).resolve().parents[1] / published
         if not path.is_file():
             continue
         for cell in json.loads(path.read_text()).get("cells", []):
             key = (cell.get("target"), cell.get("method"), cell.get("fraction"))
-            if key in wanted and key not in have:
+            ident = key + (cell.get("seed"), cell.get("protocol_id"))
+            if key in wanted and key not in have and ident not in seen:  # a cell once, whichever report has it
+                seen.add(ident)
                 done.append((wanted[key], key[1], key[2], cell["seed"], dict(cell, earlier_protocol=True)))
     return done, todo
 
@@ -272,7 +275,8 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
     missing = estimate_missing(suite, todo, rows, costs)
     machine = report.machine()
     out.mkdir(parents=True, exist_ok=True)
-    plots = suite_plots.write_all(rows + earlier, out) if rows or earlier else []
+    flagged = [dict(r, task=f"{r['task']} (earlier protocol)") for r in earlier]
+    plots = suite_plots.write_all(rows + flagged, out) if rows or earlier else []
     hours = sum(m["estimate_s"] * m["seeds"] for m in missing) / 3600
     continue_cmd = "python benchmarks/suite.py --budget-min 60" + (
         "" if suite.grid.path.resolve() == (Path(__file__).parent / "suite.yaml").resolve()

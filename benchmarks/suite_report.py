@@ -142,9 +142,20 @@ def who_wins(rows: list[dict], cells: list[tuple]) -> list[dict]:
                           else d["ci95_low"], "ci95_high": None if math.isnan(d["ci95_high"]) else d["ci95_high"]}
             else:  # no common seeds: the difference of the means, no interval
                 entry["diff_mean"] = gen["primary"]["mean"] - spec["primary"]["mean"]
-            entry["winner"] = "generalist" if entry["diff_mean"] > 0 else "task-specific"
+            entry["winner"] = verdict(entry)
         out.append(entry)
     return out
+
+
+def verdict(entry: dict) -> str:
+    """A side wins only when the paired 95% interval excludes zero; otherwise say why there is no winner."""
+    if entry["ci95_low"] is None:
+        return f"undecided ({entry['pairs']} paired seed{'s' * (entry['pairs'] != 1)}, no interval)"
+    if entry["ci95_low"] > 0:
+        return "generalist"
+    if entry["ci95_high"] < 0:
+        return "task-specific"
+    return "neither (interval includes 0)"
 
 
 # ---------------------------------------------------------------- tables

@@ -1,0 +1,114 @@
+"""ResNet-18 (28) from scratch, MedMNIST v2 style: the task-specific reference for the classification suite.
+
+A compact own BasicBlock network (no torchvision / timm in tpp's dependencies): the CIFAR-style ResNet-18 that
+MedMNIST v2 trains at 28 px, i.e. a 3x3 stride-1 stem without max-pool, four stages of two BasicBlocks
+(64, 128, 256, 512 channels, strides 1, 2, 2, 2), global average pool, one linear layer. Training as in the
+paper: cross-entropy, Adam lr 1e-3, batch 128, 100 epochs, lr x0.1 at epochs 50 and 75, no augmentation,
+pixels normalised with mean 0.5 and std 0.5; the model of the last epoch is tested (the paper's code picks the
+epoch by validation AUC; with few labels there is no big validation set, so the suite keeps the last one, like
+every other cell). Input: the image as stored (1 or 3 channels, 28 x 28).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PROTOCOL = {"epochs": 100, "batch_size": 128, "lr": 1e-3, "milestones": [50, 75], "gamma": 0.1,
+            "optimizer": "Adam", "augmentation": "none", "normalise": "mean 0.5, std 0.5",
+            "selection": "last epoch"}
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and a projected shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """``forward(x (B, C, H, W)) -> logits (B, K)``; MedMNIST v2's ResNet-18 (28) for ``widths=(64, 128, 256, 512)``
+    (11.2 M parameters for 1 input channel and 2 classes); smaller widths give the tests' tiny network."""
+
+    def __init__(self, channels: int, num_classes: int, widths=(64, 128, 256, 512), blocks: int = 2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU())
+        layers, cin = [], widths[0]
+        for i, width in enumerate(widths):
+            for b in range(blocks):
+                layers.append(BasicBlock(cin, width, 2 if (b == 0 and i > 0) else 1))
+                cin = width
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+
+
+def pixels(images) -> torch.Tensor:
+    """uint8 images (N, H, W) or (N, H, W, C) -> float (N, C, H, W) normalised to [-1, 1] (mean 0.5, std 0.5)."""
+    x = torch.from_numpy(images).float().div(255)
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return (x - 0.5) / 0.5
+
+
+def evaluate(model: nn.Module, images, labels, batch: int = 256) -> dict:
+    """AUROC (macro one-vs-rest for more than two classes, as tpp.metrics) and accuracy on one split."""
+    from tpp.metrics import quick_metrics
+
+    model.eval()
+    with torch.no_grad():
+        probs = torch.cat([model(b).softmax(1) for b in pixels(images).split(batch)])
+    return quick_metrics(probs, torch.from_numpy(labels).long())
+
+
+def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL, widths=(64, 128, 256, 512),
+                 on_epoch=None) -> dict:
+    """Train on a stratified ``fraction`` of the training labels (the same nested subset as every other cell
+    of that seed) and return ``{"test": {"auroc", "accuracy"}, "trainable_parameters", "train_examples",
+    "wall_time_s", "epoch_s"}``. ``on_epoch(epoch, seconds)`` is called after each epoch."""
+    from tpp.data.subsets import label_fraction_index
+
+    start = time.time()
+    train = dataset.split("train")
+    index = label_fraction_index(train.labels, fraction, dataset.name, seed)
+    x, y = pixels(train.images[index]), torch.from_numpy(train.labels[index]).long()
+    torch.manual_seed(seed)
+    model = ResNet18(x.shape[1], dataset.num_classes, widths)
+    optimizer = torch.optim.Adam(model.parameters(), lr=protocol["lr"])
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, protocol["milestones"], protocol["gamma"])
+    gen = torch.Generator().manual_seed(seed)
+    epoch_s = []
+    for epoch in range(protocol["epochs"]):
+        t0 = time.time()
+        model.train()
+        for idx in torch.randperm(len(x), generator=gen).split(protocol["batch_size"]):
+            if len(idx) < 2 and len(x) >= 2:  # batch norm needs two images; a lone last one waits a round
+                continue
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+        epoch_s.append(time.time() - t0)
+        if on_epoch:
+            on_epoch(epoch, epoch_s[-1])
+    test = dataset.split("test")
+    metrics = evaluate(model, test.images, test.labels)
+    return {"test": metrics, "trainable_parameters": sum(p.numel() for p in model.parameters()),
+            "train_examples": len(index), "wall_time_s": round(time.time() - start, 1),
+            "epoch_s": round(sum(epoch_s) / max(len(epoch_s), 1), 2)}

@@ -1,0 +1,179 @@
+"""The suite's declared grid (``benchmarks/suite.yaml``), read and validated like a config.
+
+Every mistake is one ``GridError`` naming the file and the key, with close names suggested: unknown keys,
+unknown tasks or approaches, fractions a protocol has no budget for, seeds that are not positive integers.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+# approach -> (family, task kinds it applies to)
+APPROACHES = {
+    "resnet18": ("task-specific", {"classification"}),
+    "unet": ("task-specific", {"segmentation"}),
+    "linear_probe": ("generalist", {"classification"}),
+    "lora": ("generalist", {"classification", "segmentation"}),
+    "lora+tpp_mae": ("generalist", {"classification", "segmentation"}),
+    "lora+tpp_dino": ("generalist", {"classification"}),
+    "lora@mask_res": ("generalist", {"segmentation"}),
+    "bottleneck": ("generalist", {"segmentation"}),
+    "full": ("generalist", {"classification", "segmentation"}),
+}
+SEGMENTATION = {"busi_64": "seg/busi_64.npz", "busi_128": "seg/busi_128.npz"}
+TOP_KEYS = {"backbone", "approaches", "seeds", "grid", "protocols", "published"}
+BLOCK_KEYS = {"tasks", "fractions", "approaches", "seeds"}
+PROTOCOL_KEYS = {"classification", "segmentation", "resnet18"}
+
+
+class GridError(ValueError):
+    """A bad grid file: the message names the file and the key and says what to write instead."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str  # the cells' target: a MedMNIST name, or the .npz file's stem
+    kind: str  # classification | segmentation
+    file: str | None = None  # segmentation: the .npz relative to the data root
+
+
+@dataclass
+class Grid:
+    path: Path
+    backbone: str = "builtin:mae-vit-tiny-med"
+    cells: list = field(default_factory=list)  # (Task, approach, fraction, seed)
+    protocols: dict = field(default_factory=dict)  # overrides of the benches' protocols
+    published: list = field(default_factory=list)  # report JSONs whose cells seed the caches
+
+    @property
+    def tasks(self) -> list[Task]:
+        return list(dict.fromkeys(c[0] for c in self.cells))
+
+
+def _suggest(word: str, known) -> str:
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _unknown_keys(data: dict, known: set, path: Path, where: str) -> None:
+    for key in data:
+        if key not in known:
+            raise GridError(f"{path}: unknown key '{where}{key}'.{_suggest(key, known)} "
+                            f"Known keys: {', '.join(sorted(known))}.")
+
+
+def task_of(name, path: Path, where: str) -> Task:
+    """A MedMNIST dataset by name, a known segmentation set (busi_64, busi_128), or any ``seg/*.npz``."""
+    from tpp.data.arrays import MEDMNIST
+
+    name = str(name)
+    if name.endswith(".npz"):
+        return Task(Path(name).stem, "segmentation", name)
+    if name in SEGMENTATION:
+        return Task(name, "segmentation", SEGMENTATION[name])
+    if name in MEDMNIST:
+        return Task(name, "classification")
+    known = sorted(MEDMNIST) + sorted(SEGMENTATION)
+    raise GridError(f"{path}: unknown task '{name}' in '{where}'.{_suggest(name, known)} Known: {', '.join(known)}, "
+                    "or a segmentation file 'seg/NAME.npz' under the data root.")
+
+
+def _approaches(value, path: Path, where: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise GridError(f"{path}: '{where}' must be a non-empty list of approaches "
+                        f"({', '.join(APPROACHES)}).")
+    for a in value:
+        if a not in APPROACHES:
+            raise GridError(f"{path}: unknown approach '{a}' in '{where}'.{_suggest(a, APPROACHES)} "
+                            f"Known: {', '.join(APPROACHES)}.")
+    return list(value)
+
+
+def _seeds(value, path: Path, where: str) -> dict[float, int]:
+    """``{fraction: seeds}`` from a mapping, or one integer for every fraction (key -1)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return {-1.0: value}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            try:
+                frac = float(k)
+            except (TypeError, ValueError):
+                raise GridError(f"{path}: '{where}' key '{k}' is no label fraction (write e.g. 0.1: 5).") from None
+            if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
+                raise GridError(f"{path}: '{where}.{k}' must be a positive number of seeds, not {v!r}.")
+            out[frac] = v
+        return out
+    raise GridError(f"{path}: '{where}' must be a positive integer or a mapping fraction: seeds, not {value!r}.")
+
+
+def _fractions(value, path: Path, where: str) -> list[float]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in value):
+        raise GridError(f"{path}: '{where}' must be a list of label fractions in (0, 1], e.g. [0.01, 0.1, 1.0].")
+    return [float(f) for f in value]
+
+
+def _seed_count(seeds: dict, fraction: float, path: Path, where: str) -> int:
+    if fraction in seeds:
+        return seeds[fraction]
+    if -1.0 in seeds:
+        return seeds[-1.0]
+    raise GridError(f"{path}: '{where}' gives no seed count for label fraction {fraction:g} "
+                    f"(add '{fraction:g}: N').")
+
+
+def load_grid(path, seg_fractions=None) -> Grid:
+    """Read and validate ``path``. ``seg_fractions``: the label fractions the segmentation protocol has a step
+    budget for (seg_gain's ``steps``); others are an error there, not a crash hours later."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise GridError(f"{path}: cannot read the grid file ({exc.strerror or exc}).") from None
+    except yaml.YAMLError as exc:
+        raise GridError(f"{path}: not valid YAML ({str(exc).splitlines()[0]}).") from None
+    if not isinstance(data, dict):
+        raise GridError(f"{path}: the grid must be a mapping with keys {', '.join(sorted(TOP_KEYS))}.")
+    _unknown_keys(data, TOP_KEYS, path, "")
+    if "grid" not in data or not isinstance(data["grid"], list) or not data["grid"]:
+        raise GridError(f"{path}: 'grid' must be a non-empty list of blocks with keys tasks, fractions "
+                        "(and optionally approaches, seeds).")
+    approaches = _approaches(data.get("approaches"), path, "approaches")
+    seeds = _seeds(data.get("seeds", 1), path, "seeds")
+    protocols = data.get("protocols") or {}
+    if not isinstance(protocols, dict):
+        raise GridError(f"{path}: 'protocols' must be a mapping ({', '.join(sorted(PROTOCOL_KEYS))}).")
+    _unknown_keys(protocols, PROTOCOL_KEYS, path, "protocols.")
+    published = data.get("published") or []
+    if not isinstance(published, list) or not all(isinstance(p, str) for p in published):
+        raise GridError(f"{path}: 'published' must be a list of report JSON paths.")
+    cells = []
+    for i, block in enumerate(data["grid"]):
+        where = f"grid[{i}]"
+        if not isinstance(block, dict):
+            raise GridError(f"{path}: '{where}' must be a mapping with keys tasks, fractions.")
+        _unknown_keys(block, BLOCK_KEYS, path, f"{where}.")
+        for key in ("tasks", "fractions"):
+            if key not in block:
+                raise GridError(f"{path}: '{where}' has no '{key}'.")
+        if not isinstance(block["tasks"], list) or not block["tasks"]:
+            raise GridError(f"{path}: '{where}.tasks' must be a non-empty list of task names.")
+        tasks = [task_of(t, path, f"{where}.tasks") for t in block["tasks"]]
+        fractions = _fractions(block["fractions"], path, f"{where}.fractions")
+        block_approaches = _approaches(block["approaches"], path, f"{where}.approaches") \
+            if "approaches" in block else approaches
+        block_seeds = _seeds(block["seeds"], path, f"{where}.seeds") if "seeds" in block else seeds
+        for task in tasks:
+            for f in fractions:
+                if task.kind == "segmentation" and seg_fractions is not None and f"{f:g}" not in seg_fractions:
+                    raise GridError(f"{path}: '{where}.fractions' has {f:g} for segmentation task '{task.name}'; "
+                                    f"the segmentation protocol has step budgets for {', '.join(seg_fractions)} "
+                                    "(benchmarks/seg_gain.py PROTOCOL['steps']).")
+                n = _seed_count(block_seeds, f, path, f"{where}.seeds" if "seeds" in block else "seeds")
+                cells += [(task, a, f, s) for s in range(n) for a in block_approaches
+                          if task.kind in APPROACHES[a][1]]
+    return Grid(path, str(data.get("backbone", Grid.backbone)), list(dict.fromkeys(cells)), protocols, published)

@@ -1,0 +1,332 @@
+"""The suite's report: per-cell statistics next to measured cost, "who wins where", plots, Markdown, JSON, HTML.
+
+Every table is built once as (header, rows) and rendered to Markdown and HTML; every file is written through a
+temporary file renamed into place (``report.write_atomic``), the HTML page embeds the PNGs as base64.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+import cost
+import report
+from suite_grid import APPROACHES
+from suite_models import adapter_of
+
+PRIMARY = {"classification": ("test_auroc", "AUROC"), "segmentation": ("test_dice", "Dice")}
+SECONDARY = {"classification": [("test_accuracy", "accuracy")],
+             "segmentation": [("test_iou", "IoU"), ("test_hd95", "HD95 px")]}
+
+
+# ---------------------------------------------------------------- cost per (task, approach)
+
+def spec_of(suite, task, approach: str) -> dict:
+    """The model spec (suite_models.build) of an approach on a task, at the input size its cells use."""
+    import numpy as np
+
+    from tpp.backbones import backbone_config
+
+    if task.kind == "classification":
+        from tpp.data.arrays import MEDMNIST
+
+        with np.load(_medmnist_path(suite.data_root, task.name)) as npz:
+            channels = 1 if npz["test_images"].ndim == 3 else 3
+        classes = len(MEDMNIST[task.name][1])
+        size = 28 if approach == "resnet18" else backbone_config(suite.grid.backbone).image_size
+        return {"approach": approach, "kind": task.kind, "channels": channels, "classes": classes, "size": size,
+                "backbone": suite.grid.backbone, "resnet_widths": suite.resnet.protocol["widths"]}
+    bench = suite.seg(task)
+    with np.load(Path(suite.data_root) / task.file) as npz:
+        channels, classes = (1 if npz["images"].ndim == 3 else 3), max(2, int(npz["masks"].max()) + 1)
+    side = bench.mask_side()
+    size = side if approach in ("unet", "lora@mask_res") else bench.protocol["input_size"]
+    return {"approach": approach, "kind": task.kind, "channels": channels, "classes": classes, "size": size,
+            "backbone": suite.grid.backbone, "decoder": bench.protocol["decoder"]}
+
+
+def _medmnist_path(root: str, name: str) -> Path:
+    base = Path(root)
+    return next((p for p in (base / f"{name}.npz", base / "medmnist" / f"{name}.npz") if p.is_file()),
+                base / f"{name}.npz")
+
+
+def measure_costs(suite, memory: bool, pairs) -> dict:
+    """``{(task name, approach): cost}`` for the (Task, approach) ``pairs`` (those with finished cells);
+    approaches with one architecture (LoRA with or without TPP) share one measurement, cached under the cache
+    root's ``suite_cost/`` (delete it to measure again). Parameters and FLOPs are exact;
+    latency is the median of 3 runs on this machine as loaded."""
+    from suite_models import build
+
+    out, done = {}, {}
+    for task, approach in pairs:
+        spec = spec_of(suite, task, approach)
+        key = json.dumps(dict(spec, approach=adapter_of(approach)[0] if approach not in ("resnet18", "unet")
+                              else approach), sort_keys=True)
+        if key not in done:
+            done[key] = suite.cost_cache.get(key, memory)
+        if done[key] is None:
+            model, example = build(spec)
+            measured = cost.measure(model, example)
+            if memory:
+                measured |= cost.peak_memory_mib(spec)
+            done[key] = dict(measured, input_size=spec["size"], input_channels=example.shape[1])
+            suite.cost_cache.put(key, done[key])
+            print(f"cost {task.name} {approach}: {done[key]['flops_per_image'] / 1e6:.1f} MFLOPs/image, "
+                  f"{done[key]['total_parameters']:,} parameters", flush=True)
+        out[(task.name, approach)] = done[key]
+    return out
+
+
+# ---------------------------------------------------------------- statistics
+
+def interval(values: list) -> dict:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "low": None, "high": None}
+    mean, low, high = report.t_interval(values)
+    return {"mean": mean, "low": None if math.isnan(low) else low, "high": None if math.isnan(high) else high}
+
+
+def rows_of(cells: list[tuple], costs: dict) -> list[dict]:
+    """One row per (task, approach, fraction): metrics with 95% t-intervals over seeds, next to the cost."""
+    groups = defaultdict(list)
+    for task, approach, fraction, _seed, cell in cells:
+        groups[(task, approach, fraction)].append(cell)
+    rows = []
+    for (task, approach, fraction), group in groups.items():
+        primary = PRIMARY[task.kind][0]
+        c = costs.get((task.name, approach), {})
+        trainable = group[0]["trainable_parameters"]
+        train_s = [g["finetune_s"] + (g.get("tpp_s") or 0.0) for g in group]
+        rows.append({"task": task.name, "kind": task.kind, "approach": approach, "family": APPROACHES[approach][0],
+                     "fraction": fraction, "seeds": len(group), "metric": PRIMARY[task.kind][1],
+                     "primary": interval([g[primary] for g in group]),
+                     **{key: interval([g.get(key) for g in group]) for key, _ in SECONDARY[task.kind]},
+                     "trainable_parameters": trainable, "bytes_per_site": 4 * trainable,  # fp32 tensors
+                     "total_parameters": c.get("total_parameters"), "flops_per_image": c.get("flops_per_image"),
+                     "latency_ms_b1": c.get("latency_ms_b1"), "latency_ms_b32": c.get("latency_ms_b32"),
+                     "inference_mib": c.get("inference_mib"), "train_s": float(np.mean(train_s)),
+                     "protocol_id": group[0]["protocol_id"]})
+    order = list(APPROACHES)
+    return sorted(rows, key=lambda r: (r["kind"], r["task"], r["fraction"], order.index(r["approach"])))
+
+
+def who_wins(rows: list[dict], cells: list[tuple]) -> list[dict]:
+    """Per (task, fraction): the best generalist and the best task-specific approach (by mean primary metric) and
+    the paired difference (same seeds, so the same label subset) with its 95% t-interval."""
+    out = []
+    for task, fraction in dict.fromkeys((r["task"], r["fraction"]) for r in rows):
+        here = [r for r in rows if (r["task"], r["fraction"]) == (task, fraction)]
+        best = {fam: max((r for r in here if r["family"] == fam), key=lambda r: r["primary"]["mean"], default=None)
+                for fam in ("generalist", "task-specific")}
+        gen, spec = best["generalist"], best["task-specific"]
+        entry = {"task": task, "fraction": fraction, "metric": here[0]["metric"],
+                 "generalist": gen and gen["approach"], "generalist_mean": gen and gen["primary"]["mean"],
+                 "task_specific": spec and spec["approach"], "task_specific_mean": spec and spec["primary"]["mean"],
+                 "diff_mean": None, "ci95_low": None, "ci95_high": None, "pairs": 0, "winner": None,
+                 "published_task_specific": report.MEDMNIST_V2_RESNET18_28.get(task, (None,))[0]
+                 if fraction == 1.0 and here[0]["kind"] == "classification" else None}
+        if gen and spec:
+            metric = PRIMARY[here[0]["kind"]][0]
+            flat = [dict(cell, target=t.name, method=a) for t, a, f, _s, cell in cells
+                    if t.name == task and f == fraction]
+            (d,) = report.paired(flat, gen["approach"], spec["approach"], metric) or [None]
+            if d:
+                entry |= {"diff_mean": d["diff_mean"], "pairs": d["n"], "ci95_low": None if math.isnan(d["ci95_low"])
+                          else d["ci95_low"], "ci95_high": None if math.isnan(d["ci95_high"]) else d["ci95_high"]}
+            else:  # no common seeds: the difference of the means, no interval
+                entry["diff_mean"] = gen["primary"]["mean"] - spec["primary"]["mean"]
+            entry["winner"] = verdict(entry)
+        out.append(entry)
+    return out
+
+
+def verdict(entry: dict) -> str:
+    """A side wins only when the paired 95% interval excludes zero; otherwise say why there is no winner."""
+    if entry["ci95_low"] is None:
+        return f"undecided ({entry['pairs']} paired seed{'s' * (entry['pairs'] != 1)}, no interval)"
+    if entry["ci95_low"] > 0:
+        return "generalist"
+    if entry["ci95_high"] < 0:
+        return "task-specific"
+    return "neither (interval includes 0)"
+
+
+# ---------------------------------------------------------------- tables
+
+def _num(v, fmt="{:.3f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def _ci(iv: dict) -> str:
+    if iv["mean"] is None:
+        return "–"
+    return f"{iv['mean']:.3f}" + ("" if iv["low"] is None else f" [{iv['low']:.3f}, {iv['high']:.3f}]")
+
+
+def results_table(rows: list[dict]) -> tuple[list, list]:
+    header = ["task", "labels", "approach", "family", "seeds", "metric (95% CI)", "2nd metrics", "trainable",
+              "KiB / site", "total params", "MFLOPs / image", "ms / image b1", "ms / image b32", "inference MiB",
+              "train s / cell"]
+    body = []
+    for r in rows:
+        second = "; ".join(f"{label} {_ci(r[key])}" for key, label in SECONDARY[r["kind"]])
+        body.append([r["task"], f"{r['fraction']:.0%}", r["approach"], r["family"], str(r["seeds"]),
+                     f"{r['metric']} {_ci(r['primary'])}", second, f"{r['trainable_parameters']:,}",
+                     f"{r['bytes_per_site'] / 1024:,.0f}", _num(r["total_parameters"], "{:,}"),
+                     _num(r["flops_per_image"] and r["flops_per_image"] / 1e6, "{:.1f}"),
+                     _num(r["latency_ms_b1"], "{:.2f}"), _num(r["latency_ms_b32"], "{:.3f}"),
+                     _num(r["inference_mib"], "{:.0f}"), f"{r['train_s']:.0f}"])
+    return header, body
+
+
+def wins_table(wins: list[dict]) -> tuple[list, list]:
+    header = ["task", "labels", "metric", "best generalist", "best task-specific", "difference (95% CI, paired)",
+              "winner", "published ResNet-18 (28), MedMNIST v2: best generalist minus it"]
+    body = []
+    for w in wins:
+        gen = "–" if w["generalist"] is None else f"{w['generalist']} {w['generalist_mean']:.3f}"
+        spec = "–" if w["task_specific"] is None else f"{w['task_specific']} {w['task_specific_mean']:.3f}"
+        if w["diff_mean"] is None:
+            diff = "– (one side not measured)"
+        elif w["ci95_low"] is None:
+            diff = f"{w['diff_mean']:+.3f} ({w['pairs']} pair{'s' * (w['pairs'] != 1)}, no interval)"
+        else:
+            diff = f"{w['diff_mean']:+.3f} [{w['ci95_low']:+.3f}, {w['ci95_high']:+.3f}] ({w['pairs']} pairs)"
+        pub = w.get("published_task_specific")
+        published = "–" if pub is None else (f"{pub:.3f}" + ("" if w["generalist_mean"] is None
+                                                              else f": {w['generalist_mean'] - pub:+.3f}"))
+        body.append([w["task"], f"{w['fraction']:.0%}", w["metric"], gen, spec, diff, w["winner"] or "–", published])
+    return header, body
+
+
+def missing_table(missing: list[dict]) -> tuple[list, list]:
+    header = ["task", "approach", "labels", "seeds missing", "estimated CPU s per cell", "estimated CPU h"]
+    body = [[m["task"], m["approach"], f"{m['fraction']:.0%}", str(m["seeds"]), f"{m['estimate_s']:.0f}",
+             f"{m['estimate_s'] * m['seeds'] / 3600:.2f}"] for m in missing]
+    return header, body
+
+
+def markdown(table: tuple[list, list]) -> str:
+    header, body = table
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def html_table(table: tuple[list, list]) -> str:
+    header, body = table
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+# ---------------------------------------------------------------- collecting and writing
+
+def collect(suite) -> tuple[list[tuple], list[tuple]]:
+    """(finished cells as (Task, approach, fraction, seed, cell), grid cells not finished yet). Cells of the
+    ``published`` reports measured under an earlier protocol join, flagged by their protocol id, where the current
+    protocol has none for that (task, approach, fraction)."""
+    done, todo = [], []
+    for task, approach, fraction, seed in suite.grid.cells:
+        cell = suite.cached(task, approach, fraction, seed)
+        (done if cell else todo).append((task, approach, fraction, seed) + ((cell,) if cell else ()))
+    have = {(t.name, a, f) for t, a, f, _s, _c in done}
+    wanted = {(t.name, a, f): t for t, a, f, _s in suite.grid.cells}
+    seen = set()
+    for published in suite.grid.published:
+        path = Path(published) if Path(published).is_absolute() else Path(__file__).resolve().parents[1] / published
+        if not path.is_file():
+            continue
+        for cell in json.loads(path.read_text()).get("cells", []):
+            key = (cell.get("target"), cell.get("method"), cell.get("fraction"))
+            ident = key + (cell.get("seed"), cell.get("protocol_id"))
+            if key in wanted and key not in have and ident not in seen:  # a cell once, whichever report has it
+                seen.add(ident)
+                done.append((wanted[key], key[1], key[2], cell["seed"], dict(cell, earlier_protocol=True)))
+    return done, todo
+
+
+def estimate_missing(suite, todo: list[tuple], rows: list[dict], costs: dict) -> list[dict]:
+    """Per (task, approach, fraction) of unfinished cells: how many seeds and the estimated CPU seconds per cell
+    (from-scratch ResNet: measured training seconds per image x images x epochs; other cells: the mean wall time
+    of finished cells of the same approach and task kind, else 90 s (classification) / 300 s (segmentation))."""
+    groups = defaultdict(int)
+    for task, approach, fraction, _seed in todo:
+        groups[(task, approach, fraction)] += 1
+    out = []
+    for (task, approach, fraction), seeds in groups.items():
+        if approach == "resnet18":
+            estimate = suite.resnet_estimate_s(task, fraction)
+        else:
+            seen = [r["train_s"] for r in rows if r["approach"] == approach and r["kind"] == task.kind]
+            estimate = float(np.mean(seen)) if seen else (90.0 if task.kind == "classification" else 300.0)
+        out.append({"task": task.name, "approach": approach, "fraction": fraction, "seeds": seeds,
+                    "estimate_s": estimate})
+    return out
+
+
+def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.0) -> dict:
+    """Measure the costs, summarise every cell the caches hold and write suite.{md,json,html} and the PNGs."""
+    import suite_plots
+
+    done, todo = collect(suite)
+    costs = measure_costs(suite, memory, dict.fromkeys((c[0], c[1]) for c in done))
+    current = [c for c in done if not c[4].get("earlier_protocol")]
+    rows = rows_of(current, costs)
+    earlier = rows_of([c for c in done if c[4].get("earlier_protocol")], costs)
+    for r in earlier:
+        r["approach_note"] = f"earlier protocol {r['protocol_id']}"
+    wins = who_wins(rows, current)
+    missing = estimate_missing(suite, todo, rows, costs)
+    machine = report.machine()
+    out.mkdir(parents=True, exist_ok=True)
+    flagged = [dict(r, task=f"{r['task']} (earlier protocol)") for r in earlier]
+    plots = suite_plots.write_all(rows + flagged, out) if rows or earlier else []
+    hours = sum(m["estimate_s"] * m["seeds"] for m in missing) / 3600
+    continue_cmd = "python benchmarks/suite.py --budget-min 60" + (
+        "" if suite.grid.path.resolve() == (Path(__file__).parent / "suite.yaml").resolve()
+        else f" --grid {suite.grid.path}")
+    intro = (f"Machine: {json.dumps(machine)}\nCommand: `{command}`\nGrid: `{suite.grid.path.name}`; "
+             f"{len(current)} of {len(suite.grid.cells)} cells finished; {len(todo)} missing "
+             f"(about {hours:.1f} CPU hours on this machine; continue with `{continue_cmd}`).\n"
+             "FLOPs are 2 x multiply-accumulates as torch.utils.flop_counter counts them, forward pass per image at "
+             "the approach's input size; KiB / site: the trainable tensors in fp32; latency: median of 3 forward "
+             "passes divided by the batch; inference MiB: peak RSS of a batch-32 forward pass in a fresh process "
+             "minus the RSS after building the model; train s: wall time per cell (TPP included).")
+    sections = [("Who wins where (paired over seeds: same label subset)", wins_table(wins)),
+                ("Every cell", results_table(rows))]
+    if earlier:
+        sections.append(("Published cells under an earlier protocol (not in 'who wins'; rerun to replace)",
+                         results_table(earlier)))
+    if missing:
+        sections.append(("Missing cells", missing_table(missing)))
+    text = intro + "".join(f"\n\n## {title}\n\n{markdown(table)}" for title, table in sections) + "\n"
+    cells_json = [dict(c[4], suite_task=c[0].name, suite_kind=c[0].kind) for c in done]
+    payload = {"machine": machine, "command": command, "grid": str(suite.grid.path), "complete": not todo,
+               "protocols": {"classification": suite.classification.protocol, "segmentation": suite.seg_protocol,
+                             "resnet18": suite.resnet.protocol},
+               "rows": rows, "earlier_rows": earlier, "who_wins": wins, "missing": missing,
+               "costs": {f"{t}/{a}": c for (t, a), c in costs.items()}, "cells": cells_json}
+    report.write_atomic(out / "suite.json", json.dumps(payload, indent=1))
+    report.write_atomic(out / "suite.md", text + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots))
+    report.write_atomic(out / "suite.html", page(intro, sections, plots))
+    print("\n" + text + f"\nwrote {out}/suite.{{md,json,html}} and {len(plots)} plots")
+    return payload
+
+
+def page(intro: str, sections: list, plots: list[Path]) -> str:
+    """One self-contained HTML page: the tables, the plots as base64 data URIs."""
+    images = "".join(f'<h2>{html.escape(p.stem)}</h2><img alt="{html.escape(p.stem)}" '
+                     f'src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">' for p in plots)
+    body = "".join(f"<h2>{html.escape(title)}</h2>{html_table(table)}" for title, table in sections)
+    style = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;font-size:12px}"
+             "td,th{border:1px solid #bbb;padding:2px 6px}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>tpp benchmark suite</title><style>{style}"
+            f"</style></head><body><h1>tpp benchmark suite</h1><pre>{html.escape(intro)}</pre>{body}{images}"
+            "</body></html>\n")

@@ -1,0 +1,139 @@
+"""The standardised benchmark (benchmarks/suite.py): FLOP counting, the grid file's validation, a two-cell grid
+end to end on tiny in-code data and a tiny backbone."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_medmnist
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import cost  # noqa: E402
+import suite  # noqa: E402
+import suite_plots  # noqa: E402
+from resnet import ResNet18  # noqa: E402
+from suite_grid import GridError, load_grid  # noqa: E402
+
+
+def test_flops_of_a_tiny_cnn_equal_a_hand_count():
+    model = ResNet18(1, 2, widths=(4, 8), blocks=1)  # 3x3 stride-1 stem, one block per stage, 8x8 input
+    macs = (8 * 8 * 4 * 1 * 9  # stem 1 -> 4
+            + 2 * 8 * 8 * 4 * 4 * 9  # block 1: two 3x3 convs 4 -> 4 at 8x8
+            + 4 * 4 * 8 * 4 * 9 + 4 * 4 * 8 * 8 * 9 + 4 * 4 * 8 * 4  # block 2: stride-2 conv, conv, 1x1 shortcut at 4x4
+            + 8 * 2)  # linear 8 -> 2
+    assert cost.flops_per_image(model, torch.randn(3, 1, 8, 8)) == 2 * macs  # FLOPs = 2 x MACs, per image
+
+
+def test_flops_of_a_tiny_vit_equal_a_hand_count_attention_included():
+    from transformers import ViTConfig, ViTModel
+
+    d, ff, heads, tokens = 8, 16, 2, 5  # 8x8 image, 4 px patches: 4 patches + CLS
+    model = ViTModel(ViTConfig(hidden_size=d, num_hidden_layers=1, num_attention_heads=heads, intermediate_size=ff,
+                               patch_size=4, image_size=8, num_channels=1), add_pooling_layer=False)
+    assert model.config._attn_implementation == "sdpa"  # the fused kernel the counter would otherwise miss
+    macs = (4 * d * 1 * 4 * 4  # patch embedding: a 4x4 conv 1 -> d at 2x2 positions
+            + 3 * tokens * d * d  # q, k, v
+            + 2 * heads * tokens * tokens * (d // heads)  # QK^T and attention x V
+            + tokens * d * d  # attention output
+            + 2 * tokens * d * ff)  # MLP
+    assert cost.flops_per_image(model, torch.randn(2, 1, 8, 8)) == 2 * macs
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "grid.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = "approaches: [resnet18, lora]\nseeds: 2\ngrid:\n  - tasks: [breastmnist, busi_64]\n    fractions: [0.1]\n"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (GOOD.replace("seeds:", "seedz:"), "unknown key 'seedz'. Did you mean 'seeds'?"),
+    (GOOD.replace("resnet18", "resnet_18"), "unknown approach 'resnet_18' in 'approaches'. Did you mean 'resnet18'?"),
+    (GOOD.replace("breastmnist", "breastmnst"), "unknown task 'breastmnst' in 'grid[0].tasks'. Did you mean "
+                                                "'breastmnist'"),
+    (GOOD.replace("    fractions", "    fraction"), "unknown key 'grid[0].fraction'. Did you mean 'fractions'?"),
+    (GOOD.replace("[0.1]", "[0.01]"), "has 0.01 for segmentation task 'busi_64'"),
+    (GOOD.replace("seeds: 2", "seeds: {0.5: 2}"), "'seeds' gives no seed count for label fraction 0.1"),
+    (GOOD.replace("[0.1]", "[2]"), "'grid[0].fractions' must be a list of label fractions in (0, 1]"),
+    ("grid: [", "not valid YAML"),
+])
+def test_grid_mistakes_are_one_error_naming_the_file_and_the_key(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(GridError) as err:
+        load_grid(path, seg_fractions=["0.1", "0.25", "1"])
+    assert str(err.value).startswith(f"{path}: ") and expected in str(err.value)
+
+
+def test_a_valid_grid_gives_each_task_the_approaches_of_its_kind(tmp_path):
+    grid = load_grid(write(tmp_path, GOOD), seg_fractions=["0.1"])
+    assert sorted((t.name, a, s) for t, a, _f, s in grid.cells) == [
+        ("breastmnist", "lora", 0), ("breastmnist", "lora", 1), ("breastmnist", "resnet18", 0),
+        ("breastmnist", "resnet18", 1), ("busi_64", "lora", 0), ("busi_64", "lora", 1)]  # no ResNet on masks
+
+
+def test_the_command_line_reports_a_bad_grid_or_protocol_key_as_a_usage_error(tmp_path, capsys):
+    for text, expected in [(GOOD.replace("lora]", "lora, lorra]"), "Did you mean 'lora'"),
+                           (GOOD + "protocols: {resnet18: {epoch: 3}}\n", "unknown key 'protocols.resnet18.epoch'")]:
+        path = write(tmp_path, text)
+        with pytest.raises(SystemExit) as exit_:
+            suite.main(["--grid", str(path), "--report-only", "--cache", str(tmp_path / "cache")])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and expected in err and str(path) in err
+
+
+def test_the_shipped_grid_is_valid():
+    import seg_gain
+
+    grid = load_grid(suite.DEFAULT_GRID, seg_fractions=list(seg_gain.PROTOCOL["steps"]))
+    assert {t.name for t in grid.tasks} >= {"breastmnist", "pneumoniamnist", "busi_64"}
+
+
+def test_pareto_front_keeps_only_points_no_other_beats_on_cost_and_metric():
+    assert suite_plots.pareto([(1, 0.5), (2, 0.4), (3, 0.7), (4, 0.6), (0.5, 0.5)]) == [(0.5, 0.5), (3, 0.7)]
+
+
+def test_a_two_cell_grid_runs_end_to_end_and_writes_every_artifact(tiny_mae, tmp_path):
+    root = make_medmnist(tmp_path / "data")
+    grid = write(tmp_path, f"""backbone: {tiny_mae}
+approaches: [resnet18, linear_probe]
+seeds: 1
+grid:
+  - tasks: [breastmnist]
+    fractions: [0.5]
+protocols:
+  classification: {{finetune_steps: 3, finetune_batch_size: 16}}
+  resnet18: {{epochs: 2, milestones: [1], widths: [4, 8]}}
+published: [{tmp_path / "out" / "suite.json"}]
+""")
+    args = ["--grid", str(grid), "--cache", str(tmp_path / "cache"), "--data-root", str(root),
+            "--out", str(tmp_path / "out")]
+    assert suite.main(args) == 0
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {"suite.json", "suite.md", "suite.html", "metric_vs_trainable.png",
+                                               "metric_vs_flops.png", "metric_vs_fraction.png"}  # no temp files
+    payload = json.loads((out / "suite.json").read_text())
+    rows = {r["approach"]: r for r in payload["rows"]}
+    assert set(rows) == {"resnet18", "linear_probe"} and payload["complete"] and not payload["missing"]
+    assert rows["linear_probe"]["trainable_parameters"] == 66  # the head only: 32 x 2 + 2
+    assert rows["resnet18"]["trainable_parameters"] == rows["resnet18"]["total_parameters"]  # from scratch
+    assert rows["linear_probe"]["total_parameters"] > rows["linear_probe"]["trainable_parameters"]
+    for r in rows.values():
+        assert r["flops_per_image"] > 0 and r["latency_ms_b1"] > 0 and r["latency_ms_b32"] > 0
+        assert r["inference_mib"] is not None and r["bytes_per_site"] == 4 * r["trainable_parameters"]
+        assert 0 <= r["primary"]["mean"] <= 1 and r["seeds"] == 1
+    (win,) = payload["who_wins"]
+    assert (win["generalist"], win["task_specific"], win["pairs"]) == ("linear_probe", "resnet18", 1)
+    assert win["diff_mean"] == pytest.approx(rows["linear_probe"]["primary"]["mean"] - rows["resnet18"]["primary"]
+                                             ["mean"])
+    assert len(list((tmp_path / "cache" / "suite_cost").glob("*.json"))) == 3  # two models + the ResNet's step time
+    page = (out / "suite.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 and "Who wins where" in page
+    assert (out / "metric_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a fresh clone: the published report seeds an empty cache, so nothing is trained again
+    fresh = args[:2] + ["--cache", str(tmp_path / "fresh"), "--report-only", "--no-memory"] + args[4:]
+    assert suite.main(fresh) == 0
+    again = json.loads((out / "suite.json").read_text())
+    assert again["complete"] and [r["primary"] for r in again["rows"]] == [r["primary"] for r in payload["rows"]]

@@ -164,3 +164,28 @@ def test_the_context_routes_need_the_token(tmp_path):
     status, listed, _ = call(app, "GET", "/v1/contexts", headers={"authorization": "Bearer s3cret"})
     assert status == 200 and listed["contexts"] == []
     assert worker.batches == []  # nothing reached the model
+
+
+def test_a_pointer_leading_out_of_the_store_is_not_followed_by_the_listing(tmp_path):
+    """``tpp context list`` (and GET /v1/contexts) read the manifest the pointer names: a pointer that is no
+    version name must not make them read a file outside the store."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / contexts.MANIFEST).write_text(json.dumps({"task": "SECRET", "k": 42, "classes": ["x"],
+                                                        "backbone": {"hash": "leak"}}))
+    site = tmp_path / "store" / contexts.FOLDER / "evil"
+    site.mkdir(parents=True)
+    (site / "current").write_text("../../../secret\n")
+    [row] = contexts.listing(tmp_path / "store")
+    assert row["task"] == "UNREADABLE" and row["classes"].startswith("store pointer")
+    assert "SECRET" not in json.dumps(row) and "leak" not in json.dumps(row)
+
+
+def test_files_are_read_no_further_than_their_limit_and_names_match_whole(tmp_path):
+    folder = forge(tmp_path / "store", "s", ["a", "b"])
+    (folder / contexts.MANIFEST).write_bytes(b" " * (contexts.TEXT_LIMIT + 1))  # a huge manifest
+    with pytest.raises(TppError, match="larger than"):
+        contexts.open_context(tmp_path / "store", "s")
+    for name in ("0000.png\n", "\u0661\u0662\u0663\u0664.png"):  # a newline after it, Arabic-Indic digits
+        assert not contexts._FILE_RE.fullmatch(name)
+    assert contexts._FILE_RE.fullmatch("0000_mask.png")

@@ -32,7 +32,8 @@ from tpp.serve import store as adapter_store
 FOLDER = "_contexts"
 MANIFEST, CARD = "context.json", "README.md"
 FORMAT = "tpp-context/1"
-_FILE_RE = re.compile(r"^\d{4}(_mask)?\.png$")
+_FILE_RE = re.compile(r"[0-9]{4}(_mask)?\.png")  # fullmatch: ASCII digits, no trailing newline
+TEXT_LIMIT = 1 << 20  # context.json and README.md: far above what 256 examples need
 
 
 @dataclass
@@ -153,9 +154,9 @@ def open_context(store: str | Path, site: str, max_k: int = MAX_K,
                        "refused (--max-context).")
     files = {}
     for name in names:
-        if name not in (MANIFEST, CARD) and not _FILE_RE.match(name):
+        if name not in (MANIFEST, CARD) and not _FILE_RE.fullmatch(name):
             raise TppError(f"'{folder}' holds '{name[:64]}', which is not part of a context set; refused.")
-        files[name] = adapter_store._read_regular(folder / name)
+        files[name] = adapter_store._read_regular(folder / name, limit=_file_limit(name, limits))
     if adapter_store.content_hash(files) != version:
         raise TppError(f"'{folder}': the files' content hash does not match version {version}; they changed after "
                        "publishing (tampering or disk corruption). Refused; publish the context set again.")
@@ -203,14 +204,21 @@ def _context(files: dict, manifest: dict, where: str, limits) -> ContextSet:
     return ContextSet(manifest["task"], images, labels, masks, [e["image"] for e in manifest["examples"]], where)
 
 
+def _file_limit(name: str, limits: readers.PixelLimits) -> int:
+    """Bytes read at most from one file of a version: a PNG within the pixel budget (8 bytes a pixel covers
+    16-bit RGBA) plus headers, or ``TEXT_LIMIT`` for the manifest and the card."""
+    return TEXT_LIMIT if name in (MANIFEST, CARD) else 8 * limits.max_pixels + TEXT_LIMIT
+
+
 def listing(store: str | Path) -> list[dict]:
     """One row per context site for ``tpp context list`` (from the manifests, hashes not re-checked)."""
     rows = []
     for site in sites(store):
         version = current_version(store, site)
-        try:
-            folder = _root(store) / site / str(version)
-            manifest = json.loads(adapter_store._read_regular(folder / MANIFEST).decode("utf-8"))
+        try:  # the pointer checked (a version name, inside the store) as open_context checks it
+            site_dir, version = adapter_store._pointed_version(_root(store), site)
+            manifest = json.loads(adapter_store._read_regular(site_dir / version / MANIFEST,
+                                                              limit=TEXT_LIMIT).decode("utf-8"))
             rows.append({"site": site, "version": version, "task": manifest.get("task"), "k": manifest.get("k"),
                          "classes": "/".join(map(str, manifest.get("classes", []))),
                          "backbone": str(manifest.get("backbone", {}).get("hash"))[:12]})

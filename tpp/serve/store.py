@@ -188,7 +188,7 @@ def _read_regular(path: Path, limit: int | None = None) -> bytes:
             raise TppError(f"'{path}' is not a regular file; refused.")
         data = fh.read(limit + 1 if limit else -1)
     if limit and len(data) > limit:
-        raise TppError(f"'{path}' is larger than a store pointer can be; refused.")
+        raise TppError(f"'{path}' is larger than {limit:,} bytes, more than such a file can be; refused.")
     return data
 
 

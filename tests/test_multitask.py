@@ -92,6 +92,29 @@ def test_cycle_gradients_equal_the_summed_loss_gradients(tiny_mae):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+def test_a_task_drawn_twice_steps_its_head_once_and_keeps_the_summed_gradients(tiny_mae):
+    """The weighted sampler may draw a task twice in a cycle: its head steps once, after its last batch, so
+    both batches see the same head and the gradients equal the summed-loss step's."""
+    encoder, modules, batches = _units(tiny_mae)
+    modules = {k: modules[k] for k in ("cls", "seg")}
+    twin = copy.deepcopy(nn.ModuleDict({"encoder": encoder, **modules}))
+    order, drawn = [0, 0, 1], [batches[0], [b.flip(0) for b in batches[0]], batches[1]]
+    records = {}
+    for kind, (enc, mods) in {"cycle": (encoder, modules),
+                              "summed": (twin["encoder"], {k: twin[k] for k in modules})}.items():
+        schedule, units = _schedule(enc, mods, kind)
+        records[kind] = {"shared": [], **{u.name: [] for u in units}}
+        _spy(schedule.optimizer, records[kind]["shared"])
+        for unit in units:
+            _spy(unit.optimizer, records[kind][unit.name])
+        torch.manual_seed(1)  # the same random augmentation in both
+        schedule.step(order, drawn, [1.0, 1.0, 1.0])
+    assert {k: len(v) for k, v in records["cycle"].items()} == {"shared": 1, "cls": 1, "seg": 1}
+    for key in ("shared", "cls", "seg"):
+        for a, b in zip(records["cycle"][key][0], records["summed"][key][0]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_frozen_backbone_bit_identical_after_multitask_tpp(tiny_mae):
     encoder, modules, batches = _units(tiny_mae)
     frozen = {k: v.clone() for k, v in base_state_dict(encoder.model).items()}

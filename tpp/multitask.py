@@ -1,11 +1,11 @@
-"""The multi-task schedule (UMedPT-style): memory flat in the number of tasks.
-
-One *cycle* visits the tasks its sampler draws. Each task's batch runs forward and backward at once, so
-its activations are freed before the next task runs; the shared parameters' gradients accumulate over the
-cycle and ONE optimiser step for them follows it. Each task head has its own optimiser and steps right
-after its task's backward. ``schedule="summed"`` is the naive step for comparison: one loss, the weighted
-sum over every task batch of the cycle, one backward (every task's activations alive at once), then the
-same optimiser steps. Both give the same gradients for the same batches.
+"""The multi-task schedule (UMedPT-style): memory flat in the number of tasks. One *cycle* visits the tasks its
+sampler draws. Each task's batch runs forward and backward at once, so its activations are freed before the
+next task runs; the shared parameters' gradients accumulate over the cycle and ONE optimiser step for them
+follows it. Each task head has its own optimiser and steps right after its task's last backward of the cycle
+(once per cycle, also when the weighted sampler draws a task twice: a head never changes between two batches
+of one cycle). ``schedule="summed"`` is the naive step for comparison: one loss, the weighted sum over every
+task batch of the cycle, one backward (every task's activations alive at once), then the same optimiser steps.
+Both give the same gradients for the same batches.
 
 Shapes: a task batch is ``[images (B, C, S, S), *targets]`` (targets: labels (B,), masks (B, h, w), none
 for a pretext); each task module's ``forward(*batch) -> scalar loss``.
@@ -145,14 +145,16 @@ class Schedule:
         optimiser step. Returns {task name: weighted loss} (a task drawn twice: summed)."""
         losses: dict[str, float] = {}
         if self.schedule == "cycle":
-            for t, batch, w in zip(order, batches, weights):
+            last = {t: i for i, t in enumerate(order)}  # a head steps after its task's last batch of the cycle
+            for i, (t, batch, w) in enumerate(zip(order, batches, weights)):
                 unit, value = self.units[t], 0.0
                 for chunk, share in _micro(batch, self.accum):
                     loss = self._loss(unit, chunk, w * share, step)
                     loss.backward()  # this task's activations are freed here
                     value += loss.item()
                 losses[unit.name] = losses.get(unit.name, 0.0) + value
-                self._head_step(unit)
+                if last[t] == i:
+                    self._head_step(unit)
         else:
             for part in range(self.accum):
                 total, values = 0.0, []
@@ -161,7 +163,8 @@ class Schedule:
                     if part < len(chunks):
                         loss = self._loss(self.units[t], chunks[part][0], w * chunks[part][1], step)
                         total, values = total + loss, values + [(t, loss.item())]
-                total.backward()  # every task's activations alive until here
+                if values:  # every chunk of this part may be empty (batches smaller than accum)
+                    total.backward()  # every task's activations alive until here
                 for t, value in values:
                     losses[self.units[t].name] = losses.get(self.units[t].name, 0.0) + value
             for unit in _unique(self.units, order):

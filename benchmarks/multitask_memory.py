@@ -176,8 +176,10 @@ def main(argv=None) -> int:
     rows = rows_of(results)
     machine = dict(report.machine(), torch_threads=results[0]["threads"])
     command = "python benchmarks/multitask_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    counts = "/".join(str(n) for n in sorted({len(r["tasks"]) for r in results}))
     report.publish(args.out, "multitask_memory", machine, command,
-                   f"One optimiser step (cycle) over 1-6 tasks, batch {args.batch_size} per task, LoRA r=8 on the "
+                   f"One optimiser step (cycle and summed) over {counts} tasks, batch {args.batch_size} per task, "
+                   "LoRA r=8 on the "
                    f"builtin backbone; peak after one warm-up and {args.steps} timed cycles, each configuration in a "
                    "fresh subprocess.", markdown(rows, results), {"rows": rows, "runs": results})
     return 0

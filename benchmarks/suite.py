@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tpp_gain.quiet_libraries()
     try:
-        grid = load_grid(args.grid, seg_fractions=list(seg_gain.PROTOCOL["steps"]))
+        grid = load_grid(args.grid)
         suite = Suite(grid, args.cache, args.data_root)
         tpp_gain.check_methods(sorted({c[1] for c in grid.cells if c[0].kind == "classification"
                                        and c[1] != "resnet18"}), suite.classification.protocol)

@@ -356,3 +356,21 @@ def test_predict_context_on_real_pneumonia_images_beats_chance(tmp_path):
     rows = _read_csv(out)
     probs = torch.tensor([[float(r["prob_0"]), float(r["prob_1"])] for r in rows])
     assert quick_metrics(probs, torch.as_tensor(test_y).long())["auroc"] > 0.65
+
+
+@pytest.mark.parametrize("action", ["list", "check"])
+def test_context_list_and_check_refuse_a_store_that_does_not_exist(tmp_path, capsys, action):
+    """A typo in the store path must not pass as '0 context sets ok' (exit 0) in a deployment check."""
+    from tpp.cli import main
+
+    assert main(["context", action, str(tmp_path / "no-such-store")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no-such-store' does not exist" in err
+
+
+def test_an_image_size_below_one_pixel_is_refused_not_replaced():
+    from tpp.incontext.predict import prepare
+
+    ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 2, ["a", "b"], names=["0", "1"])
+    with pytest.raises(TppError, match="at least 1 pixel, got 0"):
+        prepare(ctx, None, "prototype", None, 0)

@@ -461,7 +461,8 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
 
     ``context``: a folder (class sub-folders, or ``images/`` + ``masks/``), a CSV (``image,label`` or
     ``image,mask``), or a list of ``(image, label)`` / ``(image, mask)`` pairs (images as for
-    :meth:`Model.predict`; masks 0/1 or 0/255 arrays or files). ``images``: one image or a list. ``backbone``:
+    :meth:`Model.predict`; masks 0/1 or 0/255 arrays, or files as ``pathlib.Path``: a ``str`` in a pair is a
+    class label). ``images``: one image or a list. ``backbone``:
     default ``builtin:mae-vit-tiny-med``; ``adapter``: a TPP / LoRA adapter folder whose features to use;
     ``method``: ``prototype`` (nearest class centroid / per-patch prototypes) or ``knn`` (``k`` neighbours,
     default about sqrt(K)); at most ``max_k`` examples. Returns a dict per image (a list for a list), as

@@ -201,9 +201,9 @@ def _csv_entries(path: Path) -> list[tuple[Path, str | None, Path | None]]:
 
 
 def from_pairs(pairs, read, max_k: int = MAX_K) -> ContextSet:
-    """A context set from (image, label) pairs (classification) or (image, mask) pairs (segmentation; a mask is
-    a 2-D array or an image file). ``read(item, index)``: how an image item (path, PIL image, array) is read
-    (:func:`tpp.api.read_image`)."""
+    """A context set from (image, label) pairs (classification) or (image, mask) pairs (segmentation; a mask is a 2-D
+    array, a PIL image or a ``pathlib.Path`` to an image file: a ``str`` is always a class label). ``read(item,
+    index)``: how an image item (path, PIL image, array) is read (:func:`tpp.api.read_image`)."""
     pairs = list(pairs)
     if len(pairs) > max_k:
         raise TppError(f"the context holds {len(pairs)} examples, more than the maximum of {max_k}; use fewer "

@@ -89,16 +89,18 @@ def prepare(ctx: ContextSet, extractor: Extractor, method: str = "prototype", k:
     """Context features on ``extractor`` (``ctx`` already checked). ``image_size``: pixels fed to the encoder
     (default: the backbone's size for classification, 64 for segmentation); ``k``: kNN's neighbours
     (default about sqrt of the context size)."""
+    from tpp.errors import TppError
+
     methods.check_method(method)
     if k is not None and k < 1:
-        from tpp.errors import TppError
-
         raise TppError(f"the number of neighbours k must be at least 1, got {k}.")
+    if image_size is not None and image_size < 1:
+        raise TppError(f"the image size fed to the encoder must be at least 1 pixel, got {image_size}.")
     if ctx.task == CLASSIFICATION:
         rule = extractor.rule(ctx.channels, image_size)
         return Prepared(ctx, extractor, method, k, rule, extractor.features(ctx.images, rule), None,
                         version or set_hash(ctx))
-    rule = extractor.rule(ctx.channels, image_size or SEG_SIZE)
+    rule = extractor.rule(ctx.channels, SEG_SIZE if image_size is None else image_size)
     size = rule["image_size"]
     masks = torch.stack([methods.F.interpolate(torch.as_tensor(m, dtype=torch.float32)[None, None], size=(size, size),
                                                mode="area")[0, 0] for m in ctx.masks])

@@ -54,6 +54,9 @@ def cmd_context(args) -> int:
         return 0
     if len(args.paths) != 1:
         raise TppError(f"usage: tpp context {args.action} STORE")
+    if not Path(args.paths[0]).is_dir():
+        raise TppError(f"store '{args.paths[0]}' does not exist (or is not a folder): check the path; "
+                       "`tpp context publish STORE --site S CONTEXT` creates one.")
     if args.action == "list":
         rows = contexts.listing(args.paths[0])
         if not rows:

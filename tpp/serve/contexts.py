@@ -17,7 +17,6 @@ import io
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,6 @@ import numpy as np
 
 from tpp.errors import TppError
 from tpp.incontext.context import CLASSIFICATION, MAX_K, SEGMENTATION, ContextSet, binary_mask, check, read_context
-from tpp.rundir import write_atomic
 from tpp.serve import images as readers
 from tpp.serve import store as adapter_store
 
@@ -100,23 +98,7 @@ def publish(source: str | Path, store: str | Path, site: str, backbone: dict, ma
                 "backbone": {"id": str(backbone.get("id")), "hash": str(backbone.get("hash"))}, "examples": examples}
     files[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
     files[CARD] = card_text(ctx, manifest["backbone"]).encode()
-    version = adapter_store.content_hash(files)
-    site_dir = _root(store) / site
-    if site_dir.is_symlink() or (site_dir.exists() and not site_dir.is_dir()):
-        raise TppError(f"'{site_dir}' is not a plain folder of the store.")
-    target = site_dir / version
-    if not target.is_dir():
-        site_dir.mkdir(parents=True, exist_ok=True)
-        tmp = site_dir / f".{version}.{os.getpid()}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir()
-            for name, data in files.items():
-                (tmp / name).write_bytes(data)
-            os.replace(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    write_atomic(site_dir / adapter_store.POINTER, version + "\n")
+    version, target = adapter_store.write_version(_root(store) / site, files)
     return ContextVersion(site, version, target, manifest, ctx)
 
 

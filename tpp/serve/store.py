@@ -102,8 +102,15 @@ def publish(source: str | Path, store: str | Path, site: str) -> SiteVersion:
         raise TppError(f"adapter store '{store}' is a file, not a folder.")
     path, files = read_source(source)
     card = check_adapter(files, str(path)).card
+    version, target = write_version(Path(store) / site, files)
+    return SiteVersion(site, version, target, card)
+
+
+def write_version(site_dir: Path, files: dict[str, bytes]) -> tuple[str, Path]:
+    """Write ``files`` as the version folder named by their content hash under ``site_dir`` (a temp folder
+    renamed into place: it appears whole or not at all; identical content is not written again) and make it
+    current. Returns (version, its folder)."""
     version = content_hash(files)
-    site_dir = Path(store) / site
     if site_dir.is_symlink() or (site_dir.exists() and not site_dir.is_dir()):
         raise TppError(f"'{site_dir}' is not a plain folder of the store.")
     target = site_dir / version
@@ -119,7 +126,7 @@ def publish(source: str | Path, store: str | Path, site: str) -> SiteVersion:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     write_atomic(site_dir / POINTER, version + "\n")
-    return SiteVersion(site, version, target, card)
+    return version, target
 
 
 def sites(store: str | Path) -> list[str]:

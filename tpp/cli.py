@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from tpp import __version__
+from tpp.console import print_table, report_check
 from tpp.errors import TppError
 from tpp.serve.context_commands import add_context_command, add_context_options, cmd_context, cmd_predict_context
 
@@ -342,21 +343,11 @@ def cmd_compare(args) -> int:
     from tpp.rundir import write_atomic
 
     rows = compare_runs(args.runs)
-    _print_table(*table(rows))
+    print_table(*table(rows))
     if args.csv:
         write_atomic(Path(args.csv), csv_text(rows))
         print(f"wrote {args.csv}")
     return 0
-
-
-def _print_table(header: list, rows: list[list]) -> None:
-    """A Markdown table with padded columns."""
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in rows:
-        print(line(row))
 
 
 def cmd_adapters(args) -> int:
@@ -382,19 +373,14 @@ def cmd_adapters(args) -> int:
         if not rows:
             print(f"no sites published in {args.paths[0]}")
             return 0
-        _print_table(list(rows[0]), [list(r.values()) for r in rows])
+        print_table(list(rows[0]), [list(r.values()) for r in rows])
         return 0
     if not args.backbone:
         raise TppError("tpp adapters check needs --backbone B.")
     from tpp.serve.bank import AdapterBank
 
     results = AdapterBank(args.backbone, args.paths[0], max_resident=1).check_store()
-    for site, reason in results.items():
-        if reason:
-            print(f"REFUSED {site}: {reason}")
-    refused = sum(1 for r in results.values() if r)
-    print(f"{len(results) - refused} sites ok, {refused} refused (each loaded as tpp serve would)")
-    return 1 if refused else 0
+    return report_check(results, "sites", "each loaded as tpp serve would")
 
 
 def _cmd_hub(args) -> int:

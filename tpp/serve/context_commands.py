@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tpp.console import print_table, report_check
 from tpp.errors import TppError
 
 
@@ -62,7 +63,7 @@ def cmd_context(args) -> int:
         if not rows:
             print(f"no context sets published in {args.paths[0]}")
             return 0
-        _print_rows(rows)
+        print_table(list(rows[0]), [list(r.values()) for r in rows])
         return 0
     from tpp.api import quiet
     from tpp.backbones import load_backbone
@@ -70,12 +71,7 @@ def cmd_context(args) -> int:
     with quiet():
         backbone_hash = load_backbone(args.backbone)[1].hash if args.backbone else None
     results = contexts.check_store(args.paths[0], args.max_context, backbone_hash)
-    for site, reason in results.items():
-        if reason:
-            print(f"REFUSED {site}: {reason}")
-    refused = sum(1 for r in results.values() if r)
-    print(f"{len(results) - refused} context sets ok, {refused} refused (each verified as tpp serve would)")
-    return 1 if refused else 0
+    return report_check(results, "context sets", "each verified as tpp serve would")
 
 
 def cmd_predict_context(args) -> int:
@@ -137,13 +133,3 @@ def _extractor(backbone: str, adapter: str | None, device: str):
         return with_adapter(extractor, adapter) if adapter else extractor
 
 
-def _print_rows(rows: list[dict]) -> None:
-    """A Markdown table of ``rows`` (same columns each)."""
-    header = list(rows[0])
-    cells = [[str(r[c]) for c in header] for r in rows]
-    widths = [max(len(x) for x in [h] + [row[i] for row in cells]) for i, h in enumerate(header)]
-    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
-    print(line(header))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:
-        print(line(row))

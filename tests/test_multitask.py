@@ -71,8 +71,9 @@ def test_a_cycle_is_one_shared_step_and_one_step_per_head(tiny_mae):
     assert all(p.grad is None for p in encoder.parameters())  # and cleared the accumulated gradients
 
 
-def test_cycle_gradients_equal_the_summed_loss_gradients(tiny_mae):
-    encoder, modules, batches = _units(tiny_mae)
+def _cycle_and_summed(encoder, modules, order, batches, weights) -> dict:
+    """The gradients each optimiser stepped with, {schedule: {"shared" | task name: [grads per step]}}, for
+    the same step run by the cycle schedule and by the summed step on a deep copy."""
     twin = copy.deepcopy(nn.ModuleDict({"encoder": encoder, **modules}))
     records = {}
     for kind, (enc, mods) in {"cycle": (encoder, modules),
@@ -82,8 +83,14 @@ def test_cycle_gradients_equal_the_summed_loss_gradients(tiny_mae):
         _spy(schedule.optimizer, records[kind]["shared"])
         for unit in units:
             _spy(unit.optimizer, records[kind][unit.name])
-        torch.manual_seed(1)  # the same MAE masks in both
-        schedule.step([0, 1, 2], batches, [1.0, 0.5, 2.0])
+        torch.manual_seed(1)  # the same MAE masks and augmentation in both
+        schedule.step(order, batches, weights)
+    return records
+
+
+def test_cycle_gradients_equal_the_summed_loss_gradients(tiny_mae):
+    encoder, modules, batches = _units(tiny_mae)
+    records = _cycle_and_summed(encoder, modules, [0, 1, 2], batches, [1.0, 0.5, 2.0])
     for key in ("shared", "cls", "seg", "mae"):
         cycle, summed = records["cycle"][key][0], records["summed"][key][0]
         assert len(cycle) == len(summed) > 0
@@ -97,18 +104,8 @@ def test_a_task_drawn_twice_steps_its_head_once_and_keeps_the_summed_gradients(t
     both batches see the same head and the gradients equal the summed-loss step's."""
     encoder, modules, batches = _units(tiny_mae)
     modules = {k: modules[k] for k in ("cls", "seg")}
-    twin = copy.deepcopy(nn.ModuleDict({"encoder": encoder, **modules}))
-    order, drawn = [0, 0, 1], [batches[0], [b.flip(0) for b in batches[0]], batches[1]]
-    records = {}
-    for kind, (enc, mods) in {"cycle": (encoder, modules),
-                              "summed": (twin["encoder"], {k: twin[k] for k in modules})}.items():
-        schedule, units = _schedule(enc, mods, kind)
-        records[kind] = {"shared": [], **{u.name: [] for u in units}}
-        _spy(schedule.optimizer, records[kind]["shared"])
-        for unit in units:
-            _spy(unit.optimizer, records[kind][unit.name])
-        torch.manual_seed(1)  # the same random augmentation in both
-        schedule.step(order, drawn, [1.0, 1.0, 1.0])
+    drawn = [batches[0], [b.flip(0) for b in batches[0]], batches[1]]
+    records = _cycle_and_summed(encoder, modules, [0, 0, 1], drawn, [1.0, 1.0, 1.0])
     assert {k: len(v) for k, v in records["cycle"].items()} == {"shared": 1, "cls": 1, "seg": 1}
     for key in ("shared", "cls", "seg"):
         for a, b in zip(records["cycle"][key][0], records["summed"][key][0]):

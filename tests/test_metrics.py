@@ -16,3 +16,53 @@ def test_metrics_binary_and_multiclass():
     m3 = classification_metrics(probs3, labels3)
     assert m3["accuracy"] == pytest.approx(8 / 9) and 0.5 < m3["auroc"] <= 1.0
     assert len(m3["confusion_matrix"]) == 3 and m3["auroc_ci95"][0] <= m3["auroc_ci95"][1]
+
+
+def test_auroc_undefined_on_one_class_is_nan_and_written_as_null(tmp_path):
+    """A split with one class has no AUROC (torchmetrics says 0.0); metrics.json stays strict JSON."""
+    import json
+    import math
+
+    from tpp.rundir import RunDir
+
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])
+    m = classification_metrics(probs, torch.tensor([1, 1, 1]))
+    assert math.isnan(m["auroc"]) and m["accuracy"] == pytest.approx(2 / 3)
+    m3 = classification_metrics(torch.softmax(torch.randn(4, 3), 1), torch.tensor([0, 0, 1, 1]), resamples=0)
+    assert math.isnan(m3["auroc"])
+    run = RunDir(tmp_path / "run")
+    path = run.publish_json("metrics.json", {"test": m, "arr": torch.tensor([float("inf"), 1.0])})
+    run.log(event="eval", val_auroc=float("nan"))
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    written = json.loads(path.read_text(), parse_constant=refuse)
+    assert written["test"]["auroc"] is None and written["arr"] == [None, 1.0]
+    assert written["test"]["accuracy"] == pytest.approx(2 / 3)
+    last = (tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1]
+    assert json.loads(last, parse_constant=refuse)["val_auroc"] is None
+
+
+def test_selection_never_picks_a_nan_score():
+    """train_loop restores the best finite score; NaN scores (undefined validation AUROC) are skipped."""
+    from accelerate import Accelerator
+
+    from tpp.training import make_loader, train_loop
+
+    model = torch.nn.Linear(2, 1)
+    loader = make_loader(torch.randn(8, 2), batch_size=4, shuffle=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    scores = iter([float("nan"), 0.2, float("nan"), 0.1])
+    weights = {}
+
+    def eval_fn(m):
+        score = next(scores)
+        weights[score if score == score else f"nan{len(weights)}"] = m.weight.detach().clone()
+        return score, {"val": score}
+
+    result = train_loop(Accelerator(cpu=True), model, lambda m, b: m(b[0]).pow(2).mean(), loader, optimizer,
+                        scheduler, num_steps=4, log=lambda **_: None, eval_fn=eval_fn, eval_every=1)
+    assert result.best_step == 2 and result.best_score == pytest.approx(0.2)
+    assert torch.equal(model.weight, weights[0.2])

@@ -6,6 +6,11 @@ from torchmetrics.functional import classification as C
 
 
 def _auroc(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """AUROC of probabilities (N, k) against labels (N,); NaN (undefined, written as null in JSON) when a class
+    has no example in ``labels`` (torchmetrics would return 0.0 with a warning: a one-class split is not a
+    model that ranks every case wrongly)."""
+    if len(torch.unique(labels)) < k:
+        return float("nan")
     if k == 2:
         return float(C.binary_auroc(probs[:, 1], labels))
     return float(C.multiclass_auroc(probs, labels, num_classes=k, average="macro"))

@@ -24,11 +24,21 @@ from tpp.errors import TppError
 
 
 def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return finite_json(value.tolist())
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def finite_json(value):
+    """``value`` with every NaN or infinite float replaced by None: ``json.dumps`` would write ``NaN``, which is
+    not JSON (strict parsers, jq and browsers refuse the whole file). An undefined metric reads as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def write_error(path: Path, exc: OSError, what: str = "cannot write") -> TppError:
@@ -111,7 +121,7 @@ class RunDir:
             record = {"time": round(time.time() - self.started, 3), **record}
             try:
                 with open(self.path / "log.jsonl", "a") as fh:
-                    fh.write(json.dumps(record, default=_json_default) + "\n")
+                    fh.write(json.dumps(finite_json(record), default=_json_default, allow_nan=False) + "\n")
             except OSError as exc:
                 raise write_error(self.path / "log.jsonl", exc) from exc
 
@@ -122,7 +132,7 @@ class RunDir:
     def publish_json(self, name: str, obj: dict) -> Path:
         target = self.path / name
         if self.main:
-            write_atomic(target, json.dumps(obj, indent=2, default=_json_default))
+            write_atomic(target, json.dumps(finite_json(obj), indent=2, default=_json_default, allow_nan=False))
         return target
 
     def publish_dir(self, name: str, write: Callable[[Path], None]) -> Path:

@@ -213,7 +213,8 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
     micro-batches of the loader's batch (same result as one pass, less activation memory).
 
     Every ``eval_every`` steps (and at the end) ``eval_fn(model) -> (score, metrics)`` is called; the
-    trainable tensors of the best score are restored at the end. A non-finite loss stops the run (the
+    trainable tensors of the best score are restored at the end (a NaN score, e.g. AUROC on a validation split
+    with one class, is never best: with no finite score the last step is kept). A non-finite loss stops the run (the
     last checkpoint stays). With ``checkpoints``, state is saved every ``checkpoint_every`` steps and a
     resumed run continues from its checkpoint exactly as if it had never stopped.
     """
@@ -246,7 +247,7 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
             model.train()
             log(event="eval", step=step, **metrics)
             accelerator.log({f"val/{k.removeprefix('val_')}": v for k, v in metrics.items()}, step=step)
-            if result.best_score is None or score > result.best_score:
+            if math.isfinite(score) and (result.best_score is None or score > result.best_score):
                 result.best_score, result.best_step = score, step
                 best_state = trainable_state(model)
         if checkpoints is not None and checkpoints.due(step, num_steps):

@@ -137,6 +137,15 @@ def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, 
     return done, [], errors
 
 
+def finish(missing: list, errors: list[str]) -> int:
+    """The closing lines of a cached grid run: how many cells the budget left, each failure; the exit code."""
+    if missing:
+        print(f"budget reached: {len(missing)} cells left; run the same command again to continue.")
+    for e in errors:
+        print(f"failed: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
 def write_atomic(path, text: str) -> None:
     """Write ``text`` to ``path`` through a file of this process renamed into place: readers (and other
     processes writing the same file) see the old or the new content, never a part."""

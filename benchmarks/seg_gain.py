@@ -311,15 +311,11 @@ def main(argv=None) -> int:
     bench = SegBench(cache, protocol, args.backbone, args.data_root, args.file)
     report.adopt_all(parser, args.from_results, bench.adopt, cache)
     cells = [(m, f, s) for f in fractions for s in range(seeds) for m in methods]
-    errors = []
+    missing, errors = [], []
     if not args.report_only:
         missing, errors = fill(bench, cells, args.budget_min * 60)
-        if missing:
-            print(f"budget reached: {len(missing)} cells left; run the same command again to continue.")
     write_report(bench, cells, out, args.quick)
-    for e in errors:
-        print(f"failed: {e}", file=sys.stderr)
-    return 1 if errors else 0
+    return report.finish(missing, errors)
 
 
 if __name__ == "__main__":

@@ -232,11 +232,7 @@ def main(argv=None) -> int:
 
     command = "python benchmarks/suite.py " + " ".join(sys.argv[1:] if argv is None else argv)
     suite_report.write(suite, args.out, command, memory=not args.no_memory, run_s=time.time() - start)
-    if missing:
-        print(f"budget reached: {len(missing)} cells left; run the same command again to continue.")
-    for e in errors:
-        print(f"failed: {e}", file=sys.stderr)
-    return 1 if errors else 0
+    return report.finish(missing, errors)
 
 
 if __name__ == "__main__":

@@ -406,11 +406,7 @@ def main(argv=None) -> int:
     if not args.report_only:
         _, missing, errors = fill(bench, cells, args.budget_min * 60)
     write_report(bench, cells, out, missing, args.quick)
-    if missing:
-        print(f"budget reached: {len(missing)} cells left; run the same command again to continue.")
-    for e in errors:
-        print(f"failed: {e}", file=sys.stderr)
-    return 1 if errors else 0
+    return report.finish(missing, errors)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,321 @@
+"""``tpp serve --engine ray``: the same HTTP service on Ray Serve, site adapters multiplexed across replicas.
+
+Two deployments in one Ray Serve application (``tpp``):
+
+- ``TppIngress`` (one replica, no model): the very app of :func:`tpp.serve.server.create_app` (same routes,
+  validation, token, body and pixel limits, logging), built over :class:`RayWorker` instead of the in-process
+  inference worker. Per request it reads the store's current pointer of the site and sends the decoded images
+  (uint8 arrays) to ``TppSites`` with the multiplexed model id ``site@version``.
+- ``TppSites`` (``--replicas N``): each replica holds one backbone in an :class:`~tpp.serve.bank.AdapterBank`
+  behind its own :class:`~tpp.serve.worker.InferenceWorker` (mixed-site micro-batches where the method allows
+  it). A site is loaded through ``@serve.multiplexed(max_num_models_per_replica=--max-resident)``, so Ray routes a
+  site's requests to a replica that holds it already. ``serve.batch`` is not used: it never mixes ids.
+
+A request is computed by one batch of one replica's inference thread, so never with two versions. A newly
+published version is served by every replica from the first request whose pointer read at the ingress comes
+after the publish: its id ``site@new`` is not loaded anywhere, and loading it replaces the replica's old version
+(the answer's ``version`` always names the version that computed it). ``POST .../reload`` loads it on one replica
+at once and reports (version last answered, new version).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import ray
+from fastapi import HTTPException
+from ray import serve
+
+from tpp.errors import TppError
+from tpp.serve import store as adapter_store
+from tpp.serve.bank import SiteRefused
+from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits
+from tpp.serve.server import check_binding, create_app, residency
+
+log = logging.getLogger("tpp.serve")
+APP = "tpp"
+# errors a replica answers with, rebuilt at the ingress so that create_app maps them to the same status codes
+ERRORS = {"UnknownSite": TppError, "SiteRefused": SiteRefused, "ImageTooLarge": ImageTooLarge,
+          "ImageError": ImageError, "TppError": TppError}
+
+
+def model_id(site: str, version: str) -> str:
+    return f"{site}@{version}"
+
+
+def split_model_id(mid: str) -> tuple[str, str]:
+    site, _, version = mid.rpartition("@")
+    return site, version
+
+
+def error_of(exc: BaseException) -> dict:
+    """A replica's error as plain data (never a pickled exception, never a traceback in an answer)."""
+    kind = next((k for k in ERRORS if type(exc).__name__ == k), None)
+    if kind is None:
+        kind = "TppError" if isinstance(exc, TppError) else "Internal"
+    return {"error": kind, "message": str(exc) if kind != "Internal" else f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def raise_error(out: dict, site: str | None = None) -> None:
+    if out["error"] == "UnknownSite" and site is not None:
+        raise adapter_store.UnknownSite(site)
+    if out["error"] == "Internal":
+        raise HTTPException(500, f"a replica failed: {out['message']}")
+    raise ERRORS[out["error"]](out["message"])
+
+
+@dataclass
+class Answer:
+    """A replica's prediction as :func:`create_app` reads it (``version``, ``entries()``)."""
+    version: str
+    rows: list
+
+    def entries(self) -> list[dict]:
+        return self.rows
+
+
+class Loaded:
+    """What ``serve.multiplexed`` holds per id: a site at a version, resident in the replica's bank. Unloading
+    it (Ray's LRU) evicts the site from the bank unless a newer version of it replaced this one there."""
+
+    def __init__(self, worker, site: str, version: str):
+        self.worker, self.site, self.version, self.live = worker, site, version, True
+
+    def __del__(self):
+        if not self.live:  # Ray calls it once on unload; the garbage collector again later
+            return
+        self.live = False
+        site, version = self.site, self.version
+
+        def evict(bank):
+            if site in bank.resident and bank.resident[site].version == version:
+                bank.evict(site)
+        try:
+            self.worker.call(evict)
+        except RuntimeError:  # the worker has stopped (replica shutting down)
+            pass
+
+
+def site_deployment(max_resident: int):
+    """The ``TppSites`` deployment class, its multiplexed LRU as large as the bank's."""
+
+    @serve.deployment(name="TppSites", ray_actor_options={"num_cpus": 0})
+    class TppSites:
+        def __init__(self, backbone: str, store_path: str, max_batch: int, max_wait_ms: float, device: str,
+                     precision: str, threads: int | None):
+            import torch
+
+            from tpp.serve.bank import AdapterBank
+            from tpp.serve.worker import InferenceWorker
+
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            if threads:
+                torch.set_num_threads(threads)
+            self.bank = AdapterBank(backbone, store_path, max_resident, device=device, precision=precision)
+            self.worker = InferenceWorker(self.bank, max_batch, max_wait_ms)
+            self.replica = serve.get_replica_context().replica_id.unique_id
+            self.hits = self.misses = 0
+
+        def info(self) -> dict:
+            return {"id": self.bank.info.id, "hash": self.bank.info.hash}
+
+        @serve.multiplexed(max_num_models_per_replica=max_resident)
+        async def site(self, mid: str) -> Loaded:
+            """Load ``site@version``: the bank's reload serves the store's current version (between batches)."""
+            name, version = split_model_id(mid)
+            _, loaded = await asyncio.wrap_future(self.worker.reload(name))
+            if loaded != version:
+                log.info("site %s: asked for %s, the store's current version is %s", name, version, loaded)
+            return Loaded(self.worker, name, loaded)
+
+        async def _state(self) -> dict:
+            resident, refused = await asyncio.wrap_future(self.worker.call(residency))
+            return {"id": self.replica, "resident": resident, "refused": refused, "loads": self.bank.loads,
+                    "hits": self.hits, "misses": self.misses}
+
+        async def predict(self, site: str, arrays: list) -> dict:
+            """``arrays``: uint8 images (H, W) or (H, W, 3) of one request; its answer rows, or its error."""
+            loads = self.bank.loads
+            try:
+                await self.site(serve.get_multiplexed_model_id())
+                hit = self.bank.loads == loads
+                self.hits, self.misses = self.hits + hit, self.misses + (not hit)
+                result = await asyncio.wrap_future(self.worker.predict(site, arrays))
+                out = {"version": result.version, "rows": result.entries(), "hit": hit}
+            except Exception as exc:
+                out = error_of(exc)
+            return dict(out, replica=await self._state())
+
+        async def reload(self, site: str) -> dict:
+            try:
+                loaded = await self.site(serve.get_multiplexed_model_id())
+                out = {"new": loaded.version}
+            except Exception as exc:
+                out = error_of(exc)
+            return dict(out, replica=await self._state())
+
+        async def call(self, fn) -> dict:
+            """``fn(bank)`` on the inference thread (the in-context routes); its result, or its error."""
+            try:
+                out = {"result": await asyncio.wrap_future(self.worker.call(fn))}
+            except Exception as exc:
+                out = error_of(exc)
+            return dict(out, replica=await self._state())
+
+        def __del__(self):
+            self.worker.stop()
+
+    return TppSites
+
+
+class RayWorker:
+    """Stands in for :class:`~tpp.serve.worker.InferenceWorker` at the ingress: ``predict``, ``reload`` and
+    ``call`` go to a ``TppSites`` replica; their futures are asyncio tasks on the ingress's event loop."""
+
+    def __init__(self, handle, store_path: str, info: dict):
+        self.handle, self.store = handle, store_path
+        self.bank = SimpleNamespace(info=SimpleNamespace(**info))
+        self.replicas: dict[str, dict] = {}  # replica id -> its state as of its last answer
+        self.answered: dict[str, str] = {}  # site -> version of the last answer
+        self.failures = 0  # requests whose replica died or could not be reached
+
+    def predict(self, site: str, arrays: list) -> asyncio.Task:
+        return asyncio.ensure_future(self._predict(site, arrays))
+
+    def reload(self, site: str) -> asyncio.Task:
+        return asyncio.ensure_future(self._reload(site))
+
+    def call(self, fn) -> Future | asyncio.Task:
+        if fn is residency:  # GET /v1/sites: every replica's bank as of its last answer
+            done: Future = Future()
+            done.set_result(self.residency())
+            return done
+        return asyncio.ensure_future(self._call(fn))
+
+    def residency(self) -> tuple[dict, dict]:
+        resident, refused = {}, {}
+        for state in self.replicas.values():
+            resident.update(state["resident"])
+            refused.update(state["refused"])
+        return resident, refused
+
+    def stats(self) -> dict:
+        return {"replicas": dict(self.replicas), "failures": self.failures}
+
+    async def _remote(self, method: str, mid: str | None, *args) -> dict:
+        handle = self.handle if mid is None else self.handle.options(multiplexed_model_id=mid)
+        try:
+            out = await getattr(handle, method).remote(*args)
+        except ray.exceptions.RayError as exc:  # e.g. the replica died: this request fails, nothing else
+            self.failures += 1
+            log.warning("replica call failed: %s", type(exc).__name__)
+            raise HTTPException(503, f"the replica serving this request failed ({type(exc).__name__}); "
+                                     "retry: Ray replaces it") from None
+        self.replicas[out["replica"]["id"]] = out["replica"]
+        return out
+
+    def _current(self, site: str) -> str:
+        version = adapter_store.current_version(self.store, site)
+        if version is None:
+            raise adapter_store.UnknownSite(site)
+        return version
+
+    async def _predict(self, site: str, arrays: list) -> Answer:
+        out = await self._remote("predict", model_id(site, self._current(site)), site, arrays)
+        if "error" in out:
+            raise_error(out, site)
+        self.answered[site] = out["version"]
+        return Answer(out["version"], out["rows"])
+
+    async def _reload(self, site: str) -> tuple[str | None, str]:
+        out = await self._remote("reload", model_id(site, self._current(site)), site)
+        if "error" in out:
+            raise_error(out, site)
+        old, self.answered[site] = self.answered.get(site), out["new"]
+        return old, out["new"]
+
+    async def _call(self, fn):
+        out = await self._remote("call", None, fn)
+        if "error" in out:
+            raise_error(out)
+        return out["result"]
+
+
+@serve.deployment(name="TppIngress", ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class TppIngress:
+    async def __init__(self, sites, store_path: str, token: str | None, max_upload_bytes: int,
+                       limits: PixelLimits, body_timeout_s: float, max_context: int):
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.worker = RayWorker(sites, store_path, await sites.info.remote())
+        self.asgi = create_app(self.worker, store_path, token, max_upload_bytes, limits=limits,
+                              body_timeout_s=body_timeout_s, max_context=max_context)
+
+    def __serve_build_asgi_app__(self):
+        return self.asgi
+
+    def stats(self) -> dict:
+        """Per replica: resident sites, loads, hits and misses as of its last answer (tests, benchmarks)."""
+        return self.worker.stats()
+
+
+def application(backbone: str, store_path: str, *, replicas: int = 1, token: str | None = None,
+                max_resident: int = 16, max_batch: int = 64, max_wait_ms: float = 5.0,
+                max_upload_bytes: int = 10 * 2**20, limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0,
+                device: str = "cpu", precision: str = "fp32", max_context: int = 256, threads: int | None = None):
+    """The bound Ray Serve application (ingress over ``replicas`` site replicas)."""
+    if replicas < 1 or max_resident < 1:
+        raise TppError(f"--replicas and --max-resident must be at least 1, got {replicas} and {max_resident}.")
+    adapter_store.sites(store_path)  # a missing store: one clear error before Ray starts anything
+    sites = site_deployment(max_resident).options(num_replicas=replicas).bind(
+        backbone, str(store_path), max_batch, max_wait_ms, device, precision, threads)
+    return TppIngress.bind(sites, str(store_path), token, max_upload_bytes, limits, body_timeout_s, max_context)
+
+
+def start(host: str = "127.0.0.1", port: int = 8000, address: str | None = None) -> None:
+    """Start (``address`` None: a local Ray on 127.0.0.1, no dashboard, no usage stats) or join Ray, and Serve's
+    HTTP proxy on ``host:port``."""
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read by ray.init and inherited by every Ray process it starts
+    if address:
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+    else:
+        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
+    serve.start(http_options={"host": host, "port": port, "location": "HeadOnly"})
+
+
+def stop() -> None:
+    """Tear the application, Serve and (a local) Ray down."""
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
+def serve_ray(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8000, *, replicas: int = 1,
+              address: str | None = None, token: str | None = None, insecure: bool = False, **options) -> None:
+    """``tpp serve --engine ray``: run the application until Ctrl-C / SIGTERM, then stop Ray."""
+    check_binding(host, token, insecure)
+    app = application(backbone, store_path, replicas=replicas, token=token, **options)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    start(host, port, address)
+    try:  # after ray.init, which installs its own handler: SIGTERM stops like Ctrl-C (Serve and Ray shut down)
+        signal.signal(signal.SIGTERM, interrupt)
+        serve.run(app, name=APP, route_prefix="/")
+        log.info("ray engine: %d replicas of backbone %s, store %s, up to %d resident sites each, on http://%s:%d "
+                 "(ready in %.0f s)", replicas, backbone, store_path, options.get("max_resident", 16), host, port,
+                 time.perf_counter() - started)
+        while True:
+            time.sleep(3600)
+    finally:
+        stop()

@@ -136,8 +136,8 @@ def site_deployment(max_resident: int):
 
         async def _state(self) -> dict:
             resident, refused = await asyncio.wrap_future(self.worker.call(residency))
-            return {"id": self.replica, "resident": resident, "refused": refused, "loads": self.bank.loads,
-                    "hits": self.hits, "misses": self.misses}
+            return {"id": self.replica, "pid": os.getpid(), "resident": resident, "refused": refused,
+                    "loads": self.bank.loads, "hits": self.hits, "misses": self.misses}
 
         async def predict(self, site: str, arrays: list) -> dict:
             """``arrays``: uint8 images (H, W) or (H, W, 3) of one request; its answer rows, or its error."""
@@ -284,7 +284,12 @@ def start(host: str = "127.0.0.1", port: int = 8000, address: str | None = None)
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read by ray.init and inherited by every Ray process it starts
     if address:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-    else:
+    else:  # Ray replaces 127.0.0.1 by the machine's address unless told that this is no cluster: this process
+        # read the flag when it imported ray, the processes ray.init starts read it from the environment
+        from ray._private import ray_constants
+
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.WARNING)
     serve.start(http_options={"host": host, "port": port, "location": "HeadOnly"})
 

@@ -283,7 +283,12 @@ def start(host: str = "127.0.0.1", port: int = 8000, address: str | None = None)
     HTTP proxy on ``host:port``."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # read by ray.init and inherited by every Ray process it starts
     if address:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        try:
+            ray.init(address=address, logging_level=logging.WARNING)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise TppError(f"cannot join the Ray cluster at --address {address} ({type(exc).__name__}: "
+                           f"{str(exc)[:200]}); check that it runs and is reachable, or leave --address out for a "
+                           "local Ray.") from None
     else:  # Ray replaces 127.0.0.1 by the machine's address unless told that this is no cluster: this process
         # read the flag when it imported ray, the processes ray.init starts read it from the environment
         from ray._private import ray_constants
@@ -294,10 +299,11 @@ def start(host: str = "127.0.0.1", port: int = 8000, address: str | None = None)
     serve.start(http_options={"host": host, "port": port, "location": "HeadOnly"})
 
 
-def stop() -> None:
-    """Tear the application, Serve and (a local) Ray down."""
+def stop(own_cluster: bool = True) -> None:
+    """Tear the application down: with ``own_cluster`` (a local Ray started by :func:`start`) Serve and Ray too;
+    on a cluster given by ``--address`` only the ``tpp`` application, then disconnect."""
     try:
-        serve.shutdown()
+        serve.shutdown() if own_cluster else serve.delete(APP)
     finally:
         ray.shutdown()
 
@@ -314,8 +320,9 @@ def serve_ray(backbone: str, store_path: str, host: str = "127.0.0.1", port: int
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     start(host, port, address)
-    try:  # after ray.init, which installs its own handler: SIGTERM stops like Ctrl-C (Serve and Ray shut down)
-        signal.signal(signal.SIGTERM, interrupt)
+    try:  # after ray.init, which installs its own handlers: Ctrl-C and SIGTERM shut Serve and Ray down
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, interrupt)
         serve.run(app, name=APP, route_prefix="/")
         log.info("ray engine: %d replicas of backbone %s, store %s, up to %d resident sites each, on http://%s:%d "
                  "(ready in %.0f s)", replicas, backbone, store_path, options.get("max_resident", 16), host, port,
@@ -323,4 +330,4 @@ def serve_ray(backbone: str, store_path: str, host: str = "127.0.0.1", port: int
         while True:
             time.sleep(3600)
     finally:
-        stop()
+        stop(own_cluster=address is None)

@@ -1,8 +1,9 @@
 """``tpp serve --engine ray``: a local Ray Serve application (2 replicas, 127.0.0.1) over a store of 3 sites.
 
-The integration tests share one application (module fixture): starting Ray and the replicas is most of their
-time, about 3 minutes in all on an idle 2-core machine (3 fine-tuning runs, Ray's start, the requests, Ray's
-stop). No test has a wall-clock limit: requests wait at most the suite's hang guard.
+The integration tests share one application (module fixture, with a bearer token): starting Ray and the
+replicas is most of their time, under 3 minutes in all on a 2-core machine (154 s measured beside three other
+jobs: 3 tiny fine-tuning runs, Ray's start ~75 s, the requests, Ray's stop). No test has a wall-clock limit:
+requests wait at most the suite's hang guard.
 """
 import socket
 import time
@@ -21,6 +22,7 @@ SITES = {"site_a": ["adapter.r=2", "seed=0"],  # LoRA: the shared-batch group
          "site_d": ["adapter={method: linear_probe}", "seed=3"]}  # a per-site sub-batch
 UPLOAD_LIMIT = 64 * 1024
 BODY_TIMEOUT_S = 2.0
+TOKEN = "ray-engine-test-token"
 
 
 def free_port() -> int:
@@ -60,7 +62,7 @@ def ray_app(world):
     try:
         assert ray.util.get_node_ip_address() == "127.0.0.1"
         serve.run(ray_engine.application(str(world["backbone"]), str(world["store"]), replicas=2, threads=1,
-                                         max_upload_bytes=UPLOAD_LIMIT, body_timeout_s=BODY_TIMEOUT_S),
+                                         token=TOKEN, max_upload_bytes=UPLOAD_LIMIT, body_timeout_s=BODY_TIMEOUT_S),
                   name=ray_engine.APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}", serve.get_deployment_handle("TppIngress", app_name=ray_engine.APP)
     finally:
@@ -84,7 +86,7 @@ def total(stats: dict, key: str) -> int:
 def test_two_replicas_answer_three_sites_as_offline_and_reuse_loaded_adapters(world, ray_app):
     url, ingress = ray_app
     for site in SITES:  # first round: each site is loaded on some replica
-        status, out = request(f"{url}/v1/sites/{site}/predict", world["files"])
+        status, out = request(f"{url}/v1/sites/{site}/predict", world["files"], token=TOKEN)
         assert status == 200, out
         assert out["adapter_id"] == f"{site}@{store.current_version(world['store'], site)}"
         assert close(probabilities(out), world["expected"][site])
@@ -93,25 +95,28 @@ def test_two_replicas_answer_three_sites_as_offline_and_reuse_loaded_adapters(wo
     assert loads >= len(SITES)
     for _ in range(3):  # repeated requests go to a replica that holds the site: no new load anywhere
         for site in SITES:
-            status, out = request(f"{url}/v1/sites/{site}/predict", world["files"][:2])
+            status, out = request(f"{url}/v1/sites/{site}/predict", world["files"][:2], token=TOKEN)
             assert status == 200 and close(probabilities(out), world["expected"][site][:2])
     stats = ingress.stats.remote().result()
     assert total(stats, "loads") == loads, stats
     assert total(stats, "hits") >= 3 * len(SITES)
     assert len(stats["replicas"]) <= 2
-    status, listing = request(f"{url}/v1/sites")
+    status, listing = request(f"{url}/v1/sites", token=TOKEN)
     assert status == 200 and all(row["resident"] for row in listing["sites"])
 
 
 @pytest.mark.integration
-def test_limits_token_free_validation_and_errors_are_the_fastapi_engines(world, ray_app):
+def test_token_validation_limits_and_errors_are_the_fastapi_engines(world, ray_app):
     url, _ = ray_app
-    status, out = request(f"{url}/v1/sites/nowhere/predict", world["files"][:1])
+    status, out = request(f"{url}/v1/sites/site_a/predict", world["files"][:1])  # no token
+    assert status == 401 and "bearer token" in out["detail"]
+    assert request(f"{url}/healthz")[0] == 200
+    status, out = request(f"{url}/v1/sites/nowhere/predict", world["files"][:1], token=TOKEN)
     assert status == 404 and "no published adapter" in out["detail"]
-    status, out = request(f"{url}/v1/sites/site_a/predict", [("x.png", b"not an image")])
+    status, out = request(f"{url}/v1/sites/site_a/predict", [("x.png", b"not an image")], token=TOKEN)
     assert status == 400 and "x.png" in out["detail"]
     big = [("big.bin", b"\0" * (UPLOAD_LIMIT + 1))]
-    status, out = request(f"{url}/v1/sites/site_a/predict", big)
+    status, out = request(f"{url}/v1/sites/site_a/predict", big, token=TOKEN)
     assert status == 413 and str(UPLOAD_LIMIT) in out["detail"]
 
 
@@ -140,15 +145,15 @@ def test_a_published_version_is_served_by_every_request_after_it_never_mixed(wor
     want = expected(world, "site_a")
 
     def ask(_):
-        return request(f"{url}/v1/sites/site_a/predict", world["files"])
+        return request(f"{url}/v1/sites/site_a/predict", world["files"], token=TOKEN)
 
     with ThreadPoolExecutor(6) as pool:  # concurrent: both replicas may take some
         answers = list(pool.map(ask, range(12)))
     for status, out in answers:
         assert status == 200 and out["version"] == new and close(probabilities(out), want)
-    status, out = request(f"{url}/v1/sites/site_a/reload", body=b"")
+    status, out = request(f"{url}/v1/sites/site_a/reload", body=b"", token=TOKEN)
     assert status == 200 and out == {"site": "site_a", "old_version": new, "new_version": new}
-    status, listing = request(f"{url}/v1/sites")
+    status, listing = request(f"{url}/v1/sites", token=TOKEN)
     row = next(r for r in listing["sites"] if r["site"] == "site_a")
     assert row["version"] == new and row["resident"] and row["healthy"]
 

@@ -1,4 +1,5 @@
-"""Print the lower bound of every runtime dependency in setup.cfg as an exact pin (``name==version``).
+"""Print the lower bound of every runtime dependency in setup.cfg as an exact pin (``name==version``; a
+requirement's extras, ``ray[serve]``, are left out: constraints cannot name them).
 
 Used by ``make floor-check``: installing with these pins tests the oldest versions the package claims to
 support, all at once. torch is left out (the Makefile pins the local CPU wheel); test and benchmark tools
@@ -8,7 +9,7 @@ import configparser
 import re
 from pathlib import Path
 
-RUNTIME_EXTRAS = ("serve", "dicom", "nifti")
+RUNTIME_EXTRAS = ("serve", "ray", "dicom", "nifti")
 
 
 def floors(setup_cfg: Path) -> list[str]:
@@ -21,7 +22,7 @@ def floors(setup_cfg: Path) -> list[str]:
     for line in lines:
         if not line.strip():
             continue
-        match = re.match(r"\s*([A-Za-z0-9_.-]+)\s*>=\s*([^,;\s]+)", line)
+        match = re.match(r"\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([^,;\s]+)", line)
         if not match:  # a requirement without a lower bound would go untested
             raise SystemExit(f"{setup_cfg}: no '>=' lower bound in requirement {line.strip()!r}")
         if match.group(1) != "torch":

@@ -3,6 +3,7 @@
     python benchmarks/serving.py                  # writes benchmarks/results/serving.{json,md}
     python benchmarks/serving.py --quick --out runs/serving_quick
     python benchmarks/serving.py --hostile --quick   # good traffic mixed with hostile cases (benchmarks/hostile.py)
+    python benchmarks/serving.py --engine ray        # Ray Serve, 1 and 2 replicas, vs one process (serving_ray.py)
     python benchmarks/serving.py --device cpu,cuda --input-size 224 --out runs/serving_gpu   # devices side by side
 
 Sites: one real LoRA fine-tuning run on BreastMNIST with the shared backbone; the other sites are
@@ -341,6 +342,11 @@ def add_paths(parser: argparse.ArgumentParser, name: str) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[argv.index("--engine") + 1:][:1] == ["ray"]:  # Ray Serve against the single-process service
+        import serving_ray
+
+        i = argv.index("--engine")
+        return serving_ray.main(argv[:i] + argv[i + 2:], "python benchmarks/serving.py " + " ".join(argv))
     if "--hostile" in argv:  # the hostile-traffic scenario: benchmarks/hostile.py takes the other options
         import hostile
 
@@ -349,6 +355,10 @@ def main(argv=None) -> int:
     parser.add_argument("--hostile", action="store_true",
                         help="instead: good traffic mixed with a tampered store and hostile inputs; writes "
                              "results/hostile.{json,md}; its options: python benchmarks/hostile.py --help")
+    parser.add_argument("--engine", choices=("fastapi", "ray"), default="fastapi",
+                        help="ray: instead, tpp serve --engine ray (1 and 2 replicas) against the single-process "
+                             "service, and a replica killed under load; writes results/serving_ray.{json,md}; its "
+                             "options: benchmarks/serving_ray.py")
     parser.add_argument("--quick", action="store_true", help="short load tests (about 2 minutes in all)")
     parser.add_argument("--sites", type=int, default=10)
     parser.add_argument("--clients", type=int, default=8, help="concurrent client threads")

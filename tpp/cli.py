@@ -61,7 +61,8 @@ has columns image,label or image,mask (paths relative to the CSV's folder).""",
   tpp serve --backbone builtin:mae-vit-tiny-med --store STORE        # 127.0.0.1:8000, Ctrl-C stops
   curl -F images=@img.png http://127.0.0.1:8000/v1/sites/hospital_a/predict
   TPP_SERVE_TOKEN=secret tpp serve --backbone B --store STORE --host 0.0.0.0   # other hosts need a token
-  tpp serve --backbone B --store STORE --device cuda:1 --precision bf16""",
+  tpp serve --backbone B --store STORE --device cuda:1 --precision bf16
+  tpp serve --backbone B --store STORE --engine ray --replicas 2 --threads 1   # local Ray Serve, 2 replicas""",
     "plot": """examples:
   tpp plot runs/site_a                 # runs/site_a/curves.png (loss, validation), roc.png, calibration.png
   tpp plot runs/site_a_eval            # an evaluate run: roc.png and calibration.png from predictions.csv
@@ -189,6 +190,13 @@ def _add_deploy_commands(add) -> None:
                                                                   "(in-context prediction; default 256)")
     sv.add_argument("--body-timeout", type=float, default=30.0,
                     help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
+    sv.add_argument("--engine", choices=("fastapi", "ray"), default="fastapi",
+                    help="fastapi (default): one process; ray: Ray Serve replicas multiplexing the site adapters "
+                         "(needs the ray extra; README 'Serving on Ray')")
+    sv.add_argument("--replicas", type=int, default=1, help="--engine ray: replicas, each with one backbone and "
+                                                             "up to --max-resident sites (default 1)")
+    sv.add_argument("--address", help="--engine ray: an existing Ray cluster (e.g. ray://HEAD:10001); default: a "
+                                      "local Ray on 127.0.0.1, started and stopped by this command")
     for p in (pr, sv):
         p.add_argument("--device", default="auto", help="where the backbone and adapters compute: auto (default: a "
                                                         "CUDA GPU if there is one, else mps, else cpu), cpu, cuda, "
@@ -498,6 +506,10 @@ def cmd_serve(args) -> int:
                        f"({args.max_image_pixels}): otherwise such an image could never be sent.")
     _check_device(args)
     _set_threads(args.threads)
+    if args.engine == "ray":
+        return _serve_ray(args, token)
+    if args.replicas != 1 or args.address:
+        raise TppError("--replicas and --address are options of --engine ray.")
     try:
         serve(args.backbone, args.store, args.host, args.port, token=token, insecure=args.insecure,
               max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
@@ -506,6 +518,28 @@ def cmd_serve(args) -> int:
               precision=args.precision, max_context=args.max_context)
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
         print("tpp serve stopped", file=sys.stderr)
+    return 0
+
+
+def _serve_ray(args, token: str | None) -> int:
+    """``tpp serve --engine ray`` (tpp/serve/ray_engine.py)."""
+    from tpp.serve.images import PixelLimits
+
+    if args.replicas < 1:
+        raise TppError(f"--replicas must be at least 1, got {args.replicas}.")
+    try:
+        from tpp.serve.ray_engine import serve_ray
+    except ImportError as exc:
+        raise TppError(f"tpp serve --engine ray needs the ray extra ({exc.name} is missing): "
+                       "pip install 'tpp[ray]'.") from None
+    try:
+        serve_ray(args.backbone, args.store, args.host, args.port, replicas=args.replicas, address=args.address,
+                  token=token, insecure=args.insecure, max_resident=args.max_resident, max_batch=args.max_batch,
+                  max_wait_ms=args.max_wait_ms, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                  body_timeout_s=args.body_timeout, limits=PixelLimits(args.max_image_pixels, args.max_request_pixels),
+                  device=args.device, precision=args.precision, max_context=args.max_context, threads=args.threads)
+    except KeyboardInterrupt:
+        print("tpp serve stopped (Ray shut down)", file=sys.stderr)
     return 0
 
 

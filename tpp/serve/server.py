@@ -113,6 +113,12 @@ class PixelsInFlight:
                 self._changed.notify_all()
 
 
+def residency(bank) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """({site: resident version}, {site: (refused version, reason)}) of a bank, on its inference thread (the Ray
+    engine answers it for all replicas together: :mod:`tpp.serve.ray_engine`)."""
+    return {name: s.version for name, s in bank.resident.items()}, dict(bank.refused)
+
+
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
                max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0, *,
                limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0, max_context: int = 256):
@@ -167,8 +173,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     @app.get("/v1/sites", dependencies=[Depends(authorised)])
     async def list_sites():
         rows = adapter_store.listing(store_path, bank.info.hash)
-        resident, refused = await outcome(worker.call(
-            lambda b: ({name: s.version for name, s in b.resident.items()}, dict(b.refused))))
+        resident, refused = await outcome(worker.call(residency))
         for row in rows:
             row["resident"] = resident.get(row["site"]) == row["version"]
             failed = refused.get(row["site"])  # (version, reason): refused until another version is published

@@ -1,0 +1,166 @@
+"""``tpp serve --engine ray``: a local Ray Serve application (2 replicas, 127.0.0.1) over a store of 3 sites.
+
+The integration tests share one application (module fixture, with a bearer token): starting Ray and the
+replicas is most of their time, under 3 minutes in all on a 2-core machine (154 s measured beside three other
+jobs: 3 tiny fine-tuning runs, Ray's start ~75 s, the requests, Ray's stop). No test has a wall-clock limit:
+requests wait at most the suite's hang guard.
+"""
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from helpers import HANG_S, png_bytes
+from serving_fixtures import fine_tuned_sites, offline_probs, request
+
+from tpp.cli import main
+from tpp.serve import store
+
+SITES = {"site_a": ["adapter.r=2", "seed=0"],  # LoRA: the shared-batch group
+         "site_b": ["adapter.r=4", "seed=1"],
+         "site_d": ["adapter={method: linear_probe}", "seed=3"]}  # a per-site sub-batch
+UPLOAD_LIMIT = 64 * 1024
+BODY_TIMEOUT_S = 2.0
+TOKEN = "ray-engine-test-token"
+
+
+def free_port() -> int:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def expected(world, site: str):
+    version = store.current_version(world["store"], site)
+    return offline_probs(world["backbone"], world["store"] / site / version, world["images"])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ray")
+    w = fine_tuned_sites(base, SITES, images=4)
+    for site, run in w["runs"].items():
+        store.publish(run, base / "store", site)
+    w["store"] = base / "store"
+    w["expected"] = {s: expected(w, s) for s in SITES}
+    w["files"] = [(f"{i}.png", png_bytes(im)) for i, im in enumerate(w["images"])]
+    return w
+
+
+@pytest.fixture(scope="module")
+def ray_app(world):
+    """The application on a free loopback port: (url, ingress handle); Serve and Ray are stopped afterwards."""
+    ray_engine = pytest.importorskip("tpp.serve.ray_engine")
+    import ray
+    from ray import serve
+
+    port = free_port()
+    ray_engine.start("127.0.0.1", port)
+    try:
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+        serve.run(ray_engine.application(str(world["backbone"]), str(world["store"]), replicas=2, threads=1,
+                                         token=TOKEN, max_upload_bytes=UPLOAD_LIMIT, body_timeout_s=BODY_TIMEOUT_S),
+                  name=ray_engine.APP, route_prefix="/")
+        yield f"http://127.0.0.1:{port}", serve.get_deployment_handle("TppIngress", app_name=ray_engine.APP)
+    finally:
+        ray_engine.stop()
+    assert not ray.is_initialized()
+
+
+def close(got: list, want: torch.Tensor) -> bool:
+    return bool(torch.allclose(torch.tensor(got), want, atol=1e-5, rtol=0))
+
+
+def probabilities(out: dict) -> list:
+    return [list(p["probabilities"].values()) for p in out["predictions"]]
+
+
+def total(stats: dict, key: str) -> int:
+    return sum(state[key] for state in stats["replicas"].values())
+
+
+@pytest.mark.integration
+def test_two_replicas_answer_three_sites_as_offline_and_reuse_loaded_adapters(world, ray_app):
+    url, ingress = ray_app
+    for site in SITES:  # first round: each site is loaded on some replica
+        status, out = request(f"{url}/v1/sites/{site}/predict", world["files"], token=TOKEN)
+        assert status == 200, out
+        assert out["adapter_id"] == f"{site}@{store.current_version(world['store'], site)}"
+        assert close(probabilities(out), world["expected"][site])
+    stats = ingress.stats.remote().result()
+    loads = total(stats, "loads")
+    assert loads >= len(SITES)
+    for _ in range(3):  # repeated requests go to a replica that holds the site: no new load anywhere
+        for site in SITES:
+            status, out = request(f"{url}/v1/sites/{site}/predict", world["files"][:2], token=TOKEN)
+            assert status == 200 and close(probabilities(out), world["expected"][site][:2])
+    stats = ingress.stats.remote().result()
+    assert total(stats, "loads") == loads, stats
+    assert total(stats, "hits") >= 3 * len(SITES)
+    assert len(stats["replicas"]) <= 2
+    status, listing = request(f"{url}/v1/sites", token=TOKEN)
+    assert status == 200 and all(row["resident"] for row in listing["sites"])
+
+
+@pytest.mark.integration
+def test_token_validation_limits_and_errors_are_the_fastapi_engines(world, ray_app):
+    url, _ = ray_app
+    status, out = request(f"{url}/v1/sites/site_a/predict", world["files"][:1])  # no token
+    assert status == 401 and "bearer token" in out["detail"]
+    assert request(f"{url}/healthz")[0] == 200
+    status, out = request(f"{url}/v1/sites/nowhere/predict", world["files"][:1], token=TOKEN)
+    assert status == 404 and "no published adapter" in out["detail"]
+    status, out = request(f"{url}/v1/sites/site_a/predict", [("x.png", b"not an image")], token=TOKEN)
+    assert status == 400 and "x.png" in out["detail"]
+    big = [("big.bin", b"\0" * (UPLOAD_LIMIT + 1))]
+    status, out = request(f"{url}/v1/sites/site_a/predict", big, token=TOKEN)
+    assert status == 413 and str(UPLOAD_LIMIT) in out["detail"]
+
+
+@pytest.mark.integration
+def test_a_stalled_body_gets_408_through_rays_proxy(ray_app):
+    url, _ = ray_app
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=HANG_S) as sock:
+        sock.sendall(b"POST /v1/sites/site_a/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                     b"boundary=b\r\nContent-Length: 1000\r\n\r\n--b\r\n")  # and then nothing
+        started = time.monotonic()
+        reply = b""
+        while chunk := sock.recv(4096):  # the service closes the connection after its answer
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+    assert b"body-timeout" in reply and time.monotonic() - started >= BODY_TIMEOUT_S * 0.9
+
+
+@pytest.mark.integration
+def test_a_published_version_is_served_by_every_request_after_it_never_mixed(world, ray_app):
+    url, _ = ray_app
+    old = store.current_version(world["store"], "site_a")
+    store.publish(world["runs"]["site_b"], world["store"], "site_a")  # site_b's adapter, as site_a's new version
+    new = store.current_version(world["store"], "site_a")
+    assert new != old
+    want = expected(world, "site_a")
+
+    def ask(_):
+        return request(f"{url}/v1/sites/site_a/predict", world["files"], token=TOKEN)
+
+    with ThreadPoolExecutor(6) as pool:  # concurrent: both replicas may take some
+        answers = list(pool.map(ask, range(12)))
+    for status, out in answers:
+        assert status == 200 and out["version"] == new and close(probabilities(out), want)
+    status, out = request(f"{url}/v1/sites/site_a/reload", body=b"", token=TOKEN)
+    assert status == 200 and out == {"site": "site_a", "old_version": new, "new_version": new}
+    status, listing = request(f"{url}/v1/sites", token=TOKEN)
+    row = next(r for r in listing["sites"] if r["site"] == "site_a")
+    assert row["version"] == new and row["resident"] and row["healthy"]
+
+
+def test_replicas_and_address_belong_to_the_ray_engine(capsys):
+    args = ["serve", "--backbone", "builtin:mae-vit-tiny-med", "--store", "nowhere"]
+    assert main([*args, "--replicas", "2"]) == 2
+    assert "--engine ray" in capsys.readouterr().err
+    assert main([*args, "--engine", "ray", "--replicas", "0"]) == 2
+    assert "--replicas must be at least 1" in capsys.readouterr().err

@@ -1,0 +1,133 @@
+"""The ingress side of ``tpp serve --engine ray`` (:mod:`tpp.serve.ray_engine`): :class:`RayWorker` stands in
+for the inference worker under :func:`tpp.serve.server.create_app` and sends each request to a ``TppSites``
+replica with the multiplexed model id ``site@version``; replicas answer plain data (rows, or an error's kind and
+message), never a pickled exception."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import ray
+from fastapi import HTTPException
+
+from tpp.errors import TppError
+from tpp.serve import store as adapter_store
+from tpp.serve.bank import SiteRefused
+from tpp.serve.images import ImageError, ImageTooLarge
+from tpp.serve.server import residency
+
+log = logging.getLogger("tpp.serve")
+# errors a replica answers with, rebuilt at the ingress so that create_app maps them to the same status codes
+ERRORS = {"UnknownSite": TppError, "SiteRefused": SiteRefused, "ImageTooLarge": ImageTooLarge,
+          "ImageError": ImageError, "TppError": TppError}
+
+
+def model_id(site: str, version: str) -> str:
+    return f"{site}@{version}"
+
+
+def split_model_id(mid: str) -> tuple[str, str]:
+    site, _, version = mid.rpartition("@")
+    return site, version
+
+
+def error_of(exc: BaseException) -> dict:
+    """A replica's error as plain data (never a pickled exception, never a traceback in an answer)."""
+    kind = next((k for k in ERRORS if type(exc).__name__ == k), None)
+    if kind is None:
+        kind = "TppError" if isinstance(exc, TppError) else "Internal"
+    return {"error": kind, "message": str(exc) if kind != "Internal" else f"{type(exc).__name__}: {str(exc)[:200]}"}
+
+
+def raise_error(out: dict, site: str | None = None) -> None:
+    if out["error"] == "UnknownSite" and site is not None:
+        raise adapter_store.UnknownSite(site)
+    if out["error"] == "Internal":
+        raise HTTPException(500, f"a replica failed: {out['message']}")
+    raise ERRORS[out["error"]](out["message"])
+
+
+@dataclass
+class Answer:
+    """A replica's prediction as :func:`create_app` reads it (``version``, ``entries()``)."""
+    version: str
+    rows: list
+
+    def entries(self) -> list[dict]:
+        return self.rows
+
+
+class RayWorker:
+    """Stands in for :class:`~tpp.serve.worker.InferenceWorker` at the ingress: ``predict``, ``reload`` and
+    ``call`` go to a ``TppSites`` replica; their futures are asyncio tasks on the ingress's event loop."""
+
+    def __init__(self, handle, store_path: str, info: dict):
+        self.handle, self.store = handle, store_path
+        self.bank = SimpleNamespace(info=SimpleNamespace(**info))
+        self.replicas: dict[str, dict] = {}  # replica id -> its state as of its last answer
+        self.answered: dict[str, str] = {}  # site -> version of the last answer
+        self.failures = 0  # requests whose replica died or could not be reached
+
+    def predict(self, site: str, arrays: list) -> asyncio.Task:
+        return asyncio.ensure_future(self._predict(site, arrays))
+
+    def reload(self, site: str) -> asyncio.Task:
+        return asyncio.ensure_future(self._reload(site))
+
+    def call(self, fn) -> Future | asyncio.Task:
+        if fn is residency:  # GET /v1/sites: every replica's bank as of its last answer
+            done: Future = Future()
+            done.set_result(self.residency())
+            return done
+        return asyncio.ensure_future(self._call(fn))
+
+    def residency(self) -> tuple[dict, dict]:
+        resident, refused = {}, {}
+        for state in self.replicas.values():
+            resident.update(state["resident"])
+            refused.update(state["refused"])
+        return resident, refused
+
+    def stats(self) -> dict:
+        return {"replicas": dict(self.replicas), "failures": self.failures}
+
+    async def _remote(self, method: str, mid: str | None, *args) -> dict:
+        handle = self.handle if mid is None else self.handle.options(multiplexed_model_id=mid)
+        try:
+            out = await getattr(handle, method).remote(*args)
+        except ray.exceptions.RayError as exc:  # e.g. the replica died: this request fails, nothing else
+            self.failures += 1
+            log.warning("replica call failed: %s", type(exc).__name__)
+            raise HTTPException(503, f"the replica serving this request failed ({type(exc).__name__}); "
+                                     "retry: Ray replaces it") from None
+        self.replicas[out["replica"]["id"]] = out["replica"]
+        return out
+
+    def _current(self, site: str) -> str:
+        version = adapter_store.current_version(self.store, site)
+        if version is None:
+            raise adapter_store.UnknownSite(site)
+        return version
+
+    async def _predict(self, site: str, arrays: list) -> Answer:
+        out = await self._remote("predict", model_id(site, self._current(site)), site, arrays)
+        if "error" in out:
+            raise_error(out, site)
+        self.answered[site] = out["version"]
+        return Answer(out["version"], out["rows"])
+
+    async def _reload(self, site: str) -> tuple[str | None, str]:
+        out = await self._remote("reload", model_id(site, self._current(site)), site)
+        if "error" in out:
+            raise_error(out, site)
+        old, self.answered[site] = self.answered.get(site), out["new"]
+        return old, out["new"]
+
+    async def _call(self, fn):
+        out = await self._remote("call", None, fn)
+        if "error" in out:
+            raise_error(out)
+        return out["result"]

@@ -196,3 +196,43 @@ def parameter_hash(model: nn.Module) -> str:
         digest.update(name.encode() + str(tuple(value.shape)).encode())
         digest.update(value.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+# -- prediction (no gradient, no parameter change) ----------------------------------------------------------
+
+def check_kind(card: dict, task: str, path: str, backbone_hash: str | None = None) -> None:
+    """The model was trained for ``task``; a classifier also on the features of the backbone in use."""
+    if card.get("kind") != task:
+        raise TppError(f"in-context model '{path}' is a {card.get('kind')} model but the context set is a {task} "
+                       f"task; give a model trained with incontext.kind={task}.")
+    trained = card.get("task_distribution", {}).get("backbone", {})
+    if task == "classification" and backbone_hash and trained.get("hash") and trained["hash"] != backbone_hash:
+        raise TppError(f"in-context model '{path}' was trained on features of backbone {trained.get('id')} (hash "
+                       f"{trained['hash'][:12]}), not of the backbone in use (hash {backbone_hash[:12]}); use "
+                       "--backbone with the model's backbone.")
+
+
+@torch.no_grad()
+def classify(model: SetClassifier, context: torch.Tensor, labels: torch.Tensor, num_classes: int,
+             queries: torch.Tensor) -> torch.Tensor:
+    """Context features (K, D), labels (K,) in [0, C), query features (Q, D) -> probabilities (Q, C)."""
+    device = next(model.parameters()).device
+    logits = model(context[None].to(device), labels[None].to(device), queries[None].to(device), num_classes)
+    return torch.softmax(logits[0].float(), dim=-1).cpu()
+
+
+@torch.no_grad()
+def segment(model: CrossConvNet, images: torch.Tensor, masks: torch.Tensor, queries: torch.Tensor,
+            chunk: int = 8) -> torch.Tensor:
+    """Context images (K, S, S) and binary masks (K, S, S), query images (Q, S, S), all in [0, 1] ->
+    foreground probabilities (Q, S, S)."""
+    device = next(model.parameters()).device
+    support_images = images[None, :, None].to(device)
+    support_labels = masks[None, :, None].float().to(device)
+    out = []
+    for start in range(0, len(queries), chunk):
+        target = queries[start:start + chunk, None].to(device)
+        b = len(target)
+        logits = model(target, support_images.expand(b, -1, -1, -1, -1), support_labels.expand(b, -1, -1, -1, -1))
+        out.append(torch.sigmoid(logits[:, 0].float()).cpu())
+    return torch.cat(out)

@@ -47,6 +47,16 @@ def test_classifier_is_invariant_to_context_order_and_takes_any_k():
         model(context, labels, queries, 5)
 
 
+def test_prediction_does_not_depend_on_which_id_each_class_got():
+    model, gen = _classifier(6), torch.Generator().manual_seed(6)
+    context, queries = torch.randn(7, 12, generator=gen), torch.randn(4, 12, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 2])
+    probs = learned.classify(model, context, labels, 3, queries)
+    relabelled = learned.classify(model, context, torch.tensor([2, 0, 1])[labels], 3, queries)  # 0->2, 1->0, 2->1
+    assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(probs, relabelled[:, [2, 0, 1]], atol=1e-5)
+
+
 def test_segmenter_is_invariant_to_support_order_and_takes_one_support():
     model, gen = _segmenter(), torch.Generator().manual_seed(2)
     target = torch.rand(2, 1, 16, 16, generator=gen)

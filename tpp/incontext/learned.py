@@ -215,10 +215,18 @@ def check_kind(card: dict, task: str, path: str, backbone_hash: str | None = Non
 @torch.no_grad()
 def classify(model: SetClassifier, context: torch.Tensor, labels: torch.Tensor, num_classes: int,
              queries: torch.Tensor) -> torch.Tensor:
-    """Context features (K, D), labels (K,) in [0, C), query features (Q, D) -> probabilities (Q, C)."""
+    """Context features (K, D), labels (K,) in [0, C), query features (Q, D) -> probabilities (Q, C).
+
+    The logits are averaged over the C cyclic relabellings of the classes (class c answered under id
+    (c + r) mod C, r = 0..C-1), so the answer does not depend on which id each class got: training permutes
+    the ids per episode, but a briefly trained model can still keep a preference for an id."""
     device = next(model.parameters()).device
-    logits = model(context[None].to(device), labels[None].to(device), queries[None].to(device), num_classes)
-    return torch.softmax(logits[0].float(), dim=-1).cpu()
+    context, labels, queries = context[None].to(device), labels[None].to(device), queries[None].to(device)
+    total = 0
+    for shift in range(num_classes):
+        logits = model(context, (labels + shift) % num_classes, queries, num_classes)[0].float()  # (Q, C)
+        total = total + logits.roll(-shift, dims=-1)  # column c <- id (c + shift) mod C
+    return torch.softmax(total / num_classes, dim=-1).cpu()
 
 
 @torch.no_grad()

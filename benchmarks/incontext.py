@@ -13,11 +13,16 @@ pre-trained on BloodMNIST, OrganAMNIST, DermaMNIST and MedNIST: it never saw the
   seed 0), K image-mask pairs drawn from the rest; per-patch prototypes (and token kNN) at 64 px input
   (a 16 x 16 patch grid); mean per-image Dice at 64 px.
 
+The learned in-context models (``tpp run incontext``, trained with BreastMNIST, PneumoniaMNIST and BUSI held
+out) join as method ``learned`` with ``--learned-classification DIR`` / ``--learned-segmentation DIR`` (their
+``model/`` folders): the classifier on the same frozen features, the CrossConv segmenter on the 64 px BUSI images
+with the K context pairs as its support set.
+
 5 seeds of context draws per K (the spread is over which K examples were drawn). Every number goes through
 the same functions as ``tpp predict --context`` (features once per image, then :func:`tpp.incontext.methods.
 classify` / ``segment``). Latency: ``tpp.incontext.predict.prepare`` of a K = 16 set and one query at a time,
-end to end from uint8 images (median of repeats). Not measured here: the learned in-context model
-(``tpp run incontext``: not built yet) and LoRA / linear probe fine-tuned on the same K examples.
+end to end from uint8 images (median of repeats). Not measured here: LoRA / linear probe fine-tuned on the
+same K examples.
 """
 from __future__ import annotations
 
@@ -42,8 +47,10 @@ BUSI = "seg/busi_64.npz"
 SEG_SIZE, QUERY_CHUNK, POOL = 64, 16, 500
 
 
-def classification_cells(extractor, path: Path, ks, seeds) -> list[dict]:
-    """Accuracy / AUROC of each method, K and seed on one MedMNIST file."""
+def classification_cells(extractor, path: Path, ks, seeds, learned=None) -> list[dict]:
+    """Accuracy / AUROC of each method, K and seed on one MedMNIST file (``learned``: a loaded in-context
+    classifier, ``(model, card)``)."""
+    from tpp.incontext import learned as icl
     from tpp.incontext.methods import classify
     from tpp.metrics import quick_metrics
 
@@ -63,6 +70,9 @@ def classification_cells(extractor, path: Path, ks, seeds) -> list[dict]:
                 probs, t = classify(pool[index], torch.as_tensor(pool_y[index]).long(), 2, test, method)
                 cells.append({"k": k, "seed": seed, "method": method, "temperature": t,
                               **quick_metrics(probs, test_y.long())})
+            if learned is not None:
+                probs = icl.classify(learned[0], pool[index], torch.as_tensor(pool_y[index]).long(), 2, test)
+                cells.append({"k": k, "seed": seed, "method": "learned", **quick_metrics(probs, test_y.long())})
     return cells
 
 
@@ -80,9 +90,12 @@ def dice(pred: torch.Tensor, target: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2 * inter / total
 
 
-def segmentation_cells(extractor, path: Path, ks, seeds) -> list[dict]:
-    """Mean Dice of each method, K and seed on BUSI."""
+def segmentation_cells(extractor, path: Path, ks, seeds, learned=None, max_queries: int | None = None) -> list[dict]:
+    """Mean Dice of each method, K and seed on BUSI (``learned``: a loaded in-context segmenter; ``max_queries``:
+    the first that many query images only)."""
+    from tpp.incontext import learned as icl
     from tpp.incontext.methods import segment, upsample
+    from tpp.incontext.predict import gray
 
     data = np.load(path)
     images, masks = data["images"], data["masks"]
@@ -90,7 +103,9 @@ def segmentation_cells(extractor, path: Path, ks, seeds) -> list[dict]:
     grid = extractor.grid(rule)
     tokens = extractor.tokens(list(images), rule)  # (N, 256, D)
     pool, query = busi_split(data)
+    query = query[:max_queries]
     target = torch.as_tensor(masks[query]).bool()
+    pixels = gray(list(images), SEG_SIZE)  # (N, 64, 64) in [0, 1]: the learned segmenter's input
     cells = []
     for k in ks:
         for seed in range(seeds):
@@ -105,6 +120,11 @@ def segmentation_cells(extractor, path: Path, ks, seeds) -> list[dict]:
                         scores.append(dice(upsample(p, truth.shape) >= 0.5, truth))
                 cells.append({"k": k, "seed": seed, "method": method, "temperature": t,
                               "dice": float(np.mean(scores)), "queries": len(scores)})
+            if learned is not None:
+                fg = icl.segment(learned[0], pixels[ctx], torch.as_tensor(masks[ctx]).float(), pixels[query])
+                scores = [dice(p >= 0.5, truth) for p, truth in zip(fg, target)]
+                cells.append({"k": k, "seed": seed, "method": "learned", "dice": float(np.mean(scores)),
+                              "queries": len(scores)})
     return cells
 
 
@@ -141,6 +161,38 @@ def latency(extractor, root: Path, repeats: int = 20) -> list[dict]:
     return rows
 
 
+def learned_latency(extractor, root: Path, models: dict, repeats: int = 10) -> list[dict]:
+    """As :func:`latency`, for the learned models given (``{"classification": (model, card), ...}``)."""
+    from tpp.incontext.context import CLASSIFICATION as CLS
+    from tpp.incontext.context import SEGMENTATION, ContextSet, check
+    from tpp.incontext.predict import prepare
+
+    rows = []
+    breast, busi = np.load(root / CLASSIFICATION["breastmnist"]), np.load(root / BUSI)
+    y = breast["train_labels"][:, 0]
+    index = np.concatenate([np.flatnonzero(y == c)[:16] for c in (0, 1)])
+    sets = {"classification": ("breastmnist (28 px)", ContextSet(CLS, list(breast["train_images"][index]),
+                                                                  [str(v) for v in y[index]], names=[""] * 32),
+                               list(breast["test_images"][:repeats])),
+            "segmentation": ("busi (64 px)", ContextSet(SEGMENTATION, list(busi["images"][:16]),
+                                                        masks=list(busi["masks"][:16]), names=[""] * 16),
+                             list(busi["images"][-repeats:]))}
+    for kind, model in models.items():
+        name, ctx, queries = sets[kind]
+        ctx = check(ctx)
+        start = time.perf_counter()
+        prepared = prepare(ctx, extractor, "learned", model=model)
+        prep_s = time.perf_counter() - start
+        times = []
+        for q in queries:
+            start = time.perf_counter()
+            prepared.predict([q])
+            times.append(time.perf_counter() - start)
+        rows.append({"set": name, "k": ctx.k, "method": "learned", "prepare_s": prep_s,
+                     "query_ms_median": 1000 * statistics.median(times)})
+    return rows
+
+
 def summary(cells: list[dict], metric: str) -> dict:
     """{method: {k: (mean, std, n)}}."""
     out: dict = {}
@@ -166,35 +218,64 @@ def main() -> None:
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--quick", action="store_true", help="K in {1, 4, 16}, 2 seeds")
+    parser.add_argument("--ks", type=int, nargs="+", help="context sizes (default 1 2 4 8 16 32)")
+    parser.add_argument("--seeds", type=int, help="seeds of context draws (default 5)")
+    parser.add_argument("--busi-queries", type=int, help="BUSI: the first N held-out query images only (default all)")
+    parser.add_argument("--learned-classification", metavar="DIR",
+                        help="model/ folder of `tpp run incontext` (kind classification): adds method learned")
+    parser.add_argument("--learned-segmentation", metavar="DIR",
+                        help="model/ folder of `tpp run incontext` (kind segmentation): adds method learned")
+    parser.add_argument("--name", default=None, help="result file stem (default incontext[_quick])")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from tpp.incontext.features import load_extractor
 
+    from tpp.incontext import learned
+
     ks, seeds = ([1, 4, 16], 2) if args.quick else (KS, SEEDS)
+    ks, seeds = args.ks or ks, args.seeds or seeds
     root = Path(args.data_root)
     extractor = load_extractor(args.backbone)
+    models = {kind: learned.load(path) for kind, path in (("classification", args.learned_classification),
+                                                           ("segmentation", args.learned_segmentation)) if path}
+    for kind, (_, card) in models.items():
+        learned.check_kind(card, kind, f"--learned-{kind}", extractor.info.hash)
     results, started = {}, time.time()
     for name, file in CLASSIFICATION.items():
-        results[name] = (classification_cells(extractor, root / file, ks, seeds), ["accuracy", "auroc"])
+        results[name] = (classification_cells(extractor, root / file, ks, seeds, models.get("classification")),
+                         ["accuracy", "auroc"])
         print(f"{name}: {time.time() - started:.0f} s", file=sys.stderr)
-    results["busi"] = (segmentation_cells(extractor, root / BUSI, ks, seeds), ["dice"])
+    results["busi"] = (segmentation_cells(extractor, root / BUSI, ks, seeds, models.get("segmentation"),
+                                          args.busi_queries), ["dice"])
     print(f"busi: {time.time() - started:.0f} s", file=sys.stderr)
-    timing = latency(extractor, root)
+    timing = latency(extractor, root) + learned_latency(extractor, root, models)
     lat = "\n".join(["| set | K | method | prepare the set (s) | per query (ms, median) |", "|---|---|---|---|---|"]
                     + [f"| {r['set']} | {r['k']} | {r['method']} | {r['prepare_s']:.2f} | {r['query_ms_median']:.1f} |"
                        for r in timing])
     description = (f"In-context prediction on the frozen backbone {args.backbone}: mean ± std over {seeds} seeds of "
                    "context draws. Classification: K examples per class (from a fixed pool of 500 training images "
                    "per class), all test images. BUSI: K "
-                   "image-mask pairs, 30% of dup_groups held out as queries. Total "
-                   f"{time.time() - started:.0f} s.")
-    command = "nice python benchmarks/incontext.py" + (" --quick" if args.quick else "")
-    report.publish(args.out, "incontext" + ("_quick" if args.quick else ""), report.machine(), command, description,
+                   "image-mask pairs, 30% of dup_groups held out as queries"
+                   + (f" (the first {args.busi_queries})" if args.busi_queries else "") + ". "
+                   + "".join(f"Learned {kind}: {_describe(card)}. " for kind, (_, card) in models.items())
+                   + f"Total {time.time() - started:.0f} s.")
+    command = "nice python " + " ".join(["benchmarks/incontext.py", *sys.argv[1:]])
+    stem = args.name or "incontext" + ("_quick" if args.quick else "")
+    report.publish(args.out, stem, report.machine(), command, description,
                    table(results, ks) + "\n\nLatency (end to end from uint8 images, one query at a time):\n\n" + lat,
                    {"ks": ks, "seeds": seeds, "backbone": args.backbone,
+                    "learned": {kind: {k: card.get(k) for k in ("holdout", "train", "summary", "task_distribution")}
+                                for kind, (_, card) in models.items()},
                     "cells": {n: c for n, (c, _) in results.items()}, "latency": timing})
+
+
+def _describe(card: dict) -> str:
+    summary = card.get("summary", {})
+    return (f"{summary.get('parameters', 0):,} parameters, {summary.get('steps')} steps of "
+            f"{summary.get('episodes_per_step')} episodes, {summary.get('cpu_hours')} CPU-hours, held out "
+            f"{', '.join(card.get('holdout', []))}")
 
 
 if __name__ == "__main__":

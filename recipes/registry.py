@@ -46,4 +46,14 @@ RECIPES = {
                         ignores=("adapter.path", "adapter.init_from", "data.split", "data.label_fraction",
                                  "data.val_label_fraction", "data.use_eval_splits", "train.select_best",
                                  "train.head_lr_scale", "train.eval_every")),
+    "incontext": Recipe("train a learned in-context model (Neuralizer / UniverSeg style) on episodes of many tasks, "
+                        "leaving held-out datasets out: classification on frozen features, or 64 px segmentation",
+                        COMMON + ("backbone", "data", "incontext"),
+                        ignores=tuple(f"data.{k}" for k in (
+                            "name", "source", "origin", "modality", "label_fraction", "val_label_fraction",
+                            "split", "val_fraction", "test_fraction", "hflip", "use_eval_splits",
+                            "license", "num_workers")) + (
+                            "train.epochs", "train.min_steps", "train.grad_accum_steps", "train.eval_every",
+                            "train.eval_batch_size", "train.head_lr_scale", "train.select_best", "backbone.mean",
+                            "backbone.std", "backbone.input_size")),
 }

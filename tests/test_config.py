@@ -286,7 +286,7 @@ def test_unknown_keys_suggest_the_close_known_key():
         "unknown config key 'pretext.mask_ration' for pretext.name=mae; did you mean pretext.mask_ratio?"]
     assert problems(FINETUNE, ["recipe=finetun"], recipe=None)[0].endswith(
         "recipe: unknown recipe 'finetun'; did you mean finetune? recipes: finetune, evaluate, pretrain_backbone, "
-        "tpp, multitask (`tpp ls`).")
+        "tpp, multitask, incontext (`tpp ls`).")
     far = problems(FINETUNE, ["train.zzz=1"])[0]  # nothing close: the keys there are listed
     assert far.startswith("unknown config key 'train.zzz'. Known keys here: adam_beta2, batch_size")
 

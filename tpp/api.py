@@ -456,7 +456,7 @@ def check_loads(source, backbone: str) -> None:
 # -- in-context prediction -------------------------------------------------------------------------------------
 
 def in_context(context, images, backbone=None, method: str = "prototype", *, k: int | None = None,
-               adapter=None, image_size: int | None = None, max_k: int = 256, device: str = "cpu"):
+               adapter=None, image_size: int | None = None, max_k: int = 256, device: str = "cpu", model=None):
     """Predict ``images`` from a context set of labelled examples, with no training (``tpp predict --context``).
 
     ``context``: a folder (class sub-folders, or ``images/`` + ``masks/``), a CSV (``image,label`` or
@@ -465,7 +465,8 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
     class label). ``images``: one image or a list. ``backbone``:
     default ``builtin:mae-vit-tiny-med``; ``adapter``: a TPP / LoRA adapter folder whose features to use;
     ``method``: ``prototype`` (nearest class centroid / per-patch prototypes) or ``knn`` (``k`` neighbours,
-    default about sqrt(K)); at most ``max_k`` examples. Returns a dict per image (a list for a list), as
+    default about sqrt(K)), or ``learned`` (the in-context model in the folder ``model``, from ``tpp run
+    incontext``); at most ``max_k`` examples. Returns a dict per image (a list for a list), as
     :meth:`Model.predict` does: ``label`` and ``probabilities``, or ``mask`` (uint8 (H, W)), ``classes`` and
     ``pixels``. No weight changes (the backbone is frozen and never written)."""
     from tpp.backbones import DEFAULT_BACKBONE
@@ -486,7 +487,8 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
         extractor = load_extractor(os.fspath(backbone) if backbone is not None else DEFAULT_BACKBONE, device)
         if adapter is not None:
             extractor = with_adapter(extractor, os.fspath(adapter))
-        prepared = prepare(ctx, extractor, method, k, image_size)
+        prepared = prepare(ctx, extractor, method, k, image_size,
+                           model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else model)
         results = []
         for result in prepared.predict(arrays):
             entry = prepared.json_entry(result)

@@ -229,6 +229,62 @@ class EvaluateConfig:
                                                 "organamnist ...); default: data.name")
 
 
+# -- the learned in-context model (issue 25) --------------------------------------------------------------
+
+INCONTEXT_TASKS = ("busi", "shapes", "threshold", "superpixel", "denoise", "inpaint")
+
+
+@dataclass
+class IncontextConfig:
+    """The incontext recipe: a learned in-context model trained on episodes (``tpp.incontext.episodes``)."""
+    kind: Literal["classification", "segmentation"] = _f(
+        "classification", "classification: a set model on frozen backbone features; segmentation: a CrossConv "
+                          "network on 64 px images (also image-to-image tasks)")
+    holdout: list = _f(["breastmnist", "pneumoniamnist", "busi"],
+                       "datasets never read in training (leave-one-dataset-out); breastmnist and busi are the same "
+                       "images, so either holds out both")
+    max_classes: int = _f(16, "classification: most classes a context may hold")
+    max_context: int = _f(16, "most context examples per class (classification) or support pairs (segmentation) "
+                              "an episode draws; the model itself takes any K")
+    queries: int = _f(8, "classification: query examples per class and episode")
+    one_vs_rest: float = _f(0.3, "classification: share of the binary episodes that are one class against the rest")
+    per_class: int = _f(200, "classification: training images per class and dataset whose features are sampled")
+    pool_images: int = _f(600, "segmentation: unlabeled training images per dataset for the synthetic tasks")
+    image_size: int = _f(64, "segmentation: pixels per side")
+    hidden: int = _f(128, "classification: width of the set model")
+    layers: int = _f(2, "classification: attention layers over the context (and as many query layers)")
+    heads: int = _f(4, "classification: attention heads")
+    channels: list = _f([8, 16, 32, 32], "segmentation: channels of the CrossConv levels (64 -> 8 px)")
+    tasks: dict = _f({"busi": 1.0, "shapes": 1.0, "threshold": 1.0, "superpixel": 1.0, "denoise": 0.5,
+                      "inpaint": 0.5}, "segmentation: draw weight of each task (busi is skipped when held out)")
+
+    def __post_init__(self):
+        from tpp.errors import ConfigError
+
+        problems = []
+        if not all(isinstance(h, str) and h for h in self.holdout):
+            problems.append(f"incontext.holdout must be a list of dataset names, got {self.holdout!r}.")
+        for key in ("max_classes", "max_context", "queries", "per_class", "pool_images", "hidden", "layers", "heads"):
+            if getattr(self, key) < 1:
+                problems.append(f"incontext.{key} must be at least 1, got {getattr(self, key)}.")
+        if self.max_classes < 2:
+            problems.append(f"incontext.max_classes must be at least 2, got {self.max_classes}.")
+        if not 0 <= self.one_vs_rest <= 1:
+            problems.append(f"incontext.one_vs_rest is a share in [0, 1], got {self.one_vs_rest}.")
+        levels = len(self.channels)
+        if levels < 1 or not all(isinstance(c, int) and c >= 4 and c % 4 == 0 for c in self.channels):
+            problems.append(f"incontext.channels must be a list of multiples of 4, got {self.channels!r}.")
+        elif self.image_size < 8 or self.image_size % 2 ** (levels - 1):
+            problems.append(f"incontext.image_size must be a multiple of {2 ** (levels - 1)} (one halving per "
+                            f"level of incontext.channels), got {self.image_size}.")
+        unknown = sorted(set(self.tasks) - set(INCONTEXT_TASKS))
+        if unknown or not all(isinstance(w, (int, float)) and w >= 0 for w in self.tasks.values()):
+            problems.append(f"incontext.tasks maps tasks ({', '.join(INCONTEXT_TASKS)}) to weights >= 0, got "
+                            f"{self.tasks!r}.")
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+
 @dataclass
 class RunConfig:
     recipe: str = _f("finetune", "recipe the config is written for; it may set only the sections that recipe reads "
@@ -253,6 +309,7 @@ class RunConfig:
     supervised_weight: float = _f(1.0, "pretrain_backbone: weight of the mean supervised loss (0: MAE only)")
     multitask: MultitaskConfig = field(default_factory=MultitaskConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)  # issue 24: corruption shift
+    incontext: IncontextConfig = field(default_factory=IncontextConfig)  # issue 25: learned in-context model
 
     def to_dict(self) -> dict:
         """Plain dict of the sections the recipe reads (a run's ``config.yaml``), with adapter, pretext and data

@@ -7,5 +7,7 @@ functions on tensors), :mod:`~.context` (reading and checking context sets), :mo
 :mod:`~.predict` (answering queries). Deployment: :mod:`tpp.serve.contexts` (context sets published like
 adapters), :mod:`tpp.serve.context` (the service's routes), :mod:`tpp.serve.context_commands` (``tpp predict
 --context``, ``tpp context``), :mod:`tpp.serve.adapter_features` (TPP / LoRA-adapted features).
-A learned in-context model (Neuralizer / UniverSeg style) is not built yet.
+The learned in-context models (Neuralizer / UniverSeg style): :mod:`~.learned` (the set classifier and the
+CrossConv segmenter), :mod:`~.episodes` and :mod:`~.synthetic` (the leave-one-dataset-out task distribution),
+trained by ``tpp run incontext`` (``recipes/incontext.py``) and used as method ``learned``.
 """

@@ -1,7 +1,9 @@
 """In-context prediction of images from a context set: the features of the context are computed once
 (:func:`prepare`), then any number of query images are answered (:meth:`Prepared.predict`) with no gradient
-step and no parameter change. Rows and JSON entries have the format of ``tpp predict`` and ``tpp serve``
-with an adapter: ``label`` + ``prob_<class>`` (classification), ``mask`` + ``frac_<class>`` (segmentation)."""
+step and no parameter change. ``method="learned"`` answers with a trained in-context model
+(:mod:`tpp.incontext.learned`, from ``tpp run incontext``) instead of a training-free method. Rows and JSON
+entries have the format of ``tpp predict`` and ``tpp serve`` with an adapter: ``label`` + ``prob_<class>``
+(classification), ``mask`` + ``frac_<class>`` (segmentation)."""
 from __future__ import annotations
 
 import hashlib
@@ -27,6 +29,8 @@ class Prepared:
     masks: torch.Tensor | None  # segmentation: (K, S, S) foreground fractions at the model-input size (area)
     version: str  # content hash of the set (a store's version when it came from one)
     temperature: float | None = None  # calibrated on the context by the first call, then reused
+    model: object | None = None  # method "learned": the in-context model (eval mode, parameters frozen)
+    images: torch.Tensor | None = None  # learned segmentation: context images (K, S, S) in [0, 1]
 
     @property
     def classes(self) -> list[str]:
@@ -39,7 +43,9 @@ class Prepared:
         out = []
         for start in range(0, len(arrays), batch_size):
             chunk = arrays[start:start + batch_size]
-            if self.ctx.task == CLASSIFICATION:
+            if self.model is not None:
+                out += self._predict_learned(chunk)
+            elif self.ctx.task == CLASSIFICATION:
                 queries = self.extractor.features(chunk, self.rule)
                 probs, self.temperature = methods.classify(
                     self.features, torch.as_tensor(self.ctx.label_indices()), len(self.classes), queries, self.method,
@@ -52,6 +58,16 @@ class Prepared:
                                                        self.temperature)
                 out += [(methods.upsample(p, a.shape[:2]) >= 0.5).numpy().astype(np.uint8) for p, a in zip(fg, chunk)]
         return out
+
+    def _predict_learned(self, chunk: list[np.ndarray]) -> list[np.ndarray]:
+        from tpp.incontext import learned
+
+        if self.ctx.task == CLASSIFICATION:
+            probs = learned.classify(self.model, self.features, torch.as_tensor(self.ctx.label_indices()),
+                                     len(self.classes), self.extractor.features(chunk, self.rule))
+            return [p.numpy().astype(np.float64) for p in probs]
+        fg = learned.segment(self.model, self.images, self.masks >= 0.5, gray(chunk, self.rule["image_size"]))
+        return [(methods.upsample(p, a.shape[:2]) >= 0.5).numpy().astype(np.uint8) for p, a in zip(fg, chunk)]
 
     def csv_entry(self, result: np.ndarray, stem: str) -> tuple[dict, dict]:
         """(CSV columns of one image, {mask file name: uint8 mask}) as ``tpp predict`` writes them."""
@@ -85,12 +101,18 @@ def set_hash(ctx: ContextSet) -> str:
 
 @torch.no_grad()
 def prepare(ctx: ContextSet, extractor: Extractor, method: str = "prototype", k: int | None = None,
-            image_size: int | None = None, version: str | None = None) -> Prepared:
+            image_size: int | None = None, version: str | None = None, model=None) -> Prepared:
     """Context features on ``extractor`` (``ctx`` already checked). ``image_size``: pixels fed to the encoder
     (default: the backbone's size for classification, 64 for segmentation); ``k``: kNN's neighbours
-    (default about sqrt of the context size)."""
+    (default about sqrt of the context size). ``method="learned"``: ``model`` is the in-context model's
+    folder (or a ``(model, card)`` pair from :func:`tpp.incontext.learned.load`); ``k`` and ``image_size``
+    do not apply (the model's own input size is used)."""
     from tpp.errors import TppError
 
+    if method == "learned":
+        return _prepare_learned(ctx, extractor, model, version)
+    if model is not None:
+        raise TppError(f"an in-context model is used by --method learned only, not by {method}.")
     methods.check_method(method)
     if k is not None and k < 1:
         raise TppError(f"the number of neighbours k must be at least 1, got {k}.")
@@ -106,3 +128,37 @@ def prepare(ctx: ContextSet, extractor: Extractor, method: str = "prototype", k:
                                                mode="area")[0, 0] for m in ctx.masks])
     return Prepared(ctx, extractor, method, k, rule, extractor.tokens(ctx.images, rule), masks,
                     version or set_hash(ctx))
+
+
+def gray(arrays: list[np.ndarray], size: int) -> torch.Tensor:
+    """uint8 images (H, W) or (H, W, 3) of any sizes -> (B, size, size) float in [0, 1], as the learned
+    segmenter was trained (channel mean, bilinear; :func:`tpp.incontext.episodes.to_gray`)."""
+    from tpp.incontext.episodes import to_gray
+
+    return torch.as_tensor(np.concatenate([to_gray(a[None], size) for a in arrays]))
+
+
+@torch.no_grad()
+def _prepare_learned(ctx: ContextSet, extractor: Extractor, model, version: str | None) -> Prepared:
+    """The context on a learned in-context model: frozen features (classification) or 64 px images and masks."""
+    from tpp.errors import TppError
+    from tpp.incontext import learned
+
+    if model is None:
+        raise TppError("--method learned needs the in-context model: --model DIR (the model/ folder of a "
+                       "`tpp run incontext` run).")
+    path = "(in memory)" if isinstance(model, tuple) else str(model)
+    net, card = model if isinstance(model, tuple) else learned.load(model, extractor.device)
+    learned.check_kind(card, ctx.task, path, extractor.info.hash)
+    if ctx.task == CLASSIFICATION:
+        if len(ctx.classes) > net.max_classes:
+            raise TppError(f"the context set has {len(ctx.classes)} classes; in-context model '{path}' handles at "
+                           f"most {net.max_classes}. Use --method prototype or knn.")
+        rule = extractor.rule(ctx.channels)
+        return Prepared(ctx, extractor, "learned", None, rule, extractor.features(ctx.images, rule), None,
+                        version or set_hash(ctx), model=net)
+    size = int(card.get("task_distribution", {}).get("image_size", SEG_SIZE))
+    masks = torch.stack([methods.F.interpolate(torch.as_tensor(m, dtype=torch.float32)[None, None], size=(size, size),
+                                               mode="area")[0, 0] for m in ctx.masks])
+    return Prepared(ctx, extractor, "learned", None, {"image_size": size}, torch.empty(0), masks,
+                    version or set_hash(ctx), model=net, images=gray(ctx.images, size))

@@ -14,8 +14,11 @@ def add_context_options(pr) -> None:
     pr.add_argument("--context", metavar="DIR_OR_CSV",
                     help="predict from this context set of labelled examples instead of an adapter: a folder of "
                          "class sub-folders or of images/ + masks/, or a CSV image,label / image,mask (no --store)")
-    pr.add_argument("--method", choices=("prototype", "knn"), default="prototype",
-                    help="--context: nearest class centroid / per-patch prototypes (default), or k nearest neighbours")
+    pr.add_argument("--method", choices=("prototype", "knn", "learned"), default="prototype",
+                    help="--context: nearest class centroid / per-patch prototypes (default), k nearest neighbours, "
+                         "or a learned in-context model (--model)")
+    pr.add_argument("--model", metavar="DIR", help="--context --method learned: the in-context model (the model/ "
+                                                   "folder of a `tpp run incontext` run, or the run folder)")
     pr.add_argument("--neighbours", type=int, help="--context --method knn: neighbours (default about sqrt(K))")
     pr.add_argument("--max-context", type=int, default=256, help="--context: most examples a set may hold "
                                                                   "(default 256)")
@@ -92,9 +95,11 @@ def cmd_predict_context(args) -> int:
     limits = PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))
     skipped: list[Skipped] | None = [] if args.on_bad_file == "skip" else None
     files = collect(args.images, skipped)
+    if args.method == "learned" and not args.model:
+        raise TppError("--method learned needs --model DIR (the model/ folder of a `tpp run incontext` run).")
     ctx = read_context(args.context, args.max_context, limits)  # every context problem before the backbone loads
     extractor = _extractor(args.backbone, args.adapter, args.device)
-    prepared = prepare(ctx, extractor, args.method, args.neighbours, args.image_size)
+    prepared = prepare(ctx, extractor, args.method, args.neighbours, args.image_size, model=args.model)
     name = Path(args.context).name.split(".")[0] or "context"
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window), "limits": limits}
     rows, masks, good, arrays = [], {}, [], []

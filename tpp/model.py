@@ -45,6 +45,13 @@ class TaskModel(nn.Module):
         return self.head(tokens, self.encoder.grid(pixel_values), pixel_values)
 
 
+def input_frame(model: nn.Module) -> int:
+    """Pixels of the input border an attached method keeps for itself (a padding visual prompt's ``pad``;
+    0 for every other method): the input pipeline brings the image to ``input_size - 2 x frame`` and puts
+    a zero border of that width around it (``tpp.data.tensors.to_model_tensor``)."""
+    return max((int(getattr(m, "input_frame", 0)) for m in model.modules()), default=0)
+
+
 def attach_adapter(encoder: Encoder, method_name: str, options,
                    targets: list[str] | None = None) -> tuple[Method, object, list[str]]:
     """Add a method's target parameters to ``encoder`` in place (``encoder.method`` records it).

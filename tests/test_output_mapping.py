@@ -179,3 +179,16 @@ def test_finetune_with_ilm_on_a_hub_classifier_then_evaluate(tmp_path):
                    f"adapter.path={tmp_path / 'ft' / 'adapter'}", f"output_dir={tmp_path / 'ev'}") == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert 0 <= metrics["test"]["auroc"] <= 1
+
+
+def test_label_mapping_with_nothing_to_train_is_a_config_error():
+    from tpp.config import load_config
+    from tpp.errors import ConfigError
+    from tpp.tasks import get_task
+
+    cfg = load_config({"recipe": "finetune", "adapter": {"method": "linear_probe"},
+                       "classification": {"output_mapping": "flm"}})
+    with pytest.raises(ConfigError, match="linear_probe trains nothing"):
+        get_task("classification").check_config(cfg)
+    with pytest.raises(ConfigError, match="output_mapping must be one of"):
+        load_config({"recipe": "finetune", "classification": {"output_mapping": "lm"}})

@@ -86,6 +86,11 @@ class Classification(Task):
 
         if get_source(cfg.data.source).masks:
             raise ConfigError(f"data.source={cfg.data.source} holds segmentation masks; set task=segmentation.")
+        mapping = getattr(cfg.task_options, "output_mapping", "probe")
+        if mapping != "probe" and cfg.adapter.method == "linear_probe":
+            raise ConfigError(f"classification.output_mapping={mapping} keeps the backbone's classifier frozen and "
+                              "adapter.method=linear_probe trains nothing else: use adapter.method=visual_prompt "
+                              "(visual reprogramming) or another method, or classification.output_mapping=probe.")
 
     def check_data(self, dataset) -> None:
         if dataset.is_segmentation:

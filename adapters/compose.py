@@ -6,7 +6,8 @@ directory (``adapter_model.safetensors``), so TPP hand-off, save / load, per-sit
 (``adapter.lora.r: 8``, ``adapter.visual_prompt.pad: 4``).
 
 Compatibility is declared in the registry: each method lists what it ``touches`` (``input`` pixels, prompt
-``tokens``, ``linear`` layers, ``norm`` layers ...). Two parts are compatible when both declare it and touch
+``tokens``, ``linear`` layers, ``norm`` layers, ``sublayers`` (modules wrapped whole, e.g. a layer's mlp) ...;
+``()`` for the linear probe, which adds nothing). Two parts are compatible when both declare it, touch
 different things, and at most one is a peft method (peft wraps the whole model once). A peft part attaches
 first; tpp's own parts then wrap modules inside peft's base model.
 """
@@ -54,8 +55,12 @@ def check_compatible(parts: list) -> None:
 
 def _conflict(a, b) -> str | None:
     for m in (a, b):
-        if m.kind != "adapter" or m.touches is None:
-            return f"'{m.name}' does not declare itself composable in the registry"
+        if m.kind != "adapter":
+            return f"'{m.name}' is a baseline that trains every weight ({m.kind}), never a part of an adapter"
+        if m.touches is None:
+            return f"'{m.name}' does not declare what it adapts (touches) in the registry"
+        if not m.touches:
+            return f"'{m.name}' adds no target parameters (the task head trains with every method): use the other alone"
     if a.uses_peft and b.uses_peft:
         return "both are peft methods (peft wraps the model once)"
     shared = sorted(set(a.touches) & set(b.touches))

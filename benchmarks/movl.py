@@ -97,6 +97,11 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} +- {sd:.3f}"
 
 
+def severity_mean(cell: dict) -> float:
+    """A cell's corrupted AUROC averaged over corruptions and the severities it holds (1-5)."""
+    return statistics.mean(cell["corrupted_auroc"].values())
+
+
 def tables(cells: list[dict]) -> str:
     """Markdown: one table per (target, fraction)."""
     out = []
@@ -105,8 +110,9 @@ def tables(cells: list[dict]) -> str:
         rows = [c for c in cells if c["target"] == target and c["fraction"] == fraction]
         full = {c["seed"]: c for c in rows if c["method"] == "full"}
         out += [f"### {target}, {fraction:.0%} labels", "",
-                "| method | seeds | test AUROC | test acc | corrupted AUROC s1 / s3 / s5 | AUROC - full (paired) | "
-                "corrupted s3 - full (paired) | trainable | saved KiB |", "|---|---|---|---|---|---|---|---|---|"]
+                "| method | seeds | test AUROC | test acc | corrupted AUROC s1 / s3 / s5 | corrupted AUROC mean s1-5 | "
+                "AUROC - full (paired) | acc - full (paired) | corrupted s3 - full (paired) | "
+                "corrupted mean - full (paired) | trainable | saved KiB |", "|---" * 12 + "|"]
         for method in METHODS:
             mine = [c for c in rows if c["method"] == method]
             if not mine:
@@ -115,9 +121,12 @@ def tables(cells: list[dict]) -> str:
             paired = [c["test_auroc"] - full[c["seed"]]["test_auroc"] for c in mine if c["seed"] in full]
             paired_s3 = [c["corrupted_auroc"]["3"] - full[c["seed"]]["corrupted_auroc"]["3"]
                          for c in mine if c["seed"] in full]
+            paired_acc = [c["test_accuracy"] - full[c["seed"]]["test_accuracy"] for c in mine if c["seed"] in full]
+            paired_mean = [severity_mean(c) - severity_mean(full[c["seed"]]) for c in mine if c["seed"] in full]
+            vs_full = [_ms(v) if method != "full" else "-" for v in (paired, paired_acc, paired_s3, paired_mean)]
             out.append(f"| {method} | {len(mine)} | {_ms([c['test_auroc'] for c in mine])} | "
                        f"{_ms([c['test_accuracy'] for c in mine])} | {corrupt} | "
-                       f"{_ms(paired) if method != 'full' else '-'} | {_ms(paired_s3) if method != 'full' else '-'} | "
+                       f"{_ms([severity_mean(c) for c in mine])} | {' | '.join(vs_full)} | "
                        f"{mine[0]['trainable_parameters']:,} | {mine[0]['saved_bytes'] / 1024:.0f} |")
         names = sorted({k for c in rows for k in c["per_corruption_auroc_s3"]})
         out += ["", "Per corruption at severity 3 (test AUROC, mean over seeds):", "",

@@ -21,7 +21,7 @@ from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs
 from tpp.errors import ConfigError, TppError
-from tpp.model import TaskModel, attach_adapter, load_adapter_state
+from tpp.model import TaskModel, attach_adapter, input_frame, load_adapter_state
 from tpp.predictions_csv import publish_predictions, split_rows
 from tpp.tasks import task_of_card, task_of_result
 from tpp.training import build_accelerator, predict
@@ -38,6 +38,7 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
     encoder, info, _ = load_backbone(backbone_path, mean, std, input_size=card.get("input", {}).get("image_size"))
     verify_backbone(card, info, path)
     attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+    info.frame = input_frame(encoder.model)
     load_adapter_state(encoder, read_weights(path, card), path)
     head = load_head(path, card, info.hidden_size)
     return TaskModel(encoder, head).eval(), card, info

@@ -20,6 +20,7 @@ from tpp.backbones import load_backbone
 from tpp.builders import attach_target_parameters, input_rule, record_skipped
 from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs, stream_loader
+from tpp.label_mapping import prepare_output_mapping
 from tpp.data.subsets import label_fraction_index, selection_rule, val_fraction_used, val_subset_index
 from tpp.model import TaskModel, trainable_parameters
 from tpp.predictions_csv import publish_predictions, split_rows
@@ -98,11 +99,14 @@ def run(cfg, run) -> dict:
     def evaluate(model):
         return task.score(predictions(model, x_val), y_val, dataset)
 
+    prepare_output_mapping(model, x_train, y_train, cfg.train.batch_size, cfg.train.eval_batch_size)  # FLM / ILM
     result = train_loop(accelerator, model, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
                         evaluate if select else None, plan.eval_every,
                         desc=f"finetune {dataset.name}", accum_steps=cfg.train.grad_accum_steps,
                         checkpoints=checkpointer(cfg.train, run))
     model = accelerator.unwrap_model(model)
+    if getattr(model.head, "history", None):  # label mapping: every mapping FLM / ILM computed, by step
+        run.log(event="output_mapping", kind=model.head.kind, history=model.head.history)
     val_pred, test_pred = predictions(model, x_val), predictions(model, x_test)
     entry = task.choose_on_validation(options, entry, val_pred, y_val)  # classification: the threshold
     decided = task.for_card(entry)  # decides as evaluate, predict and serve will from the card

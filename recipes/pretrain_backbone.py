@@ -8,7 +8,9 @@ the mean patch tokens of the unmasked encoder (UMedPT-style; the mean over the d
 the batch, so memory does not grow with the number of tasks beyond one small head each). Only the
 training splits are used. Writes ``backbone/`` in transformers' format (``config.json`` with ``mask_ratio`` 0.0,
 ``model.safetensors``, ``preprocessor_config.json`` with mean/std) plus ``tpp_backbone_card.json``
-listing the pool, its content hashes and its licences; the heads are discarded.
+listing the pool, its content hashes and its licences. The supervised heads are kept as the backbone's source
+classifier (``tpp_source_heads.safetensors``, described in the card's ``source_classifier`` with the pooling they
+read: mean patch tokens), which label mapping (``classification.output_mapping``) maps to a target's classes.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from tpp.backbones import FAMILIES, Encoder, backbone_hash
 from tpp.data.build import data_license, load_data, random_hflip, to_model_tensor
 from tpp.errors import ConfigError
 from tpp.pretext.mae import decode, encode_visible, mask_noise, masked_mse, patchify
+from tpp.source_classifier import HEADS_FILE
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
                           plan_steps, train_loop)
 
@@ -99,7 +102,27 @@ def load_pool(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict]
     return torch.cat(images), torch.cat(sources), torch.cat(labels).long(), entries, classes
 
 
-def write_backbone(path, model, model_cfg, card: dict) -> None:
+def source_heads(objective: PoolObjective, entries: list[dict], classes: list[int]) -> tuple[dict, dict]:
+    """The trained supervised heads as tensors (``<dataset>.weight`` (K, D), ``<dataset>.bias`` (K,)) and the card's
+    ``source_classifier`` entry (pooling and label names per head); ({}, {}) when no head trained."""
+    tensors, heads = {}, {}
+    for index, (entry, k) in enumerate(zip(entries, classes)):
+        if not k:
+            continue
+        name = entry["name"] if entry["name"] not in heads else f"{entry['name']}_{index}"
+        linear = objective.heads[index]
+        tensors[f"{name}.weight"] = linear.weight.detach().cpu().contiguous()
+        tensors[f"{name}.bias"] = linear.bias.detach().cpu().contiguous()
+        heads[name] = {"label_names": list(entry.get("classes", [])), "num_classes": k, "pool_index": index}
+    if not heads:
+        return {}, {}
+    return tensors, {"file": HEADS_FILE, "pooling": "mean_patch_tokens", "heads": heads,
+                     "pooling_note": "linear heads on the mean of the patch tokens (CLS excluded) of the final-"
+                                     "layernormed encoder output, unmasked (mask_ratio 0); transformers' "
+                                     "ViTForImageClassification reads the CLS token instead"}
+
+
+def write_backbone(path, model, model_cfg, card: dict, heads: dict | None = None) -> None:
     """transformers format + image-processor config + card, into a fresh folder.
 
     ``config.json`` says ``mask_ratio: 0.0``: transformers' ViT-MAE masks and shuffles patches on every call
@@ -112,6 +135,10 @@ def write_backbone(path, model, model_cfg, card: dict) -> None:
                  "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
                  "image_mean": list(model_cfg.mean), "image_std": list(model_cfg.std)}
     (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    if heads:
+        from safetensors.torch import save_file
+
+        save_file(heads, str(path / HEADS_FILE))
     (path / BACKBONE_CARD).write_text(json.dumps(card, indent=2))
 
 
@@ -150,6 +177,9 @@ def run(cfg, run) -> dict:
                         desc="pretrain_backbone", accum_steps=cfg.train.grad_accum_steps,
                         checkpoints=checkpointer(cfg.train, run))
     model.eval()
+    tensors, heads = source_heads(accelerator.unwrap_model(objective), entries, classes)
+    if cfg.supervised_weight == 0:
+        tensors, heads = {}, {}  # untrained heads are no classifier
     licenses = sorted({e["license"] for e in entries})
     curve = loss_curve(result.losses)
     summary = {"steps": plan.num_steps, "images": len(x), "final_loss": curve[-1][1],
@@ -162,13 +192,16 @@ def run(cfg, run) -> dict:
                                   "config_mask_ratio": 0.0, "note": "config.json says mask_ratio 0.0 (no random "
                                   "masking when loaded by plain transformers); the pretext masked mask_ratio"},
                           "supervised_heads": cfg.supervised_weight > 0, "supervised_weight": cfg.supervised_weight,
-                          "heads": "one linear head per supervised dataset on mean patch tokens, discarded"},
+                          "heads": "one linear head per supervised dataset on mean patch tokens, kept as the "
+                                   "source classifier (source_classifier)" if heads else "none trained"},
             "pool": entries, "licenses": licenses,
             "license_note": _license_note(licenses),
             "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                       "seed": cfg.seed},
             "summary": summary, "loss_curve": curve, "versions": versions()}
-    run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, card))
+    if heads:
+        card["source_classifier"] = heads
+    run.publish_dir("backbone", lambda tmp: write_backbone(tmp, model, cfg.model, card, tensors))
     summary["device"] = str(accelerator.device)
     run.publish_json("metrics.json", summary)
     return summary

@@ -26,7 +26,7 @@ from tpp.builders import input_rule, record_skipped
 from tpp.data.build import load_data, random_hflip
 from tpp.data.stream import ModelInputs, concat_images, stream_loader
 from tpp.errors import ConfigError
-from tpp.model import attach_adapter, trainable_parameters
+from tpp.model import attach_adapter, input_frame, trainable_parameters
 from tpp.pretext import get_pretext
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_optimizer, make_scheduler, plan_steps,
                           train_loop)
@@ -58,6 +58,7 @@ def run(cfg, run) -> dict:
     images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
     torch.manual_seed(cfg.seed)
     method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.typed())
+    info.frame = input_frame(encoder.model)  # a padding prompt's frame: the pipeline puts the image inside it
     pretext = pretext_kind.build(encoder, decoder, pretext_options)
     x = ModelInputs.for_backbone(images, info)  # converted one batch at a time
     adapter_parameters = trainable_parameters(encoder)

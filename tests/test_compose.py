@@ -113,6 +113,7 @@ def test_tpp_hand_off_site_swap_and_predict_with_a_composed_method(tmp_path, cap
         store.publish(tmp_path / site, tmp_path / "store", site)
     card = json.loads((tmp_path / "a" / "adapter" / CARD).read_text())
     assert card["method"] == "visual_prompt+lora" and card["parent"]["method"] == "visual_prompt+lora"
+    assert card["input"]["frame"] == 4  # the padding prompt's frame: inference places images inside it too
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [e["loaded_tensors"] for e in log if e.get("event") == "init_from"] == [len(parent)]
     bank = AdapterBank(str(backbone), str(tmp_path / "store"))

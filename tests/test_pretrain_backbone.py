@@ -36,8 +36,13 @@ def test_pretrained_backbone_loads_and_fine_tunes(pool_root, tmp_path):
     assert pretrain(pool_root, tmp_path / "pre", "train.max_steps=4") == 0
     backbone = tmp_path / "pre" / "backbone"
     assert {p.name for p in backbone.iterdir()} == {"config.json", "model.safetensors", "preprocessor_config.json",
-                                                    "tpp_backbone_card.json"}
+                                                    "tpp_backbone_card.json", "tpp_source_heads.safetensors"}
     card = json.loads((backbone / "tpp_backbone_card.json").read_text())
+    # the supervised pool heads are kept as the source classifier (label mapping), with the pooling they read
+    assert card["source_classifier"]["pooling"] == "mean_patch_tokens"
+    assert list(card["source_classifier"]["heads"]) == ["bloodmnist", "organamnist"]
+    assert set(load_file(backbone / "tpp_source_heads.safetensors")) == {
+        f"{name}.{kind}" for name in ("bloodmnist", "organamnist") for kind in ("weight", "bias")}
     assert [e["name"] for e in card["pool"]] == ["bloodmnist", "organamnist", "dermamnist_jpeg"]
     assert [e["supervised"] for e in card["pool"]] == [True, True, False]
     assert card["licenses"] == ["CC BY 4.0", "CC BY-NC 4.0"] and "non-commercial" in card["license_note"]

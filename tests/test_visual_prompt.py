@@ -4,6 +4,7 @@ The method table of test_methods.py also runs both methods (every family, 1 and 
 train, the backbone hash never moves, save -> load gives identical outputs, TPP hand-off and site switching)."""
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,10 @@ from tpp.adapter_dir import CARD, HEAD, read_tensors, read_weights, write_adapte
 from tpp.adapters.visual_prompt import PromptedEmbeddings, auxiliary_loss, prompt_modules
 from tpp.backbones import backbone_hash, load_backbone
 from tpp.errors import ConfigError, TppError
-from tpp.model import TaskModel, attach_adapter, load_adapter_state
+from tpp.data.images import to_model_input
+from tpp.data.stream import ModelInputs
+from tpp.data.tensors import to_model_tensor
+from tpp.model import TaskModel, attach_adapter, input_frame, load_adapter_state
 
 
 class MeanHead(torch.nn.Module):
@@ -57,24 +61,39 @@ def test_only_prompt_and_head_train_and_the_backbone_stays_bit_identical(backbon
     assert backbone_hash(model.encoder.model) == info.hash
 
 
-@pytest.mark.parametrize("size, pad", [(28, 2), (36, 4)])
+@pytest.mark.parametrize("size, pad", [(36, 4), (28, 2)])
 def test_the_padding_prompt_leaves_the_inner_image_untouched(backbone, size, pad):
-    """The frame holds the prompt (on a zero pad), the inside the image brought to size - 2 x pad, nothing else;
-    at input_size 28 + 2 x pad a 28-px image keeps its 28 px."""
-    model, _ = prompted_model(backbone, pad=pad, input_size=size)
+    """Stored uint8 images through the input pipeline (as the recipes and serving build it) and the prompt: the
+    frame holds the prompt, the inside is the stored image exactly as the backbone alone would get it; at
+    input_size 28 + 2 x pad a 28-px image is not resampled at all."""
+    model, info = prompted_model(backbone, pad=pad, input_size=size)
+    info.frame = input_frame(model.encoder.model)
+    assert info.frame == pad
     module = prompt_modules(model)[0]
     with torch.no_grad():
         module.tpp_visual_prompt.normal_()
-    x = torch.randn(2, 3, size, size)
+    stored = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+    x = ModelInputs.for_backbone(stored, info)[np.arange(2)]
+    assert x.shape[-1] == size
     out = module.prompt(x)
     inner = size - 2 * pad
-    expected = F.interpolate(x, size=(inner, inner), mode="bilinear", antialias=True, align_corners=False)
-    assert torch.equal(out[..., pad:size - pad, pad:size - pad], expected)
+    plain = to_model_tensor(stored, info.channels, inner, info.mean, info.std)  # no frame
+    assert torch.equal(out[..., pad:size - pad, pad:size - pad], plain)
+    if inner == 28:  # the stored pixels themselves, never resampled
+        raw = torch.from_numpy(stored).float().div(255)[:, None].expand(-1, 3, -1, -1)
+        mean, std = torch.tensor(info.mean).view(1, 3, 1, 1), torch.tensor(info.std).view(1, 3, 1, 1)
+        assert torch.equal(out[..., pad:size - pad, pad:size - pad], ((raw - mean) / std).contiguous())
     frame = torch.ones(size, size, dtype=torch.bool)
     frame[pad:size - pad, pad:size - pad] = False
     assert torch.equal(out[..., frame], module.tpp_visual_prompt.detach()[:, frame].expand(2, -1, -1))
-    if size == 36:  # the image is not shrunk: 28 px inside
-        assert inner == 28
+    rule = {"image_channels": 1, "channels": info.channels, "image_size": size, "mean": info.mean,
+            "std": info.std, "frame": pad}  # serving: the card's input rule gives the same tensor
+    assert torch.equal(to_model_input(stored[0], rule), x[:1])
+
+
+def test_only_a_padding_prompt_reserves_a_frame(backbone):
+    assert input_frame(prompted_model(backbone, mode="full")[0].encoder.model) == 0
+    assert input_frame(load_backbone(backbone)[0].model) == 0
 
 
 def test_the_full_prompt_is_added_to_every_pixel(backbone):

@@ -90,6 +90,8 @@ class BackboneInfo:
     std: list = field(default_factory=list)
     hash: str = ""
     input_size: int = 0  # pixels fed to the encoder; 0 = image_size (set by load_backbone)
+    # pixels of the input border that hold no image (a padding visual prompt's frame; set after attaching it)
+    frame: int = 0
 
     def resolution_note(self) -> str:
         """How the input size relates to the checkpoint's, for cards."""

@@ -14,7 +14,7 @@ from tpp.data import Dataset, same_modality
 from tpp.data.build import channel_rule, image_channels, to_model_tensor
 from tpp.data.images import FILE_RESIZE
 from tpp.errors import ConfigError, TppError
-from tpp.model import attach_adapter, load_adapter_state
+from tpp.model import attach_adapter, input_frame, load_adapter_state
 
 
 def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
@@ -27,6 +27,8 @@ def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
             "channel_rule": channel_rule(channels, info.channels),
             "image_size": info.input_size, "resize": "bilinear, antialiased, to image_size",
             "resolution": info.resolution_note(),
+            **({"frame": info.frame, "resize": "bilinear, antialiased, to image_size - 2 x frame (none at that size), "
+                "then a frame-px zero border"} if info.frame else {}),
             "scale": "uint8 / 255", "mean": info.mean, "std": info.std}
     if dataset.file_resize:  # already at image_size: the tensor resize does nothing
         rule["resize"] = rule["file_resize"] = FILE_RESIZE
@@ -35,7 +37,7 @@ def input_rule(dataset: Dataset, info: BackboneInfo) -> dict:
 
 def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
     """uint8 images -> normalised model input (N, C, S, S) for this backbone."""
-    return to_model_tensor(images, info.channels, info.input_size, info.mean, info.std)
+    return to_model_tensor(images, info.channels, info.input_size, info.mean, info.std, info.frame)
 
 
 def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, str, dict, list[str]]:
@@ -190,6 +192,7 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
             print(f"init_from: {note}")
             run.log(event="init_from_option", note=note)
     method, typed, targets = attach_adapter(encoder, method_name, options)
+    info.frame = input_frame(encoder.model)
     if parent:
         parent_weights = read_weights(cfg.adapter.init_from, parent_card)
         load_adapter_state(encoder, parent_weights, cfg.adapter.init_from)

@@ -9,13 +9,18 @@ backbone's classification head -> target-class logits, one-to-one.
 A mapping is an integer array ``m`` of length T (target classes) holding distinct source indices: target class
 ``t`` reads source logit ``m[t]``. Shapes: logits (N, S), labels (N,), mapped logits (N, T).
 
-Only the mapping functions live here: wiring them into fine-tuning needs a backbone whose card keeps a source
-classification head (and the pooling it reads), which no tpp recipe saves yet.
+:class:`LabelMappingHead` is the classification head for ``classification.output_mapping: rlm | flm | ilm``: the
+backbone's frozen source classifier (``tpp/source_classifier.py``) read through the mapping. Nothing of it trains
+(the prompt does: visual reprogramming); FLM is computed once before training and ILM again after every epoch
+from the current model's source predictions on the (labelled) training images (:func:`prepare_output_mapping`).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn as nn
 
 from tpp.errors import TppError
 
@@ -66,3 +71,83 @@ def apply_mapping(source_logits: torch.Tensor, mapping: np.ndarray) -> torch.Ten
     if len(set(mapping.tolist())) != len(mapping):
         raise TppError(f"label mapping {mapping.tolist()} maps two target classes to one source class.")
     return source_logits[:, torch.as_tensor(mapping, device=source_logits.device)]
+
+
+MAPPINGS = ("probe", "rlm", "flm", "ilm")
+
+
+class LabelMappingHead(nn.Module):
+    """Frozen source classifier + one-to-one mapping: encoder tokens -> target logits (B, T).
+
+    Mean-patch pooling reads the patch tokens (B, N, D) every head gets; CLS pooling (``reads_prefix_tokens``)
+    gets the whole output (B, P + N, D) from :class:`tpp.model.TaskModel`. ``mapping`` (T,) int64 is a buffer,
+    saved in ``head.safetensors`` with the classifier."""
+
+    def __init__(self, num_source: int, hidden_size: int, pooling: str, kind: str, mapping, num_prefix: int = 1):
+        super().__init__()
+        self.source = nn.Linear(hidden_size, num_source)
+        self.source.requires_grad_(False)
+        self.register_buffer("mapping", torch.as_tensor(np.asarray(mapping), dtype=torch.int64))
+        self.pooling, self.kind, self.num_prefix = pooling, kind, num_prefix
+        self.reads_prefix_tokens = pooling == "cls_token"
+        self.remap = None  # set by prepare_output_mapping (flm / ilm): () -> new mapping
+        self.steps_per_epoch, self.steps, self.history = 0, 0, []
+
+    def source_logits(self, tokens: torch.Tensor, grid=None) -> torch.Tensor:
+        """(B, N, D) patch tokens, or (B, P + N, D) for CLS pooling -> (B, S) source logits."""
+        if self.reads_prefix_tokens:
+            if grid is not None and tokens.shape[1] != grid[0] * grid[1] + self.num_prefix:
+                raise TppError("this label-mapping head reads the CLS token, but it was given patch tokens only "
+                               f"({tokens.shape[1]} tokens for a {grid[0]} x {grid[1]} grid); run it through "
+                               "tpp.model.TaskModel (tpp evaluate / predict) rather than the adapter bank.")
+            return self.source(tokens[:, 0])
+        return self.source(tokens.mean(dim=1))
+
+    def forward(self, tokens: torch.Tensor, grid=None, pixel_values=None) -> torch.Tensor:
+        return apply_mapping(self.source_logits(tokens, grid), self.mapping.cpu().numpy())
+
+    def set_mapping(self, mapping) -> None:
+        mapping = np.asarray(mapping, dtype=np.int64)
+        changed = not np.array_equal(mapping, self.mapping.cpu().numpy())
+        self.mapping.copy_(torch.as_tensor(mapping))
+        self.history.append({"step": self.steps, "mapping": mapping.tolist(), "changed": bool(changed)})
+
+    def after_optimizer_step(self) -> None:
+        """ILM: a new mapping from the current model after every epoch of optimiser steps."""
+        self.steps += 1
+        if self.kind == "ilm" and self.remap is not None and self.steps_per_epoch and \
+                self.steps % self.steps_per_epoch == 0:
+            self.set_mapping(self.remap())
+
+
+@torch.no_grad()
+def _all_source_logits(model, inputs, batch_size: int) -> torch.Tensor:
+    """The model's source logits (N, S) on every image of ``inputs`` (a ModelInputs), in eval mode."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for start in range(0, len(inputs), batch_size):
+            x = inputs[np.arange(start, min(start + batch_size, len(inputs)))].to(device)
+            tokens = model.encoder(x)
+            if not model.head.reads_prefix_tokens:
+                tokens = model.encoder.patch_tokens(tokens)
+            out.append(model.head.source_logits(tokens, model.encoder.grid(x)).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def prepare_output_mapping(model, inputs, labels: torch.Tensor, batch_size: int, eval_batch_size: int) -> None:
+    """For a :class:`LabelMappingHead` with FLM / ILM: the frequency mapping of the model as it starts on the
+    training images ``inputs`` (labels (N,)), and for ILM the hook recomputing it after every epoch
+    (``ceil(N / batch_size)`` optimiser steps). Any other head: nothing."""
+    inner = getattr(model, "module", model)
+    head = getattr(inner, "head", None)
+    if not isinstance(head, LabelMappingHead) or head.kind not in ("flm", "ilm"):
+        return
+    num_target = len(head.mapping)
+    head.remap = lambda: frequency_mapping(_all_source_logits(inner, inputs, eval_batch_size), labels, num_target)
+    head.steps_per_epoch = math.ceil(len(inputs) / batch_size)
+    head.set_mapping(head.remap())

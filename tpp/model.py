@@ -41,8 +41,23 @@ class TaskModel(nn.Module):
         self.head = head
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tokens = self.encoder.patch_tokens(self.encoder(pixel_values))
+        tokens = self.encoder(pixel_values)
+        if not getattr(self.head, "reads_prefix_tokens", False):  # a CLS-reading head gets (B, P + N, D)
+            tokens = self.encoder.patch_tokens(tokens)
         return self.head(tokens, self.encoder.grid(pixel_values), pixel_values)
+
+    def after_optimizer_step(self) -> None:
+        """The head's per-step hook, if it has one (label mapping's ILM counts epochs)."""
+        hook = getattr(self.head, "after_optimizer_step", None)
+        if hook is not None:
+            hook()
+
+
+def input_frame(model: nn.Module) -> int:
+    """Pixels of the input border an attached method keeps for itself (a padding visual prompt's ``pad``;
+    0 for every other method): the input pipeline brings the image to ``input_size - 2 x frame`` and puts
+    a zero border of that width around it (``tpp.data.tensors.to_model_tensor``)."""
+    return max((int(getattr(m, "input_frame", 0)) for m in model.modules()), default=0)
 
 
 def attach_adapter(encoder: Encoder, method_name: str, options,

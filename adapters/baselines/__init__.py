@@ -39,9 +39,9 @@ def _all_tensors(encoder: nn.Module) -> dict[str, torch.Tensor]:
 
 LINEAR_PROBE = register(Method(
     name="linear_probe", options_cls=NoOptions, attach=_freeze_all, identity_at_init=True, pretrainable=False,
-    summary="baseline: frozen backbone, only the task head trains", state=_no_tensors))
+    summary="baseline: frozen backbone, only the task head trains", state=_no_tensors, touches=()))
 
 FULL = register(Method(
     name="full", options_cls=NoOptions, attach=_unfreeze_all, identity_at_init=True, pretrainable=False,
     summary="baseline: full fine-tuning of every encoder weight (saved as kind full_model, not an adapter)",
-    state=_all_tensors, kind="full_model", tensor_keys=None))
+    state=_all_tensors, kind="full_model", tensor_keys=None, touches=("all",)))

@@ -55,4 +55,4 @@ METHOD = register(Method(
     name="bitfit", options_cls=BitfitOptions, attach=attach, identity_at_init=True, pretrainable=True,
     summary="bias terms only, as a per-adapter overlay (the backbone's biases are never written)",
     inherited=("target_modules",), state=method_tensors, resolve=resolve,
-    tensor_keys=r"\.tpp_bias", prefix="tpp_"))
+    tensor_keys=r"\.tpp_bias", prefix="tpp_", touches=("linear",)))

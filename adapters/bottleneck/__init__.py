@@ -85,4 +85,4 @@ METHOD = register(Method(
     name="bottleneck", options_cls=BottleneckOptions, attach=attach, identity_at_init=True, pretrainable=True,
     summary="bottleneck adapter on each MLP (and/or attention), parallel (AdaptFormer) or sequential (Houlsby)",
     inherited=("dim", "style", "scale", "target_modules"), state=method_tensors, resolve=resolve,
-    tensor_keys=r"\.tpp_(down|up)\.(weight|bias)", prefix="tpp_"))
+    tensor_keys=r"\.tpp_(down|up)\.(weight|bias)", prefix="tpp_", touches=("sublayers",)))

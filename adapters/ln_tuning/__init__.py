@@ -38,4 +38,4 @@ METHOD = register(Method(
     name="ln_tuning", options_cls=LnTuningOptions, attach=attach, identity_at_init=True, pretrainable=True,
     summary="LayerNorm weights and biases of every layer (peft LN tuning: copies, the backbone is untouched)",
     inherited=("target_modules",), resolve=resolve, tensor_keys=r"\.ln_tuning_layers\.(weight|bias)",
-    prefix="ln_tuning_layers."))
+    prefix="ln_tuning_layers.", touches=("norm",)))

@@ -52,10 +52,10 @@ LOHA = register(Method(
     name="loha", options_cls=LycorisOptions, attach=_attach(LoHaConfig), identity_at_init=True, pretrainable=True,
     summary="low-rank Hadamard-product updates of attention projections (peft LoHa)",
     inherited=("r", "alpha", "target_modules"), tensor_keys=r"\.hada_(w[12]_[ab]|t[12])",
-    prefix="hada_"))
+    prefix="hada_", touches=("linear",)))
 
 LOKR = register(Method(
     name="lokr", options_cls=LokrOptions, attach=_attach(LoKrConfig, ("decompose_both",)), identity_at_init=True,
     pretrainable=True, summary="low-rank Kronecker-product updates of attention projections (peft LoKr)",
     inherited=("r", "alpha", "target_modules", "decompose_both"),
-    tensor_keys=r"\.lokr_(w[12](_[ab])?|t2)", prefix="lokr_"))
+    tensor_keys=r"\.lokr_(w[12](_[ab])?|t2)", prefix="lokr_", touches=("linear",)))

@@ -2,11 +2,12 @@
 
 A learnable additive pattern on the encoder's input pixels (after normalisation), the backbone untouched:
 
-- ``mode: pad`` (visual reprogramming, ILM-VP, Chen et al. CVPR 2023): the image fills the inner
-  ``S - 2 * pad`` pixels of the ``S``-pixel input (bilinear, antialiased) and the pattern lives only on
-  the ``pad``-pixel frame around it. With ``backbone.input_size`` = 28 + 2 x pad (and ``adapter.input_size``
-  the same) a 28-px image keeps 28 px inside the frame: the input pipeline brings it to ``S`` first, so it
-  comes back to 28 px through one up- and one down-sampling (close to, not bit-equal to, the stored image).
+- ``mode: pad`` (visual reprogramming, ILM-VP, Chen et al. CVPR 2023): the pattern is the ``pad``-pixel frame
+  of the ``S``-pixel input and the image lies inside it, outside the frame. The input pipeline puts it there
+  (:func:`tpp.model.input_frame` tells it the frame; ``tpp.data.tensors.to_model_tensor`` brings the image to
+  ``S - 2 * pad`` px, not resampling an image of that size, and puts a zero border around it); the wrapper
+  replaces the border with the pattern and leaves the inner pixels as they are. With ``backbone.input_size`` =
+  28 + 2 x pad (and ``adapter.input_size`` the same) a 28-px image reaches the backbone untouched.
 - ``mode: full`` (Bahng et al. 2022): the pattern is added to the whole image.
 
 The prompt is zeros at initialisation. ``movl`` (Tian et al., arXiv 2405.07411) is the same prompt trained with
@@ -39,9 +40,10 @@ class VisualPromptOptions:
     mode: str = field(default="pad", metadata={"help": "pad: a learnable frame around the image (visual "
                                                        "reprogramming); full: a learnable pattern added to the "
                                                        "whole image"})
-    pad: int = field(default=4, metadata={"help": "mode pad: frame width in pixels; the image fills the inner "
-                                                  "input_size - 2 x pad pixels (28-px images unshrunk: "
-                                                  "backbone.input_size = 28 + 2 x pad)"})
+    pad: int = field(default=4, metadata={"help": "mode pad: frame width in pixels, outside the image; the image "
+                                                  "gets the inner input_size - 2 x pad pixels (28-px images "
+                                                  "untouched: backbone.input_size = adapter.input_size = "
+                                                  "28 + 2 x pad)"})
     input_size: Optional[int] = field(default=None, metadata={
         "help": "pixels of the encoder input the prompt covers; default: the checkpoint's image size. Set it to "
                 "backbone.input_size when that differs"})
@@ -92,16 +94,21 @@ class PromptedEmbeddings(nn.Module):
         self.register_buffer("mask", mask, persistent=False)
         self.enabled = True
 
+    @property
+    def input_frame(self) -> int:
+        """Border pixels that hold the pattern, not the image (read by :func:`tpp.model.input_frame`)."""
+        return self.pad if self.mode == "pad" else 0
+
     def prompt(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, C, S, S) -> (B, C, S, S): the image placed (pad mode) and the pattern added."""
+        """(B, C, S, S) -> (B, C, S, S). pad: the border is replaced by the pattern, the inner
+        ``S - 2 * pad`` pixels (the image, placed there by the input pipeline) pass unchanged; full: the
+        pattern is added to every pixel."""
         if tuple(pixel_values.shape[-2:]) != (self.size, self.size):
             raise TppError(f"the visual prompt was made for a {self.size}-px input, got "
                            f"{tuple(pixel_values.shape[-2:])}: set adapter.input_size to backbone.input_size.")
+        pattern = self.tpp_visual_prompt.to(pixel_values.dtype)
         if self.mode == "pad":
-            image = F.interpolate(pixel_values, size=(self.inner, self.inner), mode="bilinear", antialias=True,
-                                  align_corners=False)
-            pixel_values = F.pad(image, (self.pad,) * 4)
-        pattern = (self.tpp_visual_prompt * self.mask).to(pixel_values.dtype)
+            return torch.where(self.mask.bool(), pattern, pixel_values)
         return pixel_values + pattern
 
     def __getattr__(self, name: str):

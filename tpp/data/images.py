@@ -421,4 +421,4 @@ def to_model_input(array: np.ndarray, input_rule: dict) -> torch.Tensor:
     elif input_rule["image_channels"] == 3 and array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     return to_model_tensor(array[None], input_rule["channels"], input_rule["image_size"],
-                           input_rule["mean"], input_rule["std"])
+                           input_rule["mean"], input_rule["std"], int(input_rule.get("frame", 0)))

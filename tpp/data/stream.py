@@ -44,18 +44,19 @@ class ModelInputs:
     """Stored images seen as normalised model input: ``inputs[index] -> float32 (B, C, S, S)`` for an
     integer index array, converted on the spot. ``len(inputs)`` is the number of images."""
 
-    def __init__(self, images, channels: int, size: int, mean: list, std: list):
+    def __init__(self, images, channels: int, size: int, mean: list, std: list, frame: int = 0):
         self.images, self.channels, self.size, self.mean, self.std = images, channels, size, mean, std
+        self.frame = frame
 
     @classmethod
     def for_backbone(cls, images, info) -> "ModelInputs":
-        return cls(images, info.channels, info.input_size, info.mean, info.std)
+        return cls(images, info.channels, info.input_size, info.mean, info.std, info.frame)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, index) -> torch.Tensor:
-        return to_model_tensor(stack(self.images, index), self.channels, self.size, self.mean, self.std)
+        return to_model_tensor(stack(self.images, index), self.channels, self.size, self.mean, self.std, self.frame)
 
 
 class _Indexed(Dataset):

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from tpp.data.build import random_hflip
 from tpp.errors import ConfigError, TppError
+from tpp.label_mapping import MAPPINGS, LabelMappingHead, random_mapping
 from tpp.metrics import BOOTSTRAP_RESAMPLES, binary_decisions, classification_metrics, quick_metrics
 from tpp.metrics import definitions as metric_definitions
 from tpp.tasks import Task, register
@@ -35,9 +36,20 @@ class ClassificationOptions:
                 "probability); default: the second label name (BreastMNIST: 'normal, benign'; set malignant)"})
     bootstrap_resamples: int = field(default=BOOTSTRAP_RESAMPLES, metadata={
         "help": "bootstrap draws of the 95% AUROC intervals (val, test, and evaluate runs of the adapter); 0: none"})
+    output_mapping: str = field(default="probe", metadata={
+        "help": "probe: a linear head on the mean patch token (trains); rlm / flm / ilm: the backbone's own frozen "
+                "classification head read through a one-to-one label mapping (random, frequency-based, or "
+                "frequency-based again after every epoch), for visual reprogramming (adapter.method: visual_prompt)"})
+    source_head: Optional[str] = field(default=None, metadata={
+        "help": "rlm / flm / ilm: which of the backbone's saved classification heads (a pretrain_backbone pool "
+                "dataset's name, or 'classifier' for a transformers *ForImageClassification checkpoint); default "
+                "the first"})
 
     def __post_init__(self):
         parse_rule(self.threshold)
+        if self.output_mapping not in MAPPINGS:
+            raise ConfigError(f"classification.output_mapping must be one of {', '.join(MAPPINGS)}, got "
+                              f"{self.output_mapping!r}.")
         if not 0 <= self.bootstrap_resamples <= MAX_RESAMPLES:
             raise ConfigError(f"classification.bootstrap_resamples must be in 0..{MAX_RESAMPLES}, got "
                               f"{self.bootstrap_resamples}.")
@@ -74,6 +86,11 @@ class Classification(Task):
 
         if get_source(cfg.data.source).masks:
             raise ConfigError(f"data.source={cfg.data.source} holds segmentation masks; set task=segmentation.")
+        mapping = getattr(cfg.task_options, "output_mapping", "probe")
+        if mapping != "probe" and cfg.adapter.method == "linear_probe":
+            raise ConfigError(f"classification.output_mapping={mapping} keeps the backbone's classifier frozen and "
+                              "adapter.method=linear_probe trains nothing else: use adapter.method=visual_prompt "
+                              "(visual reprogramming) or another method, or classification.output_mapping=probe.")
 
     def check_data(self, dataset) -> None:
         if dataset.is_segmentation:
@@ -90,11 +107,21 @@ class Classification(Task):
         return torch.from_numpy(split.labels)
 
     def build_head(self, options, info, dataset) -> nn.Module:
-        return ClassificationHead(info.hidden_size, dataset.num_classes)
+        if options.output_mapping == "probe":
+            return ClassificationHead(info.hidden_size, dataset.num_classes)
+        return mapping_head(options, info, dataset.num_classes)
 
     def card_entry(self, options, dataset, info, targets) -> dict:
         entry = {"type": self.name, "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
                  "head": "linear on the mean of patch tokens"}
+        if options.output_mapping != "probe":
+            from tpp.source_classifier import load_source_classifier
+
+            source = load_source_classifier(info.id, options.source_head)
+            entry["head"] = f"the backbone's frozen classifier '{source.name}' ({source.pooling}) through label mapping"
+            entry["output_mapping"] = {"kind": options.output_mapping, "source_head": source.name,
+                                       "pooling": source.pooling, "source_classes": source.num_classes,
+                                       "source_label_names": source.label_names}
         names, positive = list(dataset.class_names), options.positive_class
         if positive is not None and (len(names) != 2 or positive not in names):
             what = f"one of {names}" if len(names) == 2 else f"unset: dataset '{dataset.name}' has {len(names)} classes"
@@ -104,6 +131,10 @@ class Classification(Task):
         return entry
 
     def head_from_card(self, entry, hidden_size, channels) -> nn.Module:
+        mapped = entry.get("output_mapping")
+        if isinstance(mapped, dict):
+            return LabelMappingHead(int(mapped["source_classes"]), hidden_size, mapped["pooling"], mapped["kind"],
+                                    np.arange(entry["num_classes"]))  # the saved mapping is loaded over it
         return ClassificationHead(hidden_size, entry["num_classes"])
 
     def augment(self, images, targets, options, hflip):
@@ -198,6 +229,8 @@ class Classification(Task):
                 "specificity": result.get("specificity"), "threshold": result.get("threshold")}
 
     def check_head(self, entry, head_state):
+        if isinstance(entry.get("output_mapping"), dict):
+            return _check_mapping_head(entry, head_state)
         weight = head_state.get("linear.weight")
         labels = entry.get("label_names", [])
         rows = weight.shape[0] if weight is not None and weight.dim() == 2 else None
@@ -236,6 +269,43 @@ class Classification(Task):
             row.update(positive_class=self.positive, threshold=repr(self.threshold),
                        threshold_source=self._threshold_source())
         return row, {}
+
+
+def mapping_head(options, info, num_target: int) -> LabelMappingHead:
+    """The backbone's saved classifier (frozen) behind a one-to-one mapping: RLM drawn now (seeded by the run's
+    torch seed), FLM / ILM provisional until ``prepare_output_mapping`` computes them on the training images."""
+    from tpp.backbones import FAMILIES
+    from tpp.source_classifier import load_source_classifier
+
+    source = load_source_classifier(info.id, options.source_head)
+    if source.weight.shape[1] != info.hidden_size:
+        raise TppError(f"backbone '{info.id}': its classifier '{source.name}' reads {source.weight.shape[1]} "
+                       f"features, the encoder gives {info.hidden_size}: the saved head does not belong to it.")
+    if source.num_classes < num_target:
+        raise TppError(f"label mapping is one-to-one: the backbone's classifier '{source.name}' has "
+                       f"{source.num_classes} classes, fewer than the target's {num_target}. Use "
+                       "classification.output_mapping=probe.")
+    mapping = random_mapping(source.num_classes, num_target, torch.initial_seed() % 2 ** 32)
+    head = LabelMappingHead(source.num_classes, info.hidden_size, source.pooling, options.output_mapping, mapping,
+                            FAMILIES[info.model_type].num_prefix_tokens)
+    with torch.no_grad():
+        head.source.weight.copy_(source.weight)
+        head.source.bias.copy_(source.bias)
+    return head
+
+
+def _check_mapping_head(entry, head_state) -> str | None:
+    mapped, mapping = entry["output_mapping"], head_state.get("mapping")
+    weight = head_state.get("source.weight")
+    ok = (mapping is not None and mapping.dim() == 1 and len(mapping) == entry.get("num_classes")
+          and len(set(mapping.tolist())) == len(mapping) and weight is not None and weight.dim() == 2
+          and weight.shape[0] == mapped.get("source_classes")
+          and all(0 <= int(m) < weight.shape[0] for m in mapping.tolist()))
+    if ok:
+        return None
+    return (f"{entry.get('num_classes')!r} classes mapped one-to-one onto {mapped.get('source_classes')!r} source "
+            f"classes, head with mapping {None if mapping is None else mapping.tolist()} and source weight "
+            f"{None if weight is None else tuple(weight.shape)}")
 
 
 def _interval(result: dict) -> str:

@@ -25,7 +25,7 @@ def pool_backbone(path):
     entry) written as the recipe writes it; returns (path, objective)."""
     from transformers import ViTMAEConfig
 
-    from recipes.pretrain_backbone import PoolObjective, build_model, source_heads, write_backbone
+    from tpp.recipes.pretrain_backbone import PoolObjective, build_model, source_heads, write_backbone
 
     cfg = SimpleNamespace(**TINY, num_channels=3, decoder_hidden_size=16, decoder_num_hidden_layers=1,
                           decoder_num_attention_heads=2, decoder_intermediate_size=32, mean=[0.5] * 3, std=[0.25] * 3)

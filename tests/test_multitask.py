@@ -2,6 +2,7 @@
 and a mixed classification + segmentation + MAE run through the CLI whose adapter fine-tunes."""
 import copy
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from helpers import FAST, FINETUNE_CONFIG, recipe_args, run_cli, toy_segmentatio
 from tpp.backbones import base_state_dict, load_backbone
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter
+import tpp.multitask as multitask
 from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, split_parameters
 from tpp.multitask_build import PretextTask, SupervisedTask, check_eval_targets
 from tpp.pretext import build_pretext
@@ -69,6 +71,47 @@ def test_a_cycle_is_one_shared_step_and_one_step_per_head(tiny_mae):
     after = {n: p.detach() for n, p in encoder.named_parameters() if p.requires_grad}
     assert any(not torch.equal(before[n], after[n]) for n in before)  # the one shared step moved the adapter
     assert all(p.grad is None for p in encoder.parameters())  # and cleared the accumulated gradients
+
+
+def test_a_heads_gradients_are_freed_before_the_next_task_runs(tiny_mae):
+    """Each head steps and drops its gradients (set to None) right after its task's backward, so no head's
+    gradients are held while the next task's activations are alive."""
+    encoder, modules, batches = _units(tiny_mae)
+    schedule, units = _schedule(encoder, modules, "cycle")
+    seen = {}
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = {u.name: sum(p.grad is not None for p in u.head_params) for u in units}
+        return hook
+    for name, module in modules.items():
+        module.register_forward_pre_hook(record(name))
+    schedule.step([0, 1, 2], batches, [1.0, 1.0, 1.0])
+    assert seen["seg"]["cls"] == 0 and seen["mae"] == {"cls": 0, "seg": 0, "mae": 0}
+    assert all(p.grad is None for u in units for p in u.head_params)
+
+
+@pytest.mark.parametrize("kind, release, expected", [
+    ("cycle", True, [["cls"], ["cls", "seg"], ["cls", "seg", "mae"]]),  # after each task's backward + head step
+    ("summed", True, [["cls", "seg", "mae"]]),  # after the one backward
+    ("cycle", False, [])])
+def test_the_schedule_releases_freed_memory_after_each_task(tiny_mae, monkeypatch, kind, release, expected):
+    encoder, modules, batches = _units(tiny_mae)
+    schedule, units = _schedule(encoder, modules, kind)
+    schedule.release_memory = release
+    calls = []
+    monkeypatch.setattr(multitask, "release_freed_memory",
+                        lambda: calls.append([u.name for u in units if u.steps]) or True)
+    schedule.step([0, 1, 2], batches, [1.0, 1.0, 1.0])
+    assert calls == expected
+
+
+def test_release_freed_memory_finds_malloc_trim_on_glibc_and_is_a_no_op_without(monkeypatch):
+    if platform.libc_ver()[0] == "glibc":
+        assert multitask._malloc_trim() is not None
+        assert multitask.release_freed_memory() in (True, False)
+    monkeypatch.setattr(multitask, "_malloc_trim", lambda: None)
+    assert multitask.release_freed_memory() is False
 
 
 def _cycle_and_summed(encoder, modules, order, batches, weights) -> dict:

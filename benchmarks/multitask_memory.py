@@ -123,7 +123,8 @@ def cached(path: Path | None) -> list[dict]:
 
 def rows_of(results: list[dict]) -> list[dict]:
     """One row per release setting, task count and schedule, with the largest single-task peak of its tasks
-    (same release setting) and the ratio."""
+    (same release setting) and the ratio; a configuration not measured (or one of whose tasks was not measured
+    alone) has no row."""
     rows = []
     for release in sorted({r["release"] for r in results}, reverse=True):
         runs = [r for r in results if r["release"] == release]
@@ -131,8 +132,10 @@ def rows_of(results: list[dict]) -> list[dict]:
         for n in (1,) + tuple(sorted({len(r["tasks"]) for r in runs} - {1})):
             for schedule in ("cycle", "summed"):
                 r = next((r for r in runs if len(r["tasks"]) == n and r["schedule"] == schedule), None)
-                if r is None and n == 1:  # one task: both schedules are the same step
+                if r is None and n == 1 and TASKS[0]["name"] in single:  # one task: both schedules are the same
                     r = dict(single[TASKS[0]["name"]], schedule=schedule)
+                if r is None or any(name not in single for name in r["tasks"]):
+                    continue
                 largest = max(single[name]["peak_minus_baseline_mib"] for name in r["tasks"])
                 rows.append({"tasks": n, "schedule": schedule, "release": release,
                              "peak_minus_baseline_mib": r["peak_minus_baseline_mib"], "largest_single_mib": largest,

@@ -31,7 +31,8 @@ from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, split_parameters
 from tpp.multitask_build import (SUPERVISED, PretextTask, SupervisedTask, check_entries,
-                                 check_eval_targets, head_state, load_state, options_of, save_state, task_name)
+                                 check_eval_targets, head_state, load_state, options_of, pretext_entry, save_state,
+                                 task_name)
 from tpp.training import Batches, build_accelerator, checkpointer, loss_curve, make_scheduler, plan_steps
 
 
@@ -222,7 +223,7 @@ def _publish(cfg, run, accelerator, tasks, modules, entries, encoder, decoder, i
             stage="tpp", data={"name": "multitask:" + "+".join(t["name"] for t in task_cards), "origin": None,
                                "used": {"splits": ["train"]}, "licenses": licenses},
             metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=trainable_parameters(encoder),
-            extra={"pretext": multitask, "multitask": multitask})
+            extra={"pretext": pretext_entry(multitask), "multitask": multitask})
         out = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, encoder, None, card))
         summary.update(adapter_bytes=dir_size(out), trainable_parameters=trainable_parameters(encoder))
     else:

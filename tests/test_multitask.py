@@ -16,7 +16,7 @@ from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter
 import tpp.multitask as multitask
 from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, split_parameters
-from tpp.multitask_build import PretextTask, SupervisedTask, check_eval_targets
+from tpp.multitask_build import PretextTask, SupervisedTask, check_eval_targets, pretext_entry
 from tpp.pretext import build_pretext
 from tpp.tasks import get_task
 
@@ -267,6 +267,37 @@ def test_finetune_refuses_a_multitask_parent_that_saw_its_collection():
     check_leakage(dict(parent, multitask={"tasks": [{"data": dict(seen, split_sha256={"train": "a"})}]}), site, "p")
 
 
+def _multitask_card(*modalities) -> dict:
+    tasks = [{"name": f"t{i}", "data": {"name": f"d{i}", "modality": m}} for i, m in enumerate(modalities)]
+    multitask = {"name": "multitask", "tasks": tasks}
+    return {"stage": "tpp", "modality": "mixed", "pretext": pretext_entry(multitask), "multitask": multitask}
+
+
+def test_a_multitask_parent_warns_only_when_no_task_saw_the_modality():
+    import warnings
+
+    from tpp.builders import check_parent_modality
+
+    card = _multitask_card("CT", "US", "CT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_parent_modality(card, "mt/adapter", "US", required=True)  # BreastMNIST MAE was in the pool
+        check_parent_modality(_multitask_card("CT", "DX"), "mt/adapter", "CR", required=True)  # X-ray group
+    with pytest.warns(UserWarning, match=r"pre-trained on modality CT/US \(a multi-task pool\), but the fine-tuning "
+                      r"data is MR"):
+        check_parent_modality(card, "mt/adapter", "MR", required=False)
+    with pytest.raises(TppError, match="modality CT, but"):
+        check_parent_modality({"modality": "CT"}, "tpp/adapter", "US", required=True)  # single-pretext: as before
+
+
+def test_compare_names_a_multitask_parent_tpp_multi_task():
+    from tpp.adapter_dir import parent_summary
+    from tpp.compare import init_label
+
+    child = {"parent": parent_summary(_multitask_card("CT"), "runs/mt/adapter")}
+    assert init_label(child, "runs/mt/adapter") == "TPP (multi-task)"
+
+
 @pytest.mark.integration
 def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path):
     root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
@@ -284,6 +315,7 @@ def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path)
     card = json.loads((out / "adapter" / "tpp_card.json").read_text())
     tasks = card["multitask"]["tasks"]
     assert [t["kind"] for t in tasks] == ["classification", "segmentation", "mae"]
+    assert card["pretext"]["name"] == "multi-task" and card["modality"] == "mixed"
     assert all(t["data"]["content_sha256"] and t["license"] for t in tasks)
     assert tasks[0]["license"] == "CC BY 4.0" and tasks[1]["license"] == "unknown"
     heads = json.loads((out / "heads" / "heads.json").read_text())
@@ -293,6 +325,8 @@ def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path)
                                 *FAST, f"adapter.init_from={out / 'adapter'}")) == 0
     log = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "init_from" and e["loaded_tensors"] > 0 for e in log)
+    child = json.loads((tmp_path / "ft" / "adapter" / "tpp_card.json").read_text())
+    assert child["parent"]["pretext"]["name"] == "multi-task"
 
 
 @pytest.mark.integration

@@ -29,7 +29,7 @@ from tpp.data.build import data_license, load_data
 from tpp.data.stream import ModelInputs, stream_loader
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, trainable_parameters
-from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, split_parameters
+from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, set_mmap_threshold, split_parameters
 from tpp.multitask_build import (SUPERVISED, PretextTask, SupervisedTask, check_entries,
                                  check_eval_targets, head_state, load_state, options_of, pretext_entry, save_state,
                                  task_name)
@@ -114,6 +114,7 @@ def run(cfg, run) -> dict:
         torch.manual_seed(cfg.seed)
         method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.typed())
     refuse_batchnorm(encoder.model)
+    set_mmap_threshold()  # large tensors in their own mmap: a task's freed activations go back to the system
     tasks = load_tasks(cfg, info)
     record_skipped([t[1] for t in tasks], run)
 

@@ -106,12 +106,15 @@ def test_the_schedule_releases_freed_memory_after_each_task(tiny_mae, monkeypatc
     assert calls == expected
 
 
-def test_release_freed_memory_finds_malloc_trim_on_glibc_and_is_a_no_op_without(monkeypatch):
+def test_allocator_settings_apply_on_glibc_and_are_no_ops_without(monkeypatch):
+    """malloc_trim and the fixed mmap threshold (process-wide, harmless to set twice) on glibc; elsewhere
+    both do nothing and say so."""
     if platform.libc_ver()[0] == "glibc":
         assert multitask._malloc_trim() is not None
         assert multitask.release_freed_memory() in (True, False)
+        assert multitask.set_mmap_threshold() is True
     monkeypatch.setattr(multitask, "_malloc_trim", lambda: None)
-    assert multitask.release_freed_memory() is False
+    assert multitask.release_freed_memory() is False and multitask.set_mmap_threshold() is False
 
 
 def _cycle_and_summed(encoder, modules, order, batches, weights) -> dict:

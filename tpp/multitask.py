@@ -64,6 +64,29 @@ def release_freed_memory() -> bool:
     return bool(trim(0)) if trim is not None else False
 
 
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def set_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Serve every heap allocation of ``nbytes`` or more (activations, gradients: a (64, 50, 192) float32
+    tensor is 2.4 MiB) from its own ``mmap``, returned to the operating system when freed: glibc's
+    ``mallopt(M_MMAP_THRESHOLD)``, an allocator setting for the whole process. glibc's default threshold
+    starts at 128 KiB but rises to the size of each freed mmapped chunk (up to 32 MiB), after which a task's
+    large tensors come from the heap, whose free holes the next task's other shapes fit only in part. Measured
+    (benchmarks/README.md, "Multi-task memory"): BUSI segmentation alone 356 -> 236 MiB above baseline, with
+    BloodMNIST before it in the cycle 402 -> 236 MiB. True if set; False where the C library has no mallopt."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    except OSError:
+        return False
+    if mallopt is None or _malloc_trim() is None:  # mallopt's parameter numbers are glibc's
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, int(nbytes)))
+
+
 class TaskSampler:
     """Which tasks one cycle visits, in order. ``cyclic``: every task once, its loss times its weight.
     ``weighted``: ``per_cycle`` draws with replacement, probability proportional to the weights, losses

@@ -174,6 +174,8 @@ def main(argv=None) -> int:
                         help="how freed memory goes back to the system: on (the recipe's: a fixed 1 MiB mmap "
                         "threshold and malloc_trim after each task), trim (malloc_trim only), off (glibc's "
                         "defaults), all (every configuration three times)")
+    parser.add_argument("--report-only", action="store_true", help="only the table of what --cache holds (a "
+                        "run stopped early, or caches of several invocations concatenated)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # "0,1,2:cycle:on"
     args = parser.parse_args(argv)
     common = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--backbone", args.backbone,
@@ -185,7 +187,10 @@ def main(argv=None) -> int:
         return 0
     results = cached(args.cache)
     releases = {"on": ("on",), "trim": ("trim",), "off": ("off",), "all": ("on", "trim", "off")}[args.release]
-    for tasks, schedule, release in configurations(tuple(int(n) for n in args.counts.split(",")), releases):
+    todo = [] if args.report_only else configurations(tuple(int(n) for n in args.counts.split(",")), releases)
+    if not results and not todo:
+        parser.error("--report-only needs a --cache file with results")
+    for tasks, schedule, release in todo:
         names = [TASKS[t]["name"] for t in tasks]
         if any(r["tasks"] == names and r["schedule"] == schedule and r["release"] == release for r in results):
             continue

@@ -113,6 +113,9 @@ def test_allocator_settings_apply_on_glibc_and_are_no_ops_without(monkeypatch):
         assert multitask._malloc_trim() is not None
         assert multitask.release_freed_memory() in (True, False)
         assert multitask.set_mmap_threshold() is True
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")  # glibc's own setting, read at start: it wins
+    assert multitask.set_mmap_threshold() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     monkeypatch.setattr(multitask, "_malloc_trim", lambda: None)
     assert multitask.release_freed_memory() is False and multitask.set_mmap_threshold() is False
 

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -75,7 +76,12 @@ def set_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
     starts at 128 KiB but rises to the size of each freed mmapped chunk (up to 32 MiB), after which a task's
     large tensors come from the heap, whose free holes the next task's other shapes fit only in part. Measured
     (benchmarks/README.md, "Multi-task memory"): BUSI segmentation alone 356 -> 236 MiB above baseline, with
-    BloodMNIST before it in the cycle 402 -> 236 MiB. True if set; False where the C library has no mallopt."""
+    BloodMNIST before it in the cycle 402 -> 236 MiB. It costs time (a zeroed mapping per large tensor: 2.0 ->
+    2.8-3.1 s per task batch measured on CPU); glibc's own setting wins when given (``MALLOC_MMAP_THRESHOLD_`` or
+    ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...``), e.g. ``MALLOC_MMAP_THRESHOLD_=33554432`` for speed.
+    True if set; False where the C library has no mallopt or the environment sets the threshold."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
     name = ctypes.util.find_library("c")
     try:
         mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None

@@ -2,6 +2,7 @@
 
     python benchmarks/multitask_memory.py                 # writes benchmarks/results/multitask_memory.{json,md}
     python benchmarks/multitask_memory.py --steps 1 --batch-size 32 --out runs/mt_quick
+    python benchmarks/multitask_memory.py --release all    # also with malloc_trim alone and with glibc's defaults
 
 Tasks from the shared data, mixed kinds, taken in this order: BloodMNIST classification, BUSI segmentation
 (64 px masks), OrganAMNIST MAE (the checkpoint's frozen decoder), DermaMNIST classification, PneumoniaMNIST
@@ -11,7 +12,9 @@ the multitask recipe's own code (LoRA r=8 target parameters on the frozen builti
 The baseline RSS is taken after the backbone, the data, every head and every AdamW state exist (the states
 are created up front, as zeros) and the batches are converted; then one warm-up cycle and ``--steps`` timed
 cycles run. Reported: peak RSS minus that baseline, and seconds per task batch. Goal (issue 23): the cycle's
-peak at most 1.1x the largest single-task peak of its tasks.
+peak at most 1.1x the largest single-task peak of its tasks. ``release``: ``on`` is what the recipe does (glibc's
+mmap threshold fixed at 1 MiB, ``tpp.multitask.set_mmap_threshold``, and ``malloc_trim`` after each task's
+backward), ``trim`` the ``malloc_trim`` alone, ``off`` glibc's defaults; ``--release all`` measures each.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ TASKS = [
               "val_fraction": 0.0, "test_fraction": 0.0}},
 ]
 COUNTS = (2, 4, 6)
+RELEASES = ("on", "trim", "off")  # the recipe's (mmap threshold + trim), malloc_trim only, glibc's defaults
 
 
 def init_adam_state(optimizer) -> None:
@@ -52,7 +56,8 @@ def init_adam_state(optimizer) -> None:
                                   "exp_avg_sq": torch.zeros_like(p)}
 
 
-def worker(tasks: list[int], schedule: str, steps: int, batch_size: int, backbone: str, data_root: str) -> dict:
+def worker(tasks: list[int], schedule: str, steps: int, batch_size: int, backbone: str, data_root: str,
+           release: str = "on") -> dict:
     """Build the tasks with the recipe's code, take the baseline, run the cycles; the measurements."""
     import numpy as np
     import torch
@@ -60,10 +65,12 @@ def worker(tasks: list[int], schedule: str, steps: int, batch_size: int, backbon
     from tpp.backbones import load_backbone
     from tpp.config import build_config
     from tpp.model import attach_adapter
-    from tpp.multitask import Schedule, Unit, split_parameters
+    from tpp.multitask import Schedule, Unit, set_mmap_threshold, split_parameters
     from tpp.multitask_build import task_name
     from tpp.recipes.multitask import _optimizer, build_module, load_tasks
 
+    if release == "on":
+        set_mmap_threshold()  # as the recipe does before loading
     cfg = build_config({"recipe": "multitask", "pool": [TASKS[t] for t in tasks],
                         "data": {"root": data_root, "hflip": False},
                         "adapter": {"method": "lora", "r": 8, "alpha": 16}, "train": {"lr": 1e-4}})
@@ -78,7 +85,7 @@ def worker(tasks: list[int], schedule: str, steps: int, batch_size: int, backbon
     optimizer = _optimizer(shared, 1e-4, cfg)
     for opt in [optimizer] + [u.optimizer for u in units]:
         init_adam_state(opt)
-    run = Schedule(shared, units, optimizer, schedule=schedule)
+    run = Schedule(shared, units, optimizer, schedule=schedule, release_memory=release != "off")
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(steps + 1):
@@ -97,48 +104,59 @@ def worker(tasks: list[int], schedule: str, steps: int, batch_size: int, backbon
         run.step(order, cycle, weights)
     seconds = time.perf_counter() - start
     peak = report.peak_rss_mib()
-    return {"tasks": [TASKS[t]["name"] for t in tasks], "schedule": schedule, "peak_rss_mib": peak,
+    return {"tasks": [TASKS[t]["name"] for t in tasks], "schedule": schedule, "release": release, "peak_rss_mib": peak,
             "baseline_rss_mib": baseline, "peak_minus_baseline_mib": peak - baseline,
             "s_per_task_batch": seconds / (steps * len(units)), "threads": torch.get_num_threads()}
 
 
-def configurations(counts=COUNTS) -> list[tuple[list[int], str]]:
-    """Every task of the largest count alone, then the first N tasks under each schedule for N in ``counts``."""
-    return [([t], "cycle") for t in range(max(counts))] + [(list(range(n)), s) for n in counts
-                                                           for s in ("cycle", "summed")]
+def configurations(counts=COUNTS, releases=("on",)) -> list[tuple[list[int], str, str]]:
+    """For each release setting: every task of the largest count alone, then the first N tasks under each
+    schedule for N in ``counts``."""
+    return [c for release in releases for c in
+            [([t], "cycle", release) for t in range(max(counts))]
+            + [(list(range(n)), s, release) for n in counts for s in ("cycle", "summed")]]
 
 
 def cached(path: Path | None) -> list[dict]:
     """Results of earlier workers (``--cache``, one JSON object a line); [] without."""
     if path is None or not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    old = {True: "trim", False: "off"}  # caches written before the mmap threshold: a bool
+    return [dict(r, release=old.get(r.get("release", False), r.get("release")))
+            for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())]
 
 
 def rows_of(results: list[dict]) -> list[dict]:
-    """One row per task count and schedule, with the largest single-task peak of its tasks and the ratio."""
-    single = {r["tasks"][0]: r for r in results if len(r["tasks"]) == 1}
+    """One row per release setting, task count and schedule, with the largest single-task peak of its tasks
+    (same release setting) and the ratio; a configuration not measured (or one of whose tasks was not measured
+    alone) has no row."""
     rows = []
-    for n in (1,) + tuple(sorted({len(r["tasks"]) for r in results} - {1})):
-        for schedule in ("cycle", "summed"):
-            r = next((r for r in results if len(r["tasks"]) == n and r["schedule"] == schedule), None)
-            if r is None and n == 1:  # one task: both schedules are the same step
-                r = dict(single[TASKS[0]["name"]], schedule=schedule)
-            largest = max(single[name]["peak_minus_baseline_mib"] for name in r["tasks"])
-            rows.append({"tasks": n, "schedule": schedule, "peak_minus_baseline_mib": r["peak_minus_baseline_mib"],
-                         "largest_single_mib": largest, "ratio": r["peak_minus_baseline_mib"] / largest,
-                         "s_per_task_batch": r["s_per_task_batch"]})
+    for release in [m for m in RELEASES if m in {r["release"] for r in results}]:
+        runs = [r for r in results if r["release"] == release]
+        single = {r["tasks"][0]: r for r in runs if len(r["tasks"]) == 1}
+        for n in (1,) + tuple(sorted({len(r["tasks"]) for r in runs} - {1})):
+            for schedule in ("cycle", "summed"):
+                r = next((r for r in runs if len(r["tasks"]) == n and r["schedule"] == schedule), None)
+                if r is None and n == 1 and TASKS[0]["name"] in single:  # one task: both schedules are the same
+                    r = dict(single[TASKS[0]["name"]], schedule=schedule)
+                if r is None or any(name not in single for name in r["tasks"]):
+                    continue
+                largest = max(single[name]["peak_minus_baseline_mib"] for name in r["tasks"])
+                rows.append({"tasks": n, "schedule": schedule, "release": release,
+                             "peak_minus_baseline_mib": r["peak_minus_baseline_mib"], "largest_single_mib": largest,
+                             "ratio": r["peak_minus_baseline_mib"] / largest,
+                             "s_per_task_batch": r["s_per_task_batch"]})
     return rows
 
 
 def markdown(rows: list[dict], results: list[dict]) -> str:
-    lines = ["| tasks | schedule | peak RSS − baseline (MiB) | largest single-task peak (MiB) | × largest | "
-             "s / task batch |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['tasks']} | {r['schedule']} | {r['peak_minus_baseline_mib']:.0f} | {r['largest_single_mib']:.0f} "
-              f"| {r['ratio']:.2f} | {r['s_per_task_batch']:.2f} |" for r in rows]
-    lines += ["", "| single task | peak RSS − baseline (MiB) | s / batch |", "|---|---|---|"]
-    lines += [f"| {r['tasks'][0]} | {r['peak_minus_baseline_mib']:.0f} | {r['s_per_task_batch']:.2f} |"
-              for r in results if len(r["tasks"]) == 1]
+    lines = ["| tasks | schedule | heap release | peak RSS − baseline (MiB) | largest single-task peak (MiB) | "
+             "× largest | s / task batch |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['tasks']} | {r['schedule']} | {r['release']} | {r['peak_minus_baseline_mib']:.0f} | "
+              f"{r['largest_single_mib']:.0f} | {r['ratio']:.2f} | {r['s_per_task_batch']:.2f} |" for r in rows]
+    lines += ["", "| single task | heap release | peak RSS − baseline (MiB) | s / batch |", "|---|---|---|---|"]
+    lines += [f"| {r['tasks'][0]} | {r['release']} | {r['peak_minus_baseline_mib']:.0f} | "
+              f"{r['s_per_task_batch']:.2f} |" for r in results if len(r["tasks"]) == 1]
     return "\n".join(lines)
 
 
@@ -152,26 +170,38 @@ def main(argv=None) -> int:
     parser.add_argument("--counts", default=",".join(map(str, COUNTS)), help="task counts to measure (2,4,6)")
     parser.add_argument("--cache", type=Path, help="JSON-lines file: each worker's result is appended to it and a "
                         "configuration already in it is not run again (a long run continues where it stopped)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)  # "0,1,2:cycle"
+    parser.add_argument("--release", choices=("on", "trim", "off", "all"), default="on",
+                        help="how freed memory goes back to the system: on (the recipe's: a fixed 1 MiB mmap "
+                        "threshold and malloc_trim after each task), trim (malloc_trim only), off (glibc's "
+                        "defaults), all (every configuration three times)")
+    parser.add_argument("--report-only", action="store_true", help="only the table of what --cache holds (a "
+                        "run stopped early, or caches of several invocations concatenated)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # "0,1,2:cycle:on"
     args = parser.parse_args(argv)
     common = ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--backbone", args.backbone,
               "--data-root", args.data_root]
     if args.worker:
-        tasks, schedule = args.worker.split(":")
+        tasks, schedule, release = args.worker.split(":")
         print(json.dumps(worker([int(t) for t in tasks.split(",")], schedule, args.steps, args.batch_size,
-                                args.backbone, args.data_root)))
+                                args.backbone, args.data_root, release)))
         return 0
     results = cached(args.cache)
-    for tasks, schedule in configurations(tuple(int(n) for n in args.counts.split(","))):
+    releases = {"on": ("on",), "trim": ("trim",), "off": ("off",), "all": ("on", "trim", "off")}[args.release]
+    todo = [] if args.report_only else configurations(tuple(int(n) for n in args.counts.split(",")), releases)
+    if not results and not todo:
+        parser.error("--report-only needs a --cache file with results")
+    for tasks, schedule, release in todo:
         names = [TASKS[t]["name"] for t in tasks]
-        if any(r["tasks"] == names and r["schedule"] == schedule for r in results):
+        if any(r["tasks"] == names and r["schedule"] == schedule and r["release"] == release for r in results):
             continue
-        results.append(report.run_worker(__file__, ["--worker", f"{','.join(map(str, tasks))}:{schedule}", *common]))
+        results.append(report.run_worker(__file__, ["--worker", f"{','.join(map(str, tasks))}:{schedule}:{release}",
+                                                    *common]))
         r = results[-1]
         if args.cache is not None:
             with args.cache.open("a") as f:
                 f.write(json.dumps(r) + "\n")
-        print(f"{'+'.join(r['tasks'])} {schedule}: +{r['peak_minus_baseline_mib']:.0f} MiB, "
+        print(f"{'+'.join(r['tasks'])} {schedule} release {release}: "
+              f"+{r['peak_minus_baseline_mib']:.0f} MiB, "
               f"{r['s_per_task_batch']:.2f} s per task batch", flush=True)
     rows = rows_of(results)
     machine = dict(report.machine(), torch_threads=results[0]["threads"])

@@ -29,9 +29,10 @@ from tpp.data.build import data_license, load_data
 from tpp.data.stream import ModelInputs, stream_loader
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, trainable_parameters
-from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, split_parameters
+from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, set_mmap_threshold, split_parameters
 from tpp.multitask_build import (SUPERVISED, PretextTask, SupervisedTask, check_entries,
-                                 check_eval_targets, head_state, load_state, options_of, save_state, task_name)
+                                 check_eval_targets, head_state, load_state, options_of, pretext_entry, save_state,
+                                 task_name)
 from tpp.training import Batches, build_accelerator, checkpointer, loss_curve, make_scheduler, plan_steps
 
 
@@ -113,6 +114,7 @@ def run(cfg, run) -> dict:
         torch.manual_seed(cfg.seed)
         method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.typed())
     refuse_batchnorm(encoder.model)
+    set_mmap_threshold()  # large tensors in their own mmap: a task's freed activations go back to the system
     tasks = load_tasks(cfg, info)
     record_skipped([t[1] for t in tasks], run)
 
@@ -222,7 +224,7 @@ def _publish(cfg, run, accelerator, tasks, modules, entries, encoder, decoder, i
             stage="tpp", data={"name": "multitask:" + "+".join(t["name"] for t in task_cards), "origin": None,
                                "used": {"splits": ["train"]}, "licenses": licenses},
             metrics={"final_loss": curve[-1][1]}, parent=None, trainable_parameters=trainable_parameters(encoder),
-            extra={"pretext": multitask, "multitask": multitask})
+            extra={"pretext": pretext_entry(multitask), "multitask": multitask})
         out = run.publish_dir("adapter", lambda tmp: write_adapter_dir(tmp, encoder, None, card))
         summary.update(adapter_bytes=dir_size(out), trainable_parameters=trainable_parameters(encoder))
     else:

@@ -2,6 +2,7 @@
 and a mixed classification + segmentation + MAE run through the CLI whose adapter fine-tunes."""
 import copy
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from helpers import FAST, FINETUNE_CONFIG, recipe_args, run_cli, toy_segmentatio
 from tpp.backbones import base_state_dict, load_backbone
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter
+import tpp.multitask as multitask
 from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, split_parameters
-from tpp.multitask_build import PretextTask, SupervisedTask, check_eval_targets
+from tpp.multitask_build import PretextTask, SupervisedTask, check_eval_targets, pretext_entry
 from tpp.pretext import build_pretext
 from tpp.tasks import get_task
 
@@ -69,6 +71,53 @@ def test_a_cycle_is_one_shared_step_and_one_step_per_head(tiny_mae):
     after = {n: p.detach() for n, p in encoder.named_parameters() if p.requires_grad}
     assert any(not torch.equal(before[n], after[n]) for n in before)  # the one shared step moved the adapter
     assert all(p.grad is None for p in encoder.parameters())  # and cleared the accumulated gradients
+
+
+def test_a_heads_gradients_are_freed_before_the_next_task_runs(tiny_mae):
+    """Each head steps and drops its gradients (set to None) right after its task's backward, so no head's
+    gradients are held while the next task's activations are alive."""
+    encoder, modules, batches = _units(tiny_mae)
+    schedule, units = _schedule(encoder, modules, "cycle")
+    seen = {}
+
+    def record(name):
+        def hook(module, args):
+            seen[name] = {u.name: sum(p.grad is not None for p in u.head_params) for u in units}
+        return hook
+    for name, module in modules.items():
+        module.register_forward_pre_hook(record(name))
+    schedule.step([0, 1, 2], batches, [1.0, 1.0, 1.0])
+    assert seen["seg"]["cls"] == 0 and seen["mae"] == {"cls": 0, "seg": 0, "mae": 0}
+    assert all(p.grad is None for u in units for p in u.head_params)
+
+
+@pytest.mark.parametrize("kind, release, expected", [
+    ("cycle", True, [["cls"], ["cls", "seg"], ["cls", "seg", "mae"]]),  # after each task's backward + head step
+    ("summed", True, [["cls", "seg", "mae"]]),  # after the one backward
+    ("cycle", False, [])])
+def test_the_schedule_releases_freed_memory_after_each_task(tiny_mae, monkeypatch, kind, release, expected):
+    encoder, modules, batches = _units(tiny_mae)
+    schedule, units = _schedule(encoder, modules, kind)
+    schedule.release_memory = release
+    calls = []
+    monkeypatch.setattr(multitask, "release_freed_memory",
+                        lambda: calls.append([u.name for u in units if u.steps]) or True)
+    schedule.step([0, 1, 2], batches, [1.0, 1.0, 1.0])
+    assert calls == expected
+
+
+def test_allocator_settings_apply_on_glibc_and_are_no_ops_without(monkeypatch):
+    """malloc_trim and the fixed mmap threshold (process-wide, harmless to set twice) on glibc; elsewhere
+    both do nothing and say so."""
+    if platform.libc_ver()[0] == "glibc":
+        assert multitask._malloc_trim() is not None
+        assert multitask.release_freed_memory() in (True, False)
+        assert multitask.set_mmap_threshold() is True
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "33554432")  # glibc's own setting, read at start: it wins
+    assert multitask.set_mmap_threshold() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setattr(multitask, "_malloc_trim", lambda: None)
+    assert multitask.release_freed_memory() is False and multitask.set_mmap_threshold() is False
 
 
 def _cycle_and_summed(encoder, modules, order, batches, weights) -> dict:
@@ -224,6 +273,37 @@ def test_finetune_refuses_a_multitask_parent_that_saw_its_collection():
     check_leakage(dict(parent, multitask={"tasks": [{"data": dict(seen, split_sha256={"train": "a"})}]}), site, "p")
 
 
+def _multitask_card(*modalities) -> dict:
+    tasks = [{"name": f"t{i}", "data": {"name": f"d{i}", "modality": m}} for i, m in enumerate(modalities)]
+    multitask = {"name": "multitask", "tasks": tasks}
+    return {"stage": "tpp", "modality": "mixed", "pretext": pretext_entry(multitask), "multitask": multitask}
+
+
+def test_a_multitask_parent_warns_only_when_no_task_saw_the_modality():
+    import warnings
+
+    from tpp.builders import check_parent_modality
+
+    card = _multitask_card("CT", "US", "CT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_parent_modality(card, "mt/adapter", "US", required=True)  # BreastMNIST MAE was in the pool
+        check_parent_modality(_multitask_card("CT", "DX"), "mt/adapter", "CR", required=True)  # X-ray group
+    with pytest.warns(UserWarning, match=r"pre-trained on modality CT/US \(a multi-task pool\), but the fine-tuning "
+                      r"data is MR"):
+        check_parent_modality(card, "mt/adapter", "MR", required=False)
+    with pytest.raises(TppError, match="modality CT, but"):
+        check_parent_modality({"modality": "CT"}, "tpp/adapter", "US", required=True)  # single-pretext: as before
+
+
+def test_compare_names_a_multitask_parent_tpp_multi_task():
+    from tpp.adapter_dir import parent_summary
+    from tpp.compare import init_label
+
+    child = {"parent": parent_summary(_multitask_card("CT"), "runs/mt/adapter")}
+    assert init_label(child, "runs/mt/adapter") == "TPP (multi-task)"
+
+
 @pytest.mark.integration
 def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path):
     root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
@@ -241,6 +321,7 @@ def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path)
     card = json.loads((out / "adapter" / "tpp_card.json").read_text())
     tasks = card["multitask"]["tasks"]
     assert [t["kind"] for t in tasks] == ["classification", "segmentation", "mae"]
+    assert card["pretext"]["name"] == "multi-task" and card["modality"] == "mixed"
     assert all(t["data"]["content_sha256"] and t["license"] for t in tasks)
     assert tasks[0]["license"] == "CC BY 4.0" and tasks[1]["license"] == "unknown"
     heads = json.loads((out / "heads" / "heads.json").read_text())
@@ -250,6 +331,8 @@ def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path)
                                 *FAST, f"adapter.init_from={out / 'adapter'}")) == 0
     log = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert any(e.get("event") == "init_from" and e["loaded_tensors"] > 0 for e in log)
+    child = json.loads((tmp_path / "ft" / "adapter" / "tpp_card.json").read_text())
+    assert child["parent"]["pretext"]["name"] == "multi-task"
 
 
 @pytest.mark.integration

@@ -82,9 +82,13 @@ def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict
 
 
 def check_parent_modality(card: dict, source: str, modality: str, required: bool) -> None:
-    """Warn (or fail when ``required``) if the parent adapter was pre-trained on another modality."""
-    parent_modality = card.get("modality", "unknown")
-    if not same_modality(parent_modality, modality):
+    """Warn (or fail when ``required``) if the parent adapter was pre-trained on another modality (a
+    multi-task parent: on none of its tasks' modalities)."""
+    from tpp.multitask_build import card_modalities
+
+    seen = card_modalities(card)
+    if not any(same_modality(m, modality) for m in seen):
+        parent_modality = seen[0] if len(seen) == 1 else f"{'/'.join(seen)} (a multi-task pool)"
         message = (f"adapter.init_from '{source}' was pre-trained on modality {parent_modality}, but the "
                    f"fine-tuning data is {modality}; pre-training on another modality can hurt.")
         if required:

@@ -7,12 +7,21 @@ of one cycle). ``schedule="summed"`` is the naive step for comparison: one loss,
 task batch of the cycle, one backward (every task's activations alive at once), then the same optimiser steps.
 Both give the same gradients for the same batches.
 
+After each task's backward the schedule hands the freed heap memory back to the operating system
+(:func:`release_freed_memory`, glibc's ``malloc_trim``): without it glibc keeps the freed activations of one
+task in its heap, where the next task's differently shaped tensors reuse them only in part, and the cycle's
+peak grew to 1.2x the largest single task's (benchmarks/README.md, "Multi-task memory").
+
 Shapes: a task batch is ``[images (B, C, S, S), *targets]`` (targets: labels (B,), masks (B, h, w), none
 for a pretext); each task module's ``forward(*batch) -> scalar loss``.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +39,58 @@ def refuse_batchnorm(shared: nn.Module, what: str = "the shared backbone") -> No
         raise ConfigError(f"multitask: {what} has BatchNorm layers ({', '.join(bad[:3])}"
                           f"{' ...' if len(bad) > 3 else ''}), which would mix statistics across tasks; shared blocks "
                           "must use LayerNorm or GroupNorm (a ViT backbone; an adapter method without BatchNorm).")
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, Windows, musl)."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    trim = getattr(libc, "malloc_trim", None) if libc is not None else None
+    if trim is not None:
+        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def release_freed_memory() -> bool:
+    """Return the heap memory freed so far (a task's activations and gradients) to the operating system:
+    glibc's ``malloc_trim(0)`` (an allocator setting, not a change to what is computed). Without it glibc
+    keeps freed chunks for reuse, and tensors of the next task's other shapes fit them only in part, so the
+    resident memory of a cycle grows past its largest task's. True if memory was released; False where the
+    C library has no ``malloc_trim`` (a no-op there). GPU memory is the caching allocator's and untouched."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20
+
+
+def set_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
+    """Serve every heap allocation of ``nbytes`` or more (activations, gradients: a (64, 50, 192) float32
+    tensor is 2.4 MiB) from its own ``mmap``, returned to the operating system when freed: glibc's
+    ``mallopt(M_MMAP_THRESHOLD)``, an allocator setting for the whole process. glibc's default threshold
+    starts at 128 KiB but rises to the size of each freed mmapped chunk (up to 32 MiB), after which a task's
+    large tensors come from the heap, whose free holes the next task's other shapes fit only in part. Measured
+    (benchmarks/README.md, "Multi-task memory"): BUSI segmentation alone 356 -> 236 MiB above baseline, with
+    BloodMNIST before it in the cycle 402 -> 236 MiB. It costs time (a zeroed mapping per large tensor: 2.0 ->
+    2.8-3.1 s per task batch measured on CPU); glibc's own setting wins when given (``MALLOC_MMAP_THRESHOLD_`` or
+    ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...``), e.g. ``MALLOC_MMAP_THRESHOLD_=33554432`` for speed.
+    True if set; False where the C library has no mallopt or the environment sets the threshold."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "glibc.malloc.mmap_threshold" in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = getattr(ctypes.CDLL(name), "mallopt", None) if name else None
+    except OSError:
+        return False
+    if mallopt is None or _malloc_trim() is None:  # mallopt's parameter numbers are glibc's
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, int(nbytes)))
 
 
 class TaskSampler:
@@ -115,15 +176,19 @@ class Schedule:
 
     ``autocast``: a context-manager factory for the forward passes (mixed precision; default none).
     ``accum_steps``: each task batch in that many micro-batches (same gradients, less activation memory).
-    ``processes``: data-parallel processes; gradients are averaged before each optimiser step."""
+    ``processes``: data-parallel processes; gradients are averaged before each optimiser step.
+    ``release_memory``: after each task batch's backward (summed: after the one backward), return the freed
+    heap memory to the operating system (:func:`release_freed_memory`); what keeps the cycle's peak at its
+    largest task's on CPU."""
 
     def __init__(self, shared_params: list, units: list[Unit], optimizer, scheduler=None, schedule: str = "cycle",
-                 autocast: Callable = contextlib.nullcontext, accum_steps: int = 1, processes: int = 1):
+                 autocast: Callable = contextlib.nullcontext, accum_steps: int = 1, processes: int = 1,
+                 release_memory: bool = True):
         if schedule not in ("cycle", "summed"):
             raise ConfigError(f"multitask.schedule must be cycle or summed, got {schedule!r}.")
         self.shared_params, self.units, self.optimizer, self.scheduler = shared_params, units, optimizer, scheduler
         self.schedule, self.autocast, self.accum, self.processes = schedule, autocast, accum_steps, processes
-        self.shared_steps = 0
+        self.release_memory, self.shared_steps = release_memory, 0
 
     def _loss(self, unit: Unit, chunk: list, scale: float, step: int) -> torch.Tensor:
         with self.autocast():
@@ -140,6 +205,10 @@ class Schedule:
             unit.optimizer.zero_grad(set_to_none=True)
         unit.steps += 1
 
+    def _release(self) -> None:
+        if self.release_memory:
+            release_freed_memory()
+
     def step(self, order: list[int], batches: list[list], weights: list[float], step: int = 0) -> dict[str, float]:
         """One cycle: task ``order[i]`` on ``batches[i]`` with loss weight ``weights[i]``; then one shared
         optimiser step. Returns {task name: weighted loss} (a task drawn twice: summed)."""
@@ -155,6 +224,7 @@ class Schedule:
                 losses[unit.name] = losses.get(unit.name, 0.0) + value
                 if last[t] == i:
                     self._head_step(unit)
+                self._release()
         else:
             for part in range(self.accum):
                 total, values = 0.0, []
@@ -169,6 +239,7 @@ class Schedule:
                     losses[self.units[t].name] = losses.get(self.units[t].name, 0.0) + value
             for unit in _unique(self.units, order):
                 self._head_step(unit)
+            self._release()
         _sync(self.shared_params, self.processes)
         if self.shared_params:
             self.optimizer.step()

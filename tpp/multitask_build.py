@@ -114,6 +114,20 @@ class PretextTask(nn.Module):
         return self.pretext(random_hflip(images) if self.hflip else images)
 
 
+def pretext_entry(multitask: dict) -> dict:
+    """The card's ``pretext`` entry of a multi-task TPP adapter: the run's ``multitask`` record named
+    ``multi-task``, so `tpp compare` labels its children's init "TPP (multi-task)" as it labels "TPP (mae)"."""
+    return dict(multitask, name="multi-task")
+
+
+def card_modalities(card: dict) -> list[str]:
+    """The modalities an adapter card's pre-training saw: each task's of a multi-task card (``multitask.tasks``,
+    in pool order, each once), else the card's ``modality`` (``unknown`` without one)."""
+    tasks = (card.get("multitask") or {}).get("tasks") if isinstance(card.get("multitask"), dict) else None
+    seen = [str((t.get("data") or {}).get("modality") or "unknown") for t in tasks or [] if isinstance(t, dict)]
+    return list(dict.fromkeys(seen)) or [str(card.get("modality") or "unknown")]
+
+
 def head_state(module: nn.Module, encoder: nn.Module) -> dict[str, torch.Tensor]:
     """A task module's tensors minus the shared encoder's (its head: classifier, decoder, DINO projection
     head and centre ...), contiguous copies for safetensors."""

@@ -114,7 +114,8 @@ def run(cfg, run) -> dict:
         torch.manual_seed(cfg.seed)
         method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.typed())
     refuse_batchnorm(encoder.model)
-    set_mmap_threshold()  # large tensors in their own mmap: a task's freed activations go back to the system
+    if cfg.multitask.allocator == "mmap":
+        set_mmap_threshold()  # large tensors in their own mmap: a task's freed activations go back to the system
     tasks = load_tasks(cfg, info)
     record_skipped([t[1] for t in tasks], run)
 
@@ -137,7 +138,7 @@ def run(cfg, run) -> dict:
                           after))
     schedule = Schedule(shared, units, optimizer, make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps),
                         cfg.multitask.schedule, accelerator.autocast, cfg.train.grad_accum_steps,
-                        accelerator.num_processes)
+                        accelerator.num_processes, release_memory=cfg.multitask.allocator != "default")
     sampler = TaskSampler([e.weight for e, *_ in tasks], cfg.multitask.sampler, cfg.multitask.tasks_per_cycle,
                           cfg.seed)
     loaders = [accelerator.prepare(stream_loader(x, *([] if y is None else [y]), batch_size=cfg.train.batch_size,

@@ -305,7 +305,11 @@ def test_compare_names_a_multitask_parent_tpp_multi_task():
 
 
 @pytest.mark.integration
-def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path):
+def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path, monkeypatch):
+    import tpp.recipes.multitask as recipe
+
+    thresholds = []
+    monkeypatch.setattr(recipe, "set_mmap_threshold", lambda: thresholds.append(1))
     root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
     make_medmnist(root, name="pneumoniamnist", n=(24, 4, 4), seed=1)
     toy_segmentation_npz(root / "toyseg.npz", n=24)
@@ -315,6 +319,7 @@ def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path)
             "train.batch_size=8", "adapter.r=2", "train.checkpoint_every=2"]
     assert run_cli(*args, "train.max_steps=2") == 0
     assert run_cli(*args, "train.max_steps=4", "train.resume=auto") == 0  # extended from its checkpoint
+    assert thresholds == [1, 1]  # multitask.allocator defaults to mmap
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == metrics["shared_steps"] == 4
     assert set(metrics["head_steps"].values()) == {4} and len(metrics["head_steps"]) == 3
@@ -336,7 +341,12 @@ def test_mixed_run_trains_resumes_and_its_adapter_fine_tunes(tiny_mae, tmp_path)
 
 
 @pytest.mark.integration
-def test_backbone_scope_writes_a_backbone_every_recipe_loads(tiny_mae, tmp_path):
+def test_backbone_scope_writes_a_backbone_every_recipe_loads(tiny_mae, tmp_path, monkeypatch):
+    import tpp.recipes.multitask as recipe
+
+    thresholds, releases = [], []
+    monkeypatch.setattr(recipe, "set_mmap_threshold", lambda: thresholds.append(1))
+    monkeypatch.setattr(multitask, "release_freed_memory", lambda: releases.append(1))
     root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
     out = tmp_path / "bb"
     pool = ("pool=[{kind: classification, data: {source: medmnist, name: bloodmnist}}, "
@@ -344,7 +354,8 @@ def test_backbone_scope_writes_a_backbone_every_recipe_loads(tiny_mae, tmp_path)
             "{kind: dino, head: {dino_out_dim: 16}, data: {source: medmnist, name: bloodmnist}}]")
     assert run_cli("run", "multitask", "--config", "multitask/backbone_pool.yaml", f"backbone.path={tiny_mae}",
                    f"data.root={root}", f"output_dir={out}", pool, "train.batch_size=8", "train.max_steps=2",
-                   "train.checkpoint_every=null") == 0
+                   "train.checkpoint_every=null", "multitask.allocator=trim") == 0
+    assert thresholds == [] and releases  # trim: no process-wide mmap threshold, malloc_trim per task
     backbone = out / "backbone"
     card = json.loads((backbone / "tpp_backbone_card.json").read_text())
     assert [t["kind"] for t in card["pool"]] == ["classification", "mae", "dino"]

@@ -210,6 +210,20 @@ def test_predict_context_writes_the_predict_format(served):
     assert mask.shape == (36, 36) and set(np.unique(mask)) <= {0, 1}  # at the query's own size
 
 
+def test_predict_context_with_nothing_readable_lists_why_and_removes_stale_outputs(served, tmp_path, capsys):
+    """As ``tpp predict`` with an adapter: the skipped list is written, an earlier batch's CSV removed."""
+    from helpers import run_cli
+
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "p.csv"
+    out.write_text("image,site\nan_earlier_batch.png,context:ctx\n")
+    assert run_cli("predict", "--backbone", str(served["backbone"]), "--context", str(served["cls"]["ctx"]),
+                   str(tmp_path / "bad.png"), "--out", str(out), "--on-bad-file", "skip", "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "none of the 1 inputs could be predicted" in err and "earlier predictions at" in err
+    assert not out.exists() and str(tmp_path / "bad.png") in (tmp_path / "p_skipped.csv").read_text()
+
+
 def _service(served, max_context=256, limits=None):
     from serving_fixtures import uvicorn_on_loopback
 

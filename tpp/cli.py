@@ -424,8 +424,7 @@ def cmd_predict(args) -> int:
     from tpp.api import open_bank
     from tpp.devices import describe
     from tpp.serve.images import PixelLimits, parse_slice, parse_window
-    from tpp.serve.predict import (assign_sites, predict_files, remove_outputs, skipped_path, write_outputs,
-                                   write_skipped)
+    from tpp.serve.predict import assign_sites, nothing_predicted, predict_files, publish_predictions
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -450,19 +449,9 @@ def cmd_predict(args) -> int:
     print(f"device {describe(bank.device)}, precision {bank.precision}", file=sys.stderr)
     rows, masks = predict_files(bank, pairs, args.batch_size, options, skipped)
     if not rows:  # every input was unreadable: say so, with the list of why (and no older batch's CSV beside it)
-        listed = write_skipped(skipped, args.out)
-        stale = remove_outputs(args.out)
-        raise TppError(f"none of the {len(skipped)} inputs could be predicted; {listed} lists each with its reason"
-                       + (f" (the earlier predictions at {', '.join(map(str, stale))} were removed: they were not "
-                          "of these inputs)." if stale else "."))
-    path, folder = write_outputs(rows, masks, args.out, skipped or [])
-    if folder:
-        print(f"{len(masks)} files (PNG; segmentation: class-index masks at each image's size) -> {folder}")
-    print(f"{len(rows)} images, {len({r['site'] for r in rows})} sites -> {path}")
-    if skipped:
-        print(f"warning: {len(skipped)} input(s) skipped (not readable as images) -> {skipped_path(path)}",
-              file=sys.stderr)
-    return 0
+        raise nothing_predicted(skipped, args.out)
+    return publish_predictions(rows, masks, args.out, skipped, f"{len(rows)} images, "
+                               f"{len({r['site'] for r in rows})} sites")
 
 
 def _check_device(args) -> None:

@@ -2,7 +2,6 @@
 (:mod:`tpp.cli` adds these options and commands; everything heavy is imported inside the functions)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from tpp.console import print_table, report_check
@@ -83,7 +82,7 @@ def cmd_predict_context(args) -> int:
     from tpp.incontext.predict import prepare
     from tpp.serve import images as readers
     from tpp.serve.images import PixelLimits, parse_window
-    from tpp.serve.predict import Skipped, _bad_file, collect, skipped_path, write_outputs
+    from tpp.serve.predict import Skipped, _bad_file, collect, nothing_predicted, publish_predictions
 
     if args.store or args.site or args.site_map:
         raise TppError("--context predicts from labelled examples, not from a store: drop --store / --site / "
@@ -110,21 +109,15 @@ def cmd_predict_context(args) -> int:
         except (readers.ImageError, OSError, ValueError) as exc:
             _bad_file((file, name), exc, skipped)
     if not good:
-        raise TppError(f"none of the {len(files)} inputs could be read as images; nothing was written.")
+        raise nothing_predicted(skipped or [], args.out)
     for i, array, result in zip(good, arrays, prepared.predict(arrays, args.batch_size)):
         row = {"image": str(files[i]), "site": f"context:{name}", "version": prepared.version}
         columns, written = prepared.csv_entry(result, f"{i:05d}_{files[i].name.split('.')[0]}")
         row.update(columns)
         masks.update(written)
         rows.append(row)
-    path, folder = write_outputs(rows, masks, args.out, skipped or [])
-    if folder:
-        print(f"{len(masks)} masks (PNG, class indices at each image's size) -> {folder}")
-    print(f"{len(rows)} images predicted in context ({ctx.task}, K={ctx.k}, {args.method}) -> {path}")
-    if skipped:
-        print(f"warning: {len(skipped)} input(s) skipped (not readable as images) -> {skipped_path(path)}",
-              file=sys.stderr)
-    return 0
+    return publish_predictions(rows, masks, args.out, skipped,
+                               f"{len(rows)} images predicted in context ({ctx.task}, K={ctx.k}, {args.method})")
 
 
 def _extractor(backbone: str, adapter: str | None, device: str):

@@ -228,6 +228,32 @@ def remove_outputs(out: str | Path) -> list[Path]:
     return removed
 
 
+def nothing_predicted(skipped: list[Skipped], out: str | Path) -> TppError:
+    """The error when every input was unreadable: the skipped list is written beside ``out`` (each input with its
+    reason) and an earlier run's predictions there are removed (they were not of these inputs)."""
+    listed = write_skipped(skipped, out)
+    stale = remove_outputs(out)
+    return TppError(f"none of the {len(skipped)} inputs could be predicted; {listed} lists each with its reason"
+                    + (f" (the earlier predictions at {', '.join(map(str, stale))} were removed: they were not "
+                       "of these inputs)." if stale else "."))
+
+
+def publish_predictions(rows: list[dict], masks: dict[str, np.ndarray], out: str, skipped: list[Skipped] | None,
+                        summary: str) -> int:
+    """:func:`write_outputs`, then the lines ``tpp predict`` prints: the masks folder, ``summary -> CSV`` and a
+    warning naming the skipped list. Exit status 0."""
+    import sys
+
+    path, folder = write_outputs(rows, masks, out, skipped or [])
+    if folder:
+        print(f"{len(masks)} files (PNG; segmentation: class-index masks at each image's size) -> {folder}")
+    print(f"{summary} -> {path}")
+    if skipped:
+        print(f"warning: {len(skipped)} input(s) skipped (not readable as images) -> {skipped_path(path)}",
+              file=sys.stderr)
+    return 0
+
+
 def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str,
                   skipped: list[Skipped] = ()) -> tuple[Path, Path | None]:
     """The CSV and, where the sites' tasks write files (segmentation: class-index mask PNGs),

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from tpp.errors import TppError
 from tpp.incontext import learned_card
+from tpp.rundir import finite_json
 
 CARD = "icl_card.json"
 WEIGHTS = "model.safetensors"
@@ -160,7 +161,7 @@ def save(model: nn.Module, kind: str, path: Path, card: dict) -> None:
     Path(path).mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(Path(path) / WEIGHTS))
     full = {"format": FORMAT, "kind": kind, "architecture": model.config, **card}
-    (Path(path) / CARD).write_text(json.dumps(full, indent=2))
+    (Path(path) / CARD).write_text(json.dumps(finite_json(full), indent=2, allow_nan=False))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

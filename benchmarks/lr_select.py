@@ -8,6 +8,7 @@ test, the test AUROC it loses against that rate, and what it gains over simply k
 """
 from __future__ import annotations
 
+import math
 import statistics
 
 LR_FACTORS = (1 / 3, 1.0, 3.0)
@@ -29,11 +30,24 @@ def lr_grid(method: str, rates: dict) -> list[str]:
     return [f"{method}%{base_rate(method, rates) * f:.1g}" for f in LR_FACTORS]
 
 
+def _auroc(value) -> float | None:
+    """A metric as a float, or None where it is undefined (null in metrics.json, NaN in memory)."""
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def _round(value) -> float | None:
+    value = _auroc(value)
+    return None if value is None else round(value, 4)
+
+
 def select_by_val(results: list[dict], rates: dict | None = None) -> tuple[list[dict], list[dict]]:
     """From 'METHOD%LR' cells: per (target, METHOD, fraction, seed) the cell with the best val AUROC,
     renamed 'METHOD*', for groups with every rate run. Returns (selected cells, one choice row per group,
     incomplete ones too); a choice row also holds the test AUROC per rate, the val image count, and the base
-    rate's test AUROC when ``rates`` is given."""
+    rate's test AUROC when ``rates`` is given. A cell whose val AUROC is undefined (a one-class val subsample)
+    cannot be chosen, and a group that has such a cell, or whose choice has an undefined test AUROC, is not
+    complete (its choice is listed, not compared); with no defined val AUROC at all the group has no choice
+    (lr None)."""
     groups: dict[tuple, list[dict]] = {}
     for cell in results:
         name, lr = split_lr(cell["method"])
@@ -41,18 +55,22 @@ def select_by_val(results: list[dict], rates: dict | None = None) -> tuple[list[
             groups.setdefault((cell["target"], name, cell["fraction"], cell["seed"]), []).append(cell)
     selected, choices = [], []
     for (target, name, fraction, seed), cells in sorted(groups.items()):
-        best = max(cells, key=lambda c: (c["val_auroc"], -split_lr(c["method"])[1]))  # ties: the smaller rate
-        chosen_lr, complete = split_lr(best["method"])[1], len(cells) == len(LR_FACTORS)
+        scored = [c for c in cells if _auroc(c["val_auroc"]) is not None]
+        # ties: the smaller rate
+        best = max(scored, key=lambda c: (c["val_auroc"], -split_lr(c["method"])[1])) if scored else None
+        chosen_lr = split_lr(best["method"])[1] if best else None
+        complete = len(scored) == len(cells) == len(LR_FACTORS) and _auroc(best["test_auroc"]) is not None
         if complete:  # a choice among fewer rates is listed, not compared
             selected.append(dict(best, method=f"{name}*", lr=chosen_lr))
         by_lr = {split_lr(c["method"])[1]: c for c in cells}
         choice = {"target": target, "method": name, "fraction": fraction, "seed": seed, "lr": chosen_lr,
-                  "complete": complete, "val_images": best.get("val_images"),
-                  "val_auroc": {f"{lr:g}": round(c["val_auroc"], 4) for lr, c in sorted(by_lr.items())},
-                  "test_auroc": {f"{lr:g}": round(c["test_auroc"], 4) for lr, c in sorted(by_lr.items())}}
+                  "complete": complete, "val_images": (best or cells[0]).get("val_images"),
+                  "val_auroc": {f"{lr:g}": _round(c["val_auroc"]) for lr, c in sorted(by_lr.items())},
+                  "test_auroc": {f"{lr:g}": _round(c["test_auroc"]) for lr, c in sorted(by_lr.items())}}
         base = next((c for lr, c in by_lr.items() if rates and abs(lr / base_rate(name, rates) - 1) < 0.01), None)
-        choice["base_test_auroc"] = round(base["test_auroc"], 4) if base else None
-        choice["chosen_test_auroc"] = round(best["test_auroc"], 4)  # rounded like the per-rate values it is matched to
+        choice["base_test_auroc"] = _round(base["test_auroc"]) if base else None
+        # rounded like the per-rate values it is matched to
+        choice["chosen_test_auroc"] = _round(best["test_auroc"]) if best else None
         choices.append(choice)
     return selected, choices
 
@@ -66,7 +84,7 @@ def selection_quality(choices: list[dict]) -> list[dict]:
             by_block.setdefault((c["target"], c["fraction"]), []).append(c)
     rows = []
     for (target, fraction), block in sorted(by_block.items()):
-        best = [max(c["test_auroc"].values()) for c in block]
+        best = [max(v for v in c["test_auroc"].values() if v is not None) for c in block]
         chosen = [c["chosen_test_auroc"] for c in block]
         matches = sum(abs(b - ch) < 1e-9 for b, ch in zip(best, chosen))
         over_base = [c["chosen_test_auroc"] - c["base_test_auroc"] for c in block if c["base_test_auroc"] is not None]
@@ -94,10 +112,14 @@ def markdown_choices(choices: list[dict]) -> str:
              "|---|---|---|---|---|---|---|"]
 
     def per_lr(values: dict) -> str:
-        return ", ".join(f"{lr}: {v:.3f}" for lr, v in sorted(values.items(), key=lambda kv: float(kv[0])))
+        return ", ".join(f"{lr}: {'undefined' if v is None else f'{v:.3f}'}"
+                         for lr, v in sorted(values.items(), key=lambda kv: float(kv[0])))
 
     for c in choices:
-        lines.append(f"| {c['target']} | {c['method']} | {c['fraction']:.0%} | {c['seed']} | {c['lr']:g}"
-                     f"{'' if c['complete'] else ' (grid incomplete)'} | {per_lr(c['val_auroc'])} "
+        undefined = None in c["val_auroc"].values() or c["chosen_test_auroc"] is None
+        note = "" if c["complete"] else " (AUROC undefined: not compared)" if undefined else " (grid incomplete)"
+        chosen = "none (val AUROC undefined)" if c["lr"] is None else f"{c['lr']:g}{note}"
+        lines.append(f"| {c['target']} | {c['method']} | {c['fraction']:.0%} | {c['seed']} | {chosen}"
+                     f" | {per_lr(c['val_auroc'])} "
                      f"| {per_lr(c['test_auroc'])} |")
     return "\n".join(lines)

@@ -62,7 +62,10 @@ def publish(out, stem: str, machine: dict, command: str, description: str, table
     measured, the table), print the Markdown and return it."""
     text = f"Machine: {json.dumps(machine)}\nCommand: `{command}`\n{description}\n\n{table}\n"
     out = Path(out)
-    write_atomic(out / f"{stem}.json", json.dumps({"machine": machine, "command": command, **data}, indent=1))
+    from tpp.rundir import finite_json
+
+    payload = finite_json({"machine": machine, "command": command, **data})  # strict JSON: undefined is null
+    write_atomic(out / f"{stem}.json", json.dumps(payload, indent=1, allow_nan=False))
     write_atomic(out / f"{stem}.md", text)
     print("\n" + text)
     return text
@@ -190,20 +193,32 @@ def adopt_all(parser, paths: list, adopt_one, cache) -> None:
             parser.error(f"--from-results: {exc}")
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    arr = np.asarray(values, dtype=float)
+def defined(values: list) -> list[float]:
+    """The defined values: None (an undefined metric, as metrics.json writes the AUROC of a one-class split) and
+    NaN are dropped."""
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
+
+def mean_std(values: list) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for a single value) of the defined values (:func:`defined`);
+    (None, None) when none is defined."""
+    arr = np.asarray(defined(values), dtype=float)
+    if not len(arr):
+        return None, None
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and two-sided Student-t confidence interval of the mean: (mean, low, high).
 
-    With one value the interval is unbounded (nan); it says nothing without replicates.
+    With one value the interval is unbounded (nan); it says nothing without replicates. Undefined values (None,
+    NaN) are left out; with none defined everything is nan.
     """
     from scipy.stats import t
 
-    arr = np.asarray(values, dtype=float)
+    arr = np.asarray(defined(values), dtype=float)
+    if not len(arr):
+        return math.nan, math.nan, math.nan
     mean = float(arr.mean())
     if len(arr) < 2:
         return mean, math.nan, math.nan
@@ -212,15 +227,18 @@ def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, 
 
 
 def summarise(cells: list[dict]) -> list[dict]:
-    """One row per (target, method, fraction): n seeds, AUROC / accuracy mean ± std, cost."""
+    """One row per (target, method, fraction): n seeds, AUROC / accuracy mean ± std over the seeds where it is
+    defined (``auroc_n`` / ``accuracy_n`` of them; mean and std None when none is), cost."""
     groups = defaultdict(list)
     for c in cells:
         groups[(c["target"], c["method"], c["fraction"])].append(c)
     rows = []
     for (target, method, fraction), group in sorted(groups.items()):
-        auroc, acc = mean_std([c["test_auroc"] for c in group]), mean_std([c["test_accuracy"] for c in group])
+        aurocs, accs = [c["test_auroc"] for c in group], [c["test_accuracy"] for c in group]
+        auroc, acc = mean_std(aurocs), mean_std(accs)
         rows.append({"target": target, "method": method, "fraction": fraction, "n": len(group),
                      "auroc_mean": auroc[0], "auroc_std": auroc[1], "accuracy_mean": acc[0], "accuracy_std": acc[1],
+                     "auroc_n": len(defined(aurocs)), "accuracy_n": len(defined(accs)),
                      "trainable_parameters": group[0]["trainable_parameters"],
                      "finetune_s": float(np.mean([c["finetune_s"] for c in group])),
                      "tpp_s": float(np.mean([c.get("tpp_s") or 0.0 for c in group]))})
@@ -230,7 +248,8 @@ def summarise(cells: list[dict]) -> list[dict]:
 def paired(cells: list[dict], method: str, reference: str, metric: str = "test_auroc") -> list[dict]:
     """Per (target, fraction): ``metric`` of ``method`` minus ``reference`` on the same seed (so the same
     label subset), mean and 95% t-interval over seeds. Only seeds that both finished count."""
-    by_key = {(c["target"], c["method"], c["fraction"], c["seed"]): c[metric] for c in cells}
+    by_key = {(c["target"], c["method"], c["fraction"], c["seed"]): c[metric] for c in cells
+              if defined([c.get(metric)])}  # a seed with the metric undefined has no pair
     out = []
     for target, fraction in sorted({(c["target"], c["fraction"]) for c in cells if c["method"] == method}):
         diffs = [by_key[(target, method, fraction, s)] - by_key[(target, reference, fraction, s)]
@@ -243,8 +262,12 @@ def paired(cells: list[dict], method: str, reference: str, metric: str = "test_a
     return out
 
 
-def _pm(mean: float, std: float, n: int) -> str:
-    return f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+def _pm(mean: float | None, std: float | None, n: int, of: int | None = None) -> str:
+    """'mean ± std' over ``n`` defined values (of ``of`` seeds, said when fewer); 'undefined' when none is."""
+    if mean is None:
+        return "undefined"
+    text = f"{mean:.3f} ± {std:.3f}" if n > 1 else f"{mean:.3f}"
+    return text if of is None or n == of else f"{text} ({n} of {of} defined)"
 
 
 def markdown_results(rows: list[dict]) -> str:
@@ -253,8 +276,8 @@ def markdown_results(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['target']} | {r['fraction']:.0%} | {r['method']} | {r['n']} | "
-                     f"{_pm(r['auroc_mean'], r['auroc_std'], r['n'])} | "
-                     f"{_pm(r['accuracy_mean'], r['accuracy_std'], r['n'])} | "
+                     f"{_pm(r['auroc_mean'], r['auroc_std'], r.get('auroc_n', r['n']), r['n'])} | "
+                     f"{_pm(r['accuracy_mean'], r['accuracy_std'], r.get('accuracy_n', r['n']), r['n'])} | "
                      f"{r['trainable_parameters']:,} | {r['finetune_s']:.0f} | {r['tpp_s']:.0f} |")
     for target in sorted({r["target"] for r in rows if r["fraction"] == 1.0} & set(MEDMNIST_V2_RESNET18_28)):
         auc, acc = MEDMNIST_V2_RESNET18_28[target]
@@ -284,7 +307,9 @@ def plot(rows: list[dict], path) -> None:
     for ax, target in zip(axes[0], targets):
         for method in sorted({r["method"] for r in rows if r["target"] == target}):
             pts = sorted((r["fraction"], r["auroc_mean"], r["auroc_std"]) for r in rows
-                         if r["target"] == target and r["method"] == method)
+                         if r["target"] == target and r["method"] == method and r["auroc_mean"] is not None)
+            if not pts:  # AUROC undefined at every fraction
+                continue
             x, y, e = zip(*pts)
             ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=method)
         if target in MEDMNIST_V2_RESNET18_28:

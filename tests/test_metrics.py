@@ -66,3 +66,32 @@ def test_selection_never_picks_a_nan_score():
                         scheduler, num_steps=4, log=lambda **_: None, eval_fn=eval_fn, eval_every=1)
     assert result.best_step == 2 and result.best_score == pytest.approx(0.2)
     assert torch.equal(model.weight, weights[0.2])
+
+
+def test_an_undefined_metric_is_null_in_the_adapter_card_and_undefined_in_its_model_card(tiny_mae, tmp_path):
+    """tpp_card.json is strict JSON (an AUROC of a one-class split is null, not NaN); README.md says 'undefined'."""
+    import json
+
+    import yaml
+
+    from tpp.adapter_dir import CARD, write_adapter_dir
+    from tpp.backbones import load_backbone
+    from tpp.model import attach_adapter
+    from tpp.model_card import README
+
+    encoder, _, _ = load_backbone(str(tiny_mae))
+    method, typed, targets = attach_adapter(encoder, "lora", {"r": 2})
+    card = {"kind": "adapter", "method": method.name, "options": dict(vars(typed)), "target_modules": targets,
+            "task": {"type": "classification"}, "metrics": {"val/auroc": float("nan"), "test/auroc": 0.75,
+                                                            "test/loss": float("inf")}}
+    write_adapter_dir(tmp_path / "a", encoder, None, card)
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    written = json.loads((tmp_path / "a" / CARD).read_text(), parse_constant=refuse)
+    assert written["metrics"] == {"val/auroc": None, "test/auroc": 0.75, "test/loss": None}
+    readme = (tmp_path / "a" / README).read_text()
+    front = yaml.safe_load(readme.split("---")[1])
+    assert front["tpp"]["metrics"]["val/auroc"] is None and front["tpp"]["metrics"]["test/auroc"] == 0.75
+    assert "| val/auroc | undefined |" in readme and "| test/auroc | 0.7500 |" in readme and "nan" not in readme.lower()

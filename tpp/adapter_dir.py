@@ -22,6 +22,7 @@ from tpp.backbones import BackboneInfo
 from tpp.errors import TppError
 from tpp.model import adapter_state, build_head
 from tpp.model_card import README, portable_backbone_id, render
+from tpp.rundir import finite_json
 
 CARD = "tpp_card.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -67,6 +68,7 @@ def write_adapter_dir(path: Path, encoder, head: torch.nn.Module | None, card: d
     backbone is named by its folder name (its hash identifies it). The ``full`` baseline's encoder is saved in
     transformers' format (``config.json`` with ViT-MAE's ``mask_ratio`` 0.0 + ``model.safetensors``)."""
     path.mkdir(parents=True, exist_ok=True)
+    card = finite_json(card)  # an undefined metric (AUROC of a one-class split) is null, never NaN
     backbone = card.get("backbone")
     if isinstance(backbone, dict) and backbone.get("id"):
         card = dict(card, backbone=dict(backbone, id=portable_backbone_id(backbone["id"])))
@@ -84,7 +86,7 @@ def write_adapter_dir(path: Path, encoder, head: torch.nn.Module | None, card: d
     card = dict(card, weights_file=weights)
     (path / README).write_text(render(card, encoder.method.uses_peft))  # replaces peft's template
     card["size_bytes"] = dir_size(path)
-    (path / CARD).write_text(json.dumps(card, indent=2))
+    (path / CARD).write_text(json.dumps(card, indent=2, allow_nan=False))
 
 
 def _save_peft(model, path: Path, base_id: str | None) -> None:

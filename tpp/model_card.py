@@ -16,11 +16,13 @@ Nothing here holds a path of the machine: the backbone is named by :func:`portab
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
 
 from tpp.backbones import BUILTIN_PREFIX as BUILTIN
+from tpp.rundir import finite_json
 
 README = "README.md"
 SNIPPET_START = "```python\n"
@@ -106,7 +108,7 @@ def front_matter(card: dict, uses_peft: bool) -> dict:
         block["label_names"] = task["label_names"]
     if isinstance(task.get("decision"), dict):
         block["decision"] = _decision_summary(task)
-    meta["tpp"] = json.loads(json.dumps(block))  # plain JSON types only (safe YAML)
+    meta["tpp"] = json.loads(json.dumps(finite_json(block), allow_nan=False))  # plain JSON types only (safe YAML)
     return meta
 
 
@@ -117,7 +119,10 @@ def _decision_summary(task: dict) -> dict:
 
 
 def _number(value):
-    """Floats to 4 decimals for reading (the front matter and tpp_card.json keep every digit)."""
+    """Floats to 4 decimals for reading (the front matter and tpp_card.json keep every digit); an undefined
+    metric (None in the card, NaN in memory: the AUROC of a one-class split) reads "undefined"."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "undefined"
     return f"{value:.4f}" if isinstance(value, float) else value
 
 

@@ -75,21 +75,77 @@ def _read_safetensors(file: Path, keys: list[str]) -> dict[str, torch.Tensor]:
         raise TppError(f"'{file}' is not a readable safetensors file ({exc}).") from None
 
 
+def _read_json(file: Path) -> dict:
+    """A JSON object from ``file``; a TppError naming the file and the problem otherwise."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TppError(f"'{file}' cannot be read as JSON ({type(exc).__name__}: {exc}); restore the file the "
+                       "backbone was saved with.") from None
+    if not isinstance(value, dict):
+        raise TppError(f"'{file}' must hold a JSON object, not a {type(value).__name__}; restore the file the "
+                       "backbone was saved with.")
+    return value
+
+
+def _card_entry(local: Path) -> dict:
+    """The card's ``source_classifier`` entry, checked: ``heads`` maps names to objects whose ``label_names`` is a
+    list of strings, ``pooling`` a string and ``file`` a plain file name (no folder, no ``..``) inside ``local``.
+    {} when the card describes no head."""
+    card = local / BACKBONE_CARD
+    entry = _read_json(card).get("source_classifier") or {}
+
+    def bad(what: str) -> TppError:
+        return TppError(f"'{card}': source_classifier.{what}; restore the card the backbone was saved with.")
+
+    if not isinstance(entry, dict):
+        raise bad(f"must be an object, not a {type(entry).__name__}")
+    heads = entry.get("heads", {})
+    if not isinstance(heads, dict):
+        raise bad(f"heads must map head names to objects, not be a {type(heads).__name__}")
+    for name, head in heads.items():
+        labels = head.get("label_names") if isinstance(head, dict) else None
+        if not isinstance(head, dict) or not (labels is None or isinstance(labels, list)
+                                             and all(isinstance(x, str) for x in labels)):
+            raise bad(f"heads.{name} must be an object whose label_names is a list of strings")
+    if not isinstance(entry.get("pooling"), (str, type(None))):
+        raise bad(f"pooling must be a string, got {entry['pooling']!r}")
+    file = entry.get("file", HEADS_FILE)
+    if (not isinstance(file, str) or file in ("", ".", "..") or any(c in file for c in "/\\\0:")
+            or Path(file).name != file or not _inside(local / file, local)):
+        raise bad(f"file must be a plain file name inside the backbone directory, got {file!r}")
+    return entry
+
+
+def _inside(file: Path, local: Path) -> bool:
+    """``file`` (a symlink followed) lies in the backbone directory ``local``, or, for a Hugging Face cache
+    snapshot (``.../snapshots/<rev>``, whose files link to ``../../blobs/``), in that repository's ``blobs/``."""
+    roots = [local.resolve()]
+    if local.parent.name == "snapshots":
+        roots.append((local.parent.parent / "blobs").resolve())
+    try:
+        target = file.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
+    return any(target.parent == root for root in roots)
+
+
 def available(path) -> list[str]:
     """Names of the source classifiers a backbone directory saves ([] when none)."""
     local = _resolve(path)
-    card = local / BACKBONE_CARD
-    if card.is_file():
-        entry = json.loads(card.read_text()).get("source_classifier") or {}
-        return list(entry.get("heads", {}))
-    config = json.loads((local / "config.json").read_text()) if (local / "config.json").is_file() else {}
+    if (local / BACKBONE_CARD).is_file():
+        return list(_card_entry(local).get("heads", {}))
+    config = _read_json(local / "config.json") if (local / "config.json").is_file() else {}
     architectures = config.get("architectures") or []
-    return ["classifier"] if any(a.endswith("ForImageClassification") for a in architectures) else []
+    if not isinstance(architectures, list):
+        return []
+    return ["classifier"] if any(str(a).endswith("ForImageClassification") for a in architectures) else []
 
 
 def load_source_classifier(path, name: str | None = None) -> SourceClassifier:
     """The saved head ``name`` (default: the only one, else the first the card lists) of the backbone at ``path``;
-    a TppError naming the directory and the fix when it saves none or the file does not fit its description."""
+    a TppError naming the directory and the fix when it saves none or the file does not fit its description.
+    The backbone directory is read as untrusted: its card names the heads file by a plain name inside it."""
     local = _resolve(path)
     names = available(path)
     if not names:
@@ -101,19 +157,21 @@ def load_source_classifier(path, name: str | None = None) -> SourceClassifier:
         raise TppError(f"backbone '{path}' has no source classifier '{chosen}'; it has {', '.join(names)} "
                        "(classification.source_head).")
     if (local / BACKBONE_CARD).is_file():
-        entry = json.loads((local / BACKBONE_CARD).read_text())["source_classifier"]
+        entry = _card_entry(local)
         pooling, labels = entry.get("pooling"), entry["heads"][chosen].get("label_names")
         tensors = _read_safetensors(local / entry.get("file", HEADS_FILE), [f"{chosen}.weight", f"{chosen}.bias"])
         weight, bias = tensors[f"{chosen}.weight"], tensors[f"{chosen}.bias"]
     else:
-        config = json.loads((local / "config.json").read_text())
+        config = _read_json(local / "config.json")
         file = local / "model.safetensors"
         if not file.is_file():
             raise TppError(f"'{local}' has no model.safetensors; tpp reads classification heads from safetensors only.")
         tensors = _read_safetensors(file, ["classifier.weight", "classifier.bias"])
         weight, bias, pooling = tensors["classifier.weight"], tensors["classifier.bias"], "cls_token"
         id2label = config.get("id2label") or {}
-        labels = [id2label.get(str(i), f"LABEL_{i}") for i in range(weight.shape[0])]
+        if not isinstance(id2label, dict):
+            raise TppError(f"'{local / 'config.json'}': id2label must map class indices to names.")
+        labels = [str(id2label.get(str(i), f"LABEL_{i}")) for i in range(weight.shape[0])]
     if pooling not in POOLINGS:
         raise TppError(f"backbone '{path}': source classifier pooling {pooling!r} is not one of {', '.join(POOLINGS)}.")
     if weight.dim() != 2 or bias.shape != (weight.shape[0],):

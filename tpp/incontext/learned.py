@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tpp.errors import TppError
+from tpp.incontext import learned_card
+from tpp.rundir import finite_json
 
 CARD = "icl_card.json"
 WEIGHTS = "model.safetensors"
@@ -159,12 +161,13 @@ def save(model: nn.Module, kind: str, path: Path, card: dict) -> None:
     Path(path).mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(Path(path) / WEIGHTS))
     full = {"format": FORMAT, "kind": kind, "architecture": model.config, **card}
-    (Path(path) / CARD).write_text(json.dumps(full, indent=2))
+    (Path(path) / CARD).write_text(json.dumps(finite_json(full), indent=2, allow_nan=False))
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode with frozen parameters, its card) from a model folder or a run folder holding
-    ``model/``. Every problem is a TppError naming the path."""
+    ``model/``. Every problem is a TppError naming the path: the card is checked (:mod:`learned_card`) and the
+    model built on the meta device and matched against the weights file's header before any memory is taken."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -175,14 +178,16 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
         raise TppError(f"in-context model '{path}' is not a folder with {CARD} and {WEIGHTS}; give the model/ "
                        "folder of a `tpp run incontext` run (or the run folder).")
     try:
-        card = json.loads((folder / CARD).read_text())
-        if card.get("format") != FORMAT:
-            raise ValueError(f"format {card.get('format')!r}, expected {FORMAT}")
-        model = build(card["kind"], card["architecture"])
-        state = load_file(str(folder / WEIGHTS))
-        model.load_state_dict(state, strict=True)
+        card = learned_card.read_card(folder / CARD, FORMAT, KINDS)
+        with torch.device("meta"):  # no memory until the weights file is known to fit
+            model = build(card["kind"], card["architecture"])
+        learned_card.check_header(folder / WEIGHTS, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+        state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()}
+        model.load_state_dict(state, strict=True, assign=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
-        raise TppError(f"in-context model '{folder}' cannot be read ({type(exc).__name__}: {exc}).") from None
+        what = str(exc) if type(exc) is ValueError else f"{type(exc).__name__}: {exc}"
+        raise TppError(f"in-context model '{folder}' cannot be read ({what}); give the model/ folder a "
+                       "`tpp run incontext` run wrote, unchanged.") from None
     model.to(device).eval().requires_grad_(False)
     return model, card
 

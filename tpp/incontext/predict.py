@@ -142,7 +142,7 @@ def gray(arrays: list[np.ndarray], size: int) -> torch.Tensor:
 def _prepare_learned(ctx: ContextSet, extractor: Extractor, model, version: str | None) -> Prepared:
     """The context on a learned in-context model: frozen features (classification) or 64 px images and masks."""
     from tpp.errors import TppError
-    from tpp.incontext import learned
+    from tpp.incontext import learned, learned_card
 
     if model is None:
         raise TppError("--method learned needs the in-context model: --model DIR (the model/ folder of a "
@@ -155,9 +155,16 @@ def _prepare_learned(ctx: ContextSet, extractor: Extractor, model, version: str 
             raise TppError(f"the context set has {len(ctx.classes)} classes; in-context model '{path}' handles at "
                            f"most {net.max_classes}. Use --method prototype or knn.")
         rule = extractor.rule(ctx.channels)
-        return Prepared(ctx, extractor, "learned", None, rule, extractor.features(ctx.images, rule), None,
-                        version or set_hash(ctx), model=net)
-    size = int(card.get("task_distribution", {}).get("image_size", SEG_SIZE))
+        features = extractor.features(ctx.images, rule)  # (K, D)
+        if features.shape[-1] != net.config["feature_dim"]:
+            raise TppError(f"in-context model '{path}' reads {net.config['feature_dim']}-dim features but the backbone "
+                           f"in use gives {features.shape[-1]}; use --backbone with the model's backbone.")
+        return Prepared(ctx, extractor, "learned", None, rule, features, None, version or set_hash(ctx), model=net)
+    try:  # checked by load already; a (model, card) pair from the API is checked here
+        size = learned_card.check_image_size(card.get("task_distribution", {}).get("image_size", SEG_SIZE),
+                                             len(net.config["channels"]))
+    except ValueError as exc:
+        raise TppError(f"in-context model '{path}': {exc}.") from None
     masks = torch.stack([methods.F.interpolate(torch.as_tensor(m, dtype=torch.float32)[None, None], size=(size, size),
                                                mode="area")[0, 0] for m in ctx.masks])
     return Prepared(ctx, extractor, "learned", None, {"image_size": size}, torch.empty(0), masks,

@@ -127,7 +127,8 @@ class RunDir:
 
     def status(self, state: str, **extra) -> None:
         if self.main:
-            write_atomic(self.path / "status.json", json.dumps({"status": state, **extra}, indent=2))
+            write_atomic(self.path / "status.json", json.dumps(finite_json({"status": state, **extra}), indent=2,
+                                                               default=_json_default, allow_nan=False))
 
     def publish_json(self, name: str, obj: dict) -> Path:
         target = self.path / name

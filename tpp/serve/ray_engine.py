@@ -179,7 +179,8 @@ def site_deployment(max_resident: int):
             return dict(out, replica=await self._state())
 
         async def call(self, fn) -> dict:
-            """``fn(bank)`` on the inference thread (the in-context routes); its result, or its error."""
+            """``fn(bank)`` on the inference thread (an inline context set: any replica, nothing kept); its result, or
+            its error."""
             try:
                 out = {"result": await asyncio.wrap_future(self.worker.call(fn))}
             except Exception as exc:

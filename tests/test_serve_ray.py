@@ -252,3 +252,13 @@ def test_replicas_and_address_belong_to_the_ray_engine(capsys):
     assert "--engine ray" in capsys.readouterr().err
     assert main([*args, "--engine", "ray", "--replicas", "0"]) == 2
     assert "--replicas must be at least 1" in capsys.readouterr().err
+
+
+def test_context_set_ids_never_name_a_site():
+    ingress = pytest.importorskip("tpp.serve.ray_ingress")
+    from tpp.errors import TppError
+
+    assert ingress.context_id("a", "v1") == "context:a@v1" != ingress.model_id("a", "v1")
+    assert ingress.split_model_id(ingress.context_id("a", "v1")) == ingress.split_model_id("a@v1") == ("a", "v1")
+    with pytest.raises(TppError):  # so no adapter's id starts with the context prefix
+        store.check_site("context:a")

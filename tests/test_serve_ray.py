@@ -1,21 +1,28 @@
-"""``tpp serve --engine ray``: a local Ray Serve application (2 replicas, 127.0.0.1) over a store of 3 sites.
+"""``tpp serve --engine ray``: a local Ray Serve application (2 replicas, 127.0.0.1) over a store of 3 sites
+and 2 context sets.
 
 The integration tests share one application (module fixture, with a bearer token): starting Ray and the
 replicas is most of their time, under 3 minutes in all on a 2-core machine (154 s measured beside three other
 jobs: 3 tiny fine-tuning runs, Ray's start ~75 s, the requests, Ray's stop). No test has a wall-clock limit:
 requests wait at most the suite's hang guard.
 """
+import base64
+import csv
+import json
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from helpers import HANG_S, png_bytes
+from helpers import HANG_S, png_bytes, run_cli
+from PIL import Image
 from serving_fixtures import fine_tuned_sites, offline_probs, request
 
 from tpp.cli import main
-from tpp.serve import store
+from tpp.serve import contexts, store
 
 SITES = {"site_a": ["adapter.r=2", "seed=0"],  # LoRA: the shared-batch group
          "site_b": ["adapter.r=4", "seed=1"],
@@ -23,6 +30,7 @@ SITES = {"site_a": ["adapter.r=2", "seed=0"],  # LoRA: the shared-batch group
 UPLOAD_LIMIT = 64 * 1024
 BODY_TIMEOUT_S = 2.0
 TOKEN = "ray-engine-test-token"
+MAX_CONTEXT = 8  # --max-context of the application: the set "big" (10 examples) is over it
 
 
 def free_port() -> int:
@@ -47,7 +55,46 @@ def world(tmp_path_factory):
     w["store"] = base / "store"
     w["expected"] = {s: expected(w, s) for s in SITES}
     w["files"] = [(f"{i}.png", png_bytes(im)) for i, im in enumerate(w["images"])]
+    queries = base / "queries"
+    queries.mkdir()
+    for name, data in w["files"]:
+        (queries / name).write_bytes(data)
+    w["ctx"] = {}  # v1 (published as "ctx"), v2 (published by the reload test), big (over MAX_CONTEXT)
+    for name, per_class, start in (("v1", 3, 0), ("v2", 4, 3), ("big", 5, 0)):
+        folder = context_folder(w["root"], base / "contexts" / name, per_class, start)
+        w["ctx"][name] = {"folder": folder, "offline": offline_context(w["backbone"], folder, queries, base)}
+    for site, name in (("ctx", "v1"), ("big", "big")):
+        assert run_cli("context", "publish", base / "store", w["ctx"][name]["folder"], "--site", site,
+                       "--backbone", w["backbone"]) == 0
     return w
+
+
+def context_folder(root: Path, folder: Path, per_class: int, start: int) -> Path:
+    """A context folder (class sub-folders) of ``per_class`` training images per class, from the ``start``-th."""
+    data = np.load(root / "breastmnist.npz")
+    for label in (0, 1):
+        (folder / f"class{label}").mkdir(parents=True)
+        for i in np.flatnonzero(data["train_labels"][:, 0] == label)[start:start + per_class]:
+            Image.fromarray(data["train_images"][i]).save(folder / f"class{label}" / f"{i}.png")
+    return folder
+
+
+def offline_context(backbone: Path, folder: Path, queries: Path, base: Path) -> dict:
+    """``tpp predict --context``: {query file name: {class: probability}}."""
+    out = base / f"{folder.name}.csv"
+    assert run_cli("predict", "--backbone", backbone, "--context", folder, queries, "--out", out,
+                   "--device", "cpu") == 0
+    with open(out, newline="") as fh:
+        return {Path(row["image"]).name: {key.removeprefix("prob_"): float(value) for key, value in row.items()
+                                          if key.startswith("prob_")} for row in csv.DictReader(fh)}
+
+
+def as_offline(out: dict, offline: dict) -> bool:
+    """Every answered image has ``tpp predict --context``'s probabilities (to float precision)."""
+    return bool(out["predictions"]) and all(
+        pred["probabilities"].keys() == offline[pred["file"]].keys() and
+        all(abs(p - offline[pred["file"]][c]) < 2e-6 for c, p in pred["probabilities"].items())
+        for pred in out["predictions"])
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +109,8 @@ def ray_app(world):
     try:
         assert ray.util.get_node_ip_address() == "127.0.0.1"
         serve.run(ray_engine.application(str(world["backbone"]), str(world["store"]), replicas=2, threads=1,
-                                         token=TOKEN, max_upload_bytes=UPLOAD_LIMIT, body_timeout_s=BODY_TIMEOUT_S),
+                                         token=TOKEN, max_upload_bytes=UPLOAD_LIMIT, body_timeout_s=BODY_TIMEOUT_S,
+                                         max_context=MAX_CONTEXT),
                   name=ray_engine.APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}", serve.get_deployment_handle("TppIngress", app_name=ray_engine.APP)
     finally:
@@ -158,9 +206,59 @@ def test_a_published_version_is_served_by_every_request_after_it_never_mixed(wor
     assert row["version"] == new and row["resident"] and row["healthy"]
 
 
+@pytest.mark.integration
+def test_stored_context_sets_are_multiplexed_answer_as_offline_and_follow_a_new_version(world, ray_app):
+    """``context:site@version`` is loaded (verified, features prepared) once and reused by the next requests;
+    inline sets run anywhere; both answer as ``tpp predict --context`` and obey --max-context; a newly
+    published set is what the next request gets."""
+    url, ingress = ray_app
+    ctx, predict = world["ctx"], f"{url}/v1/contexts/ctx/predict"
+    status, out = request(predict, world["files"], token=TOKEN)
+    assert status == 200, out
+    assert out["version"] == contexts.current_version(world["store"], "ctx") and out["k"] == 6
+    assert as_offline(out, ctx["v1"]["offline"])
+    examples = [{"image": base64.b64encode(p.read_bytes()).decode(), "label": p.parent.name}
+                for p in sorted(ctx["v1"]["folder"].rglob("*.png"))]
+    inline = {"context": examples, "images": [{"name": n, "data": base64.b64encode(d).decode()}
+                                              for n, d in world["files"]]}
+    status, out = request(f"{url}/v1/incontext/predict", body=json.dumps(inline).encode(), token=TOKEN)
+    assert status == 200 and out["context"] == "inline" and as_offline(out, ctx["v1"]["offline"]), out
+    assert total(ingress.stats.remote().result(), "context_loads") == 1  # the inline set was not loaded as one
+    for _ in range(3):  # repeated requests go to the replica that holds the prepared set
+        status, out = request(predict, world["files"][:2], token=TOKEN)
+        assert status == 200 and len(out["predictions"]) == 2 and as_offline(out, ctx["v1"]["offline"])
+    stats = ingress.stats.remote().result()
+    assert total(stats, "context_loads") == 1 and total(stats, "context_hits") >= 3, stats
+
+    status, out = request(f"{url}/v1/incontext/predict", token=TOKEN,
+                          body=json.dumps(dict(inline, context=examples * 2)).encode())  # 12 examples
+    assert status == 413 and "--max-context" in out["detail"]
+    status, out = request(f"{url}/v1/contexts/big/predict", world["files"][:1], token=TOKEN)
+    assert status == 409 and "more than" in out["detail"]  # refused by the replica, as by the FastAPI engine
+
+    old = contexts.current_version(world["store"], "ctx")
+    assert run_cli("context", "publish", world["store"], ctx["v2"]["folder"], "--site", "ctx",
+                   "--backbone", world["backbone"]) == 0
+    new = contexts.current_version(world["store"], "ctx")
+    status, out = request(predict, world["files"], token=TOKEN)
+    assert status == 200 and new != old and out["version"] == new and out["k"] == 8
+    assert as_offline(out, ctx["v2"]["offline"]) and not as_offline(out, ctx["v1"]["offline"])
+    assert total(ingress.stats.remote().result(), "context_loads") == 2
+
+
 def test_replicas_and_address_belong_to_the_ray_engine(capsys):
     args = ["serve", "--backbone", "builtin:mae-vit-tiny-med", "--store", "nowhere"]
     assert main([*args, "--replicas", "2"]) == 2
     assert "--engine ray" in capsys.readouterr().err
     assert main([*args, "--engine", "ray", "--replicas", "0"]) == 2
     assert "--replicas must be at least 1" in capsys.readouterr().err
+
+
+def test_context_set_ids_never_name_a_site():
+    ingress = pytest.importorskip("tpp.serve.ray_ingress")
+    from tpp.errors import TppError
+
+    assert ingress.context_id("a", "v1") == "context:a@v1" != ingress.model_id("a", "v1")
+    assert ingress.split_model_id(ingress.context_id("a", "v1")) == ingress.split_model_id("a@v1") == ("a", "v1")
+    with pytest.raises(TppError):  # so no adapter's id starts with the context prefix
+        store.check_site("context:a")

@@ -33,13 +33,9 @@ CACHED_SETS = 8
 def add_context_routes(app, worker, store_path: str, authorised, site_name, outcome, in_flight, limits,
                        max_context: int, request_timeout_s: float) -> None:
     """Add the three routes (module docstring) to the FastAPI ``app`` of :func:`tpp.serve.server.create_app`."""
-    from tpp.incontext.features import Extractor
     from tpp.incontext.predict import prepare
 
     cache: OrderedDict = OrderedDict()  # (site, version, method, k) -> Prepared
-
-    def extractor(bank) -> Extractor:
-        return Extractor(bank.encoder, bank.info, bank.device)
 
     def stored(bank, site: str, method: str, k: int | None):
         """The prepared current set of ``site`` (verified when it is not cached yet); on the inference thread."""
@@ -54,10 +50,10 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
             cache.popitem(last=False)
         return prepared
 
-    def answer(prepared, names: list[str], results: list, site: str) -> dict:
-        return {"context": site, "version": prepared.version, "task": prepared.ctx.task, "k": prepared.ctx.k,
-                "method": prepared.method, "backbone_hash": worker.bank.info.hash,
-                "predictions": [{"file": n, **prepared.json_entry(r)} for n, r in zip(names, results)]}
+    def answer(done: dict, names: list[str], site: str) -> dict:
+        return {"context": site, "version": done["version"], "task": done["task"], "k": done["k"],
+                "method": done["method"], "backbone_hash": worker.bank.info.hash,
+                "predictions": [{"file": n, **entry} for n, entry in zip(names, done["entries"])]}
 
     @app.get("/v1/contexts", dependencies=[Depends(authorised)])
     async def list_contexts():
@@ -75,9 +71,11 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
         pixels = await _checked(files, limits)
         async with in_flight.hold(pixels, request_timeout_s):
             arrays = await _decoded(files, limits)
-            prepared, results = await outcome(worker.call(
-                lambda bank: _run(stored(bank, site, method, k), arrays)))
-        return answer(prepared, [name for _, name in files], results, site)
+            if hasattr(worker, "predict_context"):  # the Ray engine: the set is multiplexed across its replicas
+                done = await outcome(worker.predict_context(site, method, k, arrays))
+            else:
+                done = await outcome(worker.call(lambda bank: answered(stored(bank, site, method, k), arrays)))
+        return answer(done, [name for _, name in files], site)
 
     @app.post("/v1/incontext/predict", dependencies=[Depends(authorised)])
     async def predict_inline(request: Request):
@@ -92,13 +90,23 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
         async with in_flight.hold(pixels, request_timeout_s):
             ctx = await _inline_set(context, limits, max_context)
             arrays = await _decoded(queries, limits)
-            prepared, results = await outcome(worker.call(
-                lambda bank: _run(prepare(ctx, extractor(bank), method, k), arrays)))
-        return answer(prepared, [name for _, name in queries], results, "inline")
+            done = await outcome(worker.call(lambda bank: answered(prepare(ctx, extractor(bank), method, k), arrays)))
+        return answer(done, [name for _, name in queries], "inline")
 
 
-def _run(prepared, arrays):
-    return prepared, prepared.predict(arrays)
+def extractor(bank):
+    """The :class:`~tpp.incontext.features.Extractor` of a bank's frozen backbone."""
+    from tpp.incontext.features import Extractor
+
+    return Extractor(bank.encoder, bank.info, bank.device)
+
+
+def answered(prepared, arrays: list) -> dict:
+    """Predict uint8 ``arrays`` (H, W) or (H, W, 3) with a prepared set; what an answer says of it, as plain data
+    (the Ray engine's replicas send it to the ingress): version, task, k, method and one JSON entry per image."""
+    results = prepared.predict(arrays)
+    return {"version": prepared.version, "task": prepared.ctx.task, "k": prepared.ctx.k, "method": prepared.method,
+            "entries": [prepared.json_entry(r) for r in results]}
 
 
 def _check_options(method: str, k: int | None) -> None:

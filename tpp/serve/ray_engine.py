@@ -10,6 +10,9 @@ Two deployments in one Ray Serve application (``tpp``):
   behind its own :class:`~tpp.serve.worker.InferenceWorker` (mixed-site micro-batches where the method allows
   it). A site is loaded through ``@serve.multiplexed(max_num_models_per_replica=--max-resident)``, so Ray routes a
   site's requests to a replica that holds it already. ``serve.batch`` is not used: it never mixes ids.
+  A stored context set (``POST /v1/contexts/{site}/predict``) is multiplexed the same way under the id
+  ``context:site@version`` (:class:`LoadedContext`: verified once, its examples' features prepared once per
+  method and k); inline context sets travel with their request and run on any replica, holding nothing.
 
 A request is computed by one batch of one replica's inference thread, so never with two versions. A newly
 published version is served by every replica from the first request whose pointer read at the ingress comes
@@ -24,6 +27,7 @@ import logging
 import os
 import signal
 import time
+from collections import OrderedDict
 
 import ray
 from ray import serve
@@ -31,7 +35,7 @@ from ray import serve
 from tpp.errors import TppError
 from tpp.serve import store as adapter_store
 from tpp.serve.images import DEFAULT_LIMITS, PixelLimits
-from tpp.serve.ray_ingress import RayWorker, error_of, split_model_id
+from tpp.serve.ray_ingress import CONTEXT, RayWorker, error_of, split_model_id
 from tpp.serve.server import check_binding, create_app, residency
 
 log = logging.getLogger("tpp.serve")
@@ -60,13 +64,40 @@ class Loaded:
             pass
 
 
+class LoadedContext:
+    """What ``serve.multiplexed`` holds per ``context:site@version``: the verified set and its prepared features
+    (:class:`~tpp.incontext.predict.Prepared`, K examples' features) per (method, k), a few at most."""
+
+    PREPARED = 4
+
+    def __init__(self, cv):
+        self.cv, self.prepared = cv, OrderedDict()
+
+    @property
+    def version(self) -> str:
+        return self.cv.version
+
+    def predict(self, bank, method: str, k: int | None, arrays: list) -> dict:
+        """On the replica's inference thread: the answer's plain data (:func:`tpp.serve.context.answered`)."""
+        from tpp.incontext.predict import prepare
+        from tpp.serve.context import answered, extractor
+
+        key = (method, k)
+        if key not in self.prepared:
+            self.prepared[key] = prepare(self.cv.ctx, extractor(bank), method, k, version=self.cv.version)
+            while len(self.prepared) > self.PREPARED:
+                self.prepared.popitem(last=False)
+        self.prepared.move_to_end(key)
+        return answered(self.prepared[key], arrays)
+
+
 def site_deployment(max_resident: int):
     """The ``TppSites`` deployment class, its multiplexed LRU as large as the bank's."""
 
     @serve.deployment(name="TppSites", ray_actor_options={"num_cpus": 0})
     class TppSites:
         def __init__(self, backbone: str, store_path: str, max_batch: int, max_wait_ms: float, device: str,
-                     precision: str, threads: int | None):
+                     precision: str, threads: int | None, max_context: int = 256, limits: PixelLimits = DEFAULT_LIMITS):
             import torch
 
             from tpp.serve.bank import AdapterBank
@@ -79,23 +110,39 @@ def site_deployment(max_resident: int):
             self.worker = InferenceWorker(self.bank, max_batch, max_wait_ms)
             self.replica = serve.get_replica_context().replica_id.unique_id
             self.hits = self.misses = 0
+            self.store, self.max_context, self.limits = store_path, max_context, limits
+            self.context_loads = self.context_hits = 0
 
         def info(self) -> dict:
             return {"id": self.bank.info.id, "hash": self.bank.info.hash}
 
         @serve.multiplexed(max_num_models_per_replica=max_resident)
-        async def site(self, mid: str) -> Loaded:
-            """Load ``site@version``: the bank's reload serves the store's current version (between batches)."""
+        async def site(self, mid: str) -> Loaded | LoadedContext:
+            """Load ``site@version``: the bank's reload serves the store's current version (between batches); or
+            ``context:site@version``: the store's current context set of ``site``, verified."""
             name, version = split_model_id(mid)
+            if mid.startswith(CONTEXT):
+                return await self._context(name, version)
             _, loaded = await asyncio.wrap_future(self.worker.reload(name))
             if loaded != version:
                 log.info("site %s: asked for %s, the store's current version is %s", name, version, loaded)
             return Loaded(self.worker, name, loaded)
 
+        async def _context(self, name: str, version: str) -> LoadedContext:
+            from tpp.serve import contexts
+
+            cv = await asyncio.to_thread(contexts.open_context, self.store, name, self.max_context, self.limits,
+                                         self.bank.info.hash)  # files read and checked off the event loop
+            self.context_loads += 1
+            if cv.version != version:
+                log.info("context %s: asked for %s, the store's current version is %s", name, version, cv.version)
+            return LoadedContext(cv)
+
         async def _state(self) -> dict:
             resident, refused = await asyncio.wrap_future(self.worker.call(residency))
             return {"id": self.replica, "pid": os.getpid(), "resident": resident, "refused": refused,
-                    "loads": self.bank.loads, "hits": self.hits, "misses": self.misses}
+                    "loads": self.bank.loads, "hits": self.hits, "misses": self.misses,
+                    "context_loads": self.context_loads, "context_hits": self.context_hits}
 
         async def predict(self, site: str, arrays: list) -> dict:
             """``arrays``: uint8 images (H, W) or (H, W, 3) of one request; its answer rows, or its error."""
@@ -110,6 +157,19 @@ def site_deployment(max_resident: int):
                 out = error_of(exc)
             return dict(out, replica=await self._state())
 
+        async def predict_context(self, site: str, method: str, k: int | None, arrays: list) -> dict:
+            """A stored context set (id ``context:site@version``) for uint8 ``arrays`` (H, W) or (H, W, 3): the
+            answer's plain data, or its error."""
+            loads = self.context_loads
+            try:
+                loaded = await self.site(serve.get_multiplexed_model_id())
+                self.context_hits += self.context_loads == loads
+                out = {"result": await asyncio.wrap_future(
+                    self.worker.call(lambda bank: loaded.predict(bank, method, k, arrays)))}
+            except Exception as exc:
+                out = error_of(exc)
+            return dict(out, replica=await self._state())
+
         async def reload(self, site: str) -> dict:
             try:
                 loaded = await self.site(serve.get_multiplexed_model_id())
@@ -119,7 +179,8 @@ def site_deployment(max_resident: int):
             return dict(out, replica=await self._state())
 
         async def call(self, fn) -> dict:
-            """``fn(bank)`` on the inference thread (the in-context routes); its result, or its error."""
+            """``fn(bank)`` on the inference thread (an inline context set: any replica, nothing kept); its result, or
+            its error."""
             try:
                 out = {"result": await asyncio.wrap_future(self.worker.call(fn))}
             except Exception as exc:
@@ -159,7 +220,7 @@ def application(backbone: str, store_path: str, *, replicas: int = 1, token: str
         raise TppError(f"--replicas and --max-resident must be at least 1, got {replicas} and {max_resident}.")
     adapter_store.sites(store_path)  # a missing store: one clear error before Ray starts anything
     sites = site_deployment(max_resident).options(num_replicas=replicas).bind(
-        backbone, str(store_path), max_batch, max_wait_ms, device, precision, threads)
+        backbone, str(store_path), max_batch, max_wait_ms, device, precision, threads, max_context, limits)
     return TppIngress.bind(sites, str(store_path), token, max_upload_bytes, limits, body_timeout_s, max_context)
 
 

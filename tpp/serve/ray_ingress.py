@@ -1,7 +1,8 @@
 """The ingress side of ``tpp serve --engine ray`` (:mod:`tpp.serve.ray_engine`): :class:`RayWorker` stands in
 for the inference worker under :func:`tpp.serve.server.create_app` and sends each request to a ``TppSites``
-replica with the multiplexed model id ``site@version``; replicas answer plain data (rows, or an error's kind and
-message), never a pickled exception."""
+replica with the multiplexed model id ``site@version``; a stored context set's requests
+carry ``context:site@version`` (:mod:`tpp.serve.context`); replicas answer plain data (rows, or an error's kind
+and message), never a pickled exception."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +15,7 @@ import ray
 from fastapi import HTTPException
 
 from tpp.errors import TppError
+from tpp.serve import contexts
 from tpp.serve import store as adapter_store
 from tpp.serve.bank import SiteRefused
 from tpp.serve.images import ImageError, ImageTooLarge
@@ -25,12 +27,20 @@ ERRORS = {"UnknownSite": TppError, "SiteRefused": SiteRefused, "ImageTooLarge": 
           "ImageError": ImageError, "TppError": TppError}
 
 
+CONTEXT = "context:"  # the id prefix of a stored context set (":" is never part of a site name)
+
+
 def model_id(site: str, version: str) -> str:
     return f"{site}@{version}"
 
 
+def context_id(site: str, version: str) -> str:
+    return f"{CONTEXT}{site}@{version}"
+
+
 def split_model_id(mid: str) -> tuple[str, str]:
-    site, _, version = mid.rpartition("@")
+    """``site@version`` or ``context:site@version`` -> (site, version)."""
+    site, _, version = mid.removeprefix(CONTEXT).rpartition("@")
     return site, version
 
 
@@ -76,6 +86,11 @@ class RayWorker:
 
     def reload(self, site: str) -> asyncio.Task:
         return asyncio.ensure_future(self._reload(site))
+
+    def predict_context(self, site: str, method: str, k: int | None, arrays: list) -> asyncio.Task:
+        """The stored context set of ``site`` (``POST /v1/contexts/{site}/predict``) on a replica that holds it
+        prepared: the answer's plain data (:func:`tpp.serve.context.answered`)."""
+        return asyncio.ensure_future(self._predict_context(site, method, k, arrays))
 
     def call(self, fn) -> Future | asyncio.Task:
         if fn is residency:  # GET /v1/sites: every replica's bank as of its last answer
@@ -125,6 +140,15 @@ class RayWorker:
             raise_error(out, site)
         old, self.answered[site] = self.answered.get(site), out["new"]
         return old, out["new"]
+
+    async def _predict_context(self, site: str, method: str, k: int | None, arrays: list) -> dict:
+        version = contexts.current_version(self.store, site)
+        if version is None:
+            raise contexts.UnknownContext(site)
+        out = await self._remote("predict_context", context_id(site, version), site, method, k, arrays)
+        if "error" in out:
+            raise_error(out)
+        return out["result"]
 
     async def _call(self, fn):
         out = await self._remote("call", None, fn)

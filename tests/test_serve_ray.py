@@ -139,15 +139,22 @@ def test_two_replicas_answer_three_sites_as_offline_and_reuse_loaded_adapters(wo
         assert out["adapter_id"] == f"{site}@{store.current_version(world['store'], site)}"
         assert close(probabilities(out), world["expected"][site])
     stats = ingress.stats.remote().result()
-    loads = total(stats, "loads")
+    loads, hits = total(stats, "loads"), total(stats, "hits")
     assert loads >= len(SITES)
-    for _ in range(3):  # repeated requests go to a replica that holds the site: no new load anywhere
+    # Ray's router learns which replica holds an id from the replicas' reports (pushed every 0.1 s, later on a
+    # loaded machine); a request routed before the report arrives may load the site on the other replica once
+    time.sleep(2.0)
+    for round_ in range(3):  # repeated requests go to a replica that holds the site
+        before = total(ingress.stats.remote().result(), "loads")
         for site in SITES:
             status, out = request(f"{url}/v1/sites/{site}/predict", world["files"][:2], token=TOKEN)
             assert status == 200 and close(probabilities(out), world["expected"][site][:2])
+        after = total(ingress.stats.remote().result(), "loads")
+        if round_ == 2:
+            assert after == before, "the third round still loaded a site: repeated requests do not reuse"
     stats = ingress.stats.remote().result()
-    assert total(stats, "loads") == loads, stats
-    assert total(stats, "hits") >= 3 * len(SITES)
+    assert total(stats, "loads") <= 2 * len(SITES), stats  # each site at most once per replica
+    assert total(stats, "hits") - hits >= 2 * len(SITES)
     assert len(stats["replicas"]) <= 2
     status, listing = request(f"{url}/v1/sites", token=TOKEN)
     assert status == 200 and all(row["resident"] for row in listing["sites"])
@@ -204,6 +211,11 @@ def test_a_published_version_is_served_by_every_request_after_it_never_mixed(wor
     status, listing = request(f"{url}/v1/sites", token=TOKEN)
     row = next(r for r in listing["sites"] if r["site"] == "site_a")
     assert row["version"] == new and row["resident"] and row["healthy"]
+    store.publish(world["runs"]["site_a"], world["store"], "site_a")  # roll back: the earlier id is current again
+    assert store.current_version(world["store"], "site_a") == old
+    for _ in range(4):  # Ray's cache may still hold site_a@old, loaded before the new version replaced it
+        status, out = request(f"{url}/v1/sites/site_a/predict", world["files"], token=TOKEN)
+        assert status == 200 and out["version"] == old and close(probabilities(out), world["expected"]["site_a"])
 
 
 @pytest.mark.integration

@@ -146,12 +146,17 @@ def site_deployment(max_resident: int):
 
         async def predict(self, site: str, arrays: list) -> dict:
             """``arrays``: uint8 images (H, W) or (H, W, 3) of one request; its answer rows, or its error."""
-            loads = self.bank.loads
+            loads, mid = self.bank.loads, serve.get_multiplexed_model_id()
             try:
-                await self.site(serve.get_multiplexed_model_id())
+                await self.site(mid)
                 hit = self.bank.loads == loads
                 self.hits, self.misses = self.hits + hit, self.misses + (not hit)
                 result = await asyncio.wrap_future(self.worker.predict(site, arrays))
+                if result.version != split_model_id(mid)[1]:
+                    # Ray's cache still held this id while the bank moved on (a rollback to an earlier version
+                    # re-uses its id): load the store's current version and answer with it
+                    await asyncio.wrap_future(self.worker.reload(site))
+                    result = await asyncio.wrap_future(self.worker.predict(site, arrays))
                 out = {"version": result.version, "rows": result.entries(), "hit": hit}
             except Exception as exc:
                 out = error_of(exc)

@@ -264,6 +264,9 @@ def test_replicas_and_address_belong_to_the_ray_engine(capsys):
     assert "--engine ray" in capsys.readouterr().err
     assert main([*args, "--engine", "ray", "--replicas", "0"]) == 2
     assert "--replicas must be at least 1" in capsys.readouterr().err
+    pytest.importorskip("tpp.serve.ray_engine")
+    assert main([*args, "--engine", "ray", "--address", "ray://127.0.0.1:1"]) == 2  # refused before joining
+    assert "--address joins a Ray cluster" in capsys.readouterr().err
 
 
 def test_context_set_ids_never_name_a_site():

@@ -267,10 +267,18 @@ def serve_ray(backbone: str, store_path: str, host: str = "127.0.0.1", port: int
               address: str | None = None, token: str | None = None, insecure: bool = False, **options) -> None:
     """``tpp serve --engine ray``: run the application until Ctrl-C / SIGTERM, then stop Ray."""
     check_binding(host, token, insecure)
+    if address and token is None and not insecure:  # a running cluster's Serve keeps its own proxy settings
+        raise TppError("--address joins a Ray cluster whose HTTP proxies may already listen beyond this machine "
+                       "(tpp cannot choose their host there): set a bearer token (env TPP_SERVE_TOKEN or "
+                       "--token-file FILE), or pass --insecure to accept the risk.")
     app = application(backbone, store_path, replicas=replicas, token=token, **options)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     start(host, port, address)
+    if address and APP in serve.status().applications:  # never replace (and on exit delete) another's
+        ray.shutdown()
+        raise TppError(f"the Ray cluster at --address {address} already runs a '{APP}' application (another "
+                       "tpp serve); stop it first, or serve this store from a separate cluster.")
     try:  # after ray.init, which installs its own handlers: Ctrl-C and SIGTERM shut Serve and Ray down
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, interrupt)

@@ -433,5 +433,5 @@ def rule_frame(input_rule: dict) -> int:
     if isinstance(frame, bool) or not isinstance(frame, int) or not isinstance(size, int) or \
             not 0 <= frame or 2 * frame >= size:
         raise TppError(f"input.frame must be an integer number of border pixels with 0 <= frame < image_size / 2 "
-                       f"(image_size {str(size)[:20]}), got {str(frame)[:40]!r}")
+                       f"(image_size {str(size)[:20]}), got {repr(frame)[:40]}")
     return frame

@@ -311,12 +311,12 @@ def check_mapping_entry(mapped) -> str | None:
         return "task.output_mapping must be an object"
     kind, pooling, classes = mapped.get("kind"), mapped.get("pooling"), mapped.get("source_classes")
     if kind not in MAPPINGS[1:]:
-        return f"task.output_mapping.kind must be one of {', '.join(MAPPINGS[1:])}, got {str(kind)[:40]!r}"
+        return f"task.output_mapping.kind must be one of {', '.join(MAPPINGS[1:])}, got {repr(kind)[:40]}"
     if pooling not in POOLINGS:
-        return f"task.output_mapping.pooling must be one of {', '.join(POOLINGS)}, got {str(pooling)[:40]!r}"
+        return f"task.output_mapping.pooling must be one of {', '.join(POOLINGS)}, got {repr(pooling)[:40]}"
     if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_SOURCE_CLASSES:
         return (f"task.output_mapping.source_classes must be an integer in 2..{MAX_SOURCE_CLASSES}, "
-                f"got {str(classes)[:40]!r}")
+                f"got {repr(classes)[:40]}")
     return None
 
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import copy
 
-from tpp.adapter_dir import load_head, read_card, read_weights, verify_backbone
+from tpp.adapter_dir import HEAD, read_card, read_tensors, read_weights, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs
 from tpp.errors import ConfigError, TppError
-from tpp.model import TaskModel, attach_adapter, input_frame, load_adapter_state
+from tpp.model import TaskModel, attach_adapter, build_head, input_frame, load_adapter_state
 from tpp.predictions_csv import publish_predictions, split_rows
+from tpp.serve.integrity import check_frame, check_head
 from tpp.tasks import task_of_card, task_of_result
 from tpp.training import build_accelerator, predict
 
@@ -39,8 +40,11 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
     verify_backbone(card, info, path)
     attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
     info.frame = input_frame(encoder.model)
+    check_frame(card, info.frame, path)  # predict / serve frame by the card: both must agree
     load_adapter_state(encoder, read_weights(path, card), path)
-    head = load_head(path, card, info.hidden_size)
+    head_state = read_tensors(path, HEAD)
+    check_head(card, head_state, path)  # sizes from the file, before the card can size the head
+    head = build_head(card, info.hidden_size, head_state, f"{path}/{HEAD}")
     return TaskModel(encoder, head).eval(), card, info
 
 

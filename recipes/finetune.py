@@ -99,7 +99,7 @@ def run(cfg, run) -> dict:
     def evaluate(model):
         return task.score(predictions(model, x_val), y_val, dataset)
 
-    prepare_output_mapping(model, x_train, y_train, cfg.train.batch_size, cfg.train.eval_batch_size)  # FLM / ILM
+    prepare_output_mapping(model, x_train, y_train, plan.steps_per_epoch, cfg.train.eval_batch_size)  # FLM / ILM
     result = train_loop(accelerator, model, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
                         evaluate if select else None, plan.eval_every,
                         desc=f"finetune {dataset.name}", accum_steps=cfg.train.grad_accum_steps,

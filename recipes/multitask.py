@@ -47,11 +47,23 @@ def check(cfg) -> None:
     if cfg.multitask.scope == "target" and not get_method(cfg.adapter.method).pretrainable:
         problems.append(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; multi-task TPP "
                         f"applies to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
+    if cfg.multitask.scope == "target" and pads_input(cfg.adapter.resolved_options()):
+        problems.append(f"multitask: adapter.mode=pad (a padding visual prompt: the default of {cfg.adapter.method}) "
+                        "is not supported yet: the multi-task cycle does not place its images inside the frame, so "
+                        "the prompt would overwrite their border and the card would record no frame. Set "
+                        "adapter.mode=full.")
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else
                           f"{len(problems)} multitask config problems:\n" + "\n".join(f"  - {p}" for p in problems))
     check_eval_targets([(task_name(e), e.kind, e.data.name, e.data.origin) for e in cfg.pool],
                        cfg.multitask.eval_targets)
+
+
+def pads_input(options: dict) -> bool:
+    """Whether resolved method options (one method's, or a composed method's per-method dicts) ask for a padding
+    visual prompt (``mode: pad``), which keeps an input frame the multi-task cycle does not make."""
+    return options.get("mode") == "pad" and "pad" in options or \
+        any(isinstance(v, dict) and pads_input(v) for v in options.values())
 
 
 def _optimizer(params: list, lr: float, cfg) -> torch.optim.AdamW:

@@ -149,7 +149,7 @@ def test_flm_follows_the_data_once_and_ilm_again_after_every_epoch(tmp_path):
                 head.source.bias[source] = 5.0
 
         favour(4)
-        prepare_output_mapping(model, inputs, labels, batch_size=4, eval_batch_size=8)  # 3 steps per epoch
+        prepare_output_mapping(model, inputs, labels, steps_per_epoch=3, eval_batch_size=8)
         first = head.mapping.tolist()
         assert first[0] == 4 and len(set(first)) == 2
         favour(3)  # the model now predicts source class 3 for everything: the frequency mapping moves
@@ -174,7 +174,9 @@ def test_finetune_with_ilm_on_a_hub_classifier_then_evaluate(tmp_path):
     history = next(e["history"] for e in log if e.get("event") == "output_mapping")
     assert len(history) >= 3  # before training, then after each of the >= 2 epochs (60 images, batch 16: 4 steps)
     mapping = read_tensors(tmp_path / "ft" / "adapter", HEAD)["mapping"].tolist()
-    assert mapping == history[-1]["mapping"] and len(set(mapping)) == 2
+    best = json.loads((tmp_path / "ft" / "metrics.json").read_text())["best_step"]
+    in_effect = [h["mapping"] for h in history if h["step"] <= best][-1]  # best-on-validation keeps its mapping
+    assert mapping == in_effect and len(set(mapping)) == 2
     assert run_cli("run", "evaluate", "--config", FINETUNE_CONFIG, f"backbone.path={path}", f"data.root={data}",
                    f"adapter.path={tmp_path / 'ft' / 'adapter'}", f"output_dir={tmp_path / 'ev'}") == 0
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())

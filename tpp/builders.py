@@ -197,6 +197,10 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
             run.log(event="init_from_option", note=note)
     method, typed, targets = attach_adapter(encoder, method_name, options)
     info.frame = input_frame(encoder.model)
+    if parent and isinstance(parent_card.get("input"), dict):  # a parent framed by its card must agree with its method
+        from tpp.serve.integrity import check_frame
+
+        check_frame(parent_card, info.frame, cfg.adapter.init_from)
     if parent:
         parent_weights = read_weights(cfg.adapter.init_from, parent_card)
         load_adapter_state(encoder, parent_weights, cfg.adapter.init_from)

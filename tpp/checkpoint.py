@@ -1,8 +1,9 @@
 """Checkpoints of a training run: only what trains, plus everything needed to continue exactly.
 
 ``OUTPUT_DIR/checkpoints/step-<N>/`` holds ``trainable.safetensors`` (the trainable tensors, never the
-frozen backbone), ``best.safetensors`` (best-on-validation copy, if any), ``extra.safetensors`` (state a
-model keeps outside its parameters, e.g. DINO's EMA teacher) and ``state.pt`` (optimiser, scheduler, RNG
+frozen backbone), ``best.safetensors`` (best-on-validation copy, with the state selected with it such as a
+label mapping, if any), ``extra.safetensors`` (state a model keeps outside its parameters, e.g. DINO's EMA
+teacher, an ILM mapping with its step counter and history) and ``state.pt`` (optimiser, scheduler, RNG
 states, batches consumed, loss history; read back with ``weights_only=True``). A checkpoint is written to
 a temporary folder and renamed into place, so a folder named ``step-<N>`` is always complete; the last
 ``keep`` are kept; the last step of a run is saved too. ``train.resume=auto`` continues from the newest one

@@ -16,8 +16,6 @@ from the current model's source predictions on the (labelled) training images (:
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn
@@ -112,6 +110,30 @@ class LabelMappingHead(nn.Module):
         self.mapping.copy_(torch.as_tensor(mapping))
         self.history.append({"step": self.steps, "mapping": mapping.tolist(), "changed": bool(changed)})
 
+    def loop_state(self, full: bool = True) -> dict[str, torch.Tensor]:
+        """What training changes outside the parameters (:mod:`tpp.training` keeps it with them): ``mapping``
+        (T,) int64 in the best-on-validation state; with ``full`` (a checkpoint) also ``steps`` (1,) int64 and
+        ``history`` (H, 2 + T) int64 rows ``[step, changed, *mapping]``, so a resumed ILM run continues exactly."""
+        state = {"mapping": self.mapping.detach().cpu().clone()}
+        if full:
+            rows = [[h["step"], int(h["changed"]), *h["mapping"]] for h in self.history]
+            state["steps"] = torch.tensor([self.steps], dtype=torch.int64)
+            state["history"] = torch.tensor(rows, dtype=torch.int64).reshape(len(rows), 2 + len(self.mapping))
+        return state
+
+    def load_loop_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`loop_state`'s tensors (those present): the mapping, and the step counter and history."""
+        mapping = state["mapping"]
+        if tuple(mapping.shape) != tuple(self.mapping.shape):
+            raise TppError(f"the saved label mapping has shape {tuple(mapping.shape)}, this head's "
+                           f"{tuple(self.mapping.shape)}: was the config changed?")
+        self.mapping.copy_(mapping.to(self.mapping.device, torch.int64))
+        if "steps" in state:
+            self.steps = int(state["steps"][0])
+        if "history" in state:
+            self.history = [{"step": int(r[0]), "changed": bool(r[1]), "mapping": r[2:].tolist()}
+                            for r in state["history"]]
+
     def after_optimizer_step(self) -> None:
         """ILM: a new mapping from the current model after every epoch of optimiser steps."""
         self.steps += 1
@@ -139,15 +161,17 @@ def _all_source_logits(model, inputs, batch_size: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def prepare_output_mapping(model, inputs, labels: torch.Tensor, batch_size: int, eval_batch_size: int) -> None:
+def prepare_output_mapping(model, inputs, labels: torch.Tensor, steps_per_epoch: int, eval_batch_size: int) -> None:
     """For a :class:`LabelMappingHead` with FLM / ILM: the frequency mapping of the model as it starts on the
-    training images ``inputs`` (labels (N,)), and for ILM the hook recomputing it after every epoch
-    (``ceil(N / batch_size)`` optimiser steps). Any other head: nothing."""
+    training images ``inputs`` (labels (N,)), and for ILM the hook recomputing it after every epoch of
+    ``steps_per_epoch`` optimiser steps (the run's plan: ``ceil(N / (batch_size x processes))``). Any other head:
+    nothing. A resumed run then gets its checkpoint's mapping, step counter and history back
+    (:meth:`LabelMappingHead.load_loop_state`)."""
     inner = getattr(model, "module", model)
     head = getattr(inner, "head", None)
     if not isinstance(head, LabelMappingHead) or head.kind not in ("flm", "ilm"):
         return
     num_target = len(head.mapping)
     head.remap = lambda: frequency_mapping(_all_source_logits(inner, inputs, eval_batch_size), labels, num_target)
-    head.steps_per_epoch = math.ceil(len(inputs) / batch_size)
+    head.steps_per_epoch = steps_per_epoch
     head.set_mapping(head.remap())

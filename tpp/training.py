@@ -249,15 +249,50 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
             accelerator.log({f"val/{k.removeprefix('val_')}": v for k, v in metrics.items()}, step=step)
             if math.isfinite(score) and (result.best_score is None or score > result.best_score):
                 result.best_score, result.best_step = score, step
-                best_state = trainable_state(model)
+                best_state = best_snapshot(model)
         if checkpoints is not None and checkpoints.due(step, num_steps):
             save_checkpoint(checkpoints, step, accelerator, model, optimizer, scheduler, batches, result, best_state)
     model.eval()
     for tracker in accelerator.trackers:  # flush; not end_training(), which also ends the process group
         tracker.finish()
     if best_state is not None:
-        restore_trainable(model, best_state)
+        restore_best(model, best_state)
     return result
+
+
+LOOP = "loop:"  # key prefix of a module's loop state among trainable tensors (best state) or extra (checkpoint)
+
+
+def loop_state(model: torch.nn.Module, full: bool = True) -> dict[str, torch.Tensor]:
+    """What submodules change in training outside their parameters (``loop_state(full)``, e.g. a label-mapping
+    head's mapping; with ``full`` also its step counter and history), keyed ``loop:<module name>:<key>``."""
+    return {f"{LOOP}{name}:{key}": value for name, module in model.named_modules()
+            if callable(getattr(module, "loop_state", None)) for key, value in module.loop_state(full).items()}
+
+
+def load_loop_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give each submodule back its :func:`loop_state` entries (keys without the ``loop:`` prefix are ignored)."""
+    modules, own = dict(model.named_modules()), {}
+    for key, value in state.items():
+        if key.startswith(LOOP):
+            name, _, sub = key[len(LOOP):].rpartition(":")
+            own.setdefault(name, {})[sub] = value
+    for name, entries in own.items():
+        if name not in modules or not callable(getattr(modules[name], "load_loop_state", None)):
+            raise TppError(f"saved training state names module '{name}', which this model lacks or which keeps no "
+                           "loop state: was the config changed?")
+        modules[name].load_loop_state(entries)
+
+
+def best_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of every trainable tensor and of the state selected with them (a label mapping): the best step."""
+    return {**trainable_state(model), **loop_state(model, full=False)}
+
+
+def restore_best(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put :func:`best_snapshot`'s tensors back: the parameters and the mapping that scored together."""
+    restore_trainable(model, {k: v for k, v in state.items() if not k.startswith(LOOP)})
+    load_loop_state(model, state)
 
 
 @torch.no_grad()
@@ -315,7 +350,7 @@ def save_checkpoint(checkpoints: Checkpointer, step: int, accelerator, model, op
     if bad:  # never let a broken state push a good checkpoint out
         raise TppError(f"trainable tensors became non-finite at step {step} ({', '.join(bad[:3])}); lower train.lr. "
                        f"The last good checkpoint is kept in {checkpoints.dir}.")
-    extra = unwrapped.extra_state() if hasattr(unwrapped, "extra_state") else {}
+    extra = {**(unwrapped.extra_state() if hasattr(unwrapped, "extra_state") else {}), **loop_state(unwrapped)}
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
              "batches": batches.consumed, "losses": result.losses, "best_score": result.best_score,
              "best_step": result.best_step, "world_size": accelerator.num_processes}
@@ -348,8 +383,10 @@ def resume(checkpoints: Checkpointer, accelerator, model, optimizer, scheduler, 
     with torch.no_grad():
         for name, value in trainable.items():
             params[name].copy_(value)
-    if extra:
-        unwrapped.load_extra_state(extra)
+    own = {k: v for k, v in extra.items() if not k.startswith(LOOP)}
+    if own:
+        unwrapped.load_extra_state(own)
+    load_loop_state(unwrapped, extra)  # e.g. the ILM mapping, its step counter and history
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     batches.skip(state["batches"])

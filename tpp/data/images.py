@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tpp.data.pixels import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, pil_size, training_mode
+from tpp.errors import TppError
 
 if TYPE_CHECKING:
     import torch
@@ -421,4 +422,16 @@ def to_model_input(array: np.ndarray, input_rule: dict) -> torch.Tensor:
     elif input_rule["image_channels"] == 3 and array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     return to_model_tensor(array[None], input_rule["channels"], input_rule["image_size"],
-                           input_rule["mean"], input_rule["std"], int(input_rule.get("frame", 0)))
+                           input_rule["mean"], input_rule["std"], rule_frame(input_rule))
+
+
+def rule_frame(input_rule: dict) -> int:
+    """The ``frame`` of a card's input rule (absent: 0): border pixels a padding visual prompt keeps for itself.
+    It must be an integer with ``0 <= frame < image_size / 2`` (a forged card must not crop images with a
+    negative frame, or leave no image inside it); anything else raises :class:`tpp.errors.TppError`."""
+    frame, size = input_rule.get("frame", 0), input_rule.get("image_size")
+    if isinstance(frame, bool) or not isinstance(frame, int) or not isinstance(size, int) or \
+            not 0 <= frame or 2 * frame >= size:
+        raise TppError(f"input.frame must be an integer number of border pixels with 0 <= frame < image_size / 2 "
+                       f"(image_size {str(size)[:20]}), got {repr(frame)[:40]}")
+    return frame

@@ -38,8 +38,8 @@ from tpp.adapter_dir import verify_backbone
 from tpp.backbones import Encoder, load_backbone
 from tpp.errors import TppError
 from tpp.serve.images import to_model_input
-from tpp.serve.integrity import BackboneGuard, check_adapter
-from tpp.model import attach_adapter, build_head, load_adapter_state
+from tpp.serve.integrity import BackboneGuard, check_adapter, check_frame
+from tpp.model import attach_adapter, build_head, input_frame, load_adapter_state
 from tpp.tasks import Task, task_of_card
 
 BASE = "__base__"  # peft's name for "no adapter" in ``adapter_names``
@@ -209,11 +209,13 @@ class AdapterBank:
             config = mixed_batch_config(card) if self.mixed_batches else None
             if config is not None:
                 name = f"{sv.site}__{sv.version}"
+                check_frame(card, 0, str(sv.path))  # a PEFT group's methods keep no input frame
                 self._add_to_group(card["method"], name, config, state, source)
                 site = Site(sv.site, sv.version, card, head, None, name, card["method"])
             else:
                 encoder = Encoder(share_weights_copy(self.encoder.model), self.encoder.family)
                 attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+                check_frame(card, input_frame(encoder.model), str(sv.path))  # as evaluate frames its images
                 move_own_tensors(encoder.model, self.device)
                 load_adapter_state(encoder, state, source)
                 site = Site(sv.site, sv.version, card, head, encoder.eval())

@@ -22,6 +22,7 @@ from safetensors.torch import load as load_safetensors
 
 from tpp.adapter_dir import CARD, HEAD, check_card
 from tpp.adapters import check_tensor_names, get_method
+from tpp.data.images import rule_frame
 from tpp.errors import ConfigError, TppError
 from tpp.tasks import task_of_card
 
@@ -47,9 +48,43 @@ def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
     weights = card.get("weights_file")
     state = parse_tensors(files, weights, source) if weights else {}
     check_tensor_names(method, state, source)
-    head_state = parse_tensors(files, HEAD, source)
+    head_state = parse_tensors(files, HEAD, source, integer=INTEGER_HEAD_TENSORS)
     check_head(card, head_state, source)
+    check_servable(card, source)
     return CheckedAdapter(card, method, state, head_state)
+
+
+def check_servable(card: dict, source: str) -> None:
+    """What the adapter bank cannot run: a label-mapping head pooled on the CLS token (the bank hands every head
+    patch tokens only), refused here, at publish and at load, rather than on every request."""
+    mapped = card["task"].get("output_mapping")
+    if isinstance(mapped, dict) and mapped.get("pooling") == "cls_token":
+        raise TppError(f"'{source}': its label-mapping head reads the CLS token (source head "
+                       f"{str(mapped.get('source_head'))[:60]!r}, pooling cls_token), but the adapter bank behind "
+                       "tpp serve / predict / adapters publish hands heads patch tokens only. Evaluate it with "
+                       "tpp run evaluate, or fine-tune with a source head pooled over patch tokens "
+                       "(classification.source_head) to serve it.")
+
+
+def check_frame(card: dict, attached_frame: int, source: str) -> None:
+    """The card's input frame (absent: 0) equals the frame the attached method keeps for itself
+    (:func:`tpp.model.input_frame`): otherwise evaluate (which frames by the module) and predict / serve (which
+    frame by the card) would feed the model different images. A mismatch is refused, naming the card."""
+    rule = card.get("input") if isinstance(card.get("input"), dict) else {}
+    if "image_size" in rule:
+        try:
+            frame = rule_frame(rule)
+        except TppError as exc:
+            raise TppError(f"'{source}/{CARD}': {exc}.") from None
+    else:
+        frame = rule.get("frame", 0)
+    if frame != attached_frame:
+        raise TppError(
+            f"'{source}/{CARD}': its input rule frames images with a {frame}-px border (input.frame"
+            f"{'' if 'frame' in rule else ' absent'}), but its method {str(card.get('method'))[:40]!r} with the "
+            f"card's options keeps a {attached_frame}-px border for itself, so evaluate and predict / serve would "
+            "place images differently. The adapter was written by an older tpp version or its card was edited: "
+            "re-train (or re-fine-tune) it with this tpp version, which records the frame.")
 
 
 def parse_card(data: bytes | None, source: str) -> dict:
@@ -83,6 +118,11 @@ def check_input_rule(card: dict, source: str) -> None:
             problems.append(f"{key} must list one finite number per channel")
     if isinstance(rule.get("std"), list) and any(isinstance(v, (int, float)) and v <= 0 for v in rule["std"]):
         problems.append("std must be positive")
+    if isinstance(size, int):
+        try:
+            rule_frame(rule)
+        except TppError as exc:
+            problems.append(str(exc).removeprefix("input."))
     problems += task_of_card(card).check_entry(task)  # e.g. a sane mask size
     if problems:
         raise TppError(f"'{source}/{CARD}': the input rule is malformed: {'; '.join(problems)}.")
@@ -102,8 +142,13 @@ def adapter_method(card: dict, source: str):
     return method
 
 
-def parse_tensors(files: dict[str, bytes], name: str, source: str) -> dict[str, torch.Tensor]:
-    """A safetensors file of the directory from its bytes (never pickle); finite floating tensors only."""
+INTEGER_HEAD_TENSORS = ("mapping",)  # a label-mapping head's (T,) int64 source indices (its check bounds them)
+
+
+def parse_tensors(files: dict[str, bytes], name: str, source: str,
+                  integer: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """A safetensors file of the directory from its bytes (never pickle); finite floating tensors only, except
+    the names in ``integer``, which must be int64 (the task's head check bounds their values)."""
     if name not in files:
         raise TppError(f"adapter directory '{source}' lacks {name}.")
     try:
@@ -111,6 +156,10 @@ def parse_tensors(files: dict[str, bytes], name: str, source: str) -> dict[str, 
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise TppError(f"'{source}/{name}' is not a readable safetensors file ({type(exc).__name__}).") from None
     for key, tensor in state.items():
+        if key in integer:
+            if tensor.dtype != torch.int64:
+                raise TppError(f"'{source}/{name}': tensor '{key}' has dtype {tensor.dtype}; it holds int64 indices.")
+            continue
         if not tensor.is_floating_point():
             raise TppError(f"'{source}/{name}': tensor '{key}' has dtype {tensor.dtype}; adapters hold floats.")
         if not torch.isfinite(tensor).all():

@@ -132,7 +132,10 @@ class Classification(Task):
 
     def head_from_card(self, entry, hidden_size, channels) -> nn.Module:
         mapped = entry.get("output_mapping")
-        if isinstance(mapped, dict):
+        if mapped is not None:
+            problem = check_mapping_entry(mapped)  # before anything is allocated from the card's numbers
+            if problem:
+                raise ValueError(problem)
             return LabelMappingHead(int(mapped["source_classes"]), hidden_size, mapped["pooling"], mapped["kind"],
                                     np.arange(entry["num_classes"]))  # the saved mapping is loaded over it
         return ClassificationHead(hidden_size, entry["num_classes"])
@@ -229,7 +232,7 @@ class Classification(Task):
                 "specificity": result.get("specificity"), "threshold": result.get("threshold")}
 
     def check_head(self, entry, head_state):
-        if isinstance(entry.get("output_mapping"), dict):
+        if "output_mapping" in entry:
             return _check_mapping_head(entry, head_state)
         weight = head_state.get("linear.weight")
         labels = entry.get("label_names", [])
@@ -241,6 +244,8 @@ class Classification(Task):
 
     def check_entry(self, entry):
         problem = check_task_entry(entry)
+        if problem is None and "output_mapping" in entry:
+            problem = check_mapping_entry(entry["output_mapping"])
         return [problem] if problem else []
 
     def per_image(self, output, image):
@@ -294,12 +299,37 @@ def mapping_head(options, info, num_target: int) -> LabelMappingHead:
     return head
 
 
+MAX_SOURCE_CLASSES = 100_000  # a card's source classifier size (ImageNet-21k has 21,843)
+
+
+def check_mapping_entry(mapped) -> str | None:
+    """Why a card's ``task.output_mapping`` cannot build a head (None: it can): ``kind`` one of rlm / flm / ilm,
+    ``pooling`` one the source classifiers use, ``source_classes`` an integer in 2..MAX_SOURCE_CLASSES."""
+    from tpp.source_classifier import POOLINGS
+
+    if not isinstance(mapped, dict):
+        return "task.output_mapping must be an object"
+    kind, pooling, classes = mapped.get("kind"), mapped.get("pooling"), mapped.get("source_classes")
+    if kind not in MAPPINGS[1:]:
+        return f"task.output_mapping.kind must be one of {', '.join(MAPPINGS[1:])}, got {repr(kind)[:40]}"
+    if pooling not in POOLINGS:
+        return f"task.output_mapping.pooling must be one of {', '.join(POOLINGS)}, got {repr(pooling)[:40]}"
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_SOURCE_CLASSES:
+        return (f"task.output_mapping.source_classes must be an integer in 2..{MAX_SOURCE_CLASSES}, "
+                f"got {repr(classes)[:40]}")
+    return None
+
+
 def _check_mapping_head(entry, head_state) -> str | None:
     mapped, mapping = entry["output_mapping"], head_state.get("mapping")
-    weight = head_state.get("source.weight")
-    ok = (mapping is not None and mapping.dim() == 1 and len(mapping) == entry.get("num_classes")
-          and len(set(mapping.tolist())) == len(mapping) and weight is not None and weight.dim() == 2
-          and weight.shape[0] == mapped.get("source_classes")
+    problem = check_mapping_entry(mapped)
+    if problem:
+        return problem
+    weight, bias = head_state.get("source.weight"), head_state.get("source.bias")
+    ok = (set(head_state) == {"mapping", "source.weight", "source.bias"}
+          and mapping.dim() == 1 and len(mapping) == entry.get("num_classes")
+          and len(set(mapping.tolist())) == len(mapping) and weight.dim() == 2
+          and weight.shape[0] == mapped.get("source_classes") and tuple(bias.shape) == (weight.shape[0],)
           and all(0 <= int(m) < weight.shape[0] for m in mapping.tolist()))
     if ok:
         return None

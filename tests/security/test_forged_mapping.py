@@ -1,0 +1,94 @@
+"""Label-mapping adapters (classification.output_mapping) in the deployment path: a card cannot size the mapping
+head freely or name an unknown pooling / kind, and a CLS-pooled mapping head, which the adapter bank cannot
+run (it hands heads patch tokens only), is refused at publish and at load rather than on every request."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_medmnist
+from helpers import FINETUNE_CONFIG, recipe_args, run_cli
+from serving_fixtures import forge
+from test_output_mapping import hub_backbone, pool_backbone
+
+import tpp.tasks.classification as classification
+from tpp.adapter_dir import CARD, HEAD
+from tpp.errors import TppError
+from tpp.model import build_head
+from tpp.recipes.evaluate import load_task_model
+from tpp.serve import store
+from tpp.serve.bank import AdapterBank
+from tpp.serve.images import to_model_input
+from tpp.serve.integrity import check_adapter, parse_tensors
+
+
+def mapped_run(backbone, root, out, *extra):
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, backbone, root, out, "train.max_steps=2",
+                                "train.batch_size=16", "adapter.method=visual_prompt", "adapter.mode=full",
+                                "classification.output_mapping=rlm", *extra)) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("mapped")
+    root = make_medmnist(base / "data")
+    pool, _ = pool_backbone(base / "pool")
+    hub, _ = hub_backbone(base / "hub")
+    return {"root": root, "pool": pool, "hub": hub,
+            "mean": mapped_run(pool, root, base / "mean", "classification.source_head=organa"),
+            "cls": mapped_run(hub, root, base / "cls")}
+
+
+def with_mapping(files: dict[str, bytes], **changes) -> dict[str, bytes]:
+    card = json.loads(files[CARD])
+    card["task"]["output_mapping"].update(changes)
+    return dict(files, **{CARD: json.dumps(card).encode()})
+
+
+def test_a_mean_pooled_mapping_adapter_is_published_and_served(world, tmp_path):
+    store.publish(world["mean"], tmp_path / "store", "mapped")  # its int64 mapping passes the tensor checks
+    bank = AdapterBank(str(world["pool"]), str(tmp_path / "store"))
+    site = bank.site("mapped")
+    images = np.load(world["root"] / "breastmnist.npz")["test_images"][:3]
+    out = torch.stack(bank.predict([site] * 3, [to_model_input(im, site.input_rule) for im in images]))
+    assert out.shape == (3, 2) and torch.allclose(out.sum(1), torch.ones(3))
+
+
+def test_a_cls_pooled_mapping_adapter_is_refused_at_publish_and_at_load(world, tmp_path):
+    with pytest.raises(TppError, match="reads the CLS token.*patch tokens only.*tpp run evaluate"):
+        store.publish(world["cls"], tmp_path / "store", "cls")
+    assert not (tmp_path / "store" / "cls").exists()
+    forge(tmp_path / "store", "cls", store.read_source(world["cls"])[1])  # written around the publish check
+    with pytest.raises(TppError, match="reads the CLS token"):
+        AdapterBank(str(world["hub"]), str(tmp_path / "store")).site("cls")
+
+
+@pytest.mark.parametrize("changes, says", [
+    ({"source_classes": 10 ** 7}, "source_classes must be an integer in 2..100000"),
+    ({"source_classes": "5"}, "source_classes must be an integer"),
+    ({"pooling": "max"}, "pooling must be one of mean_patch_tokens, cls_token"),
+    ({"kind": "xlm"}, "kind must be one of rlm, flm, ilm"),
+])
+def test_a_forged_mapping_entry_is_refused_before_the_head_is_built(world, monkeypatch, changes, says):
+    files = with_mapping(store.read_source(world["mean"])[1], **changes)
+    with pytest.raises(TppError, match=says):
+        check_adapter(files, "forged")
+    built = []
+    monkeypatch.setattr(classification, "LabelMappingHead", lambda *a, **k: built.append(a))
+    card, state = json.loads(files[CARD]), parse_tensors(files, HEAD, "forged", integer=("mapping",))
+    with pytest.raises(TppError, match=says):
+        build_head(card, 32, state, "forged")
+    assert not built  # nothing allocated from the card's numbers
+
+
+def test_evaluate_sizes_the_mapping_head_from_the_file_not_the_card(world, tmp_path, monkeypatch):
+    adapter = tmp_path / "adapter"
+    shutil.copytree(world["mean"] / "adapter", adapter)
+    (adapter / CARD).write_bytes(with_mapping({CARD: (adapter / CARD).read_bytes()}, source_classes=90_000)[CARD])
+    built = []
+    monkeypatch.setattr(classification, "LabelMappingHead", lambda *a, **k: built.append(a))
+    with pytest.raises(TppError, match="does not fit the card.*90000 source classes"):
+        load_task_model(str(adapter), str(world["pool"]))
+    assert not built

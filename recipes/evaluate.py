@@ -23,7 +23,7 @@ from tpp.data.stream import ModelInputs
 from tpp.errors import ConfigError, TppError
 from tpp.model import TaskModel, attach_adapter, build_head, input_frame, load_adapter_state
 from tpp.predictions_csv import publish_predictions, split_rows
-from tpp.serve.integrity import check_frame, check_head
+from tpp.adapter_checks import check_frame, check_head
 from tpp.tasks import task_of_card, task_of_result
 from tpp.training import build_accelerator, predict
 

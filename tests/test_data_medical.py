@@ -66,7 +66,7 @@ def test_a_scan_gives_bit_identical_model_input_in_training_and_serving(tmp_path
     medical_folder(tmp_path / "site")
     dataset = load_folder("site", str(tmp_path), "site", modality="CT", image_size=size, val_fraction=0.25,
                           test_fraction=0.25)
-    info = SimpleNamespace(channels=3, input_size=size, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3],
+    info = SimpleNamespace(channels=3, input_size=size, frame=0, mean=[0.5, 0.4, 0.3], std=[0.2, 0.25, 0.3],
                            resolution_note=lambda: "test")
     rule = json.loads(json.dumps(input_rule(dataset, info)))  # as read back from a card
     files = concat_images([dataset.split(s).images for s in ("train", "val", "test")])

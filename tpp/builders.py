@@ -198,7 +198,7 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
     method, typed, targets = attach_adapter(encoder, method_name, options)
     info.frame = input_frame(encoder.model)
     if parent and isinstance(parent_card.get("input"), dict):  # a parent framed by its card must agree with its method
-        from tpp.serve.integrity import check_frame
+        from tpp.adapter_checks import check_frame
 
         check_frame(parent_card, info.frame, cfg.adapter.init_from)
     if parent:

@@ -20,6 +20,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
+from tpp.adapter_checks import check_frame, check_head  # noqa: F401  (re-exported: the bank imports them here)
 from tpp.adapter_dir import CARD, HEAD, check_card
 from tpp.adapters import check_tensor_names, get_method
 from tpp.data.images import rule_frame
@@ -64,27 +65,6 @@ def check_servable(card: dict, source: str) -> None:
                        "tpp serve / predict / adapters publish hands heads patch tokens only. Evaluate it with "
                        "tpp run evaluate, or fine-tune with a source head pooled over patch tokens "
                        "(classification.source_head) to serve it.")
-
-
-def check_frame(card: dict, attached_frame: int, source: str) -> None:
-    """The card's input frame (absent: 0) equals the frame the attached method keeps for itself
-    (:func:`tpp.model.input_frame`): otherwise evaluate (which frames by the module) and predict / serve (which
-    frame by the card) would feed the model different images. A mismatch is refused, naming the card."""
-    rule = card.get("input") if isinstance(card.get("input"), dict) else {}
-    if "image_size" in rule:
-        try:
-            frame = rule_frame(rule)
-        except TppError as exc:
-            raise TppError(f"'{source}/{CARD}': {exc}.") from None
-    else:
-        frame = rule.get("frame", 0)
-    if frame != attached_frame:
-        raise TppError(
-            f"'{source}/{CARD}': its input rule frames images with a {frame}-px border (input.frame"
-            f"{'' if 'frame' in rule else ' absent'}), but its method {str(card.get('method'))[:40]!r} with the "
-            f"card's options keeps a {attached_frame}-px border for itself, so evaluate and predict / serve would "
-            "place images differently. The adapter was written by an older tpp version or its card was edited: "
-            "re-train (or re-fine-tune) it with this tpp version, which records the frame.")
 
 
 def parse_card(data: bytes | None, source: str) -> dict:
@@ -165,13 +145,6 @@ def parse_tensors(files: dict[str, bytes], name: str, source: str,
         if not torch.isfinite(tensor).all():
             raise TppError(f"'{source}/{name}': tensor '{key}' holds NaN or infinite values.")
     return state
-
-
-def check_head(card: dict, head_state: dict[str, torch.Tensor], source: str) -> None:
-    """The head's tensors fit the card's task entry (a classifier's rows match its classes and label names)."""
-    problem = task_of_card(card).check_head(card["task"], head_state)
-    if problem:
-        raise TppError(f"'{source}/{HEAD}' does not fit the card: {problem}.")
 
 
 class BackboneGuard:

@@ -31,7 +31,7 @@ $(VENV)/bin/python:
 
 $(STAMP): $(VENV)/bin/python setup.cfg pyproject.toml constraints.txt
 	$(PIP) torch==2.13.0
-	$(PIP) -e ".[test]"
+	$(PIP) -e ".[test,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -61,7 +61,7 @@ demo: install demo-data
 demo-data: install
 	@if [ -z "$$TPP_DATA_ROOT" ]; then \
 	    echo "no $(SHARED)/data and no TPP_DATA_ROOT: BreastMNIST will be downloaded with the medmnist package"; \
-	    $(PIP) -e ".[test,download]"; fi
+	    $(PIP) -e ".[test,ray,download]"; fi
 
 lint: install
 	$(VENV)/bin/ruff check tpp adapters recipes benchmarks tests

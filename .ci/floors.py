@@ -9,7 +9,7 @@ import configparser
 import re
 from pathlib import Path
 
-RUNTIME_EXTRAS = ("serve", "ray", "dicom", "nifti")
+RUNTIME_EXTRAS = ("serve", "dicom", "nifti")  # not ray: ray[serve] >= 2.57 needs fastapi >= 0.133, above serve's floor
 
 
 def floors(setup_cfg: Path) -> list[str]:

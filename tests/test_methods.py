@@ -59,6 +59,9 @@ def test_every_method_folder_is_registered_and_installed():
     cfg.read(Path(__file__).parents[1] / "setup.cfg")
     packages = set(cfg["options"]["packages"].split())
     assert {f"tpp.adapters.{f}" for f in folders} <= packages, "add the new method folder to setup.cfg packages"
+    root = Path(__file__).parents[1] / "tpp"  # every tpp sub-package too (the wheel lacked tpp.incontext once)
+    subpackages = {".".join(p.parent.relative_to(root.parent).parts) for p in root.rglob("__init__.py")}
+    assert subpackages - {"tpp.adapters", "tpp.recipes"} <= packages, "add the sub-package to setup.cfg packages"
     assert {get_method(m).attach.__module__.split(".")[2] for m in METHODS} <= folders
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -90,16 +89,20 @@ def cell_path(cache: Path, target, fraction, seed, method) -> Path:
     return cache / f"{target}_{fraction}_{seed}_{method.replace('+', '-')}.json"
 
 
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.3f} +- {sd:.3f}"
+def _ms(values: list) -> str:
+    """Mean +- sample std of the defined values ("-" when none is defined)."""
+    mean, sd = report.mean_std(values)
+    return "-" if mean is None else f"{mean:.3f} +- {sd:.3f}"
 
 
-def severity_mean(cell: dict) -> float:
-    """A cell's corrupted AUROC averaged over corruptions and the severities it holds (1-5)."""
-    return statistics.mean(cell["corrupted_auroc"].values())
+def severity_mean(cell: dict) -> float | None:
+    """A cell's corrupted AUROC averaged over corruptions and the severities it holds (1-5); None if undefined."""
+    return report.mean_std(list(cell["corrupted_auroc"].values()))[0]
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    """a - b, undefined (None) when either is."""
+    return None if a is None or b is None else a - b
 
 
 def tables(cells: list[dict]) -> str:
@@ -118,11 +121,11 @@ def tables(cells: list[dict]) -> str:
             if not mine:
                 continue
             corrupt = " / ".join(_ms([c["corrupted_auroc"][s] for c in mine]).split(" +-")[0] for s in ("1", "3", "5"))
-            paired = [c["test_auroc"] - full[c["seed"]]["test_auroc"] for c in mine if c["seed"] in full]
-            paired_s3 = [c["corrupted_auroc"]["3"] - full[c["seed"]]["corrupted_auroc"]["3"]
+            paired = [_minus(c["test_auroc"], full[c["seed"]]["test_auroc"]) for c in mine if c["seed"] in full]
+            paired_s3 = [_minus(c["corrupted_auroc"]["3"], full[c["seed"]]["corrupted_auroc"]["3"])
                          for c in mine if c["seed"] in full]
             paired_acc = [c["test_accuracy"] - full[c["seed"]]["test_accuracy"] for c in mine if c["seed"] in full]
-            paired_mean = [severity_mean(c) - severity_mean(full[c["seed"]]) for c in mine if c["seed"] in full]
+            paired_mean = [_minus(severity_mean(c), severity_mean(full[c["seed"]])) for c in mine if c["seed"] in full]
             vs_full = [_ms(v) if method != "full" else "-" for v in (paired, paired_acc, paired_s3, paired_mean)]
             out.append(f"| {method} | {len(mine)} | {_ms([c['test_auroc'] for c in mine])} | "
                        f"{_ms([c['test_accuracy'] for c in mine])} | {corrupt} | "
@@ -134,8 +137,8 @@ def tables(cells: list[dict]) -> str:
         for method in METHODS:
             mine = [c for c in rows if c["method"] == method]
             if mine:
-                out.append(f"| {method} | " + " | ".join(
-                    f"{statistics.mean(c['per_corruption_auroc_s3'][n] for c in mine):.3f}" for n in names) + " |")
+                means = [report.mean_std([c["per_corruption_auroc_s3"][n] for c in mine])[0] for n in names]
+                out.append(f"| {method} | " + " | ".join(report.num(m) for m in means) + " |")
         out.append("")
     return "\n".join(out)
 
@@ -168,8 +171,9 @@ def main(argv=None) -> int:
                         with tempfile.TemporaryDirectory() as work:
                             cell = run_cell(target, fraction, seed, method, args.data_root, args.backbone, Path(work))
                         report.write_atomic(path, json.dumps(cell, indent=1))
-                        print(f"{target} {fraction} seed {seed} {method}: AUROC {cell['test_auroc']:.3f}, "
-                              f"corrupted s3 {cell['corrupted_auroc']['3']:.3f} ({cell['wall_s']} s)", flush=True)
+                        s3 = report.num(cell["corrupted_auroc"]["3"])
+                        print(f"{target} {fraction} seed {seed} {method}: AUROC {report.num(cell['test_auroc'])}, "
+                              f"corrupted s3 {s3} ({cell['wall_s']} s)", flush=True)
     cells = [json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))]
     table = tables(cells)
     report.publish(args.out, "movl", report.machine(), " ".join(["python benchmarks/movl.py", *(argv or sys.argv[1:])]),

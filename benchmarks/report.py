@@ -199,6 +199,11 @@ def defined(values: list) -> list[float]:
     return [float(v) for v in values if v is not None and not math.isnan(v)]
 
 
+def num(value, spec: str = ".3f") -> str:
+    """``value`` formatted with ``spec``, or "undefined" for None / NaN (an AUROC of a one-class split)."""
+    return "undefined" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
 def mean_std(values: list) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (0 for a single value) of the defined values (:func:`defined`);
     (None, None) when none is defined."""

@@ -167,7 +167,8 @@ class Suite:
 
 def describe(cell, result: dict) -> str:
     task, approach, fraction, seed = cell
-    metric = f"Dice {result['test_dice']:.3f}" if "test_dice" in result else f"AUROC {result['test_auroc']:.3f}"
+    key = "test_dice" if "test_dice" in result else "test_auroc"
+    metric = f"{'Dice' if key == 'test_dice' else 'AUROC'} {report.num(result[key])}"
     return f"{task.name} {approach} {fraction:.0%} seed {seed}: {metric}"
 
 

@@ -28,6 +28,7 @@ from tpp.data.build import data_license, load_data, random_hflip, to_model_tenso
 from tpp.errors import ConfigError
 from tpp.pretext.mae import decode, encode_visible, mask_noise, masked_mse, patchify
 from tpp.source_classifier import HEADS_FILE
+from tpp.rundir import finite_json
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
                           plan_steps, train_loop)
 
@@ -139,7 +140,7 @@ def write_backbone(path, model, model_cfg, card: dict, heads: dict | None = None
         from safetensors.torch import save_file
 
         save_file(heads, str(path / HEADS_FILE))
-    (path / BACKBONE_CARD).write_text(json.dumps(card, indent=2))
+    (path / BACKBONE_CARD).write_text(json.dumps(finite_json(card), indent=2))
 
 
 def check(cfg) -> None:

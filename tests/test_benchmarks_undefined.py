@@ -78,3 +78,17 @@ def test_lr_groups_with_nothing_defined_are_listed_not_compared():
     table = lr_select.markdown_choices(choices)
     assert "none (val AUROC undefined)" in table
     assert lr_select.markdown_quality([quality])
+
+
+def test_progress_lines_name_an_undefined_auroc():
+    import suite
+
+    assert report.num(None) == "undefined" and report.num(float("nan")) == "undefined"
+    assert report.num(0.25) == "0.250" and report.num(3, ".0f") == "3"
+
+    class Task:
+        name = "breastmnist"
+
+    line = suite.describe((Task(), "lora", 0.01, 2), {"test_auroc": None})
+    assert line == "breastmnist lora 1% seed 2: AUROC undefined"
+    assert suite.describe((Task(), "unet", 0.1, 0), {"test_dice": 0.5}).endswith("Dice 0.500")

@@ -222,6 +222,10 @@ def main() -> None:
                         help="model/ folder of `tpp run incontext` (kind classification): adds method learned")
     parser.add_argument("--learned-segmentation", metavar="DIR",
                         help="model/ folder of `tpp run incontext` (kind segmentation): adds method learned")
+    parser.add_argument("--finetune", nargs="+", default=[], choices=["lora", "linear_probe"],
+                        help="also fine-tune on the same K examples (incontext_finetune.py; BUSI: lora only)")
+    parser.add_argument("--finetune-cache", default=str(Path(__file__).parent / ".cache" / "incontext_ft"),
+                        help="cell cache of --finetune (a rerun reuses finished cells)")
     parser.add_argument("--name", default=None, help="result file stem (default incontext[_quick])")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -248,6 +252,14 @@ def main() -> None:
                                           args.busi_queries), ["dice"])
     print(f"busi: {time.time() - started:.0f} s", file=sys.stderr)
     timing = latency(extractor, root, models)
+    extra_text, extra, ft = "", {}, ""
+    if args.finetune:
+        import incontext_finetune as ftb
+
+        bench = ftb.FinetuneBench(root, args.backbone, Path(args.finetune_cache), busi_queries=args.busi_queries)
+        errors = ftb.add_finetune(results, args.finetune, ks, seeds, bench)
+        extra_text, extra = ftb.finetune_section(results, timing, errors)
+        extra["finetune_protocol"], ft = bench.protocol, ftb.describe(bench.protocol)
     lat = "\n".join(["| set | K | method | prepare the set (s) | per query (ms, median) |", "|---|---|---|---|---|"]
                     + [f"| {r['set']} | {r['k']} | {r['method']} | {r['prepare_s']:.2f} | {r['query_ms_median']:.1f} |"
                        for r in timing])
@@ -256,16 +268,17 @@ def main() -> None:
                    "per class), all test images. BUSI: K "
                    "image-mask pairs, 30% of dup_groups held out as queries"
                    + (f" (the first {args.busi_queries})" if args.busi_queries else "") + ". "
-                   + "".join(f"Learned {kind}: {_describe(card)}. " for kind, (_, card) in models.items())
+                   + "".join(f"Learned {kind}: {_describe(card)}. " for kind, (_, card) in models.items()) + ft
                    + f"Total {time.time() - started:.0f} s.")
     command = "nice python " + " ".join(["benchmarks/incontext.py", *sys.argv[1:]])
     stem = args.name or "incontext" + ("_quick" if args.quick else "")
     report.publish(args.out, stem, report.machine(), command, description,
-                   table(results, ks) + "\n\nLatency (end to end from uint8 images, one query at a time):\n\n" + lat,
+                   table(results, ks) + "\n\nLatency (end to end from uint8 images, one query at a time):\n\n" + lat
+                   + extra_text,
                    {"ks": ks, "seeds": seeds, "backbone": args.backbone,
                     "learned": {kind: {k: card.get(k) for k in ("holdout", "train", "summary", "task_distribution")}
                                 for kind, (_, card) in models.items()},
-                    "cells": {n: c for n, (c, _) in results.items()}, "latency": timing})
+                    "cells": {n: c for n, (c, _) in results.items()}, "latency": timing, **extra})
 
 
 def _describe(card: dict) -> str:

@@ -90,7 +90,9 @@ class FinetuneBench:
         return cell
 
     def common(self, out: Path, seed: int, part: dict) -> list[str]:
-        return [f"backbone.path={self.backbone}", f"output_dir={out}", f"seed={seed}", "train.select_best=false",
+        """Settings of every cell: the temporary folder ``out.parent`` is the data root (it holds the file)."""
+        return [f"backbone.path={self.backbone}", f"data.root={out.parent}", f"output_dir={out}", f"seed={seed}",
+                "train.select_best=false",
                 f"train.epochs={part['epochs']}", f"train.min_steps={part['min_steps']}",
                 f"train.batch_size={part['batch_size']}"]
 
@@ -107,7 +109,8 @@ class FinetuneBench:
         file = kshot_npz(tmp / "kshot.npz", data, context, MEDMNIST[dataset][1])
         overrides = tpp_gain.method_overrides(method, dict(self.protocol, lr=part["lr"]))
         overrides += self.common(tmp / "run", seed, part) + [
-            "data.source=npz", f"data.file={file}", f"data.name={dataset}", f"data.modality={MEDMNIST[dataset][0]}",
+            "data.source=npz", f"data.file={file.name}", f"data.name={dataset}",
+            f"data.modality={MEDMNIST[dataset][0]}",
             f"classification.threshold={part['threshold']}", "classification.bootstrap_resamples=0"]
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the benchmark's tables only
             metrics, run = run_recipe("finetune", CONFIG_DIR / part["config"], overrides, overwrite=True)
@@ -126,7 +129,7 @@ class FinetuneBench:
         context = ic.seg_context(pool, k, seed)
         file = split_seg_npz(tmp / "kshot.npz", data["images"], data["masks"], context, query)
         overrides = [f"adapter.r={self.protocol['lora']['r']}", f"adapter.alpha={self.protocol['lora']['alpha']}",
-                     *self.common(tmp / "run", seed, part), f"data.file={file}", f"data.name={SEG_NAME}",
+                     *self.common(tmp / "run", seed, part), f"data.file={file.name}", f"data.name={SEG_NAME}",
                      f"data.split_seed={SEG_SPLIT_SEED}", f"data.val_fraction={THIRD!r}",
                      f"data.test_fraction={THIRD!r}", "segmentation.overlays=0"]
         with contextlib.redirect_stdout(sys.stderr):

@@ -2,6 +2,7 @@
 
     nice python benchmarks/incontext.py                 # the full grid (~10 min on 2 loaded CPU cores)
     nice python benchmarks/incontext.py --quick         # K in {1, 4, 16}, 2 seeds
+    nice python benchmarks/incontext.py --finetune lora linear_probe   # + fine-tuning on the same K examples
 
 Training-free baselines of :mod:`tpp.incontext` on the frozen default backbone (``builtin:mae-vit-tiny-med``,
 pre-trained on BloodMNIST, OrganAMNIST, DermaMNIST and MedNIST: it never saw these three sets):
@@ -21,8 +22,15 @@ with the K context pairs as its support set.
 5 seeds of context draws per K (the spread is over which K examples were drawn). Every number goes through
 the same functions as ``tpp predict --context`` (features once per image, then :func:`tpp.incontext.methods.
 classify` / ``segment``). Latency: ``tpp.incontext.predict.prepare`` of a K = 16 set and one query at a time,
-end to end from uint8 images (median of repeats). Not measured here: LoRA / linear probe fine-tuned on the
-same K examples.
+end to end from uint8 images (median of repeats).
+
+``--finetune lora linear_probe`` (default: none) adds methods ``finetune:lora`` / ``finetune:linear_probe``:
+tpp's finetune recipe trained on exactly the same context examples (the same draw functions,
+:func:`class_context` / :func:`seg_context`) and tested on the same queries (BUSI: ``lora`` only), a
+cross-over line per dataset and metric (the smallest K at which the best fine-tuned mean beats the best
+in-context mean) and the in-context time at K = 16 (prepare + one query) against the fine-tuning it replaces.
+Protocol and budget: :mod:`incontext_finetune`. Its cells are cached per (dataset, method, K, seed) under
+``benchmarks/.cache/incontext_ft/`` (``--finetune-cache``), so an interrupted grid resumes.
 """
 from __future__ import annotations
 

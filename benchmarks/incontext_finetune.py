@@ -226,8 +226,11 @@ def crossover_line(dataset: str, metric: str, found: dict) -> str:
     if found["k"] is None:
         return f"- {dataset} ({metric}): cross-over: none up to K={found['up_to']} (in-context ahead or level)."
     (cm, cv), (tm, tv) = found["at"][found["k"]]
-    return (f"- {dataset} ({metric}): cross-over at K={found['k']}: {tm} {tv:.3f} > {cm} {cv:.3f} "
-            f"(the best of each side at that K).")
+    ahead = [k for k, ((_, c), (_, t)) in found["at"].items() if t > c]
+    first = " (already at the smallest K compared)" if found["k"] == min(found["at"]) else ""
+    return (f"- {dataset} ({metric}): cross-over at K={found['k']}{first}: {tm} {tv:.3f} > {cm} {cv:.3f} (the best "
+            f"of each side); fine-tuned ahead at K = {', '.join(map(str, ahead))} of "
+            f"{', '.join(map(str, found['at']))}.")
 
 
 def crossover_lines(results: dict) -> list[str]:
@@ -305,4 +308,4 @@ def describe(protocol: dict) -> str:
             f"same queries; val = the context set, last step kept; budget max(min_steps, epochs x ceil(n / "
             f"{c['batch_size']})) steps: classification {c['epochs']} epochs, at least {c['min_steps']} steps "
             f"({c['config']}, threshold {c['threshold']}); BUSI {s['epochs']} epochs, at least {s['min_steps']} "
-            f"steps ({s['config']}, 32 px input). ")
+            f"steps ({s['config']} as shipped: its encoder input size and decoder). ")

@@ -118,8 +118,9 @@ def test_crossover_is_the_smallest_k_where_the_best_fine_tuned_mean_beats_the_be
                                   "finetune:linear_probe": {1: 0.58, 4: 0.65, 8: 0.7, 16: 0.7}}))
     assert found["k"] == 8 and found["up_to"] == 16  # K=4 is a tie (0.71 each): not overtaken
     assert found["at"][8] == (("prototype", 0.72), ("finetune:lora", 0.73))
-    assert "cross-over at K=8: finetune:lora 0.730 > prototype 0.720" in ft.crossover_line("breastmnist", "auroc",
-                                                                                        found)
+    line = ft.crossover_line("breastmnist", "auroc", found)
+    assert "cross-over at K=8: finetune:lora 0.730 > prototype 0.720" in line
+    assert "fine-tuned ahead at K = 8, 16 of 1, 4, 8, 16" in line
     none = ft.crossover(summary({"prototype": {1: 0.6, 32: 0.8}}, {"finetune:lora": {1: 0.5, 2: 0.9, 32: 0.79}}))
     assert none["k"] is None and none["up_to"] == 32  # K=2 has no in-context cell: not compared
     assert "none up to K=32" in ft.crossover_line("busi", "dice", none)

@@ -218,7 +218,7 @@ def table(results: dict, ks) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
@@ -287,6 +287,7 @@ def main() -> None:
                     "learned": {kind: {k: card.get(k) for k in ("holdout", "train", "summary", "task_distribution")}
                                 for kind, (_, card) in models.items()},
                     "cells": {n: c for n, (c, _) in results.items()}, "latency": timing, **extra})
+    return 1 if extra.get("finetune_errors") else 0  # failed cells are listed in the report and on stderr
 
 
 def _describe(card: dict) -> str:
@@ -297,4 +298,4 @@ def _describe(card: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -68,7 +68,9 @@ class FinetuneBench:
                     for name in [*ic.CLASSIFICATION, "busi"]}
 
     def cell_path(self, dataset: str, method: str, k: int, seed: int) -> Path:
-        return self.cache / dataset / method / f"k{k}_s{seed}.json"
+        """BUSI cells on the first N queries only (``busi_queries``) have a folder of their own (busi_qN)."""
+        folder = f"{dataset}_q{self.busi_queries}" if dataset == "busi" and self.busi_queries else dataset
+        return self.cache / folder / method / f"k{k}_s{seed}.json"
 
     def cached(self, dataset: str, method: str, k: int, seed: int) -> dict | None:
         """The cell's result if it was run under this protocol, backbone and query set."""

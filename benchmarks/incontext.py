@@ -2,6 +2,7 @@
 
     nice python benchmarks/incontext.py                 # the full grid (~10 min on 2 loaded CPU cores)
     nice python benchmarks/incontext.py --quick         # K in {1, 4, 16}, 2 seeds
+    nice python benchmarks/incontext.py --finetune lora linear_probe   # + fine-tuning on the same K examples
 
 Training-free baselines of :mod:`tpp.incontext` on the frozen default backbone (``builtin:mae-vit-tiny-med``,
 pre-trained on BloodMNIST, OrganAMNIST, DermaMNIST and MedNIST: it never saw these three sets):
@@ -21,8 +22,15 @@ with the K context pairs as its support set.
 5 seeds of context draws per K (the spread is over which K examples were drawn). Every number goes through
 the same functions as ``tpp predict --context`` (features once per image, then :func:`tpp.incontext.methods.
 classify` / ``segment``). Latency: ``tpp.incontext.predict.prepare`` of a K = 16 set and one query at a time,
-end to end from uint8 images (median of repeats). Not measured here: LoRA / linear probe fine-tuned on the
-same K examples.
+end to end from uint8 images (median of repeats).
+
+``--finetune lora linear_probe`` (default: none) adds methods ``finetune:lora`` / ``finetune:linear_probe``:
+tpp's finetune recipe trained on exactly the same context examples (the same draw functions,
+:func:`class_context` / :func:`seg_context`) and tested on the same queries (BUSI: ``lora`` only), a
+cross-over line per dataset and metric (the smallest K at which the best fine-tuned mean beats the best
+in-context mean) and the in-context time at K = 16 (prepare + one query) against the fine-tuning it replaces.
+Protocol and budget: :mod:`incontext_finetune`. Its cells are cached per (dataset, method, K, seed) under
+``benchmarks/.cache/incontext_ft/`` (``--finetune-cache``), so an interrupted grid resumes.
 """
 from __future__ import annotations
 
@@ -47,6 +55,25 @@ BUSI = "seg/busi_64.npz"
 SEG_SIZE, QUERY_CHUNK, POOL = 64, 16, 500
 
 
+def class_pool(labels: np.ndarray) -> np.ndarray:
+    """Sorted indices (into the training split, labels (N,)) of the fixed pool the context sets are drawn from:
+    at most POOL random training images per class (seed 1234)."""
+    rng = np.random.default_rng(1234)
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:POOL] for c in (0, 1)]))
+
+
+def class_context(pool_y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The context draw of (K, seed): 2K indices into the pool (labels ``pool_y``), K per class, class 0 first;
+    every method (in context or fine-tuned) gets these examples."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(pool_y == c), k, replace=False) for c in (0, 1)])
+
+
+def seg_context(pool: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """The context draw of (K, seed) on BUSI: K image indices from ``pool`` (see :func:`busi_split`)."""
+    return np.random.default_rng(seed).choice(pool, k, replace=False)
+
+
 def classification_cells(extractor, path: Path, ks, seeds, learned=None) -> list[dict]:
     """Accuracy / AUROC of each method, K and seed on one MedMNIST file (``learned``: a loaded in-context
     classifier, ``(model, card)``)."""
@@ -57,15 +84,13 @@ def classification_cells(extractor, path: Path, ks, seeds, learned=None) -> list
     data = np.load(path)
     rule = extractor.rule(1)
     labels = data["train_labels"][:, 0]
-    rng = np.random.default_rng(1234)  # a fixed pool of at most POOL training images per class to draw from
-    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:POOL] for c in (0, 1)]))
+    keep = class_pool(labels)
     pool, pool_y = extractor.features(list(data["train_images"][keep]), rule), labels[keep]
     test, test_y = extractor.features(list(data["test_images"]), rule), torch.as_tensor(data["test_labels"][:, 0])
     cells = []
     for k in ks:
         for seed in range(seeds):
-            rng = np.random.default_rng(seed)
-            index = np.concatenate([rng.choice(np.flatnonzero(pool_y == c), k, replace=False) for c in (0, 1)])
+            index = class_context(pool_y, k, seed)
             for method in METHODS:
                 probs, t = classify(pool[index], torch.as_tensor(pool_y[index]).long(), 2, test, method)
                 cells.append({"k": k, "seed": seed, "method": method, "temperature": t,
@@ -109,7 +134,7 @@ def segmentation_cells(extractor, path: Path, ks, seeds, learned=None, max_queri
     cells = []
     for k in ks:
         for seed in range(seeds):
-            ctx = np.random.default_rng(seed).choice(pool, k, replace=False)
+            ctx = seg_context(pool, k, seed)
             ctx_masks = torch.as_tensor(masks[ctx]).float()
             for method in METHODS:
                 scores, t = [], None
@@ -128,68 +153,48 @@ def segmentation_cells(extractor, path: Path, ks, seeds, learned=None, max_queri
     return cells
 
 
-def latency(extractor, root: Path, repeats: int = 20) -> list[dict]:
-    """Seconds to prepare a K = 16 (per class / pairs) set and ms per single query, end to end from uint8."""
+def latency_sets(root: Path, repeats: int) -> dict:
+    """The K = 16 sets the latency is measured on: {kind: (name, checked ContextSet, ``repeats`` query images)}
+    (BreastMNIST: the first 16 training images per class; BUSI: the first 16 pairs)."""
     from tpp.incontext.context import CLASSIFICATION as CLS
     from tpp.incontext.context import SEGMENTATION, ContextSet, check
-    from tpp.incontext.predict import prepare
 
-    rows = []
-    breast = np.load(root / CLASSIFICATION["breastmnist"])
-    y = breast["train_labels"][:, 0]
-    index = np.concatenate([np.flatnonzero(y == c)[:16] for c in (0, 1)])
-    busi = np.load(root / BUSI)
-    sets = {
-        "breastmnist (28 px)": (ContextSet(CLS, list(breast["train_images"][index]), [str(v) for v in y[index]],
-                                           names=[""] * 32), list(breast["test_images"][:repeats])),
-        "busi (64 px)": (ContextSet(SEGMENTATION, list(busi["images"][:16]), masks=list(busi["masks"][:16]),
-                                    names=[""] * 16), list(busi["images"][-repeats:])),
-    }
-    for name, (ctx, queries) in sets.items():
-        ctx = check(ctx)
-        for method in METHODS:
-            start = time.perf_counter()
-            prepared = prepare(ctx, extractor, method)
-            prep_s = time.perf_counter() - start
-            times = []
-            for q in queries:
-                start = time.perf_counter()
-                prepared.predict([q])
-                times.append(time.perf_counter() - start)
-            rows.append({"set": name, "k": ctx.k, "method": method, "prepare_s": prep_s,
-                         "query_ms_median": 1000 * statistics.median(times)})
-    return rows
-
-
-def learned_latency(extractor, root: Path, models: dict, repeats: int = 10) -> list[dict]:
-    """As :func:`latency`, for the learned models given (``{"classification": (model, card), ...}``)."""
-    from tpp.incontext.context import CLASSIFICATION as CLS
-    from tpp.incontext.context import SEGMENTATION, ContextSet, check
-    from tpp.incontext.predict import prepare
-
-    rows = []
     breast, busi = np.load(root / CLASSIFICATION["breastmnist"]), np.load(root / BUSI)
     y = breast["train_labels"][:, 0]
     index = np.concatenate([np.flatnonzero(y == c)[:16] for c in (0, 1)])
-    sets = {"classification": ("breastmnist (28 px)", ContextSet(CLS, list(breast["train_images"][index]),
-                                                                  [str(v) for v in y[index]], names=[""] * 32),
-                               list(breast["test_images"][:repeats])),
-            "segmentation": ("busi (64 px)", ContextSet(SEGMENTATION, list(busi["images"][:16]),
-                                                        masks=list(busi["masks"][:16]), names=[""] * 16),
+    return {"classification": ("breastmnist (28 px)",
+                               check(ContextSet(CLS, list(breast["train_images"][index]), [str(v) for v in y[index]],
+                                                names=[""] * 32)), list(breast["test_images"][:repeats])),
+            "segmentation": ("busi (64 px)", check(ContextSet(SEGMENTATION, list(busi["images"][:16]),
+                                                              masks=list(busi["masks"][:16]), names=[""] * 16)),
                              list(busi["images"][-repeats:]))}
-    for kind, model in models.items():
-        name, ctx, queries = sets[kind]
-        ctx = check(ctx)
+
+
+def time_method(extractor, name: str, ctx, queries: list, method: str, model=None) -> dict:
+    """One latency row: seconds to ``prepare`` the set and the median ms of one query at a time, end to end
+    from uint8 images (``model``: a learned model, ``(model, card)`` from ``learned.load``, for method ``learned``)."""
+    from tpp.incontext.predict import prepare
+
+    start = time.perf_counter()
+    prepared = prepare(ctx, extractor, method, model=model)
+    prep_s = time.perf_counter() - start
+    times = []
+    for q in queries:
         start = time.perf_counter()
-        prepared = prepare(ctx, extractor, "learned", model=model)
-        prep_s = time.perf_counter() - start
-        times = []
-        for q in queries:
-            start = time.perf_counter()
-            prepared.predict([q])
-            times.append(time.perf_counter() - start)
-        rows.append({"set": name, "k": ctx.k, "method": "learned", "prepare_s": prep_s,
-                     "query_ms_median": 1000 * statistics.median(times)})
+        prepared.predict([q])
+        times.append(time.perf_counter() - start)
+    return {"set": name, "k": ctx.k, "method": method, "prepare_s": prep_s,
+            "query_ms_median": 1000 * statistics.median(times)}
+
+
+def latency(extractor, root: Path, models: dict, repeats: int = 20) -> list[dict]:
+    """Latency rows of every method on the K = 16 sets (``models``: ``{"classification": (model, card), ...}``,
+    the learned models given)."""
+    rows = []
+    for kind, (name, ctx, queries) in latency_sets(root, repeats).items():
+        rows += [time_method(extractor, name, ctx, queries, method) for method in METHODS]
+        if kind in models:
+            rows.append(time_method(extractor, name, ctx, queries, "learned", model=models[kind]))
     return rows
 
 
@@ -213,7 +218,7 @@ def table(results: dict, ks) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
@@ -225,6 +230,10 @@ def main() -> None:
                         help="model/ folder of `tpp run incontext` (kind classification): adds method learned")
     parser.add_argument("--learned-segmentation", metavar="DIR",
                         help="model/ folder of `tpp run incontext` (kind segmentation): adds method learned")
+    parser.add_argument("--finetune", nargs="+", default=[], choices=["lora", "linear_probe"],
+                        help="also fine-tune on the same K examples (incontext_finetune.py; BUSI: lora only)")
+    parser.add_argument("--finetune-cache", default=str(Path(__file__).parent / ".cache" / "incontext_ft"),
+                        help="cell cache of --finetune (a rerun reuses finished cells)")
     parser.add_argument("--name", default=None, help="result file stem (default incontext[_quick])")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
@@ -250,7 +259,15 @@ def main() -> None:
     results["busi"] = (segmentation_cells(extractor, root / BUSI, ks, seeds, models.get("segmentation"),
                                           args.busi_queries), ["dice"])
     print(f"busi: {time.time() - started:.0f} s", file=sys.stderr)
-    timing = latency(extractor, root) + learned_latency(extractor, root, models)
+    timing = latency(extractor, root, models)
+    extra_text, extra, ft = "", {}, ""
+    if args.finetune:
+        import incontext_finetune as ftb
+
+        bench = ftb.FinetuneBench(root, args.backbone, Path(args.finetune_cache), busi_queries=args.busi_queries)
+        errors = ftb.add_finetune(results, args.finetune, ks, seeds, bench)
+        extra_text, extra = ftb.finetune_section(results, timing, errors)
+        extra["finetune_protocol"], ft = bench.protocol, ftb.describe(bench.protocol)
     lat = "\n".join(["| set | K | method | prepare the set (s) | per query (ms, median) |", "|---|---|---|---|---|"]
                     + [f"| {r['set']} | {r['k']} | {r['method']} | {r['prepare_s']:.2f} | {r['query_ms_median']:.1f} |"
                        for r in timing])
@@ -259,16 +276,18 @@ def main() -> None:
                    "per class), all test images. BUSI: K "
                    "image-mask pairs, 30% of dup_groups held out as queries"
                    + (f" (the first {args.busi_queries})" if args.busi_queries else "") + ". "
-                   + "".join(f"Learned {kind}: {_describe(card)}. " for kind, (_, card) in models.items())
+                   + "".join(f"Learned {kind}: {_describe(card)}. " for kind, (_, card) in models.items()) + ft
                    + f"Total {time.time() - started:.0f} s.")
     command = "nice python " + " ".join(["benchmarks/incontext.py", *sys.argv[1:]])
     stem = args.name or "incontext" + ("_quick" if args.quick else "")
     report.publish(args.out, stem, report.machine(), command, description,
-                   table(results, ks) + "\n\nLatency (end to end from uint8 images, one query at a time):\n\n" + lat,
+                   table(results, ks) + "\n\nLatency (end to end from uint8 images, one query at a time):\n\n" + lat
+                   + extra_text,
                    {"ks": ks, "seeds": seeds, "backbone": args.backbone,
                     "learned": {kind: {k: card.get(k) for k in ("holdout", "train", "summary", "task_distribution")}
                                 for kind, (_, card) in models.items()},
-                    "cells": {n: c for n, (c, _) in results.items()}, "latency": timing})
+                    "cells": {n: c for n, (c, _) in results.items()}, "latency": timing, **extra})
+    return 1 if extra.get("finetune_errors") else 0  # failed cells are listed in the report and on stderr
 
 
 def _describe(card: dict) -> str:
@@ -279,4 +298,4 @@ def _describe(card: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

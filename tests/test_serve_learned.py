@@ -267,3 +267,24 @@ def test_serve_help_documents_the_option(capsys):
     with pytest.raises(SystemExit):
         run_cli("serve", "--help")
     assert "--incontext-model DIR" in capsys.readouterr().out
+
+
+def test_the_ray_engine_checks_the_models_before_ray_starts(world, tmp_path):
+    """``--engine ray``: the driver refuses a bad folder (nothing of Ray started) and hands the replicas absolute
+    folders with the weights hashes they must find."""
+    ray_engine = pytest.importorskip("tpp.serve.ray_engine")
+    import ray
+
+    with pytest.raises(TppError, match="--incontext-model refused.*cannot be read"):
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / learned.CARD).write_text("{")
+        (tmp_path / "bad" / learned.WEIGHTS).write_bytes(b"")
+        ray_engine.application(str(world["backbone"]), str(world["store"]), incontext_models=[str(tmp_path / "bad")])
+    assert not ray.is_initialized()
+    checked, described = ray_engine.checked_models(str(world["backbone"]), [str(world["models"]["seg"])])
+    sha = hashlib.sha256((world["models"]["seg"] / learned.WEIGHTS).read_bytes()).hexdigest()
+    assert checked == {str(world["models"]["seg"].resolve()): sha} and described[0]["weights_sha256"] == sha
+    from tpp.serve.incontext_models import load_models
+
+    with pytest.raises(TppError, match="changed while the service loaded them"):
+        load_models(list(checked), "unused", 1, expected={path: "0" * 64 for path in checked})

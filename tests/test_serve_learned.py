@@ -259,6 +259,14 @@ def test_a_tampered_or_foreign_model_is_refused_at_start_up(world, tmp_path, cap
                  {"task_distribution": {"backbone": {"hash": info.hash}}})
     with pytest.raises(TppError, match=f"reads {info.hidden_size + 4}-dim features"):
         load_models([str(tmp_path / "narrow")], info.hash, info.hidden_size)
+    nan = shutil.copytree(world["models"]["cls"], tmp_path / "nan")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(nan / learned.WEIGHTS))
+    weights["scale"] = torch.tensor(float("nan"))
+    save_file(weights, str(nan / learned.WEIGHTS))
+    with pytest.raises(TppError, match="non-finite values .* tensor scale"):
+        load_models([str(nan)], info.hash, info.hidden_size)
     with pytest.raises(TppError, match="is not a folder"):
         load_models([str(tmp_path / "missing")], info.hash, info.hidden_size)
 

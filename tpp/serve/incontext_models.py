@@ -4,10 +4,12 @@ context routes (:mod:`tpp.serve.context`) for sets of their kind.
 
 Checks (a folder is hostile until they pass; any failure is one :class:`~tpp.errors.TppError` naming the folder and
 the option, before the service listens): :func:`tpp.incontext.learned.load` (card fields and ranges, the weights
-file's header against the architecture, safetensors only), a classifier trained on the features of the served
-backbone (card hash and feature width), one model per kind, and the weights file unchanged while it was read
-(its sha256 before and after loading). The models live on the bank (``bank.incontext_models``: in-process, and on
-every replica of ``--engine ray``), frozen and in eval mode; nothing writes into them or into the backbone.
+file's header against the architecture, safetensors only), finite weights, a classifier trained on the features
+of the served backbone (card hash and feature width), one model per kind, and the weights file unchanged while
+it was read (its sha256 before and after loading). The card records no hash of the weights, so flipped bytes
+inside a tensor cannot be told from training; the sha256 is listed (``GET /v1/contexts``) for operators to compare.
+The models live on the bank (``bank.incontext_models``: in-process, and on every replica of ``--engine ray``),
+frozen and in eval mode; nothing writes into them or into the backbone.
 """
 from __future__ import annotations
 
@@ -81,6 +83,10 @@ def load_one(path: str, backbone_hash: str, feature_dim: int, device="cpu", expe
         learned.check_kind(card, kind, str(path), backbone_hash)
     except TppError as exc:
         raise TppError(f"{OPTION} refused: {exc}") from None
+    bad = next((name for name, value in net.state_dict().items() if not value.isfinite().all()), None)
+    if bad is not None:
+        raise TppError(f"{OPTION} refused: in-context model '{path}' has non-finite values (NaN or inf) in tensor "
+                       f"{bad}; give the model/ folder a `tpp run incontext` run wrote, unchanged.")
     if kind == "classification" and net.config["feature_dim"] != feature_dim:
         raise TppError(f"{OPTION} refused: in-context model '{path}' reads {net.config['feature_dim']}-dim features "
                        f"but the served backbone gives {feature_dim}; serve it with the model's backbone.")

@@ -66,7 +66,22 @@ def world(tmp_path_factory):
     for site, name in (("ctx", "v1"), ("big", "big")):
         assert run_cli("context", "publish", base / "store", w["ctx"][name]["folder"], "--site", site,
                        "--backbone", w["backbone"]) == 0
+    w["learned"] = learned_classifier(w["backbone"], base / "icl")  # --incontext-model, and its offline answers
+    w["ctx"]["v1"]["learned"] = offline_context(w["backbone"], w["ctx"]["v1"]["folder"], queries, base,
+                                                "--method", "learned", "--model", w["learned"])
     return w
+
+
+def learned_classifier(backbone: Path, folder: Path) -> Path:
+    """An (untrained) learned in-context classifier for ``backbone``'s features, saved as `tpp run incontext` does."""
+    from tpp.backbones import load_backbone
+    from tpp.incontext import learned
+
+    info = load_backbone(str(backbone))[1]
+    torch.manual_seed(0)
+    model = learned.SetClassifier(info.hidden_size, hidden=16, layers=1, heads=2, max_classes=4)
+    learned.save(model, "classification", folder, {"task_distribution": {"backbone": {"hash": info.hash}}})
+    return folder
 
 
 def context_folder(root: Path, folder: Path, per_class: int, start: int) -> Path:
@@ -79,11 +94,12 @@ def context_folder(root: Path, folder: Path, per_class: int, start: int) -> Path
     return folder
 
 
-def offline_context(backbone: Path, folder: Path, queries: Path, base: Path) -> dict:
-    """``tpp predict --context``: {query file name: {class: probability}}."""
-    out = base / f"{folder.name}.csv"
+def offline_context(backbone: Path, folder: Path, queries: Path, base: Path, *method) -> dict:
+    """``tpp predict --context`` (``method``: e.g. --method learned --model DIR): {query file name: {class:
+    probability}}."""
+    out = base / f"{folder.name}{len(method)}.csv"
     assert run_cli("predict", "--backbone", backbone, "--context", folder, queries, "--out", out,
-                   "--device", "cpu") == 0
+                   "--device", "cpu", *method) == 0
     with open(out, newline="") as fh:
         return {Path(row["image"]).name: {key.removeprefix("prob_"): float(value) for key, value in row.items()
                                           if key.startswith("prob_")} for row in csv.DictReader(fh)}
@@ -110,7 +126,7 @@ def ray_app(world):
         assert ray.util.get_node_ip_address() == "127.0.0.1"
         serve.run(ray_engine.application(str(world["backbone"]), str(world["store"]), replicas=2, threads=1,
                                          token=TOKEN, max_upload_bytes=UPLOAD_LIMIT, body_timeout_s=BODY_TIMEOUT_S,
-                                         max_context=MAX_CONTEXT),
+                                         max_context=MAX_CONTEXT, incontext_models=[str(world["learned"])]),
                   name=ray_engine.APP, route_prefix="/")
         yield f"http://127.0.0.1:{port}", serve.get_deployment_handle("TppIngress", app_name=ray_engine.APP)
     finally:
@@ -241,6 +257,8 @@ def test_stored_context_sets_are_multiplexed_answer_as_offline_and_follow_a_new_
         assert status == 200 and len(out["predictions"]) == 2 and as_offline(out, ctx["v1"]["offline"])
     stats = ingress.stats.remote().result()
     assert total(stats, "context_loads") == 1 and total(stats, "context_hits") >= 3, stats
+    status, out = request(f"{predict}?method=learned", world["files"], token=TOKEN)  # --incontext-model on replicas
+    assert status == 200 and out["method"] == "learned" and as_offline(out, ctx["v1"]["learned"]), out
 
     status, out = request(f"{url}/v1/incontext/predict", token=TOKEN,
                           body=json.dumps(dict(inline, context=examples * 2)).encode())  # 12 examples

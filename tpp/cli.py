@@ -62,7 +62,9 @@ has columns image,label or image,mask (paths relative to the CSV's folder).""",
   curl -F images=@img.png http://127.0.0.1:8000/v1/sites/hospital_a/predict
   TPP_SERVE_TOKEN=secret tpp serve --backbone B --store STORE --host 0.0.0.0   # other hosts need a token
   tpp serve --backbone B --store STORE --device cuda:1 --precision bf16
-  tpp serve --backbone B --store STORE --engine ray --replicas 2 --threads 1   # local Ray Serve, 2 replicas""",
+  tpp serve --backbone B --store STORE --engine ray --replicas 2 --threads 1   # local Ray Serve, 2 replicas
+  tpp serve --backbone B --store STORE --incontext-model runs/icl_cls/model --incontext-model runs/icl_seg/model
+      # method=learned on the context routes (one model per kind)""",
     "plot": """examples:
   tpp plot runs/site_a                 # runs/site_a/curves.png (loss, validation), roc.png, calibration.png
   tpp plot runs/site_a_eval            # an evaluate run: roc.png and calibration.png from predictions.csv
@@ -188,6 +190,10 @@ def _add_deploy_commands(add) -> None:
                          "default 134217728")
     sv.add_argument("--max-context", type=int, default=256, help="most examples of a context set, stored or inline "
                                                                   "(in-context prediction; default 256)")
+    sv.add_argument("--incontext-model", action="append", metavar="DIR",
+                    help="a learned in-context model (the model/ folder of a `tpp run incontext` run) that answers "
+                         "method=learned on the context routes for sets of its kind; once per kind (classification, "
+                         "segmentation), checked at start-up as tpp predict --method learned checks it")
     sv.add_argument("--body-timeout", type=float, default=30.0,
                     help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
     sv.add_argument("--engine", choices=("fastapi", "ray"), default="fastapi",
@@ -504,7 +510,7 @@ def cmd_serve(args) -> int:
               max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
               max_upload_bytes=int(args.max_upload_mb * 2**20), body_timeout_s=args.body_timeout,
               limits=PixelLimits(args.max_image_pixels, args.max_request_pixels), device=args.device,
-              precision=args.precision, max_context=args.max_context)
+              precision=args.precision, max_context=args.max_context, incontext_models=args.incontext_model)
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
         print("tpp serve stopped", file=sys.stderr)
     return 0
@@ -526,7 +532,8 @@ def _serve_ray(args, token: str | None) -> int:
                   token=token, insecure=args.insecure, max_resident=args.max_resident, max_batch=args.max_batch,
                   max_wait_ms=args.max_wait_ms, max_upload_bytes=int(args.max_upload_mb * 2**20),
                   body_timeout_s=args.body_timeout, limits=PixelLimits(args.max_image_pixels, args.max_request_pixels),
-                  device=args.device, precision=args.precision, max_context=args.max_context, threads=args.threads)
+                  device=args.device, precision=args.precision, max_context=args.max_context, threads=args.threads,
+                  incontext_models=args.incontext_model)
     except KeyboardInterrupt:
         print("tpp serve stopped (Ray shut down)", file=sys.stderr)
     return 0

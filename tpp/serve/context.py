@@ -1,7 +1,7 @@
 """In-context prediction in ``tpp serve``: context sets served by name from the store, or sent inline.
 
 - ``GET /v1/contexts``: the published context sets (``tpp context publish``).
-- ``POST /v1/contexts/{site}/predict`` (multipart ``images``; query ``method`` = prototype | knn, ``k``): the
+- ``POST /v1/contexts/{site}/predict`` (multipart ``images``; query ``method`` = prototype | knn | learned, ``k``): the
   store's current set of ``site``, verified as :func:`tpp.serve.contexts.open_context` does (content hash,
   at most ``max_context`` examples, pixel budget per image, this backbone) before use; its features are kept for
   the next request (a few sets, least recently used first out) until a new version is published.
@@ -9,6 +9,11 @@
   "images": [B64 | {"name": N, "data": B64}], "method": ..., "k": ...}``. The context images, masks and query
   images together obey the request's pixel budget (413 from their headers, before anything is decoded), the
   context at most ``max_context`` examples (413), and must define a task (two classes, some foreground: 400).
+
+``method=learned`` answers with the learned in-context model of the set's kind that ``tpp serve --incontext-model``
+loaded (:mod:`tpp.serve.incontext_models`; 400 naming the option when none of that kind is loaded); ``k`` does not
+apply to it. ``GET /v1/contexts`` lists the methods and the loaded models (kind, sha256 of the weights, held-out
+datasets); an answer of method learned names the model's weights hash.
 
 The answers have the format of ``POST /v1/sites/{site}/predict`` and the numbers of ``tpp predict --context``.
 Everything runs on the inference thread, on the bank's frozen backbone (nothing is written into it).
@@ -23,48 +28,54 @@ from collections import OrderedDict
 from fastapi import Depends, File, HTTPException, Request, UploadFile
 
 from tpp.errors import TppError
-from tpp.serve import contexts
+from tpp.serve import contexts, incontext_models
 from tpp.incontext.context import CLASSIFICATION, SEGMENTATION, ContextSet, binary_mask, check
 from tpp.serve.images import ImageError, ImageTooLarge, check_request, decode
 
 CACHED_SETS = 8
+METHODS = ("prototype", "knn", "learned")
 
 
 def add_context_routes(app, worker, store_path: str, authorised, site_name, outcome, in_flight, limits,
-                       max_context: int, request_timeout_s: float) -> None:
-    """Add the three routes (module docstring) to the FastAPI ``app`` of :func:`tpp.serve.server.create_app`."""
-    from tpp.incontext.predict import prepare
-
-    cache: OrderedDict = OrderedDict()  # (site, version, method, k) -> Prepared
+                       max_context: int, request_timeout_s: float, learned_models: list[dict] = ()) -> None:
+    """Add the three routes (module docstring) to the FastAPI ``app`` of :func:`tpp.serve.server.create_app`.
+    ``learned_models``: the description of the in-context models the bank (or every Ray replica's bank) holds
+    (:func:`tpp.serve.incontext_models.attach`)."""
+    cache: OrderedDict = OrderedDict()  # (site, version, method, k, the learned models' hashes) -> Prepared
+    loaded = {m["kind"]: m for m in learned_models}
 
     def stored(bank, site: str, method: str, k: int | None):
         """The prepared current set of ``site`` (verified when it is not cached yet); on the inference thread."""
-        key = (site, contexts.current_version(store_path, site), method, k)
+        models = incontext_models.cache_key(bank) if method == "learned" else ()
+        key = (site, contexts.current_version(store_path, site), method, k, models)
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
         cv = contexts.open_context(store_path, site, max_context, limits, bank.info.hash)
-        prepared = prepare(cv.ctx, extractor(bank), method, k, version=cv.version)
-        cache[(site, cv.version, method, k)] = prepared
+        prepared = prepare_set(bank, cv.ctx, method, k, cv.version)
+        cache[(site, cv.version, method, k, models)] = prepared
         while len(cache) > CACHED_SETS:
             cache.popitem(last=False)
         return prepared
 
     def answer(done: dict, names: list[str], site: str) -> dict:
-        return {"context": site, "version": done["version"], "task": done["task"], "k": done["k"],
-                "method": done["method"], "backbone_hash": worker.bank.info.hash,
-                "predictions": [{"file": n, **entry} for n, entry in zip(names, done["entries"])]}
+        out = {"context": site, "version": done["version"], "task": done["task"], "k": done["k"],
+               "method": done["method"], "backbone_hash": worker.bank.info.hash}
+        if done["method"] == "learned" and done["task"] in loaded:
+            out["model"] = {"kind": done["task"], "weights_sha256": loaded[done["task"]]["weights_sha256"]}
+        return dict(out, predictions=[{"file": n, **entry} for n, entry in zip(names, done["entries"])])
 
     @app.get("/v1/contexts", dependencies=[Depends(authorised)])
     async def list_contexts():
         return {"backbone": {"id": worker.bank.info.id, "hash": worker.bank.info.hash},
+                "methods": list(METHODS if loaded else METHODS[:2]), "learned_models": list(learned_models),
                 "contexts": contexts.listing(store_path)}
 
     @app.post("/v1/contexts/{site}/predict", dependencies=[Depends(authorised)])
     async def predict_stored(site: str, images: list[UploadFile] = File(...), method: str = "prototype",
                              k: int | None = None):
         site = site_name(site)
-        _check_options(method, k)
+        method, k = _check_options(method, k)
         if contexts.current_version(store_path, site) is None:
             raise HTTPException(404, f"no context set is published as '{site}'; GET /v1/contexts lists them.")
         files = [(await upload.read(), upload.filename or "upload") for upload in images]
@@ -84,13 +95,16 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
         except ValueError:
             raise HTTPException(400, "the body is not JSON; see the tpp serve docs for the inline context format.")
         context, queries, method, k = _parse(body, max_context)
-        _check_options(method, k)
+        method, k = _check_options(method, k)
+        kind = SEGMENTATION if context and context[0][2] is not None else CLASSIFICATION
+        if method == "learned" and kind not in loaded:
+            raise HTTPException(400, str(incontext_models.no_model(kind, sorted(loaded))))
         masks = [(m, f"{n}.mask") for _, n, m, _ in context if m is not None]
         pixels = await _checked([(d, n) for d, n, _, _ in context] + masks + queries, limits)
         async with in_flight.hold(pixels, request_timeout_s):
             ctx = await _inline_set(context, limits, max_context)
             arrays = await _decoded(queries, limits)
-            done = await outcome(worker.call(lambda bank: answered(prepare(ctx, extractor(bank), method, k), arrays)))
+            done = await outcome(worker.call(lambda bank: answered(prepare_set(bank, ctx, method, k), arrays)))
         return answer(done, [name for _, name in queries], "inline")
 
 
@@ -101,6 +115,18 @@ def extractor(bank):
     return Extractor(bank.encoder, bank.info, bank.device)
 
 
+def prepare_set(bank, ctx: ContextSet, method: str, k: int | None, version: str | None = None):
+    """``ctx`` prepared on a bank's frozen backbone; method learned with the bank's model of the set's kind
+    (:class:`~tpp.serve.incontext_models.NoLearnedModel` if it has none). On the inference thread."""
+    from tpp.incontext.predict import prepare
+
+    model = None
+    if method == "learned":
+        chosen = incontext_models.model_for(bank, ctx.task)
+        model = (chosen.net, chosen.card)
+    return prepare(ctx, extractor(bank), method, k, version=version, model=model)
+
+
 def answered(prepared, arrays: list) -> dict:
     """Predict uint8 ``arrays`` (H, W) or (H, W, 3) with a prepared set; what an answer says of it, as plain data
     (the Ray engine's replicas send it to the ingress): version, task, k, method and one JSON entry per image."""
@@ -109,11 +135,13 @@ def answered(prepared, arrays: list) -> dict:
             "entries": [prepared.json_entry(r) for r in results]}
 
 
-def _check_options(method: str, k: int | None) -> None:
-    if method not in ("prototype", "knn"):
-        raise HTTPException(400, f"method {method!r} is not one of prototype, knn.")
+def _check_options(method: str, k: int | None) -> tuple[str, int | None]:
+    """(method, k) of a request, k dropped for method learned (it has no neighbours); 400 when invalid."""
+    if method not in METHODS:
+        raise HTTPException(400, f"method {method!r} is not one of {', '.join(METHODS)}.")
     if k is not None and k < 1:
         raise HTTPException(400, f"k must be at least 1, got {k}.")
+    return method, None if method == "learned" else k
 
 
 async def _checked(files: list[tuple[bytes, str]], limits) -> int:
@@ -156,7 +184,7 @@ def _parse(body, max_context: int):
             not isinstance(body.get("method", "prototype"), str) or not (k is None or type(k) is int):
         raise HTTPException(400, 'the body needs "context": [{"image": B64, "label": L} or {"image": B64, "mask": '
                                  'B64}, ...] and "images": [B64 or {"name": N, "data": B64}, ...]; optional "method" '
-                                 '(prototype or knn) and "k" (an integer).')
+                                 '(prototype, knn or learned) and "k" (an integer).')
     if len(body["context"]) > max_context:
         raise HTTPException(413, f"the inline context holds {len(body['context'])} examples, more than the maximum "
                                  f"of {max_context} (--max-context).")

@@ -13,6 +13,8 @@ Two deployments in one Ray Serve application (``tpp``):
   A stored context set (``POST /v1/contexts/{site}/predict``) is multiplexed the same way under the id
   ``context:site@version`` (:class:`LoadedContext`: verified once, its examples' features prepared once per
   method and k); inline context sets travel with their request and run on any replica, holding nothing.
+  Learned in-context models (``--incontext-model``) are checked once by the driver (:func:`application`, before
+  Ray starts) and loaded by every replica, which refuses weights whose sha256 differs from the driver's.
 
 A request is computed by one batch of one replica's inference thread, so never with two versions. A newly
 published version is served by every replica from the first request whose pointer read at the ingress comes
@@ -79,12 +81,12 @@ class LoadedContext:
 
     def predict(self, bank, method: str, k: int | None, arrays: list) -> dict:
         """On the replica's inference thread: the answer's plain data (:func:`tpp.serve.context.answered`)."""
-        from tpp.incontext.predict import prepare
-        from tpp.serve.context import answered, extractor
+        from tpp.serve.context import answered, prepare_set
+        from tpp.serve.incontext_models import cache_key
 
-        key = (method, k)
+        key = (method, k, cache_key(bank) if method == "learned" else ())
         if key not in self.prepared:
-            self.prepared[key] = prepare(self.cv.ctx, extractor(bank), method, k, version=self.cv.version)
+            self.prepared[key] = prepare_set(bank, self.cv.ctx, method, k, self.cv.version)
             while len(self.prepared) > self.PREPARED:
                 self.prepared.popitem(last=False)
         self.prepared.move_to_end(key)
@@ -97,16 +99,21 @@ def site_deployment(max_resident: int):
     @serve.deployment(name="TppSites", ray_actor_options={"num_cpus": 0})
     class TppSites:
         def __init__(self, backbone: str, store_path: str, max_batch: int, max_wait_ms: float, device: str,
-                     precision: str, threads: int | None, max_context: int = 256, limits: PixelLimits = DEFAULT_LIMITS):
+                     precision: str, threads: int | None, max_context: int = 256, limits: PixelLimits = DEFAULT_LIMITS,
+                     incontext_models: dict[str, str] | None = None):
+            """``incontext_models``: {model folder: sha256 of its weights as the driver checked them}."""
             import torch
 
             from tpp.serve.bank import AdapterBank
+            from tpp.serve.incontext_models import load_models
             from tpp.serve.worker import InferenceWorker
 
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             if threads:
                 torch.set_num_threads(threads)
             self.bank = AdapterBank(backbone, store_path, max_resident, device=device, precision=precision)
+            self.bank.incontext_models = load_models(list(incontext_models or {}), self.bank.info.hash,
+                                                     self.bank.info.hidden_size, self.bank.device, incontext_models)
             self.worker = InferenceWorker(self.bank, max_batch, max_wait_ms)
             self.replica = serve.get_replica_context().replica_id.unique_id
             self.hits = self.misses = 0
@@ -202,11 +209,11 @@ def site_deployment(max_resident: int):
 @serve.ingress()
 class TppIngress:
     async def __init__(self, sites, store_path: str, token: str | None, max_upload_bytes: int,
-                       limits: PixelLimits, body_timeout_s: float, max_context: int):
+                       limits: PixelLimits, body_timeout_s: float, max_context: int, learned_models: list = ()):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.worker = RayWorker(sites, store_path, await sites.info.remote())
         self.asgi = create_app(self.worker, store_path, token, max_upload_bytes, limits=limits,
-                              body_timeout_s=body_timeout_s, max_context=max_context)
+                              body_timeout_s=body_timeout_s, max_context=max_context, learned_models=learned_models)
 
     def __serve_build_asgi_app__(self):
         return self.asgi
@@ -219,14 +226,34 @@ class TppIngress:
 def application(backbone: str, store_path: str, *, replicas: int = 1, token: str | None = None,
                 max_resident: int = 16, max_batch: int = 64, max_wait_ms: float = 5.0,
                 max_upload_bytes: int = 10 * 2**20, limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0,
-                device: str = "cpu", precision: str = "fp32", max_context: int = 256, threads: int | None = None):
-    """The bound Ray Serve application (ingress over ``replicas`` site replicas)."""
+                device: str = "cpu", precision: str = "fp32", max_context: int = 256, threads: int | None = None,
+                incontext_models: list[str] | None = None):
+    """The bound Ray Serve application (ingress over ``replicas`` site replicas). ``incontext_models``: learned
+    in-context model folders, checked here against the backbone before Ray starts anything."""
     if replicas < 1 or max_resident < 1:
         raise TppError(f"--replicas and --max-resident must be at least 1, got {replicas} and {max_resident}.")
     adapter_store.sites(store_path)  # a missing store: one clear error before Ray starts anything
+    checked, described = checked_models(backbone, incontext_models)
     sites = site_deployment(max_resident).options(num_replicas=replicas).bind(
-        backbone, str(store_path), max_batch, max_wait_ms, device, precision, threads, max_context, limits)
-    return TppIngress.bind(sites, str(store_path), token, max_upload_bytes, limits, body_timeout_s, max_context)
+        backbone, str(store_path), max_batch, max_wait_ms, device, precision, threads, max_context, limits, checked)
+    return TppIngress.bind(sites, str(store_path), token, max_upload_bytes, limits, body_timeout_s, max_context,
+                           described)
+
+
+def checked_models(backbone: str, paths: list[str] | None) -> tuple[dict[str, str], list[dict]]:
+    """({absolute folder: weights sha256}, description) of the ``--incontext-model`` folders, each loaded on the CPU
+    and checked against ``backbone`` as the default engine checks them (a refusal: one TppError, Ray not started)."""
+    if not paths:
+        return {}, []
+    from pathlib import Path
+
+    from tpp.backbones import load_backbone
+    from tpp.serve.incontext_models import describe, load_models
+
+    info = load_backbone(backbone)[1]
+    folders = [str(Path(p).resolve()) for p in paths]  # replicas may run in another working directory
+    models = load_models(folders, info.hash, info.hidden_size)
+    return {m.path: m.weights_hash for m in models.values()}, describe(models)
 
 
 def start(host: str = "127.0.0.1", port: int = 8000, address: str | None = None) -> None:

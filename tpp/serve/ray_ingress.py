@@ -19,12 +19,13 @@ from tpp.serve import contexts
 from tpp.serve import store as adapter_store
 from tpp.serve.bank import SiteRefused
 from tpp.serve.images import ImageError, ImageTooLarge
+from tpp.serve.incontext_models import NoLearnedModel
 from tpp.serve.server import residency
 
 log = logging.getLogger("tpp.serve")
 # errors a replica answers with, rebuilt at the ingress so that create_app maps them to the same status codes
 ERRORS = {"UnknownSite": TppError, "SiteRefused": SiteRefused, "ImageTooLarge": ImageTooLarge,
-          "ImageError": ImageError, "TppError": TppError}
+          "ImageError": ImageError, "NoLearnedModel": NoLearnedModel, "TppError": TppError}
 
 
 CONTEXT = "context:"  # the id prefix of a stored context set (":" is never part of a site name)

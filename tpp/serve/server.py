@@ -3,7 +3,8 @@
 Endpoints: ``GET /healthz``, ``GET /v1/sites``, ``POST /v1/sites/{site}/predict`` (multipart field
 ``images``, one or several files), ``POST /v1/sites/{site}/reload``; in-context prediction (:mod:`tpp.serve.context`):
 ``GET /v1/contexts``, ``POST /v1/contexts/{site}/predict``, ``POST /v1/incontext/predict``. Requests are answered by one
-inference worker (:mod:`tpp.serve.worker`) that micro-batches across requests and sites.
+inference worker (:mod:`tpp.serve.worker`) that micro-batches across requests and sites. Learned in-context
+models (``--incontext-model``, :mod:`tpp.serve.incontext_models`) are loaded and checked before it listens.
 
 Safety: binds to 127.0.0.1 by default; any other address needs a bearer token (env
 ``TPP_SERVE_TOKEN`` or ``--token-file``; also guards ``/openapi.json``) or an explicit ``--insecure``.
@@ -25,6 +26,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 
 from tpp.devices import describe
 from tpp.serve import store as adapter_store
+from tpp.serve.incontext_models import NoLearnedModel
 from tpp.errors import TppError
 from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
 from tpp.serve.worker import InferenceWorker
@@ -121,10 +123,12 @@ def residency(bank) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
 
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
                max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0, *,
-               limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0, max_context: int = 256):
+               limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0, max_context: int = 256,
+               learned_models: list[dict] = ()):
     """The ASGI application (FastAPI wrapped in the body size and time limits); ``limits``: the pixel
     budget per image and per request (413 from the headers, before anything is decoded); ``max_context``:
-    the most examples of a context set (stored or inline) for in-context prediction."""
+    the most examples of a context set (stored or inline) for in-context prediction; ``learned_models``: the
+    description of the learned in-context models the bank holds (:func:`tpp.serve.incontext_models.attach`)."""
     bank = worker.bank
     in_flight = PixelsInFlight(limits.max_request_pixels)
     app = FastAPI(title="tpp", summary="one backbone, many site adapters", docs_url=None, redoc_url=None,
@@ -156,7 +160,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
             raise HTTPException(503, f"no answer within {request_timeout_s:g} s; the service is overloaded") from None
         except adapter_store.UnknownSite as exc:
             raise HTTPException(404, f"{exc} GET /v1/sites lists the served sites.") from None
-        except ImageError as exc:
+        except (ImageError, NoLearnedModel) as exc:
             raise HTTPException(400, str(exc)) from None
         except TppError as exc:  # e.g. a card for another backbone: refused, never served
             log.warning("refused: %s", exc)
@@ -179,7 +183,8 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
             failed = refused.get(row["site"])  # (version, reason): refused until another version is published
             row["healthy"] = not (failed and failed[0] == row["version"]) and row["backbone_match"] == "yes"
             row["refused_because"] = failed[1] if failed and failed[0] == row["version"] else None
-        return {"backbone": {"id": bank.info.id, "hash": bank.info.hash}, "sites": rows}
+        return {"backbone": {"id": bank.info.id, "hash": bank.info.hash}, "sites": rows,
+                "incontext_models": list(learned_models)}
 
     @app.post("/v1/sites/{site}/predict", dependencies=[Depends(authorised)])
     async def predict(site: str, images: list[UploadFile] = File(...), frame: int | None = None,
@@ -223,7 +228,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     from tpp.serve.context import add_context_routes
 
     add_context_routes(app, worker, store_path, authorised, site_name, outcome, in_flight, limits, max_context,
-                       request_timeout_s)
+                       request_timeout_s, learned_models)
     return BodyLimit(app, max_upload_bytes, body_timeout_s)
 
 
@@ -237,24 +242,31 @@ def check_binding(host: str, token: str | None, insecure: bool) -> None:
 def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8000, *, token: str | None = None,
           insecure: bool = False, max_resident: int = 16, max_batch: int = 64, max_wait_ms: float = 5.0,
           max_upload_bytes: int = 10 * 2**20, limits: PixelLimits = DEFAULT_LIMITS,
-          body_timeout_s: float = 30.0, device: str = "auto", precision: str = "fp32", max_context: int = 256) -> None:
-    """Load the backbone on ``device`` (``precision``: fp32, or bf16 / fp16 under autocast), check the store,
-    serve until Ctrl-C / SIGTERM (uvicorn's handlers)."""
+          body_timeout_s: float = 30.0, device: str = "auto", precision: str = "fp32", max_context: int = 256,
+          incontext_models: list[str] | None = None) -> None:
+    """Load the backbone on ``device`` (``precision``: fp32, or bf16 / fp16 under autocast) and the learned
+    in-context models (``incontext_models``: folders, checked), check the store, serve until Ctrl-C / SIGTERM
+    (uvicorn's handlers)."""
     import uvicorn
 
     from tpp.serve.bank import AdapterBank
+    from tpp.serve.incontext_models import attach
 
     check_binding(host, token, insecure)
     bank = AdapterBank(backbone, store_path, max_resident, device=device, precision=precision)
+    learned_models = attach(bank, incontext_models)  # a refused folder: one error, before anything listens
     for problem in adapter_store.check(store_path, bank.info.hash):
         log.warning("will refuse %s", problem)
     worker = InferenceWorker(bank, max_batch, max_wait_ms)
     app = create_app(worker, store_path, token, max_upload_bytes, limits=limits, body_timeout_s=body_timeout_s,
-                     max_context=max_context)
+                     max_context=max_context, learned_models=learned_models)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("backbone %s (hash %s), store %s, up to %d resident sites, %d torch threads, device %s, precision %s",
              bank.info.id, bank.info.hash[:12], store_path, max_resident, torch.get_num_threads(),
              describe(bank.device), bank.precision)
+    for model in learned_models:
+        log.info("learned in-context model: %s (weights sha256 %s, held out: %s)", model["kind"],
+                 model["weights_sha256"][:12], ", ".join(model["holdout"]) or "none recorded")
     try:
         uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
     finally:

@@ -47,6 +47,30 @@ def test_classifier_is_invariant_to_context_order_and_takes_any_k():
         model(context, labels, queries, 5)
 
 
+def test_a_query_is_answered_the_same_whatever_else_is_sent_with_it():
+    """Queries attend to the context and to themselves only: one image's probabilities never depend on the other
+    images of the call (or the batch size of `tpp predict`)."""
+    model, gen = _classifier(3), torch.Generator().manual_seed(3)
+    context, queries = torch.randn(8, 12, generator=gen), torch.randn(6, 12, generator=gen)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    together = learned.classify(model, context, labels, 3, queries)
+    alone = torch.cat([learned.classify(model, context, labels, 3, queries[i:i + 1]) for i in range(6)])
+    reordered = learned.classify(model, context, labels, 3, queries.flip(0)).flip(0)
+    assert torch.allclose(together, alone, atol=1e-6) and torch.allclose(together, reordered, atol=1e-6)
+
+
+def test_a_segmenter_of_the_first_format_still_loads(tmp_path):
+    """Format 1 segmenters are the same network (no weights hash in the card); format 1 classifiers are refused."""
+    import json
+
+    learned.save(_segmenter(), "segmentation", tmp_path, {"task_distribution": {"image_size": 16}})
+    card = json.loads((tmp_path / learned.CARD).read_text())
+    del card["weights_sha256"]
+    (tmp_path / learned.CARD).write_text(json.dumps(dict(card, format="tpp-incontext/1")))
+    model, loaded = learned.load(tmp_path)
+    assert loaded["format"] == "tpp-incontext/1" and isinstance(model, learned.CrossConvNet)
+
+
 def test_prediction_does_not_depend_on_which_id_each_class_got():
     model, gen = _classifier(6), torch.Generator().manual_seed(6)
     context, queries = torch.randn(7, 12, generator=gen), torch.randn(4, 12, generator=gen)

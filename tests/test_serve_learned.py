@@ -265,6 +265,11 @@ def test_a_tampered_or_foreign_model_is_refused_at_start_up(world, tmp_path, cap
     weights = load_file(str(nan / learned.WEIGHTS))
     weights["scale"] = torch.tensor(float("nan"))
     save_file(weights, str(nan / learned.WEIGHTS))
+    with pytest.raises(TppError, match="weights were changed after training"):
+        load_models([str(nan)], info.hash, info.hidden_size)
+    card = json.loads((nan / learned.CARD).read_text())  # a card rewritten to match: the values are checked too
+    card["weights_sha256"] = learned.file_sha256(nan / learned.WEIGHTS)
+    (nan / learned.CARD).write_text(json.dumps(card))
     with pytest.raises(TppError, match="non-finite values .* tensor scale"):
         load_models([str(nan)], info.hash, info.hidden_size)
     with pytest.raises(TppError, match="is not a folder"):

@@ -47,6 +47,12 @@ def _wrong_shape(folder):
     save_file(state, str(folder / learned.WEIGHTS))
 
 
+def _flip_a_weight_byte(folder):
+    data = bytearray((folder / learned.WEIGHTS).read_bytes())
+    data[-3] ^= 0x01  # inside the last tensor's bytes: every shape still fits
+    (folder / learned.WEIGHTS).write_bytes(bytes(data))
+
+
 def _text(text):
     return lambda folder: (folder / learned.CARD).write_text(text)
 
@@ -70,6 +76,11 @@ CASES = {  # name: (kind, how the folder is spoiled, words the error must hold)
                                  "task_distribution must be an object"),
     "kind_unknown": ("classification", lambda f: _edit_card(f, lambda c: dict(c, kind="detection")), "kind"),
     "weights_wrong_shape": ("classification", _wrong_shape, "proj.0.weight"),
+    "weights_byte_changed": ("classification", _flip_a_weight_byte, "weights were changed"),
+    "no_weights_hash": ("segmentation", lambda f: _edit_card(f, lambda c: {k: v for k, v in c.items()
+                                                                          if k != "weights_sha256"}), "records none"),
+    "classifier_format_1": ("classification", lambda f: _edit_card(f, lambda c: dict(c, format="tpp-incontext/1")),
+                            "re-train"),
     "image_size_31": ("segmentation", lambda f: _edit_card(f, _image_size(31)), "image_size"),
     "image_size_0": ("segmentation", lambda f: _edit_card(f, _image_size(0)), "image_size"),
     "image_size_text": ("segmentation", lambda f: _edit_card(f, _image_size("x")), "image_size"),

@@ -3,7 +3,8 @@ pairs, answered in one forward pass with no gradient step.
 
 - :class:`SetClassifier`: on frozen backbone features (:class:`tpp.incontext.features.Extractor`). Context
   tokens = projected feature + a label embedding; a few transformer layers let the context tokens attend to
-  each other (no positions: permutation-equivariant), then the query tokens attend to the context; the
+  each other (no positions: permutation-equivariant), then each query token attends to the context and to
+  itself only (never to the other queries: an answer does not depend on what else was sent with it); the
   logit of class c is the scaled dot product of a query with the mean of class c's context outputs
   (permutation-invariant, any K, any number of classes up to ``max_classes``). Training permutes the label
   ids per episode, so no label id means anything by itself.
@@ -31,8 +32,11 @@ from tpp.rundir import finite_json
 
 CARD = "icl_card.json"
 WEIGHTS = "model.safetensors"
-FORMAT = "tpp-incontext/1"
+FORMAT = "tpp-incontext/2"  # /2: the classifier's queries are independent of each other; the card has weights_sha256
 KINDS = ("classification", "segmentation")
+# formats read per kind: a /1 segmenter is the same network (without the weights hash); a /1 classifier let the
+# queries of one call attend to each other, so its answer for an image depended on the other images sent with it
+FORMATS = {"classification": (FORMAT,), "segmentation": ("tpp-incontext/1", FORMAT)}
 
 
 class SetClassifier(nn.Module):
@@ -69,8 +73,9 @@ class SetClassifier(nn.Module):
             c = layer(c)
         c = self.norm_c(c)
         q = self.proj(qry)  # (B, Q, H)
+        alone = ~torch.eye(q.shape[1], dtype=torch.bool, device=q.device)  # a query attends to itself only
         for layer in self.query_layers:
-            q = layer(q, c)
+            q = layer(q, c, tgt_mask=alone)
         q = self.norm_q(q)
         onehot = F.one_hot(labels, num_classes).to(c.dtype)  # (B, K, C)
         protos = onehot.transpose(1, 2) @ c / onehot.sum(1)[..., None].clamp_min(1)  # (B, C, H)
@@ -160,7 +165,8 @@ def save(model: nn.Module, kind: str, path: Path, card: dict) -> None:
 
     Path(path).mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(Path(path) / WEIGHTS))
-    full = {"format": FORMAT, "kind": kind, "architecture": model.config, **card}
+    full = {"format": FORMAT, "kind": kind, "architecture": model.config, **card,
+            "weights_sha256": file_sha256(Path(path) / WEIGHTS)}
     (Path(path) / CARD).write_text(json.dumps(finite_json(full), indent=2, allow_nan=False))
 
 
@@ -178,10 +184,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
         raise TppError(f"in-context model '{path}' is not a folder with {CARD} and {WEIGHTS}; give the model/ "
                        "folder of a `tpp run incontext` run (or the run folder).")
     try:
-        card = learned_card.read_card(folder / CARD, FORMAT, KINDS)
+        card = learned_card.read_card(folder / CARD, FORMATS)
         with torch.device("meta"):  # no memory until the weights file is known to fit
             model = build(card["kind"], card["architecture"])
         learned_card.check_header(folder / WEIGHTS, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+        if "weights_sha256" in card or card["format"] == FORMAT:
+            learned_card.check_hash(card.get("weights_sha256"), file_sha256(folder / WEIGHTS), WEIGHTS)
         state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()}
         model.load_state_dict(state, strict=True, assign=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
@@ -190,6 +198,17 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
                        "`tpp run incontext` run wrote, unchanged.") from None
     model.to(device).eval().requires_grad_(False)
     return model, card
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def parameter_hash(model: nn.Module) -> str:

@@ -27,9 +27,10 @@ def _int(value, field: str, low: int, high: int) -> int:
     return value
 
 
-def read_card(file: Path, fmt: str, kinds: tuple[str, ...]) -> dict:
-    """The parsed card, checked: a JSON object with ``format`` ``fmt``, ``kind`` in ``kinds``, a valid
-    ``architecture`` for that kind and, for segmentation, a valid ``task_distribution.image_size``."""
+def read_card(file: Path, formats: dict[str, tuple[str, ...]]) -> dict:
+    """The parsed card, checked: a JSON object with a ``kind`` of ``formats`` ({kind: formats read}) and one of
+    that kind's formats, a valid ``architecture`` for that kind and, for segmentation, a valid
+    ``task_distribution.image_size``."""
     try:
         card = json.loads(file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
@@ -38,10 +39,16 @@ def read_card(file: Path, fmt: str, kinds: tuple[str, ...]) -> dict:
         raise ValueError(f"{file.name} is not valid JSON ({exc})") from None
     if not isinstance(card, dict):
         raise ValueError(f"{file.name} must hold a JSON object, got a {type(card).__name__}")
-    if card.get("format") != fmt:
-        raise ValueError(f"format {card.get('format')!r}, expected {fmt}")
-    if card.get("kind") not in kinds:
-        raise ValueError(f"kind {card.get('kind')!r} is not one of {', '.join(kinds)}")
+    if card.get("kind") not in formats:
+        raise ValueError(f"kind {card.get('kind')!r} is not one of {', '.join(formats)}")
+    if card.get("format") not in formats[card["kind"]]:
+        old = card.get("format") == "tpp-incontext/1"
+        raise ValueError(f"format {card.get('format')!r}, expected {' or '.join(formats[card['kind']])}"
+                         + ("; a tpp-incontext/1 classifier let the queries of one call attend to each other (an "
+                            "image's answer depended on the images sent with it): re-train it with `tpp run "
+                            "incontext`" if old else ""))
+    if "weights_sha256" in card and not isinstance(card["weights_sha256"], str):
+        raise ValueError("weights_sha256 must be a string")
     distribution = card.get("task_distribution", {})
     if not isinstance(distribution, dict):
         raise ValueError(f"task_distribution must be an object, got {type(distribution).__name__}")
@@ -98,6 +105,14 @@ def check_image_size(size, levels: int) -> int:
         raise ValueError(f"task_distribution.image_size must be a multiple of {2 ** (levels - 1)} (one halving per "
                          f"level of architecture.channels), got {size}")
     return size
+
+
+def check_hash(recorded: str | None, actual: str, name: str) -> None:
+    """The weights file's sha256 equals the card's ``weights_sha256`` (a changed byte inside a tensor passes every
+    shape check)."""
+    if recorded != actual:
+        raise ValueError(f"{name} has sha256 {actual[:12]}..., the card records "
+                         f"{(recorded or 'none')[:12]}...: the weights were changed after training")
 
 
 def check_header(file: Path, expected: dict) -> None:

@@ -63,9 +63,26 @@ class FinetuneBench:
                  busi_queries: int | None = None):
         self.root, self.backbone, self.cache, self.protocol = Path(root), backbone, Path(cache), protocol
         self.busi_queries = busi_queries
-        self.ids = {name: report.protocol_id(protocol, backbone, dataset=name,
-                                             queries=busi_queries if name == "busi" else None)
-                    for name in [*ic.CLASSIFICATION, "busi"]}
+        self.files = {name: self.root / file for name, file in [*ic.CLASSIFICATION.items(), ("busi", ic.BUSI)]}
+        self._ids: dict = {}
+
+    def protocol_id(self, dataset: str) -> str:
+        """The cell id: protocol, backbone weights, the data file's content (sha256) and the query set."""
+        if dataset not in self._ids:
+            self._ids[dataset] = report.protocol_id(self.protocol, self.backbone, dataset=dataset,
+                                                    data_sha256=sha256(self.files[dataset]),
+                                                    queries=self.busi_queries if dataset == "busi" else None)
+        return self._ids[dataset]
+
+    def draw(self, dataset: str, k: int, seed: int) -> np.ndarray:
+        """The (K, seed) context draw of the in-context path: indices into the training split (classification)
+        or into the BUSI file."""
+        data = np.load(self.files[dataset])
+        if dataset == "busi":
+            return ic.seg_context(ic.busi_split(data)[0], k, seed)
+        labels = data["train_labels"][:, 0]
+        keep = ic.class_pool(labels)
+        return keep[ic.class_context(labels[keep], k, seed)]
 
     def cell_path(self, dataset: str, method: str, k: int, seed: int) -> Path:
         """BUSI cells on the first N queries only (``busi_queries``) have a folder of their own (busi_qN)."""
@@ -73,12 +90,15 @@ class FinetuneBench:
         return self.cache / folder / method / f"k{k}_s{seed}.json"
 
     def cached(self, dataset: str, method: str, k: int, seed: int) -> dict | None:
-        """The cell's result if it was run under this protocol, backbone and query set."""
+        """The cell's result if it was run under this protocol, backbone, data file and query set, on the context
+        examples the in-context path draws now."""
         path = self.cell_path(dataset, method, k, seed)
-        if path.is_file():
-            data = json.loads(path.read_text())
-            return data if data.get("protocol_id") == self.ids[dataset] else None
-        return None
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        if data.get("protocol_id") != self.protocol_id(dataset):
+            return None
+        return data if data.get("context") == self.draw(dataset, k, seed).tolist() else None
 
     def run_cell(self, dataset: str, method: str, k: int, seed: int) -> dict:
         with tempfile.TemporaryDirectory(prefix="incontext_ft_") as tmp:
@@ -87,7 +107,7 @@ class FinetuneBench:
             else:
                 cell = self.classification_cell(Path(tmp), dataset, method, k, seed)
         cell = {"dataset": dataset, "method": PREFIX + method, "k": k, "seed": seed, **cell,
-                "protocol_id": self.ids[dataset]}
+                "protocol_id": self.protocol_id(dataset)}
         report.store_cell(self.cell_path(dataset, method, k, seed), cell)
         return cell
 
@@ -104,10 +124,8 @@ class FinetuneBench:
         from tpp.recipes import CONFIG_DIR, run_recipe
 
         part = self.protocol["classification"]
-        data = np.load(self.root / ic.CLASSIFICATION[dataset])
-        labels = data["train_labels"][:, 0]
-        keep = ic.class_pool(labels)
-        context = keep[ic.class_context(labels[keep], k, seed)]  # indices into the training split
+        data = np.load(self.files[dataset])
+        context = self.draw(dataset, k, seed)  # indices into the training split
         file = kshot_npz(tmp / "kshot.npz", data, context, MEDMNIST[dataset][1])
         overrides = tpp_gain.method_overrides(method, dict(self.protocol, lr=part["lr"]))
         overrides += self.common(tmp / "run", seed, part) + [
@@ -125,10 +143,9 @@ class FinetuneBench:
         from tpp.recipes import CONFIG_DIR, run_recipe
 
         part = self.protocol["segmentation"]
-        data = np.load(self.root / ic.BUSI)
-        pool, query = ic.busi_split(data)
-        query = query[:self.busi_queries]
-        context = ic.seg_context(pool, k, seed)
+        data = np.load(self.files["busi"])
+        query = ic.busi_split(data)[1][:self.busi_queries]
+        context = self.draw("busi", k, seed)
         file = split_seg_npz(tmp / "kshot.npz", data["images"], data["masks"], context, query)
         overrides = [f"adapter.r={self.protocol['lora']['r']}", f"adapter.alpha={self.protocol['lora']['alpha']}",
                      *self.common(tmp / "run", seed, part), f"data.file={file.name}", f"data.name={SEG_NAME}",
@@ -140,6 +157,17 @@ class FinetuneBench:
         scores = query_dice(run / "predictions.csv")
         return {"dice": float(np.mean(scores)), **timing(metrics, run), "context": context.tolist(),
                 "queries": len(scores)}
+
+
+def sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def kshot_npz(path: Path, data, context: np.ndarray, class_names: list) -> Path:
@@ -218,7 +246,8 @@ def crossover(by_method: dict) -> dict:
     at = {k: tuple(max(((m, v[k][0]) for m, v in side.items() if k in v), key=lambda p: p[1])
                    for side in (context, tuned)) for k in ks}
     over = [k for k in ks if at[k][1][1] > at[k][0][1]]
-    return {"k": over[0] if over else None, "up_to": ks[-1] if ks else None, "at": at}
+    n = {k: min(v[k][2] for v in by_method.values() if k in v) for k in ks}
+    return {"k": over[0] if over else None, "up_to": ks[-1] if ks else None, "at": at, "n": n}
 
 
 def crossover_line(dataset: str, metric: str, found: dict) -> str:
@@ -228,11 +257,12 @@ def crossover_line(dataset: str, metric: str, found: dict) -> str:
     if found["k"] is None:
         return f"- {dataset} ({metric}): cross-over: none up to K={found['up_to']} (in-context ahead or level)."
     (cm, cv), (tm, tv) = found["at"][found["k"]]
+    n = found.get("n", {}).get(found["k"])
     ahead = [k for k, ((_, c), (_, t)) in found["at"].items() if t > c]
     first = " (already at the smallest K compared)" if found["k"] == min(found["at"]) else ""
     return (f"- {dataset} ({metric}): cross-over at K={found['k']}{first}: {tm} {tv:.3f} > {cm} {cv:.3f} (the best "
-            f"of each side); fine-tuned ahead at K = {', '.join(map(str, ahead))} of "
-            f"{', '.join(map(str, found['at']))}.")
+            f"of each side, means over the same {n} context draws); fine-tuned ahead at K = "
+            f"{', '.join(map(str, ahead))} of {', '.join(map(str, found['at']))}.")
 
 
 def crossover_lines(results: dict) -> list[str]:
@@ -240,10 +270,21 @@ def crossover_lines(results: dict) -> list[str]:
     lines = []
     for dataset, (cells, metrics) in results.items():
         for metric in metrics:
-            by_method = ic.summary(cells, metric)
+            by_method = ic.summary(paired_seeds(cells, metric), metric)
             if any(m.startswith(PREFIX) for m in by_method):
                 lines.append(crossover_line(dataset, metric, crossover(by_method)))
     return lines
+
+
+def paired_seeds(cells: list[dict], metric: str) -> list[dict]:
+    """The cells of the seeds every method has (with ``metric`` defined) at their K: the cross-over compares
+    means over the same context draws, never a fine-tuned mean over fewer seeds (a failed cell) with a full one."""
+    methods = {c["method"] for c in cells}
+    have: dict = {}
+    for c in cells:
+        if c.get(metric) is not None and not (isinstance(c[metric], float) and math.isnan(c[metric])):
+            have.setdefault((c["k"], c["seed"]), set()).add(c["method"])
+    return [c for c in cells if have.get((c["k"], c["seed"])) == methods]
 
 
 def latency_rows(results: dict, timing_rows: list[dict], k: int = 16) -> list[dict]:

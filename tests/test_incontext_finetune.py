@@ -72,6 +72,17 @@ def test_a_classification_cell_trains_on_the_in_context_draw_and_is_cached(tiny_
     other = ft.FinetuneBench(root, str(tiny_mae), tmp_path / "cache", protocol=ft.PROTOCOL)
     assert other.cached("breastmnist", "linear_probe", 2, 0) is None  # another budget: not reused
 
+    stored = bench.cell_path("breastmnist", "linear_probe", 2, 0)
+    text = stored.read_text()
+    import json
+
+    stored.write_text(json.dumps(dict(json.loads(text), context=cell["context"][::-1])))
+    assert bench.cached("breastmnist", "linear_probe", 2, 0) is None  # not the examples drawn now: not reused
+    stored.write_text(text)
+    make_medmnist(root / "medmnist", "breastmnist", n=(40, 10, 13))  # the data file changed
+    fresh = ft.FinetuneBench(root, str(tiny_mae), tmp_path / "cache", protocol=TINY_BUDGET)
+    assert fresh.cached("breastmnist", "linear_probe", 2, 0) is None
+
 
 def test_a_segmentation_cell_trains_on_the_context_pairs_and_tests_the_queries(tiny_mae, tmp_path, monkeypatch):
     import tpp.data.sources.seg_npz as seg_source
@@ -124,6 +135,19 @@ def test_crossover_is_the_smallest_k_where_the_best_fine_tuned_mean_beats_the_be
     none = ft.crossover(summary({"prototype": {1: 0.6, 32: 0.8}}, {"finetune:lora": {1: 0.5, 2: 0.9, 32: 0.79}}))
     assert none["k"] is None and none["up_to"] == 32  # K=2 has no in-context cell: not compared
     assert "none up to K=32" in ft.crossover_line("busi", "dice", none)
+
+
+def test_the_crossover_compares_only_context_draws_every_method_has():
+    def cell(method, k, seed, auroc):
+        return {"method": method, "k": k, "seed": seed, "auroc": auroc}
+
+    cells = [cell("prototype", 4, s, v) for s, v in enumerate([0.70, 0.70, 0.70, 0.70, 0.40])]
+    cells += [cell("finetune:lora", 4, s, 0.65) for s in range(4)]  # seed 4's fine-tuning failed
+    cells += [cell("finetune:lora", 8, 0, None), cell("prototype", 8, 0, 0.6)]  # undefined: no pair at K=8
+    (line,) = ft.crossover_lines({"breastmnist": (cells, ["auroc"])})
+    assert "none up to K=4" in line  # unpaired, lora's 0.65 over 4 seeds would beat prototype's 0.64 over 5
+    paired = ft.paired_seeds(cells, "auroc")
+    assert sorted({c["seed"] for c in paired}) == [0, 1, 2, 3] and {c["k"] for c in paired} == {4}
 
 
 def test_the_time_comparison_takes_the_fastest_in_context_method_and_the_median_fine_tuning():

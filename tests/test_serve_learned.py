@@ -7,6 +7,7 @@ import base64
 import csv
 import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -122,10 +123,11 @@ def _inline_context(world, kind):
     return [{"image": _b64(p), "mask": _b64(ctx / "masks" / p.name)} for p in sorted((ctx / "images").iterdir())]
 
 
-def _assert_same_as_cli(world, kind, answer):
+def _assert_same_as_cli(world, kind, answer, rows=None):
+    """``answer`` equals `tpp predict`'s predictions.csv (its first ``rows`` rows: the queries sent)."""
     from tpp.segmentation import rle_decode
 
-    rows = _read_csv(world["base"] / kind / "preds.csv")
+    rows = _read_csv(world["base"] / kind / "preds.csv")[:rows]
     assert answer["method"] == "learned" and len(answer["predictions"]) == len(rows)
     for row, pred in zip(rows, answer["predictions"]):
         if kind == "cls":
@@ -164,6 +166,9 @@ def test_service_answers_learned_as_tpp_predict_stored_and_inline(world):
                 for answer in (stored, inline):
                     _assert_same_as_cli(world, kind, answer)
                     assert answer["model"]["weights_sha256"] == sha[answer["task"]]
+            first = _queries(world, "cls")[0]  # alone, it gets the answer it got among the others
+            alone = request(f"{url}/v1/contexts/cls/predict?method=learned", files=[(first.name, first.read_bytes())])
+            _assert_same_as_cli(world, "cls", dict(alone[1], predictions=alone[1]["predictions"]), rows=1)
             status, proto = request(f"{url}/v1/contexts/cls/predict",
                                     files=[(q.name, q.read_bytes()) for q in _queries(world, "cls")])
             assert status == 200 and proto["method"] == "prototype" and "model" not in proto
@@ -227,6 +232,9 @@ def test_learned_without_a_model_of_that_kind_is_a_400_naming_the_option(world):
         with server as (host, port):
             status, listed = request(f"http://{host}:{port}/v1/contexts")
             assert listed["methods"] == ["prototype", "knn"] and listed["learned_models"] == []
+            status, none = request(f"http://{host}:{port}/v1/contexts/cls/predict?method=learned",
+                                   files=[(query.name, query.read_bytes())])
+            assert status == 400 and "none is loaded" in none["detail"] and "--incontext-model" in none["detail"]
     finally:
         worker.stop()
 
@@ -274,6 +282,16 @@ def test_a_tampered_or_foreign_model_is_refused_at_start_up(world, tmp_path, cap
         load_models([str(nan)], info.hash, info.hidden_size)
     with pytest.raises(TppError, match="is not a folder"):
         load_models([str(tmp_path / "missing")], info.hash, info.hidden_size)
+    fifo = shutil.copytree(world["models"]["cls"], tmp_path / "fifo")  # reading it would block forever
+    (fifo / learned.WEIGHTS).unlink()
+    os.mkfifo(fifo / learned.WEIGHTS)
+    with pytest.raises(TppError, match="fifo"):
+        load_models([str(fifo)], info.hash, info.hidden_size)
+    holdout = shutil.copytree(world["models"]["cls"], tmp_path / "holdout")
+    card = json.loads((holdout / learned.CARD).read_text())
+    (holdout / learned.CARD).write_text(json.dumps(dict(card, holdout=[1, 2])))
+    with pytest.raises(TppError, match="holdout must be a list"):
+        load_models([str(holdout)], info.hash, info.hidden_size)
 
 
 def test_serve_help_documents_the_option(capsys):
@@ -299,5 +317,5 @@ def test_the_ray_engine_checks_the_models_before_ray_starts(world, tmp_path):
     assert checked == {str(world["models"]["seg"].resolve()): sha} and described[0]["weights_sha256"] == sha
     from tpp.serve.incontext_models import load_models
 
-    with pytest.raises(TppError, match="changed while the service loaded them"):
+    with pytest.raises(TppError, match="changed after tpp serve checked them"):
         load_models(list(checked), "unused", 1, expected={path: "0" * 64 for path in checked})

@@ -7,3 +7,8 @@ class TppError(Exception):
 
 class ConfigError(TppError):
     """A config key is unknown, has the wrong type, or holds an invalid value."""
+
+
+class UnsupportedRequest(TppError):
+    """Valid input the chosen method cannot answer (a learned in-context model for more classes than it handles,
+    or none loaded): the service answers 400, naming the method to use instead."""

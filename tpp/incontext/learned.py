@@ -173,9 +173,13 @@ def save(model: nn.Module, kind: str, path: Path, card: dict) -> None:
 def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode with frozen parameters, its card) from a model folder or a run folder holding
     ``model/``. Every problem is a TppError naming the path: the card is checked (:mod:`learned_card`) and the
-    model built on the meta device and matched against the weights file's header before any memory is taken."""
+    model built on the meta device and matched against the weights file's header before any memory is taken;
+    the weights file is then read once, its sha256 checked against the card's and those same bytes loaded
+    (``model.weights_sha256``). Format 1 segmenters have no recorded hash (nothing to check it against)."""
+    import hashlib
+
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load as safetensors_load
 
     folder = Path(path)
     if (folder / "model" / CARD).is_file():
@@ -187,16 +191,20 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
         card = learned_card.read_card(folder / CARD, FORMATS)
         with torch.device("meta"):  # no memory until the weights file is known to fit
             model = build(card["kind"], card["architecture"])
-        learned_card.check_header(folder / WEIGHTS, {k: tuple(v.shape) for k, v in model.state_dict().items()})
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        learned_card.check_header(folder / WEIGHTS, expected)
+        raw = learned_card.read_weights(folder / WEIGHTS, expected)  # the bytes hashed are the bytes loaded
+        digest = hashlib.sha256(raw).hexdigest()
         if "weights_sha256" in card or card["format"] == FORMAT:
-            learned_card.check_hash(card.get("weights_sha256"), file_sha256(folder / WEIGHTS), WEIGHTS)
-        state = {k: v.float() for k, v in load_file(str(folder / WEIGHTS)).items()}
+            learned_card.check_hash(card.get("weights_sha256"), digest, WEIGHTS)
+        state = {k: v.float() for k, v in safetensors_load(raw).items()}
         model.load_state_dict(state, strict=True, assign=True)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
         what = str(exc) if type(exc) is ValueError else f"{type(exc).__name__}: {exc}"
         raise TppError(f"in-context model '{folder}' cannot be read ({what}); give the model/ folder a "
                        "`tpp run incontext` run wrote, unchanged.") from None
     model.to(device).eval().requires_grad_(False)
+    model.weights_sha256 = digest  # of the bytes the parameters came from
     return model, card
 
 

@@ -17,6 +17,8 @@ MAX_LEVELS, MAX_CHANNELS = 8, 1024
 IMAGE_SIZE = (8, 1024)  # segmentation pixels per side
 MAX_PARAMETERS = 300_000_000
 WEIGHT_DTYPES = ("F16", "BF16", "F32", "F64")
+HEADER_BYTES = 1 << 20  # a safetensors header of a few hundred tensors is a few KiB
+MAX_HOLDOUT = 1000  # names in a card's holdout list
 
 
 def _int(value, field: str, low: int, high: int) -> int:
@@ -49,6 +51,10 @@ def read_card(file: Path, formats: dict[str, tuple[str, ...]]) -> dict:
                             "incontext`" if old else ""))
     if "weights_sha256" in card and not isinstance(card["weights_sha256"], str):
         raise ValueError("weights_sha256 must be a string")
+    holdout = card.get("holdout", [])
+    if not isinstance(holdout, list) or len(holdout) > MAX_HOLDOUT or \
+            not all(isinstance(h, str) and len(h) <= 200 for h in holdout):
+        raise ValueError(f"holdout must be a list of at most {MAX_HOLDOUT} dataset names (strings)")
     distribution = card.get("task_distribution", {})
     if not isinstance(distribution, dict):
         raise ValueError(f"task_distribution must be an object, got {type(distribution).__name__}")
@@ -105,6 +111,19 @@ def check_image_size(size, levels: int) -> int:
         raise ValueError(f"task_distribution.image_size must be a multiple of {2 ** (levels - 1)} (one halving per "
                          f"level of architecture.channels), got {size}")
     return size
+
+
+def read_weights(file: Path, expected: dict) -> bytes:
+    """The weights file's bytes, once the header fitted (:func:`check_header`): a regular file no larger than its
+    tensors (at 8 bytes per value) plus a header allowance, so no file can make tpp read gigabytes of padding."""
+    if not file.is_file():
+        raise ValueError(f"{file.name} is not a regular file")
+    limit = 8 * sum(_numel(shape) for shape in expected.values()) + HEADER_BYTES
+    size = file.stat().st_size
+    if size > limit:
+        raise ValueError(f"{file.name} has {size:,} bytes, more than its tensors need ({limit:,} at most)")
+    with open(file, "rb") as fh:
+        return fh.read(limit + 1)
 
 
 def check_hash(recorded: str | None, actual: str, name: str) -> None:

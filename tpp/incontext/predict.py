@@ -141,7 +141,7 @@ def gray(arrays: list[np.ndarray], size: int) -> torch.Tensor:
 @torch.no_grad()
 def _prepare_learned(ctx: ContextSet, extractor: Extractor, model, version: str | None) -> Prepared:
     """The context on a learned in-context model: frozen features (classification) or 64 px images and masks."""
-    from tpp.errors import TppError
+    from tpp.errors import TppError, UnsupportedRequest
     from tpp.incontext import learned, learned_card
 
     if model is None:
@@ -152,8 +152,8 @@ def _prepare_learned(ctx: ContextSet, extractor: Extractor, model, version: str 
     learned.check_kind(card, ctx.task, path, extractor.info.hash)
     if ctx.task == CLASSIFICATION:
         if len(ctx.classes) > net.max_classes:
-            raise TppError(f"the context set has {len(ctx.classes)} classes; in-context model '{path}' handles at "
-                           f"most {net.max_classes}. Use --method prototype or knn.")
+            raise UnsupportedRequest(f"the context set has {len(ctx.classes)} classes; in-context model '{path}' "
+                                     f"handles at most {net.max_classes}: use method prototype or knn.")
         rule = extractor.rule(ctx.channels)
         features = extractor.features(ctx.images, rule)  # (K, D)
         if features.shape[-1] != net.config["feature_dim"]:

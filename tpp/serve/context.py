@@ -76,6 +76,9 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
                              k: int | None = None):
         site = site_name(site)
         method, k = _check_options(method, k)
+        if method == "learned" and not loaded:  # 400 before the set is verified and decoded for nothing
+            raise HTTPException(400, "method learned needs a learned in-context model, but none is loaded: start tpp "
+                                     f"serve with {incontext_models.OPTION} DIR, or ask for method prototype or knn.")
         if contexts.current_version(store_path, site) is None:
             raise HTTPException(404, f"no context set is published as '{site}'; GET /v1/contexts lists them.")
         files = [(await upload.read(), upload.filename or "upload") for upload in images]

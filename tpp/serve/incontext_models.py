@@ -5,24 +5,23 @@ context routes (:mod:`tpp.serve.context`) for sets of their kind.
 Checks (a folder is hostile until they pass; any failure is one :class:`~tpp.errors.TppError` naming the folder and
 the option, before the service listens): :func:`tpp.incontext.learned.load` (card fields and ranges, the weights
 file's header against the architecture, safetensors only), finite weights, a classifier trained on the features
-of the served backbone (card hash and feature width), one model per kind, and the weights file unchanged while
-it was read (its sha256 before and after loading). The card records no hash of the weights, so flipped bytes
-inside a tensor cannot be told from training; the sha256 is listed (``GET /v1/contexts``) for operators to compare.
+of the served backbone (card hash and feature width), one model per kind. ``learned.load`` reads the weights
+file once, checks its sha256 against the card's (format 2; format 1 segmenters record none) and loads those very
+bytes; that sha256 is listed (``GET /v1/contexts``) for operators to compare with the model they meant to serve.
 The models live on the bank (``bank.incontext_models``: in-process, and on every replica of ``--engine ray``),
 frozen and in eval mode; nothing writes into them or into the backbone.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from tpp.errors import TppError
+from tpp.errors import TppError, UnsupportedRequest
 
 OPTION = "--incontext-model"
 
 
-class NoLearnedModel(TppError):
+class NoLearnedModel(UnsupportedRequest):
     """``method=learned`` for a set of a kind no in-context model was loaded for (the service answers 400)."""
 
 
@@ -51,21 +50,6 @@ class LoadedModel:
                 "parameters": sum(p.numel() for p in self.net.parameters())}
 
 
-def weights_sha256(folder: Path) -> str:
-    """sha256 of ``model.safetensors`` in a model folder (or a run folder holding ``model/``)."""
-    from tpp.incontext.learned import CARD, WEIGHTS
-
-    folder = folder / "model" if (folder / "model" / CARD).is_file() else folder
-    digest = hashlib.sha256()
-    try:
-        with open(folder / WEIGHTS, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    except OSError as exc:
-        raise TppError(f"{OPTION} '{folder}': cannot read {WEIGHTS} ({exc.strerror or exc}).") from None
-    return digest.hexdigest()
-
-
 def load_one(path: str, backbone_hash: str, feature_dim: int, device="cpu", expected_hash: str | None = None
              ) -> LoadedModel:
     """Load and check one ``--incontext-model`` folder for a backbone of ``backbone_hash`` whose features have
@@ -76,7 +60,6 @@ def load_one(path: str, backbone_hash: str, feature_dim: int, device="cpu", expe
     folder = Path(path)
     if not folder.is_dir():
         raise TppError(f"{OPTION} '{path}' is not a folder: give the model/ folder of a `tpp run incontext` run.")
-    before = weights_sha256(folder)
     try:
         net, card = learned.load(folder, device)
         kind = card["kind"]
@@ -90,11 +73,11 @@ def load_one(path: str, backbone_hash: str, feature_dim: int, device="cpu", expe
     if kind == "classification" and net.config["feature_dim"] != feature_dim:
         raise TppError(f"{OPTION} refused: in-context model '{path}' reads {net.config['feature_dim']}-dim features "
                        f"but the served backbone gives {feature_dim}; serve it with the model's backbone.")
-    after = weights_sha256(folder)
-    if after != before or (expected_hash is not None and after != expected_hash):
-        raise TppError(f"{OPTION} refused: the weights of '{path}' changed while the service loaded them; start again "
+    digest = net.weights_sha256  # of the bytes the parameters were loaded from
+    if expected_hash is not None and digest != expected_hash:
+        raise TppError(f"{OPTION} refused: the weights of '{path}' changed after tpp serve checked them; start again "
                        "once the folder is no longer being written.")
-    return LoadedModel(kind, str(path), net, card, after)
+    return LoadedModel(kind, str(path), net, card, digest)
 
 
 def load_models(paths: list[str] | None, backbone_hash: str, feature_dim: int, device="cpu",

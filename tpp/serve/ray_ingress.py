@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import ray
 from fastapi import HTTPException
 
-from tpp.errors import TppError
+from tpp.errors import TppError, UnsupportedRequest
 from tpp.serve import contexts
 from tpp.serve import store as adapter_store
 from tpp.serve.bank import SiteRefused
@@ -25,7 +25,8 @@ from tpp.serve.server import residency
 log = logging.getLogger("tpp.serve")
 # errors a replica answers with, rebuilt at the ingress so that create_app maps them to the same status codes
 ERRORS = {"UnknownSite": TppError, "SiteRefused": SiteRefused, "ImageTooLarge": ImageTooLarge,
-          "ImageError": ImageError, "NoLearnedModel": NoLearnedModel, "TppError": TppError}
+          "ImageError": ImageError, "NoLearnedModel": NoLearnedModel, "UnsupportedRequest": UnsupportedRequest,
+          "TppError": TppError}
 
 
 CONTEXT = "context:"  # the id prefix of a stored context set (":" is never part of a site name)

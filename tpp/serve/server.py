@@ -26,8 +26,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 
 from tpp.devices import describe
 from tpp.serve import store as adapter_store
-from tpp.serve.incontext_models import NoLearnedModel
-from tpp.errors import TppError
+from tpp.errors import TppError, UnsupportedRequest
 from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
 from tpp.serve.worker import InferenceWorker
 
@@ -160,7 +159,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
             raise HTTPException(503, f"no answer within {request_timeout_s:g} s; the service is overloaded") from None
         except adapter_store.UnknownSite as exc:
             raise HTTPException(404, f"{exc} GET /v1/sites lists the served sites.") from None
-        except (ImageError, NoLearnedModel) as exc:
+        except (ImageError, UnsupportedRequest) as exc:  # incl. NoLearnedModel
             raise HTTPException(400, str(exc)) from None
         except TppError as exc:  # e.g. a card for another backbone: refused, never served
             log.warning("refused: %s", exc)

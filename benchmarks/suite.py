@@ -9,7 +9,9 @@ benchmarks/README.md). Cells run through the existing benches and share their ca
 generalist approaches ARE ``benchmarks/tpp_gain.py`` cells (same protocol, same cache
 ``benchmarks/.cache/tpp_gain``), segmentation cells are ``benchmarks/seg_gain.py`` cells (``.cache/seg_gain``,
 the U-Net included); the ResNet-18 (28) cells (benchmarks/resnet.py) have their own cache
-``.cache/suite_resnet``. The report files ``published`` in the grid seed empty caches (a fresh clone continues).
+``.cache/suite_resnet``; the in-context approaches (prototype, knn, incontext_learned: suite_incontext.py, the
+cell's label subset as the context set) ``.cache/suite_incontext``. The report files ``published`` in the grid
+seed empty caches (a fresh clone continues).
 Per (task, approach) the cost is measured once per invocation (benchmarks/cost.py): parameters, FLOPs per image,
 latency per image at batch 1 and 32, peak memory in a fresh subprocess. Needs the ``bench`` extra.
 """
@@ -28,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
 import resnet  # noqa: E402
 import seg_gain  # noqa: E402
+import suite_incontext  # noqa: E402
 import tpp_gain  # noqa: E402
 from suite_grid import GridError, Task, load_grid  # noqa: E402
 from tpp.errors import TppError  # noqa: E402
@@ -115,6 +118,9 @@ class Suite:
         self.resnet = ResNetBench(cache_root / "suite_resnet", merged(
             dict(resnet.PROTOCOL, widths=[64, 128, 256, 512]), prot.get("resnet18", {}), grid.path, "resnet18"),
             data_root)
+        self.incontext = suite_incontext.InContextBench(cache_root / "suite_incontext", merged(
+            suite_incontext.PROTOCOL, prot.get("incontext", {}), grid.path, "incontext"), grid.backbone, data_root,
+            grid.incontext_models)
         self._seg = {}
         self.cost_cache = CostCache(cache_root / "suite_cost")
 
@@ -125,6 +131,8 @@ class Suite:
         return self._seg[task.name]
 
     def cached(self, task: Task, approach: str, fraction: float, seed: int) -> dict | None:
+        if approach in suite_incontext.APPROACHES:
+            return self.incontext.cached(task, approach, fraction, seed)
         if approach == "resnet18":
             return self.resnet.cached(task.name, fraction, seed)
         if task.kind == "segmentation":
@@ -132,6 +140,8 @@ class Suite:
         return self.classification.cached(task.name, approach, fraction, seed)
 
     def run_cell(self, task: Task, approach: str, fraction: float, seed: int) -> dict:
+        if approach in suite_incontext.APPROACHES:
+            return self.incontext.run_cell(task, approach, fraction, seed)
         if approach == "resnet18":
             return self.resnet.run_cell(task.name, fraction, seed)
         if task.kind == "segmentation":
@@ -162,6 +172,8 @@ class Suite:
         count = self.classification.adopt(published) + self.resnet.adopt(published)
         for task in {c[0] for c in self.grid.cells if c[0].kind == "segmentation"}:
             count += self.seg(task).adopt(published)
+        for task, approach in {c[:2] for c in self.grid.cells if c[1] in suite_incontext.APPROACHES}:
+            count += self.incontext.adopt(published, task, approach)
         return count
 
 
@@ -211,7 +223,8 @@ def main(argv=None) -> int:
         grid = load_grid(args.grid)
         suite = Suite(grid, args.cache, args.data_root)
         tpp_gain.check_methods(sorted({c[1] for c in grid.cells if c[0].kind == "classification"
-                                       and c[1] != "resnet18"}), suite.classification.protocol)
+                                       and c[1] != "resnet18" and c[1] not in suite_incontext.APPROACHES}),
+                               suite.classification.protocol)
     except (GridError, ValueError) as exc:
         parser.error(str(exc))
     except TppError as exc:

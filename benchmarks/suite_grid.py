@@ -22,11 +22,16 @@ APPROACHES = {
     "lora@mask_res": ("generalist", {"segmentation"}),
     "bottleneck": ("generalist", {"segmentation"}),
     "full": ("generalist", {"classification", "segmentation"}),
+    # in-context prediction (benchmarks/suite_incontext.py): the cell's label subset is the context set
+    "prototype": ("generalist", {"classification", "segmentation"}),
+    "knn": ("generalist", {"classification", "segmentation"}),
+    "incontext_learned": ("generalist", {"classification", "segmentation"}),
 }
 SEGMENTATION = {"busi_64": "seg/busi_64.npz", "busi_128": "seg/busi_128.npz"}
-TOP_KEYS = {"backbone", "approaches", "seeds", "grid", "protocols", "published"}
+TOP_KEYS = {"backbone", "approaches", "seeds", "grid", "protocols", "published", "incontext_models"}
 BLOCK_KEYS = {"tasks", "fractions", "approaches", "seeds"}
-PROTOCOL_KEYS = {"classification", "segmentation", "resnet18"}
+PROTOCOL_KEYS = {"classification", "segmentation", "resnet18", "incontext"}
+MODEL_KINDS = ("classification", "segmentation")  # keys of incontext_models
 
 
 class GridError(ValueError):
@@ -47,6 +52,7 @@ class Grid:
     cells: list = field(default_factory=list)  # (Task, approach, fraction, seed)
     protocols: dict = field(default_factory=dict)  # overrides of the benches' protocols
     published: list = field(default_factory=list)  # report JSONs whose cells seed the caches
+    incontext_models: dict = field(default_factory=dict)  # {kind: model folder of `tpp run incontext`}
 
     @property
     def tasks(self) -> list[Task]:
@@ -172,4 +178,33 @@ def load_grid(path) -> Grid:
                 n = _seed_count(block_seeds, f, path, f"{where}.seeds" if "seeds" in block else "seeds")
                 cells += [(task, a, f, s) for s in range(n) for a in block_approaches
                           if task.kind in APPROACHES[a][1]]
-    return Grid(path, str(data.get("backbone", Grid.backbone)), list(dict.fromkeys(cells)), protocols, published)
+    cells = list(dict.fromkeys(cells))
+    models = _incontext_models(data.get("incontext_models"), path, {c[0].kind for c in cells
+                                                                    if c[1] == "incontext_learned"})
+    return Grid(path, str(data.get("backbone", Grid.backbone)), cells, protocols, published, models)
+
+
+def _incontext_models(value, path: Path, needed: set) -> dict:
+    """``incontext_models: {classification: DIR, segmentation: DIR}`` (relative to the repository root, as
+    ``published``): each kind the grid's ``incontext_learned`` cells need must be there, a folder holding a model."""
+    if value is None:
+        value = {}
+    if not isinstance(value, dict):
+        raise GridError(f"{path}: 'incontext_models' must be a mapping {{classification: DIR, segmentation: DIR}} "
+                        "of `tpp run incontext` model folders.")
+    _unknown_keys(value, set(MODEL_KINDS), path, "incontext_models.")
+    for kind in sorted(needed - set(value)):
+        raise GridError(f"{path}: approach 'incontext_learned' on {kind} tasks needs 'incontext_models.{kind}': "
+                        f"the model/ folder of a `tpp run incontext` run with incontext.kind={kind} (or drop "
+                        f"incontext_learned from the {kind} blocks).")
+    out = {}
+    for kind, folder in value.items():
+        if not isinstance(folder, str) or not folder:
+            raise GridError(f"{path}: 'incontext_models.{kind}' must be a folder path, not {folder!r}.")
+        where = Path(folder) if Path(folder).is_absolute() else Path(__file__).resolve().parents[1] / folder
+        if not ((where / "icl_card.json").is_file() or (where / "model" / "icl_card.json").is_file()):
+            raise GridError(f"{path}: 'incontext_models.{kind}': {where} holds no in-context model (no "
+                            "icl_card.json there or in its model/ folder); give the model/ folder of a "
+                            "`tpp run incontext` run.")
+        out[kind] = str(where)
+    return out

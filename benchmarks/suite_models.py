@@ -5,7 +5,8 @@ A *spec* is JSON-able, so a fresh subprocess can rebuild the same model for the 
 "resnet_widths", "decoder"}``. Generalist approaches are the shared backbone at ``size`` pixels with the
 approach's target parameters (LoRA unmerged, as a per-site adapter is served; TPP changes the initialisation,
 not the architecture) and the task head (linear on the mean patch token, or the segmentation decoder);
-task-specific ones are the ResNet-18 (28) and the U-Net.
+task-specific ones are the ResNet-18 (28) and the U-Net; in-context approaches are the frozen backbone (+ the learned
+in-context model) per query (suite_incontext.build_model).
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def build(spec: dict) -> tuple[torch.nn.Module, torch.Tensor]:
     """The model of ``spec`` in eval mode and one example input (1, C, size, size)."""
     torch.manual_seed(0)
     approach, kind = spec["approach"], spec["kind"]
+    if approach in ("prototype", "knn", "incontext_learned"):
+        from suite_incontext import build_model
+
+        return build_model(spec)
     if approach == "resnet18":
         from resnet import ResNet18
 

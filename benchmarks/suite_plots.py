@@ -51,12 +51,16 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def scatter(rows: list[dict], key: str, label: str, path: Path, front: bool) -> None:
+def scatter(rows: list[dict], key: str, label: str, path: Path, front: bool, zero_at: float | None = None) -> None:
+    """``zero_at``: where a row whose ``key`` is 0 is drawn on the log axis (training-free in-context rows);
+    None leaves such rows out."""
     from matplotlib.ticker import NullFormatter
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = _panels(tasks)
     markers = {}
+    if zero_at is not None:
+        rows = [dict(r, **{key: zero_at}) if r[key] == 0 else r for r in rows]
     for task, ax in axes.items():
         here = [r for r in rows if r["task"] == task and r[key]]
         for r in here:
@@ -103,7 +107,7 @@ def by_fraction(rows: list[dict], path: Path) -> None:
 def write_all(rows: list[dict], out: Path) -> list[Path]:
     """The three PNGs under ``out``; returns their paths."""
     paths = [out / "metric_vs_trainable.png", out / "metric_vs_flops.png", out / "metric_vs_fraction.png"]
-    scatter(rows, "trainable_parameters", "trainable parameters", paths[0], front=True)
+    scatter(rows, "trainable_parameters", "trainable parameters (0: drawn at 1)", paths[0], front=True, zero_at=1)
     scatter(rows, "flops_per_image", "FLOPs per image (2 x MACs)", paths[1], front=True)
     by_fraction(rows, paths[2])
     return paths

@@ -32,6 +32,10 @@ def spec_of(suite, task, approach: str) -> dict:
 
     from tpp.backbones import backbone_config
 
+    import suite_incontext
+
+    if approach in suite_incontext.APPROACHES:
+        return suite_incontext.spec(suite, task, approach)
     if task.kind == "classification":
         from tpp.data.arrays import MEDMNIST
 
@@ -67,7 +71,7 @@ def measure_costs(suite, memory: bool, pairs) -> dict:
     for task, approach in pairs:
         spec = spec_of(suite, task, approach)
         key = json.dumps(dict(spec, approach=adapter_of(approach)[0] if approach not in ("resnet18", "unet")
-                              else approach), sort_keys=True)
+                              else approach), sort_keys=True)  # in-context: the approach's own name
         if key not in done:
             done[key] = suite.cost_cache.get(key, memory)
         if done[key] is None:
@@ -108,7 +112,11 @@ def rows_of(cells: list[tuple], costs: dict) -> list[dict]:
                      "fraction": fraction, "seeds": len(group), "metric": PRIMARY[task.kind][1],
                      "primary": interval([g[primary] for g in group]),
                      **{key: interval([g.get(key) for g in group]) for key, _ in SECONDARY[task.kind]},
-                     "trainable_parameters": trainable, "bytes_per_site": 4 * trainable,  # fp32 tensors
+                     "trainable_parameters": trainable,  # fp32 tensors, or an in-context cell's context set:
+                     "bytes_per_site": float(np.mean([g.get("bytes_per_site", 4 * trainable) for g in group])),
+                     **({"context_examples": float(np.mean([g["context_examples"] for g in group])),
+                         "subset_examples": float(np.mean([g["subset_examples"] for g in group])),
+                         "context_cap": group[0]["context_cap"]} if "context_examples" in group[0] else {}),
                      "total_parameters": c.get("total_parameters"), "flops_per_image": c.get("flops_per_image"),
                      "latency_ms_b1": c.get("latency_ms_b1"), "latency_ms_b32": c.get("latency_ms_b32"),
                      "inference_mib": c.get("inference_mib"), "train_s": float(np.mean(train_s)),
@@ -298,7 +306,8 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
              "FLOPs are 2 x multiply-accumulates as torch.utils.flop_counter counts them, forward pass per image at "
              "the approach's input size; KiB / site: the trainable tensors in fp32; latency: median of 3 forward "
              "passes divided by the batch; inference MiB: peak RSS of a batch-32 forward pass in a fresh process "
-             "minus the RSS after building the model; train s: wall time per cell (TPP included).")
+             "minus the RSS after building the model; train s: wall time per cell (TPP included)."
+             + incontext_note(rows, suite.incontext.protocol))
     sections = [("Who wins where (paired over seeds: same label subset)", wins_table(wins)),
                 ("Every cell", results_table(rows))]
     if earlier:
@@ -310,7 +319,7 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
     cells_json = [dict(c[4], suite_task=c[0].name, suite_kind=c[0].kind) for c in done]
     payload = {"machine": machine, "command": command, "grid": str(suite.grid.path), "complete": not todo,
                "protocols": {"classification": suite.classification.protocol, "segmentation": suite.seg_protocol,
-                             "resnet18": suite.resnet.protocol},
+                             "resnet18": suite.resnet.protocol, "incontext": suite.incontext.protocol},
                "rows": rows, "earlier_rows": earlier, "who_wins": wins, "missing": missing,
                "costs": {f"{t}/{a}": c for (t, a), c in costs.items()}, "cells": cells_json}
     report.write_atomic(out / "suite.json", json.dumps(payload, indent=1))
@@ -318,6 +327,25 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
     report.write_atomic(out / "suite.html", page(intro, sections, plots))
     print("\n" + text + f"\nwrote {out}/suite.{{md,json,html}} and {len(plots)} plots")
     return payload
+
+
+def incontext_note(rows: list[dict], protocol: dict) -> str:
+    """What the cost columns of in-context rows mean, and the context caps applied (empty without such rows)."""
+    rows = [r for r in rows if "context_examples" in r]
+    if not rows:
+        return ""
+    capped = [f"{r['task']} {r['approach']} {r['fraction']:.0%}: {r['context_examples']:.0f} of "
+              f"{r['subset_examples']:.0f}" for r in rows if r["context_examples"] < r["subset_examples"]]
+    return ("\nIn-context rows (prototype, knn, incontext_learned): the context set is the cell's labelled "
+            "training subset (the fine-tuning approaches' images at that fraction and seed); trainable = 0, or the "
+            "learned in-context model's parameters (trained once on other datasets and shared by every site, not "
+            "per site); KiB / site = the context set as `tpp context publish` stores it (PNG images and masks); "
+            "train s = preparing the set (its backbone features and the temperature); FLOPs and latency = the "
+            "frozen backbone per query (+ the learned model with 16 context examples per class / support pairs; "
+            "the learned segmenter reads pixels only); accuracy at argmax. Contexts capped at "
+            f"{protocol['max_context_per_class']} examples per class (classification) / "
+            f"{protocol['max_context_masks']} image-mask pairs (segmentation), a seeded draw from the subset"
+            + (f": {'; '.join(capped)}." if capped else ": no cell was capped."))
 
 
 def page(intro: str, sections: list, plots: list[Path]) -> str:

@@ -1,0 +1,397 @@
+"""In-context prediction as approaches of the standardised suite: ``prototype``, ``knn``, ``incontext_learned``.
+
+A cell (task, approach, label fraction, seed) uses as its context set the very labelled training subset the
+fine-tuning approaches get at that fraction and seed (``tpp.data.subsets.label_fraction_index`` on the split the
+finetune recipe reads, as ``recipes/finetune.labelled_splits``, ``benchmarks/resnet.py`` and ``unet.py`` do) and
+predicts the same test split with the same metric code (classification: AUROC and argmax accuracy through
+``tpp.metrics.quick_metrics``; segmentation: ``tpp.seg_metrics.segmentation_metrics`` at the stored mask size).
+Predictions go through :mod:`tpp.incontext` (``methods.classify`` / ``segment``, ``learned.classify`` /
+``segment``), the functions of ``benchmarks/incontext.py`` and ``tpp predict --context``.
+
+Tractability on a CPU: every image's features are computed once per invocation (in chunks) and shared by the
+cells, fractions and methods; a context larger than the protocol's cap (``max_context_per_class`` examples per
+class, ``max_context_masks`` image-mask pairs) is a seeded draw from the subset, and the cell records both
+sizes (``context_examples`` of ``subset_examples``).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import report
+
+APPROACHES = ("prototype", "knn", "incontext_learned")
+PROTOCOL = {"max_context_per_class": 500, "max_context_masks": 64, "seg_size": 64, "query_chunk": 16,
+            "feature_chunk": 256, "accuracy": "argmax"}
+LEARNED_COST_K = 16  # context examples (per class) the learned models' FLOPs and latency are measured with
+
+
+class FeatureCache:
+    """Features of one split's images, computed once per image (on demand, in chunks) and kept in memory.
+    ``seconds_per_image``: wall time of the extraction so far per image (the cells' preparation time)."""
+
+    def __init__(self, compute, count: int, chunk: int):
+        self.compute, self.rows, self.chunk = compute, [None] * count, chunk
+        self.seconds, self.images = 0.0, 0
+
+    def get(self, index: np.ndarray) -> torch.Tensor:
+        """Features of the images ``index`` (M,) -> (M, ...) stacked in that order."""
+        todo = [int(i) for i in dict.fromkeys(index.tolist()) if self.rows[int(i)] is None]
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start:start + self.chunk]
+            t0 = time.perf_counter()
+            out = self.compute(np.array(part))
+            self.seconds += time.perf_counter() - t0
+            self.images += len(part)
+            for i, row in zip(part, out):
+                self.rows[i] = row
+        return torch.stack([self.rows[int(i)] for i in index])
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(1, self.images)
+
+
+def cap_index(index: np.ndarray, labels: np.ndarray | None, cap: int, seed: int) -> np.ndarray:
+    """The subset ``index`` (sorted training-split indices) itself, or a seeded draw of at most ``cap`` per class
+    (``labels``: the training split's labels; None: ``cap`` images in all), sorted."""
+    rng = np.random.default_rng([seed, 26])
+    if labels is None:
+        return index if len(index) <= cap else np.sort(rng.choice(index, cap, replace=False))
+    keep = [rng.permutation(index[labels[index] == c])[:cap] for c in np.unique(labels[index])]
+    return np.sort(np.concatenate(keep))
+
+
+def png_bytes(array: np.ndarray) -> int:
+    """Bytes of one uint8 image as a PNG, as ``tpp context publish`` writes it (:mod:`tpp.serve.contexts`)."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    return len(buffer.getvalue())
+
+
+def context_bytes(images: np.ndarray, masks: np.ndarray | None) -> int:
+    """The context set as a store version keeps it: a PNG per image (and per 0/255 mask); the labels live in
+    the manifest (a few bytes each, not counted)."""
+    total = sum(png_bytes(a) for a in images)
+    return total + (0 if masks is None else sum(png_bytes((m > 0).astype(np.uint8) * 255) for m in masks))
+
+
+class InContextBench:
+    """Suite cells of the in-context approaches, cached as JSON per (task, approach, fraction, seed) under
+    ``cache`` with a protocol id over (protocol, backbone content, learned model weights)."""
+
+    def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, models: dict):
+        self.cache, self.protocol, self.backbone, self.data_root = cache, protocol, backbone, data_root
+        self.models = models  # {kind: model folder}
+        self._ids, self._extractor, self._learned, self._data = {}, None, {}, {}
+
+    # ------------------------------------------------------------ identity and cache
+    def protocol_id(self, approach: str, kind: str) -> str:
+        key = (approach, kind)
+        if key not in self._ids:
+            extra = {"approach": approach, "kind": kind}
+            if approach == "incontext_learned":
+                from tpp.incontext.learned import WEIGHTS, file_sha256
+
+                folder = Path(self.models[kind])
+                folder = folder / "model" if (folder / "model" / WEIGHTS).is_file() else folder
+                extra["weights_sha256"] = file_sha256(folder / WEIGHTS)
+            self._ids[key] = report.protocol_id(self.protocol, self.backbone, **extra)
+        return self._ids[key]
+
+    def cell_path(self, task, approach: str, fraction: float, seed: int) -> Path:
+        return self.cache / "cells" / task.name / approach / f"f{fraction:g}_s{seed}.json"
+
+    def cached(self, task, approach: str, fraction: float, seed: int) -> dict | None:
+        path = self.cell_path(task, approach, fraction, seed)
+        if path.is_file():
+            data = json.loads(path.read_text())
+            return data if data.get("protocol_id") == self.protocol_id(approach, task.kind) else None
+        return None
+
+    def store(self, task, cell: dict) -> None:
+        report.store_cell(self.cell_path(task, cell["method"], cell["fraction"], cell["seed"]), cell)
+
+    # ------------------------------------------------------------ shared state
+    def extractor(self):
+        if self._extractor is None:
+            from tpp.incontext.features import load_extractor
+
+            self._extractor = load_extractor(self.backbone)
+        return self._extractor
+
+    def learned(self, kind: str):
+        """(model, card) of the learned model of ``kind``, checked against the task kind and the backbone."""
+        if kind not in self._learned:
+            from tpp.incontext import learned
+
+            model = learned.load(self.models[kind])
+            learned.check_kind(model[1], kind, str(self.models[kind]), self.extractor().info.hash)
+            self._learned[kind] = model
+        return self._learned[kind]
+
+    def data(self, task) -> dict:
+        """The task's dataset as the fine-tuning cells read it, and its feature caches (built once)."""
+        if task.name not in self._data:
+            self._data[task.name] = _load_task(self, task)
+        return self._data[task.name]
+
+    # ------------------------------------------------------------ cells
+    def run_cell(self, task, approach: str, fraction: float, seed: int) -> dict:
+        from tpp.data import subsets
+
+        d = self.data(task)
+        train = d["dataset"].split("train")
+        subset = subsets.label_fraction_index(train.labels, fraction, d["dataset"].name, seed)
+        if task.kind == "classification":
+            index = cap_index(subset, train.labels, self.protocol["max_context_per_class"], seed)
+            cell = _classification_cell(self, d, train, index, approach)
+            stored = context_bytes(train.images[index], None)
+        else:
+            index = cap_index(subset, None, self.protocol["max_context_masks"], seed)
+            cell = _segmentation_cell(self, d, train, index, approach)
+            stored = context_bytes(train.images[index], train.masks[index])
+        trainable = 0 if approach != "incontext_learned" else sum(
+            p.numel() for p in self.learned(task.kind)[0].parameters())
+        cell = {"target": task.name, "method": approach, "fraction": fraction, "seed": seed, **cell,
+                "train_labels": len(subset), "subset_examples": len(subset), "context_examples": len(index),
+                "context_cap": (self.protocol["max_context_per_class"] if task.kind == "classification"
+                                else self.protocol["max_context_masks"]),
+                "context_index": index.tolist(), "trainable_parameters": trainable, "bytes_per_site": stored,
+                "bytes_per_site_note": "context set as PNG images (+ 0/255 PNG masks), as tpp context publish "
+                                       "stores it", "tpp_s": None,
+                "protocol_id": self.protocol_id(approach, task.kind)}
+        self.store(task, cell)
+        return cell
+
+    def adopt(self, published: Path, task, approach: str) -> int:
+        """Copy into the cache this (task, approach)'s cells of a published suite report under the current id."""
+        pid = self.protocol_id(approach, task.kind)
+        return sum(self._adopt_one(task, c, pid) for c in json.loads(Path(published).read_text()).get("cells", []))
+
+    def _adopt_one(self, task, cell: dict, pid: str) -> int:
+        if (cell.get("target"), cell.get("protocol_id")) != (task.name, pid) or cell.get("method") not in APPROACHES:
+            return 0
+        if self.cached(task, cell["method"], cell["fraction"], cell["seed"]):
+            return 0
+        self.store(task, {k: v for k, v in cell.items() if k not in ("suite_task", "suite_kind")})
+        return 1
+
+
+def _load_task(bench: InContextBench, task) -> dict:
+    """Dataset (the finetune recipe's config and loader, as tpp_gain / seg_gain cells read it), feature caches
+    of the train and test splits."""
+    import seg_gain
+    import tpp_gain
+
+    from tpp.config import load_config
+    from tpp.data.build import load_data
+    from tpp.recipes import CONFIG_DIR
+
+    ex = bench.extractor()
+    if task.kind == "classification":
+        cfg = load_config(CONFIG_DIR / tpp_gain.FINETUNE_CONFIG, [f"data.root={bench.data_root}",
+                                                                  *tpp_gain.source_overrides(task.name)],
+                          recipe="finetune")
+        dataset = load_data(cfg.data, 0, ex.info.input_size or ex.info.image_size)
+        channels = 3 if dataset.split("train").images.ndim == 4 else 1
+        rule = ex.rule(channels)
+
+        def compute(split):
+            return lambda idx: ex.features(list(dataset.split(split).images[idx]), rule)
+    else:
+        cfg = load_config(CONFIG_DIR / seg_gain.FINETUNE_CONFIG, [
+            f"data.root={bench.data_root}", f"data.file={task.file}", f"data.name={task.name}", "data.split_seed=0"],
+            recipe="finetune")
+        dataset = load_data(cfg.data, 0, 0)
+        if dataset.num_classes != 2:
+            from tpp.errors import TppError
+
+            raise TppError(f"{task.file}: in-context segmentation is binary but the masks have "
+                           f"{dataset.num_classes} classes ({', '.join(dataset.class_names)}).")
+        channels = 3 if dataset.split("train").images.ndim == 4 else 1
+        rule = ex.rule(channels, bench.protocol["seg_size"])
+
+        def compute(split):
+            return lambda idx: ex.tokens(list(dataset.split(split).images[idx]), rule)
+    chunk = bench.protocol["feature_chunk"]
+    return {"dataset": dataset, "rule": rule,
+            "train": FeatureCache(compute("train"), len(dataset.split("train")), chunk),
+            "test": FeatureCache(compute("test"), len(dataset.split("test")), chunk)}
+
+
+def _classification_cell(bench: InContextBench, d: dict, train, index: np.ndarray, approach: str) -> dict:
+    """Metrics of one context (training-split indices ``index``) on the whole test split."""
+    from tpp.incontext import learned as icl
+    from tpp.incontext.methods import classify
+    from tpp.metrics import quick_metrics
+
+    test = d["dataset"].split("test")
+    queries = d["test"].get(np.arange(len(test)))  # (Q, D), computed once per task
+    t0 = time.perf_counter()
+    context = d["train"].get(index)  # (K, D)
+    labels = torch.as_tensor(train.labels[index]).long()
+    classes = d["dataset"].num_classes
+    temperature = None
+    if approach == "incontext_learned":
+        model = bench.learned("classification")[0]
+        if classes > model.max_classes:
+            from tpp.errors import TppError
+
+            raise TppError(f"{d['dataset'].name} has {classes} classes; in-context model "
+                           f"'{bench.models['classification']}' handles at most {model.max_classes}.")
+        prepare_s = time.perf_counter() - t0
+        probs = icl.classify(model, context, labels, classes, queries)
+    else:
+        probs, temperature = classify(context, labels, classes, queries, approach)
+        prepare_s = time.perf_counter() - t0
+    metrics = quick_metrics(probs, torch.as_tensor(test.labels).long())
+    return {"test_auroc": metrics["auroc"], "test_accuracy": metrics["accuracy"], "temperature": temperature,
+            "n_test": len(test), "finetune_s": prepare_s + d["train"].seconds_per_image * len(index)}
+
+
+def _segmentation_cell(bench: InContextBench, d: dict, train, index: np.ndarray, approach: str) -> dict:
+    """Dice / IoU / HD95 of one context (image-mask pairs ``index``) on the whole test split, at mask size."""
+    import torch.nn.functional as F
+
+    from tpp.incontext import learned as icl
+    from tpp.incontext.methods import segment
+    from tpp.seg_metrics import segmentation_metrics
+
+    test = d["dataset"].split("test")
+    side = test.masks.shape[1:]
+    masks = torch.as_tensor(train.masks[index] > 0).float()  # (K, h, w)
+    chunk, temperature, out = bench.protocol["query_chunk"], None, []
+    t0 = time.perf_counter()
+    if approach == "incontext_learned":
+        from tpp.incontext import learned_card
+        from tpp.incontext.predict import gray
+
+        model, card = bench.learned("segmentation")
+        size = learned_card.check_image_size(card.get("task_distribution", {}).get("image_size", 64),
+                                             len(model.config["channels"]))
+        ctx_masks = F.interpolate(masks[:, None], size=(size, size), mode="area")[:, 0]
+        ctx_images = gray(list(train.images[index]), size)
+        prepare_s = time.perf_counter() - t0
+        for start in range(0, len(test), chunk):
+            fg = icl.segment(model, ctx_images, ctx_masks, gray(list(test.images[start:start + chunk]), size))
+            out.append(F.interpolate(fg[:, None], size=side, mode="bilinear", align_corners=False)[:, 0])
+    else:
+        context = d["train"].get(index)  # (K, N, D)
+        grid = bench.extractor().grid(d["rule"])
+        prepare_s = time.perf_counter() - t0 + d["train"].seconds_per_image * len(index)
+        for start in range(0, len(test), chunk):
+            rows = np.arange(start, min(start + chunk, len(test)))
+            t1 = time.perf_counter()
+            fg, temperature = segment(context, masks, d["test"].get(rows), grid, approach, t=temperature)
+            if start == 0:
+                prepare_s += time.perf_counter() - t1  # the calibration happens with the first chunk
+            out.append(F.interpolate(fg[:, None], size=side, mode="bilinear", align_corners=False)[:, 0])
+    pred = (torch.cat(out) >= 0.5).long()
+    m = segmentation_metrics(pred, torch.as_tensor(test.masks).long(), d["dataset"].class_names)
+    return {"test_dice": m["dice"] or 0.0, "test_iou": m["iou"] or 0.0, "test_hd95": m["hd95"],
+            "empty_predictions": m["empty_predictions"], "n_test": m["n"], "temperature": temperature,
+            "input_size": d["rule"]["image_size"] if approach != "incontext_learned" else None,
+            "finetune_s": prepare_s}
+
+
+# ---------------------------------------------------------------- the inference model, for the cost columns
+
+class _Features(torch.nn.Module):
+    """The frozen backbone as a prototype / kNN service runs it per query: pixels (B, C, S, S) -> mean patch
+    token (B, D) (classification) or patch tokens (B, N, D) (segmentation). The comparison with the context
+    (K x D multiply-adds per query feature) is not counted."""
+
+    def __init__(self, encoder, pooled: bool):
+        super().__init__()
+        self.encoder, self.pooled = encoder, pooled
+        self.model = encoder.model  # parameters counted once
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.encoder.patch_tokens(self.encoder(x))
+        return tokens.mean(1) if self.pooled else tokens
+
+
+class _LearnedClassifier(torch.nn.Module):
+    """Backbone features, then the learned classifier against a context of LEARNED_COST_K random features per
+    class (its C cyclic relabellings included, as :func:`tpp.incontext.learned.classify` answers)."""
+
+    def __init__(self, features: _Features, model, classes: int, dim: int):
+        super().__init__()
+        self.features, self.net, self.classes = features, model, classes
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("context", torch.randn(LEARNED_COST_K * classes, dim, generator=g))
+        self.register_buffer("labels", torch.arange(classes).repeat_interleave(LEARNED_COST_K))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from tpp.incontext import learned
+
+        return learned.classify(self.net, self.context, self.labels, self.classes, self.features(x))
+
+
+class _LearnedSegmenter(torch.nn.Module):
+    """The CrossConv segmenter on gray pixels (B, 1, S, S) with LEARNED_COST_K random support pairs (no
+    backbone: it reads pixels only)."""
+
+    def __init__(self, model, size: int):
+        super().__init__()
+        self.net = model
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("images", torch.rand(LEARNED_COST_K, size, size, generator=g))
+        self.register_buffer("masks", (torch.rand(LEARNED_COST_K, size, size, generator=g) > 0.5).float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from tpp.incontext import learned
+
+        return learned.segment(self.net, self.images, self.masks, x[:, 0])
+
+
+def spec(suite, task, approach: str) -> dict:
+    """The cost spec (see suite_models.build) of an in-context approach: the backbone at the cells' input size
+    (classification: its native size; segmentation: ``seg_size``), the learned model's folder."""
+    from tpp.backbones import backbone_config
+
+    bench = suite.incontext
+    size = backbone_config(suite.grid.backbone).image_size if task.kind == "classification" \
+        else bench.protocol["seg_size"]
+    classes = 2
+    if task.kind == "classification":
+        from tpp.data.arrays import MEDMNIST
+
+        classes = len(MEDMNIST[task.name][1])
+    out = {"approach": approach, "kind": task.kind, "classes": classes, "size": size, "backbone": suite.grid.backbone,
+           "channels": None, "model": None}
+    if approach == "incontext_learned":
+        out["model"] = str(bench.models[task.kind])
+        out["protocol_id"] = bench.protocol_id(approach, task.kind)  # a new model: a new measurement
+        if task.kind == "segmentation":
+            out["size"] = bench.learned("segmentation")[1].get("task_distribution", {}).get("image_size", 64)
+    return out
+
+
+def build_model(spec: dict) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The in-context approach's per-query inference model (frozen: 0 trainable parameters) and one input."""
+    from tpp.backbones import load_backbone
+
+    if spec["approach"] == "incontext_learned" and spec["kind"] == "segmentation":
+        from tpp.incontext import learned
+
+        model = _LearnedSegmenter(learned.load(spec["model"])[0], spec["size"])
+        example = torch.rand(1, 1, spec["size"], spec["size"])
+    else:
+        encoder, info, _ = load_backbone(spec["backbone"], input_size=spec["size"])
+        model = _Features(encoder, spec["kind"] == "classification")
+        if spec["approach"] == "incontext_learned":
+            from tpp.incontext import learned
+
+            model = _LearnedClassifier(model, learned.load(spec["model"])[0], spec["classes"], info.hidden_size)
+        example = torch.randn(1, info.channels, spec["size"], spec["size"])
+    model.requires_grad_(False)
+    return model.eval(), example

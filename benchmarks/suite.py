@@ -225,6 +225,8 @@ def main(argv=None) -> int:
         tpp_gain.check_methods(sorted({c[1] for c in grid.cells if c[0].kind == "classification"
                                        and c[1] != "resnet18" and c[1] not in suite_incontext.APPROACHES}),
                                suite.classification.protocol)
+        for kind in sorted({c[0].kind for c in grid.cells if c[1] == "incontext_learned"}):
+            suite.incontext.learned(kind)  # a bad model folder stops here, before any cell runs
     except (GridError, ValueError) as exc:
         parser.error(str(exc))
     except TppError as exc:

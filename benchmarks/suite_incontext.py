@@ -132,8 +132,15 @@ class InContextBench:
         if kind not in self._learned:
             from tpp.incontext import learned
 
+            from tpp.errors import TppError
+
             model = learned.load(self.models[kind])
-            learned.check_kind(model[1], kind, str(self.models[kind]), self.extractor().info.hash)
+            info = self.extractor().info
+            learned.check_kind(model[1], kind, str(self.models[kind]), info.hash)
+            if kind == "classification" and model[0].config["feature_dim"] != info.hidden_size:
+                raise TppError(f"in-context model '{self.models[kind]}' reads {model[0].config['feature_dim']}-dim "
+                               f"features but the backbone {self.backbone} gives {info.hidden_size}; give "
+                               "incontext_models.classification a model trained on this backbone.")
             self._learned[kind] = model
         return self._learned[kind]
 

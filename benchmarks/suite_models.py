@@ -22,7 +22,10 @@ LORA = {"r": 8, "alpha": 16}  # the protocols' rank (tpp_gain.PROTOCOL, seg_gain
 
 
 def adapter_of(approach: str) -> tuple[str, dict]:
-    """'lora+tpp_mae' -> ('lora', {r, alpha}); 'full' -> ('full', {}); 'lora@mask_res' -> LoRA."""
+    """'lora+tpp_mae' -> ('lora', {r, alpha}); 'full' -> ('full', {}); 'lora@mask_res' -> LoRA; prototype and knn
+    -> ('frozen features', {}): one inference model, one cost measurement."""
+    if approach in ("prototype", "knn"):
+        return "frozen features", {}
     base = approach.split("+")[0].split("@")[0]
     return base, (dict(LORA) if base == "lora" else {})
 

@@ -180,3 +180,16 @@ incontext_models: {{classification: {cls}, segmentation: {seg}}}
         assert row["flops_per_image"] > 0 and 0 <= row["primary"]["mean"] <= 1
     # the learned segmenter reads pixels only: its FLOPs are not the backbone's
     assert rows[("toy", "incontext_learned")]["flops_per_image"] != proto["flops_per_image"]
+
+
+@pytest.mark.parametrize("which, expected", [("seg", "is a segmentation model"), ("dim", "reads 12-dim features")])
+def test_a_learned_model_that_does_not_fit_is_a_usage_error_before_any_cell(tiny_mae, tmp_path, capsys, which,
+                                                                          expected):
+    model = save_segmenter(tmp_path / "m") if which == "seg" else save_classifier(tmp_path / "m", dim=12)
+    grid = write(tmp_path, f"backbone: {tiny_mae}\napproaches: [incontext_learned]\ngrid:\n  - tasks: [breastmnist]\n"
+                           f"    fractions: [0.5]\nincontext_models: {{classification: {model}}}\n")
+    with pytest.raises(SystemExit) as exit_:
+        suite.main(["--grid", str(grid), "--cache", str(tmp_path / "cache"), "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and expected in err and str(grid) in err
+    assert not (tmp_path / "cache" / "suite_incontext").exists()

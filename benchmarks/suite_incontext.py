@@ -130,9 +130,8 @@ class InContextBench:
     def learned(self, kind: str):
         """(model, card) of the learned model of ``kind``, checked against the task kind and the backbone."""
         if kind not in self._learned:
-            from tpp.incontext import learned
-
             from tpp.errors import TppError
+            from tpp.incontext import learned
 
             model = learned.load(self.models[kind])
             info = self.extractor().info
@@ -181,7 +180,11 @@ class InContextBench:
     def adopt(self, published: Path, task, approach: str) -> int:
         """Copy into the cache this (task, approach)'s cells of a published suite report under the current id."""
         pid = self.protocol_id(approach, task.kind)
-        return sum(self._adopt_one(task, c, pid) for c in json.loads(Path(published).read_text()).get("cells", []))
+        data = json.loads(Path(published).read_text())  # not JSON: a ValueError naming nothing; main names the file
+        cells = data.get("cells") if isinstance(data, dict) else None
+        if not isinstance(cells, list):
+            raise ValueError(f"{published} is no report JSON (no 'cells' list)")
+        return sum(self._adopt_one(task, c, pid) for c in cells if isinstance(c, dict))
 
     def _adopt_one(self, task, cell: dict, pid: str) -> int:
         if (cell.get("target"), cell.get("protocol_id")) != (task.name, pid) or cell.get("method") not in APPROACHES:

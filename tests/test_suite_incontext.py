@@ -82,7 +82,7 @@ def test_a_prototype_cell_takes_exactly_the_fine_tuning_subset_as_context(tiny_m
 
     monkeypatch.setattr(subsets, "label_fraction_index", spy)
     grid = write(tmp_path, f"backbone: {tiny_mae}\napproaches: [prototype]\nseeds: 2\ngrid:\n  - tasks: [breastmnist]\n"
-                           "    fractions: [0.5]\n")
+                           f"    fractions: [0.5]\npublished: [{tmp_path / 'out' / 'suite.json'}]\n")
     args = ["--grid", str(grid), "--cache", str(tmp_path / "cache"), "--data-root", str(root),
             "--out", str(tmp_path / "out"), "--no-memory"]
     assert suite.main(args) == 0
@@ -120,6 +120,11 @@ def test_a_prototype_cell_takes_exactly_the_fine_tuning_subset_as_context(tiny_m
     # resumable: a second invocation finds every cell in the cache and runs none
     monkeypatch.setattr(suite_incontext.InContextBench, "run_cell", lambda *a: pytest.fail("ran a cached cell"))
     assert suite.main(args) == 0
+    # a fresh clone: the published report seeds an empty cache, nothing runs again
+    fresh = args[:2] + ["--cache", str(tmp_path / "fresh"), "--report-only"] + args[4:]
+    assert suite.main(fresh) == 0
+    again = json.loads((tmp_path / "out" / "suite.json").read_text())
+    assert again["complete"] and again["rows"][0]["primary"] == payload["rows"][0]["primary"]
 
 
 def test_a_context_over_the_cap_is_a_seeded_draw_per_class_from_the_subset():

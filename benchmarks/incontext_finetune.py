@@ -42,6 +42,8 @@ import report  # noqa: E402
 import seg_gain  # noqa: E402
 import tpp_gain  # noqa: E402
 
+from tpp.incontext.learned import file_sha256  # noqa: E402
+
 METHODS = ("lora", "linear_probe")
 SEG_METHODS = ("lora",)  # segmentation needs the adapter: a decoder alone on frozen tokens is no baseline here
 PREFIX = "finetune:"
@@ -70,7 +72,7 @@ class FinetuneBench:
         """The cell id: protocol, backbone weights, the data file's content (sha256) and the query set."""
         if dataset not in self._ids:
             self._ids[dataset] = report.protocol_id(self.protocol, self.backbone, dataset=dataset,
-                                                    data_sha256=sha256(self.files[dataset]),
+                                                    data_sha256=file_sha256(self.files[dataset]),
                                                     queries=self.busi_queries if dataset == "busi" else None)
         return self._ids[dataset]
 
@@ -157,17 +159,6 @@ class FinetuneBench:
         scores = query_dice(run / "predictions.csv")
         return {"dice": float(np.mean(scores)), **timing(metrics, run), "context": context.tolist(),
                 "queries": len(scores)}
-
-
-def sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def kshot_npz(path: Path, data, context: np.ndarray, class_names: list) -> Path:

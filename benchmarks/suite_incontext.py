@@ -15,7 +15,6 @@ sizes (``context_examples`` of ``subset_examples``).
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 from pathlib import Path
@@ -67,20 +66,13 @@ def cap_index(index: np.ndarray, labels: np.ndarray | None, cap: int, seed: int)
     return np.sort(np.concatenate(keep))
 
 
-def png_bytes(array: np.ndarray) -> int:
-    """Bytes of one uint8 image as a PNG, as ``tpp context publish`` writes it (:mod:`tpp.serve.contexts`)."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-    return len(buffer.getvalue())
-
-
 def context_bytes(images: np.ndarray, masks: np.ndarray | None) -> int:
     """The context set as a store version keeps it: a PNG per image (and per 0/255 mask); the labels live in
     the manifest (a few bytes each, not counted)."""
-    total = sum(png_bytes(a) for a in images)
-    return total + (0 if masks is None else sum(png_bytes((m > 0).astype(np.uint8) * 255) for m in masks))
+    from tpp.serve.contexts import png
+
+    total = sum(len(png(a)) for a in images)
+    return total + (0 if masks is None else sum(len(png((m > 0).astype(np.uint8) * 255)) for m in masks))
 
 
 class InContextBench:

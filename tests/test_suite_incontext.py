@@ -100,7 +100,7 @@ def test_a_prototype_cell_takes_exactly_the_fine_tuning_subset_as_context(tiny_m
     from tpp.data.build import load_data
     from tpp.recipes import CONFIG_DIR
     from tpp.recipes.finetune import labelled_splits
-    from tpp.serve.contexts import _png
+    from tpp.serve.contexts import png
 
     monkeypatch.setattr(subsets, "label_fraction_index", real)
     cfg = load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml",
@@ -110,7 +110,7 @@ def test_a_prototype_cell_takes_exactly_the_fine_tuning_subset_as_context(tiny_m
     assert np.array_equal(recipe_train.images, context)
     cell = cells[1]
     assert cell["trainable_parameters"] == 0 and cell["tpp_s"] is None and cell["finetune_s"] > 0
-    assert cell["bytes_per_site"] == sum(len(_png(a)) for a in context)  # as tpp context publish stores it
+    assert cell["bytes_per_site"] == sum(len(png(a)) for a in context)  # as tpp context publish stores it
     assert cell["n_test"] == 20 and 0 <= cell["test_auroc"] <= 1
     (row,) = payload["rows"]
     assert (row["approach"], row["family"], row["trainable_parameters"]) == ("prototype", "generalist", 0)

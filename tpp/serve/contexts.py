@@ -51,7 +51,8 @@ def _root(store: str | Path) -> Path:
     return root / FOLDER
 
 
-def _png(array: np.ndarray) -> bytes:
+def png(array: np.ndarray) -> bytes:
+    """A uint8 image (H, W) or (H, W, 3) as the PNG bytes a store version keeps."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -87,10 +88,10 @@ def publish(source: str | Path, store: str | Path, site: str, backbone: dict, ma
     files, examples = {}, []
     for i in range(ctx.k):
         entry = {"image": f"{i:04d}.png"}
-        files[entry["image"]] = _png(ctx.images[i])
+        files[entry["image"]] = png(ctx.images[i])
         if ctx.task == SEGMENTATION:
             entry["mask"] = f"{i:04d}_mask.png"
-            files[entry["mask"]] = _png(ctx.masks[i] * 255)
+            files[entry["mask"]] = png(ctx.masks[i] * 255)
         else:
             entry["label"] = ctx.labels[i]
         examples.append(entry)

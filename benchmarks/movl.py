@@ -1,7 +1,7 @@
 """Input-side adaptation (MoVL) against the usual methods, in distribution and under MedMNIST-C corruptions.
 
     python benchmarks/movl.py --targets breastmnist --fractions 0.1 --seeds 2      # the cheapest slice
-    python benchmarks/movl.py                                                    # the whole grid (hours)
+    python benchmarks/movl.py --budget-min 60                                    # the whole grid, an hour at a time
     python benchmarks/movl.py --report-only                                      # tables from the cache
 
 Grid: targets (BreastMNIST, PneumoniaMNIST) x label fractions (10%, 100%) x seeds (5) x methods: linear probe,
@@ -10,15 +10,18 @@ visual prompt alone (+ head), MoVL (prompt + linear probe + discrepancy), MoVL w
 fine-tuning. Each cell fine-tunes with a fixed step budget and keeps the last step, then evaluates the test split
 clean and under every MedMNIST-C corruption of the target at severities 1..5 (``evaluate.corruption=all``).
 Prompt methods see a 36-px input (``backbone.input_size=36``, ``pad=4``: the 28-px image inside a 4-px frame).
-Cells are cached as JSON under ``--cache`` (one file per cell), so a long grid is completed over several runs.
-Writes ``benchmarks/results/movl.{json,md}``: per method and cell mean +- std over seeds of test AUROC / accuracy,
-the corrupted AUROC (mean over corruptions per severity; per corruption at severity 3), paired differences to
-full fine-tuning by seed, trainable parameters and saved size.
+Cells are cached as JSON under ``--cache`` (one file per cell, keyed by the protocol and the backbone's content:
+a cell of another protocol or backbone is never reused), so a long grid is completed over several runs; a failing
+cell is reported and skipped. Writes ``benchmarks/results/movl.{json,md}`` for the requested grid's cached cells:
+per method and cell mean +- std over seeds of test AUROC / accuracy, the corrupted AUROC (mean over corruptions per
+severity; per corruption at severity 3), paired differences to full fine-tuning by seed (mean and 95% t-interval),
+trainable parameters and saved size.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -89,6 +92,31 @@ def cell_path(cache: Path, target, fraction, seed, method) -> Path:
     return cache / f"{target}_{fraction}_{seed}_{method.replace('+', '-')}.json"
 
 
+class Cache:
+    """Cells (target, fraction, seed, method) as JSON files, each stamped with the id of the protocol and backbone
+    it was measured under; a file of another id (or none) does not count as cached."""
+
+    def __init__(self, folder: Path, backbone: str):
+        self.folder, self.id = Path(folder), report.protocol_id(PROTOCOL, backbone)
+
+    def cached(self, target, fraction, seed, method) -> dict | None:
+        path = cell_path(self.folder, target, fraction, seed, method)
+        try:
+            cell = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return cell if isinstance(cell, dict) and cell.get("protocol_id") == self.id else None
+
+    def store(self, cell: dict) -> None:
+        report.store_cell(cell_path(self.folder, cell["target"], cell["fraction"], cell["seed"], cell["method"]),
+                          {**cell, "protocol_id": self.id})
+
+    def adopt(self, published) -> int:
+        """``--from-results``: the cells of a published movl.json measured under this id."""
+        return report.adopt(published, self.id, lambda c: (c["target"], c["fraction"], c["seed"], c["method"]),
+                            self.cached, self.store)
+
+
 def _ms(values: list) -> str:
     """Mean +- sample std of the defined values ("-" when none is defined)."""
     mean, sd = report.mean_std(values)
@@ -98,6 +126,16 @@ def _ms(values: list) -> str:
 def severity_mean(cell: dict) -> float | None:
     """A cell's corrupted AUROC averaged over corruptions and the severities it holds (1-5); None if undefined."""
     return report.mean_std(list(cell["corrupted_auroc"].values()))[0]
+
+
+def _ci(values: list) -> str:
+    """Mean and 95% t-interval of paired differences, with the number of pairs ("-" when none)."""
+    n = len(report.defined(values))
+    if not n:
+        return "-"
+    mean, low, high = report.t_interval(values)
+    interval = "" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]"
+    return f"{mean:+.3f}{interval} (n={n})"
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -114,7 +152,7 @@ def tables(cells: list[dict]) -> str:
         full = {c["seed"]: c for c in rows if c["method"] == "full"}
         out += [f"### {target}, {fraction:.0%} labels", "",
                 "| method | seeds | test AUROC | test acc | corrupted AUROC s1 / s3 / s5 | corrupted AUROC mean s1-5 | "
-                "AUROC - full (paired) | acc - full (paired) | corrupted s3 - full (paired) | "
+                "AUROC - full (paired, 95% CI) | acc - full (paired) | corrupted s3 - full (paired) | "
                 "corrupted mean - full (paired) | trainable | saved KiB |", "|---" * 12 + "|"]
         for method in METHODS:
             mine = [c for c in rows if c["method"] == method]
@@ -126,7 +164,7 @@ def tables(cells: list[dict]) -> str:
                          for c in mine if c["seed"] in full]
             paired_acc = [c["test_accuracy"] - full[c["seed"]]["test_accuracy"] for c in mine if c["seed"] in full]
             paired_mean = [_minus(severity_mean(c), severity_mean(full[c["seed"]])) for c in mine if c["seed"] in full]
-            vs_full = [_ms(v) if method != "full" else "-" for v in (paired, paired_acc, paired_s3, paired_mean)]
+            vs_full = [_ci(v) if method != "full" else "-" for v in (paired, paired_acc, paired_s3, paired_mean)]
             out.append(f"| {method} | {len(mine)} | {_ms([c['test_auroc'] for c in mine])} | "
                        f"{_ms([c['test_accuracy'] for c in mine])} | {corrupt} | "
                        f"{_ms([severity_mean(c) for c in mine])} | {' | '.join(vs_full)} | "
@@ -143,42 +181,56 @@ def tables(cells: list[dict]) -> str:
     return "\n".join(out)
 
 
+def grid(targets, fractions, seeds: int, methods) -> list[tuple]:
+    """Cells (target, fraction, seed, method), seed-major so that every method of a seed finishes before the next
+    seed starts (paired statistics grow one complete seed at a time)."""
+    return [(t, f, s, m) for t in targets for f in fractions for s in range(seeds) for m in METHODS if m in methods]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--targets", nargs="+", default=TARGETS)
     parser.add_argument("--fractions", nargs="+", type=float, default=FRACTIONS)
     parser.add_argument("--seeds", type=int, default=SEEDS)
     parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
-    parser.add_argument("--cache", default=str(ROOT / "runs" / "movl_cache"))
+    parser.add_argument("--cache", default=str(ROOT / "benchmarks" / ".cache" / "movl"))
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", "/work/shared/data") + "/medmnist")
     parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
+    parser.add_argument("--budget-min", type=float, default=math.inf,
+                        help="stop starting cells after this many minutes (default: run the whole grid)")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--steps", type=int, help="fine-tuning and TPP steps (a smoke run; use its own --cache)")
+    parser.add_argument("--steps", type=int, help="fine-tuning and TPP steps (a smoke run: another protocol id, "
+                                                  "so its cells never mix with the real ones)")
+    report.add_from_results_option(parser)
     args = parser.parse_args(argv)
     if args.steps:
         PROTOCOL.update(finetune_steps=args.steps, tpp_steps=args.steps)
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = Cache(Path(args.cache), args.backbone)
+    report.adopt_all(parser, args.from_results, cache.adopt, args.cache)
+    cells = grid(args.targets, args.fractions, args.seeds, args.methods)
+    missing, errors = [], []
     if not args.report_only:
-        for target in args.targets:
-            for fraction in args.fractions:
-                for seed in range(args.seeds):
-                    for method in args.methods:
-                        path = cell_path(cache, target, fraction, seed, method)
-                        if path.is_file():
-                            continue
-                        with tempfile.TemporaryDirectory() as work:
-                            cell = run_cell(target, fraction, seed, method, args.data_root, args.backbone, Path(work))
-                        report.write_atomic(path, json.dumps(cell, indent=1))
-                        s3 = report.num(cell["corrupted_auroc"]["3"])
-                        print(f"{target} {fraction} seed {seed} {method}: AUROC {report.num(cell['test_auroc'])}, "
-                              f"corrupted s3 {s3} ({cell['wall_s']} s)", flush=True)
-    cells = [json.loads(p.read_text()) for p in sorted(cache.glob("*.json"))]
-    table = tables(cells)
+        def run(target, fraction, seed, method):
+            with tempfile.TemporaryDirectory() as work:
+                cell = run_cell(target, fraction, seed, method, args.data_root, args.backbone, Path(work))
+            cache.store(cell)
+            return cell
+
+        _, missing, errors = report.fill(
+            run, cache.cached, cells, args.budget_min * 60, kind=lambda c: c[3], first_estimate_s=600.0,
+            describe=lambda c, r: f"{c[0]} {c[1]:.0%} seed {c[2]} {c[3]}: AUROC {report.num(r['test_auroc'])}, "
+                                  f"corrupted s3 {report.num(r['corrupted_auroc']['3'])} ({r['wall_s']} s)")
+    done = [c for c in (cache.cached(*cell) for cell in cells) if c]
+    print(f"{len(done)} of {len(cells)} cells of the grid cached under protocol {cache.id} in {args.cache}")
+    if not done:  # never replace a published report with an empty one
+        print("nothing to report: no cell of this grid is cached (--from-results benchmarks/results/movl.json "
+              "copies the published ones)")
+        return report.finish(missing, errors)
     report.publish(args.out, "movl", report.machine(), " ".join(["python benchmarks/movl.py", *(argv or sys.argv[1:])]),
-                   __doc__.split("\n")[0], table, {"protocol": PROTOCOL, "cells": cells})
-    return 0
+                   __doc__.split("\n")[0], tables(done), {"protocol": PROTOCOL, "protocol_id": cache.id,
+                                                            "cells": done})
+    return report.finish(missing, errors)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,14 @@
-"""benchmarks/movl.py's tables: differences to full fine-tuning are paired by seed, the severity mean is over
-every severity of a cell."""
+"""benchmarks/movl.py: differences to full fine-tuning are paired by seed with a 95% interval, the severity mean
+is over every severity of a cell; the cell cache is keyed by protocol and an empty grid never replaces a report."""
+import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import movl  # noqa: E402
+import report  # noqa: E402
 
 
 def cell(method, seed, auroc, acc, corrupted):
@@ -21,9 +25,11 @@ def test_differences_to_full_fine_tuning_are_paired_by_seed():
     row = next(line for line in table.splitlines() if line.startswith("| movl |"))
     columns = [c.strip() for c in row.strip("|").split("|")]
     # by seed the AUROC differences are -0.01 and +0.05 (a mismatched pairing would give 0.19 and -0.15)
-    assert columns[6] == "0.020 +- 0.042" and columns[7] == "0.015 +- 0.007"
+    mean, low, high = report.t_interval([-0.01, 0.05])
+    assert columns[6] == f"+0.020 [{low:+.3f}, {high:+.3f}] (n=2)" and mean == pytest.approx(0.02)
+    assert columns[7].startswith("+0.015 [") and columns[7].endswith("(n=2)")
     assert columns[5] == "0.700 +- 0.000"  # mean over severities 1-5 of each seed: 0.7 and 0.7
-    assert columns[9] == "0.100 +- 0.000"  # severity means minus full's, per seed: 0.7 - 0.6 and 0.7 - 0.6
+    assert columns[9].startswith("+0.100 [+0.100, +0.100]")  # severity means minus full's: 0.7 - 0.6 per seed
 
 
 def test_an_undefined_auroc_is_left_out_of_means_and_pairs():
@@ -33,5 +39,38 @@ def test_an_undefined_auroc_is_left_out_of_means_and_pairs():
     full = [c.strip() for c in next(r for r in table.splitlines() if r.startswith("| full |")).strip("|").split("|")]
     row = [c.strip() for c in next(r for r in table.splitlines() if r.startswith("| movl |")).strip("|").split("|")]
     assert full[2] == "0.800 +- 0.000"  # seed 1's undefined AUROC is not averaged in
-    assert row[6] == "-0.100 +- 0.000" and row[9] == "0.100 +- 0.000"  # only seed 0 pairs
+    assert row[6] == "-0.100 (n=1)" and row[9] == "+0.100 (n=1)"  # only seed 0 pairs: no interval from one pair
     assert "| full | 0.600 |" in table  # per corruption at s3: seed 1's undefined value left out
+
+
+def test_the_cache_counts_only_cells_of_its_protocol_and_backbone(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "backbone_fingerprint", lambda backbone: backbone)
+    cache = movl.Cache(tmp_path, "backbone-a")
+    cache.store(cell("movl", 0, 0.7, 0.7, [0.6] * 5))
+    assert cache.cached("breastmnist", 0.1, 0, "movl")["test_auroc"] == 0.7
+    assert movl.Cache(tmp_path, "backbone-b").cached("breastmnist", 0.1, 0, "movl") is None
+    monkeypatch.setitem(movl.PROTOCOL, "finetune_steps", 7)  # e.g. a --steps smoke run
+    assert movl.Cache(tmp_path, "backbone-a").cached("breastmnist", 0.1, 0, "movl") is None
+    path = movl.cell_path(tmp_path, "breastmnist", 0.1, 1, "movl")
+    path.write_text(json.dumps(cell("movl", 1, 0.7, 0.7, [0.6] * 5)))  # a cell from before the key: not reused
+    assert cache.cached("breastmnist", 0.1, 1, "movl") is None
+
+
+def test_the_grid_finishes_every_method_of_a_seed_before_the_next_seed():
+    cells = movl.grid(["breastmnist"], [0.1], 2, ["full", "movl"])
+    assert cells == [("breastmnist", 0.1, 0, "movl"), ("breastmnist", 0.1, 0, "full"),
+                     ("breastmnist", 0.1, 1, "movl"), ("breastmnist", 0.1, 1, "full")]
+
+
+def test_a_report_of_an_empty_cache_never_replaces_the_published_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "backbone_fingerprint", lambda backbone: backbone)
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "movl.md").write_text("published")
+    assert movl.main(["--report-only", "--cache", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    assert (out / "movl.md").read_text() == "published"
+    cache = movl.Cache(tmp_path / "cache", "builtin:mae-vit-tiny-med")
+    cache.store(cell("movl", 0, 0.7, 0.7, [0.6] * 5) | {"wall_s": 1.0})
+    assert movl.main(["--report-only", "--cache", str(tmp_path / "cache"), "--out", str(out),
+                      "--targets", "breastmnist", "--fractions", "0.1", "--seeds", "1"]) == 0
+    assert "| movl | 1 | 0.700" in (out / "movl.md").read_text()

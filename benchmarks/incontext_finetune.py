@@ -67,6 +67,7 @@ class FinetuneBench:
         self.busi_queries = busi_queries
         self.files = {name: self.root / file for name, file in [*ic.CLASSIFICATION.items(), ("busi", ic.BUSI)]}
         self._ids: dict = {}
+        self._draws: dict = {}  # (dataset, K, seed) -> indices: a lookup does not re-read the data file
 
     def protocol_id(self, dataset: str) -> str:
         """The cell id: protocol, backbone weights, the data file's content (sha256) and the query set."""
@@ -79,12 +80,16 @@ class FinetuneBench:
     def draw(self, dataset: str, k: int, seed: int) -> np.ndarray:
         """The (K, seed) context draw of the in-context path: indices into the training split (classification)
         or into the BUSI file."""
-        data = np.load(self.files[dataset])
-        if dataset == "busi":
-            return ic.seg_context(ic.busi_split(data)[0], k, seed)
-        labels = data["train_labels"][:, 0]
-        keep = ic.class_pool(labels)
-        return keep[ic.class_context(labels[keep], k, seed)]
+        key = (dataset, k, seed)
+        if key not in self._draws:
+            data = np.load(self.files[dataset])
+            if dataset == "busi":
+                self._draws[key] = ic.seg_context(ic.busi_split(data)[0], k, seed)
+            else:
+                labels = data["train_labels"][:, 0]
+                keep = ic.class_pool(labels)
+                self._draws[key] = keep[ic.class_context(labels[keep], k, seed)]
+        return self._draws[key]
 
     def cell_path(self, dataset: str, method: str, k: int, seed: int) -> Path:
         """BUSI cells on the first N queries only (``busi_queries``) have a folder of their own (busi_qN)."""

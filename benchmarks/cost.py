@@ -7,13 +7,20 @@ Attention is counted through PyTorch's math SDPA backend: the fused CPU kernel t
 attention otherwise dispatches to is not one FlopCounterMode knows, so it would count zero for QK^T and AV.
 Published numbers given in MACs ("FLOPs" in many CNN papers) are half of ours.
 
+Latency and training time are measured at ``THREADS`` (1) torch thread: with the machine's cores shared, a
+multi-threaded forward pass waits on busy cores (OpenMP spin-waits) and its time says more about the other jobs than
+about the model (the suite's first costs, at 2 threads beside other jobs, were 60-150x the 1-thread times). Every
+measurement records the threads and the 1-minute load average it ran under.
+
 Peak memory is measured in a fresh subprocess (``python benchmarks/cost.py --worker SPEC``: CPU peak-RSS counters
 never reset), as ``benchmarks/tpp_cost.py`` does: the resident set after building the model is the baseline, the
 peak over a forward pass of a batch of 32 minus it is the inference memory.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -22,6 +29,24 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+THREADS = 1
+KEY = {"threads": THREADS}  # part of every cached cost's key: costs measured otherwise are never reused
+
+
+@contextlib.contextmanager
+def fixed_threads(n: int = THREADS):
+    """Run the body with ``n`` torch threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def conditions() -> dict:
+    """What a timing ran under: torch threads and the machine's 1-minute load average."""
+    return {"threads": torch.get_num_threads(), "load_average_1min": round(os.getloadavg()[0], 2)}
 
 
 def parameters(model: torch.nn.Module) -> dict:
@@ -77,23 +102,26 @@ def train_s_per_image(model: torch.nn.Module, example: torch.Tensor, classes: in
     y = torch.arange(batch) % classes
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if i:
-            times.append(time.perf_counter() - t0)
+    with fixed_threads():
+        for i in range(repeats + 1):
+            t0 = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if i:
+                times.append(time.perf_counter() - t0)
     return statistics.median(times) / batch
 
 
 def measure(model: torch.nn.Module, example: torch.Tensor, repeats: int = 3) -> dict:
-    """Parameters, FLOPs per image and latency per image at batch 1 and 32 of one model in this process."""
-    return {**{f"{k}_parameters": v for k, v in parameters(model).items()},
-            "flops_per_image": flops_per_image(model, example[:1]),
-            "latency_ms_b1": latency_per_image_ms(model, example, 1, repeats),
-            "latency_ms_b32": latency_per_image_ms(model, example, 32, repeats)}
+    """Parameters, FLOPs per image and latency per image at batch 1 and 32 (at ``THREADS`` threads) of one model in
+    this process, with the conditions of the timing."""
+    with fixed_threads():
+        return {**{f"{k}_parameters": v for k, v in parameters(model).items()},
+                "flops_per_image": flops_per_image(model, example[:1]),
+                "latency_ms_b1": latency_per_image_ms(model, example, 1, repeats),
+                "latency_ms_b32": latency_per_image_ms(model, example, 32, repeats), **conditions()}
 
 
 def peak_memory_mib(spec: dict, timeout_s: float | None = None) -> dict:
@@ -108,6 +136,7 @@ def _worker(spec: dict) -> dict:
     import report
     from suite_models import build
 
+    torch.set_num_threads(THREADS)
     model, example = build(spec)
     model.eval()
     baseline = report.current_rss_mib()

@@ -149,9 +149,10 @@ class Suite:
         return self.classification.run_cell(task.name, approach, fraction, seed)
 
     def resnet_estimate_s(self, task: Task, fraction: float) -> float:
-        """A-priori seconds of a ResNet-18 cell: one measured training step's seconds per image (batch 16, this
-        machine as loaded now) x the label subset's images x epochs; evaluation is not counted."""
+        """A-priori seconds of a ResNet-18 cell: one measured training step's seconds per image (batch 16, one
+        thread, this machine as loaded now) x the label subset's images x epochs; evaluation is not counted."""
         import numpy as np
+        import cost
         from cost import train_s_per_image
         from suite_models import build
         from suite_report import spec_of
@@ -159,7 +160,7 @@ class Suite:
         from tpp.data.subsets import label_fraction_index
 
         spec = spec_of(self, task, "resnet18")
-        key = json.dumps({"train_s_per_image": spec}, sort_keys=True)
+        key = json.dumps({"train_s_per_image": spec, "cost": cost.KEY}, sort_keys=True)
         if self.cost_cache.get(key) is None:
             model, example = build(spec)
             self.cost_cache.put(key, {"train_s_per_image": train_s_per_image(model, example, spec["classes"])})

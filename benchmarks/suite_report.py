@@ -64,14 +64,14 @@ def measure_costs(suite, memory: bool, pairs) -> dict:
     """``{(task name, approach): cost}`` for the (Task, approach) ``pairs`` (those with finished cells);
     approaches with one architecture (LoRA with or without TPP) share one measurement, cached under the cache
     root's ``suite_cost/`` (delete it to measure again). Parameters and FLOPs are exact;
-    latency is the median of 3 runs on this machine as loaded."""
+    latency is the median of 3 runs at ``cost.THREADS`` thread on this machine as loaded (load recorded)."""
     from suite_models import build
 
     out, done = {}, {}
     for task, approach in pairs:
         spec = spec_of(suite, task, approach)
         key = json.dumps(dict(spec, approach=adapter_of(approach)[0] if approach not in ("resnet18", "unet")
-                              else approach), sort_keys=True)  # in-context: the approach's own name
+                              else approach, cost=cost.KEY), sort_keys=True)  # in-context: the approach's own name
         if key not in done:
             done[key] = suite.cost_cache.get(key, memory)
         if done[key] is None:
@@ -305,7 +305,8 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
              f"(about {hours:.1f} CPU hours on this machine; continue with `{continue_cmd}`).\n"
              "FLOPs are 2 x multiply-accumulates as torch.utils.flop_counter counts them, forward pass per image at "
              "the approach's input size; KiB / site: the trainable tensors in fp32; latency: median of 3 forward "
-             "passes divided by the batch; inference MiB: peak RSS of a batch-32 forward pass in a fresh process "
+             "passes at one torch thread divided by the batch (threads and load average per cost in the JSON); "
+             "inference MiB: peak RSS of a batch-32 forward pass in a fresh process "
              "minus the RSS after building the model; train s: wall time per cell (TPP included)."
              + incontext_note(rows, suite.incontext.protocol))
     sections = [("Who wins where (paired over seeds: same label subset)", wins_table(wins)),

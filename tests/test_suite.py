@@ -49,6 +49,25 @@ def write(tmp_path, text: str) -> Path:
 GOOD = "approaches: [resnet18, lora]\nseeds: 2\ngrid:\n  - tasks: [breastmnist, busi_64]\n    fractions: [0.1]\n"
 
 
+def test_costs_are_timed_at_one_thread_and_the_callers_thread_count_comes_back():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(torch.get_num_threads())
+            return x.flatten(1) @ torch.ones(x[0].numel(), 2)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        measured = cost.measure(Spy(), torch.randn(1, 1, 4, 4))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert set(seen) == {cost.THREADS} and measured["threads"] == cost.THREADS
+    assert measured["load_average_1min"] >= 0
+
+
 @pytest.mark.parametrize("text, expected", [
     (GOOD.replace("seeds:", "seedz:"), "unknown key 'seedz'. Did you mean 'seeds'?"),
     (GOOD.replace("resnet18", "resnet_18"), "unknown approach 'resnet_18' in 'approaches'. Did you mean 'resnet18'?"),

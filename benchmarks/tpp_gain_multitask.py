@@ -14,6 +14,7 @@ so a change of the pool, the shipped config or the budget retrains the adapters 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ QUICK_MULTITASK_PROTOCOL = dict(MULTITASK_PROTOCOL, multitask_tpp_steps=60)
 _LOCAL = ("output_dir", "seed")  # keys of this machine and run, not of the protocol
 
 
+@functools.lru_cache(maxsize=1)
 def shipped_config() -> dict:
     """``tpp_pool.yaml`` as a mapping (its relative paths, if any, are not used: the bench sets every path)."""
     from tpp.config import load_yaml
@@ -62,18 +64,30 @@ def multitask_config(target: str, adapter: dict, mt: dict, shipped: dict | None 
     return cfg
 
 
+def cell_config(mt: dict, pretext: str | None, source: str, adapter: dict) -> dict | None:
+    """What a tpp_gain cell records as ``tpp_protocol`` (its cache key with it): the multi-task run config
+    (pool, budget) of a '+tpp_multitask' cell, None for any other method (cells from before it have none)."""
+    return multitask_config(source, adapter, mt) if pretext == PRETEXT else None
+
+
 def stamp(tpp_id: str, config: dict) -> str:
     """What a cached multi-task adapter must match: the TPP protocol id (backbone content included) and the
     run's config (pool, budget, schedule)."""
     return tpp_id + json.dumps(config, sort_keys=True)
 
 
-def check(adapter: dict, mt: dict) -> None:
+def check(adapter: dict, variant_or_source: bool = False) -> None:
     """The recipe's own checks of the config for both default targets (a method without target parameters, a
-    bad pool, an evaluation-target overlap): raises TppError / ConfigError at once."""
+    bad pool, an evaluation-target overlap): raises TppError / ConfigError at once, as for a '~variant' or
+    '@source' (multi-task TPP has neither)."""
     from tpp.config import load_config
+    from tpp.errors import TppError
     from tpp.recipes import get_recipe
 
+    if variant_or_source:
+        raise TppError(f"multi-task TPP takes no '~variant' or '@source': its pool is {POOL_CONFIG}'s "
+                       "classification tasks plus MAE on the target's own images (benchmarks/tpp_gain_multitask.py).")
+    mt = MULTITASK_PROTOCOL
     for target in ("breastmnist", "pneumoniamnist"):
         get_recipe("multitask").check(load_config(multitask_config(target, adapter, mt), recipe="multitask"))
 

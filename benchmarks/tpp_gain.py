@@ -8,6 +8,8 @@
     python benchmarks/tpp_gain.py --lr-grid --methods dora houlsby+tpp_mae vpt_deep --fractions 0.1 --no-modality
         # option variants of a method (METHOD_VARIANTS) on the same axis
 
+``lora+tpp_multitask``: LoRA from multi-task TPP (tpp_gain_multitask.py), paired with LoRA and both TPP pretexts.
+
 Grid: targets x label fractions (1%, 10%, 100%; nested, stratified subsets shared by all methods)
 x seeds (5, 5, 3) x methods (linear probe, LoRA, LoRA + TPP with the MAE and the DINO pretext, full
 fine-tuning), plus the modality grid on PneumoniaMNIST (TPP on other sources with the same steps).
@@ -34,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
+import tpp_gain_multitask as multitask  # noqa: E402
 from tpp.adapters.ssf import NORMS, SsfOptions  # noqa: E402
 from tpp.errors import TppError  # noqa: E402
 from lr_select import (base_rate, lr_grid, markdown_choices, markdown_quality, select_by_val,  # noqa: E402
@@ -128,11 +131,13 @@ def check_methods(methods: list[str], protocol: dict) -> None:
     from tpp.recipes import CONFIG_DIR, get_recipe
 
     for method in methods:
-        base, pretext, _, _ = parse_method(split_lr(method)[0], "")
+        base, pretext, variant, source = parse_method(split_lr(method)[0], "")
         try:
             get_recipe("finetune").check(load_config(CONFIG_DIR / FINETUNE_CONFIG, method_overrides(base, protocol),
                                                      recipe="finetune"))
-            if pretext:
+            if pretext == multitask.PRETEXT:
+                multitask.check(adapter_section(base, protocol), bool(variant or source))
+            elif pretext:
                 cfg = load_config(CONFIG_DIR / TPP_CONFIG, [f"pretext.name={pretext}", *tpp_method(base, protocol)],
                                   recipe="tpp")
                 get_recipe("tpp").check(cfg)
@@ -173,8 +178,9 @@ def grid(targets, fractions, seeds_cap, methods, modality: bool) -> list[tuple]:
 class Bench:
     """Runs cells through the real recipes, with a JSON cache per cell and per TPP adapter."""
 
-    def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str):
+    def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, multitask_protocol=None):
         self.cache, self.protocol, self.backbone, self.data_root = cache, protocol, backbone, data_root
+        self.multitask = multitask_protocol or multitask.MULTITASK_PROTOCOL  # budget of '+tpp_multitask' adapters
         self.tpp_id = report.protocol_id(protocol, backbone)  # TPP adapters and learning-rate grid cells
         self.protocol_id = report.protocol_id(protocol, backbone, validation=VALIDATION)  # other fine-tuning cells
 
@@ -192,9 +198,10 @@ class Bench:
         path = self.cell_path(*cell)
         if path.is_file():
             data = json.loads(path.read_text())
-            base, _, variant, _ = parse_method(split_lr(cell[1])[0], cell[0])
+            base, pretext, variant, source = parse_method(split_lr(cell[1])[0], cell[0])
             if (data.get("protocol_id") == self.cell_id(cell[1]) and data.get("tpp_variant") == VARIANTS.get(variant)
-                    and data.get("method_options") == method_options(base)):
+                    and data.get("method_options") == method_options(base) and data.get("tpp_protocol")
+                    == multitask.cell_config(self.multitask, pretext, source, adapter_section(base, self.protocol))):
                 return data
         return None
 
@@ -207,6 +214,8 @@ class Bench:
         invocations sharing the cache never see, or write into, each other's half-trained adapter."""
         from tpp.recipes import CONFIG_DIR, run_recipe
 
+        if pretext == multitask.PRETEXT:
+            return multitask.train_adapter(self, source, method, adapter_section(method, self.protocol), seed)
         name = f"{source}_{method}_{pretext}" + (f"~{variant}" if variant else "") + f"_s{seed}"
         out = self.cache / "tpp" / name
         options = method_options(method)
@@ -253,7 +262,8 @@ class Bench:
                 "train_labels": metrics["train_examples"],
                 "trainable_parameters": metrics["trainable_parameters"], "finetune_s": metrics["wall_time_s"],
                 "tpp_s": tpp_s, "protocol_id": self.cell_id(method), "tpp_variant": VARIANTS.get(variant),
-                "method_options": method_options(base)}
+                "method_options": method_options(base), "tpp_protocol": multitask.cell_config(
+                    self.multitask, pretext, source, adapter_section(base, self.protocol))}
         self.store(cell)
         return cell
 
@@ -322,6 +332,8 @@ def comparisons_for(methods: list[str]) -> list[tuple[str, str]]:
             pairs.append((m, base + ("*" if selected else "")))
             if variant or "@" in m:
                 pairs.append((m, f"{base}+tpp_{pretext}"))
+            if pretext == multitask.PRETEXT:  # multi-task vs each single-pretext TPP
+                pairs += [(m, f"{base}+tpp_mae"), (m, f"{base}+tpp_dino")]
         elif selected and base != "lora":
             pairs.append((m, "lora*"))
     return [(a, b) for a, b in pairs if a in methods and b in methods]
@@ -339,8 +351,10 @@ def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, qui
     comparisons = comparisons_for(sorted({r["method"] for r in results}))
     diffs = [d for a, b in comparisons for d in report.paired(results, a, b)]
     command = "python benchmarks/tpp_gain.py " + " ".join(sys.argv[1:])
+    mt = bench.multitask if any(r.get("tpp_protocol") for r in raw) else None  # budget of '+tpp_multitask' cells
     text = (f"Machine: {json.dumps(report.machine())}\nCommand: `{command}`\nProtocol: `{json.dumps(bench.protocol)}`\n"
-            f"Validation: {VALIDATION}.\n"
+            + (f"Multi-task TPP: `{json.dumps(mt)}` (pool: each cell's `tpp_protocol`).\n" if mt else "")
+            + f"Validation: {VALIDATION}.\n"
             f"Cells: {len(raw)} of {len(cells)} finished{' (quick mode)' if quick else ''}.\n\n"
             f"{report.markdown_results(rows)}\n\nPaired differences (same seed, same label subset):\n\n"
             f"{report.markdown_paired(diffs)}\n"
@@ -349,6 +363,7 @@ def write_report(bench: Bench, cells: list[tuple], out: Path, missing: list, qui
                if choices else ""))
     payload = {"machine": report.machine(), "command": command, "protocol": bench.protocol,
                "protocol_id": bench.protocol_id, "tpp_protocol_id": bench.tpp_id, "validation": VALIDATION,
+               "multitask_protocol": mt,
                "complete": not missing and len(raw) == len(cells),
                "rows": rows, "paired": diffs, "lr_choices": choices, "lr_selection_quality": quality, "cells": raw}
     report.write_atomic(out / "tpp_gain.json", json.dumps(payload, indent=1))
@@ -393,7 +408,8 @@ def main(argv=None) -> int:
     suffix = "_quick" if args.quick else ""
     cache = args.cache or ROOT / "benchmarks" / ".cache" / f"tpp_gain{suffix}"
     out = args.out or (ROOT / "runs" / "bench_quick" if args.quick else ROOT / "benchmarks" / "results")
-    bench = Bench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root)
+    bench = Bench(cache, QUICK_PROTOCOL if args.quick else PROTOCOL, args.backbone, args.data_root,
+                  multitask.QUICK_MULTITASK_PROTOCOL if args.quick else multitask.MULTITASK_PROTOCOL)
     if args.lr_grid:
         methods = [variant for m in methods for variant in lr_grid(m, bench.protocol["lr"])]
     try:

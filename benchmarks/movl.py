@@ -93,11 +93,17 @@ def cell_path(cache: Path, target, fraction, seed, method) -> Path:
 
 
 class Cache:
-    """Cells (target, fraction, seed, method) as JSON files, each stamped with the id of the protocol and backbone
-    it was measured under; a file of another id (or none) does not count as cached."""
+    """Cells (target, fraction, seed, method) as JSON files under ``folder/<id>/``, the id naming the protocol, the
+    shipped configs' content and the backbone's content: cells of another protocol (a ``--steps`` smoke run, an
+    edited config) live in another folder and never replace or count as these."""
 
     def __init__(self, folder: Path, backbone: str):
-        self.folder, self.id = Path(folder), report.protocol_id(PROTOCOL, backbone)
+        from tpp.incontext.learned import file_sha256
+        from tpp.recipes import CONFIG_DIR
+
+        configs = {name: file_sha256(CONFIG_DIR / name) for name in (FINETUNE_CONFIG, TPP_CONFIG)}
+        self.id = report.protocol_id(PROTOCOL, backbone, configs=configs)
+        self.folder = Path(folder) / self.id
 
     def cached(self, target, fraction, seed, method) -> dict | None:
         path = cell_path(self.folder, target, fraction, seed, method)
@@ -106,6 +112,11 @@ class Cache:
         except (OSError, ValueError):
             return None
         return cell if isinstance(cell, dict) and cell.get("protocol_id") == self.id else None
+
+    def cells(self) -> list[dict]:
+        """Every cell cached under this id (the report covers them all, not only the requested grid's)."""
+        found = (json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json")))
+        return [c for c in found if isinstance(c, dict) and c.get("protocol_id") == self.id]
 
     def store(self, cell: dict) -> None:
         report.store_cell(cell_path(self.folder, cell["target"], cell["fraction"], cell["seed"], cell["method"]),
@@ -205,6 +216,8 @@ def main(argv=None) -> int:
     report.add_from_results_option(parser)
     args = parser.parse_args(argv)
     if args.steps:
+        if args.out == parser.get_default("out"):
+            parser.error("--steps is a smoke run: give it its own --out (the published report stays)")
         PROTOCOL.update(finetune_steps=args.steps, tpp_steps=args.steps)
     cache = Cache(Path(args.cache), args.backbone)
     report.adopt_all(parser, args.from_results, cache.adopt, args.cache)
@@ -221,10 +234,12 @@ def main(argv=None) -> int:
             run, cache.cached, cells, args.budget_min * 60, kind=lambda c: c[3], first_estimate_s=600.0,
             describe=lambda c, r: f"{c[0]} {c[1]:.0%} seed {c[2]} {c[3]}: AUROC {report.num(r['test_auroc'])}, "
                                   f"corrupted s3 {report.num(r['corrupted_auroc']['3'])} ({r['wall_s']} s)")
-    done = [c for c in (cache.cached(*cell) for cell in cells) if c]
-    print(f"{len(done)} of {len(cells)} cells of the grid cached under protocol {cache.id} in {args.cache}")
+    in_grid = sum(1 for cell in cells if cache.cached(*cell))
+    done = cache.cells()
+    print(f"{in_grid} of {len(cells)} cells of the grid cached; {len(done)} cells under protocol {cache.id} "
+          f"({cache.folder}) reported")
     if not done:  # never replace a published report with an empty one
-        print("nothing to report: no cell of this grid is cached (--from-results benchmarks/results/movl.json "
+        print("nothing to report: no cell is cached under this protocol (--from-results benchmarks/results/movl.json "
               "copies the published ones)")
         return report.finish(missing, errors)
     report.publish(args.out, "movl", report.machine(), " ".join(["python benchmarks/movl.py", *(argv or sys.argv[1:])]),

@@ -176,7 +176,7 @@ def adopt(published, protocol_id: str, cell_args, cached, store) -> int:
     arguments of ``cached``. Returns how many were copied; ValueError names the file if it is no report."""
     try:
         cells = json.loads(Path(published).read_text())["cells"]
-        fresh = [c for c in cells if c["protocol_id"] == protocol_id and not cached(*cell_args(c))]
+        fresh = [c for c in cells if c.get("protocol_id") == protocol_id and not cached(*cell_args(c))]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{published}: not a benchmark report with cells ({type(exc).__name__}: {exc})") from None
     for cell in fresh:

@@ -163,7 +163,9 @@ class Suite:
         key = json.dumps({"train_s_per_image": spec, "cost": cost.KEY}, sort_keys=True)
         if self.cost_cache.get(key) is None:
             model, example = build(spec)
-            self.cost_cache.put(key, {"train_s_per_image": train_s_per_image(model, example, spec["classes"])})
+            with cost.fixed_threads():  # the threads it is timed at, with the load, recorded beside it
+                self.cost_cache.put(key, {"train_s_per_image": train_s_per_image(model, example, spec["classes"]),
+                                          **cost.conditions()})
         labels = np.load(suite_report_path(self.data_root, task.name))["train_labels"].reshape(-1)
         images = len(label_fraction_index(labels, fraction, task.name, 0))
         return self.cost_cache.get(key)["train_s_per_image"] * images * self.resnet.protocol["epochs"]

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
 import tpp_gain_multitask as multitask  # noqa: E402
+from stamped import STAMP, move_into_place, stamped, train_once  # noqa: E402,F401  (tests use them from here)
 from tpp.adapters.ssf import NORMS, SsfOptions  # noqa: E402
 from tpp.errors import TppError  # noqa: E402
 from lr_select import (base_rate, lr_grid, markdown_choices, markdown_quality, select_by_val,  # noqa: E402
@@ -215,24 +216,21 @@ class Bench:
         from tpp.recipes import CONFIG_DIR, run_recipe
 
         if pretext == multitask.PRETEXT:
-            return multitask.train_adapter(self, source, method, adapter_section(method, self.protocol), seed)
-        name = f"{source}_{method}_{pretext}" + (f"~{variant}" if variant else "") + f"_s{seed}"
-        out = self.cache / "tpp" / name
-        options = method_options(method)
-        stamp_text = (self.tpp_id + (json.dumps(VARIANTS[variant]) if variant else "")
-                      + (json.dumps(options) if options else ""))
-        if not stamped(out, stamp_text):
-            p = self.protocol
-            partial = out.with_name(f"{name}.partial_{os.getpid()}")
-            try:
+            name, stamp_text, train = multitask.adapter_job(self, source, method,
+                                                            adapter_section(method, self.protocol), seed)
+        else:
+            name = f"{source}_{method}_{pretext}" + (f"~{variant}" if variant else "") + f"_s{seed}"
+            options, p = method_options(method), self.protocol
+            stamp_text = (self.tpp_id + (json.dumps(VARIANTS[variant]) if variant else "")
+                          + (json.dumps(options) if options else ""))
+
+            def train(partial: Path) -> None:
                 run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(partial, seed) + source_overrides(source) + [
                     f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}",
                     f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}", *tpp_method(method, p),
                     *VARIANTS.get(variant, [])], overwrite=True)
-                (partial / STAMP).write_text(stamp_text)
-                move_into_place(partial, out, stamp_text)
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)  # still there only if the run failed
+        out = self.cache / "tpp" / name
+        train_once(out, stamp_text, train)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
 
     def run_cell(self, target: str, method: str, fraction: float, seed: int) -> dict:
@@ -282,26 +280,6 @@ class Bench:
                    for pid in (self.tpp_id, self.protocol_id))
 
 
-STAMP = "bench_protocol.txt"  # in a TPP adapter folder: the protocol and options it was trained under
-
-
-def stamped(folder: Path, stamp_text: str) -> bool:
-    return (folder / STAMP).is_file() and (folder / STAMP).read_text() == stamp_text
-
-
-def move_into_place(partial: Path, out: Path, stamp_text: str) -> None:
-    """Rename a finished folder to ``out``, replacing a stale one; if another process put a current one
-    there first, keep that and drop ours."""
-    if out.exists() and not stamped(out, stamp_text):
-        shutil.rmtree(out, ignore_errors=True)
-    try:
-        os.rename(partial, out)
-    except OSError:
-        if not stamped(out, stamp_text):
-            raise
-        shutil.rmtree(partial)
-
-
 def quiet_libraries() -> None:
     """One line per cell: no weight-loading bars or library deprecation notices."""
     import warnings
@@ -332,8 +310,8 @@ def comparisons_for(methods: list[str]) -> list[tuple[str, str]]:
             pairs.append((m, base + ("*" if selected else "")))
             if variant or "@" in m:
                 pairs.append((m, f"{base}+tpp_{pretext}"))
-            if pretext == multitask.PRETEXT:  # multi-task vs each single-pretext TPP
-                pairs += [(m, f"{base}+tpp_mae"), (m, f"{base}+tpp_dino")]
+            if pretext == multitask.PRETEXT:  # multi-task vs each single-pretext TPP (like with like)
+                pairs += [(m, f"{base}+tpp_{other}" + ("*" if selected else "")) for other in ("mae", "dino")]
         elif selected and base != "lora":
             pairs.append((m, "lora*"))
     return [(a, b) for a, b in pairs if a in methods and b in methods]

@@ -16,8 +16,6 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import os
-import shutil
 from pathlib import Path
 
 PRETEXT = "multitask"  # 'lora+tpp_multitask'
@@ -46,7 +44,12 @@ def pool_for(target: str, shipped: dict) -> list[dict]:
     evals = {origin_of(t).lower() for t in shipped["multitask"]["eval_targets"]} | {origin_of(target).lower()}
     tasks = [copy.deepcopy(e) for e in shipped["pool"] if e["kind"] == "classification"
              and origin_of(e["data"].get("origin") or e["data"]["name"]).lower() not in evals]
-    mae = next(e for e in shipped["pool"] if e["kind"] == "mae")
+    mae = next((e for e in shipped["pool"] if e["kind"] == "mae"), None)
+    if mae is None:
+        from tpp.errors import TppError
+
+        raise TppError(f"{POOL_CONFIG} has no 'mae' task: multi-task TPP pre-trains on the target's own images through "
+                       "it; add one (kind: mae) to the pool.")
     return tasks + [dict(copy.deepcopy(mae), data={"source": "medmnist", "name": target})]
 
 
@@ -92,26 +95,17 @@ def check(adapter: dict, variant_or_source: bool = False) -> None:
         get_recipe("multitask").check(load_config(multitask_config(target, adapter, mt), recipe="multitask"))
 
 
-def train_adapter(bench, source: str, method: str, adapter: dict, seed: int) -> tuple[Path, float]:
-    """The multi-task TPP adapter for (source, method, seed) in ``bench``'s cache (trained once, reused by every
-    label fraction): trained in a folder of this process and moved into place with its stamp, like
-    ``Bench.tpp_adapter``'s. Returns (adapter folder, the run's wall time in seconds)."""
+def adapter_job(bench, source: str, method: str, adapter: dict, seed: int):
+    """(folder name, stamp, ``train(folder)``) of the multi-task TPP adapter for (source, method, seed) in
+    ``bench``'s cache; ``tpp_gain.train_once`` trains it once (reused by every label fraction)."""
     from tpp.recipes import run_recipe
-    from tpp_gain import STAMP, move_into_place, stamped
 
-    name = f"{source}_{method}_{PRETEXT}_s{seed}"
-    out = bench.cache / "tpp" / name
     config = multitask_config(source, adapter, bench.multitask)
-    stamp_text = stamp(bench.tpp_id, config)
-    if not stamped(out, stamp_text):
-        partial = out.with_name(f"{name}.partial_{os.getpid()}")
+
+    def train(partial: Path) -> None:
         run = dict(copy.deepcopy(config), seed=seed, output_dir=str(partial),
                    backbone=dict(config["backbone"], path=bench.backbone),
                    data=dict(config.get("data") or {}, root=bench.data_root))
-        try:
-            run_recipe("multitask", run, overwrite=True)
-            (partial / STAMP).write_text(stamp_text)
-            move_into_place(partial, out, stamp_text)
-        finally:
-            shutil.rmtree(partial, ignore_errors=True)  # still there only if the run failed
-    return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]
+        run_recipe("multitask", run, overwrite=True)
+
+    return f"{source}_{method}_{PRETEXT}_s{seed}", stamp(bench.tpp_id, config), train

@@ -51,9 +51,35 @@ def test_the_cache_counts_only_cells_of_its_protocol_and_backbone(tmp_path, monk
     assert movl.Cache(tmp_path, "backbone-b").cached("breastmnist", 0.1, 0, "movl") is None
     monkeypatch.setitem(movl.PROTOCOL, "finetune_steps", 7)  # e.g. a --steps smoke run
     assert movl.Cache(tmp_path, "backbone-a").cached("breastmnist", 0.1, 0, "movl") is None
-    path = movl.cell_path(tmp_path, "breastmnist", 0.1, 1, "movl")
+    path = movl.cell_path(cache.folder, "breastmnist", 0.1, 1, "movl")
     path.write_text(json.dumps(cell("movl", 1, 0.7, 0.7, [0.6] * 5)))  # a cell from before the key: not reused
     assert cache.cached("breastmnist", 0.1, 1, "movl") is None
+    assert [c["seed"] for c in cache.cells()] == [0]
+
+
+def test_a_smoke_run_never_replaces_the_cells_or_the_report_of_the_real_protocol(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "backbone_fingerprint", lambda backbone: backbone)
+    real = movl.Cache(tmp_path, "b")
+    real.store(cell("movl", 0, 0.7, 0.7, [0.6] * 5))
+    monkeypatch.setitem(movl.PROTOCOL, "finetune_steps", 2)
+    smoke = movl.Cache(tmp_path, "b")
+    smoke.store(cell("movl", 0, 0.5, 0.5, [0.5] * 5))
+    monkeypatch.setitem(movl.PROTOCOL, "finetune_steps", 200)
+    assert real.cached("breastmnist", 0.1, 0, "movl")["test_auroc"] == 0.7  # not overwritten by the smoke cell
+    with pytest.raises(SystemExit):  # --steps without its own --out would publish smoke numbers
+        movl.main(["--steps", "2", "--report-only", "--cache", str(tmp_path)])
+
+
+def test_published_cells_of_the_same_protocol_seed_an_empty_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "backbone_fingerprint", lambda backbone: backbone)
+    source = movl.Cache(tmp_path / "a", "b")
+    source.store(cell("movl", 0, 0.7, 0.7, [0.6] * 5))
+    old = cell("full", 0, 0.8, 0.8, [0.7] * 5)  # a cell without protocol id (from before the key): left out
+    published = tmp_path / "movl.json"
+    published.write_text(json.dumps({"cells": source.cells() + [old]}))
+    target = movl.Cache(tmp_path / "b", "b")
+    assert target.adopt(published) == 1 and target.adopt(published) == 0
+    assert target.cached("breastmnist", 0.1, 0, "movl")["test_auroc"] == 0.7
 
 
 def test_the_grid_finishes_every_method_of_a_seed_before_the_next_seed():

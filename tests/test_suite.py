@@ -53,14 +53,20 @@ def test_costs_are_timed_at_one_thread_and_the_callers_thread_count_comes_back()
     seen = []
 
     class Spy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(16, 2)
+
         def forward(self, x):
             seen.append(torch.get_num_threads())
-            return x.flatten(1) @ torch.ones(x[0].numel(), 2)
+            return self.linear(x.flatten(1))
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         measured = cost.measure(Spy(), torch.randn(1, 1, 4, 4))
+        assert torch.get_num_threads() == 2
+        assert cost.train_s_per_image(Spy(), torch.randn(1, 1, 4, 4), classes=2) > 0  # the ResNet estimate's timing
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
@@ -145,6 +151,8 @@ published: [{tmp_path / "out" / "suite.json"}]
     assert win["diff_mean"] == pytest.approx(rows["linear_probe"]["primary"]["mean"] - rows["resnet18"]["primary"]
                                              ["mean"])
     assert len(list((tmp_path / "cache" / "suite_cost").glob("*.json"))) == 3  # two models + the ResNet's step time
+    for entry in (json.loads(f.read_text()) for f in (tmp_path / "cache" / "suite_cost").glob("*.json")):
+        assert entry["threads"] == cost.THREADS and json.loads(entry["key"])["cost"] == cost.KEY  # timed at 1 thread
     page = (out / "suite.html").read_text()
     assert page.count("data:image/png;base64,") == 3 and "Who wins where" in page
     assert (out / "metric_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

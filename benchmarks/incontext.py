@@ -35,6 +35,7 @@ Protocol and budget: :mod:`incontext_finetune`. Its cells are cached per (datase
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -237,7 +238,11 @@ def main() -> int:
     parser.add_argument("--name", default=None, help="result file stem (default incontext[_quick])")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--from-json", metavar="JSON", help="render the report again from a published JSON "
+                                                             "(no prediction, no training) and exit")
     args = parser.parse_args()
+    if args.from_json:
+        return rerender(Path(args.from_json), args.out, args.name)
     torch.set_num_threads(args.threads)
     from tpp.incontext.features import load_extractor
 
@@ -268,9 +273,6 @@ def main() -> int:
         errors = ftb.add_finetune(results, args.finetune, ks, seeds, bench)
         extra_text, extra = ftb.finetune_section(results, timing, errors)
         extra["finetune_protocol"], ft = bench.protocol, ftb.describe(bench.protocol)
-    lat = "\n".join(["| set | K | method | prepare the set (s) | per query (ms, median) |", "|---|---|---|---|---|"]
-                    + [f"| {r['set']} | {r['k']} | {r['method']} | {r['prepare_s']:.2f} | {r['query_ms_median']:.1f} |"
-                       for r in timing])
     description = (f"In-context prediction on the frozen backbone {args.backbone}: mean ± std over {seeds} seeds of "
                    "context draws. Classification: K examples per class (from a fixed pool of 500 training images "
                    "per class), all test images. BUSI: K "
@@ -281,13 +283,38 @@ def main() -> int:
     command = "nice python " + " ".join(["benchmarks/incontext.py", *sys.argv[1:]])
     stem = args.name or "incontext" + ("_quick" if args.quick else "")
     report.publish(args.out, stem, report.machine(), command, description,
-                   table(results, ks) + "\n\nLatency (end to end from uint8 images, one query at a time):\n\n" + lat
-                   + extra_text,
-                   {"ks": ks, "seeds": seeds, "backbone": args.backbone,
+                   table(results, ks) + latency_text(timing) + extra_text,
+                   {"ks": ks, "seeds": seeds, "backbone": args.backbone, "description": description,
                     "learned": {kind: {k: card.get(k) for k in ("holdout", "train", "summary", "task_distribution")}
                                 for kind, (_, card) in models.items()},
                     "cells": {n: c for n, (c, _) in results.items()}, "latency": timing, **extra})
     return 1 if extra.get("finetune_errors") else 0  # failed cells are listed in the report and on stderr
+
+
+def latency_text(timing: list[dict]) -> str:
+    return "\n\nLatency (end to end from uint8 images, one query at a time):\n\n" + "\n".join(
+        ["| set | K | method | prepare the set (s) | per query (ms, median) |", "|---|---|---|---|---|"]
+        + [f"| {r['set']} | {r['k']} | {r['method']} | {r['prepare_s']:.2f} | {r['query_ms_median']:.1f} |"
+           for r in timing])
+
+
+def rerender(published: Path, out: str, name: str | None) -> int:
+    """``--from-json``: the report again from a published JSON (its cells and timings; nothing predicted or
+    trained), e.g. after the report gains a table."""
+    import incontext_finetune as ftb
+
+    payload = json.loads(published.read_text())
+    results = {n: (cells, ["dice"] if n == "busi" else ["accuracy", "auroc"]) for n, cells in payload["cells"].items()}
+    extra_text, extra = "", {}
+    if any(c["method"].startswith(ftb.PREFIX) for cells, _ in results.values() for c in cells):
+        extra_text, extra = ftb.finetune_section(results, payload["latency"], payload.get("finetune_errors") or [])
+    description = payload.get("description")
+    if description is None:  # reports from before the JSON kept it: the Markdown's third line
+        description = published.with_suffix(".md").read_text().splitlines()[2]
+    data = {k: v for k, v in payload.items() if k not in ("machine", "command")} | extra | {"description": description}
+    report.publish(out, name or published.stem, payload["machine"], payload["command"], description,
+                   table(results, payload["ks"]) + latency_text(payload["latency"]) + extra_text, data)
+    return 0
 
 
 def _describe(card: dict) -> str:

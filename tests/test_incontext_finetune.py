@@ -150,6 +150,41 @@ def test_the_crossover_compares_only_context_draws_every_method_has():
     assert sorted({c["seed"] for c in paired}) == [0, 1, 2, 3] and {c["k"] for c in paired} == {4}
 
 
+def test_paired_gaps_pair_the_best_of_each_side_by_draw_and_call_ahead_only_outside_the_interval():
+    def cell(method, k, seed, dice):
+        return {"method": method, "k": k, "seed": seed, "dice": dice}
+
+    cells = [cell("prototype", 1, s, 0.10 + 0.01 * s) for s in range(4)]
+    cells += [cell("knn", 1, s, 0.05) for s in range(4)]
+    cells += [cell("finetune:lora", 1, s, 0.30 + 0.01 * s + (0.002 if s % 2 else 0.0)) for s in range(4)]
+    cells += [cell("prototype", 2, s, v) for s, v in enumerate([0.2, 0.1, 0.3, 0.2])]
+    cells += [cell("knn", 2, s, 0.0) for s in range(4)]
+    cells += [cell("finetune:lora", 2, s, v) for s, v in enumerate([0.3, 0.0, 0.3, 0.2])]
+    one, two = ft.paired_gaps({"busi": (cells, ["dice"])})
+    assert (one["finetuned"], one["in_context"], one["n"]) == ("finetune:lora", "prototype", 4)
+    assert one["diff_mean"] == pytest.approx(0.201) and one["verdict"] == "fine-tuned ahead"
+    assert two["diff_mean"] == pytest.approx(0.0) and two["verdict"] == "level (interval spans 0)"
+    assert "| busi | dice | 1 | finetune:lora | prototype | +0.201 [" in ft.gaps_table([one, two])
+
+
+def test_a_published_report_renders_again_with_the_paired_gaps(tmp_path, monkeypatch):
+    import json
+
+    cells = [{"method": m, "k": 1, "seed": s, "dice": v + 0.01 * s} for s in range(3)
+             for m, v in (("prototype", 0.1), ("finetune:lora", 0.3))]
+    payload = {"machine": {"cpu": "x"}, "command": "python benchmarks/incontext.py ...", "ks": [1], "seeds": 3,
+               "cells": {"busi": cells}, "latency": [], "finetune_errors": []}
+    (tmp_path / "old.json").write_text(json.dumps(payload))
+    (tmp_path / "old.md").write_text("Machine: x\nCommand: y\nWhat was measured.\n")
+    monkeypatch.setattr(sys, "argv", ["incontext.py", "--from-json", str(tmp_path / "old.json"), "--out",
+                                      str(tmp_path / "new"), "--name", "again"])
+    assert ic.main() == 0
+    text = (tmp_path / "new" / "again.md").read_text()
+    assert "What was measured." in text and "| busi | dice | 1 | finetune:lora | prototype | +0.200 [" in text
+    again = json.loads((tmp_path / "new" / "again.json").read_text())
+    assert again["paired_gaps"][0]["verdict"] == "fine-tuned ahead" and again["cells"] == payload["cells"]
+
+
 def test_the_time_comparison_takes_the_fastest_in_context_method_and_the_median_fine_tuning():
     cells = [{"method": "finetune:lora", "k": 16, "seed": s, "train_s": t, "run_s": t + 5}
              for s, t in enumerate([10.0, 30.0, 20.0])] + [{"method": "knn", "k": 16, "seed": 0}]

@@ -251,6 +251,27 @@ def _b64(path):
     return base64.b64encode(path.read_bytes()).decode()
 
 
+def test_predict_context_runs_the_backbone_in_the_requested_precision(served, tmp_path, monkeypatch):
+    """--precision bf16 reaches the backbone's forward (autocast), answers as fp32 does here; fp16 on a CPU is an
+    error naming the flag, before any file is read."""
+    from helpers import run_cli
+
+    from tpp import devices
+
+    used, real = [], devices.autocast
+    monkeypatch.setattr(devices, "autocast",
+                        lambda device, precision: used.append(precision) or real(device, precision))
+    ctx, queries = served["cls"]["ctx"], served["cls"]["queries"]
+    out = tmp_path / "bf16.csv"
+    assert run_cli("predict", "--backbone", str(served["backbone"]), "--context", str(ctx), str(queries),
+                   "--out", str(out), "--precision", "bf16") == 0
+    assert used and set(used) == {"bf16"}
+    assert [r["label"] for r in _read_csv(out)] == [r["label"] for r in served["cls"]["rows"]]
+    assert run_cli("predict", "--backbone", str(served["backbone"]), "--context", str(ctx), str(queries),
+                   "--out", str(tmp_path / "fp16.csv"), "--precision", "fp16") == 2
+    assert not (tmp_path / "fp16.csv").exists()
+
+
 def test_service_answers_as_tpp_predict_stored_and_inline(served):
     from serving_fixtures import request
 

@@ -456,7 +456,8 @@ def check_loads(source, backbone: str) -> None:
 # -- in-context prediction -------------------------------------------------------------------------------------
 
 def in_context(context, images, backbone=None, method: str = "prototype", *, k: int | None = None,
-               adapter=None, image_size: int | None = None, max_k: int = 256, device: str = "cpu", model=None):
+               adapter=None, image_size: int | None = None, max_k: int = 256, device: str = "cpu", model=None,
+               precision: str = "fp32"):
     """Predict ``images`` from a context set of labelled examples, with no training (``tpp predict --context``).
 
     ``context``: a folder (class sub-folders, or ``images/`` + ``masks/``), a CSV (``image,label`` or
@@ -466,7 +467,8 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
     default ``builtin:mae-vit-tiny-med``; ``adapter``: a TPP / LoRA adapter folder whose features to use;
     ``method``: ``prototype`` (nearest class centroid / per-patch prototypes) or ``knn`` (``k`` neighbours,
     default about sqrt(K)), or ``learned`` (the in-context model in the folder ``model``, from ``tpp run
-    incontext``); at most ``max_k`` examples. Returns a dict per image (a list for a list), as
+    incontext``); at most ``max_k`` examples; ``precision`` fp32, bf16 or fp16 (GPU) for the backbone. Returns
+    a dict per image (a list for a list), as
     :meth:`Model.predict` does: ``label`` and ``probabilities``, or ``mask`` (uint8 (H, W)), ``classes`` and
     ``pixels``. No weight changes (the backbone is frozen and never written)."""
     from tpp.backbones import DEFAULT_BACKBONE
@@ -484,7 +486,8 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
     single = not isinstance(images, (list, tuple))
     arrays = [read_image(item, i) for i, item in enumerate([images] if single else list(images))]
     with quiet():
-        extractor = load_extractor(os.fspath(backbone) if backbone is not None else DEFAULT_BACKBONE, device)
+        extractor = load_extractor(os.fspath(backbone) if backbone is not None else DEFAULT_BACKBONE, device,
+                                   precision)
         if adapter is not None:
             extractor = with_adapter(extractor, os.fspath(adapter))
         prepared = prepare(ctx, extractor, method, k, image_size,

@@ -25,6 +25,7 @@ class Extractor:
     info: object  # tpp.backbones.BackboneInfo
     device: torch.device
     adapter: str | None = None  # "<path>" of the adapter whose features these are
+    precision: str = "fp32"  # fp32, or bf16 / fp16 under torch.autocast (features come back as float32)
 
     def rule(self, channels: int, size: int | None = None) -> dict:
         """The input rule (as an adapter card's ``input``) for images of ``channels`` (1 or 3) at ``size`` px."""
@@ -37,12 +38,15 @@ class Extractor:
     @torch.no_grad()
     def tokens(self, arrays: list[np.ndarray], rule: dict, batch_size: int = 64) -> torch.Tensor:
         """uint8 images -> patch tokens (B, N, D) float32 on the CPU (N = grid rows x columns, raster order)."""
+        from tpp import devices
         from tpp.data.images import to_model_input
 
         out = []
         for start in range(0, len(arrays), batch_size):
             pixels = torch.cat([to_model_input(a, rule) for a in arrays[start:start + batch_size]]).to(self.device)
-            out.append(self.encoder.patch_tokens(self.encoder(pixels)).float().cpu())
+            with devices.autocast(self.device, self.precision):
+                tokens = self.encoder.patch_tokens(self.encoder(pixels))
+            out.append(tokens.float().cpu())
         return torch.cat(out)
 
     def features(self, arrays: list[np.ndarray], rule: dict, batch_size: int = 64) -> torch.Tensor:
@@ -54,13 +58,15 @@ class Extractor:
         return side, side
 
 
-def load_extractor(backbone: str, device: str = "cpu") -> Extractor:
-    """The frozen backbone (``builtin:NAME``, a folder or a cached hub id) on ``device``. An adapter goes on top
+def load_extractor(backbone: str, device: str = "cpu", precision: str = "fp32") -> Extractor:
+    """The frozen backbone (``builtin:NAME``, a folder or a cached hub id) on ``device``, its forward passes in
+    ``precision`` (fp32; bf16 / fp16 under autocast, checked against the device first). An adapter goes on top
     with :func:`tpp.serve.adapter_features.with_adapter` (it is checked as the store checks adapters)."""
     from tpp import devices
     from tpp.backbones import load_backbone
 
     where = devices.resolve(device, "--device")
+    devices.check_precision(precision, where)
     encoder, info, _ = load_backbone(backbone)
     encoder.model.to(where)
-    return Extractor(encoder, info, where)
+    return Extractor(encoder, info, where, precision=precision)

@@ -32,4 +32,4 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     load_adapter_state(encoder, {k: v.to(extractor.device) for k, v in state.items()}, str(path))
     if backbone_hash(base.model) != extractor.info.hash:
         raise TppError(f"adapter '{path}' changed the backbone's weights while it was attached; refused.")
-    return Extractor(encoder.eval(), extractor.info, extractor.device, str(path))
+    return Extractor(encoder.eval(), extractor.info, extractor.device, str(path), extractor.precision)

@@ -115,7 +115,7 @@ def extractor(bank):
     """The :class:`~tpp.incontext.features.Extractor` of a bank's frozen backbone."""
     from tpp.incontext.features import Extractor
 
-    return Extractor(bank.encoder, bank.info, bank.device)
+    return Extractor(bank.encoder, bank.info, bank.device, precision=bank.precision)
 
 
 def prepare_set(bank, ctx: ContextSet, method: str, k: int | None, version: str | None = None):

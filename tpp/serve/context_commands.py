@@ -97,7 +97,7 @@ def cmd_predict_context(args) -> int:
     if args.method == "learned" and not args.model:
         raise TppError("--method learned needs --model DIR (the model/ folder of a `tpp run incontext` run).")
     ctx = read_context(args.context, args.max_context, limits)  # every context problem before the backbone loads
-    extractor = _extractor(args.backbone, args.adapter, args.device)
+    extractor = _extractor(args.backbone, args.adapter, args.device, args.precision)
     prepared = prepare(ctx, extractor, args.method, args.neighbours, args.image_size, model=args.model)
     name = Path(args.context).name.split(".")[0] or "context"
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window), "limits": limits}
@@ -120,14 +120,14 @@ def cmd_predict_context(args) -> int:
                                f"{len(rows)} images predicted in context ({ctx.task}, K={ctx.k}, {args.method})")
 
 
-def _extractor(backbone: str, adapter: str | None, device: str):
-    """The backbone (with ``adapter`` on top, checked), loaded quietly."""
+def _extractor(backbone: str, adapter: str | None, device: str, precision: str = "fp32"):
+    """The backbone (with ``adapter`` on top, checked) on ``device`` in ``precision``, loaded quietly."""
     from tpp.api import quiet
     from tpp.incontext.features import load_extractor
     from tpp.serve.adapter_features import with_adapter
 
     with quiet():
-        extractor = load_extractor(backbone, device)
+        extractor = load_extractor(backbone, device, precision)
         return with_adapter(extractor, adapter) if adapter else extractor
 
 

@@ -19,6 +19,7 @@ APPROACHES = {
     "lora": ("generalist", {"classification", "segmentation"}),
     "lora+tpp_mae": ("generalist", {"classification", "segmentation"}),
     "lora+tpp_dino": ("generalist", {"classification"}),
+    "lora+tpp_multitask": ("generalist", {"classification"}),  # tpp_gain_multitask.py (issue 23)
     "lora@mask_res": ("generalist", {"segmentation"}),
     "bottleneck": ("generalist", {"segmentation"}),
     "full": ("generalist", {"classification", "segmentation"}),

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import types
 
 import torch
+from tqdm.auto import tqdm
 
 from tpp.adapter_dir import dir_size, make_card, versions, write_adapter_dir
 from tpp.backbones import backbone_hash, load_backbone
@@ -170,11 +172,15 @@ def run(cfg, run) -> dict:
         run.log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name, steps=plan.num_steps)
     root.train()
     per_task: dict[str, list] = {u.name: [] for u in units}
-    for step in range(first, plan.num_steps + 1):
+    bar = tqdm(range(first, plan.num_steps + 1), desc=f"multitask ({len(units)} tasks)", leave=False,
+               disable=not accelerator.is_main_process, initial=first - 1, total=plan.num_steps,
+               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    for step in bar:
         order = sampler.cycle(step - 1)
         values = schedule.step(order, [next(batches[t]) for t in order], [sampler.loss_weight(t) for t in order],
                                step)
         loss = sum(values.values())
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         losses.append((step, loss))
         for name, value in values.items():
             per_task[name].append(value)

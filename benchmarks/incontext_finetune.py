@@ -307,13 +307,17 @@ def paired_gaps(results: dict) -> list[dict]:
     return rows
 
 
+def _table(header: list[str], lines: list[str]) -> str:
+    """A Markdown table: the header cells, then the given row lines."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *lines])
+
+
 def gaps_table(rows: list[dict]) -> str:
-    lines = ["| dataset | metric | K | best fine-tuned | best in context | fine-tuned - in context (paired, 95% CI) "
-             "| draws | verdict |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['metric']} | {r['k']} | {r['finetuned']} | {r['in_context']} | "
-              f"{r['diff_mean']:+.3f} [{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}] | {r['n']} | {r['verdict']} |"
-              for r in rows]
-    return "\n".join(lines)
+    return _table(["dataset", "metric", "K", "best fine-tuned", "best in context",
+                   "fine-tuned - in context (paired, 95% CI)", "draws", "verdict"],
+                  [f"| {r['dataset']} | {r['metric']} | {r['k']} | {r['finetuned']} | {r['in_context']} | "
+                   f"{r['diff_mean']:+.3f} [{r['ci95_low']:+.3f}, {r['ci95_high']:+.3f}] | {r['n']} | {r['verdict']} |"
+                   for r in rows])
 
 
 def latency_rows(results: dict, timing_rows: list[dict], k: int = 16) -> list[dict]:
@@ -337,12 +341,11 @@ def latency_rows(results: dict, timing_rows: list[dict], k: int = 16) -> list[di
 
 
 def latency_table(rows: list[dict]) -> str:
-    lines = ["| dataset | K | in context: method | prepare + one query (s) | fine-tuned | training (s, median) "
-             "| whole run (s, median) | seeds | run / in context |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['dataset']} | {r['k']} | {r['in_context']} | {r['in_context_s']:.2f} | {r['finetune']} | "
-              f"{r['train_s']:.1f} | {r['run_s']:.1f} | {r['seeds']} | {r['run_s'] / r['in_context_s']:.0f}x |"
-              for r in rows]
-    return "\n".join(lines)
+    return _table(["dataset", "K", "in context: method", "prepare + one query (s)", "fine-tuned",
+                   "training (s, median)", "whole run (s, median)", "seeds", "run / in context"],
+                  [f"| {r['dataset']} | {r['k']} | {r['in_context']} | {r['in_context_s']:.2f} | {r['finetune']} | "
+                   f"{r['train_s']:.1f} | {r['run_s']:.1f} | {r['seeds']} | {r['run_s'] / r['in_context_s']:.0f}x |"
+                   for r in rows])
 
 
 def add_finetune(results: dict, methods, ks, seeds: int, bench: FinetuneBench) -> list[str]:

@@ -126,13 +126,14 @@ def rows_of(cells: list[tuple], costs: dict) -> list[dict]:
 
 
 def who_wins(rows: list[dict], cells: list[tuple]) -> list[dict]:
-    """Per (task, fraction): the best generalist and the best task-specific approach (by mean primary metric) and
-    the paired difference (same seeds, so the same label subset) with its 95% t-interval."""
+    """Per (task, fraction): the best generalist and the best task-specific approach (by mean primary metric, among
+    the approaches of that family with the most finished seeds there: a one-seed mean never outranks a five-seed
+    one) and the paired difference (same seeds, so the same label subset) with its 95% t-interval."""
     out = []
     for task, fraction in dict.fromkeys((r["task"], r["fraction"]) for r in rows):
         here = [r for r in rows if (r["task"], r["fraction"]) == (task, fraction)]
-        best = {fam: max((r for r in here if r["family"] == fam), key=lambda r: r["primary"]["mean"], default=None)
-                for fam in ("generalist", "task-specific")}
+        best = {fam: max((r for r in here if r["family"] == fam), key=lambda r: (r["seeds"], r["primary"]["mean"]),
+                         default=None) for fam in ("generalist", "task-specific")}
         gen, spec = best["generalist"], best["task-specific"]
         entry = {"task": task, "fraction": fraction, "metric": here[0]["metric"],
                  "generalist": gen and gen["approach"], "generalist_mean": gen and gen["primary"]["mean"],

@@ -113,6 +113,24 @@ def test_the_shipped_grid_is_valid():
     assert {t.name for t in grid.tasks} >= {"breastmnist", "pneumoniamnist", "busi_64"}
 
 
+def test_who_wins_never_lets_a_one_seed_mean_outrank_a_complete_approach():
+    from types import SimpleNamespace
+
+    import suite_report
+
+    task = SimpleNamespace(name="breastmnist")
+    seeds = {"lora": [0.60, 0.62, 0.64], "lucky": [0.90], "resnet18": [0.50, 0.52, 0.54]}
+    family = {"lora": "generalist", "lucky": "generalist", "resnet18": "task-specific"}
+    rows = [{"task": "breastmnist", "fraction": 0.1, "family": family[a], "approach": a, "seeds": len(v),
+             "metric": "AUROC", "kind": "classification", "primary": {"mean": sum(v) / len(v)}}
+            for a, v in seeds.items()]
+    cells = [(task, a, 0.1, s, {"test_auroc": x, "fraction": 0.1, "seed": s}) for a, v in seeds.items()
+             for s, x in enumerate(v)]
+    (win,) = suite_report.who_wins(rows, cells)
+    assert (win["generalist"], win["task_specific"], win["pairs"]) == ("lora", "resnet18", 3)
+    assert win["diff_mean"] == pytest.approx(0.10)
+
+
 def test_pareto_front_keeps_only_points_no_other_beats_on_cost_and_metric():
     assert suite_plots.pareto([(1, 0.5), (2, 0.4), (3, 0.7), (4, 0.6), (0.5, 0.5)]) == [(0.5, 0.5), (3, 0.7)]
 

@@ -105,18 +105,20 @@ class Cache:
         self.id = report.protocol_id(PROTOCOL, backbone, configs=configs)
         self.folder = Path(folder) / self.id
 
-    def cached(self, target, fraction, seed, method) -> dict | None:
-        path = cell_path(self.folder, target, fraction, seed, method)
+    def _read(self, path: Path) -> dict | None:
+        """The cell in ``path`` if it is one of this id (a missing, unreadable or foreign file is None)."""
         try:
             cell = json.loads(path.read_text())
         except (OSError, ValueError):
             return None
         return cell if isinstance(cell, dict) and cell.get("protocol_id") == self.id else None
 
+    def cached(self, target, fraction, seed, method) -> dict | None:
+        return self._read(cell_path(self.folder, target, fraction, seed, method))
+
     def cells(self) -> list[dict]:
         """Every cell cached under this id (the report covers them all, not only the requested grid's)."""
-        found = (json.loads(p.read_text()) for p in sorted(self.folder.glob("*.json")))
-        return [c for c in found if isinstance(c, dict) and c.get("protocol_id") == self.id]
+        return [c for c in map(self._read, sorted(self.folder.glob("*.json"))) if c]
 
     def store(self, cell: dict) -> None:
         report.store_cell(cell_path(self.folder, cell["target"], cell["fraction"], cell["seed"], cell["method"]),

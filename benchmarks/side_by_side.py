@@ -1,15 +1,18 @@
 """Old and new cells of a benchmark grid side by side: the same (target, method, fraction, seed) measured under
-two protocols (e.g. before and after issue 28's validation and budget defaults).
+two protocols (e.g. before and after issue 28's validation and budget defaults) or on two backbones.
 
     python benchmarks/side_by_side.py benchmarks/results/tpp_gain.json \
         benchmarks/results/tpp_gain_fewlabel/tpp_gain.json
+    python benchmarks/side_by_side.py OLD.json NEW.json --out benchmarks/results/backbone_pool/vs_shared.md
     python benchmarks/side_by_side.py benchmarks/results/seg_gain.json \
         benchmarks/results/seg_gain_fewlabel/seg_gain.json --metric test_dice --accuracy test_iou
 
 Only groups the new report has are listed, and only over the seeds both reports have (paired), so a grid still
-running compares like with like. Columns: seeds compared, the metric's mean ± std old and new, the largest
-per-seed difference |new − old| (0: bit-identical), the second metric old and new, and the validation images
-and selection of the new cells (old cells that did not record them used the whole val split).
+running compares like with like. Columns: seeds compared, the metric's mean ± std old and new, the paired
+difference new − old with its 95% t-interval over seeds, the largest per-seed difference |new − old|
+(0: bit-identical), the second metric old and new, and the validation images and selection of the new cells
+(old cells that did not record them used the whole val split). ``--out FILE.md`` also writes the table with
+the two inputs named above it.
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from report import t_interval, write_atomic  # noqa: E402
 
 
 def key(cell: dict) -> tuple:
@@ -45,15 +51,23 @@ def _distinct(values) -> str:
     return " / ".join(str(v) for v in sorted({v for v in values if v is not None}, key=str)) or "–"
 
 
+def _paired_difference(pairs: list[tuple[dict, dict]], metric: str) -> str:
+    """new − old over the pairs, with its 95% t-interval ("n/a" for a single pair)."""
+    mean, low, high = t_interval([n[metric] - o[metric] for o, n in pairs])
+    return f"{mean:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if len(pairs) > 1 else " (1 pair: no interval)")
+
+
 def markdown(groups: dict, metric: str, second: str) -> str:
-    lines = [f"| target | labels | method | seeds | {metric} old | {metric} new | max abs diff | {second} old "
-             f"| {second} new | val images new | selection new |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| target | labels | method | seeds | {metric} old | {metric} new | new − old (95% CI) | max abs diff "
+             f"| {second} old | {second} new | val images new | selection new |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (target, method, fraction), pairs in groups.items():
         old, new = [p[0] for p in pairs], [p[1] for p in pairs]
         diff = max(abs(n[metric] - o[metric]) for o, n in pairs)
         selection = _distinct(n.get("selection", "").split(" (")[0] or None for n in new)
         lines.append(f"| {target} | {fraction:.0%} | {method} | {len(pairs)} | {_pm([c[metric] for c in old])} | "
-                     f"{_pm([c[metric] for c in new])} | {diff:.1g} | {_pm([c[second] for c in old])} | "
+                     f"{_pm([c[metric] for c in new])} | {_paired_difference(pairs, metric)} | {diff:.1g} | "
+                     f"{_pm([c[second] for c in old])} | "
                      f"{_pm([c[second] for c in new])} | {_distinct(n.get('val_images') for n in new)} | "
                      f"{selection} |")
     return "\n".join(lines)
@@ -65,6 +79,7 @@ def main(argv=None) -> int:
     parser.add_argument("new", type=Path, help="the re-measured report's JSON")
     parser.add_argument("--metric", default="test_auroc")
     parser.add_argument("--accuracy", default="test_accuracy", help="the second metric shown")
+    parser.add_argument("--out", type=Path, help="also write the table here (Markdown), the inputs named above it")
     args = parser.parse_args(argv)
     try:
         old, new = (json.loads(p.read_text())["cells"] for p in (args.old, args.new))
@@ -74,7 +89,11 @@ def main(argv=None) -> int:
     if not groups:
         print("no cell of the new report has a partner (same target, method, fraction, seed) in the old one")
         return 1
-    print(markdown(groups, args.metric, args.accuracy))
+    table = markdown(groups, args.metric, args.accuracy)
+    print(table)
+    if args.out:
+        write_atomic(args.out, f"Old: `{args.old}`\nNew: `{args.new}`\nCommand: `python benchmarks/side_by_side.py "
+                               f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{table}\n")
     return 0
 
 

@@ -20,9 +20,17 @@ def test_only_seeds_in_both_reports_are_compared_with_the_largest_per_seed_diffe
     groups = side_by_side.paired_groups(old, new)
     assert [(o["seed"], n["seed"]) for o, n in groups[("t", "lora", 0.1)]] == [(0, 0), (1, 1)]
     text = side_by_side.markdown(groups, "test_auroc", "test_accuracy")
-    assert "| t | 10% | lora | 2 | 0.750 ± 0.071 | 0.755 ± 0.078 | 0.01 |" in text
+    assert "| t | 10% | lora | 2 | 0.750 ± 0.071 | 0.755 ± 0.078 | +0.005 [-0.059, +0.069] | 0.01 |" in text
     assert "| 9 | last step kept |" in text
     for name, cells in (("old.json", old), ("new.json", new)):
         (tmp_path / name).write_text(json.dumps({"cells": cells}))
-    assert side_by_side.main([str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 0
+    out = tmp_path / "cmp" / "table.md"
+    assert side_by_side.main([str(tmp_path / "old.json"), str(tmp_path / "new.json"), "--out", str(out)]) == 0
     assert "| 0.01 |" in capsys.readouterr().out
+    written = out.read_text()
+    assert written.startswith(f"Old: `{tmp_path / 'old.json'}`") and "| +0.005 [-0.059, +0.069] |" in written
+
+
+def test_a_single_pair_has_no_interval():
+    groups = side_by_side.paired_groups([cell(0, 0.70, 0.6)], [cell(0, 0.75, 0.6)])
+    assert "| +0.050 (1 pair: no interval) |" in side_by_side.markdown(groups, "test_auroc", "test_accuracy")

@@ -10,8 +10,9 @@ generalist approaches ARE ``benchmarks/tpp_gain.py`` cells (same protocol, same 
 ``benchmarks/.cache/tpp_gain``), segmentation cells are ``benchmarks/seg_gain.py`` cells (``.cache/seg_gain``,
 the U-Net included); the ResNet-18 (28) cells (benchmarks/resnet.py) have their own cache
 ``.cache/suite_resnet``; the in-context approaches (prototype, knn, incontext_learned: suite_incontext.py, the
-cell's label subset as the context set) ``.cache/suite_incontext``. The report files ``published`` in the grid
-seed empty caches (a fresh clone continues).
+cell's label subset as the context set) ``.cache/suite_incontext``; MoVL (movl, movl+tpp: suite_movl.py) cells ARE
+``benchmarks/movl.py`` cells of that method (its protocol, 36-px prompted input, cache ``.cache/movl``, seeded from
+``results/movl.json``). The report files ``published`` in the grid seed empty caches (a fresh clone continues).
 Per (task, approach) the cost is measured once per invocation (benchmarks/cost.py): parameters, FLOPs per image,
 latency per image at batch 1 and 32, peak memory in a fresh subprocess. Needs the ``bench`` extra.
 """
@@ -222,7 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache",
-                        help="cache root holding tpp_gain/, seg_gain/, suite_resnet/ (default %(default)s)")
+                        help="cache root holding tpp_gain/, seg_gain/, suite_resnet/, movl/ (default %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "suite",
                         help="report folder (default %(default)s)")
     args = parser.parse_args(argv)

@@ -67,12 +67,12 @@ def run_cell(target: str, fraction: float, seed: int, method: str, data_root: st
     overrides = {**base, **adapter_overrides(method), "data.label_fraction": fraction,
                  "train.max_steps": PROTOCOL["finetune_steps"], "train.select_best": False}
     overrides.setdefault("train.lr", PROTOCOL["lr"]["default"])
-    began = time.time()
+    began, tpp_s = time.time(), None
     if method == "movl+tpp":
         parent = tpp.pretrain_target_parameters(
             TPP_CONFIG, {**base, **adapter_overrides(method), "train.max_steps": PROTOCOL["tpp_steps"],
                          "train.lr": PROTOCOL["tpp_lr"]}, output_dir=work / "tpp", overwrite=True)
-        overrides["adapter.init_from"] = str(parent.adapter)
+        overrides["adapter.init_from"], tpp_s = str(parent.adapter), parent.metrics.get("wall_time_s")
     ft = tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=work / "ft", overwrite=True)
     ev = tpp.evaluate(FINETUNE_CONFIG, {k: v for k, v in base.items() if not k.startswith("train.")}
                       | {"evaluate.corruption": "all", "data.split": "test",
@@ -85,6 +85,7 @@ def run_cell(target: str, fraction: float, seed: int, method: str, data_root: st
             "corrupted_accuracy": {s: m["accuracy"] for s, m in shift["mean"].items()},
             "per_corruption_auroc_s3": {c: v["3"]["auroc"] for c, v in shift["per_corruption"].items()},
             "trainable_parameters": ft.metrics["trainable_parameters"], "saved_bytes": ft.metrics["adapter_bytes"],
+            "finetune_s": ft.metrics.get("wall_time_s"), "tpp_s": tpp_s,  # the recipes' own (the suite's train s)
             "wall_s": round(time.time() - began, 1)}
 
 

@@ -10,8 +10,9 @@ generalist approaches ARE ``benchmarks/tpp_gain.py`` cells (same protocol, same 
 ``benchmarks/.cache/tpp_gain``), segmentation cells are ``benchmarks/seg_gain.py`` cells (``.cache/seg_gain``,
 the U-Net included); the ResNet-18 (28) cells (benchmarks/resnet.py) have their own cache
 ``.cache/suite_resnet``; the in-context approaches (prototype, knn, incontext_learned: suite_incontext.py, the
-cell's label subset as the context set) ``.cache/suite_incontext``. The report files ``published`` in the grid
-seed empty caches (a fresh clone continues).
+cell's label subset as the context set) ``.cache/suite_incontext``; MoVL (movl, movl+tpp: suite_movl.py) cells ARE
+``benchmarks/movl.py`` cells of that method (its protocol, 36-px prompted input, cache ``.cache/movl``, seeded from
+``results/movl.json``). The report files ``published`` in the grid seed empty caches (a fresh clone continues).
 Per (task, approach) the cost is measured once per invocation (benchmarks/cost.py): parameters, FLOPs per image,
 latency per image at batch 1 and 32, peak memory in a fresh subprocess. Needs the ``bench`` extra.
 """
@@ -31,6 +32,7 @@ import report  # noqa: E402
 import resnet  # noqa: E402
 import seg_gain  # noqa: E402
 import suite_incontext  # noqa: E402
+import suite_movl  # noqa: E402
 import tpp_gain  # noqa: E402
 from suite_grid import GridError, Task, load_grid  # noqa: E402
 from tpp.errors import TppError  # noqa: E402
@@ -121,6 +123,7 @@ class Suite:
         self.incontext = suite_incontext.InContextBench(cache_root / "suite_incontext", merged(
             suite_incontext.PROTOCOL, prot.get("incontext", {}), grid.path, "incontext"), grid.backbone, data_root,
             grid.incontext_models)
+        self.movl = suite_movl.MovlBench(cache_root / "movl", grid.backbone, data_root)
         self._seg = {}
         self.cost_cache = CostCache(cache_root / "suite_cost")
 
@@ -133,6 +136,8 @@ class Suite:
     def cached(self, task: Task, approach: str, fraction: float, seed: int) -> dict | None:
         if approach in suite_incontext.APPROACHES:
             return self.incontext.cached(task, approach, fraction, seed)
+        if approach in suite_movl.APPROACHES:
+            return self.movl.cached(task, approach, fraction, seed)
         if approach == "resnet18":
             return self.resnet.cached(task.name, fraction, seed)
         if task.kind == "segmentation":
@@ -142,6 +147,8 @@ class Suite:
     def run_cell(self, task: Task, approach: str, fraction: float, seed: int) -> dict:
         if approach in suite_incontext.APPROACHES:
             return self.incontext.run_cell(task, approach, fraction, seed)
+        if approach in suite_movl.APPROACHES:
+            return self.movl.run_cell(task, approach, fraction, seed)
         if approach == "resnet18":
             return self.resnet.run_cell(task.name, fraction, seed)
         if task.kind == "segmentation":
@@ -171,8 +178,8 @@ class Suite:
         return self.cost_cache.get(key)["train_s_per_image"] * images * self.resnet.protocol["epochs"]
 
     def adopt(self, published: Path) -> int:
-        """Cells of a published tpp_gain / seg_gain / suite report measured under the current protocols."""
-        count = self.classification.adopt(published) + self.resnet.adopt(published)
+        """Cells of a published tpp_gain / seg_gain / movl / suite report measured under the current protocols."""
+        count = self.classification.adopt(published) + self.resnet.adopt(published) + self.movl.adopt(published)
         for task in {c[0] for c in self.grid.cells if c[0].kind == "segmentation"}:
             count += self.seg(task).adopt(published)
         for task, approach in {c[:2] for c in self.grid.cells if c[1] in suite_incontext.APPROACHES}:
@@ -216,7 +223,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache",
-                        help="cache root holding tpp_gain/, seg_gain/, suite_resnet/ (default %(default)s)")
+                        help="cache root holding tpp_gain/, seg_gain/, suite_resnet/, movl/ (default %(default)s)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "suite",
                         help="report folder (default %(default)s)")
     args = parser.parse_args(argv)
@@ -226,7 +233,8 @@ def main(argv=None) -> int:
         grid = load_grid(args.grid)
         suite = Suite(grid, args.cache, args.data_root)
         tpp_gain.check_methods(sorted({c[1] for c in grid.cells if c[0].kind == "classification"
-                                       and c[1] != "resnet18" and c[1] not in suite_incontext.APPROACHES}),
+                                       and c[1] != "resnet18" and c[1] not in suite_incontext.APPROACHES
+                                       and c[1] not in suite_movl.APPROACHES}),
                                suite.classification.protocol)
         for kind in sorted({c[0].kind for c in grid.cells if c[1] == "incontext_learned"}):
             suite.incontext.learned(kind)  # a bad model folder stops here, before any cell runs

@@ -1,7 +1,8 @@
 """The suite's declared grid (``benchmarks/suite.yaml``), read and validated like a config.
 
 Every mistake is one ``GridError`` naming the file and the key, with close names suggested: unknown keys,
-unknown tasks or approaches, fractions a protocol has no budget for, seeds that are not positive integers.
+unknown tasks or approaches, an approach a block names for a task of a kind it does not apply to (e.g. ``movl`` on
+a segmentation task), fractions a protocol has no budget for, seeds that are not positive integers.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ APPROACHES = {
     "prototype": ("generalist", {"classification", "segmentation"}),
     "knn": ("generalist", {"classification", "segmentation"}),
     "incontext_learned": ("generalist", {"classification", "segmentation"}),
+    # input-side adaptation (issue 24): cells of benchmarks/movl.py (suite_movl.py)
+    "movl": ("generalist", {"classification"}),
+    "movl+tpp": ("generalist", {"classification"}),
 }
 SEGMENTATION = {"busi_64": "seg/busi_64.npz", "busi_128": "seg/busi_128.npz"}
 TOP_KEYS = {"backbone", "approaches", "seeds", "grid", "protocols", "published", "incontext_models"}
@@ -97,6 +101,17 @@ def _approaches(value, path: Path, where: str) -> list[str]:
             raise GridError(f"{path}: unknown approach '{a}' in '{where}'.{_suggest(a, APPROACHES)} "
                             f"Known: {', '.join(APPROACHES)}.")
     return list(value)
+
+
+def _fits(approaches: list[str], tasks: list[Task], path: Path, where: str) -> None:
+    """A block's own approaches apply to each of its tasks (the top-level list is a default for every kind of
+    task, so there an approach is only left out where it does not apply)."""
+    for a in approaches:
+        for task in tasks:
+            if task.kind not in APPROACHES[a][1]:
+                raise GridError(f"{path}: approach '{a}' in '{where}' does not apply to {task.kind} task "
+                                f"'{task.name}' ({a} takes {' and '.join(sorted(APPROACHES[a][1]))} tasks); "
+                                "give it a block of its own tasks.")
 
 
 def _seeds(value, path: Path, where: str) -> dict[float, int]:
@@ -171,8 +186,10 @@ def load_grid(path) -> Grid:
             raise GridError(f"{path}: '{where}.tasks' must be a non-empty list of task names.")
         tasks = [task_of(t, path, f"{where}.tasks") for t in block["tasks"]]
         fractions = _fractions(block["fractions"], path, f"{where}.fractions")
-        block_approaches = _approaches(block["approaches"], path, f"{where}.approaches") \
-            if "approaches" in block else approaches
+        block_approaches = approaches
+        if "approaches" in block:
+            block_approaches = _approaches(block["approaches"], path, f"{where}.approaches")
+            _fits(block_approaches, tasks, path, f"{where}.approaches")
         block_seeds = _seeds(block["seeds"], path, f"{where}.seeds") if "seeds" in block else seeds
         for task in tasks:
             for f in fractions:

@@ -4,7 +4,8 @@ A *spec* is JSON-able, so a fresh subprocess can rebuild the same model for the 
 ``{"approach", "kind": "classification" | "segmentation", "channels", "classes", "size", "backbone",
 "resnet_widths", "decoder"}``. Generalist approaches are the shared backbone at ``size`` pixels with the
 approach's target parameters (LoRA unmerged, as a per-site adapter is served; TPP changes the initialisation,
-not the architecture) and the task head (linear on the mean patch token, or the segmentation decoder);
+not the architecture; MoVL: the padding prompt of the 36-px input, the backbone frozen) and the task head (linear
+on the mean patch token, or the segmentation decoder);
 task-specific ones are the ResNet-18 (28) and the U-Net; in-context approaches are the frozen backbone (+ the learned
 in-context model) per query (suite_incontext.build_model).
 """
@@ -22,10 +23,15 @@ LORA = {"r": 8, "alpha": 16}  # the protocols' rank (tpp_gain.PROTOCOL, seg_gain
 
 
 def adapter_of(approach: str) -> tuple[str, dict]:
-    """'lora+tpp_mae' -> ('lora', {r, alpha}); 'full' -> ('full', {}); 'lora@mask_res' -> LoRA; prototype and knn
-    -> ('frozen features', {}): one inference model, one cost measurement."""
+    """'lora+tpp_mae' -> ('lora', {r, alpha}); 'full' -> ('full', {}); 'lora@mask_res' -> LoRA; 'movl' and
+    'movl+tpp' -> ('movl', {mode: pad, pad: 4, input_size: 36}); prototype and knn -> ('frozen features', {}): one
+    inference model, one cost measurement."""
     if approach in ("prototype", "knn"):
         return "frozen features", {}
+    if approach.split("+")[0] == "movl":  # movl.py's prompt (pad 4 around the 28-px image, 36 px in all)
+        from movl import PROTOCOL
+
+        return "movl", dict(PROTOCOL["prompt"])
     base = approach.split("+")[0].split("@")[0]
     return base, (dict(LORA) if base == "lora" else {})
 

@@ -33,6 +33,7 @@ def spec_of(suite, task, approach: str) -> dict:
     from tpp.backbones import backbone_config
 
     import suite_incontext
+    import suite_movl
 
     if approach in suite_incontext.APPROACHES:
         return suite_incontext.spec(suite, task, approach)
@@ -43,6 +44,8 @@ def spec_of(suite, task, approach: str) -> dict:
             channels = 1 if npz["test_images"].ndim == 3 else 3
         classes = len(MEDMNIST[task.name][1])
         size = 28 if approach == "resnet18" else backbone_config(suite.grid.backbone).image_size
+        if approach in suite_movl.APPROACHES:  # the 28-px image inside the prompt's frame, as movl.py's cells
+            size = suite_movl.movl.PROTOCOL["prompt"]["input_size"]
         return {"approach": approach, "kind": task.kind, "channels": channels, "classes": classes, "size": size,
                 "backbone": suite.grid.backbone, "resnet_widths": suite.resnet.protocol["widths"]}
     bench = suite.seg(task)
@@ -240,7 +243,10 @@ def html_table(table: tuple[list, list]) -> str:
 def collect(suite) -> tuple[list[tuple], list[tuple]]:
     """(finished cells as (Task, approach, fraction, seed, cell), grid cells not finished yet). Cells of the
     ``published`` reports measured under an earlier protocol join, flagged by their protocol id, where the current
-    protocol has none for that (task, approach, fraction)."""
+    protocol has none for that (task, approach, fraction); a cell joins only an approach of the bench that measured
+    it (suite_movl.published_as)."""
+    import suite_movl
+
     done, todo = [], []
     for task, approach, fraction, seed in suite.grid.cells:
         cell = suite.cached(task, approach, fraction, seed)
@@ -255,9 +261,10 @@ def collect(suite) -> tuple[list[tuple], list[tuple]]:
         for cell in json.loads(path.read_text()).get("cells", []):
             key = (cell.get("target"), cell.get("method"), cell.get("fraction"))
             ident = key + (cell.get("seed"), cell.get("protocol_id"))
-            if key in wanted and key not in have and ident not in seen:  # a cell once, whichever report has it
+            mine = suite_movl.published_as(key[1], cell) if key in wanted else None
+            if mine and key not in have and ident not in seen:  # a cell once, whichever report has it
                 seen.add(ident)
-                done.append((wanted[key], key[1], key[2], cell["seed"], dict(cell, earlier_protocol=True)))
+                done.append((wanted[key], key[1], key[2], cell["seed"], dict(mine, earlier_protocol=True)))
     return done, todo
 
 
@@ -282,6 +289,7 @@ def estimate_missing(suite, todo: list[tuple], rows: list[dict], costs: dict) ->
 
 def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.0) -> dict:
     """Measure the costs, summarise every cell the caches hold and write suite.{md,json,html} and the PNGs."""
+    import suite_movl
     import suite_plots
 
     done, todo = collect(suite)
@@ -309,7 +317,7 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
              "passes at one torch thread divided by the batch (threads and load average per cost in the JSON); "
              "inference MiB: peak RSS of a batch-32 forward pass in a fresh process "
              "minus the RSS after building the model; train s: wall time per cell (TPP included)."
-             + incontext_note(rows, suite.incontext.protocol))
+             + incontext_note(rows, suite.incontext.protocol) + suite_movl.report_note(done))
     sections = [("Who wins where (paired over seeds: same label subset)", wins_table(wins)),
                 ("Every cell", results_table(rows))]
     if earlier:
@@ -321,7 +329,8 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
     cells_json = [dict(c[4], suite_task=c[0].name, suite_kind=c[0].kind) for c in done]
     payload = {"machine": machine, "command": command, "grid": str(suite.grid.path), "complete": not todo,
                "protocols": {"classification": suite.classification.protocol, "segmentation": suite.seg_protocol,
-                             "resnet18": suite.resnet.protocol, "incontext": suite.incontext.protocol},
+                             "resnet18": suite.resnet.protocol, "incontext": suite.incontext.protocol,
+                             "movl": suite.movl.protocol},
                "rows": rows, "earlier_rows": earlier, "who_wins": wins, "missing": missing,
                "costs": {f"{t}/{a}": c for (t, a), c in costs.items()}, "cells": cells_json}
     report.write_atomic(out / "suite.json", json.dumps(payload, indent=1))

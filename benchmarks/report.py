@@ -92,6 +92,18 @@ def backbone_fingerprint(backbone: str) -> str:
     return digest.hexdigest()
 
 
+def backbone_cache(cache, backbone: str) -> Path:
+    """The folder a bench keeps ``backbone``'s cells and TPP adapters in: ``cache`` itself for the shipped default
+    (the layout of published reports and earlier caches), ``cache/backbones/<fingerprint[:16]>`` for any other, so
+    the cells of two backbones never share a path (a cell of one would replace the other's)."""
+    from tpp.backbones import DEFAULT_BACKBONE
+
+    fingerprint = backbone_fingerprint(backbone)
+    if fingerprint == backbone_fingerprint(DEFAULT_BACKBONE):
+        return Path(cache)
+    return Path(cache) / "backbones" / hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+
+
 def _config_bytes(path: Path) -> bytes:
     """``config.json`` as it was before saved ViT-MAE configs set ``mask_ratio`` 0.0 (tpp applies the pretext's
     ratio itself, so the key changes no result: 20-step TPP and fine-tuning runs were bit-identical with 0.75 and

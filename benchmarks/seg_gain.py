@@ -49,7 +49,8 @@ class SegBench:
     """Cells through the real recipes (the U-Net through benchmarks/unet.py), cached as JSON per cell."""
 
     def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, file: str):
-        self.cache, self.protocol, self.backbone, self.data_root, self.file = cache, protocol, backbone, data_root, file
+        self.protocol, self.backbone, self.data_root, self.file = protocol, backbone, data_root, file
+        self.cache = report.backbone_cache(cache, backbone)  # cells and TPP adapters of this backbone only
         self.protocol_id = report.protocol_id(protocol, backbone, file=file)
         self.target = Path(file).stem
         self._mask_side = None

@@ -180,7 +180,8 @@ class Bench:
     """Runs cells through the real recipes, with a JSON cache per cell and per TPP adapter."""
 
     def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, multitask_protocol=None):
-        self.cache, self.protocol, self.backbone, self.data_root = cache, protocol, backbone, data_root
+        self.protocol, self.backbone, self.data_root = protocol, backbone, data_root
+        self.cache = report.backbone_cache(cache, backbone)  # cells and TPP adapters of this backbone only
         self.multitask = multitask_protocol or multitask.MULTITASK_PROTOCOL  # budget of '+tpp_multitask' adapters
         self.tpp_id = report.protocol_id(protocol, backbone)  # TPP adapters and learning-rate grid cells
         self.protocol_id = report.protocol_id(protocol, backbone, validation=VALIDATION)  # other fine-tuning cells

@@ -73,6 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
 
+    sys.path.insert(0, str(Path(__file__).parent))
+    from report import backbone_cache
     from tpp.adapter_dir import WEIGHTS, read_tensors
     from tpp.backbones import base_state_dict, load_backbone
     from tpp.builders import tensors
@@ -94,7 +96,8 @@ def main(argv=None) -> int:
         row = {"seed": seed, "labels": len(index),
                "frozen": logistic_auroc(frozen_train[index], y_train[index], frozen_test, y_test)}
         for pattern in args.tpp_dirs:
-            folder = args.cache / "tpp" / pattern.format(target=args.target, seed=seed) / "adapter"
+            tpp_dir = pattern.format(target=args.target, seed=seed)
+            folder = backbone_cache(args.cache, args.backbone) / "tpp" / tpp_dir / "adapter"
             if not folder.is_dir():
                 continue
             load_adapter_state(encoder, read_tensors(folder, WEIGHTS), str(folder))

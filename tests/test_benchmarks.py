@@ -71,20 +71,20 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     assert bench.tpp_id == report.protocol_id(protocol, str(tiny_mae)) != bench.protocol_id
     assert by_method["lora"]["protocol_id"] == bench.protocol_id
     assert by_method["bottleneck%0.003"]["protocol_id"] == bench.tpp_id
-    assert (tmp_path / "cache" / "cells_valsub" / "breastmnist" / "lora" / "f0.5_s0.json").is_file()
-    assert (tmp_path / "cache" / "cells" / "breastmnist" / "bottleneck_lr0.003" / "f0.5_s0.json").is_file()
-    assert (tmp_path / "cache" / "tpp" / "breastmnist_lora_mae_s0" / tpp_gain.STAMP).read_text() == bench.tpp_id
-    variant_card = json.loads((tmp_path / "cache" / "tpp" / "breastmnist_lora_mae~lr1e-4_s0" / "adapter" /
+    assert (bench.cache / "cells_valsub" / "breastmnist" / "lora" / "f0.5_s0.json").is_file()
+    assert (bench.cache / "cells" / "breastmnist" / "bottleneck_lr0.003" / "f0.5_s0.json").is_file()
+    assert (bench.cache / "tpp" / "breastmnist_lora_mae_s0" / tpp_gain.STAMP).read_text() == bench.tpp_id
+    variant_card = json.loads((bench.cache / "tpp" / "breastmnist_lora_mae~lr1e-4_s0" / "adapter" /
                                "tpp_card.json").read_text())
     assert (variant_card["pretext"]["lr"] == 1e-4
             and by_method["lora+tpp_mae~lr1e-4"]["tpp_variant"] == ["train.lr=1e-4"])
-    dora_card = json.loads((tmp_path / "cache" / "tpp" / "breastmnist_dora_mae_s0" / "adapter" / "tpp_card.json")
+    dora_card = json.loads((bench.cache / "tpp" / "breastmnist_dora_mae_s0" / "adapter" / "tpp_card.json")
                            .read_text())  # an option variant: TPP and fine-tuning run LoRA with use_dora
     assert dora_card["method"] == "lora" and dora_card["options"]["use_dora"] is True
     assert by_method["dora+tpp_mae"]["method_options"] == {"use_dora": True}
     assert by_method["dora+tpp_mae"]["trainable_parameters"] > by_method["lora"]["trainable_parameters"]  # + magnitudes
-    assert not list((tmp_path / "cache" / "work").iterdir())  # fine-tuning outputs are not kept
-    assert not [p for p in (tmp_path / "cache" / "tpp").iterdir() if ".partial_" in p.name]  # moved into place
+    assert not list((bench.cache / "work").iterdir())  # fine-tuning outputs are not kept
+    assert not [p for p in (bench.cache / "tpp").iterdir() if ".partial_" in p.name]  # moved into place
     again, _, _ = tpp_gain.fill(bench, cells, budget_s=HANG_S)
     assert again == []  # everything came from the cache
     other = tpp_gain.Bench(tmp_path / "cache", dict(protocol, finetune_steps=4), str(tiny_mae), str(root))
@@ -109,7 +109,7 @@ def test_cells_run_through_the_recipes_and_are_cached(tiny_mae, tmp_path):
     old_cache = tpp_gain.Bench(tmp_path / "old_cache", protocol, str(tiny_mae), str(root))
     assert old_cache.adopt(tmp_path / "before_key.json") == 1  # only the learning-rate grid cell keeps its meaning
     assert old_cache.cached(*cells[4]) and not old_cache.cached(*cells[0])
-    assert not (tmp_path / "old_cache" / "cells_valsub").exists()
+    assert not (old_cache.cache / "cells_valsub").exists()
     paired = json.loads((tmp_path / "out" / "tpp_gain.json").read_text())["paired"]
     assert {(d["method"], d["reference"]) for d in paired} == {
         ("lora", "linear_probe"), ("lora+tpp_mae", "lora"), ("lora+tpp_mae~lr1e-4", "lora"),
@@ -255,6 +255,22 @@ def test_backbone_fingerprint_follows_the_weights_not_the_path(tiny_mae, tmp_pat
     assert report.backbone_fingerprint(str(copy)) != report.backbone_fingerprint(str(tiny_mae))
     assert report.backbone_fingerprint("org/some-hub-model") == "org/some-hub-model"
     assert report.protocol_id({"a": 1}, str(tiny_mae)) != report.protocol_id({"a": 1}, str(copy))
+
+
+def test_each_backbone_keeps_its_cells_in_its_own_folder(tiny_mae, tmp_path):
+    """A run with another backbone on the same cache never replaces the shipped backbone's cells (it did)."""
+    cell = ("breastmnist", "lora", 0.1, 0)
+    shipped = tpp_gain.Bench(tmp_path / "c", tpp_gain.PROTOCOL, "builtin:mae-vit-tiny-med", "unused")
+    other = tpp_gain.Bench(tmp_path / "c", tpp_gain.PROTOCOL, str(tiny_mae), "unused")
+    assert shipped.cache == tmp_path / "c"  # the published layout, unchanged for the default
+    assert other.cell_path(*cell) != shipped.cell_path(*cell) and other.cache.parent == tmp_path / "c" / "backbones"
+    (tmp_path / "linked").symlink_to(tiny_mae)  # the same weights by another path: the same folder
+    assert tpp_gain.Bench(tmp_path / "c", tpp_gain.PROTOCOL, str(tmp_path / "linked"), "unused").cache == other.cache
+    import seg_gain
+
+    seg = [seg_gain.SegBench(tmp_path / "c", seg_gain.PROTOCOL, b, "unused", "seg/busi_64.npz")
+           for b in ("builtin:mae-vit-tiny-med", str(tiny_mae))]
+    assert seg[0].cell_path("lora", 0.1, 0) != seg[1].cell_path("lora", 0.1, 0)
 
 
 def test_method_variants_are_valid_options_of_their_method_and_not_method_names():

@@ -94,10 +94,14 @@ def backbone_fingerprint(backbone: str) -> str:
 
 def backbone_cache(cache, backbone: str) -> Path:
     """The folder a bench keeps ``backbone``'s cells and TPP adapters in: ``cache`` itself for the shipped default
-    (the layout of published reports and earlier caches), ``cache/backbones/<fingerprint[:16]>`` for any other, so
-    the cells of two backbones never share a path (a cell of one would replace the other's)."""
+    (the layout of published reports and earlier caches), ``cache/backbones/<id>`` for any other (id: 16 hex digits
+    of the sha256 of its :func:`backbone_fingerprint`, so the same weights by another path share it), so the cells
+    of two backbones never share a path (a cell of one would replace the other's). The default named by its name
+    costs no hashing."""
     from tpp.backbones import DEFAULT_BACKBONE
 
+    if backbone == DEFAULT_BACKBONE:
+        return Path(cache)
     fingerprint = backbone_fingerprint(backbone)
     if fingerprint == backbone_fingerprint(DEFAULT_BACKBONE):
         return Path(cache)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
 
 
 @torch.no_grad()
@@ -73,7 +74,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(Path(__file__).parent))
     from report import backbone_cache
     from tpp.adapter_dir import WEIGHTS, read_tensors
     from tpp.backbones import base_state_dict, load_backbone

@@ -136,7 +136,7 @@ def stamp_wall_time(run, summary: dict) -> dict:
     included), also written into the run's ``metrics.json``: what a recipe measured itself is replaced."""
     import json
 
-    summary = dict(summary, wall_time_s=round(run.elapsed(), 1))
+    summary = dict(summary, wall_time_s=round(run.elapsed(), 3))
     metrics = run.path / "metrics.json"
     if run.main and metrics.is_file():
         run.publish_json("metrics.json", dict(json.loads(metrics.read_text()), wall_time_s=summary["wall_time_s"]))

@@ -60,7 +60,7 @@ def test_a_classification_cell_trains_on_the_in_context_draw_and_is_cached(tiny_
     assert np.array_equal(train.labels, data["train_labels"][context, 0])
     assert np.array_equal(val.images, train.images) and np.array_equal(test.images, data["test_images"])
     assert cell["method"] == "finetune:linear_probe" and cell["queries"] == 12 and cell["steps"] == 2
-    assert 0 <= cell["accuracy"] <= 1 and 0 <= cell["auroc"] <= 1 and 0 < cell["train_s"] <= cell["run_s"]
+    assert 0 <= cell["accuracy"] <= 1 and 0 <= cell["auroc"] <= 1 and 0 <= cell["train_s"] <= cell["run_s"]
     assert str(scratch) in loaded[0].source and not list(scratch.iterdir())  # a temporary file, removed after
     assert sorted(p.name for p in (root / "medmnist").iterdir()) == ["breastmnist.npz"]  # the data root untouched
 

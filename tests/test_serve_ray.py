@@ -252,11 +252,16 @@ def test_stored_context_sets_are_multiplexed_answer_as_offline_and_follow_a_new_
     status, out = request(f"{url}/v1/incontext/predict", body=json.dumps(inline).encode(), token=TOKEN)
     assert status == 200 and out["context"] == "inline" and as_offline(out, ctx["v1"]["offline"]), out
     assert total(ingress.stats.remote().result(), "context_loads") == 1  # the inline set was not loaded as one
-    for _ in range(3):  # repeated requests go to the replica that holds the prepared set
+    time.sleep(2.0)  # the router learns where the set is from the replicas' reports (see the sites test)
+    for round_ in range(3):  # repeated requests go to a replica that holds the prepared set
+        before = total(ingress.stats.remote().result(), "context_loads")
         status, out = request(predict, world["files"][:2], token=TOKEN)
         assert status == 200 and len(out["predictions"]) == 2 and as_offline(out, ctx["v1"]["offline"])
+        if round_ == 2:
+            assert total(ingress.stats.remote().result(), "context_loads") == before, "the set was loaded again"
     stats = ingress.stats.remote().result()
-    assert total(stats, "context_loads") == 1 and total(stats, "context_hits") >= 3, stats
+    loads = total(stats, "context_loads")
+    assert loads <= 2 and total(stats, "context_hits") >= 4 - loads, stats  # at most once per replica
     status, out = request(f"{predict}?method=learned", world["files"], token=TOKEN)  # --incontext-model on replicas
     assert status == 200 and out["method"] == "learned" and as_offline(out, ctx["v1"]["learned"]), out
 
@@ -267,13 +272,14 @@ def test_stored_context_sets_are_multiplexed_answer_as_offline_and_follow_a_new_
     assert status == 409 and "more than" in out["detail"]  # refused by the replica, as by the FastAPI engine
 
     old = contexts.current_version(world["store"], "ctx")
+    loaded = total(ingress.stats.remote().result(), "context_loads")
     assert run_cli("context", "publish", world["store"], ctx["v2"]["folder"], "--site", "ctx",
                    "--backbone", world["backbone"]) == 0
     new = contexts.current_version(world["store"], "ctx")
     status, out = request(predict, world["files"], token=TOKEN)
     assert status == 200 and new != old and out["version"] == new and out["k"] == 8
     assert as_offline(out, ctx["v2"]["offline"]) and not as_offline(out, ctx["v1"]["offline"])
-    assert total(ingress.stats.remote().result(), "context_loads") == 2
+    assert total(ingress.stats.remote().result(), "context_loads") == loaded + 1  # the new version, once
 
 
 def test_replicas_and_address_belong_to_the_ray_engine(capsys):

@@ -63,7 +63,8 @@ class FinetuneBench:
 
     def __init__(self, root: Path, backbone: str, cache: Path, protocol: dict = PROTOCOL,
                  busi_queries: int | None = None):
-        self.root, self.backbone, self.cache, self.protocol = Path(root), backbone, Path(cache), protocol
+        self.root, self.backbone, self.protocol = Path(root), backbone, protocol
+        self.cache = report.backbone_cache(cache, backbone)  # cells of this backbone only
         self.busi_queries = busi_queries
         self.files = {name: self.root / file for name, file in [*ic.CLASSIFICATION.items(), ("busi", ic.BUSI)]}
         self._ids: dict = {}

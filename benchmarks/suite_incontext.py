@@ -80,7 +80,8 @@ class InContextBench:
     ``cache`` with a protocol id over (protocol, backbone content, learned model weights)."""
 
     def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, models: dict):
-        self.cache, self.protocol, self.backbone, self.data_root = cache, protocol, backbone, data_root
+        self.protocol, self.backbone, self.data_root = protocol, backbone, data_root
+        self.cache = report.backbone_cache(cache, backbone)  # cells of this backbone only
         self.models = models  # {kind: model folder}
         self._ids, self._extractor, self._learned, self._data = {}, None, {}, {}
 

@@ -271,6 +271,16 @@ def test_each_backbone_keeps_its_cells_in_its_own_folder(tiny_mae, tmp_path):
     seg = [seg_gain.SegBench(tmp_path / "c", seg_gain.PROTOCOL, b, "unused", "seg/busi_64.npz")
            for b in ("builtin:mae-vit-tiny-med", str(tiny_mae))]
     assert seg[0].cell_path("lora", 0.1, 0) != seg[1].cell_path("lora", 0.1, 0)
+    import incontext_finetune
+    import suite_incontext
+
+    finetune = [incontext_finetune.FinetuneBench("unused", b, tmp_path / "f") for b in ("builtin:mae-vit-tiny-med",
+                                                                                           str(tiny_mae))]
+    assert finetune[0].cell_path("breastmnist", "lora", 2, 0) != finetune[1].cell_path("breastmnist", "lora", 2, 0)
+    task = type("Task", (), {"name": "breastmnist"})
+    incontext = [suite_incontext.InContextBench(tmp_path / "i", {}, b, "unused", {})
+                 for b in ("builtin:mae-vit-tiny-med", str(tiny_mae))]
+    assert incontext[0].cell_path(task, "knn", 0.1, 0) != incontext[1].cell_path(task, "knn", 0.1, 0)
 
 
 def test_method_variants_are_valid_options_of_their_method_and_not_method_names():

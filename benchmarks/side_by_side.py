@@ -92,8 +92,12 @@ def main(argv=None) -> int:
     table = markdown(groups, args.metric, args.accuracy)
     print(table)
     if args.out:
-        write_atomic(args.out, f"Old: `{args.old}`\nNew: `{args.new}`\nCommand: `python benchmarks/side_by_side.py "
-                               f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{table}\n")
+        try:
+            write_atomic(args.out, f"Old: `{args.old}`\nNew: `{args.new}`\nCommand: `python benchmarks/side_by_side.py "
+                                   f"{' '.join(sys.argv[1:] if argv is None else argv)}`\n\n{table}\n")
+        except OSError as exc:
+            print(f"error: could not write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -29,6 +29,10 @@ def test_only_seeds_in_both_reports_are_compared_with_the_largest_per_seed_diffe
     assert "| 0.01 |" in capsys.readouterr().out
     written = out.read_text()
     assert written.startswith(f"Old: `{tmp_path / 'old.json'}`") and "| +0.005 [-0.059, +0.069] |" in written
+    (tmp_path / "a_file").write_text("")
+    bad = tmp_path / "a_file" / "table.md"  # under a file: cannot be written
+    assert side_by_side.main([str(tmp_path / "old.json"), str(tmp_path / "new.json"), "--out", str(bad)]) == 2
+    assert f"could not write {bad}" in capsys.readouterr().err
 
 
 def test_a_single_pair_has_no_interval():

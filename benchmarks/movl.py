@@ -99,7 +99,7 @@ class Cache:
     edited config) live in another folder and never replace or count as these."""
 
     def __init__(self, folder: Path, backbone: str):
-        from tpp.incontext.learned import file_sha256
+        from tpp.rundir import file_sha256
         from tpp.recipes import CONFIG_DIR
 
         configs = {name: file_sha256(CONFIG_DIR / name) for name in (FINETUNE_CONFIG, TPP_CONFIG)}

@@ -91,7 +91,8 @@ class InContextBench:
         if key not in self._ids:
             extra = {"approach": approach, "kind": kind}
             if approach == "incontext_learned":
-                from tpp.incontext.learned import WEIGHTS, file_sha256
+                from tpp.incontext.learned import WEIGHTS
+                from tpp.rundir import file_sha256
 
                 folder = Path(self.models[kind])
                 folder = folder / "model" if (folder / "model" / WEIGHTS).is_file() else folder

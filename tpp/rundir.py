@@ -23,6 +23,17 @@ from safetensors import SafetensorError
 from tpp.errors import TppError
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _json_default(value):
     if hasattr(value, "tolist"):
         return finite_json(value.tolist())

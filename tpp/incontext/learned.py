@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from tpp.errors import TppError
 from tpp.incontext import learned_card
-from tpp.rundir import finite_json
+from tpp.rundir import file_sha256, finite_json
 
 CARD = "icl_card.json"
 WEIGHTS = "model.safetensors"
@@ -206,17 +206,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Modul
     model.to(device).eval().requires_grad_(False)
     model.weights_sha256 = digest  # of the bytes the parameters came from
     return model, card
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parameter_hash(model: nn.Module) -> str:

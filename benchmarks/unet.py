@@ -76,4 +76,5 @@ def train_unet(dataset, fraction: float, seed: int, steps: int, batch_size: int,
     metrics = segmentation_metrics(pred, torch.from_numpy(test.masks), dataset.class_names)
     params = sum(p.numel() for p in model.parameters())
     return {"test": metrics, "trainable_parameters": params, "decoder_parameters": 0, "adapter_parameters": params,
-            "train_examples": len(train), "wall_time_s": round(time.time() - start, 1)}
+            "head_bytes": 0,  # no head apart from the network: the whole U-Net is the per-site model
+            "train_examples": len(train), "wall_time_s": round(time.time() - start, 3)}

@@ -5,10 +5,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 from conftest import make_medmnist
-from helpers import HANG_S
+from helpers import HANG_S, toy_segmentation_npz
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import lr_select  # noqa: E402
@@ -188,6 +189,20 @@ def test_segmentation_cells_of_a_published_report_seed_an_empty_cache(tiny_mae, 
     (tmp_path / "seg_gain.json").write_text(json.dumps({"rows": [], "cells": [ours, theirs]}))
     assert bench.adopt(tmp_path / "seg_gain.json") == 1
     assert bench.cached("lora", 0.1, 0) == ours and bench.cached("lora", 0.1, 1) is None
+
+
+def test_a_unet_cell_trains_and_is_stored_like_the_recipes_cells(tiny_mae, tmp_path):
+    """The task-specific U-Net cell goes through the same cell record as the recipe's cells (it lacked a key)."""
+    import seg_gain
+
+    toy = dict(np.load(toy_segmentation_npz(tmp_path / "seg.npz")))
+    np.savez(tmp_path / "seg.npz", **toy, dup_group=toy["group"])  # the BUSI config's duplicate groups
+    protocol = dict(seg_gain.PROTOCOL, budget={"epochs": 1, "min_steps": 2})
+    bench = seg_gain.SegBench(tmp_path / "cache", protocol, str(tiny_mae), str(tmp_path), "seg.npz")
+    cell = bench.run_cell("unet", 1.0, 0)
+    assert cell["steps"] == bench.budget_steps(cell["train_masks"]) and cell["decoder_bytes"] == 0
+    assert cell["trainable_parameters"] == cell["adapter_parameters"] > 0 and 0 <= cell["test_dice"] <= 1
+    assert bench.cached("unet", 1.0, 0) == cell
 
 
 def test_a_tpp_adapter_folder_is_moved_into_place_whole(tmp_path):

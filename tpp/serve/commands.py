@@ -1,0 +1,284 @@
+"""The deployment side of the ``tpp`` command: ``adapters`` (publish, ls, check, push, pull), ``predict`` and
+``serve`` (:mod:`tpp.cli` adds these commands; everything heavy is imported inside the functions)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tpp.console import print_table, report_check
+from tpp.errors import TppError
+from tpp.serve.context_commands import add_context_options, cmd_predict_context
+
+
+HUB_EXAMPLES = """
+  tpp adapters push STORE --site hospital_a --repo my-hospital/busi-lora              # the current version
+  tpp adapters push STORE --site hospital_a --version 1f0c9a2b3d4e5f60 --repo my-hospital/busi-lora --private
+  tpp adapters pull my-hospital/busi-lora STORE --site hospital_b --backbone B   # B: the serving backbone
+  HF_HUB_OFFLINE=1 tpp adapters pull my-hospital/busi-lora@v2 STORE --site hospital_b   # from the local cache
+push needs a token with write access (HF_TOKEN, or `hf auth login`); HF_ENDPOINT selects another Hub. pull
+accepts only safetensors weights, a card that passes every store check and README.md / adapter_config.json;
+anything else (a .bin or .pt file, a tampered card) is refused and the store stays as it was."""
+
+
+def add_deploy_commands(add) -> None:
+    """``adapters``, ``predict`` and ``serve``: the deployment side."""
+    ad = add("adapters", "manage an adapter store: publish, ls, check; push / pull a version to / from a "
+                         "Hugging Face Hub model repo")
+    ad.epilog += HUB_EXAMPLES
+    ad.add_argument("action", choices=["publish", "ls", "check", "push", "pull"])
+    ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check / push: STORE; "
+                                             "pull: OWNER/NAME[@REVISION] STORE")
+    ad.add_argument("--site", help="site name (publish, push, pull)")
+    ad.add_argument("--backbone", help="backbone to load adapters on: required by check (every site is loaded as "
+                                       "tpp serve would); with publish or push, a dry load first; with pull, the "
+                                       "card's backbone hash must be this backbone's")
+    ad.add_argument("--repo", metavar="OWNER/NAME", help="push: the Hub model repo (created if missing)")
+    ad.add_argument("--version", dest="adapter_version", metavar="V",
+                    help="push: the version to push (default: the site's current one); pull: refuse unless the "
+                         "pulled files have this content hash (the version push named)")
+    ad.add_argument("--revision", metavar="BRANCH", help="push: the branch to commit to (default main; created "
+                                                         "if missing)")
+    ad.add_argument("--private", action="store_true", help="push: create the repo private (an existing repo keeps "
+                                                           "its visibility)")
+    pr = add("predict", "probabilities and label names (or segmentation masks) per image, written as a CSV")
+    pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
+    _common_deploy(pr, store_required=False)
+    add_context_options(pr)
+    pr.add_argument("--site", help="site whose adapter to use")
+    pr.add_argument("--site-map", help="CSV with columns image,site (mixed-site batch; no IMAGES then)")
+    pr.add_argument("--out", required=True, help="output CSV (written atomically); segmentation masks go to "
+                                                 "the folder OUT_masks/ beside it")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--frame", type=int, help="frame index of multi-frame DICOM files")
+    pr.add_argument("--slice", help="AXIS:INDEX of 3D NIfTI volumes, e.g. 2:40")
+    pr.add_argument("--window", help="CENTER,WIDTH intensity window for DICOM / NIfTI "
+                                     "(default: the file's, else min-max)")
+    pr.add_argument("--max-image-pixels", type=int, default=2**26,
+                    help="largest image read, in pixels (NIfTI: voxels of the whole volume), checked from the "
+                         "header before decoding; default 67108864 (8192x8192)")
+    pr.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
+                    help="an input that cannot be read (truncated, not an image, too large, missing from a site map): "
+                         "skip (default) predicts the others and lists it with the reason in OUT_skipped.csv; "
+                         "fail stops at it and writes nothing")
+    sv = add("serve", "HTTP service: one backbone, the store's site adapters")
+    _common_deploy(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs a token or --insecure)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--token-file", help="file holding the bearer token (else env TPP_SERVE_TOKEN)")
+    sv.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a token")
+    sv.add_argument("--max-batch", type=int, default=64, help="images per micro-batch")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    sv.add_argument("--max-upload-mb", type=float, default=10.0, help="request body limit (413 above)")
+    sv.add_argument("--max-image-pixels", type=int, default=2**26,
+                    help="largest image decoded, in pixels (NIfTI: voxels of the whole volume); larger: 413 from "
+                         "the header, before decoding; default 67108864 (8192x8192)")
+    sv.add_argument("--max-request-pixels", type=int, default=2**27,
+                    help="pixels of all images of one request together (413 above, nothing decoded); "
+                         "default 134217728")
+    sv.add_argument("--max-context", type=int, default=256, help="most examples of a context set, stored or inline "
+                                                                  "(in-context prediction; default 256)")
+    sv.add_argument("--incontext-model", action="append", metavar="DIR",
+                    help="a learned in-context model (the model/ folder of a `tpp run incontext` run) that answers "
+                         "method=learned on the context routes for sets of its kind; once per kind (classification, "
+                         "segmentation), checked at start-up as tpp predict --method learned checks it")
+    sv.add_argument("--body-timeout", type=float, default=30.0,
+                    help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
+    sv.add_argument("--engine", choices=("fastapi", "ray"), default="fastapi",
+                    help="fastapi (default): one process; ray: Ray Serve replicas multiplexing the site adapters "
+                         "(needs the ray extra; README 'Serving on Ray')")
+    sv.add_argument("--replicas", type=int, default=1, help="--engine ray: replicas, each with one backbone and "
+                                                             "up to --max-resident sites (default 1)")
+    sv.add_argument("--address", help="--engine ray: an existing Ray cluster (e.g. ray://HEAD:10001); default: a "
+                                      "local Ray on 127.0.0.1, started and stopped by this command")
+    for p in (pr, sv):
+        p.add_argument("--device", default="auto", help="where the backbone and adapters compute: auto (default: a "
+                                                        "CUDA GPU if there is one, else mps, else cpu), cpu, cuda, "
+                                                        "cuda:N, mps")
+        p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                       help="fp32 (default: offline and served predictions agree); bf16, or fp16 (GPU only), run the "
+                            "forward under autocast: faster on GPUs, probabilities differ slightly")
+        p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, about one per core); "
+                                                    "cap it on a machine shared with other jobs")
+
+
+def _common_deploy(p, store_required: bool = True) -> None:
+    p.add_argument("--backbone", required=True, help="backbone checkpoint (directory or hub id)")
+    p.add_argument("--store", required=store_required, help="adapter store directory"
+                   + ("" if store_required else " (not with --context)"))
+    p.add_argument("--max-resident", type=int, default=16, help="site adapters kept in memory (LRU)")
+
+
+def cmd_adapters(args) -> int:
+    from tpp.serve import store
+
+    if args.action in ("push", "pull"):
+        return _cmd_hub(args)
+    if args.action == "publish":
+        if len(args.paths) != 2 or not args.site:
+            raise TppError("usage: tpp adapters publish RUN_DIR STORE --site SITE [--backbone B]")
+        if args.backbone:  # a dry load as serving would do it, before anything is written
+            from tpp.api import check_loads
+
+            check_loads(args.paths[0], args.backbone)
+        sv = store.publish(args.paths[0], args.paths[1], args.site)
+        checked = "loaded and checked against the backbone" if args.backbone else "checked structurally"
+        print(f"published {args.paths[0]} as {sv.site}@{sv.version} ({sv.path}; {checked}); now current")
+        return 0
+    if len(args.paths) != 1:
+        raise TppError(f"usage: tpp adapters {args.action} STORE [--backbone B]")
+    if args.action == "ls":
+        rows = store.listing(args.paths[0], _backbone_hash(args.backbone) if args.backbone else None)
+        if not rows:
+            print(f"no sites published in {args.paths[0]}")
+            return 0
+        print_table(list(rows[0]), [list(r.values()) for r in rows])
+        return 0
+    if not args.backbone:
+        raise TppError("tpp adapters check needs --backbone B.")
+    from tpp.serve.bank import AdapterBank
+
+    results = AdapterBank(args.backbone, args.paths[0], max_resident=1).check_store()
+    return report_check(results, "sites", "each loaded as tpp serve would")
+
+
+def _cmd_hub(args) -> int:
+    """``tpp adapters push`` / ``pull`` (tpp/serve/hub.py)."""
+    from tpp.serve import hub
+
+    if args.action == "push":
+        if len(args.paths) != 1 or not args.site or not args.repo:
+            raise TppError("usage: tpp adapters push STORE --site SITE --repo OWNER/NAME [--version V] "
+                           "[--revision BRANCH] [--private] [--backbone B]")
+        done = hub.push(args.paths[0], args.site, args.repo, version=args.adapter_version, revision=args.revision,
+                        private=args.private, backbone=args.backbone)
+        removed = f"; removed {', '.join(done.deleted)} of an earlier push" if done.deleted else ""
+        print(f"pushed {done.site}@{done.version} ({', '.join(done.files)}{removed}) to "
+              f"{done.repo_id}@{done.revision}: {done.commit_url}")
+        return 0
+    if len(args.paths) != 2 or not args.site:
+        raise TppError("usage: tpp adapters pull OWNER/NAME[@REVISION] STORE --site SITE [--backbone B] [--version V]")
+    done = hub.pull(args.paths[0], args.paths[1], args.site, version=args.adapter_version, backbone=args.backbone)
+    sv = done.version
+    print(f"pulled {done.repo_id}@{done.revision} (commit {done.commit[:12]}) as {sv.site}@{sv.version} ({sv.path}); "
+          "now current")
+    return 0
+
+
+def _backbone_hash(path: str) -> str:
+    from tpp.backbones import load_backbone
+
+    return load_backbone(path)[1].hash
+
+
+def cmd_predict(args) -> int:
+    from tpp.api import open_bank
+    from tpp.devices import describe
+    from tpp.serve.images import PixelLimits, parse_slice, parse_window
+    from tpp.serve.predict import assign_sites, nothing_predicted, predict_files, publish_predictions
+
+    if args.batch_size < 1:
+        raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
+    _check_device(args)
+    _set_threads(args.threads)
+    if args.context:
+        return cmd_predict_context(args)
+    if not args.store:
+        raise TppError("tpp predict needs --store STORE (with --site or --site-map), or --context DIR_OR_CSV.")
+    if Path(args.out).is_dir():  # before any prediction work
+        raise TppError(f"--out '{args.out}' is a folder; give the CSV file to write, "
+                       f"e.g. --out {Path(args.out) / 'preds.csv'}.")
+    skipped = [] if args.on_bad_file == "skip" else None
+    pairs = assign_sites(args.site, args.site_map, args.images, skipped)
+    if args.slice:
+        parse_slice(args.slice)
+    if args.max_image_pixels < 1:
+        raise TppError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
+    options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window),
+               "limits": PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))}
+    bank = open_bank(args.backbone, args.store, args.max_resident, args.device, args.precision)  # as tpp.load
+    print(f"device {describe(bank.device)}, precision {bank.precision}", file=sys.stderr)
+    rows, masks = predict_files(bank, pairs, args.batch_size, options, skipped)
+    if not rows:  # every input was unreadable: say so, with the list of why (and no older batch's CSV beside it)
+        raise nothing_predicted(skipped, args.out)
+    return publish_predictions(rows, masks, args.out, skipped, f"{len(rows)} images, "
+                               f"{len({r['site'] for r in rows})} sites")
+
+
+def _check_device(args) -> None:
+    """``--device`` and ``--precision`` of predict / serve, before any file is read or model loaded."""
+    from tpp.devices import check_precision, resolve
+
+    check_precision(args.precision, resolve(args.device, "--device"))
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op CPU threads for this process (None: leave torch's default)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise TppError(f"--threads must be at least 1, got {threads}.")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def cmd_serve(args) -> int:
+    from tpp.serve.images import PixelLimits
+
+    try:
+        from tpp.serve.server import serve
+    except ImportError as exc:
+        raise TppError(f"tpp serve needs the serve extra ({exc.name} is missing): pip install 'tpp[serve]'.") from None
+
+    token = os.environ.get("TPP_SERVE_TOKEN") or None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise TppError(f"cannot read --token-file '{args.token_file}' ({exc.strerror}).") from None
+        if not token:
+            raise TppError(f"--token-file '{args.token_file}' is empty.")
+    if min(args.max_image_pixels, args.max_request_pixels) < 1 or not args.body_timeout > 0:
+        raise TppError("--max-image-pixels and --max-request-pixels must be at least 1, --body-timeout positive.")
+    if args.max_request_pixels < args.max_image_pixels:
+        raise TppError(f"--max-request-pixels ({args.max_request_pixels}) must be at least --max-image-pixels "
+                       f"({args.max_image_pixels}): otherwise such an image could never be sent.")
+    _check_device(args)
+    _set_threads(args.threads)
+    if args.engine == "ray":
+        return _serve_ray(args, token)
+    if args.replicas != 1 or args.address:
+        raise TppError("--replicas and --address are options of --engine ray.")
+    try:
+        serve(args.backbone, args.store, args.host, args.port, token=token, insecure=args.insecure,
+              max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+              max_upload_bytes=int(args.max_upload_mb * 2**20), body_timeout_s=args.body_timeout,
+              limits=PixelLimits(args.max_image_pixels, args.max_request_pixels), device=args.device,
+              precision=args.precision, max_context=args.max_context, incontext_models=args.incontext_model)
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
+        print("tpp serve stopped", file=sys.stderr)
+    return 0
+
+
+def _serve_ray(args, token: str | None) -> int:
+    """``tpp serve --engine ray`` (tpp/serve/ray_engine.py)."""
+    from tpp.serve.images import PixelLimits
+
+    if args.replicas < 1:
+        raise TppError(f"--replicas must be at least 1, got {args.replicas}.")
+    try:
+        from tpp.serve.ray_engine import serve_ray
+    except ImportError as exc:
+        raise TppError(f"tpp serve --engine ray needs the ray extra ({exc.name} is missing): "
+                       "pip install 'tpp[ray]'.") from None
+    try:
+        serve_ray(args.backbone, args.store, args.host, args.port, replicas=args.replicas, address=args.address,
+                  token=token, insecure=args.insecure, max_resident=args.max_resident, max_batch=args.max_batch,
+                  max_wait_ms=args.max_wait_ms, max_upload_bytes=int(args.max_upload_mb * 2**20),
+                  body_timeout_s=args.body_timeout, limits=PixelLimits(args.max_image_pixels, args.max_request_pixels),
+                  device=args.device, precision=args.precision, max_context=args.max_context, threads=args.threads,
+                  incontext_models=args.incontext_model)
+    except KeyboardInterrupt:
+        print("tpp serve stopped (Ray shut down)", file=sys.stderr)
+    return 0

@@ -3,8 +3,8 @@
 #   make test   - create/reuse .venv, install with test extras, lint, run the whole test suite
 # and, while developing: make test-fast - the same without the integration tests.
 # The default backbone ships in the package (builtin:mae-vit-tiny-med). With ../shared beside the clone (as in
-# CI) its data is used and nothing is downloaded; without it `make demo` downloads BreastMNIST with the
-# medmnist package (internet needed) and `make test` skips the integration tests (they need ../shared/data).
+# CI) its data is used and nothing is downloaded; without it `make demo` downloads BreastMNIST from the
+# MedMNIST record on Zenodo into ~/.medmnist (internet needed, MD5-checked) and `make test` skips the integration tests (they need ../shared/data).
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
@@ -57,11 +57,11 @@ demo: install demo-data
 	    adapter.init_from=$(DEMO)/tpp/adapter
 	$(TPP) compare $(DEMO)/lora_100 $(DEMO)/lora_10_random $(DEMO)/lora_10_tpp
 
-# Without a data root, MedMNIST comes from the medmnist package's download (the `download` extra).
+# Without a data root, the first recipe downloads BreastMNIST into ~/.medmnist (tpp's own download: the medmnist
+# package would pull a torchvision from the registry that does not load against the local CPU torch).
 demo-data: install
 	@if [ -z "$$TPP_DATA_ROOT" ]; then \
-	    echo "no $(SHARED)/data and no TPP_DATA_ROOT: BreastMNIST will be downloaded with the medmnist package"; \
-	    $(PIP) -e ".[test,ray,download]"; fi
+	    echo "no $(SHARED)/data and no TPP_DATA_ROOT: BreastMNIST will be downloaded from Zenodo into ~/.medmnist"; fi
 
 lint: install
 	$(VENV)/bin/ruff check tpp adapters recipes benchmarks tests

@@ -144,7 +144,7 @@ def test_without_a_data_root_medmnist_reads_the_medmnist_package_folder(tmp_path
 
 
 def test_without_a_data_root_a_missing_medmnist_file_is_downloaded_there(tmp_path, monkeypatch, capsys):
-    """The download itself is the medmnist package's (stubbed here: tests never reach the network)."""
+    """The download itself is tested in test_medmnist_download.py (stubbed here)."""
     import tpp.data.arrays as arrays
 
     monkeypatch.delenv("TPP_DATA_ROOT", raising=False)
@@ -156,7 +156,7 @@ def test_without_a_data_root_a_missing_medmnist_file_is_downloaded_there(tmp_pat
         make_medmnist(base, name)
         return base / f"{name}.npz"
 
-    monkeypatch.setattr(arrays, "_download_medmnist", fake_download)
+    monkeypatch.setattr(arrays, "download_medmnist", fake_download)
     assert len(arrays.load_medmnist("breastmnist", None).splits["test"].images) == 20
     assert calls == [("breastmnist", tmp_path / ".medmnist")]
     assert "downloading breastmnist.npz" in capsys.readouterr().err
@@ -168,16 +168,15 @@ def test_without_a_data_root_a_missing_medmnist_file_is_downloaded_there(tmp_pat
 
 
 def test_preflight_without_a_data_root_says_how_to_get_medmnist(tmp_path, monkeypatch):
-    import importlib.util
-
+    """A downloadable file passes (the run downloads it); one tpp cannot download is a problem naming the fix."""
     from tpp.data.build import preflight
 
     monkeypatch.delenv("TPP_DATA_ROOT", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     data = load_config(CONFIG_DIR / FINETUNE_CONFIG).data
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "medmnist" else real(n, *a))
+    assert preflight(data) == []
+    data.name = "dermamnist_jpeg"
     [problem] = preflight(data)
-    assert "no data root" in problem and "TPP_DATA_ROOT" in problem and "pip install" in problem
-    make_medmnist(tmp_path / ".medmnist")
+    assert "no data root" in problem and "TPP_DATA_ROOT" in problem and "no file tpp can download" in problem
+    make_medmnist(tmp_path / ".medmnist", "dermamnist_jpeg")
     assert preflight(data) == []

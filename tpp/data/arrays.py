@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from tpp.data import KNOWN_MODALITIES, Dataset, Split
+from tpp.data.medmnist_download import MD5 as DOWNLOADABLE
+from tpp.data.medmnist_download import download_medmnist
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
@@ -44,7 +46,7 @@ MEDMNIST_ORIGINS = {"breastmnist": "BUSI", "pneumoniamnist": "Kermany2018", "der
                     "dermamnist_jpeg": "HAM10000"}
 MEDMNIST["dermamnist_jpeg"] = MEDMNIST["dermamnist"]  # the lossy re-export in ../shared/data
 MEDMNIST_LICENSES["dermamnist_jpeg"] = MEDMNIST_LICENSES["dermamnist"]
-MEDMNIST_HOME = "~/.medmnist"  # the medmnist package's own download folder: the MedMNIST root when no data root is set
+MEDMNIST_HOME = "~/.medmnist"  # the MedMNIST root when no data root is set (the medmnist package's folder too)
 
 
 def no_data_root(root: str | None) -> bool:
@@ -54,7 +56,7 @@ def no_data_root(root: str | None) -> bool:
 
 def resolve_root(root: str | None, medmnist: bool = False) -> Path:
     """``data.root``, else env ``TPP_DATA_ROOT``; an error when neither names an existing folder. With
-    ``medmnist`` (the medmnist source) and neither set: the medmnist package's folder, :data:`MEDMNIST_HOME`."""
+    ``medmnist`` (the medmnist source) and neither set: :data:`MEDMNIST_HOME`."""
     if medmnist and no_data_root(root):
         return Path(MEDMNIST_HOME).expanduser()
     root = root or os.environ.get("TPP_DATA_ROOT")
@@ -163,8 +165,8 @@ def load_medmnist(name: str, root: str | None, download: bool = False, labels: b
         if not (download or fallback):
             raise TppError(f"MedMNIST file '{name}.npz' not found under '{base}' (looked in "
                            f"{', '.join(str(p.parent) for p in candidates)}). Set data.root, or allow "
-                           "data.download=true to fetch it with the medmnist package.")
-        path = _download_medmnist(name, base)
+                           "data.download=true to fetch it from the MedMNIST record on Zenodo.")
+        path = download_medmnist(name, base)
     npz = _open_npz(path)
     splits = {}
     for split in SPLITS:
@@ -180,47 +182,27 @@ def load_medmnist(name: str, root: str | None, download: bool = False, labels: b
 
 
 def medmnist_fallback_problems(name: str) -> list[str]:
-    """With no data root set, what stops the medmnist source from using the medmnist package's folder
-    (``tpp validate``): the file is neither there nor downloadable (the package is missing)."""
-    import importlib.util
-
+    """With no data root set, what stops the medmnist source from using :data:`MEDMNIST_HOME`
+    (``tpp validate``): the file is not there and tpp cannot download it."""
     home = Path(MEDMNIST_HOME).expanduser()
-    if (home / f"{name}.npz").is_file() or importlib.util.find_spec("medmnist") is not None:
+    if (home / f"{name}.npz").is_file() or name in DOWNLOADABLE:
         return []
     return [_no_root_message(name)]
 
 
 def _no_root_message(name: str) -> str:
     return (f"no data root for MedMNIST '{name}': set data.root=DIR or the environment variable TPP_DATA_ROOT "
-            f"(for this repository: TPP_DATA_ROOT=../shared/data), or install the medmnist package "
-            f"(pip install 'tpp[download]') to download {name}.npz into {MEDMNIST_HOME} (needs the internet).")
+            f"(for this repository: TPP_DATA_ROOT=../shared/data); {name}.npz is not in {MEDMNIST_HOME} and is "
+            "no file tpp can download.")
 
 
 def _announce_fallback(name: str, base: Path, path: Path | None) -> None:
     """Say where MedMNIST comes from when no data root is set (stderr: the run's own output stays clean)."""
     import sys
 
-    what = f"reading {path}" if path else f"downloading {name}.npz into {base} with the medmnist package"
+    what = f"reading {path}" if path else f"downloading {name}.npz into {base}"
     print(f"[tpp] no data root set (data.root / TPP_DATA_ROOT): {what}. Set TPP_DATA_ROOT to use local files.",
           file=sys.stderr)
-
-
-def _download_medmnist(name: str, base: Path) -> Path:
-    try:
-        import medmnist
-    except ImportError:
-        raise TppError(_no_root_message(name) if base == Path(MEDMNIST_HOME).expanduser()
-                       else "data.download=true needs the medmnist package: pip install medmnist") from None
-    if name not in medmnist.INFO:
-        raise TppError(f"'{name}' is no dataset the medmnist package downloads; put {name}.npz under data.root.")
-    base.mkdir(parents=True, exist_ok=True)
-    info = medmnist.INFO[name]
-    try:
-        getattr(medmnist, info["python_class"])(split="train", root=str(base), download=True)
-    except (OSError, RuntimeError) as exc:  # offline, a proxy, a failed checksum
-        raise TppError(f"downloading {name}.npz into {base} with the medmnist package failed ({exc}). "
-                       "Set data.root or TPP_DATA_ROOT to a folder that holds it.") from None
-    return base / f"{name}.npz"
 
 
 def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = "images", label_key: str = "labels",

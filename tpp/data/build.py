@@ -34,7 +34,7 @@ def preflight(data, root: str | None = None) -> list[str]:
     if source.needs_modality and (not data.modality or data.modality == "unknown"):
         problems.append(f"dataset '{data.name}': data.source={data.source} needs data.modality (a DICOM modality "
                         "code such as US, CR, CT, MR).")
-    if data.source == "medmnist" and no_data_root(data.root or root):  # the medmnist package's folder
+    if data.source == "medmnist" and no_data_root(data.root or root):  # ~/.medmnist, downloaded into if absent
         return problems + medmnist_fallback_problems(data.name)
     try:
         base = resolve_root(data.root or root)

@@ -12,7 +12,7 @@ from tpp.data.sources import Source, register
 @dataclass
 class MedMNISTOptions:
     download: bool = field(default=False, metadata={
-        "help": "download the file through the medmnist package when it is absent"})
+        "help": "download the file from the MedMNIST record on Zenodo (or TPP_MEDMNIST_URL) when it is absent"})
 
 
 def load(common, options: MedMNISTOptions, seed: int, image_size: int, labels: bool = True) -> Dataset:
@@ -26,7 +26,7 @@ def preflight(common, options: MedMNISTOptions, base: Path) -> list[str]:
     if options.download or any((base / sub / f"{common.name}.npz").is_file() for sub in ("", "medmnist")):
         return []
     return [f"MedMNIST file '{common.name}.npz' is not in '{base}' or '{base / 'medmnist'}' "
-            "(data.download=true fetches it through the medmnist package)."]
+            "(data.download=true fetches it from the MedMNIST record on Zenodo)."]
 
 
 register(Source(name="medmnist", options_cls=MedMNISTOptions, load=load, preflight=preflight,

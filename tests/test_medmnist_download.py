@@ -53,6 +53,7 @@ def test_a_missing_file_is_downloaded_checked_and_read(mirror, tmp_path, monkeyp
     assert home_files(tmp_path) == ["breastmnist.npz"]  # no temporary file left
     fetched = tmp_path / "home" / ".medmnist" / "breastmnist.npz"
     assert fetched.read_bytes() == (mirror / "breastmnist.npz").read_bytes()
+    assert fetched.stat().st_mode & 0o777 == 0o644  # readable by others sharing the folder, as a copied file
     assert "downloading breastmnist.npz" in capsys.readouterr().err
 
 

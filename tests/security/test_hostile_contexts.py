@@ -152,6 +152,54 @@ def test_hostile_inline_and_stored_sets_get_one_clear_answer(tiny_mae, tmp_path)
         worker.stop()
 
 
+def test_a_refused_stored_set_is_not_read_again_until_its_pointer_moves(tiny_mae, tmp_path, monkeypatch):
+    """Each request naming a tampered set would otherwise read and hash every file again (a cheap way to load
+    the service); the refusal is remembered per version, and a newly published version is read."""
+    from serving_fixtures import request, uvicorn_on_loopback
+
+    from tpp.backbones import load_backbone
+    from tpp.serve.bank import AdapterBank
+    from tpp.serve.server import create_app
+    from tpp.serve.worker import InferenceWorker
+
+    store = tmp_path / "store"
+    store.mkdir()
+    backbone = {"id": str(tiny_mae), "hash": load_backbone(str(tiny_mae))[1].hash}
+    folder = forge(store, "s", ["a", "b"], backbone=backbone)
+    (folder / "0000.png").write_bytes(png(np.zeros((8, 8))))
+    opened, real = [], contexts.open_context
+    monkeypatch.setattr(contexts, "open_context", lambda *a, **k: opened.append(a[1]) or real(*a, **k))
+    worker = InferenceWorker(AdapterBank(str(tiny_mae), str(store)))
+    app = create_app(worker, str(store), max_context=4, limits=PixelLimits(32 * 32, 2**20))
+    query = [("q.png", png(np.zeros((8, 8))))]
+    try:
+        with uvicorn_on_loopback(app) as (host, port):
+            url = f"http://{host}:{port}/v1/contexts/s/predict"
+            answers = [request(url, files=query) for _ in range(3)]
+            assert [got for got, _ in answers] == [409] * 3 and opened == ["s"]
+            assert all("content hash does not match" in answer["detail"] for _, answer in answers)
+            contexts.publish(context_folder(tmp_path / "ctx"), store, "s", backbone)  # the pointer moves
+            got, answer = request(url, files=query)
+            assert got == 200 and opened == ["s", "s"], answer
+            (store / contexts.FOLDER / "s" / "current").write_text(folder.name + "\n")  # rolled back: still refused
+            assert request(url, files=query)[0] == 409 and opened == ["s", "s"]
+    finally:
+        worker.stop()
+
+
+def test_refusals_forget_the_oldest_and_never_remember_an_unknown_set(tmp_path):
+    refusals = contexts.Refusals(size=1)
+    store = tmp_path / "store"
+    for site in ("x", "y"):
+        (forge(store, site, ["a", "b"]) / "0000.png").write_bytes(png(np.zeros((8, 8))))
+        with pytest.raises(TppError, match="content hash"):
+            refusals.open(store, site)
+    assert list(refusals._memo) == [("y", adapter_store.current_version(store / contexts.FOLDER, "y"))]
+    with pytest.raises(contexts.UnknownContext):
+        refusals.open(store, "nothing")
+    assert len(refusals._memo) == 1
+
+
 def test_the_context_routes_need_the_token(tmp_path):
     from serving_fixtures import call, stub_app
 

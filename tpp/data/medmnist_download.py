@@ -68,6 +68,7 @@ def download_medmnist(name: str, base: Path) -> Path:
         if digest != MD5[name]:
             raise TppError(f"{url} sent a {name}.npz whose MD5 is {digest}, not the published {MD5[name]}: "
                            "refused (nothing written). A proxy or mirror may have altered it.")
+        os.chmod(part, 0o644)  # mkstemp's 0600 would hide the file from others sharing a data root
         os.replace(part, target)
     finally:
         Path(part).unlink(missing_ok=True)

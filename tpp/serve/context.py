@@ -42,6 +42,7 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
     ``learned_models``: the description of the in-context models the bank (or every Ray replica's bank) holds
     (:func:`tpp.serve.incontext_models.attach`)."""
     cache: OrderedDict = OrderedDict()  # (site, version, method, k, the learned models' hashes) -> Prepared
+    refusals = contexts.Refusals()  # a refused version is not read again until the pointer moves
     loaded = {m["kind"]: m for m in learned_models}
 
     def stored(bank, site: str, method: str, k: int | None):
@@ -51,7 +52,7 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
-        cv = contexts.open_context(store_path, site, max_context, limits, bank.info.hash)
+        cv = refusals.open(store_path, site, max_context, limits, bank.info.hash)
         prepared = prepare_set(bank, cv.ctx, method, k, cv.version)
         cache[(site, cv.version, method, k, models)] = prepared
         while len(cache) > CACHED_SETS:

@@ -230,3 +230,34 @@ class UnknownContext(TppError):
     def __init__(self, site: str):
         super().__init__(f"no context set is published as '{site}' (tpp context list STORE lists them).")
         self.site = site
+
+
+class Refusals:
+    """The context-set versions a server refused, with their reason, until the site's pointer moves.
+
+    A stored set that fails verification (tampered files, another backbone, over a limit) is read in full to find
+    out; without this memo every request naming it would read and hash it again. A version's files never change
+    legitimately (its name is their content hash), so its refusal stands until another version is published
+    (or rolled back to). At most ``size`` versions are remembered, the oldest forgotten first."""
+
+    def __init__(self, size: int = 64):
+        from collections import OrderedDict
+
+        self.size, self._memo = size, OrderedDict()  # (site, version) -> reason
+
+    def open(self, store: str | Path, site: str, *args) -> ContextVersion:
+        """:func:`open_context` ``(store, site, *args)``, or the remembered refusal of the current version."""
+        version = current_version(store, site)
+        if (site, version) in self._memo:
+            self._memo.move_to_end((site, version))
+            raise TppError(self._memo[(site, version)])
+        try:
+            return open_context(store, site, *args)
+        except UnknownContext:
+            raise
+        except TppError as exc:
+            if version is not None and current_version(store, site) == version:  # not a pointer moving meanwhile
+                self._memo[(site, version)] = str(exc)
+                while len(self._memo) > self.size:
+                    self._memo.popitem(last=False)
+            raise

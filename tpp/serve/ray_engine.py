@@ -104,6 +104,7 @@ def site_deployment(max_resident: int):
             """``incontext_models``: {model folder: sha256 of its weights as the driver checked them}."""
             import torch
 
+            from tpp.serve import contexts
             from tpp.serve.bank import AdapterBank
             from tpp.serve.incontext_models import load_models
             from tpp.serve.worker import InferenceWorker
@@ -119,6 +120,7 @@ def site_deployment(max_resident: int):
             self.hits = self.misses = 0
             self.store, self.max_context, self.limits = store_path, max_context, limits
             self.context_loads = self.context_hits = 0
+            self.refusals = contexts.Refusals()  # refused context-set versions, not read again
 
         def info(self) -> dict:
             return {"id": self.bank.info.id, "hash": self.bank.info.hash}
@@ -136,9 +138,7 @@ def site_deployment(max_resident: int):
             return Loaded(self.worker, name, loaded)
 
         async def _context(self, name: str, version: str) -> LoadedContext:
-            from tpp.serve import contexts
-
-            cv = await asyncio.to_thread(contexts.open_context, self.store, name, self.max_context, self.limits,
+            cv = await asyncio.to_thread(self.refusals.open, self.store, name, self.max_context, self.limits,
                                          self.bank.info.hash)  # files read and checked off the event loop
             self.context_loads += 1
             if cv.version != version:

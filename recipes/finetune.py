@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from tpp.adapters.visual_prompt import auxiliary_loss
+from tpp.adapters.visual_prompt import auxiliary_loss, encoder_output
 from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
 from tpp.backbones import load_backbone
 from tpp.builders import attach_target_parameters, input_rule, record_skipped
@@ -90,7 +90,9 @@ def run(cfg, run) -> dict:
 
     def loss_fn(model, batch):
         images, y = task.augment(*batch, options, cfg.data.hflip)
-        return task.loss(model(images), y, options) + auxiliary_loss(model, images)  # MoVL's term, else 0
+        with encoder_output(model) as seen:
+            logits = model(images)
+        return task.loss(logits, y, options) + auxiliary_loss(model, images, seen.get("tokens"))  # MoVL's term, or 0
 
     def predictions(model, x):
         return predict(accelerator, model, x, cfg.train.eval_batch_size,

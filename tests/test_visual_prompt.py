@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from conftest import make_backbone
 
 from tpp.adapter_dir import CARD, HEAD, read_tensors, read_weights, write_adapter_dir
-from tpp.adapters.visual_prompt import PromptedEmbeddings, auxiliary_loss, prompt_modules
+from tpp.adapters.visual_prompt import PromptedEmbeddings, auxiliary_loss, encoder_output, prompt_modules
 from tpp.backbones import backbone_hash, load_backbone
 from tpp.errors import ConfigError, TppError
 from tpp.data.images import to_model_input
@@ -153,6 +153,30 @@ def test_the_discrepancy_term_compares_prompted_and_plain_features(backbone):
     assert grads == {"encoder.model.embeddings.tpp_visual_prompt"}
     model.eval()
     assert auxiliary_loss(model, x) == 0.0  # evaluation never adds it
+
+
+def test_the_discrepancy_re_uses_the_task_forward_pass(backbone):
+    """With the task pass's encoder output (encoder_output) the term and its gradients are the same as with a
+    second prompted pass, and the backbone runs twice per step (task, plain) instead of three times."""
+    x, y = torch.randn(4, 3, 28, 28), torch.tensor([0, 1, 0, 1])
+    results = []
+    for reuse in (False, True):
+        model, _ = prompted_model(backbone, "movl", mode="full", discrepancy_weight=2.0)
+        with torch.no_grad():
+            prompt_modules(model)[0].tpp_visual_prompt.normal_(generator=torch.Generator().manual_seed(1))
+        model.train()
+        calls = []
+        model.encoder.register_forward_pre_hook(lambda module, args: calls.append(1))
+        with encoder_output(model if reuse else torch.nn.Identity()) as seen:
+            logits = model(x)
+        term = auxiliary_loss(model, x, seen.get("tokens"))
+        (F.cross_entropy(logits, y) + term).backward()
+        results.append((len(calls), term.detach(), prompt_modules(model)[0].tpp_visual_prompt.grad.clone()))
+    (calls_twice, term, grad), (calls_reused, term_reused, grad_reused) = results
+    assert (calls_twice, calls_reused) == (3, 2)
+    torch.testing.assert_close(term_reused, term)
+    torch.testing.assert_close(grad_reused, grad)
+    assert float(term) > 0
 
 
 @pytest.mark.parametrize("options, message", [({"pad": 0}, "adapter.pad"), ({"mode": "frame"}, "adapter.mode"),

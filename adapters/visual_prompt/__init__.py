@@ -171,18 +171,41 @@ def discrepancy(prompted: torch.Tensor, plain: torch.Tensor, form: str) -> torch
     return F.mse_loss(prompted, plain)
 
 
-def auxiliary_loss(model: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor | float:
+def _task_encoder(model: nn.Module):
+    """A task model's (``.encoder``) encoder, through an accelerate / DDP wrapper; None for other models."""
+    return getattr(getattr(model, "module", model), "encoder", None)
+
+
+@contextlib.contextmanager
+def encoder_output(model: nn.Module):
+    """Inside the block, the last output of the task model's encoder ((B, P + N, D) tokens) is kept in the
+    yielded dict under ``"tokens"``: :func:`auxiliary_loss` re-uses the prompted features of the task's own
+    forward pass instead of running the prompted images through the backbone a second time."""
+    seen: dict = {}
+    encoder = _task_encoder(model)
+    handle = encoder.register_forward_hook(lambda module, args, out: seen.update(tokens=out)) if encoder else None
+    try:
+        yield seen
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def auxiliary_loss(model: nn.Module, pixel_values: torch.Tensor,
+                   prompted_tokens: torch.Tensor | None = None) -> torch.Tensor | float:
     """MoVL's discrepancy term for a task model (``.encoder``) whose prompt has a ``discrepancy_weight``:
     ``weight * d(mean patch features of the prompted images, of the plain images)``; the plain pass runs
-    without gradients. 0 for any other model (nothing extra is computed)."""
-    inner = getattr(model, "module", model)  # accelerate / DDP wrapper
-    encoder = getattr(inner, "encoder", None)
-    if encoder is None or not inner.training:
+    without gradients. ``prompted_tokens``: the encoder's output (B, P + N, D) for ``pixel_values`` from the task's
+    forward pass (:func:`encoder_output`), else the prompted pass runs here. 0 for any other model (nothing extra
+    is computed)."""
+    encoder = _task_encoder(model)
+    if encoder is None or not getattr(model, "module", model).training:
         return 0.0
     modules = [m for m in prompt_modules(encoder.model) if m.discrepancy_weight > 0]
     if not modules:
         return 0.0
-    prompted = encoder.patch_tokens(encoder(pixel_values)).mean(1)
+    tokens = encoder(pixel_values) if prompted_tokens is None else prompted_tokens
+    prompted = encoder.patch_tokens(tokens).mean(1)
     with torch.no_grad(), prompts_off(encoder.model):
         plain = encoder.patch_tokens(encoder(pixel_values)).mean(1)
     m = modules[0]

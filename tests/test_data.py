@@ -38,8 +38,11 @@ def test_grouped_split_keeps_groups_together():
 
 def test_medmnist_errors_name_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("TPP_DATA_ROOT", raising=False)
-    with pytest.raises(TppError, match="no data root"):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TPP_MEDMNIST_URL", "http://127.0.0.1:9")  # no data root: a download, refused here
+    with pytest.raises(TppError, match=r"downloading breastmnist.npz from http://127.0.0.1:9/breastmnist.npz failed"):
         load_medmnist("breastmnist", None)
+    assert not list((tmp_path / "home" / ".medmnist").iterdir())  # nothing half-written
     with pytest.raises(TppError, match="does not exist"):
         load_medmnist("breastmnist", str(tmp_path / "nowhere"))
     with pytest.raises(TppError, match="breastmnist.npz' not found"):

@@ -179,6 +179,17 @@ def test_the_discrepancy_re_uses_the_task_forward_pass(backbone):
     assert float(term) > 0
 
 
+def test_only_a_model_with_a_discrepancy_term_is_hooked(backbone):
+    """encoder_output keeps nothing (no hook) for a model whose prompt has no discrepancy weight."""
+    x = torch.randn(2, 3, 28, 28)
+    for method, weight, kept in (("visual_prompt", 0.0, False), ("movl", 1.0, True)):
+        model, _ = prompted_model(backbone, method, mode="full", discrepancy_weight=weight)
+        with encoder_output(model) as seen:
+            model(x)
+        assert ("tokens" in seen) is kept
+        assert not model.encoder._forward_hooks  # removed on leaving the block
+
+
 @pytest.mark.parametrize("options, message", [({"pad": 0}, "adapter.pad"), ({"mode": "frame"}, "adapter.mode"),
                                               ({"discrepancy": "kl"}, "adapter.discrepancy"),
                                               ({"discrepancy_weight": -1}, "discrepancy_weight"),

@@ -176,14 +176,21 @@ def _task_encoder(model: nn.Module):
     return getattr(getattr(model, "module", model), "encoder", None)
 
 
+def _discrepancy_prompts(encoder: nn.Module | None) -> list[PromptedEmbeddings]:
+    """The prompts of ``encoder`` (a task model's) that carry MoVL's discrepancy term (weight > 0)."""
+    return [m for m in prompt_modules(encoder.model) if m.discrepancy_weight > 0] if encoder is not None else []
+
+
 @contextlib.contextmanager
 def encoder_output(model: nn.Module):
     """Inside the block, the last output of the task model's encoder ((B, P + N, D) tokens) is kept in the
     yielded dict under ``"tokens"``: :func:`auxiliary_loss` re-uses the prompted features of the task's own
-    forward pass instead of running the prompted images through the backbone a second time."""
+    forward pass instead of running the prompted images through the backbone a second time. Only a model
+    with a discrepancy term is hooked (for any other the dict stays empty)."""
     seen: dict = {}
     encoder = _task_encoder(model)
-    handle = encoder.register_forward_hook(lambda module, args, out: seen.update(tokens=out)) if encoder else None
+    hooked = encoder is not None and bool(_discrepancy_prompts(encoder))
+    handle = encoder.register_forward_hook(lambda module, args, out: seen.update(tokens=out)) if hooked else None
     try:
         yield seen
     finally:
@@ -201,7 +208,7 @@ def auxiliary_loss(model: nn.Module, pixel_values: torch.Tensor,
     encoder = _task_encoder(model)
     if encoder is None or not getattr(model, "module", model).training:
         return 0.0
-    modules = [m for m in prompt_modules(encoder.model) if m.discrepancy_weight > 0]
+    modules = _discrepancy_prompts(encoder)
     if not modules:
         return 0.0
     tokens = encoder(pixel_values) if prompted_tokens is None else prompted_tokens

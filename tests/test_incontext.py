@@ -171,6 +171,31 @@ def _write_context(base, n=3, size=28, seg=False):
     return base / "ctx", base / "q"
 
 
+def test_a_segmentation_context_pairs_dotted_names_whole(tmp_path):
+    """Images and masks named by UIDs ('1.2.840.1.png', '1.2.840.2.png') pair one to one: a name cut at its
+    first dot made every one '1', and every image got the last mask."""
+    from PIL import Image
+
+    from tpp.incontext.context import read_context
+
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for i in (1, 2):
+        Image.fromarray(np.full((16, 16), 60 * i, np.uint8)).save(tmp_path / "images" / f"1.2.840.{i}.png")
+        mask = np.zeros((16, 16), np.uint8)
+        mask[: 4 * i] = 255
+        Image.fromarray(mask).save(tmp_path / "masks" / f"1.2.840.{i}.png")
+    ctx = read_context(tmp_path)
+    assert sorted((int(im.flat[0]), int(m.sum())) for im, m in zip(ctx.images, ctx.masks)) == [(60, 64), (120, 128)]
+    from tpp.data.filesets import image_stem
+
+    assert [image_stem(p) for p in ("1.2.840.9", "scan.nii.gz", "a.b.PNG", ".png")] == ["1.2.840.9", "scan", "a.b",
+                                                                                          ".png"]
+    (tmp_path / "masks" / "1.2.840.3.png").write_bytes((tmp_path / "masks" / "1.2.840.1.png").read_bytes())
+    with pytest.raises(TppError, match=r"masks/1.2.840.3.png has no partner in images/"):
+        read_context(tmp_path)
+
+
 def _read_csv(path):
     import csv
 

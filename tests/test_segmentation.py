@@ -192,7 +192,28 @@ def test_seg_folder_matches_names_and_reads_0_255_masks(tmp_path):
     patients = {name: {int(v) // 20 for v in split.images[:, 0, 0]} for name, split in ds.splits.items()}
     assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["val"])
     (root / "masks" / "case3.png").unlink()
-    with pytest.raises(TppError, match="without a mask"):
+    with pytest.raises(TppError, match=r"images/case3.png has no partner in masks/"):
+        load_seg_folder(**folder)
+
+
+def test_a_mask_folder_pairs_by_full_stem_and_refuses_ambiguous_names(tmp_path):
+    """Images and masks pair by the name less its image suffix: 'case.1.png' and 'case.2.png' are two cases
+    (not both 'case'), and 'a.png' beside 'a.jpg' is refused, naming both, instead of one silently dropped."""
+    root = tmp_path / "seg"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in (1, 2):
+        Image.fromarray(np.full((20, 20), 100 * i, np.uint8)).save(root / "images" / f"case.{i}.png")
+        mask = np.zeros((20, 20), np.uint8)
+        mask[: 5 * i] = 255  # case.1: 5 rows, case.2: 10 rows
+        Image.fromarray(mask).save(root / "masks" / f"case.{i}.png")
+    folder = dict(name="toy", root=None, file=str(root), val_fraction=0.0, test_fraction=0.0, image_size=20)
+    ds = load_seg_folder(**folder)
+    train = ds.split("train")
+    rows = {int(image.flat[0]): int(mask.sum()) // 20 for image, mask in zip(train.images, train.masks)}
+    assert rows == {100: 5, 200: 10}
+    Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "images" / "case.1.jpg")
+    with pytest.raises(TppError, match=r"images/case.1.jpg and images/case.1.png share the name 'case.1'"):
         load_seg_folder(**folder)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tpp.data.files import ImageFiles
-from tpp.data.images import fit, is_image_file, read
+from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, fit, is_image_file, read
 from tpp.data.pixels import DEFAULT_LIMITS, ImageError, PixelLimits
 from tpp.errors import TppError
 
@@ -92,3 +92,40 @@ def check_files(paths: list[str], size: int, on_bad_file: str = "error", limits:
     mode = "RGB" if colour else "L"
     shape = (size, size, 3) if colour else (size, size)
     return ImageFiles((paths[i] for i in kept), FolderDecoder(size, mode), shape), kept, skipped
+
+
+def image_stem(path: str | Path) -> str:
+    """The name an image and its mask share: the file name less its image suffix (``a.png`` -> ``a``,
+    ``scan.nii.gz`` -> ``scan``, ``case.1.png`` -> ``case.1``); a name without one (a DICOM file named by its UID,
+    ``1.2.840.113619.2.55``) is kept whole."""
+    name = Path(path).name
+    lower = name.lower()
+    for suffix in (*NIFTI_SUFFIXES, *PIL_SUFFIXES, *DICOM_SUFFIXES, ".npy"):
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[:-len(suffix)]
+    return name
+
+
+def pair_masks(images: list[Path], masks: list[Path], where: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs, sorted by image, matched by :func:`image_stem`. Refused, naming the files: two images
+    or two masks with one stem (``a.png`` and ``a.jpg``: which is meant?), an image without a mask, a mask
+    without an image. ``where``: the folder named in the messages."""
+    by_stem = []
+    for kind, files in (("images", images), ("masks", masks)):
+        found: dict[str, Path] = {}
+        for path in sorted(files):
+            stem = image_stem(path)
+            if stem in found:
+                raise TppError(f"'{where}': {kind}/{found[stem].name} and {kind}/{Path(path).name} share the "
+                               f"name '{stem}', so which one pairs with the other folder's file is ambiguous; "
+                               "rename or remove one.")
+            found[stem] = Path(path)
+        by_stem.append(found)
+    image_of, mask_of = by_stem
+    for stem in sorted(set(image_of) ^ set(mask_of)):
+        has, lacks = ("images", "masks") if stem in image_of else ("masks", "images")
+        other = image_of.get(stem) or mask_of[stem]
+        raise TppError(f"'{where}': {has}/{other.name} has no partner in {lacks}/ (a file named {stem}.<ext>; "
+                       f"{len(set(image_of) ^ set(mask_of))} unpaired in all). Every image needs a mask of the "
+                       "same name.")
+    return [(image_of[stem], mask_of[stem]) for stem in sorted(image_of)]

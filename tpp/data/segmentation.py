@@ -114,7 +114,7 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     """``DIR/images/<name>`` + ``DIR/masks/<name>`` (same file stem), resized to ``image_size`` (images
     bilinear, masks nearest), split here by ``seed``. Groups: a ``metadata.csv`` column (``file_name`` +
     ``group_key``)."""
-    from tpp.data.filesets import check_files
+    from tpp.data.filesets import check_files, image_stem, pair_masks
     from tpp.data.folders import _folder
 
     root = _folder(root, file)
@@ -122,14 +122,12 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     for d in (image_dir, mask_dir):
         if not d.is_dir():
             raise TppError(f"segmentation folder '{root}' needs images/ and masks/ sub-folders ('{d}' is missing).")
-    image_files = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    mask_files = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    unmatched = sorted(set(image_files) ^ set(mask_files))
-    if unmatched:
-        raise TppError(f"'{root}': {len(unmatched)} image(s) without a mask or mask(s) without an image, "
-                       f"e.g. '{unmatched[0]}'. Every images/NAME needs masks/NAME (same stem).")
-    if not image_files:
+    listed = [[p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES] for d in (image_dir, mask_dir)]
+    pairs = pair_masks(*listed, where=str(root))
+    if not pairs:
         raise TppError(f"'{image_dir}' holds no images.")
+    image_files = {image_stem(image): image for image, _ in pairs}
+    mask_files = {image_stem(image): mask for image, mask in pairs}
     stems = sorted(image_files)
     images, kept, skipped = check_files([str(image_files[s]) for s in stems], image_size, on_bad_file)
     images = np.asarray(images)  # masks are in memory too: segmentation sets are small
@@ -166,6 +164,8 @@ def _read_mask(path: Path, size: int, num_classes: int) -> np.ndarray:
 def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray:
     import csv
 
+    from tpp.data.filesets import image_stem
+
     meta = root / "metadata.csv"
     if not meta.is_file():
         raise TppError(f"data.group_key='{key}' needs '{meta}' with columns file_name and {key}.")
@@ -173,7 +173,7 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
         rows = list(csv.DictReader(f))
     if rows and key not in rows[0]:
         raise TppError(f"data.group_key '{key}' is not a column of '{meta}' (columns: {', '.join(rows[0])}).")
-    by_name = {Path(r.get("file_name", "")).stem: r[key] for r in rows}
+    by_name = {image_stem(r.get("file_name", "")): r[key] for r in rows}
     missing = [s for s in stems if s not in by_name]
     if missing:
         raise TppError(f"'{meta}' has no row for image '{files[missing[0]].name}' ({len(missing)} missing).")

@@ -23,6 +23,7 @@ import numpy as np
 
 from tpp.errors import TppError
 from tpp.data import images as readers
+from tpp.data.filesets import pair_masks
 
 MAX_K = 256
 CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
@@ -160,14 +161,8 @@ def _images_in(folder: Path) -> list[Path]:
 def _folder_entries(path: Path) -> list[tuple[Path, str | None, Path | None]]:
     """(image, label, mask) per example of a context folder."""
     if (path / "images").is_dir() and (path / "masks").is_dir():
-        masks = {p.name.split(".")[0]: p for p in _images_in(path / "masks")}
-        entries = []
-        for image in _images_in(path / "images"):
-            stem = image.name.split(".")[0]
-            if stem not in masks:
-                raise TppError(f"context folder '{path}': image '{image.name}' has no mask in masks/ (a file "
-                               f"named {stem}.<ext>).")
-            entries.append((image, None, masks[stem]))
+        pairs = pair_masks(_images_in(path / "images"), _images_in(path / "masks"), str(path))
+        entries = [(image, None, mask) for image, mask in pairs]
         if not entries:
             raise TppError(f"context folder '{path}/images' holds no images.")
         return entries

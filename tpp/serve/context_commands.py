@@ -78,6 +78,7 @@ def cmd_context(args) -> int:
 
 def cmd_predict_context(args) -> int:
     """``tpp predict --context``: in-context prediction, written as ``tpp predict`` writes adapter predictions."""
+    from tpp.data.filesets import image_stem
     from tpp.incontext.context import read_context
     from tpp.incontext.predict import prepare
     from tpp.serve import images as readers
@@ -112,7 +113,7 @@ def cmd_predict_context(args) -> int:
         raise nothing_predicted(skipped or [], args.out)
     for i, array, result in zip(good, arrays, prepared.predict(arrays, args.batch_size)):
         row = {"image": str(files[i]), "site": f"context:{name}", "version": prepared.version}
-        columns, written = prepared.csv_entry(result, f"{i:05d}_{files[i].name.split('.')[0]}")
+        columns, written = prepared.csv_entry(result, f"{i:05d}_{image_stem(files[i])}")
         row.update(columns)
         masks.update(written)
         rows.append(row)

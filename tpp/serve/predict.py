@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tpp.data.filesets import image_stem
 from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
@@ -176,7 +177,7 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
         outputs = bank.predict(sites, x) if good else []
         for i, site, array, out in zip(good, sites, arrays, outputs):
             row = {"image": str(pairs[i][0]), "site": site.name, "version": site.version}
-            stem = f"{i:05d}_{Path(pairs[i][0]).name.split('.')[0]}"
+            stem = f"{i:05d}_{image_stem(pairs[i][0])}"
             columns, files = site.task.csv_entry(site.task.per_image(out, array), site.label_names, stem)
             row.update(columns)
             masks.update(files)

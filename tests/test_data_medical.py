@@ -3,6 +3,7 @@ same file gives bit-identical model input in training and in serving; a DICOM fo
 from the CLI; TPP and fine-tuning of one folder agree on its split and leave the folder byte-for-byte as it was."""
 import hashlib
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -105,6 +106,7 @@ def run(recipe, config, backbone, root, out, *extra) -> int:
 
 def test_a_dicom_folder_trains_pretrains_and_evaluates_without_a_write_into_it(tmp_path, tiny_mae, capsys):
     medical_folder(tmp_path / "data" / "site", n=12)
+    medical_folder(tmp_path / "data" / "other_site", n=4)  # so that the folder above is another collection
     before = tree_digest(tmp_path / "data")
     labelled = ("data.source=folder", "data.file=site", "data.val_fraction=0.25", "data.test_fraction=0.25")
     assert run("tpp", TPP_CONFIG, tiny_mae, tmp_path / "data", tmp_path / "tpp", *labelled) == 0
@@ -136,12 +138,20 @@ def test_a_dicom_folder_trains_pretrains_and_evaluates_without_a_write_into_it(t
     assert run("finetune", FINETUNE_CONFIG, tiny_mae, tmp_path / "data", tmp_path / "ft3", *labelled,
                f"adapter.init_from={tmp_path / 'tpp_link' / 'adapter'}") != 0
     assert "read from the same image folder" in capsys.readouterr().err
+    # ... or a sub-folder of it (one class's images), or a folder above it: another origin, the same images
+    for name, root, file in (("class", tmp_path / "data" / "site", "benign"), ("above", tmp_path, "data")):
+        assert run("tpp", TPP_CONFIG, tiny_mae, root, tmp_path / f"tpp_{name}", "data.source=unlabeled_folder",
+                   f"data.file={file}") == 0
+        capsys.readouterr()
+        assert run("finetune", FINETUNE_CONFIG, tiny_mae, tmp_path / "data", tmp_path / f"ft_{name}", *labelled,
+                   f"adapter.init_from={tmp_path / f'tpp_{name}' / 'adapter'}") != 0
+        assert "holds validation or test images of 'site'" in capsys.readouterr().err
     assert tree_digest(tmp_path / "data") == before  # nothing written into the data folder, not even a split
 
 
 def test_the_origin_of_file_data_is_the_folder_holding_the_images_however_they_are_listed(tmp_path):
     """A CSV in the folder above the images and a folder source on the images' folder name one collection."""
-    from tpp.data.labelled import files_origin
+    from tpp.data.labelled import files_origin, folder_origin, holding_origins
 
     (tmp_path / "site" / "img" / "b").mkdir(parents=True)
     for name in ("a.png", "b/c.png"):
@@ -149,3 +159,8 @@ def test_the_origin_of_file_data_is_the_folder_holding_the_images_however_they_a
     origin = files_origin(tmp_path / "site" / "img", ["a.png", "b/c.png"])
     assert files_origin(tmp_path / "site", ["img/a.png", "img/b/c.png"]) == origin
     assert files_origin(tmp_path / "site", ["img/b/c.png"]) != origin  # a sub-folder's images: another set
+    # ... which the leakage check still relates: every folder holding a held-out image, at any depth
+    held = holding_origins(tmp_path / "site", ["img/b/c.png"])
+    assert {origin, files_origin(tmp_path / "site", ["img/b/c.png"]), folder_origin("/")} <= held
+    assert files_origin(tmp_path / "site", ["img/a.png"]) == origin and folder_origin(
+        os.path.realpath(tmp_path / "site" / "other")) not in held

@@ -2,6 +2,8 @@
 VPT token hygiene, metrics against hand-computed values and torchmetrics, data loading, joint
 augmentation, leakage refusal, run-length masks."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -215,6 +217,27 @@ def test_a_mask_folder_pairs_by_full_stem_and_refuses_ambiguous_names(tmp_path):
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(root / "images" / "case.1.jpg")
     with pytest.raises(TppError, match=r"images/case.1.jpg and images/case.1.png share the name 'case.1'"):
         load_seg_folder(**folder)
+
+
+def test_a_segmentation_folder_is_an_image_collection_for_the_leakage_check(tmp_path):
+    """TPP on a seg_folder's images (all of them, or the folder above) may have seen its test images: refused;
+    TPP on exactly its training split is fine. seg_folder named no origin before, so nothing was checked."""
+    from tpp.data.labelled import folder_origin
+
+    root = tmp_path / "seg"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(10):
+        Image.fromarray(np.full((20, 20), 10 * i, np.uint8)).save(root / "images" / f"case{i}.png")
+        Image.fromarray(np.where(np.arange(20) < i + 2, 255, 0).astype(np.uint8)[None].repeat(20, 0)).save(
+            root / "masks" / f"case{i}.png")
+    ds = load_seg_folder("toy", None, str(root), image_size=16, val_fraction=0.2, test_fraction=0.2)
+    images_origin = folder_origin(os.path.realpath(root / "images"))
+    assert ds.origin == images_origin and sum(len(f) for f in ds.split_files.values()) == 10
+    check_leakage(card("toy", ds.split_sha256()["train"], origin=images_origin), ds, "a")  # its training split
+    for origin in (images_origin, folder_origin(os.path.realpath(tmp_path))):  # every image / the folder above
+        with pytest.raises(TppError, match="same image folder|holds validation or test images of 'toy'"):
+            check_leakage(card("all_images", "0123456789abcdef", origin=origin), ds, "a")
 
 
 def test_joint_augment_moves_image_and_mask_together():

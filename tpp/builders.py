@@ -152,7 +152,15 @@ def _check_seen(seen: dict, dataset: Dataset, source: str) -> None:
     from tpp.data.arrays import MEDMNIST_ORIGINS
 
     origin = seen.get("origin") or MEDMNIST_ORIGINS.get(seen.get("name"))
-    if not origin or origin != dataset.origin:
+    if not origin:
+        return
+    if origin != dataset.origin:
+        if origin in (dataset.held_out_origins or ()):  # a sub-folder of this data, or a folder above it
+            raise TppError(
+                f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}', images of a folder that "
+                f"holds validation or test images of '{dataset.name}' (split '{dataset.split_id}'), or of a folder "
+                "above them: it may have seen them. Pre-train on this dataset's own training split (the same data "
+                "section, with data.split_seed and the split fractions of this run).")
         return
     used_splits = list(seen.get("used", {}).get("splits", ["train"]))
     parent_train = seen.get("split_sha256", {}).get("train")

@@ -60,6 +60,7 @@ class Dataset:
     origin: str | None = None  # the image collection behind the data (BreastMNIST and BUSI share "BUSI")
     source: str | None = None  # where it was read ('FILE', folder ...), for error messages; never in cards
     split_files: dict | None = None  # file sources: split -> its files (relative paths); the run's splits.json
+    held_out_origins: frozenset | None = None  # file sources: origins of every folder holding a val / test image
     file_resize: bool = False  # images were read from files and brought to the size by tpp.data.images.fit
     _hash_cache: dict = field(default_factory=dict, repr=False, compare=False)  # labels? -> (splits key, hashes)
 

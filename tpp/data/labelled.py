@@ -23,6 +23,11 @@ from tpp.errors import TppError
 MIN_CLASS_IMAGES = 3  # a seeded split needs this many images of a class (one for each of train, val, test)
 
 
+def folder_origin(folder: str) -> str:
+    """The origin naming an image folder (an absolute path, links resolved), by hash: cards never hold paths."""
+    return "files:" + hashlib.sha256(folder.encode()).hexdigest()[:16]
+
+
 def files_origin(base: Path, files: list[str]) -> str:
     """The image collection behind file data, by hash (cards never hold paths): the deepest folder holding
     all ``files`` (paths relative to ``base``), links resolved. A TPP adapter and a fine-tuning run over the
@@ -31,7 +36,24 @@ def files_origin(base: Path, files: list[str]) -> str:
     collection: name both with the same ``data.origin`` to have them checked."""
     folders = {os.path.dirname(os.path.realpath(base / f)) for f in files}
     common = os.path.commonpath(sorted(folders)) if folders else str(Path(base).resolve())
-    return "files:" + hashlib.sha256(common.encode()).hexdigest()[:16]
+    return folder_origin(common)
+
+
+def holding_origins(base: Path, files) -> frozenset[str]:
+    """The origins (:func:`folder_origin`) of every folder holding one of ``files`` at any depth: each file's
+    folder and every folder above it, links resolved. With the held-out (val and test) files, a parent
+    adapter pre-trained on a sub-folder or a folder above is caught by the leakage check, which compares
+    origins only."""
+    origins, seen = set(), set()
+    for f in files:
+        folder = os.path.dirname(os.path.realpath(os.path.join(base, f)))
+        while folder not in seen:  # a folder seen before has had its ancestors added too
+            seen.add(folder)
+            origins.add(folder_origin(folder))
+            folder, above = os.path.dirname(folder), folder
+            if folder == above:
+                break
+    return frozenset(origins)
 
 
 def _check_groups_in_one_split(groups: list[str], given: np.ndarray, where: str, group_key: str | None) -> None:
@@ -101,6 +123,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
                       origin=files_origin(base, files))
     packed = PackedStrings(files)  # relative paths, packed: no str per image kept alive
     dataset.split_files = {s: packed.take(i) for s, i in index.items()}
+    dataset.held_out_origins = holding_origins(base, [files[i] for s in ("val", "test") for i in index[s]])
     dataset.file_resize = True
     return dataset
 

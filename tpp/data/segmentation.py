@@ -102,7 +102,7 @@ def load_seg_npz(name: str, root: str | None, file: str | None, *, image_key: st
             raise TppError(f"'{path}': {len(groups)} group ids ({group_key}) for {len(images)} images.")
     split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
                  group_key=group_key, seed=seed)
-    dataset = _split(images, masks.astype(np.uint8), labels, groups, names, **split)
+    dataset = _split(images, masks.astype(np.uint8), labels, groups, names, **split)[0]
     dataset.source = f"'{path}'"
     return dataset
 
@@ -114,7 +114,9 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     """``DIR/images/<name>`` + ``DIR/masks/<name>`` (same file stem), resized to ``image_size`` (images
     bilinear, masks nearest), split here by ``seed``. Groups: a ``metadata.csv`` column (``file_name`` +
     ``group_key``)."""
+    from tpp.data.files import PackedStrings
     from tpp.data.filesets import check_files, image_stem, pair_masks
+    from tpp.data.labelled import files_origin, holding_origins
     from tpp.data.folders import _folder
 
     root = _folder(root, file)
@@ -137,8 +139,13 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     groups = _folder_groups(root, stems, image_files, group_key) if group_key else None
     split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
                  group_key=group_key, seed=seed)
-    dataset = _split(images, masks, None, groups, names, **split)
+    dataset, index = _split(images, masks, None, groups, names, **split)
     dataset.skipped, dataset.source, dataset.file_resize = skipped, f"folder '{root}'", True
+    files = [f"images/{image_files[s].name}" for s in stems]  # relative to the folder, as the other file sources
+    packed = PackedStrings(files)
+    dataset.split_files = {s: packed.take(i) for s, i in index.items()}
+    dataset.origin = files_origin(root, files)  # so the leakage check compares a parent pre-trained on these images
+    dataset.held_out_origins = holding_origins(root, [files[i] for s in ("val", "test") for i in index[s]])
     return dataset
 
 
@@ -183,12 +190,12 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
 def _split(images, masks, labels, groups, names, *, name: str, modality: str | None, val_fraction: float,
            test_fraction: float, group_key: str | None, seed: int) -> Dataset:
     """Seeded split of images (N, H, W[, C]) + masks (N, H, W), stratified by ``labels`` (N,) when given and
-    keeping each of ``groups`` (N,) in one split."""
+    keeping each of ``groups`` (N,) in one split. Returns (dataset, {split: indices of its images})."""
     strata = labels if labels is not None else np.zeros(len(images), dtype=np.int64)
     index = stratified_split(strata, val_fraction, test_fraction, name, seed, groups)
     splits = {k: Split(images[i], strata[i], masks[i]) for k, i in index.items()}
     split_id = seeded_split_id(seed, val_fraction, test_fraction, group_key)
-    return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id)
+    return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id), index
 
 
 def joint_augment(images: torch.Tensor, masks: torch.Tensor, scale: tuple = (0.8, 1.0), flip: bool = True,

@@ -219,6 +219,34 @@ def test_a_mask_folder_pairs_by_full_stem_and_refuses_ambiguous_names(tmp_path):
         load_seg_folder(**folder)
 
 
+def test_seg_folder_groups_read_as_a_label_table_and_masks_must_fit_their_image(tmp_path):
+    """metadata.csv values are stripped ('p1 ' is patient p1: one patient, one split) and a file listed twice is
+    refused; a mask of another shape than its image (64x32 image, 32x64 mask) is refused, naming both."""
+    root = tmp_path / "seg"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(np.full((32, 64), 10 * i, np.uint8)).save(root / "images" / f"c{i}.png")
+        Image.fromarray(np.zeros((16, 32), np.uint8)).save(root / "masks" / f"c{i}.png")  # half size: fine
+    rows = [f"c{i}.png,p{i // 2}{' ' if i % 2 else ''}" for i in range(12)]  # every second value padded
+    (root / "metadata.csv").write_text("file_name,patient\n" + "\n".join(rows) + "\n")
+    folder = dict(name="toy", root=None, file=str(root), image_size=16, val_fraction=0.2, test_fraction=0.2,
+                  group_key="patient")
+    ds = load_seg_folder(**folder)
+    where: dict = {}
+    for name, split in ds.splits.items():
+        for v in split.images[:, 0, 0]:
+            where.setdefault(int(v) // 20, set()).add(name)
+    assert len(where) == 6 and all(len(splits) == 1 for splits in where.values())  # six patients, one split each
+    (root / "metadata.csv").write_text("file_name,patient\n" + "\n".join(rows + ["c3.png,p9"]) + "\n")
+    with pytest.raises(TppError, match=r"line 14: image 'c3.png' is listed twice \(first on line 5\)"):
+        load_seg_folder(**folder)
+    (root / "metadata.csv").unlink()
+    Image.fromarray(np.zeros((64, 32), np.uint8)).save(root / "masks" / "c5.png")
+    with pytest.raises(TppError, match=r"masks/c5.png' is 32x64 pixels but its image '.*images/c5.png' is 64x32"):
+        load_seg_folder(**dict(folder, group_key=None))
+
+
 def test_a_segmentation_folder_is_an_image_collection_for_the_leakage_check(tmp_path):
     """TPP on a seg_folder's images (all of them, or the folder above) may have seen its test images: refused;
     TPP on exactly its training split is fine. seg_folder named no origin before, so nothing was checked."""

@@ -135,7 +135,7 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     images = np.asarray(images)  # masks are in memory too: segmentation sets are small
     stems = [stems[i] for i in kept]
     names = mask_class_names(mask_classes, classes, None)
-    masks = np.stack([_read_mask(mask_files[s], image_size, len(names)) for s in stems])
+    masks = np.stack([_read_mask(mask_files[s], image_size, len(names), image_files[s]) for s in stems])
     groups = _folder_groups(root, stems, image_files, group_key) if group_key else None
     split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
                  group_key=group_key, seed=seed)
@@ -149,11 +149,19 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     return dataset
 
 
-def _read_mask(path: Path, size: int, num_classes: int) -> np.ndarray:
+def _read_mask(path: Path, size: int, num_classes: int, image: Path) -> np.ndarray:
+    """The class-index mask (size, size) uint8 of ``image`` from ``path`` (nearest-neighbour resize); a mask whose
+    shape is not its image's (another aspect ratio: a wrong pairing, or a rotated export) is refused."""
     from PIL import Image, UnidentifiedImageError
 
     try:
+        with Image.open(image) as img:
+            image_size = img.size  # the header only
         with Image.open(path) as img:
+            (w, h), (iw, ih) = img.size, image_size
+            if abs(w * ih - h * iw) > 0.02 * max(w * ih, h * iw):  # masks at another resolution keep the shape
+                raise TppError(f"mask '{path}' is {w}x{h} pixels but its image '{image}' is {iw}x{ih}: not the "
+                               "same shape, so it is not this image's mask (or it was rotated or cropped).")
             arr = np.asarray(img.resize((size, size), Image.NEAREST)).astype(np.int64)
             if arr.ndim == 3:  # RGB / LA exports of a gray mask: fine when every channel is the same
                 colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
@@ -169,22 +177,25 @@ def _read_mask(path: Path, size: int, num_classes: int) -> np.ndarray:
 
 
 def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray:
-    import csv
-
+    """Group codes (N,) of the images ``stems`` from ``root/metadata.csv`` (columns file_name and ``key``; read as
+    every label table is: stripped values, a BOM, errors naming the line); an image listed twice is refused."""
     from tpp.data.filesets import image_stem
+    from tpp.data.tables import read_table
 
     meta = root / "metadata.csv"
     if not meta.is_file():
         raise TppError(f"data.group_key='{key}' needs '{meta}' with columns file_name and {key}.")
-    with open(meta, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and key not in rows[0]:
-        raise TppError(f"data.group_key '{key}' is not a column of '{meta}' (columns: {', '.join(rows[0])}).")
-    by_name = {image_stem(r.get("file_name", "")): r[key] for r in rows}
+    by_name: dict[str, tuple[int, str]] = {}
+    for number, row in read_table(meta, ("file_name", key))[1]:
+        name = image_stem(row["file_name"])
+        if name in by_name:
+            raise TppError(f"'{meta}', line {number}: image '{row['file_name']}' is listed twice (first on line "
+                           f"{by_name[name][0]}).")
+        by_name[name] = (number, row[key])
     missing = [s for s in stems if s not in by_name]
     if missing:
         raise TppError(f"'{meta}' has no row for image '{files[missing[0]].name}' ({len(missing)} missing).")
-    return np.unique(np.asarray([by_name[s] for s in stems]), return_inverse=True)[1]
+    return np.unique(np.asarray([by_name[s][1] for s in stems]), return_inverse=True)[1]
 
 
 def _split(images, masks, labels, groups, names, *, name: str, modality: str | None, val_fraction: float,

@@ -60,7 +60,8 @@ def test_the_seeded_split_does_not_depend_on_row_or_listing_order(tmp_path, monk
         images(tmp_path / "f" / c, 10, start=0 if c == "x" else 10)
     walk = os.walk
     before = load_folder("f", str(tmp_path), "f", **OPTS).split_files
-    monkeypatch.setattr("tpp.data.filesets.os.walk", lambda p: ((d, sub, files[::-1]) for d, sub, files in walk(p)))
+    monkeypatch.setattr("tpp.data.filesets.os.walk",
+                        lambda p, **kw: ((d, sub, files[::-1]) for d, sub, files in walk(p, **kw)))
     assert load_folder("f", str(tmp_path), "f", **OPTS).split_files == before
 
 

@@ -62,6 +62,34 @@ def test_folders_find_extensionless_dicom_and_nifti_and_skip_other_files(tmp_pat
     assert serving.sniff((tmp_path / "site" / "benign" / "IM00000").read_bytes(), "IM00000") == "dicom"
 
 
+def test_folders_follow_linked_folders_read_any_dicom_and_match_predict(tmp_path):
+    """A class folder's linked sub-folder is read (os.walk skipped it silently); a folder linked twice or a link
+    to a folder above is refused (its images would count twice); a Siemens .IMA DICOM is an image in training as
+    in tpp predict; predict leaves hidden folders (.ipynb_checkpoints) out as training does."""
+    from tpp.serve.predict import collect
+
+    medical_folder(tmp_path / "site", n=4)
+    medical_folder(tmp_path / "batch2", n=4)
+    (tmp_path / "site" / "benign" / "batch2").symlink_to(tmp_path / "batch2" / "benign")
+    (tmp_path / "site" / "benign" / "scan.IMA").write_bytes(dicom_bytes(scan(7, 0)))
+    (tmp_path / "site" / "benign" / ".ipynb_checkpoints").mkdir()
+    (tmp_path / "site" / "benign" / ".ipynb_checkpoints" / "3-checkpoint.png").write_bytes(
+        png_bytes(np.zeros((8, 8), np.uint8)))
+    files = walk_images(tmp_path / "site", "error")[0]
+    assert [f for f in files if f.startswith("benign/")] == [
+        "benign/1.dcm", "benign/2.nii.gz", "benign/3.png", "benign/IM00000", "benign/batch2/1.dcm",
+        "benign/batch2/2.nii.gz", "benign/batch2/3.png", "benign/batch2/IM00000", "benign/scan.IMA"]
+    predicted = collect([str(tmp_path / "site")], skipped=[])
+    assert sorted(p.relative_to(tmp_path / "site").as_posix() for p in predicted) == files
+    (tmp_path / "site" / "malignant" / "again").symlink_to(tmp_path / "batch2" / "benign")
+    with pytest.raises(TppError, match=r"site/malignant/again' is '.*site/benign/batch2' again \(a symbolic link\)"):
+        walk_images(tmp_path / "site", "error")
+    (tmp_path / "site" / "malignant" / "again").unlink()
+    (tmp_path / "site" / "malignant" / "loop").symlink_to(tmp_path / "site")
+    with pytest.raises(TppError, match=r"site/malignant/loop' is '.*site' again"):
+        load_folder("s", str(tmp_path), "site", modality="CT", image_size=SIZE)
+
+
 @pytest.mark.parametrize("size", [SIZE, 40])
 def test_a_scan_gives_bit_identical_model_input_in_training_and_serving(tmp_path, size):
     medical_folder(tmp_path / "site")

@@ -196,6 +196,43 @@ def test_a_segmentation_context_pairs_dotted_names_whole(tmp_path):
         read_context(tmp_path)
 
 
+def test_a_context_folder_reads_nested_class_images_and_refuses_a_changed_task(tmp_path):
+    """Images one level down in a class folder are that class's (they were left out, and their class with
+    them); an empty class folder, an image outside any class, images/ without masks/ and a CSV naming an image
+    twice are refused, naming the file: each would silently change the task."""
+    from PIL import Image
+
+    from tpp.incontext.context import read_context
+
+    def save(path, value):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((16, 16), value, np.uint8)).save(path)
+
+    ctx = tmp_path / "ctx"
+    for i in range(2):
+        save(ctx / "a" / f"{i}.png", 10)
+        save(ctx / "b" / f"{i}.png", 200)
+        save(ctx / "c" / "batch1" / f"{i}.png", 100)
+    read = read_context(ctx)
+    assert sorted(read.labels) == ["a", "a", "b", "b", "c", "c"]
+    (ctx / "d").mkdir()
+    with pytest.raises(TppError, match=r"class folder '.*ctx/d' of the context holds no images"):
+        read_context(ctx)
+    (ctx / "d").rmdir()
+    save(ctx / "stray.png", 0)
+    with pytest.raises(TppError, match=r"holds 'stray.png' outside any class sub-folder"):
+        read_context(ctx)
+    seg = tmp_path / "seg"
+    save(seg / "images" / "x.png", 0)
+    save(seg / "labels" / "x.png", 0)
+    with pytest.raises(TppError, match=r"has images/ but no masks/"):
+        read_context(seg)
+    table = tmp_path / "ctx.csv"
+    table.write_text("image,label\nctx/a/0.png,a\nctx/b/0.png,b\n./ctx/a/0.png,b\n")
+    with pytest.raises(TppError, match=r"line 4: image './ctx/a/0.png' is listed twice \(first on line 2\)"):
+        read_context(table)
+
+
 def _read_csv(path):
     import csv
 

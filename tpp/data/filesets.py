@@ -45,24 +45,37 @@ def bad_file(path, reason: str, on_bad_file: str, skipped: list, origin: str | N
     skipped.append((str(path), reason))
 
 
-def walk_images(path: Path, on_bad_file: str) -> tuple[list[str], list]:
-    """Every image file below ``path`` (see :func:`tpp.data.images.is_image_file`; hidden files and folders
-    left out) as POSIX paths relative to ``path``, sorted: the order never depends on the file system's
-    listing. Dangling symbolic links are reported like unreadable images. Returns (relative paths, skipped)."""
-    found, skipped, top = [], [], str(path)
-    for folder, dirs, files in os.walk(top):
+def walk_files(path: Path):
+    """(folder, file name) of every file below ``path``, folders and files sorted, hidden ones left out.
+    Linked folders are followed (their images are the data's too); a folder reached a second time (linked twice,
+    or a link to a folder above it) is refused: its images would count twice, perhaps in train and in test."""
+    reached: dict[str, str] = {}
+    for folder, dirs, files in os.walk(str(path), followlinks=True):
+        real = os.path.realpath(folder)
+        if real in reached:
+            raise TppError(f"folder '{folder}' is '{reached[real]}' again (a symbolic link): its images would "
+                           "count twice. Remove the link, or the folder it repeats.")
+        reached[real] = folder
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield folder, name
+
+
+def walk_images(path: Path, on_bad_file: str) -> tuple[list[str], list]:
+    """Every image file below ``path`` (see :func:`tpp.data.images.is_image_file` and :func:`walk_files`: hidden
+    files and folders left out, linked folders followed) as POSIX paths relative to ``path``, sorted: the order
+    never depends on the file system's listing. Dangling symbolic links are reported like unreadable images.
+    Returns (relative paths, skipped)."""
+    found, skipped, top = [], [], str(path)
+    for folder, name in walk_files(path):  # plain strings, no Path per file: a 100,000-file folder stays cheap
         relative = os.path.relpath(folder, top).replace(os.sep, "/")
-        prefix = "" if relative == "." else relative + "/"
-        for name in sorted(files):  # plain strings, no Path per file: a 100,000-file folder stays cheap
-            if name.startswith("."):
-                continue
-            file = os.path.join(folder, name)
-            if os.path.islink(file) and not os.path.exists(file):
-                bad_file(Path(file), f"dangling symbolic link: its target '{os.readlink(file)}' does not exist",
-                         on_bad_file, skipped)
-            elif is_image_file(file):
-                found.append(prefix + name)
+        file = os.path.join(folder, name)
+        if os.path.islink(file) and not os.path.exists(file):
+            bad_file(Path(file), f"dangling symbolic link: its target '{os.readlink(file)}' does not exist",
+                     on_bad_file, skipped)
+        elif is_image_file(file):
+            found.append(name if relative == "." else f"{relative}/{name}")
     return sorted(found), skipped
 
 

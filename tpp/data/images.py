@@ -383,8 +383,8 @@ def is_dicom_file(path: str | Path) -> bool:
 
 def is_image_file(path: str | Path) -> bool:
     """Whether a file found in a folder is an image tpp reads: a PIL suffix, ``.npy``, ``.dcm``/``.dicom``,
-    ``.nii``/``.nii.gz``, or a file without a suffix (``IM00001``) whose bytes are DICOM. Hidden files and
-    other suffixes (``.csv``, ``.txt`` ...) are not images."""
+    ``.nii``/``.nii.gz``, or any other file whose bytes are DICOM (``IM00001``, ``1.2.840.113619.2.55``, a Siemens
+    ``.IMA``: 132 bytes read, as ``tpp predict`` sniffs). Hidden files are not images."""
     name = Path(path).name
     lower = name.lower()
     if name.startswith("."):
@@ -392,7 +392,7 @@ def is_image_file(path: str | Path) -> bool:
     suffix = Path(lower).suffix
     if lower.endswith(NIFTI_SUFFIXES) or suffix in PIL_SUFFIXES | DICOM_SUFFIXES | {".npy"}:
         return True
-    return (not suffix or not suffix[1:].isalpha()) and is_dicom_file(path)  # IM00001, 1.2.840.113619.2.55
+    return is_dicom_file(path)  # IM00001, 1.2.840.113619.2.55, scan.IMA; notes.txt reads as no DICOM
 
 
 def fit(array: np.ndarray, size: int, mode: str) -> np.ndarray:

@@ -23,7 +23,7 @@ import numpy as np
 
 from tpp.errors import TppError
 from tpp.data import images as readers
-from tpp.data.filesets import pair_masks
+from tpp.data.filesets import pair_masks, walk_images
 
 MAX_K = 256
 CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
@@ -159,15 +159,29 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _folder_entries(path: Path) -> list[tuple[Path, str | None, Path | None]]:
-    """(image, label, mask) per example of a context folder."""
-    if (path / "images").is_dir() and (path / "masks").is_dir():
+    """(image, label, mask) per example of a context folder: images/ + masks/, or class folders read as training
+    reads them (every image below each, hidden ones left out). An images/ without masks/ (or the reverse), an
+    image outside a class folder and an empty class folder are refused: each would silently change the task."""
+    has = [sub for sub in ("images", "masks") if (path / sub).is_dir()]
+    if has == ["images", "masks"]:
         pairs = pair_masks(_images_in(path / "images"), _images_in(path / "masks"), str(path))
-        entries = [(image, None, mask) for image, mask in pairs]
-        if not entries:
+        if not pairs:
             raise TppError(f"context folder '{path}/images' holds no images.")
-        return entries
-    classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    entries = [(image, d.name, None) for d in classes for image in _images_in(d)]
+        return [(image, None, mask) for image, mask in pairs]
+    if has:
+        raise TppError(f"context folder '{path}' has {has[0]}/ but no {({'images', 'masks'} - set(has)).pop()}/: a "
+                       "segmentation context needs both (masks named as their images); a classification context "
+                       "has one folder per class.")
+    files = walk_images(path, "error")[0]
+    flat = [f for f in files if "/" not in f]
+    if flat:
+        raise TppError(f"context folder '{path}' holds '{flat[0]}' outside any class sub-folder, so it has no label; "
+                       "lay it out as DIR/<class>/<image> (classification) or DIR/images + DIR/masks (segmentation).")
+    entries = [(path / f, f.split("/")[0], None) for f in files]
+    labels = {label for _, label, _ in entries}
+    for folder in sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        if folder.name not in labels:
+            raise TppError(f"class folder '{folder}' of the context holds no images; remove it or add its images.")
     if not entries:
         raise TppError(f"context folder '{path}' holds no class sub-folders with images; lay it out as "
                        "DIR/<class>/<image> (classification) or DIR/images + DIR/masks (segmentation).")
@@ -183,11 +197,15 @@ def _csv_entries(path: Path) -> list[tuple[Path, str | None, Path | None]]:
     if len(kinds) != 1:
         raise TppError(f"context table '{path}' needs the columns image,label (classification) or image,mask "
                        f"(segmentation), one of the two (line 1 has: {', '.join(header)}).")
-    entries = []
+    entries, lines = [], {}
     for number, row in rows:
         if not row[kinds[0]]:
             raise TppError(f"context table '{path}', line {number}: empty {kinds[0]}.")
         image = path.parent / relative_image(row["image"], path, number)
+        if image in lines:  # counted twice (or with two labels): the prototypes and neighbours would lean on it
+            raise TppError(f"context table '{path}', line {number}: image '{row['image']}' is listed twice (first "
+                           f"on line {lines[image]}).")
+        lines[image] = number
         if kinds[0] == "label":
             entries.append((image, row["label"], None))
         else:

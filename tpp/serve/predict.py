@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tpp.data.filesets import image_stem
+from tpp.data.filesets import image_stem, walk_files
 from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
@@ -49,14 +49,15 @@ def _is_image(path: Path) -> bool:
 
 
 def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Path]:
-    """Files as given, folders expanded (recursively, sorted) to the image files they hold, by suffix or by
-    content. Hidden files are left out; any other file of a folder is appended to ``skipped`` (``None``: an
-    error naming it). A folder without any image file is an error naming it."""
+    """Files as given, folders expanded (recursively, sorted; as training reads folders: hidden files and
+    folders left out, linked folders followed) to the image files they hold, by suffix or by content; any
+    other file of a folder is appended to ``skipped`` (``None``: an error naming it). A folder without any
+    image file is an error naming it."""
     files = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            entries = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            entries = sorted(p for p in (Path(folder, name) for folder, name in walk_files(path)) if p.is_file())
             kinds = [_is_image(p) for p in entries]
             found = [p for p, image in zip(entries, kinds) if image]
             others = [p for p, image in zip(entries, kinds) if not image]

@@ -108,3 +108,15 @@ def test_nothing_readable_is_an_error_with_the_list_and_a_site_map_gap_is_skippe
                                                                                      "site_a")]
     assert predict(world, "--site-map", mapping, "--out", out, "--on-bad-file", "fail") == 2
     assert "gone.png' does not exist" in capsys.readouterr().err
+
+
+def test_only_columns_the_task_wrote_point_into_the_masks_folder(tmp_path):
+    """An input named like a mask file ('00000_b.png', given relative) keeps its path in the image column; only
+    the task's own column points into OUT_masks/."""
+    from tpp.serve.predict import write_outputs
+
+    row = {"image": "00000_b.png", "site": "s", "version": "v", "mask": "00000_b.png"}
+    path, folder = write_outputs([row], {"00000_b.png": np.zeros((4, 4), np.uint8)}, str(tmp_path / "preds.csv"))
+    written = rows(path)
+    assert written[0]["image"] == "00000_b.png" and written[0]["mask"] == "preds_masks/00000_b.png"
+    assert (folder / "00000_b.png").is_file()

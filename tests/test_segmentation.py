@@ -209,6 +209,7 @@ def test_a_mask_folder_pairs_by_full_stem_and_refuses_ambiguous_names(tmp_path):
         mask = np.zeros((20, 20), np.uint8)
         mask[: 5 * i] = 255  # case.1: 5 rows, case.2: 10 rows
         Image.fromarray(mask).save(root / "masks" / f"case.{i}.png")
+    (root / "images" / "._case.1.png").write_bytes(b"\0" * 64)  # macOS metadata beside the image: not an image
     folder = dict(name="toy", root=None, file=str(root), val_fraction=0.0, test_fraction=0.0, image_size=20)
     ds = load_seg_folder(**folder)
     train = ds.split("train")

@@ -124,7 +124,8 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     for d in (image_dir, mask_dir):
         if not d.is_dir():
             raise TppError(f"segmentation folder '{root}' needs images/ and masks/ sub-folders ('{d}' is missing).")
-    listed = [[p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES] for d in (image_dir, mask_dir)]
+    listed = [[p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+              for d in (image_dir, mask_dir)]  # hidden files (macOS ._a.png) are no images
     pairs = pair_masks(*listed, where=str(root))
     if not pairs:
         raise TppError(f"'{image_dir}' holds no images.")

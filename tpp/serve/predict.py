@@ -48,6 +48,9 @@ def _is_image(path: Path) -> bool:
         return False
 
 
+INPUT_COLUMNS = ("image", "site", "version")  # what was asked; never a file the task wrote, whatever its name
+
+
 def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Path]:
     """Files as given, folders expanded (recursively, sorted; as training reads folders: hidden files and
     folders left out, linked folders followed) to the image files they hold, by suffix or by content; any
@@ -280,7 +283,8 @@ def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str,
             for name, array in masks.items():  # uint8 (h, w) or (h, w, 3), as the task gave it
                 Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp / name)
             for row in rows:  # a column naming a file the task wrote points into the folder
-                row.update({k: f"{folder.name}/{v}" for k, v in row.items() if isinstance(v, str) and v in masks})
+                row.update({k: f"{folder.name}/{v}" for k, v in row.items()
+                            if k not in INPUT_COLUMNS and isinstance(v, str) and v in masks})
         if folder.exists():
             os.replace(folder, old)
             moved = True

@@ -175,3 +175,13 @@ def test_patients_stay_in_one_split_in_metadata_csv_folders_and_given_splits(tmp
     table(tmp_path / "site" / "labels.csv", "path,label,patient_id,split", rows)
     with pytest.raises(TppError, match=r"gives patient_id 'P0' images in train and val \(1 patient_id\(s\) span"):
         load_csv("s", str(tmp_path), "site/labels.csv", **OPTS)
+
+
+@pytest.mark.parametrize("labels, clash", [(("1", "01", "0"), "'01', '1'"), (("1", "1.0", "0"), "'1', '1.0'"),
+                                           (("Benign", "benign", "malignant"), "'Benign', 'benign'")])
+def test_one_class_written_two_ways_is_refused(tmp_path, labels, clash):
+    """'1' and '01' (an Excel export), or 'Benign' and 'benign', would silently become two classes."""
+    rows = [(path, labels[k % 3]) for k, (path, _) in enumerate(site(tmp_path, patients=False))]
+    table(tmp_path / "site" / "labels.csv", "path,label", rows)
+    with pytest.raises(TppError, match=rf"labels.csv'.*: the labels {clash} name one class written 2 ways"):
+        load_csv("s", str(tmp_path), "site/labels.csv", **OPTS)

@@ -82,7 +82,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
     otherwise classes are the sorted label values. ``where`` names the data in errors, ``origins`` each file's
     source (e.g. its table line). Unreadable files fail or are skipped (``on_bad_file``, listed in ``skipped``).
     """
-    names = class_names(values)
+    names = class_names(values, where)
     if classes:
         unknown = [c for c in classes if c not in names]
         if unknown:

@@ -66,14 +66,30 @@ def relative_image(value: str, table: Path, number: int) -> str:
     return posix.as_posix()
 
 
-def class_names(values: list[str]) -> list[str]:
+def class_names(values: list[str], where: str = "the labels") -> list[str]:
     """Sorted class names of label values: numerically when every value is an integer ('2' before '10'),
-    else as text."""
+    else as text. Two values that differ only in how they are written ('1', '01' and '1.0'; 'Benign' and
+    'benign') are refused, naming ``where``: as two classes they would silently split one."""
     unique = sorted(set(values))
+    spelled: dict = {}
+    for value in unique:
+        spelled.setdefault(_class_key(value), []).append(value)
+    clashes = [v for v in spelled.values() if len(v) > 1]
+    if clashes:
+        raise TppError(f"{where}: the labels {', '.join(repr(v) for v in clashes[0])} name one class written "
+                       f"{len(clashes[0])} ways ({len(clashes)} such group(s)); write each class one way.")
     try:
         return sorted(unique, key=int)
     except ValueError:
         return unique
+
+
+def _class_key(value: str):
+    """What a label means, however written: its number ('01', '1.0' -> 1.0), else its case-folded text."""
+    try:
+        return float(value)
+    except ValueError:
+        return value.casefold()
 
 
 def label_index(values: list[str], names: list[str]) -> np.ndarray:

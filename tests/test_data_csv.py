@@ -185,3 +185,12 @@ def test_one_class_written_two_ways_is_refused(tmp_path, labels, clash):
     table(tmp_path / "site" / "labels.csv", "path,label", rows)
     with pytest.raises(TppError, match=rf"labels.csv'.*: the labels {clash} name one class written 2 ways"):
         load_csv("s", str(tmp_path), "site/labels.csv", **OPTS)
+
+
+def test_one_file_under_two_paths_is_refused(tmp_path):
+    """A symbolic link to an image already listed would put one image in two splits or two classes."""
+    rows = site(tmp_path, patients=False)
+    (tmp_path / "site" / "images" / "copy.png").symlink_to(tmp_path / "site" / rows[0][0])
+    table(tmp_path / "site" / "labels.csv", "path,label", rows + [("images/copy.png", "malignant")])
+    with pytest.raises(TppError, match=r"'images/copy.png' and 'images/img_000.png' are one file"):
+        load_csv("s", str(tmp_path), "site/labels.csv", **OPTS)

@@ -94,6 +94,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
         origins = origins and [origins[i] for i in keep]
         names = list(classes)
     top = str(base)  # files are normalised POSIX paths: joining strings equals str(base / f), without a Path each
+    _refuse_one_file_twice(top, files, where)
     images, kept, bad = check_files([os.path.join(top, f) for f in files], image_size, on_bad_file, origins=origins)
     skipped += bad
     labels = label_index(values, names)[kept]
@@ -126,6 +127,19 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
     dataset.held_out_origins = holding_origins(base, [files[i] for s in ("val", "test") for i in index[s]])
     dataset.file_resize = True
     return dataset
+
+
+def _refuse_one_file_twice(top: str, files: list[str], where: str) -> None:
+    """Two paths of one file through a symbolic link (``a/x.png`` and ``b/x.png`` -> ``a/x.png``) are refused:
+    the image could land in train and in test, or count twice with two labels. Hard links and copies are
+    separate files to tpp (a folder of hard links is a cheap way to make many test images)."""
+    seen: dict[str, str] = {}
+    for f in files:
+        real = os.path.realpath(os.path.join(top, f))
+        if real in seen:
+            raise TppError(f"{where}: '{seen[real]}' and '{f}' are one file (a symbolic link), so the image would "
+                           "count twice, perhaps in train and in test. Remove one.")
+        seen[real] = f
 
 
 def _check_class_sizes(labels: np.ndarray, names: list, where: str) -> None:

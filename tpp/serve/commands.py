@@ -46,7 +46,8 @@ def add_deploy_commands(add) -> None:
     _common_deploy(pr, store_required=False)
     add_context_options(pr)
     pr.add_argument("--site", help="site whose adapter to use")
-    pr.add_argument("--site-map", help="CSV with columns image,site (mixed-site batch; no IMAGES then)")
+    pr.add_argument("--site-map", help="CSV with columns image,site (mixed-site batch; no IMAGES then); relative "
+                                       "image paths are relative to the CSV's folder")
     pr.add_argument("--out", required=True, help="output CSV (written atomically); segmentation masks go to "
                                                  "the folder OUT_masks/ beside it")
     pr.add_argument("--batch-size", type=int, default=64)

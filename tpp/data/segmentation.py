@@ -111,9 +111,9 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
                     classes: list | None = None, group_key: str | None = None, modality: str | None = None,
                     val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
                     on_bad_file: str = "error") -> Dataset:
-    """``DIR/images/<name>`` + ``DIR/masks/<name>`` (same file stem), resized to ``image_size`` (images
-    bilinear, masks nearest), split here by ``seed``. Groups: a ``metadata.csv`` column (``file_name`` +
-    ``group_key``)."""
+    """``DIR/images/<name>`` + ``DIR/masks/<name>`` (paired by :func:`tpp.data.filesets.pair_masks`), resized
+    to ``image_size`` (images bilinear, masks nearest), split here by ``seed``. Groups: a ``metadata.csv``
+    column (``file_name`` + ``group_key``)."""
     from tpp.data.files import PackedStrings
     from tpp.data.filesets import check_files, image_stem, pair_masks
     from tpp.data.labelled import files_origin, holding_origins
@@ -200,7 +200,7 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
 
 
 def _split(images, masks, labels, groups, names, *, name: str, modality: str | None, val_fraction: float,
-           test_fraction: float, group_key: str | None, seed: int) -> Dataset:
+           test_fraction: float, group_key: str | None, seed: int) -> tuple[Dataset, dict]:
     """Seeded split of images (N, H, W[, C]) + masks (N, H, W), stratified by ``labels`` (N,) when given and
     keeping each of ``groups`` (N,) in one split. Returns (dataset, {split: indices of its images})."""
     strata = labels if labels is not None else np.zeros(len(images), dtype=np.int64)

@@ -132,9 +132,12 @@ class Cache:
 
 
 def _ms(values: list) -> str:
-    """Mean +- sample std of the defined values ("-" when none is defined)."""
+    """Mean +- sample std of the defined values; the mean alone from one value (its spread is unknown, not 0);
+    "-" when none is defined."""
     mean, sd = report.mean_std(values)
-    return "-" if mean is None else f"{mean:.3f} +- {sd:.3f}"
+    if mean is None:
+        return "-"
+    return f"{mean:.3f} +- {sd:.3f}" if len(report.defined(values)) > 1 else f"{mean:.3f} (1 seed)"
 
 
 def severity_mean(cell: dict) -> float | None:

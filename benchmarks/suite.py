@@ -158,13 +158,11 @@ class Suite:
     def resnet_estimate_s(self, task: Task, fraction: float) -> float:
         """A-priori seconds of a ResNet-18 cell: one measured training step's seconds per image (batch 16, one
         thread, this machine as loaded now) x the label subset's images x epochs; evaluation is not counted."""
-        import numpy as np
         import cost
         from cost import train_s_per_image
         from suite_models import build
         from suite_report import spec_of
 
-        from tpp.data.subsets import label_fraction_index
 
         spec = spec_of(self, task, "resnet18")
         key = json.dumps({"train_s_per_image": spec, "cost": cost.KEY}, sort_keys=True)
@@ -173,9 +171,18 @@ class Suite:
             with cost.fixed_threads():  # the threads it is timed at, with the load, recorded beside it
                 self.cost_cache.put(key, {"train_s_per_image": train_s_per_image(model, example, spec["classes"]),
                                           **cost.conditions()})
+        return self.cost_cache.get(key)["train_s_per_image"] * self.resnet_images(task, fraction) \
+            * self.resnet.protocol["epochs"]
+
+    def resnet_images(self, task: Task, fraction: float) -> int:
+        """Training images of a ResNet-18 cell of ``task`` at ``fraction`` (seed 0's subset; seeds differ by one
+        or two images at most)."""
+        import numpy as np
+
+        from tpp.data.subsets import label_fraction_index
+
         labels = np.load(suite_report_path(self.data_root, task.name))["train_labels"].reshape(-1)
-        images = len(label_fraction_index(labels, fraction, task.name, 0))
-        return self.cost_cache.get(key)["train_s_per_image"] * images * self.resnet.protocol["epochs"]
+        return len(label_fraction_index(labels, fraction, task.name, 0))
 
     def adopt(self, published: Path) -> int:
         """Cells of a published tpp_gain / seg_gain / movl / suite report measured under the current protocols."""

@@ -123,7 +123,9 @@ def rows_of(cells: list[tuple], costs: dict) -> list[dict]:
                      "total_parameters": c.get("total_parameters"), "flops_per_image": c.get("flops_per_image"),
                      "latency_ms_b1": c.get("latency_ms_b1"), "latency_ms_b32": c.get("latency_ms_b32"),
                      "inference_mib": c.get("inference_mib"), "train_s": float(np.mean(train_s)),
-                     "protocol_id": group[0]["protocol_id"]})
+                     "protocol_id": group[0]["protocol_id"],
+                     "accuracy_rule": "val threshold" if any(g.get("threshold") is not None for g in group)
+                     else "argmax"})  # a fine-tuned binary cell's accuracy is at its Youden threshold on val
     order = list(APPROACHES)
     return sorted(rows, key=lambda r: (r["kind"], r["task"], r["fraction"], order.index(r["approach"])))
 
@@ -182,13 +184,17 @@ def _ci(iv: dict) -> str:
     return f"{iv['mean']:.3f}" + ("" if iv["low"] is None else f" [{iv['low']:.3f}, {iv['high']:.3f}]")
 
 
+RULE = "accuracy_rule"  # at argmax, or at the decision threshold the recipe chose on the validation split
+
+
 def results_table(rows: list[dict]) -> tuple[list, list]:
     header = ["task", "labels", "approach", "family", "seeds", "metric (95% CI)", "2nd metrics", "trainable",
               "KiB / site", "total params", "MFLOPs / image", "ms / image b1", "ms / image b32", "inference MiB",
               "train s / cell"]
     body = []
     for r in rows:
-        second = "; ".join(f"{label} {_ci(r[key])}" for key, label in SECONDARY[r["kind"]])
+        second = "; ".join(f"{label}{f' ({r[RULE]})' if key == 'test_accuracy' and RULE in r else ''} {_ci(r[key])}"
+                           for key, label in SECONDARY[r["kind"]])
         body.append([r["task"], f"{r['fraction']:.0%}", r["approach"], r["family"], str(r["seeds"]),
                      f"{r['metric']} {_ci(r['primary'])}", second, f"{r['trainable_parameters']:,}",
                      f"{r['bytes_per_site'] / 1024:,.0f}", _num(r["total_parameters"], "{:,}"),
@@ -268,23 +274,40 @@ def collect(suite) -> tuple[list[tuple], list[tuple]]:
     return done, todo
 
 
-def estimate_missing(suite, todo: list[tuple], rows: list[dict], costs: dict) -> list[dict]:
-    """Per (task, approach, fraction) of unfinished cells: how many seeds and the estimated CPU seconds per cell
-    (from-scratch ResNet: measured training seconds per image x images x epochs; other cells: the mean wall time
-    of finished cells of the same approach and task kind, else 90 s (classification) / 300 s (segmentation))."""
+def estimate_missing(suite, todo: list[tuple], rows: list[dict], done: list[tuple]) -> list[dict]:
+    """Per (task, approach, fraction) of unfinished cells: how many seeds and the estimated seconds per cell
+    (from-scratch ResNet: :func:`resnet_estimate_s`; other cells: the mean wall time of finished cells of the same
+    approach and task kind, else 90 s (classification) / 300 s (segmentation))."""
     groups = defaultdict(int)
     for task, approach, fraction, _seed in todo:
         groups[(task, approach, fraction)] += 1
     out = []
     for (task, approach, fraction), seeds in groups.items():
         if approach == "resnet18":
-            estimate = suite.resnet_estimate_s(task, fraction)
+            estimate = resnet_estimate_s(suite, task, fraction, done)
         else:
             seen = [r["train_s"] for r in rows if r["approach"] == approach and r["kind"] == task.kind]
             estimate = float(np.mean(seen)) if seen else (90.0 if task.kind == "classification" else 300.0)
         out.append({"task": task.name, "approach": approach, "fraction": fraction, "seeds": seeds,
                     "estimate_s": estimate})
     return out
+
+
+def resnet_estimate_s(suite, task, fraction: float, done: list[tuple]) -> float:
+    """Seconds of a ResNet-18 cell from the finished ones (any task): the median seconds per training image per
+    epoch of those trained on 1/4x to 4x this cell's images (else of the nearest size), x its images x epochs.
+    The median, since cells ran beside other jobs. Without a finished cell, the a-priori timing of one step
+    (``suite.resnet_estimate_s``; it ran 2-2.4x above the cells measured since)."""
+    finished = [c[4] for c in done if c[1] == "resnet18" and c[4].get("epoch_s") and c[4].get("train_labels")]
+    if not finished:
+        return suite.resnet_estimate_s(task, fraction)
+    images = suite.resnet_images(task, fraction)
+    near = [c for c in finished if images / 4 <= c["train_labels"] <= images * 4]
+    if not near:
+        nearest = min(finished, key=lambda c: abs(np.log(c["train_labels"] / images)))["train_labels"]
+        near = [c for c in finished if c["train_labels"] == nearest]
+    rate = float(np.median([c["epoch_s"] / c["train_labels"] for c in near]))
+    return rate * images * suite.resnet.protocol["epochs"]
 
 
 def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.0) -> dict:
@@ -300,7 +323,7 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
     for r in earlier:
         r["approach_note"] = f"earlier protocol {r['protocol_id']}"
     wins = who_wins(rows, current)
-    missing = estimate_missing(suite, todo, rows, costs)
+    missing = estimate_missing(suite, todo, rows, done)
     machine = report.machine()
     out.mkdir(parents=True, exist_ok=True)
     flagged = [dict(r, task=f"{r['task']} (earlier protocol)") for r in earlier]
@@ -316,7 +339,12 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
              "the approach's input size; KiB / site: the trainable tensors in fp32; latency: median of 3 forward "
              "passes at one torch thread divided by the batch (threads and load average per cost in the JSON); "
              "inference MiB: peak RSS of a batch-32 forward pass in a fresh process "
-             "minus the RSS after building the model; train s: wall time per cell (TPP included)."
+             "minus the RSS after building the model; train s: wall time per cell (TPP included). Accuracy is at "
+             "argmax, or for fine-tuned binary cells at the decision threshold the recipe chose on the validation "
+             "split (Youden's J; said per row): compare AUROC across rows, accuracy only within one rule. "
+             "'Who wins' picks each side's best approach by its mean test score and tests the difference on the "
+             "same test scores, which flatters the picked side (winner's curse); intervals are not adjusted for "
+             "the several comparisons."
              + incontext_note(rows, suite.incontext.protocol) + suite_movl.report_note(done))
     sections = [("Who wins where (paired over seeds: same label subset)", wins_table(wins)),
                 ("Every cell", results_table(rows))]

@@ -253,10 +253,17 @@ def test_segmentation_report_states_the_goals_from_the_cells():
     rows = seg_gain.summarise(cells)
     diffs = report.paired(cells, "lora+tpp_mae", "lora", metric="test_dice")
     assert diffs[0]["diff_mean"] == pytest.approx(0.10 / 3)
-    lines = seg_gain.goals(rows, diffs)
-    assert "10% masks: ahead, +0.033" in lines[0]
-    assert "best PEFT (lora+tpp_mae, 0.433) vs full fine-tuning (0.470): +0.037 Dice; within 2 points: no" in lines[1]
+    lines = seg_gain.goals(rows, diffs, cells)
+    assert "10% masks: no difference detected (95% CI includes 0), +0.033" in lines[0]  # [-0.005, +0.071]
+    assert ("best PEFT (lora+tpp_mae, 0.433; picked on test) vs full fine-tuning (0.470): full - PEFT +0.037 "
+            "[+0.008, +0.065] Dice over 3 paired seeds; within 2 points: undetermined") in lines[1]
     assert "| 10% | full | 3 | 0.470 ± 0.010 |" in seg_gain.markdown(rows, diffs)
+    ahead = [dict(c, test_dice=c["test_dice"] + 0.1) if c["method"] == "full" else c for c in cells]
+    assert "within 2 points: no." in seg_gain.goals(seg_gain.summarise(ahead), diffs, ahead)[1]
+    tpp = {c["seed"]: c["test_dice"] for c in cells if c["method"] == "lora+tpp_mae"}
+    level = [dict(c, test_dice=tpp[c["seed"]] + 0.01 + 0.001 * c["seed"]) if c["method"] == "full" else c
+             for c in cells]
+    assert "within 2 points: yes." in seg_gain.goals(seg_gain.summarise(level), diffs, level)[1]
 
 
 def test_backbone_fingerprint_follows_the_weights_not_the_path(tiny_mae, tmp_path):

@@ -38,7 +38,7 @@ def test_an_undefined_auroc_is_left_out_of_means_and_pairs():
     table = movl.tables(cells)
     full = [c.strip() for c in next(r for r in table.splitlines() if r.startswith("| full |")).strip("|").split("|")]
     row = [c.strip() for c in next(r for r in table.splitlines() if r.startswith("| movl |")).strip("|").split("|")]
-    assert full[2] == "0.800 +- 0.000"  # seed 1's undefined AUROC is not averaged in
+    assert full[2] == "0.800 (1 seed)"  # seed 1's undefined AUROC is not averaged in
     assert row[6] == "-0.100 (n=1)" and row[9] == "+0.100 (n=1)"  # only seed 0 pairs: no interval from one pair
     assert "| full | 0.600 |" in table  # per corruption at s3: seed 1's undefined value left out
 
@@ -100,3 +100,8 @@ def test_a_report_of_an_empty_cache_never_replaces_the_published_one(tmp_path, m
     assert movl.main(["--report-only", "--cache", str(tmp_path / "cache"), "--out", str(out),
                       "--targets", "breastmnist", "--fractions", "0.1", "--seeds", "1"]) == 0
     assert "| movl | 1 | 0.700" in (out / "movl.md").read_text()
+
+
+def test_one_seed_shows_no_spread_rather_than_zero():
+    assert movl._ms([0.9]) == "0.900 (1 seed)" and movl._ms([0.9, 0.8]) == "0.850 +- 0.071"
+    assert movl._ms([None]) == "-"

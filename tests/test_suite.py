@@ -179,3 +179,46 @@ published: [{tmp_path / "out" / "suite.json"}]
     assert suite.main(fresh) == 0
     again = json.loads((out / "suite.json").read_text())
     assert again["complete"] and [r["primary"] for r in again["rows"]] == [r["primary"] for r in payload["rows"]]
+
+
+def test_the_resnet_estimate_scales_finished_cells_of_a_near_size():
+    """Missing ResNet-18 cells are estimated from finished ones trained on 1/4x-4x their images (the median rate,
+    robust to a loaded epoch), else the nearest size; the a-priori timing only without any finished cell."""
+    import numpy as np
+    import suite_report
+
+    class Suite:  # what resnet_estimate_s reads
+        resnet = type("R", (), {"protocol": {"epochs": 10}})()
+
+        def resnet_images(self, task, fraction):
+            return {0.01: 50, 0.1: 500, 1.0: 5000}[fraction]
+
+        def resnet_estimate_s(self, task, fraction):
+            return -1.0
+
+    def cell(images, epoch_s):
+        return (None, "resnet18", 0.0, 0, {"epoch_s": epoch_s, "train_labels": images})
+
+    done = [cell(6, 3.0), cell(480, 9.6), cell(480, 96.0), cell(520, 10.4), (None, "lora", 0.1, 0, {})]
+    assert suite_report.resnet_estimate_s(Suite(), None, 0.1, done) == pytest.approx(0.02 * 500 * 10)  # median
+    assert suite_report.resnet_estimate_s(Suite(), None, 1.0, done) == pytest.approx(0.02 * 5000 * 10)  # nearest
+    assert suite_report.resnet_estimate_s(Suite(), None, 0.01, done) == pytest.approx(0.5 * 50 * 10)  # 6 images
+    assert suite_report.resnet_estimate_s(Suite(), None, 0.1, done[-1:]) == -1.0
+    assert np.isfinite(suite_report.resnet_estimate_s(Suite(), None, 0.01, done[1:2]))
+
+
+def test_each_row_says_at_which_rule_its_accuracy_was_taken():
+    """Fine-tuned binary cells report accuracy at the validation-chosen threshold, the ResNet at argmax: the table
+    says which, so the two are not read as one rule."""
+    import suite_report
+    from suite_grid import Task
+
+    task = Task("breastmnist", "classification")
+
+    def cell(approach, threshold):
+        return (task, approach, 0.1, 0, {"test_auroc": 0.7, "test_accuracy": 0.8, "trainable_parameters": 10,
+                                         "finetune_s": 1.0, "protocol_id": "p", "threshold": threshold})
+
+    rows = suite_report.rows_of([cell("lora", 0.31), cell("resnet18", None)], {})
+    table = {r[2]: r[6] for r in suite_report.results_table(rows)[1]}
+    assert table == {"lora": "accuracy (val threshold) 0.800", "resnet18": "accuracy (argmax) 0.800"}

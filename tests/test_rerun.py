@@ -184,6 +184,19 @@ def test_a_failed_run_without_a_checkpoint_is_replaced(tmp_path, capsys):
     assert run.path == out
 
 
+def test_a_folder_of_the_users_that_says_failed_is_never_deleted(tmp_path):
+    """A status.json saying "failed" beside files no run writes (a thesis, data) is not a failed run of tpp's:
+    refused, every file kept, instead of replaced."""
+    out = run_folder(tmp_path / "out", "failed", [], error="from another tool")
+    (out / "thesis.tex").write_text("months of work")
+    (out / "data").mkdir()
+    (out / "data" / "scans.npz").write_bytes(b"x")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(TppError, match="also holds files no run writes"):
+        RunDir(out)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
 # -- extending a run ------------------------------------------------------------------------------------
 
 EXTEND = [*FAST, "train.checkpoint_every=2", "train.select_best=false", "train.warmup_ratio=0.25"]

@@ -107,7 +107,8 @@ class RunDir:
         try:
             if self.path.is_dir() and any(self.path.iterdir()):
                 state = run_state(self.path)
-                if not overwrite and not (state["status"] == "failed" and not state["checkpoints"]):
+                if not overwrite and not (state["status"] == "failed" and not state["checkpoints"]
+                                          and only_run_files(self.path)):
                     raise TppError(not_empty_message(self.path, state))
                 replaced = None if overwrite else state
                 shutil.rmtree(self.path)
@@ -179,6 +180,19 @@ class RunDir:
         return time.time() - self.started
 
 
+RUN_FILES = frozenset({"config.yaml", "log.jsonl", "status.json", "splits.json", "skipped.csv", "metrics.json",
+                       "predictions.csv", "roc.png", "calibration.png", "curves.png", "adapter", "backbone", "model",
+                       "heads", "overlays", "checkpoints", "tracker"})  # what a run writes into its folder
+
+
+def only_run_files(path: Path) -> bool:
+    """Whether every entry of ``path`` is one a run writes (:data:`RUN_FILES`, or a hidden temporary one of
+    :meth:`RunDir.publish_dir` / :func:`write_atomic`): only such a folder is replaced without ``overwrite``, so a
+    folder of the user's that merely holds a ``status.json`` saying "failed" is never deleted."""
+    return all(e.name in RUN_FILES or (e.name.startswith(".") and e.name.endswith((".tmp", ".old", ".tmp.png")))
+               for e in Path(path).iterdir())
+
+
 def run_state(path: Path) -> dict:
     """What a run directory holds: ``status`` (``status.json``'s: running, succeeded, failed; None when it
     is no run's), its recorded ``error`` and its ``checkpoints`` (``step-N`` folder names, oldest first)."""
@@ -196,9 +210,10 @@ def run_state(path: Path) -> dict:
 def not_empty_message(path: Path, state: dict) -> str:
     """Why ``output_dir`` is refused, and the three ways on: continue, start over, go elsewhere."""
     newest = f" (newest: {state['checkpoints'][-1]})" if state["checkpoints"] else ""
+    failed = (f"holds a failed run with checkpoints{newest}" if state["checkpoints"] else
+              "says a run failed there but also holds files no run writes (so it is not replaced)")
     what = {
-        "failed": f"holds a failed run with checkpoints{newest}"
-                  + (f"; it failed with: {state['error']}" if state["error"] else ""),
+        "failed": failed + (f"; it failed with: {state['error']}" if state["error"] else ""),
         "succeeded": f"holds a finished run{newest}",
         "running": f"holds a run that is still running or was killed{newest}",
     }.get(state["status"], "is not empty")

@@ -168,7 +168,7 @@ def run(cfg, run) -> dict:
     first, losses = 1, []
     if checkpoints.resume_from is not None:
         first, losses = load_state(checkpoints, root, schedule, units, batches, plan.num_steps,
-                                   accelerator.num_processes)
+                                   accelerator.num_processes, sampler.per_cycle)
         run.log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name, steps=plan.num_steps)
     root.train()
     per_task: dict[str, list] = {u.name: [] for u in units}

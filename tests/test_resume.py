@@ -215,3 +215,47 @@ def test_a_run_saved_before_split_seed_resumes_only_on_its_own_split(tmp_path):
     all_labels = {"seed": 0, "data": {"name": "busi", "label_fraction": 1.0, "val_label_fraction": None}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(all_labels))  # seed 0, all labels: nothing changed
     check_same_config(tmp_path, {"seed": 0, "data": dict(all_labels["data"], split_seed=0)})
+
+
+def _tamper_state(step, change):
+    state = torch.load(step / "state.pt", weights_only=True)
+    torch.save(change(state), step / "state.pt")
+
+
+def _tamper_trainable(step, change):
+    from safetensors.torch import save_file
+
+    save_file(change(load_file(step / "trainable.safetensors")), step / "trainable.safetensors")
+
+
+def _widen_first(tensors):
+    name = sorted(tensors)[0]
+    return {**tensors, name: tensors[name][:1].clone()}  # another adapter.r: one row, which would broadcast
+
+
+@pytest.mark.parametrize("tamper, said", [
+    (lambda s: _tamper_state(s, lambda st: [st]), "state.pt holds a list, not a mapping"),
+    (lambda s: _tamper_state(s, lambda st: {**st, "batches": 10**12}), "batches were used by step 8"),
+    (lambda s: _tamper_state(s, lambda st: {k: v for k, v in st.items() if k != "optimizer"}), "lacks optimizer"),
+    (lambda s: _tamper_state(s, lambda st: {**st, "rng": {"torch": 1}}), "does not fit this run, or is damaged"),
+    (lambda s: _tamper_trainable(s, _widen_first), "has shape (1, "),
+    (lambda s: _tamper_trainable(s, lambda t: {k: v.fill_(float("nan")) for k, v in t.items()}), "not finite"),
+])
+def test_a_damaged_checkpoint_is_refused_naming_it_before_anything_is_applied(tiny_mae, reference, tmp_path, capsys,
+                                                                             tamper, said):
+    """What a checkpoint holds is checked before it is applied: a foreign state, a batch count that would replay
+    the loader for ever, a tensor of another shape (it would broadcast in silently), NaN. A TppError (exit 2)
+    naming the checkpoint, never a traceback or a hang, and the run folder's adapter is not replaced."""
+    import shutil
+
+    root, ref = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace(str(ref), str(run)))  # moved
+    tamper(run / "checkpoints" / "step-8")
+    (run / "status.json").write_text('{"status": "running"}')  # as a run killed after step 8 leaves it
+    before = (run / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert run_cli(*args(tiny_mae, root, run, "train.resume=auto")) == 2
+    err = capsys.readouterr().err
+    assert "checkpoints/step-8" in err and said in err and "Traceback" not in err
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before

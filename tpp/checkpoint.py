@@ -120,3 +120,72 @@ class Checkpointer:
         except Exception as exc:  # unpickling refused, truncated file ...
             raise TppError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).") from None
         return trainable, best, extra, state
+
+
+# -- checking what a checkpoint holds before any of it is applied --------------------------------------------
+
+def check_state(state, source: Path, required: tuple[str, ...], max_batches_per_step: int) -> None:
+    """Refuse a ``state.pt`` that is not what a run writes (a damaged or foreign file): a mapping with the
+    ``required`` keys, a whole ``step`` of at least 1 and ``batches`` (an int, or one per task) between 0 and
+    ``step * max_batches_per_step`` (a huge count would replay the loader for ever)."""
+    def refuse(what: str):
+        raise TppError(f"checkpoint '{source}': state.pt {what}; it is not one tpp wrote, or it was damaged. "
+                       "Resume from another checkpoint (train.resume=PATH) or start over (--overwrite).")
+
+    if not isinstance(state, dict):
+        refuse(f"holds a {type(state).__name__}, not a mapping")
+    missing = [k for k in ("step", *required) if k not in state]
+    if missing:
+        refuse(f"lacks {', '.join(missing)}")
+    step = state["step"]
+    if not _whole(step) or step < 1:
+        refuse(f"has step {str(step)[:40]!r}")
+    counts = state["batches"] if isinstance(state["batches"], list) else [state["batches"]]
+    if not all(_whole(b) and 0 <= b <= step * max_batches_per_step for b in counts):
+        refuse(f"says {str(state['batches'])[:60]} batches were used by step {step} (at most "
+               f"{max_batches_per_step} per step)")
+    if not isinstance(state.get("losses", []), list):
+        refuse("has a loss history that is no list")
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def restore_tensors(params: dict, saved: dict, source: Path, what: str = "trainable tensors") -> None:
+    """Copy ``saved`` into the parameters ``params`` (same names, checked by the caller) once every tensor has
+    been checked: the same shape (a checkpoint of another ``adapter.r`` would broadcast in silently), a floating
+    dtype and finite values. Nothing is copied unless all pass."""
+    check_tensors(params, saved, source, what)
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+
+
+def check_tensors(params: dict, saved: dict, source: Path, what: str) -> None:
+    """:func:`restore_tensors`' checks alone (for the best-step copy, applied only at the end of the run)."""
+    for name, value in saved.items():
+        if tuple(value.shape) != tuple(params[name].shape):
+            raise TppError(f"checkpoint '{source}': {what} '{name}' has shape {tuple(value.shape)}, this run's "
+                           f"{tuple(params[name].shape)}; was the config changed (adapter.r, the model)?")
+        if not value.is_floating_point() or not torch.isfinite(value).all():
+            raise TppError(f"checkpoint '{source}': {what} '{name}' is not finite floating-point data; the "
+                           "checkpoint is damaged.")
+
+
+class applying:
+    """``with applying(source):`` turns an error while a checkpoint's state is put back (an optimiser state of
+    another model, a foreign RNG state, an unknown extra tensor) into a :class:`TppError` naming it."""
+
+    def __init__(self, source: Path):
+        self.source = source
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if exc is None or isinstance(exc, TppError) or not isinstance(exc, Exception):
+            return False
+        raise TppError(f"checkpoint '{self.source}' does not fit this run, or is damaged ({kind.__name__}: "
+                       f"{str(exc)[:200]}); resume from another checkpoint (train.resume=PATH) or start over "
+                       "(--overwrite).") from None

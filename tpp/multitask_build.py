@@ -160,12 +160,17 @@ def save_state(checkpoints, step: int, root: nn.Module, schedule, units, batches
     checkpoints.save(step, trainable, None, extra, state)
 
 
-def load_state(checkpoints, root: nn.Module, schedule, units, batches, num_steps: int, processes: int) -> tuple:
-    """Restore what :func:`save_state` wrote; returns (first step to run, loss history)."""
-    from tpp.checkpoint import set_rng_state
+def load_state(checkpoints, root: nn.Module, schedule, units, batches, num_steps: int, processes: int,
+               draws_per_cycle: int) -> tuple:
+    """Restore what :func:`save_state` wrote, once its state and tensors are checked (anything that does not fit
+    is a TppError naming the checkpoint; ``draws_per_cycle``: the most batches one task can take in a cycle);
+    returns (first step to run, loss history)."""
+    from tpp.checkpoint import applying, check_state, restore_tensors, set_rng_state
 
     trainable, _, extra, state = checkpoints.load()
     source = checkpoints.resume_from
+    check_state(state, source, ("optimizer", "scheduler", "heads", "rng", "batches", "losses"),
+                max_batches_per_step=max(draws_per_cycle, 1))
     if state["step"] > num_steps:
         raise TppError(f"checkpoint '{source}' is at step {state['step']}, beyond this run's {num_steps} steps; set "
                        f"train.max_steps={state['step']} or more.")
@@ -173,25 +178,27 @@ def load_state(checkpoints, root: nn.Module, schedule, units, batches, num_steps
         raise TppError(f"checkpoint '{source}' was written by {state.get('world_size', 1)} process(es); resume it "
                        f"with --num-processes {state.get('world_size', 1)}.")
     params = {n: p for n, p in root.named_parameters() if p.requires_grad}
-    if set(params) != set(trainable) or set(state["heads"]) != {u.name for u in units}:
-        diff = sorted(set(params) ^ set(trainable)) or sorted(set(state["heads"]) ^ {u.name for u in units})
+    heads = state["heads"] if isinstance(state["heads"], dict) else {}
+    if (set(params) != set(trainable) or set(heads) != {u.name for u in units}
+            or not isinstance(state["batches"], list) or len(state["batches"]) != len(batches)):
+        diff = sorted(set(params) ^ set(trainable)) or sorted(set(heads) ^ {u.name for u in units}) or ["batches"]
         raise TppError(f"checkpoint '{source}' does not fit this run's tasks and trainable tensors (differing: "
                        f"{', '.join(diff[:5])}); was the config changed?")
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(value)
-    for unit in units:
-        own = {k.removeprefix(f"{unit.name}."): v for k, v in extra.items() if k.startswith(f"{unit.name}.")}
-        if own:
-            unit.module.pretext.load_extra_state(own)
-        saved = state["heads"][unit.name]
-        unit.optimizer.load_state_dict(saved["optimizer"])
-        unit.scheduler.load_state_dict(saved["scheduler"])
-        unit.steps = saved["steps"]
-    schedule.optimizer.load_state_dict(state["optimizer"])
-    schedule.scheduler.load_state_dict(state["scheduler"])
-    schedule.shared_steps = state["step"]
-    for b, consumed in zip(batches, state["batches"]):
-        b.skip(consumed)
-    set_rng_state(state["rng"])
-    return state["step"] + 1, [tuple(x) for x in state["losses"]]
+    restore_tensors(params, trainable, source)
+    with applying(source):
+        for unit in units:
+            own = {k.removeprefix(f"{unit.name}."): v for k, v in extra.items() if k.startswith(f"{unit.name}.")}
+            if own:
+                unit.module.pretext.load_extra_state(own)
+            saved = heads[unit.name]
+            unit.optimizer.load_state_dict(saved["optimizer"])
+            unit.scheduler.load_state_dict(saved["scheduler"])
+            unit.steps = int(saved["steps"])
+        schedule.optimizer.load_state_dict(state["optimizer"])
+        schedule.scheduler.load_state_dict(state["scheduler"])
+        schedule.shared_steps = state["step"]
+        for b, consumed in zip(batches, state["batches"]):
+            b.skip(consumed)
+        set_rng_state(state["rng"])
+        losses = [(int(step), float(loss)) for step, loss in state["losses"]]
+    return state["step"] + 1, losses

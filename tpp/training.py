@@ -17,7 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from tpp.checkpoint import Checkpointer, rng_state, set_rng_state
+from tpp.checkpoint import (Checkpointer, applying, check_state, check_tensors, restore_tensors, rng_state,
+                            set_rng_state)
 from tpp.devices import describe as describe_device
 from tpp.devices import resolve as resolve_device
 from tpp.errors import TppError
@@ -270,6 +271,17 @@ def loop_state(model: torch.nn.Module, full: bool = True) -> dict[str, torch.Ten
             if callable(getattr(module, "loop_state", None)) for key, value in module.loop_state(full).items()}
 
 
+def check_loop_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
+    """Refuse loop-state entries of ``state`` (a checkpoint's) naming a module this model lacks or that keeps
+    none, before anything is applied."""
+    modules = dict(model.named_modules())
+    for key in state:
+        name = key[len(LOOP):].rpartition(":")[0] if key.startswith(LOOP) else None
+        if name is not None and not callable(getattr(modules.get(name), "load_loop_state", None)):
+            raise TppError(f"checkpoint '{source}' holds loop state of module '{name}', which this model lacks or "
+                           "which keeps none: was the config changed?")
+
+
 def load_loop_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Give each submodule back its :func:`loop_state` entries (keys without the ``loop:`` prefix are ignored)."""
     modules, own = dict(model.named_modules()), {}
@@ -359,7 +371,9 @@ def save_checkpoint(checkpoints: Checkpointer, step: int, accelerator, model, op
 
 def resume(checkpoints: Checkpointer, accelerator, model, optimizer, scheduler, batches: Batches,
            result: LoopResult, num_steps: int | None = None) -> tuple[int, dict | None]:
-    """Load the checkpoint into model, optimiser, scheduler, data position, RNG and history.
+    """Load the checkpoint into model, optimiser, scheduler, data position, RNG and history, once its state and
+    tensors are checked (:func:`tpp.checkpoint.check_state`, :func:`tpp.checkpoint.restore_tensors`; anything that
+    still does not fit is a :class:`TppError` naming the checkpoint).
 
     ``num_steps``: the run's total now, which may exceed the one the checkpoint was written under (a run
     extended with a larger ``train.max_steps``). The scheduler's position is restored but its curve is this
@@ -368,29 +382,38 @@ def resume(checkpoints: Checkpointer, accelerator, model, optimizer, scheduler, 
 
     Returns (first step to run, best-on-validation tensors or None)."""
     trainable, best, extra, state = checkpoints.load()
+    source = checkpoints.resume_from
+    check_state(state, source, ("optimizer", "scheduler", "rng", "batches", "losses", "best_score", "best_step"),
+                max_batches_per_step=1)  # one loader batch per step (accumulation splits it)
     if num_steps is not None and state["step"] > num_steps:
-        raise TppError(f"checkpoint '{checkpoints.resume_from}' is at step {state['step']}, beyond this run's "
+        raise TppError(f"checkpoint '{source}' is at step {state['step']}, beyond this run's "
                        f"{num_steps} steps; set train.max_steps={state['step']} or more.")
     if state.get("world_size", 1) != accelerator.num_processes:
-        raise TppError(f"checkpoint '{checkpoints.resume_from}' was written by {state.get('world_size', 1)} "
+        raise TppError(f"checkpoint '{source}' was written by {state.get('world_size', 1)} "
                        f"process(es); resume it with --num-processes {state.get('world_size', 1)}.")
     unwrapped = accelerator.unwrap_model(model)
     params = {n: p for n, p in unwrapped.named_parameters() if p.requires_grad}
     if set(params) != set(trainable):
         diff = sorted(set(params) ^ set(trainable))
-        raise TppError(f"checkpoint '{checkpoints.resume_from}' does not fit this run's trainable tensors "
+        raise TppError(f"checkpoint '{source}' does not fit this run's trainable tensors "
                        f"(differing: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}); was the config changed?")
-    with torch.no_grad():
-        for name, value in trainable.items():
-            params[name].copy_(value)
-    own = {k: v for k, v in extra.items() if not k.startswith(LOOP)}
-    if own:
-        unwrapped.load_extra_state(own)
-    load_loop_state(unwrapped, extra)  # e.g. the ILM mapping, its step counter and history
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    batches.skip(state["batches"])
-    set_rng_state(state["rng"])
-    result.losses = [tuple(x) for x in state["losses"]]
-    result.best_score, result.best_step = state["best_score"], state["best_step"]
+    if best is not None:
+        best_params = {k: v for k, v in best.items() if not k.startswith(LOOP)}
+        if set(best_params) != set(params):
+            raise TppError(f"checkpoint '{source}': best.safetensors does not hold this run's trainable tensors; "
+                           "was the config changed?")
+        check_tensors(params, best_params, source, "best-step tensor")
+        check_loop_keys(unwrapped, best, source)  # applied only at the end of the run: checked now
+    restore_tensors(params, trainable, source)
+    with applying(source):
+        own = {k: v for k, v in extra.items() if not k.startswith(LOOP)}
+        if own:
+            unwrapped.load_extra_state(own)
+        load_loop_state(unwrapped, extra)  # e.g. the ILM mapping, its step counter and history
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        batches.skip(state["batches"])
+        set_rng_state(state["rng"])
+        result.losses = [(int(step), float(loss)) for step, loss in state["losses"]]
+        result.best_score, result.best_step = state["best_score"], state["best_step"]
     return state["step"] + 1, best

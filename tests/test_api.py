@@ -272,3 +272,23 @@ def test_the_readme_example_runs(world, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "notebook" / "adapter").is_dir()
     assert (tmp_path / "store" / "hospital_a" / "current").is_file()
     assert "{'hospital_a': None}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tamper, said", [("nan", "holds NaN or infinite values"), ("int", "has dtype torch.int32; adapters hold floats")])
+def test_an_adapter_with_nan_or_integer_tensors_is_refused_by_evaluate(world, tmp_path, tamper, said):
+    """Evaluate read a NaN adapter or head and published NaN predictions with an AUROC beside them; it is refused,
+    naming the file, as serving refuses it."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    adapter = Path(shutil.copytree(world.result.adapter, tmp_path / "adapter"))
+    for name in ("adapter_model.safetensors", "head.safetensors"):
+        state = load_file(adapter / name)
+        key = sorted(state)[0]
+        state[key] = state[key].fill_(float("nan")) if tamper == "nan" else state[key].round().int()
+        save_file(state, adapter / name)
+        overrides = {"backbone.path": str(world.backbone), "data.root": str(world.root), "data.split": "test"}
+        with pytest.raises(TppError, match=f"{name}': tensor '.*' {said}"):
+            tpp.evaluate(FINETUNE_CONFIG, overrides, adapter=adapter, output_dir=tmp_path / "ev", overwrite=True)
+        shutil.copy(Path(world.result.adapter) / name, adapter / name)

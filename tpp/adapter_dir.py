@@ -187,15 +187,34 @@ def _check_shape(card, card_path: Path) -> None:
                        "entry to decide at 0.5 with the second label name positive.")
 
 
-def read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
-    """Load a safetensors file of the adapter directory (never pickle)."""
+INTEGER_HEAD_TENSORS = ("mapping",)  # a label-mapping head's (T,) int64 source indices (its check bounds them)
+
+
+def read_tensors(path: Path, name: str, integer: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Load a safetensors file of the adapter directory (never pickle), checked by :func:`check_values`
+    (``integer`` default: :data:`INTEGER_HEAD_TENSORS` for the head file, none for the others)."""
     file = Path(path) / name
     if not file.is_file():
         raise TppError(f"adapter directory '{path}' lacks {name}.")
     try:
-        return load_file(str(file))
+        state = load_file(str(file))
     except (SafetensorError, OSError) as exc:
         raise TppError(f"'{file}' is not a readable safetensors file ({exc}).") from None
+    check_values(state, str(file), (INTEGER_HEAD_TENSORS if name == HEAD else ()) if integer is None else integer)
+    return state
+
+
+def check_values(state: dict[str, torch.Tensor], where: str, integer: tuple[str, ...] = ()) -> None:
+    """Finite floating-point tensors only (a NaN adapter would publish NaN predictions with metrics beside
+    them), except the names in ``integer``, which must be int64 (the task's head check bounds their values)."""
+    for key, tensor in state.items():
+        if key in integer:
+            if tensor.dtype != torch.int64:
+                raise TppError(f"'{where}': tensor '{key}' has dtype {tensor.dtype}; it holds int64 indices.")
+        elif not tensor.is_floating_point():
+            raise TppError(f"'{where}': tensor '{key}' has dtype {tensor.dtype}; adapters hold floats.")
+        elif not torch.isfinite(tensor).all():
+            raise TppError(f"'{where}': tensor '{key}' holds NaN or infinite values.")
 
 
 def verify_backbone(card: dict, backbone: BackboneInfo, source: str) -> None:

@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from tpp.adapter_checks import check_frame, check_head  # noqa: F401  (re-exported: the bank imports them here)
-from tpp.adapter_dir import CARD, HEAD, check_card
+from tpp.adapter_dir import CARD, HEAD, INTEGER_HEAD_TENSORS, check_card, check_values
 from tpp.adapters import check_tensor_names, get_method
 from tpp.data.images import rule_frame
 from tpp.errors import ConfigError, TppError
@@ -122,28 +122,17 @@ def adapter_method(card: dict, source: str):
     return method
 
 
-INTEGER_HEAD_TENSORS = ("mapping",)  # a label-mapping head's (T,) int64 source indices (its check bounds them)
-
-
 def parse_tensors(files: dict[str, bytes], name: str, source: str,
                   integer: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """A safetensors file of the directory from its bytes (never pickle); finite floating tensors only, except
-    the names in ``integer``, which must be int64 (the task's head check bounds their values)."""
+    the names in ``integer``, which must be int64 (:func:`tpp.adapter_dir.check_values`)."""
     if name not in files:
         raise TppError(f"adapter directory '{source}' lacks {name}.")
     try:
         state = load_safetensors(files[name])
     except (SafetensorError, ValueError, RuntimeError) as exc:
         raise TppError(f"'{source}/{name}' is not a readable safetensors file ({type(exc).__name__}).") from None
-    for key, tensor in state.items():
-        if key in integer:
-            if tensor.dtype != torch.int64:
-                raise TppError(f"'{source}/{name}': tensor '{key}' has dtype {tensor.dtype}; it holds int64 indices.")
-            continue
-        if not tensor.is_floating_point():
-            raise TppError(f"'{source}/{name}': tensor '{key}' has dtype {tensor.dtype}; adapters hold floats.")
-        if not torch.isfinite(tensor).all():
-            raise TppError(f"'{source}/{name}': tensor '{key}' holds NaN or infinite values.")
+    check_values(state, f"{source}/{name}", integer)
     return state
 
 

@@ -243,7 +243,12 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     saved_file = path / "config.yaml"
     if not saved_file.is_file():
         return
-    saved = yaml.safe_load(saved_file.read_text())
+    try:
+        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TppError(f"train.resume: '{saved_file}', the interrupted run's config, cannot be read "
+                       f"({type(exc).__name__}: {str(exc)[:160]}); it was damaged. Start over with --overwrite, "
+                       "or restore the file.") from None
     saved = {k: v for k, v in saved.items() if k in config} if isinstance(saved, dict) else {}
     if isinstance(saved.get("pretext"), dict):  # saved before pretext options were per pretext
         drop_other_pretexts_defaults(saved["pretext"], saved["pretext"].get("name", "mae"))

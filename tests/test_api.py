@@ -274,7 +274,8 @@ def test_the_readme_example_runs(world, tmp_path, monkeypatch, capsys):
     assert "{'hospital_a': None}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("tamper, said", [("nan", "holds NaN or infinite values"), ("int", "has dtype torch.int32; adapters hold floats")])
+@pytest.mark.parametrize("tamper, said", [("nan", "holds NaN or infinite values"),
+                                          ("int", "has dtype torch.int32; adapters hold floats")])
 def test_an_adapter_with_nan_or_integer_tensors_is_refused_by_evaluate(world, tmp_path, tamper, said):
     """Evaluate read a NaN adapter or head and published NaN predictions with an AUROC beside them; it is refused,
     naming the file, as serving refuses it."""

@@ -259,3 +259,19 @@ def test_a_damaged_checkpoint_is_refused_naming_it_before_anything_is_applied(ti
     err = capsys.readouterr().err
     assert "checkpoints/step-8" in err and said in err and "Traceback" not in err
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize("text", [b"train: [unclosed\n", b"!!python/object/apply:os.system ['true']\n", b"\xff\xfe"])
+def test_a_damaged_run_config_is_refused_naming_it(tiny_mae, reference, tmp_path, capsys, text):
+    """train.resume reads the interrupted run's config.yaml back: broken YAML, a python tag (never constructed)
+    or bytes that are no UTF-8 give a TppError naming it, not a traceback."""
+    import shutil
+
+    root, ref = reference
+    run = tmp_path / "run"
+    shutil.copytree(ref, run)
+    (run / "config.yaml").write_bytes(text)
+    (run / "status.json").write_text('{"status": "running"}')
+    assert run_cli(*args(tiny_mae, root, run, "train.resume=auto")) == 2
+    err = capsys.readouterr().err
+    assert f"'{run / 'config.yaml'}', the interrupted run's config, cannot be read" in err and "Traceback" not in err

@@ -279,8 +279,6 @@ def test_the_readme_example_runs(world, tmp_path, monkeypatch, capsys):
 def test_an_adapter_with_nan_or_integer_tensors_is_refused_by_evaluate(world, tmp_path, tamper, said):
     """Evaluate read a NaN adapter or head and published NaN predictions with an AUROC beside them; it is refused,
     naming the file, as serving refuses it."""
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
     adapter = Path(shutil.copytree(world.result.adapter, tmp_path / "adapter"))
@@ -293,3 +291,29 @@ def test_an_adapter_with_nan_or_integer_tensors_is_refused_by_evaluate(world, tm
         with pytest.raises(TppError, match=f"{name}': tensor '.*' {said}"):
             tpp.evaluate(FINETUNE_CONFIG, overrides, adapter=adapter, output_dir=tmp_path / "ev", overwrite=True)
         shutil.copy(Path(world.result.adapter) / name, adapter / name)
+
+
+@pytest.mark.parametrize("edit, said", [
+    (lambda c: c.update(method="full"), "method 'full' produces a full_model, but the card says 'adapter'"),
+    (lambda c: c["options"].update(evil=1), "its options do not fit method 'lora'"),
+    (lambda c: c["options"].update(r="two"), "its options do not fit method 'lora'"),
+    (lambda c: c.pop("site"), "field 'site' must be a string"),
+    (lambda c: c.update(target_modules="q_proj"), "target_modules must be a list of module names"),
+    (lambda c: c["data"].update(used=["train"]), "field 'data.used' must be an object"),
+    (lambda c: c.update(multitask=[1]), "field 'multitask' must be an object"),
+])
+def test_an_edited_card_is_refused_naming_it_before_use(world, tmp_path, edit, said):
+    """Evaluate and adapter.init_from read the card's method, options and fields: an edit that would replace
+    every backbone weight (an 'adapter' naming the full baseline) or crash later is refused up front."""
+    from tpp.adapter_dir import CARD
+
+    adapter = Path(shutil.copytree(world.result.adapter, tmp_path / "adapter"))
+    card = json.loads((adapter / CARD).read_text())
+    edit(card)
+    (adapter / CARD).write_text(json.dumps(card))
+    overrides = {"backbone.path": str(world.backbone), "data.root": str(world.root)}
+    with pytest.raises(TppError, match=re.escape(said)):
+        tpp.evaluate(FINETUNE_CONFIG, overrides, adapter=adapter, output_dir=tmp_path / "ev")
+    with pytest.raises((TppError, ConfigError), match=re.escape(said)):
+        tpp.finetune(FINETUNE_CONFIG, {**overrides, **TINY_RUN, "adapter.init_from": str(adapter)},
+                     output_dir=tmp_path / "ft")

@@ -157,6 +157,35 @@ def check_card(card, card_path: str | Path, kinds: tuple = ("adapter",)) -> None
                            "comparison; it cannot be used where an adapter is expected. Evaluate it with "
                            "`tpp run evaluate`, or train an adapter method.")
         raise TppError(f"'{path}' holds a {_short_value(card.get('kind'))}, not an adapter.")
+    _check_method(card, card_path)
+
+
+def _check_method(card: dict, card_path) -> None:
+    """The card's method is registered, produces what the card's ``kind`` says (an ``adapter`` card naming the
+    ``full`` baseline would replace every backbone weight), and its options and fields fit it."""
+    from tpp.adapters import get_method
+    from tpp.errors import ConfigError
+
+    for key in ("method", "site", "created"):
+        if not isinstance(card.get(key), str):
+            raise TppError(f"'{card_path}': field '{key}' must be a string, not {_short_value(card.get(key))}.")
+    try:
+        method = get_method(card["method"])
+    except ConfigError as exc:
+        raise TppError(f"'{card_path}': {exc}") from None
+    if method.kind != card.get("kind"):
+        raise TppError(f"'{card_path}': method {method.name!r} produces a {method.kind}, but the card says "
+                       f"{_short_value(card.get('kind'))}; it was edited. Refused.")
+    targets = card.get("target_modules")  # module names; a composed method's: one list per part
+    names = [t for part in targets for t in (part if isinstance(part, list) else [part])] \
+        if isinstance(targets, list) else None
+    if names is None or not all(isinstance(t, str) for t in names):
+        raise TppError(f"'{card_path}': target_modules must be a list of module names (a composed method's: one "
+                       "list per part).")
+    try:
+        method.options_cls(**card.get("options", {}))
+    except (TypeError, ValueError, ConfigError) as exc:
+        raise TppError(f"'{card_path}': its options do not fit method {method.name!r} ({str(exc)[:160]}).") from None
 
 
 def _short_value(value) -> str:
@@ -172,6 +201,15 @@ def _check_shape(card, card_path: Path) -> None:
     for key in ("backbone", "task", "metrics", "data", "input", "options"):
         if key in card and not isinstance(card[key], dict):
             raise TppError(f"'{card_path}': field '{key}' must be an object, not {type(card[key]).__name__}.")
+    for outer, key in (("data", "used"), ("data", "split_sha256"), (None, "multitask")):
+        value = (card.get(outer) or {}).get(key) if outer else card.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise TppError(f"'{card_path}': field '{f'{outer}.' if outer else ''}{key}' must be an object, not "
+                           f"{type(value).__name__}.")
+    tasks = (card.get("multitask") or {}).get("tasks", [])
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) and isinstance(t.get("data", {}), dict)
+                                              for t in tasks):
+        raise TppError(f"'{card_path}': multitask.tasks must be a list of objects.")
     if not isinstance(card.get("backbone", {}).get("hash", ""), str):
         raise TppError(f"'{card_path}': backbone.hash must be a string.")
     if card.get("weights_file") not in (None, WEIGHTS, FULL_WEIGHTS):

@@ -192,7 +192,8 @@ def test_a_positive_class_the_data_lacks_is_an_error_naming_the_option():
 
 
 def test_a_forged_positive_class_is_refused(tmp_path):
-    forged = dict(card(), format="tpp-adapter/1", kind="adapter")
+    forged = dict(card(), format="tpp-adapter/1", kind="adapter", method="lora", options={}, target_modules=[],
+                  site="s", created="2026-12-01")
     forged["task"]["positive_class"] = "everything"
     with pytest.raises(TppError, match=r"task.positive_class 'everything' is not one of the label names \['mal"):
         check_card(forged, tmp_path / "tpp_card.json")

@@ -78,7 +78,9 @@ def corruptions(files: dict[str, bytes]) -> dict[str, tuple[dict, str]]:
         "unknown_method": ({"tpp_card.json": json.dumps(dict(card, method="lorax")).encode()},
                            "unknown adapter.method 'lorax'"),
         "mismatched_method": ({"tpp_card.json": json.dumps(dict(card, method="loha")).encode()},
-                              "not loha target parameters"),
+                              "its options do not fit method 'loha'"),  # lora's options: refused before the tensors
+        "mismatched_tensors": ({"tpp_card.json": json.dumps(dict(card, method="loha", options={})).encode()},
+                               "not loha target parameters"),
         "labels": ({"tpp_card.json": json.dumps(dict(card, task=dict(card["task"], label_names=["a", "b", "c"])))
                     .encode()}, "does not fit the card"),
         "nan": ({"adapter_model.safetensors": save_bytes(nan)}, "NaN"),

@@ -102,3 +102,32 @@ def test_mismatched_adapter_state_lists_the_keys(tiny_mae):
     wrong = dict(state, **{dropped: torch.zeros(3, 3)})
     with pytest.raises(TppError, match="has shape"):
         load_adapter_state(encoder, wrong, "parent")
+
+
+def _edit_config(folder, **changes):
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize("damage, said", [
+    (lambda f: _edit_config(f, hidden_size=2**40), "config.json's hidden_size is 1099511627776"),
+    (lambda f: _edit_config(f, patch_size=0), "config.json's patch_size is 0"),
+    (lambda f: _edit_config(f, image_size="28"), "image_size"),
+    (lambda f: _edit_config(f, hidden_size=33), "is not a multiple of num_attention_heads"),
+    (lambda f: _edit_config(f, hidden_size=64, num_attention_heads=2), "do not fit its config.json"),
+    (lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:-100]),
+     "its weights are damaged"),
+    (lambda f: (f / "preprocessor_config.json").write_text('{"image_mean": "abc", "image_std": [1]}'),
+     "image_mean / image_std must be lists of numbers"),
+    (lambda f: (f / "preprocessor_config.json").write_text('{"image_mean": [0.5], "image_std": [0]}'),
+     "image_std positive"),
+])
+def test_a_damaged_backbone_folder_is_refused_naming_it(tmp_path, damage, said):
+    """A backbone folder is input too: absurd sizes, a truncated weights file or a broken normalisation give a
+    TppError naming the folder, never an allocation, a division by zero or a traceback."""
+    folder = make_backbone(tmp_path / "bb")
+    damage(folder)
+    with pytest.raises(TppError, match=f"backbone '{folder}'.*{said}"):
+        load_backbone(str(folder))

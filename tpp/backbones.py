@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,13 +203,17 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
     config = backbone_config(path)
     family = _family_of(path, getattr(config, "model_type", None))
     decoder = None
-    if with_decoder and family.model_type == "vit_mae":
-        from transformers import ViTMAEForPreTraining
+    try:  # a truncated weights file, shapes that do not fit the config ...: the folder named, never a traceback
+        if with_decoder and family.model_type == "vit_mae":
+            from transformers import ViTMAEForPreTraining
 
-        full = ViTMAEForPreTraining.from_pretrained(source)
-        model, decoder = full.vit, full.decoder
-    else:
-        model = AutoModel.from_pretrained(source)
+            full = ViTMAEForPreTraining.from_pretrained(source)
+            model, decoder = full.vit, full.decoder
+        else:
+            model = AutoModel.from_pretrained(source)
+    except Exception as exc:  # noqa: BLE001 (a user's file: safetensors, torch and transformers raise their own)
+        raise TppError(f"cannot load backbone '{path}' ({type(exc).__name__}: {str(exc)[:200]}); its weights are "
+                       "damaged or do not fit its config.json.") from None
     for module in (model, decoder):
         if module is not None:
             module.requires_grad_(False).eval()
@@ -254,9 +259,42 @@ def backbone_config(path: str):
         raise TppError(f"backbone.path '{path}' does not exist. Pass a local checkpoint directory, a hub id or "
                        f"{DEFAULT_BACKBONE} (shipped with tpp).")
     try:
-        return AutoConfig.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise TppError(f"cannot read backbone '{path}': {exc}".strip()) from None
+        config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # noqa: BLE001 (a user's file: transformers and huggingface_hub raise their own)
+        raise TppError(f"cannot read backbone '{path}': {str(exc)[:300]}".strip()) from None
+    _check_config(config, path)
+    return config
+
+
+CONFIG_BOUNDS = {"image_size": (1, 4096), "patch_size": (1, 4096), "num_channels": (1, 4), "hidden_size": (1, 8192),
+                 "num_hidden_layers": (1, 256), "num_attention_heads": (1, 256)}  # what a ViT-family config may say
+
+
+def _check_config(config, path: str) -> None:
+    """The config's sizes are whole numbers in sane ranges (a forged ``hidden_size=2**40`` would try to
+    allocate it; ``patch_size=0`` divides by zero), the patch fits the image and the heads divide the width.
+    Another model family is left to :func:`_family_of`, whose error names the supported ones."""
+    if getattr(config, "model_type", None) not in FAMILIES:
+        return
+    for key, (low, high) in CONFIG_BOUNDS.items():
+        value = getattr(config, key, None)
+        if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
+            value = value[0]  # a square (size, size)
+        if value is None and key == "num_attention_heads":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise TppError(f"backbone '{path}': config.json's {key} is {repr(value)[:40]}; a whole number in "
+                           f"{low}..{high} is expected.")
+    if config.patch_size > _side(config.image_size):
+        raise TppError(f"backbone '{path}': config.json's patch_size {config.patch_size} exceeds its image_size.")
+    heads = getattr(config, "num_attention_heads", None)
+    if heads and config.hidden_size % heads:
+        raise TppError(f"backbone '{path}': config.json's hidden_size {config.hidden_size} is not a multiple of "
+                       f"num_attention_heads {heads}.")
+
+
+def _side(size) -> int:
+    return size[0] if isinstance(size, (list, tuple)) else size
 
 
 def check_input_size(size: int, info: BackboneInfo) -> int:
@@ -275,7 +313,13 @@ def _normalisation(local: Path, channels: int, mean, std) -> tuple[list, list]:
         proc = proc or {}
         mean = mean if mean is not None else proc.get("image_mean", [0.485, 0.456, 0.406])
         std = std if std is not None else proc.get("image_std", [0.229, 0.224, 0.225])
-    mean, std = [float(m) for m in mean], [float(s) for s in std]
+    try:
+        mean, std = [float(m) for m in mean], [float(s) for s in std]
+    except (TypeError, ValueError):
+        raise TppError(f"backbone '{local}': image_mean / image_std must be lists of numbers, not "
+                       f"{str(mean)[:40]!r} / {str(std)[:40]!r}.") from None
+    if not all(math.isfinite(v) for v in mean + std) or any(v <= 0 for v in std):
+        raise TppError(f"backbone '{local}': image_mean must be finite and image_std positive.")
     if len(mean) == 1:
         mean, std = mean * channels, std * channels
     if len(mean) != channels or len(std) != channels:

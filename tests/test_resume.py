@@ -8,6 +8,8 @@ import torch
 from helpers import FAST, FINETUNE_CONFIG, recipe_args, run_cli, run_cli_subprocess, tpp
 from safetensors.torch import load_file
 
+from tpp.errors import TppError
+
 STEPS = ["train.max_steps=8", "train.checkpoint_every=2", "train.select_best=false"]  # last step: the whole path counts
 
 # Run in the CLI's process before it starts: SIGKILL that process at step STEP.
@@ -275,3 +277,23 @@ def test_a_damaged_run_config_is_refused_naming_it(tiny_mae, reference, tmp_path
     assert run_cli(*args(tiny_mae, root, run, "train.resume=auto")) == 2
     err = capsys.readouterr().err
     assert f"'{run / 'config.yaml'}', the interrupted run's config, cannot be read" in err and "Traceback" not in err
+
+
+def test_rotation_deletes_only_checkpoints_and_a_renamed_step_is_refused(tmp_path):
+    """A linked checkpoints/ may hold the user's own step-1/ (other files): rotation never deletes it, nor
+    replaces it. A step-9 folder whose state says step 4 (a link or a rename) is refused at load."""
+    from tpp.checkpoint import Checkpointer
+
+    (tmp_path / "checkpoints" / "step-1").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-1" / "precious.txt").write_text("x")
+    ckpt = Checkpointer(tmp_path, every=1, keep=1)
+    tensors = {"w": torch.zeros(2)}
+    for step in (2, 3):
+        ckpt.save(step, tensors, None, {}, {"batches": step})
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1", "step-3"]
+    assert (tmp_path / "checkpoints" / "step-1" / "precious.txt").is_file()
+    with pytest.raises(TppError, match="exists and is no checkpoint"):
+        ckpt.save(1, tensors, None, {}, {"batches": 1})
+    (tmp_path / "checkpoints" / "step-9").symlink_to(tmp_path / "checkpoints" / "step-3")
+    with pytest.raises(TppError, match="holds step 3, not the step its name says"):
+        Checkpointer(tmp_path, every=1, resume="auto").load()

@@ -43,6 +43,15 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
 
 
+CHECKPOINT_FILES = frozenset({"trainable.safetensors", "best.safetensors", "extra.safetensors", "state.pt"})
+
+
+def is_checkpoint(path: Path) -> bool:
+    """A real folder (no link) holding only a checkpoint's files: the only kind rotation deletes, so a
+    ``step-1`` folder of the user's (a linked ``checkpoints/`` shared with other work) is never removed."""
+    return path.is_dir() and not path.is_symlink() and all(e.name in CHECKPOINT_FILES for e in path.iterdir())
+
+
 class Checkpointer:
     """Saves every ``every`` steps into ``run_path/checkpoints`` (main process only); loads one to resume."""
 
@@ -88,6 +97,9 @@ class Checkpointer:
             for name, tensors in files.items():
                 save_file(tensors, str(tmp / name))
             torch.save(dict(state, step=step), tmp / "state.pt")
+            if final.exists() and not is_checkpoint(final):
+                raise TppError(f"'{final}' exists and is no checkpoint (it holds other files); tpp will not replace "
+                               "it. Move it, or use another output_dir.")
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
         except BaseException as exc:  # disk full, Ctrl-C ...: no half-written folder stays behind
@@ -101,8 +113,8 @@ class Checkpointer:
                                   "train.resume=auto." if full else "")) from exc
             raise
         for old in sorted((int(m.group(1)), p) for p in self.dir.iterdir()
-                          if (m := _STEP_RE.match(p.name)))[:-self.keep]:
-            shutil.rmtree(old[1], ignore_errors=True)
+                          if (m := _STEP_RE.match(p.name)) and is_checkpoint(p))[:-self.keep]:
+            shutil.rmtree(old[1], ignore_errors=True)  # only folders holding nothing but a checkpoint's files
         return final
 
     def load(self) -> tuple[dict, dict | None, dict, dict]:
@@ -119,6 +131,10 @@ class Checkpointer:
             extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}
         except Exception as exc:  # unpickling refused, truncated file ...
             raise TppError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).") from None
+        named = _STEP_RE.match(path.name)
+        if named and isinstance(state, dict) and state.get("step") != int(named.group(1)):
+            raise TppError(f"checkpoint '{path}' holds step {str(state.get('step'))[:20]}, not the step its name "
+                           "says (a renamed or linked folder); resume from the folder of that step.")
         return trainable, best, extra, state
 
 

@@ -109,8 +109,8 @@ def get_method(name) -> Method:
         from tpp.adapters.compose import canonical, composed
 
         return composed(canonical(name))
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown adapter.method '{name}'. Known methods: {', '.join(sorted(_REGISTRY))}.")
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ConfigError(f"unknown adapter.method {str(name)[:60]!r}. Known methods: {', '.join(sorted(_REGISTRY))}.")
     return _REGISTRY[name]
 
 

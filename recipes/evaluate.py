@@ -158,6 +158,7 @@ def compare_row(run) -> dict:
 
     m = run.metrics
     split = run.cfg("data", "split")
+    split = split if isinstance(split, str) else None  # a hand-edited config.yaml may hold anything
     if not task_metrics(m.get(split)):
         split = next((k for k, v in m.items() if task_metrics(v)), None)
     evaluated = m.get("adapter") if isinstance(m.get("adapter"), dict) else {}

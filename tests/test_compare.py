@@ -250,3 +250,47 @@ def test_a_registered_recipe_brings_its_own_row(capsys, tmp_path, monkeypatch):
     del module.compare_row
     code, _, _, err = compare(capsys, run)
     assert code == 2 and "recipe 'toy_recipe' defines no compare_row(run)" in err and "Traceback" not in err
+
+
+def test_outputs_never_replace_the_runs_own_files_and_damaged_inputs_are_named(runs, capsys, tmp_path):
+    """--csv onto a run's metrics.json or predictions.csv, plot --out onto predictions.csv, a device: refused
+    before anything is written. A non-UTF-8 config.yaml, a log line that is no record, a probability outside
+    [0, 1] and a config whose recipe is a list: errors naming the file (exit 2), never a traceback, and no PNG
+    is written for a run whose predictions are broken."""
+    run = tmp_path / "cls"
+    shutil.copytree(runs / "cls", run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for args in (["compare", str(run), "--csv", str(run / "metrics.json")],
+                 ["compare", str(run), "--csv", str(run / "predictions.csv")],
+                 ["plot", str(run), "--out", str(run / "predictions.csv")],
+                 ["compare", str(run), "--csv", "/dev/null"],
+                 ["compare", str(run), "--csv", str(tmp_path)],  # a folder
+                 ["validate", str(run / "config.yaml"), "task=[classification]"],
+                 ["validate", str(run / "config.yaml"), "adapter.method={lora: 1}"]):
+        assert run_cli(*args) == 2, args
+        assert "Traceback" not in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    (tmp_path / "dir.csv").mkdir()
+    assert run_cli("compare", str(run), "--csv", str(tmp_path / "dir.csv")) == 2
+    assert "exists and is not a regular file" in capsys.readouterr().err
+    (run / "config.yaml").write_bytes(b"recipe: finetune\nsite: \xff\xfe\n")
+    assert run_cli("validate", str(run / "config.yaml")) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    code, _, _, err = compare(capsys, str(run))
+    assert "config.yaml' cannot be read" in err and "Traceback" not in err
+    (run / "config.yaml").write_bytes(before["config.yaml"].replace(b"recipe: finetune", b"recipe: [a, b]"))
+    code, table, _, err = compare(capsys, str(run))
+    assert code == 0 and "Traceback" not in err  # the recipe read from what the run left
+    rows = (run / "predictions.csv").read_text().splitlines()
+    header, first = rows[0].split(","), rows[1].split(",")
+    first[header.index(next(h for h in header if h.startswith("prob_")))] = "1.5"
+    (run / "predictions.csv").write_text("\n".join([rows[0], ",".join(first), *rows[2:]]) + "\n")
+    (run / "curves.png").unlink(missing_ok=True)
+    assert run_cli("plot", str(run)) == 2
+    assert "not a finite number in [0, 1]" in capsys.readouterr().err and not (run / "curves.png").exists()
+    (run / "predictions.csv").write_bytes(before["predictions.csv"])
+    with open(run / "log.jsonl", "a") as fh:
+        fh.write('[1, 2]\n{"event": "step", "step": "five", "loss": 1.0}\n{"event": "step", "step": 9, "loss": 1}\n')
+    assert run_cli("plot", str(run)) == 2
+    err = capsys.readouterr().err
+    assert "log.jsonl' line" in err and "without a numeric step" in err and "Traceback" not in err

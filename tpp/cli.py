@@ -261,12 +261,24 @@ def cmd_compare(args) -> int:
     from tpp.compare import compare_runs, csv_text, table
     from tpp.rundir import write_atomic
 
+    if args.csv is not None:
+        check_table_out(Path(args.csv), args.runs)  # before anything is read or printed
     rows = compare_runs(args.runs)
     print_table(*table(rows))
     if args.csv:
         write_atomic(Path(args.csv), csv_text(rows))
         print(f"wrote {args.csv}")
     return 0
+
+
+def check_table_out(out: Path, runs: list) -> None:
+    """``--csv``: a file name ending in .csv that is none of the compared runs' own files."""
+    from tpp.rundir import RUN_FILES
+
+    if out.suffix.lower() != ".csv":
+        raise TppError(f"--csv '{out}': give a file name ending in .csv.")
+    if out.name in RUN_FILES and any(out.resolve().parent == Path(r).resolve() for r in runs):
+        raise TppError(f"--csv '{out}' is a file of a run being compared; write the table elsewhere.")
 
 
 def cmd_plot(args) -> int:

@@ -111,13 +111,14 @@ def dig(obj, *keys):
 def _read_json(path: Path):
     """A JSON file, or None when absent or unreadable (optional files: cards)."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
 
 
 def card_of(adapter_dir) -> dict:
-    card = _read_json(Path(adapter_dir) / "tpp_card.json") if adapter_dir else None
+    """The adapter card in ``adapter_dir`` ({} when absent, unreadable, or ``adapter_dir`` is no path)."""
+    card = _read_json(Path(adapter_dir) / "tpp_card.json") if isinstance(adapter_dir, (str, Path)) else None
     return card if isinstance(card, dict) else {}
 
 
@@ -166,7 +167,7 @@ def _infer_recipe(path: Path, metrics: dict) -> str | None:
     from tpp.recipes.registry import RECIPES
 
     stage = card_of(path / "adapter").get("stage")
-    if stage in RECIPES:
+    if isinstance(stage, str) and stage in RECIPES:
         return stage
     if (path / "backbone").is_dir():
         return "pretrain_backbone"
@@ -208,11 +209,13 @@ def load_run(path: Path) -> Run:
     if not isinstance(metrics, dict):
         raise TppError(f"'{path / 'metrics.json'}' does not hold a run's metrics")
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise TppError(f"'{path / 'config.yaml'}' cannot be read: {exc}") from None
+        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) \
+            if (path / "config.yaml").is_file() else {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise TppError(f"'{path / 'config.yaml'}' cannot be read: {str(exc)[:200]}") from None
     config = config if isinstance(config, dict) else {}
-    recipe = config.get("recipe") or _infer_recipe(path, metrics)
+    recipe = config.get("recipe") if isinstance(config.get("recipe"), str) else None
+    recipe = recipe or _infer_recipe(path, metrics)
     from tpp.recipes.registry import RECIPES
 
     if recipe not in RECIPES:

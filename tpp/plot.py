@@ -22,7 +22,10 @@ def read_log(run_dir: Path) -> tuple[list, dict]:
     if not log.is_file():
         raise TppError(f"'{run_dir}' has no log.jsonl: it is not a tpp run directory.")
     losses, curves = {}, {}
-    lines = log.read_text().splitlines()
+    try:
+        lines = log.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TppError(f"'{log}' cannot be read ({type(exc).__name__}); it is damaged.") from None
     for number, line in enumerate(lines, 1):
         try:
             record = json.loads(line)
@@ -30,17 +33,27 @@ def read_log(run_dir: Path) -> tuple[list, dict]:
             if number == len(lines):  # the last line of a run killed mid-write
                 continue
             raise TppError(f"'{log}' line {number} is not JSON.") from None
-        if record.get("event") == "step":  # a resumed run repeats steps after its checkpoint: the last wins
-            losses[record["step"]] = record["loss"]
-        elif record.get("event") == "eval":
+        if not isinstance(record, dict) or record.get("event") not in ("step", "eval"):
+            continue
+        step = record.get("step")
+        if not _number(step) or (record["event"] == "step" and not _number(record.get("loss"))):
+            raise TppError(f"'{log}' line {number}: a {record['event']} record without a numeric step"
+                           f"{' and loss' if record['event'] == 'step' else ''}; the log is damaged.")
+        if record["event"] == "step":  # a resumed run repeats steps after its checkpoint: the last wins
+            losses[step] = record["loss"]
+        else:
             for key, value in record.items():
-                if key.startswith("val_") and isinstance(value, (int, float)):
-                    curves.setdefault(key, {})[record["step"]] = value
+                if key.startswith("val_") and _number(value):
+                    curves.setdefault(key, {})[step] = value
     losses = sorted(losses.items())
     curves = {k: sorted(v.items()) for k, v in curves.items()}
     if not losses:
         raise TppError(f"'{log}' holds no training steps yet.")
     return losses, curves
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _pyplot():
@@ -56,7 +69,13 @@ def _pyplot():
 
 def _save(fig, out: Path) -> Path:
     """Write ``fig`` to ``out`` atomically (a temporary file renamed into place) and close it."""
+    from tpp.rundir import refuse_special
+
     plt = _pyplot()
+    if out.suffix.lower() != ".png":  # never onto predictions.csv or metrics.json of the run read
+        plt.close(fig)
+        raise TppError(f"'{out}': a plot is written as PNG; give a file name ending in .png.")
+    refuse_special(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.png")
     try:
         fig.savefig(tmp, dpi=110)
@@ -77,15 +96,16 @@ def plot_all(run_dir: str | Path, out: str | Path | None = None) -> tuple[list[P
     if not predictions.is_file():
         return [plot_run(run_dir, out)], []
     written, notes = [], []
+    table = read_scores(predictions)  # read (and checked) before any PNG is written
     try:
         written.append(plot_run(run_dir, out))
     except TppError as exc:
         if "holds no training steps" not in str(exc) and "has no log.jsonl" not in str(exc):
             raise
         notes.append("no training curves: the run trained no steps (an evaluate run)")
-    table = read_scores(predictions)
     if table is None:
-        notes.append(f"{PREDICTIONS} holds no class probabilities (a segmentation run): no ROC or calibration plot")
+        notes.append(f"{PREDICTIONS} holds no class probabilities (a segmentation run, or no rows): no ROC or "
+                     "calibration plot")
         return written, notes
     thresholds, table["positive"] = _decisions(run_dir)
     written.append(_save(roc_figure(table, thresholds, run_dir.name), run_dir / "roc.png"))
@@ -123,11 +143,12 @@ def read_scores(path: Path) -> dict | None:
         try:
             probs = [float(row[f"prob_{c}"]) for c in classes]
             label = classes.index(row["label"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
             raise TppError(f"'{path}' line {number}: a probability is not a number or the label "
                            f"{str(row.get('label'))[:40]!r} is not one of {classes}; re-run the evaluation.") from None
-        if not all(math.isfinite(p) for p in probs):
-            raise TppError(f"'{path}' line {number}: a probability is not finite; re-run the evaluation.")
+        if not all(math.isfinite(p) and 0.0 <= p <= 1.0 for p in probs):
+            raise TppError(f"'{path}' line {number}: a probability is not a finite number in [0, 1]; re-run the "
+                           "evaluation.")
         probs_so_far, labels_so_far = table.setdefault(row.get("split") or "all", ([], []))
         probs_so_far.append(probs)
         labels_so_far.append(label)
@@ -143,7 +164,8 @@ def _decisions(run_dir: Path) -> tuple[dict, int]:
     except (OSError, ValueError):
         return {}, 1
     splits = [m for m in metrics.values() if isinstance(m, dict)] if isinstance(metrics, dict) else []
-    positive = next((m["positive_class_index"] for m in splits if m.get("positive_class_index") in (0, 1)), 1)
+    positive = next((m["positive_class_index"] for m in splits if type(m.get("positive_class_index")) is int
+                     and m["positive_class_index"] in (0, 1)), 1)
     return {split: m["threshold"] for split, m in metrics.items()
             if isinstance(m, dict) and isinstance(m.get("threshold"), (int, float))}, positive
 

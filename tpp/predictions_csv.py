@@ -74,6 +74,11 @@ def publish_predictions(run, rows: Iterable[dict]) -> Path | None:
 
 
 def read_predictions(path: str | Path) -> list[dict]:
-    """The rows of a ``predictions.csv`` (as strings)."""
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    """The rows of a ``predictions.csv`` (as strings; a byte-order mark from a spreadsheet is dropped)."""
+    from tpp.errors import TppError
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TppError(f"'{path}' cannot be read as a CSV ({type(exc).__name__}: {str(exc)[:120]}).") from None

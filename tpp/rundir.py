@@ -59,6 +59,13 @@ def write_error(path: Path, exc: OSError, what: str = "cannot write") -> TppErro
     return TppError(f"{what} '{path}': {reason}.{hint}")
 
 
+def refuse_special(path: Path) -> None:
+    """An output is renamed onto ``path``: refuse one that exists and is no regular file (a device such as
+    /dev/full, a fifo, a folder), which the rename would replace."""
+    if os.path.lexists(path) and not (path.is_file() and not path.is_symlink()):
+        raise TppError(f"'{path}' exists and is not a regular file; write the output to a new file name.")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never a part (see :func:`atomic_file`)."""
     with atomic_file(path) as fh:
@@ -71,6 +78,7 @@ def atomic_file(path: Path, newline: str | None = None):
     the old content or the new, never a part. On any failure the temporary file is removed; an OSError (disk
     full, a folder named ``path`` ...) becomes a TppError."""
     path = Path(path)
+    refuse_special(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", newline=newline) as fh:

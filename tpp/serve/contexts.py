@@ -158,7 +158,9 @@ def _manifest(files: dict, where: str, max_k: int) -> dict:
         manifest = json.loads(files.get(MANIFEST, b"").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise TppError(f"{where}: {MANIFEST} is missing or not valid JSON; refused.") from None
-    examples = manifest.get("examples") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict):
+        raise TppError(f"{where}: {MANIFEST} is not a {FORMAT} manifest; refused.")
+    examples = manifest.get("examples")
     if manifest.get("format") != FORMAT or manifest.get("task") not in (CLASSIFICATION, SEGMENTATION) or \
             not isinstance(examples, list) or not isinstance(manifest.get("backbone"), dict):
         raise TppError(f"{where}: {MANIFEST} is not a {FORMAT} manifest; refused.")
@@ -202,10 +204,11 @@ def listing(store: str | Path) -> list[dict]:
             site_dir, version = adapter_store._pointed_version(_root(store), site)
             manifest = json.loads(adapter_store._read_regular(site_dir / version / MANIFEST,
                                                               limit=TEXT_LIMIT).decode("utf-8"))
+            classes = manifest.get("classes", [])
             rows.append({"site": site, "version": version, "task": manifest.get("task"), "k": manifest.get("k"),
-                         "classes": "/".join(map(str, manifest.get("classes", []))),
+                         "classes": "/".join(map(str, classes if isinstance(classes, list) else [classes])),
                          "backbone": str(manifest.get("backbone", {}).get("hash"))[:12]})
-        except (TppError, ValueError, AttributeError) as exc:
+        except (TppError, ValueError, AttributeError) as exc:  # a manifest that is no mapping: AttributeError
             rows.append({"site": site, "version": version, "task": "UNREADABLE", "k": "", "classes": str(exc)[:80],
                          "backbone": ""})
     return rows

@@ -174,8 +174,8 @@ def register(task: Task) -> Task:
 def get_task(name) -> Task:
     """A task by name, with a config error listing the known ones."""
     _load_builtin()
-    if name not in _TASKS:
-        raise ConfigError(f"unknown task '{name}'. Known tasks: {', '.join(sorted(_TASKS))}.")
+    if not isinstance(name, str) or name not in _TASKS:
+        raise ConfigError(f"unknown task {str(name)[:60]!r}. Known tasks: {', '.join(sorted(_TASKS))}.")
     return _TASKS[name]
 
 

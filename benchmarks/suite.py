@@ -208,17 +208,22 @@ def suite_report_path(root: str, name: str) -> Path:
 
 
 def fill(suite: Suite, budget_s: float) -> tuple[list, list]:
-    """Run missing cells in grid order until the budget would be exceeded; a ResNet-18 cell whose a-priori
-    estimate alone exceeds the budget is left for a longer invocation. Returns (missing, errors)."""
-    too_long = [c for c in suite.grid.cells if c[1] == "resnet18" and not suite.cached(*c)
-                and suite.resnet_estimate_s(c[0], c[2]) > budget_s]
+    """Run missing cells in grid order until the budget would be exceeded; a ResNet-18 cell whose estimate
+    alone (:func:`suite_report.resnet_estimate_s`: scaled from finished cells) exceeds the budget is left for a
+    longer invocation. Returns (missing, errors)."""
+    from suite_report import collect, resnet_estimate_s
+
+    missing_resnet = [c for c in suite.grid.cells if c[1] == "resnet18" and not suite.cached(*c)]
+    done = collect(suite)[0] if missing_resnet else []
+    estimate = {(c[0], c[2]): resnet_estimate_s(suite, c[0], c[2], done) for c in missing_resnet}
+    too_long = [c for c in missing_resnet if estimate[(c[0], c[2])] > budget_s]
     cells = [c for c in suite.grid.cells if c not in too_long]
     _, missing, errors = report.fill(suite.run_cell, suite.cached, cells, budget_s,
                                      kind=lambda cell: (cell[0].name, cell[1], cell[2]), describe=describe,
                                      first_estimate_s=90.0)
     for task, approach, fraction, seed in too_long:
         print(f"  left for a longer budget: {task.name} {approach} {fraction:.0%} seed {seed} "
-              f"(~{suite.resnet_estimate_s(task, fraction) / 60:.0f} min)")
+              f"(~{estimate[(task, fraction)] / 60:.0f} min)")
     return missing + too_long, errors
 
 

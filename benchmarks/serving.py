@@ -342,10 +342,10 @@ def add_paths(parser: argparse.ArgumentParser, name: str) -> None:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[argv.index("--engine") + 1:][:1] == ["ray"]:  # Ray Serve against the single-process service
+    i = argv.index("--engine") if "--engine" in argv else None
+    if i is not None and argv[i + 1:i + 2] == ["ray"]:  # Ray Serve against the single-process service
         import serving_ray
 
-        i = argv.index("--engine")
         return serving_ray.main(argv[:i] + argv[i + 2:], "python benchmarks/serving.py " + " ".join(argv))
     if "--hostile" in argv:  # the hostile-traffic scenario: benchmarks/hostile.py takes the other options
         import hostile

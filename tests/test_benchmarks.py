@@ -347,3 +347,12 @@ def test_seg_gain_budget_is_the_shipped_configs_epoch_rule(tiny_mae, tmp_path):
     for masks in (5, 47, 117, 300, 451):  # the floor at few masks, epochs beyond it
         assert bench.budget_steps(masks) == plan_steps(cfg.train, masks).num_steps
     assert bench.budget_steps(47) == 150 < bench.budget_steps(451) == 290
+
+
+def test_serving_benchmark_parses_its_own_options_without_engine():
+    """`python benchmarks/serving.py` with no --engine (its documented default) had crashed on argv.index."""
+    import serving
+
+    with pytest.raises(SystemExit) as exit_info:
+        serving.main(["--help"])
+    assert exit_info.value.code == 0

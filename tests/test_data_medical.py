@@ -192,3 +192,15 @@ def test_the_origin_of_file_data_is_the_folder_holding_the_images_however_they_a
     assert {origin, files_origin(tmp_path / "site", ["img/b/c.png"]), folder_origin("/")} <= held
     assert files_origin(tmp_path / "site", ["img/a.png"]) == origin and folder_origin(
         os.path.realpath(tmp_path / "site" / "other")) not in held
+
+
+def test_a_fifo_or_a_link_into_proc_never_blocks_the_walk(tmp_path):
+    """A fifo named like a PACS file would block the DICOM sniff's read for ever; a linked folder into /proc
+    is no data. The fifo is not an image; the link is refused, naming it."""
+    medical_folder(tmp_path / "site", n=4)
+    os.mkfifo(tmp_path / "site" / "benign" / "IM99999")
+    files = walk_images(tmp_path / "site", "error")[0]
+    assert "benign/IM99999" not in files and "benign/IM00000" in files
+    (tmp_path / "site" / "malignant" / "sys").symlink_to("/proc/self")
+    with pytest.raises(TppError, match=r"malignant/sys' leads into '/proc/.*a system folder"):
+        walk_images(tmp_path / "site", "error")

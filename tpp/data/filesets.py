@@ -45,6 +45,9 @@ def bad_file(path, reason: str, on_bad_file: str, skipped: list, origin: str | N
     skipped.append((str(path), reason))
 
 
+PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")  # a link into them is never data (and /dev's files can block)
+
+
 def walk_files(path: Path):
     """(folder, file name) of every file below ``path``, folders and files sorted, hidden ones left out.
     Linked folders are followed (their images are the data's too); a folder reached a second time (linked twice,
@@ -52,6 +55,8 @@ def walk_files(path: Path):
     reached: dict[str, str] = {}
     for folder, dirs, files in os.walk(str(path), followlinks=True):
         real = os.path.realpath(folder)
+        if real in PSEUDO_FILESYSTEMS or real.startswith(tuple(f"{p}/" for p in PSEUDO_FILESYSTEMS)):
+            raise TppError(f"folder '{folder}' leads into '{real}', a system folder, not data; remove the link.")
         if real in reached:
             raise TppError(f"folder '{folder}' is '{reached[real]}' again (a symbolic link): its images would "
                            "count twice. Remove the link, or the folder it repeats.")

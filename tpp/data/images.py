@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import zlib
 from contextlib import contextmanager
@@ -373,7 +374,10 @@ def _check_shape(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def is_dicom_file(path: str | Path) -> bool:
-    """A file without a known image suffix that holds DICOM: the 128-byte preamble, then ``DICM``."""
+    """A file without a known image suffix that holds DICOM: the 128-byte preamble, then ``DICM``. Only a
+    regular file is opened (a fifo or a device in a folder would block the read or never end)."""
+    if not os.path.isfile(path):
+        return False
     try:
         with open(path, "rb") as fh:
             return fh.read(132)[128:132] == b"DICM"

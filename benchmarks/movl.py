@@ -226,7 +226,7 @@ def main(argv=None) -> int:
             parser.error("--steps is a smoke run: give it its own --out (the published report stays)")
         PROTOCOL.update(finetune_steps=args.steps, tpp_steps=args.steps)
     cache = Cache(Path(args.cache), args.backbone)
-    report.adopt_all(parser, args.from_results, cache.adopt, args.cache)
+    report.adopt_all(parser, args.from_results, cache.adopt, args.cache, own=Path(args.out) / "movl.json")
     cells = grid(args.targets, args.fractions, args.seeds, args.methods)
     missing, errors = [], []
     if not args.report_only:

@@ -200,8 +200,12 @@ def adopt(published, protocol_id: str, cell_args, cached, store) -> int:
     return len(fresh)
 
 
-def adopt_all(parser, paths: list, adopt_one, cache) -> None:
-    """``--from-results``: adopt every report, or stop with a usage error naming the bad file."""
+def adopt_all(parser, paths: list, adopt_one, cache, own: Path | None = None) -> None:
+    """``--from-results``: adopt every report, or stop with a usage error naming the bad file. ``own`` is the
+    report this run will write: when it exists its cells are adopted too, so that a run on a fresh cache (a new
+    clone or machine) never replaces a published report with one that lost the cells it had."""
+    if own is not None and Path(own).is_file() and all(Path(p).resolve() != Path(own).resolve() for p in paths):
+        paths = [*paths, own]
     for published in paths:
         try:
             print(f"{published}: {adopt_one(published)} cells copied into {cache}")

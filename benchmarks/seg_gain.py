@@ -268,6 +268,12 @@ def within_two_points(results: list[dict], method: str, fraction: float) -> str:
             f"paired seeds; within 2 points: {verdict}.")
 
 
+def report_stem(bench) -> str:
+    """The report's file name without suffix: one per BUSI file and split protocol."""
+    stem = "seg_gain" if bench.target == "busi_64" else f"seg_gain_{bench.target}"
+    return stem + ("_resampled_split" if bench.protocol["split"] == "per seed" else "")
+
+
 def write_report(bench: SegBench, cells: list[tuple], out: Path, quick: bool) -> dict:
     results = [r for r in (bench.cached(*c) for c in cells) if r]
     if not results:
@@ -283,9 +289,8 @@ def write_report(bench: SegBench, cells: list[tuple], out: Path, quick: bool) ->
              f"Protocol: `{json.dumps(bench.protocol)}`\n\n{markdown(rows, diffs)}\n\nGoals:\n\n" + "\n".join(verdicts))
     payload = {"protocol": bench.protocol, "protocol_id": bench.protocol_id, "complete": len(results) == len(cells),
                "rows": rows, "paired": diffs, "goals": verdicts, "cells": results}
-    stem = "seg_gain" if bench.target == "busi_64" else f"seg_gain_{bench.target}"
-    stem += "_resampled_split" if bench.protocol["split"] == "per seed" else ""
-    report.publish(out, stem, report.machine(), command, f"BUSI lesion segmentation ({bench.file})", table, payload)
+    report.publish(out, report_stem(bench), report.machine(), command, f"BUSI lesion segmentation ({bench.file})",
+                   table, payload)
     return payload
 
 
@@ -324,7 +329,7 @@ def main(argv=None) -> int:
         protocol = dict(protocol, split="per seed")
         cache = cache.with_name(cache.name + "_resampled")
     bench = SegBench(cache, protocol, args.backbone, args.data_root, args.file)
-    report.adopt_all(parser, args.from_results, bench.adopt, cache)
+    report.adopt_all(parser, args.from_results, bench.adopt, cache, own=Path(out) / f"{report_stem(bench)}.json")
     cells = [(m, f, s) for f in fractions for s in range(seeds) for m in methods]
     missing, errors = [], []
     if not args.report_only:

@@ -395,7 +395,7 @@ def main(argv=None) -> int:
         check_methods(methods, bench.protocol)
     except (TppError, ValueError) as exc:
         parser.error(f"--methods: {exc}")
-    report.adopt_all(parser, args.from_results, bench.adopt, cache)
+    report.adopt_all(parser, args.from_results, bench.adopt, cache, own=out / "tpp_gain.json")
     cells = grid(targets, fractions, seeds, methods, modality)
     missing, errors = [], []
     if not args.report_only:

@@ -105,3 +105,17 @@ def test_a_report_of_an_empty_cache_never_replaces_the_published_one(tmp_path, m
 def test_one_seed_shows_no_spread_rather_than_zero():
     assert movl._ms([0.9]) == "0.900 (1 seed)" and movl._ms([0.9, 0.8]) == "0.850 +- 0.071"
     assert movl._ms([None]) == "-"
+
+
+def test_a_run_on_a_fresh_cache_keeps_the_cells_of_the_report_it_replaces(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "backbone_fingerprint", lambda backbone: backbone)
+    out, old_cache = tmp_path / "results", movl.Cache(tmp_path / "old", "builtin:mae-vit-tiny-med")
+    old_cache.store(cell("movl", 0, 0.7, 0.7, [0.6] * 5) | {"wall_s": 1.0})
+    out.mkdir()
+    (out / "movl.json").write_text(json.dumps({"cells": old_cache.cells()}))
+    fresh = tmp_path / "fresh"  # a new clone: no cache, the published report in git
+    new = movl.Cache(fresh, "builtin:mae-vit-tiny-med")
+    new.store(cell("movl", 1, 0.8, 0.8, [0.6] * 5) | {"wall_s": 1.0})
+    assert movl.main(["--report-only", "--cache", str(fresh), "--out", str(out)]) == 0
+    seeds = sorted(c["seed"] for c in json.loads((out / "movl.json").read_text())["cells"])
+    assert seeds == [0, 1]

@@ -274,23 +274,33 @@ def collect(suite) -> tuple[list[tuple], list[tuple]]:
     return done, todo
 
 
-def estimate_missing(suite, todo: list[tuple], rows: list[dict], done: list[tuple]) -> list[dict]:
+def estimate_missing(suite, todo: list[tuple], done: list[tuple]) -> list[dict]:
     """Per (task, approach, fraction) of unfinished cells: how many seeds and the estimated seconds per cell
-    (from-scratch ResNet: :func:`resnet_estimate_s`; other cells: the mean wall time of finished cells of the same
-    approach and task kind, else 90 s (classification) / 300 s (segmentation))."""
-    groups = defaultdict(int)
-    for task, approach, fraction, _seed in todo:
-        groups[(task, approach, fraction)] += 1
-    out = []
-    for (task, approach, fraction), seeds in groups.items():
+    (from-scratch ResNet: :func:`resnet_estimate_s`; other cells: :func:`cell_seconds`). A TPP adapter (one per
+    task, approach and seed, shared by that seed's label fractions) is counted once: not for a cell whose adapter
+    a finished cell, or an earlier missing one, of the same seed trains."""
+    adapters = {(task.name, approach, seed) for task, approach, _fraction, seed, _cell in done}
+    groups = defaultdict(list)  # (task, approach, fraction) -> estimated seconds of each missing cell
+    for task, approach, fraction, seed in todo:
         if approach == "resnet18":
-            estimate = resnet_estimate_s(suite, task, fraction, done)
+            seconds = resnet_estimate_s(suite, task, fraction, done)
         else:
-            seen = [r["train_s"] for r in rows if r["approach"] == approach and r["kind"] == task.kind]
-            estimate = float(np.mean(seen)) if seen else (90.0 if task.kind == "classification" else 300.0)
-        out.append({"task": task.name, "approach": approach, "fraction": fraction, "seeds": seeds,
-                    "estimate_s": estimate})
-    return out
+            finetune_s, tpp_s = cell_seconds(approach, task.kind, done)
+            seconds = finetune_s + (0.0 if (task.name, approach, seed) in adapters else tpp_s)
+            adapters.add((task.name, approach, seed))
+        groups[(task, approach, fraction)].append(seconds)
+    return [{"task": task.name, "approach": approach, "fraction": fraction, "seeds": len(seconds),
+             "estimate_s": float(np.mean(seconds))} for (task, approach, fraction), seconds in groups.items()]
+
+
+def cell_seconds(approach: str, kind: str, done: list[tuple]) -> tuple[float, float]:
+    """(fine-tuning, TPP) seconds of one cell of ``approach`` on a task of ``kind``: the means over its finished
+    cells (TPP 0 for an approach without it); without any, 90 s (classification) / 300 s (segmentation)."""
+    finished = [cell for task, a, _fraction, _seed, cell in done if a == approach and task.kind == kind]
+    if not finished:
+        return (90.0 if kind == "classification" else 300.0), 0.0
+    tpp = [cell["tpp_s"] for cell in finished if cell.get("tpp_s")]
+    return float(np.mean([cell["finetune_s"] for cell in finished])), float(np.mean(tpp)) if tpp else 0.0
 
 
 def resnet_estimate_s(suite, task, fraction: float, done: list[tuple]) -> float:
@@ -323,7 +333,7 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
     for r in earlier:
         r["approach_note"] = f"earlier protocol {r['protocol_id']}"
     wins = who_wins(rows, current)
-    missing = estimate_missing(suite, todo, rows, done)
+    missing = estimate_missing(suite, todo, done)
     machine = report.machine()
     out.mkdir(parents=True, exist_ok=True)
     flagged = [dict(r, task=f"{r['task']} (earlier protocol)") for r in earlier]

@@ -13,7 +13,7 @@ import cost  # noqa: E402
 import suite  # noqa: E402
 import suite_plots  # noqa: E402
 from resnet import ResNet18  # noqa: E402
-from suite_grid import GridError, load_grid  # noqa: E402
+from suite_grid import GridError, Task, load_grid  # noqa: E402
 
 
 def test_flops_of_a_tiny_cnn_equal_a_hand_count():
@@ -222,3 +222,22 @@ def test_each_row_says_at_which_rule_its_accuracy_was_taken():
     rows = suite_report.rows_of([cell("lora", 0.31), cell("resnet18", None)], {})
     table = {r[2]: r[6] for r in suite_report.results_table(rows)[1]}
     assert table == {"lora": "accuracy (val threshold) 0.800", "resnet18": "accuracy (argmax) 0.800"}
+
+
+def test_a_missing_cell_pays_for_its_tpp_adapter_only_once_per_seed():
+    """A TPP adapter is shared by a seed's label fractions: a missing cell whose seed already has one (finished or
+    counted for another missing cell) is estimated at the fine-tuning time alone."""
+    import suite_report
+
+    breast, busi = Task("breastmnist", "classification", "breastmnist"), Task("busi_64", "segmentation", "x")
+    done = [(breast, "lora+tpp_mae", 0.01, 0, {"finetune_s": 10.0, "tpp_s": 100.0}),
+            (breast, "lora+tpp_mae", 0.01, 1, {"finetune_s": 30.0, "tpp_s": 300.0}),
+            (breast, "lora", 0.01, 0, {"finetune_s": 5.0, "tpp_s": None})]
+    todo = [(breast, "lora+tpp_mae", 0.1, 0), (breast, "lora+tpp_mae", 0.1, 2), (breast, "lora+tpp_mae", 1.0, 2),
+            (breast, "lora", 0.1, 1), (busi, "lora", 0.1, 0)]
+    missing = {(m["approach"], m["task"], m["fraction"]): m for m in suite_report.estimate_missing(None, todo, done)}
+    assert missing[("lora+tpp_mae", "breastmnist", 0.1)]["seeds"] == 2
+    assert missing[("lora+tpp_mae", "breastmnist", 0.1)]["estimate_s"] == pytest.approx((20.0 + 220.0) / 2)
+    assert missing[("lora+tpp_mae", "breastmnist", 1.0)]["estimate_s"] == pytest.approx(20.0)  # seed 2's adapter
+    assert missing[("lora", "breastmnist", 0.1)]["estimate_s"] == pytest.approx(5.0)
+    assert missing[("lora", "busi_64", 0.1)]["estimate_s"] == pytest.approx(300.0)  # no finished segmentation cell

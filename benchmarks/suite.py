@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -224,6 +225,10 @@ def fill(suite: Suite, budget_s: float) -> tuple[list, list]:
     for task, approach, fraction, seed in too_long:
         print(f"  left for a longer budget: {task.name} {approach} {fraction:.0%} seed {seed} "
               f"(~{estimate[(task, fraction)] / 60:.0f} min)")
+    if too_long:  # running the same command again would skip them again: say what budget they need
+        needed = math.ceil(max(estimate[(c[0], c[2])] for c in too_long) / 60 * 1.2)
+        print(f"{len(too_long)} ResNet-18 cells need more than --budget-min {budget_s / 60:g} each: give "
+              f"--budget-min {needed} or more to train them.", flush=True)
     return missing + too_long, errors
 
 

@@ -241,3 +241,28 @@ def test_a_missing_cell_pays_for_its_tpp_adapter_only_once_per_seed():
     assert missing[("lora+tpp_mae", "breastmnist", 1.0)]["estimate_s"] == pytest.approx(20.0)  # seed 2's adapter
     assert missing[("lora", "breastmnist", 0.1)]["estimate_s"] == pytest.approx(5.0)
     assert missing[("lora", "busi_64", 0.1)]["estimate_s"] == pytest.approx(300.0)  # no finished segmentation cell
+
+
+def test_a_resnet_cell_longer_than_the_budget_is_left_with_the_budget_it_needs(monkeypatch, capsys):
+    """fill() runs what fits, leaves a ResNet-18 cell whose estimate alone exceeds the budget, and says which
+    --budget-min would train it (running the same command again would skip it again)."""
+    import suite_report
+
+    task = Task("breastmnist", "classification")
+    ran = []
+
+    class Stub:
+        grid = type("G", (), {"cells": [(task, "lora", 0.1, 0), (task, "resnet18", 1.0, 0)]})()
+
+        def cached(self, *cell):
+            return None
+
+        def run_cell(self, *cell):
+            ran.append(cell)
+            return {"test_auroc": 0.7}
+
+    monkeypatch.setattr(suite_report, "collect", lambda suite: ([], []))
+    monkeypatch.setattr(suite_report, "resnet_estimate_s", lambda suite, task, fraction, done: 50 * 60.0)
+    missing, errors = suite.fill(Stub(), budget_s=30 * 60.0)
+    assert ran == [(task, "lora", 0.1, 0)] and missing == [(task, "resnet18", 1.0, 0)] and errors == []
+    assert "give --budget-min 60 or more" in capsys.readouterr().out

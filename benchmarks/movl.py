@@ -15,7 +15,7 @@ a cell of another protocol or backbone is never reused), so a long grid is compl
 cell is reported and skipped. Writes ``benchmarks/results/movl.{json,md}`` for the requested grid's cached cells:
 per method and cell mean +- std over seeds of test AUROC / accuracy, the corrupted AUROC (mean over corruptions per
 severity; per corruption at severity 3), paired differences to full fine-tuning by seed (mean and 95% t-interval),
-trainable parameters and saved size.
+trainable parameters and saved size; ``movl.png`` plots test AUROC against severity (0 = clean) per method.
 """
 from __future__ import annotations
 
@@ -198,6 +198,42 @@ def tables(cells: list[dict]) -> str:
     return "\n".join(out)
 
 
+def severity_points(cells: list[dict]) -> list[tuple[int, float, float]]:
+    """(severity, mean AUROC over seeds, 95% t half-width or 0) for severities 0 (the clean test split) to 5
+    (mean over corruptions), from ``cells`` of one method; undefined AUROCs are left out."""
+    points = []
+    for severity in range(6):
+        values = report.defined([c["test_auroc"] if severity == 0 else c["corrupted_auroc"].get(str(severity))
+                                 for c in cells])
+        if values:
+            mean, low, high = report.t_interval(values)
+            points.append((severity, mean, 0.0 if math.isnan(low) else (high - low) / 2))
+    return points
+
+
+def severity_plot(cells: list[dict], path: Path) -> None:
+    """``path`` (PNG): test AUROC against corruption severity (0 = clean), one panel per (target, fraction),
+    one line per method, mean over seeds with its 95% t-interval; written through a temporary file."""
+    import suite_plots
+
+    panels = sorted({(c["target"], c["fraction"]) for c in cells})
+    fig, axes = suite_plots._panels([f"{t}, {f:.0%} labels" for t, f in panels])
+    for (target, fraction), ax in zip(panels, axes.values()):
+        for i, method in enumerate(METHODS):
+            mine = [c for c in cells if (c["target"], c["fraction"], c["method"]) == (target, fraction, method)]
+            points = severity_points(mine)
+            if points:
+                x, y, e = zip(*points)
+                dodge = (i - (len(METHODS) - 1) / 2) * 0.05  # side by side, so the intervals stay readable
+                ax.errorbar([v + dodge for v in x], y, yerr=e, marker="o", capsize=3, color=suite_plots._color(method),
+                            label=f"{method} ({len(mine)} seeds)")
+        ax.set(xlabel="MedMNIST-C severity (0: clean; mean over corruptions)", ylabel="test AUROC",
+               title=f"{target}, {fraction:.0%} labels", xticks=range(6))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    suite_plots._save(fig, path)
+
+
 def grid(targets, fractions, seeds: int, methods) -> list[tuple]:
     """Cells (target, fraction, seed, method), seed-major so that every method of a seed finishes before the next
     seed starts (paired statistics grow one complete seed at a time)."""
@@ -251,6 +287,7 @@ def main(argv=None) -> int:
     report.publish(args.out, "movl", report.machine(), " ".join(["python benchmarks/movl.py", *(argv or sys.argv[1:])]),
                    __doc__.split("\n")[0], tables(done), {"protocol": PROTOCOL, "protocol_id": cache.id,
                                                             "cells": done})
+    severity_plot(done, Path(args.out) / "movl.png")
     return report.finish(missing, errors)
 
 

@@ -99,7 +99,7 @@ def test_a_report_of_an_empty_cache_never_replaces_the_published_one(tmp_path, m
     cache.store(cell("movl", 0, 0.7, 0.7, [0.6] * 5) | {"wall_s": 1.0})
     assert movl.main(["--report-only", "--cache", str(tmp_path / "cache"), "--out", str(out),
                       "--targets", "breastmnist", "--fractions", "0.1", "--seeds", "1"]) == 0
-    assert "| movl | 1 | 0.700" in (out / "movl.md").read_text()
+    assert "| movl | 1 | 0.700" in (out / "movl.md").read_text() and (out / "movl.png").is_file()
 
 
 def test_one_seed_shows_no_spread_rather_than_zero():
@@ -119,3 +119,16 @@ def test_a_run_on_a_fresh_cache_keeps_the_cells_of_the_report_it_replaces(tmp_pa
     assert movl.main(["--report-only", "--cache", str(fresh), "--out", str(out)]) == 0
     seeds = sorted(c["seed"] for c in json.loads((out / "movl.json").read_text())["cells"])
     assert seeds == [0, 1]
+
+
+def test_the_severity_plot_starts_at_the_clean_auroc_and_averages_over_seeds(tmp_path):
+    cells = [cell("movl", 0, 0.80, 0.7, [0.7, 0.6, 0.5, 0.4, 0.3]),
+             cell("movl", 1, 0.90, 0.7, [0.7, 0.6, 0.5, None, 0.1]), cell("full", 0, 0.85, 0.7, [0.8] * 5)]
+    points = movl.severity_points([c for c in cells if c["method"] == "movl"])
+    assert [p[0] for p in points] == [0, 1, 2, 3, 4, 5]
+    assert points[0][1] == pytest.approx(0.85) and points[0][2] > 0  # clean: two seeds, an interval
+    assert points[4][1:] == pytest.approx((0.4, 0.0))  # severity 4: seed 1 undefined, one value, no interval
+    assert points[5][1] == pytest.approx(0.2)
+    movl.severity_plot(cells, tmp_path / "movl.png")
+    assert (tmp_path / "movl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["movl.png"]  # no temporary file left

@@ -5,17 +5,19 @@
     python benchmarks/movl.py --report-only                                      # tables from the cache
 
 Grid: targets (BreastMNIST, PneumoniaMNIST) x label fractions (10%, 100%) x seeds (5) x methods: linear probe,
-visual prompt alone (+ head), MoVL (prompt + linear probe + discrepancy), MoVL with its prompt pre-trained by TPP
-(MAE pretext on the target's training images), LoRA, visual prompt + LoRA (one composed adapter), full
-fine-tuning. Each cell fine-tunes with a fixed step budget and keeps the last step, then evaluates the test split
-clean and under every MedMNIST-C corruption of the target at severities 1..5 (``evaluate.corruption=all``).
+visual prompt alone (+ head), MoVL (prompt + linear probe + discrepancy), LoRA, visual prompt + LoRA (one composed
+adapter), full fine-tuning, and each prompt method again with its parameters pre-trained by TPP first (``+tpp``: MAE
+pretext on the target's training images; for the composed adapter, prompt and LoRA together). Each cell
+fine-tunes with a fixed step budget and keeps the last step, then evaluates the test split clean and under every
+MedMNIST-C corruption of the target at severities 1..5 (``evaluate.corruption=all``).
 Prompt methods see a 36-px input (``backbone.input_size=36``, ``pad=4``: the 28-px image inside a 4-px frame).
 Cells are cached as JSON under ``--cache`` (one file per cell, keyed by the protocol and the backbone's content:
 a cell of another protocol or backbone is never reused), so a long grid is completed over several runs; a failing
 cell is reported and skipped. Writes ``benchmarks/results/movl.{json,md}`` for the requested grid's cached cells:
 per method and cell mean +- std over seeds of test AUROC / accuracy, the corrupted AUROC (mean over corruptions per
-severity; per corruption at severity 3), paired differences to full fine-tuning by seed (mean and 95% t-interval),
-trainable parameters and saved size; ``movl.png`` plots test AUROC against severity (0 = clean) per method.
+severity; per corruption at severity 3), paired differences to full fine-tuning and of each ``+tpp`` method to its
+random-init twin by seed (mean and 95% t-interval), trainable parameters and saved size; ``movl.png`` plots
+test AUROC against severity (0 = clean) per method.
 """
 from __future__ import annotations
 
@@ -35,7 +37,8 @@ import report  # noqa: E402
 PROTOCOL = {"finetune_steps": 200, "batch_size": 32, "selection": "last step of a fixed budget",
             "lr": {"full": 1e-4, "default": 1e-3}, "prompt_lr": 1e-2, "tpp_steps": 200, "tpp_lr": 1e-2,
             "prompt": {"mode": "pad", "pad": 4, "input_size": 36}, "lora": {"r": 8}, "movl_discrepancy": 0.1}
-METHODS = ["linear_probe", "visual_prompt", "movl", "movl+tpp", "lora", "visual_prompt+lora", "full"]
+METHODS = ["linear_probe", "visual_prompt", "visual_prompt+tpp", "movl", "movl+tpp", "lora", "visual_prompt+lora",
+           "visual_prompt+lora+tpp", "full"]  # METHOD+tpp: METHOD with its parameters pre-trained by MAE-TPP first
 TARGETS, FRACTIONS, SEEDS = ["breastmnist", "pneumoniamnist"], [0.1, 1.0], 5
 FINETUNE_CONFIG, TPP_CONFIG = "breast_us/mae_vit_tiny_lora_finetune.yaml", "breast_us/mae_vit_tiny_lora_tpp.yaml"
 
@@ -59,18 +62,19 @@ def adapter_overrides(method: str) -> dict:
 
 
 def run_cell(target: str, fraction: float, seed: int, method: str, data_root: str, backbone: str, work: Path) -> dict:
-    """Fine-tune (after TPP for ``movl+tpp``), evaluate clean and corrupted; the cell's numbers."""
+    """Fine-tune (after TPP for ``METHOD+tpp``), evaluate clean and corrupted; the cell's numbers."""
     import tpp
 
     base = {"backbone.path": backbone, "data.root": data_root, "data.name": target, "seed": seed,
             "train.batch_size": PROTOCOL["batch_size"]}
-    overrides = {**base, **adapter_overrides(method), "data.label_fraction": fraction,
+    adapter = adapter_overrides(method.removesuffix("+tpp"))
+    overrides = {**base, **adapter, "data.label_fraction": fraction,
                  "train.max_steps": PROTOCOL["finetune_steps"], "train.select_best": False}
     overrides.setdefault("train.lr", PROTOCOL["lr"]["default"])
     began, tpp_s = time.time(), None
-    if method == "movl+tpp":
+    if method.endswith("+tpp"):
         parent = tpp.pretrain_target_parameters(
-            TPP_CONFIG, {**base, **adapter_overrides(method), "train.max_steps": PROTOCOL["tpp_steps"],
+            TPP_CONFIG, {**base, **adapter, "train.max_steps": PROTOCOL["tpp_steps"],
                          "train.lr": PROTOCOL["tpp_lr"]}, output_dir=work / "tpp", overwrite=True)
         overrides["adapter.init_from"], tpp_s = str(parent.adapter), parent.metrics.get("wall_time_s")
     ft = tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=work / "ft", overwrite=True)
@@ -194,8 +198,24 @@ def tables(cells: list[dict]) -> str:
             if mine:
                 means = [report.mean_std([c["per_corruption_auroc_s3"][n] for c in mine])[0] for n in names]
                 out.append(f"| {method} | " + " | ".join(report.num(m) for m in means) + " |")
-        out.append("")
+        out += tpp_lines(rows) + [""]
     return "\n".join(out)
+
+
+def tpp_lines(rows: list[dict]) -> list[str]:
+    """Markdown lines: each ``METHOD+tpp`` against ``METHOD`` (random init) on the same seeds, clean and corrupted
+    (paired differences, 95% t-intervals); none when no such pair is cached."""
+    lines = []
+    for method in (m for m in METHODS if m.endswith("+tpp")):
+        twin = {c["seed"]: c for c in rows if c["method"] == method.removesuffix("+tpp")}
+        mine = [c for c in rows if c["method"] == method and c["seed"] in twin]
+        if mine:
+            diffs = [[_minus(f(c), f(twin[c["seed"]])) for c in mine] for f in (
+                lambda c: c["test_auroc"], lambda c: c["corrupted_auroc"]["3"], severity_mean)]
+            lines.append(f"| {method} - {method.removesuffix('+tpp')} | " + " | ".join(map(_ci, diffs)) + " |")
+    head = ["", "TPP against random initialisation of the same method (paired by seed, 95% CI):", "",
+            "| pair | test AUROC | corrupted AUROC s3 | corrupted mean s1-5 |", "|---|---|---|---|"]
+    return head + lines if lines else []
 
 
 def severity_points(cells: list[dict]) -> list[tuple[int, float, float]]:

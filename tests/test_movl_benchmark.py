@@ -132,3 +132,15 @@ def test_the_severity_plot_starts_at_the_clean_auroc_and_averages_over_seeds(tmp
     movl.severity_plot(cells, tmp_path / "movl.png")
     assert (tmp_path / "movl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in tmp_path.iterdir()] == ["movl.png"]  # no temporary file left
+
+
+def test_tpp_methods_are_paired_with_their_random_init_twin_by_seed():
+    rows = [cell("visual_prompt", 0, 0.60, 0.6, [0.5] * 5), cell("visual_prompt", 1, 0.70, 0.6, [0.6] * 5),
+            cell("visual_prompt+tpp", 1, 0.75, 0.6, [0.7] * 5), cell("visual_prompt+tpp", 0, 0.62, 0.6, [0.5] * 5),
+            cell("movl+tpp", 0, 0.9, 0.6, [0.5] * 5)]  # no movl twin: no line
+    lines = movl.tpp_lines(rows)
+    pair = [line for line in lines if line.startswith("| visual_prompt+tpp - visual_prompt |")]
+    assert len(pair) == 1 and not any(line.startswith("| movl+tpp") for line in lines)
+    mean, low, high = report.t_interval([0.02, 0.05])  # by seed; mismatched pairs would give -0.08 and +0.15
+    assert f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] (n=2)" in pair[0] and "+0.050" in pair[0].split("|")[3]
+    assert movl.tpp_lines(rows[:2]) == []

@@ -50,6 +50,10 @@ def test_publish_refuses_full_models_and_tpp_adapters(world, tmp_path):
     (tpp_like / "tpp_card.json").write_text(json.dumps(dict(card, task={"type": "none"})))
     with pytest.raises(TppError, match="no task head"):
         store.publish(tpp_like, tmp_path / "store", "x")
+    (tpp_like / "head.safetensors").unlink()  # what `tpp run tpp` writes: no head file, stage 'tpp'
+    (tpp_like / "tpp_card.json").write_text(json.dumps(dict(card, task={"type": "none"}, stage="tpp")))
+    with pytest.raises(TppError, match=r"lacks head.safetensors: it is a 'tpp'-stage adapter .* Fine-tune it first"):
+        store.publish(tpp_like, tmp_path / "store", "x")
 
 
 def test_listing_and_check_against_the_backbone(world, tmp_path):

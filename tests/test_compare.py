@@ -288,6 +288,8 @@ def test_outputs_never_replace_the_runs_own_files_and_damaged_inputs_are_named(r
     (run / "curves.png").unlink(missing_ok=True)
     assert run_cli("plot", str(run)) == 2
     assert "not a finite number in [0, 1]" in capsys.readouterr().err and not (run / "curves.png").exists()
+    assert run_cli("plot", str(run / "gone")) == 2
+    assert f"'{run / 'gone'}' does not exist." in capsys.readouterr().err
     (run / "predictions.csv").write_bytes(before["predictions.csv"])
     with open(run / "log.jsonl", "a") as fh:
         fh.write('[1, 2]\n{"event": "step", "step": "five", "loss": 1.0}\n{"event": "step", "step": 9, "loss": 1}\n')

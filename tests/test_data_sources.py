@@ -114,6 +114,11 @@ def test_preflight_asks_the_source(tmp_path):
     assert "breastmnist.npz' is not in" in preflight(cfg.data)[0]
     make_medmnist(tmp_path)
     assert preflight(cfg.data) == []
+    for download in (False, True):  # a typo is no missing file: downloading cannot fix it
+        cfg = build_config({"data": {"name": "breastmnsit", "root": str(tmp_path), "download": download}})
+        (problem,) = preflight(cfg.data)
+        assert "'breastmnsit' is no MedMNIST dataset. Did you mean 'breastmnist'?" in problem
+        assert "Zenodo" not in problem and "pneumoniamnist" in problem
 
 
 def test_load_data_through_the_registry_gives_what_the_loaders_give(tmp_path):

@@ -159,7 +159,7 @@ def run_folder(path, status=None, checkpoints=(), error="TppError: boom"):
     ("failed", ["step-2", "step-4"], "holds a failed run with checkpoints (newest: step-4); it failed with: TppError"),
     ("succeeded", ["step-4"], "holds a finished run (newest: step-4)"),
     ("running", [], "holds a run that is still running or was killed"),
-    (None, [], "is not empty"),
+    (None, [], "is not empty and holds no tpp run (config.yaml"),
 ])
 def test_a_run_folder_that_is_not_replaced_says_how_to_continue_or_start_over(tmp_path, status, checkpoints, said):
     out = run_folder(tmp_path / "out", status, checkpoints)

@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.filterwarnings("ignore", module="transformers")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars: tpp prints its own progress
     from tpp.recipes import RunFinished
 
     try:

@@ -19,6 +19,8 @@ from tpp.predictions_csv import read_predictions
 def read_log(run_dir: Path) -> tuple[list, dict]:
     """(loss points [(step, loss)], validation curves {metric: [(step, value)]}) of a run."""
     log = run_dir / "log.jsonl"
+    if not Path(run_dir).exists():
+        raise TppError(f"'{run_dir}' does not exist.")
     if not log.is_file():
         raise TppError(f"'{run_dir}' has no log.jsonl: it is not a tpp run directory.")
     losses, curves = {}, {}

@@ -215,16 +215,26 @@ def run_state(path: Path) -> dict:
     return {"status": recorded.get("status"), "error": recorded.get("error"), "checkpoints": [n for _, n in steps]}
 
 
+def _some_entries(path: Path, shown: int = 3) -> str:
+    """The first few entries of a folder by name (folders with a trailing /), and how many more."""
+    try:
+        entries = sorted(Path(path).iterdir())
+    except OSError:
+        return "unreadable"
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries[:shown]]
+    return ", ".join(names) + (f" and {len(entries) - shown} more" if len(entries) > shown else "")
+
+
 def not_empty_message(path: Path, state: dict) -> str:
     """Why ``output_dir`` is refused, and the three ways on: continue, start over, go elsewhere."""
     newest = f" (newest: {state['checkpoints'][-1]})" if state["checkpoints"] else ""
     failed = (f"holds a failed run with checkpoints{newest}" if state["checkpoints"] else
               "says a run failed there but also holds files no run writes (so it is not replaced)")
     what = {
-        "failed": failed + (f"; it failed with: {state['error']}" if state["error"] else ""),
+        "failed": failed + (f"; it failed with: {str(state['error']).rstrip('.')}" if state["error"] else ""),
         "succeeded": f"holds a finished run{newest}",
         "running": f"holds a run that is still running or was killed{newest}",
-    }.get(state["status"], "is not empty")
+    }.get(state["status"]) or f"is not empty and holds no tpp run ({_some_entries(path)})"
     resume = ("Continue it with train.resume=auto (a larger train.max_steps extends it)" if state["checkpoints"]
               else "train.resume=auto continues a run from its newest checkpoint (this one has none)")
     return (f"output_dir '{path}' {what}. {resume}; pass --overwrite to delete it and start over; or choose "

@@ -39,7 +39,8 @@ def bad_file(path, reason: str, on_bad_file: str, skipped: list, origin: str | N
     """An unreadable image: an error naming it (and ``origin``, e.g. the table line naming it), or with
     ``on_bad_file="skip"`` a (path, reason) row in ``skipped``."""
     if on_bad_file != "skip":
-        raise TppError(f"image '{path}'{f' ({origin})' if origin else ''} cannot be read ({reason}). Remove or "
+        raise TppError(f"image '{path}'{f' ({origin})' if origin else ''} cannot be read ({reason.rstrip('.')}). "
+                       "Remove or "
                        "replace it, or pass "
                        "data.on_bad_file=skip to leave such files out (listed in skipped.csv).")
     skipped.append((str(path), reason))

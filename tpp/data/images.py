@@ -89,7 +89,7 @@ def _reading(kind: str, name: str):
         raise ImageError(f"'{name}': reading {kind.upper()} needs an optional package ({exc.name}): "
                          f"pip install 'tpp[{extra}]'.") from None
     except Exception as exc:  # a corrupt file surfaces as many different library errors
-        text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the file", str(exc))[:200]
+        text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))[:200].rstrip(" .")
         raise ImageError(f"'{name}': cannot be read as {kind} ({type(exc).__name__}: {text}).") from None
 
 

@@ -254,7 +254,8 @@ def publish_predictions(rows: list[dict], masks: dict[str, np.ndarray], out: str
         print(f"{len(masks)} files (PNG; segmentation: class-index masks at each image's size) -> {folder}")
     print(f"{summary} -> {path}")
     if skipped:
-        print(f"warning: {len(skipped)} input(s) skipped (not readable as images) -> {skipped_path(path)}",
+        print(f"warning: {len(skipped)} input(s) skipped (missing or not readable as images; reasons in) -> "
+              f"{skipped_path(path)}",
               file=sys.stderr)
     return 0
 

@@ -64,6 +64,10 @@ def adapter_files(path: Path, card: dict) -> list[str]:
         names.append(card["weights_file"])
     names += [name for name in (PEFT_CONFIG, README) if (path / name).is_file()]
     missing = [n for n in names if not (path / n).is_file()]
+    if HEAD in missing and card.get("stage") not in (None, "finetune"):  # e.g. a TPP parent: no task head yet
+        raise TppError(f"adapter directory '{path}' lacks {HEAD}: it is a {card.get('stage')!r}-stage adapter with "
+                       f"no task head, and only fine-tuned adapters are published. Fine-tune it first (tpp run "
+                       f"finetune ... adapter.init_from={path}).")
     if missing:
         raise TppError(f"adapter directory '{path}' lacks {', '.join(missing)}.")
     return sorted(names)

@@ -1,11 +1,12 @@
 """An official MedMNIST 2D file, <root>/<data.name>.npz (or <root>/medmnist/), with its own splits and labels."""
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tpp.data import Dataset
-from tpp.data.arrays import MEDMNIST_LICENSES, MEDMNIST_ORIGINS, load_medmnist
+from tpp.data.arrays import MEDMNIST, MEDMNIST_LICENSES, MEDMNIST_ORIGINS, load_medmnist
 from tpp.data.sources import Source, register
 
 
@@ -23,6 +24,11 @@ def load(common, options: MedMNISTOptions, seed: int, image_size: int, labels: b
 
 
 def preflight(common, options: MedMNISTOptions, base: Path) -> list[str]:
+    if common.name not in MEDMNIST:  # a typo: no download can fix it
+        close = difflib.get_close_matches(str(common.name), sorted(MEDMNIST), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return [f"data.name: '{common.name}' is no MedMNIST dataset.{hint} Known: {', '.join(sorted(MEDMNIST))}. "
+                "For other files use data.source=npz or folder."]
     if options.download or any((base / sub / f"{common.name}.npz").is_file() for sub in ("", "medmnist")):
         return []
     return [f"MedMNIST file '{common.name}.npz' is not in '{base}' or '{base / 'medmnist'}' "

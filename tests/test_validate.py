@@ -34,7 +34,10 @@ def test_hub_ids_resolve_from_the_local_cache_only_offline(data_root, capsys):
 def test_data_files_and_modality_are_checked(tiny_mae, data_root, capsys):
     code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           "data.name=mystery")
-    assert code == 2 and "'mystery.npz' is not in" in text
+    assert code == 2 and "'mystery' is no MedMNIST dataset" in text
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                          "data.name=pneumoniamnist")  # a MedMNIST name whose file is not there
+    assert code == 2 and "'pneumoniamnist.npz' is not in" in text
     code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           "data.source=folder", "data.file=scans")
     assert code == 2 and "data.file 'scans' does not exist" in text and "needs data.modality" in text

@@ -7,7 +7,9 @@
 backbone's features, episodes of class subsets and one-vs-rest tasks of every MedMNIST dataset not held out.
 ``incontext.kind=segmentation``: a CrossConv network (:class:`tpp.incontext.learned.CrossConvNet`) at 64 px,
 episodes of BUSI masks (unless held out) and synthetic segmentation and image-to-image tasks
-(:mod:`tpp.incontext.episodes`). ``incontext.holdout`` (default breastmnist, pneumoniamnist, busi) is never read.
+(:mod:`tpp.incontext.episodes`). ``incontext.holdout`` (default breastmnist, pneumoniamnist, busi) is never read;
+a name that is no dataset (one under the data root, a MedMNIST flag, MedNIST, BUSI) is refused before the run
+starts: a misspelt one would hold out nothing.
 
 One optimiser step = ``train.batch_size`` episodes, drawn from a generator seeded by (seed, step index), so a
 run resumed with ``train.resume=auto`` draws exactly the episodes the uninterrupted run would. Writes
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from tpp.data.arrays import resolve_root
-from tpp.errors import ConfigError
+from tpp.errors import ConfigError, TppError
 from tpp.incontext import episodes, learned
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
                           train_loop)
@@ -38,6 +40,11 @@ def check(cfg) -> None:
                           "not apply: the episodes are endless).")
     if cfg.train.max_steps < 1:
         raise ConfigError(f"train.max_steps must be at least 1, got {cfg.train.max_steps}.")
+    try:  # a misspelt holdout would hold out nothing: refused before anything is read or written
+        root = resolve_root(cfg.data.root)
+    except TppError:  # no data root: preflight reports it; the names are checked against the known datasets
+        root = None
+    episodes.check_holdout(cfg.incontext.holdout, root)
 
 
 def _classification_loss(model, batch, device) -> tuple[torch.Tensor, dict]:
@@ -66,6 +73,7 @@ def _segmentation_loss(model, batch, device) -> tuple[torch.Tensor, dict]:
 def build_task(cfg, device, log) -> tuple[torch.nn.Module, callable, dict]:
     """(fresh model, ``draw(rng) -> batch``, the card's ``tasks`` entry) for ``incontext.kind``."""
     ic, root = cfg.incontext, resolve_root(cfg.data.root)
+    episodes.check_holdout(ic.holdout, root)  # run() called without check(): still never train on a typo
     torch.manual_seed(cfg.seed)
     if ic.kind == "classification":
         from tpp.incontext.features import load_extractor

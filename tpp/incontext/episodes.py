@@ -35,10 +35,53 @@ def dataset_name(path: Path) -> str:
     return path.name.split(".")[0].removesuffix("_jpeg")
 
 
+def canonical(name: str) -> str:
+    """A holdout entry as datasets are named here: ``BreastMNIST``, ``dermamnist_jpeg``, ``bloodmnist.npz``
+    -> ``breastmnist``, ``dermamnist``, ``bloodmnist`` (the flag, the file and its stem name one dataset)."""
+    return dataset_name(Path(str(name).strip().lower()))
+
+
 def held_out(name: str, holdout: list[str]) -> bool:
     """A dataset is held out when it or an alias of the same images is listed."""
     names = {name} | ALIASES.get(name, set())
-    return bool(names & {h.lower() for h in holdout})
+    return bool(names & {canonical(h) for h in holdout})
+
+
+def drawable(root: Path) -> list[str]:
+    """The datasets under ``root`` the task distribution can draw from (the MedMNIST files of either kind,
+    MedNIST and BUSI for segmentation), found by file name alone: nothing is opened."""
+    root = Path(root)
+    folder = root / MEDMNIST
+    names = {dataset_name(p) for p in folder.glob("*.npz")} if folder.is_dir() else set()
+    names |= {name for name, file in (("mednist", MEDNIST_FILE), ("busi", BUSI_FILE)) if (root / file).is_file()}
+    return sorted(names)
+
+
+def check_holdout(holdout: list[str], root: Path | None) -> None:
+    """A ConfigError naming every ``incontext.holdout`` entry that names no dataset: neither one under
+    ``root`` (None: not known yet) nor an alias of one, nor an official MedMNIST flag, MedNIST or BUSI. A
+    misspelt name would otherwise hold out nothing and train on the dataset meant to be held out."""
+    import difflib
+
+    from tpp.data.medmnist_download import MD5
+    from tpp.errors import ConfigError
+
+    present = drawable(root) if root is not None else []
+    known = set(present) | set(MD5) | {"mednist", "busi"}
+    known |= {alias for name in set(known) for alias in ALIASES.get(name, ())}
+    unknown = [h for h in holdout if canonical(h) not in known]
+    if not unknown:
+        return
+    shown = present or sorted(known)
+    problems = []
+    for name in unknown:
+        close = difflib.get_close_matches(canonical(name), shown, n=1) or \
+            difflib.get_close_matches(canonical(name), sorted(known), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        problems.append(f"incontext.holdout: {name!r} names no dataset, so it would hold out nothing; {hint}"
+                        f"datasets{f' under {root}' if present else ''}: {', '.join(shown)}"
+                        f"{' (or any MedMNIST flag)' if present else ''}.")
+    raise ConfigError("\n".join(problems))
 
 
 def dataset_names(root: Path, holdout: list[str]) -> dict[str, Path]:

@@ -16,6 +16,21 @@ from tpp.incontext import methods
 from tpp.incontext.context import CLASSIFICATION, ContextSet
 from tpp.incontext.features import SEG_SIZE, Extractor
 
+METHODS = (*methods.METHODS, "learned")  # what prepare takes: the training-free methods and a learned model
+
+
+def check_method(method) -> str:
+    """``method`` when :func:`prepare` takes it, else a TppError listing every method (and a close one)."""
+    import difflib
+
+    from tpp.errors import TppError
+
+    if method not in METHODS:
+        close = difflib.get_close_matches(str(method), METHODS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else "."
+        raise TppError(f"in-context method {method!r} is not one of {', '.join(METHODS)}{hint}")
+    return method
+
 
 @dataclass
 class Prepared:
@@ -109,11 +124,11 @@ def prepare(ctx: ContextSet, extractor: Extractor, method: str = "prototype", k:
     do not apply (the model's own input size is used)."""
     from tpp.errors import TppError
 
+    check_method(method)
     if method == "learned":
         return _prepare_learned(ctx, extractor, model, version)
     if model is not None:
         raise TppError(f"an in-context model is used by --method learned only, not by {method}.")
-    methods.check_method(method)
     if k is not None and k < 1:
         raise TppError(f"the number of neighbours k must be at least 1, got {k}.")
     if image_size is not None and image_size < 1:

@@ -15,7 +15,9 @@ loaded (:mod:`tpp.serve.incontext_models`; 400 naming the option when none of th
 apply to it. ``GET /v1/contexts`` lists the methods and the loaded models (kind, sha256 of the weights, held-out
 datasets); an answer of method learned names the model's weights hash.
 
-The answers have the format of ``POST /v1/sites/{site}/predict`` and the numbers of ``tpp predict --context``.
+The answers hold ``context``, ``version``, ``task``, ``k``, ``method``, ``backbone_hash`` (and ``model`` for a
+learned one) and ``predictions`` entries as ``POST /v1/sites/{site}/predict`` gives them (no ``site`` or
+``adapter_id``), with the numbers of ``tpp predict --context``.
 Everything runs on the inference thread, on the bank's frozen backbone (nothing is written into it).
 """
 from __future__ import annotations

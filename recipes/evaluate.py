@@ -111,11 +111,36 @@ def corruption_plan(cfg) -> tuple[str, list[str], list[int]] | None:
             [options.severity] if options.severity else list(SEVERITIES))
 
 
+# what a split's results record beside its metrics: counts and indices (ints) and the decision threshold (a
+# setting); the per-corruption entries keep them, the mean over corruptions does not
+NOT_AVERAGED = frozenset({"n", "positive_class_index", "bootstrap_resamples", "threshold", "empty_predictions",
+                          "hd95_undefined"})
+
+
+def is_averaged(key: str, rows: list[dict]) -> bool:
+    """Whether ``key`` is a metric that ``corruption.mean`` averages over the corruptions' ``rows``: a float in
+    every row (scores and rates: auroc, accuracy, ece, dice ...; counts and indices are ints) and not one of
+    :data:`NOT_AVERAGED`."""
+    return key not in NOT_AVERAGED and all(isinstance(r[key], float) for r in rows)
+
+
+def mean_over_corruptions(per: dict, families: list[str], severities: list[int]) -> dict:
+    """``{"3": {metric: mean over the corruptions}}`` per severity, from ``per[corruption]["3"]``: the metrics
+    every corruption has (:func:`is_averaged`)."""
+    mean = {}
+    for severity in map(str, severities):
+        rows = [per[c][severity] for c in families]
+        keys = set.intersection(*(set(r) for r in rows))
+        mean[severity] = {k: sum(r[k] for r in rows) / len(rows) for k in sorted(keys) if is_averaged(k, rows)}
+    return mean
+
+
 def corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targets, size, info, run) -> dict | None:
     """The split's scalar metrics (point estimates, no bootstrap interval) under each requested corruption and
     severity, and their mean over corruptions per severity:
-    ``{"preset", "per_corruption": {name: {"3": {...}}}, "mean": {"3": {...}}}``. Images are corrupted as
-    stored (before resizing), one batch at a time, image ``i`` drawing from ``seed + i``."""
+    ``{"preset", "per_corruption": {name: {"3": {...}}}, "mean": {"3": {...}}}``: each corruption's entry holds
+    every scalar, the mean the metrics only (:func:`is_averaged`: no ``n``, index or threshold). Images are
+    corrupted as stored (before resizing), one batch at a time, image ``i`` drawing from ``seed + i``."""
     from tpp.data.corruptions import CorruptedImages
 
     plan = corruption_plan(cfg)
@@ -136,19 +161,34 @@ def corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targ
                                                              if isinstance(v, (int, float)) and not isinstance(v, bool)}
             run.log(event="corruption", corruption=corruption, severity=severity,
                     **{task.main_metric: result.get(task.main_metric)})
-    mean = {}
-    for severity in map(str, severities):
-        rows = [per[c][severity] for c in families]
-        keys = set.intersection(*(set(r) for r in rows))
-        mean[severity] = {k: sum(r[k] for r in rows) / len(rows) for k in sorted(keys)}
-    return {"preset": name, "severities": severities, "per_corruption": per, "mean": mean,
+    return {"preset": name, "severities": severities, "per_corruption": per,
+            "mean": mean_over_corruptions(per, families, severities),
             "source": "MedMNIST-C (Di Salvo et al. 2024) families and parameters, tpp.data.corruptions"}
 
 
 def report(summary: dict) -> list[str]:
-    """Lines ``tpp run`` prints at the end."""
+    """Lines ``tpp run`` prints at the end: the split's, the corruption summary's (with ``evaluate.corruption``),
+    the decision rule's."""
     lines = [task.split_line(split, m) for split, m in summary.items() if (task := task_of_result(m))]
+    task = next((t for m in summary.values() if (t := task_of_result(m))), None)
+    lines += [corruption_line(summary["corruption"], task.main_metric)] if task and "corruption" in summary else []
     return lines + ([f"decision: {summary['decision']}"] if isinstance(summary.get("decision"), str) else [])
+
+
+def corruption_line(shift, metric: str) -> str:
+    """``corruption (6 corruptions, preset breastmnist): mean auroc at severity 1: 0.712  2: 0.690 ...``: the main
+    metric's mean over the corruptions at each severity (``metrics.json``'s ``corruption.mean``)."""
+    shift = shift if isinstance(shift, dict) else {}
+    mean = shift.get("mean") if isinstance(shift.get("mean"), dict) else {}
+    per = shift.get("per_corruption") if isinstance(shift.get("per_corruption"), dict) else {}
+
+    def value(entry) -> str:
+        v = entry.get(metric) if isinstance(entry, dict) else None
+        return f"{v:.3f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
+    severities = "  ".join(f"{severity}: {value(entry)}" for severity, entry in mean.items())
+    count = f"{len(per)} corruption{'s' if len(per) != 1 else ''}"
+    return f"corruption ({count}, preset {shift.get('preset')}): mean {metric} at severity {severities or 'n/a'}"
 
 
 def compare_row(run) -> dict:

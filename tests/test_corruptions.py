@@ -71,7 +71,7 @@ def test_equal_to_medmnistc_where_it_installs():
 
 
 @pytest.mark.integration
-def test_evaluate_writes_metrics_per_corruption_and_severity(tmp_path):
+def test_evaluate_writes_metrics_per_corruption_and_severity(tmp_path, capsys):
     backbone = make_backbone(tmp_path / "bb", "vit_mae")
     root = make_medmnist(tmp_path / "data")
     common = [f"backbone.path={backbone}", f"data.root={root}", "train.batch_size=16", "adapter.r=2"]
@@ -87,10 +87,53 @@ def test_evaluate_writes_metrics_per_corruption_and_severity(tmp_path):
     assert set(shift["mean"]) == {"3"}
     mean = np.mean([v["3"]["auroc"] for v in shift["per_corruption"].values()])
     assert shift["mean"]["3"]["auroc"] == pytest.approx(mean)
+    assert all(v["3"]["n"] == metrics["test"]["n"] for v in shift["per_corruption"].values())  # entries keep n
+    assert not NOT_METRICS & set(shift["mean"]["3"])  # no average of a count, an index or the threshold
+    assert {"auroc", "accuracy", "sensitivity", "specificity", "f1", "ece"} <= set(shift["mean"]["3"])
     assert "auroc" in metrics["test"]  # the clean split is still evaluated
+    printed = capsys.readouterr().out
+    assert f"corruption ({len(PRESETS['breastmnist'])} corruptions, preset breastmnist): mean auroc at severity " \
+           f"3: {shift['mean']['3']['auroc']:.3f}" in printed
     assert run_cli("run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", *common,
                    f"adapter.path={tmp_path / 'ft' / 'adapter'}", "evaluate.corruption=gamma_corr_up",
                    f"output_dir={tmp_path / 'ev2'}") == 2
+
+
+NOT_METRICS = {"n", "positive_class_index", "bootstrap_resamples", "threshold", "empty_predictions", "hd95_undefined"}
+
+
+def test_the_mean_over_corruptions_averages_metrics_only():
+    from tpp.recipes.evaluate import mean_over_corruptions
+
+    def binary(auroc):  # a corruption's entry as the evaluate recipe keeps it: every scalar of the split's results
+        return {"n": 78, "auroc": auroc, "bootstrap_resamples": 0, "accuracy": 0.5, "f1": 0.4, "sensitivity": 0.3,
+                "specificity": 0.7, "threshold": 0.42, "positive_class_index": 1, "ece": 0.1}
+
+    def seg(dice):
+        return {"n": 20, "dice": dice, "iou": dice / 2, "hd95": 3.0, "empty_predictions": 2, "hd95_undefined": 1}
+
+    for entry, metrics in ((binary, {"auroc", "accuracy", "f1", "sensitivity", "specificity", "ece"}),
+                           (seg, {"dice", "iou", "hd95"})):
+        per = {"a": {"1": entry(0.6), "2": entry(0.5)}, "b": {"1": entry(0.8), "2": entry(0.7)}}
+        mean = mean_over_corruptions(per, ["a", "b"], [1, 2])
+        assert set(mean) == {"1", "2"} and all(set(m) == metrics for m in mean.values())
+        key = "auroc" if "auroc" in metrics else "dice"
+        assert mean["1"][key] == pytest.approx(0.7) and mean["2"][key] == pytest.approx(0.6)
+
+
+def test_the_evaluate_report_summarises_the_corruptions():
+    from tpp.recipes.evaluate import report
+
+    test = {"n": 78, "auroc": 0.8, "auroc_ci95": [0.7, 0.9], "accuracy": 0.75, "sensitivity": 0.7,
+            "specificity": 0.8, "threshold": 0.5}
+    shift = {"preset": "breastmnist", "severities": [1, 2, 3, 4, 5],
+             "per_corruption": {c: {} for c in PRESETS["breastmnist"]},
+             "mean": {str(s): {"auroc": 0.8 - 0.05 * s, "accuracy": 0.7} for s in range(1, 6)}}
+    lines = report({"test": test, "corruption": shift, "decision": "threshold 0.5"})
+    assert lines[0].startswith("test: AUROC 0.800") and lines[-1] == "decision: threshold 0.5"
+    assert lines[1] == (f"corruption ({len(PRESETS['breastmnist'])} corruptions, preset breastmnist): mean auroc at "
+                        "severity 1: 0.750  2: 0.700  3: 0.650  4: 0.600  5: 0.550")
+    assert len(report({"test": test})) == 1  # no corruption requested: no line
 
 
 def test_the_evaluate_section_belongs_to_the_evaluate_recipe():

@@ -207,6 +207,16 @@ def test_an_input_of_another_size_names_the_setting(backbone):
         model(torch.randn(1, 3, 32, 32))
 
 
+@pytest.mark.parametrize("part", ["visual_prompt", "movl"])
+def test_a_composed_prompts_size_error_names_its_section(backbone, part):
+    """The run-time backstop (the config checks refuse this first) names the key a composed method sets."""
+    encoder, info, _ = load_backbone(backbone)
+    attach_adapter(encoder, f"{part}+lora", {part: {"input_size": 36}, "lora": {"r": 2}})
+    model = TaskModel(encoder, MeanHead(info.hidden_size))
+    with pytest.raises(TppError, match=rf"adapter\.{part}\.input_size .*must equal backbone\.input_size"):
+        model(torch.randn(1, 3, 28, 28))
+
+
 def test_the_wrapper_is_the_only_module_that_sees_pixels_first(backbone):
     model, _ = prompted_model(backbone)
     assert isinstance(model.encoder.model.embeddings, PromptedEmbeddings)

@@ -20,6 +20,7 @@ masking, the token grid) sees an input of the size it expects. Shapes: pixels (B
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -87,6 +88,7 @@ class PromptedEmbeddings(nn.Module):
         self.base_layer = base_layer
         self.mode, self.pad, self.size = options.mode, options.pad, size
         self.discrepancy_weight, self.discrepancy = float(options.discrepancy_weight), options.discrepancy
+        self.method_name = "movl" if isinstance(options, MovlOptions) else "visual_prompt"  # for error messages
         self.tpp_visual_prompt = nn.Parameter(torch.zeros(channels, size, size))
         mask = torch.ones(1, 1, size, size)
         if self.mode == "pad":
@@ -103,9 +105,12 @@ class PromptedEmbeddings(nn.Module):
         """(B, C, S, S) -> (B, C, S, S). pad: the border is replaced by the pattern, the inner
         ``S - 2 * pad`` pixels (the image, placed there by the input pipeline) pass unchanged; full: the
         pattern is added to every pixel."""
-        if tuple(pixel_values.shape[-2:]) != (self.size, self.size):
+        if tuple(pixel_values.shape[-2:]) != (self.size, self.size):  # the config checks catch this before a run
+            name = self.method_name
             raise TppError(f"the visual prompt was made for a {self.size}-px input, got "
-                           f"{tuple(pixel_values.shape[-2:])}: set adapter.input_size to backbone.input_size.")
+                           f"{tuple(pixel_values.shape[-2:])}: the prompt's input size (adapter.input_size; "
+                           f"adapter.{name}.input_size when {name} is part of a composed adapter.method) must "
+                           "equal backbone.input_size. Set both to the same size.")
         pattern = self.tpp_visual_prompt.to(pixel_values.dtype)
         if self.mode == "pad":
             return torch.where(self.mask.bool(), pattern, pixel_values)
@@ -128,6 +133,30 @@ class PromptedEmbeddings(nn.Module):
         if self.enabled:
             pixel_values = self.prompt(pixel_values)
         return self.base_layer(pixel_values, *args, **kwargs)
+
+
+def prompt_input_sizes(method_name, options) -> list[tuple[str, object]]:
+    """``(config key, input_size)`` of every visual prompt (``visual_prompt``, ``movl``) in a method: the key is
+    ``adapter.input_size`` for the method alone, ``adapter.<part>.input_size`` for a part of a composed method;
+    the size None when unset (the prompt then covers the checkpoint's image size). ``options``: the method's
+    options, typed (``AdapterConfig.typed()``) or a plain dict (an adapter card's). [] for other methods. The
+    config checks compare each size with ``backbone.input_size`` (``tpp.config.checks``)."""
+    from tpp.adapters import get_method
+
+    def size(opts):
+        if dataclasses.is_dataclass(opts):
+            opts = dataclasses.asdict(opts)
+        return opts.get("input_size") if isinstance(opts, dict) else None
+
+    method = get_method(method_name)
+    if method.parts:
+        sections = dataclasses.asdict(options) if dataclasses.is_dataclass(options) else options
+        sections = sections if isinstance(sections, dict) else {}
+        return [(f"adapter.{part.name}.input_size", size(sections.get(part.name)))
+                for part in method.parts if issubclass(part.options_cls, VisualPromptOptions)]
+    if issubclass(method.options_cls, VisualPromptOptions):
+        return [("adapter.input_size", size(options))]
+    return []
 
 
 def resolve(encoder, options) -> list[str]:

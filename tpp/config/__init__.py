@@ -29,7 +29,7 @@ import os
 import typing
 from collections.abc import Mapping
 
-from tpp.config.checks import _check_values
+from tpp.config.checks import _check_values, prompt_size_problems
 from tpp.config.paths import resolve_config_paths
 from tpp.config.parse import (_default, _describe, _section, apply_overrides, build_dataclass, config_error,
                               load_yaml, parse_override, unknown_key)
@@ -101,7 +101,10 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
     Paths (``backbone.path``, ``adapter.path``, ``adapter.init_from``, ``data.root``) become absolute: the
     file's against the file's folder, the overrides' against the current folder (:mod:`tpp.config.paths`).
     ``path`` may be a mapping instead (``tpp.finetune({...})``): checked like a file's contents, its relative
-    paths against the current folder."""
+    paths against the current folder.
+
+    Then a visual prompt's input size is checked against ``backbone.input_size`` (the checkpoint's config.json
+    read when one of them is unset; :func:`tpp.config.checks.prompt_size_problems`)."""
     if isinstance(path, Mapping):  # a config built in Python: its relative paths are the current folder's
         data, path, base = _plain(path), "(dict)", os.getcwd()
     else:
@@ -119,6 +122,9 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
     cfg.recipe = recipe
     resolve_config_paths(cfg, file_data, given, base)
     cfg.adapter.explicit = frozenset(given["adapter"]) if isinstance(given.get("adapter"), dict) else frozenset()
+    problems = prompt_size_problems(cfg)  # needs the resolved backbone.path (and adapter.init_from)
+    if problems:
+        raise config_error(problems)
     return cfg
 
 

@@ -84,3 +84,83 @@ def _check_data(data: DataConfig, key: str, problems: list[str]) -> None:
                         f"{data.val_fraction} + {data.test_fraction}.")
     if not 0 <= data.num_workers <= 64:
         problems.append(f"{key}.num_workers must be between 0 and 64 (worker processes), got {data.num_workers}.")
+
+
+def prompt_size_problems(cfg: RunConfig) -> list[str]:
+    """A visual prompt (``visual_prompt``, ``movl``, alone or a part of a composed method) is made for one input
+    size, its ``input_size`` (unset: the checkpoint's image size), and the encoder is fed ``backbone.input_size``
+    (unset: the same); they must be equal, or the first training step fails. Checked for the recipes that attach
+    the configured method (finetune, tpp, multitask with target parameters), on the config as resolved (absolute
+    paths: :func:`tpp.config.load_config` calls it). The parent's options count with ``adapter.init_from`` (they
+    are inherited). The checkpoint's image size is read from its config.json only when one side is unset;
+    a backbone or parent that does not resolve is left to ``tpp validate``'s own checks (nothing reported here)."""
+    from tpp.errors import TppError
+    from tpp.recipes.registry import RECIPES
+
+    recipe = RECIPES.get(cfg.recipe)
+    # evaluate (reads adapter.path) builds its model from the adapter's card, input size included
+    if (recipe is None or not {"backbone", "adapter"} <= set(recipe.sections) or "adapter.path" not in recipe.ignores
+            or (cfg.recipe == "multitask" and cfg.multitask.scope != "target")):
+        return []
+    method, options, parent = cfg.adapter.method, cfg.adapter.typed(), None
+    if cfg.adapter.init_from and "adapter.init_from" not in recipe.ignores:
+        from tpp.adapter_dir import read_card
+
+        try:
+            card = read_card(cfg.adapter.init_from)
+        except TppError:
+            return []  # named by the pre-run checks
+        method, options, parent = card.get("method"), card.get("options"), cfg.adapter.init_from
+    from tpp.adapters.visual_prompt import prompt_input_sizes
+
+    try:
+        prompts = prompt_input_sizes(method, options)
+    except TppError:  # a parent card naming an unknown method: refused when the run reads it
+        return []
+    backbone_size = cfg.backbone.input_size
+    checkpoint: list = []  # the checkpoint's image size, read once if needed ([None]: it does not resolve)
+
+    def native() -> int | None:
+        if not checkpoint:
+            from tpp.backbones import backbone_config
+
+            try:
+                size = getattr(backbone_config(cfg.backbone.path), "image_size", None)
+            except TppError:
+                size = None
+            size = size[0] if isinstance(size, (list, tuple)) and size else size
+            checkpoint.append(size if isinstance(size, int) and not isinstance(size, bool) else None)
+        return checkpoint[0]
+
+    problems = []
+    for key, size in prompts:
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+            continue  # a malformed card: refused when the run reads it
+        if size == backbone_size:  # both set and equal, or both unset (both the checkpoint's)
+            continue
+        fed = backbone_size if backbone_size is not None else native()
+        made = size if size is not None else native()
+        if fed is None or made is None or fed == made:
+            continue
+        problems.append(_prompt_size_problem(key, size, backbone_size, made, fed, checkpoint[0] if checkpoint else None,
+                                             parent))
+    return problems
+
+
+def _prompt_size_problem(key: str, size, backbone_size, made: int, fed: int, native, parent) -> str:
+    """One line naming both keys as written (an unset one with the checkpoint's size it means) and the fix."""
+    unset = f" (unset: the backbone's {native})"
+    prompt = f"{key}={size}" if size is not None else f"{key}{unset}"
+    if parent:
+        prompt = f"the parent adapter's {prompt} (adapter.init_from '{parent}'; inherited)"
+    backbone = f"backbone.input_size={backbone_size}" if backbone_size is not None else f"backbone.input_size{unset}"
+    if parent:
+        fix = f"set backbone.input_size={made}, the size the parent's prompt was made for"
+    elif size is not None and backbone_size is None:
+        fix = f"set backbone.input_size={made} too (backbone: {{input_size: {made}}}), or drop {key}"
+    elif size is None:
+        fix = f"set {key}={fed} too, or drop backbone.input_size"
+    else:
+        fix = f"set both to the same size, e.g. {key}={fed}"
+    return (f"{prompt} differs from {backbone}: a visual prompt is made for the encoder's input size, so the two "
+            f"must be equal; {fix}.")

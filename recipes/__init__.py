@@ -43,15 +43,36 @@ def preflight(cfg) -> list[str]:
                 for p in data_preflight(data, cfg.data.root)]
     checks = [lambda: backbone_config(cfg.backbone.path)] if "backbone" in recipe.sections else []
     if reads("adapter.path") and cfg.adapter.path:
-        checks.append(lambda: read_card(cfg.adapter.path, kinds=("adapter", "full_model")))
+        checks.append(lambda: evaluated_card(cfg.adapter.path))
     if reads("adapter.init_from") and cfg.adapter.init_from:
-        checks.append(lambda: read_card(cfg.adapter.init_from))
+        checks.append(lambda: parent_options(cfg.adapter, read_card(cfg.adapter.init_from)))
     for check in checks:
         try:
             check()
         except TppError as exc:
             problems.append(str(exc))
     return problems
+
+
+def evaluated_card(path) -> dict:
+    """The card of an adapter to evaluate: an adapter or full model with a task head (a TPP adapter has none)."""
+    from tpp.adapter_dir import read_card
+    from tpp.errors import TppError
+    from tpp.tasks import task_of_card
+
+    card = read_card(path, kinds=("adapter", "full_model"))
+    if task_of_card(card) is None:
+        raise TppError(f"adapter '{path}' has no task head (stage {card.get('stage')!r}); fine-tune it first "
+                       "(tpp run finetune ... adapter.init_from=...).")
+    return card
+
+
+def parent_options(adapter_cfg, card: dict) -> None:
+    """The options given with ``adapter.init_from`` against the parent's card (:func:`tpp.builders.inherit`):
+    a conflicting value given explicitly is an error before the run starts, not after its folder exists."""
+    from tpp.builders import inherit
+
+    inherit(adapter_cfg, card)
 
 
 def get_recipe(name: str):

@@ -51,7 +51,8 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
 def check(cfg) -> None:
     """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
     if not cfg.adapter.path:
-        raise ConfigError("the evaluate recipe needs adapter.path=DIR (an adapter directory with a head).")
+        raise ConfigError("the evaluate recipe needs adapter.path=DIR (an adapter directory with a head; from "
+                          "Python: tpp.evaluate(config, adapter=DIR or a RunResult)).")
     corruption_plan(cfg)
 
 

@@ -37,9 +37,9 @@ def runs(tmp_path_factory):
     assert run_cli("run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml", f"data.root={root}",
                    f"output_dir={base / 'pre'}", "train.max_steps=2", "train.batch_size=16",
                    "pool=[{data: {source: medmnist, name: breastmnist}}]", *TINY_MODEL) == 0
-    # a failed run: a TPP adapter has no head to evaluate with (fails inside the recipe; status.json 'failed')
-    assert run_cli(*recipe_args("evaluate", CLS, backbone, root, base / "failed",
-                                f"adapter.path={base / 'tpp' / 'adapter'}")) == 2
+    # a failed run: LoRA targets that no layer has (found when the backbone is loaded; status.json 'failed')
+    assert run_cli(*recipe_args("finetune", CLS, backbone, root, base / "failed", *FAST,
+                                "adapter.target_modules=[qkv]")) == 2
     return base
 
 

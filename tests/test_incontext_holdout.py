@@ -50,6 +50,8 @@ def test_an_unknown_method_is_refused_naming_every_method(tiny_mae, tmp_path):
     ctx_dir = _write_context(tmp_path / "ctx", {"a": [image], "b": [255 - image]})
     with pytest.raises(TppError, match="'knnn' is not one of prototype, knn, learned; did you mean knn"):
         tpp.in_context(ctx_dir, image, backbone=tiny_mae, method="knnn")
+    with pytest.raises(TppError, match="'knnn' is not one of"):  # checked before the context or backbone is read
+        tpp.in_context(tmp_path / "no_context", image, backbone=tmp_path / "no_backbone", method="knnn")
     ctx = check(ContextSet(CLASSIFICATION, [image, image], ["a", "b"], names=["x", "y"], source="ctx"))
     with pytest.raises(TppError, match="is not one of prototype, knn, learned"):  # not "used by learned only"
         prepare(ctx, _StubExtractor(), "Learned", model=object())

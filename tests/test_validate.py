@@ -74,3 +74,25 @@ def test_every_config_problem_is_one_error_with_a_line_each(capsys):
         "  - adapter.r must be at least 1, got 0.",
         "  - unknown config key 'train.lrr'; did you mean train.lr?",
         "  - seed must be an integer in 0 .. 2**32 - 1 (4294967295), got -1."]
+
+
+def test_a_tpp_adapter_to_evaluate_and_an_option_against_the_parent_are_refused_before_the_run(
+        tiny_mae, data_root, tmp_path, capsys):
+    """Both were found only after output_dir existed (a failed run folder left behind)."""
+    parent = tmp_path / "tpp"
+    assert main(["run", "tpp", "--config", TPP, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                 "train.max_steps=1", f"output_dir={parent}"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "ev"
+    code = main(["run", "evaluate", "--config", FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                 f"adapter.path={parent / 'adapter'}", f"output_dir={out}"])
+    text = capsys.readouterr().err
+    assert code == 2 and "has no task head (stage 'tpp')" in text and not out.exists()
+    out = tmp_path / "ft"
+    code = main(["run", "finetune", "--config", FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                 "adapter.r=4", f"adapter.init_from={parent / 'adapter'}", f"output_dir={out}"])
+    text = capsys.readouterr().err
+    assert code == 2 and "adapter.r=4 conflicts with the parent adapter" in text and not out.exists()
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                          f"adapter.init_from={parent / 'adapter'}")  # inheriting, nothing overridden: fine
+    assert code == 0, text

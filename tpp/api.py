@@ -474,9 +474,10 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
     from tpp.backbones import DEFAULT_BACKBONE
     from tpp.incontext.context import ContextSet, check, from_pairs, read_context
     from tpp.incontext.features import load_extractor
-    from tpp.incontext.predict import prepare
+    from tpp.incontext.predict import check_method, prepare
     from tpp.serve.adapter_features import with_adapter
 
+    check_method(method)  # before any file is read or the backbone loaded
     if isinstance(context, (str, os.PathLike)):
         ctx = read_context(context, max_k)
     elif isinstance(context, ContextSet):

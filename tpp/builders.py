@@ -51,6 +51,18 @@ def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict
     source = adapter_cfg.init_from
     card = read_card(source)
     verify_backbone(card, info, source)
+    method, options, notes = inherit(adapter_cfg, card)
+    check_parent_modality(card, source, modality, adapter_cfg.require_same_modality)
+    return card, method, options, notes
+
+
+def inherit(adapter_cfg, card: dict) -> tuple[str, dict, list[str]]:
+    """The method and options of a fine-tune from the parent adapter's ``card`` (``adapter.init_from``): the
+    method and its inherited options are the parent's; a different value given explicitly (command line, or a
+    config dict's adapter section) is a ConfigError, one from the config file gives way (a note says so).
+
+    Returns (method name, options, notes on config-file values replaced)."""
+    source = adapter_cfg.init_from
     explicit = adapter_cfg.explicit  # None: every key counts as given explicitly
     is_explicit = (lambda key: True) if explicit is None else (lambda key: key in explicit)
     notes, given = [], dict(adapter_cfg.options)
@@ -77,8 +89,7 @@ def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict
             notes.append(f"adapter.{key}={value!r} from the config file replaced by the parent's {options.get(key)!r}")
             continue
         options[key] = value
-    check_parent_modality(card, source, modality, adapter_cfg.require_same_modality)
-    return card, card["method"], options, notes
+    return card["method"], options, notes
 
 
 def check_parent_modality(card: dict, source: str, modality: str, required: bool) -> None:

@@ -39,8 +39,8 @@ def preflight(cfg) -> list[str]:
         return dotted.split(".")[0] in recipe.sections and dotted not in recipe.ignores
 
     pool = "pool" in recipe.sections
-    problems = [p for data in ([e.data for e in cfg.pool] if pool else [cfg.data])
-                for p in data_preflight(data, cfg.data.root)]
+    sections = [(f"pool[{i}]: ", e.data) for i, e in enumerate(cfg.pool)] if pool else [("", cfg.data)]
+    problems = [where + p for where, data in sections for p in data_preflight(data, cfg.data.root)]
     checks = [lambda: backbone_config(cfg.backbone.path)] if "backbone" in recipe.sections else []
     if reads("adapter.path") and cfg.adapter.path:
         checks.append(lambda: evaluated_card(cfg.adapter.path))
@@ -170,6 +170,9 @@ def check_resume(path: Path, cfg) -> None:
     step, nor below the run's own total). A run that succeeded raises :class:`RunFinished` unless extended."""
     from tpp.errors import TppError
 
+    if cfg.train.resume != "auto" and not (Path(cfg.train.resume) / "state.pt").is_file():
+        raise TppError(f"train.resume '{cfg.train.resume}' is not a complete checkpoint folder (no state.pt); name "
+                       "a checkpoints/step-N folder of the run, or use train.resume=auto.")
     check_same_config(path, cfg.to_dict(), may_change=("train.max_steps",), defaults=_defaults(cfg))
     old = _saved_train(path).get("max_steps")
     new = cfg.train.max_steps

@@ -149,6 +149,33 @@ def check(cfg) -> None:
         raise ConfigError(f"pretrain_backbone trains a ViT-MAE: pretext.name must be mae, got {cfg.pretext.name!r}.")
     if not cfg.pool:
         raise ConfigError("pretrain_backbone needs a non-empty pool: a list of {data: {...}, supervised: bool}.")
+    problems = model_problems(cfg.model)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def model_problems(m) -> list[str]:
+    """Architectures transformers would build but that fail at the first step (or at once): sizes at least 1,
+    the image a whole number of patches, widths a whole number of heads."""
+    sizes = ("image_size", "patch_size", "num_channels", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "intermediate_size", "decoder_hidden_size", "decoder_num_hidden_layers", "decoder_num_attention_heads",
+             "decoder_intermediate_size")
+    problems = [f"model.{k} must be at least 1, got {getattr(m, k)}." for k in sizes if getattr(m, k) < 1]
+    if problems:
+        return problems
+    if m.image_size % m.patch_size:
+        problems.append(f"model.image_size={m.image_size} is not a whole number of model.patch_size={m.patch_size} "
+                        "patches; choose a patch size that divides it (28 px: 2, 4, 7, 14).")
+    widths = (("hidden_size", "num_attention_heads"), ("decoder_hidden_size", "decoder_num_attention_heads"))
+    for width, heads in widths:
+        if getattr(m, width) % getattr(m, heads):
+            problems.append(f"model.{width}={getattr(m, width)} is not a multiple of model.{heads}="
+                            f"{getattr(m, heads)}.")
+    if len(m.mean) != m.num_channels or len(m.std) != m.num_channels or not all(
+            isinstance(v, (int, float)) and v > 0 for v in m.std):
+        problems.append(f"model.mean and model.std need one value per channel (model.num_channels={m.num_channels}), "
+                        "std positive.")
+    return problems
 
 
 def run(cfg, run) -> dict:

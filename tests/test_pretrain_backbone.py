@@ -74,3 +74,17 @@ def test_pool_errors_name_the_entry(pool_root, tmp_path, capsys):
     assert "pool[0].data.nam" in capsys.readouterr().err
     assert run_cli("run", "pretrain_backbone", "--config", POOL_CONFIG, "pool=[]", f"output_dir={tmp_path / 'b'}") == 2
     assert "non-empty pool" in capsys.readouterr().err
+    pool = "pool=[{data: {source: medmnist, name: bloodmnist}}, {data: {source: medmnist, name: bloodmnst}}]"
+    assert run_cli("validate", POOL_CONFIG, f"data.root={pool_root}", pool) == 2
+    assert "pool[1]: data.name: 'bloodmnst' is no MedMNIST dataset" in capsys.readouterr().err
+
+
+def test_an_architecture_that_cannot_run_is_refused_before_the_run(pool_root, tmp_path, capsys):
+    """A 28-px image is no whole number of 5-px patches: refused by the config check (it crashed in patchify at
+    the first step, a traceback and a failed run folder)."""
+    out = tmp_path / "bad"
+    assert pretrain(pool_root, out, "train.max_steps=1", "model.patch_size=5", "model.decoder_hidden_size=15") == 2
+    err = capsys.readouterr().err
+    assert "model.image_size=28 is not a whole number of model.patch_size=5 patches" in err
+    assert "model.decoder_hidden_size=15 is not a multiple of model.decoder_num_attention_heads=2" in err
+    assert "Traceback" not in err and not out.exists()

@@ -168,9 +168,22 @@ def test_a_run_folder_that_is_not_replaced_says_how_to_continue_or_start_over(tm
         RunDir(out)
     message = str(info.value)
     assert message.startswith(f"output_dir '{out}' {said}")
-    assert "train.resume=auto" in message and "--overwrite" in message and "output_dir=..." in message
+    resume = "train.resume=auto" if status else "It is no run to continue"  # resume would not take it either
+    assert resume in message and "--overwrite" in message and "output_dir=..." in message
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert RunDir(out, overwrite=True).path == out and not (out / "config.yaml").exists()  # --overwrite: starts over
+
+
+def test_resume_never_writes_a_run_into_a_folder_that_holds_none(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("hi")
+    with pytest.raises(TppError, match=r"holds no tpp run \(notes.txt\), so train.resume has nothing to continue"):
+        RunDir(out, resume=True)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert RunDir(empty, resume=True).path == empty  # nothing there yet: a new run starts
 
 
 def test_a_failed_run_without_a_checkpoint_is_replaced(tmp_path, capsys):

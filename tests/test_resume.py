@@ -125,8 +125,17 @@ def test_checkpoint_holds_only_what_trains_and_loads_without_pickle(tiny_mae, re
     (run / "checkpoints" / "step-8" / "state.pt").write_bytes(pickle.dumps(print))
     (run / "status.json").write_text('{"status": "running"}')  # as a run killed after step 8 leaves it
     assert run_cli(*args(tiny_mae, root, run, "train.resume=auto")) == 2
-    assert "cannot be read" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot be read" in err and "damaged, or not one tpp wrote" in err
+    error = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "weights_only` to `False`" not in err  # one line, not torch's advice
+    earlier = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name != "step-8")
+    if earlier:  # the way on: an earlier checkpoint of the same run
+        assert f"Earlier checkpoints: {', '.join(earlier)}" in err
     assert not [w for w in recwarn if "pickle" in str(w.message)]  # the error, not torch's notes on the file
+    other = tmp_path / "other"
+    assert run_cli(*args(tiny_mae, root, other, f"train.resume={tmp_path / 'not_a_checkpoint'}")) == 2
+    assert "is not a complete checkpoint folder" in capsys.readouterr().err and not other.exists()
 
 
 def test_resume_refuses_a_changed_config(tiny_mae, reference, tmp_path, capsys):

@@ -29,6 +29,15 @@ def test_every_problem_before_a_run_is_listed_at_once(tiny_mae, data_root, tmp_p
 def test_hub_ids_resolve_from_the_local_cache_only_offline(data_root, capsys):
     code, text = validate(capsys, TPP, "backbone.path=someone/not-a-cached-model", f"data.root={data_root}")
     assert code == 2 and "cannot read backbone 'someone/not-a-cached-model'" in text
+    assert "Offline (HF_HUB_OFFLINE is set) a hub id loads only from the local Hugging Face cache" in text
+
+
+def test_a_backbone_folder_without_weights_is_refused_before_the_run(tiny_mae, data_root, tmp_path, capsys):
+    folder = tmp_path / "bb"
+    folder.mkdir()
+    (folder / "config.json").write_bytes((tiny_mae / "config.json").read_bytes())
+    code, text = validate(capsys, TPP, f"backbone.path={folder}", f"data.root={data_root}")
+    assert code == 2 and "has a config.json but no weights (model.safetensors)" in text
 
 
 def test_data_files_and_modality_are_checked(tiny_mae, data_root, capsys):

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,10 +259,17 @@ def backbone_config(path: str):
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise TppError(f"backbone.path '{path}' does not exist. Pass a local checkpoint directory, a hub id or "
                        f"{DEFAULT_BACKBONE} (shipped with tpp).")
+    if local.is_dir() and not any(local.glob("*.safetensors")) and not (local / "pytorch_model.bin").is_file():
+        raise TppError(f"backbone.path '{path}' has a config.json but no weights (model.safetensors): copy the whole "
+                       "checkpoint folder.")
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as exc:  # noqa: BLE001 (a user's file: transformers and huggingface_hub raise their own)
-        raise TppError(f"cannot read backbone '{path}': {str(exc)[:300]}".strip()) from None
+        offline = not local.exists() and os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+        hint = (" Offline (HF_HUB_OFFLINE is set) a hub id loads only from the local Hugging Face cache: fetch it "
+                "once with internet access, or pass a local checkpoint folder." if offline else "")
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise TppError(f"cannot read backbone '{path}': {first}{hint}".strip()) from None
     _check_config(config, path)
     return config
 

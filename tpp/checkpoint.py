@@ -76,6 +76,15 @@ class Checkpointer:
         steps = sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_RE.match(p.name)))
         return steps[-1][1] if steps else None
 
+    def _earlier(self, path: Path) -> str:
+        """A hint naming the other checkpoints of this run a resume could start from ("" when there are none)."""
+        others = sorted((int(m.group(1)), p) for p in (self.dir.iterdir() if self.dir.is_dir() else [])
+                        if (m := _STEP_RE.match(p.name)) and p != path and is_checkpoint(p))
+        if not others:
+            return ""
+        return (f" Earlier checkpoints: {', '.join(p.name for _, p in others)}; continue from one with "
+                f"train.resume={others[-1][1]}.")
+
     def due(self, step: int, num_steps: int) -> bool:
         """Every ``every`` steps, and the last step: a finished run can be extended (``train.max_steps``)."""
         return bool(self.every) and (step % self.every == 0 or step == num_steps)
@@ -130,7 +139,9 @@ class Checkpointer:
             best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
             extra = load_file(str(path / "extra.safetensors")) if (path / "extra.safetensors").is_file() else {}
         except Exception as exc:  # unpickling refused, truncated file ...
-            raise TppError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {exc}).") from None
+            first = (str(exc).strip().splitlines() or [""])[0][:200].rstrip(" .")  # torch's text runs for lines
+            raise TppError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {first}): it is damaged, or "
+                           f"not one tpp wrote.{self._earlier(path)}") from None
         named = _STEP_RE.match(path.name)
         if named and isinstance(state, dict) and state.get("step") != int(named.group(1)):
             raise TppError(f"checkpoint '{path}' holds step {str(state.get('step'))[:20]}, not the step its name "

@@ -109,6 +109,10 @@ class RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise TppError(f"output_dir '{self.path}' is a file; choose another output_dir=...")
         if resume and self.path.is_dir():
+            if any(self.path.iterdir()) and run_state(self.path)["status"] is None:
+                raise TppError(f"output_dir '{self.path}' holds no tpp run ({_some_entries(self.path)}), so "
+                               "train.resume has nothing to continue there and tpp will not write into it. Drop "
+                               "train.resume, or choose another output_dir=...")
             self.status("running")
             return
         replaced = None
@@ -236,6 +240,7 @@ def not_empty_message(path: Path, state: dict) -> str:
         "running": f"holds a run that is still running or was killed{newest}",
     }.get(state["status"]) or f"is not empty and holds no tpp run ({_some_entries(path)})"
     resume = ("Continue it with train.resume=auto (a larger train.max_steps extends it)" if state["checkpoints"]
-              else "train.resume=auto continues a run from its newest checkpoint (this one has none)")
+              else "train.resume=auto continues a run from its newest checkpoint (this one has none)"
+              if state["status"] else "It is no run to continue")
     return (f"output_dir '{path}' {what}. {resume}; pass --overwrite to delete it and start over; or choose "
             "another output_dir=...")

@@ -35,7 +35,7 @@ def _check_values(cfg: RunConfig, problems: list[str]) -> None:
     for i, entry in enumerate(cfg.pool):
         _check_data(entry.data, f"pool[{i}].data", problems)
     _check_device(cfg, problems)
-    if train.mixed_precision == "fp16":
+    if train.mixed_precision == "fp16" and cfg.device.strip().lower() != "cpu":  # device=cpu: said above
         import torch
 
         if not torch.cuda.is_available():

@@ -130,22 +130,33 @@ def protocol_id(protocol: dict, backbone: str, **extra) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, first_estimate_s: float):
+class CellPaused(Exception):
+    """A cell that saves its state and stops at the budget's end (``str()``: where it stopped); the next
+    invocation continues it."""
+
+
+def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, first_estimate_s: float,
+         pausable=lambda cell: False):
     """Run the cells that ``cached(*cell)`` does not have, in order, until the next one would exceed the
-    budget (estimated from the last cell of the same ``kind(cell)``). A failing cell is reported and
-    skipped, never loses the others; a cell that another invocation on the same cache has finished by the
-    time it comes up is skipped. Returns (results, cells left for the next run, error lines)."""
+    budget (estimated from the last cell of the same ``kind(cell)``). A ``pausable(cell)`` starts while any
+    budget is left: it raises :class:`CellPaused` at the budget's end and is continued next time. A failing
+    cell is reported and skipped, never loses the others; a cell that another invocation on the same cache has
+    finished by the time it comes up is skipped. Returns (results, cells left for the next run, error lines)."""
     start, done, errors, last = time.time(), [], [], {}
     todo = [c for c in cells if not cached(*c)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
     for i, cell in enumerate(todo):
         if cached(*cell):  # another invocation sharing the cache finished it meanwhile
             continue
-        if time.time() - start + last.get(kind(cell), first_estimate_s) > budget_s:
+        estimate = 0.0 if pausable(cell) else last.get(kind(cell), first_estimate_s)
+        if time.time() - start + estimate > budget_s:
             return done, [c for c in todo[i:] if not cached(*c)], errors
         t0 = time.time()
         try:
             result = run_cell(*cell)
+        except CellPaused as exc:
+            print(f"  paused: {exc}", flush=True)
+            return done, [c for c in todo[i:] if not cached(*c)], errors
         except Exception as exc:  # one broken cell must not lose the others
             errors.append(f"{cell}: {type(exc).__name__}: {exc}")
             print(f"  FAILED {cell}: {exc}", flush=True)

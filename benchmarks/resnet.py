@@ -10,11 +10,15 @@ every other cell). Input: the image as stored (1 or 3 channels, 28 x 28).
 """
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from report import CellPaused
 
 PROTOCOL = {"epochs": 100, "batch_size": 128, "lr": 1e-3, "milestones": [50, 75], "gamma": 0.1,
             "optimizer": "Adam", "augmentation": "none", "normalise": "mean 0.5, std 0.5",
@@ -77,10 +81,16 @@ def evaluate(model: nn.Module, images, labels, batch: int = 256) -> dict:
 
 
 def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL, widths=(64, 128, 256, 512),
-                 on_epoch=None) -> dict:
+                 on_epoch=None, checkpoint: Path | None = None, deadline: float | None = None) -> dict:
     """Train on a stratified ``fraction`` of the training labels (the same nested subset as every other cell
     of that seed) and return ``{"test": {"auroc", "accuracy"}, "trainable_parameters", "train_examples",
-    "wall_time_s", "epoch_s"}``. ``on_epoch(epoch, seconds)`` is called after each epoch."""
+    "wall_time_s", "epoch_s"}``. ``on_epoch(epoch, seconds)`` is called after each epoch.
+
+    ``checkpoint`` (a ``.pt`` path): the training state is saved there every :data:`SAVE_EVERY_S` seconds and,
+    once ``deadline`` (a ``time.time()`` value) has passed, after the epoch in progress, raising
+    :class:`report.CellPaused`; a later call with the same arguments continues from it and ends exactly as an
+    uninterrupted run would (``wall_time_s`` counts every segment). A checkpoint of another cell or protocol is
+    ignored; the file is removed when the cell finishes."""
     from tpp.data.subsets import label_fraction_index
 
     start = time.time()
@@ -92,8 +102,11 @@ def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL,
     optimizer = torch.optim.Adam(model.parameters(), lr=protocol["lr"])
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, protocol["milestones"], protocol["gamma"])
     gen = torch.Generator().manual_seed(seed)
-    epoch_s = []
-    for epoch in range(protocol["epochs"]):
+    state = TrainingState(model, optimizer, schedule, gen,
+                          json.dumps([dataset.name, fraction, seed, protocol, list(widths), len(index)]))
+    epoch_s, earlier_s = state.restore(checkpoint) if checkpoint is not None else ([], 0.0)
+    saved = time.time()
+    for epoch in range(len(epoch_s), protocol["epochs"]):
         t0 = time.time()
         model.train()
         for idx in torch.randperm(len(x), generator=gen).split(protocol["batch_size"]):
@@ -107,8 +120,70 @@ def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL,
         epoch_s.append(time.time() - t0)
         if on_epoch:
             on_epoch(epoch, epoch_s[-1])
+        last = epoch + 1 == protocol["epochs"]
+        if checkpoint is not None and not last and (time.time() - saved > SAVE_EVERY_S
+                                                   or (deadline is not None and time.time() > deadline)):
+            state.save(checkpoint, epoch_s, earlier_s + time.time() - start)
+            saved = time.time()
+            if deadline is not None and time.time() > deadline:
+                raise CellPaused(f"{dataset.name} resnet18 {fraction:.0%} seed {seed} after epoch {epoch + 1} "
+                                 f"of {protocol['epochs']} (its state: {checkpoint}); run again to continue")
     test = dataset.split("test")
     metrics = evaluate(model, test.images, test.labels)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+        checkpoint.with_suffix(".json").unlink(missing_ok=True)
     return {"test": metrics, "trainable_parameters": sum(p.numel() for p in model.parameters()),
-            "train_examples": len(index), "wall_time_s": round(time.time() - start, 1),
+            "train_examples": len(index), "wall_time_s": round(earlier_s + time.time() - start, 1),
             "epoch_s": round(sum(epoch_s) / max(len(epoch_s), 1), 2)}
+
+
+SAVE_EVERY_S = 600.0  # a killed cell loses at most this much training
+
+
+class TrainingState:
+    """What continues a ResNet-18 cell exactly: weights, Adam's moments and learning rates, the schedule's epoch,
+    the shuffling generator, and the seconds spent; ``tag`` names the cell and protocol it belongs to. Beside
+    ``NAME.pt`` a ``NAME.json`` says how many epochs it holds (:func:`epochs_done`)."""
+
+    def __init__(self, model, optimizer, schedule, generator, tag: str):
+        self.model, self.optimizer, self.schedule, self.generator, self.tag = model, optimizer, schedule, generator, tag
+
+    def save(self, path: Path, epoch_s: list[float], elapsed_s: float) -> None:
+        """Write the state to ``path`` through a temporary file renamed into place."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({"tag": self.tag, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "generator": self.generator.get_state(), "epoch_s": list(epoch_s), "elapsed_s": elapsed_s}, tmp)
+        os.replace(tmp, path)
+        progress = {"epochs_done": len(epoch_s), "tag": self.tag}  # what reports read without loading the state
+        tmp.with_suffix(".json").write_text(json.dumps(progress))
+        os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+
+    def restore(self, path: Path) -> tuple[list[float], float]:
+        """Load ``path`` if it holds this cell's state (``weights_only``); (seconds of each finished epoch,
+        seconds spent before), or ([], 0.0) when there is nothing to continue."""
+        if not path.is_file():
+            return [], 0.0
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a torn or foreign file: start the cell again
+            print(f"  {path}: unreadable ({exc}); starting the cell from epoch 0", flush=True)
+            return [], 0.0
+        if not isinstance(saved, dict) or saved.get("tag") != self.tag:
+            print(f"  {path}: the state of another cell or protocol; starting the cell from epoch 0", flush=True)
+            return [], 0.0
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])  # the learning rates the schedule had set
+        self.schedule.last_epoch = len(saved["epoch_s"])
+        self.generator.set_state(saved["generator"])
+        print(f"  continuing from epoch {len(saved['epoch_s'])} ({path})", flush=True)
+        return list(saved["epoch_s"]), float(saved["elapsed_s"])
+
+
+def epochs_done(path: Path) -> int:
+    """Epochs a cell's saved state at ``path`` (``NAME.pt``) holds, from its ``NAME.json``; 0 without one."""
+    try:
+        return int(json.loads(path.with_suffix(".json").read_text())["epochs_done"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0

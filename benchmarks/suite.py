@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -54,11 +53,16 @@ class ResNetBench:
 
     def __init__(self, cache: Path, protocol: dict, data_root: str):
         self.cache, self.protocol, self.data_root = cache, protocol, data_root
+        self.deadline: float | None = None  # time.time() at which a cell saves its state and pauses
         key = json.dumps({"resnet18": protocol}, sort_keys=True)
         self.protocol_id = hashlib.sha256(key.encode()).hexdigest()[:12]
 
     def cell_path(self, target: str, fraction: float, seed: int) -> Path:
         return self.cache / "cells" / target / f"f{fraction:g}_s{seed}.json"
+
+    def state_path(self, target: str, fraction: float, seed: int) -> Path:
+        """Where an unfinished cell's training state waits (resnet.TrainingState; its protocol inside)."""
+        return self.cache / "partial" / target / f"f{fraction:g}_s{seed}.pt"
 
     def cached(self, target: str, fraction: float, seed: int) -> dict | None:
         path = self.cell_path(target, fraction, seed)
@@ -72,7 +76,8 @@ class ResNetBench:
 
         p = self.protocol
         metrics = resnet.train_resnet(load_medmnist(target, self.data_root), fraction, seed,
-                                      {k: p[k] for k in resnet.PROTOCOL}, tuple(p["widths"]))
+                                      {k: p[k] for k in resnet.PROTOCOL}, tuple(p["widths"]),
+                                      checkpoint=self.state_path(target, fraction, seed), deadline=self.deadline)
         cell = {"target": target, "method": "resnet18", "fraction": fraction, "seed": seed,
                 "test_auroc": metrics["test"]["auroc"], "test_accuracy": metrics["test"]["accuracy"],
                 "train_labels": metrics["train_examples"], "trainable_parameters": metrics["trainable_parameters"],
@@ -209,27 +214,15 @@ def suite_report_path(root: str, name: str) -> Path:
 
 
 def fill(suite: Suite, budget_s: float) -> tuple[list, list]:
-    """Run missing cells in grid order until the budget would be exceeded; a ResNet-18 cell whose estimate
-    alone (:func:`suite_report.resnet_estimate_s`: scaled from finished cells) exceeds the budget is left for a
-    longer invocation. Returns (missing, errors)."""
-    from suite_report import collect, resnet_estimate_s
-
-    missing_resnet = [c for c in suite.grid.cells if c[1] == "resnet18" and not suite.cached(*c)]
-    done = collect(suite)[0] if missing_resnet else []
-    estimate = {(c[0], c[2]): resnet_estimate_s(suite, c[0], c[2], done) for c in missing_resnet}
-    too_long = [c for c in missing_resnet if estimate[(c[0], c[2])] > budget_s]
-    cells = [c for c in suite.grid.cells if c not in too_long]
-    _, missing, errors = report.fill(suite.run_cell, suite.cached, cells, budget_s,
+    """Run missing cells in grid order until the budget would be exceeded. A ResNet-18 cell starts while any
+    budget is left: at the budget's end it saves its training state and pauses (resnet.train_resnet), and the
+    next invocation continues it, so a cell longer than any one budget finishes over several. Returns
+    (missing, errors)."""
+    suite.resnet.deadline = time.time() + budget_s
+    _, missing, errors = report.fill(suite.run_cell, suite.cached, suite.grid.cells, budget_s,
                                      kind=lambda cell: (cell[0].name, cell[1], cell[2]), describe=describe,
-                                     first_estimate_s=90.0)
-    for task, approach, fraction, seed in too_long:
-        print(f"  left for a longer budget: {task.name} {approach} {fraction:.0%} seed {seed} "
-              f"(~{estimate[(task, fraction)] / 60:.0f} min)")
-    if too_long:  # running the same command again would skip them again: say what budget they need
-        needed = math.ceil(max(estimate[(c[0], c[2])] for c in too_long) / 60 * 1.2)
-        print(f"{len(too_long)} ResNet-18 cells need more than --budget-min {budget_s / 60:g} each: give "
-              f"--budget-min {needed} or more to train them.", flush=True)
-    return missing + too_long, errors
+                                     first_estimate_s=90.0, pausable=lambda cell: cell[1] == "resnet18")
+    return missing, errors
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,7 @@ import numpy as np
 
 import cost
 import report
+import resnet
 from suite_grid import APPROACHES
 from suite_models import adapter_of
 
@@ -276,14 +277,17 @@ def collect(suite) -> tuple[list[tuple], list[tuple]]:
 
 def estimate_missing(suite, todo: list[tuple], done: list[tuple]) -> list[dict]:
     """Per (task, approach, fraction) of unfinished cells: how many seeds and the estimated seconds per cell
-    (from-scratch ResNet: :func:`resnet_estimate_s`; other cells: :func:`cell_seconds`). A TPP adapter (one per
-    task, approach and seed, shared by that seed's label fractions) is counted once: not for a cell whose adapter
-    a finished cell, or an earlier missing one, of the same seed trains."""
+    (from-scratch ResNet: :func:`resnet_estimate_s`, less the epochs a paused cell has done; other cells:
+    :func:`cell_seconds`). A TPP adapter (one per task, approach and seed, shared by that seed's label fractions)
+    is counted once: not for a cell whose adapter a finished cell, or an earlier missing one, of the same seed
+    trains."""
     adapters = {(task.name, approach, seed) for task, approach, _fraction, seed, _cell in done}
     groups = defaultdict(list)  # (task, approach, fraction) -> estimated seconds of each missing cell
     for task, approach, fraction, seed in todo:
-        if approach == "resnet18":
-            seconds = resnet_estimate_s(suite, task, fraction, done)
+        if approach == "resnet18":  # less the epochs a paused cell has done
+            state = suite.resnet.state_path(task.name, fraction, seed)
+            left = 1 - resnet.epochs_done(state) / suite.resnet.protocol["epochs"]
+            seconds = resnet_estimate_s(suite, task, fraction, done) * left
         else:
             finetune_s, tpp_s = cell_seconds(approach, task.kind, done)
             seconds = finetune_s + (0.0 if (task.name, approach, seed) in adapters else tpp_s)

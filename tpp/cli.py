@@ -338,12 +338,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt as exc:
         print(f"interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)  # the shells' convention
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as on Ctrl-C, and the exit code says which signal (143, not 130)."""
 
 
 def _terminate(signum, frame):
     """SIGTERM (kill, job schedulers) ends a run like Ctrl-C: the run directory records 'failed'."""
-    raise KeyboardInterrupt("terminated by SIGTERM")
+    raise Terminated("terminated by SIGTERM")
 
 
 if __name__ == "__main__":

@@ -24,9 +24,8 @@ class RunFinished(Exception):
 def preflight(cfg) -> list[str]:
     """What ``tpp validate`` checks beyond the config itself, before a run would start: the backbone resolves
     (local directory or hub id; offline: in the local cache), each data section's root and file exist and its
-    modality is set where the source needs it, and the adapter directories it names exist. Returns every
-    problem found (empty: ready to run)."""
-    from tpp.adapter_dir import read_card
+    modality is set where the source needs it, the adapter directories it names exist, and the method attaches
+    to the backbone (:func:`attachable`). Returns every problem found (empty: ready to run)."""
     from tpp.backbones import backbone_config
     from tpp.data.build import preflight as data_preflight
     from tpp.errors import TppError
@@ -41,17 +40,52 @@ def preflight(cfg) -> list[str]:
     pool = "pool" in recipe.sections
     sections = [(f"pool[{i}]: ", e.data) for i, e in enumerate(cfg.pool)] if pool else [("", cfg.data)]
     problems = [where + p for where, data in sections for p in data_preflight(data, cfg.data.root)]
-    checks = [lambda: backbone_config(cfg.backbone.path)] if "backbone" in recipe.sections else []
-    if reads("adapter.path") and cfg.adapter.path:
-        checks.append(lambda: evaluated_card(cfg.adapter.path))
-    if reads("adapter.init_from") and cfg.adapter.init_from:
-        checks.append(lambda: parent_options(cfg.adapter, read_card(cfg.adapter.init_from)))
-    for check in checks:
+
+    def record(check) -> bool:
         try:
             check()
+            return True
         except TppError as exc:
             problems.append(str(exc))
+            return False
+
+    backbone_ok = "backbone" not in recipe.sections or record(lambda: backbone_config(cfg.backbone.path))
+    if reads("adapter.path") and cfg.adapter.path:
+        record(lambda: evaluated_card(cfg.adapter.path))
+    elif "adapter" in recipe.sections:  # the method the run attaches (evaluate's: its card's)
+        record(lambda: attachable(cfg, on_backbone=backbone_ok))
     return problems
+
+
+def attachable(cfg, on_backbone: bool = True) -> None:
+    """The configured method (with ``adapter.init_from``: the parent's card read, options merged by
+    :func:`tpp.builders.inherit`) attached to the backbone's skeleton (:func:`tpp.backbones.skeleton`, meta
+    device; not when ``on_backbone`` is False: the backbone does not load): a ``target_modules`` name that
+    matches no layer, or options the method refuses, are found before the run directory exists. Only tpp's own
+    errors count: anything else the run itself reports."""
+    from tpp.adapter_dir import read_card
+    from tpp.backbones import skeleton
+    from tpp.builders import inherit
+    from tpp.errors import TppError
+    from tpp.model import attach_adapter
+
+    method, options = cfg.adapter.method, cfg.adapter.typed()
+    if reads_init_from(cfg) and cfg.adapter.init_from:
+        method, options, _ = inherit(cfg.adapter, read_card(cfg.adapter.init_from))
+    if not on_backbone:
+        return
+    encoder = skeleton(cfg.backbone.path)
+    try:
+        attach_adapter(encoder, method, options)
+    except TppError:
+        raise
+    except Exception:  # noqa: BLE001 (a library refusing meta tensors is no problem of the config)
+        pass
+
+
+def reads_init_from(cfg) -> bool:
+    """Whether ``cfg``'s recipe reads ``adapter.init_from``."""
+    return "adapter.init_from" not in RECIPES[cfg.recipe].ignores
 
 
 def evaluated_card(path) -> dict:
@@ -65,14 +99,6 @@ def evaluated_card(path) -> dict:
         raise TppError(f"adapter '{path}' has no task head (stage {card.get('stage')!r}); fine-tune it first "
                        "(tpp run finetune ... adapter.init_from=...).")
     return card
-
-
-def parent_options(adapter_cfg, card: dict) -> None:
-    """The options given with ``adapter.init_from`` against the parent's card (:func:`tpp.builders.inherit`):
-    a conflicting value given explicitly is an error before the run starts, not after its folder exists."""
-    from tpp.builders import inherit
-
-    inherit(adapter_cfg, card)
 
 
 def get_recipe(name: str):

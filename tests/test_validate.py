@@ -105,3 +105,22 @@ def test_a_tpp_adapter_to_evaluate_and_an_option_against_the_parent_are_refused_
     code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           f"adapter.init_from={parent / 'adapter'}")  # inheriting, nothing overridden: fine
     assert code == 0, text
+
+
+def test_a_target_module_that_matches_no_layer_is_refused_before_the_run(tiny_mae, data_root, tmp_path, capsys):
+    """The method is attached to the backbone's skeleton (meta device) by validate and before a run: a
+    target_modules typo was found only after output_dir existed."""
+    code, text = validate(capsys, TPP, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                          "adapter.target_modules=[q_proj,vproj]")
+    assert code == 2 and "['vproj'] match no module of the vit_mae encoder's layers" in text
+    out = tmp_path / "ft"
+    code = main(["run", "finetune", "--config", FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                 "adapter.method=ssf", "adapter.target_modules=[fc_1]", f"output_dir={out}"])
+    assert code == 2 and "['fc_1'] match no module" in capsys.readouterr().err and not out.exists()
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tmp_path / 'gone'}", f"data.root={data_root}",
+                          "adapter.target_modules=[nothing]")
+    assert code == 2 and "gone' does not exist" in text and "match no module" not in text  # one message
+    from tpp.backbones import skeleton
+
+    encoder = skeleton(str(tiny_mae))  # names and shapes, nothing read or allocated
+    assert {p.device.type for p in encoder.model.parameters()} == {"meta"}

@@ -185,6 +185,17 @@ def _family_of(path: str, model_type: str | None) -> Family:
     return FAMILIES[model_type]
 
 
+def skeleton(path: str) -> Encoder:
+    """The encoder of backbone ``path`` built from its config on the meta device: module names and shapes, no
+    weights read and no memory taken (``tpp validate`` attaches the configured method to it)."""
+    from transformers import AutoModel
+
+    config = backbone_config(path)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return Encoder(model, _family_of(path, getattr(config, "model_type", None)))
+
+
 def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, input_size: int | None = None):
     """Load a frozen encoder (and, with ``with_decoder``, a ViT-MAE decoder) from a hub id or directory.
 

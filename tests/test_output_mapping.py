@@ -194,3 +194,12 @@ def test_label_mapping_with_nothing_to_train_is_a_config_error():
         get_task("classification").check_config(cfg)
     with pytest.raises(ConfigError, match="output_mapping must be one of"):
         load_config({"recipe": "finetune", "classification": {"output_mapping": "lm"}})
+
+
+def test_a_hub_classifier_checkpoint_loads_to_the_same_backbone_hash_every_time(tmp_path):
+    """ViTForImageClassification stores no pooler; AutoModel drew one at random per load, so the hash adapters
+    are verified against changed between loads (every adapter on such a backbone was refused at serve time)."""
+    path, _ = hub_backbone(tmp_path / "hub")
+    first, second = load_backbone(str(path)), load_backbone(str(path))
+    assert first[1].hash == second[1].hash
+    assert not any("pooler" in name for name in first[0].model.state_dict())

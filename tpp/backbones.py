@@ -185,6 +185,15 @@ def _family_of(path: str, model_type: str | None) -> Family:
     return FAMILIES[model_type]
 
 
+def drop_pooler(model: nn.Module) -> None:
+    """Remove the pooling layer transformers adds to some encoders (``ViTModel``'s dense + tanh over the CLS
+    token): tpp reads ``last_hidden_state`` only, and a classifier checkpoint (``ViTForImageClassification``,
+    most hub ViTs) stores no pooler, so ``AutoModel`` would draw it at random on every load and the backbone hash
+    that adapters are verified against would change from one load to the next."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+
+
 def skeleton(path: str) -> Encoder:
     """The encoder of backbone ``path`` built from its config on the meta device: module names and shapes, no
     weights read and no memory taken (``tpp validate`` attaches the configured method to it)."""
@@ -226,6 +235,7 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
     except Exception as exc:  # noqa: BLE001 (a user's file: safetensors, torch and transformers raise their own)
         raise TppError(f"cannot load backbone '{path}' ({type(exc).__name__}: {str(exc)[:200]}); its weights are "
                        "damaged or do not fit its config.json.") from None
+    drop_pooler(model)
     for module in (model, decoder):
         if module is not None:
             module.requires_grad_(False).eval()

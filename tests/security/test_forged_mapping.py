@@ -1,6 +1,6 @@
 """Label-mapping adapters (classification.output_mapping) in the deployment path: a card cannot size the mapping
-head freely or name an unknown pooling / kind, and a CLS-pooled mapping head, which the adapter bank cannot
-run (it hands heads patch tokens only), is refused at publish and at load rather than on every request."""
+head freely or name an unknown pooling / kind; mean-pooled and CLS-pooled mapping heads are published and served
+by the adapter bank with the predictions of the evaluate path."""
 import json
 import shutil
 
@@ -56,13 +56,20 @@ def test_a_mean_pooled_mapping_adapter_is_published_and_served(world, tmp_path):
     assert out.shape == (3, 2) and torch.allclose(out.sum(1), torch.ones(3))
 
 
-def test_a_cls_pooled_mapping_adapter_is_refused_at_publish_and_at_load(world, tmp_path):
-    with pytest.raises(TppError, match="reads the CLS token.*patch tokens only.*tpp run evaluate"):
-        store.publish(world["cls"], tmp_path / "store", "cls")
-    assert not (tmp_path / "store" / "cls").exists()
-    forge(tmp_path / "store", "cls", store.read_source(world["cls"])[1])  # written around the publish check
-    with pytest.raises(TppError, match="reads the CLS token"):
-        AdapterBank(str(world["hub"]), str(tmp_path / "store")).site("cls")
+def test_a_cls_pooled_mapping_adapter_is_served_as_the_evaluate_path_predicts(world, tmp_path):
+    """The bank hands a CLS-reading head every token (it handed heads patch tokens only, and refused such an
+    adapter): the served probabilities equal those of the TaskModel that ``tpp run evaluate`` builds."""
+    store.publish(world["cls"], tmp_path / "store", "cls")
+    bank = AdapterBank(str(world["hub"]), str(tmp_path / "store"))
+    site = bank.site("cls")
+    assert site.head.reads_prefix_tokens
+    images = np.load(world["root"] / "breastmnist.npz")["test_images"][:4]
+    inputs = [to_model_input(im, site.input_rule) for im in images]
+    served = torch.stack(bank.predict([site] * 4, inputs))
+    model, card, _ = load_task_model(str(world["cls"] / "adapter"), str(world["hub"]))
+    with torch.no_grad():
+        expected = model(torch.cat(inputs)).softmax(-1)
+    assert served.shape == (4, 2) and torch.allclose(served, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize("changes, says", [

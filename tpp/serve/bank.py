@@ -317,18 +317,18 @@ class AdapterBank:
             if s.group is not None:
                 group_rows.setdefault(s.group, []).append(i)
         pixels = pixels.to(self.device)
-        tokens = torch.empty(pixels.shape[0], self.encoder.num_patches(pixels), self.info.hidden_size,
+        prefix = self.encoder.family.num_prefix_tokens  # CLS / register tokens: a CLS-pooled head reads them
+        tokens = torch.empty(pixels.shape[0], prefix + self.encoder.num_patches(pixels), self.info.hidden_size,
                              device=self.device)
         with devices.autocast(self.device, self.precision):
             for method, rows in group_rows.items():
-                group = self.groups[method]
-                out = group(pixels[rows], adapter_names=[sites[i].adapter_name for i in rows])
-                tokens[rows] = group.patch_tokens(out).float()
+                out = self.groups[method](pixels[rows], adapter_names=[sites[i].adapter_name for i in rows])
+                tokens[rows] = out.float()
             results: list = [None] * len(sites)
             for rows in rows_of.values():
                 site = sites[rows[0]]
                 if site.encoder is not None:
-                    tokens[rows] = site.encoder.patch_tokens(site.encoder(pixels[rows])).float()
+                    tokens[rows] = site.encoder(pixels[rows]).float()
                 for row, r in zip(rows, head_outputs(site, tokens[rows], pixels[rows], self.encoder)):
                     results[row] = (r.float() if r.is_floating_point() else r).cpu()
         return results
@@ -348,7 +348,10 @@ def move_own_tensors(module: nn.Module, device: torch.device) -> None:
 
 
 def head_outputs(site: Site, tokens: torch.Tensor, pixels: torch.Tensor, encoder: Encoder) -> torch.Tensor:
-    """The site's task predictions of a batch: probabilities (B, K) for classification, masks (B, h, w)
-    uint8 at the card's mask size for segmentation ..."""
+    """The site's task predictions of a batch from the encoder's tokens (B, P + N, D): probabilities (B, K) for
+    classification, masks (B, h, w) uint8 at the card's mask size for segmentation ... Heads get the patch
+    tokens (B, N, D), a CLS-pooled label-mapping head every token (as :class:`tpp.model.TaskModel` does)."""
+    if not getattr(site.head, "reads_prefix_tokens", False):
+        tokens = encoder.patch_tokens(tokens)
     logits = site.head(tokens, encoder.grid(pixels), pixels)
     return site.task.predictions(logits, site.card["task"])

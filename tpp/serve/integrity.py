@@ -51,20 +51,7 @@ def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
     check_tensor_names(method, state, source)
     head_state = parse_tensors(files, HEAD, source, integer=INTEGER_HEAD_TENSORS)
     check_head(card, head_state, source)
-    check_servable(card, source)
     return CheckedAdapter(card, method, state, head_state)
-
-
-def check_servable(card: dict, source: str) -> None:
-    """What the adapter bank cannot run: a label-mapping head pooled on the CLS token (the bank hands every head
-    patch tokens only), refused here, at publish and at load, rather than on every request."""
-    mapped = card["task"].get("output_mapping")
-    if isinstance(mapped, dict) and mapped.get("pooling") == "cls_token":
-        raise TppError(f"'{source}': its label-mapping head reads the CLS token (source head "
-                       f"{str(mapped.get('source_head'))[:60]!r}, pooling cls_token), but the adapter bank behind "
-                       "tpp serve / predict / adapters publish hands heads patch tokens only. Evaluate it with "
-                       "tpp run evaluate, or fine-tune with a source head pooled over patch tokens "
-                       "(classification.source_head) to serve it.")
 
 
 def parse_card(data: bytes | None, source: str) -> dict:

@@ -314,7 +314,7 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     old.update(_before_split_seed(saved))
     for key, value in flat(defaults or {}).items():
         old.setdefault(key, value)
-    skip = {"train.resume", *may_change}
+    skip = {"train.resume", "output_dir", *may_change}  # the run continues where its folder now is (moved, copied)
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in skip)
     if differing:
         changes = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:6])

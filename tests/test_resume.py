@@ -146,6 +146,22 @@ def test_resume_refuses_a_changed_config(tiny_mae, reference, tmp_path, capsys):
     assert "train.lr" in capsys.readouterr().err
 
 
+def test_a_moved_run_folder_resumes_where_it_now_is(tiny_mae, reference, tmp_path):
+    """The folder is the run: moved (to another disk, a shared drive), it continues there to the same end; its
+    old output_dir in config.yaml was refused as a changed config."""
+    import shutil
+
+    root, ref = reference
+    assert killed(tiny_mae, root, tmp_path / "scratch", "at_step", 5).returncode == -9
+    out = tmp_path / "project" / "run"
+    out.parent.mkdir()
+    shutil.move(tmp_path / "scratch", out)
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto")) == 0
+    assert_same_end(ref, out)
+    assert f"output_dir: {out}" in (out / "config.yaml").read_text()
+    assert not (tmp_path / "scratch").exists()  # nothing written to where it was
+
+
 def test_dino_tpp_resumes_exactly_with_its_teacher_and_centre(tiny_mae, reference, tmp_path):
     root, _ = reference
     extra = ["pretext.name=dino", "train.max_steps=4", "train.checkpoint_every=2"]

@@ -9,7 +9,6 @@ import pytest
 import torch
 from conftest import make_medmnist
 from helpers import FINETUNE_CONFIG, recipe_args, run_cli
-from serving_fixtures import forge
 from test_output_mapping import hub_backbone, pool_backbone
 
 import tpp.tasks.classification as classification

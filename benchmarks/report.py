@@ -138,33 +138,46 @@ class CellPaused(Exception):
 def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, first_estimate_s: float,
          pausable=lambda cell: False):
     """Run the cells that ``cached(*cell)`` does not have, in order, until the next one would exceed the
-    budget (estimated from the last cell of the same ``kind(cell)``). A ``pausable(cell)`` starts while any
-    budget is left: it raises :class:`CellPaused` at the budget's end and is continued next time. A failing
-    cell is reported and skipped, never loses the others; a cell that another invocation on the same cache has
-    finished by the time it comes up is skipped. Returns (results, cells left for the next run, error lines)."""
-    start, done, errors, last = time.time(), [], [], {}
+    budget (estimated from the last cell of the same ``kind(cell)``). ``pausable(cell)`` cells come after the
+    others and get what budget the others leave: one starts while any is left and raises :class:`CellPaused` at
+    the budget's end, to be continued next time (so a cell longer than any budget never holds up the short ones).
+    A failing cell is reported and skipped, never loses the others; a cell that another invocation on the same
+    cache has finished by the time it comes up is skipped. Returns (results, cells left for the next run, error
+    lines)."""
+    start, done, errors, last, skipped = time.time(), [], [], {}, []
     todo = [c for c in cells if not cached(*c)]
+    short = [c for c in todo if not pausable(c)]
+    todo = short + [c for c in todo if pausable(c)]
     print(f"{len(cells) - len(todo)} of {len(cells)} cells cached; {len(todo)} to run", flush=True)
-    for i, cell in enumerate(todo):
+    i = 0
+    while i < len(todo):
+        cell = todo[i]
         if cached(*cell):  # another invocation sharing the cache finished it meanwhile
+            i += 1
             continue
-        estimate = 0.0 if pausable(cell) else last.get(kind(cell), first_estimate_s)
-        if time.time() - start + estimate > budget_s:
-            return done, [c for c in todo[i:] if not cached(*c)], errors
+        elapsed = time.time() - start
+        if elapsed + (0.0 if pausable(cell) else last.get(kind(cell), first_estimate_s)) > budget_s:
+            if i < len(short) < len(todo) and elapsed < budget_s:  # what is left goes to the pausable cells
+                skipped += [c for c in todo[i:len(short)] if not cached(*c)]
+                i = len(short)
+                continue
+            return done, skipped + [c for c in todo[i:] if not cached(*c)], errors
         t0 = time.time()
         try:
             result = run_cell(*cell)
         except CellPaused as exc:
             print(f"  paused: {exc}", flush=True)
-            return done, [c for c in todo[i:] if not cached(*c)], errors
+            return done, skipped + [c for c in todo[i:] if not cached(*c)], errors
         except Exception as exc:  # one broken cell must not lose the others
             errors.append(f"{cell}: {type(exc).__name__}: {exc}")
             print(f"  FAILED {cell}: {exc}", flush=True)
+            i += 1
             continue
         last[kind(cell)] = time.time() - t0
         print(f"  [{i + 1}/{len(todo)}] {describe(cell, result)} ({last[kind(cell)]:.0f} s)", flush=True)
         done.append(result)
-    return done, [], errors
+        i += 1
+    return done, skipped, errors
 
 
 def finish(missing: list, errors: list[str]) -> int:

@@ -97,14 +97,18 @@ def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL,
     train = dataset.split("train")
     index = label_fraction_index(train.labels, fraction, dataset.name, seed)
     x, y = pixels(train.images[index]), torch.from_numpy(train.labels[index]).long()
-    torch.manual_seed(seed)
-    model = ResNet18(x.shape[1], dataset.num_classes, widths)
-    optimizer = torch.optim.Adam(model.parameters(), lr=protocol["lr"])
-    schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, protocol["milestones"], protocol["gamma"])
-    gen = torch.Generator().manual_seed(seed)
-    state = TrainingState(model, optimizer, schedule, gen,
-                          json.dumps([dataset.name, fraction, seed, protocol, list(widths), len(index)]))
-    epoch_s, earlier_s = state.restore(checkpoint) if checkpoint is not None else ([], 0.0)
+    tag = json.dumps([STATE_FORMAT, dataset.name, fraction, seed, protocol, list(widths), len(index)])
+    state = TrainingState.fresh(x.shape[1], dataset.num_classes, widths, protocol, seed, tag)
+    epoch_s, earlier_s = [], 0.0
+    if checkpoint is not None:
+        try:
+            epoch_s, earlier_s = state.restore(checkpoint)
+        except Exception as exc:  # noqa: BLE001 (its tag fits but its tensors do not: the network's code changed)
+            print(f"  {checkpoint}: does not load into this network ({type(exc).__name__}: {str(exc)[:120]}); "
+                  "starting the cell from epoch 0", flush=True)
+            checkpoint.unlink(missing_ok=True)
+            state = TrainingState.fresh(x.shape[1], dataset.num_classes, widths, protocol, seed, tag)
+    model, optimizer, schedule, gen = state.model, state.optimizer, state.schedule, state.generator
     saved = time.time()
     for epoch in range(len(epoch_s), protocol["epochs"]):
         t0 = time.time()
@@ -139,6 +143,7 @@ def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL,
 
 
 SAVE_EVERY_S = 600.0  # a killed cell loses at most this much training
+STATE_FORMAT = "resnet-state/1"  # in every state's tag: a later format starts its cells over
 
 
 class TrainingState:
@@ -149,20 +154,35 @@ class TrainingState:
     def __init__(self, model, optimizer, schedule, generator, tag: str):
         self.model, self.optimizer, self.schedule, self.generator, self.tag = model, optimizer, schedule, generator, tag
 
+    @classmethod
+    def fresh(cls, channels: int, classes: int, widths, protocol: dict, seed: int, tag: str) -> "TrainingState":
+        """Epoch 0 of a cell: the seeded network, Adam, the step schedule and the shuffling generator."""
+        torch.manual_seed(seed)
+        model = ResNet18(channels, classes, widths)
+        optimizer = torch.optim.Adam(model.parameters(), lr=protocol["lr"])
+        schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, protocol["milestones"], protocol["gamma"])
+        return cls(model, optimizer, schedule, torch.Generator().manual_seed(seed), tag)
+
     def save(self, path: Path, epoch_s: list[float], elapsed_s: float) -> None:
         """Write the state to ``path`` through a temporary file renamed into place."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"tag": self.tag, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                    "generator": self.generator.get_state(), "epoch_s": list(epoch_s), "elapsed_s": elapsed_s}, tmp)
-        os.replace(tmp, path)
         progress = {"epochs_done": len(epoch_s), "tag": self.tag}  # what reports read without loading the state
-        tmp.with_suffix(".json").write_text(json.dumps(progress))
-        os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+        try:
+            torch.save({"tag": self.tag, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "generator": self.generator.get_state(), "epoch_s": list(epoch_s), "elapsed_s": elapsed_s},
+                       tmp)
+            os.replace(tmp, path)
+            tmp.with_suffix(".json").write_text(json.dumps(progress))
+            os.replace(tmp.with_suffix(".json"), path.with_suffix(".json"))
+        finally:  # a full disk: no temporary file left behind
+            tmp.unlink(missing_ok=True)
+            tmp.with_suffix(".json").unlink(missing_ok=True)
 
     def restore(self, path: Path) -> tuple[list[float], float]:
         """Load ``path`` if it holds this cell's state (``weights_only``); (seconds of each finished epoch,
-        seconds spent before), or ([], 0.0) when there is nothing to continue."""
+        seconds spent before), or ([], 0.0) when there is nothing to continue (no file, a torn one, another cell's:
+        nothing loaded). A state whose tag fits but whose tensors do not raises (part of it may be loaded)."""
         if not path.is_file():
             return [], 0.0
         try:

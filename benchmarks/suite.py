@@ -62,7 +62,7 @@ class ResNetBench:
 
     def state_path(self, target: str, fraction: float, seed: int) -> Path:
         """Where an unfinished cell's training state waits (resnet.TrainingState; its protocol inside)."""
-        return self.cache / "partial" / target / f"f{fraction:g}_s{seed}.pt"
+        return self.cache / "partial" / self.protocol_id / target / f"f{fraction:g}_s{seed}.pt"
 
     def cached(self, target: str, fraction: float, seed: int) -> dict | None:
         path = self.cell_path(target, fraction, seed)
@@ -214,10 +214,10 @@ def suite_report_path(root: str, name: str) -> Path:
 
 
 def fill(suite: Suite, budget_s: float) -> tuple[list, list]:
-    """Run missing cells in grid order until the budget would be exceeded. A ResNet-18 cell starts while any
-    budget is left: at the budget's end it saves its training state and pauses (resnet.train_resnet), and the
-    next invocation continues it, so a cell longer than any one budget finishes over several. Returns
-    (missing, errors)."""
+    """Run missing cells in grid order until the budget would be exceeded, the ResNet-18 cells last: one starts
+    while any budget is left, at the budget's end saves its training state and pauses (resnet.train_resnet), and
+    the next invocation continues it, so a cell longer than any one budget finishes over several without holding
+    up the short cells. Returns (missing, errors)."""
     suite.resnet.deadline = time.time() + budget_s
     _, missing, errors = report.fill(suite.run_cell, suite.cached, suite.grid.cells, budget_s,
                                      kind=lambda cell: (cell[0].name, cell[1], cell[2]), describe=describe,

@@ -286,7 +286,7 @@ def estimate_missing(suite, todo: list[tuple], done: list[tuple]) -> list[dict]:
     for task, approach, fraction, seed in todo:
         if approach == "resnet18":  # less the epochs a paused cell has done
             state = suite.resnet.state_path(task.name, fraction, seed)
-            left = 1 - resnet.epochs_done(state) / suite.resnet.protocol["epochs"]
+            left = min(max(1 - resnet.epochs_done(state) / suite.resnet.protocol["epochs"], 0.0), 1.0)
             seconds = resnet_estimate_s(suite, task, fraction, done) * left
         else:
             finetune_s, tpp_s = cell_seconds(approach, task.kind, done)

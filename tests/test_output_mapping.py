@@ -203,3 +203,18 @@ def test_a_hub_classifier_checkpoint_loads_to_the_same_backbone_hash_every_time(
     first, second = load_backbone(str(path)), load_backbone(str(path))
     assert first[1].hash == second[1].hash
     assert not any("pooler" in name for name in first[0].model.state_dict())
+
+
+def test_a_pooler_the_checkpoint_stores_is_kept_so_adapters_saved_on_it_still_verify(tmp_path):
+    """Only a pooler drawn at random is dropped: a plain ViTModel checkpoint (in21k style) keeps its stored
+    pooler and the hash it had before, which the adapters trained on it record."""
+    from transformers import AutoModel, ViTConfig, ViTModel
+
+    from tpp.backbones import backbone_hash
+
+    torch.manual_seed(2)
+    ViTModel(ViTConfig(**TINY, num_channels=3)).save_pretrained(tmp_path / "vit")
+    _save_processor(tmp_path / "vit", 3)
+    encoder, info, _ = load_backbone(str(tmp_path / "vit"))
+    assert "pooler.dense.weight" in encoder.model.state_dict()
+    assert info.hash == backbone_hash(AutoModel.from_pretrained(tmp_path / "vit"))  # as every earlier load hashed

@@ -65,3 +65,19 @@ def test_a_torn_state_file_is_reported_and_the_cell_starts_over(monkeypatch, dat
     state.write_bytes(b"PK\x03\x04 not a whole file")
     trained(monkeypatch, dataset, checkpoint=state)
     assert "unreadable" in capsys.readouterr().out and not state.exists()
+
+
+def test_a_state_that_no_longer_fits_the_network_is_reported_and_the_cell_starts_over(monkeypatch, dataset, tmp_path,
+                                                                                      capsys):
+    """Its tag fits but its tensors do not (the network's code changed between invocations): the cell runs from
+    epoch 0 instead of failing on every invocation."""
+    state = tmp_path / "f1_s3.pt"
+    with pytest.raises(report.CellPaused):
+        resnet.train_resnet(dataset, 1.0, 3, PROTOCOL, widths=(4, 4, 8, 8), checkpoint=state, deadline=0.0)
+    saved = torch.load(state, weights_only=True)
+    saved["model"].pop("stem.0.weight")
+    torch.save(saved, state)
+    straight = trained(monkeypatch, dataset)
+    resumed = trained(monkeypatch, dataset, checkpoint=state)
+    assert "does not load into this network" in capsys.readouterr().out and not state.exists()
+    assert all(torch.equal(resumed["weights"][k], straight["weights"][k]) for k in straight["weights"])

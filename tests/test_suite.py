@@ -249,9 +249,10 @@ def test_a_missing_cell_pays_for_its_tpp_adapter_only_once_per_seed():
     assert missing[("lora", "busi_64", 0.1)]["estimate_s"] == pytest.approx(300.0)  # no finished segmentation cell
 
 
-def test_a_resnet_cell_starts_whatever_its_length_and_a_pause_leaves_it_for_the_next_run(monkeypatch, capsys):
-    """fill() starts a ResNet-18 cell while any budget is left (it pauses itself at the budget's end): a paused
-    cell and the cells after it are left for the next invocation, with no error."""
+def test_resnet_cells_come_last_get_the_budget_left_and_a_pause_leaves_them_for_the_next_run(monkeypatch, capsys):
+    """fill() runs the short cells first; when the next one no longer fits, the budget left goes to the ResNet-18
+    cells, which start while any is left (one pauses itself at the budget's end): the paused cell and the cells
+    not reached are left for the next invocation, with no error."""
     import report
 
     clock = [1000.0]
@@ -261,7 +262,7 @@ def test_a_resnet_cell_starts_whatever_its_length_and_a_pause_leaves_it_for_the_
 
     class Stub:
         grid = type("G", (), {"cells": [(task, "resnet18", 1.0, 0), (task, "resnet18", 1.0, 1),
-                                         (task, "lora", 0.1, 0)]})()
+                                         (task, "lora", 0.1, 0), (task, "lora", 0.1, 1)]})()
         resnet = type("R", (), {"deadline": None})()
 
         def cached(self, *cell):
@@ -269,13 +270,14 @@ def test_a_resnet_cell_starts_whatever_its_length_and_a_pause_leaves_it_for_the_
 
         def run_cell(self, *cell):
             ran.append(cell)
-            if cell[3] == 1:
+            if cell[1] == "resnet18" and cell[3] == 1:
                 raise report.CellPaused("breastmnist resnet18 100% seed 1 after epoch 3 of 100")
-            clock[0] += 30.0  # a cell of 30 s: another of that length would not fit the 20 s left
+            if cell[1] == "lora":
+                clock[0] += 60.0  # a lora cell of 60 s: the second would not fit the 40 s left after it
             return {"test_auroc": 0.7}
 
-    missing, errors = suite.fill(Stub(), budget_s=50.0)
-    assert ran == [(task, "resnet18", 1.0, 0), (task, "resnet18", 1.0, 1)]
-    assert missing == [(task, "resnet18", 1.0, 1), (task, "lora", 0.1, 0)] and errors == []
+    missing, errors = suite.fill(Stub(), budget_s=100.0)
+    assert ran == [(task, "lora", 0.1, 0), (task, "resnet18", 1.0, 0), (task, "resnet18", 1.0, 1)]
+    assert missing == [(task, "lora", 0.1, 1), (task, "resnet18", 1.0, 1)] and errors == []
     assert Stub.resnet.deadline is not None
     assert "paused: breastmnist resnet18 100% seed 1 after epoch 3" in capsys.readouterr().out

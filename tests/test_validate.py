@@ -1,6 +1,8 @@
 """`tpp validate` checks what can be checked before a run starts: the backbone resolves, the data root and
 files exist, the modality is set where the source needs it, the adapter directories named exist; every
 problem at once, as one message."""
+import pytest
+
 from tpp.cli import main
 
 TPP = "breast_us/mae_vit_tiny_lora_tpp.yaml"
@@ -124,3 +126,19 @@ def test_a_target_module_that_matches_no_layer_is_refused_before_the_run(tiny_ma
 
     encoder = skeleton(str(tiny_mae))  # names and shapes, nothing read or allocated
     assert {p.device.type for p in encoder.model.parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"model_type": "depth_anything"}, "not a supported"),  # a family transformers knows, tpp does not encode with
+    ({"hidden_act": "nope"}, "cannot load backbone"),  # a config.json that builds no model
+])
+def test_a_backbone_config_that_builds_no_model_is_one_message(tiny_mae, data_root, tmp_path, capsys, change, says):
+    import json
+    import shutil
+
+    folder = tmp_path / "bb"
+    shutil.copytree(tiny_mae, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(dict(config, **change)))
+    code, text = validate(capsys, TPP, f"backbone.path={folder}", f"data.root={data_root}")
+    assert code == 2 and says in text and "Traceback" not in text

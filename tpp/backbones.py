@@ -185,24 +185,36 @@ def _family_of(path: str, model_type: str | None) -> Family:
     return FAMILIES[model_type]
 
 
-def drop_pooler(model: nn.Module) -> None:
+def drop_random_pooler(model: nn.Module, missing_keys) -> None:
     """Remove the pooling layer transformers adds to some encoders (``ViTModel``'s dense + tanh over the CLS
-    token): tpp reads ``last_hidden_state`` only, and a classifier checkpoint (``ViTForImageClassification``,
-    most hub ViTs) stores no pooler, so ``AutoModel`` would draw it at random on every load and the backbone hash
-    that adapters are verified against would change from one load to the next."""
-    if getattr(model, "pooler", None) is not None:
+    token) when the checkpoint did not hold it (``missing_keys`` of the load): a classifier checkpoint
+    (``ViTForImageClassification``, most hub ViTs) stores none, so ``AutoModel`` draws it at random on every load
+    and the backbone hash that adapters are verified against would change from one load to the next. tpp reads
+    ``last_hidden_state`` only; a pooler the checkpoint stores is kept (it is part of the hash adapters saved)."""
+    if getattr(model, "pooler", None) is not None and any(k.startswith("pooler.") for k in missing_keys):
         model.pooler = None
 
 
 def skeleton(path: str) -> Encoder:
     """The encoder of backbone ``path`` built from its config on the meta device: module names and shapes, no
-    weights read and no memory taken (``tpp validate`` attaches the configured method to it)."""
+    weights read and no memory taken (``tpp validate`` attaches the configured method to it). A config that
+    builds no model is the TppError :func:`load_backbone` would give."""
     from transformers import AutoModel
 
     config = backbone_config(path)
-    with torch.device("meta"):
-        model = AutoModel.from_config(config)
-    return Encoder(model, _family_of(path, getattr(config, "model_type", None)))
+    family = _family_of(path, getattr(config, "model_type", None))
+    try:
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)
+    except Exception as exc:  # noqa: BLE001 (a user's config.json: transformers raises its own)
+        raise unloadable(path, exc) from None
+    return Encoder(model, family)
+
+
+def unloadable(path: str, exc: Exception) -> TppError:
+    """The one error for a backbone folder whose weights or config do not build a model."""
+    return TppError(f"cannot load backbone '{path}' ({type(exc).__name__}: {str(exc)[:200]}); its weights are "
+                    "damaged or do not fit its config.json.")
 
 
 def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, input_size: int | None = None):
@@ -229,13 +241,13 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
             from transformers import ViTMAEForPreTraining
 
             full = ViTMAEForPreTraining.from_pretrained(source)
-            model, decoder = full.vit, full.decoder
+            model, decoder, missing = full.vit, full.decoder, ()
         else:
-            model = AutoModel.from_pretrained(source)
+            model, loading = AutoModel.from_pretrained(source, output_loading_info=True)
+            missing = loading.get("missing_keys", ())
     except Exception as exc:  # noqa: BLE001 (a user's file: safetensors, torch and transformers raise their own)
-        raise TppError(f"cannot load backbone '{path}' ({type(exc).__name__}: {str(exc)[:200]}); its weights are "
-                       "damaged or do not fit its config.json.") from None
-    drop_pooler(model)
+        raise unloadable(path, exc) from None
+    drop_random_pooler(model, missing)
     for module in (model, decoder):
         if module is not None:
             module.requires_grad_(False).eval()

@@ -71,6 +71,27 @@ def test_a_cls_pooled_mapping_adapter_is_served_as_the_evaluate_path_predicts(wo
     assert served.shape == (4, 2) and torch.allclose(served, expected, atol=1e-5)
 
 
+def test_one_batch_mixing_a_cls_pooled_site_and_a_lora_group_site_serves_each_its_own(world, tmp_path):
+    """The bank's token buffer holds every token; each head gets what its TaskModel gives it (the LoRA site runs
+    in the mixed-batch group, the prompt site through its own encoder)."""
+    lora = tmp_path / "lora"
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, world["hub"], world["root"], lora, "train.max_steps=2",
+                                "train.batch_size=16", "adapter.r=2")) == 0
+    store.publish(world["cls"], tmp_path / "store", "cls")
+    store.publish(lora, tmp_path / "store", "lora")
+    bank = AdapterBank(str(world["hub"]), str(tmp_path / "store"))
+    sites = [bank.site(name) for name in ("cls", "lora", "cls", "lora")]
+    assert sites[1].group is not None and sites[0].group is None
+    images = np.load(world["root"] / "breastmnist.npz")["test_images"][:4]
+    served = bank.predict(sites, [to_model_input(im, s.input_rule) for im, s in zip(images, sites)])
+    for name, rows in (("cls", [0, 2]), ("lora", [1, 3])):
+        model, _, _ = load_task_model(str(world[name] / "adapter" if name == "cls" else lora / "adapter"),
+                                      str(world["hub"]))
+        with torch.no_grad():
+            expected = model(torch.cat([to_model_input(images[r], sites[r].input_rule) for r in rows])).softmax(-1)
+        assert torch.allclose(torch.stack([served[r] for r in rows]), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("changes, says", [
     ({"source_classes": 10 ** 7}, "source_classes must be an integer in 2..100000"),
     ({"source_classes": "5"}, "source_classes must be an integer"),

@@ -37,9 +37,9 @@ def runs(tmp_path_factory):
     assert run_cli("run", "pretrain_backbone", "--config", "backbones/mae_vit_tiny_med_pool.yaml", f"data.root={root}",
                    f"output_dir={base / 'pre'}", "train.max_steps=2", "train.batch_size=16",
                    "pool=[{data: {source: medmnist, name: breastmnist}}]", *TINY_MODEL) == 0
-    # a failed run: LoRA targets that no layer has (found when the backbone is loaded; status.json 'failed')
+    # a failed run: a positive class the data does not have (found when the data is read; status.json 'failed')
     assert run_cli(*recipe_args("finetune", CLS, backbone, root, base / "failed", *FAST,
-                                "adapter.target_modules=[qkv]")) == 2
+                                "classification.positive_class=nothing")) == 2
     return base
 
 
@@ -211,7 +211,7 @@ def test_unfinished_folders_are_named_in_one_paragraph(runs, capsys, tmp_path):
                                   tmp_path / "nowhere", running, unfinished, "--csv", out)
     assert code == 2 and not table and not out.exists()
     assert "Traceback" not in err and err.startswith("error: 6 of the 7 folders") and len(err.strip().splitlines()) == 1
-    assert f"'{runs / 'failed'}' is not a finished run: its status.json says 'failed' (TppError: adapter" in err
+    assert f"'{runs / 'failed'}' is not a finished run: its status.json says 'failed' (TppError: classification.positive_class" in err
     assert f"'{empty}' has neither metrics.json nor config.yaml" in err
     assert f"'{runs / 'toy.npz'}' is not a folder" in err and f"'{tmp_path / 'nowhere'}' does not exist" in err
     assert f"'{running}' is not a finished run: its status.json says 'running'; it is still running" in err

@@ -211,7 +211,8 @@ def test_unfinished_folders_are_named_in_one_paragraph(runs, capsys, tmp_path):
                                   tmp_path / "nowhere", running, unfinished, "--csv", out)
     assert code == 2 and not table and not out.exists()
     assert "Traceback" not in err and err.startswith("error: 6 of the 7 folders") and len(err.strip().splitlines()) == 1
-    assert f"'{runs / 'failed'}' is not a finished run: its status.json says 'failed' (TppError: classification.positive_class" in err
+    assert (f"'{runs / 'failed'}' is not a finished run: its status.json says 'failed' "
+            "(TppError: classification.positive_class") in err
     assert f"'{empty}' has neither metrics.json nor config.yaml" in err
     assert f"'{runs / 'toy.npz'}' is not a folder" in err and f"'{tmp_path / 'nowhere'}' does not exist" in err
     assert f"'{running}' is not a finished run: its status.json says 'running'; it is still running" in err

@@ -108,15 +108,9 @@ def test_the_command_line_reports_a_bad_grid_or_protocol_key_as_a_usage_error(tm
         assert exit_.value.code == 2 and expected in err and str(path) in err
 
 
-def test_the_shipped_grid_is_valid_and_its_learned_in_context_models_fit_the_default_backbone(tmp_path):
+def test_the_shipped_grid_is_valid():
     grid = load_grid(suite.DEFAULT_GRID)
     assert {t.name for t in grid.tasks} >= {"breastmnist", "pneumoniamnist", "busi_64"}
-    bench = suite.Suite(grid, tmp_path / "cache", str(tmp_path / "data"))
-    for kind in ("classification", "segmentation"):  # the committed models: their card's kind and backbone hash
-        model, card = bench.incontext.learned(kind)
-        assert card["kind"] == kind and set(card["holdout"]) >= {"breastmnist", "pneumoniamnist", "busi"}
-    held_out = {c[0].name for c in grid.cells if c[1] == "incontext_learned"}
-    assert held_out == {"breastmnist", "pneumoniamnist", "busi_64"}  # never a set the classifier trained on
 
 
 def test_who_wins_never_lets_a_one_seed_mean_outrank_a_complete_approach():

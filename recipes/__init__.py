@@ -53,11 +53,11 @@ def preflight(cfg) -> list[str]:
     if reads("adapter.path") and cfg.adapter.path:
         record(lambda: evaluated_card(cfg.adapter.path))
     elif "adapter" in recipe.sections:  # the method the run attaches (evaluate's: its card's)
-        record(lambda: attachable(cfg, on_backbone=backbone_ok))
+        record(lambda: attachable(cfg, on_backbone=backbone_ok, inherits=reads("adapter.init_from")))
     return problems
 
 
-def attachable(cfg, on_backbone: bool = True) -> None:
+def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
     """The configured method (with ``adapter.init_from``: the parent's card read, options merged by
     :func:`tpp.builders.inherit`) attached to the backbone's skeleton (:func:`tpp.backbones.skeleton`, meta
     device; not when ``on_backbone`` is False: the backbone does not load): a ``target_modules`` name that
@@ -70,7 +70,7 @@ def attachable(cfg, on_backbone: bool = True) -> None:
     from tpp.model import attach_adapter
 
     method, options = cfg.adapter.method, cfg.adapter.typed()
-    if reads_init_from(cfg) and cfg.adapter.init_from:
+    if inherits and cfg.adapter.init_from:  # the recipe reads adapter.init_from
         method, options, _ = inherit(cfg.adapter, read_card(cfg.adapter.init_from))
     if not on_backbone:
         return
@@ -81,11 +81,6 @@ def attachable(cfg, on_backbone: bool = True) -> None:
         raise
     except Exception:  # noqa: BLE001 (a library refusing meta tensors is no problem of the config)
         pass
-
-
-def reads_init_from(cfg) -> bool:
-    """Whether ``cfg``'s recipe reads ``adapter.init_from``."""
-    return "adapter.init_from" not in RECIPES[cfg.recipe].ignores
 
 
 def evaluated_card(path) -> dict:

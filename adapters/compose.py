@@ -19,7 +19,6 @@ from dataclasses import field, make_dataclass
 
 import torch
 import torch.nn as nn
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
 from tpp.config.parse import build_dataclass
 from tpp.errors import ConfigError
@@ -126,6 +125,8 @@ def state(parts: list, model: nn.Module) -> dict[str, torch.Tensor]:
     parts' parameters by their key rules."""
     out: dict[str, torch.Tensor] = {}
     if any(p.uses_peft for p in parts):
+        from peft import get_peft_model_state_dict
+
         out.update(get_peft_model_state_dict(model))
     own = [p for p in parts if not p.uses_peft]
     out.update({n: t for n, t in model.named_parameters() if any(p.owns_key(n) for p in own)})
@@ -137,6 +138,8 @@ def load(parts: list, model: nn.Module, tensors: dict[str, torch.Tensor]) -> Non
     peft = [p for p in parts if p.uses_peft]
     own = {k: v for k, v in tensors.items() if any(p.owns_key(k) for p in parts if not p.uses_peft)}
     if peft:
+        from peft import set_peft_model_state_dict
+
         set_peft_model_state_dict(model, {k: v for k, v in tensors.items() if k not in own})
     model.load_state_dict(own, strict=False)
 

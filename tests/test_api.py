@@ -70,6 +70,15 @@ def test_import_tpp_is_cheap_and_exports_the_api():
         tpp.nope  # noqa: B018
 
 
+def test_tpp_ls_lists_methods_and_tasks_without_loading_peft_transformers_or_torchmetrics():
+    code = ("import sys; from tpp.cli import main; main(['ls']); "
+            "print('HEAVY', [m for m in ('transformers', 'peft', 'torchmetrics') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_S,
+                         cwd=REPO).stdout
+    assert "lora" in out and "visual_prompt" in out and "segmentation" in out  # the registry was listed
+    assert out.rstrip().endswith("HEAVY []")
+
+
 @pytest.mark.parametrize("value", [20, 0.1, 1e-4, "10", "yes", "runs/a b", None, True, [1, 2], {"method": "lora"}])
 def test_dict_overrides_keep_their_type(value):
     (arg,) = override_args({"train.x": value})

@@ -297,6 +297,16 @@ COMMANDS = {"context": cmd_context, "plot": cmd_plot,
             "ls": cmd_ls, "cp": cmd_cp, "validate": cmd_validate, "compare": cmd_compare}
 
 
+def _quiet_hub_progress() -> None:
+    """No "Loading weights" bars from transformers / huggingface_hub (tpp prints its own progress), without
+    importing transformers for commands that never load a model (``ls``, ``cp``, ``compare``, ``plot``)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read when huggingface_hub loads
+    if "transformers" in sys.modules:  # already loaded (tpp called in-process): switch it off directly
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -313,9 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         warnings.filterwarnings("ignore", module="transformers")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # "Loading weights" bars: tpp prints its own progress
+        _quiet_hub_progress()
     from tpp.recipes import RunFinished
 
     try:

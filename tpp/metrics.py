@@ -1,14 +1,18 @@
-"""Classification metrics with torchmetrics (binary and multiclass), plus a bootstrap AUROC interval."""
+"""Classification metrics with torchmetrics (binary and multiclass), plus a bootstrap AUROC interval.
+
+torchmetrics loads on the first metric computed (its functional package pulls in transformers for the text
+metrics: seconds that commands listing or comparing runs should not pay)."""
 from __future__ import annotations
 
 import torch
-from torchmetrics.functional import classification as C
 
 
 def _auroc(probs: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """AUROC of probabilities (N, k) against labels (N,); NaN (undefined, written as null in JSON) when a class
     has no example in ``labels`` (torchmetrics would return 0.0 with a warning: a one-class split is not a
     model that ranks every case wrongly)."""
+    from torchmetrics.functional import classification as C
+
     if len(torch.unique(labels)) < k:
         return float("nan")
     if k == 2:
@@ -95,6 +99,8 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold:
     Multiclass: argmax decisions, macro-averaged F1/sensitivity/specificity. ``resamples``: bootstrap draws
     of the AUROC interval (recorded as ``bootstrap_resamples``; 0: no interval).
     """
+    from torchmetrics.functional import classification as C
+
     probs, labels = probs.float().cpu(), labels.long().cpu()
     k = probs.shape[1]
     out = {"n": int(len(labels)), "auroc": _auroc(probs, labels, k)}

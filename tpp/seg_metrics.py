@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchmetrics.functional.segmentation import dice_score, mean_iou
 
 
 def edge_points(mask: torch.Tensor) -> torch.Tensor:
@@ -48,6 +47,8 @@ def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, class_names: 
     ``per_class``: the per-class means; ``empty_predictions``: images with foreground in the ground
     truth and none predicted; ``hd95_undefined``: (image, class) pairs without a distance.
     """
+    from torchmetrics.functional.segmentation import dice_score, mean_iou  # loads on first use (see tpp.metrics)
+
     k = len(class_names)
     pred, target = pred.long(), target.long()
     dice = dice_score(pred, target, num_classes=k, include_background=False, average="none",
@@ -102,6 +103,8 @@ def _nan_to_none(obj):
 def quick_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
     """The reported ``dice`` without the other metrics (model selection during training): per class the
     mean over images, then the mean over foreground classes. (N, h, w) each."""
+    from torchmetrics.functional.segmentation import dice_score
+
     dice = dice_score(pred.long(), target.long(), num_classes=num_classes, include_background=False,
                       average="none", input_format="index", aggregation_level="samplewise")
     dice = dice.reshape(len(pred), -1)

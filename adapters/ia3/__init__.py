@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch.nn as nn
-from peft import IA3Config, get_peft_model
 
 from tpp.adapters import Method, register
 from tpp.errors import ConfigError
@@ -29,6 +28,8 @@ class Ia3Options:
 
 def attach(encoder: nn.Module, options: Ia3Options, target_names: list[str]) -> nn.Module:
     """Wrap ``encoder`` with IA3 on exactly ``target_names`` (full names); feed-forward ones by leaf name."""
+    from peft import IA3Config, get_peft_model
+
     feedforward = [n for n in target_names if n.rsplit(".", 1)[-1] in options.feedforward_modules]
     return get_peft_model(encoder, IA3Config(target_modules=list(target_names), feedforward_modules=feedforward))
 

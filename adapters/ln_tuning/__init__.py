@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch.nn as nn
-from peft import LNTuningConfig, get_peft_model
 
 from tpp.adapters import Method, register
 from tpp.backbones import resolve_modules
@@ -29,6 +28,8 @@ def resolve(encoder, options: LnTuningOptions) -> list[str]:
 
 
 def attach(model: nn.Module, options: LnTuningOptions, target_names: list[str]) -> nn.Module:
+    from peft import LNTuningConfig, get_peft_model
+
     with warnings.catch_warnings():  # peft looks for in/out features on every target: LayerNorms have none
         warnings.filterwarnings("ignore", message="Unsupported layer type")
         return get_peft_model(model, LNTuningConfig(target_modules=list(target_names)))

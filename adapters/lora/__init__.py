@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch.nn as nn
-from peft import LoraConfig, get_peft_model
 
 from tpp.adapters import Method, register
 from tpp.errors import ConfigError
+
+if TYPE_CHECKING:  # peft (and transformers under it) load when a model is built, not for `tpp ls`
+    from peft import LoraConfig
 
 
 @dataclass
@@ -38,6 +40,8 @@ def lora_config(options: LoraOptions, target_names: list[str]) -> LoraConfig:
 
     Bias stays ``"none"``: training a bias would write into the shared backbone.
     """
+    from peft import LoraConfig
+
     return LoraConfig(
         r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
         target_modules=list(target_names), bias="none",
@@ -52,6 +56,8 @@ def mixed_batch_config(options: LoraOptions, target_names: list[str]) -> LoraCon
 
 def attach(encoder: nn.Module, options: LoraOptions, target_names: list[str]) -> nn.Module:
     """Wrap ``encoder`` with LoRA on exactly ``target_names``."""
+    from peft import get_peft_model
+
     return get_peft_model(encoder, lora_config(options, target_names))
 
 

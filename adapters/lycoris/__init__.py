@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import torch.nn as nn
-from peft import LoHaConfig, LoKrConfig, get_peft_model
 
 from tpp.adapters import Method, register
 from tpp.errors import ConfigError
@@ -38,24 +37,27 @@ class LokrOptions(LycorisOptions):
     decompose_both: bool = field(default=False, metadata={"help": "also decompose the left Kronecker factor"})
 
 
-def _attach(config_cls, extra_keys: tuple = ()):
+def _attach(config_name: str, extra_keys: tuple = ()):
+    """An attach function for peft's ``config_name`` (``LoHaConfig`` / ``LoKrConfig``; peft loads on first use)."""
     def attach(encoder: nn.Module, options: LycorisOptions, target_names: list[str]) -> nn.Module:
         """Wrap ``encoder`` on exactly ``target_names``; starts as the backbone."""
-        config = config_cls(r=options.r, alpha=options.alpha, rank_dropout=options.rank_dropout,
+        import peft
+
+        config = getattr(peft, config_name)(r=options.r, alpha=options.alpha, rank_dropout=options.rank_dropout,
                             module_dropout=options.module_dropout, target_modules=list(target_names),
                             **{k: getattr(options, k) for k in extra_keys})
-        return get_peft_model(encoder, config)
+        return peft.get_peft_model(encoder, config)
     return attach
 
 
 LOHA = register(Method(
-    name="loha", options_cls=LycorisOptions, attach=_attach(LoHaConfig), identity_at_init=True, pretrainable=True,
+    name="loha", options_cls=LycorisOptions, attach=_attach("LoHaConfig"), identity_at_init=True, pretrainable=True,
     summary="low-rank Hadamard-product updates of attention projections (peft LoHa)",
     inherited=("r", "alpha", "target_modules"), tensor_keys=r"\.hada_(w[12]_[ab]|t[12])",
     prefix="hada_", touches=("linear",)))
 
 LOKR = register(Method(
-    name="lokr", options_cls=LokrOptions, attach=_attach(LoKrConfig, ("decompose_both",)), identity_at_init=True,
+    name="lokr", options_cls=LokrOptions, attach=_attach("LoKrConfig", ("decompose_both",)), identity_at_init=True,
     pretrainable=True, summary="low-rank Kronecker-product updates of attention projections (peft LoKr)",
     inherited=("r", "alpha", "target_modules", "decompose_both"),
     tensor_keys=r"\.lokr_(w[12](_[ab])?|t2)", prefix="lokr_", touches=("linear",)))

@@ -5,6 +5,8 @@
 #   3. tpp predict --device $DEVICE over PNGs of the test split, timed
 #   4. tpp serve --device $DEVICE: one request, its probabilities against the offline CSV (must agree)
 #   5. throughput: benchmarks/serving.py with the CPU and $DEVICE side by side (28 px), and $DEVICE at 224 px
+#   6. only when PARTS names it (resnet): the suite's ResNet-18 (28) cells (benchmarks/suite_resnet.yaml) on the
+#      GPU for RESNET_MIN minutes (default 5); cells under $OUT/suite_cache/suite_resnet/cells (see that file)
 # Results: $OUT/gpu_check.json (every step's exit code, wall time and numbers) beside the serving reports.
 #
 #   bash benchmarks/gpu_check.sh                                    # on the GPU machine
@@ -111,6 +113,9 @@ part throughput && step serving_28px 420 "$PYTHON" benchmarks/serving.py --devic
   --backbone "$BACKBONE" --data-root "$DATA" --work "$WORK/serving" --out "$OUT/serving_28px"
 part throughput && step "serving_${LARGE}px" 420 "$PYTHON" benchmarks/serving.py --device "$DEVICE" --input-size "$LARGE" --no-service \
   "${BENCH[@]}" --backbone "$BACKBONE" --data-root "$DATA" --work "$WORK/serving" --out "$OUT/serving_${LARGE}px"
+# 6. the suite's ResNet-18 cells on the device (opt-in: PARTS=resnet); a cell unfinished at the budget pauses
+part resnet && step resnet $(( ${RESNET_MIN:-5} * 60 + 600 )) "$PYTHON" benchmarks/suite.py --grid benchmarks/suite_resnet.yaml \
+  --budget-min "${RESNET_MIN:-5}" --no-memory --data-root "$DATA" --cache "$OUT/suite_cache" --out "$OUT/suite_resnet"
 
 "$PYTHON" - "$WORK" "$OUT" "$DEVICE" "$LARGE" <<'EOF'
 import csv, json, sys, time

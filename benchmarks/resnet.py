@@ -6,7 +6,9 @@ MedMNIST v2 trains at 28 px, i.e. a 3x3 stride-1 stem without max-pool, four sta
 paper: cross-entropy, Adam lr 1e-3, batch 128, 100 epochs, lr x0.1 at epochs 50 and 75, no augmentation,
 pixels normalised with mean 0.5 and std 0.5; the model of the last epoch is tested (the paper's code picks the
 epoch by validation AUC; with few labels there is no big validation set, so the suite keeps the last one, like
-every other cell). Input: the image as stored (1 or 3 channels, 28 x 28).
+every other cell). Input: the image as stored (1 or 3 channels, 28 x 28). Trains on ``device`` (``auto``: a CUDA GPU
+where there is one, as tpp's recipes): a GPU finishes in minutes the cells that take hours on a CPU; each cell
+records where it ran.
 """
 from __future__ import annotations
 
@@ -71,20 +73,24 @@ def pixels(images) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, images, labels, batch: int = 256) -> dict:
-    """AUROC (macro one-vs-rest for more than two classes, as tpp.metrics) and accuracy on one split."""
+    """AUROC (macro one-vs-rest for more than two classes, as tpp.metrics) and accuracy on one split (the
+    batches on the model's device)."""
     from tpp.metrics import quick_metrics
 
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
-        probs = torch.cat([model(b).softmax(1) for b in pixels(images).split(batch)])
+        probs = torch.cat([model(b.to(device)).softmax(1).cpu() for b in pixels(images).split(batch)])
     return quick_metrics(probs, torch.from_numpy(labels).long())
 
 
 def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL, widths=(64, 128, 256, 512),
-                 on_epoch=None, checkpoint: Path | None = None, deadline: float | None = None) -> dict:
+                 on_epoch=None, checkpoint: Path | None = None, deadline: float | None = None,
+                 device: str = "auto") -> dict:
     """Train on a stratified ``fraction`` of the training labels (the same nested subset as every other cell
     of that seed) and return ``{"test": {"auroc", "accuracy"}, "trainable_parameters", "train_examples",
-    "wall_time_s", "epoch_s"}``. ``on_epoch(epoch, seconds)`` is called after each epoch.
+    "wall_time_s", "epoch_s", "device"}``. ``on_epoch(epoch, seconds)`` is called after each epoch. ``device``: where
+    it trains (tpp's ``device`` values; ``auto``: a CUDA GPU where there is one).
 
     ``checkpoint`` (a ``.pt`` path): the training state is saved there every :data:`SAVE_EVERY_S` seconds and,
     once ``deadline`` (a ``time.time()`` value) has passed, after the epoch in progress, raising
@@ -92,13 +98,14 @@ def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL,
     uninterrupted run would (``wall_time_s`` counts every segment). A checkpoint of another cell or protocol is
     ignored; the file is removed when the cell finishes."""
     from tpp.data.subsets import label_fraction_index
+    from tpp.devices import describe, resolve
 
-    start = time.time()
+    start, where = time.time(), resolve(device)
     train = dataset.split("train")
     index = label_fraction_index(train.labels, fraction, dataset.name, seed)
-    x, y = pixels(train.images[index]), torch.from_numpy(train.labels[index]).long()
+    x, y = pixels(train.images[index]).to(where), torch.from_numpy(train.labels[index]).long().to(where)
     tag = json.dumps([STATE_FORMAT, dataset.name, fraction, seed, protocol, list(widths), len(index)])
-    state = TrainingState.fresh(x.shape[1], dataset.num_classes, widths, protocol, seed, tag)
+    state = TrainingState.fresh(x.shape[1], dataset.num_classes, widths, protocol, seed, tag, where)
     epoch_s, earlier_s = [], 0.0
     if checkpoint is not None:
         try:
@@ -107,13 +114,13 @@ def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL,
             print(f"  {checkpoint}: does not load into this network ({type(exc).__name__}: {str(exc)[:120]}); "
                   "starting the cell from epoch 0", flush=True)
             checkpoint.unlink(missing_ok=True)
-            state = TrainingState.fresh(x.shape[1], dataset.num_classes, widths, protocol, seed, tag)
+            state = TrainingState.fresh(x.shape[1], dataset.num_classes, widths, protocol, seed, tag, where)
     model, optimizer, schedule, gen = state.model, state.optimizer, state.schedule, state.generator
     saved = time.time()
     for epoch in range(len(epoch_s), protocol["epochs"]):
         t0 = time.time()
         model.train()
-        for idx in torch.randperm(len(x), generator=gen).split(protocol["batch_size"]):
+        for idx in torch.randperm(len(x), generator=gen).to(where).split(protocol["batch_size"]):
             if len(idx) < 2 and len(x) >= 2:  # batch norm needs two images; a lone last one waits a round
                 continue
             loss = F.cross_entropy(model(x[idx]), y[idx])
@@ -139,7 +146,7 @@ def train_resnet(dataset, fraction: float, seed: int, protocol: dict = PROTOCOL,
         checkpoint.with_suffix(".json").unlink(missing_ok=True)
     return {"test": metrics, "trainable_parameters": sum(p.numel() for p in model.parameters()),
             "train_examples": len(index), "wall_time_s": round(earlier_s + time.time() - start, 1),
-            "epoch_s": round(sum(epoch_s) / max(len(epoch_s), 1), 2)}
+            "epoch_s": round(sum(epoch_s) / max(len(epoch_s), 1), 2), "device": describe(where)}
 
 
 SAVE_EVERY_S = 600.0  # a killed cell loses at most this much training
@@ -155,10 +162,12 @@ class TrainingState:
         self.model, self.optimizer, self.schedule, self.generator, self.tag = model, optimizer, schedule, generator, tag
 
     @classmethod
-    def fresh(cls, channels: int, classes: int, widths, protocol: dict, seed: int, tag: str) -> "TrainingState":
-        """Epoch 0 of a cell: the seeded network, Adam, the step schedule and the shuffling generator."""
+    def fresh(cls, channels: int, classes: int, widths, protocol: dict, seed: int, tag: str,
+              device: torch.device = torch.device("cpu")) -> "TrainingState":
+        """Epoch 0 of a cell: the seeded network (built on the CPU, then moved to ``device``: the same initial
+        weights everywhere), Adam, the step schedule and the shuffling generator (on the CPU)."""
         torch.manual_seed(seed)
-        model = ResNet18(channels, classes, widths)
+        model = ResNet18(channels, classes, widths).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=protocol["lr"])
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, protocol["milestones"], protocol["gamma"])
         return cls(model, optimizer, schedule, torch.Generator().manual_seed(seed), tag)

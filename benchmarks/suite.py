@@ -82,7 +82,7 @@ class ResNetBench:
                 "test_auroc": metrics["test"]["auroc"], "test_accuracy": metrics["test"]["accuracy"],
                 "train_labels": metrics["train_examples"], "trainable_parameters": metrics["trainable_parameters"],
                 "finetune_s": metrics["wall_time_s"], "epoch_s": metrics["epoch_s"], "tpp_s": None,
-                "protocol_id": self.protocol_id}
+                "device": metrics["device"], "protocol_id": self.protocol_id}
         report.store_cell(self.cell_path(target, fraction, seed), cell)
         return cell
 

@@ -47,6 +47,28 @@ def test_a_paused_cell_continues_to_the_weights_of_an_uninterrupted_run(monkeypa
     assert all(torch.equal(resumed["weights"][k], straight["weights"][k]) for k in straight["weights"])
     assert resumed["result"]["test"] == straight["result"]["test"]
     assert not state.exists() and not state.with_suffix(".json").exists()  # nothing left behind
+    assert straight["result"]["device"].startswith("cuda:0 (" if torch.cuda.is_available() else "cpu (")  # auto
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_cell_paused_on_the_cpu_continues_on_the_gpu(monkeypatch, dataset, tmp_path):
+    """The saved state is device-free: a cell paused on a CPU machine finishes on a GPU one (weights and Adam's
+    moments moved there), records the GPU, and ends near the CPU's uninterrupted run (GPU kernels round
+    differently, so not bit-identical: closer to it than a tenth of the way training moved the weights)."""
+    straight = trained(monkeypatch, dataset, device="cpu")
+    state = tmp_path / "f1_s3.pt"
+    with pytest.raises(report.CellPaused):
+        resnet.train_resnet(dataset, 1.0, 3, PROTOCOL, widths=(4, 4, 8, 8), checkpoint=state, deadline=0.0,
+                            device="cpu")
+    resumed = trained(monkeypatch, dataset, checkpoint=state, device="cuda")
+    assert resumed["result"]["device"].startswith("cuda:0 (") and not state.exists()
+    assert all(v.is_cuda for v in resumed["weights"].values())
+    start = resnet.TrainingState.fresh(1, 2, (4, 4, 8, 8), PROTOCOL, 3, "").model.state_dict()
+    learned = [k for k, v in start.items() if v.is_floating_point()]
+    moved = torch.cat([(straight["weights"][k] - start[k]).flatten() for k in learned]).norm()
+    apart = torch.cat([(resumed["weights"][k].cpu() - straight["weights"][k]).flatten() for k in learned]).norm()
+    assert moved > 0 and apart < 0.1 * moved
 
 
 def test_the_state_of_another_cell_is_ignored_and_the_cell_starts_over(monkeypatch, dataset, tmp_path, capsys):

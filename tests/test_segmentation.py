@@ -15,6 +15,7 @@ from torchmetrics.functional.segmentation import hausdorff_distance
 from tpp.backbones import load_backbone
 from tpp.builders import check_leakage
 from tpp.data import Dataset, Split
+from tpp.data.files import ImageFiles
 from tpp.data.segmentation import class_indices, joint_augment, load_seg_folder, load_seg_npz
 from tpp.errors import TppError
 from tpp.model import TaskModel, attach_adapter
@@ -191,7 +192,8 @@ def test_seg_folder_matches_names_and_reads_0_255_masks(tmp_path):
     ds = load_seg_folder(**folder, group_key="patient")
     assert sum(len(s) for s in ds.splits.values()) == 10
     assert ds.split("train").masks.shape[1:] == (16, 16) and set(np.unique(ds.split("train").masks)) == {0, 1}
-    patients = {name: {int(v) // 20 for v in split.images[:, 0, 0]} for name, split in ds.splits.items()}
+    assert all(isinstance(split.images, ImageFiles) for split in ds.splits.values())  # decoded per batch
+    patients = {name: {int(v) // 20 for v in np.asarray(split.images)[:, 0, 0]} for name, split in ds.splits.items()}
     assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["val"])
     (root / "masks" / "case3.png").unlink()
     with pytest.raises(TppError, match=r"images/case3.png has no partner in masks/"):
@@ -236,7 +238,7 @@ def test_seg_folder_groups_read_as_a_label_table_and_masks_must_fit_their_image(
     ds = load_seg_folder(**folder)
     where: dict = {}
     for name, split in ds.splits.items():
-        for v in split.images[:, 0, 0]:
+        for v in np.asarray(split.images)[:, 0, 0]:
             where.setdefault(int(v) // 20, set()).add(name)
     assert len(where) == 6 and all(len(splits) == 1 for splits in where.values())  # six patients, one split each
     (root / "metadata.csv").write_text("file_name,patient\n" + "\n".join(rows + ["c3.png,p9"]) + "\n")

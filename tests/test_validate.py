@@ -58,6 +58,19 @@ def test_data_files_and_modality_are_checked(tiny_mae, data_root, capsys):
     assert code == 0, text
 
 
+def test_an_absolute_data_file_needs_no_data_root(tiny_mae, data_root, monkeypatch, capsys):
+    """The loaders never join an absolute data.file to a root, so neither may the pre-run check demand one."""
+    monkeypatch.delenv("TPP_DATA_ROOT", raising=False)
+    (data_root / "scans").mkdir()
+    folder = ["data.source=folder", "data.modality=US"]
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", *folder, f"data.file={data_root / 'scans'}")
+    assert code == 0, text
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", *folder, f"data.file={data_root / 'gone'}")
+    assert code == 2 and f"data.file '{data_root / 'gone'}' does not exist." in text and "data root" not in text
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", *folder, "data.file=scans")
+    assert code == 2 and "no data root" in text  # a relative one still does
+
+
 def test_evaluate_needs_an_existing_adapter_directory(tiny_mae, data_root, tmp_path, capsys):
     code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           f"adapter.path={tmp_path / 'gone'}")

@@ -1,6 +1,8 @@
 """From the ``data`` config section to a Dataset and model-ready tensors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -36,11 +38,15 @@ def preflight(data, root: str | None = None) -> list[str]:
                         "code such as US, CR, CT, MR).")
     if data.source == "medmnist" and no_data_root(data.root or root):  # ~/.medmnist, downloaded into if absent
         return problems + medmnist_fallback_problems(data.name)
+    options = data.resolved()
+    file = getattr(options, "file", None)
     try:
         base = resolve_root(data.root or root)
     except TppError as exc:
-        return problems + [str(exc)]
-    return problems + source.preflight(data, data.resolved(), base)
+        if not (isinstance(file, str) and Path(file).is_absolute()):
+            return problems + [str(exc)]
+        base = Path(file).parent  # an absolute data.file needs no data root (the loaders never join it to one)
+    return problems + source.preflight(data, options, base)
 
 
 def data_license(data) -> str:

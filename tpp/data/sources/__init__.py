@@ -88,7 +88,8 @@ def missing_file(file: Optional[str], base: Path, what: str = "data.file") -> li
     """A preflight piece: ``[problem]`` when ``file`` (relative to the data root ``base``, or absolute) is set
     but does not exist."""
     if file and not (base / file).exists():
-        return [f"{what} '{file}' does not exist under the data root '{base}'."]
+        where = "" if Path(file).is_absolute() else f" under the data root '{base}'"
+        return [f"{what} '{file}' does not exist{where}."]
     return []
 
 

@@ -24,13 +24,14 @@ import torch.nn.functional as F
 
 from tpp.adapter_dir import versions
 from tpp.backbones import FAMILIES, Encoder, backbone_hash
-from tpp.data.build import data_license, load_data, random_hflip, to_model_tensor
+from tpp.data.build import data_license, load_data, random_hflip
+from tpp.data.stream import ConcatInputs, ModelInputs, stream_loader
 from tpp.errors import ConfigError
 from tpp.pretext.mae import decode, encode_visible, mask_noise, masked_mse, patchify
 from tpp.source_classifier import HEADS_FILE
 from tpp.rundir import finite_json
-from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
-                          plan_steps, train_loop)
+from tpp.training import (build_accelerator, checkpointer, loss_curve, make_optimizer, make_scheduler, plan_steps,
+                          train_loop)
 
 BACKBONE_CARD = "tpp_backbone_card.json"
 
@@ -82,10 +83,11 @@ class PoolObjective(nn.Module):
         return mae + self.supervised_weight * sup
 
 
-def load_pool(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict], list[int]]:
-    """Training images of every pool dataset as model tensors (N, C, S, S), with source index and label
-    (-1 when unsupervised). Returns (images, source, labels, card entries, classes per source).
-    An entry without its own ``data.root`` uses the top-level ``data.root`` (else TPP_DATA_ROOT)."""
+def load_pool(cfg) -> tuple[ConcatInputs, torch.Tensor, torch.Tensor, list[dict], list[int]]:
+    """Training images of every pool dataset as model input converted per batch (``inputs[index]`` ->
+    (B, C, S, S); the images stay as stored: arrays, or files read when a batch needs them), with source index
+    and label (N,) each (-1 when unsupervised). Returns (inputs, source, labels, card entries, classes per
+    source). An entry without its own ``data.root`` uses the top-level ``data.root`` (else TPP_DATA_ROOT)."""
     m = cfg.model
     images, sources, labels, entries, classes = [], [], [], [], []
     for index, entry in enumerate(cfg.pool):
@@ -93,14 +95,14 @@ def load_pool(cfg) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict]
         dataset = load_data(data, cfg.seed, m.image_size)
         train = dataset.split("train")
         supervised = entry.supervised and train.labels is not None
-        images.append(to_model_tensor(train.images, m.num_channels, m.image_size, m.mean, m.std))
+        images.append(ModelInputs(train.images, m.num_channels, m.image_size, m.mean, m.std))
         sources.append(torch.full((len(train),), index))
         labels.append(torch.from_numpy(train.labels) if supervised else torch.full((len(train),), -1))
         classes.append(dataset.num_classes if supervised else 0)
         entries.append(dict(dataset.describe({"split": "train", "images": len(train)}, labels=supervised),
                             supervised=supervised, license=data_license(entry.data),
                             skipped_files=len(dataset.skipped)))
-    return torch.cat(images), torch.cat(sources), torch.cat(labels).long(), entries, classes
+    return ConcatInputs(images), torch.cat(sources), torch.cat(labels).long(), entries, classes
 
 
 def source_heads(objective: PoolObjective, entries: list[dict], classes: list[int]) -> tuple[dict, dict]:
@@ -191,7 +193,8 @@ def run(cfg, run) -> dict:
     plan = plan_steps(cfg.train, len(x), accelerator.num_processes)
     optimizer = make_optimizer(objective, cfg.train.lr, cfg.train.weight_decay, beta2=cfg.train.adam_beta2)
     scheduler = make_scheduler(optimizer, cfg.train.warmup_ratio, plan.num_steps)
-    loader = make_loader(x, source, labels, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed)
+    loader = stream_loader(x, source, labels, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed,
+                           num_workers=cfg.data.num_workers)
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
     parts = []
 

@@ -35,7 +35,7 @@ RECIPES = {
                                 COMMON + ("data", "pretext", "model", "pool", "supervised_weight"),
                                 ignores=("data.split", "data.label_fraction", "data.val_label_fraction",
                                          "data.use_eval_splits", "train.select_best", "train.head_lr_scale",
-                                         "train.eval_every", "data.num_workers")),
+                                         "train.eval_every")),
     "tpp": Recipe("target parameter pre-training: train only the adapter on unlabeled images (MAE or DINO pretext)",
                   COMMON + ("site", "backbone", "adapter", "data", "pretext"),
                   ignores=("adapter.path", "adapter.init_from", "data.split", "data.label_fraction",

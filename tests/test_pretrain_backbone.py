@@ -1,6 +1,7 @@
 """pretrain_backbone on a tiny pool: a loadable transformers checkpoint with a card, usable by the other recipes."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from conftest import make_medmnist
@@ -88,3 +89,28 @@ def test_an_architecture_that_cannot_run_is_refused_before_the_run(pool_root, tm
     assert "model.image_size=28 is not a whole number of model.patch_size=5 patches" in err
     assert "model.decoder_hidden_size=15 is not a multiple of model.decoder_num_attention_heads=2" in err
     assert "Traceback" not in err and not out.exists()
+
+
+def test_a_folder_in_the_pool_is_read_per_batch_not_decoded_whole(pool_root, tmp_path, monkeypatch):
+    """The pool streams like the other recipes' data: a folder entry's images stay files (its whole split was
+    converted to float32 up front before: 60 GB for 100,000 images at 224 px)."""
+    from PIL import Image
+
+    from tpp.data import files
+
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        folder = pool_root / "scans" / f"c{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (24, 24), dtype=np.uint8)).save(folder / f"{i}.png")
+    whole = []
+    real_array = files.ImageFiles.__array__
+    monkeypatch.setattr(files.ImageFiles, "__array__", lambda self, *a, **k: whole.append(len(self))
+                        or real_array(self, *a, **k))
+    pool = ("pool=[{data: {source: medmnist, name: bloodmnist}}, "
+            "{data: {source: folder, name: scans, file: scans, modality: US}}]")
+    assert run_cli("run", "pretrain_backbone", "--config", POOL_CONFIG, f"data.root={pool_root}", pool,
+                   f"output_dir={tmp_path / 'pre'}", "train.batch_size=16", "train.max_steps=4", *TINY_MODEL) == 0
+    card = json.loads((tmp_path / "pre" / "backbone" / "tpp_backbone_card.json").read_text())
+    assert [e["name"] for e in card["pool"]] == ["bloodmnist", "scans"]
+    assert whole == []

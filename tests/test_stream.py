@@ -11,7 +11,7 @@ from tpp.data import Dataset, Split
 from tpp.data.build import to_model_tensor
 from tpp.data.files import ImageFiles
 from tpp.data.folders import load_folder
-from tpp.data.stream import ModelInputs, concat_images, stream_loader
+from tpp.data.stream import ConcatInputs, ModelInputs, concat_images, stream_loader
 from tpp.training import make_loader
 
 SIZE, MEAN, STD = 16, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
@@ -73,6 +73,24 @@ def test_model_inputs_of_files_equal_the_eager_conversion(tmp_path):
     inputs = ModelInputs(files, 3, 32, MEAN, STD)
     index = np.array([3, 1, 4, 1])
     assert torch.equal(inputs[index], to_model_tensor(eager(files)[index], 3, 32, MEAN, STD))
+
+
+def test_a_pool_of_gray_files_and_colour_arrays_converts_per_batch_as_the_whole_pool(tmp_path):
+    """pretrain_backbone's pool: parts of other kinds and channels behind one index, in the loader's order."""
+    files = load_folder("toy", str(image_folder(tmp_path / "img")), None, modality="US",
+                        image_size=SIZE).split("train").images
+    colour = np.random.default_rng(2).integers(0, 256, (9, 20, 20, 3), dtype=np.uint8)
+    pool = ConcatInputs([ModelInputs(files, 3, SIZE, MEAN, STD), ModelInputs(colour, 3, SIZE, MEAN, STD)])
+    whole = torch.cat([to_model_tensor(eager(files), 3, SIZE, MEAN, STD), to_model_tensor(colour, 3, SIZE, MEAN, STD)])
+    assert len(pool) == len(files) + 9 == len(whole)
+    index = np.array([len(files) + 8, 0, len(files), len(files) - 1, 3, len(files) + 8])  # across both parts
+    assert torch.equal(pool[index], whole[index])
+    labels = torch.arange(len(whole))
+    for (x0, y0), (x1, y1) in zip(make_loader(whole, labels, batch_size=5, shuffle=True, seed=1),
+                                  stream_loader(pool, labels, batch_size=5, shuffle=True, seed=1)):
+        assert torch.equal(y0, y1) and torch.equal(x0, x1)
+    with pytest.raises(ValueError, match="same channels and size"):
+        ConcatInputs([ModelInputs(colour, 3, SIZE, MEAN, STD), ModelInputs(colour, 1, SIZE, MEAN[:1], STD[:1])])
 
 
 def test_predict_streams_the_same_rows_as_a_tensor():

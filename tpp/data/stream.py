@@ -59,6 +59,30 @@ class ModelInputs:
         return to_model_tensor(stack(self.images, index), self.channels, self.size, self.mean, self.std, self.frame)
 
 
+class ConcatInputs:
+    """Several datasets' :class:`ModelInputs` as one (a pre-training pool of gray and colour sets, arrays and
+    folders): ``inputs[index]`` converts each part's images where they are and returns float32 (B, C, S, S) in
+    ``index`` order, so only a batch is ever converted. Every part must give the same C and S."""
+
+    def __init__(self, parts: list[ModelInputs]):
+        if len({(p.channels, p.size) for p in parts}) > 1:
+            raise ValueError("ConcatInputs parts must convert to the same channels and size")
+        self.parts, self.starts = parts, np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, index) -> torch.Tensor:
+        index = np.asarray(index)
+        part = np.searchsorted(self.starts, index, side="right") - 1  # (B,) which part each image is in
+        first = self.parts[0]
+        out = torch.empty(len(index), first.channels, first.size, first.size)
+        for k in np.unique(part):
+            rows = part == k
+            out[torch.from_numpy(rows)] = self.parts[k][index[rows] - self.starts[k]]
+        return out
+
+
 class _Indexed(Dataset):
     """Item i: (i, target_0[i], ...); the images are fetched per batch by :class:`_Collate`."""
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -135,16 +136,53 @@ class CellPaused(Exception):
     invocation continues it."""
 
 
+class CellClaims:
+    """Which cells of a shared cache a live invocation is running: ``claim(cell)`` holds an exclusive lock file
+    under ``folder`` (one per cell, named by a hash of ``repr(cell)``) while the cell runs, so two invocations of
+    one bench on one cache (one per core) split the grid instead of running a cell twice (a ResNet cell's saved
+    state written by both). The lock is the kernel's (``flock``): it ends with its process, a killed run leaves
+    nothing stale. Without ``fcntl`` (Windows) every claim succeeds."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    @contextmanager
+    def claim(self, cell):
+        """Yields True while this process holds ``cell``, False (at once) when another live process does."""
+        try:
+            import fcntl
+        except ImportError:
+            yield True
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f"{hashlib.sha256(repr(cell).encode()).hexdigest()[:24]}.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def _unclaimed(cell):
+    yield True
+
+
 def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, first_estimate_s: float,
-         pausable=lambda cell: False):
+         pausable=lambda cell: False, claims: CellClaims | None = None):
     """Run the cells that ``cached(*cell)`` does not have, in order, until the next one would exceed the
     budget (estimated from the last cell of the same ``kind(cell)``). ``pausable(cell)`` cells come after the
     others and get what budget the others leave: one starts while any is left and raises :class:`CellPaused` at
     the budget's end, to be continued next time (so a cell longer than any budget never holds up the short ones).
     A failing cell is reported and skipped, never loses the others; a cell that another invocation on the same
-    cache has finished by the time it comes up is skipped. Returns (results, cells left for the next run, error
-    lines)."""
+    cache has finished by the time it comes up is skipped, and with ``claims`` one it is running is too (left
+    to it). Returns (results, cells left for the next run, error lines)."""
     start, done, errors, last, skipped = time.time(), [], [], {}, []
+    claim = claims.claim if claims is not None else _unclaimed
     todo = [c for c in cells if not cached(*c)]
     short = [c for c in todo if not pausable(c)]
     todo = short + [c for c in todo if pausable(c)]
@@ -163,16 +201,23 @@ def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, 
                 continue
             return done, skipped + [c for c in todo[i:] if not cached(*c)], errors
         t0 = time.time()
-        try:
-            result = run_cell(*cell)
-        except CellPaused as exc:
-            print(f"  paused: {exc}", flush=True)
-            return done, skipped + [c for c in todo[i:] if not cached(*c)], errors
-        except Exception as exc:  # one broken cell must not lose the others
-            errors.append(f"{cell}: {type(exc).__name__}: {exc}")
-            print(f"  FAILED {cell}: {exc}", flush=True)
-            i += 1
-            continue
+        with claim(cell) as mine:
+            if not mine or cached(*cell):  # another invocation is running it, or finished it while we waited
+                if not mine:
+                    print(f"  {cell}: another invocation is running it; skipped", flush=True)
+                    skipped.append(cell)
+                i += 1
+                continue
+            try:
+                result = run_cell(*cell)
+            except CellPaused as exc:
+                print(f"  paused: {exc}", flush=True)
+                return done, skipped + [c for c in todo[i:] if not cached(*c)], errors
+            except Exception as exc:  # one broken cell must not lose the others
+                errors.append(f"{cell}: {type(exc).__name__}: {exc}")
+                print(f"  FAILED {cell}: {exc}", flush=True)
+                i += 1
+                continue
         last[kind(cell)] = time.time() - t0
         print(f"  [{i + 1}/{len(todo)}] {describe(cell, result)} ({last[kind(cell)]:.0f} s)", flush=True)
         done.append(result)

@@ -184,7 +184,7 @@ def fill(bench: SegBench, cells: list[tuple], budget_s: float) -> tuple[list, li
     _, missing, errors = report.fill(
         bench.run_cell, bench.cached, cells, budget_s, kind=lambda cell: cell[0],
         describe=lambda cell, r: f"{cell[0]} {cell[1]:.0%} seed {cell[2]}: Dice {r['test_dice']:.3f}",
-        first_estimate_s=300.0)
+        first_estimate_s=300.0, claims=report.CellClaims(bench.cache / "claims"))
     return missing, errors
 
 

@@ -132,6 +132,7 @@ class Suite:
         self.movl = suite_movl.MovlBench(cache_root / "movl", grid.backbone, data_root)
         self._seg = {}
         self.cost_cache = CostCache(cache_root / "suite_cost")
+        self.claims = report.CellClaims(cache_root / "claims" / "suite")  # two invocations split the grid
 
     def seg(self, task: Task) -> seg_gain.SegBench:
         if task.name not in self._seg:
@@ -221,7 +222,8 @@ def fill(suite: Suite, budget_s: float) -> tuple[list, list]:
     suite.resnet.deadline = time.time() + budget_s
     _, missing, errors = report.fill(suite.run_cell, suite.cached, suite.grid.cells, budget_s,
                                      kind=lambda cell: (cell[0].name, cell[1], cell[2]), describe=describe,
-                                     first_estimate_s=90.0, pausable=lambda cell: cell[1] == "resnet18")
+                                     first_estimate_s=90.0, pausable=lambda cell: cell[1] == "resnet18",
+                                     claims=suite.claims)
     return missing, errors
 
 

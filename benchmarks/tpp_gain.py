@@ -297,7 +297,8 @@ def fill(bench: Bench, cells: list[tuple], budget_s: float) -> tuple[list[dict],
     """Run missing cells until the budget would be exceeded. Returns (done, missing, errors)."""
     return report.fill(bench.run_cell, bench.cached, cells, budget_s, kind=lambda cell: cell[1],
                        describe=lambda cell, r: f"{cell[0]} {cell[1]} {cell[2]:.0%} seed {cell[3]}: "
-                                                f"AUROC {report.num(r['test_auroc'])}", first_estimate_s=90.0)
+                                                f"AUROC {report.num(r['test_auroc'])}", first_estimate_s=90.0,
+                       claims=report.CellClaims(bench.cache / "claims"))
 
 
 def comparisons_for(methods: list[str]) -> list[tuple[str, str]]:

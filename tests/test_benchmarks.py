@@ -179,6 +179,48 @@ def test_fill_skips_a_cell_that_another_invocation_finished_meanwhile():
     assert ran == ["a", "c"] and [r["name"] for r in done] == ["a", "c"] and not missing and not errors
 
 
+def test_a_cell_another_invocation_is_running_is_left_to_it_and_taken_once_free(tmp_path):
+    """Two invocations on one cache split the grid: a claimed cell is skipped (reported as left), the others run;
+    once the claim ends the next fill runs it."""
+    claims, finished, ran = report.CellClaims(tmp_path / "claims"), set(), []
+
+    def run_cell(name):
+        ran.append(name)
+        finished.add(name)
+        return {"name": name}
+
+    def fill():
+        return report.fill(run_cell, lambda name: name in finished, ["a", "b", "c"], 600, kind=lambda cell: "x",
+                           describe=lambda cell, r: cell, first_estimate_s=1, claims=claims)
+
+    with claims.claim("b") as held:  # as another process would hold it (flock: per open file, so here too)
+        assert held
+        done, missing, errors = fill()
+    assert ran == ["a", "c"] and missing == ["b"] and not errors
+    done, missing, errors = fill()
+    assert ran == ["a", "c", "b"] and [r["name"] for r in done] == ["b"] and not missing
+
+
+def test_a_claim_ends_with_its_process(tmp_path):
+    """A run killed mid-cell leaves no stale claim: the kernel drops the lock with the process."""
+    import subprocess
+
+    code = ("import sys, time; sys.path.insert(0, sys.argv[1]); import report; "
+            "c = report.CellClaims(sys.argv[2]).claim(('t', 0.1, 3)); assert c.__enter__(); print('held', flush=True); "
+            "time.sleep(3600)")
+    child = subprocess.Popen([sys.executable, "-c", code, str(Path(report.__file__).parent), str(tmp_path)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with report.CellClaims(tmp_path).claim(("t", 0.1, 3)) as mine:
+            assert not mine  # the live process holds it
+    finally:
+        child.kill()
+        child.wait(timeout=HANG_S)
+    with report.CellClaims(tmp_path).claim(("t", 0.1, 3)) as mine:
+        assert mine
+
+
 def test_segmentation_cells_of_a_published_report_seed_an_empty_cache(tiny_mae, tmp_path):
     import seg_gain
 

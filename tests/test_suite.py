@@ -258,6 +258,7 @@ def test_resnet_cells_come_last_get_the_budget_left_and_a_pause_leaves_them_for_
         grid = type("G", (), {"cells": [(task, "resnet18", 1.0, 0), (task, "resnet18", 1.0, 1),
                                          (task, "lora", 0.1, 0), (task, "lora", 0.1, 1)]})()
         resnet = type("R", (), {"deadline": None})()
+        claims = None
 
         def cached(self, *cell):
             return None

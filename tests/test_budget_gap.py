@@ -1,0 +1,48 @@
+"""benchmarks/budget_gap.py: the ViT at the ResNet's budget, from the pre-trained backbone and from random weights."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+from conftest import make_medmnist
+from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import budget_gap  # noqa: E402
+
+from tpp.backbones import load_backbone, resolve_backbone  # noqa: E402
+
+
+def test_the_budget_is_the_resnets_epochs_in_batches_of_32():
+    assert budget_gap.steps(546) == 100 * 18 and budget_gap.steps(32) == 100 and budget_gap.steps(33) == 200
+
+
+def test_a_random_backbone_has_the_shipped_architecture_and_new_weights_per_seed(tmp_path):
+    shipped = load_file(Path(resolve_backbone(budget_gap.BACKBONE)) / "model.safetensors")
+    drawn = [load_file(budget_gap.random_backbone(tmp_path / f"s{s}", s) / "model.safetensors") for s in (0, 0, 1)]
+    assert drawn[0].keys() == shipped.keys() and all(drawn[0][k].shape == shipped[k].shape for k in shipped)
+    key = "vit.encoder.layer.0.attention.attention.query.weight"
+    assert torch.equal(drawn[0][key], drawn[1][key]) and not torch.equal(drawn[0][key], drawn[2][key])
+    assert not torch.equal(drawn[0][key], shipped[key])
+    encoder, info, _ = load_backbone(str(tmp_path / "s1"))
+    assert info.mean == load_backbone(budget_gap.BACKBONE)[1].mean  # the same preprocessing
+
+
+def test_both_arms_run_and_pair_with_the_references_in_the_report(tmp_path, monkeypatch):
+    root = make_medmnist(tmp_path / "data", n=(40, 10, 20))
+    monkeypatch.setattr(budget_gap, "PROTOCOL", dict(budget_gap.PROTOCOL, epochs=1))  # 2 steps of 32
+    reference = {"test_auroc": 0.6, "test_accuracy": 0.6, "trainable_parameters": 1, "finetune_s": 1.0}
+    monkeypatch.setattr(budget_gap, "reference_cells", lambda cache, target, seeds, root: [
+        dict(reference, target=target, method=m, fraction=1.0, seed=0, tpp_s=None) for m in ("full", "resnet18")])
+    args = ["--seeds", "1", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+            "--data-root", str(root)]
+    assert budget_gap.main(args) == 0
+    result = json.loads((tmp_path / "out" / "budget_gap.json").read_text())
+    cells = {c["method"]: c for c in result["cells"]}
+    assert set(cells) == {"full_long", "scratch_long", "full", "resnet18"}
+    assert cells["full_long"]["steps"] == cells["scratch_long"]["steps"] == 2
+    assert cells["full_long"]["init"] == "pre-trained" and cells["scratch_long"]["init"].startswith("random")
+    assert (cells["full_long"]["lr"], cells["scratch_long"]["lr"]) == (1e-4, 1e-3)
+    pairs = {(d["method"], d["reference"]) for d in result["paired"]}
+    assert {("full_long", "resnet18"), ("scratch_long", "full_long"), ("full", "resnet18")} <= pairs
+    assert budget_gap.main(args + ["--report-only"]) == 0  # from the cache, nothing re-run

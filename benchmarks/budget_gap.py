@@ -21,7 +21,6 @@ References from the caches (never re-run here): ``full`` (200 steps, ``.cache/tp
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -82,27 +81,15 @@ def run_cell(target: str, arm: str, seed: int, train_images: int, data_root: str
             "tpp_s": None}
 
 
-class Cache:
-    """Cells as JSON under ``folder/<protocol id>/`` (the id covers the protocol and the shipped config)."""
+def cell_cache(folder: Path) -> report.CellCache:
+    """Cells (target, arm, seed) under ``folder/<protocol id>/`` (the id covers the protocol and the shipped config)."""
+    from tpp.recipes import CONFIG_DIR
+    from tpp.rundir import file_sha256
 
-    def __init__(self, folder: Path):
-        from tpp.recipes import CONFIG_DIR
-        from tpp.rundir import file_sha256
-
-        self.id = report.protocol_id(PROTOCOL, BACKBONE, config=file_sha256(CONFIG_DIR / tpp_gain.FINETUNE_CONFIG))
-        self.folder = Path(folder) / self.id
-
-    def path(self, target: str, arm: str, seed: int) -> Path:
-        return self.folder / f"{target}_{arm}_s{seed}.json"
-
-    def cached(self, target: str, arm: str, seed: int) -> dict | None:
-        try:
-            return json.loads(self.path(target, arm, seed).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def store(self, cell: dict) -> None:
-        report.store_cell(self.path(cell["target"], cell["method"], cell["seed"]), dict(cell, protocol_id=self.id))
+    return report.CellCache(folder, report.protocol_id(PROTOCOL, BACKBONE,
+                                                       config=file_sha256(CONFIG_DIR / tpp_gain.FINETUNE_CONFIG)),
+                            key=lambda c: (c["target"], c["method"], c["seed"]),
+                            name=lambda target, arm, seed: f"{target}_{arm}_s{seed}.json")
 
 
 def reference_cells(cache_root: Path, target: str, seeds: int, data_root: str) -> list[dict]:
@@ -150,11 +137,12 @@ def main(argv=None) -> int:
     tpp_gain.quiet_libraries()
     from tpp.data.arrays import load_medmnist
 
-    cache = Cache(args.cache / "budget_gap")
-    sizes = {t: len(load_medmnist(t, args.data_root).split("train")) for t in args.targets}
+    cache = cell_cache(args.cache / "budget_gap")
     cells = [(t, arm, seed) for t in args.targets for seed in range(args.seeds) for arm in args.arms]
     missing, errors = [], []
     if not args.report_only:
+        sizes = {t: len(load_medmnist(t, args.data_root).split("train")) for t in args.targets}
+
         def run(target, arm, seed):
             cell = run_cell(target, arm, seed, sizes[target], args.data_root)
             cache.store(cell)

@@ -22,7 +22,6 @@ test AUROC against severity (0 = clean) per method.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -97,42 +96,19 @@ def cell_path(cache: Path, target, fraction, seed, method) -> Path:
     return cache / f"{target}_{fraction}_{seed}_{method.replace('+', '-')}.json"
 
 
-class Cache:
-    """Cells (target, fraction, seed, method) as JSON files under ``folder/<id>/``, the id naming the protocol, the
-    shipped configs' content and the backbone's content: cells of another protocol (a ``--steps`` smoke run, an
-    edited config) live in another folder and never replace or count as these."""
+class Cache(report.CellCache):
+    """Cells (target, fraction, seed, method) under ``folder/<id>/``, the id naming the protocol, the shipped
+    configs' content and the backbone's content: cells of another protocol (a ``--steps`` smoke run, an edited
+    config) live in another folder and never replace or count as these."""
 
     def __init__(self, folder: Path, backbone: str):
-        from tpp.rundir import file_sha256
         from tpp.recipes import CONFIG_DIR
+        from tpp.rundir import file_sha256
 
         configs = {name: file_sha256(CONFIG_DIR / name) for name in (FINETUNE_CONFIG, TPP_CONFIG)}
-        self.id = report.protocol_id(PROTOCOL, backbone, configs=configs)
-        self.folder = Path(folder) / self.id
-
-    def _read(self, path: Path) -> dict | None:
-        """The cell in ``path`` if it is one of this id (a missing, unreadable or foreign file is None)."""
-        try:
-            cell = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return cell if isinstance(cell, dict) and cell.get("protocol_id") == self.id else None
-
-    def cached(self, target, fraction, seed, method) -> dict | None:
-        return self._read(cell_path(self.folder, target, fraction, seed, method))
-
-    def cells(self) -> list[dict]:
-        """Every cell cached under this id (the report covers them all, not only the requested grid's)."""
-        return [c for c in map(self._read, sorted(self.folder.glob("*.json"))) if c]
-
-    def store(self, cell: dict) -> None:
-        report.store_cell(cell_path(self.folder, cell["target"], cell["fraction"], cell["seed"], cell["method"]),
-                          {**cell, "protocol_id": self.id})
-
-    def adopt(self, published) -> int:
-        """``--from-results``: the cells of a published movl.json measured under this id."""
-        return report.adopt(published, self.id, lambda c: (c["target"], c["fraction"], c["seed"], c["method"]),
-                            self.cached, self.store)
+        super().__init__(folder, report.protocol_id(PROTOCOL, backbone, configs=configs),
+                         key=lambda c: (c["target"], c["fraction"], c["seed"], c["method"]),
+                         name=lambda *key: cell_path(Path(), *key).name)
 
 
 def _ms(values: list) -> str:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -167,11 +167,6 @@ class CellClaims:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextmanager
-def _unclaimed(cell):
-    yield True
-
-
 def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, first_estimate_s: float,
          pausable=lambda cell: False, claims: CellClaims | None = None):
     """Run the cells that ``cached(*cell)`` does not have, in order, until the next one would exceed the
@@ -182,7 +177,7 @@ def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, 
     cache has finished by the time it comes up is skipped, and with ``claims`` one it is running is too (left
     to it). Returns (results, cells left for the next run, error lines)."""
     start, done, errors, last, skipped = time.time(), [], [], {}, []
-    claim = claims.claim if claims is not None else _unclaimed
+    claim = claims.claim if claims is not None else (lambda cell: nullcontext(True))
     todo = [c for c in cells if not cached(*c)]
     short = [c for c in todo if not pausable(c)]
     todo = short + [c for c in todo if pausable(c)]
@@ -246,6 +241,40 @@ def write_atomic(path, text: str) -> None:
 
 def store_cell(path, cell: dict) -> None:
     write_atomic(path, json.dumps(cell, indent=1))
+
+
+class CellCache:
+    """Cells as JSON files under ``folder/<id>/``, one per key (``key(cell)``: the arguments of :meth:`cached`,
+    ``name(*key)``: the file name), the id naming the protocol: cells of another protocol live in another folder,
+    and a file that does not carry the id (a foreign or hand-edited one) is no cell of it."""
+
+    def __init__(self, folder: Path, id: str, key, name):
+        self.id, self.folder, self._key, self._name = id, Path(folder) / id, key, name
+
+    def path(self, *key) -> Path:
+        return self.folder / self._name(*key)
+
+    def _read(self, path: Path) -> dict | None:
+        """The cell in ``path`` if it is one of this id (a missing, unreadable or foreign file is None)."""
+        try:
+            cell = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return cell if isinstance(cell, dict) and cell.get("protocol_id") == self.id else None
+
+    def cached(self, *key) -> dict | None:
+        return self._read(self.path(*key))
+
+    def cells(self) -> list[dict]:
+        """Every cell cached under this id (a report covers them all, not only the requested grid's)."""
+        return [c for c in map(self._read, sorted(self.folder.glob("*.json"))) if c]
+
+    def store(self, cell: dict) -> None:
+        store_cell(self.path(*self._key(cell)), {**cell, "protocol_id": self.id})
+
+    def adopt(self, published) -> int:
+        """``--from-results``: the cells of a published report measured under this id."""
+        return adopt(published, self.id, self._key, self.cached, self.store)
 
 
 def add_from_results_option(parser) -> None:

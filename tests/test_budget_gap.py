@@ -45,4 +45,16 @@ def test_both_arms_run_and_pair_with_the_references_in_the_report(tmp_path, monk
     assert (cells["full_long"]["lr"], cells["scratch_long"]["lr"]) == (1e-4, 1e-3)
     pairs = {(d["method"], d["reference"]) for d in result["paired"]}
     assert {("full_long", "resnet18"), ("scratch_long", "full_long"), ("full", "resnet18")} <= pairs
-    assert budget_gap.main(args + ["--report-only"]) == 0  # from the cache, nothing re-run
+    report_only = args[:-1] + [str(tmp_path / "no-data"), "--report-only"]  # from the cache: no data read
+    assert budget_gap.main(report_only) == 0
+    assert {c["method"] for c in json.loads((tmp_path / "out" / "budget_gap.json").read_text())["cells"]} == set(cells)
+
+
+def test_a_cell_file_of_another_protocol_is_no_cell(tmp_path):
+    cache = budget_gap.cell_cache(tmp_path)
+    cell = {"target": "breastmnist", "method": "full_long", "seed": 0, "test_auroc": 0.8}
+    cache.store(cell)
+    assert cache.cached("breastmnist", "full_long", 0)["test_auroc"] == 0.8
+    path = cache.path("breastmnist", "full_long", 0)
+    path.write_text(json.dumps(dict(cell, protocol_id="another")))
+    assert cache.cached("breastmnist", "full_long", 0) is None and cache.cells() == []

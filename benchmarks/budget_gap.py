@@ -14,9 +14,13 @@ BreastMNIST), and separates the causes, paired by seed (the same label subset) w
 - ``scratch_long``: the same ViT (same config) from random initialisation (drawn per seed), lr 1e-3 on every
   weight (the ResNet's Adam rate), the same budget: what is the pre-training worth, and can this ViT at 28 px
   learn the task from these labels at all?
+- ``lora_long``: the suite's LoRA (r 8, alpha 16 on q and v, lr 1e-3) at the long budget: does the cheap path a
+  hospital would deploy gain from the budget what full fine-tuning does?
 
-References from the caches (never re-run here): ``full`` (200 steps, ``.cache/tpp_gain``) and ``resnet18``
-(``.cache/suite_resnet``). Writes ``benchmarks/results/budget_gap.{json,md}``.
+Each arm's cells are keyed by its own protocol id, so adding an arm leaves the others' cells valid. References
+from the caches (never re-run here): ``full`` and ``lora`` (200 steps, ``.cache/tpp_gain``) and ``resnet18``
+(``.cache/suite_resnet``). Writes ``benchmarks/results/budget_gap.{json,md}``; ``--from-results`` (and that report
+itself when it exists) seeds an empty cache with the published cells.
 """
 from __future__ import annotations
 
@@ -36,9 +40,11 @@ import tpp_gain  # noqa: E402
 BACKBONE = "builtin:mae-vit-tiny-med"
 PROTOCOL = {"epochs": 100, "batch_size": 32, "selection": "last step",
             "arms": {"full_long": {"init": "pre-trained", "lr": 1e-4, "head_lr_scale": 10.0},
-                     "scratch_long": {"init": "random (seeded per cell)", "lr": 1e-3, "head_lr_scale": 1.0}}}
+                     "scratch_long": {"init": "random (seeded per cell)", "lr": 1e-3, "head_lr_scale": 1.0},
+                     "lora_long": {"init": "pre-trained", "lr": 1e-3, "head_lr_scale": 1.0, "adapter": "lora",
+                                   "r": 8, "alpha": 16}}}
 ARMS = list(PROTOCOL["arms"])
-REFERENCES = ["full", "resnet18"]  # the suite's 200-step full fine-tuning and its ResNet-18, from their caches
+REFERENCES = ["full", "lora", "resnet18"]  # the suite's 200-step fine-tuning and its ResNet-18, from their caches
 
 
 def steps(train_images: int) -> int:
@@ -61,6 +67,13 @@ def random_backbone(folder: Path, seed: int) -> Path:
     return folder
 
 
+def adapter_overrides(settings: dict) -> list[str]:
+    """The adapter of an arm: full fine-tuning, or LoRA with the arm's rank and alpha (the suite's LoRA)."""
+    if settings.get("adapter", "full") == "full":
+        return ["adapter.method=full"]
+    return [f"adapter.method={settings['adapter']}", f"adapter.r={settings['r']}", f"adapter.alpha={settings['alpha']}"]
+
+
 def run_cell(target: str, arm: str, seed: int, train_images: int, data_root: str) -> dict:
     """Full fine-tuning with the long budget from the arm's initialisation; the cell's numbers."""
     from tpp.recipes import CONFIG_DIR, run_recipe
@@ -71,7 +84,8 @@ def run_cell(target: str, arm: str, seed: int, train_images: int, data_root: str
         n = steps(train_images)
         metrics, _ = run_recipe("finetune", CONFIG_DIR / tpp_gain.FINETUNE_CONFIG, [
             f"backbone.path={backbone}", f"data.root={data_root}", f"output_dir={Path(work) / 'run'}", f"seed={seed}",
-            "adapter.method=full", f"train.lr={settings['lr']}", f"train.head_lr_scale={settings['head_lr_scale']}",
+            *adapter_overrides(settings), f"train.lr={settings['lr']}",
+            f"train.head_lr_scale={settings['head_lr_scale']}",
             *tpp_gain.source_overrides(target), "data.label_fraction=1.0", "train.select_best=false",
             f"train.max_steps={n}", f"train.batch_size={PROTOCOL['batch_size']}"], overwrite=True)
     return {"target": target, "method": arm, "fraction": 1.0, "seed": seed, "steps": n, **settings,
@@ -81,27 +95,45 @@ def run_cell(target: str, arm: str, seed: int, train_images: int, data_root: str
             "tpp_s": None}
 
 
-def cell_cache(folder: Path) -> report.CellCache:
-    """Cells (target, arm, seed) under ``folder/<protocol id>/`` (the id covers the protocol and the shipped config)."""
-    from tpp.recipes import CONFIG_DIR
-    from tpp.rundir import file_sha256
+class ArmCells:
+    """Cells (target, arm, seed), each arm under its own protocol id (the shared budget, the arm's settings, the
+    shipped config): an arm added later, or one whose settings change, leaves the other arms' cells valid."""
 
-    return report.CellCache(folder, report.protocol_id(PROTOCOL, BACKBONE,
-                                                       config=file_sha256(CONFIG_DIR / tpp_gain.FINETUNE_CONFIG)),
-                            key=lambda c: (c["target"], c["method"], c["seed"]),
-                            name=lambda target, arm, seed: f"{target}_{arm}_s{seed}.json")
+    def __init__(self, folder: Path):
+        from tpp.recipes import CONFIG_DIR
+        from tpp.rundir import file_sha256
+
+        config = file_sha256(CONFIG_DIR / tpp_gain.FINETUNE_CONFIG)
+        common = {k: v for k, v in PROTOCOL.items() if k != "arms"}
+        self.folder = Path(folder)
+        self.arms = {arm: report.CellCache(folder, report.protocol_id({**common, "arm": arm, **settings}, BACKBONE,
+                                                                      config=config),
+                                           key=lambda c: (c["target"], c["method"], c["seed"]),
+                                           name=lambda target, arm, seed: f"{target}_{arm}_s{seed}.json")
+                     for arm, settings in PROTOCOL["arms"].items()}
+
+    def cached(self, target: str, arm: str, seed: int) -> dict | None:
+        return self.arms[arm].cached(target, arm, seed)
+
+    def store(self, cell: dict) -> None:
+        self.arms[cell["method"]].store(cell)
+
+    def adopt(self, published) -> int:
+        """The cells of a published report measured under their arm's id (other cells are left out)."""
+        return sum(cache.adopt(published) for cache in self.arms.values())
 
 
 def reference_cells(cache_root: Path, target: str, seeds: int, data_root: str) -> list[dict]:
-    """The suite's 200-step ``full`` and ``resnet18`` cells of ``target`` at 100% (those measured)."""
+    """The suite's 200-step ``full`` and ``lora`` and its ``resnet18`` cells of ``target`` at 100% (those measured)."""
     import suite
 
-    full = tpp_gain.Bench(cache_root / "tpp_gain", tpp_gain.PROTOCOL, BACKBONE, data_root)
+    vit = tpp_gain.Bench(cache_root / "tpp_gain", tpp_gain.PROTOCOL, BACKBONE, data_root)
     resnet = suite.ResNetBench(cache_root / "suite_resnet", dict(suite.resnet.PROTOCOL, widths=[64, 128, 256, 512]),
                                data_root)
     cells = []
     for seed in range(seeds):
-        for method, cell in (("full", full.cached(target, "full", 1.0, seed)),
+        for method, cell in (("full", vit.cached(target, "full", 1.0, seed)),
+                             ("lora", vit.cached(target, "lora", 1.0, seed)),
                              ("resnet18", resnet.cached(target, 1.0, seed))):
             if cell:
                 cells.append(dict(cell, method=method, fraction=1.0, tpp_s=None))
@@ -110,13 +142,16 @@ def reference_cells(cache_root: Path, target: str, seeds: int, data_root: str) -
 
 def write_report(cells: list[dict], out: Path, command: str) -> None:
     rows = report.summarise(cells)
-    diffs = [d for arm in ARMS for ref in ("full", "resnet18") for d in report.paired(cells, arm, ref)]
-    diffs += report.paired(cells, "scratch_long", "full_long") + report.paired(cells, "full", "resnet18")
-    description = (f"Long-budget full fine-tuning (the ResNet-18's {PROTOCOL['epochs']} epochs in batches of "
-                   f"{PROTOCOL['batch_size']}) from the pre-trained backbone (full_long) and from random weights "
-                   "(scratch_long), against the suite's 200-step full fine-tuning (full) and ResNet-18 (28) from "
-                   "scratch (resnet18), paired by seed (same label subset). Test AUROC / accuracy (the ViT rows at "
-                   "the validation-chosen threshold, the ResNet's at argmax).")
+    pairs = [(arm, ref) for arm in ARMS for ref in ("full", "resnet18")]
+    pairs += [("scratch_long", "full_long"), ("lora_long", "lora"), ("lora_long", "full_long"), ("lora", "resnet18"),
+              ("full", "resnet18")]
+    diffs = [d for method, ref in pairs for d in report.paired(cells, method, ref)]
+    description = (f"Long-budget fine-tuning (the ResNet-18's {PROTOCOL['epochs']} epochs in batches of "
+                   f"{PROTOCOL['batch_size']}): full from the pre-trained backbone (full_long) and from random weights "
+                   "(scratch_long), LoRA from the pre-trained backbone (lora_long); against the suite's 200-step full "
+                   "fine-tuning (full) and LoRA (lora) and its ResNet-18 (28) from scratch (resnet18), paired by seed "
+                   "(same label subset). Test AUROC / accuracy (the ViT rows at the validation-chosen threshold, the "
+                   "ResNet's at argmax).")
     table = report.markdown_results(rows) + "\n\n" + report.markdown_paired(diffs)
     report.publish(out, "budget_gap", report.machine(), command, description, table,
                    {"protocol": PROTOCOL, "cells": cells, "rows": rows, "paired": diffs})
@@ -132,12 +167,14 @@ def main(argv=None) -> int:
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    report.add_from_results_option(parser)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tpp_gain.quiet_libraries()
     from tpp.data.arrays import load_medmnist
 
-    cache = cell_cache(args.cache / "budget_gap")
+    cache = ArmCells(args.cache / "budget_gap")
+    report.adopt_all(parser, args.from_results, cache.adopt, cache.folder, own=args.out / "budget_gap.json")
     cells = [(t, arm, seed) for t in args.targets for seed in range(args.seeds) for arm in args.arms]
     missing, errors = [], []
     if not args.report_only:

@@ -115,6 +115,31 @@ def refuse_problems(cfg, label: str) -> None:
         raise TppError(f"{label} would not run:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def check_loaded_data(cfg) -> tuple[str | None, list[str]]:
+    """What ``tpp validate`` checks of the data itself for a recipe that declares ``check_data(cfg, dataset)``
+    (finetune, evaluate): the data section is loaded (labels included; images of folders stay on disk) and
+    checked as the run checks it right after loading, before any training: the task's needs, the positive class
+    among the classes, an adapter's classes and split, a parent adapter's leakage and modality. Returns (what was
+    loaded: images per split and classes, or None; the problems found, loading problems included); (None, [])
+    for other recipes."""
+    from tpp.backbones import backbone_config
+    from tpp.data.build import load_data
+    from tpp.errors import TppError
+
+    recipe = get_recipe(cfg.recipe)
+    if not hasattr(recipe, "check_data"):
+        return None, []
+    try:
+        size = cfg.backbone.input_size or backbone_config(cfg.backbone.path).image_size
+        dataset = load_data(cfg.data, cfg.seed, size)
+        recipe.check_data(cfg, dataset)
+    except TppError as exc:
+        return None, [str(exc)]
+    sizes = " / ".join(f"{len(split)} {name}" for name, split in dataset.splits.items())
+    classes = f", classes {list(dataset.class_names)}" if dataset.class_names else ""
+    return f"{dataset.name}: {sizes} images{classes}", []
+
+
 def find_config(name: str | os.PathLike) -> Path:
     """A config file as given, else a shipped config by its name under ``recipes/configs/``
     (``breast_us/mae_vit_tiny_lora_tpp.yaml``, with or without ``.yaml`` or a leading ``recipes/configs/``)."""

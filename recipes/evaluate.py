@@ -56,20 +56,33 @@ def check(cfg) -> None:
     corruption_plan(cfg)
 
 
+def check_data(cfg, dataset) -> None:
+    """What this recipe needs of its loaded data (``tpp validate`` loads the data and runs it too)."""
+    from tpp.recipes import evaluated_card
+
+    check_against_card(evaluated_card(cfg.adapter.path), dataset, cfg.adapter.path)
+
+
+def check_against_card(card: dict, dataset, path) -> None:
+    """The data fits the adapter at ``path``: its task's needs, the same class names, the split it was tuned on."""
+    task = task_of_card(card)
+    try:
+        task.check_data(dataset)
+    except TppError as exc:
+        raise TppError(f"adapter '{path}' is a {task.name} adapter: {exc}") from None
+    if list(dataset.class_names) != list(card["task"]["label_names"]):
+        raise TppError(f"dataset '{dataset.name}' classes {dataset.class_names} differ from the adapter's "
+                       f"{card['task']['label_names']}.")
+    check_same_split(card, dataset, path)
+
+
 def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, device=cfg.device)
     model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
     task = task_of_card(card)  # set up by the card: classification decides with its threshold
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
-    try:
-        task.check_data(dataset)
-    except TppError as exc:
-        raise TppError(f"adapter '{cfg.adapter.path}' is a {task.name} adapter: {exc}") from None
-    if list(dataset.class_names) != list(card["task"]["label_names"]):
-        raise TppError(f"dataset '{dataset.name}' classes {dataset.class_names} differ from the adapter's "
-                       f"{card['task']['label_names']}.")
-    check_same_split(card, dataset, cfg.adapter.path)
+    check_against_card(card, dataset, cfg.adapter.path)
     split = dataset.split(cfg.data.split)
     model = accelerator.prepare(model)
     targets = task.targets(split)

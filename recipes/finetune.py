@@ -15,9 +15,10 @@ from __future__ import annotations
 import torch
 
 from tpp.adapters.visual_prompt import auxiliary_loss, encoder_output
-from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
+from tpp.adapter_dir import dir_size, make_card, read_card, write_adapter_dir
 from tpp.backbones import load_backbone
-from tpp.builders import attach_target_parameters, input_rule, record_skipped
+from tpp.builders import (attach_target_parameters, check_leakage, check_parent_modality, input_rule,
+                          record_skipped)
 from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs, stream_loader
 from tpp.label_mapping import prepare_output_mapping
@@ -32,6 +33,19 @@ from tpp.training import (build_accelerator, checkpointer, make_optimizer, make_
 def check(cfg) -> None:
     """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
     get_task(cfg.task).check_config(cfg)
+
+
+def check_data(cfg, dataset) -> None:
+    """What this recipe needs of its loaded data, before any training (``tpp validate`` loads the data and runs
+    it too): the task's needs (labels or masks, ``classification.positive_class`` among the classes) and, with
+    ``adapter.init_from``, a parent that cannot have seen this run's validation or test images and, with
+    ``adapter.require_same_modality``, was pre-trained on this modality."""
+    get_task(cfg.task).check_data(dataset, cfg.task_options)
+    if cfg.adapter.init_from:
+        card = read_card(cfg.adapter.init_from)
+        check_leakage(card, dataset, cfg.adapter.init_from)
+        if cfg.adapter.require_same_modality:  # the warning otherwise comes once, when the parent is attached
+            check_parent_modality(card, cfg.adapter.init_from, dataset.modality, True)
 
 
 def labelled_splits(cfg, dataset):
@@ -58,7 +72,7 @@ def run(cfg, run) -> dict:
                                      input_size=cfg.backbone.input_size)
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
-    task.check_data(dataset)
+    check_data(cfg, dataset)
 
     # target parameters: fresh, or inherited from a (TPP) parent adapter
     method, typed, targets, parent = attach_target_parameters(cfg, encoder, info, dataset, run, task.head_noun)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -101,6 +102,18 @@ def make_medmnist(root: Path, name: str = "breastmnist", n=(60, 20, 20), rgb: bo
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels.reshape(-1, 1).astype(np.uint8)
     root.mkdir(parents=True, exist_ok=True)
     np.savez(root / f"{name}.npz", **arrays)
+    return root
+
+
+def make_image_folder(root, n=24, rgb_at=None):
+    """``root/a`` and ``root/b`` with n PNGs of mixed sizes; image ``rgb_at`` in colour (else all gray)."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        side = 12 + i % 5
+        shape = (side, side, 3) if i == rgb_at else (side, side)
+        folder = root / ("a" if i % 2 else "b")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"{i:03d}.png")
     return root
 
 

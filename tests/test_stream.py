@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import make_image_folder
 
 from tpp.data import Dataset, Split
 from tpp.data.build import to_model_tensor
@@ -15,18 +15,6 @@ from tpp.data.stream import ConcatInputs, ModelInputs, concat_images, stream_loa
 from tpp.training import make_loader
 
 SIZE, MEAN, STD = 16, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-
-
-def image_folder(root, n=24, rgb_at=None):
-    """``root/a`` and ``root/b`` with n PNGs of mixed sizes; image ``rgb_at`` in colour (else all gray)."""
-    rng = np.random.default_rng(0)
-    for i in range(n):
-        side = 12 + i % 5
-        shape = (side, side, 3) if i == rgb_at else (side, side)
-        folder = root / ("a" if i % 2 else "b")
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(folder / f"{i:03d}.png")
-    return root
 
 
 def eager(images) -> np.ndarray:
@@ -48,7 +36,7 @@ def test_batches_equal_the_whole_split_converted_at_once_in_the_same_order(worke
 
 
 def test_a_folder_stays_on_disk_and_hashes_as_the_decoded_arrays(tmp_path):
-    dataset = load_folder("toy", str(image_folder(tmp_path / "img")), None, modality="US", image_size=SIZE)
+    dataset = load_folder("toy", str(make_image_folder(tmp_path / "img")), None, modality="US", image_size=SIZE)
     train = dataset.split("train")
     assert isinstance(train.images, ImageFiles) and train.images.shape == (len(train), SIZE, SIZE)
     in_memory = Dataset("toy", "US", dataset.class_names, split_id=dataset.split_id,
@@ -61,14 +49,14 @@ def test_a_folder_stays_on_disk_and_hashes_as_the_decoded_arrays(tmp_path):
 
 
 def test_one_colour_file_makes_every_image_rgb_as_before(tmp_path):
-    dataset = load_folder("toy", str(image_folder(tmp_path / "img", rgb_at=5)), None, modality="US",
+    dataset = load_folder("toy", str(make_image_folder(tmp_path / "img", rgb_at=5)), None, modality="US",
                           image_size=SIZE)
     images = concat_images([dataset.split(s).images for s in ("train", "val", "test")])
     assert isinstance(images, ImageFiles) and images.shape[1:] == (SIZE, SIZE, 3) and images[0].shape == (SIZE, SIZE, 3)
 
 
 def test_model_inputs_of_files_equal_the_eager_conversion(tmp_path):
-    dataset = load_folder("toy", str(image_folder(tmp_path / "img")), None, modality="US", image_size=SIZE)
+    dataset = load_folder("toy", str(make_image_folder(tmp_path / "img")), None, modality="US", image_size=SIZE)
     files = dataset.split("train").images
     inputs = ModelInputs(files, 3, 32, MEAN, STD)
     index = np.array([3, 1, 4, 1])
@@ -77,7 +65,7 @@ def test_model_inputs_of_files_equal_the_eager_conversion(tmp_path):
 
 def test_a_pool_of_gray_files_and_colour_arrays_converts_per_batch_as_the_whole_pool(tmp_path):
     """pretrain_backbone's pool: parts of other kinds and channels behind one index, in the loader's order."""
-    files = load_folder("toy", str(image_folder(tmp_path / "img")), None, modality="US",
+    files = load_folder("toy", str(make_image_folder(tmp_path / "img")), None, modality="US",
                         image_size=SIZE).split("train").images
     colour = np.random.default_rng(2).integers(0, 256, (9, 20, 20, 3), dtype=np.uint8)
     pool = ConcatInputs([ModelInputs(files, 3, SIZE, MEAN, STD), ModelInputs(colour, 3, SIZE, MEAN, STD)])
@@ -110,7 +98,7 @@ def test_predict_streams_the_same_rows_as_a_tensor():
 def test_a_file_removed_after_loading_is_named_and_mixed_shapes_are_refused(tmp_path):
     from tpp.errors import TppError
 
-    dataset = load_folder("toy", str(image_folder(tmp_path / "img")), None, modality="US", image_size=SIZE)
+    dataset = load_folder("toy", str(make_image_folder(tmp_path / "img")), None, modality="US", image_size=SIZE)
     files = dataset.split("train").images
     Path(files.paths[0]).unlink()
     with pytest.raises(TppError, match="changed or disappeared since the data was loaded"):

@@ -2,6 +2,7 @@
 files exist, the modality is set where the source needs it, the adapter directories named exist; every
 problem at once, as one message."""
 import pytest
+from conftest import make_image_folder, make_medmnist
 
 from tpp.cli import main
 
@@ -52,7 +53,7 @@ def test_data_files_and_modality_are_checked(tiny_mae, data_root, capsys):
     code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           "data.source=folder", "data.file=scans")
     assert code == 2 and "data.file 'scans' does not exist" in text and "needs data.modality" in text
-    (data_root / "scans").mkdir()
+    make_image_folder(data_root / "scans")
     code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           "data.source=folder", "data.file=scans", "data.modality=US")
     assert code == 0, text
@@ -61,7 +62,7 @@ def test_data_files_and_modality_are_checked(tiny_mae, data_root, capsys):
 def test_an_absolute_data_file_needs_no_data_root(tiny_mae, data_root, monkeypatch, capsys):
     """The loaders never join an absolute data.file to a root, so neither may the pre-run check demand one."""
     monkeypatch.delenv("TPP_DATA_ROOT", raising=False)
-    (data_root / "scans").mkdir()
+    make_image_folder(data_root / "scans")
     folder = ["data.source=folder", "data.modality=US"]
     code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", *folder, f"data.file={data_root / 'scans'}")
     assert code == 0, text
@@ -155,3 +156,33 @@ def test_a_backbone_config_that_builds_no_model_is_one_message(tiny_mae, data_ro
     (folder / "config.json").write_text(json.dumps(dict(config, **change)))
     code, text = validate(capsys, TPP, f"backbone.path={folder}", f"data.root={data_root}")
     assert code == 2 and says in text and "Traceback" not in text
+
+
+def test_what_the_run_checks_of_its_loaded_data_validate_checks_too(tiny_mae, data_root, tmp_path, capsys):
+    """The positive class, an adapter's classes and a parent's modality were found only once a run had loaded
+    its data (a failed run folder left behind, `tpp validate` saying ok)."""
+    make_medmnist(data_root, "pneumoniamnist")
+    base = [f"backbone.path={tiny_mae}", f"data.root={data_root}"]
+    code, text = validate(capsys, FINETUNE, *base, "classification.positive_class=cancer")
+    assert code == 2 and "positive_class='cancer' must be one of ['malignant', 'normal, benign']" in text
+    out = tmp_path / "ft"
+    code = main(["run", "finetune", "--config", FINETUNE, *base, "classification.positive_class=cancer",
+                 f"output_dir={out}", "train.max_steps=1"])
+    assert code == 2 and not (out / "checkpoints").exists()  # refused before any training
+    code, text = validate(capsys, FINETUNE, *base, "classification.positive_class=malignant")
+    assert code == 0 and "data breastmnist: 60 train / 20 val / 20 test images, classes ['malignant'" in text
+
+    assert main(["run", "finetune", "--config", FINETUNE, *base, "train.max_steps=1", f"output_dir={out}",
+                 "--overwrite"]) == 0
+    capsys.readouterr()
+    code, text = validate(capsys, FINETUNE, "recipe=evaluate", *base, f"adapter.path={out / 'adapter'}",
+                          "data.name=pneumoniamnist")
+    assert code == 2 and "differ from the adapter's ['malignant', 'normal, benign']" in text
+
+    parent = tmp_path / "tpp"  # target parameters pre-trained on ultrasound, fine-tuned on chest X-rays
+    assert main(["run", "tpp", "--config", TPP, *base, "train.max_steps=1", f"output_dir={parent}"]) == 0
+    child = [*base, "data.name=pneumoniamnist", f"adapter.init_from={parent / 'adapter'}"]
+    code, text = validate(capsys, FINETUNE, *child, "adapter.require_same_modality=true")
+    assert code == 2 and "(adapter.require_same_modality=true)" in text
+    code, text = validate(capsys, FINETUNE, *child)  # without the requirement a warning, no refusal
+    assert code == 0, text

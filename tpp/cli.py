@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("runs", nargs="+", help="run directories (output_dir of finetune, evaluate, tpp or "
                                              "pretrain_backbone runs)")
     cmp.add_argument("--csv", metavar="FILE", help="also write every column, raw numbers, to FILE (atomically)")
-    val = add("validate", "check a config (and overrides) without running anything")
+    val = add("validate", "check a config (and overrides) and the data it reads, without training anything")
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
     val.add_argument("overrides", nargs="*", help="key=value overrides")
     val.add_argument("--keys", action="store_true", help="list every config key with type, default and help")
@@ -196,15 +196,21 @@ def cmd_validate(args) -> int:
     if not args.config:
         raise TppError("tpp validate needs a CONFIG (or --keys).")
     cfg = load_config(_config_path(args.config), args.overrides)
-    from tpp.recipes import refuse_problems
+    from tpp.recipes import check_loaded_data, refuse_problems
 
     refuse_problems(cfg, args.config)  # what `tpp run` refuses too, before it creates output_dir
+    loaded, problems = check_loaded_data(cfg)  # what the run checks once its data is loaded, before training
+    if problems:
+        listed = "\n".join(f"  - {p}" for p in problems)
+        raise TppError(f"{args.config} would not run (its data, as loaded):\n{listed}")
     if cfg.pool:  # a backbone from scratch on a pool of datasets
         what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
                 f"depth {cfg.model.num_hidden_layers}")
     else:
         what = f"adapter {cfg.adapter.method}, data {cfg.data.name}"
     print(f"ok: {args.config} (recipe {cfg.recipe}, {what}, output_dir {cfg.output_dir})")
+    if loaded:
+        print(f"data {loaded}")
     return 0
 
 

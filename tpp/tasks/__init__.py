@@ -46,8 +46,9 @@ class Task:
     def check_config(self, cfg) -> None:
         """What the task needs of the config alone (ConfigError naming the key)."""
 
-    def check_data(self, dataset) -> None:
-        """What the task needs of the loaded data (TppError naming the dataset)."""
+    def check_data(self, dataset, options=None) -> None:
+        """What the task needs of the loaded data, and of its section ``options`` on that data when given
+        (TppError naming the dataset or key)."""
 
     def targets(self, split) -> torch.Tensor:
         """Training / evaluation targets of a split (labels (N,), masks (N, h, w) ...)."""

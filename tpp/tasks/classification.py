@@ -55,6 +55,14 @@ class ClassificationOptions:
                               f"{self.bootstrap_resamples}.")
 
 
+def check_positive_class(positive: str | None, dataset) -> None:
+    """``classification.positive_class`` names one of a binary dataset's two classes (or is unset)."""
+    names = list(dataset.class_names)
+    if positive is not None and (len(names) != 2 or positive not in names):
+        what = f"one of {names}" if len(names) == 2 else f"unset: dataset '{dataset.name}' has {len(names)} classes"
+        raise TppError(f"classification.positive_class={positive!r} must be {what}.")
+
+
 class ClassificationHead(nn.Module):
     """Linear layer on the mean of the patch tokens: (B, N, D) -> logits (B, K)."""
 
@@ -92,7 +100,7 @@ class Classification(Task):
                               "adapter.method=linear_probe trains nothing else: use adapter.method=visual_prompt "
                               "(visual reprogramming) or another method, or classification.output_mapping=probe.")
 
-    def check_data(self, dataset) -> None:
+    def check_data(self, dataset, options=None) -> None:
         if dataset.is_segmentation:
             raise TppError(f"dataset '{dataset.name}' holds segmentation masks; classification needs a source "
                            "without them.")
@@ -102,6 +110,8 @@ class Classification(Task):
         if dataset.num_classes < 2:
             raise TppError(f"dataset '{dataset.name}' has {dataset.num_classes} class; classification needs at "
                            "least 2.")
+        if options is not None:
+            check_positive_class(options.positive_class, dataset)
 
     def targets(self, split) -> torch.Tensor:
         return torch.from_numpy(split.labels)
@@ -123,9 +133,7 @@ class Classification(Task):
                                        "pooling": source.pooling, "source_classes": source.num_classes,
                                        "source_label_names": source.label_names}
         names, positive = list(dataset.class_names), options.positive_class
-        if positive is not None and (len(names) != 2 or positive not in names):
-            what = f"one of {names}" if len(names) == 2 else f"unset: dataset '{dataset.name}' has {len(names)} classes"
-            raise TppError(f"classification.positive_class={positive!r} must be {what}.")
+        check_positive_class(positive, dataset)
         if len(names) == 2:
             entry["positive_class"] = positive if positive is not None else names[1]
         return entry

@@ -59,7 +59,7 @@ class Segmentation(Task):
             raise ConfigError(f"task=segmentation needs masks: data.source={cfg.data.source} has none "
                               f"(use {with_masks}).")
 
-    def check_data(self, dataset) -> None:
+    def check_data(self, dataset, options=None) -> None:
         if not dataset.is_segmentation:
             raise TppError(f"dataset '{dataset.name}' has no masks; segmentation needs a source with masks.")
 

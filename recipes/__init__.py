@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -117,12 +118,12 @@ def refuse_problems(cfg, label: str) -> None:
 
 def check_loaded_data(cfg) -> tuple[str | None, list[str]]:
     """What ``tpp validate`` checks of the data itself for a recipe that declares ``check_data(cfg, dataset)``
-    (finetune, evaluate): the data section is loaded (labels included; images of folders stay on disk) and
-    checked as the run checks it right after loading, before any training: the task's needs, the positive class
-    among the classes, an adapter's classes and split, a parent adapter's leakage and modality. Returns (what was
-    loaded: images per split and classes, or None; the problems found, loading problems included); (None, [])
-    for other recipes."""
-    from tpp.backbones import backbone_config
+    (finetune, evaluate): the data section is loaded as the run loads it (labels included, at the run's input
+    size; a folder's images stay on disk) and checked as the run checks it right after loading, before any
+    training: the task's needs, the positive class among the classes, the splits the run uses not empty, an
+    adapter's classes and split, a parent adapter's leakage and modality. Nothing is downloaded: a MedMNIST file
+    the run would fetch is reported as not loaded. Returns (what was loaded and what the run uses of it, or None;
+    the problems found, loading problems included); (None, []) for other recipes."""
     from tpp.data.build import load_data
     from tpp.errors import TppError
 
@@ -130,14 +131,39 @@ def check_loaded_data(cfg) -> tuple[str | None, list[str]]:
     if not hasattr(recipe, "check_data"):
         return None, []
     try:
-        size = cfg.backbone.input_size or backbone_config(cfg.backbone.path).image_size
-        dataset = load_data(cfg.data, cfg.seed, size)
-        recipe.check_data(cfg, dataset)
+        absent = medmnist_to_download(cfg.data)
+        if absent:
+            return f"{cfg.data.name}: not loaded ({absent} is absent; the run downloads it)", []
+        dataset = load_data(cfg.data, cfg.seed, run_input_size(cfg))
+        used = recipe.check_data(cfg, dataset)
     except TppError as exc:
         return None, [str(exc)]
-    sizes = " / ".join(f"{len(split)} {name}" for name, split in dataset.splits.items())
+    except Exception as exc:  # noqa: BLE001 (hostile files: one line, never a traceback)
+        return None, [f"checking the data failed: {type(exc).__name__}: {exc}"]
+    for file, reason in dataset.skipped:
+        warnings.warn(f"dataset '{dataset.name}': '{file}' would be left out ({reason}; data.on_bad_file=skip)")
     classes = f", classes {list(dataset.class_names)}" if dataset.class_names else ""
-    return f"{dataset.name}: {sizes} images{classes}", []
+    return f"{dataset.name}: " + " / ".join(f"{n} {split}" for split, n in used.items()) + f" images used{classes}", []
+
+
+def run_input_size(cfg) -> int:
+    """The side the run loads its data at (folders of mixed sizes are decoded to it, and their split hashes
+    depend on it): the recipe's own ``input_size(cfg)`` where it declares one (evaluate: the adapter card's),
+    else ``backbone.input_size``, else the backbone's."""
+    from tpp.backbones import backbone_config
+
+    declared = getattr(get_recipe(cfg.recipe), "input_size", None)
+    return (declared and declared(cfg)) or cfg.backbone.input_size or backbone_config(cfg.backbone.path).image_size
+
+
+def medmnist_to_download(data) -> str | None:
+    """The MedMNIST file a run of this data section would download (absent from its root), else None."""
+    from tpp.data.arrays import medmnist_candidates, resolve_root
+
+    if data.source != "medmnist":
+        return None
+    candidates = medmnist_candidates(data.name, resolve_root(data.root, medmnist=True))
+    return None if any(p.is_file() for p in candidates) else f"'{candidates[0]}'"
 
 
 def find_config(name: str | os.PathLike) -> Path:

@@ -56,11 +56,20 @@ def check(cfg) -> None:
     corruption_plan(cfg)
 
 
-def check_data(cfg, dataset) -> None:
-    """What this recipe needs of its loaded data (``tpp validate`` loads the data and runs it too)."""
+def check_data(cfg, dataset) -> dict:
+    """What this recipe needs of its loaded data (``tpp validate`` loads the data and runs it too); returns
+    {split: images evaluated}."""
     from tpp.recipes import evaluated_card
 
     check_against_card(evaluated_card(cfg.adapter.path), dataset, cfg.adapter.path)
+    return {cfg.data.split: len(dataset.split(cfg.data.split))}
+
+
+def input_size(cfg) -> int | None:
+    """The side the data is loaded at: the adapter card's (what ``load_task_model`` gives the backbone)."""
+    from tpp.recipes import evaluated_card
+
+    return (evaluated_card(cfg.adapter.path).get("input") or {}).get("image_size")
 
 
 def check_against_card(card: dict, dataset, path) -> None:
@@ -70,9 +79,10 @@ def check_against_card(card: dict, dataset, path) -> None:
         task.check_data(dataset)
     except TppError as exc:
         raise TppError(f"adapter '{path}' is a {task.name} adapter: {exc}") from None
-    if list(dataset.class_names) != list(card["task"]["label_names"]):
+    names = card["task"].get("label_names")
+    if list(dataset.class_names) != list(names or []):
         raise TppError(f"dataset '{dataset.name}' classes {dataset.class_names} differ from the adapter's "
-                       f"{card['task']['label_names']}.")
+                       f"{names} (its card's task.label_names).")
     check_same_split(card, dataset, path)
 
 

@@ -35,17 +35,19 @@ def check(cfg) -> None:
     get_task(cfg.task).check_config(cfg)
 
 
-def check_data(cfg, dataset) -> None:
+def check_data(cfg, dataset) -> dict:
     """What this recipe needs of its loaded data, before any training (``tpp validate`` loads the data and runs
-    it too): the task's needs (labels or masks, ``classification.positive_class`` among the classes) and, with
-    ``adapter.init_from``, a parent that cannot have seen this run's validation or test images and, with
-    ``adapter.require_same_modality``, was pre-trained on this modality."""
+    it too): the task's needs (labels or masks, ``classification.positive_class`` among the classes), splits
+    that are not empty once the label fraction is taken and, with ``adapter.init_from``, a parent that cannot
+    have seen this run's validation or test images, pre-trained on this modality (a warning; an error with
+    ``adapter.require_same_modality``). Returns {split: images the run uses}."""
     get_task(cfg.task).check_data(dataset, cfg.task_options)
+    train, val, test, _ = labelled_splits(cfg, dataset)
     if cfg.adapter.init_from:
         card = read_card(cfg.adapter.init_from)
         check_leakage(card, dataset, cfg.adapter.init_from)
-        if cfg.adapter.require_same_modality:  # the warning otherwise comes once, when the parent is attached
-            check_parent_modality(card, cfg.adapter.init_from, dataset.modality, True)
+        check_parent_modality(card, cfg.adapter.init_from, dataset.modality, cfg.adapter.require_same_modality)
+    return {"train": len(train), "val": len(val), "test": len(test)}
 
 
 def labelled_splits(cfg, dataset):

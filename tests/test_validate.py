@@ -170,7 +170,9 @@ def test_what_the_run_checks_of_its_loaded_data_validate_checks_too(tiny_mae, da
                  f"output_dir={out}", "train.max_steps=1"])
     assert code == 2 and not (out / "checkpoints").exists()  # refused before any training
     code, text = validate(capsys, FINETUNE, *base, "classification.positive_class=malignant")
-    assert code == 0 and "data breastmnist: 60 train / 20 val / 20 test images, classes ['malignant'" in text
+    assert code == 0 and "data breastmnist: 60 train / 20 val / 20 test images used, classes ['malignant'" in text
+    code, text = validate(capsys, FINETUNE, *base, "data.label_fraction=0.1")  # what the run uses of the splits
+    assert code == 0 and "6 train / 2 val / 20 test images used" in text
 
     assert main(["run", "finetune", "--config", FINETUNE, *base, "train.max_steps=1", f"output_dir={out}",
                  "--overwrite"]) == 0
@@ -184,5 +186,42 @@ def test_what_the_run_checks_of_its_loaded_data_validate_checks_too(tiny_mae, da
     child = [*base, "data.name=pneumoniamnist", f"adapter.init_from={parent / 'adapter'}"]
     code, text = validate(capsys, FINETUNE, *child, "adapter.require_same_modality=true")
     assert code == 2 and "(adapter.require_same_modality=true)" in text
-    code, text = validate(capsys, FINETUNE, *child)  # without the requirement a warning, no refusal
+    with pytest.warns(UserWarning, match="was pre-trained on modality US, but the fine-tuning data is DX"):
+        code, text = validate(capsys, FINETUNE, *child)  # without the requirement a warning, no refusal
+    assert code == 0, text
+
+
+def test_validate_downloads_nothing_and_finds_splits_the_run_would_find_empty(tiny_mae, data_root, tmp_path,
+                                                                              capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={empty}", "data.download=true")
+    assert code == 0 and "not loaded" in text and "the run downloads it" in text and not any(empty.iterdir())
+    make_medmnist(data_root, "breastmnist", n=(8, 0, 4))  # no validation images
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}")
+    assert code == 2 and "the 'val' split is empty" in text
+
+
+def test_evaluate_is_validated_on_data_loaded_at_the_adapters_input_size(tiny_mae, data_root, tmp_path, capsys):
+    """A folder of mixed sizes is decoded to the run's input size and its split hashed from that: validate must
+    load it as evaluate does (at the card's size), or it refuses the adapter's own split."""
+    folder = make_image_folder(tmp_path / "mixed", n=40)
+    data = ["data.source=folder", f"data.file={folder}", "data.modality=US", "data.name=mixed"]
+    out = tmp_path / "ft"
+    assert main(["run", "finetune", "--config", FINETUNE, f"backbone.path={tiny_mae}", *data, "train.max_steps=1",
+                 "backbone.input_size=16", f"output_dir={out}"]) == 0
+    capsys.readouterr()
+    code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", *data,
+                          f"adapter.path={out / 'adapter'}")
+    assert code == 0 and "data mixed: " in text, text
+
+
+def test_files_the_run_would_skip_are_named(tiny_mae, tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "scans", n=40)
+    (folder / "a" / "broken.png").write_bytes(b"not a png")
+    data = ["data.source=folder", f"data.file={folder}", "data.modality=US", f"backbone.path={tiny_mae}"]
+    code, text = validate(capsys, FINETUNE, *data)
+    assert code == 2 and "broken.png" in text
+    with pytest.warns(UserWarning, match="broken.png' would be left out"):
+        code, text = validate(capsys, FINETUNE, *data, "data.on_bad_file=skip")
     assert code == 0, text

@@ -206,6 +206,8 @@ def cmd_validate(args) -> int:
     if cfg.pool:  # a backbone from scratch on a pool of datasets
         what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
                 f"depth {cfg.model.num_hidden_layers}")
+    elif cfg.recipe == "evaluate":  # the adapter's own method is on its card
+        what = f"adapter '{cfg.adapter.path}', data {cfg.data.name}"
     else:
         what = f"adapter {cfg.adapter.method}, data {cfg.data.name}"
     print(f"ok: {args.config} (recipe {cfg.recipe}, {what}, output_dir {cfg.output_dir})")

@@ -147,6 +147,11 @@ def _images(raw: np.ndarray, where: str) -> np.ndarray:
     return raw
 
 
+def medmnist_candidates(name: str, base: Path) -> list[Path]:
+    """Where ``<name>.npz`` is looked for under a data root: the root itself, then its ``medmnist/``."""
+    return [base / f"{name}.npz", base / "medmnist" / f"{name}.npz"]
+
+
 def load_medmnist(name: str, root: str | None, download: bool = False, labels: bool = True) -> Dataset:
     """An official MedMNIST 2D file ``<root>/<name>.npz`` (or ``<root>/medmnist/<name>.npz``).
 
@@ -157,7 +162,7 @@ def load_medmnist(name: str, root: str | None, download: bool = False, labels: b
     modality, class_names = MEDMNIST[name]
     fallback = no_data_root(root)
     base = resolve_root(root, medmnist=True)
-    candidates = [base / f"{name}.npz", base / "medmnist" / f"{name}.npz"]
+    candidates = medmnist_candidates(name, base)
     path = next((p for p in candidates if p.is_file()), None)
     if fallback:
         _announce_fallback(name, base, path)

@@ -51,11 +51,25 @@ def preflight(cfg) -> list[str]:
             return False
 
     backbone_ok = "backbone" not in recipe.sections or record(lambda: backbone_config(cfg.backbone.path))
+    if backbone_ok and "backbone" in recipe.sections and cfg.backbone.input_size:
+        backbone_ok = record(lambda: input_size_fits(cfg.backbone.input_size, cfg.backbone.path))
     if reads("adapter.path") and cfg.adapter.path:
         record(lambda: evaluated_card(cfg.adapter.path))
     elif "adapter" in recipe.sections:  # the method the run attaches (evaluate's: its card's)
         record(lambda: attachable(cfg, on_backbone=backbone_ok, inherits=reads("adapter.init_from")))
     return problems
+
+
+def input_size_fits(size: int, backbone: str) -> None:
+    """``backbone.input_size`` is a positive multiple of the backbone's patch size (what loading it checks)."""
+    from tpp.backbones import backbone_config
+    from tpp.errors import TppError
+
+    patch = getattr(backbone_config(backbone), "patch_size", None)
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    if isinstance(patch, int) and (size < patch or size % patch):
+        raise TppError(f"backbone.input_size={size} must be a positive multiple of the patch size ({patch}) of "
+                       f"backbone '{backbone}'.")
 
 
 def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:

@@ -21,7 +21,7 @@ from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs
 from tpp.errors import ConfigError, TppError
-from tpp.model import TaskModel, attach_adapter, build_head, input_frame, load_adapter_state
+from tpp.model import TaskModel, attach_from_card, build_head, input_frame, load_adapter_state
 from tpp.predictions_csv import publish_predictions, split_rows
 from tpp.adapter_checks import check_frame, check_head
 from tpp.tasks import task_of_card, task_of_result
@@ -38,7 +38,7 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
                        "fine-tune it first (tpp run finetune ... adapter.init_from=...).")
     encoder, info, _ = load_backbone(backbone_path, mean, std, input_size=card.get("input", {}).get("image_size"))
     verify_backbone(card, info, path)
-    attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+    attach_from_card(encoder, card, str(path))
     info.frame = input_frame(encoder.model)
     check_frame(card, info.frame, path)  # predict / serve frame by the card: both must agree
     load_adapter_state(encoder, read_weights(path, card), path)

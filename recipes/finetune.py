@@ -38,10 +38,15 @@ def check(cfg) -> None:
 def check_data(cfg, dataset) -> dict:
     """What this recipe needs of its loaded data, before any training (``tpp validate`` loads the data and runs
     it too): the task's needs (labels or masks, ``classification.positive_class`` among the classes), splits
-    that are not empty once the label fraction is taken and, with ``adapter.init_from``, a parent that cannot
+    that are not empty once the label fraction is taken, a label mapping's source classifier (saved with the
+    backbone, enough classes) and, with ``adapter.init_from``, a parent that cannot
     have seen this run's validation or test images, pre-trained on this modality (a warning; an error with
     ``adapter.require_same_modality``). Returns {split: images the run uses}."""
     get_task(cfg.task).check_data(dataset, cfg.task_options)
+    if getattr(cfg.task_options, "output_mapping", "probe") != "probe":  # label mapping: a source classifier to map
+        from tpp.tasks.classification import mappable_source
+
+        mappable_source(cfg.backbone.path, cfg.task_options.source_head, dataset.num_classes)
     train, val, test, _ = labelled_splits(cfg, dataset)
     if cfg.adapter.init_from:
         card = read_card(cfg.adapter.init_from)

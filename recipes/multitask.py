@@ -29,6 +29,7 @@ from tpp.backbones import backbone_hash, load_backbone
 from tpp.builders import input_rule, record_skipped
 from tpp.data.build import data_license, load_data
 from tpp.data.stream import ModelInputs, stream_loader
+from tpp.adapters.visual_prompt import pads_input
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, set_mmap_threshold, split_parameters
@@ -53,19 +54,12 @@ def check(cfg) -> None:
         problems.append(f"multitask: adapter.mode=pad (a padding visual prompt: the default of {cfg.adapter.method}) "
                         "is not supported yet: the multi-task cycle does not place its images inside the frame, so "
                         "the prompt would overwrite their border and the card would record no frame. Set "
-                        "adapter.mode=full.")
+                        "adapter.mode=full (composed: adapter.visual_prompt.mode=full).")
     if problems:
         raise ConfigError(problems[0] if len(problems) == 1 else
                           f"{len(problems)} multitask config problems:\n" + "\n".join(f"  - {p}" for p in problems))
     check_eval_targets([(task_name(e), e.kind, e.data.name, e.data.origin) for e in cfg.pool],
                        cfg.multitask.eval_targets)
-
-
-def pads_input(options: dict) -> bool:
-    """Whether resolved method options (one method's, or a composed method's per-method dicts) ask for a padding
-    visual prompt (``mode: pad``), which keeps an input frame the multi-task cycle does not make."""
-    return options.get("mode") == "pad" and "pad" in options or \
-        any(isinstance(v, dict) and pads_input(v) for v in options.values())
 
 
 def _optimizer(params: list, lr: float, cfg) -> torch.optim.AdamW:

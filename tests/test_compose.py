@@ -2,6 +2,7 @@
 directory holds every part; compatibility comes from the registry."""
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from conftest import make_backbone, make_medmnist
 from helpers import run_cli
 from serving_fixtures import pixels
 
-from tpp.adapter_dir import CARD, WEIGHTS, read_tensors, read_weights, write_adapter_dir
+from tpp.adapter_dir import CARD, FORMAT, WEIGHTS, read_tensors, read_weights, write_adapter_dir
 from tpp.adapters import get_method
 from tpp.backbones import backbone_hash, is_adapter_key, load_backbone
 from tpp.config import load_config
@@ -128,3 +129,27 @@ def test_tpp_hand_off_site_swap_and_predict_with_a_composed_method(tmp_path, cap
     with open(tmp_path / "p.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1 and rows[0]["site"] == "a"
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda card: card.update(target_modules=["embeddings"]), "one list per part, 2 for 'visual_prompt+lora'"),
+    (lambda card: card.pop("options"), "field 'options' (the method's options) must be an object"),
+    (lambda card: card["target_modules"].reverse(), "cannot be attached with the card's target_modules")])
+def test_an_edited_composed_card_is_one_message_naming_it(backbone, tmp_path, edit, says):
+    """Flattened or swapped part targets and a card without options had reached peft / torch as a traceback."""
+    from tpp.adapter_dir import read_card
+    from tpp.errors import TppError
+    from tpp.model import attach_from_card
+
+    encoder, _, _ = load_backbone(backbone)
+    method, typed, targets = attach_adapter(encoder, ["visual_prompt", "lora"], {"lora": {"r": 2}})
+    card = {"format": FORMAT, "kind": "adapter", "method": method.name, "options": dict(vars(typed)),
+            "target_modules": targets, "site": "s", "created": "now"}
+    write_adapter_dir(tmp_path / "a", encoder, None, card)
+    path = tmp_path / "a" / CARD
+    card = json.loads(path.read_text())
+    edit(card)
+    path.write_text(json.dumps(card))
+    with pytest.raises(TppError, match=re.escape(says)):
+        card = read_card(tmp_path / "a")
+        attach_from_card(load_backbone(backbone)[0], card, str(tmp_path / "a"))

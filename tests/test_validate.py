@@ -225,3 +225,26 @@ def test_files_the_run_would_skip_are_named(tiny_mae, tmp_path, capsys):
     with pytest.warns(UserWarning, match="broken.png' would be left out"):
         code, text = validate(capsys, FINETUNE, *data, "data.on_bad_file=skip")
     assert code == 0, text
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["adapter.method=movl", "adapter.discrepancy_weight=nan"], "must be a finite number, 0 or more, got nan"),
+    (["backbone.input_size=30"], "backbone.input_size=30 must be a positive multiple of the patch size (4)"),
+    (["classification.output_mapping=rlm", "adapter.method=visual_prompt", "adapter.input_size=28"],
+     "saves no classification head, so label mapping has no source classes")])
+def test_what_a_run_found_at_its_start_validate_finds(tiny_mae, data_root, tmp_path, capsys, overrides, says):
+    """A NaN discrepancy weight trained as 0 and saved a card nothing could load; the other two were found only
+    once the run had started (from a hostile review of the input-side methods)."""
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}", *overrides)
+    assert code == 2 and says in text, text
+    code = main(["run", "finetune", "--config", FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                 *overrides, "train.max_steps=1", f"output_dir={tmp_path / 'run'}"])
+    assert code == 2 and not (tmp_path / "run" / "adapter").exists()
+
+
+def test_segmentation_refuses_a_padding_prompt(tiny_mae, tmp_path, capsys):
+    """The masks were compared with logits of the whole input, frame included: misaligned by the pad."""
+    code, text = validate(capsys, "breast_us/busi_seg_lora_finetune.yaml", f"backbone.path={tiny_mae}",
+                          f"data.root={tmp_path}", "adapter.method=[visual_prompt, lora]",
+                          "adapter.visual_prompt.input_size=32")
+    assert code == 2 and "task=segmentation with a padding visual prompt" in text

@@ -177,13 +177,17 @@ def _check_method(card: dict, card_path) -> None:
         raise TppError(f"'{card_path}': method {method.name!r} produces a {method.kind}, but the card says "
                        f"{_short_value(card.get('kind'))}; it was edited. Refused.")
     targets = card.get("target_modules")  # module names; a composed method's: one list per part
-    names = [t for part in targets for t in (part if isinstance(part, list) else [part])] \
-        if isinstance(targets, list) else None
-    if names is None or not all(isinstance(t, str) for t in names):
+    parts = [p for p in targets if isinstance(p, list)] if isinstance(targets, list) else None
+    names = lambda values: isinstance(values, list) and all(isinstance(t, str) for t in values)  # noqa: E731
+    shaped = (len(parts) == len(targets) == len(method.parts) and all(map(names, parts))) if method.parts and \
+        parts is not None else names(targets)
+    if not shaped:
         raise TppError(f"'{card_path}': target_modules must be a list of module names (a composed method's: one "
-                       "list per part).")
+                       f"list per part, {len(method.parts)} for {method.name!r}).")
+    if not isinstance(card.get("options"), dict):
+        raise TppError(f"'{card_path}': field 'options' (the method's options) must be an object.")
     try:
-        method.options_cls(**card.get("options", {}))
+        method.options_cls(**card["options"])
     except (TypeError, ValueError, ConfigError) as exc:
         raise TppError(f"'{card_path}': its options do not fit method {method.name!r} ({str(exc)[:160]}).") from None
 

@@ -19,6 +19,8 @@ masking, the token grid) sees an input of the size it expects. Shapes: pixels (B
 """
 from __future__ import annotations
 
+import math
+
 import contextlib
 import dataclasses
 from dataclasses import dataclass, field
@@ -65,11 +67,19 @@ class VisualPromptOptions:
         if self.mode == "pad" and self.input_size is not None and self.input_size <= 2 * self.pad:
             raise ConfigError(f"adapter.pad={self.pad} leaves no image inside a {self.input_size}-px input; "
                               "use a smaller pad or a larger adapter.input_size.")
-        if not isinstance(self.discrepancy_weight, (int, float)) or self.discrepancy_weight < 0:
-            raise ConfigError(f"adapter.discrepancy_weight must be 0 or more, got {self.discrepancy_weight!r}.")
+        weight = self.discrepancy_weight
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not 0 <= weight < math.inf:
+            raise ConfigError(f"adapter.discrepancy_weight must be a finite number, 0 or more, got {weight!r}.")
         if self.discrepancy not in DISCREPANCIES:
             raise ConfigError(f"adapter.discrepancy must be one of {', '.join(DISCREPANCIES)}, "
                               f"got {self.discrepancy!r}.")
+
+
+def pads_input(options: dict) -> bool:
+    """Whether resolved method options (one method's, or a composed method's per-method dicts) ask for a padding
+    visual prompt (``mode: pad``), which keeps an input frame around the image."""
+    return options.get("mode") == "pad" and "pad" in options or \
+        any(isinstance(v, dict) and pads_input(v) for v in options.values())
 
 
 @dataclass

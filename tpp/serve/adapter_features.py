@@ -13,7 +13,7 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     from tpp.adapter_dir import CARD, verify_backbone
     from tpp.adapters import check_tensor_names
     from tpp.backbones import Encoder, backbone_hash
-    from tpp.model import attach_adapter, load_adapter_state
+    from tpp.model import attach_from_card, load_adapter_state
     from tpp.serve.bank import move_own_tensors, share_weights_copy
     from tpp.serve.integrity import adapter_method, parse_card, parse_tensors
     from tpp.serve.store import _adapter_dir, _read_regular
@@ -27,7 +27,7 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     verify_backbone(card, extractor.info, str(path))
     base = extractor.encoder
     encoder = Encoder(share_weights_copy(base.model), base.family)
-    attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+    attach_from_card(encoder, card, str(path))
     move_own_tensors(encoder.model, extractor.device)
     load_adapter_state(encoder, {k: v.to(extractor.device) for k, v in state.items()}, str(path))
     if backbone_hash(base.model) != extractor.info.hash:

@@ -39,7 +39,7 @@ from tpp.backbones import Encoder, load_backbone
 from tpp.errors import TppError
 from tpp.serve.images import to_model_input
 from tpp.serve.integrity import BackboneGuard, check_adapter, check_frame
-from tpp.model import attach_adapter, build_head, input_frame, load_adapter_state
+from tpp.model import attach_from_card, build_head, input_frame, load_adapter_state
 from tpp.tasks import Task, task_of_card
 
 BASE = "__base__"  # peft's name for "no adapter" in ``adapter_names``
@@ -214,7 +214,7 @@ class AdapterBank:
                 site = Site(sv.site, sv.version, card, head, None, name, card["method"])
             else:
                 encoder = Encoder(share_weights_copy(self.encoder.model), self.encoder.family)
-                attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+                attach_from_card(encoder, card, str(sv.path))
                 check_frame(card, input_frame(encoder.model), str(sv.path))  # as evaluate frames its images
                 move_own_tensors(encoder.model, self.device)
                 load_adapter_state(encoder, state, source)

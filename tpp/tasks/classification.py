@@ -284,20 +284,28 @@ class Classification(Task):
         return row, {}
 
 
-def mapping_head(options, info, num_target: int) -> LabelMappingHead:
-    """The backbone's saved classifier (frozen) behind a one-to-one mapping: RLM drawn now (seeded by the run's
-    torch seed), FLM / ILM provisional until ``prepare_output_mapping`` computes them on the training images."""
-    from tpp.backbones import FAMILIES
+def mappable_source(backbone: str, source_head: str | None, num_target: int):
+    """The backbone's saved classifier a label mapping reads (:func:`tpp.source_classifier.load_source_classifier`),
+    with at least ``num_target`` classes (the mapping is one-to-one); a TppError naming the fix otherwise."""
     from tpp.source_classifier import load_source_classifier
 
-    source = load_source_classifier(info.id, options.source_head)
-    if source.weight.shape[1] != info.hidden_size:
-        raise TppError(f"backbone '{info.id}': its classifier '{source.name}' reads {source.weight.shape[1]} "
-                       f"features, the encoder gives {info.hidden_size}: the saved head does not belong to it.")
+    source = load_source_classifier(backbone, source_head)
     if source.num_classes < num_target:
         raise TppError(f"label mapping is one-to-one: the backbone's classifier '{source.name}' has "
                        f"{source.num_classes} classes, fewer than the target's {num_target}. Use "
                        "classification.output_mapping=probe.")
+    return source
+
+
+def mapping_head(options, info, num_target: int) -> LabelMappingHead:
+    """The backbone's saved classifier (frozen) behind a one-to-one mapping: RLM drawn now (seeded by the run's
+    torch seed), FLM / ILM provisional until ``prepare_output_mapping`` computes them on the training images."""
+    from tpp.backbones import FAMILIES
+
+    source = mappable_source(info.id, options.source_head, num_target)
+    if source.weight.shape[1] != info.hidden_size:
+        raise TppError(f"backbone '{info.id}': its classifier '{source.name}' reads {source.weight.shape[1]} "
+                       f"features, the encoder gives {info.hidden_size}: the saved head does not belong to it.")
     mapping = random_mapping(source.num_classes, num_target, torch.initial_seed() % 2 ** 32)
     head = LabelMappingHead(source.num_classes, info.hidden_size, source.pooling, options.output_mapping, mapping,
                             FAMILIES[info.model_type].num_prefix_tokens)

@@ -14,6 +14,9 @@ from tpp.segmentation import (build_decoder, decoder_from_spec, decoder_spec, ma
 from tpp.tasks import Task, register
 
 MAX_MASK_SIDE = 4096  # pixels a card may ask masks to be drawn at
+PADDED_INPUT = ("task=segmentation with a padding visual prompt (mode pad, the default of visual_prompt and movl) is "
+                "not supported yet: the masks would be compared with logits of the whole input, frame included. Set "
+                "adapter.mode=full (composed: adapter.visual_prompt.mode=full).")
 
 
 @dataclass
@@ -52,12 +55,15 @@ class Segmentation(Task):
     columns = (("dice", "Dice", ".3f"), ("iou", "IoU", ".3f"))
 
     def check_config(self, cfg) -> None:
+        from tpp.adapters.visual_prompt import pads_input
         from tpp.data.sources import all_sources, get_source
 
         if not get_source(cfg.data.source).masks:
             with_masks = " or ".join(s.name for s in all_sources() if s.masks)
             raise ConfigError(f"task=segmentation needs masks: data.source={cfg.data.source} has none "
                               f"(use {with_masks}).")
+        if pads_input(cfg.adapter.resolved_options()):
+            raise ConfigError(PADDED_INPUT)
 
     def check_data(self, dataset, options=None) -> None:
         if not dataset.is_segmentation:
@@ -67,6 +73,8 @@ class Segmentation(Task):
         return torch.from_numpy(split.masks).long()
 
     def build_head(self, options, info, dataset):
+        if info.frame:  # a padding prompt inherited from adapter.init_from
+            raise TppError(PADDED_INPUT)
         return build_decoder(options, info.hidden_size, dataset.num_classes, info.channels, info.patch_size)
 
     def card_entry(self, options, dataset, info, targets) -> dict:

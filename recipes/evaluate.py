@@ -21,9 +21,9 @@ from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs
 from tpp.errors import ConfigError, TppError
-from tpp.model import TaskModel, attach_from_card, build_head, input_frame, load_adapter_state
+from tpp.model import TaskModel, build_head, input_frame, load_adapter_state
 from tpp.predictions_csv import publish_predictions, split_rows
-from tpp.adapter_checks import check_frame, check_head
+from tpp.adapter_checks import attach_from_card, check_frame, check_head
 from tpp.tasks import task_of_card, task_of_result
 from tpp.training import build_accelerator, predict
 

@@ -139,7 +139,7 @@ def test_an_edited_composed_card_is_one_message_naming_it(backbone, tmp_path, ed
     """Flattened or swapped part targets and a card without options had reached peft / torch as a traceback."""
     from tpp.adapter_dir import read_card
     from tpp.errors import TppError
-    from tpp.model import attach_from_card
+    from tpp.adapter_checks import attach_from_card
 
     encoder, _, _ = load_backbone(backbone)
     method, typed, targets = attach_adapter(encoder, ["visual_prompt", "lora"], {"lora": {"r": 2}})

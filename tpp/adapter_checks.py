@@ -11,6 +11,22 @@ from tpp.errors import TppError
 from tpp.tasks import task_of_card
 
 
+def attach_from_card(encoder, card: dict, source: str) -> None:
+    """Attach the method an adapter card names, with its options and target modules, to ``encoder`` in place: what
+    evaluate, predict and serve do before loading the card's tensors. A card whose targets or options the method
+    cannot attach with (an edited card) is one TppError naming it, never a library's traceback."""
+    from tpp.model import attach_adapter
+
+    try:
+        attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
+    except TppError:
+        raise
+    except Exception as exc:  # noqa: BLE001 (peft / torch refusing the card's modules: a hostile or edited card)
+        raise TppError(f"'{source}/{CARD}': method {str(card.get('method'))[:40]!r} cannot be attached with the "
+                       f"card's target_modules and options ({type(exc).__name__}: {str(exc)[:160]}); it was "
+                       "edited or belongs to another backbone. Refused.") from None
+
+
 def check_frame(card: dict, attached_frame: int, source: str) -> None:
     """The card's input frame (absent: 0) equals the frame the attached method keeps for itself
     (:func:`tpp.model.input_frame`): otherwise evaluate (which frames by the module) and predict / serve (which

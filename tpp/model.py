@@ -60,22 +60,6 @@ def input_frame(model: nn.Module) -> int:
     return max((int(getattr(m, "input_frame", 0)) for m in model.modules()), default=0)
 
 
-def attach_from_card(encoder: Encoder, card: dict, source: str) -> None:
-    """Attach the method an adapter card names, with its options and target modules, to ``encoder`` in place: what
-    evaluate, predict and serve do before loading the card's tensors. A card whose targets or options the method
-    cannot attach with (an edited card) is one TppError naming it, never a library's traceback."""
-    from tpp.adapter_dir import CARD
-
-    try:
-        attach_adapter(encoder, card["method"], card["options"], card["target_modules"])
-    except TppError:
-        raise
-    except Exception as exc:  # noqa: BLE001 (peft / torch refusing the card's modules: a hostile or edited card)
-        raise TppError(f"'{source}/{CARD}': method {str(card.get('method'))[:40]!r} cannot be attached with the "
-                       f"card's target_modules and options ({type(exc).__name__}: {str(exc)[:160]}); it was "
-                       "edited or belongs to another backbone. Refused.") from None
-
-
 def attach_adapter(encoder: Encoder, method_name: str, options,
                    targets: list[str] | None = None) -> tuple[Method, object, list[str]]:
     """Add a method's target parameters to ``encoder`` in place (``encoder.method`` records it).

@@ -13,7 +13,8 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     from tpp.adapter_dir import CARD, verify_backbone
     from tpp.adapters import check_tensor_names
     from tpp.backbones import Encoder, backbone_hash
-    from tpp.model import attach_from_card, load_adapter_state
+    from tpp.adapter_checks import attach_from_card
+    from tpp.model import load_adapter_state
     from tpp.serve.bank import move_own_tensors, share_weights_copy
     from tpp.serve.integrity import adapter_method, parse_card, parse_tensors
     from tpp.serve.store import _adapter_dir, _read_regular

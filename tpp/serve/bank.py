@@ -39,7 +39,8 @@ from tpp.backbones import Encoder, load_backbone
 from tpp.errors import TppError
 from tpp.serve.images import to_model_input
 from tpp.serve.integrity import BackboneGuard, check_adapter, check_frame
-from tpp.model import attach_from_card, build_head, input_frame, load_adapter_state
+from tpp.adapter_checks import attach_from_card
+from tpp.model import build_head, input_frame, load_adapter_state
 from tpp.tasks import Task, task_of_card
 
 BASE = "__base__"  # peft's name for "no adapter" in ``adapter_names``

@@ -118,7 +118,8 @@ def test_every_site_map_row_is_answered_in_order(tiny_mae, tmp_path, capsys):
 # ---- B: one paragraph instead of a traceback ------------------------------------------------------------------
 
 @pytest.mark.parametrize("case, needle", [
-    ("zero_byte", "is not a readable .npz file"),
+    ("zero_byte", "is an empty file, not an .npz archive"),
+    ("text_file", "is not an .npz archive: it does not start as a zip file does"),
     ("empty_npz", "is an empty .npz archive"),
     ("nan_labels", "train_labels (train split): 1 labels are not finite"),
     ("string_labels", "test_labels (test split): labels must be integer class indices"),
@@ -130,6 +131,8 @@ def test_broken_npz_files_are_one_paragraph(tiny_mae, tmp_path, capsys, case, ne
     arrays = dict(np.load(path))
     if case == "zero_byte":
         path.write_bytes(b"")
+    elif case == "text_file":
+        path.write_text("images,labels\n")  # numpy would say "pickled data"
     elif case == "empty_npz":
         np.savez(path)
     else:

@@ -69,7 +69,21 @@ def resolve_root(root: str | None, medmnist: bool = False) -> Path:
     return path
 
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip member, an empty zip: what numpy.savez writes
+NPY_MAGIC = b"\x93NUMPY"
+
+
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+    except OSError as exc:
+        raise TppError(f"'{path}' cannot be read ({type(exc).__name__}: {exc}).") from None
+    if not head:
+        raise TppError(f"'{path}' is an empty file, not an .npz archive.")
+    if not head.startswith(ZIP_MAGIC) and head != NPY_MAGIC:
+        raise TppError(f"'{path}' is not an .npz archive: it does not start as a zip file does (first bytes "
+                       f"{head!r}). Save arrays with numpy.savez(path, images=..., labels=...).")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: a zero-byte file

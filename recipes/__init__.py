@@ -54,7 +54,7 @@ def preflight(cfg) -> list[str]:
     if backbone_ok and "backbone" in recipe.sections and cfg.backbone.input_size:
         backbone_ok = record(lambda: input_size_fits(cfg.backbone.input_size, cfg.backbone.path))
     if reads("adapter.path") and cfg.adapter.path:
-        record(lambda: evaluated_card(cfg.adapter.path))
+        record(lambda: evaluable(cfg, on_backbone=backbone_ok))
     elif "adapter" in recipe.sections:  # the method the run attaches (evaluate's: its card's)
         record(lambda: attachable(cfg, on_backbone=backbone_ok, inherits=reads("adapter.init_from")))
     return problems
@@ -96,6 +96,18 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
         raise
     except Exception:  # noqa: BLE001 (a library refusing meta tensors is no problem of the config)
         pass
+
+
+def evaluable(cfg, on_backbone: bool = True) -> None:
+    """The adapter at ``adapter.path`` loads as evaluate loads it: its card, its method attached to the backbone,
+    its weight and head files read and checked against the card (a deleted or damaged ``head.safetensors`` is
+    found here, not after the run starts). Without ``on_backbone`` (the backbone does not load) only the card."""
+    if not on_backbone:
+        evaluated_card(cfg.adapter.path)
+        return
+    from tpp.recipes.evaluate import load_task_model
+
+    load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
 
 
 def evaluated_card(path) -> dict:

@@ -1,6 +1,7 @@
 """`tpp validate` checks what can be checked before a run starts: the backbone resolves, the data root and
 files exist, the modality is set where the source needs it, the adapter directories named exist; every
 problem at once, as one message."""
+import numpy as np
 import pytest
 from conftest import make_image_folder, make_medmnist
 
@@ -214,6 +215,14 @@ def test_evaluate_is_validated_on_data_loaded_at_the_adapters_input_size(tiny_ma
     code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", *data,
                           f"adapter.path={out / 'adapter'}")
     assert code == 0 and "data mixed: " in text, text
+    (out / "adapter" / "head.safetensors").write_bytes(b"not safetensors")  # the run would fail on loading it
+    code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", *data,
+                          f"adapter.path={out / 'adapter'}")
+    assert code == 2 and "head.safetensors' is not a readable safetensors file" in text, text
+    (out / "adapter" / "head.safetensors").unlink()
+    code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", *data,
+                          f"adapter.path={out / 'adapter'}")
+    assert code == 2 and "lacks head.safetensors" in text, text
 
 
 def test_files_the_run_would_skip_are_named(tiny_mae, tmp_path, capsys):
@@ -248,3 +257,17 @@ def test_segmentation_refuses_a_padding_prompt(tiny_mae, tmp_path, capsys):
                           f"data.root={tmp_path}", "adapter.method=[visual_prompt, lora]",
                           "adapter.visual_prompt.input_size=32")
     assert code == 2 and "task=segmentation with a padding visual prompt" in text
+
+
+def test_a_split_without_one_class_is_warned_about_before_training(tiny_mae, tmp_path, capsys):
+    """A validation split without positives used to train and report NaN AUROC without a word."""
+    root = make_medmnist(tmp_path / "data", classes=2)
+    arrays = dict(np.load(root / "breastmnist.npz"))
+    arrays["val_labels"] = np.zeros_like(arrays["val_labels"])  # every validation image of class 0
+    np.savez(root / "breastmnist.npz", **arrays)
+    with pytest.warns(UserWarning, match=r"the val split \(20 images\) has no image of class .*best-step selection"):
+        code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={root}")
+    assert code == 0, text
+    with pytest.warns(UserWarning, match="the val split"):
+        assert main(["run", "finetune", "--config", FINETUNE, f"backbone.path={tiny_mae}", f"data.root={root}",
+                     "train.max_steps=1", f"output_dir={tmp_path / 'run'}"]) == 0

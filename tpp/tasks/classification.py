@@ -5,6 +5,7 @@ in the card's ``task.decision``; multiclass tasks decide by argmax."""
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -63,6 +64,25 @@ def check_positive_class(positive: str | None, dataset) -> None:
         raise TppError(f"classification.positive_class={positive!r} must be {what}.")
 
 
+ABSENT_CLASS_EFFECT = {"train": "the model never sees it",
+                       "val": "validation AUROC is undefined (null), so best-step selection keeps the last step",
+                       "test": "test AUROC is undefined (null)"}
+
+
+def warn_absent_classes(dataset) -> None:
+    """Warn for each non-empty split that lacks a class: AUROC needs every class present, and an absent class is
+    more often a labelling or export mistake than a choice."""
+    for name, split in dataset.splits.items():
+        if split.labels is None or not len(split.labels):
+            continue
+        present = set(np.unique(split.labels).tolist())
+        absent = [c for k, c in enumerate(dataset.class_names) if k not in present]
+        if absent:
+            effect = ABSENT_CLASS_EFFECT.get(name, "its AUROC is undefined (null)")
+            warnings.warn(f"dataset '{dataset.name}': the {name} split ({len(split.labels)} images) has no image of "
+                          f"class {', '.join(map(repr, absent))}: {effect}.", stacklevel=2)
+
+
 class ClassificationHead(nn.Module):
     """Linear layer on the mean of the patch tokens: (B, N, D) -> logits (B, K)."""
 
@@ -112,6 +132,7 @@ class Classification(Task):
                            "least 2.")
         if options is not None:
             check_positive_class(options.positive_class, dataset)
+        warn_absent_classes(dataset)
 
     def targets(self, split) -> torch.Tensor:
         return torch.from_numpy(split.labels)

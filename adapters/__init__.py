@@ -104,10 +104,14 @@ def check_tensor_names(method: Method, names, source: str) -> None:
 def get_method(name) -> Method:
     """Look up a method by name, with a config error listing the known ones. ``"a+b"`` or ``[a, b]``: the
     composition of registered methods ``a`` and ``b`` (``adapters/compose.py``; incompatible: a config error)."""
-    _load_builtin()
-    if isinstance(name, (list, tuple)) or (isinstance(name, str) and "+" in name):
-        from tpp.adapters.compose import canonical, composed
+    from tpp.adapters.compose import canonical, composed, part_names
 
+    _load_builtin()
+    parts = part_names(name) if isinstance(name, (str, list, tuple)) else [name]
+    if not parts or "" in parts:  # [], "" or "lora+"
+        raise ConfigError(f"adapter.method {str(name)[:60]!r} leaves a method name empty: give one method (lora) or "
+                          f"two or more to compose ([visual_prompt, lora]). Known: {', '.join(sorted(_REGISTRY))}.")
+    if isinstance(name, (list, tuple)) or len(parts) > 1:
         return composed(canonical(name))
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ConfigError(f"unknown adapter.method {str(name)[:60]!r}. Known methods: {', '.join(sorted(_REGISTRY))}.")

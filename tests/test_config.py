@@ -161,6 +161,21 @@ def test_switching_the_method_on_the_command_line_drops_the_files_options():
         load_config(shipped, ["adapter.dim=4"])
 
 
+def test_a_method_that_stays_a_part_keeps_the_files_options(tmp_path):
+    """Composing the file's lora with a prompt on the command line used to drop the file's r silently."""
+    shipped = CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml"
+    r = yaml.safe_load(shipped.read_text())["adapter"]["r"]
+    composed = load_config(shipped, ["adapter.method=[visual_prompt, lora]"])
+    assert composed.adapter.method == "visual_prompt+lora" and composed.adapter.options["lora"]["r"] == r
+    both = tmp_path / "both.yaml"
+    both.write_text("adapter:\n  method: [visual_prompt, lora]\n  lora: {r: 3}\n  visual_prompt: {pad: 2}\n")
+    assert load_config(both, ["adapter.method=lora"]).adapter.options == {"r": 3}  # the part, flat
+    assert load_config(both, ["adapter.method=visual_prompt+lora"]).adapter.options["visual_prompt"]["pad"] == 2
+    swapped = load_config(both, ["adapter.method=[vpt, lora]"]).adapter.options
+    assert swapped["lora"]["r"] == 3 and "visual_prompt" not in swapped
+    assert load_config(both, ["adapter.method=bitfit"]).adapter.options == {}  # no part in common: dropped
+
+
 def test_missing_config_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="nope.yaml"):
         load_config(tmp_path / "nope.yaml")
@@ -419,3 +434,9 @@ def test_resume_reads_keys_added_since_the_run_as_their_defaults(tmp_path):
     changed = load_config(FINETUNE, ["device=cpu", "classification.threshold=0.3"], recipe="finetune")
     with pytest.raises(TppError, match=r"classification\.threshold: 'youden' -> 0\.3; device: 'auto' -> 'cpu'"):
         check_same_config(tmp_path, changed.to_dict(), defaults=_defaults(changed))
+
+
+@pytest.mark.parametrize("method", ["[]", "lora+", "'+lora'"])
+def test_an_empty_method_name_says_so(method):
+    with pytest.raises(ConfigError, match="leaves a method name empty: give one method"):
+        load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", [f"adapter.method={method}"])

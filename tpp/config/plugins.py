@@ -1,7 +1,8 @@
 """Plug-in options: a method's (``adapter``), pretext's (``pretext``), data source's (``data`` and each ``pool``
 entry's data) and task's (the section named after the task) options, popped out of their section and checked by
 the plug-in's own options dataclass from its registry. An option of another plug-in names the plug-in it
-belongs to; a method / pretext / source switched on the command line drops the file's options for the old one."""
+belongs to; a method / pretext / source switched on the command line drops the file's options for the old one
+(a method that stays a part of a composed method keeps its own)."""
 from __future__ import annotations
 
 import dataclasses
@@ -85,7 +86,28 @@ def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default
     if given[key] != section.get(key, default):
         common_cls = {"adapter": AdapterConfig, "pretext": PretextConfig, "data": DataConfig}[section_name]
         common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
-        data[section_name] = {k: v for k, v in section.items() if k in common}
+        kept = {k: v for k, v in section.items() if k in common}
+        if section_name == "adapter":
+            kept.update(_shared_part_options(section, common, section.get(key, default), given[key]))
+        data[section_name] = kept
+
+
+def _shared_part_options(section: dict, common: set, old, new) -> dict:
+    """The file's options of a method that stays a part when ``adapter.method`` is switched on the command line:
+    ``lora`` (``r: 4``) -> ``[visual_prompt, lora]`` keeps ``lora: {r: 4}``; ``[visual_prompt, lora]`` -> ``lora``
+    keeps the file's ``lora`` section flat. Other options were written for the old method and are dropped."""
+    from tpp.adapters.compose import part_names
+
+    old_parts, new_parts = part_names(old), part_names(new)
+    if len(old_parts) == 1 and old_parts[0] in new_parts and len(new_parts) > 1:
+        own = {k: v for k, v in section.items() if k not in common}
+        return {old_parts[0]: own} if own else {}
+    if len(new_parts) == 1 and new_parts[0] in old_parts and len(old_parts) > 1:
+        own = section.get(new_parts[0])
+        return dict(own) if isinstance(own, dict) else {}
+    if len(old_parts) > 1 and len(new_parts) > 1:
+        return {p: section[p] for p in set(old_parts) & set(new_parts) if isinstance(section.get(p), dict)}
+    return {}
 
 
 def _plugin_options(section: dict, section_name: str, common_cls, options_cls, chosen: str, hint: str = "",

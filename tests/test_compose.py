@@ -86,7 +86,7 @@ def test_the_config_takes_a_list_and_sections_per_part(tmp_path):
         load_config({"recipe": "finetune", "adapter": {"method": "visual_prompt+lora", "lora": {"rr": 4}}})
     with pytest.raises(ConfigError, match=r"adapter\.lora\.r"):  # types too
         load_config({"recipe": "finetune", "adapter": {"method": "visual_prompt+lora", "lora": {"r": "four"}}})
-    with pytest.raises(ConfigError, match="adapter.pad must be a positive"):  # the part's own checks
+    with pytest.raises(ConfigError, match=r"adapter\.visual_prompt\.pad must be a positive"):  # the part's check
         load_config({"recipe": "finetune", "adapter": {"method": "visual_prompt+lora", "visual_prompt": {"pad": 0}}})
     with pytest.raises(ConfigError, match="'lora'.*'ia3'"):
         load_config({"recipe": "finetune", "adapter": {"method": ["lora", "ia3"]}})
@@ -134,6 +134,7 @@ def test_tpp_hand_off_site_swap_and_predict_with_a_composed_method(tmp_path, cap
 @pytest.mark.parametrize("edit, says", [
     (lambda card: card.update(target_modules=["embeddings"]), "one list per part, 2 for 'visual_prompt+lora'"),
     (lambda card: card.pop("options"), "field 'options' (the method's options) must be an object"),
+    (lambda card: card["options"].pop("lora"), "options lack the section of part 'lora'"),  # loaded with r=8
     (lambda card: card["target_modules"].reverse(), "cannot be attached with the card's target_modules")])
 def test_an_edited_composed_card_is_one_message_naming_it(backbone, tmp_path, edit, says):
     """Flattened or swapped part targets and a card without options had reached peft / torch as a traceback."""

@@ -186,6 +186,10 @@ def _check_method(card: dict, card_path) -> None:
                        f"list per part, {len(method.parts)} for {method.name!r}).")
     if not isinstance(card.get("options"), dict):
         raise TppError(f"'{card_path}': field 'options' (the method's options) must be an object.")
+    missing = [p.name for p in method.parts if not isinstance(card["options"].get(p.name), dict)]
+    if missing:  # tpp writes every part's options; one left out would load with its defaults
+        raise TppError(f"'{card_path}': options lack the section of part {', '.join(map(repr, missing))} of the "
+                       f"composed method {method.name!r} (tpp records every part's options); it was edited. Refused.")
     try:
         method.options_cls(**card["options"])
     except (TypeError, ValueError, ConfigError) as exc:

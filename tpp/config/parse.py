@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -64,6 +65,15 @@ def _looks_float(raw: str) -> bool:
         return False
 
 
+def _at_path(message: str, path: str, fields) -> str:
+    """A class's own check names its keys from its section (``adapter.pad``); built at a deeper ``path`` (a part
+    of a composed method: ``adapter.visual_prompt``) the message names them there (``adapter.visual_prompt.pad``)."""
+    root = path.split(".")[0]
+    if "." not in path:
+        return message
+    return re.sub(rf"\b{re.escape(root)}\.({'|'.join(map(re.escape, fields))})\b", rf"{path}.\1", message)
+
+
 def build_dataclass(cls, data: dict, path: str = "", problems: list[str] | None = None):
     """Build dataclass ``cls`` from a nested dict, checking every key and type (and the class's own
     ``__post_init__`` checks).
@@ -96,7 +106,7 @@ def build_dataclass(cls, data: dict, path: str = "", problems: list[str] | None 
     try:
         built = cls(**kwargs)
     except ConfigError as exc:  # the class's own value checks
-        found.append(str(exc))
+        found.append(_at_path(str(exc), path, fields))
         built = cls()
     if problems is not None:
         problems.extend(found)

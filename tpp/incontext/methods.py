@@ -7,7 +7,9 @@ Classification (K context examples, C classes, D feature dims, Q queries):
 - Features are centred on the context mean and L2-normalised first (so that similarities spread over
   [-1, 1] instead of crowding near 1, as raw ViT features do).
 - The softmax temperature ``T`` is chosen on the context set itself by leave-one-out: each context example is
-  predicted from the others and the T of least mean negative log-likelihood on a fixed log grid wins.
+  predicted from the others and the T of least mean negative log-likelihood on a fixed log grid wins. The
+  centring mean is the whole context's, left-out example included (a 1/K share of the mean; exact
+  leave-one-out would re-centre and re-normalise K times). Only T is chosen this way, never a test score.
 
 Segmentation (binary: background / foreground): per-patch-token prototypes. Context masks are brought to the
 patch grid by area averaging (the foreground fraction of each patch); the foreground prototype is the

@@ -1,4 +1,5 @@
 import os
+import re
 
 import pytest
 import yaml
@@ -440,3 +441,29 @@ def test_resume_reads_keys_added_since_the_run_as_their_defaults(tmp_path):
 def test_an_empty_method_name_says_so(method):
     with pytest.raises(ConfigError, match="leaves a method name empty: give one method"):
         load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", [f"adapter.method={method}"])
+
+
+@pytest.mark.parametrize("overrides, says", [
+    (["adapter.method=visual_prompt", "adapter.mode=full", "adapter.pad=8"], "adapter.pad=8 is ignored with "
+                                                                             "adapter.mode=full"),
+    (["adapter.method=[visual_prompt, lora]", "adapter.visual_prompt.mode=full", "adapter.visual_prompt.pad=8"],
+     "adapter.visual_prompt.pad=8 is ignored with adapter.visual_prompt.mode=full"),
+    (["adapter.method=visual_prompt", "adapter.discrepancy=cosine"], "discrepancy_weight is 0"),
+    (["classification.source_head=classifier"], "classification.source_head='classifier' is ignored with "
+                                                "classification.output_mapping=probe"),
+    (["recipe=evaluate", "adapter.path=x", "evaluate.corruption_preset=pneumoniamnist"],
+     "evaluate.corruption_preset='pneumoniamnist' is ignored without evaluate.corruption")])
+def test_options_the_run_would_ignore_are_warned_about(overrides, says):
+    with pytest.warns(UserWarning, match=re.escape(says)):
+        load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", overrides)
+
+
+def test_options_that_act_are_not_warned_about():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for overrides in (["adapter.method=movl", "adapter.discrepancy=cosine"],  # movl's weight is 0.1
+                          ["adapter.method=visual_prompt", "adapter.mode=pad", "adapter.pad=8"],
+                          ["classification.output_mapping=rlm", "classification.source_head=classifier"]):
+            load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", overrides)

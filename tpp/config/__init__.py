@@ -27,9 +27,10 @@ import copy
 import dataclasses
 import os
 import typing
+import warnings
 from collections.abc import Mapping
 
-from tpp.config.checks import _check_values, prompt_size_problems
+from tpp.config.checks import _check_values, ignored_options, prompt_size_problems
 from tpp.config.paths import resolve_config_paths
 from tpp.config.parse import (_default, _describe, _section, apply_overrides, build_dataclass, config_error,
                               load_yaml, parse_override, unknown_key)
@@ -125,6 +126,8 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
     problems = prompt_size_problems(cfg)  # needs the resolved backbone.path (and adapter.init_from)
     if problems:
         raise config_error(problems)
+    for message in ignored_options(cfg):
+        warnings.warn(message, stacklevel=2)
     return cfg
 
 

@@ -164,3 +164,41 @@ def _prompt_size_problem(key: str, size, backbone_size, made: int, fed: int, nat
         fix = f"set both to the same size, e.g. {key}={fed}"
     return (f"{prompt} differs from {backbone}: a visual prompt is made for the encoder's input size, so the two "
             f"must be equal; {fix}.")
+
+
+def ignored_options(cfg: RunConfig) -> list[str]:
+    """Options set (away from their defaults) that the rest of the config makes the run ignore: each one a
+    sentence for a warning (a user who sets a value expects it to act)."""
+    found = []
+    task = cfg.task_options
+    if getattr(task, "output_mapping", None) == "probe" and getattr(task, "source_head", None) is not None:
+        found.append(f"{cfg.task}.source_head={task.source_head!r} is ignored with {cfg.task}.output_mapping=probe "
+                     "(it picks the source classifier of rlm / flm / ilm).")
+    for key, given, defaults in _prompt_parts(cfg.adapter.method, cfg.adapter.options):
+        mode, weight = given.get("mode", defaults.mode), given.get("discrepancy_weight", defaults.discrepancy_weight)
+        if mode == "full" and given.get("pad", defaults.pad) != defaults.pad:
+            found.append(f"{key}.pad={given['pad']} is ignored with {key}.mode=full (the prompt covers the whole "
+                         "image; pad sizes the frame of mode pad).")
+        if given.get("discrepancy", defaults.discrepancy) != defaults.discrepancy and weight == 0:
+            found.append(f"{key}.discrepancy={given['discrepancy']} is ignored: {key}.discrepancy_weight is 0.")
+    shift = cfg.evaluate
+    if shift.corruption is None:
+        for name in ("corruption_preset", "severity"):
+            if getattr(shift, name) is not None:
+                found.append(f"evaluate.{name}={getattr(shift, name)!r} is ignored without evaluate.corruption "
+                             "(set evaluate.corruption=all, or one corruption).")
+    return found
+
+
+def _prompt_parts(method: str, options: dict) -> list[tuple[str, dict, object]]:
+    """(key, options given, the method's default options) of each visual-prompt method in ``method`` (alone:
+    ``adapter``; a part of a composed method: ``adapter.<part>``)."""
+    from tpp.adapters import get_method
+    from tpp.adapters.compose import part_names
+    from tpp.adapters.visual_prompt import VisualPromptOptions
+
+    parts = part_names(method)
+    found = [(p, get_method(p).options_cls()) for p in parts]
+    if len(parts) == 1:
+        return [("adapter", options, d) for _, d in found if isinstance(d, VisualPromptOptions)]
+    return [(f"adapter.{p}", options.get(p) or {}, d) for p, d in found if isinstance(d, VisualPromptOptions)]

@@ -82,6 +82,23 @@ def pads_input(options: dict) -> bool:
         any(isinstance(v, dict) and pads_input(v) for v in options.values())
 
 
+def declared_frame(method: str, options: dict) -> int:
+    """The input frame (px) a card's method and options make the attached model keep for itself: the ``pad`` of
+    a padding prompt (alone or a part), else 0; what :func:`tpp.model.input_frame` reads off the attached model,
+    known here without a backbone (publishing checks the card's ``input.frame`` against it)."""
+    from tpp.adapters import get_method
+    from tpp.adapters.compose import part_names
+
+    parts = part_names(method)
+    sections = [options] if len(parts) == 1 else [options.get(p) or {} for p in parts]
+    frames = [0]
+    for name, section in zip(parts, sections):
+        typed = get_method(name).options_cls(**section)
+        if isinstance(typed, VisualPromptOptions) and typed.mode == "pad":
+            frames.append(typed.pad)
+    return max(frames)
+
+
 @dataclass
 class MovlOptions(VisualPromptOptions):
     """MoVL: the visual prompt with the discrepancy term on by default."""

@@ -73,8 +73,12 @@ def test_a_forged_frame_is_refused_when_the_card_is_checked(world, tmp_path, fra
 @pytest.mark.parametrize("frame, says", [(..., "input.frame absent"), (0, "0-px border"), (2, "2-px border")])
 def test_a_frame_unlike_the_methods_is_refused_at_every_load(world, tmp_path, frame, says):
     forged = with_frame(source_files(world), frame)
-    check_adapter(forged, "old")  # a well-formed card: only the attached method can tell
-    forge(tmp_path / "store", "vp", forged)
+    with pytest.raises(TppError, match=rf"tpp_card\.json.*{says}.*keeps a 4-px border"):
+        check_adapter(forged, "old")  # the card's own method and options tell, without a backbone (publish)
+    with pytest.raises(TppError, match=rf"{says}.*keeps a 4-px border"):
+        store.publish(adapter_copy(world, tmp_path / "to_publish", frame), tmp_path / "published", "vp")
+    assert not (tmp_path / "published" / "vp").exists()
+    forge(tmp_path / "store", "vp", forged)  # written straight into the store: refused on load
     with pytest.raises(TppError, match=rf"tpp_card\.json.*{says}.*keeps a 4-px border.*re-train"):
         AdapterBank(str(world["backbone"]), str(tmp_path / "store")).site("vp")
     with pytest.raises(TppError, match=rf"tpp_card\.json.*{says}.*keeps a 4-px border.*re-train"):

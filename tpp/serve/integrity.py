@@ -20,9 +20,10 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from tpp.adapter_checks import check_frame, check_head  # noqa: F401  (re-exported: the bank imports them here)
+from tpp.adapter_checks import check_frame, check_head
 from tpp.adapter_dir import CARD, HEAD, INTEGER_HEAD_TENSORS, check_card, check_values
 from tpp.adapters import check_tensor_names, get_method
+from tpp.adapters.visual_prompt import declared_frame
 from tpp.data.images import rule_frame
 from tpp.errors import ConfigError, TppError
 from tpp.tasks import task_of_card
@@ -46,6 +47,7 @@ def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
                        "served. Fine-tune it first (tpp run finetune ... adapter.init_from=...).")
     check_input_rule(card, source)
     method = adapter_method(card, source)
+    check_frame(card, declared_frame(card["method"], card["options"]), source)  # as loading it would, backbone-free
     weights = card.get("weights_file")
     state = parse_tensors(files, weights, source) if weights else {}
     check_tensor_names(method, state, source)

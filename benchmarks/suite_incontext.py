@@ -11,7 +11,9 @@ Predictions go through :mod:`tpp.incontext` (``methods.classify`` / ``segment``,
 Tractability on a CPU: every image's features are computed once per invocation (in chunks) and shared by the
 cells, fractions and methods; a context larger than the protocol's cap (``max_context_per_class`` examples per
 class, ``max_context_masks`` image-mask pairs) is a seeded draw from the subset, and the cell records both
-sizes (``context_examples`` of ``subset_examples``).
+sizes (``context_examples`` of ``subset_examples``). The cached cell keeps the context's training-split positions
+(``context_index``); the published report carries their sha256 instead (``suite_report.published_cell``), and
+:meth:`InContextBench.context_index` derives them again from (task, fraction, seed, protocol).
 """
 from __future__ import annotations
 
@@ -144,18 +146,27 @@ class InContextBench:
         return self._data[task.name]
 
     # ------------------------------------------------------------ cells
-    def run_cell(self, task, approach: str, fraction: float, seed: int) -> dict:
+    def context_index(self, task, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(label subset, context) of a cell as training-split positions: the fine-tuning subset at this fraction
+        and seed, capped by :func:`cap_index`. A cell adopted from a published report has only the sha256 of the
+        context (``context_sha256``, see ``suite_report.published_cell``); this derives the list again."""
         from tpp.data import subsets
 
         d = self.data(task)
         train = d["dataset"].split("train")
         subset = subsets.label_fraction_index(train.labels, fraction, d["dataset"].name, seed)
         if task.kind == "classification":
-            index = cap_index(subset, train.labels, self.protocol["max_context_per_class"], seed)
+            return subset, cap_index(subset, train.labels, self.protocol["max_context_per_class"], seed)
+        return subset, cap_index(subset, None, self.protocol["max_context_masks"], seed)
+
+    def run_cell(self, task, approach: str, fraction: float, seed: int) -> dict:
+        d = self.data(task)
+        train = d["dataset"].split("train")
+        subset, index = self.context_index(task, fraction, seed)
+        if task.kind == "classification":
             cell = _classification_cell(self, d, train, index, approach)
             stored = context_bytes(train.images[index], None)
         else:
-            index = cap_index(subset, None, self.protocol["max_context_masks"], seed)
             cell = _segmentation_cell(self, d, train, index, approach)
             stored = context_bytes(train.images[index], train.masks[index])
         trainable = 0 if approach != "incontext_learned" else sum(

@@ -6,6 +6,7 @@ temporary file renamed into place (``report.write_atomic``), the HTML page embed
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
@@ -324,6 +325,24 @@ def resnet_estimate_s(suite, task, fraction: float, done: list[tuple]) -> float:
     return rate * images * suite.resnet.protocol["epochs"]
 
 
+def context_sha256(index) -> str:
+    """sha256 (hex) of an in-context cell's context positions as compact JSON text, e.g. of ``[3,17,42]``."""
+    return hashlib.sha256(json.dumps([int(i) for i in index], separators=(",", ":")).encode()).hexdigest()
+
+
+def published_cell(cell: dict) -> dict:
+    """A cell as suite.json publishes it. An in-context cell's ``context_index`` (its context's training-split
+    positions: thousands of integers per cell, derived from task, fraction, seed and protocol by
+    ``suite_incontext.InContextBench.context_index``) stays in the cache and is published as its
+    ``context_sha256``; its size is ``context_examples``. A cell without the list (adopted from a report that
+    published the fingerprint) is published as it is. Nothing reads the list back from a report: adopting a
+    cell copies the fingerprint into the cache and needs no more."""
+    if "context_index" not in cell:
+        return cell
+    return {**{k: v for k, v in cell.items() if k != "context_index"},
+            "context_sha256": context_sha256(cell["context_index"])}
+
+
 def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.0) -> dict:
     """Measure the costs, summarise every cell the caches hold and write suite.{md,json,html} and the PNGs."""
     import suite_movl
@@ -368,7 +387,7 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
     if missing:
         sections.append(("Missing cells", missing_table(missing)))
     text = intro + "".join(f"\n\n## {title}\n\n{markdown(table)}" for title, table in sections) + "\n"
-    cells_json = [dict(c[4], suite_task=c[0].name, suite_kind=c[0].kind) for c in done]
+    cells_json = [published_cell(dict(c[4], suite_task=c[0].name, suite_kind=c[0].kind)) for c in done]
     payload = {"machine": machine, "command": command, "grid": str(suite.grid.path), "complete": not todo,
                "protocols": {"classification": suite.classification.protocol, "segmentation": suite.seg_protocol,
                              "resnet18": suite.resnet.protocol, "incontext": suite.incontext.protocol,

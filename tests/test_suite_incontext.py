@@ -1,6 +1,7 @@
 """In-context approaches of the standardised suite (benchmarks/suite_incontext.py): the grid's new approaches and
 their model folders, the context set = the fine-tuning label subset, cells with their cost fields, on tiny in-code
 data and a tiny backbone."""
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -87,14 +88,21 @@ def test_a_prototype_cell_takes_exactly_the_fine_tuning_subset_as_context(tiny_m
             "--out", str(tmp_path / "out"), "--no-memory"]
     assert suite.main(args) == 0
     payload = json.loads((tmp_path / "out" / "suite.json").read_text())
-    cells = {c["seed"]: c for c in payload["cells"]}
+    published = {c["seed"]: c for c in payload["cells"]}
+    # the cache keeps the context's positions, the report only their sha256 (the list is derivable)
+    loaded = load_grid(grid)
+    task, bench = loaded.cells[0][0], suite.Suite(loaded, tmp_path / "cache", str(root)).incontext
+    cells = {seed: json.loads(bench.cell_path(task, "prototype", 0.5, seed).read_text()) for seed in (0, 1)}
     train = np.load(root / "breastmnist.npz")
     seed_calls = [c for c in calls if c[2] == "breastmnist" and c[1] == 0.5]
     assert sorted(c[3] for c in seed_calls) == [0, 1]
     for labels, _f, _d, seed, index in seed_calls:
         assert np.array_equal(labels, train["train_labels"][:, 0])  # the whole training split, as the recipe's
         assert cells[seed]["context_index"] == index.tolist() and cells[seed]["context_examples"] == len(index) == 30
+        assert "context_index" not in published[seed] and published[seed]["context_sha256"] == sha256_of(index)
+        assert published[seed]["context_examples"] == 30
     assert cells[0]["context_index"] != cells[1]["context_index"]  # each seed its own subset
+    assert published[0]["context_sha256"] != published[1]["context_sha256"]
     # the very images the finetune recipe trains on at this fraction and seed
     from tpp.config import load_config
     from tpp.data.build import load_data
@@ -125,6 +133,42 @@ def test_a_prototype_cell_takes_exactly_the_fine_tuning_subset_as_context(tiny_m
     assert suite.main(fresh) == 0
     again = json.loads((tmp_path / "out" / "suite.json").read_text())
     assert again["complete"] and again["rows"][0]["primary"] == payload["rows"][0]["primary"]
+    assert again["cells"] == payload["cells"]  # the fingerprints survive adoption
+    # an adopted cell holds the fingerprint, not the list; the list is derived again and matches it
+    bench = suite.Suite(loaded, tmp_path / "fresh", str(root)).incontext
+    for seed in (0, 1):
+        adopted = json.loads(bench.cell_path(task, "prototype", 0.5, seed).read_text())
+        assert "context_index" not in adopted and adopted["context_sha256"] == published[seed]["context_sha256"]
+        _subset, index = bench.context_index(task, 0.5, seed)
+        assert index.tolist() == cells[seed]["context_index"] and sha256_of(index) == adopted["context_sha256"]
+    # a report published before the fingerprint (cells with the whole list) is still adopted and read
+    old = dict(payload, cells=[dict(c, context_index=cells[c["seed"]]["context_index"]) for c in payload["cells"]])
+    for c in old["cells"]:
+        del c["context_sha256"]
+    (tmp_path / "out" / "suite.json").write_text(json.dumps(old))
+    assert suite.main(args[:2] + ["--cache", str(tmp_path / "older"), "--report-only"] + args[4:]) == 0
+    assert json.loads((tmp_path / "out" / "suite.json").read_text())["cells"] == payload["cells"]
+    older = suite.Suite(loaded, tmp_path / "older", str(root)).incontext
+    assert json.loads(older.cell_path(task, "prototype", 0.5, 1).read_text())["context_index"] == \
+        cells[1]["context_index"]
+
+
+def sha256_of(index) -> str:
+    """The published fingerprint of a context, computed here independently of suite_report."""
+    return hashlib.sha256(("[" + ",".join(str(int(i)) for i in index) + "]").encode()).hexdigest()
+
+
+def test_a_published_cell_carries_the_contexts_fingerprint_not_its_list():
+    import suite_report
+
+    cell = {"method": "knn", "context_examples": 3, "context_index": [3, 17, 42], "protocol_id": "x"}
+    out = suite_report.published_cell(cell)
+    assert out == {"method": "knn", "context_examples": 3, "protocol_id": "x",
+                   "context_sha256": hashlib.sha256(b"[3,17,42]").hexdigest()}
+    assert cell["context_index"] == [3, 17, 42]  # the cached cell keeps its list
+    assert suite_report.published_cell(out) == out  # an adopted cell (fingerprint only) stays as it is
+    lora = {"method": "lora", "test_auroc": 0.8}
+    assert suite_report.published_cell(lora) == lora
 
 
 def test_a_context_over_the_cap_is_a_seeded_draw_per_class_from_the_subset():

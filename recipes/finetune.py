@@ -110,7 +110,7 @@ def run(cfg, run) -> dict:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     def loss_fn(model, batch):
-        images, y = task.augment(*batch, options, cfg.data.hflip)
+        images, y = task.augment(*batch, options, cfg.data.hflip, frame=info.frame)
         with encoder_output(model) as seen:
             logits = model(images)
         return task.loss(logits, y, options) + auxiliary_loss(model, images, seen.get("tokens"))  # MoVL's term, or 0

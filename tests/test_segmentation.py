@@ -285,6 +285,34 @@ def test_joint_augment_moves_image_and_mask_together():
     assert not (unflipped[:, :, 16:].sum() > unflipped[:, :, :16].sum()).any()  # data.hflip=false: zoom only
 
 
+def test_a_padding_prompts_frame_is_cropped_from_the_logits():
+    """With a padding visual prompt the input's border holds the prompt, not the image: the decoder's logits
+    cover the image alone (the same values the uncropped decoder gives there), so they line up with its mask."""
+    torch.manual_seed(0)
+    plain, framed = SegmentationDecoder(32, 2, 1, (16, 8)), SegmentationDecoder(32, 2, 1, (16, 8), frame=4)
+    framed.load_state_dict(plain.state_dict())
+    tokens, pixels = torch.randn(2, 16, 32), torch.randn(2, 1, 32, 32)
+    whole, inside = plain(tokens, (4, 4), pixels), framed(tokens, (4, 4), pixels)
+    assert inside.shape == (2, 2, 24, 24) and torch.equal(inside, whole[..., 4:28, 4:28])
+
+
+def test_augmenting_a_framed_batch_moves_the_image_inside_the_frame_only():
+    from tpp.tasks import get_task
+    from tpp.tasks.segmentation import SegmentationOptions
+
+    masks = torch.zeros(16, 24, 24, dtype=torch.long)
+    masks[:, 2:12, 3:9] = 1
+    images = torch.full((16, 1, 32, 32), -5.0)  # the frame: kept for the prompt
+    images[:, 0, 4:28, 4:28] = masks.float()
+    torch.manual_seed(0)
+    out, moved = get_task("segmentation").augment(images, masks, SegmentationOptions(augment_scale=[0.6, 0.9]),
+                                                  True, frame=4)
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[4:28, 4:28] = False
+    assert torch.equal(out[..., border], images[..., border]) and not torch.equal(moved, masks)
+    assert ((out[:, 0, 4:28, 4:28] > 0.5).long() == moved).float().mean() > 0.97  # image and mask moved together
+
+
 def card(name, train_hash=None, splits=("train",), origin="BUSI"):
     data = {"name": name, "origin": origin, "split_id": "seeded", "used": {"splits": list(splits)}}
     return {"data": data | ({"split_sha256": {"train": train_hash}} if train_hash else {})}

@@ -4,6 +4,7 @@ masks -> the HTTP service's run-length masks. Small budgets: this checks the plu
 hand-off, not the Dice (benchmarks/seg_gain.py measures that)."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from serving_fixtures import request, serving
 
 from tpp.serve import store
 from tpp.cli import main
+from tpp.errors import TppError
 from tpp.segmentation import rle_decode, to_mask_size
 
 pytestmark = pytest.mark.integration
@@ -208,3 +210,46 @@ def test_a_folder_of_busi_pngs_fine_tunes_and_evaluates_with_its_images_left_on_
                  f"backbone.path={shared_backbone()}", "data.split=test", f"output_dir={tmp_path / 'ev'}"]) == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]["dice"] == test["dice"]
     assert whole == []  # no split decoded whole
+
+
+def test_a_padding_prompt_segments_the_image_inside_its_frame(tmp_path):
+    """Segmentation with a padding visual prompt (composed with LoRA): the decoder crops the frame, so training,
+    evaluate, predict and the card agree on where the image is (the masks were once compared with logits of the
+    whole framed input)."""
+    busi()
+    out = tmp_path / "vp"
+    prompt = ["adapter.method=[visual_prompt, lora]", "adapter.visual_prompt.input_size=32",
+              "adapter.visual_prompt.pad=4"]
+    assert main(["validate", CONFIG, *common(out), *prompt]) == 0
+    assert main(["run", "finetune", "--config", CONFIG, *common(out), *prompt, "train.max_steps=4",
+                 "train.batch_size=8", "train.select_best=false"]) == 0
+    card = json.loads((out / "adapter" / "tpp_card.json").read_text())
+    assert card["input"]["frame"] == 4 and card["task"]["decoder"]["frame"] == 4
+    assert "prompt frame cropped" in card["task"]["resolution"]
+    assert main(["run", "evaluate", "--config", CONFIG, *common(tmp_path / "eval"), "data.split=test",
+                 f"adapter.path={out / 'adapter'}"]) == 0
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]
+    assert again["dice"] == pytest.approx(json.loads((out / "metrics.json").read_text())["test"]["dice"], abs=1e-6)
+
+    from tpp.recipes.evaluate import load_task_model
+    from tpp.serve.images import to_model_input
+
+    images = busi()["images"][:4]
+    model, card, _ = load_task_model(str(out / "adapter"), str(shared_backbone()))
+    with torch.no_grad():
+        logits = [model(to_model_input(im, card["input"])) for im in images]
+    assert logits[0].shape[-2:] == (24, 24)  # the 32-px input less its 4-px frame on each side
+    store.publish(out, tmp_path / "store", "vp_site")
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"scan{i}.png")
+    assert main(["predict", "--backbone", str(shared_backbone()), "--store", str(tmp_path / "store"), "--site",
+                 "vp_site", *[str(tmp_path / f"scan{i}.png") for i in range(4)], "--out", str(tmp_path / "p.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    offline = [to_mask_size(x, card["task"]["mask_size"]).argmax(1)[0].numpy() for x in logits]
+    assert all(np.array_equal(np.asarray(Image.open(tmp_path / r["mask"])), m) for r, m in zip(rows, offline))
+    forged = tmp_path / "forged"
+    shutil.copytree(out / "adapter", forged)
+    card["task"]["decoder"]["frame"] = 2  # the decoder would crop another border than the input rule frames
+    (forged / "tpp_card.json").write_text(json.dumps(card))
+    with pytest.raises(TppError, match="crops a 2-px input frame, but its input rule frames images with 4 px"):
+        load_task_model(str(forged), str(shared_backbone()))

@@ -251,14 +251,6 @@ def test_what_a_run_found_at_its_start_validate_finds(tiny_mae, data_root, tmp_p
     assert code == 2 and not (tmp_path / "run" / "adapter").exists()
 
 
-def test_segmentation_refuses_a_padding_prompt(tiny_mae, tmp_path, capsys):
-    """The masks were compared with logits of the whole input, frame included: misaligned by the pad."""
-    code, text = validate(capsys, "breast_us/busi_seg_lora_finetune.yaml", f"backbone.path={tiny_mae}",
-                          f"data.root={tmp_path}", "adapter.method=[visual_prompt, lora]",
-                          "adapter.visual_prompt.input_size=32")
-    assert code == 2 and "task=segmentation with a padding visual prompt" in text
-
-
 def test_a_split_without_one_class_is_warned_about_before_training(tiny_mae, tmp_path, capsys):
     """A validation split without positives used to train and report NaN AUROC without a word."""
     root = make_medmnist(tmp_path / "data", classes=2)

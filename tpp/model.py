@@ -27,6 +27,10 @@ def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], sou
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise TppError(f"'{source}' does not fit the head in the card "
                        f"({type(exc).__name__}: {str(exc)[:300]}).") from None
+    crop, frame = getattr(head, "frame", 0), card["input"].get("frame", 0)
+    if crop != frame:  # a head that crops the input frame (segmentation) must crop the card's
+        raise TppError(f"'{source}': the card's head crops a {crop}-px input frame, but its input rule frames "
+                       f"images with {frame} px; the card was edited. Refused.")
     return head.eval()
 
 

@@ -2,7 +2,8 @@
 
 Pieces (B images, C channels, H x W input pixels, patch p, grid h = H / p, w = W / p, N = h * w
 patch tokens of width D, K mask classes):
-  Encoder.patch_tokens -> tokens_to_grid -> SegmentationDecoder -> logits (B, K, H, W)
+  Encoder.patch_tokens -> tokens_to_grid -> SegmentationDecoder -> logits (B, K, H - 2f, W - 2f)
+  (f: the input frame a padding visual prompt keeps, 0 otherwise: the decoder crops it, so logits cover the image)
   segmentation_loss(logits, masks)  cross-entropy + soft Dice on the foreground classes
 The decoder is the segmentation task's head (``tpp.tasks.segmentation``), saved with the site adapter
 (``head.safetensors``) like a classification head.
@@ -39,16 +40,18 @@ def _conv_block(cin: int, cout: int) -> nn.Sequential:
 class SegmentationDecoder(nn.Module):
     """Progressive upsampling (SETR-PUP style), with an optional skip from the input pixels.
 
-    ``forward(patch_tokens (B, N, D), grid (h, w), pixel_values (B, C, H, W)) -> logits (B, K, H, W)``.
-    A 1x1 projection to ``channels[0]``, then per entry of ``channels`` a 3x3 conv block followed by x2
-    bilinear upsampling; a final
-    resize reaches H x W exactly (patch sizes that are not a power of two). With ``pixel_skip`` a
-    small conv on the input image is concatenated before the classifier.
+    ``forward(patch_tokens (B, N, D), grid (h, w), pixel_values (B, C, H, W)) -> logits (B, K, H - 2 frame,
+    W - 2 frame)``. A 1x1 projection to ``channels[0]``, then per entry of ``channels`` a 3x3 conv block followed
+    by x2 bilinear upsampling; a final resize reaches H x W exactly (patch sizes that are not a power of two).
+    With ``pixel_skip`` a small conv on the input image is concatenated before the classifier. ``frame``: border
+    pixels of the input that hold a padding visual prompt, not the image; cropped from the logits, so they cover
+    the image alone and line up with its mask.
     """
 
     def __init__(self, hidden_size: int, num_classes: int, image_channels: int,
-                 channels: tuple = (64, 32), pixel_skip: bool = True):
+                 channels: tuple = (64, 32), pixel_skip: bool = True, frame: int = 0):
         super().__init__()
+        self.frame = frame
         self.project = nn.Conv2d(hidden_size, channels[0], 1)
         widths = [channels[0], *channels]
         self.stages = nn.ModuleList(_conv_block(a, b) for a, b in zip(widths[:-1], widths[1:]))
@@ -64,27 +67,34 @@ class SegmentationDecoder(nn.Module):
             x = F.interpolate(x, size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
         if self.skip is not None:
             x = torch.cat([x, self.skip(pixel_values.to(x.dtype))], dim=1)
-        return self.classifier(x)
+        logits = self.classifier(x)
+        f = self.frame
+        return logits[..., f:logits.shape[-2] - f, f:logits.shape[-1] - f] if f else logits
 
 
 def build_decoder(options, hidden_size: int, num_classes: int, image_channels: int,
-                  patch_size: int) -> SegmentationDecoder:
+                  patch_size: int, frame: int = 0) -> SegmentationDecoder:
     if 2 ** len(options.decoder_channels) > 4 * patch_size:
         raise TppError(f"segmentation.decoder_channels has {len(options.decoder_channels)} x2 stages for patch size "
                        f"{patch_size}: at most {int(math.log2(4 * patch_size))}.")
     return SegmentationDecoder(hidden_size, num_classes, image_channels, tuple(options.decoder_channels),
-                               options.pixel_skip)
+                               options.pixel_skip, frame)
 
 
-def decoder_spec(options, num_classes: int) -> dict:
-    """What the card records to rebuild the decoder."""
+def decoder_spec(options, num_classes: int, frame: int = 0) -> dict:
+    """What the card records to rebuild the decoder (``frame`` only where there is one: older cards have none)."""
     return {"name": "progressive_upsampling", "channels": list(options.decoder_channels),
-            "pixel_skip": options.pixel_skip, "num_classes": num_classes}
+            "pixel_skip": options.pixel_skip, "num_classes": num_classes, **({"frame": frame} if frame else {})}
 
 
 def decoder_from_spec(spec: dict, hidden_size: int, image_channels: int) -> SegmentationDecoder:
+    """The decoder a card's spec describes; :func:`tpp.model.build_head` checks its frame against the card's input
+    rule."""
+    frame = spec.get("frame", 0)
+    if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+        raise ValueError(f"task.decoder.frame must be a whole number of pixels, 0 or more, got {frame!r:.40}")
     return SegmentationDecoder(hidden_size, spec["num_classes"], image_channels, tuple(spec["channels"]),
-                               spec["pixel_skip"])
+                               spec["pixel_skip"], frame)
 
 
 def to_mask_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

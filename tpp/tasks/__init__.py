@@ -68,8 +68,9 @@ class Task:
         raise NotImplementedError
 
     # -- training and evaluation -----------------------------------------------------------------
-    def augment(self, images: torch.Tensor, targets: torch.Tensor, options, hflip: bool):
-        """Training augmentation of a batch -> (images, targets)."""
+    def augment(self, images: torch.Tensor, targets: torch.Tensor, options, hflip: bool, frame: int = 0):
+        """Training augmentation of a batch -> (images, targets). ``frame``: border pixels of the images that hold
+        a padding visual prompt, not the image (a geometric augmentation must leave them in place)."""
         return images, targets
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor, options) -> torch.Tensor:

@@ -169,8 +169,8 @@ class Classification(Task):
                                     np.arange(entry["num_classes"]))  # the saved mapping is loaded over it
         return ClassificationHead(hidden_size, entry["num_classes"])
 
-    def augment(self, images, targets, options, hflip):
-        return (random_hflip(images) if hflip else images), targets
+    def augment(self, images, targets, options, hflip, frame=0):
+        return (random_hflip(images) if hflip else images), targets  # a frame is symmetric: flips keep it
 
     def loss(self, logits, targets, options):
         return F.cross_entropy(logits, targets)

@@ -14,10 +14,6 @@ from tpp.segmentation import (build_decoder, decoder_from_spec, decoder_spec, ma
 from tpp.tasks import Task, register
 
 MAX_MASK_SIDE = 4096  # pixels a card may ask masks to be drawn at
-PADDED_INPUT = ("task=segmentation with a padding visual prompt (mode pad, the default of visual_prompt and movl) is "
-                "not supported yet: the masks would be compared with logits of the whole input, frame included. Set "
-                "adapter.mode=full (composed: adapter.visual_prompt.mode=full).")
-
 
 @dataclass
 class SegmentationOptions:
@@ -55,15 +51,12 @@ class Segmentation(Task):
     columns = (("dice", "Dice", ".3f"), ("iou", "IoU", ".3f"))
 
     def check_config(self, cfg) -> None:
-        from tpp.adapters.visual_prompt import pads_input
         from tpp.data.sources import all_sources, get_source
 
         if not get_source(cfg.data.source).masks:
             with_masks = " or ".join(s.name for s in all_sources() if s.masks)
             raise ConfigError(f"task=segmentation needs masks: data.source={cfg.data.source} has none "
                               f"(use {with_masks}).")
-        if pads_input(cfg.adapter.resolved_options()):
-            raise ConfigError(PADDED_INPUT)
 
     def check_data(self, dataset, options=None) -> None:
         if not dataset.is_segmentation:
@@ -73,22 +66,31 @@ class Segmentation(Task):
         return torch.from_numpy(split.masks).long()
 
     def build_head(self, options, info, dataset):
-        if info.frame:  # a padding prompt inherited from adapter.init_from
-            raise TppError(PADDED_INPUT)
-        return build_decoder(options, info.hidden_size, dataset.num_classes, info.channels, info.patch_size)
+        """The decoder; with a padding visual prompt (``info.frame``) it crops the frame from its logits."""
+        return build_decoder(options, info.hidden_size, dataset.num_classes, info.channels, info.patch_size,
+                             info.frame)
 
     def card_entry(self, options, dataset, info, targets) -> dict:
         mask_size = list(targets.shape[-2:])
+        inside = f", the {info.frame}-px prompt frame cropped," if info.frame else ""
         return {"type": self.name, "num_classes": dataset.num_classes, "label_names": list(dataset.class_names),
-                "decoder": decoder_spec(options, dataset.num_classes), "mask_size": mask_size,
-                "resolution": info.resolution_note() + f"; logits resized (bilinear) to the {mask_size[0]}x"
+                "decoder": decoder_spec(options, dataset.num_classes, info.frame), "mask_size": mask_size,
+                "resolution": info.resolution_note() + f"; logits{inside} resized (bilinear) to the {mask_size[0]}x"
                                                        f"{mask_size[1]} stored masks for loss and metrics"}
 
     def head_from_card(self, entry, hidden_size, channels):
         return decoder_from_spec(entry["decoder"], hidden_size, channels)
 
-    def augment(self, images, targets, options, hflip):
-        return joint_augment(images, targets, tuple(options.augment_scale), flip=hflip)
+    def augment(self, images, targets, options, hflip, frame=0):
+        """The same flip and zoom for the image and its mask; with a ``frame`` (a padding prompt's border, no
+        image) only the image inside it moves, and the frame stays where the prompt will be."""
+        if not frame:
+            return joint_augment(images, targets, tuple(options.augment_scale), flip=hflip)
+        inside = (..., slice(frame, images.shape[-2] - frame), slice(frame, images.shape[-1] - frame))
+        moved, targets = joint_augment(images[inside], targets, tuple(options.augment_scale), flip=hflip)
+        images = images.clone()
+        images[inside] = moved
+        return images, targets
 
     def loss(self, logits, targets, options):
         return segmentation_loss(logits, targets, options.dice_weight)

@@ -20,6 +20,7 @@ from tpp.backbones import load_backbone
 from tpp.builders import (attach_target_parameters, check_leakage, check_parent_modality, input_rule,
                           record_skipped)
 from tpp.data.build import load_data
+from tpp.errors import TppError
 from tpp.data.stream import ModelInputs, stream_loader
 from tpp.label_mapping import prepare_output_mapping
 from tpp.data.subsets import label_fraction_index, selection_rule, val_fraction_used, val_subset_index
@@ -41,18 +42,40 @@ def check_data(cfg, dataset) -> dict:
     that are not empty once the label fraction is taken, a label mapping's source classifier (saved with the
     backbone, enough classes) and, with ``adapter.init_from``, a parent that cannot
     have seen this run's validation or test images, pre-trained on this modality (a warning; an error with
-    ``adapter.require_same_modality``). Returns {split: images the run uses}."""
+    ``adapter.require_same_modality``). Every problem found is raised at once, as one TppError (the task's own
+    checks first: the others read what they check). Returns {split: images the run uses}."""
     get_task(cfg.task).check_data(dataset, cfg.task_options)
+    problems, used = [], {}
+
+    def attempt(check) -> None:
+        try:
+            check()
+        except TppError as exc:
+            problems.append(str(exc))
+
     if getattr(cfg.task_options, "output_mapping", "probe") != "probe":  # label mapping: a source classifier to map
         from tpp.tasks.classification import mappable_source
 
-        mappable_source(cfg.backbone.path, cfg.task_options.source_head, dataset.num_classes)
-    train, val, test, _ = labelled_splits(cfg, dataset)
+        attempt(lambda: mappable_source(cfg.backbone.path, cfg.task_options.source_head, dataset.num_classes))
+    def count_splits() -> None:
+        train, val, test, _ = labelled_splits(cfg, dataset)
+        used.update(train=len(train), val=len(val), test=len(test))
+
+    attempt(count_splits)
     if cfg.adapter.init_from:
-        card = read_card(cfg.adapter.init_from)
-        check_leakage(card, dataset, cfg.adapter.init_from)
-        check_parent_modality(card, cfg.adapter.init_from, dataset.modality, cfg.adapter.require_same_modality)
-    return {"train": len(train), "val": len(val), "test": len(test)}
+        attempt(lambda: check_parent(cfg, dataset))
+    if problems:
+        raise TppError(problems[0] if len(problems) == 1 else
+                       f"{len(problems)} problems with the data:\n" + "\n".join(f"  - {p}" for p in problems))
+    return used
+
+
+def check_parent(cfg, dataset) -> None:
+    """The parent adapter (``adapter.init_from``) cannot have seen this run's val / test images, and was pre-trained
+    on this modality (a warning; an error with ``adapter.require_same_modality``)."""
+    card = read_card(cfg.adapter.init_from)
+    check_leakage(card, dataset, cfg.adapter.init_from)
+    check_parent_modality(card, cfg.adapter.init_from, dataset.modality, cfg.adapter.require_same_modality)
 
 
 def labelled_splits(cfg, dataset):

@@ -190,6 +190,10 @@ def test_what_the_run_checks_of_its_loaded_data_validate_checks_too(tiny_mae, da
     with pytest.warns(UserWarning, match="was pre-trained on modality US, but the fine-tuning data is DX"):
         code, text = validate(capsys, FINETUNE, *child)  # without the requirement a warning, no refusal
     assert code == 0, text
+    make_medmnist(data_root, "pneumoniamnist", n=(8, 0, 4))  # and no validation images: both problems at once
+    code, text = validate(capsys, FINETUNE, *child, "adapter.require_same_modality=true")
+    assert code == 2 and "2 problems with the data" in text and "the 'val' split is empty" in text
+    assert "(adapter.require_same_modality=true)" in text
 
 
 def test_validate_downloads_nothing_and_finds_splits_the_run_would_find_empty(tiny_mae, data_root, tmp_path,

@@ -112,7 +112,8 @@ def load_adapter_state(encoder: Encoder, state: dict[str, torch.Tensor], source:
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
         raise TppError(f"adapter '{source}' does not fit this model: missing {_short(missing)}, "
-                       f"unexpected {_short(unexpected)}. Method, rank and target modules must match the parent.")
+                       f"unexpected {_short(unexpected)}: its weights file does not hold the tensors its card's "
+                       "method, options and target modules make (a parent for adapter.init_from must match them).")
     for key in expected:
         if state[key].shape != current[key].shape:
             raise TppError(f"adapter '{source}': tensor '{key}' has shape {tuple(state[key].shape)}, "

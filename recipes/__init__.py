@@ -22,11 +22,13 @@ class RunFinished(Exception):
         self.path, self.summary = path, summary
 
 
-def preflight(cfg) -> list[str]:
+def preflight(cfg, load_adapter: bool = False) -> list[str]:
     """What ``tpp validate`` checks beyond the config itself, before a run would start: the backbone resolves
     (local directory or hub id; offline: in the local cache), each data section's root and file exist and its
     modality is set where the source needs it, the adapter directories it names exist, and the method attaches
-    to the backbone (:func:`attachable`). Returns every problem found (empty: ready to run)."""
+    to the backbone (:func:`attachable`); with ``load_adapter`` (``tpp validate``; a run loads it anyway) an
+    evaluated adapter is loaded whole (the recipe's ``check_adapter``). Returns every problem found (empty: ready
+    to run)."""
     from tpp.backbones import backbone_config
     from tpp.data.build import preflight as data_preflight
     from tpp.errors import TppError
@@ -54,7 +56,7 @@ def preflight(cfg) -> list[str]:
     if backbone_ok and "backbone" in recipe.sections and cfg.backbone.input_size:
         backbone_ok = record(lambda: input_size_fits(cfg.backbone.input_size, cfg.backbone.path))
     if reads("adapter.path") and cfg.adapter.path:
-        record(lambda: evaluable(cfg, on_backbone=backbone_ok))
+        record(lambda: get_recipe(cfg.recipe).check_adapter(cfg, load=backbone_ok and load_adapter))
     elif "adapter" in recipe.sections:  # the method the run attaches (evaluate's: its card's)
         record(lambda: attachable(cfg, on_backbone=backbone_ok, inherits=reads("adapter.init_from")))
     return problems
@@ -98,18 +100,6 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
         pass
 
 
-def evaluable(cfg, on_backbone: bool = True) -> None:
-    """The adapter at ``adapter.path`` loads as evaluate loads it: its card, its method attached to the backbone,
-    its weight and head files read and checked against the card (a deleted or damaged ``head.safetensors`` is
-    found here, not after the run starts). Without ``on_backbone`` (the backbone does not load) only the card."""
-    if not on_backbone:
-        evaluated_card(cfg.adapter.path)
-        return
-    from tpp.recipes.evaluate import load_task_model
-
-    load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
-
-
 def evaluated_card(path) -> dict:
     """The card of an adapter to evaluate: an adapter or full model with a task head (a TPP adapter has none)."""
     from tpp.adapter_dir import read_card
@@ -131,13 +121,13 @@ def get_recipe(name: str):
     return importlib.import_module(f"tpp.recipes.{name}")
 
 
-def refuse_problems(cfg, label: str) -> None:
+def refuse_problems(cfg, label: str, load_adapter: bool = False) -> None:
     """Raise one TppError listing every problem ``tpp validate`` finds (the recipe's own check of the config,
     then :func:`preflight`), ``label`` naming the config; nothing is written."""
     from tpp.errors import TppError
 
     get_recipe(cfg.recipe).check(cfg)
-    problems = preflight(cfg)
+    problems = preflight(cfg, load_adapter)
     if problems:
         raise TppError(f"{label} would not run:\n" + "\n".join(f"  - {p}" for p in problems))
 

@@ -56,6 +56,19 @@ def check(cfg) -> None:
     corruption_plan(cfg)
 
 
+def check_adapter(cfg, load: bool = True) -> None:
+    """The adapter at ``adapter.path`` loads as :func:`load_task_model` loads it: its card, its method attached to
+    the backbone, its weight and head files read and checked against the card (a deleted or damaged
+    ``head.safetensors`` is found by ``tpp validate``, not after the run starts). Without ``load`` (the backbone
+    does not load, or a run, which loads the adapter right after) only the card."""
+    from tpp.recipes import evaluated_card
+
+    if not load:
+        evaluated_card(cfg.adapter.path)
+        return
+    load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
+
+
 def check_data(cfg, dataset) -> dict:
     """What this recipe needs of its loaded data (``tpp validate`` loads the data and runs it too); returns
     {split: images evaluated}."""

@@ -12,6 +12,8 @@ per image) and ``adapter/``.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from tpp.adapters.visual_prompt import auxiliary_loss, encoder_output
@@ -132,8 +134,13 @@ def run(cfg, run) -> dict:
                            num_workers=cfg.data.num_workers)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
+    if info.frame and "frame" not in inspect.signature(task.augment).parameters:
+        raise TppError(f"task {task.name} cannot train with a padding visual prompt: its augment() takes no frame, "
+                       "so it would move the prompt's border with the image. Use adapter.mode=full (composed: "
+                       "adapter.visual_prompt.mode=full), or give the task's augment a frame keyword.")
+
     def loss_fn(model, batch):
-        images, y = task.augment(*batch, options, cfg.data.hflip, frame=info.frame)
+        images, y = task.augment(*batch, options, cfg.data.hflip, **({"frame": info.frame} if info.frame else {}))
         with encoder_output(model) as seen:
             logits = model(images)
         return task.loss(logits, y, options) + auxiliary_loss(model, images, seen.get("tokens"))  # MoVL's term, or 0

@@ -175,6 +175,7 @@ def test_a_method_that_stays_a_part_keeps_the_files_options(tmp_path):
     swapped = load_config(both, ["adapter.method=[vpt, lora]"]).adapter.options
     assert swapped["lora"]["r"] == 3 and "visual_prompt" not in swapped
     assert load_config(both, ["adapter.method=bitfit"]).adapter.options == {}  # no part in common: dropped
+    assert load_config(shipped, ["adapter.method=[lora]"]).adapter.options["r"] == r  # the same method, as a list
 
 
 def test_missing_config_file_is_named(tmp_path):
@@ -393,7 +394,7 @@ def test_run_dir_config_yaml_holds_only_the_recipes_sections(tiny_mae, tmp_path,
     import tpp.recipes
     from tpp.cli import main
 
-    monkeypatch.setattr(tpp.recipes, "preflight", lambda cfg: [])
+    monkeypatch.setattr(tpp.recipes, "preflight", lambda cfg, *args: [])
     out = tmp_path / "run"
     adapter = [f"adapter.path={tmp_path / 'no_adapter'}"] if recipe == "evaluate" else []
     assert main(["run", recipe, "--config", str(config), f"backbone.path={tiny_mae}", f"output_dir={out}",
@@ -464,6 +465,8 @@ def test_options_that_act_are_not_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for overrides in (["adapter.method=movl", "adapter.discrepancy=cosine"],  # movl's weight is 0.1
+                          ["adapter.method=visual_prompt", "adapter.discrepancy=cosine",  # the parent's weight
+                           "adapter.init_from=runs/tpp/adapter"],
                           ["adapter.method=visual_prompt", "adapter.mode=pad", "adapter.pad=8"],
                           ["classification.output_mapping=rlm", "classification.source_head=classifier"]):
             load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", overrides)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import evaluate, finetune, plugin_from_file, png_bytes, run_cli
+from helpers import FINETUNE_CONFIG, evaluate, finetune, plugin_from_file, png_bytes, recipe_args, run_cli
 from PIL import Image
 from serving_fixtures import call
 
@@ -66,6 +66,9 @@ class ToyScore(Task):
 
     def predictions(self, logits, entry, size=None):
         return logits.float()[:, :1] / entry["scale"]
+
+    def augment(self, images, targets, options, hflip):  # written before augment took a frame
+        return images, targets
 
     def output_shape(self, entry):
         return (1,)
@@ -174,3 +177,12 @@ def test_registering_a_task_leaves_the_registry_as_it_was():
     from tpp.tasks import all_tasks
 
     assert [t.name for t in all_tasks()] == ["classification", "segmentation"]  # also after the toy test
+
+
+def test_a_task_whose_augment_takes_no_frame_refuses_a_padding_prompt(toy_task, tiny_mae, data_root, tmp_path,
+                                                                      capsys):
+    """Without a frame it trains as before (above); with a padding prompt it would move the prompt's border."""
+    code = run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data_root, tmp_path / "vp", "task=toy_score",
+                                "adapter.method=visual_prompt", "adapter.input_size=28", "train.max_steps=2"))
+    err = capsys.readouterr().err
+    assert code == 2 and "task toy_score cannot train with a padding visual prompt" in err and "Traceback" not in err

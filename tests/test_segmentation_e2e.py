@@ -253,3 +253,11 @@ def test_a_padding_prompt_segments_the_image_inside_its_frame(tmp_path):
     (forged / "tpp_card.json").write_text(json.dumps(card))
     with pytest.raises(TppError, match="crops a 2-px input frame, but its input rule frames images with 4 px"):
         load_task_model(str(forged), str(shared_backbone()))
+    with pytest.raises(TppError, match="crops a 2-px input frame"):  # publishing, without a backbone, refuses it
+        store.publish(forged, tmp_path / "forged_store", "s")
+    card["task"]["decoder"] = [1]  # not a spec at all: one message, never an AttributeError
+    (forged / "tpp_card.json").write_text(json.dumps(card))
+    for attempt in (lambda: store.publish(forged, tmp_path / "forged_store", "s"),
+                    lambda: load_task_model(str(forged), str(shared_backbone()))):
+        with pytest.raises(TppError, match="task.decoder must be an object"):
+            attempt()

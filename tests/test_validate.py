@@ -207,7 +207,8 @@ def test_validate_downloads_nothing_and_finds_splits_the_run_would_find_empty(ti
     assert code == 2 and "the 'val' split is empty" in text
 
 
-def test_evaluate_is_validated_on_data_loaded_at_the_adapters_input_size(tiny_mae, data_root, tmp_path, capsys):
+def test_evaluate_is_validated_on_data_loaded_at_the_adapters_input_size(tiny_mae, data_root, tmp_path, capsys,
+                                                                         monkeypatch):
     """A folder of mixed sizes is decoded to the run's input size and its split hashed from that: validate must
     load it as evaluate does (at the card's size), or it refuses the adapter's own split."""
     folder = make_image_folder(tmp_path / "mixed", n=40)
@@ -219,6 +220,14 @@ def test_evaluate_is_validated_on_data_loaded_at_the_adapters_input_size(tiny_ma
     code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", *data,
                           f"adapter.path={out / 'adapter'}")
     assert code == 0 and "data mixed: " in text, text
+    import tpp.recipes.evaluate as evaluate_recipe
+
+    loads = []
+    monkeypatch.setattr(evaluate_recipe, "load_task_model",
+                        lambda *a, real=evaluate_recipe.load_task_model, **k: loads.append(a) or real(*a, **k))
+    assert main(["run", "evaluate", "--config", FINETUNE, f"backbone.path={tiny_mae}", *data,
+                 f"adapter.path={out / 'adapter'}", f"output_dir={tmp_path / 'eval'}"]) == 0
+    assert len(loads) == 1  # validate loads the adapter whole; a run, which loads it anyway, only reads its card
     (out / "adapter" / "head.safetensors").write_bytes(b"not safetensors")  # the run would fail on loading it
     code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", *data,
                           f"adapter.path={out / 'adapter'}")

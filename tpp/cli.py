@@ -198,7 +198,7 @@ def cmd_validate(args) -> int:
     cfg = load_config(_config_path(args.config), args.overrides)
     from tpp.recipes import check_loaded_data, refuse_problems
 
-    refuse_problems(cfg, args.config)  # what `tpp run` refuses too, before it creates output_dir
+    refuse_problems(cfg, args.config, load_adapter=True)  # what `tpp run` refuses too, before output_dir exists
     loaded, problems = check_loaded_data(cfg)  # what the run checks once its data is loaded, before training
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)

@@ -27,11 +27,18 @@ def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], sou
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise TppError(f"'{source}' does not fit the head in the card "
                        f"({type(exc).__name__}: {str(exc)[:300]}).") from None
-    crop, frame = getattr(head, "frame", 0), card["input"].get("frame", 0)
-    if crop != frame:  # a head that crops the input frame (segmentation) must crop the card's
-        raise TppError(f"'{source}': the card's head crops a {crop}-px input frame, but its input rule frames "
-                       f"images with {frame} px; the card was edited. Refused.")
+    check_head_frame(card, source)
     return head.eval()
+
+
+def check_head_frame(card: dict, source: str) -> None:
+    """A head that crops the input frame (segmentation's decoder) crops the one the card's input rule frames."""
+    from tpp.tasks import task_of_card
+
+    crop, frame = task_of_card(card).entry_frame(card["task"]), card["input"].get("frame", 0)
+    if crop is not None and crop != frame:
+        raise TppError(f"'{source}': the card's head crops a {str(crop)[:20]}-px input frame, but its input rule "
+                       f"frames images with {str(frame)[:20]} px; the card was edited. Refused.")
 
 
 class TaskModel(nn.Module):

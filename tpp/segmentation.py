@@ -90,6 +90,8 @@ def decoder_spec(options, num_classes: int, frame: int = 0) -> dict:
 def decoder_from_spec(spec: dict, hidden_size: int, image_channels: int) -> SegmentationDecoder:
     """The decoder a card's spec describes; :func:`tpp.model.build_head` checks its frame against the card's input
     rule."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"task.decoder must be an object, got {type(spec).__name__}")
     frame = spec.get("frame", 0)
     if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
         raise ValueError(f"task.decoder.frame must be a whole number of pixels, 0 or more, got {frame!r:.40}")

@@ -174,19 +174,18 @@ def ignored_options(cfg: RunConfig) -> list[str]:
     if getattr(task, "output_mapping", None) == "probe" and getattr(task, "source_head", None) is not None:
         found.append(f"{cfg.task}.source_head={task.source_head!r} is ignored with {cfg.task}.output_mapping=probe "
                      "(it picks the source classifier of rlm / flm / ilm).")
-    for key, given, defaults in _prompt_parts(cfg.adapter.method, cfg.adapter.options):
+    inherited = bool(cfg.adapter.init_from)  # the parent's options apply, not the file's or the defaults
+    for key, given, defaults in [] if inherited else _prompt_parts(cfg.adapter.method, cfg.adapter.options):
         mode, weight = given.get("mode", defaults.mode), given.get("discrepancy_weight", defaults.discrepancy_weight)
         if mode == "full" and given.get("pad", defaults.pad) != defaults.pad:
             found.append(f"{key}.pad={given['pad']} is ignored with {key}.mode=full (the prompt covers the whole "
                          "image; pad sizes the frame of mode pad).")
         if given.get("discrepancy", defaults.discrepancy) != defaults.discrepancy and weight == 0:
             found.append(f"{key}.discrepancy={given['discrepancy']} is ignored: {key}.discrepancy_weight is 0.")
-    shift = cfg.evaluate
-    if shift.corruption is None:
-        for name in ("corruption_preset", "severity"):
-            if getattr(shift, name) is not None:
-                found.append(f"evaluate.{name}={getattr(shift, name)!r} is ignored without evaluate.corruption "
-                             "(set evaluate.corruption=all, or one corruption).")
+    shift = cfg.evaluate  # (severity without a corruption is an error of the evaluate recipe)
+    if shift.corruption is None and shift.corruption_preset is not None:
+        found.append(f"evaluate.corruption_preset={shift.corruption_preset!r} is ignored without evaluate.corruption "
+                     "(set evaluate.corruption=all, or one corruption).")
     return found
 
 

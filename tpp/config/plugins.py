@@ -83,12 +83,17 @@ def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default
     section, given = data.get(section_name), given.get(section_name)
     if not isinstance(given, dict) or key not in given or not isinstance(section, dict):
         return
-    if given[key] != section.get(key, default):
+    old, new = section.get(key, default), given[key]
+    if section_name == "adapter":  # [lora] is lora, [a, b] is a+b
+        from tpp.adapters.compose import canonical
+
+        old, new = canonical(old), canonical(new)
+    if new != old:
         common_cls = {"adapter": AdapterConfig, "pretext": PretextConfig, "data": DataConfig}[section_name]
         common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
         kept = {k: v for k, v in section.items() if k in common}
         if section_name == "adapter":
-            kept.update(_shared_part_options(section, common, section.get(key, default), given[key]))
+            kept.update(_shared_part_options(section, common, old, new))
         data[section_name] = kept
 
 

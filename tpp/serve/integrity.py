@@ -26,6 +26,7 @@ from tpp.adapters import check_tensor_names, get_method
 from tpp.adapters.visual_prompt import declared_frame
 from tpp.data.images import rule_frame
 from tpp.errors import ConfigError, TppError
+from tpp.model import check_head_frame
 from tpp.tasks import task_of_card
 
 
@@ -48,6 +49,7 @@ def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
     check_input_rule(card, source)
     method = adapter_method(card, source)
     check_frame(card, declared_frame(card["method"], card["options"]), source)  # as loading it would, backbone-free
+    check_head_frame(card, f"{source}/{CARD}")
     weights = card.get("weights_file")
     state = parse_tensors(files, weights, source) if weights else {}
     check_tensor_names(method, state, source)

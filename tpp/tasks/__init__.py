@@ -145,6 +145,11 @@ class Task:
         """Problems of a (possibly forged) card's ``task`` entry, before anything is built from it."""
         return []
 
+    def entry_frame(self, entry: dict) -> int | None:
+        """The input frame (px) the card's head crops from what it outputs (a padding visual prompt's border),
+        None for a head that does not crop; checked against the card's input rule when the card is."""
+        return None
+
     def check_head(self, entry: dict, head_state: dict) -> str | None:
         """Why the head tensors do not fit the card's ``task`` entry (None: they fit)."""
         return None

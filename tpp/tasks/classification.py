@@ -130,9 +130,9 @@ class Classification(Task):
         if dataset.num_classes < 2:
             raise TppError(f"dataset '{dataset.name}' has {dataset.num_classes} class; classification needs at "
                            "least 2.")
-        if options is not None:
+        if options is not None:  # a run that trains on the splits (finetune): its classes and splits matter
             check_positive_class(options.positive_class, dataset)
-        warn_absent_classes(dataset)
+            warn_absent_classes(dataset)
 
     def targets(self, split) -> torch.Tensor:
         return torch.from_numpy(split.labels)

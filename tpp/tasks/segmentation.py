@@ -151,11 +151,20 @@ class Segmentation(Task):
         return {"dice": result.get("dice"), "iou": result.get("iou")}
 
     def check_entry(self, entry):
-        mask = entry.get("mask_size")
+        mask, decoder = entry.get("mask_size"), entry.get("decoder")
+        problems = []
         if not (isinstance(mask, list) and len(mask) == 2 and all(isinstance(m, int) and 1 <= m <= MAX_MASK_SIDE
                                                                  for m in mask)):
-            return [f"task.mask_size must be two integers in 1..{MAX_MASK_SIDE}"]
-        return []
+            problems.append(f"task.mask_size must be two integers in 1..{MAX_MASK_SIDE}")
+        if not isinstance(decoder, dict):
+            problems.append("task.decoder must be an object (the decoder's spec)")
+        elif not _whole(decoder.get("frame", 0)):
+            problems.append("task.decoder.frame must be a whole number of pixels, 0 or more")
+        return problems
+
+    def entry_frame(self, entry):
+        decoder = entry.get("decoder")
+        return decoder.get("frame", 0) if isinstance(decoder, dict) else None
 
     def per_image(self, output, image):
         return mask_to_image_size(output.numpy(), image)  # the mask at the uploaded image's own size
@@ -169,6 +178,10 @@ class Segmentation(Task):
         row = {"mask": name}
         row.update({f"frac_{c}": f"{float((result == k).mean()):.6f}" for k, c in enumerate(label_names)})
         return row, {name: np.asarray(result, dtype=np.uint8)}
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def per_image_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:

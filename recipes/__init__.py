@@ -153,7 +153,7 @@ def check_loaded_data(cfg) -> tuple[str | None, list[str]]:
         dataset = load_data(cfg.data, cfg.seed, run_input_size(cfg))
         used = recipe.check_data(cfg, dataset)
     except TppError as exc:
-        return None, [str(exc)]
+        return None, getattr(exc, "problems", [str(exc)])
     except Exception as exc:  # noqa: BLE001 (hostile files: one line, never a traceback)
         return None, [f"checking the data failed: {type(exc).__name__}: {exc}"]
     for file, reason in dataset.skipped:

@@ -14,6 +14,8 @@ one, said in the log and the report) and draws the card's number of bootstrap re
 from __future__ import annotations
 
 import copy
+import math
+import warnings
 
 from tpp.adapter_dir import HEAD, read_card, read_tensors, read_weights, verify_backbone
 from tpp.backbones import load_backbone
@@ -60,11 +62,13 @@ def check_adapter(cfg, load: bool = True) -> None:
     """The adapter at ``adapter.path`` loads as :func:`load_task_model` loads it: its card, its method attached to
     the backbone, its weight and head files read and checked against the card (a deleted or damaged
     ``head.safetensors`` is found by ``tpp validate``, not after the run starts). Without ``load`` (the backbone
-    does not load, or a run, which loads the adapter right after) only the card."""
+    does not load, or a run, which loads the adapter right after) its card and files, without the backbone."""
     from tpp.recipes import evaluated_card
 
     if not load:
-        evaluated_card(cfg.adapter.path)
+        card = evaluated_card(cfg.adapter.path)
+        read_weights(cfg.adapter.path, card)  # the files, backbone-free: a run loads them right after
+        check_head(card, read_tensors(cfg.adapter.path, HEAD), cfg.adapter.path)
         return
     load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
 
@@ -113,6 +117,7 @@ def run(cfg, run) -> dict:
     pred = predict(accelerator, model, ModelInputs.for_backbone(split.images, info), cfg.train.eval_batch_size,
                    lambda logits: task.predictions(logits, card["task"], size), cfg.data.num_workers)
     result = task.metrics(pred, targets, dataset, cfg.seed)
+    warn_undefined(result, task.main_metric, cfg.data.split, dataset)
     note = task.decision_line()
     shift = corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targets, size, info, run)
     metrics = {cfg.data.split: result, **({"corruption": shift} if shift else {}),
@@ -125,6 +130,15 @@ def run(cfg, run) -> dict:
     publish_predictions(run, split_rows(task, cfg.data.split, split, None, pred, targets, list(dataset.class_names)))
     run.publish_json("metrics.json", metrics)
     return metrics
+
+
+def warn_undefined(result: dict, metric: str, split: str, dataset) -> None:
+    """A main metric that is undefined on the evaluated split (AUROC without an image of some class) is written as
+    null; say so, naming the split, rather than leave a bare null in metrics.json."""
+    value = result.get(metric)
+    if isinstance(value, float) and math.isnan(value):
+        warnings.warn(f"dataset '{dataset.name}': {metric} on the {split} split ({len(dataset.split(split))} images) "
+                      "is undefined and written as null (classification: a class has no image there).", stacklevel=2)
 
 
 def corruption_plan(cfg) -> tuple[str, list[str], list[int]] | None:

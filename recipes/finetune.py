@@ -22,7 +22,7 @@ from tpp.backbones import load_backbone
 from tpp.builders import (attach_target_parameters, check_leakage, check_parent_modality, input_rule,
                           record_skipped)
 from tpp.data.build import load_data
-from tpp.errors import TppError
+from tpp.errors import ConfigError, TppError, TppProblems
 from tpp.data.stream import ModelInputs, stream_loader
 from tpp.label_mapping import prepare_output_mapping
 from tpp.data.subsets import label_fraction_index, selection_rule, val_fraction_used, val_subset_index
@@ -35,7 +35,34 @@ from tpp.training import (build_accelerator, checkpointer, make_optimizer, make_
 
 def check(cfg) -> None:
     """What this recipe needs of the config alone (``tpp validate`` runs it too)."""
-    get_task(cfg.task).check_config(cfg)
+    task = get_task(cfg.task)
+    task.check_config(cfg)
+    if configured_frame(cfg) and not takes_frame(task.augment):
+        where = (f"the parent adapter '{cfg.adapter.init_from}' has one (use a parent without it)"
+                 if cfg.adapter.init_from else "use adapter.mode=full (composed: adapter.visual_prompt.mode=full)")
+        raise ConfigError(f"task {task.name} cannot train with a padding visual prompt: its augment() takes no frame, "
+                          f"so it would move the prompt's border with the image; {where}, or give the task's "
+                          "augment a frame keyword.")
+
+
+def configured_frame(cfg) -> int:
+    """The input frame (px) the run's method will keep: a padding visual prompt's, configured or inherited from
+    ``adapter.init_from`` (an unreadable parent counts as none: ``tpp validate`` reports it)."""
+    from tpp.adapters.visual_prompt import declared_frame
+
+    if cfg.adapter.init_from:
+        try:
+            card = read_card(cfg.adapter.init_from)
+            return declared_frame(card["method"], card["options"])
+        except TppError:
+            return 0
+    return declared_frame(cfg.adapter.method, cfg.adapter.resolved_options())
+
+
+def takes_frame(augment) -> bool:
+    """Whether a task's ``augment`` accepts ``frame=`` (by name or ``**kwargs``)."""
+    parameters = inspect.signature(augment).parameters.values()
+    return any(p.name == "frame" or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def check_data(cfg, dataset) -> dict:
@@ -67,8 +94,7 @@ def check_data(cfg, dataset) -> dict:
     if cfg.adapter.init_from:
         attempt(lambda: check_parent(cfg, dataset))
     if problems:
-        raise TppError(problems[0] if len(problems) == 1 else
-                       f"{len(problems)} problems with the data:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise TppProblems(problems, "problems with the data")
     return used
 
 
@@ -133,11 +159,6 @@ def run(cfg, run) -> dict:
     loader = stream_loader(x_train, y_train, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed,
                            num_workers=cfg.data.num_workers)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    if info.frame and "frame" not in inspect.signature(task.augment).parameters:
-        raise TppError(f"task {task.name} cannot train with a padding visual prompt: its augment() takes no frame, "
-                       "so it would move the prompt's border with the image. Use adapter.mode=full (composed: "
-                       "adapter.visual_prompt.mode=full), or give the task's augment a frame keyword.")
 
     def loss_fn(model, batch):
         images, y = task.augment(*batch, options, cfg.data.hflip, **({"frame": info.frame} if info.frame else {}))

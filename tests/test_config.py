@@ -465,8 +465,6 @@ def test_options_that_act_are_not_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for overrides in (["adapter.method=movl", "adapter.discrepancy=cosine"],  # movl's weight is 0.1
-                          ["adapter.method=visual_prompt", "adapter.discrepancy=cosine",  # the parent's weight
-                           "adapter.init_from=runs/tpp/adapter"],
                           ["adapter.method=visual_prompt", "adapter.mode=pad", "adapter.pad=8"],
                           ["classification.output_mapping=rlm", "classification.source_head=classifier"]):
             load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", overrides)

@@ -186,3 +186,12 @@ def test_a_task_whose_augment_takes_no_frame_refuses_a_padding_prompt(toy_task, 
                                 "adapter.method=visual_prompt", "adapter.input_size=28", "train.max_steps=2"))
     err = capsys.readouterr().err
     assert code == 2 and "task toy_score cannot train with a padding visual prompt" in err and "Traceback" not in err
+    assert not (tmp_path / "vp").exists()  # refused with the config, before the run directory
+
+
+def test_an_augment_taking_keyword_arguments_takes_the_frame():
+    from tpp.recipes.finetune import takes_frame
+
+    assert takes_frame(lambda images, targets, options, hflip, **extra: None)
+    assert takes_frame(lambda images, targets, options, hflip, frame=0: None)
+    assert not takes_frame(lambda images, targets, options, hflip: None)

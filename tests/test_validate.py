@@ -1,11 +1,15 @@
 """`tpp validate` checks what can be checked before a run starts: the backbone resolves, the data root and
 files exist, the modality is set where the source needs it, the adapter directories named exist; every
 problem at once, as one message."""
+import json
+
 import numpy as np
 import pytest
 from conftest import make_image_folder, make_medmnist
 
 from tpp.cli import main
+from tpp.config import load_config
+from tpp.recipes import find_config
 
 TPP = "breast_us/mae_vit_tiny_lora_tpp.yaml"
 FINETUNE = "breast_us/mae_vit_tiny_lora_finetune.yaml"
@@ -192,7 +196,7 @@ def test_what_the_run_checks_of_its_loaded_data_validate_checks_too(tiny_mae, da
     assert code == 0, text
     make_medmnist(data_root, "pneumoniamnist", n=(8, 0, 4))  # and no validation images: both problems at once
     code, text = validate(capsys, FINETUNE, *child, "adapter.require_same_modality=true")
-    assert code == 2 and "2 problems with the data" in text and "the 'val' split is empty" in text
+    assert code == 2 and text.count("\n  - ") == 2 and "the 'val' split is empty" in text  # listed one by one
     assert "(adapter.require_same_modality=true)" in text
 
 
@@ -232,6 +236,9 @@ def test_evaluate_is_validated_on_data_loaded_at_the_adapters_input_size(tiny_ma
     code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", *data,
                           f"adapter.path={out / 'adapter'}")
     assert code == 2 and "head.safetensors' is not a readable safetensors file" in text, text
+    code = main(["run", "evaluate", "--config", FINETUNE, f"backbone.path={tiny_mae}", *data, "--overwrite",
+                 f"adapter.path={out / 'adapter'}", f"output_dir={tmp_path / 'eval'}"])
+    assert code == 2 and (tmp_path / "eval" / "metrics.json").is_file()  # refused before --overwrite cleared it
     (out / "adapter" / "head.safetensors").unlink()
     code, text = validate(capsys, FINETUNE, "recipe=evaluate", f"backbone.path={tiny_mae}", *data,
                           f"adapter.path={out / 'adapter'}")
@@ -276,3 +283,25 @@ def test_a_split_without_one_class_is_warned_about_before_training(tiny_mae, tmp
     with pytest.warns(UserWarning, match="the val split"):
         assert main(["run", "finetune", "--config", FINETUNE, f"backbone.path={tiny_mae}", f"data.root={root}",
                      "train.max_steps=1", f"output_dir={tmp_path / 'run'}"]) == 0
+    arrays["test_labels"] = np.ones_like(arrays["test_labels"])  # evaluate a test split of one class
+    np.savez(root / "breastmnist.npz", **arrays)
+    with pytest.warns(UserWarning, match=r"auroc on the test split \(20 images\) is undefined and written as null"):
+        assert main(["run", "evaluate", "--config", FINETUNE, f"backbone.path={tiny_mae}", f"data.root={root}",
+                     f"adapter.path={tmp_path / 'run' / 'adapter'}", f"output_dir={tmp_path / 'eval'}"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test"]["auroc"] is None
+
+
+def test_an_option_the_parent_makes_act_is_not_warned_about(tiny_mae, data_root, tmp_path):
+    """With adapter.init_from the parent's options apply (its discrepancy weight), not the method's defaults."""
+    import warnings
+
+    parent = tmp_path / "tpp"
+    assert main(["run", "tpp", "--config", TPP, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                 "adapter.method=visual_prompt", "adapter.input_size=28", "adapter.discrepancy_weight=0.5",
+                 "train.max_steps=1", f"output_dir={parent}"]) == 0
+    child = [f"adapter.init_from={parent / 'adapter'}", "adapter.method=visual_prompt", "adapter.discrepancy=cosine"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(find_config(FINETUNE), child)  # the parent's weight 0.5: the form acts
+    with pytest.warns(UserWarning, match="adapter.discrepancy=cosine is ignored: adapter.discrepancy_weight is 0"):
+        load_config(find_config(FINETUNE), [*child, "adapter.discrepancy_weight=0"])

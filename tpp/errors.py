@@ -5,6 +5,15 @@ class TppError(Exception):
     """An error caused by user input (config, data, paths). The CLI prints it without a traceback."""
 
 
+class TppProblems(TppError):
+    """Several independent problems found together: ``problems`` lists them, the message shows them all."""
+
+    def __init__(self, problems: list[str], what: str = "problems"):
+        self.problems = list(problems)
+        super().__init__(self.problems[0] if len(self.problems) == 1 else
+                         f"{len(self.problems)} {what}:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
 class ConfigError(TppError):
     """A config key is unknown, has the wrong type, or holds an invalid value."""
 

@@ -174,8 +174,8 @@ def ignored_options(cfg: RunConfig) -> list[str]:
     if getattr(task, "output_mapping", None) == "probe" and getattr(task, "source_head", None) is not None:
         found.append(f"{cfg.task}.source_head={task.source_head!r} is ignored with {cfg.task}.output_mapping=probe "
                      "(it picks the source classifier of rlm / flm / ilm).")
-    inherited = bool(cfg.adapter.init_from)  # the parent's options apply, not the file's or the defaults
-    for key, given, defaults in [] if inherited else _prompt_parts(cfg.adapter.method, cfg.adapter.options):
+    method, options = _effective_adapter(cfg)
+    for key, given, defaults in _prompt_parts(method, options):
         mode, weight = given.get("mode", defaults.mode), given.get("discrepancy_weight", defaults.discrepancy_weight)
         if mode == "full" and given.get("pad", defaults.pad) != defaults.pad:
             found.append(f"{key}.pad={given['pad']} is ignored with {key}.mode=full (the prompt covers the whole "
@@ -187,6 +187,23 @@ def ignored_options(cfg: RunConfig) -> list[str]:
         found.append(f"evaluate.corruption_preset={shift.corruption_preset!r} is ignored without evaluate.corruption "
                      "(set evaluate.corruption=all, or one corruption).")
     return found
+
+
+def _effective_adapter(cfg) -> tuple[str, dict]:
+    """The method and the options the run will use: the config's, or with ``adapter.init_from`` the parent's
+    merged with them (:func:`tpp.builders.inherit`; an unreadable or conflicting parent: the config's, since
+    validation reports the parent)."""
+    if cfg.adapter.init_from:
+        from tpp.adapter_dir import read_card
+        from tpp.builders import inherit
+        from tpp.errors import TppError
+
+        try:
+            method, options, _ = inherit(cfg.adapter, read_card(cfg.adapter.init_from))
+            return method, options
+        except TppError:
+            pass
+    return cfg.adapter.method, cfg.adapter.options
 
 
 def _prompt_parts(method: str, options: dict) -> list[tuple[str, dict, object]]:

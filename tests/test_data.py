@@ -198,7 +198,7 @@ def test_float_labels_holding_whole_numbers_are_accepted(tmp_path):
 def test_zero_byte_empty_and_npy_files_are_errors_naming_the_file(tmp_path):
     path = tmp_path / "breastmnist.npz"
     path.write_bytes(b"")
-    with pytest.raises(TppError, match=r"breastmnist\.npz' is not a readable \.npz file"):
+    with pytest.raises(TppError, match=r"breastmnist\.npz' is an empty file, not an \.npz archive"):
         load_medmnist("breastmnist", str(tmp_path))
     np.savez(path)
     with pytest.raises(TppError, match=r"breastmnist\.npz' is an empty \.npz archive"):

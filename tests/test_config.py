@@ -171,6 +171,7 @@ def test_a_method_that_stays_a_part_keeps_the_files_options(tmp_path):
     both = tmp_path / "both.yaml"
     both.write_text("adapter:\n  method: [visual_prompt, lora]\n  lora: {r: 3}\n  visual_prompt: {pad: 2}\n")
     assert load_config(both, ["adapter.method=lora"]).adapter.options == {"r": 3}  # the part, flat
+    assert load_config(both, ["adapter.method=visual_prompt + lora"]).adapter.method == "visual_prompt+lora"
     assert load_config(both, ["adapter.method=visual_prompt+lora"]).adapter.options["visual_prompt"]["pad"] == 2
     swapped = load_config(both, ["adapter.method=[vpt, lora]"]).adapter.options
     assert swapped["lora"]["r"] == 3 and "visual_prompt" not in swapped

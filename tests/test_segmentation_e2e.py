@@ -261,3 +261,7 @@ def test_a_padding_prompt_segments_the_image_inside_its_frame(tmp_path):
                     lambda: load_task_model(str(forged), str(shared_backbone()))):
         with pytest.raises(TppError, match="task.decoder must be an object"):
             attempt()
+    card["task"]["decoder"] = {}  # an empty spec: refused at publish, not a KeyError at the first load
+    (forged / "tpp_card.json").write_text(json.dumps(card))
+    with pytest.raises(TppError, match="task.decoder.channels must be a list"):
+        store.publish(forged, tmp_path / "forged_store", "s")

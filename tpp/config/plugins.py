@@ -23,8 +23,10 @@ def _with_options(data: dict, section_name: str, problems: list[str]) -> dict:
     common_cls, key, get = ((AdapterConfig, "method", get_method) if section_name == "adapter"
                             else (PretextConfig, "name", get_pretext))
     section = _section(data, section_name)
-    if section_name == "adapter" and isinstance(section.get(key), list):  # composed: [a, b] -> "a+b"
-        section[key] = "+".join(map(str, section[key]))
+    if section_name == "adapter" and isinstance(section.get(key), (list, str)):  # [a, b], "a + b" -> "a+b"
+        from tpp.adapters.compose import canonical
+
+        section[key] = canonical(section[key]) if section[key] else ""
     chosen = section.get(key, getattr(common_cls, key))
     options_cls = get(chosen).options_cls
     if section_name == "pretext":

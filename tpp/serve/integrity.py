@@ -96,7 +96,7 @@ def check_input_rule(card: dict, source: str) -> None:
             problems.append(str(exc).removeprefix("input."))
     problems += task_of_card(card).check_entry(task)  # e.g. a sane mask size
     if problems:
-        raise TppError(f"'{source}/{CARD}': the input rule is malformed: {'; '.join(problems)}.")
+        raise TppError(f"'{source}/{CARD}': the input rule or task entry is malformed: {'; '.join(problems)}.")
 
 
 def adapter_method(card: dict, source: str):

@@ -158,7 +158,15 @@ class Segmentation(Task):
             problems.append(f"task.mask_size must be two integers in 1..{MAX_MASK_SIDE}")
         if not isinstance(decoder, dict):
             problems.append("task.decoder must be an object (the decoder's spec)")
-        elif not _whole(decoder.get("frame", 0)):
+            return problems
+        channels = decoder.get("channels")
+        if not (isinstance(channels, list) and channels and all(_whole(c) and c > 0 for c in channels)):
+            problems.append("task.decoder.channels must be a list of positive integers")
+        if not isinstance(decoder.get("pixel_skip"), bool):
+            problems.append("task.decoder.pixel_skip must be true or false")
+        if not (_whole(decoder.get("num_classes")) and decoder["num_classes"] >= 2):
+            problems.append("task.decoder.num_classes must be an integer of at least 2")
+        if not _whole(decoder.get("frame", 0)):
             problems.append("task.decoder.frame must be a whole number of pixels, 0 or more")
         return problems
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -235,8 +236,14 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
             run.log(event="failed", error=error)
         except Exception:
             pass
+        try:
+            note = run.restore_overwritten()  # --overwrite deletes the previous run only once this one succeeds
+        except OSError as restore_error:
+            note = f"the previous contents could not be put back ({restore_error})"
+        if note:
+            print(f"[tpp] {note}", file=sys.stderr, flush=True)
         raise
-    run.status("succeeded")
+    run.succeeded()
     return summary, run.path
 
 

@@ -315,3 +315,31 @@ def test_wall_time_counts_from_the_start_of_the_command(tiny_mae, data_root, tmp
     printed = capsys.readouterr().out
     seconds = float(printed.split("evaluate finished in ", 1)[1].split("s", 1)[0])
     assert seconds >= 1 and abs(seconds - metrics["wall_time_s"]) <= 1
+
+
+def test_overwrite_deletes_the_previous_run_only_once_the_new_one_succeeds(tiny_mae, tmp_path, capsys):
+    """A run with --overwrite that fails (here on a positive class the data lacks, found once it is loaded) used to
+    leave the previous run's metrics deleted."""
+    root = make_medmnist(tmp_path / "data")
+    out = tmp_path / "run"
+    assert finetune(tiny_mae, root, out) == 0
+    metrics = (out / "metrics.json").read_text()
+    code = run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, root, out, "train.max_steps=2", *FAST,
+                                "classification.positive_class=cancer", "--overwrite"))
+    assert code == 2 and "the previous contents of" in capsys.readouterr().err
+    assert (out / "metrics.json").read_text() == metrics and json.loads((out / "status.json").read_text())[
+        "status"] == "succeeded"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]  # nothing set aside is left behind
+    assert finetune(tiny_mae, root, out, "seed=1", "--overwrite") == 0
+    assert (out / "metrics.json").read_text() != metrics and sorted(p.name for p in tmp_path.iterdir()) == [
+        "data", "run"]
+
+
+def test_a_failed_overwrite_that_left_checkpoints_keeps_both(tmp_path):
+    out = run_folder(tmp_path / "out", "succeeded")
+    run = RunDir(out, overwrite=True)
+    (out / "checkpoints" / "step-2").mkdir(parents=True)  # the new run got far enough to resume
+    note = run.restore_overwritten()
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".out.overwritten-")]
+    assert len(aside) == 1 and str(aside[0]) in note and (aside[0] / "status.json").is_file()
+    assert (out / "checkpoints" / "step-2").is_dir()

@@ -104,6 +104,7 @@ class RunDir:
         self.path = Path(path)
         self.main = main
         self.started = time.time() if started is None else started
+        self.set_aside: Path | None = None  # --overwrite: the previous contents, until this run succeeds
         if not main:
             return
         if self.path.exists() and not self.path.is_dir():
@@ -122,8 +123,12 @@ class RunDir:
                 if not overwrite and not (state["status"] == "failed" and not state["checkpoints"]
                                           and only_run_files(self.path)):
                     raise TppError(not_empty_message(self.path, state))
-                replaced = None if overwrite else state
-                shutil.rmtree(self.path)
+                if overwrite:
+                    self.set_aside = self.path.parent / f".{self.path.name}.overwritten-{os.getpid()}"
+                    os.replace(self.path, self.set_aside)
+                else:
+                    replaced = state
+                    shutil.rmtree(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # a file in the path, no permission (/proc ...), read-only disk
             at = f" (at '{exc.filename}')" if exc.filename and str(exc.filename) != str(self.path) else ""
@@ -134,6 +139,27 @@ class RunDir:
             print(f"[tpp] replacing the failed run in '{self.path}' (it had no checkpoint; it failed with: "
                   f"{replaced['error'] or 'no error recorded'})", file=sys.stderr, flush=True)
             self.log(event="replaced_failed_run", error=replaced["error"])
+
+    def succeeded(self) -> None:
+        """Mark the run succeeded; what ``--overwrite`` set aside is deleted now."""
+        self.status("succeeded")
+        if self.set_aside is not None:
+            shutil.rmtree(self.set_aside, ignore_errors=True)
+            self.set_aside = None
+
+    def restore_overwritten(self) -> str | None:
+        """After a failure: put back what ``--overwrite`` set aside, unless this run left checkpoints to resume
+        (then both stay, the previous contents beside it). Returns a sentence for the user (None: nothing set
+        aside)."""
+        aside, self.set_aside = self.set_aside, None
+        if aside is None:
+            return None
+        if run_state(self.path)["checkpoints"]:
+            return (f"the previous contents of '{self.path}' are kept in '{aside}' (this run left checkpoints to "
+                    "resume with train.resume=auto)")
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.replace(aside, self.path)
+        return f"--overwrite replaced nothing: the previous contents of '{self.path}' are back in place"
 
     def write_config(self, config: dict) -> None:
         if self.main:

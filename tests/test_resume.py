@@ -322,3 +322,15 @@ def test_rotation_deletes_only_checkpoints_and_a_renamed_step_is_refused(tmp_pat
     (tmp_path / "checkpoints" / "step-9").symlink_to(tmp_path / "checkpoints" / "step-3")
     with pytest.raises(TppError, match="holds step 3, not the step its name says"):
         Checkpointer(tmp_path, every=1, resume="auto").load()
+
+
+def test_the_first_step_of_an_extended_run_trains_at_the_new_curves_rate(tiny_mae, reference, tmp_path):
+    """The optimizer's saved rate was the finished schedule's last (0 at the end of the cosine), so the first step
+    after extending train.max_steps did not change a weight (found by a README walkthrough)."""
+    root, _ = reference
+    out = tmp_path / "run"
+    every = ["train.checkpoint_every=1", "train.keep_checkpoints=10", "train.select_best=false"]
+    assert run_cli(*args(tiny_mae, root, out, *every, "train.max_steps=2")) == 0
+    assert run_cli(*args(tiny_mae, root, out, *every, "train.max_steps=3", "train.resume=auto")) == 0
+    before, after = (load_file(out / "checkpoints" / f"step-{n}" / "trainable.safetensors") for n in (2, 3))
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -216,3 +216,17 @@ class applying:
         raise TppError(f"checkpoint '{self.source}' does not fit this run, or is damaged ({kind.__name__}: "
                        f"{str(exc)[:200]}); resume from another checkpoint (train.resume=PATH) or start over "
                        "(--overwrite).") from None
+
+
+def resync_learning_rate(optimizer, scheduler) -> None:
+    """After loading a checkpoint: each group's learning rate from this run's schedule at the checkpoint's step.
+    The optimizer's saved rate is the one the checkpointed schedule set for the next step; a run extended by
+    ``train.max_steps`` follows a re-planned curve (at the old end the saved rate is 0, so the first new step
+    would not train). For an unchanged schedule both are the same."""
+    inner = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps it
+    rules = getattr(inner, "lr_lambdas", None)
+    if rules is None:
+        return
+    for group, base, rule in zip(optimizer.param_groups, inner.base_lrs, rules):
+        group["lr"] = base * rule(inner.last_epoch)
+    inner._last_lr = [group["lr"] for group in optimizer.param_groups]

@@ -165,7 +165,7 @@ def load_state(checkpoints, root: nn.Module, schedule, units, batches, num_steps
     """Restore what :func:`save_state` wrote, once its state and tensors are checked (anything that does not fit
     is a TppError naming the checkpoint; ``draws_per_cycle``: the most batches one task can take in a cycle);
     returns (first step to run, loss history)."""
-    from tpp.checkpoint import applying, check_state, restore_tensors, set_rng_state
+    from tpp.checkpoint import applying, check_state, restore_tensors, resync_learning_rate, set_rng_state
 
     trainable, _, extra, state = checkpoints.load()
     source = checkpoints.resume_from
@@ -193,9 +193,11 @@ def load_state(checkpoints, root: nn.Module, schedule, units, batches, num_steps
             saved = heads[unit.name]
             unit.optimizer.load_state_dict(saved["optimizer"])
             unit.scheduler.load_state_dict(saved["scheduler"])
+            resync_learning_rate(unit.optimizer, unit.scheduler)
             unit.steps = int(saved["steps"])
         schedule.optimizer.load_state_dict(state["optimizer"])
         schedule.scheduler.load_state_dict(state["scheduler"])
+        resync_learning_rate(schedule.optimizer, schedule.scheduler)
         schedule.shared_steps = state["step"]
         for b, consumed in zip(batches, state["batches"]):
             b.skip(consumed)

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
-from tpp.checkpoint import (Checkpointer, applying, check_state, check_tensors, restore_tensors, rng_state,
-                            set_rng_state)
+from tpp.checkpoint import (Checkpointer, applying, check_state, check_tensors, resync_learning_rate, restore_tensors,
+                            rng_state, set_rng_state)
 from tpp.devices import describe as describe_device
 from tpp.devices import resolve as resolve_device
 from tpp.errors import TppError
@@ -412,6 +412,7 @@ def resume(checkpoints: Checkpointer, accelerator, model, optimizer, scheduler, 
         load_loop_state(unwrapped, extra)  # e.g. the ILM mapping, its step counter and history
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        resync_learning_rate(optimizer, scheduler)
         batches.skip(state["batches"])
         set_rng_state(state["rng"])
         result.losses = [(int(step), float(loss)) for step, loss in state["losses"]]

@@ -188,8 +188,9 @@ def test_load_takes_the_backbone_its_card_names_or_says_to_pass_it(world, tmp_pa
     with pytest.raises(TppError, match="was trained on backbone") as wrong:
         tpp.load(moved, backbone=other)
     assert "tpp-load-" not in str(wrong.value) and str(moved) in str(wrong.value)  # named as given, not the copy
-    with pytest.raises(TppError, match="does not load on backbone"):
+    with pytest.raises(TppError, match="does not load on backbone") as refused:
         tpp.AdapterStore(tmp_path / "store").publish(moved, "site_a", backbone=other)
+    assert "check@" not in str(refused.value) and f"adapter '{moved}' was trained" in str(refused.value)
     assert not (tmp_path / "store").exists()  # refused before anything was written
 
 

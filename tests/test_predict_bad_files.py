@@ -28,7 +28,8 @@ def rows(path) -> list[dict]:
 
 
 def pacs_folder(world, folder):
-    """Two PNGs, a truncated PNG, an extensionless DICOM (and the same file as .dcm), a text file, a hidden file."""
+    """Two PNGs, a truncated PNG, an extensionless DICOM (and the same file as .dcm), a stray binary file, a
+    manifest (a document: left out, as training leaves it out), a hidden file."""
     (folder / "sub").mkdir(parents=True)
     good = png_bytes(world["images"][0])
     (folder / "a.png").write_bytes(good)
@@ -37,7 +38,8 @@ def pacs_folder(world, folder):
     scan = dicom_bytes((np.arange(28 * 28).reshape(28, 28) * 50) % 4000)
     (folder / "sub" / "IM00001").write_bytes(scan)
     (folder / "sub" / "IM00001.dcm").write_bytes(scan)
-    (folder / "notes.txt").write_text("not an image")
+    (folder / "stray.bin").write_bytes(b"\0not an image")
+    (folder / "manifest.csv").write_text("image,patient\na.png,p1\n")
     (folder / ".DS_Store").write_bytes(b"\0\1")
 
 
@@ -51,13 +53,13 @@ def test_skip_predicts_every_good_file_finds_pacs_dicom_and_lists_the_rest(world
     no_suffix, dcm = got[str(folder / "sub/IM00001")], got[str(folder / "sub/IM00001.dcm")]
     assert no_suffix["prob_malignant"] == dcm["prob_malignant"]  # read as DICOM, by its preamble
     skipped = {r["image"]: r for r in rows(tmp_path / "preds_skipped.csv")}
-    assert sorted(skipped) == [str(folder / "broken.png"), str(folder / "notes.txt")]
+    assert sorted(skipped) == [str(folder / "broken.png"), str(folder / "stray.bin")]
     assert "broken.png" in skipped[str(folder / "broken.png")]["reason"]
     assert all(r["site"] == "site_a" and r["reason"] for r in skipped.values())
     assert "2 input(s) skipped" in capsys.readouterr().err
 
     (folder / "broken.png").unlink()
-    (folder / "notes.txt").unlink()
+    (folder / "stray.bin").unlink()
     assert predict(world, "--site", "site_a", folder, "--out", out) == 0
     assert len(rows(out)) == 4 and not (tmp_path / "preds_skipped.csv").exists()  # no stale list of other inputs
 
@@ -65,15 +67,17 @@ def test_skip_predicts_every_good_file_finds_pacs_dicom_and_lists_the_rest(world
 def test_fail_stops_at_the_first_bad_file_and_writes_nothing(world, tmp_path, capsys):
     folder = tmp_path / "scans"
     pacs_folder(world, folder)
-    (folder / "notes.txt").unlink()
+    (folder / "stray.bin").unlink()
     out = tmp_path / "preds.csv"
     assert predict(world, "--site", "site_a", folder, "--out", out, "--on-bad-file", "fail") == 2
     err = capsys.readouterr().err
     assert "broken.png" in err and "--on-bad-file skip" in err and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "preds_skipped.csv").exists()
-    (folder / "notes.txt").write_text("x")  # with fail, a stray file of a folder is an error too
+    (folder / "broken.png").unlink()  # the manifest alone does not stop it
+    assert predict(world, "--site", "site_a", folder, "--out", out, "--on-bad-file", "fail") == 0
+    (folder / "stray.bin").write_bytes(b"x")  # with fail, a stray file of a folder is an error too
     assert predict(world, "--site", "site_a", folder, "--out", out, "--on-bad-file", "fail") == 2
-    assert "notes.txt" in capsys.readouterr().err
+    assert "stray.bin" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content", [None, "readme.txt"])
@@ -93,7 +97,8 @@ def test_nothing_readable_is_an_error_with_the_list_and_a_site_map_gap_is_skippe
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     out = tmp_path / "p.csv"
     assert predict(world, "--site", "site_a", tmp_path / "bad.png", "--out", out) == 2
-    assert "none of the 1 inputs could be predicted" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "none of the 1 inputs could be predicted" in err and f"'{tmp_path / 'bad.png'}': " in err  # why, too
     assert not out.exists() and rows(tmp_path / "p_skipped.csv")[0]["image"] == str(tmp_path / "bad.png")
     out.write_text("image,site\nan_earlier_batch.png,site_a\n")  # another batch's predictions at --out
     assert predict(world, "--site", "site_a", tmp_path / "bad.png", "--out", out) == 2

@@ -270,7 +270,8 @@ def verify_backbone(card: dict, backbone: BackboneInfo, source: str) -> None:
         raise TppError(
             f"adapter '{source}' was trained on backbone '{card.get('backbone', {}).get('id')}' "
             f"(hash {str(expected)[:12]}), but the loaded backbone '{backbone.id}' has hash {backbone.hash[:12]}. "
-            "Load the adapter with the backbone it was trained on (backbone.path).")
+            "Load the adapter with the backbone it was trained on (backbone.path in a config, --backbone on the "
+            "command line, backbone= in Python).")
 
 
 def parent_summary(card: dict, path: str | Path) -> dict:

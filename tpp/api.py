@@ -365,7 +365,7 @@ def read_image(item, index: int = 0, **options):
                            "images as a list: model.predict(list(images)).")
         buffer = io.BytesIO()
         np.save(buffer, item, allow_pickle=False)
-        return readers.decode(buffer.getvalue(), f"{name}.npy", **options)
+        return readers.decode(buffer.getvalue(), name, **options)  # recognised as .npy by its magic bytes
     except readers.ImageError as exc:
         raise TppError(str(exc)) from None
 
@@ -449,8 +449,8 @@ def check_loads(source, backbone: str) -> None:
         with quiet():
             reason = open_bank(backbone, tmp, 1).check_store()["check"]
     if reason:
-        reason = reason.replace(f"{tmp}/check/", "")
-        raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason}")
+        raise TppError(f"'{source}' does not load on backbone '{backbone}': "
+                       f"{adapter_store.as_source(reason, tmp, 'check', str(source))}")
 
 
 # -- in-context prediction -------------------------------------------------------------------------------------

@@ -341,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `tpp validate --keys | head`: the reader left; no error to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's flush at exit must not fail too
+        return 0
     except OSError as exc:  # the environment refused (disk full, no permission, a file in a path): one paragraph
         if args.debug:
             raise

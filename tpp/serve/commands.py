@@ -26,7 +26,7 @@ def add_deploy_commands(add) -> None:
     ad = add("adapters", "manage an adapter store: publish, ls, check; push / pull a version to / from a "
                          "Hugging Face Hub model repo")
     ad.epilog += HUB_EXAMPLES
-    ad.add_argument("action", choices=["publish", "ls", "check", "push", "pull"])
+    ad.add_argument("action", choices=["publish", "ls", "list", "check", "push", "pull"])  # list: ls, as context has
     ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check / push: STORE; "
                                              "pull: OWNER/NAME[@REVISION] STORE")
     ad.add_argument("--site", help="site name (publish, push, pull)")
@@ -128,7 +128,7 @@ def cmd_adapters(args) -> int:
         return 0
     if len(args.paths) != 1:
         raise TppError(f"usage: tpp adapters {args.action} STORE [--backbone B]")
-    if args.action == "ls":
+    if args.action in ("ls", "list"):
         rows = store.listing(args.paths[0], _backbone_hash(args.backbone) if args.backbone else None)
         if not rows:
             print(f"no sites published in {args.paths[0]}")

@@ -30,7 +30,7 @@ def add_context_options(pr) -> None:
 def add_context_command(add) -> None:
     cx = add("context", "context sets for in-context prediction: publish to a store (content-hashed, with a card), "
                         "list, check")
-    cx.add_argument("action", choices=["publish", "list", "check"])
+    cx.add_argument("action", choices=["publish", "list", "ls", "check"])  # ls: list, as adapters has
     cx.add_argument("paths", nargs="+", help="publish: STORE DIR_OR_CSV; list / check: STORE")
     cx.add_argument("--site", help="publish: the name the set is served under")
     cx.add_argument("--backbone", help="publish: the backbone recorded in the card (default builtin:mae-vit-tiny-med); "
@@ -60,7 +60,7 @@ def cmd_context(args) -> int:
     if not Path(args.paths[0]).is_dir():
         raise TppError(f"store '{args.paths[0]}' does not exist (or is not a folder): check the path; "
                        "`tpp context publish STORE --site S CONTEXT` creates one.")
-    if args.action == "list":
+    if args.action in ("list", "ls"):
         rows = contexts.listing(args.paths[0])
         if not rows:
             print(f"no context sets published in {args.paths[0]}")

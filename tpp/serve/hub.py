@@ -205,7 +205,7 @@ def dry_load(files: dict[str, bytes], backbone: str, source: str) -> None:
         adapter_store.publish(folder, Path(tmp) / "store", "check")
         reason = AdapterBank(backbone, str(Path(tmp) / "store"), max_resident=1).check_store()["check"]
     if reason:
-        reason = reason.replace(f"{tmp}/store/check/", "")
+        reason = adapter_store.as_source(reason, f"{tmp}/store", "check", source)
         raise TppError(f"'{source}' does not load on backbone '{backbone}': {reason} Refused: nothing was pushed.")
 
 

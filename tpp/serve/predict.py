@@ -35,6 +35,10 @@ class Skipped:
     reason: str
 
 
+DOCUMENT_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".json", ".xml", ".md", ".pdf", ".log", ".yaml", ".yml",
+                               ".html", ".htm"})  # a folder's manifests and notes: no images, and not bad ones
+
+
 def _is_image(path: Path) -> bool:
     """By suffix, else by content: extensionless DICOM (PACS style ``IM00001``), ``.npy``, NIfTI, PNG, JPEG."""
     if path.suffix.lower() in SUFFIXES:
@@ -53,20 +57,23 @@ INPUT_COLUMNS = ("image", "site", "version")  # what was asked; never a file the
 
 def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Path]:
     """Files as given, folders expanded (recursively, sorted; as training reads folders: hidden files and
-    folders left out, linked folders followed) to the image files they hold, by suffix or by content; any
-    other file of a folder is appended to ``skipped`` (``None``: an error naming it). A folder without any
-    image file is an error naming it."""
+    folders left out, linked folders followed) to the image files they hold, by suffix or by content; documents
+    (:data:`DOCUMENT_SUFFIXES`: a manifest, notes) are left out, as training leaves them out; any other file of a
+    folder is appended to ``skipped`` (``None``: an error naming it). A folder without any image file is an error
+    naming it."""
     files = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
             entries = sorted(p for p in (Path(folder, name) for folder, name in walk_files(path)) if p.is_file())
+            documents = [p for p in entries if p.suffix.lower() in DOCUMENT_SUFFIXES]
+            entries = [p for p in entries if p.suffix.lower() not in DOCUMENT_SUFFIXES]
             kinds = [_is_image(p) for p in entries]
             found = [p for p, image in zip(entries, kinds) if image]
             others = [p for p, image in zip(entries, kinds) if not image]
             if not found:
-                seen = f" (it holds {len(others)} other file(s), e.g. '{others[0].name}')" if others else \
-                    " (it is empty)"
+                rest = others + documents
+                seen = f" (it holds {len(rest)} other file(s), e.g. '{rest[0].name}')" if rest else " (it is empty)"
                 raise TppError(f"folder '{path}' holds no image files{seen}; tpp predict reads "
                                f"{', '.join(sorted(SUFFIXES))} and DICOM files without a suffix.")
             for other in others:
@@ -238,9 +245,14 @@ def nothing_predicted(skipped: list[Skipped], out: str | Path) -> TppError:
     reason) and an earlier run's predictions there are removed (they were not of these inputs)."""
     listed = write_skipped(skipped, out)
     stale = remove_outputs(out)
+    reasons = "".join(f"\n  - '{s.image}': {s.reason}" for s in skipped[:SHOWN_REASONS])  # a few: said here too
     return TppError(f"none of the {len(skipped)} inputs could be predicted; {listed} lists each with its reason"
                     + (f" (the earlier predictions at {', '.join(map(str, stale))} were removed: they were not "
-                       "of these inputs)." if stale else "."))
+                       "of these inputs)." if stale else ".") + reasons
+                    + (f"\n  ... and {len(skipped) - SHOWN_REASONS} more" if len(skipped) > SHOWN_REASONS else ""))
+
+
+SHOWN_REASONS = 3  # inputs whose reason the error itself names
 
 
 def publish_predictions(rows: list[dict], masks: dict[str, np.ndarray], out: str, skipped: list[Skipped] | None,
@@ -254,9 +266,8 @@ def publish_predictions(rows: list[dict], masks: dict[str, np.ndarray], out: str
         print(f"{len(masks)} files (PNG; segmentation: class-index masks at each image's size) -> {folder}")
     print(f"{summary} -> {path}")
     if skipped:
-        print(f"warning: {len(skipped)} input(s) skipped (missing or not readable as images; reasons in) -> "
-              f"{skipped_path(path)}",
-              file=sys.stderr)
+        print(f"warning: {len(skipped)} input(s) skipped (missing or not readable as images); reasons in "
+              f"{skipped_path(path)}", file=sys.stderr)
     return 0
 
 

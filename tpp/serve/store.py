@@ -272,3 +272,10 @@ def check(store: str | Path, backbone_hash: str) -> list[str]:
             problems.append(f"{site}: version {sv.version} was trained on backbone {card_backbone.get('id')} "
                             f"(hash {str(card_backbone.get('hash'))[:12]}), not this one ({backbone_hash[:12]}).")
     return problems
+
+
+def as_source(reason: str, store: str | Path, site: str, source: str) -> str:
+    """A refusal from a temporary store made to dry-load one adapter, naming ``source`` (what the user gave)
+    instead of the temporary folder and the ``site@version`` it was published under there."""
+    reason = reason.replace(f"{store}/{site}/", "")
+    return re.sub(rf"{re.escape(site)}@[0-9a-f]+", source, reason)

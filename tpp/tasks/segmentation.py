@@ -144,7 +144,8 @@ class Segmentation(Task):
                 f"{summary['decoder_parameters']:,})  saved {summary['adapter_bytes'] / 1024:.0f} KiB")
 
     def split_line(self, split, result):
-        return (f"{split}: Dice {result['dice']:.3f} IoU {result['iou']:.3f} empty predictions "
+        hd95 = "n/a" if result.get("hd95") is None else f"{result['hd95']:.1f} px"
+        return (f"{split}: Dice {result['dice']:.3f} IoU {result['iou']:.3f} HD95 {hd95} empty predictions "
                 f"{result['empty_predictions']} (n={result['n']})")
 
     def compare_values(self, result):

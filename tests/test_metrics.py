@@ -28,6 +28,8 @@ def test_auroc_undefined_on_one_class_is_nan_and_written_as_null(tmp_path):
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])
     m = classification_metrics(probs, torch.tensor([1, 1, 1]))
     assert math.isnan(m["auroc"]) and m["accuracy"] == pytest.approx(2 / 3)
+    assert math.isnan(m["specificity"]) and m["sensitivity"] == pytest.approx(2 / 3)  # no negatives: undefined
+    assert math.isnan(classification_metrics(probs, torch.tensor([0, 0, 0]))["sensitivity"])
     m3 = classification_metrics(torch.softmax(torch.randn(4, 3), 1), torch.tensor([0, 0, 1, 1]), resamples=0)
     assert math.isnan(m3["auroc"])
     run = RunDir(tmp_path / "run")

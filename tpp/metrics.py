@@ -112,8 +112,9 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, threshold:
         out.update(
             accuracy=float((decided == labels).float().mean()),
             f1=float(C.binary_f1_score(called, truth)),
-            sensitivity=float(C.binary_recall(called, truth)),
-            specificity=float(C.binary_specificity(called, truth)),
+            # undefined (NaN, null in JSON) without an image of the class they divide by; torchmetrics says 0
+            sensitivity=float(C.binary_recall(called, truth)) if truth.any() else float("nan"),
+            specificity=float(C.binary_specificity(called, truth)) if not truth.all() else float("nan"),
             threshold=float(threshold), positive_class_index=int(positive),
             confusion_matrix=C.binary_confusion_matrix(decided, labels).tolist(),
             ece=float(C.binary_calibration_error(probs[:, positive].contiguous(), truth, n_bins=10)),

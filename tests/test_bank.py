@@ -29,6 +29,11 @@ def test_publish_versions_by_content_and_moves_pointer_atomically(world, tmp_pat
     assert sorted(os.listdir(second.path)) == ["README.md", "adapter_config.json", "adapter_model.safetensors",
                                                "head.safetensors", "tpp_card.json"]
     assert not [p for p in (s / "a").iterdir() if p.name.startswith(".")]  # no temp folders left
+    head = first.path / "head.safetensors"
+    head.write_bytes(head.read_bytes()[:-8] + b"\0" * 8)  # the old version damaged on disk since
+    repaired = store.publish(world["runs"]["site_a"], s, "a")  # made current again: written whole, not trusted
+    assert repaired.version == first.version and store.open_version(s, "a").version == first.version
+    assert not [p for p in (s / "a").iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize("site", ["../x", "/abs", "a/b", "..", ".hidden", "a b", "é", "", "x" * 65])

@@ -260,7 +260,12 @@ def test_outputs_never_replace_the_runs_own_files_and_damaged_inputs_are_named(r
     is written for a run whose predictions are broken."""
     run = tmp_path / "cls"
     shutil.copytree(runs / "cls", run)
+    other = tmp_path / "other"  # a run that is not compared: its predictions.csv is safe too
+    shutil.copytree(runs / "cls", other)
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    kept = (other / "predictions.csv").read_bytes()
+    assert run_cli("compare", str(run), "--csv", str(other / "predictions.csv")) == 2
+    assert "is a file of a run" in capsys.readouterr().err and (other / "predictions.csv").read_bytes() == kept
     for args in (["compare", str(run), "--csv", str(run / "metrics.json")],
                  ["compare", str(run), "--csv", str(run / "predictions.csv")],
                  ["plot", str(run), "--out", str(run / "predictions.csv")],

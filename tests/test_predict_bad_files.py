@@ -125,3 +125,15 @@ def test_only_columns_the_task_wrote_point_into_the_masks_folder(tmp_path):
     written = rows(path)
     assert written[0]["image"] == "00000_b.png" and written[0]["mask"] == "preds_masks/00000_b.png"
     assert (folder / "00000_b.png").is_file()
+
+
+def test_out_is_never_written_over_an_input(world, tmp_path, capsys):
+    (tmp_path / "scan.png").write_bytes(png_bytes(world["images"][0]))
+    mapping = tmp_path / "batch.csv"
+    mapping.write_text(f"image,site\n{tmp_path / 'scan.png'},site_a\n")
+    scan = tmp_path / "scan.png"
+    for args, says in ((["--site-map", mapping, "--out", mapping], "is one of the inputs"),
+                       (["--site", "site_a", scan, "--out", scan], "must name a .csv")):
+        assert predict(world, *args) == 2
+        assert says in capsys.readouterr().err
+    assert mapping.read_text().startswith("image,site\n") and (tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"

@@ -340,6 +340,29 @@ def test_a_failed_overwrite_that_left_checkpoints_keeps_both(tmp_path):
     run = RunDir(out, overwrite=True)
     (out / "checkpoints" / "step-2").mkdir(parents=True)  # the new run got far enough to resume
     note = run.restore_overwritten()
-    aside = [p for p in tmp_path.iterdir() if p.name.startswith(".out.overwritten-")]
+    aside = [p for p in out.iterdir() if p.name.startswith(".overwritten-")]
     assert len(aside) == 1 and str(aside[0]) in note and (aside[0] / "status.json").is_file()
     assert (out / "checkpoints" / "step-2").is_dir()
+
+
+def test_overwrite_works_in_a_folder_that_cannot_be_renamed_and_restores_on_a_failed_start(tmp_path, monkeypatch):
+    """The previous contents are set aside inside output_dir (a mount point or a linked folder cannot be renamed),
+    and a failure right after (a full disk writing status.json) puts them back before the error is raised."""
+    import tpp.rundir as rundir
+
+    target = run_folder(tmp_path / "real", "succeeded")
+    (tmp_path / "link").symlink_to(target)
+    real_status = RunDir.status
+
+    def full_disk(self, state, **extra):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rundir.RunDir, "status", full_disk)
+    with pytest.raises(OSError):
+        RunDir(tmp_path / "link", overwrite=True)
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in target.iterdir()) == ["config.yaml",
+                                                                                            "status.json"]
+    monkeypatch.setattr(rundir.RunDir, "status", real_status)
+    run = RunDir(tmp_path / "link", overwrite=True)
+    run.succeeded()
+    assert (tmp_path / "link").is_symlink() and sorted(p.name for p in target.iterdir()) == ["status.json"]

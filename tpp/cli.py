@@ -55,7 +55,7 @@ Relative paths in the config (relative to its folder) are written into the copy 
   tpp predict --backbone B --context context/ scans/ --out p.csv          # in-context: no adapter, no training
   tpp predict --backbone B --context ctx.csv --method knn scans/ --out p.csv   # CSV: image,label or image,mask""",
     "context": """examples:
-  tpp context publish STORE --site new_task context/ --backbone builtin:mae-vit-tiny-med   # content-hashed, a card
+  tpp context publish STORE context/ --site new_task --backbone builtin:mae-vit-tiny-med   # content-hashed, a card
   tpp context list STORE
   tpp context check STORE --backbone builtin:mae-vit-tiny-med   # every set verified as tpp serve would
 A context folder holds class sub-folders (DIR/<class>/<image>) or images/ + masks/ (same file stems); a CSV
@@ -280,13 +280,14 @@ def cmd_compare(args) -> int:
 
 
 def check_table_out(out: Path, runs: list) -> None:
-    """``--csv``: a file name ending in .csv that is none of the compared runs' own files."""
+    """``--csv``: a file name ending in .csv that is none of a run's own files (a compared run's or another's)."""
     from tpp.rundir import RUN_FILES
 
     if out.suffix.lower() != ".csv":
         raise TppError(f"--csv '{out}': give a file name ending in .csv.")
-    if out.name in RUN_FILES and any(out.resolve().parent == Path(r).resolve() for r in runs):
-        raise TppError(f"--csv '{out}' is a file of a run being compared; write the table elsewhere.")
+    in_a_run = (out.parent / "status.json").is_file()  # any run's folder, compared or not
+    if out.name in RUN_FILES and (in_a_run or any(out.resolve().parent == Path(r).resolve() for r in runs)):
+        raise TppError(f"--csv '{out}' is a file of a run ('{out.parent}'); write the table elsewhere.")
 
 
 def cmd_plot(args) -> int:

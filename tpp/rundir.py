@@ -12,7 +12,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -124,8 +126,7 @@ class RunDir:
                                           and only_run_files(self.path)):
                     raise TppError(not_empty_message(self.path, state))
                 if overwrite:
-                    self.set_aside = self.path.parent / f".{self.path.name}.overwritten-{os.getpid()}"
-                    os.replace(self.path, self.set_aside)
+                    self.set_aside = move_entries(self.path, self.path / f"{SET_ASIDE}{os.getpid()}.old")
                 else:
                     replaced = state
                     shutil.rmtree(self.path)
@@ -134,7 +135,11 @@ class RunDir:
             at = f" (at '{exc.filename}')" if exc.filename and str(exc.filename) != str(self.path) else ""
             raise TppError(f"output_dir '{self.path}' cannot be created: {exc.strerror or exc}{at}. "
                            "Choose another output_dir=...") from None
-        self.status("running")
+        try:
+            self.status("running")
+        except BaseException:  # a full disk, a signal: what --overwrite set aside goes back first
+            self.restore_overwritten()
+            raise
         if replaced is not None:
             print(f"[tpp] replacing the failed run in '{self.path}' (it had no checkpoint; it failed with: "
                   f"{replaced['error'] or 'no error recorded'})", file=sys.stderr, flush=True)
@@ -142,23 +147,26 @@ class RunDir:
 
     def succeeded(self) -> None:
         """Mark the run succeeded; what ``--overwrite`` set aside is deleted now."""
+        aside, self.set_aside = self.set_aside, None
         self.status("succeeded")
-        if self.set_aside is not None:
-            shutil.rmtree(self.set_aside, ignore_errors=True)
-            self.set_aside = None
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
 
     def restore_overwritten(self) -> str | None:
-        """After a failure: put back what ``--overwrite`` set aside, unless this run left checkpoints to resume
-        (then both stay, the previous contents beside it). Returns a sentence for the user (None: nothing set
-        aside)."""
+        """After a failure: put back what ``--overwrite`` set aside (a hidden folder inside ``output_dir``, so mount
+        points and linked folders work), unless this run left checkpoints to resume (then both stay). Renames only,
+        with SIGINT / SIGTERM held until done. Returns a sentence for the user (None: nothing set aside)."""
         aside, self.set_aside = self.set_aside, None
         if aside is None:
             return None
-        if run_state(self.path)["checkpoints"]:
-            return (f"the previous contents of '{self.path}' are kept in '{aside}' (this run left checkpoints to "
-                    "resume with train.resume=auto)")
-        shutil.rmtree(self.path, ignore_errors=True)
-        os.replace(aside, self.path)
+        with signals_held():
+            if run_state(self.path)["checkpoints"]:
+                return (f"the previous contents of '{self.path}' are kept in '{aside}' (this run left checkpoints "
+                        "to resume with train.resume=auto)")
+            failed = move_entries(self.path, self.path / f"{SET_ASIDE}{os.getpid()}.failed.old", keep=aside)
+            move_entries(aside, self.path)
+            aside.rmdir()
+        shutil.rmtree(failed, ignore_errors=True)
         return f"--overwrite replaced nothing: the previous contents of '{self.path}' are back in place"
 
     def write_config(self, config: dict) -> None:
@@ -221,6 +229,32 @@ class RunDir:
 RUN_FILES = frozenset({"config.yaml", "log.jsonl", "status.json", "splits.json", "skipped.csv", "metrics.json",
                        "predictions.csv", "roc.png", "calibration.png", "curves.png", "adapter", "backbone", "model",
                        "heads", "overlays", "checkpoints", "tracker"})  # what a run writes into its folder
+
+
+SET_ASIDE = ".overwritten-"  # --overwrite's hidden folder inside output_dir (".old": a run's own leftover)
+
+
+def move_entries(source: Path, target: Path, keep: Path | None = None) -> Path:
+    """Rename every entry of ``source`` (but ``target`` and ``keep``) into ``target`` (created); returns it."""
+    target.mkdir(exist_ok=True)
+    for entry in list(source.iterdir()):
+        if entry != target and entry != keep:
+            os.replace(entry, target / entry.name)
+    return target
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT / SIGTERM wait until the block is done (a second Ctrl-C must not cut a restore in half)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
 
 
 def only_run_files(path: Path) -> bool:

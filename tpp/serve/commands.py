@@ -182,6 +182,7 @@ def cmd_predict(args) -> int:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
     _check_device(args)
     _set_threads(args.threads)
+    check_out_is_no_input(args.out, [*args.images, *([args.site_map] if args.site_map else [])])
     if args.context:
         return cmd_predict_context(args)
     if not args.store:
@@ -204,6 +205,17 @@ def cmd_predict(args) -> int:
         raise nothing_predicted(skipped, args.out)
     return publish_predictions(rows, masks, args.out, skipped, f"{len(rows)} images, "
                                f"{len({r['site'] for r in rows})} sites")
+
+
+def check_out_is_no_input(out: str, inputs: list[str]) -> None:
+    """``--out`` names a ``.csv`` file that is none of the inputs (an image, the site map): predictions must never
+    be written over what they were made from."""
+    if Path(out).suffix.lower() != ".csv":
+        raise TppError(f"--out '{out}' must name a .csv file (the predictions table), e.g. --out preds.csv.")
+    target = Path(out).resolve()
+    for item in inputs:
+        if Path(item).resolve() == target:
+            raise TppError(f"--out '{out}' is one of the inputs ('{item}'); choose another file for the predictions.")
 
 
 def _check_device(args) -> None:

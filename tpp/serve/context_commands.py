@@ -59,7 +59,7 @@ def cmd_context(args) -> int:
         raise TppError(f"usage: tpp context {args.action} STORE")
     if not Path(args.paths[0]).is_dir():
         raise TppError(f"store '{args.paths[0]}' does not exist (or is not a folder): check the path; "
-                       "`tpp context publish STORE --site S CONTEXT` creates one.")
+                       "`tpp context publish STORE CONTEXT --site S` creates one.")
     if args.action in ("list", "ls"):
         rows = contexts.listing(args.paths[0])
         if not rows:

@@ -118,19 +118,33 @@ def write_version(site_dir: Path, files: dict[str, bytes]) -> tuple[str, Path]:
     if site_dir.is_symlink() or (site_dir.exists() and not site_dir.is_dir()):
         raise TppError(f"'{site_dir}' is not a plain folder of the store.")
     target = site_dir / version
-    if not target.is_dir():
+    if not holds_exactly(target, files):  # absent, or damaged since it was written: written (again) whole
         site_dir.mkdir(parents=True, exist_ok=True)
         tmp = site_dir / f".{version}.{os.getpid()}.tmp"
+        damaged = site_dir / f".{version}.{os.getpid()}.damaged.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir()
             for name, data in files.items():
                 (tmp / name).write_bytes(data)
+            if target.exists():
+                os.replace(target, damaged)
             os.replace(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            shutil.rmtree(damaged, ignore_errors=True)
     write_atomic(site_dir / POINTER, version + "\n")
     return version, target
+
+
+def holds_exactly(folder: Path, files: dict[str, bytes]) -> bool:
+    """Whether ``folder`` is a plain folder holding exactly ``files`` (names and bytes)."""
+    if folder.is_symlink() or not folder.is_dir() or sorted(os.listdir(folder)) != sorted(files):
+        return False
+    try:
+        return all(_read_regular(folder / name) == data for name, data in files.items())
+    except TppError:
+        return False
 
 
 def sites(store: str | Path) -> list[str]:

@@ -137,3 +137,6 @@ def test_out_is_never_written_over_an_input(world, tmp_path, capsys):
         assert predict(world, *args) == 2
         assert says in capsys.readouterr().err
     assert mapping.read_text().startswith("image,site\n") and (tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "linked.csv").symlink_to(mapping)  # found before any image is read, not after inference
+    assert predict(world, "--site", "site_a", scan, "--out", tmp_path / "linked.csv") == 2
+    assert "exists and is not a regular file" in capsys.readouterr().err and mapping.read_text().startswith("image")

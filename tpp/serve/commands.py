@@ -212,6 +212,8 @@ def check_out_is_no_input(out: str, inputs: list[str]) -> None:
     be written over what they were made from."""
     if Path(out).suffix.lower() != ".csv":
         raise TppError(f"--out '{out}' must name a .csv file (the predictions table), e.g. --out preds.csv.")
+    if Path(out).is_symlink() or (Path(out).exists() and not Path(out).is_file()):
+        raise TppError(f"--out '{out}' exists and is not a regular file; choose another file for the predictions.")
     target = Path(out).resolve()
     for item in inputs:
         if Path(item).resolve() == target:

@@ -303,8 +303,8 @@ def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str,
         if masks:
             os.replace(tmp, folder)
             placed = True
+        write_csv(rows, out)  # first: refused, it leaves the earlier skipped list with the earlier CSV
         write_skipped(list(skipped), path)
-        write_csv(rows, out)
     except BaseException as exc:  # disk full ...: no new masks without their CSV, the earlier outputs stay
         if placed:
             shutil.rmtree(folder, ignore_errors=True)

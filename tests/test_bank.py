@@ -43,6 +43,20 @@ def test_site_names_cannot_leave_the_store(world, tmp_path, site):
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
 
 
+def test_publish_refuses_a_run_that_did_not_succeed(world, tmp_path):
+    """An interrupted extension of a finished run leaves status failed beside the earlier adapter/."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world["runs"]["site_a"], run)
+    (run / "status.json").write_text(json.dumps({"status": "failed", "error": "KeyboardInterrupt"}))
+    with pytest.raises(TppError, match=r"is failed, so its adapter/ is not that run's result"):
+        store.publish(run, tmp_path / "store", "a")
+    assert not (tmp_path / "store").exists()
+    assert store.publish(run / "adapter", tmp_path / "store", "a").version  # named itself: the user's choice
+
+
 def test_publish_refuses_full_models_and_tpp_adapters(world, tmp_path):
     run = finetune_site(world["backbone"], world["root"], tmp_path / "full", ["adapter={method: full}"])
     with pytest.raises(TppError, match="full_model"):

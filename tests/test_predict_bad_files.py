@@ -133,7 +133,7 @@ def test_out_is_never_written_over_an_input(world, tmp_path, capsys):
     mapping.write_text(f"image,site\n{tmp_path / 'scan.png'},site_a\n")
     scan = tmp_path / "scan.png"
     for args, says in ((["--site-map", mapping, "--out", mapping], "is one of the inputs"),
-                       (["--site", "site_a", scan, "--out", scan], "must name a .csv")):
+                       (["--site", "site_a", scan, "--out", scan], "names an image file")):
         assert predict(world, *args) == 2
         assert says in capsys.readouterr().err
     assert mapping.read_text().startswith("image,site\n") and (tmp_path / "scan.png").read_bytes()[:4] == b"\x89PNG"

@@ -187,9 +187,6 @@ def cmd_predict(args) -> int:
         return cmd_predict_context(args)
     if not args.store:
         raise TppError("tpp predict needs --store STORE (with --site or --site-map), or --context DIR_OR_CSV.")
-    if Path(args.out).is_dir():  # before any prediction work
-        raise TppError(f"--out '{args.out}' is a folder; give the CSV file to write, "
-                       f"e.g. --out {Path(args.out) / 'preds.csv'}.")
     skipped = [] if args.on_bad_file == "skip" else None
     pairs = assign_sites(args.site, args.site_map, args.images, skipped)
     if args.slice:
@@ -208,15 +205,19 @@ def cmd_predict(args) -> int:
 
 
 def check_out_is_no_input(out: str, inputs: list[str]) -> None:
-    """``--out`` names a ``.csv`` file that is none of the inputs (an image, the site map): predictions must never
-    be written over what they were made from."""
-    if Path(out).suffix.lower() != ".csv":
-        raise TppError(f"--out '{out}' must name a .csv file (the predictions table), e.g. --out preds.csv.")
-    if Path(out).is_symlink() or (Path(out).exists() and not Path(out).is_file()):
+    """``--out`` is a plain file name for the predictions table that is none of the inputs (an image, the site
+    map) and no image name: predictions must never be written over what they were made from."""
+    from tpp.serve.predict import SUFFIXES
+
+    path = Path(out)
+    if path.is_dir() and not path.is_symlink():
+        raise TppError(f"--out '{out}' is a folder; give the CSV file to write, e.g. --out {path / 'preds.csv'}.")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
         raise TppError(f"--out '{out}' exists and is not a regular file; choose another file for the predictions.")
-    target = Path(out).resolve()
+    if path.suffix.lower() in SUFFIXES:
+        raise TppError(f"--out '{out}' names an image file; give the CSV file to write, e.g. --out preds.csv.")
     for item in inputs:
-        if Path(item).resolve() == target:
+        if Path(item).resolve() == path.resolve():
             raise TppError(f"--out '{out}' is one of the inputs ('{item}'); choose another file for the predictions.")
 
 

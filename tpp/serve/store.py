@@ -26,7 +26,7 @@ from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS, read_card
 from tpp.errors import TppError
 from tpp.model_card import README
 from tpp.serve.integrity import check_adapter, parse_card
-from tpp.rundir import write_atomic
+from tpp.rundir import run_state, write_atomic
 
 POINTER = "current"
 PEFT_CONFIG = "adapter_config.json"
@@ -83,9 +83,15 @@ def content_hash(files: dict[str, bytes]) -> str:
 
 
 def _adapter_dir(source: str | Path) -> Path:
-    """A run directory (with ``adapter/``) or an adapter directory itself."""
+    """A run directory (with ``adapter/``) or an adapter directory itself. A run directory whose run did not
+    succeed is refused: its ``adapter/`` is from an earlier state (an extension of a finished run that failed)."""
     source = Path(source)
     if (source / "adapter" / CARD).is_file():
+        status = run_state(source)["status"]
+        if status not in (None, "succeeded"):
+            raise TppError(f"the run in '{source}' is {status}, so its adapter/ is not that run's result (it is "
+                           "from before; an interrupted extension leaves it so). Resume it (train.resume=auto) "
+                           f"or publish '{source / 'adapter'}' itself if that earlier adapter is the one you want.")
         return source / "adapter"
     return source
 

@@ -81,15 +81,12 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
     device; not when ``on_backbone`` is False: the backbone does not load): a ``target_modules`` name that
     matches no layer, or options the method refuses, are found before the run directory exists. Only tpp's own
     errors count: anything else the run itself reports."""
-    from tpp.adapter_dir import read_card
     from tpp.backbones import skeleton
-    from tpp.builders import inherit
+    from tpp.builders import effective_adapter
     from tpp.errors import TppError
     from tpp.model import attach_adapter
 
-    method, options = cfg.adapter.method, cfg.adapter.typed()
-    if inherits and cfg.adapter.init_from:  # the recipe reads adapter.init_from
-        method, options, _ = inherit(cfg.adapter, read_card(cfg.adapter.init_from))
+    method, options = effective_adapter(cfg, inherits)
     if not on_backbone:
         return
     encoder = skeleton(cfg.backbone.path)

@@ -49,14 +49,12 @@ def configured_frame(cfg) -> int:
     """The input frame (px) the run's method will keep: a padding visual prompt's, configured or inherited from
     ``adapter.init_from`` (an unreadable parent counts as none: ``tpp validate`` reports it)."""
     from tpp.adapters.visual_prompt import declared_frame
+    from tpp.builders import effective_adapter
 
-    if cfg.adapter.init_from:
-        try:
-            card = read_card(cfg.adapter.init_from)
-            return declared_frame(card["method"], card["options"])
-        except TppError:
-            return 0
-    return declared_frame(cfg.adapter.method, cfg.adapter.resolved_options())
+    try:
+        return declared_frame(*effective_adapter(cfg))
+    except TppError:
+        return 0
 
 
 def takes_frame(augment) -> bool:

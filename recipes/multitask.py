@@ -24,12 +24,12 @@ import types
 import torch
 from tqdm.auto import tqdm
 
+from tpp.adapters.visual_prompt import declared_frame
 from tpp.adapter_dir import dir_size, make_card, versions, write_adapter_dir
 from tpp.backbones import backbone_hash, load_backbone
 from tpp.builders import input_rule, record_skipped
 from tpp.data.build import data_license, load_data
 from tpp.data.stream import ModelInputs, stream_loader
-from tpp.adapters.visual_prompt import pads_input
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, set_mmap_threshold, split_parameters
@@ -50,7 +50,7 @@ def check(cfg) -> None:
     if cfg.multitask.scope == "target" and not get_method(cfg.adapter.method).pretrainable:
         problems.append(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; multi-task TPP "
                         f"applies to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
-    if cfg.multitask.scope == "target" and pads_input(cfg.adapter.resolved_options()):
+    if cfg.multitask.scope == "target" and declared_frame(cfg.adapter.method, cfg.adapter.resolved_options()):
         problems.append(f"multitask: adapter.mode=pad (a padding visual prompt: the default of {cfg.adapter.method}) "
                         "is not supported yet: the multi-task cycle does not place its images inside the frame, so "
                         "the prompt would overwrite their border and the card would record no frame. Set "

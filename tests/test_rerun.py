@@ -343,6 +343,12 @@ def test_a_failed_overwrite_that_left_checkpoints_keeps_both(tmp_path):
     aside = [p for p in out.iterdir() if p.name.startswith(".overwritten-")]
     assert len(aside) == 1 and str(aside[0]) in note and (aside[0] / "status.json").is_file()
     assert (out / "checkpoints" / "step-2").is_dir()
+    failed_again = RunDir(out, resume=True)  # a resumed run that fails too keeps what was set aside
+    failed_again.status("failed")
+    assert aside[0].is_dir()
+    resumed = RunDir(out, resume=True)  # the resumed run that succeeds completes the overwrite
+    resumed.succeeded()
+    assert not aside[0].exists() and (out / "checkpoints" / "step-2").is_dir()
 
 
 def test_overwrite_works_in_a_folder_that_cannot_be_renamed_and_restores_on_a_failed_start(tmp_path, monkeypatch):

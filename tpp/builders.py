@@ -92,6 +92,16 @@ def inherit(adapter_cfg, card: dict) -> tuple[str, dict, list[str]]:
     return card["method"], options, notes
 
 
+def effective_adapter(cfg, inherits: bool = True) -> tuple[str, dict]:
+    """The method and options (a dict, defaults filled in) the run attaches: the config's, or with
+    ``adapter.init_from`` (when the recipe reads it: ``inherits``) the parent card's merged with the config's by
+    :func:`inherit`. Raises TppError for a parent that cannot be read or an override that conflicts with it."""
+    if inherits and cfg.adapter.init_from:
+        method, options, _ = inherit(cfg.adapter, read_card(cfg.adapter.init_from))
+        return method, options
+    return cfg.adapter.method, cfg.adapter.resolved_options()
+
+
 def check_parent_modality(card: dict, source: str, modality: str, required: bool) -> None:
     """Warn (or fail when ``required``) if the parent adapter was pre-trained on another modality (a
     multi-task parent: on none of its tasks' modalities)."""

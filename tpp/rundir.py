@@ -107,6 +107,7 @@ class RunDir:
         self.main = main
         self.started = time.time() if started is None else started
         self.set_aside: Path | None = None  # --overwrite: the previous contents, until this run succeeds
+        self.earlier_aside: list[Path] = []  # resume: what an earlier --overwrite run that failed kept aside
         if not main:
             return
         if self.path.exists() and not self.path.is_dir():
@@ -116,6 +117,7 @@ class RunDir:
                 raise TppError(f"output_dir '{self.path}' holds no tpp run ({_some_entries(self.path)}), so "
                                "train.resume has nothing to continue there and tpp will not write into it. Drop "
                                "train.resume, or choose another output_dir=...")
+            self.earlier_aside = sorted(self.path.glob(f"{SET_ASIDE}*.old"))
             self.status("running")
             return
         replaced = None
@@ -146,11 +148,13 @@ class RunDir:
             self.log(event="replaced_failed_run", error=replaced["error"])
 
     def succeeded(self) -> None:
-        """Mark the run succeeded; what ``--overwrite`` set aside is deleted now."""
+        """Mark the run succeeded; what ``--overwrite`` set aside is deleted now (also when this run resumed one
+        that ``--overwrite`` started: the overwrite is then complete)."""
         aside, self.set_aside = self.set_aside, None
         self.status("succeeded")
-        if aside is not None:
-            shutil.rmtree(aside, ignore_errors=True)
+        for folder in ([aside] if aside is not None else []) + self.earlier_aside:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.earlier_aside = []
 
     def restore_overwritten(self) -> str | None:
         """After a failure: put back what ``--overwrite`` set aside (a hidden folder inside ``output_dir``, so mount

@@ -75,13 +75,6 @@ class VisualPromptOptions:
                               f"got {self.discrepancy!r}.")
 
 
-def pads_input(options: dict) -> bool:
-    """Whether resolved method options (one method's, or a composed method's per-method dicts) ask for a padding
-    visual prompt (``mode: pad``), which keeps an input frame around the image."""
-    return options.get("mode") == "pad" and "pad" in options or \
-        any(isinstance(v, dict) and pads_input(v) for v in options.values())
-
-
 def declared_frame(method: str, options: dict) -> int:
     """The input frame (px) a card's method and options make the attached model keep for itself: the ``pad`` of
     a padding prompt (alone or a part), else 0; what :func:`tpp.model.input_frame` reads off the attached model,

@@ -102,15 +102,14 @@ def prompt_size_problems(cfg: RunConfig) -> list[str]:
     if (recipe is None or not {"backbone", "adapter"} <= set(recipe.sections) or "adapter.path" not in recipe.ignores
             or (cfg.recipe == "multitask" and cfg.multitask.scope != "target")):
         return []
-    method, options, parent = cfg.adapter.method, cfg.adapter.typed(), None
-    if cfg.adapter.init_from and "adapter.init_from" not in recipe.ignores:
-        from tpp.adapter_dir import read_card
+    inherits = "adapter.init_from" not in recipe.ignores
+    parent = cfg.adapter.init_from if inherits else None
+    from tpp.builders import effective_adapter
 
-        try:
-            card = read_card(cfg.adapter.init_from)
-        except TppError:
-            return []  # named by the pre-run checks
-        method, options, parent = card.get("method"), card.get("options"), cfg.adapter.init_from
+    try:
+        method, options = effective_adapter(cfg, inherits)
+    except TppError:
+        return []  # named by the pre-run checks
     from tpp.adapters.visual_prompt import prompt_input_sizes
 
     try:
@@ -174,7 +173,13 @@ def ignored_options(cfg: RunConfig) -> list[str]:
     if getattr(task, "output_mapping", None) == "probe" and getattr(task, "source_head", None) is not None:
         found.append(f"{cfg.task}.source_head={task.source_head!r} is ignored with {cfg.task}.output_mapping=probe "
                      "(it picks the source classifier of rlm / flm / ilm).")
-    method, options = _effective_adapter(cfg)
+    from tpp.builders import effective_adapter
+    from tpp.errors import TppError
+
+    try:
+        method, options = effective_adapter(cfg)
+    except TppError:  # an unreadable or conflicting parent: the config's (validation reports the parent)
+        method, options = cfg.adapter.method, cfg.adapter.resolved_options()
     for key, given, defaults in _prompt_parts(method, options):
         mode, weight = given.get("mode", defaults.mode), given.get("discrepancy_weight", defaults.discrepancy_weight)
         if mode == "full" and given.get("pad", defaults.pad) != defaults.pad:
@@ -187,23 +192,6 @@ def ignored_options(cfg: RunConfig) -> list[str]:
         found.append(f"evaluate.corruption_preset={shift.corruption_preset!r} is ignored without evaluate.corruption "
                      "(set evaluate.corruption=all, or one corruption).")
     return found
-
-
-def _effective_adapter(cfg) -> tuple[str, dict]:
-    """The method and the options the run will use: the config's, or with ``adapter.init_from`` the parent's
-    merged with them (:func:`tpp.builders.inherit`; an unreadable or conflicting parent: the config's, since
-    validation reports the parent)."""
-    if cfg.adapter.init_from:
-        from tpp.adapter_dir import read_card
-        from tpp.builders import inherit
-        from tpp.errors import TppError
-
-        try:
-            method, options, _ = inherit(cfg.adapter, read_card(cfg.adapter.init_from))
-            return method, options
-        except TppError:
-            pass
-    return cfg.adapter.method, cfg.adapter.options
 
 
 def _prompt_parts(method: str, options: dict) -> list[tuple[str, dict, object]]:

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import types
 
 import torch
-from tqdm.auto import tqdm
 
 from tpp.adapters.visual_prompt import declared_frame
 from tpp.adapter_dir import dir_size, make_card, versions, write_adapter_dir
@@ -36,7 +34,8 @@ from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, set_mma
 from tpp.multitask_build import (SUPERVISED, PretextTask, SupervisedTask, check_entries,
                                  check_eval_targets, head_state, load_state, options_of, pretext_entry, save_state,
                                  task_name)
-from tpp.training import Batches, build_accelerator, checkpointer, loss_curve, make_scheduler, plan_steps
+from tpp.training import (Batches, build_accelerator, checkpointer, loss_curve, make_scheduler, plan_steps,
+                          step_bar)
 
 
 def check(cfg) -> None:
@@ -166,9 +165,7 @@ def run(cfg, run) -> dict:
         run.log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name, steps=plan.num_steps)
     root.train()
     per_task: dict[str, list] = {u.name: [] for u in units}
-    bar = tqdm(range(first, plan.num_steps + 1), desc=f"multitask ({len(units)} tasks)", leave=False,
-               disable=not accelerator.is_main_process, initial=first - 1, total=plan.num_steps,
-               mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    bar = step_bar(first, plan.num_steps, f"multitask ({len(units)} tasks)", accelerator.is_main_process)
     for step in bar:
         order = sampler.cycle(step - 1)
         values = schedule.step(order, [next(batches[t]) for t in order], [sampler.loss_weight(t) for t in order],

@@ -53,3 +53,14 @@ def test_accumulated_gradients_equal_the_full_batch_gradient(parts):
     assert value == pytest.approx(full.item(), abs=1e-6)
     for g, p in zip(expected, model.parameters()):
         torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=0)
+
+
+def test_step_bar_in_a_log_ends_its_line(capsys):
+    """In a log (stderr not a terminal) the finished bar stays as a line of its own: what is printed next (the
+    recipe's closing lines) used to continue the cleared bar's line."""
+    from tpp.training import step_bar
+
+    for _ in step_bar(1, 3, "finetune x"):
+        pass
+    err = capsys.readouterr().err
+    assert err.endswith("\n") and "3/3" in err.splitlines()[-1]

@@ -206,6 +206,14 @@ def accumulated_loss(accelerator: Accelerator, model, loss_fn: Callable, batch: 
     return value
 
 
+def step_bar(first: int, num_steps: int, desc: str, main: bool = True):
+    """The progress bar over training steps ``first..num_steps``: cleared when done on a terminal; in a log
+    (stderr not a terminal) updated every 10 s and left as its last line, so what is printed next starts a line."""
+    terminal = sys.stderr.isatty()
+    return tqdm(range(first, num_steps + 1), desc=desc, disable=not main, leave=not terminal, initial=first - 1,
+                total=num_steps, mininterval=0.5 if terminal else 10.0)
+
+
 def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callable, loader, optimizer,
                scheduler, num_steps: int, log: Callable, eval_fn: Callable | None = None,
                eval_every: int = 0, desc: str = "train", accum_steps: int = 1,
@@ -228,8 +236,7 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
         first, best_state = resume(checkpoints, accelerator, model, optimizer, scheduler, batches, result, num_steps)
         log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name, steps=num_steps)
     model.train()
-    bar = tqdm(range(first, num_steps + 1), desc=desc, disable=not accelerator.is_main_process, leave=False,
-               initial=first - 1, total=num_steps, mininterval=0.5 if sys.stderr.isatty() else 10.0)
+    bar = step_bar(first, num_steps, desc, accelerator.is_main_process)
     for step in bar:
         value = accumulated_loss(accelerator, model, loss_fn, next(batches), accum_steps, step)
         optimizer.step()

@@ -202,7 +202,7 @@ def cmd_validate(args) -> int:
     loaded, problems = check_loaded_data(cfg)  # what the run checks once its data is loaded, before training
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
-        raise TppError(f"{args.config} would not run (its data, as loaded):\n{listed}")
+        raise TppError(f"{args.config} would not run (found with its data loaded):\n{listed}")
     if cfg.pool:  # a backbone from scratch on a pool of datasets
         what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
                 f"depth {cfg.model.num_hidden_layers}")

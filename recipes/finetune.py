@@ -84,6 +84,7 @@ def check_data(cfg, dataset) -> dict:
         from tpp.tasks.classification import mappable_source
 
         attempt(lambda: mappable_source(cfg.backbone.path, cfg.task_options.source_head, dataset.num_classes))
+
     def count_splits() -> None:
         train, val, test, _ = labelled_splits(cfg, dataset)
         used.update(train=len(train), val=len(val), test=len(test))

@@ -271,7 +271,7 @@ def main(argv=None) -> int:
         _, missing, errors = report.fill(
             run, cache.cached, cells, args.budget_min * 60, kind=lambda c: c[3], first_estimate_s=600.0,
             describe=lambda c, r: f"{c[0]} {c[1]:.0%} seed {c[2]} {c[3]}: AUROC {report.num(r['test_auroc'])}, "
-                                  f"corrupted s3 {report.num(r['corrupted_auroc']['3'])} ({r['wall_s']} s)",
+                                  f"corrupted s3 {report.num(r['corrupted_auroc']['3'])}",
             claims=report.CellClaims(cache.folder / "claims"))
     in_grid = sum(1 for cell in cells if cache.cached(*cell))
     done = cache.cells()

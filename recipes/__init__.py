@@ -65,7 +65,7 @@ def preflight(cfg, load_adapter: bool = False) -> list[str]:
 
 def input_size_fits(size: int, backbone: str) -> None:
     """``backbone.input_size`` is a positive multiple of the backbone's patch size (what loading it checks)."""
-    from tpp.backbones import backbone_config
+    from tpp.backbones import MAX_PATCH_TOKENS, backbone_config
     from tpp.errors import TppError
 
     patch = getattr(backbone_config(backbone), "patch_size", None)
@@ -73,6 +73,10 @@ def input_size_fits(size: int, backbone: str) -> None:
     if isinstance(patch, int) and (size < patch or size % patch):
         raise TppError(f"backbone.input_size={size} must be a positive multiple of the patch size ({patch}) of "
                        f"backbone '{backbone}'.")
+    if isinstance(patch, int) and (size // patch) ** 2 > MAX_PATCH_TOKENS:
+        raise TppError(f"backbone.input_size={size} gives {(size // patch) ** 2:,} patch tokens per image (patch "
+                       f"{patch}), more than the {MAX_PATCH_TOKENS:,} tpp trains, evaluates or serves at; use at most "
+                       f"{int(MAX_PATCH_TOKENS ** 0.5) * patch} px.")
 
 
 def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:

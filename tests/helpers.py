@@ -107,8 +107,9 @@ def npy_bytes(array) -> bytes:
 
 
 def dicom_bytes(stored: np.ndarray, *, slope=1.0, intercept=0.0, window=None, photometric="MONOCHROME2",
-                frames=1) -> bytes:
-    """A DICOM file of 16-bit ``stored`` values, with a patient name and ID that must never be logged."""
+                frames=1, bits=16) -> bytes:
+    """A DICOM file of 16-bit ``stored`` values ((H, W), or (H, W, 3): RGB of ``bits`` stored bits), with a
+    patient name and ID that must never be logged."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -119,9 +120,12 @@ def dicom_bytes(stored: np.ndarray, *, slope=1.0, intercept=0.0, window=None, ph
     ds = Dataset()
     ds.file_meta = meta
     ds.PatientName, ds.PatientID = "SECRET^PATIENT", "ID-424242"
-    ds.Rows, ds.Columns = stored.shape[-2:]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    rgb = stored.ndim == 3 and stored.shape[-1] == 3 and frames == 1
+    ds.Rows, ds.Columns = stored.shape[:2] if rgb else stored.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = (3, "RGB") if rgb else (1, photometric)
+    if rgb:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
     ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
     if frames > 1:
         ds.NumberOfFrames = frames

@@ -111,3 +111,27 @@ def test_a_huge_file_is_refused_from_its_size_before_it_is_read(tmp_path, monkey
     with pytest.raises(ImageError) as err:
         read(broken)
     assert "BytesIO" not in str(err.value) and "broken.png" in str(err.value)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_float_tiff_holding_nan_or_inf_is_refused_not_read_black(bad):
+    import io
+
+    from PIL import Image
+
+    values = np.linspace(0, 1, 28 * 28, dtype=np.float32).reshape(28, 28)
+    buffer = io.BytesIO()
+    Image.fromarray(values, "F").save(buffer, format="TIFF")
+    assert decode(buffer.getvalue(), "fine.tif").max() == 255
+    values[3, 4] = bad
+    buffer = io.BytesIO()
+    Image.fromarray(values, "F").save(buffer, format="TIFF")
+    with pytest.raises(ImageError, match="'scan.tif': the image holds NaN or infinite values"):
+        decode(buffer.getvalue(), "scan.tif")
+
+
+def test_a_16_bit_rgb_dicom_is_scaled_by_its_stored_bits_not_clipped():
+    stored = np.zeros((8, 8, 3), np.uint16)
+    stored[..., 0], stored[..., 1], stored[..., 2] = 4095, 2048, 100  # 12 bits stored
+    rgb = decode(dicom_bytes(stored, bits=12), "colour.dcm")
+    assert rgb.shape == (8, 8, 3) and rgb[0, 0].tolist() == [255, 128, 6]

@@ -3,6 +3,7 @@ stray non-image files, empty folders; ``--on-bad-file skip`` (default) and ``fai
 import csv
 
 import numpy as np
+from PIL import Image
 import pytest
 from helpers import dicom_bytes, png_bytes, run_cli
 from serving_fixtures import SITES, fine_tuned_sites
@@ -140,3 +141,62 @@ def test_out_is_never_written_over_an_input(world, tmp_path, capsys):
     (tmp_path / "linked.csv").symlink_to(mapping)  # found before any image is read, not after inference
     assert predict(world, "--site", "site_a", scan, "--out", tmp_path / "linked.csv") == 2
     assert "exists and is not a regular file" in capsys.readouterr().err and mapping.read_text().startswith("image")
+
+
+def test_outputs_beside_out_replace_only_what_tpp_predict_wrote(world, tmp_path, capsys):
+    """OUT_masks/ and OUT_skipped.csv used to be deleted whatever they were: a user's own study_masks/ beside
+    --out study.csv, an input folder of that name, a site map named run_skipped.csv."""
+    scan = tmp_path / "scan.png"
+    scan.write_bytes(png_bytes(world["images"][0]))
+    own = tmp_path / "study_masks"  # e.g. ground-truth masks of the user's
+    own.mkdir()
+    (own / "NOTES.txt").write_text("drawn by hand")
+    assert predict(world, "--site", "site_a", scan, "--out", tmp_path / "study.csv") == 2
+    assert "is no masks folder (marked by a .tpp-predict-masks file)" in capsys.readouterr().err
+    assert predict(world, "--site", "site_a", own, "--out", tmp_path / "study.csv") == 2  # the input itself
+    assert "which is an input or holds one" in capsys.readouterr().err
+    mapping = tmp_path / "run_skipped.csv"
+    mapping.write_text(f"image,site\n{scan},site_a\n")
+    assert predict(world, "--site-map", mapping, "--out", tmp_path / "run.csv") == 2
+    assert "which is an input or holds one" in capsys.readouterr().err
+    mapping.rename(tmp_path / "map.csv")
+    (tmp_path / "run_skipped.csv").write_text("patient,notes\np1,keep me\n")  # a user's file of that name
+    assert predict(world, "--site-map", tmp_path / "map.csv", "--out", tmp_path / "run.csv") == 2
+    assert "is no skipped list (first line image,site,reason)" in capsys.readouterr().err
+    assert (own / "NOTES.txt").is_file() and (tmp_path / "run_skipped.csv").read_text().startswith("patient")
+    assert not (tmp_path / "study.csv").exists() and not (tmp_path / "run.csv").exists()
+    (tmp_path / "gone.png").unlink(missing_ok=True)  # what tpp predict wrote itself is replaced as before
+    (tmp_path / "map.csv").write_text(f"image,site\n{scan},site_a\n{tmp_path / 'gone.png'},site_a\n")
+    for _ in range(2):
+        assert predict(world, "--site-map", tmp_path / "map.csv", "--out", tmp_path / "mine.csv") == 0
+        assert len(rows(tmp_path / "mine_skipped.csv")) == 1
+
+
+def test_a_masks_folder_tpp_predict_wrote_is_marked_and_replaced(tmp_path):
+    from tpp.serve.predict import MASKS_MARK, write_outputs
+
+    row = {"image": "a.png", "site": "s", "version": "v", "mask": "00000_a.png"}
+    for value in (0, 1):
+        _, folder = write_outputs([row], {"00000_a.png": np.full((4, 4), value, np.uint8)}, str(tmp_path / "p.csv"))
+        assert (folder / MASKS_MARK).is_file() and np.asarray(Image.open(folder / "00000_a.png")).max() == value
+
+
+def test_a_file_name_that_is_no_utf8_is_predicted_and_written_escaped(world, tmp_path):
+    """Such a name (bytes 0xff 0xfe) used to crash the CSV write after every image was predicted, and the
+    split hash of a training run."""
+    import os
+    from types import SimpleNamespace
+
+    from tpp.data import Dataset
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    os.close(os.open(os.path.join(os.fsencode(folder), b"img\xff\xfe.png"), os.O_CREAT | os.O_WRONLY))
+    odd = next(folder.iterdir())
+    odd.write_bytes(png_bytes(world["images"][0]))
+    (folder / "plain.png").write_bytes(png_bytes(world["images"][1]))
+    out = tmp_path / "preds.csv"
+    assert predict(world, "--site", "site_a", folder, "--out", out) == 0
+    assert sorted(r["image"] for r in rows(out)) == [str(folder / "img\\xff\\xfe.png"), str(folder / "plain.png")]
+    hashes = Dataset.split_files_sha256(SimpleNamespace(split_files={"train": [odd.name, "plain.png"]}))
+    assert len(hashes["train"]) == 16

@@ -18,7 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from tpp.backbones import BackboneInfo
+from tpp.backbones import MAX_PATCH_TOKENS, BackboneInfo
 from tpp.errors import TppError
 from tpp.model import adapter_state, build_head
 from tpp.model_card import README, portable_backbone_id, render
@@ -138,11 +138,20 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
     if not card_path.is_file():
         raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).")
     try:
-        card = json.loads(card_path.read_text())
+        card = card_json(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
     check_card(card, card_path, kinds)
     return card
+
+
+def card_json(text: str):
+    """A card's JSON; ``NaN`` and ``Infinity``, which tpp never writes into a card (``allow_nan=False``), are a
+    :class:`json.JSONDecodeError` (a forged option such as ``alpha: NaN`` would give NaN outputs)."""
+    def refuse(constant: str):
+        raise json.JSONDecodeError(f"{constant} is not a JSON number", constant, 0)
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def check_card(card, card_path: str | Path, kinds: tuple = ("adapter",)) -> None:
@@ -226,6 +235,9 @@ def _check_shape(card, card_path: Path) -> None:
     labels = card.get("task", {}).get("label_names", [])
     if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
         raise TppError(f"'{card_path}': task.label_names must be a list of strings.")
+    if len(set(labels)) != len(labels):  # one name for two classes: a probability column would be lost
+        twice = sorted({n for n in labels if labels.count(n) > 1})
+        raise TppError(f"'{card_path}': task.label_names names a class twice ({', '.join(map(repr, twice[:3]))}).")
     from tpp.threshold import check_task_entry  # the binary decision chosen on validation: threshold, positive class
 
     if problem := check_task_entry(card.get("task", {})):
@@ -272,6 +284,11 @@ def verify_backbone(card: dict, backbone: BackboneInfo, source: str) -> None:
             f"(hash {str(expected)[:12]}), but the loaded backbone '{backbone.id}' has hash {backbone.hash[:12]}. "
             "Load the adapter with the backbone it was trained on (backbone.path in a config, --backbone on the "
             "command line, backbone= in Python).")
+    size, patch = card.get("input", {}).get("image_size"), backbone.patch_size
+    if isinstance(size, int) and isinstance(patch, int) and patch > 0 and (size // patch) ** 2 > MAX_PATCH_TOKENS:
+        raise TppError(f"adapter '{source}': its input size {size} px gives {(size // patch) ** 2:,} patch tokens per "
+                       f"image on this backbone (patch {patch}), more than the {MAX_PATCH_TOKENS:,} tpp loads "
+                       "adapters at. Refused.")
 
 
 def parent_summary(card: dict, path: str | Path) -> dict:

@@ -357,7 +357,7 @@ def read_image(item, index: int = 0, **options):
         if _is_pil(item):
             from tpp.data.pixels import training_mode
 
-            item = np.array(training_mode(item))
+            item = np.array(training_mode(item, name))
         if not isinstance(item, np.ndarray):
             raise TppError(f"{name}: expected a file path, a PIL image or a numpy array.")
         if item.ndim == 4 or (item.ndim == 3 and item.shape[-1] not in (1, 3, 4)):

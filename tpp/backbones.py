@@ -78,6 +78,9 @@ FAMILIES = {
 }
 
 
+MAX_PATCH_TOKENS = 4096  # patch tokens per image tpp trains or loads an adapter at (a 64 x 64 grid)
+
+
 @dataclass
 class BackboneInfo:
     """What the card records about a backbone and its input pipeline."""

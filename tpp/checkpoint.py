@@ -73,13 +73,13 @@ class Checkpointer:
     def latest(self) -> Path | None:
         if not self.dir.is_dir():
             return None
-        steps = sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_RE.match(p.name)))
+        steps = sorted((int(m.group(1)), p) for p in self.dir.iterdir() if (m := _STEP_RE.fullmatch(p.name)))
         return steps[-1][1] if steps else None
 
     def _earlier(self, path: Path) -> str:
         """A hint naming the other checkpoints of this run a resume could start from ("" when there are none)."""
         others = sorted((int(m.group(1)), p) for p in (self.dir.iterdir() if self.dir.is_dir() else [])
-                        if (m := _STEP_RE.match(p.name)) and p != path and is_checkpoint(p))
+                        if (m := _STEP_RE.fullmatch(p.name)) and p != path and is_checkpoint(p))
         if not others:
             return ""
         return (f" Earlier checkpoints: {', '.join(p.name for _, p in others)}; continue from one with "
@@ -122,7 +122,7 @@ class Checkpointer:
                                   "train.resume=auto." if full else "")) from exc
             raise
         for old in sorted((int(m.group(1)), p) for p in self.dir.iterdir()
-                          if (m := _STEP_RE.match(p.name)) and is_checkpoint(p))[:-self.keep]:
+                          if (m := _STEP_RE.fullmatch(p.name)) and is_checkpoint(p))[:-self.keep]:
             shutil.rmtree(old[1], ignore_errors=True)  # only folders holding nothing but a checkpoint's files
         return final
 
@@ -142,7 +142,7 @@ class Checkpointer:
             first = (str(exc).strip().splitlines() or [""])[0][:200].rstrip(" .")  # torch's text runs for lines
             raise TppError(f"checkpoint '{path}' cannot be read ({type(exc).__name__}: {first}): it is damaged, or "
                            f"not one tpp wrote.{self._earlier(path)}") from None
-        named = _STEP_RE.match(path.name)
+        named = _STEP_RE.fullmatch(path.name)
         if named and isinstance(state, dict) and state.get("step") != int(named.group(1)):
             raise TppError(f"checkpoint '{path}' holds step {str(state.get('step'))[:20]}, not the step its name "
                            "says (a renamed or linked folder); resume from the folder of that step.")

@@ -22,6 +22,11 @@ def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], sou
     if task is None:
         raise TppError(f"'{source}': the card names no registered task ({card.get('task')!r:.100}).")
     try:
+        with torch.device("meta"):  # shapes first: a card cannot make tpp allocate a head its tensors do not fill
+            shapes = {k: tuple(v.shape) for k, v in
+                      task.head_from_card(card["task"], hidden_size, card["input"]["channels"]).state_dict().items()}
+        if shapes != {k: tuple(v.shape) for k, v in state.items()}:
+            raise ValueError("the head's tensor names or shapes differ from the card's")
         head = task.head_from_card(card["task"], hidden_size, card["input"]["channels"])
         head.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:

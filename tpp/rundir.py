@@ -6,6 +6,7 @@ the run succeeds. ``status.json`` says ``running``, ``succeeded`` or ``failed`` 
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import json
@@ -68,6 +69,17 @@ def refuse_special(path: Path) -> None:
         raise TppError(f"'{path}' exists and is not a regular file; write the output to a new file name.")
 
 
+def _escape_bytes(exc: UnicodeEncodeError) -> tuple[str, int]:
+    """A file name's bytes that are no UTF-8 (Python holds them as lone surrogates) written as ``\\xNN``."""
+    chars = exc.object[exc.start:exc.end]
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
+                   for c in chars), exc.end
+
+
+ESCAPED_BYTES = "tpp-escaped-bytes"  # the encoding error handler of every text file tpp writes: never a crash
+codecs.register_error(ESCAPED_BYTES, _escape_bytes)
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never a part (see :func:`atomic_file`)."""
     with atomic_file(path) as fh:
@@ -83,7 +95,7 @@ def atomic_file(path: Path, newline: str | None = None):
     refuse_special(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", newline=newline) as fh:
+        with open(tmp, "w", newline=newline, encoding="utf-8", errors=ESCAPED_BYTES) as fh:
             yield fh
         os.replace(tmp, path)
     except BaseException as exc:

@@ -227,19 +227,21 @@ def test_write_atomic_removes_its_temp_and_names_the_file(tmp_path, disk_full):
 
 
 def test_predict_csv_on_a_full_disk_keeps_the_old_outputs_and_no_temp(tmp_path, disk_full):
-    from tpp.serve.predict import write_csv, write_outputs
+    from tpp.serve.predict import MASKS_MARK, write_csv, write_outputs
 
     out = tmp_path / "preds.csv"
     out.write_text("old csv")
     (tmp_path / "preds_masks").mkdir()
     (tmp_path / "preds_masks" / "old.png").write_bytes(b"old")
+    (tmp_path / "preds_masks" / MASKS_MARK).touch()  # an earlier tpp predict wrote it
     disk_full("preds.csv")
     rows = [{"image": "a.png", "site": "s", "version": "v", "mask": "00000_a.png", "frac_bg": "1.0"}]
     with pytest.raises(TppError, match=r"cannot write '.*preds\.csv': No space left on device"):
         write_csv(rows, str(out))
     with pytest.raises(TppError, match=r"preds\.csv': No space left on device"):
         write_outputs(rows, {"00000_a.png": np.zeros((4, 4), np.uint8)}, str(out))
-    assert out.read_text() == "old csv" and [p.name for p in (tmp_path / "preds_masks").iterdir()] == ["old.png"]
+    assert out.read_text() == "old csv" and sorted(p.name for p in (tmp_path / "preds_masks").iterdir()) == [
+        MASKS_MARK, "old.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preds.csv", "preds_masks"]
 
 

@@ -137,5 +137,5 @@ class Dataset:
     def split_files_sha256(self) -> dict[str, str]:
         """File sources: per split, sha256 (16 hex) over its files' relative paths, one per line, sorted: checks
         a run folder's ``splits.json`` against a card without the card holding any path."""
-        return {name: hashlib.sha256("\n".join(sorted(files)).encode()).hexdigest()[:16]
+        return {name: hashlib.sha256("\n".join(sorted(files)).encode("utf-8", "surrogateescape")).hexdigest()[:16]
                 for name, files in sorted((self.split_files or {}).items())}

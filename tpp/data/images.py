@@ -127,7 +127,7 @@ def decode(data: bytes, name: str, *, frame: int | None = None, slice_spec: str 
     check_image(data, name, limits)
     with _reading(kind, name):
         if kind == "pil":
-            array = _read_pil(data)
+            array = _read_pil(data, name)
         elif kind == "npy":
             array = _read_npy(data, name)
         elif kind == "dicom":
@@ -161,13 +161,12 @@ def _probe_pil(data: bytes, name: str) -> int:
     return width * height
 
 
-def _read_pil(data: bytes) -> np.ndarray:
+def _read_pil(data: bytes, name: str) -> np.ndarray:
     from PIL import Image
-
 
     with Image.open(io.BytesIO(data)) as img:
         img.load()
-        return np.array(training_mode(img))  # a writable copy (torch refuses read-only views)
+        return np.array(training_mode(img, name))  # a writable copy (torch refuses read-only views)
 
 
 def _probe_npy(data: bytes, name: str) -> int:
@@ -226,7 +225,10 @@ def _read_dicom(data: bytes, name: str, frame: int | None, window) -> np.ndarray
             raise ImageError(f"'{name}': frame {frame} is out of range (0..{frames - 1}).")
         index = frame
     pixels = pixel_array(ds, index=index)  # just the chosen frame, not all of them
-    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:
+    if int(getattr(ds, "SamplesPerPixel", 1)) == 3:  # colour: its stored bit depth scaled to 8 bits
+        bits = int(getattr(ds, "BitsStored", 8) or 8)
+        if bits > 8:
+            pixels = np.round(pixels.astype(np.float64) * (255 / (2**bits - 1)))
         return np.clip(pixels, 0, 255).astype(np.uint8)
     values = apply_modality_lut(pixels, ds).astype(np.float64)
     if window is None and "VOILUTSequence" in ds:

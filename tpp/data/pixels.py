@@ -39,14 +39,17 @@ class PixelLimits:
 DEFAULT_LIMITS = PixelLimits()
 
 
-def training_mode(img):
+def training_mode(img, name: str = "image"):
     """The 8-bit image training and inference see: gray modes -> ``L``, 16-bit / 32-bit / float gray ->
     ``L`` by per-image min-max (a 12-bit scan in a 16-bit PNG keeps its contrast), everything else ->
-    ``RGB`` (RGBA and LA lose their alpha, palettes are expanded)."""
+    ``RGB`` (RGBA and LA lose their alpha, palettes are expanded). A float image holding NaN or infinite values
+    is an :class:`ImageError` naming ``name`` (it would become a black image)."""
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageError(f"'{name}': the image holds NaN or infinite values; it cannot be scaled to 8 bits.")
         low, high = float(arr.min()), float(arr.max())
         return Image.fromarray(np.round((arr - low) / max(high - low, 1e-12) * 255).astype(np.uint8), "L")
     if img.mode in ("L", "LA", "1"):

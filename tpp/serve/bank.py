@@ -330,7 +330,13 @@ class AdapterBank:
                 site = sites[rows[0]]
                 if site.encoder is not None:
                     tokens[rows] = site.encoder(pixels[rows]).float()
-                for row, r in zip(rows, head_outputs(site, tokens[rows], pixels[rows], self.encoder)):
+                outputs = head_outputs(site, tokens[rows], pixels[rows], self.encoder)
+                if not torch.isfinite(tokens[rows]).all() or any(
+                        r.is_floating_point() and not torch.isfinite(r).all() for r in outputs):
+                    raise TppError(f"site '{site.name}' version {site.version} computes values that are not finite "
+                                   "(NaN or infinite) from this input: its adapter or card is broken; no label is "
+                                   "given from them.")
+                for row, r in zip(rows, outputs):
                     results[row] = (r.float() if r.is_floating_point() else r).cpu()
         return results
 

@@ -207,7 +207,7 @@ def cmd_predict(args) -> int:
 def check_out_is_no_input(out: str, inputs: list[str]) -> None:
     """``--out`` is a plain file name for the predictions table that is none of the inputs (an image, the site
     map) and no image name: predictions must never be written over what they were made from."""
-    from tpp.serve.predict import SUFFIXES
+    from tpp.serve.predict import SUFFIXES, check_derived_outputs
 
     path = Path(out)
     if path.is_dir() and not path.is_symlink():
@@ -219,6 +219,7 @@ def check_out_is_no_input(out: str, inputs: list[str]) -> None:
     for item in inputs:
         if Path(item).resolve() == path.resolve():
             raise TppError(f"--out '{out}' is one of the inputs ('{item}'); choose another file for the predictions.")
+    check_derived_outputs(out, inputs)
 
 
 def _check_device(args) -> None:

@@ -65,14 +65,14 @@ def parse_repo(spec: str) -> tuple[str, str | None]:
     """``OWNER/NAME`` or ``OWNER/NAME@REVISION`` -> (repo id, revision or None); anything else is refused."""
     repo_id, _, revision = str(spec).partition("@")
     check_repo_id(repo_id)
-    if revision and (not _REVISION_RE.match(revision) or ".." in revision):
+    if revision and (not _REVISION_RE.fullmatch(revision) or ".." in revision):
         raise TppError(f"revision {revision!r} of '{spec}' is not a branch, tag or commit name.")
     return repo_id, revision or None
 
 
 def check_repo_id(repo_id: str) -> str:
     """A Hub model repo id ``OWNER/NAME`` (letters, digits, ``.``, ``_``, ``-``), else a clear error."""
-    if not _REPO_RE.match(repo_id or "") or ".." in repo_id or repo_id.endswith((".git", ".")):
+    if not _REPO_RE.fullmatch(repo_id or "") or ".." in repo_id or repo_id.endswith((".git", ".")):
         raise TppError(f"'{repo_id}' is not a Hugging Face repo id: use OWNER/NAME, e.g. my-hospital/busi-lora.")
     return repo_id
 

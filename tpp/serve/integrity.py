@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from tpp.adapter_checks import check_frame, check_head
-from tpp.adapter_dir import CARD, HEAD, INTEGER_HEAD_TENSORS, check_card, check_values
+from tpp.adapter_dir import CARD, HEAD, INTEGER_HEAD_TENSORS, card_json, check_card, check_values
 from tpp.adapters import check_tensor_names, get_method
 from tpp.adapters.visual_prompt import declared_frame
 from tpp.data.images import rule_frame
@@ -63,7 +63,7 @@ def parse_card(data: bytes | None, source: str) -> dict:
     if data is None:
         raise TppError(f"'{source}' is not a tpp adapter directory (no {CARD}).")
     try:
-        card = json.loads(data.decode("utf-8"))
+        card = card_json(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TppError(f"'{source}/{CARD}' is not valid JSON ({type(exc).__name__}).") from None
     check_card(card, f"{source}/{CARD}", kinds=("adapter",))

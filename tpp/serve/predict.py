@@ -211,10 +211,56 @@ def skipped_path(out: str | Path) -> Path:
     return path.with_name(path.stem + "_skipped.csv")
 
 
+def masks_path(out: str | Path) -> Path:
+    """``<OUT stem>_masks/`` beside the predictions CSV."""
+    path = Path(out)
+    return path.with_name(path.stem + "_masks")
+
+
+MASKS_MARK = ".tpp-predict-masks"  # an empty file in every masks folder tpp predict writes
+SKIPPED_HEADER = "image,site,reason"  # the first line of every skipped list tpp predict writes
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is absent, or a masks folder / skipped list an earlier ``tpp predict`` wrote (only those
+    are ever replaced or removed: a user's own ``study_masks/`` beside ``--out study.csv`` is not)."""
+    if path.is_symlink():
+        return False
+    if not path.exists():
+        return True
+    if path.name.endswith("_masks"):
+        return path.is_dir() and (path / MASKS_MARK).is_file()
+    try:
+        with open(path, "rb") as fh:
+            return path.is_file() and fh.read(len(SKIPPED_HEADER) + 2).decode("utf-8", "replace").strip() == \
+                SKIPPED_HEADER
+    except OSError:
+        return False
+
+
+def check_derived_outputs(out: str, inputs: list[str]) -> None:
+    """What ``tpp predict`` writes beside ``--out`` (``<OUT stem>_masks/``, ``<OUT stem>_skipped.csv``) may
+    replace only what an earlier ``tpp predict`` wrote there, and never an input or a folder holding one."""
+    for derived in (masks_path(out), skipped_path(out)):
+        target = derived.resolve()
+        for item in inputs:
+            given = Path(item).resolve()
+            if given == target or target in given.parents:
+                raise TppError(f"--out '{out}' would replace '{derived}', which is an input or holds one ('{item}'); "
+                               "choose another --out.")
+        if not _ours(derived):
+            what = "masks folder (marked by a .tpp-predict-masks file)" if derived.name.endswith("_masks") else \
+                f"skipped list (first line {SKIPPED_HEADER})"
+            raise TppError(f"'{derived}' exists and is no {what} that tpp predict wrote, so the outputs of --out "
+                           f"'{out}' would replace it; move it, or choose another --out.")
+
+
 def write_skipped(skipped: list[Skipped], out: str | Path) -> Path | None:
     """The list of inputs not predicted (columns image, site, reason), atomically, beside ``out``; with none,
     a list left by an earlier run is removed (it would describe other inputs). Returns its path or None."""
     path = skipped_path(out)
+    if not _ours(path):
+        raise TppError(f"'{path}' is no skipped list that tpp predict wrote; it was left as it is.")
     if not skipped:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
@@ -232,7 +278,9 @@ def remove_outputs(out: str | Path) -> list[Path]:
     import shutil
 
     path = _out_path(out)
-    folder = path.with_name(path.stem + "_masks")
+    folder = masks_path(path)
+    if not _ours(folder):
+        folder = path  # never a folder tpp predict did not write (checked before any input is read)
     removed = [p for p in (path, folder) if p.exists()]
     if path.is_file():
         path.unlink()
@@ -284,7 +332,9 @@ def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str,
     from PIL import Image
 
     path = _out_path(out)
-    folder = path.with_name(path.stem + "_masks")
+    folder = masks_path(path)
+    if not _ours(folder):
+        raise TppError(f"'{folder}' is no masks folder that tpp predict wrote; nothing was written.")
     tmp, old = folder.with_name(f".{folder.name}.tmp"), folder.with_name(f".{folder.name}.old")
     for leftover in (tmp, old):
         shutil.rmtree(leftover, ignore_errors=True)
@@ -292,6 +342,7 @@ def write_outputs(rows: list[dict], masks: dict[str, np.ndarray], out: str,
     try:
         if masks:
             tmp.mkdir()
+            (tmp / MASKS_MARK).touch()
             for name, array in masks.items():  # uint8 (h, w) or (h, w, 3), as the task gave it
                 Image.fromarray(np.asarray(array, dtype=np.uint8)).save(tmp / name)
             for row in rows:  # a column naming a file the task wrote points into the folder

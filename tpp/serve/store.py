@@ -40,7 +40,7 @@ _VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
 
 def check_site(site: str) -> str:
     """Return ``site`` if it is a safe folder name (letters, digits, ``_``, ``-``; at most 64), else fail."""
-    if not isinstance(site, str) or not _SITE_RE.match(site):
+    if not isinstance(site, str) or not _SITE_RE.fullmatch(site):
         raise TppError(f"site name {site!r} is not allowed: use 1-64 letters, digits, '_' or '-', "
                        "starting with a letter or digit (no paths, dots or spaces).")
     return site
@@ -156,7 +156,8 @@ def holds_exactly(folder: Path, files: dict[str, bytes]) -> bool:
 def sites(store: str | Path) -> list[str]:
     """Site names that have a current version, sorted."""
     root = _store_root(store)
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and _SITE_RE.match(p.name) and (p / POINTER).is_file())
+    return sorted(p.name for p in root.iterdir()
+                  if p.is_dir() and _SITE_RE.fullmatch(p.name) and (p / POINTER).is_file())
 
 
 def current(store: str | Path, site: str) -> SiteVersion:
@@ -194,7 +195,7 @@ def _pointed_version(store: str | Path, site: str) -> tuple[Path, str]:
     if not pointer.exists() and not pointer.is_symlink():
         raise UnknownSite(site)
     version = _read_regular(pointer, limit=64).decode("ascii", errors="replace").strip()
-    if not _VERSION_RE.match(version):
+    if not _VERSION_RE.fullmatch(version):
         raise TppError(f"store pointer '{pointer}' does not name a version (16 hex digits).")
     _inside(root, site_dir / version, folder=True)
     return site_dir, version
@@ -274,7 +275,14 @@ def listing(store: str | Path, backbone_hash: str | None = None) -> list[dict]:
             "size_kib": f"{card['size_bytes'] / 1024:.0f}" if isinstance(card.get("size_bytes"), int) else "?",
             "created": card.get("created", ""),
         })
-    return rows
+    return [{k: _printable(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
+
+
+def _printable(text: str, limit: int = 400) -> str:
+    """A card's string as a terminal may show it: control characters (escape sequences, carriage returns) are
+    written as ``\\xNN``, and the text is cut at ``limit`` characters."""
+    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    return shown + ("..." if len(text) > limit else "")
 
 
 def check(store: str | Path, backbone_hash: str) -> list[str]:

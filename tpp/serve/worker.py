@@ -129,6 +129,13 @@ class InferenceWorker:
             job.future.set_exception(exc)
 
     def _outputs(self, sites: list, tensors: list) -> list:
+        """One output per row, ``max_batch`` rows per forward pass (one request of many small images must not
+        run as one huge batch): see :meth:`_chunk_outputs`."""
+        step = self.max_batch
+        return [out for start in range(0, len(sites), step)
+                for out in self._chunk_outputs(sites[start:start + step], tensors[start:start + step])]
+
+    def _chunk_outputs(self, sites: list, tensors: list) -> list:
         """One output per row; when the mixed batch fails, each site's rows run alone and a failing site's
         rows get its error (the site is refused in the bank: ``GET /v1/sites`` shows why), the others
         their outputs."""

@@ -14,6 +14,9 @@ from tpp.segmentation import (build_decoder, decoder_from_spec, decoder_spec, ma
 from tpp.tasks import Task, register
 
 MAX_MASK_SIDE = 4096  # pixels a card may ask masks to be drawn at
+MAX_DECODER_STAGES = 7  # x2 upsampling stages a card's decoder may have (training allows log2(4 x patch))
+MAX_DECODER_WIDTH = 2048  # channels of one decoder stage a card may ask for
+MAX_SEG_CLASSES = 256  # masks are written as uint8 class indices
 
 @dataclass
 class SegmentationOptions:
@@ -161,12 +164,17 @@ class Segmentation(Task):
             problems.append("task.decoder must be an object (the decoder's spec)")
             return problems
         channels = decoder.get("channels")
-        if not (isinstance(channels, list) and channels and all(_whole(c) and c > 0 for c in channels)):
-            problems.append("task.decoder.channels must be a list of positive integers")
+        if not (isinstance(channels, list) and 0 < len(channels) <= MAX_DECODER_STAGES
+                and all(_whole(c) and 0 < c <= MAX_DECODER_WIDTH for c in channels)):
+            problems.append(f"task.decoder.channels must list 1 to {MAX_DECODER_STAGES} integers in "
+                            f"1..{MAX_DECODER_WIDTH}")
         if not isinstance(decoder.get("pixel_skip"), bool):
             problems.append("task.decoder.pixel_skip must be true or false")
-        if not (_whole(decoder.get("num_classes")) and decoder["num_classes"] >= 2):
-            problems.append("task.decoder.num_classes must be an integer of at least 2")
+        if not (_whole(decoder.get("num_classes")) and 2 <= decoder["num_classes"] <= MAX_SEG_CLASSES):
+            problems.append(f"task.decoder.num_classes must be an integer in 2..{MAX_SEG_CLASSES}")
+        elif len(entry.get("label_names") or []) != decoder["num_classes"]:
+            problems.append(f"task.label_names must name each of the decoder's {decoder['num_classes']} classes, "
+                            f"got {len(entry.get('label_names') or [])} names")
         if not _whole(decoder.get("frame", 0)):
             problems.append("task.decoder.frame must be a whole number of pixels, 0 or more")
         return problems

@@ -65,12 +65,26 @@ def check_adapter(cfg, load: bool = True) -> None:
     does not load, or a run, which loads the adapter right after) its card and files, without the backbone."""
     from tpp.recipes import evaluated_card
 
+    card = evaluated_card(cfg.adapter.path)
+    check_task_fits_data(cfg, card)
     if not load:
-        card = evaluated_card(cfg.adapter.path)
         read_weights(cfg.adapter.path, card)  # the files, backbone-free: a run loads them right after
         check_head(card, read_tensors(cfg.adapter.path, HEAD), cfg.adapter.path)
         return
     load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
+
+
+def check_task_fits_data(cfg, card: dict) -> None:
+    """The adapter's task (its card's) takes the configured data source (a classification adapter on a source
+    of masks is refused here, before output_dir exists, naming the adapter)."""
+    task = task_of_card(card)
+    as_trained = copy.copy(cfg)
+    as_trained.task, as_trained.task_options = task.name, task.options_cls()
+    try:
+        task.check_config(as_trained)
+    except ConfigError as exc:
+        raise TppError(f"adapter '{cfg.adapter.path}' is a {task.name} adapter, which cannot evaluate this data: "
+                       f"{str(exc).rstrip('.')}.") from None
 
 
 def check_data(cfg, dataset) -> dict:

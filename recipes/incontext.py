@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from tpp.data.arrays import resolve_root
-from tpp.errors import ConfigError, TppError
+from tpp.errors import ConfigError
 from tpp.incontext import episodes, learned
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_loader, make_optimizer, make_scheduler,
                           train_loop)
@@ -40,11 +40,8 @@ def check(cfg) -> None:
                           "not apply: the episodes are endless).")
     if cfg.train.max_steps < 1:
         raise ConfigError(f"train.max_steps must be at least 1, got {cfg.train.max_steps}.")
-    try:  # a misspelt holdout would hold out nothing: refused before anything is read or written
-        root = resolve_root(cfg.data.root)
-    except TppError:  # no data root: preflight reports it; the names are checked against the known datasets
-        root = None
-    episodes.check_holdout(cfg.incontext.holdout, root)
+    root = resolve_root(cfg.data.root)  # no data root: an error before output_dir is touched
+    episodes.check_holdout(cfg.incontext.holdout, root)  # a misspelt holdout would hold out nothing
 
 
 def _classification_loss(model, batch, device) -> tuple[torch.Tensor, dict]:

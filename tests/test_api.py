@@ -327,3 +327,12 @@ def test_an_edited_card_is_refused_naming_it_before_use(world, tmp_path, edit, s
     with pytest.raises((TppError, ConfigError), match=re.escape(said)):
         tpp.finetune(FINETUNE_CONFIG, {**overrides, **TINY_RUN, "adapter.init_from": str(adapter)},
                      output_dir=tmp_path / "ft")
+
+
+def test_a_refused_output_dir_names_the_python_argument_not_the_command_line_flag(world, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not a run")
+    overrides = {"backbone.path": str(world.backbone), "data.root": str(world.root), **TINY_RUN}
+    with pytest.raises(TppError, match="pass overwrite=True") as caught:
+        tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=tmp_path / "mine")
+    assert "--overwrite" not in str(caught.value) and (tmp_path / "mine" / "notes.txt").is_file()

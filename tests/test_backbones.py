@@ -72,6 +72,8 @@ def test_no_target_match_is_an_error(tiny_mae):
 def test_bad_backbone_paths_are_clear(tmp_path):
     with pytest.raises(TppError, match="does not exist"):
         load_backbone(str(tmp_path / "missing"))
+    with pytest.raises(TppError, match="'nope_dir/' does not exist"):  # not a hub id's rules for a folder
+        load_backbone("nope_dir/")
     (tmp_path / "empty").mkdir()
     with pytest.raises(TppError, match="no config.json"):
         load_backbone(str(tmp_path / "empty"))

@@ -18,9 +18,11 @@ def test_shipped_configs_are_every_yaml_file_in_the_config_folder_recursively():
 
 
 @pytest.mark.parametrize("path", CONFIGS_ON_DISK, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
-def test_shipped_config_loads_and_passes_its_recipe_check(path):
+def test_shipped_config_loads_and_passes_its_recipe_check(path, tmp_path, monkeypatch):
     """What `tpp run RECIPE --config FILE` does first, RECIPE from the file's first line: the config loads
-    under that recipe (its own ``recipe:``) and the recipe's ``check(cfg)`` accepts it."""
+    under that recipe (its own ``recipe:``) and the recipe's ``check(cfg)`` accepts it (with a data root set,
+    as the README's commands set one: incontext refuses to start without)."""
+    monkeypatch.setenv("TPP_DATA_ROOT", str(tmp_path))
     recipe = path.read_text().split("\n", 1)[0].removeprefix("# tpp run ").split(" ", 1)[0]
     assert path.read_text().startswith(f"# tpp run {recipe} --config"), path
     cfg = load_config(path, recipe=recipe)
@@ -469,3 +471,20 @@ def test_options_that_act_are_not_warned_about():
                           ["adapter.method=visual_prompt", "adapter.mode=pad", "adapter.pad=8"],
                           ["classification.output_mapping=rlm", "classification.source_head=classifier"]):
             load_config(CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml", overrides)
+
+
+def test_an_override_of_a_section_the_run_does_not_read_is_warned_about():
+    """classification.bootstrap_resamples=0 on `tpp run evaluate` with a finetune config was silently ignored."""
+    import warnings
+
+    from helpers import FINETUNE_CONFIG
+
+    from tpp.config import load_config
+
+    config = CONFIG_DIR / FINETUNE_CONFIG
+    with pytest.warns(UserWarning, match=r"classification.bootstrap_resamples on the command line is not used by "
+                                         r"the evaluate recipe .*adapter's card"):
+        load_config(config, ["classification.bootstrap_resamples=0"], recipe="evaluate")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_config(config, ["classification.bootstrap_resamples=0"], recipe="finetune")

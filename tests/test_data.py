@@ -237,3 +237,52 @@ def test_segmentation_npz_labels_are_checked_like_class_labels(tmp_path):
     with pytest.raises(TppError, match=r"seg\.npz' labels: 10 labels are not whole numbers"):
         load_seg_npz("seg", str(tmp_path), "seg.npz", class_names_key=None, modality="US", val_fraction=0.2,
                      test_fraction=0.2, seed=0)
+
+
+def write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_class_names_naming_one_class_twice_are_refused_and_bytes_are_decoded(tmp_path):
+    """Two indices both named 'a' used to train and then lose one probability column."""
+    images, labels = np.zeros((30, 8, 8), np.uint8), np.array([0, 1] * 15)
+    for names in (["a", "a"], ["Benign", "benign"]):
+        write_npz(tmp_path / "d.npz", images=images, labels=labels, class_names=np.array(names))
+        with pytest.raises(TppError, match="name one class more than once"):
+            load_npz("d", str(tmp_path), "d.npz", modality="US")
+    write_npz(tmp_path / "d.npz", images=images, labels=labels, class_names=np.array([b"benign", b"malignant"]))
+    assert load_npz("d", str(tmp_path), "d.npz", modality="US").class_names == ["benign", "malignant"]
+
+
+def test_an_npz_member_claiming_more_than_half_the_memory_is_refused_from_its_header(tmp_path):
+    """A 650-byte file whose header claims (1e7, 1000, 1000) used to end in a MemoryError traceback."""
+    import zipfile
+
+    header = np.lib.format
+    with zipfile.ZipFile(tmp_path / "claim.npz", "w") as archive:
+        for key, shape in (("images", (10**7, 1000, 1000)), ("labels", (10**7,))):
+            with archive.open(f"{key}.npy", "w") as fh:
+                header.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    with pytest.raises(TppError, match=r"claim.npz' key 'images': its header says \(10000000, 1000, 1000\)"):
+        load_npz("claim", str(tmp_path), "claim.npz", modality="US")
+
+
+def test_a_truncated_npz_member_is_called_damaged_not_a_pickle_problem(tmp_path):
+    import zipfile
+
+    write_npz(tmp_path / "whole.npz", images=np.zeros((30, 8, 8), np.uint8), labels=np.zeros(30, np.int64))
+    with zipfile.ZipFile(tmp_path / "short.npz", "w") as archive, zipfile.ZipFile(tmp_path / "whole.npz") as src:
+        for info in src.infolist():
+            body = src.read(info.filename)
+            archive.writestr(info.filename, body[:200] if info.filename == "images.npy" else body)
+    with pytest.raises(TppError, match="images' cannot be read: the file is damaged"):
+        load_npz("short", str(tmp_path), "short.npz", modality="US")
+
+
+def test_an_npz_split_with_a_class_only_in_test_is_an_error(tmp_path):
+    arrays = {f"{s}_images": np.zeros((6, 8, 8), np.uint8) for s in ("train", "val", "test")}
+    arrays.update(train_labels=np.array([0, 1] * 3), val_labels=np.array([0, 1] * 3), test_labels=np.arange(6) % 3)
+    write_npz(tmp_path / "d.npz", **arrays, class_names=np.array(["a", "b", "c"]))
+    with pytest.raises(TppError, match=r"class\(es\) \['c'\] have images in val/test but none in train"):
+        load_npz("d", str(tmp_path), "d.npz", modality="US")

@@ -59,6 +59,10 @@ def test_one_class_is_an_error():
     ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 3, ["a"] * 3, names=["x"] * 3, source="ctx")
     with pytest.raises(TppError, match="one class only"):
         check(ctx)
+    ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 3, ["Benign", "benign", "malignant"],
+                     names=["x"] * 3, source="ctx")
+    with pytest.raises(TppError, match="name one class written 2 ways"):  # they used to be two classes
+        check(ctx)
 
 
 def _seg_world(k=4, size=16, seed=0):
@@ -471,3 +475,12 @@ def test_an_image_size_below_one_pixel_is_refused_not_replaced():
     ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 2, ["a", "b"], names=["0", "1"])
     with pytest.raises(TppError, match="at least 1 pixel, got 0"):
         prepare(ctx, None, "prototype", None, 0)
+
+
+def test_neighbours_without_knn_are_refused_not_ignored():
+    from tpp.incontext.predict import prepare
+
+    ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 2, ["a", "b"], names=["0", "1"])
+    for method in ("prototype", "learned"):
+        with pytest.raises(TppError, match=f"used by method knn only, not by {method}"):
+            prepare(ctx, None, method, 3)

@@ -263,3 +263,16 @@ def test_learned_segmentation_predicts_from_one_pair_and_refuses_a_classifier(tm
     cls_ctx = check(ContextSet(CLASSIFICATION, [image, image], ["a", "b"], names=["x", "y"], source="ctx"))
     with pytest.raises(TppError, match="segmentation model but the context set is a classification task"):
         prepare(cls_ctx, stub, "learned", model=model)
+
+
+def test_incontext_without_a_data_root_is_refused_before_output_dir_is_touched(tmp_path, monkeypatch, capsys):
+    """validate said ok, and `tpp run incontext` created output_dir (and marked a finished run failed on
+    train.resume=auto) before finding no data root."""
+    from tpp.recipes import CONFIG_DIR
+
+    monkeypatch.delenv("TPP_DATA_ROOT", raising=False)
+    config = CONFIG_DIR / "incontext" / "segmentation.yaml"
+    assert run_cli("validate", config, f"output_dir={tmp_path / 'run'}") == 2
+    assert "no data root" in capsys.readouterr().err
+    assert run_cli("run", "incontext", "--config", config, f"output_dir={tmp_path / 'run'}", "train.max_steps=1") == 2
+    assert "no data root" in capsys.readouterr().err and not (tmp_path / "run").exists()

@@ -371,3 +371,20 @@ def test_backbone_scope_writes_a_backbone_every_recipe_loads(tiny_mae, tmp_path,
     site = make_medmnist(tmp_path / "site")
     assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, backbone, site, tmp_path / "ft", "train.max_steps=2",
                                 *FAST)) == 0
+
+
+def test_a_misspelt_head_option_is_named_with_the_close_one_and_every_problem_is_listed():
+    """A typo inside pool[i].head used to surface Python's 'unexpected keyword argument', one problem only."""
+    from types import SimpleNamespace
+
+    from tpp.multitask_build import check_entries
+
+    pool = [SimpleNamespace(kind="mae", weight=1.0, name=None, head={"mask_ration": 0.5},
+                            data=SimpleNamespace(name="breastmnist")),
+            SimpleNamespace(kind="classification", weight=1.0, name=None, head={"bootstrap": 0},
+                            data=SimpleNamespace(name="pneumoniamnist"))]
+    problems = check_entries(pool)
+    assert any("unknown config key 'pool[0].head.mask_ration'; did you mean pool[0].head.mask_ratio?" in p
+               for p in problems), problems
+    assert any("pool[1].head.bootstrap'" in p for p in problems) and not any("unexpected keyword" in p
+                                                                              for p in problems)

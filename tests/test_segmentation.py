@@ -342,3 +342,22 @@ def test_run_length_masks_round_trip():
     rle = rle_encode(mask)
     assert rle["size"] == [5, 7] and sum(n for _, n in rle["counts"]) == 35
     assert np.array_equal(rle_decode(rle), mask)
+
+
+def test_a_float_mask_with_fractional_values_is_an_error_not_cut_to_background(tmp_path):
+    """A float TIFF mask holding 0.6 used to become class 0 silently (cast before the check)."""
+    root = tmp_path / "seg"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(10):
+        Image.fromarray(np.full((16, 16), 10 * i, np.uint8)).save(root / "images" / f"case{i}.png")
+        mask = np.zeros((16, 16), np.float32)
+        mask[4:12, 4:12] = 1.0
+        Image.fromarray(mask, "F").save(root / "masks" / f"case{i}.tif")
+    folder = dict(name="toy", root=None, file=str(root), modality="US", val_fraction=0.2, test_fraction=0.2, seed=0,
+                  image_size=16)
+    assert set(np.unique(load_seg_folder(**folder).split("train").masks)) == {0, 1}  # whole values are fine
+    mask[4:8, 4:12] = 0.6
+    Image.fromarray(mask, "F").save(root / "masks" / "case3.tif")
+    with pytest.raises(TppError, match=r"case3.tif' holds fractional or non-finite values"):
+        load_seg_folder(**folder)

@@ -77,6 +77,16 @@ def test_evaluate_reproduces_the_test_metrics(runs):
     assert again["dice"] == pytest.approx(first["dice"], abs=1e-6) and again["n"] == first["n"]
 
 
+def test_an_adapter_of_another_task_than_the_data_is_refused_before_output_dir(runs, capsys):
+    """The segmentation adapter on BreastMNIST (labels, no masks): named as the adapter's mismatch, before the
+    run folder exists (it used to fail after, as a problem of the data)."""
+    out = runs / "wrong_task"
+    assert main(["run", "evaluate", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml", *common(out),
+                 f"adapter.path={runs / 'seg' / 'adapter'}"]) == 2
+    assert "is a segmentation adapter, which cannot evaluate this data" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_breastmnist_pretraining_is_refused_for_busi(runs, capsys):
     """BreastMNIST is made from the BUSI images: its TPP adapter may have seen BUSI test images."""
     out = runs / "breast_tpp"

@@ -136,8 +136,13 @@ def run(recipe: str, config, overrides: Mapping | Sequence[str] | None = None, *
         if any(a.startswith("output_dir=") for a in args):
             raise TppError("output_dir is given twice (as output_dir= and in overrides); give it once.")
         args += override_args({"output_dir": output_dir})  # quoted where YAML would misread it ("2024")
-    with quiet():
-        summary, path = run_recipe(recipe, _config_source(config), args, overwrite, started)
+    try:
+        with quiet():
+            summary, path = run_recipe(recipe, _config_source(config), args, overwrite, started)
+    except TppError as exc:  # the command line's flag, said as this function takes it
+        if "pass --overwrite" not in str(exc):
+            raise
+        raise TppError(str(exc).replace("pass --overwrite", "pass overwrite=True")) from None
     return _result(recipe, path, summary)
 
 

@@ -292,7 +292,7 @@ def backbone_config(path: str):
         raise TppError(f"backbone.path '{path}' is a file; pass the checkpoint directory (config.json + weights).")
     if local.is_dir() and not (local / "config.json").is_file():
         raise TppError(f"backbone.path '{path}' has no config.json: it is not a transformers checkpoint directory.")
-    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.endswith(("/", os.sep)) or path.count("/") > 1):
         raise TppError(f"backbone.path '{path}' does not exist. Pass a local checkpoint directory, a hub id or "
                        f"{DEFAULT_BACKBONE} (shipped with tpp).")
     if local.is_dir() and not any(local.glob("*.safetensors")) and not (local / "pytorch_model.bin").is_file():
@@ -305,6 +305,8 @@ def backbone_config(path: str):
         hint = (" Offline (HF_HUB_OFFLINE is set) a hub id loads only from the local Hugging Face cache: fetch it "
                 "once with internet access, or pass a local checkpoint folder." if offline else "")
         first = (str(exc).strip().splitlines() or [""])[0][:300]
+        if not local.exists():
+            hint += " (read as a hub id: no local folder of that name exists)"
         raise TppError(f"cannot read backbone '{path}': {first}{hint}".strip()) from None
     _check_config(config, path)
     return config

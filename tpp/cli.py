@@ -208,6 +208,8 @@ def cmd_validate(args) -> int:
                 f"depth {cfg.model.num_hidden_layers}")
     elif cfg.recipe == "evaluate":  # the adapter's own method is on its card
         what = f"adapter '{cfg.adapter.path}', data {cfg.data.name}"
+    elif cfg.recipe == "incontext":  # episodes of every dataset under the root but the held-out ones
+        what = f"{cfg.incontext.kind} in-context model, holding out {', '.join(cfg.incontext.holdout)}"
     else:
         what = f"adapter {cfg.adapter.method}, data {cfg.data.name}"
     print(f"ok: {args.config} (recipe {cfg.recipe}, {what}, output_dir {cfg.output_dir})")

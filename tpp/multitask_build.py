@@ -22,15 +22,20 @@ def task_name(entry) -> str:
     return entry.name or f"{entry.data.name}-{entry.kind}"
 
 
-def options_of(entry):
-    """The options dataclass of the entry's task or pretext, built from its ``head`` mapping."""
+def options_cls_of(entry) -> type:
+    """The options dataclass of the entry's task or pretext."""
     if entry.kind in SUPERVISED:
         from tpp.tasks import get_task
 
-        return get_task(entry.kind).options_cls(**entry.head)
+        return get_task(entry.kind).options_cls
     from tpp.pretext import get_pretext
 
-    return get_pretext(entry.kind).options_cls(**entry.head)
+    return get_pretext(entry.kind).options_cls
+
+
+def options_of(entry):
+    """The options dataclass of the entry's task or pretext, built from its ``head`` mapping."""
+    return options_cls_of(entry)(**entry.head)
 
 
 def check_entries(pool) -> list[str]:
@@ -52,6 +57,10 @@ def check_entries(pool) -> list[str]:
         elif name in names:
             problems.append(f"{where}: task name {name!r} is also pool[{names[name]}]'s; set {where}.name.")
         names.setdefault(name, i)
+        unknown = _unknown_head_keys(entry, where)
+        if unknown:
+            problems += unknown
+            continue
         try:
             options_of(entry)
         except TypeError as exc:
@@ -61,6 +70,18 @@ def check_entries(pool) -> list[str]:
     if pool and sum(max(e.weight, 0) for e in pool) <= 0:
         problems.append("multitask: every pool[i].weight is 0; at least one task must have a positive weight.")
     return problems
+
+
+def _unknown_head_keys(entry, where: str) -> list[str]:
+    """A problem line (with the close option, as for any config key) per ``head`` key the task or pretext lacks."""
+    import dataclasses
+
+    from tpp.config.parse import unknown_key
+
+    if not isinstance(entry.head, dict):
+        return [f"{where}.head must be a mapping of {entry.kind}'s options, got {type(entry.head).__name__}."]
+    known = {f.name for f in dataclasses.fields(options_cls_of(entry))}
+    return [unknown_key(f"{where}.head.{key}", known) for key in entry.head if key not in known]
 
 
 def origin_of(name: str) -> str:

@@ -126,9 +126,29 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
     problems = prompt_size_problems(cfg)  # needs the resolved backbone.path (and adapter.init_from)
     if problems:
         raise config_error(problems)
-    for message in ignored_options(cfg):
+    for message in ignored_options(cfg) + unused_overrides(given, recipe, written):
         warnings.warn(message, stacklevel=2)
     return cfg
+
+
+def unused_overrides(given: dict, recipe: str, written: str) -> list[str]:
+    """Overrides of a section the recipe run does not read, accepted because the config's own recipe reads it
+    (``classification.*`` on ``tpp run evaluate`` with a finetune config): each a sentence for a warning."""
+    from tpp.recipes.registry import RECIPES
+    from tpp.tasks import all_tasks
+
+    sections = set(RECIPES[recipe].sections)
+    if "task" in sections:
+        sections |= {t.name for t in all_tasks()}
+    found = []
+    for key, value in given.items():
+        if key == "recipe" or key in sections:
+            continue
+        paths = [f"{key}.{k}" for k in value] if isinstance(value, dict) and value else [key]
+        card = "; evaluate takes the task's settings from the adapter's card" if recipe == "evaluate" else ""
+        found.append(f"{', '.join(paths)} on the command line is not used by the {recipe} recipe (the {key} section "
+                     f"is the {written} recipe's{card}).")
+    return found
 
 
 def _plain(data: Mapping) -> dict:

@@ -6,6 +6,7 @@ and say what to do. The registered sources (``tpp.data.sources``) call these loa
 """
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import zipfile
@@ -18,6 +19,7 @@ from tpp.data import KNOWN_MODALITIES, Dataset, Split
 from tpp.data.medmnist_download import MD5 as DOWNLOADABLE
 from tpp.data.medmnist_download import download_medmnist
 from tpp.data.subsets import seeded_split_id, stratified_split
+from tpp.data.tables import name_clashes
 from tpp.errors import TppError
 
 SPLITS = ("train", "val", "test")
@@ -99,13 +101,45 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
 def _array(npz, key: str, path: Path) -> np.ndarray:
     if key not in npz.files:
         raise TppError(f"'{path}' has no key '{key}' (it has: {', '.join(npz.files)}).")
+    _check_array_size(npz, key, path)
     try:
         return npz[key]
-    except ValueError as exc:  # object arrays need pickle: refused
+    except ValueError as exc:  # object arrays need pickle: refused; a member cut short
+        if "pickle" not in str(exc).lower():
+            raise TppError(f"'{path}' key '{key}' cannot be read: the file is damaged ({exc}).") from None
         raise TppError(f"'{path}' key '{key}' cannot be read without pickle ({exc}).") from None
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # a truncated or corrupt member
         raise TppError(f"'{path}' key '{key}' cannot be read: the file is damaged "
                        f"({type(exc).__name__}: {exc}).") from None
+
+
+def max_array_bytes() -> int:
+    """The largest array an .npz member may unpack to: half of this machine's memory (a small file may claim,
+    or deflate to, far more than it holds)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): 16 GiB
+        return 16 * 2**30
+
+
+def _check_array_size(npz, key: str, path: Path) -> None:
+    """Refuse a member whose .npy header says it unpacks to more than :func:`max_array_bytes`, before any of it
+    is decompressed."""
+    fmt = np.lib.format
+    try:
+        with npz.zip.open(f"{key}.npy") as fh:
+            version = fmt.read_magic(fh)
+            reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if reader is None:
+                return  # a newer header: numpy itself reads it
+            shape, _, dtype = reader(fh)
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error):
+        return  # unreadable headers are reported when the array is read
+    size = math.prod(shape) * dtype.itemsize
+    if size > max_array_bytes():
+        raise TppError(f"'{path}' key '{key}': its header says {shape} {dtype} ({size / 2**30:,.1f} GiB unpacked), "
+                       f"more than half of this machine's memory ({max_array_bytes() / 2**30:,.1f} GiB); is the file "
+                       "damaged? Split a larger dataset into several files or use a folder of images.")
 
 
 def _label_values(raw: np.ndarray, where: str) -> np.ndarray:
@@ -238,10 +272,8 @@ def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = 
     if not path.is_file():
         raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
     npz = _open_npz(path)
-    if class_names_key and class_names_key in npz.files:
-        names = [str(n) for n in np.atleast_1d(_array(npz, class_names_key, path))]
-    else:
-        names = None
+    names = (_npz_class_names(_array(npz, class_names_key, path), f"'{path}' {class_names_key}")
+             if class_names_key and class_names_key in npz.files else None)
     if f"train_{image_key}" in npz.files and not labels and not classes:
         splits = {s: Split(_images(_array(npz, f"{s}_{image_key}", path), f"'{path}' {s}_{image_key}"), None)
                   for s in SPLITS}
@@ -260,6 +292,7 @@ def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = 
         names = names or [str(i) for i in range(int(max(lb.max() for _, lb in parts.values() if len(lb))) + 1)]
         splits = {s: Split(im, _labels(lb, len(names), f"'{path}' {s}_{label_key} ({s} split)"))
                   for s, (im, lb) in parts.items()}
+        _check_train_covers(splits, names, path)
     else:
         images = _not_empty(_images(_array(npz, image_key, path), f"'{path}' {image_key}"), f"'{path}' {image_key}")
         values = _label_values(_array(npz, label_key, path), f"'{path}' {label_key}")
@@ -274,6 +307,27 @@ def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = 
     split_id = ("the file's own" if f"train_{image_key}" in npz.files
                 else seeded_split_id(seed, val_fraction, test_fraction, None))
     return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id, source=f"'{path}'")
+
+
+def _check_train_covers(splits: dict, names: list, path) -> None:
+    """A class with images in val or test but none in train could never be learned: an error (as for folders)."""
+    train = set(np.unique(splits["train"].labels).tolist())
+    elsewhere = set().union(*(np.unique(splits[s].labels).tolist() for s in ("val", "test")))
+    untrained = [names[k] for k in sorted(elsewhere - train)]
+    if untrained:
+        raise TppError(f"'{path}': class(es) {untrained} have images in val/test but none in train; the model could "
+                       "never learn them. Add training images or remove the class.")
+
+
+def _npz_class_names(array: np.ndarray, where: str) -> list[str]:
+    """Class names by label index, as text (bytes decoded as UTF-8); one class named twice is an error (its
+    probability column would be lost)."""
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in np.atleast_1d(array).tolist()]
+    clashes = name_clashes(names)
+    if clashes:
+        raise TppError(f"{where}: {', '.join(map(repr, clashes[0]))} name one class more than once; give each "
+                       "class index its own name.")
+    return names
 
 
 def filter_classes(splits: dict, names: list, classes: list, path) -> tuple[dict, list]:

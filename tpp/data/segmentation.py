@@ -164,7 +164,11 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path) -> np.ndarr
             if abs(w * ih - h * iw) > 0.02 * max(w * ih, h * iw):  # masks at another resolution keep the shape
                 raise TppError(f"mask '{path}' is {w}x{h} pixels but its image '{image}' is {iw}x{ih}: not the "
                                "same shape, so it is not this image's mask (or it was rotated or cropped).")
-            arr = np.asarray(img.resize((size, size), Image.NEAREST)).astype(np.int64)
+            arr = np.asarray(img.resize((size, size), Image.NEAREST))
+            if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+                raise TppError(f"mask '{path}' holds fractional or non-finite values (a float image); masks hold "
+                               "whole class indices (or 0/255).")
+            arr = arr.astype(np.int64)
             if arr.ndim == 3:  # RGB / LA exports of a gray mask: fine when every channel is the same
                 colour = arr[..., :3] if arr.shape[-1] >= 3 else arr[..., :1]
                 if not (colour == colour[..., :1]).all():

@@ -71,10 +71,7 @@ def class_names(values: list[str], where: str = "the labels") -> list[str]:
     else as text. Two values that differ only in how they are written ('1', '01' and '1.0'; 'Benign' and
     'benign') are refused, naming ``where``: as two classes they would silently split one."""
     unique = sorted(set(values))
-    spelled: dict = {}
-    for value in unique:
-        spelled.setdefault(_class_key(value), []).append(value)
-    clashes = [v for v in spelled.values() if len(v) > 1]
+    clashes = name_clashes(unique)
     if clashes:
         raise TppError(f"{where}: the labels {', '.join(repr(v) for v in clashes[0])} name one class written "
                        f"{len(clashes[0])} ways ({len(clashes)} such group(s)); write each class one way.")
@@ -82,6 +79,14 @@ def class_names(values: list[str], where: str = "the labels") -> list[str]:
         return sorted(unique, key=int)
     except ValueError:
         return unique
+
+
+def name_clashes(names: list[str]) -> list[list[str]]:
+    """Groups of names that name one class however written ('1' / '01'; 'Benign' / 'benign'; a name twice)."""
+    spelled: dict = {}
+    for name in names:
+        spelled.setdefault(_class_key(name), []).append(name)
+    return [v for v in spelled.values() if len(v) > 1]
 
 
 def _class_key(value: str):

@@ -24,6 +24,7 @@ import numpy as np
 from tpp.errors import TppError
 from tpp.data import images as readers
 from tpp.data.filesets import pair_masks, walk_images
+from tpp.data.tables import class_names
 
 MAX_K = 256
 CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
@@ -91,6 +92,7 @@ def check(ctx: ContextSet, max_k: int = MAX_K) -> ContextSet:
         if len(set(ctx.labels)) < 2:
             raise TppError(f"{where} has one class only ({ctx.labels[0]!r}); classification needs examples of at "
                            "least two classes.")
+        class_names(list(set(ctx.labels)), where)  # 'Benign' and 'benign' are one class written two ways
     elif ctx.task == SEGMENTATION:
         for image, mask, name in zip(ctx.images, ctx.masks, ctx.names or [""] * ctx.k):
             if mask.shape != image.shape[:2]:

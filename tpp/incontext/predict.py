@@ -125,6 +125,8 @@ def prepare(ctx: ContextSet, extractor: Extractor, method: str = "prototype", k:
     from tpp.errors import TppError
 
     check_method(method)
+    if k is not None and method != "knn":
+        raise TppError(f"the number of neighbours (k, --neighbours) is used by method knn only, not by {method}.")
     if method == "learned":
         return _prepare_learned(ctx, extractor, model, version)
     if model is not None:

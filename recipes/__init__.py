@@ -54,7 +54,7 @@ def preflight(cfg, load_adapter: bool = False) -> list[str]:
             return False
 
     backbone_ok = "backbone" not in recipe.sections or record(lambda: backbone_config(cfg.backbone.path))
-    if backbone_ok and "backbone" in recipe.sections and cfg.backbone.input_size:
+    if backbone_ok and "backbone" in recipe.sections:
         backbone_ok = record(lambda: input_size_fits(cfg.backbone.input_size, cfg.backbone.path))
     if reads("adapter.path") and cfg.adapter.path:
         record(lambda: get_recipe(cfg.recipe).check_adapter(cfg, load=backbone_ok and load_adapter))
@@ -63,18 +63,28 @@ def preflight(cfg, load_adapter: bool = False) -> list[str]:
     return problems
 
 
-def input_size_fits(size: int, backbone: str) -> None:
-    """``backbone.input_size`` is a positive multiple of the backbone's patch size (what loading it checks)."""
+def input_size_fits(size: int | None, backbone: str) -> None:
+    """``backbone.input_size`` is a positive multiple of the backbone's patch size (what loading it checks), and
+    the input (that size, else the checkpoint's) gives at most :data:`MAX_PATCH_TOKENS` patch tokens (an adapter
+    trained at more could never be loaded)."""
     from tpp.backbones import MAX_PATCH_TOKENS, backbone_config
     from tpp.errors import TppError
 
-    patch = getattr(backbone_config(backbone), "patch_size", None)
+    config = backbone_config(backbone)
+    patch = getattr(config, "patch_size", None)
     patch = patch[0] if isinstance(patch, (list, tuple)) else patch
-    if isinstance(patch, int) and (size < patch or size % patch):
+    what = f"backbone.input_size={size}"
+    if size is None:
+        native = getattr(config, "image_size", None)
+        what = f"backbone '{backbone}' (image size {native}, backbone.input_size unset)"
+        size = native[0] if isinstance(native, (list, tuple)) else native
+        if not isinstance(size, int):
+            return
+    elif isinstance(patch, int) and (size < patch or size % patch):
         raise TppError(f"backbone.input_size={size} must be a positive multiple of the patch size ({patch}) of "
                        f"backbone '{backbone}'.")
     if isinstance(patch, int) and (size // patch) ** 2 > MAX_PATCH_TOKENS:
-        raise TppError(f"backbone.input_size={size} gives {(size // patch) ** 2:,} patch tokens per image (patch "
+        raise TppError(f"{what} gives {(size // patch) ** 2:,} patch tokens per image (patch "
                        f"{patch}), more than the {MAX_PATCH_TOKENS:,} tpp trains, evaluates or serves at; use at most "
                        f"{int(MAX_PATCH_TOKENS ** 0.5) * patch} px.")
 
@@ -269,10 +279,16 @@ def check_resume(path: Path, cfg) -> None:
     if cfg.train.resume != "auto" and not (Path(cfg.train.resume) / "state.pt").is_file():
         raise TppError(f"train.resume '{cfg.train.resume}' is not a complete checkpoint folder (no state.pt); name "
                        "a checkpoints/step-N folder of the run, or use train.resume=auto.")
-    check_same_config(path, cfg.to_dict(), may_change=("train.max_steps",), defaults=_defaults(cfg))
-    old = _saved_train(path).get("max_steps")
-    new = cfg.train.max_steps
+    origin = _run_of_checkpoint(path, cfg.train.resume)
     step = _checkpoint_step(path, cfg.train.resume)
+    if step is not None and not (origin / "config.yaml").is_file():
+        raise TppError(f"train.resume: '{origin / 'config.yaml'}', the config of the run whose checkpoint would be "
+                       "continued, is missing, so tpp cannot check that the resumed run uses the same settings (its "
+                       "optimiser and schedule come from the checkpoint). Restore the file, or start over with "
+                       "--overwrite.")
+    check_same_config(origin, cfg.to_dict(), may_change=("train.max_steps",), defaults=_defaults(cfg))
+    old = _saved_train(origin).get("max_steps")
+    new = cfg.train.max_steps
     if old is not None and (new is None or new < old):
         raise TppError(f"train.max_steps: the run in '{path}' was planned for {old} steps; resuming may extend it "
                        f"(train.max_steps={old} or more), not shorten it. Start a new output_dir=... for a shorter "
@@ -282,6 +298,15 @@ def check_resume(path: Path, cfg) -> None:
                        f"set train.max_steps={step} or more.")
     if cfg.train.resume == "auto":
         refuse_finished(path, new, step)
+
+
+def _run_of_checkpoint(path: Path, resume: str) -> Path:
+    """The run folder whose checkpoint ``train.resume`` continues: ``path`` for auto, else the folder holding
+    ``checkpoints/step-N`` (a checkpoint of another run is checked against that run's config)."""
+    if resume == "auto":
+        return path
+    checkpoint = Path(resume).resolve()
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else path
 
 
 def _saved_train(path: Path) -> dict:
@@ -344,8 +369,10 @@ def _defaults(cfg) -> dict:
 
     from tpp.recipes.registry import RECIPES
 
-    reads_task = "task" in RECIPES[cfg.recipe].sections
-    return build_config({"recipe": cfg.recipe, **({"task": cfg.task} if reads_task else {})}).to_dict()
+    sections = RECIPES[cfg.recipe].sections
+    chosen = {"task": cfg.task, "adapter": {"method": cfg.adapter.method}, "pretext": {"name": cfg.pretext.name},
+              "data": {"source": cfg.data.source}}  # the plugins whose defaults count
+    return build_config({"recipe": cfg.recipe, **{k: v for k, v in chosen.items() if k in sections}}).to_dict()
 
 
 def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = (), defaults: dict | None = None) -> None:
@@ -383,7 +410,8 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     old, new = flat(saved), flat(config)
     old.update(_before_split_seed(saved))
     for key, value in flat(defaults or {}).items():
-        old.setdefault(key, value)
+        if key in new:  # (another method's, pretext's or source's options are no keys of this run)
+            old.setdefault(key, value)
     skip = {"train.resume", "output_dir", *may_change}  # the run continues where its folder now is (moved, copied)
     differing = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in skip)
     if differing:

@@ -329,10 +329,14 @@ def test_an_edited_card_is_refused_naming_it_before_use(world, tmp_path, edit, s
                      output_dir=tmp_path / "ft")
 
 
-def test_a_refused_output_dir_names_the_python_argument_not_the_command_line_flag(world, tmp_path):
+def test_a_refused_output_dir_names_the_python_argument_not_the_command_line_flag(world, tmp_path, capsys):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not a run")
     overrides = {"backbone.path": str(world.backbone), "data.root": str(world.root), **TINY_RUN}
     with pytest.raises(TppError, match="pass overwrite=True") as caught:
         tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=tmp_path / "mine")
     assert "--overwrite" not in str(caught.value) and (tmp_path / "mine" / "notes.txt").is_file()
+    assert run_cli("run", "finetune", "--config", FINETUNE_CONFIG, f"backbone.path={world.backbone}",
+                   f"data.root={world.root}", f"output_dir={tmp_path / 'mine'}") == 2
+    err = capsys.readouterr().err  # the command line keeps its flag
+    assert "pass --overwrite" in err and "overwrite=True" not in err

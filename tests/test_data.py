@@ -286,3 +286,19 @@ def test_an_npz_split_with_a_class_only_in_test_is_an_error(tmp_path):
     write_npz(tmp_path / "d.npz", **arrays, class_names=np.array(["a", "b", "c"]))
     with pytest.raises(TppError, match=r"class\(es\) \['c'\] have images in val/test but none in train"):
         load_npz("d", str(tmp_path), "d.npz", modality="US")
+
+
+def test_a_class_folder_named_in_bytes_that_are_no_utf8_loads_and_hashes(tmp_path):
+    """A class folder b'benign\\xff' crashed the data load (its origin hash) and a context set's digest."""
+    import os
+
+    from tpp.incontext.context import CLASSIFICATION, ContextSet
+
+    files = [f"{c}/{i}.png" for c in ("benign", "malignant") for i in range(10)]
+    _png_tree(tmp_path / "site", files)
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path / "site"), b"benign\xff"))
+    os.rename(tmp_path / "site" / "benign", odd)
+    data = load_folder("site", str(tmp_path), "site", **FOLDER)
+    assert data.class_names == ["benign\udcff", "malignant"] and data.split_sha256()
+    ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 2, ["benign\udcff", "malignant"], names=["0", "1"])
+    assert len(ctx.digest(0)) > 0

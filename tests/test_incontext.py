@@ -353,6 +353,8 @@ def test_service_answers_as_tpp_predict_stored_and_inline(served):
             uploads = [(q.name, q.read_bytes()) for q in queries]
             status, stored = request(f"{url}/v1/contexts/cls/predict", files=uploads)
             assert status == 200, stored
+            status, with_k = request(f"{url}/v1/contexts/cls/predict?k=3", files=uploads)  # k: knn's only
+            assert status == 200 and with_k["predictions"] == stored["predictions"], with_k
             context = [{"image": _b64(p), "label": p.parent.name} for p in sorted(served["cls"]["ctx"].rglob("*.png"))]
             images = [{"name": q.name, "data": _b64(q)} for q in queries]
             status, inline = _json(f"{url}/v1/incontext/predict", {"context": context[::-1], "images": images})

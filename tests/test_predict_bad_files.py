@@ -152,7 +152,7 @@ def test_outputs_beside_out_replace_only_what_tpp_predict_wrote(world, tmp_path,
     own.mkdir()
     (own / "NOTES.txt").write_text("drawn by hand")
     assert predict(world, "--site", "site_a", scan, "--out", tmp_path / "study.csv") == 2
-    assert "is no masks folder (marked by a .tpp-predict-masks file)" in capsys.readouterr().err
+    assert "is no masks folder (marked by a .tpp-predict-masks file; one an older tpp" in capsys.readouterr().err
     assert predict(world, "--site", "site_a", own, "--out", tmp_path / "study.csv") == 2  # the input itself
     assert "which is an input or holds one" in capsys.readouterr().err
     mapping = tmp_path / "run_skipped.csv"

@@ -334,3 +334,47 @@ def test_the_first_step_of_an_extended_run_trains_at_the_new_curves_rate(tiny_ma
     assert run_cli(*args(tiny_mae, root, out, *every, "train.max_steps=3", "train.resume=auto")) == 0
     before, after = (load_file(out / "checkpoints" / f"step-{n}" / "trainable.safetensors") for n in (2, 3))
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("recipe, config, overrides", [
+    ("finetune", "breast_us/mae_vit_tiny_lora_finetune.yaml", ["adapter.method=bottleneck"]),
+    ("finetune", "breast_us/mae_vit_tiny_lora_finetune.yaml", ["adapter.method=[visual_prompt, lora]"]),
+    ("finetune", "breast_us/mae_vit_tiny_lora_finetune.yaml", ["data.source=npz", "data.file=x.npz",
+                                                               "data.modality=US"]),
+    ("tpp", "breast_us/mae_vit_tiny_lora_tpp.yaml", ["pretext.name=dino"]),
+])
+def test_a_run_of_another_method_pretext_or_source_resumes_under_its_own_config(tmp_path, recipe, config, overrides):
+    """The defaults that fill keys a saved config lacks were the default plugins': every bottleneck, DINO or npz
+    run was refused on train.resume=auto ("adapter.r: 8 -> None")."""
+    import yaml
+
+    from tpp.config import load_config
+    from tpp.recipes import CONFIG_DIR, check_resume
+
+    cfg = load_config(CONFIG_DIR / config, [*overrides, f"output_dir={tmp_path}", "train.resume=auto"],
+                      recipe=recipe)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "train": {
+        **cfg.to_dict()["train"], "resume": None}}))
+    check_resume(tmp_path, cfg)
+    changed = load_config(CONFIG_DIR / config, [*overrides, f"output_dir={tmp_path}", "train.resume=auto",
+                                                "train.lr=0.5"], recipe=recipe)
+    with pytest.raises(TppError, match=r"train.lr: .* -> 0.5"):
+        check_resume(tmp_path, changed)
+
+
+def test_resume_without_the_runs_config_or_from_another_runs_checkpoint_compares_that_runs_config(
+        tiny_mae, reference, tmp_path, capsys):
+    """A deleted config.yaml switched the check off (the run resumed with another lr and label fraction), and a
+    checkpoint of another run was compared with nothing."""
+    import shutil
+
+    root, ref = reference
+    run = tmp_path / "copy"
+    shutil.copytree(ref, run)
+    (run / "config.yaml").unlink()
+    assert run_cli(*args(tiny_mae, root, run, "train.resume=auto", "train.max_steps=12")) == 2
+    assert "the config of the run whose checkpoint would be continued, is missing" in capsys.readouterr().err
+    assert run_cli(*args(tiny_mae, root, tmp_path / "other", f"train.resume={ref / 'checkpoints' / 'step-6'}",
+                         "train.lr=0.5")) == 2
+    assert f"the config differs from the interrupted run in '{ref}'" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()

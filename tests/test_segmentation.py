@@ -361,3 +361,15 @@ def test_a_float_mask_with_fractional_values_is_an_error_not_cut_to_background(t
     Image.fromarray(mask, "F").save(root / "masks" / "case3.tif")
     with pytest.raises(TppError, match=r"case3.tif' holds fractional or non-finite values"):
         load_seg_folder(**folder)
+
+
+@pytest.mark.parametrize("channels, says", [([12], "multiples of 8"), ([2056], "more than 2048"),
+                                            ([8] * 8, "8 stages; at most 7")])
+def test_decoder_widths_that_could_not_be_built_or_published_are_config_errors(channels, says):
+    """[2049] crashed in GroupNorm with a traceback; [2056] trained an adapter publishing then refused."""
+    from tpp.errors import ConfigError
+    from tpp.tasks.segmentation import SegmentationOptions
+
+    with pytest.raises(ConfigError, match=says):
+        SegmentationOptions(decoder_channels=channels)
+    SegmentationOptions(decoder_channels=[2048, 64, 7])

@@ -273,5 +273,5 @@ def test_a_padding_prompt_segments_the_image_inside_its_frame(tmp_path):
             attempt()
     card["task"]["decoder"] = {}  # an empty spec: refused at publish, not a KeyError at the first load
     (forged / "tpp_card.json").write_text(json.dumps(card))
-    with pytest.raises(TppError, match="task.decoder.channels must list 1 to 7 integers"):
+    with pytest.raises(TppError, match="task.decoder.channels must be a list"):
         store.publish(forged, tmp_path / "forged_store", "s")

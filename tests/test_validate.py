@@ -305,3 +305,18 @@ def test_an_option_the_parent_makes_act_is_not_warned_about(tiny_mae, data_root,
         load_config(find_config(FINETUNE), child)  # the parent's weight 0.5: the form acts
     with pytest.warns(UserWarning, match="adapter.discrepancy=cosine is ignored: adapter.discrepancy_weight is 0"):
         load_config(find_config(FINETUNE), [*child, "adapter.discrepancy_weight=0"])
+
+
+def test_a_backbone_whose_own_image_size_gives_too_many_tokens_is_refused_before_training(tmp_path):
+    """With backbone.input_size unset the checkpoint's size was not checked: the run trained an adapter that
+    evaluate then refused to load."""
+    from transformers import ViTConfig, ViTModel
+
+    from tpp.errors import TppError
+    from tpp.recipes import input_size_fits
+
+    ViTModel(ViTConfig(image_size=260, patch_size=4, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=8)).save_pretrained(tmp_path / "big")
+    with pytest.raises(TppError, match=r"image size 260, backbone.input_size unset\) gives 4,225 patch tokens"):
+        input_size_fits(None, str(tmp_path / "big"))
+    input_size_fits(256, str(tmp_path / "big"))  # 4,096 tokens: the most

@@ -22,7 +22,7 @@ from tpp.backbones import MAX_PATCH_TOKENS, BackboneInfo
 from tpp.errors import TppError
 from tpp.model import adapter_state, build_head
 from tpp.model_card import README, portable_backbone_id, render
-from tpp.rundir import finite_json
+from tpp.rundir import ESCAPED_BYTES, finite_json
 
 CARD = "tpp_card.json"
 WEIGHTS = "adapter_model.safetensors"
@@ -84,7 +84,8 @@ def write_adapter_dir(path: Path, encoder, head: torch.nn.Module | None, card: d
     if head is not None:
         save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(path / HEAD))
     card = dict(card, weights_file=weights)
-    (path / README).write_text(render(card, encoder.method.uses_peft))  # replaces peft's template
+    (path / README).write_text(render(card, encoder.method.uses_peft), encoding="utf-8",  # replaces peft's
+                               errors=ESCAPED_BYTES)  # template; a label name that is no UTF-8 written escaped
     card["size_bytes"] = dir_size(path)
     (path / CARD).write_text(json.dumps(card, indent=2, allow_nan=False))
 

@@ -136,13 +136,8 @@ def run(recipe: str, config, overrides: Mapping | Sequence[str] | None = None, *
         if any(a.startswith("output_dir=") for a in args):
             raise TppError("output_dir is given twice (as output_dir= and in overrides); give it once.")
         args += override_args({"output_dir": output_dir})  # quoted where YAML would misread it ("2024")
-    try:
-        with quiet():
-            summary, path = run_recipe(recipe, _config_source(config), args, overwrite, started)
-    except TppError as exc:  # the command line's flag, said as this function takes it
-        if "pass --overwrite" not in str(exc):
-            raise
-        raise TppError(str(exc).replace("pass --overwrite", "pass overwrite=True")) from None
+    with quiet():
+        summary, path = run_recipe(recipe, _config_source(config), args, overwrite, started)
     return _result(recipe, path, summary)
 
 
@@ -159,6 +154,15 @@ def _run_or_finished(recipe: str, config, overrides, output_dir, overwrite) -> R
         return run(recipe, config, overrides, output_dir=output_dir, overwrite=overwrite)
     except RunFinished as done:  # train.resume=auto on a finished run: that run, nothing done
         return _result(recipe, done.path, done.summary, finished_before=True)
+    except TppError as exc:  # the command line's flag, said as these functions take it
+        if "pass --overwrite" not in str(exc):
+            raise
+        text = str(exc).replace("pass --overwrite", "pass overwrite=True")
+        try:
+            reworded = type(exc)(text)  # the same class (ConfigError ...) where it takes one message
+        except TypeError:
+            reworded = TppError(text)
+        raise reworded from None
 
 
 def finetune(config, overrides: Mapping | None = None, *, output_dir=None, overwrite: bool = False) -> RunResult:

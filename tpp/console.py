@@ -2,8 +2,16 @@
 from __future__ import annotations
 
 
+def printable(value) -> str:
+    """``str(value)`` as a terminal may show it: what a forged card or manifest could hide in it (escape
+    sequences, carriage returns, bidirectional overrides) written as ``\\xNN`` / ``\\uNNNN``."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) <= 0xFF else f"\\u{ord(c):04x}"
+                   for c in str(value))
+
+
 def print_table(header: list, rows: list[list]) -> None:
-    """A Markdown table with padded columns."""
+    """A Markdown table with padded columns, every cell :func:`printable`."""
+    header, rows = [printable(c) for c in header], [[printable(c) for c in r] for r in rows]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = lambda r: "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
     print(line(header))
@@ -17,7 +25,7 @@ def report_check(results: dict[str, str | None], what: str, how: str) -> int:
     ``results``: {name: None if it loads, else why not}; e.g. what="sites", how="each loaded as tpp serve would"."""
     for name, reason in results.items():
         if reason:
-            print(f"REFUSED {name}: {reason}")
+            print(f"REFUSED {printable(name)}: {printable(reason)}")
     refused = sum(1 for r in results.values() if r)
     print(f"{len(results) - refused} {what} ok, {refused} refused ({how})")
     return 1 if refused else 0

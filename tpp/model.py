@@ -22,10 +22,8 @@ def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], sou
     if task is None:
         raise TppError(f"'{source}': the card names no registered task ({card.get('task')!r:.100}).")
     try:
-        with torch.device("meta"):  # shapes first: a card cannot make tpp allocate a head its tensors do not fill
-            shapes = {k: tuple(v.shape) for k, v in
-                      task.head_from_card(card["task"], hidden_size, card["input"]["channels"]).state_dict().items()}
-        if shapes != {k: tuple(v.shape) for k, v in state.items()}:
+        shapes = _meta_head_shapes(task, card, hidden_size)  # a card cannot make tpp allocate a head its tensors
+        if shapes is not None and shapes != {k: tuple(v.shape) for k, v in state.items()}:  # do not fill
             raise ValueError("the head's tensor names or shapes differ from the card's")
         head = task.head_from_card(card["task"], hidden_size, card["input"]["channels"])
         head.load_state_dict(state)
@@ -34,6 +32,17 @@ def build_head(card: dict, hidden_size: int, state: dict[str, torch.Tensor], sou
                        f"({type(exc).__name__}: {str(exc)[:300]}).") from None
     check_head_frame(card, source)
     return head.eval()
+
+
+def _meta_head_shapes(task, card: dict, hidden_size: int) -> dict | None:
+    """{tensor name: shape} of the card's head built on the meta device (nothing allocated); None when the head
+    cannot be built there (a plugin head reading values in its constructor): the real build then checks."""
+    try:
+        with torch.device("meta"):
+            head = task.head_from_card(card["task"], hidden_size, card["input"]["channels"])
+    except (RuntimeError, NotImplementedError):
+        return None
+    return {k: tuple(v.shape) for k, v in head.state_dict().items()}
 
 
 def check_head_frame(card: dict, source: str) -> None:

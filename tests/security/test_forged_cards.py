@@ -10,6 +10,7 @@ from serving_fixtures import fine_tuned_sites, forge
 
 from tpp.adapter_dir import CARD, HEAD, verify_backbone
 from tpp.backbones import MAX_PATCH_TOKENS, BackboneInfo
+from tpp.cli import main
 from tpp.errors import TppError
 from tpp.serve import store
 from tpp.serve.bank import AdapterBank
@@ -68,8 +69,9 @@ def seg_entry(**decoder) -> dict:
 
 
 @pytest.mark.parametrize("decoder, says", [
-    ({"channels": [1] * 11}, "must list 1 to 7 integers"),
-    ({"channels": [20000]}, "must list 1 to 7 integers"),
+    ({"channels": [1] * 11}, "has 11 stages; at most 7"),
+    ({"channels": [20000]}, "more than 2048 channels"),
+    ({"channels": [12]}, "multiples of 8"),
     ({"num_classes": 300}, "num_classes must be an integer in 2..256"),
     ({"num_classes": 3}, "must name each of the decoder's 3 classes, got 2 names"),
 ])
@@ -103,14 +105,15 @@ def test_an_input_size_of_too_many_patch_tokens_is_refused_at_load():
         verify_backbone({"backbone": {"hash": "h"}, "input": {"image_size": side + 4}}, info, "big")
 
 
-def test_site_names_with_a_newline_are_refused_and_card_strings_are_listed_escaped(world, tmp_path):
+def test_site_names_with_a_newline_are_refused_and_card_strings_are_listed_escaped(world, tmp_path, capsys):
     with pytest.raises(TppError):
         store.check_site("lora\n")
     path = tmp_path / "store"
-    forge(path, "ansi", files_with(world, lambda c: json.dumps(dict(c, created="\x1b[2J\x1b[31mALL OK\r"))))
-    (row,) = store.listing(path)
-    assert row["created"] == "\\x1b[2J\\x1b[31mALL OK\\x0d" and all(
-        "\x1b" not in str(v) for v in row.values())
+    forge(path, "ansi", files_with(world, lambda c: json.dumps(dict(c, created="\x1b[2J\x1b[31mALL OK\r\u202e"))))
+    assert main(["adapters", "ls", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\\x1b[2J\\x1b[31mALL OK\\x0d\\u202e" in out and "\x1b" not in out and "\u202e" not in out
+    assert store.listing(path)[0]["created"].startswith("\x1b")  # the JSON of GET /v1/sites keeps the value
 
 
 def test_one_request_of_many_images_runs_in_batches_of_max_batch():
@@ -135,3 +138,36 @@ def test_one_request_of_many_images_runs_in_batches_of_max_batch():
     result = worker.predict("s", [np.zeros((2, 2), np.uint8)] * 5).result(timeout=600)
     worker.stop()
     assert len(result.outputs) == 5 and bank.sizes == [2, 2, 1]
+
+
+def test_an_input_giving_non_finite_outputs_fails_its_own_request_and_leaves_the_site_served():
+    """Only the row that overflows gets the error (HTTP 422); the site is not refused for every client."""
+    from types import SimpleNamespace
+
+    from tpp.serve.bank import NonFiniteOutputs
+
+    class Bank:
+        max_resident, refused = 4, []
+
+        def site(self, name):
+            return SimpleNamespace(name=name, version="v", input_rule={"image_size": 2, "channels": 1,
+                                                                        "image_channels": 1, "mean": [0.0],
+                                                                        "std": [1.0]},
+                                   label_names=["a", "b"], task=get_task("classification"))
+
+        def predict(self, sites, tensors):
+            if any(float(t.max()) > 0.5 for t in tensors):  # the white image
+                raise NonFiniteOutputs("overflows")
+            return [torch.tensor([0.5, 0.5])] * len(sites)
+
+        def refuse(self, *args):
+            self.refused.append(args)
+
+    bank = Bank()
+    worker = InferenceWorker(bank, max_wait_ms=200)
+    bad = worker.predict("s", [np.full((2, 2), 255, np.uint8)])
+    good = worker.predict("s", [np.zeros((2, 2), np.uint8)])
+    with pytest.raises(NonFiniteOutputs):
+        bad.result(timeout=600)
+    assert len(good.result(timeout=600).outputs) == 1 and bank.refused == []
+    worker.stop()

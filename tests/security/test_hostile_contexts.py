@@ -95,6 +95,9 @@ def test_one_class_other_files_and_another_backbone_are_refused(tmp_path):
         contexts.open_context(store, "other", backbone_hash=BACKBONE["hash"])
     with pytest.raises(TppError, match="not allowed"):
         contexts.open_context(store, "../one")
+    forge(store, "nan", ["a", "b"], backbone={"id": "x", "hash": float("nan")})  # json.dumps writes NaN
+    with pytest.raises(TppError, match="not valid JSON"):
+        contexts.open_context(store, "nan")
 
 
 def test_context_check_lists_every_refused_set(tmp_path, capsys):

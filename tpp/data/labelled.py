@@ -25,7 +25,7 @@ MIN_CLASS_IMAGES = 3  # a seeded split needs this many images of a class (one fo
 
 def folder_origin(folder: str) -> str:
     """The origin naming an image folder (an absolute path, links resolved), by hash: cards never hold paths."""
-    return "files:" + hashlib.sha256(folder.encode()).hexdigest()[:16]
+    return "files:" + hashlib.sha256(folder.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def files_origin(base: Path, files: list[str]) -> str:

@@ -10,7 +10,8 @@ import numpy as np
 def _rng(*parts) -> np.random.Generator:
     """A generator that depends only on the given parts (stable across processes and runs)."""
     text = "|".join(str(p) for p in parts)
-    return np.random.default_rng(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little"))
+    digest = hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()  # a name that is no UTF-8 too
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 def label_fraction_index(labels: np.ndarray, fraction: float, dataset: str, seed: int) -> np.ndarray:

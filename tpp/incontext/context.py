@@ -66,7 +66,7 @@ class ContextSet:
         for part in (self.images[i], self.masks[i] if self.masks else None):
             if part is not None:
                 h.update(str(part.shape).encode() + np.ascontiguousarray(part).tobytes())
-        h.update(str(self.labels[i] if self.labels else "").encode())
+        h.update(str(self.labels[i] if self.labels else "").encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def canonical(self) -> "ContextSet":

@@ -75,6 +75,11 @@ class Site:
         return task_of_card(self.card)
 
 
+class NonFiniteOutputs(TppError):
+    """A site's outputs (or the tokens it reads) hold NaN or infinite values for some input: at load (the first
+    image) the site is refused; later only that request is answered with the error."""
+
+
 def share_weights_copy(module: nn.Module) -> nn.Module:
     """A deep copy of ``module`` whose parameters and buffers are the original tensors (not copies)."""
     memo = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
@@ -300,6 +305,8 @@ class AdapterBank:
         for index in by_size.values():
             try:
                 batch = self._predict_batch([sites[i] for i in index], torch.cat([rows[i] for i in index]))
+            except NonFiniteOutputs:
+                raise
             except Exception as exc:  # a site whose card does not fit its tensors: one paragraph, no traceback
                 names = ", ".join(sorted({f"'{sites[i].name}'" for i in index}))
                 raise TppError(f"prediction failed for site(s) {names} ({type(exc).__name__}: "
@@ -333,9 +340,9 @@ class AdapterBank:
                 outputs = head_outputs(site, tokens[rows], pixels[rows], self.encoder)
                 if not torch.isfinite(tokens[rows]).all() or any(
                         r.is_floating_point() and not torch.isfinite(r).all() for r in outputs):
-                    raise TppError(f"site '{site.name}' version {site.version} computes values that are not finite "
-                                   "(NaN or infinite) from this input: its adapter or card is broken; no label is "
-                                   "given from them.")
+                    raise NonFiniteOutputs(f"site '{site.name}' version {site.version} computes values that are not "
+                                           "finite (NaN or infinite) from this input (a broken adapter or card, or "
+                                           "an input that overflows at this precision); no label is given from them.")
                 for row, r in zip(rows, outputs):
                     results[row] = (r.float() if r.is_floating_point() else r).cpu()
         return results

@@ -142,12 +142,13 @@ def answered(prepared, arrays: list) -> dict:
 
 
 def _check_options(method: str, k: int | None) -> tuple[str, int | None]:
-    """(method, k) of a request, k dropped for method learned (it has no neighbours); 400 when invalid."""
+    """(method, k) of a request, k dropped for every method but knn (only knn has neighbours: a client may send
+    one set of parameters whatever the method); 400 when invalid."""
     if method not in METHODS:
         raise HTTPException(400, f"method {method!r} is not one of {', '.join(METHODS)}.")
     if k is not None and k < 1:
         raise HTTPException(400, f"k must be at least 1, got {k}.")
-    return method, None if method == "learned" else k
+    return method, k if method == "knn" else None
 
 
 async def _checked(files: list[tuple[bytes, str]], limits) -> int:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tpp.adapter_dir import card_json
 from tpp.errors import TppError
 from tpp.incontext.context import CLASSIFICATION, MAX_K, SEGMENTATION, ContextSet, binary_mask, check, read_context
 from tpp.serve import images as readers
@@ -155,7 +156,7 @@ def open_context(store: str | Path, site: str, max_k: int = MAX_K,
 
 def _manifest(files: dict, where: str, max_k: int) -> dict:
     try:
-        manifest = json.loads(files.get(MANIFEST, b"").decode("utf-8"))
+        manifest = card_json(files.get(MANIFEST, b"").decode("utf-8"))  # NaN / Infinity refused
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise TppError(f"{where}: {MANIFEST} is missing or not valid JSON; refused.") from None
     if not isinstance(manifest, dict):
@@ -202,8 +203,8 @@ def listing(store: str | Path) -> list[dict]:
         version = current_version(store, site)
         try:  # the pointer checked (a version name, inside the store) as open_context checks it
             site_dir, version = adapter_store._pointed_version(_root(store), site)
-            manifest = json.loads(adapter_store._read_regular(site_dir / version / MANIFEST,
-                                                              limit=TEXT_LIMIT).decode("utf-8"))
+            manifest = card_json(adapter_store._read_regular(site_dir / version / MANIFEST,
+                                                             limit=TEXT_LIMIT).decode("utf-8"))
             classes = manifest.get("classes", [])
             rows.append({"site": site, "version": version, "task": manifest.get("task"), "k": manifest.get("k"),
                          "classes": "/".join(map(str, classes if isinstance(classes, list) else [classes])),

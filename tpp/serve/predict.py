@@ -249,8 +249,8 @@ def check_derived_outputs(out: str, inputs: list[str]) -> None:
                 raise TppError(f"--out '{out}' would replace '{derived}', which is an input or holds one ('{item}'); "
                                "choose another --out.")
         if not _ours(derived):
-            what = "masks folder (marked by a .tpp-predict-masks file)" if derived.name.endswith("_masks") else \
-                f"skipped list (first line {SKIPPED_HEADER})"
+            what = ("masks folder (marked by a .tpp-predict-masks file; one an older tpp wrote has no mark: delete "
+                    "it)") if derived.name.endswith("_masks") else f"skipped list (first line {SKIPPED_HEADER})"
             raise TppError(f"'{derived}' exists and is no {what} that tpp predict wrote, so the outputs of --out "
                            f"'{out}' would replace it; move it, or choose another --out.")
 
@@ -279,12 +279,12 @@ def remove_outputs(out: str | Path) -> list[Path]:
 
     path = _out_path(out)
     folder = masks_path(path)
-    if not _ours(folder):
-        folder = path  # never a folder tpp predict did not write (checked before any input is read)
-    removed = [p for p in (path, folder) if p.exists()]
+    ours = _ours(folder)  # never a folder tpp predict did not write (checked before any input is read)
+    removed = [p for p in (path, folder) if p.exists() and (p == path or ours)]
     if path.is_file():
         path.unlink()
-    shutil.rmtree(folder, ignore_errors=True)
+    if ours:
+        shutil.rmtree(folder, ignore_errors=True)
     return removed
 
 

@@ -28,6 +28,7 @@ from tpp.devices import describe
 from tpp.serve import store as adapter_store
 from tpp.errors import TppError, UnsupportedRequest
 from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
+from tpp.serve.bank import NonFiniteOutputs
 from tpp.serve.worker import InferenceWorker
 
 log = logging.getLogger("tpp.serve")
@@ -161,6 +162,8 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
             raise HTTPException(404, f"{exc} GET /v1/sites lists the served sites.") from None
         except (ImageError, UnsupportedRequest) as exc:  # incl. NoLearnedModel
             raise HTTPException(400, str(exc)) from None
+        except NonFiniteOutputs as exc:  # this request's input: the site stays served
+            raise HTTPException(422, str(exc)) from None
         except TppError as exc:  # e.g. a card for another backbone: refused, never served
             log.warning("refused: %s", exc)
             raise HTTPException(409, str(exc)) from None

@@ -275,14 +275,7 @@ def listing(store: str | Path, backbone_hash: str | None = None) -> list[dict]:
             "size_kib": f"{card['size_bytes'] / 1024:.0f}" if isinstance(card.get("size_bytes"), int) else "?",
             "created": card.get("created", ""),
         })
-    return [{k: _printable(v) if isinstance(v, str) else v for k, v in row.items()} for row in rows]
-
-
-def _printable(text: str, limit: int = 400) -> str:
-    """A card's string as a terminal may show it: control characters (escape sequences, carriage returns) are
-    written as ``\\xNN``, and the text is cut at ``limit`` characters."""
-    shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
-    return shown + ("..." if len(text) > limit else "")
+    return rows
 
 
 def check(store: str | Path, backbone_hash: str) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from tpp.serve.bank import AdapterBank, SiteRefused
+from tpp.serve.bank import AdapterBank, NonFiniteOutputs, SiteRefused
 from tpp.serve.images import to_model_input
 from tpp.tasks import Task
 
@@ -151,6 +151,8 @@ class InferenceWorker:
             site = sites[index[0]]
             try:
                 results = self.bank.predict([site] * len(index), [tensors[i] for i in index])
+            except NonFiniteOutputs:  # some input, not the site: row by row, only those rows get the error
+                results = [self._one_row(site, tensors[i]) for i in index]
             except Exception as exc:
                 cause = exc.__cause__ or exc  # the library's error behind the bank's one-paragraph one
                 reason = f"site '{site.name}' version {site.version} fails to predict ({type(cause).__name__}: " \
@@ -161,6 +163,13 @@ class InferenceWorker:
             for i, result in zip(index, results):
                 outputs[i] = result
         return outputs
+
+    def _one_row(self, site, tensor):
+        """One row's output, or the :class:`NonFiniteOutputs` it gives."""
+        try:
+            return self.bank.predict([site], [tensor])[0]
+        except NonFiniteOutputs as exc:
+            return exc
 
     @staticmethod
     def _prediction(job: _Job, site, outputs: list) -> Prediction:

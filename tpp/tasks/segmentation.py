@@ -18,6 +18,19 @@ MAX_DECODER_STAGES = 7  # x2 upsampling stages a card's decoder may have (traini
 MAX_DECODER_WIDTH = 2048  # channels of one decoder stage a card may ask for
 MAX_SEG_CLASSES = 256  # masks are written as uint8 class indices
 
+
+def decoder_channels_problem(channels: list[int]) -> str | None:
+    """Why a decoder's stage widths cannot be built or published (None: they can): at most
+    :data:`MAX_DECODER_STAGES` stages of at most :data:`MAX_DECODER_WIDTH` channels, each below 8 or a multiple
+    of 8 (its GroupNorm has min(8, width) groups)."""
+    if len(channels) > MAX_DECODER_STAGES:
+        return f"has {len(channels)} stages; at most {MAX_DECODER_STAGES}"
+    if any(c > MAX_DECODER_WIDTH for c in channels):
+        return f"asks for more than {MAX_DECODER_WIDTH} channels in a stage"
+    if any(c > 8 and c % 8 for c in channels):
+        return f"widths above 8 must be multiples of 8 (the stage's GroupNorm has 8 groups), got {channels}"
+    return None
+
 @dataclass
 class SegmentationOptions:
     """The light decoder on the frozen encoder's patch tokens (config section ``segmentation``)."""
@@ -37,6 +50,8 @@ class SegmentationOptions:
         if not (isinstance(channels, list) and channels and all(
                 isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels)):
             raise ConfigError("segmentation.decoder_channels must be a non-empty list of positive integers.")
+        if problem := decoder_channels_problem(channels):
+            raise ConfigError(f"segmentation.decoder_channels {problem}.")
         scale = self.augment_scale
         if not (isinstance(scale, list) and len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale)
                 and 0 < min(scale) <= max(scale) <= 1):
@@ -164,10 +179,10 @@ class Segmentation(Task):
             problems.append("task.decoder must be an object (the decoder's spec)")
             return problems
         channels = decoder.get("channels")
-        if not (isinstance(channels, list) and 0 < len(channels) <= MAX_DECODER_STAGES
-                and all(_whole(c) and 0 < c <= MAX_DECODER_WIDTH for c in channels)):
-            problems.append(f"task.decoder.channels must list 1 to {MAX_DECODER_STAGES} integers in "
-                            f"1..{MAX_DECODER_WIDTH}")
+        if not (isinstance(channels, list) and channels and all(_whole(c) and c > 0 for c in channels)):
+            problems.append("task.decoder.channels must be a list of positive integers")
+        elif problem := decoder_channels_problem(channels):
+            problems.append(f"task.decoder.channels {problem}")
         if not isinstance(decoder.get("pixel_skip"), bool):
             problems.append("task.decoder.pixel_skip must be true or false")
         if not (_whole(decoder.get("num_classes")) and 2 <= decoder["num_classes"] <= MAX_SEG_CLASSES):

@@ -225,6 +225,7 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     import time
 
     from tpp.config import load_config
+    from tpp.errors import TppError
     from tpp.rundir import RunDir
 
     started = time.time() if started is None else started
@@ -248,13 +249,15 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
         except Exception:
             pass
         try:
-            note = run.restore_overwritten()  # --overwrite deletes the previous run only once this one succeeds
-        except OSError as restore_error:
-            note = f"the previous contents could not be put back ({restore_error})"
+            note = run.restore_overwritten() or run.restore_finished()  # --overwrite deletes the previous run
+        except (OSError, TppError) as restore_error:  # only once this one succeeds; a refused extension of a
+            note = f"the previous contents could not be put back ({restore_error})"  # finished run leaves it so
         if note:
             print(f"[tpp] {note}", file=sys.stderr, flush=True)
+        run.release()
         raise
     run.succeeded()
+    run.release()
     return summary, run.path
 
 

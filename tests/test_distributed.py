@@ -37,3 +37,26 @@ def test_config_errors_surface_before_launching_processes(tiny_mae, capsys):
     code = run_cli("run", "finetune", "--config", FINETUNE_CONFIG, "--num-processes", "2", f"backbone.path={tiny_mae}",
                    "train.keep_checkpoints=0")
     assert code == 2 and "keep_checkpoints" in capsys.readouterr().err
+
+
+def test_sigterm_to_the_launcher_stops_its_workers(tiny_mae, data_root, tmp_path):
+    """The launcher killed torchrun with SIGKILL on SIGTERM: its workers trained on and wrote 'succeeded'."""
+    import signal
+    import subprocess
+
+    from helpers import start_cli_subprocess, wait_for
+
+    out = tmp_path / "run"
+    proc = start_cli_subprocess(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data_root, out,
+                                             "train.max_steps=5000", *FAST), "--num-processes", "2",
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = out / "log.jsonl"
+    wait_for(lambda: log.is_file() and '"event": "step"' in log.read_text(), "the first step", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait() == 143
+
+    def status():
+        return json.loads((out / "status.json").read_text())["status"]
+
+    wait_for(lambda: status() != "running", "the workers to stop")
+    assert status() == "failed"

@@ -340,11 +340,13 @@ def test_a_failed_overwrite_that_left_checkpoints_keeps_both(tmp_path):
     run = RunDir(out, overwrite=True)
     (out / "checkpoints" / "step-2").mkdir(parents=True)  # the new run got far enough to resume
     note = run.restore_overwritten()
+    run.release()
     aside = [p for p in out.iterdir() if p.name.startswith(".overwritten-")]
     assert len(aside) == 1 and str(aside[0]) in note and (aside[0] / "status.json").is_file()
     assert (out / "checkpoints" / "step-2").is_dir()
     failed_again = RunDir(out, resume=True)  # a resumed run that fails too keeps what was set aside
     failed_again.status("failed")
+    failed_again.release()
     assert aside[0].is_dir()
     resumed = RunDir(out, resume=True)  # the resumed run that succeeds completes the overwrite
     resumed.succeeded()
@@ -372,3 +374,16 @@ def test_overwrite_works_in_a_folder_that_cannot_be_renamed_and_restores_on_a_fa
     run = RunDir(tmp_path / "link", overwrite=True)
     run.succeeded()
     assert (tmp_path / "link").is_symlink() and sorted(p.name for p in target.iterdir()) == ["status.json"]
+
+
+def test_a_second_process_in_a_folder_whose_run_is_still_going_is_refused(tmp_path):
+    """A resume started while the run was still going used to train beside it (18 interleaved step records)."""
+    first = RunDir(tmp_path / "out")
+    with pytest.raises(TppError, match="is in use by another tpp process"):
+        RunDir(tmp_path / "out", resume=True)
+    with pytest.raises(TppError, match="is in use by another tpp process"):
+        RunDir(tmp_path / "out", overwrite=True)
+    assert json.loads((tmp_path / "out" / "status.json").read_text())["status"] == "running"
+    first.status("failed")
+    first.release()  # the run is over (or its process died): the folder is free again
+    RunDir(tmp_path / "out", resume=True).release()

@@ -378,3 +378,18 @@ def test_resume_without_the_runs_config_or_from_another_runs_checkpoint_compares
                          "train.lr=0.5")) == 2
     assert f"the config differs from the interrupted run in '{ref}'" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+
+
+def test_a_refused_extension_leaves_the_finished_run_succeeded(tiny_mae, reference, tmp_path, capsys):
+    """Extending a finished run whose last checkpoint is damaged is refused; the run's files are untouched and
+    status.json used to say failed from then on (tpp compare then refused it)."""
+    import shutil
+
+    root, ref = reference
+    run = tmp_path / "finished"
+    shutil.copytree(ref, run)
+    state = run / "checkpoints" / "step-8" / "state.pt"
+    state.write_bytes(state.read_bytes()[:100])
+    assert run_cli(*args(tiny_mae, root, run, "train.resume=auto", "train.max_steps=12")) == 2
+    assert "succeeded again" in capsys.readouterr().err
+    assert json.loads((run / "status.json").read_text())["status"] == "succeeded"

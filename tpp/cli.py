@@ -256,7 +256,16 @@ def _launch(args) -> int:
            "--config", str(_config_path(args.config)), *(["--overwrite"] if args.overwrite else []),
            *(["--debug"] if args.debug else []), *args.overrides]
     print(f"launching {args.num_processes} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    return subprocess.run(cmd, env=env).returncode
+    process = subprocess.Popen(cmd, env=env)
+    try:
+        return process.wait()
+    except BaseException:  # SIGTERM / Ctrl-C of this launcher: torchrun stops its workers on SIGTERM (a SIGKILL,
+        process.send_signal(signal.SIGTERM)  # as subprocess.run sends, would leave them training on)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
 
 
 def _print_summary(recipe: str, summary: dict, path: Path) -> None:

@@ -120,16 +120,52 @@ class RunDir:
         self.started = time.time() if started is None else started
         self.set_aside: Path | None = None  # --overwrite: the previous contents, until this run succeeds
         self.earlier_aside: list[Path] = []  # resume: what an earlier --overwrite run that failed kept aside
+        self.resumed: tuple[str, list] | None = None  # resume: (the status.json text, the checkpoints) found
+        self._lock_fd: int | None = None  # the folder's lock, held while this run writes it
         if not main:
             return
         if self.path.exists() and not self.path.is_dir():
             raise TppError(f"output_dir '{self.path}' is a file; choose another output_dir=...")
+        try:
+            if self.path.is_dir():
+                self._lock()
+            self._open(overwrite, resume)
+        except BaseException:
+            self.release()
+            raise
+
+    def _lock(self) -> None:
+        """Hold an exclusive lock on the folder (released by :meth:`release` or when the process ends, even by
+        SIGKILL): a second tpp process in the same ``output_dir`` (a resume of a run still going) is refused."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no lock
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise TppError(f"output_dir '{self.path}' is in use by another tpp process (a run still going there); "
+                           "wait for it to end or stop it, or choose another output_dir=...") from None
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        """Release the folder's lock (the run is over)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def _open(self, overwrite: bool, resume: bool) -> None:
+        """:meth:`__init__`'s work once the folder (if it exists) is locked."""
         if resume and self.path.is_dir():
             if any(self.path.iterdir()) and run_state(self.path)["status"] is None:
                 raise TppError(f"output_dir '{self.path}' holds no tpp run ({_some_entries(self.path)}), so "
                                "train.resume has nothing to continue there and tpp will not write into it. Drop "
                                "train.resume, or choose another output_dir=...")
             self.earlier_aside = sorted(self.path.glob(f"{SET_ASIDE}*.old"))
+            with contextlib.suppress(OSError):
+                self.resumed = ((self.path / "status.json").read_text(), run_state(self.path)["checkpoints"])
             self.status("running")
             return
         replaced = None
@@ -143,8 +179,11 @@ class RunDir:
                     self.set_aside = move_entries(self.path, self.path / f"{SET_ASIDE}{os.getpid()}.old")
                 else:
                     replaced = state
-                    shutil.rmtree(self.path)
+                    for entry in list(self.path.iterdir()):  # the folder itself stays: it holds the lock
+                        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             self.path.mkdir(parents=True, exist_ok=True)
+            if self._lock_fd is None:
+                self._lock()
         except OSError as exc:  # a file in the path, no permission (/proc ...), read-only disk
             at = f" (at '{exc.filename}')" if exc.filename and str(exc.filename) != str(self.path) else ""
             raise TppError(f"output_dir '{self.path}' cannot be created: {exc.strerror or exc}{at}. "
@@ -167,6 +206,16 @@ class RunDir:
         for folder in ([aside] if aside is not None else []) + self.earlier_aside:
             shutil.rmtree(folder, ignore_errors=True)
         self.earlier_aside = []
+
+    def restore_finished(self) -> str | None:
+        """After a failure of a run that extended a finished one: when it wrote no checkpoint (its files are those
+        of the finished run), put back that run's ``status.json``. Returns a sentence for the user, or None."""
+        if self.resumed is None or '"succeeded"' not in self.resumed[0]:
+            return None
+        if run_state(self.path)["checkpoints"] != self.resumed[1]:
+            return None
+        write_atomic(self.path / "status.json", self.resumed[0])
+        return f"the finished run in '{self.path}' is unchanged (status.json says succeeded again)"
 
     def restore_overwritten(self) -> str | None:
         """After a failure: put back what ``--overwrite`` set aside (a hidden folder inside ``output_dir``, so mount

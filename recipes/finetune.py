@@ -146,7 +146,7 @@ def run(cfg, run) -> dict:
     head_parameters = trainable_parameters(head)
     val_fraction = val_fraction_used(cfg.data.label_fraction, cfg.data.val_label_fraction)
     select, selection = selection_rule(cfg.train.select_best, len(val))
-    run.log(event="data", dataset=dataset.name, train=len(train), val=len(val), test=len(test),
+    run.log_data(bool(cfg.train.resume), dataset=dataset.name, train=len(train), val=len(val), test=len(test),
             label_fraction=cfg.data.label_fraction, val_label_fraction=val_fraction, split_id=dataset.split_id,
             trainable_parameters=trainable_parameters(model), head_parameters=head_parameters)
     run.log(event="selection", select_best=select, val_images=len(val), note=selection)

@@ -31,7 +31,7 @@ from tpp.data.stream import ModelInputs, stream_loader
 from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, trainable_parameters
 from tpp.multitask import Schedule, TaskSampler, Unit, refuse_batchnorm, set_mmap_threshold, split_parameters
-from tpp.multitask_build import (SUPERVISED, PretextTask, SupervisedTask, check_entries,
+from tpp.multitask_build import (FINAL_LOSS_STEPS, SUPERVISED, PretextTask, SupervisedTask, check_entries,
                                  check_eval_targets, head_state, load_state, options_of, pretext_entry, save_state,
                                  task_name)
 from tpp.training import (Batches, build_accelerator, checkpointer, loss_curve, make_scheduler, plan_steps,
@@ -152,19 +152,19 @@ def run(cfg, run) -> dict:
                                                  shuffle=True, seed=cfg.seed + i, num_workers=cfg.data.num_workers))
                for i, (_, _, x, y) in enumerate(tasks)]
     batches = [Batches(loader) for loader in loaders]
-    run.log(event="data", tasks=[{"name": task_name(e), "kind": e.kind, "dataset": d.name, "images": len(x),
-                                  "weight": e.weight} for e, d, x, _ in tasks],
-            shared_parameters=sum(p.numel() for p in shared),
-            head_parameters={n: sum(p.numel() for p in ps) for n, ps in heads.items()})
+    run.log_data(bool(cfg.train.resume),
+                 tasks=[{"name": task_name(e), "kind": e.kind, "dataset": d.name, "images": len(x),
+                         "weight": e.weight} for e, d, x, _ in tasks],
+                 shared_parameters=sum(p.numel() for p in shared),
+                 head_parameters={n: sum(p.numel() for p in ps) for n, ps in heads.items()})
 
     checkpoints = checkpointer(cfg.train, run)
-    first, losses = 1, []
+    first, losses, per_task = 1, [], {u.name: [] for u in units}
     if checkpoints.resume_from is not None:
-        first, losses = load_state(checkpoints, root, schedule, units, batches, plan.num_steps,
-                                   accelerator.num_processes, sampler.per_cycle)
+        first, losses, per_task = load_state(checkpoints, root, schedule, units, batches, plan.num_steps,
+                                             accelerator.num_processes, sampler.per_cycle)
         run.log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name, steps=plan.num_steps)
     root.train()
-    per_task: dict[str, list] = {u.name: [] for u in units}
     bar = step_bar(first, plan.num_steps, f"multitask ({len(units)} tasks)", accelerator.is_main_process)
     for step in bar:
         order = sampler.cycle(step - 1)
@@ -178,7 +178,8 @@ def run(cfg, run) -> dict:
         run.log(event="step", step=step, loss=loss, tasks=values, lr=schedule.scheduler.get_last_lr()[0])
         accelerator.log({"train/loss": loss, **{f"train/{k}": v for k, v in values.items()}}, step=step)
         if checkpoints.due(step, plan.num_steps):
-            save_state(checkpoints, step, root, schedule, units, batches, losses, accelerator.num_processes)
+            save_state(checkpoints, step, root, schedule, units, batches, losses, accelerator.num_processes,
+                       per_task)
     root.eval()
     for tracker in accelerator.trackers:
         tracker.finish()
@@ -186,12 +187,18 @@ def run(cfg, run) -> dict:
                     per_task, (method, typed, targets) if method else None, schedule, shared)
 
 
+def _final_loss(values: list[float]) -> float:
+    """The mean of a task's last :data:`FINAL_LOSS_STEPS` losses."""
+    last = values[-FINAL_LOSS_STEPS:]
+    return float(sum(last) / max(1, len(last)))
+
+
 def _task_cards(cfg, tasks, entries, units, per_task) -> list[dict]:
     """Every task as the card lists it: kind, weight, head, steps, final loss, data (hashes) and licence."""
     steps = {u.name: u.steps for u in units}
     return [{"name": task_name(e), "kind": e.kind, "weight": e.weight, "head": entries[task_name(e)],
              "head_steps": steps[task_name(e)],
-             "final_loss": float(sum(per_task[task_name(e)][-10:]) / max(1, len(per_task[task_name(e)][-10:]))),
+             "final_loss": _final_loss(per_task[task_name(e)]),
              "data": d.describe({"split": "train", "images": len(x), "labels_read": e.kind in SUPERVISED},
                                 labels=e.kind in SUPERVISED),
              "license": data_license(e.data)} for e, d, x, _ in tasks]

@@ -45,6 +45,9 @@ def build_model(model_cfg, mask_ratio: float, norm_pix_loss: bool, seed: int):
     return ViTMAEForPreTraining(ViTMAEConfig(**fields, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss))
 
 
+RECENT = 50  # final_mae_loss / final_supervised_loss: the mean of the last losses
+
+
 class PoolObjective(nn.Module):
     """``forward(pixel_values (B, C, H, W), source (B,), labels (B,)) -> loss``.
 
@@ -59,6 +62,7 @@ class PoolObjective(nn.Module):
         self.heads = nn.ModuleList(nn.Linear(hidden, k) if k else nn.Identity() for k in classes_per_source)
         self.mask_ratio, self.supervised_weight = mask_ratio, supervised_weight
         self.norm_pix_loss, self.last = model.config.norm_pix_loss, {}
+        self.recent: list[tuple[float, float]] = []  # the last RECENT (MAE, supervised) losses: the final ones
 
     def mae_loss(self, pixel_values: torch.Tensor) -> torch.Tensor:
         noise = mask_noise(len(pixel_values), self.encoder.num_patches(pixel_values), pixel_values.device)
@@ -80,7 +84,17 @@ class PoolObjective(nn.Module):
     def forward(self, pixel_values, source, labels):
         mae, sup = self.mae_loss(pixel_values), self.supervised_loss(pixel_values, source, labels)
         self.last = {"mae": mae.detach().item(), "supervised": sup.detach().item()}
+        self.recent = (self.recent + [(self.last["mae"], self.last["supervised"])])[-RECENT:]
         return mae + self.supervised_weight * sup
+
+    def loop_state(self, full: bool = True) -> dict[str, torch.Tensor]:
+        """In a checkpoint (``full``): ``recent`` (n, 2) float64, the last losses, so a resumed run reports the
+        final losses the uninterrupted one does (:mod:`tpp.training` keeps it)."""
+        return {"recent": torch.tensor(self.recent, dtype=torch.float64).reshape(-1, 2)} if full else {}
+
+    def load_loop_state(self, state: dict[str, torch.Tensor]) -> None:
+        if "recent" in state:
+            self.recent = [(float(a), float(b)) for a, b in state["recent"].reshape(-1, 2).tolist()][-RECENT:]
 
 
 def load_pool(cfg) -> tuple[ConcatInputs, torch.Tensor, torch.Tensor, list[dict], list[int]]:
@@ -187,8 +201,9 @@ def run(cfg, run) -> dict:
     x, source, labels, entries, classes = load_pool(cfg)
     model = build_model(cfg.model, mae.mask_ratio, mae.norm_pix_loss, cfg.seed)
     objective = PoolObjective(model, classes, mae.mask_ratio, cfg.supervised_weight)
-    run.log(event="data", images=len(x), pool=[{k: e[k] for k in ("name", "supervised", "license")} for e in entries],
-            parameters=sum(p.numel() for p in model.vit.parameters()))
+    run.log_data(bool(cfg.train.resume), images=len(x),
+                 pool=[{k: e[k] for k in ("name", "supervised", "license")} for e in entries],
+                 parameters=sum(p.numel() for p in model.vit.parameters()))
 
     plan = plan_steps(cfg.train, len(x), accelerator.num_processes)
     optimizer = make_optimizer(objective, cfg.train.lr, cfg.train.weight_decay, beta2=cfg.train.adam_beta2)
@@ -196,13 +211,10 @@ def run(cfg, run) -> dict:
     loader = stream_loader(x, source, labels, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed,
                            num_workers=cfg.data.num_workers)
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
-    parts = []
 
     def loss_fn(objective, batch):
         images, src, lab = batch
-        loss = objective(random_hflip(images) if cfg.data.hflip else images, src, lab)
-        parts.append(accelerator.unwrap_model(objective).last)
-        return loss
+        return objective(random_hflip(images) if cfg.data.hflip else images, src, lab)
 
     result = train_loop(accelerator, objective, loss_fn, loader, optimizer, scheduler, plan.num_steps, run.log,
                         desc="pretrain_backbone", accum_steps=cfg.train.grad_accum_steps,
@@ -212,10 +224,10 @@ def run(cfg, run) -> dict:
     if cfg.supervised_weight == 0:
         tensors, heads = {}, {}  # untrained heads are no classifier
     licenses = sorted({e["license"] for e in entries})
-    curve = loss_curve(result.losses)
+    curve, recent = loss_curve(result.losses), accelerator.unwrap_model(objective).recent
     summary = {"steps": plan.num_steps, "images": len(x), "final_loss": curve[-1][1],
-               "final_mae_loss": float(np.mean([p["mae"] for p in parts[-50:]])),
-               "final_supervised_loss": float(np.mean([p["supervised"] for p in parts[-50:]])),
+               "final_mae_loss": float(np.mean([mae for mae, _ in recent])),
+               "final_supervised_loss": float(np.mean([sup for _, sup in recent])),
                "encoder_parameters": sum(p.numel() for p in model.vit.parameters()),
                "wall_time_s": round(run.elapsed(), 1)}
     card = {"format": "tpp-backbone/1", "kind": "backbone", "hash": backbone_hash(model.vit),

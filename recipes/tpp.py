@@ -63,7 +63,7 @@ def run(cfg, run) -> dict:
     x = ModelInputs.for_backbone(images, info)  # converted one batch at a time
     adapter_parameters = trainable_parameters(encoder)
     pretext_head_parameters = trainable_parameters(pretext) - adapter_parameters  # fresh decoder / projection head
-    run.log(event="data", dataset=dataset.name, images=len(x), splits=splits_used,
+    run.log_data(bool(cfg.train.resume), dataset=dataset.name, images=len(x), splits=splits_used,
             trainable_parameters=adapter_parameters, pretext_head_parameters=pretext_head_parameters)
 
     plan = plan_steps(cfg.train, len(x), accelerator.num_processes)

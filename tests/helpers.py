@@ -176,3 +176,16 @@ def plugin_from_file(package, registry: str, name: str, source: str, folder, mon
     finally:
         sys.modules.pop(f"{package.__name__}.{name}", None)
         package._load_builtin.cache_clear()
+
+
+def interrupted_at(run, step: int) -> None:
+    """``run`` as a run killed right after its checkpoint ``step``: later checkpoints and outputs gone."""
+    import shutil
+
+    for later in (run / "checkpoints").iterdir():
+        if int(later.name.split("-")[1]) > step:
+            shutil.rmtree(later)
+    for name in ("backbone", "adapter", "heads", "metrics.json"):
+        target = run / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    (run / "status.json").write_text('{"status": "failed", "error": "KeyboardInterrupt"}')

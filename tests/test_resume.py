@@ -393,3 +393,23 @@ def test_a_refused_extension_leaves_the_finished_run_succeeded(tiny_mae, referen
     assert run_cli(*args(tiny_mae, root, run, "train.resume=auto", "train.max_steps=12")) == 2
     assert "succeeded again" in capsys.readouterr().err
     assert json.loads((run / "status.json").read_text())["status"] == "succeeded"
+
+
+def test_data_that_changed_between_segments_is_refused_on_resume(tiny_mae, tmp_path, capsys):
+    """The file behind data.root was replaced between the segments: the resumed run trained and selected on
+    other images without a word."""
+    from conftest import make_medmnist
+
+    root = make_medmnist(tmp_path / "data")
+    out = tmp_path / "run"
+    assert run_cli(*args(tiny_mae, root, out)) == 0
+    make_medmnist(tmp_path / "data", n=(80, 20, 20), seed=1)  # the same path, other images
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto", "train.max_steps=12")) == 2
+    err = capsys.readouterr().err
+    assert "the data differs from the interrupted run's" in err and "train: 60 -> 80" in err
+    assert json.loads((out / "status.json").read_text())["status"] == "succeeded"  # the finished run is intact
+    with open(out / "log.jsonl", "a") as fh:
+        fh.write('{"time": 1, "event": "st')  # a line cut short by a killed run
+    make_medmnist(tmp_path / "data")
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto", "train.max_steps=10")) == 0
+    assert all(line.endswith("}") for line in (out / "log.jsonl").read_text().splitlines()[-3:])

@@ -157,10 +157,14 @@ def head_state(module: nn.Module, encoder: nn.Module) -> dict[str, torch.Tensor]
             if id(v) not in shared}
 
 
+FINAL_LOSS_STEPS = 10  # a task's final_loss: the mean of its last losses
+
+
 def save_state(checkpoints, step: int, root: nn.Module, schedule, units, batches, losses: list,
-               processes: int) -> None:
+               processes: int, per_task: dict[str, list] | None = None) -> None:
     """One checkpoint: trainable tensors of every task, extra state (DINO teachers), every optimiser and
-    scheduler, the RNG, each task's data position and the loss history."""
+    scheduler, the RNG, each task's data position, the loss history and each task's last losses (its
+    ``final_loss`` after a resume is the uninterrupted run's)."""
     from tpp.checkpoint import rng_state
 
     trainable = {n: p for n, p in root.named_parameters() if p.requires_grad}
@@ -177,7 +181,8 @@ def save_state(checkpoints, step: int, root: nn.Module, schedule, units, batches
              "heads": {u.name: {"optimizer": u.optimizer.state_dict(), "scheduler": u.scheduler.state_dict(),
                                 "steps": u.steps} for u in units},
              "rng": rng_state(), "batches": [b.consumed for b in batches], "losses": losses,
-             "world_size": processes}
+             "world_size": processes,
+             "task_losses": {k: [float(v) for v in vs[-FINAL_LOSS_STEPS:]] for k, vs in (per_task or {}).items()}}
     checkpoints.save(step, trainable, None, extra, state)
 
 
@@ -185,7 +190,7 @@ def load_state(checkpoints, root: nn.Module, schedule, units, batches, num_steps
                draws_per_cycle: int) -> tuple:
     """Restore what :func:`save_state` wrote, once its state and tensors are checked (anything that does not fit
     is a TppError naming the checkpoint; ``draws_per_cycle``: the most batches one task can take in a cycle);
-    returns (first step to run, loss history)."""
+    returns (first step to run, loss history, {task: its last losses})."""
     from tpp.checkpoint import applying, check_state, restore_tensors, resync_learning_rate, set_rng_state
 
     trainable, _, extra, state = checkpoints.load()
@@ -224,4 +229,7 @@ def load_state(checkpoints, root: nn.Module, schedule, units, batches, num_steps
             b.skip(consumed)
         set_rng_state(state["rng"])
         losses = [(int(step), float(loss)) for step, loss in state["losses"]]
-    return state["step"] + 1, losses
+        saved = state.get("task_losses")  # absent in checkpoints written before it was kept
+        task_losses = {u.name: [float(v) for v in saved.get(u.name, [])] if isinstance(saved, dict) else []
+                       for u in units}
+    return state["step"] + 1, losses, task_losses

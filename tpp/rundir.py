@@ -120,7 +120,7 @@ class RunDir:
         self.started = time.time() if started is None else started
         self.set_aside: Path | None = None  # --overwrite: the previous contents, until this run succeeds
         self.earlier_aside: list[Path] = []  # resume: what an earlier --overwrite run that failed kept aside
-        self.resumed: tuple[str, list] | None = None  # resume: (the status.json text, the checkpoints) found
+        self.resumed: tuple[str, str | None, list] | None = None  # resume: status.json, config.yaml, checkpoints
         self._lock_fd: int | None = None  # the folder's lock, held while this run writes it
         if not main:
             return
@@ -165,7 +165,9 @@ class RunDir:
                                "train.resume, or choose another output_dir=...")
             self.earlier_aside = sorted(self.path.glob(f"{SET_ASIDE}*.old"))
             with contextlib.suppress(OSError):
-                self.resumed = ((self.path / "status.json").read_text(), run_state(self.path)["checkpoints"])
+                config = self.path / "config.yaml"
+                self.resumed = ((self.path / "status.json").read_text(),
+                                config.read_text() if config.is_file() else None, run_state(self.path)["checkpoints"])
             self.status("running")
             return
         replaced = None
@@ -209,12 +211,16 @@ class RunDir:
 
     def restore_finished(self) -> str | None:
         """After a failure of a run that extended a finished one: when it wrote no checkpoint (its files are those
-        of the finished run), put back that run's ``status.json``. Returns a sentence for the user, or None."""
+        of the finished run), put back that run's ``status.json`` and ``config.yaml`` (the extension's larger
+        ``train.max_steps`` never ran). Returns a sentence for the user, or None."""
         if self.resumed is None or '"succeeded"' not in self.resumed[0]:
             return None
-        if run_state(self.path)["checkpoints"] != self.resumed[1]:
+        status, config, checkpoints = self.resumed
+        if run_state(self.path)["checkpoints"] != checkpoints:
             return None
-        write_atomic(self.path / "status.json", self.resumed[0])
+        if config is not None:
+            write_atomic(self.path / "config.yaml", config)
+        write_atomic(self.path / "status.json", status)
         return f"the finished run in '{self.path}' is unchanged (status.json says succeeded again)"
 
     def restore_overwritten(self) -> str | None:
@@ -239,14 +245,46 @@ class RunDir:
             write_atomic(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     def log(self, **record) -> None:
-        """Append one JSON line to ``log.jsonl`` (with wall time since start)."""
+        """Append one JSON line to ``log.jsonl`` (with wall time since start); a last line cut short by a killed
+        or full-disk run is ended first, so the resumed run's lines stay lines of their own."""
         if self.main:
             record = {"time": round(time.time() - self.started, 3), **record}
+            path = self.path / "log.jsonl"
             try:
-                with open(self.path / "log.jsonl", "a") as fh:
-                    fh.write(json.dumps(finite_json(record), default=_json_default, allow_nan=False) + "\n")
+                cut = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+                with open(path, "a") as fh:
+                    fh.write(("\n" if cut else "") + json.dumps(finite_json(record), default=_json_default,
+                                                                 allow_nan=False) + "\n")
             except OSError as exc:
-                raise write_error(self.path / "log.jsonl", exc) from exc
+                raise write_error(path, exc) from exc
+
+    def log_data(self, resuming: bool, **record) -> None:
+        """Log the run's ``data`` event. Resuming, it must equal the interrupted run's last one (the data changed
+        between the segments otherwise: other images, another split): a TppError naming what differs."""
+        record = json.loads(json.dumps(finite_json(record), default=_json_default))  # as the log holds it
+        earlier = self.last_event("data") if resuming and self.main else None
+        changed = [k for k in record if earlier is not None and k in earlier and earlier[k] != record[k]]
+        if changed:
+            shown = "; ".join(f"{k}: {str(earlier[k])[:80]} -> {str(record[k])[:80]}" for k in changed[:4])
+            raise TppError(f"train.resume: the data differs from the interrupted run's in '{self.path}' ({shown}); "
+                           "resume with the same data, or start over with --overwrite.")
+        self.log(event="data", **record)
+
+    def last_event(self, name: str) -> dict | None:
+        """The last ``log.jsonl`` record of event ``name`` (unreadable lines skipped), or None."""
+        found = None
+        try:
+            with open(self.path / "log.jsonl", encoding="utf-8", errors="replace") as fh:
+                for line in fh:
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and record.get("event") == name:
+                        found = record
+        except OSError:
+            return None
+        return found
 
     def status(self, state: str, **extra) -> None:
         if self.main:
@@ -294,6 +332,12 @@ class RunDir:
 RUN_FILES = frozenset({"config.yaml", "log.jsonl", "status.json", "splits.json", "skipped.csv", "metrics.json",
                        "predictions.csv", "roc.png", "calibration.png", "curves.png", "adapter", "backbone", "model",
                        "heads", "overlays", "checkpoints", "tracker"})  # what a run writes into its folder
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1)
 
 
 SET_ASIDE = ".overwritten-"  # --overwrite's hidden folder inside output_dir (".old": a run's own leftover)

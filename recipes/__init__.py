@@ -225,7 +225,6 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     import time
 
     from tpp.config import load_config
-    from tpp.errors import TppError
     from tpp.rundir import RunDir
 
     started = time.time() if started is None else started
@@ -238,6 +237,17 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
         check_resume(Path(cfg.output_dir), cfg)
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run directory
     run = RunDir(cfg.output_dir, overwrite=overwrite and not resuming, resume=resuming, main=main, started=started)
+    try:
+        return _run_in(run, cfg, name)
+    finally:
+        run.release()  # the folder's lock, whatever happened
+
+
+def _run_in(run, cfg, name: str) -> tuple[dict, Path]:
+    """:func:`run_recipe`'s run in its locked folder: failed, with what ``--overwrite`` set aside or a finished
+    run's status put back, on any error; succeeded otherwise."""
+    from tpp.errors import TppError
+
     try:
         run.write_config(cfg.to_dict())  # the sections the recipe reads, defaults filled in
         summary = stamp_wall_time(run, get_recipe(name).run(cfg, run))
@@ -254,10 +264,8 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
             note = f"the previous contents could not be put back ({restore_error})"  # finished run leaves it so
         if note:
             print(f"[tpp] {note}", file=sys.stderr, flush=True)
-        run.release()
         raise
     run.succeeded()
-    run.release()
     return summary, run.path
 
 
@@ -284,11 +292,11 @@ def check_resume(path: Path, cfg) -> None:
                        "a checkpoints/step-N folder of the run, or use train.resume=auto.")
     origin = _run_of_checkpoint(path, cfg.train.resume)
     step = _checkpoint_step(path, cfg.train.resume)
-    if step is not None and not (origin / "config.yaml").is_file():
+    if step is not None and (origin / "status.json").is_file() and not (origin / "config.yaml").is_file():
         raise TppError(f"train.resume: '{origin / 'config.yaml'}', the config of the run whose checkpoint would be "
                        "continued, is missing, so tpp cannot check that the resumed run uses the same settings (its "
-                       "optimiser and schedule come from the checkpoint). Restore the file, or start over with "
-                       "--overwrite.")
+                       "optimiser and schedule come from the checkpoint). Restore the file, or drop train.resume "
+                       "and start over (--overwrite, or another output_dir=...).")
     check_same_config(origin, cfg.to_dict(), may_change=("train.max_steps",), defaults=_defaults(cfg))
     old = _saved_train(origin).get("max_steps")
     new = cfg.train.max_steps

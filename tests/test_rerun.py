@@ -387,3 +387,26 @@ def test_a_second_process_in_a_folder_whose_run_is_still_going_is_refused(tmp_pa
     first.status("failed")
     first.release()  # the run is over (or its process died): the folder is free again
     RunDir(tmp_path / "out", resume=True).release()
+
+
+def test_a_finished_run_is_put_back_only_when_no_checkpoint_was_rewritten_and_data_is_compared_only_to_continue(
+        tmp_path):
+    """restore_finished compared checkpoint names only (a rewritten step-2 was called unchanged); log_data
+    compared the data of a run restarting at step 1 (no checkpoint)."""
+    import os
+
+    out = run_folder(tmp_path / "out", "succeeded", checkpoints=("step-2",))
+    state = out / "checkpoints" / "step-2" / "state.pt"
+    state.write_bytes(b"first")
+    run = RunDir(out, resume=True)
+    state.write_bytes(b"rewritten by the extension")
+    os.utime(state, ns=(1, 1))
+    run.status("failed")
+    assert run.restore_finished() is None and json.loads((out / "status.json").read_text())["status"] == "failed"
+    run.release()
+    fresh = run_folder(tmp_path / "fresh", "failed")
+    RunDir(fresh).release()  # (a failed run without checkpoints is replaced: start over, as the recipe does)
+    first = RunDir(fresh, resume=True)
+    first.log_data(True, train=546)
+    first.release()
+    RunDir(fresh, resume=True).log_data(True, train=540)  # no checkpoint: it starts at step 1, nothing to compare

@@ -378,6 +378,9 @@ def test_resume_without_the_runs_config_or_from_another_runs_checkpoint_compares
                          "train.lr=0.5")) == 2
     assert f"the config differs from the interrupted run in '{ref}'" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
+    shutil.copytree(ref / "checkpoints" / "step-6", tmp_path / "archive" / "step-6")  # a checkpoint kept on its own
+    assert run_cli(*args(tiny_mae, root, tmp_path / "from_archive",
+                         f"train.resume={tmp_path / 'archive' / 'step-6'}")) == 0
 
 
 def test_a_refused_extension_leaves_the_finished_run_succeeded(tiny_mae, reference, tmp_path, capsys):

@@ -120,7 +120,7 @@ class RunDir:
         self.started = time.time() if started is None else started
         self.set_aside: Path | None = None  # --overwrite: the previous contents, until this run succeeds
         self.earlier_aside: list[Path] = []  # resume: what an earlier --overwrite run that failed kept aside
-        self.resumed: tuple[str, str | None, list] | None = None  # resume: status.json, config.yaml, checkpoints
+        self.resumed: tuple[str, str | None, dict] | None = None  # resume: status.json, config.yaml, checkpoints
         self._lock_fd: int | None = None  # the folder's lock, held while this run writes it
         if not main:
             return
@@ -144,10 +144,13 @@ class RunDir:
         fd = os.open(self.path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except BlockingIOError:
             os.close(fd)
             raise TppError(f"output_dir '{self.path}' is in use by another tpp process (a run still going there); "
                            "wait for it to end or stop it, or choose another output_dir=...") from None
+        except OSError:  # a filesystem without locks (ENOLCK, ENOTSUP): the run goes on unlocked
+            os.close(fd)
+            return
         self._lock_fd = fd
 
     def release(self) -> None:
@@ -167,7 +170,7 @@ class RunDir:
             with contextlib.suppress(OSError):
                 config = self.path / "config.yaml"
                 self.resumed = ((self.path / "status.json").read_text(),
-                                config.read_text() if config.is_file() else None, run_state(self.path)["checkpoints"])
+                                config.read_text() if config.is_file() else None, _checkpoint_stamps(self.path))
             self.status("running")
             return
         replaced = None
@@ -216,7 +219,7 @@ class RunDir:
         if self.resumed is None or '"succeeded"' not in self.resumed[0]:
             return None
         status, config, checkpoints = self.resumed
-        if run_state(self.path)["checkpoints"] != checkpoints:
+        if _checkpoint_stamps(self.path) != checkpoints:  # one written or rewritten: the run has moved on
             return None
         if config is not None:
             write_atomic(self.path / "config.yaml", config)
@@ -262,7 +265,8 @@ class RunDir:
         """Log the run's ``data`` event. Resuming, it must equal the interrupted run's last one (the data changed
         between the segments otherwise: other images, another split): a TppError naming what differs."""
         record = json.loads(json.dumps(finite_json(record), default=_json_default))  # as the log holds it
-        earlier = self.last_event("data") if resuming and self.main else None
+        continues = resuming and self.main and run_state(self.path)["checkpoints"]  # else it starts at step 1
+        earlier = self.last_event("data") if continues else None
         changed = [k for k in record if earlier is not None and k in earlier and earlier[k] != record[k]]
         if changed:
             shown = "; ".join(f"{k}: {str(earlier[k])[:80]} -> {str(record[k])[:80]}" for k in changed[:4])
@@ -332,6 +336,18 @@ class RunDir:
 RUN_FILES = frozenset({"config.yaml", "log.jsonl", "status.json", "splits.json", "skipped.csv", "metrics.json",
                        "predictions.csv", "roc.png", "calibration.png", "curves.png", "adapter", "backbone", "model",
                        "heads", "overlays", "checkpoints", "tracker"})  # what a run writes into its folder
+
+
+def _checkpoint_stamps(path: Path) -> dict[str, tuple[int, int] | None]:
+    """{checkpoint folder: (mtime ns, size) of its state.pt}: what tells a rewritten checkpoint from the one found."""
+    stamps = {}
+    for name in run_state(path)["checkpoints"]:
+        try:
+            info = (Path(path) / "checkpoints" / name / "state.pt").stat()
+            stamps[name] = (info.st_mtime_ns, info.st_size)
+        except OSError:
+            stamps[name] = None
+    return stamps
 
 
 def _last_byte(path: Path) -> bytes:

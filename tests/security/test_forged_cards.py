@@ -171,3 +171,38 @@ def test_an_input_giving_non_finite_outputs_fails_its_own_request_and_leaves_the
         bad.result(timeout=600)
     assert len(good.result(timeout=600).outputs) == 1 and bank.refused == []
     worker.stop()
+
+
+def test_a_row_that_fails_otherwise_on_the_retry_refuses_the_site_and_the_worker_lives_on():
+    """An error other than non-finite outputs during the row-by-row retry ended the inference thread."""
+    from types import SimpleNamespace
+
+    from tpp.serve.bank import NonFiniteOutputs, SiteRefused
+
+    class Bank:
+        max_resident, refused, calls = 4, [], 0
+
+        def site(self, name):
+            return SimpleNamespace(name=name, version="v", input_rule={"image_size": 2, "channels": 1,
+                                                                        "image_channels": 1, "mean": [0.0],
+                                                                        "std": [1.0]},
+                                   label_names=["a", "b"], task=get_task("classification"))
+
+        def predict(self, sites, tensors):
+            self.calls += 1
+            if self.calls == 1:
+                raise NonFiniteOutputs("overflows")
+            if self.calls == 2:
+                raise RuntimeError("device lost")
+            return [torch.tensor([0.5, 0.5])] * len(sites)
+
+        def refuse(self, *args):
+            self.refused.append(args)
+
+    bank = Bank()
+    worker = InferenceWorker(bank)
+    with pytest.raises(SiteRefused, match="device lost"):
+        worker.predict("s", [np.zeros((2, 2), np.uint8)]).result(timeout=600)
+    assert len(worker.predict("t", [np.zeros((2, 2), np.uint8)]).result(timeout=600).outputs) == 1
+    assert [args[0] for args in bank.refused] == ["s"]
+    worker.stop()

@@ -150,19 +150,24 @@ class InferenceWorker:
         for index in rows_of.values():
             site = sites[index[0]]
             try:
-                results = self.bank.predict([site] * len(index), [tensors[i] for i in index])
-            except NonFiniteOutputs:  # some input, not the site: row by row, only those rows get the error
-                results = [self._one_row(site, tensors[i]) for i in index]
+                try:
+                    results = self.bank.predict([site] * len(index), [tensors[i] for i in index])
+                except NonFiniteOutputs:  # some input, not the site: row by row, only those rows get the error
+                    results = [self._one_row(site, tensors[i]) for i in index]
             except Exception as exc:
-                cause = exc.__cause__ or exc  # the library's error behind the bank's one-paragraph one
-                reason = f"site '{site.name}' version {site.version} fails to predict ({type(cause).__name__}: " \
-                         f"{str(cause)[:200]}); refused until a new version is published."
-                log.warning("refused: %s", reason)
-                self.bank.refuse(site.name, site.version, reason)
-                results = [SiteRefused(reason)] * len(index)
+                results = [self._refuse(site, exc)] * len(index)
             for i, result in zip(index, results):
                 outputs[i] = result
         return outputs
+
+    def _refuse(self, site, exc: Exception) -> SiteRefused:
+        """Refuse a site that fails to predict (the bank remembers why until a new version is published)."""
+        cause = exc.__cause__ or exc  # the library's error behind the bank's one-paragraph one
+        reason = f"site '{site.name}' version {site.version} fails to predict ({type(cause).__name__}: " \
+                 f"{str(cause)[:200]}); refused until a new version is published."
+        log.warning("refused: %s", reason)
+        self.bank.refuse(site.name, site.version, reason)
+        return SiteRefused(reason)
 
     def _one_row(self, site, tensor):
         """One row's output, or the :class:`NonFiniteOutputs` it gives."""

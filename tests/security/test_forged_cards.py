@@ -116,24 +116,34 @@ def test_site_names_with_a_newline_are_refused_and_card_strings_are_listed_escap
     assert store.listing(path)[0]["created"].startswith("\x1b")  # the JSON of GET /v1/sites keeps the value
 
 
+class FakeBank:
+    """A bank of 2-px classification sites for the worker: ``answer(sites, tensors)`` gives the outputs (or
+    raises); it records the batch sizes it was asked and the sites it refused."""
+
+    max_resident = 4
+
+    def __init__(self, answer=None):
+        self.answer, self.sizes, self.refused = answer, [], []
+
+    def site(self, name):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(name=name, version="v", label_names=["a", "b"], task=get_task("classification"),
+                               input_rule={"image_size": 2, "channels": 1, "image_channels": 1, "mean": [0.0],
+                                           "std": [1.0]})
+
+    def predict(self, sites, tensors):
+        self.sizes.append(len(sites))
+        if self.answer is not None:
+            self.answer(sites, tensors)
+        return [torch.tensor([0.5, 0.5])] * len(sites)
+
+    def refuse(self, *args):
+        self.refused.append(args)
+
+
 def test_one_request_of_many_images_runs_in_batches_of_max_batch():
-    class Bank:
-        max_resident, sizes = 4, []
-
-        def site(self, name):
-            from types import SimpleNamespace
-
-            from tpp.tasks import get_task
-            return SimpleNamespace(name=name, version="v", input_rule={"image_size": 2, "channels": 1,
-                                                                        "image_channels": 1, "mean": [0.0],
-                                                                        "std": [1.0]},
-                                   label_names=["a", "b"], task=get_task("classification"))
-
-        def predict(self, sites, tensors):
-            self.sizes.append(len(sites))
-            return [torch.tensor([0.5, 0.5])] * len(sites)
-
-    bank = Bank()
+    bank = FakeBank()
     worker = InferenceWorker(bank, max_batch=2)
     result = worker.predict("s", [np.zeros((2, 2), np.uint8)] * 5).result(timeout=600)
     worker.stop()
@@ -142,28 +152,13 @@ def test_one_request_of_many_images_runs_in_batches_of_max_batch():
 
 def test_an_input_giving_non_finite_outputs_fails_its_own_request_and_leaves_the_site_served():
     """Only the row that overflows gets the error (HTTP 422); the site is not refused for every client."""
-    from types import SimpleNamespace
-
     from tpp.serve.bank import NonFiniteOutputs
 
-    class Bank:
-        max_resident, refused = 4, []
+    def overflow_on_white(sites, tensors):
+        if any(float(t.max()) > 0.5 for t in tensors):
+            raise NonFiniteOutputs("overflows")
 
-        def site(self, name):
-            return SimpleNamespace(name=name, version="v", input_rule={"image_size": 2, "channels": 1,
-                                                                        "image_channels": 1, "mean": [0.0],
-                                                                        "std": [1.0]},
-                                   label_names=["a", "b"], task=get_task("classification"))
-
-        def predict(self, sites, tensors):
-            if any(float(t.max()) > 0.5 for t in tensors):  # the white image
-                raise NonFiniteOutputs("overflows")
-            return [torch.tensor([0.5, 0.5])] * len(sites)
-
-        def refuse(self, *args):
-            self.refused.append(args)
-
-    bank = Bank()
+    bank = FakeBank(overflow_on_white)
     worker = InferenceWorker(bank, max_wait_ms=200)
     bad = worker.predict("s", [np.full((2, 2), 255, np.uint8)])
     good = worker.predict("s", [np.zeros((2, 2), np.uint8)])
@@ -175,31 +170,15 @@ def test_an_input_giving_non_finite_outputs_fails_its_own_request_and_leaves_the
 
 def test_a_row_that_fails_otherwise_on_the_retry_refuses_the_site_and_the_worker_lives_on():
     """An error other than non-finite outputs during the row-by-row retry ended the inference thread."""
-    from types import SimpleNamespace
-
     from tpp.serve.bank import NonFiniteOutputs, SiteRefused
 
-    class Bank:
-        max_resident, refused, calls = 4, [], 0
+    def first_overflow_then_device_lost(sites, tensors):
+        if len(bank.sizes) == 1:
+            raise NonFiniteOutputs("overflows")
+        if len(bank.sizes) == 2:
+            raise RuntimeError("device lost")
 
-        def site(self, name):
-            return SimpleNamespace(name=name, version="v", input_rule={"image_size": 2, "channels": 1,
-                                                                        "image_channels": 1, "mean": [0.0],
-                                                                        "std": [1.0]},
-                                   label_names=["a", "b"], task=get_task("classification"))
-
-        def predict(self, sites, tensors):
-            self.calls += 1
-            if self.calls == 1:
-                raise NonFiniteOutputs("overflows")
-            if self.calls == 2:
-                raise RuntimeError("device lost")
-            return [torch.tensor([0.5, 0.5])] * len(sites)
-
-        def refuse(self, *args):
-            self.refused.append(args)
-
-    bank = Bank()
+    bank = FakeBank(first_overflow_then_device_lost)
     worker = InferenceWorker(bank)
     with pytest.raises(SiteRefused, match="device lost"):
         worker.predict("s", [np.zeros((2, 2), np.uint8)]).result(timeout=600)

@@ -122,6 +122,7 @@ class RunDir:
         self.earlier_aside: list[Path] = []  # resume: what an earlier --overwrite run that failed kept aside
         self.resumed: tuple[str, str | None, dict] | None = None  # resume: status.json, config.yaml, checkpoints
         self._lock_fd: int | None = None  # the folder's lock, held while this run writes it
+        self._log_checked = False  # whether log.jsonl's last line (an earlier run's) was checked for an end
         if not main:
             return
         if self.path.exists() and not self.path.is_dir():
@@ -254,7 +255,9 @@ class RunDir:
             record = {"time": round(time.time() - self.started, 3), **record}
             path = self.path / "log.jsonl"
             try:
-                cut = path.is_file() and path.stat().st_size > 0 and _last_byte(path) != b"\n"
+                cut = not self._log_checked and path.is_file() and path.stat().st_size > 0 \
+                    and _last_byte(path) != b"\n"  # once per run: its own lines always end
+                self._log_checked = True
                 with open(path, "a") as fh:
                     fh.write(("\n" if cut else "") + json.dumps(finite_json(record), default=_json_default,
                                                                  allow_nan=False) + "\n")

@@ -135,3 +135,26 @@ def test_a_16_bit_rgb_dicom_is_scaled_by_its_stored_bits_not_clipped():
     stored[..., 0], stored[..., 1], stored[..., 2] = 4095, 2048, 100  # 12 bits stored
     rgb = decode(dicom_bytes(stored, bits=12), "colour.dcm")
     assert rgb.shape == (8, 8, 3) and rgb[0, 0].tolist() == [255, 128, 6]
+
+
+def _with_orientation(pixels: np.ndarray, orientation: int, fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=fmt, exif=exif.tobytes())
+    return buffer.getvalue()
+
+
+def test_a_photo_stored_sideways_with_an_exif_orientation_is_read_as_every_viewer_shows_it():
+    """Orientation 6 (stored rotated, shown turned 90 degrees clockwise): the stored top row becomes the
+    right-hand column, as in every viewer; orientation 1 and untagged images are left as stored."""
+    stored = np.zeros((20, 40), np.uint8)
+    stored[0] = 255  # the stored top row
+    shown = decode(_with_orientation(stored, 6), "phone.png")
+    assert shown.shape == (40, 20) and (shown[:, -1] == 255).all() and shown[:, :-1].max() == 0
+    assert np.array_equal(decode(_with_orientation(stored, 1), "upright.png"), stored)
+    assert decode(_with_orientation(np.stack([stored] * 3, -1), 8, "JPEG"), "phone.jpg").shape == (40, 20, 3)

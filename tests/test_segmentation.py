@@ -373,3 +373,27 @@ def test_decoder_widths_that_could_not_be_built_or_published_are_config_errors(c
     with pytest.raises(ConfigError, match=says):
         SegmentationOptions(decoder_channels=channels)
     SegmentationOptions(decoder_channels=[2048, 64, 7])
+
+
+def test_a_mask_drawn_on_a_photo_shown_upright_by_its_exif_orientation_fits_it(tmp_path):
+    """A photo stored sideways (64 wide, 32 high) with EXIF orientation 6 is shown 32 wide and 64 high: its
+    mask, drawn on what the viewer showed, is that shape and lies over the image as shown."""
+    root = tmp_path / "seg"
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored = np.zeros((32, 64), np.uint8)
+    stored[:, 32:] = 200  # the stored right half: the bottom half as shown
+    mask = np.zeros((64, 32), np.uint8)
+    mask[32:] = 255  # drawn over the shown bottom half
+    for i in range(4):
+        Image.fromarray(stored).save(root / "images" / f"c{i}.png", exif=exif.tobytes())
+        Image.fromarray(mask).save(root / "masks" / f"c{i}.png")
+    folder = dict(name="toy", root=None, file=str(root), val_fraction=0.0, test_fraction=0.0, image_size=16)
+    train = load_seg_folder(**folder).split("train")
+    image, labels = np.asarray(train.images[0]), train.masks[0]
+    assert image.shape[-2:] == (16, 16) and labels.shape == (16, 16)
+    assert (labels[8:] == 1).all() and (labels[:8] == 0).all()
+    shown = image.reshape(-1, 16, 16)[0]
+    assert shown[9:].min() == 200 and shown[:7].max() == 0  # away from the resized edge row

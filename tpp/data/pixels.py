@@ -39,13 +39,35 @@ class PixelLimits:
 DEFAULT_LIMITS = PixelLimits()
 
 
+EXIF_ORIENTATION = 0x0112  # 1 = upright; 2..8 = mirrored and/or rotated; 5..8 swap width and height
+
+
+def upright(img):
+    """``img`` turned the way its EXIF orientation says it is shown (phone and camera photos are stored
+    sideways with a tag; every viewer, and so every mask drawn on one, shows them upright); ``img`` itself
+    when it has no such tag."""
+    from PIL import ImageOps
+
+    if img.getexif().get(EXIF_ORIENTATION) in range(2, 9):
+        return ImageOps.exif_transpose(img)
+    return img
+
+
+def upright_size(img) -> tuple[int, int]:
+    """(width, height) of ``img`` as :func:`upright` shows it, from its header (a PNG is decoded to look for
+    an EXIF chunk after its pixels)."""
+    width, height = img.size
+    return (height, width) if img.getexif().get(EXIF_ORIENTATION) in range(5, 9) else (width, height)
+
+
 def training_mode(img, name: str = "image"):
-    """The 8-bit image training and inference see: gray modes -> ``L``, 16-bit / 32-bit / float gray ->
-    ``L`` by per-image min-max (a 12-bit scan in a 16-bit PNG keeps its contrast), everything else ->
-    ``RGB`` (RGBA and LA lose their alpha, palettes are expanded). A float image holding NaN or infinite values
-    is an :class:`ImageError` naming ``name`` (it would become a black image)."""
+    """The 8-bit image training and inference see, turned :func:`upright`: gray modes -> ``L``, 16-bit /
+    32-bit / float gray -> ``L`` by per-image min-max (a 12-bit scan in a 16-bit PNG keeps its contrast),
+    everything else -> ``RGB`` (RGBA and LA lose their alpha, palettes are expanded). A float image holding
+    NaN or infinite values is an :class:`ImageError` naming ``name`` (it would become a black image)."""
     from PIL import Image
 
+    img = upright(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         if not np.isfinite(arr).all():

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from tpp.data import Dataset, Split
 from tpp.data.arrays import _array, _images, _label_values, _not_empty, _open_npz, check_modality, resolve_root
+from tpp.data.pixels import upright, upright_size
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
@@ -158,8 +159,9 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path) -> np.ndarr
 
     try:
         with Image.open(image) as img:
-            image_size = img.size  # the header only
+            image_size = upright_size(img)  # the header only
         with Image.open(path) as img:
+            img = upright(img)  # a mask exported with its photo's orientation tag is turned with it
             (w, h), (iw, ih) = img.size, image_size
             if abs(w * ih - h * iw) > 0.02 * max(w * ih, h * iw):  # masks at another resolution keep the shape
                 raise TppError(f"mask '{path}' is {w}x{h} pixels but its image '{image}' is {iw}x{ih}: not the "

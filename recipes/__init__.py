@@ -392,9 +392,8 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     ``config.yaml`` written before configs were scoped to their recipe holds every section. A key the saved
     config lacks (added to tpp since: ``device``, ``classification.threshold`` ...) counts as its value in
     ``defaults`` (the run ran as that default does)."""
-    import yaml
-
     from tpp.config import drop_other_pretexts_defaults
+    from tpp.config.parse import load_yaml
     from tpp.config.paths import resolve_paths
     from tpp.errors import TppError
 
@@ -402,12 +401,16 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     if not saved_file.is_file():
         return
     try:
-        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        saved = load_yaml(saved_file)
+        if not saved:
+            raise TppError(f"config file '{saved_file}' is empty.")
+    except OSError as exc:
         raise TppError(f"train.resume: '{saved_file}', the interrupted run's config, cannot be read "
-                       f"({type(exc).__name__}: {str(exc)[:160]}); it was damaged. Start over with --overwrite, "
-                       "or restore the file.") from None
-    saved = {k: v for k, v in saved.items() if k in config} if isinstance(saved, dict) else {}
+                       f"({exc.strerror or exc}). Start over with --overwrite, or restore the file.") from None
+    except TppError as exc:
+        raise TppError(f"train.resume: the interrupted run's config is damaged: {str(exc).rstrip('.')}. Start "
+                       "over with --overwrite, or restore the file.") from None
+    saved = {k: v for k, v in saved.items() if k in config}
     if isinstance(saved.get("pretext"), dict):  # saved before pretext options were per pretext
         drop_other_pretexts_defaults(saved["pretext"], saved["pretext"].get("name", "mae"))
     resolve_paths(saved, os.getcwd())  # saved before paths were recorded absolute: they were the current folder's

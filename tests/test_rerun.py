@@ -410,3 +410,22 @@ def test_a_finished_run_is_put_back_only_when_no_checkpoint_was_rewritten_and_da
     first.log_data(True, train=546)
     first.release()
     RunDir(fresh, resume=True).log_data(True, train=540)  # no checkpoint: it starts at step 1, nothing to compare
+
+
+@pytest.mark.parametrize("text, why", [("{\"status\": \"runn", "it is not JSON"), ("[1, 2]", "it holds no run status"),
+                                       ("{\"status\": \"done\"}", "it holds no run status")])
+def test_a_damaged_status_json_is_named_as_such_not_called_no_run(tmp_path, text, why):
+    """A run folder whose status.json was cut short or edited used to be called 'no tpp run'; it is a damaged
+    run folder, refused as such by a new run, by train.resume and by publishing its adapter."""
+    from tpp.serve.store import read_source
+
+    out = run_folder(tmp_path / "out", None, ["step-2"])
+    (out / "status.json").write_text(text)
+    for resume in (False, True):
+        with pytest.raises(TppError, match=rf"holds a damaged status.json \({why}.*train.resume will not continue"):
+            RunDir(out, resume=resume)
+    (out / "adapter").mkdir()
+    (out / "adapter" / "tpp_card.json").write_text("{}")
+    with pytest.raises(TppError, match=rf"damaged status.json \({why}.*Publish '.*adapter' itself"):
+        read_source(out)
+    assert RunDir(out, overwrite=True).path == out  # --overwrite starts over

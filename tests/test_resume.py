@@ -288,10 +288,14 @@ def test_a_damaged_checkpoint_is_refused_naming_it_before_anything_is_applied(ti
     assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == before
 
 
-@pytest.mark.parametrize("text", [b"train: [unclosed\n", b"!!python/object/apply:os.system ['true']\n", b"\xff\xfe"])
-def test_a_damaged_run_config_is_refused_naming_it(tiny_mae, reference, tmp_path, capsys, text):
-    """train.resume reads the interrupted run's config.yaml back: broken YAML, a python tag (never constructed)
-    or bytes that are no UTF-8 give a TppError naming it, not a traceback."""
+@pytest.mark.parametrize("text, said", [(b"train: [unclosed\n", "is not valid YAML: while parsing"),
+                                        (b"!!python/object/apply:os.system ['true']\n", "is not valid YAML"),
+                                        (b"\xff\xfe", "is not UTF-8"), (b"- 1\n- 2\n", "must hold a mapping"),
+                                        (b"", "is empty")])
+def test_a_damaged_run_config_is_refused_naming_it(tiny_mae, reference, tmp_path, capsys, text, said):
+    """train.resume reads the interrupted run's config.yaml back: broken YAML (its whole message: where it
+    broke), a python tag (never constructed), bytes that are no UTF-8, a list or nothing give a TppError naming
+    it, not a traceback, and not a list of every setting as 'changed'."""
     import shutil
 
     root, ref = reference
@@ -301,7 +305,10 @@ def test_a_damaged_run_config_is_refused_naming_it(tiny_mae, reference, tmp_path
     (run / "status.json").write_text('{"status": "running"}')
     assert run_cli(*args(tiny_mae, root, run, "train.resume=auto")) == 2
     err = capsys.readouterr().err
-    assert f"'{run / 'config.yaml'}', the interrupted run's config, cannot be read" in err and "Traceback" not in err
+    assert f"the interrupted run's config is damaged: config file '{run / 'config.yaml'}' {said}" in err
+    assert "Traceback" not in err and "differs" not in err
+    if said.endswith("while parsing"):
+        assert "line 1, column 8" in err  # where it broke, not cut off
 
 
 def test_rotation_deletes_only_checkpoints_and_a_renamed_step_is_refused(tmp_path):

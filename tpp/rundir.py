@@ -163,7 +163,11 @@ class RunDir:
     def _open(self, overwrite: bool, resume: bool) -> None:
         """:meth:`__init__`'s work once the folder (if it exists) is locked."""
         if resume and self.path.is_dir():
-            if any(self.path.iterdir()) and run_state(self.path)["status"] is None:
+            state = run_state(self.path)
+            if state["damaged"]:
+                raise TppError(f"output_dir '{self.path}' {damaged_status(self.path, state)}; train.resume will not "
+                               "continue it. Pass --overwrite to start over, or choose another output_dir=...")
+            if any(self.path.iterdir()) and state["status"] is None:
                 raise TppError(f"output_dir '{self.path}' holds no tpp run ({_some_entries(self.path)}), so "
                                "train.resume has nothing to continue there and tpp will not write into it. Drop "
                                "train.resume, or choose another output_dir=...")
@@ -336,6 +340,7 @@ class RunDir:
         return time.time() - self.started
 
 
+RUN_STATES = ("running", "succeeded", "failed")  # what status.json says
 RUN_FILES = frozenset({"config.yaml", "log.jsonl", "status.json", "splits.json", "skipped.csv", "metrics.json",
                        "predictions.csv", "roc.png", "calibration.png", "curves.png", "adapter", "backbone", "model",
                        "heads", "overlays", "checkpoints", "tracker"})  # what a run writes into its folder
@@ -395,16 +400,29 @@ def only_run_files(path: Path) -> bool:
 
 def run_state(path: Path) -> dict:
     """What a run directory holds: ``status`` (``status.json``'s: running, succeeded, failed; None when it
-    is no run's), its recorded ``error`` and its ``checkpoints`` (``step-N`` folder names, oldest first)."""
+    is no run's), its recorded ``error``, its ``checkpoints`` (``step-N`` folder names, oldest first) and
+    ``damaged``: why a ``status.json`` that is there says no status (None when it is fine or absent)."""
+    recorded, damaged = None, None
     try:
         recorded = json.loads((Path(path) / "status.json").read_text())
-    except (OSError, ValueError):
-        recorded = None
-    recorded = recorded if isinstance(recorded, dict) else {}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as exc:
+        damaged = f"it cannot be read: {exc.strerror or exc}" if isinstance(exc, OSError) else f"it is not JSON: {exc}"
+    if recorded is not None and not (isinstance(recorded, dict) and recorded.get("status") in RUN_STATES):
+        damaged = f"it holds no run status ({str(recorded)[:60]!r})"
+    recorded = recorded if isinstance(recorded, dict) and not damaged else {}
     folder = Path(path) / "checkpoints"
     steps = sorted((int(p.name[5:]), p.name) for p in folder.glob("step-*") if p.name[5:].isdigit()) \
         if folder.is_dir() else []
-    return {"status": recorded.get("status"), "error": recorded.get("error"), "checkpoints": [n for _, n in steps]}
+    return {"status": recorded.get("status"), "error": recorded.get("error"), "checkpoints": [n for _, n in steps],
+            "damaged": damaged}
+
+
+def damaged_status(path: Path, state: dict) -> str:
+    """The words for a run folder whose ``status.json`` is damaged (see :func:`run_state`)."""
+    return (f"holds a damaged status.json ({state['damaged']}), so tpp cannot tell whether, or how, the run in "
+            "it ended")
 
 
 def _some_entries(path: Path, shown: int = 3) -> str:
@@ -426,9 +444,15 @@ def not_empty_message(path: Path, state: dict) -> str:
         "failed": failed + (f"; it failed with: {str(state['error']).rstrip('.')}" if state["error"] else ""),
         "succeeded": f"holds a finished run{newest}",
         "running": f"holds a run that is still running or was killed{newest}",
-    }.get(state["status"]) or f"is not empty and holds no tpp run ({_some_entries(path)})"
-    resume = ("Continue it with train.resume=auto (a larger train.max_steps extends it)" if state["checkpoints"]
-              else "train.resume=auto continues a run from its newest checkpoint (this one has none)"
-              if state["status"] else "It is no run to continue")
+    }.get(state["status"]) or (damaged_status(path, state) if state["damaged"] else
+                               f"is not empty and holds no tpp run ({_some_entries(path)})")
+    if state["damaged"]:
+        resume = "train.resume will not continue it"
+    elif state["checkpoints"]:
+        resume = "Continue it with train.resume=auto (a larger train.max_steps extends it)"
+    elif state["status"]:
+        resume = "train.resume=auto continues a run from its newest checkpoint (this one has none)"
+    else:
+        resume = "It is no run to continue"
     return (f"output_dir '{path}' {what}. {resume}; pass --overwrite to delete it and start over; or choose "
             "another output_dir=...")

@@ -26,7 +26,7 @@ from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS, read_card
 from tpp.errors import TppError
 from tpp.model_card import README
 from tpp.serve.integrity import check_adapter, parse_card
-from tpp.rundir import run_state, write_atomic
+from tpp.rundir import damaged_status, run_state, write_atomic
 
 POINTER = "current"
 PEFT_CONFIG = "adapter_config.json"
@@ -87,7 +87,11 @@ def _adapter_dir(source: str | Path) -> Path:
     succeed is refused: its ``adapter/`` is from an earlier state (an extension of a finished run that failed)."""
     source = Path(source)
     if (source / "adapter" / CARD).is_file():
-        status = run_state(source)["status"]
+        state = run_state(source)
+        if state["damaged"]:
+            raise TppError(f"'{source}' {damaged_status(source, state)}, so whether its adapter/ is that run's "
+                           f"result is unknown. Publish '{source / 'adapter'}' itself if it is the one you want.")
+        status = state["status"]
         if status not in (None, "succeeded"):
             raise TppError(f"the run in '{source}' is {status}, so its adapter/ is not that run's result (it is "
                            "from before; an interrupted extension leaves it so). Resume it (train.resume=auto) "

@@ -3,6 +3,7 @@
     python benchmarks/suite.py --budget-min 60            # fill cells of benchmarks/suite.yaml; repeat to continue
     python benchmarks/suite.py --report-only              # cost measurements + report from what the caches hold
     python benchmarks/suite.py --grid my_grid.yaml --out runs/suite
+    python benchmarks/suite.py --no-published --cache /tmp/empty --out runs/suite  # measure every cell again
 
 The grid (tasks x approaches x label fractions x seeds) is declared in a YAML file (see suite_grid.py and
 benchmarks/README.md). Cells run through the existing benches and share their caches: classification cells of the
@@ -233,6 +234,9 @@ def main(argv=None) -> int:
     parser.add_argument("--budget-min", type=float, default=60.0, help="stop starting cells after this many minutes")
     parser.add_argument("--report-only", action="store_true", help="no training: measure costs, report the caches")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-published", action="store_true",
+                        help="adopt none of the grid's published reports: with an empty --cache every cell is "
+                             "measured again (what reproduces the report from nothing)")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache",
                         help="cache root holding tpp_gain/, seg_gain/, suite_resnet/, movl/ (default %(default)s)")
@@ -254,7 +258,7 @@ def main(argv=None) -> int:
         parser.error(str(exc))
     except TppError as exc:
         parser.error(f"{args.grid}: {exc}")
-    for published in grid.published:
+    for published in [] if args.no_published else grid.published:
         path = Path(published) if Path(published).is_absolute() else ROOT / published
         if not path.is_file():
             print(f"{published}: not there yet (nothing to adopt)")

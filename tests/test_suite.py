@@ -179,6 +179,11 @@ published: [{tmp_path / "out" / "suite.json"}]
     assert suite.main(fresh) == 0
     again = json.loads((out / "suite.json").read_text())
     assert again["complete"] and [r["primary"] for r in again["rows"]] == [r["primary"] for r in payload["rows"]]
+    # --no-published: nothing adopted, so an empty cache has every cell missing (measured again without
+    # --report-only)
+    assert suite.main(fresh[:2] + ["--cache", str(tmp_path / "empty")] + fresh[4:] + ["--no-published"]) == 0
+    empty = json.loads((out / "suite.json").read_text())
+    assert not empty["complete"] and len(empty["missing"]) == 2
 
 
 def test_the_resnet_estimate_scales_finished_cells_of_a_near_size():

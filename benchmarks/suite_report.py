@@ -102,6 +102,13 @@ def interval(values: list) -> dict:
     return {"mean": mean, "low": None if math.isnan(low) else low, "high": None if math.isnan(high) else high}
 
 
+def one_context(group: list[dict]) -> bool:
+    """Whether every seed of an in-context row used the same context set (a label subset that fits the cap
+    whole): its seeds then repeat one measurement, and its interval is zero wide, not precise."""
+    prints = {cell.get("context_sha256") or context_sha256(cell.get("context_index") or []) for cell in group}
+    return len(group) > 1 and len(prints) == 1
+
+
 def rows_of(cells: list[tuple], costs: dict) -> list[dict]:
     """One row per (task, approach, fraction): metrics with 95% t-intervals over seeds, next to the cost."""
     groups = defaultdict(list)
@@ -121,7 +128,8 @@ def rows_of(cells: list[tuple], costs: dict) -> list[dict]:
                      "bytes_per_site": float(np.mean([g.get("bytes_per_site", 4 * trainable) for g in group])),
                      **({"context_examples": float(np.mean([g["context_examples"] for g in group])),
                          "subset_examples": float(np.mean([g["subset_examples"] for g in group])),
-                         "context_cap": group[0]["context_cap"]} if "context_examples" in group[0] else {}),
+                         "context_cap": group[0]["context_cap"], "one_context": one_context(group)}
+                        if "context_examples" in group[0] else {}),
                      "total_parameters": c.get("total_parameters"), "flops_per_image": c.get("flops_per_image"),
                      "latency_ms_b1": c.get("latency_ms_b1"), "latency_ms_b32": c.get("latency_ms_b32"),
                      "inference_mib": c.get("inference_mib"), "train_s": float(np.mean(train_s)),
@@ -197,7 +205,8 @@ def results_table(rows: list[dict]) -> tuple[list, list]:
     for r in rows:
         second = "; ".join(f"{label}{f' ({r[RULE]})' if key == 'test_accuracy' and RULE in r else ''} {_ci(r[key])}"
                            for key, label in SECONDARY[r["kind"]])
-        body.append([r["task"], f"{r['fraction']:.0%}", r["approach"], r["family"], str(r["seeds"]),
+        seeds = f"{r['seeds']} (one context: one measurement)" if r.get("one_context") else str(r["seeds"])
+        body.append([r["task"], f"{r['fraction']:.0%}", r["approach"], r["family"], seeds,
                      f"{r['metric']} {_ci(r['primary'])}", second, f"{r['trainable_parameters']:,}",
                      f"{r['bytes_per_site'] / 1024:,.0f}", _num(r["total_parameters"], "{:,}"),
                      _num(r["flops_per_image"] and r["flops_per_image"] / 1e6, "{:.1f}"),

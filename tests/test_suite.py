@@ -281,3 +281,22 @@ def test_resnet_cells_come_last_get_the_budget_left_and_a_pause_leaves_them_for_
     assert missing == [(task, "lora", 0.1, 1), (task, "resnet18", 1.0, 1)] and errors == []
     assert Stub.resnet.deadline is not None
     assert "paused: breastmnist resnet18 100% seed 1 after epoch 3" in capsys.readouterr().out
+
+
+def test_an_in_context_row_whose_seeds_share_one_context_says_it_is_one_measurement():
+    """At 100% labels a whole training split under the cap is every seed's context: the seeds repeat one
+    measurement, and the table says so next to its zero-wide interval."""
+    import suite_report
+
+    same = [{"context_index": [1, 5, 9]}, {"context_sha256": suite_report.context_sha256([1, 5, 9])}]
+    assert suite_report.one_context(same)
+    assert not suite_report.one_context(same + [{"context_index": [1, 5]}])
+    assert not suite_report.one_context(same[:1])  # one seed: nothing repeated
+    row = {"task": "t", "kind": "classification", "fraction": 1.0, "approach": "knn", "family": "generalist",
+           "seeds": 2, "one_context": True, "metric": "AUROC", "trainable_parameters": 0, "bytes_per_site": 0.0,
+           "total_parameters": None, "flops_per_image": None, "latency_ms_b1": None, "latency_ms_b32": None,
+           "inference_mib": None, "train_s": 1.0,
+           **{key: {"mean": 0.7, "low": 0.7, "high": 0.7} for key in ("primary", "test_accuracy")}}
+    _header, (line,) = suite_report.results_table([row])
+    assert line[4] == "2 (one context: one measurement)"
+    assert suite_report.results_table([dict(row, one_context=False)])[1][0][4] == "2"

@@ -189,3 +189,10 @@ def interrupted_at(run, step: int) -> None:
         target = run / name
         shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     (run / "status.json").write_text('{"status": "failed", "error": "KeyboardInterrupt"}')
+
+
+def without_config_name(text: str) -> str:
+    """A config error's text less the config file it names in front (``config 'F' with its overrides: ``)."""
+    import re
+
+    return re.sub(r"^(error: )?config '[^']*'( with its overrides)?: ", r"\1", text, count=1)

@@ -3,6 +3,7 @@ import re
 
 import pytest
 import yaml
+from helpers import without_config_name
 
 from tpp.config import RunConfig, apply_overrides, build_config, help_lines, load_config, parse_override
 from tpp.errors import ConfigError
@@ -256,7 +257,8 @@ def problems(path, overrides, recipe=None) -> list[str]:
     """The lines of the one ConfigError that loading ``path`` with ``overrides`` raises."""
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides, recipe=recipe)
-    return str(info.value).splitlines()
+    assert str(info.value).startswith(f"config '{path}'")  # the file the problems are about
+    return without_config_name(str(info.value)).splitlines()
 
 
 @pytest.mark.parametrize("path, override, line", [

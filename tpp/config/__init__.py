@@ -88,6 +88,16 @@ def _collect(problems: list[str], build, *args):
         return None
 
 
+def _naming_the_file(error: ConfigError, path, overrides) -> ConfigError:
+    """``error`` with the config file it is about in front (a config built in Python has none), and whether
+    overrides joined it (an unknown key may be one of theirs)."""
+    if path == "(dict)" or str(path) in str(error):
+        return error
+    named = ConfigError(f"config '{path}'{' with its overrides' if overrides else ''}: {error}")
+    named.problems = getattr(error, "problems", [str(error)])
+    return named
+
+
 def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), recipe: str | None = None) -> RunConfig:
     """YAML file + ``key=value`` overrides -> validated RunConfig for ``recipe`` (None: the config's own
     ``recipe``, which a ``recipe=...`` override may set); every problem of the file at once. Records which
@@ -110,22 +120,25 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
         data, path, base = _plain(path), "(dict)", os.getcwd()
     else:
         data, base = load_yaml(path), os.path.dirname(os.path.realpath(path))
-    given = apply_overrides({}, list(overrides))
-    file_data = copy.deepcopy(data)
-    recipe = _recipe_to_run(path, data.get("recipe"), given.get("recipe"), recipe)
-    _switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
-    _switch_plugin(data, given, "pretext", "name", PretextConfig.name)
-    _switch_plugin(data, given, "data", "source", DataConfig.source)
-    written = data.get("recipe", recipe)
-    data = apply_overrides(data, list(overrides))
-    data["recipe"] = written  # the file's keys are checked against the recipe it was written for
-    cfg = build_config(data, recipe)
-    cfg.recipe = recipe
-    resolve_config_paths(cfg, file_data, given, base)
-    cfg.adapter.explicit = frozenset(given["adapter"]) if isinstance(given.get("adapter"), dict) else frozenset()
-    problems = prompt_size_problems(cfg)  # needs the resolved backbone.path (and adapter.init_from)
-    if problems:
-        raise config_error(problems)
+    try:
+        given = apply_overrides({}, list(overrides))
+        file_data = copy.deepcopy(data)
+        recipe = _recipe_to_run(path, data.get("recipe"), given.get("recipe"), recipe)
+        _switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
+        _switch_plugin(data, given, "pretext", "name", PretextConfig.name)
+        _switch_plugin(data, given, "data", "source", DataConfig.source)
+        written = data.get("recipe", recipe)
+        data = apply_overrides(data, list(overrides))
+        data["recipe"] = written  # the file's keys are checked against the recipe it was written for
+        cfg = build_config(data, recipe)
+        cfg.recipe = recipe
+        resolve_config_paths(cfg, file_data, given, base)
+        cfg.adapter.explicit = frozenset(given["adapter"]) if isinstance(given.get("adapter"), dict) else frozenset()
+        problems = prompt_size_problems(cfg)  # needs the resolved backbone.path (and adapter.init_from)
+        if problems:
+            raise config_error(problems)
+    except ConfigError as exc:
+        raise _naming_the_file(exc, path, overrides) from None
     for message in ignored_options(cfg) + unused_overrides(given, recipe, written):
         warnings.warn(message, stacklevel=2)
     return cfg

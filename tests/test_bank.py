@@ -202,3 +202,51 @@ def test_a_card_cannot_point_outside_its_directory(world, tmp_path):
     with pytest.raises(TppError, match="JSON object"):
         store.publish(evil, tmp_path / "store", "x")
     assert not (tmp_path / "x.bin").exists() and not (tmp_path / "store" / "x.bin").exists()
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_a_site_published_again_after_a_refusal_is_served_without_a_restart(world, tmp_path):
+    """The refusal says 'publish the adapter again': doing so (same content, same version, files rewritten)
+    is tried again at the next request, and by reload; untouched, the refusal stands without reading again."""
+    s = tmp_path / "store"
+    version = store.publish(world["runs"]["site_a"], s, "x").version
+    _flip_a_byte(s / "x" / version / "adapter_model.safetensors")
+    bank = AdapterBank(str(world["backbone"]), str(s))
+    for _ in range(2):
+        with pytest.raises(TppError, match="content hash does not match"):
+            bank.site("x")
+    assert bank.loads == 0 and bank.refused["x"][0] == version  # refused from memory the second time
+    assert store.publish(world["runs"]["site_a"], s, "x").version == version  # rewritten whole
+    assert bank.site("x").version == version and "x" not in bank.refused
+    _flip_a_byte(s / "x" / version / "adapter_model.safetensors")
+    bank.evict("x")
+    with pytest.raises(TppError, match="content hash does not match"):
+        bank.site("x")
+    store.publish(world["runs"]["site_a"], s, "x")
+    assert bank.reload("x")[1] == version  # reload tries it again too
+
+
+def test_a_failed_reload_leaves_the_served_version_serving_also_after_eviction(world, tmp_path):
+    """A damaged new version refused at reload does not take the working one down, and a site evicted by the
+    LRU bound comes back at the version it served, not at whatever was published meanwhile."""
+    s = tmp_path / "store"
+    old = store.publish(world["runs"]["site_a"], s, "x").version
+    store.publish(world["runs"]["site_c"], s, "y")
+    bank = AdapterBank(str(world["backbone"]), str(s), max_resident=1)
+    x = pixels(world["images"][:2], bank.site("x").card)
+    before = torch.stack(bank.predict([bank.site("x")] * 2, x))
+    new = store.publish(world["runs"]["site_b"], s, "x").version
+    bank.site("y")  # evicts x
+    assert bank.site("x").version == old  # back at the version it served, not the newly published one
+    _flip_a_byte(s / "x" / new / "head.safetensors" if (s / "x" / new / "head.safetensors").exists()
+                 else next((s / "x" / new).glob("*.safetensors")))
+    with pytest.raises(TppError, match=rf"content hash does not match.*still serves version {old}"):
+        bank.reload("x")
+    assert bank.refused["x"][0] == new and torch.equal(torch.stack(bank.predict([bank.site("x")] * 2, x)), before)
+    bank.site("y")
+    assert bank.site("x").version == old  # also after eviction

@@ -146,6 +146,8 @@ def test_service_token_reload_and_logs_without_patient_data(world, tmp_path, cap
         status, first = request(f"{url}/v1/sites/x/predict", [("a.dcm", dicom)], token="s3cret")
         assert status == 200 and request(f"{url}/healthz")[0] == 200
         new = store.publish(world["runs"]["site_b"], s, "x").version
+        (row,) = request(f"{url}/v1/sites", token="s3cret")[1]["sites"]  # published, not reloaded yet:
+        assert (row["version"], row["serving"], row["resident"]) == (new, first["version"], False)  # says so
         status, out = request(f"{url}/v1/sites/x/reload", token="s3cret", method="POST", body=b"")
         assert status == 200 and out["new_version"] == new and out["old_version"] == first["version"]
         status, second = request(f"{url}/v1/sites/x/predict", [("a.dcm", dicom)], token="s3cret")

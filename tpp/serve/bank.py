@@ -16,8 +16,11 @@
 - Everything computes on one ``device`` (:mod:`tpp.devices`; ``auto``: a GPU if there is one): the backbone is
   moved there once, before the guard's snapshot; a site's own tensors (adapter, head) follow it. ``precision``
   ``bf16`` / ``fp16`` runs forwards under autocast (opt-in); the weights, and the backbone, stay fp32.
-- A site that fails to load or to predict is *refused* with its reason until its store pointer moves
-  to another version (:attr:`AdapterBank.refused`; ``GET /v1/sites`` shows it).
+- A site serves the version it was first loaded at until :meth:`AdapterBank.reload` (also after the least
+  recently used site was unloaded: it comes back at that version), so a publish changes no answer by chance.
+- A site that fails to load or to predict is *refused* with its reason until its store pointer moves to
+  another version or that version's files change (published again: :attr:`AdapterBank.refused`;
+  ``GET /v1/sites`` shows it). A reload that fails leaves the version served before in place.
 
 Not thread-safe by itself: the service calls it from one inference worker; ``tpp predict`` from one thread.
 """
@@ -119,6 +122,8 @@ class AdapterBank:
         self.groups: dict[str, Encoder] = {}  # method -> peft model on a shared-weight copy, one adapter a site
         self.loads = 0  # cold loads so far (benchmarks read it)
         self.refused: dict[str, tuple[str, str]] = {}  # site -> (version, reason) until the pointer moves
+        self._refused_files: dict[str, tuple] = {}  # site -> its refused version's files (name, size, mtime)
+        self.pinned: dict[str, str] = {}  # site -> the version it serves until reload (resident or not)
 
     # -- residency ---------------------------------------------------------------------------------
     def site(self, name: str) -> Site:
@@ -126,10 +131,12 @@ class AdapterBank:
         if name in self.resident:
             self.resident.move_to_end(name)
             return self.resident[name]
-        self._raise_if_refused(name)
-        site = self._load_or_refuse(name)
+        version = self._pinned_version(name)
+        self._raise_if_refused(name, version)
+        site = self._load_or_refuse(name, version)
         self._make_room(1)
         self.resident[name] = site
+        self.pinned[name] = site.version
         return site
 
     def reload(self, name: str) -> tuple[str | None, str]:
@@ -139,13 +146,20 @@ class AdapterBank:
         old = self.resident.get(name)
         if old is not None and old.version == version:
             return old.version, version
-        self._raise_if_refused(name)
-        new = self._load_or_refuse(name)
+        self.refused.pop(name, None)  # asked for explicitly: a refused version is tried again
+        try:
+            new = self._load_or_refuse(name)
+        except SiteRefused as exc:
+            served = old.version if old is not None else self.pinned.get(name)
+            if served is not None and served != version:
+                raise SiteRefused(f"{exc} Site '{name}' still serves version {served}.") from None
+            raise
         if old is not None:
             self._drop(self.resident.pop(name))
         else:
             self._make_room(1)
         self.resident[name] = new
+        self.pinned[name] = new.version
         return (old.version if old else None), new.version
 
     def evict(self, name: str) -> None:
@@ -174,32 +188,51 @@ class AdapterBank:
                 group.model.delete_adapter(name)
 
     def refuse(self, name: str, version: str, reason: str) -> None:
-        """Mark ``name`` failed at ``version`` (and unload it); requests get :class:`SiteRefused` until the
-        store's pointer names another version."""
+        """Mark ``name`` failed at ``version`` (and unload it if that version is the resident one); requests
+        for that version get :class:`SiteRefused` until the store's pointer names another version or the
+        version's files change (published again)."""
         self.refused[name] = (version, reason)
-        self.evict(name)
+        self._refused_files[name] = adapter_store.version_files_stamp(self.store, name, version)
+        if name in self.resident and self.resident[name].version == version:
+            self.evict(name)
 
-    def _raise_if_refused(self, name: str) -> None:
+    def _pinned_version(self, name: str) -> str | None:
+        """The version ``name`` serves until reload: the one it was loaded at while that version is still in
+        the store; else None (the store's current one)."""
+        version = self.pinned.get(name)
+        if version is not None and adapter_store.version_files_stamp(self.store, name, version) is None:
+            del self.pinned[name]  # deleted from the store since: the pointer's version is the one to serve
+            return None
+        return version
+
+    def _raise_if_refused(self, name: str, version: str | None = None) -> None:
+        """Raise :class:`SiteRefused` when ``version`` (None: the store's current one) of ``name`` was refused
+        and its files are unchanged since."""
         if name in self.refused:
-            version, reason = self.refused[name]
-            if adapter_store.current_version(self.store, name) == version:
+            refused, reason = self.refused[name]
+            pointer = adapter_store.current_version(self.store, name)
+            unchanged = self._refused_files.get(name) == adapter_store.version_files_stamp(self.store, name, refused)
+            if (version or pointer) == refused and unchanged:
                 raise SiteRefused(reason)
-            del self.refused[name]
+            if pointer != refused or not unchanged:  # another version published, or this one again
+                del self.refused[name]
 
-    def _load_or_refuse(self, name: str) -> Site:
-        """Load the store's current version of ``name``; a failure (any exception) refuses that version."""
-        version = adapter_store.current_version(self.store, name)
+    def _load_or_refuse(self, name: str, version: str | None = None) -> Site:
+        """Load ``version`` of ``name`` (None: the store's current one); a failure (any exception) refuses
+        that version."""
         try:
-            site = self._load(adapter_store.open_version(self.store, name))
+            site = self._load(adapter_store.open_version(self.store, name, version))
         except adapter_store.UnknownSite:
             raise
         except Exception as exc:
+            version = version or adapter_store.current_version(self.store, name)
             reason = str(exc) if isinstance(exc, TppError) else \
                 f"site '{name}' version {version} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]})."
             if version is not None:
                 self.refuse(name, version, reason)
             raise SiteRefused(reason) from None
-        self.refused.pop(name, None)
+        if self.refused.get(name, (None,))[0] == site.version:
+            del self.refused[name]
         return site
 
     def _load(self, sv: adapter_store.SiteVersion) -> Site:

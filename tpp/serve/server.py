@@ -181,7 +181,8 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         rows = adapter_store.listing(store_path, bank.info.hash)
         resident, refused = await outcome(worker.call(residency))
         for row in rows:
-            row["resident"] = resident.get(row["site"]) == row["version"]
+            row["serving"] = resident.get(row["site"])  # the version in memory answering it (until reload)
+            row["resident"] = row["serving"] == row["version"]
             failed = refused.get(row["site"])  # (version, reason): refused until another version is published
             row["healthy"] = not (failed and failed[0] == row["version"]) and row["backbone_match"] == "yes"
             row["refused_because"] = failed[1] if failed and failed[0] == row["version"] else None

@@ -171,10 +171,11 @@ def current(store: str | Path, site: str) -> SiteVersion:
     return SiteVersion(site, version, folder, parse_card(_read_regular(folder / CARD), str(folder)))
 
 
-def open_version(store: str | Path, site: str) -> SiteVersion:
-    """The current version with its files' bytes, read once; refused unless their content hash is the
-    version's name (a flipped byte after publishing is caught here, before anything is used)."""
-    site_dir, version = _pointed_version(store, site)
+def open_version(store: str | Path, site: str, version: str | None = None) -> SiteVersion:
+    """``version`` of ``site`` (None: the current one) with its files' bytes, read once; refused unless their
+    content hash is the version's name (a flipped byte after publishing is caught here, before anything is
+    used)."""
+    site_dir, version = _pointed_version(store, site) if version is None else _named_version(store, site, version)
     folder = site_dir / version
     files = {}
     for entry in sorted(os.listdir(folder)):
@@ -203,6 +204,30 @@ def _pointed_version(store: str | Path, site: str) -> tuple[Path, str]:
         raise TppError(f"store pointer '{pointer}' does not name a version (16 hex digits).")
     _inside(root, site_dir / version, folder=True)
     return site_dir, version
+
+
+def _named_version(store: str | Path, site: str, version: str) -> tuple[Path, str]:
+    """(site folder, version) of a version named by the caller; inside the store, no links."""
+    check_site(site)
+    if not _VERSION_RE.fullmatch(version):
+        raise TppError(f"site '{site}': a version is named by 16 hex digits.")
+    root = _store_root(store)
+    if not (root / site).is_dir():
+        raise UnknownSite(site)
+    _inside(root, root / site, folder=True)
+    _inside(root, root / site / version, folder=True)
+    return root / site, version
+
+
+def version_files_stamp(store: str | Path, site: str, version: str) -> tuple | None:
+    """(name, size, modification time) of each file of a version folder, from the directory alone (nothing
+    read): it changes when the version is written again. None when the folder is not there."""
+    folder = Path(store) / site / version
+    try:
+        return tuple(sorted((e.name, e.stat(follow_symlinks=False).st_size, e.stat(follow_symlinks=False).st_mtime_ns)
+                            for e in os.scandir(folder)))
+    except OSError:
+        return None
 
 
 def _inside(root: Path, path: Path, folder: bool) -> None:

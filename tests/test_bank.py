@@ -250,3 +250,28 @@ def test_a_failed_reload_leaves_the_served_version_serving_also_after_eviction(w
     assert bank.refused["x"][0] == new and torch.equal(torch.stack(bank.predict([bank.site("x")] * 2, x)), before)
     bank.site("y")
     assert bank.site("x").version == old  # also after eviction
+
+
+def test_a_damaged_store_version_is_not_republished_loaded_or_evaluated_as_good(world, tmp_path):
+    """A store version folder (or a copy of one) whose bytes changed used to be re-signed by publish into a new
+    valid version, and loaded by tpp.load / evaluate without a word: it is refused by its name's hash."""
+    import shutil
+
+    import tpp
+    from tpp.adapter_dir import read_card
+
+    s = tmp_path / "store"
+    version = store.publish(world["runs"]["site_a"], s, "x").version
+    folder = s / "x" / version
+    assert read_card(folder)["method"] and store.publish(folder, tmp_path / "prod", "x").version == version
+    copy = tmp_path / "staging" / version
+    shutil.copytree(folder, copy)
+    _flip_a_byte(copy / "adapter_model.safetensors")
+    for attempt in (lambda: store.publish(copy, tmp_path / "other", "x"), lambda: read_card(copy),
+                    lambda: tpp.load(copy, backbone=world["backbone"])):
+        with pytest.raises(TppError, match="named like a published version, but its files' content hash"):
+            attempt()
+    assert not (tmp_path / "other").exists()
+    renamed = tmp_path / "mine"
+    copy.rename(renamed)  # no store version: an adapter folder like any other
+    assert read_card(renamed)["method"]

@@ -143,6 +143,9 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
     check_card(card, card_path, kinds)
+    from tpp.serve.store import check_version_folder  # (the store imports this module)
+
+    check_version_folder(path)
     return card
 
 

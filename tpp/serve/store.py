@@ -82,6 +82,19 @@ def content_hash(files: dict[str, bytes]) -> str:
     return digest.hexdigest()[:16]
 
 
+def check_version_folder(path: Path) -> None:
+    """A folder named like a store version (16 hex digits: a store's, or a copy of one) must hold the files that
+    name hashes, as serving checks them: publishing, loading or evaluating it after a byte changed would sign or
+    use what the store refuses. Other folders pass."""
+    if not _VERSION_RE.fullmatch(path.name):
+        return
+    files = {name: _read_regular(path / name) for name in sorted(os.listdir(path)) if (path / name).is_file()}
+    if content_hash(files) != path.name:
+        raise TppError(f"'{path}' is named like a published version, but its files' content hash is not its name: "
+                       "they changed after publishing (tampering or disk corruption). Refused; publish the adapter "
+                       "again from its run folder (or rename the folder if it is no store version).")
+
+
 def _adapter_dir(source: str | Path) -> Path:
     """A run directory (with ``adapter/``) or an adapter directory itself. A run directory whose run did not
     succeed is refused: its ``adapter/`` is from an earlier state (an extension of a finished run that failed)."""

@@ -211,13 +211,21 @@ class MultitaskConfig:
                 "behaviour (1.2x and more)")
 
     def __post_init__(self):
+        import math
+
         from tpp.errors import ConfigError
 
+        problems = []
         if self.tasks_per_cycle is not None and self.tasks_per_cycle < 1:
-            raise ConfigError(f"multitask.tasks_per_cycle must be at least 1, got {self.tasks_per_cycle}.")
+            problems.append(f"multitask.tasks_per_cycle must be at least 1, got {self.tasks_per_cycle}.")
         if not all(isinstance(t, str) and t for t in self.eval_targets):
-            raise ConfigError(f"multitask.eval_targets must be a list of dataset names or origins, got "
-                              f"{self.eval_targets!r}.")
+            problems.append(f"multitask.eval_targets must be a list of dataset names or origins, got "
+                            f"{self.eval_targets!r}.")
+        if self.head_lr is not None and not (math.isfinite(self.head_lr) and self.head_lr > 0):
+            problems.append(f"multitask.head_lr must be a positive finite number (the learning rate of each task "
+                            f"head's optimiser; unset: train.lr), got {self.head_lr}.")
+        if problems:
+            raise ConfigError("\n".join(problems))
 
 
 # -- out-of-distribution evaluation (issue 24: corruption shift) --------------------------------------------

@@ -4,8 +4,19 @@ import pytest
 
 from tpp.config import load_config
 from tpp.errors import ConfigError
+from tpp.multitask import TaskSampler
+from tpp.recipes import multitask
 
 POOL = "recipes/configs/multitask/tpp_pool.yaml"
+BLOOD = "data: {source: medmnist, name: bloodmnist}"
+ORGAN = "data: {source: medmnist, name: organamnist}"
+
+
+def checked(*overrides):
+    """The config as `tpp validate` checks it before loading anything: built, then the recipe's own check."""
+    cfg = load_config(POOL, list(overrides))
+    multitask.check(cfg)
+    return cfg
 
 
 @pytest.mark.parametrize("value", ["-1e-3", "0", ".nan", ".inf"])
@@ -14,3 +25,20 @@ def test_head_lr_must_be_a_positive_finite_number(value):
     with pytest.raises(ConfigError, match=r"multitask\.head_lr must be a positive finite number"):
         load_config(POOL, [f"multitask.head_lr={value}"])
     assert load_config(POOL, ["multitask.head_lr=1e-4"]).multitask.head_lr == 1e-4
+
+
+@pytest.mark.parametrize("weight", [".nan", ".inf", "-.inf", "-1"])
+def test_a_pool_weight_must_be_finite_and_not_negative(weight):
+    """NaN passed `weight < 0`: the task was silently never visited (loss 0, the card's weight null)."""
+    pool = f"pool=[{{kind: classification, weight: {weight}, {BLOOD}}}, {{kind: mae, {ORGAN}}}]"
+    with pytest.raises(ConfigError, match=r"pool\[0\]\.weight must be a finite number >= 0"):
+        checked(pool)
+    checked(f"pool=[{{kind: classification, weight: 0, {BLOOD}}}, {{kind: mae, weight: 2.5, {ORGAN}}}]")
+    with pytest.raises(ConfigError, match=r"every pool\[i\]\.weight is 0"):
+        checked(f"pool=[{{kind: classification, weight: 0, {BLOOD}}}]")
+
+
+@pytest.mark.parametrize("weights", [[1.0, float("nan")], [float("inf"), 1.0], [-1.0, 2.0], [0.0, 0.0]])
+def test_the_sampler_refuses_weights_that_are_not_finite_and_non_negative(weights):
+    with pytest.raises(ConfigError, match="finite numbers >= 0 with a positive sum"):
+        TaskSampler(weights)

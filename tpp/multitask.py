@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -100,8 +101,9 @@ class TaskSampler:
     so a resumed run draws what the uninterrupted one would."""
 
     def __init__(self, weights: list[float], kind: str = "cyclic", per_cycle: int | None = None, seed: int = 0):
-        if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError(f"multitask: task weights must be >= 0 with a positive sum, got {weights}.")
+        if not weights or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"multitask: task weights must be finite numbers >= 0 with a positive sum, got "
+                              f"{weights}.")
         if kind not in ("cyclic", "weighted"):
             raise ConfigError(f"multitask.sampler must be cyclic or weighted, got {kind!r}.")
         self.weights, self.kind, self.seed = list(weights), kind, seed

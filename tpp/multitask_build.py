@@ -3,6 +3,7 @@ its config entry, the task modules (``forward(*batch) -> loss``), the evaluation
 heads' saved state and the run's checkpoints."""
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -49,8 +50,9 @@ def check_entries(pool) -> list[str]:
         if entry.kind not in KINDS:
             problems.append(f"{where}.kind must be one of {', '.join(KINDS)}, got {entry.kind!r}.")
             continue
-        if entry.weight < 0:
-            problems.append(f"{where}.weight must be >= 0, got {entry.weight}.")
+        if not _usable_weight(entry.weight):
+            problems.append(f"{where}.weight must be a finite number >= 0 (0: the task is left out), got "
+                            f"{entry.weight}.")
         name = task_name(entry)
         if not _NAME.fullmatch(name):
             problems.append(f"{where}: task name {name!r} must be letters, digits, '-' or '_' (set {where}.name).")
@@ -67,9 +69,15 @@ def check_entries(pool) -> list[str]:
             problems.append(f"{where}.head: {exc} (options of {entry.kind}; `tpp validate --keys` lists them).")
         except ConfigError as exc:
             problems.append(f"{where}.head: {exc}")
-    if pool and sum(max(e.weight, 0) for e in pool) <= 0:
+    weights = [e.weight for e in pool]
+    if all(_usable_weight(w) for w in weights) and sum(weights) <= 0:
         problems.append("multitask: every pool[i].weight is 0; at least one task must have a positive weight.")
     return problems
+
+
+def _usable_weight(weight) -> bool:
+    """A task weight is a finite number >= 0 (NaN compares False with everything: it passed ``weight < 0``)."""
+    return isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0
 
 
 def _unknown_head_keys(entry, where: str) -> list[str]:

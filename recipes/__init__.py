@@ -411,6 +411,7 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
         raise TppError(f"train.resume: the interrupted run's config is damaged: {str(exc).rstrip('.')}. Start "
                        "over with --overwrite, or restore the file.") from None
     saved = {k: v for k, v in saved.items() if k in config}
+    _unrecorded_pool_data(saved, config)
     if isinstance(saved.get("pretext"), dict):  # saved before pretext options were per pretext
         drop_other_pretexts_defaults(saved["pretext"], saved["pretext"].get("name", "mae"))
     resolve_paths(saved, os.getcwd())  # saved before paths were recorded absolute: they were the current folder's
@@ -434,6 +435,24 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
         raise TppError(f"train.resume: the config differs from the interrupted run in '{path}' ({changes}); resume "
                        f"with the same config{extend}, or start a new output_dir=... (or --overwrite without "
                        "train.resume).")
+
+
+def _unrecorded_pool_data(saved: dict, config: dict) -> None:
+    """A multitask run saved before its pool entries left out the data keys the recipe never reads recorded their
+    defaults (``split: test`` ...): those are dropped from the saved entries (in place), so it resumes; a value
+    other than the default stays, and differs."""
+    import dataclasses
+
+    from tpp.config.schema import MULTITASK_UNREAD_DATA_KEYS, DataConfig
+
+    if config.get("recipe") != "multitask" or not isinstance(saved.get("pool"), list):
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    for entry in saved["pool"]:
+        data = entry.get("data") if isinstance(entry, dict) else None
+        for key in MULTITASK_UNREAD_DATA_KEYS if isinstance(data, dict) else ():
+            if key in data and data[key] == defaults[key]:
+                del data[key]
 
 
 def _before_split_seed(saved: dict) -> dict:

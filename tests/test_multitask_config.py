@@ -42,3 +42,38 @@ def test_a_pool_weight_must_be_finite_and_not_negative(weight):
 def test_the_sampler_refuses_weights_that_are_not_finite_and_non_negative(weights):
     with pytest.raises(ConfigError, match="finite numbers >= 0 with a positive sum"):
         TaskSampler(weights)
+
+
+@pytest.mark.parametrize("key, value", [("split", "train"), ("split", "val"), ("label_fraction", 0.1),
+                                        ("val_label_fraction", 0.5), ("use_eval_splits", True), ("hflip", False),
+                                        ("num_workers", 2)])
+def test_pool_data_keys_the_recipe_never_reads_are_refused(key, value):
+    """Each task trains on its dataset's whole training split with data.hflip and data.num_workers: these keys of a
+    pool entry's data were accepted, recorded and ignored."""
+    pool = f"pool=[{{kind: mae, {ORGAN}}}, {{kind: classification, data: {{source: medmnist, name: bloodmnist, " \
+           f"{key}: {str(value).lower()}}}}}]"
+    with pytest.raises(ConfigError, match=rf"pool\[1\]\.data\.{key}=.*the multitask recipe never reads "
+                                          rf"pool\[1\]\.data\.{key}"):
+        checked(pool)
+
+
+def test_the_saved_config_records_no_split_the_run_did_not_use_and_older_runs_still_resume(tmp_path):
+    import yaml
+
+    from tpp.recipes import _defaults, check_same_config
+    from tpp.errors import TppError
+
+    cfg = checked()
+    saved = cfg.to_dict()
+    assert all("split" not in e["data"] and "label_fraction" not in e["data"] and "hflip" not in e["data"]
+               for e in saved["pool"])
+    assert saved["pool"][0]["data"]["val_fraction"] == 0.1 and saved["data"]["hflip"] is True  # what it reads
+    old = {**saved, "pool": [dict(e, data=dict(e["data"], split="test", label_fraction=1.0, val_label_fraction=None,
+                                                use_eval_splits=False, hflip=True, num_workers=0))
+                             for e in saved["pool"]]}  # as runs before this recorded every pool entry
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    check_same_config(tmp_path, cfg.to_dict(), defaults=_defaults(cfg))
+    old["pool"][1]["data"]["split"] = "val"  # it did not train on val either, but it is not this config
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(TppError, match="differs"):
+        check_same_config(tmp_path, cfg.to_dict(), defaults=_defaults(cfg))

@@ -59,6 +59,7 @@ def check_entries(pool) -> list[str]:
         elif name in names:
             problems.append(f"{where}: task name {name!r} is also pool[{names[name]}]'s; set {where}.name.")
         names.setdefault(name, i)
+        problems += _unread_data_keys(entry, where)
         unknown = _unknown_head_keys(entry, where)
         if unknown:
             problems += unknown
@@ -78,6 +79,27 @@ def check_entries(pool) -> list[str]:
 def _usable_weight(weight) -> bool:
     """A task weight is a finite number >= 0 (NaN compares False with everything: it passed ``weight < 0``)."""
     return isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0
+
+
+def _unread_data_keys(entry, where: str) -> list[str]:
+    """A problem line per key of the entry's data section that the recipe never reads, set off its default
+    (:data:`tpp.config.schema.MULTITASK_UNREAD_DATA_KEYS`)."""
+    import dataclasses
+
+    from tpp.config.schema import MULTITASK_UNREAD_DATA_KEYS, DataConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
+    found = []
+    for key in MULTITASK_UNREAD_DATA_KEYS:
+        value = getattr(entry.data, key, defaults[key])
+        if value == defaults[key]:
+            continue
+        shared = key in ("hflip", "num_workers")
+        why = (f"data.{key} sets it for every task" if shared else
+               "it trains on each dataset's whole training split")
+        found.append(f"{where}.data.{key}={value!r}: the multitask recipe never reads {where}.data.{key} ({why}); "
+                     f"drop it{f', or set data.{key}' if shared else ''}.")
+    return found
 
 
 def _unknown_head_keys(entry, where: str) -> list[str]:

@@ -185,6 +185,10 @@ class PoolEntry:
 
 
 MULTITASK_ENTRY_KEYS = ("kind", "weight", "head", "name")  # pool-entry keys only the multitask recipe reads
+# keys of a pool entry's data section the multitask recipe never reads (each task trains on its dataset's whole
+# training split; data.hflip and data.num_workers apply to every task): refused off their default, not recorded
+MULTITASK_UNREAD_DATA_KEYS = ("split", "label_fraction", "val_label_fraction", "use_eval_splits", "hflip",
+                              "num_workers")
 
 
 @dataclass
@@ -334,6 +338,9 @@ class RunConfig:
             if self.recipe != "multitask":  # pretrain_backbone's config.yaml stays as it was
                 for key in MULTITASK_ENTRY_KEYS:
                     flat.pop(key)
+            else:  # no split or flips the run did not use (split: test, the evaluate recipe's default)
+                for key in MULTITASK_UNREAD_DATA_KEYS:
+                    flat["data"].pop(key)
         out["adapter"].pop("options")
         out["adapter"].update(self.adapter.resolved_options())
         out["pretext"].pop("options")

@@ -77,3 +77,21 @@ def test_the_saved_config_records_no_split_the_run_did_not_use_and_older_runs_st
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(TppError, match="differs"):
         check_same_config(tmp_path, cfg.to_dict(), defaults=_defaults(cfg))
+
+
+@pytest.mark.parametrize("kind, head", [("classification", "output_mapping: flm"),
+                                        ("classification", "{output_mapping: ilm, source_head: classifier}"),
+                                        ("classification", "threshold: 0.5"),
+                                        ("classification", "bootstrap_resamples: 0"),
+                                        ("segmentation", "overlays: 2")])
+def test_head_options_the_recipe_never_reads_are_refused(kind, head):
+    """output_mapping=flm trained the head from a random provisional mapping (prepare_output_mapping never ran)
+    while heads.json said flm; the evaluation options were accepted and ignored."""
+    head = head if head.startswith("{") else f"{{{head}}}"
+    key = head.strip("{}").split(":")[0]
+    data = BLOOD if kind == "classification" else \
+        "data: {source: seg_npz, name: toyseg, file: toyseg.npz, classes: [background, lesion], modality: US}"
+    with pytest.raises(ConfigError, match=rf"pool\[0\]\.head\.{key}=.*drop it \(set {kind}\.{key} when "
+                                          r"fine-tuning\)"):
+        checked(f"pool=[{{kind: {kind}, head: {head}, {data}}}]")
+    checked(f"pool=[{{kind: classification, head: {{output_mapping: probe, positive_class: null}}, {BLOOD}}}]")

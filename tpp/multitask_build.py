@@ -65,11 +65,13 @@ def check_entries(pool) -> list[str]:
             problems += unknown
             continue
         try:
-            options_of(entry)
+            options = options_of(entry)
         except TypeError as exc:
             problems.append(f"{where}.head: {exc} (options of {entry.kind}; `tpp validate --keys` lists them).")
         except ConfigError as exc:
             problems.append(f"{where}.head: {exc}")
+        else:
+            problems += _unread_head_options(entry, options, where)
     weights = [e.weight for e in pool]
     if all(_usable_weight(w) for w in weights) and sum(weights) <= 0:
         problems.append("multitask: every pool[i].weight is 0; at least one task must have a positive weight.")
@@ -99,6 +101,33 @@ def _unread_data_keys(entry, where: str) -> list[str]:
                "it trains on each dataset's whole training split")
         found.append(f"{where}.data.{key}={value!r}: the multitask recipe never reads {where}.data.{key} ({why}); "
                      f"drop it{f', or set data.{key}' if shared else ''}.")
+    return found
+
+
+# a supervised task's options the recipe never reads: it trains heads and evaluates none (no threshold, interval
+# or overlays), and its classification heads are linear probes (output_mapping's frozen source classifier would
+# train nothing here, and its label mapping is never prepared from the data)
+UNREAD_HEAD_OPTIONS = {"classification": ("output_mapping", "source_head", "threshold", "bootstrap_resamples"),
+                       "segmentation": ("overlays",)}
+
+
+def _unread_head_options(entry, options, where: str) -> list[str]:
+    """A problem line per option of :data:`UNREAD_HEAD_OPTIONS` the entry's ``head`` sets off its default."""
+    import dataclasses
+
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(options)}
+    found = []
+    for key in UNREAD_HEAD_OPTIONS.get(entry.kind, ()):
+        value = getattr(options, key)
+        if key not in entry.head or value == defaults[key]:
+            continue
+        if key in ("output_mapping", "source_head"):
+            why = ("a multitask classification head is a linear probe trained with the shared encoder; the "
+                   "backbone's own classifier read through a label mapping (rlm, flm, ilm) is not supported here")
+        else:
+            why = "the multitask recipe trains heads and evaluates none"
+        found.append(f"{where}.head.{key}={value!r}: {why}; drop it (set {entry.kind}.{key} when fine-tuning).")
     return found
 
 

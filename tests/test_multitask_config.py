@@ -95,3 +95,28 @@ def test_head_options_the_recipe_never_reads_are_refused(kind, head):
                                           r"fine-tuning\)"):
         checked(f"pool=[{{kind: {kind}, head: {head}, {data}}}]")
     checked(f"pool=[{{kind: classification, head: {{output_mapping: probe, positive_class: null}}, {BLOOD}}}]")
+
+
+def test_every_pool_problem_is_reported_at_once():
+    """A misspelt pool key (`wieght`) was a config error, a misspelt head option of another entry only the recipe's
+    check after it: fixing the first revealed the second. Now one error lists both, with the file's others."""
+    pool = (f"pool=[{{kind: classification, wieght: 2, {BLOOD}}}, {{kind: mae, head: {{mask_ratoi: 0.5}}, {ORGAN}}}, "
+            f"{{kind: mae, weight: .nan, data: {{source: medmnist, name: dermamnist, split: val}}}}]")
+    with pytest.raises(ConfigError) as caught:
+        load_config(POOL, [pool, "train.lrr=1"])
+    problems = caught.value.problems
+    assert len(problems) == 5, problems
+    assert any("'pool[0].wieght'; did you mean pool[0].weight?" in p for p in problems)
+    assert any("'pool[1].head.mask_ratoi'; did you mean pool[1].head.mask_ratio?" in p for p in problems)
+    assert any(p.startswith("pool[2].weight must be a finite number") for p in problems)
+    assert any(p.startswith("pool[2].data.split='val'") for p in problems)
+    assert any("train.lrr" in p for p in problems)
+
+
+def test_an_entry_that_did_not_build_is_not_blamed_twice():
+    with pytest.raises(ConfigError) as caught:
+        load_config(POOL, [f"pool=[{{kind: 5, {BLOOD}}}, {{kind: mae, data: {{source: medmnist, name: organamnist, "
+                           "fil: x.npz}}]"])
+    problems = caught.value.problems
+    assert len(problems) == 2, problems  # no "pool[0].kind must be one of ...", no problem of pool[1]'s defaults
+    assert any("'pool[0].kind' must be" in p for p in problems) and any("'pool[1].data.fil'" in p for p in problems)

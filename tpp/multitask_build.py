@@ -39,14 +39,17 @@ def options_of(entry):
     return options_cls_of(entry)(**entry.head)
 
 
-def check_entries(pool) -> list[str]:
-    """Problems of the task list (``pool``), each naming its key: kind, weight, name, head options."""
+def check_entries(pool, skip=()) -> list[str]:
+    """Problems of the task list (``pool``), each naming its key: kind, weight, name, head options, data keys the
+    recipe never reads. ``skip``: indices of entries left unchecked (built from nothing after their own problems)."""
     problems, names = [], {}
     if not pool:
         return ["multitask needs tasks: pool=[{data: {...}, kind: classification | segmentation | mae | dino, "
                 "weight: 1, head: {...}}, ...]."]
     for i, entry in enumerate(pool):
         where = f"pool[{i}]"
+        if i in skip:
+            continue
         if entry.kind not in KINDS:
             problems.append(f"{where}.kind must be one of {', '.join(KINDS)}, got {entry.kind!r}.")
             continue
@@ -73,7 +76,7 @@ def check_entries(pool) -> list[str]:
         else:
             problems += _unread_head_options(entry, options, where)
     weights = [e.weight for e in pool]
-    if all(_usable_weight(w) for w in weights) and sum(weights) <= 0:
+    if not skip and all(_usable_weight(w) for w in weights) and sum(weights) <= 0:
         problems.append("multitask: every pool[i].weight is 0; at least one task must have a positive weight.")
     return problems
 

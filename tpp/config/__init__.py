@@ -71,8 +71,15 @@ def build_config(data: dict, run: str | None = None) -> RunConfig:
     built = ("adapter", "pretext", "task_options", "data")  # None: their problems are listed already
     cfg = build_dataclass(RunConfig, {k: v for k, v in data.items() if k not in built or v is not None}, "", problems)
     entries = [_collect(problems, _pool_entry, entry, i) for i, entry in enumerate(cfg.pool)]
-    cfg.pool = [build_dataclass(PoolEntry, {} if entry is None else entry, f"pool[{i}]", problems)
-                for i, entry in enumerate(entries)]
+    raw_pool, cfg.pool = cfg.pool, [build_dataclass(PoolEntry, {} if entry is None else entry, f"pool[{i}]", problems)
+                                    for i, entry in enumerate(entries)]
+    if cfg.recipe == "multitask" and cfg.pool:  # its tasks' problems (kind, weight, head ...) with the file's others
+        from tpp.multitask_build import check_entries
+
+        unbuilt = {i for i, (raw, entry) in enumerate(zip(raw_pool, entries))  # their problems are listed already
+                   if (raw is not None and not isinstance(entry, dict)) or any(f"'pool[{i}].kind'" in p
+                                                                                for p in problems)}
+        problems += check_entries(cfg.pool, skip=unbuilt)
     _check_values(cfg, problems)
     if problems:
         raise config_error(problems)

@@ -49,6 +49,8 @@ def check(cfg) -> None:
     if cfg.multitask.scope == "target" and not get_method(cfg.adapter.method).pretrainable:
         problems.append(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; multi-task TPP "
                         f"applies to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
+    if cfg.multitask.scope == "backbone":
+        problems += _backbone_scope_problems(cfg.backbone.path)
     if cfg.multitask.scope == "target" and declared_frame(cfg.adapter.method, cfg.adapter.resolved_options()):
         problems.append(f"multitask: adapter.mode=pad (a padding visual prompt: the default of {cfg.adapter.method}) "
                         "is not supported yet: the multi-task cycle does not place its images inside the frame, so "
@@ -59,6 +61,21 @@ def check(cfg) -> None:
                           f"{len(problems)} multitask config problems:\n" + "\n".join(f"  - {p}" for p in problems))
     check_eval_targets([(task_name(e), e.kind, e.data.name, e.data.origin) for e in cfg.pool],
                        cfg.multitask.eval_targets)
+
+
+def _backbone_scope_problems(path: str) -> list[str]:
+    """Scope ``backbone`` trains and saves a ViT-MAE (encoder and decoder): the checkpoint's config must say so
+    (only its config.json is read; one that does not resolve is named by `tpp validate`'s backbone check)."""
+    from tpp.backbones import backbone_config
+
+    try:
+        model_type = getattr(backbone_config(path), "model_type", None)
+    except TppError:
+        return []
+    if model_type == "vit_mae":
+        return []
+    return [f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint; backbone.path '{path}' is "
+            f"{model_type}. Use multitask.scope=target (adapters) on it."]
 
 
 def _optimizer(params: list, lr: float, cfg) -> torch.optim.AdamW:

@@ -120,3 +120,46 @@ def test_an_entry_that_did_not_build_is_not_blamed_twice():
     problems = caught.value.problems
     assert len(problems) == 2, problems  # no "pool[0].kind must be one of ...", no problem of pool[1]'s defaults
     assert any("'pool[0].kind' must be" in p for p in problems) and any("'pool[1].data.fil'" in p for p in problems)
+
+
+@pytest.mark.parametrize("kind, data, message", [
+    ("segmentation", BLOOD, r"pool\[0\]: kind segmentation needs masks, but pool\[0\]\.data\.source=medmnist has "
+                            r"none \(use seg_folder or seg_npz"),
+    ("classification", "data: {source: seg_npz, name: toyseg, file: toyseg.npz, classes: [background, lesion], "
+                       "modality: US}", r"pool\[0\]\.data\.source=seg_npz holds segmentation masks; set "
+                                        r"pool\[0\]\.kind=segmentation")])
+def test_a_supervised_task_on_a_source_that_does_not_fit_it_is_refused_before_any_data_loads(kind, data, message):
+    """`tpp validate` said ok; the run then failed on the loaded data, leaving a failed run folder."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(POOL, [f"pool=[{{kind: {kind}, {data}}}, {{kind: mae, {ORGAN}}}]"])
+    load_config(POOL, [f"pool=[{{kind: mae, {data}}}]"])  # a pretext reads the images of either
+
+
+def _hub_classifier(path):
+    """A tiny transformers ViTForImageClassification checkpoint (a hub classifier; no MAE decoder)."""
+    import torch
+    from conftest import TINY, _save_processor
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    ViTForImageClassification(ViTConfig(**TINY, num_channels=3, num_labels=3)).save_pretrained(path)
+    _save_processor(path, 3)
+    return path
+
+
+def test_backbone_scope_on_a_backbone_that_is_no_vit_mae_is_refused_by_validate(tmp_path, tiny_mae, capsys):
+    """Scope backbone trains and saves a ViT-MAE: `tpp validate` said ok on a hub classifier, the run failed at
+    once and left a failed run folder."""
+    from conftest import make_medmnist
+    from helpers import run_cli
+
+    root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
+    hub = _hub_classifier(tmp_path / "hub")
+    args = [f"data.root={root}", f"output_dir={tmp_path / 'out'}", f"pool=[{{kind: classification, {BLOOD}}}]",
+            "multitask.eval_targets=[]"]
+    assert run_cli("validate", "multitask/backbone_pool.yaml", *args, f"backbone.path={hub}") != 0
+    assert "multitask.scope=backbone trains and saves a ViT-MAE checkpoint" in capsys.readouterr().err
+    assert run_cli("run", "multitask", "--config", "multitask/backbone_pool.yaml", *args,
+                   f"backbone.path={hub}") != 0 and not (tmp_path / "out").exists()
+    assert run_cli("validate", "multitask/backbone_pool.yaml", *args, f"backbone.path={tiny_mae}") == 0, \
+        capsys.readouterr().err

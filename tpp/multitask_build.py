@@ -62,7 +62,7 @@ def check_entries(pool, skip=()) -> list[str]:
         elif name in names:
             problems.append(f"{where}: task name {name!r} is also pool[{names[name]}]'s; set {where}.name.")
         names.setdefault(name, i)
-        problems += _unread_data_keys(entry, where)
+        problems += _unread_data_keys(entry, where) + _masks_problems(entry, where)
         unknown = _unknown_head_keys(entry, where)
         if unknown:
             problems += unknown
@@ -84,6 +84,27 @@ def check_entries(pool, skip=()) -> list[str]:
 def _usable_weight(weight) -> bool:
     """A task weight is a finite number >= 0 (NaN compares False with everything: it passed ``weight < 0``)."""
     return isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0
+
+
+def _masks_problems(entry, where: str) -> list[str]:
+    """A segmentation task needs a data source with masks, a classification task one without (what each task's
+    ``check_data`` refuses once the data is loaded, known from the source alone)."""
+    from tpp.data.sources import all_sources, get_source
+
+    source = getattr(entry.data, "source", None)
+    if entry.kind not in SUPERVISED or not isinstance(source, str):
+        return []
+    try:
+        masks = get_source(source, f"{where}.data.source").masks
+    except ConfigError:
+        return []  # an unknown source: named where the data section is built
+    if entry.kind == "segmentation" and not masks:
+        with_masks = " or ".join(s.name for s in all_sources() if s.masks)
+        return [f"{where}: kind segmentation needs masks, but {where}.data.source={source} has none (use "
+                f"{with_masks}, or kind mae / dino for its images)."]
+    if entry.kind == "classification" and masks:
+        return [f"{where}: {where}.data.source={source} holds segmentation masks; set {where}.kind=segmentation."]
+    return []
 
 
 def _unread_data_keys(entry, where: str) -> list[str]:

@@ -279,6 +279,28 @@ def test_finetune_refuses_a_multitask_parent_that_saw_its_collection():
     check_leakage(dict(parent, multitask={"tasks": [{"data": dict(seen, split_sha256={"train": "a"})}]}), site, "p")
 
 
+def test_finetune_with_fewer_labels_refuses_a_multitask_parent_that_read_its_training_labels():
+    """A supervised pool entry on the target's own training split read every label: a 1%-label fine-tune from
+    it used to pass silently (reported as a 1% result); renamed (another name, no origin, the same images) too.
+    A self-supervised entry on those images, or fine-tuning with every label, is fine."""
+    from types import SimpleNamespace
+
+    from tpp.builders import check_leakage
+
+    site = SimpleNamespace(name="breastmnist", origin="BUSI", split_id="medmnist", split_sha256=lambda: {"train": "a"},
+                           held_out_origins=None)
+    labelled = {"name": "breastmnist", "origin": "BUSI", "split_sha256": {"train": "a"},
+                "used": {"split": "train", "images": 546, "labels_read": True}}
+    renamed = dict(labelled, name="mybreast", origin="files:0123")  # the same images under another name
+    for seen in (labelled, renamed):
+        parent = {"data": {"name": "multitask:x", "origin": None}, "multitask": {"tasks": [{"data": seen}]}}
+        with pytest.raises(TppError, match=r"trained on the labels of .*data.label_fraction=0.01 of those labels"):
+            check_leakage(parent, site, "mt/adapter", label_fraction=0.01)
+        check_leakage(parent, site, "mt/adapter", label_fraction=1.0)  # the same labels: fine
+        unlabelled = {"multitask": {"tasks": [{"data": dict(seen, used={"split": "train", "labels_read": False})}]}}
+        check_leakage(unlabelled, site, "mt/adapter", label_fraction=0.01)  # MAE on its images: fine
+
+
 def _multitask_card(*modalities) -> dict:
     tasks = [{"name": f"t{i}", "data": {"name": f"d{i}", "modality": m}} for i, m in enumerate(modalities)]
     multitask = {"name": "multitask", "tasks": tasks}

@@ -158,46 +158,59 @@ def record_splits(datasets: list[Dataset], run) -> None:
             counts={d.name: {s: len(f) for s, f in d.split_files.items()} for d in files})
 
 
-def check_leakage(parent_card: dict, dataset: Dataset, source: str) -> None:
+def check_leakage(parent_card: dict, dataset: Dataset, source: str, label_fraction: float = 1.0) -> None:
     """Refuse a parent adapter pre-trained on the same image collection (``origin``; known for MedMNIST
-    sets, e.g. BreastMNIST's is BUSI; for folders and CSVs the folder, by hash) unless it saw exactly this
-    dataset's training split (same image hash) and nothing else: otherwise it may have seen this run's
-    validation or test images."""
+    sets, e.g. BreastMNIST's is BUSI; for folders and CSVs the folder, by hash; or, whatever it was called, the
+    very same training images) unless it saw exactly this dataset's training split and nothing else: otherwise it
+    may have seen this run's validation or test images. A parent that also read that split's labels (a
+    supervised multi-task entry) is refused for a run with fewer of them (``label_fraction`` < 1): its result
+    would not be the few-label result it is reported as."""
     tasks = (parent_card.get("multitask") or {}).get("tasks") or []  # a multi-task parent: every task's data
     for seen in [parent_card.get("data", {})] + [t.get("data") or {} for t in tasks if isinstance(t, dict)]:
-        _check_seen(seen, dataset, source)
+        _check_seen(seen, dataset, source, label_fraction)
 
 
-def _check_seen(seen: dict, dataset: Dataset, source: str) -> None:
+def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float) -> None:
     """:func:`check_leakage` for one dataset the parent saw (its card's ``data`` entry)."""
     from tpp.data.arrays import MEDMNIST_ORIGINS
 
     origin = seen.get("origin") or MEDMNIST_ORIGINS.get(seen.get("name"))
-    if not origin:
-        return
-    if origin != dataset.origin:
-        if origin in (dataset.held_out_origins or ()):  # a sub-folder of this data, or a folder above it
+    parent_train = seen.get("split_sha256", {}).get("train")
+    same_images = parent_train is not None and parent_train == dataset.split_sha256().get("train")
+    if origin != dataset.origin and not same_images:
+        if origin and origin in (dataset.held_out_origins or ()):  # a sub-folder of this data, or one above it
             raise TppError(
                 f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}', images of a folder that "
                 f"holds validation or test images of '{dataset.name}' (split '{dataset.split_id}'), or of a folder "
                 "above them: it may have seen them. Pre-train on this dataset's own training split (the same data "
                 "section, with data.split_seed and the split fractions of this run).")
         return
-    used_splits = list(seen.get("used", {}).get("splits", ["train"]))
-    parent_train = seen.get("split_sha256", {}).get("train")
-    if parent_train is None:  # cards written before split hashes: the same dataset name is the best evidence
-        same_train = seen.get("name") == dataset.name
-    else:
-        same_train = parent_train == dataset.split_sha256().get("train")
-    if same_train and used_splits == ["train"]:
-        return
-    same = "read from the same image folder" if origin.startswith("files:") else f"made from the same {origin} images"
-    raise TppError(
-        f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
-        f"'{seen.get('split_id')}'), {same} as '{dataset.name}' (split "
-        f"'{dataset.split_id}'), but not on exactly this run's training images: it may have seen this run's "
-        "validation or test images. Pre-train on this dataset's own training split (same data.name, file, "
-        "data.split_seed, label_key, group_key and split fractions).")
+    used = seen.get("used") or {}
+    used_splits = list(used.get("splits", [used.get("split", "train")]))
+    # cards written before split hashes: the same dataset name is the best evidence
+    same_train = same_images if parent_train is not None else seen.get("name") == dataset.name
+    if not (same_train and used_splits == ["train"]):
+        same = "read from the same image folder" if str(origin).startswith("files:") else \
+            f"made from the same {origin} images"
+        raise TppError(
+            f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
+            f"'{seen.get('split_id')}'), {same} as '{dataset.name}' (split "
+            f"'{dataset.split_id}'), but not on exactly this run's training images: it may have seen this run's "
+            "validation or test images. Pre-train on this dataset's own training split (same data.name, file, "
+            "data.split_seed, label_key, group_key and split fractions).")
+    if used.get("labels_read") and label_fraction < 1:
+        raise TppError(
+            f"adapter.init_from '{source}' was trained on the labels of '{seen.get('name')}' ({used.get('images')} "
+            f"labelled training images: a supervised multi-task entry), the training images of '{dataset.name}', "
+            f"but this run uses data.label_fraction={label_fraction:g} of those labels: it would report a few-label "
+            "result from a parent that read every label. Fine-tune with data.label_fraction=1, or from a parent "
+            f"whose pool uses '{dataset.name}' only through a self-supervised task (kind: mae) or leaves it out.")
+
+
+def _label_fraction(cfg) -> float:
+    """The share of the training labels a run uses (1 for a recipe that reads no ``data.label_fraction``)."""
+    fraction = getattr(cfg.data, "label_fraction", 1.0)
+    return 1.0 if fraction is None else float(fraction)
 
 
 def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
@@ -219,7 +232,7 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
     method_name, options, parent = cfg.adapter.method, cfg.adapter.typed(), None  # typed once, in the config
     if cfg.adapter.init_from:
         parent_card, method_name, options, notes = parent_adapter(cfg.adapter, info, dataset.modality)
-        check_leakage(parent_card, dataset, cfg.adapter.init_from)
+        check_leakage(parent_card, dataset, cfg.adapter.init_from, _label_fraction(cfg))
         parent = parent_summary(parent_card, cfg.adapter.init_from)
         for note in notes:
             print(f"init_from: {note}")

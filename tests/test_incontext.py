@@ -391,22 +391,24 @@ def test_in_context_api_matches_the_cli_and_ignores_the_order(served):
     assert [r["label"] for r in forward] == [r["label"] for r in served["cls"]["rows"]]
 
 
-def _tpp_stage_adapter(backbone, path):
-    """A TPP-stage LoRA adapter folder (no head) with non-zero weights, written by the real writer."""
+def _tpp_stage_adapter(backbone, path, method_name="lora", method_options=None):
+    """A TPP-stage adapter folder (no head; LoRA unless told) with non-zero weights, written by the real writer."""
     from dataclasses import asdict
 
     from tpp.adapter_dir import FORMAT, make_card, write_adapter_dir
     from tpp.backbones import load_backbone
-    from tpp.model import attach_adapter
+    from tpp.model import attach_adapter, input_frame
 
     encoder, info, _ = load_backbone(str(backbone))
-    method, options, targets = attach_adapter(encoder, "lora", {"r": 2})
+    method, options, targets = attach_adapter(encoder, method_name, method_options or {"r": 2})
     torch.manual_seed(0)
     with torch.no_grad():
         for name, param in encoder.model.named_parameters():
-            if "lora_B" in name:
+            if "lora_B" in name or "tpp_visual_prompt" in name:
                 param.normal_(0, 0.5)
-    card = make_card(method="lora", options=asdict(options), targets=targets, backbone=info, input_rule={},
+    frame = input_frame(encoder.model)
+    card = make_card(method=method_name, options=asdict(options), targets=targets, backbone=info,
+                     input_rule={"image_size": info.image_size, "frame": frame} if frame else {},
                      site="s", modality="us", task={}, data={}, metrics={}, parent=None, trainable_parameters=0,
                      stage="tpp")
     card["format"] = FORMAT
@@ -430,6 +432,35 @@ def test_adapter_features_differ_and_leave_the_backbone_alone(tiny_mae, tmp_path
     other.info.hash = "0" * 64  # another backbone: refused before anything is attached
     with pytest.raises(TppError, match="trained on backbone"):
         with_adapter(other, str(adapter))
+
+
+def test_a_padding_prompt_adapter_is_refused_and_a_prompts_input_size_is_named(tiny_mae, tmp_path):
+    """A padding visual prompt frames the image inside its border (evaluate and predict do, from the card): the
+    in-context input has no frame, so the prompt overwrote the image's border (classification: a silently wrong
+    answer) or failed deep inside the encoder (segmentation: 'made for a 28-px input, got (64, 64)'). Refused
+    up front, naming the adapter; a full-image prompt works at its own size, and another size names it."""
+    from tpp.incontext.features import load_extractor
+    from tpp.incontext.predict import prepare
+    from tpp.serve.adapter_features import with_adapter
+
+    cls = check(ContextSet(CLASSIFICATION, _images(2) + _images(2, seed=1, bright=120), ["a", "a", "b", "b"],
+                           names=list("0123"), source="c"))
+    masks = [np.zeros((28, 28), np.uint8) for _ in range(2)]
+    masks[0][4:16, 4:16] = 1
+    seg = check(ContextSet(SEGMENTATION, _images(2), masks=masks, names=["0", "1"], source="s"))
+    pad = _tpp_stage_adapter(tiny_mae, tmp_path / "pad", "visual_prompt", {"mode": "pad", "pad": 4})
+    extractor = with_adapter(load_extractor(str(tiny_mae)), str(pad))
+    for ctx in (cls, seg):
+        with pytest.raises(TppError, match=r"adapter '.*pad' holds a padding visual prompt \(mode pad\): it frames "
+                                           r"every image inside a 4-px prompt border"):
+            prepare(ctx, extractor)
+    full = _tpp_stage_adapter(tiny_mae, tmp_path / "full", "visual_prompt", {"mode": "full"})
+    extractor = with_adapter(load_extractor(str(tiny_mae)), str(full))
+    assert len(prepare(cls, extractor).predict(_images(1))[0]) == 2
+    with pytest.raises(TppError, match=r"visual prompt made for 28-px inputs, but in-context prediction would feed "
+                                       r"the encoder 64-px images; pass --image-size 28"):
+        prepare(seg, extractor)
+    assert prepare(seg, extractor, image_size=28).predict(_images(1))[0].shape == (28, 28)
 
 
 @pytest.mark.integration

@@ -32,8 +32,31 @@ class Extractor:
         size = size or self.info.input_size or self.info.image_size
         if size % self.info.patch_size:
             raise TppError(f"image size {size} is not a multiple of the backbone's patch size {self.info.patch_size}.")
+        self.check_adapter_input(int(size))
         return {"image_channels": channels, "channels": self.info.channels, "image_size": int(size),
                 "mean": list(self.info.mean), "std": list(self.info.std), "file_resize": True}
+
+    def check_adapter_input(self, size: int) -> None:
+        """Refuse an adapter whose input differs from what in-context prediction feeds it: a padding visual prompt
+        (``mode: pad``, alone or a part of a composed method) frames each image inside its prompt border, which
+        the context and query images here are not (the prompt would overwrite the image's border); a visual
+        prompt made for another input size than ``size`` px could not be applied."""
+        if not self.adapter:
+            return
+        from tpp.adapters.visual_prompt import prompt_modules
+        from tpp.model import input_frame
+
+        frame = input_frame(self.encoder.model)
+        if frame:
+            raise TppError(f"adapter '{self.adapter}' holds a padding visual prompt (mode pad): it frames every image "
+                           f"inside a {frame}-px prompt border, which in-context prediction does not do (the prompt "
+                           "would overwrite the image's border). In-context prediction takes adapters without a "
+                           "padding prompt (LoRA, TPP, a visual prompt of mode full), or the backbone alone.")
+        sizes = sorted({int(m.size) for m in prompt_modules(self.encoder.model)} - {size})
+        if sizes:
+            raise TppError(f"adapter '{self.adapter}' holds a visual prompt made for {sizes[0]}-px inputs, but "
+                           f"in-context prediction would feed the encoder {size}-px images; pass --image-size "
+                           f"{sizes[0]} (image_size= in Python), or use another adapter.")
 
     @torch.no_grad()
     def tokens(self, arrays: list[np.ndarray], rule: dict, batch_size: int = 64) -> torch.Tensor:

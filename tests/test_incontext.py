@@ -463,6 +463,29 @@ def test_a_padding_prompt_adapter_is_refused_and_a_prompts_input_size_is_named(t
     assert prepare(seg, extractor, image_size=28).predict(_images(1))[0].shape == (28, 28)
 
 
+def test_the_learned_method_refuses_an_adapter(tiny_mae, tmp_path, capsys):
+    """A learned in-context model reads features of the backbone it was trained on; adapter features were
+    accepted (and answered) although no model card records an adapter."""
+    from helpers import run_cli
+
+    from tpp.incontext import learned
+
+    torch.manual_seed(0)
+    learned.save(learned.SetClassifier(32, hidden=16, layers=1, heads=2, max_classes=4).eval(), "classification",
+                 tmp_path / "model", {})
+    ctx, queries = _write_context(tmp_path)
+    adapter = _tpp_stage_adapter(tiny_mae, tmp_path / "adapter")
+    out = tmp_path / "p.csv"
+    common = ["predict", "--backbone", str(tiny_mae), "--context", str(ctx), "--method", "learned", "--model",
+              str(tmp_path / "model"), str(queries), "--out", str(out)]
+    assert run_cli(*common) == 0 and out.exists()
+    out.unlink()
+    assert run_cli(*common, "--adapter", str(adapter)) == 2
+    err = capsys.readouterr().err
+    assert "--method learned takes no adapter" in err and str(adapter) in err and "Traceback" not in err
+    assert not out.exists()
+
+
 @pytest.mark.integration
 def test_predict_context_on_real_pneumonia_images_beats_chance(tmp_path):
     """The real CLI on PneumoniaMNIST (never seen by the default backbone): 16 training images per class as the

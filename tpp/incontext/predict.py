@@ -161,6 +161,11 @@ def _prepare_learned(ctx: ContextSet, extractor: Extractor, model, version: str 
     from tpp.errors import TppError, UnsupportedRequest
     from tpp.incontext import learned, learned_card
 
+    adapter = getattr(extractor, "adapter", None)
+    if adapter:  # no card records an adapter: every learned model was trained on the backbone's own features
+        raise TppError(f"--method learned takes no adapter (--adapter / adapter= '{adapter}'): an in-context model "
+                       "is trained on the features of the backbone alone and accepts only those; drop the adapter, "
+                       "or use method prototype or knn with it.")
     if model is None:
         raise TppError("--method learned needs the in-context model: --model DIR (the model/ folder of a "
                        "`tpp run incontext` run).")

@@ -237,6 +237,33 @@ def test_a_context_folder_reads_nested_class_images_and_refuses_a_changed_task(t
         read_context(table)
 
 
+def test_context_pairs_are_each_checked_for_a_label_or_a_mask():
+    """The task was decided from the first pair alone: float / numpy labels were taken as masks (an IndexError
+    traceback), and a mask among class labels became a class named after its printed pixels."""
+    import tpp
+    from PIL import Image
+
+    from tpp.incontext.context import from_pairs
+
+    image, mask = np.zeros((8, 8), np.uint8), np.zeros((8, 8), np.uint8)
+    mask[:4] = 1
+    for labels, kind in (((0.0, 1.0), "float"), ((np.float64(0), np.float64(1)), "float64"),
+                         ((None, None), "NoneType")):
+        with pytest.raises(TppError, match=rf"context pair 0: its label is a {kind} \(.*\), neither a class label"):
+            tpp.in_context([(image, labels[0]), (image, labels[1])], image)
+    with pytest.raises(TppError, match=r"context pair 1 has a mask \(ndarray\) but pair 0 has a class label \(str\)"):
+        tpp.in_context([(image, "a"), (image, mask), (image, "b")], image)
+    with pytest.raises(TppError, match=r"context pair 2 has a class label \(str\) but pair 0 has a mask"):
+        from_pairs([(image, mask), (image, mask), (image, "a")], lambda item, i: np.asarray(item))
+    with pytest.raises(TppError, match=r"context pair 1: its mask is a ndarray of shape \(\) and dtype"):
+        from_pairs([(image, mask), (image, np.array(1))], lambda item, i: np.asarray(item))
+    read = lambda item, i: np.asarray(item)  # noqa: E731
+    assert from_pairs([(image, np.bool_(False)), (image, np.bool_(True))], read).labels == ["False", "True"]
+    assert from_pairs([(image, np.int64(0)), (image, 1)], read).classes == ["0", "1"]
+    seg = from_pairs([(image, mask), (image, Image.fromarray(mask * 255)), (image, mask.tolist())], read)
+    assert seg.task == SEGMENTATION and all(np.array_equal(m, mask) for m in seg.masks)
+
+
 def _read_csv(path):
     import csv
 

@@ -225,13 +225,50 @@ def from_pairs(pairs, read, max_k: int = MAX_K) -> ContextSet:
                        "examples or raise max_k.")
     if not pairs or any(not isinstance(p, (tuple, list)) or len(p) != 2 for p in pairs):
         raise TppError("give the context as a folder, a CSV, or a list of (image, label) or (image, mask) pairs.")
-    seg = not isinstance(pairs[0][1], (str, int, np.integer))
+    kinds = [_pair_kind(label, i) for i, (_, label) in enumerate(pairs)]  # every pair, not the first one only
+    for i, kind in enumerate(kinds):
+        if kind != kinds[0]:
+            raise TppError(f"context pair {i} has a {kind} ({type(pairs[i][1]).__name__}) but pair 0 has a "
+                           f"{kinds[0]} ({type(pairs[0][1]).__name__}); give every pair a class label "
+                           "(classification) or every pair a mask (segmentation).")
+    seg = kinds[0] == "mask"
     images = [read(image, i) for i, (image, _) in enumerate(pairs)]
     if seg:
-        masks = [binary_mask(np.asarray(m) if not isinstance(m, (str, Path)) else read(m, i), f"mask {i}")
-                 for i, (_, m) in enumerate(pairs)]
+        masks = [binary_mask(_mask_array(m, i, read), f"mask {i}") for i, (_, m) in enumerate(pairs)]
         return check(ContextSet(SEGMENTATION, images, masks=masks, names=[f"example {i}" for i in range(len(pairs))],
                                 source="in-memory context"), max_k)
     labels = [str(label) for _, label in pairs]
     return check(ContextSet(CLASSIFICATION, images, labels, names=[f"example {i}" for i in range(len(pairs))],
                             source="in-memory context"), max_k)
+
+
+def _pair_kind(label, i: int) -> str:
+    """``"class label"`` (a str, an int, a bool: class names) or ``"mask"`` (an array, a PIL image, a
+    ``pathlib.Path``) for the second item of context pair ``i``; anything else (a float, None, ...) is a TppError
+    naming the pair."""
+    if isinstance(label, (str, int, np.integer, np.bool_)):  # bool is an int
+        return "class label"
+    if not isinstance(label, (float, np.generic)) and (isinstance(label, (np.ndarray, Path, list)) or _is_pil(label)
+                                                       or hasattr(label, "__array__")):
+        return "mask"
+    raise TppError(f"context pair {i}: its label is a {type(label).__name__} ({repr(label)[:40]}), neither a class "
+                   "label (a str or an int; a float is no class name) nor a mask (a 2-D array, a PIL image or a "
+                   "pathlib.Path to an image file).")
+
+
+def _is_pil(item) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - PIL is a dependency
+        return False
+    return isinstance(item, Image.Image)
+
+
+def _mask_array(mask, i: int, read) -> np.ndarray:
+    """The mask of context pair ``i`` as an array: a ``pathlib.Path`` is read as an image; the array must be
+    (H, W) or (H, W, 3) of numbers (anything else is a TppError naming the pair)."""
+    array = read(mask, i) if isinstance(mask, Path) else np.asarray(mask)
+    if array.dtype.kind not in "biuf" or not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
+        raise TppError(f"context pair {i}: its mask is a {type(mask).__name__} of shape {tuple(array.shape)} and "
+                       f"dtype {array.dtype}; a mask is a 2-D array (H, W) of 0/1 or 0/255 at its image's size.")
+    return array

@@ -560,6 +560,27 @@ def test_an_image_size_below_one_pixel_is_refused_not_replaced():
         prepare(ctx, None, "prototype", None, 0)
 
 
+def test_an_image_size_over_the_patch_token_limit_is_refused_before_the_encoder_runs(tiny_mae, tmp_path, capsys):
+    """--image-size had no upper bound: 2048 px ended in an allocator traceback, 100000 px in the process being
+    killed for memory. At most MAX_PATCH_TOKENS (4096) patch tokens, as tpp trains and serves: 64 x 4 px here."""
+    from helpers import run_cli
+
+    from tpp.incontext.features import load_extractor
+
+    extractor = load_extractor(str(tiny_mae))
+    assert extractor.rule(1, 256)["image_size"] == 256  # 64 x 64 tokens: the limit itself
+    for kind in ("cls", "seg"):
+        ctx, queries = _write_context(tmp_path / kind, seg=kind == "seg")
+        for size in (260, 100000):
+            out = tmp_path / kind / "p.csv"
+            assert run_cli("predict", "--backbone", str(tiny_mae), "--context", str(ctx), str(queries), "--out",
+                           str(out), "--image-size", str(size)) == 2
+            err = capsys.readouterr().err
+            assert (f"image size {size} px gives {(size // 4) ** 2:,} patch tokens per image on this backbone (patch "
+                    "4), more than the 4,096 tpp runs a backbone at; use at most 256 px") in err
+            assert "Traceback" not in err and not out.exists()
+
+
 def test_neighbours_without_knn_are_refused_not_ignored():
     from tpp.incontext.predict import prepare
 

@@ -18,6 +18,18 @@ from tpp.errors import TppError
 SEG_SIZE = 64  # pixels fed to the encoder for segmentation (BUSI at 64 px: a 16 x 16 grid on 4-px patches)
 
 
+def check_tokens(size: int, patch: int) -> None:
+    """At most :data:`tpp.backbones.MAX_PATCH_TOKENS` patch tokens per image (``size`` px on ``patch``-px
+    patches), as tpp trains, evaluates and serves: more ran out of memory in the encoder (a traceback, or the
+    process killed), after the context had been read."""
+    from tpp.backbones import MAX_PATCH_TOKENS
+
+    if (size // patch) ** 2 > MAX_PATCH_TOKENS:
+        raise TppError(f"image size {size} px gives {(size // patch) ** 2:,} patch tokens per image on this backbone "
+                       f"(patch {patch}), more than the {MAX_PATCH_TOKENS:,} tpp runs a backbone at; use at most "
+                       f"{int(MAX_PATCH_TOKENS ** 0.5) * patch} px (--image-size, image_size=).")
+
+
 @dataclass
 class Extractor:
     """An encoder (backbone, or a shared-weight copy carrying an adapter) and how images enter it."""
@@ -32,6 +44,7 @@ class Extractor:
         size = size or self.info.input_size or self.info.image_size
         if size % self.info.patch_size:
             raise TppError(f"image size {size} is not a multiple of the backbone's patch size {self.info.patch_size}.")
+        check_tokens(int(size), self.info.patch_size)
         self.check_adapter_input(int(size))
         return {"image_channels": channels, "channels": self.info.channels, "image_size": int(size),
                 "mean": list(self.info.mean), "std": list(self.info.std), "file_resize": True}

@@ -265,6 +265,21 @@ def test_learned_segmentation_predicts_from_one_pair_and_refuses_a_classifier(tm
         prepare(cls_ctx, stub, "learned", model=model)
 
 
+def test_an_image_size_is_refused_by_the_learned_method_not_ignored(tmp_path):
+    """The learned segmenter runs at its card's size (16 here) whatever image_size said; now refused, naming it."""
+    learned.save(_segmenter(5), "segmentation", tmp_path / "s", {"task_distribution": {"image_size": 16}})
+    image, mask = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
+    mask[5:10, 5:10] = 1
+    seg = check(ContextSet(SEGMENTATION, [image], masks=[mask], names=["a"], source="ctx"))
+    model = learned.load(tmp_path / "s")
+    assert prepare(seg, _StubExtractor(), "learned", model=model).rule["image_size"] == 16
+    cls = check(ContextSet(CLASSIFICATION, [image, image + 1], ["a", "b"], names=["x", "y"], source="ctx"))
+    for ctx, size in ((seg, 32), (seg, 16), (cls, 28)):
+        with pytest.raises(TppError, match=rf"the image size \(--image-size, image_size=; {size} px given\) is used by "
+                                           "methods prototype and knn only"):
+            prepare(ctx, _StubExtractor(), "learned", image_size=size, model=model)
+
+
 def test_incontext_without_a_data_root_is_refused_before_output_dir_is_touched(tmp_path, monkeypatch, capsys):
     """validate said ok, and `tpp run incontext` created output_dir (and marked a finished run failed on
     train.resume=auto) before finding no data root."""

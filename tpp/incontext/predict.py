@@ -128,6 +128,11 @@ def prepare(ctx: ContextSet, extractor: Extractor, method: str = "prototype", k:
     if k is not None and method != "knn":
         raise TppError(f"the number of neighbours (k, --neighbours) is used by method knn only, not by {method}.")
     if method == "learned":
+        if image_size is not None:  # it was silently ignored
+            raise TppError(f"the image size (--image-size, image_size=; {image_size} px given) is used by methods "
+                           f"{' and '.join(methods.METHODS)} only: method learned feeds its model the input size it "
+                           "was trained at (classification: the backbone's size; segmentation: the size on the "
+                           "model's card).")
         return _prepare_learned(ctx, extractor, model, version)
     if model is not None:
         raise TppError(f"an in-context model is used by --method learned only, not by {method}.")

@@ -317,6 +317,36 @@ def test_predict_context_with_nothing_readable_lists_why_and_removes_stale_outpu
     assert not out.exists() and str(tmp_path / "bad.png") in (tmp_path / "p_skipped.csv").read_text()
 
 
+def test_predict_context_into_its_input_folder_never_reads_its_own_masks(served, tmp_path, capsys):
+    """--out inside the query folder: a second run read the first run's masks (FOLDER/p_masks/) as queries and
+    wrote masks of those masks beside the new ones. Its own outputs are left out of the walk, and the masks folder
+    holds exactly the masks of the last run."""
+    import shutil
+
+    from helpers import run_cli
+
+    queries = tmp_path / "q"
+    shutil.copytree(served["seg"]["queries"], queries)
+    out = queries / "p.csv"
+    names = sorted(p.name for p in queries.iterdir())
+    for _ in range(2):
+        assert run_cli("predict", "--backbone", str(served["backbone"]), "--context", str(served["seg"]["ctx"]),
+                       str(queries), "--out", str(out)) == 0
+        rows = _read_csv(out)
+        assert [r["image"] for r in rows] == [str(queries / n) for n in names]
+        assert sorted(p.name for p in (queries / "p_masks").iterdir()) == \
+            [".tpp-predict-masks"] + [f"{i:05d}_{n[:-4]}.png" for i, n in enumerate(names)]
+    (queries / names[0]).unlink()
+    assert run_cli("predict", "--backbone", str(served["backbone"]), "--context", str(served["seg"]["ctx"]),
+                   str(queries), "--out", str(out)) == 0
+    assert len(_read_csv(out)) == len(names) - 1 and len(list((queries / "p_masks").iterdir())) == len(names)
+    for name in names[1:]:
+        (queries / name).unlink()
+    assert run_cli("predict", "--backbone", str(served["backbone"]), "--context", str(served["seg"]["ctx"]),
+                   str(queries), "--out", str(out)) == 2  # only the earlier masks are left: nothing to predict
+    assert "no images to predict: the inputs hold only the masks an earlier run wrote" in capsys.readouterr().err
+
+
 def _service(served, max_context=256, limits=None):
     from serving_fixtures import uvicorn_on_loopback
 

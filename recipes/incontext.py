@@ -40,8 +40,26 @@ def check(cfg) -> None:
                           "not apply: the episodes are endless).")
     if cfg.train.max_steps < 1:
         raise ConfigError(f"train.max_steps must be at least 1, got {cfg.train.max_steps}.")
+    check_architecture(cfg.incontext)
     root = resolve_root(cfg.data.root)  # no data root: an error before output_dir is touched
     episodes.check_holdout(cfg.incontext.holdout, root)  # a misspelt holdout would hold out nothing
+
+
+def check_architecture(ic) -> None:
+    """The model of ``incontext.kind`` passes the checks its card meets when loaded (:mod:`learned_card`), so a
+    run never trains a model that cannot be built (``hidden`` not a multiple of ``heads``: an AssertionError in
+    the attention layers, after output_dir was made) or loaded (a field out of the card's range)."""
+    from tpp.incontext import learned_card
+
+    try:
+        if ic.kind == "classification":
+            learned_card.check_classifier({"feature_dim": 1, "hidden": ic.hidden, "layers": ic.layers,
+                                           "heads": ic.heads, "max_classes": ic.max_classes})
+        else:
+            learned_card.check_image_size(ic.image_size, learned_card.check_segmenter({"channels": ic.channels}))
+    except ValueError as exc:
+        message = str(exc).replace("architecture.", "incontext.").replace("task_distribution.", "incontext.")
+        raise ConfigError(f"{message}: the in-context model could not be built or loaded.") from None
 
 
 def _classification_loss(model, batch, device) -> tuple[torch.Tensor, dict]:

@@ -291,3 +291,26 @@ def test_incontext_without_a_data_root_is_refused_before_output_dir_is_touched(t
     assert "no data root" in capsys.readouterr().err
     assert run_cli("run", "incontext", "--config", config, f"output_dir={tmp_path / 'run'}", "train.max_steps=1") == 2
     assert "no data root" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("kind, overrides, message", [
+    ("classification", ["incontext.hidden=30", "incontext.heads=4"],
+     "incontext.hidden (30) must be a multiple of incontext.heads (4)"),
+    ("classification", ["incontext.hidden=4096"], "incontext.hidden must be between 1 and 2048, got 4096"),
+    ("segmentation", ["incontext.channels=[8,8,8,8,8,8,8,8,8]", "incontext.image_size=256"],
+     "incontext.channels must be a list of 1 to 8 numbers")])
+def test_an_architecture_that_cannot_be_built_or_loaded_is_refused_by_validate_and_run(tmp_path, capsys, kind,
+                                                                                        overrides, message):
+    """hidden not a multiple of heads passed `tpp validate`, then the run died with an AssertionError traceback in
+    the attention layers and left a failed run folder; a field outside the range a model card is loaded with
+    trained a model nothing could load."""
+    from tpp.recipes import CONFIG_DIR
+
+    config, run = CONFIG_DIR / "incontext" / f"{kind}.yaml", tmp_path / "run"
+    assert run_cli("validate", config, f"output_dir={run}", f"data.root={tmp_path}", *overrides) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert run_cli("run", "incontext", "--config", config, f"output_dir={run}", f"data.root={tmp_path}",
+                   "train.max_steps=1", *overrides) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not run.exists()

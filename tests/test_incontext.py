@@ -347,6 +347,28 @@ def test_predict_context_into_its_input_folder_never_reads_its_own_masks(served,
     assert "no images to predict: the inputs hold only the masks an earlier run wrote" in capsys.readouterr().err
 
 
+def test_context_publish_takes_a_class_folder_name_that_is_no_utf8(tiny_mae, tmp_path, capsys):
+    """A class folder named in Latin-1 bytes (b'caf\\xe9') crashed publishing with a UnicodeEncodeError traceback
+    (the card); its bytes are written escaped, as in every text file tpp writes, and the set loads again."""
+    import os
+
+    from helpers import run_cli
+
+    from tpp.serve import contexts
+
+    ctx, _ = _write_context(tmp_path)
+    odd = os.fsdecode(b"caf\xe9")
+    (ctx / "light").rename(ctx / odd)
+    store = tmp_path / "store"
+    assert run_cli("context", "publish", str(store), str(ctx), "--site", "s", "--backbone", str(tiny_mae)) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "classes caf\\udce9/dark)" in out
+    version = contexts.open_context(store, "s")
+    assert version.ctx.classes == [odd, "dark"]
+    assert "- classes: caf\\xe9 (3), dark (3)" in (version.path / "README.md").read_text(encoding="utf-8")
+    assert contexts.check_store(store) == {"s": None}
+
+
 def _service(served, max_context=256, limits=None):
     from serving_fixtures import uvicorn_on_loopback
 

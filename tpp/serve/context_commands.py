@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tpp.console import print_table, report_check
+from tpp.console import print_table, printable, report_check
 from tpp.errors import TppError
 
 
@@ -52,8 +52,8 @@ def cmd_context(args) -> int:
             info = load_backbone(backbone)[1]
         cv = contexts.publish(args.paths[1], args.paths[0], args.site, {"id": backbone, "hash": info.hash},
                               args.max_context)
-        print(f"published {args.paths[1]} ({cv.ctx.task}, K={cv.ctx.k}, classes {'/'.join(cv.ctx.classes)}) as "
-              f"context {cv.site}@{cv.version} ({cv.path}); now current")
+        print(printable(f"published {args.paths[1]} ({cv.ctx.task}, K={cv.ctx.k}, classes {'/'.join(cv.ctx.classes)}) "
+                        f"as context {cv.site}@{cv.version} ({cv.path}); now current"))  # a name's bytes escaped
         return 0
     if len(args.paths) != 1:
         raise TppError(f"usage: tpp context {args.action} STORE")

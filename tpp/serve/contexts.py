@@ -24,6 +24,7 @@ import numpy as np
 
 from tpp.adapter_dir import card_json
 from tpp.errors import TppError
+from tpp.rundir import ESCAPED_BYTES
 from tpp.incontext.context import CLASSIFICATION, MAX_K, SEGMENTATION, ContextSet, binary_mask, check, read_context
 from tpp.serve import images as readers
 from tpp.serve import store as adapter_store
@@ -99,7 +100,7 @@ def publish(source: str | Path, store: str | Path, site: str, backbone: dict, ma
     manifest = {"format": FORMAT, "task": ctx.task, "classes": ctx.classes, "k": ctx.k,
                 "backbone": {"id": str(backbone.get("id")), "hash": str(backbone.get("hash"))}, "examples": examples}
     files[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    files[CARD] = card_text(ctx, manifest["backbone"]).encode()
+    files[CARD] = card_text(ctx, manifest["backbone"]).encode("utf-8", ESCAPED_BYTES)  # a non-UTF-8 folder name
     version, target = adapter_store.write_version(_root(store) / site, files)
     return ContextVersion(site, version, target, manifest, ctx)
 

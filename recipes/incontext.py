@@ -176,3 +176,25 @@ def report(summary: dict) -> list[str]:
     return [f"learned in-context {summary['kind']} model ({summary['parameters']:,} parameters): loss "
             f"{summary['final_loss']:.4f} after {summary['steps']} steps, training-episode {metric} {shown}; "
             f"held out: {', '.join(summary['holdout'])}; {summary['cpu_hours']:.3f} CPU-hours"]
+
+
+def compare_row(run) -> dict:
+    """Its row of `tpp compare` (column key -> raw value): a learned in-context model of ``incontext.kind``; data:
+    the datasets its classification episodes came from, or the segmentation tasks drawn (from ``model/``'s card);
+    its final training loss in the loss column (a training-episode score is no test metric, so no split)."""
+    import json
+
+    from tpp.compare import dig, dir_size_or_none
+
+    m = run.metrics
+    kind = m.get("kind") if isinstance(m.get("kind"), str) else run.cfg("incontext", "kind")
+    try:
+        card = json.loads((run.path / "model" / learned.CARD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # no model/ (moved away) or a damaged card: no data column
+        card = None
+    tasks = dig(card, "task_distribution", "datasets" if kind == "classification" else "tasks")
+    used = sorted(k for k, w in tasks.items() if kind == "classification" or (isinstance(w, (int, float)) and w > 0)) \
+        if isinstance(tasks, dict) else []
+    return {"task": f"in-context {kind}" if isinstance(kind, str) else "in-context", "method": "learned",
+            "data": "+".join(map(str, used)) or None, "pretext_loss": m.get("final_loss"),
+            "trainable_parameters": m.get("parameters"), "saved_bytes": dir_size_or_none(run.path / "model")}

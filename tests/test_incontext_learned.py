@@ -245,6 +245,30 @@ def test_run_incontext_resumes_exactly_then_predicts_without_changing_weights(ti
     assert "--method learned needs --model" in capsys.readouterr().err
 
 
+def test_compare_shows_incontext_runs(tiny_mae, pool_root, tmp_path, capsys):
+    """`tpp compare` takes finished runs of every recipe; an incontext run was refused ("recipe 'incontext'
+    defines no compare_row(run)")."""
+    import json
+
+    assert _run(tiny_mae, pool_root, tmp_path / "cls", "train.max_steps=2") == 0
+    seg = tmp_path / "seg"  # a finished segmentation run as it leaves its folder (training one takes minutes)
+    learned.save(_segmenter(), "segmentation", seg / "model",
+                 {"task_distribution": {"image_size": 16, "tasks": {"busi": 0.0, "shapes": 0.5, "denoise": 0.5}}})
+    (seg / "config.yaml").write_text("recipe: incontext\nincontext:\n  kind: segmentation\n")
+    (seg / "status.json").write_text('{"status": "succeeded"}')
+    (seg / "metrics.json").write_text(json.dumps({"kind": "segmentation", "final_loss": 0.5, "parameters": 1234}))
+    capsys.readouterr()
+    assert run_cli("compare", tmp_path / "cls", seg, "--csv", tmp_path / "c.csv") == 0
+    out = capsys.readouterr().out
+    assert "in-context classification" in out and "in-context segmentation" in out
+    rows = list(csv.DictReader((tmp_path / "c.csv").open()))
+    assert [(r["recipe"], r["method"], r["data"]) for r in rows] == [
+        ("incontext", "learned", "bloodmnist+organamnist"), ("incontext", "learned", "denoise+shapes")]
+    metrics = json.loads((tmp_path / "cls" / "metrics.json").read_text())
+    assert int(rows[0]["trainable_parameters"]) == metrics["parameters"] and float(rows[1]["pretext_loss"]) == 0.5
+    assert int(rows[0]["saved_bytes"]) > 0 and int(rows[1]["saved_bytes"]) > 0
+
+
 def test_learned_segmentation_predicts_from_one_pair_and_refuses_a_classifier(tmp_path):
     seg = _segmenter(5)
     learned.save(seg, "segmentation", tmp_path / "s", {"task_distribution": {"image_size": 16}})

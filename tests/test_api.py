@@ -244,6 +244,13 @@ def test_segmentation_masks_equal_those_of_tpp_predict(world, tmp_path):
     saved = np.asarray(Image.open(next((tmp_path / "p_masks").iterdir())))
     assert entry["mask"].shape == (20, 24) and np.array_equal(entry["mask"], saved)
     assert sum(entry["pixels"].values()) == 20 * 24 and entry["classes"] == model.labels
+    inputs = tmp_path / "in"  # --out inside the input folder: a second run does not read the first's masks
+    inputs.mkdir()
+    (inputs / "s.png").write_bytes(files[0].read_bytes())
+    for _ in range(2):
+        assert run_cli("predict", "--backbone", world.backbone, "--store", tmp_path / "store", "--site", "seg",
+                       inputs, "--out", inputs / "p.csv") == 0
+    assert len((inputs / "p.csv").read_text().splitlines()) == 2 and len(list((inputs / "p_masks").glob("*.png"))) == 1
 
 
 def test_tpp_run_goes_through_the_api_entry(monkeypatch, capsys):

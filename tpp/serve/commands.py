@@ -176,7 +176,8 @@ def cmd_predict(args) -> int:
     from tpp.api import open_bank
     from tpp.devices import describe
     from tpp.serve.images import PixelLimits, parse_slice, parse_window
-    from tpp.serve.predict import assign_sites, nothing_predicted, predict_files, publish_predictions
+    from tpp.serve.predict import (assign_sites, nothing_predicted, predict_files, publish_predictions,
+                                   without_own_outputs)
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -189,6 +190,8 @@ def cmd_predict(args) -> int:
         raise TppError("tpp predict needs --store STORE (with --site or --site-map), or --context DIR_OR_CSV.")
     skipped = [] if args.on_bad_file == "skip" else None
     pairs = assign_sites(args.site, args.site_map, args.images, skipped)
+    kept = set(without_own_outputs([file for file, _ in pairs], args.out))  # not the masks a run before wrote
+    pairs = [(file, site) for file, site in pairs if file in kept]
     if args.slice:
         parse_slice(args.slice)
     if args.max_image_pixels < 1:

@@ -83,7 +83,8 @@ def cmd_predict_context(args) -> int:
     from tpp.incontext.predict import prepare
     from tpp.serve import images as readers
     from tpp.serve.images import PixelLimits, parse_window
-    from tpp.serve.predict import Skipped, _bad_file, collect, nothing_predicted, publish_predictions
+    from tpp.serve.predict import (Skipped, _bad_file, collect, nothing_predicted, publish_predictions,
+                                   without_own_outputs)
 
     if args.store or args.site or args.site_map:
         raise TppError("--context predicts from labelled examples, not from a store: drop --store / --site / "
@@ -94,7 +95,7 @@ def cmd_predict_context(args) -> int:
         raise TppError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
     limits = PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))
     skipped: list[Skipped] | None = [] if args.on_bad_file == "skip" else None
-    files = _without_own_outputs(collect(args.images, skipped), args.out)
+    files = without_own_outputs(collect(args.images, skipped), args.out)
     if args.method == "learned" and not args.model:
         raise TppError("--method learned needs --model DIR (the model/ folder of a `tpp run incontext` run).")
     ctx = read_context(args.context, args.max_context, limits)  # every context problem before the backbone loads
@@ -119,21 +120,6 @@ def cmd_predict_context(args) -> int:
         rows.append(row)
     return publish_predictions(rows, masks, args.out, skipped,
                                f"{len(rows)} images predicted in context ({ctx.task}, K={ctx.k}, {args.method})")
-
-
-def _without_own_outputs(files: list[Path], out: str) -> list[Path]:
-    """``files`` less what this command writes for ``--out`` (the masks of ``<OUT stem>_masks/``): a folder holding
-    an earlier run's outputs is read again without them, or each run would predict the masks of the one before
-    (the CSV and skipped list are documents, never read). An explicit file in that folder is refused earlier
-    (:func:`tpp.serve.predict.check_derived_outputs`)."""
-    from tpp.serve.predict import masks_path
-
-    folder = masks_path(out).resolve()
-    kept = [f for f in files if folder not in f.resolve().parents]
-    if files and not kept:
-        raise TppError(f"no images to predict: the inputs hold only the masks an earlier run wrote to "
-                       f"'{masks_path(out)}' (--out), which are not read as inputs.")
-    return kept
 
 
 def _extractor(backbone: str, adapter: str | None, device: str, precision: str = "fp32"):

@@ -52,7 +52,7 @@ def test_dicom_multiframe_needs_a_frame():
     stored = np.stack([np.full((8, 8), v, np.uint16) for v in (0, 100, 200)])
     stored[:, 0, 0] = 300  # a bright corner so min-max is not degenerate
     data = dicom_bytes(stored, frames=3)
-    with pytest.raises(ImageError, match="multi-frame.*3 frames"):
+    with pytest.raises(ImageError, match=r"multi-frame.*3 frames.*--frame N, \?frame=N in the service"):
         decode(data, "cine.dcm")
     assert decode(data, "cine.dcm", frame=2, window=(150, 300))[1, 1] == 170  # (200 - 0) / 300
     assert decode(data, "cine.dcm", frame=1, window=(150, 300))[1, 1] == 85
@@ -158,3 +158,15 @@ def test_a_photo_stored_sideways_with_an_exif_orientation_is_read_as_every_viewe
     assert shown.shape == (40, 20) and (shown[:, -1] == 255).all() and shown[:, :-1].max() == 0
     assert np.array_equal(decode(_with_orientation(stored, 1), "upright.png"), stored)
     assert decode(_with_orientation(np.stack([stored] * 3, -1), 8, "JPEG"), "phone.jpg").shape == (40, 20, 3)
+
+
+def test_an_8_bit_gray_dicom_without_a_window_reads_as_the_same_pixels_in_a_png():
+    """Its values were stretched by a per-image min-max, so one image gave another decision as DICOM than as
+    PNG; 8 stored bits without rescale or window are read as stored. 12 bits (or a window) still map as before."""
+    gray = np.random.default_rng(1).integers(20, 200, (16, 16)).astype(np.uint8)
+    assert np.array_equal(decode(dicom_bytes(gray, bits=8), "a.dcm"), decode(png_bytes(gray), "a.png"))
+    assert np.array_equal(decode(dicom_bytes(gray, bits=8, photometric="MONOCHROME1"), "a.dcm"), 255 - gray)
+    stretched = decode(dicom_bytes(gray, bits=12), "a.dcm")
+    assert stretched.min() == 0 and stretched.max() == 255  # not 8-bit: min-max as documented
+    rescaled = decode(dicom_bytes(gray, bits=8, slope=2), "a.dcm")
+    assert rescaled.min() == 0 and rescaled.max() == 255  # a modality rescale: no longer plain intensities

@@ -220,7 +220,8 @@ def _read_dicom(data: bytes, name: str, frame: int | None, window) -> np.ndarray
     index = None
     if frames > 1:
         if frame is None:
-            raise ImageError(f"'{name}': multi-frame DICOM ({frames} frames); choose one with an explicit frame index.")
+            raise ImageError(f"'{name}': multi-frame DICOM ({frames} frames); choose one (tpp predict --frame N, "
+                             "?frame=N in the service, frame=N in Python; 0-based).")
         if not 0 <= frame < frames:
             raise ImageError(f"'{name}': frame {frame} is out of range (0..{frames - 1}).")
         index = frame
@@ -236,10 +237,22 @@ def _read_dicom(data: bytes, name: str, frame: int | None, window) -> np.ndarray
     elif window is None and "WindowCenter" in ds and "WindowWidth" in ds:
         window = (_first(ds.WindowCenter), _first(ds.WindowWidth))
         _check_window(window, f"'{name}': the file's window")
-    gray = _to_uint8(values, window, name)
+    if window is None and "VOILUTSequence" not in ds and _stored_as_8_bits(ds, pixels, values):
+        gray = values.astype(np.uint8)  # as a PNG of the same pixels is read (no stretch)
+    else:
+        gray = _to_uint8(values, window, name)
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         gray = 255 - gray
     return gray
+
+
+def _stored_as_8_bits(ds, pixels: np.ndarray, values: np.ndarray) -> bool:
+    """Whether a gray DICOM holds plain 8-bit intensities: at most 8 stored bits, no rescale (the modality LUT
+    left the values as stored) and all in 0..255. Without a window those are read as stored, like the same
+    pixels in a PNG; a per-image min-max would stretch them and could change a prediction."""
+    bits = int(getattr(ds, "BitsStored", 16) or 16)
+    return bits <= 8 and values.size > 0 and np.array_equal(values, pixels) and values.min() >= 0 \
+        and values.max() <= 255
 
 
 def _first(value) -> float:

@@ -171,6 +171,23 @@ def test_cli_publish_ls_check(world, tmp_path, capsys):
     assert "not allowed" in capsys.readouterr().err
 
 
+def test_cli_rollback_serves_an_earlier_version_again_only_if_it_is_intact(world, tmp_path, capsys):
+    s = tmp_path / "store"
+    first = store.publish(world["runs"]["site_a"], s, "x").version
+    second = store.publish(world["runs"]["site_b"], s, "x").version
+    assert main(["adapters", "rollback", str(s), "--site", "x"]) == 2  # which one? the versions are listed
+    assert f"the store holds (newest first): {second} (current), {first}" in capsys.readouterr().err
+    assert main(["adapters", "rollback", str(s), "--site", "x", "--version", "0123456789abcdef"]) == 2
+    assert main(["adapters", "rollback", str(s), "--site", "x", "--version", first, "--backbone",
+                 str(world["backbone"])]) == 0
+    assert store.current_version(s, "x") == first
+    assert f"x serves {first} again (was {second})" in capsys.readouterr().out
+    weights = next((s / "x" / second).glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    assert main(["adapters", "rollback", str(s), "--site", "x", "--version", second]) == 2  # damaged: refused
+    assert "content hash does not match" in capsys.readouterr().err and store.current_version(s, "x") == first
+
+
 def test_cli_predict_single_site_and_site_map(world, tmp_path, capsys):
     folder = tmp_path / "imgs"
     folder.mkdir()

@@ -45,7 +45,8 @@ Relative paths in the config (relative to its folder) are written into the copy 
     "adapters": """examples:
   tpp adapters publish runs/site_a STORE --site hospital_a   # adds a version, makes it current
   tpp adapters ls STORE --backbone builtin:mae-vit-tiny-med
-  tpp adapters check STORE --backbone builtin:mae-vit-tiny-med""",
+  tpp adapters check STORE --backbone builtin:mae-vit-tiny-med
+  tpp adapters rollback STORE --site hospital_a --version 1f0c9a2b3d4e5f60   # serve an earlier version again""",
     "predict": """examples:
   tpp predict --backbone B --store STORE --site hospital_a scans/ --out preds.csv
   tpp predict --backbone B --store STORE --site-map batch.csv --out preds.csv   # columns image,site

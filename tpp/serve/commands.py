@@ -23,20 +23,21 @@ anything else (a .bin or .pt file, a tampered card) is refused and the store sta
 
 def add_deploy_commands(add) -> None:
     """``adapters``, ``predict`` and ``serve``: the deployment side."""
-    ad = add("adapters", "manage an adapter store: publish, ls, check; push / pull a version to / from a "
-                         "Hugging Face Hub model repo")
+    ad = add("adapters", "manage an adapter store: publish, ls, check, rollback; push / pull a version to / "
+                         "from a Hugging Face Hub model repo")
     ad.epilog += HUB_EXAMPLES
-    ad.add_argument("action", choices=["publish", "ls", "list", "check", "push", "pull"])  # list: ls, as context has
-    ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check / push: STORE; "
+    ad.add_argument("action", choices=["publish", "ls", "list", "check", "rollback", "push", "pull"])  # list: ls
+    ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check / rollback / push: STORE; "
                                              "pull: OWNER/NAME[@REVISION] STORE")
-    ad.add_argument("--site", help="site name (publish, push, pull)")
+    ad.add_argument("--site", help="site name (publish, rollback, push, pull)")
     ad.add_argument("--backbone", help="backbone to load adapters on: required by check (every site is loaded as "
                                        "tpp serve would); with publish or push, a dry load first; with pull, the "
                                        "card's backbone hash must be this backbone's")
     ad.add_argument("--repo", metavar="OWNER/NAME", help="push: the Hub model repo (created if missing)")
     ad.add_argument("--version", dest="adapter_version", metavar="V",
                     help="push: the version to push (default: the site's current one); pull: refuse unless the "
-                         "pulled files have this content hash (the version push named)")
+                         "pulled files have this content hash (the version push named); rollback: the earlier "
+                         "version to serve again")
     ad.add_argument("--revision", metavar="BRANCH", help="push: the branch to commit to (default main; created "
                                                          "if missing)")
     ad.add_argument("--private", action="store_true", help="push: create the repo private (an existing repo keeps "
@@ -126,6 +127,8 @@ def cmd_adapters(args) -> int:
         checked = "loaded and checked against the backbone" if args.backbone else "checked structurally"
         print(f"published {args.paths[0]} as {sv.site}@{sv.version} ({sv.path}; {checked}); now current")
         return 0
+    if args.action == "rollback":
+        return _cmd_rollback(args)
     if len(args.paths) != 1:
         raise TppError(f"usage: tpp adapters {args.action} STORE [--backbone B]")
     if args.action in ("ls", "list"):
@@ -141,6 +144,28 @@ def cmd_adapters(args) -> int:
 
     results = AdapterBank(args.backbone, args.paths[0], max_resident=1).check_store()
     return report_check(results, "sites", "each loaded as tpp serve would")
+
+
+def _cmd_rollback(args) -> int:
+    """``tpp adapters rollback STORE --site SITE --version V``: serve an earlier version again."""
+    from tpp.serve import store
+
+    if len(args.paths) != 1 or not args.site:
+        raise TppError("usage: tpp adapters rollback STORE --site SITE --version V [--backbone B]")
+    held = store.versions(args.paths[0], args.site)
+    current = store.current_version(args.paths[0], args.site)
+    if args.adapter_version not in held:
+        listed = ", ".join(f"{v}{' (current)' if v == current else ''}" for v in held) or "none"
+        asked = f"'{args.adapter_version}' is no version of" if args.adapter_version else "name a version of"
+        raise TppError(f"{asked} site '{args.site}' with --version V; the store holds (newest first): {listed}.")
+    if args.backbone:  # a dry load as serving would do it, before the pointer moves
+        from tpp.api import check_loads
+
+        check_loads(str(Path(args.paths[0]) / args.site / args.adapter_version), args.backbone)
+    sv = store.make_current(args.paths[0], args.site, args.adapter_version)
+    print(f"{sv.site} serves {sv.version} again (was {current}); a running tpp serve switches at "
+          f"POST /v1/sites/{sv.site}/reload")
+    return 0
 
 
 def _cmd_hub(args) -> int:

@@ -160,6 +160,25 @@ def write_version(site_dir: Path, files: dict[str, bytes]) -> tuple[str, Path]:
     return version, target
 
 
+def versions(store: str | Path, site: str) -> list[str]:
+    """The version folders of ``site``, newest first (by the folder's modification time)."""
+    check_site(site)
+    folder = _store_root(store) / site
+    if not folder.is_dir():
+        raise UnknownSite(site)
+    found = [p for p in folder.iterdir() if _VERSION_RE.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)]
+
+
+def make_current(store: str | Path, site: str, version: str) -> SiteVersion:
+    """Point ``site`` at ``version``, one it already holds (a rollback), after its files passed the same checks
+    as at publishing (content hash, :func:`tpp.serve.integrity.check_adapter`)."""
+    sv = open_version(store, site, version)
+    check_adapter(sv.files, str(sv.path))
+    write_atomic(_store_root(store) / site / POINTER, version + "\n")
+    return sv
+
+
 def holds_exactly(folder: Path, files: dict[str, bytes]) -> bool:
     """Whether ``folder`` is a plain folder holding exactly ``files`` (names and bytes)."""
     if folder.is_symlink() or not folder.is_dir() or sorted(os.listdir(folder)) != sorted(files):

@@ -429,3 +429,21 @@ def test_a_damaged_status_json_is_named_as_such_not_called_no_run(tmp_path, text
     with pytest.raises(TppError, match=rf"damaged status.json \({why}.*Publish '.*adapter' itself"):
         read_source(out)
     assert RunDir(out, overwrite=True).path == out  # --overwrite starts over
+
+
+def test_a_run_continued_from_a_checkpoint_counts_its_earlier_segments_time(tmp_path):
+    """wall_time_s of a resumed run used to be its last segment's alone; each segment's log times start at 0,
+    so the segments are told apart where the time falls back. Started over (no checkpoint): not counted."""
+    from tpp.rundir import logged_seconds
+
+    out = run_folder(tmp_path / "out", "running", ["step-4"])
+    lines = [{"time": 0.1, "event": "start"}, {"time": 50.0}, {"time": 0.2, "event": "start"}, {"time": 30.5}]
+    (out / "log.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"time": 9')  # cut short
+    assert logged_seconds(out / "log.jsonl") == pytest.approx(80.5)
+    run = RunDir(out, resume=True)
+    assert 80.5 <= run.elapsed() < 80.5 + 60
+    run.release()
+    fresh = run_folder(tmp_path / "fresh", "running", [])
+    (fresh / "log.jsonl").write_text(json.dumps({"time": 50.0}) + "\n")
+    started_over = RunDir(fresh, resume=True)
+    assert started_over.elapsed() < 50

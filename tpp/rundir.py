@@ -123,6 +123,7 @@ class RunDir:
         self.resumed: tuple[str, str | None, dict] | None = None  # resume: status.json, config.yaml, checkpoints
         self._lock_fd: int | None = None  # the folder's lock, held while this run writes it
         self._log_checked = False  # whether log.jsonl's last line (an earlier run's) was checked for an end
+        self.earlier_s = 0.0  # resume from a checkpoint: the seconds the run's earlier segments logged
         if not main:
             return
         if self.path.exists() and not self.path.is_dir():
@@ -172,6 +173,8 @@ class RunDir:
                                "train.resume has nothing to continue there and tpp will not write into it. Drop "
                                "train.resume, or choose another output_dir=...")
             self.earlier_aside = sorted(self.path.glob(f"{SET_ASIDE}*.old"))
+            if state["checkpoints"]:  # continued, not started over: the earlier segments' time counts
+                self.earlier_s = logged_seconds(self.path / "log.jsonl")
             with contextlib.suppress(OSError):
                 config = self.path / "config.yaml"
                 self.resumed = ((self.path / "status.json").read_text(),
@@ -337,7 +340,31 @@ class RunDir:
         return target
 
     def elapsed(self) -> float:
-        return time.time() - self.started
+        """Seconds of the run: this segment's since the command began, plus what its earlier segments logged
+        when it continues from a checkpoint (:func:`logged_seconds`)."""
+        return self.earlier_s + time.time() - self.started
+
+
+def logged_seconds(log: Path) -> float:
+    """The wall time a ``log.jsonl`` records over its segments: each line's ``time`` counts from its segment's
+    start, so the time falls back where a resumed segment begins; the sum of each segment's last time (a killed
+    segment counted to its last line)."""
+    total = last = 0.0
+    try:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    now = json.loads(line).get("time")
+                except (ValueError, AttributeError):
+                    continue
+                if not isinstance(now, (int, float)) or not math.isfinite(now):
+                    continue
+                if now < last:  # a new segment
+                    total += last
+                last = now
+    except OSError:
+        return 0.0
+    return total + last
 
 
 RUN_STATES = ("running", "succeeded", "failed")  # what status.json says

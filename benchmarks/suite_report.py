@@ -105,7 +105,9 @@ def interval(values: list) -> dict:
 def one_context(group: list[dict]) -> bool:
     """Whether every seed of an in-context row used the same context set (a label subset that fits the cap
     whole): its seeds then repeat one measurement, and its interval is zero wide, not precise."""
-    prints = {cell.get("context_sha256") or context_sha256(cell.get("context_index") or []) for cell in group}
+    if any(not cell.get("context_sha256") and cell.get("context_index") is None for cell in group):
+        return False  # a cell that records no context: nothing to compare
+    prints = {cell.get("context_sha256") or context_sha256(cell["context_index"]) for cell in group}
     return len(group) > 1 and len(prints) == 1
 
 

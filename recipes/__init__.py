@@ -438,21 +438,17 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
 
 
 def _unrecorded_pool_data(saved: dict, config: dict) -> None:
-    """A multitask run saved before its pool entries left out the data keys the recipe never reads recorded their
-    defaults (``split: test`` ...): those are dropped from the saved entries (in place), so it resumes; a value
-    other than the default stays, and differs."""
-    import dataclasses
-
-    from tpp.config.schema import MULTITASK_UNREAD_DATA_KEYS, DataConfig
+    """A multitask run saved before its pool entries left out the data keys the recipe never reads recorded them
+    (``split: test`` ...): those are dropped from the saved entries (in place), whatever their value (the run
+    trained on each whole training split, so it resumes as it ran)."""
+    from tpp.config.schema import MULTITASK_UNREAD_DATA_KEYS
 
     if config.get("recipe") != "multitask" or not isinstance(saved.get("pool"), list):
         return
-    defaults = {f.name: f.default for f in dataclasses.fields(DataConfig)}
     for entry in saved["pool"]:
         data = entry.get("data") if isinstance(entry, dict) else None
         for key in MULTITASK_UNREAD_DATA_KEYS if isinstance(data, dict) else ():
-            if key in data and data[key] == defaults[key]:
-                del data[key]
+            data.pop(key, None)
 
 
 def _before_split_seed(saved: dict) -> dict:

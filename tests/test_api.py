@@ -251,6 +251,9 @@ def test_segmentation_masks_equal_those_of_tpp_predict(world, tmp_path):
         assert run_cli("predict", "--backbone", world.backbone, "--store", tmp_path / "store", "--site", "seg",
                        inputs, "--out", inputs / "p.csv") == 0
     assert len((inputs / "p.csv").read_text().splitlines()) == 2 and len(list((inputs / "p_masks").glob("*.png"))) == 1
+    assert run_cli("predict", "--backbone", world.backbone, "--store", tmp_path / "store", "--site", "seg",
+                   inputs, "--out", inputs / "q.csv") == 0  # another --out: p_masks/ is marked, so not read either
+    assert len((inputs / "q.csv").read_text().splitlines()) == 2
 
 
 def test_tpp_run_goes_through_the_api_entry(monkeypatch, capsys):

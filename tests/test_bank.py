@@ -275,3 +275,17 @@ def test_a_damaged_store_version_is_not_republished_loaded_or_evaluated_as_good(
     renamed = tmp_path / "mine"
     copy.rename(renamed)  # no store version: an adapter folder like any other
     assert read_card(renamed)["method"]
+
+
+def test_a_site_refused_while_serving_follows_the_next_published_version(world, tmp_path):
+    """A version refused at predict time (non-finite outputs) must not stay pinned: once another version is
+    published the next request serves it, as before versions were pinned."""
+    s = tmp_path / "store"
+    first = store.publish(world["runs"]["site_a"], s, "x").version
+    bank = AdapterBank(str(world["backbone"]), str(s))
+    assert bank.site("x").version == first
+    bank.refuse("x", first, "outputs are not finite")  # what the worker does when a prediction fails
+    with pytest.raises(TppError, match="not finite"):
+        bank.site("x")
+    second = store.publish(world["runs"]["site_b"], s, "x").version
+    assert bank.site("x").version == second and "x" not in bank.refused

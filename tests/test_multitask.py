@@ -294,11 +294,22 @@ def test_finetune_with_fewer_labels_refuses_a_multitask_parent_that_read_its_tra
     renamed = dict(labelled, name="mybreast", origin="files:0123")  # the same images under another name
     for seen in (labelled, renamed):
         parent = {"data": {"name": "multitask:x", "origin": None}, "multitask": {"tasks": [{"data": seen}]}}
-        with pytest.raises(TppError, match=r"trained on the labels of .*data.label_fraction=0.01 of those labels"):
+        with pytest.raises(TppError, match=r"trained on the labels of .*100% of its training split: 546 images.*"
+                                           r"data.label_fraction=0.01 of those labels"):
             check_leakage(parent, site, "mt/adapter", label_fraction=0.01)
         check_leakage(parent, site, "mt/adapter", label_fraction=1.0)  # the same labels: fine
         unlabelled = {"multitask": {"tasks": [{"data": dict(seen, used={"split": "train", "labels_read": False})}]}}
         check_leakage(unlabelled, site, "mt/adapter", label_fraction=0.01)  # MAE on its images: fine
+    fine_tuned = {"data": dict(labelled, used={"split": "train", "images": 55, "label_fraction": 0.1})}
+    with pytest.raises(TppError, match=r"10% of its training split.*data.label_fraction=0.1 or more"):
+        check_leakage(fine_tuned, site, "ft/adapter", label_fraction=0.01)  # a fine-tuned parent with more labels
+    check_leakage(fine_tuned, site, "ft/adapter", label_fraction=0.1)
+    no_origin = SimpleNamespace(name="bloodmnist", origin=None, split_id="medmnist", held_out_origins=None,
+                                split_sha256=lambda: {"train": "b"})
+    other = {"name": "organamnist", "origin": None, "split_sha256": {"train": "o"}, "used": {"splits": ["train"]}}
+    check_leakage({"data": other}, no_origin, "p")  # no origin on either side, other images: fine
+    check_leakage({"data": {"name": "multitask:x", "origin": None}, "multitask": {"tasks": [{"data": other}]}},
+                  no_origin, "mt/adapter", label_fraction=0.01)  # a multi-task card's own data entry: fine
 
 
 def _multitask_card(*modalities) -> dict:

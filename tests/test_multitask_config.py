@@ -73,7 +73,11 @@ def test_the_saved_config_records_no_split_the_run_did_not_use_and_older_runs_st
                              for e in saved["pool"]]}  # as runs before this recorded every pool entry
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     check_same_config(tmp_path, cfg.to_dict(), defaults=_defaults(cfg))
-    old["pool"][1]["data"]["split"] = "val"  # it did not train on val either, but it is not this config
+    old["pool"][1]["data"]["split"] = "val"  # accepted and never read then: it trained on train all the same
+    old["pool"][1]["data"]["num_workers"] = 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    check_same_config(tmp_path, cfg.to_dict(), defaults=_defaults(cfg))
+    old["pool"][1]["data"]["val_fraction"] = 0.3  # a key the recipe reads: it differs
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(TppError, match="differs"):
         check_same_config(tmp_path, cfg.to_dict(), defaults=_defaults(cfg))

@@ -292,6 +292,7 @@ def test_an_in_context_row_whose_seeds_share_one_context_says_it_is_one_measurem
     assert suite_report.one_context(same)
     assert not suite_report.one_context(same + [{"context_index": [1, 5]}])
     assert not suite_report.one_context(same[:1])  # one seed: nothing repeated
+    assert not suite_report.one_context([{}, {}])  # cells that record no context
     row = {"task": "t", "kind": "classification", "fraction": 1.0, "approach": "knn", "family": "generalist",
            "seeds": 2, "one_context": True, "metric": "AUROC", "trainable_parameters": 0, "bytes_per_site": 0.0,
            "total_parameters": None, "flops_per_image": None, "latency_ms_b1": None, "latency_ms_b32": None,

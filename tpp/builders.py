@@ -177,7 +177,7 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
     origin = seen.get("origin") or MEDMNIST_ORIGINS.get(seen.get("name"))
     parent_train = seen.get("split_sha256", {}).get("train")
     same_images = parent_train is not None and parent_train == dataset.split_sha256().get("train")
-    if origin != dataset.origin and not same_images:
+    if (not origin or origin != dataset.origin) and not same_images:  # another (or an unknown) collection
         if origin and origin in (dataset.held_out_origins or ()):  # a sub-folder of this data, or one above it
             raise TppError(
                 f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}', images of a folder that "
@@ -192,19 +192,33 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
     if not (same_train and used_splits == ["train"]):
         same = "read from the same image folder" if str(origin).startswith("files:") else \
             f"made from the same {origin} images"
+        decoded = (" (If the parent was trained before 2026-12-01 on photos with an EXIF orientation tag or on 8-bit "
+                   "DICOM files, these images now decode differently: pre-train it again.)"
+                   if seen.get("split_id") == dataset.split_id and used_splits == ["train"] else "")
         raise TppError(
             f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
             f"'{seen.get('split_id')}'), {same} as '{dataset.name}' (split "
             f"'{dataset.split_id}'), but not on exactly this run's training images: it may have seen this run's "
             "validation or test images. Pre-train on this dataset's own training split (same data.name, file, "
-            "data.split_seed, label_key, group_key and split fractions).")
-    if used.get("labels_read") and label_fraction < 1:
+            "data.split_seed, label_key, group_key and split fractions)." + decoded)
+    read = _labels_read(used)
+    if read > label_fraction:
         raise TppError(
-            f"adapter.init_from '{source}' was trained on the labels of '{seen.get('name')}' ({used.get('images')} "
-            f"labelled training images: a supervised multi-task entry), the training images of '{dataset.name}', "
-            f"but this run uses data.label_fraction={label_fraction:g} of those labels: it would report a few-label "
-            "result from a parent that read every label. Fine-tune with data.label_fraction=1, or from a parent "
-            f"whose pool uses '{dataset.name}' only through a self-supervised task (kind: mae) or leaves it out.")
+            f"adapter.init_from '{source}' was trained on the labels of '{seen.get('name')}' ({read:.0%} of its "
+            f"training split: {used.get('images')} images), the training images of '{dataset.name}', but this run "
+            f"uses data.label_fraction={label_fraction:g} of those labels: it would report a few-label result from "
+            f"a parent that read more labels. Fine-tune with data.label_fraction={read:g} or more, or from a parent "
+            f"that read none of them (a TPP adapter, or a multi-task pool that uses '{dataset.name}' only through a "
+            "self-supervised task such as kind: mae, or leaves it out).")
+
+
+def _labels_read(used: dict) -> float:
+    """The share of a training split's labels a parent read: a supervised multi-task entry all of them
+    (``labels_read``), a fine-tuned parent its ``label_fraction``, a pretext none."""
+    if used.get("labels_read"):
+        return 1.0
+    fraction = used.get("label_fraction")
+    return float(fraction) if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) else 0.0
 
 
 def _label_fraction(cfg) -> float:

@@ -267,6 +267,10 @@ def _is_pil(item) -> bool:
 def _mask_array(mask, i: int, read) -> np.ndarray:
     """The mask of context pair ``i`` as an array: a ``pathlib.Path`` is read as an image; the array must be
     (H, W) or (H, W, 3) of numbers (anything else is a TppError naming the pair)."""
+    if hasattr(mask, "getexif"):  # a PIL image: turned upright as its image is (tpp.data.pixels.upright)
+        from tpp.data.pixels import upright
+
+        mask = upright(mask)
     array = read(mask, i) if isinstance(mask, Path) else np.asarray(mask)
     if array.dtype.kind not in "biuf" or not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] == 3)):
         raise TppError(f"context pair {i}: its mask is a {type(mask).__name__} of shape {tuple(array.shape)} and "

@@ -163,7 +163,7 @@ class AdapterBank:
         return (old.version if old else None), new.version
 
     def evict(self, name: str) -> None:
-        """Unload a resident site (the next request loads it again from the store)."""
+        """Unload a resident site (the next request loads it again from the store, at the version it served)."""
         if name in self.resident:
             self._drop(self.resident.pop(name))
 
@@ -193,6 +193,8 @@ class AdapterBank:
         version's files change (published again)."""
         self.refused[name] = (version, reason)
         self._refused_files[name] = adapter_store.version_files_stamp(self.store, name, version)
+        if self.pinned.get(name) == version:  # served no longer: the next request follows the store's pointer
+            del self.pinned[name]
         if name in self.resident and self.resident[name].version == version:
             self.evict(name)
 

@@ -116,12 +116,13 @@ def read_site_map(path: str) -> list[tuple[str, str]]:
 
 
 def without_own_outputs(files: list[Path], out: str) -> list[Path]:
-    """``files`` less what this command writes for ``--out`` (the masks of ``<OUT stem>_masks/``): a folder holding
-    an earlier run's outputs is read again without them, or each run would predict the masks of the one before
+    """``files`` less what this command writes for ``--out`` (the masks of ``<OUT stem>_masks/``) and the masks
+    of any folder tpp predict marked (:data:`MASKS_MARK`): a folder holding an earlier run's outputs is read
+    again without them, or each run would predict the masks of the one before
     (the CSV and skipped list are documents, never read). An explicit file in that folder is refused earlier
     (:func:`tpp.serve.predict.check_derived_outputs`)."""
     folder = masks_path(out).resolve()
-    kept = [f for f in files if folder not in f.resolve().parents]
+    kept = [f for f in files if folder not in f.resolve().parents and not (f.parent / MASKS_MARK).is_file()]
     if files and not kept:
         raise TppError(f"no images to predict: the inputs hold only the masks an earlier run wrote to "
                        f"'{masks_path(out)}' (--out), which are not read as inputs.")

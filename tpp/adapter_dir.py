@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import copy
 import datetime
+import hashlib
 import json
+import os
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -143,10 +146,34 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
     check_card(card, card_path, kinds)
-    from tpp.serve.store import check_version_folder  # (the store imports this module)
-
     check_version_folder(path)
     return card
+
+
+VERSION_RE = re.compile(r"[0-9a-f]{16}")  # an adapter store's version folder: its files' content hash
+
+
+def content_hash(files: dict[str, bytes]) -> str:
+    """First 16 hex digits of sha256 over (file name, bytes) of the adapter's files, by name."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0")
+        digest.update(files[name])
+    return digest.hexdigest()[:16]
+
+
+def check_version_folder(path: Path) -> None:
+    """A folder named like a store version (16 hex digits: a store's, or a copy of one) must hold the files that
+    name hashes, as serving checks them: publishing, loading or evaluating it after a byte changed would sign or
+    use what the store refuses. Other folders pass."""
+    if not VERSION_RE.fullmatch(path.name):
+        return
+    files = {e.name: Path(e.path).read_bytes() for e in sorted(os.scandir(path), key=lambda e: e.name)
+             if e.is_file(follow_symlinks=False)}
+    if content_hash(files) != path.name:
+        raise TppError(f"'{path}' is named like a published version, but its files' content hash is not its name: "
+                       "they changed after publishing (tampering or disk corruption). Refused; publish the adapter "
+                       "again from its run folder (or rename the folder if it is no store version).")
 
 
 def card_json(text: str):

@@ -14,7 +14,6 @@ no path of the store may be a symbolic link or lead outside the store root.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -22,7 +21,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS, read_card
+from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS, content_hash, read_card
 from tpp.errors import TppError
 from tpp.model_card import README
 from tpp.serve.integrity import check_adapter, parse_card
@@ -71,28 +70,6 @@ def adapter_files(path: Path, card: dict) -> list[str]:
     if missing:
         raise TppError(f"adapter directory '{path}' lacks {', '.join(missing)}.")
     return sorted(names)
-
-
-def content_hash(files: dict[str, bytes]) -> str:
-    """First 16 hex digits of sha256 over (file name, bytes) of the adapter's files, by name."""
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0")
-        digest.update(files[name])
-    return digest.hexdigest()[:16]
-
-
-def check_version_folder(path: Path) -> None:
-    """A folder named like a store version (16 hex digits: a store's, or a copy of one) must hold the files that
-    name hashes, as serving checks them: publishing, loading or evaluating it after a byte changed would sign or
-    use what the store refuses. Other folders pass."""
-    if not _VERSION_RE.fullmatch(path.name):
-        return
-    files = {name: _read_regular(path / name) for name in sorted(os.listdir(path)) if (path / name).is_file()}
-    if content_hash(files) != path.name:
-        raise TppError(f"'{path}' is named like a published version, but its files' content hash is not its name: "
-                       "they changed after publishing (tampering or disk corruption). Refused; publish the adapter "
-                       "again from its run folder (or rename the folder if it is no store version).")
 
 
 def _adapter_dir(source: str | Path) -> Path:

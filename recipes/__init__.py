@@ -401,9 +401,9 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     if not saved_file.is_file():
         return
     try:
-        saved = load_yaml(saved_file)
-        if not saved:
+        if not saved_file.read_bytes().strip():
             raise TppError(f"config file '{saved_file}' is empty.")
+        saved = load_yaml(saved_file)
     except OSError as exc:
         raise TppError(f"train.resume: '{saved_file}', the interrupted run's config, cannot be read "
                        f"({exc.strerror or exc}). Start over with --overwrite, or restore the file.") from None

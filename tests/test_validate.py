@@ -323,3 +323,27 @@ def test_a_backbone_whose_own_image_size_gives_too_many_tokens_is_refused_before
     with pytest.raises(TppError, match=r"image size 260, backbone.input_size unset\) gives 4,225 patch tokens"):
         input_size_fits(None, str(tmp_path / "big"))
     input_size_fits(256, str(tmp_path / "big"))  # 4,096 tokens: the most
+
+
+def test_paths_of_the_wrong_kind_and_empty_or_broken_configs_get_errors_that_say_so(tmp_path, capsys):
+    """A file where a folder is expected was reported as missing (or as 'no log.jsonl'), a run folder as no
+    adapter without the hint, an empty config ran the defaults (BreastMNIST), and tpp cp showed tracebacks."""
+    a_file = tmp_path / "results.csv"
+    a_file.write_text("x\n")
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "tpp_card.json").write_text("{}")
+    (tmp_path / "empty.yaml").write_text("# only a comment\n")
+    (tmp_path / "bad.yaml").write_text("recipe: tpp\n  bad: [\n")
+    cases = [(["plot", str(a_file)], "is a file; tpp plot takes a run folder"),
+             (["adapters", "ls", str(a_file)], "is a file, not a store folder"),
+             (["validate", str(tmp_path / "empty.yaml")], "is empty (or holds only comments)"),
+             (["run", "tpp", "--config", str(tmp_path / "empty.yaml")], "is empty (or holds only comments)"),
+             (["validate", FINETUNE, f"adapter.init_from={run}"], f"did you mean '{run / 'adapter'}'?"),
+             (["cp", str(tmp_path / "bad.yaml"), str(tmp_path / "copy.yaml")], "is not valid YAML"),
+             (["cp", FINETUNE, str(a_file / "x.yaml")], "is a file, so")]
+    for argv, said in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "copy.yaml").exists() and not (tmp_path / "runs").exists()

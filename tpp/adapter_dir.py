@@ -136,11 +136,15 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
     ``kinds``: what the caller accepts; only evaluation accepts a ``full_model`` baseline.
     """
     path = Path(path)
+    if path.is_file():
+        raise TppError(f"'{path}' is a file; an adapter is the folder holding {CARD}"
+                       f"{f' (here {path.parent})' if path.name == CARD else ''}.")
     if not path.is_dir():
         raise TppError(f"adapter directory '{path}' does not exist.")
     card_path = path / CARD
     if not card_path.is_file():
-        raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).")
+        hint = f" It is a run folder: did you mean '{path / 'adapter'}'?" if (path / "adapter" / CARD).is_file() else ""
+        raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).{hint}")
     try:
         card = card_json(card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -171,14 +171,19 @@ def _list_backbones() -> None:
 def cmd_cp(args) -> int:
     source = _config_path(args.config)
     dest = Path(args.dest)
+    above = next((p for p in dest.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise TppError(f"'{above}' is a file, so '{dest}' cannot be written; choose another destination.")
     if dest.is_dir() or args.dest.endswith(os.sep):
         dest.mkdir(parents=True, exist_ok=True)
         dest = dest / source.name
     if dest.exists():
         raise TppError(f"'{dest}' exists; choose another destination.")
+    from tpp.config.parse import load_yaml
     from tpp.config.paths import with_absolute_paths
     from tpp.rundir import write_atomic
 
+    load_yaml(source)  # not YAML, not UTF-8, empty: the clear error, before anything is written
     text, changed = with_absolute_paths(source.read_text(), os.path.dirname(os.path.realpath(source)))
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(dest, text)

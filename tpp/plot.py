@@ -21,6 +21,8 @@ def read_log(run_dir: Path) -> tuple[list, dict]:
     log = run_dir / "log.jsonl"
     if not Path(run_dir).exists():
         raise TppError(f"'{run_dir}' does not exist.")
+    if not Path(run_dir).is_dir():
+        raise TppError(f"'{run_dir}' is a file; tpp plot takes a run folder (the one holding log.jsonl).")
     if not log.is_file():
         raise TppError(f"'{run_dir}' has no log.jsonl: it is not a tpp run directory.")
     losses, curves = {}, {}

@@ -181,11 +181,14 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"config file '{path}' is empty (or holds only comments); start from a shipped one: "
+                          "`tpp ls`, then `tpp cp NAME my.yaml`.")
     if not isinstance(data, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of keys, got {type(data).__name__}.")
     return data

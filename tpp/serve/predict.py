@@ -94,6 +94,9 @@ def read_site_map(path: str) -> list[tuple[str, str]]:
     """Mapping CSV with columns ``image`` and ``site`` -> [(image path, site)], one per row in file order.
     An image may appear on several rows (e.g. under two sites): every row is answered."""
     file = Path(path)
+    if file.is_dir():
+        raise TppError(f"site map '{file}' is a folder; --site-map takes a CSV with columns image,site (a folder of "
+                       "images goes after --site SITE).")
     if not file.is_file():
         raise TppError(f"site map '{file}' does not exist.")
     try:

@@ -274,6 +274,8 @@ def current_version(store: str | Path, site: str) -> str | None:
 
 def _store_root(store: str | Path) -> Path:
     root = Path(store)
+    if root.exists() and not root.is_dir():
+        raise TppError(f"adapter store '{root}' is a file, not a store folder.")
     if not root.is_dir():
         raise TppError(f"adapter store '{root}' does not exist "
                        f"(tpp adapters publish RUN_DIR {root} --site S creates it).")

@@ -129,6 +129,16 @@ def test_a_tpp_adapter_to_evaluate_and_an_option_against_the_parent_are_refused_
     code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           f"adapter.init_from={parent / 'adapter'}")  # inheriting, nothing overridden: fine
     assert code == 0, text
+    import yaml
+
+    from tpp.recipes import find_config
+
+    mine = yaml.safe_load(find_config(FINETUNE).read_text())
+    mine["adapter"]["r"] = 4  # in the file: the run replaces it by the parent's and says so; validate says it too
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(mine))
+    code, text = validate(capsys, str(tmp_path / "mine.yaml"), f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                          f"adapter.init_from={parent / 'adapter'}")
+    assert code == 0 and "init_from: adapter.r=4 from the config file replaced by the parent's 8" in text, text
 
 
 def test_a_target_module_that_matches_no_layer_is_refused_before_the_run(tiny_mae, data_root, tmp_path, capsys):

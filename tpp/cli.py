@@ -209,19 +209,30 @@ def cmd_validate(args) -> int:
     if problems:
         listed = "\n".join(f"  - {p}" for p in problems)
         raise TppError(f"{args.config} would not run (found with its data loaded):\n{listed}")
-    if cfg.pool:  # a backbone from scratch on a pool of datasets
-        what = (f"pool {', '.join(e.data.name for e in cfg.pool)}, ViT-MAE width {cfg.model.hidden_size} "
-                f"depth {cfg.model.num_hidden_layers}")
-    elif cfg.recipe == "evaluate":  # the adapter's own method is on its card
-        what = f"adapter '{cfg.adapter.path}', data {cfg.data.name}"
-    elif cfg.recipe == "incontext":  # episodes of every dataset under the root but the held-out ones
-        what = f"{cfg.incontext.kind} in-context model, holding out {', '.join(cfg.incontext.holdout)}"
-    else:
-        what = f"adapter {cfg.adapter.method}, data {cfg.data.name}"
-    print(f"ok: {args.config} (recipe {cfg.recipe}, {what}, output_dir {cfg.output_dir})")
+    print(f"ok: {args.config} (recipe {cfg.recipe}, {_what_runs(cfg)}, output_dir {cfg.output_dir})")
+    if cfg.recipe == "finetune" and cfg.adapter.init_from:  # what the run prints: values the parent replaces
+        from tpp.adapter_dir import read_card
+        from tpp.builders import inherit
+
+        for note in inherit(cfg.adapter, read_card(cfg.adapter.init_from))[2]:
+            print(f"init_from: {note}")
     if loaded:
         print(f"data {loaded}")
     return 0
+
+
+def _what_runs(cfg) -> str:
+    """A few words on what a validated config would train (validate's ok line)."""
+    pool = ", ".join(e.data.name for e in cfg.pool)
+    if cfg.recipe == "pretrain_backbone":  # a backbone from scratch on a pool of datasets
+        return f"pool {pool}, ViT-MAE width {cfg.model.hidden_size} depth {cfg.model.num_hidden_layers}"
+    if cfg.recipe == "multitask":
+        return f"scope {cfg.multitask.scope}, adapter {cfg.adapter.method}, pool {pool}"
+    if cfg.recipe == "evaluate":  # the adapter's own method is on its card
+        return f"adapter '{cfg.adapter.path}', data {cfg.data.name}"
+    if cfg.recipe == "incontext":  # episodes of every dataset under the root but the held-out ones
+        return f"{cfg.incontext.kind} in-context model, holding out {', '.join(cfg.incontext.holdout)}"
+    return f"adapter {cfg.adapter.method}, data {cfg.data.name}"
 
 
 def cmd_run(args) -> int:

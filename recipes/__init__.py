@@ -231,6 +231,10 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     get_recipe(name)
     cfg = load_config(config_path, list(overrides), recipe=name)
     label = "the config dict" if isinstance(config_path, Mapping) else str(config_path)
+    from tpp.rundir import refuse_if_in_use
+
+    if int(os.environ.get("RANK", "0")) == 0:  # (the other processes of a launch never write it)
+        refuse_if_in_use(Path(cfg.output_dir))  # a run still going there: said first, not after the data checks
     refuse_problems(cfg, label)  # before the run directory exists
     resuming = bool(cfg.train.resume)
     if resuming:

@@ -401,6 +401,15 @@ def test_tpp_plot_draws_loss_and_validation_curves(tiny_mae, data_root, tmp_path
     losses, curves = read_log(out)
     assert len(losses) == 6 and [s for s, _ in curves["val_auroc"]] == [2, 4, 6]
     assert main(["plot", str(tmp_path)]) == 2 and "no log.jsonl" in capsys.readouterr().err
+    failed = tmp_path / "failed"  # a run that failed before its first step says so, with its error
+    failed.mkdir()
+    (failed / "log.jsonl").write_text('{"time": 0.1, "event": "data"}\n')
+    (failed / "status.json").write_text('{"status": "failed", "error": "TppError: no images"}')
+    assert main(["plot", str(failed)]) == 2
+    assert "the run failed before its first step (TppError: no images)" in capsys.readouterr().err
+    assert main(["compare", str(out), "--csv", str(tmp_path / "no" / "such" / "r.csv")]) == 2  # before the table
+    captured = capsys.readouterr()
+    assert "does not exist; create it" in captured.err and captured.out == ""
 
 
 def test_tensorboard_tracker_and_a_diverging_run_keeps_its_last_checkpoint(tiny_mae, data_root, tmp_path, capsys):

@@ -384,6 +384,12 @@ def test_a_second_process_in_a_folder_whose_run_is_still_going_is_refused(tmp_pa
     with pytest.raises(TppError, match="is in use by another tpp process"):
         RunDir(tmp_path / "out", overwrite=True)
     assert json.loads((tmp_path / "out" / "status.json").read_text())["status"] == "running"
+    from tpp.recipes import find_config, run_recipe
+
+    first.write_config({"recipe": "finetune", "train": {"checkpoint_every": 5}})  # the running run's
+    with pytest.raises(TppError, match="is in use by another tpp process"):  # said first, not "config differs"
+        run_recipe("finetune", find_config(FINETUNE_CONFIG), ["train.resume=auto", "train.checkpoint_every=7",
+                                                              f"output_dir={tmp_path / 'out'}"])
     first.status("failed")
     first.release()  # the run is over (or its process died): the folder is free again
     RunDir(tmp_path / "out", resume=True).release()

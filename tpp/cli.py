@@ -120,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("overrides", nargs="*", help="key=value overrides")
     val.add_argument("--keys", action="store_true", help="list every config key with type, default and help")
     pl = add("plot", "plot a run's training curves, and ROC and calibration from its predictions.csv (PNG)")
-    pl.add_argument("run_dir", help="a run directory (output_dir) of a fine-tune or an evaluation")
+    pl.add_argument("run_dir", help="a run directory (output_dir) of any recipe (a failed or running one too: "
+                                    "its curves so far)")
     pl.add_argument("--out", help="path of the training-curves PNG (default RUN_DIR/curves.png)")
     add_deploy_commands(add)
     add_context_command(add)
@@ -313,6 +314,8 @@ def check_table_out(out: Path, runs: list) -> None:
 
     if out.suffix.lower() != ".csv":
         raise TppError(f"--csv '{out}': give a file name ending in .csv.")
+    if not out.parent.is_dir():
+        raise TppError(f"--csv '{out}': the folder '{out.parent}' does not exist; create it or write elsewhere.")
     in_a_run = (out.parent / "status.json").is_file()  # any run's folder, compared or not
     if out.name in RUN_FILES and (in_a_run or any(out.resolve().parent == Path(r).resolve() for r in runs)):
         raise TppError(f"--csv '{out}' is a file of a run ('{out.parent}'); write the table elsewhere.")

@@ -52,7 +52,10 @@ def read_log(run_dir: Path) -> tuple[list, dict]:
     losses = sorted(losses.items())
     curves = {k: sorted(v.items()) for k, v in curves.items()}
     if not losses:
-        raise TppError(f"'{log}' holds no training steps yet.")
+        state = _run_status(run_dir)
+        said = (f": the run failed before its first step ({state.get('error') or 'no error recorded'})"
+                if state.get("status") == "failed" else " yet")
+        raise TppError(f"'{log}' holds no training steps{said}.")
     return losses, curves
 
 
@@ -92,6 +95,17 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
+def _run_status(run_dir: Path) -> dict:
+    """``status.json`` of a run ({} when it has none or it cannot be read)."""
+    import json
+
+    try:
+        state = json.loads((Path(run_dir) / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def plot_all(run_dir: str | Path, out: str | Path | None = None) -> tuple[list[Path], list[str]]:
     """Every picture the run's files allow: (PNG paths written, notes on what could not be drawn).
     ``out``: the path of the curves PNG (default ``RUN_DIR/curves.png``); the others go to ``RUN_DIR``."""
@@ -124,7 +138,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     losses, curves = read_log(run_dir)
     fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(10 if curves else 5, 3.5), squeeze=False)
     axes[0][0].plot(*zip(*losses), lw=1)
-    axes[0][0].set(xlabel="step", ylabel="training loss", title=run_dir.name)
+    status = _run_status(run_dir).get("status")
+    partial = f" ({status}: the steps so far)" if status in ("running", "failed") else ""
+    axes[0][0].set(xlabel="step", ylabel="training loss", title=run_dir.name + partial)
     if curves:
         for name, points in curves.items():
             axes[0][1].plot(*zip(*points), marker="o", ms=3, label=name)

@@ -139,21 +139,7 @@ class RunDir:
     def _lock(self) -> None:
         """Hold an exclusive lock on the folder (released by :meth:`release` or when the process ends, even by
         SIGKILL): a second tpp process in the same ``output_dir`` (a resume of a run still going) is refused."""
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): no lock
-            return
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise TppError(f"output_dir '{self.path}' is in use by another tpp process (a run still going there); "
-                           "wait for it to end or stop it, or choose another output_dir=...") from None
-        except OSError:  # a filesystem without locks (ENOLCK, ENOTSUP): the run goes on unlocked
-            os.close(fd)
-            return
-        self._lock_fd = fd
+        self._lock_fd = lock_folder(self.path)
 
     def release(self) -> None:
         """Release the folder's lock (the run is over)."""
@@ -415,6 +401,34 @@ def signals_held():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
+
+
+def lock_folder(path: Path) -> int | None:
+    """An exclusive, non-blocking flock on folder ``path``: its descriptor (closing it releases the lock), or None
+    where the filesystem (or the system) has no locks. A TppError when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no lock
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TppError(f"output_dir '{path}' is in use by another tpp process (a run still going there); "
+                       "wait for it to end or stop it, or choose another output_dir=...") from None
+    except OSError:  # a filesystem without locks (ENOLCK, ENOTSUP): the run goes on unlocked
+        os.close(fd)
+        return None
+    return fd
+
+
+def refuse_if_in_use(path: Path) -> None:
+    """Refuse at once (before the config and data checks) an ``output_dir`` a running tpp process holds."""
+    if Path(path).is_dir():
+        fd = lock_folder(Path(path))
+        if fd is not None:
+            os.close(fd)
 
 
 def only_run_files(path: Path) -> bool:

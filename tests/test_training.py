@@ -64,3 +64,21 @@ def test_step_bar_in_a_log_ends_its_line(capsys):
         pass
     err = capsys.readouterr().err
     assert err.endswith("\n") and "3/3" in err.splitlines()[-1]
+
+
+def test_a_long_prediction_pass_shows_a_bar_on_a_terminal_only(capsys, monkeypatch):
+    """Evaluating thousands of images sat silent for a minute; a pass of 20 batches or more shows a bar on a
+    terminal (none in a log, none for a short validation pass)."""
+    import sys
+
+    import torch
+    from accelerate import Accelerator
+
+    from tpp.training import predict_probs
+
+    model, images = torch.nn.Flatten(), torch.rand(40, 2)
+    for terminal, batch, shown in ((True, 2, True), (True, 4, False), (False, 2, False)):
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal, raising=False)
+        probs = predict_probs(Accelerator(cpu=True), model, images, batch)
+        assert probs.shape == (40, 2)
+        assert ("predict" in capsys.readouterr().err) == shown, (terminal, batch)

@@ -342,7 +342,9 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, images, batch_size
     else:
         batches = index_batches(images, mine, batch_size, num_workers)
     out = []
-    for batch in batches:
+    count = -(-len(mine) // batch_size)
+    shown = accelerator.is_main_process and sys.stderr.isatty() and count >= 20  # a long pass, on a terminal
+    for batch in tqdm(batches, desc="predict", total=count, leave=False, disable=not shown):
         with accelerator.autocast(), torch.no_grad():
             out.append(postprocess(model(batch.to(accelerator.device))).cpu())
     rows = torch.cat(out)

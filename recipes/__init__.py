@@ -405,8 +405,14 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     if not saved_file.is_file():
         return
     try:
-        if not saved_file.read_bytes().strip():
-            raise TppError(f"config file '{saved_file}' is empty.")
+        import yaml
+
+        try:
+            empty = yaml.safe_load(saved_file.read_text(encoding="utf-8")) is None
+        except (UnicodeDecodeError, yaml.YAMLError):
+            empty = False  # load_yaml says what is wrong
+        if empty:
+            raise TppError(f"config file '{saved_file}' is empty (or holds only comments).")
         saved = load_yaml(saved_file)
     except OSError as exc:
         raise TppError(f"train.resume: '{saved_file}', the interrupted run's config, cannot be read "

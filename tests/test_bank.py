@@ -275,6 +275,11 @@ def test_a_damaged_store_version_is_not_republished_loaded_or_evaluated_as_good(
     renamed = tmp_path / "mine"
     copy.rename(renamed)  # no store version: an adapter folder like any other
     assert read_card(renamed)["method"]
+    linked = tmp_path / "linked" / version  # the very files, plus a symbolic link: no published version holds one
+    shutil.copytree(folder, linked)
+    (linked / "extra.bin").symlink_to(folder / "adapter_model.safetensors")
+    with pytest.raises(TppError, match="is a symbolic link or no regular file"):
+        read_card(linked)
 
 
 def test_a_site_refused_while_serving_follows_the_next_published_version(world, tmp_path):

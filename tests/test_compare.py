@@ -223,6 +223,9 @@ def test_unfinished_folders_are_named_in_one_paragraph(runs, capsys, tmp_path):
     # a CSV that cannot be written is one paragraph too, said before the table
     code, out, _, err = compare(capsys, runs / "cls", "--csv", tmp_path / "no" / "dir" / "x.csv")
     assert code == 2 and "the folder" in err and "does not exist" in err and "Traceback" not in err
+    (tmp_path / "afile").write_text("x")
+    code, out, _, err = compare(capsys, runs / "cls", "--csv", tmp_path / "afile" / "x.csv")
+    assert code == 2 and "is a file, not a folder" in err
 
 
 def test_a_registered_recipe_brings_its_own_row(capsys, tmp_path, monkeypatch):

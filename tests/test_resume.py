@@ -291,7 +291,8 @@ def test_a_damaged_checkpoint_is_refused_naming_it_before_anything_is_applied(ti
 @pytest.mark.parametrize("text, said", [(b"train: [unclosed\n", "is not valid YAML: while parsing"),
                                         (b"!!python/object/apply:os.system ['true']\n", "is not valid YAML"),
                                         (b"\xff\xfe", "is not UTF-8"), (b"- 1\n- 2\n", "must hold a mapping"),
-                                        (b"", "is empty")])
+                                        (b"", "is empty"),
+                                        (b"# only a comment\n", "is empty (or holds only comments).")])
 def test_a_damaged_run_config_is_refused_naming_it(tiny_mae, reference, tmp_path, capsys, text, said):
     """train.resume reads the interrupted run's config.yaml back: broken YAML (its whole message: where it
     broke), a python tag (never constructed), bytes that are no UTF-8, a list or nothing give a TppError naming

@@ -172,8 +172,15 @@ def check_version_folder(path: Path) -> None:
     use what the store refuses. Other folders pass."""
     if not VERSION_RE.fullmatch(path.name):
         return
-    files = {e.name: Path(e.path).read_bytes() for e in sorted(os.scandir(path), key=lambda e: e.name)
-             if e.is_file(follow_symlinks=False)}
+    files = {}
+    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+            raise TppError(f"'{entry.path}' is a symbolic link or no regular file, which a published version never "
+                           "holds; refused.")
+        try:
+            files[entry.name] = Path(entry.path).read_bytes()
+        except OSError as exc:
+            raise TppError(f"'{entry.path}' cannot be read ({exc.strerror or exc}).") from None
     if content_hash(files) != path.name:
         raise TppError(f"'{path}' is named like a published version, but its files' content hash is not its name: "
                        "they changed after publishing (tampering or disk corruption). Refused; publish the adapter "

@@ -224,7 +224,7 @@ def cmd_validate(args) -> int:
 
 def _what_runs(cfg) -> str:
     """A few words on what a validated config would train (validate's ok line)."""
-    pool = ", ".join(e.data.name for e in cfg.pool)
+    pool = ", ".join(e.name or f"{e.data.name}-{e.kind}" for e in cfg.pool)
     if cfg.recipe == "pretrain_backbone":  # a backbone from scratch on a pool of datasets
         return f"pool {pool}, ViT-MAE width {cfg.model.hidden_size} depth {cfg.model.num_hidden_layers}"
     if cfg.recipe == "multitask":
@@ -261,7 +261,11 @@ def _launch(args) -> int:
     from tpp.recipes import refuse_problems
 
     # what `tpp validate` finds: now, once, not once per rank
-    refuse_problems(load_config(_config_path(args.config), args.overrides, recipe=args.recipe), args.config)
+    from tpp.rundir import refuse_if_in_use
+
+    cfg = load_config(_config_path(args.config), args.overrides, recipe=args.recipe)
+    refuse_if_in_use(Path(cfg.output_dir))  # a run still going there: said first
+    refuse_problems(cfg, args.config)
     if args.num_processes > (os.cpu_count() or 1) * 4:
         raise TppError(f"--num-processes {args.num_processes} is far beyond this machine's {os.cpu_count()} CPUs.")
     with socket.socket() as sock:
@@ -314,6 +318,8 @@ def check_table_out(out: Path, runs: list) -> None:
 
     if out.suffix.lower() != ".csv":
         raise TppError(f"--csv '{out}': give a file name ending in .csv.")
+    if out.parent.exists() and not out.parent.is_dir():
+        raise TppError(f"--csv '{out}': '{out.parent}' is a file, not a folder; write the table elsewhere.")
     if not out.parent.is_dir():
         raise TppError(f"--csv '{out}': the folder '{out.parent}' does not exist; create it or write elsewhere.")
     in_a_run = (out.parent / "status.json").is_file()  # any run's folder, compared or not

@@ -405,15 +405,9 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     if not saved_file.is_file():
         return
     try:
-        import yaml
-
-        try:
-            empty = yaml.safe_load(saved_file.read_text(encoding="utf-8")) is None
-        except (UnicodeDecodeError, yaml.YAMLError):
-            empty = False  # load_yaml says what is wrong
-        if empty:
+        saved = load_yaml(saved_file, empty_ok=True)  # read once
+        if not saved:
             raise TppError(f"config file '{saved_file}' is empty (or holds only comments).")
-        saved = load_yaml(saved_file)
     except OSError as exc:
         raise TppError(f"train.resume: '{saved_file}', the interrupted run's config, cannot be read "
                        f"({exc.strerror or exc}). Start over with --overwrite, or restore the file.") from None

@@ -221,7 +221,7 @@ def _labels_read(used: dict) -> float:
     return float(fraction) if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) else 0.0
 
 
-def _label_fraction(cfg) -> float:
+def label_fraction_of(cfg) -> float:
     """The share of the training labels a run uses (1 for a recipe that reads no ``data.label_fraction``)."""
     fraction = getattr(cfg.data, "label_fraction", 1.0)
     return 1.0 if fraction is None else float(fraction)
@@ -246,7 +246,7 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
     method_name, options, parent = cfg.adapter.method, cfg.adapter.typed(), None  # typed once, in the config
     if cfg.adapter.init_from:
         parent_card, method_name, options, notes = parent_adapter(cfg.adapter, info, dataset.modality)
-        check_leakage(parent_card, dataset, cfg.adapter.init_from, _label_fraction(cfg))
+        check_leakage(parent_card, dataset, cfg.adapter.init_from, label_fraction_of(cfg))
         parent = parent_summary(parent_card, cfg.adapter.init_from)
         for note in notes:
             print(f"init_from: {note}")

@@ -175,8 +175,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
-    """Read a YAML config file into a dict, with errors that name the file."""
+def load_yaml(path: str | os.PathLike, empty_ok: bool = False) -> dict:
+    """Read a YAML config file into a dict, with errors that name the file (``empty_ok``: an empty or
+    comment-only file is ``{}``, for the caller to judge)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.")
@@ -186,6 +187,8 @@ def load_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8.") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
+    if data is None and empty_ok:
+        return {}
     if data is None:
         raise ConfigError(f"config file '{path}' is empty (or holds only comments); start from a shipped one: "
                           "`tpp ls`, then `tpp cp NAME my.yaml`.")

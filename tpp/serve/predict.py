@@ -125,7 +125,8 @@ def without_own_outputs(files: list[Path], out: str) -> list[Path]:
     (the CSV and skipped list are documents, never read). An explicit file in that folder is refused earlier
     (:func:`tpp.serve.predict.check_derived_outputs`)."""
     folder = masks_path(out).resolve()
-    kept = [f for f in files if folder not in f.resolve().parents and not (f.parent / MASKS_MARK).is_file()]
+    marked = {p for p in {f.parent for f in files} if (p / MASKS_MARK).is_file()}  # one look per folder
+    kept = [f for f in files if f.parent not in marked and folder not in f.resolve().parents]
     if files and not kept:
         raise TppError(f"no images to predict: the inputs hold only the masks an earlier run wrote to "
                        f"'{masks_path(out)}' (--out), which are not read as inputs.")

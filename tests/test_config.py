@@ -490,3 +490,19 @@ def test_an_override_of_a_section_the_run_does_not_read_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_config(config, ["classification.bootstrap_resamples=0"], recipe="finetune")
+
+
+@pytest.mark.parametrize("data, name", [
+    ({}, "breastmnist"),
+    ({"source": "medmnist", "name": "pneumoniamnist"}, "pneumoniamnist"),
+    ({"source": "npz", "file": "mednist/mednist_64_every5th.npz", "modality": "DX"}, "mednist_64_every5th"),
+    ({"source": "folder", "root": "/data/site_a/", "modality": "US"}, "site_a"),
+    ({"source": "folder", "root": "/data/site_a", "file": "ultrasound", "modality": "US"}, "ultrasound"),
+    ({"source": "csv", "file": "labels.csv", "name": "my-site"}, "my-site"),
+    ({"source": "folder", "modality": "US"}, "folder"),
+])
+def test_a_data_section_without_a_name_is_named_after_its_own_data(data, name):
+    """Not after a MedMNIST set it never read: the name goes into cards, leakage messages and the corruption preset."""
+    assert build_config({"data": data}).data.name == name
+    pool = build_config({"recipe": "multitask", "pool": [{"kind": "mae", "data": data}]}).pool
+    assert pool[0].data.name == name

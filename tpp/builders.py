@@ -195,6 +195,10 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
         decoded = (" (If the parent was trained before 2026-12-01 on photos with an EXIF orientation tag or on 8-bit "
                    "DICOM files, these images now decode differently: pre-train it again.)"
                    if seen.get("split_id") == dataset.split_id and used_splits == ["train"] else "")
+        if seen.get("name") == "breastmnist" != dataset.name:
+            decoded += (" (Before 2026-12-02 data.name defaulted to 'breastmnist' for every data source, and a seeded "
+                        "split depends on data.name: if the parent's config left data.name out, give this run "
+                        "data.name=breastmnist to split as it did, or pre-train the parent again.)")
         raise TppError(
             f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
             f"'{seen.get('split_id')}'), {same} as '{dataset.name}' (split "

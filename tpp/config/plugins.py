@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from pathlib import PurePath
 from typing import Any
 
 from tpp.config.parse import _default, _section, build_dataclass, config_error
@@ -46,10 +47,25 @@ def _data_options(section: dict, path: str) -> dict:
     if not isinstance(name, str):
         raise ConfigError(f"config key '{path}.source' must be str, got {name!r}.")
     options_cls = get_source(name, f"{path}.source").options_cls
+    section.setdefault("name", default_dataset_name(name, section))
     section["options"] = _plugin_options(section, path, DataConfig, options_cls, f"{path}.source={name}",
                                          _owner_hint(section, "data", name, path),
                                          others=set(_option_fields("data", name)))
     return section
+
+
+def default_dataset_name(source: str, section: dict) -> str:
+    """``data.name`` when the config leaves it out: ``breastmnist`` for MedMNIST (the demo's dataset); else the
+    data's own name (``data.file``'s stem, or the data root's folder name) so cards, leakage messages and the
+    corruption preset never name a MedMNIST dataset the run did not read; the source's name as a last resort."""
+    if source == "medmnist":
+        return DataConfig.name
+    for given in (section.get("file"), section.get("root")):
+        if isinstance(given, str) and given.strip():
+            stem = PurePath(given.strip().rstrip("/\\")).stem
+            if stem not in ("", ".", ".."):
+                return stem
+    return source
 
 
 def _pool_entry(entry: Any, index: int) -> Any:

@@ -69,7 +69,9 @@ class DataConfig:
     """Keys common to every data source. The source's own options (``file``, ``image_key``, ``mask_key`` ...)
     are checked by its options dataclass from the source registry (``tpp.data.sources``), set flat as
     ``data.<option>`` and kept in ``options``; :meth:`resolved` gives them typed, defaults filled in."""
-    name: str = _f("breastmnist", "dataset name: a MedMNIST flag (breastmnist, pneumoniamnist ...) or your own")
+    name: str = _f("breastmnist", "dataset name: a MedMNIST flag (breastmnist, pneumoniamnist ...) or your own; "
+                                  "default: breastmnist for data.source=medmnist, else data.file's stem (or the "
+                                  "data root's folder name)")
     source: str = _f("medmnist", "where images come from: a source from the registry (`tpp ls`); each one's "
                                  "options are listed below, tagged")
     root: Optional[str] = _f(None, "data root; default: env TPP_DATA_ROOT")

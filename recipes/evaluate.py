@@ -124,6 +124,9 @@ def run(cfg, run) -> dict:
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
     check_against_card(card, dataset, cfg.adapter.path)
+    seen = seen_split_note(card, dataset, cfg.data.split)
+    if seen:
+        warnings.warn(seen, stacklevel=1)
     split = dataset.split(cfg.data.split)
     model = accelerator.prepare(model)
     targets = task.targets(split)
@@ -135,6 +138,7 @@ def run(cfg, run) -> dict:
     note = task.decision_line()
     shift = corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targets, size, info, run)
     metrics = {cfg.data.split: result, **({"corruption": shift} if shift else {}),
+               **({"split_note": seen} if seen else {}),
                "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]},
                **({"decision": note} if note else {}), "definitions": task.definitions(),
                "wall_time_s": round(run.elapsed(), 1),
@@ -144,6 +148,20 @@ def run(cfg, run) -> dict:
     publish_predictions(run, split_rows(task, cfg.data.split, split, None, pred, targets, list(dataset.class_names)))
     run.publish_json("metrics.json", metrics)
     return metrics
+
+
+def seen_split_note(card: dict, dataset, split: str) -> str | None:
+    """A warning when the evaluated split is one the adapter learnt from (``train``) or was tuned on (``val``:
+    model selection and the decision threshold) — its own dataset and split (same training images) — since its
+    metrics there are optimistic; None for a held-out split or other data."""
+    trained = card.get("data", {})
+    train_hash = (trained.get("split_sha256") or {}).get("train")
+    if split not in ("train", "val") or not train_hash or train_hash != dataset.split_sha256().get("train"):
+        return None
+    how = ("was trained on these images" if split == "train" else
+           "chose its checkpoint and decision threshold on (some of) these images")
+    return (f"dataset '{dataset.name}': the adapter {how} (the {split} split of its own run): the metrics are "
+            "optimistic, not an estimate for new images; evaluate data.split=test for that.")
 
 
 def warn_undefined(result: dict, metric: str, split: str, dataset) -> None:

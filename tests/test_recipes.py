@@ -67,6 +67,19 @@ def test_same_seed_same_metrics_and_evaluate_reproduces_them(tiny_mae, data_root
     ev = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert ev["test"]["auroc"] == pytest.approx(a["test"]["auroc"], abs=1e-6)
     assert ev["test"]["accuracy"] == pytest.approx(a["test"]["accuracy"], abs=1e-6)
+    assert "split_note" not in ev  # the test split is held out
+
+
+@pytest.mark.parametrize("split, said", [("train", "was trained on these images"),
+                                         ("val", "chose its checkpoint and decision threshold")])
+def test_evaluating_a_split_the_adapter_learnt_from_says_its_metrics_are_optimistic(
+        tiny_mae, data_root, tmp_path, split, said):
+    assert finetune(tiny_mae, data_root, tmp_path / "a") == 0
+    with pytest.warns(UserWarning, match=said):
+        assert evaluate(tiny_mae, data_root, tmp_path / "a" / "adapter", tmp_path / "eval",
+                        f"data.split={split}") == 0
+    note = json.loads((tmp_path / "eval" / "metrics.json").read_text())["split_note"]
+    assert said in note and f"the {split} split" in note and "optimistic" in note
 
 
 def test_existing_output_and_config_errors(tiny_mae, data_root, tmp_path, capsys):

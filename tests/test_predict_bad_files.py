@@ -1,6 +1,7 @@
 """``tpp predict`` over folders as hospitals have them: a truncated PNG, PACS-style DICOM files without a suffix,
 stray non-image files, empty folders; ``--on-bad-file skip`` (default) and ``fail``."""
 import csv
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -200,3 +201,21 @@ def test_a_file_name_that_is_no_utf8_is_predicted_and_written_escaped(world, tmp
     assert sorted(r["image"] for r in rows(out)) == [str(folder / "img\\xff\\xfe.png"), str(folder / "plain.png")]
     hashes = Dataset.split_files_sha256(SimpleNamespace(split_files={"train": [odd.name, "plain.png"]}))
     assert len(hashes["train"]) == 16
+
+
+def test_reading_options_that_act_on_no_input_are_warned_about(world, tmp_path):
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png_bytes(world["images"][0]))
+    out = tmp_path / "preds.csv"
+    with pytest.warns(UserWarning) as caught:
+        assert predict(world, "--site", "site_a", folder, "--out", out, "--window", "40,400", "--frame", "0") == 0
+    said = [str(w.message) for w in caught]
+    assert any(s.startswith("--window acts on DICOM and NIfTI files only; none of the 1 inputs") for s in said)
+    assert any(s.startswith("--frame acts on DICOM files only") for s in said) and len(rows(out)) == 1
+
+    (folder / "IM00001").write_bytes(dicom_bytes((np.arange(28 * 28).reshape(28, 28) * 50) % 4000))
+    with warnings.catch_warnings(record=True) as caught:  # a DICOM among the inputs: --window acts on it
+        warnings.simplefilter("always")
+        assert predict(world, "--site", "site_a", folder, "--out", out, "--window", "40,400") == 0
+    assert not [w for w in caught if "--window" in str(w.message)] and len(rows(out)) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from tpp.console import print_table, report_check
@@ -201,8 +202,8 @@ def cmd_predict(args) -> int:
     from tpp.api import open_bank
     from tpp.devices import describe
     from tpp.serve.images import PixelLimits, parse_slice, parse_window
-    from tpp.serve.predict import (assign_sites, nothing_predicted, predict_files, publish_predictions,
-                                   without_own_outputs)
+    from tpp.serve.predict import (assign_sites, ignored_read_options, nothing_predicted, predict_files,
+                                   publish_predictions, without_own_outputs)
 
     if args.batch_size < 1:
         raise TppError(f"--batch-size must be at least 1, got {args.batch_size}.")
@@ -223,6 +224,8 @@ def cmd_predict(args) -> int:
         raise TppError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window),
                "limits": PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))}
+    for line in ignored_read_options([file for file, _ in pairs], options):
+        warnings.warn(line, stacklevel=1)
     bank = open_bank(args.backbone, args.store, args.max_resident, args.device, args.precision)  # as tpp.load
     print(f"device {describe(bank.device)}, precision {bank.precision}", file=sys.stderr)
     rows, masks = predict_files(bank, pairs, args.batch_size, options, skipped)

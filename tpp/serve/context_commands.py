@@ -2,6 +2,7 @@
 (:mod:`tpp.cli` adds these options and commands; everything heavy is imported inside the functions)."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from tpp.console import print_table, printable, report_check
@@ -83,8 +84,8 @@ def cmd_predict_context(args) -> int:
     from tpp.incontext.predict import prepare
     from tpp.serve import images as readers
     from tpp.serve.images import PixelLimits, parse_window
-    from tpp.serve.predict import (Skipped, _bad_file, collect, nothing_predicted, publish_predictions,
-                                   without_own_outputs)
+    from tpp.serve.predict import (Skipped, _bad_file, collect, ignored_read_options, nothing_predicted,
+                                   publish_predictions, without_own_outputs)
 
     if args.store or args.site or args.site_map:
         raise TppError("--context predicts from labelled examples, not from a store: drop --store / --site / "
@@ -103,6 +104,8 @@ def cmd_predict_context(args) -> int:
     prepared = prepare(ctx, extractor, args.method, args.neighbours, args.image_size, model=args.model)
     name = Path(args.context).name.split(".")[0] or "context"
     options = {"frame": args.frame, "slice_spec": args.slice, "window": parse_window(args.window), "limits": limits}
+    for line in ignored_read_options(files, options):
+        warnings.warn(line, stacklevel=1)
     rows, masks, good, arrays = [], {}, [], []
     for i, file in enumerate(files):
         try:

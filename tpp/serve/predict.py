@@ -52,6 +52,29 @@ def _is_image(path: Path) -> bool:
         return False
 
 
+READ_OPTIONS = {"frame": ("--frame", ("dicom",)), "slice_spec": ("--slice", ("nifti",)),
+                "window": ("--window", ("dicom", "nifti"))}  # what each reading option acts on
+
+
+def _format_of(path: Path) -> str | None:
+    """pil | npy | dicom | nifti from the name, else the first bytes; None for a file that cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            return readers.sniff(fh.read(SNIFF_BYTES), path.name)
+    except (OSError, readers.ImageError):
+        return None
+
+
+def ignored_read_options(files: list[Path], options: dict | None) -> list[str]:
+    """One warning for each reading option given (``frame``, ``slice_spec``, ``window``) that acts on no input
+    (e.g. ``--window`` for PNG files only): it would change nothing, which the user should know."""
+    asked = [(flag, kinds) for key, (flag, kinds) in READ_OPTIONS.items() if (options or {}).get(key) is not None]
+    found = {_format_of(Path(f)) for f in files} if asked else set()
+    return [f"{flag} acts on {' and '.join(k.upper() if k == 'dicom' else 'NIfTI' for k in kinds)} files only; "
+            f"none of the {len(files)} inputs is one, so it changes nothing."
+            for flag, kinds in asked if not found & set(kinds)]
+
+
 INPUT_COLUMNS = ("image", "site", "version")  # what was asked; never a file the task wrote, whatever its name
 
 

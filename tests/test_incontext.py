@@ -640,3 +640,17 @@ def test_neighbours_without_knn_are_refused_not_ignored():
     for method in ("prototype", "learned"):
         with pytest.raises(TppError, match=f"used by method knn only, not by {method}"):
             prepare(ctx, None, method, 3)
+
+
+def test_context_publish_with_store_and_set_swapped_says_so_and_writes_nothing(tmp_path, capsys):
+    from helpers import run_cli
+
+    ctx, _ = _write_context(tmp_path)
+    before = sorted(p.relative_to(ctx) for p in ctx.rglob("*"))
+    assert run_cli("context", "publish", str(ctx), str(tmp_path / "store"), "--site", "s") == 2
+    err = capsys.readouterr().err
+    assert f"takes the STORE first, then the set: tpp context publish {tmp_path / 'store'} {ctx} --site s" in err
+    assert sorted(p.relative_to(ctx) for p in ctx.rglob("*")) == before and not (tmp_path / "store").exists()
+    (tmp_path / "store" / "_contexts").mkdir(parents=True)  # a store with a typo'd set: no hint about the order
+    assert run_cli("context", "publish", str(tmp_path / "store"), str(tmp_path / "ctz"), "--site", "s") == 2
+    assert "takes the STORE first" not in capsys.readouterr().err

@@ -39,12 +39,28 @@ def add_context_command(add) -> None:
     cx.add_argument("--max-context", type=int, default=256, help="most examples a set may hold (default 256)")
 
 
+def check_publish_order(store: str, source: str, site: str) -> None:
+    """``tpp context publish`` takes STORE first (unlike ``tpp adapters publish RUN_DIR STORE``): when the set
+    named second does not exist and the store named first exists but is no store (a CSV, or a folder without any
+    published set or adapter), the two were most likely swapped: say so, with the command as meant."""
+    from tpp.serve.contexts import FOLDER
+    from tpp.serve.store import POINTER
+
+    first = Path(store)
+    is_store = first.is_dir() and ((first / FOLDER).is_dir() or any(
+        (child / POINTER).is_file() for child in first.iterdir() if child.is_dir()))
+    if not Path(source).exists() and first.exists() and not is_store:
+        raise TppError(f"context '{source}' does not exist, and '{store}' is no store: tpp context publish takes "
+                       f"the STORE first, then the set: tpp context publish {source} {store} --site {site}")
+
+
 def cmd_context(args) -> int:
     from tpp.serve import contexts
 
     if args.action == "publish":
         if len(args.paths) != 2 or not args.site:
             raise TppError("usage: tpp context publish STORE DIR_OR_CSV --site SITE [--backbone B]")
+        check_publish_order(*args.paths, args.site)
         from tpp.api import quiet
         from tpp.backbones import DEFAULT_BACKBONE, load_backbone
 

@@ -506,3 +506,23 @@ def test_a_data_section_without_a_name_is_named_after_its_own_data(data, name):
     assert build_config({"data": data}).data.name == name
     pool = build_config({"recipe": "multitask", "pool": [{"kind": "mae", "data": data}]}).pool
     assert pool[0].data.name == name
+
+
+def test_an_inherited_option_given_as_the_parents_default_resolved_is_no_conflict():
+    """The parent's card says target_modules None (the backbone family's default) and lists the layers it chose;
+    naming those layers' leaf names explicitly asks for the same thing; other names, or another rank, conflict."""
+    from tpp.builders import inherit
+
+    card = {"method": "lora", "options": {"r": 8, "alpha": 16.0, "target_modules": None},
+            "target_modules": ["layers.0.attention.q_proj", "layers.0.attention.v_proj", "layers.1.attention.q_proj"]}
+    shipped = CONFIG_DIR / "breast_us/mae_vit_tiny_lora_finetune.yaml"
+
+    def adapter(*overrides):
+        return load_config(shipped, ["adapter.init_from=runs/tpp/adapter", *overrides]).adapter
+
+    method, options, notes = inherit(adapter("adapter.target_modules=[v_proj, q_proj]"), card)
+    assert method == "lora" and set(options["target_modules"]) == {"q_proj", "v_proj"} and notes == []
+    with pytest.raises(ConfigError, match=r"adapter\.target_modules=\['q_proj', 'out_proj'\] conflicts"):
+        inherit(adapter("adapter.target_modules=[q_proj, out_proj]"), card)
+    with pytest.raises(ConfigError, match=r"adapter\.r=4 conflicts"):
+        inherit(adapter("adapter.r=4"), card)

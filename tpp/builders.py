@@ -82,7 +82,7 @@ def inherit(adapter_cfg, card: dict) -> tuple[str, dict, list[str]]:
         raise ConfigError(f"{', '.join('adapter.' + k for k in foreign)}: not an option of the parent adapter's "
                           f"method {card['method']} ('{source}').")
     for key, value in given.items():
-        if key in method.inherited and value != options.get(key):
+        if key in method.inherited and not _same_inherited(key, value, options.get(key), card):
             if is_explicit(key):
                 raise ConfigError(f"adapter.{key}={value!r} conflicts with the parent adapter '{source}' "
                                   f"({key}={options.get(key)!r}); it is inherited, drop the override.")
@@ -90,6 +90,17 @@ def inherit(adapter_cfg, card: dict) -> tuple[str, dict, list[str]]:
             continue
         options[key] = value
     return card["method"], options, notes
+
+
+def _same_inherited(key: str, value, parent_value, card: dict) -> bool:
+    """Whether a given inherited option asks for what the parent has: equal, or for ``target_modules`` the
+    leaf names of the layers the parent's default (None: per backbone family) chose (its card lists them)."""
+    if value == parent_value:
+        return True
+    if key == "target_modules" and parent_value is None and isinstance(value, list):
+        chosen = {str(path).rsplit(".", 1)[-1] for path in card.get("target_modules") or []}
+        return bool(chosen) and set(map(str, value)) == chosen
+    return False
 
 
 def effective_adapter(cfg, inherits: bool = True) -> tuple[str, dict]:

@@ -1,5 +1,5 @@
 """The package's shape: no import cycles (module-level or inside functions), and the deployment package
-``tpp.serve`` is imported only by itself, the CLI and the Python API (``tpp.api``, the CLI's counterpart in
+``tpp.serve`` is imported only by itself, the CLI and the Python API (``tpp.api.deploy``, the CLI's counterpart in
 a notebook; ``tpp/__init__`` reaches it lazily): training never depends on serving."""
 import ast
 from pathlib import Path
@@ -77,4 +77,4 @@ def test_tpp_has_no_import_cycles():
 
 def test_only_the_cli_and_the_api_import_the_deployment_package():
     users = {m for m, deps in import_graph().items() if any(d.startswith("tpp.serve") for d in deps)}
-    assert {u for u in users if not u.startswith("tpp.serve")} == {"tpp.cli", "tpp.api"}
+    assert {u for u in users if not u.startswith("tpp.serve")} == {"tpp.cli", "tpp.api.deploy"}

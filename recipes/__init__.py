@@ -146,12 +146,13 @@ def refuse_problems(cfg, label: str, load_adapter: bool = False) -> None:
 
 def check_loaded_data(cfg) -> tuple[str | None, list[str]]:
     """What ``tpp validate`` checks of the data itself for a recipe that declares ``check_data(cfg, dataset)``
-    (finetune, evaluate): the data section is loaded as the run loads it (labels included, at the run's input
-    size; a folder's images stay on disk) and checked as the run checks it right after loading, before any
-    training: the task's needs, the positive class among the classes, the splits the run uses not empty, an
-    adapter's classes and split, a parent adapter's leakage and modality. Nothing is downloaded: a MedMNIST file
-    the run would fetch is reported as not loaded. Returns (what was loaded and what the run uses of it, or None;
-    the problems found, loading problems included); (None, []) for other recipes."""
+    (finetune, evaluate, tpp): the data section is loaded as the run loads it (labels included unless the recipe
+    says ``DATA_LABELS = False``, at the run's input size; a folder's images stay on disk) and checked as the run
+    checks it right after loading, before any training: the task's needs, the positive class among the classes,
+    the splits the run uses not empty, an adapter's classes and split, a parent adapter's leakage and modality.
+    Nothing is downloaded: a MedMNIST file the run would fetch is reported as not loaded. Returns (what was loaded
+    and what the run uses of it, or None; the problems found, loading problems included); (None, []) for other
+    recipes."""
     from tpp.data.build import load_data
     from tpp.errors import TppError
 
@@ -162,7 +163,7 @@ def check_loaded_data(cfg) -> tuple[str | None, list[str]]:
         absent = medmnist_to_download(cfg.data)
         if absent:
             return f"{cfg.data.name}: not loaded ({absent} is absent; the run downloads it)", []
-        dataset = load_data(cfg.data, cfg.seed, run_input_size(cfg))
+        dataset = load_data(cfg.data, cfg.seed, run_input_size(cfg), labels=getattr(recipe, "DATA_LABELS", True))
         used = recipe.check_data(cfg, dataset)
     except TppError as exc:
         return None, getattr(exc, "problems", [str(exc)])

@@ -25,18 +25,35 @@ from tpp.backbones import load_backbone
 from tpp.builders import input_rule, record_skipped
 from tpp.data.build import load_data, random_hflip
 from tpp.data.stream import ModelInputs, concat_images, stream_loader
-from tpp.errors import ConfigError
+from tpp.errors import ConfigError, TppError
 from tpp.model import attach_adapter, input_frame, trainable_parameters
 from tpp.pretext import get_pretext
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_optimizer, make_scheduler, plan_steps,
                           train_loop)
 
 
+DATA_LABELS = False  # the pretext reads images only: `tpp validate` loads the data as the run does
+
+
+def pretext_splits(dataset, use_eval_splits: bool) -> list[str]:
+    """The splits pre-trained on: train (plus val/test when explicitly allowed and not empty)."""
+    return ["train"] + ([s for s in ("val", "test") if len(dataset.splits.get(s, ()))] if use_eval_splits else [])
+
+
 def unlabeled_images(dataset, use_eval_splits: bool) -> tuple:
-    """Images only, as stored: the training split (plus val/test when explicitly allowed and not empty).
-    Labels are not returned."""
-    names = ["train"] + ([s for s in ("val", "test") if len(dataset.splits.get(s, ()))] if use_eval_splits else [])
+    """Images only, as stored, of :func:`pretext_splits`. Labels are not returned."""
+    names = pretext_splits(dataset, use_eval_splits)
     return concat_images([dataset.split(s).images for s in names]), names
+
+
+def check_data(cfg, dataset) -> dict:
+    """What this recipe needs of its loaded data, before any training (``tpp validate`` loads the data without
+    labels, as the run does, and runs it too): images to pre-train on. Returns {split: images pre-trained on}."""
+    used = {s: len(dataset.splits.get(s, ())) for s in pretext_splits(dataset, cfg.data.use_eval_splits)}
+    if not sum(used.values()):
+        raise TppError(f"dataset '{dataset.name}': the training split holds no image: nothing to pre-train on "
+                       f"({dataset.source}).")
+    return used
 
 
 def check(cfg) -> None:
@@ -53,8 +70,9 @@ def run(cfg, run) -> dict:
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                            with_decoder=pretext_kind.uses_checkpoint_decoder(pretext_options),
                                            input_size=cfg.backbone.input_size)
-    dataset = load_data(cfg.data, cfg.seed, info.input_size, labels=False)
+    dataset = load_data(cfg.data, cfg.seed, info.input_size, labels=DATA_LABELS)
     record_skipped([dataset], run)
+    check_data(cfg, dataset)
     images, splits_used = unlabeled_images(dataset, cfg.data.use_eval_splits)
     torch.manual_seed(cfg.seed)
     method, typed, targets = attach_adapter(encoder, cfg.adapter.method, cfg.adapter.typed())

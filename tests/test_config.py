@@ -526,3 +526,12 @@ def test_an_inherited_option_given_as_the_parents_default_resolved_is_no_conflic
         inherit(adapter("adapter.target_modules=[q_proj, out_proj]"), card)
     with pytest.raises(ConfigError, match=r"adapter\.r=4 conflicts"):
         inherit(adapter("adapter.r=4"), card)
+
+
+def test_switching_the_source_away_from_medmnist_on_the_command_line_drops_the_files_dataset_name():
+    shipped = CONFIG_DIR / "breast_us/mae_vit_tiny_lora_tpp.yaml"
+    assert yaml.safe_load(shipped.read_text())["data"]["name"] == "breastmnist"
+    switched = ["data.source=npz", "data.file=mednist/mednist_64_every5th.npz", "data.modality=DX"]
+    assert load_config(shipped, switched).data.name == "mednist_64_every5th"
+    assert load_config(shipped, [*switched, "data.name=mednist"]).data.name == "mednist"
+    assert load_config(shipped, ["data.source=medmnist"]).data.name == "breastmnist"  # no switch: kept

@@ -27,6 +27,21 @@ def test_a_config_that_would_run_is_ok(tiny_mae, data_root, capsys):
     assert code == 0 and text.startswith("ok: ")
 
 
+def test_tpp_is_validated_on_its_data_loaded_without_labels(tiny_mae, data_root, tmp_path, capsys):
+    """The pre-training data is loaded as the run loads it (images only): a wrong key of an .npz is found by
+    validate, not by the run after the backbone loaded."""
+    base = [f"backbone.path={tiny_mae}", f"data.root={data_root}"]
+    code, text = validate(capsys, TPP, *base, "data.use_eval_splits=true")
+    assert code == 0 and "data breastmnist: 60 train / 20 val / 20 test images used" in text
+    images = np.zeros((12, 28, 28), np.uint8)
+    np.savez(tmp_path / "scans.npz", images=images, labels=np.arange(12) % 2)
+    npz = ["data.source=npz", f"data.file={tmp_path / 'scans.npz'}", "data.modality=US"]
+    code, text = validate(capsys, TPP, *base, *npz, "data.image_key=imgs")
+    assert code == 2 and "found with its data loaded" in text and "has no key 'imgs'" in text
+    code, text = validate(capsys, TPP, *base, *npz)
+    assert code == 0 and "data scans: " in text and " train images used" in text, text
+
+
 def test_every_problem_before_a_run_is_listed_at_once(tiny_mae, data_root, tmp_path, capsys):
     code, text = validate(capsys, FINETUNE, f"backbone.path={tmp_path / 'no_backbone'}",
                           f"data.root={tmp_path / 'nowhere'}", f"adapter.init_from={tmp_path / 'no_adapter'}")

@@ -97,7 +97,8 @@ def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default
     """``adapter.method=X`` / ``pretext.name=X`` / ``data.source=X`` on the command line replaces the file's
     method / pretext / source:
     the file's options were written for its own choice and are dropped (in place), its common keys
-    (``adapter.init_from`` ...) stay; options given on the command line are checked by X."""
+    (``adapter.init_from`` ...) stay, but for ``data.name`` of a MedMNIST source (it chose the file); options given
+    on the command line are checked by X."""
     section, given = data.get(section_name), given.get(section_name)
     if not isinstance(given, dict) or key not in given or not isinstance(section, dict):
         return
@@ -112,6 +113,8 @@ def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default
         kept = {k: v for k, v in section.items() if k in common}
         if section_name == "adapter":
             kept.update(_shared_part_options(section, common, old, new))
+        if section_name == "data" and old == "medmnist":  # its name chose the MedMNIST file the run no longer reads
+            kept.pop("name", None)
         data[section_name] = kept
 
 

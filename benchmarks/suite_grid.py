@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from tpp.config.parse import safe_load_unique
+
 # approach -> (family, task kinds it applies to)
 APPROACHES = {
     "resnet18": ("task-specific", {"classification"}),
@@ -153,7 +155,7 @@ def load_grid(path) -> Grid:
     the number of masks, 10 epochs with at least 150 steps)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load_unique(path.read_text())  # a task or approach given twice is an error
     except OSError as exc:
         raise GridError(f"{path}: cannot read the grid file ({exc.strerror or exc}).") from None
     except yaml.YAMLError as exc:

@@ -5,7 +5,7 @@ import pytest
 import yaml
 from helpers import without_config_name
 
-from tpp.config import RunConfig, apply_overrides, build_config, help_lines, load_config, parse_override
+from tpp.config import RunConfig, apply_overrides, build_config, help_lines, load_config, load_yaml, parse_override
 from tpp.errors import ConfigError
 from tpp.recipes import CONFIG_DIR, get_recipe, shipped_configs
 from tpp.training import plan_steps
@@ -535,3 +535,17 @@ def test_switching_the_source_away_from_medmnist_on_the_command_line_drops_the_f
     assert load_config(shipped, switched).data.name == "mednist_64_every5th"
     assert load_config(shipped, [*switched, "data.name=mednist"]).data.name == "mednist"
     assert load_config(shipped, ["data.source=medmnist"]).data.name == "breastmnist"  # no switch: kept
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_both_lines(tmp_path):
+    """Plain YAML keeps the last of two `train:` sections: the first one's values were lost without a word."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("train:\n  max_steps: 3\n  lr: 5.0e-4\nadapter:\n  r: 4\ntrain:\n  batch_size: 16\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml' is not valid YAML: key 'train' is given twice \(first on "
+                                          r"line 1\); keep one\n.*line 6"):
+        load_config(path)
+    path.write_text("train:\n  lr: 1.0e-3\n  lr: 5.0e-4\n")
+    with pytest.raises(ConfigError, match=r"key 'lr' is given twice \(first on line 2\)"):
+        load_config(path)
+    path.write_text("base: &b {lr: 1.0e-3}\ntrain:\n  <<: *b\n  max_steps: 3\n")  # a merge key is no repeat
+    assert load_yaml(path)["train"] == {"lr": 1.0e-3, "max_steps": 3}

@@ -83,6 +83,7 @@ def test_costs_are_timed_at_one_thread_and_the_callers_thread_count_comes_back()
     (GOOD.replace("seeds: 2", "seeds: {0.5: 2}"), "'seeds' gives no seed count for label fraction 0.1"),
     (GOOD.replace("[0.1]", "[2]"), "'grid[0].fractions' must be a list of label fractions in (0, 1]"),
     ("grid: [", "not valid YAML"),
+    (GOOD + "seeds: 5\n", "not valid YAML (key 'seeds' is given twice (first on line 2); keep one)"),
 ])
 def test_grid_mistakes_are_one_error_naming_the_file_and_the_key(tmp_path, text, expected):
     path = write(tmp_path, text)

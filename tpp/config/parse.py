@@ -175,6 +175,32 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (two ``train:`` sections, a repeated
+    ``lr:``): plain YAML keeps the last one silently, so the first block's values would be lost without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` merges, its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice (first on line {first.start_mark.line + 1}); keep one",
+                    key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def safe_load_unique(text: str):
+    """``yaml.safe_load`` that refuses repeated keys (:class:`UniqueKeyLoader`)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def load_yaml(path: str | os.PathLike, empty_ok: bool = False) -> dict:
     """Read a YAML config file into a dict, with errors that name the file (``empty_ok``: an empty or
     comment-only file is ``{}``, for the caller to judge)."""
@@ -182,7 +208,7 @@ def load_yaml(path: str | os.PathLike, empty_ok: bool = False) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8.") from None
     except yaml.YAMLError as exc:

@@ -218,6 +218,8 @@ def test_yaml_no_is_the_string_no_for_choices(tmp_path):
     ("data.val_fraction", -0.5, r"data\.val_fraction must lie in \[0, 1\).*got -0\.5"),
     ("data.val_fraction", 1.5, r"data\.val_fraction must lie in \[0, 1\).*got 1\.5"),
     ("data.test_fraction", 1, r"data\.test_fraction must lie in \[0, 1\)"),
+    ("adapter.alpha", 0, r"adapter\.alpha must be a positive number .*at 0 the adapter would never train\), got 0"),
+    ("adapter.alpha", -16, r"adapter\.alpha must be a positive number"),
 ])
 def test_out_of_range_training_and_split_values_are_config_errors(key, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -1,6 +1,7 @@
 """LoRA (with DoRA and rsLoRA options) through peft."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
@@ -27,6 +28,9 @@ class LoraOptions:
     def __post_init__(self):
         if self.r < 1:
             raise ConfigError(f"adapter.r must be at least 1, got {self.r}.")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"adapter.alpha must be a positive number (updates are scaled by alpha / r: at 0 the "
+                              f"adapter would never train), got {self.alpha}.")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"adapter.dropout must be in [0, 1), got {self.dropout}.")
         if self.bias != "none":

@@ -6,6 +6,7 @@ their sites as sub-batches.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -27,6 +28,9 @@ class LycorisOptions:
     def __post_init__(self):
         if self.r < 1:
             raise ConfigError(f"adapter.r must be at least 1, got {self.r}.")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ConfigError(f"adapter.alpha must be a positive number (updates are scaled by alpha / r: at 0 the "
+                              f"adapter would never train), got {self.alpha}.")
         for key in ("rank_dropout", "module_dropout"):
             if not 0 <= getattr(self, key) < 1:
                 raise ConfigError(f"adapter.{key} must be in [0, 1), got {getattr(self, key)}.")

@@ -254,3 +254,33 @@ def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
         logs = proc.communicate(timeout=HANG_S)[0]
     assert proc.returncode == 0, logs
     assert "1 torch threads" in logs
+
+
+@pytest.mark.parametrize("option, value, said", [
+    ("--max-batch", "0", "--max-batch must be at least 1, got 0."),
+    ("--port", "70000", "--port must lie in 1..65535, got 70000."),
+    ("--max-upload-mb", "-1", "--max-upload-mb must be positive, got -1.0."),
+    ("--max-wait-ms", "-5", "--max-wait-ms must be 0 or more, got -5.0."),
+    ("--max-resident", "0", "--max-resident must be at least 1, got 0."),
+])
+def test_tpp_serve_refuses_a_number_option_out_of_range_before_loading(world, capsys, option, value, said):
+    """--max-batch 0 used to start, then kill the inference thread at the first request (healthz still ok)."""
+    assert main(["serve", "--backbone", "nowhere", "--store", str(world["store"]), option, value]) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and "nowhere" not in err  # refused before the backbone
+
+
+def test_tpp_serve_on_a_port_in_use_is_one_error_before_loading(world, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--backbone", "nowhere", "--store", str(world["store"]), "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err and "nowhere" not in err
+
+
+def test_tpp_run_refuses_fewer_than_one_process(capsys):
+    assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+                 "--num-processes", "0"]) == 2
+    assert "--num-processes must be at least 1, got 0." in capsys.readouterr().err

@@ -242,6 +242,8 @@ def cmd_run(args) -> int:
     started = time.time()  # the reported wall time counts from here: config, backbone and data loading included
     from tpp import api
 
+    if args.num_processes < 1:
+        raise TppError(f"--num-processes must be at least 1, got {args.num_processes}.")
     if args.num_processes > 1 and "LOCAL_RANK" not in os.environ:
         return _launch(args)
 

@@ -2,6 +2,7 @@
 ``serve`` (:mod:`tpp.cli` adds these commands; everything heavy is imported inside the functions)."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import warnings
@@ -287,8 +288,7 @@ def cmd_serve(args) -> int:
             raise TppError(f"cannot read --token-file '{args.token_file}' ({exc.strerror}).") from None
         if not token:
             raise TppError(f"--token-file '{args.token_file}' is empty.")
-    if min(args.max_image_pixels, args.max_request_pixels) < 1 or not args.body_timeout > 0:
-        raise TppError("--max-image-pixels and --max-request-pixels must be at least 1, --body-timeout positive.")
+    check_serve_numbers(args)
     if args.max_request_pixels < args.max_image_pixels:
         raise TppError(f"--max-request-pixels ({args.max_request_pixels}) must be at least --max-image-pixels "
                        f"({args.max_image_pixels}): otherwise such an image could never be sent.")
@@ -298,6 +298,7 @@ def cmd_serve(args) -> int:
         return _serve_ray(args, token)
     if args.replicas != 1 or args.address:
         raise TppError("--replicas and --address are options of --engine ray.")
+    check_port_free(args.host, args.port)
     try:
         serve(args.backbone, args.store, args.host, args.port, token=token, insecure=args.insecure,
               max_resident=args.max_resident, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
@@ -307,6 +308,40 @@ def cmd_serve(args) -> int:
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
         print("tpp serve stopped", file=sys.stderr)
     return 0
+
+
+def check_serve_numbers(args) -> None:
+    """Every number option of ``tpp serve`` in its range, before anything loads: ``--max-batch 0`` killed the
+    inference thread at the first request, a port above 65535 was taken modulo 65536."""
+    finite = math.isfinite
+    rules = [("--port", args.port, 1 <= args.port <= 65535, "lie in 1..65535"),
+             ("--max-batch", args.max_batch, args.max_batch >= 1, "be at least 1"),
+             ("--max-resident", args.max_resident, args.max_resident >= 1, "be at least 1"),
+             ("--max-context", args.max_context, args.max_context >= 1, "be at least 1"),
+             ("--max-image-pixels", args.max_image_pixels, args.max_image_pixels >= 1, "be at least 1"),
+             ("--max-request-pixels", args.max_request_pixels, args.max_request_pixels >= 1, "be at least 1"),
+             ("--max-wait-ms", args.max_wait_ms, finite(args.max_wait_ms) and args.max_wait_ms >= 0, "be 0 or more"),
+             ("--max-upload-mb", args.max_upload_mb, finite(args.max_upload_mb) and args.max_upload_mb > 0,
+              "be positive"),
+             ("--body-timeout", args.body_timeout, finite(args.body_timeout) and args.body_timeout > 0, "be positive")]
+    for flag, value, ok, need in rules:
+        if not ok:
+            raise TppError(f"{flag} must {need}, got {value}.")
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once and let go, so that a port in use is one clear error before the backbone loads
+    (uvicorn says so only after start-up, and exits with its own code)."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is no use
+            probe.bind((host, port))
+    except OSError as exc:
+        raise TppError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): is another service on that port? "
+                       "Choose another with --port, or stop it.") from None
 
 
 def _serve_ray(args, token: str | None) -> int:

@@ -137,7 +137,8 @@ def test_a_mistake_then_the_same_command_after_the_fix_runs(tiny_mae, tmp_path, 
     (root / "breastmnist.npz").write_bytes(good)  # fixed; the same command again
     assert run_cli(*command) == 0
     captured = capsys.readouterr()
-    assert "replacing the failed run in 'out' (it had no checkpoint; it failed with: TppError" in captured.err
+    assert "replacing the failed run in 'out' (it had no checkpoint to continue from; it failed with: " \
+           "TppError" in captured.err
     assert json.loads((out / "status.json").read_text())["status"] == "succeeded"
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["backbone"]["path"] == str(tmp_path / "tiny_mae") and saved["data"]["root"] == str(root)
@@ -153,6 +154,25 @@ def run_folder(path, status=None, checkpoints=(), error="TppError: boom"):
     for name in checkpoints:
         (path / "checkpoints" / name).mkdir(parents=True)
     return path
+
+
+def test_resume_of_a_run_that_failed_before_its_first_checkpoint_starts_it_over_and_says_so(tmp_path, capsys):
+    """Ctrl-C before the first checkpoint, then train.resume=auto: nothing to continue. It used to start again
+    silently, appending a second step 1 to the old log; now the failed run is replaced, as without resume."""
+    out = run_folder(tmp_path / "out", "failed", error="KeyboardInterrupt: ")
+    (out / "log.jsonl").write_text('{"event": "step", "step": 1}\n')
+    run = RunDir(out, resume=True)
+    try:
+        assert "replacing the failed run in" in capsys.readouterr().err and run.set_aside is None
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        assert [r["event"] for r in log] == ["replaced_failed_run"] and log[0]["error"] == "KeyboardInterrupt: "
+        assert json.loads((out / "status.json").read_text())["status"] == "running"
+    finally:
+        run.release()
+    with_checkpoint = run_folder(tmp_path / "ck", "failed", ["step-2"])  # something to continue: continued
+    run = RunDir(with_checkpoint, resume=True)
+    run.release()
+    assert (with_checkpoint / "checkpoints" / "step-2").is_dir() and "replacing" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("status, checkpoints, said", [

@@ -98,6 +98,19 @@ def test_sigkill_at_a_step_then_resume_ends_like_an_uninterrupted_run(tiny_mae, 
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-6", "step-8"]
 
 
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_1_and_says_so(tiny_mae, reference, tmp_path,
+                                                                                   capsys):
+    root, ref = reference
+    out = tmp_path / "run"
+    assert killed(tiny_mae, root, out, "at_step", 1).returncode == -9
+    assert json.loads((out / "status.json").read_text())["status"] == "running" and not (out / "checkpoints").exists()
+    capsys.readouterr()
+    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto")) == 0
+    assert "train.resume=auto: no checkpoint in" in capsys.readouterr().err
+    assert '"event": "resume_found_no_checkpoint"' in (out / "log.jsonl").read_text()
+    assert_same_end(ref, out)
+
+
 def test_sigkill_during_a_checkpoint_write_leaves_no_complete_looking_checkpoint(tiny_mae, reference, tmp_path):
     root, ref = reference
     out = tmp_path / "run"

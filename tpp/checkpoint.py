@@ -58,6 +58,7 @@ class Checkpointer:
     def __init__(self, run_path: Path, every: int | None, keep: int = 2, resume: str | None = None, main: bool = True):
         self.dir = Path(run_path) / "checkpoints"
         self.every, self.keep, self.main = every, keep, main
+        self.asked = resume  # train.resume as given (None: a fresh run)
         self.resume_from = self._resume_path(resume)
 
     def _resume_path(self, resume: str | None) -> Path | None:

@@ -149,6 +149,8 @@ class RunDir:
 
     def _open(self, overwrite: bool, resume: bool) -> None:
         """:meth:`__init__`'s work once the folder (if it exists) is locked."""
+        if resume and self.path.is_dir() and self._nothing_to_continue():
+            resume = False  # replaced below, with a note, as a failed run without a checkpoint is without resume
         if resume and self.path.is_dir():
             state = run_state(self.path)
             if state["damaged"]:
@@ -193,9 +195,17 @@ class RunDir:
             self.restore_overwritten()
             raise
         if replaced is not None:
-            print(f"[tpp] replacing the failed run in '{self.path}' (it had no checkpoint; it failed with: "
-                  f"{replaced['error'] or 'no error recorded'})", file=sys.stderr, flush=True)
+            print(f"[tpp] replacing the failed run in '{self.path}' (it had no checkpoint to continue from; it failed "
+                  f"with: {replaced['error'] or 'no error recorded'})", file=sys.stderr, flush=True)
             self.log(event="replaced_failed_run", error=replaced["error"])
+
+    def _nothing_to_continue(self) -> bool:
+        """``train.resume`` on a run that failed (Ctrl-C included) before its first checkpoint: there is nothing to
+        continue, so the run starts over in place, said and logged, as without ``train.resume`` (it used to
+        restart silently and append a second step 1 to the old log)."""
+        state = run_state(self.path)
+        return (not state["damaged"] and state["status"] == "failed" and not state["checkpoints"]
+                and only_run_files(self.path))
 
     def succeeded(self) -> None:
         """Mark the run succeeded; what ``--overwrite`` set aside is deleted now (also when this run resumed one

@@ -235,6 +235,10 @@ def train_loop(accelerator: Accelerator, model: torch.nn.Module, loss_fn: Callab
     if checkpoints is not None and checkpoints.resume_from is not None:
         first, best_state = resume(checkpoints, accelerator, model, optimizer, scheduler, batches, result, num_steps)
         log(event="resumed", step=first - 1, checkpoint=checkpoints.resume_from.name, steps=num_steps)
+    elif checkpoints is not None and checkpoints.asked and accelerator.is_main_process:  # e.g. killed before one
+        print(f"[tpp] train.resume={checkpoints.asked}: no checkpoint in '{checkpoints.dir}' yet; training starts "
+              "at step 1", file=sys.stderr, flush=True)
+        log(event="resume_found_no_checkpoint", steps=num_steps)
     model.train()
     bar = step_bar(first, num_steps, desc, accelerator.is_main_process)
     for step in bar:

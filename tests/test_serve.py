@@ -1,7 +1,9 @@
 """Deployment end to end: the inference worker, the HTTP service on loopback, and the CLI commands."""
 import csv
 import io
+import json
 import logging
+import os
 import socket
 import subprocess
 import threading
@@ -175,9 +177,12 @@ def test_cli_rollback_serves_an_earlier_version_again_only_if_it_is_intact(world
     s = tmp_path / "store"
     first = store.publish(world["runs"]["site_a"], s, "x").version
     second = store.publish(world["runs"]["site_b"], s, "x").version
-    assert main(["adapters", "rollback", str(s), "--site", "x"]) == 2  # which one? the versions are listed
-    assert f"the store holds (newest first): {second} (current), {first}" in capsys.readouterr().err
+    assert main(["adapters", "rollback", str(s), "--site", "x"]) == 0  # without --version: what it could serve
+    listed = capsys.readouterr().out
+    assert listed.startswith("versions of site 'x', newest first:\n") and "--version V" in listed
+    assert listed.index(f"  {second}  created ") < listed.index(f"  {first}  created ") and "(current)" in listed
     assert main(["adapters", "rollback", str(s), "--site", "x", "--version", "0123456789abcdef"]) == 2
+    assert "'0123456789abcdef' is not a version of site 'x'; the store holds" in capsys.readouterr().err
     assert main(["adapters", "rollback", str(s), "--site", "x", "--version", first, "--backbone",
                  str(world["backbone"])]) == 0
     assert store.current_version(s, "x") == first
@@ -186,6 +191,18 @@ def test_cli_rollback_serves_an_earlier_version_again_only_if_it_is_intact(world
     weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
     assert main(["adapters", "rollback", str(s), "--site", "x", "--version", second]) == 2  # damaged: refused
     assert "content hash does not match" in capsys.readouterr().err and store.current_version(s, "x") == first
+
+
+def test_versions_are_listed_by_when_their_adapter_was_created_not_by_folder_times(tmp_path):
+    """A copied or restored store has new folder times: "newest first" must not follow them."""
+    site = tmp_path / "store" / "x"
+    for name, created, mtime in [("a" * 16, "2026-01-02T10:00:00+00:00", 100), ("b" * 16, "2026-01-01T10:00:00+00:00",
+                                 300), ("c" * 16, None, 200)]:
+        (site / name).mkdir(parents=True)
+        (site / name / "tpp_card.json").write_text(json.dumps({"created": created} if created else {}))
+        os.utime(site / name, (mtime, mtime))
+    assert store.versions(tmp_path / "store", "x") == [("a" * 16, "2026-01-02T10:00:00+00:00"),
+                                                        ("b" * 16, "2026-01-01T10:00:00+00:00"), ("c" * 16, None)]
 
 
 def test_cli_predict_single_site_and_site_map(world, tmp_path, capsys):

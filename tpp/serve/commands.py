@@ -156,10 +156,14 @@ def _cmd_rollback(args) -> int:
         raise TppError("usage: tpp adapters rollback STORE --site SITE --version V [--backbone B]")
     held = store.versions(args.paths[0], args.site)
     current = store.current_version(args.paths[0], args.site)
-    if args.adapter_version not in held:
-        listed = ", ".join(f"{v}{' (current)' if v == current else ''}" for v in held) or "none"
-        asked = f"'{args.adapter_version}' is no version of" if args.adapter_version else "name a version of"
-        raise TppError(f"{asked} site '{args.site}' with --version V; the store holds (newest first): {listed}.")
+    listed = "\n".join(f"  {v}  created {when or 'unknown'}{'  (current)' if v == current else ''}" for v, when in held)
+    if not args.adapter_version:  # the way to see what a rollback could serve again
+        print(f"versions of site '{args.site}', newest first:\n{listed}\nserve one again: tpp adapters rollback "
+              f"{args.paths[0]} --site {args.site} --version V")
+        return 0
+    if args.adapter_version not in [v for v, _ in held]:
+        raise TppError(f"'{args.adapter_version}' is not a version of site '{args.site}'; the store holds (newest "
+                       f"first):\n{listed}")
     if args.backbone:  # a dry load as serving would do it, before the pointer moves
         from tpp.api import check_loads
 

@@ -14,6 +14,7 @@ no path of the store may be a symbolic link or lead outside the store root.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ PEFT_CONFIG = "adapter_config.json"
 # tampering; tpp never parses it (tpp_card.json is the card tpp reads).
 ADAPTER_FILES = (CARD, HEAD, WEIGHTS, FULL_WEIGHTS, PEFT_CONFIG, README)
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[0-9.:+Z-]*")  # a card's created time
 _VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
 
 
@@ -137,14 +139,28 @@ def write_version(site_dir: Path, files: dict[str, bytes]) -> tuple[str, Path]:
     return version, target
 
 
-def versions(store: str | Path, site: str) -> list[str]:
-    """The version folders of ``site``, newest first (by the folder's modification time)."""
+def versions(store: str | Path, site: str) -> list[tuple[str, str | None]]:
+    """The version folders of ``site`` as (version, when its adapter was created or None), newest first: by the
+    card's ``created`` (a copied or restored store keeps it, unlike the folders' times), then by modification
+    time for versions whose card does not say."""
     check_site(site)
     folder = _store_root(store) / site
     if not folder.is_dir():
         raise UnknownSite(site)
-    found = [p for p in folder.iterdir() if _VERSION_RE.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
-    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)]
+    found = [(p, created(p)) for p in folder.iterdir()
+             if _VERSION_RE.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    return [(p.name, when) for p, when in sorted(found, key=lambda f: (f[1] or "", f[0].stat().st_mtime_ns),
+                                                 reverse=True)]
+
+
+def created(version_folder: Path) -> str | None:
+    """The ``created`` time (ISO 8601) of a version's card, or None when the card cannot say (only listed by this,
+    never trusted: loading a version checks it whole)."""
+    try:
+        when = json.loads(_read_regular(version_folder / CARD, limit=2**20)).get("created")
+    except (TppError, ValueError, AttributeError):
+        return None
+    return when if isinstance(when, str) and ISO_TIME.fullmatch(when) else None
 
 
 def make_current(store: str | Path, site: str, version: str) -> SiteVersion:

@@ -93,7 +93,8 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
     """The configured method (with ``adapter.init_from``: the parent's card read, options merged by
     :func:`tpp.builders.inherit`) attached to the backbone's skeleton (:func:`tpp.backbones.skeleton`, meta
     device; not when ``on_backbone`` is False: the backbone does not load): a ``target_modules`` name that
-    matches no layer, or options the method refuses, are found before the run directory exists. Only tpp's own
+    matches no layer, options the method refuses, or a parent's weights file that does not read, are found before
+    the run directory exists. Only tpp's own
     errors count: anything else the run itself reports."""
     from tpp.backbones import skeleton
     from tpp.builders import effective_adapter
@@ -101,6 +102,10 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
     from tpp.model import attach_adapter
 
     method, options = effective_adapter(cfg, inherits)
+    if inherits and cfg.adapter.init_from:  # the parent's tensors read and checked (a truncated file said now)
+        from tpp.adapter_dir import read_card, read_weights
+
+        read_weights(cfg.adapter.init_from, read_card(cfg.adapter.init_from))
     if not on_backbone:
         return
     encoder = skeleton(cfg.backbone.path)

@@ -154,6 +154,11 @@ def test_a_tpp_adapter_to_evaluate_and_an_option_against_the_parent_are_refused_
     code, text = validate(capsys, str(tmp_path / "mine.yaml"), f"backbone.path={tiny_mae}", f"data.root={data_root}",
                           f"adapter.init_from={parent / 'adapter'}")
     assert code == 0 and "init_from: adapter.r=4 from the config file replaced by the parent's 8" in text, text
+    weights = parent / "adapter" / "adapter_model.safetensors"  # a truncated copy of the parent: said now
+    weights.write_bytes(weights.read_bytes()[:-200])
+    code, text = validate(capsys, FINETUNE, f"backbone.path={tiny_mae}", f"data.root={data_root}",
+                          f"adapter.init_from={parent / 'adapter'}")
+    assert code == 2 and f"'{weights}' is not a readable safetensors file" in text, text
 
 
 def test_a_target_module_that_matches_no_layer_is_refused_before_the_run(tiny_mae, data_root, tmp_path, capsys):

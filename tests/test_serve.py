@@ -193,6 +193,14 @@ def test_cli_rollback_serves_an_earlier_version_again_only_if_it_is_intact(world
     assert "content hash does not match" in capsys.readouterr().err and store.current_version(s, "x") == first
 
 
+def test_an_adapters_option_the_action_does_not_use_is_refused(world, capsys):
+    assert main(["adapters", "ls", str(world["store"]), "--repo", "foo/bar", "--version", "zz", "--private"]) == 2
+    err = capsys.readouterr().err
+    assert "tpp adapters ls does not use --repo, --version, --private (options of --repo: push; --version: " \
+           "rollback, pull, push; --private: push); drop them." in err
+    assert main(["adapters", "ls", str(world["store"])]) == 0
+
+
 def test_versions_are_listed_by_when_their_adapter_was_created_not_by_folder_times(tmp_path):
     """A copied or restored store has new folder times: "newest first" must not follow them."""
     site = tmp_path / "store" / "x"

@@ -113,9 +113,29 @@ def _common_deploy(p, store_required: bool = True) -> None:
     p.add_argument("--max-resident", type=int, default=16, help="site adapters kept in memory (LRU)")
 
 
+ADAPTERS_FLAGS = {"site": "--site", "backbone": "--backbone", "repo": "--repo", "adapter_version": "--version",
+                  "revision": "--revision", "private": "--private"}
+ADAPTERS_USES = {"publish": ("site", "backbone"), "ls": ("backbone",), "list": ("backbone",), "check": ("backbone",),
+                 "rollback": ("site", "adapter_version", "backbone"), "pull": ("site", "adapter_version", "backbone"),
+                 "push": ("site", "backbone", "repo", "adapter_version", "revision", "private")}
+
+
+def check_adapters_options(args) -> None:
+    """An option ``tpp adapters ACTION`` does not read is an error naming the actions it belongs to (``ls --repo
+    x --private`` used to exit 0 with both ignored)."""
+    unused = [key for key in ADAPTERS_FLAGS if getattr(args, key) not in (None, False)
+              and key not in ADAPTERS_USES[args.action]]
+    if unused:
+        owners = "; ".join(f"{ADAPTERS_FLAGS[k]}: {', '.join(a for a, keys in ADAPTERS_USES.items() if k in keys)}"
+                           for k in unused)
+        raise TppError(f"tpp adapters {args.action} does not use {', '.join(ADAPTERS_FLAGS[k] for k in unused)} "
+                       f"(options of {owners}); drop them.")
+
+
 def cmd_adapters(args) -> int:
     from tpp.serve import store
 
+    check_adapters_options(args)
     if args.action in ("push", "pull"):
         return _cmd_hub(args)
     if args.action == "publish":

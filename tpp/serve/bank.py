@@ -7,6 +7,11 @@
   other sites (DoRA, linear probe, ...) get a shared-weight copy each and run as per-site sub-batches.
   ``set_adapter`` is never called. No method is named here: the registry says what each can do.
 - At most ``max_resident`` sites stay loaded (least recently used first out).
+- A load has two parts: :meth:`AdapterBank.prepare` reads the version's files and verifies them (content hash,
+  structure, card against this backbone, safetensors parsed into CPU tensors) without touching any model or any
+  state of the bank that changes, so it may run on another thread while the inference thread computes; then
+  :meth:`AdapterBank.site` / :meth:`AdapterBank.reload` install the prepared site (the cheap part, on the thread
+  that predicts).
 - Before a site is served: its files' content hash matches its version, the card passes
   :func:`tpp.serve.integrity.check_adapter` (registered adapter method, tensor names by the method's key rule,
   head fits the labels) and names this backbone; only then is anything copied, and only into the
@@ -22,7 +27,8 @@
   another version or that version's files change (published again: :attr:`AdapterBank.refused`;
   ``GET /v1/sites`` shows it). A reload that fails leaves the version served before in place.
 
-Not thread-safe by itself: the service calls it from one inference worker; ``tpp predict`` from one thread.
+Not thread-safe by itself, but for :meth:`AdapterBank.prepare`: the service calls it from one inference worker (whose
+loader thread prepares), ``tpp predict`` from one thread.
 """
 from __future__ import annotations
 
@@ -41,7 +47,7 @@ from tpp.adapter_dir import verify_backbone
 from tpp.backbones import Encoder, load_backbone
 from tpp.errors import TppError
 from tpp.serve.images import to_model_input
-from tpp.serve.integrity import BackboneGuard, check_adapter, check_frame
+from tpp.serve.integrity import BackboneGuard, CheckedAdapter, check_adapter, check_frame
 from tpp.adapter_checks import attach_from_card
 from tpp.model import build_head, input_frame, load_adapter_state
 from tpp.tasks import Task, task_of_card
@@ -76,6 +82,23 @@ class Site:
     def task(self) -> Task:
         """The card's registered task: what its rows hold (probabilities, masks ...) and how they are served."""
         return task_of_card(self.card)
+
+
+@dataclass
+class Prepared:
+    """A site version read and verified by :meth:`AdapterBank.prepare`, not loaded into any model yet: its files
+    (content hash checked) and its checked card and tensors; or the error that refuses it. ``asked``: the version
+    that was asked for (None: the store's current one); ``version``: the one read (on an error: the one asked for,
+    else the store's current one when it failed; None if there is none); ``stamp``: on an error, that version's
+    files (:func:`~tpp.serve.store.version_files_stamp`) when it failed, so a refusal ends when they are rewritten
+    after that, even before the refusal is recorded."""
+    site: str
+    asked: str | None
+    version: str | None
+    sv: adapter_store.SiteVersion | None = None
+    checked: CheckedAdapter | None = None
+    error: Exception | None = None
+    stamp: tuple | None = None
 
 
 class NonFiniteOutputs(TppError):
@@ -126,29 +149,39 @@ class AdapterBank:
         self.pinned: dict[str, str] = {}  # site -> the version it serves until reload (resident or not)
 
     # -- residency ---------------------------------------------------------------------------------
-    def site(self, name: str) -> Site:
-        """The resident site (loading it, and evicting the least recently used, if needed)."""
+    def site(self, name: str, prepared: Prepared | None = None) -> Site:
+        """The resident site (loading it, and evicting the least recently used, if needed). ``prepared``: its files
+        as :meth:`prepare` read them on another thread for :meth:`version_to_load`; used if it is still that
+        version, else they are read here."""
         if name in self.resident:
             self.resident.move_to_end(name)
             return self.resident[name]
-        version = self._pinned_version(name)
-        self._raise_if_refused(name, version)
-        site = self._load_or_refuse(name, version)
+        version = self.version_to_load(name)
+        site = self._load_or_refuse(name, version, prepared)
         self._make_room(1)
         self.resident[name] = site
         self.pinned[name] = site.version
         return site
 
-    def reload(self, name: str) -> tuple[str | None, str]:
+    def version_to_load(self, name: str) -> str | None:
+        """The version :meth:`site` loads for ``name`` when it is not resident: the one it served before (see
+        :meth:`_pinned_version`), else None (the store's current one). :class:`SiteRefused` when that version was
+        refused and its files are unchanged since (nothing needs to be read)."""
+        version = self._pinned_version(name)
+        self._raise_if_refused(name, version)
+        return version
+
+    def reload(self, name: str, prepared: Prepared | None = None) -> tuple[str | None, str]:
         """Serve the store's current version of ``name``; the old one is dropped only after the new one
-        loaded. Returns (old version or None, new version)."""
+        loaded. ``prepared``: the store's current version as :meth:`prepare` read it on another thread (else it is
+        read here). Returns (old version or None, new version)."""
         version = adapter_store.current_version(self.store, name)
         old = self.resident.get(name)
         if old is not None and old.version == version:
             return old.version, version
         self.refused.pop(name, None)  # asked for explicitly: a refused version is tried again
         try:
-            new = self._load_or_refuse(name)
+            new = self._load_or_refuse(name, None, prepared)
         except SiteRefused as exc:
             served = old.version if old is not None else self.pinned.get(name)
             if served is not None and served != version:
@@ -187,12 +220,12 @@ class AdapterBank:
                 warnings.simplefilter("ignore")
                 group.model.delete_adapter(name)
 
-    def refuse(self, name: str, version: str, reason: str) -> None:
+    def refuse(self, name: str, version: str, reason: str, stamp: tuple | None = None) -> None:
         """Mark ``name`` failed at ``version`` (and unload it if that version is the resident one); requests
         for that version get :class:`SiteRefused` until the store's pointer names another version or the
-        version's files change (published again)."""
+        version's files change (published again) from ``stamp`` (their stamp when it failed; default: now)."""
         self.refused[name] = (version, reason)
-        self._refused_files[name] = adapter_store.version_files_stamp(self.store, name, version)
+        self._refused_files[name] = stamp or adapter_store.version_files_stamp(self.store, name, version)
         if self.pinned.get(name) == version:  # served no longer: the next request follows the store's pointer
             del self.pinned[name]
         if name in self.resident and self.resident[name].version == version:
@@ -219,30 +252,50 @@ class AdapterBank:
             if pointer != refused or not unchanged:  # another version published, or this one again
                 del self.refused[name]
 
-    def _load_or_refuse(self, name: str, version: str | None = None) -> Site:
-        """Load ``version`` of ``name`` (None: the store's current one); a failure (any exception) refuses
-        that version."""
+    def prepare(self, name: str, version: str | None = None) -> Prepared:
+        """The slow part of loading ``version`` of ``name`` (None: the store's current one), which needs no model:
+        its files read once, their content hash, :func:`check_adapter` (safetensors parsed into CPU tensors) and
+        the card against this backbone. It uses only what never changes in a bank (the store's path, the
+        backbone's info), so any thread may call it while another predicts. An error is kept in the result: the
+        :meth:`site` or :meth:`reload` given it raises it and refuses the version there."""
         try:
-            site = self._load(adapter_store.open_version(self.store, name, version))
+            sv = adapter_store.open_version(self.store, name, version)
+            checked = check_adapter(sv.files, str(sv.path))
+            verify_backbone(checked.card, self.info, f"{sv.site}@{sv.version}")
+        except Exception as exc:
+            failed = version or adapter_store.current_version(self.store, name)
+            stamp = adapter_store.version_files_stamp(self.store, name, failed) if failed else None
+            return Prepared(name, version, failed, error=exc, stamp=stamp)
+        return Prepared(name, version, sv.version, sv, checked)
+
+    def _load_or_refuse(self, name: str, version: str | None = None, prepared: Prepared | None = None) -> Site:
+        """Load ``version`` of ``name`` (None: the store's current one), from ``prepared`` if it was prepared for
+        that version (else prepared here); a failure (any exception) refuses that version."""
+        if prepared is None or (prepared.site, prepared.asked) != (name, version):
+            prepared = self.prepare(name, version)
+        try:
+            if prepared.error is not None:
+                raise prepared.error
+            site = self._load(prepared)
         except adapter_store.UnknownSite:
             raise
         except Exception as exc:
-            version = version or adapter_store.current_version(self.store, name)
+            version = prepared.version
             reason = str(exc) if isinstance(exc, TppError) else \
                 f"site '{name}' version {version} cannot be loaded ({type(exc).__name__}: {str(exc)[:200]})."
             if version is not None:
-                self.refuse(name, version, reason)
+                self.refuse(name, version, reason, prepared.stamp)
             raise SiteRefused(reason) from None
         if self.refused.get(name, (None,))[0] == site.version:
             del self.refused[name]
         return site
 
-    def _load(self, sv: adapter_store.SiteVersion) -> Site:
-        """A verified site (see the module docstring), not yet resident."""
+    def _load(self, prepared: Prepared) -> Site:
+        """A site built from its verified files (see the module docstring), not yet resident: the part of a load
+        that touches models, on the thread that predicts."""
+        sv, checked = prepared.sv, prepared.checked
         source = f"{sv.site}@{sv.version}"
-        checked = check_adapter(sv.files, str(sv.path))
         card = checked.card
-        verify_backbone(card, self.info, source)
         head = build_head(card, self.info.hidden_size, checked.head_state, source).to(self.device)
         state = {k: v.to(self.device) for k, v in checked.state.items()}  # compared with the loaded tensors there
         self.loads += 1

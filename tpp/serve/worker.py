@@ -3,8 +3,14 @@
 Request threads decode images and call :meth:`InferenceWorker.predict`; the worker gathers queued
 requests (up to ``max_batch`` images, waiting at most ``max_wait_ms`` for more), resolves each
 request's site in the :class:`~tpp.serve.bank.AdapterBank`, applies that adapter's input pipeline and runs
-one mixed-site batch. Reloads run on the same thread between batches, so a request is computed
-entirely with the old adapter version or entirely with the new one.
+one mixed-site batch.
+
+A request for a site that is not resident waits aside while a loader thread reads and verifies the site's
+files (:meth:`~tpp.serve.bank.AdapterBank.prepare`: disk, content hash, safetensors parsing), so the other
+sites' requests are answered meanwhile; the inference thread then installs the prepared site between batches
+(tensors into its modules, the backbone guard, one trial image, eviction) and runs the requests that waited.
+Reloads are read by the loader thread too and swapped in on the inference thread between batches, so a request
+is computed entirely with the old adapter version or entirely with the new one.
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from tpp.serve.bank import AdapterBank, NonFiniteOutputs, SiteRefused
+from tpp.serve.bank import AdapterBank, NonFiniteOutputs, Prepared, SiteRefused
 from tpp.serve.images import to_model_input
 from tpp.tasks import Task
 
@@ -44,11 +50,12 @@ class Prediction:
 
 @dataclass
 class _Job:
-    kind: str  # "predict" | "reload" | "stop"
+    kind: str  # "predict" | "reload" | "call" | "install" | "stop"
     site: str = ""
     images: list = field(default_factory=list)  # uint8 arrays
     fn: Callable | None = None  # "call" jobs: fn(bank)
     future: Future = field(default_factory=Future)
+    prepared: Prepared | None = None  # "reload" and "install" jobs: the site's files, read by the loader thread
 
 
 class InferenceWorker:
@@ -60,28 +67,52 @@ class InferenceWorker:
         self.max_wait = max_wait_ms / 1000
         self.queue: queue.Queue[_Job] = queue.Queue()
         self.batches = 0
+        self._to_prepare: queue.Queue[tuple[_Job | None, str | None]] = queue.Queue()  # (job, version) to read
+        self._waiting: dict[str, list[_Job]] = {}  # site -> predict jobs waiting for its files (inference thread)
         self._thread = threading.Thread(target=self._loop, name="tpp-inference", daemon=True)
+        self._loader = threading.Thread(target=self._prepare_loop, name="tpp-loader", daemon=True)
         self._thread.start()
+        self._loader.start()
 
     def predict(self, site: str, images: list[np.ndarray]) -> Future:
         return self._submit(_Job("predict", site, list(images)))
 
     def reload(self, site: str) -> Future:
-        return self._submit(_Job("reload", site))
+        """The store's current version of ``site`` is read by the loader thread, then swapped in between batches."""
+        return self._submit(_Job("reload", site), read_first=True)
 
     def call(self, fn) -> Future:
         """Run ``fn(bank)`` on the inference thread (between batches)."""
         return self._submit(_Job("call", fn=fn))
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._to_prepare.put((None, None))
         self.queue.put(_Job("stop"))
         self._thread.join(timeout)
 
-    def _submit(self, job: _Job) -> Future:
+    def _submit(self, job: _Job, read_first: bool = False) -> Future:
+        """Queue ``job`` for the inference thread; ``read_first``: for the loader thread first, which reads the
+        store's current version of its site."""
         if not self._thread.is_alive():
             raise RuntimeError("the inference worker has stopped")
-        self.queue.put(job)
+        if read_first:
+            self._to_prepare.put((job, None))
+        else:
+            self.queue.put(job)
         return job.future
+
+    def _prepare_loop(self) -> None:
+        """The loader thread: read and verify a site's files (the slow part of a load, which touches no model),
+        then queue the job for the inference thread, which installs them between batches."""
+        while True:
+            job, version = self._to_prepare.get()
+            if job is None:
+                return
+            try:
+                job.prepared = self.bank.prepare(job.site, version)
+            except Exception:  # prepare keeps load errors; others (a site name not allowed) the inference thread
+                job.prepared = None  # meets itself, reading the files there
+            self.queue.put(job)
 
     def _loop(self) -> None:
         backlog: collections.deque[_Job] = collections.deque()  # jobs taken from the queue but not yet run
@@ -89,11 +120,13 @@ class InferenceWorker:
             job = backlog.popleft() if backlog else self.queue.get()
             if job.kind == "stop":
                 return
+            if job.kind == "install":  # the jobs that waited for the site run next
+                backlog.extendleft(reversed(self._install(job)))
+                continue
             if job.kind != "predict":
                 self._control(job)
                 continue
-            batch = self._gather(job, backlog)
-            backlog.extendleft(reversed(self._run(batch)))
+            self._run(self._gather(job, backlog))
 
     def _next(self, backlog, deadline: float) -> _Job | None:
         if backlog:
@@ -123,10 +156,38 @@ class InferenceWorker:
         if not job.future.set_running_or_notify_cancel():
             return
         try:
-            result = self.bank.reload(job.site) if job.kind == "reload" else job.fn(self.bank)
+            result = self.bank.reload(job.site, job.prepared) if job.kind == "reload" else job.fn(self.bank)
             job.future.set_result(result)
         except BaseException as exc:  # the caller sees it; the worker lives on
             job.future.set_exception(exc)
+
+    def _wait_for_site(self, job: _Job) -> None:
+        """Set aside a predict job whose site is not resident until the loader thread has read the site's files
+        (one read per site however many jobs wait); answer it at once if the site is refused."""
+        if job.site in self._waiting:
+            self._waiting[job.site].append(job)
+            return
+        try:
+            version = self.bank.version_to_load(job.site)
+        except BaseException as exc:  # refused, and its files unchanged since: nothing to read
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(exc)
+            return
+        self._waiting[job.site] = [job]
+        self._to_prepare.put((_Job("install", job.site), version))
+
+    def _install(self, job: _Job) -> list[_Job]:
+        """Make a site resident from its prepared files (the cheap part of a load; the least recently used site
+        may be evicted); returns the jobs that waited for it. If it is refused, they are answered with why."""
+        waiting = self._waiting.pop(job.site, [])
+        try:
+            self.bank.site(job.site, job.prepared)
+        except BaseException as exc:
+            for waiter in waiting:
+                if waiter.future.set_running_or_notify_cancel():
+                    waiter.future.set_exception(exc)
+            return []
+        return waiting
 
     def _outputs(self, sites: list, tensors: list) -> list:
         """One output per row, ``max_batch`` rows per forward pass (one request of many small images must not
@@ -182,20 +243,21 @@ class InferenceWorker:
         return Prediction(site.name, site.version, site.label_names,
                           [task.per_image(out, image) for out, image in zip(outputs, job.images)], task)
 
-    def _run(self, batch: list[_Job]) -> list[_Job]:
-        """Run one mixed-site batch; returns the jobs deferred to the next batch (a batch never holds more
-        distinct sites than the bank keeps resident, so loading one site cannot evict another of the batch)."""
+    def _run(self, batch: list[_Job]) -> None:
+        """Run one mixed-site batch of the jobs whose site is resident; the others wait for their site's files
+        (:meth:`_wait_for_site`). Nothing is loaded within a batch, so a batch never holds more distinct sites
+        than the bank keeps resident and no site of it is evicted."""
         started = time.perf_counter()
-        rows, sites, tensors, deferred, names = [], [], [], [], set()
+        rows, sites, tensors, names = [], [], [], set()
         for job in batch:
-            if job.site not in names and len(names) == self.bank.max_resident:
-                deferred.append(job)
+            if job.site not in self.bank.resident:
+                self._wait_for_site(job)
                 continue
             if not job.future.set_running_or_notify_cancel():  # the caller gave up (timeout): skip it
                 continue
             try:
-                site = self.bank.site(job.site)
-                names.add(job.site)  # resident now: counts against the bound even if its images fail below
+                site = self.bank.site(job.site)  # resident: only marked recently used
+                names.add(job.site)
                 inputs = [to_model_input(im, site.input_rule) for im in job.images]
             except BaseException as exc:
                 job.future.set_exception(exc)
@@ -204,7 +266,7 @@ class InferenceWorker:
             sites += [site] * len(inputs)
             tensors += inputs
         if not rows:
-            return deferred
+            return
         outputs = self._outputs(sites, tensors)
         start = 0
         for job, site, n in rows:
@@ -219,4 +281,3 @@ class InferenceWorker:
         self.batches += 1
         log.info("batch of %d images, %d requests, %d sites in %.1f ms", len(sites), len(rows),
                  len(names), 1000 * (time.perf_counter() - started))
-        return deferred

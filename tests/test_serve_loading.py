@@ -1,0 +1,155 @@
+"""Loading sites while serving: a site's files are read and verified off the inference thread (other sites' requests
+are answered meanwhile) and installed on it. Concurrency is shown with events (a read held open), never with
+timings."""
+import threading
+
+import pytest
+import torch
+from helpers import HANG_S
+from serving_fixtures import fine_tuned_sites, offline_probs
+
+from tpp.serve import store
+from tpp.errors import TppError
+from tpp.serve.bank import AdapterBank, SiteRefused
+from tpp.serve.worker import InferenceWorker
+
+SITES = {"a": ["adapter.r=2", "seed=0"], "b": ["adapter={method: linear_probe}", "seed=3"]}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    world = fine_tuned_sites(tmp_path_factory.mktemp("loading"), SITES, images=4)
+    s = world["runs"]["a"].parent.parent / "store"
+    for site, run in world["runs"].items():
+        store.publish(run, s, site)
+    expected = {site: offline_probs(world["backbone"], s / site / store.current_version(s, site), world["images"])
+                for site in SITES}
+    return dict(world, store=s, expected=expected)
+
+
+def close(got, expected) -> bool:
+    return bool(torch.allclose(torch.tensor(got), expected, atol=1e-5, rtol=0))
+
+
+class HeldReads:
+    """Wraps :func:`tpp.serve.store.open_version`: records (site, thread name) of every read, and holds the reads
+    of ``site`` until :meth:`release` (``reading`` is set once one is held)."""
+
+    def __init__(self, monkeypatch, site: str):
+        self.site, self.reads = site, []
+        self.reading, self.released = threading.Event(), threading.Event()
+        real = store.open_version
+
+        def held(store_path, name, version=None):
+            self.reads.append((name, threading.current_thread().name))
+            if name == self.site:
+                self.reading.set()
+                assert self.released.wait(HANG_S), "the read was never released"
+            return real(store_path, name, version)
+
+        monkeypatch.setattr(store, "open_version", held)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def test_a_site_being_read_does_not_hold_up_the_requests_of_a_resident_site(world, monkeypatch):
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"])), max_wait_ms=1)
+    images = world["images"]
+    worker.predict("a", images[:1]).result(HANG_S)  # resident
+    installed_on = []
+    check = worker.bank.guard.check  # runs at every install: the model is touched on the inference thread only
+    worker.bank.guard.check = lambda source: (installed_on.append(threading.current_thread().name), check(source))
+    held = HeldReads(monkeypatch, "b")
+    first_b = worker.predict("b", images[:2])
+    assert held.reading.wait(HANG_S)  # b's files are being read, and stay so until released
+    second_b = worker.predict("b", images[2:4])  # waits for the same read
+    answer = worker.predict("a", images[:3]).result(HANG_S)  # answered while b's read is held
+    assert close(answer.outputs, world["expected"]["a"][:3])
+    assert not first_b.done() and not second_b.done()
+    held.release()
+    assert close(first_b.result(HANG_S).outputs, world["expected"]["b"][:2])
+    assert close(second_b.result(HANG_S).outputs, world["expected"]["b"][2:4])
+    assert held.reads == [("b", "tpp-loader")] and installed_on == ["tpp-inference"]  # one read, off the thread
+    assert worker.bank.loads == 2 and list(worker.bank.resident) == ["a", "b"]
+    worker.stop()
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_a_refused_or_unknown_site_read_aside_fails_its_requests_alone(world, tmp_path, monkeypatch):
+    """Every request that waited for a tampered version gets the refusal; it is remembered (not read again) and
+    shown in the bank; an unknown site is a 404 as before; the other site is answered throughout."""
+    s = tmp_path / "store"
+    store.publish(world["runs"]["a"], s, "a")
+    version = store.publish(world["runs"]["b"], s, "bad").version
+    _flip_a_byte(s / "bad" / version / "head.safetensors")
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(s)), max_wait_ms=1)
+    worker.predict("a", world["images"][:1]).result(HANG_S)
+    held = HeldReads(monkeypatch, "bad")
+    waiting = [worker.predict("bad", world["images"][:1])]
+    assert held.reading.wait(HANG_S)
+    waiting.append(worker.predict("bad", world["images"][:2]))
+    assert close(worker.predict("a", world["images"][:2]).result(HANG_S).outputs, world["expected"]["a"][:2])
+    held.release()
+    for future in waiting:
+        with pytest.raises(SiteRefused, match="content hash does not match"):
+            future.result(HANG_S)
+    with pytest.raises(SiteRefused, match="content hash does not match"):  # from memory
+        worker.predict("bad", world["images"][:1]).result(HANG_S)
+    with pytest.raises(store.UnknownSite):
+        worker.predict("nobody", world["images"][:1]).result(HANG_S)
+    with pytest.raises(TppError, match="not allowed"):  # the service answers 400 before; the loader lives on
+        worker.predict("../a", world["images"][:1]).result(HANG_S)
+    store.publish(world["runs"]["a"], s, "c")
+    assert worker.predict("c", world["images"][:1]).result(HANG_S).version
+    assert [name for name, _ in held.reads] == ["bad", "nobody", "../a", "../a", "c"] and worker.bank.loads == 2
+    assert worker.call(lambda bank: bank.refused["bad"][0]).result(HANG_S) == version
+    assert worker.call(lambda bank: list(bank.resident)).result(HANG_S) == ["a", "c"]
+    worker.stop()
+
+
+def test_a_reload_is_read_aside_and_swapped_in_between_batches(world, tmp_path, monkeypatch):
+    s = tmp_path / "store"
+    old = store.publish(world["runs"]["a"], s, "x").version
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(s)), max_wait_ms=1)
+    assert worker.predict("x", world["images"][:1]).result(HANG_S).version == old
+    new = store.publish(world["runs"]["b"], s, "x").version
+    held = HeldReads(monkeypatch, "x")
+    reload = worker.reload("x")
+    assert held.reading.wait(HANG_S)
+    answer = worker.predict("x", world["images"][:2]).result(HANG_S)  # the old version answers meanwhile
+    assert answer.version == old and close(answer.outputs, world["expected"]["a"][:2]) and not reload.done()
+    held.release()
+    assert reload.result(HANG_S) == (old, new) and held.reads == [("x", "tpp-loader")]
+    answer = worker.predict("x", world["images"][:2]).result(HANG_S)
+    assert answer.version == new and close(answer.outputs, world["expected"]["b"][:2])
+    assert store.publish(world["runs"]["a"], s, "x").version == old  # the pointer back at old, which is damaged:
+    _flip_a_byte(s / "x" / old / "head.safetensors")
+    with pytest.raises(SiteRefused, match=f"content hash does not match.*still serves version {new}"):
+        worker.reload("x").result(HANG_S)
+    assert worker.predict("x", world["images"][:1]).result(HANG_S).version == new
+    worker.stop()
+
+
+def test_files_prepared_for_another_version_than_the_one_to_serve_are_not_installed(world, tmp_path, monkeypatch):
+    """The loader reads what the inference thread asked for; if the site's version to serve changed meanwhile (it
+    is pinned to the version it served), the bank reads that version itself instead of installing the other."""
+    s = tmp_path / "store"
+    old = store.publish(world["runs"]["a"], s, "x").version
+    bank = AdapterBank(str(world["backbone"]), str(s))
+    assert bank.site("x").version == old
+    bank.evict("x")
+    new = store.publish(world["runs"]["b"], s, "x").version
+    prepared = bank.prepare("x")  # the store's current version: not what x serves
+    assert prepared.version == new and prepared.error is None
+    held = HeldReads(monkeypatch, "-")
+    assert bank.version_to_load("x") == old and bank.site("x", prepared).version == old
+    assert [name for name, _ in held.reads] == ["x"]  # read again, at the pinned version
+    bank.evict("x")
+    assert bank.site("x", bank.prepare("x", old)).version == old and len(held.reads) == 2  # used as it was
+    assert bank.reload("x", prepared) == (old, new) and len(held.reads) == 2

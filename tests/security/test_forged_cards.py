@@ -118,19 +118,26 @@ def test_site_names_with_a_newline_are_refused_and_card_strings_are_listed_escap
 
 class FakeBank:
     """A bank of 2-px classification sites for the worker: ``answer(sites, tensors)`` gives the outputs (or
-    raises); it records the batch sizes it was asked and the sites it refused."""
+    raises); it records the batch sizes it was asked and the sites it refused. Nothing is read to load a site."""
 
     max_resident = 4
 
     def __init__(self, answer=None):
-        self.answer, self.sizes, self.refused = answer, [], []
+        self.answer, self.sizes, self.refused, self.resident = answer, [], [], {}
 
-    def site(self, name):
+    def version_to_load(self, name):
+        return None
+
+    def prepare(self, name, version):
+        return None
+
+    def site(self, name, prepared=None):
         from types import SimpleNamespace
 
-        return SimpleNamespace(name=name, version="v", label_names=["a", "b"], task=get_task("classification"),
-                               input_rule={"image_size": 2, "channels": 1, "image_channels": 1, "mean": [0.0],
-                                           "std": [1.0]})
+        self.resident[name] = SimpleNamespace(
+            name=name, version="v", label_names=["a", "b"], task=get_task("classification"),
+            input_rule={"image_size": 2, "channels": 1, "image_channels": 1, "mean": [0.0], "std": [1.0]})
+        return self.resident[name]
 
     def predict(self, sites, tensors):
         self.sizes.append(len(sites))

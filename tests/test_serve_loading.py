@@ -1,12 +1,13 @@
 """Loading sites while serving: a site's files are read and verified off the inference thread (other sites' requests
-are answered meanwhile) and installed on it. Concurrency is shown with events (a read held open), never with
-timings."""
+are answered meanwhile) and installed on it; ``GET /v1/sites`` reports the version a site not in memory comes back
+at. Concurrency is shown with events (a read held open), never with timings."""
+import shutil
 import threading
 
 import pytest
 import torch
-from helpers import HANG_S
-from serving_fixtures import fine_tuned_sites, offline_probs
+from helpers import HANG_S, png_bytes
+from serving_fixtures import fine_tuned_sites, offline_probs, request, serving
 
 from tpp.serve import store
 from tpp.errors import TppError
@@ -153,3 +154,31 @@ def test_files_prepared_for_another_version_than_the_one_to_serve_are_not_instal
     bank.evict("x")
     assert bank.site("x", bank.prepare("x", old)).version == old and len(held.reads) == 2  # used as it was
     assert bank.reload("x", prepared) == (old, new) and len(held.reads) == 2
+
+
+def test_sites_lists_the_version_an_unloaded_site_comes_back_at(world, tmp_path):
+    """``serving`` is the version that answers a site: in memory, or the one it served before it was unloaded
+    (pinned until reload); None only while no version is chosen yet. ``resident``: the published one is in memory."""
+    s = tmp_path / "store"
+    old = store.publish(world["runs"]["a"], s, "x").version
+    y = store.publish(world["runs"]["b"], s, "y").version
+    z = store.publish(world["runs"]["a"], s, "z").version  # never requested
+    png = [("a.png", png_bytes(world["images"][0]))]
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(s), max_resident=1))
+    with serving(world, store_path=s, worker=worker) as url:
+        assert request(f"{url}/v1/sites/x/predict", png)[1]["version"] == old
+        assert request(f"{url}/v1/sites/y/predict", png)[0] == 200  # unloads x
+        new = store.publish(world["runs"]["b"], s, "x").version
+
+        def rows():
+            listing = request(f"{url}/v1/sites")[1]["sites"]
+            return {r["site"]: (r["version"], r["serving"], r["resident"]) for r in listing}
+
+        assert rows() == {"x": (new, old, False), "y": (y, y, True), "z": (z, None, False)}
+        assert request(f"{url}/v1/sites/x/predict", png)[1]["version"] == old  # as listed; unloads y
+        assert rows()["y"] == (y, y, False)  # not in memory, comes back at its version
+        assert request(f"{url}/v1/sites/y/predict", png)[0] == 200
+        shutil.rmtree(s / "x" / old)  # the version x served is gone: its next request loads the current one
+        assert rows()["x"] == (new, None, False)
+        assert request(f"{url}/v1/sites/x/predict", png)[1]["version"] == new
+        assert rows()["x"] == (new, new, True)

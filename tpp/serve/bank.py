@@ -171,6 +171,16 @@ class AdapterBank:
         self._raise_if_refused(name, version)
         return version
 
+    def serving(self) -> dict[str, str]:
+        """{site: the version that answers it without a reload}: the resident one, else the one it served before
+        it was unloaded (it comes back at that version) while the store still holds it. A site not listed loads the
+        store's current version at its next request (never loaded yet, or its version was refused or deleted)."""
+        served = {name: site.version for name, site in self.resident.items()}
+        for name, version in self.pinned.items():
+            if name not in served and adapter_store.version_files_stamp(self.store, name, version) is not None:
+                served[name] = version
+        return served
+
     def reload(self, name: str, prepared: Prepared | None = None) -> tuple[str | None, str]:
         """Serve the store's current version of ``name``; the old one is dropped only after the new one
         loaded. ``prepared``: the store's current version as :meth:`prepare` read it on another thread (else it is

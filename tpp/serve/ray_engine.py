@@ -146,7 +146,7 @@ def site_deployment(max_resident: int):
             return LoadedContext(cv)
 
         async def _state(self) -> dict:
-            resident, refused = await asyncio.wrap_future(self.worker.call(residency))
+            resident, refused, _ = await asyncio.wrap_future(self.worker.call(residency))
             return {"id": self.replica, "pid": os.getpid(), "resident": resident, "refused": refused,
                     "loads": self.bank.loads, "hits": self.hits, "misses": self.misses,
                     "context_loads": self.context_loads, "context_hits": self.context_hits}

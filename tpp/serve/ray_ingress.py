@@ -101,12 +101,14 @@ class RayWorker:
             return done
         return asyncio.ensure_future(self._call(fn))
 
-    def residency(self) -> tuple[dict, dict]:
+    def residency(self) -> tuple[dict, dict, dict]:
+        """As :func:`tpp.serve.server.residency`; a site no replica holds follows the store's pointer at its next
+        request (nothing is pinned on this engine), so the versions serving are the resident ones."""
         resident, refused = {}, {}
         for state in self.replicas.values():
             resident.update(state["resident"])
             refused.update(state["refused"])
-        return resident, refused
+        return resident, refused, dict(resident)
 
     def stats(self) -> dict:
         return {"replicas": dict(self.replicas), "failures": self.failures}

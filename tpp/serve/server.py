@@ -115,10 +115,11 @@ class PixelsInFlight:
                 self._changed.notify_all()
 
 
-def residency(bank) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
-    """({site: resident version}, {site: (refused version, reason)}) of a bank, on its inference thread (the Ray
-    engine answers it for all replicas together: :mod:`tpp.serve.ray_engine`)."""
-    return {name: s.version for name, s in bank.resident.items()}, dict(bank.refused)
+def residency(bank) -> tuple[dict[str, str], dict[str, tuple[str, str]], dict[str, str]]:
+    """({site: resident version}, {site: (refused version, reason)}, {site: the version that answers it: resident,
+    or the one an unloaded site comes back at (:meth:`~tpp.serve.bank.AdapterBank.serving`)}) of a bank, on its
+    inference thread (the Ray engine answers it for all replicas together: :mod:`tpp.serve.ray_engine`)."""
+    return {name: s.version for name, s in bank.resident.items()}, dict(bank.refused), bank.serving()
 
 
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
@@ -179,10 +180,11 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     @app.get("/v1/sites", dependencies=[Depends(authorised)])
     async def list_sites():
         rows = adapter_store.listing(store_path, bank.info.hash)
-        resident, refused = await outcome(worker.call(residency))
+        resident, refused, serving = await outcome(worker.call(residency))
         for row in rows:
-            row["serving"] = resident.get(row["site"])  # the version in memory answering it (until reload)
-            row["resident"] = row["serving"] == row["version"]
+            # the version that answers it until reload: in memory, or the one it comes back at after an unload
+            row["serving"] = serving.get(row["site"])  # None: not loaded yet, its next request loads `version`
+            row["resident"] = resident.get(row["site"]) == row["version"]  # the published version is in memory
             failed = refused.get(row["site"])  # (version, reason): refused until another version is published
             row["healthy"] = not (failed and failed[0] == row["version"]) and row["backbone_match"] == "yes"
             row["refused_because"] = failed[1] if failed and failed[0] == row["version"] else None

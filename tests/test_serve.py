@@ -151,6 +151,14 @@ def test_a_stalled_worker_gives_503_not_a_hung_request(world):
         assert request(f"{url}/v1/sites/site_a/predict", [("a.png", png_bytes(world["images"][0]))])[0] == 200
 
 
+def test_healthz_says_503_once_the_inference_worker_has_stopped(world):
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"])))
+    with serving(world, worker=worker) as url:
+        assert request(f"{url}/healthz") == (200, {"status": "ok"})
+        worker.stop()
+        assert request(f"{url}/healthz") == (503, {"status": "the inference worker has stopped"})
+
+
 def test_service_token_reload_and_logs_without_patient_data(world, tmp_path, caplog):
     s = tmp_path / "store"
     store.publish(world["runs"]["site_a"], s, "x")

@@ -192,3 +192,17 @@ def test_a_row_that_fails_otherwise_on_the_retry_refuses_the_site_and_the_worker
     assert len(worker.predict("t", [np.zeros((2, 2), np.uint8)]).result(timeout=600).outputs) == 1
     assert [args[0] for args in bank.refused] == ["s"]
     worker.stop()
+
+
+def test_an_unexpected_error_in_a_batch_fails_its_requests_and_the_worker_lives_on():
+    """A defect in the batch path (here max_batch=0, which the CLI now refuses) used to kill the inference thread:
+    every later request then failed while /healthz said ok."""
+    worker = InferenceWorker(FakeBank(), max_batch=0)
+    try:
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                worker.predict("s", [np.zeros((2, 2), np.uint8)]).result(timeout=600)
+        assert worker.alive
+    finally:
+        worker.stop()
+    assert not worker.alive

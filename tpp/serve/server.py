@@ -23,6 +23,7 @@ import logging
 
 import torch
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
 
 from tpp.devices import describe
 from tpp.serve import store as adapter_store
@@ -171,6 +172,8 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
 
     @app.get("/healthz")
     def healthz():
+        if not worker.alive:  # nothing would be answered: a load balancer should take this instance out
+            return JSONResponse({"status": "the inference worker has stopped"}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(authorised)])

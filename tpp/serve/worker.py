@@ -126,7 +126,20 @@ class InferenceWorker:
             if job.kind != "predict":
                 self._control(job)
                 continue
-            self._run(self._gather(job, backlog))
+            batch = self._gather(job, backlog)
+            try:
+                self._run(batch)
+            except Exception as exc:  # a defect, not a request's fault: its requests get the error, the thread lives
+                log.exception("an inference batch failed unexpectedly")
+                aside = {id(j) for jobs in self._waiting.values() for j in jobs}  # answered when their site loads
+                for failed in batch:
+                    if id(failed) not in aside and not failed.future.done():
+                        failed.future.set_exception(exc)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the inference thread still runs (``/healthz`` says 503 when it does not)."""
+        return self._thread.is_alive()
 
     def _next(self, backlog, deadline: float) -> _Job | None:
         if backlog:

@@ -53,14 +53,21 @@ def fine_tuned_sites(base: Path, sites: dict, images: int = 12) -> dict:
     return {"backbone": backbone, "root": root, "runs": runs, "images": test_images}
 
 
-def build_store(base: Path) -> dict:
-    """:func:`fine_tuned_sites` for ``SITES``, each published to ``base/store``."""
+def build_store(base: Path, sites: dict | None = None, images: int = 12, expected: bool = False) -> dict:
+    """:func:`fine_tuned_sites` for ``sites`` (default ``SITES``), each published to ``base/store``; with
+    ``expected``, each site's offline probabilities on the images too (``world["expected"][site]``)."""
     from tpp.serve import store
 
-    world = fine_tuned_sites(base, SITES)
+    sites = SITES if sites is None else sites
+    world = fine_tuned_sites(base, sites, images)
+    s = base / "store"
     for site, run in world["runs"].items():
-        store.publish(run, base / "store", site)
-    return dict(world, store=base / "store")
+        store.publish(run, s, site)
+    world = dict(world, store=s)
+    if expected:
+        world["expected"] = {site: offline_probs(world["backbone"], s / site / store.current_version(s, site),
+                                                 world["images"]) for site in sites}
+    return world
 
 
 def pixels(images, card) -> torch.Tensor:

@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 from helpers import HANG_S, png_bytes
-from serving_fixtures import fine_tuned_sites, offline_probs, request, serving
+from serving_fixtures import build_store, request, serving
 
 from tpp.serve import store
 from tpp.errors import TppError
@@ -19,13 +19,7 @@ SITES = {"a": ["adapter.r=2", "seed=0"], "b": ["adapter={method: linear_probe}",
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    world = fine_tuned_sites(tmp_path_factory.mktemp("loading"), SITES, images=4)
-    s = world["runs"]["a"].parent.parent / "store"
-    for site, run in world["runs"].items():
-        store.publish(run, s, site)
-    expected = {site: offline_probs(world["backbone"], s / site / store.current_version(s, site), world["images"])
-                for site in SITES}
-    return dict(world, store=s, expected=expected)
+    return build_store(tmp_path_factory.mktemp("loading"), SITES, images=4, expected=True)
 
 
 def close(got, expected) -> bool:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from helpers import HANG_S, png_bytes
-from serving_fixtures import fine_tuned_sites, forge, offline_probs, paused, request, serving
+from serving_fixtures import build_store, forge, paused, request, serving
 
 from tpp.serve import store
 from tpp.serve.bank import AdapterBank, SiteRefused
@@ -18,14 +18,9 @@ GOOD = {"lora_a": ["adapter.r=2", "seed=0"], "lora_b": ["adapter.r=4", "seed=1"]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    world = fine_tuned_sites(tmp_path_factory.mktemp("poisoned"), GOOD, images=4)
-    s = world["runs"]["lora_a"].parent.parent / "store"
-    for site, run in world["runs"].items():
-        store.publish(run, s, site)
-    store.publish(world["runs"]["lora_a"], s, "bad")
-    expected = {site: offline_probs(world["backbone"], s / site / store.current_version(s, site), world["images"])
-                for site in GOOD}
-    return dict(world, store=s, expected=expected)
+    world = build_store(tmp_path_factory.mktemp("poisoned"), GOOD, images=4, expected=True)
+    store.publish(world["runs"]["lora_a"], world["store"], "bad")
+    return world
 
 
 class Broken(torch.nn.Module):

@@ -83,6 +83,8 @@ class RayWorker:
         self.answered: dict[str, str] = {}  # site -> version of the last answer
         self.failures = 0  # requests whose replica died or could not be reached
 
+    alive = True  # /healthz: Ray Serve restarts a replica that dies; the ingress itself answers or is gone
+
     def predict(self, site: str, arrays: list) -> asyncio.Task:
         return asyncio.ensure_future(self._predict(site, arrays))
 

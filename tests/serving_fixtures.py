@@ -162,6 +162,7 @@ class StubWorker:
     """Stands in for the inference worker: records what reached it, answers every image with label 'a'."""
 
     bank = SimpleNamespace(info=SimpleNamespace(id="stub", hash="0" * 64))
+    alive = True  # /healthz asks
 
     def __init__(self):
         self.batches = []

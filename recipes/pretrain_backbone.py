@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import torch
@@ -23,12 +24,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tpp.adapter_dir import versions
-from tpp.backbones import FAMILIES, Encoder, backbone_hash
+from tpp.backbones import FAMILIES, MAX_PATCH_TOKENS, Encoder, backbone_hash
 from tpp.data.build import data_license, load_data, random_hflip
 from tpp.data.stream import ConcatInputs, ModelInputs, stream_loader
-from tpp.errors import ConfigError
+from tpp.errors import ConfigError, TppError
 from tpp.pretext.mae import decode, encode_visible, mask_noise, masked_mse, patchify
 from tpp.source_classifier import HEADS_FILE
+from tpp.tasks import get_task
 from tpp.rundir import finite_json
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_optimizer, make_scheduler, plan_steps,
                           train_loop)
@@ -109,6 +111,12 @@ def load_pool(cfg) -> tuple[ConcatInputs, torch.Tensor, torch.Tensor, list[dict]
         dataset = load_data(data, cfg.seed, m.image_size)
         train = dataset.split("train")
         supervised = entry.supervised and train.labels is not None
+        if supervised:  # at least two classes (a one-class head learns nothing), no masks
+            try:
+                get_task("classification").check_data(dataset)
+            except TppError as exc:
+                raise TppError(f"pool[{index}]: {exc} Set pool[{index}].supervised=false to use its images for "
+                               "MAE only.") from None
         images.append(ModelInputs(train.images, m.num_channels, m.image_size, m.mean, m.std))
         sources.append(torch.full((len(train),), index))
         labels.append(torch.from_numpy(train.labels) if supervised else torch.full((len(train),), -1))
@@ -165,9 +173,25 @@ def check(cfg) -> None:
         raise ConfigError(f"pretrain_backbone trains a ViT-MAE: pretext.name must be mae, got {cfg.pretext.name!r}.")
     if not cfg.pool:
         raise ConfigError("pretrain_backbone needs a non-empty pool: a list of {data: {...}, supervised: bool}.")
-    problems = model_problems(cfg.model)
+    problems = model_problems(cfg.model) + pool_problems(cfg)
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def pool_problems(cfg) -> list[str]:
+    """The supervised part of the pool: a finite, non-negative ``supervised_weight`` (a negative one ascended the
+    classification loss) and no supervised entry on a source of masks (its images all got the label 0)."""
+    from tpp.data.sources import get_source
+
+    problems = []
+    if not math.isfinite(cfg.supervised_weight) or cfg.supervised_weight < 0:
+        problems.append(f"supervised_weight must be a finite number, 0 or more (0: MAE only), got "
+                        f"{cfg.supervised_weight}.")
+    for i, entry in enumerate(cfg.pool):
+        if entry.supervised and get_source(entry.data.source).masks:
+            problems.append(f"pool[{i}]: data.source={entry.data.source} holds segmentation masks, no class labels "
+                            f"for a supervised head; set pool[{i}].supervised=false (MAE on its images).")
+    return problems
 
 
 def model_problems(m) -> list[str]:
@@ -179,6 +203,10 @@ def model_problems(m) -> list[str]:
     problems = [f"model.{k} must be at least 1, got {getattr(m, k)}." for k in sizes if getattr(m, k) < 1]
     if problems:
         return problems
+    if (m.image_size // m.patch_size) ** 2 > MAX_PATCH_TOKENS:
+        problems.append(f"model.image_size={m.image_size} with model.patch_size={m.patch_size} gives "
+                        f"{(m.image_size // m.patch_size) ** 2:,} patch tokens per image, more than the "
+                        f"{MAX_PATCH_TOKENS:,} tpp trains adapters on or loads: no other recipe could use it.")
     if m.image_size % m.patch_size:
         problems.append(f"model.image_size={m.image_size} is not a whole number of model.patch_size={m.patch_size} "
                         "patches; choose a patch size that divides it (28 px: 2, 4, 7, 14).")

@@ -167,3 +167,10 @@ def test_backbone_scope_on_a_backbone_that_is_no_vit_mae_is_refused_by_validate(
                    f"backbone.path={hub}") != 0 and not (tmp_path / "out").exists()
     assert run_cli("validate", "multitask/backbone_pool.yaml", *args, f"backbone.path={tiny_mae}") == 0, \
         capsys.readouterr().err
+
+
+def test_pretrain_backbones_supervised_key_off_its_default_is_refused_in_a_multitask_pool():
+    """``supervised: false`` was ignored: the entry still trained its kind (a classification head)."""
+    with pytest.raises(ConfigError, match=r"pool\[0\]\.supervised: a key of pretrain_backbone's pool; multitask "
+                                          r"reads kind \(a pretext, kind: mae or dino"):
+        checked("pool=[{data: {source: medmnist, name: breastmnist}, kind: classification, supervised: false}]")

@@ -91,6 +91,39 @@ def test_an_architecture_that_cannot_run_is_refused_before_the_run(pool_root, tm
     assert "Traceback" not in err and not out.exists()
 
 
+@pytest.mark.parametrize("override, said", [
+    ("supervised_weight=-1", "supervised_weight must be a finite number, 0 or more (0: MAE only), got -1.0."),
+    ("supervised_weight=.nan", "supervised_weight must be a finite number, 0 or more"),
+    ("model.image_size=264", "gives 4,356 patch tokens per image, more than the 4,096"),
+    ("pool=[{data: {source: seg_npz, file: seg/x.npz, modality: US}}]",
+     "pool[0]: data.source=seg_npz holds segmentation masks, no class labels for a supervised head; set "
+     "pool[0].supervised=false"),
+    ("pool=[{data: {source: medmnist, name: bloodmnist}, kind: mae}]",
+     "pool[0].kind: a key of the multitask recipe's pool; pretrain_backbone reads data and supervised"),
+])
+def test_a_pool_setting_the_recipe_would_misuse_is_refused_before_the_run(pool_root, tmp_path, capsys, override,
+                                                                          said):
+    """A negative weight ascended the classification loss, a masks source trained a head on constant labels,
+    ``kind: mae`` was ignored (a supervised head trained anyway), a 264-px model could be used by no recipe."""
+    out = tmp_path / "bad"
+    assert pretrain(pool_root, out, "train.max_steps=1", override) == 2
+    err = capsys.readouterr().err
+    assert said in err and "Traceback" not in err and not out.exists()
+
+
+def test_a_supervised_pool_entry_of_one_class_is_refused_naming_it(pool_root, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(pool_root / "mr.npz", images=rng.integers(0, 255, (40, 28, 28), dtype=np.uint8),
+             labels=np.arange(40) % 2, class_names=np.array(["brain", "breast"]))
+    one = "{data: {source: npz, name: mr, file: mr.npz, modality: MR, classes: [breast]}"
+    pool = f"pool=[{{data: {{source: medmnist, name: bloodmnist}}}}, {one}}}]"
+    assert pretrain(pool_root, tmp_path / "one", "train.max_steps=1", pool) == 2
+    err = capsys.readouterr().err
+    assert "pool[1]: dataset 'mr' has 1 class" in err and "pool[1].supervised=false" in err
+    ok = f"pool=[{{data: {{source: medmnist, name: bloodmnist}}}}, {one}, supervised: false}}]"  # MAE only: fine
+    assert pretrain(pool_root, tmp_path / "mae", "train.max_steps=1", ok) == 0
+
+
 def test_a_folder_in_the_pool_is_read_per_batch_not_decoded_whole(pool_root, tmp_path, monkeypatch):
     """The pool streams like the other recipes' data: a folder entry's images stay files (its whole split was
     converted to float32 up front before: 60 GB for 100,000 images at 224 px)."""

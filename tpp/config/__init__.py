@@ -36,8 +36,8 @@ from tpp.config.parse import (_default, _describe, _section, apply_overrides, bu
                               load_yaml, parse_override, unknown_key)
 from tpp.config.plugins import (_data_options, _pool_entry, _switch_plugin, _task_options, _with_options,
                                 drop_other_pretexts_defaults)
-from tpp.config.schema import (AdapterConfig, BackboneConfig, DataConfig, ModelConfig, PoolEntry, PretextConfig,
-                               RunConfig, TrainConfig)
+from tpp.config.schema import (MULTITASK_ENTRY_KEYS, AdapterConfig, BackboneConfig, DataConfig, ModelConfig, PoolEntry,
+                               PretextConfig, RunConfig, TrainConfig)
 from tpp.config.scope import _recipe_scope, _recipe_to_run, ignored_keys, unknown_recipe
 from tpp.errors import ConfigError
 
@@ -45,6 +45,24 @@ __all__ = ["AdapterConfig", "BackboneConfig", "ConfigError", "DataConfig", "Mode
            "PretextConfig", "RunConfig", "TrainConfig", "apply_overrides", "build_config", "build_dataclass",
            "config_error", "drop_other_pretexts_defaults", "help_lines", "load_config", "load_yaml",
            "parse_override", "unknown_key", "unknown_recipe"]
+
+
+def other_recipes_pool_keys(recipe: str, raw_pool: list) -> list[str]:
+    """A pool entry key of the other pool recipe: ``kind`` / ``weight`` / ``head`` / ``name`` (multitask) in a
+    pretrain_backbone pool, ``supervised: false`` (pretrain_backbone) in a multitask pool. Each was ignored, so
+    ``kind: mae`` still trained a supervised head."""
+    found = []
+    for i, raw in enumerate(raw_pool):
+        if not isinstance(raw, dict):
+            continue
+        if recipe == "pretrain_backbone":
+            found += [f"pool[{i}].{key}: a key of the multitask recipe's pool; pretrain_backbone reads data and "
+                      "supervised (supervised: false trains only MAE on the entry)." for key in MULTITASK_ENTRY_KEYS
+                      if key in raw]
+        elif recipe == "multitask" and raw.get("supervised", True) is not True:
+            found.append(f"pool[{i}].supervised: a key of pretrain_backbone's pool; multitask reads kind (a pretext, "
+                         "kind: mae or dino, trains on images only).")
+    return found
 
 
 def build_config(data: dict, run: str | None = None) -> RunConfig:
@@ -73,6 +91,7 @@ def build_config(data: dict, run: str | None = None) -> RunConfig:
     entries = [_collect(problems, _pool_entry, entry, i) for i, entry in enumerate(cfg.pool)]
     raw_pool, cfg.pool = cfg.pool, [build_dataclass(PoolEntry, {} if entry is None else entry, f"pool[{i}]", problems)
                                     for i, entry in enumerate(entries)]
+    problems += other_recipes_pool_keys(cfg.recipe, raw_pool)
     if cfg.recipe == "multitask" and cfg.pool:  # its tasks' problems (kind, weight, head ...) with the file's others
         from tpp.multitask_build import check_entries
 

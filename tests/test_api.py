@@ -215,6 +215,8 @@ def test_evaluate_a_dict_config_with_paths_of_the_current_folder(world, monkeypa
     evaluated = tpp.evaluate(config, {"train.eval_batch_size": 64}, adapter=world.result, output_dir="eval")
     assert evaluated.run_dir == world.base / "eval" and evaluated.adapter is None
     assert evaluated.metrics["test"]["auroc"] == pytest.approx(world.result.metrics["test"]["auroc"], abs=1e-6)
+    by_run_folder = tpp.evaluate(config, adapter=world.result.run_dir, output_dir="eval_run")  # as its docstring says
+    assert by_run_folder.metrics["test"]["auroc"] == evaluated.metrics["test"]["auroc"]
 
 
 def test_tpp_stage_adapters_are_refused_by_load(world, tmp_path):

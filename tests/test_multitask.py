@@ -247,6 +247,15 @@ def test_pool_overlapping_an_eval_target_is_refused_naming_both():
                        ["breastmnist", "pneumoniamnist"])
 
 
+def test_a_misspelt_eval_target_is_refused_with_the_name_meant_and_a_sites_own_name_passes():
+    """``breastmnst`` matched nothing, so the pool's BreastMNIST labels were not refused."""
+    tasks = [("breastmnist-classification", "classification", "breastmnist", None)]
+    with pytest.raises(ConfigError, match=r"'breastmnst' is no dataset or origin tpp knows; did you mean "
+                                          r"'breastmnist'\? A misspelt target turns the leakage check off"):
+        check_eval_targets(tasks, ["breastmnst"])
+    check_eval_targets(tasks, ["hospital_b_ultrasound"])  # a site's own dataset: nothing to compare, passes
+
+
 def _pool(seg_file) -> str:
     return ("pool=[{kind: classification, data: {source: medmnist, name: bloodmnist}}, "
             f"{{kind: segmentation, weight: 0.5, data: {{source: seg_npz, name: toyseg, file: {seg_file}, "

@@ -162,6 +162,8 @@ def check_loaded_data(cfg) -> tuple[str | None, list[str]]:
     from tpp.errors import TppError
 
     recipe = get_recipe(cfg.recipe)
+    if hasattr(recipe, "check_pool_data"):
+        return _checked_pool(cfg, recipe)
     if not hasattr(recipe, "check_data"):
         return None, []
     try:
@@ -178,6 +180,26 @@ def check_loaded_data(cfg) -> tuple[str | None, list[str]]:
         warnings.warn(f"dataset '{dataset.name}': '{file}' would be left out ({reason}; data.on_bad_file=skip)")
     classes = f", classes {list(dataset.class_names)}" if dataset.class_names else ""
     return f"{dataset.name}: " + " / ".join(f"{n} {split}" for split, n in used.items()) + f" images used{classes}", []
+
+
+def _checked_pool(cfg, recipe) -> tuple[str | None, list[str]]:
+    """:func:`check_loaded_data` for a recipe of a pool (multitask): every entry's data loaded and checked by the
+    recipe's ``check_pool_data``; nothing downloaded (a MedMNIST file a run would fetch: not loaded)."""
+    import dataclasses
+
+    from tpp.errors import TppError
+
+    absent = [a for e in cfg.pool if (a := medmnist_to_download(dataclasses.replace(e.data, root=e.data.root
+                                                                                       or cfg.data.root)))]
+    if absent:
+        return f"pool: not loaded ({', '.join(absent)} absent; the run downloads them)", []
+    try:
+        used = recipe.check_pool_data(cfg)
+    except TppError as exc:
+        return None, getattr(exc, "problems", [str(exc)])
+    except Exception as exc:  # noqa: BLE001 (hostile files: one line, never a traceback)
+        return None, [f"checking the data failed: {type(exc).__name__}: {exc}"]
+    return "pool: " + ", ".join(f"{name} {n}" for name, n in used.items()) + " training images", []
 
 
 def run_input_size(cfg) -> int:

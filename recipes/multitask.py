@@ -86,10 +86,18 @@ def _optimizer(params: list, lr: float, cfg) -> torch.optim.AdamW:
 def load_tasks(cfg, info) -> list[tuple]:
     """Every task's data: (entry, dataset, training images as ModelInputs, targets or None). Only the
     training split is read; pretexts read no labels. Each dataset's origin is checked against the targets."""
+    return [(entry, dataset, ModelInputs.for_backbone(train.images, info), targets)
+            for entry, dataset, train, targets in checked_tasks(cfg, info.input_size)]
+
+
+def checked_tasks(cfg, input_size: int) -> list[tuple]:
+    """(entry, dataset, training split, targets or None) of every task, loaded at ``input_size`` and checked as
+    the run checks them: an evaluation target's images refused, a training split with images, the supervised
+    task's needs of its data (labels or masks, two classes at least)."""
     out = []
     for entry in cfg.pool:
         data = dataclasses.replace(entry.data, root=entry.data.root or cfg.data.root)
-        dataset = load_data(data, cfg.seed, info.input_size, labels=entry.kind in SUPERVISED)
+        dataset = load_data(data, cfg.seed, input_size, labels=entry.kind in SUPERVISED)
         check_eval_targets([(task_name(entry), entry.kind, dataset.name, dataset.origin)], cfg.multitask.eval_targets)
         train = dataset.split("train")
         if len(train) == 0:
@@ -98,10 +106,21 @@ def load_tasks(cfg, info) -> list[tuple]:
         if entry.kind in SUPERVISED:
             from tpp.tasks import get_task
 
-            get_task(entry.kind).check_data(dataset)
+            try:
+                get_task(entry.kind).check_data(dataset)
+            except TppError as exc:
+                raise TppError(f"multitask: task '{task_name(entry)}': {exc}") from None
             targets = get_task(entry.kind).targets(train)
-        out.append((entry, dataset, ModelInputs.for_backbone(train.images, info), targets))
+        out.append((entry, dataset, train, targets))
     return out
+
+
+def check_pool_data(cfg) -> dict:
+    """What ``tpp validate`` checks of the pool's data: every task loaded and checked as the run does
+    (:func:`checked_tasks`, at the run's input size). Returns {task name: training images}."""
+    from tpp.recipes import run_input_size
+
+    return {task_name(entry): len(train) for entry, _, train, _ in checked_tasks(cfg, run_input_size(cfg))}
 
 
 def build_module(entry, dataset, targets, encoder, info, decoder, scope: str, hflip: bool):

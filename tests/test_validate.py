@@ -377,3 +377,16 @@ def test_paths_of_the_wrong_kind_and_empty_or_broken_configs_get_errors_that_say
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "copy.yaml").exists() and not (tmp_path / "runs").exists()
+
+
+def test_multitask_is_validated_on_its_pools_data_loaded(tiny_mae, data_root, tmp_path, capsys):
+    """A one-class task was said ok by validate, then refused by the run after its folder was made."""
+    np.savez(tmp_path / "mr.npz", images=np.zeros((40, 28, 28), np.uint8), labels=np.arange(40) % 2,
+             class_names=np.array(["brain", "breast"]))
+    one = (f"{{kind: classification, data: {{source: npz, name: mr, file: {tmp_path / 'mr.npz'}, modality: MR, "
+           "classes: [breast]}}")
+    base = ["multitask/tpp_pool.yaml", f"backbone.path={tiny_mae}", f"data.root={data_root}"]
+    code, text = validate(capsys, *base, f"pool=[{one}]")
+    assert code == 2 and "found with its data loaded" in text and "task 'mr-classification': dataset 'mr' has 1" in text
+    code, text = validate(capsys, *base, "pool=[{kind: mae, data: {source: medmnist, name: breastmnist}}]")
+    assert code == 0 and "data pool: breastmnist-mae 60 training images" in text, text

@@ -253,6 +253,9 @@ def main(argv=None) -> int:
                                                   "so its cells never mix with the real ones)")
     report.add_from_results_option(parser)
     args = parser.parse_args(argv)
+    report.check_grid_args(parser, args.targets, args.fractions, args.seeds, args.budget_min)
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
     if args.steps:
         if args.out == parser.get_default("out"):
             parser.error("--steps is a smoke run: give it its own --out (the published report stays)")

@@ -277,6 +277,30 @@ class CellCache:
         return adopt(published, self.id, self._key, self.cached, self.store)
 
 
+def check_grid_args(parser, targets=(), fractions=(), seeds: int | None = None, budget_min: float | None = None,
+                    allowed_fractions=None, seeds_flag: str = "--seeds") -> None:
+    """Refuse (``parser.error``: usage and one line, exit 2) grid arguments that could only fail when their cells
+    run or give an empty grid: a target that is no MedMNIST dataset, a label fraction outside (0, 1] (or not one
+    of ``allowed_fractions``), fewer than one seed, a negative budget."""
+    import difflib
+
+    from tpp.data.arrays import MEDMNIST
+
+    for target in targets:
+        if target not in MEDMNIST:
+            close = difflib.get_close_matches(target, list(MEDMNIST), n=1)
+            meant = f" (did you mean {close[0]}?)" if close else ""
+            parser.error(f"--targets: '{target}' is no MedMNIST dataset{meant}")
+    for fraction in fractions:
+        if not 0 < fraction <= 1 or (allowed_fractions is not None and fraction not in allowed_fractions):
+            allowed = ", ".join(map(str, allowed_fractions)) if allowed_fractions is not None else "(0, 1]"
+            parser.error(f"--fractions: {fraction} is no label fraction of this grid (one of {allowed})")
+    if seeds is not None and seeds < 1:
+        parser.error(f"{seeds_flag} must be at least 1, got {seeds}")
+    if budget_min is not None and not budget_min >= 0:
+        parser.error(f"--budget-min must be 0 or more minutes, got {budget_min}")
+
+
 def add_from_results_option(parser) -> None:
     parser.add_argument("--from-results", nargs="+", default=[], metavar="JSON",
                         help="first copy into the cache the cells of published reports (this script's JSON under "

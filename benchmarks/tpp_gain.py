@@ -376,6 +376,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="report folder (default benchmarks/results, quick: runs/bench_quick)")
     args = parser.parse_args(argv)
+    report.check_grid_args(parser, args.targets or (), args.fractions or (), args.max_seeds, args.budget_min,
+                           allowed_fractions=list(FRACTION_SEEDS), seeds_flag="--max-seeds")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     quiet_libraries()
     methods = args.methods or [m for g in METHOD_GROUPS for m in g]

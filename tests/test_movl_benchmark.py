@@ -144,3 +144,21 @@ def test_tpp_methods_are_paired_with_their_random_init_twin_by_seed():
     mean, low, high = report.t_interval([0.02, 0.05])  # by seed; mismatched pairs would give -0.08 and +0.15
     assert f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] (n=2)" in pair[0] and "+0.050" in pair[0].split("|")[3]
     assert movl.tpp_lines(rows[:2]) == []
+
+
+@pytest.mark.parametrize("script, args, said", [
+    ("movl", ["--steps", "0"], "--steps must be at least 1, got 0"),  # 0 ran the real protocol into the report
+    ("movl", ["--targets", "breastmnst"], "--targets: 'breastmnst' is no MedMNIST dataset (did you mean breastmnist?)"),
+    ("movl", ["--fractions", "7"], "--fractions: 7.0 is no label fraction of this grid"),
+    ("movl", ["--seeds", "0"], "--seeds must be at least 1, got 0"),
+    ("tpp_gain", ["--fractions", "0.5"], "--fractions: 0.5 is no label fraction of this grid (one of 0.1, 0.01, 1.0)"),
+    ("tpp_gain", ["--max-seeds", "-3"], "--max-seeds must be at least 1, got -3"),
+    ("tpp_gain", ["--budget-min", "-1"], "--budget-min must be 0 or more minutes, got -1.0"),
+])
+def test_grid_arguments_that_could_only_fail_later_are_refused_at_once(tmp_path, capsys, script, args, said):
+    import tpp_gain
+
+    main = {"movl": movl.main, "tpp_gain": tpp_gain.main}[script]
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--report-only", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")])
+    assert exited.value.code == 2 and said in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -203,8 +203,26 @@ def test_predict_refuses_bad_input_naming_it(world, tmp_path):
                          ([np.zeros((8, 8), np.uint8), np.zeros((1, 8), np.uint8)], "image 1 .*too small")):
         with pytest.raises(TppError, match=problem):
             model.predict(bad)
-    with pytest.raises(TppError, match="batch_size must be at least 1"):
+    with pytest.raises(TppError, match="batch_size must be a whole number, at least 1, got 0"):
         model.predict(np.zeros((8, 8), np.uint8), batch_size=0)
+
+
+def test_arguments_of_the_wrong_type_are_one_tpp_error_naming_them(world):
+    """Each was a raw TypeError or ValueError from deep inside (pathlib, numpy, the k-NN)."""
+    u8 = np.zeros((28, 28), np.uint8)
+    pairs = [(u8, "a"), (u8 + 1, "b")]
+    for call, said in [(lambda: world.model.predict(u8, batch_size="2"), "batch_size must be a whole number"),
+                       (lambda: world.model.predict(u8, batch_size=2.5), "got 2.5"),
+                       (lambda: world.model.predict(np.array([[1, "a"]], dtype=object)), "dtype object is no image"),
+                       (lambda: tpp.load(world.result, backbone=5), "backbone must be a path or a name"),
+                       (lambda: tpp.AdapterStore(None), "the store must be a path"),
+                       (lambda: tpp.AdapterStore("s").check(None), "backbone must be a path"),
+                       (lambda: tpp.in_context(pairs, u8, method="knn", k="3"), "k must be a whole number"),
+                       (lambda: tpp.in_context(pairs, u8, image_size="64"), "image_size must be a whole number"),
+                       (lambda: tpp.in_context(None, u8), "context must be a folder, a CSV, or a list"),
+                       (lambda: tpp.finetune(FINETUNE_CONFIG, 5), "overrides must be a dict of dotted keys")]:
+        with pytest.raises(TppError, match=said):
+            call()
 
 
 def test_evaluate_a_dict_config_with_paths_of_the_current_folder(world, monkeypatch):

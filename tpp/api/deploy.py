@@ -16,6 +16,22 @@ from pathlib import Path
 from tpp.api.runs import _adapter_path, quiet
 from tpp.errors import TppError
 
+
+def path_arg(value, what: str) -> str:
+    """``value`` as a path string, or a TppError naming the argument (``backbone=5`` was a raw TypeError)."""
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise TppError(f"{what} must be a path or a name (str or os.PathLike), got {value!r}.")
+    return os.fspath(value)
+
+
+def count_arg(value, what: str, optional: bool = False) -> int | None:
+    """``value`` as a whole number of at least 1 (None passes when ``optional``), else a TppError naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TppError(f"{what} must be a whole number, at least 1, got {value!r}.")
+    return value
+
 # -- loading and predicting ----------------------------------------------------------------------------------
 
 def load(adapter_dir, backbone=None, device: str = "cpu", precision: str = "fp32") -> "Model":
@@ -30,7 +46,7 @@ def load(adapter_dir, backbone=None, device: str = "cpu", precision: str = "fp32
 
     source = _adapter_path(adapter_dir)
     path = fine_tuned_adapter(source)
-    backbone = os.fspath(backbone) if backbone is not None else card_backbone(path)
+    backbone = path_arg(backbone, "backbone") if backbone is not None else card_backbone(path)
     folder = tempfile.mkdtemp(prefix="tpp-load-")
     try:
         site = adapter_store.publish(source, folder, "model").site
@@ -135,8 +151,7 @@ class Model:
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        if batch_size < 1:
-            raise TppError(f"batch_size must be at least 1, got {batch_size}.")
+        count_arg(batch_size, "batch_size")
         options = {"frame": frame, "slice_spec": slice, "window": window}
         arrays = [read_image(item, i, **options) for i, item in enumerate(items)]
         site = self.bank.site(self.site_name)
@@ -178,6 +193,9 @@ def read_image(item, index: int = 0, **options):
             item = np.array(training_mode(item, name))
         if not isinstance(item, np.ndarray):
             raise TppError(f"{name}: expected a file path, a PIL image or a numpy array.")
+        if item.dtype.kind in "OUSV":  # Python objects or text: no pixel values
+            raise TppError(f"{name}: an array of dtype {item.dtype} is no image; give numbers (uint8, or floats in "
+                           "[0, 1]).")
         if item.ndim == 4 or (item.ndim == 3 and item.shape[-1] not in (1, 3, 4)):
             raise TppError(f"{name}: shape {item.shape} is not one image ((H, W) or (H, W, 3)); pass a stack of "
                            "images as a list: model.predict(list(images)).")
@@ -205,7 +223,7 @@ class AdapterStore:
     publish."""
 
     def __init__(self, path):
-        self.path = Path(path)
+        self.path = Path(path_arg(path, "the store"))
 
     def __repr__(self) -> str:
         return f"AdapterStore('{self.path}')"
@@ -219,7 +237,7 @@ class AdapterStore:
 
         source = _adapter_path(source)
         if backbone is not None:
-            check_loads(source, os.fspath(backbone))
+            check_loads(source, path_arg(backbone, "backbone"))
         return adapter_store.publish(source, self.path, site)
 
     def sites(self) -> list[str]:
@@ -238,14 +256,14 @@ class AdapterStore:
             from tpp.backbones import load_backbone
 
             with quiet():
-                digest = load_backbone(os.fspath(backbone))[1].hash
+                digest = load_backbone(path_arg(backbone, "backbone"))[1].hash
         return adapter_store.listing(self.path, digest)
 
     def check(self, backbone) -> dict[str, str | None]:
         """Load every site's current version on ``backbone`` as ``tpp serve`` would, then unload it (``tpp
         adapters check``): {site: None when it loads, else why it is refused}."""
         with quiet():
-            return open_bank(os.fspath(backbone), str(self.path), 1).check_store()
+            return open_bank(path_arg(backbone, "backbone"), str(self.path), 1).check_store()
 
     def load(self, site: str, backbone=None, device: str = "cpu", precision: str = "fp32") -> Model:
         """The current version of ``site`` as a :class:`Model` (``backbone`` as in :func:`load`)."""
@@ -253,7 +271,7 @@ class AdapterStore:
 
         if backbone is None:
             backbone = card_backbone(adapter_store.current(self.path, site).path)
-        return Model(open_bank(os.fspath(backbone), str(self.path), 1, device, precision), site,
+        return Model(open_bank(path_arg(backbone, "backbone"), str(self.path), 1, device, precision), site,
                      f"{self.path}/{site}")
 
 
@@ -296,6 +314,10 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
     from tpp.serve.adapter_features import with_adapter
 
     check_method(method)  # before any file is read or the backbone loaded
+    count_arg(k, "k", optional=True)
+    count_arg(image_size, "image_size", optional=True)
+    if context is None:
+        raise TppError("context must be a folder, a CSV, or a list of (image, label) / (image, mask) pairs, not None.")
     if isinstance(context, (str, os.PathLike)):
         ctx = read_context(context, max_k)
     elif isinstance(context, ContextSet):
@@ -305,7 +327,7 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
     single = not isinstance(images, (list, tuple))
     arrays = [read_image(item, i) for i, item in enumerate([images] if single else list(images))]
     with quiet():
-        extractor = load_extractor(os.fspath(backbone) if backbone is not None else DEFAULT_BACKBONE, device,
+        extractor = load_extractor(path_arg(backbone, "backbone") if backbone is not None else DEFAULT_BACKBONE, device,
                                    precision)
         if adapter is not None:
             extractor = with_adapter(extractor, os.fspath(adapter))

@@ -74,6 +74,9 @@ def override_args(overrides: Mapping | Sequence[str] | None) -> list[str]:
         raise TppError(f"overrides must be a dict of dotted keys (got the string {overrides!r}); e.g. "
                        "{'train.max_steps': 20}.")
     if not isinstance(overrides, Mapping):
+        if not isinstance(overrides, (list, tuple)):
+            raise TppError(f"overrides must be a dict of dotted keys or a list of 'key=value' strings, got "
+                           f"{overrides!r}; e.g. {{'train.max_steps': 20}}.")
         return [str(o) for o in overrides]
     args = []
     for key, value in overrides.items():

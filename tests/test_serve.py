@@ -215,12 +215,21 @@ def test_cli_rollback_serves_an_earlier_version_again_only_if_it_is_intact(world
     assert "content hash does not match" in capsys.readouterr().err and store.current_version(s, "x") == first
 
 
-def test_an_adapters_option_the_action_does_not_use_is_refused(world, capsys):
-    assert main(["adapters", "ls", str(world["store"]), "--repo", "foo/bar", "--version", "zz", "--private"]) == 2
-    err = capsys.readouterr().err
-    assert "tpp adapters ls does not use --repo, --version, --private (options of --repo: push; --version: " \
-           "rollback, pull, push; --private: push); drop them." in err
-    assert main(["adapters", "ls", str(world["store"])]) == 0
+def test_each_adapters_action_has_its_own_help_and_refuses_the_options_of_others(world, capsys):
+    """`tpp adapters publish --help` printed every action's options; `ls --repo x --private` ignored both."""
+    with pytest.raises(SystemExit) as exited:
+        main(["adapters", "ls", str(world["store"]), "--repo", "foo/bar", "--version", "zz", "--private"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: --repo foo/bar --version zz --private" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["adapters", "publish", "--help"])
+    helped = capsys.readouterr().out
+    assert exited.value.code == 0 and "usage: tpp adapters publish" in helped and "RUN_DIR STORE" in helped
+    assert "--site SITE" in helped and "--repo" not in helped and "--private" not in helped
+    with pytest.raises(SystemExit) as exited:
+        main(["adapters", "check", str(world["store"])])
+    assert exited.value.code == 2 and "required: --backbone" in capsys.readouterr().err
+    assert main(["adapters", "list", str(world["store"])]) == 0 and "site_a" in capsys.readouterr().out  # ls
 
 
 def test_versions_are_listed_by_when_their_adapter_was_created_not_by_folder_times(tmp_path):

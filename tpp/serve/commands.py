@@ -23,27 +23,58 @@ accepts only safetensors weights, a card that passes every store check and READM
 anything else (a .bin or .pt file, a tampered card) is refused and the store stays as it was."""
 
 
+ADAPTERS_OPTIONS = {  # each option of `tpp adapters`, defined once; ADAPTERS_ACTIONS says which action takes it
+    "site": ("--site", {"required": True, "help": "the site's name in the store"}),
+    "backbone_dry": ("--backbone", {"help": "first load the adapter on this backbone as tpp serve would (a dry "
+                                            "load), and write nothing if it does not load"}),
+    "backbone_pull": ("--backbone", {"help": "refuse unless the card's backbone hash is this backbone's"}),
+    "backbone_ls": ("--backbone", {"help": "say which sites were trained on this backbone"}),
+    "backbone_required": ("--backbone", {"required": True, "help": "the backbone every site is loaded on, as tpp "
+                                                                   "serve would"}),
+    "repo": ("--repo", {"metavar": "OWNER/NAME", "required": True, "help": "the Hub model repo (created if missing)"}),
+    "push_version": ("--version", {"dest": "adapter_version", "metavar": "V",
+                                   "help": "the version to push (default: the site's current one)"}),
+    "pull_version": ("--version", {"dest": "adapter_version", "metavar": "V", "help": "refuse unless the pulled "
+                                   "files have this content hash (the version push named)"}),
+    "rollback_version": ("--version", {"dest": "adapter_version", "metavar": "V", "help": "the earlier version to "
+                                       "serve again (without it: the versions held, newest first)"}),
+    "revision": ("--revision", {"metavar": "BRANCH", "help": "the branch to commit to (default main; created if "
+                                                             "missing)"}),
+    "private": ("--private", {"action": "store_true", "help": "create the repo private (an existing repo keeps its "
+                                                              "visibility)"}),
+}
+ADAPTERS_ACTIONS = [  # (action, summary, positionals, options)
+    ("publish", "add a run's adapter to the store as a new version of a site and make it current",
+     ("RUN_DIR", "STORE"), ("site", "backbone_dry")),
+    ("ls", "the sites of a store: version, method, modality, labels, test metric, size",
+     ("STORE",), ("backbone_ls",)),
+    ("check", "load every site's current version as tpp serve would (exit 1 if any is refused)",
+     ("STORE",), ("backbone_required",)),
+    ("rollback", "serve an earlier version of a site again (checked as at publishing)",
+     ("STORE",), ("site", "rollback_version", "backbone_dry")),
+    ("push", "push a site's version to a Hugging Face Hub model repo", ("STORE",),
+     ("site", "repo", "push_version", "revision", "private", "backbone_dry")),
+    ("pull", "fetch a version from a Hub model repo, check it as hostile, publish it", ("OWNER/NAME[@REVISION]",
+                                                                                          "STORE"),
+     ("site", "pull_version", "backbone_pull")),
+]
+
+
 def add_deploy_commands(add) -> None:
     """``adapters``, ``predict`` and ``serve``: the deployment side."""
     ad = add("adapters", "manage an adapter store: publish, ls, check, rollback; push / pull a version to / "
-                         "from a Hugging Face Hub model repo")
+                         "from a Hugging Face Hub model repo (`tpp adapters ACTION --help`: each one's options)")
     ad.epilog += HUB_EXAMPLES
-    ad.add_argument("action", choices=["publish", "ls", "list", "check", "rollback", "push", "pull"])  # list: ls
-    ad.add_argument("paths", nargs="+", help="publish: RUN_DIR STORE; ls / check / rollback / push: STORE; "
-                                             "pull: OWNER/NAME[@REVISION] STORE")
-    ad.add_argument("--site", help="site name (publish, rollback, push, pull)")
-    ad.add_argument("--backbone", help="backbone to load adapters on: required by check (every site is loaded as "
-                                       "tpp serve would); with publish or push, a dry load first; with pull, the "
-                                       "card's backbone hash must be this backbone's")
-    ad.add_argument("--repo", metavar="OWNER/NAME", help="push: the Hub model repo (created if missing)")
-    ad.add_argument("--version", dest="adapter_version", metavar="V",
-                    help="push: the version to push (default: the site's current one); pull: refuse unless the "
-                         "pulled files have this content hash (the version push named); rollback: the earlier "
-                         "version to serve again")
-    ad.add_argument("--revision", metavar="BRANCH", help="push: the branch to commit to (default main; created "
-                                                         "if missing)")
-    ad.add_argument("--private", action="store_true", help="push: create the repo private (an existing repo keeps "
-                                                           "its visibility)")
+    actions = ad.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, summary, positionals, options in ADAPTERS_ACTIONS:
+        p = actions.add_parser(name, help=summary, description=summary, aliases=["list"] if name == "ls" else [])
+        p.add_argument("--debug", action="store_true", help="show full tracebacks")
+        for i, metavar in enumerate(positionals):  # args.paths, in this order (a tuple metavar breaks --help)
+            p.add_argument(f"path{i}", metavar=metavar)
+        p.set_defaults(positionals=len(positionals))
+        for option in options:
+            flag, kwargs = ADAPTERS_OPTIONS[option]
+            p.add_argument(flag, **kwargs)
     pr = add("predict", "probabilities and label names (or segmentation masks) per image, written as a CSV")
     pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
     _common_deploy(pr, store_required=False)
@@ -113,34 +144,13 @@ def _common_deploy(p, store_required: bool = True) -> None:
     p.add_argument("--max-resident", type=int, default=16, help="site adapters kept in memory (LRU)")
 
 
-ADAPTERS_FLAGS = {"site": "--site", "backbone": "--backbone", "repo": "--repo", "adapter_version": "--version",
-                  "revision": "--revision", "private": "--private"}
-ADAPTERS_USES = {"publish": ("site", "backbone"), "ls": ("backbone",), "list": ("backbone",), "check": ("backbone",),
-                 "rollback": ("site", "adapter_version", "backbone"), "pull": ("site", "adapter_version", "backbone"),
-                 "push": ("site", "backbone", "repo", "adapter_version", "revision", "private")}
-
-
-def check_adapters_options(args) -> None:
-    """An option ``tpp adapters ACTION`` does not read is an error naming the actions it belongs to (``ls --repo
-    x --private`` used to exit 0 with both ignored)."""
-    unused = [key for key in ADAPTERS_FLAGS if getattr(args, key) not in (None, False)
-              and key not in ADAPTERS_USES[args.action]]
-    if unused:
-        owners = "; ".join(f"{ADAPTERS_FLAGS[k]}: {', '.join(a for a, keys in ADAPTERS_USES.items() if k in keys)}"
-                           for k in unused)
-        raise TppError(f"tpp adapters {args.action} does not use {', '.join(ADAPTERS_FLAGS[k] for k in unused)} "
-                       f"(options of {owners}); drop them.")
-
-
 def cmd_adapters(args) -> int:
     from tpp.serve import store
 
-    check_adapters_options(args)
+    args.paths = [getattr(args, f"path{i}") for i in range(args.positionals)]
     if args.action in ("push", "pull"):
         return _cmd_hub(args)
     if args.action == "publish":
-        if len(args.paths) != 2 or not args.site:
-            raise TppError("usage: tpp adapters publish RUN_DIR STORE --site SITE [--backbone B]")
         if args.backbone:  # a dry load as serving would do it, before anything is written
             from tpp.api import check_loads
 
@@ -151,8 +161,6 @@ def cmd_adapters(args) -> int:
         return 0
     if args.action == "rollback":
         return _cmd_rollback(args)
-    if len(args.paths) != 1:
-        raise TppError(f"usage: tpp adapters {args.action} STORE [--backbone B]")
     if args.action in ("ls", "list"):
         rows = store.listing(args.paths[0], _backbone_hash(args.backbone) if args.backbone else None)
         if not rows:
@@ -160,8 +168,6 @@ def cmd_adapters(args) -> int:
             return 0
         print_table(list(rows[0]), [list(r.values()) for r in rows])
         return 0
-    if not args.backbone:
-        raise TppError("tpp adapters check needs --backbone B.")
     from tpp.serve.bank import AdapterBank
 
     results = AdapterBank(args.backbone, args.paths[0], max_resident=1).check_store()
@@ -172,8 +178,6 @@ def _cmd_rollback(args) -> int:
     """``tpp adapters rollback STORE --site SITE --version V``: serve an earlier version again."""
     from tpp.serve import store
 
-    if len(args.paths) != 1 or not args.site:
-        raise TppError("usage: tpp adapters rollback STORE --site SITE --version V [--backbone B]")
     held = store.versions(args.paths[0], args.site)
     current = store.current_version(args.paths[0], args.site)
     listed = "\n".join(f"  {v}  created {when or 'unknown'}{'  (current)' if v == current else ''}" for v, when in held)
@@ -199,17 +203,12 @@ def _cmd_hub(args) -> int:
     from tpp.serve import hub
 
     if args.action == "push":
-        if len(args.paths) != 1 or not args.site or not args.repo:
-            raise TppError("usage: tpp adapters push STORE --site SITE --repo OWNER/NAME [--version V] "
-                           "[--revision BRANCH] [--private] [--backbone B]")
         done = hub.push(args.paths[0], args.site, args.repo, version=args.adapter_version, revision=args.revision,
                         private=args.private, backbone=args.backbone)
         removed = f"; removed {', '.join(done.deleted)} of an earlier push" if done.deleted else ""
         print(f"pushed {done.site}@{done.version} ({', '.join(done.files)}{removed}) to "
               f"{done.repo_id}@{done.revision}: {done.commit_url}")
         return 0
-    if len(args.paths) != 2 or not args.site:
-        raise TppError("usage: tpp adapters pull OWNER/NAME[@REVISION] STORE --site SITE [--backbone B] [--version V]")
     done = hub.pull(args.paths[0], args.paths[1], args.site, version=args.adapter_version, backbone=args.backbone)
     sv = done.version
     print(f"pulled {done.repo_id}@{done.revision} (commit {done.commit[:12]}) as {sv.site}@{sv.version} ({sv.path}); "

@@ -28,15 +28,36 @@ def add_context_options(pr) -> None:
                                                    "backbone's size for classification, 64 for segmentation)")
 
 
+CONTEXT_ACTIONS = [  # (action, summary, positionals, options)
+    ("publish", "publish a context set (folder or CSV) to a store as a new version of a site and make it current",
+     ("STORE", "DIR_OR_CSV"), ("site", "backbone_recorded", "max_context")),
+    ("list", "the context sets of a store", ("STORE",), ()),
+    ("check", "verify every published context set as tpp serve would (exit 1 if any is refused)",
+     ("STORE",), ("backbone_check", "max_context")),
+]
+CONTEXT_OPTIONS = {
+    "site": ("--site", {"required": True, "help": "the name the set is served under"}),
+    "backbone_recorded": ("--backbone", {"help": "the backbone recorded in the card (default "
+                                                 "builtin:mae-vit-tiny-med)"}),
+    "backbone_check": ("--backbone", {"help": "refuse sets published for another backbone"}),
+    "max_context": ("--max-context", {"type": int, "default": 256, "help": "most examples a set may hold "
+                                                                            "(default 256)"}),
+}
+
+
 def add_context_command(add) -> None:
     cx = add("context", "context sets for in-context prediction: publish to a store (content-hashed, with a card), "
-                        "list, check")
-    cx.add_argument("action", choices=["publish", "list", "ls", "check"])  # ls: list, as adapters has
-    cx.add_argument("paths", nargs="+", help="publish: STORE DIR_OR_CSV; list / check: STORE")
-    cx.add_argument("--site", help="publish: the name the set is served under")
-    cx.add_argument("--backbone", help="publish: the backbone recorded in the card (default builtin:mae-vit-tiny-med); "
-                                       "check: refuse sets published for another backbone")
-    cx.add_argument("--max-context", type=int, default=256, help="most examples a set may hold (default 256)")
+                        "list, check (`tpp context ACTION --help`: each one's options)")
+    actions = cx.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, summary, positionals, options in CONTEXT_ACTIONS:
+        p = actions.add_parser(name, help=summary, description=summary, aliases=["ls"] if name == "list" else [])
+        p.add_argument("--debug", action="store_true", help="show full tracebacks")
+        for i, metavar in enumerate(positionals):  # args.paths, in this order
+            p.add_argument(f"path{i}", metavar=metavar)
+        p.set_defaults(positionals=len(positionals), max_context=256, backbone=None)
+        for option in options:
+            flag, kwargs = CONTEXT_OPTIONS[option]
+            p.add_argument(flag, **kwargs)
 
 
 def check_publish_order(store: str, source: str, site: str) -> None:
@@ -57,9 +78,8 @@ def check_publish_order(store: str, source: str, site: str) -> None:
 def cmd_context(args) -> int:
     from tpp.serve import contexts
 
+    args.paths = [getattr(args, f"path{i}") for i in range(args.positionals)]
     if args.action == "publish":
-        if len(args.paths) != 2 or not args.site:
-            raise TppError("usage: tpp context publish STORE DIR_OR_CSV --site SITE [--backbone B]")
         check_publish_order(*args.paths, args.site)
         from tpp.api import quiet
         from tpp.backbones import DEFAULT_BACKBONE, load_backbone
@@ -72,8 +92,6 @@ def cmd_context(args) -> int:
         print(printable(f"published {args.paths[1]} ({cv.ctx.task}, K={cv.ctx.k}, classes {'/'.join(cv.ctx.classes)}) "
                         f"as context {cv.site}@{cv.version} ({cv.path}); now current"))  # a name's bytes escaped
         return 0
-    if len(args.paths) != 1:
-        raise TppError(f"usage: tpp context {args.action} STORE")
     if not Path(args.paths[0]).is_dir():
         raise TppError(f"store '{args.paths[0]}' does not exist (or is not a folder): check the path; "
                        "`tpp context publish STORE CONTEXT --site S` creates one.")

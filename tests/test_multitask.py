@@ -455,3 +455,25 @@ def test_a_resumed_multitask_run_reports_each_tasks_final_loss_as_the_uninterrup
     full, cut = (json.loads((tmp_path / r / "adapter" / "tpp_card.json").read_text())["multitask"]["tasks"]
                  for r in ("full", "cut"))
     assert [t["final_loss"] for t in cut] == pytest.approx([t["final_loss"] for t in full], rel=1e-6)
+
+
+def test_a_card_of_the_old_default_name_is_taken_for_this_data_when_split_id_and_counts_agree():
+    """Before 2026-12-02 every source's data.name defaulted to 'breastmnist', and a seeded split depends on the
+    name: an adapter trained then, evaluated or fine-tuned from now under the data's own name, split otherwise.
+    Its training images may be in today's test split: refused, with the way to get the old split."""
+    from types import SimpleNamespace
+
+    from tpp.builders import check_leakage, check_same_split
+
+    site = SimpleNamespace(name="scans", origin=None, split_id="seeded 0 (val 0.1, test 0.2)", held_out_origins=(),
+                           splits={"train": [0] * 7, "val": [0] * 1, "test": [0] * 2},
+                           split_sha256=lambda: {"train": "new"})
+    old = {"name": "breastmnist", "origin": None, "split_id": site.split_id, "split_sha256": {"train": "old"},
+           "counts": {"train": 7, "val": 1, "test": 2}, "used": {"splits": ["train"]}}
+    with pytest.raises(TppError, match=r"another split of 'scans'.*give this run data.name=breastmnist"):
+        check_same_split({"data": old}, site, "runs/a/adapter")
+    with pytest.raises(TppError, match=r"perhaps the same data under the old default name.*data.name=breastmnist"):
+        check_leakage({"data": old}, site, "runs/tpp/adapter")
+    other = dict(old, counts={"train": 70, "val": 10, "test": 20})  # other data that was called breastmnist: passes
+    check_same_split({"data": other}, site, "runs/a/adapter")
+    check_leakage({"data": other}, site, "runs/tpp/adapter")

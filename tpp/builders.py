@@ -188,7 +188,7 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
     origin = seen.get("origin") or MEDMNIST_ORIGINS.get(seen.get("name"))
     parent_train = seen.get("split_sha256", {}).get("train")
     same_images = parent_train is not None and parent_train == dataset.split_sha256().get("train")
-    if (not origin or origin != dataset.origin) and not same_images:  # another (or an unknown) collection
+    if (not origin or origin != dataset.origin) and not same_images and not legacy_default_name(seen, dataset):
         if origin and origin in (dataset.held_out_origins or ()):  # a sub-folder of this data, or one above it
             raise TppError(
                 f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}', images of a folder that "
@@ -201,15 +201,14 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
     # cards written before split hashes: the same dataset name is the best evidence
     same_train = same_images if parent_train is not None else seen.get("name") == dataset.name
     if not (same_train and used_splits == ["train"]):
-        same = "read from the same image folder" if str(origin).startswith("files:") else \
-            f"made from the same {origin} images"
+        same = ("perhaps the same data under the old default name" if legacy_default_name(seen, dataset) else
+                "read from the same image folder" if str(origin).startswith("files:") else
+                f"made from the same {origin} images")
         decoded = (" (If the parent was trained before 2026-12-01 on photos with an EXIF orientation tag or on 8-bit "
                    "DICOM files, these images now decode differently: pre-train it again.)"
                    if seen.get("split_id") == dataset.split_id and used_splits == ["train"] else "")
         if seen.get("name") == "breastmnist" != dataset.name:
-            decoded += (" (Before 2026-12-02 data.name defaulted to 'breastmnist' for every data source, and a seeded "
-                        "split depends on data.name: if the parent's config left data.name out, give this run "
-                        "data.name=breastmnist to split as it did, or pre-train the parent again.)")
+            decoded += LEGACY_NAME_HINT
         raise TppError(
             f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
             f"'{seen.get('split_id')}'), {same} as '{dataset.name}' (split "
@@ -242,16 +241,33 @@ def label_fraction_of(cfg) -> float:
     return 1.0 if fraction is None else float(fraction)
 
 
+def legacy_default_name(seen: dict, dataset: Dataset) -> bool:
+    """Whether a card's data (``seen``) may be this dataset under the name every source defaulted to before
+    2026-12-02 (``breastmnist``; a seeded split depends on the name): the same split id and as many images."""
+    counts = seen.get("counts") or {}
+    total = sum(v for v in counts.values() if isinstance(v, int)) if isinstance(counts, dict) else None
+    return (seen.get("name") == "breastmnist" != dataset.name and seen.get("split_id") == dataset.split_id
+            and total == sum(len(s) for s in dataset.splits.values()))
+
+
+LEGACY_NAME_HINT = (" (Before 2026-12-02 data.name defaulted to 'breastmnist' for every data source, and a seeded "
+                    "split depends on data.name: if that run's config left data.name out, give this run "
+                    "data.name=breastmnist to split as it did.)")
+
+
 def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
     """Evaluation: refuse an adapter trained on another split of this dataset (its training images may
     be in the split evaluated now)."""
     trained = card.get("data", {})
     train_hash = trained.get("split_sha256", {}).get("train")
-    if trained.get("name") == dataset.name and train_hash and train_hash != dataset.split_sha256().get("train"):
+    legacy = legacy_default_name(trained, dataset)
+    if (trained.get("name") == dataset.name or legacy) and train_hash and \
+            train_hash != dataset.split_sha256().get("train"):
         raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}' "
                        f"({trained.get('split_id')}; this config gives {dataset.split_id}): its training images may "
                        "be in the split evaluated now. Use the split settings of its run (data.split_seed; a run "
-                       "made before data.split_seed existed was split by its seed: set data.split_seed to it).")
+                       "made before data.split_seed existed was split by its seed: set data.split_seed to it)."
+                       + (LEGACY_NAME_HINT if legacy else ""))
 
 
 def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: str) -> tuple:

@@ -107,16 +107,7 @@ def load_pool(cfg) -> tuple[ConcatInputs, torch.Tensor, torch.Tensor, list[dict]
     m = cfg.model
     images, sources, labels, entries, classes = [], [], [], [], []
     for index, entry in enumerate(cfg.pool):
-        data = dataclasses.replace(entry.data, root=entry.data.root or cfg.data.root)  # data.root applies to all
-        dataset = load_data(data, cfg.seed, m.image_size)
-        train = dataset.split("train")
-        supervised = entry.supervised and train.labels is not None
-        if supervised:  # at least two classes (a one-class head learns nothing), no masks
-            try:
-                get_task("classification").check_data(dataset)
-            except TppError as exc:
-                raise TppError(f"pool[{index}]: {exc} Set pool[{index}].supervised=false to use its images for "
-                               "MAE only.") from None
+        dataset, train, supervised = pool_dataset(cfg, index, entry)
         images.append(ModelInputs(train.images, m.num_channels, m.image_size, m.mean, m.std))
         sources.append(torch.full((len(train),), index))
         labels.append(torch.from_numpy(train.labels) if supervised else torch.full((len(train),), -1))
@@ -125,6 +116,29 @@ def load_pool(cfg) -> tuple[ConcatInputs, torch.Tensor, torch.Tensor, list[dict]
                             supervised=supervised, license=data_license(entry.data),
                             skipped_files=len(dataset.skipped)))
     return ConcatInputs(images), torch.cat(sources), torch.cat(labels).long(), entries, classes
+
+
+def pool_dataset(cfg, index: int, entry) -> tuple:
+    """Pool entry ``index`` loaded at the model's size and checked: (dataset, training split, whether its labels
+    train a head: at least two classes and no masks, else a TppError naming the entry)."""
+    data = dataclasses.replace(entry.data, root=entry.data.root or cfg.data.root)  # data.root applies to all
+    dataset = load_data(data, cfg.seed, cfg.model.image_size)
+    train = dataset.split("train")
+    supervised = entry.supervised and train.labels is not None
+    if supervised:  # at least two classes (a one-class head learns nothing), no masks
+        try:
+            get_task("classification").check_data(dataset)
+        except TppError as exc:
+            raise TppError(f"pool[{index}]: {exc} Set pool[{index}].supervised=false to use its images for "
+                           "MAE only.") from None
+    return dataset, train, supervised
+
+
+def check_pool_data(cfg) -> dict:
+    """What ``tpp validate`` checks of the pool's data: every entry loaded and checked as the run does
+    (:func:`pool_dataset`). Returns {entry: training images}."""
+    return {f"pool[{i}] {d.name}": len(train) for i, (d, train, _) in
+            enumerate(pool_dataset(cfg, i, entry) for i, entry in enumerate(cfg.pool))}
 
 
 def source_heads(objective: PoolObjective, entries: list[dict], classes: list[int]) -> tuple[dict, dict]:

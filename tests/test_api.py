@@ -220,9 +220,11 @@ def test_arguments_of_the_wrong_type_are_one_tpp_error_naming_them(world):
                        (lambda: tpp.in_context(pairs, u8, method="knn", k="3"), "k must be a whole number"),
                        (lambda: tpp.in_context(pairs, u8, image_size="64"), "image_size must be a whole number"),
                        (lambda: tpp.in_context(None, u8), "context must be a folder, a CSV, or a list"),
-                       (lambda: tpp.finetune(FINETUNE_CONFIG, 5), "overrides must be a dict of dotted keys")]:
+                       (lambda: tpp.finetune(FINETUNE_CONFIG, 5), "overrides must be a dict of dotted keys"),
+                       (lambda: tpp.in_context(pairs, u8, adapter=5), "adapter must be a path")]:
         with pytest.raises(TppError, match=said):
             call()
+    assert len(world.model.predict([u8, u8], batch_size=np.int64(1))) == 2  # a numpy integer is a whole number
 
 
 def test_evaluate_a_dict_config_with_paths_of_the_current_folder(world, monkeypatch):

@@ -501,10 +501,12 @@ def test_an_override_of_a_section_the_run_does_not_read_is_warned_about():
     ({"source": "folder", "root": "/data/site_a/", "modality": "US"}, "site_a"),
     ({"source": "folder", "root": "/data/site_a", "file": "ultrasound", "modality": "US"}, "ultrasound"),
     ({"source": "csv", "file": "labels.csv", "name": "my-site"}, "my-site"),
-    ({"source": "folder", "modality": "US"}, "folder"),
+    ({"source": "folder", "root": "/data/site.v2", "modality": "US"}, "site_v2"),  # a folder: whole, made safe
+    ({"source": "folder", "modality": "US"}, "folder"),  # no root at all (TPP_DATA_ROOT unset below)
 ])
-def test_a_data_section_without_a_name_is_named_after_its_own_data(data, name):
+def test_a_data_section_without_a_name_is_named_after_its_own_data(data, name, monkeypatch):
     """Not after a MedMNIST set it never read: the name goes into cards, leakage messages and the corruption preset."""
+    monkeypatch.delenv("TPP_DATA_ROOT", raising=False)
     assert build_config({"data": data}).data.name == name
     pool = build_config({"recipe": "multitask", "pool": [{"kind": "mae", "data": data}]}).pool
     assert pool[0].data.name == name
@@ -528,6 +530,11 @@ def test_an_inherited_option_given_as_the_parents_default_resolved_is_no_conflic
         inherit(adapter("adapter.target_modules=[q_proj, out_proj]"), card)
     with pytest.raises(ConfigError, match=r"adapter\.r=4 conflicts"):
         inherit(adapter("adapter.r=4"), card)
+
+
+def test_without_data_root_the_environments_root_names_the_data(monkeypatch):
+    monkeypatch.setenv("TPP_DATA_ROOT", "/hospital/ultrasound_2024/")
+    assert build_config({"data": {"source": "folder", "modality": "US"}}).data.name == "ultrasound_2024"
 
 
 def test_switching_the_source_away_from_medmnist_on_the_command_line_drops_the_files_dataset_name():

@@ -254,6 +254,8 @@ def test_a_misspelt_eval_target_is_refused_with_the_name_meant_and_a_sites_own_n
                                           r"'breastmnist'\? A misspelt target turns the leakage check off"):
         check_eval_targets(tasks, ["breastmnst"])
     check_eval_targets(tasks, ["hospital_b_ultrasound"])  # a site's own dataset: nothing to compare, passes
+    check_eval_targets([("a", "classification", "hospital_a", None), ("b", "mae", "hospital_b", None)],
+                       ["hospital_c", "breastmnist_224"])  # held-out sites near pool names or MedMNIST ones: pass
 
 
 def _pool(seg_file) -> str:

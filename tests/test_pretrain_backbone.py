@@ -117,6 +117,8 @@ def test_a_supervised_pool_entry_of_one_class_is_refused_naming_it(pool_root, tm
              labels=np.arange(40) % 2, class_names=np.array(["brain", "breast"]))
     one = "{data: {source: npz, name: mr, file: mr.npz, modality: MR, classes: [breast]}"
     pool = f"pool=[{{data: {{source: medmnist, name: bloodmnist}}}}, {one}}}]"
+    assert run_cli("validate", POOL_CONFIG, f"data.root={pool_root}", pool, *TINY_MODEL) == 2  # validate says so too
+    assert "found with its data loaded" in capsys.readouterr().err
     assert pretrain(pool_root, tmp_path / "one", "train.max_steps=1", pool) == 2
     err = capsys.readouterr().err
     assert "pool[1]: dataset 'mr' has 1 class" in err and "pool[1].supervised=false" in err

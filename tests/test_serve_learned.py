@@ -241,6 +241,7 @@ def test_learned_without_a_model_of_that_kind_is_a_400_naming_the_option(world):
 
 def test_a_tampered_or_foreign_model_is_refused_at_start_up(world, tmp_path, capsys):
     import shutil
+    import socket
 
     from tpp.backbones import load_backbone
     from tpp.serve.incontext_models import load_models
@@ -250,8 +251,11 @@ def test_a_tampered_or_foreign_model_is_refused_at_start_up(world, tmp_path, cap
     card = json.loads((tampered / learned.CARD).read_text())
     card["architecture"]["hidden"] = 32  # the weights no longer fit the card
     (tampered / learned.CARD).write_text(json.dumps(card))
+    with socket.socket() as free:  # a port this user may bind (below 1024 needs root): the model check is first
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
     code = run_cli("serve", "--backbone", world["backbone"], "--store", world["store"], "--incontext-model", tampered,
-                   "--device", "cpu", "--port", "1")
+                   "--device", "cpu", "--port", port)
     err = capsys.readouterr().err
     assert code == 2 and str(tampered) in err and "--incontext-model" in err and "Traceback" not in err
     foreign = shutil.copytree(world["models"]["cls"], tmp_path / "foreign")

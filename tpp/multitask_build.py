@@ -174,17 +174,18 @@ def origin_of(name: str) -> str:
     return MEDMNIST_ORIGINS.get(name.lower(), name)
 
 
-def check_target_names(targets: list[str], pool_names: list[str]) -> None:
-    """An evaluation target that is no dataset or origin tpp or the pool knows, but one letter or two off one
-    (``breastmnst``), is a typo that would turn the leakage refusal off: a ConfigError with the name meant. Other
-    names (a site's own dataset) pass."""
+def check_target_names(targets: list[str]) -> None:
+    """An evaluation target that is no MedMNIST dataset or origin but one letter or two off one (``breastmnst``)
+    is a typo that would turn the leakage refusal off: a ConfigError with the name meant. Other names (a site's
+    own dataset, ``hospital_c`` beside a pool of ``hospital_a`` and ``hospital_b``) pass."""
     import difflib
 
     from tpp.data.arrays import MEDMNIST_ORIGINS
 
-    known = {n.lower(): n for n in [*MEDMNIST_ORIGINS, *MEDMNIST_ORIGINS.values(), *pool_names]}
+    known = {n.lower(): n for n in [*MEDMNIST_ORIGINS, *MEDMNIST_ORIGINS.values()]}
     for target in targets:
-        close = difflib.get_close_matches(target.lower(), list(known), n=1, cutoff=0.8)
+        close = [c for c in difflib.get_close_matches(target.lower(), list(known), n=3, cutoff=0.8)
+                 if abs(len(c) - len(target)) <= 2]  # a letter or two off, not a variant (breastmnist_224)
         if target.lower() not in known and close:
             raise ConfigError(f"multitask.eval_targets: '{target}' is no dataset or origin tpp knows; did you mean "
                               f"'{known[close[0]]}'? A misspelt target turns the leakage check off for it.")
@@ -194,7 +195,7 @@ def check_eval_targets(tasks: list[tuple[str, str, str, str | None]], targets: l
     """Refuse a task whose data comes from an evaluation target's image collection. ``tasks``: (task name, kind,
     data.name, origin or None) each. One exception, as for TPP: a pretext (no labels) on the target dataset
     itself (same data.name; the recipe reads training splits only). The message names both."""
-    check_target_names(targets, [d for _, _, d, _ in tasks] + [o for _, _, _, o in tasks if o])
+    check_target_names(targets)
     wanted = {origin_of(t).lower(): t for t in targets} | {t.lower(): t for t in targets}
     for name, kind, data_name, origin in tasks:
         for key in (origin, data_name, origin_of(data_name)):

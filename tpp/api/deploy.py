@@ -6,6 +6,7 @@ context set as ``tpp predict --context``. Everything heavy is imported inside th
 from __future__ import annotations
 
 import io
+import numbers
 import os
 import re
 import shutil
@@ -28,9 +29,9 @@ def count_arg(value, what: str, optional: bool = False) -> int | None:
     """``value`` as a whole number of at least 1 (None passes when ``optional``), else a TppError naming it."""
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:  # numpy integers too
         raise TppError(f"{what} must be a whole number, at least 1, got {value!r}.")
-    return value
+    return int(value)
 
 # -- loading and predicting ----------------------------------------------------------------------------------
 
@@ -151,7 +152,7 @@ class Model:
 
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        count_arg(batch_size, "batch_size")
+        batch_size = count_arg(batch_size, "batch_size")
         options = {"frame": frame, "slice_spec": slice, "window": window}
         arrays = [read_image(item, i, **options) for i, item in enumerate(items)]
         site = self.bank.site(self.site_name)
@@ -314,8 +315,7 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
     from tpp.serve.adapter_features import with_adapter
 
     check_method(method)  # before any file is read or the backbone loaded
-    count_arg(k, "k", optional=True)
-    count_arg(image_size, "image_size", optional=True)
+    k, image_size = count_arg(k, "k", optional=True), count_arg(image_size, "image_size", optional=True)
     if context is None:
         raise TppError("context must be a folder, a CSV, or a list of (image, label) / (image, mask) pairs, not None.")
     if isinstance(context, (str, os.PathLike)):
@@ -330,7 +330,7 @@ def in_context(context, images, backbone=None, method: str = "prototype", *, k: 
         extractor = load_extractor(path_arg(backbone, "backbone") if backbone is not None else DEFAULT_BACKBONE, device,
                                    precision)
         if adapter is not None:
-            extractor = with_adapter(extractor, os.fspath(adapter))
+            extractor = with_adapter(extractor, path_arg(adapter, "adapter"))
         prepared = prepare(ctx, extractor, method, k, image_size,
                            model=os.fspath(model) if isinstance(model, (str, os.PathLike)) else model)
         results = []

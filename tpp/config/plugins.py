@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import re
 from pathlib import PurePath
 from typing import Any
 
@@ -54,17 +56,24 @@ def _data_options(section: dict, path: str) -> dict:
     return section
 
 
+DATA_FILE_SUFFIXES = (".npz", ".csv", ".tsv", ".txt")  # dropped from a data file's name; a folder's name stays whole
+
+
 def default_dataset_name(source: str, section: dict) -> str:
     """``data.name`` when the config leaves it out: ``breastmnist`` for MedMNIST (the demo's dataset); else the
-    data's own name (``data.file``'s stem, or the data root's folder name) so cards, leakage messages and the
-    corruption preset never name a MedMNIST dataset the run did not read; the source's name as a last resort."""
+    data's own name: ``data.file``'s (a file without its suffix, a folder whole), else the data root's folder name
+    (``data.root``, else env ``TPP_DATA_ROOT``), any character but letters, digits, - and _ made _; so cards,
+    leakage messages and the corruption preset never name a MedMNIST set the run did not read. The source's name
+    as a last resort."""
     if source == "medmnist":
         return DataConfig.name
-    for given in (section.get("file"), section.get("root")):
+    for given in (section.get("file"), section.get("root"), os.environ.get("TPP_DATA_ROOT")):
         if isinstance(given, str) and given.strip():
-            stem = PurePath(given.strip().rstrip("/\\")).stem
-            if stem not in ("", ".", ".."):
-                return stem
+            path = PurePath(given.strip().rstrip("/\\"))
+            name = path.stem if path.suffix.lower() in DATA_FILE_SUFFIXES else path.name
+            name = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")  # a name tpp uses in files and task names
+            if name:
+                return name
     return source
 
 

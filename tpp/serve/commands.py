@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from tpp.console import print_table, report_check
+from tpp.console import action_paths, add_actions, print_table, report_check
 from tpp.errors import TppError
 from tpp.serve.context_commands import add_context_options, cmd_predict_context
 
@@ -65,16 +65,7 @@ def add_deploy_commands(add) -> None:
     ad = add("adapters", "manage an adapter store: publish, ls, check, rollback; push / pull a version to / "
                          "from a Hugging Face Hub model repo (`tpp adapters ACTION --help`: each one's options)")
     ad.epilog += HUB_EXAMPLES
-    actions = ad.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, summary, positionals, options in ADAPTERS_ACTIONS:
-        p = actions.add_parser(name, help=summary, description=summary, aliases=["list"] if name == "ls" else [])
-        p.add_argument("--debug", action="store_true", help="show full tracebacks")
-        for i, metavar in enumerate(positionals):  # args.paths, in this order (a tuple metavar breaks --help)
-            p.add_argument(f"path{i}", metavar=metavar)
-        p.set_defaults(positionals=len(positionals))
-        for option in options:
-            flag, kwargs = ADAPTERS_OPTIONS[option]
-            p.add_argument(flag, **kwargs)
+    add_actions(ad, ADAPTERS_ACTIONS, ADAPTERS_OPTIONS, aliases={"ls": ["list"]})
     pr = add("predict", "probabilities and label names (or segmentation masks) per image, written as a CSV")
     pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
     _common_deploy(pr, store_required=False)
@@ -147,7 +138,7 @@ def _common_deploy(p, store_required: bool = True) -> None:
 def cmd_adapters(args) -> int:
     from tpp.serve import store
 
-    args.paths = [getattr(args, f"path{i}") for i in range(args.positionals)]
+    args.paths = action_paths(args)
     if args.action in ("push", "pull"):
         return _cmd_hub(args)
     if args.action == "publish":

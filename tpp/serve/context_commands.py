@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from tpp.console import print_table, printable, report_check
+from tpp.console import action_paths, add_actions, print_table, printable, report_check
 from tpp.errors import TppError
 
 
@@ -48,16 +48,7 @@ CONTEXT_OPTIONS = {
 def add_context_command(add) -> None:
     cx = add("context", "context sets for in-context prediction: publish to a store (content-hashed, with a card), "
                         "list, check (`tpp context ACTION --help`: each one's options)")
-    actions = cx.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, summary, positionals, options in CONTEXT_ACTIONS:
-        p = actions.add_parser(name, help=summary, description=summary, aliases=["ls"] if name == "list" else [])
-        p.add_argument("--debug", action="store_true", help="show full tracebacks")
-        for i, metavar in enumerate(positionals):  # args.paths, in this order
-            p.add_argument(f"path{i}", metavar=metavar)
-        p.set_defaults(positionals=len(positionals), max_context=256, backbone=None)
-        for option in options:
-            flag, kwargs = CONTEXT_OPTIONS[option]
-            p.add_argument(flag, **kwargs)
+    add_actions(cx, CONTEXT_ACTIONS, CONTEXT_OPTIONS, aliases={"list": ["ls"]})
 
 
 def check_publish_order(store: str, source: str, site: str) -> None:
@@ -78,7 +69,7 @@ def check_publish_order(store: str, source: str, site: str) -> None:
 def cmd_context(args) -> int:
     from tpp.serve import contexts
 
-    args.paths = [getattr(args, f"path{i}") for i in range(args.positionals)]
+    args.paths = action_paths(args)
     if args.action == "publish":
         check_publish_order(*args.paths, args.site)
         from tpp.api import quiet

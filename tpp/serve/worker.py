@@ -86,9 +86,12 @@ class InferenceWorker:
         return self._submit(_Job("call", fn=fn))
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop both threads and wait for them (a thread still inside a library when the process exits can abort
+        it: "terminate called without an active exception")."""
         self._to_prepare.put((None, None))
         self.queue.put(_Job("stop"))
         self._thread.join(timeout)
+        self._loader.join(timeout)
 
     def _submit(self, job: _Job, read_first: bool = False) -> Future:
         """Queue ``job`` for the inference thread; ``read_first``: for the loader thread first, which reads the

@@ -117,6 +117,18 @@ def test_tpp_and_finetunes_of_other_seeds_share_the_split(tiny_mae, tmp_path, ca
     assert "data.split_seed" in capsys.readouterr().err
 
 
+def test_a_parent_pre_trained_on_the_same_file_under_another_name_is_refused(tiny_mae, tmp_path, capsys):
+    """No data.origin, and data.name (which seeds the split) changed: only the images tell it is the same data."""
+    _npz(tmp_path)
+    data = ["data.source=npz", "data.file=own.npz", "data.modality=US"]
+    assert run_cli(*recipe_args("tpp", TPP_CONFIG, tiny_mae, tmp_path, tmp_path / "tpp", "train.max_steps=2", *FAST,
+                                *data, "data.name=own")) == 0
+    parent = f"adapter.init_from={tmp_path / 'tpp' / 'adapter'}"
+    assert finetune(tiny_mae, tmp_path, tmp_path / "renamed", *data, "data.name=renamed", parent) == 2
+    assert "the very same images as 'renamed'" in capsys.readouterr().err
+    assert not (tmp_path / "renamed" / "adapter").exists()
+
+
 # -- metric definitions --------------------------------------------------------------------------------------
 
 def test_multiclass_auroc_is_the_macro_mean_of_one_vs_rest_and_metrics_json_says_so():

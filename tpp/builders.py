@@ -183,12 +183,14 @@ def check_leakage(parent_card: dict, dataset: Dataset, source: str, label_fracti
 
 def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float) -> None:
     """:func:`check_leakage` for one dataset the parent saw (its card's ``data`` entry)."""
-    from tpp.data.arrays import MEDMNIST_ORIGINS
+    from tpp.data.arrays import known_origin
 
-    origin = seen.get("origin") or MEDMNIST_ORIGINS.get(seen.get("name"))
+    origin = seen.get("origin") or known_origin(seen.get("name"))
     parent_train = seen.get("split_sha256", {}).get("train")
     same_images = parent_train is not None and parent_train == dataset.split_sha256().get("train")
-    if (not origin or origin != dataset.origin) and not same_images and not legacy_default_name(seen, dataset):
+    collection = same_collection(seen, dataset)
+    if (not origin or origin != dataset.origin) and not same_images and not collection and \
+            not legacy_default_name(seen, dataset):
         if origin and origin in (dataset.held_out_origins or ()):  # a sub-folder of this data, or one above it
             raise TppError(
                 f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}', images of a folder that "
@@ -202,6 +204,7 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
     same_train = same_images if parent_train is not None else seen.get("name") == dataset.name
     if not (same_train and used_splits == ["train"]):
         same = ("perhaps the same data under the old default name" if legacy_default_name(seen, dataset) else
+                "the very same images" if collection else
                 "read from the same image folder" if str(origin).startswith("files:") else
                 f"made from the same {origin} images")
         decoded = (" (If the parent was trained before 2026-12-01 on photos with an EXIF orientation tag or on 8-bit "
@@ -241,6 +244,13 @@ def label_fraction_of(cfg) -> float:
     return 1.0 if fraction is None else float(fraction)
 
 
+def same_collection(seen: dict, dataset: Dataset) -> bool:
+    """Whether a card's data (``seen``) holds exactly this dataset's images, whatever it was named or how it was
+    split (``collection_sha256``; cards written before 2026-12-02 have none)."""
+    recorded = seen.get("collection_sha256")
+    return isinstance(recorded, str) and recorded == dataset.collection_sha256()
+
+
 def legacy_default_name(seen: dict, dataset: Dataset) -> bool:
     """Whether a card's data (``seen``) may be this dataset under the name every source defaulted to before
     2026-12-02 (``breastmnist``; a seeded split depends on the name): the same split id and as many images."""
@@ -261,13 +271,16 @@ def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
     trained = card.get("data", {})
     train_hash = trained.get("split_sha256", {}).get("train")
     legacy = legacy_default_name(trained, dataset)
-    if (trained.get("name") == dataset.name or legacy) and train_hash and \
+    if (trained.get("name") == dataset.name or legacy or same_collection(trained, dataset)) and train_hash and \
             train_hash != dataset.split_sha256().get("train"):
-        raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}' "
-                       f"({trained.get('split_id')}; this config gives {dataset.split_id}): its training images may "
+        renamed = trained.get("name") != dataset.name and not legacy
+        raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}'"
+                       + (f" (the same images, named '{trained.get('name')}' there)" if renamed else "")
+                       + f" ({trained.get('split_id')}; this config gives {dataset.split_id}): its training images may "
                        "be in the split evaluated now. Use the split settings of its run (data.split_seed; a run "
                        "made before data.split_seed existed was split by its seed: set data.split_seed to it)."
-                       + (LEGACY_NAME_HINT if legacy else ""))
+                       + (f" A seeded split depends on data.name too: give data.name={trained.get('name')}."
+                          if renamed else "") + (LEGACY_NAME_HINT if legacy else ""))
 
 
 def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: str) -> tuple:

@@ -169,9 +169,9 @@ def _unknown_head_keys(entry, where: str) -> list[str]:
 
 def origin_of(name: str) -> str:
     """The image collection of a dataset name or origin (``breastmnist`` -> ``BUSI``)."""
-    from tpp.data.arrays import MEDMNIST_ORIGINS
+    from tpp.data.arrays import known_origin
 
-    return MEDMNIST_ORIGINS.get(name.lower(), name)
+    return known_origin(name) or name
 
 
 def check_target_names(targets: list[str]) -> None:

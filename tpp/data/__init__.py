@@ -18,13 +18,15 @@ KNOWN_MODALITIES = {"US", "CR", "DX", "RG", "CT", "MR", "XC", "SM", "OP", "OCT",
 
 
 def image_bytes(images):
-    """The bytes of uint8 images (N, H, W[, C]) in order, in chunks: an array at once, files (``ImageFiles``)
-    one decoded image at a time. Their concatenation is the array's C-order bytes either way."""
-    if isinstance(images, np.ndarray):
-        yield np.ascontiguousarray(images).tobytes()
-        return
+    """The bytes of uint8 images (N, H, W[, C]) in order, one image at a time (files, ``ImageFiles``, are
+    decoded one by one). Their concatenation is the array's C-order bytes."""
     for i in range(len(images)):
         yield np.ascontiguousarray(images[i]).tobytes()
+
+
+def image_digest(data: bytes, shape: tuple) -> bytes:
+    """sha256 of one image: its shape and bytes (the same bytes in another shape are another image)."""
+    return hashlib.sha256(f"{tuple(shape)}".encode() + data).digest()
 
 
 def same_modality(a: str, b: str) -> bool:
@@ -92,9 +94,17 @@ class Dataset:
 
     def split_sha256(self) -> dict[str, str]:
         """Per split, sha256 (16 hex) over its image bytes: equal hashes mean the same images in that split."""
+        return dict(self._image_hashes()["splits"])
+
+    def collection_sha256(self) -> str:
+        """sha256 (16 hex) over the sorted digests of every image of every split: the same images give the same
+        value whatever their order, split, or ``name`` (which seeds a split). Labels are not read."""
+        return self._image_hashes()["collection"]
+
+    def _image_hashes(self) -> dict:
         key = self._splits_key()
         cached = [h for k, h in self._hash_cache.values() if k == key]
-        return dict((cached[0] if cached else self._hashes(False))["splits"])
+        return cached[0] if cached else self._hashes(False)
 
     def _splits_key(self) -> tuple:
         return tuple((name, id(split), len(split)) for name, split in sorted(self.splits.items()))
@@ -105,18 +115,20 @@ class Dataset:
         key = self._splits_key()
         if labels in self._hash_cache and self._hash_cache[labels][0] == key:
             return self._hash_cache[labels][1]
-        content, splits = hashlib.sha256(), {}
+        content, splits, digests = hashlib.sha256(), {}, []
         for name in sorted(self.splits):
             split, own = self.splits[name], hashlib.sha256()
             content.update(name.encode())
             for chunk in image_bytes(split.images):
                 content.update(chunk)
                 own.update(chunk)
+                digests.append(image_digest(chunk, split.images.shape[1:]))
             for extra in ((split.labels, split.masks) if labels else ()):
                 if extra is not None:
                     content.update(np.ascontiguousarray(extra).tobytes())
             splits[name] = own.hexdigest()[:16]
-        hashes = {"content": content.hexdigest(), "splits": splits}
+        collection = hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
+        hashes = {"content": content.hexdigest(), "splits": splits, "collection": collection}
         self._hash_cache[labels] = (key, hashes)
         return hashes
 
@@ -127,6 +139,7 @@ class Dataset:
         described = {
             "name": self.name, "modality": self.modality, "content_sha256": self.content_hash(labels),
             "origin": self.origin, "split_id": self.split_id, "split_sha256": self.split_sha256(),
+            "collection_sha256": self.collection_sha256(),
             "classes": list(self.class_names),
             "counts": {k: len(v) for k, v in self.splits.items()}, "used": used or {},
         }

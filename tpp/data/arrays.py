@@ -7,6 +7,7 @@ and say what to do. The registered sources (``tpp.data.sources``) call these loa
 from __future__ import annotations
 
 import math
+import re
 import os
 import warnings
 import zipfile
@@ -48,6 +49,18 @@ MEDMNIST_ORIGINS = {"breastmnist": "BUSI", "pneumoniamnist": "Kermany2018", "der
                     "dermamnist_jpeg": "HAM10000"}
 MEDMNIST["dermamnist_jpeg"] = MEDMNIST["dermamnist"]  # the lossy re-export in ../shared/data
 MEDMNIST_LICENSES["dermamnist_jpeg"] = MEDMNIST_LICENSES["dermamnist"]
+MEDMNIST_SIZE_SUFFIX = re.compile(r"_(28|64|128|224)$")  # MedMNIST+ files: breastmnist_224.npz
+
+
+def known_origin(name) -> str | None:
+    """The image collection behind a dataset name tpp knows, at any MedMNIST+ size (``breastmnist``,
+    ``breastmnist_224`` and ``busi_64`` -> ``BUSI``), else None."""
+    if not isinstance(name, str):
+        return None
+    base = MEDMNIST_SIZE_SUFFIX.sub("", name.lower())
+    return MEDMNIST_ORIGINS.get(base) or ("BUSI" if base == "busi" else None)
+
+
 MEDMNIST_HOME = "~/.medmnist"  # the MedMNIST root when no data root is set (the medmnist package's folder too)
 
 

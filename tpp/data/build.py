@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from tpp.data import Dataset
-from tpp.data.arrays import medmnist_fallback_problems, no_data_root, resolve_root
+from tpp.data.arrays import known_origin, medmnist_fallback_problems, no_data_root, resolve_root
 from tpp.data.sources import get_source
 from tpp.data.tensors import to_model_tensor  # noqa: F401  (its home before; imported from here)
 from tpp.errors import TppError
@@ -22,7 +22,7 @@ def load_data(data, seed: int | None, image_size: int, labels: bool = True) -> D
     split. ``labels=False`` (pre-training): MedMNIST files and .npz files with their own splits are read
     without their label arrays; sources split here still read labels to stratify."""
     dataset = get_source(data.source).load(data, data.resolved(), data.split_seed, image_size, labels)
-    dataset.origin = data.origin or dataset.origin
+    dataset.origin = data.origin or dataset.origin or known_origin(dataset.name)  # an npz named breastmnist_224
     dataset.source = dataset.source or f"data.source={data.source}"  # for error messages (never in cards)
     return dataset
 

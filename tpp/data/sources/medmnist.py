@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tpp.data import Dataset
-from tpp.data.arrays import MEDMNIST, MEDMNIST_LICENSES, MEDMNIST_ORIGINS, load_medmnist
+from tpp.data.arrays import MEDMNIST, MEDMNIST_LICENSES, known_origin, load_medmnist
 from tpp.data.sources import Source, register
 
 
@@ -19,7 +19,7 @@ class MedMNISTOptions:
 def load(common, options: MedMNISTOptions, seed: int, image_size: int, labels: bool = True) -> Dataset:
     """``common.name`` is the MedMNIST flag (breastmnist ...); ``labels=False`` leaves the label arrays unread."""
     dataset = load_medmnist(common.name, common.root, options.download, labels)
-    dataset.origin = MEDMNIST_ORIGINS.get(common.name)
+    dataset.origin = known_origin(common.name)
     return dataset
 
 

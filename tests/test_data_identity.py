@@ -1,0 +1,79 @@
+"""The image collection's order-independent hash (``collection_sha256``): a card recognises its data under any
+name or split, so the leakage and evaluation checks no longer trust ``data.name``."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tpp.builders import check_leakage, check_same_split
+from tpp.data import Dataset, Split
+from tpp.errors import TppError
+
+
+def _images(n: int = 12, shape=(6, 6), seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 255, (n, *shape), dtype=np.uint8)
+
+
+def _dataset(name: str, images: np.ndarray, order: np.ndarray, n_train: int = 8) -> Dataset:
+    """``images`` split by ``order``: the first ``n_train`` train, the rest test (labels 0/1)."""
+    labels = np.arange(len(images)) % 2
+    pick = {"train": order[:n_train], "test": order[n_train:]}
+    return Dataset(name, "US", ["a", "b"], {s: Split(images[i], labels[i]) for s, i in pick.items()},
+                   split_id=f"seeded ({name})")
+
+
+def test_the_collection_hash_ignores_order_split_and_name_but_not_an_image_or_its_shape():
+    images = _images()
+    rng = np.random.default_rng(1)
+    a = _dataset("a", images, np.arange(12))
+    b = _dataset("b", images, rng.permutation(12), n_train=5)
+    assert a.collection_sha256() == b.collection_sha256()
+    assert a.split_sha256()["train"] != b.split_sha256()["train"]
+    changed = images.copy()
+    changed[3, 0, 0] ^= 1
+    assert _dataset("a", changed, np.arange(12)).collection_sha256() != a.collection_sha256()
+    reshaped = images.reshape(12, 4, 9)  # the same bytes, another image shape
+    assert _dataset("a", reshaped, np.arange(12)).collection_sha256() != a.collection_sha256()
+    assert a.describe()["collection_sha256"] == a.collection_sha256()
+
+
+def test_evaluate_refuses_an_adapter_trained_on_another_split_of_the_same_images_under_another_name():
+    images = _images()
+    trained = _dataset("scans", images, np.arange(12))
+    card = {"data": trained.describe(used={"splits": ["train"]})}
+    renamed = _dataset("site_b", images, np.random.default_rng(2).permutation(12))
+    with pytest.raises(TppError, match=r"another split of 'site_b' \(the same images, named 'scans' there\).*"
+                                       r"give data.name=scans"):
+        check_same_split(card, renamed, "runs/a/adapter")
+    check_same_split(card, _dataset("site_b", images, np.arange(12)), "runs/a/adapter")  # its own split: fine
+    check_same_split(card, _dataset("site_b", _images(seed=3), np.arange(12)), "x")  # other images: fine
+
+
+def test_init_from_refuses_a_parent_pre_trained_on_these_images_under_another_name_and_split():
+    images = _images()
+    parent = {"data": _dataset("scans", images, np.arange(12)).describe(labels=False, used={"splits": ["train"]})}
+    renamed = _dataset("site_b", images, np.random.default_rng(2).permutation(12))
+    assert renamed.origin is None  # no origin to compare: only the images tell
+    with pytest.raises(TppError, match="'scans'.*the very same images as 'site_b'.*may have seen"):
+        check_leakage(parent, renamed, "runs/tpp/adapter")
+    check_leakage(parent, _dataset("site_b", images, np.arange(12)), "runs/tpp/adapter")  # its training split
+    check_leakage(parent, _dataset("site_b", _images(seed=3), np.arange(12)), "runs/tpp/adapter")  # other images
+
+
+def test_medmnist_plus_sizes_and_busi_files_map_to_their_image_collection(tmp_path):
+    from tpp.config import build_config
+    from tpp.data.arrays import known_origin
+    from tpp.data.build import load_data
+
+    assert [known_origin(n) for n in ("breastmnist", "BreastMNIST_224", "busi_64", "pneumoniamnist_128",
+                                      "breastmnist_2240", "scans", None)] == \
+        ["BUSI", "BUSI", "BUSI", "Kermany2018", None, None, None]
+    np.savez(tmp_path / "breastmnist_224.npz", images=_images(20, (8, 8)), labels=np.arange(20) % 2)
+    cfg = build_config({"data": {"source": "npz", "file": "breastmnist_224.npz", "root": str(tmp_path),
+                                 "modality": "US"}})
+    site = load_data(cfg.data, None, 28)
+    assert site.name == "breastmnist_224" and site.origin == "BUSI"
+    parent = {"data": {"name": "breastmnist", "split_sha256": {"train": "0123456789abcdef"},
+                       "used": {"splits": ["train"]}}}  # TPP on the 28 px BreastMNIST: the same BUSI images
+    with pytest.raises(TppError, match="made from the same BUSI images as 'breastmnist_224'"):
+        check_leakage(parent, site, "runs/tpp/adapter")

@@ -161,7 +161,8 @@ STUB_VERSION = "0123456789abcdef"
 class StubWorker:
     """Stands in for the inference worker: records what reached it, answers every image with label 'a'."""
 
-    bank = SimpleNamespace(info=SimpleNamespace(id="stub", hash="0" * 64))
+    bank = SimpleNamespace(info=SimpleNamespace(id="stub", hash="0" * 64), resident={}, refused={},
+                           serving=lambda: {})
     alive = True  # /healthz asks
 
     def __init__(self):
@@ -173,6 +174,12 @@ class StubWorker:
         entry = {"label": "a", "probabilities": {"a": 1.0, "b": 0.0}}
         future.set_result(SimpleNamespace(version=STUB_VERSION, label_names=["a", "b"],
                                           entries=lambda: [entry] * len(arrays)))
+        return future
+
+    def call(self, fn):
+        """``fn(bank)`` at once, on the caller's thread (``GET /v1/sites`` asks for the bank's residency)."""
+        future = Future()
+        future.set_result(fn(self.bank))
         return future
 
 

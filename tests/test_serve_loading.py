@@ -1,15 +1,16 @@
 """Loading sites while serving: a site's files are read and verified off the inference thread (other sites' requests
 are answered meanwhile) and installed on it; ``GET /v1/sites`` reports the version a site not in memory comes back
 at. Concurrency is shown with events (a read held open), never with timings."""
+import asyncio
 import shutil
 import threading
 
 import pytest
 import torch
 from helpers import HANG_S, png_bytes
-from serving_fixtures import build_store, request, serving
+from serving_fixtures import build_store, call, request, serving, stub_app
 
-from tpp.serve import store
+from tpp.serve import contexts, store
 from tpp.errors import TppError
 from tpp.serve.bank import AdapterBank, SiteRefused
 from tpp.serve.worker import InferenceWorker
@@ -176,3 +177,23 @@ def test_sites_lists_the_version_an_unloaded_site_comes_back_at(world, tmp_path)
         assert rows()["x"] == (new, None, False)
         assert request(f"{url}/v1/sites/x/predict", png)[1]["version"] == new
         assert rows()["x"] == (new, new, True)
+
+
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("path, module", [("/v1/sites", store), ("/v1/contexts", contexts)])
+def test_the_listings_read_the_store_off_the_event_loop(tmp_path, monkeypatch, path, module):
+    """``GET /v1/sites`` reads every site's card (``/v1/contexts`` every manifest): on the event loop, a slow disk
+    held up every other request meanwhile. The reads run in a thread, as decoding does."""
+    app, _ = stub_app(tmp_path)
+    real, calls = module.listing, []
+    monkeypatch.setattr(module, "listing", lambda *args: (calls.append(_on_event_loop()), real(*args))[1])
+    status, body, _ = call(app, "GET", path)
+    assert status == 200 and calls == [False]
+    assert path != "/v1/sites" or [row["site"] for row in body["sites"]] == ["s"]

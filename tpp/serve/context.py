@@ -70,9 +70,10 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
 
     @app.get("/v1/contexts", dependencies=[Depends(authorised)])
     async def list_contexts():
+        rows = await asyncio.to_thread(contexts.listing, store_path)  # every manifest read: off the event loop
         return {"backbone": {"id": worker.bank.info.id, "hash": worker.bank.info.hash},
                 "methods": list(METHODS if loaded else METHODS[:2]), "learned_models": list(learned_models),
-                "contexts": contexts.listing(store_path)}
+                "contexts": rows}
 
     @app.post("/v1/contexts/{site}/predict", dependencies=[Depends(authorised)])
     async def predict_stored(site: str, images: list[UploadFile] = File(...), method: str = "prototype",

@@ -182,7 +182,8 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
 
     @app.get("/v1/sites", dependencies=[Depends(authorised)])
     async def list_sites():
-        rows = adapter_store.listing(store_path, bank.info.hash)
+        # every site's card is read: in a thread, as the other endpoints do their file work, not on the event loop
+        rows = await asyncio.to_thread(adapter_store.listing, store_path, bank.info.hash)
         resident, refused, serving = await outcome(worker.call(residency))
         for row in rows:
             # the version that answers it until reload: in memory, or the one it comes back at after an unload

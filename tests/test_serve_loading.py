@@ -2,6 +2,7 @@
 are answered meanwhile) and installed on it; ``GET /v1/sites`` reports the version a site not in memory comes back
 at. Concurrency is shown with events (a read held open), never with timings."""
 import asyncio
+import os
 import shutil
 import threading
 
@@ -197,3 +198,29 @@ def test_the_listings_read_the_store_off_the_event_loop(tmp_path, monkeypatch, p
     status, body, _ = call(app, "GET", path)
     assert status == 200 and calls == [False]
     assert path != "/v1/sites" or [row["site"] for row in body["sites"]] == ["s"]
+
+
+def test_the_versions_unloaded_sites_come_back_at_are_known_without_listing_their_folders(world, tmp_path,
+                                                                                            monkeypatch):
+    """``bank.serving`` answers every ``GET /v1/sites`` on the inference thread: it used to list each unloaded
+    site's version folder and stat each file. Whether the folder is there is all it needs, and it follows a
+    reload, a refusal and a deleted version at once."""
+    s = tmp_path / "store"
+    old = store.publish(world["runs"]["a"], s, "x").version
+    y = store.publish(world["runs"]["b"], s, "y").version
+    bank = AdapterBank(str(world["backbone"]), str(s), max_resident=1)
+    bank.site("x")
+    bank.site("y")  # unloads x, which comes back at old
+    listed, scandir = [], os.scandir
+    monkeypatch.setattr(os, "scandir", lambda *path: (listed.append(path), scandir(*path))[1])
+    assert bank.serving() == {"x": old, "y": y} and listed == []
+    monkeypatch.setattr(os, "scandir", scandir)
+    new = store.publish(world["runs"]["b"], s, "x").version
+    assert bank.serving()["x"] == old  # published, not reloaded: still old
+    assert bank.reload("x") == (None, new) and bank.serving() == {"x": new, "y": y}  # y unloaded, comes back at y
+    bank.refuse("y", y, "outputs are not finite")  # not pinned any more: follows the store's pointer
+    assert bank.serving() == {"x": new}
+    bank.evict("x")
+    assert bank.serving() == {"x": new}
+    shutil.rmtree(s / "x" / new)  # the version x served is gone: its next request loads the store's current one
+    assert bank.serving() == {}

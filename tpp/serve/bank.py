@@ -174,10 +174,12 @@ class AdapterBank:
     def serving(self) -> dict[str, str]:
         """{site: the version that answers it without a reload}: the resident one, else the one it served before
         it was unloaded (it comes back at that version) while the store still holds it. A site not listed loads the
-        store's current version at its next request (never loaded yet, or its version was refused or deleted)."""
+        store's current version at its next request (never loaded yet, or its version was refused or deleted).
+        Cheap enough for every ``GET /v1/sites``: one ``stat`` per unloaded site (as :meth:`_pinned_version` asks it),
+        no folder listed."""
         served = {name: site.version for name, site in self.resident.items()}
         for name, version in self.pinned.items():
-            if name not in served and adapter_store.version_files_stamp(self.store, name, version) is not None:
+            if name not in served and adapter_store.holds_version(self.store, name, version):
                 served[name] = version
         return served
 
@@ -245,7 +247,7 @@ class AdapterBank:
         """The version ``name`` serves until reload: the one it was loaded at while that version is still in
         the store; else None (the store's current one)."""
         version = self.pinned.get(name)
-        if version is not None and adapter_store.version_files_stamp(self.store, name, version) is None:
+        if version is not None and not adapter_store.holds_version(self.store, name, version):
             del self.pinned[name]  # deleted from the store since: the pointer's version is the one to serve
             return None
         return version

@@ -244,6 +244,12 @@ def _named_version(store: str | Path, site: str, version: str) -> tuple[Path, st
     return root / site, version
 
 
+def holds_version(store: str | Path, site: str, version: str) -> bool:
+    """Whether the store still holds ``version`` of ``site`` (its folder is there): one ``stat``, nothing read or
+    listed, so asking it for every site a service once loaded stays cheap."""
+    return (Path(store) / site / version).is_dir()
+
+
 def version_files_stamp(store: str | Path, site: str, version: str) -> tuple | None:
     """(name, size, modification time) of each file of a version folder, from the directory alone (nothing
     read): it changes when the version is written again. None when the folder is not there."""

@@ -157,3 +157,21 @@ def test_links_out_of_the_store_are_refused_and_never_echoed(world, tmp_path):
     assert SECRET not in json.dumps(rows)
     assert {r["site"] for r in rows if r["version"] != "?"} == {"a"}
     assert bank.site("a").version == version
+
+
+def test_a_fifo_in_the_store_is_refused_without_blocking(tmp_path):
+    """Opening a FIFO for reading waits for a writer forever: a card, pointer or weights file replaced by one hung
+    ``GET /v1/sites``, every predict's pointer read (on the event loop) or the loader thread. Refused at once."""
+    version = "0123456789abcdef"
+    folder = tmp_path / "store" / "x" / version
+    folder.mkdir(parents=True)
+    os.mkfifo(folder / "tpp_card.json")
+    (tmp_path / "store" / "x" / "current").write_text(version)
+    with pytest.raises(TppError, match="tpp_card.json' is not a regular file"):
+        store.current(tmp_path / "store", "x")
+    assert store.listing(tmp_path / "store")[0]["backbone_match"] == "UNREADABLE"
+    with pytest.raises(TppError, match="tpp_card.json' is (not a regular file|a symbolic link or no regular file)"):
+        store.open_version(tmp_path / "store", "x")
+    (tmp_path / "store" / "y").mkdir()
+    os.mkfifo(tmp_path / "store" / "y" / "current")
+    assert store.current_version(tmp_path / "store", "y") is None

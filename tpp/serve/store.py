@@ -270,9 +270,10 @@ def _inside(root: Path, path: Path, folder: bool) -> None:
 
 
 def _read_regular(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of a regular file, never through a symbolic link (O_NOFOLLOW); at most ``limit`` bytes."""
+    """The bytes of a regular file, never through a symbolic link (O_NOFOLLOW) and never waiting for a FIFO's
+    writer (O_NONBLOCK: it is opened at once, then refused as no regular file); at most ``limit`` bytes."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise TppError(f"'{path}' cannot be read ({exc.strerror}; symbolic links are refused).") from None
     with os.fdopen(fd, "rb") as fh:

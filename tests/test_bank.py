@@ -269,7 +269,7 @@ def test_a_damaged_store_version_is_not_republished_loaded_or_evaluated_as_good(
     _flip_a_byte(copy / "adapter_model.safetensors")
     for attempt in (lambda: store.publish(copy, tmp_path / "other", "x"), lambda: read_card(copy),
                     lambda: tpp.load(copy, backbone=world["backbone"])):
-        with pytest.raises(TppError, match="named like a published version, but its files' content hash"):
+        with pytest.raises(TppError, match="content hash does not match version"):
             attempt()
     assert not (tmp_path / "other").exists()
     renamed = tmp_path / "mine"
@@ -280,6 +280,32 @@ def test_a_damaged_store_version_is_not_republished_loaded_or_evaluated_as_good(
     (linked / "extra.bin").symlink_to(folder / "adapter_model.safetensors")
     with pytest.raises(TppError, match="is a symbolic link or no regular file"):
         read_card(linked)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "foreign file", "linked file"])
+def test_a_damaged_version_folder_gets_one_message_whoever_reads_it(world, tmp_path, damage):
+    """The store's loads, ``read_card`` (publish, evaluate, tpp.load) and ``tpp adapters push`` check a version's
+    files with one function: the same problem is the same sentence (push adds that nothing was pushed)."""
+    from tpp.adapter_dir import read_card
+    from tpp.serve.hub import verified_version
+
+    s = tmp_path / "store"
+    folder = s / "x" / store.publish(world["runs"]["site_a"], s, "x").version
+    weights = folder / "adapter_model.safetensors"
+    if damage == "flipped byte":
+        _flip_a_byte(weights)
+    elif damage == "foreign file":
+        (folder / "notes.txt").write_text("reviewed")
+    else:
+        weights.rename(tmp_path / "weights")
+        weights.symlink_to(tmp_path / "weights")
+    said = []
+    for read in (lambda: read_card(folder), lambda: store.open_version(s, "x"),
+                 lambda: verified_version(s, "x", None, None)):
+        with pytest.raises(TppError) as refused:
+            read()
+        said.append(str(refused.value))
+    assert said[0] == said[1] and said[2] == f"{said[0]} Nothing was pushed."
 
 
 def test_a_site_refused_while_serving_follows_the_next_published_version(world, tmp_path):

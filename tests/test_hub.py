@@ -196,7 +196,7 @@ def test_push_refuses_a_version_that_does_not_verify_and_sends_nothing(world, tm
         assert run_cli("adapters", "push", s, "--site", "a", "--version", "0" * 16, "--repo", "owner/x") == 2
         assert hub.calls == []
     err = capsys.readouterr().err.splitlines()
-    assert "content hash does not match" in err[0] and "nothing was pushed" in err[0]
+    assert "content hash does not match" in err[0] and "Nothing was pushed" in err[0]
     assert f"site 'a' has no version {'0' * 16}" in err[1] and len(err) == 2  # one line each, no traceback
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import re
+import stat
 from pathlib import Path
 
 import torch
@@ -31,7 +32,12 @@ CARD = "tpp_card.json"
 WEIGHTS = "adapter_model.safetensors"
 HEAD = "head.safetensors"
 FULL_WEIGHTS = "model.safetensors"
+PEFT_CONFIG = "adapter_config.json"
 FORMAT = "tpp-adapter/1"
+# what a store version may hold: nothing else is ever copied into a store. README.md (the Hugging Face model card,
+# when the adapter has one) is covered by the version's content hash like every other file, so an edited README is
+# refused as tampering; tpp never parses it (tpp_card.json is the card tpp reads).
+ADAPTER_FILES = (CARD, HEAD, WEIGHTS, FULL_WEIGHTS, PEFT_CONFIG, README)
 
 
 def versions() -> dict:
@@ -168,23 +174,48 @@ def content_hash(files: dict[str, bytes]) -> str:
 
 def check_version_folder(path: Path) -> None:
     """A folder named like a store version (16 hex digits: a store's, or a copy of one) must hold the files that
-    name hashes, as serving checks them: publishing, loading or evaluating it after a byte changed would sign or
-    use what the store refuses. Other folders pass."""
-    if not VERSION_RE.fullmatch(path.name):
-        return
+    name hashes, as serving checks them (:func:`read_version_folder`): publishing, loading or evaluating it after a
+    byte changed would sign or use what the store refuses. Other folders pass."""
+    if VERSION_RE.fullmatch(path.name):
+        read_version_folder(path)
+
+
+def read_version_folder(folder: Path, version: str | None = None) -> dict[str, bytes]:
+    """The files of a store version folder (or a copy of one), read once: {name: bytes}. Refused unless each is a
+    regular file (no link) among :data:`ADAPTER_FILES` and their content hash is ``version`` (default: the folder's
+    name), so a byte flipped after publishing is caught before anything is used. The one check of a version's files:
+    the store's loads, ``tpp adapters push`` and :func:`read_card` of a folder named like a version all use it."""
+    version = folder.name if version is None else version
     files = {}
-    for entry in sorted(os.scandir(path), key=lambda e: e.name):
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
             raise TppError(f"'{entry.path}' is a symbolic link or no regular file, which a published version never "
                            "holds; refused.")
-        try:
-            files[entry.name] = Path(entry.path).read_bytes()
-        except OSError as exc:
-            raise TppError(f"'{entry.path}' cannot be read ({exc.strerror or exc}).") from None
-    if content_hash(files) != path.name:
-        raise TppError(f"'{path}' is named like a published version, but its files' content hash is not its name: "
-                       "they changed after publishing (tampering or disk corruption). Refused; publish the adapter "
-                       "again from its run folder (or rename the folder if it is no store version).")
+        if entry.name not in ADAPTER_FILES:
+            raise TppError(f"'{folder}' holds '{entry.name[:64]}', which is not part of an adapter; refused.")
+        files[entry.name] = read_regular(Path(entry.path))
+    if content_hash(files) != version:
+        raise TppError(f"'{folder}': the files' content hash does not match version {version}; they changed after "
+                       "publishing (tampering or disk corruption). Refused; publish the adapter again from its run "
+                       "folder (a folder named by 16 hex digits is taken for a store version: rename a copy that is "
+                       "none).")
+    return files
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, never through a symbolic link (O_NOFOLLOW) and never waiting for a FIFO's
+    writer (O_NONBLOCK: it is opened at once, then refused as no regular file); at most ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise TppError(f"'{path}' cannot be read ({exc.strerror}; symbolic links are refused).") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise TppError(f"'{path}' is not a regular file; refused.")
+        data = fh.read(limit + 1 if limit else -1)
+    if limit and len(data) > limit:
+        raise TppError(f"'{path}' is larger than {limit:,} bytes, more than such a file can be; refused.")
+    return data
 
 
 def card_json(text: str):

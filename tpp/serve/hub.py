@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from tpp.adapter_dir import ADAPTER_FILES, read_version_folder
 from tpp.errors import TppError
 from tpp.serve import store as adapter_store
 from tpp.serve.integrity import check_adapter
@@ -79,7 +80,7 @@ def check_repo_id(repo_id: str) -> str:
 
 def allowed_names() -> frozenset[str]:
     """File names a pulled repo may hold: the store's adapter files, the model card and .gitattributes."""
-    return frozenset(adapter_store.ADAPTER_FILES) | {README, GITATTRIBUTES}
+    return frozenset(ADAPTER_FILES) | {README, GITATTRIBUTES}
 
 
 def screen_name(name: str, source: str) -> None:
@@ -164,15 +165,10 @@ def verified_version(store: str | Path, site: str, version: str | None, backbone
     if version is None:
         version = adapter_store.current(store, site).version
     folder = published_folder(store, site, version)
-    files = {}
-    for entry in sorted(os.listdir(folder)):
-        if entry in adapter_store.ADAPTER_FILES:
-            files[entry] = adapter_store._read_regular(folder / entry)
-        else:
-            raise TppError(f"'{folder}' holds '{entry[:64]}', which is not part of an adapter; refused.")
-    if adapter_store.content_hash(files) != version:
-        raise TppError(f"'{folder}': the files' content hash does not match version {version}; they changed after "
-                       "publishing (tampering or disk corruption). Refused: nothing was pushed. Publish it again.")
+    try:
+        files = read_version_folder(folder, version)
+    except TppError as exc:
+        raise TppError(f"{exc} Nothing was pushed.") from None
     check_adapter(files, str(folder))
     if backbone:
         dry_load(files, backbone, str(folder))

@@ -18,22 +18,17 @@ import json
 import os
 import re
 import shutil
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpp.adapter_dir import CARD, FULL_WEIGHTS, HEAD, WEIGHTS, content_hash, read_card
+from tpp.adapter_dir import CARD, HEAD, PEFT_CONFIG, content_hash, read_card, read_version_folder
+from tpp.adapter_dir import read_regular as _read_regular
 from tpp.errors import TppError
 from tpp.model_card import README
 from tpp.serve.integrity import check_adapter, parse_card
 from tpp.rundir import damaged_status, run_state, write_atomic
 
 POINTER = "current"
-PEFT_CONFIG = "adapter_config.json"
-# nothing else is ever copied into a store. README.md (the Hugging Face model card, when the adapter has one) is
-# copied and covered by the version's content hash like every other file, so an edited README is refused as
-# tampering; tpp never parses it (tpp_card.json is the card tpp reads).
-ADAPTER_FILES = (CARD, HEAD, WEIGHTS, FULL_WEIGHTS, PEFT_CONFIG, README)
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[0-9.:+Z-]*")  # a card's created time
 _VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -202,14 +197,7 @@ def open_version(store: str | Path, site: str, version: str | None = None) -> Si
     used)."""
     site_dir, version = _pointed_version(store, site) if version is None else _named_version(store, site, version)
     folder = site_dir / version
-    files = {}
-    for entry in sorted(os.listdir(folder)):
-        if entry not in ADAPTER_FILES:
-            raise TppError(f"'{folder}' holds '{entry[:64]}', which is not part of an adapter; refused.")
-        files[entry] = _read_regular(folder / entry)
-    if content_hash(files) != version:
-        raise TppError(f"'{folder}': the files' content hash does not match version {version}; they changed after "
-                       "publishing (tampering or disk corruption). Refused; publish the adapter again.")
+    files = read_version_folder(folder, version)
     return SiteVersion(site, version, folder, parse_card(files.get(CARD), str(folder)), files)
 
 
@@ -267,22 +255,6 @@ def _inside(root: Path, path: Path, folder: bool) -> None:
         raise TppError(f"'{path}' is a symbolic link or leads outside the store; refused.")
     if not (path.is_dir() if folder else path.is_file()):
         raise TppError(f"'{path}' is not a published {'version folder' if folder else 'file'}.")
-
-
-def _read_regular(path: Path, limit: int | None = None) -> bytes:
-    """The bytes of a regular file, never through a symbolic link (O_NOFOLLOW) and never waiting for a FIFO's
-    writer (O_NONBLOCK: it is opened at once, then refused as no regular file); at most ``limit`` bytes."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise TppError(f"'{path}' cannot be read ({exc.strerror}; symbolic links are refused).") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise TppError(f"'{path}' is not a regular file; refused.")
-        data = fh.read(limit + 1 if limit else -1)
-    if limit and len(data) > limit:
-        raise TppError(f"'{path}' is larger than {limit:,} bytes, more than such a file can be; refused.")
-    return data
 
 
 def current_version(store: str | Path, site: str) -> str | None:

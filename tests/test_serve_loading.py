@@ -224,3 +224,19 @@ def test_the_versions_unloaded_sites_come_back_at_are_known_without_listing_thei
     assert bank.serving() == {"x": new}
     shutil.rmtree(s / "x" / new)  # the version x served is gone: its next request loads the store's current one
     assert bank.serving() == {}
+
+
+def test_the_serving_benchmark_loads_sites_cold_as_the_service_does(world, monkeypatch):
+    """``benchmarks/serving.py`` timed ``bank.site`` on its own thread; the service reads a site's files on the
+    loader thread and installs it on the inference thread. Its cold loads now take that path."""
+    import serving as benchmark  # benchmarks/serving.py (serving_fixtures put benchmarks/ on the path)
+
+    bank = AdapterBank(str(world["backbone"]), str(world["store"]))
+    first = {name: bank.site(name) for name in ("a", "b")}
+    held = HeldReads(monkeypatch, "-")  # records every read, holds none
+    installed_on, check = [], bank.guard.check
+    bank.guard.check = lambda source: (installed_on.append(threading.current_thread().name), check(source))
+    cold, warm = benchmark.cold_loads(bank, ["a", "b"], world["images"][0])
+    assert len(cold) == len(warm) == 2 and min(cold + warm) > 0
+    assert held.reads == [("a", "tpp-loader"), ("b", "tpp-loader")] and installed_on == ["tpp-inference"] * 2
+    assert bank.loads == 4 and all(bank.resident[name] is not first[name] for name in ("a", "b"))

@@ -204,7 +204,7 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
     same_train = same_images if parent_train is not None else seen.get("name") == dataset.name
     if not (same_train and used_splits == ["train"]):
         same = ("perhaps the same data under the old default name" if legacy_default_name(seen, dataset) else
-                "the very same images" if collection else
+                "the very same images" if collection and not (origin and origin == dataset.origin) else
                 "read from the same image folder" if str(origin).startswith("files:") else
                 f"made from the same {origin} images")
         decoded = (" (If the parent was trained before 2026-12-01 on photos with an EXIF orientation tag or on 8-bit "

@@ -171,6 +171,10 @@ def _data(card: dict) -> str:
              f"- images per split: {_cell(data.get('counts'))}; used: {_cell(data.get('used'))}"]
     if data.get("classes"):
         lines.append(f"- classes: {_cell(', '.join(f'`{name}`' for name in data['classes']))}")
+    if isinstance(data.get("reading"), dict):  # read new images the same way
+        flags = " ".join(f"--{k} {','.join(map(str, v)) if isinstance(v, list) else v}"
+                         for k, v in data["reading"].items())
+        lines.append(f"- each file was read as `tpp predict {_cell(flags)}` reads it: predict with the same options")
     return "## Training data\n\n" + "\n".join(lines)
 
 

@@ -64,6 +64,7 @@ class Dataset:
     split_files: dict | None = None  # file sources: split -> its files (relative paths); the run's splits.json
     held_out_origins: frozenset | None = None  # file sources: origins of every folder holding a val / test image
     file_resize: bool = False  # images were read from files and brought to the size by tpp.data.images.fit
+    reading: dict | None = None  # file sources: how each file was decoded (frame, slice_spec, window), if set
     _hash_cache: dict = field(default_factory=dict, repr=False, compare=False)  # labels? -> (splits key, hashes)
 
     @property
@@ -145,6 +146,9 @@ class Dataset:
         }
         if self.split_files is not None:
             described["split_files_sha256"] = self.split_files_sha256()
+        if self.reading:  # predict must read new files the same way (tpp predict --frame / --slice / --window)
+            described["reading"] = {"slice" if k == "slice_spec" else k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in self.reading.items()}
         return described
 
     def split_files_sha256(self) -> dict[str, str]:

@@ -23,12 +23,12 @@ class FolderDecoder:
     """A file -> uint8 (size, size) gray or (size, size, 3) RGB (``mode`` "L" or "RGB"): :func:`read`, then
     :func:`fit` (what every image of the data gets, read again when a batch needs it)."""
 
-    def __init__(self, size: int, mode: str):
-        self.size, self.mode = size, mode
+    def __init__(self, size: int, mode: str, options: dict | None = None):
+        self.size, self.mode, self.options = size, mode, dict(options or {})
 
     def __call__(self, path: str):
         try:  # checked at load; a file replaced or removed since then is named, never a raw library error
-            array = read(path)
+            array = read(path, **self.options)
         except ImageError as exc:
             raise TppError(f"image '{path}' changed or disappeared since the data was loaded "
                            f"({type(exc).__name__}: {exc}); restart the run.") from None
@@ -86,14 +86,15 @@ def walk_images(path: Path, on_bad_file: str) -> tuple[list[str], list]:
 
 
 def check_files(paths: list[str], size: int, on_bad_file: str = "error", limits: PixelLimits = DEFAULT_LIMITS,
-                origins: list[str] | None = None) -> tuple[ImageFiles, list[int], list]:
+                origins: list[str] | None = None, reading: dict | None = None) -> tuple[ImageFiles, list[int], list]:
     """Check every image by reading it once (one at a time: memory stays flat in the number of files) and
     return them as :class:`ImageFiles` of uint8 (size, size) gray, or (size, size, 3) RGB when any image has
     colour, read again when a batch needs them.
 
     Unreadable files (zero bytes, truncated, not an image, a 3D volume, more pixels than ``limits`` allow by
     their header) fail at once naming the file (and its ``origins`` entry), or with ``on_bad_file="skip"`` are
-    left out. A progress bar shows from :data:`PROGRESS_FROM` files on.
+    left out. ``reading``: how each file is decoded (frame, slice_spec, window), at load and for every batch.
+    A progress bar shows from :data:`PROGRESS_FROM` files on.
     Returns (images, indices of the kept paths, [(path, reason)]).
     """
     kept, skipped, colour = [], [], False
@@ -102,7 +103,7 @@ def check_files(paths: list[str], size: int, on_bad_file: str = "error", limits:
         try:
             if os.path.getsize(p) == 0:
                 raise ImageError("empty file (0 bytes)")
-            colour = read(p, limits=limits).ndim == 3 or colour
+            colour = read(p, limits=limits, **(reading or {})).ndim == 3 or colour
             kept.append(i)
         except (ImageError, OSError) as exc:
             bad_file(p, f"{type(exc).__name__}: {exc}", on_bad_file, skipped, origins and origins[i])
@@ -110,7 +111,7 @@ def check_files(paths: list[str], size: int, on_bad_file: str = "error", limits:
         raise TppError(f"none of the {len(paths)} images could be read (first: {paths[0] if paths else '-'}).")
     mode = "RGB" if colour else "L"
     shape = (size, size, 3) if colour else (size, size)
-    return ImageFiles((paths[i] for i in kept), FolderDecoder(size, mode), shape), kept, skipped
+    return ImageFiles((paths[i] for i in kept), FolderDecoder(size, mode, reading), shape), kept, skipped
 
 
 def image_stem(path: str | Path) -> str:

@@ -321,8 +321,10 @@ def _read_nifti(data: bytes, name: str, slice_spec: str | None, window) -> np.nd
     if len(shape) == 3:
         if slice_spec is None:
             raise ImageError(f"'{name}': a 3D NIfTI volume {tuple(shape)}; "
-                             "choose a 2D slice with AXIS:INDEX (e.g. 2:40).")
+                             "choose a 2D slice with AXIS:INDEX (e.g. 2:40) or AXIS:middle.")
         axis, position = parse_slice(slice_spec)
+        if axis <= 2 and position is None:  # AXIS:middle: the volume's central slice, whatever its depth
+            position = shape[axis] // 2
         if axis > 2 or not 0 <= position < shape[axis]:
             raise ImageError(f"'{name}': slice {slice_spec} is outside the volume {tuple(shape)}.")
         index[axis] = position
@@ -333,12 +335,17 @@ def _read_nifti(data: bytes, name: str, slice_spec: str | None, window) -> np.nd
     return _to_uint8(values, window, name)
 
 
-def parse_slice(spec: str) -> tuple[int, int]:
-    """``"AXIS:INDEX"`` -> (axis, index)."""
+def parse_slice(spec: str) -> tuple[int, int | None]:
+    """``"AXIS:INDEX"`` -> (axis, index); ``"AXIS:middle"`` -> (axis, None): the central slice of each volume."""
     try:
-        axis, index = (int(x) for x in spec.split(":"))
+        axis, index = spec.split(":")
+        axis = int(axis)
+        index = None if index.strip().lower() == "middle" else int(index)
+        if axis < 0 or (index is not None and index < 0):
+            raise ValueError
     except ValueError:
-        raise ImageError(f"slice {spec!r} must be AXIS:INDEX with integers, e.g. 2:40.") from None
+        raise ImageError(f"slice {spec!r} must be AXIS:INDEX with integers from 0, e.g. 2:40, or AXIS:middle "
+                         "(e.g. 2:middle, each volume's central slice).") from None
     return axis, index
 
 

@@ -74,13 +74,14 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
                    image_size: int, val_fraction: float, test_fraction: float, seed: int, on_bad_file: str,
                    skipped: list, groups: list[str] | None = None, given: list[str] | None = None,
                    group_key: str | None = None, classes: list | None = None,
-                   origins: list[str] | None = None) -> Dataset:
+                   origins: list[str] | None = None, reading: dict | None = None) -> Dataset:
     """Images ``files`` (POSIX paths relative to ``base``) with label values (strings) -> Dataset.
 
     ``given``: each file's split (train / val / test) when the data fix it, else a seeded stratified split
     (grouped by ``groups``: no group in two splits). ``classes`` keeps (and orders) a subset of the classes;
     otherwise classes are the sorted label values. ``where`` names the data in errors, ``origins`` each file's
     source (e.g. its table line). Unreadable files fail or are skipped (``on_bad_file``, listed in ``skipped``).
+    ``reading``: how each file is decoded (frame, slice_spec, window: :func:`tpp.data.images.read`'s options).
     """
     names = class_names(values, where)
     if classes:
@@ -95,7 +96,8 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
         names = list(classes)
     top = str(base)  # files are normalised POSIX paths: joining strings equals str(base / f), without a Path each
     _refuse_one_file_twice(top, files, where)
-    images, kept, bad = check_files([os.path.join(top, f) for f in files], image_size, on_bad_file, origins=origins)
+    images, kept, bad = check_files([os.path.join(top, f) for f in files], image_size, on_bad_file, origins=origins,
+                                    reading=reading)
     skipped += bad
     labels = label_index(values, names)[kept]
     files = [files[i] for i in kept]
@@ -121,7 +123,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
                        "class.")
     splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id, source=where,
-                      origin=files_origin(base, files))
+                      origin=files_origin(base, files), reading=reading or None)
     packed = PackedStrings(files)  # relative paths, packed: no str per image kept alive
     dataset.split_files = {s: packed.take(i) for s, i in index.items()}
     dataset.held_out_origins = holding_origins(base, [files[i] for s in ("val", "test") for i in index[s]])

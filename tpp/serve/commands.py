@@ -77,7 +77,8 @@ def add_deploy_commands(add) -> None:
                                                  "the folder OUT_masks/ beside it")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--frame", type=int, help="frame index of multi-frame DICOM files")
-    pr.add_argument("--slice", help="AXIS:INDEX of 3D NIfTI volumes, e.g. 2:40")
+    pr.add_argument("--slice", help="the slice of 3D NIfTI volumes: AXIS:INDEX (e.g. 2:40) or AXIS:middle (each "
+                                    "volume's central slice)")
     pr.add_argument("--window", help="CENTER,WIDTH intensity window for DICOM / NIfTI "
                                      "(default: the file's, else min-max)")
     pr.add_argument("--max-image-pixels", type=int, default=2**26,

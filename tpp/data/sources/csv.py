@@ -9,12 +9,13 @@ from tpp.data import Dataset
 from tpp.data.csvfiles import load_csv
 from tpp.data.sources import Source, check_classes, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
+from tpp.data.sources.reading import FileReading
 from tpp.data.tables import read_table
 from tpp.errors import TppError
 
 
 @dataclass
-class CsvOptions:
+class CsvOptions(FileReading):
     file: Optional[str] = field(default=None, metadata={
         "help": "the CSV, relative to data.root: a header row path,label[,patient_id][,split], one row per image"})
     classes: Optional[list] = field(default=None, metadata={
@@ -24,6 +25,7 @@ class CsvOptions:
     on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
 
     def __post_init__(self):
+        super().__post_init__()
         check_classes(self.classes)
 
 
@@ -32,7 +34,8 @@ def load(common, options: CsvOptions, seed: int, image_size: int, labels: bool =
     grouped by patient (recomputed on every load, recorded in the run folder's splits.json)."""
     return load_csv(common.name, common.root, options.file, modality=common.modality, image_size=image_size,
                     classes=options.classes, group_key=options.group_key, val_fraction=common.val_fraction,
-                    test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file)
+                    test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file,
+                    reading=options.read_options())
 
 
 def preflight(common, options: CsvOptions, base: Path) -> list[str]:

@@ -8,13 +8,14 @@ from typing import Literal, Optional
 from tpp.data import Dataset
 from tpp.data.folders import load_folder
 from tpp.data.sources import Source, check_classes, missing_file, register
+from tpp.data.sources.reading import FileReading
 
 ON_BAD_FILE_HELP = ("an unreadable image fails the run naming it (error) or is left out and listed in skipped.csv "
                     "(skip)")
 
 
 @dataclass
-class FolderOptions:
+class FolderOptions(FileReading):
     file: Optional[str] = field(default=None, metadata={
         "help": "the folder, relative to data.root (default: data.root itself)"})
     classes: Optional[list] = field(default=None, metadata={
@@ -25,6 +26,7 @@ class FolderOptions:
     on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
 
     def __post_init__(self):
+        super().__post_init__()
         check_classes(self.classes)
 
 
@@ -33,7 +35,8 @@ def load(common, options: FolderOptions, seed: int, image_size: int, labels: boo
     on every load, recorded in the run folder's splits.json; nothing is written into the folder)."""
     return load_folder(common.name, common.root, options.file, modality=common.modality, image_size=image_size,
                        classes=options.classes, group_key=options.group_key, val_fraction=common.val_fraction,
-                       test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file)
+                       test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file,
+                       reading=options.read_options())
 
 
 def preflight(common, options: FolderOptions, base: Path) -> list[str]:

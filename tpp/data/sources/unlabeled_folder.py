@@ -9,10 +9,11 @@ from tpp.data import Dataset
 from tpp.data.folders import load_unlabeled_folder
 from tpp.data.sources import Source, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
+from tpp.data.sources.reading import FileReading
 
 
 @dataclass
-class UnlabeledFolderOptions:
+class UnlabeledFolderOptions(FileReading):
     file: Optional[str] = field(default=None, metadata={
         "help": "the folder, relative to data.root (default: data.root itself)"})
     on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
@@ -21,7 +22,8 @@ class UnlabeledFolderOptions:
 def load(common, options: UnlabeledFolderOptions, seed: int, image_size: int, labels: bool = True) -> Dataset:
     """Images decoded and resized to ``image_size``; labels None."""
     return load_unlabeled_folder(common.name, common.root, options.file, modality=common.modality,
-                                 image_size=image_size, on_bad_file=options.on_bad_file)
+                                 image_size=image_size, on_bad_file=options.on_bad_file,
+                                 reading=options.read_options())
 
 
 def preflight(common, options: UnlabeledFolderOptions, base: Path) -> list[str]:

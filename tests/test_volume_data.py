@@ -1,0 +1,80 @@
+"""Training on 3D volumes and multi-frame files: ``data.slice`` / ``data.frame`` / ``data.window`` read one
+slice (frame) of every file, as ``tpp predict --slice/--frame/--window`` does."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import finetune, nifti_bytes
+
+from tpp.config import build_config
+from tpp.data.build import load_data
+from tpp.data.images import ImageError, decode, parse_slice
+from tpp.errors import ConfigError, TppError
+
+
+def _volumes(root, per_class: int = 10, depth: int = 7):
+    """A folder of 3D NIfTI volumes (16, 16, depth) in two class folders; each volume's central slice is bright
+    in one half (the class), its other slices are noise."""
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("normal", "lesion")):
+        (root / "scans" / name).mkdir(parents=True)
+        for i in range(per_class):
+            volume = rng.uniform(0, 50, (16, 16, depth)).astype(np.float32)
+            volume[:, 8 * k:8 * k + 8, depth // 2] += 200
+            (root / "scans" / name / f"case{i}.nii.gz").write_bytes(nifti_bytes(volume, gz=True))
+    return root / "scans"
+
+
+def _data(root, **extra):
+    return build_config({"data": {"source": "folder", "root": str(root), "file": "scans", "modality": "CT",
+                                  **extra}}).data
+
+
+def test_middle_is_each_volumes_central_slice_and_a_bad_spec_is_refused():
+    assert parse_slice("2:middle") == (2, None) and parse_slice("0:4") == (0, 4)
+    for bad in ("2:-1", "-1:3", "2:mid", "z"):
+        with pytest.raises(ImageError, match="AXIS:middle"):
+            parse_slice(bad)
+    volume = np.arange(6 * 7 * 5, dtype=np.float32).reshape(6, 7, 5)
+    assert (decode(nifti_bytes(volume), "v.nii", slice_spec="2:middle")
+            == decode(nifti_bytes(volume), "v.nii", slice_spec="2:2")).all()
+    assert decode(nifti_bytes(volume), "v.nii", slice_spec="0:middle").shape == (7, 5)
+
+
+def test_a_folder_of_volumes_is_read_one_slice_each_and_the_card_records_how(tmp_path):
+    _volumes(tmp_path)
+    with pytest.raises(TppError, match=r"case0.nii.gz.*3D NIfTI volume.*AXIS:middle"):
+        load_data(_data(tmp_path), 0, 16)
+    data = load_data(_data(tmp_path, slice="2:middle", window="100,300"), 0, 16)
+    train = data.split("train")
+    images = np.asarray(train.images)
+    assert images.shape == (len(train), 16, 16)
+    right = images[:, :, 8:].mean(axis=(1, 2)) > images[:, :, :8].mean(axis=(1, 2))  # the central slice's bright
+    assert (right == (np.array(data.class_names)[train.labels] == "lesion")).all()  # half, as its class says
+    off_centre = load_data(_data(tmp_path, slice="2:0"), 0, 16).split("train").images[0]
+    assert abs(float(off_centre[:, 8:].mean()) - float(off_centre[:, :8].mean())) < 40  # noise only
+    assert data.describe()["reading"] == {"slice": "2:middle", "window": [100.0, 300.0]}
+
+
+def test_reading_options_are_checked_with_the_config():
+    with pytest.raises(ConfigError, match="data.slice"):
+        build_config({"data": {"source": "folder", "file": "x", "modality": "CT", "slice": "2:mid"}})
+    with pytest.raises(ConfigError, match="data.window"):
+        build_config({"data": {"source": "csv", "file": "x.csv", "modality": "CT", "window": "40"}})
+    with pytest.raises(ConfigError, match="data.frame"):
+        build_config({"data": {"source": "unlabeled_folder", "modality": "CT", "frame": -1}})
+    with pytest.raises(ConfigError, match="data.slice is an option of source csv, folder, unlabeled_folder"):
+        build_config({"data": {"source": "medmnist", "slice": "2:1"}})
+
+
+def test_finetune_on_a_folder_of_volumes(tiny_mae, tmp_path, capsys):
+    _volumes(tmp_path)
+    data = ["data.source=folder", "data.file=scans", "data.modality=CT", "data.slice=2:middle"]
+    assert finetune(tiny_mae, tmp_path, tmp_path / "run", *data) == 0, capsys.readouterr().err
+    card = json.loads((tmp_path / "run" / "adapter" / "tpp_card.json").read_text())
+    assert card["data"]["reading"] == {"slice": "2:middle"}
+    assert "`tpp predict --slice 2:middle`" in (tmp_path / "run" / "adapter" / "README.md").read_text()
+    assert finetune(tiny_mae, tmp_path, tmp_path / "no_slice", *data[:-1]) == 2
+    assert "choose a 2D slice" in capsys.readouterr().err

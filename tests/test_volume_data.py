@@ -78,3 +78,49 @@ def test_finetune_on_a_folder_of_volumes(tiny_mae, tmp_path, capsys):
     assert "`tpp predict --slice 2:middle`" in (tmp_path / "run" / "adapter" / "README.md").read_text()
     assert finetune(tiny_mae, tmp_path, tmp_path / "no_slice", *data[:-1]) == 2
     assert "choose a 2D slice" in capsys.readouterr().err
+
+
+def test_predict_reads_a_site_as_it_was_trained_and_warns_where_told_otherwise(tiny_mae, tmp_path, capsys):
+    import csv
+    import warnings
+
+    import tpp
+    from helpers import run_cli
+
+    from tpp.serve import store
+
+    _volumes(tmp_path)
+    data = ["data.source=folder", "data.file=scans", "data.modality=CT", "data.slice=2:middle",
+            "data.window=100,300"]
+    assert finetune(tiny_mae, tmp_path, tmp_path / "run", *data) == 0, capsys.readouterr().err
+    store.publish(tmp_path / "run" / "adapter", tmp_path / "store", "ct")
+    volume = tmp_path / "scans" / "lesion" / "case3.nii.gz"
+
+    def predict(out, *flags):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = run_cli("predict", "--backbone", str(tiny_mae), "--store", str(tmp_path / "store"), "--site",
+                           "ct", "--device", "cpu", "--out", str(tmp_path / out), str(volume), *flags)
+        assert code == 0, capsys.readouterr().err
+        with open(tmp_path / out, newline="") as fh:
+            return next(csv.DictReader(fh)), [str(w.message) for w in caught]
+
+    default, notes = predict("default.csv")
+    explicit, _ = predict("explicit.csv", "--slice", "2:middle", "--window", "100,300")
+    assert default["prob_lesion"] == explicit["prob_lesion"] and not any("differs" in n for n in notes)
+    other, notes = predict("other.csv", "--slice", "2:0")
+    assert other["prob_lesion"] != default["prob_lesion"]
+    assert any("--slice 2:0 differs from the adapter's training (--slice 2:middle)" in n for n in notes)
+    model = tpp.load(tmp_path / "run" / "adapter", backbone=str(tiny_mae))
+    assert f"{model.predict(str(volume))['probabilities']['lesion']:.6f}" == f"{float(default['prob_lesion']):.6f}"
+
+
+def test_a_forged_reading_entry_in_a_card_is_refused():
+    from tpp.serve.reading import card_reading
+
+    assert card_reading({"data": {"reading": {"slice": "2:middle", "window": [40, 400]}}}, "c") == \
+        {"slice_spec": "2:middle", "window": (40.0, 400.0)}
+    for bad in ({"slice": "../../x"}, {"slice": 3}, {"window": [40, 0]}, {"window": [float("nan"), 4]},
+                {"frame": -2}, {"frame": True}, {"lut": "x"}, ["2:1"]):
+        with pytest.raises(TppError, match="'c': data.reading"):
+            card_reading({"data": {"reading": bad}}, "c")

@@ -153,9 +153,11 @@ class Model:
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         batch_size = count_arg(batch_size, "batch_size")
-        options = {"frame": frame, "slice_spec": slice, "window": window}
-        arrays = [read_image(item, i, **options) for i, item in enumerate(items)]
+        from tpp.serve.predict import site_read_options
+
         site = self.bank.site(self.site_name)
+        options = site_read_options(site, {"frame": frame, "slice_spec": slice, "window": window}, set())
+        arrays = [read_image(item, i, **options) for i, item in enumerate(items)]
         results = []
         with quiet():
             for start in range(0, len(arrays), batch_size):

@@ -79,6 +79,13 @@ class Site:
         return self.card["input"]
 
     @property
+    def reading(self) -> dict:
+        """The decode keywords the adapter was trained with (frame, slice_spec, window; checked at load)."""
+        from tpp.serve.reading import card_reading
+
+        return card_reading(self.card, self.name)
+
+    @property
     def task(self) -> Task:
         """The card's registered task: what its rows hold (probabilities, masks ...) and how they are served."""
         return task_of_card(self.card)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,12 +213,14 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
     rows: list = [None] * len(pairs)
     masks: dict[str, np.ndarray] = {}
     batches = plan_batches(pairs, batch_size, bank.max_resident)
+    warned: set = set()
     for batch in tqdm(batches, desc="predict", unit="batch", disable=len(batches) <= 1):
         good, sites, arrays, x = [], [], [], []
         for i in batch:
             site = bank.site(pairs[i][1])
+            options = site_read_options(site, read_options or {}, warned)
             try:
-                array = readers.read(pairs[i][0], **(read_options or {}))
+                array = readers.read(pairs[i][0], **options)
                 tensor = readers.to_model_input(array, site.input_rule)
             except (readers.ImageError, OSError, ValueError) as exc:
                 _bad_file(pairs[i], exc, skipped)
@@ -235,6 +238,19 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
             masks.update(files)
             rows[i] = row
     return [r for r in rows if r is not None], masks
+
+
+def site_read_options(site, given: dict, warned: set) -> dict:
+    """``given`` decode options over the site's training ones (its card's ``data.reading``); a warning, once per
+    site and option, where one given differs (``warned`` remembers them)."""
+    from tpp.serve.reading import with_card_reading
+
+    options, notes = with_card_reading(site.reading, given)
+    for note in notes:
+        if (site.name, note) not in warned:
+            warned.add((site.name, note))
+            warnings.warn(f"site '{site.name}': {note}.", stacklevel=2)
+    return options
 
 
 def _bad_file(pair: tuple[Path, str], exc: Exception, skipped: list[Skipped] | None) -> None:

@@ -14,6 +14,7 @@ from conftest import REPO, SHARED, make_backbone, make_medmnist
 from helpers import FINETUNE_CONFIG, run_cli
 
 import tpp.backbones as backbones
+import tpp.shipped as shipped
 from tpp.backbones import DEFAULT_BACKBONE, builtin_backbones, builtin_hash, load_backbone, resolve_backbone
 from tpp.config import load_config
 from tpp.errors import TppError
@@ -102,7 +103,7 @@ def fake_models(tmp_path, monkeypatch, recorded: str | None) -> str:
     make_backbone(models / "tiny")
     if recorded is not None:
         (models / "tiny" / "README.md").write_text(f"---\nencoder_hash: {recorded}\n---\n# tiny\n")
-    monkeypatch.setattr(backbones, "MODELS_DIR", models)
+    monkeypatch.setattr(shipped, "MODELS_DIR", models)  # where builtin:NAME is looked up
     return "builtin:tiny"
 
 

@@ -8,7 +8,8 @@ Inputs of another size than the checkpoint's (``backbone.input_size``, e.g. 64 p
 28-px backbone) get bicubic-interpolated position embeddings (transformers' ``interpolate_pos_encoding``;
 DINOv2 always interpolates).
 A backbone is named by a hub id, a local checkpoint directory or ``builtin:NAME``, a checkpoint shipped inside
-the package (``tpp/models/NAME``; :func:`resolve_backbone` is the one place that maps the name to its folder).
+the package (``tpp/models/NAME``; :func:`resolve_backbone`, in :mod:`tpp.shipped`, is the one place that maps the
+name to its folder).
 """
 from __future__ import annotations
 
@@ -25,41 +26,9 @@ import torch
 import torch.nn as nn
 
 from tpp.errors import TppError
-
-
-BUILTIN_PREFIX = "builtin:"  # a hub id has no ':' and a local path given as ./builtin:x stays a path
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-DEFAULT_BACKBONE = "builtin:mae-vit-tiny-med"
-
-
-def builtin_backbones() -> dict[str, Path]:
-    """The checkpoints shipped in the package: name -> folder (``tpp/models/<name>`` with a config.json)."""
-    if not MODELS_DIR.is_dir():
-        return {}
-    return {d.name: d for d in sorted(MODELS_DIR.iterdir()) if (d / "config.json").is_file()}
-
-
-def resolve_backbone(path: str) -> str:
-    """The directory or hub id a backbone name stands for: ``builtin:NAME`` -> the shipped folder; any other
-    value (hub id, local directory) is returned unchanged."""
-    if not (isinstance(path, str) and path.startswith(BUILTIN_PREFIX)):
-        return path
-    name = path[len(BUILTIN_PREFIX):]
-    shipped = builtin_backbones()
-    if name not in shipped:
-        known = ", ".join(BUILTIN_PREFIX + n for n in shipped) or "none (the package's tpp/models folder is missing)"
-        raise TppError(f"backbone '{path}' is not shipped with tpp. Shipped backbones: {known} (`tpp ls`). "
-                       "For a folder of that name write ./" + path + ".")
-    return str(shipped[name])
-
-
-def builtin_hash(name: str) -> str | None:
-    """The encoder hash recorded in a shipped backbone's card (``encoder_hash:`` in README.md's front matter)."""
-    card = MODELS_DIR / name / "README.md"
-    if not card.is_file():
-        return None
-    match = re.search(r"^encoder_hash:\s*([0-9a-f]{64})\s*$", card.read_text(), re.M)
-    return match.group(1) if match else None
+# the shipped backbones' names, folders and hashes (torch-free, for `tpp ls`); MODELS_DIR is re-exported
+from tpp.shipped import (BUILTIN_PREFIX, DEFAULT_BACKBONE, MODELS_DIR, builtin_backbones,  # noqa: F401
+                         builtin_hash, resolve_backbone)
 
 
 @dataclass(frozen=True)

@@ -136,17 +136,11 @@ def _config_path(name: str) -> Path:
 
 
 def cmd_ls(args) -> int:
-    from tpp.adapters import all_methods
-    from tpp.data.sources import all_sources
-    from tpp.pretext import all_pretexts
+    from tpp.catalog import LISTED, entries
     from tpp.recipes import CONFIG_DIR, RECIPES, shipped_configs
-    from tpp.tasks import all_tasks
 
-    groups = [("recipes", [(name, r.summary) for name, r in RECIPES.items()]),
-              ("adapter methods", [(m.name, m.summary) for m in all_methods()]),
-              ("pretexts (pretext.name)", [(p.name, p.summary) for p in all_pretexts()]),
-              ("data sources (data.source)", [(s.name, s.summary) for s in all_sources()]),
-              ("tasks (task; options in the section named after the task)", [(t.name, t.summary) for t in all_tasks()])]
+    groups = [("recipes", [(name, r.summary) for name, r in RECIPES.items()])]
+    groups += [(listed.title, entries(listed)) for listed in LISTED]  # without importing torch (tpp.catalog)
     for title, rows in groups:
         print(f"{title}:")
         for name, summary in rows:
@@ -160,7 +154,7 @@ def cmd_ls(args) -> int:
 
 def _list_backbones() -> None:
     """The backbones shipped in the package, by the name a config or --backbone takes, with their card's hash."""
-    from tpp.backbones import BUILTIN_PREFIX, DEFAULT_BACKBONE, MODELS_DIR, builtin_backbones, builtin_hash
+    from tpp.shipped import BUILTIN_PREFIX, DEFAULT_BACKBONE, MODELS_DIR, builtin_backbones, builtin_hash
 
     print(f"backbones (backbone.path, --backbone; {MODELS_DIR}):")
     for name in builtin_backbones():

@@ -1,5 +1,6 @@
 """The ``tpp`` command itself: ``tpp ls`` without torch, and argparse's errors from the sub-command at fault."""
-from helpers import run_cli_subprocess
+import pytest
+from helpers import run_cli, run_cli_subprocess
 
 from tpp.catalog import LISTED, module_names, registered
 
@@ -38,3 +39,25 @@ def test_tpp_ls_asks_the_registry_when_its_folder_holds_a_module_the_listing_doe
     assert "Self-distillation in the spirit of DINO" in done.stdout and "stale" not in done.stdout
     assert "loaded: ['torch'" in done.stdout  # the registry was imported
 
+
+
+@pytest.mark.parametrize("argv, usage", [
+    ("adapters list STORE --bogus", "tpp adapters ls"),  # an alias: argparse names the action by its name
+    ("adapters publish RUN STORE --site a --bogus", "tpp adapters publish"),
+    ("context publish STORE DIR --site a --bogus", "tpp context publish"),
+    ("context list STORE --bogus", "tpp context list"),
+    ("run finetune --config CONFIG --bogus", "tpp run"),
+    ("run finetune --config CONFIG train.lr=1 not-a-key-value", "tpp run"),
+    ("validate CONFIG --bogus", "tpp validate"),
+    ("ls --bogus", "tpp ls"),
+    ("cp A B C", "tpp cp"),
+    ("predict --backbone B --out o.csv --bogus", "tpp predict"),
+    ("--bogus", "tpp"),
+])
+def test_an_unknown_argument_shows_the_usage_of_the_command_it_was_given_to(argv, usage, capsys):
+    """They printed the top-level usage (`usage: tpp [-h] [--version] ...`), which says nothing of the options."""
+    with pytest.raises(SystemExit) as exited:
+        run_cli(*argv.split())
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "Traceback" not in err
+    assert err.startswith(f"usage: {usage} [-h]") and f"\n{usage}: error: unrecognized arguments: " in err, err

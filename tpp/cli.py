@@ -89,12 +89,14 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"tpp {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    parser.set_defaults(usage_parser=parser)  # each command's parser replaces it with its own
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def add(name, help_text):
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EXAMPLES[name],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
+        p.set_defaults(usage_parser=p)  # argparse errors found after parsing show this command's usage
         return p
 
     run = add("run", "run a recipe with a YAML config and key=value overrides")
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come before or after --config
         if args.command not in ("run", "validate") or any(x.startswith("-") or "=" not in x for x in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            args.usage_parser.error(f"unrecognized arguments: {' '.join(extra)}")  # the sub-command's usage
         args.overrides = list(args.overrides) + extra
     if not args.command:
         parser.print_help()

@@ -41,7 +41,7 @@ def add_actions(parser, actions: list, options: dict, aliases: dict | None = Non
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
         for i, metavar in enumerate(positionals):  # one argument each: a tuple metavar breaks --help
             p.add_argument(f"path{i}", metavar=metavar)
-        p.set_defaults(positionals=len(positionals))
+        p.set_defaults(positionals=len(positionals), usage_parser=p)  # errors show `tpp adapters ls`'s usage
         for key in keys:
             flag, kwargs = options[key]
             p.add_argument(flag, **kwargs)

@@ -398,3 +398,20 @@ def test_serving_benchmark_parses_its_own_options_without_engine():
     with pytest.raises(SystemExit) as exit_info:
         serving.main(["--help"])
     assert exit_info.value.code == 0
+
+
+# MedNIST's classes and their modality (../shared/data SOURCES.md: abdomen, chest and head CT, breast MRI, chest
+# and hand X-rays)
+MEDNIST_MODALITY = {"AbdomenCT": "CT", "BreastMRI": "MR", "CXR": "DX", "ChestCT": "CT", "Hand": "DX", "HeadCT": "CT"}
+
+
+def test_multitask_memory_tags_mednist_with_the_modality_of_every_class_it_reads_or_none():
+    """The 6-class MedNIST task was tagged CT: its breast MRI, chest and hand X-ray images are not."""
+    import multitask_memory
+
+    mednist = [t for t in multitask_memory.TASKS if t["data"].get("file", "").startswith("mednist/")]
+    assert mednist
+    for task in mednist:
+        modalities = {MEDNIST_MODALITY[c] for c in task["data"].get("classes") or MEDNIST_MODALITY}
+        expected = modalities.pop() if len(modalities) == 1 else "unknown"  # one DICOM code per dataset
+        assert task["data"].get("modality", "unknown") == expected, task["name"]

@@ -64,18 +64,32 @@ def check(cfg) -> None:
 
 
 def _backbone_scope_problems(path: str) -> list[str]:
-    """Scope ``backbone`` trains and saves a ViT-MAE (encoder and decoder): the checkpoint's config must say so
-    (only its config.json is read; one that does not resolve is named by `tpp validate`'s backbone check)."""
-    from tpp.backbones import backbone_config
+    """Scope ``backbone`` trains and saves a ViT-MAE (encoder and decoder): the checkpoint's config must say so,
+    and its weights must hold the decoder, whatever the pool's tasks: the saved backbone carries it, and a later
+    MAE pretext (``pretext.decoder=auto``) uses it frozen as a pre-trained decoder, so transformers' random one
+    must never be saved in its place. Only config.json and the safetensors headers are read; a checkpoint that
+    does not resolve is named by `tpp validate`'s backbone check, and one whose weights cannot be told without
+    loading (a hub id) is checked when the run loads it."""
+    from tpp.backbones import backbone_config, has_decoder_weights
 
     try:
         model_type = getattr(backbone_config(path), "model_type", None)
     except TppError:
         return []
-    if model_type == "vit_mae":
-        return []
-    return [f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint; backbone.path '{path}' is "
-            f"{model_type}. Use multitask.scope=target (adapters) on it."]
+    if model_type != "vit_mae":
+        return [f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint; backbone.path '{path}' is "
+                f"{model_type}. Use multitask.scope=target (adapters) on it."]
+    if has_decoder_weights(path) is False:
+        return [no_decoder(path)]
+    return []
+
+
+def no_decoder(path: str) -> str:
+    """Why scope ``backbone`` refuses a ViT-MAE checkpoint saved without its decoder."""
+    return (f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint with its decoder; backbone.path "
+            f"'{path}' holds no decoder weights (an encoder-only save, e.g. ViTMAEModel), so the saved decoder would "
+            "be a random one passed off as pre-trained. Use the checkpoint saved with its decoder "
+            "(ViTMAEForPreTraining), or multitask.scope=target (adapters) on this one.")
 
 
 def _optimizer(params: list, lr: float, cfg) -> torch.optim.AdamW:
@@ -148,9 +162,11 @@ def run(cfg, run) -> dict:
     encoder, info, decoder = load_backbone(cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
                                            with_decoder=True, input_size=cfg.backbone.input_size)
     if scope == "backbone":
-        if info.model_type != "vit_mae" or decoder is None:
+        if info.model_type != "vit_mae":
             raise TppError(f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint; backbone.path "
                            f"'{cfg.backbone.path}' is {info.model_type}. Use scope=target (adapters) on it.")
+        if decoder is None:  # a hub id, whose weights the pre-run check could not read
+            raise TppError(no_decoder(cfg.backbone.path))
         encoder.model.requires_grad_(True)
         method = typed = targets = None
     else:

@@ -63,14 +63,16 @@ def _save_processor(path: Path, channels: int) -> None:
 
 
 def make_backbone(path: Path, kind: str = "vit_mae", channels: int = 3, seed: int = 0) -> Path:
-    """Save a tiny ViT / ViT-MAE (with decoder) / DINOv2 checkpoint to ``path``."""
-    from transformers import Dinov2Config, Dinov2Model, ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTModel
+    """Save a tiny ViT / ViT-MAE (with decoder; ``vit_mae_encoder``: without, as ViTMAEModel saves it) / DINOv2
+    checkpoint to ``path``."""
+    from transformers import (Dinov2Config, Dinov2Model, ViTConfig, ViTMAEConfig, ViTMAEForPreTraining, ViTMAEModel,
+                              ViTModel)
 
     torch.manual_seed(seed)
-    if kind == "vit_mae":
-        model = ViTMAEForPreTraining(ViTMAEConfig(**TINY, num_channels=channels, decoder_hidden_size=16,
-                                                  decoder_num_hidden_layers=1, decoder_num_attention_heads=2,
-                                                  decoder_intermediate_size=32, mask_ratio=0.75))
+    if kind in ("vit_mae", "vit_mae_encoder"):
+        config = ViTMAEConfig(**TINY, num_channels=channels, decoder_hidden_size=16, decoder_num_hidden_layers=1,
+                              decoder_num_attention_heads=2, decoder_intermediate_size=32, mask_ratio=0.75)
+        model = (ViTMAEForPreTraining if kind == "vit_mae" else ViTMAEModel)(config)
     elif kind == "vit":
         model = ViTModel(ViTConfig(**TINY, num_channels=channels))
     elif kind == "dinov2":

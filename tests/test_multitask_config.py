@@ -174,3 +174,42 @@ def test_pretrain_backbones_supervised_key_off_its_default_is_refused_in_a_multi
     with pytest.raises(ConfigError, match=r"pool\[0\]\.supervised: a key of pretrain_backbone's pool; multitask "
                                           r"reads kind \(a pretext, kind: mae or dino"):
         checked("pool=[{data: {source: medmnist, name: breastmnist}, kind: classification, supervised: false}]")
+
+
+def test_backbone_scope_on_a_vit_mae_saved_without_its_decoder_is_refused_before_the_run(tmp_path, capsys):
+    """Scope backbone saves the ViT-MAE with its decoder: on an encoder-only save, transformers' random decoder
+    trained (or not) and was saved as the checkpoint's; `tpp validate` said ok."""
+    from conftest import make_backbone, make_medmnist
+    from helpers import run_cli
+
+    root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
+    encoder_only = make_backbone(tmp_path / "encoder_only", "vit_mae_encoder")
+    for pool in (f"[{{kind: classification, {BLOOD}}}]", f"[{{kind: mae, {BLOOD}}}]"):  # an MAE task or none
+        args = [f"data.root={root}", f"output_dir={tmp_path / 'out'}", f"pool={pool}", "multitask.eval_targets=[]",
+                f"backbone.path={encoder_only}"]
+        assert run_cli("validate", "multitask/backbone_pool.yaml", *args) == 2
+        err = capsys.readouterr().err
+        assert f"backbone.path '{encoder_only}' holds no decoder weights" in err and "Traceback" not in err
+        assert run_cli("run", "multitask", "--config", "multitask/backbone_pool.yaml", *args) == 2
+        assert "holds no decoder weights" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert run_cli("validate", "multitask/tpp_pool.yaml", f"data.root={root}", f"pool=[{{kind: mae, {BLOOD}}}]",
+                   "multitask.eval_targets=[]", f"backbone.path={encoder_only}") == 0, capsys.readouterr().err
+
+
+def test_a_vit_mae_saved_without_its_decoder_loads_with_none(tmp_path, tiny_mae):
+    """load_backbone gave transformers' randomly initialised decoder, which the MAE pretext then used frozen as
+    the checkpoint's (pretext.decoder=auto): now it gives none, and auto trains a fresh one."""
+    from conftest import make_backbone
+
+    from tpp.backbones import has_decoder_weights, load_backbone
+    from tpp.errors import TppError
+    from tpp.pretext import build_pretext
+
+    encoder_only = str(make_backbone(tmp_path / "encoder_only", "vit_mae_encoder"))
+    assert (has_decoder_weights(encoder_only), has_decoder_weights(str(tiny_mae))) == (False, True)
+    assert has_decoder_weights("org/a-hub-id") is None  # not readable without loading: the run decides
+    encoder, _, decoder = load_backbone(encoder_only, with_decoder=True)
+    assert decoder is None and load_backbone(str(tiny_mae), with_decoder=True)[2] is not None
+    assert build_pretext("mae", encoder, decoder).card_entry()["decoder"].startswith("fresh")
+    with pytest.raises(TppError, match="a ViT-MAE saved without its decoder weights. Use pretext.decoder=fresh"):
+        build_pretext("mae", encoder, decoder, decoder="checkpoint")

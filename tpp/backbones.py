@@ -195,7 +195,8 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
     ``input_size``: pixels fed to the encoder (default: the checkpoint's image size); a multiple of
     the patch size.
 
-    Returns ``(encoder: Encoder, info: BackboneInfo, decoder: nn.Module | None)``. All weights have
+    Returns ``(encoder: Encoder, info: BackboneInfo, decoder: nn.Module | None)``; the decoder is None unless the
+    checkpoint is a ViT-MAE whose weights hold its decoder (:func:`has_decoder_weights`). All weights have
     ``requires_grad=False`` and the modules are in eval mode.
     """
     from transformers import AutoModel
@@ -212,8 +213,10 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
         if with_decoder and family.model_type == "vit_mae":
             from transformers import ViTMAEForPreTraining
 
-            full = ViTMAEForPreTraining.from_pretrained(source)
-            model, decoder, missing = full.vit, full.decoder, ()
+            full, loading = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
+            # a decoder the weights do not hold whole would be transformers' random one: none, never that
+            whole = not any(k.startswith("decoder.") for k in loading.get("missing_keys", ()))
+            model, decoder, missing = full.vit, full.decoder if whole else None, ()
         else:
             model, loading = AutoModel.from_pretrained(source, output_loading_info=True)
             missing = loading.get("missing_keys", ())
@@ -279,6 +282,29 @@ def backbone_config(path: str):
         raise TppError(f"cannot read backbone '{path}': {first}{hint}".strip()) from None
     _check_config(config, path)
     return config
+
+
+def has_decoder_weights(path: str) -> bool | None:
+    """Whether a checkpoint folder's weights hold a ViT-MAE decoder (tensors named ``decoder.*``), read from the
+    safetensors headers (or their index) alone; None when that cannot be told without loading (a hub id, a
+    ``pytorch_model.bin``)."""
+    from safetensors import safe_open
+
+    try:
+        local = Path(resolve_backbone(path))
+        if not local.is_dir():
+            return None
+        index = _read_json(local / "model.safetensors.index.json")
+        files = sorted(local.glob("*.safetensors"))
+        if index:
+            names = list(index["weight_map"])
+        elif files:
+            names = [k for f in files for k in safe_open(str(f), "pt").keys()]
+        else:
+            return None
+    except Exception:  # noqa: BLE001 (a damaged file, a builtin name not shipped: loading it names the problem)
+        return None
+    return any(k.startswith("decoder.") for k in names)
 
 
 CONFIG_BOUNDS = {"image_size": (1, 4096), "patch_size": (1, 4096), "num_channels": (1, 4), "hidden_size": (1, 8192),

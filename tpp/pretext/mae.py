@@ -148,8 +148,10 @@ def build(encoder: Encoder, decoder: nn.Module | None, cfg: MAEOptions) -> MAEPr
     choice = cfg.decoder if cfg.decoder != "auto" else ("checkpoint" if decoder is not None else "fresh")
     if choice == "checkpoint":
         if decoder is None:
+            what = ("a ViT-MAE saved without its decoder weights" if encoder.family.model_type == "vit_mae"
+                    else f"'{encoder.family.model_type}'")
             raise TppError(f"pretext.decoder=checkpoint needs a ViT-MAE checkpoint with its decoder; this backbone "
-                           f"is '{encoder.family.model_type}'. Use pretext.decoder=fresh (or auto).")
+                           f"is {what}. Use pretext.decoder=fresh (or auto).")
         return MAEPretext(encoder, decoder, False, cfg.mask_ratio, cfg.norm_pix_loss)
     cfg_model = encoder.base_config
     fresh = FreshDecoder(cfg_model.hidden_size, cfg_model.patch_size ** 2 * cfg_model.num_channels)

@@ -1,4 +1,5 @@
 """The ``tpp`` command itself: ``tpp ls`` without torch, and argparse's errors from the sub-command at fault."""
+import numpy as np
 import pytest
 from helpers import run_cli, run_cli_subprocess
 
@@ -61,3 +62,23 @@ def test_an_unknown_argument_shows_the_usage_of_the_command_it_was_given_to(argv
     err = capsys.readouterr().err
     assert exited.value.code == 2 and "Traceback" not in err
     assert err.startswith(f"usage: {usage} [-h]") and f"\n{usage}: error: unrecognized arguments: " in err, err
+
+
+def test_max_context_below_one_is_refused_as_such(tmp_path, capsys):
+    """`--max-context 0` said every set holds "more than the maximum of 0", and `tpp context check` reported each
+    stored set as refused (exit 1), as if the store were at fault."""
+    from helpers import png_bytes
+
+    for name in ("a", "b"):
+        (tmp_path / "ctx" / name).mkdir(parents=True)
+        (tmp_path / "ctx" / name / "0.png").write_bytes(png_bytes(np.full((28, 28), 60 * len(name), np.uint8)))
+    (tmp_path / "store").mkdir()
+    image = tmp_path / "ctx" / "a" / "0.png"
+    for argv in (["context", "publish", tmp_path / "store", tmp_path / "ctx", "--site", "s", "--max-context", "0"],
+                 ["context", "check", tmp_path / "store", "--max-context", "-1"],
+                 ["predict", "--backbone", "B", "--context", tmp_path / "ctx", image, "--out", tmp_path / "p.csv",
+                  "--max-context", "0"]):
+        assert run_cli(*argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: --max-context must be at least 1, got ") and "Traceback" not in err, err
+    assert not list((tmp_path / "store").iterdir()) and not (tmp_path / "p.csv").exists()

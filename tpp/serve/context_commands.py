@@ -66,10 +66,19 @@ def check_publish_order(store: str, source: str, site: str) -> None:
                        f"the STORE first, then the set: tpp context publish {source} {store} --site {site}")
 
 
+def check_max_context(value: int) -> None:
+    """``--max-context`` is a number of examples: 0 or less refused every set as "more than the maximum" (and
+    ``tpp context check`` reported each stored set as refused)."""
+    if value < 1:
+        raise TppError(f"--max-context must be at least 1, got {value}.")
+
+
 def cmd_context(args) -> int:
     from tpp.serve import contexts
 
     args.paths = action_paths(args)
+    if getattr(args, "max_context", None) is not None:  # publish and check
+        check_max_context(args.max_context)
     if args.action == "publish":
         check_publish_order(*args.paths, args.site)
         from tpp.api import quiet
@@ -119,6 +128,7 @@ def cmd_predict_context(args) -> int:
         raise TppError("no images given: pass image files or folders after --context DIR_OR_CSV.")
     if args.max_image_pixels < 1:
         raise TppError(f"--max-image-pixels must be at least 1, got {args.max_image_pixels}.")
+    check_max_context(args.max_context)
     limits = PixelLimits(args.max_image_pixels, max(args.max_image_pixels, 2**27))
     skipped: list[Skipped] | None = [] if args.on_bad_file == "skip" else None
     files = without_own_outputs(collect(args.images, skipped), args.out)

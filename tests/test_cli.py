@@ -82,3 +82,14 @@ def test_max_context_below_one_is_refused_as_such(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error: --max-context must be at least 1, got ") and "Traceback" not in err, err
     assert not list((tmp_path / "store").iterdir()) and not (tmp_path / "p.csv").exists()
+
+
+def test_the_help_of_ls_and_compare_names_what_they_take(capsys):
+    """`tpp ls --help` left out three of the registries it lists; `tpp compare --help` two recipes it compares."""
+    from tpp.recipes.registry import RECIPES
+
+    for command, named in (("ls", [x.title.split(" (")[0] for x in LISTED]), ("compare", list(RECIPES))):
+        with pytest.raises(SystemExit):
+            run_cli(command, "--help")
+        helped = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert all(name in helped for name in named), (command, [n for n in named if n not in helped])

@@ -18,6 +18,7 @@ from pathlib import Path
 from tpp import __version__
 from tpp.console import print_table
 from tpp.errors import TppError
+from tpp.recipes.registry import RECIPES
 from tpp.serve.commands import add_deploy_commands, cmd_adapters, cmd_predict, cmd_serve
 from tpp.serve.context_commands import add_context_command, cmd_context
 
@@ -108,14 +109,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-processes", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs); batch_size is per process")
     run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
-    add("ls", "list recipes, adapter methods, shipped configs and shipped backbones")
+    add("ls", "list recipes, adapter methods, pretexts, data sources, tasks, shipped configs and shipped backbones")
     cp = add("cp", "copy a config out for editing (relative paths in it are made absolute: they were relative "
                    "to the file's folder)")
     cp.add_argument("config", help="shipped config (as listed by tpp ls)")
     cp.add_argument("dest", help="destination file or folder")
     cmp = add("compare", "print a results table of finished runs (main metric of each task, size, time)")
-    cmp.add_argument("runs", nargs="+", help="run directories (output_dir of finetune, evaluate, tpp or "
-                                             "pretrain_backbone runs)")
+    cmp.add_argument("runs", nargs="+", help=f"run directories (output_dir) of any recipe: {', '.join(RECIPES)}")
     cmp.add_argument("--csv", metavar="FILE", help="also write every column, raw numbers, to FILE (atomically)")
     val = add("validate", "check a config (and overrides) and the data it reads, without training anything")
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
@@ -139,7 +139,7 @@ def _config_path(name: str) -> Path:
 
 def cmd_ls(args) -> int:
     from tpp.catalog import LISTED, entries
-    from tpp.recipes import CONFIG_DIR, RECIPES, shipped_configs
+    from tpp.recipes import CONFIG_DIR, shipped_configs
 
     groups = [("recipes", [(name, r.summary) for name, r in RECIPES.items()])]
     groups += [(listed.title, entries(listed)) for listed in LISTED]  # without importing torch (tpp.catalog)

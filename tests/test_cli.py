@@ -93,3 +93,26 @@ def test_the_help_of_ls_and_compare_names_what_they_take(capsys):
             run_cli(command, "--help")
         helped = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
         assert all(name in helped for name in named), (command, [n for n in named if n not in helped])
+
+
+def parsers(parser, path=("tpp",)):
+    """(command words, parser) of ``parser`` and of every sub-command below it, each once (aliases skipped)."""
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:
+                    seen.add(id(sub))
+                    yield from parsers(sub, (*path, name))
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """`tpp predict --batch-size` and `tpp serve --port` were listed in --help without a word."""
+    from tpp.cli import _parser
+
+    silent = [(" ".join(path), a.option_strings[0]) for path, p in parsers(_parser()) for a in p._actions
+              if a.option_strings and not a.help]
+    assert not silent

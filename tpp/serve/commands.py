@@ -75,7 +75,7 @@ def add_deploy_commands(add) -> None:
                                        "image paths are relative to the CSV's folder")
     pr.add_argument("--out", required=True, help="output CSV (written atomically); segmentation masks go to "
                                                  "the folder OUT_masks/ beside it")
-    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     pr.add_argument("--frame", type=int, help="frame index of multi-frame DICOM files")
     pr.add_argument("--slice", help="the slice of 3D NIfTI volumes: AXIS:INDEX (e.g. 2:40) or AXIS:middle (each "
                                     "volume's central slice)")
@@ -91,7 +91,7 @@ def add_deploy_commands(add) -> None:
     sv = add("serve", "HTTP service: one backbone, the store's site adapters")
     _common_deploy(sv)
     sv.add_argument("--host", default="127.0.0.1", help="bind address (beyond loopback needs a token or --insecure)")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=int, default=8000, help="TCP port to listen on (default 8000)")
     sv.add_argument("--token-file", help="file holding the bearer token (else env TPP_SERVE_TOKEN)")
     sv.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a token")
     sv.add_argument("--max-batch", type=int, default=64, help="images per micro-batch")

@@ -116,3 +116,12 @@ def test_every_option_of_every_command_says_what_it_does():
     silent = [(" ".join(path), a.option_strings[0]) for path, p in parsers(_parser()) for a in p._actions
               if a.option_strings and not a.help]
     assert not silent
+
+
+def test_validate_keys_refuses_a_config_it_would_not_read(capsys):
+    """`tpp validate --keys CONFIG` printed every key and exit 0, as if CONFIG had been checked."""
+    for argv in (["--keys", "breast_us/mae_vit_tiny_lora_finetune.yaml"], ["--keys", "train.lr=1"]):
+        assert run_cli("validate", *argv) == 2
+        captured = capsys.readouterr()
+        assert "reads no config; drop" in captured.err and argv[1] in captured.err and not captured.out
+    assert run_cli("validate", "--keys") == 0 and "train.lr (float" in capsys.readouterr().out

@@ -194,6 +194,10 @@ def cmd_validate(args) -> int:
     from tpp.config import help_lines, load_config
 
     if args.keys:
+        if args.config or args.overrides:  # nothing of them would be read: said, not ignored
+            given = " ".join([args.config or "", *args.overrides]).strip()
+            raise TppError(f"tpp validate --keys lists every config key of every recipe and reads no config; drop "
+                           f"'{given}' (or drop --keys to check it).")
         print("\n".join(help_lines()))
         return 0
     if not args.config:

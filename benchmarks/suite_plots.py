@@ -42,9 +42,10 @@ def _panels(tasks: list[str]):
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Points (cost, metric) that no other point beats on both (lower cost, higher metric), by cost."""
+    """Points (cost, metric) that no other point beats on both (lower cost, higher metric), by cost; a point whose
+    metric is undefined (None) is none of them."""
     front, best = [], -float("inf")
-    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+    for x, y in sorted((p for p in points if p[1] is not None), key=lambda p: (p[0], -p[1])):
         if y > best:
             front.append((x, y))
             best = y
@@ -53,10 +54,11 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
 
 def scatter(rows: list[dict], key: str, label: str, path: Path, front: bool, zero_at: float | None = None) -> None:
     """``zero_at``: where a row whose ``key`` is 0 is drawn on the log axis (training-free in-context rows);
-    None leaves such rows out."""
+    None leaves such rows out. Rows whose metric is undefined on every seed are not drawn."""
     from matplotlib.ticker import NullFormatter
 
     tasks = list(dict.fromkeys(r["task"] for r in rows))
+    rows = [r for r in rows if r["primary"]["mean"] is not None]
     fig, axes = _panels(tasks)
     markers = {}
     if zero_at is not None:
@@ -89,7 +91,10 @@ def by_fraction(rows: list[dict], path: Path) -> None:
     for task, ax in axes.items():
         here = [r for r in rows if r["task"] == task]
         for approach in dict.fromkeys(r["approach"] for r in here):
-            pts = sorted((r["fraction"], r["primary"]) for r in here if r["approach"] == approach)
+            pts = sorted(((r["fraction"], r["primary"]) for r in here if r["approach"] == approach
+                          and r["primary"]["mean"] is not None), key=lambda p: p[0])
+            if not pts:  # undefined at every fraction
+                continue
             x = [p[0] for p in pts]
             y = [p[1]["mean"] for p in pts]
             err = [[p[1]["mean"] - (p[1]["low"] if p[1]["low"] is not None else p[1]["mean"]) for p in pts],

@@ -95,7 +95,9 @@ def measure_costs(suite, memory: bool, pairs) -> dict:
 # ---------------------------------------------------------------- statistics
 
 def interval(values: list) -> dict:
-    values = [v for v in values if v is not None]
+    """Mean and 95% t-interval over the defined values (None and NaN, an undefined metric, left out); the mean
+    None when none is defined, the bounds None with fewer than two."""
+    values = report.defined(values)
     if not values:
         return {"mean": None, "low": None, "high": None}
     mean, low, high = report.t_interval(values)
@@ -144,13 +146,20 @@ def rows_of(cells: list[tuple], costs: dict) -> list[dict]:
 
 def who_wins(rows: list[dict], cells: list[tuple]) -> list[dict]:
     """Per (task, fraction): the best generalist and the best task-specific approach (by mean primary metric, among
-    the approaches of that family with the most finished seeds there: a one-seed mean never outranks a five-seed
-    one) and the paired difference (same seeds, so the same label subset) with its 95% t-interval."""
+    the approaches of that family with the most seeds whose primary metric is defined there: a one-seed mean never
+    outranks a five-seed one; a row with none defined is no candidate) and the paired difference (same seeds, so
+    the same label subset) with its 95% t-interval."""
     out = []
     for task, fraction in dict.fromkeys((r["task"], r["fraction"]) for r in rows):
         here = [r for r in rows if (r["task"], r["fraction"]) == (task, fraction)]
-        best = {fam: max((r for r in here if r["family"] == fam), key=lambda r: (r["seeds"], r["primary"]["mean"]),
-                         default=None) for fam in ("generalist", "task-specific")}
+        metric = PRIMARY[here[0]["kind"]][0]
+        measured = defaultdict(int)  # approach -> seeds with the primary metric defined
+        for t, a, f, _s, cell in cells:
+            if t.name == task and f == fraction and report.defined([cell.get(metric)]):
+                measured[a] += 1
+        best = {fam: max((r for r in here if r["family"] == fam and r["primary"]["mean"] is not None),
+                         key=lambda r: (measured[r["approach"]], r["primary"]["mean"]), default=None)
+                for fam in ("generalist", "task-specific")}
         gen, spec = best["generalist"], best["task-specific"]
         entry = {"task": task, "fraction": fraction, "metric": here[0]["metric"],
                  "generalist": gen and gen["approach"], "generalist_mean": gen and gen["primary"]["mean"],
@@ -159,7 +168,6 @@ def who_wins(rows: list[dict], cells: list[tuple]) -> list[dict]:
                  "published_task_specific": report.MEDMNIST_V2_RESNET18_28.get(task, (None,))[0]
                  if fraction == 1.0 and here[0]["kind"] == "classification" else None}
         if gen and spec:
-            metric = PRIMARY[here[0]["kind"]][0]
             flat = [dict(cell, target=t.name, method=a) for t, a, f, _s, cell in cells
                     if t.name == task and f == fraction]
             (d,) = report.paired(flat, gen["approach"], spec["approach"], metric) or [None]

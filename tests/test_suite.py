@@ -132,6 +132,38 @@ def test_who_wins_never_lets_a_one_seed_mean_outrank_a_complete_approach():
     assert win["diff_mean"] == pytest.approx(0.10)
 
 
+def test_who_wins_ranks_by_seeds_with_the_metric_defined_and_never_picks_an_undefined_row(tmp_path):
+    """A row whose primary metric is undefined (None, or NaN as a cache file can hold it) on most or all of its
+    seeds: its mean is over the defined seeds only, so it ranks as a mean of that many seeds; a row with none
+    defined is no candidate (it used to crash the report with None or, with NaN, win or lose by its position);
+    its interval is undefined (None), never NaN; the plots leave it out."""
+    from types import SimpleNamespace
+
+    import suite_report
+
+    task = SimpleNamespace(name="breastmnist", kind="classification")
+    nan = float("nan")
+    seeds = {"undefined_none": [None, None, None], "undefined_nan": [nan, nan, nan], "lucky": [0.95, None, nan],
+             "lora": [0.60, 0.62, 0.64], "resnet18": [0.50, 0.52, 0.54]}
+    family = {"resnet18": "task-specific"}
+    for order in (list(seeds), list(reversed(seeds))):  # the pick must not depend on the rows' order
+        cells = [(task, a, 0.1, s, {"test_auroc": x, "fraction": 0.1, "seed": s}) for a in order
+                 for s, x in enumerate(seeds[a])]
+        rows = [{"task": "breastmnist", "fraction": 0.1, "family": family.get(a, "generalist"), "approach": a,
+                 "seeds": len(seeds[a]), "metric": "AUROC", "kind": "classification",
+                 "primary": suite_report.interval(seeds[a]), "trainable_parameters": 10, "flops_per_image": 1e6}
+                for a in order]
+        by = {r["approach"]: r["primary"] for r in rows}
+        assert by["undefined_nan"] == by["undefined_none"] == {"mean": None, "low": None, "high": None}
+        assert by["lucky"] == {"mean": 0.95, "low": None, "high": None}
+        (win,) = suite_report.who_wins(rows, cells)
+        assert (win["generalist"], win["task_specific"], win["pairs"]) == ("lora", "resnet18", 3)
+        assert win["diff_mean"] == pytest.approx(0.10) and win["winner"] == "generalist"
+    paths = suite_plots.write_all(rows, tmp_path)  # the undefined rows are not drawn, and do not crash the plots
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    assert suite_plots.pareto([(1, 0.5), (2, None), (3, 0.7)]) == [(1, 0.5), (3, 0.7)]
+
+
 def test_pareto_front_keeps_only_points_no_other_beats_on_cost_and_metric():
     assert suite_plots.pareto([(1, 0.5), (2, 0.4), (3, 0.7), (4, 0.6), (0.5, 0.5)]) == [(0.5, 0.5), (3, 0.7)]
 

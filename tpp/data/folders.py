@@ -65,7 +65,7 @@ def load_folder(name: str, root: str | None, file: str | None, *, modality: str 
     """Labelled image folder -> Dataset with train/val/test splits (images read at ``image_size``).
 
     Labels come from ``metadata.csv``'s ``label`` column when it has one, else from the class folders.
-    ``reading``: how each file is decoded (:class:`tpp.data.sources.reading.FileReading`: frame, slice, window).
+    ``reading``: how each file is decoded (:class:`tpp.data.file_reading.FileReading`: frame, slice, window).
     Unreadable images fail or are skipped (``on_bad_file``; ``Dataset.skipped`` lists them); an empty class
     folder, an image missing from a metadata.csv that labels, fewer than two classes, or a class with no
     training image are always errors: never train on a silently wrong label set.

@@ -9,7 +9,7 @@ from tpp.data import Dataset
 from tpp.data.csvfiles import load_csv
 from tpp.data.sources import Source, check_classes, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
-from tpp.data.sources.reading import FileReading
+from tpp.data.file_reading import FileReading
 from tpp.data.tables import read_table
 from tpp.errors import TppError
 

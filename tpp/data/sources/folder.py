@@ -8,7 +8,7 @@ from typing import Literal, Optional
 from tpp.data import Dataset
 from tpp.data.folders import load_folder
 from tpp.data.sources import Source, check_classes, missing_file, register
-from tpp.data.sources.reading import FileReading
+from tpp.data.file_reading import FileReading
 
 ON_BAD_FILE_HELP = ("an unreadable image fails the run naming it (error) or is left out and listed in skipped.csv "
                     "(skip)")

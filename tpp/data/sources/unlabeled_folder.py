@@ -9,7 +9,7 @@ from tpp.data import Dataset
 from tpp.data.folders import load_unlabeled_folder
 from tpp.data.sources import Source, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
-from tpp.data.sources.reading import FileReading
+from tpp.data.file_reading import FileReading
 
 
 @dataclass

@@ -365,10 +365,16 @@ def test_a_refused_output_dir_names_the_python_argument_not_the_command_line_fla
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("not a run")
     overrides = {"backbone.path": str(world.backbone), "data.root": str(world.root), **TINY_RUN}
-    with pytest.raises(TppError, match="pass overwrite=True") as caught:
-        tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=tmp_path / "mine")
+    with pytest.raises(TppError, match="not even with overwrite=True") as caught:
+        tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=tmp_path / "mine", overwrite=True)
     assert "--overwrite" not in str(caught.value) and (tmp_path / "mine" / "notes.txt").is_file()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "status.json").write_text('{"status": "succeeded"}')
+    (tmp_path / "run" / "notes.txt").write_text("beside a run")
+    with pytest.raises(TppError, match="pass overwrite=True") as caught:
+        tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=tmp_path / "run")
+    assert "--overwrite" not in str(caught.value)
     assert run_cli("run", "finetune", "--config", FINETUNE_CONFIG, f"backbone.path={world.backbone}",
-                   f"data.root={world.root}", f"output_dir={tmp_path / 'mine'}") == 2
+                   f"data.root={world.root}", f"output_dir={tmp_path / 'run'}") == 2
     err = capsys.readouterr().err  # the command line keeps its flag
     assert "pass --overwrite" in err and "overwrite=True" not in err

@@ -91,7 +91,13 @@ def test_existing_output_and_config_errors(tiny_mae, data_root, tmp_path, capsys
     bad = tmp_path / "bad"
     assert finetune(tiny_mae, data_root, bad, "train.lrr=1") == 2
     assert "'train.lrr'" in capsys.readouterr().err and not bad.exists()
-    assert finetune(tiny_mae, data_root, out, "--overwrite") == 0 and not (out / "keep.txt").exists()
+    # a folder that holds no run is never emptied, not even with --overwrite (a typo'd output_dir=~ ...)
+    assert finetune(tiny_mae, data_root, out, "--overwrite") == 2 and (out / "keep.txt").exists()
+    assert "not even with --overwrite" in capsys.readouterr().err
+    assert finetune(tiny_mae, data_root, out / "run") == 0  # a run folder inside it is fine
+    (out / "run" / "notes.txt").write_text("mine, beside a run")
+    assert finetune(tiny_mae, data_root, out / "run", "--overwrite") == 0  # a run's folder is emptied
+    assert not (out / "run" / "notes.txt").exists() and (out / "keep.txt").exists()
 
 
 def test_failed_run_leaves_log_and_status_but_no_artifacts(tiny_mae, tmp_path, capsys):

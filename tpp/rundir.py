@@ -176,6 +176,8 @@ class RunDir:
                 if not overwrite and not (state["status"] == "failed" and not state["checkpoints"]
                                           and only_run_files(self.path)):
                     raise TppError(not_empty_message(self.path, state))
+                if overwrite and not holds_a_run(self.path, state):  # a typo'd output_dir=~ must never be emptied
+                    raise TppError(not_empty_message(self.path, state))
                 if overwrite:
                     self.set_aside = move_entries(self.path, self.path / f"{SET_ASIDE}{os.getpid()}.old")
                 else:
@@ -449,6 +451,12 @@ def only_run_files(path: Path) -> bool:
                for e in Path(path).iterdir())
 
 
+def holds_a_run(path: Path, state: dict) -> bool:
+    """Whether ``path`` is a run's folder that ``--overwrite`` may empty: it has a run's ``status.json`` (even a
+    damaged one), or only files a run writes. A folder of the user's (notes, images, a home folder) is not."""
+    return state["status"] is not None or state["damaged"] is not None or only_run_files(path)
+
+
 def run_state(path: Path) -> dict:
     """What a run directory holds: ``status`` (``status.json``'s: running, succeeded, failed; None when it
     is no run's), its recorded ``error``, its ``checkpoints`` (``step-N`` folder names, oldest first) and
@@ -497,6 +505,9 @@ def not_empty_message(path: Path, state: dict) -> str:
         "running": f"holds a run that is still running or was killed{newest}",
     }.get(state["status"]) or (damaged_status(path, state) if state["damaged"] else
                                f"is not empty and holds no tpp run ({_some_entries(path)})")
+    if not holds_a_run(path, state):
+        return (f"output_dir '{path}' {what}. It is no run to continue, and tpp never deletes a folder that holds no "
+                "run, not even with --overwrite: choose another output_dir=... (or empty this one yourself)")
     if state["damaged"]:
         resume = "train.resume will not continue it"
     elif state["checkpoints"]:

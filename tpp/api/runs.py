@@ -151,9 +151,10 @@ def _run_or_finished(recipe: str, config, overrides, output_dir, overwrite) -> R
     except RunFinished as done:  # train.resume=auto on a finished run: that run, nothing done
         return _result(recipe, done.path, done.summary, finished_before=True)
     except TppError as exc:  # the command line's flag, said as these functions take it
-        if "pass --overwrite" not in str(exc):
+        if "--overwrite" not in str(exc):
             raise
-        text = str(exc).replace("pass --overwrite", "pass overwrite=True")
+        text = str(exc).replace("pass --overwrite", "pass overwrite=True").replace("with --overwrite",
+                                                                                   "with overwrite=True")
         try:
             reworded = type(exc)(text)  # the same class (ConfigError ...) where it takes one message
         except TypeError:

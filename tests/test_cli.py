@@ -109,12 +109,15 @@ def parsers(parser, path=("tpp",)):
                     yield from parsers(sub, (*path, name))
 
 
-def test_every_option_of_every_command_says_what_it_does():
-    """`tpp predict --batch-size` and `tpp serve --port` were listed in --help without a word."""
+def test_every_option_and_argument_of_every_command_says_what_it_does():
+    """`tpp predict --batch-size` and `tpp serve --port` were listed in --help without a word, and so were the
+    STORE / RUN_DIR arguments of `tpp adapters` and `tpp context`."""
+    import argparse
+
     from tpp.cli import _parser
 
-    silent = [(" ".join(path), a.option_strings[0]) for path, p in parsers(_parser()) for a in p._actions
-              if a.option_strings and not a.help]
+    silent = [(" ".join(path), (a.option_strings or [a.metavar or a.dest])[0]) for path, p in parsers(_parser())
+              for a in p._actions if not isinstance(a, argparse._SubParsersAction) and not a.help]
     assert not silent
 
 

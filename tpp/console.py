@@ -31,16 +31,18 @@ def report_check(results: dict[str, str | None], what: str, how: str) -> int:
     return 1 if refused else 0
 
 
-def add_actions(parser, actions: list, options: dict, aliases: dict | None = None) -> None:
+def add_actions(parser, actions: list, options: dict, aliases: dict | None = None,
+                positional_help: dict | None = None) -> None:
     """One sub-command per action of ``parser`` (``tpp adapters``, ``tpp context``): ``actions`` is a list of
-    (name, summary, positional metavars, option keys), ``options`` maps a key to (flag, argparse keyword arguments).
-    The positionals arrive as ``args.path0``, ``args.path1`` ...; :func:`action_paths` gives them as a list."""
+    (name, summary, positional metavars, option keys), ``options`` maps a key to (flag, argparse keyword arguments),
+    ``positional_help`` a metavar to its help line. The positionals arrive as ``args.path0``, ``args.path1`` ...;
+    :func:`action_paths` gives them as a list."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, summary, positionals, keys in actions:
         p = sub.add_parser(name, help=summary, description=summary, aliases=(aliases or {}).get(name, []))
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
         for i, metavar in enumerate(positionals):  # one argument each: a tuple metavar breaks --help
-            p.add_argument(f"path{i}", metavar=metavar)
+            p.add_argument(f"path{i}", metavar=metavar, help=(positional_help or {}).get(metavar))
         p.set_defaults(positionals=len(positionals), usage_parser=p)  # errors show `tpp adapters ls`'s usage
         for key in keys:
             flag, kwargs = options[key]

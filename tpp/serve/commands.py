@@ -43,6 +43,11 @@ ADAPTERS_OPTIONS = {  # each option of `tpp adapters`, defined once; ADAPTERS_AC
     "private": ("--private", {"action": "store_true", "help": "create the repo private (an existing repo keeps its "
                                                               "visibility)"}),
 }
+ADAPTERS_POSITIONALS = {
+    "RUN_DIR": "a fine-tuning run's output_dir (or its adapter/ folder)",
+    "STORE": "the adapter store: a folder of sites and their content-hashed versions (publish creates it)",
+    "OWNER/NAME[@REVISION]": "the Hub model repo (and branch, tag or commit) to fetch from",
+}
 ADAPTERS_ACTIONS = [  # (action, summary, positionals, options)
     ("publish", "add a run's adapter to the store as a new version of a site and make it current",
      ("RUN_DIR", "STORE"), ("site", "backbone_dry")),
@@ -65,7 +70,7 @@ def add_deploy_commands(add) -> None:
     ad = add("adapters", "manage an adapter store: publish, ls, check, rollback; push / pull a version to / "
                          "from a Hugging Face Hub model repo (`tpp adapters ACTION --help`: each one's options)")
     ad.epilog += HUB_EXAMPLES
-    add_actions(ad, ADAPTERS_ACTIONS, ADAPTERS_OPTIONS, aliases={"ls": ["list"]})
+    add_actions(ad, ADAPTERS_ACTIONS, ADAPTERS_OPTIONS, aliases={"ls": ["list"]}, positional_help=ADAPTERS_POSITIONALS)
     pr = add("predict", "probabilities and label names (or segmentation masks) per image, written as a CSV")
     pr.add_argument("images", nargs="*", help="image files or folders (PNG, JPEG, .npy, DICOM, NIfTI)")
     _common_deploy(pr, store_required=False)

@@ -28,6 +28,10 @@ def add_context_options(pr) -> None:
                                                    "backbone's size for classification, 64 for segmentation)")
 
 
+CONTEXT_POSITIONALS = {
+    "STORE": "the store: a folder of context sets and adapters (publish creates it)",
+    "DIR_OR_CSV": "the context set: a folder of class folders (or images/ + masks/), or a CSV path,label",
+}
 CONTEXT_ACTIONS = [  # (action, summary, positionals, options)
     ("publish", "publish a context set (folder or CSV) to a store as a new version of a site and make it current",
      ("STORE", "DIR_OR_CSV"), ("site", "backbone_recorded", "max_context")),
@@ -48,7 +52,7 @@ CONTEXT_OPTIONS = {
 def add_context_command(add) -> None:
     cx = add("context", "context sets for in-context prediction: publish to a store (content-hashed, with a card), "
                         "list, check (`tpp context ACTION --help`: each one's options)")
-    add_actions(cx, CONTEXT_ACTIONS, CONTEXT_OPTIONS, aliases={"list": ["ls"]})
+    add_actions(cx, CONTEXT_ACTIONS, CONTEXT_OPTIONS, aliases={"list": ["ls"]}, positional_help=CONTEXT_POSITIONALS)
 
 
 def check_publish_order(store: str, source: str, site: str) -> None:

@@ -642,6 +642,21 @@ def test_neighbours_without_knn_are_refused_not_ignored():
             prepare(ctx, None, method, 3)
 
 
+def test_more_neighbours_than_examples_warn(tiny_mae):
+    import warnings
+
+    from tpp.incontext.features import load_extractor
+    from tpp.incontext.predict import prepare
+
+    ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 2, ["a", "b"], names=["0", "1"])
+    extractor = load_extractor(str(tiny_mae))
+    with pytest.warns(UserWarning, match=r"k=5 neighbours but the context set holds 2 examples"):
+        prepare(ctx, extractor, "knn", 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepare(ctx, extractor, "knn", 2)
+
+
 def test_context_publish_with_store_and_set_swapped_says_so_and_writes_nothing(tmp_path, capsys):
     from helpers import run_cli
 

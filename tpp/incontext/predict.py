@@ -141,6 +141,11 @@ def prepare(ctx: ContextSet, extractor: Extractor, method: str = "prototype", k:
     if image_size is not None and image_size < 1:
         raise TppError(f"the image size fed to the encoder must be at least 1 pixel, got {image_size}.")
     if ctx.task == CLASSIFICATION:
+        if k is not None and k > len(ctx.images):
+            import warnings
+
+            warnings.warn(f"k={k} neighbours but the context set holds {len(ctx.images)} examples: every example "
+                          f"votes (k={len(ctx.images)} in effect).", stacklevel=2)
         rule = extractor.rule(ctx.channels, image_size)
         return Prepared(ctx, extractor, method, k, rule, extractor.features(ctx.images, rule), None,
                         version or set_hash(ctx))

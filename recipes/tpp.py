@@ -21,7 +21,7 @@ import torch
 
 from tpp.adapters import all_methods, get_method
 from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
-from tpp.backbones import load_backbone
+from tpp.backbones import backbone_config, has_decoder_weights, load_backbone
 from tpp.builders import input_rule, record_skipped
 from tpp.data.build import load_data, random_hflip
 from tpp.data.stream import ModelInputs, concat_images, stream_loader
@@ -61,6 +61,22 @@ def check(cfg) -> None:
     if not get_method(cfg.adapter.method).pretrainable:
         raise ConfigError(f"adapter.method={cfg.adapter.method} has no target parameters to pre-train; TPP applies "
                           f"to: {', '.join(m.name for m in all_methods() if m.pretrainable)}.")
+    if getattr(cfg.pretext.resolved(), "decoder", None) == "checkpoint":
+        check_checkpoint_decoder(cfg.backbone.path)
+
+
+def check_checkpoint_decoder(path: str) -> None:
+    """``pretext.decoder=checkpoint`` needs a ViT-MAE checkpoint saved with its decoder: told from its config.json
+    and safetensors headers before the run (a backbone that does not resolve is named by validate's backbone
+    check; one that cannot be told without loading, a hub id, is checked when the run loads it)."""
+    try:
+        model_type = getattr(backbone_config(path), "model_type", None)
+    except TppError:
+        return
+    if model_type != "vit_mae" or has_decoder_weights(path) is False:
+        what = f"a {model_type} checkpoint" if model_type != "vit_mae" else "a ViT-MAE saved without its decoder"
+        raise ConfigError(f"pretext.decoder=checkpoint needs a ViT-MAE checkpoint with its decoder weights; "
+                          f"backbone.path '{path}' is {what}. Use pretext.decoder=fresh (or auto).")
 
 
 def run(cfg, run) -> dict:

@@ -213,3 +213,23 @@ def test_a_vit_mae_saved_without_its_decoder_loads_with_none(tmp_path, tiny_mae)
     assert build_pretext("mae", encoder, decoder).card_entry()["decoder"].startswith("fresh")
     with pytest.raises(TppError, match="a ViT-MAE saved without its decoder weights. Use pretext.decoder=fresh"):
         build_pretext("mae", encoder, decoder, decoder="checkpoint")
+
+
+def test_tpp_with_the_checkpoint_decoder_on_a_backbone_without_one_is_refused_before_the_run(tmp_path, capsys,
+                                                                                              tiny_mae):
+    """`tpp validate` said ok and the run failed once the backbone was loaded."""
+    from conftest import make_backbone, make_medmnist
+    from helpers import run_cli
+
+    root = make_medmnist(tmp_path / "data")
+    for kind in ("vit_mae_encoder", "vit"):
+        backbone = make_backbone(tmp_path / kind, kind)
+        args = [f"data.root={root}", f"backbone.path={backbone}", "pretext.decoder=checkpoint",
+                f"output_dir={tmp_path / 'out'}"]
+        assert run_cli("validate", "breast_us/mae_vit_tiny_lora_tpp.yaml", *args) == 2
+        err = capsys.readouterr().err
+        assert f"pretext.decoder=checkpoint needs a ViT-MAE checkpoint with its decoder weights; backbone.path " \
+               f"'{backbone}'" in err and "Use pretext.decoder=fresh" in err and "Traceback" not in err
+        assert run_cli("validate", "breast_us/mae_vit_tiny_lora_tpp.yaml", *args[:2], "pretext.decoder=fresh") == 0
+    assert run_cli("validate", "breast_us/mae_vit_tiny_lora_tpp.yaml", f"data.root={root}",
+                   f"backbone.path={tiny_mae}", "pretext.decoder=checkpoint") == 0, capsys.readouterr().err

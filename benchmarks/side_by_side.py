@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from report import t_interval, write_atomic  # noqa: E402
+from report import defined, t_interval, write_atomic  # noqa: E402
 
 
 def key(cell: dict) -> tuple:
@@ -41,9 +41,11 @@ def paired_groups(old: list[dict], new: list[dict]) -> dict[tuple, list[tuple[di
     return groups
 
 
-def _pm(values: list[float]) -> str:
+def _pm(values: list) -> str:
+    """Mean ± std of the defined values (None / NaN: an undefined metric, left out), "undefined" if none is."""
+    values = defined(values)
     if len(values) < 2:
-        return f"{values[0]:.3f}"
+        return f"{values[0]:.3f}" if values else "undefined"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
@@ -51,10 +53,20 @@ def _distinct(values) -> str:
     return " / ".join(str(v) for v in sorted({v for v in values if v is not None}, key=str)) or "–"
 
 
+def _defined_pairs(pairs: list[tuple[dict, dict]], metric: str) -> list[tuple[dict, dict]]:
+    """The pairs whose metric is defined on both sides (an AUROC of a one-class split is None)."""
+    return [(o, n) for o, n in pairs if defined([o.get(metric)]) and defined([n.get(metric)])]
+
+
 def _paired_difference(pairs: list[tuple[dict, dict]], metric: str) -> str:
-    """new − old over the pairs, with its 95% t-interval ("n/a" for a single pair)."""
-    mean, low, high = t_interval([n[metric] - o[metric] for o, n in pairs])
-    return f"{mean:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if len(pairs) > 1 else " (1 pair: no interval)")
+    """new − old over the pairs where both are defined, with its 95% t-interval (none for a single pair)."""
+    usable = _defined_pairs(pairs, metric)
+    if not usable:
+        return "undefined"
+    mean, low, high = t_interval([n[metric] - o[metric] for o, n in usable])
+    left_out = f"; {len(pairs) - len(usable)} undefined left out" if len(usable) < len(pairs) else ""
+    return f"{mean:+.3f}" + (f" [{low:+.3f}, {high:+.3f}]" if len(usable) > 1 else " (1 pair: no interval)") + \
+        (f" ({left_out[2:]})" if left_out else "")
 
 
 def markdown(groups: dict, metric: str, second: str) -> str:
@@ -63,10 +75,11 @@ def markdown(groups: dict, metric: str, second: str) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (target, method, fraction), pairs in groups.items():
         old, new = [p[0] for p in pairs], [p[1] for p in pairs]
-        diff = max(abs(n[metric] - o[metric]) for o, n in pairs)
+        usable = _defined_pairs(pairs, metric)
+        diff = f"{max(abs(n[metric] - o[metric]) for o, n in usable):.1g}" if usable else "–"
         selection = _distinct(n.get("selection", "").split(" (")[0] or None for n in new)
         lines.append(f"| {target} | {fraction:.0%} | {method} | {len(pairs)} | {_pm([c[metric] for c in old])} | "
-                     f"{_pm([c[metric] for c in new])} | {_paired_difference(pairs, metric)} | {diff:.1g} | "
+                     f"{_pm([c[metric] for c in new])} | {_paired_difference(pairs, metric)} | {diff} | "
                      f"{_pm([c[second] for c in old])} | "
                      f"{_pm([c[second] for c in new])} | {_distinct(n.get('val_images') for n in new)} | "
                      f"{selection} |")

@@ -38,3 +38,13 @@ def test_only_seeds_in_both_reports_are_compared_with_the_largest_per_seed_diffe
 def test_a_single_pair_has_no_interval():
     groups = side_by_side.paired_groups([cell(0, 0.70, 0.6)], [cell(0, 0.75, 0.6)])
     assert "| +0.050 (1 pair: no interval) |" in side_by_side.markdown(groups, "test_auroc", "test_accuracy")
+
+
+def test_an_undefined_metric_is_left_out_of_the_pairs_not_a_nan_or_a_crash():
+    old = [cell(0, 0.70, 0.6), cell(1, None, 0.6), cell(2, 0.80, 0.7)]  # seed 1: a one-class split
+    new = [cell(0, 0.75, 0.6), cell(1, 0.9, 0.6), cell(2, float("nan"), 0.7)]
+    text = side_by_side.markdown(side_by_side.paired_groups(old, new), "test_auroc", "test_accuracy")
+    assert "| 3 | 0.750 ± 0.071 | 0.825 ± 0.106 | +0.050 (1 pair: no interval) (2 undefined left out) | 0.05 |" in text
+    assert "nan" not in text
+    none = side_by_side.paired_groups([cell(0, None, 0.6)], [cell(0, None, 0.6)])
+    assert "| undefined | undefined | undefined | – |" in side_by_side.markdown(none, "test_auroc", "test_accuracy")

@@ -187,7 +187,7 @@ def read_version_folder(folder: Path, version: str | None = None) -> dict[str, b
     the store's loads, ``tpp adapters push`` and :func:`read_card` of a folder named like a version all use it."""
     version = folder.name if version is None else version
     files = {}
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    for entry in list_folder(folder):
         if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
             raise TppError(f"'{entry.path}' is a symbolic link or no regular file, which a published version never "
                            "holds; refused.")
@@ -200,6 +200,16 @@ def read_version_folder(folder: Path, version: str | None = None) -> dict[str, b
                        "folder (a folder named by 16 hex digits is taken for a store version: rename a copy that is "
                        "none).")
     return files
+
+
+def list_folder(folder: Path) -> list[os.DirEntry]:
+    """The entries of ``folder``, sorted by name; one that cannot be listed (no permission to read it, gone, no
+    folder) is a :class:`TppError` naming it, never a raw ``OSError`` (a 500 through the service)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(entries, key=lambda e: e.name)
+    except OSError as exc:
+        raise TppError(f"'{folder}' cannot be listed ({exc.strerror or type(exc).__name__}); refused.") from None
 
 
 def read_regular(path: Path, limit: int | None = None) -> bytes:

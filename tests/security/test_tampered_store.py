@@ -1,8 +1,11 @@
 """A store whose bytes changed after publishing, files that are not what they claim, and paths that try
 to leave the store: refused with a message that never echoes file content; `tpp adapters check` counts true."""
+import errno
 import json
 import os
+import re
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load as load_bytes
@@ -175,3 +178,49 @@ def test_a_fifo_in_the_store_is_refused_without_blocking(tmp_path):
     (tmp_path / "store" / "y").mkdir()
     os.mkfifo(tmp_path / "store" / "y" / "current")
     assert store.current_version(tmp_path / "store", "y") is None
+
+
+def unlistable(monkeypatch, *folders) -> None:
+    """``os.scandir`` and ``os.listdir`` of ``folders`` fail as a folder without read permission does (chmod 000
+    means nothing to root, so the permission error is made here instead)."""
+    locked = {os.fspath(f) for f in folders}
+    for name in ("scandir", "listdir"):
+        def refused(path=".", *args, _real=getattr(os, name)):
+            if not isinstance(path, int) and os.fspath(path) in locked:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return _real(path, *args)
+        monkeypatch.setattr(os, name, refused)
+
+
+def test_a_version_folder_that_cannot_be_listed_is_refused_by_name(world, tmp_path, monkeypatch):
+    """Loading, publishing again and serving a version folder that cannot be listed: one TppError naming the
+    folder (through HTTP the refusal's 409, as for any damaged version), never a raw OSError or a 500."""
+    from helpers import png_bytes
+    from PIL import Image
+    from serving_fixtures import request, serving
+
+    from tpp.serve import contexts
+    from tpp.serve.worker import InferenceWorker
+
+    s = tmp_path / "store"
+    version = store.publish(world["run"], s, "x").version
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(s)))
+    for label, shade in (("a", 0), ("b", 200)):
+        (tmp_path / "ctx" / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), shade + 20 * i, np.uint8)).save(tmp_path / "ctx" / label / f"{i}.png")
+    backbone = {"id": "tiny", "hash": worker.bank.info.hash}
+    cv = contexts.publish(tmp_path / "ctx", s, "c", backbone)
+    unlistable(monkeypatch, s / "x" / version, cv.path)
+    said = "cannot be listed (Permission denied); refused."
+    with pytest.raises(TppError, match=f"'{s / 'x' / version}' {re.escape(said)}"):
+        store.open_version(s, "x")
+    with pytest.raises(TppError, match=f"'{s / 'x' / version}' {re.escape(said)}"):
+        store.publish(world["run"], s, "x")  # the same content again: is that folder whole?
+    with pytest.raises(TppError, match=f"'{cv.path}' {re.escape(said)}"):
+        contexts.open_context(s, "c", backbone_hash=backbone["hash"])
+    image = [("q.png", png_bytes(np.zeros((8, 8), np.uint8)))]
+    with serving(world, store_path=s, worker=worker) as url:
+        for path, folder in (("sites/x", s / "x" / version), ("contexts/c", cv.path)):
+            status, answer = request(f"{url}/v1/{path}/predict", image)
+            assert (status, answer.get("detail")) == (409, f"'{folder}' {said}"), path

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from tpp.adapter_dir import card_json
+from tpp.adapter_dir import card_json, list_folder
 from tpp.errors import TppError
 from tpp.rundir import ESCAPED_BYTES
 from tpp.incontext.context import CLASSIFICATION, MAX_K, SEGMENTATION, ContextSet, binary_mask, check, read_context
@@ -133,7 +132,7 @@ def open_context(store: str | Path, site: str, max_k: int = MAX_K,
     site_dir, version = adapter_store._pointed_version(root, site)
     folder = site_dir / version
     where = f"context set {site}@{version}"
-    names = sorted(os.listdir(folder))
+    names = [entry.name for entry in list_folder(folder)]
     if len(names) > 2 * max_k + 2:
         raise TppError(f"{where} holds {len(names)} files, more than a set of at most {max_k} examples can; "
                        "refused (--max-context).")

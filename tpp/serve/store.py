@@ -21,7 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpp.adapter_dir import CARD, HEAD, PEFT_CONFIG, content_hash, read_card, read_version_folder
+from tpp.adapter_dir import CARD, HEAD, PEFT_CONFIG, content_hash, list_folder, read_card, read_version_folder
 from tpp.adapter_dir import read_regular as _read_regular
 from tpp.errors import TppError
 from tpp.model_card import README
@@ -168,8 +168,9 @@ def make_current(store: str | Path, site: str, version: str) -> SiteVersion:
 
 
 def holds_exactly(folder: Path, files: dict[str, bytes]) -> bool:
-    """Whether ``folder`` is a plain folder holding exactly ``files`` (names and bytes)."""
-    if folder.is_symlink() or not folder.is_dir() or sorted(os.listdir(folder)) != sorted(files):
+    """Whether ``folder`` is a plain folder holding exactly ``files`` (names and bytes); a :class:`TppError` naming
+    it when it cannot be listed."""
+    if folder.is_symlink() or not folder.is_dir() or [e.name for e in list_folder(folder)] != sorted(files):
         return False
     try:
         return all(_read_regular(folder / name) == data for name, data in files.items())

@@ -6,6 +6,7 @@ import os
 import shutil
 import threading
 
+import numpy as np
 import pytest
 import torch
 from helpers import HANG_S, png_bytes
@@ -240,3 +241,18 @@ def test_the_serving_benchmark_loads_sites_cold_as_the_service_does(world, monke
     assert len(cold) == len(warm) == 2 and min(cold + warm) > 0
     assert held.reads == [("a", "tpp-loader"), ("b", "tpp-loader")] and installed_on == ["tpp-inference"] * 2
     assert bank.loads == 4 and all(bank.resident[name] is not first[name] for name in ("a", "b"))
+
+
+@pytest.mark.parametrize("method, path, status", [("POST", "/v1/sites/s/predict", 200),
+                                                  ("POST", "/v1/sites/nobody/reload", 404),
+                                                  ("POST", "/v1/contexts/s/predict", 404)])
+def test_the_pointer_of_each_request_is_read_off_the_event_loop(tmp_path, monkeypatch, method, path, status):
+    """Every predict and reload reads the site's pointer first (so a version published or rolled back on disk is
+    noticed at the next request): in a thread, not on the event loop."""
+    app, _ = stub_app(tmp_path)
+    (tmp_path / "store" / contexts.FOLDER).mkdir()  # context sets are looked for (none published)
+    real, calls = store.current_version, []
+    monkeypatch.setattr(store, "current_version", lambda *args: (calls.append(_on_event_loop()), real(*args))[1])
+    files = [("a.png", png_bytes(np.zeros((8, 8), np.uint8)))] if path.endswith("predict") else None
+    assert call(app, method, path, files=files)[0] == status
+    assert calls and not any(calls)

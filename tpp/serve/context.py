@@ -83,7 +83,7 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
         if method == "learned" and not loaded:  # 400 before the set is verified and decoded for nothing
             raise HTTPException(400, "method learned needs a learned in-context model, but none is loaded: start tpp "
                                      f"serve with {incontext_models.OPTION} DIR, or ask for method prototype or knn.")
-        if contexts.current_version(store_path, site) is None:
+        if await asyncio.to_thread(contexts.current_version, store_path, site) is None:  # off the event loop
             raise HTTPException(404, f"no context set is published as '{site}'; GET /v1/contexts lists them.")
         files = [(await upload.read(), upload.filename or "upload") for upload in images]
         pixels = await _checked(files, limits)

@@ -151,8 +151,10 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         except TppError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    def require_published(site: str) -> None:
-        if adapter_store.current_version(store_path, site) is None:
+    async def require_published(site: str) -> None:
+        """404 unless ``site`` has a published adapter. The pointer is read at every request (a publish or a
+        rollback on disk is noticed at once), in a thread: on the event loop a slow disk held up every request."""
+        if await asyncio.to_thread(adapter_store.current_version, store_path, site) is None:
             raise HTTPException(404, f"site '{site}' has no published adapter; GET /v1/sites lists the served sites.")
 
     async def outcome(future):
@@ -199,7 +201,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     async def predict(site: str, images: list[UploadFile] = File(...), frame: int | None = None,
                       slice_spec: str | None = Query(None, alias="slice"), window: str | None = None):
         site = site_name(site)
-        require_published(site)
+        await require_published(site)
         arrays = []
         try:
             window_pair = parse_window(window)
@@ -229,7 +231,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     @app.post("/v1/sites/{site}/reload", dependencies=[Depends(authorised)])
     async def reload(site: str):
         site = site_name(site)
-        require_published(site)
+        await require_published(site)
         old, new = await outcome(worker.reload(site))
         log.info("site %s: version %s -> %s", site, old, new)
         return {"site": site, "old_version": old, "new_version": new}

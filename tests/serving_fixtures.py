@@ -70,6 +70,20 @@ def build_store(base: Path, sites: dict | None = None, images: int = 12, expecte
     return world
 
 
+def publish_context(base: Path, store: Path, site: str, backbone_hash: str):
+    """A two-class context set (``base/a``, ``base/b``: two 8x8 gray images each) published to ``store`` as
+    ``site`` for the backbone of ``backbone_hash``; its :class:`~tpp.serve.contexts.ContextVersion`."""
+    from PIL import Image
+
+    from tpp.serve import contexts
+
+    for label, shade in (("a", 0), ("b", 200)):
+        (base / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8), shade + 20 * i, np.uint8)).save(base / label / f"{i}.png")
+    return contexts.publish(base, store, site, {"id": "tiny", "hash": backbone_hash})
+
+
 def pixels(images, card) -> torch.Tensor:
     """Model inputs (N, C, H, W) of uint8 images as the service makes them for an adapter with ``card``."""
     from tpp.serve.images import to_model_input

@@ -5,12 +5,13 @@ import asyncio
 import os
 import shutil
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import torch
 from helpers import HANG_S, png_bytes
-from serving_fixtures import build_store, call, request, serving, stub_app
+from serving_fixtures import build_store, call, publish_context, request, serving, stub_app
 
 from tpp.serve import contexts, store
 from tpp.errors import TppError
@@ -256,3 +257,37 @@ def test_the_pointer_of_each_request_is_read_off_the_event_loop(tmp_path, monkey
     files = [("a.png", png_bytes(np.zeros((8, 8), np.uint8)))] if path.endswith("predict") else None
     assert call(app, method, path, files=files)[0] == status
     assert calls and not any(calls)
+
+
+def test_a_context_set_is_read_off_the_inference_thread_and_once_however_many_wait(world, tmp_path, monkeypatch):
+    """A stored context set's files are read and verified (hashed, every image decoded) in a thread: on the
+    inference thread, every site's predictions waited meanwhile. Requests asking for it meanwhile share that read;
+    only its examples' features are computed on the inference thread."""
+    s = tmp_path / "store"
+    store.publish(world["runs"]["a"], s, "a")
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(s)), max_wait_ms=1)
+    publish_context(tmp_path / "ctx", s, "c", worker.bank.info.hash)
+    reads, reading, released = [], threading.Event(), threading.Event()
+    real = contexts.open_context
+
+    def held(*args, **kwargs):
+        reads.append(threading.current_thread().name)
+        reading.set()
+        assert released.wait(HANG_S), "the read was never released"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(contexts, "open_context", held)
+    url_of, query = "{}/v1/contexts/c/predict", [("q.png", png_bytes(world["images"][0]))]
+    with serving(world, store_path=s, worker=worker) as url, ThreadPoolExecutor(2) as pool:
+        try:
+            first = pool.submit(request, url_of.format(url), query)
+            assert reading.wait(HANG_S)
+            assert reads[0] != "tpp-inference"
+            answer = worker.predict("a", world["images"][:2]).result(HANG_S)  # answered while the set is read
+            assert close(answer.outputs, world["expected"]["a"][:2]) and not first.done()
+            second = pool.submit(request, url_of.format(url), query)
+        finally:
+            released.set()
+        (status, one), (again, other) = first.result(HANG_S), second.result(HANG_S)
+        assert (status, again) == (200, 200) and one["predictions"] == other["predictions"]
+        assert len(reads) == 1  # shared, then kept

@@ -196,8 +196,7 @@ def test_a_version_folder_that_cannot_be_listed_is_refused_by_name(world, tmp_pa
     """Loading, publishing again and serving a version folder that cannot be listed: one TppError naming the
     folder (through HTTP the refusal's 409, as for any damaged version), never a raw OSError or a 500."""
     from helpers import png_bytes
-    from PIL import Image
-    from serving_fixtures import request, serving
+    from serving_fixtures import publish_context, request, serving
 
     from tpp.serve import contexts
     from tpp.serve.worker import InferenceWorker
@@ -205,12 +204,7 @@ def test_a_version_folder_that_cannot_be_listed_is_refused_by_name(world, tmp_pa
     s = tmp_path / "store"
     version = store.publish(world["run"], s, "x").version
     worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(s)))
-    for label, shade in (("a", 0), ("b", 200)):
-        (tmp_path / "ctx" / label).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(np.full((8, 8), shade + 20 * i, np.uint8)).save(tmp_path / "ctx" / label / f"{i}.png")
-    backbone = {"id": "tiny", "hash": worker.bank.info.hash}
-    cv = contexts.publish(tmp_path / "ctx", s, "c", backbone)
+    cv = publish_context(tmp_path / "ctx", s, "c", worker.bank.info.hash)
     unlistable(monkeypatch, s / "x" / version, cv.path)
     said = "cannot be listed (Permission denied); refused."
     with pytest.raises(TppError, match=f"'{s / 'x' / version}' {re.escape(said)}"):
@@ -218,7 +212,7 @@ def test_a_version_folder_that_cannot_be_listed_is_refused_by_name(world, tmp_pa
     with pytest.raises(TppError, match=f"'{s / 'x' / version}' {re.escape(said)}"):
         store.publish(world["run"], s, "x")  # the same content again: is that folder whole?
     with pytest.raises(TppError, match=f"'{cv.path}' {re.escape(said)}"):
-        contexts.open_context(s, "c", backbone_hash=backbone["hash"])
+        contexts.open_context(s, "c", backbone_hash=worker.bank.info.hash)
     image = [("q.png", png_bytes(np.zeros((8, 8), np.uint8)))]
     with serving(world, store_path=s, worker=worker) as url:
         for path, folder in (("sites/x", s / "x" / version), ("contexts/c", cv.path)):

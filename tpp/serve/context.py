@@ -3,8 +3,9 @@
 - ``GET /v1/contexts``: the published context sets (``tpp context publish``).
 - ``POST /v1/contexts/{site}/predict`` (multipart ``images``; query ``method`` = prototype | knn | learned, ``k``): the
   store's current set of ``site``, verified as :func:`tpp.serve.contexts.open_context` does (content hash,
-  at most ``max_context`` examples, pixel budget per image, this backbone) before use; its features are kept for
-  the next request (a few sets, least recently used first out) until a new version is published.
+  at most ``max_context`` examples, pixel budget per image, this backbone) before use, in a thread
+  (:class:`VerifiedSets`); the verified set and its features are kept for the next request (a few sets, least
+  recently used first out) until a new version is published.
 - ``POST /v1/incontext/predict``: JSON ``{"context": [{"image": B64, "label": L} | {"image": B64, "mask": B64}],
   "images": [B64 | {"name": N, "data": B64}], "method": ..., "k": ...}``. The context images, masks and query
   images together obey the request's pixel budget (413 from their headers, before anything is decoded), the
@@ -18,7 +19,8 @@ datasets); an answer of method learned names the model's weights hash.
 The answers hold ``context``, ``version``, ``task``, ``k``, ``method``, ``backbone_hash`` (and ``model`` for a
 learned one) and ``predictions`` entries as ``POST /v1/sites/{site}/predict`` gives them (no ``site`` or
 ``adapter_id``), with the numbers of ``tpp predict --context``.
-Everything runs on the inference thread, on the bank's frozen backbone (nothing is written into it).
+Features and predictions run on the inference thread, on the bank's frozen backbone (nothing is written into it);
+no file is read there.
 """
 from __future__ import annotations
 
@@ -45,18 +47,18 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
     (:func:`tpp.serve.incontext_models.attach`)."""
     cache: OrderedDict = OrderedDict()  # (site, version, method, k, the learned models' hashes) -> Prepared
     refusals = contexts.Refusals()  # a refused version is not read again until the pointer moves
+    sets = VerifiedSets(lambda site: refusals.open(store_path, site, max_context, limits, worker.bank.info.hash))
     loaded = {m["kind"]: m for m in learned_models}
 
-    def stored(bank, site: str, method: str, k: int | None):
-        """The prepared current set of ``site`` (verified when it is not cached yet); on the inference thread."""
+    def stored(bank, cv: contexts.ContextVersion, method: str, k: int | None):
+        """The verified set ``cv`` prepared (its examples' features computed when not cached yet); on the inference
+        thread."""
         models = incontext_models.cache_key(bank) if method == "learned" else ()
-        key = (site, contexts.current_version(store_path, site), method, k, models)
+        key = (cv.site, cv.version, method, k, models)
         if key in cache:
             cache.move_to_end(key)
             return cache[key]
-        cv = refusals.open(store_path, site, max_context, limits, bank.info.hash)
-        prepared = prepare_set(bank, cv.ctx, method, k, cv.version)
-        cache[(site, cv.version, method, k, models)] = prepared
+        prepared = cache[key] = prepare_set(bank, cv.ctx, method, k, cv.version)
         while len(cache) > CACHED_SETS:
             cache.popitem(last=False)
         return prepared
@@ -83,7 +85,8 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
         if method == "learned" and not loaded:  # 400 before the set is verified and decoded for nothing
             raise HTTPException(400, "method learned needs a learned in-context model, but none is loaded: start tpp "
                                      f"serve with {incontext_models.OPTION} DIR, or ask for method prototype or knn.")
-        if await asyncio.to_thread(contexts.current_version, store_path, site) is None:  # off the event loop
+        version = await asyncio.to_thread(contexts.current_version, store_path, site)  # off the event loop
+        if version is None:
             raise HTTPException(404, f"no context set is published as '{site}'; GET /v1/contexts lists them.")
         files = [(await upload.read(), upload.filename or "upload") for upload in images]
         pixels = await _checked(files, limits)
@@ -91,8 +94,9 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
             arrays = await _decoded(files, limits)
             if hasattr(worker, "predict_context"):  # the Ray engine: the set is multiplexed across its replicas
                 done = await outcome(worker.predict_context(site, method, k, arrays))
-            else:
-                done = await outcome(worker.call(lambda bank: answered(stored(bank, site, method, k), arrays)))
+            else:  # the set's files read and verified in a thread, its features computed on the inference thread
+                cv = await outcome(sets.get(site, version))
+                done = await outcome(worker.call(lambda bank: answered(stored(bank, cv, method, k), arrays)))
         return answer(done, [name for _, name in files], site)
 
     @app.post("/v1/incontext/predict", dependencies=[Depends(authorised)])
@@ -113,6 +117,43 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
             arrays = await _decoded(queries, limits)
             done = await outcome(worker.call(lambda bank: answered(prepare_set(bank, ctx, method, k), arrays)))
         return answer(done, [name for _, name in queries], "inline")
+
+
+class VerifiedSets:
+    """The service's stored context sets, read and verified in a thread: on the inference thread, every site's
+    predictions waited while a set's files were read, hashed and decoded. The last ``size`` sets are kept by (site,
+    version) (a version's files are its content hash: they never change), and a version is read once however many
+    requests ask for it meanwhile. Used on the event loop only (``open_set`` runs in threads)."""
+
+    def __init__(self, open_set, size: int = CACHED_SETS):
+        self.open_set, self.size = open_set, size  # open_set(site): the store's current set of site, verified
+        self.sets: OrderedDict = OrderedDict()  # (site, version) -> ContextVersion
+        self.reading: dict = {}  # (site, version) -> the task reading the set
+
+    def get(self, site: str, version: str) -> asyncio.Future:
+        """The verified set of ``site`` whose pointer named ``version``: the one kept, or the store's current set
+        read in a thread (a future that waiting requests share; one giving up cancels nobody's read)."""
+        key = (site, version)
+        if key in self.sets:
+            self.sets.move_to_end(key)
+            kept = asyncio.get_running_loop().create_future()
+            kept.set_result(self.sets[key])
+            return kept
+        if key not in self.reading:
+            self.reading[key] = asyncio.ensure_future(asyncio.to_thread(self.open_set, site))
+            self.reading[key].add_done_callback(lambda task: self._keep(key, task))
+        return asyncio.shield(self.reading[key])
+
+    def _keep(self, key: tuple, task: asyncio.Future) -> None:
+        """Keep what a read verified (under the version it read: the pointer may have moved since it was asked)."""
+        del self.reading[key]
+        if task.cancelled() or task.exception() is not None:  # the refusal is the Refusals memo's to keep
+            return
+        cv = task.result()
+        self.sets[(cv.site, cv.version)] = cv
+        self.sets.move_to_end((cv.site, cv.version))
+        while len(self.sets) > self.size:
+            self.sets.popitem(last=False)
 
 
 def extractor(bank):

@@ -242,26 +242,36 @@ class Refusals:
     A stored set that fails verification (tampered files, another backbone, over a limit) is read in full to find
     out; without this memo every request naming it would read and hash it again. A version's files never change
     legitimately (its name is their content hash), so its refusal stands until another version is published
-    (or rolled back to). At most ``size`` versions are remembered, the oldest forgotten first."""
+    (or rolled back to). At most ``size`` versions are remembered, the oldest forgotten first. Thread-safe: the
+    service opens sets in threads, several at once."""
 
     def __init__(self, size: int = 64):
+        import threading
         from collections import OrderedDict
 
         self.size, self._memo = size, OrderedDict()  # (site, version) -> reason
+        self._lock = threading.Lock()  # guards _memo, never held while files are read
 
     def open(self, store: str | Path, site: str, *args) -> ContextVersion:
         """:func:`open_context` ``(store, site, *args)``, or the remembered refusal of the current version."""
         version = current_version(store, site)
-        if (site, version) in self._memo:
-            self._memo.move_to_end((site, version))
-            raise TppError(self._memo[(site, version)])
+        with self._lock:
+            reason = self._memo.get((site, version))
+            if reason is not None:
+                self._memo.move_to_end((site, version))
+        if reason is not None:
+            raise TppError(reason)
         try:
             return open_context(store, site, *args)
         except UnknownContext:
             raise
         except TppError as exc:
             if version is not None and current_version(store, site) == version:  # not a pointer moving meanwhile
-                self._memo[(site, version)] = str(exc)
-                while len(self._memo) > self.size:
-                    self._memo.popitem(last=False)
+                self._remember(site, version, str(exc))
             raise
+
+    def _remember(self, site: str, version: str, reason: str) -> None:
+        with self._lock:
+            self._memo[(site, version)] = reason
+            while len(self._memo) > self.size:
+                self._memo.popitem(last=False)

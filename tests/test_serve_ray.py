@@ -301,3 +301,31 @@ def test_context_set_ids_never_name_a_site():
     assert ingress.split_model_id(ingress.context_id("a", "v1")) == ingress.split_model_id("a@v1") == ("a", "v1")
     with pytest.raises(TppError):  # so no adapter's id starts with the context prefix
         store.check_site("context:a")
+
+
+def test_a_replicas_state_leaves_out_the_versions_unloaded_sites_come_back_at():
+    """Every replica answer carries its bank's resident and refused sites, asked on its inference thread; the
+    versions that unloaded sites come back at (``serving``: the store asked per site) are no part of it and are not
+    computed there."""
+    import asyncio
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    ray_engine = pytest.importorskip("tpp.serve.ray_engine")
+
+    def not_asked():
+        raise AssertionError("serving() computed for a replica's state")
+
+    def on_inference_thread(fn):
+        done = Future()
+        done.set_result(fn(bank))
+        return done
+
+    bank = SimpleNamespace(resident={"a": SimpleNamespace(version="v1")}, refused={"b": ("v2", "why")}, loads=1,
+                           serving=not_asked)
+    replica = object.__new__(ray_engine.site_deployment(1).func_or_class)
+    replica.bank, replica.replica = bank, "r1"
+    replica.worker = SimpleNamespace(call=on_inference_thread, stop=lambda: None)
+    replica.hits = replica.misses = replica.context_loads = replica.context_hits = 0
+    state = asyncio.run(replica._state())
+    assert (state["id"], state["resident"], state["refused"]) == ("r1", {"a": "v1"}, {"b": ("v2", "why")})

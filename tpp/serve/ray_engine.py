@@ -38,7 +38,7 @@ from tpp.errors import TppError
 from tpp.serve import store as adapter_store
 from tpp.serve.images import DEFAULT_LIMITS, PixelLimits
 from tpp.serve.ray_ingress import CONTEXT, RayWorker, error_of, split_model_id
-from tpp.serve.server import check_binding, create_app, residency
+from tpp.serve.server import check_binding, create_app, resident_and_refused
 
 log = logging.getLogger("tpp.serve")
 APP = "tpp"
@@ -146,7 +146,7 @@ def site_deployment(max_resident: int):
             return LoadedContext(cv)
 
         async def _state(self) -> dict:
-            resident, refused, _ = await asyncio.wrap_future(self.worker.call(residency))
+            resident, refused = await asyncio.wrap_future(self.worker.call(resident_and_refused))
             return {"id": self.replica, "pid": os.getpid(), "resident": resident, "refused": refused,
                     "loads": self.bank.loads, "hits": self.hits, "misses": self.misses,
                     "context_loads": self.context_loads, "context_hits": self.context_hits}

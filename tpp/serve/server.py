@@ -120,7 +120,13 @@ def residency(bank) -> tuple[dict[str, str], dict[str, tuple[str, str]], dict[st
     """({site: resident version}, {site: (refused version, reason)}, {site: the version that answers it: resident,
     or the one an unloaded site comes back at (:meth:`~tpp.serve.bank.AdapterBank.serving`)}) of a bank, on its
     inference thread (the Ray engine answers it for all replicas together: :mod:`tpp.serve.ray_engine`)."""
-    return {name: s.version for name, s in bank.resident.items()}, dict(bank.refused), bank.serving()
+    return (*resident_and_refused(bank), bank.serving())
+
+
+def resident_and_refused(bank) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """The first two parts of :func:`residency`, without asking the store which version each unloaded site comes back
+    at: what a Ray replica reports with every answer, on its inference thread."""
+    return {name: s.version for name, s in bank.resident.items()}, dict(bank.refused)
 
 
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,

@@ -329,3 +329,44 @@ def test_a_replicas_state_leaves_out_the_versions_unloaded_sites_come_back_at():
     replica.hits = replica.misses = replica.context_loads = replica.context_hits = 0
     state = asyncio.run(replica._state())
     assert (state["id"], state["resident"], state["refused"]) == ("r1", {"a": "v1"}, {"b": ("v2", "why")})
+
+
+def test_the_ingress_reads_each_requests_pointer_off_its_event_loop(tmp_path, monkeypatch):
+    """The ingress reads the site's (or context set's) pointer at every request to name the version it asks a
+    replica for: in a thread, not on its event loop, where a slow disk held up every other request."""
+    import asyncio
+    from types import SimpleNamespace
+
+    ingress = pytest.importorskip("tpp.serve.ray_ingress")
+
+    class Handle:  # a replica that answers at once
+        def options(self, multiplexed_model_id):
+            return self
+
+        def __getattr__(self, method):
+            async def remote(*args):
+                return {"version": "0123456789abcdef", "rows": [], "new": "0123456789abcdef", "result": {},
+                        "replica": {"id": "r1"}}
+            return SimpleNamespace(remote=remote)
+
+    def on_event_loop() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    for folder in (tmp_path / "s", tmp_path / contexts.FOLDER / "s"):
+        folder.mkdir(parents=True)
+        (folder / "current").write_text("0123456789abcdef")
+    real, calls = store.current_version, []
+    monkeypatch.setattr(store, "current_version", lambda *args: (calls.append(on_event_loop()), real(*args))[1])
+    worker = ingress.RayWorker(Handle(), str(tmp_path), {"id": "stub", "hash": "0" * 64})
+
+    async def requests():
+        return [await worker.predict("s", []), await worker.reload("s"),
+                await worker.predict_context("s", "prototype", None, [])]
+
+    answer, reloaded, _ = asyncio.run(requests())
+    assert answer.version == "0123456789abcdef" and reloaded == (answer.version, answer.version)
+    assert calls == [False] * 3

@@ -127,28 +127,30 @@ class RayWorker:
         self.replicas[out["replica"]["id"]] = out["replica"]
         return out
 
-    def _current(self, site: str) -> str:
-        version = adapter_store.current_version(self.store, site)
+    async def _current(self, site: str) -> str:
+        """The version the store's pointer names, read in a thread (per request: a publish or rollback is noticed at
+        the next one), not on the ingress's event loop."""
+        version = await asyncio.to_thread(adapter_store.current_version, self.store, site)
         if version is None:
             raise adapter_store.UnknownSite(site)
         return version
 
     async def _predict(self, site: str, arrays: list) -> Answer:
-        out = await self._remote("predict", model_id(site, self._current(site)), site, arrays)
+        out = await self._remote("predict", model_id(site, await self._current(site)), site, arrays)
         if "error" in out:
             raise_error(out, site)
         self.answered[site] = out["version"]
         return Answer(out["version"], out["rows"])
 
     async def _reload(self, site: str) -> tuple[str | None, str]:
-        out = await self._remote("reload", model_id(site, self._current(site)), site)
+        out = await self._remote("reload", model_id(site, await self._current(site)), site)
         if "error" in out:
             raise_error(out, site)
         old, self.answered[site] = self.answered.get(site), out["new"]
         return old, out["new"]
 
     async def _predict_context(self, site: str, method: str, k: int | None, arrays: list) -> dict:
-        version = contexts.current_version(self.store, site)
+        version = await asyncio.to_thread(contexts.current_version, self.store, site)  # off the event loop
         if version is None:
             raise contexts.UnknownContext(site)
         out = await self._remote("predict_context", context_id(site, version), site, method, k, arrays)

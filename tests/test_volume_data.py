@@ -113,6 +113,31 @@ def test_predict_reads_a_site_as_it_was_trained_and_warns_where_told_otherwise(t
     assert any("--slice 2:0 differs from the adapter's training (--slice 2:middle)" in n for n in notes)
     model = tpp.load(tmp_path / "run" / "adapter", backbone=str(tiny_mae))
     assert f"{model.predict(str(volume))['probabilities']['lesion']:.6f}" == f"{float(default['prob_lesion']):.6f}"
+    served, worker = _served(tiny_mae, tmp_path / "store", volume)
+    try:
+        for query, expected in (("", default), ("slice=2:0", other)):  # cold (the card read) and resident
+            status, body, _ = served(query)
+            assert status == 200, body
+            assert f"{body['predictions'][0]['probabilities']['lesion']:.6f}" == \
+                f"{float(expected['prob_lesion']):.6f}"
+            assert ("warnings" in body) == bool(query) and all("differs" in w for w in body.get("warnings", []))
+    finally:
+        worker.stop()
+
+
+def _served(backbone, store, image):
+    """(a function (query string) -> (status, JSON, headers) of POST /v1/sites/ct/predict with ``image``, in this
+    process; the real inference worker it runs on, to stop)."""
+    from serving_fixtures import call
+
+    from tpp.serve.bank import AdapterBank
+    from tpp.serve.server import create_app
+    from tpp.serve.worker import InferenceWorker
+
+    worker = InferenceWorker(AdapterBank(str(backbone), str(store)), max_wait_ms=1)
+    app = create_app(worker, str(store))
+    return (lambda query: call(app, "POST", "/v1/sites/ct/predict", files=[(image.name, image.read_bytes())],
+                               query=query)), worker
 
 
 def test_a_forged_reading_entry_in_a_card_is_refused():

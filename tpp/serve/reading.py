@@ -44,6 +44,32 @@ def card_reading(card: dict, source: str) -> dict:
     return out
 
 
+class StoredReadings:
+    """The decode keywords of store versions (``(site, version)`` -> :func:`card_reading`), each card read once:
+    a version's files never change under its content-hash name (a changed card is refused when it loads)."""
+
+    def __init__(self, store, keep: int = 256):
+        import threading
+
+        self.store, self.keep, self._known, self._lock = store, keep, {}, threading.Lock()
+
+    def get(self, site: str, version: str) -> dict:
+        """Called from several threads at once (the service reads cards in a thread per request)."""
+        from tpp.serve import store as adapter_store
+
+        key = (site, version)
+        with self._lock:
+            if key in self._known:
+                return self._known[key]
+        card = adapter_store.card_of(self.store, site, version)
+        reading = card_reading(card, f"{self.store}/{site}/{version}")
+        with self._lock:
+            if len(self._known) >= self.keep:
+                self._known.pop(next(iter(self._known)))
+            self._known[key] = reading
+        return reading
+
+
 def with_card_reading(card_options: dict, given: dict) -> tuple[dict, list[str]]:
     """``given`` (decode keywords; None: not given) over the card's defaults -> (keywords, notes): one note per
     option given that differs from what the adapter was trained with."""

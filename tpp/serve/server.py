@@ -30,6 +30,7 @@ from tpp.serve import store as adapter_store
 from tpp.errors import TppError, UnsupportedRequest
 from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
 from tpp.serve.bank import NonFiniteOutputs
+from tpp.serve.reading import StoredReadings, with_card_reading
 from tpp.serve.worker import InferenceWorker
 
 log = logging.getLogger("tpp.serve")
@@ -139,6 +140,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     description of the learned in-context models the bank holds (:func:`tpp.serve.incontext_models.attach`)."""
     bank = worker.bank
     in_flight = PixelsInFlight(limits.max_request_pixels)
+    readings = StoredReadings(store_path)  # how each version's inputs are decoded: its card's data.reading
     app = FastAPI(title="tpp", summary="one backbone, many site adapters", docs_url=None, redoc_url=None,
                   openapi_url=None)  # served below, behind the token
 
@@ -157,11 +159,30 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         except TppError as exc:
             raise HTTPException(400, str(exc)) from None
 
-    async def require_published(site: str) -> None:
-        """404 unless ``site`` has a published adapter. The pointer is read at every request (a publish or a
-        rollback on disk is noticed at once), in a thread: on the event loop a slow disk held up every request."""
-        if await asyncio.to_thread(adapter_store.current_version, store_path, site) is None:
+    async def require_published(site: str) -> str:
+        """The current version of ``site``; 404 unless it has a published adapter. The pointer is read at every
+        request (a publish or a rollback on disk is noticed at once), in a thread: on the event loop a slow disk
+        held up every request."""
+        version = await asyncio.to_thread(adapter_store.current_version, store_path, site)
+        if version is None:
             raise HTTPException(404, f"site '{site}' has no published adapter; GET /v1/sites lists the served sites.")
+        return version
+
+    async def trained_reading(site: str, version: str | None = None) -> tuple[str, dict]:
+        """(version, decode keywords) of the version that will answer ``site`` (or of ``version``): a resident
+        site's own verified card, else the card of the version it will load (the one it served before, else the
+        store's current), read in a thread. That version is checked whole when it loads (a changed or unreadable
+        card, or a forged reading entry, is refused there, before any answer), so a card not read here reads the
+        request with its own options alone; the worker's verdict on that version follows."""
+        resident = getattr(bank, "resident", {}).get(site)  # a Ray ingress holds no bank: always from the store
+        if resident is not None and version in (None, resident.version):
+            return resident.version, resident.reading
+        version = version or getattr(bank, "pinned", {}).get(site) or await require_published(site)
+        try:
+            return version, await asyncio.to_thread(readings.get, site, version)
+        except TppError as exc:
+            log.warning("site '%s' version %s: its card was not read for its input options (%s)", site, version, exc)
+            return version, {}
 
     async def outcome(future):
         try:
@@ -208,9 +229,8 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
                       slice_spec: str | None = Query(None, alias="slice"), window: str | None = None):
         site = site_name(site)
         await require_published(site)
-        arrays = []
         try:
-            window_pair = parse_window(window)
+            given = {"frame": frame, "slice_spec": slice_spec, "window": parse_window(window)}
             files = [(await upload.read(), upload.filename or "upload") for upload in images]
             # all headers first: over budget, nothing decoded
             pixels = await asyncio.to_thread(check_request, files, limits)
@@ -219,20 +239,36 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         except ImageError as exc:
             raise HTTPException(400, str(exc)) from None
         async with in_flight.hold(pixels, request_timeout_s):  # decoded images of all requests stay bounded
-            try:
-                for data, name in files:  # decoding runs in a thread: a large DICOM must not stall the loop
-                    arrays.append(await asyncio.to_thread(decode, data, name, frame=frame, slice_spec=slice_spec,
-                                                          window=window_pair, limits=limits))
-            except ImageTooLarge as exc:
-                raise HTTPException(413, str(exc)) from None
-            except ImageError as exc:
-                raise HTTPException(400, str(exc)) from None
-            result = await outcome(worker.predict(site, arrays))
-            del arrays
+            version, trained = await trained_reading(site)
+            for _ in range(2):  # again if another version than expected answered and reads inputs otherwise
+                options, notes = with_card_reading(trained, given)
+                arrays = await decode_all(files, options)
+                result = await outcome(worker.predict(site, arrays))
+                del arrays
+                if result.version == version:
+                    break
+                version, answered = await trained_reading(site, result.version)
+                if answered == trained:
+                    break
+                trained = answered
         # the task's entry per image: label + probabilities, a run-length mask + pixel counts ...
         predictions = [{"file": up.filename, **entry} for up, entry in zip(images, result.entries())]
-        return {"site": site, "version": result.version, "adapter_id": f"{site}@{result.version}",
-                "backbone_hash": bank.info.hash, "predictions": predictions}
+        answer = {"site": site, "version": result.version, "adapter_id": f"{site}@{result.version}",
+                  "backbone_hash": bank.info.hash, "predictions": predictions}
+        return answer | ({"warnings": notes} if notes else {})
+
+    async def decode_all(files: list[tuple[bytes, str]], options: dict) -> list:
+        """Every upload decoded with ``options`` (frame, slice_spec, window), each in a thread: a large DICOM must
+        not stall the loop. 413 / 400 for an image over budget / one that cannot be read."""
+        arrays = []
+        try:
+            for data, name in files:
+                arrays.append(await asyncio.to_thread(decode, data, name, limits=limits, **options))
+        except ImageTooLarge as exc:
+            raise HTTPException(413, str(exc)) from None
+        except ImageError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return arrays
 
     @app.post("/v1/sites/{site}/reload", dependencies=[Depends(authorised)])
     async def reload(site: str):

@@ -185,6 +185,13 @@ def sites(store: str | Path) -> list[str]:
                   if p.is_dir() and _SITE_RE.fullmatch(p.name) and (p / POINTER).is_file())
 
 
+def card_of(store: str | Path, site: str, version: str) -> dict:
+    """The card of ``version`` of ``site``, read and checked alone (its content hash is not checked here: whoever
+    loads the version checks all its files, and refuses it if the card was changed)."""
+    site_dir, version = _named_version(store, site, version)
+    return parse_card(_read_regular(site_dir / version / CARD), str(site_dir / version))
+
+
 def current(store: str | Path, site: str) -> SiteVersion:
     """The version ``site`` serves now (its card read and checked; contents not re-hashed)."""
     site_dir, version = _pointed_version(store, site)

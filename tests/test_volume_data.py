@@ -69,14 +69,21 @@ def test_reading_options_are_checked_with_the_config():
         build_config({"data": {"source": "medmnist", "slice": "2:1"}})
 
 
-def test_finetune_on_a_folder_of_volumes(tiny_mae, tmp_path, capsys):
+def test_the_shipped_ct_volume_config_fine_tunes_on_a_folder_of_volumes(tiny_mae, tmp_path, capsys):
+    from helpers import FAST, run_cli
+
     _volumes(tmp_path)
-    data = ["data.source=folder", "data.file=scans", "data.modality=CT", "data.slice=2:middle"]
-    assert finetune(tiny_mae, tmp_path, tmp_path / "run", *data) == 0, capsys.readouterr().err
+
+    def run(out, *extra):
+        return run_cli("run", "finetune", "--config", "own_data/ct_volumes_lora_finetune.yaml",
+                       f"backbone.path={tiny_mae}", f"data.root={tmp_path}", f"output_dir={tmp_path / out}",
+                       "train.max_steps=6", *FAST, *extra)
+
+    assert run("run") == 0, capsys.readouterr().err
     card = json.loads((tmp_path / "run" / "adapter" / "tpp_card.json").read_text())
-    assert card["data"]["reading"] == {"slice": "2:middle"}
-    assert "`tpp predict --slice 2:middle`" in (tmp_path / "run" / "adapter" / "README.md").read_text()
-    assert finetune(tiny_mae, tmp_path, tmp_path / "no_slice", *data[:-1]) == 2
+    assert card["data"]["reading"] == {"slice": "2:middle", "window": [40.0, 400.0]}
+    assert "`tpp predict --slice 2:middle --window 40,400`" in (tmp_path / "run" / "adapter" / "README.md").read_text()
+    assert run("no_slice", "data.slice=null") == 2
     assert "choose a 2D slice" in capsys.readouterr().err
 
 

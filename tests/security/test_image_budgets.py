@@ -282,7 +282,8 @@ def test_tpp_predict_names_a_too_large_image_in_one_paragraph(tmp_path, monkeypa
             pass
 
         def site(self, name):
-            return SimpleNamespace(name=name, version="v", task="classification", label_names=["a"], input_rule={})
+            return SimpleNamespace(name=name, version="v", task="classification", label_names=["a"], input_rule={},
+                                   reading={})
 
         def predict(self, sites, x):
             raise AssertionError("the too-large image must stop the run before any prediction")

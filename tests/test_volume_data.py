@@ -156,3 +156,21 @@ def test_a_forged_reading_entry_in_a_card_is_refused():
                 {"frame": -2}, {"frame": True}, {"lut": "x"}, ["2:1"]):
         with pytest.raises(TppError, match="'c': data.reading"):
             card_reading({"data": {"reading": bad}}, "c")
+
+
+def test_a_slice_like_2_40_stays_text_in_overrides_and_config_files(tmp_path):
+    """YAML 1.1 reads 2:40 as the base-60 number 160: data.slice=2:40 was refused as 'must be str, got 160'."""
+    from tpp.config import load_yaml, parse_override
+
+    assert parse_override("data.slice=2:40") == (["data", "slice"], "2:40")
+    assert parse_override("data.slice=0:3") == (["data", "slice"], "0:3")
+    assert parse_override("train.max_steps=20") == (["train", "max_steps"], 20)  # plain numbers stay numbers
+    (tmp_path / "c.yaml").write_text("data:\n  slice: 2:40\n  window: 40,400\n")
+    assert load_yaml(tmp_path / "c.yaml")["data"]["slice"] == "2:40"
+    _volumes(tmp_path)
+    from tpp.config import apply_overrides
+
+    data = build_config(apply_overrides({"data": {"source": "folder", "root": str(tmp_path), "file": "scans",
+                                                  "modality": "CT"}}, ["data.slice=2:3"])).data
+    assert data.resolved().read_options() == {"slice_spec": "2:3"}
+    assert load_data(data, 0, 16).describe()["reading"] == {"slice": "2:3"}

@@ -156,7 +156,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override '{text}' has an empty key.")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = yaml.load(raw, Loader=UniqueKeyLoader) if raw != "" else None  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -175,9 +175,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+# YAML 1.1 reads 2:40 as the base-60 number 160 (and 1:30.5 as 90.5): a slice AXIS:INDEX must stay text
+SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (two ``train:`` sections, a repeated
-    ``lr:``): plain YAML keeps the last one silently, so the first block's values would be lost without a word."""
+    ``lr:``): plain YAML keeps the last one silently, so the first block's values would be lost without a word.
+    A base-60 number (``2:40``) stays text, as YAML 1.2 reads it: ``data.slice=2:40`` is the slice, not 160."""
+
+    def resolve(self, kind, value, implicit):
+        if kind is yaml.ScalarNode and implicit[0] and SEXAGESIMAL.match(value):
+            return "tag:yaml.org,2002:str"
+        return super().resolve(kind, value, implicit)
 
     def construct_mapping(self, node, deep=False):
         seen = {}

@@ -114,7 +114,32 @@ def check_against_card(card: dict, dataset, path) -> None:
     if list(dataset.class_names) != list(names or []):
         raise TppError(f"dataset '{dataset.name}' classes {dataset.class_names} differ from the adapter's "
                        f"{names} (its card's task.label_names).")
+    check_reading(card, dataset, path)
     check_same_split(card, dataset, path)
+
+
+def check_reading(card: dict, dataset, path) -> None:
+    """Files are read as the adapter was trained (its card's ``data.reading``: the slice, frame and window that
+    ``tpp predict`` applies by default). Its own data read otherwise is refused (the metrics would be of inputs
+    predict never gives it, and the split check would take the other pixels for another split); other data read
+    otherwise is warned about, as ``tpp predict`` warns about an option that differs."""
+    from tpp.data.file_reading import described, recorded_reading, same_option
+
+    trained = recorded_reading(card.get("data") or {}, f"adapter '{path}'")
+    if not trained or dataset.split_files is None:  # no reading recorded, or data not read from files (npz ...)
+        return
+    given = dataset.reading or {}
+    differs = {k: v for k, v in trained.items() if not same_option(k, given.get(k), v)}
+    if not differs:
+        return
+    seen = card.get("data") or {}
+    told = {k: given.get(k) for k in differs}
+    text = (f"adapter '{path}' was trained reading each file with {described(differs)} (its card's data.reading, "
+            f"what tpp predict applies by default); this config reads '{dataset.name}' with {described(told)}")
+    if seen.get("name") == dataset.name or (seen.get("origin") and seen.get("origin") == dataset.origin):
+        raise TppError(f"{text}: its own data would be evaluated on other pixels than it was trained and is served "
+                       f"on. Set {described(differs)}.")
+    warnings.warn(f"{text}: the metrics are of inputs read otherwise than its training images were.", stacklevel=2)
 
 
 def run(cfg, run) -> dict:

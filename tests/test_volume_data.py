@@ -14,10 +14,10 @@ from tpp.data.images import ImageError, decode, parse_slice
 from tpp.errors import ConfigError, TppError
 
 
-def _volumes(root, per_class: int = 10, depth: int = 7):
+def _volumes(root, per_class: int = 10, depth: int = 7, seed: int = 0):
     """A folder of 3D NIfTI volumes (16, 16, depth) in two class folders; each volume's central slice is bright
     in one half (the class), its other slices are noise."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for k, name in enumerate(("normal", "lesion")):
         (root / "scans" / name).mkdir(parents=True)
         for i in range(per_class):
@@ -174,3 +174,53 @@ def test_a_slice_like_2_40_stays_text_in_overrides_and_config_files(tmp_path):
                                                   "modality": "CT"}}, ["data.slice=2:3"])).data
     assert data.resolved().read_options() == {"slice_spec": "2:3"}
     assert load_data(data, 0, 16).describe()["reading"] == {"slice": "2:3"}
+
+
+def test_evaluate_reads_the_data_as_the_adapter_was_trained(tiny_mae, tmp_path, capsys):
+    """Its own data read otherwise is refused, naming the setting (it said 'trained on another split', the split
+    being the same, or evaluated other pixels silently under another data.name); other data warns."""
+    import warnings
+
+    from helpers import evaluate
+
+    _volumes(tmp_path)
+    data = ["data.source=folder", "data.file=scans", "data.modality=CT", "data.slice=2:middle"]
+    assert finetune(tiny_mae, tmp_path, tmp_path / "run", *data, "data.window=100,300") == 0, capsys.readouterr().err
+    adapter = tmp_path / "run" / "adapter"
+    assert evaluate(tiny_mae, tmp_path, adapter, tmp_path / "same", *data, "data.window=100,300") == 0
+    capsys.readouterr()
+    for out, extra in (("no_window", []), ("renamed", ["data.name=other"])):
+        assert evaluate(tiny_mae, tmp_path, adapter, tmp_path / out, *data, *extra) == 2
+        err = capsys.readouterr().err
+        assert "trained reading each file with data.window=100,300" in err and "no data.window" in err, err
+        assert "Set data.window=100,300." in err and "another split" not in err
+    assert evaluate(tiny_mae, tmp_path, adapter, tmp_path / "case", *data[:-1], "data.slice=2:MIDDLE",
+                    "data.window=100.0,300") == 0  # the same reading, written otherwise
+    _volumes(tmp_path / "site_b", seed=1)  # other data: its choice, warned about
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert evaluate(tiny_mae, tmp_path / "site_b", adapter, tmp_path / "site_b_eval", *data[:-1],
+                        "data.name=site_b", "data.slice=2:0", "data.window=100,300") == 0
+    assert any("data.slice=2:middle" in str(w.message) and "data.slice=2:0" in str(w.message) for w in caught)
+
+
+def test_the_same_reading_written_otherwise_is_no_difference_at_predict():
+    from tpp.serve.reading import with_card_reading
+
+    trained = {"slice_spec": "2:middle", "window": (100.0, 300.0)}
+    assert with_card_reading(trained, {"slice_spec": "2:MIDDLE", "window": [100, 300]})[1] == []
+    assert with_card_reading(trained, {"slice_spec": None, "window": None})[0] == trained
+    notes = with_card_reading(trained, {"slice_spec": "2:0", "window": (100, 250)})[1]
+    assert len(notes) == 2 and "--window 100,250 differs from the adapter's training (--window 100,300)" in notes[1]
+
+
+def test_a_parent_that_read_the_files_otherwise_is_refused_saying_so(tmp_path):
+    from tpp.builders import check_leakage
+
+    _volumes(tmp_path)
+    parent = {"data": load_data(_data(tmp_path, slice="2:middle"), 0, 16).describe(
+        labels=False, used={"splits": ["train"]})}
+    check_leakage(parent, load_data(_data(tmp_path, slice="2:middle"), 0, 16), "runs/tpp/adapter")
+    with pytest.raises(TppError, match=r"The parent read each file with data.slice=2:middle, this run with "
+                                       r"data.slice=2:0: the same files read otherwise"):
+        check_leakage(parent, load_data(_data(tmp_path, slice="2:0"), 0, 16), "runs/tpp/adapter")

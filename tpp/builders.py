@@ -212,6 +212,7 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
                    if seen.get("split_id") == dataset.split_id and used_splits == ["train"] else "")
         if seen.get("name") == "breastmnist" != dataset.name:
             decoded += LEGACY_NAME_HINT
+        decoded += reading_hint(seen, dataset)
         raise TppError(
             f"adapter.init_from '{source}' was pre-trained on '{seen.get('name')}' ({', '.join(used_splits)} of split "
             f"'{seen.get('split_id')}'), {same} as '{dataset.name}' (split "
@@ -227,6 +228,24 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
             f"a parent that read more labels. Fine-tune with data.label_fraction={read:g} or more, or from a parent "
             f"that read none of them (a TPP adapter, or a multi-task pool that uses '{dataset.name}' only through a "
             "self-supervised task such as kind: mae, or leaves it out).")
+
+
+def reading_hint(seen: dict, dataset: Dataset) -> str:
+    """A sentence for a refusal when the parent read its files with other ``data.slice`` / ``data.frame`` /
+    ``data.window`` than this run (its card's ``data.reading``): the same files then hash as other images."""
+    from tpp.data.file_reading import described, recorded_reading, same_option
+
+    try:
+        parent = recorded_reading(seen, "the parent's card")
+    except TppError:
+        return ""
+    mine = dataset.reading or {}
+    keys = [k for k in ("frame", "slice_spec", "window") if k in parent or k in mine]
+    if dataset.split_files is None or all(same_option(k, parent.get(k), mine.get(k)) for k in keys):
+        return ""
+    return (f" (The parent read each file with {described({k: parent.get(k) for k in keys})}, this run with "
+            f"{described({k: mine.get(k) for k in keys})}: the same files read otherwise are other images here; "
+            "read them as the parent did.)")
 
 
 def _labels_read(used: dict) -> float:

@@ -42,3 +42,73 @@ class FileReading:
         given = {"frame": self.frame, "slice_spec": self.slice,
                  "window": parse_window(str(self.window)) if self.window is not None else None}
         return {k: v for k, v in given.items() if v is not None}
+
+
+CARD_KEYS = {"frame": "frame", "slice": "slice_spec", "window": "window"}  # card key -> decode keyword
+FLAGS = {"frame": "--frame", "slice_spec": "--slice", "window": "--window"}  # decode keyword -> tpp predict's flag
+
+
+def recorded_reading(data: dict, where: str) -> dict:
+    """The decode keywords (frame, slice_spec, window) a card's ``data`` entry records as ``reading``, checked: a
+    forged value is refused (``where`` names the card), never handed to a decoder. {} when none is recorded."""
+    import math
+
+    from tpp.data.images import ImageError, parse_slice
+    from tpp.errors import TppError
+
+    reading = (data if isinstance(data, dict) else {}).get("reading")
+    if reading is None:
+        return {}
+    where = f"{where}: data.reading"
+    if not isinstance(reading, dict) or set(reading) - set(CARD_KEYS):
+        raise TppError(f"{where} must be an object with keys among {', '.join(CARD_KEYS)}.")
+    out = {}
+    frame, spec, window = (reading.get(k) for k in CARD_KEYS)
+    if frame is not None:
+        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+            raise TppError(f"{where}.frame must be a frame number from 0, got {frame!r}.")
+        out["frame"] = frame
+    if spec is not None:
+        try:
+            parse_slice(spec if isinstance(spec, str) else "")
+        except ImageError:
+            raise TppError(f"{where}.slice must be AXIS:INDEX or AXIS:middle, got {str(spec)[:40]!r}.") from None
+        out["slice_spec"] = spec
+    if window is not None:
+        if not (isinstance(window, list) and len(window) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in window)
+                and window[1] > 0):
+            raise TppError(f"{where}.window must be [center, width] with a positive width, got {str(window)[:40]}.")
+        out["window"] = (float(window[0]), float(window[1]))
+    return out
+
+
+def same_option(key: str, a, b) -> bool:
+    """Whether two values of decode keyword ``key`` read a file alike (``2:MIDDLE`` is ``2:middle``, a window
+    [40, 400] is (40.0, 400.0)); a value that does not parse differs from every other."""
+    from tpp.data.images import ImageError, parse_slice
+
+    if a is None or b is None:
+        return a is None and b is None
+    try:
+        if key == "slice_spec":
+            return parse_slice(str(a)) == parse_slice(str(b))
+        if key == "window":
+            return tuple(float(v) for v in a) == tuple(float(v) for v in b)
+    except (ImageError, TypeError, ValueError):
+        return False
+    return a == b
+
+
+def shown(key: str, value, prefix: str = "--") -> str:
+    """One decode option as a flag (``--window 40,400``) or, with ``prefix="data."``, a config key."""
+    text = ",".join(f"{float(v):g}" for v in value) if key == "window" else str(value)
+    flag = FLAGS[key][2:]
+    return f"{prefix}{flag} {text}" if prefix == "--" else f"{prefix}{flag}={text}"
+
+
+def described(options: dict, prefix: str = "data.") -> str:
+    """Decode keywords as config keys (``data.slice=2:middle data.window=40,400``; one set to None: ``no
+    data.window``), or what reads without any."""
+    return " ".join(shown(k, v, prefix) if v is not None else f"no {prefix}{FLAGS[k][2:]}"
+                    for k, v in options.items()) or "no data.frame, data.slice or data.window"

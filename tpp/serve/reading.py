@@ -4,44 +4,15 @@ and the service, so a volume is cut, and a CT windowed, as in training; an optio
 with a warning when it differs."""
 from __future__ import annotations
 
-import math
+from tpp.data.file_reading import CARD_KEYS, FLAGS, recorded_reading, same_option, shown
 
-from tpp.errors import TppError
-
-CARD_KEYS = {"frame": "frame", "slice": "slice_spec", "window": "window"}  # card key -> decode keyword
-FLAGS = {"frame": "--frame", "slice_spec": "--slice", "window": "--window"}
+__all__ = ["CARD_KEYS", "FLAGS", "card_reading", "with_card_reading"]
 
 
 def card_reading(card: dict, source: str) -> dict:
     """The decode keywords (frame, slice_spec, window) the card's ``data.reading`` records, checked: a forged
     value is refused naming the card, never handed to a decoder."""
-    from tpp.data.images import ImageError, parse_slice
-
-    reading = (card.get("data") or {}).get("reading")
-    if reading is None:
-        return {}
-    where = f"'{source}': data.reading"
-    if not isinstance(reading, dict) or set(reading) - set(CARD_KEYS):
-        raise TppError(f"{where} must be an object with keys among {', '.join(CARD_KEYS)}.")
-    out = {}
-    frame, spec, window = (reading.get(k) for k in CARD_KEYS)
-    if frame is not None:
-        if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
-            raise TppError(f"{where}.frame must be a frame number from 0, got {frame!r}.")
-        out["frame"] = frame
-    if spec is not None:
-        try:
-            parse_slice(spec if isinstance(spec, str) else "")
-        except ImageError:
-            raise TppError(f"{where}.slice must be AXIS:INDEX or AXIS:middle, got {str(spec)[:40]!r}.") from None
-        out["slice_spec"] = spec
-    if window is not None:
-        if not (isinstance(window, list) and len(window) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in window)
-                and window[1] > 0):
-            raise TppError(f"{where}.window must be [center, width] with a positive width, got {str(window)[:40]}.")
-        out["window"] = (float(window[0]), float(window[1]))
-    return out
+    return recorded_reading(card.get("data") or {}, f"'{source}'")
 
 
 class StoredReadings:
@@ -72,16 +43,15 @@ class StoredReadings:
 
 def with_card_reading(card_options: dict, given: dict) -> tuple[dict, list[str]]:
     """``given`` (decode keywords; None: not given) over the card's defaults -> (keywords, notes): one note per
-    option given that differs from what the adapter was trained with."""
+    option given that differs from what the adapter was trained with (``2:MIDDLE`` and a window list [40, 400]
+    are no difference)."""
     merged = dict(given)
     notes = []
     for key, trained in card_options.items():
         asked = given.get(key)
         if asked is None:
             merged[key] = trained
-        elif asked != trained:
-            shown = ",".join(f"{v:g}" for v in trained) if key == "window" else trained
-            notes.append(f"{FLAGS[key]} {asked if key != 'window' else ','.join(f'{v:g}' for v in asked)} differs "
-                         f"from the adapter's training ({FLAGS[key]} {shown}): its inputs are read otherwise than "
-                         "its training images were")
+        elif not same_option(key, asked, trained):
+            notes.append(f"{shown(key, asked)} differs from the adapter's training ({shown(key, trained)}): its "
+                         "inputs are read otherwise than its training images were")
     return merged, notes

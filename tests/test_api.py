@@ -370,6 +370,7 @@ def test_a_refused_output_dir_names_the_python_argument_not_the_command_line_fla
     assert "--overwrite" not in str(caught.value) and (tmp_path / "mine" / "notes.txt").is_file()
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "status.json").write_text('{"status": "succeeded"}')
+    (tmp_path / "run" / "log.jsonl").write_text('{"event": "done"}\n')
     (tmp_path / "run" / "notes.txt").write_text("beside a run")
     with pytest.raises(TppError, match="pass overwrite=True") as caught:
         tpp.finetune(FINETUNE_CONFIG, overrides, output_dir=tmp_path / "run")

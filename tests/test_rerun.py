@@ -473,3 +473,21 @@ def test_a_run_continued_from_a_checkpoint_counts_its_earlier_segments_time(tmp_
     (fresh / "log.jsonl").write_text(json.dumps({"time": 50.0}) + "\n")
     started_over = RunDir(fresh, resume=True)
     assert started_over.elapsed() < 50
+
+
+@pytest.mark.parametrize("status_text", ['{"status": "succeeded"}', '{"state": "ok"}', "not json"])
+def test_overwrite_never_empties_a_folder_of_the_users_with_a_stray_status_json(tmp_path, status_text):
+    """A status.json of another tool (or no JSON at all) among the user's files made the folder a 'run' that
+    --overwrite emptied (moved aside, deleted once the new run succeeded)."""
+    out = tmp_path / "mine"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "a.png").write_bytes(b"x")
+    (out / "status.json").write_text(status_text)
+    for overwrite in (False, True):
+        with pytest.raises(TppError, match="it is no tpp run's folder.*not even with --overwrite"):
+            RunDir(out, overwrite=overwrite)
+    assert sorted(p.name for p in out.iterdir()) == ["images", "status.json"]
+    (out / "log.jsonl").write_text('{"event": "step"}\n')  # a run's status.json and log: a run's folder
+    if status_text.startswith('{"status"'):
+        RunDir(out, overwrite=True).succeeded()
+        assert sorted(p.name for p in out.iterdir()) == ["status.json"]

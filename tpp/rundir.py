@@ -452,9 +452,11 @@ def only_run_files(path: Path) -> bool:
 
 
 def holds_a_run(path: Path, state: dict) -> bool:
-    """Whether ``path`` is a run's folder that ``--overwrite`` may empty: it has a run's ``status.json`` (even a
-    damaged one), or only files a run writes. A folder of the user's (notes, images, a home folder) is not."""
-    return state["status"] is not None or state["damaged"] is not None or only_run_files(path)
+    """Whether ``path`` is a run's folder that ``--overwrite`` may empty: it holds only files a run writes, or a
+    run's ``status.json`` (saying running, succeeded or failed) and its ``log.jsonl`` beside other files. A folder
+    of the user's (notes, images, a home folder) is not, nor one whose stray ``status.json`` is another tool's or
+    no JSON at all (a damaged one counts only among a run's own files)."""
+    return only_run_files(path) or (state["status"] is not None and (Path(path) / "log.jsonl").is_file())
 
 
 def run_state(path: Path) -> dict:
@@ -506,6 +508,10 @@ def not_empty_message(path: Path, state: dict) -> str:
     }.get(state["status"]) or (damaged_status(path, state) if state["damaged"] else
                                f"is not empty and holds no tpp run ({_some_entries(path)})")
     if not holds_a_run(path, state):
+        if state["status"] is not None or state["damaged"]:  # a status.json among files of the user's
+            log = "" if (Path(path) / "log.jsonl").is_file() else " and no run's log.jsonl"
+            what = (f"holds a status.json ({state['status'] or state['damaged']}) but also holds files no run writes "
+                    f"({_some_entries(path)}){log}: it is no tpp run's folder")
         return (f"output_dir '{path}' {what}. It is no run to continue, and tpp never deletes a folder that holds no "
                 "run, not even with --overwrite: choose another output_dir=... (or empty this one yourself)")
     if state["damaged"]:

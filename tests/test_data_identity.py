@@ -77,3 +77,25 @@ def test_medmnist_plus_sizes_and_busi_files_map_to_their_image_collection(tmp_pa
                        "used": {"splits": ["train"]}}}  # TPP on the 28 px BreastMNIST: the same BUSI images
     with pytest.raises(TppError, match="made from the same BUSI images as 'breastmnist_224'"):
         check_leakage(parent, site, "runs/tpp/adapter")
+
+
+def test_a_data_name_given_to_a_file_of_another_name_gives_it_no_known_origin(tmp_path):
+    """One's own hospital.npz run with data.name=breastmnist (as LEGACY_NAME_HINT advises, to split as runs from
+    before 2026-12-02 did) was given origin BUSI: refused against any BreastMNIST parent, its card said BUSI."""
+    from tpp.config import build_config
+    from tpp.data.build import load_data
+
+    np.savez(tmp_path / "hospital.npz", images=_images(20, (8, 8)), labels=np.arange(20) % 2)
+    np.savez(tmp_path / "breastmnist_224.npz", images=_images(20, (8, 8), seed=5), labels=np.arange(20) % 2)
+
+    def load(file, name):
+        return load_data(build_config({"data": {"source": "npz", "file": file, "root": str(tmp_path),
+                                                "modality": "US", "name": name}}).data, None, 28)
+
+    own = load("hospital.npz", "breastmnist")
+    assert own.origin is None and load("breastmnist_224.npz", "site_a").origin == "BUSI"
+    parent = {"data": own.describe(labels=False, used={"splits": ["train"]})}
+    check_leakage(parent, load("breastmnist_224.npz", "breastmnist_224"), "runs/tpp/adapter")  # other images
+    old = {"data": {k: v for k, v in parent["data"].items() if k != "collection_sha256"}}  # a card before it
+    with pytest.raises(TppError, match="may have seen this run"):  # its name is all there is to go by
+        check_leakage(old, load("breastmnist_224.npz", "breastmnist_224"), "runs/tpp/adapter")

@@ -185,7 +185,9 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
     """:func:`check_leakage` for one dataset the parent saw (its card's ``data`` entry)."""
     from tpp.data.arrays import known_origin
 
-    origin = seen.get("origin") or known_origin(seen.get("name"))
+    # a card with collection_sha256 recorded the origin its file's name gave (None: unknown); an older one's
+    # MedMNIST name is the best evidence left
+    origin = seen.get("origin") or (None if "collection_sha256" in seen else known_origin(seen.get("name")))
     parent_train = seen.get("split_sha256", {}).get("train")
     same_images = parent_train is not None and parent_train == dataset.split_sha256().get("train")
     collection = same_collection(seen, dataset)
@@ -272,7 +274,10 @@ def same_collection(seen: dict, dataset: Dataset) -> bool:
 
 def legacy_default_name(seen: dict, dataset: Dataset) -> bool:
     """Whether a card's data (``seen``) may be this dataset under the name every source defaulted to before
-    2026-12-02 (``breastmnist``; a seeded split depends on the name): the same split id and as many images."""
+    2026-12-02 (``breastmnist``; a seeded split depends on the name): the same split id and as many images, in a
+    card written before then (one with ``collection_sha256`` is newer: :func:`same_collection` tells)."""
+    if "collection_sha256" in seen:  # written since 2026-12-02: its name was no old default, its images tell
+        return False
     counts = seen.get("counts") or {}
     total = sum(v for v in counts.values() if isinstance(v, int)) if isinstance(counts, dict) else None
     return (seen.get("name") == "breastmnist" != dataset.name and seen.get("split_id") == dataset.split_id

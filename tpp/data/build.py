@@ -21,10 +21,23 @@ def load_data(data, seed: int | None, image_size: int, labels: bool = True) -> D
     the signature for callers, unused), so runs of different seeds, TPP and fine-tuning alike, share one
     split. ``labels=False`` (pre-training): MedMNIST files and .npz files with their own splits are read
     without their label arrays; sources split here still read labels to stratify."""
-    dataset = get_source(data.source).load(data, data.resolved(), data.split_seed, image_size, labels)
-    dataset.origin = data.origin or dataset.origin or known_origin(dataset.name)  # an npz named breastmnist_224
+    options = data.resolved()
+    dataset = get_source(data.source).load(data, options, data.split_seed, image_size, labels)
+    dataset.origin = data.origin or dataset.origin or named_origin(options, dataset.name)
     dataset.source = dataset.source or f"data.source={data.source}"  # for error messages (never in cards)
     return dataset
+
+
+def named_origin(options, name: str) -> str | None:
+    """The known collection a file's name says it holds (``breastmnist_224.npz``, ``seg/busi_64.npz`` -> BUSI),
+    from the file the source reads, else from the dataset name. Never from a ``data.name`` given to a file of
+    another name: one's own ``hospital.npz`` run with ``data.name=breastmnist`` (as runs from before 2026-12-02
+    split) holds no BUSI images."""
+    file = getattr(options, "file", None)
+    if isinstance(file, str) and file.strip():
+        path = Path(file.strip().rstrip("/\\"))
+        return known_origin(path.stem if path.suffix.lower() == ".npz" else path.name)
+    return known_origin(name)
 
 
 def preflight(data, root: str | None = None) -> list[str]:

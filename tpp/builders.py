@@ -241,9 +241,9 @@ def reading_hint(seen: dict, dataset: Dataset) -> str:
         parent = recorded_reading(seen, "the parent's card")
     except TppError:
         return ""
-    mine = dataset.reading or {}
+    mine = getattr(dataset, "reading", None) or {}
     keys = [k for k in ("frame", "slice_spec", "window") if k in parent or k in mine]
-    if dataset.split_files is None or all(same_option(k, parent.get(k), mine.get(k)) for k in keys):
+    if getattr(dataset, "split_files", None) is None or all(same_option(k, parent.get(k), mine.get(k)) for k in keys):
         return ""
     return (f" (The parent read each file with {described({k: parent.get(k) for k in keys})}, this run with "
             f"{described({k: mine.get(k) for k in keys})}: the same files read otherwise are other images here; "

@@ -99,3 +99,31 @@ def test_a_data_name_given_to_a_file_of_another_name_gives_it_no_known_origin(tm
     old = {"data": {k: v for k, v in parent["data"].items() if k != "collection_sha256"}}  # a card before it
     with pytest.raises(TppError, match="may have seen this run"):  # its name is all there is to go by
         check_leakage(old, load("breastmnist_224.npz", "breastmnist_224"), "runs/tpp/adapter")
+
+
+def test_every_image_is_read_once_for_all_the_hashes_a_run_asks_for():
+    """init_from's check (split hashes) and then the card (content hash with labels) decoded a folder twice."""
+    images = _images()
+
+    class Counted:  # files decoded on demand, as ImageFiles
+        shape, reads = images.shape, 0
+
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return images[i]
+
+    labels = np.arange(12) % 2
+    lazy = Dataset("a", "US", ["a", "b"], {"train": Split(Counted(), labels)})
+    lazy.split_sha256()
+    lazy.content_hash(labels=True)
+    lazy.content_hash(labels=False)
+    lazy.collection_sha256()
+    assert Counted.reads == 12
+    plain = Dataset("a", "US", ["a", "b"], {"train": Split(images, labels)})
+    assert plain.content_hash(labels=True) == lazy.content_hash(labels=True) != lazy.content_hash(labels=False)
+    fresh = Dataset("a", "US", ["a", "b"], {"train": Split(images, labels)})
+    assert fresh.content_hash(labels=False) == lazy.content_hash(labels=False)
+    assert Dataset("a", "US", [], {"train": Split(images, None)}).content_hash() == lazy.content_hash(labels=False)

@@ -90,7 +90,7 @@ class Dataset:
 
     def content_hash(self, labels: bool = True) -> str:
         """sha256 over all splits' image (and label) bytes: identifies the data without paths. With
-        ``labels=False`` labels and masks are not touched."""
+        ``labels=False`` labels and masks do not enter it."""
         return self._hashes(labels)["content"]
 
     def split_sha256(self) -> dict[str, str]:
@@ -112,31 +112,36 @@ class Dataset:
 
     def _hashes(self, labels: bool) -> dict:
         """The content hash and the per-split hashes in one pass over the images (files on disk are decoded
-        once, one at a time), cached for these splits."""
+        once, one at a time), cached for these splits: the content hash with labels and without are made in
+        that one pass, so a run that asks for both (``init_from``'s check, then the card) decodes every file once."""
         key = self._splits_key()
         if labels in self._hash_cache and self._hash_cache[labels][0] == key:
             return self._hash_cache[labels][1]
-        content, splits, digests = hashlib.sha256(), {}, []
+        content = {True: hashlib.sha256(), False: hashlib.sha256()}  # with labels (and masks), without
+        splits, digests = {}, []
         for name in sorted(self.splits):
             split, own = self.splits[name], hashlib.sha256()
-            content.update(name.encode())
+            for h in content.values():
+                h.update(name.encode())
             for chunk in image_bytes(split.images):
-                content.update(chunk)
+                for h in content.values():
+                    h.update(chunk)
                 own.update(chunk)
                 digests.append(image_digest(chunk, split.images.shape[1:]))
-            for extra in ((split.labels, split.masks) if labels else ()):
+            for extra in (split.labels, split.masks):
                 if extra is not None:
-                    content.update(np.ascontiguousarray(extra).tobytes())
+                    content[True].update(np.ascontiguousarray(extra).tobytes())
             splits[name] = own.hexdigest()[:16]
         collection = hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
-        hashes = {"content": content.hexdigest(), "splits": splits, "collection": collection}
-        self._hash_cache[labels] = (key, hashes)
-        return hashes
+        for with_labels, h in content.items():
+            self._hash_cache[with_labels] = (key, {"content": h.hexdigest(), "splits": splits,
+                                                   "collection": collection})
+        return self._hash_cache[labels][1]
 
     def describe(self, used: dict | None = None, labels: bool = True) -> dict:
         """What an adapter card records: name, modality, content hash and counts (never paths); for file sources
         also ``split_files_sha256`` (see :meth:`split_files_sha256`).
-        With ``labels=False`` (pre-training) the hash covers images only and labels are not touched."""
+        With ``labels=False`` (pre-training) the hash covers images only (labels do not enter it)."""
         described = {
             "name": self.name, "modality": self.modality, "content_sha256": self.content_hash(labels),
             "origin": self.origin, "split_id": self.split_id, "split_sha256": self.split_sha256(),

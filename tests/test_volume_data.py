@@ -161,12 +161,17 @@ def test_a_forged_reading_entry_in_a_card_is_refused():
 def test_a_slice_like_2_40_stays_text_in_overrides_and_config_files(tmp_path):
     """YAML 1.1 reads 2:40 as the base-60 number 160: data.slice=2:40 was refused as 'must be str, got 160'."""
     from tpp.config import load_yaml, parse_override
+    from tpp.config.parse import safe_load_unique as load_yaml_text
 
     assert parse_override("data.slice=2:40") == (["data", "slice"], "2:40")
     assert parse_override("data.slice=0:3") == (["data", "slice"], "0:3")
     assert parse_override("train.max_steps=20") == (["train", "max_steps"], 20)  # plain numbers stay numbers
     (tmp_path / "c.yaml").write_text("data:\n  slice: 2:40\n  window: 40,400\n")
     assert load_yaml(tmp_path / "c.yaml")["data"]["slice"] == "2:40"
+    from tpp.config.paths import with_absolute_paths
+
+    copied, _ = with_absolute_paths("data: {source: folder, slice: 2:40, root: scans}\n", tmp_path)  # tpp cp
+    assert load_yaml_text(copied)["data"] == {"source": "folder", "slice": "2:40", "root": str(tmp_path / "scans")}
     _volumes(tmp_path)
     from tpp.config import apply_overrides
 

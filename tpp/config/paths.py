@@ -88,8 +88,10 @@ def with_absolute_paths(text: str, base: str | os.PathLike) -> tuple[str, list[s
 
     import yaml
 
+    from tpp.config.parse import safe_load_unique as load  # as tpp reads configs (2:40 stays text)
+
     base = os.path.abspath(base)
-    data, wanted = yaml.safe_load(text), yaml.safe_load(text)
+    data, wanted = load(text), load(text)
     if not isinstance(data, dict):
         return text, []
     changed = resolve_paths(wanted, base)
@@ -100,7 +102,7 @@ def with_absolute_paths(text: str, base: str | os.PathLike) -> tuple[str, list[s
         written = json.dumps(value) if _needs_quotes(value) else value
         note = f"  # tpp cp: {old!r} made absolute (it was relative to {base})"
         text = line.sub(lambda m: m.group(1) + written + note, text, count=1)
-    if changed and yaml.safe_load(text) != wanted:  # a value the line edit missed: write the mapping out
+    if changed and load(text) != wanted:  # a value the line edit missed: write the mapping out
         text = yaml.safe_dump(wanted, sort_keys=False)
     return text, changed
 
@@ -118,7 +120,9 @@ def _needs_quotes(value: str) -> bool:
     """Whether a path written bare in YAML would read back as something else."""
     import yaml
 
+    from tpp.config.parse import safe_load_unique
+
     try:
-        return yaml.safe_load(value) != value
+        return safe_load_unique(value) != value
     except yaml.YAMLError:
         return True

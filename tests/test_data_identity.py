@@ -116,7 +116,7 @@ def test_every_image_is_read_once_for_all_the_hashes_a_run_asks_for():
             return images[i]
 
     labels = np.arange(12) % 2
-    lazy = Dataset("a", "US", ["a", "b"], {"train": Split(Counted(), labels)})
+    lazy = Dataset("a", "US", ["a", "b"], {"train": Split(Counted(), labels)}, hash_labels=True)  # as load_data
     lazy.split_sha256()
     lazy.content_hash(labels=True)
     lazy.content_hash(labels=False)

@@ -64,6 +64,7 @@ class Dataset:
     split_files: dict | None = None  # file sources: split -> its files (relative paths); the run's splits.json
     held_out_origins: frozenset | None = None  # file sources: origins of every folder holding a val / test image
     file_resize: bool = False  # images were read from files and brought to the size by tpp.data.images.fit
+    hash_labels: bool = False  # the run reads labels: a hash pass may hash them too (pre-training never touches them)
     reading: dict | None = None  # file sources: how each file was decoded (frame, slice_spec, window), if set
     _hash_cache: dict = field(default_factory=dict, repr=False, compare=False)  # labels? -> (splits key, hashes)
 
@@ -105,7 +106,7 @@ class Dataset:
     def _image_hashes(self) -> dict:
         key = self._splits_key()
         cached = [h for k, h in self._hash_cache.values() if k == key]
-        return cached[0] if cached else self._hashes(False)
+        return cached[0] if cached else self._hashes(self.hash_labels)
 
     def _splits_key(self) -> tuple:
         return tuple((name, id(split), len(split)) for name, split in sorted(self.splits.items()))
@@ -117,7 +118,8 @@ class Dataset:
         key = self._splits_key()
         if labels in self._hash_cache and self._hash_cache[labels][0] == key:
             return self._hash_cache[labels][1]
-        content = {True: hashlib.sha256(), False: hashlib.sha256()}  # with labels (and masks), without
+        # with labels (and masks) and without; a pre-training run (labels=False) never touches its labels
+        content = {with_labels: hashlib.sha256() for with_labels in ((True, False) if labels else (False,))}
         splits, digests = {}, []
         for name in sorted(self.splits):
             split, own = self.splits[name], hashlib.sha256()
@@ -128,7 +130,7 @@ class Dataset:
                     h.update(chunk)
                 own.update(chunk)
                 digests.append(image_digest(chunk, split.images.shape[1:]))
-            for extra in (split.labels, split.masks):
+            for extra in ((split.labels, split.masks) if labels else ()):
                 if extra is not None:
                     content[True].update(np.ascontiguousarray(extra).tobytes())
             splits[name] = own.hexdigest()[:16]

@@ -23,6 +23,7 @@ def load_data(data, seed: int | None, image_size: int, labels: bool = True) -> D
     without their label arrays; sources split here still read labels to stratify."""
     options = data.resolved()
     dataset = get_source(data.source).load(data, options, data.split_seed, image_size, labels)
+    dataset.hash_labels = labels  # one hash pass may cover the labels too; never for a run that reads none
     dataset.origin = data.origin or dataset.origin or named_origin(options, dataset.name)
     dataset.source = dataset.source or f"data.source={data.source}"  # for error messages (never in cards)
     return dataset

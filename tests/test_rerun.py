@@ -191,6 +191,12 @@ def test_a_run_folder_that_is_not_replaced_says_how_to_continue_or_start_over(tm
     resume = "train.resume=auto" if status else "It is no run to continue"  # resume would not take it either
     assert resume in message and "--overwrite" in message and "output_dir=..." in message
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    if status is None:  # a folder holding just a config.yaml (a project's own) is no run: never emptied
+        assert "not even with --overwrite" in message
+        with pytest.raises(TppError, match="not even with --overwrite"):
+            RunDir(out, overwrite=True)
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+        return
     assert RunDir(out, overwrite=True).path == out and not (out / "config.yaml").exists()  # --overwrite: starts over
 
 

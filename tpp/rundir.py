@@ -452,11 +452,14 @@ def only_run_files(path: Path) -> bool:
 
 
 def holds_a_run(path: Path, state: dict) -> bool:
-    """Whether ``path`` is a run's folder that ``--overwrite`` may empty: it holds only files a run writes, or a
-    run's ``status.json`` (saying running, succeeded or failed) and its ``log.jsonl`` beside other files. A folder
-    of the user's (notes, images, a home folder) is not, nor one whose stray ``status.json`` is another tool's or
-    no JSON at all (a damaged one counts only among a run's own files)."""
-    return only_run_files(path) or (state["status"] is not None and (Path(path) / "log.jsonl").is_file())
+    """Whether ``path`` is a run's folder that ``--overwrite`` may empty: it holds only files a run writes, among
+    them the ``status.json`` or ``log.jsonl`` every run writes first; or a run's ``status.json`` (saying running,
+    succeeded or failed) and its ``log.jsonl`` beside other files. A folder of the user's (notes, images, a home
+    folder, a project folder holding just its ``config.yaml``) is not, nor one whose stray ``status.json`` is
+    another tool's or no JSON at all (a damaged one counts only among a run's own files)."""
+    path = Path(path)
+    started = (path / "status.json").exists() or (path / "log.jsonl").is_file()
+    return (only_run_files(path) and started) or (state["status"] is not None and (path / "log.jsonl").is_file())
 
 
 def run_state(path: Path) -> dict:

@@ -27,7 +27,7 @@ from tpp.adapters.visual_prompt import declared_frame
 from tpp.data.images import rule_frame
 from tpp.errors import ConfigError, TppError
 from tpp.model import check_head_frame
-from tpp.serve.reading import card_reading
+from tpp.data.file_reading import recorded_reading
 from tpp.tasks import task_of_card
 
 
@@ -48,7 +48,7 @@ def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
         raise TppError(f"'{source}' has no task head (stage {card.get('stage')!r}): only fine-tuned adapters are "
                        "served. Fine-tune it first (tpp run finetune ... adapter.init_from=...).")
     check_input_rule(card, source)
-    card_reading(card, f"{source}/{CARD}")  # how its inputs are decoded: checked before any decoder sees it
+    recorded_reading(card.get("data") or {}, f"'{source}/{CARD}'")  # how its inputs are decoded: checked first
     method = adapter_method(card, source)
     check_frame(card, declared_frame(card["method"], card["options"]), source)  # as loading it would, backbone-free
     check_head_frame(card, f"{source}/{CARD}")

@@ -123,13 +123,15 @@ def check_reading(card: dict, dataset, path) -> None:
     ``tpp predict`` applies by default). Its own data read otherwise is refused (the metrics would be of inputs
     predict never gives it, and the split check would take the other pixels for another split); other data read
     otherwise is warned about, as ``tpp predict`` warns about an option that differs."""
-    from tpp.data.file_reading import described, recorded_reading, same_option
+    from tpp.data.file_reading import FLAGS, described, recorded_reading, same_option
 
     trained = recorded_reading(card.get("data") or {}, f"adapter '{path}'")
-    if not trained or dataset.split_files is None:  # no reading recorded, or data not read from files (npz ...)
+    if dataset.split_files is None:  # data not read from files (npz ...): nothing was decoded with options
         return
     given = dataset.reading or {}
-    differs = {k: v for k, v in trained.items() if not same_option(k, given.get(k), v)}
+    # an option the card does not record is one the adapter was trained without (a window on min-max volumes)
+    keys = [k for k in FLAGS if k in trained or k in given]
+    differs = {k: trained.get(k) for k in keys if not same_option(k, given.get(k), trained.get(k))}
     if not differs:
         return
     seen = card.get("data") or {}
@@ -137,8 +139,11 @@ def check_reading(card: dict, dataset, path) -> None:
     text = (f"adapter '{path}' was trained reading each file with {described(differs)} (its card's data.reading, "
             f"what tpp predict applies by default); this config reads '{dataset.name}' with {described(told)}")
     if seen.get("name") == dataset.name or (seen.get("origin") and seen.get("origin") == dataset.origin):
+        to_set = {k: v for k, v in differs.items() if v is not None}
+        to_drop = " ".join(f"data.{FLAGS[k][2:]}" for k, v in differs.items() if v is None)
+        how = " and ".join(([f"set {described(to_set)}"] if to_set else []) + ([f"drop {to_drop}"] if to_drop else []))
         raise TppError(f"{text}: its own data would be evaluated on other pixels than it was trained and is served "
-                       f"on. Set {described(differs)}.")
+                       f"on. {how[0].upper()}{how[1:]}.")
     warnings.warn(f"{text}: the metrics are of inputs read otherwise than its training images were.", stacklevel=2)
 
 

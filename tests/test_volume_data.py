@@ -229,3 +229,17 @@ def test_a_parent_that_read_the_files_otherwise_is_refused_saying_so(tmp_path):
     with pytest.raises(TppError, match=r"The parent read each file with data.slice=2:middle, this run with "
                                        r"data.slice=2:0: the same files read otherwise"):
         check_leakage(parent, load_data(_data(tmp_path, slice="2:0"), 0, 16), "runs/tpp/adapter")
+
+
+def test_evaluate_refuses_its_own_data_read_with_an_option_the_adapter_was_trained_without(tmp_path):
+    """An option the card does not record is one the adapter was trained without: its own data read with it are
+    other pixels (data.window on volumes trained at min-max), refused as one that differs is."""
+    from tpp.recipes.evaluate import check_reading
+
+    _volumes(tmp_path)
+    trained = load_data(_data(tmp_path, slice="2:middle"), 0, 16)
+    card = {"data": trained.describe(labels=False)}
+    check_reading(card, load_data(_data(tmp_path, slice="2:middle"), 0, 16), "runs/ft/adapter")
+    with pytest.raises(TppError, match=r"trained reading each file with no data.window .* "
+                                       r"data.window=40,400.*Drop data.window\."):
+        check_reading(card, load_data(_data(tmp_path, slice="2:middle", window="40,400"), 0, 16), "runs/ft/adapter")

@@ -243,3 +243,13 @@ def test_evaluate_refuses_its_own_data_read_with_an_option_the_adapter_was_train
     with pytest.raises(TppError, match=r"trained reading each file with no data.window .* "
                                        r"data.window=40,400.*Drop data.window\."):
         check_reading(card, load_data(_data(tmp_path, slice="2:middle", window="40,400"), 0, 16), "runs/ft/adapter")
+
+
+def test_a_window_of_the_wrong_type_given_at_predict_is_noted_not_a_raw_error():
+    """tpp.load().predict(window="40,400") (a string, as the CLI takes it) on a site trained with a window: the
+    note names it and the decoder refuses it as an ImageError, never a ValueError from formatting the note."""
+    from tpp.serve.reading import with_card_reading
+
+    for odd in ("40,400", 40, (40, "x")):
+        options, notes = with_card_reading({"window": (40.0, 400.0)}, {"window": odd})
+        assert options["window"] == odd and len(notes) == 1 and "--window" in notes[0]

@@ -101,8 +101,12 @@ def same_option(key: str, a, b) -> bool:
 
 
 def shown(key: str, value, prefix: str = "--") -> str:
-    """One decode option as a flag (``--window 40,400``) or, with ``prefix="data."``, a config key."""
-    text = ",".join(f"{float(v):g}" for v in value) if key == "window" else str(value)
+    """One decode option as a flag (``--window 40,400``) or, with ``prefix="data."``, a config key. A window that
+    is no pair of numbers (``"40,400"`` given to ``tpp.load().predict``) is shown as given: the decoder refuses it."""
+    try:
+        text = ",".join(f"{float(v):g}" for v in value) if key == "window" else str(value)
+    except (TypeError, ValueError):
+        text = str(value)[:40]
     flag = FLAGS[key][2:]
     return f"{prefix}{flag} {text}" if prefix == "--" else f"{prefix}{flag}={text}"
 

@@ -253,3 +253,5 @@ def test_a_window_of_the_wrong_type_given_at_predict_is_noted_not_a_raw_error():
     for odd in ("40,400", 40, (40, "x")):
         options, notes = with_card_reading({"window": (40.0, 400.0)}, {"window": odd})
         assert options["window"] == odd and len(notes) == 1 and "--window" in notes[0]
+        with pytest.raises(ImageError, match="must be a pair of numbers"):
+            decode(nifti_bytes(np.zeros((8, 8, 3), np.float32)), "v.nii", slice_spec="2:middle", window=odd)

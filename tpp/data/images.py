@@ -361,13 +361,20 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
     return center, width
 
 
-def _check_window(window: tuple[float, float], what: str) -> None:
-    """A window needs a finite center and a positive finite width (NaN / inf would give a black image)."""
-    center, width = window
+def _check_window(window: tuple[float, float], what: str) -> tuple[float, float]:
+    """A window needs a finite center and a positive finite width (NaN / inf would give a black image): the pair
+    as floats; anything else (a string "40,400" given to ``tpp.load().predict``) is an :class:`ImageError`."""
+    try:
+        if isinstance(window, (str, bytes)):  # "44" would unpack to (4.0, 4.0)
+            raise TypeError
+        center, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise ImageError(f"{what} must be a pair of numbers (center, width), got {str(window)[:40]!r}.") from None
     if not (math.isfinite(center) and math.isfinite(width)):
         raise ImageError(f"{what} (center {center:g}, width {width:g}) must be finite numbers.")
     if width <= 0:
         raise ImageError(f"{what} (center {center:g}, width {width:g}): the width must be positive.")
+    return center, width
 
 
 def _to_uint8(values: np.ndarray, window, name: str) -> np.ndarray:
@@ -375,8 +382,7 @@ def _to_uint8(values: np.ndarray, window, name: str) -> np.ndarray:
     if not np.isfinite(values).all():
         raise ImageError(f"'{name}': the image holds NaN or infinite values; it cannot be windowed to 8 bits.")
     if window is not None:
-        _check_window(window, f"'{name}': window")
-        center, width = window
+        center, width = _check_window(window, f"'{name}': window")
         low, high = center - width / 2, center + width / 2
     else:
         low, high = float(values.min()), float(values.max())

@@ -497,3 +497,17 @@ def test_overwrite_never_empties_a_folder_of_the_users_with_a_stray_status_json(
     if status_text.startswith('{"status"'):
         RunDir(out, overwrite=True).succeeded()
         assert sorted(p.name for p in out.iterdir()) == ["status.json"]
+
+
+def test_resume_of_a_users_folder_with_a_damaged_status_json_does_not_advise_overwrite(tmp_path):
+    """train.resume on a folder of the user's whose stray status.json is no JSON advised "--overwrite to start
+    over", which then refused it (tpp never empties a folder that holds no run): both say the same."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "status.json").write_text("{not json")
+    (out / "thesis.tex").write_text("months of work")
+    for resume in (True, False):
+        with pytest.raises(TppError, match="not even with --overwrite") as caught:
+            RunDir(out, resume=resume)
+        assert "pass --overwrite" not in str(caught.value)
+    assert sorted(p.name for p in out.iterdir()) == ["status.json", "thesis.tex"]

@@ -153,6 +153,8 @@ class RunDir:
             resume = False  # replaced below, with a note, as a failed run without a checkpoint is without resume
         if resume and self.path.is_dir():
             state = run_state(self.path)
+            if state["damaged"] and not holds_a_run(self.path, state):  # --overwrite would refuse it too
+                raise TppError(not_empty_message(self.path, state))
             if state["damaged"]:
                 raise TppError(f"output_dir '{self.path}' {damaged_status(self.path, state)}; train.resume will not "
                                "continue it. Pass --overwrite to start over, or choose another output_dir=...")

@@ -172,8 +172,9 @@ def _data(card: dict) -> str:
     if data.get("classes"):
         lines.append(f"- classes: {_cell(', '.join(f'`{name}`' for name in data['classes']))}")
     if isinstance(data.get("reading"), dict):  # read new images the same way
-        flags = " ".join(f"--{k} {','.join(f'{x:g}' for x in v) if isinstance(v, list) else v}"
-                         for k, v in data["reading"].items())
+        from tpp.data.file_reading import CARD_KEYS, shown
+
+        flags = " ".join(shown(CARD_KEYS[k], v) for k, v in data["reading"].items() if k in CARD_KEYS)
         lines.append(f"- each file was read as `tpp predict {_cell(flags)}` reads it: predict with the same options")
     return "## Training data\n\n" + "\n".join(lines)
 

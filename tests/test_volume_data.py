@@ -255,3 +255,12 @@ def test_a_window_of_the_wrong_type_given_at_predict_is_noted_not_a_raw_error():
         assert options["window"] == odd and len(notes) == 1 and "--window" in notes[0]
         with pytest.raises(ImageError, match="must be a pair of numbers"):
             decode(nifti_bytes(np.zeros((8, 8, 3), np.float32)), "v.nii", slice_spec="2:middle", window=odd)
+
+
+def test_a_slice_axis_beyond_a_volumes_three_is_refused_with_the_config():
+    """data.slice=3:middle passed tpp validate, then every volume was refused (or skipped) as "outside the volume"
+    at read time: a volume has axes 0, 1 and 2."""
+    with pytest.raises(ImageError, match="AXIS 0, 1 or 2"):
+        parse_slice("3:middle")
+    with pytest.raises(ConfigError, match="data.slice: .*AXIS 0, 1 or 2"):
+        _data("/tmp", slice="3:4")

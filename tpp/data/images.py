@@ -341,11 +341,11 @@ def parse_slice(spec: str) -> tuple[int, int | None]:
         axis, index = spec.split(":")
         axis = int(axis)
         index = None if index.strip().lower() == "middle" else int(index)
-        if axis < 0 or (index is not None and index < 0):
+        if not 0 <= axis <= 2 or (index is not None and index < 0):  # a volume has three axes
             raise ValueError
     except ValueError:
-        raise ImageError(f"slice {spec!r} must be AXIS:INDEX with integers from 0, e.g. 2:40, or AXIS:middle "
-                         "(e.g. 2:middle, each volume's central slice).") from None
+        raise ImageError(f"slice {spec!r} must be AXIS:INDEX (AXIS 0, 1 or 2, INDEX an integer from 0), e.g. 2:40, "
+                         "or AXIS:middle (e.g. 2:middle, each volume's central slice).") from None
     return axis, index
 
 

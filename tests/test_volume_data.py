@@ -264,3 +264,18 @@ def test_a_slice_axis_beyond_a_volumes_three_is_refused_with_the_config():
         parse_slice("3:middle")
     with pytest.raises(ConfigError, match="data.slice: .*AXIS 0, 1 or 2"):
         _data("/tmp", slice="3:4")
+
+
+def test_a_volume_over_the_pixel_budget_is_refused_unless_data_max_image_pixels_allows_it(tmp_path, monkeypatch):
+    """A NIfTI volume is read whole: a typical CT (512x512x300) is over the default budget of 2**26 voxels; the
+    shipped CT config raises it. Here the budget is lowered to this test's 16x16x7 volumes."""
+    _volumes(tmp_path, per_class=5)
+    small = 16 * 16 * 7 - 1
+    with pytest.raises(TppError, match=r"1,792 pixels, more than the per-image limit of 1,791.*data.max_image_pixels"):
+        load_data(_data(tmp_path, slice="2:middle", max_image_pixels=small), 0, 16)
+    data = load_data(_data(tmp_path, slice="2:middle", max_image_pixels=small + 1), 0, 16)
+    assert np.asarray(data.split("train").images).shape[1:] == (16, 16)  # read again per batch, within the budget
+    with pytest.raises(ConfigError, match="data.max_image_pixels must be a positive number"):
+        _data(tmp_path, max_image_pixels=0)
+    shipped = build_config({"data": {"source": "folder", "modality": "CT", "max_image_pixels": 2**27}}).data
+    assert shipped.resolved().pixel_limits().max_pixels == 2**27

@@ -297,7 +297,8 @@ def test_tpp_predict_names_a_too_large_image_in_one_paragraph(tmp_path, monkeypa
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if not line.startswith("device ")]  # the device line comes first
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err
-    assert "big.png': 60,000 pixels, more than the per-image limit of 50,000 (--max-image-pixels)" in err
+    assert ("big.png': 60,000 pixels, more than the per-image limit of 50,000 (tpp predict / serve "
+            "--max-image-pixels") in err
     assert main([*args, "--max-image-pixels", "0"]) == 2 and "at least 1" in capsys.readouterr().err
 
 

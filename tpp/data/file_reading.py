@@ -20,6 +20,9 @@ class FileReading:
     window: Optional[str] = field(default=None, metadata={
         "help": "DICOM / NIfTI: intensity window CENTER,WIDTH (e.g. 40,400) instead of each image's min-max, as "
                 "tpp predict --window"})
+    max_image_pixels: Optional[int] = field(default=None, metadata={
+        "help": "most pixels (voxels: a NIfTI volume is read whole) one file may hold, from its header, as tpp "
+                "predict --max-image-pixels (default 2**26 = 67,108,864; a 512x512x300 CT needs 2**27)"})
 
     def __post_init__(self):
         from tpp.data.images import ImageError, parse_slice, parse_window
@@ -27,6 +30,11 @@ class FileReading:
         if self.frame is not None and (isinstance(self.frame, bool) or not isinstance(self.frame, int)
                                        or self.frame < 0):
             raise ConfigError(f"data.frame must be a frame number from 0, got {self.frame!r}.")
+        if self.max_image_pixels is not None and (isinstance(self.max_image_pixels, bool)
+                                                  or not isinstance(self.max_image_pixels, int)
+                                                  or self.max_image_pixels < 1):
+            raise ConfigError(f"data.max_image_pixels must be a positive number of pixels, got "
+                              f"{self.max_image_pixels!r}.")
         for key, parse in (("slice", parse_slice), ("window", parse_window)):
             value = getattr(self, key)
             if value is not None:
@@ -34,6 +42,15 @@ class FileReading:
                     parse(str(value))
                 except ImageError as exc:
                     raise ConfigError(f"data.{key}: {exc}") from None
+
+    def pixel_limits(self):
+        """The pixel budget of one file (:class:`tpp.data.pixels.PixelLimits`): ``max_image_pixels`` or the
+        default."""
+        from tpp.data.pixels import DEFAULT_LIMITS, PixelLimits
+
+        if self.max_image_pixels is None:
+            return DEFAULT_LIMITS
+        return PixelLimits(self.max_image_pixels, max(self.max_image_pixels, DEFAULT_LIMITS.max_request_pixels))
 
     def read_options(self) -> dict:
         """Keyword arguments of :func:`tpp.data.images.read` (only those set)."""

@@ -23,12 +23,12 @@ class FolderDecoder:
     """A file -> uint8 (size, size) gray or (size, size, 3) RGB (``mode`` "L" or "RGB"): :func:`read`, then
     :func:`fit` (what every image of the data gets, read again when a batch needs it)."""
 
-    def __init__(self, size: int, mode: str, options: dict | None = None):
-        self.size, self.mode, self.options = size, mode, dict(options or {})
+    def __init__(self, size: int, mode: str, options: dict | None = None, limits: PixelLimits = DEFAULT_LIMITS):
+        self.size, self.mode, self.options, self.limits = size, mode, dict(options or {}), limits
 
     def __call__(self, path: str):
         try:  # checked at load; a file replaced or removed since then is named, never a raw library error
-            array = read(path, **self.options)
+            array = read(path, limits=self.limits, **self.options)
         except ImageError as exc:
             raise TppError(f"image '{path}' changed or disappeared since the data was loaded "
                            f"({type(exc).__name__}: {exc}); restart the run.") from None
@@ -111,7 +111,7 @@ def check_files(paths: list[str], size: int, on_bad_file: str = "error", limits:
         raise TppError(f"none of the {len(paths)} images could be read (first: {paths[0] if paths else '-'}).")
     mode = "RGB" if colour else "L"
     shape = (size, size, 3) if colour else (size, size)
-    return ImageFiles((paths[i] for i in kept), FolderDecoder(size, mode, reading), shape), kept, skipped
+    return ImageFiles((paths[i] for i in kept), FolderDecoder(size, mode, reading, limits), shape), kept, skipped
 
 
 def image_stem(path: str | Path) -> str:

@@ -105,7 +105,8 @@ def check_image(data: bytes, name: str, limits: PixelLimits = DEFAULT_LIMITS) ->
     count = probe(data, name)
     if count > limits.max_pixels:
         raise ImageTooLarge(f"'{name}': {count:,} pixels, more than the per-image limit of {limits.max_pixels:,} "
-                            "(--max-image-pixels); send a smaller image.")
+                            "(tpp predict / serve --max-image-pixels; data.max_image_pixels in training); send a "
+                            "smaller image or raise the limit.")
     return count
 
 

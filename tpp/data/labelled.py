@@ -18,6 +18,7 @@ from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.data.tables import class_names, label_index
+from tpp.data.pixels import DEFAULT_LIMITS, PixelLimits
 from tpp.errors import TppError
 
 MIN_CLASS_IMAGES = 3  # a seeded split needs this many images of a class (one for each of train, val, test)
@@ -74,7 +75,8 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
                    image_size: int, val_fraction: float, test_fraction: float, seed: int, on_bad_file: str,
                    skipped: list, groups: list[str] | None = None, given: list[str] | None = None,
                    group_key: str | None = None, classes: list | None = None,
-                   origins: list[str] | None = None, reading: dict | None = None) -> Dataset:
+                   origins: list[str] | None = None, reading: dict | None = None,
+                   limits: PixelLimits = DEFAULT_LIMITS) -> Dataset:
     """Images ``files`` (POSIX paths relative to ``base``) with label values (strings) -> Dataset.
 
     ``given``: each file's split (train / val / test) when the data fix it, else a seeded stratified split
@@ -97,7 +99,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
     top = str(base)  # files are normalised POSIX paths: joining strings equals str(base / f), without a Path each
     _refuse_one_file_twice(top, files, where)
     images, kept, bad = check_files([os.path.join(top, f) for f in files], image_size, on_bad_file, origins=origins,
-                                    reading=reading)
+                                    reading=reading, limits=limits)
     skipped += bad
     labels = label_index(values, names)[kept]
     files = [files[i] for i in kept]

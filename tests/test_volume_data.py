@@ -279,3 +279,14 @@ def test_a_volume_over_the_pixel_budget_is_refused_unless_data_max_image_pixels_
         _data(tmp_path, max_image_pixels=0)
     shipped = build_config({"data": {"source": "folder", "modality": "CT", "max_image_pixels": 2**27}}).data
     assert shipped.resolved().pixel_limits().max_pixels == 2**27
+
+
+def test_an_option_the_adapter_was_trained_without_is_noted_only_when_its_card_records_how_it_read():
+    from tpp.serve.reading import with_card_reading
+
+    given = {"frame": None, "slice_spec": None, "window": (40.0, 400.0)}
+    options, notes = with_card_reading({"slice_spec": "2:middle"}, given)  # trained on volumes at min-max
+    assert options == {"frame": None, "slice_spec": "2:middle", "window": (40.0, 400.0)}
+    assert notes == ["--window 40,400 differs from the adapter's training (no --window): its inputs are read "
+                     "otherwise than its training images were"]
+    assert with_card_reading({}, given) == (given, [])  # a card of PNG training (or older): nothing to compare

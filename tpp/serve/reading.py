@@ -44,14 +44,17 @@ class StoredReadings:
 def with_card_reading(card_options: dict, given: dict) -> tuple[dict, list[str]]:
     """``given`` (decode keywords; None: not given) over the card's defaults -> (keywords, notes): one note per
     option given that differs from what the adapter was trained with (``2:MIDDLE`` and a window list [40, 400]
-    are no difference)."""
+    are no difference). A card that records how files were read also had every option it leaves out unset (a
+    ``--window`` for an adapter trained at min-max differs too); a card that records none (trained on PNGs, or
+    older) says nothing of the options, so none is noted."""
     merged = dict(given)
     notes = []
-    for key, trained in card_options.items():
-        asked = given.get(key)
+    for key in ([k for k in FLAGS if k in card_options or given.get(k) is not None] if card_options else []):
+        asked, trained = given.get(key), card_options.get(key)
         if asked is None:
             merged[key] = trained
         elif not same_option(key, asked, trained):
-            notes.append(f"{shown(key, asked)} differs from the adapter's training ({shown(key, trained)}): its "
+            was = shown(key, trained) if trained is not None else f"no {FLAGS[key]}"
+            notes.append(f"{shown(key, asked)} differs from the adapter's training ({was}): its "
                          "inputs are read otherwise than its training images were")
     return merged, notes

@@ -251,6 +251,9 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
                 if answered == trained:
                     break
                 trained = answered
+            else:  # the site changed version again meanwhile (two reloads racing this request): say so
+                notes.append(f"the site changed version while this request was read; version {result.version} "
+                             "may read these images otherwise than it was trained to: send them again")
         # the task's entry per image: label + probabilities, a run-length mask + pixel counts ...
         predictions = [{"file": up.filename, **entry} for up, entry in zip(images, result.entries())]
         answer = {"site": site, "version": result.version, "adapter_id": f"{site}@{result.version}",

@@ -227,3 +227,12 @@ def call(app, method, path, *, headers=None, body=b"", files=None, query=""):
     asyncio.run(app(scope, receive, send))
     text = b"".join(m.get("body", b"") for m in sent[1:])
     return sent[0]["status"], json.loads(text or b"{}"), dict(sent[0]["headers"])
+
+
+def on_event_loop() -> bool:
+    """Whether the caller runs on an asyncio event loop (file reads of the service must not)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

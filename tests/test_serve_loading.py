@@ -1,7 +1,6 @@
 """Loading sites while serving: a site's files are read and verified off the inference thread (other sites' requests
 are answered meanwhile) and installed on it; ``GET /v1/sites`` reports the version a site not in memory comes back
 at. Concurrency is shown with events (a read held open), never with timings."""
-import asyncio
 import os
 import shutil
 import threading
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import HANG_S, png_bytes
-from serving_fixtures import build_store, call, publish_context, request, serving, stub_app
+from serving_fixtures import build_store, call, on_event_loop, publish_context, request, serving, stub_app
 
 from tpp.serve import contexts, store
 from tpp.errors import TppError
@@ -182,21 +181,13 @@ def test_sites_lists_the_version_an_unloaded_site_comes_back_at(world, tmp_path)
         assert rows()["x"] == (new, new, True)
 
 
-def _on_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize("path, module", [("/v1/sites", store), ("/v1/contexts", contexts)])
 def test_the_listings_read_the_store_off_the_event_loop(tmp_path, monkeypatch, path, module):
     """``GET /v1/sites`` reads every site's card (``/v1/contexts`` every manifest): on the event loop, a slow disk
     held up every other request meanwhile. The reads run in a thread, as decoding does."""
     app, _ = stub_app(tmp_path)
     real, calls = module.listing, []
-    monkeypatch.setattr(module, "listing", lambda *args: (calls.append(_on_event_loop()), real(*args))[1])
+    monkeypatch.setattr(module, "listing", lambda *args: (calls.append(on_event_loop()), real(*args))[1])
     status, body, _ = call(app, "GET", path)
     assert status == 200 and calls == [False]
     assert path != "/v1/sites" or [row["site"] for row in body["sites"]] == ["s"]
@@ -253,7 +244,7 @@ def test_the_pointer_of_each_request_is_read_off_the_event_loop(tmp_path, monkey
     app, _ = stub_app(tmp_path)
     (tmp_path / "store" / contexts.FOLDER).mkdir()  # context sets are looked for (none published)
     real, calls = store.current_version, []
-    monkeypatch.setattr(store, "current_version", lambda *args: (calls.append(_on_event_loop()), real(*args))[1])
+    monkeypatch.setattr(store, "current_version", lambda *args: (calls.append(on_event_loop()), real(*args))[1])
     files = [("a.png", png_bytes(np.zeros((8, 8), np.uint8)))] if path.endswith("predict") else None
     assert call(app, method, path, files=files)[0] == status
     assert calls and not any(calls)

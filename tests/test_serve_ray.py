@@ -19,7 +19,7 @@ import pytest
 import torch
 from helpers import HANG_S, png_bytes, run_cli
 from PIL import Image
-from serving_fixtures import fine_tuned_sites, offline_probs, request
+from serving_fixtures import fine_tuned_sites, offline_probs, on_event_loop, request
 
 from tpp.cli import main
 from tpp.serve import contexts, store
@@ -348,13 +348,6 @@ def test_the_ingress_reads_each_requests_pointer_off_its_event_loop(tmp_path, mo
                 return {"version": "0123456789abcdef", "rows": [], "new": "0123456789abcdef", "result": {},
                         "replica": {"id": "r1"}}
             return SimpleNamespace(remote=remote)
-
-    def on_event_loop() -> bool:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return False
-        return True
 
     for folder in (tmp_path / "s", tmp_path / contexts.FOLDER / "s"):
         folder.mkdir(parents=True)

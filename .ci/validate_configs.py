@@ -19,12 +19,18 @@ from tpp.recipes.registry import RECIPES
 
 
 def own_site(root: Path) -> Path:
-    """``root/labels.csv`` over 12 small PNGs (two labels, six patients): stands in for a hospital's data."""
+    """``root/labels.csv`` over 12 small PNGs (two labels, six patients), and the same PNGs in class folders
+    ``root/scans/<label>/`` (standing in for the CT config's volumes: the wheel installs no nibabel, and a 2D
+    file reads as itself whatever data.slice says): a hospital's data."""
     (root / "img").mkdir()
     rows = []
     for k in range(12):
-        Image.fromarray(np.full((32, 32), 20 * k, np.uint8)).save(root / "img" / f"{k}.png")
-        rows.append(f"img/{k}.png,{'a' if k % 2 else 'b'},P{k // 2}")
+        label = "a" if k % 2 else "b"
+        image = Image.fromarray(np.full((32, 32), 20 * k, np.uint8))
+        image.save(root / "img" / f"{k}.png")
+        (root / "scans" / label).mkdir(parents=True, exist_ok=True)
+        image.save(root / "scans" / label / f"{k}.png")
+        rows.append(f"img/{k}.png,{label},P{k // 2}")
     (root / "labels.csv").write_text("path,label,patient_id\n" + "\n".join(rows) + "\n")
     return root
 

@@ -1,5 +1,5 @@
 """The default backbone ships in the package (``builtin:mae-vit-tiny-med``): its content hash is the one its
-card and the README record (and ../shared's copy has, where present), the name resolves in one place and
+card and docs/models.md record (and ../shared's copy has, where present), the name resolves in one place and
 works wherever a backbone is given, a damaged copy is refused, the wheel carries it, and without a data root
 the medmnist source reads (or downloads into) the medmnist package's own folder."""
 import configparser
@@ -24,9 +24,9 @@ NAME = DEFAULT_BACKBONE.split(":", 1)[1]
 
 
 def readme_hash() -> str:
-    """The hash the README's "Default backbone" paragraph records."""
-    match = re.search(r"encoder hash `([0-9a-f]{64})`", (REPO / "README.md").read_text())
-    assert match, "README.md records no encoder hash of the default backbone"
+    """The hash docs/models.md's "Default backbone" section records."""
+    match = re.search(r"encoder hash `([0-9a-f]{64})`", (REPO / "docs" / "models.md").read_text())
+    assert match, "docs/models.md records no encoder hash of the default backbone"
     return match.group(1)
 
 

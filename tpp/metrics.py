@@ -25,7 +25,7 @@ BOOTSTRAP_RESAMPLES = 200  # default draws of the AUROC interval
 
 def definitions(num_classes: int | None, resamples: int, threshold_rule: str) -> dict:
     """Short definitions of what :func:`classification_metrics` reports (``metrics.json``'s ``definitions``;
-    README, Metrics). ``num_classes`` None: binary and multi-class both described."""
+    docs/metrics.md). ``num_classes`` None: binary and multi-class both described."""
     binary = num_classes is None or num_classes == 2
     multi = num_classes is None or num_classes > 2
     auroc = []

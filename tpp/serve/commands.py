@@ -118,7 +118,7 @@ def add_deploy_commands(add) -> None:
                     help="seconds a request body may take to arrive (408 and the connection closed after); default 30")
     sv.add_argument("--engine", choices=("fastapi", "ray"), default="fastapi",
                     help="fastapi (default): one process; ray: Ray Serve replicas multiplexing the site adapters "
-                         "(needs the ray extra; README 'Serving on Ray')")
+                         "(needs the ray extra; docs/deployment.md, 'Serving on Ray')")
     sv.add_argument("--replicas", type=int, default=1, help="--engine ray: replicas, each with one backbone and "
                                                              "up to --max-resident sites (default 1)")
     sv.add_argument("--address", help="--engine ray: an existing Ray cluster (e.g. ray://HEAD:10001); default: a "

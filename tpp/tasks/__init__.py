@@ -98,7 +98,7 @@ class Task:
         return {f"{k}_{self.main_metric}": summary[k].get(self.main_metric) for k in ("val", "test")}
 
     def definitions(self) -> dict:
-        """Short definitions of the reported numbers (``metrics.json``'s ``definitions``; README, Metrics)."""
+        """Short definitions of the reported numbers (``metrics.json``'s ``definitions``; docs/metrics.md)."""
         return {}
 
     def summary_extras(self, model, head_parameters: int) -> dict:

@@ -290,3 +290,23 @@ def test_an_option_the_adapter_was_trained_without_is_noted_only_when_its_card_r
     assert notes == ["--window 40,400 differs from the adapter's training (no --window): its inputs are read "
                      "otherwise than its training images were"]
     assert with_card_reading({}, given) == (given, [])  # a card of PNG training (or older): nothing to compare
+
+
+def test_one_file_reading_carries_the_slice_and_the_pixel_budget_to_every_read(tmp_path):
+    """The loaders take one FileReading (a source's options less their own fields): its slice and its pixel budget
+    reach the check at load and the decoder that reads each batch again."""
+    from tpp.data.file_reading import FileReading
+    from tpp.data.folders import load_folder
+
+    _volumes(tmp_path, per_class=5)
+    options = _data(tmp_path, slice="2:middle", max_image_pixels=16 * 16 * 7).resolved()
+    reading = options.file_reading()
+    assert type(reading) is FileReading and reading == FileReading(slice="2:middle", max_image_pixels=16 * 16 * 7)
+    data = load_folder("v", str(tmp_path), "scans", modality="CT", image_size=16, val_fraction=0.2,
+                       test_fraction=0.2, reading=reading)
+    assert data.reading == {"slice_spec": "2:middle"}  # what the card records: the budget is no way of reading
+    train = data.split("train")
+    first = tmp_path / "scans" / train.images.paths[0]
+    first.write_bytes(nifti_bytes(np.zeros((16, 16, 8), np.float32), gz=True))  # one slice more than the budget
+    with pytest.raises(TppError, match=r"changed or disappeared.*2,048 pixels, more than the per-image limit of 1,792"):
+        train.images[0]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from tpp.data import Dataset
 from tpp.data.arrays import check_modality, resolve_root
+from tpp.data.file_reading import FileReading
 from tpp.data.labelled import labelled_files
 from tpp.data.tables import read_table, relative_image, split_value
-from tpp.data.pixels import DEFAULT_LIMITS, PixelLimits
 from tpp.errors import TppError
 
 PATIENT = "patient_id"
@@ -24,13 +24,14 @@ def csv_path(root: str | None, file: str | None) -> Path:
 def load_csv(name: str, root: str | None, file: str | None, *, modality: str | None, image_size: int,
              classes: list | None = None, group_key: str | None = None, val_fraction: float = 0.1,
              test_fraction: float = 0.2, seed: int = 0, on_bad_file: str = "error",
-             reading: dict | None = None, limits: PixelLimits = DEFAULT_LIMITS) -> Dataset:
+             reading: FileReading | None = None) -> Dataset:
     """A label CSV -> Dataset with train/val/test splits (images read at ``image_size``).
 
     ``split`` column: the splits as given (every row needs train, val or test). Otherwise a seeded stratified
     split, grouped by ``group_key`` (default ``patient_id`` when the CSV has that column): all images of one
     patient land in one split. Labels are strings or integers; classes are the sorted label values (or
     ``classes``). A missing image fails naming the CSV line, or with ``on_bad_file="skip"`` is left out.
+    ``reading``: how each file is decoded (:class:`FileReading`: frame, slice, window, pixel budget).
     """
     table = csv_path(root, file)
     modality = check_modality(modality, name, required=True)
@@ -72,4 +73,4 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
                           image_size=image_size, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
                           on_bad_file=on_bad_file, skipped=skipped, groups=groups if group_key else None,
                           given=given if "split" in header else None, group_key=group_key, classes=classes,
-                          origins=origins, reading=reading, limits=limits)
+                          origins=origins, reading=reading)

@@ -1,10 +1,13 @@
 """How files are decoded, as ``tpp predict --frame/--slice/--window`` read them: options shared by the sources
 that read image files one by one (``folder``, ``csv``, ``unlabeled_folder``), set as ``data.frame``,
-``data.slice`` and ``data.window``. A 3D NIfTI volume or a multi-frame DICOM file is no image until one of its
-slices or frames is chosen; the same choice applies to every file of the data."""
+``data.slice``, ``data.window`` and ``data.max_image_pixels``. A 3D NIfTI volume or a multi-frame DICOM file is
+no image until one of its slices or frames is chosen; the same choice applies to every file of the data.
+
+One :class:`FileReading` travels from the source's options to every reader of the data (the loaders,
+:func:`tpp.data.filesets.check_files`, the decoder reading batches): a new reading option is one field here."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from tpp.errors import ConfigError
@@ -43,6 +46,18 @@ class FileReading:
                 except ImageError as exc:
                     raise ConfigError(f"data.{key}: {exc}") from None
 
+    def file_reading(self) -> "FileReading":
+        """These options alone, as a plain :class:`FileReading` (a source's options class extends it with its own
+        fields: the folder, the classes ...; the loaders take only how files are read)."""
+        return FileReading(**{f.name: getattr(self, f.name) for f in fields(FileReading)})
+
+    def read(self, path):
+        """One image file read with these options and within :meth:`pixel_limits`: uint8 (H, W) or (H, W, 3)
+        (:func:`tpp.data.images.read`)."""
+        from tpp.data.images import read
+
+        return read(path, limits=self.pixel_limits(), **self.read_options())
+
     def pixel_limits(self):
         """The pixel budget of one file (:class:`tpp.data.pixels.PixelLimits`): ``max_image_pixels`` or the
         default."""
@@ -59,6 +74,12 @@ class FileReading:
         given = {"frame": self.frame, "slice_spec": self.slice,
                  "window": parse_window(str(self.window)) if self.window is not None else None}
         return {k: v for k, v in given.items() if v is not None}
+
+
+def recorded(reading: FileReading | None) -> dict | None:
+    """What a :class:`tpp.data.Dataset` records of ``reading`` (its ``reading``, in the card as ``data.reading``):
+    the decode keywords set (frame, slice_spec, window), or None when none is."""
+    return (reading.read_options() if reading is not None else None) or None
 
 
 CARD_KEYS = {"frame": "frame", "slice": "slice_spec", "window": "window"}  # card key -> decode keyword

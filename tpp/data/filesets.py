@@ -12,23 +12,25 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tpp.data.files import ImageFiles
-from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, fit, is_image_file, read
-from tpp.data.pixels import DEFAULT_LIMITS, ImageError, PixelLimits
+from tpp.data.file_reading import FileReading
+from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, fit, is_image_file
+from tpp.data.pixels import ImageError
 from tpp.errors import TppError
 
 PROGRESS_FROM = 500  # files: a progress bar for checking them from this many on
 
 
 class FolderDecoder:
-    """A file -> uint8 (size, size) gray or (size, size, 3) RGB (``mode`` "L" or "RGB"): :func:`read`, then
-    :func:`fit` (what every image of the data gets, read again when a batch needs it)."""
+    """A file -> uint8 (size, size) gray or (size, size, 3) RGB (``mode`` "L" or "RGB"): read as ``reading``
+    says (:meth:`FileReading.read`), then :func:`fit` (what every image of the data gets, read again when a batch
+    needs it)."""
 
-    def __init__(self, size: int, mode: str, options: dict | None = None, limits: PixelLimits = DEFAULT_LIMITS):
-        self.size, self.mode, self.options, self.limits = size, mode, dict(options or {}), limits
+    def __init__(self, size: int, mode: str, reading: FileReading | None = None):
+        self.size, self.mode, self.reading = size, mode, reading or FileReading()
 
     def __call__(self, path: str):
         try:  # checked at load; a file replaced or removed since then is named, never a raw library error
-            array = read(path, limits=self.limits, **self.options)
+            array = self.reading.read(path)
         except ImageError as exc:
             raise TppError(f"image '{path}' changed or disappeared since the data was loaded "
                            f"({type(exc).__name__}: {exc}); restart the run.") from None
@@ -85,25 +87,27 @@ def walk_images(path: Path, on_bad_file: str) -> tuple[list[str], list]:
     return sorted(found), skipped
 
 
-def check_files(paths: list[str], size: int, on_bad_file: str = "error", limits: PixelLimits = DEFAULT_LIMITS,
-                origins: list[str] | None = None, reading: dict | None = None) -> tuple[ImageFiles, list[int], list]:
+def check_files(paths: list[str], size: int, on_bad_file: str = "error", origins: list[str] | None = None,
+                reading: FileReading | None = None) -> tuple[ImageFiles, list[int], list]:
     """Check every image by reading it once (one at a time: memory stays flat in the number of files) and
     return them as :class:`ImageFiles` of uint8 (size, size) gray, or (size, size, 3) RGB when any image has
     colour, read again when a batch needs them.
 
-    Unreadable files (zero bytes, truncated, not an image, a 3D volume, more pixels than ``limits`` allow by
-    their header) fail at once naming the file (and its ``origins`` entry), or with ``on_bad_file="skip"`` are
-    left out. ``reading``: how each file is decoded (frame, slice_spec, window), at load and for every batch.
+    Unreadable files (zero bytes, truncated, not an image, a 3D volume, more pixels than ``reading``'s pixel
+    limits allow by their header) fail at once naming the file (and its ``origins`` entry), or with
+    ``on_bad_file="skip"`` are left out. ``reading``: how each file is decoded (frame, slice, window, pixel
+    budget), at load and for every batch; default: as is, within the default budget.
     A progress bar shows from :data:`PROGRESS_FROM` files on.
     Returns (images, indices of the kept paths, [(path, reason)]).
     """
+    reading = reading or FileReading()
     kept, skipped, colour = [], [], False
     for i, p in enumerate(tqdm(paths, desc="reading images", unit="image", disable=len(paths) < PROGRESS_FROM,
                                mininterval=5.0)):
         try:
             if os.path.getsize(p) == 0:
                 raise ImageError("empty file (0 bytes)")
-            colour = read(p, limits=limits, **(reading or {})).ndim == 3 or colour
+            colour = reading.read(p).ndim == 3 or colour
             kept.append(i)
         except (ImageError, OSError) as exc:
             bad_file(p, f"{type(exc).__name__}: {exc}", on_bad_file, skipped, origins and origins[i])
@@ -111,7 +115,7 @@ def check_files(paths: list[str], size: int, on_bad_file: str = "error", limits:
         raise TppError(f"none of the {len(paths)} images could be read (first: {paths[0] if paths else '-'}).")
     mode = "RGB" if colour else "L"
     shape = (size, size, 3) if colour else (size, size)
-    return ImageFiles((paths[i] for i in kept), FolderDecoder(size, mode, reading, limits), shape), kept, skipped
+    return ImageFiles((paths[i] for i in kept), FolderDecoder(size, mode, reading), shape), kept, skipped
 
 
 def image_stem(path: str | Path) -> str:

@@ -15,11 +15,11 @@ from pathlib import Path, PurePosixPath
 
 from tpp.data import Dataset, Split
 from tpp.data.arrays import check_modality, resolve_root
+from tpp.data.file_reading import FileReading, recorded
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
 from tpp.data.labelled import files_origin, labelled_files
 from tpp.data.tables import SPLIT_NAMES, read_table, relative_image
-from tpp.data.pixels import DEFAULT_LIMITS, PixelLimits
 from tpp.errors import TppError
 
 METADATA = "metadata.csv"
@@ -62,11 +62,11 @@ def _hint_flat(path: Path) -> str:
 def load_folder(name: str, root: str | None, file: str | None, *, modality: str | None, image_size: int,
                 classes: list | None = None, group_key: str | None = None, val_fraction: float = 0.1,
                 test_fraction: float = 0.2, seed: int = 0, on_bad_file: str = "error",
-                reading: dict | None = None, limits: PixelLimits = DEFAULT_LIMITS) -> Dataset:
+                reading: FileReading | None = None) -> Dataset:
     """Labelled image folder -> Dataset with train/val/test splits (images read at ``image_size``).
 
     Labels come from ``metadata.csv``'s ``label`` column when it has one, else from the class folders.
-    ``reading``: how each file is decoded (:class:`tpp.data.file_reading.FileReading`: frame, slice, window).
+    ``reading``: how each file is decoded (:class:`FileReading`: frame, slice, window, pixel budget).
     Unreadable images fail or are skipped (``on_bad_file``; ``Dataset.skipped`` lists them); an empty class
     folder, an image missing from a metadata.csv that labels, fewer than two classes, or a class with no
     training image are always errors: never train on a silently wrong label set.
@@ -96,7 +96,7 @@ def load_folder(name: str, root: str | None, file: str | None, *, modality: str 
     return labelled_files(name, modality, path, files, values, where=f"image folder '{path}'", image_size=image_size,
                           val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, on_bad_file=on_bad_file,
                           skipped=skipped, groups=groups, given=given, group_key=group_key, classes=classes,
-                          reading=reading, limits=limits)
+                          reading=reading)
 
 
 def _table_labels(path: Path, files: list[str], table: dict) -> list[str]:
@@ -148,19 +148,20 @@ def _groups(path: Path, files: list[str], table: dict, group_key: str) -> list[s
 
 
 def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, modality: str | None,
-                          image_size: int, on_bad_file: str = "error", reading: dict | None = None,
-                          limits: PixelLimits = DEFAULT_LIMITS) -> Dataset:
-    """Every image below a folder as one unlabeled 'train' split (labels None, split id "all images")."""
+                          image_size: int, on_bad_file: str = "error",
+                          reading: FileReading | None = None) -> Dataset:
+    """Every image below a folder as one unlabeled 'train' split (labels None, split id "all images"), each file
+    read as ``reading`` says (:class:`FileReading`)."""
     path = _folder(root, file)
     modality = check_modality(modality, name, required=True)
     files, skipped = walk_images(path, on_bad_file)
     if not files:
         raise TppError(f"image folder '{path}' holds no images (PNG, JPEG, .npy, DICOM or NIfTI).")
     images, kept, bad = check_files([os.path.join(str(path), f) for f in files], image_size, on_bad_file,
-                                    reading=reading, limits=limits)
+                                    reading=reading)
     dataset = Dataset(name, modality, [], {"train": Split(images, None)}, skipped=skipped + bad,
                       split_id="all images", source=f"folder '{path}'", origin=files_origin(path, files),
-                      reading=reading or None)
+                      reading=recorded(reading))
     dataset.split_files = {"train": PackedStrings(files).take(kept)}
     dataset.file_resize = True
     return dataset

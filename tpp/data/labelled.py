@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from tpp.data import Dataset, Split
+from tpp.data.file_reading import FileReading, recorded
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.data.tables import class_names, label_index
-from tpp.data.pixels import DEFAULT_LIMITS, PixelLimits
 from tpp.errors import TppError
 
 MIN_CLASS_IMAGES = 3  # a seeded split needs this many images of a class (one for each of train, val, test)
@@ -75,15 +75,14 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
                    image_size: int, val_fraction: float, test_fraction: float, seed: int, on_bad_file: str,
                    skipped: list, groups: list[str] | None = None, given: list[str] | None = None,
                    group_key: str | None = None, classes: list | None = None,
-                   origins: list[str] | None = None, reading: dict | None = None,
-                   limits: PixelLimits = DEFAULT_LIMITS) -> Dataset:
+                   origins: list[str] | None = None, reading: FileReading | None = None) -> Dataset:
     """Images ``files`` (POSIX paths relative to ``base``) with label values (strings) -> Dataset.
 
     ``given``: each file's split (train / val / test) when the data fix it, else a seeded stratified split
     (grouped by ``groups``: no group in two splits). ``classes`` keeps (and orders) a subset of the classes;
     otherwise classes are the sorted label values. ``where`` names the data in errors, ``origins`` each file's
     source (e.g. its table line). Unreadable files fail or are skipped (``on_bad_file``, listed in ``skipped``).
-    ``reading``: how each file is decoded (frame, slice_spec, window: :func:`tpp.data.images.read`'s options).
+    ``reading``: how each file is decoded (:class:`FileReading`: frame, slice, window, pixel budget).
     """
     names = class_names(values, where)
     if classes:
@@ -99,7 +98,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
     top = str(base)  # files are normalised POSIX paths: joining strings equals str(base / f), without a Path each
     _refuse_one_file_twice(top, files, where)
     images, kept, bad = check_files([os.path.join(top, f) for f in files], image_size, on_bad_file, origins=origins,
-                                    reading=reading, limits=limits)
+                                    reading=reading)
     skipped += bad
     labels = label_index(values, names)[kept]
     files = [files[i] for i in kept]
@@ -125,7 +124,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
                        "class.")
     splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id, source=where,
-                      origin=files_origin(base, files), reading=reading or None)
+                      origin=files_origin(base, files), reading=recorded(reading))
     packed = PackedStrings(files)  # relative paths, packed: no str per image kept alive
     dataset.split_files = {s: packed.take(i) for s, i in index.items()}
     dataset.held_out_origins = holding_origins(base, [files[i] for s in ("val", "test") for i in index[s]])

@@ -36,7 +36,7 @@ def load(common, options: FolderOptions, seed: int, image_size: int, labels: boo
     return load_folder(common.name, common.root, options.file, modality=common.modality, image_size=image_size,
                        classes=options.classes, group_key=options.group_key, val_fraction=common.val_fraction,
                        test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file,
-                       reading=options.read_options(), limits=options.pixel_limits())
+                       reading=options.file_reading())
 
 
 def preflight(common, options: FolderOptions, base: Path) -> list[str]:

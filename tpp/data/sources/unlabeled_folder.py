@@ -23,7 +23,7 @@ def load(common, options: UnlabeledFolderOptions, seed: int, image_size: int, la
     """Images decoded and resized to ``image_size``; labels None."""
     return load_unlabeled_folder(common.name, common.root, options.file, modality=common.modality,
                                  image_size=image_size, on_bad_file=options.on_bad_file,
-                                 reading=options.read_options(), limits=options.pixel_limits())
+                                 reading=options.file_reading())
 
 
 def preflight(common, options: UnlabeledFolderOptions, base: Path) -> list[str]:

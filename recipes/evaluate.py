@@ -122,15 +122,16 @@ def check_reading(card: dict, dataset, path) -> None:
     """Files are read as the adapter was trained (its card's ``data.reading``: the slice, frame and window that
     ``tpp predict`` applies by default). Its own data read otherwise is refused (the metrics would be of inputs
     predict never gives it, and the split check would take the other pixels for another split); other data read
-    otherwise is warned about, as ``tpp predict`` warns about an option that differs."""
-    from tpp.data.file_reading import FLAGS, described, recorded_reading, same_option
+    otherwise is warned about, as ``tpp predict`` warns about an option that differs. An option that acts on none
+    of the data's files (``data.window`` on PNGs) reads them alike whatever its value, and is not compared."""
+    from tpp.data.file_reading import FLAGS, compared, described, recorded_reading, same_option
 
     trained = recorded_reading(card.get("data") or {}, f"adapter '{path}'")
     if dataset.split_files is None:  # data not read from files (npz ...): nothing was decoded with options
         return
     given = dataset.reading or {}
     # an option the card does not record is one the adapter was trained without (a window on min-max volumes)
-    keys = [k for k in FLAGS if k in trained or k in given]
+    keys = compared(trained, given, getattr(dataset, "file_formats", None))
     differs = {k: trained.get(k) for k in keys if not same_option(k, given.get(k), trained.get(k))}
     if not differs:
         return

@@ -310,3 +310,56 @@ def test_one_file_reading_carries_the_slice_and_the_pixel_budget_to_every_read(t
     first.write_bytes(nifti_bytes(np.zeros((16, 16, 8), np.float32), gz=True))  # one slice more than the budget
     with pytest.raises(TppError, match=r"changed or disappeared.*2,048 pixels, more than the per-image limit of 1,792"):
         train.images[0]
+
+
+def _pngs(root, per_class: int = 6):
+    """A folder of 8-bit PNGs in two class folders (the class: which half is bright)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(("normal", "lesion")):
+        (root / "scans" / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = rng.integers(0, 50, (16, 16)).astype(np.uint8)
+            image[:, 8 * k:8 * k + 8] += 150
+            Image.fromarray(image).save(root / "scans" / name / f"case{i}.png")
+    return root / "scans"
+
+
+def test_a_window_on_pngs_changes_nothing_so_it_is_not_recorded_and_evaluate_takes_them_either_way(tiny_mae, tmp_path,
+                                                                                                    capsys):
+    """data.window acts on DICOM and NIfTI intensities; a PNG holds 8-bit pixels already. Training on PNGs with a
+    window warns and records no reading; evaluating the adapter's own PNGs with or without the window is accepted
+    (it was refused as 'its own data would be evaluated on other pixels', the pixels being the same)."""
+    from helpers import evaluate
+
+    _pngs(tmp_path)
+    data = ["data.source=folder", "data.file=scans", "data.modality=CT"]
+    with pytest.warns(UserWarning, match=r"data.window acts on DICOM and NIfTI files only; none of its 12 images"):
+        assert finetune(tiny_mae, tmp_path, tmp_path / "run", *data, "data.window=40,400") == 0, \
+            capsys.readouterr().err
+    adapter = tmp_path / "run" / "adapter"
+    assert "reading" not in json.loads((adapter / "tpp_card.json").read_text())["data"]
+    for out, extra in (("same", ["data.window=40,400"]), ("none", []), ("other", ["data.window=100,300"])):
+        assert evaluate(tiny_mae, tmp_path, adapter, tmp_path / out, *data, *extra) == 0, capsys.readouterr().err
+
+
+def test_an_option_acting_on_none_of_the_files_is_never_compared_but_one_acting_on_some_is(tmp_path):
+    """A card that records a window its PNG training never applied (written before windows were recorded only where
+    they act) takes its PNGs without one; a folder holding one NIfTI volume beside PNGs is windowed, so the window
+    is recorded and compared."""
+    from tpp.recipes.evaluate import check_reading
+
+    _pngs(tmp_path)
+    plain = load_data(_data(tmp_path), 0, 16)
+    assert plain.reading is None and plain.file_formats == {"pil"}
+    old_card = {"data": {**plain.describe(labels=False), "reading": {"window": [40, 400]}}}
+    check_reading(old_card, plain, "runs/ft/adapter")
+    (tmp_path / "scans" / "lesion" / "vol.nii.gz").write_bytes(
+        nifti_bytes(np.random.default_rng(1).uniform(0, 300, (16, 16, 3)).astype(np.float32), gz=True))
+    mixed = load_data(_data(tmp_path, slice="2:middle", window="40,400"), 0, 16)
+    assert mixed.reading == {"slice_spec": "2:middle", "window": (40.0, 400.0)}
+    assert mixed.file_formats == {"pil", "nifti"}
+    card = {"data": mixed.describe(labels=False)}
+    with pytest.raises(TppError, match="Set data.window=40,400"):
+        check_reading(card, load_data(_data(tmp_path, slice="2:middle"), 0, 16), "runs/ft/adapter")

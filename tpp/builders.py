@@ -235,14 +235,14 @@ def _check_seen(seen: dict, dataset: Dataset, source: str, label_fraction: float
 def reading_hint(seen: dict, dataset: Dataset) -> str:
     """A sentence for a refusal when the parent read its files with other ``data.slice`` / ``data.frame`` /
     ``data.window`` than this run (its card's ``data.reading``): the same files then hash as other images."""
-    from tpp.data.file_reading import described, recorded_reading, same_option
+    from tpp.data.file_reading import compared, described, recorded_reading, same_option
 
     try:
         parent = recorded_reading(seen, "the parent's card")
     except TppError:
         return ""
     mine = getattr(dataset, "reading", None) or {}
-    keys = [k for k in ("frame", "slice_spec", "window") if k in parent or k in mine]
+    keys = compared(parent, mine, getattr(dataset, "file_formats", None))  # what acts on this run's files
     if getattr(dataset, "split_files", None) is None or all(same_option(k, parent.get(k), mine.get(k)) for k in keys):
         return ""
     return (f" (The parent read each file with {described({k: parent.get(k) for k in keys})}, this run with "

@@ -66,6 +66,7 @@ class Dataset:
     file_resize: bool = False  # images were read from files and brought to the size by tpp.data.images.fit
     hash_labels: bool = False  # the run reads labels: a hash pass may hash them too (pre-training never touches them)
     reading: dict | None = None  # file sources: how each file was decoded (frame, slice_spec, window), if set
+    file_formats: frozenset | None = None  # file sources: the formats read (pil, npy, dicom, nifti); None: unknown
     _hash_cache: dict = field(default_factory=dict, repr=False, compare=False)  # labels? -> (splits key, hashes)
 
     @property

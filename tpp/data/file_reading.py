@@ -7,6 +7,7 @@ One :class:`FileReading` travels from the source's options to every reader of th
 :func:`tpp.data.filesets.check_files`, the decoder reading batches): a new reading option is one field here."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -22,7 +23,7 @@ class FileReading:
                 "central slice), as tpp predict --slice"})
     window: Optional[str] = field(default=None, metadata={
         "help": "DICOM / NIfTI: intensity window CENTER,WIDTH (e.g. 40,400) instead of each image's min-max, as "
-                "tpp predict --window"})
+                "tpp predict --window (PNG / JPEG hold 8-bit pixels already: no effect on them)"})
     max_image_pixels: Optional[int] = field(default=None, metadata={
         "help": "most pixels (voxels: a NIfTI volume is read whole) one file may hold, from its header, as tpp "
                 "predict --max-image-pixels (default 2**26 = 67,108,864; a 512x512x300 CT needs 2**27)"})
@@ -76,10 +77,53 @@ class FileReading:
         return {k: v for k, v in given.items() if v is not None}
 
 
-def recorded(reading: FileReading | None) -> dict | None:
-    """What a :class:`tpp.data.Dataset` records of ``reading`` (its ``reading``, in the card as ``data.reading``):
-    the decode keywords set (frame, slice_spec, window), or None when none is."""
-    return (reading.read_options() if reading is not None else None) or None
+ACTS_ON = {"frame": ("dicom",), "slice_spec": ("nifti",), "window": ("dicom", "nifti")}  # decode keyword -> the
+# formats it acts on: a PNG or JPEG holds 8-bit pixels already (no intensities to window), no frames, no slices
+FORMAT_NAMES = {"dicom": "DICOM", "nifti": "NIfTI"}
+
+
+def file_format(path: str) -> str | None:
+    """pil | npy | dicom | nifti of an image file, as the reader tells them (its name, else its first bytes: a
+    DICOM file without a suffix); None for a file that cannot be opened or is none of them."""
+    from tpp.data.images import ImageError, sniff
+
+    try:
+        return sniff(b"", path)  # by the name: no byte read
+    except ImageError:
+        pass
+    try:
+        with open(path, "rb") as fh:
+            return sniff(fh.read(132), path)
+    except (OSError, ImageError):
+        return None
+
+
+def acts_on(key: str, formats) -> bool:
+    """Whether decode keyword ``key`` acts on a file of one of ``formats`` (None: formats unknown, so it may)."""
+    return formats is None or bool(set(ACTS_ON.get(key, ())) & set(formats))
+
+
+def applied(reading: FileReading | None, paths: list[str], where: str) -> tuple[dict | None, frozenset]:
+    """(what a :class:`tpp.data.Dataset` of the files ``paths`` records of ``reading``: its ``reading``, in the
+    card as ``data.reading``; the formats of those files: its ``file_formats``). Only the options that act on a
+    file of the data are recorded: ``data.window`` on a folder of PNGs changes no pixel, so evaluating or
+    predicting on those PNGs with or without it is the same. An option that acts on none of the files is warned
+    about (``where`` names the data). The recorded reading is None when no option acts."""
+    formats = frozenset(f for f in map(file_format, paths) if f)
+    given = reading.read_options() if reading is not None else {}
+    kept = {k: v for k, v in given.items() if acts_on(k, formats)}
+    for key in [k for k in given if k not in kept]:
+        kinds = " and ".join(FORMAT_NAMES[k] for k in ACTS_ON[key])
+        warnings.warn(f"{where}: data.{FLAGS[key][2:]} acts on {kinds} files only; none of its {len(paths)} "
+                      "images is one, so it changes nothing (and the adapter card does not record it).",
+                      stacklevel=2)
+    return kept or None, formats
+
+
+def compared(recorded: dict, given: dict, formats) -> list[str]:
+    """The decode keywords two readings (``recorded``: a card's; ``given``: a dataset's) must agree on for files
+    of ``formats`` (a dataset's ``file_formats``; None: any): those set in either that act on such a file."""
+    return [k for k in FLAGS if (k in recorded or k in given) and acts_on(k, formats)]
 
 
 CARD_KEYS = {"frame": "frame", "slice": "slice_spec", "window": "window"}  # card key -> decode keyword

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 from tpp.data import Dataset, Split
 from tpp.data.arrays import check_modality, resolve_root
-from tpp.data.file_reading import FileReading, recorded
+from tpp.data.file_reading import FileReading, applied
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
 from tpp.data.labelled import files_origin, labelled_files
@@ -159,9 +159,10 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, moda
         raise TppError(f"image folder '{path}' holds no images (PNG, JPEG, .npy, DICOM or NIfTI).")
     images, kept, bad = check_files([os.path.join(str(path), f) for f in files], image_size, on_bad_file,
                                     reading=reading)
+    recorded, formats = applied(reading, list(images.paths), f"image folder '{path}'")
     dataset = Dataset(name, modality, [], {"train": Split(images, None)}, skipped=skipped + bad,
                       split_id="all images", source=f"folder '{path}'", origin=files_origin(path, files),
-                      reading=recorded(reading))
+                      reading=recorded)
     dataset.split_files = {"train": PackedStrings(files).take(kept)}
-    dataset.file_resize = True
+    dataset.file_resize, dataset.file_formats = True, formats
     return dataset

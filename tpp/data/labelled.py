@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tpp.data import Dataset, Split
-from tpp.data.file_reading import FileReading, recorded
+from tpp.data.file_reading import FileReading, applied
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files
 from tpp.data.subsets import seeded_split_id, stratified_split
@@ -102,6 +102,7 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
     skipped += bad
     labels = label_index(values, names)[kept]
     files = [files[i] for i in kept]
+    recorded, formats = applied(reading, [os.path.join(top, f) for f in files], where)
     if given is not None:
         given_kept = np.array([given[i] for i in kept])
         if groups is not None:
@@ -124,11 +125,11 @@ def labelled_files(name: str, modality: str, base: Path, files: list[str], value
                        "class.")
     splits = {s: Split(images[i], labels[i]) for s, i in index.items()}
     dataset = Dataset(name, modality, names, splits, skipped=skipped, split_id=split_id, source=where,
-                      origin=files_origin(base, files), reading=recorded(reading))
+                      origin=files_origin(base, files), reading=recorded)
     packed = PackedStrings(files)  # relative paths, packed: no str per image kept alive
     dataset.split_files = {s: packed.take(i) for s, i in index.items()}
     dataset.held_out_origins = holding_origins(base, [files[i] for s in ("val", "test") for i in index[s]])
-    dataset.file_resize = True
+    dataset.file_resize, dataset.file_formats = True, formats
     return dataset
 
 

@@ -70,7 +70,7 @@ def _backbone_scope_problems(path: str) -> list[str]:
     must never be saved in its place. Only config.json and the safetensors headers are read; a checkpoint that
     does not resolve is named by `tpp validate`'s backbone check, and one whose weights cannot be told without
     loading (a hub id) is checked when the run loads it."""
-    from tpp.backbones import backbone_config, has_decoder_weights
+    from tpp.backbones import backbone_config, decoder_weights
 
     try:
         model_type = getattr(backbone_config(path), "model_type", None)
@@ -79,8 +79,12 @@ def _backbone_scope_problems(path: str) -> list[str]:
     if model_type != "vit_mae":
         return [f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint; backbone.path '{path}' is "
                 f"{model_type}. Use multitask.scope=target (adapters) on it."]
-    if has_decoder_weights(path) is False:
-        return [no_decoder(path)]
+    report = decoder_weights(path)
+    if report and not report.whole:
+        return [no_decoder(path) if not report.present else
+                f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint with its decoder; backbone.path "
+                f"'{path}' holds part of it: {report.describe()}; transformers would complete it with random "
+                "weights. Use the checkpoint saved with its whole decoder, or multitask.scope=target (adapters)."]
     return []
 
 

@@ -21,7 +21,7 @@ import torch
 
 from tpp.adapters import all_methods, get_method
 from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
-from tpp.backbones import backbone_config, has_decoder_weights, load_backbone
+from tpp.backbones import backbone_config, decoder_weights, load_backbone
 from tpp.builders import input_rule, record_skipped
 from tpp.data.build import load_data, random_hflip
 from tpp.data.stream import ModelInputs, concat_images, stream_loader
@@ -73,10 +73,14 @@ def check_checkpoint_decoder(path: str) -> None:
         model_type = getattr(backbone_config(path), "model_type", None)
     except TppError:
         return
-    if model_type != "vit_mae" or has_decoder_weights(path) is False:
-        what = f"a {model_type} checkpoint" if model_type != "vit_mae" else "a ViT-MAE saved without its decoder"
-        raise ConfigError(f"pretext.decoder=checkpoint needs a ViT-MAE checkpoint with its decoder weights; "
-                          f"backbone.path '{path}' is {what}. Use pretext.decoder=fresh (or auto).")
+    report = decoder_weights(path) if model_type == "vit_mae" else None
+    if model_type == "vit_mae" and (report is None or report.whole):
+        return
+    what = (f"a {model_type} checkpoint" if model_type != "vit_mae" else
+            "a ViT-MAE saved without its decoder" if not report.present else
+            f"a ViT-MAE saved with part of its decoder ({report.describe()})")
+    raise ConfigError(f"pretext.decoder=checkpoint needs a ViT-MAE checkpoint with its decoder weights; "
+                      f"backbone.path '{path}' is {what}. Use pretext.decoder=fresh (or auto).")
 
 
 def run(cfg, run) -> dict:

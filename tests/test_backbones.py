@@ -133,3 +133,56 @@ def test_a_damaged_backbone_folder_is_refused_naming_it(tmp_path, damage, said):
     damage(folder)
     with pytest.raises(TppError, match=f"backbone '{folder}'.*{said}"):
         load_backbone(str(folder))
+
+
+def _partial_decoder(folder, drop=(), reshape=()):
+    """A tiny ViT-MAE saved with its decoder, then rewritten without the tensors whose names start with one of
+    ``drop`` and with those named in ``reshape`` cut to one row."""
+    from safetensors.torch import load_file, save_file
+
+    make_backbone(folder, "vit_mae")
+    weights = folder / "model.safetensors"
+    state = {k: v for k, v in load_file(weights).items() if not k.startswith(tuple(drop))}
+    state.update({k: state[k][:1].clone() for k in reshape})
+    save_file(state, weights, metadata={"format": "pt"})
+    return folder
+
+
+@pytest.mark.parametrize("drop, reshape, named", [
+    (("decoder.decoder_pred.",), (), "decoder.decoder_pred.bias, decoder.decoder_pred.weight"),
+    (("decoder.decoder_encoder.",), (), "holds 8 of the 24 decoder tensors whole"),
+    ((), ("decoder.decoder_pred.weight",), "decoder.decoder_pred.weight"),
+])
+def test_a_vit_mae_holding_part_of_its_decoder_has_no_decoder_weights(tmp_path, drop, reshape, named):
+    """has_decoder_weights said yes as soon as one ``decoder.*`` tensor was there: validate passed, and the run then
+    used no decoder, or transformers completed it with random ones. Now every tensor the decoder has must be there
+    with its shape, and what is missing is named with the file."""
+    from tpp.backbones import decoder_weights, has_decoder_weights
+
+    folder = _partial_decoder(tmp_path / "partial", drop, reshape)
+    assert has_decoder_weights(str(folder)) is False
+    report = decoder_weights(str(folder))
+    assert report.present and not report.whole
+    assert str(folder / "model.safetensors") in report.describe() and named in report.describe()
+    assert len(report.missing) < 5 or report.describe().endswith(f"and {len(report.missing) - 4} more")
+    assert has_decoder_weights(str(make_backbone(tmp_path / "whole", "vit_mae"))) is True
+
+
+def test_a_partial_decoder_is_refused_before_the_run_naming_the_file_and_the_missing_tensors(tmp_path, capsys):
+    """pretext.decoder=checkpoint and multitask.scope=backbone on a ViT-MAE whose weights hold part of its decoder:
+    `tpp validate` said ok."""
+    from conftest import make_medmnist
+    from helpers import run_cli
+
+    folder = _partial_decoder(tmp_path / "partial", drop=("decoder.decoder_pred.",))
+    weights = folder / "model.safetensors"
+    root = make_medmnist(tmp_path / "data", name="bloodmnist", classes=3, n=(24, 4, 4))
+    assert run_cli("validate", "breast_us/mae_vit_tiny_lora_tpp.yaml", f"data.root={make_medmnist(tmp_path / 'b')}",
+                   f"backbone.path={folder}", "pretext.decoder=checkpoint") == 2
+    err = capsys.readouterr().err
+    assert "pretext.decoder=checkpoint needs" in err and f"'{weights}'" in err and "decoder.decoder_pred.bias" in err
+    assert run_cli("validate", "multitask/backbone_pool.yaml", f"data.root={root}", "multitask.eval_targets=[]",
+                   "pool=[{kind: mae, data: {source: medmnist, name: bloodmnist}}]", f"backbone.path={folder}") == 2
+    err = capsys.readouterr().err
+    assert "multitask.scope=backbone" in err and f"'{weights}'" in err and "decoder.decoder_pred.weight" in err
+    assert "Traceback" not in err

@@ -285,26 +285,58 @@ def backbone_config(path: str):
 
 
 def has_decoder_weights(path: str) -> bool | None:
-    """Whether a checkpoint folder's weights hold a ViT-MAE decoder (tensors named ``decoder.*``), read from the
-    safetensors headers (or their index) alone; None when that cannot be told without loading (a hub id, a
-    ``pytorch_model.bin``)."""
-    from safetensors import safe_open
+    """Whether a checkpoint folder's weights hold its ViT-MAE decoder whole (:func:`decoder_weights`); None when
+    that cannot be told without loading (a hub id, a ``pytorch_model.bin``)."""
+    report = decoder_weights(path)
+    return None if report is None else report.whole
+
+
+@dataclass(frozen=True)
+class DecoderWeights:
+    """What a ViT-MAE checkpoint's weights file holds of the decoder its config describes."""
+    file: str            # the weights file read (or its shard index)
+    expected: int        # decoder tensors the model has
+    missing: tuple = ()  # decoder tensors absent or of another shape, as transformers names them
+
+    @property
+    def whole(self) -> bool:
+        return not self.missing
+
+    @property
+    def present(self) -> bool:
+        """Some of the decoder is there (a partial save), as opposed to none of it (an encoder-only save)."""
+        return len(self.missing) < self.expected
+
+    def describe(self, first: int = 4) -> str:
+        shown = ", ".join(self.missing[:first]) + (f" and {len(self.missing) - first} more" if
+                                                   len(self.missing) > first else "")
+        return (f"'{self.file}' holds {self.expected - len(self.missing)} of the {self.expected} decoder tensors "
+                f"whole; missing or of another shape: {shown}")
+
+
+def decoder_weights(path: str) -> DecoderWeights | None:
+    """Which decoder tensors a local ViT-MAE checkpoint's safetensors lack or hold at another shape than its config
+    gives them, told by transformers loading it onto the meta device (names and shapes from the headers, no tensor
+    read; its renaming of older checkpoints' names applies). None when that cannot be told without loading (a hub
+    id, a ``pytorch_model.bin``, another model type) or the folder does not load (loading it names the problem)."""
+    from transformers import ViTMAEForPreTraining
+    from transformers.utils import logging as hf_logging
 
     try:
         local = Path(resolve_backbone(path))
-        if not local.is_dir():
+        files = [local / name for name in ("model.safetensors.index.json", "model.safetensors")]
+        file = next((f for f in files if f.is_file()), None)
+        if file is None or (_read_json(local / "config.json") or {}).get("model_type") != "vit_mae":
             return None
-        index = _read_json(local / "model.safetensors.index.json")
-        files = sorted(local.glob("*.safetensors"))
-        if index:
-            names = list(index["weight_map"])
-        elif files:
-            names = [k for f in files for k in safe_open(str(f), "pt").keys()]
-        else:
-            return None
+        hf_logging.set_verbosity_error()  # transformers' load report: the missing keys are what is asked
+        model, loading = ViTMAEForPreTraining.from_pretrained(str(local), device_map="meta", use_safetensors=True,
+                                                              ignore_mismatched_sizes=True, output_loading_info=True)
     except Exception:  # noqa: BLE001 (a damaged file, a builtin name not shipped: loading it names the problem)
         return None
-    return any(k.startswith("decoder.") for k in names)
+    expected = [k for k in model.state_dict() if k.startswith("decoder.")]
+    absent = {k for k in loading.get("missing_keys", ()) if k.startswith("decoder.")}
+    absent |= {k[0] if isinstance(k, tuple) else k for k in loading.get("mismatched_keys", ())}
+    return DecoderWeights(str(file), len(expected), tuple(sorted(k for k in absent if k.startswith("decoder."))))
 
 
 CONFIG_BOUNDS = {"image_size": (1, 4096), "patch_size": (1, 4096), "num_channels": (1, 4), "hidden_size": (1, 8192),

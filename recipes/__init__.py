@@ -103,9 +103,9 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
 
     method, options = effective_adapter(cfg, inherits)
     if inherits and cfg.adapter.init_from:  # the parent's tensors read and checked (a truncated file said now)
-        from tpp.adapter_dir import read_card, read_weights
+        from tpp.adapter_dir import read_adapter
 
-        read_weights(cfg.adapter.init_from, read_card(cfg.adapter.init_from))
+        read_adapter(cfg.adapter.init_from)
     if not on_backbone:
         return
     encoder = skeleton(cfg.backbone.path)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file, save_file
 
 from tpp.backbones import MAX_PATCH_TOKENS, BackboneInfo
@@ -124,10 +125,23 @@ def _save_encoder_config(config, path: Path) -> None:
     config.save_pretrained(str(path))
 
 
-def read_weights(path: str | Path, card: dict) -> dict[str, torch.Tensor]:
-    """The method's saved tensors ({} for a linear probe, which saves only its head)."""
+def read_weights(path: str | Path, card: dict, files: dict[str, bytes] | None = None) -> dict[str, torch.Tensor]:
+    """The method's saved tensors ({} for a linear probe, which saves only its head); from ``files``, bytes already
+    read and verified (:func:`read_version_folder`), when given, else from the file."""
     name = card.get("weights_file", WEIGHTS)
-    return read_tensors(path, name) if name else {}
+    if not name:
+        return {}
+    if files is not None and name not in files:
+        raise TppError(f"adapter directory '{path}' lacks {name}.")
+    return read_tensors(path, name, data=None if files is None else files[name])
+
+
+def read_adapter(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An adapter directory's card (:func:`read_card`) and method tensors (:func:`read_weights`), each file read
+    once: in a store version folder the bytes its content hash verified are the bytes parsed, never a second read
+    that could find other bytes (a parent adapter's hand-off, ``adapter.init_from``)."""
+    card, files = _read_card(Path(path), kinds)
+    return card, read_weights(path, card, files)
 
 
 def dir_size(path: Path) -> int:
@@ -141,7 +155,12 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
 
     ``kinds``: what the caller accepts; only evaluation accepts a ``full_model`` baseline.
     """
-    path = Path(path)
+    return _read_card(Path(path), kinds)[0]
+
+
+def _read_card(path: Path, kinds: tuple) -> tuple[dict, dict[str, bytes] | None]:
+    """:func:`read_card`'s card, and a store version folder's files as read and verified by
+    :func:`check_version_folder` (None for another folder): the card is parsed from those bytes."""
     if path.is_file():
         raise TppError(f"'{path}' is a file; an adapter is the folder holding {CARD}"
                        f"{f' (here {path.parent})' if path.name == CARD else ''}.")
@@ -151,13 +170,13 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
     if not card_path.is_file():
         hint = f" It is a run folder: did you mean '{path / 'adapter'}'?" if (path / "adapter" / CARD).is_file() else ""
         raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).{hint}")
+    files = check_version_folder(path)
     try:
-        card = card_json(card_path.read_text())
+        card = card_json(files[CARD].decode() if files else card_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
     check_card(card, card_path, kinds)
-    check_version_folder(path)
-    return card
+    return card, files
 
 
 VERSION_RE = re.compile(r"[0-9a-f]{16}")  # an adapter store's version folder: its files' content hash
@@ -172,12 +191,12 @@ def content_hash(files: dict[str, bytes]) -> str:
     return digest.hexdigest()[:16]
 
 
-def check_version_folder(path: Path) -> None:
+def check_version_folder(path: Path) -> dict[str, bytes] | None:
     """A folder named like a store version (16 hex digits: a store's, or a copy of one) must hold the files that
     name hashes, as serving checks them (:func:`read_version_folder`): publishing, loading or evaluating it after a
-    byte changed would sign or use what the store refuses. Other folders pass."""
-    if VERSION_RE.fullmatch(path.name):
-        read_version_folder(path)
+    byte changed would sign or use what the store refuses. Returns those files' verified bytes; other folders pass
+    (None)."""
+    return read_version_folder(path) if VERSION_RE.fullmatch(path.name) else None
 
 
 def read_version_folder(folder: Path, version: str | None = None) -> dict[str, bytes]:
@@ -331,14 +350,16 @@ def _check_shape(card, card_path: Path) -> None:
 INTEGER_HEAD_TENSORS = ("mapping",)  # a label-mapping head's (T,) int64 source indices (its check bounds them)
 
 
-def read_tensors(path: Path, name: str, integer: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, name: str, integer: tuple[str, ...] | None = None,
+                 data: bytes | None = None) -> dict[str, torch.Tensor]:
     """Load a safetensors file of the adapter directory (never pickle), checked by :func:`check_values`
-    (``integer`` default: :data:`INTEGER_HEAD_TENSORS` for the head file, none for the others)."""
+    (``integer`` default: :data:`INTEGER_HEAD_TENSORS` for the head file, none for the others); ``data``: the
+    file's bytes, already read (nothing is read again)."""
     file = Path(path) / name
-    if not file.is_file():
+    if data is None and not file.is_file():
         raise TppError(f"adapter directory '{path}' lacks {name}.")
     try:
-        state = load_file(str(file))
+        state = load_file(str(file)) if data is None else load_safetensors(data)
     except (SafetensorError, OSError) as exc:
         raise TppError(f"'{file}' is not a readable safetensors file ({exc}).") from None
     check_values(state, str(file), (INTEGER_HEAD_TENSORS if name == HEAD else ()) if integer is None else integer)

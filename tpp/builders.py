@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from tpp.adapter_dir import parent_summary, read_card, read_weights, verify_backbone
+from tpp.adapter_dir import parent_summary, read_adapter, read_card, verify_backbone
 from tpp.backbones import BackboneInfo
 from tpp.data import Dataset, same_modality
 from tpp.data.build import channel_rule, image_channels, to_model_tensor
@@ -40,20 +40,20 @@ def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
     return to_model_tensor(images, info.channels, info.input_size, info.mean, info.std, info.frame)
 
 
-def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, str, dict, list[str]]:
-    """Read the ``init_from`` card and merge options: method and inherited options come from the
-    parent. A different value given on the command line is a config error; one from the config file
-    gives way to the parent's (reported in the returned notes). Warns (or fails with
-    ``adapter.require_same_modality``) when the parent saw another modality.
+def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, dict, str, dict, list[str]]:
+    """Read the ``init_from`` card and tensors (each file once: :func:`tpp.adapter_dir.read_adapter`) and merge
+    options: method and inherited options come from the parent. A different value given on the command line is a
+    config error; one from the config file gives way to the parent's (reported in the returned notes). Warns (or
+    fails with ``adapter.require_same_modality``) when the parent saw another modality.
 
-    Returns (parent card, method name, options, notes on config-file values replaced).
+    Returns (parent card, parent tensors, method name, options, notes on config-file values replaced).
     """
     source = adapter_cfg.init_from
-    card = read_card(source)
+    card, weights = read_adapter(source)
     verify_backbone(card, info, source)
     method, options, notes = inherit(adapter_cfg, card)
     check_parent_modality(card, source, modality, adapter_cfg.require_same_modality)
-    return card, method, options, notes
+    return card, weights, method, options, notes
 
 
 def inherit(adapter_cfg, card: dict) -> tuple[str, dict, list[str]]:
@@ -313,7 +313,7 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
     fresh). Returns (method, typed options, targets, parent summary or None)."""
     method_name, options, parent = cfg.adapter.method, cfg.adapter.typed(), None  # typed once, in the config
     if cfg.adapter.init_from:
-        parent_card, method_name, options, notes = parent_adapter(cfg.adapter, info, dataset.modality)
+        parent_card, parent_weights, method_name, options, notes = parent_adapter(cfg.adapter, info, dataset.modality)
         check_leakage(parent_card, dataset, cfg.adapter.init_from, label_fraction_of(cfg))
         parent = parent_summary(parent_card, cfg.adapter.init_from)
         for note in notes:
@@ -326,7 +326,6 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
 
         check_frame(parent_card, info.frame, cfg.adapter.init_from)
     if parent:
-        parent_weights = read_weights(cfg.adapter.init_from, parent_card)
         load_adapter_state(encoder, parent_weights, cfg.adapter.init_from)
         run.log(event="init_from", parent=parent, loaded_tensors=len(parent_weights), note=f"{head} newly initialised")
     return method, typed, targets, parent

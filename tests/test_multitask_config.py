@@ -233,3 +233,31 @@ def test_tpp_with_the_checkpoint_decoder_on_a_backbone_without_one_is_refused_be
         assert run_cli("validate", "breast_us/mae_vit_tiny_lora_tpp.yaml", *args[:2], "pretext.decoder=fresh") == 0
     assert run_cli("validate", "breast_us/mae_vit_tiny_lora_tpp.yaml", f"data.root={root}",
                    f"backbone.path={tiny_mae}", "pretext.decoder=checkpoint") == 0, capsys.readouterr().err
+
+
+# MedNIST's classes and their modality (../shared/data SOURCES.md: abdomen, chest and head CT, breast MRI, chest
+# and hand X-rays); X-ray codes (DX, CR) count as one modality, as tpp compares them
+MEDNIST_MODALITY = {"AbdomenCT": "CT", "BreastMRI": "MR", "CXR": "DX", "ChestCT": "CT", "Hand": "DX", "HeadCT": "CT"}
+
+
+def test_every_shipped_mednist_section_is_tagged_with_the_modality_of_the_classes_it_reads():
+    """The multi-task pools tagged the whole 6-class MedNIST file CT: its breast MRI, chest and hand X-ray images are
+    not, and the tag is what the card records and the init_from modality check compares. A section reading one
+    modality's classes carries its code; one reading several carries ``unknown`` (one DICOM code per dataset)."""
+    import yaml
+
+    from tpp.data import same_modality
+    from tpp.recipes import shipped_configs
+
+    seen = 0
+    for path in shipped_configs():
+        raw = yaml.safe_load(path.read_text())
+        for data in [raw.get("data") or {}] + [entry.get("data") or {} for entry in raw.get("pool") or []]:
+            if not str(data.get("file", "")).startswith("mednist/"):
+                continue
+            seen += 1
+            modalities = {MEDNIST_MODALITY[c] for c in data.get("classes") or MEDNIST_MODALITY}
+            tag = data.get("modality", "unknown")
+            where = f"{path.name}: {data.get('name')}"
+            assert (same_modality(tag, modalities.pop()) if len(modalities) == 1 else tag == "unknown"), where
+    assert seen >= 6

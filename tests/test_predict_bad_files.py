@@ -219,3 +219,34 @@ def test_reading_options_that_act_on_no_input_are_warned_about(world, tmp_path):
         warnings.simplefilter("always")
         assert predict(world, "--site", "site_a", folder, "--out", out, "--window", "40,400") == 0
     assert not [w for w in caught if "--window" in str(w.message)] and len(rows(out)) == 2
+
+
+def test_each_input_is_read_once_unless_only_its_content_tells_its_format(world, tmp_path, monkeypatch):
+    """Every input's first bytes were read to tell its format (for the reading options' warning), also when its name
+    told it, and then again whole to decode it. Now a file is read once, to decode it; only a file whose name does
+    not tell its format (a PACS-style DICOM) has its header read first, once, to find it is an image."""
+    from tpp.serve import predict as predict_module
+
+    folder = tmp_path / "scans"
+    pacs_folder(world, folder)
+    for bad in ("broken.png", "stray.bin"):
+        (folder / bad).unlink()
+    inputs = {str(folder / n): n for n in ("a.png", "b.png", "sub/IM00001", "sub/IM00001.dcm")}
+    headers, decodes = {n: 0 for n in inputs.values()}, {n: 0 for n in inputs.values()}
+
+    def counted_open(path, *args, **kwargs):
+        if str(path) in inputs:
+            headers[inputs[str(path)]] += 1
+        return open(path, *args, **kwargs)
+
+    def counted_read(path, *args, **kwargs):
+        decodes[inputs[str(path)]] += 1
+        return read(path, *args, **kwargs)
+
+    read = predict_module.readers.read
+    monkeypatch.setattr(predict_module, "open", counted_open, raising=False)
+    monkeypatch.setattr(predict_module.readers, "read", counted_read)
+    out = tmp_path / "preds.csv"
+    assert predict(world, "--site", "site_a", folder, "--out", out, "--window", "40,400", "--frame", "0") == 0
+    assert len(rows(out)) == 4 and decodes == {n: 1 for n in decodes}
+    assert headers == {"a.png": 0, "b.png": 0, "sub/IM00001": 1, "sub/IM00001.dcm": 0}

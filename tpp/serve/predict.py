@@ -42,23 +42,27 @@ DOCUMENT_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".json", ".xml", ".md", "
 
 def _is_image(path: Path) -> bool:
     """By suffix, else by content: extensionless DICOM (PACS style ``IM00001``), ``.npy``, NIfTI, PNG, JPEG."""
-    if path.suffix.lower() in SUFFIXES:
-        return True
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(SNIFF_BYTES)
-        readers.sniff(head, path.name)
-        return True
-    except (OSError, readers.ImageError):
-        return False
+    return path.suffix.lower() in SUFFIXES or _format_of(path) is not None
 
 
 READ_OPTIONS = {"frame": ("--frame", ("dicom",)), "slice_spec": ("--slice", ("nifti",)),
                 "window": ("--window", ("dicom", "nifti"))}  # what each reading option acts on
 
 
+def _named_format(path: Path) -> str | None:
+    """pil | npy | dicom | nifti when the name tells it (nothing is read), else None."""
+    try:
+        return readers.sniff(b"", path.name)
+    except readers.ImageError:
+        return None
+
+
 def _format_of(path: Path) -> str | None:
-    """pil | npy | dicom | nifti from the name, else the first bytes; None for a file that cannot be read."""
+    """pil | npy | dicom | nifti from the name, else the first bytes (read only then); None for a file that
+    cannot be read."""
+    named = _named_format(path)
+    if named:
+        return named
     try:
         with open(path, "rb") as fh:
             return readers.sniff(fh.read(SNIFF_BYTES), path.name)
@@ -68,9 +72,14 @@ def _format_of(path: Path) -> str | None:
 
 def ignored_read_options(files: list[Path], options: dict | None) -> list[str]:
     """One warning for each reading option given (``frame``, ``slice_spec``, ``window``) that acts on no input
-    (e.g. ``--window`` for PNG files only): it would change nothing, which the user should know."""
+    (e.g. ``--window`` for PNG files only): it would change nothing, which the user should know. The files'
+    names tell most formats; a header is read (that of a file its name does not tell) only while an asked format
+    is still not found."""
     asked = [(flag, kinds) for key, (flag, kinds) in READ_OPTIONS.items() if (options or {}).get(key) is not None]
-    found = {_format_of(Path(f)) for f in files} if asked else set()
+    named = {Path(f): _named_format(Path(f)) for f in files} if asked else {}
+    found, unnamed = set(named.values()), iter([f for f, kind in named.items() if kind is None])
+    while not all(found & set(kinds) for _, kinds in asked) and (file := next(unnamed, None)) is not None:
+        found.add(_format_of(file))
     return [f"{flag} acts on {' and '.join(k.upper() if k == 'dicom' else 'NIfTI' for k in kinds)} files only; "
             f"none of the {len(files)} inputs is one, so it changes nothing."
             for flag, kinds in asked if not found & set(kinds)]

@@ -16,6 +16,7 @@ import pytest
 from helpers import run_cli, run_cli_subprocess
 from serving_fixtures import finetune_site
 
+from tpp.adapter_dir import METADATA_LIMIT
 from tpp.serve import store
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a commit hash of the cached snapshot
@@ -318,7 +319,8 @@ def hostile_repos(files: dict[str, bytes], outside: Path) -> dict[str, tuple[dic
         "other_content": (dict(files, **{"adapter_model.safetensors": bytes(flipped)}), {}, "not the expected version"),
         "link_out_of_cache": ({k: v for k, v in files.items() if k != "head.safetensors"},
                               {"head.safetensors": str(outside)}, "leads outside the repo's cache folder"),
-        "oversized_readme": (dict(files, **{"README.md": b"#" * (4 * 2**20 + 1)}), {}, "more than the 4 MiB"),
+        "oversized_readme": (dict(files, **{"README.md": b"#" * (METADATA_LIMIT + 1)}), {},
+                             f"has {METADATA_LIMIT + 1:,} bytes, larger than the {METADATA_LIMIT:,} bytes"),
         "no_card": ({k: v for k, v in files.items() if k != "tpp_card.json"}, {}, "not a tpp adapter directory"),
     }
 
@@ -358,7 +360,7 @@ def test_a_fifo_in_the_cache_is_refused_without_blocking(world, tmp_path, offlin
     ([{"path": "tpp_card.json", "size": 900}, {"path": "pytorch_model.bin", "size": 4000}], "pickle-based file"),
     ([{"path": "tpp_card.json", "size": 900}, {"path": "adapter_model.safetensors", "size": 5 * 2**30}],
      "more than the 4096 MiB"),
-    ([{"path": "tpp_card.json", "size": 50 * 2**20}], "more than the 4 MiB"),
+    ([{"path": "tpp_card.json", "size": 50 * 2**20}], "has 50.0 MiB, more than the 1 MiB"),  # METADATA_LIMIT
     ([{"path": "sub/adapter_model.safetensors", "size": 10}], "no part of a tpp adapter folder"),
 ])
 def test_online_pull_screens_the_file_list_before_downloading(tmp_path, hub_env, monkeypatch, capsys, listing,

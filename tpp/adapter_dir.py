@@ -39,6 +39,11 @@ FORMAT = "tpp-adapter/1"
 # when the adapter has one) is covered by the version's content hash like every other file, so an edited README is
 # refused as tampering; tpp never parses it (tpp_card.json is the card tpp reads).
 ADAPTER_FILES = (CARD, HEAD, WEIGHTS, FULL_WEIGHTS, PEFT_CONFIG, README)
+MIB = 2**20
+# the most bytes read from one metadata file of an adapter or context folder, a store or a Hub snapshot: the card,
+# adapter_config.json, README.md, a context set's context.json (tpp writes them at tens of KiB at most)
+METADATA_LIMIT = MIB
+WEIGHTS_LIMIT = 4096 * MIB  # one safetensors file of an adapter (see file_limit)
 
 
 def versions() -> dict:
@@ -171,8 +176,9 @@ def _read_card(path: Path, kinds: tuple) -> tuple[dict, dict[str, bytes] | None]
         hint = f" It is a run folder: did you mean '{path / 'adapter'}'?" if (path / "adapter" / CARD).is_file() else ""
         raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).{hint}")
     files = check_version_folder(path)
-    try:
-        card = card_json(files[CARD].decode() if files else card_path.read_text())
+    try:  # at most METADATA_LIMIT bytes; a link to the card is followed (a store's own files never are)
+        card = card_json(files[CARD].decode("utf-8") if files else
+                         read_regular(card_path.resolve(), METADATA_LIMIT, shown=card_path).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
     check_card(card, card_path, kinds)
@@ -231,19 +237,41 @@ def list_folder(folder: Path) -> list[os.DirEntry]:
         raise TppError(f"'{folder}' cannot be listed ({exc.strerror or type(exc).__name__}); refused.") from None
 
 
-def read_regular(path: Path, limit: int | None = None) -> bytes:
+def file_limit(name: str) -> int:
+    """The most bytes :func:`read_regular` reads from the adapter file ``name``: :data:`METADATA_LIMIT` for the card,
+    ``adapter_config.json`` and ``README.md``; :data:`WEIGHTS_LIMIT` for a safetensors file.
+
+    A weights file is not bounded by anything else before it is read: its bytes are read whole, then its tensor
+    names are checked against the method's key rule (:func:`tpp.serve.integrity.check_adapter`) and their shapes
+    against the backbone only when it loads, so without this cap a forged store or Hub repo could make every load
+    read gigabytes into memory before the refusal. No backbone is known where a store is read (the shapes a method
+    allows depend on it), so the cap is one generous bound: LoRA on a ViT-L is tens of MiB, and a Hub pull screens
+    its files with the same numbers."""
+    return WEIGHTS_LIMIT if name.endswith(".safetensors") else METADATA_LIMIT
+
+
+def read_regular(path: Path, limit: int | None = None, shown: str | Path | None = None) -> bytes:
     """The bytes of a regular file, never through a symbolic link (O_NOFOLLOW) and never waiting for a FIFO's
-    writer (O_NONBLOCK: it is opened at once, then refused as no regular file); at most ``limit`` bytes."""
+    writer (O_NONBLOCK: it is opened at once, then refused as no regular file); at most ``limit`` bytes (default:
+    :func:`file_limit` of its name): a larger file is refused from its size, unread. The one capped read of the
+    files of adapter folders, stores and Hub snapshots. ``shown``: how messages name the file (default: ``path``)."""
+    shown = path if shown is None else shown
+    limit = file_limit(Path(path).name) if limit is None else limit
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise TppError(f"'{path}' cannot be read ({exc.strerror}; symbolic links are refused).") from None
+        raise TppError(f"'{shown}' cannot be read ({exc.strerror}; symbolic links are refused).") from None
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise TppError(f"'{path}' is not a regular file; refused.")
-        data = fh.read(limit + 1 if limit else -1)
-    if limit and len(data) > limit:
-        raise TppError(f"'{path}' is larger than {limit:,} bytes, more than such a file can be; refused.")
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise TppError(f"'{shown}' is not a regular file; refused.")
+        if info.st_size > limit:
+            raise TppError(f"'{shown}' has {info.st_size:,} bytes, larger than the {limit:,} bytes such a file may "
+                           "have; refused.")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise TppError(f"'{shown}' grew larger than the {limit:,} bytes such a file may have while it was read; "
+                       "refused.")
     return data
 
 

@@ -218,3 +218,39 @@ def test_a_version_folder_that_cannot_be_listed_is_refused_by_name(world, tmp_pa
         for path, folder in (("sites/x", s / "x" / version), ("contexts/c", cv.path)):
             status, answer = request(f"{url}/v1/{path}/predict", image)
             assert (status, answer.get("detail")) == (409, f"'{folder}' {said}"), path
+
+
+def test_store_files_over_their_size_cap_are_refused_unread_naming_file_and_size(tmp_path, monkeypatch):
+    """A card, README.md or weights file of a store (or of a folder being published) over its cap is refused from
+    its size, before it is read, naming the file and the size: a forged store cannot make tpp read gigabytes."""
+    from tpp import adapter_dir
+    from tpp.adapter_dir import METADATA_LIMIT
+
+    version = "0123456789abcdef"
+
+    def forged(site, **files):
+        write_dir(tmp_path / "store" / site / version, files)
+        (tmp_path / "store" / site / "current").write_text(version + "\n")
+        return tmp_path / "store" / site / version
+
+    def refused(path, size, limit=METADATA_LIMIT):
+        return re.escape(f"'{path}' has {size:,} bytes, larger than the {limit:,} bytes such a file may have")
+
+    big = b" " * (METADATA_LIMIT + 1)
+    folder = forged("card", **{"tpp_card.json": big})
+    for read in (lambda: store.current(tmp_path / "store", "card"),
+                 lambda: store.card_of(tmp_path / "store", "card", version),
+                 lambda: store.open_version(tmp_path / "store", "card")):
+        with pytest.raises(TppError, match=refused(folder / "tpp_card.json", len(big))):
+            read()
+    with pytest.raises(TppError, match=refused(folder / "tpp_card.json", len(big))):
+        store.publish(folder, tmp_path / "other", "y")  # publishing a folder reads its card capped too
+    folder = forged("readme", **{"README.md": big, "tpp_card.json": b"{}"})
+    with pytest.raises(TppError, match=refused(folder / "README.md", len(big))):
+        store.open_version(tmp_path / "store", "readme")
+    monkeypatch.setattr(adapter_dir, "WEIGHTS_LIMIT", 2**20)  # the real cap (4 GiB) would need a huge file
+    folder = forged("weights", **{"tpp_card.json": b"{}"})
+    with open(folder / "adapter_model.safetensors", "wb") as fh:
+        fh.truncate(2**33)  # sparse: 8 GiB that take no disk; reading them would take 8 GiB of memory
+    with pytest.raises(TppError, match=refused(folder / "adapter_model.safetensors", 2**33, 2**20)):
+        store.open_version(tmp_path / "store", "weights")

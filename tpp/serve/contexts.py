@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpp.adapter_dir import card_json, list_folder
+from tpp.adapter_dir import METADATA_LIMIT, card_json, list_folder
 from tpp.errors import TppError
 from tpp.rundir import ESCAPED_BYTES
 from tpp.incontext.context import CLASSIFICATION, MAX_K, SEGMENTATION, ContextSet, binary_mask, check, read_context
@@ -32,7 +32,7 @@ FOLDER = "_contexts"
 MANIFEST, CARD = "context.json", "README.md"
 FORMAT = "tpp-context/1"
 _FILE_RE = re.compile(r"[0-9]{4}(_mask)?\.png")  # fullmatch: ASCII digits, no trailing newline
-TEXT_LIMIT = 1 << 20  # context.json and README.md: far above what 256 examples need
+TEXT_LIMIT = METADATA_LIMIT  # context.json and README.md: far above what 256 examples need
 
 
 @dataclass

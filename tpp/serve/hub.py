@@ -19,12 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tpp.adapter_dir import ADAPTER_FILES, read_version_folder
+from tpp.adapter_dir import ADAPTER_FILES, MIB, file_limit, read_regular, read_version_folder
 from tpp.errors import TppError
 from tpp.serve import store as adapter_store
 from tpp.serve.integrity import check_adapter
@@ -32,9 +31,6 @@ from tpp.serve.integrity import check_adapter
 README = "README.md"  # the Hugging Face model card, when the adapter folder has one
 GITATTRIBUTES = ".gitattributes"  # every Hub repo starts with one; never copied into the store
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
-MIB = 2**20
-MAX_TEXT_BYTES = 4 * MIB  # card, peft config, README.md, .gitattributes
-MAX_WEIGHTS_BYTES = 4096 * MIB  # one safetensors file of an adapter (LoRA on a ViT-L is tens of MiB)
 _REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REVISION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
@@ -95,7 +91,9 @@ def screen_name(name: str, source: str) -> None:
 
 
 def size_limit(name: str) -> int:
-    return MAX_WEIGHTS_BYTES if name.endswith(".safetensors") else MAX_TEXT_BYTES
+    """The most bytes a repo file ``name`` may have: the limit a store reads it with
+    (:func:`tpp.adapter_dir.file_limit`)."""
+    return file_limit(name)
 
 
 def screen_size(name: str, size: int | None, source: str) -> None:
@@ -292,15 +290,12 @@ def read_snapshot(snapshot: Path, source: str) -> dict[str, bytes]:
 
 
 def read_bounded(path: Path, name: str, source: str) -> bytes:
-    """A regular file's bytes, at most :func:`size_limit` of them (checked before and while reading)."""
-    with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:  # a FIFO cannot block
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise TppError(f"'{source}/{name}' is not a regular file; refused.")
-        screen_size(name, info.st_size, source)
-        data = fh.read(size_limit(name) + 1)
-    screen_size(name, len(data), source)
-    return data
+    """A regular file's bytes (``path``: the resolved cache blob of ``name``), at most :func:`size_limit` of them
+    (checked before and while reading, :func:`tpp.adapter_dir.read_regular`; a FIFO cannot block)."""
+    try:
+        return read_regular(path, size_limit(name), shown=f"{source}/{name}")
+    except TppError as exc:
+        raise TppError(f"{exc} Nothing was published.") from None
 
 
 # -- errors --------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from tpp.serve.integrity import check_adapter, parse_card
 from tpp.rundir import damaged_status, run_state, write_atomic
 
 POINTER = "current"
+POINTER_LIMIT = 64  # bytes read at most from a pointer (a version name and a newline)
 _SITE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[0-9.:+Z-]*")  # a card's created time
 _VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -152,7 +153,7 @@ def created(version_folder: Path) -> str | None:
     """The ``created`` time (ISO 8601) of a version's card, or None when the card cannot say (only listed by this,
     never trusted: loading a version checks it whole)."""
     try:
-        when = json.loads(_read_regular(version_folder / CARD, limit=2**20)).get("created")
+        when = json.loads(_read_regular(version_folder / CARD)).get("created")
     except (TppError, ValueError, AttributeError):
         return None
     return when if isinstance(when, str) and ISO_TIME.fullmatch(when) else None
@@ -270,7 +271,7 @@ def current_version(store: str | Path, site: str) -> str | None:
     or not a plain pointer file."""
     pointer = Path(store) / check_site(site) / POINTER
     try:
-        return _read_regular(pointer, limit=64).decode("ascii", errors="replace").strip()
+        return _read_regular(pointer, limit=POINTER_LIMIT).decode("ascii", errors="replace").strip()
     except TppError:
         return None
 

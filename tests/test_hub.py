@@ -356,6 +356,25 @@ def test_a_fifo_in_the_cache_is_refused_without_blocking(world, tmp_path, offlin
     assert not (tmp_path / "store").exists()
 
 
+
+def test_a_snapshot_that_cannot_be_listed_is_one_line_naming_it(world, tmp_path, offline_cache, monkeypatch, capsys):
+    """The cached snapshot folder cannot be listed (permission denied; root ignores chmod 000, so os.scandir and
+    os.listdir refuse it here): one line naming the folder, exit 2, nothing published, never a raw OSError."""
+    import errno
+
+    snapshot = fill_cache(offline_cache, "owner/locked", world["files"])
+    for name in ("scandir", "listdir"):
+        def refused(path=".", *args, _real=getattr(os, name)):
+            if not isinstance(path, int) and os.fspath(path) == str(snapshot):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+            return _real(path, *args)
+        monkeypatch.setattr(os, name, refused)
+    assert run_cli("adapters", "pull", "owner/locked", tmp_path / "store", "--site", "b") == 2
+    err = capsys.readouterr().err
+    assert err == f"error: '{snapshot}' cannot be listed (Permission denied); refused.\n", err
+    assert not (tmp_path / "store").exists()
+
+
 @pytest.mark.parametrize("listing, reason", [
     ([{"path": "tpp_card.json", "size": 900}, {"path": "pytorch_model.bin", "size": 4000}], "pickle-based file"),
     ([{"path": "tpp_card.json", "size": 900}, {"path": "adapter_model.safetensors", "size": 5 * 2**30}],

@@ -220,6 +220,89 @@ def test_a_version_folder_that_cannot_be_listed_is_refused_by_name(world, tmp_pa
             assert (status, answer.get("detail")) == (409, f"'{folder}' {said}"), path
 
 
+def published_pointers(tmp_path):
+    """A store of one adapter site ``s`` and one context site ``c``, pointers only (nothing is loaded)."""
+    from tpp.serve import contexts
+
+    s = tmp_path / "store"
+    for site in (s / "s", s / contexts.FOLDER / "c"):
+        site.mkdir(parents=True)
+        (site / "current").write_text("0123456789abcdef\n")
+    return s
+
+
+def test_store_folders_that_cannot_be_listed_are_named_by_every_listing(tmp_path, monkeypatch, capsys):
+    """store.sites / versions, contexts.sites, the CLI listings (and publish's check of the store) and GET /v1/sites,
+    /v1/contexts over folders that cannot be listed: one TppError naming the folder (CLI: one line, exit 2; HTTP:
+    the 409 of a store refusal), never a raw OSError (through the service: a 500)."""
+    from serving_fixtures import StubWorker, call
+
+    from tpp.serve import contexts
+    from tpp.serve.server import create_app
+
+    s = published_pointers(tmp_path)
+    app = create_app(StubWorker(), str(s))
+    (tmp_path / "plain").mkdir()  # no _contexts: `tpp context publish` lists it to tell whether it is a store
+    unlistable(monkeypatch, s, s / "s", s / contexts.FOLDER, tmp_path / "plain")
+    said = "cannot be listed (Permission denied); refused."
+    for listed, folder in ((lambda: store.sites(s), s), (lambda: store.versions(s, "s"), s / "s"),
+                           (lambda: contexts.sites(s), s / contexts.FOLDER), (lambda: store.listing(s), s)):
+        with pytest.raises(TppError, match=re.escape(f"'{folder}' {said}")):
+            listed()
+    for args, folder in ((["adapters", "ls", s], s), (["adapters", "rollback", s, "--site", "s"], s / "s"),
+                         (["context", "list", s], s / contexts.FOLDER),
+                         (["context", "publish", tmp_path / "plain", tmp_path / "no_set", "--site", "c"],
+                          tmp_path / "plain")):
+        assert main([str(a) for a in args]) == 2
+        assert capsys.readouterr().err == f"error: '{folder}' {said}\n", args
+    for path, folder in (("/v1/sites", s), ("/v1/contexts", s / contexts.FOLDER)):
+        status, answer, _ = call(app, "GET", path)
+        assert (status, answer) == (409, {"detail": f"'{folder}' {said}"}), path
+
+
+
+def test_a_site_whose_pointer_cannot_be_looked_at_is_listed_saying_why(tmp_path, monkeypatch):
+    """A site folder without search permission (its pointer cannot even be stat'ed; made here for root): the store
+    still lists, that site among the others with the reason, and opening it is a TppError naming the pointer."""
+    s = published_pointers(tmp_path)
+    (s / "t").mkdir()  # a folder without a pointer: no site
+    pointer = os.fspath(s / "s" / "current")
+    for name in ("stat", "lstat"):
+        def refused(path, *args, _real=getattr(os, name), **kwargs):
+            if not isinstance(path, int) and os.fspath(path) == pointer:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), pointer)
+            return _real(path, *args, **kwargs)
+        monkeypatch.setattr(os, name, refused)
+    assert store.sites(s) == ["s"]
+    [row] = store.listing(s)
+    assert row["backbone_match"] == "UNREADABLE" and "cannot be looked at (Permission denied)" in row["method"]
+    with pytest.raises(TppError, match=re.escape(f"'{pointer}' cannot be looked at (Permission denied); refused.")):
+        store.open_version(s, "s")
+
+def test_store_folders_without_read_permission_are_named(tmp_path):
+    """The same with real permissions (chmod 000): skipped where they mean nothing (root)."""
+    from tpp.serve import contexts
+
+    s = published_pointers(tmp_path)
+    (tmp_path / "locked").mkdir()
+    locked = [tmp_path / "locked", s / "s", s / contexts.FOLDER]
+    for folder in locked:
+        folder.chmod(0)
+    try:
+        if os.access(s / "s", os.R_OK):
+            pytest.skip("chmod 000 does not stop this user (root) from listing a folder")
+        for listed, folder in ((lambda: store.sites(tmp_path / "locked"), locked[0]),
+                               (lambda: store.versions(s, "s"), s / "s"),
+                               (lambda: contexts.sites(s), s / contexts.FOLDER)):
+            with pytest.raises(TppError, match=re.escape(f"'{folder}' cannot be listed (Permission denied)")):
+                listed()
+        [row] = store.listing(s)  # a site whose pointer cannot be looked at is listed, saying why
+        assert row["site"] == "s" and row["backbone_match"] == "UNREADABLE" and "Permission denied" in row["method"]
+    finally:
+        for folder in locked:
+            folder.chmod(0o755)
+
+
 def test_store_files_over_their_size_cap_are_refused_unread_naming_file_and_size(tmp_path, monkeypatch):
     """A card, README.md or weights file of a store (or of a folder being published) over its cap is refused from
     its size, before it is read, naming the file and the size: a forged store cannot make tpp read gigabytes."""

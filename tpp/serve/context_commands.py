@@ -59,13 +59,16 @@ def check_publish_order(store: str, source: str, site: str) -> None:
     """``tpp context publish`` takes STORE first (unlike ``tpp adapters publish RUN_DIR STORE``): when the set
     named second does not exist and the store named first exists but is no store (a CSV, or a folder without any
     published set or adapter), the two were most likely swapped: say so, with the command as meant."""
+    from tpp.adapter_dir import list_folder
     from tpp.serve.contexts import FOLDER
-    from tpp.serve.store import POINTER
+    from tpp.serve.store import has_pointer
 
     first = Path(store)
-    is_store = first.is_dir() and ((first / FOLDER).is_dir() or any(
-        (child / POINTER).is_file() for child in first.iterdir() if child.is_dir()))
-    if not Path(source).exists() and first.exists() and not is_store:
+    if Path(source).exists() or not first.exists():
+        return
+    is_store = first.is_dir() and ((first / FOLDER).is_dir() or any(  # unlistable: a TppError naming the store
+        has_pointer(Path(child.path)) for child in list_folder(first)))
+    if not is_store:
         raise TppError(f"context '{source}' does not exist, and '{store}' is no store: tpp context publish takes "
                        f"the STORE first, then the set: tpp context publish {source} {store} --site {site}")
 

@@ -105,12 +105,12 @@ def publish(source: str | Path, store: str | Path, site: str, backbone: dict, ma
 
 
 def sites(store: str | Path) -> list[str]:
-    """Context sites with a current version, sorted (none when the store has no contexts)."""
+    """Context sites with a current version, sorted (none when the store has no contexts); a folder of them that
+    cannot be listed is a :class:`TppError` naming it (as :func:`tpp.serve.store.sites`)."""
     root = _root(store)
     if not root.is_dir():
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink()
-                  and (p / adapter_store.POINTER).is_file())
+    return sorted(e.name for e in list_folder(root) if not e.is_symlink() and adapter_store.has_pointer(Path(e.path)))
 
 
 def current_version(store: str | Path, site: str) -> str | None:

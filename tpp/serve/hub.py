@@ -17,13 +17,12 @@ Every failure of the Hub (unknown repo, missing token, offline with nothing cach
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tpp.adapter_dir import ADAPTER_FILES, MIB, file_limit, read_regular, read_version_folder
+from tpp.adapter_dir import ADAPTER_FILES, MIB, file_limit, list_folder, read_regular, read_version_folder
 from tpp.errors import TppError
 from tpp.serve import store as adapter_store
 from tpp.serve.integrity import check_adapter
@@ -276,7 +275,7 @@ def read_snapshot(snapshot: Path, source: str) -> dict[str, bytes]:
     only lead into the repo's own cache folder. ``.gitattributes`` is skipped."""
     repo_cache = snapshot.parent.parent.resolve()  # models--owner--name/ (snapshots/<commit>/ below it)
     files = {}
-    for entry in sorted(os.listdir(snapshot)):
+    for entry in [e.name for e in list_folder(snapshot)]:  # one that cannot be listed: a TppError naming it
         screen_name(entry, source)
         if entry == GITATTRIBUTES:
             continue

@@ -10,7 +10,8 @@ Safety: binds to 127.0.0.1 by default; any other address needs a bearer token (e
 ``TPP_SERVE_TOKEN`` or ``--token-file``; also guards ``/openapi.json``) or an explicit ``--insecure``.
 Bodies above the upload limit get 413 before any parsing, bodies not complete within the body timeout
 408; images over the pixel budget (per image, per request) 413 from their headers, before any is
-decoded. A site that fails to load or predict gets 409 for its own requests only. Logs hold site
+decoded. A site that fails to load or predict gets 409 for its own requests only, as does a store that cannot be
+read (a folder that cannot be listed, a file over its size cap). Logs hold site
 names, counts, versions and timings: never image bytes, file names or DICOM header fields.
 """
 from __future__ import annotations
@@ -130,6 +131,21 @@ def resident_and_refused(bank) -> tuple[dict[str, str], dict[str, tuple[str, str
     return {name: s.version for name, s in bank.resident.items()}, dict(bank.refused)
 
 
+def http_error(exc: TppError) -> HTTPException:
+    """The answer to a :class:`TppError` of a request: 404 for a site that is not published, 400 for a request the
+    images or the method cannot answer, 422 for non-finite outputs of this input, else 409: a refusal of what the
+    store holds (a card for another backbone, a damaged version, a folder that cannot be listed, a file over its
+    size cap), never a 500."""
+    if isinstance(exc, adapter_store.UnknownSite):
+        return HTTPException(404, f"{exc} GET /v1/sites lists the served sites.")
+    if isinstance(exc, (ImageError, UnsupportedRequest)):  # incl. NoLearnedModel
+        return HTTPException(400, str(exc))
+    if isinstance(exc, NonFiniteOutputs):  # this request's input: the site stays served
+        return HTTPException(422, str(exc))
+    log.warning("refused: %s", exc)
+    return HTTPException(409, str(exc))
+
+
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
                max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0, *,
                limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0, max_context: int = 256,
@@ -189,15 +205,14 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
             return await asyncio.wait_for(asyncio.wrap_future(future), request_timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"no answer within {request_timeout_s:g} s; the service is overloaded") from None
-        except adapter_store.UnknownSite as exc:
-            raise HTTPException(404, f"{exc} GET /v1/sites lists the served sites.") from None
-        except (ImageError, UnsupportedRequest) as exc:  # incl. NoLearnedModel
-            raise HTTPException(400, str(exc)) from None
-        except NonFiniteOutputs as exc:  # this request's input: the site stays served
-            raise HTTPException(422, str(exc)) from None
         except TppError as exc:  # e.g. a card for another backbone: refused, never served
-            log.warning("refused: %s", exc)
-            raise HTTPException(409, str(exc)) from None
+            raise http_error(exc) from None
+
+    @app.exception_handler(TppError)
+    async def refused(request: Request, exc: TppError):
+        """A TppError raised outside :func:`outcome` (e.g. listing a store whose folder cannot be listed)."""
+        error = http_error(exc)
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code)
 
     @app.get("/healthz")
     def healthz():

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,10 +144,24 @@ def versions(store: str | Path, site: str) -> list[tuple[str, str | None]]:
     folder = _store_root(store) / site
     if not folder.is_dir():
         raise UnknownSite(site)
-    found = [(p, created(p)) for p in folder.iterdir()
-             if _VERSION_RE.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
-    return [(p.name, when) for p, when in sorted(found, key=lambda f: (f[1] or "", f[0].stat().st_mtime_ns),
-                                                 reverse=True)]
+    found = [(e, created(Path(e.path))) for e in list_folder(folder)  # unlistable: a TppError naming the folder
+             if _VERSION_RE.fullmatch(e.name) and _is_folder(e)]
+    return [(e.name, when) for e, when in sorted(found, key=lambda f: (f[1] or "", _mtime(f[0])), reverse=True)]
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether a listed entry is a folder itself (not a link to one); False when it cannot be told (gone since)."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+def _mtime(entry: os.DirEntry) -> int:
+    try:
+        return entry.stat(follow_symlinks=False).st_mtime_ns
+    except OSError:  # removed since it was listed
+        return 0
 
 
 def created(version_folder: Path) -> str | None:
@@ -180,10 +195,22 @@ def holds_exactly(folder: Path, files: dict[str, bytes]) -> bool:
 
 
 def sites(store: str | Path) -> list[str]:
-    """Site names that have a current version, sorted."""
+    """Site names that have a current version, sorted. A store that cannot be listed is a :class:`TppError` naming
+    it; a site whose pointer cannot be looked at (no permission to search its folder) is listed, so that reading it
+    says why."""
     root = _store_root(store)
-    return sorted(p.name for p in root.iterdir()
-                  if p.is_dir() and _SITE_RE.fullmatch(p.name) and (p / POINTER).is_file())
+    return sorted(e.name for e in list_folder(root) if _SITE_RE.fullmatch(e.name) and has_pointer(Path(e.path)))
+
+
+def has_pointer(site_dir: Path) -> bool:
+    """Whether ``site_dir`` is a folder holding a pointer file; True also when that cannot be told (an error other than
+    a missing path, e.g. permission denied), so that opening the site names the problem instead of hiding it."""
+    try:
+        return stat.S_ISDIR(os.stat(site_dir).st_mode) and stat.S_ISREG(os.stat(site_dir / POINTER).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
 
 
 def card_of(store: str | Path, site: str, version: str) -> dict:
@@ -216,16 +243,28 @@ def _pointed_version(store: str | Path, site: str) -> tuple[Path, str]:
     root = _store_root(store)
     site_dir = root / site
     pointer = site_dir / POINTER
-    if not site_dir.exists() and not site_dir.is_symlink():
+    if not _lexists(site_dir):
         raise UnknownSite(site)
     _inside(root, site_dir, folder=True)
-    if not pointer.exists() and not pointer.is_symlink():
+    if not _lexists(pointer):
         raise UnknownSite(site)
-    version = _read_regular(pointer, limit=64).decode("ascii", errors="replace").strip()
+    version = _read_regular(pointer, limit=POINTER_LIMIT).decode("ascii", errors="replace").strip()
     if not _VERSION_RE.fullmatch(version):
         raise TppError(f"store pointer '{pointer}' does not name a version (16 hex digits).")
     _inside(root, site_dir / version, folder=True)
     return site_dir, version
+
+
+def _lexists(path: Path) -> bool:
+    """Whether ``path`` exists (a link counts); a :class:`TppError` naming it when that cannot be told (no permission
+    to search its folder), never a raw ``OSError``."""
+    try:
+        os.lstat(path)
+        return True
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise TppError(f"'{path}' cannot be looked at ({exc.strerror or type(exc).__name__}); refused.") from None
 
 
 def _named_version(store: str | Path, site: str, version: str) -> tuple[Path, str]:

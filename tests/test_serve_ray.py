@@ -363,3 +363,49 @@ def test_the_ingress_reads_each_requests_pointer_off_its_event_loop(tmp_path, mo
     answer, reloaded, _ = asyncio.run(requests())
     assert answer.version == "0123456789abcdef" and reloaded == (answer.version, answer.version)
     assert calls == [False] * 3
+
+
+class Replicas:
+    """Stands in for the ``TppSites`` handle under a real ingress app: records the multiplexed ids asked for and
+    answers each method with ``answers[method]`` (plain data, as a replica does)."""
+
+    def __init__(self, answers: dict):
+        self.answers, self.ids = answers, []
+
+    def options(self, multiplexed_model_id):
+        self.ids.append(multiplexed_model_id)
+        return self
+
+    def __getattr__(self, method):
+        from types import SimpleNamespace
+
+        async def remote(*args):
+            return dict(self.answers[method], replica={"id": "r1", "resident": {}, "refused": {}})
+        return SimpleNamespace(remote=remote)
+
+
+def ingress_app(tmp_path, answers: dict):
+    """(the ingress's ASGI app over :class:`Replicas`, the replicas, the store) with site ``s`` and context set
+    ``c`` published (pointers only)."""
+    ingress = pytest.importorskip("tpp.serve.ray_ingress")
+    from tpp.serve.server import create_app
+
+    for folder in (tmp_path / "store" / "s", tmp_path / "store" / contexts.FOLDER / "c"):
+        folder.mkdir(parents=True)
+        (folder / "current").write_text("0123456789abcdef\n")
+    replicas = Replicas(answers)
+    worker = ingress.RayWorker(replicas, str(tmp_path / "store"), {"id": "stub", "hash": "0" * 64})
+    return create_app(worker, str(tmp_path / "store")), replicas, tmp_path / "store"
+
+
+def test_a_context_set_withdrawn_before_a_replica_opens_it_is_404(tmp_path):
+    """A replica that finds the set gone (deleted after the ingress read its pointer) answers UnknownContext: the
+    same 404 as a set never published, not the 409 of a damaged one."""
+    from serving_fixtures import call
+
+    ingress = pytest.importorskip("tpp.serve.ray_ingress")
+    gone = ingress.error_of(contexts.UnknownContext("c"))
+    app, _, _ = ingress_app(tmp_path, {"predict_context": gone})
+    status, answer, _ = call(app, "POST", "/v1/contexts/c/predict",
+                             files=[("q.png", png_bytes(np.zeros((8, 8), np.uint8)))])
+    assert (status, answer) == (404, {"detail": "no context set is published as 'c'; GET /v1/contexts lists them."})

@@ -240,3 +240,45 @@ def test_files_are_read_no_further_than_their_limit_and_names_match_whole(tmp_pa
     for name in ("0000.png\n", "\u0661\u0662\u0663\u0664.png"):  # a newline after it, Arabic-Indic digits
         assert not contexts._FILE_RE.fullmatch(name)
     assert contexts._FILE_RE.fullmatch("0000_mask.png")
+
+
+@pytest.mark.parametrize("step", ["_pointed_version", "list_folder"])
+def test_a_set_deleted_while_it_is_opened_is_unknown_not_damaged(tmp_path, monkeypatch, step):
+    """The set's folder deleted after open_context found its pointer (before it follows it, or before it lists the
+    version): UnknownContext, as for a set never published, not a refusal of a damaged set (nor an adapter's
+    UnknownSite)."""
+    import shutil
+
+    forge(tmp_path / "store", "s", ["a", "b"])
+    module = adapter_store if step == "_pointed_version" else contexts
+    real = getattr(module, step)
+
+    def deleted_first(*args):
+        shutil.rmtree(tmp_path / "store" / contexts.FOLDER / "s")
+        return real(*args)
+
+    monkeypatch.setattr(module, step, deleted_first)
+    with pytest.raises(contexts.UnknownContext, match="no context set is published as 's'"):
+        contexts.open_context(tmp_path / "store", "s")
+
+
+def test_a_set_deleted_between_the_routes_check_and_its_use_is_404(tmp_path, monkeypatch):
+    """POST /v1/contexts/{site}/predict reads the pointer, then opens the set: deleted in between, the answer is the
+    route's own 404, not a 409."""
+    import shutil
+
+    from serving_fixtures import StubWorker, call
+
+    from tpp.serve.server import create_app
+
+    forge(tmp_path / "store", "s", ["a", "b"], backbone={"id": "stub", "hash": StubWorker.bank.info.hash})
+    app = create_app(StubWorker(), str(tmp_path / "store"))
+    real = contexts.open_context
+
+    def deleted_first(*args):
+        shutil.rmtree(tmp_path / "store" / contexts.FOLDER / "s")
+        return real(*args)
+
+    monkeypatch.setattr(contexts, "open_context", deleted_first)
+    status, answer, _ = call(app, "POST", "/v1/contexts/s/predict", files=[("q.png", png(np.zeros((8, 8))))])
+    assert (status, answer) == (404, {"detail": "no context set is published as 's'; GET /v1/contexts lists them."})

@@ -122,11 +122,23 @@ def current_version(store: str | Path, site: str) -> str | None:
 def open_context(store: str | Path, site: str, max_k: int = MAX_K,
                  limits: readers.PixelLimits = readers.DEFAULT_LIMITS,
                  backbone_hash: str | None = None) -> ContextVersion:
-    """The current version of ``site``, verified (module docstring), with its checked :class:`ContextSet`."""
+    """The current version of ``site``, verified (module docstring), with its checked :class:`ContextSet`. A set
+    withdrawn or deleted while it is read is :class:`UnknownContext`, as one never published."""
     adapter_store.check_site(site)
-    root = _root(store)
     if current_version(store, site) is None:
         raise UnknownContext(site)
+    try:
+        return _open_current(store, site, max_k, limits, backbone_hash)
+    except TppError:
+        if current_version(store, site) is None:  # its pointer went away meanwhile: the set is gone, not damaged
+            raise UnknownContext(site) from None
+        raise
+
+
+def _open_current(store: str | Path, site: str, max_k: int, limits: readers.PixelLimits,
+                  backbone_hash: str | None) -> ContextVersion:
+    """:func:`open_context` once the pointer was found."""
+    root = _root(store)
     if root.is_symlink():
         raise TppError(f"'{root}' is a symbolic link; refused.")
     site_dir, version = adapter_store._pointed_version(root, site)

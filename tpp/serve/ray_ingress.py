@@ -24,9 +24,9 @@ from tpp.serve.server import residency
 
 log = logging.getLogger("tpp.serve")
 # errors a replica answers with, rebuilt at the ingress so that create_app maps them to the same status codes
-ERRORS = {"UnknownSite": TppError, "SiteRefused": SiteRefused, "ImageTooLarge": ImageTooLarge,
-          "ImageError": ImageError, "NoLearnedModel": NoLearnedModel, "UnsupportedRequest": UnsupportedRequest,
-          "TppError": TppError}
+ERRORS = {"UnknownSite": TppError, "UnknownContext": TppError, "SiteRefused": SiteRefused,
+          "ImageTooLarge": ImageTooLarge, "ImageError": ImageError, "NoLearnedModel": NoLearnedModel,
+          "UnsupportedRequest": UnsupportedRequest, "TppError": TppError}
 
 
 CONTEXT = "context:"  # the id prefix of a stored context set (":" is never part of a site name)
@@ -55,8 +55,12 @@ def error_of(exc: BaseException) -> dict:
 
 
 def raise_error(out: dict, site: str | None = None) -> None:
+    """A replica's error (:func:`error_of`) raised again at the ingress; ``site``: the one asked for, so that a site or
+    context set gone meanwhile is the same 404 as one never published."""
     if out["error"] == "UnknownSite" and site is not None:
         raise adapter_store.UnknownSite(site)
+    if out["error"] == "UnknownContext" and site is not None:
+        raise contexts.UnknownContext(site)
     if out["error"] == "Internal":
         raise HTTPException(500, f"a replica failed: {out['message']}")
     raise ERRORS[out["error"]](out["message"])
@@ -155,7 +159,7 @@ class RayWorker:
             raise contexts.UnknownContext(site)
         out = await self._remote("predict_context", context_id(site, version), site, method, k, arrays)
         if "error" in out:
-            raise_error(out)
+            raise_error(out, site)
         return out["result"]
 
     async def _call(self, fn):

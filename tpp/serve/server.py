@@ -11,7 +11,8 @@ Safety: binds to 127.0.0.1 by default; any other address needs a bearer token (e
 Bodies above the upload limit get 413 before any parsing, bodies not complete within the body timeout
 408; images over the pixel budget (per image, per request) 413 from their headers, before any is
 decoded. A site that fails to load or predict gets 409 for its own requests only, as does a store that cannot be
-read (a folder that cannot be listed, a file over its size cap). Logs hold site
+read (a folder that cannot be listed, a file over its size cap); a site or context set that is not published, or
+is withdrawn while a request reads it, 404. Logs hold site
 names, counts, versions and timings: never image bytes, file names or DICOM header fields.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.responses import JSONResponse
 
 from tpp.devices import describe
+from tpp.serve import contexts
 from tpp.serve import store as adapter_store
 from tpp.errors import TppError, UnsupportedRequest
 from tpp.serve.images import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, check_request, decode, parse_window
@@ -132,12 +134,14 @@ def resident_and_refused(bank) -> tuple[dict[str, str], dict[str, tuple[str, str
 
 
 def http_error(exc: TppError) -> HTTPException:
-    """The answer to a :class:`TppError` of a request: 404 for a site that is not published, 400 for a request the
-    images or the method cannot answer, 422 for non-finite outputs of this input, else 409: a refusal of what the
-    store holds (a card for another backbone, a damaged version, a folder that cannot be listed, a file over its
-    size cap), never a 500."""
+    """The answer to a :class:`TppError` of a request: 404 for a site or context set that is not published (or went
+    away while the request read it), 400 for a request the images or the method cannot answer, 422 for non-finite
+    outputs of this input, else 409: a refusal of what the store holds (a card for another backbone, a damaged
+    version, a folder that cannot be listed, a file over its size cap), never a 500."""
     if isinstance(exc, adapter_store.UnknownSite):
         return HTTPException(404, f"{exc} GET /v1/sites lists the served sites.")
+    if isinstance(exc, contexts.UnknownContext):  # the sentence of the route's own 404
+        return HTTPException(404, f"no context set is published as '{exc.site}'; GET /v1/contexts lists them.")
     if isinstance(exc, (ImageError, UnsupportedRequest)):  # incl. NoLearnedModel
         return HTTPException(400, str(exc))
     if isinstance(exc, NonFiniteOutputs):  # this request's input: the site stays served

@@ -341,3 +341,16 @@ def test_tpp_run_refuses_fewer_than_one_process(capsys):
     assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
                  "--num-processes", "0"]) == 2
     assert "--num-processes must be at least 1, got 0." in capsys.readouterr().err
+
+
+def test_a_prediction_reads_its_sites_pointer_once(tmp_path, monkeypatch):
+    """The route's pointer read (404 unless published) is the version whose card gives the input options of a site
+    not in memory: read once per request, not again."""
+    from serving_fixtures import call, stub_app
+
+    app, _ = stub_app(tmp_path)
+    real, reads = store.current_version, []
+    monkeypatch.setattr(store, "current_version", lambda root, site: (reads.append(site), real(root, site))[1])
+    status, answer, _ = call(app, "POST", "/v1/sites/s/predict", files=[("q.png", png_bytes(np.zeros((8, 8),
+                                                                                                     np.uint8)))])
+    assert status == 200 and answer["predictions"][0]["label"] == "a" and reads == ["s"]

@@ -398,6 +398,34 @@ def ingress_app(tmp_path, answers: dict):
     return create_app(worker, str(tmp_path / "store")), replicas, tmp_path / "store"
 
 
+def test_the_ingress_reads_a_sites_pointer_once_per_request(tmp_path, monkeypatch):
+    """A prediction, a reload and a stored context set's prediction each read their pointer once at the ingress (it
+    was read two or three times: by the route, for the card's input options, and again to name the replica's
+    model id), and the id asked for names that version."""
+    from serving_fixtures import call
+
+    version, image = "0123456789abcdef", [("q.png", png_bytes(np.zeros((8, 8), np.uint8)))]
+    entry = {"label": "a", "probabilities": {"a": 1.0, "b": 0.0}}
+    app, replicas, s = ingress_app(tmp_path, {
+        "predict": {"version": version, "rows": [entry], "hit": True}, "reload": {"new": version},
+        "predict_context": {"result": {"version": version, "task": "classification", "k": 4, "method": "prototype",
+                                       "entries": [entry]}}})
+    reads = []
+    for module in (store, contexts):  # a context set's pointer: contexts.current_version, through the store's
+        real = module.current_version
+        monkeypatch.setattr(module, "current_version", lambda root, site, _real=real, _module=module: (
+            reads.append((_module.__name__.rsplit(".", 1)[1], site)) if str(root) == str(s) else None,
+            _real(root, site))[1])
+    for path, files, pointer in (("/v1/sites/s/predict", image, ("store", "s")),
+                                 ("/v1/sites/s/reload", None, ("store", "s")),
+                                 ("/v1/contexts/c/predict", image, ("contexts", "c"))):
+        reads.clear()
+        status, answer, _ = call(app, "POST", path, files=files)
+        assert status == 200 and version in json.dumps(answer), (path, answer)
+        assert reads == [pointer], path
+    assert replicas.ids == [f"s@{version}", f"s@{version}", f"context:c@{version}"]
+
+
 def test_a_context_set_withdrawn_before_a_replica_opens_it_is_404(tmp_path):
     """A replica that finds the set gone (deleted after the ingress read its pointer) answers UnknownContext: the
     same 404 as a set never published, not the 409 of a damaged one."""

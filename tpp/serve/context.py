@@ -93,7 +93,7 @@ def add_context_routes(app, worker, store_path: str, authorised, site_name, outc
         async with in_flight.hold(pixels, request_timeout_s):
             arrays = await _decoded(files, limits)
             if hasattr(worker, "predict_context"):  # the Ray engine: the set is multiplexed across its replicas
-                done = await outcome(worker.predict_context(site, method, k, arrays))
+                done = await outcome(worker.predict_context(site, method, k, arrays, version))  # pointer read once
             else:  # the set's files read and verified in a thread, its features computed on the inference thread
                 cv = await outcome(sets.get(site, version))
                 done = await outcome(worker.call(lambda bank: answered(stored(bank, cv, method, k), arrays)))

@@ -88,17 +88,21 @@ class RayWorker:
         self.failures = 0  # requests whose replica died or could not be reached
 
     alive = True  # /healthz: Ray Serve restarts a replica that dies; the ingress itself answers or is gone
+    takes_version = True  # create_app hands predict / reload the pointer's version it read (tpp.serve.server.submit)
 
-    def predict(self, site: str, arrays: list) -> asyncio.Task:
-        return asyncio.ensure_future(self._predict(site, arrays))
+    def predict(self, site: str, arrays: list, version: str | None = None) -> asyncio.Task:
+        """``version``: the site's pointer as the request read it (None: read it here); it names the multiplexed id."""
+        return asyncio.ensure_future(self._predict(site, arrays, version))
 
-    def reload(self, site: str) -> asyncio.Task:
-        return asyncio.ensure_future(self._reload(site))
+    def reload(self, site: str, version: str | None = None) -> asyncio.Task:
+        return asyncio.ensure_future(self._reload(site, version))
 
-    def predict_context(self, site: str, method: str, k: int | None, arrays: list) -> asyncio.Task:
+    def predict_context(self, site: str, method: str, k: int | None, arrays: list,
+                        version: str | None = None) -> asyncio.Task:
         """The stored context set of ``site`` (``POST /v1/contexts/{site}/predict``) on a replica that holds it
-        prepared: the answer's plain data (:func:`tpp.serve.context.answered`)."""
-        return asyncio.ensure_future(self._predict_context(site, method, k, arrays))
+        prepared: the answer's plain data (:func:`tpp.serve.context.answered`). ``version``: the set's pointer as the
+        request read it (None: read it here)."""
+        return asyncio.ensure_future(self._predict_context(site, method, k, arrays, version))
 
     def call(self, fn) -> Future | asyncio.Task:
         if fn is residency:  # GET /v1/sites: every replica's bank as of its last answer
@@ -139,22 +143,24 @@ class RayWorker:
             raise adapter_store.UnknownSite(site)
         return version
 
-    async def _predict(self, site: str, arrays: list) -> Answer:
-        out = await self._remote("predict", model_id(site, await self._current(site)), site, arrays)
+    async def _predict(self, site: str, arrays: list, version: str | None = None) -> Answer:
+        out = await self._remote("predict", model_id(site, version or await self._current(site)), site, arrays)
         if "error" in out:
             raise_error(out, site)
         self.answered[site] = out["version"]
         return Answer(out["version"], out["rows"])
 
-    async def _reload(self, site: str) -> tuple[str | None, str]:
-        out = await self._remote("reload", model_id(site, await self._current(site)), site)
+    async def _reload(self, site: str, version: str | None = None) -> tuple[str | None, str]:
+        out = await self._remote("reload", model_id(site, version or await self._current(site)), site)
         if "error" in out:
             raise_error(out, site)
         old, self.answered[site] = self.answered.get(site), out["new"]
         return old, out["new"]
 
-    async def _predict_context(self, site: str, method: str, k: int | None, arrays: list) -> dict:
-        version = await asyncio.to_thread(contexts.current_version, self.store, site)  # off the event loop
+    async def _predict_context(self, site: str, method: str, k: int | None, arrays: list,
+                               version: str | None = None) -> dict:
+        if version is None:
+            version = await asyncio.to_thread(contexts.current_version, self.store, site)  # off the event loop
         if version is None:
             raise contexts.UnknownContext(site)
         out = await self._remote("predict_context", context_id(site, version), site, method, k, arrays)

@@ -150,6 +150,14 @@ def http_error(exc: TppError) -> HTTPException:
     return HTTPException(409, str(exc))
 
 
+def submit(worker, job: str, site: str, *args, version: str):
+    """``worker.predict`` / ``worker.reload`` (``job``) of ``site``; a worker that routes by the pointer's version
+    (``takes_version``: the Ray ingress) is handed ``version``, the one this request read, so that the pointer is read
+    once per request."""
+    call = getattr(worker, job)
+    return call(site, *args, version=version) if getattr(worker, "takes_version", False) else call(site, *args)
+
+
 def create_app(worker: InferenceWorker, store_path: str, token: str | None = None,
                max_upload_bytes: int = 10 * 2**20, request_timeout_s: float = 120.0, *,
                limits: PixelLimits = DEFAULT_LIMITS, body_timeout_s: float = 30.0, max_context: int = 256,
@@ -188,16 +196,18 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
             raise HTTPException(404, f"site '{site}' has no published adapter; GET /v1/sites lists the served sites.")
         return version
 
-    async def trained_reading(site: str, version: str | None = None) -> tuple[str, dict]:
+    async def trained_reading(site: str, version: str | None = None, published: str | None = None
+                              ) -> tuple[str, dict]:
         """(version, decode keywords) of the version that will answer ``site`` (or of ``version``): a resident
         site's own verified card, else the card of the version it will load (the one it served before, else the
-        store's current), read in a thread. That version is checked whole when it loads (a changed or unreadable
-        card, or a forged reading entry, is refused there, before any answer), so a card not read here reads the
-        request with its own options alone; the worker's verdict on that version follows."""
+        store's current: ``published``, the pointer as this request read it), read in a thread. That version is
+        checked whole when it loads (a changed or unreadable card, or a forged reading entry, is refused there,
+        before any answer), so a card not read here reads the request with its own options alone; the worker's
+        verdict on that version follows."""
         resident = getattr(bank, "resident", {}).get(site)  # a Ray ingress holds no bank: always from the store
         if resident is not None and version in (None, resident.version):
             return resident.version, resident.reading
-        version = version or getattr(bank, "pinned", {}).get(site) or await require_published(site)
+        version = version or getattr(bank, "pinned", {}).get(site) or published or await require_published(site)
         try:
             return version, await asyncio.to_thread(readings.get, site, version)
         except TppError as exc:
@@ -247,7 +257,7 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     async def predict(site: str, images: list[UploadFile] = File(...), frame: int | None = None,
                       slice_spec: str | None = Query(None, alias="slice"), window: str | None = None):
         site = site_name(site)
-        await require_published(site)
+        published = await require_published(site)  # the pointer, read once for this request
         try:
             given = {"frame": frame, "slice_spec": slice_spec, "window": parse_window(window)}
             files = [(await upload.read(), upload.filename or "upload") for upload in images]
@@ -258,11 +268,11 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
         except ImageError as exc:
             raise HTTPException(400, str(exc)) from None
         async with in_flight.hold(pixels, request_timeout_s):  # decoded images of all requests stay bounded
-            version, trained = await trained_reading(site)
+            version, trained = await trained_reading(site, published=published)
             for _ in range(2):  # again if another version than expected answered and reads inputs otherwise
                 options, notes = with_card_reading(trained, given)
                 arrays = await decode_all(files, options)
-                result = await outcome(worker.predict(site, arrays))
+                result = await outcome(submit(worker, "predict", site, arrays, version=version))
                 del arrays
                 if result.version == version:
                     break
@@ -295,8 +305,8 @@ def create_app(worker: InferenceWorker, store_path: str, token: str | None = Non
     @app.post("/v1/sites/{site}/reload", dependencies=[Depends(authorised)])
     async def reload(site: str):
         site = site_name(site)
-        await require_published(site)
-        old, new = await outcome(worker.reload(site))
+        published = await require_published(site)
+        old, new = await outcome(submit(worker, "reload", site, version=published))
         log.info("site %s: version %s -> %s", site, old, new)
         return {"site": site, "old_version": old, "new_version": new}
 

@@ -187,8 +187,8 @@ def test_lora_segmentation_learns_lesions_beyond_a_constant_mask(tmp_path):
 
 def test_a_folder_of_busi_pngs_fine_tunes_and_evaluates_with_its_images_left_on_disk(tmp_path, monkeypatch):
     """``data.source=seg_folder`` end to end on real BUSI images and masks exported as PNG files: fine-tuning,
-    then evaluate, through the CLI; while the run goes, no split's images are decoded as a whole array (they
-    stay files, read per batch), only the masks are held in memory."""
+    then evaluate, through the CLI; while the run goes, no split's images or masks are decoded as a whole array
+    (they stay files, read per batch)."""
     import yaml
 
     from tpp.data import files
@@ -219,7 +219,7 @@ def test_a_folder_of_busi_pngs_fine_tunes_and_evaluates_with_its_images_left_on_
     assert main(["run", "evaluate", "--config", str(tmp_path / "seg_folder.yaml"), f"adapter.path={out / 'adapter'}",
                  f"backbone.path={shared_backbone()}", "data.split=test", f"output_dir={tmp_path / 'ev'}"]) == 0
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["test"]["dice"] == test["dice"]
-    assert whole == []  # no split decoded whole
+    assert whole == []  # no split's images or masks decoded whole
 
 
 def test_a_padding_prompt_segments_the_image_inside_its_frame(tmp_path):

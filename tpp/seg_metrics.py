@@ -40,17 +40,14 @@ def _nanmean(values: torch.Tensor) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, class_names: list[str]) -> dict:
-    """pred, target: class indices (N, h, w) at the stored mask size -> JSON-ready metrics.
+CHUNK = 256  # images scored at once: their masks are decoded (mask files) and one-hot encoded together
 
-    ``dice`` / ``iou`` / ``hd95``: mean over foreground classes of the per-class means over images;
-    ``per_class``: the per-class means; ``empty_predictions``: images with foreground in the ground
-    truth and none predicted; ``hd95_undefined``: (image, class) pairs without a distance.
-    """
+
+def _image_scores(pred: torch.Tensor, target: torch.Tensor, k: int) -> dict:
+    """Per-image scores of class indices pred, target (B, h, w) long: dice, iou, hd (B, K-1) (NaN: undefined),
+    present (B, K-1) bool (the class in prediction or truth), and counts: empty predictions, foreground pixels."""
     from torchmetrics.functional.segmentation import dice_score, mean_iou  # loads on first use (see tpp.metrics)
 
-    k = len(class_names)
-    pred, target = pred.long(), target.long()
     dice = dice_score(pred, target, num_classes=k, include_background=False, average="none",
                       input_format="index", aggregation_level="samplewise").reshape(len(pred), k - 1)
     iou = mean_iou(pred, target, num_classes=k, include_background=False, per_class=True,
@@ -62,9 +59,32 @@ def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, class_names: 
             if (target[i] == c).any() or (pred[i] == c).any():
                 hd[i, c - 1] = hausdorff_percentile(pred[i] == c, target[i] == c)
     has_gt = (target > 0).flatten(1).any(1)
-    empty = int((has_gt & ~(pred > 0).flatten(1).any(1)).sum())
-    present = (target[:, None] == torch.arange(1, k)[None, :, None, None]).flatten(2).any(2) | \
-              (pred[:, None] == torch.arange(1, k)[None, :, None, None]).flatten(2).any(2)
+    classes = torch.arange(1, k)[None, :, None, None]
+    present = (target[:, None] == classes).flatten(2).any(2) | (pred[:, None] == classes).flatten(2).any(2)
+    return {"dice": dice, "iou": iou, "hd": hd, "present": present,
+            "empty": int((has_gt & ~(pred > 0).flatten(1).any(1)).sum()),
+            "fg_pred": int((pred > 0).sum()), "fg_truth": int((target > 0).sum())}
+
+
+def _fraction(count: int, total: int) -> float:
+    """count / total as float32, as ``mask.float().mean()`` gives it (exact counts: no float32 sum of millions)."""
+    return float(torch.tensor(float(count)).div_(total))
+
+
+def segmentation_metrics(pred: torch.Tensor, target, class_names: list[str], chunk: int = CHUNK) -> dict:
+    """pred: class indices (N, h, w) at the stored mask size; target: the same, a tensor or
+    :class:`tpp.data.stream.MaskTargets` (mask files decoded ``chunk`` images at a time) -> JSON-ready metrics.
+
+    ``dice`` / ``iou`` / ``hd95``: mean over foreground classes of the per-class means over images;
+    ``per_class``: the per-class means; ``empty_predictions``: images with foreground in the ground
+    truth and none predicted; ``hd95_undefined``: (image, class) pairs without a distance.
+    """
+    from tpp.data.stream import target_chunks
+
+    k = len(class_names)
+    parts = [_image_scores(pred[start:start + len(t)].long(), t.long(), k) for start, t in target_chunks(target, chunk)]
+    dice, iou, hd, present = (torch.cat([p[key] for p in parts]) for key in ("dice", "iou", "hd", "present"))
+    total = len(pred) * math.prod(pred.shape[1:])
     per_class = {name: {"dice": _nanmean(dice[:, c]), "iou": _nanmean(iou[:, c]), "hd95": _nanmean(hd[:, c]),
                         "images": int(present[:, c].sum())}
                  for c, name in enumerate(class_names[1:])}
@@ -72,10 +92,10 @@ def segmentation_metrics(pred: torch.Tensor, target: torch.Tensor, class_names: 
         "dice": _nanmean(torch.tensor([v["dice"] for v in per_class.values()])),
         "iou": _nanmean(torch.tensor([v["iou"] for v in per_class.values()])),
         "hd95": _nanmean(torch.tensor([v["hd95"] for v in per_class.values()])),
-        "per_class": per_class, "n": len(pred), "empty_predictions": empty,
+        "per_class": per_class, "n": len(pred), "empty_predictions": sum(p["empty"] for p in parts),
         "hd95_undefined": int((hd.isnan() & present).sum()),
-        "foreground_fraction": {"predicted": float((pred > 0).float().mean()),
-                                "truth": float((target > 0).float().mean())},
+        "foreground_fraction": {"predicted": _fraction(sum(p["fg_pred"] for p in parts), total),
+                                "truth": _fraction(sum(p["fg_truth"] for p in parts), total)},
     })
 
 
@@ -100,14 +120,18 @@ def _nan_to_none(obj):
     return None if isinstance(obj, float) and math.isnan(obj) else obj
 
 
-def quick_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
+def quick_dice(pred: torch.Tensor, target, num_classes: int, chunk: int = CHUNK) -> float:
     """The reported ``dice`` without the other metrics (model selection during training): per class the
-    mean over images, then the mean over foreground classes. (N, h, w) each."""
+    mean over images, then the mean over foreground classes. pred (N, h, w); target the same, a tensor or
+    :class:`tpp.data.stream.MaskTargets` (decoded ``chunk`` images at a time)."""
     from torchmetrics.functional.segmentation import dice_score
 
-    dice = dice_score(pred.long(), target.long(), num_classes=num_classes, include_background=False,
-                      average="none", input_format="index", aggregation_level="samplewise")
-    dice = dice.reshape(len(pred), -1)
+    from tpp.data.stream import target_chunks
+
+    dice = torch.cat([dice_score(pred[start:start + len(t)].long(), t.long(), num_classes=num_classes,
+                                 include_background=False, average="none", input_format="index",
+                                 aggregation_level="samplewise").reshape(len(t), -1)
+                      for start, t in target_chunks(target, chunk)])
     return _nanmean(torch.tensor([_nanmean(dice[:, c]) for c in range(dice.shape[1])]))
 
 

@@ -2,8 +2,8 @@
 
 Every source returns a :class:`Dataset`: uint8 images per split (N, H, W) or (N, H, W, C) (an in-memory
 array, or ``tpp.data.files.ImageFiles``: files decoded when read), integer
-labels (N,) (or None for unlabeled images), for segmentation uint8 class-index masks (N, H, W), class
-names and a DICOM modality code.
+labels (N,) (or None for unlabeled images), for segmentation uint8 class-index masks (N, H, W) (an array, or
+``ImageFiles`` of mask files decoded per batch like the images), class names and a DICOM modality code.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def same_modality(a: str, b: str) -> bool:
 @dataclass
 class Split:
     """One split: images uint8 (N, H, W) or (N, H, W, C); labels int64 (N,) or None (unlabeled);
-    masks uint8 (N, h, w) class indices for segmentation data, else None."""
+    masks uint8 (N, h, w) class indices for segmentation data (an array or ``ImageFiles``), else None."""
     images: np.ndarray
     labels: np.ndarray | None
     masks: np.ndarray | None = None
@@ -131,9 +131,11 @@ class Dataset:
                     h.update(chunk)
                 own.update(chunk)
                 digests.append(image_digest(chunk, split.images.shape[1:]))
-            for extra in ((split.labels, split.masks) if labels else ()):
-                if extra is not None:
-                    content[True].update(np.ascontiguousarray(extra).tobytes())
+            if labels and split.labels is not None:
+                content[True].update(np.ascontiguousarray(split.labels).tobytes())
+            if labels and split.masks is not None:  # mask files are decoded one at a time, as the images
+                for chunk in image_bytes(split.masks):
+                    content[True].update(chunk)
             splits[name] = own.hexdigest()[:16]
         collection = hashlib.sha256(b"".join(sorted(digests))).hexdigest()[:16]
         for with_labels, h in content.items():

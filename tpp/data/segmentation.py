@@ -1,7 +1,8 @@
 """Image + mask pairs for segmentation: ``.npz`` files and ``images/`` + ``masks/`` folders.
 
-Masks are uint8 class indices (N, H, W), 0 = background. Binary masks stored as 0/255 are mapped to
-0/1. With ``data.mask_classes=from_label`` the foreground of each mask becomes ``1 + label`` of its
+Masks are uint8 class indices (N, H, W), 0 = background: an array (``.npz``) or, for folders, ``ImageFiles``
+decoded per batch as the images are (each mask checked once at load, none held). Binary masks stored as 0/255 are
+mapped to 0/1. With ``data.mask_classes=from_label`` the foreground of each mask becomes ``1 + label`` of its
 image (BUSI: background / benign lesion / malignant lesion). Splits are seeded, stratified by the
 image label when there is one, and keep every ``data.group_key`` group inside one split.
 """
@@ -134,11 +135,9 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     mask_files = {image_stem(image): mask for image, mask in pairs}
     stems = sorted(image_files)
     images, kept, skipped = check_files([str(image_files[s]) for s in stems], image_size, on_bad_file)
-    # images stay files, decoded per batch (tpp.data.stream); masks are held in memory as uint8 class indices
-    # at image_size (1 byte a pixel: 50,000 masks at 224 px are 2.5 GB, their RGB images would be 7.5 GB)
     stems = [stems[i] for i in kept]
     names = mask_class_names(mask_classes, classes, None)
-    masks = np.stack([_read_mask(mask_files[s], image_size, len(names), image_files[s]) for s in stems])
+    masks = check_masks([mask_files[s] for s in stems], [image_files[s] for s in stems], image_size, len(names))
     groups = _folder_groups(root, stems, image_files, group_key) if group_key else None
     split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
                  group_key=group_key, seed=seed)
@@ -152,17 +151,46 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     return dataset
 
 
-def _read_mask(path: Path, size: int, num_classes: int, image: Path) -> np.ndarray:
+class MaskDecoder:
+    """``decoder(path) -> uint8 (size, size)``: a mask file as class indices (:func:`_read_mask`), the checks of
+    load time included; picklable, so data-loader workers decode masks per batch as they do images."""
+
+    def __init__(self, size: int, num_classes: int):
+        self.size, self.num_classes = size, num_classes
+
+    def __call__(self, path: str) -> np.ndarray:
+        return _read_mask(Path(path), self.size, self.num_classes)
+
+
+def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: int):
+    """Check every mask against its image (same shape, class-index values: :func:`_read_mask`) by decoding it
+    once, one at a time, and return them as ``ImageFiles`` of uint8 (size, size) masks, decoded again when a
+    batch needs them: memory stays flat in the number of masks (50,000 masks at 512 px held whole were 13 GB)."""
+    from tqdm import tqdm
+
+    from tpp.data.files import ImageFiles
+    from tpp.data.filesets import PROGRESS_FROM
+
+    for mask, image in tqdm(list(zip(masks, images)), desc="reading masks", unit="mask",
+                            disable=len(masks) < PROGRESS_FROM, mininterval=5.0):
+        _read_mask(mask, size, num_classes, image)
+    return ImageFiles([str(m) for m in masks], MaskDecoder(size, num_classes), (size, size))
+
+
+def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = None) -> np.ndarray:
     """The class-index mask (size, size) uint8 of ``image`` from ``path`` (nearest-neighbour resize); a mask whose
-    shape is not its image's (another aspect ratio: a wrong pairing, or a rotated export) is refused."""
+    shape is not its image's (another aspect ratio: a wrong pairing, or a rotated export) is refused. Without
+    ``image`` (a batch's decode of a mask checked at load) the shape is not compared."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(image) as img:
-            image_size = upright_size(img)  # the header only
+        image_size = None
+        if image is not None:
+            with Image.open(image) as img:
+                image_size = upright_size(img)  # the header only
         with Image.open(path) as img:
             img = upright(img)  # a mask exported with its photo's orientation tag is turned with it
-            (w, h), (iw, ih) = img.size, image_size
+            (w, h), (iw, ih) = img.size, image_size or img.size
             if abs(w * ih - h * iw) > 0.02 * max(w * ih, h * iw):  # masks at another resolution keep the shape
                 raise TppError(f"mask '{path}' is {w}x{h} pixels but its image '{image}' is {iw}x{ih}: not the "
                                "same shape, so it is not this image's mask (or it was rotated or cropped).")
@@ -208,8 +236,9 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
 
 def _split(images, masks, labels, groups, names, *, name: str, modality: str | None, val_fraction: float,
            test_fraction: float, group_key: str | None, seed: int) -> tuple[Dataset, dict]:
-    """Seeded split of images (N, H, W[, C]) + masks (N, H, W), stratified by ``labels`` (N,) when given and
-    keeping each of ``groups`` (N,) in one split. Returns (dataset, {split: indices of its images})."""
+    """Seeded split of images (N, H, W[, C]) + masks (N, H, W) (arrays or ``ImageFiles``), stratified by
+    ``labels`` (N,) when given and keeping each of ``groups`` (N,) in one split. Returns (dataset, {split: indices
+    of its images})."""
     strata = labels if labels is not None else np.zeros(len(images), dtype=np.int64)
     index = stratified_split(strata, val_fraction, test_fraction, name, seed, groups)
     splits = {k: Split(images[i], strata[i], masks[i]) for k, i in index.items()}

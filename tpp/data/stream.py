@@ -40,6 +40,37 @@ def stack(images, index) -> np.ndarray:
     return np.stack([images[int(i)] for i in index])
 
 
+class MaskTargets:
+    """A split's masks as training / evaluation targets, decoded where read: ``targets[i]`` is int64 (h, w),
+    ``targets[a:b]`` (or an integer index array) int64 (B, h, w); ``shape`` is (N, h, w). ``masks``: uint8
+    (N, h, w), an array or ``ImageFiles`` (mask files, decoded per item), so neither the split's masks nor
+    their int64 copy (8 bytes a pixel) are ever held whole."""
+
+    def __init__(self, masks):
+        self.masks = masks
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.masks.shape)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, (int, np.integer)):
+            return torch.from_numpy(np.asarray(self.masks[int(index)])).long()
+        positions = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index).reshape(-1)
+        if not len(positions):
+            return torch.zeros(0, *self.shape[1:], dtype=torch.long)
+        return torch.from_numpy(stack(self.masks, positions)).long()
+
+
+def target_chunks(targets, size: int):
+    """``(start, targets[start:start + size])`` over a tensor or :class:`MaskTargets`, in order."""
+    for start in range(0, len(targets), size):
+        yield start, targets[start:start + size]
+
+
 class ModelInputs:
     """Stored images seen as normalised model input: ``inputs[index] -> float32 (B, C, S, S)`` for an
     integer index array, converted on the spot. ``len(inputs)`` is the number of images."""

@@ -80,8 +80,11 @@ class Segmentation(Task):
         if not dataset.is_segmentation:
             raise TppError(f"dataset '{dataset.name}' has no masks; segmentation needs a source with masks.")
 
-    def targets(self, split) -> torch.Tensor:
-        return torch.from_numpy(split.masks).long()
+    def targets(self, split):
+        """The split's masks (N, h, w) as int64 :class:`MaskTargets`, decoded per batch / metrics chunk."""
+        from tpp.data.stream import MaskTargets
+
+        return MaskTargets(split.masks)
 
     def build_head(self, options, info, dataset):
         """The decoder; with a padding visual prompt (``info.frame``) it crops the frame from its logits."""

@@ -171,7 +171,7 @@ def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: i
     from tpp.data.files import ImageFiles
     from tpp.data.filesets import PROGRESS_FROM
 
-    for mask, image in tqdm(list(zip(masks, images)), desc="reading masks", unit="mask",
+    for mask, image in tqdm(zip(masks, images), total=len(masks), desc="reading masks", unit="mask",
                             disable=len(masks) < PROGRESS_FROM, mininterval=5.0):
         _read_mask(mask, size, num_classes, image)
     return ImageFiles([str(m) for m in masks], MaskDecoder(size, num_classes), (size, size))

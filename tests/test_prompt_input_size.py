@@ -12,7 +12,7 @@ FINETUNE = "breast_us/mae_vit_tiny_lora_finetune.yaml"
 TPP = "breast_us/mae_vit_tiny_lora_tpp.yaml"
 FINETUNE_FILE, TPP_FILE = find_config(FINETUNE), find_config(TPP)
 
-# the README's composed-method example ("Composed methods"), on the default (shipped, 28-px) backbone
+# docs/input_side.md's composed-method example ("Composed methods"), on the default (shipped, 28-px) backbone
 README_ADAPTER = """\
 adapter:
   method: [visual_prompt, lora]

@@ -302,3 +302,19 @@ def test_a_class_folder_named_in_bytes_that_are_no_utf8_loads_and_hashes(tmp_pat
     assert data.class_names == ["benign\udcff", "malignant"] and data.split_sha256()
     ctx = ContextSet(CLASSIFICATION, [np.zeros((8, 8), np.uint8)] * 2, ["benign\udcff", "malignant"], names=["0", "1"])
     assert len(ctx.digest(0)) > 0
+
+
+def test_an_explicit_unknown_modality_is_recorded_without_the_unset_warning():
+    """A config that sets ``modality: unknown`` on purpose (MedNIST mixes CT, MR and X-ray) is not told it set none;
+    an unset modality still warns, and a source that requires one refuses both."""
+    import warnings
+
+    from tpp.data.arrays import check_modality
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_modality("unknown", "mednist") == "unknown"
+    with pytest.warns(UserWarning, match="has no modality"):
+        assert check_modality(None, "mednist") == "unknown"
+    for value in (None, "unknown"):
+        with pytest.raises(TppError, match="set data.modality"):
+            check_modality(value, "site", required=True)

@@ -357,12 +357,15 @@ def filter_classes(splits: dict, names: list, classes: list, path) -> tuple[dict
 
 
 def check_modality(modality: str | None, name: str, required: bool = False) -> str:
+    """The dataset's DICOM modality code: unset is recorded as 'unknown' with a warning (an error where
+    ``required``); an explicit 'unknown' is recorded without one."""
     if not modality or modality == "unknown":
         if required:
             raise TppError(f"dataset '{name}': set data.modality to a DICOM modality code "
                            f"({', '.join(sorted(KNOWN_MODALITIES - {'unknown'}))}).")
-        warnings.warn(f"dataset '{name}' has no modality (data.modality); recorded as 'unknown'. "
-                      "Modality checks between pre-training and fine-tuning will not work.")
+        if not modality:  # an explicit 'unknown' (a file mixing modalities) is the config's own choice
+            warnings.warn(f"dataset '{name}' has no modality (data.modality); recorded as 'unknown'. "
+                          "Modality checks between pre-training and fine-tuning will not work.")
         return "unknown"
     if modality not in KNOWN_MODALITIES:
         raise TppError(f"data.modality '{modality}' is not a known DICOM modality code "

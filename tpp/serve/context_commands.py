@@ -30,7 +30,8 @@ def add_context_options(pr) -> None:
 
 CONTEXT_POSITIONALS = {
     "STORE": "the store: a folder of context sets and adapters (publish creates it)",
-    "DIR_OR_CSV": "the context set: a folder of class folders (or images/ + masks/), or a CSV with columns image,label (or image,mask), paths relative to its folder",
+    "DIR_OR_CSV": ("the context set: a folder of class folders (or images/ + masks/), or a CSV with columns "
+                   "image,label (or image,mask), paths relative to its folder"),
 }
 CONTEXT_ACTIONS = [  # (action, summary, positionals, options)
     ("publish", "publish a context set (folder or CSV) to a store as a new version of a site and make it current",

@@ -26,19 +26,32 @@ FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]  # tin
 
 # -- the CLI -------------------------------------------------------------------------------------------
 
+def later_wins(args) -> list[str]:
+    """``tpp run`` / ``tpp validate`` ARGS (each through ``str``) without the ``key=value`` overrides a later one
+    replaces (the same key, or a section holding it): tests add their own settings to a helper's defaults
+    (``finetune(..., "train.max_steps=10")``), which ``tpp`` itself refuses as a key given twice."""
+    args = [str(a) for a in args]
+    if not args or args[0] not in ("run", "validate"):
+        return args
+    keys = [a.split("=", 1)[0] if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] != "--config")
+            else None for i, a in enumerate(args)]
+    return [a for i, (a, key) in enumerate(zip(args, keys))
+            if key is None or not any(k is not None and (key == k or key.startswith(k + ".")) for k in keys[i + 1:])]
+
+
 def run_cli(*args) -> int:
-    """``tpp ARGS`` in this process (each argument through ``str``): its exit code. Output goes to pytest's
-    capture (``capsys``); ``--help`` and ``--version`` raise SystemExit, as argparse does."""
-    return main([str(a) for a in args])
+    """``tpp ARGS`` in this process (each argument through ``str``; :func:`later_wins`): its exit code. Output
+    goes to pytest's capture (``capsys``); ``--help`` and ``--version`` raise SystemExit, as argparse does."""
+    return main(later_wins(args))
 
 
 def cli_command(*args, prelude: str = "") -> list[str]:
     """The command line of ``tpp ARGS`` in a fresh Python: ``python -m tpp.cli ARGS``, or, with ``prelude``,
     ``python -c`` running ``prelude`` (e.g. a patch) and then ``tpp.cli.main(ARGS)``."""
     if not prelude:
-        return [sys.executable, "-m", "tpp.cli", *map(str, args)]
+        return [sys.executable, "-m", "tpp.cli", *later_wins(args)]
     bootstrap = f"{prelude}\n\nimport sys\nfrom tpp.cli import main\nsys.exit(main(sys.argv[1:]))\n"
-    return [sys.executable, "-c", bootstrap, *map(str, args)]
+    return [sys.executable, "-c", bootstrap, *later_wins(args)]
 
 
 def _environment(env: dict | None) -> dict:

@@ -128,3 +128,41 @@ def test_validate_keys_refuses_a_config_it_would_not_read(capsys):
         captured = capsys.readouterr()
         assert "reads no config; drop" in captured.err and argv[1] in captured.err and not captured.out
     assert run_cli("validate", "--keys") == 0 and "train.lr (float" in capsys.readouterr().out
+
+
+FINETUNE = "breast_us/mae_vit_tiny_lora_finetune.yaml"
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["train.lr=1e-3", "train.lr=1e-4"], "override train.lr is given twice ('train.lr=1e-3', then 'train.lr=1e-4'); "
+                                         "keep one."),
+    (["train.max_steps=5", "train={lr: 1e-4}"], "override train.max_steps is given twice ('train.max_steps=5', then "
+                                                "'train={lr: 1e-4}', which replaces the whole train section)"),
+    (["train={lr: 1e-4}", "train.lr=1e-3"], "override train.lr is given twice ('train={lr: 1e-4}', then "
+                                            "'train.lr=1e-3')"),
+    (["train=5", "train.lr=1e-3"], "override train is given twice ('train=5', then 'train.lr=1e-3')"),
+])
+def test_an_override_given_twice_is_a_usage_error_naming_both(overrides, said, tmp_path, capsys):
+    """`tpp run finetune --config X train.lr=1e-3 train.lr=1e-4` trained at 1e-4 without a word (and a section given
+    after one of its keys dropped that key). Calls tpp.cli.main itself: the tests' run_cli lets a later one win."""
+    from tpp.cli import main
+
+    out, nowhere = tmp_path / "run", f"data.root={tmp_path / 'no_data'}"  # were it accepted: refused, not trained
+    for argv in (["run", "finetune", "--config", FINETUNE, f"output_dir={out}", nowhere, *overrides],
+                 ["run", "evaluate", overrides[0], "--config", FINETUNE, "--overwrite", overrides[1], nowhere],
+                 ["validate", FINETUNE, nowhere, *overrides]):  # before, between and after options
+        with pytest.raises(SystemExit) as exited:
+            main(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and err.startswith(f"usage: tpp {argv[0]} [-h]"), err
+        assert f"tpp {argv[0]}: error: {said}" in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_overrides_that_add_to_a_section_are_no_repetition():
+    from tpp.config.parse import repeated_overrides
+
+    assert repeated_overrides(["train={}", "train={lr: 1e-4}", "train.max_steps=5", "train.epochs=2",
+                               "adapter.r=4", "adapter.alpha=8", "data.classes=[a, b]"]) == []
+    assert repeated_overrides(["not-an-override", "train.lr=1", "=2"]) == []  # load_config says what is wrong
+

@@ -362,6 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in ("run", "validate") or any(x.startswith("-") or "=" not in x for x in extra):
             args.usage_parser.error(f"unrecognized arguments: {' '.join(extra)}")  # the sub-command's usage
         args.overrides = list(args.overrides) + extra
+    if getattr(args, "overrides", None):  # run, validate
+        from tpp.config.parse import repeated_overrides
+
+        repeated = repeated_overrides(args.overrides)
+        if repeated:  # tpp would keep the last one without a word
+            args.usage_parser.error("; ".join(f"override {r}" for r in repeated) + ".")
     if not args.command:
         parser.print_help()
         return 0

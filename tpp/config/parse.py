@@ -162,6 +162,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _leaves(value) -> list[tuple]:
+    """The key paths below an override's value that it sets: () for a plain value, each key path of a mapping's
+    values (an empty mapping sets none)."""
+    if not isinstance(value, dict):
+        return [()]
+    return [(key, *rest) for key, sub in value.items() for rest in _leaves(sub)]
+
+
+def repeated_overrides(overrides: list[str]) -> list[str]:
+    """A sentence per key that two overrides set (``train.lr=1e-3 train.lr=1e-4``, or ``train.max_steps=5`` and
+    then ``train={lr: 1e-4}``, which replaces the whole section): :func:`apply_overrides` would keep the last
+    without a word. An override that does not parse is left to :func:`apply_overrides` to report."""
+    set_by: dict[tuple, str] = {}  # key path -> the override that set it
+    found: list[str] = []
+    for text in overrides:
+        try:
+            keys, value = parse_override(text)
+        except ConfigError:
+            continue
+        path = tuple(keys)
+        for earlier, by in list(set_by.items()):
+            if earlier[:len(path)] == path or path[:len(earlier)] == earlier:  # the same key, or one inside the other
+                dotted = ".".join(map(str, earlier))
+                whole = f", which replaces the whole {'.'.join(path)} section" if len(path) < len(earlier) else ""
+                found.append(f"{dotted} is given twice ('{by}', then '{text}'{whole}); keep one")
+                del set_by[earlier]
+        set_by.update({path + leaf: text for leaf in _leaves(value)})
+    return found
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply dotted overrides to a nested dict (in place) and return it."""
     for text in overrides:

@@ -166,3 +166,16 @@ def test_overrides_that_add_to_a_section_are_no_repetition():
                                "adapter.r=4", "adapter.alpha=8", "data.classes=[a, b]"]) == []
     assert repeated_overrides(["not-an-override", "train.lr=1", "=2"]) == []  # load_config says what is wrong
 
+def test_tpp_without_a_command_lists_the_commands_on_stderr_and_exits_2(capsys):
+    """It printed the help to stdout and exit 0, as if something had run (`tpp && next` went on)."""
+    from tpp.cli import main
+
+    assert main([]) == 2
+    captured = capsys.readouterr()
+    assert not captured.out and captured.err.startswith("usage: tpp [-h]")
+    assert "\n    run " in captured.err and "\n    predict " in captured.err
+    assert captured.err.rstrip().endswith("tpp: error: the following arguments are required: COMMAND")
+    with pytest.raises(SystemExit) as exited:  # asked for: stdout, exit 0
+        main(["--help"])
+    assert exited.value.code == 0 and capsys.readouterr().out.startswith("usage: tpp [-h]")
+

@@ -368,9 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         repeated = repeated_overrides(args.overrides)
         if repeated:  # tpp would keep the last one without a word
             args.usage_parser.error("; ".join(f"override {r}" for r in repeated) + ".")
-    if not args.command:
-        parser.print_help()
-        return 0
+    if not args.command:  # as argparse says of a missing required sub-command, with the commands listed
+        parser.print_help(sys.stderr)
+        print("\ntpp: error: the following arguments are required: COMMAND", file=sys.stderr)
+        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)

@@ -316,8 +316,10 @@ def stamp_wall_time(run, summary: dict) -> dict:
 def check_resume(path: Path, cfg) -> None:
     """What ``train.resume`` may continue, checked before anything is touched: the same config as the run in
     ``path`` except ``train.resume`` and a ``train.max_steps`` that extends it (not below the checkpoint's
-    step, nor below the run's own total). A run that succeeded raises :class:`RunFinished` unless extended."""
+    step, nor below the run's own total). A run that succeeded raises :class:`RunFinished` unless extended (also
+    when ``train.resume`` names one of its own checkpoints: that re-ran its last steps and rewrote its adapter)."""
     from tpp.errors import TppError
+    from tpp.rundir import earlier_run
 
     if cfg.train.resume != "auto" and not (Path(cfg.train.resume) / "state.pt").is_file():
         raise TppError(f"train.resume '{cfg.train.resume}' is not a complete checkpoint folder (no state.pt); name "
@@ -333,14 +335,16 @@ def check_resume(path: Path, cfg) -> None:
     old = _saved_train(origin).get("max_steps")
     new = cfg.train.max_steps
     if old is not None and (new is None or new < old):
-        raise TppError(f"train.max_steps: the run in '{path}' was planned for {old} steps; resuming may extend it "
-                       f"(train.max_steps={old} or more), not shorten it. Start a new output_dir=... for a shorter "
-                       "run.")
+        raise TppError(f"train.max_steps: the {earlier_run(origin)} in '{origin}' was planned for {old} steps; "
+                       f"resuming may extend it (train.max_steps={old} or more), not shorten it. Start a new "
+                       "output_dir=... for a shorter run.")
     if new is not None and step is not None and new < step:
         raise TppError(f"train.max_steps={new} is below step {step} of the checkpoint train.resume continues from; "
                        f"set train.max_steps={step} or more.")
     if cfg.train.resume == "auto":
         refuse_finished(path, new, step)
+    elif origin.resolve() == path.resolve():  # a checkpoint of the run in output_dir, named
+        refuse_finished(path, new, step, resume=cfg.train.resume)
 
 
 def _run_of_checkpoint(path: Path, resume: str) -> Path:
@@ -375,10 +379,11 @@ def _checkpoint_step(path: Path, resume: str) -> int | None:
     return max(steps) if steps else None
 
 
-def refuse_finished(path: Path, max_steps: int | None = None, step: int | None = None) -> None:
+def refuse_finished(path: Path, max_steps: int | None = None, step: int | None = None, resume: str = "auto") -> None:
     """Raise :class:`RunFinished` when the run in ``path`` succeeded (``status.json`` and ``metrics.json``):
     resuming it would re-run its last steps and rewrite its adapter. With ``max_steps`` beyond the steps it
-    ran, it is extended instead, from its final checkpoint ``step`` (a TppError when that is not its last step)."""
+    ran, it is extended instead, from its final checkpoint ``step`` (a TppError when that is not its last step),
+    or from the checkpoint ``resume`` names (a path: the user's choice)."""
     import json
 
     from tpp.errors import TppError
@@ -395,15 +400,16 @@ def refuse_finished(path: Path, max_steps: int | None = None, step: int | None =
         summary = None
     ran = summary.get("steps") if isinstance(summary, dict) else None
     if max_steps is not None and isinstance(ran, int) and max_steps > ran:
-        if step != ran:
+        if step != ran and resume == "auto":
             raise TppError(f"run '{path}' finished at step {ran} but has no checkpoint of that step "
                            f"({f'newest: step-{step}' if step else 'none'}), so it cannot be extended to "
                            f"train.max_steps={max_steps}. Start over with --overwrite (or another output_dir=...) "
                            "and train.checkpoint_every=N: a run with checkpoints also saves its last step.")
         return  # extended from its last step
-    raise RunFinished(f"run '{path}' already finished (status.json: succeeded); train.resume=auto has nothing to do "
-                      f"(to extend it, add a larger train.max_steps{f' than {ran}' if isinstance(ran, int) else ''}; "
-                      "to train it again, drop train.resume and pass --overwrite).", path, summary)
+    than = f" than {ran}" if isinstance(ran, int) else ""
+    raise RunFinished(f"run '{path}' already finished (status.json: succeeded); train.resume={resume} has nothing to "
+                      f"do (to extend it, add a larger train.max_steps{than}; to train it again, drop train.resume and "
+                      "pass --overwrite, or choose another output_dir=...).", path, summary)
 
 
 def _defaults(cfg) -> dict:
@@ -428,19 +434,21 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     from tpp.config.parse import load_yaml
     from tpp.config.paths import resolve_paths
     from tpp.errors import TppError
+    from tpp.rundir import earlier_run
 
     saved_file = path / "config.yaml"
     if not saved_file.is_file():
         return
+    run = earlier_run(path)  # "finished run" or "interrupted run"
     try:
         saved = load_yaml(saved_file, empty_ok=True)  # read once
         if not saved:
             raise TppError(f"config file '{saved_file}' is empty (or holds only comments).")
     except OSError as exc:
-        raise TppError(f"train.resume: '{saved_file}', the interrupted run's config, cannot be read "
+        raise TppError(f"train.resume: '{saved_file}', the {run}'s config, cannot be read "
                        f"({exc.strerror or exc}). Start over with --overwrite, or restore the file.") from None
     except TppError as exc:
-        raise TppError(f"train.resume: the interrupted run's config is damaged: {str(exc).rstrip('.')}. Start "
+        raise TppError(f"train.resume: the {run}'s config is damaged: {str(exc).rstrip('.')}. Start "
                        "over with --overwrite, or restore the file.") from None
     saved = {k: v for k, v in saved.items() if k in config}
     _unrecorded_pool_data(saved, config)
@@ -464,7 +472,13 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     if differing:
         changes = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:6])
         extend = " (only a larger train.max_steps may change)" if may_change else ""
-        raise TppError(f"train.resume: the config differs from the interrupted run in '{path}' ({changes}); resume "
+        here = Path(str(config.get("output_dir"))).resolve() == path.resolve()  # not another run's checkpoint
+        if run == "finished run" and here:  # nothing to continue: it is extended with its own config, or trained anew
+            raise TppError(f"train.resume: the config differs from the finished run in '{path}' ({changes}); nothing "
+                           f"was trained. A finished run is extended only with its own config{extend}; to train this "
+                           "config, choose another output_dir=..., or drop train.resume and pass --overwrite to "
+                           "replace the finished run.")
+        raise TppError(f"train.resume: the config differs from the {run} in '{path}' ({changes}); resume "
                        f"with the same config{extend}, or start a new output_dir=... (or --overwrite without "
                        "train.resume).")
 

@@ -175,6 +175,20 @@ def test_resume_of_a_run_that_failed_before_its_first_checkpoint_starts_it_over_
     assert (with_checkpoint / "checkpoints" / "step-2").is_dir() and "replacing" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("checkpoints, said", [
+    (["step-4"], "Extend it with train.resume=auto and a larger train.max_steps; pass --overwrite"),
+    ([], "It has no checkpoint, so train.resume cannot extend it; pass --overwrite"),
+])
+def test_a_finished_run_in_the_way_is_offered_no_resume_to_continue_it(tmp_path, checkpoints, said):
+    """A finished run was told "train.resume=auto continues a run from its newest checkpoint", which on a finished
+    run has nothing to continue (it only extends one that has a checkpoint of its last step)."""
+    out = run_folder(tmp_path / "out", "succeeded", checkpoints)
+    (out / "log.jsonl").write_text('{"event": "step", "step": 4}\n')
+    with pytest.raises(TppError) as info:
+        RunDir(out)
+    assert str(info.value).startswith(f"output_dir '{out}' holds a finished run") and said in str(info.value)
+
+
 @pytest.mark.parametrize("status, checkpoints, said", [
     ("failed", ["step-2", "step-4"], "holds a failed run with checkpoints (newest: step-4); it failed with: TppError"),
     ("succeeded", ["step-4"], "holds a finished run (newest: step-4)"),
@@ -284,7 +298,7 @@ def test_a_finished_run_extends_to_a_larger_max_steps(tiny_mae, data_root, tmp_p
     assert finetune(tiny_mae, data_root, out, *EXTEND, "train.max_steps=7", "train.resume=auto") == 0
     assert "already finished" in capsys.readouterr().out  # nothing more to do
     assert finetune(tiny_mae, data_root, out, *EXTEND, "train.max_steps=5", "train.resume=auto") == 2
-    assert "train.max_steps: the run in" in capsys.readouterr().err  # a resume may not shorten the run
+    assert "train.max_steps: the finished run in" in capsys.readouterr().err  # a resume may not shorten the run
     assert finetune(tiny_mae, data_root, out, *EXTEND, "train.max_steps=9", "train.resume=auto", "train.lr=0.5") == 2
     err = capsys.readouterr().err
     assert "train.lr: 0.001 -> 0.5" in err and "only a larger train.max_steps may change" in err

@@ -198,14 +198,20 @@ def test_resuming_a_finished_run_says_so_and_touches_nothing(tiny_mae, reference
     assert run_cli(*args(tiny_mae, root, out)) == 0
     capsys.readouterr()
     before = _snapshot(out)
-    assert run_cli(*args(tiny_mae, root, out, "train.resume=auto")) == 0
-    printed = capsys.readouterr().out.strip().splitlines()
-    assert len(printed) == 1 and f"'{out}' already finished" in printed[0]
-    assert _snapshot(out) == before  # adapter, metrics, log, status and checkpoints: same bytes, same mtimes
+    # train.resume=PATH of one of its own checkpoints re-ran the steps after it and rewrote the adapter
+    for resume in ("auto", out / "checkpoints" / "step-8", out / "checkpoints" / "step-6"):
+        assert run_cli(*args(tiny_mae, root, out, f"train.resume={resume}")) == 0
+        printed = capsys.readouterr().out.strip().splitlines()
+        assert len(printed) == 1 and f"'{out}' already finished" in printed[0], printed
+        assert f"train.resume={resume} has nothing to do" in printed[0] and "--overwrite" in printed[0]
+        assert "another output_dir=..." in printed[0]
+        assert _snapshot(out) == before  # adapter, metrics, log, status and checkpoints: same bytes, same mtimes
     assert_same_end(ref, out)
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert run_cli(*args(tiny_mae, root, out, "train.resume=auto", "train.lr=0.5")) == 2  # changed config: an error
-    assert "train.lr" in capsys.readouterr().err and _snapshot(out) == before
+    err = capsys.readouterr().err  # it said "the interrupted run": the run finished
+    assert f"the config differs from the finished run in '{out}' (train.lr: " in err and "nothing was trained" in err
+    assert "another output_dir=..." in err and "--overwrite" in err and _snapshot(out) == before
 
 
 def test_a_failed_checkpoint_write_leaves_no_temp_folder(tmp_path, monkeypatch):
@@ -397,7 +403,7 @@ def test_resume_without_the_runs_config_or_from_another_runs_checkpoint_compares
     assert "the config of the run whose checkpoint would be continued, is missing" in capsys.readouterr().err
     assert run_cli(*args(tiny_mae, root, tmp_path / "other", f"train.resume={ref / 'checkpoints' / 'step-6'}",
                          "train.lr=0.5")) == 2
-    assert f"the config differs from the interrupted run in '{ref}'" in capsys.readouterr().err
+    assert f"the config differs from the finished run in '{ref}'" in capsys.readouterr().err  # its checkpoint
     assert not (tmp_path / "other").exists()
     shutil.copytree(ref / "checkpoints" / "step-6", tmp_path / "archive" / "step-6")  # a checkpoint kept on its own
     assert run_cli(*args(tiny_mae, root, tmp_path / "from_archive",
@@ -430,7 +436,8 @@ def test_data_that_changed_between_segments_is_refused_on_resume(tiny_mae, tmp_p
     make_medmnist(tmp_path / "data", n=(80, 20, 20), seed=1)  # the same path, other images
     assert run_cli(*args(tiny_mae, root, out, "train.resume=auto", "train.max_steps=12")) == 2
     err = capsys.readouterr().err
-    assert "the data differs from the interrupted run's" in err and "train: 60 -> 80" in err
+    assert "the data differs from the finished run's" in err and "train: 60 -> 80" in err
+    assert "nothing was trained" in err and "another output_dir=..." in err
     assert json.loads((out / "status.json").read_text())["status"] == "succeeded"  # the finished run is intact
     with open(out / "log.jsonl", "a") as fh:
         fh.write('{"time": 1, "event": "st')  # a line cut short by a killed run

@@ -272,14 +272,19 @@ class RunDir:
                 raise write_error(path, exc) from exc
 
     def log_data(self, resuming: bool, **record) -> None:
-        """Log the run's ``data`` event. Resuming, it must equal the interrupted run's last one (the data changed
-        between the segments otherwise: other images, another split): a TppError naming what differs."""
+        """Log the run's ``data`` event. Resuming, it must equal the interrupted (or extended finished) run's last
+        one (the data changed between the segments otherwise: other images, another split): a TppError naming what
+        differs."""
         record = json.loads(json.dumps(finite_json(record), default=_json_default))  # as the log holds it
         continues = resuming and self.main and run_state(self.path)["checkpoints"]  # else it starts at step 1
         earlier = self.last_event("data") if continues else None
         changed = [k for k in record if earlier is not None and k in earlier and earlier[k] != record[k]]
         if changed:
             shown = "; ".join(f"{k}: {str(earlier[k])[:80]} -> {str(record[k])[:80]}" for k in changed[:4])
+            if self.resumed is not None and '"succeeded"' in self.resumed[0]:  # an extension: the run stays finished
+                raise TppError(f"train.resume: the data differs from the finished run's in '{self.path}' ({shown}); "
+                               "nothing was trained. Extend it with the same data; to train on this data, choose "
+                               "another output_dir=..., or drop train.resume and pass --overwrite to replace it.")
             raise TppError(f"train.resume: the data differs from the interrupted run's in '{self.path}' ({shown}); "
                            "resume with the same data, or start over with --overwrite.")
         self.log(event="data", **record)
@@ -485,6 +490,12 @@ def run_state(path: Path) -> dict:
             "damaged": damaged}
 
 
+def earlier_run(path: Path) -> str:
+    """What a resume continues in ``path``, in words: "finished run" when its ``status.json`` says succeeded (an
+    extension), else "interrupted run"."""
+    return "finished run" if run_state(path)["status"] == "succeeded" else "interrupted run"
+
+
 def damaged_status(path: Path, state: dict) -> str:
     """The words for a run folder whose ``status.json`` is damaged (see :func:`run_state`)."""
     return (f"holds a damaged status.json ({state['damaged']}), so tpp cannot tell whether, or how, the run in "
@@ -521,6 +532,9 @@ def not_empty_message(path: Path, state: dict) -> str:
                 "run, not even with --overwrite: choose another output_dir=... (or empty this one yourself)")
     if state["damaged"]:
         resume = "train.resume will not continue it"
+    elif state["status"] == "succeeded":  # nothing to continue: train.resume=auto only extends it
+        resume = ("Extend it with train.resume=auto and a larger train.max_steps" if state["checkpoints"] else
+                  "It has no checkpoint, so train.resume cannot extend it")
     elif state["checkpoints"]:
         resume = "Continue it with train.resume=auto (a larger train.max_steps extends it)"
     elif state["status"]:

@@ -166,6 +166,7 @@ def test_overrides_that_add_to_a_section_are_no_repetition():
                                "adapter.r=4", "adapter.alpha=8", "data.classes=[a, b]"]) == []
     assert repeated_overrides(["not-an-override", "train.lr=1", "=2"]) == []  # load_config says what is wrong
 
+
 def test_tpp_without_a_command_lists_the_commands_on_stderr_and_exits_2(capsys):
     """It printed the help to stdout and exit 0, as if something had run (`tpp && next` went on)."""
     from tpp.cli import main
@@ -179,3 +180,30 @@ def test_tpp_without_a_command_lists_the_commands_on_stderr_and_exits_2(capsys):
         main(["--help"])
     assert exited.value.code == 0 and capsys.readouterr().out.startswith("usage: tpp [-h]")
 
+
+@pytest.mark.parametrize("argv, said", [
+    ("run finetune --config CONFIG output_dir=x --overwrite --resume",
+     "unrecognized arguments: --resume (to continue a run, add the override train.resume=auto)"),
+    ("validate CONFIG --train.lr=1e-4", "unrecognized arguments: --train.lr=1e-4 (overrides take no dashes: "
+                                        "train.lr=1e-4)"),
+    ("run finetune --config CONFIG train.lr=1 lr", "unrecognized arguments: lr (overrides look like key=value"),
+    ("run", "the following arguments are required: recipe, --config\n"),
+])
+def test_a_usage_error_of_run_names_only_what_is_wrong_and_what_to_give(argv, said, capsys):
+    """The valid overrides given with an unknown option were listed as unrecognized too (`unrecognized arguments:
+    output_dir=x --resume`), `--resume` said nothing of train.resume, and `tpp run` called the overrides required."""
+    with pytest.raises(SystemExit) as exited:
+        run_cli(*argv.split())
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"error: {said}" in err, err
+
+
+def test_every_action_of_adapters_and_context_has_examples_in_its_help():
+    """`tpp adapters publish --help` (and every other action's) showed no example; only `tpp adapters --help` did."""
+    from tpp.cli import _parser
+
+    import re
+
+    missing = [" ".join(path) for path, p in parsers(_parser()) if len(path) > 1
+               and not re.search(rf"examples:\n(.*\n)*.*{' '.join(path)}(\s|$)", p.epilog or "")]
+    assert not missing

@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
                           "replaced without it; train.resume=auto continues a run instead)")
     run.add_argument("--num-processes", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs); batch_size is per process")
-    run.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.lr=1e-4")
+    run.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. train.lr=1e-4")
     add("ls", "list recipes, adapter methods, pretexts, data sources, tasks, shipped configs and shipped backbones")
     cp = add("cp", "copy a config out for editing (relative paths in it are made absolute: they were relative "
                    "to the file's folder)")
@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--csv", metavar="FILE", help="also write every column, raw numbers, to FILE (atomically)")
     val = add("validate", "check a config (and overrides) and the data it reads, without training anything")
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
-    val.add_argument("overrides", nargs="*", help="key=value overrides")
+    val.add_argument("overrides", nargs="*", default=[], help="key=value overrides")
     val.add_argument("--keys", action="store_true", help="list every config key with type, default and help")
     pl = add("plot", "plot a run's training curves, and ROC and calibration from its predictions.csv (PNG)")
     pl.add_argument("run_dir", help="a run directory (output_dir) of any recipe (a failed or running one too: "
@@ -355,23 +355,38 @@ def _quiet_hub_progress() -> None:
         hf_logging.disable_progress_bar()
 
 
+def _hint(unknown: list[str]) -> str:
+    """What ``tpp run`` / ``tpp validate`` take instead of an option they do not know, when it is clear."""
+    for arg in unknown:
+        if arg.startswith("--resume"):
+            return " (to continue a run, add the override train.resume=auto)"
+        key, _, value = arg.lstrip("-").partition("=")
+        if arg.startswith("-") and "." in key and value:  # --train.lr=1e-4
+            return f" (overrides take no dashes: {key}={value})"
+        if not arg.startswith("-"):
+            return " (overrides look like key=value, e.g. train.lr=1e-4)"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come before or after --config
-        if args.command not in ("run", "validate") or any(x.startswith("-") or "=" not in x for x in extra):
-            args.usage_parser.error(f"unrecognized arguments: {' '.join(extra)}")  # the sub-command's usage
+        overrides = args.command in ("run", "validate")
+        unknown = [x for x in extra if not overrides or x.startswith("-") or "=" not in x]  # not the overrides
+        if unknown:  # the sub-command's usage
+            args.usage_parser.error(f"unrecognized arguments: {' '.join(unknown)}{_hint(unknown) if overrides else ''}")
         args.overrides = list(args.overrides) + extra
+    if not args.command:  # as argparse says of a missing required sub-command, with the commands listed
+        parser.print_help(sys.stderr)
+        print("\ntpp: error: the following arguments are required: COMMAND", file=sys.stderr)
+        return 2
     if getattr(args, "overrides", None):  # run, validate
         from tpp.config.parse import repeated_overrides
 
         repeated = repeated_overrides(args.overrides)
         if repeated:  # tpp would keep the last one without a word
             args.usage_parser.error("; ".join(f"override {r}" for r in repeated) + ".")
-    if not args.command:  # as argparse says of a missing required sub-command, with the commands listed
-        parser.print_help(sys.stderr)
-        print("\ntpp: error: the following arguments are required: COMMAND", file=sys.stderr)
-        return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)

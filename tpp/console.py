@@ -1,6 +1,9 @@
 """What the CLI prints for tables and store checks (shared by ``tpp adapters`` and ``tpp context``)."""
 from __future__ import annotations
 
+import argparse
+import re
+
 
 def printable(value) -> str:
     """``str(value)`` as a terminal may show it: what a forged card or manifest could hide in it (escape
@@ -39,7 +42,8 @@ def add_actions(parser, actions: list, options: dict, aliases: dict | None = Non
     :func:`action_paths` gives them as a list."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, summary, positionals, keys in actions:
-        p = sub.add_parser(name, help=summary, description=summary, aliases=(aliases or {}).get(name, []))
+        p = sub.add_parser(name, help=summary, description=summary, aliases=(aliases or {}).get(name, []),
+                           epilog=action_examples(parser, name), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--debug", action="store_true", help="show full tracebacks")
         for i, metavar in enumerate(positionals):  # one argument each: a tuple metavar breaks --help
             p.add_argument(f"path{i}", metavar=metavar, help=(positional_help or {}).get(metavar))
@@ -47,6 +51,14 @@ def add_actions(parser, actions: list, options: dict, aliases: dict | None = Non
         for key in keys:
             flag, kwargs = options[key]
             p.add_argument(flag, **kwargs)
+
+
+def action_examples(parser, action: str) -> str | None:
+    """The example lines of ``parser``'s epilog (``tpp adapters --help``'s) that run ``action``, for that action's
+    own ``--help`` (None: there are none)."""
+    lines = [line for line in (parser.epilog or "").splitlines()
+             if re.search(rf"(^|\s){re.escape(parser.prog)} {re.escape(action)}(\s|$)", line)]
+    return "examples:\n" + "\n".join(lines) if lines else None
 
 
 def action_paths(args) -> list[str]:

@@ -390,3 +390,13 @@ def test_multitask_is_validated_on_its_pools_data_loaded(tiny_mae, data_root, tm
     assert code == 2 and "found with its data loaded" in text and "task 'mr-classification': dataset 'mr' has 1" in text
     code, text = validate(capsys, *base, "pool=[{kind: mae, data: {source: medmnist, name: breastmnist}}]")
     assert code == 0 and "data pool: breastmnist-mae 60 training images" in text, text
+
+
+def test_the_ok_line_names_a_pretrain_pool_by_its_datasets():
+    """A ``pretrain_backbone`` pool's entries have no ``kind`` (that is the multitask recipe's key): validate's ok
+    line lists them by dataset name, not as ``bloodmnist-None``."""
+    from tpp.cli import _what_runs
+    line = _what_runs(load_config(find_config("backbones/mae_vit_tiny_med_pool.yaml")))
+    assert line.startswith("pool bloodmnist, ") and "None" not in line
+    multitask = _what_runs(load_config(find_config("multitask/tpp_pool.yaml")))
+    assert "None" not in multitask and "pool " in multitask

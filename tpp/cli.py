@@ -224,7 +224,7 @@ def cmd_validate(args) -> int:
 
 def _what_runs(cfg) -> str:
     """A few words on what a validated config would train (validate's ok line)."""
-    pool = ", ".join(e.name or f"{e.data.name}-{e.kind}" for e in cfg.pool)
+    pool = ", ".join(e.name or "-".join(part for part in (e.data.name, e.kind) if part) for e in cfg.pool)
     if cfg.recipe == "pretrain_backbone":  # a backbone from scratch on a pool of datasets
         return f"pool {pool}, ViT-MAE width {cfg.model.hidden_size} depth {cfg.model.num_hidden_layers}"
     if cfg.recipe == "multitask":

@@ -135,7 +135,7 @@ def add_deploy_commands(add) -> None:
 
 
 def _common_deploy(p, store_required: bool = True) -> None:
-    p.add_argument("--backbone", required=True, help="backbone: builtin:NAME (shipped with tpp), a directory or a hub id")
+    p.add_argument("--backbone", required=True, help="backbone: builtin:NAME (shipped), a directory or a hub id")
     p.add_argument("--store", required=store_required, help="adapter store directory"
                    + ("" if store_required else " (not with --context)"))
     p.add_argument("--max-resident", type=int, default=16, help="site adapters kept in memory (LRU)")

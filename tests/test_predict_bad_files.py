@@ -225,6 +225,7 @@ def test_each_input_is_read_once_unless_only_its_content_tells_its_format(world,
     """Every input's first bytes were read to tell its format (for the reading options' warning), also when its name
     told it, and then again whole to decode it. Now a file is read once, to decode it; only a file whose name does
     not tell its format (a PACS-style DICOM) has its header read first, once, to find it is an image."""
+    from tpp.data import file_reading
     from tpp.serve import predict as predict_module
 
     folder = tmp_path / "scans"
@@ -244,7 +245,7 @@ def test_each_input_is_read_once_unless_only_its_content_tells_its_format(world,
         return read(path, *args, **kwargs)
 
     read = predict_module.readers.read
-    monkeypatch.setattr(predict_module, "open", counted_open, raising=False)
+    monkeypatch.setattr(file_reading, "open", counted_open, raising=False)  # where formats are told
     monkeypatch.setattr(predict_module.readers, "read", counted_read)
     out = tmp_path / "preds.csv"
     assert predict(world, "--site", "site_a", folder, "--out", out, "--window", "40,400", "--frame", "0") == 0

@@ -82,18 +82,30 @@ ACTS_ON = {"frame": ("dicom",), "slice_spec": ("nifti",), "window": ("dicom", "n
 FORMAT_NAMES = {"dicom": "DICOM", "nifti": "NIfTI"}
 
 
-def file_format(path: str) -> str | None:
+SNIFF_BYTES = 132  # a DICOM preamble (128 bytes) and its "DICM"; every other format's magic is shorter
+
+
+def named_format(path) -> str | None:
+    """pil | npy | dicom | nifti when the name of ``path`` tells it (nothing is read), else None."""
+    from tpp.data.images import ImageError, sniff
+
+    try:
+        return sniff(b"", str(path))
+    except ImageError:
+        return None
+
+
+def file_format(path) -> str | None:
     """pil | npy | dicom | nifti of an image file, as the reader tells them (its name, else its first bytes: a
     DICOM file without a suffix); None for a file that cannot be opened or is none of them."""
     from tpp.data.images import ImageError, sniff
 
-    try:
-        return sniff(b"", path)  # by the name: no byte read
-    except ImageError:
-        pass
+    named = named_format(path)
+    if named:
+        return named
     try:
         with open(path, "rb") as fh:
-            return sniff(fh.read(132), path)
+            return sniff(fh.read(SNIFF_BYTES), str(path))
     except (OSError, ImageError):
         return None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tpp.data.file_reading import ACTS_ON, FLAGS, FORMAT_NAMES, file_format, named_format
 from tpp.data.filesets import image_stem, walk_files
 from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
@@ -25,7 +26,6 @@ from tpp.rundir import write_atomic, write_error
 
 SUFFIXES = readers.PIL_SUFFIXES | {".npy", ".dcm", ".dicom", ".nii", ".gz"}
 ON_BAD_FILE = ("skip", "fail")
-SNIFF_BYTES = 132  # a DICOM preamble (128 bytes) and its "DICM"; every other format's magic is shorter
 
 
 @dataclass
@@ -42,47 +42,22 @@ DOCUMENT_SUFFIXES = frozenset({".txt", ".csv", ".tsv", ".json", ".xml", ".md", "
 
 def _is_image(path: Path) -> bool:
     """By suffix, else by content: extensionless DICOM (PACS style ``IM00001``), ``.npy``, NIfTI, PNG, JPEG."""
-    return path.suffix.lower() in SUFFIXES or _format_of(path) is not None
-
-
-READ_OPTIONS = {"frame": ("--frame", ("dicom",)), "slice_spec": ("--slice", ("nifti",)),
-                "window": ("--window", ("dicom", "nifti"))}  # what each reading option acts on
-
-
-def _named_format(path: Path) -> str | None:
-    """pil | npy | dicom | nifti when the name tells it (nothing is read), else None."""
-    try:
-        return readers.sniff(b"", path.name)
-    except readers.ImageError:
-        return None
-
-
-def _format_of(path: Path) -> str | None:
-    """pil | npy | dicom | nifti from the name, else the first bytes (read only then); None for a file that
-    cannot be read."""
-    named = _named_format(path)
-    if named:
-        return named
-    try:
-        with open(path, "rb") as fh:
-            return readers.sniff(fh.read(SNIFF_BYTES), path.name)
-    except (OSError, readers.ImageError):
-        return None
+    return path.suffix.lower() in SUFFIXES or file_format(path) is not None
 
 
 def ignored_read_options(files: list[Path], options: dict | None) -> list[str]:
     """One warning for each reading option given (``frame``, ``slice_spec``, ``window``) that acts on no input
-    (e.g. ``--window`` for PNG files only): it would change nothing, which the user should know. The files'
-    names tell most formats; a header is read (that of a file its name does not tell) only while an asked format
-    is still not found."""
-    asked = [(flag, kinds) for key, (flag, kinds) in READ_OPTIONS.items() if (options or {}).get(key) is not None]
-    named = {Path(f): _named_format(Path(f)) for f in files} if asked else {}
+    (e.g. ``--window`` for PNG files only; what acts on what: :data:`tpp.data.file_reading.ACTS_ON`, as training
+    decides it): it would change nothing, which the user should know. The files' names tell most formats; a
+    header is read (that of a file its name does not tell) only while an asked format is still not found."""
+    asked = [key for key in ACTS_ON if (options or {}).get(key) is not None]
+    named = {Path(f): named_format(f) for f in files} if asked else {}
     found, unnamed = set(named.values()), iter([f for f, kind in named.items() if kind is None])
-    while not all(found & set(kinds) for _, kinds in asked) and (file := next(unnamed, None)) is not None:
-        found.add(_format_of(file))
-    return [f"{flag} acts on {' and '.join(k.upper() if k == 'dicom' else 'NIfTI' for k in kinds)} files only; "
+    while not all(found & set(ACTS_ON[key]) for key in asked) and (file := next(unnamed, None)) is not None:
+        found.add(file_format(file))
+    return [f"{FLAGS[key]} acts on {' and '.join(FORMAT_NAMES[k] for k in ACTS_ON[key])} files only; "
             f"none of the {len(files)} inputs is one, so it changes nothing."
-            for flag, kinds in asked if not found & set(kinds)]
+            for key in asked if not found & set(ACTS_ON[key])]
 
 
 INPUT_COLUMNS = ("image", "site", "version")  # what was asked; never a file the task wrote, whatever its name

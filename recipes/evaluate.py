@@ -17,7 +17,7 @@ import copy
 import math
 import warnings
 
-from tpp.adapter_dir import HEAD, read_card, read_tensors, read_weights, verify_backbone
+from tpp.adapter_dir import HEAD, read_card_files, read_head, read_tensors, read_weights, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
@@ -32,8 +32,9 @@ from tpp.training import build_accelerator, predict
 
 def load_task_model(path: str, backbone_path: str, mean=None, std=None):
     """Backbone + adapter directory (verified against the card) -> (TaskModel in eval mode, card, info).
-    The input size is the card's; ``task_of_card(card)`` is its task."""
-    card = read_card(path, kinds=("adapter", "full_model"))
+    The input size is the card's; ``task_of_card(card)`` is its task. A store version folder's files are read
+    once: the tensors loaded are the bytes its content hash verified."""
+    card, files = read_card_files(path, kinds=("adapter", "full_model"))
     task = task_of_card(card)
     if task is None:
         raise TppError(f"adapter '{path}' has no task head (stage {card.get('stage')!r}); "
@@ -43,8 +44,8 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
     attach_from_card(encoder, card, str(path))
     info.frame = input_frame(encoder.model)
     check_frame(card, info.frame, path)  # predict / serve frame by the card: both must agree
-    load_adapter_state(encoder, read_weights(path, card), path)
-    head_state = read_tensors(path, HEAD)
+    load_adapter_state(encoder, read_weights(path, card, files), path)
+    head_state = read_head(path, files)
     check_head(card, head_state, path)  # sizes from the file, before the card can size the head
     head = build_head(card, info.hidden_size, head_state, f"{path}/{HEAD}")
     return TaskModel(encoder, head).eval(), card, info

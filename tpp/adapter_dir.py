@@ -134,8 +134,16 @@ def read_weights(path: str | Path, card: dict, files: dict[str, bytes] | None = 
     """The method's saved tensors ({} for a linear probe, which saves only its head); from ``files``, bytes already
     read and verified (:func:`read_version_folder`), when given, else from the file."""
     name = card.get("weights_file", WEIGHTS)
-    if not name:
-        return {}
+    return _file_tensors(path, name, files) if name else {}
+
+
+def read_head(path: str | Path, files: dict[str, bytes] | None = None) -> dict[str, torch.Tensor]:
+    """The task head's tensors (``head.safetensors``); from ``files``, bytes already read and verified
+    (:func:`read_card_files`), when given, else from the file."""
+    return _file_tensors(path, HEAD, files)
+
+
+def _file_tensors(path: str | Path, name: str, files: dict[str, bytes] | None) -> dict[str, torch.Tensor]:
     if files is not None and name not in files:
         raise TppError(f"adapter directory '{path}' lacks {name}.")
     return read_tensors(path, name, data=None if files is None else files[name])
@@ -147,6 +155,13 @@ def read_adapter(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, d
     that could find other bytes (a parent adapter's hand-off, ``adapter.init_from``)."""
     card, files = _read_card(Path(path), kinds)
     return card, read_weights(path, card, files)
+
+
+def read_card_files(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, bytes] | None]:
+    """:func:`read_card`'s card, and the files of a store version folder as its content hash verified them (None
+    for another folder): hand them to :func:`read_weights` and :func:`read_head`, so that what is loaded is what
+    was verified, never a second read that could find other bytes (evaluating a version folder)."""
+    return _read_card(Path(path), kinds)
 
 
 def dir_size(path: Path) -> int:

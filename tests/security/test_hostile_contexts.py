@@ -282,3 +282,20 @@ def test_a_set_deleted_between_the_routes_check_and_its_use_is_404(tmp_path, mon
     monkeypatch.setattr(contexts, "open_context", deleted_first)
     status, answer, _ = call(app, "POST", "/v1/contexts/s/predict", files=[("q.png", png(np.zeros((8, 8))))])
     assert (status, answer) == (404, {"detail": "no context set is published as 's'; GET /v1/contexts lists them."})
+
+
+@pytest.mark.parametrize("stray", ["not.a.site", "with space", "-dash-first"])
+def test_a_folder_that_is_no_site_name_does_not_hide_the_context_sets(tmp_path, stray):
+    """A folder of _contexts named like no site, with a pointer file in it, made contexts.sites list it, and then
+    tpp context list / check and GET /v1/contexts refuse the whole store (check_site of its name), not that one
+    folder; the adapter store's listing leaves such folders out (store.sites)."""
+    from tpp.cli import main
+
+    store = tmp_path / "store"
+    contexts.publish(context_folder(tmp_path / "ctx"), store, "good", BACKBONE)
+    (store / contexts.FOLDER / stray).mkdir()
+    (store / contexts.FOLDER / stray / "current").write_text("0123456789abcdef\n")
+    assert contexts.sites(store) == ["good"]
+    assert [row["site"] for row in contexts.listing(store)] == ["good"]
+    assert contexts.check_store(store, backbone_hash=BACKBONE["hash"]) == {"good": None}
+    assert main(["context", "list", str(store)]) == 0

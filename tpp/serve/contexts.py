@@ -106,11 +106,13 @@ def publish(source: str | Path, store: str | Path, site: str, backbone: dict, ma
 
 def sites(store: str | Path) -> list[str]:
     """Context sites with a current version, sorted (none when the store has no contexts); a folder of them that
-    cannot be listed is a :class:`TppError` naming it (as :func:`tpp.serve.store.sites`)."""
+    cannot be listed is a :class:`TppError` naming it, and a folder named like no site is none (as
+    :func:`tpp.serve.store.sites`: listing or checking the store would refuse all of it for that one name)."""
     root = _root(store)
     if not root.is_dir():
         return []
-    return sorted(e.name for e in list_folder(root) if not e.is_symlink() and adapter_store.has_pointer(Path(e.path)))
+    return sorted(e.name for e in list_folder(root) if adapter_store._SITE_RE.fullmatch(e.name)
+                  and not e.is_symlink() and adapter_store.has_pointer(Path(e.path)))
 
 
 def current_version(store: str | Path, site: str) -> str | None:

@@ -283,7 +283,14 @@ def read_regular(path: Path, limit: int | None = None, shown: str | Path | None 
         if info.st_size > limit:
             raise TppError(f"'{shown}' has {info.st_size:,} bytes, larger than the {limit:,} bytes such a file may "
                            "have; refused.")
-        data = fh.read(limit + 1)
+        # the size found and a byte more, never ``limit + 1`` at once: a read allocates its whole buffer first (4 GiB
+        # for every weights file); a file grown since its size was taken is read on in chunks, up to the cap
+        parts = [fh.read(info.st_size + 1)]
+        size = len(parts[0])
+        while info.st_size < size <= limit and (part := fh.read(min(MIB, limit + 1 - size))):
+            parts.append(part)
+            size += len(part)
+        data = b"".join(parts)
     if len(data) > limit:
         raise TppError(f"'{shown}' grew larger than the {limit:,} bytes such a file may have while it was read; "
                        "refused.")

@@ -337,3 +337,52 @@ def test_store_files_over_their_size_cap_are_refused_unread_naming_file_and_size
         fh.truncate(2**33)  # sparse: 8 GiB that take no disk; reading them would take 8 GiB of memory
     with pytest.raises(TppError, match=refused(folder / "adapter_model.safetensors", 2**33, 2**20)):
         store.open_version(tmp_path / "store", "weights")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs RLIMIT_AS and /proc/self/status (Linux)")
+def test_a_small_file_is_read_without_a_buffer_the_size_of_its_cap(tmp_path):
+    """read_regular asked the file object for limit + 1 bytes, and Python allocates a read's whole buffer before
+    reading: every weights file, 7 KiB or not, took a 4 GiB allocation (a MemoryError under ulimit -v, with strict
+    overcommit or on a host with less memory), every context image one of its byte cap. Read in a process allowed
+    1 GiB more address space than it uses once tpp is imported."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from safetensors.torch import save_file
+
+    from tpp.adapter_dir import WEIGHTS
+
+    weights = tmp_path / WEIGHTS
+    save_file({"w": torch.ones(4)}, str(weights))
+    script = textwrap.dedent(f"""
+        import resource
+        from tpp.adapter_dir import read_regular
+        used = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY))
+        print(len(read_regular({str(weights)!r})))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(weights.stat().st_size)]
+
+
+def test_a_file_growing_while_it_is_read_is_read_to_its_cap_and_refused_past_it(tmp_path, monkeypatch):
+    """The size checked (fstat) is not trusted while reading: a file that grows after it stays readable up to the
+    cap, and is refused past it."""
+    from tpp import adapter_dir
+
+    path = tmp_path / "tpp_card.json"
+    path.write_bytes(b"x" * 10)
+    real = os.fstat
+
+    def grown(fd):  # the file grows right after its size was taken
+        info = real(fd)
+        with open(path, "ab") as fh:
+            fh.write(b"y" * 90)
+        return info
+
+    monkeypatch.setattr(adapter_dir.os, "fstat", grown)
+    assert adapter_dir.read_regular(path, limit=200) == b"x" * 10 + b"y" * 90
+    with pytest.raises(TppError, match="grew larger than the 150 bytes"):
+        adapter_dir.read_regular(path, limit=150)

@@ -68,6 +68,20 @@ def test_a_mask_broken_after_loading_is_named_when_its_batch_reads_it(tmp_path):
         MaskTargets(train.masks)[0:2]
 
 
+def test_a_mask_replaced_by_one_of_another_shape_after_loading_is_refused_by_name(tmp_path):
+    """The load-time check compared the mask's shape with its image's; a batch's decode compares it with the shape
+    it had then, so a 20x60 file swapped in later is not silently resized into the batch."""
+    train = seg.load_seg_folder(**seg_folder(tmp_path / "seg")).split("train")
+    name = train.masks.paths[0]
+    MaskTargets(train.masks)[0:1]  # as loaded: fine
+    swapped = np.zeros((60, 20), np.uint8)
+    swapped[:30] = 255
+    Image.fromarray(swapped).save(name)
+    with pytest.raises(TppError, match=re.escape(f"mask '{name}' is 20x60 pixels but was 20x20 when the data was "
+                                                 "loaded: it changed since")):
+        MaskTargets(train.masks)[0:1]
+
+
 def test_streamed_masks_hash_and_score_as_held_masks(tmp_path):
     ds = seg.load_seg_folder(**seg_folder(tmp_path / "seg"))
     held = Dataset(ds.name, ds.modality, ds.class_names, split_id=ds.split_id,
@@ -94,3 +108,15 @@ def test_mask_targets_of_an_array_index_as_the_int64_tensor():
     assert torch.equal(targets[2], tensor[2]) and torch.equal(targets[np.int64(-1)], tensor[-1])
     assert torch.equal(targets[1:6:2], tensor[1:6:2]) and torch.equal(targets[[4, 0]], tensor[[4, 0]])
     assert targets[5:5].shape == (0, 4, 5)
+
+
+def test_an_empty_split_scores_as_undefined_not_an_error():
+    """Scoring in chunks keeps what scoring whole gave for no images: undefined (null) metrics, and a NaN quick
+    Dice, not a concatenation error."""
+    import math
+
+    from tpp.seg_metrics import quick_dice
+    pred, truth = torch.zeros(0, 8, 8, dtype=torch.uint8), torch.zeros(0, 8, 8).long()
+    metrics = segmentation_metrics(pred, truth, ["background", "lesion"])
+    assert metrics["n"] == 0 and metrics["dice"] is None and metrics["per_class"]["lesion"]["images"] == 0
+    assert math.isnan(quick_dice(pred, truth, 2))

@@ -130,7 +130,7 @@ def quick_dice(pred: torch.Tensor, target, num_classes: int, chunk: int = CHUNK)
 
     dice = torch.cat([dice_score(pred[start:start + len(t)].long(), t.long(), num_classes=num_classes,
                                  include_background=False, average="none", input_format="index",
-                                 aggregation_level="samplewise").reshape(len(t), -1)
+                                 aggregation_level="samplewise").reshape(len(t), num_classes - 1)
                       for start, t in target_chunks(target, chunk)])
     return _nanmean(torch.tensor([_nanmean(dice[:, c]) for c in range(dice.shape[1])]))
 

@@ -153,13 +153,15 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
 
 class MaskDecoder:
     """``decoder(path) -> uint8 (size, size)``: a mask file as class indices (:func:`_read_mask`), the checks of
-    load time included; picklable, so data-loader workers decode masks per batch as they do images."""
+    load time included: its shape is compared with the one it had when it was checked against its image
+    (``shapes``: path -> upright (width, height)), so a mask replaced since then by one of another shape is refused
+    by name. Picklable, so data-loader workers decode masks per batch as they do images."""
 
-    def __init__(self, size: int, num_classes: int):
-        self.size, self.num_classes = size, num_classes
+    def __init__(self, size: int, num_classes: int, shapes: dict[str, tuple[int, int]] | None = None):
+        self.size, self.num_classes, self.shapes = size, num_classes, shapes or {}
 
     def __call__(self, path: str) -> np.ndarray:
-        return _read_mask(Path(path), self.size, self.num_classes)
+        return _read_mask(Path(path), self.size, self.num_classes, loaded_as=self.shapes.get(path))
 
 
 def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: int):
@@ -171,16 +173,19 @@ def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: i
     from tpp.data.files import ImageFiles
     from tpp.data.filesets import PROGRESS_FROM
 
+    shapes = {}  # two ints a mask: what a batch's decode compares the file with
     for mask, image in tqdm(zip(masks, images), total=len(masks), desc="reading masks", unit="mask",
                             disable=len(masks) < PROGRESS_FROM, mininterval=5.0):
-        _read_mask(mask, size, num_classes, image)
-    return ImageFiles([str(m) for m in masks], MaskDecoder(size, num_classes), (size, size))
+        _read_mask(mask, size, num_classes, image, shapes=shapes)
+    return ImageFiles([str(m) for m in masks], MaskDecoder(size, num_classes, shapes), (size, size))
 
 
-def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = None) -> np.ndarray:
+def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = None, shapes: dict | None = None,
+               loaded_as: tuple[int, int] | None = None) -> np.ndarray:
     """The class-index mask (size, size) uint8 of ``image`` from ``path`` (nearest-neighbour resize); a mask whose
-    shape is not its image's (another aspect ratio: a wrong pairing, or a rotated export) is refused. Without
-    ``image`` (a batch's decode of a mask checked at load) the shape is not compared."""
+    shape is not its image's (another aspect ratio: a wrong pairing, or a rotated export) is refused. At load
+    ``shapes`` collects the mask's upright (width, height) under ``str(path)``; a batch's decode of a mask checked
+    at load passes it back as ``loaded_as``, and a file of another shape (replaced since) is refused."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -191,6 +196,11 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
         with Image.open(path) as img:
             img = upright(img)  # a mask exported with its photo's orientation tag is turned with it
             (w, h), (iw, ih) = img.size, image_size or img.size
+            if loaded_as is not None and (w, h) != tuple(loaded_as):
+                raise TppError(f"mask '{path}' is {w}x{h} pixels but was {loaded_as[0]}x{loaded_as[1]} when the data "
+                               "was loaded: it changed since; load the data again.")
+            if shapes is not None:
+                shapes[str(path)] = (w, h)
             if abs(w * ih - h * iw) > 0.02 * max(w * ih, h * iw):  # masks at another resolution keep the shape
                 raise TppError(f"mask '{path}' is {w}x{h} pixels but its image '{image}' is {iw}x{ih}: not the "
                                "same shape, so it is not this image's mask (or it was rotated or cropped).")

@@ -66,8 +66,9 @@ class MaskTargets:
 
 
 def target_chunks(targets, size: int):
-    """``(start, targets[start:start + size])`` over a tensor or :class:`MaskTargets`, in order."""
-    for start in range(0, len(targets), size):
+    """``(start, targets[start:start + size])`` over a tensor or :class:`MaskTargets`, in order; one empty
+    chunk for empty targets (so a caller's concatenation has a part)."""
+    for start in range(0, max(len(targets), 1), size):
         yield start, targets[start:start + size]
 
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+import weakref
 
-from tpp.adapter_dir import HEAD, read_card_files, read_head, read_tensors, read_weights, verify_backbone
+from tpp.adapter_dir import HEAD, read_adapter_files, read_head, read_weights, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
@@ -30,15 +31,13 @@ from tpp.tasks import task_of_card, task_of_result
 from tpp.training import build_accelerator, predict
 
 
-def load_task_model(path: str, backbone_path: str, mean=None, std=None):
+def load_task_model(path: str, backbone_path: str, mean=None, std=None, read: tuple[dict, dict] | None = None):
     """Backbone + adapter directory (verified against the card) -> (TaskModel in eval mode, card, info).
-    The input size is the card's; ``task_of_card(card)`` is its task. A store version folder's files are read
-    once: the tensors loaded are the bytes its content hash verified."""
-    card, files = read_card_files(path, kinds=("adapter", "full_model"))
-    task = task_of_card(card)
-    if task is None:
-        raise TppError(f"adapter '{path}' has no task head (stage {card.get('stage')!r}); "
-                       "fine-tune it first (tpp run finetune ... adapter.init_from=...).")
+    The input size is the card's; ``task_of_card(card)`` is its task. ``read``: the folder's card and files as
+    :func:`~tpp.adapter_dir.read_adapter_files` read them (default: read now), each file once: a store version
+    folder's tensors loaded are the bytes its content hash verified."""
+    card, files = read_adapter_files(path, kinds=EVALUATED) if read is None else read
+    with_task_head(card, path)
     encoder, info, _ = load_backbone(backbone_path, mean, std, input_size=card.get("input", {}).get("image_size"))
     verify_backbone(card, info, path)
     attach_from_card(encoder, card, str(path))
@@ -49,6 +48,44 @@ def load_task_model(path: str, backbone_path: str, mean=None, std=None):
     check_head(card, head_state, path)  # sizes from the file, before the card can size the head
     head = build_head(card, info.hidden_size, head_state, f"{path}/{HEAD}")
     return TaskModel(encoder, head).eval(), card, info
+
+
+EVALUATED = ("adapter", "full_model")  # what evaluate takes: an adapter, or a full fine-tuning baseline
+
+
+def with_task_head(card: dict, path) -> None:
+    """An evaluated adapter has a task head (a TPP-stage adapter has none)."""
+    if task_of_card(card) is None:
+        raise TppError(f"adapter '{path}' has no task head (stage {card.get('stage')!r}); "
+                       "fine-tune it first (tpp run finetune ... adapter.init_from=...).")
+
+
+# id(cfg) -> [adapter.path, card, files (None once loaded)]: what evaluated() read for that config, dropped with it
+_READ: dict[int, list] = {}
+
+
+def evaluated(cfg, files: bool = True) -> tuple[dict, dict[str, bytes] | None]:
+    """The card of the adapter at ``adapter.path`` (one with a task head) and its files' bytes
+    (:func:`~tpp.adapter_dir.read_adapter_files`: a store version folder's as its content hash verified them), read
+    once for ``cfg``: ``tpp validate``'s and a run's checks and the run's load parse these same bytes (the folder
+    was read and hashed about four times, the weights once more). Held while ``cfg`` lives; the bytes only until
+    :func:`taken` (read again if asked for after that with ``files``; ``files=False``: the card alone will do)."""
+    held = _READ.get(id(cfg))
+    if held is None or held[0] != cfg.adapter.path or (files and held[2] is None):
+        card, read = read_adapter_files(cfg.adapter.path, kinds=EVALUATED)
+        with_task_head(card, cfg.adapter.path)
+        if held is None:
+            weakref.finalize(cfg, _READ.pop, id(cfg), None)
+        held = _READ[id(cfg)] = [cfg.adapter.path, card, read]
+    return held[1], held[2]
+
+
+def taken(cfg) -> tuple[dict, dict[str, bytes]]:
+    """:func:`evaluated`'s card and files, handed to the load that uses them last: the bytes (a full model's
+    weights can be hundreds of MiB) are not held beyond it, the card is."""
+    card, files = evaluated(cfg)
+    _READ[id(cfg)][2] = None
+    return card, files
 
 
 def check(cfg) -> None:
@@ -64,15 +101,13 @@ def check_adapter(cfg, load: bool = True) -> None:
     the backbone, its weight and head files read and checked against the card (a deleted or damaged
     ``head.safetensors`` is found by ``tpp validate``, not after the run starts). Without ``load`` (the backbone
     does not load, or a run, which loads the adapter right after) its card and files, without the backbone."""
-    from tpp.recipes import evaluated_card
-
-    card = evaluated_card(cfg.adapter.path)
+    card, files = evaluated(cfg)
     check_task_fits_data(cfg, card)
-    if not load:
-        read_weights(cfg.adapter.path, card)  # the files, backbone-free: a run loads them right after
-        check_head(card, read_tensors(cfg.adapter.path, HEAD), cfg.adapter.path)
+    if not load:  # the files, backbone-free: a run loads these bytes right after
+        read_weights(cfg.adapter.path, card, files)
+        check_head(card, read_head(cfg.adapter.path, files), cfg.adapter.path)
         return
-    load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
+    load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std, read=taken(cfg))
 
 
 def check_task_fits_data(cfg, card: dict) -> None:
@@ -91,17 +126,13 @@ def check_task_fits_data(cfg, card: dict) -> None:
 def check_data(cfg, dataset) -> dict:
     """What this recipe needs of its loaded data (``tpp validate`` loads the data and runs it too); returns
     {split: images evaluated}."""
-    from tpp.recipes import evaluated_card
-
-    check_against_card(evaluated_card(cfg.adapter.path), dataset, cfg.adapter.path)
+    check_against_card(evaluated(cfg, files=False)[0], dataset, cfg.adapter.path)
     return {cfg.data.split: len(dataset.split(cfg.data.split))}
 
 
 def input_size(cfg) -> int | None:
     """The side the data is loaded at: the adapter card's (what ``load_task_model`` gives the backbone)."""
-    from tpp.recipes import evaluated_card
-
-    return (evaluated_card(cfg.adapter.path).get("input") or {}).get("image_size")
+    return (evaluated(cfg, files=False)[0].get("input") or {}).get("image_size")
 
 
 def check_against_card(card: dict, dataset, path) -> None:
@@ -151,7 +182,8 @@ def check_reading(card: dict, dataset, path) -> None:
 
 def run(cfg, run) -> dict:
     accelerator = build_accelerator(cfg.train.mixed_precision, cfg.seed, run, device=cfg.device)
-    model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std)
+    model, card, info = load_task_model(cfg.adapter.path, cfg.backbone.path, cfg.backbone.mean, cfg.backbone.std,
+                                        read=taken(cfg))  # the bytes its checks (tpp validate's, the run's) read
     task = task_of_card(card)  # set up by the card: classification decides with its threshold
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)

@@ -164,6 +164,23 @@ def read_card_files(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict
     return _read_card(Path(path), kinds)
 
 
+def read_adapter_files(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, bytes]]:
+    """:func:`read_card`'s card and the bytes of the adapter's tensor files, each file read once: a store version
+    folder's files as its content hash verified them (:func:`read_card_files`); in another folder the weights file
+    the card names and ``head.safetensors``, those present (a link to one is followed, as to the card), capped by
+    :func:`file_limit`. Hand them to :func:`read_weights` and :func:`read_head`, as often as needed: what is checked
+    and what is loaded are these bytes, never a second read that could find others (evaluating an adapter)."""
+    path = Path(path)
+    card, files = _read_card(path, kinds)
+    if files is not None:
+        return card, files
+    files = {}
+    for name in (card.get("weights_file", WEIGHTS), HEAD):
+        if name and (path / name).is_file():
+            files[name] = read_regular((path / name).resolve(), file_limit(name), shown=path / name)
+    return card, files
+
+
 def dir_size(path: Path) -> int:
     """Bytes of an adapter directory's files, without ``README.md`` (documentation rendered from the card), so
     sizes stay comparable with adapters saved before tpp wrote model cards."""

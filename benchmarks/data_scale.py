@@ -8,6 +8,8 @@
                                                            # same data path, a ~6x cheaper 50k evaluation pass
     python benchmarks/data_scale.py scale --sizes 50000 --recipes tpp   # one recipe of one size
     python benchmarks/data_scale.py speed --baseline HEAD~1 # 28-px MedMNIST images/s vs a previous commit
+    python benchmarks/data_scale.py seg                    # 500 / 2k / 8k seg_folder mask pairs at 128 px: flat in N?
+    python benchmarks/data_scale.py seg --baseline b5cd6fe~1  # and the path that held the masks, side by side
 
 ``scale``: a folder of N PNG images at 224 px, made by upsampling real BreastMNIST images from the data root
 (bicubic; 1,000 distinct files, the rest hard links to them, in a temporary folder that is deleted afterwards,
@@ -19,6 +21,14 @@ flat in N, within 20% from the smallest to the largest N. The runs fix glibc's m
 (``MALLOC_MMAP_THRESHOLD_``, ``--malloc-threshold 0`` for glibc's default): with the default, freed activation
 buffers fragment the heap and the same prediction loop peaked at 158, 218 and 158 MiB over 160, 800 and 1,600
 images (95 MiB for both ends with the threshold fixed), noise that would hide what the data path does.
+
+``seg``: a ``seg_folder`` of N image + mask PNG pairs (``images/`` + ``masks/``; BUSI's 647 128-px pairs from
+``seg/busi_128.npz``, the rest hard links) and a ViT-MAE at 128 px built from config (patch 16, ``--depth``
+layers, 1 by default); per N two fresh subprocesses: a segmentation fine-tune (``--steps`` steps, then its val and
+test predictions and metrics) and evaluation of that adapter on the test split (``--sizes`` defaults to 500,
+2,000, 8,000 here). Same memory measure. The claim: flat in N (``seg_folder`` masks stream since b5cd6fe); the
+table prints next to it what holding the masks would add (uint8 + an int64 target copy: 9 bytes a mask pixel,
+arithmetic), and ``--baseline REV`` measures that path too, from a temporary git worktree of REV, same folders.
 
 ``speed``: fine-tuning on BreastMNIST (28 px, the shared backbone) with this checkout and with ``--baseline``
 (run from a temporary git worktree), alternating, ``--rounds`` times; images/s of the training steps (from the
@@ -42,19 +52,23 @@ sys.path.insert(0, str(Path(__file__).parent))
 import report  # noqa: E402
 
 DISTINCT = 1000  # distinct image files; the others are hard links to them
+SEG_SIZE = 128  # seg mode: image, mask and backbone input side (BUSI's busi_128.npz is stored at this size)
+HELD_BYTES = 9  # bytes a mask pixel the path before b5cd6fe held: uint8 masks + their int64 targets
 VIT_224 = dict(image_size=224, patch_size=16, num_channels=3, hidden_size=192, num_hidden_layers=6,
                num_attention_heads=3, intermediate_size=768, decoder_hidden_size=128, decoder_num_hidden_layers=2,
                decoder_num_attention_heads=4, decoder_intermediate_size=512, mask_ratio=0.75)
 
 
-def make_backbone(path: Path, depth: int = 6) -> Path:
-    """A ViT-MAE at 224 px built from config with ``depth`` encoder layers (random weights: memory and speed do
-    not depend on them; the data path's memory does not depend on the depth either, activations are per batch)."""
+def make_backbone(path: Path, depth: int = 6, image_size: int = 224) -> Path:
+    """A ViT-MAE at ``image_size`` px (patch 16) built from config with ``depth`` encoder layers (random weights:
+    memory and speed do not depend on them; the data path's memory does not depend on the depth either,
+    activations are per batch)."""
     import torch
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     torch.manual_seed(0)
-    ViTMAEForPreTraining(ViTMAEConfig(**{**VIT_224, "num_hidden_layers": depth})).save_pretrained(path)
+    config = ViTMAEConfig(**{**VIT_224, "num_hidden_layers": depth, "image_size": image_size})
+    ViTMAEForPreTraining(config).save_pretrained(path)
     (path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.25] * 3}))
     return path
 
@@ -81,8 +95,52 @@ def make_folder(path: Path, n: int, data_root: str) -> Path:
     return path
 
 
-def worker(recipe: str, overrides: list[str], backbone: str) -> dict:
+def make_seg_folder(path: Path, n: int, data_root: str, size: int = SEG_SIZE) -> Path:
+    """A ``seg_folder``: ``images/caseNNNNNN.png`` + ``masks/caseNNNNNN.png`` (0/1 lesion masks), N pairs of BUSI's
+    128-px images and masks (resized to ``size``: bicubic images, nearest masks); the 647 distinct pairs are
+    files, the rest hard links to them."""
+    import numpy as np
+    from PIL import Image
+
+    data = np.load(Path(data_root) / "seg" / "busi_128.npz")
+    images, masks = data["images"], data["masks"]
+    for sub in ("images", "masks"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    distinct = len(images)
+    for i in range(n):
+        name = f"case{i:06d}.png"
+        if i < distinct:
+            image, mask = Image.fromarray(images[i]), Image.fromarray((masks[i] > 0).astype(np.uint8))
+            if image.size != (size, size):
+                image, mask = image.resize((size, size), Image.BICUBIC), mask.resize((size, size), Image.NEAREST)
+            image.save(path / "images" / name)
+            mask.save(path / "masks" / name)
+        else:
+            for sub in ("images", "masks"):
+                os.link(path / sub / f"case{i % distinct:06d}.png", path / sub / name)
+    return path
+
+
+def seg_config(path: Path, backbone: str, size: int) -> Path:
+    """The shipped BUSI segmentation fine-tune config with ``seg_folder`` data (the seg_npz keys dropped), the
+    built backbone at ``size`` px and a decoder without the full-resolution pixel skip (its convolutions at 128 px
+    were 3/4 of an evaluation's time; the logits are still resized to the 128-px masks for loss and metrics) and no
+    overlays, written to ``path``."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "recipes" / "configs" / "breast_us" / "busi_seg_lora_finetune.yaml").read_text())
+    config["backbone"] = {"path": backbone, "input_size": size}
+    for key in ("label_key", "class_names_key", "group_key", "file", "name"):
+        config["data"].pop(key, None)
+    config["data"]["source"] = "seg_folder"
+    config["segmentation"].update(pixel_skip=False, overlays=0)
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def worker(recipe: str, overrides: list[str], backbone: str, config_path: str | None = None) -> dict:
     """One recipe run in this (fresh) process: peak RSS over the RSS once the backbone is loaded."""
+    import tpp
     from tpp.backbones import load_backbone
     from tpp.recipes import CONFIG_DIR, run_recipe
 
@@ -91,19 +149,22 @@ def worker(recipe: str, overrides: list[str], backbone: str) -> dict:
     config = {"tpp": "breast_us/mae_vit_tiny_lora_tpp.yaml", "finetune": "breast_us/mae_vit_tiny_lora_finetune.yaml",
               "evaluate": "breast_us/mae_vit_tiny_lora_finetune.yaml"}[recipe]
     start = time.perf_counter()
-    summary, path = run_recipe(recipe, CONFIG_DIR / config, overrides, overwrite=True)
+    summary, path = run_recipe(recipe, config_path or CONFIG_DIR / config, overrides, overwrite=True)
     seconds = time.perf_counter() - start
     steps = [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
     step_times = [r["time"] for r in steps if r.get("event") == "step"]
     peak = report.peak_rss_mib()
     return {"recipe": recipe, "seconds": seconds, "baseline_rss_mib": baseline, "peak_rss_mib": peak,
-            "peak_minus_baseline_mib": peak - baseline, "step_times": step_times}
+            "peak_minus_baseline_mib": peak - baseline, "step_times": step_times, "tpp": str(Path(tpp.__file__).parent)}
 
 
-def run(recipe: str, overrides: list[str], backbone: str, env: dict | None = None) -> dict:
-    """One recipe run in a fresh subprocess (``env``: variables such as PYTHONPATH of a baseline checkout)."""
+def run(recipe: str, overrides: list[str], backbone: str, env: dict | None = None,
+        config: Path | None = None) -> dict:
+    """One recipe run in a fresh subprocess (``env``: variables such as PYTHONPATH of a baseline checkout;
+    ``config``: a config file instead of the recipe's shipped BreastMNIST one)."""
     sets = [a for o in overrides for a in ("--set", o)]
-    return report.run_worker(__file__, ["--worker", recipe, "--backbone", backbone, *sets], env=env)
+    extra = ["--config", str(config)] if config else []
+    return report.run_worker(__file__, ["--worker", recipe, "--backbone", backbone, *extra, *sets], env=env)
 
 
 def scale(args) -> dict:
@@ -151,6 +212,83 @@ def scale(args) -> dict:
             "flat_within_20pct": bool(flat) and all(v <= 1.2 for v in flat.values())}
 
 
+def seg(args) -> dict:
+    """seg_folder fine-tune + evaluate per size of ``--sizes`` not measured yet (rows kept in
+    ``OUT/data_scale_seg_rows.json``), with this checkout ('streamed') and, with ``--baseline``, that revision
+    ('held'), then the verdict over every stored size."""
+    store = args.out / "data_scale_seg_rows.json"
+    rows = json.loads(store.read_text()) if store.is_file() else []
+    env = {"MALLOC_MMAP_THRESHOLD_": str(args.malloc_threshold)} if args.malloc_threshold else {}
+    size = SEG_SIZE
+    paths = {"streamed": None}
+    with tempfile.TemporaryDirectory(prefix="tpp_data_scale_seg_") as tmp:
+        tmp = Path(tmp)
+        if args.baseline:
+            paths["held"] = checkout(args.baseline, tmp / "baseline")
+        try:
+            backbone = str(make_backbone(tmp / f"vit{size}", args.depth, size))
+            config = seg_config(tmp / "seg.yaml", backbone, size)
+            for n in args.sizes:
+                done = {(x["n"], x["path"], x["recipe"]) for x in rows}
+                todo = [p for p in paths if any((n, p, r) not in done for r in args.recipes)]
+                if not todo:
+                    continue
+                make_seg_folder(tmp / f"seg{n}", n, args.data_root, size)
+                common = [f"data.root={tmp}", f"data.file=seg{n}", f"data.name=seg{n}", f"train.max_steps={args.steps}",
+                          "train.select_best=false", f"train.batch_size={args.batch_size}",
+                          f"train.eval_batch_size={args.batch_size}", f"data.num_workers={args.num_workers}"]
+                for name in todo:  # fine-tune, then evaluate its adapter: both measured, both needed
+                    out = tmp / f"runs{n}_{name}"
+                    overrides = {"finetune": [f"output_dir={out / 'ft'}"],
+                                 "evaluate": [f"adapter.path={out / 'ft' / 'adapter'}", "data.split=test",
+                                              f"output_dir={out / 'eval'}"]}
+                    for recipe in ("finetune", "evaluate"):
+                        r = run(recipe, [*common, *overrides[recipe]], backbone, {**env, **(paths[name] or {})},
+                                config)
+                        if recipe not in args.recipes:
+                            continue
+                        rows = [x for x in rows if (x["n"], x["path"], x["recipe"]) != (n, name, recipe)]
+                        rows.append({"n": n, "path": name, "revision": args.baseline if name == "held" else "HEAD",
+                                     "tpp": r["tpp"], "recipe": recipe,
+                                     "peak_minus_baseline_mib": r["peak_minus_baseline_mib"],
+                                     "seconds": r["seconds"], "size": size, "malloc_mmap_threshold":
+                                     args.malloc_threshold or None, "steps": args.steps, "batch_size": args.batch_size,
+                                     "num_workers": args.num_workers, "depth": args.depth})
+                        print(f"N={n:>6} {name:<8} {recipe:<9} +{r['peak_minus_baseline_mib']:.0f} MiB  "
+                              f"{r['seconds']:.0f} s", flush=True)
+                        report.write_atomic(store, json.dumps(rows, indent=1))
+                    shutil.rmtree(out)
+                shutil.rmtree(tmp / f"seg{n}")
+        finally:
+            if args.baseline:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "baseline")],
+                               capture_output=True)
+    rows.sort(key=lambda r: (r["path"] != "streamed", r["n"], r["recipe"]))
+    sizes = sorted({r["n"] for r in rows})
+    ratio, growth = {}, {}
+    for name in ("streamed", "held"):
+        for recipe in ("finetune", "evaluate"):
+            mem = {r["n"]: r["peak_minus_baseline_mib"] for r in rows if (r["path"], r["recipe"]) == (name, recipe)}
+            if len(mem) > 1:
+                lo, hi = min(mem), max(mem)
+                ratio[f"{name} {recipe}"] = mem[hi] / mem[lo]
+                growth[f"{name} {recipe}"] = mem[hi] - mem[lo]
+    held = {}
+    if len(sizes) > 1:  # what holding the masks adds from the smallest to the largest N, by arithmetic
+        held = {"bytes_per_mask_pixel": HELD_BYTES, "mask_side": size,
+                "mib": HELD_BYTES * size * size * (sizes[-1] - sizes[0]) / 2**20}
+    streamed = [v for k, v in ratio.items() if k.startswith("streamed")]
+    mem = {(r["n"], r["path"], r["recipe"]): r["peak_minus_baseline_mib"] for r in rows}
+    # same N, same folder, both paths: what holding the masks costs, whatever else grows with N in both
+    held_minus_streamed = [{"n": n, "recipe": recipe, "mib": mem[n, "held", recipe] - mem[n, "streamed", recipe],
+                            "expected_mib": HELD_BYTES * size * size * n / 2**20}
+                           for n in sizes for recipe in ("finetune", "evaluate")
+                           if (n, "held", recipe) in mem and (n, "streamed", recipe) in mem]
+    return {"rows": rows, "sizes": sizes, "largest_over_smallest": ratio, "growth_mib": growth,
+            "held_masks_expected_growth": held, "held_minus_streamed": held_minus_streamed,
+            "flat_within_20pct": bool(streamed) and max(streamed) <= 1.2}
+
+
 def checkout(rev: str, where: Path) -> dict:
     """A git worktree of ``rev`` importable as ``tpp`` (its adapters/ and recipes/ linked into tpp/)."""
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev], check=True,
@@ -195,6 +333,27 @@ def scale_table(data: dict) -> str:
     return "\n".join(lines) + f"\n\nLargest over smallest N: {ratios} (flat within 20%: {data['flat_within_20pct']})."
 
 
+def seg_table(data: dict) -> str:
+    lines = ["| N pairs | path | recipe | peak RSS - baseline (MiB) | held masks would add (MiB) | wall time (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        held = HELD_BYTES * r["size"] ** 2 * r["n"] / 2**20
+        lines.append(f"| {r['n']:,} | {r['path']} ({r['revision']}) | {r['recipe']} | "
+                     f"{r['peak_minus_baseline_mib']:.0f} | {held:.0f} | {r['seconds']:.0f} |")
+    if len(data["sizes"]) < 2:
+        return "\n".join(lines)
+    ratios = ", ".join(f"{k} {v:.2f}x (+{data['growth_mib'][k]:.0f} MiB)"
+                       for k, v in data["largest_over_smallest"].items())
+    held = data["held_masks_expected_growth"]
+    return "\n".join(lines) + (
+        f"\n\nLargest over smallest N: {ratios}. Holding the masks ({held['bytes_per_mask_pixel']} bytes a "
+        f"{held['mask_side']}-px mask pixel) would add {held['mib']:.0f} MiB from {data['sizes'][0]:,} to "
+        f"{data['sizes'][-1]:,} pairs (arithmetic). Streamed flat within 20%: {data['flat_within_20pct']}."
+        + ("" if not data["held_minus_streamed"] else " Held minus streamed, same N: " + ", ".join(
+            f"{d['n']:,} {d['recipe']} {d['mib']:+.0f} MiB (9 B/px x N: {d['expected_mib']:.0f})"
+            for d in data["held_minus_streamed"]) + "."))
+
+
 def speed_table(data: dict) -> str:
     m = data["medians"]
     lines = ["| data path | train images/s | run wall time (s) |", "|---|---|---|"]
@@ -206,13 +365,15 @@ def speed_table(data: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", choices=["scale", "speed"], default="scale")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    parser.add_argument("mode", nargs="?", choices=["scale", "speed", "seg"], default="scale")
+    parser.add_argument("--sizes", type=int, nargs="+", help="scale: default 1000 10000 50000 images; seg: "
+                        "500 2000 8000 image + mask pairs")
     parser.add_argument("--recipes", nargs="+", choices=["tpp", "finetune", "evaluate"],
-                        default=["tpp", "finetune", "evaluate"], help="scale: the recipes to measure (evaluate "
-                        "re-runs the fine-tuning of its N when that was not measured in this call)")
-    parser.add_argument("--depth", type=int, default=6, help="scale: ViT encoder layers of the 224-px backbone "
-                        "(the data path's memory does not depend on it; 1 makes the 50k evaluation pass ~6x cheaper)")
+                        help="scale: the recipes to measure, default all three (evaluate re-runs the fine-tuning of "
+                        "its N when that was not measured in this call); seg: finetune and evaluate (always both run)")
+    parser.add_argument("--depth", type=int, help="ViT encoder layers of the backbone built from config, default 6 "
+                        "(scale) or 1 (seg) (the data path's memory does not depend on it; 1 makes the 50k "
+                        "evaluation pass ~6x cheaper)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=0)
@@ -220,17 +381,27 @@ def main(argv=None) -> int:
                         help="MALLOC_MMAP_THRESHOLD_ for the runs (0: glibc's dynamic default, under which freed "
                              "activation buffers fragment the heap and peak RSS drifts by 100+ MiB run to run)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--baseline", default="HEAD", help="speed: the git revision of the previous data path")
+    parser.add_argument("--baseline", help="speed: the git revision of the previous data path (default HEAD); "
+                        "seg: a revision measured too, e.g. b5cd6fe~1 (masks held; default: none)")
     parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--worker", choices=["tpp", "finetune", "evaluate"], help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], dest="overrides", help=argparse.SUPPRESS)
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.overrides, args.backbone)))
+        print(json.dumps(worker(args.worker, args.overrides, args.backbone, args.config)))
         return 0
-    data = scale(args) if args.mode == "scale" else speed(args)
+    seg_mode = args.mode == "seg"
+    args.sizes = args.sizes or ([500, 2000, 8000] if seg_mode else [1000, 10000, 50000])
+    args.recipes = args.recipes or (["finetune", "evaluate"] if seg_mode else ["tpp", "finetune", "evaluate"])
+    args.depth = args.depth or (1 if seg_mode else 6)
+    if args.mode == "speed":
+        args.baseline = args.baseline or "HEAD"
+    if seg_mode and "tpp" in args.recipes:
+        parser.error("seg measures finetune and evaluate")
+    data = {"scale": scale, "speed": speed, "seg": seg}[args.mode](args)
     command = "python benchmarks/data_scale.py " + " ".join(argv or sys.argv[1:])
     print(json.dumps({k: v for k, v in data.items() if k not in ("runs", "rows")}, indent=1))
     if args.mode == "scale":
@@ -241,6 +412,16 @@ def main(argv=None) -> int:
                        "subprocess, memory = peak RSS - RSS after loading the backbone. Sizes measured: "
                        f"{', '.join(str(n) for n in data['sizes'])}.")
         table = scale_table(data)
+    elif seg_mode:
+        description = (f"seg_folder folders of N image + mask PNG pairs at {SEG_SIZE} px (BUSI's 647 pairs of "
+                       f"busi_128.npz, the rest hard links), ViT-MAE {SEG_SIZE} px built from config (patch 16, "
+                       f"{args.depth} encoder layers), the BUSI seg LoRA fine-tune config: {args.steps} steps of "
+                       f"batch {args.batch_size}, then val + test predictions; evaluate on the test split; "
+                       f"data.num_workers={args.num_workers}, MALLOC_MMAP_THRESHOLD_="
+                       f"{args.malloc_threshold or 'glibc default'}; each run a fresh subprocess, memory = peak RSS - "
+                       "RSS after loading the backbone; 'held masks would add': 9 bytes x mask pixels x N "
+                       "(arithmetic). Sizes measured: " + ", ".join(str(n) for n in data["sizes"]) + ".")
+        table = seg_table(data)
     else:
         description = (f"Fine-tuning on BreastMNIST (28 px, shared backbone), {args.steps} steps of batch 64, this "
                        f"checkout vs {args.baseline}, {args.rounds} alternating rounds, medians.")

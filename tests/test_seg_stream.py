@@ -120,3 +120,26 @@ def test_an_empty_split_scores_as_undefined_not_an_error():
     metrics = segmentation_metrics(pred, truth, ["background", "lesion"])
     assert metrics["n"] == 0 and metrics["dice"] is None and metrics["per_class"]["lesion"]["images"] == 0
     assert math.isnan(quick_dice(pred, truth, 2))
+
+
+def test_per_image_dice_and_metrics_score_a_bounded_number_of_pixels_at_once(monkeypatch):
+    """predictions.csv's per-image Dice one-hot encoded its whole 1,024-image chunk at once (0.9 GB at 128 px,
+    benchmarks/data_scale.py seg); it and the split metrics now score at most CHUNK_PIXELS mask pixels at once,
+    with the same numbers as scoring whole."""
+    import torchmetrics.functional.segmentation as tm
+
+    from tpp import seg_metrics
+    from tpp.tasks.segmentation import per_image_dice
+    generator = torch.Generator().manual_seed(0)
+    pred, truth = (torch.randint(0, 3, (11, 8, 8), generator=generator) for _ in range(2))
+    pred[4] = 0
+    whole_dice = per_image_dice(pred, truth, 3)
+    whole = segmentation_metrics(pred.to(torch.uint8), truth, ["bg", "a", "b"])
+    sizes, real = [], tm.dice_score
+    monkeypatch.setattr(tm, "dice_score", lambda p, *a, **k: sizes.append(len(p)) or real(p, *a, **k))
+    monkeypatch.setattr(seg_metrics, "CHUNK_PIXELS", 3 * 64)  # three 8x8 masks at once
+    chunked = per_image_dice(pred, truth, 3)
+    assert sizes and max(sizes) == 3 and sum(sizes) == 11
+    assert torch.allclose(chunked, whole_dice, equal_nan=True)
+    assert segmentation_metrics(pred.to(torch.uint8), truth, ["bg", "a", "b"]) == whole
+    assert seg_metrics.images_per_chunk((5, 512, 512)) == 1 and seg_metrics.images_per_chunk((0, 8, 8), chunk=7) == 3

@@ -41,6 +41,13 @@ def _nanmean(values: torch.Tensor) -> float:
 
 
 CHUNK = 256  # images scored at once: their masks are decoded (mask files) and one-hot encoded together
+CHUNK_PIXELS = 1 << 22  # and at most this many mask pixels at once (one-hot scoring takes ~50 bytes a pixel)
+
+
+def images_per_chunk(shape, chunk: int = CHUNK) -> int:
+    """Images of masks of ``shape`` (..., h, w) scored at once: at most ``chunk``, and at most
+    :data:`CHUNK_PIXELS` pixels (256 masks of 128 px; 16 of 512 px), so memory stays bounded at any mask size."""
+    return max(1, min(chunk, CHUNK_PIXELS // max(1, int(shape[-1]) * int(shape[-2]))))
 
 
 def _image_scores(pred: torch.Tensor, target: torch.Tensor, k: int) -> dict:
@@ -82,7 +89,8 @@ def segmentation_metrics(pred: torch.Tensor, target, class_names: list[str], chu
     from tpp.data.stream import target_chunks
 
     k = len(class_names)
-    parts = [_image_scores(pred[start:start + len(t)].long(), t.long(), k) for start, t in target_chunks(target, chunk)]
+    parts = [_image_scores(pred[start:start + len(t)].long(), t.long(), k)
+             for start, t in target_chunks(target, images_per_chunk(pred.shape, chunk))]
     dice, iou, hd, present = (torch.cat([p[key] for p in parts]) for key in ("dice", "iou", "hd", "present"))
     total = len(pred) * math.prod(pred.shape[1:])
     per_class = {name: {"dice": _nanmean(dice[:, c]), "iou": _nanmean(iou[:, c]), "hd95": _nanmean(hd[:, c]),
@@ -131,7 +139,7 @@ def quick_dice(pred: torch.Tensor, target, num_classes: int, chunk: int = CHUNK)
     dice = torch.cat([dice_score(pred[start:start + len(t)].long(), t.long(), num_classes=num_classes,
                                  include_background=False, average="none", input_format="index",
                                  aggregation_level="samplewise").reshape(len(t), num_classes - 1)
-                      for start, t in target_chunks(target, chunk)])
+                      for start, t in target_chunks(target, images_per_chunk(pred.shape, chunk))])
     return _nanmean(torch.tensor([_nanmean(dice[:, c]) for c in range(dice.shape[1])]))
 
 

@@ -221,7 +221,14 @@ def _whole(value) -> bool:
 
 def per_image_dice(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Dice (N, K-1) of each image and foreground class from class-index masks (N, h, w); NaN where the class
-    is in neither mask."""
+    is in neither mask. Scored :func:`tpp.seg_metrics.images_per_chunk` images at a time (one-hot scoring of
+    1,024 masks of 128 px at once took 0.9 GB)."""
+    from tpp.seg_metrics import images_per_chunk
+
+    step = images_per_chunk(pred.shape)
+    if len(pred) > step:
+        return torch.cat([per_image_dice(pred[i:i + step], target[i:i + step], num_classes)
+                          for i in range(0, len(pred), step)])
     from torchmetrics.functional.segmentation import dice_score
 
     dice = dice_score(pred.long(), target.long(), num_classes=num_classes, include_background=False,

@@ -195,9 +195,22 @@ def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
     return _read_card(Path(path), kinds)[0]
 
 
+def read_card_once(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, bytes] | None, bytes]:
+    """:func:`read_card`'s card, a store version folder's files as its content hash verified them (None for another
+    folder) and the card's bytes, the ones parsed: in another folder the card is read once, and never through a
+    symbolic link (as a store copies an adapter's files), so the bytes kept are the card checked (publishing)."""
+    return _card_from(Path(path), kinds, follow=False)
+
+
 def _read_card(path: Path, kinds: tuple) -> tuple[dict, dict[str, bytes] | None]:
     """:func:`read_card`'s card, and a store version folder's files as read and verified by
     :func:`check_version_folder` (None for another folder): the card is parsed from those bytes."""
+    return _card_from(path, kinds)[:2]
+
+
+def _card_from(path: Path, kinds: tuple, follow: bool = True) -> tuple[dict, dict[str, bytes] | None, bytes]:
+    """(card, a version folder's verified files or None, the card's bytes); ``follow``: a link to the card of a
+    folder that is no version is followed (a version folder's files never are links)."""
     if path.is_file():
         raise TppError(f"'{path}' is a file; an adapter is the folder holding {CARD}"
                        f"{f' (here {path.parent})' if path.name == CARD else ''}.")
@@ -208,13 +221,17 @@ def _read_card(path: Path, kinds: tuple) -> tuple[dict, dict[str, bytes] | None]
         hint = f" It is a run folder: did you mean '{path / 'adapter'}'?" if (path / "adapter" / CARD).is_file() else ""
         raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).{hint}")
     files = check_version_folder(path)
-    try:  # at most METADATA_LIMIT bytes; a link to the card is followed (a store's own files never are)
-        card = card_json(files[CARD].decode("utf-8") if files else
-                         read_regular(card_path.resolve(), METADATA_LIMIT, shown=card_path).decode("utf-8"))
+    if files is not None and CARD not in files:  # removed since it was seen
+        raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).")
+    # at most METADATA_LIMIT bytes; a link to the card is followed when ``follow`` (a store's own files never are)
+    data = files[CARD] if files is not None else \
+        read_regular(card_path.resolve() if follow else card_path, METADATA_LIMIT, shown=card_path)
+    try:
+        card = card_json(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
     check_card(card, card_path, kinds)
-    return card, files
+    return card, files, data
 
 
 VERSION_RE = re.compile(r"[0-9a-f]{16}")  # an adapter store's version folder: its files' content hash

@@ -46,11 +46,13 @@ def load(adapter_dir, backbone=None, device: str = "cpu", precision: str = "fp32
     from tpp.serve import store as adapter_store
 
     source = _adapter_path(adapter_dir)
-    path = fine_tuned_adapter(source)
-    backbone = path_arg(backbone, "backbone") if backbone is not None else card_backbone(path)
+    # each file read once: the card checked here and the bytes loaded are those read (a store version folder's as
+    # its content hash verified them), never a second read that could find others
+    path, card, files = adapter_store.read_source_card(source, inspect=check_fine_tuned)
+    backbone = path_arg(backbone, "backbone") if backbone is not None else card_backbone(path, card)
     folder = tempfile.mkdtemp(prefix="tpp-load-")
     try:
-        site = adapter_store.publish(source, folder, "model").site
+        site = adapter_store.publish(source, folder, "model", read=(path, files)).site
         model = Model(open_bank(backbone, folder, 1, device, precision), site, str(source))
     except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
@@ -66,26 +68,32 @@ def fine_tuned_adapter(source: Path) -> Path:
     """The adapter folder of ``source`` (a run folder or the adapter folder itself) if it holds a fine-tuned
     adapter with a task head; else a TppError saying what it is (a TPP-stage adapter, a full-model baseline ...)."""
     from tpp.adapter_dir import CARD, read_card
-    from tpp.tasks import task_of_card
 
     path = source / "adapter" if (source / "adapter" / CARD).is_file() else source
-    card = read_card(path)  # not an adapter folder, or a full-model baseline: a clear error naming it
+    check_fine_tuned(path, read_card(path))  # not an adapter folder, or a full-model baseline: a clear error naming it
+    return path
+
+
+def check_fine_tuned(path: Path, card: dict) -> None:
+    """A TppError naming ``path`` unless ``card`` (its card, read and checked) is a fine-tuned adapter's, with a
+    task head."""
+    from tpp.tasks import task_of_card
+
     if task_of_card(card) is None or "input" not in card:
         raise TppError(f"'{path}' is a {card.get('stage', '?')}-stage adapter without a task head: nothing to predict "
                        "with. Fine-tune from it first: tpp.finetune(CONFIG, {'adapter.init_from': "
                        f"'{path}'}}).")
-    return path
 
 
-def card_backbone(adapter: Path) -> str:
+def card_backbone(adapter: Path, card: dict | None = None) -> str:
     """The backbone the card of ``adapter`` names, when it is one this machine holds: a backbone shipped with tpp
     (``builtin:NAME``) or a local checkpoint folder (absolute, or relative to the adapter folder or the current
     one). A hub id in a card is never fetched on the card's word (a card is data from whoever made the adapter):
-    pass it as ``backbone=``. Else a TppError saying to pass it."""
+    pass it as ``backbone=``. Else a TppError saying to pass it. ``card``: the card, already read (else it is)."""
     from tpp.adapter_dir import read_card
     from tpp.backbones import BUILTIN_PREFIX, backbone_config
 
-    named = read_card(adapter).get("backbone", {}).get("id")
+    named = (read_card(adapter) if card is None else card).get("backbone", {}).get("id")
     if not isinstance(named, str) or not named:
         raise TppError(f"the card of '{adapter}' names no backbone; pass backbone=<checkpoint folder or hub id>.")
     beside = Path(adapter) / named  # a path relative to the adapter folder
@@ -239,9 +247,8 @@ class AdapterStore:
         from tpp.serve import store as adapter_store
 
         source = _adapter_path(source)
-        if backbone is not None:
-            check_loads(source, path_arg(backbone, "backbone"))
-        return adapter_store.publish(source, self.path, site)
+        read = check_loads(source, path_arg(backbone, "backbone")) if backbone is not None else None
+        return adapter_store.publish(source, self.path, site, read=read)  # the bytes the dry load took, if any
 
     def sites(self) -> list[str]:
         """The sites with a current version, sorted."""
@@ -278,18 +285,22 @@ class AdapterStore:
                      f"{self.path}/{site}")
 
 
-def check_loads(source, backbone: str) -> None:
+def check_loads(source, backbone: str) -> tuple[Path, dict[str, bytes]]:
     """Load the adapter of ``source`` on ``backbone`` exactly as serving would (in a private temporary store),
-    then drop it; a TppError naming ``source`` when it does not load."""
+    then drop it; a TppError naming ``source`` when it does not load. Returns (its folder, its files' bytes) as read
+    (:func:`tpp.serve.store.read_source`, each file once) and loaded: publish those (``read=``), not a second read
+    that could find other bytes."""
     from tpp.serve import store as adapter_store
 
+    read = adapter_store.read_source(source)
     with tempfile.TemporaryDirectory(prefix="tpp-publish-check-") as tmp:
-        adapter_store.publish(source, tmp, "check")
+        adapter_store.publish(source, tmp, "check", read=read)
         with quiet():
             reason = open_bank(backbone, tmp, 1).check_store()["check"]
     if reason:
         raise TppError(f"'{source}' does not load on backbone '{backbone}': "
                        f"{adapter_store.as_source(reason, tmp, 'check', str(source))}")
+    return read
 
 
 # -- in-context prediction -------------------------------------------------------------------------------------

@@ -148,11 +148,12 @@ def cmd_adapters(args) -> int:
     if args.action in ("push", "pull"):
         return _cmd_hub(args)
     if args.action == "publish":
+        read = None
         if args.backbone:  # a dry load as serving would do it, before anything is written
             from tpp.api import check_loads
 
-            check_loads(args.paths[0], args.backbone)
-        sv = store.publish(args.paths[0], args.paths[1], args.site)
+            read = check_loads(args.paths[0], args.backbone)
+        sv = store.publish(args.paths[0], args.paths[1], args.site, read=read)  # the bytes the dry load took
         checked = "loaded and checked against the backbone" if args.backbone else "checked structurally"
         print(f"published {args.paths[0]} as {sv.site}@{sv.version} ({sv.path}; {checked}); now current")
         return 0

@@ -220,7 +220,8 @@ def pull(spec: str, store: str | Path, site: str, *, backbone: str | None = None
     with tempfile.TemporaryDirectory(prefix="tpp-pull-") as tmp:
         for name, data in copied.items():
             (Path(tmp) / name).write_bytes(data)
-        files = adapter_store.read_source(tmp)[1]  # the files publish stores, so the hash is the version's
+        read = adapter_store.read_source(tmp)  # the files publish stores, read once, so the hash is the version's
+        files = read[1]
         backbone_hash = _backbone_hash(backbone) if backbone else None  # loaded only for a repo that passed
         if backbone_hash is not None and card.get("backbone", {}).get("hash") != backbone_hash:
             card_backbone = card.get("backbone", {})
@@ -231,7 +232,7 @@ def pull(spec: str, store: str | Path, site: str, *, backbone: str | None = None
         if version is not None and got != version:
             raise TppError(f"'{source}' has content hash {got}, not the expected version {version}: its files are not "
                            "the ones pushed as that version. Refused: nothing was published.")
-        published = adapter_store.publish(tmp, store, site)
+        published = adapter_store.publish(tmp, store, site, read=read)  # these bytes, not a second read
     return Pulled(published, repo_id, revision or "main", snapshot.name)
 
 

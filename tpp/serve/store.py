@@ -22,7 +22,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpp.adapter_dir import CARD, HEAD, PEFT_CONFIG, content_hash, list_folder, read_card, read_version_folder
+from tpp.adapter_dir import (CARD, HEAD, PEFT_CONFIG, content_hash, list_folder, read_card_once,
+                             read_version_folder)
 from tpp.adapter_dir import read_regular as _read_regular
 from tpp.errors import TppError
 from tpp.model_card import README
@@ -55,13 +56,15 @@ class SiteVersion:
     files: dict = field(default_factory=dict, repr=False, compare=False)
 
 
-def adapter_files(path: Path, card: dict) -> list[str]:
-    """The files an adapter directory consists of (nothing else is copied into a store)."""
+def adapter_files(path: Path, card: dict, held: dict[str, bytes] | None = None) -> list[str]:
+    """The files an adapter directory consists of (nothing else is copied into a store); ``held``: the folder's
+    files already read (a version folder's, verified), looked up there instead of on disk."""
+    present = (lambda name: name in held) if held is not None else (lambda name: (path / name).is_file())
     names = [CARD, HEAD]
     if card.get("weights_file"):
         names.append(card["weights_file"])
-    names += [name for name in (PEFT_CONFIG, README) if (path / name).is_file()]
-    missing = [n for n in names if not (path / n).is_file()]
+    names += [name for name in (PEFT_CONFIG, README) if present(name)]
+    missing = [n for n in names if not present(n)]
     if HEAD in missing and card.get("stage") not in (None, "finetune"):  # e.g. a TPP parent: no task head yet
         raise TppError(f"adapter directory '{path}' lacks {HEAD}: it is a {card.get('stage')!r}-stage adapter with "
                        f"no task head, and only fine-tuned adapters are published. Fine-tune it first (tpp run "
@@ -90,20 +93,40 @@ def _adapter_dir(source: str | Path) -> Path:
 
 
 def read_source(source: str | Path) -> tuple[Path, dict[str, bytes]]:
-    """The adapter directory of a run (or the directory itself) and its files' bytes, read once."""
+    """The adapter directory of a run (or the directory itself) and its files' bytes, each read once
+    (:func:`read_source_card`)."""
+    path, _, files = read_source_card(source)
+    return path, files
+
+
+def read_source_card(source: str | Path, inspect=None) -> tuple[Path, dict, dict[str, bytes]]:
+    """The adapter directory of a run (or the directory itself), its card and its files' bytes, each file read once:
+    the card parsed and checked is the card's bytes returned; a store version folder's (named by 16 hex digits) are
+    the bytes its content hash verified (a folder whose files changed since publishing is refused, naming it), so a
+    file swapped after that read is never what gets published or loaded. Full-model baselines and non-adapters are
+    refused with a clear message. ``inspect(path, card)``, when given, runs on the card before the folder's other
+    files are looked for (a caller's own refusal of what the card says comes first)."""
     path = _adapter_dir(source)
-    card = read_card(path)  # refuses full_model baselines and non-adapters with a clear message
-    return path, {name: _read_regular(path / name) for name in adapter_files(path, card)}
+    card, verified, card_bytes = read_card_once(path)
+    if inspect is not None:
+        inspect(path, card)
+    names = adapter_files(path, card, verified)
+    if verified is not None:
+        return path, card, {name: verified[name] for name in names}
+    return path, card, {name: card_bytes if name == CARD else _read_regular(path / name) for name in names}
 
 
-def publish(source: str | Path, store: str | Path, site: str) -> SiteVersion:
+def publish(source: str | Path, store: str | Path, site: str,
+            read: tuple[Path, dict[str, bytes]] | None = None) -> SiteVersion:
     """Add the adapter of ``source`` (run dir or adapter dir) to ``store`` as a new version of ``site``
     and make it current, after :func:`tpp.serve.integrity.check_adapter` passed on the very bytes that are
-    written. Publishing identical content again only moves the pointer."""
+    written. Publishing identical content again only moves the pointer. ``read``: (folder, files) of ``source``
+    as :func:`read_source` gave them to a caller that checked them already (a dry load): those bytes are
+    published, nothing is read again."""
     check_site(site)
     if Path(store).exists() and not Path(store).is_dir():
         raise TppError(f"adapter store '{store}' is a file, not a folder.")
-    path, files = read_source(source)
+    path, files = read_source(source) if read is None else read
     card = check_adapter(files, str(path)).card
     version, target = write_version(Path(store) / site, files)
     return SiteVersion(site, version, target, card)

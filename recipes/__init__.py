@@ -325,6 +325,8 @@ def check_resume(path: Path, cfg) -> None:
         raise TppError(f"train.resume '{cfg.train.resume}' is not a complete checkpoint folder (no state.pt); name "
                        "a checkpoints/step-N folder of the run, or use train.resume=auto.")
     origin = _run_of_checkpoint(path, cfg.train.resume)
+    if origin.resolve() != path.resolve():
+        refuse_run_in_the_way(path, cfg.train.resume, origin)
     step = _checkpoint_step(path, cfg.train.resume)
     if step is not None and (origin / "status.json").is_file() and not (origin / "config.yaml").is_file():
         raise TppError(f"train.resume: '{origin / 'config.yaml'}', the config of the run whose checkpoint would be "
@@ -345,6 +347,27 @@ def check_resume(path: Path, cfg) -> None:
         refuse_finished(path, new, step)
     elif origin.resolve() == path.resolve():  # a checkpoint of the run in output_dir, named
         refuse_finished(path, new, step, resume=cfg.train.resume)
+
+
+def refuse_run_in_the_way(path: Path, resume: str, origin: Path) -> None:
+    """``train.resume`` names a checkpoint of the run in ``origin``, continued in ``output_dir`` ``path``: a run of
+    that folder's own (finished, or with checkpoints to continue) is never written over by it (it re-ran
+    ``origin``'s last steps there and replaced the finished run's adapter and metrics)."""
+    from tpp.errors import TppError
+    from tpp.rundir import run_state
+
+    state = run_state(path) if path.is_dir() else {"status": None, "checkpoints": []}
+    if state["status"] == "succeeded":
+        what = "a finished run"
+        own = " (train.resume=auto and a larger train.max_steps extend that one)" if state["checkpoints"] else ""
+    elif state["checkpoints"]:
+        what = f"an interrupted run (newest checkpoint: {state['checkpoints'][-1]})"
+        own = " (train.resume=auto continues that one)"
+    else:
+        return
+    raise TppError(f"train.resume '{resume}' is a checkpoint of the run in '{origin}', but output_dir '{path}' holds "
+                   f"{what} of its own, which continuing there would write over; nothing was trained. Continue "
+                   f"'{origin}' into another output_dir=...{own}.")
 
 
 def _run_of_checkpoint(path: Path, resume: str) -> Path:

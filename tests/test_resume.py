@@ -444,3 +444,29 @@ def test_data_that_changed_between_segments_is_refused_on_resume(tiny_mae, tmp_p
     make_medmnist(tmp_path / "data")
     assert run_cli(*args(tiny_mae, root, out, "train.resume=auto", "train.max_steps=10")) == 0
     assert all(line.endswith("}") for line in (out / "log.jsonl").read_text().splitlines()[-3:])
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_another_runs_checkpoint_is_not_continued_over_a_run_in_output_dir(tiny_mae, reference, tmp_path, capsys,
+                                                                            finished):
+    """train.resume=OTHER/checkpoints/step-N with output_dir holding a finished run (or an interrupted one with
+    checkpoints) re-ran OTHER's last steps there: the finished run's adapter and metrics were silently rewritten
+    (exit 0), an interrupted run's checkpoints mixed with OTHER's."""
+    import shutil
+
+    from helpers import interrupted_at
+
+    root, ref = reference
+    out, other = tmp_path / "mine", tmp_path / "other"
+    shutil.copytree(ref, out)
+    shutil.copytree(ref, other)
+    if not finished:
+        interrupted_at(out, 6)
+    before = _snapshot(out)
+    assert run_cli(*args(tiny_mae, root, out, f"train.resume={other / 'checkpoints' / 'step-6'}")) == 2
+    err = capsys.readouterr().err
+    assert f"a checkpoint of the run in '{other}'" in err and "nothing was trained" in err, err
+    assert ("holds a finished run" if finished else "holds an interrupted run") in err
+    assert "another output_dir=..." in err and "train.resume=auto" in err and "Traceback" not in err
+    assert _snapshot(out) == before
+    assert run_cli(*args(tiny_mae, root, tmp_path / "new", f"train.resume={other / 'checkpoints' / 'step-6'}")) == 0

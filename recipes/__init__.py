@@ -258,6 +258,7 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     started = time.time() if started is None else started
     get_recipe(name)
     cfg = load_config(config_path, list(overrides), recipe=name)
+    refuse_overwrite_with_resume(cfg, overwrite)
     label = "the config dict" if isinstance(config_path, Mapping) else str(config_path)
     from tpp.rundir import refuse_if_in_use
 
@@ -273,6 +274,16 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
         return _run_in(run, cfg, name)
     finally:
         run.release()  # the folder's lock, whatever happened
+
+
+def refuse_overwrite_with_resume(cfg, overwrite: bool) -> None:
+    """``--overwrite`` deletes the run in ``output_dir``, ``train.resume`` continues it: given together, one of
+    them was ignored without a word (--overwrite); a TppError naming both."""
+    from tpp.errors import TppError
+
+    if overwrite and cfg.train.resume:
+        raise TppError(f"train.resume={cfg.train.resume} with --overwrite: train.resume continues the run in "
+                       f"'{cfg.output_dir}', starting over with --overwrite deletes it; give one of them.")
 
 
 def _run_in(run, cfg, name: str) -> tuple[dict, Path]:

@@ -379,3 +379,11 @@ def test_a_refused_output_dir_names_the_python_argument_not_the_command_line_fla
                    f"data.root={world.root}", f"output_dir={tmp_path / 'run'}") == 2
     err = capsys.readouterr().err  # the command line keeps its flag
     assert "pass --overwrite" in err and "overwrite=True" not in err
+
+
+def test_overwrite_with_train_resume_is_refused_naming_the_python_argument(tmp_path):
+    """overwrite=True beside train.resume was dropped without a word."""
+    with pytest.raises(TppError, match=r"train.resume=auto with overwrite=True:") as caught:
+        tpp.finetune(FINETUNE_CONFIG, {"train.resume": "auto", "data.root": str(tmp_path / "no_data")},
+                     output_dir=tmp_path / "run", overwrite=True)
+    assert "--overwrite" not in str(caught.value) and not (tmp_path / "run").exists()

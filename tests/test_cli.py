@@ -207,3 +207,21 @@ def test_every_action_of_adapters_and_context_has_examples_in_its_help():
     missing = [" ".join(path) for path, p in parsers(_parser()) if len(path) > 1
                and not re.search(rf"examples:\n(.*\n)*.*{' '.join(path)}(\s|$)", p.epilog or "")]
     assert not missing
+
+
+@pytest.mark.parametrize("processes", [[], ["--num-processes", "2"]])
+def test_overwrite_with_train_resume_is_refused_not_ignored(processes, tmp_path, capsys):
+    """--overwrite beside train.resume was dropped without a word (the resume went on, or a finished run said
+    'to train it again, ... pass --overwrite' to a command that had passed it); under --num-processes each worker
+    would have said so. Refused before anything else, naming both."""
+    from tpp.cli import main
+
+    out = tmp_path / "run"
+    argv = ["run", "finetune", "--config", FINETUNE, *processes, "--overwrite", "train.resume=auto",
+            f"output_dir={out}", f"data.root={tmp_path / 'no_data'}"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: train.resume=auto with --overwrite:") and "give one of them" in err, err
+    assert "launching" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+

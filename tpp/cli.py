@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="YAML config (path, or a name from tpp ls)")
     run.add_argument("--overwrite", action="store_true",
                      help="delete a non-empty output_dir and start over (a failed run without a checkpoint is "
-                          "replaced without it; train.resume=auto continues a run instead)")
+                          "replaced without it; train.resume=auto continues a run instead, and is refused with it)")
     run.add_argument("--num-processes", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs); batch_size is per process")
     run.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. train.lr=1e-4")
@@ -260,12 +260,13 @@ def _launch(args) -> int:
     import subprocess
 
     from tpp.config import load_config
-    from tpp.recipes import refuse_problems
+    from tpp.recipes import refuse_overwrite_with_resume, refuse_problems
 
     # what `tpp validate` finds: now, once, not once per rank
     from tpp.rundir import refuse_if_in_use
 
     cfg = load_config(_config_path(args.config), args.overrides, recipe=args.recipe)
+    refuse_overwrite_with_resume(cfg, args.overwrite)
     refuse_if_in_use(Path(cfg.output_dir))  # a run still going there: said first
     refuse_problems(cfg, args.config)
     if args.num_processes > (os.cpu_count() or 1) * 4:

@@ -225,3 +225,21 @@ def test_overwrite_with_train_resume_is_refused_not_ignored(processes, tmp_path,
     assert "launching" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
+
+@pytest.mark.parametrize("argv, said", [
+    (["run", "finetune", "--config", FINETUNE, "--config", "breast_us/mae_vit_tiny_lora_tpp.yaml", "data.root=/none"],
+     f"argument --config: given twice ('{FINETUNE}', then 'breast_us/mae_vit_tiny_lora_tpp.yaml'); keep one."),
+    (["run", "finetune", "--num-processes", "2", "--config", FINETUNE, "--num-processes=1", "data.root=/none"],
+     "argument --num-processes: given twice ('2', then '1'); keep one."),
+    (["compare", "runs/a", "--csv", "a.csv", "--csv", "b.csv"], "argument --csv: given twice"),
+    (["plot", "runs/a", "--out", "a.png", "--out=b.png"], "argument --out: given twice"),
+])
+def test_an_option_given_twice_is_a_usage_error_naming_both(argv, said, tmp_path, capsys):
+    """`tpp run finetune --config a.yaml --config b.yaml` ran b.yaml without a word, as an override given twice
+    did before it was refused."""
+    from tpp.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"tpp {argv[0]}: error: {said}" in err and "Traceback" not in err, err

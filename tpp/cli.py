@@ -82,6 +82,18 @@ has columns image,label or image,mask (paths relative to the CSV's folder).""",
 }
 
 
+class Once(argparse.Action):
+    """An option taken once: given again (``--config a.yaml --config b.yaml``), a usage error naming both, where
+    argparse keeps the last without a word (as an override given twice is refused)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = getattr(namespace, f"_given_{self.dest}", None)
+        if given is not None:
+            raise argparse.ArgumentError(self, f"given twice ('{given}', then '{values}'); keep one.")
+        setattr(namespace, f"_given_{self.dest}", values)
+        setattr(namespace, self.dest, values)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tpp", description="Parameter-efficient fine-tuning of frozen medical-imaging backbones, "
@@ -102,11 +114,11 @@ def _parser() -> argparse.ArgumentParser:
 
     run = add("run", "run a recipe with a YAML config and key=value overrides")
     run.add_argument("recipe", help="recipe name (tpp ls)")
-    run.add_argument("--config", required=True, help="YAML config (path, or a name from tpp ls)")
+    run.add_argument("--config", required=True, action=Once, help="YAML config (path, or a name from tpp ls)")
     run.add_argument("--overwrite", action="store_true",
                      help="delete a non-empty output_dir and start over (a failed run without a checkpoint is "
                           "replaced without it; train.resume=auto continues a run instead, and is refused with it)")
-    run.add_argument("--num-processes", type=int, default=1,
+    run.add_argument("--num-processes", type=int, default=1, action=Once,
                      help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs); batch_size is per process")
     run.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. train.lr=1e-4")
     add("ls", "list recipes, adapter methods, pretexts, data sources, tasks, shipped configs and shipped backbones")
@@ -116,7 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("dest", help="destination file or folder")
     cmp = add("compare", "print a results table of finished runs (main metric of each task, size, time)")
     cmp.add_argument("runs", nargs="+", help=f"run directories (output_dir) of any recipe: {', '.join(RECIPES)}")
-    cmp.add_argument("--csv", metavar="FILE", help="also write every column, raw numbers, to FILE (atomically)")
+    cmp.add_argument("--csv", metavar="FILE", action=Once,
+                     help="also write every column, raw numbers, to FILE (atomically)")
     val = add("validate", "check a config (and overrides) and the data it reads, without training anything")
     val.add_argument("config", nargs="?", help="YAML config (path, or a name from tpp ls)")
     val.add_argument("overrides", nargs="*", default=[], help="key=value overrides")
@@ -124,7 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     pl = add("plot", "plot a run's training curves, and ROC and calibration from its predictions.csv (PNG)")
     pl.add_argument("run_dir", help="a run directory (output_dir) of any recipe (a failed or running one too: "
                                     "its curves so far)")
-    pl.add_argument("--out", help="path of the training-curves PNG (default RUN_DIR/curves.png)")
+    pl.add_argument("--out", action=Once, help="path of the training-curves PNG (default RUN_DIR/curves.png)")
     add_deploy_commands(add)
     add_context_command(add)
     return parser

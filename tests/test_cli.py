@@ -243,3 +243,17 @@ def test_an_option_given_twice_is_a_usage_error_naming_both(argv, said, tmp_path
         main(argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and f"tpp {argv[0]}: error: {said}" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("override, said", [
+    ("train={lr: 1e-3, lr: 1e-4}", "key 'lr' is given twice in its value; keep one."),
+    ("adapter={method: lora, lora: {r: 2, r: 4}}", "key 'r' is given twice in its value; keep one."),
+])
+def test_a_key_given_twice_inside_an_overrides_value_is_named(override, said, capsys):
+    """The value did not parse as YAML (a key given twice) and was taken as the text itself, so the error said
+    `config key 'train' must be a mapping, got str`, hiding the repeated key."""
+    from tpp.cli import main
+
+    assert main(["validate", FINETUNE, "data.root=/none", override]) == 2
+    err = capsys.readouterr().err
+    assert f"override '{override}': {said}" in err and "must be a mapping" not in err, err

@@ -157,6 +157,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}' has an empty key.")
     try:
         value = yaml.load(raw, Loader=UniqueKeyLoader) if raw != "" else None  # noqa: S506 (a SafeLoader)
+    except RepeatedKeyError as exc:  # a mapping meant (train={lr: 1, lr: 2}), not the text: say what is wrong
+        raise ConfigError(f"override '{text}': key '{exc.key}' is given twice in its value; keep one.") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -209,6 +211,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 SEXAGESIMAL = re.compile(r"^[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?$")
 
 
+class RepeatedKeyError(yaml.constructor.ConstructorError):
+    """A key given twice in one YAML mapping (:class:`UniqueKeyLoader`); ``key`` names it."""
+
+    def __init__(self, key, first, mark):
+        super().__init__(None, None, f"key '{key}' is given twice (first on line {first.start_mark.line + 1}); "
+                                     "keep one", mark)
+        self.key = key
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a key given twice in one mapping (two ``train:`` sections, a repeated
     ``lr:``): plain YAML keeps the last one silently, so the first block's values would be lost without a word.
@@ -230,9 +241,7 @@ class UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:  # an unhashable key: the base class says so
                 break
             if first is not key_node:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key '{key}' is given twice (first on line {first.start_mark.line + 1}); keep one",
-                    key_node.start_mark)
+                raise RepeatedKeyError(key, first, key_node.start_mark)
         return super().construct_mapping(node, deep)
 
 

@@ -386,7 +386,7 @@ def _run_of_checkpoint(path: Path, resume: str) -> Path:
     ``checkpoints/step-N`` (a checkpoint of another run is checked against that run's config)."""
     if resume == "auto":
         return path
-    checkpoint = Path(resume).resolve()
+    checkpoint = Path(os.path.abspath(resume))  # not resolved: OUT/checkpoints may link to a scratch disk
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else path
 
 

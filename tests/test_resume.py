@@ -470,3 +470,20 @@ def test_another_runs_checkpoint_is_not_continued_over_a_run_in_output_dir(tiny_
     assert "another output_dir=..." in err and "train.resume=auto" in err and "Traceback" not in err
     assert _snapshot(out) == before
     assert run_cli(*args(tiny_mae, root, tmp_path / "new", f"train.resume={other / 'checkpoints' / 'step-6'}")) == 0
+
+
+def test_a_finished_runs_own_checkpoint_behind_a_linked_checkpoints_folder_is_still_its_own(tiny_mae, reference,
+                                                                                            tmp_path, capsys):
+    """OUT/checkpoints linked to a scratch disk: train.resume=OUT/checkpoints/step-8 was taken for a checkpoint of
+    a run in the scratch folder (the link resolved), so the finished run was not recognised as its own."""
+    import shutil
+
+    root, ref = reference
+    out, scratch = tmp_path / "finished", tmp_path / "scratch" / "checkpoints"
+    shutil.copytree(ref, out)
+    scratch.parent.mkdir()
+    shutil.move(out / "checkpoints", scratch)
+    (out / "checkpoints").symlink_to(scratch, target_is_directory=True)
+    before = _snapshot(out)
+    assert run_cli(*args(tiny_mae, root, out, f"train.resume={out / 'checkpoints' / 'step-8'}")) == 0
+    assert f"'{out}' already finished" in capsys.readouterr().out and _snapshot(out) == before

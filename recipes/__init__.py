@@ -117,19 +117,6 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
         pass
 
 
-def evaluated_card(path) -> dict:
-    """The card of an adapter to evaluate: an adapter or full model with a task head (a TPP adapter has none)."""
-    from tpp.adapter_dir import read_card
-    from tpp.errors import TppError
-    from tpp.tasks import task_of_card
-
-    card = read_card(path, kinds=("adapter", "full_model"))
-    if task_of_card(card) is None:
-        raise TppError(f"adapter '{path}' has no task head (stage {card.get('stage')!r}); fine-tune it first "
-                       "(tpp run finetune ... adapter.init_from=...).")
-    return card
-
-
 def get_recipe(name: str):
     from tpp.errors import TppError
 

@@ -41,12 +41,12 @@ def _nanmean(values: torch.Tensor) -> float:
 
 
 CHUNK = 256  # images scored at once: their masks are decoded (mask files) and one-hot encoded together
-CHUNK_PIXELS = 1 << 22  # and at most this many mask pixels at once (one-hot scoring takes ~50 bytes a pixel)
+CHUNK_PIXELS = 1 << 20  # and at most this many mask pixels at once (one-hot scoring takes ~50 bytes a pixel: ~55 MB)
 
 
 def images_per_chunk(shape, chunk: int = CHUNK) -> int:
     """Images of masks of ``shape`` (..., h, w) scored at once: at most ``chunk``, and at most
-    :data:`CHUNK_PIXELS` pixels (256 masks of 128 px; 16 of 512 px), so memory stays bounded at any mask size."""
+    :data:`CHUNK_PIXELS` pixels (64 masks of 128 px; 4 of 512 px), so memory stays bounded at any mask size."""
     return max(1, min(chunk, CHUNK_PIXELS // max(1, int(shape[-1]) * int(shape[-2]))))
 
 

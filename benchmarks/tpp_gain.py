@@ -202,8 +202,9 @@ class Bench:
             data = json.loads(path.read_text())
             base, pretext, variant, source = parse_method(split_lr(cell[1])[0], cell[0])
             if (data.get("protocol_id") == self.cell_id(cell[1]) and data.get("tpp_variant") == VARIANTS.get(variant)
-                    and data.get("method_options") == method_options(base) and data.get("tpp_protocol")
-                    == multitask.cell_config(self.multitask, pretext, source, adapter_section(base, self.protocol))):
+                    and data.get("method_options") == method_options(base) and multitask.same_protocol(
+                        data.get("tpp_protocol"),
+                        multitask.cell_config(self.multitask, pretext, source, adapter_section(base, self.protocol)))):
                 return data
         return None
 

@@ -73,6 +73,28 @@ def cell_config(mt: dict, pretext: str | None, source: str, adapter: dict) -> di
     return multitask_config(source, adapter, mt) if pretext == PRETEXT else None
 
 
+# Pool data keys that change what a card records, not a number the run computes: a cell recorded under another
+# value (MedNIST's tasks were tagged CT until 2026-12-02, now unknown) is the same measurement.
+METADATA_KEYS = ("modality", "license")
+
+
+def same_protocol(recorded: dict | None, current: dict | None) -> bool:
+    """Whether a cached cell's ``tpp_protocol`` is ``current`` (:func:`cell_config`), up to
+    :data:`METADATA_KEYS` of its pool's data sections."""
+    return _numbers_only(recorded) == _numbers_only(current)
+
+
+def _numbers_only(config: dict | None) -> dict | None:
+    """``config`` without its pool entries' :data:`METADATA_KEYS`."""
+    if not isinstance(config, dict):
+        return config
+    config = copy.deepcopy(config)
+    for entry in config.get("pool") or []:
+        for key in METADATA_KEYS:
+            (entry.get("data") or {}).pop(key, None)
+    return config
+
+
 def stamp(tpp_id: str, config: dict) -> str:
     """What a cached multi-task adapter must match: the TPP protocol id (backbone content included) and the
     run's config (pool, budget, schedule)."""

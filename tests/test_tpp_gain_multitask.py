@@ -75,6 +75,25 @@ def test_a_pool_or_budget_change_changes_the_stamp_and_the_cell_key(tmp_path):
         assert bool(other.cached(*cell)) is (method == "lora")
 
 
+
+def test_a_cell_recorded_under_another_modality_tag_is_the_same_measurement(tmp_path):
+    """The pool's MedNIST tasks were tagged CT until 2026-12-02 (now unknown): a tag or licence changes what a card
+    records, not what trains, so the cells measured before stay cached; another dataset in the pool does not."""
+    bench = tpp_gain.Bench(tmp_path, tpp_gain.PROTOCOL, shared_backbone(), str(tmp_path))
+    current = mt.cell_config(bench.multitask, "multitask", "breastmnist", LORA)
+    recorded = copy.deepcopy(current)
+    for entry in recorded["pool"]:
+        entry["data"]["modality"] = "CT"
+        entry["data"]["license"] = "other"
+    moved = copy.deepcopy(current)
+    moved["pool"][0]["data"]["name"] = "pathmnist"
+    for protocol, kept in ((recorded, True), (moved, False)):
+        bench.store({"target": "breastmnist", "method": "lora+tpp_multitask", "fraction": 0.1, "seed": 0,
+                     "tpp_variant": None, "protocol_id": bench.cell_id("lora+tpp_multitask"), "method_options": None,
+                     "tpp_protocol": protocol})
+        assert bool(bench.cached("breastmnist", "lora+tpp_multitask", 0.1, 0)) is kept
+
+
 @pytest.mark.integration
 def test_a_multitask_cell_runs_through_the_real_recipes(tmp_path):
     protocol = dict(tpp_gain.QUICK_PROTOCOL, finetune_steps=2, finetune_batch_size=8)

@@ -209,3 +209,32 @@ def without_config_name(text: str) -> str:
     import re
 
     return re.sub(r"^(error: )?config '[^']*'( with its overrides)?: ", r"\1", text, count=1)
+
+
+def count_adapter_reads(monkeypatch, counts: dict, names=None, swaps: dict | None = None, folders=None,
+                        store_alias: bool = False) -> None:
+    """Count in ``counts`` ({file name: reads}) the reads of adapter files through ``tpp.adapter_dir`` (whole-file
+    reads and safetensors loads): files named in ``names`` (default every file), in ``folders`` only when given.
+    Right after a file's first read, ``swaps[name]`` (tensors) replace it on disk: what a second read would find.
+    ``store_alias``: also the adapter store's name for the whole-file read (``tpp.serve.store._read_regular``)."""
+    from safetensors.torch import save_file
+
+    from tpp import adapter_dir
+    places = None if folders is None else {str(folder) for folder in folders}
+
+    def counted(read):
+        def wrapper(path, *args, **kwargs):
+            out = read(path, *args, **kwargs)
+            folder, _, name = str(path).rpartition("/")
+            if (names is None or name in names) and (places is None or folder in places):
+                counts[name] = counts.get(name, 0) + 1
+                if swaps and name in swaps and counts[name] == 1:
+                    save_file(swaps[name], str(path))
+            return out
+        return wrapper
+
+    monkeypatch.setattr(adapter_dir, "read_regular", counted(adapter_dir.read_regular))
+    monkeypatch.setattr(adapter_dir, "load_file", counted(adapter_dir.load_file))
+    if store_alias:
+        from tpp.serve import store
+        monkeypatch.setattr(store, "_read_regular", adapter_dir.read_regular)

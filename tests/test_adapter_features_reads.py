@@ -5,9 +5,9 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from helpers import count_adapter_reads
 from safetensors.torch import load_file, save_file
 
-from tpp import adapter_dir
 from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS, content_hash
 from tpp.errors import TppError
 
@@ -62,33 +62,19 @@ def test_a_version_folder_s_weights_are_the_bytes_its_hash_verified(monkeypatch,
     """The weights file swapped right after its first read (the hash check's): that read is the only one, and
     the encoder holds the verified tensors, not the swapped-in zeros."""
     from tpp.incontext.features import load_extractor
-    from tpp.serve import store
     from tpp.serve.adapter_features import with_adapter
 
     plain, version = adapter
     saved = load_file(str(plain / WEIGHTS))
-    reads = {"n": 0}
-    read_regular, load = adapter_dir.read_regular, adapter_dir.load_file
-
-    def counted(read):
-        def wrapper(path, *args, **kwargs):
-            out = read(path, *args, **kwargs)
-            if str(path).endswith(WEIGHTS):
-                reads["n"] += 1
-                if reads["n"] == 1:
-                    save_file({k: torch.zeros_like(v) for k, v in saved.items()}, str(path))
-            return out
-        return wrapper
-
+    reads: dict = {}
     extractor = load_extractor(str(tiny_mae))
-    monkeypatch.setattr(adapter_dir, "read_regular", counted(read_regular))
-    monkeypatch.setattr(adapter_dir, "load_file", counted(load))
-    monkeypatch.setattr(store, "_read_regular", adapter_dir.read_regular)  # the store's name for the same read
+    count_adapter_reads(monkeypatch, reads, names={WEIGHTS}, store_alias=True,
+                        swaps={WEIGHTS: {k: torch.zeros_like(v) for k, v in saved.items()}})
     try:
         adapted = with_adapter(extractor, str(version))
     finally:
         shutil.copy(plain / WEIGHTS, version / WEIGHTS)  # the swap undone
-    assert reads["n"] == 1
+    assert reads == {WEIGHTS: 1}
     lora = _lora(adapted)
     assert lora and all(torch.count_nonzero(v) > 0 for v in lora.values())
 

@@ -6,10 +6,9 @@ import shutil
 import pytest
 import torch
 from conftest import make_medmnist
-from helpers import FINETUNE_CONFIG, finetune, run_cli
+from helpers import FINETUNE_CONFIG, count_adapter_reads, finetune, run_cli
 from safetensors.torch import load_file, save_file
 
-from tpp import adapter_dir
 from tpp.adapter_dir import ADAPTER_FILES, HEAD, WEIGHTS, content_hash
 
 
@@ -26,26 +25,6 @@ def adapter(tmp_path_factory, tiny_mae):
     return plain, version, root
 
 
-def _swap_after_first_read(monkeypatch, reads: dict, swaps: dict) -> None:
-    """Count in ``reads`` the reads of each tensor file through adapter_dir (whole-file reads and safetensors loads);
-    right after a file's first read, the file on disk is replaced by ``swaps[name]`` (what a second read finds)."""
-    read_regular, load = adapter_dir.read_regular, adapter_dir.load_file
-
-    def counted(read):
-        def wrapper(path, *args, **kwargs):
-            out = read(path, *args, **kwargs)
-            name = str(path).rsplit("/", 1)[-1]
-            if name in swaps:
-                reads[name] = reads.get(name, 0) + 1
-                if reads[name] == 1:
-                    save_file(swaps[name], str(path))
-            return out
-        return wrapper
-
-    monkeypatch.setattr(adapter_dir, "read_regular", counted(read_regular))
-    monkeypatch.setattr(adapter_dir, "load_file", counted(load))
-
-
 def test_an_evaluated_version_folder_loads_the_bytes_its_hash_verified(monkeypatch, tiny_mae, adapter):
     """load_task_model hashed the version's files with its card, then read the weights and head files again to
     load them: what it loaded was not what it verified."""
@@ -55,7 +34,7 @@ def test_an_evaluated_version_folder_loads_the_bytes_its_hash_verified(monkeypat
     saved = {name: load_file(str(plain / name)) for name in (WEIGHTS, HEAD)}
     zeros = {name: {k: torch.zeros_like(v) for k, v in state.items()} for name, state in saved.items()}
     reads: dict = {}
-    _swap_after_first_read(monkeypatch, reads, zeros)
+    count_adapter_reads(monkeypatch, reads, names=set(zeros), swaps=zeros)
     try:
         model, card, _ = load_task_model(str(version), str(tiny_mae))
     finally:
@@ -97,19 +76,9 @@ def test_an_adapter_is_read_once_by_a_run_and_by_validate(monkeypatch, tmp_path,
     load read them all once more. No swap: every read counted."""
     plain, version, root = adapter
     counted: dict = {}
-    for read in ("read_regular", "load_file"):  # whole-file reads and safetensors loads
-        monkeypatch.setattr(adapter_dir, read, _counting(getattr(adapter_dir, read), counted))
+    count_adapter_reads(monkeypatch, counted, names={WEIGHTS, HEAD})  # whole-file reads and safetensors loads
     assert _evaluate(tiny_mae, root, version if in_version_folder else plain, tmp_path / "eval", command) == 0
     assert counted == {WEIGHTS: 1, HEAD: 1}
-
-
-def _counting(read, counted: dict):
-    def wrapper(path, *args, **kwargs):
-        name = str(path).rsplit("/", 1)[-1]
-        if name in (WEIGHTS, HEAD):
-            counted[name] = counted.get(name, 0) + 1
-        return read(path, *args, **kwargs)
-    return wrapper
 
 
 def test_a_run_loads_the_bytes_its_checks_verified(monkeypatch, tmp_path, tiny_mae, adapter):
@@ -125,7 +94,7 @@ def test_a_run_loads_the_bytes_its_checks_verified(monkeypatch, tmp_path, tiny_m
     monkeypatch.setattr(evaluate_recipe, "load_task_model", lambda *a, real=evaluate_recipe.load_task_model, **k:
                         models.append(real(*a, **k)) or models[-1])
     reads: dict = {}
-    _swap_after_first_read(monkeypatch, reads, zeros)
+    count_adapter_reads(monkeypatch, reads, names=set(zeros), swaps=zeros)
     try:
         assert _evaluate(tiny_mae, root, version, tmp_path / "eval") == 0
     finally:

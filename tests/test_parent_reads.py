@@ -5,10 +5,9 @@ import shutil
 import pytest
 import torch
 from conftest import make_medmnist
-from helpers import FAST, FINETUNE_CONFIG, tpp
-from safetensors.torch import load_file, save_file
+from helpers import FAST, FINETUNE_CONFIG, count_adapter_reads, tpp
+from safetensors.torch import load_file
 
-from tpp import adapter_dir
 from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS, content_hash, read_adapter
 
 
@@ -27,27 +26,6 @@ def parent(tmp_path_factory, tiny_mae):
     version = base / content_hash(files)
     shutil.copytree(base / "tpp" / "adapter", version, ignore=lambda _, names: set(names) - set(ADAPTER_FILES))
     return root, base / "tpp" / "adapter", version
-
-
-def _count_weight_reads(monkeypatch, reads: dict, swap_to=None) -> None:
-    """Count in ``reads["n"]`` the reads of the weights file through adapter_dir (whole-file reads and safetensors
-    loads); with ``swap_to``, the file on disk is replaced by those tensors right after its first read (what a
-    second read would then find)."""
-    reads["n"] = 0
-    read_regular, load = adapter_dir.read_regular, adapter_dir.load_file
-
-    def counted(read):
-        def wrapper(path, *args, **kwargs):
-            out = read(path, *args, **kwargs)
-            if str(path).endswith(WEIGHTS):
-                reads["n"] += 1
-                if swap_to is not None and reads["n"] == 1:
-                    save_file(swap_to, str(path))
-            return out
-        return wrapper
-
-    monkeypatch.setattr(adapter_dir, "read_regular", counted(read_regular))
-    monkeypatch.setattr(adapter_dir, "load_file", counted(load))
 
 
 def _attach_parent(tiny_mae, root, parent_dir, count):
@@ -79,11 +57,11 @@ def test_a_parent_adapter_s_weights_are_read_once_when_a_run_starts_from_it(monk
     zeros = {k: torch.zeros_like(v) for k, v in saved.items()}
     reads = {}
     try:
-        loaded = _attach_parent(tiny_mae, root, version if in_version_folder else plain, lambda: _count_weight_reads(
-            monkeypatch, reads, swap_to=zeros if in_version_folder else None))
+        loaded = _attach_parent(tiny_mae, root, version if in_version_folder else plain, lambda: count_adapter_reads(
+            monkeypatch, reads, names={WEIGHTS}, swaps={WEIGHTS: zeros} if in_version_folder else None))
     finally:
         shutil.copy(plain / WEIGHTS, version / WEIGHTS)  # the swap undone
-    assert reads["n"] == 1
+    assert reads == {WEIGHTS: 1}
     # the tensors loaded are the bytes read (in a version folder: verified), not what the file held afterwards
     assert set(saved) <= set(loaded) and all(torch.equal(loaded[k], v) for k, v in saved.items())
 

@@ -7,10 +7,9 @@ import shutil
 import pytest
 import torch
 from conftest import make_medmnist
-from helpers import finetune, run_cli
+from helpers import count_adapter_reads, finetune, run_cli
 from safetensors.torch import load_file, save_file
 
-from tpp import adapter_dir
 from tpp.adapter_dir import ADAPTER_FILES, CARD, WEIGHTS, content_hash
 from tpp.errors import TppError
 from tpp.serve import store
@@ -35,24 +34,9 @@ def reads(monkeypatch, adapter):
     and the store's reads; right after the weights file's first read it is replaced on disk by zeros (still a valid
     adapter: what a second read would publish). The swap is undone afterwards."""
     counts: dict = {}
-    sources = (str(adapter["plain"]), str(adapter["version"]))
     zeros = {k: torch.zeros_like(v) for k, v in load_file(str(adapter["plain"] / WEIGHTS)).items()}
-    read_regular, load = adapter_dir.read_regular, adapter_dir.load_file
-
-    def counted(read):
-        def wrapper(path, *args, **kwargs):
-            out = read(path, *args, **kwargs)
-            folder, _, name = str(path).rpartition("/")
-            if folder in sources:
-                counts[name] = counts.get(name, 0) + 1
-                if name == WEIGHTS and counts[name] == 1:
-                    save_file(zeros, str(path))
-            return out
-        return wrapper
-
-    monkeypatch.setattr(adapter_dir, "read_regular", counted(read_regular))
-    monkeypatch.setattr(adapter_dir, "load_file", counted(load))
-    monkeypatch.setattr(store, "_read_regular", adapter_dir.read_regular)  # the store's name for the same read
+    count_adapter_reads(monkeypatch, counts, folders=(adapter["plain"], adapter["version"]), swaps={WEIGHTS: zeros},
+                        store_alias=True)
     yield counts
     for folder in (adapter["plain"], adapter["version"]):
         (folder / WEIGHTS).write_bytes(adapter["files"][WEIGHTS])

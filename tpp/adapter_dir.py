@@ -139,7 +139,7 @@ def read_weights(path: str | Path, card: dict, files: dict[str, bytes] | None = 
 
 def read_head(path: str | Path, files: dict[str, bytes] | None = None) -> dict[str, torch.Tensor]:
     """The task head's tensors (``head.safetensors``); from ``files``, bytes already read and verified
-    (:func:`read_card_files`), when given, else from the file."""
+    (:func:`read_adapter_files`), when given, else from the file."""
     return _file_tensors(path, HEAD, files)
 
 
@@ -157,16 +157,9 @@ def read_adapter(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, d
     return card, read_weights(path, card, files)
 
 
-def read_card_files(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, bytes] | None]:
-    """:func:`read_card`'s card, and the files of a store version folder as its content hash verified them (None
-    for another folder): hand them to :func:`read_weights` and :func:`read_head`, so that what is loaded is what
-    was verified, never a second read that could find other bytes (evaluating a version folder)."""
-    return _read_card(Path(path), kinds)
-
-
 def read_adapter_files(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, bytes]]:
     """:func:`read_card`'s card and the bytes of the adapter's tensor files, each file read once: a store version
-    folder's files as its content hash verified them (:func:`read_card_files`); in another folder the weights file
+    folder's files as its content hash verified them (:func:`check_version_folder`); in another folder the weights file
     the card names and ``head.safetensors``, those present (a link to one is followed, as to the card), capped by
     :func:`file_limit`. Hand them to :func:`read_weights` and :func:`read_head`, as often as needed: what is checked
     and what is loaded are these bytes, never a second read that could find others (evaluating an adapter)."""

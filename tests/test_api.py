@@ -390,12 +390,12 @@ def test_overwrite_with_train_resume_is_refused_naming_the_python_argument(tmp_p
 
 
 @pytest.mark.parametrize("overrides, said", [
-    ({"train.lr": 1e-3, "train": {"max_steps": 2}}, "train.lr is given twice ('train.lr=0.001', then "
-                                                    "'train={max_steps: 2}', which replaces the whole train section)"),
+    ({"train.lr": 1e-3, "train": {"lr": 2e-3}}, "train.lr is given twice ('train.lr=0.001', then "
+                                                "'train={lr: 0.002}'); keep one"),
     (["train.max_steps=2", "train.max_steps=3"], "train.max_steps is given twice"),
 ])
 def test_an_override_given_twice_is_refused_as_on_the_command_line(overrides, said, tmp_path):
-    """tpp.finetune kept the last one without a word (a dict's train section after its train.lr dropped the lr),
+    """tpp.finetune kept the last one without a word (a dict's train section setting its train.lr again),
     where `tpp run`, whose entry this is, refuses it."""
     nowhere = str(tmp_path / "no_data")  # were it accepted: refused, not trained
     overrides = {"data.root": nowhere, **overrides} if isinstance(overrides, dict) else [f"data.root={nowhere}",

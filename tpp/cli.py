@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ntpp: error: the following arguments are required: COMMAND", file=sys.stderr)
         return 2
     if getattr(args, "overrides", None):  # run, validate
-        from tpp.config.parse import repeated_overrides
+        from tpp.config import repeated_overrides
 
         repeated = repeated_overrides(args.overrides)
         if repeated:  # tpp would keep the last one without a word

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tpp.config.parse import repeated_overrides
+from tpp.config import repeated_overrides
 from tpp.errors import TppError
 
 YAML_END = r"\n?\.\.\.$"  # what safe_dump puts after a lone scalar

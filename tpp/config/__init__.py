@@ -32,7 +32,8 @@ from collections.abc import Mapping
 
 from tpp.config.checks import _check_values, ignored_options, prompt_size_problems
 from tpp.config.paths import resolve_config_paths
-from tpp.config.parse import (_default, _describe, _section, apply_overrides, build_dataclass, config_error,
+from tpp.config import parse
+from tpp.config.parse import (_default, _describe, _section, build_dataclass, config_error, free_form_dicts,
                               load_yaml, parse_override, unknown_key)
 from tpp.config.plugins import (_data_options, _pool_entry, _switch_plugin, _task_options, _with_options,
                                 drop_other_pretexts_defaults)
@@ -44,7 +45,20 @@ from tpp.errors import ConfigError
 __all__ = ["AdapterConfig", "BackboneConfig", "ConfigError", "DataConfig", "ModelConfig", "PoolEntry",
            "PretextConfig", "RunConfig", "TrainConfig", "apply_overrides", "build_config", "build_dataclass",
            "config_error", "drop_other_pretexts_defaults", "help_lines", "load_config", "load_yaml",
-           "parse_override", "unknown_key", "unknown_recipe"]
+           "parse_override", "repeated_overrides", "unknown_key", "unknown_recipe"]
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Dotted ``key=value`` overrides applied to a config's nested dict (in place; returned): a mapping value
+    merges into the section it names, recursively (``train={lr: 1e-4}`` is ``train.lr=1e-4``), but for a
+    free-form dict of the schema (``incontext.tasks``), which it replaces (:func:`tpp.config.parse.apply_overrides`)."""
+    return parse.apply_overrides(data, overrides, free_form_dicts(RunConfig))
+
+
+def repeated_overrides(overrides: list[str]) -> list[str]:
+    """A sentence per config key that two of ``overrides`` set (:func:`tpp.config.parse.repeated_overrides`, with
+    the schema's free-form dicts): what ``tpp run`` and ``tpp.finetune`` refuse."""
+    return parse.repeated_overrides(overrides, free_form_dicts(RunConfig))
 
 
 def other_recipes_pool_keys(recipe: str, raw_pool: list) -> list[str]:

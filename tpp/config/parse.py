@@ -1,13 +1,17 @@
 """Generic typed-dict building: a nested dict (YAML + overrides) checked key by key against a dataclass, the
 problem lines it reports (an unknown key, a wrong type), dotted ``key=value`` overrides and reading a YAML file.
-Nothing here knows the config's sections (:mod:`tpp.config.schema`) or its plug-ins."""
+Nothing here knows the config's sections (:mod:`tpp.config.schema`) or its plug-ins: the free-form dict fields
+that a mapping override replaces instead of merging into are the caller's to give (:func:`free_form_dicts` of a
+schema; :mod:`tpp.config` passes the config's)."""
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import re
 import typing
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,7 +153,9 @@ def _default(f: dataclasses.Field):
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``'train.lr=1e-4'`` -> (['train', 'lr'], 0.0001). Values are parsed as YAML scalars."""
+    """``'train.lr=1e-4'`` -> (['train', 'lr'], 0.0001). Values are parsed as YAML: a scalar, a flow list
+    (``[a, b]``) or mapping (``{lr: 1e-4}``); a value that is no YAML stays the text, but for one that starts like
+    a flow list or mapping (``{`` / ``[``): that is a ConfigError naming the YAML problem (quoted, it is text)."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value (for example train.lr=1e-4).")
     key, raw = text.split("=", 1)
@@ -159,23 +165,53 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.load(raw, Loader=UniqueKeyLoader) if raw != "" else None  # noqa: S506 (a SafeLoader)
     except RepeatedKeyError as exc:  # a mapping meant (train={lr: 1, lr: 2}), not the text: say what is wrong
         raise ConfigError(f"override '{text}': key '{exc.key}' is given twice in its value; keep one.") from None
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        if raw.lstrip().startswith(("{", "[")):  # a mapping or list meant (train={lr: 1): not the text
+            raise ConfigError(f"override '{text}': its value is not valid YAML: {_yaml_problem(exc)}. For text that "
+                              f"starts with {raw.lstrip()[0]}, quote it: {key}=\"'...'\".") from None
         value = raw
     return key.split("."), value
 
 
-def _leaves(value) -> list[tuple]:
-    """The key paths below an override's value that it sets: () for a plain value, each key path of a mapping's
-    values (an empty mapping sets none)."""
-    if not isinstance(value, dict):
-        return [()]
-    return [(key, *rest) for key, sub in value.items() for rest in _leaves(sub)]
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What a YAML parser said of a one-line value, and where (``expected ',' or '}', but got '<stream end>'
+    (line 1, column 7 of the value)``)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem:
+        return str(exc).replace("\n", " ")
+    return problem + (f" (line {mark.line + 1}, column {mark.column + 1} of the value)" if mark else "")
 
 
-def repeated_overrides(overrides: list[str]) -> list[str]:
-    """A sentence per key that two overrides set (``train.lr=1e-3 train.lr=1e-4``, or ``train.max_steps=5`` and
-    then ``train={lr: 1e-4}``, which replaces the whole section): :func:`apply_overrides` would keep the last
-    without a word. An override that does not parse is left to :func:`apply_overrides` to report."""
+@functools.cache
+def free_form_dicts(cls) -> frozenset[tuple[str, ...]]:
+    """The key paths of dataclass ``cls``'s fields (its sections' too, recursively) whose value is a free-form dict
+    (annotated ``dict``), not a section of keys: a mapping override given for one replaces it whole. Of the
+    config (:class:`~tpp.config.schema.RunConfig`): ``incontext.tasks`` and the ``options`` each plug-in section
+    keeps its options in."""
+    found = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            found += [(f.name, *path) for path in free_form_dicts(tp)]
+        elif any(dict in (t, typing.get_origin(t)) for t in (tp, *typing.get_args(tp))):  # Optional[dict] too
+            found.append((f.name,))
+    return frozenset(found)
+
+
+def _leaves(value, path: tuple, free_form) -> list[tuple]:
+    """The key paths an override's value for ``path`` sets: ``path`` for a plain value or a free-form dict, else
+    each key path of a mapping's values (they merge; an empty mapping sets none)."""
+    if not isinstance(value, dict) or path in free_form:
+        return [path]
+    return [leaf for key, sub in value.items() for leaf in _leaves(sub, (*path, key), free_form)]
+
+
+def repeated_overrides(overrides: list[str], free_form: Collection[tuple] = ()) -> list[str]:
+    """A sentence per key that two overrides set (``train.lr=1e-3 train.lr=1e-4``, or ``train.lr=1`` and then
+    ``train={lr: 2}``): :func:`apply_overrides` would keep the last without a word. A mapping merges into a
+    section, so ``train.max_steps=5 train={lr: 1e-4}`` sets two keys and is no repetition; a key inside a value that
+    a later override sets whole (``train=5``, a free-form dict ``incontext.tasks={...}``: a key path in
+    ``free_form``) is. An override that does not parse is left to :func:`apply_overrides` to report."""
     set_by: dict[tuple, str] = {}  # key path -> the override that set it
     found: list[str] = []
     for text in overrides:
@@ -183,19 +219,27 @@ def repeated_overrides(overrides: list[str]) -> list[str]:
             keys, value = parse_override(text)
         except ConfigError:
             continue
-        path = tuple(keys)
+        leaves = _leaves(value, tuple(keys), free_form)
         for earlier, by in list(set_by.items()):
-            if earlier[:len(path)] == path or path[:len(earlier)] == earlier:  # the same key, or one inside the other
-                dotted = ".".join(map(str, earlier))
-                whole = f", which replaces the whole {'.'.join(path)} section" if len(path) < len(earlier) else ""
-                found.append(f"{dotted} is given twice ('{by}', then '{text}'{whole}); keep one")
+            clash = next((leaf for leaf in leaves if earlier[:len(leaf)] == leaf or leaf[:len(earlier)] == earlier),
+                         None)  # the same key, or one inside the other
+            if clash is not None:
+                whole = f", which sets the whole of {_dotted(clash)}" if len(clash) < len(earlier) else ""
+                found.append(f"{_dotted(earlier)} is given twice ('{by}', then '{text}'{whole}); keep one")
                 del set_by[earlier]
-        set_by.update({path + leaf: text for leaf in _leaves(value)})
+        set_by.update({leaf: text for leaf in leaves})
     return found
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply dotted overrides to a nested dict (in place) and return it."""
+def _dotted(path: tuple) -> str:
+    return ".".join(map(str, path))
+
+
+def apply_overrides(data: dict, overrides: list[str], free_form: Collection[tuple] = ()) -> dict:
+    """Apply dotted overrides to a nested dict (in place) and return it. A mapping value merges into the mapping
+    it meets, key by key and recursively (``train={lr: 1e-4}`` is ``train.lr=1e-4``: the section's other keys
+    stay); for a free-form dict (its key path in ``free_form``: :func:`free_form_dicts`) or where no mapping is,
+    the value replaces what is there."""
     for text in overrides:
         keys, value = parse_override(text)
         node = data
@@ -203,8 +247,19 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{text}': '{key}' is not a section.")
-        node[keys[-1]] = value
+        _merge(node, keys[-1], value, tuple(keys), free_form)
     return data
+
+
+def _merge(node: dict, key, value, path: tuple, free_form) -> None:
+    """``node[key] = value``, but a mapping merges into a mapping already there (in place, recursively) unless
+    ``path`` is in ``free_form``."""
+    here = node.get(key)
+    if not (isinstance(value, dict) and isinstance(here, dict)) or path in free_form:
+        node[key] = value
+        return
+    for sub_key, sub in value.items():
+        _merge(here, sub_key, sub, (*path, sub_key), free_form)
 
 
 # YAML 1.1 reads 2:40 as the base-60 number 160 (and 1:30.5 as 90.5): a slice AXIS:INDEX must stay text

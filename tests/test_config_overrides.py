@@ -1,0 +1,127 @@
+"""``key=value`` overrides: a mapping value for a section merges into it (as its dotted keys would), a free-form
+dict's replaces it, and a value that starts like a YAML mapping or list but does not parse is an error naming it.
+Through every path overrides come in: load_config, ``tpp validate`` / ``tpp run`` and the Python API."""
+import pytest
+import yaml
+from helpers import FINETUNE_CONFIG
+
+import tpp
+from tpp.api import override_args
+from tpp.config import RunConfig, apply_overrides, load_config, parse_override, repeated_overrides
+from tpp.config.parse import free_form_dicts
+from tpp.errors import ConfigError, TppError
+from tpp.recipes import CONFIG_DIR
+
+FINETUNE = CONFIG_DIR / FINETUNE_CONFIG
+SEGMENTER = CONFIG_DIR / "incontext/segmentation.yaml"
+
+
+def test_a_mapping_for_a_section_merges_into_it_as_its_dotted_keys_would():
+    """``train={lr: 1e-4}`` replaced the file's whole train section: its epochs, batch size, weight decay ...
+    fell back to their defaults without a word."""
+    written = yaml.safe_load(FINETUNE.read_text())["train"]
+    dotted = load_config(FINETUNE, ["train.lr=1e-4", "adapter.r=4"]).to_dict()
+    merged = load_config(FINETUNE, ["train={lr: 1e-4}", "adapter={r: 4}"]).to_dict()
+    assert merged == dotted
+    assert merged["train"]["epochs"] == written["epochs"] != 10 and merged["train"]["lr"] == pytest.approx(1e-4)
+    assert merged["adapter"]["alpha"] == 16 and merged["adapter"]["r"] == 4
+    whole = load_config(FINETUNE, ["train={lr: 1e-4, batch_size: 8}"]).train
+    assert (whole.lr, whole.batch_size, whole.epochs) == (pytest.approx(1e-4), 8, written["epochs"])
+
+
+def test_a_mapping_merges_recursively_into_the_parts_of_a_composed_method(tmp_path):
+    both = tmp_path / "both.yaml"
+    both.write_text("adapter:\n  method: [visual_prompt, lora]\n  lora: {r: 3, alpha: 6}\n  visual_prompt: {pad: 2}\n")
+    options = load_config(both, ["adapter={lora: {r: 5}}"]).adapter.options
+    assert options["lora"]["r"] == 5 and options["lora"]["alpha"] == 6 and options["visual_prompt"]["pad"] == 2
+    assert load_config(both, ["adapter.lora={r: 5}"]).adapter.options == options
+
+
+def test_a_mapping_for_a_free_form_dict_replaces_it():
+    """``incontext.tasks`` maps task names to weights (no section of keys): a mapping given for it is the whole
+    mapping, inside a section's mapping too."""
+    cfg = load_config(SEGMENTER, ["incontext.tasks={shapes: 2}"], recipe="incontext")
+    assert cfg.incontext.tasks == {"shapes": 2}
+    nested = load_config(SEGMENTER, ["incontext={tasks: {shapes: 2}}"], recipe="incontext").incontext
+    assert nested.tasks == {"shapes": 2} and nested.max_context == 8 and nested.kind == "segmentation"  # the file's
+
+
+def test_the_free_form_dicts_of_the_config_are_its_dict_fields():
+    """What replaces rather than merges: dict-typed fields, never a section (a dataclass)."""
+    assert free_form_dicts(RunConfig) == {("incontext", "tasks"), ("adapter", "options"), ("data", "options"),
+                                          ("pretext", "options")}
+
+
+def test_a_section_set_twice_only_where_a_key_is_set_twice_is_refused():
+    assert repeated_overrides(["train.max_steps=5", "train={lr: 1e-4}"]) == []
+    assert repeated_overrides(["train={lr: 1e-4}", "train={max_steps: 5}", "adapter={lora: {r: 2}}",
+                               "adapter.lora.alpha=4"]) == []
+    assert repeated_overrides(["train.lr=1", "train={lr: 2}"]) == [
+        "train.lr is given twice ('train.lr=1', then 'train={lr: 2}'); keep one"]
+    assert repeated_overrides(["adapter={lora: {r: 2}}", "adapter.lora.r=4"]) == [
+        "adapter.lora.r is given twice ('adapter={lora: {r: 2}}', then 'adapter.lora.r=4'); keep one"]
+    assert repeated_overrides(["incontext.tasks.shapes=1", "incontext={tasks: {denoise: 1}}"]) == [
+        "incontext.tasks.shapes is given twice ('incontext.tasks.shapes=1', then 'incontext={tasks: {denoise: 1}}', "
+        "which sets the whole of incontext.tasks); keep one"]
+    assert repeated_overrides(["train={lr: 1}", "train=5"]) == [
+        "train.lr is given twice ('train={lr: 1}', then 'train=5', which sets the whole of train); keep one"]
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("train={lr: 1", "expected ',' or '}', but got '<stream end>' (line 1, column 7 of the value)"),
+    ("data.classes=[a, b", "expected ',' or ']', but got '<stream end>' (line 1, column 6 of the value)"),
+    ("train={lr: 1}}", "expected '<document start>', but found '}' (line 1, column 8 of the value)"),
+    ("adapter= {lora: [1, 2}", "expected ',' or ']', but got '}' (line 1, column 14 of the value)"),
+])
+def test_a_value_that_starts_like_a_mapping_or_list_but_does_not_parse_is_named(override, problem):
+    """``train={lr: 1`` stayed the text '{lr: 1', then reported as a section that must be a mapping, or as a
+    duplicate of a ``train.lr`` given beside it."""
+    with pytest.raises(ConfigError) as caught:
+        parse_override(override)
+    said = str(caught.value)
+    assert said.startswith(f"override '{override}': its value is not valid YAML: {problem}"), said
+    assert repeated_overrides([override, "train.lr=1e-3", "data.classes=[c]", "adapter.r=2"]) == []
+    with pytest.raises(ConfigError, match="is not valid YAML") as caught:
+        load_config(FINETUNE, [override])
+    assert "given twice" not in str(caught.value) and "must be a mapping" not in str(caught.value)
+
+
+def test_a_quoted_value_that_looks_like_a_mapping_stays_text():
+    assert parse_override("site='{lr: 1'") == (["site"], "{lr: 1")
+    assert parse_override("site=a: b: c") == (["site"], "a: b: c")  # no mapping or list meant: the text
+
+
+def test_apply_overrides_merges_into_an_empty_or_absent_section_and_replaces_a_scalar():
+    assert apply_overrides({}, ["train={lr: 1}", "train={epochs: 2}"]) == {"train": {"lr": 1, "epochs": 2}}
+    assert apply_overrides({"train": 5}, ["train={lr: 1}"]) == {"train": {"lr": 1}}
+    assert apply_overrides({"train": {"lr": 1}}, ["train={}"]) == {"train": {"lr": 1}}
+
+
+def test_the_command_line_merges_a_section_and_names_a_malformed_value(tmp_path, capsys):
+    from tpp.cli import main
+
+    nowhere = f"data.root={tmp_path / 'no_data'}"
+    assert main(["validate", FINETUNE_CONFIG, nowhere, "train.max_steps=5", "train={lr: 1e-4}"]) == 2
+    err = capsys.readouterr().err
+    assert "given twice" not in err and "no_data" in err, err  # accepted: refused for its missing data only
+    for argv in (["validate", FINETUNE_CONFIG, nowhere, "train={lr: 1", "train.lr=1e-3"],
+                 ["run", "finetune", "--config", FINETUNE_CONFIG, nowhere, f"output_dir={tmp_path / 'run'}",
+                  "train={lr: 1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "override 'train={lr: 1': its value is not valid YAML: expected ',' or '}'" in err, err
+        assert "given twice" not in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_python_api_merges_a_section_and_names_a_malformed_value(tmp_path):
+    given = {"train.max_steps": 2, "train": {"lr": 1e-4}}
+    cfg = load_config(FINETUNE, override_args(given))
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.train.epochs) == (2, pytest.approx(1e-4), 30)
+    nowhere = str(tmp_path / "no_data")  # accepted, then refused for its data: nothing is trained
+    with pytest.raises(TppError) as caught:
+        tpp.finetune(FINETUNE_CONFIG, {"data.root": nowhere, **given}, output_dir=tmp_path / "run")
+    assert "given twice" not in str(caught.value) and "no_data" in str(caught.value)
+    with pytest.raises(ConfigError, match=r"override 'train=\{lr: 1': its value is not valid YAML"):
+        tpp.finetune(FINETUNE_CONFIG, [f"data.root={nowhere}", "train={lr: 1"], output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

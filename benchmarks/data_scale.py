@@ -9,7 +9,8 @@
     python benchmarks/data_scale.py scale --sizes 50000 --recipes tpp   # one recipe of one size
     python benchmarks/data_scale.py speed --baseline HEAD~1 # 28-px MedMNIST images/s vs a previous commit
     python benchmarks/data_scale.py seg                    # 500 / 2k / 8k seg_folder mask pairs at 128 px: flat in N?
-    python benchmarks/data_scale.py seg --baseline b5cd6fe~1  # and the path that held the masks, side by side
+    python benchmarks/data_scale.py seg --baseline b5cd6fe~1  # and a revision (this one held the masks), side by
+                                                           # side: rows 'HEAD' and 'baseline (b5cd6fe~1)'
 
 ``scale``: a folder of N PNG images at 224 px, made by upsampling real BreastMNIST images from the data root
 (bicubic; 1,000 distinct files, the rest hard links to them, in a temporary folder that is deleted afterwards,
@@ -28,7 +29,9 @@ layers, 1 by default); per N two fresh subprocesses: a segmentation fine-tune (`
 test predictions and metrics) and evaluation of that adapter on the test split (``--sizes`` defaults to 500,
 2,000, 8,000 here). Same memory measure. The claim: flat in N (``seg_folder`` masks stream since b5cd6fe); the
 table prints next to it what holding the masks would add (uint8 + an int64 target copy: 9 bytes a mask pixel,
-arithmetic), and ``--baseline REV`` measures that path too, from a temporary git worktree of REV, same folders.
+arithmetic), and ``--baseline REV`` measures revision REV too, from a temporary git worktree, same folders: rows
+'HEAD' (this checkout) and 'baseline (REV)' (b5cd6fe~1 is the last revision that held the masks; rows stored by
+the first version, 'streamed' and 'held', are read as 'HEAD' and 'baseline (their revision)').
 
 ``speed``: fine-tuning on BreastMNIST (28 px, the shared backbone) with this checkout and with ``--baseline``
 (run from a temporary git worktree), alternating, ``--rounds`` times; images/s of the training steps (from the
@@ -212,19 +215,32 @@ def scale(args) -> dict:
             "flat_within_20pct": bool(flat) and all(v <= 1.2 for v in flat.values())}
 
 
+def path_label(revision: str | None) -> str:
+    """A seg row's ``path``: 'HEAD' for this checkout, 'baseline (REV)' for the revision of ``--baseline REV``."""
+    return "HEAD" if revision is None else f"baseline ({revision})"
+
+
+def read_seg_rows(store: Path) -> list[dict]:
+    """The stored seg rows; those of the first version ('streamed' for this checkout, 'held' for any
+    ``--baseline``, whatever that revision did with the masks) relabelled by :func:`path_label`."""
+    rows = json.loads(store.read_text()) if store.is_file() else []
+    old = {"streamed": lambda r: path_label(None), "held": lambda r: path_label(r["revision"])}
+    return [{**r, "path": old[r["path"]](r)} if r["path"] in old else r for r in rows]
+
+
 def seg(args) -> dict:
     """seg_folder fine-tune + evaluate per size of ``--sizes`` not measured yet (rows kept in
-    ``OUT/data_scale_seg_rows.json``), with this checkout ('streamed') and, with ``--baseline``, that revision
-    ('held'), then the verdict over every stored size."""
+    ``OUT/data_scale_seg_rows.json``), with this checkout ('HEAD') and, with ``--baseline REV``, that revision
+    ('baseline (REV)'), then the verdict over every stored size (:func:`seg_summary`)."""
     store = args.out / "data_scale_seg_rows.json"
-    rows = json.loads(store.read_text()) if store.is_file() else []
+    rows = read_seg_rows(store)
     env = {"MALLOC_MMAP_THRESHOLD_": str(args.malloc_threshold)} if args.malloc_threshold else {}
     size = SEG_SIZE
-    paths = {"streamed": None}
+    paths = {path_label(None): None}
     with tempfile.TemporaryDirectory(prefix="tpp_data_scale_seg_") as tmp:
         tmp = Path(tmp)
         if args.baseline:
-            paths["held"] = checkout(args.baseline, tmp / "baseline")
+            paths[path_label(args.baseline)] = checkout(args.baseline, tmp / "baseline")
         try:
             backbone = str(make_backbone(tmp / f"vit{size}", args.depth, size))
             config = seg_config(tmp / "seg.yaml", backbone, size)
@@ -238,7 +254,7 @@ def seg(args) -> dict:
                           "train.select_best=false", f"train.batch_size={args.batch_size}",
                           f"train.eval_batch_size={args.batch_size}", f"data.num_workers={args.num_workers}"]
                 for name in todo:  # fine-tune, then evaluate its adapter: both measured, both needed
-                    out = tmp / f"runs{n}_{name}"
+                    out = tmp / f"runs{n}_{'head' if paths[name] is None else 'baseline'}"
                     overrides = {"finetune": [f"output_dir={out / 'ft'}"],
                                  "evaluate": [f"adapter.path={out / 'ft' / 'adapter'}", "data.split=test",
                                               f"output_dir={out / 'eval'}"]}
@@ -248,13 +264,14 @@ def seg(args) -> dict:
                         if recipe not in args.recipes:
                             continue
                         rows = [x for x in rows if (x["n"], x["path"], x["recipe"]) != (n, name, recipe)]
-                        rows.append({"n": n, "path": name, "revision": args.baseline if name == "held" else "HEAD",
+                        rows.append({"n": n, "path": name,
+                                     "revision": "HEAD" if paths[name] is None else args.baseline,
                                      "tpp": r["tpp"], "recipe": recipe,
                                      "peak_minus_baseline_mib": r["peak_minus_baseline_mib"],
                                      "seconds": r["seconds"], "size": size, "malloc_mmap_threshold":
                                      args.malloc_threshold or None, "steps": args.steps, "batch_size": args.batch_size,
                                      "num_workers": args.num_workers, "depth": args.depth})
-                        print(f"N={n:>6} {name:<8} {recipe:<9} +{r['peak_minus_baseline_mib']:.0f} MiB  "
+                        print(f"N={n:>6} {name} {recipe:<9} +{r['peak_minus_baseline_mib']:.0f} MiB  "
                               f"{r['seconds']:.0f} s", flush=True)
                         report.write_atomic(store, json.dumps(rows, indent=1))
                     shutil.rmtree(out)
@@ -263,10 +280,18 @@ def seg(args) -> dict:
             if args.baseline:
                 subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "baseline")],
                                capture_output=True)
-    rows.sort(key=lambda r: (r["path"] != "streamed", r["n"], r["recipe"]))
+    return seg_summary(rows, size)
+
+
+def seg_summary(rows: list[dict], size: int) -> dict:
+    """The verdict over stored seg rows: per path and recipe the largest over the smallest N's memory, each
+    baseline minus HEAD at the same N, and what holding the masks would add (arithmetic, whatever a baseline
+    did with them)."""
+    head = path_label(None)
+    rows = sorted(rows, key=lambda r: (r["path"] != head, r["path"], r["n"], r["recipe"]))
     sizes = sorted({r["n"] for r in rows})
     ratio, growth = {}, {}
-    for name in ("streamed", "held"):
+    for name in dict.fromkeys(r["path"] for r in rows):
         for recipe in ("finetune", "evaluate"):
             mem = {r["n"]: r["peak_minus_baseline_mib"] for r in rows if (r["path"], r["recipe"]) == (name, recipe)}
             if len(mem) > 1:
@@ -277,16 +302,17 @@ def seg(args) -> dict:
     if len(sizes) > 1:  # what holding the masks adds from the smallest to the largest N, by arithmetic
         held = {"bytes_per_mask_pixel": HELD_BYTES, "mask_side": size,
                 "mib": HELD_BYTES * size * size * (sizes[-1] - sizes[0]) / 2**20}
-    streamed = [v for k, v in ratio.items() if k.startswith("streamed")]
+    at_head = [v for k, v in ratio.items() if k.startswith(f"{head} ")]
     mem = {(r["n"], r["path"], r["recipe"]): r["peak_minus_baseline_mib"] for r in rows}
-    # same N, same folder, both paths: what holding the masks costs, whatever else grows with N in both
-    held_minus_streamed = [{"n": n, "recipe": recipe, "mib": mem[n, "held", recipe] - mem[n, "streamed", recipe],
-                            "expected_mib": HELD_BYTES * size * size * n / 2**20}
-                           for n in sizes for recipe in ("finetune", "evaluate")
-                           if (n, "held", recipe) in mem and (n, "streamed", recipe) in mem]
+    # same N, same folder, both paths: what the baseline costs over HEAD, whatever else grows with N in both
+    baselines = [p for p in dict.fromkeys(r["path"] for r in rows) if p != head]
+    minus_head = [{"baseline": b, "n": n, "recipe": recipe, "mib": mem[n, b, recipe] - mem[n, head, recipe],
+                   "held_masks_mib": HELD_BYTES * size * size * n / 2**20}
+                  for b in baselines for n in sizes for recipe in ("finetune", "evaluate")
+                  if (n, b, recipe) in mem and (n, head, recipe) in mem]
     return {"rows": rows, "sizes": sizes, "largest_over_smallest": ratio, "growth_mib": growth,
-            "held_masks_expected_growth": held, "held_minus_streamed": held_minus_streamed,
-            "flat_within_20pct": bool(streamed) and max(streamed) <= 1.2}
+            "held_masks_expected_growth": held, "baseline_minus_head": minus_head,
+            "flat_within_20pct": bool(at_head) and max(at_head) <= 1.2}
 
 
 def checkout(rev: str, where: Path) -> dict:
@@ -338,7 +364,7 @@ def seg_table(data: dict) -> str:
              "|---|---|---|---|---|---|"]
     for r in data["rows"]:
         held = HELD_BYTES * r["size"] ** 2 * r["n"] / 2**20
-        lines.append(f"| {r['n']:,} | {r['path']} ({r['revision']}) | {r['recipe']} | "
+        lines.append(f"| {r['n']:,} | {r['path']} | {r['recipe']} | "
                      f"{r['peak_minus_baseline_mib']:.0f} | {held:.0f} | {r['seconds']:.0f} |")
     if len(data["sizes"]) < 2:
         return "\n".join(lines)
@@ -348,10 +374,11 @@ def seg_table(data: dict) -> str:
     return "\n".join(lines) + (
         f"\n\nLargest over smallest N: {ratios}. Holding the masks ({held['bytes_per_mask_pixel']} bytes a "
         f"{held['mask_side']}-px mask pixel) would add {held['mib']:.0f} MiB from {data['sizes'][0]:,} to "
-        f"{data['sizes'][-1]:,} pairs (arithmetic). Streamed flat within 20%: {data['flat_within_20pct']}."
-        + ("" if not data["held_minus_streamed"] else " Held minus streamed, same N: " + ", ".join(
-            f"{d['n']:,} {d['recipe']} {d['mib']:+.0f} MiB (9 B/px x N: {d['expected_mib']:.0f})"
-            for d in data["held_minus_streamed"]) + "."))
+        f"{data['sizes'][-1]:,} pairs (arithmetic). HEAD flat within 20%: {data['flat_within_20pct']}."
+        + "".join(f" Same N, {b} minus HEAD: " + ", ".join(
+            f"{d['n']:,} {d['recipe']} {d['mib']:+.0f} MiB (held masks, 9 B/px x N: {d['held_masks_mib']:.0f})"
+            for d in data["baseline_minus_head"] if d["baseline"] == b) + "."
+            for b in dict.fromkeys(d["baseline"] for d in data["baseline_minus_head"])))
 
 
 def speed_table(data: dict) -> str:
@@ -382,7 +409,8 @@ def main(argv=None) -> int:
                              "activation buffers fragment the heap and peak RSS drifts by 100+ MiB run to run)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", help="speed: the git revision of the previous data path (default HEAD); "
-                        "seg: a revision measured too, e.g. b5cd6fe~1 (masks held; default: none)")
+                        "seg: a revision measured too, its rows labelled 'baseline (REV)', e.g. b5cd6fe~1 (the last "
+                        "that held the masks; default: none)")
     parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=os.environ.get("TPP_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -68,7 +68,13 @@ def cap_index(index: np.ndarray, labels: np.ndarray | None, cap: int, seed: int)
     return np.sort(np.concatenate(keep))
 
 
-def context_bytes(images: np.ndarray, masks: np.ndarray | None) -> int:
+def items(images, index: np.ndarray) -> list[np.ndarray]:
+    """uint8 images (or masks) ``index`` of a split, one array each: from an array, or from ``ImageFiles`` (a
+    ``seg_folder``'s images and masks, decoded here, one item at a time)."""
+    return [images[int(i)] for i in index]
+
+
+def context_bytes(images: list[np.ndarray], masks: list[np.ndarray] | None) -> int:
     """The context set as a store version keeps it: a PNG per image (and per 0/255 mask); the labels live in
     the manifest (a few bytes each, not counted)."""
     from tpp.serve.contexts import png
@@ -165,10 +171,10 @@ class InContextBench:
         subset, index = self.context_index(task, fraction, seed)
         if task.kind == "classification":
             cell = _classification_cell(self, d, train, index, approach)
-            stored = context_bytes(train.images[index], None)
+            stored = context_bytes(items(train.images, index), None)
         else:
             cell = _segmentation_cell(self, d, train, index, approach)
-            stored = context_bytes(train.images[index], train.masks[index])
+            stored = context_bytes(items(train.images, index), items(train.masks, index))
         trainable = 0 if approach != "incontext_learned" else sum(
             p.numel() for p in self.learned(task.kind)[0].parameters())
         cell = {"target": task.name, "method": approach, "fraction": fraction, "seed": seed, **cell,
@@ -202,7 +208,8 @@ class InContextBench:
 
 def _load_task(bench: InContextBench, task) -> dict:
     """Dataset (the finetune recipe's config and loader, as tpp_gain / seg_gain cells read it), feature caches
-    of the train and test splits."""
+    of the train and test splits. A segmentation task's ``file`` is a ``seg_npz`` file or a ``seg_folder``
+    (``images/`` + ``masks/``, loaded at the recipe's input size as the finetune recipe loads it)."""
     import seg_gain
     import tpp_gain
 
@@ -220,12 +227,15 @@ def _load_task(bench: InContextBench, task) -> dict:
         rule = ex.rule(channels)
 
         def compute(split):
-            return lambda idx: ex.features(list(dataset.split(split).images[idx]), rule)
+            return lambda idx: ex.features(items(dataset.split(split).images, idx), rule)
     else:
+        from tpp.recipes import run_input_size
+
+        folder = ["data.source=seg_folder"] if (Path(bench.data_root) / task.file).is_dir() else []
         cfg = load_config(CONFIG_DIR / seg_gain.FINETUNE_CONFIG, [
-            f"data.root={bench.data_root}", f"data.file={task.file}", f"data.name={task.name}", "data.split_seed=0"],
-            recipe="finetune")
-        dataset = load_data(cfg.data, 0, 0)
+            f"data.root={bench.data_root}", f"data.file={task.file}", f"data.name={task.name}", "data.split_seed=0",
+            *folder], recipe="finetune")
+        dataset = load_data(cfg.data, 0, run_input_size(cfg))  # the size decodes folders; arrays keep their own
         if dataset.num_classes != 2:
             from tpp.errors import TppError
 
@@ -235,7 +245,7 @@ def _load_task(bench: InContextBench, task) -> dict:
         rule = ex.rule(channels, bench.protocol["seg_size"])
 
         def compute(split):
-            return lambda idx: ex.tokens(list(dataset.split(split).images[idx]), rule)
+            return lambda idx: ex.tokens(items(dataset.split(split).images, idx), rule)
     chunk = bench.protocol["feature_chunk"]
     return {"dataset": dataset, "rule": rule,
             "train": FeatureCache(compute("train"), len(dataset.split("train")), chunk),
@@ -278,11 +288,12 @@ def _segmentation_cell(bench: InContextBench, d: dict, train, index: np.ndarray,
 
     from tpp.incontext import learned as icl
     from tpp.incontext.methods import segment
+    from tpp.data.stream import MaskTargets, stack
     from tpp.seg_metrics import segmentation_metrics
 
     test = d["dataset"].split("test")
     side = test.masks.shape[1:]
-    masks = torch.as_tensor(train.masks[index] > 0).float()  # (K, h, w)
+    masks = torch.as_tensor(stack(train.masks, index) > 0).float()  # (K, h, w)
     chunk, temperature, out = bench.protocol["query_chunk"], None, []
     t0 = time.perf_counter()
     if approach == "incontext_learned":
@@ -293,10 +304,11 @@ def _segmentation_cell(bench: InContextBench, d: dict, train, index: np.ndarray,
         size = learned_card.check_image_size(card.get("task_distribution", {}).get("image_size", 64),
                                              len(model.config["channels"]))
         ctx_masks = F.interpolate(masks[:, None], size=(size, size), mode="area")[:, 0]
-        ctx_images = gray(list(train.images[index]), size)
+        ctx_images = gray(items(train.images, index), size)
         prepare_s = time.perf_counter() - t0
         for start in range(0, len(test), chunk):
-            fg = icl.segment(model, ctx_images, ctx_masks, gray(list(test.images[start:start + chunk]), size))
+            queries = gray(items(test.images, np.arange(start, min(start + chunk, len(test)))), size)
+            fg = icl.segment(model, ctx_images, ctx_masks, queries)
             out.append(F.interpolate(fg[:, None], size=side, mode="bilinear", align_corners=False)[:, 0])
     else:
         context = d["train"].get(index)  # (K, N, D)
@@ -308,7 +320,7 @@ def _segmentation_cell(bench: InContextBench, d: dict, train, index: np.ndarray,
             fg, _ = segment(context, masks, d["test"].get(rows), grid, approach, t=temperature)
             out.append(F.interpolate(fg[:, None], size=side, mode="bilinear", align_corners=False)[:, 0])
     pred = (torch.cat(out) >= 0.5).long()
-    m = segmentation_metrics(pred, torch.as_tensor(test.masks).long(), d["dataset"].class_names)
+    m = segmentation_metrics(pred, MaskTargets(test.masks), d["dataset"].class_names)  # decoded in chunks
     return {"test_dice": m["dice"] or 0.0, "test_iou": m["iou"] or 0.0, "test_hd95": m["hd95"],
             "empty_predictions": m["empty_predictions"], "n_test": m["n"], "temperature": temperature,
             "input_size": d["rule"]["image_size"] if approach != "incontext_learned" else None,

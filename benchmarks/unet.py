@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -41,29 +42,33 @@ class UNet(nn.Module):
 
 def train_unet(dataset, fraction: float, seed: int, steps: int, batch_size: int, lr: float, dice_weight: float,
                augment_scale: tuple) -> dict:
-    """Train on a fraction of the training masks and return test metrics (keys as the finetune recipe's)."""
+    """Train on a fraction of the training masks and return test metrics (keys as the finetune recipe's).
+    Any segmentation source: images and masks are arrays (``seg_npz``) or ``ImageFiles`` (``seg_folder``, decoded
+    per batch), read a batch at a time either way."""
     from tpp.data.segmentation import joint_augment
+    from tpp.data.stream import MaskTargets, stack
     from tpp.data.subsets import label_fraction_index
     from tpp.seg_metrics import segmentation_metrics
     from tpp.segmentation import segmentation_loss
 
-    def pixels(images):
-        x = torch.from_numpy(images).float().div(255)
+    def pixels(images, index) -> torch.Tensor:
+        """float (B, C, H, W) in [0, 1] of ``images[index]`` (uint8 (N, H, W[, C]))."""
+        x = torch.from_numpy(stack(images, index)).float().div(255)
         return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
 
     start = time.time()
     train = dataset.split("train")
     train = train.subset(label_fraction_index(train.labels, fraction, dataset.name, seed))
-    x, m = pixels(train.images), torch.from_numpy(train.masks).long()
+    targets = MaskTargets(train.masks)  # int64 (B, h, w) per batch
     torch.manual_seed(seed)
-    model = UNet(x.shape[1], dataset.num_classes)
+    model = UNet(1 if train.images.ndim == 3 else train.images.shape[-1], dataset.num_classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(steps):
-        idx = torch.randint(len(x), (min(batch_size, len(x)),), generator=gen)
-        images, masks = joint_augment(x[idx], m[idx], augment_scale)
+        idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).numpy()
+        images, masks = joint_augment(pixels(train.images, idx), targets[idx], augment_scale)
         loss = segmentation_loss(model(images), masks, dice_weight)
         optimizer.zero_grad()
         loss.backward()
@@ -72,8 +77,9 @@ def train_unet(dataset, fraction: float, seed: int, steps: int, batch_size: int,
     model.eval()
     test = dataset.split("test")
     with torch.no_grad():
-        pred = torch.cat([model(b).argmax(1) for b in pixels(test.images).split(64)])
-    metrics = segmentation_metrics(pred, torch.from_numpy(test.masks), dataset.class_names)
+        pred = torch.cat([model(pixels(test.images, np.arange(i, min(i + 64, len(test))))).argmax(1)
+                          for i in range(0, len(test), 64)])
+    metrics = segmentation_metrics(pred, MaskTargets(test.masks), dataset.class_names)
     params = sum(p.numel() for p in model.parameters())
     return {"test": metrics, "trainable_parameters": params, "decoder_parameters": 0, "adapter_parameters": params,
             "head_bytes": 0,  # no head apart from the network: the whole U-Net is the per-site model

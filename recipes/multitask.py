@@ -80,12 +80,17 @@ def _backbone_scope_problems(path: str) -> list[str]:
         return [f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint; backbone.path '{path}' is "
                 f"{model_type}. Use multitask.scope=target (adapters) on it."]
     report = decoder_weights(path)
-    if report and not report.whole:
-        return [no_decoder(path) if not report.present else
-                f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint with its decoder; backbone.path "
-                f"'{path}' holds part of it: {report.describe()}; transformers would complete it with random "
-                "weights. Use the checkpoint saved with its whole decoder, or multitask.scope=target (adapters)."]
-    return []
+    return [decoder_refusal(path, report)] if report and not report.whole else []
+
+
+def decoder_refusal(path: str, report) -> str:
+    """Why scope ``backbone`` refuses ViT-MAE ``path`` whose weights lack some or all of its decoder (``report``:
+    :class:`tpp.backbones.DecoderWeights`, None when not known: as none)."""
+    if report is None or not report.present:
+        return no_decoder(path)
+    return (f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint with its decoder; backbone.path "
+            f"'{path}' holds part of it: {report.describe()}; transformers would complete it with random "
+            "weights. Use the checkpoint saved with its whole decoder, or multitask.scope=target (adapters).")
 
 
 def no_decoder(path: str) -> str:
@@ -170,7 +175,7 @@ def run(cfg, run) -> dict:
             raise TppError(f"multitask.scope=backbone trains and saves a ViT-MAE checkpoint; backbone.path "
                            f"'{cfg.backbone.path}' is {info.model_type}. Use scope=target (adapters) on it.")
         if decoder is None:  # a hub id, whose weights the pre-run check could not read
-            raise TppError(no_decoder(cfg.backbone.path))
+            raise TppError(decoder_refusal(cfg.backbone.path, encoder.decoder_weights))
         encoder.model.requires_grad_(True)
         method = typed = targets = None
     else:

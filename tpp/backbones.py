@@ -86,6 +86,8 @@ class Encoder(nn.Module):
         super().__init__()
         self.model = model
         self.family = family
+        # load_backbone(with_decoder=True) of a ViT-MAE: what its weights held of the decoder (else None)
+        self.decoder_weights: DecoderWeights | None = None
         if family.model_type == "vit_mae":
             model.config.mask_ratio = 0.0
 
@@ -196,8 +198,9 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
     the patch size.
 
     Returns ``(encoder: Encoder, info: BackboneInfo, decoder: nn.Module | None)``; the decoder is None unless the
-    checkpoint is a ViT-MAE whose weights hold its decoder (:func:`has_decoder_weights`). All weights have
-    ``requires_grad=False`` and the modules are in eval mode.
+    checkpoint is a ViT-MAE whose weights hold its decoder whole (:func:`has_decoder_weights`); with
+    ``with_decoder``, ``encoder.decoder_weights`` tells what a ViT-MAE's weights held of it (a hub id's too, whose
+    files no pre-run check reads). All weights have ``requires_grad=False`` and the modules are in eval mode.
     """
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
@@ -215,8 +218,8 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
 
             full, loading = ViTMAEForPreTraining.from_pretrained(source, output_loading_info=True)
             # a decoder the weights do not hold whole would be transformers' random one: none, never that
-            whole = not any(k.startswith("decoder.") for k in loading.get("missing_keys", ()))
-            model, decoder, missing = full.vit, full.decoder if whole else None, ()
+            held = loaded_decoder(str(path), full, loading)
+            model, decoder, missing = full.vit, full.decoder if held.whole else None, ()
         else:
             model, loading = AutoModel.from_pretrained(source, output_loading_info=True)
             missing = loading.get("missing_keys", ())
@@ -227,6 +230,8 @@ def load_backbone(path: str, mean=None, std=None, with_decoder: bool = False, in
         if module is not None:
             module.requires_grad_(False).eval()
     encoder = Encoder(model, family)
+    if with_decoder and family.model_type == "vit_mae":
+        encoder.decoder_weights = held
     mean, std = _normalisation(local, config.num_channels, mean, std)
     info = BackboneInfo(
         id=str(path), model_type=family.model_type, image_size=int(config.image_size),
@@ -337,6 +342,14 @@ def decoder_weights(path: str) -> DecoderWeights | None:
     absent = {k for k in loading.get("missing_keys", ()) if k.startswith("decoder.")}
     absent |= {k[0] if isinstance(k, tuple) else k for k in loading.get("mismatched_keys", ())}
     return DecoderWeights(str(file), len(expected), tuple(sorted(k for k in absent if k.startswith("decoder."))))
+
+
+def loaded_decoder(path: str, model, loading: dict) -> DecoderWeights:
+    """What a loaded ``ViTMAEForPreTraining`` (``model``, its ``loading`` info from transformers) got of its decoder
+    from the weights of backbone ``path``; shapes that differ fail the load itself."""
+    expected = sum(1 for k in model.state_dict() if k.startswith("decoder."))
+    missing = sorted(k for k in loading.get("missing_keys", ()) if k.startswith("decoder."))
+    return DecoderWeights(path, expected, tuple(missing))
 
 
 CONFIG_BOUNDS = {"image_size": (1, 4096), "patch_size": (1, 4096), "num_channels": (1, 4), "hidden_size": (1, 8192),

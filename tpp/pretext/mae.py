@@ -148,8 +148,10 @@ def build(encoder: Encoder, decoder: nn.Module | None, cfg: MAEOptions) -> MAEPr
     choice = cfg.decoder if cfg.decoder != "auto" else ("checkpoint" if decoder is not None else "fresh")
     if choice == "checkpoint":
         if decoder is None:
-            what = ("a ViT-MAE saved without its decoder weights" if encoder.family.model_type == "vit_mae"
-                    else f"'{encoder.family.model_type}'")
+            held = getattr(encoder, "decoder_weights", None)
+            what = (f"'{encoder.family.model_type}'" if encoder.family.model_type != "vit_mae" else
+                    f"a ViT-MAE saved with part of its decoder ({held.describe()})" if held and held.present else
+                    "a ViT-MAE saved without its decoder weights")
             raise TppError(f"pretext.decoder=checkpoint needs a ViT-MAE checkpoint with its decoder; this backbone "
                            f"is {what}. Use pretext.decoder=fresh (or auto).")
         return MAEPretext(encoder, decoder, False, cfg.mask_ratio, cfg.norm_pix_loss)

@@ -7,7 +7,7 @@ from tpp.data import Dataset
 from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading
 from tpp.data.labelled import labelled_files
-from tpp.data.tables import read_table, relative_image, split_value
+from tpp.data.tables import label_value, read_table, relative_image, split_value
 from tpp.errors import TppError
 
 PATIENT = "patient_id"
@@ -59,7 +59,7 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
             skipped.append((str(base / image), reason))
             continue
         files.append(image)
-        values.append(row["label"])
+        values.append(label_value(row["label"], table, number))
         groups.append(row[group_key] if group_key else "")
         given.append(split)
         origins.append(f"line {number} of '{table}'")

@@ -19,7 +19,7 @@ from tpp.data.file_reading import FileReading, applied
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
 from tpp.data.labelled import files_origin, labelled_files
-from tpp.data.tables import SPLIT_NAMES, read_table, relative_image
+from tpp.data.tables import SPLIT_NAMES, label_value, read_table, relative_image
 from tpp.errors import TppError
 
 METADATA = "metadata.csv"
@@ -114,7 +114,7 @@ def _table_labels(path: Path, files: list[str], table: dict) -> list[str]:
         csv_file, number, row = table[image]
         if not row.get("label"):
             raise TppError(f"'{csv_file}', line {number}: empty label.")
-        values.append(row["label"])
+        values.append(label_value(row["label"], csv_file, number))
     return values
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -25,7 +26,7 @@ def read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[t
         text = path.read_text(encoding="utf-8-sig")  # Excel writes a byte-order mark
     except UnicodeDecodeError as exc:
         raise TppError(f"label table '{path}' is not UTF-8 text ({exc}); save it as CSV UTF-8.") from None
-    lines = csv.reader(text.splitlines())
+    lines = _cells(text.splitlines(), path)
     header = [c.strip() for c in next(lines, [])]
     if not any(header):
         raise TppError(f"label table '{path}' is empty; it needs a header row ({','.join(required)}) and one row "
@@ -52,6 +53,36 @@ def read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[t
     if not rows:
         raise TppError(f"label table '{path}' has a header but no rows; add one row per image.")
     return header, rows
+
+
+def _cells(lines: list[str], path: Path):
+    """The cells of each CSV row; a row the csv module refuses (a field past its 128 KiB limit, such as an unclosed
+    quote swallowing the lines after it) is an error naming the table and line, not a ``csv.Error``."""
+    reader = csv.reader(lines)
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise TppError(f"label table '{path}', line {reader.line_num}: not readable as CSV ({exc}); is a quote "
+                           "left open?") from None
+
+
+MISSING_VALUES = {"<na>", "#n/a", "n/a", "null"}  # what pandas and spreadsheets write for an empty cell, beside NaN
+
+
+def label_value(value: str, table: Path, number: int) -> str:
+    """A table's label cell, refused when it marks a missing value (``nan``, ``NaN``, ``<NA>``, ``#N/A``, ``NULL``:
+    a table exported with its empty cells written out): it would silently become a class of its own."""
+    try:
+        missing = math.isnan(float(value))
+    except ValueError:
+        missing = value.casefold() in MISSING_VALUES
+    if missing:
+        raise TppError(f"label table '{table}', line {number}: label '{value}' marks a missing value, not a class; "
+                       "give the image its class or remove the row.")
+    return value
 
 
 def relative_image(value: str, table: Path, number: int) -> str:

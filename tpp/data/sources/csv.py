@@ -10,7 +10,7 @@ from tpp.data.csvfiles import load_csv
 from tpp.data.sources import Source, check_classes, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
 from tpp.data.file_reading import FileReading
-from tpp.data.tables import read_table
+from tpp.data.tables import label_value, read_table
 from tpp.errors import TppError
 
 
@@ -45,8 +45,9 @@ def preflight(common, options: CsvOptions, base: Path) -> list[str]:
     problems = missing_file(options.file, base)
     path = Path(options.file) if Path(options.file).is_absolute() else base / options.file
     if not problems and path.is_file():
-        try:  # the columns and rows, before any image is read
-            read_table(path, ("path", "label"))
+        try:  # the columns, rows and labels, before any image is read
+            for number, row in read_table(path, ("path", "label"))[1]:
+                label_value(row["label"], path, number)
         except TppError as exc:
             problems.append(str(exc))
     return problems

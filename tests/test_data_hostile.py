@@ -1,5 +1,7 @@
 """Hostile and accidental bad input to the data readers: every case is a TppError naming the file and the problem
 (never a library's traceback), and no small file makes a reader allocate without bound. Tiny files built in code."""
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -9,7 +11,37 @@ from tpp.config import build_config
 from tpp.data.build import preflight
 from tpp.data.csvfiles import load_csv
 from tpp.data.folders import load_folder
+from tpp.data.segmentation import load_seg_folder, load_seg_npz
 from tpp.errors import TppError
+
+
+def png_claiming(path, width: int, height: int):
+    """A PNG whose header claims ``width`` x ``height`` pixels while holding a few bytes (a decompression bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+
+
+def seg_folder(root, n=6):
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(root / "images" / f"a{i}.png")
+        mask = np.zeros((8, 8), np.uint8)
+        mask[:3, :3] = 255
+        Image.fromarray(mask).save(root / "masks" / f"a{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("side", [20000, 9000])  # past PIL's own bomb guard; within it, past tpp's pixel budget
+def test_a_mask_claiming_a_huge_size_is_refused_by_name_before_it_is_decoded(tmp_path, side):
+    root = seg_folder(tmp_path / "seg")
+    png_claiming(root / "masks" / "a0.png", side, side)  # the shape of its 8x8 image: passes the aspect check
+    with pytest.raises(TppError, match=r"mask '.*a0\.png'.*pixels"):
+        load_seg_folder("x", None, str(root), image_size=16, modality="US")
 
 
 def labels_csv(root, rows: str, header: str = "path,label"):
@@ -48,3 +80,11 @@ def test_a_missing_value_in_a_folders_metadata_labels_is_no_class(tmp_path):
                                                                           for i in range(9)))
     with pytest.raises(TppError, match=r"metadata\.csv', line 4: label 'nan' .*missing"):
         load_folder("x", None, str(tmp_path), modality="US", image_size=8)
+
+
+def test_seg_npz_group_ids_that_are_nan_are_an_error_naming_the_key(tmp_path):
+    groups = np.arange(9, dtype=np.float64)
+    groups[2] = np.nan
+    np.savez(tmp_path / "s.npz", images=np.zeros((9, 8, 8), np.uint8), masks=np.zeros((9, 8, 8), np.uint8), pid=groups)
+    with pytest.raises(TppError, match=r"s\.npz' pid: 1 group id"):
+        load_seg_npz("x", None, str(tmp_path / "s.npz"), group_key="pid", modality="US")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from tpp.data import Dataset, Split
 from tpp.data.arrays import _array, _images, _label_values, _not_empty, _open_npz, check_modality, resolve_root
-from tpp.data.pixels import upright, upright_size
+from tpp.data.pixels import DEFAULT_LIMITS, upright, upright_size
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
@@ -100,6 +100,9 @@ def load_seg_npz(name: str, root: str | None, file: str | None, *, image_key: st
     groups = None
     if group_key:
         groups = np.asarray(_array(npz, group_key, path)).reshape(-1)
+        if groups.dtype.kind in "fc" and not np.isfinite(groups).all():  # NaN: a missing id, equal to no other
+            raise TppError(f"'{path}' {group_key}: {int((~np.isfinite(groups)).sum())} group id(s) are not finite "
+                           "numbers (NaN marks a missing id); every image needs one.")
         if len(groups) != len(images):
             raise TppError(f"'{path}': {len(groups)} group ids ({group_key}) for {len(images)} images.")
     split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
@@ -194,6 +197,9 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
             with Image.open(image) as img:
                 image_size = upright_size(img)  # the header only
         with Image.open(path) as img:
+            if img.width * img.height > DEFAULT_LIMITS.max_pixels:  # from the header: nothing decoded yet
+                raise TppError(f"mask '{path}': {img.width * img.height:,} pixels, more than the per-image limit of "
+                               f"{DEFAULT_LIMITS.max_pixels:,}; is it this image's mask?")
             img = upright(img)  # a mask exported with its photo's orientation tag is turned with it
             (w, h), (iw, ih) = img.size, image_size or img.size
             if loaded_as is not None and (w, h) != tuple(loaded_as):
@@ -215,7 +221,7 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
                     raise TppError(f"mask '{path}' is a colour image; masks are single-channel class-index "
                                    "(or 0/255) images.")
                 arr = colour[..., 0]
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:  # the bomb: past PIL's own limit
         raise TppError(f"mask '{path}' cannot be read ({exc}).") from None
     if arr.min() < 0 or arr.max() > 255:
         raise TppError(f"mask '{path}' has values outside 0..255.")

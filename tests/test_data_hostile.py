@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from tpp.config import build_config
+from tpp.data.arrays import load_npz
 from tpp.data.build import preflight
 from tpp.data.csvfiles import load_csv
 from tpp.data.folders import load_folder
@@ -80,6 +81,20 @@ def test_a_missing_value_in_a_folders_metadata_labels_is_no_class(tmp_path):
                                                                           for i in range(9)))
     with pytest.raises(TppError, match=r"metadata\.csv', line 4: label 'nan' .*missing"):
         load_folder("x", None, str(tmp_path), modality="US", image_size=8)
+
+
+def test_npz_labels_naming_an_absurd_class_count_are_refused_without_listing_the_classes(tmp_path):
+    labels = np.arange(9) % 3
+    labels[4] = 10**6  # without class names the classes would be 0..10**6 (10**12 would exhaust memory)
+    np.savez(tmp_path / "d.npz", images=np.zeros((9, 8, 8), np.uint8), labels=labels)
+    with pytest.raises(TppError, match=r"d\.npz' labels: label 1000000 .*class_names"):
+        load_npz("x", None, str(tmp_path / "d.npz"), modality="US")
+
+
+def test_npz_images_without_pixels_are_refused_naming_the_file(tmp_path):
+    np.savez(tmp_path / "d.npz", images=np.zeros((9, 0, 8), np.uint8), labels=np.arange(9) % 3)
+    with pytest.raises(TppError, match=r"d\.npz' images: .*\(9, 0, 8\)"):
+        load_npz("x", None, str(tmp_path / "d.npz"), modality="US")
 
 
 def test_seg_npz_group_ids_that_are_nan_are_an_error_naming_the_key(tmp_path):

@@ -205,6 +205,8 @@ def _images(raw: np.ndarray, where: str) -> np.ndarray:
         raise TppError(f"{where}: images must be (N, H, W) or (N, H, W, 1|3), got shape {raw.shape}.")
     if raw.dtype != np.uint8:
         raise TppError(f"{where}: images must be uint8 (0-255), got {raw.dtype}.")
+    if 0 in raw.shape[1:3]:
+        raise TppError(f"{where}: images of shape {raw.shape} hold no pixels (a height or width of 0).")
     return raw
 
 
@@ -302,7 +304,8 @@ def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = 
                 raise TppError(f"'{path}': {split}_{image_key} has {len(im)} images but {split}_{label_key} "
                                f"has {len(lb)} labels.")
         _not_empty(parts["train"][0], f"'{path}' train_{image_key}")
-        names = names or [str(i) for i in range(int(max(lb.max() for _, lb in parts.values() if len(lb))) + 1)]
+        names = names or index_names(max(lb.max() for _, lb in parts.values() if len(lb)),
+                                     f"'{path}' *_{label_key}")
         splits = {s: Split(im, _labels(lb, len(names), f"'{path}' {s}_{label_key} ({s} split)"))
                   for s, (im, lb) in parts.items()}
         _check_train_covers(splits, names, path)
@@ -311,7 +314,7 @@ def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = 
         values = _label_values(_array(npz, label_key, path), f"'{path}' {label_key}")
         if len(images) != len(values):
             raise TppError(f"'{path}': {len(images)} images but {len(values)} labels.")
-        names = names or [str(i) for i in range(int(values.max()) + 1)]
+        names = names or index_names(values.max(), f"'{path}' {label_key}")
         values = _labels(values, len(names), f"'{path}' {label_key}")
         index = stratified_split(values, val_fraction, test_fraction, name, seed)
         splits = {s: Split(images[i], values[i]) for s, i in index.items()}
@@ -320,6 +323,19 @@ def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = 
     split_id = ("the file's own" if f"train_{image_key}" in npz.files
                 else seeded_split_id(seed, val_fraction, test_fraction, None))
     return Dataset(name, check_modality(modality, name), names, splits, split_id=split_id, source=f"'{path}'")
+
+
+MAX_INDEX_CLASSES = 100_000  # classes named by their index alone (no class names in the file)
+
+
+def index_names(top: int, where: str) -> list[str]:
+    """Class names '0'..'top' of a file without class names; a label past :data:`MAX_INDEX_CLASSES` is refused
+    (one label of 10**12 would have listed a trillion classes)."""
+    if top >= MAX_INDEX_CLASSES:
+        raise TppError(f"{where}: label {int(top)} would make {int(top) + 1:,} classes (labels are class indices "
+                       f"0..K-1); name the classes in the file (data.class_names_key) if there really are more than "
+                       f"{MAX_INDEX_CLASSES:,}.")
+    return [str(i) for i in range(int(top) + 1)]
 
 
 def _check_train_covers(splits: dict, names: list, path) -> None:

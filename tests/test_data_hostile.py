@@ -11,8 +11,9 @@ from tpp.config import build_config
 from tpp.data.arrays import load_npz
 from tpp.data.build import preflight
 from tpp.data.csvfiles import load_csv
-from tpp.data.folders import load_folder
+from tpp.data.folders import load_folder, load_unlabeled_folder
 from tpp.data.segmentation import load_seg_folder, load_seg_npz
+from tpp.data.stream import MaskTargets, ModelInputs, stream_loader
 from tpp.errors import TppError
 
 
@@ -103,3 +104,28 @@ def test_seg_npz_group_ids_that_are_nan_are_an_error_naming_the_key(tmp_path):
     np.savez(tmp_path / "s.npz", images=np.zeros((9, 8, 8), np.uint8), masks=np.zeros((9, 8, 8), np.uint8), pid=groups)
     with pytest.raises(TppError, match=r"s\.npz' pid: 1 group id"):
         load_seg_npz("x", None, str(tmp_path / "s.npz"), group_key="pid", modality="US")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_file_gone_since_loading_is_named_without_a_worker_traceback(tmp_path, workers):
+    for i in range(4):
+        Image.fromarray(np.full((8, 8), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    dataset = load_unlabeled_folder("x", None, str(tmp_path), modality="US", image_size=8)
+    (tmp_path / "2.png").unlink()
+    inputs = ModelInputs(dataset.splits["train"].images, 1, 8, [0.5], [0.5])
+    with pytest.raises(TppError) as caught:
+        list(stream_loader(inputs, batch_size=4, shuffle=False, num_workers=workers))
+    gone = tmp_path / "2.png"
+    assert str(caught.value).startswith(f"image '{gone}' changed or disappeared since the data was loaded")
+    assert "Traceback" not in str(caught.value)
+
+
+def test_a_mask_changed_since_loading_is_named_without_a_worker_traceback(tmp_path):
+    root = seg_folder(tmp_path / "seg")
+    dataset = load_seg_folder("x", None, str(root), image_size=16, modality="US")
+    split = next(s for s in dataset.splits.values() if len(s))
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(split.masks.paths[0])  # another shape than when loaded
+    inputs = ModelInputs(split.images, 1, 16, [0.5], [0.5])
+    with pytest.raises(TppError) as caught:
+        list(stream_loader(inputs, MaskTargets(split.masks), batch_size=8, shuffle=False, num_workers=1))
+    assert str(caught.value).startswith(f"mask '{split.masks.paths[0]}' is 16x8 pixels but was 8x8")

@@ -12,6 +12,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from tpp.errors import TppError
+
 
 class PackedStrings(Sequence):
     """An immutable sequence of strings stored as one uint8 buffer of their UTF-8 bytes (``data``) and the end
@@ -84,6 +86,19 @@ class PackedStrings(Sequence):
 
     def __repr__(self) -> str:
         return f"PackedStrings({len(self)} strings, {self.nbytes:,} bytes)"
+
+
+class DataChanged(TppError):
+    """A file of the data that changed or vanished since it was checked at load, found when a batch decodes it.
+    In a data-loader worker (``data.num_workers``) torch re-raises it in the main process as
+    ``DataChanged(<the worker's traceback>)``: the message is cut back to the worker's own, so the user reads
+    which file and why, not a traceback."""
+
+    def __init__(self, message: str):
+        own = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and own in message:
+            message = message.rsplit(own, 1)[1].rstrip("\n")
+        super().__init__(message)
 
 
 class ImageFiles:

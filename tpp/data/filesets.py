@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from tpp.data.files import ImageFiles
+from tpp.data.files import DataChanged, ImageFiles
 from tpp.data.file_reading import FileReading
 from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, fit, is_image_file
 from tpp.data.pixels import ImageError
@@ -32,7 +32,7 @@ class FolderDecoder:
         try:  # checked at load; a file replaced or removed since then is named, never a raw library error
             array = self.reading.read(path)
         except ImageError as exc:
-            raise TppError(f"image '{path}' changed or disappeared since the data was loaded "
+            raise DataChanged(f"image '{path}' changed or disappeared since the data was loaded "
                            f"({type(exc).__name__}: {exc}); restart the run.") from None
         return fit(array, self.size, self.mode)
 

@@ -164,7 +164,12 @@ class MaskDecoder:
         self.size, self.num_classes, self.shapes = size, num_classes, shapes or {}
 
     def __call__(self, path: str) -> np.ndarray:
-        return _read_mask(Path(path), self.size, self.num_classes, loaded_as=self.shapes.get(path))
+        from tpp.data.files import DataChanged
+
+        try:
+            return _read_mask(Path(path), self.size, self.num_classes, loaded_as=self.shapes.get(path))
+        except TppError as exc:  # checked at load: it changed since (named, without a worker's traceback)
+            raise DataChanged(str(exc)) from None
 
 
 def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: int):

@@ -18,7 +18,7 @@ import math
 import warnings
 import weakref
 
-from tpp.adapter_dir import HEAD, read_adapter_files, read_head, read_weights, verify_backbone
+from tpp.adapter_dir import HEAD, read_adapter_dir, read_head, read_weights, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
@@ -34,9 +34,9 @@ from tpp.training import build_accelerator, predict
 def load_task_model(path: str, backbone_path: str, mean=None, std=None, read: tuple[dict, dict] | None = None):
     """Backbone + adapter directory (verified against the card) -> (TaskModel in eval mode, card, info).
     The input size is the card's; ``task_of_card(card)`` is its task. ``read``: the folder's card and files as
-    :func:`~tpp.adapter_dir.read_adapter_files` read them (default: read now), each file once: a store version
+    :func:`~tpp.adapter_dir.read_adapter_dir` read them (default: read now), each file once: a store version
     folder's tensors loaded are the bytes its content hash verified."""
-    card, files = read_adapter_files(path, kinds=EVALUATED) if read is None else read
+    card, files = read_adapter_dir(path, EVALUATED, weights=True, head=True)[:2] if read is None else read
     with_task_head(card, path)
     encoder, info, _ = load_backbone(backbone_path, mean, std, input_size=card.get("input", {}).get("image_size"))
     verify_backbone(card, info, path)
@@ -66,13 +66,13 @@ _READ: dict[int, list] = {}
 
 def evaluated(cfg, files: bool = True) -> tuple[dict, dict[str, bytes] | None]:
     """The card of the adapter at ``adapter.path`` (one with a task head) and its files' bytes
-    (:func:`~tpp.adapter_dir.read_adapter_files`: a store version folder's as its content hash verified them), read
+    (:func:`~tpp.adapter_dir.read_adapter_dir`: a store version folder's as its content hash verified them), read
     once for ``cfg``: ``tpp validate``'s and a run's checks and the run's load parse these same bytes (the folder
     was read and hashed about four times, the weights once more). Held while ``cfg`` lives; the bytes only until
     :func:`taken` (read again if asked for after that with ``files``; ``files=False``: the card alone will do)."""
     held = _READ.get(id(cfg))
     if held is None or held[0] != cfg.adapter.path or (files and held[2] is None):
-        card, read = read_adapter_files(cfg.adapter.path, kinds=EVALUATED)
+        card, read = read_adapter_dir(cfg.adapter.path, EVALUATED, weights=True, head=True)[:2]
         with_task_head(card, cfg.adapter.path)
         if held is None:
             weakref.finalize(cfg, _READ.pop, id(cfg), None)

@@ -258,35 +258,36 @@ def test_a_damaged_store_version_is_not_republished_loaded_or_evaluated_as_good(
     import shutil
 
     import tpp
-    from tpp.adapter_dir import read_card
+    from tpp.adapter_dir import read_adapter_dir
 
     s = tmp_path / "store"
     version = store.publish(world["runs"]["site_a"], s, "x").version
     folder = s / "x" / version
-    assert read_card(folder)["method"] and store.publish(folder, tmp_path / "prod", "x").version == version
+    assert read_adapter_dir(folder).card["method"]
+    assert store.publish(folder, tmp_path / "prod", "x").version == version
     copy = tmp_path / "staging" / version
     shutil.copytree(folder, copy)
     _flip_a_byte(copy / "adapter_model.safetensors")
-    for attempt in (lambda: store.publish(copy, tmp_path / "other", "x"), lambda: read_card(copy),
+    for attempt in (lambda: store.publish(copy, tmp_path / "other", "x"), lambda: read_adapter_dir(copy).card,
                     lambda: tpp.load(copy, backbone=world["backbone"])):
         with pytest.raises(TppError, match="content hash does not match version"):
             attempt()
     assert not (tmp_path / "other").exists()
     renamed = tmp_path / "mine"
     copy.rename(renamed)  # no store version: an adapter folder like any other
-    assert read_card(renamed)["method"]
+    assert read_adapter_dir(renamed).card["method"]
     linked = tmp_path / "linked" / version  # the very files, plus a symbolic link: no published version holds one
     shutil.copytree(folder, linked)
     (linked / "extra.bin").symlink_to(folder / "adapter_model.safetensors")
     with pytest.raises(TppError, match="is a symbolic link or no regular file"):
-        read_card(linked)
+        read_adapter_dir(linked).card
 
 
 @pytest.mark.parametrize("damage", ["flipped byte", "foreign file", "linked file"])
 def test_a_damaged_version_folder_gets_one_message_whoever_reads_it(world, tmp_path, damage):
-    """The store's loads, ``read_card`` (publish, evaluate, tpp.load) and ``tpp adapters push`` check a version's
-    files with one function: the same problem is the same sentence (push adds that nothing was pushed)."""
-    from tpp.adapter_dir import read_card
+    """The store's loads, ``read_adapter_dir`` (publish, evaluate, tpp.load) and ``tpp adapters push`` check a
+    version's files with one function: the same problem is the same sentence (push adds that nothing was pushed)."""
+    from tpp.adapter_dir import read_adapter_dir
     from tpp.serve.hub import verified_version
 
     s = tmp_path / "store"
@@ -300,7 +301,7 @@ def test_a_damaged_version_folder_gets_one_message_whoever_reads_it(world, tmp_p
         weights.rename(tmp_path / "weights")
         weights.symlink_to(tmp_path / "weights")
     said = []
-    for read in (lambda: read_card(folder), lambda: store.open_version(s, "x"),
+    for read in (lambda: read_adapter_dir(folder).card, lambda: store.open_version(s, "x"),
                  lambda: verified_version(s, "x", None, None)):
         with pytest.raises(TppError) as refused:
             read()

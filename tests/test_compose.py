@@ -138,7 +138,7 @@ def test_tpp_hand_off_site_swap_and_predict_with_a_composed_method(tmp_path, cap
     (lambda card: card["target_modules"].reverse(), "cannot be attached with the card's target_modules")])
 def test_an_edited_composed_card_is_one_message_naming_it(backbone, tmp_path, edit, says):
     """Flattened or swapped part targets and a card without options had reached peft / torch as a traceback."""
-    from tpp.adapter_dir import read_card
+    from tpp.adapter_dir import read_adapter_dir
     from tpp.errors import TppError
     from tpp.adapter_checks import attach_from_card
 
@@ -152,5 +152,5 @@ def test_an_edited_composed_card_is_one_message_naming_it(backbone, tmp_path, ed
     edit(card)
     path.write_text(json.dumps(card))
     with pytest.raises(TppError, match=re.escape(says)):
-        card = read_card(tmp_path / "a")
+        card = read_adapter_dir(tmp_path / "a").card
         attach_from_card(load_backbone(backbone)[0], card, str(tmp_path / "a"))

@@ -14,7 +14,7 @@ import torch
 from conftest import make_backbone, make_medmnist
 from helpers import finetune
 
-from tpp.adapter_dir import make_card, read_card, write_adapter_dir
+from tpp.adapter_dir import make_card, read_adapter_dir, write_adapter_dir
 from tpp.backbones import load_backbone
 from tpp.errors import TppError
 from tpp.model import attach_adapter
@@ -124,7 +124,7 @@ def test_card_front_matter_reads_with_huggingface_hub(tiny_mae, tmp_path):
     assert tpp_block["data"]["content_sha256"] == "ab" * 32 and tpp_block["data"]["counts"]["train"] == 60
     assert tpp_block["metrics"] == {"val": 0.61, "test": 0.58}
     assert tpp_block["decision"] == {"positive_class": "malignant", "threshold": 0.42, "rule": "youden"}
-    assert tpp_block["backbone_sha256"] == read_card(adapter)["backbone"]["hash"]
+    assert tpp_block["backbone_sha256"] == read_adapter_dir(adapter).card["backbone"]["hash"]
     for text in ("## Intended use and limitations", "not a medical device", "PeftModel.from_pretrained",
                  "p(malignant) >= 0.42"):
         assert text in card.text
@@ -153,7 +153,7 @@ def test_segmentation_and_tpp_stage_cards_say_tpp_is_needed(tiny_mae, tmp_path):
     card = ModelCard.load(adapter / README)
     assert card.data.library_name == "peft" and card.data.pipeline_tag == "image-segmentation"
     assert "predictions need tpp" in card.text and snippet_of(card.content) == ""
-    tpp_card = dict(read_card(adapter), stage="tpp", task={"type": "none"})
+    tpp_card = dict(read_adapter_dir(adapter).card, stage="tpp", task={"type": "none"})
     text = render(tpp_card, uses_peft=True)
     assert "adapter.init_from=path/to/this/folder" in text and "target-parameter-pretraining" in text
 
@@ -167,7 +167,7 @@ def test_portable_backbone_id():
 def test_hub_id_backbone_is_kept(tiny_mae, tmp_path):
     adapter = save_adapter(tmp_path / "adapter", tiny_mae, "lora", {"r": 2}, backbone_id="org/mae-vit-tiny")
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "org/mae-vit-tiny"
-    assert read_card(adapter)["backbone"]["id"] == "org/mae-vit-tiny"
+    assert read_adapter_dir(adapter).card["backbone"]["id"] == "org/mae-vit-tiny"
     assert "base_model: org/mae-vit-tiny\n" in (adapter / README).read_text()
 
 
@@ -215,7 +215,7 @@ def test_no_machine_path_in_saved_adapter(finetuned):
         assert not hits, f"{needle} appears in {hits}"
     config = json.loads((finetuned.adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "my-backbone"
-    assert read_card(finetuned.adapter)["backbone"]["id"] == "my-backbone"
+    assert read_adapter_dir(finetuned.adapter).card["backbone"]["id"] == "my-backbone"
 
 
 def test_store_covers_readme(finetuned, tmp_path):

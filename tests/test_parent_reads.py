@@ -8,7 +8,7 @@ from conftest import make_medmnist
 from helpers import FAST, FINETUNE_CONFIG, count_adapter_reads, tpp
 from safetensors.torch import load_file
 
-from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS, content_hash, read_adapter
+from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS, content_hash, read_adapter_dir, read_weights
 
 
 class _Run:
@@ -66,14 +66,15 @@ def test_a_parent_adapter_s_weights_are_read_once_when_a_run_starts_from_it(monk
     assert set(saved) <= set(loaded) and all(torch.equal(loaded[k], v) for k, v in saved.items())
 
 
-def test_read_adapter_refuses_a_tampered_version_folder_and_reads_a_plain_one(tmp_path, parent):
+def test_read_adapter_dir_refuses_a_tampered_version_folder_and_reads_a_plain_one(tmp_path, parent):
     from tpp.errors import TppError
 
     _, plain, version = parent
-    card, weights = read_adapter(plain)
+    card, files, _ = read_adapter_dir(plain, weights=True)
+    weights = read_weights(plain, card, files)
     assert card["stage"] == "tpp" and set(weights) == set(load_file(str(plain / WEIGHTS)))
     tampered = tmp_path / version.name
     shutil.copytree(version, tampered)
     (tampered / WEIGHTS).write_bytes((tampered / WEIGHTS).read_bytes()[:-1] + b"\0")
     with pytest.raises(TppError, match="content hash does not match"):
-        read_adapter(tampered)
+        read_adapter_dir(tampered, weights=True)

@@ -17,6 +17,7 @@ import platform
 import re
 import stat
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -132,14 +133,15 @@ def _save_encoder_config(config, path: Path) -> None:
 
 def read_weights(path: str | Path, card: dict, files: dict[str, bytes] | None = None) -> dict[str, torch.Tensor]:
     """The method's saved tensors ({} for a linear probe, which saves only its head); from ``files``, bytes already
-    read and verified (:func:`read_version_folder`), when given, else from the file."""
+    read (:func:`read_adapter_dir`; a store version folder's as its content hash verified them), when given, else
+    from the file."""
     name = card.get("weights_file", WEIGHTS)
     return _file_tensors(path, name, files) if name else {}
 
 
 def read_head(path: str | Path, files: dict[str, bytes] | None = None) -> dict[str, torch.Tensor]:
-    """The task head's tensors (``head.safetensors``); from ``files``, bytes already read and verified
-    (:func:`read_adapter_files`), when given, else from the file."""
+    """The task head's tensors (``head.safetensors``); from ``files``, bytes already read (:func:`read_adapter_dir`),
+    when given, else from the file."""
     return _file_tensors(path, HEAD, files)
 
 
@@ -149,82 +151,78 @@ def _file_tensors(path: str | Path, name: str, files: dict[str, bytes] | None) -
     return read_tensors(path, name, data=None if files is None else files[name])
 
 
-def read_adapter(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, torch.Tensor]]:
-    """An adapter directory's card (:func:`read_card`) and method tensors (:func:`read_weights`), each file read
-    once: in a store version folder the bytes its content hash verified are the bytes parsed, never a second read
-    that could find other bytes (a parent adapter's hand-off, ``adapter.init_from``)."""
-    card, files = _read_card(Path(path), kinds)
-    return card, read_weights(path, card, files)
+class AdapterRead(NamedTuple):
+    """An adapter folder as :func:`read_adapter_dir` read it, each file once."""
+    card: dict  # parsed from ``card_bytes`` and checked (:func:`parse_card`)
+    files: dict[str, bytes]  # name -> bytes: a store version folder's every file, as its content hash verified them;
+    # another folder's card and the tensor files asked for, those present
+    card_bytes: bytes  # the card's bytes, the ones parsed
 
 
-def read_adapter_files(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, bytes]]:
-    """:func:`read_card`'s card and the bytes of the adapter's tensor files, each file read once: a store version
-    folder's files as its content hash verified them (:func:`check_version_folder`); in another folder the weights file
-    the card names and ``head.safetensors``, those present (a link to one is followed, as to the card), capped by
-    :func:`file_limit`. Hand them to :func:`read_weights` and :func:`read_head`, as often as needed: what is checked
-    and what is loaded are these bytes, never a second read that could find others (evaluating an adapter)."""
+def read_adapter_dir(path: str | Path, kinds: tuple = ("adapter",), *, weights: bool = False, head: bool = False,
+                     follow: bool = True) -> AdapterRead:
+    """The one read of an adapter folder: its card checked (``kinds``: what the caller accepts; only evaluation
+    accepts a ``full_model`` baseline) and its files' bytes, each file read once. A folder named like a store version
+    (16 hex digits) has every file read and their content hash checked (:func:`check_version_folder`), and the card is
+    parsed from those bytes; another folder has its card read and, with ``weights`` / ``head``, the weights file the
+    card names / ``head.safetensors``, those present, capped by :func:`file_limit`. ``follow``: a symbolic link to
+    one of these files (in a folder that is no version) is followed; False (publishing, serving): refused, as a store
+    refuses them. Hand ``files`` to :func:`read_weights` / :func:`read_head` as often as needed: what is checked
+    and what is loaded are these bytes, never a second read that could find others (a file swapped in between)."""
     path = Path(path)
-    card, files = _read_card(path, kinds)
+    _is_adapter_folder(path)
+    files = check_version_folder(path)
     if files is not None:
-        return card, files
-    files = {}
-    for name in (card.get("weights_file", WEIGHTS), HEAD):
-        if name and (path / name).is_file():
-            files[name] = read_regular((path / name).resolve(), file_limit(name), shown=path / name)
-    return card, files
+        if CARD not in files:  # removed since it was seen
+            raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).")
+        return AdapterRead(parse_card(files[CARD], path, kinds), files, files[CARD])
+    data = _read_file(path, CARD, follow)
+    card = parse_card(data, path, kinds)
+    files = {CARD: data}
+    for name in (card.get("weights_file", WEIGHTS) if weights else None, HEAD if head else None):
+        if name and (path / name).is_file():  # a missing one is said where it is needed (read_weights, read_head)
+            files[name] = _read_file(path, name, follow)
+    return AdapterRead(card, files, data)
+
+
+def _is_adapter_folder(path: Path) -> None:
+    """A TppError unless ``path`` is a folder holding a card (naming a run folder's ``adapter/`` if it is one)."""
+    if path.is_file():
+        raise TppError(f"'{path}' is a file; an adapter is the folder holding {CARD}"
+                       f"{f' (here {path.parent})' if path.name == CARD else ''}.")
+    if not path.is_dir():
+        raise TppError(f"adapter directory '{path}' does not exist.")
+    if not (path / CARD).is_file():
+        hint = f" It is a run folder: did you mean '{path / 'adapter'}'?" if (path / "adapter" / CARD).is_file() else ""
+        raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).{hint}")
+
+
+def _read_file(folder: Path, name: str, follow: bool) -> bytes:
+    """The file ``name`` of an adapter folder that is no store version, capped by :func:`file_limit`; a link to it
+    followed when ``follow``."""
+    file = folder / name
+    return read_regular(file.resolve() if follow else file, file_limit(name), shown=file)
+
+
+def parse_card(data: bytes | None, folder: str | Path, kinds: tuple = ("adapter",)) -> dict:
+    """The card of the adapter folder ``folder`` from its bytes (None: it has none), checked by :func:`check_card`:
+    the one card parser, for a folder read by :func:`read_adapter_dir` and a store's version
+    (:mod:`tpp.serve.store`) alike."""
+    card_path = Path(folder) / CARD
+    if data is None:
+        raise TppError(f"'{folder}' is not a tpp adapter directory (no {CARD}).")
+    try:
+        card = card_json(data.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
+    check_card(card, card_path, kinds)
+    return card
 
 
 def dir_size(path: Path) -> int:
     """Bytes of an adapter directory's files, without ``README.md`` (documentation rendered from the card), so
     sizes stay comparable with adapters saved before tpp wrote model cards."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.name != README)
-
-
-def read_card(path: str | Path, kinds: tuple = ("adapter",)) -> dict:
-    """Read and sanity-check an adapter directory's card; clear errors for anything else.
-
-    ``kinds``: what the caller accepts; only evaluation accepts a ``full_model`` baseline.
-    """
-    return _read_card(Path(path), kinds)[0]
-
-
-def read_card_once(path: str | Path, kinds: tuple = ("adapter",)) -> tuple[dict, dict[str, bytes] | None, bytes]:
-    """:func:`read_card`'s card, a store version folder's files as its content hash verified them (None for another
-    folder) and the card's bytes, the ones parsed: in another folder the card is read once, and never through a
-    symbolic link (as a store copies an adapter's files), so the bytes kept are the card checked (publishing)."""
-    return _card_from(Path(path), kinds, follow=False)
-
-
-def _read_card(path: Path, kinds: tuple) -> tuple[dict, dict[str, bytes] | None]:
-    """:func:`read_card`'s card, and a store version folder's files as read and verified by
-    :func:`check_version_folder` (None for another folder): the card is parsed from those bytes."""
-    return _card_from(path, kinds)[:2]
-
-
-def _card_from(path: Path, kinds: tuple, follow: bool = True) -> tuple[dict, dict[str, bytes] | None, bytes]:
-    """(card, a version folder's verified files or None, the card's bytes); ``follow``: a link to the card of a
-    folder that is no version is followed (a version folder's files never are links)."""
-    if path.is_file():
-        raise TppError(f"'{path}' is a file; an adapter is the folder holding {CARD}"
-                       f"{f' (here {path.parent})' if path.name == CARD else ''}.")
-    if not path.is_dir():
-        raise TppError(f"adapter directory '{path}' does not exist.")
-    card_path = path / CARD
-    if not card_path.is_file():
-        hint = f" It is a run folder: did you mean '{path / 'adapter'}'?" if (path / "adapter" / CARD).is_file() else ""
-        raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).{hint}")
-    files = check_version_folder(path)
-    if files is not None and CARD not in files:  # removed since it was seen
-        raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).")
-    # at most METADATA_LIMIT bytes; a link to the card is followed when ``follow`` (a store's own files never are)
-    data = files[CARD] if files is not None else \
-        read_regular(card_path.resolve() if follow else card_path, METADATA_LIMIT, shown=card_path)
-    try:
-        card = card_json(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
-    check_card(card, card_path, kinds)
-    return card, files, data
 
 
 VERSION_RE = re.compile(r"[0-9a-f]{16}")  # an adapter store's version folder: its files' content hash
@@ -244,14 +242,21 @@ def check_version_folder(path: Path) -> dict[str, bytes] | None:
     name hashes, as serving checks them (:func:`read_version_folder`): publishing, loading or evaluating it after a
     byte changed would sign or use what the store refuses. Returns those files' verified bytes; other folders pass
     (None)."""
-    return read_version_folder(path) if VERSION_RE.fullmatch(path.name) else None
+    return read_version_folder(path) if is_version_folder(path) else None
+
+
+def is_version_folder(path: Path) -> bool:
+    """Whether ``path`` is named like a store version (16 hex digits), so that its files are checked against that
+    content hash whenever it is read."""
+    return bool(VERSION_RE.fullmatch(Path(path).name))
 
 
 def read_version_folder(folder: Path, version: str | None = None) -> dict[str, bytes]:
     """The files of a store version folder (or a copy of one), read once: {name: bytes}. Refused unless each is a
     regular file (no link) among :data:`ADAPTER_FILES` and their content hash is ``version`` (default: the folder's
     name), so a byte flipped after publishing is caught before anything is used. The one check of a version's files:
-    the store's loads, ``tpp adapters push`` and :func:`read_card` of a folder named like a version all use it."""
+    the store's loads, ``tpp adapters push`` and :func:`read_adapter_dir` of a folder named like a version all use
+    it."""
     version = folder.name if version is None else version
     files = {}
     for entry in list_folder(folder):
@@ -334,7 +339,7 @@ def card_json(text: str):
 
 
 def check_card(card, card_path: str | Path, kinds: tuple = ("adapter",)) -> None:
-    """The card's shape, format and kind (see :func:`read_card`); errors name ``card_path``."""
+    """The card's shape, format and kind (see :func:`read_adapter_dir`); errors name ``card_path``."""
     path = Path(card_path).parent
     _check_shape(card, card_path)
     if card.get("format") != FORMAT:

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from tpp.adapter_dir import parent_summary, read_adapter, read_card, verify_backbone
+from tpp.adapter_dir import parent_summary, read_adapter_dir, read_weights, verify_backbone
 from tpp.backbones import BackboneInfo
 from tpp.data import Dataset, same_modality
 from tpp.data.build import channel_rule, image_channels, to_model_tensor
@@ -41,7 +41,7 @@ def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
 
 
 def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, dict, str, dict, list[str]]:
-    """Read the ``init_from`` card and tensors (each file once: :func:`tpp.adapter_dir.read_adapter`) and merge
+    """Read the ``init_from`` card and tensors (each file once: :func:`tpp.adapter_dir.read_adapter_dir`) and merge
     options: method and inherited options come from the parent. A different value given on the command line is a
     config error; one from the config file gives way to the parent's (reported in the returned notes). Warns (or
     fails with ``adapter.require_same_modality``) when the parent saw another modality.
@@ -49,7 +49,8 @@ def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict
     Returns (parent card, parent tensors, method name, options, notes on config-file values replaced).
     """
     source = adapter_cfg.init_from
-    card, weights = read_adapter(source)
+    card, files, _ = read_adapter_dir(source, weights=True)
+    weights = read_weights(source, card, files)
     verify_backbone(card, info, source)
     method, options, notes = inherit(adapter_cfg, card)
     check_parent_modality(card, source, modality, adapter_cfg.require_same_modality)
@@ -108,7 +109,7 @@ def effective_adapter(cfg, inherits: bool = True) -> tuple[str, dict]:
     ``adapter.init_from`` (when the recipe reads it: ``inherits``) the parent card's merged with the config's by
     :func:`inherit`. Raises TppError for a parent that cannot be read or an override that conflicts with it."""
     if inherits and cfg.adapter.init_from:
-        method, options, _ = inherit(cfg.adapter, read_card(cfg.adapter.init_from))
+        method, options, _ = inherit(cfg.adapter, read_adapter_dir(cfg.adapter.init_from).card)
         return method, options
     return cfg.adapter.method, cfg.adapter.resolved_options()
 

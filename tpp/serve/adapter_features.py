@@ -2,8 +2,6 @@
 adapter is checked as a store checks one before anything is copied, and goes onto a shared-weight copy."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from tpp.errors import TppError
 from tpp.incontext.features import Extractor
 
@@ -13,7 +11,7 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     adapter method, tensor names by its key rule, finite floats, trained on this backbone; a store version folder,
     named by 16 hex digits, must hold the files its content hash names). Shared weights: the backbone is not
     copied, and its hash must be unchanged afterwards."""
-    from tpp.adapter_dir import verify_backbone
+    from tpp.adapter_dir import read_adapter_dir, verify_backbone
     from tpp.adapters import check_tensor_names
     from tpp.backbones import Encoder, backbone_hash
     from tpp.adapter_checks import attach_from_card
@@ -23,7 +21,10 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     from tpp.serve.store import _adapter_dir
 
     path = _adapter_dir(adapter)
-    card, files = adapter_files(path)
+    # each file read once, never through a link: a version folder's every file, as its content hash verified them (a
+    # file changed on disk is refused naming the folder, one swapped after that read is never read); another
+    # folder's card and the weights file it names
+    card, files, _ = read_adapter_dir(path, weights=True, follow=False)
     method = adapter_method(card, str(path))
     weights = card.get("weights_file")
     state = parse_tensors(files, weights, str(path)) if weights else {}
@@ -37,22 +38,3 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     if backbone_hash(base.model) != extractor.info.hash:
         raise TppError(f"adapter '{path}' changed the backbone's weights while it was attached; refused.")
     return Extractor(encoder.eval(), extractor.info, extractor.device, str(path), extractor.precision)
-
-
-def adapter_files(path: Path) -> tuple[dict, dict[str, bytes]]:
-    """The card of the adapter folder ``path`` (an adapter's, as the store parses it) and its files' bytes, each
-    file read once: a store version folder's (named by 16 hex digits) all of them, as its content hash verified
-    them (a file changed on disk is refused, naming the folder, and one swapped after that read is never read), so
-    the tensors loaded are the bytes verified; another folder's card and the weights file the card names."""
-    from tpp.adapter_dir import CARD, check_version_folder, read_regular
-    from tpp.serve.integrity import parse_card
-
-    verified = check_version_folder(path) if path.is_dir() else None
-    files = dict(verified or {})
-    if verified is None and (path / CARD).is_file():
-        files[CARD] = read_regular(path / CARD)
-    card = parse_card(files.get(CARD), str(path))
-    weights = card.get("weights_file")
-    if verified is None and weights:
-        files[weights] = read_regular(path / weights)
-    return card, files

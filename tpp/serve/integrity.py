@@ -10,7 +10,6 @@ if something wrote into it anyway.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -21,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from tpp.adapter_checks import check_frame, check_head
-from tpp.adapter_dir import CARD, HEAD, INTEGER_HEAD_TENSORS, card_json, check_card, check_values
+from tpp.adapter_dir import CARD, HEAD, INTEGER_HEAD_TENSORS, check_values, parse_card
 from tpp.adapters import check_tensor_names, get_method
 from tpp.adapters.visual_prompt import declared_frame
 from tpp.data.images import rule_frame
@@ -58,18 +57,6 @@ def check_adapter(files: dict[str, bytes], source: str) -> CheckedAdapter:
     head_state = parse_tensors(files, HEAD, source, integer=INTEGER_HEAD_TENSORS)
     check_head(card, head_state, source)
     return CheckedAdapter(card, method, state, head_state)
-
-
-def parse_card(data: bytes | None, source: str) -> dict:
-    """The card from its bytes (adapters only; a full model or a backbone card is refused)."""
-    if data is None:
-        raise TppError(f"'{source}' is not a tpp adapter directory (no {CARD}).")
-    try:
-        card = card_json(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TppError(f"'{source}/{CARD}' is not valid JSON ({type(exc).__name__}).") from None
-    check_card(card, f"{source}/{CARD}", kinds=("adapter",))
-    return card
 
 
 MAX_INPUT_SIDE = 4096  # pixels a card may ask images to be resized to (or masks to be drawn at)

@@ -22,12 +22,12 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpp.adapter_dir import (CARD, HEAD, PEFT_CONFIG, content_hash, list_folder, read_card_once,
-                             read_version_folder)
+from tpp.adapter_dir import (CARD, HEAD, PEFT_CONFIG, content_hash, is_version_folder, list_folder, parse_card,
+                             read_adapter_dir, read_version_folder)
 from tpp.adapter_dir import read_regular as _read_regular
 from tpp.errors import TppError
 from tpp.model_card import README
-from tpp.serve.integrity import check_adapter, parse_card
+from tpp.serve.integrity import check_adapter
 from tpp.rundir import damaged_status, run_state, write_atomic
 
 POINTER = "current"
@@ -107,13 +107,11 @@ def read_source_card(source: str | Path, inspect=None) -> tuple[Path, dict, dict
     refused with a clear message. ``inspect(path, card)``, when given, runs on the card before the folder's other
     files are looked for (a caller's own refusal of what the card says comes first)."""
     path = _adapter_dir(source)
-    card, verified, card_bytes = read_card_once(path)
+    card, read, _ = read_adapter_dir(path, follow=False)  # another folder's card: never through a link
     if inspect is not None:
         inspect(path, card)
-    names = adapter_files(path, card, verified)
-    if verified is not None:
-        return path, card, {name: verified[name] for name in names}
-    return path, card, {name: card_bytes if name == CARD else _read_regular(path / name) for name in names}
+    names = adapter_files(path, card, read if is_version_folder(path) else None)
+    return path, card, {name: read[name] if name in read else _read_regular(path / name) for name in names}
 
 
 def publish(source: str | Path, store: str | Path, site: str,

@@ -103,9 +103,10 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
 
     method, options = effective_adapter(cfg, inherits)
     if inherits and cfg.adapter.init_from:  # the parent's tensors read and checked (a truncated file said now)
-        from tpp.adapter_dir import read_adapter_dir, read_weights
+        from tpp.adapter_dir import read_weights
+        from tpp.builders import parent_read
 
-        card, files, _ = read_adapter_dir(cfg.adapter.init_from, weights=True)
+        card, files, _ = parent_read(cfg)  # the bytes the run's hand-off loads
         read_weights(cfg.adapter.init_from, card, files)
     if not on_backbone:
         return

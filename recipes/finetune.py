@@ -17,9 +17,9 @@ import inspect
 import torch
 
 from tpp.adapters.visual_prompt import auxiliary_loss, encoder_output
-from tpp.adapter_dir import dir_size, make_card, read_adapter_dir, write_adapter_dir
+from tpp.adapter_dir import dir_size, make_card, write_adapter_dir
 from tpp.backbones import load_backbone
-from tpp.builders import (attach_target_parameters, check_leakage, check_parent_modality, input_rule,
+from tpp.builders import (attach_target_parameters, check_leakage, check_parent_modality, input_rule, parent_read,
                           label_fraction_of, record_skipped)
 from tpp.data.build import load_data
 from tpp.errors import ConfigError, TppError, TppProblems
@@ -100,7 +100,7 @@ def check_data(cfg, dataset) -> dict:
 def check_parent(cfg, dataset) -> None:
     """The parent adapter (``adapter.init_from``) cannot have seen this run's val / test images, and was pre-trained
     on this modality (a warning; an error with ``adapter.require_same_modality``)."""
-    card = read_adapter_dir(cfg.adapter.init_from).card
+    card = parent_read(cfg, files=False).card
     check_leakage(card, dataset, cfg.adapter.init_from, label_fraction_of(cfg))
     check_parent_modality(card, cfg.adapter.init_from, dataset.modality, cfg.adapter.require_same_modality)
 

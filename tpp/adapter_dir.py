@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import stat
+import weakref
 from pathlib import Path
 from typing import NamedTuple
 
@@ -152,7 +153,8 @@ def _file_tensors(path: str | Path, name: str, files: dict[str, bytes] | None) -
 
 
 class AdapterRead(NamedTuple):
-    """An adapter folder as :func:`read_adapter_dir` read it, each file once."""
+    """An adapter folder as :func:`read_adapter_dir` read it, each file once (``files`` and ``card_bytes`` None in
+    a read :func:`take_read` handed over)."""
     card: dict  # parsed from ``card_bytes`` and checked (:func:`parse_card`)
     files: dict[str, bytes]  # name -> bytes: a store version folder's every file, as its content hash verified them;
     # another folder's card and the tensor files asked for, those present
@@ -217,6 +219,36 @@ def parse_card(data: bytes | None, folder: str | Path, kinds: tuple = ("adapter"
         raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
     check_card(card, card_path, kinds)
     return card
+
+
+# id(owner) -> {(path, kinds, weights, head): the read, its files None once taken}: what read_once read for owner
+_HELD: dict[int, dict[tuple, AdapterRead]] = {}
+
+
+def read_once(owner, path: str | Path, kinds: tuple = ("adapter",), *, weights: bool = False, head: bool = False,
+              files: bool = True) -> AdapterRead:
+    """:func:`read_adapter_dir` of ``path``, read once for ``owner`` (a run config: ``tpp validate``'s checks, a run's
+    checks and its load then parse the same bytes; a store version folder's as its content hash verified them).
+    Held while ``owner`` lives; the files' bytes only until :func:`take_read` (read again if asked for after that;
+    ``files=False``: the card alone will do, and a read whose bytes were taken is not read again)."""
+    held = _HELD.get(id(owner))
+    if held is None:
+        held = _HELD[id(owner)] = {}
+        weakref.finalize(owner, _HELD.pop, id(owner), None)
+    key = (str(path), tuple(kinds), weights, head)
+    read = held.get(key)
+    if read is None or (files and read.files is None):
+        read = held[key] = read_adapter_dir(path, kinds, weights=weights, head=head)
+    return read
+
+
+def take_read(owner, path: str | Path, kinds: tuple = ("adapter",), *, weights: bool = False,
+              head: bool = False) -> AdapterRead:
+    """:func:`read_once`'s read, handed to the load that uses its bytes last: they are not held beyond it (a full
+    model's weights can be hundreds of MiB), the card is."""
+    read = read_once(owner, path, kinds, weights=weights, head=head)
+    _HELD[id(owner)][(str(path), tuple(kinds), weights, head)] = read._replace(files=None, card_bytes=None)
+    return read
 
 
 def dir_size(path: Path) -> int:

@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import torch
 
-from tpp.adapter_dir import parent_summary, read_adapter_dir, read_weights, verify_backbone
+from tpp.adapter_dir import AdapterRead, parent_summary, read_once, read_weights, take_read, verify_backbone
 from tpp.backbones import BackboneInfo
 from tpp.data import Dataset, same_modality
 from tpp.data.build import channel_rule, image_channels, to_model_tensor
@@ -40,16 +40,25 @@ def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
     return to_model_tensor(images, info.channels, info.input_size, info.mean, info.std, info.frame)
 
 
-def parent_adapter(adapter_cfg, info: BackboneInfo, modality: str) -> tuple[dict, dict, str, dict, list[str]]:
-    """Read the ``init_from`` card and tensors (each file once: :func:`tpp.adapter_dir.read_adapter_dir`) and merge
-    options: method and inherited options come from the parent. A different value given on the command line is a
+def parent_read(cfg, files: bool = True) -> AdapterRead:
+    """The parent adapter (``adapter.init_from``): its card and weights file, read once for ``cfg``
+    (:func:`tpp.adapter_dir.read_once`): the config's checks (``tpp validate``, a run's before its folder exists) and
+    the run's hand-off parse the same bytes, a store version folder's as its content hash verified them.
+    ``files=False``: the card alone will do."""
+    return read_once(cfg, cfg.adapter.init_from, weights=True, files=files)
+
+
+def parent_adapter(cfg, info: BackboneInfo, modality: str) -> tuple[dict, dict, str, dict, list[str]]:
+    """The ``init_from`` card and tensors (:func:`parent_read`'s bytes, handed over and no longer held) with options
+    merged: method and inherited options come from the parent. A different value given on the command line is a
     config error; one from the config file gives way to the parent's (reported in the returned notes). Warns (or
     fails with ``adapter.require_same_modality``) when the parent saw another modality.
 
     Returns (parent card, parent tensors, method name, options, notes on config-file values replaced).
     """
+    adapter_cfg = cfg.adapter
     source = adapter_cfg.init_from
-    card, files, _ = read_adapter_dir(source, weights=True)
+    card, files, _ = take_read(cfg, source, weights=True)
     weights = read_weights(source, card, files)
     verify_backbone(card, info, source)
     method, options, notes = inherit(adapter_cfg, card)
@@ -109,7 +118,7 @@ def effective_adapter(cfg, inherits: bool = True) -> tuple[str, dict]:
     ``adapter.init_from`` (when the recipe reads it: ``inherits``) the parent card's merged with the config's by
     :func:`inherit`. Raises TppError for a parent that cannot be read or an override that conflicts with it."""
     if inherits and cfg.adapter.init_from:
-        method, options, _ = inherit(cfg.adapter, read_adapter_dir(cfg.adapter.init_from).card)
+        method, options, _ = inherit(cfg.adapter, parent_read(cfg, files=False).card)
         return method, options
     return cfg.adapter.method, cfg.adapter.resolved_options()
 
@@ -314,7 +323,7 @@ def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: st
     fresh). Returns (method, typed options, targets, parent summary or None)."""
     method_name, options, parent = cfg.adapter.method, cfg.adapter.typed(), None  # typed once, in the config
     if cfg.adapter.init_from:
-        parent_card, parent_weights, method_name, options, notes = parent_adapter(cfg.adapter, info, dataset.modality)
+        parent_card, parent_weights, method_name, options, notes = parent_adapter(cfg, info, dataset.modality)
         check_leakage(parent_card, dataset, cfg.adapter.init_from, label_fraction_of(cfg))
         parent = parent_summary(parent_card, cfg.adapter.init_from)
         for note in notes:

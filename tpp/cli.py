@@ -225,10 +225,9 @@ def cmd_validate(args) -> int:
         raise TppError(f"{args.config} would not run (found with its data loaded):\n{listed}")
     print(f"ok: {args.config} (recipe {cfg.recipe}, {_what_runs(cfg)}, output_dir {cfg.output_dir})")
     if cfg.recipe == "finetune" and cfg.adapter.init_from:  # what the run prints: values the parent replaces
-        from tpp.adapter_dir import read_adapter_dir
-        from tpp.builders import inherit
+        from tpp.builders import inherit, parent_read
 
-        for note in inherit(cfg.adapter, read_adapter_dir(cfg.adapter.init_from).card)[2]:
+        for note in inherit(cfg.adapter, parent_read(cfg, files=False).card)[2]:
             print(f"init_from: {note}")
     if loaded:
         print(f"data {loaded}")

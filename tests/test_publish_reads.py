@@ -128,3 +128,61 @@ def test_a_pull_publishes_the_files_whose_hash_it_compared(tmp_path, monkeypatch
     pulled = hub.pull("owner/site", tmp_path / "store", "s", version=version)
     assert counts == {"n": 1}
     assert pulled.version.version == version and _published(pulled.version) == adapter["files"]
+
+
+def _store(tmp_path, adapter, newer: bool) -> store.SiteVersion:
+    """A store holding the adapter as site ``s`` (with ``newer``, another version made current after it)."""
+    sv = store.publish(adapter["version"], tmp_path / "store", "s")
+    if newer:  # a rollback has something to do
+        store.write_version(tmp_path / "store" / "s", dict(adapter["files"], **{
+            "README.md": adapter["files"]["README.md"] + b"\n"}))
+    return sv
+
+
+@pytest.fixture()
+def swapped(monkeypatch, adapter):
+    """count(sv) -> {file name: reads} of the files of the version folder of ``sv`` (adapter_dir's and the store's
+    reads); right after the weights file's first read it is replaced by zeros (what a second read would find: the
+    folder no longer matches its hash). Undone afterwards."""
+    folders = []
+
+    def count(sv: store.SiteVersion) -> dict:
+        counts: dict = {}
+        zeros = {k: torch.zeros_like(v) for k, v in load_file(str(sv.path / WEIGHTS)).items()}
+        count_adapter_reads(monkeypatch, counts, folders=(sv.path,), swaps={WEIGHTS: zeros}, store_alias=True)
+        folders.append(sv.path)
+        return counts
+
+    yield count
+    for folder in folders:
+        (folder / WEIGHTS).write_bytes(adapter["files"][WEIGHTS])
+
+
+EVERY_FILE_ONCE = {CARD: 1, WEIGHTS: 1, "head.safetensors": 1, "adapter_config.json": 1, "README.md": 1}
+
+
+def test_a_rollback_with_a_dry_load_reads_the_version_once(tmp_path, tiny_mae, adapter, swapped, capsys):
+    """``tpp adapters rollback --backbone`` dry-loaded one read of the version folder, then make_current read and
+    hashed it again (and the listing read its card): the zeros swapped in between failed the rollback after the
+    dry load had passed. One read now: the dry load and the checks before the pointer moves parse the same bytes."""
+    sv = _store(tmp_path, adapter, newer=True)
+    reads = swapped(sv)
+    assert run_cli("adapters", "rollback", tmp_path / "store", "--site", "s", "--version", sv.version,
+                   "--backbone", tiny_mae) == 0
+    assert reads == EVERY_FILE_ONCE
+    assert store.current_version(tmp_path / "store", "s") == sv.version
+    assert f"s serves {sv.version} again" in capsys.readouterr().out
+
+
+def test_a_store_s_load_reads_the_version_once(tmp_path, monkeypatch, tiny_mae, adapter, swapped):
+    """AdapterStore.load(site) without a backbone read the current version's card, then the whole folder (hashed)
+    for the backbone the card names, then the bank read and hashed it again: the zeros swapped in after the first
+    hash refused the site. One read now: the backbone is named by, and the model loaded from, the bytes verified."""
+    import tpp
+
+    sv = _store(tmp_path, adapter, newer=False)
+    reads = swapped(sv)
+    monkeypatch.chdir(tiny_mae.parent)  # the card names the backbone by its folder name: found from here
+    model = tpp.AdapterStore(tmp_path / "store").load("s")
+    assert reads == EVERY_FILE_ONCE
+    assert model.bank.site("s").version == sv.version

@@ -124,10 +124,10 @@ class Model:
     """One site adapter on its backbone: ``predict(images)``. Made by :func:`load` or
     :meth:`AdapterStore.load`; holds the backbone in memory."""
 
-    def __init__(self, bank, site: str, source: str):
+    def __init__(self, bank, site: str, source: str, prepared=None):
         self.bank, self.site_name, self.source = bank, site, source
-        with quiet():
-            self.site = bank.site(site)  # checked, loaded and tried on one image here, not at the first predict
+        with quiet():  # checked, loaded and tried on one image here, not at the first predict; ``prepared``: its
+            self.site = bank.site(site, prepared)  # files as the bank's prepare read them for the caller
 
     @property
     def card(self) -> dict:
@@ -280,20 +280,20 @@ class AdapterStore:
         """The current version of ``site`` as a :class:`Model` (``backbone`` as in :func:`load`)."""
         from tpp.serve import store as adapter_store
 
-        if backbone is None:
-            backbone = card_backbone(adapter_store.current(self.path, site).path)
-        return Model(open_bank(path_arg(backbone, "backbone"), str(self.path), 1, device, precision), site,
-                     f"{self.path}/{site}")
+        opened = adapter_store.open_version(self.path, site)  # read once, its content hash checked
+        backbone = card_backbone(opened.path, opened.card) if backbone is None else path_arg(backbone, "backbone")
+        bank = open_bank(backbone, str(self.path), 1, device, precision)
+        return Model(bank, site, f"{self.path}/{site}", bank.prepare(site, opened=opened))
 
 
-def check_loads(source, backbone: str) -> tuple[Path, dict[str, bytes]]:
+def check_loads(source, backbone: str, read: tuple[Path, dict[str, bytes]] | None = None) -> tuple[Path, dict]:
     """Load the adapter of ``source`` on ``backbone`` exactly as serving would (in a private temporary store),
     then drop it; a TppError naming ``source`` when it does not load. Returns (its folder, its files' bytes) as read
-    (:func:`tpp.serve.store.read_source`, each file once) and loaded: publish those (``read=``), not a second read
-    that could find other bytes."""
+    (:func:`tpp.serve.store.read_source`, each file once; ``read``: as the caller read them) and loaded: publish
+    those (``read=``), not a second read that could find other bytes."""
     from tpp.serve import store as adapter_store
 
-    read = adapter_store.read_source(source)
+    read = adapter_store.read_source(source) if read is None else read
     with tempfile.TemporaryDirectory(prefix="tpp-publish-check-") as tmp:
         adapter_store.publish(source, tmp, "check", read=read)
         with quiet():

@@ -271,14 +271,16 @@ class AdapterBank:
             if pointer != refused or not unchanged:  # another version published, or this one again
                 del self.refused[name]
 
-    def prepare(self, name: str, version: str | None = None) -> Prepared:
+    def prepare(self, name: str, version: str | None = None,
+                opened: adapter_store.SiteVersion | None = None) -> Prepared:
         """The slow part of loading ``version`` of ``name`` (None: the store's current one), which needs no model:
         its files read once, their content hash, :func:`check_adapter` (safetensors parsed into CPU tensors) and
         the card against this backbone. It uses only what never changes in a bank (the store's path, the
         backbone's info), so any thread may call it while another predicts. An error is kept in the result: the
-        :meth:`site` or :meth:`reload` given it raises it and refuses the version there."""
+        :meth:`site` or :meth:`reload` given it raises it and refuses the version there. ``opened``: that version as
+        :func:`~tpp.serve.store.open_version` read it for the caller (not read again)."""
         try:
-            sv = adapter_store.open_version(self.store, name, version)
+            sv = adapter_store.open_version(self.store, name, version) if opened is None else opened
             checked = check_adapter(sv.files, str(sv.path))
             verify_backbone(checked.card, self.info, f"{sv.site}@{sv.version}")
         except Exception as exc:

@@ -174,23 +174,27 @@ def cmd_adapters(args) -> int:
 
 def _cmd_rollback(args) -> int:
     """``tpp adapters rollback STORE --site SITE --version V``: serve an earlier version again."""
+    from tpp.adapter_dir import VERSION_RE
     from tpp.serve import store
 
-    held = store.versions(args.paths[0], args.site)
-    current = store.current_version(args.paths[0], args.site)
-    listed = "\n".join(f"  {v}  created {when or 'unknown'}{'  (current)' if v == current else ''}" for v, when in held)
-    if not args.adapter_version:  # the way to see what a rollback could serve again
-        print(f"versions of site '{args.site}', newest first:\n{listed}\nserve one again: tpp adapters rollback "
-              f"{args.paths[0]} --site {args.site} --version V")
-        return 0
-    if args.adapter_version not in [v for v, _ in held]:
-        raise TppError(f"'{args.adapter_version}' is not a version of site '{args.site}'; the store holds (newest "
-                       f"first):\n{listed}")
-    if args.backbone:  # a dry load as serving would do it, before the pointer moves
+    root, site, version = args.paths[0], args.site, args.adapter_version
+    current = store.current_version(root, site)
+    named = bool(version) and bool(VERSION_RE.fullmatch(version)) and store.holds_version(root, site, version)
+    if not named:
+        held = store.versions(root, site)  # every version's card read for its time: only to list them
+        listed = "\n".join(f"  {v}  created {when or 'unknown'}{'  (current)' if v == current else ''}"
+                           for v, when in held)
+        if not version:  # the way to see what a rollback could serve again
+            print(f"versions of site '{site}', newest first:\n{listed}\nserve one again: tpp adapters rollback "
+                  f"{root} --site {site} --version V")
+            return 0
+        raise TppError(f"'{version}' is not a version of site '{site}'; the store holds (newest first):\n{listed}")
+    opened = store.open_version(root, site, version)  # read once, its content hash checked
+    if args.backbone:  # a dry load as serving would do it, of those bytes, before the pointer moves
         from tpp.api import check_loads
 
-        check_loads(str(Path(args.paths[0]) / args.site / args.adapter_version), args.backbone)
-    sv = store.make_current(args.paths[0], args.site, args.adapter_version)
+        check_loads(str(opened.path), args.backbone, read=store.version_source(opened))
+    sv = store.make_current(root, site, version, opened=opened)
     print(f"{sv.site} serves {sv.version} again (was {current}); a running tpp serve switches at "
           f"POST /v1/sites/{sv.site}/reload")
     return 0

@@ -114,6 +114,12 @@ def read_source_card(source: str | Path, inspect=None) -> tuple[Path, dict, dict
     return path, card, {name: read[name] if name in read else _read_regular(path / name) for name in names}
 
 
+def version_source(sv: SiteVersion) -> tuple[Path, dict[str, bytes]]:
+    """(folder, files) of a version :func:`open_version` read, as :func:`read_source` gives them for that folder
+    (the files an adapter consists of), from the bytes its content hash verified: nothing is read again."""
+    return sv.path, {name: sv.files[name] for name in adapter_files(sv.path, sv.card, sv.files)}
+
+
 def publish(source: str | Path, store: str | Path, site: str,
             read: tuple[Path, dict[str, bytes]] | None = None) -> SiteVersion:
     """Add the adapter of ``source`` (run dir or adapter dir) to ``store`` as a new version of ``site``
@@ -195,10 +201,13 @@ def created(version_folder: Path) -> str | None:
     return when if isinstance(when, str) and ISO_TIME.fullmatch(when) else None
 
 
-def make_current(store: str | Path, site: str, version: str) -> SiteVersion:
+def make_current(store: str | Path, site: str, version: str, opened: SiteVersion | None = None) -> SiteVersion:
     """Point ``site`` at ``version``, one it already holds (a rollback), after its files passed the same checks
-    as at publishing (content hash, :func:`tpp.serve.integrity.check_adapter`)."""
-    sv = open_version(store, site, version)
+    as at publishing (content hash, :func:`tpp.serve.integrity.check_adapter`). ``opened``: that version as
+    :func:`open_version` read it for the caller (a dry load's bytes): those bytes are checked, nothing is read again."""
+    if opened is not None and (opened.site, opened.version) != (site, version):
+        raise ValueError(f"opened is {opened.site}@{opened.version}, not {site}@{version}")
+    sv = open_version(store, site, version) if opened is None else opened
     check_adapter(sv.files, str(sv.path))
     write_atomic(_store_root(store) / site / POINTER, version + "\n")
     return sv

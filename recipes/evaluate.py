@@ -16,9 +16,8 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-import weakref
 
-from tpp.adapter_dir import HEAD, read_adapter_dir, read_head, read_weights, verify_backbone
+from tpp.adapter_dir import HEAD, read_adapter_dir, read_head, read_once, read_weights, take_read, verify_backbone
 from tpp.backbones import load_backbone
 from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
@@ -60,31 +59,23 @@ def with_task_head(card: dict, path) -> None:
                        "fine-tune it first (tpp run finetune ... adapter.init_from=...).")
 
 
-# id(cfg) -> [adapter.path, card, files (None once loaded)]: what evaluated() read for that config, dropped with it
-_READ: dict[int, list] = {}
-
-
 def evaluated(cfg, files: bool = True) -> tuple[dict, dict[str, bytes] | None]:
     """The card of the adapter at ``adapter.path`` (one with a task head) and its files' bytes
     (:func:`~tpp.adapter_dir.read_adapter_dir`: a store version folder's as its content hash verified them), read
-    once for ``cfg``: ``tpp validate``'s and a run's checks and the run's load parse these same bytes (the folder
-    was read and hashed about four times, the weights once more). Held while ``cfg`` lives; the bytes only until
-    :func:`taken` (read again if asked for after that with ``files``; ``files=False``: the card alone will do)."""
-    held = _READ.get(id(cfg))
-    if held is None or held[0] != cfg.adapter.path or (files and held[2] is None):
-        card, read = read_adapter_dir(cfg.adapter.path, EVALUATED, weights=True, head=True)[:2]
-        with_task_head(card, cfg.adapter.path)
-        if held is None:
-            weakref.finalize(cfg, _READ.pop, id(cfg), None)
-        held = _READ[id(cfg)] = [cfg.adapter.path, card, read]
-    return held[1], held[2]
+    once for ``cfg`` (:func:`~tpp.adapter_dir.read_once`): ``tpp validate``'s and a run's checks and the run's load
+    parse these same bytes (the folder was read and hashed about four times, the weights once more). Held while
+    ``cfg`` lives; the bytes only until :func:`taken` (read again if asked for after that with ``files``;
+    ``files=False``: the card alone will do)."""
+    card, read, _ = read_once(cfg, cfg.adapter.path, EVALUATED, weights=True, head=True, files=files)
+    with_task_head(card, cfg.adapter.path)
+    return card, read
 
 
 def taken(cfg) -> tuple[dict, dict[str, bytes]]:
     """:func:`evaluated`'s card and files, handed to the load that uses them last: the bytes (a full model's
     weights can be hundreds of MiB) are not held beyond it, the card is."""
-    card, files = evaluated(cfg)
-    _READ[id(cfg)][2] = None
+    evaluated(cfg)
+    card, files, _ = take_read(cfg, cfg.adapter.path, EVALUATED, weights=True, head=True)
     return card, files
 
 

@@ -129,3 +129,45 @@ def test_a_mask_changed_since_loading_is_named_without_a_worker_traceback(tmp_pa
     with pytest.raises(TppError) as caught:
         list(stream_loader(inputs, MaskTargets(split.masks), batch_size=8, shuffle=False, num_workers=1))
     assert str(caught.value).startswith(f"mask '{split.masks.paths[0]}' is 16x8 pixels but was 8x8")
+
+
+@pytest.mark.parametrize("missing", ["nan", "NaN", "<NA>", "#N/A", "N/A", "NULL"])
+def test_a_missing_value_in_the_patient_id_column_is_no_patient(tmp_path, missing):
+    """Rows whose patient_id marks a missing value would all be one patient (one split): refused by line."""
+    rows = "".join(f"im/{i}.png,{i % 2},{missing if i in (3, 6) else f'p{i}'}\n" for i in range(9))
+    table = labels_csv(tmp_path, rows, header="path,label,patient_id")
+    with pytest.raises(TppError, match=rf"labels\.csv', line 5: patient_id '{missing}' marks a missing value"):
+        load_csv("x", None, str(table), modality="US", image_size=8)
+
+
+def test_a_missing_group_id_in_a_folders_metadata_is_no_patient(tmp_path):
+    labels_csv(tmp_path, "")
+    (tmp_path / "labels.csv").unlink()
+    (tmp_path / "metadata.csv").write_text("file_name,label,patient_id\n" + "".join(
+        f"im/{i}.png,{i % 2},{'NULL' if i == 7 else f'p{i}'}\n" for i in range(9)))
+    with pytest.raises(TppError, match=r"metadata\.csv', line 9: patient_id 'NULL' marks a missing value"):
+        load_folder("x", None, str(tmp_path), modality="US", image_size=8)
+
+
+def test_a_missing_group_id_in_a_seg_folders_metadata_is_no_patient(tmp_path):
+    root = seg_folder(tmp_path / "seg")
+    (root / "metadata.csv").write_text("file_name,pid\n" + "".join(
+        f"a{i}.png,{'#N/A' if i == 2 else i}\n" for i in range(6)))
+    with pytest.raises(TppError, match=r"metadata\.csv', line 4: pid '#N/A' marks a missing value"):
+        load_seg_folder("x", None, str(root), image_size=16, modality="US", group_key="pid")
+
+
+@pytest.mark.parametrize("infinite", ["inf", "-inf", "Infinity"])
+def test_an_infinite_label_is_no_class(tmp_path, infinite):
+    rows = "".join(f"im/{i}.png,{['0', '1', infinite][i % 3]}\n" for i in range(9))
+    table = labels_csv(tmp_path, rows)
+    with pytest.raises(TppError, match=rf"labels\.csv', line 4: label '{infinite}' .*not a class"):
+        load_csv("x", None, str(table), modality="US", image_size=8)
+
+
+def test_validate_finds_a_missing_patient_id_before_a_run_folder_is_made(tmp_path):
+    labels_csv(tmp_path, "".join(f"im/{i}.png,{i % 2},{'<NA>' if i == 4 else i}\n" for i in range(9)),
+               header="path,label,patient_id")
+    cfg = build_config({"data": {"source": "csv", "root": str(tmp_path), "file": "labels.csv", "modality": "US"}})
+    (problem,) = preflight(cfg.data)
+    assert "line 6: patient_id '<NA>' marks a missing value" in problem

@@ -7,7 +7,7 @@ from tpp.data import Dataset
 from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading
 from tpp.data.labelled import labelled_files
-from tpp.data.tables import label_value, read_table, relative_image, split_value
+from tpp.data.tables import group_value, label_value, read_table, relative_image, split_value
 from tpp.errors import TppError
 
 PATIENT = "patient_id"
@@ -47,8 +47,8 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
             raise TppError(f"label table '{table}', line {number}: image '{image}' is listed again (first on line "
                            f"{seen[image]}); list each image once.")
         seen[image] = number
-        if group_key and not row[group_key]:
-            raise TppError(f"label table '{table}', line {number}: empty {group_key}; every image needs one.")
+        if group_key:
+            group_value(row[group_key], table, number, group_key)
         split = split_value(row["split"], table, number) if "split" in header else None
         if not (base / image).is_file():
             reason = f"does not exist (looked for '{base / image}')"

@@ -19,7 +19,7 @@ from tpp.data.file_reading import FileReading, applied
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
 from tpp.data.labelled import files_origin, labelled_files
-from tpp.data.tables import SPLIT_NAMES, label_value, read_table, relative_image
+from tpp.data.tables import SPLIT_NAMES, group_value, label_value, read_table, relative_image
 from tpp.errors import TppError
 
 METADATA = "metadata.csv"
@@ -144,7 +144,7 @@ def _groups(path: Path, files: list[str], table: dict, group_key: str) -> list[s
     if missing:
         raise TppError(f"image '{path / missing[0]}' has no {group_key} in {METADATA}; every image needs one "
                        "(data.group_key).")
-    return [table[f][2][group_key] for f in files]
+    return [group_value(table[f][2][group_key], table[f][0], table[f][1], group_key) for f in files]
 
 
 def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, modality: str | None,

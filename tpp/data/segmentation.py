@@ -237,7 +237,7 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
     """Group codes (N,) of the images ``stems`` from ``root/metadata.csv`` (columns file_name and ``key``; read as
     every label table is: stripped values, a BOM, errors naming the line); an image listed twice is refused."""
     from tpp.data.filesets import image_stem
-    from tpp.data.tables import read_table
+    from tpp.data.tables import group_value, read_table
 
     meta = root / "metadata.csv"
     if not meta.is_file():
@@ -248,7 +248,7 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
         if name in by_name:
             raise TppError(f"'{meta}', line {number}: image '{row['file_name']}' is listed twice (first on line "
                            f"{by_name[name][0]}).")
-        by_name[name] = (number, row[key])
+        by_name[name] = (number, group_value(row[key], meta, number, key))
     missing = [s for s in stems if s not in by_name]
     if missing:
         raise TppError(f"'{meta}' has no row for image '{files[missing[0]].name}' ({len(missing)} missing).")

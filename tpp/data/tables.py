@@ -72,16 +72,36 @@ def _cells(lines: list[str], path: Path):
 MISSING_VALUES = {"<na>", "#n/a", "n/a", "null"}  # what pandas and spreadsheets write for an empty cell, beside NaN
 
 
+def is_missing(value: str) -> bool:
+    """Whether a table cell marks a missing value: empty, NaN in any spelling, or one of :data:`MISSING_VALUES`."""
+    try:
+        return math.isnan(float(value))
+    except ValueError:
+        return not value.strip() or value.strip().casefold() in MISSING_VALUES
+
+
 def label_value(value: str, table: Path, number: int) -> str:
     """A table's label cell, refused when it marks a missing value (``nan``, ``NaN``, ``<NA>``, ``#N/A``, ``NULL``:
-    a table exported with its empty cells written out): it would silently become a class of its own."""
+    a table exported with its empty cells written out) or is infinite (``inf``, ``-inf``): it would silently
+    become a class of its own."""
     try:
-        missing = math.isnan(float(value))
+        infinite = math.isinf(float(value))
     except ValueError:
-        missing = value.casefold() in MISSING_VALUES
-    if missing:
-        raise TppError(f"label table '{table}', line {number}: label '{value}' marks a missing value, not a class; "
+        infinite = False
+    if is_missing(value) or infinite:
+        what = "is infinite" if infinite else "marks a missing value"
+        raise TppError(f"label table '{table}', line {number}: label '{value}' {what}, not a class; "
                        "give the image its class or remove the row.")
+    return value
+
+
+def group_value(value: str, table: Path, number: int, column: str) -> str:
+    """A table's group cell (``patient_id``, ``data.group_key``), refused when empty or marking a missing value:
+    every such row would be one group, as if one patient, and land in one split."""
+    if is_missing(value):
+        shown = f"{column} '{value}' marks a missing value" if value.strip() else f"empty {column}"
+        raise TppError(f"label table '{table}', line {number}: {shown}; every image needs one (else all such "
+                       "images would count as one patient).")
     return value
 
 

@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from tpp.data import Dataset
-from tpp.data.csvfiles import load_csv
+from tpp.data.csvfiles import PATIENT, load_csv
 from tpp.data.sources import Source, check_classes, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
 from tpp.data.file_reading import FileReading
-from tpp.data.tables import label_value, read_table
+from tpp.data.tables import group_value, label_value, read_table
 from tpp.errors import TppError
 
 
@@ -46,8 +46,12 @@ def preflight(common, options: CsvOptions, base: Path) -> list[str]:
     path = Path(options.file) if Path(options.file).is_absolute() else base / options.file
     if not problems and path.is_file():
         try:  # the columns, rows and labels, before any image is read
-            for number, row in read_table(path, ("path", "label"))[1]:
+            header, rows = read_table(path, ("path", "label"))
+            group_key = options.group_key or (PATIENT if PATIENT in header else None)
+            for number, row in rows:
                 label_value(row["label"], path, number)
+                if group_key in row:
+                    group_value(row[group_key], path, number, group_key)
         except TppError as exc:
             problems.append(str(exc))
     return problems

@@ -14,7 +14,7 @@ from tpp.data.csvfiles import load_csv
 from tpp.data.folders import load_folder, load_unlabeled_folder
 from tpp.data.segmentation import load_seg_folder, load_seg_npz
 from tpp.data.stream import MaskTargets, ModelInputs, stream_loader
-from tpp.errors import TppError
+from tpp.errors import ConfigError, TppError
 
 
 def png_claiming(path, width: int, height: int):
@@ -171,3 +171,42 @@ def test_validate_finds_a_missing_patient_id_before_a_run_folder_is_made(tmp_pat
     cfg = build_config({"data": {"source": "csv", "root": str(tmp_path), "file": "labels.csv", "modality": "US"}})
     (problem,) = preflight(cfg.data)
     assert "line 6: patient_id '<NA>' marks a missing value" in problem
+
+
+def npz_with_names(path, names, **extra):
+    labels = np.arange(9) % 3
+    np.savez(path, images=np.zeros((9, 8, 8), np.uint8), labels=labels, class_names=names, **extra)
+    return path
+
+
+@pytest.mark.parametrize("names, shape", [(np.array([["a", "b", "c"]]), r"\(1, 3\)"),
+                                          (np.array("a"), r"\(\)"),
+                                          (np.array([0, 1, 2]), r"\(3,\)")])
+def test_npz_class_names_that_are_no_list_of_text_are_refused_naming_key_and_shape(tmp_path, names, shape):
+    """A 2D names array used to become one class name, and the error a misleading 'labels outside 0..0'."""
+    path = npz_with_names(tmp_path / "d.npz", names)
+    with pytest.raises(TppError, match=rf"d\.npz' class_names: .*{shape}.*one name per class"):
+        load_npz("x", None, str(path), modality="US")
+
+
+@pytest.mark.parametrize("names", [["a", "", "c"], ["a", "  ", "c"]])
+def test_an_empty_npz_class_name_is_refused(tmp_path, names):
+    path = npz_with_names(tmp_path / "d.npz", np.array(names))
+    with pytest.raises(TppError, match=r"d\.npz' class_names: class 1 has an empty name"):
+        load_npz("x", None, str(path), modality="US")
+
+
+def test_seg_npz_class_names_are_checked_as_npz_class_names_are(tmp_path):
+    path = npz_with_names(tmp_path / "s.npz", np.array([["benign", "malignant", "normal"]]),
+                          masks=np.zeros((9, 8, 8), np.uint8))
+    with pytest.raises(TppError, match=r"s\.npz' class_names: .*\(1, 3\)"):
+        load_seg_npz("x", None, str(path), mask_classes="from_label", modality="US")
+    npz_with_names(path, np.array(["benign", "Benign", "normal"]), masks=np.zeros((9, 8, 8), np.uint8))
+    with pytest.raises(TppError, match=r"s\.npz' class_names: 'benign', 'Benign' name one class"):
+        load_seg_npz("x", None, str(path), mask_classes="from_label", modality="US")
+
+
+@pytest.mark.parametrize("classes", [["a", ""], ["a", " "]])
+def test_an_empty_class_name_in_the_config_is_refused(classes):
+    with pytest.raises(ConfigError, match=r"data\.classes .*empty"):
+        build_config({"data": {"source": "folder", "root": "/tmp", "modality": "US", "classes": classes}})

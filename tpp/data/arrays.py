@@ -349,9 +349,21 @@ def _check_train_covers(splits: dict, names: list, path) -> None:
 
 
 def _npz_class_names(array: np.ndarray, where: str) -> list[str]:
-    """Class names by label index, as text (bytes decoded as UTF-8); one class named twice is an error (its
-    probability column would be lost)."""
-    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in np.atleast_1d(array).tolist()]
+    """Class names by label index from a 1-D array of text (bytes decoded as UTF-8). Anything else (a 2D or 0-d
+    array, numbers) is an error naming ``where`` and the shape, as is an empty name or one class named twice
+    (its probability column would be lost)."""
+    if array.ndim != 1 or array.dtype.kind not in "US":
+        raise TppError(f"{where}: a {array.dtype} array of shape {array.shape}; it must be a 1-D array of text, "
+                       "one name per class index.")
+    names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else str(n) for n in array.tolist()]
+    return checked_class_names(names, where)
+
+
+def checked_class_names(names: list[str], where: str) -> list[str]:
+    """``names`` as given, refused (naming ``where``) when one is empty or blank or two name one class."""
+    empty = [i for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise TppError(f"{where}: class {empty[0]} has an empty name; give every class index a name.")
     clashes = name_clashes(names)
     if clashes:
         raise TppError(f"{where}: {', '.join(map(repr, clashes[0]))} name one class more than once; give each "

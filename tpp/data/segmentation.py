@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from tpp.data import Dataset, Split
-from tpp.data.arrays import _array, _images, _label_values, _not_empty, _open_npz, check_modality, resolve_root
+from tpp.data.arrays import (_array, _images, _label_values, _not_empty, _npz_class_names, _open_npz, check_modality,
+                             resolve_root)
 from tpp.data.pixels import DEFAULT_LIMITS, upright, upright_size
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
@@ -89,7 +90,7 @@ def load_seg_npz(name: str, root: str | None, file: str | None, *, image_key: st
         if len(labels) != len(images):
             raise TppError(f"'{path}': {len(labels)} labels for {len(images)} images.")
         if class_names_key and class_names_key in npz.files:
-            label_names = [str(n) for n in np.atleast_1d(_array(npz, class_names_key, path))]
+            label_names = _npz_class_names(_array(npz, class_names_key, path), f"'{path}' {class_names_key}")
     names = mask_class_names(mask_classes, classes, label_names)
     masks = class_indices(masks, 2 if mask_classes == "from_label" else len(names), f"'{path}' {mask_key}")
     if mask_classes == "from_label":

@@ -94,12 +94,14 @@ def missing_file(file: Optional[str], base: Path, what: str = "data.file") -> li
 
 
 def check_classes(classes: Optional[list]) -> None:
-    """An options check: ``data.classes``, when set, lists distinct class names (strings)."""
+    """An options check: ``data.classes``, when set, lists distinct, non-empty class names (strings)."""
     if classes is None:
         return
     if not all(isinstance(c, str) for c in classes):
         raise ConfigError(f"data.classes must list class names (strings), got {classes!r}; quote numeric names "
                           "('0').")
+    if not all(c.strip() for c in classes):
+        raise ConfigError(f"data.classes holds an empty class name: {classes!r}; name every class.")
     if len(set(classes)) != len(classes):
         raise ConfigError(f"data.classes names a class twice: {classes!r}.")
 

@@ -210,3 +210,25 @@ def test_seg_npz_class_names_are_checked_as_npz_class_names_are(tmp_path):
 def test_an_empty_class_name_in_the_config_is_refused(classes):
     with pytest.raises(ConfigError, match=r"data\.classes .*empty"):
         build_config({"data": {"source": "folder", "root": "/tmp", "modality": "US", "classes": classes}})
+
+
+def test_seg_folder_masks_obey_data_max_image_pixels(tmp_path):
+    """Images 4x4 (16 px), masks 8x8 (64 px, same shape): the per-image budget of data.max_image_pixels applies to
+    both, as it does to a folder's images (it was a fixed 2**26 for masks, with no option to raise it)."""
+    from tpp.data.build import load_data
+
+    root = seg_folder(tmp_path / "seg")
+    for i in range(6):
+        Image.fromarray(np.full((4, 4), 20 * i, np.uint8)).save(root / "images" / f"a{i}.png")
+
+    def load(pixels):
+        cfg = build_config({"data": {"source": "seg_folder", "root": str(root), "modality": "US",
+                                     "max_image_pixels": pixels}})
+        return load_data(cfg.data, 0, 16)
+
+    with pytest.raises(TppError, match=r"mask '.*a0\.png': 64 pixels, more than the per-image limit of 32 "
+                                       r"\(data\.max_image_pixels\)"):
+        load(32)
+    assert len(load(64).splits["train"]) > 0
+    with pytest.raises(TppError, match=r"image '.*a0\.png' cannot be read .*more than the per-image limit of 8"):
+        load(8)  # the images too

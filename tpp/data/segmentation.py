@@ -116,10 +116,12 @@ def load_seg_npz(name: str, root: str | None, file: str | None, *, image_key: st
 def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size: int, mask_classes: str = "binary",
                     classes: list | None = None, group_key: str | None = None, modality: str | None = None,
                     val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-                    on_bad_file: str = "error") -> Dataset:
+                    on_bad_file: str = "error", reading=None) -> Dataset:
     """``DIR/images/<name>`` + ``DIR/masks/<name>`` (paired by :func:`tpp.data.filesets.pair_masks`), resized
     to ``image_size`` (images bilinear, masks nearest), split here by ``seed``. Groups: a ``metadata.csv``
-    column (``file_name`` + ``group_key``)."""
+    column (``file_name`` + ``group_key``). ``reading`` (:class:`tpp.data.file_reading.FileReading`): the
+    per-file pixel budget of images and masks alike (``data.max_image_pixels``; default 2**26)."""
+    from tpp.data.file_reading import FileReading
     from tpp.data.files import PackedStrings
     from tpp.data.filesets import check_files, image_stem, pair_masks
     from tpp.data.labelled import files_origin, holding_origins
@@ -138,10 +140,13 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     image_files = {image_stem(image): image for image, _ in pairs}
     mask_files = {image_stem(image): mask for image, mask in pairs}
     stems = sorted(image_files)
-    images, kept, skipped = check_files([str(image_files[s]) for s in stems], image_size, on_bad_file)
+    reading = reading or FileReading()
+    images, kept, skipped = check_files([str(image_files[s]) for s in stems], image_size, on_bad_file,
+                                        reading=reading)
     stems = [stems[i] for i in kept]
     names = mask_class_names(mask_classes, classes, None)
-    masks = check_masks([mask_files[s] for s in stems], [image_files[s] for s in stems], image_size, len(names))
+    masks = check_masks([mask_files[s] for s in stems], [image_files[s] for s in stems], image_size, len(names),
+                        reading.pixel_limits().max_pixels)
     groups = _folder_groups(root, stems, image_files, group_key) if group_key else None
     split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
                  group_key=group_key, seed=seed)
@@ -159,24 +164,29 @@ class MaskDecoder:
     """``decoder(path) -> uint8 (size, size)``: a mask file as class indices (:func:`_read_mask`), the checks of
     load time included: its shape is compared with the one it had when it was checked against its image
     (``shapes``: path -> upright (width, height)), so a mask replaced since then by one of another shape is refused
-    by name. Picklable, so data-loader workers decode masks per batch as they do images."""
+    by name. ``max_pixels``: the per-file pixel budget. Picklable, so data-loader workers decode masks per batch
+    as they do images."""
 
-    def __init__(self, size: int, num_classes: int, shapes: dict[str, tuple[int, int]] | None = None):
-        self.size, self.num_classes, self.shapes = size, num_classes, shapes or {}
+    def __init__(self, size: int, num_classes: int, shapes: dict[str, tuple[int, int]] | None = None,
+                 max_pixels: int = DEFAULT_LIMITS.max_pixels):
+        self.size, self.num_classes, self.shapes, self.max_pixels = size, num_classes, shapes or {}, max_pixels
 
     def __call__(self, path: str) -> np.ndarray:
         from tpp.data.files import DataChanged
 
         try:
-            return _read_mask(Path(path), self.size, self.num_classes, loaded_as=self.shapes.get(path))
+            return _read_mask(Path(path), self.size, self.num_classes, loaded_as=self.shapes.get(path),
+                              max_pixels=self.max_pixels)
         except TppError as exc:  # checked at load: it changed since (named, without a worker's traceback)
             raise DataChanged(str(exc)) from None
 
 
-def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: int):
-    """Check every mask against its image (same shape, class-index values: :func:`_read_mask`) by decoding it
-    once, one at a time, and return them as ``ImageFiles`` of uint8 (size, size) masks, decoded again when a
-    batch needs them: memory stays flat in the number of masks (50,000 masks at 512 px held whole were 13 GB)."""
+def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: int,
+                max_pixels: int = DEFAULT_LIMITS.max_pixels):
+    """Check every mask against its image (same shape, class-index values, at most ``max_pixels``:
+    :func:`_read_mask`) by decoding it once, one at a time, and return them as ``ImageFiles`` of uint8 (size, size)
+    masks, decoded again when a batch needs them: memory stays flat in the number of masks (50,000 masks at 512 px
+    held whole were 13 GB)."""
     from tqdm import tqdm
 
     from tpp.data.files import ImageFiles
@@ -185,16 +195,17 @@ def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: i
     shapes = {}  # two ints a mask: what a batch's decode compares the file with
     for mask, image in tqdm(zip(masks, images), total=len(masks), desc="reading masks", unit="mask",
                             disable=len(masks) < PROGRESS_FROM, mininterval=5.0):
-        _read_mask(mask, size, num_classes, image, shapes=shapes)
-    return ImageFiles([str(m) for m in masks], MaskDecoder(size, num_classes, shapes), (size, size))
+        _read_mask(mask, size, num_classes, image, shapes=shapes, max_pixels=max_pixels)
+    return ImageFiles([str(m) for m in masks], MaskDecoder(size, num_classes, shapes, max_pixels), (size, size))
 
 
 def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = None, shapes: dict | None = None,
-               loaded_as: tuple[int, int] | None = None) -> np.ndarray:
+               loaded_as: tuple[int, int] | None = None, max_pixels: int = DEFAULT_LIMITS.max_pixels) -> np.ndarray:
     """The class-index mask (size, size) uint8 of ``image`` from ``path`` (nearest-neighbour resize); a mask whose
     shape is not its image's (another aspect ratio: a wrong pairing, or a rotated export) is refused. At load
     ``shapes`` collects the mask's upright (width, height) under ``str(path)``; a batch's decode of a mask checked
-    at load passes it back as ``loaded_as``, and a file of another shape (replaced since) is refused."""
+    at load passes it back as ``loaded_as``, and a file of another shape (replaced since) is refused. A mask above
+    ``max_pixels`` (``data.max_image_pixels``) is refused from its header, before it is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -203,9 +214,9 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
             with Image.open(image) as img:
                 image_size = upright_size(img)  # the header only
         with Image.open(path) as img:
-            if img.width * img.height > DEFAULT_LIMITS.max_pixels:  # from the header: nothing decoded yet
+            if img.width * img.height > max_pixels:  # from the header: nothing decoded yet
                 raise TppError(f"mask '{path}': {img.width * img.height:,} pixels, more than the per-image limit of "
-                               f"{DEFAULT_LIMITS.max_pixels:,}; is it this image's mask?")
+                               f"{max_pixels:,} (data.max_image_pixels); is it this image's mask?")
             img = upright(img)  # a mask exported with its photo's orientation tag is turned with it
             (w, h), (iw, ih) = img.size, image_size or img.size
             if loaded_as is not None and (w, h) != tuple(loaded_as):

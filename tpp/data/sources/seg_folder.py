@@ -1,11 +1,12 @@
 """An images/ + masks/ folder pair (same file stems) for segmentation, split here by seed; data.modality is required."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Literal, Optional
 
 from tpp.data import Dataset
+from tpp.data.file_reading import FileReading
 from tpp.data.segmentation import load_seg_folder
 from tpp.data.sources import Source, check_mask_classes, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
@@ -21,9 +22,18 @@ class SegFolderOptions:
     group_key: Optional[str] = field(default=None, metadata={
         "help": "a metadata.csv column (beside file_name) whose groups stay in one split, e.g. a patient id"})
     on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
+    max_image_pixels: Optional[int] = field(default=None, metadata={
+        "help": "images and masks: " + next(f.metadata["help"] for f in fields(FileReading)
+                                            if f.name == "max_image_pixels")})
 
     def __post_init__(self):
         check_mask_classes(self.mask_classes, self.classes)
+        self.file_reading()  # a ConfigError for a pixel budget that is no positive number
+
+    def file_reading(self) -> FileReading:
+        """How image and mask files are read: within ``max_image_pixels`` (PNG / JPEG: no frames, slices or
+        windows)."""
+        return FileReading(max_image_pixels=self.max_image_pixels)
 
 
 def load(common, options: SegFolderOptions, seed: int, image_size: int, labels: bool = True) -> Dataset:
@@ -31,7 +41,8 @@ def load(common, options: SegFolderOptions, seed: int, image_size: int, labels: 
     return load_seg_folder(common.name, common.root, options.file, image_size=image_size,
                            mask_classes=options.mask_classes, classes=options.classes, group_key=options.group_key,
                            modality=common.modality, val_fraction=common.val_fraction,
-                           test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file)
+                           test_fraction=common.test_fraction, seed=seed, on_bad_file=options.on_bad_file,
+                           reading=options.file_reading())
 
 
 def preflight(common, options: SegFolderOptions, base: Path) -> list[str]:

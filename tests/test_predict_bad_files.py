@@ -251,3 +251,50 @@ def test_each_input_is_read_once_unless_only_its_content_tells_its_format(world,
     assert predict(world, "--site", "site_a", folder, "--out", out, "--window", "40,400", "--frame", "0") == 0
     assert len(rows(out)) == 4 and decodes == {n: 1 for n in decodes}
     assert headers == {"a.png": 0, "b.png": 0, "sub/IM00001": 1, "sub/IM00001.dcm": 0}
+
+
+def test_a_dangling_link_in_a_folder_is_a_bad_file_as_in_training(world, tmp_path, capsys):
+    """A link whose target moved was left out without a word (training reports it as an unreadable image)."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(png_bytes(world["images"][0]))
+    (folder / "gone.png").symlink_to(tmp_path / "moved" / "gone.png")
+    (folder / "x.png").mkdir()  # a folder named like an image: searched like any sub-folder, as training does
+    (folder / "x.png" / "b.png").write_bytes(png_bytes(world["images"][1]))
+    out = tmp_path / "preds.csv"
+    assert predict(world, "--site", "site_a", folder, "--out", out) == 0
+    assert [r["image"] for r in rows(out)] == [str(folder / "a.png"), str(folder / "x.png" / "b.png")]
+    (skipped,) = rows(tmp_path / "preds_skipped.csv")
+    assert (skipped["image"], skipped["site"]) == (str(folder / "gone.png"), "site_a")
+    assert skipped["reason"].startswith("dangling symbolic link: its target") and "1 input(s) skipped" in \
+        capsys.readouterr().err
+    assert predict(world, "--site", "site_a", folder, "--out", out, "--on-bad-file", "fail") == 2
+    err = capsys.readouterr().err
+    assert f"'{folder / 'gone.png'}': dangling symbolic link" in err and "--on-bad-file skip" in err
+
+
+def test_a_site_map_row_naming_a_folder_is_named_as_one(world, tmp_path, capsys):
+    (tmp_path / "ok.png").write_bytes(png_bytes(world["images"][2]))
+    (tmp_path / "x.png").mkdir()
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("image,site\nok.png,site_a\nx.png,site_a\n")
+    out = tmp_path / "p.csv"
+    assert predict(world, "--site-map", mapping, "--out", out) == 0
+    assert [r["reason"] for r in rows(tmp_path / "p_skipped.csv")] == [
+        f"listed in site map '{mapping}' but is a folder, not an image file"]
+    assert predict(world, "--site-map", mapping, "--out", out, "--on-bad-file", "fail") == 2
+    assert f"image '{tmp_path / 'x.png'}' is a folder, not an image file" in capsys.readouterr().err
+
+
+def test_a_pipe_in_a_folder_is_listed_without_being_read(tmp_path):
+    """Neither a file nor a folder (a named pipe: reading it would block): listed with its reason."""
+    import os
+
+    from tpp.serve.predict import collect
+
+    (tmp_path / "a.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    os.mkfifo(tmp_path / "feed.png")
+    skipped = []
+    assert collect([str(tmp_path)], skipped) == [tmp_path / "a.png"]
+    assert [(s.image, s.reason) for s in skipped] == [(str(tmp_path / "feed.png"),
+                                                       "not a regular file (a pipe, socket or device)")]

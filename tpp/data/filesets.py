@@ -70,6 +70,13 @@ def walk_files(path: Path):
                 yield folder, name
 
 
+def dangling_link(file: str) -> str | None:
+    """Why ``file`` (an entry of a folder) is a bad file when it is a symbolic link to nothing; else None."""
+    if os.path.islink(file) and not os.path.exists(file):
+        return f"dangling symbolic link: its target '{os.readlink(file)}' does not exist"
+    return None
+
+
 def walk_images(path: Path, on_bad_file: str) -> tuple[list[str], list]:
     """Every image file below ``path`` (see :func:`tpp.data.images.is_image_file` and :func:`walk_files`: hidden
     files and folders left out, linked folders followed) as POSIX paths relative to ``path``, sorted: the order
@@ -79,9 +86,9 @@ def walk_images(path: Path, on_bad_file: str) -> tuple[list[str], list]:
     for folder, name in walk_files(path):  # plain strings, no Path per file: a 100,000-file folder stays cheap
         relative = os.path.relpath(folder, top).replace(os.sep, "/")
         file = os.path.join(folder, name)
-        if os.path.islink(file) and not os.path.exists(file):
-            bad_file(Path(file), f"dangling symbolic link: its target '{os.readlink(file)}' does not exist",
-                     on_bad_file, skipped)
+        dangling = dangling_link(file)
+        if dangling:
+            bad_file(Path(file), dangling, on_bad_file, skipped)
         elif is_image_file(file):
             found.append(name if relative == "." else f"{relative}/{name}")
     return sorted(found), skipped

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tpp.data.file_reading import ACTS_ON, FLAGS, FORMAT_NAMES, file_format, named_format
-from tpp.data.filesets import image_stem, walk_files
+from tpp.data.filesets import dangling_link, image_stem, walk_files
 from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
@@ -66,26 +66,29 @@ INPUT_COLUMNS = ("image", "site", "version")  # what was asked; never a file the
 def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Path]:
     """Files as given, folders expanded (recursively, sorted; as training reads folders: hidden files and
     folders left out, linked folders followed) to the image files they hold, by suffix or by content; documents
-    (:data:`DOCUMENT_SUFFIXES`: a manifest, notes) are left out, as training leaves them out; any other file of a
-    folder is appended to ``skipped`` (``None``: an error naming it). A folder without any image file is an error
-    naming it."""
+    (:data:`DOCUMENT_SUFFIXES`: a manifest, notes) are left out, as training leaves them out; any other entry of a
+    folder (a file that is no image, a dangling symbolic link, a pipe) is appended to ``skipped`` with its reason
+    (``None``: an error naming it). A folder without any image file is an error naming it."""
     files = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            entries = sorted(p for p in (Path(folder, name) for folder, name in walk_files(path)) if p.is_file())
+            listed = sorted(Path(folder, name) for folder, name in walk_files(path))
+            entries = [p for p in listed if p.is_file()]
             documents = [p for p in entries if p.suffix.lower() in DOCUMENT_SUFFIXES]
             entries = [p for p in entries if p.suffix.lower() not in DOCUMENT_SUFFIXES]
             kinds = [_is_image(p) for p in entries]
             found = [p for p, image in zip(entries, kinds) if image]
-            others = [p for p, image in zip(entries, kinds) if not image]
+            others = sorted([(p, "not an image file tpp reads (PNG, JPEG, .npy, DICOM, NIfTI)")
+                             for p, image in zip(entries, kinds) if not image]
+                            + [(p, dangling_link(str(p)) or "not a regular file (a pipe, socket or device)")
+                               for p in listed if not p.is_file()])
             if not found:
-                rest = others + documents
+                rest = [p for p, _ in others] + documents
                 seen = f" (it holds {len(rest)} other file(s), e.g. '{rest[0].name}')" if rest else " (it is empty)"
                 raise TppError(f"folder '{path}' holds no image files{seen}; tpp predict reads "
                                f"{', '.join(sorted(SUFFIXES))} and DICOM files without a suffix.")
-            for other in others:
-                reason = "not an image file tpp reads (PNG, JPEG, .npy, DICOM, NIfTI)"
+            for other, reason in others:
                 if skipped is None:
                     raise TppError(f"'{other}': {reason}. Pass --on-bad-file skip to predict the other images "
                                    "and list this one in OUT_skipped.csv.")
@@ -144,8 +147,8 @@ def without_own_outputs(files: list[Path], out: str) -> list[Path]:
 def assign_sites(site: str | None, site_map: str | None, inputs: list[str],
                  skipped: list[Skipped] | None = None) -> list[tuple[Path, str]]:
     """(image file, site) pairs from ``--site`` or ``--site-map`` (exactly one of them). With a ``skipped``
-    list (``--on-bad-file skip``), files of folders that are no images, and site-map images that do not
-    exist, go there instead of failing."""
+    list (``--on-bad-file skip``), entries of folders that are no images (:func:`collect`), and site-map images
+    that do not exist or are folders, go there instead of failing."""
     if (site is None) == (site_map is None):
         raise TppError("give exactly one of --site SITE or --site-map CSV.")
     if site is not None:
@@ -164,10 +167,11 @@ def assign_sites(site: str | None, site_map: str | None, inputs: list[str],
     for file, name in pairs:
         if file.is_file():
             present.append((file, name))
-        elif skipped is None:
-            raise TppError(f"site map '{site_map}': image '{file}' does not exist.")
-        else:
-            skipped.append(Skipped(str(file), name, f"listed in site map '{site_map}' but does not exist"))
+            continue
+        problem = "is a folder, not an image file" if file.is_dir() else "does not exist"
+        if skipped is None:
+            raise TppError(f"site map '{site_map}': image '{file}' {problem}.")
+        skipped.append(Skipped(str(file), name, f"listed in site map '{site_map}' but {problem}"))
     return present
 
 

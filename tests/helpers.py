@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image
 
 from tpp.cli import main
-from tpp.config import repeated_overrides
 
 # The only time limit a test puts on a subprocess, a reply or a wait it polls for: one that a hang reaches
 # and a slow or loaded machine does not (a test whose subject is a timeout sets its own small one).
@@ -29,16 +28,15 @@ FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]  # tin
 
 def later_wins(args) -> list[str]:
     """``tpp run`` / ``tpp validate`` ARGS (each through ``str``) without the ``key=value`` overrides a later one
-    sets again (the same key; a key inside a value the later one sets whole; as :func:`tpp.config.repeated_overrides`
-    tells): tests add their own settings to a helper's defaults (``finetune(..., "train.max_steps=10")``), which
-    ``tpp`` itself refuses as a key given twice."""
+    replaces (the same key, or a section holding it): tests add their own settings to a helper's defaults
+    (``finetune(..., "train.max_steps=10")``), which ``tpp`` itself refuses as a key given twice."""
     args = [str(a) for a in args]
     if not args or args[0] not in ("run", "validate"):
         return args
-    overrides = [i for i, a in enumerate(args)
-                 if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] != "--config")]
-    dropped = {i for i in overrides if any(repeated_overrides([args[i], args[j]]) for j in overrides if j > i)}
-    return [a for i, a in enumerate(args) if i not in dropped]
+    keys = [a.split("=", 1)[0] if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] != "--config")
+            else None for i, a in enumerate(args)]
+    return [a for i, (a, key) in enumerate(zip(args, keys))
+            if key is None or not any(k is not None and (key == k or key.startswith(k + ".")) for k in keys[i + 1:])]
 
 
 def run_cli(*args) -> int:

@@ -27,9 +27,11 @@ FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]  # tin
 # -- the CLI -------------------------------------------------------------------------------------------
 
 def later_wins(args) -> list[str]:
-    """``tpp run`` / ``tpp validate`` ARGS (each through ``str``) without the ``key=value`` overrides a later one
-    replaces (the same key, or a section holding it): tests add their own settings to a helper's defaults
-    (``finetune(..., "train.max_steps=10")``), which ``tpp`` itself refuses as a key given twice."""
+    """``tpp run`` / ``tpp validate`` ARGS (each through ``str``) without the ``key=value`` overrides that a later
+    one names (the same key, or a section holding it): tests add their own settings to a helper's defaults
+    (``finetune(..., "train.max_steps=10")``, which ``tpp`` itself refuses as a key given twice), and a test's
+    ``adapter={method: bottleneck}`` drops the helper's ``adapter.r=4`` (``tpp`` merges a mapping into its section,
+    so for ``tpp`` itself both would count: ``r`` is no bottleneck option)."""
     args = [str(a) for a in args]
     if not args or args[0] not in ("run", "validate"):
         return args

@@ -48,15 +48,38 @@ def bad_file(path, reason: str, on_bad_file: str, skipped: list, origin: str | N
     skipped.append((str(path), reason))
 
 
+def unlistable(exc: OSError) -> str:
+    """Why a folder cannot be listed, as said to the user: ``cannot be listed (Permission denied)``."""
+    return f"cannot be listed ({exc.strerror or type(exc).__name__})"
+
+
+def bad_folder(folder: str, exc: OSError, on_bad_file: str, skipped: list) -> None:
+    """A sub-folder that cannot be listed (its images unseen): an error naming it, or with
+    ``on_bad_file="skip"`` a (folder, reason) row in ``skipped``, as :func:`bad_file` does for a file."""
+    if on_bad_file != "skip":
+        raise TppError(f"folder '{folder}' {unlistable(exc)}, so its images cannot be read. Make it readable, or "
+                       "remove it, or pass data.on_bad_file=skip to leave it out (listed in skipped.csv).")
+    skipped.append((folder, f"folder {unlistable(exc)}: its images are left out"))
+
+
 PSEUDO_FILESYSTEMS = ("/proc", "/sys", "/dev")  # a link into them is never data (and /dev's files can block)
 
 
-def walk_files(path: Path):
+def walk_files(path: Path, on_unlistable=None):
     """(folder, file name) of every file below ``path``, folders and files sorted, hidden ones left out.
     Linked folders are followed (their images are the data's too); a folder reached a second time (linked twice,
-    or a link to a folder above it) is refused: its images would count twice, perhaps in train and in test."""
+    or a link to a folder above it) is refused: its images would count twice, perhaps in train and in test.
+    A sub-folder that cannot be listed (no read permission, removed mid-walk) goes to
+    ``on_unlistable(folder, exc)``, which raises or records it (default: a TppError naming it); ``path`` itself
+    that cannot be listed is always a TppError naming it (os.walk passed over both without a word)."""
+    def refused(exc: OSError) -> None:
+        folder = exc.filename if exc.filename is not None else str(path)
+        if on_unlistable is None or os.path.normpath(folder) == os.path.normpath(str(path)):
+            raise TppError(f"folder '{folder}' {unlistable(exc)}; make it readable, or remove it.")
+        on_unlistable(folder, exc)
+
     reached: dict[str, str] = {}
-    for folder, dirs, files in os.walk(str(path), followlinks=True):
+    for folder, dirs, files in os.walk(str(path), onerror=refused, followlinks=True):
         real = os.path.realpath(folder)
         if real in PSEUDO_FILESYSTEMS or real.startswith(tuple(f"{p}/" for p in PSEUDO_FILESYSTEMS)):
             raise TppError(f"folder '{folder}' leads into '{real}', a system folder, not data; remove the link.")
@@ -80,10 +103,14 @@ def dangling_link(file: str) -> str | None:
 def walk_images(path: Path, on_bad_file: str) -> tuple[list[str], list]:
     """Every image file below ``path`` (see :func:`tpp.data.images.is_image_file` and :func:`walk_files`: hidden
     files and folders left out, linked folders followed) as POSIX paths relative to ``path``, sorted: the order
-    never depends on the file system's listing. Dangling symbolic links are reported like unreadable images.
-    Returns (relative paths, skipped)."""
+    never depends on the file system's listing. Dangling symbolic links are reported like unreadable images, and
+    sub-folders that cannot be listed (:func:`bad_folder`). Returns (relative paths, skipped)."""
     found, skipped, top = [], [], str(path)
-    for folder, name in walk_files(path):  # plain strings, no Path per file: a 100,000-file folder stays cheap
+
+    def refused(folder: str, exc: OSError) -> None:
+        bad_folder(folder, exc, on_bad_file, skipped)
+
+    for folder, name in walk_files(path, refused):  # plain strings, no Path per file: 100,000 files stay cheap
         relative = os.path.relpath(folder, top).replace(os.sep, "/")
         file = os.path.join(folder, name)
         dangling = dangling_link(file)

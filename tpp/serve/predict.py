@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tpp.data.file_reading import ACTS_ON, FLAGS, FORMAT_NAMES, file_format, named_format
-from tpp.data.filesets import dangling_link, image_stem, walk_files
+from tpp.data.filesets import dangling_link, image_stem, unlistable, walk_files
 from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
@@ -68,12 +68,18 @@ def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Pat
     folders left out, linked folders followed) to the image files they hold, by suffix or by content; documents
     (:data:`DOCUMENT_SUFFIXES`: a manifest, notes) are left out, as training leaves them out; any other entry of a
     folder (a file that is no image, a dangling symbolic link, a pipe) is appended to ``skipped`` with its reason
-    (``None``: an error naming it). A folder without any image file is an error naming it."""
+    (``None``: an error naming it), and so is a sub-folder that cannot be listed (no read permission, removed
+    mid-walk). A folder without any image file is an error naming it."""
     files = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            listed = sorted(Path(folder, name) for folder, name in walk_files(path))
+            refused = []  # [(sub-folder, why)]: a folder that cannot be listed, its images unseen
+            listed = sorted(Path(folder, name) for folder, name in walk_files(
+                path, lambda folder, exc: refused.append((Path(folder), unlistable(exc)))))
+            if refused and skipped is None:
+                raise TppError(f"folder '{refused[0][0]}' {refused[0][1]}, so its images cannot be predicted. Pass "
+                               "--on-bad-file skip to predict the other images and list it in OUT_skipped.csv.")
             entries = [p for p in listed if p.is_file()]
             documents = [p for p in entries if p.suffix.lower() in DOCUMENT_SUFFIXES]
             entries = [p for p in entries if p.suffix.lower() not in DOCUMENT_SUFFIXES]
@@ -86,9 +92,12 @@ def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Pat
             if not found:
                 rest = [p for p, _ in others] + documents
                 seen = f" (it holds {len(rest)} other file(s), e.g. '{rest[0].name}')" if rest else " (it is empty)"
+                if refused:
+                    seen = f" (its sub-folder '{refused[0][0]}' {refused[0][1]})"
                 raise TppError(f"folder '{path}' holds no image files{seen}; tpp predict reads "
                                f"{', '.join(sorted(SUFFIXES))} and DICOM files without a suffix.")
-            for other, reason in others:
+            others += [(folder, f"folder {why}: its images are left out") for folder, why in refused]
+            for other, reason in sorted(others):
                 if skipped is None:
                     raise TppError(f"'{other}': {reason}. Pass --on-bad-file skip to predict the other images "
                                    "and list this one in OUT_skipped.csv.")

@@ -107,3 +107,27 @@ def test_real_permissions_are_named_too(tmp_path):
             collect([str(path)])
     finally:
         locked.chmod(0o755)
+
+
+def test_a_class_folder_it_cannot_list_is_named_with_skip_not_called_empty(tmp_path, monkeypatch):
+    """With skip the walk leaves an unlistable class folder's images out; the class then has none, and the error
+    says the folder cannot be listed (it said 'holds no images ... add its images')."""
+    path = site(tmp_path)
+    refuse(monkeypatch, [path / "malignant"])
+    with pytest.raises(TppError, match=re.escape(f"class folder '{path / 'malignant'}' cannot be listed (Permission")):
+        load_folder("s", str(tmp_path), "site", modality="CT", image_size=8, on_bad_file="skip")
+
+
+@pytest.mark.parametrize("locked", ["images", "masks"])
+def test_a_segmentation_folder_it_cannot_list_is_named(tmp_path, monkeypatch, locked):
+    """seg_folder lists images/ and masks/ itself: one it cannot list is a TppError naming it (was an OSError)."""
+    from tpp.data.segmentation import load_seg_folder
+
+    for sub in ("images", "masks"):
+        (tmp_path / "seg" / sub).mkdir(parents=True)
+        for i in range(4):
+            (tmp_path / "seg" / sub / f"{i}.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
+    refuse(monkeypatch, [tmp_path / "seg" / locked])
+    said = f"segmentation folder '{tmp_path / 'seg' / locked}' cannot be listed"
+    with pytest.raises(TppError, match=re.escape(said)):
+        load_seg_folder("s", str(tmp_path), "seg", modality="US", image_size=8)

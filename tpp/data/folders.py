@@ -129,9 +129,21 @@ def _folder_labels(path: Path, files: list[str], split_dirs: list[str]) -> list[
     for parent in ([path / d for d in split_dirs] if split_dirs else [path]):
         for folder in sorted(p for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if folder.name not in values:
+                _listable(folder)
                 raise TppError(f"class folder '{folder}' holds no images (the classes: {', '.join(sorted(set(values)))}"
                                "). Remove it or add its images.")
     return values
+
+
+def _listable(folder: Path) -> None:
+    """A TppError naming a class folder that cannot be listed (with ``data.on_bad_file=skip`` the walk left its
+    images out: the class would have none)."""
+    try:
+        with os.scandir(folder):
+            pass
+    except OSError as exc:
+        raise TppError(f"class folder '{folder}' cannot be listed ({exc.strerror or type(exc).__name__}), so its "
+                       "class has no images to learn from; make it readable or remove it.") from None
 
 
 def _groups(path: Path, files: list[str], table: dict, group_key: str) -> list[str]:

@@ -132,8 +132,7 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     for d in (image_dir, mask_dir):
         if not d.is_dir():
             raise TppError(f"segmentation folder '{root}' needs images/ and masks/ sub-folders ('{d}' is missing).")
-    listed = [[p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
-              for d in (image_dir, mask_dir)]  # hidden files (macOS ._a.png) are no images
+    listed = [_image_entries(d) for d in (image_dir, mask_dir)]
     pairs = pair_masks(*listed, where=str(root))
     if not pairs:
         raise TppError(f"'{image_dir}' holds no images.")
@@ -179,6 +178,16 @@ class MaskDecoder:
                               max_pixels=self.max_pixels)
         except TppError as exc:  # checked at load: it changed since (named, without a worker's traceback)
             raise DataChanged(str(exc)) from None
+
+
+def _image_entries(folder: Path) -> list[Path]:
+    """The image files of a ``seg_folder``'s ``images/`` or ``masks/`` (hidden files such as macOS ``._a.png`` are
+    no images); a folder that cannot be listed is a TppError naming it, not a raw OSError."""
+    try:
+        return [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    except OSError as exc:
+        raise TppError(f"segmentation folder '{folder}' cannot be listed ({exc.strerror or type(exc).__name__}); "
+                       "make it readable.") from None
 
 
 def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: int,

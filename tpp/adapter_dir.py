@@ -272,15 +272,30 @@ def content_hash(files: dict[str, bytes]) -> str:
 def check_version_folder(path: Path) -> dict[str, bytes] | None:
     """A folder named like a store version (16 hex digits: a store's, or a copy of one) must hold the files that
     name hashes, as serving checks them (:func:`read_version_folder`): publishing, loading or evaluating it after a
-    byte changed would sign or use what the store refuses. Returns those files' verified bytes; other folders pass
-    (None)."""
-    return read_version_folder(path) if is_version_folder(path) else None
+    byte changed would sign or use what the store refuses. The folder's name is taken both as given and as the
+    folder it is (:func:`version_names`: a symbolic link to a version, or ``.`` inside one, is checked as the version
+    itself). Returns those files' verified bytes; other folders pass (None)."""
+    names = version_names(path)
+    if not names:
+        return None
+    files = read_version_folder(Path(path), names[0])
+    if len(names) > 1:  # a link named like one version to the folder of another: its files cannot match both
+        raise TppError(f"'{path}' is named like version {names[1]} but is the folder of version {names[0]} "
+                       f"('{os.path.realpath(path)}'); refused.")
+    return files
+
+
+def version_names(path: str | Path) -> list[str]:
+    """The store versions (16 hex digits) ``path`` is named by: the name of the folder it is (a link followed, ``.``
+    or ``..`` resolved), then its own name, each once; [] for a folder that is no version by either name."""
+    names = (Path(os.path.realpath(path)).name, Path(path).name)
+    return [name for name in dict.fromkeys(names) if VERSION_RE.fullmatch(name)]
 
 
 def is_version_folder(path: Path) -> bool:
-    """Whether ``path`` is named like a store version (16 hex digits), so that its files are checked against that
-    content hash whenever it is read."""
-    return bool(VERSION_RE.fullmatch(Path(path).name))
+    """Whether ``path`` is named like a store version (16 hex digits; :func:`version_names`), so that its files are
+    checked against that content hash whenever it is read."""
+    return bool(version_names(path))
 
 
 def read_version_folder(folder: Path, version: str | None = None) -> dict[str, bytes]:

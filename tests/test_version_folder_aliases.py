@@ -1,0 +1,69 @@
+"""A store version folder (named by its files' content hash) reached under another name: through a symbolic link
+to it, or as the current folder (``.``). Its files must be checked against the hash the folder is named by, as
+when it is named directly: a byte changed since publishing is refused, never loaded, evaluated or published
+again under a new version."""
+import os
+import shutil
+
+import pytest
+from conftest import make_medmnist
+from helpers import finetune
+from safetensors.torch import load_file, save_file
+
+from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS, content_hash, read_adapter_dir
+from tpp.errors import TppError
+from tpp.serve import store
+
+
+@pytest.fixture(scope="module")
+def tampered(tmp_path_factory, tiny_mae):
+    """A copy of a fine-tuned adapter in a folder named by its content hash, whose weights changed afterwards (still
+    a valid adapter), and a symbolic link to that folder under a plain name."""
+    base = tmp_path_factory.mktemp("aliases")
+    assert finetune(tiny_mae, make_medmnist(base / "data"), base / "run") == 0
+    plain = base / "run" / "adapter"
+    files = {f.name: f.read_bytes() for f in plain.iterdir() if f.name in ADAPTER_FILES}
+    version = base / "store_copy" / content_hash(files)
+    shutil.copytree(plain, version, ignore=lambda _, names: set(names) - set(ADAPTER_FILES))
+    save_file({k: v * 2 for k, v in load_file(str(version / WEIGHTS)).items()}, str(version / WEIGHTS))
+    link = base / "my_adapter"
+    link.symlink_to(version, target_is_directory=True)
+    return version, link
+
+
+@pytest.mark.parametrize("follow", [True, False])
+def test_a_link_to_a_version_folder_is_checked_against_its_hash(tampered, follow):
+    version, link = tampered
+    with pytest.raises(TppError, match="content hash does not match version " + version.name):
+        read_adapter_dir(link, weights=True, head=True, follow=follow)
+
+
+def test_a_version_folder_read_as_the_current_folder_is_checked(tampered, monkeypatch):
+    version, _ = tampered
+    monkeypatch.chdir(version)
+    with pytest.raises(TppError, match="content hash does not match version " + version.name):
+        read_adapter_dir(".", weights=True)
+
+
+@pytest.mark.parametrize("alias", ["link", "dot"])
+def test_a_tampered_version_folder_is_not_published_again_under_another_name(tmp_path, tampered, monkeypatch, alias):
+    version, link = tampered
+    if alias == "dot":
+        monkeypatch.chdir(version)
+    with pytest.raises(TppError, match="content hash does not match"):
+        store.publish(link if alias == "link" else ".", tmp_path / "store", "s")
+    assert not os.path.exists(tmp_path / "store" / "s")
+
+
+def test_a_link_named_like_another_version_is_refused(tmp_path, tampered):
+    version, _ = tampered
+    good = tmp_path / "good"
+    shutil.copytree(version, good)  # a plain folder: read as it is
+    files = {f.name: f.read_bytes() for f in good.iterdir()}
+    real = tmp_path / content_hash(files)
+    good.rename(real)
+    assert read_adapter_dir(real, weights=True).files == files  # the version it is named by
+    alias = tmp_path / ("0" * 16)
+    alias.symlink_to(real, target_is_directory=True)
+    with pytest.raises(TppError, match=f"named like version {'0' * 16} but is the folder of version {real.name}"):
+        read_adapter_dir(alias)

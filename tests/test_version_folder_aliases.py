@@ -67,3 +67,14 @@ def test_a_link_named_like_another_version_is_refused(tmp_path, tampered):
     alias.symlink_to(real, target_is_directory=True)
     with pytest.raises(TppError, match=f"named like version {'0' * 16} but is the folder of version {real.name}"):
         read_adapter_dir(alias)
+
+
+def test_read_once_refuses_an_owner_it_cannot_follow_and_holds_nothing_for_it(tmp_path):
+    """An owner that cannot be weakly referenced (a dict) raised TypeError after an entry was made for its id: the
+    entry was never dropped, so a later owner given the same id found that owner's reads."""
+    from tpp import adapter_dir
+
+    owner = {}
+    with pytest.raises(TypeError):
+        adapter_dir.read_once(owner, tmp_path)
+    assert id(owner) not in adapter_dir._HELD

@@ -232,9 +232,9 @@ def read_once(owner, path: str | Path, kinds: tuple = ("adapter",), *, weights: 
     Held while ``owner`` lives; the files' bytes only until :func:`take_read` (read again if asked for after that;
     ``files=False``: the card alone will do, and a read whose bytes were taken is not read again)."""
     held = _HELD.get(id(owner))
-    if held is None:
-        held = _HELD[id(owner)] = {}
+    if held is None:  # dropped with owner; one that cannot be weakly referenced is a TypeError before anything is held
         weakref.finalize(owner, _HELD.pop, id(owner), None)
+        held = _HELD[id(owner)] = {}
     key = (str(path), tuple(kinds), weights, head)
     read = held.get(key)
     if read is None or (files and read.files is None):

@@ -7,7 +7,7 @@ from tpp.data import Dataset
 from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading
 from tpp.data.labelled import labelled_files
-from tpp.data.tables import group_value, label_value, read_table, relative_image, split_value
+from tpp.data.tables import group_value, label_value, numeric_labels, read_table, relative_image, split_value
 from tpp.errors import TppError
 
 PATIENT = "patient_id"
@@ -40,6 +40,7 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
         raise TppError(f"data.group_key '{group_key}' is not a column of '{table}' (columns: {', '.join(header)}).")
     group_key = group_key or (PATIENT if PATIENT in header else None)
     base, seen, skipped = table.parent, {}, []
+    numbers = numeric_labels(row["label"] for _, row in rows)  # 'inf' is a number gone wrong only among numbers
     files, values, groups, given, origins = [], [], [], [], []
     for number, row in rows:
         image = relative_image(row["path"], table, number)
@@ -59,7 +60,7 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
             skipped.append((str(base / image), reason))
             continue
         files.append(image)
-        values.append(label_value(row["label"], table, number))
+        values.append(label_value(row["label"], table, number, numbers))
         groups.append(row[group_key] if group_key else "")
         given.append(split)
         origins.append(f"line {number} of '{table}'")

@@ -19,7 +19,7 @@ from tpp.data.file_reading import FileReading, applied
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
 from tpp.data.labelled import files_origin, labelled_files
-from tpp.data.tables import SPLIT_NAMES, group_value, label_value, read_table, relative_image
+from tpp.data.tables import SPLIT_NAMES, group_value, label_value, numeric_labels, read_table, relative_image
 from tpp.errors import TppError
 
 METADATA = "metadata.csv"
@@ -106,7 +106,7 @@ def _table_labels(path: Path, files: list[str], table: dict) -> list[str]:
         if image not in found:
             raise TppError(f"'{csv_file}', line {number}: image '{image}' is not an image file in '{path}' "
                            "(missing, hidden, or not PNG/JPEG/.npy/DICOM/NIfTI). Fix the row or add the file.")
-    values = []
+    values, numbers = [], numeric_labels(row.get("label") or "" for _, _, row in table.values())
     for image in files:
         if image not in table:
             raise TppError(f"image '{path / image}' has no row in {METADATA}; add a row (file_name,label) or "
@@ -114,7 +114,7 @@ def _table_labels(path: Path, files: list[str], table: dict) -> list[str]:
         csv_file, number, row = table[image]
         if not row.get("label"):
             raise TppError(f"'{csv_file}', line {number}: empty label.")
-        values.append(label_value(row["label"], csv_file, number))
+        values.append(label_value(row["label"], csv_file, number, numbers))
     return values
 
 

@@ -80,19 +80,38 @@ def is_missing(value: str) -> bool:
         return not value.strip() or value.strip().casefold() in MISSING_VALUES
 
 
-def label_value(value: str, table: Path, number: int) -> str:
+def label_value(value: str, table: Path, number: int, numbers: bool = True) -> str:
     """A table's label cell, refused when it marks a missing value (``nan``, ``NaN``, ``<NA>``, ``#N/A``, ``NULL``:
-    a table exported with its empty cells written out) or is infinite (``inf``, ``-inf``): it would silently
-    become a class of its own."""
-    try:
-        infinite = math.isinf(float(value))
-    except ValueError:
-        infinite = False
+    a table exported with its empty cells written out) or, in a column of numeric labels (``numbers``:
+    :func:`numeric_labels`), is infinite (``inf``, ``-inf``): it would silently become a class of its own. Beside
+    word labels ``inf`` / ``Infinity`` are words (an infarct, an infection, the inferior wall): a class."""
+    infinite = numbers and _is_infinite(value)
     if is_missing(value) or infinite:
         what = "is infinite" if infinite else "marks a missing value"
         raise TppError(f"label table '{table}', line {number}: label '{value}' {what}, not a class; "
                        "give the image its class or remove the row.")
     return value
+
+
+def numeric_labels(labels) -> bool:
+    """Whether a label column holds numbers: every label that marks no missing value reads as one (``inf`` too), and
+    one at least is finite."""
+    given = [value for value in labels if not is_missing(value)]
+    return any(_finite(value) for value in given) and all(_finite(value) or _is_infinite(value) for value in given)
+
+
+def _finite(value: str) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def _is_infinite(value: str) -> bool:
+    try:
+        return math.isinf(float(value))
+    except ValueError:
+        return False
 
 
 def group_value(value: str, table: Path, number: int, column: str) -> str:

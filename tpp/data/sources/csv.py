@@ -10,7 +10,7 @@ from tpp.data.csvfiles import PATIENT, load_csv
 from tpp.data.sources import Source, check_classes, missing_file, register
 from tpp.data.sources.folder import ON_BAD_FILE_HELP
 from tpp.data.file_reading import FileReading
-from tpp.data.tables import group_value, label_value, read_table
+from tpp.data.tables import group_value, label_value, numeric_labels, read_table
 from tpp.errors import TppError
 
 
@@ -48,8 +48,9 @@ def preflight(common, options: CsvOptions, base: Path) -> list[str]:
         try:  # the columns, rows and labels, before any image is read
             header, rows = read_table(path, ("path", "label"))
             group_key = options.group_key or (PATIENT if PATIENT in header else None)
+            numbers = numeric_labels(row["label"] for _, row in rows)
             for number, row in rows:
-                label_value(row["label"], path, number)
+                label_value(row["label"], path, number, numbers)
                 if group_key in row:
                     group_value(row[group_key], path, number, group_key)
         except TppError as exc:

@@ -63,6 +63,10 @@ def test_a_link_named_like_another_version_is_refused(tmp_path, tampered):
     real = tmp_path / content_hash(files)
     good.rename(real)
     assert read_adapter_dir(real, weights=True).files == files  # the version it is named by
+    plain_link = tmp_path / "current_adapter"
+    plain_link.symlink_to(real, target_is_directory=True)
+    assert read_adapter_dir(plain_link, weights=True).files == files  # verified, as the version it is
+    assert store.publish(plain_link, tmp_path / "store", "s").version == real.name
     alias = tmp_path / ("0" * 16)
     alias.symlink_to(real, target_is_directory=True)
     with pytest.raises(TppError, match=f"named like version {'0' * 16} but is the folder of version {real.name}"):

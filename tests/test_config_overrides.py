@@ -125,3 +125,13 @@ def test_the_python_api_merges_a_section_and_names_a_malformed_value(tmp_path):
     with pytest.raises(ConfigError, match=r"override 'train=\{lr: 1': its value is not valid YAML"):
         tpp.finetune(FINETUNE_CONFIG, [f"data.root={nowhere}", "train={lr: 1"], output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override", ["adapter=null", "data=null", "backbone=~", "train=null", "adapter="])
+def test_a_section_set_to_null_is_refused_not_reset_to_its_defaults(override):
+    """``adapter=null`` reset the file's adapter section to the defaults without a word (r 8 for the file's r 4),
+    while ``train=null`` was refused: each is an error naming the override and how to set the section's keys."""
+    section = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"override '{override}': {section} is a section, not a value"):
+        load_config(FINETUNE, [override, "adapter.r=4"] if section != "adapter" else [override])
+    assert load_config(FINETUNE, [f"{section}={{}}"]).to_dict() == load_config(FINETUNE).to_dict()

@@ -24,6 +24,7 @@ is then ignored; otherwise the run lasts ``train.epochs`` passes over the traini
 from __future__ import annotations
 
 import copy
+import functools
 import dataclasses
 import os
 import typing
@@ -51,8 +52,26 @@ __all__ = ["AdapterConfig", "BackboneConfig", "ConfigError", "DataConfig", "Mode
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Dotted ``key=value`` overrides applied to a config's nested dict (in place; returned): a mapping value
     merges into the section it names, recursively (``train={lr: 1e-4}`` is ``train.lr=1e-4``), but for a
-    free-form dict of the schema (``incontext.tasks``), which it replaces (:func:`tpp.config.parse.apply_overrides`)."""
+    free-form dict of the schema (``incontext.tasks``), which it replaces (:func:`tpp.config.parse.apply_overrides`).
+    A section set to null (``adapter=null``) is a ConfigError: it reset the section to its defaults without a word
+    (``train=null`` was refused, ``adapter=null`` was not)."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        if value is None and tuple(keys) in _section_paths(RunConfig):
+            raise ConfigError(f"override '{text}': {'.'.join(keys)} is a section, not a value; set its keys "
+                              f"({'.'.join(keys)}.<key>=value, or {'.'.join(keys)}={{key: value}}).")
     return parse.apply_overrides(data, overrides, free_form_dicts(RunConfig))
+
+
+@functools.cache
+def _section_paths(cls) -> set[tuple[str, ...]]:
+    """The key paths of ``cls``'s fields that are sections (dataclasses), recursively: ``('adapter',)`` ..."""
+    found = set()
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            found |= {(f.name,)} | {(f.name, *path) for path in _section_paths(tp)}
+    return found
 
 
 def repeated_overrides(overrides: list[str]) -> list[str]:

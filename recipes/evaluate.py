@@ -24,10 +24,10 @@ from tpp.data.build import load_data
 from tpp.data.stream import ModelInputs
 from tpp.errors import ConfigError, TppError
 from tpp.model import TaskModel, build_head, input_frame, load_adapter_state
-from tpp.predictions_csv import publish_predictions, split_rows
+from tpp.predictions_csv import PredictionsWriter, batch_rows
 from tpp.adapter_checks import attach_from_card, check_frame, check_head
 from tpp.tasks import task_of_card, task_of_result
-from tpp.training import build_accelerator, predict
+from tpp.training import build_accelerator, predict_batches
 
 
 def load_task_model(path: str, backbone_path: str, mean=None, std=None, read: tuple[dict, dict] | None = None):
@@ -186,23 +186,39 @@ def run(cfg, run) -> dict:
     model = accelerator.prepare(model)
     targets = task.targets(split)
     size = tuple(targets.shape[1:]) or None  # e.g. the stored mask size
-    pred = predict(accelerator, model, ModelInputs.for_backbone(split.images, info), cfg.train.eval_batch_size,
-                   lambda logits: task.predictions(logits, card["task"], size), cfg.data.num_workers)
-    result = task.metrics(pred, targets, dataset, cfg.seed)
-    warn_undefined(result, task.main_metric, cfg.data.split, dataset)
-    note = task.decision_line()
-    shift = corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targets, size, info, run)
-    metrics = {cfg.data.split: result, **({"corruption": shift} if shift else {}),
-               **({"split_note": seen} if seen else {}),
-               "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]},
-               **({"decision": note} if note else {}), "definitions": task.definitions(),
-               "wall_time_s": round(run.elapsed(), 1),
-               "device": str(accelerator.device)}
-    run.log(event="evaluate", split=cfg.data.split, task=task.name, **{task.main_metric: result[task.main_metric]},
-            **({"decision": note} if note else {}))
-    publish_predictions(run, split_rows(task, cfg.data.split, split, None, pred, targets, list(dataset.class_names)))
+    rows = batch_rows(task, cfg.data.split, split, None, list(dataset.class_names))
+    with PredictionsWriter(run) as csv_out:  # predictions.csv renamed into place once all below succeeded
+        result = scored(cfg, accelerator, model, task, card, dataset, split.images, targets, size, info,
+                        lambda start, pred, truth: csv_out.write(rows(start, pred, truth)))
+        warn_undefined(result, task.main_metric, cfg.data.split, dataset)
+        note = task.decision_line()
+        shift = corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targets, size, info, run)
+        metrics = {cfg.data.split: result, **({"corruption": shift} if shift else {}),
+                   **({"split_note": seen} if seen else {}),
+                   "adapter": {"site": card["site"], "method": card["method"], "created": card["created"]},
+                   **({"decision": note} if note else {}), "definitions": task.definitions(),
+                   "wall_time_s": round(run.elapsed(), 1),
+                   "device": str(accelerator.device)}
+        run.log(event="evaluate", split=cfg.data.split, task=task.name,
+                **{task.main_metric: result[task.main_metric]}, **({"decision": note} if note else {}))
     run.publish_json("metrics.json", metrics)
     return metrics
+
+
+def scored(cfg, accelerator, model, task, card, dataset, images, targets, size, info, each=None) -> dict:
+    """The split's metrics (``task.metrics``' numbers) of the stored ``images`` against ``targets`` (N, ...),
+    predicted, scored (:meth:`~tpp.tasks.Task.scorer`) and handed to ``each(start, predictions (B, ...),
+    targets (B, ...))`` one batch at a time: a segmentation split's masks (predicted and true) are never held
+    whole, only the batch's."""
+    scorer = task.scorer(dataset, cfg.seed)
+    batches = predict_batches(accelerator, model, ModelInputs.for_backbone(images, info), cfg.train.eval_batch_size,
+                              lambda logits: task.predictions(logits, card["task"], size), cfg.data.num_workers)
+    for start, pred in batches:
+        truth = targets[start:start + len(pred)]  # a mask folder's batch decoded once, for scores and rows
+        scorer.add(pred, truth)
+        if each is not None:
+            each(start, pred, truth)
+    return scorer.result()
 
 
 def seen_split_note(card: dict, dataset, split: str) -> str | None:
@@ -292,9 +308,7 @@ def corruption_metrics(cfg, accelerator, model, task, card, dataset, split, targ
     for corruption in families:
         for severity in severities:
             images = CorruptedImages(split.images, corruption, severity, name, cfg.seed)
-            pred = predict(accelerator, model, ModelInputs.for_backbone(images, info), cfg.train.eval_batch_size,
-                           lambda logits: task.predictions(logits, card["task"], size), cfg.data.num_workers)
-            result = task.metrics(pred, targets, dataset, cfg.seed)
+            result = scored(cfg, accelerator, model, task, card, dataset, images, targets, size, info)
             per.setdefault(corruption, {})[str(severity)] = {k: v for k, v in result.items()
                                                              if isinstance(v, (int, float)) and not isinstance(v, bool)}
             run.log(event="corruption", corruption=corruption, severity=severity,

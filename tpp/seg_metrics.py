@@ -88,23 +88,51 @@ def segmentation_metrics(pred: torch.Tensor, target, class_names: list[str], chu
     """
     from tpp.data.stream import target_chunks
 
-    k = len(class_names)
-    parts = [_image_scores(pred[start:start + len(t)].long(), t.long(), k)
-             for start, t in target_chunks(target, images_per_chunk(pred.shape, chunk))]
-    dice, iou, hd, present = (torch.cat([p[key] for p in parts]) for key in ("dice", "iou", "hd", "present"))
-    total = len(pred) * math.prod(pred.shape[1:])
-    per_class = {name: {"dice": _nanmean(dice[:, c]), "iou": _nanmean(iou[:, c]), "hd95": _nanmean(hd[:, c]),
-                        "images": int(present[:, c].sum())}
-                 for c, name in enumerate(class_names[1:])}
-    return _nan_to_none({
-        "dice": _nanmean(torch.tensor([v["dice"] for v in per_class.values()])),
-        "iou": _nanmean(torch.tensor([v["iou"] for v in per_class.values()])),
-        "hd95": _nanmean(torch.tensor([v["hd95"] for v in per_class.values()])),
-        "per_class": per_class, "n": len(pred), "empty_predictions": sum(p["empty"] for p in parts),
-        "hd95_undefined": int((hd.isnan() & present).sum()),
-        "foreground_fraction": {"predicted": _fraction(sum(p["fg_pred"] for p in parts), total),
-                                "truth": _fraction(sum(p["fg_truth"] for p in parts), total)},
-    })
+    scorer = SegmentationScorer(class_names, chunk)
+    for start, t in target_chunks(target, images_per_chunk(pred.shape, chunk)):
+        scorer.add(pred[start:start + len(t)], t)
+    return scorer.result()
+
+
+class SegmentationScorer:
+    """:func:`segmentation_metrics` of a split fed batch by batch (``add``), the same numbers to the digit whatever
+    the batches: it keeps each image's scores (dice, iou, hd95, presence: 13 bytes per image and foreground class)
+    and integer counts, never a mask, so scoring predictions as they are made holds one batch of masks."""
+
+    def __init__(self, class_names: list[str], chunk: int = CHUNK):
+        self.class_names, self.chunk = list(class_names), chunk
+        self.parts: list[dict] = []  # _image_scores of each scored chunk, in image order
+        self.n = self.pixels = 0
+
+    def add(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Score the next images: class indices pred (B, h, w) and target (B, h, w) (any integer dtype), at most
+        :func:`images_per_chunk` images at once."""
+        k = len(self.class_names)
+        step = images_per_chunk(pred.shape, self.chunk)
+        for start in range(0, len(pred), step):
+            self.parts.append(_image_scores(pred[start:start + step].long(), target[start:start + step].long(), k))
+        self.n += len(pred)
+        self.pixels += len(pred) * math.prod(pred.shape[1:])
+
+    def result(self) -> dict:
+        """The JSON-ready metrics of every image added (undefined, null, for none)."""
+        k = len(self.class_names)
+        parts = self.parts or [{"dice": torch.zeros(0, k - 1), "iou": torch.zeros(0, k - 1),
+                                "hd": torch.zeros(0, k - 1), "present": torch.zeros(0, k - 1, dtype=torch.bool),
+                                "empty": 0, "fg_pred": 0, "fg_truth": 0}]
+        dice, iou, hd, present = (torch.cat([p[key] for p in parts]) for key in ("dice", "iou", "hd", "present"))
+        per_class = {name: {"dice": _nanmean(dice[:, c]), "iou": _nanmean(iou[:, c]), "hd95": _nanmean(hd[:, c]),
+                            "images": int(present[:, c].sum())}
+                     for c, name in enumerate(self.class_names[1:])}
+        return _nan_to_none({
+            "dice": _nanmean(torch.tensor([v["dice"] for v in per_class.values()])),
+            "iou": _nanmean(torch.tensor([v["iou"] for v in per_class.values()])),
+            "hd95": _nanmean(torch.tensor([v["hd95"] for v in per_class.values()])),
+            "per_class": per_class, "n": self.n, "empty_predictions": sum(p["empty"] for p in parts),
+            "hd95_undefined": int((hd.isnan() & present).sum()),
+            "foreground_fraction": {"predicted": _fraction(sum(p["fg_pred"] for p in parts), self.pixels),
+                                    "truth": _fraction(sum(p["fg_truth"] for p in parts), self.pixels)},
+        })
 
 
 DEFINITIONS = {

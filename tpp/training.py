@@ -7,7 +7,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -335,29 +335,50 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, images, batch_size
     With several processes each computes a contiguous shard and the shards are gathered, so every
     image is evaluated exactly once and every process returns all N rows.
     """
-    from tpp.data.stream import index_batches
-
-    model = accelerator.unwrap_model(model).eval()  # no collective calls inside the forward
     world, rank = accelerator.num_processes, accelerator.process_index
     shards = torch.arange(len(images)).tensor_split(world) if len(images) >= world > 1 else [torch.arange(len(images))]
     mine = shards[rank] if len(shards) > 1 else shards[0]
-    if isinstance(images, torch.Tensor):
-        batches = (images[chunk] for chunk in mine.split(batch_size))
-    else:
-        batches = index_batches(images, mine, batch_size, num_workers)
-    out = []
-    count = -(-len(mine) // batch_size)
-    shown = accelerator.is_main_process and sys.stderr.isatty() and count >= 20  # a long pass, on a terminal
-    for batch in tqdm(batches, desc="predict", total=count, leave=False, disable=not shown):
-        with accelerator.autocast(), torch.no_grad():
-            out.append(postprocess(model(batch.to(accelerator.device))).cpu())
-    rows = torch.cat(out)
+    rows = torch.cat(list(_outputs(accelerator, model, images, mine, batch_size, postprocess, num_workers)))
     if len(shards) == 1:
         return rows
     size = max(len(s) for s in shards)  # gather needs equal sizes: pad, then drop the padding
     padded = torch.cat([rows, rows.new_zeros(size - len(rows), *rows.shape[1:])]).to(accelerator.device)
     gathered = accelerator.gather(padded).cpu()
     return torch.cat([gathered[r * size:r * size + len(s)] for r, s in enumerate(shards)])
+
+
+def predict_batches(accelerator: Accelerator, model: torch.nn.Module, images, batch_size: int, postprocess,
+                    num_workers: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(start, postprocess(model(images[start:start + B])))`` for each batch of ``batch_size`` images, in order, on
+    the CPU: what :func:`predict` concatenates, handed over as it is computed, so a caller that scores and writes
+    each batch holds one batch of outputs (B, ...), never N. With several processes the shards are computed and
+    gathered first (:func:`predict`: every process needs all N rows), then handed over ``batch_size`` at a time."""
+    if accelerator.num_processes > 1:
+        rows = predict(accelerator, model, images, batch_size, postprocess, num_workers)
+        yield from ((start, rows[start:start + batch_size]) for start in range(0, len(rows), batch_size))
+        return
+    start = 0
+    for out in _outputs(accelerator, model, images, torch.arange(len(images)), batch_size, postprocess, num_workers):
+        yield start, out
+        start += len(out)
+
+
+def _outputs(accelerator: Accelerator, model: torch.nn.Module, images, index: torch.Tensor, batch_size: int,
+             postprocess, num_workers: int) -> Iterator[torch.Tensor]:
+    """``postprocess(model(batch))`` on the CPU for the images at ``index`` (in order), ``batch_size`` at a time."""
+    from tpp.data.stream import index_batches
+
+    model = accelerator.unwrap_model(model).eval()  # no collective calls inside the forward
+    if isinstance(images, torch.Tensor):
+        batches = (images[chunk] for chunk in index.split(batch_size))
+    else:
+        batches = index_batches(images, index, batch_size, num_workers)
+    count = -(-len(index) // batch_size)
+    shown = accelerator.is_main_process and sys.stderr.isatty() and count >= 20  # a long pass, on a terminal
+    for batch in tqdm(batches, desc="predict", total=count, leave=False, disable=not shown):
+        with accelerator.autocast(), torch.no_grad():
+            out = postprocess(model(batch.to(accelerator.device))).cpu()
+        yield out
 
 
 def loss_curve(losses: list, points: int = 50) -> list:

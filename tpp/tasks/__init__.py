@@ -93,6 +93,13 @@ class Task:
         """A split's full metrics (JSON-ready); holds ``main_metric`` and ``n``."""
         raise NotImplementedError
 
+    def scorer(self, dataset, seed: int) -> "Scorer":
+        """A split's :meth:`metrics` fed batch by batch (``add(predictions, targets)``, then ``result()``), so that
+        evaluate scores predictions as they are made. Default: :class:`HeldScorer` (the batches held, scored whole
+        at the end: classification's AUROC and bootstrap need every probability); a task whose metrics sum over
+        images (segmentation) scores each batch and lets it go."""
+        return HeldScorer(self, dataset, seed)
+
     def card_metrics(self, summary: dict) -> dict:
         """What the card records of a fine-tune's metrics (a split without images: None)."""
         return {f"{k}_{self.main_metric}": summary[k].get(self.main_metric) for k in ("val", "test")}
@@ -165,6 +172,34 @@ class Task:
     def csv_entry(self, result, label_names: list, stem: str) -> tuple[dict, dict]:
         """``tpp predict``: (CSV columns of one image, {file name: uint8 array} to write beside the CSV)."""
         raise NotImplementedError
+
+
+class Scorer:
+    """A split's metrics from its batches: ``add(predictions (B, ...), targets (B, ...))`` in image order, then
+    ``result()``: what the task's ``metrics`` gives for the whole split."""
+
+    def add(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def result(self) -> dict:
+        raise NotImplementedError
+
+
+class HeldScorer(Scorer):
+    """Holds the batches (concatenated at the end) and scores them with ``task.metrics``: the split's predictions
+    and targets are held whole, as small as they are for classification ((N, K) probabilities, (N,) labels)."""
+
+    def __init__(self, task: Task, dataset, seed: int):
+        self.task, self.dataset, self.seed = task, dataset, seed
+        self.predictions: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def add(self, predictions, targets):
+        self.predictions.append(predictions)
+        self.targets.append(targets)
+
+    def result(self):
+        return self.task.metrics(torch.cat(self.predictions), torch.cat(self.targets), self.dataset, self.seed)
 
 
 _TASKS: dict[str, Task] = {}

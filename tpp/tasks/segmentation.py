@@ -8,7 +8,7 @@ import torch
 
 from tpp.data.segmentation import joint_augment
 from tpp.errors import ConfigError, TppError
-from tpp.seg_metrics import DEFINITIONS, quick_dice, segmentation_metrics, write_overlays
+from tpp.seg_metrics import DEFINITIONS, SegmentationScorer, quick_dice, segmentation_metrics, write_overlays
 from tpp.segmentation import (build_decoder, decoder_from_spec, decoder_spec, mask_to_image_size, rle_encode,
                               segmentation_loss, to_mask_size)
 from tpp.tasks import Task, register
@@ -129,6 +129,10 @@ class Segmentation(Task):
 
     def metrics(self, predictions, targets, dataset, seed):
         return segmentation_metrics(predictions, targets, dataset.class_names)
+
+    def scorer(self, dataset, seed):
+        """Per-image scores and counts, batch by batch: no mask is held beyond its batch."""
+        return SegmentationScorer(dataset.class_names)
 
     def definitions(self):
         return dict(DEFINITIONS)

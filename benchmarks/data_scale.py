@@ -27,7 +27,8 @@ images (95 MiB for both ends with the threshold fixed), noise that would hide wh
 ``seg/busi_128.npz``, the rest hard links) and a ViT-MAE at 128 px built from config (patch 16, ``--depth``
 layers, 1 by default); per N two fresh subprocesses: a segmentation fine-tune (``--steps`` steps, then its val and
 test predictions and metrics) and evaluation of that adapter on the test split (``--sizes`` defaults to 500,
-2,000, 8,000 here). Same memory measure. The claim: flat in N (``seg_folder`` masks stream since b5cd6fe); the
+2,000, 8,000 here). Same memory measure. The claim: flat in N (``seg_folder`` masks stream since b5cd6fe, and
+evaluate scores and writes its predictions batch by batch since data_scale_seg_eval_stream.md); the
 table prints next to it what holding the masks would add (uint8 + an int64 target copy: 9 bytes a mask pixel,
 arithmetic), and ``--baseline REV`` measures revision REV too, from a temporary git worktree, same folders: rows
 'HEAD' (this checkout) and 'baseline (REV)' (b5cd6fe~1 is the last revision that held the masks; rows stored by

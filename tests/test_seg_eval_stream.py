@@ -55,6 +55,45 @@ def test_streamed_segmentation_metrics_equal_the_whole_splits_to_the_digit(n, mo
     assert segmentation_metrics(pred, truth, NAMES) == whole
 
 
+@pytest.mark.parametrize("k", [2, 4, 5])
+def test_counted_dice_and_iou_are_torchmetrics_to_the_digit(k):
+    """Dice and IoU from each image's pixel counts: torchmetrics' samplewise dice_score and mean_iou, bit for bit
+    (NaN where torchmetrics gives NaN, or -1 for IoU: the class in neither mask)."""
+    from torchmetrics.functional.segmentation import dice_score, mean_iou
+
+    from tpp.seg_metrics import class_pixels, dice_of, iou_of
+    generator = torch.Generator().manual_seed(k)
+    pred, truth = masks(12, seed=k) if k == 4 else (torch.randint(0, k, (12, 9, 7), generator=generator)
+                                                     for _ in range(2))
+    counts = [c[:, 1:] for c in class_pixels(pred, truth, k)]
+    dice = dice_score(pred.long(), truth.long(), num_classes=k, include_background=False, average="none",
+                      input_format="index", aggregation_level="samplewise").reshape(12, k - 1)
+    iou = mean_iou(pred.long(), truth.long(), num_classes=k, include_background=False, per_class=True,
+                   input_format="index").reshape(12, k - 1).float()
+    iou[iou < 0] = float("nan")
+    torch.testing.assert_close(dice_of(*counts), dice, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(iou_of(*counts), iou, rtol=0, atol=0, equal_nan=True)
+    assert dice.isnan().any() == (k == 4)  # masks(): "cyst" is in no mask; random masks: every class everywhere
+    assert k == 4 or (((dice > 0) & (dice < 1)).any() and not dice.isnan().any())
+    with pytest.raises(ValueError, match=f"class indices must be in 0..{k - 1}"):
+        class_pixels(pred, torch.full_like(truth, k), k)
+
+
+def test_scoring_a_segmentation_split_does_not_import_torchmetrics(tmp_path):
+    """torchmetrics pulls in scipy and matplotlib (~110 MiB resident): imported while evaluate predicts batch by
+    batch, it raised evaluation's peak memory by ~60 MiB (benchmarks/data_scale.py seg)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from tpp.seg_metrics import quick_dice, segmentation_metrics; "
+            "from tpp.tasks.segmentation import per_image_dice; m = torch.randint(0, 3, (4, 8, 8)); "
+            "segmentation_metrics(m, m.flip(0), ['bg', 'a', 'b']); quick_dice(m, m, 3); per_image_dice(m, m, 3); "
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('torchmetrics', 'scipy', 'matplotlib')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
 def test_a_split_streamed_without_images_scores_as_scoring_it_whole():
     empty = segmentation_metrics(torch.zeros(0, 8, 8, dtype=torch.uint8), torch.zeros(0, 8, 8).long(), NAMES)
     assert SegmentationScorer(NAMES).result() == empty and empty["n"] == 0 and empty["dice"] is None

@@ -126,8 +126,6 @@ def test_per_image_dice_and_metrics_score_a_bounded_number_of_pixels_at_once(mon
     """predictions.csv's per-image Dice one-hot encoded its whole 1,024-image chunk at once (0.9 GB at 128 px,
     benchmarks/data_scale.py seg); it and the split metrics now score at most CHUNK_PIXELS mask pixels at once,
     with the same numbers as scoring whole."""
-    import torchmetrics.functional.segmentation as tm
-
     from tpp import seg_metrics
     from tpp.tasks.segmentation import per_image_dice
     generator = torch.Generator().manual_seed(0)
@@ -135,8 +133,8 @@ def test_per_image_dice_and_metrics_score_a_bounded_number_of_pixels_at_once(mon
     pred[4] = 0
     whole_dice = per_image_dice(pred, truth, 3)
     whole = segmentation_metrics(pred.to(torch.uint8), truth, ["bg", "a", "b"])
-    sizes, real = [], tm.dice_score
-    monkeypatch.setattr(tm, "dice_score", lambda p, *a, **k: sizes.append(len(p)) or real(p, *a, **k))
+    sizes, real = [], seg_metrics.class_pixels
+    monkeypatch.setattr(seg_metrics, "class_pixels", lambda p, *a, **k: sizes.append(len(p)) or real(p, *a, **k))
     monkeypatch.setattr(seg_metrics, "CHUNK_PIXELS", 3 * 64)  # three 8x8 masks at once
     chunked = per_image_dice(pred, truth, 3)
     assert sizes and max(sizes) == 3 and sum(sizes) == 11

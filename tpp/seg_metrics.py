@@ -1,10 +1,12 @@
-"""Segmentation metrics (torchmetrics) and overlays people can look at.
+"""Segmentation metrics and overlays people can look at.
 
-Per image and foreground class (background excluded): Dice and IoU (torchmetrics, samplewise) and
-the 95th-percentile symmetric Hausdorff distance in pixels (torchmetrics' ``hausdorff_distance`` is
-the maximum, fails on empty masks and is slow; the test suite checks ours against it at q = 100). A class absent from
-both prediction and ground truth is left out of its mean; an image whose ground truth has foreground
-but whose prediction has none counts as an *empty prediction* (Dice 0, no Hausdorff distance).
+Per image and foreground class (background excluded): Dice and IoU from the image's pixel counts per class (one
+``bincount``: the numbers torchmetrics' samplewise ``dice_score`` / ``mean_iou`` give, to the digit, checked by
+the test suite, without importing torchmetrics (~110 MiB of scipy and matplotlib, resident while evaluate predicts)
+or one-hot encoding the masks) and the 95th-percentile symmetric Hausdorff distance in pixels (torchmetrics'
+``hausdorff_distance`` is the maximum, fails on empty masks and is slow; the test suite checks ours against it at
+q = 100). A class absent from both prediction and ground truth is left out of its mean; an image whose ground truth
+has foreground but whose prediction has none counts as an *empty prediction* (Dice 0, no Hausdorff distance).
 """
 from __future__ import annotations
 
@@ -40,8 +42,8 @@ def _nanmean(values: torch.Tensor) -> float:
     return float(values.mean()) if len(values) else math.nan
 
 
-CHUNK = 256  # images scored at once: their masks are decoded (mask files) and one-hot encoded together
-CHUNK_PIXELS = 1 << 20  # and at most this many mask pixels at once (one-hot scoring takes ~50 bytes a pixel: ~55 MB)
+CHUNK = 256  # images scored at once: their masks are decoded (mask files) and their pixels counted together
+CHUNK_PIXELS = 1 << 20  # and at most this many mask pixels at once (counting takes ~16 bytes a pixel: ~17 MB)
 
 
 def images_per_chunk(shape, chunk: int = CHUNK) -> int:
@@ -50,27 +52,44 @@ def images_per_chunk(shape, chunk: int = CHUNK) -> int:
     return max(1, min(chunk, CHUNK_PIXELS // max(1, int(shape[-1]) * int(shape[-2]))))
 
 
+def class_pixels(pred: torch.Tensor, target: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image and class of class indices pred, target (B, h, w) in 0..k-1: pixels of the class in both
+    (intersection), in the prediction, in the truth, each int64 (B, k). One ``bincount`` of the (image, predicted,
+    true) triples."""
+    b = len(pred)
+    if b and (int(min(pred.min(), target.min())) < 0 or int(max(pred.max(), target.max())) >= k):
+        raise ValueError(f"class indices must be in 0..{k - 1}")
+    pixels = math.prod(pred.shape[1:])
+    index = pred.reshape(b, pixels).to(torch.long, copy=True).mul_(k).add_(target.reshape(b, pixels))
+    index.add_(torch.arange(b)[:, None] * (k * k))
+    confusion = torch.bincount(index.flatten(), minlength=b * k * k).reshape(b, k, k)  # [image, predicted, true]
+    return confusion.diagonal(dim1=1, dim2=2), confusion.sum(2), confusion.sum(1)
+
+
+def dice_of(both: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Dice 2|P∩T| / (|P| + |T|) float32 of :func:`class_pixels`' counts (B, k') (NaN: the class in neither mask),
+    computed as torchmetrics' ``dice_score`` computes it (integer counts, one float32 division)."""
+    return (2 * both).float() / (predicted + truth).float()
+
+
+def iou_of(both: torch.Tensor, predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """IoU |P∩T| / |P∪T| float32 of :func:`class_pixels`' counts (NaN: the class in neither mask), as torchmetrics'
+    ``mean_iou`` computes it."""
+    return both.float() / (predicted + truth - both).float()
+
+
 def _image_scores(pred: torch.Tensor, target: torch.Tensor, k: int) -> dict:
     """Per-image scores of class indices pred, target (B, h, w) long: dice, iou, hd (B, K-1) (NaN: undefined),
     present (B, K-1) bool (the class in prediction or truth), and counts: empty predictions, foreground pixels."""
-    from torchmetrics.functional.segmentation import dice_score, mean_iou  # loads on first use (see tpp.metrics)
-
-    dice = dice_score(pred, target, num_classes=k, include_background=False, average="none",
-                      input_format="index", aggregation_level="samplewise").reshape(len(pred), k - 1)
-    iou = mean_iou(pred, target, num_classes=k, include_background=False, per_class=True,
-                   input_format="index").reshape(len(pred), k - 1).float()
-    iou[iou < 0] = math.nan  # torchmetrics marks a class absent from both with -1
+    both, predicted, truth = (counts[:, 1:] for counts in class_pixels(pred, target, k))  # foreground classes
+    present = (predicted + truth) > 0
     hd = torch.full((len(pred), k - 1), math.nan)
-    for i in range(len(pred)):
-        for c in range(1, k):
-            if (target[i] == c).any() or (pred[i] == c).any():
-                hd[i, c - 1] = hausdorff_percentile(pred[i] == c, target[i] == c)
-    has_gt = (target > 0).flatten(1).any(1)
-    classes = torch.arange(1, k)[None, :, None, None]
-    present = (target[:, None] == classes).flatten(2).any(2) | (pred[:, None] == classes).flatten(2).any(2)
-    return {"dice": dice, "iou": iou, "hd": hd, "present": present,
-            "empty": int((has_gt & ~(pred > 0).flatten(1).any(1)).sum()),
-            "fg_pred": int((pred > 0).sum()), "fg_truth": int((target > 0).sum())}
+    for i, c in present.nonzero().tolist():
+        hd[i, c] = hausdorff_percentile(pred[i] == c + 1, target[i] == c + 1)
+    has_gt, has_pred = truth.sum(1) > 0, predicted.sum(1) > 0
+    return {"dice": dice_of(both, predicted, truth), "iou": iou_of(both, predicted, truth), "hd": hd,
+            "present": present, "empty": int((has_gt & ~has_pred).sum()),
+            "fg_pred": int(predicted.sum()), "fg_truth": int(truth.sum())}
 
 
 def _fraction(count: int, total: int) -> float:
@@ -160,13 +179,9 @@ def quick_dice(pred: torch.Tensor, target, num_classes: int, chunk: int = CHUNK)
     """The reported ``dice`` without the other metrics (model selection during training): per class the
     mean over images, then the mean over foreground classes. pred (N, h, w); target the same, a tensor or
     :class:`tpp.data.stream.MaskTargets` (decoded ``chunk`` images at a time)."""
-    from torchmetrics.functional.segmentation import dice_score
-
     from tpp.data.stream import target_chunks
 
-    dice = torch.cat([dice_score(pred[start:start + len(t)].long(), t.long(), num_classes=num_classes,
-                                 include_background=False, average="none", input_format="index",
-                                 aggregation_level="samplewise").reshape(len(t), num_classes - 1)
+    dice = torch.cat([dice_of(*(c[:, 1:] for c in class_pixels(pred[start:start + len(t)], t, num_classes)))
                       for start, t in target_chunks(target, images_per_chunk(pred.shape, chunk))])
     return _nanmean(torch.tensor([_nanmean(dice[:, c]) for c in range(dice.shape[1])]))
 

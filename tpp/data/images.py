@@ -21,6 +21,8 @@ open, the ``.npy`` header, DICOM without pixel data, the NIfTI header) and an im
 refused with :class:`ImageTooLarge`. An image counts the elements its decoder materialises: width x height
 for PNG/JPEG/``.npy`` and one DICOM frame (colour samples not counted), every voxel of a NIfTI file (the
 whole volume is inflated). Gzipped NIfTI is inflated in bounded steps, never past the size its header implies.
+The budget, not PIL's global bomb limit (``Image.MAX_IMAGE_PIXELS``), decides for PIL formats too: a budget above
+PIL's limit decodes (:func:`tpp.data.pixels.pil_budget`), and an image past it is tpp's :class:`ImageTooLarge`.
 
 Errors are :class:`ImageError` naming the input and the problem (non-finite values or windows included);
 nothing here logs pixel data or DICOM header fields.
@@ -38,7 +40,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from tpp.data.pixels import DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, pil_size, training_mode
+from tpp.data.pixels import (DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, pil_budget, pil_pixels,
+                              training_mode)
 from tpp.errors import TppError
 
 if TYPE_CHECKING:
@@ -93,16 +96,19 @@ def _reading(kind: str, name: str):
         raise ImageError(f"'{name}': cannot be read as {kind} ({type(exc).__name__}: {text}).") from None
 
 
-def probe(data: bytes, name: str) -> int:
-    """Pixels (voxels) decoding ``data`` would materialise, from its header alone (no pixel is decoded)."""
+def probe(data: bytes, name: str, limits: PixelLimits = DEFAULT_LIMITS) -> int:
+    """Pixels (voxels) decoding ``data`` would materialise, from its header alone (no pixel is decoded). PIL
+    formats are opened under :func:`tpp.data.pixels.pil_budget` of ``limits.max_pixels``, not PIL's own limit."""
     kind = sniff(data, name)
     with _reading(kind, name):
-        return {"pil": _probe_pil, "npy": _probe_npy, "dicom": _probe_dicom, "nifti": _probe_nifti}[kind](data, name)
+        if kind == "pil":
+            return _probe_pil(data, name, limits.max_pixels)
+        return {"npy": _probe_npy, "dicom": _probe_dicom, "nifti": _probe_nifti}[kind](data, name)
 
 
 def check_image(data: bytes, name: str, limits: PixelLimits = DEFAULT_LIMITS) -> int:
     """:func:`probe`, refusing an image above ``limits.max_pixels`` (:class:`ImageTooLarge`). Returns the count."""
-    count = probe(data, name)
+    count = probe(data, name, limits)
     if count > limits.max_pixels:
         raise ImageTooLarge(f"'{name}': {count:,} pixels, more than the per-image limit of {limits.max_pixels:,} "
                             "(tpp predict / serve --max-image-pixels; data.max_image_pixels in training); send a "
@@ -128,7 +134,7 @@ def decode(data: bytes, name: str, *, frame: int | None = None, slice_spec: str 
     check_image(data, name, limits)
     with _reading(kind, name):
         if kind == "pil":
-            array = _read_pil(data, name)
+            array = _read_pil(data, name, limits.max_pixels)
         elif kind == "npy":
             array = _read_npy(data, name)
         elif kind == "dicom":
@@ -157,15 +163,15 @@ def read(path: str | Path, **kwargs) -> np.ndarray:
     return decode(path.read_bytes(), str(path), **kwargs)
 
 
-def _probe_pil(data: bytes, name: str) -> int:
-    width, height = pil_size(io.BytesIO(data), name)
-    return width * height
+def _probe_pil(data: bytes, name: str, max_pixels: int) -> int:
+    return pil_pixels(io.BytesIO(data), name, max_pixels)
 
 
-def _read_pil(data: bytes, name: str) -> np.ndarray:
+def _read_pil(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """Decode a PIL image whose header is within ``max_pixels``: PIL's own bomb limit yields to that budget."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
+    with pil_budget(max_pixels), Image.open(io.BytesIO(data)) as img:
         img.load()
         return np.array(training_mode(img, name))  # a writable copy (torch refuses read-only views)
 

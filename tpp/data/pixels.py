@@ -6,6 +6,9 @@ imports nothing else of tpp but its errors.
 """
 from __future__ import annotations
 
+import re
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,13 +82,68 @@ def training_mode(img, name: str = "image"):
     return img.convert("RGB")
 
 
-def pil_size(source, name: str | None = None) -> tuple[int, int]:
-    """(width, height) of a PIL-readable file or file object from its header (lazy open, nothing decoded);
-    PIL's own decompression-bomb refusal becomes :class:`ImageTooLarge` (naming ``name`` when given)."""
+class _PilLimit:
+    """PIL's global bomb limit raised for tpp's reads in progress (every thread's): ``budgets`` of the scopes open,
+    ``own`` the limit PIL's owner set (PIL's default, or the site's code), ``ours`` the value set here (None while
+    PIL's limit is its owner's)."""
+
+    def __init__(self):
+        self.lock, self.budgets, self.own, self.ours = threading.Lock(), [], None, None
+
+    def update(self, image_module) -> None:
+        """Set PIL's limit to the largest of its owner's and the open budgets (its owner's when none is open or
+        the owner switched the check off). Called with ``lock`` held."""
+        current = image_module.MAX_IMAGE_PIXELS
+        if self.ours is None or current != self.ours:  # PIL's owner's value (set again meanwhile: theirs now)
+            self.own = current
+        want = self.own if self.own is None or not self.budgets else max(self.own, *self.budgets)
+        image_module.MAX_IMAGE_PIXELS = want
+        self.ours = None if want == self.own else want
+
+
+_PIL_LIMIT = _PilLimit()
+
+
+@contextmanager
+def pil_budget(max_pixels: int):
+    """PIL reads inside obey tpp's per-image budget ``max_pixels`` instead of PIL's bomb limit
+    (``Image.MAX_IMAGE_PIXELS``, ~89M pixels, refused past twice that) where the budget is larger: PIL's limit is
+    raised to it while the block runs and put back after (never lowered; left off when the site switched it off).
+    Used around tpp's own opens, whose header is checked against ``max_pixels`` before anything is decoded, so an
+    image within the budget neither warns nor fails in PIL. Thread-safe: scopes of several threads raise the limit
+    to the largest budget open and the last one out restores it; a value other code sets meanwhile is kept. PIL
+    reads of other threads in that time see the raised limit (at most the largest budget a site configured)."""
+    from PIL import Image
+
+    with _PIL_LIMIT.lock:
+        _PIL_LIMIT.budgets.append(max_pixels)
+        _PIL_LIMIT.update(Image)
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT.lock:
+            _PIL_LIMIT.budgets.remove(max_pixels)
+            _PIL_LIMIT.update(Image)
+
+
+def bomb_pixels(exc: Exception) -> int | None:
+    """The pixel count PIL's ``DecompressionBombError`` names ("Image size (N pixels) exceeds ..."), None when it
+    names none."""
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def pil_pixels(source, name: str, max_pixels: int) -> int:
+    """width x height of a PIL-readable file or file object from its header (lazy open, nothing decoded), under
+    :func:`pil_budget` ``max_pixels``. A header PIL refuses even so (past twice the budget) gives the count PIL
+    names, which the caller refuses as above the budget; :class:`ImageTooLarge` naming ``name`` when PIL names none."""
     from PIL import Image
 
     try:
-        with Image.open(source) as img:
-            return img.size
+        with pil_budget(max_pixels), Image.open(source) as img:
+            return img.width * img.height
     except Image.DecompressionBombError as exc:
-        raise ImageTooLarge(f"{f'{name!r}: ' if name else ''}too large to decode ({exc})") from None
+        count = bomb_pixels(exc)
+        if count is None:
+            raise ImageTooLarge(f"'{name}': too large to decode ({exc})") from None
+        return count

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tpp.data import Dataset, Split
 from tpp.data.arrays import (_array, _images, _label_values, _not_empty, _npz_class_names, _open_npz, check_modality,
                              resolve_root)
-from tpp.data.pixels import DEFAULT_LIMITS, upright, upright_size
+from tpp.data.pixels import DEFAULT_LIMITS, bomb_pixels, pil_budget, upright, upright_size
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
 
@@ -214,18 +214,30 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
     shape is not its image's (another aspect ratio: a wrong pairing, or a rotated export) is refused. At load
     ``shapes`` collects the mask's upright (width, height) under ``str(path)``; a batch's decode of a mask checked
     at load passes it back as ``loaded_as``, and a file of another shape (replaced since) is refused. A mask above
-    ``max_pixels`` (``data.max_image_pixels``) is refused from its header, before it is decoded."""
+    ``max_pixels`` (``data.max_image_pixels``) is refused from its header, before it is decoded; PIL's own bomb
+    limit yields to that budget (:func:`tpp.data.pixels.pil_budget`)."""
     from PIL import Image, UnidentifiedImageError
+
+    def too_large(count: int) -> TppError:
+        return TppError(f"mask '{path}': {count:,} pixels, more than the per-image limit of {max_pixels:,} "
+                        "(data.max_image_pixels); is it this image's mask?")
+
+    def open_mask():
+        try:
+            return Image.open(path)
+        except Image.DecompressionBombError as exc:  # past twice the budget: PIL refuses the header itself
+            if bomb_pixels(exc) is None:
+                raise
+            raise too_large(bomb_pixels(exc)) from None
 
     try:
         image_size = None
         if image is not None:
-            with Image.open(image) as img:
+            with pil_budget(max_pixels), Image.open(image) as img:
                 image_size = upright_size(img)  # the header only
-        with Image.open(path) as img:
+        with pil_budget(max_pixels), open_mask() as img:
             if img.width * img.height > max_pixels:  # from the header: nothing decoded yet
-                raise TppError(f"mask '{path}': {img.width * img.height:,} pixels, more than the per-image limit of "
-                               f"{max_pixels:,} (data.max_image_pixels); is it this image's mask?")
+                raise too_large(img.width * img.height)
             img = upright(img)  # a mask exported with its photo's orientation tag is turned with it
             (w, h), (iw, ih) = img.size, image_size or img.size
             if loaded_as is not None and (w, h) != tuple(loaded_as):

@@ -126,17 +126,19 @@ def test_predict_batches_hand_over_what_predict_concatenates():
 
 
 def test_with_several_processes_the_batches_are_of_the_gathered_split():
-    """Every process needs all N rows (they are gathered across processes), handed over a batch at a time."""
+    """Every process needs all N rows (gathered across processes block by block), handed over a batch at a time."""
     import contextlib
 
-    class TwoProcesses:  # rank 0 of 2; the other rank computed the same model on its own shard
+    model, images = torch.nn.Linear(3, 2), torch.rand(11, 3)
+
+    class TwoProcesses:  # rank 0 of 2; the other rank computed the same model on its slices of the blocks
         num_processes, process_index, is_main_process, device = 2, 0, True, "cpu"
         unwrap_model, autocast = staticmethod(lambda m: m), staticmethod(contextlib.nullcontext)
+        other = iter([images[4:8], images[[10, 10]]])  # blocks of 8: [0, 8) and [8, 11), rank 1's half (padded)
 
-        def gather(self, padded):
-            return torch.cat([padded, model(images[6:]) * 2, padded.new_zeros(1, 2)])  # rank 1: 5 rows + 1 pad
+        def gather(self, mine):
+            return torch.cat([mine, model(next(self.other)) * 2])
 
-    model, images = torch.nn.Linear(3, 2), torch.rand(11, 3)
     batches = list(predict_batches(TwoProcesses(), model, images, 4, lambda x: x * 2))
     assert [start for start, _ in batches] == [0, 4, 8] and [len(b) for _, b in batches] == [4, 4, 3]
     assert torch.allclose(torch.cat([b for _, b in batches]), model(images) * 2)

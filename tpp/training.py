@@ -332,35 +332,53 @@ def predict(accelerator: Accelerator, model: torch.nn.Module, images, batch_size
     (N, C, H, W), or :class:`tpp.data.stream.ModelInputs` (stored images converted one batch at a time, in
     ``num_workers`` processes).
 
-    With several processes each computes a contiguous shard and the shards are gathered, so every
-    image is evaluated exactly once and every process returns all N rows.
+    With several processes each computes its slice of each block of images and the slices are gathered
+    (:func:`predict_batches`), so every image is evaluated once (a few of the last block's twice, dropped) and
+    every process returns all N rows.
     """
-    world, rank = accelerator.num_processes, accelerator.process_index
-    shards = torch.arange(len(images)).tensor_split(world) if len(images) >= world > 1 else [torch.arange(len(images))]
-    mine = shards[rank] if len(shards) > 1 else shards[0]
-    rows = torch.cat(list(_outputs(accelerator, model, images, mine, batch_size, postprocess, num_workers)))
-    if len(shards) == 1:
-        return rows
-    size = max(len(s) for s in shards)  # gather needs equal sizes: pad, then drop the padding
-    padded = torch.cat([rows, rows.new_zeros(size - len(rows), *rows.shape[1:])]).to(accelerator.device)
-    gathered = accelerator.gather(padded).cpu()
-    return torch.cat([gathered[r * size:r * size + len(s)] for r, s in enumerate(shards)])
+    return torch.cat([rows for _, rows in predict_batches(accelerator, model, images, batch_size, postprocess,
+                                                          num_workers)])
 
 
 def predict_batches(accelerator: Accelerator, model: torch.nn.Module, images, batch_size: int, postprocess,
                     num_workers: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
     """``(start, postprocess(model(images[start:start + B])))`` for each batch of ``batch_size`` images, in order, on
     the CPU: what :func:`predict` concatenates, handed over as it is computed, so a caller that scores and writes
-    each batch holds one batch of outputs (B, ...), never N. With several processes the shards are computed and
-    gathered first (:func:`predict`: every process needs all N rows), then handed over ``batch_size`` at a time."""
-    if accelerator.num_processes > 1:
-        rows = predict(accelerator, model, images, batch_size, postprocess, num_workers)
-        yield from ((start, rows[start:start + batch_size]) for start in range(0, len(rows), batch_size))
+    each batch holds one batch of outputs (B, ...), never N.
+
+    With P processes the split is stepped over in blocks of ``batch_size * P`` images: each process predicts its
+    contiguous slice of the block (:func:`block_slices`), the slices are gathered and every process hands over the
+    block's rows ``batch_size`` at a time (a block of outputs (B * P, ...) held, never N). Every process makes the
+    same gathers, of the same size: the last, uneven block's slices are padded with its last image, whose extra
+    rows are dropped."""
+    world = accelerator.num_processes
+    if world == 1:
+        start = 0
+        for out in _outputs(accelerator, model, images, torch.arange(len(images)), batch_size, postprocess,
+                            num_workers):
+            yield start, out
+            start += len(out)
         return
-    start = 0
-    for out in _outputs(accelerator, model, images, torch.arange(len(images)), batch_size, postprocess, num_workers):
-        yield start, out
-        start += len(out)
+    blocks = block_slices(len(images), batch_size, world, accelerator.process_index)
+    mine = torch.cat([index for _, _, index in blocks]) if blocks else torch.arange(0)
+    outputs = _outputs(accelerator, model, images, mine, batch_size, postprocess, num_workers)
+    for (start, stop, _), out in zip(blocks, outputs):  # a block's slice is one batch of ``mine``
+        rows = accelerator.gather(out.to(accelerator.device)).cpu()[:stop - start]  # (P * slice, ...) by rank
+        for offset in range(0, stop - start, batch_size):
+            yield start + offset, rows[offset:offset + batch_size]
+
+
+def block_slices(count: int, batch_size: int, world: int, rank: int) -> list[tuple[int, int, torch.Tensor]]:
+    """(start, stop, indices) of each block of ``batch_size * world`` of ``count`` images: ``indices`` (S,) is
+    process ``rank``'s contiguous slice of the block, ``S = ceil((stop - start) / world)`` images on every
+    process (at most ``batch_size``), the last block's slices padded with the block's last image. Gathered in
+    rank order, the first ``stop - start`` rows of the slices are the block's images in order."""
+    blocks = []
+    for start in range(0, count, batch_size * world):
+        stop = min(start + batch_size * world, count)
+        size = -(-(stop - start) // world)
+        blocks.append((start, stop, (start + rank * size + torch.arange(size)).clamp(max=stop - 1)))
+    return blocks
 
 
 def _outputs(accelerator: Accelerator, model: torch.nn.Module, images, index: torch.Tensor, batch_size: int,

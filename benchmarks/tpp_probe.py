@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from report import backbone_cache
-    from tpp.adapter_dir import WEIGHTS, read_tensors
+    from tpp.adapter_dir import WEIGHTS
+    from tpp.adapter_read import read_tensors
     from tpp.backbones import base_state_dict, load_backbone
     from tpp.builders import tensors
     from tpp.data.arrays import load_medmnist

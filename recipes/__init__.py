@@ -103,7 +103,7 @@ def attachable(cfg, on_backbone: bool = True, inherits: bool = True) -> None:
 
     method, options = effective_adapter(cfg, inherits)
     if inherits and cfg.adapter.init_from:  # the parent's tensors read and checked (a truncated file said now)
-        from tpp.adapter_dir import read_weights
+        from tpp.adapter_read import read_weights
         from tpp.builders import parent_read
 
         card, files, _ = parent_read(cfg)  # the bytes the run's hand-off loads

@@ -17,7 +17,8 @@ import copy
 import math
 import warnings
 
-from tpp.adapter_dir import HEAD, read_adapter_dir, read_head, read_once, read_weights, take_read, verify_backbone
+from tpp.adapter_dir import HEAD, verify_backbone
+from tpp.adapter_read import read_adapter_dir, read_head, read_once, read_weights, take_read
 from tpp.backbones import load_backbone
 from tpp.builders import check_same_split, record_skipped
 from tpp.data.build import load_data
@@ -33,7 +34,7 @@ from tpp.training import build_accelerator, predict_batches
 def load_task_model(path: str, backbone_path: str, mean=None, std=None, read: tuple[dict, dict] | None = None):
     """Backbone + adapter directory (verified against the card) -> (TaskModel in eval mode, card, info).
     The input size is the card's; ``task_of_card(card)`` is its task. ``read``: the folder's card and files as
-    :func:`~tpp.adapter_dir.read_adapter_dir` read them (default: read now), each file once: a store version
+    :func:`~tpp.adapter_read.read_adapter_dir` read them (default: read now), each file once: a store version
     folder's tensors loaded are the bytes its content hash verified."""
     card, files = read_adapter_dir(path, EVALUATED, weights=True, head=True)[:2] if read is None else read
     with_task_head(card, path)
@@ -61,8 +62,8 @@ def with_task_head(card: dict, path) -> None:
 
 def evaluated(cfg, files: bool = True) -> tuple[dict, dict[str, bytes] | None]:
     """The card of the adapter at ``adapter.path`` (one with a task head) and its files' bytes
-    (:func:`~tpp.adapter_dir.read_adapter_dir`: a store version folder's as its content hash verified them), read
-    once for ``cfg`` (:func:`~tpp.adapter_dir.read_once`): ``tpp validate``'s and a run's checks and the run's load
+    (:func:`~tpp.adapter_read.read_adapter_dir`: a store version folder's as its content hash verified them), read
+    once for ``cfg`` (:func:`~tpp.adapter_read.read_once`): ``tpp validate``'s and a run's checks and the run's load
     parse these same bytes (the folder was read and hashed about four times, the weights once more). Held while
     ``cfg`` lives; the bytes only until :func:`taken` (read again if asked for after that with ``files``;
     ``files=False``: the card alone will do)."""

@@ -215,13 +215,13 @@ def without_config_name(text: str) -> str:
 
 def count_adapter_reads(monkeypatch, counts: dict, names=None, swaps: dict | None = None, folders=None,
                         store_alias: bool = False) -> None:
-    """Count in ``counts`` ({file name: reads}) the reads of adapter files through ``tpp.adapter_dir`` (whole-file
+    """Count in ``counts`` ({file name: reads}) the reads of adapter files through ``tpp.adapter_read`` (whole-file
     reads and safetensors loads): files named in ``names`` (default every file), in ``folders`` only when given.
     Right after a file's first read, ``swaps[name]`` (tensors) replace it on disk: what a second read would find.
     ``store_alias``: also the adapter store's name for the whole-file read (``tpp.serve.store._read_regular``)."""
     from safetensors.torch import save_file
 
-    from tpp import adapter_dir
+    from tpp import adapter_read
     places = None if folders is None else {str(folder) for folder in folders}
 
     def counted(read):
@@ -235,8 +235,8 @@ def count_adapter_reads(monkeypatch, counts: dict, names=None, swaps: dict | Non
             return out
         return wrapper
 
-    monkeypatch.setattr(adapter_dir, "read_regular", counted(adapter_dir.read_regular))
-    monkeypatch.setattr(adapter_dir, "load_file", counted(adapter_dir.load_file))
+    monkeypatch.setattr(adapter_read, "read_regular", counted(adapter_read.read_regular))
+    monkeypatch.setattr(adapter_read, "load_file", counted(adapter_read.load_file))
     if store_alias:
         from tpp.serve import store
-        monkeypatch.setattr(store, "_read_regular", adapter_dir.read_regular)
+        monkeypatch.setattr(store, "_read_regular", adapter_read.read_regular)

@@ -8,7 +8,8 @@ import torch
 from helpers import count_adapter_reads
 from safetensors.torch import load_file, save_file
 
-from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS, content_hash
+from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS
+from tpp.adapter_read import content_hash
 from tpp.errors import TppError
 
 

@@ -258,7 +258,7 @@ def test_a_damaged_store_version_is_not_republished_loaded_or_evaluated_as_good(
     import shutil
 
     import tpp
-    from tpp.adapter_dir import read_adapter_dir
+    from tpp.adapter_read import read_adapter_dir
 
     s = tmp_path / "store"
     version = store.publish(world["runs"]["site_a"], s, "x").version
@@ -287,7 +287,7 @@ def test_a_damaged_store_version_is_not_republished_loaded_or_evaluated_as_good(
 def test_a_damaged_version_folder_gets_one_message_whoever_reads_it(world, tmp_path, damage):
     """The store's loads, ``read_adapter_dir`` (publish, evaluate, tpp.load) and ``tpp adapters push`` check a
     version's files with one function: the same problem is the same sentence (push adds that nothing was pushed)."""
-    from tpp.adapter_dir import read_adapter_dir
+    from tpp.adapter_read import read_adapter_dir
     from tpp.serve.hub import verified_version
 
     s = tmp_path / "store"

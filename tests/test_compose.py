@@ -11,7 +11,8 @@ from conftest import make_backbone, make_medmnist
 from helpers import run_cli
 from serving_fixtures import pixels
 
-from tpp.adapter_dir import CARD, FORMAT, WEIGHTS, read_tensors, read_weights, write_adapter_dir
+from tpp.adapter_dir import CARD, FORMAT, WEIGHTS, write_adapter_dir
+from tpp.adapter_read import read_tensors, read_weights
 from tpp.adapters import get_method
 from tpp.backbones import backbone_hash, is_adapter_key, load_backbone
 from tpp.config import load_config
@@ -138,7 +139,7 @@ def test_tpp_hand_off_site_swap_and_predict_with_a_composed_method(tmp_path, cap
     (lambda card: card["target_modules"].reverse(), "cannot be attached with the card's target_modules")])
 def test_an_edited_composed_card_is_one_message_naming_it(backbone, tmp_path, edit, says):
     """Flattened or swapped part targets and a card without options had reached peft / torch as a traceback."""
-    from tpp.adapter_dir import read_adapter_dir
+    from tpp.adapter_read import read_adapter_dir
     from tpp.errors import TppError
     from tpp.adapter_checks import attach_from_card
 

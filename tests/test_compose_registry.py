@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import make_backbone
 
-from tpp.adapter_dir import CARD, read_weights, write_adapter_dir
+from tpp.adapter_dir import CARD, write_adapter_dir
+from tpp.adapter_read import read_weights
 from tpp.adapters import all_methods, get_method
 from tpp.adapters.compose import _conflict
 from tpp.backbones import backbone_hash, load_backbone

@@ -9,7 +9,8 @@ from conftest import make_medmnist
 from helpers import FINETUNE_CONFIG, count_adapter_reads, finetune, run_cli
 from safetensors.torch import load_file, save_file
 
-from tpp.adapter_dir import ADAPTER_FILES, HEAD, WEIGHTS, content_hash
+from tpp.adapter_dir import ADAPTER_FILES, HEAD, WEIGHTS
+from tpp.adapter_read import content_hash
 
 
 @pytest.fixture(scope="module")

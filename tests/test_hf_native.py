@@ -14,7 +14,8 @@ import torch
 from conftest import make_backbone, make_medmnist
 from helpers import finetune
 
-from tpp.adapter_dir import make_card, read_adapter_dir, write_adapter_dir
+from tpp.adapter_dir import make_card, write_adapter_dir
+from tpp.adapter_read import read_adapter_dir
 from tpp.backbones import load_backbone
 from tpp.errors import TppError
 from tpp.model import attach_adapter

@@ -16,7 +16,7 @@ import pytest
 from helpers import run_cli, run_cli_subprocess
 from serving_fixtures import finetune_site
 
-from tpp.adapter_dir import METADATA_LIMIT
+from tpp.capped_read import METADATA_LIMIT
 from tpp.serve import store
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # a commit hash of the cached snapshot

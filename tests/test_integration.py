@@ -88,7 +88,8 @@ def test_short_tpp_lowers_held_out_pretext_loss(tmp_path, record_property):
     drop (benchmarks/README.md); required: half of that."""
     import torch
 
-    from tpp.adapter_dir import WEIGHTS, read_tensors
+    from tpp.adapter_dir import WEIGHTS
+    from tpp.adapter_read import read_tensors
     from tpp.backbones import load_backbone
     from tpp.builders import tensors
     from tpp.data.arrays import load_medmnist

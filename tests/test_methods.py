@@ -15,7 +15,8 @@ from conftest import make_backbone, make_medmnist
 from serving_fixtures import pixels
 
 from tpp.serve import store
-from tpp.adapter_dir import CARD, WEIGHTS, read_tensors, read_weights, write_adapter_dir
+from tpp.adapter_dir import CARD, WEIGHTS, write_adapter_dir
+from tpp.adapter_read import read_tensors, read_weights
 from tpp.adapters import all_methods, get_method
 from tpp.backbones import backbone_hash, is_adapter_key, load_backbone
 from tpp.model import adapter_state, attach_adapter, load_adapter_state, trainable_parameters

@@ -10,7 +10,8 @@ import torch
 from conftest import TINY, _save_processor, make_medmnist
 from helpers import FINETUNE_CONFIG, recipe_args, run_cli
 
-from tpp.adapter_dir import CARD, HEAD, read_tensors
+from tpp.adapter_dir import CARD, HEAD
+from tpp.adapter_read import read_tensors
 from tpp.backbones import load_backbone
 from tpp.data.stream import ModelInputs
 from tpp.errors import TppError

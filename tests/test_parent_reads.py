@@ -8,7 +8,8 @@ from conftest import make_medmnist
 from helpers import FAST, FINETUNE_CONFIG, count_adapter_reads, run_cli, tpp
 from safetensors.torch import load_file
 
-from tpp.adapter_dir import ADAPTER_FILES, CARD, WEIGHTS, content_hash, read_adapter_dir, read_weights
+from tpp.adapter_dir import ADAPTER_FILES, CARD, WEIGHTS
+from tpp.adapter_read import content_hash, read_adapter_dir, read_weights
 
 
 class _Run:

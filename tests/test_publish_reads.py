@@ -10,7 +10,8 @@ from conftest import make_medmnist
 from helpers import count_adapter_reads, finetune, run_cli
 from safetensors.torch import load_file, save_file
 
-from tpp.adapter_dir import ADAPTER_FILES, CARD, WEIGHTS, content_hash
+from tpp.adapter_dir import ADAPTER_FILES, CARD, WEIGHTS
+from tpp.adapter_read import content_hash
 from tpp.errors import TppError
 from tpp.serve import store
 

@@ -10,7 +10,8 @@ from conftest import make_medmnist
 from helpers import finetune
 from safetensors.torch import load_file, save_file
 
-from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS, content_hash, read_adapter_dir
+from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS
+from tpp.adapter_read import content_hash, read_adapter_dir
 from tpp.errors import TppError
 from tpp.serve import store
 
@@ -76,9 +77,9 @@ def test_a_link_named_like_another_version_is_refused(tmp_path, tampered):
 def test_read_once_refuses_an_owner_it_cannot_follow_and_holds_nothing_for_it(tmp_path):
     """An owner that cannot be weakly referenced (a dict) raised TypeError after an entry was made for its id: the
     entry was never dropped, so a later owner given the same id found that owner's reads."""
-    from tpp import adapter_dir
+    from tpp import adapter_read
 
     owner = {}
     with pytest.raises(TypeError):
-        adapter_dir.read_once(owner, tmp_path)
-    assert id(owner) not in adapter_dir._HELD
+        adapter_read.read_once(owner, tmp_path)
+    assert id(owner) not in adapter_read._HELD

@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from conftest import make_backbone
 
-from tpp.adapter_dir import CARD, HEAD, read_tensors, read_weights, write_adapter_dir
+from tpp.adapter_dir import CARD, HEAD, write_adapter_dir
+from tpp.adapter_read import read_tensors, read_weights
 from tpp.adapters.visual_prompt import PromptedEmbeddings, auxiliary_loss, encoder_output, prompt_modules
 from tpp.backbones import backbone_hash, load_backbone
 from tpp.errors import ConfigError, TppError

@@ -5,29 +5,24 @@ relative to the encoder), ``head.safetensors`` (task head, when there is one) an
 No backbone weights. Baselines: a linear probe saves only its head; full fine-tuning saves the whole
 encoder as ``model.safetensors`` under ``kind: full_model`` (never accepted as an adapter). Data is
 described by name, content hash and counts, never by paths.
+
+This module writes the folder and checks its card; :mod:`tpp.adapter_read` reads and verifies it, and
+:mod:`tpp.capped_read` holds the capped file reads.
 """
 from __future__ import annotations
 
 import copy
 import datetime
-import hashlib
 import json
-import os
 import platform
-import re
-import stat
-import weakref
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tpp.backbones import MAX_PATCH_TOKENS, BackboneInfo
 from tpp.errors import TppError
-from tpp.model import adapter_state, build_head
+from tpp.model import adapter_state
 from tpp.model_card import README, portable_backbone_id, render
 from tpp.rundir import ESCAPED_BYTES, finite_json
 
@@ -41,11 +36,6 @@ FORMAT = "tpp-adapter/1"
 # when the adapter has one) is covered by the version's content hash like every other file, so an edited README is
 # refused as tampering; tpp never parses it (tpp_card.json is the card tpp reads).
 ADAPTER_FILES = (CARD, HEAD, WEIGHTS, FULL_WEIGHTS, PEFT_CONFIG, README)
-MIB = 2**20
-# the most bytes read from one metadata file of an adapter or context folder, a store or a Hub snapshot: the card,
-# adapter_config.json, README.md, a context set's context.json (tpp writes them at tens of KiB at most)
-METADATA_LIMIT = MIB
-WEIGHTS_LIMIT = 4096 * MIB  # one safetensors file of an adapter (see file_limit)
 
 
 def versions() -> dict:
@@ -132,248 +122,10 @@ def _save_encoder_config(config, path: Path) -> None:
     config.save_pretrained(str(path))
 
 
-def read_weights(path: str | Path, card: dict, files: dict[str, bytes] | None = None) -> dict[str, torch.Tensor]:
-    """The method's saved tensors ({} for a linear probe, which saves only its head); from ``files``, bytes already
-    read (:func:`read_adapter_dir`; a store version folder's as its content hash verified them), when given, else
-    from the file."""
-    name = card.get("weights_file", WEIGHTS)
-    return _file_tensors(path, name, files) if name else {}
-
-
-def read_head(path: str | Path, files: dict[str, bytes] | None = None) -> dict[str, torch.Tensor]:
-    """The task head's tensors (``head.safetensors``); from ``files``, bytes already read (:func:`read_adapter_dir`),
-    when given, else from the file."""
-    return _file_tensors(path, HEAD, files)
-
-
-def _file_tensors(path: str | Path, name: str, files: dict[str, bytes] | None) -> dict[str, torch.Tensor]:
-    if files is not None and name not in files:
-        raise TppError(f"adapter directory '{path}' lacks {name}.")
-    return read_tensors(path, name, data=None if files is None else files[name])
-
-
-class AdapterRead(NamedTuple):
-    """An adapter folder as :func:`read_adapter_dir` read it, each file once (``files`` and ``card_bytes`` None in
-    a read :func:`take_read` handed over)."""
-    card: dict  # parsed from ``card_bytes`` and checked (:func:`parse_card`)
-    files: dict[str, bytes]  # name -> bytes: a store version folder's every file, as its content hash verified them;
-    # another folder's card and the tensor files asked for, those present
-    card_bytes: bytes  # the card's bytes, the ones parsed
-
-
-def read_adapter_dir(path: str | Path, kinds: tuple = ("adapter",), *, weights: bool = False, head: bool = False,
-                     follow: bool = True) -> AdapterRead:
-    """The one read of an adapter folder: its card checked (``kinds``: what the caller accepts; only evaluation
-    accepts a ``full_model`` baseline) and its files' bytes, each file read once. A folder named like a store version
-    (16 hex digits) has every file read and their content hash checked (:func:`check_version_folder`), and the card is
-    parsed from those bytes; another folder has its card read and, with ``weights`` / ``head``, the weights file the
-    card names / ``head.safetensors``, those present, capped by :func:`file_limit`. ``follow``: a symbolic link to
-    one of these files (in a folder that is no version) is followed; False (publishing, serving): refused, as a store
-    refuses them. Hand ``files`` to :func:`read_weights` / :func:`read_head` as often as needed: what is checked
-    and what is loaded are these bytes, never a second read that could find others (a file swapped in between)."""
-    path = Path(path)
-    _is_adapter_folder(path)
-    files = check_version_folder(path)
-    if files is not None:
-        if CARD not in files:  # removed since it was seen
-            raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).")
-        return AdapterRead(parse_card(files[CARD], path, kinds), files, files[CARD])
-    data = _read_file(path, CARD, follow)
-    card = parse_card(data, path, kinds)
-    files = {CARD: data}
-    for name in (card.get("weights_file", WEIGHTS) if weights else None, HEAD if head else None):
-        if name and (path / name).is_file():  # a missing one is said where it is needed (read_weights, read_head)
-            files[name] = _read_file(path, name, follow)
-    return AdapterRead(card, files, data)
-
-
-def _is_adapter_folder(path: Path) -> None:
-    """A TppError unless ``path`` is a folder holding a card (naming a run folder's ``adapter/`` if it is one)."""
-    if path.is_file():
-        raise TppError(f"'{path}' is a file; an adapter is the folder holding {CARD}"
-                       f"{f' (here {path.parent})' if path.name == CARD else ''}.")
-    if not path.is_dir():
-        raise TppError(f"adapter directory '{path}' does not exist.")
-    if not (path / CARD).is_file():
-        hint = f" It is a run folder: did you mean '{path / 'adapter'}'?" if (path / "adapter" / CARD).is_file() else ""
-        raise TppError(f"'{path}' is not a tpp adapter directory (no {CARD}).{hint}")
-
-
-def _read_file(folder: Path, name: str, follow: bool) -> bytes:
-    """The file ``name`` of an adapter folder that is no store version, capped by :func:`file_limit`; a link to it
-    followed when ``follow``."""
-    file = folder / name
-    return read_regular(file.resolve() if follow else file, file_limit(name), shown=file)
-
-
-def parse_card(data: bytes | None, folder: str | Path, kinds: tuple = ("adapter",)) -> dict:
-    """The card of the adapter folder ``folder`` from its bytes (None: it has none), checked by :func:`check_card`:
-    the one card parser, for a folder read by :func:`read_adapter_dir` and a store's version
-    (:mod:`tpp.serve.store`) alike."""
-    card_path = Path(folder) / CARD
-    if data is None:
-        raise TppError(f"'{folder}' is not a tpp adapter directory (no {CARD}).")
-    try:
-        card = card_json(data.decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TppError(f"'{card_path}' is not valid JSON ({exc}).") from None
-    check_card(card, card_path, kinds)
-    return card
-
-
-# id(owner) -> {(path, kinds, weights, head): the read, its files None once taken}: what read_once read for owner
-_HELD: dict[int, dict[tuple, AdapterRead]] = {}
-
-
-def read_once(owner, path: str | Path, kinds: tuple = ("adapter",), *, weights: bool = False, head: bool = False,
-              files: bool = True) -> AdapterRead:
-    """:func:`read_adapter_dir` of ``path``, read once for ``owner`` (a run config: ``tpp validate``'s checks, a run's
-    checks and its load then parse the same bytes; a store version folder's as its content hash verified them).
-    Held while ``owner`` lives; the files' bytes only until :func:`take_read` (read again if asked for after that;
-    ``files=False``: the card alone will do, and a read whose bytes were taken is not read again)."""
-    held = _HELD.get(id(owner))
-    if held is None:  # dropped with owner; one that cannot be weakly referenced is a TypeError before anything is held
-        weakref.finalize(owner, _HELD.pop, id(owner), None)
-        held = _HELD[id(owner)] = {}
-    key = (str(path), tuple(kinds), weights, head)
-    read = held.get(key)
-    if read is None or (files and read.files is None):
-        read = held[key] = read_adapter_dir(path, kinds, weights=weights, head=head)
-    return read
-
-
-def take_read(owner, path: str | Path, kinds: tuple = ("adapter",), *, weights: bool = False,
-              head: bool = False) -> AdapterRead:
-    """:func:`read_once`'s read, handed to the load that uses its bytes last: they are not held beyond it (a full
-    model's weights can be hundreds of MiB), the card is."""
-    read = read_once(owner, path, kinds, weights=weights, head=head)
-    _HELD[id(owner)][(str(path), tuple(kinds), weights, head)] = read._replace(files=None, card_bytes=None)
-    return read
-
-
 def dir_size(path: Path) -> int:
     """Bytes of an adapter directory's files, without ``README.md`` (documentation rendered from the card), so
     sizes stay comparable with adapters saved before tpp wrote model cards."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.name != README)
-
-
-VERSION_RE = re.compile(r"[0-9a-f]{16}")  # an adapter store's version folder: its files' content hash
-
-
-def content_hash(files: dict[str, bytes]) -> str:
-    """First 16 hex digits of sha256 over (file name, bytes) of the adapter's files, by name."""
-    digest = hashlib.sha256()
-    for name in sorted(files):
-        digest.update(name.encode() + b"\0")
-        digest.update(files[name])
-    return digest.hexdigest()[:16]
-
-
-def check_version_folder(path: Path) -> dict[str, bytes] | None:
-    """A folder named like a store version (16 hex digits: a store's, or a copy of one) must hold the files that
-    name hashes, as serving checks them (:func:`read_version_folder`): publishing, loading or evaluating it after a
-    byte changed would sign or use what the store refuses. The folder's name is taken both as given and as the
-    folder it is (:func:`version_names`: a symbolic link to a version, or ``.`` inside one, is checked as the version
-    itself). Returns those files' verified bytes; other folders pass (None)."""
-    names = version_names(path)
-    if not names:
-        return None
-    files = read_version_folder(Path(path), names[0])
-    if len(names) > 1:  # a link named like one version to the folder of another: its files cannot match both
-        raise TppError(f"'{path}' is named like version {names[1]} but is the folder of version {names[0]} "
-                       f"('{os.path.realpath(path)}'); refused.")
-    return files
-
-
-def version_names(path: str | Path) -> list[str]:
-    """The store versions (16 hex digits) ``path`` is named by: the name of the folder it is (a link followed, ``.``
-    or ``..`` resolved), then its own name, each once; [] for a folder that is no version by either name."""
-    names = (Path(os.path.realpath(path)).name, Path(path).name)
-    return [name for name in dict.fromkeys(names) if VERSION_RE.fullmatch(name)]
-
-
-def is_version_folder(path: Path) -> bool:
-    """Whether ``path`` is named like a store version (16 hex digits; :func:`version_names`), so that its files are
-    checked against that content hash whenever it is read."""
-    return bool(version_names(path))
-
-
-def read_version_folder(folder: Path, version: str | None = None) -> dict[str, bytes]:
-    """The files of a store version folder (or a copy of one), read once: {name: bytes}. Refused unless each is a
-    regular file (no link) among :data:`ADAPTER_FILES` and their content hash is ``version`` (default: the folder's
-    name), so a byte flipped after publishing is caught before anything is used. The one check of a version's files:
-    the store's loads, ``tpp adapters push`` and :func:`read_adapter_dir` of a folder named like a version all use
-    it."""
-    version = folder.name if version is None else version
-    files = {}
-    for entry in list_folder(folder):
-        if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
-            raise TppError(f"'{entry.path}' is a symbolic link or no regular file, which a published version never "
-                           "holds; refused.")
-        if entry.name not in ADAPTER_FILES:
-            raise TppError(f"'{folder}' holds '{entry.name[:64]}', which is not part of an adapter; refused.")
-        files[entry.name] = read_regular(Path(entry.path))
-    if content_hash(files) != version:
-        raise TppError(f"'{folder}': the files' content hash does not match version {version}; they changed after "
-                       "publishing (tampering or disk corruption). Refused; publish the adapter again from its run "
-                       "folder (a folder named by 16 hex digits is taken for a store version: rename a copy that is "
-                       "none).")
-    return files
-
-
-def list_folder(folder: Path) -> list[os.DirEntry]:
-    """The entries of ``folder``, sorted by name; one that cannot be listed (no permission to read it, gone, no
-    folder) is a :class:`TppError` naming it, never a raw ``OSError`` (a 500 through the service)."""
-    try:
-        with os.scandir(folder) as entries:
-            return sorted(entries, key=lambda e: e.name)
-    except OSError as exc:
-        raise TppError(f"'{folder}' cannot be listed ({exc.strerror or type(exc).__name__}); refused.") from None
-
-
-def file_limit(name: str) -> int:
-    """The most bytes :func:`read_regular` reads from the adapter file ``name``: :data:`METADATA_LIMIT` for the card,
-    ``adapter_config.json`` and ``README.md``; :data:`WEIGHTS_LIMIT` for a safetensors file.
-
-    A weights file is not bounded by anything else before it is read: its bytes are read whole, then its tensor
-    names are checked against the method's key rule (:func:`tpp.serve.integrity.check_adapter`) and their shapes
-    against the backbone only when it loads, so without this cap a forged store or Hub repo could make every load
-    read gigabytes into memory before the refusal. No backbone is known where a store is read (the shapes a method
-    allows depend on it), so the cap is one generous bound: LoRA on a ViT-L is tens of MiB, and a Hub pull screens
-    its files with the same numbers."""
-    return WEIGHTS_LIMIT if name.endswith(".safetensors") else METADATA_LIMIT
-
-
-def read_regular(path: Path, limit: int | None = None, shown: str | Path | None = None) -> bytes:
-    """The bytes of a regular file, never through a symbolic link (O_NOFOLLOW) and never waiting for a FIFO's
-    writer (O_NONBLOCK: it is opened at once, then refused as no regular file); at most ``limit`` bytes (default:
-    :func:`file_limit` of its name): a larger file is refused from its size, unread. The one capped read of the
-    files of adapter folders, stores and Hub snapshots. ``shown``: how messages name the file (default: ``path``)."""
-    shown = path if shown is None else shown
-    limit = file_limit(Path(path).name) if limit is None else limit
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise TppError(f"'{shown}' cannot be read ({exc.strerror}; symbolic links are refused).") from None
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise TppError(f"'{shown}' is not a regular file; refused.")
-        if info.st_size > limit:
-            raise TppError(f"'{shown}' has {info.st_size:,} bytes, larger than the {limit:,} bytes such a file may "
-                           "have; refused.")
-        # the size found and a byte more, never ``limit + 1`` at once: a read allocates its whole buffer first (4 GiB
-        # for every weights file); a file grown since its size was taken is read on in chunks, up to the cap
-        parts = [fh.read(info.st_size + 1)]
-        size = len(parts[0])
-        while info.st_size < size <= limit and (part := fh.read(min(MIB, limit + 1 - size))):
-            parts.append(part)
-            size += len(part)
-        data = b"".join(parts)
-    if len(data) > limit:
-        raise TppError(f"'{shown}' grew larger than the {limit:,} bytes such a file may have while it was read; "
-                       "refused.")
-    return data
 
 
 def card_json(text: str):
@@ -386,7 +138,7 @@ def card_json(text: str):
 
 
 def check_card(card, card_path: str | Path, kinds: tuple = ("adapter",)) -> None:
-    """The card's shape, format and kind (see :func:`read_adapter_dir`); errors name ``card_path``."""
+    """The card's shape, format and kind (see :func:`~tpp.adapter_read.read_adapter_dir`); errors name ``card_path``."""
     path = Path(card_path).parent
     _check_shape(card, card_path)
     if card.get("format") != FORMAT:
@@ -476,38 +228,6 @@ def _check_shape(card, card_path: Path) -> None:
                        "entry to decide at 0.5 with the second label name positive.")
 
 
-INTEGER_HEAD_TENSORS = ("mapping",)  # a label-mapping head's (T,) int64 source indices (its check bounds them)
-
-
-def read_tensors(path: Path, name: str, integer: tuple[str, ...] | None = None,
-                 data: bytes | None = None) -> dict[str, torch.Tensor]:
-    """Load a safetensors file of the adapter directory (never pickle), checked by :func:`check_values`
-    (``integer`` default: :data:`INTEGER_HEAD_TENSORS` for the head file, none for the others); ``data``: the
-    file's bytes, already read (nothing is read again)."""
-    file = Path(path) / name
-    if data is None and not file.is_file():
-        raise TppError(f"adapter directory '{path}' lacks {name}.")
-    try:
-        state = load_file(str(file)) if data is None else load_safetensors(data)
-    except (SafetensorError, OSError) as exc:
-        raise TppError(f"'{file}' is not a readable safetensors file ({exc}).") from None
-    check_values(state, str(file), (INTEGER_HEAD_TENSORS if name == HEAD else ()) if integer is None else integer)
-    return state
-
-
-def check_values(state: dict[str, torch.Tensor], where: str, integer: tuple[str, ...] = ()) -> None:
-    """Finite floating-point tensors only (a NaN adapter would publish NaN predictions with metrics beside
-    them), except the names in ``integer``, which must be int64 (the task's head check bounds their values)."""
-    for key, tensor in state.items():
-        if key in integer:
-            if tensor.dtype != torch.int64:
-                raise TppError(f"'{where}': tensor '{key}' has dtype {tensor.dtype}; it holds int64 indices.")
-        elif not tensor.is_floating_point():
-            raise TppError(f"'{where}': tensor '{key}' has dtype {tensor.dtype}; adapters hold floats.")
-        elif not torch.isfinite(tensor).all():
-            raise TppError(f"'{where}': tensor '{key}' holds NaN or infinite values.")
-
-
 def verify_backbone(card: dict, backbone: BackboneInfo, source: str) -> None:
     """Refuse an adapter trained on another backbone (by weight hash)."""
     expected = card.get("backbone", {}).get("hash")
@@ -531,8 +251,3 @@ def parent_summary(card: dict, path: str | Path) -> dict:
             "data": {k: card.get("data", {}).get(k) for k in ("name", "content_sha256", "used")},
             "created": card.get("created"), "dir_name": Path(path).name}
 
-
-def load_head(path, card: dict, hidden_size: int) -> torch.nn.Module:
-    """The task head of an adapter directory (classification head or segmentation decoder), checked
-    against its card."""
-    return build_head(card, hidden_size, read_tensors(path, HEAD), f"{path}/{HEAD}")

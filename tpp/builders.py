@@ -8,7 +8,8 @@ import warnings
 import numpy as np
 import torch
 
-from tpp.adapter_dir import AdapterRead, parent_summary, read_once, read_weights, take_read, verify_backbone
+from tpp.adapter_dir import parent_summary, verify_backbone
+from tpp.adapter_read import AdapterRead, read_once, read_weights, take_read
 from tpp.backbones import BackboneInfo
 from tpp.data import Dataset, same_modality
 from tpp.data.build import channel_rule, image_channels, to_model_tensor
@@ -42,7 +43,7 @@ def tensors(images: np.ndarray, info: BackboneInfo) -> torch.Tensor:
 
 def parent_read(cfg, files: bool = True) -> AdapterRead:
     """The parent adapter (``adapter.init_from``): its card and weights file, read once for ``cfg``
-    (:func:`tpp.adapter_dir.read_once`): the config's checks (``tpp validate``, a run's before its folder exists) and
+    (:func:`tpp.adapter_read.read_once`): the config's checks (``tpp validate``, a run's before its folder exists) and
     the run's hand-off parse the same bytes, a store version folder's as its content hash verified them.
     ``files=False``: the card alone will do."""
     return read_once(cfg, cfg.adapter.init_from, weights=True, files=files)

@@ -306,8 +306,8 @@ def test_store_folders_without_read_permission_are_named(tmp_path):
 def test_store_files_over_their_size_cap_are_refused_unread_naming_file_and_size(tmp_path, monkeypatch):
     """A card, README.md or weights file of a store (or of a folder being published) over its cap is refused from
     its size, before it is read, naming the file and the size: a forged store cannot make tpp read gigabytes."""
-    from tpp import adapter_dir
-    from tpp.adapter_dir import METADATA_LIMIT
+    from tpp import capped_read
+    from tpp.capped_read import METADATA_LIMIT
 
     version = "0123456789abcdef"
 
@@ -331,7 +331,7 @@ def test_store_files_over_their_size_cap_are_refused_unread_naming_file_and_size
     folder = forged("readme", **{"README.md": big, "tpp_card.json": b"{}"})
     with pytest.raises(TppError, match=refused(folder / "README.md", len(big))):
         store.open_version(tmp_path / "store", "readme")
-    monkeypatch.setattr(adapter_dir, "WEIGHTS_LIMIT", 2**20)  # the real cap (4 GiB) would need a huge file
+    monkeypatch.setattr(capped_read, "WEIGHTS_LIMIT", 2**20)  # the real cap (4 GiB) would need a huge file
     folder = forged("weights", **{"tpp_card.json": b"{}"})
     with open(folder / "adapter_model.safetensors", "wb") as fh:
         fh.truncate(2**33)  # sparse: 8 GiB that take no disk; reading them would take 8 GiB of memory
@@ -357,7 +357,7 @@ def test_a_small_file_is_read_without_a_buffer_the_size_of_its_cap(tmp_path):
     save_file({"w": torch.ones(4)}, str(weights))
     script = textwrap.dedent(f"""
         import resource
-        from tpp.adapter_dir import read_regular
+        from tpp.capped_read import read_regular
         used = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:")) * 1024
         resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY))
         print(len(read_regular({str(weights)!r})))
@@ -370,7 +370,7 @@ def test_a_small_file_is_read_without_a_buffer_the_size_of_its_cap(tmp_path):
 def test_a_file_growing_while_it_is_read_is_read_to_its_cap_and_refused_past_it(tmp_path, monkeypatch):
     """The size checked (fstat) is not trusted while reading: a file that grows after it stays readable up to the
     cap, and is refused past it."""
-    from tpp import adapter_dir
+    from tpp import capped_read
 
     path = tmp_path / "tpp_card.json"
     path.write_bytes(b"x" * 10)
@@ -382,7 +382,7 @@ def test_a_file_growing_while_it_is_read_is_read_to_its_cap_and_refused_past_it(
             fh.write(b"y" * 90)
         return info
 
-    monkeypatch.setattr(adapter_dir.os, "fstat", grown)
-    assert adapter_dir.read_regular(path, limit=200) == b"x" * 10 + b"y" * 90
+    monkeypatch.setattr(capped_read.os, "fstat", grown)
+    assert capped_read.read_regular(path, limit=200) == b"x" * 10 + b"y" * 90
     with pytest.raises(TppError, match="grew larger than the 150 bytes"):
-        adapter_dir.read_regular(path, limit=150)
+        capped_read.read_regular(path, limit=150)

@@ -67,7 +67,8 @@ def load(adapter_dir, backbone=None, device: str = "cpu", precision: str = "fp32
 def fine_tuned_adapter(source: Path) -> Path:
     """The adapter folder of ``source`` (a run folder or the adapter folder itself) if it holds a fine-tuned
     adapter with a task head; else a TppError saying what it is (a TPP-stage adapter, a full-model baseline ...)."""
-    from tpp.adapter_dir import CARD, read_adapter_dir
+    from tpp.adapter_dir import CARD
+    from tpp.adapter_read import read_adapter_dir
 
     path = source / "adapter" if (source / "adapter" / CARD).is_file() else source
     # not an adapter folder, or a full-model baseline: a clear error naming it
@@ -91,7 +92,7 @@ def card_backbone(adapter: Path, card: dict | None = None) -> str:
     (``builtin:NAME``) or a local checkpoint folder (absolute, or relative to the adapter folder or the current
     one). A hub id in a card is never fetched on the card's word (a card is data from whoever made the adapter):
     pass it as ``backbone=``. Else a TppError saying to pass it. ``card``: the card, already read (else it is)."""
-    from tpp.adapter_dir import read_adapter_dir
+    from tpp.adapter_read import read_adapter_dir
     from tpp.backbones import BUILTIN_PREFIX, backbone_config
 
     named = (read_adapter_dir(adapter).card if card is None else card).get("backbone", {}).get("id")

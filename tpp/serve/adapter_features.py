@@ -11,7 +11,8 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     adapter method, tensor names by its key rule, finite floats, trained on this backbone; a store version folder,
     named by 16 hex digits, must hold the files its content hash names). Shared weights: the backbone is not
     copied, and its hash must be unchanged afterwards."""
-    from tpp.adapter_dir import read_adapter_dir, verify_backbone
+    from tpp.adapter_dir import verify_backbone
+    from tpp.adapter_read import read_adapter_dir
     from tpp.adapters import check_tensor_names
     from tpp.backbones import Encoder, backbone_hash
     from tpp.adapter_checks import attach_from_card

@@ -174,7 +174,7 @@ def cmd_adapters(args) -> int:
 
 def _cmd_rollback(args) -> int:
     """``tpp adapters rollback STORE --site SITE --version V``: serve an earlier version again."""
-    from tpp.adapter_dir import VERSION_RE
+    from tpp.adapter_read import VERSION_RE
     from tpp.serve import store
 
     root, site, version = args.paths[0], args.site, args.adapter_version

@@ -60,7 +60,7 @@ def check_publish_order(store: str, source: str, site: str) -> None:
     """``tpp context publish`` takes STORE first (unlike ``tpp adapters publish RUN_DIR STORE``): when the set
     named second does not exist and the store named first exists but is no store (a CSV, or a folder without any
     published set or adapter), the two were most likely swapped: say so, with the command as meant."""
-    from tpp.adapter_dir import list_folder
+    from tpp.capped_read import list_folder
     from tpp.serve.contexts import FOLDER
     from tpp.serve.store import has_pointer
 

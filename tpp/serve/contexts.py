@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tpp.adapter_dir import METADATA_LIMIT, card_json, list_folder
+from tpp.adapter_dir import card_json
+from tpp.capped_read import METADATA_LIMIT, list_folder
 from tpp.errors import TppError
 from tpp.rundir import ESCAPED_BYTES
 from tpp.incontext.context import CLASSIFICATION, MAX_K, SEGMENTATION, ContextSet, binary_mask, check, read_context

@@ -22,7 +22,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tpp.adapter_dir import ADAPTER_FILES, MIB, file_limit, list_folder, read_regular, read_version_folder
+from tpp.adapter_dir import ADAPTER_FILES
+from tpp.adapter_read import read_version_folder
+from tpp.capped_read import MIB, file_limit, list_folder, read_regular
 from tpp.errors import TppError
 from tpp.serve import store as adapter_store
 from tpp.serve.integrity import check_adapter
@@ -91,7 +93,7 @@ def screen_name(name: str, source: str) -> None:
 
 def size_limit(name: str) -> int:
     """The most bytes a repo file ``name`` may have: the limit a store reads it with
-    (:func:`tpp.adapter_dir.file_limit`)."""
+    (:func:`tpp.capped_read.file_limit`)."""
     return file_limit(name)
 
 
@@ -291,7 +293,7 @@ def read_snapshot(snapshot: Path, source: str) -> dict[str, bytes]:
 
 def read_bounded(path: Path, name: str, source: str) -> bytes:
     """A regular file's bytes (``path``: the resolved cache blob of ``name``), at most :func:`size_limit` of them
-    (checked before and while reading, :func:`tpp.adapter_dir.read_regular`; a FIFO cannot block)."""
+    (checked before and while reading, :func:`tpp.capped_read.read_regular`; a FIFO cannot block)."""
     try:
         return read_regular(path, size_limit(name), shown=f"{source}/{name}")
     except TppError as exc:

@@ -20,7 +20,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from tpp.adapter_checks import check_frame, check_head
-from tpp.adapter_dir import CARD, HEAD, INTEGER_HEAD_TENSORS, check_values, parse_card
+from tpp.adapter_dir import CARD, HEAD
+from tpp.adapter_read import INTEGER_HEAD_TENSORS, check_values, parse_card
 from tpp.adapters import check_tensor_names, get_method
 from tpp.adapters.visual_prompt import declared_frame
 from tpp.data.images import rule_frame
@@ -105,7 +106,7 @@ def adapter_method(card: dict, source: str):
 def parse_tensors(files: dict[str, bytes], name: str, source: str,
                   integer: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """A safetensors file of the directory from its bytes (never pickle); finite floating tensors only, except
-    the names in ``integer``, which must be int64 (:func:`tpp.adapter_dir.check_values`)."""
+    the names in ``integer``, which must be int64 (:func:`tpp.adapter_read.check_values`)."""
     if name not in files:
         raise TppError(f"adapter directory '{source}' lacks {name}.")
     try:

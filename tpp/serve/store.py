@@ -22,9 +22,10 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tpp.adapter_dir import (CARD, HEAD, PEFT_CONFIG, content_hash, is_version_folder, list_folder, parse_card,
-                             read_adapter_dir, read_version_folder)
-from tpp.adapter_dir import read_regular as _read_regular
+from tpp.adapter_dir import CARD, HEAD, PEFT_CONFIG
+from tpp.adapter_read import content_hash, is_version_folder, parse_card, read_adapter_dir, read_version_folder
+from tpp.capped_read import list_folder
+from tpp.capped_read import read_regular as _read_regular
 from tpp.errors import TppError
 from tpp.model_card import README
 from tpp.serve.integrity import check_adapter

@@ -63,7 +63,7 @@ def publish(out, stem: str, machine: dict, command: str, description: str, table
     measured, the table), print the Markdown and return it."""
     text = f"Machine: {json.dumps(machine)}\nCommand: `{command}`\n{description}\n\n{table}\n"
     out = Path(out)
-    from tpp.rundir import finite_json
+    from tpp.safe_write import finite_json
 
     payload = finite_json({"machine": machine, "command": command, **data})  # strict JSON: undefined is null
     write_atomic(out / f"{stem}.json", json.dumps(payload, indent=1, allow_nan=False))

@@ -31,7 +31,7 @@ from tpp.errors import ConfigError, TppError
 from tpp.pretext.mae import decode, encode_visible, mask_noise, masked_mse, patchify
 from tpp.source_classifier import HEADS_FILE
 from tpp.tasks import get_task
-from tpp.rundir import finite_json
+from tpp.safe_write import finite_json
 from tpp.training import (build_accelerator, checkpointer, loss_curve, make_optimizer, make_scheduler, plan_steps,
                           train_loop)
 

@@ -24,7 +24,7 @@ from tpp.backbones import MAX_PATCH_TOKENS, BackboneInfo
 from tpp.errors import TppError
 from tpp.model import adapter_state
 from tpp.model_card import README, portable_backbone_id, render
-from tpp.rundir import ESCAPED_BYTES, finite_json
+from tpp.safe_write import ESCAPED_BYTES, finite_json
 
 CARD = "tpp_card.json"
 WEIGHTS = "adapter_model.safetensors"

@@ -150,7 +150,7 @@ def record_skipped(datasets: list[Dataset], run) -> None:
     import csv
     import io
 
-    from tpp.rundir import write_atomic
+    from tpp.safe_write import write_atomic
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -170,7 +170,7 @@ def record_splits(datasets: list[Dataset], run) -> None:
     files = [d for d in datasets if d.split_files is not None]
     if not files or not run.main:
         return
-    from tpp.rundir import write_atomic
+    from tpp.safe_write import write_atomic
 
     listed = {d.name: {"split_id": d.split_id, "split_files_sha256": d.split_files_sha256(),
                        **{s: list(f) for s, f in d.split_files.items()}}

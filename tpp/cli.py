@@ -191,7 +191,7 @@ def cmd_cp(args) -> int:
         raise TppError(f"'{dest}' exists; choose another destination.")
     from tpp.config.parse import load_yaml
     from tpp.config.paths import with_absolute_paths
-    from tpp.rundir import write_atomic
+    from tpp.safe_write import write_atomic
 
     load_yaml(source)  # not YAML, not UTF-8, empty: the clear error, before anything is written
     text, changed = with_absolute_paths(source.read_text(), os.path.dirname(os.path.realpath(source)))
@@ -315,7 +315,7 @@ def _print_summary(recipe: str, summary: dict, path: Path) -> None:
 
 def cmd_compare(args) -> int:
     from tpp.compare import compare_runs, csv_text, table
-    from tpp.rundir import write_atomic
+    from tpp.safe_write import write_atomic
 
     if args.csv is not None:
         check_table_out(Path(args.csv), args.runs)  # before anything is read or printed

@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from tpp.backbones import BUILTIN_PREFIX as BUILTIN
-from tpp.rundir import finite_json
+from tpp.safe_write import finite_json
 
 README = "README.md"
 SNIPPET_START = "```python\n"

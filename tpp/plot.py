@@ -76,7 +76,7 @@ def _pyplot():
 
 def _save(fig, out: Path) -> Path:
     """Write ``fig`` to ``out`` atomically (a temporary file renamed into place) and close it."""
-    from tpp.rundir import refuse_special
+    from tpp.safe_write import refuse_special
 
     plt = _pyplot()
     if out.suffix.lower() != ".png":  # never onto predictions.csv or metrics.json of the run read

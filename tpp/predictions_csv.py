@@ -99,7 +99,7 @@ class PredictionsWriter:
                 self._writer.writerow(row)
 
     def _open(self, first: dict) -> Path:
-        from tpp.rundir import atomic_file
+        from tpp.safe_write import atomic_file
 
         path = self.run.path / NAME
         if self.run.main:

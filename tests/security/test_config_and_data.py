@@ -52,17 +52,17 @@ class FullDisk:
 
 
 def fill_disk_on(monkeypatch, is_full):
-    """Files that ``tpp.rundir`` opens for atomic writing (every temp-then-rename output: status.json,
+    """Files that ``tpp.safe_write`` opens for atomic writing (every temp-then-rename output: status.json,
     metrics.json, predictions CSVs) get a full disk while ``is_full(temp_name)`` says so."""
     import builtins
 
-    import tpp.rundir
+    import tpp.safe_write
 
     def fake_open(path, *args, **kwargs):
         fh = builtins.open(path, *args, **kwargs)
         return FullDisk(fh) if is_full(Path(path).name) else fh
 
-    monkeypatch.setattr(tpp.rundir, "open", fake_open, raising=False)
+    monkeypatch.setattr(tpp.safe_write, "open", fake_open, raising=False)
 
 
 @pytest.fixture()
@@ -216,7 +216,7 @@ def test_a_failed_publish_keeps_the_earlier_output_whole(tmp_path):
 
 
 def test_write_atomic_removes_its_temp_and_names_the_file(tmp_path, disk_full):
-    from tpp.rundir import write_atomic
+    from tpp.safe_write import write_atomic
 
     target = tmp_path / "status.json"
     target.write_text("old")

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from tpp.errors import TppError
 from tpp.incontext import learned_card
-from tpp.rundir import file_sha256, finite_json
+from tpp.rundir import file_sha256
+from tpp.safe_write import finite_json
 
 CARD = "icl_card.json"
 WEIGHTS = "model.safetensors"

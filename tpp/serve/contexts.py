@@ -24,7 +24,7 @@ import numpy as np
 from tpp.adapter_dir import card_json
 from tpp.capped_read import METADATA_LIMIT, list_folder
 from tpp.errors import TppError
-from tpp.rundir import ESCAPED_BYTES
+from tpp.safe_write import ESCAPED_BYTES
 from tpp.incontext.context import CLASSIFICATION, MAX_K, SEGMENTATION, ContextSet, binary_mask, check, read_context
 from tpp.serve import images as readers
 from tpp.serve import store as adapter_store

@@ -22,7 +22,7 @@ from tpp.data.filesets import dangling_link, image_stem, unlistable, walk_files
 from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
-from tpp.rundir import write_atomic, write_error
+from tpp.safe_write import write_atomic, write_error
 
 SUFFIXES = readers.PIL_SUFFIXES | {".npy", ".dcm", ".dicom", ".nii", ".gz"}
 ON_BAD_FILE = ("skip", "fail")

@@ -319,7 +319,7 @@ def check_resume(path: Path, cfg) -> None:
     step, nor below the run's own total). A run that succeeded raises :class:`RunFinished` unless extended (also
     when ``train.resume`` names one of its own checkpoints: that re-ran its last steps and rewrote its adapter)."""
     from tpp.errors import TppError
-    from tpp.rundir import earlier_run
+    from tpp.run_folder import earlier_run
 
     if cfg.train.resume != "auto" and not (Path(cfg.train.resume) / "state.pt").is_file():
         raise TppError(f"train.resume '{cfg.train.resume}' is not a complete checkpoint folder (no state.pt); name "
@@ -354,7 +354,7 @@ def refuse_run_in_the_way(path: Path, resume: str, origin: Path) -> None:
     that folder's own (finished, or with checkpoints to continue) is never written over by it (it re-ran
     ``origin``'s last steps there and replaced the finished run's adapter and metrics)."""
     from tpp.errors import TppError
-    from tpp.rundir import run_state
+    from tpp.run_folder import run_state
 
     state = run_state(path) if path.is_dir() else {"status": None, "checkpoints": []}
     if state["status"] == "succeeded":
@@ -457,7 +457,7 @@ def check_same_config(path: Path, config: dict, may_change: tuple[str, ...] = ()
     from tpp.config.parse import load_yaml
     from tpp.config.paths import resolve_paths
     from tpp.errors import TppError
-    from tpp.rundir import earlier_run
+    from tpp.run_folder import earlier_run
 
     saved_file = path / "config.yaml"
     if not saved_file.is_file():

@@ -329,7 +329,7 @@ def cmd_compare(args) -> int:
 
 def check_table_out(out: Path, runs: list) -> None:
     """``--csv``: a file name ending in .csv that is none of a run's own files (a compared run's or another's)."""
-    from tpp.rundir import RUN_FILES
+    from tpp.run_folder import RUN_FILES
 
     if out.suffix.lower() != ".csv":
         raise TppError(f"--csv '{out}': give a file name ending in .csv.")

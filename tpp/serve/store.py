@@ -29,7 +29,7 @@ from tpp.capped_read import read_regular as _read_regular
 from tpp.errors import TppError
 from tpp.model_card import README
 from tpp.serve.integrity import check_adapter
-from tpp.rundir import damaged_status, run_state
+from tpp.run_folder import damaged_status, run_state
 from tpp.safe_write import write_atomic
 
 POINTER = "current"

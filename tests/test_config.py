@@ -122,7 +122,7 @@ def test_plugin_options_are_typed_and_sections_must_be_mappings():
 
 
 def test_configs_saved_with_every_pretexts_options_still_load(tmp_path):
-    from tpp.recipes import check_same_config
+    from tpp.recipes.resume import check_same_config
 
     old = build_config({"recipe": "tpp", "backbone": {"path": "../models/mae"}}).to_dict()  # a relative path
     old["pretext"].update(dino_out_dim=256, dino_student_temp=0.1, dino_teacher_temp=0.04, dino_ema=0.99,
@@ -414,7 +414,7 @@ def test_run_dir_config_yaml_holds_only_the_recipes_sections(tiny_mae, tmp_path,
 def test_resume_accepts_a_config_yaml_saved_with_every_section(tmp_path):
     """Runs written before configs were scoped saved every section; a resume compares the recipe's only."""
     from tpp.errors import TppError
-    from tpp.recipes import check_same_config
+    from tpp.recipes.resume import check_same_config
 
     cfg = load_config(FINETUNE, recipe="finetune")
     old = dict(build_config({"recipe": "tpp"}).to_dict(), **cfg.to_dict())  # + pretext, the other sections
@@ -431,7 +431,7 @@ def test_resume_reads_keys_added_since_the_run_as_their_defaults(tmp_path):
     """A run saved before ``device`` and the ``classification`` section existed ran as their defaults do: it
     resumes under them, and is refused when the resumed config sets one of them to something else."""
     from tpp.errors import TppError
-    from tpp.recipes import _defaults, check_same_config
+    from tpp.recipes.resume import _defaults, check_same_config
 
     cfg = load_config(FINETUNE, recipe="finetune")
     old = cfg.to_dict()

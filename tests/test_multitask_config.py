@@ -60,7 +60,7 @@ def test_pool_data_keys_the_recipe_never_reads_are_refused(key, value):
 def test_the_saved_config_records_no_split_the_run_did_not_use_and_older_runs_still_resume(tmp_path):
     import yaml
 
-    from tpp.recipes import _defaults, check_same_config
+    from tpp.recipes.resume import _defaults, check_same_config
     from tpp.errors import TppError
 
     cfg = checked()

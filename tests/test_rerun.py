@@ -315,7 +315,7 @@ def test_a_run_without_its_last_checkpoint_cannot_be_extended(tiny_mae, data_roo
 
 def test_an_interrupted_run_extends_past_its_checkpoint_but_not_below_it(tmp_path, capsys):
     """The checks before anything is touched (what the training loop then does is tested above)."""
-    from tpp.recipes import check_resume
+    from tpp.recipes.resume import check_resume
 
     out = run_folder(tmp_path / "out", "running", ["step-4", "step-6"])
     args = [f"output_dir={out}", "train.resume=auto"]

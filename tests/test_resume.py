@@ -250,7 +250,7 @@ def test_a_run_saved_before_split_seed_resumes_only_on_its_own_split(tmp_path):
     import yaml
 
     from tpp.errors import TppError
-    from tpp.recipes import check_same_config
+    from tpp.recipes.resume import check_same_config
 
     saved = {"seed": 2, "data": {"name": "busi", "label_fraction": 0.1, "val_label_fraction": None}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
@@ -376,7 +376,8 @@ def test_a_run_of_another_method_pretext_or_source_resumes_under_its_own_config(
     import yaml
 
     from tpp.config import load_config
-    from tpp.recipes import CONFIG_DIR, check_resume
+    from tpp.recipes import CONFIG_DIR
+    from tpp.recipes.resume import check_resume
 
     cfg = load_config(CONFIG_DIR / config, [*overrides, f"output_dir={tmp_path}", "train.resume=auto"],
                       recipe=recipe)

@@ -407,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.filterwarnings("ignore", module="transformers")
         warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
         _quiet_hub_progress()
-    from tpp.recipes import RunFinished
+    from tpp.recipes.resume import RunFinished
 
     try:
         return COMMANDS[args.command](args)

@@ -123,7 +123,7 @@ def run(recipe: str, config, overrides: Mapping | Sequence[str] | None = None, *
     ``config``: a dict, a YAML file or a shipped config's name; ``overrides``: dotted keys (a dict, or
     ``key=value`` strings); ``output_dir``: the run folder (else the config's). Everything ``tpp validate``
     checks is checked before the folder is created; errors are :class:`~tpp.errors.TppError` with one paragraph.
-    ``train.resume=auto`` on a finished run raises :class:`~tpp.recipes.RunFinished` (the Python functions
+    ``train.resume=auto`` on a finished run raises :class:`~tpp.recipes.resume.RunFinished` (the Python functions
     return that run instead)."""
     from tpp.recipes import run_recipe
 
@@ -148,7 +148,7 @@ def _result(recipe: str, path: Path, summary: dict | None, finished_before: bool
 
 
 def _run_or_finished(recipe: str, config, overrides, output_dir, overwrite) -> RunResult:
-    from tpp.recipes import RunFinished
+    from tpp.recipes.resume import RunFinished
 
     try:
         return run(recipe, config, overrides, output_dir=output_dir, overwrite=overwrite)

@@ -21,7 +21,6 @@ from safetensors.torch import load_file
 from tpp.adapter_dir import ADAPTER_FILES, CARD, HEAD, WEIGHTS, card_json, check_card
 from tpp.capped_read import file_limit, list_folder, read_regular
 from tpp.errors import TppError
-from tpp.model import build_head
 
 
 def read_weights(path: str | Path, card: dict, files: dict[str, bytes] | None = None) -> dict[str, torch.Tensor]:
@@ -238,9 +237,3 @@ def check_values(state: dict[str, torch.Tensor], where: str, integer: tuple[str,
             raise TppError(f"'{where}': tensor '{key}' has dtype {tensor.dtype}; adapters hold floats.")
         elif not torch.isfinite(tensor).all():
             raise TppError(f"'{where}': tensor '{key}' holds NaN or infinite values.")
-
-
-def load_head(path, card: dict, hidden_size: int) -> torch.nn.Module:
-    """The task head of an adapter directory (classification head or segmentation decoder), checked
-    against its card."""
-    return build_head(card, hidden_size, read_tensors(path, HEAD), f"{path}/{HEAD}")

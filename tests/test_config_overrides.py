@@ -86,6 +86,24 @@ def test_a_value_that_starts_like_a_mapping_or_list_but_does_not_parse_is_named(
     assert "given twice" not in str(caught.value) and "must be a mapping" not in str(caught.value)
 
 
+@pytest.mark.parametrize("split, piece", [(["train={lr:", "1e-4}"], "train={lr:"),
+                                          (["data.classes=[a,", "b]"], "data.classes=[a,")])
+def test_a_mapping_the_shell_split_at_a_space_says_to_quote_the_whole_override(split, piece, capsys):
+    """``tpp validate X train={lr: 1e-4}`` unquoted reaches tpp as 'train={lr:' and '1e-4}': the advice was to
+    quote the value as text, which is not what the user meant."""
+    from tpp.cli import main
+
+    with pytest.raises(ConfigError) as caught:
+        parse_override(piece)
+    assert "The shell splits an argument at its spaces: quote the whole override" in str(caught.value)
+    assert main(["validate", FINETUNE_CONFIG, *split]) == 2
+    err = capsys.readouterr().err
+    assert f"override '{piece}'" in err and "quote the whole override" in err and "Traceback" not in err, err
+    with pytest.raises(ConfigError) as caught:  # cut inside, not at a space: no shell advice
+        parse_override("train={lr: 1")
+    assert "shell" not in str(caught.value)
+
+
 def test_a_quoted_value_that_looks_like_a_mapping_stays_text():
     assert parse_override("site='{lr: 1'") == (["site"], "{lr: 1")
     assert parse_override("site=a: b: c") == (["site"], "a: b: c")  # no mapping or list meant: the text

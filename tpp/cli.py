@@ -120,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
                           "replaced without it; train.resume=auto continues a run instead, and is refused with it)")
     run.add_argument("--num-processes", type=int, default=1, action=Once,
                      help="data-parallel processes (torchrun; gloo on CPU, NCCL on GPUs); batch_size is per process")
-    run.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. train.lr=1e-4")
+    run.add_argument("overrides", nargs="*", default=[], help="key=value overrides, e.g. train.lr=1e-4 or "
+                     "'train={lr: 1e-4, max_steps: 50}' (merged into the section; quoted for the shell)")
     add("ls", "list recipes, adapter methods, pretexts, data sources, tasks, shipped configs and shipped backbones")
     cp = add("cp", "copy a config out for editing (relative paths in it are made absolute: they were relative "
                    "to the file's folder)")

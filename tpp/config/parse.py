@@ -167,8 +167,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"override '{text}': key '{exc.key}' is given twice in its value; keep one.") from None
     except yaml.YAMLError as exc:
         if raw.lstrip().startswith(("{", "[")):  # a mapping or list meant (train={lr: 1): not the text
-            raise ConfigError(f"override '{text}': its value is not valid YAML: {_yaml_problem(exc)}. For text that "
-                              f"starts with {raw.lstrip()[0]}, quote it: {key}=\"'...'\".") from None
+            opened = raw.lstrip()[0]
+            advice = f"For text that starts with {opened}, quote it: {key}=\"'...'\"."
+            if raw.endswith((":", ",")):  # train={lr: 1e-4} unquoted reaches us as 'train={lr:' and '1e-4}'
+                example = "{key: value, ...}" if opened == "{" else "[a, b, ...]"
+                advice = f"The shell splits an argument at its spaces: quote the whole override, '{key}={example}'."
+            raise ConfigError(f"override '{text}': its value is not valid YAML: {_yaml_problem(exc)}. {advice}") \
+                from None
         value = raw
     return key.split("."), value
 

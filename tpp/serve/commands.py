@@ -90,7 +90,8 @@ def add_deploy_commands(add) -> None:
                     help="largest image read, in pixels (NIfTI: voxels of the whole volume), checked from the "
                          "header before decoding; default 67108864 (8192x8192)")
     pr.add_argument("--on-bad-file", choices=("skip", "fail"), default="skip",
-                    help="an input that cannot be read (truncated, not an image, too large, missing from a site map): "
+                    help="an input that cannot be read (truncated, not an image, too large, a dangling link, a "
+                         "sub-folder that cannot be listed, missing from a site map): "
                          "skip (default) predicts the others and lists it with the reason in OUT_skipped.csv; "
                          "fail stops at it and writes nothing")
     sv = add("serve", "HTTP service: one backbone, the store's site adapters")

@@ -57,8 +57,10 @@ def test_skip_predicts_every_good_file_finds_pacs_dicom_and_lists_the_rest(world
     skipped = {r["image"]: r for r in rows(tmp_path / "preds_skipped.csv")}
     assert sorted(skipped) == [str(folder / "broken.png"), str(folder / "stray.bin")]
     assert "broken.png" in skipped[str(folder / "broken.png")]["reason"]
+    assert "cannot be read as an image (PNG, JPEG" in skipped[str(folder / "broken.png")]["reason"]  # not 'as pil'
     assert all(r["site"] == "site_a" and r["reason"] for r in skipped.values())
-    assert "2 input(s) skipped" in capsys.readouterr().err
+    said = capsys.readouterr()
+    assert "2 input(s) skipped" in said.err and "4 images, 1 site" in said.out + said.err  # not '1 sites'
 
     (folder / "broken.png").unlink()
     (folder / "stray.bin").unlink()

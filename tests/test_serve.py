@@ -210,6 +210,8 @@ def test_cli_rollback_serves_an_earlier_version_again_only_if_it_is_intact(world
                  str(world["backbone"])]) == 0
     assert store.current_version(s, "x") == first
     assert f"x serves {first} again (was {second})" in capsys.readouterr().out
+    assert main(["adapters", "rollback", str(s), "--site", "x", "--version", first]) == 0  # the one it serves
+    assert f"x already serves {first}; nothing changed" in capsys.readouterr().out
     weights = next((s / "x" / second).glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
     assert main(["adapters", "rollback", str(s), "--site", "x", "--version", second]) == 2  # damaged: refused

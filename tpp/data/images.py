@@ -93,7 +93,11 @@ def _reading(kind: str, name: str):
                          f"pip install 'tpp[{extra}]'.") from None
     except Exception as exc:  # a corrupt file surfaces as many different library errors
         text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))[:200].rstrip(" .")
-        raise ImageError(f"'{name}': cannot be read as {kind} ({type(exc).__name__}: {text}).") from None
+        raise ImageError(f"'{name}': cannot be read as {KIND_NAMES.get(kind, kind)} ({type(exc).__name__}: "
+                         f"{text}).") from None
+
+
+KIND_NAMES = {"pil": "an image (PNG, JPEG, BMP, TIFF)", "npy": "a .npy array", "dicom": "DICOM", "nifti": "NIfTI"}
 
 
 def probe(data: bytes, name: str, limits: PixelLimits = DEFAULT_LIMITS) -> int:

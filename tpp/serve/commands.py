@@ -196,6 +196,9 @@ def _cmd_rollback(args) -> int:
 
         check_loads(str(opened.path), args.backbone, read=store.version_source(opened))
     sv = store.make_current(root, site, version, opened=opened)
+    if current == sv.version:
+        print(f"{sv.site} already serves {sv.version}; nothing changed")
+        return 0
     print(f"{sv.site} serves {sv.version} again (was {current}); a running tpp serve switches at "
           f"POST /v1/sites/{sv.site}/reload")
     return 0
@@ -258,8 +261,9 @@ def cmd_predict(args) -> int:
     rows, masks = predict_files(bank, pairs, args.batch_size, options, skipped)
     if not rows:  # every input was unreadable: say so, with the list of why (and no older batch's CSV beside it)
         raise nothing_predicted(skipped, args.out)
-    return publish_predictions(rows, masks, args.out, skipped, f"{len(rows)} images, "
-                               f"{len({r['site'] for r in rows})} sites")
+    images, sites = len(rows), len({r["site"] for r in rows})
+    return publish_predictions(rows, masks, args.out, skipped,
+                               f"{images} image{'s' * (images != 1)}, {sites} site{'s' * (sites != 1)}")
 
 
 def check_out_is_no_input(out: str, inputs: list[str]) -> None:

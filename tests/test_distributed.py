@@ -1,5 +1,7 @@
 """Data-parallel runs: `tpp run --num-processes 2` really starts two CPU processes in a gloo group."""
 import json
+import subprocess
+import sys
 
 import pytest
 from helpers import FAST, FINETUNE_CONFIG, TPP_CONFIG, recipe_args, run_cli, run_cli_subprocess
@@ -60,3 +62,20 @@ def test_sigterm_to_the_launcher_stops_its_workers(tiny_mae, data_root, tmp_path
 
     wait_for(lambda: status() != "running", "the workers to stop")
     assert status() == "failed"
+
+
+def test_a_worker_ends_its_process_group_when_its_run_ends(tmp_path):
+    """A ``--num-processes`` worker left its gloo group to the interpreter's exit, where gloo's threads could abort
+    the finished worker ('terminate called without an active exception', exit -6): the run now ends the group, also
+    when it fails. A world of one process, set up as torchrun does, in a fresh interpreter."""
+    script = f"""
+import os, torch.distributed as dist
+from tpp.cli import main
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", world_size=1, rank=0)
+os.environ["LOCAL_RANK"] = "0"
+code = main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
+             "output_dir={tmp_path / 'run'}", "data.root={tmp_path / 'none'}", "backbone.path={tmp_path / 'none'}"])
+print("exit", code, "group", dist.is_initialized())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert "exit 2 group False" in done.stdout, done.stdout + done.stderr

@@ -261,10 +261,23 @@ def cmd_run(args) -> int:
         return _launch(args)
 
     # the entry of tpp.finetune / tpp.pretrain_target_parameters / tpp.evaluate
-    result = api.run(args.recipe, _config_path(args.config), args.overrides, overwrite=args.overwrite, started=started)
+    try:
+        result = api.run(args.recipe, _config_path(args.config), args.overrides, overwrite=args.overwrite,
+                         started=started)
+    finally:
+        end_process_group()
     if os.environ.get("RANK", "0") == "0":  # one summary, from the process that wrote the run directory
         _print_summary(args.recipe, result.metrics, result.run_dir)
     return 0
+
+
+def end_process_group() -> None:
+    """Destroy the process group a ``--num-processes`` worker's run set up (accelerate does not): a gloo group left
+    at exit can abort the worker ('terminate called without an active exception', exit -6) after a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _launch(args) -> int:

@@ -153,3 +153,27 @@ def test_a_section_set_to_null_is_refused_not_reset_to_its_defaults(override):
     with pytest.raises(ConfigError, match=rf"override '{override}': {section} is a section, not a value"):
         load_config(FINETUNE, [override, "adapter.r=4"] if section != "adapter" else [override])
     assert load_config(FINETUNE, [f"{section}={{}}"]).to_dict() == load_config(FINETUNE).to_dict()
+
+
+def test_a_task_section_set_to_null_is_refused_not_reset_to_its_defaults():
+    """``classification=null`` (a task's section: not a RunConfig field) passed the section check and reset the
+    file's classification options to the defaults without a word, as ``adapter=null`` did."""
+    with pytest.raises(ConfigError, match="classification"):
+        load_config(FINETUNE, ["classification.threshold=0.3", "classification=null"])
+
+
+@pytest.mark.parametrize("section", ["adapter", "data", "classification"])
+def test_a_section_left_empty_in_the_file_is_refused_as_train_is(tmp_path, section):
+    """``adapter:`` with every key commented out is null in YAML: it gave the defaults without a word (lora for
+    the file's method), while an empty ``train:`` was refused ('must be a mapping'); each is refused alike."""
+    data = yaml.safe_load(FINETUNE.read_text())
+    data[section] = None
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"'{section}' must be a mapping, got NoneType"):
+        load_config(path)
+    data["train"] = None
+    data[section] = {}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="'train' must be a mapping, got NoneType"):
+        load_config(path)

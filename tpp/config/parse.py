@@ -138,10 +138,11 @@ def config_error(problems: list[str]) -> ConfigError:
 
 
 def _section(data: dict, name: str) -> dict:
-    """A copy of the mapping ``data[name]`` ({} when absent); anything else is a ConfigError."""
-    section = data.get(name)
-    if section is None:
+    """A copy of the mapping ``data[name]`` ({} when absent); anything else, null included (a section whose keys
+    are all commented out), is a ConfigError, as for every other section."""
+    if name not in data:
         return {}
+    section = data[name]
     if not isinstance(section, dict):
         raise ConfigError(f"config key '{name}' must be a mapping, got {type(section).__name__} ({section!r}); "
                           f"set its keys, e.g. {name}.<key>=value.")

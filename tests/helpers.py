@@ -240,3 +240,21 @@ def count_adapter_reads(monkeypatch, counts: dict, names=None, swaps: dict | Non
     if store_alias:
         from tpp.serve import store
         monkeypatch.setattr(store, "_read_regular", adapter_read.read_regular)
+
+
+def adapter_and_version_copy(backbone, base, copies: str = "copies"):
+    """A LoRA adapter fine-tuned on a tiny MedMNIST-format set under ``base`` and a copy of it in a folder named by
+    its content hash (a store version, or a copy of one): (run folder's adapter, version copy, {name: bytes})."""
+    import shutil
+
+    from conftest import make_medmnist
+
+    from tpp.adapter_dir import ADAPTER_FILES
+    from tpp.adapter_read import content_hash
+
+    assert finetune(backbone, make_medmnist(base / "data"), base / "run") == 0
+    plain = base / "run" / "adapter"
+    files = {f.name: f.read_bytes() for f in plain.iterdir() if f.name in ADAPTER_FILES}
+    version = base / copies / content_hash(files)
+    shutil.copytree(plain, version, ignore=lambda _, names: set(names) - set(ADAPTER_FILES))
+    return plain, version, files

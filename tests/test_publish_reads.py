@@ -6,11 +6,10 @@ import shutil
 
 import pytest
 import torch
-from conftest import make_medmnist
-from helpers import count_adapter_reads, finetune, run_cli
+from helpers import adapter_and_version_copy, count_adapter_reads, run_cli
 from safetensors.torch import load_file, save_file
 
-from tpp.adapter_dir import ADAPTER_FILES, CARD, WEIGHTS
+from tpp.adapter_dir import CARD, WEIGHTS
 from tpp.adapter_read import content_hash
 from tpp.errors import TppError
 from tpp.serve import store
@@ -21,11 +20,7 @@ def adapter(tmp_path_factory, tiny_mae):
     """A fine-tuned LoRA adapter in its run folder, and a copy of it in a folder named by its content hash (a store
     version, or a copy of one)."""
     base = tmp_path_factory.mktemp("publish_reads")
-    assert finetune(tiny_mae, make_medmnist(base / "data"), base / "run") == 0
-    plain = base / "run" / "adapter"
-    files = {f.name: f.read_bytes() for f in plain.iterdir() if f.name in ADAPTER_FILES}
-    version = base / "copies" / content_hash(files)
-    shutil.copytree(plain, version, ignore=lambda _, names: set(names) - set(ADAPTER_FILES))
+    plain, version, files = adapter_and_version_copy(tiny_mae, base)
     return {"run": base / "run", "plain": plain, "version": version, "files": files}
 
 

@@ -6,11 +6,10 @@ import os
 import shutil
 
 import pytest
-from conftest import make_medmnist
-from helpers import finetune
+from helpers import adapter_and_version_copy
 from safetensors.torch import load_file, save_file
 
-from tpp.adapter_dir import ADAPTER_FILES, WEIGHTS
+from tpp.adapter_dir import WEIGHTS
 from tpp.adapter_read import content_hash, read_adapter_dir
 from tpp.errors import TppError
 from tpp.serve import store
@@ -21,11 +20,7 @@ def tampered(tmp_path_factory, tiny_mae):
     """A copy of a fine-tuned adapter in a folder named by its content hash, whose weights changed afterwards (still
     a valid adapter), and a symbolic link to that folder under a plain name."""
     base = tmp_path_factory.mktemp("aliases")
-    assert finetune(tiny_mae, make_medmnist(base / "data"), base / "run") == 0
-    plain = base / "run" / "adapter"
-    files = {f.name: f.read_bytes() for f in plain.iterdir() if f.name in ADAPTER_FILES}
-    version = base / "store_copy" / content_hash(files)
-    shutil.copytree(plain, version, ignore=lambda _, names: set(names) - set(ADAPTER_FILES))
+    plain, version, files = adapter_and_version_copy(tiny_mae, base, "store_copy")
     save_file({k: v * 2 for k, v in load_file(str(version / WEIGHTS)).items()}, str(version / WEIGHTS))
     link = base / "my_adapter"
     link.symlink_to(version, target_is_directory=True)

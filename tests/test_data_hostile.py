@@ -226,3 +226,16 @@ def test_seg_folder_masks_obey_data_max_image_pixels(tmp_path):
     assert len(load(64).splits["train"]) > 0
     with pytest.raises(TppError, match=r"image '.*a0\.png' cannot be read .*more than the per-image limit of 8"):
         load(8)  # the images too
+
+
+def test_a_masks_image_grown_past_the_budget_is_refused_before_its_exif_is_read(tmp_path):
+    """Pairing a mask reads its image's header and, for a PNG, decodes it to find an EXIF orientation: an image
+    replaced since load by one past ``data.max_image_pixels`` is refused by name from its header first."""
+    from tpp.data.segmentation import _read_mask
+
+    image, mask = tmp_path / "a.png", tmp_path / "a_mask.png"
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(image)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(mask)  # within every budget here
+    assert _read_mask(mask, 8, 2, image=image, max_pixels=64 * 64).shape == (8, 8)
+    with pytest.raises(TppError, match=f"image '{image}': 4,096 pixels, more than the per-image limit of 100 "):
+        _read_mask(mask, 8, 2, image=image, max_pixels=100)

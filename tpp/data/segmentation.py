@@ -234,7 +234,10 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
         image_size = None
         if image is not None:
             with pil_budget(max_pixels), Image.open(image) as img:
-                image_size = upright_size(img)  # the header only
+                if img.width * img.height > max_pixels:  # checked at load; replaced since by a larger file
+                    raise TppError(f"image '{image}': {img.width * img.height:,} pixels, more than the per-image "
+                                   f"limit of {max_pixels:,} (data.max_image_pixels).")
+                image_size = upright_size(img)  # the header (a PNG's EXIF: decoded, within the budget)
         with pil_budget(max_pixels), open_mask() as img:
             if img.width * img.height > max_pixels:  # from the header: nothing decoded yet
                 raise too_large(img.width * img.height)

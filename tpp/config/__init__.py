@@ -24,7 +24,6 @@ is then ignored; otherwise the run lasts ``train.epochs`` passes over the traini
 from __future__ import annotations
 
 import copy
-import functools
 import dataclasses
 import os
 import typing
@@ -35,7 +34,7 @@ from tpp.config.checks import _check_values, ignored_options, prompt_size_proble
 from tpp.config.paths import resolve_config_paths
 from tpp.config import parse
 from tpp.config.parse import (_default, _describe, _section, build_dataclass, config_error, free_form_dicts,
-                              load_yaml, parse_override, unknown_key)
+                              load_yaml, parse_override, section_paths, unknown_key)
 from tpp.config.plugins import (_data_options, _pool_entry, _switch_plugin, _task_options, _with_options,
                                 drop_other_pretexts_defaults)
 from tpp.config.schema import (MULTITASK_ENTRY_KEYS, AdapterConfig, BackboneConfig, DataConfig, ModelConfig, PoolEntry,
@@ -57,21 +56,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     (``train=null`` was refused, ``adapter=null`` was not)."""
     for text in overrides:
         keys, value = parse_override(text)
-        if value is None and tuple(keys) in _section_paths(RunConfig):
+        if value is None and tuple(keys) in section_paths(RunConfig):
             raise ConfigError(f"override '{text}': {'.'.join(keys)} is a section, not a value; set its keys "
                               f"({'.'.join(keys)}.<key>=value, or {'.'.join(keys)}={{key: value}}).")
     return parse.apply_overrides(data, overrides, free_form_dicts(RunConfig))
 
-
-@functools.cache
-def _section_paths(cls) -> set[tuple[str, ...]]:
-    """The key paths of ``cls``'s fields that are sections (dataclasses), recursively: ``('adapter',)`` ..."""
-    found = set()
-    for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            found |= {(f.name,)} | {(f.name, *path) for path in _section_paths(tp)}
-    return found
 
 
 def repeated_overrides(overrides: list[str]) -> list[str]:

@@ -189,19 +189,30 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
 
 
 @functools.cache
+def field_types(cls) -> dict[tuple[str, ...], Any]:
+    """Every field of dataclass ``cls`` by key path (its sections' fields too, recursively) -> its type."""
+    found = {}
+    for f in dataclasses.fields(cls):
+        tp = found[(f.name,)] = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            found.update({(f.name, *path): sub for path, sub in field_types(tp).items()})
+    return found
+
+
+@functools.cache
 def free_form_dicts(cls) -> frozenset[tuple[str, ...]]:
     """The key paths of dataclass ``cls``'s fields (its sections' too, recursively) whose value is a free-form dict
     (annotated ``dict``), not a section of keys: a mapping override given for one replaces it whole. Of the
     config (:class:`~tpp.config.schema.RunConfig`): ``incontext.tasks`` and the ``options`` each plug-in section
     keeps its options in."""
-    found = []
-    for f in dataclasses.fields(cls):
-        tp = typing.get_type_hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
-            found += [(f.name, *path) for path in free_form_dicts(tp)]
-        elif any(dict in (t, typing.get_origin(t)) for t in (tp, *typing.get_args(tp))):  # Optional[dict] too
-            found.append((f.name,))
-    return frozenset(found)
+    return frozenset(path for path, tp in field_types(cls).items() if not dataclasses.is_dataclass(tp)
+                     and any(dict in (t, typing.get_origin(t)) for t in (tp, *typing.get_args(tp))))  # Optional too
+
+
+@functools.cache
+def section_paths(cls) -> frozenset[tuple[str, ...]]:
+    """The key paths of dataclass ``cls``'s fields that are sections (dataclasses), recursively: ``('adapter',)`` ..."""
+    return frozenset(path for path, tp in field_types(cls).items() if dataclasses.is_dataclass(tp))
 
 
 def _leaves(value, path: tuple, free_form) -> list[tuple]:

@@ -120,7 +120,9 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     """``DIR/images/<name>`` + ``DIR/masks/<name>`` (paired by :func:`tpp.data.filesets.pair_masks`), resized
     to ``image_size`` (images bilinear, masks nearest), split here by ``seed``. Groups: a ``metadata.csv``
     column (``file_name`` + ``group_key``). ``reading`` (:class:`tpp.data.file_reading.FileReading`): the
-    per-file pixel budget of images and masks alike (``data.max_image_pixels``; default 2**26)."""
+    per-file pixel budget of images and masks alike (``data.max_image_pixels``; default 2**26). ``on_bad_file``:
+    an image or mask file that cannot be read or is past that budget fails naming it, or (``skip``) its pair is
+    left out and listed in ``Dataset.skipped``."""
     from tpp.data.file_reading import FileReading
     from tpp.data.files import PackedStrings
     from tpp.data.filesets import check_files, image_stem, pair_masks
@@ -144,8 +146,10 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
                                         reading=reading)
     stems = [stems[i] for i in kept]
     names = mask_class_names(mask_classes, classes, None)
-    masks = check_masks([mask_files[s] for s in stems], [image_files[s] for s in stems], image_size, len(names),
-                        reading.pixel_limits().max_pixels)
+    masks, kept = check_masks([mask_files[s] for s in stems], [image_files[s] for s in stems], image_size,
+                              len(names), reading.pixel_limits().max_pixels, on_bad_file, skipped)
+    if len(kept) < len(stems):  # pairs whose mask is a bad file (data.on_bad_file=skip): their images go too
+        stems, images = [stems[i] for i in kept], images[np.asarray(kept, dtype=np.int64)]
     groups = _folder_groups(root, stems, image_files, group_key) if group_key else None
     split = dict(name=name, modality=modality, val_fraction=val_fraction, test_fraction=test_fraction,
                  group_key=group_key, seed=seed)
@@ -157,6 +161,16 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     dataset.origin = files_origin(root, files)  # so the leakage check compares a parent pre-trained on these images
     dataset.held_out_origins = holding_origins(root, [files[i] for s in ("val", "test") for i in index[s]])
     return dataset
+
+
+class BadMaskFile(TppError):
+    """A mask file that cannot be read (empty, truncated, not an image, gone) or is past the per-file pixel budget
+    (``data.max_image_pixels``): with ``data.on_bad_file=skip`` its pair is left out at load, as a bad image is.
+    ``reason``: the problem without the file's name. Other mask problems (values, shape) always fail."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 class MaskDecoder:
@@ -176,6 +190,9 @@ class MaskDecoder:
         try:
             return _read_mask(Path(path), self.size, self.num_classes, loaded_as=self.shapes.get(path),
                               max_pixels=self.max_pixels)
+        except BadMaskFile as exc:  # read at load: broken or removed since, said as for an image (any on_bad_file)
+            raise DataChanged(f"mask '{path}' changed or disappeared since the data was loaded ({exc.reason}); "
+                              "restart the run.") from None
         except TppError as exc:  # checked at load: it changed since (named, without a worker's traceback)
             raise DataChanged(str(exc)) from None
 
@@ -191,21 +208,36 @@ def _image_entries(folder: Path) -> list[Path]:
 
 
 def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: int,
-                max_pixels: int = DEFAULT_LIMITS.max_pixels):
+                max_pixels: int = DEFAULT_LIMITS.max_pixels, on_bad_file: str = "error",
+                skipped: list | None = None):
     """Check every mask against its image (same shape, class-index values, at most ``max_pixels``:
     :func:`_read_mask`) by decoding it once, one at a time, and return them as ``ImageFiles`` of uint8 (size, size)
     masks, decoded again when a batch needs them: memory stays flat in the number of masks (50,000 masks at 512 px
-    held whole were 13 GB)."""
+    held whole were 13 GB). A mask file that cannot be read or is past ``max_pixels`` (:class:`BadMaskFile`) fails
+    naming it, or with ``on_bad_file="skip"`` is left out with its image: a (mask path, reason) row in ``skipped``,
+    as :func:`tpp.data.filesets.check_files` lists a bad image. Returns (masks, indices of the kept pairs)."""
     from tqdm import tqdm
 
     from tpp.data.files import ImageFiles
     from tpp.data.filesets import PROGRESS_FROM
 
-    shapes = {}  # two ints a mask: what a batch's decode compares the file with
-    for mask, image in tqdm(zip(masks, images), total=len(masks), desc="reading masks", unit="mask",
-                            disable=len(masks) < PROGRESS_FROM, mininterval=5.0):
-        _read_mask(mask, size, num_classes, image, shapes=shapes, max_pixels=max_pixels)
-    return ImageFiles([str(m) for m in masks], MaskDecoder(size, num_classes, shapes, max_pixels), (size, size))
+    shapes: dict = {}  # two ints a mask: what a batch's decode compares the file with
+    kept, skipped = [], [] if skipped is None else skipped
+    for i, (mask, image) in enumerate(tqdm(zip(masks, images), total=len(masks), desc="reading masks", unit="mask",
+                                           disable=len(masks) < PROGRESS_FROM, mininterval=5.0)):
+        try:
+            _read_mask(mask, size, num_classes, image, shapes=shapes, max_pixels=max_pixels)
+        except BadMaskFile as exc:
+            if on_bad_file != "skip":
+                raise TppError(f"{exc} Remove or replace it, or pass data.on_bad_file=skip to leave it out with its "
+                               "image (listed in skipped.csv).") from None
+            skipped.append((str(mask), f"BadMaskFile: {exc.reason}; its image '{image}' is left out with it"))
+            continue
+        kept.append(i)
+    if masks and not kept:
+        raise TppError(f"none of the {len(masks)} masks could be read (first: {masks[0]}).")
+    files = [str(masks[i]) for i in kept]
+    return ImageFiles(files, MaskDecoder(size, num_classes, shapes, max_pixels), (size, size)), kept
 
 
 def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = None, shapes: dict | None = None,
@@ -218,9 +250,9 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
     limit yields to that budget (:func:`tpp.data.pixels.pil_budget`)."""
     from PIL import Image, UnidentifiedImageError
 
-    def too_large(count: int) -> TppError:
-        return TppError(f"mask '{path}': {count:,} pixels, more than the per-image limit of {max_pixels:,} "
-                        "(data.max_image_pixels); is it this image's mask?")
+    def too_large(count: int) -> BadMaskFile:
+        reason = f"{count:,} pixels, more than the per-image limit of {max_pixels:,} (data.max_image_pixels)"
+        return BadMaskFile(f"mask '{path}': {reason}; is it this image's mask?", reason)
 
     def open_mask():
         try:
@@ -263,7 +295,7 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
                                    "(or 0/255) images.")
                 arr = colour[..., 0]
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:  # the bomb: past PIL's own limit
-        raise TppError(f"mask '{path}' cannot be read ({exc}).") from None
+        raise BadMaskFile(f"mask '{path}' cannot be read ({exc}).", f"cannot be read ({exc})") from None
     if arr.min() < 0 or arr.max() > 255:
         raise TppError(f"mask '{path}' has values outside 0..255.")
     return class_indices(arr.astype(np.uint8), num_classes, f"mask '{path}'")

@@ -9,7 +9,6 @@ from tpp.data import Dataset
 from tpp.data.file_reading import FileReading
 from tpp.data.segmentation import load_seg_folder
 from tpp.data.sources import Source, check_mask_classes, missing_file, register
-from tpp.data.sources.folder import ON_BAD_FILE_HELP
 from tpp.data.sources.seg_npz import MASK_CLASSES_HELP
 
 
@@ -21,7 +20,9 @@ class SegFolderOptions:
     classes: Optional[list] = field(default=None, metadata={"help": "names of the mask classes, background first"})
     group_key: Optional[str] = field(default=None, metadata={
         "help": "a metadata.csv column (beside file_name) whose groups stay in one split, e.g. a patient id"})
-    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
+    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={
+        "help": "an unreadable (or oversized) image or mask fails the run naming it (error), or its pair is left "
+                "out and listed in skipped.csv (skip)"})
     max_image_pixels: Optional[int] = field(default=None, metadata={
         "help": "images and masks: " + next(f.metadata["help"] for f in fields(FileReading)
                                             if f.name == "max_image_pixels")})

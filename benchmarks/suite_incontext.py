@@ -231,10 +231,20 @@ def _load_task(bench: InContextBench, task) -> dict:
     else:
         from tpp.recipes import run_input_size
 
-        folder = ["data.source=seg_folder"] if (Path(bench.data_root) / task.file).is_dir() else []
-        cfg = load_config(CONFIG_DIR / seg_gain.FINETUNE_CONFIG, [
-            f"data.root={bench.data_root}", f"data.file={task.file}", f"data.name={task.name}", "data.split_seed=0",
-            *folder], recipe="finetune")
+        config = CONFIG_DIR / seg_gain.FINETUNE_CONFIG
+        if (Path(bench.data_root) / task.file).is_dir():  # a seg_folder: the config's data keys less its seg_npz
+            import dataclasses  # options (a data.source=seg_folder override refuses them)
+
+            import yaml
+
+            from tpp.config.schema import DataConfig
+
+            config = yaml.safe_load(config.read_text())
+            common = {f.name for f in dataclasses.fields(DataConfig)}
+            config["data"] = {k: v for k, v in config["data"].items() if k in common} | {"source": "seg_folder"}
+        cfg = load_config(config, [
+            f"data.root={bench.data_root}", f"data.file={task.file}", f"data.name={task.name}", "data.split_seed=0"],
+            recipe="finetune")
         dataset = load_data(cfg.data, 0, run_input_size(cfg))  # the size decodes folders; arrays keep their own
         if dataset.num_classes != 2:
             from tpp.errors import TppError

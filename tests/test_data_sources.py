@@ -83,13 +83,54 @@ def test_resolved_options_are_written_back_flat_and_round_trip(tmp_path):
     assert pool.to_dict()["pool"][0]["data"]["image_key"] == "images"
 
 
-def test_a_source_override_drops_the_files_source_options(tmp_path):
+def test_a_source_override_drops_the_files_source_options_left_at_their_defaults(tmp_path):
     path = tmp_path / "seg.yaml"
-    path.write_text(yaml.safe_dump({"data": {"source": "seg_npz", "file": "s.npz", "mask_key": "m", "modality": "US"}}))
+    path.write_text(yaml.safe_dump({"data": {"source": "seg_npz", "file": "s.npz", "mask_key": "masks",
+                                             "label_key": "labels", "modality": "US"}}))  # the two keys' defaults
     cfg = load_config(path, ["data.source=npz", "data.file=x.npz"])
     assert cfg.data.options == {"file": "x.npz"} and cfg.data.modality == "US"  # common keys stay
     with pytest.raises(ConfigError, match="data.mask_key is an option of source seg_npz"):
-        load_config(path, ["data.source=npz", "data.mask_key=k"])
+        load_config(path, ["data.source=npz", "data.file=x.npz", "data.mask_key=k"])
+
+
+def test_a_source_override_refuses_the_files_options_it_would_drop_naming_each(tmp_path):
+    """``data.source=seg_folder`` on a seg_npz config dropped its label key and its group key without a word (the
+    split then ignored the near-duplicate groups): each option set away from its default is named, with the way
+    out; one the new source reads too (group_key: an array there, a metadata.csv column here) is not carried over
+    silently either."""
+    path = tmp_path / "seg.yaml"
+    data = {"source": "seg_npz", "file": "s.npz", "label_key": "label", "group_key": "dup_group",
+            "mask_classes": "binary", "image_key": "images", "modality": "US"}
+    path.write_text(yaml.safe_dump({"data": data}))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, ["data.source=seg_folder"])
+    problems = caught.value.problems
+    assert len(problems) == 3 and str(path) in str(caught.value)  # not image_key / mask_classes: their defaults
+    assert problems[0].startswith("data.file='s.npz' in the config file (written for data.source=seg_npz): "
+                                  "data.source=seg_folder given on the command line reads data.file too")
+    assert "give data.file=... on the command line for seg_folder, or remove it from the file." in problems[0]
+    assert "data.group_key='dup_group'" in problems[1] and "metadata.csv column" in problems[1]
+    assert problems[2] == ("data.label_key='label' in the config file (written for data.source=seg_npz) is not read "
+                           "by data.source=seg_folder given on the command line, so it would be dropped: remove it "
+                           "from the file (`tpp cp` copies a shipped config to edit), or keep data.source=seg_npz.")
+    cfg = load_config(path, ["data.source=seg_npz"])  # no switch: nothing to say
+    assert cfg.data.resolved().label_key == "label"
+    data.pop("label_key")
+    path.write_text(yaml.safe_dump({"data": data}))
+    cfg = load_config(path, ["data.source=seg_folder", "data.file=folder", "data.group_key=patient"])
+    assert cfg.data.options == {"file": "folder", "group_key": "patient"}  # given again: the command line's
+    cfg = load_config(path, ["data={source: seg_folder, file: null, group_key: null}"])
+    assert cfg.data.resolved().file is None and cfg.data.resolved().group_key is None
+
+
+def test_the_source_override_still_serves_the_own_data_workflow_on_medmnist_configs():
+    """The source override still works on the shipped configs whose source options sit at their defaults (the
+    MedMNIST ones: the own-data workflow ``data.source=folder data.file=...``)."""
+    cfg = load_config(CONFIG_DIR / FINETUNE_CONFIG, ["data.source=folder", "data.file=site", "data.modality=US"])
+    assert cfg.data.options == {"file": "site"}
+    with pytest.raises(ConfigError, match=r"data\.label_key='label' in the config file \(written for "
+                                          r"data\.source=seg_npz\)"):
+        load_config(CONFIG_DIR / "breast_us/busi_seg_lora_finetune.yaml", ["data.source=seg_folder", "data.file=f"])
 
 
 def test_keys_and_ls_list_every_source(capsys):

@@ -206,3 +206,39 @@ def _prompt_parts(method: str, options: dict) -> list[tuple[str, dict, object]]:
     if len(parts) == 1:
         return [("adapter", options, d) for _, d in found if isinstance(d, VisualPromptOptions)]
     return [(f"adapter.{p}", options.get(p) or {}, d) for p, d in found if isinstance(d, VisualPromptOptions)]
+
+
+def switched_source_problems(section: dict, given: dict, old, new) -> list[str]:
+    """A ``data.source`` override (``new``, on the command line) that replaces the config file's source (``old``)
+    leaves the file's options for ``old`` behind. One that holds a value other than ``old``'s default and that the
+    command line does not set again would be lost (or read by ``new`` in its own way: seg_npz's ``group_key`` names
+    an array, seg_folder's a metadata.csv column) without a word: each one is a problem naming it and the way out.
+    ``section``: the file's data section; ``given``: the command line's. An option at its default is no problem
+    (nothing is lost); an unknown ``new`` is left to the source check."""
+    import dataclasses
+
+    from tpp.config.parse import _default
+    from tpp.config.schema import DataConfig
+    from tpp.data.sources import all_sources
+
+    sources = {s.name: {f.name: f for f in dataclasses.fields(s.options_cls)} for s in all_sources()}
+    if new not in sources:
+        return []
+    common = {f.name for f in dataclasses.fields(DataConfig)}
+    written = sources.get(old, {}) if isinstance(old, str) else {}
+    problems = []
+    for key in sorted(set(section) - common - set(given)):
+        value = section[key]
+        if key in written and value == _default(written[key]):
+            continue
+        where = f"data.{key}={value!r} in the config file (written for data.source={old})"
+        if key not in sources[new]:
+            problems.append(f"{where} is not read by data.source={new} given on the command line, so it would be "
+                            f"dropped: remove it from the file (`tpp cp` copies a shipped config to edit), or keep "
+                            f"data.source={old}.")
+        else:
+            meaning = sources[new][key].metadata.get("help", "")
+            problems.append(f"{where}: data.source={new} given on the command line reads data.{key} too, as its own "
+                            f"option{f' ({meaning})' if meaning else ''}, so the file's value is not carried over; "
+                            f"give data.{key}=... on the command line for {new}, or remove it from the file.")
+    return problems

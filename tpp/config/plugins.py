@@ -107,7 +107,9 @@ def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default
     method / pretext / source:
     the file's options were written for its own choice and are dropped (in place), its common keys
     (``adapter.init_from`` ...) stay, but for ``data.name`` of a MedMNIST source (it chose the file); options given
-    on the command line are checked by X."""
+    on the command line are checked by X. A source's option the file sets away from its default, and the command
+    line does not set again, is a ConfigError (:func:`tpp.config.checks.switched_source_problems`), never dropped
+    without a word."""
     section, given = data.get(section_name), given.get(section_name)
     if not isinstance(given, dict) or key not in given or not isinstance(section, dict):
         return
@@ -117,6 +119,12 @@ def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default
 
         old, new = canonical(old), canonical(new)
     if new != old:
+        if section_name == "data":  # the file's source options set for the old source: an error, not dropped
+            from tpp.config.checks import switched_source_problems
+
+            problems = switched_source_problems(section, given, old, new)
+            if problems:
+                raise config_error(problems)
         common_cls = {"adapter": AdapterConfig, "pretext": PretextConfig, "data": DataConfig}[section_name]
         common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
         kept = {k: v for k, v in section.items() if k in common}

@@ -6,6 +6,7 @@ from pathlib import Path
 from tpp.data import Dataset
 from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading
+from tpp.data.images import irregular
 from tpp.data.labelled import labelled_files
 from tpp.data.tables import group_value, label_value, numeric_labels, read_table, relative_image, split_value
 from tpp.errors import TppError
@@ -51,8 +52,9 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
         if group_key:
             group_value(row[group_key], table, number, group_key)
         split = split_value(row["split"], table, number) if "split" in header else None
-        if not (base / image).is_file():
-            reason = f"does not exist (looked for '{base / image}')"
+        kind = irregular(base / image)  # a fifo is never opened (reading one waits for a writer for ever)
+        if kind or not (base / image).is_file():
+            reason = f"is not a regular file ({kind})" if kind else f"does not exist (looked for '{base / image}')"
             if on_bad_file != "skip":
                 raise TppError(f"label table '{table}', line {number}: image '{image}' {reason}. Fix the path "
                                "(relative to the CSV's folder), or pass data.on_bad_file=skip to leave such rows "

@@ -98,13 +98,13 @@ def named_format(path) -> str | None:
 def file_format(path) -> str | None:
     """pil | npy | dicom | nifti of an image file, as the reader tells them (its name, else its first bytes: a
     DICOM file without a suffix); None for a file that cannot be opened or is none of them."""
-    from tpp.data.images import ImageError, sniff
+    from tpp.data.images import ImageError, open_regular, sniff
 
     named = named_format(path)
     if named:
         return named
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path) as fh:  # a fifo is none, and never waited on
             return sniff(fh.read(SNIFF_BYTES), str(path))
     except (OSError, ImageError):
         return None

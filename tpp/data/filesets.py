@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from tpp.data.files import DataChanged, ImageFiles
 from tpp.data.file_reading import FileReading
-from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, fit, is_image_file
+from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, file_kind, fit, is_image_file
 from tpp.data.pixels import ImageError
 from tpp.errors import TppError
 
@@ -127,10 +127,11 @@ def check_files(paths: list[str], size: int, on_bad_file: str = "error", origins
     return them as :class:`ImageFiles` of uint8 (size, size) gray, or (size, size, 3) RGB when any image has
     colour, read again when a batch needs them.
 
-    Unreadable files (zero bytes, truncated, not an image, a 3D volume, more pixels than ``reading``'s pixel
-    limits allow by their header) fail at once naming the file (and its ``origins`` entry), or with
-    ``on_bad_file="skip"`` are left out. ``reading``: how each file is decoded (frame, slice, window, pixel
-    budget), at load and for every batch; default: as is, within the default budget.
+    Unreadable files (no regular file: a fifo, a socket, a device or a folder, never opened; zero bytes,
+    truncated, not an image, a 3D volume, more pixels than ``reading``'s pixel limits allow by their header) fail
+    at once naming the file (and its ``origins`` entry), or with ``on_bad_file="skip"`` are left out.
+    ``reading``: how each file is decoded (frame, slice, window, pixel budget), at load and for every batch;
+    default: as is, within the default budget.
     A progress bar shows from :data:`PROGRESS_FROM` files on.
     Returns (images, indices of the kept paths, [(path, reason)]).
     """
@@ -139,7 +140,11 @@ def check_files(paths: list[str], size: int, on_bad_file: str = "error", origins
     for i, p in enumerate(tqdm(paths, desc="reading images", unit="image", disable=len(paths) < PROGRESS_FROM,
                                mininterval=5.0)):
         try:
-            if os.path.getsize(p) == 0:
+            info = os.stat(p)
+            kind = file_kind(info.st_mode)
+            if kind:  # a fifo named scan.png: never opened (reading one waits for a writer for ever)
+                raise ImageError(f"not a regular file ({kind})")
+            if info.st_size == 0:
                 raise ImageError("empty file (0 bytes)")
             colour = reading.read(p).ndim == 3 or colour
             kept.append(i)

@@ -18,6 +18,7 @@ from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading, applied
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
+from tpp.data.images import irregular
 from tpp.data.labelled import files_origin, labelled_files
 from tpp.data.tables import SPLIT_NAMES, group_value, label_value, numeric_labels, read_table, relative_image
 from tpp.errors import TppError
@@ -38,7 +39,7 @@ def _metadata(path: Path, split_dirs: list[str]) -> dict[str, tuple[str, int, di
     rows: dict = {}
     for folder in ["", *split_dirs]:
         table = path / folder / METADATA
-        if not table.is_file():
+        if not table.is_file() and not irregular(table):  # a fifo named metadata.csv: refused by read_table
             continue
         for number, row in read_table(table, ("file_name",))[1]:
             image = (PurePosixPath(folder) / relative_image(row["file_name"], table, number)).as_posix()

@@ -255,6 +255,10 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
         return BadMaskFile(f"mask '{path}': {reason}; is it this image's mask?", reason)
 
     def open_mask():
+        from tpp.data.images import irregular
+
+        if irregular(path):  # a fifo named a.png: PIL's open would wait for a writer for ever
+            raise TppError(f"mask '{path}' is not a regular file ({irregular(path)}); masks are image files.")
         try:
             return Image.open(path)
         except Image.DecompressionBombError as exc:  # past twice the budget: PIL refuses the header itself

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -18,12 +19,20 @@ def read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[t
     """A CSV with a header row -> (columns, [(line number, {column: stripped value})]), blank lines left out.
     A missing file, a missing ``required`` column, a duplicate column, a row with too many or too few cells
     and a table without rows are errors naming the file (and line)."""
-    if not path.is_file():
-        raise TppError(f"label table '{path}' does not exist. Check data.root and data.file.")
-    if path.stat().st_size > MAX_TABLE_BYTES:
-        raise TppError(f"label table '{path}' is larger than {MAX_TABLE_BYTES // 2**20} MiB; is it a label table?")
+    from tpp.data.images import ImageError, open_regular
+
     try:
-        text = path.read_text(encoding="utf-8-sig")  # Excel writes a byte-order mark
+        with open_regular(path) as fh:  # a fifo is refused at once, never waited on
+            if os.fstat(fh.fileno()).st_size > MAX_TABLE_BYTES:
+                raise TppError(f"label table '{path}' is larger than {MAX_TABLE_BYTES // 2**20} MiB; is it a label "
+                               "table?")
+            text = fh.read().decode("utf-8-sig")  # Excel writes a byte-order mark
+    except ImageError as exc:  # 'labels.csv' is not a regular file (fifo).
+        raise TppError(f"label table {exc}") from None
+    except (FileNotFoundError, NotADirectoryError):
+        raise TppError(f"label table '{path}' does not exist. Check data.root and data.file.") from None
+    except OSError as exc:  # no permission to read it
+        raise TppError(f"label table '{path}' cannot be read ({exc.strerror or type(exc).__name__}).") from None
     except UnicodeDecodeError as exc:
         raise TppError(f"label table '{path}' is not UTF-8 text ({exc}); save it as CSV UTF-8.") from None
     lines = _cells(text.splitlines(), path)

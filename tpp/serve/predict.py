@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from tpp.data.file_reading import ACTS_ON, FLAGS, FORMAT_NAMES, file_format, named_format
 from tpp.data.filesets import dangling_link, image_stem, unlistable, walk_files
+from tpp.data.images import ImageError, irregular, open_regular
 from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError
@@ -105,6 +106,8 @@ def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Pat
             files += found
         elif path.is_file():
             files.append(path)
+        elif irregular(path):  # a fifo: reading it would wait for a writer for ever
+            raise TppError(f"input '{path}' is not a regular file ({irregular(path)}); give image files or folders.")
         else:
             raise TppError(f"input '{path}' does not exist.")
     return files
@@ -117,6 +120,8 @@ def read_site_map(path: str) -> list[tuple[str, str]]:
     if file.is_dir():
         raise TppError(f"site map '{file}' is a folder; --site-map takes a CSV with columns image,site (a folder of "
                        "images goes after --site SITE).")
+    if irregular(file):
+        raise TppError(f"site map '{file}' is not a regular file ({irregular(file)}); give a CSV file.")
     if not file.is_file():
         raise TppError(f"site map '{file}' does not exist.")
     try:
@@ -177,7 +182,8 @@ def assign_sites(site: str | None, site_map: str | None, inputs: list[str],
         if file.is_file():
             present.append((file, name))
             continue
-        problem = "is a folder, not an image file" if file.is_dir() else "does not exist"
+        problem = ("is a folder, not an image file" if file.is_dir() else
+                   f"is not a regular file ({irregular(file)})" if irregular(file) else "does not exist")
         if skipped is None:
             raise TppError(f"site map '{site_map}': image '{file}' {problem}.")
         skipped.append(Skipped(str(file), name, f"listed in site map '{site_map}' but {problem}"))
@@ -285,10 +291,9 @@ def _ours(path: Path) -> bool:
     if path.name.endswith("_masks"):
         return path.is_dir() and (path / MASKS_MARK).is_file()
     try:
-        with open(path, "rb") as fh:
-            return path.is_file() and fh.read(len(SKIPPED_HEADER) + 2).decode("utf-8", "replace").strip() == \
-                SKIPPED_HEADER
-    except OSError:
+        with open_regular(path) as fh:  # a fifo is no list of ours, and never waited on
+            return fh.read(len(SKIPPED_HEADER) + 2).decode("utf-8", "replace").strip() == SKIPPED_HEADER
+    except (OSError, ImageError):
         return False
 
 

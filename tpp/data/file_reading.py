@@ -7,6 +7,7 @@ One :class:`FileReading` travels from the source's options to every reader of th
 :func:`tpp.data.filesets.check_files`, the decoder reading batches): a new reading option is one field here."""
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field, fields
 from typing import Optional
@@ -98,14 +99,14 @@ def named_format(path) -> str | None:
 def file_format(path) -> str | None:
     """pil | npy | dicom | nifti of an image file, as the reader tells them (its name, else its first bytes: a
     DICOM file without a suffix); None for a file that cannot be opened or is none of them."""
-    from tpp.data.images import ImageError, open_regular, sniff
+    from tpp.data.images import ImageError, file_kind, nonblocking, sniff
 
     named = named_format(path)
     if named:
         return named
     try:
-        with open_regular(path) as fh:  # a fifo is none, and never waited on
-            return sniff(fh.read(SNIFF_BYTES), str(path))
+        with open(path, "rb", opener=nonblocking) as fh:  # a fifo is none, and never waited on
+            return None if file_kind(os.fstat(fh.fileno()).st_mode) else sniff(fh.read(SNIFF_BYTES), str(path))
     except (OSError, ImageError):
         return None
 

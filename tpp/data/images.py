@@ -177,6 +177,12 @@ def irregular(path: str | Path) -> str | None:
         return None
 
 
+def nonblocking(path, flags: int) -> int:
+    """An ``opener`` for :func:`open`: ``os.open`` non-blocking, so opening a fifo returns at once (no writer
+    awaited); the caller then checks the descriptor is a regular file (:func:`file_kind` of its ``fstat``)."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 @contextmanager
 def open_regular(path: str | Path):
     """``path`` opened for binary reading when it is a regular file (symbolic links followed), else an
@@ -184,7 +190,7 @@ def open_regular(path: str | Path):
     open descriptor, so a fifo (or a file swapped for one after a look at it) answers at once instead of waiting
     for a writer for ever. A path that does not exist or cannot be read: the ``OSError``."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = nonblocking(path, os.O_RDONLY)
     except OSError:
         kind = irregular(path)  # a socket cannot be opened at all (ENXIO): said as what it is
         if kind:

@@ -30,12 +30,14 @@ nothing here logs pixel data or DICOM header fields.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 import re
 import stat
+import threading
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -83,19 +85,74 @@ def sniff(data: bytes, name: str) -> str:
 
 @contextmanager
 def _reading(kind: str, name: str):
-    """Turn a library's error while reading ``name`` as ``kind`` into one :class:`ImageError`."""
+    """Turn a library's error while reading ``name`` as ``kind`` into one :class:`ImageError`. What nibabel logs
+    meanwhile (header repairs: ``pixdim[1,2,3] should be positive``) is kept from stderr (:func:`_nibabel_notes`)
+    and folded into the error, if there is one."""
+    notes: list[str] = []
     try:
-        yield
-    except ImageError:
-        raise
+        with _nibabel_notes(notes) if kind == "nifti" else nullcontext():
+            yield
+    except ImageError as exc:
+        if not notes:
+            raise
+        raise type(exc)(_with_notes(str(exc), notes)) from None
     except ImportError as exc:
         extra = "dicom" if kind == "dicom" else "nifti"
         raise ImageError(f"'{name}': reading {kind.upper()} needs an optional package ({exc.name}): "
                          f"pip install 'tpp[{extra}]'.") from None
     except Exception as exc:  # a corrupt file surfaces as many different library errors
         text = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc))[:200].rstrip(" .")
-        raise ImageError(f"'{name}': cannot be read as {KIND_NAMES.get(kind, kind)} ({type(exc).__name__}: "
-                         f"{text}).") from None
+        raise ImageError(_with_notes(f"'{name}': cannot be read as {KIND_NAMES.get(kind, kind)} "
+                                     f"({type(exc).__name__}: {text}).", notes)) from None
+
+
+class _NibabelNotes(logging.Filter):
+    """Installed once on nibabel's ``nibabel.global`` logger (whose own handler prints to stderr): a record logged
+    by a thread inside :func:`_nibabel_notes` is kept in that thread's list instead of printed; other threads' and
+    other code's nibabel messages pass as before."""
+
+    def __init__(self):
+        super().__init__()
+        self.local = threading.local()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        notes = getattr(self.local, "notes", None)
+        if notes is None:
+            return True
+        notes.append(record.getMessage())
+        return False
+
+
+_NIBABEL_FILTER = _NibabelNotes()
+
+
+@contextmanager
+def _nibabel_notes(notes: list[str]):
+    """What nibabel logs in this thread while the block runs goes to ``notes``, not to stderr."""
+    logger = logging.getLogger("nibabel.global")
+    if _NIBABEL_FILTER not in logger.filters:
+        logger.addFilter(_NIBABEL_FILTER)
+    outer = getattr(_NIBABEL_FILTER.local, "notes", None)
+    _NIBABEL_FILTER.local.notes = notes
+    try:
+        yield
+    finally:
+        _NIBABEL_FILTER.local.notes = outer
+
+
+def _with_notes(message: str, notes: list[str]) -> str:
+    """``message`` with nibabel's notes (deduplicated, those the message already says left out) appended."""
+    said = message.casefold()
+    extra = [n for n in dict.fromkeys(n.strip() for n in notes)
+             if n and n.casefold() not in said and not any(part in n.casefold() for part in _quoted(said))]
+    if not extra:
+        return message
+    return f"{message.rstrip()} nibabel also noted: {'; '.join(extra)[:300]}."
+
+
+def _quoted(message: str) -> list[str]:
+    """The library text inside ``(Error: text)`` of a message: a note repeating it adds nothing."""
+    return [t.strip() for t in re.findall(r"\(\w+: ([^()]{8,})\)", message)]
 
 
 KIND_NAMES = {"pil": "an image (PNG, JPEG, BMP, TIFF)", "npy": "a .npy array", "dicom": "DICOM", "nifti": "NIfTI"}
@@ -343,12 +400,26 @@ def _nifti_header(data: bytes, name: str):
     if head[344:348] != b"n+1\0":
         raise ImageError(f"'{name}': not a single-file NIfTI-1 image (magic 'n+1' missing).")
     header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(head))
+    _check_nifti_dtype(header.get_data_dtype(), name)
     offset = int(header.get_data_offset())
     if not NIFTI1_HEADER <= offset <= MAX_NIFTI_OFFSET:
         raise ImageError(f"'{name}': the NIfTI header puts the voxels at byte {offset:,} "
                          f"(expected {NIFTI1_HEADER}..{MAX_NIFTI_OFFSET:,}).")
     voxels = math.prod(header.get_data_shape())
     return header, offset + voxels * header.get_data_dtype().itemsize
+
+
+def _check_nifti_dtype(dtype: np.dtype, name: str) -> None:
+    """Voxels tpp turns into gray intensities: integers, floats, booleans. Complex voxels (complex64 / complex128,
+    an MR phase image or k-space) would lose their imaginary part without a word, and RGB / RGBA voxels (a
+    structured dtype) have no single intensity: both are refused, naming the file."""
+    if dtype.kind == "c":
+        raise ImageError(f"'{name}': complex-valued voxels ({dtype.name}) are not supported; save the magnitude "
+                         "(numpy.abs) or the phase (numpy.angle) as a real-valued NIfTI.")
+    if dtype.kind not in "biuf":
+        what = f"RGB / RGBA voxels ({'/'.join(dtype.names)})" if dtype.names else f"voxels of type {dtype.name}"
+        raise ImageError(f"'{name}': {what} are not supported; save one gray intensity per voxel (a 2D colour "
+                         "image: a PNG).")
 
 
 def _probe_nifti(data: bytes, name: str) -> int:

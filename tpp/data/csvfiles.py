@@ -8,7 +8,8 @@ from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading
 from tpp.data.images import irregular
 from tpp.data.labelled import labelled_files
-from tpp.data.tables import group_value, label_value, numeric_labels, read_table, relative_image, split_value
+from tpp.data.tables import (group_spellings, group_value, label_value, numeric_labels, read_table, relative_image,
+                             split_value)
 from tpp.errors import TppError
 
 PATIENT = "patient_id"
@@ -49,8 +50,7 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
             raise TppError(f"label table '{table}', line {number}: image '{image}' is listed again (first on line "
                            f"{seen[image]}); list each image once.")
         seen[image] = number
-        if group_key:
-            group_value(row[group_key], table, number, group_key)
+        group = group_value(row[group_key], table, number, group_key) if group_key else ""  # "1.0" is "1"
         split = split_value(row["split"], table, number) if "split" in header else None
         kind = irregular(base / image)  # a fifo is never opened (reading one waits for a writer for ever)
         if kind or not (base / image).is_file():
@@ -63,12 +63,14 @@ def load_csv(name: str, root: str | None, file: str | None, *, modality: str | N
             continue
         files.append(image)
         values.append(label_value(row["label"], table, number, numbers))
-        groups.append(row[group_key] if group_key else "")
+        groups.append(group)
         given.append(split)
         origins.append(f"line {number} of '{table}'")
     if not files:
         raise TppError(f"label table '{table}': none of its {len(rows)} images exist; paths are relative to "
                        f"'{base}'.")
+    if group_key:
+        group_spellings(groups, f"label table '{table}'", group_key)
     order = sorted(range(len(files)), key=files.__getitem__)  # the split never depends on the row order
     files, values, groups, given, origins = ([column[i] for i in order]
                                              for column in (files, values, groups, given, origins))

@@ -20,7 +20,8 @@ from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
 from tpp.data.images import irregular
 from tpp.data.labelled import files_origin, labelled_files
-from tpp.data.tables import SPLIT_NAMES, group_value, label_value, numeric_labels, read_table, relative_image
+from tpp.data.tables import (SPLIT_NAMES, group_spellings, group_value, label_value, numeric_labels, read_table,
+                             relative_image)
 from tpp.errors import TppError
 
 METADATA = "metadata.csv"
@@ -157,7 +158,9 @@ def _groups(path: Path, files: list[str], table: dict, group_key: str) -> list[s
     if missing:
         raise TppError(f"image '{path / missing[0]}' has no {group_key} in {METADATA}; every image needs one "
                        "(data.group_key).")
-    return [group_value(table[f][2][group_key], table[f][0], table[f][1], group_key) for f in files]
+    groups = [group_value(table[f][2][group_key], table[f][0], table[f][1], group_key) for f in files]
+    group_spellings(groups, f"'{path / METADATA}'", group_key)
+    return groups
 
 
 def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, modality: str | None,

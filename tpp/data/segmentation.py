@@ -309,7 +309,7 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
     """Group codes (N,) of the images ``stems`` from ``root/metadata.csv`` (columns file_name and ``key``; read as
     every label table is: stripped values, a BOM, errors naming the line); an image listed twice is refused."""
     from tpp.data.filesets import image_stem
-    from tpp.data.tables import group_value, read_table
+    from tpp.data.tables import group_spellings, group_value, read_table
 
     meta = root / "metadata.csv"
     if not meta.is_file():
@@ -324,6 +324,7 @@ def _folder_groups(root: Path, stems: list, files: dict, key: str) -> np.ndarray
     missing = [s for s in stems if s not in by_name]
     if missing:
         raise TppError(f"'{meta}' has no row for image '{files[missing[0]].name}' ({len(missing)} missing).")
+    group_spellings([by_name[s][1] for s in stems], f"'{meta}'", key)
     return np.unique(np.asarray([by_name[s][1] for s in stems]), return_inverse=True)[1]
 
 

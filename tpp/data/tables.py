@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
+import warnings
+from decimal import Decimal
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -124,13 +127,49 @@ def _is_infinite(value: str) -> bool:
 
 
 def group_value(value: str, table: Path, number: int, column: str) -> str:
-    """A table's group cell (``patient_id``, ``data.group_key``), refused when empty or marking a missing value:
-    every such row would be one group, as if one patient, and land in one split."""
+    """A table's group cell (``patient_id``, ``data.group_key``) as its :func:`group_id`, refused when empty or
+    marking a missing value: every such row would be one group, as if one patient, and land in one split."""
     if is_missing(value):
         shown = f"{column} '{value}' marks a missing value" if value.strip() else f"empty {column}"
         raise TppError(f"label table '{table}', line {number}: {shown}; every image needs one (else all such "
                        "images would count as one patient).")
-    return value
+    return group_id(value)
+
+
+FLOAT_SPELLING = re.compile(r"[+-]?(\d+\.\d*|\.\d+|\d+(\.\d*)?[eE][+-]?\d+)")  # 1.0, 12., .0, 1e3, 1.5E+2
+MAX_ID_DIGITS = 30  # a float-spelled id is rewritten as an integer only up to this many digits (1e999999 is not)
+
+
+def group_id(value: str) -> str:
+    """One spelling of a group id: a number written as a float with an integral value (``1.0``, ``12.00``,
+    ``1e3``, ``-0.0``) becomes its integer spelling (``1``, ``12``, ``1000``, ``0``). pandas writes an integer
+    column that has a missing value as floats, so one export's patient ``1`` is another's ``1.0``; as text they
+    were two patients, and could land in two splits. Every other id is kept as written: ``1.5``, ``007`` (leading
+    zeros are part of a text id) and case (``P1`` is not merged with ``p1``: :func:`group_spellings` warns)."""
+    if not FLOAT_SPELLING.fullmatch(value):
+        return value
+    number = Decimal(value)
+    if number.adjusted() >= MAX_ID_DIGITS or number != number.to_integral_value():
+        return value
+    return str(int(number))
+
+
+def group_spellings(groups, where: str, column: str) -> list[list[str]]:
+    """Group ids of one table that differ only in case or leading zeros (``P1`` / ``p1``, ``01`` / ``1``): kept
+    apart, as two patients (an id's case can matter), but warned about in one line naming the first pair
+    (``where``: the table, ``column``: the group column), since one patient written two ways can land in two
+    splits and leak into the test score. Returns every such set of spellings."""
+    spelled: dict = {}
+    for group in dict.fromkeys(groups):
+        key = str(int(group)) if group.isascii() and group.isdigit() else group.casefold()
+        spelled.setdefault(key, []).append(group)
+    clashes = [sorted(v) for v in spelled.values() if len(v) > 1]
+    if clashes:
+        more = f" ({len(clashes)} such sets in all)" if len(clashes) > 1 else ""
+        warnings.warn(f"{where}: {column} {' and '.join(repr(g) for g in clashes[0])} differ only in case or leading "
+                      f"zeros{more}; they count as different patients, so their images may land in different "
+                      "splits. If they are one patient, write the id one way.", stacklevel=2)
+    return clashes
 
 
 def relative_image(value: str, table: Path, number: int) -> str:

@@ -100,3 +100,15 @@ def test_predict_names_a_fifo_given_as_input_and_never_reads_one_where_its_skipp
     os.mkfifo(tmp_path / "p_skipped.csv")  # reading it to see whether an earlier run wrote it would block
     with pytest.raises(TppError, match=r"p_skipped\.csv' exists and is no skipped list"):
         check_derived_outputs(str(tmp_path / "p.csv"), [])
+
+
+def test_an_npz_source_that_is_a_fifo_or_a_folder_says_so(tmp_path):
+    from tpp.data.arrays import load_npz
+    from tpp.data.segmentation import load_seg_npz
+
+    os.mkfifo(tmp_path / "data.npz")
+    (tmp_path / "dir.npz").mkdir()
+    for load in (load_npz, load_seg_npz):
+        for name, kind in (("data.npz", "fifo"), ("dir.npz", "folder")):
+            with pytest.raises(TppError, match=rf"npz file '.*{name}' is not a regular file \({kind}\)"):
+                load("x", None, str(tmp_path / name), modality="US")

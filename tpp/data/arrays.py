@@ -89,6 +89,11 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    from tpp.data.images import irregular
+
+    kind = irregular(path)  # a fifo is refused unopened (reading one waits for a writer for ever)
+    if kind:
+        raise TppError(f"npz file '{path}' is not a regular file ({kind}); data.file names a .npz archive.")
     try:
         with open(path, "rb") as handle:
             head = handle.read(6)
@@ -284,7 +289,7 @@ def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = 
     if not file:
         raise TppError("data.source=npz needs data.file (path of the .npz, relative to data.root).")
     path = Path(file) if Path(file).is_absolute() else resolve_root(root) / file
-    if not path.is_file():
+    if not path.exists():  # a folder or a fifo of that name: said by _open_npz
         raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
     npz = _open_npz(path)
     names = (_npz_class_names(_array(npz, class_names_key, path), f"'{path}' {class_names_key}")

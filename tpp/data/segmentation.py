@@ -75,7 +75,7 @@ def load_seg_npz(name: str, root: str | None, file: str | None, *, image_key: st
     if not file:
         raise TppError("data.source=seg_npz needs data.file (path of the .npz, relative to data.root).")
     path = Path(file) if Path(file).is_absolute() else resolve_root(root) / file
-    if not path.is_file():
+    if not path.exists():  # a folder or a fifo of that name: said by _open_npz
         raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
     npz = _open_npz(path)
     images = _images(_array(npz, image_key, path), f"'{path}' {image_key}")

@@ -45,7 +45,7 @@ def test_training_names_a_sub_folder_it_cannot_list(tmp_path, monkeypatch):
     locked = path / "benign" / "batch2"
     refuse(monkeypatch, [locked])
     said = f"folder '{locked}' cannot be listed (Permission denied)"
-    with pytest.raises(TppError, match=re.escape(said) + r".*data\.on_bad_file=skip"):
+    with pytest.raises(TppError, match=re.escape(said + "; its images cannot be read.") + r".*data\.on_bad_file=skip"):
         walk_images(path, "error")
     with pytest.raises(TppError, match=re.escape(said)):
         load_folder("s", str(tmp_path), "site", modality="CT", image_size=8)
@@ -114,7 +114,8 @@ def test_a_class_folder_it_cannot_list_is_named_with_skip_not_called_empty(tmp_p
     says the folder cannot be listed (it said 'holds no images ... add its images')."""
     path = site(tmp_path)
     refuse(monkeypatch, [path / "malignant"])
-    with pytest.raises(TppError, match=re.escape(f"class folder '{path / 'malignant'}' cannot be listed (Permission")):
+    said = f"folder '{path / 'malignant'}' cannot be listed (Permission denied); class 'malignant' has no images"
+    with pytest.raises(TppError, match=f"^{re.escape(said)}"):
         load_folder("s", str(tmp_path), "site", modality="CT", image_size=8, on_bad_file="skip")
 
 
@@ -128,6 +129,6 @@ def test_a_segmentation_folder_it_cannot_list_is_named(tmp_path, monkeypatch, lo
         for i in range(4):
             (tmp_path / "seg" / sub / f"{i}.png").write_bytes(png_bytes(np.zeros((8, 8), np.uint8)))
     refuse(monkeypatch, [tmp_path / "seg" / locked])
-    said = f"segmentation folder '{tmp_path / 'seg' / locked}' cannot be listed"
-    with pytest.raises(TppError, match=re.escape(said)):
+    said = f"folder '{tmp_path / 'seg' / locked}' cannot be listed (Permission denied); make it readable."
+    with pytest.raises(TppError, match=f"^{re.escape(said)}$"):  # one wording: no 'segmentation folder' of its own
         load_seg_folder("s", str(tmp_path), "seg", modality="US", image_size=8)

@@ -371,7 +371,7 @@ def test_a_snapshot_that_cannot_be_listed_is_one_line_naming_it(world, tmp_path,
         monkeypatch.setattr(os, name, refused)
     assert run_cli("adapters", "pull", "owner/locked", tmp_path / "store", "--site", "b") == 2
     err = capsys.readouterr().err
-    assert err == f"error: '{snapshot}' cannot be listed (Permission denied); refused.\n", err
+    assert err == f"error: folder '{snapshot}' cannot be listed (Permission denied); refused.\n", err
     assert not (tmp_path / "store").exists()
 
 

@@ -1,6 +1,7 @@
 """Capped reads of the files of adapter folders, stores, context sets and Hub snapshots: never through a symbolic
 link, never waiting for a FIFO, never more bytes than such a file may have (:func:`read_regular`,
-:func:`file_limit`), and folder listings that fail as a :class:`~tpp.errors.TppError` (:func:`list_folder`)."""
+:func:`file_limit`), and folder listings that fail as a :class:`~tpp.errors.TppError` (:func:`list_folder`; the
+one wording of that error, :func:`unlistable_error`, for every folder tpp lists, data folders too)."""
 from __future__ import annotations
 
 import os
@@ -16,14 +17,27 @@ METADATA_LIMIT = MIB
 WEIGHTS_LIMIT = 4096 * MIB  # one safetensors file of an adapter (see file_limit)
 
 
-def list_folder(folder: Path) -> list[os.DirEntry]:
+def unlistable(exc: OSError) -> str:
+    """Why a folder cannot be listed, as said to the user: ``cannot be listed (Permission denied)``."""
+    return f"cannot be listed ({exc.strerror or type(exc).__name__})"
+
+
+def unlistable_error(folder: str | Path, exc: OSError, then: str = "refused") -> TppError:
+    """The one error for a folder that cannot be listed (no permission to read it, gone, no folder):
+    ``folder 'PATH' cannot be listed (Permission denied); THEN.``, ``then`` saying what follows or what to do
+    (default: ``refused``)."""
+    return TppError(f"folder '{folder}' {unlistable(exc)}; {then}.")
+
+
+def list_folder(folder: Path, then: str = "refused") -> list[os.DirEntry]:
     """The entries of ``folder``, sorted by name; one that cannot be listed (no permission to read it, gone, no
-    folder) is a :class:`TppError` naming it, never a raw ``OSError`` (a 500 through the service)."""
+    folder) is a :class:`TppError` naming it (:func:`unlistable_error`, ``then`` as there), never a raw
+    ``OSError`` (a 500 through the service)."""
     try:
         with os.scandir(folder) as entries:
             return sorted(entries, key=lambda e: e.name)
     except OSError as exc:
-        raise TppError(f"'{folder}' cannot be listed ({exc.strerror or type(exc).__name__}); refused.") from None
+        raise unlistable_error(folder, exc, then) from None
 
 
 def file_limit(name: str) -> int:

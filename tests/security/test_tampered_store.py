@@ -217,7 +217,7 @@ def test_a_version_folder_that_cannot_be_listed_is_refused_by_name(world, tmp_pa
     with serving(world, store_path=s, worker=worker) as url:
         for path, folder in (("sites/x", s / "x" / version), ("contexts/c", cv.path)):
             status, answer = request(f"{url}/v1/{path}/predict", image)
-            assert (status, answer.get("detail")) == (409, f"'{folder}' {said}"), path
+            assert (status, answer.get("detail")) == (409, f"folder '{folder}' {said}"), path
 
 
 def published_pointers(tmp_path):
@@ -254,10 +254,10 @@ def test_store_folders_that_cannot_be_listed_are_named_by_every_listing(tmp_path
                          (["context", "publish", tmp_path / "plain", tmp_path / "no_set", "--site", "c"],
                           tmp_path / "plain")):
         assert main([str(a) for a in args]) == 2
-        assert capsys.readouterr().err == f"error: '{folder}' {said}\n", args
+        assert capsys.readouterr().err == f"error: folder '{folder}' {said}\n", args
     for path, folder in (("/v1/sites", s), ("/v1/contexts", s / contexts.FOLDER)):
         status, answer, _ = call(app, "GET", path)
-        assert (status, answer) == (409, {"detail": f"'{folder}' {said}"}), path
+        assert (status, answer) == (409, {"detail": f"folder '{folder}' {said}"}), path
 
 
 

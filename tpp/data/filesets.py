@@ -11,6 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from tpp.capped_read import unlistable, unlistable_error
 from tpp.data.files import DataChanged, ImageFiles
 from tpp.data.file_reading import FileReading
 from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, file_kind, fit, is_image_file
@@ -48,17 +49,12 @@ def bad_file(path, reason: str, on_bad_file: str, skipped: list, origin: str | N
     skipped.append((str(path), reason))
 
 
-def unlistable(exc: OSError) -> str:
-    """Why a folder cannot be listed, as said to the user: ``cannot be listed (Permission denied)``."""
-    return f"cannot be listed ({exc.strerror or type(exc).__name__})"
-
-
 def bad_folder(folder: str, exc: OSError, on_bad_file: str, skipped: list) -> None:
-    """A sub-folder that cannot be listed (its images unseen): an error naming it, or with
-    ``on_bad_file="skip"`` a (folder, reason) row in ``skipped``, as :func:`bad_file` does for a file."""
+    """A sub-folder that cannot be listed (its images unseen): an error naming it (:func:`unlistable_error`), or
+    with ``on_bad_file="skip"`` a (folder, reason) row in ``skipped``, as :func:`bad_file` does for a file."""
     if on_bad_file != "skip":
-        raise TppError(f"folder '{folder}' {unlistable(exc)}, so its images cannot be read. Make it readable, or "
-                       "remove it, or pass data.on_bad_file=skip to leave it out (listed in skipped.csv).")
+        raise unlistable_error(folder, exc, "its images cannot be read. Make it readable, or remove it, or pass "
+                                            "data.on_bad_file=skip to leave it out (listed in skipped.csv)")
     skipped.append((folder, f"folder {unlistable(exc)}: its images are left out"))
 
 
@@ -75,7 +71,7 @@ def walk_files(path: Path, on_unlistable=None):
     def refused(exc: OSError) -> None:
         folder = exc.filename if exc.filename is not None else str(path)
         if on_unlistable is None or os.path.normpath(folder) == os.path.normpath(str(path)):
-            raise TppError(f"folder '{folder}' {unlistable(exc)}; make it readable, or remove it.")
+            raise unlistable_error(folder, exc, "make it readable, or remove it")
         on_unlistable(folder, exc)
 
     reached: dict[str, str] = {}

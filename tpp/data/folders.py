@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from tpp.capped_read import list_folder
 from tpp.data import Dataset, Split
 from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading, applied
@@ -140,12 +141,7 @@ def _folder_labels(path: Path, files: list[str], split_dirs: list[str]) -> list[
 def _listable(folder: Path) -> None:
     """A TppError naming a class folder that cannot be listed (with ``data.on_bad_file=skip`` the walk left its
     images out: the class would have none)."""
-    try:
-        with os.scandir(folder):
-            pass
-    except OSError as exc:
-        raise TppError(f"class folder '{folder}' cannot be listed ({exc.strerror or type(exc).__name__}), so its "
-                       "class has no images to learn from; make it readable or remove it.") from None
+    list_folder(folder, f"class '{folder.name}' has no images to learn from: make it readable or remove it")
 
 
 def _groups(path: Path, files: list[str], table: dict, group_key: str) -> list[str]:

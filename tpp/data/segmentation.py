@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tpp.capped_read import list_folder
 from tpp.data import Dataset, Split
 from tpp.data.arrays import (_array, _images, _label_values, _not_empty, _npz_class_names, _open_npz, check_modality,
                              resolve_root)
@@ -200,11 +201,8 @@ class MaskDecoder:
 def _image_entries(folder: Path) -> list[Path]:
     """The image files of a ``seg_folder``'s ``images/`` or ``masks/`` (hidden files such as macOS ``._a.png`` are
     no images); a folder that cannot be listed is a TppError naming it, not a raw OSError."""
-    try:
-        return [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
-    except OSError as exc:
-        raise TppError(f"segmentation folder '{folder}' cannot be listed ({exc.strerror or type(exc).__name__}); "
-                       "make it readable.") from None
+    return [p for p in map(Path, list_folder(folder, "make it readable"))
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
 
 
 def check_masks(masks: list[Path], images: list[Path], size: int, num_classes: int,

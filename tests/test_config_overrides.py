@@ -1,6 +1,8 @@
 """``key=value`` overrides: a mapping value for a section merges into it (as its dotted keys would), a free-form
 dict's replaces it, and a value that starts like a YAML mapping or list but does not parse is an error naming it.
 Through every path overrides come in: load_config, ``tpp validate`` / ``tpp run`` and the Python API."""
+import re
+
 import pytest
 import yaml
 from helpers import FINETUNE_CONFIG
@@ -146,12 +148,20 @@ def test_the_python_api_merges_a_section_and_names_a_malformed_value(tmp_path):
 
 
 @pytest.mark.parametrize("override", ["adapter=null", "data=null", "backbone=~", "train=null", "adapter="])
-def test_a_section_set_to_null_is_refused_not_reset_to_its_defaults(override):
+def test_a_section_set_to_null_is_refused_not_reset_to_its_defaults(override, tmp_path):
     """``adapter=null`` reset the file's adapter section to the defaults without a word (r 8 for the file's r 4),
-    while ``train=null`` was refused: each is an error naming the override and how to set the section's keys."""
+    while ``train=null`` was refused: each is an error naming the section and how to set its keys, the one refusal
+    of a section left null in the file too (``parse.not_a_mapping``)."""
     section = override.split("=")[0]
-    with pytest.raises(ConfigError, match=rf"override '{override}': {section} is a section, not a value"):
+    said = (f"config key '{section}' must be a mapping, got NoneType (None): it is a section, not a value; set its "
+            f"keys ({section}.<key>=value, or {section}={{key: value}}).")
+    with pytest.raises(ConfigError, match=re.escape(f"with its overrides: {said}")):
         load_config(FINETUNE, [override, "adapter.r=4"] if section != "adapter" else [override])
+    data = yaml.safe_load(FINETUNE.read_text())
+    data[section] = None
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=re.escape(f"config.yaml': {said}")):
+        load_config(tmp_path / "config.yaml")
     assert load_config(FINETUNE, [f"{section}={{}}"]).to_dict() == load_config(FINETUNE).to_dict()
 
 

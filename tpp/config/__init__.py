@@ -34,7 +34,7 @@ from tpp.config.checks import _check_values, ignored_options, prompt_size_proble
 from tpp.config.paths import resolve_config_paths
 from tpp.config import parse
 from tpp.config.parse import (_default, _describe, _section, build_dataclass, config_error, free_form_dicts,
-                              load_yaml, parse_override, section_paths, unknown_key)
+                              load_yaml, parse_override, unknown_key)
 from tpp.config.plugins import (_data_options, _pool_entry, _switch_plugin, _task_options, _with_options,
                                 drop_other_pretexts_defaults)
 from tpp.config.schema import (MULTITASK_ENTRY_KEYS, AdapterConfig, BackboneConfig, DataConfig, ModelConfig, PoolEntry,
@@ -52,13 +52,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Dotted ``key=value`` overrides applied to a config's nested dict (in place; returned): a mapping value
     merges into the section it names, recursively (``train={lr: 1e-4}`` is ``train.lr=1e-4``), but for a
     free-form dict of the schema (``incontext.tasks``), which it replaces (:func:`tpp.config.parse.apply_overrides`).
-    A section set to null (``adapter=null``) is a ConfigError: it reset the section to its defaults without a word
-    (``train=null`` was refused, ``adapter=null`` was not)."""
-    for text in overrides:
-        keys, value = parse_override(text)
-        if value is None and tuple(keys) in section_paths(RunConfig):
-            raise ConfigError(f"override '{text}': {'.'.join(keys)} is a section, not a value; set its keys "
-                              f"({'.'.join(keys)}.<key>=value, or {'.'.join(keys)}={{key: value}}).")
+    A section set to null (``adapter=null``) is refused where the config is built, as one left null in the file is
+    (:func:`tpp.config.parse.not_a_mapping`)."""
     return parse.apply_overrides(data, overrides, free_form_dicts(RunConfig))
 
 

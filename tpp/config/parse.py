@@ -88,7 +88,7 @@ def build_dataclass(cls, data: dict, path: str = "", problems: list[str] | None 
     """
     found: list[str] = []
     if not isinstance(data, dict):
-        found.append(f"config key '{path or '<root>'}' must be a mapping, got {type(data).__name__}.")
+        found.append(not_a_mapping(path, data))
         data = {}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -137,15 +137,25 @@ def config_error(problems: list[str]) -> ConfigError:
     return error
 
 
+def not_a_mapping(path: str, value) -> str:
+    """The problem line of a section (``adapter``, ``train``, ``pool[0].data`` ...; ``""``: the whole config) whose
+    value is no mapping, null included: in the file (``adapter:`` with every key commented out) or from an
+    override (``adapter=null``), which would reset the section to its defaults without a word."""
+    if not path:
+        return f"config key '<root>' must be a mapping, got {type(value).__name__}."
+    return (f"config key '{path}' must be a mapping, got {type(value).__name__} ({value!r}): it is a section, not a "
+            f"value; set its keys ({path}.<key>=value, or {path}={{key: value}}).")
+
+
 def _section(data: dict, name: str) -> dict:
     """A copy of the mapping ``data[name]`` ({} when absent); anything else, null included (a section whose keys
-    are all commented out), is a ConfigError, as for every other section."""
+    are all commented out, or set to null by an override), is a ConfigError (:func:`not_a_mapping`), as for every
+    other section."""
     if name not in data:
         return {}
     section = data[name]
     if not isinstance(section, dict):
-        raise ConfigError(f"config key '{name}' must be a mapping, got {type(section).__name__} ({section!r}); "
-                          f"set its keys, e.g. {name}.<key>=value.")
+        raise ConfigError(not_a_mapping(name, section))
     return dict(section)
 
 
@@ -207,12 +217,6 @@ def free_form_dicts(cls) -> frozenset[tuple[str, ...]]:
     keeps its options in."""
     return frozenset(path for path, tp in field_types(cls).items() if not dataclasses.is_dataclass(tp)
                      and any(dict in (t, typing.get_origin(t)) for t in (tp, *typing.get_args(tp))))  # Optional too
-
-
-@functools.cache
-def section_paths(cls) -> frozenset[tuple[str, ...]]:
-    """The key paths of dataclass ``cls``'s fields that are sections (dataclasses), recursively: ``('adapter',)`` ..."""
-    return frozenset(path for path, tp in field_types(cls).items() if dataclasses.is_dataclass(tp))
 
 
 def _leaves(value, path: tuple, free_form) -> list[tuple]:

@@ -221,3 +221,25 @@ def test_evaluate_streams_a_segmentation_split_with_the_outputs_of_scoring_it_wh
     held = publish_predictions(fake_run(tmp_path / "held"), split_rows(task, "test", split, None, pred, targets,
                                                                        list(dataset.class_names)))
     assert csv_bytes == held.read_bytes() and len(rows_of(held)) == len(split)
+
+
+def test_quick_dice_is_the_scorers_dice_without_a_hausdorff_distance(monkeypatch):
+    """quick_dice (model selection during training) counts with SegmentationScorer: the reported dice to the digit
+    at any chunk size, an absent class left out, and no Hausdorff distance computed (the slow part); no image is
+    NaN (it was a RuntimeError from torch.cat of nothing)."""
+    import math
+
+    pred, truth = masks(37, seed=3)
+    whole = segmentation_metrics(pred, truth, NAMES)
+
+    def no_distance(*args):
+        raise AssertionError("a Hausdorff distance was computed")
+
+    monkeypatch.setattr(seg_metrics, "hausdorff_percentile", no_distance)
+    for chunk in (1, 5, 256):
+        assert seg_metrics.quick_dice(pred, truth, len(NAMES), chunk=chunk) == whole["dice"]
+    quick = SegmentationScorer(NAMES, chunk=4, hausdorff=False)
+    quick.add(pred, truth)
+    no_hd = {name: {**scores, "hd95": None} for name, scores in whole["per_class"].items()}
+    assert quick.result() == {**whole, "hd95": None, "hd95_undefined": None, "per_class": no_hd}
+    assert math.isnan(seg_metrics.quick_dice(pred[:0], truth[:0], len(NAMES)))

@@ -101,7 +101,7 @@ class ArmCells:
 
     def __init__(self, folder: Path):
         from tpp.recipes import CONFIG_DIR
-        from tpp.rundir import file_sha256
+        from tpp.capped_read import file_sha256
 
         config = file_sha256(CONFIG_DIR / tpp_gain.FINETUNE_CONFIG)
         common = {k: v for k, v in PROTOCOL.items() if k != "arms"}

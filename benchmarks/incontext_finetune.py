@@ -42,7 +42,7 @@ import report  # noqa: E402
 import seg_gain  # noqa: E402
 import tpp_gain  # noqa: E402
 
-from tpp.rundir import file_sha256  # noqa: E402
+from tpp.capped_read import file_sha256  # noqa: E402
 
 METHODS = ("lora", "linear_probe")
 SEG_METHODS = ("lora",)  # segmentation needs the adapter: a decoder alone on frozen tokens is no baseline here

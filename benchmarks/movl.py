@@ -103,7 +103,7 @@ class Cache(report.CellCache):
 
     def __init__(self, folder: Path, backbone: str):
         from tpp.recipes import CONFIG_DIR
-        from tpp.rundir import file_sha256
+        from tpp.capped_read import file_sha256
 
         configs = {name: file_sha256(CONFIG_DIR / name) for name in (FINETUNE_CONFIG, TPP_CONFIG)}
         super().__init__(folder, report.protocol_id(PROTOCOL, backbone, configs=configs),

@@ -100,7 +100,7 @@ class InContextBench:
             extra = {"approach": approach, "kind": kind}
             if approach == "incontext_learned":
                 from tpp.incontext.learned import WEIGHTS
-                from tpp.rundir import file_sha256
+                from tpp.capped_read import file_sha256
 
                 folder = Path(self.models[kind])
                 folder = folder / "model" if (folder / "model" / WEIGHTS).is_file() else folder

@@ -308,13 +308,13 @@ def _publish(cfg, run, accelerator, tasks, modules, entries, encoder, decoder, i
     else:
         from transformers import ViTMAEForPreTraining
 
-        from tpp.recipes.pretrain_backbone import _license_note, write_backbone
+        from tpp.recipes.pretrain_backbone import license_note, write_backbone
 
         full = ViTMAEForPreTraining(encoder.model.config)
         full.vit, full.decoder = encoder.model, decoder
         card = {"format": "tpp-backbone/1", "kind": "backbone", "hash": backbone_hash(encoder.model),
                 "parent": {"id": info.id, "hash": info.hash}, "objective": {"multitask": multitask},
-                "pool": task_cards, "licenses": licenses, "license_note": _license_note(licenses),
+                "pool": task_cards, "licenses": licenses, "license_note": license_note(licenses),
                 "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                           "seed": cfg.seed}, "versions": versions()}
         processor = types.SimpleNamespace(image_size=info.image_size, mean=info.mean, std=info.std)

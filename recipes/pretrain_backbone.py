@@ -280,7 +280,7 @@ def run(cfg, run) -> dict:
                           "heads": "one linear head per supervised dataset on mean patch tokens, kept as the "
                                    "source classifier (source_classifier)" if heads else "none trained"},
             "pool": entries, "licenses": licenses,
-            "license_note": _license_note(licenses),
+            "license_note": license_note(licenses),
             "train": {"steps": plan.num_steps, "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                       "seed": cfg.seed},
             "summary": summary, "loss_curve": curve, "versions": versions()}
@@ -299,7 +299,7 @@ def report(summary: dict) -> list[str]:
             f"encoder {summary['encoder_parameters']:,} parameters"]
 
 
-def _license_note(licenses: list[str]) -> str:
+def license_note(licenses: list[str]) -> str:
     notes = []
     if any("NC" in lic for lic in licenses):
         notes.append("includes non-commercial (NC) data: the weights may not be usable commercially")

@@ -1,9 +1,11 @@
 """Capped reads of the files of adapter folders, stores, context sets and Hub snapshots: never through a symbolic
 link, never waiting for a FIFO, never more bytes than such a file may have (:func:`read_regular`,
 :func:`file_limit`), and folder listings that fail as a :class:`~tpp.errors.TppError` (:func:`list_folder`; the
-one wording of that error, :func:`unlistable_error`, for every folder tpp lists, data folders too)."""
+one wording of that error, :func:`unlistable_error`, for every folder tpp lists, data folders too); and a
+file's sha256 read in chunks, never whole (:func:`file_sha256`)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -38,6 +40,15 @@ def list_folder(folder: Path, then: str = "refused") -> list[os.DirEntry]:
             return sorted(entries, key=lambda e: e.name)
     except OSError as exc:
         raise unlistable_error(folder, exc, then) from None
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 (64 hex digits) of a file's bytes, read in 1 MiB chunks: memory stays flat in its size."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(MIB), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def file_limit(name: str) -> int:

@@ -1,7 +1,7 @@
 """What an existing run folder holds, read without writing it: its state (:func:`run_state`: status, error,
 checkpoints, a damaged ``status.json``), whether it is a run's folder that may be replaced (:func:`only_run_files`,
-:func:`holds_a_run`), and the words for refusing it (:func:`not_empty_message`). The writer of run folders:
-:mod:`tpp.rundir`."""
+:func:`holds_a_run`), and the words for refusing it (:func:`not_empty_message`, :func:`some_entries`). The writer
+of run folders: :mod:`tpp.rundir`."""
 from __future__ import annotations
 
 import json
@@ -66,7 +66,7 @@ def damaged_status(path: Path, state: dict) -> str:
             "it ended")
 
 
-def _some_entries(path: Path, shown: int = 3) -> str:
+def some_entries(path: Path, shown: int = 3) -> str:
     """The first few entries of a folder by name (folders with a trailing /), and how many more."""
     try:
         entries = sorted(Path(path).iterdir())
@@ -86,12 +86,12 @@ def not_empty_message(path: Path, state: dict) -> str:
         "succeeded": f"holds a finished run{newest}",
         "running": f"holds a run that is still running or was killed{newest}",
     }.get(state["status"]) or (damaged_status(path, state) if state["damaged"] else
-                               f"is not empty and holds no tpp run ({_some_entries(path)})")
+                               f"is not empty and holds no tpp run ({some_entries(path)})")
     if not holds_a_run(path, state):
         if state["status"] is not None or state["damaged"]:  # a status.json among files of the user's
             log = "" if (Path(path) / "log.jsonl").is_file() else " and no run's log.jsonl"
             what = (f"holds a status.json ({state['status'] or state['damaged']}) but also holds files no run writes "
-                    f"({_some_entries(path)}){log}: it is no tpp run's folder")
+                    f"({some_entries(path)}){log}: it is no tpp run's folder")
         return (f"output_dir '{path}' {what}. It is no run to continue, and tpp never deletes a folder that holds no "
                 "run, not even with --overwrite: choose another output_dir=... (or empty this one yourself)")
     if state["damaged"]:

@@ -24,19 +24,8 @@ import yaml
 from safetensors import SafetensorError
 
 from tpp.errors import TppError
-from tpp.run_folder import _some_entries, damaged_status, holds_a_run, not_empty_message, only_run_files, run_state
+from tpp.run_folder import damaged_status, holds_a_run, not_empty_message, only_run_files, run_state, some_entries
 from tpp.safe_write import finite_json, write_atomic, write_error
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes, read in 1 MiB chunks."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_default(value):
@@ -99,7 +88,7 @@ class RunDir:
                 raise TppError(f"output_dir '{self.path}' {damaged_status(self.path, state)}; train.resume will not "
                                "continue it. Pass --overwrite to start over, or choose another output_dir=...")
             if any(self.path.iterdir()) and state["status"] is None:
-                raise TppError(f"output_dir '{self.path}' holds no tpp run ({_some_entries(self.path)}), so "
+                raise TppError(f"output_dir '{self.path}' holds no tpp run ({some_entries(self.path)}), so "
                                "train.resume has nothing to continue there and tpp will not write into it. Drop "
                                "train.resume, or choose another output_dir=...")
             self.earlier_aside = sorted(self.path.glob(f"{SET_ASIDE}*.old"))

@@ -33,9 +33,9 @@ from collections.abc import Mapping
 from tpp.config.checks import _check_values, ignored_options, prompt_size_problems
 from tpp.config.paths import resolve_config_paths
 from tpp.config import parse
-from tpp.config.parse import (_default, _describe, _section, build_dataclass, config_error, free_form_dicts,
-                              load_yaml, parse_override, unknown_key)
-from tpp.config.plugins import (_data_options, _pool_entry, _switch_plugin, _task_options, _with_options,
+from tpp.config.parse import (build_dataclass, config_error, describe_type, field_default, free_form_dicts, load_yaml,
+                              parse_override, section_mapping, unknown_key)
+from tpp.config.plugins import (data_options, pool_entry, switch_plugin, task_options, with_options,
                                 drop_other_pretexts_defaults)
 from tpp.config.schema import (MULTITASK_ENTRY_KEYS, AdapterConfig, BackboneConfig, DataConfig, ModelConfig, PoolEntry,
                                PretextConfig, RunConfig, TrainConfig)
@@ -96,16 +96,16 @@ def build_config(data: dict, run: str | None = None) -> RunConfig:
     ignored_keys(data, written, run or written, problems)
     for name in ("adapter", "pretext"):
         if name in data:
-            data[name] = _collect(problems, _with_options, data, name, problems)
+            data[name] = _collect(problems, with_options, data, name, problems)
     if "task" in sections:
-        data["task_options"] = _collect(problems, _task_options, data)
-        for task in all_tasks():  # what _task_options left after a problem
+        data["task_options"] = _collect(problems, task_options, data)
+        for task in all_tasks():  # what task_options left after a problem
             data.pop(task.name, None)
     if "data" in sections:
-        data["data"] = _collect(problems, lambda: _data_options(_section(data, "data"), "data"))
+        data["data"] = _collect(problems, lambda: data_options(section_mapping(data, "data"), "data"))
     built = ("adapter", "pretext", "task_options", "data")  # None: their problems are listed already
     cfg = build_dataclass(RunConfig, {k: v for k, v in data.items() if k not in built or v is not None}, "", problems)
-    entries = [_collect(problems, _pool_entry, entry, i) for i, entry in enumerate(cfg.pool)]
+    entries = [_collect(problems, pool_entry, entry, i) for i, entry in enumerate(cfg.pool)]
     raw_pool, cfg.pool = cfg.pool, [build_dataclass(PoolEntry, {} if entry is None else entry, f"pool[{i}]", problems)
                                     for i, entry in enumerate(entries)]
     problems += other_recipes_pool_keys(cfg.recipe, raw_pool)
@@ -167,9 +167,9 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
         given = apply_overrides({}, list(overrides))
         file_data = copy.deepcopy(data)
         recipe = _recipe_to_run(path, data.get("recipe"), given.get("recipe"), recipe)
-        _switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
-        _switch_plugin(data, given, "pretext", "name", PretextConfig.name)
-        _switch_plugin(data, given, "data", "source", DataConfig.source)
+        switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
+        switch_plugin(data, given, "pretext", "name", PretextConfig.name)
+        switch_plugin(data, given, "data", "source", DataConfig.source)
         written = data.get("recipe", recipe)
         data = apply_overrides(data, list(overrides))
         data["recipe"] = written  # the file's keys are checked against the recipe it was written for
@@ -226,8 +226,9 @@ def help_lines(cls=RunConfig, prefix: str = "", tag: str = "") -> list[str]:
         if dataclasses.is_dataclass(tp):
             lines += help_lines(tp, f"{prefix}{f.name}.")
         elif f.name not in ("options", "task_options"):
-            default = _default(f)
-            lines.append(f"{prefix}{f.name} ({_describe(tp)}, default {default!r}){tag}: {f.metadata.get('help', '')}")
+            default = field_default(f)
+            lines.append(f"{prefix}{f.name} ({describe_type(tp)}, default {default!r}){tag}: "
+                         f"{f.metadata.get('help', '')}")
     if cls is RunConfig:
         from tpp.adapters import all_methods
         from tpp.pretext import all_pretexts

@@ -53,9 +53,9 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     return True, value
 
 
-def _describe(tp: Any) -> str:
+def describe_type(tp: Any) -> str:
     if typing.get_origin(tp) is typing.Union:
-        return " or ".join(_describe(a) for a in typing.get_args(tp))
+        return " or ".join(describe_type(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
@@ -106,7 +106,7 @@ def build_dataclass(cls, data: dict, path: str = "", problems: list[str] | None 
         if ok:
             kwargs[key] = coerced
         else:
-            found.append(f"config key '{key_path}' must be {_describe(tp)}, got {value!r}.")
+            found.append(f"config key '{key_path}' must be {describe_type(tp)}, got {value!r}.")
     try:
         built = cls(**kwargs)
     except ConfigError as exc:  # the class's own value checks
@@ -147,7 +147,7 @@ def not_a_mapping(path: str, value) -> str:
             f"value; set its keys ({path}.<key>=value, or {path}={{key: value}}).")
 
 
-def _section(data: dict, name: str) -> dict:
+def section_mapping(data: dict, name: str) -> dict:
     """A copy of the mapping ``data[name]`` ({} when absent); anything else, null included (a section whose keys
     are all commented out, or set to null by an override), is a ConfigError (:func:`not_a_mapping`), as for every
     other section."""
@@ -159,7 +159,7 @@ def _section(data: dict, name: str) -> dict:
     return dict(section)
 
 
-def _default(f: dataclasses.Field):
+def field_default(f: dataclasses.Field):
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 

@@ -12,12 +12,12 @@ import re
 from pathlib import PurePath
 from typing import Any
 
-from tpp.config.parse import _default, _section, build_dataclass, config_error
+from tpp.config.parse import build_dataclass, config_error, field_default, section_mapping
 from tpp.config.schema import AdapterConfig, DataConfig, PretextConfig, RunConfig
 from tpp.errors import ConfigError
 
 
-def _with_options(data: dict, section_name: str, problems: list[str]) -> dict:
+def with_options(data: dict, section_name: str, problems: list[str]) -> dict:
     """The ``adapter`` / ``pretext`` section of ``data`` with the chosen method's / pretext's options checked
     (problems appended) and kept in ``options``."""
     from tpp.adapters import get_method  # registries live with the methods and the pretexts
@@ -25,7 +25,7 @@ def _with_options(data: dict, section_name: str, problems: list[str]) -> dict:
 
     common_cls, key, get = ((AdapterConfig, "method", get_method) if section_name == "adapter"
                             else (PretextConfig, "name", get_pretext))
-    section = _section(data, section_name)
+    section = section_mapping(data, section_name)
     if section_name == "adapter" and isinstance(section.get(key), (list, str)):  # [a, b], "a + b" -> "a+b"
         from tpp.adapters.compose import canonical
 
@@ -40,7 +40,7 @@ def _with_options(data: dict, section_name: str, problems: list[str]) -> dict:
     return section
 
 
-def _data_options(section: dict, path: str) -> dict:
+def data_options(section: dict, path: str) -> dict:
     """The data section ``section`` (a copy, changed in place) with its source's options popped into ``options``,
     checked and typed by the source's options dataclass; ``path``: its key (``data``, ``pool[0].data``)."""
     from tpp.data.sources import get_source
@@ -77,14 +77,14 @@ def default_dataset_name(source: str, section: dict) -> str:
     return source
 
 
-def _pool_entry(entry: Any, index: int) -> Any:
-    """A ``pool`` entry with its data section's source options popped into ``options`` (see _data_options)."""
+def pool_entry(entry: Any, index: int) -> Any:
+    """A ``pool`` entry with its data section's source options popped into ``options`` (see data_options)."""
     if isinstance(entry, dict) and "data" in entry:
-        return dict(entry, data=_data_options(_section(entry, "data"), f"pool[{index}].data"))
+        return dict(entry, data=data_options(section_mapping(entry, "data"), f"pool[{index}].data"))
     return entry
 
 
-def _task_options(data: dict):
+def task_options(data: dict):
     """Pop (in place) the sections named after registered tasks; the chosen task's (``task``, default
     classification) becomes its typed options. Another task's section is an error naming the task."""
     from tpp.tasks import all_tasks, get_task
@@ -92,7 +92,7 @@ def _task_options(data: dict):
     name = data.get("task", RunConfig.task)
     task = get_task(name)
     for other in all_tasks():
-        section = _section(data, other.name)
+        section = section_mapping(data, other.name)
         data.pop(other.name, None)
         if other is task:
             options = build_dataclass(task.options_cls, section, task.name)
@@ -102,7 +102,7 @@ def _task_options(data: dict):
     return options
 
 
-def _switch_plugin(data: dict, given: dict, section_name: str, key: str, default: str) -> None:
+def switch_plugin(data: dict, given: dict, section_name: str, key: str, default: str) -> None:
     """``adapter.method=X`` / ``pretext.name=X`` / ``data.source=X`` on the command line replaces the file's
     method / pretext / source:
     the file's options were written for its own choice and are dropped (in place), its common keys
@@ -229,5 +229,5 @@ def drop_other_pretexts_defaults(section: dict, chosen: str) -> None:
 
     own = {f.name for f in dataclasses.fields(get_pretext(chosen).options_cls)}
     for key, owners in _option_fields("pretext", chosen).items():
-        if key in section and key not in own and any(section[key] == _default(f) for _, f in owners):
+        if key in section and key not in own and any(section[key] == field_default(f) for _, f in owners):
             del section[key]

@@ -28,7 +28,8 @@ from tpp.errors import TppError
 METADATA = "metadata.csv"
 
 
-def _folder(root: str | None, file: str | None) -> Path:
+def image_folder(root: str | None, file: str | None) -> Path:
+    """The folder ``data.root`` / ``data.file`` name (``file`` absolute: itself); a TppError when it is none."""
     path = Path(file) if file and Path(file).is_absolute() else resolve_root(root) / (file or "")
     if not path.is_dir():
         raise TppError(f"image folder '{path}' does not exist. Set data.root (and data.file for a sub-folder).")
@@ -74,7 +75,7 @@ def load_folder(name: str, root: str | None, file: str | None, *, modality: str 
     folder, an image missing from a metadata.csv that labels, fewer than two classes, or a class with no
     training image are always errors: never train on a silently wrong label set.
     """
-    path = _folder(root, file)
+    path = image_folder(root, file)
     modality = check_modality(modality, name, required=True)
     files, skipped = walk_images(path, on_bad_file)
     if not files:
@@ -164,7 +165,7 @@ def load_unlabeled_folder(name: str, root: str | None, file: str | None, *, moda
                           reading: FileReading | None = None) -> Dataset:
     """Every image below a folder as one unlabeled 'train' split (labels None, split id "all images"), each file
     read as ``reading`` says (:class:`FileReading`)."""
-    path = _folder(root, file)
+    path = image_folder(root, file)
     modality = check_modality(modality, name, required=True)
     files, skipped = walk_images(path, on_bad_file)
     if not files:

@@ -128,9 +128,9 @@ def load_seg_folder(name: str, root: str | None, file: str | None, *, image_size
     from tpp.data.files import PackedStrings
     from tpp.data.filesets import check_files, image_stem, pair_masks
     from tpp.data.labelled import files_origin, holding_origins
-    from tpp.data.folders import _folder
+    from tpp.data.folders import image_folder
 
-    root = _folder(root, file)
+    root = image_folder(root, file)
     image_dir, mask_dir = root / "images", root / "masks"
     for d in (image_dir, mask_dir):
         if not d.is_dir():

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from tpp.errors import TppError
 from tpp.incontext import learned_card
-from tpp.rundir import file_sha256
+from tpp.capped_read import file_sha256
 from tpp.safe_write import finite_json
 
 CARD = "icl_card.json"

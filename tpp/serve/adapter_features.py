@@ -19,9 +19,9 @@ def with_adapter(extractor: Extractor, adapter: str) -> Extractor:
     from tpp.model import load_adapter_state
     from tpp.serve.bank import move_own_tensors, share_weights_copy
     from tpp.serve.integrity import adapter_method, parse_tensors
-    from tpp.serve.store import _adapter_dir
+    from tpp.serve.store import adapter_dir_of
 
-    path = _adapter_dir(adapter)
+    path = adapter_dir_of(adapter)
     # each file read once, never through a link: a version folder's every file, as its content hash verified them (a
     # file changed on disk is refused naming the folder, one swapped after that read is never read); another
     # folder's card and the weights file it names

@@ -76,7 +76,7 @@ def adapter_files(path: Path, card: dict, held: dict[str, bytes] | None = None) 
     return sorted(names)
 
 
-def _adapter_dir(source: str | Path) -> Path:
+def adapter_dir_of(source: str | Path) -> Path:
     """A run directory (with ``adapter/``) or an adapter directory itself. A run directory whose run did not
     succeed is refused: its ``adapter/`` is from an earlier state (an extension of a finished run that failed)."""
     source = Path(source)
@@ -108,7 +108,7 @@ def read_source_card(source: str | Path, inspect=None) -> tuple[Path, dict, dict
     file swapped after that read is never what gets published or loaded. Full-model baselines and non-adapters are
     refused with a clear message. ``inspect(path, card)``, when given, runs on the card before the folder's other
     files are looked for (a caller's own refusal of what the card says comes first)."""
-    path = _adapter_dir(source)
+    path = adapter_dir_of(source)
     card, read, _ = read_adapter_dir(path, follow=False)  # another folder's card: never through a link
     if inspect is not None:
         inspect(path, card)

@@ -64,18 +64,34 @@ def test_sigterm_to_the_launcher_stops_its_workers(tiny_mae, data_root, tmp_path
     assert status() == "failed"
 
 
-def test_a_worker_ends_its_process_group_when_its_run_ends(tmp_path):
+def test_a_worker_ends_the_process_group_its_run_set_up_and_no_other(tmp_path):
     """A ``--num-processes`` worker left its gloo group to the interpreter's exit, where gloo's threads could abort
-    the finished worker ('terminate called without an active exception', exit -6): the run now ends the group, also
-    when it fails. A world of one process, set up as torchrun does, in a fresh interpreter."""
+    the finished worker ('terminate called without an active exception', exit -6): the run now ends the group it
+    set up, also when it fails. A group that existed before ``main`` (a program embedding tpp set it up) is that
+    program's and stays. A world of one process, set up as torchrun does, in a fresh interpreter; the run's own
+    group is set up where Accelerate would set it up, inside the run."""
     script = f"""
 import os, torch.distributed as dist
+import tpp.api
 from tpp.cli import main
-dist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", world_size=1, rank=0)
+from tpp.errors import TppError
 os.environ["LOCAL_RANK"] = "0"
+run = tpp.api.run
+
+def run_with_a_group(*args, **kwargs):
+    dist.init_process_group("gloo", init_method="file://{tmp_path / 'own'}", world_size=1, rank=0)
+    raise TppError("the run failed")
+
+tpp.api.run = run_with_a_group
+code = main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml"])
+print("own: exit", code, "group", dist.is_initialized())
+tpp.api.run = run
+dist.init_process_group("gloo", init_method="file://{tmp_path / 'callers'}", world_size=1, rank=0)
 code = main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
              "output_dir={tmp_path / 'run'}", "data.root={tmp_path / 'none'}", "backbone.path={tmp_path / 'none'}"])
-print("exit", code, "group", dist.is_initialized())
+print("callers: exit", code, "group", dist.is_initialized())
+dist.destroy_process_group()
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-    assert "exit 2 group False" in done.stdout, done.stdout + done.stderr
+    assert "own: exit 2 group False" in done.stdout, done.stdout + done.stderr
+    assert "callers: exit 2 group True" in done.stdout, done.stdout + done.stderr

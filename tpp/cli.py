@@ -261,22 +261,32 @@ def cmd_run(args) -> int:
         return _launch(args)
 
     # the entry of tpp.finetune / tpp.pretrain_target_parameters / tpp.evaluate
+    callers = group_initialised()  # a group the caller of main() set up is theirs to end
     try:
         result = api.run(args.recipe, _config_path(args.config), args.overrides, overwrite=args.overwrite,
                          started=started)
     finally:
-        end_process_group()
+        end_process_group(kept=callers)
     if os.environ.get("RANK", "0") == "0":  # one summary, from the process that wrote the run directory
         _print_summary(args.recipe, result.metrics, result.run_dir)
     return 0
 
 
-def end_process_group() -> None:
-    """Destroy the process group a ``--num-processes`` worker's run set up (accelerate does not): a gloo group left
-    at exit can abort the worker ('terminate called without an active exception', exit -6) after a finished run."""
-    import torch.distributed as dist
+def group_initialised() -> bool:
+    """Whether a torch.distributed process group exists in this process (without importing torch for a run that
+    never did)."""
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
-    if dist.is_available() and dist.is_initialized():
+
+def end_process_group(kept: bool = False) -> None:
+    """Destroy the process group a ``--num-processes`` worker's run set up (accelerate does not): a gloo group left
+    at exit can abort the worker ('terminate called without an active exception', exit -6) after a finished run.
+    ``kept``: the group existed before the run (a program that set it up and then called :func:`main`), so it is
+    left to that program."""
+    if not kept and group_initialised():
+        import torch.distributed as dist
+
         dist.destroy_process_group()
 
 

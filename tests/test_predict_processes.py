@@ -12,7 +12,9 @@ import sys
 
 import pytest
 import torch
-from helpers import FAST, recipe_args, run_cli, run_cli_subprocess, toy_segmentation_npz
+from conftest import make_medmnist
+from helpers import FAST, FINETUNE_CONFIG, HANG_S, cli_command, recipe_args, run_cli, run_cli_subprocess, \
+    toy_segmentation_npz
 
 from tpp.training import block_slices
 
@@ -83,7 +85,34 @@ def test_evaluate_with_two_processes_writes_the_metrics_and_predictions_of_one(t
     proc = run_cli_subprocess(*recipe_args("evaluate", config, tiny_mae, tmp_path, tmp_path / "two", *args),
                               "--num-processes", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "process rank 1 of world size 2" in proc.stderr
+    assert "process rank 0 of world size 2" in proc.stderr  # rank 1's output went to its file
     one, two = (json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two"))
     assert two["test"] == one["test"] and one["test"]["n"] % 10 != 0
     assert (tmp_path / "two" / "predictions.csv").read_bytes() == (tmp_path / "one" / "predictions.csv").read_bytes()
+
+
+def test_a_worker_failing_mid_evaluation_is_reported_once_without_the_others_noise(tiny_mae, tmp_path):
+    """Rank 0 fails while the predictions stream into predictions.csv (a real failure: a file size limit, as a
+    full disk would refuse, that rank 0 reaches and rank 1, which writes nothing, does not) with rank 1 waiting in
+    a gather: rank 1 printed gloo's 'Connection closed by peer' traceback and torchrun its ChildFailedError
+    traceback, and the run exited 1. Now the cause is said once, nothing else, and the exit status is rank 0's."""
+    import resource
+
+    root = make_medmnist(tmp_path / "data", n=(600, 20, 20))  # evaluated: the 600 training images (~36 KB of rows)
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, root, tmp_path / "ft", "train.max_steps=1",
+                                *FAST)) == 0
+    args = recipe_args("evaluate", FINETUNE_CONFIG, tiny_mae, root, tmp_path / "ev", "data.split=train",
+                       f"adapter.path={tmp_path / 'ft' / 'adapter'}", "train.eval_batch_size=64")
+
+    def limit_file_size():  # inherited by the launcher, torchrun and both workers; Python ignores SIGXFSZ: EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))
+
+    proc = subprocess.run(cli_command(*args, "--num-processes", "2"), capture_output=True, text=True,
+                          preexec_fn=limit_file_size, timeout=HANG_S)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: cannot write '{tmp_path / 'ev' / 'predictions.csv'}': File too large."], proc.stderr
+    for noise in ("Traceback", "Connection closed", "ChildFailedError", "SIGTERM", "interrupted", "[rank"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "ev" / "status.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "ev" / "predictions.csv").exists()

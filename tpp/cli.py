@@ -265,6 +265,13 @@ def cmd_run(args) -> int:
     try:
         result = api.run(args.recipe, _config_path(args.config), args.overrides, overwrite=args.overwrite,
                          started=started)
+    except BaseException as exc:  # a worker stopped because another failed: that one's error is the one shown
+        from tpp.launch import stopped_status
+
+        status = None if args.debug else stopped_status(exc, isinstance(exc, Terminated))
+        if status is None:
+            raise
+        return status
     finally:
         end_process_group(kept=callers)
     if os.environ.get("RANK", "0") == "0":  # one summary, from the process that wrote the run directory
@@ -291,10 +298,14 @@ def end_process_group(kept: bool = False) -> None:
 
 
 def _launch(args) -> int:
-    """Re-run this command under torchrun with ``--num-processes`` workers on this machine."""
+    """Re-run this command under torchrun with ``--num-processes`` workers on this machine (:mod:`tpp.launch`:
+    rank 0's output on the terminal, a failed run's cause shown once); the exit status of the failed worker."""
+    import shutil
     import socket
     import subprocess
+    import tempfile
 
+    from tpp.launch import torchrun_args
     from tpp.config import load_config
     from tpp.recipes import refuse_overwrite_with_resume, refuse_problems
 
@@ -312,10 +323,10 @@ def _launch(args) -> int:
         port = sock.getsockname()[1]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_processes)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.num_processes),
-           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "tpp.cli", "run", args.recipe,
-           "--config", str(_config_path(args.config)), *(["--overwrite"] if args.overwrite else []),
-           *(["--debug"] if args.debug else []), *args.overrides]
+    logs = tempfile.mkdtemp(prefix="tpp-workers-")  # ranks 1..'s output, read if one fails
+    cmd = [sys.executable, "-m", "tpp.launch", *torchrun_args(args.num_processes, port, logs), "-m", "tpp.cli",
+           "run", args.recipe, "--config", str(_config_path(args.config)),
+           *(["--overwrite"] if args.overwrite else []), *(["--debug"] if args.debug else []), *args.overrides]
     print(f"launching {args.num_processes} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     process = subprocess.Popen(cmd, env=env)
     try:
@@ -327,6 +338,8 @@ def _launch(args) -> int:
         except subprocess.TimeoutExpired:
             process.kill()
         raise
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def _print_summary(recipe: str, summary: dict, path: Path) -> None:

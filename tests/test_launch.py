@@ -1,0 +1,72 @@
+"""`tpp run --num-processes N`'s report of a failed run (tpp.launch): the cause once, from the worker that had
+it; a worker that stopped only because another failed says nothing. torchrun's failures are built here; the run
+itself is in tests/test_predict_processes.py."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+from tpp.launch import STOPPED, report, stopped_status, torchrun_args
+
+GLOO = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+        "[127.0.0.1]:43420. This is typically caused by a remote worker crashing.")
+
+
+def failure(log_dir, rank: int, exitcode: int, output: str | None = None) -> ProcessFailure:
+    """Rank ``rank``'s failure as torchrun records it (no error file: tpp's workers write none), its output where
+    torchrun's ``--redirects`` put it."""
+    folder = log_dir / "none_abc" / "attempt_0" / str(rank)
+    folder.mkdir(parents=True)
+    if output is not None:
+        (folder / "stderr.log").write_text(output)
+    return ProcessFailure(rank, 1000 + rank, exitcode, str(folder / "error.json"))
+
+
+def test_rank_0s_own_error_is_on_the_terminal_already(tmp_path):
+    failures = {0: failure(tmp_path, 0, 2), 1: failure(tmp_path, 1, STOPPED, GLOO)}
+    assert report(failures, 2, str(tmp_path)) == ([], 2)
+
+
+def test_another_ranks_error_is_shown_from_its_file_once(tmp_path):
+    """Rank 1 failed (its error in its file, the same every rank would print); rank 0 lost its peer or was
+    stopped by torchrun: rank 1's error, with the lines of its paragraph, is the one shown."""
+    output = "[tpp] process rank 1 of world size 4 (MULTI_CPU)\nwarning: x\nerror: image 'a.png' is truncated\n  - b\n"
+    for stopped in (STOPPED, 128 + signal.SIGTERM, -signal.SIGTERM):
+        folder = tmp_path / str(stopped)
+        folder.mkdir()
+        failures = {0: failure(folder, 0, stopped), 1: failure(folder, 1, 2, output),
+                    3: failure(folder, 3, 143, "")}
+        shown = ["error: process rank 1 of 4: image 'a.png' is truncated", "  - b"]
+        assert report(failures, 4, str(folder)) == (shown, 2)
+
+
+def test_a_traceback_a_signal_and_silence_are_each_named(tmp_path):
+    traceback = "noise\n[rank2]: Traceback (most recent call last):\n[rank2]:   File \"x\"\n[rank2]: ValueError: v\n"
+    lines, code = report({0: failure(tmp_path, 0, STOPPED), 2: failure(tmp_path, 2, 1, traceback)}, 3, str(tmp_path))
+    assert (lines, code) == (["error: process rank 2 of 3 failed (exit status 1):", "Traceback (most recent call "
+                              "last):", "  File \"x\"", "ValueError: v"], 1)
+    lines, code = report({1: failure(tmp_path, 1, -signal.SIGKILL, "[tpp] a line\n")}, 2, str(tmp_path))
+    assert code == 128 + signal.SIGKILL and lines == [
+        "error: process rank 1 of 2 was killed by SIGKILL (the system may have run out of memory); the others "
+        "were stopped."]
+    lines, _ = report({3: failure(tmp_path, 3, 1)}, 4, str(tmp_path))
+    assert lines == ["error: process rank 3 of 4 failed (exit status 1) without output"]
+
+
+def test_a_worker_that_lost_its_peers_or_was_stopped_has_no_error_of_its_own(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert stopped_status(RuntimeError(GLOO), terminated=False) == STOPPED
+    assert stopped_status(KeyboardInterrupt(), terminated=True) == 128 + signal.SIGTERM
+    assert stopped_status(KeyboardInterrupt(), terminated=False) == 128 + signal.SIGINT
+    assert stopped_status(RuntimeError("shape mismatch"), terminated=False) is None  # its own: reported
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: everything is its own
+    assert stopped_status(RuntimeError(GLOO), terminated=False) is None
+    assert stopped_status(KeyboardInterrupt(), terminated=False) is None
+
+
+@pytest.mark.parametrize("processes, redirects", [(2, ["--redirects", "1:3"]), (3, ["--redirects", "1:3,2:3"])])
+def test_ranks_after_the_first_write_to_files(processes, redirects):
+    args = torchrun_args(processes, 1234, "/tmp/logs")
+    assert args[-len(redirects):] == redirects and args[args.index("--log-dir") + 1] == "/tmp/logs"

@@ -1,0 +1,113 @@
+"""``tpp run --num-processes N``'s launcher: torchrun (``torch.distributed.run``) in a child process of ``tpp``,
+reporting a failed run as one process's error, once.
+
+Rank 0 writes to the terminal as a single process would; the other ranks' output goes to files in a temporary
+folder (torchrun's ``--redirects``/``--log-dir``), where a deterministic error every rank hits (a bad data file)
+stays unrepeated. A worker that stops only because another failed (its collective lost the peer:
+:data:`STOPPED`, or torchrun's SIGTERM) prints nothing (:func:`stopped_status`). When a worker fails, this
+launcher prints what the user needs, in place of torchrun's traceback and log lines: nothing more when rank 0
+printed its own error; else the failed rank's error from its file, or the signal that killed it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+STOPPED = 3  # a worker's exit status when a collective lost its peers: another process failed first
+STOPPED_STATUSES = frozenset({STOPPED, 128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT})
+LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "remote worker crashing")
+SHOWN_LINES = 40  # of a failed rank's output without an error line of its own
+
+
+def torchrun_args(processes: int, port: int, log_dir: str) -> list[str]:
+    """torchrun's options for ``processes`` workers on this machine: ranks 1.. to files under ``log_dir``."""
+    quiet = ",".join(f"{rank}:3" for rank in range(1, processes))  # 3: stdout and stderr
+    return ["--nproc_per_node", str(processes), "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "--log-dir", log_dir, *(["--redirects", quiet] if quiet else [])]
+
+
+def lost_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` says a collective operation lost its peers (gloo: the peer closed its connection; NCCL
+    and the store: torch's DistError): what a worker meets when another one failed and left."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and isinstance(exc, getattr(dist, "DistError", ())):
+        return True
+    return isinstance(exc, RuntimeError) and any(words in str(exc).lower() for words in LOST_PEER)
+
+
+def stopped_status(exc: BaseException, terminated: bool) -> int | None:
+    """The exit status of a worker of a multi-process run (``WORLD_SIZE`` > 1) that stopped because of ``exc``
+    without a cause of its own: a lost peer (:data:`STOPPED`), torchrun's SIGTERM after another worker failed
+    or a Ctrl-C (``terminated``: SIGTERM) (128 + the signal). None: a single process, or an error to report."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return None
+    if isinstance(exc, KeyboardInterrupt):
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    return STOPPED if lost_peer(exc) else None
+
+
+def report(failures: dict, world: int, log_dir: str) -> tuple[list[str], int]:
+    """(lines to print, exit status) for torchrun's ``failures`` {rank: ProcessFailure}, the ranks' output under
+    ``log_dir``: the cause is rank 0's failure if it has its own (it printed it: no lines), else the earliest
+    other rank's that has its own (ties: the lower rank), else the earliest of all."""
+    own = {rank: f for rank, f in failures.items() if f.exitcode not in STOPPED_STATUSES}
+    rank = 0 if 0 in own else min(own or failures, key=lambda r: (failures[r].timestamp, r))
+    failure = failures[rank]
+    code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    if failure.exitcode < 0:
+        name = signal.Signals(-failure.exitcode).name if -failure.exitcode in signal.valid_signals() else "a signal"
+        memory = " (the system may have run out of memory)" if failure.exitcode == -signal.SIGKILL else ""
+        return [f"error: process rank {rank} of {world} was killed by {name}{memory}; the others were stopped."], code
+    if rank == 0 and rank in own:
+        return [], code
+    return error_lines(rank, world, failure.exitcode, log_dir), code
+
+
+def error_lines(rank: int, world: int, exitcode: int, log_dir: str) -> list[str]:
+    """The error rank ``rank`` wrote to its output file (torchrun's ``LOG_DIR/RUN_ID/attempt_N/RANK/stderr.log``):
+    from its last ``error:`` line or traceback to the end, else its last :data:`SHOWN_LINES` lines."""
+    lines = []
+    for path in sorted(Path(log_dir).glob(f"*/attempt_*/{rank}/stderr.log"))[-1:]:
+        try:
+            lines = [re.sub(r"^\[rank\d+\]:\s?", "", line) for line in path.read_text(errors="replace").splitlines()]
+        except OSError:
+            pass
+    starts = [i for i, line in enumerate(lines) if line.startswith(("error: ", "Traceback (most recent call last)"))]
+    head = f"error: process rank {rank} of {world} failed (exit status {exitcode})"
+    if not starts:
+        return [f"{head}{', its output:' if lines else ' without output'}", *lines[-SHOWN_LINES:]]
+    shown = lines[starts[-1]:]
+    if shown[0].startswith("error: "):
+        return [f"error: process rank {rank} of {world}: {shown[0][len('error: '):]}", *shown[1:]]
+    return [f"{head}:", *shown]
+
+
+def main(argv: list[str]) -> int:
+    """torchrun with ``argv``; a failed run reported by :func:`report`, an interrupt quietly (the ``tpp`` process
+    that started this one says so)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    args = parse_args(argv)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its lines on stopping workers
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        lines, code = report(exc.failures, int(args.nproc_per_node), args.log_dir)
+        if lines:
+            print("\n".join(lines), file=sys.stderr, flush=True)
+        return code
+    except SignalException as exc:  # SIGTERM / SIGINT to torchrun: its workers were stopped
+        return 128 + int(exc.sigval)
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -3,8 +3,9 @@
 A relative path written in a config **file** resolves against that file's folder, so a config runs the same
 from any current folder; a path given on the **command line** (``key=value``) resolves against the current
 folder, as a shell user expects. Both become absolute, so a run's ``config.yaml`` records where they
-pointed. The keys that are paths (:data:`PATH_KEYS`): ``backbone.path`` (a local directory, or a hub id:
-``org/name`` or ``name`` that is no existing folder stays as written), ``adapter.path``,
+pointed, as the OS reads them (a ``..`` after a symbolic link leaves the link's target:
+:func:`as_the_os_reads`). The keys that are paths (:data:`PATH_KEYS`): ``backbone.path`` (a local directory, or a
+hub id: ``org/name`` or ``name`` that is no existing folder stays as written), ``adapter.path``,
 ``adapter.init_from`` and ``data.root`` (also each ``pool[i].data.root``). A data source's own file options
 (``data.file`` ...) stay relative to ``data.root``. Values of the wrong type are left alone: the config
 checks report them.
@@ -22,14 +23,36 @@ def resolve_path(value: str, base: Path, hub_ok: bool = False) -> str:
     """``value`` as an absolute path against folder ``base`` (``~`` expanded). With ``hub_ok`` a value
     shaped like a hub id (``name`` or ``org/name``, not starting with ``.``, ``/`` or ``~``) that is no
     folder under ``base`` is returned unchanged."""
-    expanded, base = os.path.expanduser(value), os.path.abspath(base)
+    expanded, base = os.path.expanduser(value), as_the_os_reads(os.fspath(base))
     if os.path.isabs(expanded):
-        return os.path.normpath(expanded)
-    candidate = os.path.normpath(os.path.join(base, expanded))
+        return as_the_os_reads(expanded)
+    candidate = as_the_os_reads(os.path.join(base, expanded))
     hub_shaped = not value.startswith((".", "~")) and value.count("/") <= 1 and "\\" not in value
     if hub_ok and hub_shaped and not os.path.exists(candidate):
         return value
     return candidate
+
+
+def as_the_os_reads(path: str) -> str:
+    """Absolute ``path`` without its ``.`` and ``..`` parts, naming what the OS (and a shell) opens for it: a ``..``
+    right after a symbolic link leads to the parent of the link's **target**, not back to the folder holding the
+    link (``os.path.normpath`` would drop ``link/..`` as text and name another file). Links elsewhere in the path
+    keep their names, so a path without such a ``..`` is written as before. A ``..`` after a part that does not
+    exist goes up as text (as ``normpath`` does; the OS would refuse the path)."""
+    drive, rest = os.path.splitdrive(path if os.path.isabs(path) else os.path.join(os.getcwd(), path))
+    if os.path.altsep:
+        rest = rest.replace(os.path.altsep, os.sep)
+    head = drive + os.sep
+    for part in rest.split(os.sep):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if os.path.islink(head):  # the OS goes up from where the link leads
+                head = os.path.realpath(head)
+            head = os.path.dirname(head)
+        else:
+            head = os.path.join(head, part)
+    return head
 
 
 def resolve_paths(tree: dict, base: str | os.PathLike) -> list[str]:

@@ -75,7 +75,8 @@ def source_overrides(source: str) -> list[str]:
 
 
 # TPP variants for the investigation, named in a method as 'lora+tpp_mae~<variant>': extra overrides
-# of the TPP run only (fine-tuning stays the same, so variants pair with the same random-init cells)
+# of the TPP run only (fine-tuning stays the same, so variants pair with the same random-init cells); appended to
+# the protocol's settings, they replace those of the same key (run_recipe(..., later_wins=True))
 VARIANTS = {
     "lr1e-4": ["train.lr=1e-4"],
     "steps1600": ["train.max_steps=1600"],
@@ -230,7 +231,7 @@ class Bench:
                 run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(partial, seed) + source_overrides(source) + [
                     f"pretext.name={pretext}", f"train.max_steps={p['tpp_steps']}",
                     f"train.batch_size={p['tpp_batch_size']}", f"train.lr={p['tpp_lr']}", *tpp_method(method, p),
-                    *VARIANTS.get(variant, [])], overwrite=True)
+                    *VARIANTS.get(variant, [])], overwrite=True, later_wins=True)  # a variant's settings win
         out = self.cache / "tpp" / name
         train_once(out, stamp_text, train)
         return out / "adapter", json.loads((out / "metrics.json").read_text())["wall_time_s"]

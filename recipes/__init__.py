@@ -222,7 +222,7 @@ def find_config(name: str | os.PathLike) -> Path:
 
 
 def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: bool = False,
-               started: float | None = None) -> tuple[dict, Path]:
+               started: float | None = None, *, later_wins: bool = False) -> tuple[dict, Path]:
     """Load and check the config, run recipe ``name`` in its run directory, record the status.
 
     ``config_path``: a YAML file, or a mapping of the same contents (``{"train": {"max_steps": 20}, ...}``),
@@ -231,7 +231,8 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
     Everything ``tpp validate`` checks is checked before the run directory is created. ``train.resume=auto``
     on a run that already succeeded (same config) raises :class:`~tpp.recipes.resume.RunFinished` and touches
     nothing; with a larger ``train.max_steps`` it extends that run. ``started`` (``time.time()``, default now): when
-    the command began; ``wall_time_s`` in the summary and ``metrics.json`` counts from there.
+    the command began; ``wall_time_s`` in the summary and ``metrics.json`` counts from there. A key two overrides
+    set is refused (``later_wins=True``: the later one wins; :func:`tpp.config.load_config`).
     """
     import time
 
@@ -240,7 +241,7 @@ def run_recipe(name: str, config_path, overrides: list[str] = (), overwrite: boo
 
     started = time.time() if started is None else started
     get_recipe(name)
-    cfg = load_config(config_path, list(overrides), recipe=name)
+    cfg = load_config(config_path, list(overrides), recipe=name, later_wins=later_wins)
     refuse_overwrite_with_resume(cfg, overwrite)
     label = "the config dict" if isinstance(config_path, Mapping) else str(config_path)
     from tpp.rundir import refuse_if_in_use

@@ -187,3 +187,55 @@ def test_a_section_left_empty_in_the_file_is_refused_as_train_is(tmp_path, secti
     path.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match="'train' must be a mapping, got NoneType"):
         load_config(path)
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["train.lr=1e-3", "train.lr=1e-4"], "override train.lr is given twice ('train.lr=1e-3', then 'train.lr=1e-4')"),
+    (["train.lr=1e-3", "train={lr: 1e-4}"], "override train.lr is given twice ('train.lr=1e-3', then "
+                                            "'train={lr: 1e-4}'); keep one."),
+])
+def test_load_config_and_run_recipe_refuse_a_key_given_twice(overrides, said, tmp_path):
+    """Only `tpp run` / `tpp validate` and tpp.finetune refused it; load_config and run_recipe (the benchmarks'
+    entry) trained with the last one without a word."""
+    from tpp.recipes import run_recipe
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(FINETUNE, overrides)
+    assert said in str(caught.value)
+    with pytest.raises(ConfigError, match=r"train\.lr is given twice"):
+        run_recipe("finetune", FINETUNE, [f"output_dir={tmp_path / 'run'}", *overrides])
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(ConfigError, match=r"train\.lr is given twice"):
+        load_config({"train": {"max_steps": 2}}, overrides)  # a config built in Python too
+    assert load_config(FINETUNE, ["train.max_steps=5", "train={lr: 1e-4}"]).train.max_steps == 5  # two keys
+
+
+def test_later_wins_lets_the_last_of_a_repeated_key_win_when_asked():
+    cfg = load_config(FINETUNE, ["train.lr=1e-3", "adapter.r=2", "train={lr: 1e-4}", "adapter.r=4"], later_wins=True)
+    assert cfg.train.lr == pytest.approx(1e-4) and cfg.adapter.options["r"] == 4
+
+
+def test_the_benchmarks_tpp_variants_replace_the_protocols_settings(tmp_path, monkeypatch):
+    """tpp_gain appends a variant's overrides (train.max_steps=1600) to the protocol's own (train.max_steps=...):
+    the one caller that means the later to win, and says so."""
+    import sys
+    from pathlib import Path
+
+    import tpp.recipes
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import tpp_gain
+
+    loaded = []
+
+    def loading_only(name, config, overrides, overwrite=False, started=None, **kw):
+        loaded.append(load_config(config, overrides, recipe=name, **kw))
+        raise KeyboardInterrupt  # stop before anything trains
+
+    monkeypatch.setattr(tpp.recipes, "run_recipe", loading_only)
+    bench = tpp_gain.Bench(tmp_path / "cache", tpp_gain.PROTOCOL, "builtin:mae-vit-tiny-med", str(tmp_path))
+    for variant, key, value in (("steps1600", "max_steps", 1600), ("lr1e-4", "lr", 1e-4)):
+        with pytest.raises(KeyboardInterrupt):
+            bench.tpp_adapter("breastmnist", "lora", "mae", variant, 0)
+        assert getattr(loaded[-1].train, key) == pytest.approx(value)
+

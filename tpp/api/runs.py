@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tpp.config import repeated_overrides
 from tpp.errors import TppError
 
 YAML_END = r"\n?\.\.\.$"  # what safe_dump puts after a lone scalar
@@ -133,9 +132,6 @@ def run(recipe: str, config, overrides: Mapping | Sequence[str] | None = None, *
         if any(a.startswith("output_dir=") for a in args):
             raise TppError("output_dir is given twice (as output_dir= and in overrides); give it once.")
         args += override_args({"output_dir": output_dir})  # quoted where YAML would misread it ("2024")
-    repeated = repeated_overrides(args)
-    if repeated:  # as `tpp run` refuses them: the last would win without a word
-        raise TppError("; ".join(f"override {r}" for r in repeated) + ".")
     with quiet():
         summary, path = run_recipe(recipe, _config_source(config), args, overwrite, started)
     return _result(recipe, path, summary)

@@ -141,9 +141,14 @@ def _naming_the_file(error: ConfigError, path, overrides) -> ConfigError:
     return named
 
 
-def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), recipe: str | None = None) -> RunConfig:
+def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), recipe: str | None = None, *,
+                later_wins: bool = False) -> RunConfig:
     """YAML file + ``key=value`` overrides -> validated RunConfig for ``recipe`` (None: the config's own
-    ``recipe``, which a ``recipe=...`` override may set); every problem of the file at once. Records which
+    ``recipe``, which a ``recipe=...`` override may set); every problem of the file at once. A key that two
+    overrides set is a ConfigError naming both (:func:`repeated_overrides`: what ``tpp run`` / ``tpp validate`` and
+    ``tpp.finetune`` refuse; it is refused here, where they all load their config); ``later_wins=True`` lets the
+    later one win instead, for a caller that appends its own settings to a list on purpose (the benchmarks'
+    variants of a protocol: ``benchmarks/tpp_gain.py``). Records which
     adapter keys the overrides set (``cfg.adapter.explicit``). An ``adapter.method`` / ``pretext.name`` /
     ``data.source`` override that changes the method / pretext / source drops the file's options for the
     one it replaces.
@@ -159,6 +164,9 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
 
     Then a visual prompt's input size is checked against ``backbone.input_size`` (the checkpoint's config.json
     read when one of them is unset; :func:`tpp.config.checks.prompt_size_problems`)."""
+    repeated = [] if later_wins else repeated_overrides(list(overrides))
+    if repeated:  # the last would win without a word
+        raise ConfigError("; ".join(f"override {r}" for r in repeated) + ".")
     if isinstance(path, Mapping):  # a config built in Python: its relative paths are the current folder's
         data, path, base = _plain(path), "(dict)", os.getcwd()
     else:

@@ -9,11 +9,14 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import fields
 
 import numpy as np
 from PIL import Image
 
 from tpp.cli import main
+from tpp.config import AdapterConfig, parse_override, repeated_overrides
+from tpp.errors import ConfigError
 
 # The only time limit a test puts on a subprocess, a reply or a wait it polls for: one that a hang reaches
 # and a slow or loaded machine does not (a test whose subject is a timeout sets its own small one).
@@ -27,18 +30,39 @@ FAST = ["train.batch_size=16", "train.eval_batch_size=64", "adapter.r=2"]  # tin
 # -- the CLI -------------------------------------------------------------------------------------------
 
 def later_wins(args) -> list[str]:
-    """``tpp run`` / ``tpp validate`` ARGS (each through ``str``) without the ``key=value`` overrides that a later
-    one names (the same key, or a section holding it): tests add their own settings to a helper's defaults
-    (``finetune(..., "train.max_steps=10")``, which ``tpp`` itself refuses as a key given twice), and a test's
-    ``adapter={method: bottleneck}`` drops the helper's ``adapter.r=4`` (``tpp`` merges a mapping into its section,
-    so for ``tpp`` itself both would count: ``r`` is no bottleneck option)."""
+    """``tpp run`` / ``tpp validate`` ARGS (each through ``str``) without the ``key=value`` overrides a later one
+    replaces: tests add their own settings to a helper's defaults (``finetune(..., "train.max_steps=10")``), which
+    ``tpp`` itself refuses as a key given twice. The earlier overrides yield as a config file's keys do in ``tpp``:
+    one that ``tpp`` would call given twice with a later one (the same key, or one inside a value the later one sets
+    whole: :func:`tpp.config.repeated_overrides`) is dropped, and a later method (``adapter.method=X`` or
+    ``adapter={method: X}``) drops the earlier method options (the helper's ``adapter.r=2``), as a method switched
+    on the command line drops the file's. A mapping merges, as in ``tpp``: ``train={lr: 1e-4}`` drops an earlier
+    ``train.lr``, not ``train.batch_size``."""
     args = [str(a) for a in args]
     if not args or args[0] not in ("run", "validate"):
         return args
-    keys = [a.split("=", 1)[0] if "=" in a and not a.startswith("-") and (i == 0 or args[i - 1] != "--config")
-            else None for i, a in enumerate(args)]
-    return [a for i, (a, key) in enumerate(zip(args, keys))
-            if key is None or not any(k is not None and (key == k or key.startswith(k + ".")) for k in keys[i + 1:])]
+    overrides = [i for i, a in enumerate(args) if "=" in a and not a.startswith("-") and args[i - 1] != "--config"]
+    dropped = {i for n, i in enumerate(overrides) for j in overrides[n + 1:]
+               if repeated_overrides([args[i], args[j]]) or (_method_option(args[i]) and _sets_method(args[j]))}
+    return [a for i, a in enumerate(args) if i not in dropped]
+
+
+def _parsed(override: str) -> tuple[list, object]:
+    try:
+        return parse_override(override)
+    except ConfigError:  # tpp names it
+        return [], None
+
+
+def _sets_method(override: str) -> bool:
+    keys, value = _parsed(override)
+    return keys == ["adapter", "method"] or (keys == ["adapter"] and isinstance(value, dict) and "method" in value)
+
+
+def _method_option(override: str) -> bool:
+    """An override of an adapter method's option (``adapter.r=2``), not of a key every method has."""
+    keys, _ = _parsed(override)
+    return len(keys) > 1 and keys[0] == "adapter" and keys[1] not in {f.name for f in fields(AdapterConfig)}
 
 
 def run_cli(*args) -> int:

@@ -239,3 +239,24 @@ def test_the_benchmarks_tpp_variants_replace_the_protocols_settings(tmp_path, mo
             bench.tpp_adapter("breastmnist", "lora", "mae", variant, 0)
         assert getattr(loaded[-1].train, key) == pytest.approx(value)
 
+
+@pytest.mark.parametrize("given, kept", [
+    (["train.batch_size=16", "train.max_steps=6", "train={max_steps: 3}"],
+     ["train.batch_size=16", "train={max_steps: 3}"]),
+    (["train.lr=1e-3", "train.lr=1e-4"], ["train.lr=1e-4"]),
+    (["train.lr=1e-3", "train=5"], ["train=5"]),  # a value set whole: tpp's repetition too
+    (["adapter.init_from=p", "adapter.r=2", "adapter={method: bottleneck}"], ["adapter.init_from=p",
+                                                                            "adapter={method: bottleneck}"]),
+    (["adapter.r=2", "adapter.method=linear_probe", "adapter.r=4"], ["adapter.method=linear_probe", "adapter.r=4"]),
+    (["adapter.r=2", "adapter={alpha: 4}"], ["adapter.r=2", "adapter={alpha: 4}"]),  # merged, as tpp merges
+    (["incontext.tasks={busi: 1}", "incontext.tasks={shapes: 1}"], ["incontext.tasks={shapes: 1}"]),
+])
+def test_the_tests_later_wins_drops_only_what_tpp_would_call_given_twice(given, kept):
+    """tests/helpers.later_wins dropped every earlier key of a section a later mapping named (``train={max_steps: 3}``
+    dropped the helper's train.batch_size), where tpp merges the mapping into the section."""
+    from helpers import later_wins
+
+    argv = ["run", "finetune", "--config", "a=b.yaml", *given]
+    assert later_wins(argv) == ["run", "finetune", "--config", "a=b.yaml", *kept]
+    assert repeated_overrides(kept) == []  # what is left, tpp takes
+    assert later_wins(["validate", "c.yaml", *given]) == ["validate", "c.yaml", *kept]

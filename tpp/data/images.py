@@ -472,7 +472,13 @@ def _read_nifti(data: bytes, name: str, slice_spec: str | None, window) -> np.nd
 
 
 def parse_slice(spec: str) -> tuple[int, int | None]:
-    """``"AXIS:INDEX"`` -> (axis, index); ``"AXIS:middle"`` -> (axis, None): the central slice of each volume."""
+    """``"AXIS:INDEX"`` -> (axis, index); ``"AXIS:middle"`` -> (axis, None): the central slice of each volume.
+    ``"AXIS:all"`` is refused saying why: a file is one image (one label, one prediction row)."""
+    if spec.partition(":")[2].strip().lower() == "all":
+        raise ImageError(f"slice {spec!r}: reading every slice of a volume is not supported: a file is read as one "
+                         "2D image (one label, one prediction row). Choose one slice, AXIS:INDEX (e.g. 2:40) or "
+                         "AXIS:middle, or, to train on several, export them as 2D files with a patient_id column "
+                         "(data.source=csv) so a volume's slices stay in one split.")
     try:
         axis, index = spec.split(":")
         axis = int(axis)

@@ -532,9 +532,12 @@ def test_an_inherited_option_given_as_the_parents_default_resolved_is_no_conflic
         inherit(adapter("adapter.r=4"), card)
 
 
-def test_without_data_root_the_environments_root_names_the_data(monkeypatch):
+def test_without_data_root_the_data_is_named_after_its_source_not_the_environments_root(monkeypatch):
+    """The name seeds the split: TPP_DATA_ROOT's folder name made it change with the machine (tests/
+    test_config_data_name.py)."""
     monkeypatch.setenv("TPP_DATA_ROOT", "/hospital/ultrasound_2024/")
-    assert build_config({"data": {"source": "folder", "modality": "US"}}).data.name == "ultrasound_2024"
+    assert build_config({"data": {"source": "folder", "modality": "US"}}).data.name == "folder"
+    assert build_config({"data": {"source": "folder", "modality": "US", "root": "/x/us_24"}}).data.name == "us_24"
 
 
 def test_switching_the_source_away_from_medmnist_on_the_command_line_drops_the_files_dataset_name():

@@ -36,7 +36,7 @@ from tpp.config import parse
 from tpp.config.parse import (build_dataclass, config_error, describe_type, field_default, free_form_dicts, load_yaml,
                               parse_override, section_mapping, unknown_key)
 from tpp.config.plugins import (data_options, pool_entry, switch_plugin, task_options, with_options,
-                                drop_other_pretexts_defaults)
+                                drop_other_pretexts_defaults, unnamed_data)
 from tpp.config.schema import (MULTITASK_ENTRY_KEYS, AdapterConfig, BackboneConfig, DataConfig, ModelConfig, PoolEntry,
                                PretextConfig, RunConfig, TrainConfig)
 from tpp.config.scope import _recipe_scope, _recipe_to_run, ignored_keys, unknown_recipe
@@ -190,7 +190,8 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
             raise config_error(problems)
     except ConfigError as exc:
         raise _naming_the_file(exc, path, overrides) from None
-    for message in ignored_options(cfg) + unused_overrides(given, recipe, written):
+    read = {key: value for key, value in data.items() if key in cfg.sections()}
+    for message in ignored_options(cfg) + unused_overrides(given, recipe, written) + unnamed_data(read):
         warnings.warn(message, stacklevel=2)
     return cfg
 

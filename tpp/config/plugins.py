@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 import re
 from pathlib import PurePath
 from typing import Any
@@ -61,20 +60,46 @@ DATA_FILE_SUFFIXES = (".npz", ".csv", ".tsv", ".txt")  # dropped from a data fil
 
 def default_dataset_name(source: str, section: dict) -> str:
     """``data.name`` when the config leaves it out: ``breastmnist`` for MedMNIST (the demo's dataset); else the
-    data's own name: ``data.file``'s (a file without its suffix, a folder whole), else the data root's folder name
-    (``data.root``, else env ``TPP_DATA_ROOT``), any character but letters, digits, - and _ made _; so cards,
-    leakage messages and the corruption preset never name a MedMNIST set the run did not read. The source's name
-    as a last resort."""
+    data's own name as the config writes it: ``data.file``'s (a file without its suffix, a folder whole), else
+    ``data.root``'s last part, any character but letters, digits, - and _ made _; so cards, leakage messages and the
+    corruption preset never name a MedMNIST set the run did not read. The source's name when neither names it
+    (no ``data.root``: the data lies at env ``TPP_DATA_ROOT``; or a root such as ``.``): never the environment's,
+    as the name seeds the split (the same images would split otherwise on a machine whose data root is named
+    otherwise)."""
     if source == "medmnist":
         return DataConfig.name
-    for given in (section.get("file"), section.get("root"), os.environ.get("TPP_DATA_ROOT")):
+    return _written_name(section) or source
+
+
+def _written_name(section: dict) -> str | None:
+    """The name ``data.file``, else ``data.root``, of a data section gives (see :func:`default_dataset_name`)."""
+    for given in (section.get("file"), section.get("root")):
         if isinstance(given, str) and given.strip():
             path = PurePath(given.strip().rstrip("/\\"))
             name = path.stem if path.suffix.lower() in DATA_FILE_SUFFIXES else path.name
             name = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")  # a name tpp uses in files and task names
             if name:
                 return name
-    return source
+    return None
+
+
+def unnamed_data(data: dict) -> list[str]:
+    """A sentence for a warning per data section of the config mapping ``data`` (``data`` and each ``pool`` entry's)
+    that the config does not name (no ``data.name``, and no ``data.file`` / ``data.root`` giving one) and that
+    is therefore named after its source: that name seeds the split and goes into cards, and two such data
+    sets share it."""
+    sections = [("data", data.get("data"))] + [(f"pool[{i}].data", entry.get("data")) for i, entry in
+                                              enumerate(data.get("pool") or []) if isinstance(entry, dict)]
+    found = []
+    for key, section in sections:
+        if not isinstance(section, dict) or "name" in section:
+            continue
+        source = section.get("source", DataConfig.source)
+        if source != "medmnist" and isinstance(source, str) and _written_name(section) is None:
+            found.append(f"{key}.name: left out, and neither {key}.file nor {key}.root names the data, so it is named "
+                         f"'{source}' after its source (not after TPP_DATA_ROOT's folder, which changes with the "
+                         f"machine); give {key}.name: the name seeds the split and is what cards and evaluate go by.")
+    return found
 
 
 def pool_entry(entry: Any, index: int) -> Any:

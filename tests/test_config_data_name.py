@@ -61,3 +61,19 @@ def test_a_pool_entry_is_named_from_its_own_section_too(monkeypatch):
     monkeypatch.setenv("TPP_DATA_ROOT", "/hospital/ultrasound_2024/")
     cfg = build_config({"recipe": "pretrain_backbone", "pool": [{"data": FOLDER}]})
     assert cfg.pool[0].data.name == "folder"
+
+
+def test_a_source_that_makes_its_data_is_named_after_itself_without_a_warning(monkeypatch):
+    """Only sources that read files under the data root (options with ``file``) are asked for a name."""
+    from dataclasses import dataclass
+
+    import tpp.data.sources as sources
+
+    @dataclass
+    class Made:
+        count: int = 4
+
+    monkeypatch.setitem(sources._SOURCES, "made", sources.Source(name="made", options_cls=Made, load=None))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_config({"data": {"source": "made", "modality": "US"}}).data.name == "made"

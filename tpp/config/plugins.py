@@ -87,7 +87,10 @@ def unnamed_data(data: dict) -> list[str]:
     """A sentence for a warning per data section of the config mapping ``data`` (``data`` and each ``pool`` entry's)
     that the config does not name (no ``data.name``, and no ``data.file`` / ``data.root`` giving one) and that
     is therefore named after its source: that name seeds the split and goes into cards, and two such data
-    sets share it."""
+    sets share it. Only for a source that reads files under the data root (its options have ``file``); a source
+    that makes its data is well named after itself."""
+    from tpp.data.sources import get_source
+
     sections = [("data", data.get("data"))] + [(f"pool[{i}].data", entry.get("data")) for i, entry in
                                               enumerate(data.get("pool") or []) if isinstance(entry, dict)]
     found = []
@@ -95,7 +98,8 @@ def unnamed_data(data: dict) -> list[str]:
         if not isinstance(section, dict) or "name" in section:
             continue
         source = section.get("source", DataConfig.source)
-        if source != "medmnist" and isinstance(source, str) and _written_name(section) is None:
+        if (source != "medmnist" and isinstance(source, str) and _written_name(section) is None
+                and "file" in {f.name for f in dataclasses.fields(get_source(source).options_cls)}):
             found.append(f"{key}.name: left out, and neither {key}.file nor {key}.root names the data, so it is named "
                          f"'{source}' after its source (not after TPP_DATA_ROOT's folder, which changes with the "
                          f"machine); give {key}.name: the name seeds the split and is what cards and evaluate go by.")

@@ -168,14 +168,15 @@ class CellClaims:
 
 
 def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, first_estimate_s: float,
-         pausable=lambda cell: False, claims: CellClaims | None = None):
+         pausable=lambda cell: False, claims: CellClaims | None = None, label=str):
     """Run the cells that ``cached(*cell)`` does not have, in order, until the next one would exceed the
     budget (estimated from the last cell of the same ``kind(cell)``). ``pausable(cell)`` cells come after the
     others and get what budget the others leave: one starts while any is left and raises :class:`CellPaused` at
     the budget's end, to be continued next time (so a cell longer than any budget never holds up the short ones).
     A failing cell is reported and skipped, never loses the others; a cell that another invocation on the same
     cache has finished by the time it comes up is skipped, and with ``claims`` one it is running is too (left
-    to it). Returns (results, cells left for the next run, error lines)."""
+    to it). ``label(cell)``: how the skip and failure lines name a cell. Returns (results, cells left for the
+    next run, error lines)."""
     start, done, errors, last, skipped = time.time(), [], [], {}, []
     claim = claims.claim if claims is not None else (lambda cell: nullcontext(True))
     todo = [c for c in cells if not cached(*c)]
@@ -199,7 +200,7 @@ def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, 
         with claim(cell) as mine:
             if not mine or cached(*cell):  # another invocation is running it, or finished it while we waited
                 if not mine:
-                    print(f"  {cell}: another invocation is running it; skipped", flush=True)
+                    print(f"  {label(cell)}: another invocation is running it; skipped", flush=True)
                     skipped.append(cell)
                 i += 1
                 continue
@@ -209,8 +210,8 @@ def fill(run_cell, cached, cells: list[tuple], budget_s: float, kind, describe, 
                 print(f"  paused: {exc}", flush=True)
                 return done, skipped + [c for c in todo[i:] if not cached(*c)], errors
             except Exception as exc:  # one broken cell must not lose the others
-                errors.append(f"{cell}: {type(exc).__name__}: {exc}")
-                print(f"  FAILED {cell}: {exc}", flush=True)
+                errors.append(f"{label(cell)}: {type(exc).__name__}: {exc}")
+                print(f"  FAILED {label(cell)}: {exc}", flush=True)
                 i += 1
                 continue
         last[kind(cell)] = time.time() - t0

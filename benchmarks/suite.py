@@ -202,11 +202,16 @@ class Suite:
         return count
 
 
-def describe(cell, result: dict) -> str:
+def label(cell) -> str:
+    """A cell as the progress lines name it: ``dermamnist_jpeg resnet18 10% seed 4``."""
     task, approach, fraction, seed = cell
+    return f"{task.name} {approach} {fraction:.0%} seed {seed}"
+
+
+def describe(cell, result: dict) -> str:
     key = "test_dice" if "test_dice" in result else "test_auroc"
     metric = f"{'Dice' if key == 'test_dice' else 'AUROC'} {report.num(result[key])}"
-    return f"{task.name} {approach} {fraction:.0%} seed {seed}: {metric}"
+    return f"{label(cell)}: {metric}"
 
 
 def suite_report_path(root: str, name: str) -> Path:
@@ -224,7 +229,7 @@ def fill(suite: Suite, budget_s: float) -> tuple[list, list]:
     _, missing, errors = report.fill(suite.run_cell, suite.cached, suite.grid.cells, budget_s,
                                      kind=lambda cell: (cell[0].name, cell[1], cell[2]), describe=describe,
                                      first_estimate_s=90.0, pausable=lambda cell: cell[1] == "resnet18",
-                                     claims=suite.claims)
+                                     claims=suite.claims, label=label)
     return missing, errors
 
 

@@ -334,3 +334,31 @@ def test_an_in_context_row_whose_seeds_share_one_context_says_it_is_one_measurem
     _header, (line,) = suite_report.results_table([row])
     assert line[4] == "2 (one context: one measurement)"
     assert suite_report.results_table([dict(row, one_context=False)])[1][0][4] == "2"
+
+
+def test_a_cell_left_to_another_invocation_or_failing_is_named_like_the_progress_lines(tmp_path, capsys):
+    """The skip and failure lines name a cell as `dermamnist_jpeg resnet18 10% seed 4`, not as the tuple's repr
+    (`(Task(name='dermamnist_jpeg', ...), 'resnet18', 0.1, 4)`)."""
+    import report
+
+    task = Task("dermamnist_jpeg", "classification")
+    held, broken = (task, "resnet18", 0.1, 4), (task, "lora", 0.1, 0)
+
+    class Stub:
+        grid = type("G", (), {"cells": [broken, held]})()
+        resnet = type("R", (), {"deadline": None})()
+        claims = report.CellClaims(tmp_path / "claims")
+
+        def cached(self, *cell):
+            return None
+
+        def run_cell(self, *cell):
+            raise RuntimeError("boom")
+
+    with Stub.claims.claim(held) as mine:  # as another invocation on the same cache holds it
+        assert mine
+        missing, errors = suite.fill(Stub(), budget_s=600.0)
+    out = capsys.readouterr().out
+    assert "  dermamnist_jpeg resnet18 10% seed 4: another invocation is running it; skipped\n" in out
+    assert "  FAILED dermamnist_jpeg lora 10% seed 0: boom\n" in out and "Task(" not in out
+    assert missing == [held] and errors == ["dermamnist_jpeg lora 10% seed 0: RuntimeError: boom"]

@@ -48,26 +48,70 @@ FINETUNE_CONFIG, TPP_CONFIG = "breast_us/busi_seg_lora_finetune.yaml", "breast_u
 class SegBench:
     """Cells through the real recipes (the U-Net through benchmarks/unet.py), cached as JSON per cell."""
 
-    def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, file: str):
+    def __init__(self, cache: Path, protocol: dict, backbone: str, data_root: str, file: str,
+                 name: str | None = None, folder=None):
+        """``file``: a ``seg_npz`` file relative to ``data_root``, or with ``folder`` (``suite_grid.SegFolder``:
+        ``size``, ``group_key``) a ``seg_folder`` (images/ + masks/) named ``name``."""
         self.protocol, self.backbone, self.data_root, self.file = protocol, backbone, data_root, file
+        self.folder = folder
         self.cache = report.backbone_cache(cache, backbone)  # cells and TPP adapters of this backbone only
-        self.protocol_id = report.protocol_id(protocol, backbone, file=file)
-        self.target = Path(file).stem
+        self.target = name or Path(file).stem
+        if folder is None:
+            self.protocol_id = report.protocol_id(protocol, backbone, file=file)
+        else:  # the folder's content, not its path: a copy elsewhere keeps its cells, a changed mask does not
+            self.protocol_id = report.protocol_id(protocol, backbone, **folder_identity(folder, self.path(),
+                                                                                         self.target))
         self._mask_side = None
+        self._shape = None
+
+    def path(self) -> Path:
+        """The data file or folder."""
+        return Path(self.file) if Path(self.file).is_absolute() else Path(self.data_root) / self.file
 
     def split_seed(self, seed: int) -> int:
         """The split of a cell: fixed, or the seed's own with ``--resample-split``."""
         return seed if self.protocol["split"] == "per seed" else 0
 
     def mask_side(self) -> int:
-        """Side of the stored masks (the input size of ``lora@mask_res``)."""
+        """Side of the stored masks (the input size of ``lora@mask_res``); a folder's: the size it is read at."""
+        if self.folder is not None:
+            return self.folder.size
         if self._mask_side is None:
             import numpy as np
 
-            path = Path(self.file) if Path(self.file).is_absolute() else Path(self.data_root) / self.file
-            with np.load(path) as npz:
+            with np.load(self.path()) as npz:
                 self._mask_side = int(npz["masks"].shape[-1])
         return self._mask_side
+
+    def shape(self) -> tuple[int, int]:
+        """(image channels, mask classes) of the task's data (the cost models' input and output)."""
+        if self._shape is None:
+            if self.folder is None:
+                import numpy as np
+
+                with np.load(self.path()) as npz:
+                    self._shape = (1 if npz["images"].ndim == 3 else 3), max(2, int(npz["masks"].max()) + 1)
+            else:
+                dataset = self.load(0)[0]
+                self._shape = (3 if dataset.split("train").images.ndim == 4 else 1), dataset.num_classes
+        return self._shape
+
+    def data_overrides(self, seed: int) -> list[str]:
+        """The finetune / TPP configs' data settings of this task at ``seed``: the BUSI ``seg_npz`` config's,
+        or for a folder (``data.source: seg_folder`` from :func:`task_config`) its own origin and no licence,
+        not BUSI's, and groups from ``metadata.csv``'s ``group_key`` column, if any."""
+        return data_overrides(self.data_root, self.file, self.target, self.split_seed(seed), self.folder)
+
+    def load(self, seed: int):
+        """(dataset, config) of the task as the finetune recipe reads it at ``seed``'s split: a folder at its
+        ``size``, arrays at their own."""
+        from tpp.config import load_config
+        from tpp.data.build import load_data
+        from tpp.recipes import CONFIG_DIR
+
+        cfg = load_config(task_config(CONFIG_DIR / FINETUNE_CONFIG, self.folder), self.data_overrides(seed),
+                          recipe="finetune")
+        return load_data(cfg.data, seed, 0 if self.folder is None else self.folder.size), cfg
 
     def cell_path(self, method: str, fraction: float, seed: int) -> Path:
         return self.cache / "cells" / self.target / method / f"f{fraction:g}_s{seed}.json"
@@ -80,8 +124,7 @@ class SegBench:
         return None
 
     def common(self, out: Path, seed: int, input_size: int | None = None) -> list[str]:
-        return [f"backbone.path={self.backbone}", f"data.root={self.data_root}", f"output_dir={out}", f"seed={seed}",
-                f"data.file={self.file}", f"data.name={self.target}", f"data.split_seed={self.split_seed(seed)}",
+        return [f"backbone.path={self.backbone}", f"output_dir={out}", f"seed={seed}", *self.data_overrides(seed),
                 f"backbone.input_size={input_size or self.protocol['input_size']}"]
 
     def tpp_adapter(self, seed: int) -> tuple[Path, float]:
@@ -92,7 +135,7 @@ class SegBench:
         stamp = out / "bench_protocol.txt"
         if not (stamp.is_file() and stamp.read_text() == self.protocol_id):
             p = self.protocol
-            run_recipe("tpp", CONFIG_DIR / TPP_CONFIG, self.common(out, seed) + [
+            run_recipe("tpp", task_config(CONFIG_DIR / TPP_CONFIG, self.folder), self.common(out, seed) + [
                 f"train.max_steps={p['tpp_steps']}", f"train.batch_size={p['tpp_batch_size']}",
                 f"train.lr={p['tpp_lr']}", f"adapter.r={p['lora']['r']}", f"adapter.alpha={p['lora']['alpha']}"],
                 overwrite=True)
@@ -131,7 +174,8 @@ class SegBench:
             work = self.cache / "work" / f"seg_{os.getpid()}"
             size = self.mask_side() if method.endswith(MASK_RES) else None
             common = self.common(work, seed, size)
-            metrics, _ = run_recipe("finetune", CONFIG_DIR / FINETUNE_CONFIG, common + overrides + [
+            config = task_config(CONFIG_DIR / FINETUNE_CONFIG, self.folder)
+            metrics, _ = run_recipe("finetune", config, common + overrides + [
                 f"data.label_fraction={fraction}", "train.select_best=false",
                 f"train.epochs={p['budget']['epochs']}", f"train.min_steps={p['budget']['min_steps']}",
                 f"train.batch_size={p['batch_size']}", f"segmentation.dice_weight={p['dice_weight']}",
@@ -162,21 +206,75 @@ class SegBench:
     def run_unet(self, fraction: float, seed: int) -> dict:
         from unet import train_unet
 
-        from tpp.config import load_config
-        from tpp.data.build import load_data
         from tpp.data.subsets import label_fraction_index
-        from tpp.recipes import CONFIG_DIR
 
-        cfg = load_config(CONFIG_DIR / FINETUNE_CONFIG, [f"data.root={self.data_root}", f"data.file={self.file}",
-                                                         f"data.name={self.target}",
-                                                         f"data.split_seed={self.split_seed(seed)}"], recipe="finetune")
-        dataset = load_data(cfg.data, seed, 0)
+        dataset, cfg = self.load(seed)
         p = self.protocol
         steps = self.budget_steps(len(label_fraction_index(dataset.split("train").labels, fraction, dataset.name,
                                                            seed)))
         metrics = train_unet(dataset, fraction, seed, steps, p["batch_size"], p["lr"]["unet"], p["dice_weight"],
                              tuple(cfg.task_options.augment_scale))
         return dict(metrics, steps=steps)
+
+
+def data_overrides(data_root: str, file: str, name: str, split_seed: int, folder=None) -> list[str]:
+    """Data settings of the BUSI configs (FINETUNE_CONFIG, TPP_CONFIG) for a ``seg_npz`` ``file``, or with
+    ``folder`` (``suite_grid.SegFolder``) for a ``seg_folder``: its own origin (its files) and no licence, not
+    BUSI's; groups from ``metadata.csv``'s ``folder.group_key`` column, if any (switching the source drops the
+    npz's keys: ``dup_group``, the label arrays)."""
+    common = [f"data.root={data_root}", f"data.file={file}", f"data.name={name}", f"data.split_seed={split_seed}"]
+    if folder is None:
+        return common
+    group = [f"data.group_key={folder.group_key}"] if folder.group_key else []
+    return [*common, "data.origin=null", "data.license=null", *group]
+
+
+def task_config(config: Path, folder=None):
+    """The BUSI config file ``config`` as a ``seg_npz`` task reads it (the path), or for a folder task (``folder``:
+    ``suite_grid.SegFolder``) its contents with ``data.source: seg_folder`` and none of the npz's source options
+    (``label_key``, ``group_key: dup_group`` ...): a ``data.source`` override would be refused for leaving them
+    behind. :func:`data_overrides` gives the folder's own ``file`` / ``group_key``."""
+    if folder is None:
+        return config
+    import dataclasses
+
+    import yaml
+
+    from tpp.config.schema import DataConfig
+
+    raw = yaml.safe_load(Path(config).read_text())
+    common = {f.name for f in dataclasses.fields(DataConfig)} - {"options"}
+    raw["data"] = {k: v for k, v in raw["data"].items() if k in common} | {"source": "seg_folder"}
+    return raw
+
+
+def folder_identity(folder, path: Path, name: str) -> dict:
+    """What names a folder task's cells besides the protocol: the folder's content (:func:`folder_sha256`), the
+    task's name (it seeds the split), the size it is read at and its groups; never its path."""
+    return {"source": "seg_folder", "name": name, "folder_sha256": folder_sha256(path), "size": folder.size,
+            "group_key": folder.group_key}
+
+
+def folder_sha256(folder: Path) -> str:
+    """sha256 (16 hex) over what a ``seg_folder`` reads: each file under ``images/`` and ``masks/`` and a
+    ``metadata.csv``, as its path relative to ``folder`` and the sha256 of its bytes, sorted by path. A folder
+    without images/ and masks/ is a TppError naming it."""
+    import hashlib
+
+    from tpp.errors import TppError
+    from tpp.capped_read import file_sha256
+
+    folder = Path(folder)
+    for sub in ("images", "masks"):
+        if not (folder / sub).is_dir():
+            raise TppError(f"segmentation folder '{folder}' needs images/ and masks/ sub-folders "
+                           f"('{folder / sub}' is missing).")
+    files = [p for sub in ("images", "masks") for p in (folder / sub).rglob("*") if p.is_file()]
+    files += [folder / "metadata.csv"] if (folder / "metadata.csv").is_file() else []
+    digest = hashlib.sha256()
+    for rel, path in sorted((p.relative_to(folder).as_posix(), p) for p in files):
+        digest.update(f"{rel}\0{file_sha256(path)}\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:16]
 
 
 def fill(bench: SegBench, cells: list[tuple], budget_s: float) -> tuple[list, list]:

@@ -138,7 +138,7 @@ class Suite:
     def seg(self, task: Task) -> seg_gain.SegBench:
         if task.name not in self._seg:
             self._seg[task.name] = seg_gain.SegBench(self.seg_cache, self.seg_protocol, self.grid.backbone,
-                                                     self.data_root, task.file)
+                                                     self.data_root, task.file, task.name, task.folder)
         return self._seg[task.name]
 
     def cached(self, task: Task, approach: str, fraction: float, seed: int) -> dict | None:
@@ -259,6 +259,9 @@ def main(argv=None) -> int:
                                suite.classification.protocol)
         for kind in sorted({c[0].kind for c in grid.cells if c[1] == "incontext_learned"}):
             suite.incontext.learned(kind)  # a bad model folder stops here, before any cell runs
+        for task in grid.tasks:
+            if task.folder is not None:
+                suite.seg(task)  # a folder task's folder is read (hashed) here: a missing one stops before any cell
     except (GridError, ValueError) as exc:
         parser.error(str(exc))
     except TppError as exc:

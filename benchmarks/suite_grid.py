@@ -1,8 +1,14 @@
 """The suite's declared grid (``benchmarks/suite.yaml``), read and validated like a config.
 
+Tasks are names (a MedMNIST set, ``busi_64`` / ``busi_128``, a ``seg/NAME.npz`` under the data root) or a
+segmentation folder of images and masks (``data.source=seg_folder``) given as a mapping
+``{name: NAME, folder: DIR, size: 64, group_key: COLUMN}`` (``kind: segmentation`` may be written; ``size`` and
+``group_key`` are optional).
+
 Every mistake is one ``GridError`` naming the file and the key, with close names suggested: unknown keys,
-unknown tasks or approaches, an approach a block names for a task of a kind it does not apply to (e.g. ``movl`` on
-a segmentation task), fractions a protocol has no budget for, seeds that are not positive integers.
+unknown tasks or approaches, one task name given two definitions (the caches keep cells by task name), an
+approach a block names for a task of a kind it does not apply to (e.g. ``movl`` on a segmentation task),
+fractions a protocol has no budget for, seeds that are not positive integers.
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ SEGMENTATION = {"busi_64": "seg/busi_64.npz", "busi_128": "seg/busi_128.npz"}
 TOP_KEYS = {"backbone", "approaches", "seeds", "grid", "protocols", "published", "incontext_models"}
 BLOCK_KEYS = {"tasks", "fractions", "approaches", "seeds"}
 PROTOCOL_KEYS = {"classification", "segmentation", "resnet18", "incontext"}
+FOLDER_KEYS = {"name", "kind", "folder", "size", "group_key"}
+FOLDER_SIZE = 64  # a folder task's default mask side (busi_64's)
 MODEL_KINDS = ("classification", "segmentation")  # keys of incontext_models
 
 
@@ -46,10 +54,22 @@ class GridError(ValueError):
 
 
 @dataclass(frozen=True)
+class SegFolder:
+    """How a segmentation folder task is read (``data.source=seg_folder``): images and masks resized to ``size``
+    px for the cells at the masks' own resolution (``unet``, ``lora@mask_res``, the in-context cells; the other
+    ViT cells read it at their input size, and score their masks there), groups from ``metadata.csv``'s
+    ``group_key`` column (None: no groups)."""
+    size: int = FOLDER_SIZE
+    group_key: str | None = None
+
+
+@dataclass(frozen=True)
 class Task:
-    name: str  # the cells' target: a MedMNIST name, or the .npz file's stem
+    name: str  # the cells' target: a MedMNIST name, the .npz file's stem, or a folder task's own name
     kind: str  # classification | segmentation
-    file: str | None = None  # segmentation: the .npz relative to the data root
+    file: str | None = None  # segmentation: the .npz, or the folder (images/ + masks/), relative to the data root
+    folder: SegFolder | None = field(default=None, repr=False)  # set for a seg_folder task (repr: the claim key
+    # of a cell, unchanged for the other tasks)
 
 
 @dataclass
@@ -79,9 +99,12 @@ def _unknown_keys(data: dict, known: set, path: Path, where: str) -> None:
 
 
 def task_of(name, path: Path, where: str) -> Task:
-    """A MedMNIST dataset by name, a known segmentation set (busi_64, busi_128), or any ``seg/*.npz``."""
+    """A MedMNIST dataset by name, a known segmentation set (busi_64, busi_128), any ``seg/*.npz``, or a
+    segmentation folder given as a mapping (:func:`folder_task`)."""
     from tpp.data.arrays import MEDMNIST
 
+    if isinstance(name, dict):
+        return folder_task(name, path, where)
     name = str(name)
     if name.endswith(".npz"):
         return Task(Path(name).stem, "segmentation", name)
@@ -91,7 +114,47 @@ def task_of(name, path: Path, where: str) -> Task:
         return Task(name, "classification")
     known = sorted(MEDMNIST) + sorted(SEGMENTATION)
     raise GridError(f"{path}: unknown task '{name}' in '{where}'.{_suggest(name, known)} Known: {', '.join(known)}, "
-                    "or a segmentation file 'seg/NAME.npz' under the data root.")
+                    "a segmentation file 'seg/NAME.npz' under the data root, or a segmentation folder "
+                    "{name: NAME, folder: DIR}.")
+
+
+def folder_task(value: dict, path: Path, where: str) -> Task:
+    """``{name, folder[, kind: segmentation][, size][, group_key]}``: a ``seg_folder`` task (``folder``: the
+    folder holding images/ and masks/, relative to the data root or absolute; checked when the suite starts)."""
+    from tpp.data.arrays import MEDMNIST
+
+    where = f"{where}[{value.get('name', '?')}]" if isinstance(value.get("name"), str) else where
+    _unknown_keys(value, FOLDER_KEYS, path, f"{where}.")
+    for key in ("name", "folder"):
+        if not isinstance(value.get(key), str) or not value[key].strip():
+            raise GridError(f"{path}: '{where}' needs '{key}' (a non-empty string): a folder task is "
+                            "{name: NAME, folder: DIR} (DIR holding images/ and masks/).")
+    name = value["name"]
+    if "/" in name or "\\" in name or name in (".", "..") or name.endswith(".npz"):
+        raise GridError(f"{path}: '{where}.name' must be a plain name (the cells' folder), not {name!r}.")
+    if name in MEDMNIST or name in SEGMENTATION:
+        raise GridError(f"{path}: '{where}.name' {name!r} is the name of a shipped task (its cells would share "
+                        "a cache folder); give the folder task a name of its own.")
+    if value.get("kind", "segmentation") != "segmentation":
+        raise GridError(f"{path}: '{where}.kind' must be 'segmentation' (a folder task is a seg_folder), "
+                        f"not {value['kind']!r}.")
+    size = value.get("size", FOLDER_SIZE)
+    if not (isinstance(size, int) and not isinstance(size, bool) and size >= 8):
+        raise GridError(f"{path}: '{where}.size' must be a mask side in pixels (an integer >= 8), not {size!r}.")
+    group_key = value.get("group_key")
+    if group_key is not None and not (isinstance(group_key, str) and group_key):
+        raise GridError(f"{path}: '{where}.group_key' must be a metadata.csv column name, not {group_key!r}.")
+    return Task(name, "segmentation", value["folder"], SegFolder(size, group_key))
+
+
+def _one_definition(cells: list, path: Path) -> None:
+    """A task name stands for one task: the caches keep cells by name, so two definitions would share them."""
+    seen = {}
+    for task in dict.fromkeys(c[0] for c in cells):
+        if seen.setdefault(task.name, task) != task:
+            first = seen[task.name]
+            raise GridError(f"{path}: task '{task.name}' is given two definitions ({first.file!r} {first.folder} "
+                            f"and {task.file!r} {task.folder}); give each its own name.")
 
 
 def _approaches(value, path: Path, where: str) -> list[str]:
@@ -185,7 +248,8 @@ def load_grid(path) -> Grid:
             if key not in block:
                 raise GridError(f"{path}: '{where}' has no '{key}'.")
         if not isinstance(block["tasks"], list) or not block["tasks"]:
-            raise GridError(f"{path}: '{where}.tasks' must be a non-empty list of task names.")
+            raise GridError(f"{path}: '{where}.tasks' must be a non-empty list of task names (or folder tasks "
+                            "{name: NAME, folder: DIR}).")
         tasks = [task_of(t, path, f"{where}.tasks") for t in block["tasks"]]
         fractions = _fractions(block["fractions"], path, f"{where}.fractions")
         block_approaches = approaches
@@ -199,6 +263,7 @@ def load_grid(path) -> Grid:
                 cells += [(task, a, f, s) for s in range(n) for a in block_approaches
                           if task.kind in APPROACHES[a][1]]
     cells = list(dict.fromkeys(cells))
+    _one_definition(cells, path)
     models = _incontext_models(data.get("incontext_models"), path, {c[0].kind for c in cells
                                                                     if c[1] == "incontext_learned"})
     return Grid(path, str(data.get("backbone", Grid.backbone)), cells, protocols, published, models)

@@ -94,10 +94,17 @@ class InContextBench:
         self._ids, self._extractor, self._learned, self._data = {}, None, {}, {}
 
     # ------------------------------------------------------------ identity and cache
-    def protocol_id(self, approach: str, kind: str) -> str:
-        key = (approach, kind)
+    def protocol_id(self, approach: str, kind: str, task=None) -> str:
+        """The id of ``approach``'s cells on tasks of ``kind``; of a segmentation folder ``task``, its folder's
+        content and reading too (``seg_gain.folder_identity``); a ``.npz`` or MedMNIST task adds nothing."""
+        folder = seg_folder(self, task)
+        key = (approach, kind, task.name if folder else None)
         if key not in self._ids:
             extra = {"approach": approach, "kind": kind}
+            if folder:
+                import seg_gain
+
+                extra["data"] = seg_gain.folder_identity(folder, self.data_path(task), task.name)
             if approach == "incontext_learned":
                 from tpp.incontext.learned import WEIGHTS
                 from tpp.capped_read import file_sha256
@@ -108,6 +115,10 @@ class InContextBench:
             self._ids[key] = report.protocol_id(self.protocol, self.backbone, **extra)
         return self._ids[key]
 
+    def data_path(self, task) -> Path:
+        """A segmentation task's file or folder."""
+        return Path(task.file) if Path(task.file).is_absolute() else Path(self.data_root) / task.file
+
     def cell_path(self, task, approach: str, fraction: float, seed: int) -> Path:
         return self.cache / "cells" / task.name / approach / f"f{fraction:g}_s{seed}.json"
 
@@ -115,7 +126,7 @@ class InContextBench:
         path = self.cell_path(task, approach, fraction, seed)
         if path.is_file():
             data = json.loads(path.read_text())
-            return data if data.get("protocol_id") == self.protocol_id(approach, task.kind) else None
+            return data if data.get("protocol_id") == self.protocol_id(approach, task.kind, task) else None
         return None
 
     def store(self, task, cell: dict) -> None:
@@ -184,13 +195,13 @@ class InContextBench:
                 "context_index": index.tolist(), "trainable_parameters": trainable, "bytes_per_site": stored,
                 "bytes_per_site_note": "context set as PNG images (+ 0/255 PNG masks), as tpp context publish "
                                        "stores it", "tpp_s": None,
-                "protocol_id": self.protocol_id(approach, task.kind)}
+                "protocol_id": self.protocol_id(approach, task.kind, task)}
         self.store(task, cell)
         return cell
 
     def adopt(self, published: Path, task, approach: str) -> int:
         """Copy into the cache this (task, approach)'s cells of a published suite report under the current id."""
-        pid = self.protocol_id(approach, task.kind)
+        pid = self.protocol_id(approach, task.kind, task)
         data = json.loads(Path(published).read_text())  # not JSON: a ValueError naming nothing; main names the file
         cells = data.get("cells") if isinstance(data, dict) else None
         if not isinstance(cells, list):
@@ -206,10 +217,22 @@ class InContextBench:
         return 1
 
 
+def seg_folder(bench: InContextBench, task):
+    """The reading options (``suite_grid.SegFolder``) of a segmentation task that is a ``seg_folder``: a grid
+    folder task's own, the defaults for a Task whose ``file`` is a folder under the data root; else None."""
+    from suite_grid import SegFolder
+
+    if task is None or task.kind != "segmentation":
+        return None
+    if task.folder is not None:
+        return task.folder
+    return SegFolder() if bench.data_path(task).is_dir() else None
+
+
 def _load_task(bench: InContextBench, task) -> dict:
     """Dataset (the finetune recipe's config and loader, as tpp_gain / seg_gain cells read it), feature caches
     of the train and test splits. A segmentation task's ``file`` is a ``seg_npz`` file or a ``seg_folder``
-    (``images/`` + ``masks/``, loaded at the recipe's input size as the finetune recipe loads it)."""
+    (``images/`` + ``masks/``, read at its task's ``size`` as the U-Net and ``lora@mask_res`` cells read it)."""
     import seg_gain
     import tpp_gain
 
@@ -229,23 +252,10 @@ def _load_task(bench: InContextBench, task) -> dict:
         def compute(split):
             return lambda idx: ex.features(items(dataset.split(split).images, idx), rule)
     else:
-        from tpp.recipes import run_input_size
-
-        config = CONFIG_DIR / seg_gain.FINETUNE_CONFIG
-        if (Path(bench.data_root) / task.file).is_dir():  # a seg_folder: the config's data keys less its seg_npz
-            import dataclasses  # options (a data.source=seg_folder override refuses them)
-
-            import yaml
-
-            from tpp.config.schema import DataConfig
-
-            config = yaml.safe_load(config.read_text())
-            common = {f.name for f in dataclasses.fields(DataConfig)}
-            config["data"] = {k: v for k, v in config["data"].items() if k in common} | {"source": "seg_folder"}
-        cfg = load_config(config, [
-            f"data.root={bench.data_root}", f"data.file={task.file}", f"data.name={task.name}", "data.split_seed=0"],
-            recipe="finetune")
-        dataset = load_data(cfg.data, 0, run_input_size(cfg))  # the size decodes folders; arrays keep their own
+        folder = seg_folder(bench, task)
+        cfg = load_config(seg_gain.task_config(CONFIG_DIR / seg_gain.FINETUNE_CONFIG, folder), seg_gain.data_overrides(
+            bench.data_root, task.file, task.name, 0, folder), recipe="finetune")
+        dataset = load_data(cfg.data, 0, folder.size if folder else 0)  # a folder at its size; arrays their own
         if dataset.num_classes != 2:
             from tpp.errors import TppError
 
@@ -405,7 +415,7 @@ def spec(suite, task, approach: str) -> dict:
            "channels": None, "model": None}
     if approach == "incontext_learned":
         out["model"] = str(bench.models[task.kind])
-        out["protocol_id"] = bench.protocol_id(approach, task.kind)  # a new model: a new measurement
+        out["protocol_id"] = bench.protocol_id(approach, task.kind)  # a new model: a new measurement (per kind)
         if task.kind == "segmentation":
             out["size"] = bench.learned("segmentation")[1].get("task_distribution", {}).get("image_size", 64)
     return out

@@ -51,8 +51,7 @@ def spec_of(suite, task, approach: str) -> dict:
         return {"approach": approach, "kind": task.kind, "channels": channels, "classes": classes, "size": size,
                 "backbone": suite.grid.backbone, "resnet_widths": suite.resnet.protocol["widths"]}
     bench = suite.seg(task)
-    with np.load(Path(suite.data_root) / task.file) as npz:
-        channels, classes = (1 if npz["images"].ndim == 3 else 3), max(2, int(npz["masks"].max()) + 1)
+    channels, classes = bench.shape()  # a .npz's arrays, or a seg_folder read as its cells read it
     side = bench.mask_side()
     size = side if approach in ("unet", "lora@mask_res") else bench.protocol["input_size"]
     return {"approach": approach, "kind": task.kind, "channels": channels, "classes": classes, "size": size,
@@ -397,7 +396,7 @@ def write(suite, out: Path, command: str, memory: bool = True, run_s: float = 0.
              "'Who wins' picks each side's best approach by its mean test score and tests the difference on the "
              "same test scores, which flatters the picked side (winner's curse); intervals are not adjusted for "
              "the several comparisons."
-             + incontext_note(rows, suite.incontext.protocol) + suite_movl.report_note(done))
+             + incontext_note(rows, suite.incontext.protocol) + folder_note(suite) + suite_movl.report_note(done))
     sections = [("Who wins where (paired over seeds: same label subset)", wins_table(wins)),
                 ("Every cell", results_table(rows))]
     if earlier:
@@ -437,6 +436,22 @@ def incontext_note(rows: list[dict], protocol: dict) -> str:
             f"{protocol['max_context_per_class']} examples per class (classification) / "
             f"{protocol['max_context_masks']} image-mask pairs (segmentation), a seeded draw from the subset"
             + (f": {'; '.join(capped)}." if capped else ": no cell was capped."))
+
+
+def folder_note(suite) -> str:
+    """At which size the cells of segmentation folder tasks are scored (empty without such tasks): a
+    ``seg_folder`` reads masks at the size it reads images, so the ViT cells at the protocol's input size score
+    masks of another size than the cells at the task's own size."""
+    tasks = [t for t in suite.grid.tasks if t.folder is not None]
+    if not tasks:
+        return ""
+    each = "; ".join(f"{t.name} ({t.file}, {t.folder.size} px, groups: {t.folder.group_key or 'none'})"
+                     for t in tasks)
+    return (f"\nSegmentation folder tasks (data.source=seg_folder): {each}. unet, lora@mask_res and the in-context "
+            "cells read images and masks at the task's size and are scored there; the other ViT cells read both at "
+            f"their input size ({suite.seg_protocol['input_size']} px) and score masks at that size (a .npz task "
+            "scores every cell at its stored mask size), so their HD95 px is in other pixels. Cells are keyed by "
+            "the folder's content (sha256 of its images/, masks/ and metadata.csv), not its path.")
 
 
 def page(intro: str, sections: list, plots: list[Path]) -> str:

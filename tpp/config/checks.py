@@ -217,7 +217,7 @@ def switched_source_problems(section: dict, given: dict, old, new) -> list[str]:
     (nothing is lost); an unknown ``new`` is left to the source check."""
     import dataclasses
 
-    from tpp.config.parse import _default
+    from tpp.config.parse import field_default
     from tpp.config.schema import DataConfig
     from tpp.data.sources import all_sources
 
@@ -229,7 +229,7 @@ def switched_source_problems(section: dict, given: dict, old, new) -> list[str]:
     problems = []
     for key in sorted(set(section) - common - set(given)):
         value = section[key]
-        if key in written and value == _default(written[key]):
+        if key in written and value == field_default(written[key]):
             continue
         where = f"data.{key}={value!r} in the config file (written for data.source={old})"
         if key not in sources[new]:

@@ -52,9 +52,10 @@ import report  # noqa: E402
 
 
 def make_sites(work: Path, backbone: str, data_root: str, n_sites: int, input_size: int | None = None,
-               steps: int = 30) -> Path:
+               steps: int = 30, overrides: list[str] | tuple = ()) -> Path:
     """Fine-tune one real site (at ``input_size`` px; default: the backbone's), derive ``n_sites - 1`` distinct
-    copies, publish all; returns the store. The real site trains ``steps`` steps (30) on the default device."""
+    copies, publish all; returns the store. The real site trains ``steps`` steps (30) on the default device;
+    ``overrides``: more config overrides of its run (its adapter's rank ...), for a fresh ``work`` folder."""
     from safetensors.torch import load_file, save_file
 
     from tpp.serve import store
@@ -67,7 +68,7 @@ def make_sites(work: Path, backbone: str, data_root: str, n_sites: int, input_si
         size = [f"backbone.input_size={input_size}"] if input_size else []
         run_recipe("finetune", ROOT / "recipes/configs/breast_us/mae_vit_tiny_lora_finetune.yaml",
                    [f"backbone.path={backbone}", f"data.root={data_root}", f"output_dir={run}",
-                    f"train.max_steps={steps}", *size], overwrite=True)
+                    f"train.max_steps={steps}", *size, *overrides], overwrite=True)
     shutil.rmtree(work / "store", ignore_errors=True)
     store.publish(run, work / "store", "site00")
     gen = torch.Generator().manual_seed(0)

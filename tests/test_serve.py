@@ -291,8 +291,8 @@ def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = start_cli_subprocess(*args, "--port", port, "--threads", "1", env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
+    proc = start_cli_subprocess(*args, "--port", port, "--threads", "1", "--loader-threads", "3", env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url, health = f"http://127.0.0.1:{port}", []
 
@@ -312,7 +312,7 @@ def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
         proc.terminate()
         logs = proc.communicate(timeout=HANG_S)[0]
     assert proc.returncode == 0, logs
-    assert "1 torch threads" in logs
+    assert "3 loader threads, 1 torch threads" in logs
 
 
 @pytest.mark.parametrize("option, value, said", [
@@ -321,6 +321,7 @@ def test_tpp_serve_command_starts_answers_and_stops(world, tmp_path):
     ("--max-upload-mb", "-1", "--max-upload-mb must be positive, got -1.0."),
     ("--max-wait-ms", "-5", "--max-wait-ms must be 0 or more, got -5.0."),
     ("--max-resident", "0", "--max-resident must be at least 1, got 0."),
+    ("--loader-threads", "0", "--loader-threads must lie in 1..64, got 0."),
 ])
 def test_tpp_serve_refuses_a_number_option_out_of_range_before_loading(world, capsys, option, value, said):
     """--max-batch 0 used to start, then kill the inference thread at the first request (healthz still ok)."""

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import HANG_S, png_bytes
-from serving_fixtures import build_store, call, on_event_loop, publish_context, request, serving, stub_app
+from serving_fixtures import (build_store, call, on_event_loop, paused, publish_context, request, serving,
+                              stub_app)
 
 from tpp.serve import contexts, store
 from tpp.errors import TppError
 from tpp.serve.bank import AdapterBank, SiteRefused
-from tpp.serve.worker import InferenceWorker
+from tpp.serve.worker import InferenceWorker, ReadQueue, _Job
 
 SITES = {"a": ["adapter.r=2", "seed=0"], "b": ["adapter={method: linear_probe}", "seed=3"]}
 
@@ -31,16 +32,16 @@ def close(got, expected) -> bool:
 
 class HeldReads:
     """Wraps :func:`tpp.serve.store.open_version`: records (site, thread name) of every read, and holds the reads
-    of ``site`` until :meth:`release` (``reading`` is set once one is held)."""
+    of ``site`` (``first``: only its first read) until :meth:`release` (``reading`` is set once one is held)."""
 
-    def __init__(self, monkeypatch, site: str):
+    def __init__(self, monkeypatch, site: str, first: bool = False):
         self.site, self.reads = site, []
         self.reading, self.released = threading.Event(), threading.Event()
         real = store.open_version
 
         def held(store_path, name, version=None):
             self.reads.append((name, threading.current_thread().name))
-            if name == self.site:
+            if name == self.site and not (first and self.reading.is_set()):
                 self.reading.set()
                 assert self.released.wait(HANG_S), "the read was never released"
             return real(store_path, name, version)
@@ -68,9 +69,77 @@ def test_a_site_being_read_does_not_hold_up_the_requests_of_a_resident_site(worl
     held.release()
     assert close(first_b.result(HANG_S).outputs, world["expected"]["b"][:2])
     assert close(second_b.result(HANG_S).outputs, world["expected"]["b"][2:4])
-    assert held.reads == [("b", "tpp-loader")] and installed_on == ["tpp-inference"]  # one read, off the thread
+    assert [(n, t[:10]) for n, t in held.reads] == [("b", "tpp-loader")]  # one read, on a loader thread
+    assert installed_on == ["tpp-inference"]
     assert worker.bank.loads == 2 and list(worker.bank.resident) == ["a", "b"]
     worker.stop()
+
+
+def test_cold_sites_are_read_at_once_but_a_reload_never_overtakes_the_read_of_its_site(world, tmp_path, monkeypatch):
+    """Two loader threads: while x's files are read (held), y's are read on the other thread and y is answered; the
+    reload of x asked for meanwhile is read only after x's load and swapped in after it (a pool taking reads in
+    plain arrival order read it at once: x's waiting request was then answered by the new version, and the reload
+    said x had served none)."""
+    s = tmp_path / "store"
+    old = store.publish(world["runs"]["a"], s, "x").version
+    store.publish(world["runs"]["b"], s, "y")
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(s)), max_wait_ms=1, loader_threads=2)
+    images = world["images"]
+    assert worker.predict("x", images[:1]).result(HANG_S).version == old
+    worker.call(lambda bank: bank.evict("x")).result(HANG_S)  # x comes back at the version it served
+    new = store.publish(world["runs"]["b"], s, "x").version
+    held = HeldReads(monkeypatch, "x", first=True)
+    waiting = worker.predict("x", images[:2])
+    assert held.reading.wait(HANG_S)  # x's load is being read, and stays so until released
+    reload = worker.reload("x")  # asked for after that load
+    answer = worker.predict("y", images[:3]).result(HANG_S)  # read on the other loader thread meanwhile
+    assert close(answer.outputs, world["expected"]["b"][:3])
+    assert [name for name, _ in held.reads] == ["x", "y"] and not reload.done() and not waiting.done()
+    held.release()
+    answer = waiting.result(HANG_S)
+    assert answer.version == old and close(answer.outputs, world["expected"]["a"][:2])
+    assert reload.result(HANG_S) == (old, new)
+    assert worker.predict("x", images[:1]).result(HANG_S).version == new
+    assert [name for name, _ in held.reads] == ["x", "y", "x"]
+    assert {thread for _, thread in held.reads} == {"tpp-loader-0", "tpp-loader-1"}
+    worker.stop()
+
+
+def test_many_requests_for_a_few_cold_sites_read_each_site_once_with_many_loader_threads(world, monkeypatch):
+    worker = InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"])), max_wait_ms=1,
+                             loader_threads=4)
+    held = HeldReads(monkeypatch, "-")  # records every read, holds none
+    images = world["images"]
+    with paused(worker):  # every request queued before the inference thread sees the first
+        futures = [(site, i, worker.predict(site, images[i:i + 1])) for i in range(4) for site in ("a", "b")]
+    for site, i, future in futures:
+        assert close(future.result(HANG_S).outputs, world["expected"][site][i:i + 1])
+    assert sorted(name for name, _ in held.reads) == ["a", "b"] and worker.bank.loads == 2
+    worker.stop()
+
+
+def test_the_read_queue_keeps_each_sites_order_and_bounds_the_reads_held():
+    """A read of a site is not taken while an earlier one of it is out; no more than ``ahead`` reads are out or
+    waiting to be used; ``close`` ends every take. Checked without threads (``block=False``)."""
+    reads = ReadQueue(ahead=3)
+    jobs = [_Job("install", "a"), _Job("reload", "a"), _Job("install", "b"), _Job("install", "c"),
+            _Job("install", "d")]
+    for job in jobs:
+        reads.put(job, None)
+    assert reads.take(block=False)[0] is jobs[0]
+    assert reads.take(block=False)[0] is jobs[2]  # a's reload waits for a's read; b is free
+    reads.done("a")
+    assert reads.take(block=False)[0] is jobs[1]  # now in the order put
+    assert reads.take(block=False) is None  # three held: a's two reads and b's, none used yet
+    reads.consumed()
+    assert reads.take(block=False)[0] is jobs[3]
+    reads.close()
+    assert reads.take() is None  # closed: returns at once, reads not taken are dropped
+
+
+def test_a_worker_needs_a_loader_thread(world):
+    with pytest.raises(TppError, match="loader_threads must be at least 1, got 0"):
+        InferenceWorker(AdapterBank(str(world["backbone"]), str(world["store"])), loader_threads=0)
 
 
 def _flip_a_byte(path):
@@ -123,7 +192,7 @@ def test_a_reload_is_read_aside_and_swapped_in_between_batches(world, tmp_path, 
     answer = worker.predict("x", world["images"][:2]).result(HANG_S)  # the old version answers meanwhile
     assert answer.version == old and close(answer.outputs, world["expected"]["a"][:2]) and not reload.done()
     held.release()
-    assert reload.result(HANG_S) == (old, new) and held.reads == [("x", "tpp-loader")]
+    assert reload.result(HANG_S) == (old, new) and [(n, t[:10]) for n, t in held.reads] == [("x", "tpp-loader")]
     answer = worker.predict("x", world["images"][:2]).result(HANG_S)
     assert answer.version == new and close(answer.outputs, world["expected"]["b"][:2])
     assert store.publish(world["runs"]["a"], s, "x").version == old  # the pointer back at old, which is damaged:
@@ -231,7 +300,8 @@ def test_the_serving_benchmark_loads_sites_cold_as_the_service_does(world, monke
     bank.guard.check = lambda source: (installed_on.append(threading.current_thread().name), check(source))
     cold, warm = benchmark.cold_loads(bank, ["a", "b"], world["images"][0])
     assert len(cold) == len(warm) == 2 and min(cold + warm) > 0
-    assert held.reads == [("a", "tpp-loader"), ("b", "tpp-loader")] and installed_on == ["tpp-inference"] * 2
+    assert [(n, t[:10]) for n, t in held.reads] == [("a", "tpp-loader"), ("b", "tpp-loader")]
+    assert installed_on == ["tpp-inference"] * 2
     assert bank.loads == 4 and all(bank.resident[name] is not first[name] for name in ("a", "b"))
 
 

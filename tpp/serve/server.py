@@ -328,10 +328,10 @@ def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8
           insecure: bool = False, max_resident: int = 16, max_batch: int = 64, max_wait_ms: float = 5.0,
           max_upload_bytes: int = 10 * 2**20, limits: PixelLimits = DEFAULT_LIMITS,
           body_timeout_s: float = 30.0, device: str = "auto", precision: str = "fp32", max_context: int = 256,
-          incontext_models: list[str] | None = None) -> None:
+          incontext_models: list[str] | None = None, loader_threads: int = 2) -> None:
     """Load the backbone on ``device`` (``precision``: fp32, or bf16 / fp16 under autocast) and the learned
     in-context models (``incontext_models``: folders, checked), check the store, serve until Ctrl-C / SIGTERM
-    (uvicorn's handlers)."""
+    (uvicorn's handlers). ``loader_threads``: threads reading sites' files (:class:`InferenceWorker`)."""
     import uvicorn
 
     from tpp.serve.bank import AdapterBank
@@ -342,13 +342,13 @@ def serve(backbone: str, store_path: str, host: str = "127.0.0.1", port: int = 8
     learned_models = attach(bank, incontext_models)  # a refused folder: one error, before anything listens
     for problem in adapter_store.check(store_path, bank.info.hash):
         log.warning("will refuse %s", problem)
-    worker = InferenceWorker(bank, max_batch, max_wait_ms)
+    worker = InferenceWorker(bank, max_batch, max_wait_ms, loader_threads)
     app = create_app(worker, store_path, token, max_upload_bytes, limits=limits, body_timeout_s=body_timeout_s,
                      max_context=max_context, learned_models=learned_models)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("backbone %s (hash %s), store %s, up to %d resident sites, %d torch threads, device %s, precision %s",
-             bank.info.id, bank.info.hash[:12], store_path, max_resident, torch.get_num_threads(),
-             describe(bank.device), bank.precision)
+    log.info("backbone %s (hash %s), store %s, up to %d resident sites, %d loader threads, %d torch threads, "
+             "device %s, precision %s", bank.info.id, bank.info.hash[:12], store_path, max_resident, loader_threads,
+             torch.get_num_threads(), describe(bank.device), bank.precision)
     for model in learned_models:
         log.info("learned in-context model: %s (weights sha256 %s, held out: %s)", model["kind"],
                  model["weights_sha256"][:12], ", ".join(model["holdout"]) or "none recorded")

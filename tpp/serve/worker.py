@@ -9,8 +9,14 @@ A request for a site that is not resident waits aside while a loader thread read
 files (:meth:`~tpp.serve.bank.AdapterBank.prepare`: disk, content hash, safetensors parsing), so the other
 sites' requests are answered meanwhile; the inference thread then installs the prepared site between batches
 (tensors into its modules, the backbone guard, one trial image, eviction) and runs the requests that waited.
-Reloads are read by the loader thread too and swapped in on the inference thread between batches, so a request
+Reloads are read by a loader thread too and swapped in on the inference thread between batches, so a request
 is computed entirely with the old adapter version or entirely with the new one.
+
+``loader_threads`` loader threads read different sites at once (reading and hashing release the GIL), so cold sites
+requested together do not queue behind one another's reads; the model side of each load stays on the inference
+thread, one site at a time. Reads of one site never overlap and reach the inference thread in the order they were
+asked for (:class:`ReadQueue`): a reload asked for after a site's load is swapped in after it. Sites read but not yet
+installed are at most twice ``loader_threads`` (their files and tensors are held in memory until then).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from tpp.serve.bank import AdapterBank, NonFiniteOutputs, Prepared, SiteRefused
+from tpp.errors import TppError
 from tpp.serve.images import to_model_input
 from tpp.tasks import Task
 
@@ -48,6 +55,61 @@ class Prediction:
         return [self.task.json_entry(out, self.label_names) for out in self.outputs]
 
 
+class ReadQueue:
+    """The loader threads' work: (job, version) reads taken in the order they were put, except that a read of a site
+    is not taken while an earlier one of that site is still out (taken, not yet :meth:`done`), so a site's reads
+    finish, and are handed on, in the order they were put; and at most ``ahead`` reads are out or finished but not
+    yet :meth:`consumed` (what they read waits in memory meanwhile)."""
+
+    def __init__(self, ahead: int):
+        self._cond = threading.Condition()
+        self._pending: collections.deque[tuple[_Job, str | None]] = collections.deque()
+        self._out: set[str] = set()  # sites with a read taken and not done
+        self._held = 0  # reads taken and not consumed
+        self._ahead = ahead
+        self._closed = False
+
+    def put(self, job: _Job, version: str | None) -> None:
+        with self._cond:
+            self._pending.append((job, version))
+            self._cond.notify_all()
+
+    def take(self, block: bool = True) -> tuple[_Job, str | None] | None:
+        """The first read whose site has none out, while fewer than ``ahead`` are held (waiting for one if
+        ``block``); None once closed, or when none can be taken now and not ``block``."""
+        with self._cond:
+            while not self._closed:
+                if self._held < self._ahead:
+                    for i, (job, version) in enumerate(self._pending):
+                        if job.site not in self._out:
+                            del self._pending[i]
+                            self._out.add(job.site)
+                            self._held += 1
+                            return job, version
+                if not block:
+                    return None
+                self._cond.wait()
+            return None
+
+    def done(self, site: str) -> None:
+        """The read of ``site`` that is out has finished (and was handed on): its next read may be taken."""
+        with self._cond:
+            self._out.discard(site)
+            self._cond.notify_all()
+
+    def consumed(self) -> None:
+        """A finished read was used (its site installed, refused or reloaded): one more may be taken."""
+        with self._cond:
+            self._held -= 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Every :meth:`take` returns None from now on (reads not taken yet are dropped)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
 @dataclass
 class _Job:
     kind: str  # "predict" | "reload" | "call" | "install" | "stop"
@@ -61,18 +123,23 @@ class _Job:
 class InferenceWorker:
     """``predict(site, images) -> Future[Prediction]``; ``reload(site) -> Future[(old, new)]``."""
 
-    def __init__(self, bank: AdapterBank, max_batch: int = 64, max_wait_ms: float = 5.0):
+    def __init__(self, bank: AdapterBank, max_batch: int = 64, max_wait_ms: float = 5.0, loader_threads: int = 2):
+        """``loader_threads``: threads that read sites' files (at least 1; see the module docstring)."""
+        if loader_threads < 1:
+            raise TppError(f"loader_threads must be at least 1, got {loader_threads}.")
         self.bank = bank
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.queue: queue.Queue[_Job] = queue.Queue()
         self.batches = 0
-        self._to_prepare: queue.Queue[tuple[_Job | None, str | None]] = queue.Queue()  # (job, version) to read
+        self._to_prepare = ReadQueue(ahead=2 * loader_threads)
         self._waiting: dict[str, list[_Job]] = {}  # site -> predict jobs waiting for its files (inference thread)
         self._thread = threading.Thread(target=self._loop, name="tpp-inference", daemon=True)
-        self._loader = threading.Thread(target=self._prepare_loop, name="tpp-loader", daemon=True)
+        self._loaders = [threading.Thread(target=self._prepare_loop, name=f"tpp-loader-{i}", daemon=True)
+                         for i in range(loader_threads)]
         self._thread.start()
-        self._loader.start()
+        for loader in self._loaders:
+            loader.start()
 
     def predict(self, site: str, images: list[np.ndarray]) -> Future:
         return self._submit(_Job("predict", site, list(images)))
@@ -86,36 +153,38 @@ class InferenceWorker:
         return self._submit(_Job("call", fn=fn))
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop both threads and wait for them (a thread still inside a library when the process exits can abort
-        it: "terminate called without an active exception")."""
-        self._to_prepare.put((None, None))
+        """Stop the inference and loader threads and wait for them (a thread still inside a library when the process
+        exits can abort it: "terminate called without an active exception")."""
+        self._to_prepare.close()
         self.queue.put(_Job("stop"))
-        self._thread.join(timeout)
-        self._loader.join(timeout)
+        for thread in (self._thread, *self._loaders):
+            thread.join(timeout)
 
     def _submit(self, job: _Job, read_first: bool = False) -> Future:
-        """Queue ``job`` for the inference thread; ``read_first``: for the loader thread first, which reads the
+        """Queue ``job`` for the inference thread; ``read_first``: for a loader thread first, which reads the
         store's current version of its site."""
         if not self._thread.is_alive():
             raise RuntimeError("the inference worker has stopped")
         if read_first:
-            self._to_prepare.put((job, None))
+            self._to_prepare.put(job, None)
         else:
             self.queue.put(job)
         return job.future
 
     def _prepare_loop(self) -> None:
-        """The loader thread: read and verify a site's files (the slow part of a load, which touches no model),
-        then queue the job for the inference thread, which installs them between batches."""
-        while True:
-            job, version = self._to_prepare.get()
-            if job is None:
-                return
+        """A loader thread: read and verify a site's files (the slow part of a load, which touches no model),
+        then queue the job for the inference thread, which installs them between batches. The job is queued before
+        the site's next read may be taken, so the inference thread gets a site's jobs in the order they were asked
+        for."""
+        while (taken := self._to_prepare.take()) is not None:
+            job, version = taken
             try:
                 job.prepared = self.bank.prepare(job.site, version)
             except Exception:  # prepare keeps load errors; others (a site name not allowed) the inference thread
                 job.prepared = None  # meets itself, reading the files there
-            self.queue.put(job)
+            finally:
+                self.queue.put(job)
+                self._to_prepare.done(job.site)
 
     def _loop(self) -> None:
         backlog: collections.deque[_Job] = collections.deque()  # jobs taken from the queue but not yet run
@@ -125,9 +194,12 @@ class InferenceWorker:
                 return
             if job.kind == "install":  # the jobs that waited for the site run next
                 backlog.extendleft(reversed(self._install(job)))
+                self._to_prepare.consumed()
                 continue
             if job.kind != "predict":
                 self._control(job)
+                if job.kind == "reload":  # read by a loader thread first
+                    self._to_prepare.consumed()
                 continue
             batch = self._gather(job, backlog)
             try:
@@ -190,7 +262,7 @@ class InferenceWorker:
                 job.future.set_exception(exc)
             return
         self._waiting[job.site] = [job]
-        self._to_prepare.put((_Job("install", job.site), version))
+        self._to_prepare.put(_Job("install", job.site), version)
 
     def _install(self, job: _Job) -> list[_Job]:
         """Make a site resident from its prepared files (the cheap part of a load; the least recently used site

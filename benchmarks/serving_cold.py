@@ -7,9 +7,10 @@ The store is built by the benchmark in a temporary folder (deleted after): one r
 steps on BreastMNIST with rank 128 on every linear layer of the shared backbone (about 10 MiB of adapter
 tensors, as a larger clinical adapter on a ViT-B would have), and N - 1 distinct copies of it (re-drawn LoRA B
 matrices and heads), each published. A burst: every site evicted, then one one-image request per site submitted
-together to an :class:`~tpp.serve.worker.InferenceWorker` as ``tpp serve`` runs it (its loader thread reads and
-verifies each site's files, the inference thread installs the site between batches); measured: the wall time until
-the last request is answered, the median and largest request latency. For reference, the two parts of a cold load
+together to an :class:`~tpp.serve.worker.InferenceWorker` as ``tpp serve`` runs it (its loader threads read and
+verify the sites' files, the inference thread installs each site between batches), once per ``--loader-threads``
+count in each round; measured: the wall time until the last request is answered (and against the first count's),
+the median and largest request latency. For reference, the two parts of a cold load
 timed one by one on the main thread (no worker): reading and verifying (:meth:`~tpp.serve.bank.AdapterBank.prepare`)
 and installing (:meth:`~tpp.serve.bank.AdapterBank.site` given the prepared files). The page cache is warm (the
 files were just written): a disk read after a real restart adds to the reading part, which ``--read-latency-ms``
@@ -94,10 +95,11 @@ def summary(bursts: list[dict]) -> dict:
 
 
 def measure(backbone: str, store_path: Path, names: list[str], image: np.ndarray, rounds: int,
-            latencies_ms: list[float]) -> dict:
-    """{latency: the cold-load parts and ``rounds`` bursts of all ``names`` through one worker} for each simulated
-    read latency (every site resident at once: ``max_resident`` = the number of sites, so nothing is evicted
-    within a burst)."""
+            latencies_ms: list[float], threads: list[int]) -> dict:
+    """{read latency: the cold-load parts and, per loader-thread count, ``rounds`` bursts of all ``names``} for each
+    simulated read latency. A round runs one burst per thread count (a fresh worker each, over one bank), so noise
+    hits them alike; ``vs_first``: the median over rounds of the first count's burst time over this count's. Every
+    site stays resident at once (``max_resident`` = the number of sites: nothing is evicted within a burst)."""
     from tpp.serve.bank import AdapterBank
     from tpp.serve.worker import InferenceWorker
 
@@ -108,11 +110,18 @@ def measure(backbone: str, store_path: Path, names: list[str], image: np.ndarray
     for ms in latencies_ms:
         with read_latency(ms):
             row = parts(bank, names)
-            worker = InferenceWorker(bank)
-            try:
-                row.update(summary([burst(worker, names, image) for _ in range(rounds)]))
-            finally:
-                worker.stop()
+            bursts: dict[int, list] = {k: [] for k in threads}
+            for _ in range(rounds):
+                for k in threads:
+                    worker = InferenceWorker(bank, loader_threads=k)
+                    try:
+                        bursts[k].append(burst(worker, names, image))
+                    finally:
+                        worker.stop()
+        first = bursts[threads[0]]
+        row["loader_threads"] = {
+            str(k): dict(summary(b), vs_first=float(np.median([f["wall_s"] / x["wall_s"] for f, x in zip(first, b)])))
+            for k, b in bursts.items()}
         rows[f"{ms:g}"] = row
         print(f"read latency {ms:g} ms: {row}", flush=True)
     return rows
@@ -121,13 +130,15 @@ def measure(backbone: str, store_path: Path, names: list[str], image: np.ndarray
 def markdown(rows: dict, sites: int, adapter_mib: float) -> str:
     lines = [f"{sites} sites of {adapter_mib:.1f} MiB each, all cold, one one-image request each, submitted together; "
              "the read latency is simulated (a sleep before each version folder's read).", "",
-             "| read latency added | burst: until the last answer (median; each round) | request latency p50 / max | "
-             "one site read + verified, alone | one site installed, alone |", "|---|---|---|---|---|"]
+             "| read latency added | one site read + verified, alone | one site installed, alone | loader threads | "
+             "burst: until the last answer (median; each round) | vs the first count (median of rounds) | "
+             "request latency p50 / max |", "|---|---|---|---|---|---|---|"]
     for ms, row in rows.items():
-        walls = ", ".join(f"{w:.0f}" for w in row["burst_walls_ms"])
-        lines.append(f"| {ms} ms | {row['burst_wall_ms']:.0f} ms ({walls}) "
-                     f"| {row['latency_p50_ms']:.0f} / {row['latency_max_ms']:.0f} ms | {row['read_ms']:.1f} ms | "
-                     f"{row['install_ms']:.1f} ms |")
+        for k, r in row["loader_threads"].items():
+            walls = ", ".join(f"{w:.0f}" for w in r["burst_walls_ms"])
+            lines.append(f"| {ms} ms | {row['read_ms']:.1f} ms | {row['install_ms']:.1f} ms | {k} | "
+                         f"{r['burst_wall_ms']:.0f} ms ({walls}) | {r['vs_first']:.2f}x | "
+                         f"{r['latency_p50_ms']:.0f} / {r['latency_max_ms']:.0f} ms |")
     return "\n".join(lines)
 
 
@@ -138,6 +149,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="bursts measured")
     parser.add_argument("--read-latency-ms", default="0,50",
                         help="comma-separated read latencies simulated, each measured (default 0,50)")
+    parser.add_argument("--loader-threads", default="1,2,4",
+                        help="comma-separated loader-thread counts, each measured; the first is the reference")
     parser.add_argument("--site-steps", type=int, default=2, help="fine-tuning steps of the real site")
     parser.add_argument("--backbone", default="builtin:mae-vit-tiny-med")
     parser.add_argument("--data-root", default=None, help="default: env TPP_DATA_ROOT")
@@ -149,6 +162,12 @@ def main(argv=None) -> int:
         parser.error(f"--read-latency-ms takes comma-separated numbers, got {args.read_latency_ms!r}")
     if not latencies or not all(0 <= x < 1e5 for x in latencies):
         parser.error(f"--read-latency-ms needs one or more numbers in 0..100000, got {args.read_latency_ms!r}")
+    try:
+        threads = list(dict.fromkeys(int(x) for x in args.loader_threads.split(",") if x.strip()))
+    except ValueError:
+        parser.error(f"--loader-threads takes comma-separated integers, got {args.loader_threads!r}")
+    if not threads or not all(1 <= k <= 64 for k in threads):
+        parser.error(f"--loader-threads needs one or more counts in 1..64, got {args.loader_threads!r}")
     if args.sites < 2 or args.rounds < 1:
         parser.error(f"--sites must be at least 2 and --rounds at least 1, got {args.sites} and {args.rounds}")
     from tpp.serve import store
@@ -161,9 +180,10 @@ def main(argv=None) -> int:
         card = store.current(store_path, names[0]).card
         adapter_mib = sum(f.stat().st_size for f in store.current(store_path, names[0]).path.glob("*")) / 2**20
         image = np.zeros((card["input"]["image_size"],) * 2, np.uint8)
-        rows = measure(args.backbone, store_path, names, image, args.rounds, latencies)
+        rows = measure(args.backbone, store_path, names, image, args.rounds, latencies, threads)
     report.publish(args.out, "serving_cold", report.machine(), "python benchmarks/serving_cold.py " + " ".join(argv),
-                   f"Backbone {args.backbone}; LoRA r=128 on every linear layer; {args.rounds} bursts; CPU.",
+                   f"Backbone {args.backbone}; LoRA r=128 on every linear layer; {args.rounds} rounds of one burst per "
+                   f"loader-thread count ({args.loader_threads}); CPU, default torch threads.",
                    markdown(rows, args.sites, adapter_mib),
                    {"sites": args.sites, "adapter_mib": adapter_mib, "by_read_latency_ms": rows})
     return 0

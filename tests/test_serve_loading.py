@@ -305,6 +305,24 @@ def test_the_serving_benchmark_loads_sites_cold_as_the_service_does(world, monke
     assert bank.loads == 4 and all(bank.resident[name] is not first[name] for name in ("a", "b"))
 
 
+def test_the_cold_burst_benchmark_measures_each_loader_thread_count_through_the_worker(world, monkeypatch):
+    """``benchmarks/serving_cold.py``: every burst loads every site cold, on loader threads, once per thread count and
+    round; the simulated read latency is taken away again after."""
+    import serving_cold
+
+    held = HeldReads(monkeypatch, "-")  # records every read, holds none
+    rows = serving_cold.measure(str(world["backbone"]), world["store"], ["a", "b"], world["images"][0], rounds=2,
+                                latencies_ms=[0, 1], threads=[1, 2])
+    assert list(rows) == ["0", "1"] and all(list(row["loader_threads"]) == ["1", "2"] for row in rows.values())
+    by_thread = [name for name, thread in held.reads if thread.startswith("tpp-loader")]
+    assert sorted(by_thread) == ["a"] * 8 + ["b"] * 8  # 2 latencies x 2 rounds x 2 thread counts: once a burst
+    for row in rows.values():
+        assert row["read_ms"] > 0 and row["install_ms"] > 0
+        for result in row["loader_threads"].values():
+            assert len(result["burst_walls_ms"]) == 2 and result["vs_first"] > 0
+    assert rows["1"]["read_ms"] >= 1 and store.read_version_folder.__name__ == "read_version_folder"
+
+
 @pytest.mark.parametrize("method, path, status", [("POST", "/v1/sites/s/predict", 200),
                                                   ("POST", "/v1/sites/nobody/reload", 404),
                                                   ("POST", "/v1/contexts/s/predict", 404)])

@@ -28,7 +28,7 @@
   ``GET /v1/sites`` shows it). A reload that fails leaves the version served before in place.
 
 Not thread-safe by itself, but for :meth:`AdapterBank.prepare`: the service calls it from one inference worker (whose
-loader thread prepares), ``tpp predict`` from one thread.
+loader threads prepare, several sites at once), ``tpp predict`` from one thread.
 """
 from __future__ import annotations
 

@@ -172,10 +172,9 @@ class InferenceWorker:
         return job.future
 
     def _prepare_loop(self) -> None:
-        """A loader thread: read and verify a site's files (the slow part of a load, which touches no model),
-        then queue the job for the inference thread, which installs them between batches. The job is queued before
-        the site's next read may be taken, so the inference thread gets a site's jobs in the order they were asked
-        for."""
+        """A loader thread: read and verify a site's files (the part of a load that touches no model), then queue
+        the job for the inference thread, which installs them between batches. The job is queued before the site's
+        next read may be taken, so the inference thread gets a site's jobs in the order they were asked for."""
         while (taken := self._to_prepare.take()) is not None:
             job, version = taken
             try:

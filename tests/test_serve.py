@@ -330,6 +330,14 @@ def test_tpp_serve_refuses_a_number_option_out_of_range_before_loading(world, ca
     assert said in err and "Traceback" not in err and "nowhere" not in err  # refused before the backbone
 
 
+def test_tpp_serve_refuses_loader_threads_with_the_ray_engine_before_loading(world, capsys):
+    """Ray replicas build their own workers: the option would have been ignored silently."""
+    assert main(["serve", "--backbone", "nowhere", "--store", str(world["store"]), "--engine", "ray",
+                 "--loader-threads", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--loader-threads is an option of the default engine" in err and "Traceback" not in err
+
+
 def test_tpp_serve_on_a_port_in_use_is_one_error_before_loading(world, capsys):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

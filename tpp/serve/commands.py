@@ -102,9 +102,9 @@ def add_deploy_commands(add) -> None:
     sv.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without a token")
     sv.add_argument("--max-batch", type=int, default=64, help="images per micro-batch")
     sv.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
-    sv.add_argument("--loader-threads", type=int, default=2,
+    sv.add_argument("--loader-threads", type=int,
                     help="threads reading and verifying the files of sites not in memory, several sites at once "
-                         "(default 2; --engine ray: 2 per replica)")
+                         "(default 2; --engine ray replicas read with 2 each)")
     sv.add_argument("--max-upload-mb", type=float, default=10.0, help="request body limit (413 above)")
     sv.add_argument("--max-image-pixels", type=int, default=2**26,
                     help="largest image decoded, in pixels (NIfTI: voxels of the whole volume); larger: 413 from "
@@ -328,6 +328,9 @@ def cmd_serve(args) -> int:
     _check_device(args)
     _set_threads(args.threads)
     if args.engine == "ray":
+        if args.loader_threads is not None:
+            raise TppError("--loader-threads is an option of the default engine (--engine fastapi); Ray replicas "
+                           "read sites with 2 threads each.")
         return _serve_ray(args, token)
     if args.replicas != 1 or args.address:
         raise TppError("--replicas and --address are options of --engine ray.")
@@ -338,7 +341,7 @@ def cmd_serve(args) -> int:
               max_upload_bytes=int(args.max_upload_mb * 2**20), body_timeout_s=args.body_timeout,
               limits=PixelLimits(args.max_image_pixels, args.max_request_pixels), device=args.device,
               precision=args.precision, max_context=args.max_context, incontext_models=args.incontext_model,
-              loader_threads=args.loader_threads)
+              loader_threads=2 if args.loader_threads is None else args.loader_threads)
     except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised Ctrl-C / SIGTERM
         print("tpp serve stopped", file=sys.stderr)
     return 0
@@ -351,7 +354,8 @@ def check_serve_numbers(args) -> None:
     rules = [("--port", args.port, 1 <= args.port <= 65535, "lie in 1..65535"),
              ("--max-batch", args.max_batch, args.max_batch >= 1, "be at least 1"),
              ("--max-resident", args.max_resident, args.max_resident >= 1, "be at least 1"),
-             ("--loader-threads", args.loader_threads, 1 <= args.loader_threads <= 64, "lie in 1..64"),
+             ("--loader-threads", args.loader_threads, args.loader_threads is None or 1 <= args.loader_threads <= 64,
+              "lie in 1..64"),
              ("--max-context", args.max_context, args.max_context >= 1, "be at least 1"),
              ("--max-image-pixels", args.max_image_pixels, args.max_image_pixels >= 1, "be at least 1"),
              ("--max-request-pixels", args.max_request_pixels, args.max_request_pixels >= 1, "be at least 1"),

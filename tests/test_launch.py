@@ -70,3 +70,14 @@ def test_a_worker_that_lost_its_peers_or_was_stopped_has_no_error_of_its_own(mon
 def test_ranks_after_the_first_write_to_files(processes, redirects):
     args = torchrun_args(processes, 1234, "/tmp/logs")
     assert args[-len(redirects):] == redirects and args[args.index("--log-dir") + 1] == "/tmp/logs"
+
+
+def test_a_worker_killed_after_another_failed_is_not_the_cause(tmp_path):
+    """Rank 1 failed with its own error; rank 0 did not answer torchrun's SIGTERM (blocked in a collective) and was
+    SIGKILLed 30 s later: rank 1's error is the cause shown, not 'rank 0 was killed ... out of memory'."""
+    output = "[tpp] process rank 1 of world size 2 (MULTI_CPU)\nerror: image 'a.png' is truncated\n"
+    failures = {0: failure(tmp_path, 0, -signal.SIGKILL), 1: failure(tmp_path, 1, 2, output)}
+    failures[0].timestamp = failures[1].timestamp + 30
+    assert report(failures, 2, str(tmp_path)) == (["error: process rank 1 of 2: image 'a.png' is truncated"], 2)
+    failures[0].timestamp = failures[1].timestamp  # killed at once, with the other's failure: its own cause
+    assert report(failures, 2, str(tmp_path))[0][0].startswith("error: process rank 0 of 2 was killed by SIGKILL")

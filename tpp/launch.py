@@ -53,8 +53,12 @@ def stopped_status(exc: BaseException, terminated: bool) -> int | None:
 def report(failures: dict, world: int, log_dir: str) -> tuple[list[str], int]:
     """(lines to print, exit status) for torchrun's ``failures`` {rank: ProcessFailure}, the ranks' output under
     ``log_dir``: the cause is rank 0's failure if it has its own (it printed it: no lines), else the earliest
-    other rank's that has its own (ties: the lower rank), else the earliest of all."""
+    other rank's that has its own (ties: the lower rank), else the earliest of all. A worker killed by a signal
+    after another's failure has none of its own: torchrun's SIGKILL once its SIGTERM went unanswered (30 s; a
+    worker blocked in a collective), never the cause."""
     own = {rank: f for rank, f in failures.items() if f.exitcode not in STOPPED_STATUSES}
+    first = min((f.timestamp for f in own.values()), default=None)
+    own = {rank: f for rank, f in own.items() if f.exitcode > 0 or f.timestamp == first}
     rank = 0 if 0 in own else min(own or failures, key=lambda r: (failures[r].timestamp, r))
     failure = failures[rank]
     code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode

@@ -90,3 +90,15 @@ def test_a_seg_folders_metadata_warns_of_ids_differing_in_case(tmp_path):
         f"a{i}.png,{'Q' if i == 5 else 'q'}{i % 5}\n" for i in range(6)))
     with pytest.warns(UserWarning, match=r"patient 'Q0' and 'q0' differ only in case"):
         load_seg_folder("x", None, str(tmp_path), image_size=8, modality="US", group_key="patient")
+
+
+def test_an_id_past_the_number_libraries_limits_is_kept_as_written(tmp_path):
+    """An exponent beyond decimal's range (``0e99999999999999999999``) and a digit string past Python's 4,300-digit
+    int conversion limit were tracebacks (InvalidOperation, ValueError); they are ids like any other."""
+    huge = "0e" + "9" * 20
+    assert group_id(huge) == huge
+    digits = "1" + "0" * 5000
+    path = csv_table(tmp_path, [huge, digits, "0" + digits, *map(str, range(9))])
+    with pytest.warns(UserWarning, match="differ only in case or leading zeros"):
+        dataset = load_csv("t", None, path, modality="US", image_size=8)
+    assert len(dataset.split("train")) + len(dataset.split("val")) + len(dataset.split("test")) == 12

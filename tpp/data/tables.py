@@ -148,7 +148,10 @@ def group_id(value: str) -> str:
     zeros are part of a text id) and case (``P1`` is not merged with ``p1``: :func:`group_spellings` warns)."""
     if not FLOAT_SPELLING.fullmatch(value):
         return value
-    number = Decimal(value)
+    try:
+        number = Decimal(value)
+    except ArithmeticError:  # an exponent past decimal's range (0e99999999999999999999): an id as written
+        return value
     if number.adjusted() >= MAX_ID_DIGITS or number != number.to_integral_value():
         return value
     return str(int(number))
@@ -161,7 +164,8 @@ def group_spellings(groups, where: str, column: str) -> list[list[str]]:
     splits and leak into the test score. Returns every such set of spellings."""
     spelled: dict = {}
     for group in dict.fromkeys(groups):
-        key = str(int(group)) if group.isascii() and group.isdigit() else group.casefold()
+        key = (group.lstrip("0") or "0") if group.isascii() and group.isdigit() else group.casefold()  # no int():
+        # a digit string past 4,300 digits is a ValueError
         spelled.setdefault(key, []).append(group)
     clashes = [sorted(v) for v in spelled.values() if len(v) > 1]
     if clashes:

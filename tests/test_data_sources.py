@@ -133,6 +133,17 @@ def test_the_source_override_still_serves_the_own_data_workflow_on_medmnist_conf
         load_config(CONFIG_DIR / "breast_us/busi_seg_lora_finetune.yaml", ["data.source=seg_folder", "data.file=f"])
 
 
+def test_a_run_trained_with_download_evaluates_another_sites_folder(tmp_path):
+    """docs/input_side.md's source shift: ``tpp run evaluate --config RUN/config.yaml data.source=folder ...`` on a
+    run that fetched its MedMNIST file (``data.download=true``, saved in its config.yaml) was refused for leaving
+    ``data.download`` behind: it only says how the replaced MedMNIST file is fetched, so nothing is lost."""
+    cfg = load_config(CONFIG_DIR / FINETUNE_CONFIG, ["data.download=true"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    cfg = load_config(tmp_path / "config.yaml", ["data.source=folder", f"data.root={tmp_path}", "data.name=other",
+                                                 "data.modality=US", "data.split=test"], recipe="evaluate")
+    assert cfg.data.source == "folder" and cfg.data.options == {}
+
+
 def test_keys_and_ls_list_every_source(capsys):
     lines = help_lines()
     assert any(line.startswith("data.mask_key (str, default 'masks') [data.source=seg_npz]:") for line in lines)

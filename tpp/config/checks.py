@@ -208,13 +208,18 @@ def _prompt_parts(method: str, options: dict) -> list[tuple[str, dict, object]]:
     return [(f"adapter.{p}", options.get(p) or {}, d) for p, d in found if isinstance(d, VisualPromptOptions)]
 
 
+FETCH_ONLY = frozenset({"download"})  # medmnist's: how the replaced source's file is fetched; dropping it loses nothing
+
+
 def switched_source_problems(section: dict, given: dict, old, new) -> list[str]:
     """A ``data.source`` override (``new``, on the command line) that replaces the config file's source (``old``)
     leaves the file's options for ``old`` behind. One that holds a value other than ``old``'s default and that the
     command line does not set again would be lost (or read by ``new`` in its own way: seg_npz's ``group_key`` names
     an array, seg_folder's a metadata.csv column) without a word: each one is a problem naming it and the way out.
     ``section``: the file's data section; ``given``: the command line's. An option at its default is no problem
-    (nothing is lost); an unknown ``new`` is left to the source check."""
+    (nothing is lost), nor is one that only says how ``old`` fetches its file (:data:`FETCH_ONLY`: a run's
+    ``config.yaml`` with ``data.download: true`` evaluated on another site's folder); an unknown ``new`` is left to
+    the source check."""
     import dataclasses
 
     from tpp.config.parse import field_default
@@ -229,7 +234,7 @@ def switched_source_problems(section: dict, given: dict, old, new) -> list[str]:
     problems = []
     for key in sorted(set(section) - common - set(given)):
         value = section[key]
-        if key in written and value == field_default(written[key]):
+        if key in written and (value == field_default(written[key]) or (key in FETCH_ONLY and key not in sources[new])):
             continue
         where = f"data.{key}={value!r} in the config file (written for data.source={old})"
         if key not in sources[new]:

@@ -95,3 +95,29 @@ dist.destroy_process_group()
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert "own: exit 2 group False" in done.stdout, done.stdout + done.stderr
     assert "callers: exit 2 group True" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_launcher_killed_by_a_signal_exits_as_a_shell_says_it(tiny_mae, data_root, tmp_path, monkeypatch, capsys):
+    """torchrun's process (tpp.launch) killed by SIGKILL: Popen's -9 was returned as tpp's exit status (247 to the
+    shell); it is 137, with a line naming the signal, and the workers' log folder is removed."""
+    import os
+    import signal
+    import tempfile
+
+    made = []
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(mkdtemp(**kw)) or made[-1])
+
+    class Killed:
+        def __init__(self, cmd, env=None):
+            self.cmd = cmd
+
+        def wait(self, timeout=None):
+            return -signal.SIGKILL
+
+    monkeypatch.setattr(subprocess, "Popen", Killed)
+    code = run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data_root, tmp_path / "run", *FAST),
+                   "--num-processes", "2")
+    assert code == 128 + signal.SIGKILL
+    assert "error: the launcher (torchrun) was killed by SIGKILL" in capsys.readouterr().err
+    assert made and not any(os.path.exists(folder) for folder in made)

@@ -330,7 +330,11 @@ def _launch(args) -> int:
     print(f"launching {args.num_processes} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
     process = subprocess.Popen(cmd, env=env)
     try:
-        return process.wait()
+        code = process.wait()
+        if code < 0:  # torchrun's own process killed (its workers' failures are tpp.launch's to say)
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+            print(f"error: the launcher (torchrun) was killed by {name}.", file=sys.stderr, flush=True)
+        return 128 - code if code < 0 else code  # the shell's 128 + signal, not Popen's negative status
     except BaseException:  # SIGTERM / Ctrl-C of this launcher: torchrun stops its workers on SIGTERM (a SIGKILL,
         process.send_signal(signal.SIGTERM)  # as subprocess.run sends, would leave them training on)
         try:

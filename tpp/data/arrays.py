@@ -89,7 +89,7 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
-    from tpp.data.images import irregular
+    from tpp.data.file_kinds import irregular
 
     kind = irregular(path)  # a fifo is refused unopened (reading one waits for a writer for ever)
     if kind:

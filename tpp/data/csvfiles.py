@@ -6,7 +6,7 @@ from pathlib import Path
 from tpp.data import Dataset
 from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading
-from tpp.data.images import irregular
+from tpp.data.file_kinds import irregular
 from tpp.data.labelled import labelled_files
 from tpp.data.tables import (group_spellings, group_value, label_value, numeric_labels, read_table, relative_image,
                              split_value)

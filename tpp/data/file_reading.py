@@ -99,7 +99,8 @@ def named_format(path) -> str | None:
 def file_format(path) -> str | None:
     """pil | npy | dicom | nifti of an image file, as the reader tells them (its name, else its first bytes: a
     DICOM file without a suffix); None for a file that cannot be opened or is none of them."""
-    from tpp.data.images import ImageError, file_kind, nonblocking, sniff
+    from tpp.data.file_kinds import file_kind, nonblocking
+    from tpp.data.images import ImageError, sniff
 
     named = named_format(path)
     if named:

@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from tpp.capped_read import unlistable, unlistable_error
 from tpp.data.files import DataChanged, ImageFiles
 from tpp.data.file_reading import FileReading
-from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, file_kind, fit, is_image_file
+from tpp.data.file_kinds import file_kind
+from tpp.data.images import DICOM_SUFFIXES, NIFTI_SUFFIXES, PIL_SUFFIXES, fit, is_image_file
 from tpp.data.pixels import ImageError
 from tpp.errors import TppError
 

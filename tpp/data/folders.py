@@ -19,7 +19,7 @@ from tpp.data.arrays import check_modality, resolve_root
 from tpp.data.file_reading import FileReading, applied
 from tpp.data.files import PackedStrings
 from tpp.data.filesets import check_files, walk_images
-from tpp.data.images import irregular
+from tpp.data.file_kinds import irregular
 from tpp.data.labelled import files_origin, labelled_files
 from tpp.data.tables import (SPLIT_NAMES, group_spellings, group_value, label_value, numeric_labels, read_table,
                              relative_image)

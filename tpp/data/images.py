@@ -34,7 +34,6 @@ import logging
 import math
 import os
 import re
-import stat
 import threading
 import zlib
 from contextlib import contextmanager, nullcontext
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tpp.data.file_kinds import open_regular
 from tpp.data.pixels import (DEFAULT_LIMITS, ImageError, ImageTooLarge, PixelLimits, pil_budget, pil_pixels,
                               training_mode)
 from tpp.errors import TppError
@@ -212,59 +212,10 @@ def max_file_bytes(limits: PixelLimits = DEFAULT_LIMITS) -> int:
     return limits.max_pixels * 3 * 8 + 2**24
 
 
-FILE_KINDS = ((stat.S_ISFIFO, "fifo"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-              (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
-
-
-def file_kind(mode: int) -> str | None:
-    """What an ``st_mode`` names when it is no regular file (``fifo``, ``socket``, ``character device``, ``block
-    device``, ``folder``, ``special file``); None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    return next((name for test, name in FILE_KINDS if test(mode)), "special file")
-
-
-def irregular(path: str | Path) -> str | None:
-    """:func:`file_kind` of ``path`` (symbolic links followed) when it exists and is no regular file: a fifo named
-    ``scan.png`` in a data folder, a socket, a device. None for a regular file and for a path that does not exist
-    (or cannot be looked at): the caller says that. Nothing is opened (opening a fifo waits for a writer)."""
-    try:
-        return file_kind(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return None
-
-
-def nonblocking(path, flags: int) -> int:
-    """An ``opener`` for :func:`open`: ``os.open`` non-blocking, so opening a fifo returns at once (no writer
-    awaited); the caller then checks the descriptor is a regular file (:func:`file_kind` of its ``fstat``)."""
-    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
-
-
-@contextmanager
-def open_regular(path: str | Path):
-    """``path`` opened for binary reading when it is a regular file (symbolic links followed), else an
-    :class:`ImageError` naming it (``'x.png' is not a regular file (fifo)``). Opened non-blocking and checked on the
-    open descriptor, so a fifo (or a file swapped for one after a look at it) answers at once instead of waiting
-    for a writer for ever. A path that does not exist or cannot be read: the ``OSError``."""
-    try:
-        fd = nonblocking(path, os.O_RDONLY)
-    except OSError:
-        kind = irregular(path)  # a socket cannot be opened at all (ENXIO): said as what it is
-        if kind:
-            raise ImageError(f"'{path}' is not a regular file ({kind}).") from None
-        raise
-    kind = file_kind(os.fstat(fd).st_mode)
-    if kind:
-        os.close(fd)
-        raise ImageError(f"'{path}' is not a regular file ({kind}).")
-    with os.fdopen(fd, "rb") as fh:
-        yield fh
-
-
 def read(path: str | Path, **kwargs) -> np.ndarray:
     """Read an image file from disk (see :func:`decode`); a file larger than :func:`max_file_bytes` is refused
     from its size, before a byte of it is read, and one that is no regular file (a fifo, a device, a folder) is
-    refused without being read (:func:`open_regular`)."""
+    refused without being read (:func:`tpp.data.file_kinds.open_regular`)."""
     path = Path(path)
     try:
         with open_regular(path) as fh:
@@ -545,8 +496,8 @@ def _check_shape(array: np.ndarray, name: str) -> np.ndarray:
 
 def is_dicom_file(path: str | Path) -> bool:
     """A file without a known image suffix that holds DICOM: the 128-byte preamble, then ``DICM``. Only a
-    regular file is read (:func:`open_regular`: a fifo or a device in a folder would block the read or never
-    end)."""
+    regular file is read (:func:`tpp.data.file_kinds.open_regular`: a fifo or a device in a folder would block the
+    read or never end)."""
     try:
         with open_regular(path) as fh:
             return fh.read(132)[128:132] == b"DICM"

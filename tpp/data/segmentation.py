@@ -253,7 +253,7 @@ def _read_mask(path: Path, size: int, num_classes: int, image: Path | None = Non
         return BadMaskFile(f"mask '{path}': {reason}; is it this image's mask?", reason)
 
     def open_mask():
-        from tpp.data.images import irregular
+        from tpp.data.file_kinds import irregular
 
         if irregular(path):  # a fifo named a.png: PIL's open would wait for a writer for ever
             raise TppError(f"mask '{path}' is not a regular file ({irregular(path)}); masks are image files.")

@@ -22,7 +22,8 @@ def read_table(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[t
     """A CSV with a header row -> (columns, [(line number, {column: stripped value})]), blank lines left out.
     A missing file, a missing ``required`` column, a duplicate column, a row with too many or too few cells
     and a table without rows are errors naming the file (and line)."""
-    from tpp.data.images import ImageError, open_regular
+    from tpp.data.file_kinds import open_regular
+    from tpp.data.images import ImageError
 
     try:
         with open_regular(path) as fh:  # a fifo is refused at once, never waited on

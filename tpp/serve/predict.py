@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from tpp.data.file_reading import ACTS_ON, FLAGS, FORMAT_NAMES, file_format, named_format
 from tpp.data.filesets import dangling_link, image_stem, unlistable, walk_files
-from tpp.data.images import ImageError, irregular, open_regular
+from tpp.data.file_kinds import irregular, open_regular
+from tpp.data.images import ImageError
 from tpp.serve import images as readers
 from tpp.serve.bank import AdapterBank
 from tpp.errors import TppError

@@ -208,10 +208,11 @@ def medmnist_to_download(data) -> str | None:
 def find_config(name: str | os.PathLike) -> Path:
     """A config file as given, else a shipped config by its name under ``recipes/configs/``
     (``breast_us/mae_vit_tiny_lora_tpp.yaml``, with or without ``.yaml`` or a leading ``recipes/configs/``)."""
+    from tpp.data.file_kinds import irregular
     from tpp.errors import TppError
 
     path = Path(name)
-    if path.is_file():
+    if path.is_file() or irregular(path) not in (None, "folder"):  # a fifo: load_yaml names it, unopened
         return path
     name = str(name)
     stripped = name.split("recipes/configs/", 1)[-1]

@@ -108,10 +108,20 @@ def dig(obj, *keys):
     return obj
 
 
+def _read_text(path: Path) -> str:
+    """A run file's text; a TppError naming it when it is a fifo, a device or a folder (said at once: a plain
+    read of a fifo waits for a writer for ever), the ``OSError`` when it is absent or cannot be read, the
+    ``UnicodeDecodeError`` when it is no UTF-8."""
+    from tpp.data.file_kinds import read_regular
+
+    return read_regular(path, TppError).decode("utf-8")
+
+
 def _read_json(path: Path):
-    """A JSON file, or None when absent or unreadable (optional files: cards)."""
+    """A JSON file, or None when absent or unreadable (optional files: cards); one that is no regular file (a
+    fifo) is a TppError naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(_read_text(path))
     except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
         return None
 
@@ -132,9 +142,9 @@ def dir_size_or_none(path):
 def _log_time(path: Path):
     """Seconds since the start at the run's last log record (runs whose metrics record no wall time)."""
     try:
-        lines = (path / "log.jsonl").read_text().splitlines()
+        lines = _read_text(path / "log.jsonl").splitlines()
         return json.loads(lines[-1]).get("time") if lines else None
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError):  # a fifo: the TppError naming it
         return None
 
 
@@ -198,19 +208,18 @@ def load_run(path: Path) -> Run:
         error = f" ({str(status['error']).rstrip('.')})" if status.get("error") else ""
         hint = "" if error else "; it is still running, or it was killed"
         raise TppError(f"'{path}' is not a finished run: its status.json says '{state}'{error}{hint}")
-    if not (path / "metrics.json").is_file():
-        if not (path / "config.yaml").is_file():
+    if not (path / "metrics.json").exists():  # a fifo exists (and is named by _read_text), though no file
+        if not (path / "config.yaml").exists():
             raise TppError(f"'{path}' has neither metrics.json nor config.yaml: it is not a run folder")
         raise TppError(f"'{path}' has no metrics.json: the run did not finish")
     try:
-        metrics = json.loads((path / "metrics.json").read_text())
+        metrics = json.loads(_read_text(path / "metrics.json"))
     except (OSError, ValueError) as exc:
         raise TppError(f"'{path / 'metrics.json'}' cannot be read: {exc}") from None
     if not isinstance(metrics, dict):
         raise TppError(f"'{path / 'metrics.json'}' does not hold a run's metrics")
     try:
-        config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) \
-            if (path / "config.yaml").is_file() else {}
+        config = yaml.safe_load(_read_text(path / "config.yaml")) if (path / "config.yaml").exists() else {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise TppError(f"'{path / 'config.yaml'}' cannot be read: {str(exc)[:200]}") from None
     config = config if isinstance(config, dict) else {}
@@ -235,8 +244,9 @@ def compare_runs(paths: list) -> list[dict]:
             problems.append(str(exc))
     if problems:
         lead = "" if len(paths) == 1 else f"{len(problems)} of the {len(paths)} folders given cannot be compared: "
-        raise TppError(f"{lead}{'; '.join(problems)}. tpp compare takes the run folders (output_dir) of runs "
-                       "that succeeded (status.json 'succeeded', with metrics.json).")
+        said = "; ".join(p.rstrip(".") for p in problems)
+        raise TppError(f"{lead}{said}. tpp compare takes the run folders (output_dir) of runs that succeeded "
+                       "(status.json 'succeeded', with metrics.json).")
     names = [run.path.name or str(run.path) for run in runs]
     rows = []
     for run, name, given in zip(runs, names, paths):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tpp.data.file_kinds import irregular, read_regular
 from tpp.errors import TppError
 from tpp.predictions_csv import NAME as PREDICTIONS
 from tpp.predictions_csv import read_predictions
@@ -22,12 +23,13 @@ def read_log(run_dir: Path) -> tuple[list, dict]:
     if not Path(run_dir).exists():
         raise TppError(f"'{run_dir}' does not exist.")
     if not Path(run_dir).is_dir():
-        raise TppError(f"'{run_dir}' is a file; tpp plot takes a run folder (the one holding log.jsonl).")
-    if not log.is_file():
+        what = f"a {irregular(run_dir)}" if irregular(run_dir) else "a file"
+        raise TppError(f"'{run_dir}' is {what}; tpp plot takes a run folder (the one holding log.jsonl).")
+    if not log.exists():  # a fifo exists, though no file: read_regular names it
         raise TppError(f"'{run_dir}' has no log.jsonl: it is not a tpp run directory.")
     losses, curves = {}, {}
     try:
-        lines = log.read_text(encoding="utf-8").splitlines()
+        lines = read_regular(log, TppError).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise TppError(f"'{log}' cannot be read ({type(exc).__name__}); it is damaged.") from None
     for number, line in enumerate(lines, 1):
@@ -96,11 +98,9 @@ def _save(fig, out: Path) -> Path:
 
 
 def _run_status(run_dir: Path) -> dict:
-    """``status.json`` of a run ({} when it has none or it cannot be read)."""
-    import json
-
+    """``status.json`` of a run ({} when it has none or it cannot be read; a fifo: a TppError naming it)."""
     try:
-        state = json.loads((Path(run_dir) / "status.json").read_text())
+        state = json.loads(read_regular(Path(run_dir) / "status.json", TppError))
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -111,10 +111,11 @@ def plot_all(run_dir: str | Path, out: str | Path | None = None) -> tuple[list[P
     ``out``: the path of the curves PNG (default ``RUN_DIR/curves.png``); the others go to ``RUN_DIR``."""
     run_dir = Path(run_dir)
     predictions = run_dir / PREDICTIONS
-    if not predictions.is_file():
+    if not predictions.exists():  # a fifo exists, though no file: read_predictions names it
         return [plot_run(run_dir, out)], []
     written, notes = [], []
-    table = read_scores(predictions)  # read (and checked) before any PNG is written
+    table = read_scores(predictions)  # read (and checked) before any PNG is written, as are the thresholds
+    thresholds, positive = _decisions(run_dir) if table is not None else ({}, 1)
     try:
         written.append(plot_run(run_dir, out))
     except TppError as exc:
@@ -125,7 +126,7 @@ def plot_all(run_dir: str | Path, out: str | Path | None = None) -> tuple[list[P
         notes.append(f"{PREDICTIONS} holds no class probabilities (a segmentation run, or no rows): no ROC or "
                      "calibration plot")
         return written, notes
-    thresholds, table["positive"] = _decisions(run_dir)
+    table["positive"] = positive
     written.append(_save(roc_figure(table, thresholds, run_dir.name), run_dir / "roc.png"))
     written.append(_save(calibration_figure(table, run_dir.name), run_dir / "calibration.png"))
     return written, notes
@@ -180,7 +181,7 @@ def _decisions(run_dir: Path) -> tuple[dict, int]:
     """({split: decision threshold}, the positive class's index) from the run's ``metrics.json`` (binary
     runs; ({}, 1) when it records none)."""
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
+        metrics = json.loads(read_regular(run_dir / "metrics.json", TppError))
     except (OSError, ValueError):
         return {}, 1
     splits = [m for m in metrics.values() if isinstance(m, dict)] if isinstance(metrics, dict) else []

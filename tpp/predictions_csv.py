@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import itertools
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -110,11 +111,13 @@ class PredictionsWriter:
 
 
 def read_predictions(path: str | Path) -> list[dict]:
-    """The rows of a ``predictions.csv`` (as strings; a byte-order mark from a spreadsheet is dropped)."""
+    """The rows of a ``predictions.csv`` (as strings; a byte-order mark from a spreadsheet is dropped). A fifo (or
+    another file that is no regular one) is a TppError naming it, said at once (never waited on)."""
+    from tpp.data.file_kinds import open_regular
     from tpp.errors import TppError
 
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with open_regular(path, TppError) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
             return list(csv.DictReader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise TppError(f"'{path}' cannot be read as a CSV ({type(exc).__name__}: {str(exc)[:120]}).") from None

@@ -328,12 +328,18 @@ def safe_load_unique(text: str):
 
 def load_yaml(path: str | os.PathLike, empty_ok: bool = False) -> dict:
     """Read a YAML config file into a dict, with errors that name the file (``empty_ok``: an empty or
-    comment-only file is ``{}``, for the caller to judge)."""
+    comment-only file is ``{}``, for the caller to judge). A fifo, socket, device or folder is refused as
+    "not a regular file" at once (:func:`tpp.data.file_kinds.open_regular`)."""
+    from tpp.data.file_kinds import read_regular
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.")
     try:
-        data = safe_load_unique(path.read_text(encoding="utf-8"))
+        text = read_regular(path, ConfigError, "config file ").decode("utf-8")  # a fifo is named, never waited on
+        data = safe_load_unique(text)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.") from None
+    except OSError as exc:  # no permission to read it
+        raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror or type(exc).__name__}).") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8.") from None
     except yaml.YAMLError as exc:

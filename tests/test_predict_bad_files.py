@@ -299,4 +299,4 @@ def test_a_pipe_in_a_folder_is_listed_without_being_read(tmp_path):
     skipped = []
     assert collect([str(tmp_path)], skipped) == [tmp_path / "a.png"]
     assert [(s.image, s.reason) for s in skipped] == [(str(tmp_path / "feed.png"),
-                                                       "not a regular file (a pipe, socket or device)")]
+                                                       "not a regular file (fifo)")]

@@ -89,8 +89,7 @@ def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Pat
             found = [p for p, image in zip(entries, kinds) if image]
             others = sorted([(p, "not an image file tpp reads (PNG, JPEG, .npy, DICOM, NIfTI)")
                              for p, image in zip(entries, kinds) if not image]
-                            + [(p, dangling_link(str(p)) or "not a regular file (a pipe, socket or device)")
-                               for p in listed if not p.is_file()])
+                            + [(p, dangling_link(str(p)) or _not_a_file(p)) for p in listed if not p.is_file()])
             if not found:
                 rest = [p for p, _ in others] + documents
                 seen = f" (it holds {len(rest)} other file(s), e.g. '{rest[0].name}')" if rest else " (it is empty)"
@@ -112,6 +111,12 @@ def collect(inputs: list[str], skipped: list[Skipped] | None = None) -> list[Pat
         else:
             raise TppError(f"input '{path}' does not exist.")
     return files
+
+
+def _not_a_file(path: Path) -> str:
+    """Why an entry of a folder that is no regular file is not read: ``not a regular file (fifo)``, as everywhere."""
+    kind = irregular(path)
+    return f"not a regular file ({kind})" if kind else "does not exist (removed while its folder was read)"
 
 
 def read_site_map(path: str) -> list[tuple[str, str]]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import evaluate, finetune
+from PIL import Image
 
 from tpp.builders import check_leakage, check_same_split
 from tpp.data import Dataset, Split
@@ -47,6 +49,41 @@ def test_evaluate_refuses_an_adapter_trained_on_another_split_of_the_same_images
         check_same_split(card, renamed, "runs/a/adapter")
     check_same_split(card, _dataset("site_b", images, np.arange(12)), "runs/a/adapter")  # its own split: fine
     check_same_split(card, _dataset("site_b", _images(seed=3), np.arange(12)), "x")  # other images: fine
+
+
+def test_evaluate_lets_other_images_under_the_same_name_be_evaluated():
+    """A card with a collection hash: its images decide, not data.name (two sites' folders both called 'scans',
+    or two configs that fall back to the source's name, 'folder', are other data, not another split)."""
+    trained = _dataset("scans", _images(), np.arange(12))
+    card = {"data": trained.describe(used={"splits": ["train"]})}
+    check_same_split(card, _dataset("scans", _images(seed=3), np.random.default_rng(2).permutation(12)), "x")
+    with pytest.raises(TppError, match="another split of 'scans'"):  # its own images split otherwise: refused
+        check_same_split(card, _dataset("scans", _images(), np.random.default_rng(2).permutation(12)), "x")
+    old = {"data": {k: v for k, v in card["data"].items() if k != "collection_sha256"}}  # a card before the hash
+    with pytest.raises(TppError, match="another split of 'scans'"):  # its name is all there is to go by
+        check_same_split(old, _dataset("scans", _images(seed=3), np.arange(12)), "x")
+
+
+def _png_folder(root, seed: int, n: int = 16, first: int = 0):
+    """``root/a`` and ``root/b``: ``n`` random 16 px gray PNGs numbered from ``first`` (``seed``: the pixels)."""
+    rng = np.random.default_rng(seed)
+    for i in range(first, first + n):
+        (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(root / "ab"[i % 2] / f"{i:03d}.png")
+
+
+def test_an_adapter_evaluates_on_another_sites_folder_of_the_same_name(tmp_path, tiny_mae, capsys):
+    """Both sites keep their images in a folder called 'scans' (data.name: 'scans' for both): evaluating site
+    a's adapter on site b's images was refused as 'trained on another split of scans'."""
+    for site, seed in (("a", 0), ("b", 1)):
+        _png_folder(tmp_path / site / "scans", seed)
+    data = ("data.source=folder", "data.modality=US", "data.val_fraction=0.25", "data.test_fraction=0.25")
+    assert finetune(tiny_mae, tmp_path / "a" / "scans", tmp_path / "ft", *data, "train.max_steps=2") == 0
+    assert evaluate(tiny_mae, tmp_path / "b" / "scans", tmp_path / "ft" / "adapter", tmp_path / "ev", *data) == 0
+    capsys.readouterr()
+    _png_folder(tmp_path / "a" / "scans", seed=2, n=6, first=16)  # site a's folder grew: other images, split otherwise
+    assert evaluate(tiny_mae, tmp_path / "a" / "scans", tmp_path / "ft" / "adapter", tmp_path / "ev2", *data) == 2
+    assert "another split of 'scans' (read from the same image folder" in capsys.readouterr().err
 
 
 def test_init_from_refuses_a_parent_pre_trained_on_these_images_under_another_name_and_split():

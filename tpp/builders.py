@@ -302,20 +302,31 @@ LEGACY_NAME_HINT = (" (Before 2026-12-02 data.name defaulted to 'breastmnist' fo
 
 def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
     """Evaluation: refuse an adapter trained on another split of this dataset (its training images may
-    be in the split evaluated now)."""
+    be in the split evaluated now). A card with ``collection_sha256`` is this dataset if it holds these very
+    images or was read from this very image folder (``files:`` origin: a folder whose images changed since);
+    its ``data.name`` alone tells nothing (two sites' folders both called ``scans`` are other data, not another
+    split). For an older card the same ``data.name`` (or the old default name, :func:`legacy_default_name`) is
+    the best evidence left."""
     trained = card.get("data", {})
     train_hash = trained.get("split_sha256", {}).get("train")
     legacy = legacy_default_name(trained, dataset)
-    if (trained.get("name") == dataset.name or legacy or same_collection(trained, dataset)) and train_hash and \
-            train_hash != dataset.split_sha256().get("train"):
-        renamed = trained.get("name") != dataset.name and not legacy
-        raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}'"
-                       + (f" (the same images, named '{trained.get('name')}' there)" if renamed else "")
-                       + f" ({trained.get('split_id')}; this config gives {dataset.split_id}): its training images may "
-                       "be in the split evaluated now. Use the split settings of its run (data.split_seed; a run "
-                       "made before data.split_seed existed was split by its seed: set data.split_seed to it)."
-                       + (f" A seeded split depends on data.name too: give data.name={trained.get('name')}."
-                          if renamed else "") + (LEGACY_NAME_HINT if legacy else ""))
+    same_name = trained.get("name") == dataset.name and "collection_sha256" not in trained
+    same_images = same_collection(trained, dataset)
+    origin = trained.get("origin")
+    same_folder = isinstance(origin, str) and origin.startswith("files:") and origin == dataset.origin
+    if not (same_name or legacy or same_images or same_folder) or not train_hash or \
+            train_hash == dataset.split_sha256().get("train"):
+        return
+    renamed = trained.get("name") != dataset.name and not legacy
+    what = (f" (the same images, named '{trained.get('name')}' there)" if renamed and same_images else
+            " (read from the same image folder, whose images may have changed since)" if not same_images
+            and same_folder else "")
+    raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}'{what}"
+                   f" ({trained.get('split_id')}; this config gives {dataset.split_id}): its training images may "
+                   "be in the split evaluated now. Use the split settings of its run (data.split_seed; a run "
+                   "made before data.split_seed existed was split by its seed: set data.split_seed to it)."
+                   + (f" A seeded split depends on data.name too: give data.name={trained.get('name')}."
+                      if renamed else "") + (LEGACY_NAME_HINT if legacy else ""))
 
 
 def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: str) -> tuple:

@@ -3,12 +3,16 @@ it; a worker that stopped only because another failed says nothing. torchrun's f
 itself is in tests/test_predict_processes.py."""
 from __future__ import annotations
 
+import json
+import os
 import signal
+import time
 
 import pytest
-from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
-from tpp.launch import STOPPED, report, stopped_status, torchrun_args
+from tpp import launch
+from tpp.launch import STOPPED, record_cause, report, stopped_status, torchrun_args
 
 GLOO = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
         "[127.0.0.1]:43420. This is typically caused by a remote worker crashing.")
@@ -81,3 +85,64 @@ def test_a_worker_killed_after_another_failed_is_not_the_cause(tmp_path):
     assert report(failures, 2, str(tmp_path)) == (["error: process rank 1 of 2: image 'a.png' is truncated"], 2)
     failures[0].timestamp = failures[1].timestamp  # killed at once, with the other's failure: its own cause
     assert report(failures, 2, str(tmp_path))[0][0].startswith("error: process rank 0 of 2 was killed by SIGKILL")
+
+
+def stopped_run(folder, status: str = "failed", error: str = f"RuntimeError: {GLOO}"):
+    """A run folder as rank 0 leaves it when another rank's failure stopped it (``status``, ``error``)."""
+    folder.mkdir()
+    (folder / "status.json").write_text(json.dumps({"status": status, **({"error": error} if error else {})}))
+    (folder / "log.jsonl").write_text('{"time": 0.5, "event": "start"}\n{"time": 4.25, "event": "fa')  # cut short
+    return folder
+
+
+def test_the_run_folder_records_the_rank_that_failed_and_its_error_not_the_lost_peer(tmp_path):
+    """Rank 1 failed; rank 0, which writes status.json and log.jsonl, recorded gloo's lost peer: the folder said
+    'Connection closed by peer' where the terminal said rank 1's error."""
+    output = "[tpp] process rank 1 of world size 2 (MULTI_CPU)\nerror: image 'a.png' is truncated\n  - b\n"
+    failures = {0: failure(tmp_path / "logs", 0, STOPPED), 1: failure(tmp_path / "logs", 1, 2, output)}
+    lines, _ = report(failures, 2, str(tmp_path / "logs"))
+    run = stopped_run(tmp_path / "run")
+    assert record_cause(run, 1, lines, since=time.time())
+    assert json.loads((run / "status.json").read_text()) == {
+        "status": "failed", "error": "process rank 1 of 2: image 'a.png' is truncated\n  - b", "failed_rank": 1,
+        "rank_0_error": f"RuntimeError: {GLOO}"}
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()[2:]]
+    assert records == [{"time": 0.5, "event": "failed", "rank": 1,  # the last time it can read
+                        "error": "process rank 1 of 2: image 'a.png' is truncated\n  - b"}]
+    traceback = ["error: process rank 1 of 2 failed (exit status 1):", "Traceback (most recent call last):",
+                 '  File "x"', "ValueError: v", ""]
+    assert record_cause(stopped_run(tmp_path / "died", status="running", error=""), 1, traceback, time.time())
+    assert json.loads((tmp_path / "died" / "status.json").read_text()) == {
+        "status": "failed", "error": "process rank 1 of 2 failed (exit status 1): ValueError: v", "failed_rank": 1}
+
+
+def test_a_status_of_another_run_is_left_as_it_was(tmp_path):
+    """A status.json older than the launch (put back by --overwrite's restore, or never reached by this run) or
+    saying succeeded (a finished run put back), a damaged one, or none: not this run's failure to rewrite."""
+    lines = ["error: process rank 1 of 2: boom"]
+    old = stopped_run(tmp_path / "old")
+    os.utime(old / "status.json", (time.time() - 3600,) * 2)
+    finished = stopped_run(tmp_path / "finished", status="succeeded", error="")
+    damaged = stopped_run(tmp_path / "damaged")
+    (damaged / "status.json").write_text("{")
+    for folder in (old, finished, damaged, tmp_path / "none"):
+        before = {p.name: p.read_bytes() for p in folder.glob("*")} if folder.exists() else None
+        assert not record_cause(folder, 1, lines, since=time.time())
+        assert ({p.name: p.read_bytes() for p in folder.glob("*")} if folder.exists() else None) == before
+
+
+def test_the_launcher_records_another_ranks_failure_in_the_run_folder_it_is_given(tmp_path, monkeypatch):
+    """``python -m tpp.launch --run-dir DIR ...`` (as ``tpp run`` starts it): torchrun's failures end in DIR."""
+    import torch.distributed.run as torchrun
+
+    logs = tmp_path / "logs"
+    failures = {0: failure(logs, 0, STOPPED), 1: failure(logs, 1, 2, "error: rank 1 only\n")}
+    run = stopped_run(tmp_path / "run")
+
+    def failing(args):
+        raise ChildFailedError("tpp.cli", failures)
+
+    monkeypatch.setattr(torchrun, "run", failing)
+    argv = ["--run-dir", str(run), *torchrun_args(2, 1234, str(logs)), "-m", "tpp.cli", "run", "finetune"]
+    assert launch.main(argv) == 2
+    assert json.loads((run / "status.json").read_text())["error"] == "process rank 1 of 2: rank 1 only"

@@ -324,7 +324,8 @@ def _launch(args) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_processes)))
     logs = tempfile.mkdtemp(prefix="tpp-workers-")  # ranks 1..'s output, read if one fails
-    cmd = [sys.executable, "-m", "tpp.launch", *torchrun_args(args.num_processes, port, logs), "-m", "tpp.cli",
+    cmd = [sys.executable, "-m", "tpp.launch", "--run-dir", str(cfg.output_dir),  # its status.json: the cause
+           *torchrun_args(args.num_processes, port, logs), "-m", "tpp.cli",
            "run", args.recipe, "--config", str(_config_path(args.config)),
            *(["--overwrite"] if args.overwrite else []), *(["--debug"] if args.debug else []), *args.overrides]
     print(f"launching {args.num_processes} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)

@@ -6,21 +6,26 @@ folder (torchrun's ``--redirects``/``--log-dir``), where a deterministic error e
 stays unrepeated. A worker that stops only because another failed (its collective lost the peer:
 :data:`STOPPED`, or torchrun's SIGTERM) prints nothing (:func:`stopped_status`). When a worker fails, this
 launcher prints what the user needs, in place of torchrun's traceback and log lines: nothing more when rank 0
-printed its own error; else the failed rank's error from its file, or the signal that killed it.
+printed its own error; else the failed rank's error from its file, or the signal that killed it. The run folder
+(``--run-dir``, given by ``tpp run``) then says that error too (:func:`record_cause`): rank 0, which writes the
+folder, recorded only the lost peer or the SIGTERM that stopped it.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 STOPPED = 3  # a worker's exit status when a collective lost its peers: another process failed first
 STOPPED_STATUSES = frozenset({STOPPED, 128 + signal.SIGTERM, 128 + signal.SIGINT, -signal.SIGTERM, -signal.SIGINT})
 LOST_PEER = ("connection closed by peer", "connection reset by peer", "broken pipe", "remote worker crashing")
 SHOWN_LINES = 40  # of a failed rank's output without an error line of its own
+CLOCK_SLACK_S = 2.0  # a status.json this much older than the launch may still be this run's (coarse file times)
 
 
 def torchrun_args(processes: int, port: int, log_dir: str) -> list[str]:
@@ -53,13 +58,9 @@ def stopped_status(exc: BaseException, terminated: bool) -> int | None:
 def report(failures: dict, world: int, log_dir: str) -> tuple[list[str], int]:
     """(lines to print, exit status) for torchrun's ``failures`` {rank: ProcessFailure}, the ranks' output under
     ``log_dir``: the cause is rank 0's failure if it has its own (it printed it: no lines), else the earliest
-    other rank's that has its own (ties: the lower rank), else the earliest of all. A worker killed by a signal
-    after another's failure has none of its own: torchrun's SIGKILL once its SIGTERM went unanswered (30 s; a
-    worker blocked in a collective), never the cause."""
-    own = {rank: f for rank, f in failures.items() if f.exitcode not in STOPPED_STATUSES}
-    first = min((f.timestamp for f in own.values()), default=None)
-    own = {rank: f for rank, f in own.items() if f.exitcode > 0 or f.timestamp == first}
-    rank = 0 if 0 in own else min(own or failures, key=lambda r: (failures[r].timestamp, r))
+    other rank's that has its own (ties: the lower rank), else the earliest of all (:func:`cause`)."""
+    rank = cause(failures)
+    own = {r for r, f in failures.items() if f.exitcode not in STOPPED_STATUSES}
     failure = failures[rank]
     code = failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
     if failure.exitcode < 0:
@@ -69,6 +70,16 @@ def report(failures: dict, world: int, log_dir: str) -> tuple[list[str], int]:
     if rank == 0 and rank in own:
         return [], code
     return error_lines(rank, world, failure.exitcode, log_dir), code
+
+
+def cause(failures: dict) -> int:
+    """The rank whose failure caused the others' (see :func:`report`). A worker killed by a signal after another's
+    failure has none of its own: torchrun's SIGKILL once its SIGTERM went unanswered (30 s; a worker blocked in a
+    collective), never the cause."""
+    own = {rank: f for rank, f in failures.items() if f.exitcode not in STOPPED_STATUSES}
+    first = min((f.timestamp for f in own.values()), default=None)
+    own = {rank: f for rank, f in own.items() if f.exitcode > 0 or f.timestamp == first}
+    return 0 if 0 in own else min(own or failures, key=lambda r: (failures[r].timestamp, r))
 
 
 def error_lines(rank: int, world: int, exitcode: int, log_dir: str) -> list[str]:
@@ -90,21 +101,83 @@ def error_lines(rank: int, world: int, exitcode: int, log_dir: str) -> list[str]
     return [f"{head}:", *shown]
 
 
+def summary(lines: list[str]) -> str:
+    """:func:`report`'s lines as the error a ``status.json`` records: without ``error: ``, a traceback as its last
+    line (``ValueError: v``), other lines kept."""
+    text = [lines[0].removeprefix("error: "), *lines[1:]]
+    if len(text) > 1 and text[1].startswith("Traceback (most recent call last)"):
+        last = [line for line in text[2:] if line.strip()][-1:]
+        return " ".join([text[0], *last])
+    return "\n".join(text)
+
+
+def record_cause(run_dir: Path, rank: int, lines: list[str], since: float) -> bool:
+    """Say in ``run_dir``'s ``status.json`` that rank ``rank`` failed, with its error (:func:`report`'s ``lines``),
+    where rank 0 of this run (launched at ``since``, time.time()) wrote it: rank 0 recorded the lost peer or the
+    SIGTERM that stopped it (kept as ``rank_0_error``), or died saying running. A ``log.jsonl`` gets a ``failed``
+    line with the same error. A status of another run (older, put back, succeeded) is left alone. Returns whether
+    it was rewritten; a folder that cannot be read or written is left as it is (the error is on the terminal)."""
+    from tpp.safe_write import write_atomic
+
+    path, log = Path(run_dir) / "status.json", Path(run_dir) / "log.jsonl"
+    try:
+        if path.stat().st_mtime < since - CLOCK_SLACK_S:
+            return False
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict) or recorded.get("status") not in ("running", "failed"):
+        return False
+    error = summary(lines)
+    status = {"status": "failed", "error": error, "failed_rank": rank}
+    if recorded.get("error"):
+        status["rank_0_error"] = recorded["error"]
+    try:
+        write_atomic(path, json.dumps(status, indent=2))
+        if log.is_file():
+            text = log.read_text(errors="replace")
+            end = "\n" if text and not text.endswith("\n") else ""  # a line cut short stays a line of its own
+            record = {"time": last_time(text), "event": "failed", "rank": rank, "error": error}
+            with open(log, "a") as fh:
+                fh.write(end + json.dumps(record) + "\n")
+    except Exception:  # noqa: BLE001 - a full disk: the terminal has the error
+        return False
+    return True
+
+
+def last_time(log: str) -> float | None:
+    """The ``time`` of the last line of ``log`` (a ``log.jsonl``'s text) that has one (None: none)."""
+    times = []
+    for line in log.splitlines():
+        try:
+            times.append(json.loads(line).get("time"))
+        except (ValueError, AttributeError):
+            continue
+    return next((t for t in reversed(times) if isinstance(t, (int, float))), None)
+
+
 def main(argv: list[str]) -> int:
-    """torchrun with ``argv``; a failed run reported by :func:`report`, an interrupt quietly (the ``tpp`` process
-    that started this one says so)."""
+    """torchrun with ``argv`` (first, optionally, ``--run-dir DIR``: the run's folder, for :func:`record_cause`); a
+    failed run reported by :func:`report`, an interrupt quietly (the ``tpp`` process that started this one says
+    so)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    run_dir = None
+    if argv[:1] == ["--run-dir"]:
+        run_dir, argv = Path(argv[1]), argv[2:]
     args = parse_args(argv)
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # its lines on stopping workers
+    started = time.time()
     try:
         run(args)
     except ChildFailedError as exc:
         lines, code = report(exc.failures, int(args.nproc_per_node), args.log_dir)
         if lines:
             print("\n".join(lines), file=sys.stderr, flush=True)
+            if run_dir is not None:
+                record_cause(run_dir, cause(exc.failures), lines, started)
         return code
     except SignalException as exc:  # SIGTERM / SIGINT to torchrun: its workers were stopped
         return 128 + int(exc.sigval)

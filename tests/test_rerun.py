@@ -86,6 +86,22 @@ def test_cp_then_run_from_another_folder_finds_the_shipped_backbone(tmp_path, mo
     assert moved["backbone"]["path"] == "org/name"
 
 
+def test_cp_keeps_the_comment_of_a_line_it_makes_absolute(tmp_path, capsys):
+    """A path's own trailing comment was dropped from the line `tpp cp` rewrote (the note replaced it)."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "site.yaml").write_text(
+        "data:\n  source: folder\n  root: scans   # the 2024 export, ask Ana before changing\n"
+        "adapter:\n  init_from: 'runs/tpp/adapter'  # pre-trained on site b\n")
+    assert run_cli("cp", tmp_path / "mine" / "site.yaml", tmp_path / "moved.yaml") == 0
+    lines = (tmp_path / "moved.yaml").read_text().splitlines()
+    assert lines[2].startswith(f"  root: {tmp_path / 'mine' / 'scans'}  # the 2024 export, ask Ana before changing")
+    assert lines[4].startswith(f"  init_from: {tmp_path / 'mine' / 'runs' / 'tpp' / 'adapter'}  # pre-trained on "
+                               "site b")
+    assert "# tpp cp: 'scans' made absolute" in lines[2]
+    moved = yaml.safe_load((tmp_path / "moved.yaml").read_text())
+    assert moved["data"] == {"source": "folder", "root": str(tmp_path / "mine" / "scans")}
+
+
 def test_a_copied_shipped_config_runs_from_another_folder(tmp_path, monkeypatch, capsys):
     """A copy of a shipped config runs from any folder with the backbone shipped in the package (no ../shared):
     the run's config.yaml records the builtin name, its card the name and the encoder hash."""

@@ -124,7 +124,8 @@ def with_absolute_paths(text: str, base: str | os.PathLike) -> tuple[str, list[s
         line = re.compile(rf"^(\s*{re.escape(key)}:[ \t]*)(['\"]?){re.escape(old)}\2[ \t]*(#.*)?$", re.M)
         written = json.dumps(value) if _needs_quotes(value) else value
         note = f"  # tpp cp: {old!r} made absolute (it was relative to {base})"
-        text = line.sub(lambda m: m.group(1) + written + note, text, count=1)
+        text = line.sub(lambda m: m.group(1) + written + (f"  {m.group(3)}" if m.group(3) else "") + note, text,
+                        count=1)  # the line's own comment stays, before the note
     if changed and load(text) != wanted:  # a value the line edit missed: write the mapping out
         text = yaml.safe_dump(wanted, sort_keys=False)
     return text, changed

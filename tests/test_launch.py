@@ -146,3 +146,8 @@ def test_the_launcher_records_another_ranks_failure_in_the_run_folder_it_is_give
     argv = ["--run-dir", str(run), *torchrun_args(2, 1234, str(logs)), "-m", "tpp.cli", "run", "finetune"]
     assert launch.main(argv) == 2
     assert json.loads((run / "status.json").read_text())["error"] == "process rank 1 of 2: rank 1 only"
+    # every process stopped (rank 1 killed by torchrun before it said why): no cause to record, rank 0's stays
+    failures = {0: failure(tmp_path / "logs2", 0, STOPPED), 1: failure(tmp_path / "logs2", 1, -signal.SIGTERM, "")}
+    before = (stopped_run(tmp_path / "run2") / "status.json").read_bytes()
+    argv[1] = str(tmp_path / "run2")
+    assert launch.main(argv) == STOPPED and (tmp_path / "run2" / "status.json").read_bytes() == before

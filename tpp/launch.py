@@ -176,8 +176,9 @@ def main(argv: list[str]) -> int:
         lines, code = report(exc.failures, int(args.nproc_per_node), args.log_dir)
         if lines:
             print("\n".join(lines), file=sys.stderr, flush=True)
-            if run_dir is not None:
-                record_cause(run_dir, cause(exc.failures), lines, started)
+            rank = cause(exc.failures)
+            if run_dir is not None and exc.failures[rank].exitcode not in STOPPED_STATUSES:  # else none is known
+                record_cause(run_dir, rank, lines, started)
         return code
     except SignalException as exc:  # SIGTERM / SIGINT to torchrun: its workers were stopped
         return 128 + int(exc.sigval)

@@ -269,11 +269,12 @@ def cmd_run(args) -> int:
         from tpp.launch import stopped_status
 
         status = None if args.debug else stopped_status(exc, isinstance(exc, Terminated))
-        if status is None:
+        if status is None:  # its own error: main() prints it, then ends the group (ended first, the peers would
+            args.end_group_after_error = not callers  # stop at once and torchrun kill this one before it said why)
             raise
-        return status
-    finally:
         end_process_group(kept=callers)
+        return status
+    end_process_group(kept=callers)
     if os.environ.get("RANK", "0") == "0":  # one summary, from the process that wrote the run directory
         _print_summary(args.recipe, result.metrics, result.run_dir)
     return 0
@@ -451,6 +452,16 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_hub_progress()
     from tpp.recipes.resume import RunFinished
 
+    try:
+        return _run_command(args, RunFinished)
+    finally:  # after its error is printed: a --num-processes worker's group (see cmd_run)
+        if getattr(args, "end_group_after_error", False):
+            end_process_group()
+
+
+def _run_command(args, RunFinished) -> int:
+    """Run ``args.command``; a TppError, an OSError of the environment, an interrupt: one paragraph and the exit
+    status (never a traceback, unless ``--debug``)."""
     try:
         return COMMANDS[args.command](args)
     except TppError as exc:

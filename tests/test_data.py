@@ -105,8 +105,8 @@ def test_npz_with_its_own_splits_is_read_without_labels(tmp_path, monkeypatch):
     np.savez(tmp_path / "own.npz", **{f"{s}_images": rng.integers(0, 255, (6, 8, 8), dtype=np.uint8)
                                       for s in ("train", "val", "test")},
              **{f"{s}_labels": np.array([0, 1] * 3) for s in ("train", "val", "test")})
-    keys, real = [], sources._array
-    monkeypatch.setattr(sources, "_array", lambda npz, key, path: keys.append(key) or real(npz, key, path))
+    keys, real = [], sources.npz_array
+    monkeypatch.setattr(sources, "npz_array", lambda npz, key, path: keys.append(key) or real(npz, key, path))
     args = dict(class_names_key=None, classes=None, modality="DX", val_fraction=0.1, test_fraction=0.2, seed=0)
     data = load_npz("own", str(tmp_path), "own.npz", labels=False, **args)
     assert sorted(keys) == ["test_images", "train_images", "val_images"]

@@ -130,7 +130,7 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
     import tpp.data.arrays as sources
 
     real_load, real_backbone, seen = recipe.load_data, recipe.load_backbone, {}
-    real_array, keys_read = sources._array, []
+    real_array, keys_read = sources.npz_array, []
 
     def reading(npz, key, path):
         keys_read.append(key)
@@ -150,7 +150,7 @@ def test_tpp_trains_only_target_parameters_and_never_reads_labels(tiny_mae, data
 
     monkeypatch.setattr(recipe, "load_data", guarded)
     monkeypatch.setattr(recipe, "load_backbone", spy)
-    monkeypatch.setattr(sources, "_array", reading)
+    monkeypatch.setattr(sources, "npz_array", reading)
     assert tpp(tiny_mae, data_root, tmp_path / "tpp") == 0
     assert "train_images" in keys_read and not [k for k in keys_read if "label" in k]  # label arrays stay on disk
     assert all(torch.equal(v, seen["before"][k]) for k, v in base_state_dict(seen["encoder"].model).items())

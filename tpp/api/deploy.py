@@ -14,7 +14,7 @@ import tempfile
 import weakref
 from pathlib import Path
 
-from tpp.api.runs import _adapter_path, quiet
+from tpp.api.runs import adapter_path, quiet
 from tpp.errors import TppError
 
 
@@ -45,7 +45,7 @@ def load(adapter_dir, backbone=None, device: str = "cpu", precision: str = "fp32
     or fp16."""
     from tpp.serve import store as adapter_store
 
-    source = _adapter_path(adapter_dir)
+    source = adapter_path(adapter_dir)
     # each file read once: the card checked here and the bytes loaded are those read (a store version folder's as
     # its content hash verified them), never a second read that could find others
     path, card, files = adapter_store.read_source_card(source, inspect=check_fine_tuned)
@@ -248,7 +248,7 @@ class AdapterStore:
         written). Returns the :class:`~tpp.serve.store.SiteVersion` (site, version, path, card)."""
         from tpp.serve import store as adapter_store
 
-        source = _adapter_path(source)
+        source = adapter_path(source)
         read = check_loads(source, path_arg(backbone, "backbone")) if backbone is not None else None
         return adapter_store.publish(source, self.path, site, read=read)  # the bytes the dry load took, if any
 

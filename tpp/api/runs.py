@@ -189,12 +189,12 @@ def evaluate(config, overrides: Mapping | None = None, *, adapter=None, output_d
         overrides = dict(overrides or {})
         if "adapter.path" in overrides:
             raise TppError("the adapter is given twice (adapter= and adapter.path in overrides); give it once.")
-        path = _adapter_path(adapter)
+        path = adapter_path(adapter)
         overrides["adapter.path"] = os.fspath(path / "adapter" if (path / "adapter").is_dir() else path)  # a run
     return _run_or_finished("evaluate", config, overrides, output_dir, overwrite)
 
 
-def _adapter_path(source) -> Path:
+def adapter_path(source) -> Path:
     """A :class:`RunResult`'s adapter, or a path as given."""
     if isinstance(source, RunResult):
         if source.adapter is None:

@@ -30,7 +30,7 @@ import typing
 import warnings
 from collections.abc import Mapping
 
-from tpp.config.checks import _check_values, ignored_options, prompt_size_problems
+from tpp.config.checks import check_config_values, ignored_options, prompt_size_problems
 from tpp.config.paths import resolve_config_paths
 from tpp.config import parse
 from tpp.config.parse import (build_dataclass, config_error, describe_type, field_default, free_form_dicts, load_yaml,
@@ -39,7 +39,7 @@ from tpp.config.plugins import (data_options, pool_entry, switch_plugin, task_op
                                 drop_other_pretexts_defaults, unnamed_data)
 from tpp.config.schema import (MULTITASK_ENTRY_KEYS, AdapterConfig, BackboneConfig, DataConfig, ModelConfig, PoolEntry,
                                PretextConfig, RunConfig, TrainConfig)
-from tpp.config.scope import _recipe_scope, _recipe_to_run, ignored_keys, unknown_recipe
+from tpp.config.scope import ignored_keys, recipe_scope, recipe_to_run, unknown_recipe
 from tpp.errors import ConfigError
 
 __all__ = ["AdapterConfig", "BackboneConfig", "ConfigError", "DataConfig", "ModelConfig", "PoolEntry",
@@ -92,7 +92,7 @@ def build_config(data: dict, run: str | None = None) -> RunConfig:
     problems: list[str] = []
     data = dict(data)
     written = data.get("recipe", RunConfig.recipe)
-    sections = _recipe_scope(data, problems, run)
+    sections = recipe_scope(data, problems, run)
     ignored_keys(data, written, run or written, problems)
     for name in ("adapter", "pretext"):
         if name in data:
@@ -116,7 +116,7 @@ def build_config(data: dict, run: str | None = None) -> RunConfig:
                    if (raw is not None and not isinstance(entry, dict)) or any(f"'pool[{i}].kind'" in p
                                                                                 for p in problems)}
         problems += check_entries(cfg.pool, skip=unbuilt)
-    _check_values(cfg, problems)
+    check_config_values(cfg, problems)
     if problems:
         raise config_error(problems)
     return cfg
@@ -174,7 +174,7 @@ def load_config(path: str | os.PathLike | Mapping, overrides: list[str] = (), re
     try:
         given = apply_overrides({}, list(overrides))
         file_data = copy.deepcopy(data)
-        recipe = _recipe_to_run(path, data.get("recipe"), given.get("recipe"), recipe)
+        recipe = recipe_to_run(path, data.get("recipe"), given.get("recipe"), recipe)
         switch_plugin(data, given, "adapter", "method", AdapterConfig.method)
         switch_plugin(data, given, "pretext", "name", PretextConfig.name)
         switch_plugin(data, given, "data", "source", DataConfig.source)

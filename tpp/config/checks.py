@@ -7,7 +7,7 @@ import math
 from tpp.config.schema import DataConfig, RunConfig, TrainConfig
 
 
-def _check_values(cfg: RunConfig, problems: list[str]) -> None:
+def check_config_values(cfg: RunConfig, problems: list[str]) -> None:
     """Values the types allow but that make no sense (or crash later): each one a problem appended."""
     train = cfg.train
     checks = [

@@ -12,7 +12,7 @@ from tpp.config.schema import RunConfig
 from tpp.errors import ConfigError
 
 
-def _recipe_to_run(path, written, asked, recipe: str | None) -> str:
+def recipe_to_run(path, written, asked, recipe: str | None) -> str:
     """The recipe a config file runs under: ``recipe`` (``tpp run RECIPE``), else a ``recipe=`` override,
     else the file's ``recipe:`` (``written``; absent: the recipe run). A ConfigError when the file was written
     for a recipe that ``recipe`` does not read."""
@@ -31,7 +31,7 @@ def _recipe_to_run(path, written, asked, recipe: str | None) -> str:
                       f"it with `tpp run {written}`, or give the {recipe} recipe a {runs_from} config.")
 
 
-def _recipe_scope(data: dict, problems: list[str], run: str | None = None) -> tuple[str, ...]:
+def recipe_scope(data: dict, problems: list[str], run: str | None = None) -> tuple[str, ...]:
     """The sections the config's recipe reads. Every other top-level key is dropped (in place) as a problem:
     one that names the recipe (and those that read it), or, for a key no recipe reads, an unknown key.
     ``run``: the recipe run from a config written for another it reads (evaluate from a finetune config); its

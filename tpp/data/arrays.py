@@ -88,7 +88,7 @@ ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip member, an empty zip: what n
 NPY_MAGIC = b"\x93NUMPY"
 
 
-def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
     from tpp.data.file_kinds import irregular
 
     kind = irregular(path)  # a fifo is refused unopened (reading one waits for a writer for ever)
@@ -116,7 +116,7 @@ def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     return npz
 
 
-def _array(npz, key: str, path: Path) -> np.ndarray:
+def npz_array(npz, key: str, path: Path) -> np.ndarray:
     if key not in npz.files:
         raise TppError(f"'{path}' has no key '{key}' (it has: {', '.join(npz.files)}).")
     _check_array_size(npz, key, path)
@@ -160,7 +160,7 @@ def _check_array_size(npz, key: str, path: Path) -> None:
                        "damaged? Split a larger dataset into several files or use a folder of images.")
 
 
-def _label_values(raw: np.ndarray, where: str) -> np.ndarray:
+def label_values(raw: np.ndarray, where: str) -> np.ndarray:
     """Labels as int64 (N,): one whole number per image. Strings, NaN / inf and fractional values
     (0.7 would silently become class 0) are errors naming ``where`` (the file and key)."""
     raw = np.asarray(raw)
@@ -190,7 +190,7 @@ def _label_values(raw: np.ndarray, where: str) -> np.ndarray:
 
 
 def _labels(raw: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-    labels = _label_values(raw, where)
+    labels = label_values(raw, where)
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
         raise TppError(f"{where}: {bad.sum()} labels are outside 0..{num_classes - 1} "
@@ -198,14 +198,14 @@ def _labels(raw: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     return labels
 
 
-def _not_empty(images: np.ndarray, where: str) -> np.ndarray:
+def not_empty(images: np.ndarray, where: str) -> np.ndarray:
     """The training images (or the only array of a file): none at all is an error naming ``where``."""
     if len(images) == 0:
         raise TppError(f"{where} holds no images (an empty array): add images, or check data.image_key.")
     return images
 
 
-def _images(raw: np.ndarray, where: str) -> np.ndarray:
+def checked_images(raw: np.ndarray, where: str) -> np.ndarray:
     if raw.ndim not in (3, 4) or (raw.ndim == 4 and raw.shape[-1] not in (1, 3)):
         raise TppError(f"{where}: images must be (N, H, W) or (N, H, W, 1|3), got shape {raw.shape}.")
     if raw.dtype != np.uint8:
@@ -240,17 +240,17 @@ def load_medmnist(name: str, root: str | None, download: bool = False, labels: b
                            f"{', '.join(str(p.parent) for p in candidates)}). Set data.root, or allow "
                            "data.download=true to fetch it from the MedMNIST record on Zenodo.")
         path = download_medmnist(name, base)
-    npz = _open_npz(path)
+    npz = open_npz(path)
     splits = {}
     for split in SPLITS:
-        images = _images(_array(npz, f"{split}_images", path), f"'{path}' {split}_images")
-        split_labels = (_labels(_array(npz, f"{split}_labels", path), len(class_names),
+        images = checked_images(npz_array(npz, f"{split}_images", path), f"'{path}' {split}_images")
+        split_labels = (_labels(npz_array(npz, f"{split}_labels", path), len(class_names),
                                 f"'{path}' {split}_labels ({split} split)") if labels else None)
         if split_labels is not None and len(split_labels) != len(images):
             raise TppError(f"'{path}': {split}_images has {len(images)} images but {split}_labels has "
                            f"{len(split_labels)} labels.")
         splits[split] = Split(images, split_labels)
-    _not_empty(splits["train"].images, f"'{path}' train_images")
+    not_empty(splits["train"].images, f"'{path}' train_images")
     return Dataset(name, modality, list(class_names), splits, source=f"'{path}'")
 
 
@@ -289,34 +289,35 @@ def load_npz(name: str, root: str | None, file: str | None, *, image_key: str = 
     if not file:
         raise TppError("data.source=npz needs data.file (path of the .npz, relative to data.root).")
     path = Path(file) if Path(file).is_absolute() else resolve_root(root) / file
-    if not path.exists():  # a folder or a fifo of that name: said by _open_npz
+    if not path.exists():  # a folder or a fifo of that name: said by open_npz
         raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
-    npz = _open_npz(path)
-    names = (_npz_class_names(_array(npz, class_names_key, path), f"'{path}' {class_names_key}")
+    npz = open_npz(path)
+    names = (npz_class_names(npz_array(npz, class_names_key, path), f"'{path}' {class_names_key}")
              if class_names_key and class_names_key in npz.files else None)
     if f"train_{image_key}" in npz.files and not labels and not classes:
-        splits = {s: Split(_images(_array(npz, f"{s}_{image_key}", path), f"'{path}' {s}_{image_key}"), None)
+        splits = {s: Split(checked_images(npz_array(npz, f"{s}_{image_key}", path), f"'{path}' {s}_{image_key}"), None)
                   for s in SPLITS}
-        _not_empty(splits["train"].images, f"'{path}' train_{image_key}")
+        not_empty(splits["train"].images, f"'{path}' train_{image_key}")
         return Dataset(name, check_modality(modality, name), names or [], splits, split_id="the file's own",
                        source=f"'{path}'")
     if f"train_{image_key}" in npz.files:
-        parts = {s: (_images(_array(npz, f"{s}_{image_key}", path), f"'{path}' {s}_{image_key}"),
-                     _label_values(_array(npz, f"{s}_{label_key}", path),
+        parts = {s: (checked_images(npz_array(npz, f"{s}_{image_key}", path), f"'{path}' {s}_{image_key}"),
+                     label_values(npz_array(npz, f"{s}_{label_key}", path),
                                    f"'{path}' {s}_{label_key} ({s} split)")) for s in SPLITS}
         for split, (im, lb) in parts.items():
             if len(im) != len(lb):
                 raise TppError(f"'{path}': {split}_{image_key} has {len(im)} images but {split}_{label_key} "
                                f"has {len(lb)} labels.")
-        _not_empty(parts["train"][0], f"'{path}' train_{image_key}")
+        not_empty(parts["train"][0], f"'{path}' train_{image_key}")
         names = names or index_names(max(lb.max() for _, lb in parts.values() if len(lb)),
                                      f"'{path}' *_{label_key}")
         splits = {s: Split(im, _labels(lb, len(names), f"'{path}' {s}_{label_key} ({s} split)"))
                   for s, (im, lb) in parts.items()}
         _check_train_covers(splits, names, path)
     else:
-        images = _not_empty(_images(_array(npz, image_key, path), f"'{path}' {image_key}"), f"'{path}' {image_key}")
-        values = _label_values(_array(npz, label_key, path), f"'{path}' {label_key}")
+        where = f"'{path}' {image_key}"
+        images = not_empty(checked_images(npz_array(npz, image_key, path), where), where)
+        values = label_values(npz_array(npz, label_key, path), f"'{path}' {label_key}")
         if len(images) != len(values):
             raise TppError(f"'{path}': {len(images)} images but {len(values)} labels.")
         names = names or index_names(values.max(), f"'{path}' {label_key}")
@@ -353,7 +354,7 @@ def _check_train_covers(splits: dict, names: list, path) -> None:
                        "never learn them. Add training images or remove the class.")
 
 
-def _npz_class_names(array: np.ndarray, where: str) -> list[str]:
+def npz_class_names(array: np.ndarray, where: str) -> list[str]:
     """Class names by label index from a 1-D array of text (bytes decoded as UTF-8). Anything else (a 2D or 0-d
     array, numbers) is an error naming ``where`` and the shape, as is an empty name or one class named twice
     (its probability column would be lost)."""

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from tpp.capped_read import list_folder
 from tpp.data import Dataset, Split
-from tpp.data.arrays import (_array, _images, _label_values, _not_empty, _npz_class_names, _open_npz, check_modality,
-                             resolve_root)
+from tpp.data.arrays import (check_modality, checked_images, label_values, not_empty, npz_array, npz_class_names,
+                             open_npz, resolve_root)
 from tpp.data.pixels import DEFAULT_LIMITS, bomb_pixels, pil_budget, upright, upright_size
 from tpp.data.subsets import seeded_split_id, stratified_split
 from tpp.errors import TppError
@@ -76,22 +76,22 @@ def load_seg_npz(name: str, root: str | None, file: str | None, *, image_key: st
     if not file:
         raise TppError("data.source=seg_npz needs data.file (path of the .npz, relative to data.root).")
     path = Path(file) if Path(file).is_absolute() else resolve_root(root) / file
-    if not path.exists():  # a folder or a fifo of that name: said by _open_npz
+    if not path.exists():  # a folder or a fifo of that name: said by open_npz
         raise TppError(f"npz file '{path}' does not exist. Check data.root and data.file.")
-    npz = _open_npz(path)
-    images = _images(_array(npz, image_key, path), f"'{path}' {image_key}")
-    _not_empty(images, f"'{path}' {image_key}")
-    masks = _array(npz, mask_key, path)
+    npz = open_npz(path)
+    images = checked_images(npz_array(npz, image_key, path), f"'{path}' {image_key}")
+    not_empty(images, f"'{path}' {image_key}")
+    masks = npz_array(npz, mask_key, path)
     if masks.shape != images.shape[:3]:
         raise TppError(f"'{path}': masks have shape {masks.shape}, images {images.shape}; every image needs "
                        "one mask of its own height and width.")
     labels = label_names = None
     if label_key in npz.files:
-        labels = _label_values(_array(npz, label_key, path), f"'{path}' {label_key}")
+        labels = label_values(npz_array(npz, label_key, path), f"'{path}' {label_key}")
         if len(labels) != len(images):
             raise TppError(f"'{path}': {len(labels)} labels for {len(images)} images.")
         if class_names_key and class_names_key in npz.files:
-            label_names = _npz_class_names(_array(npz, class_names_key, path), f"'{path}' {class_names_key}")
+            label_names = npz_class_names(npz_array(npz, class_names_key, path), f"'{path}' {class_names_key}")
     names = mask_class_names(mask_classes, classes, label_names)
     masks = class_indices(masks, 2 if mask_classes == "from_label" else len(names), f"'{path}' {mask_key}")
     if mask_classes == "from_label":
@@ -101,7 +101,7 @@ def load_seg_npz(name: str, root: str | None, file: str | None, *, image_key: st
         masks = (masks > 0) * (1 + labels[:, None, None]).astype(np.uint8)
     groups = None
     if group_key:
-        groups = np.asarray(_array(npz, group_key, path)).reshape(-1)
+        groups = np.asarray(npz_array(npz, group_key, path)).reshape(-1)
         if groups.dtype.kind in "fc" and not np.isfinite(groups).all():  # NaN: a missing id, equal to no other
             raise TppError(f"'{path}' {group_key}: {int((~np.isfinite(groups)).sum())} group id(s) are not finite "
                            "numbers (NaN marks a missing id); every image needs one.")

@@ -126,8 +126,8 @@ def cmd_predict_context(args) -> int:
     from tpp.incontext.predict import prepare
     from tpp.serve import images as readers
     from tpp.serve.images import PixelLimits, parse_window
-    from tpp.serve.predict import (Skipped, _bad_file, collect, ignored_read_options, nothing_predicted,
-                                   publish_predictions, without_own_outputs)
+    from tpp.serve.predict import (Skipped, collect, ignored_read_options, nothing_predicted, publish_predictions,
+                                   record_unreadable, without_own_outputs)
 
     if args.store or args.site or args.site_map:
         raise TppError("--context predicts from labelled examples, not from a store: drop --store / --site / "
@@ -155,7 +155,7 @@ def cmd_predict_context(args) -> int:
             arrays.append(readers.read(file, **options))
             good.append(i)
         except (readers.ImageError, OSError, ValueError) as exc:
-            _bad_file((file, name), exc, skipped)
+            record_unreadable((file, name), exc, skipped)
     if not good:
         raise nothing_predicted(skipped or [], args.out)
     for i, array, result in zip(good, arrays, prepared.predict(arrays, args.batch_size)):

@@ -232,7 +232,7 @@ def predict_files(bank: AdapterBank, pairs: list[tuple[Path, str]], batch_size: 
                 array = readers.read(pairs[i][0], **options)
                 tensor = readers.to_model_input(array, site.input_rule)
             except (readers.ImageError, OSError, ValueError) as exc:
-                _bad_file(pairs[i], exc, skipped)
+                record_unreadable(pairs[i], exc, skipped)
                 continue
             good.append(i)
             sites.append(site)
@@ -262,7 +262,7 @@ def site_read_options(site, given: dict, warned: set) -> dict:
     return options
 
 
-def _bad_file(pair: tuple[Path, str], exc: Exception, skipped: list[Skipped] | None) -> None:
+def record_unreadable(pair: tuple[Path, str], exc: Exception, skipped: list[Skipped] | None) -> None:
     """Record an unreadable input in ``skipped``, or (``None``) fail naming it and the way around."""
     reason = str(exc) if isinstance(exc, TppError) else f"'{pair[0]}' cannot be read ({type(exc).__name__}: {exc})"
     if skipped is None:

@@ -101,7 +101,7 @@ def test_finetune_with_skip_writes_skipped_csv(tmp_path, capsys):
     messy_site(tmp_path / "site")
     backbone = make_backbone(tmp_path / "bb", "vit_mae")
     out = tmp_path / "run"
-    with pytest.warns(UserWarning, match="3 unreadable image file"):
+    with pytest.warns(UserWarning, match="3 unreadable file"):
         assert main(["run", "finetune", "--config", "breast_us/mae_vit_tiny_lora_finetune.yaml",
                      f"backbone.path={backbone}", f"data.root={tmp_path}", "data.source=folder", "data.file=site",
                      "data.name=site", "data.modality=US", "data.on_bad_file=skip", f"output_dir={out}",

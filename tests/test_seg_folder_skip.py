@@ -1,13 +1,16 @@
 """``data.on_bad_file=skip`` on a ``seg_folder`` leaves out a pair whose *mask* file cannot be read or is past the
 pixel budget, listed like a skipped image; the default (``error``) still fails naming the mask; other mask
 problems (values, shape) fail either way; a mask broken after loading is named as a broken image is."""
+import csv
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tpp.builders import record_skipped
 from tpp.config import build_config
 from tpp.data.build import load_data
 from tpp.data.file_reading import FileReading
@@ -70,6 +73,20 @@ def test_skip_leaves_out_the_pairs_of_bad_masks_and_lists_them_like_bad_images(t
         assert np.asarray(split.masks).shape == (len(split), 8, 8)
     listed = sorted(f for files in dataset.split_files.values() for f in files)
     assert listed == [f"images/{name}" for name in kept]  # splits.json never names a left-out pair
+
+
+def test_the_run_warns_of_left_out_masks_as_files_not_images(tmp_path):
+    """The run's warning counts every row of skipped.csv as a file: here three masks, no unreadable image."""
+    root = seg_folder(tmp_path / "seg")
+    break_masks(root)
+    run = SimpleNamespace(main=True, path=tmp_path / "run", log=lambda **_: None)
+    run.path.mkdir()
+    with pytest.warns(UserWarning, match=r"^3 unreadable file\(s\) were left out \(data\.on_bad_file=skip\); "
+                      r"each is listed with its reason in .*skipped\.csv\.$") as caught:
+        record_skipped([load(root, on_bad_file="skip")], run)
+    assert not [w for w in caught if "unreadable image" in str(w.message)]
+    with open(run.path / "skipped.csv") as rows:
+        assert [row["file"] for row in csv.DictReader(rows)] == [str(root / "masks" / f"a{i}.png") for i in (1, 2, 3)]
 
 
 def test_without_skip_a_bad_mask_fails_naming_it_and_the_option(tmp_path):

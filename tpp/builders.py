@@ -159,8 +159,8 @@ def record_skipped(datasets: list[Dataset], run) -> None:
     if run.main:
         write_atomic(run.path / "skipped.csv", buffer.getvalue())
     run.log(event="skipped_files", count=len(rows))
-    warnings.warn(f"{len(rows)} unreadable image file(s) were left out (data.on_bad_file=skip); "
-                  f"see {run.path / 'skipped.csv'}.")
+    warnings.warn(f"{len(rows)} unreadable file(s) were left out (data.on_bad_file=skip); each is listed with its "
+                  f"reason in {run.path / 'skipped.csv'}.")
 
 
 def record_splits(datasets: list[Dataset], run) -> None:

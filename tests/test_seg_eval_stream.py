@@ -15,6 +15,7 @@ from helpers import FAST, recipe_args, run_cli, toy_segmentation_npz
 from tpp import seg_metrics
 from tpp.predictions_csv import PredictionsWriter, batch_rows, publish_predictions, split_rows
 from tpp.seg_metrics import SegmentationScorer, segmentation_metrics
+from tpp.errors import TppError
 from tpp.tasks import get_task
 from tpp.training import predict, predict_batches
 
@@ -115,6 +116,17 @@ def test_each_tasks_scorer_gives_its_metrics():
     for start in range(0, 30, 7):
         scorer.add(probs[start:start + 7], labels[start:start + 7])
     assert scorer.result() == task.metrics(probs, labels, None, 3)
+
+
+def test_a_scorer_given_no_batch_says_so_or_gives_its_empty_result():
+    """The held scorer (classification, a plugin task's default) has nothing to concatenate: a TppError naming the
+    task; segmentation's per-batch sums give a defined result of no images (its metrics undefined, null)."""
+    task = get_task("classification").for_card({"type": "classification", "label_names": ["a", "b"],
+                                                  "num_classes": 2})
+    with pytest.raises(TppError, match=r"^task 'classification': no predictions were added to score"):
+        task.scorer(SimpleNamespace(class_names=["a", "b"], num_classes=2), seed=0).result()
+    empty = get_task("segmentation").scorer(SimpleNamespace(class_names=NAMES, num_classes=4), seed=0).result()
+    assert empty["n"] == 0 and empty["dice"] is None and empty["per_class"]["benign"]["images"] == 0
 
 
 def test_predict_batches_hand_over_what_predict_concatenates():

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tpp.errors import ConfigError
+from tpp.errors import ConfigError, TppError
 from tpp.registry import import_submodules
 
 
@@ -199,6 +199,11 @@ class HeldScorer(Scorer):
         self.targets.append(targets)
 
     def result(self):
+        """``task.metrics`` of every batch added. None added (a split of no images) is a TppError naming the task,
+        not ``torch.cat([])``'s ValueError: there is nothing to score."""
+        if not self.predictions:
+            raise TppError(f"task '{self.task.name}': no predictions were added to score (a split of no images?); "
+                           "evaluate a split that holds images.")
         return self.task.metrics(torch.cat(self.predictions), torch.cat(self.targets), self.dataset, self.seed)
 
 

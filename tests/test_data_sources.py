@@ -108,17 +108,19 @@ def test_a_source_override_refuses_the_files_options_it_would_drop_naming_each(t
     assert len(problems) == 3 and str(path) in str(caught.value)  # not image_key / mask_classes: their defaults
     assert problems[0].startswith("data.file='s.npz' in the config file (written for data.source=seg_npz): "
                                   "data.source=seg_folder given on the command line reads data.file too")
-    assert "give data.file=... on the command line for seg_folder, or remove it from the file." in problems[0]
+    assert problems[0].endswith("give data.file=... on the command line for seg_folder, or remove it from (a copy of) "
+                                "the config file.")
     assert "data.group_key='dup_group'" in problems[1] and "metadata.csv column" in problems[1]
     assert problems[2] == ("data.label_key='label' in the config file (written for data.source=seg_npz) is not read "
                            "by data.source=seg_folder given on the command line, so it would be dropped: remove it "
-                           "from the file (`tpp cp` copies a shipped config to edit), or keep data.source=seg_npz.")
+                           "from (a copy of) the config file, or keep data.source=seg_npz.")
     cfg = load_config(path, ["data.source=seg_npz"])  # no switch: nothing to say
     assert cfg.data.resolved().label_key == "label"
     data.pop("label_key")
     path.write_text(yaml.safe_dump({"data": data}))
     cfg = load_config(path, ["data.source=seg_folder", "data.file=folder", "data.group_key=patient"])
-    assert cfg.data.options == {"file": "folder", "group_key": "patient"}  # given again: the command line's
+    assert cfg.data.options == {"file": "folder", "group_key": "patient",  # given again: the command line's
+                                "mask_classes": "binary"}  # read alike by both: carried over
     cfg = load_config(path, ["data={source: seg_folder, file: null, group_key: null}"])
     assert cfg.data.resolved().file is None and cfg.data.resolved().group_key is None
 
@@ -255,3 +257,63 @@ def test_a_source_is_one_file_and_one_registration(toy_source, tiny_mae, tmp_pat
     assert card["data"]["classes"] == ["plain", "bright"]
     saved = yaml.safe_load((out / "config.yaml").read_text())["data"]
     assert saved["source"] == "toy_stripes" and saved["count"] == 16 and saved["contrast"] == 60
+
+
+def test_a_source_override_carries_the_options_both_sources_read_alike():
+    """``data.source=csv data.file=...`` on the shipped CT config (a folder source) refused its ``data.slice``,
+    ``data.window`` and ``data.max_image_pixels`` and asked to repeat them, though csv reads image files exactly as
+    folder does: options marked with the same meaning in both sources (``meaning`` in their field metadata) are
+    carried over; the folder itself (``data.file: scans``) is no CSV and is still refused."""
+    from tpp.data.sources import carried_options
+
+    reading = {"frame", "slice", "window", "max_image_pixels"}
+    assert carried_options("folder", "csv") == reading | {"classes", "on_bad_file"}
+    assert carried_options("folder", "unlabeled_folder") == reading | {"file", "on_bad_file"}
+    assert carried_options("folder", "seg_folder") == {"max_image_pixels", "group_key", "on_bad_file"}
+    assert carried_options("seg_npz", "seg_folder") == {"mask_classes", "classes"}  # not group_key, not file
+    assert carried_options("npz", "seg_npz") == set() and carried_options("ftp", "csv") == set()
+    ct = CONFIG_DIR / "own_data/ct_volumes_lora_finetune.yaml"
+    cfg = load_config(ct, ["data.source=csv", "data.file=labels.csv"])
+    assert cfg.data.source == "csv" and cfg.data.modality == "CT"
+    assert cfg.data.options == {"file": "labels.csv", "slice": "2:middle", "window": "40,400",
+                                "max_image_pixels": 134217728}
+    reading = cfg.data.resolved().file_reading()
+    assert (reading.slice, reading.window, reading.max_image_pixels) == ("2:middle", "40,400", 134217728)
+    cfg = load_config(ct, ["data.source=csv", "data.file=labels.csv", "data.window=50,350"])  # given again: wins
+    assert cfg.data.resolved().window == "50,350" and cfg.data.resolved().slice == "2:middle"
+    with pytest.raises(ConfigError) as caught:  # the folder is no CSV: not carried over
+        load_config(ct, ["data.source=csv"])
+    (problem,) = caught.value.problems
+    assert problem.startswith("data.file='scans' in the config file (written for data.source=folder): "
+                              "data.source=csv given on the command line reads data.file too")
+    assert problem.endswith("give data.file=... on the command line for csv, or remove it from (a copy of) the "
+                            "config file.")
+    cfg = load_config(ct, ["data.source=unlabeled_folder"])  # the same image folder, read without labels
+    assert cfg.data.options == {"file": "scans", "slice": "2:middle", "window": "40,400",
+                                "max_image_pixels": 134217728}
+    with pytest.raises(ConfigError) as caught:  # seg_folder reads no slice or window, and its folder differs
+        load_config(ct, ["data.source=seg_folder"])
+    assert [p.split("=")[0] for p in caught.value.problems] == ["data.file", "data.slice", "data.window"]
+
+
+@pytest.mark.parametrize("config, overrides, refused", [
+    ("own_data/ct_volumes_lora_finetune.yaml", ["data.source=csv", "data.file=l.csv"], []),
+    ("own_data/ct_volumes_lora_finetune.yaml", ["data.source=npz", "data.file=f.npz"],
+     ["max_image_pixels", "slice", "window"]),  # an .npz holds arrays: no image files to read
+    ("own_data/csv_lora_finetune.yaml", ["data.source=folder"], ["file"]),  # a CSV is no folder
+    ("own_data/csv_lora_finetune.yaml", ["data.source=folder", "data.file=site"], []),
+    ("chest_xray/mednist_cxr_lora_tpp.yaml", ["data.source=folder", "data.file=site"], []),  # classes: carried
+    ("chest_xray/mednist_cxr_lora_tpp.yaml", ["data.source=seg_npz", "data.file=s.npz"], ["classes"]),
+    ("breast_us/busi_seg_lora_tpp.yaml", ["data.source=seg_folder", "data.file=site"],
+     ["class_names_key", "group_key", "label_key"]),  # group_key: an array there, a metadata.csv column here
+])
+def test_the_shipped_configs_switched_to_another_source_carry_or_refuse_as_documented(config, overrides, refused):
+    """docs/data.md: options both sources read alike are carried over, the rest set away from their defaults are
+    refused, each named."""
+    if not refused:
+        cfg = load_config(CONFIG_DIR / config, overrides)
+        assert cfg.data.source == overrides[0].split("=")[1]
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_config(CONFIG_DIR / config, overrides)
+    assert [p.split("=")[0] for p in caught.value.problems] == [f"data.{key}" for key in refused]

@@ -219,12 +219,13 @@ def switched_source_problems(section: dict, given: dict, old, new) -> list[str]:
     ``section``: the file's data section; ``given``: the command line's. An option at its default is no problem
     (nothing is lost), nor is one that only says how ``old`` fetches its file (:data:`FETCH_ONLY`: a run's
     ``config.yaml`` with ``data.download: true`` evaluated on another site's folder); an unknown ``new`` is left to
-    the source check."""
+    the source check. Nor is one both sources read alike (:func:`tpp.data.sources.carried_options`: ``data.slice``
+    from folder to csv): it is carried over."""
     import dataclasses
 
     from tpp.config.parse import field_default
     from tpp.config.schema import DataConfig
-    from tpp.data.sources import all_sources
+    from tpp.data.sources import all_sources, carried_options
 
     sources = {s.name: {f.name: f for f in dataclasses.fields(s.options_cls)} for s in all_sources()}
     if new not in sources:
@@ -232,18 +233,18 @@ def switched_source_problems(section: dict, given: dict, old, new) -> list[str]:
     common = {f.name for f in dataclasses.fields(DataConfig)}
     written = sources.get(old, {}) if isinstance(old, str) else {}
     problems = []
-    for key in sorted(set(section) - common - set(given)):
+    for key in sorted(set(section) - common - set(given) - carried_options(old, new)):
         value = section[key]
         if key in written and (value == field_default(written[key]) or (key in FETCH_ONLY and key not in sources[new])):
             continue
         where = f"data.{key}={value!r} in the config file (written for data.source={old})"
         if key not in sources[new]:
             problems.append(f"{where} is not read by data.source={new} given on the command line, so it would be "
-                            f"dropped: remove it from the file (`tpp cp` copies a shipped config to edit), or keep "
-                            f"data.source={old}.")
+                            f"dropped: remove it from (a copy of) the config file, or keep data.source={old}.")
         else:
             meaning = sources[new][key].metadata.get("help", "")
             problems.append(f"{where}: data.source={new} given on the command line reads data.{key} too, as its own "
                             f"option{f' ({meaning})' if meaning else ''}, so the file's value is not carried over; "
-                            f"give data.{key}=... on the command line for {new}, or remove it from the file.")
+                            f"give data.{key}=... on the command line for {new}, or remove it from (a copy "
+                            "of) the config file.")
     return problems

@@ -138,7 +138,7 @@ def switch_plugin(data: dict, given: dict, section_name: str, key: str, default:
     (``adapter.init_from`` ...) stay, but for ``data.name`` of a MedMNIST source (it chose the file); options given
     on the command line are checked by X. A source's option the file sets away from its default, and the command
     line does not set again, is a ConfigError (:func:`tpp.config.checks.switched_source_problems`), never dropped
-    without a word."""
+    without a word; one both sources read alike is kept (:func:`tpp.data.sources.carried_options`)."""
     section, given = data.get(section_name), given.get(section_name)
     if not isinstance(given, dict) or key not in given or not isinstance(section, dict):
         return
@@ -157,6 +157,10 @@ def switch_plugin(data: dict, given: dict, section_name: str, key: str, default:
         common_cls = {"adapter": AdapterConfig, "pretext": PretextConfig, "data": DataConfig}[section_name]
         common = {f.name for f in dataclasses.fields(common_cls)} - {"options"}
         kept = {k: v for k, v in section.items() if k in common}
+        if section_name == "data":  # options both sources read alike (data.slice from folder to csv) stay
+            from tpp.data.sources import carried_options
+
+            kept.update({k: v for k, v in section.items() if k in carried_options(old, new)})
         if section_name == "adapter":
             kept.update(_shared_part_options(section, common, old, new))
         if section_name == "data" and old == "medmnist":  # its name chose the MedMNIST file the run no longer reads

@@ -15,17 +15,21 @@ from typing import Optional
 from tpp.errors import ConfigError
 
 
+SAME_READING = "image files"  # the ``meaning`` marker (:func:`tpp.data.sources.carried_options`) of these options:
+# every source with them reads its image files alike, so ``data.source=X`` on the command line carries them over
+
+
 @dataclass
 class FileReading:
-    frame: Optional[int] = field(default=None, metadata={
+    frame: Optional[int] = field(default=None, metadata={"meaning": SAME_READING,
         "help": "multi-frame DICOM files: the frame read from each (0-based), as tpp predict --frame"})
-    slice: Optional[str] = field(default=None, metadata={
+    slice: Optional[str] = field(default=None, metadata={"meaning": SAME_READING,
         "help": "3D NIfTI volumes: the slice read from each, AXIS:INDEX (e.g. 2:40) or AXIS:middle (each volume's "
                 "central slice), as tpp predict --slice"})
-    window: Optional[str] = field(default=None, metadata={
+    window: Optional[str] = field(default=None, metadata={"meaning": SAME_READING,
         "help": "DICOM / NIfTI: intensity window CENTER,WIDTH (e.g. 40,400) instead of each image's min-max, as "
                 "tpp predict --window (PNG / JPEG hold 8-bit pixels already: no effect on them)"})
-    max_image_pixels: Optional[int] = field(default=None, metadata={
+    max_image_pixels: Optional[int] = field(default=None, metadata={"meaning": SAME_READING,
         "help": "most pixels (voxels: a NIfTI volume is read whole) one file may hold, from its header, as tpp "
                 "predict --max-image-pixels (default 2**26 = 67,108,864; a 512x512x300 CT needs 2**27)"})
 

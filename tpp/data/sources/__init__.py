@@ -11,6 +11,11 @@ dataclass, ``seed`` the split seed (``data.split_seed``, never the run's seed) f
 the data themselves, ``image_size`` the side files of mixed sizes are decoded
 to, ``labels=False`` (pre-training) lets a source leave label arrays unread. Images come back uint8
 (N, H, W) or (N, H, W, C) per split, labels int64 (N,) or None, masks uint8 (N, H, W) or None.
+
+An option whose field metadata holds ``"meaning": TAG`` means the same in every source whose option of that name
+carries the same TAG (``data.slice`` of folder, csv and unlabeled_folder: "image files"), so ``data.source=X`` on
+the command line carries the file's value over (:func:`carried_options`); one without it, or with another TAG
+(seg_npz's ``group_key`` names an array, seg_folder's a metadata.csv column), is not.
 """
 from __future__ import annotations
 
@@ -82,6 +87,19 @@ def get_source(name: str, key: str = "data.source") -> Source:
 def all_sources() -> list[Source]:
     _load_builtin()
     return [_SOURCES[k] for k in sorted(_SOURCES)]
+
+
+def carried_options(old: str, new: str) -> frozenset[str]:
+    """The options of source ``old`` that source ``new`` reads alike (both fields marked with the same
+    ``meaning``): a config file's value for ``old`` holds for ``new`` too. Empty when either is no source."""
+    import dataclasses
+
+    _load_builtin()
+    if not (isinstance(old, str) and isinstance(new, str) and old in _SOURCES and new in _SOURCES):
+        return frozenset()
+    theirs = {f.name: f.metadata.get("meaning") for f in dataclasses.fields(_SOURCES[new].options_cls)}
+    return frozenset(f.name for f in dataclasses.fields(_SOURCES[old].options_cls)
+                     if f.metadata.get("meaning") is not None and theirs.get(f.name) == f.metadata["meaning"])
 
 
 def missing_file(file: Optional[str], base: Path, what: str = "data.file") -> list[str]:

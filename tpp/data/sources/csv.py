@@ -18,11 +18,12 @@ from tpp.errors import TppError
 class CsvOptions(FileReading):
     file: Optional[str] = field(default=None, metadata={
         "help": "the CSV, relative to data.root: a header row path,label[,patient_id][,split], one row per image"})
-    classes: Optional[list] = field(default=None, metadata={
+    classes: Optional[list] = field(default=None, metadata={"meaning": "class subset",
         "help": "keep only these labels (re-numbered in this order; default: every label, sorted)"})
     group_key: Optional[str] = field(default=None, metadata={
         "help": "seeded splits keep each group in one split: a CSV column (default: patient_id when present)"})
-    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
+    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"meaning": "unreadable files",
+                                                                          "help": ON_BAD_FILE_HELP})
 
     def __post_init__(self):
         super().__post_init__()

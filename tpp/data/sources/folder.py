@@ -16,14 +16,15 @@ ON_BAD_FILE_HELP = ("an unreadable image fails the run naming it (error) or is l
 
 @dataclass
 class FolderOptions(FileReading):
-    file: Optional[str] = field(default=None, metadata={
+    file: Optional[str] = field(default=None, metadata={"meaning": "image folder",
         "help": "the folder, relative to data.root (default: data.root itself)"})
-    classes: Optional[list] = field(default=None, metadata={
+    classes: Optional[list] = field(default=None, metadata={"meaning": "class subset",
         "help": "keep only these class folders (re-numbered in this order)"})
-    group_key: Optional[str] = field(default=None, metadata={
+    group_key: Optional[str] = field(default=None, metadata={"meaning": "metadata.csv column",
         "help": "seeded splits keep each group in one split: a metadata.csv column (beside file_name), e.g. "
                 "patient_id (default: patient_id when metadata.csv has that column)"})
-    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
+    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"meaning": "unreadable files",
+                                                                          "help": ON_BAD_FILE_HELP})
 
     def __post_init__(self):
         super().__post_init__()

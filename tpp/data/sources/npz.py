@@ -18,7 +18,7 @@ class NpzOptions:
     label_key: str = field(default="labels", metadata={"help": "key of the integer labels (N,)"})
     class_names_key: Optional[str] = field(default="class_names", metadata={
         "help": "key of the class names, if the file has them (else the classes are named 0..K-1)"})
-    classes: Optional[list] = field(default=None, metadata={
+    classes: Optional[list] = field(default=None, metadata={"meaning": "class subset",
         "help": "keep only these class names (re-numbered in this order)"})
 
     def __post_init__(self):

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 from tpp.data import Dataset
-from tpp.data.file_reading import FileReading
+from tpp.data.file_reading import SAME_READING, FileReading
 from tpp.data.segmentation import load_seg_folder
 from tpp.data.sources import Source, check_mask_classes, missing_file, register
 from tpp.data.sources.seg_npz import MASK_CLASSES_HELP
@@ -16,14 +16,16 @@ from tpp.data.sources.seg_npz import MASK_CLASSES_HELP
 class SegFolderOptions:
     file: Optional[str] = field(default=None, metadata={
         "help": "the folder holding images/ and masks/, relative to data.root (default: data.root itself)"})
-    mask_classes: Literal["binary", "indices"] = field(default="binary", metadata={"help": MASK_CLASSES_HELP})
-    classes: Optional[list] = field(default=None, metadata={"help": "names of the mask classes, background first"})
-    group_key: Optional[str] = field(default=None, metadata={
+    mask_classes: Literal["binary", "indices"] = field(default="binary", metadata={
+        "meaning": "mask classes", "help": MASK_CLASSES_HELP})
+    classes: Optional[list] = field(default=None, metadata={
+        "meaning": "mask class names", "help": "names of the mask classes, background first"})
+    group_key: Optional[str] = field(default=None, metadata={"meaning": "metadata.csv column",
         "help": "a metadata.csv column (beside file_name) whose groups stay in one split, e.g. a patient id"})
-    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={
+    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"meaning": "unreadable files",
         "help": "an unreadable (or oversized) image or mask fails the run naming it (error), or its pair is left "
                 "out and listed in skipped.csv (skip)"})
-    max_image_pixels: Optional[int] = field(default=None, metadata={
+    max_image_pixels: Optional[int] = field(default=None, metadata={"meaning": SAME_READING,
         "help": "images and masks: " + next(f.metadata["help"] for f in fields(FileReading)
                                             if f.name == "max_image_pixels")})
 

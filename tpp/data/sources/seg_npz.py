@@ -22,9 +22,11 @@ class SegNpzOptions:
         "help": "key of per-image labels (N,), if any: splits are stratified by them"})
     class_names_key: Optional[str] = field(default="class_names", metadata={"help": "key of the label names, if any"})
     mask_classes: Literal["binary", "indices", "from_label"] = field(default="binary", metadata={
+        "meaning": "mask classes",
         "help": MASK_CLASSES_HELP + "; from_label (foreground = 1 + the image's label: background / one lesion "
                 "class per label name)"})
-    classes: Optional[list] = field(default=None, metadata={"help": "names of the mask classes, background first"})
+    classes: Optional[list] = field(default=None, metadata={
+        "meaning": "mask class names", "help": "names of the mask classes, background first"})
     group_key: Optional[str] = field(default=None, metadata={
         "help": "key of per-image group ids (N,) whose groups stay in one split, e.g. a patient id or dup_group"})
 

@@ -14,9 +14,10 @@ from tpp.data.file_reading import FileReading
 
 @dataclass
 class UnlabeledFolderOptions(FileReading):
-    file: Optional[str] = field(default=None, metadata={
+    file: Optional[str] = field(default=None, metadata={"meaning": "image folder",
         "help": "the folder, relative to data.root (default: data.root itself)"})
-    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"help": ON_BAD_FILE_HELP})
+    on_bad_file: Literal["error", "skip"] = field(default="error", metadata={"meaning": "unreadable files",
+                                                                          "help": ON_BAD_FILE_HELP})
 
 
 def load(common, options: UnlabeledFolderOptions, seed: int, image_size: int, labels: bool = True) -> Dataset:

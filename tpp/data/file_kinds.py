@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-from contextlib import contextmanager
 from pathlib import Path
 
 from tpp.data.pixels import ImageError
@@ -45,26 +44,27 @@ def nonblocking(path, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
-@contextmanager
 def open_regular(path: str | Path, error: type[TppError] = ImageError, what: str = ""):
-    """``path`` opened for binary reading when it is a regular file (symbolic links followed), else ``error``
-    naming it (``{what}'x.png' is not a regular file (fifo).``; ``what``: e.g. ``"config file "``). Opened
-    non-blocking and checked on the open descriptor, so a fifo (or a file swapped for one after a look at it)
-    answers at once instead of waiting for a writer for ever. A path that does not exist or cannot be read: the
-    ``OSError``."""
-    try:
-        fd = nonblocking(path, os.O_RDONLY)
-    except OSError:
-        kind = irregular(path)  # a socket cannot be opened at all (ENXIO): said as what it is
-        if kind:
-            raise error(f"{what}'{path}' is not a regular file ({kind}).") from None
-        raise
-    kind = file_kind(os.fstat(fd).st_mode)
-    if kind:
-        os.close(fd)
-        raise error(f"{what}'{path}' is not a regular file ({kind}).")
-    with os.fdopen(fd, "rb") as fh:
-        yield fh
+    """``path`` opened for binary reading (a file object, closed by ``with``) when it is a regular file (symbolic
+    links followed), else ``error`` naming it (``{what}'x.png' is not a regular file (fifo).``; ``what``: e.g.
+    ``"config file "``). A fifo, socket or device is refused from its ``stat``, never opened (opening some devices
+    has side effects: a tape rewinds); a regular file is opened non-blocking and checked again on the open
+    descriptor, so one swapped for a fifo after the look answers at once instead of waiting for a writer for ever.
+    A path that does not exist or cannot be read: the ``OSError``."""
+    kind = file_kind(os.stat(path).st_mode)
+    if not kind:
+        try:
+            fd = nonblocking(path, os.O_RDONLY)
+        except OSError:
+            kind = irregular(path)  # swapped for a socket since the stat (ENXIO): said as what it is
+            if not kind:
+                raise
+        else:
+            kind = file_kind(os.fstat(fd).st_mode)
+            if not kind:
+                return os.fdopen(fd, "rb")
+            os.close(fd)
+    raise error(f"{what}'{path}' is not a regular file ({kind}).")
 
 
 def read_regular(path: str | Path, error: type[TppError] = ImageError, what: str = "") -> bytes:

@@ -2,8 +2,10 @@
 without being opened (opening some devices has side effects: a tape rewinds), and an .npz is opened once (a file
 swapped for a fifo after a first open by name would make a second one wait for a writer for ever). Tiny files built
 in code; the spies raise instead of blocking, so a regression fails rather than hangs."""
+import builtins
 import os
 
+import numpy as np
 import pytest
 
 from tpp.data.file_kinds import open_regular
@@ -38,3 +40,38 @@ def test_open_regular_refuses_a_device_or_a_fifo_without_opening_it(tmp_path, mo
     with pytest.raises(FileNotFoundError):  # a missing file: the OSError, for the caller to word
         with open_regular(tmp_path / "gone.csv"):
             pass
+
+
+def test_an_npz_is_opened_by_name_once_so_a_fifo_swapped_in_after_cannot_hang(tmp_path, monkeypatch):
+    """``_open_npz`` looked at the path, opened it to check its first bytes, then let ``np.load`` open it by name
+    again: a file swapped for a fifo in between made that second open wait for a writer for ever. Now the one open
+    file is read: the spy swaps the file for a fifo after the first open by name and refuses any second one."""
+    from tpp.data.arrays import load_npz
+
+    path = tmp_path / "d.npz"
+    np.savez(path, images=np.zeros((6, 4, 4), np.uint8), labels=np.array([0, 1] * 3))
+    opened, real_open, real_os_open = [], builtins.open, os.open
+
+    def by_name(path_arg) -> None:
+        if str(path_arg) == str(path):
+            if opened:
+                raise AssertionError(f"'{path}' opened by name a second time")
+            opened.append(path_arg)
+
+    def spy_open(file, *args, **kwargs):
+        by_name(file)
+        return real_open(file, *args, **kwargs)
+
+    def spy_os_open(file, flags, *args, **kwargs):
+        by_name(file)
+        fd = real_os_open(file, flags, *args, **kwargs)
+        if str(file) == str(path):  # swapped for a fifo once opened: a second open by name would block
+            os.replace(path, tmp_path / "kept.npz")
+            os.mkfifo(path)
+        return fd
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    data = load_npz("d", str(tmp_path), "d.npz", val_fraction=0.0, test_fraction=0.0, modality="US")
+    train = data.split("train")
+    assert len(opened) == 1 and train.images.shape == (6, 4, 4) and sorted(train.labels) == [0, 0, 0, 1, 1, 1]

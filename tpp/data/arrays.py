@@ -89,29 +89,43 @@ NPY_MAGIC = b"\x93NUMPY"
 
 
 def open_npz(path: Path) -> np.lib.npyio.NpzFile:
-    from tpp.data.file_kinds import irregular
+    """The .npz archive at ``path``, opened once (a fifo or device is refused unopened, :func:`open_regular`) and
+    read from that one open file, which the archive owns (closed with it): a file swapped for a fifo after a first
+    open by name cannot make a second open wait for a writer for ever."""
+    from tpp.data.file_kinds import open_regular
 
-    kind = irregular(path)  # a fifo is refused unopened (reading one waits for a writer for ever)
-    if kind:
-        raise TppError(f"npz file '{path}' is not a regular file ({kind}); data.file names a .npz archive.")
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(6)
+        handle = open_regular(path, TppError, "npz file ")
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+        raise TppError(f"'{path}' cannot be read ({type(exc).__name__}: {exc}).") from None
+    try:
+        return _npz_of(handle, path)
+    except BaseException:
+        handle.close()
+        raise
+
+
+def _npz_of(handle, path: Path) -> np.lib.npyio.NpzFile:
+    """The archive read from ``handle`` (a seekable binary file open at its start), which it then owns."""
+    try:
+        head = handle.read(6)
+        handle.seek(0)
     except OSError as exc:
         raise TppError(f"'{path}' cannot be read ({type(exc).__name__}: {exc}).") from None
     if not head:
         raise TppError(f"'{path}' is an empty file, not an .npz archive.")
-    if not head.startswith(ZIP_MAGIC) and head != NPY_MAGIC:
+    if head == NPY_MAGIC:
+        raise TppError(f"'{path}' is a single .npy array, not an .npz archive of named arrays "
+                       "(save it with numpy.savez(path, images=..., labels=...)).")
+    if not head.startswith(ZIP_MAGIC):
         raise TppError(f"'{path}' is not an .npz archive: it does not start as a zip file does (first bytes "
                        f"{head!r}). Save arrays with numpy.savez(path, images=..., labels=...).")
     try:
-        npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # EOFError: a zero-byte file
-        raise TppError(f"'{path}' is not a readable .npz file ({type(exc).__name__}: {exc or 'empty file'}).") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise TppError(f"'{path}' is a single .npy array, not an .npz archive of named arrays "
-                       "(save it with numpy.savez(path, images=..., labels=...)).")
+        npz = np.lib.npyio.NpzFile(handle, own_fid=True, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise TppError(f"'{path}' is not a readable .npz file ({type(exc).__name__}: {exc}).") from None
     if not npz.files:
+        npz.close()
         raise TppError(f"'{path}' is an empty .npz archive: it holds no arrays.")
     return npz
 

@@ -127,3 +127,54 @@ def test_a_launcher_killed_by_a_signal_exits_as_a_shell_says_it(tiny_mae, data_r
     assert code == 128 + signal.SIGKILL
     assert "error: the launcher (torchrun) was killed by SIGKILL" in capsys.readouterr().err
     assert made and not any(os.path.exists(folder) for folder in made)
+
+
+def _launched(monkeypatch, popen) -> list:
+    """Every folder ``tempfile.mkdtemp`` made from now on, with ``subprocess.Popen`` replaced by ``popen``."""
+    import tempfile
+
+    made = []
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **kw: made.append(mkdtemp(**kw)) or made[-1])
+    monkeypatch.setattr(subprocess, "Popen", popen)
+    return made
+
+
+def test_a_launcher_that_cannot_start_removes_its_log_folder(tiny_mae, data_root, tmp_path, monkeypatch, capsys):
+    """The workers' log folder was made before Popen and outside the try: a Popen that failed (an interpreter gone,
+    no memory to fork) left it in the temporary folder. It is removed; the error is one line."""
+    import os
+
+    def popen(cmd, env=None):
+        raise OSError(12, "Cannot allocate memory")
+
+    made = _launched(monkeypatch, popen)
+    code = run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data_root, tmp_path / "run", *FAST),
+                   "--num-processes", "2")
+    err = capsys.readouterr().err
+    assert code != 0 and "Cannot allocate memory" in err and "Traceback" not in err
+    assert made and not any(os.path.exists(folder) for folder in made)
+
+
+def test_the_launching_line_is_a_command_a_shell_reads_back(tiny_mae, data_root, tmp_path, monkeypatch, capsys):
+    """The 'launching ...' line joined the arguments with spaces: an override holding a space (a folder name) read
+    as two arguments when pasted. It is quoted as a shell needs: split back, it is the command that ran."""
+    import shlex
+
+    started = []
+
+    class Done:
+        def __init__(self, cmd, env=None):
+            started.append(cmd)
+
+        def wait(self, timeout=None):
+            return 0
+
+    _launched(monkeypatch, Done)
+    out = tmp_path / "my run"
+    code = run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data_root, out, *FAST),
+                   "--num-processes", "2")
+    assert code == 0
+    line = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("launching 2 processes: "))
+    assert shlex.split(line[len("launching 2 processes: "):]) == started[0]
+    assert f"output_dir={out}" in started[0]

@@ -301,6 +301,7 @@ def end_process_group(kept: bool = False) -> None:
 def _launch(args) -> int:
     """Re-run this command under torchrun with ``--num-processes`` workers on this machine (:mod:`tpp.launch`:
     rank 0's output on the terminal, a failed run's cause shown once); the exit status of the failed worker."""
+    import shlex
     import shutil
     import socket
     import subprocess
@@ -324,21 +325,25 @@ def _launch(args) -> int:
         port = sock.getsockname()[1]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.num_processes)))
-    logs = tempfile.mkdtemp(prefix="tpp-workers-")  # ranks 1..'s output, read if one fails
-    cmd = [sys.executable, "-m", "tpp.launch", "--run-dir", str(cfg.output_dir),  # its status.json: the cause
-           *torchrun_args(args.num_processes, port, logs), "-m", "tpp.cli",
-           "run", args.recipe, "--config", str(_config_path(args.config)),
-           *(["--overwrite"] if args.overwrite else []), *(["--debug"] if args.debug else []), *args.overrides]
-    print(f"launching {args.num_processes} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
-    process = subprocess.Popen(cmd, env=env)
+    logs = tempfile.mkdtemp(prefix="tpp-workers-")  # ranks 1..'s output, read if one fails; removed on every path
+    process = None
     try:
+        cmd = [sys.executable, "-m", "tpp.launch", "--run-dir", str(cfg.output_dir),  # its status.json: the cause
+               *torchrun_args(args.num_processes, port, logs), "-m", "tpp.cli", "run", args.recipe,
+               "--config", str(_config_path(args.config)),
+               *(["--overwrite"] if args.overwrite else []), *(["--debug"] if args.debug else []), *args.overrides]
+        # quoted as a shell needs (an override with spaces stays one argument): a command the user can paste
+        print(f"launching {args.num_processes} processes: {shlex.join(cmd)}", file=sys.stderr, flush=True)
+        process = subprocess.Popen(cmd, env=env)
         code = process.wait()
         if code < 0:  # torchrun's own process killed (its workers' failures are tpp.launch's to say)
             name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
             print(f"error: the launcher (torchrun) was killed by {name}.", file=sys.stderr, flush=True)
         return 128 - code if code < 0 else code  # the shell's 128 + signal, not Popen's negative status
     except BaseException:  # SIGTERM / Ctrl-C of this launcher: torchrun stops its workers on SIGTERM (a SIGKILL,
-        process.send_signal(signal.SIGTERM)  # as subprocess.run sends, would leave them training on)
+        if process is None:  # as subprocess.run sends, would leave them training on); none started: nothing to stop
+            raise
+        process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:

@@ -180,7 +180,7 @@ def run(cfg, run) -> dict:
     dataset = load_data(cfg.data, cfg.seed, info.input_size)
     record_skipped([dataset], run)
     check_against_card(card, dataset, cfg.adapter.path)
-    seen = seen_split_note(card, dataset, cfg.data.split)
+    seen = seen_split_note(card, dataset, cfg.data.split, cfg.adapter.path)
     if seen:
         warnings.warn(seen, stacklevel=1)
     split = dataset.split(cfg.data.split)
@@ -222,18 +222,44 @@ def scored(cfg, accelerator, model, task, card, dataset, images, targets, size, 
     return scorer.result()
 
 
-def seen_split_note(card: dict, dataset, split: str) -> str | None:
+def seen_split_note(card: dict, dataset, split: str, source: str = "the adapter") -> str | None:
     """A warning when the evaluated split is one the adapter learnt from (``train``) or was tuned on (``val``:
     model selection and the decision threshold) — its own dataset and split (same training images) — since its
-    metrics there are optimistic; None for a held-out split or other data."""
+    metrics there are optimistic; or, for any split, when its own data was split again otherwise
+    (:func:`changed_split_note`); None for a held-out split or other data."""
     trained = card.get("data", {})
     train_hash = (trained.get("split_sha256") or {}).get("train")
-    if split not in ("train", "val") or not train_hash or train_hash != dataset.split_sha256().get("train"):
+    if train_hash and train_hash != dataset.split_sha256().get("train"):
+        return changed_split_note(trained, dataset, split, source)
+    if split not in ("train", "val") or not train_hash:
         return None
     how = ("was trained on these images" if split == "train" else
            "chose its checkpoint and decision threshold on (some of) these images")
     return (f"dataset '{dataset.name}': the adapter {how} (the {split} split of its own run): the metrics are "
             "optimistic, not an estimate for new images; evaluate data.split=test for that.")
+
+
+def changed_split_note(trained: dict, dataset, split: str, source: str) -> str | None:
+    """A warning when a card's data (``trained``: a card written since 2026-12-02, with ``collection_sha256``)
+    is this dataset — the same images, or the same collection on disk (``origin``: the folder holding the files,
+    a known collection, ``data.origin``) edited since — split by seed then and now, yet its training split
+    (``split_sha256.train``, checked differing by the caller) is not the one recomputed now: images added or
+    removed, or group ids read otherwise (``1.0`` is patient ``1`` since 2026-12-02), move images between splits,
+    so the split evaluated may hold training images. None otherwise: an older card (nothing to tell by), other
+    data (another folder of the same name), or a split given by the data (it is not recomputed)."""
+    from tpp.builders import same_collection
+
+    if not isinstance(trained.get("collection_sha256"), str):
+        return None
+    seeded = str(trained.get("split_id", "")).startswith("seeded") and dataset.split_id.startswith("seeded")
+    same_origin = trained.get("origin") is not None and trained.get("origin") == dataset.origin
+    if not seeded or not (same_collection(trained, dataset) or same_origin):
+        return None
+    how = "the same images" if same_collection(trained, dataset) else "the same collection, its images changed since"
+    return (f"dataset '{dataset.name}' is the data of adapter '{source}' ({how}), but the training split recomputed "
+            "now differs from the one the adapter was trained on (its card's data.split_sha256.train): "
+            f"{split} images may overlap its training images, and the metrics be optimistic; evaluate images it never "
+            "saw, or pin its run's split (the run folder's splits.json, as a CSV's split column).")
 
 
 def warn_undefined(result: dict, metric: str, split: str, dataset) -> None:

@@ -222,11 +222,11 @@ def scored(cfg, accelerator, model, task, card, dataset, images, targets, size, 
     return scorer.result()
 
 
-def seen_split_note(card: dict, dataset, split: str, source: str = "the adapter") -> str | None:
+def seen_split_note(card: dict, dataset, split: str, source: str) -> str | None:
     """A warning when the evaluated split is one the adapter learnt from (``train``) or was tuned on (``val``:
     model selection and the decision threshold) — its own dataset and split (same training images) — since its
     metrics there are optimistic; or, for any split, when its own data was split again otherwise
-    (:func:`changed_split_note`); None for a held-out split or other data."""
+    (:func:`changed_split_note`, naming the adapter as ``source``); None for a held-out split or other data."""
     trained = card.get("data", {})
     train_hash = (trained.get("split_sha256") or {}).get("train")
     if train_hash and train_hash != dataset.split_sha256().get("train"):

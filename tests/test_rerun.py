@@ -248,6 +248,7 @@ def test_a_failed_run_without_a_checkpoint_is_replaced(tmp_path, capsys):
     (out / "checkpoints" / ".step-2.tmp").mkdir()  # a half-written one is no checkpoint
     run = RunDir(out)
     assert "replacing the failed run" in capsys.readouterr().err
+    run.release()  # (its lock file goes with it)
     assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "status.json"]
     assert json.loads((out / "status.json").read_text())["status"] == "running"
     assert run.path == out
@@ -429,6 +430,7 @@ def test_overwrite_works_in_a_folder_that_cannot_be_renamed_and_restores_on_a_fa
     monkeypatch.setattr(rundir.RunDir, "status", real_status)
     run = RunDir(tmp_path / "link", overwrite=True)
     run.succeeded()
+    run.release()
     assert (tmp_path / "link").is_symlink() and sorted(p.name for p in target.iterdir()) == ["status.json"]
 
 
@@ -525,7 +527,9 @@ def test_overwrite_never_empties_a_folder_of_the_users_with_a_stray_status_json(
     assert sorted(p.name for p in out.iterdir()) == ["images", "status.json"]
     (out / "log.jsonl").write_text('{"event": "step"}\n')  # a run's status.json and log: a run's folder
     if status_text.startswith('{"status"'):
-        RunDir(out, overwrite=True).succeeded()
+        run = RunDir(out, overwrite=True)
+        run.succeeded()
+        run.release()
         assert sorted(p.name for p in out.iterdir()) == ["status.json"]
 
 

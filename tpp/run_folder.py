@@ -11,6 +11,13 @@ RUN_STATES = ("running", "succeeded", "failed")  # what status.json says
 RUN_FILES = frozenset({"config.yaml", "log.jsonl", "status.json", "splits.json", "skipped.csv", "metrics.json",
                        "predictions.csv", "roc.png", "calibration.png", "curves.png", "adapter", "backbone", "model",
                        "heads", "overlays", "checkpoints", "tracker"})  # what a run writes into its folder
+LOCK_FILE = ".tpp-lock"  # the lock of the run writing the folder (tpp.run_lock); removed when it ends
+
+
+def entries(path: Path) -> list[Path]:
+    """The entries of folder ``path`` but :data:`LOCK_FILE` (a run's lock, or a killed run's leftover, is no
+    content: a folder holding only that is empty)."""
+    return [e for e in Path(path).iterdir() if e.name != LOCK_FILE]
 
 
 def only_run_files(path: Path) -> bool:
@@ -19,7 +26,7 @@ def only_run_files(path: Path) -> bool:
     without ``overwrite``, so a folder of the user's that merely holds a ``status.json`` saying "failed" is never
     deleted."""
     return all(e.name in RUN_FILES or (e.name.startswith(".") and e.name.endswith((".tmp", ".old", ".tmp.png")))
-               for e in Path(path).iterdir())
+               for e in entries(path))
 
 
 def holds_a_run(path: Path, state: dict) -> bool:
@@ -69,11 +76,11 @@ def damaged_status(path: Path, state: dict) -> str:
 def some_entries(path: Path, shown: int = 3) -> str:
     """The first few entries of a folder by name (folders with a trailing /), and how many more."""
     try:
-        entries = sorted(Path(path).iterdir())
+        found = sorted(entries(path))
     except OSError:
         return "unreadable"
-    names = [e.name + ("/" if e.is_dir() else "") for e in entries[:shown]]
-    return ", ".join(names) + (f" and {len(entries) - shown} more" if len(entries) > shown else "")
+    names = [e.name + ("/" if e.is_dir() else "") for e in found[:shown]]
+    return ", ".join(names) + (f" and {len(found) - shown} more" if len(found) > shown else "")
 
 
 def not_empty_message(path: Path, state: dict) -> str:

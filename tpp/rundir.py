@@ -24,7 +24,9 @@ import yaml
 from safetensors import SafetensorError
 
 from tpp.errors import TppError
-from tpp.run_folder import damaged_status, holds_a_run, not_empty_message, only_run_files, run_state, some_entries
+from tpp.run_folder import (damaged_status, entries, holds_a_run, not_empty_message, only_run_files, run_state,
+                            some_entries)
+from tpp.run_lock import lock_folder, refuse_if_in_use, unlock_folder  # noqa: F401 (refuse_if_in_use: cli, recipes)
 from tpp.safe_write import finite_json, write_atomic, write_error
 
 
@@ -66,15 +68,16 @@ class RunDir:
             raise
 
     def _lock(self) -> None:
-        """Hold an exclusive lock on the folder (released by :meth:`release` or when the process ends, even by
-        SIGKILL): a second tpp process in the same ``output_dir`` (a resume of a run still going) is refused."""
+        """Hold an exclusive lock on the folder (:mod:`tpp.run_lock`; released by :meth:`release` or when the
+        process ends, even by SIGKILL): a second tpp process in the same ``output_dir`` (a resume of a run still
+        going), on this machine or another one sharing the folder, is refused."""
         self._lock_fd = lock_folder(self.path)
 
     def release(self) -> None:
-        """Release the folder's lock (the run is over)."""
+        """Release the folder's lock (the run is over); its lock file goes with it."""
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
-            os.close(fd)
+            unlock_folder(self.path, fd)
 
     def _open(self, overwrite: bool, resume: bool) -> None:
         """:meth:`__init__`'s work once the folder (if it exists) is locked."""
@@ -87,7 +90,7 @@ class RunDir:
             if state["damaged"]:
                 raise TppError(f"output_dir '{self.path}' {damaged_status(self.path, state)}; train.resume will not "
                                "continue it. Pass --overwrite to start over, or choose another output_dir=...")
-            if any(self.path.iterdir()) and state["status"] is None:
+            if entries(self.path) and state["status"] is None:
                 raise TppError(f"output_dir '{self.path}' holds no tpp run ({some_entries(self.path)}), so "
                                "train.resume has nothing to continue there and tpp will not write into it. Drop "
                                "train.resume, or choose another output_dir=...")
@@ -102,7 +105,7 @@ class RunDir:
             return
         replaced = None
         try:
-            if self.path.is_dir() and any(self.path.iterdir()):
+            if self.path.is_dir() and entries(self.path):
                 state = run_state(self.path)
                 if not overwrite and not (state["status"] == "failed" and not state["checkpoints"]
                                           and only_run_files(self.path)):
@@ -113,7 +116,7 @@ class RunDir:
                     self.set_aside = move_entries(self.path, self.path / f"{SET_ASIDE}{os.getpid()}.old")
                 else:
                     replaced = state
-                    for entry in list(self.path.iterdir()):  # the folder itself stays: it holds the lock
+                    for entry in entries(self.path):  # the lock file stays (this run holds it)
                         shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
             self.path.mkdir(parents=True, exist_ok=True)
             if self._lock_fd is None:
@@ -323,9 +326,10 @@ SET_ASIDE = ".overwritten-"  # --overwrite's hidden folder inside output_dir (".
 
 
 def move_entries(source: Path, target: Path, keep: Path | None = None) -> Path:
-    """Rename every entry of ``source`` (but ``target`` and ``keep``) into ``target`` (created); returns it."""
+    """Rename every entry of ``source`` (but ``target``, ``keep`` and the lock file of the run holding ``source``)
+    into ``target`` (created); returns it."""
     target.mkdir(exist_ok=True)
-    for entry in list(source.iterdir()):
+    for entry in entries(source):
         if entry != target and entry != keep:
             os.replace(entry, target / entry.name)
     return target
@@ -343,31 +347,3 @@ def signals_held():
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
-
-
-def lock_folder(path: Path) -> int | None:
-    """An exclusive, non-blocking flock on folder ``path``: its descriptor (closing it releases the lock), or None
-    where the filesystem (or the system) has no locks. A TppError when another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): no lock
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise TppError(f"output_dir '{path}' is in use by another tpp process (a run still going there); "
-                       "wait for it to end or stop it, or choose another output_dir=...") from None
-    except OSError:  # a filesystem without locks (ENOLCK, ENOTSUP): the run goes on unlocked
-        os.close(fd)
-        return None
-    return fd
-
-
-def refuse_if_in_use(path: Path) -> None:
-    """Refuse at once (before the config and data checks) an ``output_dir`` a running tpp process holds."""
-    if Path(path).is_dir():
-        fd = lock_folder(Path(path))
-        if fd is not None:
-            os.close(fd)

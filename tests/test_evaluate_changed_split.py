@@ -81,12 +81,13 @@ def test_nothing_is_said_of_other_data_an_older_card_a_given_split_or_the_same_s
 
 
 def test_evaluate_warns_and_records_it_when_the_folder_changed_since_training(tmp_path, tiny_mae):
-    """End to end: fine-tuned on a CSV's seeded split, evaluated after images were added (under another data.name,
-    which the same-split check lets through)."""
+    """End to end: fine-tuned on a CSV's seeded split of a collection named by ``data.origin``, evaluated after
+    images were added (under another data.name, which the same-split check lets through; the same image folder
+    without a data.origin is refused by that check, test_data_identity)."""
     data = tmp_path / "data"
     site(data, [str(k) for k in range(40)])
     options = ["data.source=csv", "data.file=labels.csv", "data.modality=US", "data.val_fraction=0.2",
-               "data.test_fraction=0.2", *FAST]
+               "data.test_fraction=0.2", "data.origin=hospital-a-us", *FAST]
     assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data, tmp_path / "run", "data.name=scans",
                                 "train.max_steps=2", *options)) == 0
     site(data, [str(k) for k in range(44)])

@@ -63,6 +63,34 @@ def test_images_added_to_the_folder_since_training_are_said(tmp_path):
     assert note and SAID in note and "its images changed since" in note
 
 
+def test_the_refusal_says_the_data_changed_when_the_split_settings_are_its_runs(tmp_path, monkeypatch):
+    """The same data.name and split settings as the adapter's run, yet another split: its advice to use the split
+    settings of its run cannot help (they are these); it says the data changed since and what to do instead."""
+    site(tmp_path, [f"{k // 2}.0" if k % 2 else f"{k // 2}" for k in range(40)])
+    with monkeypatch.context() as before:
+        before.setattr(tables, "group_id", lambda value: value)  # ids as written, as before 2026-12-02
+        card = card_of(load(tmp_path))
+    with pytest.raises(TppError) as refused:
+        check_same_split(card, load(tmp_path), "runs/a/adapter")
+    said = str(refused.value)
+    assert "adapter 'runs/a/adapter' was trained on another split of 'scans'" in said and "\n" not in said
+    assert "Use the split settings of its run" not in said and said.count("seeded: split_seed 0") == 1
+    assert "the same split settings (seeded: split_seed 0, val 0.2, test 0.2, groups patient_id)" in said
+    assert "the same images" in said and "group ids" in said and "'1.0' is read as '1'" in said
+    assert "never saw" in said and "splits.json" in said and "re-train" in said
+    site(tmp_path, [str(k) for k in range(40)])
+    card = card_of(load(tmp_path))
+    site(tmp_path, [str(k) for k in range(44)])  # 4 images more in its folder
+    with pytest.raises(TppError) as refused:
+        check_same_split(card, load(tmp_path), "runs/a/adapter")
+    said = str(refused.value)
+    assert "the data changed since" in said and "40 images then, 44 now" in said
+    assert "Use the split settings of its run" not in said
+    with pytest.raises(TppError, match=r"Use the split settings of its run"):  # other settings: that advice holds
+        check_same_split(card, load_csv("scans", str(tmp_path), "labels.csv", modality="US", image_size=8,
+                                        val_fraction=0.2, test_fraction=0.2, seed=1), "runs/a/adapter")
+
+
 def test_nothing_is_said_of_other_data_an_older_card_a_given_split_or_the_same_split(tmp_path):
     site(tmp_path / "a", [str(k) for k in range(40)])
     card = card_of(load(tmp_path / "a"))
@@ -96,3 +124,4 @@ def test_evaluate_warns_and_records_it_when_the_folder_changed_since_training(tm
                                     f"adapter.path={tmp_path / 'run' / 'adapter'}", "data.split=test", *options)) == 0
     note = json.loads((tmp_path / "eval" / "metrics.json").read_text())["split_note"]
     assert SAID in note and str(tmp_path / "run" / "adapter") in note
+

@@ -321,12 +321,36 @@ def check_same_split(card: dict, dataset: Dataset, source: str) -> None:
     what = (f" (the same images, named '{trained.get('name')}' there)" if renamed and same_images else
             " (read from the same image folder, whose images may have changed since)" if not same_images
             and same_folder else "")
+    if not renamed and not legacy and trained.get("split_id") == dataset.split_id:  # its settings: the data changed
+        raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}'{what}, with the same "
+                       f"split settings ({dataset.split_id}) and data.name as this config: "
+                       f"{changed_data_cause(trained, dataset, same_images)} Its training images may be in the split "
+                       "evaluated now, and no split setting brings its split back: evaluate images it never saw "
+                       "(another folder or data.file), pin its run's split (the run folder's splits.json, as a "
+                       "CSV's split column), or re-train on the data as it is now.")
     raise TppError(f"adapter '{source}' was trained on another split of '{dataset.name}'{what}"
                    f" ({trained.get('split_id')}; this config gives {dataset.split_id}): its training images may "
                    "be in the split evaluated now. Use the split settings of its run (data.split_seed; a run "
                    "made before data.split_seed existed was split by its seed: set data.split_seed to it)."
                    + (f" A seeded split depends on data.name too: give data.name={trained.get('name')}."
                       if renamed else "") + (LEGACY_NAME_HINT if legacy else ""))
+
+
+def changed_data_cause(trained: dict, dataset: Dataset, same_images: bool) -> str:
+    """Why the same split settings split a card's data (``trained``) otherwise now: one sentence naming what
+    changed in the data since (its images, or with the same images their group ids, labels or files)."""
+    counts = trained.get("counts") or {}
+    then = sum(v for v in counts.values() if isinstance(v, int)) if isinstance(counts, dict) else 0
+    now = sum(len(s) for s in dataset.splits.values())
+    if not dataset.split_id.startswith("seeded"):
+        return (f"the data's own split changed since it was trained (its split column or split folders edited; "
+                f"{then} images then, {now} now).")
+    if same_images:
+        return ("the same images, so the data changed around them since it was trained: their group ids read "
+                "otherwise (since 2026-12-02 a group id '1.0' is read as '1', the same patient), their labels "
+                "edited, or their files moved or renamed.")
+    return (f"the data changed since it was trained (images added, removed or edited; {then} images then, "
+            f"{now} now), and a seeded split draws every image's split anew.")
 
 
 def attach_target_parameters(cfg, encoder, info, dataset: Dataset, run, head: str) -> tuple:

@@ -116,9 +116,14 @@ def check_task_fits_data(cfg, card: dict) -> None:
 
 
 def check_data(cfg, dataset) -> dict:
-    """What this recipe needs of its loaded data (``tpp validate`` loads the data and runs it too); returns
-    {split: images evaluated}."""
-    check_against_card(evaluated(cfg, files=False)[0], dataset, cfg.adapter.path)
+    """What this recipe needs of its loaded data (``tpp validate`` loads the data and runs it too): refused as
+    the run refuses it, warned about as the run warns (:func:`seen_split_note`: its own data's train/val split,
+    or its own data split otherwise since training); returns {split: images evaluated}."""
+    card = evaluated(cfg, files=False)[0]
+    check_against_card(card, dataset, cfg.adapter.path)
+    seen = seen_split_note(card, dataset, cfg.data.split, cfg.adapter.path)
+    if seen:
+        warnings.warn(seen, stacklevel=2)
     return {cfg.data.split: len(dataset.split(cfg.data.split))}
 
 

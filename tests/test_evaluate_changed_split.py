@@ -125,3 +125,23 @@ def test_evaluate_warns_and_records_it_when_the_folder_changed_since_training(tm
     note = json.loads((tmp_path / "eval" / "metrics.json").read_text())["split_note"]
     assert SAID in note and str(tmp_path / "run" / "adapter") in note
 
+
+def test_validate_of_the_evaluate_config_warns_as_the_run_does(tmp_path, tiny_mae, capsys):
+    """``tpp validate`` checks what the run would: the adapter's own folder changed since training is warned about
+    there too, naming the adapter, and the config is still valid (the run warns, it does not refuse)."""
+    data = tmp_path / "data"
+    site(data, [str(k) for k in range(40)])
+    options = ["data.source=csv", "data.file=labels.csv", "data.modality=US", "data.val_fraction=0.2",
+               "data.test_fraction=0.2", "data.origin=site_scans", *FAST]
+    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data, tmp_path / "run", "data.name=scans",
+                                "train.max_steps=2", *options)) == 0
+    evaluate = [f"backbone.path={tiny_mae}", f"data.root={data}", f"output_dir={tmp_path / 'eval'}", "data.name=scans",
+                f"adapter.path={tmp_path / 'run' / 'adapter'}", "data.split=test", *options]
+    capsys.readouterr()
+    assert run_cli("validate", FINETUNE_CONFIG, "recipe=evaluate", *evaluate) == 0
+    assert SAID not in capsys.readouterr().err  # its split unchanged: nothing to say
+    site(data, [str(k) for k in range(44)])
+    with pytest.warns(UserWarning, match=SAID) as said:
+        assert run_cli("validate", FINETUNE_CONFIG, "recipe=evaluate", *evaluate) == 0
+    assert any(str(tmp_path / "run" / "adapter") in str(w.message) for w in said)
+    assert not (tmp_path / "eval").exists()

@@ -86,6 +86,12 @@ def test_the_refusal_says_the_data_changed_when_the_split_settings_are_its_runs(
     said = str(refused.value)
     assert "the data changed since" in said and "40 images then, 44 now" in said
     assert "Use the split settings of its run" not in said
+    given = ["train"] * 24 + ["val"] * 8 + ["test"] * 8
+    site(tmp_path / "c", [str(k) for k in range(40)], given)
+    own = card_of(load(tmp_path / "c"))
+    site(tmp_path / "c", [str(k) for k in range(44)], given + ["train"] * 4)  # the data's own split column edited
+    with pytest.raises(TppError, match=r"the data's own split changed since it was trained \(its split column"):
+        check_same_split(own, load(tmp_path / "c"), "runs/a/adapter")
     with pytest.raises(TppError, match=r"Use the split settings of its run"):  # other settings: that advice holds
         check_same_split(card, load_csv("scans", str(tmp_path), "labels.csv", modality="US", image_size=8,
                                         val_fraction=0.2, test_fraction=0.2, seed=1), "runs/a/adapter")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from pathlib import Path
 
+from tpp.data.file_kinds import open_regular_fd
 from tpp.errors import TppError
 
 MIB = 2**20
@@ -65,20 +65,18 @@ def file_limit(name: str) -> int:
 
 
 def read_regular(path: Path, limit: int | None = None, shown: str | Path | None = None) -> bytes:
-    """The bytes of a regular file, never through a symbolic link (O_NOFOLLOW) and never waiting for a FIFO's
-    writer (O_NONBLOCK: it is opened at once, then refused as no regular file); at most ``limit`` bytes (default:
+    """The bytes of a regular file, never through a symbolic link and never waiting for a FIFO's writer (opened by
+    :func:`tpp.data.file_kinds.open_regular_fd` with ``follow=False``: a fifo, socket or device refused from its
+    ``stat``, unopened, as ``'PATH' is not a regular file (fifo).``); at most ``limit`` bytes (default:
     :func:`file_limit` of its name): a larger file is refused from its size, unread. The one capped read of the
     files of adapter folders, stores and Hub snapshots. ``shown``: how messages name the file (default: ``path``)."""
     shown = path if shown is None else shown
     limit = file_limit(Path(path).name) if limit is None else limit
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd, info = open_regular_fd(path, TppError, follow=False, shown=shown)
     except OSError as exc:
         raise TppError(f"'{shown}' cannot be read ({exc.strerror}; symbolic links are refused).") from None
     with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise TppError(f"'{shown}' is not a regular file; refused.")
         if info.st_size > limit:
             raise TppError(f"'{shown}' has {info.st_size:,} bytes, larger than the {limit:,} bytes such a file may "
                            "have; refused.")

@@ -112,9 +112,9 @@ def _read_text(path: Path) -> str:
     """A run file's text; a TppError naming it when it is a fifo, a device or a folder (said at once: a plain
     read of a fifo waits for a writer for ever), the ``OSError`` when it is absent or cannot be read, the
     ``UnicodeDecodeError`` when it is no UTF-8."""
-    from tpp.data.file_kinds import read_regular
+    from tpp.data.file_kinds import read_whole_regular
 
-    return read_regular(path, TppError).decode("utf-8")
+    return read_whole_regular(path, TppError).decode("utf-8")
 
 
 def _read_json(path: Path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpp.data.file_kinds import irregular, read_regular
+from tpp.data.file_kinds import irregular, read_whole_regular
 from tpp.errors import TppError
 from tpp.predictions_csv import NAME as PREDICTIONS
 from tpp.predictions_csv import read_predictions
@@ -25,11 +25,11 @@ def read_log(run_dir: Path) -> tuple[list, dict]:
     if not Path(run_dir).is_dir():
         what = f"a {irregular(run_dir)}" if irregular(run_dir) else "a file"
         raise TppError(f"'{run_dir}' is {what}; tpp plot takes a run folder (the one holding log.jsonl).")
-    if not log.exists():  # a fifo exists, though no file: read_regular names it
+    if not log.exists():  # a fifo exists, though no file: read_whole_regular names it
         raise TppError(f"'{run_dir}' has no log.jsonl: it is not a tpp run directory.")
     losses, curves = {}, {}
     try:
-        lines = read_regular(log, TppError).decode("utf-8").splitlines()
+        lines = read_whole_regular(log, TppError).decode("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise TppError(f"'{log}' cannot be read ({type(exc).__name__}); it is damaged.") from None
     for number, line in enumerate(lines, 1):
@@ -100,7 +100,7 @@ def _save(fig, out: Path) -> Path:
 def _run_status(run_dir: Path) -> dict:
     """``status.json`` of a run ({} when it has none or it cannot be read; a fifo: a TppError naming it)."""
     try:
-        state = json.loads(read_regular(Path(run_dir) / "status.json", TppError))
+        state = json.loads(read_whole_regular(Path(run_dir) / "status.json", TppError))
     except (OSError, ValueError):
         return {}
     return state if isinstance(state, dict) else {}
@@ -181,7 +181,7 @@ def _decisions(run_dir: Path) -> tuple[dict, int]:
     """({split: decision threshold}, the positive class's index) from the run's ``metrics.json`` (binary
     runs; ({}, 1) when it records none)."""
     try:
-        metrics = json.loads(read_regular(run_dir / "metrics.json", TppError))
+        metrics = json.loads(read_whole_regular(run_dir / "metrics.json", TppError))
     except (OSError, ValueError):
         return {}, 1
     splits = [m for m in metrics.values() if isinstance(m, dict)] if isinstance(metrics, dict) else []

@@ -330,11 +330,11 @@ def load_yaml(path: str | os.PathLike, empty_ok: bool = False) -> dict:
     """Read a YAML config file into a dict, with errors that name the file (``empty_ok``: an empty or
     comment-only file is ``{}``, for the caller to judge). A fifo, socket, device or folder is refused as
     "not a regular file" at once (:func:`tpp.data.file_kinds.open_regular`)."""
-    from tpp.data.file_kinds import read_regular
+    from tpp.data.file_kinds import read_whole_regular
 
     path = Path(path)
     try:
-        text = read_regular(path, ConfigError, "config file ").decode("utf-8")  # a fifo is named, never waited on
+        text = read_whole_regular(path, ConfigError, "config file ").decode("utf-8")  # a fifo is named, never waited on
         data = safe_load_unique(text)
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.") from None

@@ -2,9 +2,12 @@
 
 A fifo named ``scan.png`` in a data folder, ``config.yaml`` or ``predictions.csv`` would make a plain ``open``
 wait for a writer for ever (and ``Path.is_file()`` reports it as missing); a socket cannot be opened at all, a
-device may never end. :func:`irregular` names such a path without opening it, :func:`open_regular` opens a path
-non-blocking and refuses it, naming it (``'x.png' is not a regular file (fifo).``), when the open descriptor is
-no regular file. Used by the image reader (:mod:`tpp.data.images`), label tables, configs, ``tpp predict``,
+device may never end. :func:`irregular` names such a path without opening it; :func:`open_regular_fd` is the one
+primitive that opens a path that must be a regular file: refused from its ``stat`` before the open, opened
+non-blocking, refused again from the ``fstat`` of the descriptor, optionally never through a symbolic link, always
+worded ``'x.png' is not a regular file (fifo).`` :func:`open_regular` (a file object) and
+:func:`read_whole_regular` (all its bytes) build on it here, :func:`tpp.capped_read.read_regular` (at most a cap
+of bytes, no links) there. Used by the image reader (:mod:`tpp.data.images`), label tables, configs, ``tpp predict``,
 ``tpp compare`` and ``tpp plot``.
 """
 from __future__ import annotations
@@ -28,14 +31,23 @@ def file_kind(mode: int) -> str | None:
     return next((name for test, name in FILE_KINDS if test(mode)), "special file")
 
 
-def irregular(path: str | Path) -> str | None:
-    """:func:`file_kind` of ``path`` (symbolic links followed) when it exists and is no regular file: a fifo named
-    ``scan.png`` in a data folder, a socket, a device. None for a regular file and for a path that does not exist
-    (or cannot be looked at): the caller says that. Nothing is opened (opening a fifo waits for a writer)."""
+def irregular(path: str | Path, follow: bool = True) -> str | None:
+    """:func:`file_kind` of ``path`` when it exists and is no regular file: a fifo named ``scan.png`` in a data
+    folder, a socket, a device. None for a regular file and for a path that does not exist (or cannot be looked
+    at): the caller says that. Symbolic links are followed; with ``follow=False`` a link is looked at itself and
+    is None too (its open, with O_NOFOLLOW, says what it is). Nothing is opened (opening a fifo waits for a
+    writer)."""
     try:
-        return file_kind(os.stat(path).st_mode)
+        return _looked_at(path, follow)
     except (OSError, ValueError):
         return None
+
+
+def _looked_at(path: str | Path, follow: bool) -> str | None:
+    """:func:`irregular` that raises the ``OSError`` of a path that cannot be looked at (a missing file is said as
+    missing, never as no regular file)."""
+    mode = (os.stat if follow else os.lstat)(path).st_mode
+    return None if stat.S_ISLNK(mode) else file_kind(mode)
 
 
 def nonblocking(path, flags: int) -> int:
@@ -44,31 +56,48 @@ def nonblocking(path, flags: int) -> int:
     return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
-def open_regular(path: str | Path, error: type[TppError] = ImageError, what: str = ""):
-    """``path`` opened for binary reading (a file object, closed by ``with``) when it is a regular file (symbolic
-    links followed), else ``error`` naming it (``{what}'x.png' is not a regular file (fifo).``; ``what``: e.g.
-    ``"config file "``). A fifo, socket or device is refused from its ``stat``, never opened (opening some devices
-    has side effects: a tape rewinds); a regular file is opened non-blocking and checked again on the open
-    descriptor, so one swapped for a fifo after the look answers at once instead of waiting for a writer for ever.
-    A path that does not exist or cannot be read: the ``OSError``."""
-    kind = file_kind(os.stat(path).st_mode)
+def open_regular_fd(path: str | Path, error: type[TppError] = ImageError, what: str = "", *, follow: bool = True,
+                    shown: str | Path | None = None) -> tuple[int, os.stat_result]:
+    """The one way tpp opens a file that must be regular: ``path`` opened read-only as a raw descriptor, with the
+    ``fstat`` of that descriptor (the size a capped read trusts), else ``error`` naming it
+    (``{what}'x.png' is not a regular file (fifo).``; ``what``: e.g. ``"config file "``; ``shown``: how the
+    message names the file, default ``path``). A fifo, socket or device is refused from its ``stat``, never opened
+    (opening some devices has side effects: a tape rewinds); a regular file is opened non-blocking and checked
+    again on the open descriptor, so one swapped for a fifo after the look answers at once instead of waiting for a
+    writer for ever. ``follow=False`` refuses a symbolic link (O_NOFOLLOW: its open fails, ``ELOOP``). A path that
+    does not exist or cannot be read (or a refused link): the ``OSError``. The caller closes the descriptor."""
+    shown = path if shown is None else shown
+    nofollow = 0 if follow else getattr(os, "O_NOFOLLOW", 0)
+    kind = _looked_at(path, follow)
     if not kind:
         try:
-            fd = nonblocking(path, os.O_RDONLY)
+            fd = nonblocking(path, os.O_RDONLY | nofollow)
         except OSError:
-            kind = irregular(path)  # swapped for a socket since the stat (ENXIO): said as what it is
+            kind = irregular(path, follow)  # swapped for a socket since the stat (ENXIO): said as what it is
             if not kind:
                 raise
         else:
-            kind = file_kind(os.fstat(fd).st_mode)
+            info = os.fstat(fd)
+            kind = file_kind(info.st_mode)
             if not kind:
-                return os.fdopen(fd, "rb")
+                return fd, info
             os.close(fd)
-    raise error(f"{what}'{path}' is not a regular file ({kind}).")
+    raise error(f"{what}'{shown}' is not a regular file ({kind}).")
 
 
-def read_regular(path: str | Path, error: type[TppError] = ImageError, what: str = "") -> bytes:
-    """The bytes of ``path`` when it is a regular file (:func:`open_regular`: ``error`` naming it otherwise, the
-    ``OSError`` when it does not exist or cannot be read)."""
+def open_regular(path: str | Path, error: type[TppError] = ImageError, what: str = "", *, follow: bool = True,
+                 shown: str | Path | None = None):
+    """``path`` opened for binary reading (a file object, closed by ``with``) when it is a regular file
+    (:func:`open_regular_fd`, whose refusals and ``OSError`` it raises; symbolic links followed unless
+    ``follow=False``)."""
+    fd, _ = open_regular_fd(path, error, what, follow=follow, shown=shown)
+    return os.fdopen(fd, "rb")
+
+
+def read_whole_regular(path: str | Path, error: type[TppError] = ImageError, what: str = "") -> bytes:
+    """All the bytes of ``path`` when it is a regular file, however many (symbolic links followed;
+    :func:`open_regular`: ``error`` naming it otherwise, the ``OSError`` when it does not exist or cannot be read).
+    For a run's or the user's own files (configs, logs, metrics); the files of adapter folders, stores and Hub
+    snapshots are read capped, never through a link (:func:`tpp.capped_read.read_regular`)."""
     with open_regular(path, error, what) as fh:
         return fh.read()

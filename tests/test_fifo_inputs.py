@@ -131,3 +131,38 @@ def test_plot_names_a_run_folder_that_is_a_fifo(tmp_path, capsys):
     os.mkfifo(tmp_path / "run")
     assert run_cli("plot", str(tmp_path / "run")) == 2
     assert f"'{tmp_path / 'run'}' is a fifo; tpp plot takes a run folder" in capsys.readouterr().err
+
+
+def test_a_site_map_swapped_for_a_fifo_after_its_look_is_refused_at_once(tmp_path, monkeypatch):
+    """``read_site_map`` looked at the path (no fifo), then opened it with a plain ``open``: a file swapped for a
+    fifo in between made it wait for a writer for ever. The spies swap the file for a fifo at its open and raise
+    where a real open would block, so a regression fails instead of hanging."""
+    import builtins
+
+    from tpp.serve.predict import read_site_map
+
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("image,site\na.png,s\n")
+    assert read_site_map(str(mapping)) == [("a.png", "s")]
+    real_open, real_os_open = builtins.open, os.open
+
+    def swapped() -> None:
+        mapping.unlink()
+        os.mkfifo(mapping)
+
+    def spy_open(file, *args, **kwargs):
+        if str(file) == str(mapping):
+            swapped()
+            raise AssertionError(f"'{file}' opened blocking: a fifo swapped in would wait for a writer for ever")
+        return real_open(file, *args, **kwargs)
+
+    def spy_os_open(file, flags, *args, **kwargs):
+        if str(file) == str(mapping):
+            swapped()
+            assert flags & os.O_NONBLOCK, f"'{file}' opened blocking"
+        return real_os_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    with pytest.raises(TppError, match=rf"^site map '{mapping}' is not a regular file \(fifo\)\.$"):
+        read_site_map(str(mapping))

@@ -130,8 +130,9 @@ def read_site_map(path: str) -> list[tuple[str, str]]:
         raise TppError(f"site map '{file}' is not a regular file ({irregular(file)}); give a CSV file.")
     if not file.is_file():
         raise TppError(f"site map '{file}' does not exist.")
-    try:
-        with open(file, newline="", encoding="utf-8-sig") as fh:
+    try:  # opened only as a regular file: one swapped for a fifo since the look is refused, never waited on
+        with open_regular(file, TppError, "site map ") as raw, \
+                io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh)
             if not reader.fieldnames or not {"image", "site"} <= set(reader.fieldnames):
                 raise TppError(f"site map '{file}' needs the columns image,site (found {reader.fieldnames}).")
@@ -144,6 +145,8 @@ def read_site_map(path: str) -> list[tuple[str, str]]:
                 rows.append((image, site))
     except (UnicodeDecodeError, csv.Error) as exc:
         raise TppError(f"site map '{file}' is not a readable UTF-8 CSV ({exc}).") from None
+    except OSError as exc:  # removed or made unreadable since the look
+        raise TppError(f"site map '{file}' cannot be read ({exc.strerror or type(exc).__name__}).") from None
     if not rows:
         raise TppError(f"site map '{file}' has no rows.")
     return rows

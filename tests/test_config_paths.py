@@ -67,3 +67,22 @@ def test_a_config_file_and_an_override_through_a_link_name_the_file_the_shell_op
 def test_tpp_cp_writes_the_path_the_os_opens(linked):
     text, changed = with_absolute_paths("data:\n  root: link/../x\n", linked / "other")
     assert changed == ["data.root"] and yaml.safe_load(text)["data"]["root"] == str(linked / "real" / "x")
+
+
+def test_tpp_cp_rewrites_the_line_of_the_keys_own_section(tmp_path):
+    """The line edit looked for the first ``path: VALUE`` line in the file: with ``backbone.path`` a hub id written
+    like ``adapter.path`` (left as it is), the backbone's line was rewritten, the copy then read back wrong and was
+    written out whole by ``yaml.safe_dump``, losing every comment. Now each value's own line (from its YAML node)
+    is rewritten, also in a pool entry above ``data:``."""
+    text = ("# my config\nbackbone:\n  path: models  # a hub id\nadapter:\n  path: models  # my adapter folder\n"
+            "pool:\n  - data:\n      root: other\ndata:\n  root: scans  # CT\n")
+    copied, changed = with_absolute_paths(text, tmp_path)
+    assert sorted(changed) == ["adapter.path", "data.root", "pool[0].data.root"]
+    lines = copied.splitlines()
+    assert lines[:3] == ["# my config", "backbone:", "  path: models  # a hub id"]  # the hub id stays, as written
+    assert lines[4].startswith(f"  path: {tmp_path / 'models'}  # my adapter folder  # tpp cp: 'models' made ")
+    assert lines[7].startswith(f"      root: {tmp_path / 'other'}  # tpp cp: 'other' made absolute")
+    assert lines[9].startswith(f"  root: {tmp_path / 'scans'}  # CT  # tpp cp:")
+    assert yaml.safe_load(copied) == {"backbone": {"path": "models"}, "adapter": {"path": str(tmp_path / "models")},
+                                      "pool": [{"data": {"root": str(tmp_path / "other")}}],
+                                      "data": {"root": str(tmp_path / "scans")}}

@@ -104,11 +104,10 @@ def resolve_config_paths(cfg, file_data: dict, given: dict, file_base: str | os.
 
 def with_absolute_paths(text: str, base: str | os.PathLike) -> tuple[str, list[str]]:
     """A config file's ``text`` (from folder ``base``) with its relative path values made absolute, for a
-    copy that lives elsewhere (``tpp cp``). Each value is replaced on its own line, so comments and layout
+    copy that lives elsewhere (``tpp cp``). Each value is replaced on its own line, the line its YAML node starts
+    on (:func:`_value_lines`: never a line of the same key and value in another section), so comments and layout
     stay; should a value not be found that way (flow style ...), the whole mapping is written out again.
     Returns (new text, the dotted keys rewritten)."""
-    import re
-
     import yaml
 
     from tpp.config.parse import safe_load_unique as load  # as tpp reads configs (2:40 stays text)
@@ -118,17 +117,54 @@ def with_absolute_paths(text: str, base: str | os.PathLike) -> tuple[str, list[s
     if not isinstance(data, dict):
         return text, []
     changed = resolve_paths(wanted, base)
+    lines, where = text.splitlines(keepends=True), _value_lines(text, changed)
     for dotted in changed:
-        key = dotted.rsplit(".", 1)[1]
-        old, value = _value(data, dotted), _value(wanted, dotted)
-        line = re.compile(rf"^(\s*{re.escape(key)}:[ \t]*)(['\"]?){re.escape(old)}\2[ \t]*(#.*)?$", re.M)
-        written = json.dumps(value) if _needs_quotes(value) else value
-        note = f"  # tpp cp: {old!r} made absolute (it was relative to {base})"
-        text = line.sub(lambda m: m.group(1) + written + (f"  {m.group(3)}" if m.group(3) else "") + note, text,
-                        count=1)  # the line's own comment stays, before the note
+        if where.get(dotted) is not None:  # None (a merge key ...): the check below writes the mapping out
+            lines[where[dotted]] = _rewritten(lines[where[dotted]], dotted.rsplit(".", 1)[1], _value(data, dotted),
+                                              _value(wanted, dotted), base)
+    text = "".join(lines)
     if changed and load(text) != wanted:  # a value the line edit missed: write the mapping out
         text = yaml.safe_dump(wanted, sort_keys=False)
     return text, changed
+
+
+def _rewritten(line: str, key: str, old: str, value: str, base: str) -> str:
+    """``line`` (``  KEY: OLD  # comment``, line ending kept) with ``value`` for ``old`` and a note saying so after
+    its own comment; unchanged when it is not such a line (flow style, a value on the next line ...)."""
+    import re
+
+    body = line.rstrip("\r\n")
+    pattern = re.compile(rf"^(\s*{re.escape(key)}:[ \t]*)(['\"]?){re.escape(old)}\2[ \t]*(#.*)?$")
+    written = json.dumps(value) if _needs_quotes(value) else value
+    note = f"  # tpp cp: {old!r} made absolute (it was relative to {base})"
+    return pattern.sub(lambda m: m.group(1) + written + (f"  {m.group(3)}" if m.group(3) else "") + note,
+                       body) + line[len(body):]
+
+
+def _value_lines(text: str, dotted_keys: list[str]) -> dict[str, int | None]:
+    """The line (0-based, as ``str.splitlines`` counts them: PyYAML refuses the other characters it splits at) on
+    which the value of each dotted path key starts in the YAML ``text``, from its composed node; None where no node
+    is found under that key's own section (a value from a merge key ``<<``)."""
+    import yaml
+
+    from tpp.config.parse import UniqueKeyLoader
+
+    def child(node, name: str):
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        return next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == name), None)
+
+    root, lines = yaml.compose(text, Loader=UniqueKeyLoader), {}
+    for dotted in dotted_keys:
+        node, rest = root, dotted
+        if dotted.startswith("pool["):
+            index, _, rest = dotted[5:].partition("].")
+            pool = child(root, "pool")
+            node = pool.value[int(index)] if isinstance(pool, yaml.SequenceNode) else None
+        section, key = rest.split(".")
+        value = child(child(node, section), key)
+        lines[dotted] = value.start_mark.line if isinstance(value, yaml.ScalarNode) else None
+    return lines
 
 
 def _value(tree: dict, dotted: str) -> str:

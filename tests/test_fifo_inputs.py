@@ -166,3 +166,25 @@ def test_a_site_map_swapped_for_a_fifo_after_its_look_is_refused_at_once(tmp_pat
     monkeypatch.setattr(os, "open", spy_os_open)
     with pytest.raises(TppError, match=rf"^site map '{mapping}' is not a regular file \(fifo\)\.$"):
         read_site_map(str(mapping))
+
+
+def test_tpp_cp_reads_its_source_once(tmp_path, monkeypatch, capsys):
+    """tpp cp checked the source (load_yaml) and then opened it by name again to copy it: a file swapped for a fifo
+    in between made the copy wait for a writer for ever. The text checked is the text copied."""
+    import tpp.data.file_kinds as file_kinds
+
+    source = tmp_path / "my.yaml"
+    source.write_text("recipe: finetune\nseed: 3  # kept\n")
+    reads = []
+    whole = file_kinds.read_whole_regular
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return whole(path, *args, **kwargs)
+
+    monkeypatch.setattr(file_kinds, "read_whole_regular", counted)
+    monkeypatch.setattr("pathlib.Path.read_text", lambda self, *a, **k: pytest.fail(f"{self} opened again"))
+    assert run_cli("cp", str(source), str(tmp_path / "copy.yaml")) == 0
+    assert reads == [str(source)]
+    monkeypatch.undo()
+    assert (tmp_path / "copy.yaml").read_text() == "recipe: finetune\nseed: 3  # kept\n"

@@ -190,12 +190,13 @@ def cmd_cp(args) -> int:
         dest = dest / source.name
     if dest.exists():
         raise TppError(f"'{dest}' exists; choose another destination.")
-    from tpp.config.parse import load_yaml
+    from tpp.config.parse import parse_yaml_text, read_config_text
     from tpp.config.paths import with_absolute_paths
     from tpp.safe_write import write_atomic
 
-    load_yaml(source)  # not YAML, not UTF-8, empty: the clear error, before anything is written
-    text, changed = with_absolute_paths(source.read_text(), os.path.dirname(os.path.realpath(source)))
+    text = read_config_text(source)  # read once: a file swapped since it was checked is never opened again
+    parse_yaml_text(text, source)  # not YAML, not UTF-8, empty: the clear error, before anything is written
+    text, changed = with_absolute_paths(text, os.path.dirname(os.path.realpath(source)))
     dest.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(dest, text)
     print(f"copied {source.name} -> {dest}")

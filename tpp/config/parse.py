@@ -330,18 +330,28 @@ def load_yaml(path: str | os.PathLike, empty_ok: bool = False) -> dict:
     """Read a YAML config file into a dict, with errors that name the file (``empty_ok``: an empty or
     comment-only file is ``{}``, for the caller to judge). A fifo, socket, device or folder is refused as
     "not a regular file" at once (:func:`tpp.data.file_kinds.open_regular`)."""
+    return parse_yaml_text(read_config_text(path), path, empty_ok)
+
+
+def read_config_text(path: str | os.PathLike) -> str:
+    """The text of config file ``path``, read once (a fifo, socket, device or folder named, never waited on);
+    a ConfigError naming the file when it is missing, unreadable or no UTF-8."""
     from tpp.data.file_kinds import read_whole_regular
 
-    path = Path(path)
     try:
-        text = read_whole_regular(path, ConfigError, "config file ").decode("utf-8")  # a fifo is named, never waited on
-        data = safe_load_unique(text)
+        return read_whole_regular(Path(path), ConfigError, "config file ").decode("utf-8")
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(f"config file '{path}' does not exist. `tpp ls` lists the shipped configs.") from None
     except OSError as exc:  # no permission to read it
         raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror or type(exc).__name__}).") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file '{path}' is not UTF-8 text; save it as UTF-8.") from None
+
+
+def parse_yaml_text(text: str, path: str | os.PathLike, empty_ok: bool = False) -> dict:
+    """The mapping config file ``path`` holds as ``text`` (see :func:`load_yaml`)."""
+    try:
+        data = safe_load_unique(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from None
     if data is None and empty_ok:

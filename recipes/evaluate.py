@@ -251,7 +251,10 @@ def changed_split_note(trained: dict, dataset, split: str, source: str) -> str |
     (``split_sha256.train``, checked differing by the caller) is not the one recomputed now: images added or
     removed, or group ids read otherwise (``1.0`` is patient ``1`` since 2026-12-02), move images between splits,
     so the split evaluated may hold training images. None otherwise: an older card (nothing to tell by), other
-    data (another folder of the same name), or a split given by the data (it is not recomputed)."""
+    data (another folder of the same name), or a split given by the data (it is not recomputed). Its callers
+    (``run``, ``check_data``) refuse the same images and the same image folder split otherwise first
+    (:func:`tpp.builders.check_same_split`), so there it speaks for a collection named by ``data.origin`` (or a
+    known collection) whose images changed; it describes the other cases too, for a caller without that check."""
     from tpp.builders import same_collection
 
     if not isinstance(trained.get("collection_sha256"), str):

@@ -114,16 +114,23 @@ def test_nothing_is_said_of_other_data_an_older_card_a_given_split_or_the_same_s
     assert seen_split_note(card, load(tmp_path / "c"), "test", "x") is None
 
 
-def test_evaluate_warns_and_records_it_when_the_folder_changed_since_training(tmp_path, tiny_mae):
-    """End to end: fine-tuned on a CSV's seeded split of a collection named by ``data.origin``, evaluated after
-    images were added (under another data.name, which the same-split check lets through; the same image folder
-    without a data.origin is refused by that check, test_data_identity)."""
+def fine_tuned_on_a_csv(tmp_path, tiny_mae) -> tuple:
+    """(data folder, its options): 40 images of a CSV's seeded split, a collection named by ``data.origin``, with an
+    adapter fine-tuned on them under ``tmp_path / 'run'`` (data.name 'scans')."""
     data = tmp_path / "data"
     site(data, [str(k) for k in range(40)])
     options = ["data.source=csv", "data.file=labels.csv", "data.modality=US", "data.val_fraction=0.2",
                "data.test_fraction=0.2", "data.origin=hospital-a-us", *FAST]
     assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data, tmp_path / "run", "data.name=scans",
                                 "train.max_steps=2", *options)) == 0
+    return data, options
+
+
+def test_evaluate_warns_and_records_it_when_the_folder_changed_since_training(tmp_path, tiny_mae):
+    """End to end: fine-tuned on a CSV's seeded split of a collection named by ``data.origin``, evaluated after
+    images were added (under another data.name, which the same-split check lets through; the same image folder
+    without a data.origin is refused by that check, test_data_identity)."""
+    data, options = fine_tuned_on_a_csv(tmp_path, tiny_mae)
     site(data, [str(k) for k in range(44)])
     with pytest.warns(UserWarning, match=SAID):
         assert run_cli(*recipe_args("evaluate", FINETUNE_CONFIG, tiny_mae, data, tmp_path / "eval", "data.name=site",
@@ -135,12 +142,7 @@ def test_evaluate_warns_and_records_it_when_the_folder_changed_since_training(tm
 def test_validate_of_the_evaluate_config_warns_as_the_run_does(tmp_path, tiny_mae, capsys):
     """``tpp validate`` checks what the run would: the adapter's own folder changed since training is warned about
     there too, naming the adapter, and the config is still valid (the run warns, it does not refuse)."""
-    data = tmp_path / "data"
-    site(data, [str(k) for k in range(40)])
-    options = ["data.source=csv", "data.file=labels.csv", "data.modality=US", "data.val_fraction=0.2",
-               "data.test_fraction=0.2", "data.origin=site_scans", *FAST]
-    assert run_cli(*recipe_args("finetune", FINETUNE_CONFIG, tiny_mae, data, tmp_path / "run", "data.name=scans",
-                                "train.max_steps=2", *options)) == 0
+    data, options = fine_tuned_on_a_csv(tmp_path, tiny_mae)
     evaluate = [f"backbone.path={tiny_mae}", f"data.root={data}", f"output_dir={tmp_path / 'eval'}", "data.name=scans",
                 f"adapter.path={tmp_path / 'run' / 'adapter'}", "data.split=test", *options]
     capsys.readouterr()
